@@ -1,0 +1,245 @@
+"""Symbolic dimensions: integer polynomials over named sizes, kept in a normal form.
+
+A `Dim` is a sum of monomials with integer coefficients. An atom of a monomial is a symbol
+name (`B`) or an opaque floor-division or modulo of a Dim by a positive integer, so that a
+convolution's `(H + 2*p - k) // s + 1` stays symbolic. Normalisation makes `E + N == N + E`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+Atom = Union[str, "DivAtom"]
+Monomial = tuple[tuple[Atom, int], ...]  # sorted (atom, power) pairs; () is the constant term
+
+
+@dataclass(frozen=True)
+class DivAtom:
+    """`num // den` (kind "//") or `num % den` (kind "%") that could not be simplified."""
+
+    kind: str
+    num: Dim
+    den: int
+
+    def key(self) -> str:
+        return f"({self.num}){self.kind}{self.den}"
+
+    def evaluate(self, env: dict[str, int]) -> int:
+        n = self.num.evaluate(env)
+        return n // self.den if self.kind == "//" else n % self.den
+
+
+def _atom_key(atom: Atom) -> str:
+    return atom if isinstance(atom, str) else "~" + atom.key()
+
+
+class DimError(ValueError):
+    """An operation on dimensions that has no symbolic answer (e.g. division by `B`)."""
+
+
+class Dim:
+    """An integer size: a constant or a polynomial in symbolic sizes."""
+
+    __slots__ = ("terms", "_hash")
+
+    def __init__(self, terms: dict[Monomial, int]):
+        items = sorted(
+            ((m, c) for m, c in terms.items() if c != 0),
+            key=lambda mc: [(_atom_key(a), p) for a, p in mc[0]],
+        )
+        self.terms: tuple[tuple[Monomial, int], ...] = tuple(items)
+        self._hash = hash(tuple((tuple((_atom_key(a), p) for a, p in m), c) for m, c in items))
+
+    # construction -------------------------------------------------------------------------
+    @staticmethod
+    def of(value: int | str | Dim) -> Dim:
+        if isinstance(value, Dim):
+            return value
+        if isinstance(value, bool):
+            raise DimError("a bool is not a dimension")
+        if isinstance(value, int):
+            return Dim({(): value})
+        if isinstance(value, str):
+            return Dim({((value, 1),): 1})
+        raise DimError(f"{value!r} is not a dimension")
+
+    # queries ------------------------------------------------------------------------------
+    @property
+    def is_const(self) -> bool:
+        return all(m == () for m, _ in self.terms)
+
+    @property
+    def value(self) -> int:
+        if not self.is_const:
+            raise DimError(f"{self} is not a constant")
+        return self.terms[0][1] if self.terms else 0
+
+    def symbols(self) -> set[str]:
+        out: set[str] = set()
+        for mono, _ in self.terms:
+            for atom, _p in mono:
+                if isinstance(atom, str):
+                    out.add(atom)
+                else:
+                    out |= atom.num.symbols()
+        return out
+
+    def evaluate(self, env: dict[str, int]) -> int:
+        total = 0
+        for mono, coeff in self.terms:
+            term = coeff
+            for atom, power in mono:
+                if isinstance(atom, str):
+                    if atom not in env:
+                        raise DimError(f"dimension {atom} is not bound")
+                    base = env[atom]
+                else:
+                    base = atom.evaluate(env)
+                term *= base**power
+            total += term
+        return total
+
+    def substitute(self, env: dict[str, Dim]) -> Dim:
+        """Replace the symbols named in `env` by Dims."""
+        total = Dim.of(0)
+        for mono, coeff in self.terms:
+            term = Dim.of(coeff)
+            for atom, power in mono:
+                if isinstance(atom, str):
+                    base = env.get(atom, Dim.of(atom))
+                else:
+                    inner = atom.num.substitute(env)
+                    base = inner // atom.den if atom.kind == "//" else inner % atom.den
+                for _ in range(power):
+                    term = term * base
+            total = total + term
+        return total
+
+    # arithmetic ---------------------------------------------------------------------------
+    def __add__(self, other: int | Dim) -> Dim:
+        other = Dim.of(other)
+        terms = dict(self.terms)
+        for m, c in other.terms:
+            terms[m] = terms.get(m, 0) + c
+        return Dim(terms)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Dim:
+        return Dim({m: -c for m, c in self.terms})
+
+    def __sub__(self, other: int | Dim) -> Dim:
+        return self + (-Dim.of(other))
+
+    def __rsub__(self, other: int | Dim) -> Dim:
+        return Dim.of(other) - self
+
+    def __mul__(self, other: int | Dim) -> Dim:
+        other = Dim.of(other)
+        terms: dict[Monomial, int] = {}
+        for m1, c1 in self.terms:
+            for m2, c2 in other.terms:
+                powers: dict[str, tuple[Atom, int]] = {}
+                for atom, p in (*m1, *m2):
+                    key = _atom_key(atom)
+                    prev = powers.get(key, (atom, 0))[1]
+                    powers[key] = (atom, prev + p)
+                mono = tuple(sorted(powers.values(), key=lambda ap: _atom_key(ap[0])))
+                terms[mono] = terms.get(mono, 0) + c1 * c2
+        return Dim(terms)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: int | Dim) -> Dim:
+        other = Dim.of(other)
+        if not other.is_const:
+            if other == self:
+                return Dim.of(1)
+            quotient = self._exact_div(other)
+            if quotient is None:
+                raise DimError(f"cannot divide {self} by the symbolic size {other}")
+            return quotient
+        den = other.value
+        if den <= 0:
+            raise DimError(f"division of a dimension by {den}")
+        if den == 1:
+            return self
+        if self.is_const:
+            return Dim.of(self.value // den)
+        if all(c % den == 0 for _, c in self.terms):
+            return Dim({m: c // den for m, c in self.terms})
+        return Dim({((DivAtom("//", self, den), 1),): 1})
+
+    def __mod__(self, other: int | Dim) -> Dim:
+        other = Dim.of(other)
+        if not other.is_const:
+            if other == self or self._exact_div(other) is not None:
+                return Dim.of(0)
+            raise DimError(f"cannot take {self} modulo the symbolic size {other}")
+        den = other.value
+        if den <= 0:
+            raise DimError(f"modulo of a dimension by {den}")
+        if all(c % den == 0 for m, c in self.terms if m != ()):
+            const = dict(self.terms).get((), 0)
+            return Dim.of(const % den)
+        return Dim({((DivAtom("%", self, den), 1),): 1})
+
+    def _exact_div(self, other: Dim) -> Dim | None:
+        """self / other when other is a single monomial dividing every term, else None."""
+        if len(other.terms) != 1:
+            return None
+        (omono, ocoeff), = other.terms
+        odict = {_atom_key(a): p for a, p in omono}
+        terms: dict[Monomial, int] = {}
+        for mono, coeff in self.terms:
+            if coeff % ocoeff:
+                return None
+            mdict = {_atom_key(a): (a, p) for a, p in mono}
+            for key, p in odict.items():
+                if key not in mdict or mdict[key][1] < p:
+                    return None
+                atom, mp = mdict[key]
+                mdict[key] = (atom, mp - p)
+            rest = tuple(sorted(((a, p) for a, p in mdict.values() if p), key=lambda ap: _atom_key(ap[0])))
+            terms[rest] = coeff // ocoeff
+        return Dim(terms)
+
+    # comparison ---------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int) and not isinstance(other, bool):
+            other = Dim.of(other)
+        if not isinstance(other, Dim):
+            return NotImplemented
+        return self._hash == other._hash and self._cmp_key() == other._cmp_key()
+
+    def _cmp_key(self):
+        return tuple((tuple((_atom_key(a), p) for a, p in m), c) for m, c in self.terms)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    # printing -----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"Dim({self})"
+
+    def __str__(self) -> str:
+        if not self.terms:
+            return "0"
+        parts: list[str] = []
+        # constants last, highest degree first, reads like `2*B*T + 1`
+        ordered = sorted(self.terms, key=lambda mc: (mc[0] == (), -sum(p for _, p in mc[0])))
+        for mono, coeff in ordered:
+            factors = []
+            for atom, power in mono:
+                name = atom if isinstance(atom, str) else f"({atom.num}){atom.kind}{atom.den}"
+                factors.append(name if power == 1 else f"{name}**{power}")
+            body = "*".join(factors)
+            mag = abs(coeff)
+            text = str(mag) if not body else (body if mag == 1 else f"{mag}*{body}")
+            if not parts:
+                parts.append(text if coeff > 0 else f"-{text}")
+            else:
+                parts.append(f"+ {text}" if coeff > 0 else f"- {text}")
+        return " ".join(parts)
+

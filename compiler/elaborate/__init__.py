@@ -1,0 +1,76 @@
+"""Elaboration: imports, block instantiation, shape checking, and graph construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import KilnError
+from ..syntax import ast as A
+from .elaborator import ElaboratedModel, Elaborator, Port
+from .program import Loader, ModuleScope
+
+
+@dataclass
+class Program:
+    """A loaded source file with its imports resolved; models are elaborated on demand."""
+
+    module: ModuleScope
+    loader: Loader
+
+    @property
+    def path(self) -> str:
+        return self.module.path
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.module.models()]
+
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.module.blocks()]
+
+    def model_def(self, name: str | None = None) -> A.BlockDef:
+        """The named model, or the file's last `model` when name is None."""
+        models = self.module.models()
+        if name is None:
+            if not models:
+                raise KilnError(
+                    "K0601", f"{self.path} defines no model", None,
+                    hint="declare one with `model Name { forward(...) -> ... { ... } }`",
+                )
+            return models[-1]
+        for b in self.module.blocks():
+            if b.name == name:
+                return b
+        raise KilnError(
+            "K0601", f"{self.path} has no model named {name}", None,
+            hint=f"models here: {', '.join(self.model_names) or 'none'}",
+        )
+
+    def elaborate(self, model: str | None = None, args: dict[str, Any] | None = None,
+                  present: frozenset[str] | None = None) -> ElaboratedModel:
+        """Check and build the graph of one model (all optional inputs present by default)."""
+        defn = self.model_def(model)
+        try:
+            return Elaborator(self.module).elaborate_model(defn, dict(args or {}), present)
+        except RecursionError:
+            raise KilnError("K0201", "the model nests too deeply to elaborate", defn.span) from None
+
+
+def load_program(source: str | Path, filename: str | None = None) -> Program:
+    """Parse a file (a path) or source text (a string containing a newline or a brace)."""
+    loader = Loader()
+    if isinstance(source, Path) or (
+        isinstance(source, str) and "\n" not in source and "{" not in source
+        and source.strip() != ""
+    ):
+        module = loader.load_path(Path(source))
+    else:
+        name = filename or "<source>"
+        module = loader.load_text(source, name, Path(filename).parent if filename else None)
+    return Program(module, loader)
+
+
+__all__ = ["Program", "load_program", "ElaboratedModel", "Port"]

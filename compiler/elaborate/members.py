@@ -1,0 +1,388 @@
+"""Block instantiation: arguments, members (params, buffers, children, lists), ties, inits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..dims import Dim
+from ..errors import KilnError, Span
+from ..initializers import InitError
+from ..syntax import ast as A
+from ..types import DTYPES, NUMPY_DTYPES
+from .exprs import Poisoned, describe
+from .scope import Scope
+from .values import (
+    POISON, Absent, BlockRef, Builtin, FnRef, InitializerValue, Instance, OpRef, ParamInfo,
+    Sequential, Tensor,
+)
+
+ARG_TYPES = {
+    "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "string": (str,),
+    "list": (list, tuple), "tuple": (list, tuple), "Block": (BlockRef,), "block": (BlockRef,),
+    "size": (int, Dim),
+}
+
+
+class ParamSlot:
+    """A member that is a parameter or buffer; reading it in forward adds a `param` node."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+
+class MemberMixin:
+    """Instantiating blocks; mixed into the Elaborator."""
+
+    MAX_DEPTH = 64
+
+    def instantiate(self, ref: BlockRef, path: str, span: Span) -> Instance:
+        if len(self.stack) >= self.MAX_DEPTH:
+            raise KilnError(
+                "K0201", f"blocks nested more than {self.MAX_DEPTH} deep (a block that "
+                "contains itself?)", span,
+            )
+        env = self.bind_block_args(ref, span)
+        inst = Instance(ref, path, env, span=span)
+        self.instances.append(inst)
+        self.stack.append((ref.defn.name, span))
+        try:
+            scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+            self.define_members(inst, ref.defn.members, scope)
+        finally:
+            self.stack.pop()
+        return inst
+
+    def bind_block_args(self, ref: BlockRef, span: Span) -> dict[str, Any]:
+        defn = ref.defn
+        params = defn.params
+        if len(ref.args) > len(params):
+            raise KilnError(
+                "K0201", f"{defn.name} takes {len(params)} arguments "
+                f"({', '.join(p.name for p in params)}), got {len(ref.args)}", span,
+            )
+        env: dict[str, Any] = {}
+        for p, v in zip(params, ref.args):
+            env[p.name] = v
+        for name, v in ref.kwargs:
+            if name not in {p.name for p in params}:
+                from .exprs import _close
+
+                raise KilnError(
+                    "K0201", f"{defn.name} has no argument {name}", span,
+                    hint=_close(name, [p.name for p in params])
+                    or f"its arguments: {', '.join(p.name for p in params) or 'none'}",
+                )
+            if name in env:
+                raise KilnError("K0201", f"{defn.name}: argument {name} given twice", span)
+            env[name] = v
+        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+        for p in params:
+            if p.name not in env:
+                if p.default is None:
+                    raise KilnError(
+                        "K0201", f"{defn.name} is missing its argument {p.name}", span,
+                        hint=f"{defn.name}({', '.join(q.name for q in params)})",
+                    )
+                env[p.name] = self.eval(p.default, scope)
+            self.check_arg_type(defn.name, p, env[p.name], span)
+        return env
+
+    def check_arg_type(self, owner: str, p: A.ParamDef, value, span: Span) -> None:
+        if p.type is None or p.type.name not in ARG_TYPES:
+            return
+        ok = ARG_TYPES[p.type.name]
+        if isinstance(value, bool) and bool not in ok:
+            ok_value = False
+        else:
+            ok_value = isinstance(value, ok) or (p.type.name in ("int", "size") and isinstance(value, Dim))
+        if not ok_value:
+            raise KilnError(
+                "K0202", f"{owner}: argument {p.name} must be {p.type.name}, not {describe(value)}",
+                span,
+            )
+
+    # ------------------------------------------------------------------ members
+    def define_members(self, inst: Instance, members, scope: Scope) -> None:
+        for m in members:
+            try:
+                self.define_member(inst, m, scope)
+            except Poisoned:
+                pass
+            except KilnError as err:
+                self.report(err)
+                for name in _member_names(m):
+                    inst.members.setdefault(name, POISON)
+
+    def define_member(self, inst: Instance, m, scope: Scope) -> None:
+        if isinstance(m, A.Const):
+            scope.set(m.name, self.eval(m.value, scope))
+        elif isinstance(m, A.Require):
+            self.check_require(m, scope)
+        elif isinstance(m, A.TensorMember):
+            self.define_tensor(inst, m, scope)
+        elif isinstance(m, A.ChildMember):
+            self.define_child(inst, m, scope)
+        elif isinstance(m, A.Tie):
+            self.define_tie(inst, m, scope)
+        elif isinstance(m, A.InitOverride):
+            self.define_init(inst, m, scope)
+        elif isinstance(m, A.Forward):
+            if inst.forward is not None:
+                raise KilnError("K0106", f"{inst.name} has two forward definitions", m.span)
+            inst.forward = m
+        elif isinstance(m, A.For):
+            for item in self.iterate(self.eval(m.iter, scope), m.iter.span):
+                inner = scope.child()
+                self.bind_targets(inner, m.targets, item, m.span)
+                self.define_members(inst, m.body, inner)
+        elif isinstance(m, A.If):
+            taken = self.compile_time_bool(m.cond, scope, "a member `if` condition")
+            body, skipped = (m.then, m.other) if taken else (m.other, m.then)
+            for skipped_member in skipped:
+                inst.undefined.update(_member_names(skipped_member))
+            self.define_members(inst, body, scope)
+
+    def check_require(self, m: A.Require, scope: Scope) -> None:
+        if not self.compile_time_bool(m.cond, scope, "a require condition"):
+            msg = self.eval(m.message, scope)
+            raise KilnError("K0204", f"requirement failed: {msg}", m.cond.span)
+
+    def member_name(self, name: A.MemberName, scope: Scope) -> str:
+        parts = []
+        for p in name.parts:
+            parts.append(p.id if isinstance(p, A.Name) else self.interp_text(p, scope))
+        return ".".join(parts)
+
+    def guard_holds(self, guard, scope: Scope) -> bool:
+        return guard is None or self.compile_time_bool(guard, scope, "a member's `if` condition")
+
+    def claim(self, inst: Instance, name: str, span: Span) -> None:
+        if name in inst.members:
+            raise KilnError("K0106", f"{inst.name} already has a member named {name}", span)
+
+    def define_tensor(self, inst: Instance, m: A.TensorMember, scope: Scope) -> None:
+        name = self.member_name(m.name, scope)
+        if not self.guard_holds(m.guard, scope):
+            inst.undefined.add(name)
+            return
+        self.claim(inst, name, m.name.span)
+        dtype = m.type.dtype or "f32"
+        if dtype not in DTYPES:
+            raise KilnError("K0302", f"unknown element type {dtype}", m.type.span,
+                            hint=f"element types: {', '.join(DTYPES)}")
+        shape = []
+        for d in m.type.dims:
+            if isinstance(d, (A.AnonDim, A.EllipsisLit)):
+                raise KilnError("K0301", f"a {m.kind}'s shape must be fully known", d.span)
+            v = self.eval(d, scope)
+            if isinstance(v, Dim) and v.is_const:
+                v = v.value
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise KilnError(
+                    "K0301", f"a {m.kind}'s size must be a non-negative int known at compile "
+                    f"time, not {describe(v)}", d.span,
+                )
+            shape.append(v)
+        persistent = True
+        for opt in m.options:
+            if opt.name != "persistent" or m.kind != "buffer":
+                raise KilnError("K0201", f"{m.kind} has no option {opt.name}", opt.span,
+                                hint="buffers take persistent = false")
+            persistent = self.compile_time_bool(opt.value, scope, "persistent")
+        init = self.tensor_initializer(m, tuple(shape), dtype, scope)
+        path = inst.child_path(name)
+        self.params[path] = ParamInfo(
+            path, m.kind, dtype, tuple(shape), init, persistent, inst.name, name, m.span
+        )
+        self.param_owners[path] = inst
+        inst.members[name] = ParamSlot(path)
+
+    def tensor_initializer(self, m: A.TensorMember, shape, dtype, scope: Scope):
+        if m.init is None:
+            from ..initializers import make_initializer
+
+            return InitializerValue(make_initializer("zeros", [], {}))
+        self.graphs.append(self.new_frame())
+        try:
+            value = self.eval(m.init, scope)
+            if isinstance(value, InitializerValue):
+                return value
+            if isinstance(value, (bool, int, float)):
+                return np.full(shape, value, dtype=NUMPY_DTYPES[dtype])
+            if not isinstance(value, Tensor):
+                raise KilnError(
+                    "K0202", f"a {m.kind} is initialised by init.NAME(...) or a tensor "
+                    f"expression, not {describe(value)}", m.init.span,
+                )
+            frame = self.graphs[-1]
+            frame.graph.outputs = [value.value]
+            from ..evaluate import run_graph
+
+            (array,) = run_graph(frame.graph, [], {}, {})
+        finally:
+            self.graphs.pop()
+        if tuple(array.shape) != tuple(shape):
+            raise KilnError(
+                "K0301", f"initial value has shape {list(array.shape)} but {m.kind} "
+                f"is declared {list(shape)}", m.init.span,
+            )
+        return array.astype(NUMPY_DTYPES[dtype])
+
+    def define_child(self, inst: Instance, m: A.ChildMember, scope: Scope) -> None:
+        name = self.member_name(m.name, scope)
+        if not self.guard_holds(m.guard, scope):
+            inst.undefined.add(name)
+            return
+        self.claim(inst, name, m.name.span)
+        self.member_scope_depth += 1
+        try:
+            value = self.eval(m.value, scope)
+        finally:
+            self.member_scope_depth -= 1
+        inst.members[name] = self.make_member(value, inst.child_path(name), m.value.span)
+
+    def make_member(self, value, path: str, span: Span):
+        if isinstance(value, BlockRef):
+            return self.instantiate(value, path, span)
+        if isinstance(value, (list, tuple)) and not all(
+            isinstance(v, (int, float, bool, str, Dim)) for v in value
+        ):
+            return self.build_sequential(value, path, span)
+        if isinstance(value, Tensor):
+            raise KilnError(
+                "K0202", "a member cannot be a tensor; declare it with param or buffer", span
+            )
+        if isinstance(value, (InitializerValue, Absent)):
+            raise KilnError("K0202", f"a member cannot be {describe(value)}", span)
+        return value
+
+    def build_sequential(self, items, path: str, span: Span) -> Sequential:
+        stages = []
+        for i, item in enumerate(items):
+            sub = f"{path}.{i}"
+            if isinstance(item, BlockRef):
+                stages.append(self.instantiate(item, sub, span))
+            elif isinstance(item, (list, tuple)):
+                stages.append(self.build_sequential(item, sub, span))
+            elif isinstance(item, (OpRef, FnRef, Builtin, Instance, Sequential)):
+                stages.append(item)
+            else:
+                raise KilnError(
+                    "K0202", f"stage {i} of the list is {describe(item)}, not a block or an op",
+                    span,
+                )
+        return Sequential(path, stages)
+
+    def define_tie(self, inst: Instance, m: A.Tie, scope: Scope) -> None:
+        target = inst.child_path(self.member_name(m.target, scope))
+        source = inst.child_path(self.member_name(m.source, scope))
+        source = self.aliases.get(source, source)
+        for path, name in ((target, m.target), (source, m.source)):
+            if path not in self.params:
+                raise KilnError("K0101", f"tie: no parameter named {path}", name.span,
+                                hint="tie names parameters declared before it")
+        a, b = self.params[target], self.params[source]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise KilnError(
+                "K0301", f"tie: {target} is {a.dtype}{list(a.shape)} but {source} is "
+                f"{b.dtype}{list(b.shape)}", m.span,
+            )
+        del self.params[target]
+        self.aliases[target] = source
+
+    def define_init(self, inst: Instance, m: A.InitOverride, scope: Scope) -> None:
+        segments = [s if isinstance(s, str) else self.interp_text(s, scope) for s in m.pattern]
+        value = self.eval(m.value, scope)
+        if not isinstance(value, InitializerValue):
+            raise KilnError("K0202", f"init needs an initializer such as init.normal(std = 0.02), "
+                            f"not {describe(value)}", m.value.span)
+        block_type = None
+        if len(segments) >= 2 and segments[0] != "*":
+            found = self._block_in_pattern(segments, scope)
+            if found is not None:
+                block_type, segments = found
+        inst.inits.append((block_type, tuple(segments), value))
+
+    def _block_in_pattern(self, segments, scope: Scope):
+        """`Conv2d.weight` or `nn.Conv2d.weight`: (block name, member path) if it names a block."""
+        from .scope import Unbound
+
+        try:
+            value = scope.lookup(segments[0])
+        except Unbound:
+            return None
+        i = 1
+        while not isinstance(value, BlockRef) and i < len(segments) - 1:
+            from .values import Namespace
+
+            if not isinstance(value, Namespace) or value.kind != "module":
+                return None
+            value = self.namespace_attr(value, segments[i], None)
+            i += 1
+        if isinstance(value, BlockRef):
+            return value.name, segments[i:]
+        return None
+
+    def resolve_initializers(self) -> None:
+        """Apply `init PATTERN = ...` overrides: the nearest ancestor declaring a match wins."""
+        by_path = {inst.path: inst for inst in self.instances}
+        for path, info in self.params.items():
+            if info.kind != "param":
+                continue
+            owner = self.param_owners[path]
+            ancestor_paths = _ancestors(owner.path)
+            for anc_path in ancestor_paths:
+                anc = by_path.get(anc_path)
+                if anc is None or not anc.inits:
+                    continue
+                rel = path[len(anc_path) + 1:] if anc_path else path
+                chosen = None
+                for block_type, segments, init in anc.inits:
+                    if _matches(block_type, segments, info, rel):
+                        chosen = init
+                if chosen is not None:
+                    info.init = chosen
+                    break
+
+    def generate_params(self, seed: int) -> dict[str, np.ndarray]:
+        out = {}
+        for path, info in self.params.items():
+            if isinstance(info.init, InitializerValue):
+                try:
+                    out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
+                except InitError as err:
+                    raise KilnError("K0202", f"cannot initialise {path}: {err.message}", info.span) from None
+            else:
+                out[path] = np.array(info.init, copy=True)
+        return out
+
+
+def _ancestors(path: str) -> list[str]:
+    """'a.b.c' -> ['a.b.c', 'a.b', 'a', ''] (nearest first)."""
+    out = [path]
+    while path:
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+        out.append(path)
+    return out
+
+
+def _matches(block_type, segments, info: ParamInfo, rel: str) -> bool:
+    if block_type is not None:
+        return info.owner == block_type and info.member == ".".join(segments)
+    parts = rel.split(".")
+    return len(parts) == len(segments) and all(s in ("*", p) for s, p in zip(segments, parts))
+
+
+def _member_names(m) -> list[str]:
+    """Static names a member declares (interpolated names are not known statically)."""
+    if isinstance(m, (A.TensorMember, A.ChildMember)) and all(
+        isinstance(p, A.Name) for p in m.name.parts
+    ):
+        return [".".join(p.id for p in m.name.parts)]
+    if isinstance(m, A.If):
+        return [n for sub in (*m.then, *m.other) for n in _member_names(sub)]
+    if isinstance(m, A.For):
+        return [n for sub in m.body for n in _member_names(sub)]
+    return []

@@ -1,0 +1,116 @@
+"""The graph IR: a networkx MultiDiGraph whose nodes are primitive ops and edges are tensors.
+
+A node holds `op` (a registry name, or one of the structural ops `input`, `param`,
+`constant`), `attrs`, `types` (one TensorType per output), `span` (where in the source it came
+from), `scope` (the dotted path of the block instance that made it) and `arity` (how many input
+slots it has; absent optional inputs have no edge). An edge `u -> v` carries `src` (u's output
+index) and `dst` (v's input slot).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .errors import Span
+from .types import TensorType
+
+STRUCTURAL_OPS = frozenset({"input", "param", "constant"})
+
+
+@dataclass(frozen=True)
+class Value:
+    """One output of one node: the handle the elaborator passes around for a tensor."""
+
+    node: int
+    index: int
+    type: TensorType
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A `where` clause that could not be proven at compile time: checked at call time."""
+
+    op: str  # one of == != < <= > >=
+    lhs: Any  # Dim
+    rhs: Any  # Dim
+    text: str
+    span: Span | None
+
+
+@dataclass
+class Graph:
+    """A dataflow graph of primitive ops; `scan` nodes hold a body Graph in their attrs."""
+
+    g: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    _ids: Any = field(default_factory=lambda: itertools.count())
+
+    def add(
+        self,
+        op: str,
+        inputs: list[Value | None],
+        attrs: dict | None,
+        types: list[TensorType],
+        span: Span | None = None,
+        scope: str = "",
+    ) -> list[Value]:
+        """Add a node computing `types` from `inputs`; returns its output Values."""
+        nid = next(self._ids)
+        self.g.add_node(
+            nid, op=op, attrs=dict(attrs or {}), types=list(types), span=span,
+            scope=scope, arity=len(inputs),
+        )
+        for slot, value in enumerate(inputs):
+            if value is not None:
+                self.g.add_edge(value.node, nid, src=value.index, dst=slot)
+        return [Value(nid, i, t) for i, t in enumerate(types)]
+
+    def add_input(self, name: str, type_: TensorType, span: Span | None, optional=False) -> Value:
+        (value,) = self.add("input", [], {"name": name, "optional": optional}, [type_], span)
+        self.inputs.append(value.node)
+        return value
+
+    def node(self, nid: int) -> dict:
+        return self.g.nodes[nid]
+
+    def op(self, nid: int) -> str:
+        return self.g.nodes[nid]["op"]
+
+    def operands(self, nid: int) -> list[Value | None]:
+        """The Values feeding node `nid`, by input slot (None for an absent optional input)."""
+        slots: list[Value | None] = [None] * self.g.nodes[nid]["arity"]
+        for u, _v, data in self.g.in_edges(nid, data=True):
+            slots[data["dst"]] = Value(u, data["src"], self.g.nodes[u]["types"][data["src"]])
+        return slots
+
+    def order(self) -> list[int]:
+        """Nodes in a topological order that is stable (ties broken by creation order)."""
+        return list(nx.lexicographical_topological_sort(self.g))
+
+    def nodes_with_op(self, op: str) -> list[int]:
+        return [n for n, d in self.g.nodes(data=True) if d["op"] == op]
+
+    def params(self) -> list[int]:
+        return self.nodes_with_op("param")
+
+    def prune(self) -> None:
+        """Remove nodes no output depends on (inputs are kept: they are the signature)."""
+        live: set[int] = set(self.inputs)
+        stack = [v.node for v in self.outputs]
+        while stack:
+            n = stack.pop()
+            if n in live:
+                continue
+            live.add(n)
+            stack.extend(self.g.predecessors(n))
+        self.g.remove_nodes_from([n for n in list(self.g.nodes) if n not in live])
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()

@@ -1,0 +1,114 @@
+"""Lark parser for kiln source: LALR, contextual lexer, positions kept.
+
+The post-lexer drops newlines inside ( ) and [ ], so brackets may span lines, while braces
+keep newlines as statement separators. (A line starting with `|>` or `else` continues the line
+before it: the grammar's PIPE and ELSE tokens take the newlines in front of them.)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from lark import Lark, Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from ..errors import KilnError, Span
+
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+_CLOSE = {v: k for k, v in _OPEN.items()}
+
+
+class BracketNewlines:
+    """Post-lexer: newlines are insignificant inside parentheses and square brackets."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        stack: list[str] = []
+        for tok in stream:
+            if tok.type in _OPEN:
+                stack.append(tok.type)
+            elif tok.type in _CLOSE and stack and stack[-1] == _CLOSE[tok.type]:
+                stack.pop()
+            elif tok.type == "_NL" and stack and stack[-1] != "LBRACE":
+                continue
+            yield tok
+
+
+@lru_cache(maxsize=None)
+def _parser() -> Lark:
+    text = resources.files("kiln.grammar").joinpath("kiln.lark").read_text(encoding="utf-8")
+    return Lark(
+        text,
+        parser="lalr",
+        lexer="contextual",
+        postlex=BracketNewlines(),
+        propagate_positions=True,
+        maybe_placeholders=True,
+        start=["start", "test"],
+    )
+
+
+def grammar_rules() -> set[str]:
+    """Every rule name (after aliases) the parser can produce, for the AST-coverage test."""
+    names = set()
+    for rule in _parser().rules:
+        name = rule.alias or rule.origin.name
+        names.add(str(name))
+    return names
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    if tok.type == "_NL":
+        return "end of line"
+    return f"'{tok}'"
+
+
+_EXPECT_NAMES = {
+    "NAME": "a name", "RPAR": "')'", "RSQB": "']'", "RBRACE": "'}'", "LBRACE": "'{'",
+    "LPAR": "'('", "COLON": "':'", "EQUAL": "'='", "COMMA": "','", "_NL": "a new line",
+    "INT": "an integer", "STRING": "a string",
+}
+
+
+def parse(text: str, filename: str, start: str = "start"):
+    """Parse `text` into a Lark tree, or raise KilnError K0001/K0002 at the offending token."""
+    try:
+        return _parser().parse(text, start=start)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, text, filename) from None
+
+
+def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> KilnError:
+    line = getattr(exc, "line", None) or 1
+    col = getattr(exc, "column", None) or 1
+    if line < 1:  # lark reports -1 at end of file
+        lines = text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+    width = 1
+    if isinstance(exc, UnexpectedCharacters):
+        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        message = f"unexpected character {ch!r}"
+        code = "K0002"
+    elif isinstance(exc, (UnexpectedToken, UnexpectedEOF)):
+        tok = getattr(exc, "token", None)
+        code = "K0001"
+        if tok is None or tok.type == "$END":
+            message = "unexpected end of file"
+        else:
+            message = f"unexpected {_describe(tok)}"
+            width = max(1, len(str(tok))) if tok.type != "_NL" else 1
+        expected = sorted(
+            _EXPECT_NAMES.get(t, f"'{t.lower()}'" if t.isupper() else t)
+            for t in getattr(exc, "expected", set()) or set()
+            if not t.startswith("__") and t != "$END"
+        )
+        if expected and len(expected) <= 6:
+            message += ", expected " + " or ".join(dict.fromkeys(expected))
+    else:
+        code, message = "K0001", "syntax error"
+    span = Span(filename, line, col, line, col + width, text)
+    return KilnError(code, message, span)

@@ -1,0 +1,1 @@
+"""kiln: a declarative language for neural-network models, and its compiler."""
