@@ -75,6 +75,15 @@ class Dim:
             raise DimError(f"{self} is not a constant")
         return self.terms[0][1] if self.terms else 0
 
+    @property
+    def symbol(self) -> str | None:
+        """The name when this Dim is exactly one symbol (`B`), else None."""
+        if len(self.terms) == 1:
+            (mono, coeff), = self.terms
+            if coeff == 1 and len(mono) == 1 and isinstance(mono[0][0], str) and mono[0][1] == 1:
+                return mono[0][0]
+        return None
+
     def symbols(self) -> set[str]:
         out: set[str] = set()
         for mono, _ in self.terms:

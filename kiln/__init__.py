@@ -1,1 +1,15 @@
-"""kiln: a declarative language for neural-network models, and its compiler."""
+"""kiln: a declarative language for neural-network models, and its compiler.
+
+    import kiln
+    program = kiln.load("examples/mlp.kiln")          # parse and resolve imports
+    model = kiln.compile("examples/mlp.kiln", seed=0)  # elaborate, initialise, build
+    y = model(x)                                      # numpy in, numpy out
+"""
+
+from __future__ import annotations
+
+from .api import compile, load  # noqa: A004  (kiln.compile is the public name)
+from .api import KilnError
+
+__version__ = "0.1.0"
+__all__ = ["compile", "load", "KilnError", "__version__"]

@@ -115,7 +115,7 @@ class ForwardMixin:
         if any(isinstance(v, Poison) for v, _ in [*args, *kwargs.values()]):
             raise Poisoned()
         values = self.bind_inputs(inst, fwd, args, kwargs, span)
-        self.stack.append((inst.name, span))
+        self.stack.append((inst.name, span if inst.path else None))  # the root needs no note
         self.current_paths.append(inst.path)
         saved_counter, inst.stage_counter = inst.stage_counter, 0
         try:
@@ -306,7 +306,10 @@ class ForwardMixin:
                      else self.eval(stmt.value, scope))
             self.bind_targets(scope, stmt.targets, value, stmt.span)
         elif isinstance(stmt, A.Return):
-            raise Returned(tuple(self.eval(v, scope) for v in stmt.values), stmt.span)
+            values = tuple(self.eval(v, scope) for v in stmt.values)
+            if len(values) == 1 and isinstance(values[0], tuple):  # `return f(x)` of a tuple
+                values = values[0]
+            raise Returned(values, stmt.span)
         elif isinstance(stmt, A.Const):
             scope.set(stmt.name, self.eval(stmt.value, scope))
         elif isinstance(stmt, A.Require):

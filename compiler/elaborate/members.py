@@ -46,7 +46,7 @@ class MemberMixin:
         env = self.bind_block_args(ref, span)
         inst = Instance(ref, path, env, span=span)
         self.instances.append(inst)
-        self.stack.append((ref.defn.name, span))
+        self.stack.append((ref.defn.name, span if path else None))
         try:
             scope = Scope(env, None, ref.module, None, False, self.resolve_const)
             self.define_members(inst, ref.defn.members, scope)
@@ -346,17 +346,20 @@ class MemberMixin:
                     info.init = chosen
                     break
 
-    def generate_params(self, seed: int) -> dict[str, np.ndarray]:
-        out = {}
-        for path, info in self.params.items():
-            if isinstance(info.init, InitializerValue):
-                try:
-                    out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
-                except InitError as err:
-                    raise KilnError("K0202", f"cannot initialise {path}: {err.message}", info.span) from None
-            else:
-                out[path] = np.array(info.init, copy=True)
-        return out
+
+def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.ndarray]:
+    """Initial values of every parameter and buffer: a pure function of (seed, path)."""
+    out = {}
+    for path, info in params.items():
+        if isinstance(info.init, InitializerValue):
+            try:
+                out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
+            except InitError as err:
+                raise KilnError("K0202", f"cannot initialise {path}: {err.message}",
+                                info.span) from None
+        else:
+            out[path] = np.array(info.init, copy=True)
+    return out
 
 
 def _ancestors(path: str) -> list[str]:

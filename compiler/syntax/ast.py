@@ -28,7 +28,7 @@ class InterpName(Node):
 
 @dataclass(frozen=True)
 class Literal(Node):
-    value: int | float | str | bool
+    value: int | float | str | bool | None
 
 
 @dataclass(frozen=True)

@@ -358,6 +358,9 @@ class ASTBuilder(Transformer):
     def false_lit(self, meta, ch):
         return A.Literal(self._span(meta), False)
 
+    def none_lit(self, meta, ch):
+        return A.Literal(self._span(meta), None)
+
     def tuple_lit(self, meta, ch):
         return A.TupleLit(self._span(meta), tuple(c for c in ch if c is not None))
 

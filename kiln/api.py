@@ -1,0 +1,61 @@
+"""The public Python API: kiln.load and kiln.compile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kiln.compiler.elaborate import Program, load_program
+from kiln.compiler.errors import KilnError
+
+TARGETS = ("reference",)
+
+
+def load(source: str | os.PathLike) -> Program:
+    """Parse a model file (a path) or model source text, resolving its imports.
+
+    The result lists the file's models (`program.model_names`) and elaborates any of them
+    (`program.elaborate("MLP", args={"hidden": 256})`), raising KilnError on any mistake.
+    """
+    if isinstance(source, os.PathLike):
+        source = Path(source)
+    return load_program(source)
+
+
+def compile(  # noqa: A001  (the public name)
+    source: str | os.PathLike | Program,
+    model: str | None = None,
+    target: str = "reference",
+    seed: int = 0,
+    weights: str | os.PathLike | dict | None = None,
+    args: dict[str, Any] | None = None,
+    strict: bool = True,
+):
+    """Compile one model of a file into a callable taking and returning numpy arrays.
+
+    model: the model's name (default: the file's last `model`); args: its compile-time
+    arguments; seed: initial weights are a pure function of (seed, parameter path);
+    weights: a .safetensors or .npz file (or a dict) loaded by dotted path.
+    """
+    from kiln.runtime.reference import ReferenceModel
+
+    if target not in TARGETS:
+        raise KilnError(
+            "K0602", f"unknown target {target!r}", hint=f"targets: {', '.join(TARGETS)}"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise KilnError("K0602", f"seed must be a non-negative int, not {seed!r}")
+    program = source if isinstance(source, Program) else load(source)
+    elaborated = program.elaborate(model, args)
+
+    def variant(present: frozenset[str]):
+        return program.elaborate(model, args, present)
+
+    from kiln.compiler.elaborate.members import generate_params
+
+    params = generate_params(elaborated.params, seed)
+    compiled = ReferenceModel(elaborated, params, variant)
+    if weights is not None:
+        compiled.load_weights(weights, strict=strict)
+    return compiled

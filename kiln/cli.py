@@ -1,0 +1,259 @@
+"""The `kiln` command line: check, params, graph, run."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kiln.compiler.dims import Dim
+from kiln.compiler.errors import KilnError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    try:
+        return opts.handler(opts)
+    except KilnError as err:
+        print(err, file=sys.stderr)
+        n = len(err.all)
+        if n > 1:
+            print(f"\n{n} errors", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in kiln: say so plainly, without a traceback
+        print(f"kiln: internal error (this is a bug in kiln, please report it): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln", description="Compile and run kiln model files.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_cmd(name, help_, handler):
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("file", help="the .kiln model file")
+        c.add_argument("--model", help="which model (default: the file's last `model`)")
+        c.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a model argument, e.g. --arg hidden=256")
+        c.set_defaults(handler=handler)
+        return c
+
+    model_cmd("check", "parse, elaborate and shape-check a model; print its signature", cmd_check)
+    model_cmd("params", "list every parameter and buffer, and the cost of one call", cmd_params)
+    g = model_cmd("graph", "print the graph IR as DOT (or write .dot / .svg)", cmd_graph)
+    g.add_argument("-o", "--output", help="out.dot or out.svg (SVG needs Graphviz's dot)")
+    r = model_cmd("run", "run a model and summarise its outputs", cmd_run)
+    r.add_argument("--target", default="reference", choices=["reference"])
+    r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy")
+    r.add_argument("--random-inputs", action="store_true",
+                   help="feed random inputs (floats ~ N(0, 1), ints in [0, 2), random bools)")
+    r.add_argument("--bind", action="append", default=[], metavar="SYM=N",
+                   help="size of a symbolic dimension for random inputs (default 1)")
+    r.add_argument("--weights", help="a .safetensors or .npz file of weights")
+    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    r.add_argument("-o", "--output", help="save the outputs to this .npz file")
+    return p
+
+
+def parse_args_option(items: list[str]) -> dict:
+    """--arg NAME=VALUE: ints, floats, true/false, lists in [...], else a string."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise KilnError("K0602", f"--arg {item!r} must look like NAME=VALUE")
+        name, text = item.split("=", 1)
+        lowered = text.replace("true", "True").replace("false", "False")
+        try:
+            value = ast.literal_eval(lowered)
+        except (ValueError, SyntaxError):
+            value = text
+        out[name.strip()] = value
+    return out
+
+
+def elaborate(opts):
+    from kiln.api import load
+
+    program = load(Path(opts.file))
+    return program, program.elaborate(opts.model, parse_args_option(opts.arg))
+
+
+def cmd_check(opts) -> int:
+    _, model = elaborate(opts)
+    print(f"{model.name}: ok")
+    for p in model.inputs:
+        print(f"  input  {p.name}: {p.type}{'  (optional)' if p.optional else ''}")
+    for p in model.outputs:
+        print(f"  output {p.name}: {p.type}")
+    return 0
+
+
+def format_count(n: int) -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
+
+
+def format_dim_count(d: Dim) -> str:
+    """`401408*B + 16` -> `401K × B + 16`: a cost formula in the symbolic sizes."""
+    parts = []
+    for mono, coeff in sorted(d.terms, key=lambda mc: mc[0] == ()):
+        factors = " × ".join(
+            (a if isinstance(a, str) else f"({a.num}){a.kind}{a.den}") + (f"^{p}" if p > 1 else "")
+            for a, p in mono
+        )
+        if not factors:
+            parts.append(format_count(coeff))
+        elif coeff == 1:
+            parts.append(factors)
+        else:
+            parts.append(f"{format_count(coeff)} × {factors}")
+    return " + ".join(parts) or "0"
+
+
+def cmd_params(opts) -> int:
+    _, model = elaborate(opts)
+    rows = []
+    total = 0
+    for path, info in model.params.items():
+        count = int(np.prod(info.shape, dtype=np.int64))
+        total += count if info.kind == "param" else 0
+        kind = info.kind + ("" if info.persistent else " (not saved)")
+        rows.append((path, kind, info.dtype, str(list(info.shape)), f"{count:,}"))
+    for alias, canonical in model.aliases.items():
+        rows.append((alias, f"tied to {canonical}", "", "", ""))
+    headers = ("name", "kind", "dtype", "shape", "count")
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(5)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) if i != 4 else str(c).rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))))
+    buffers = sum(int(np.prod(i.shape, dtype=np.int64)) for i in model.params.values()
+                  if i.kind == "buffer")
+    print(f"\ntotal parameters: {total:,} ({format_count(total)})"
+          + (f"; buffers: {buffers:,}" if buffers else ""))
+    macs = model.macs_by_scope()
+    by_block: dict[str, Dim] = {}
+    for scope, m in macs.items():
+        top = scope.split(".")[0] if scope else "(model)"
+        by_block[top] = by_block.get(top, Dim.of(0)) + m
+    if by_block:
+        print("\nmultiply-adds of one call:")
+        for block, m in by_block.items():
+            print(f"  {block:<24} {format_dim_count(m)}")
+        total_macs = sum(by_block.values(), Dim.of(0))
+        print(f"  {'total':<24} {format_dim_count(total_macs)}")
+    return 0
+
+
+def cmd_graph(opts) -> int:
+    from kiln.compiler.printing import to_dot
+
+    _, model = elaborate(opts)
+    dot = to_dot(model.graph, model.name)
+    out = opts.output
+    if out is None:
+        print(dot)
+        return 0
+    if out.endswith(".svg"):
+        exe = shutil.which("dot")
+        if exe is None:
+            raise KilnError(
+                "K0602", "writing SVG needs Graphviz's `dot` program, which is not on PATH",
+                hint="install Graphviz (e.g. apt-get install graphviz), or write DOT with "
+                "-o graph.dot and render it elsewhere",
+            )
+        proc = subprocess.run([exe, "-Tsvg"], input=dot, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KilnError("K0602", f"dot failed: {proc.stderr.strip()}")
+        Path(out).write_text(proc.stdout)
+    else:
+        Path(out).write_text(dot)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_run(opts) -> int:
+    from kiln.api import compile as kiln_compile
+    from kiln.runtime.weights import save_weights
+
+    program, _ = elaborate(opts)
+    model = kiln_compile(program, model=opts.model, target=opts.target, seed=opts.seed,
+                         weights=opts.weights, args=parse_args_option(opts.arg))
+    feeds = load_inputs(opts, model)
+    outputs = model(**feeds)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    for port, value in zip(model.outputs, outputs):
+        print(f"{port.name}: {value.dtype}{list(value.shape)}  {summarise(value)}")
+    if opts.output:
+        save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs)})
+        print(f"wrote {opts.output}")
+    return 0
+
+
+def load_inputs(opts, model) -> dict:
+    feeds = {}
+    names = {p.name for p in model.inputs}
+    for item in opts.input:
+        if "=" not in item:
+            raise KilnError("K0602", f"--input {item!r} must look like NAME=PATH.npy")
+        name, path = item.split("=", 1)
+        if name not in names:
+            raise KilnError("K0501", f"{model.name} has no input named {name!r}",
+                            hint=f"its inputs: {', '.join(sorted(names))}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise KilnError("K0403", f"cannot read input {name} from {path}: {exc}") from None
+    missing = [p for p in model.inputs if p.name not in feeds and not p.optional]
+    if missing and not opts.random_inputs:
+        raise KilnError("K0501", "missing inputs: " + ", ".join(f"{p.name}: {p.type}" for p in missing),
+                        hint="give them with --input NAME=PATH.npy, or use --random-inputs")
+    if opts.random_inputs:
+        binds = {}
+        for item in opts.bind:
+            name, _, value = item.partition("=")
+            if not value.isdigit():
+                raise KilnError("K0602", f"--bind {item!r} must look like SYM=N")
+            binds[name] = int(value)
+        rng = np.random.default_rng(opts.seed)
+        for p in model.inputs:
+            if p.name in feeds or p.optional:
+                continue
+            env = {s: binds.get(s, 1) for d in p.type.shape for s in d.symbols()}
+            shape = tuple(d.evaluate(env) for d in p.type.shape)
+            feeds[p.name] = random_array(rng, shape, p.type)
+    return feeds
+
+
+def random_array(rng, shape, ttype) -> np.ndarray:
+    if ttype.dtype == "bool":
+        return rng.random(shape) < 0.5
+    if ttype.dtype in ("i32", "i64"):
+        return rng.integers(0, 2, size=shape).astype(ttype.np_dtype)
+    return rng.standard_normal(shape).astype(ttype.np_dtype)
+
+
+def summarise(a: np.ndarray) -> str:
+    if a.size == 0:
+        return "(empty)"
+    if a.dtype == np.bool_:
+        return f"true: {int(a.sum())} of {a.size}"
+    f = a.astype(np.float64)
+    return f"mean {f.mean():.4g}  std {f.std():.4g}  min {f.min():.4g}  max {f.max():.4g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What every compiled model offers: signature, parameters, weights I/O, checked calls."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..compiler.dims import Dim, DimError
+from ..compiler.elaborate import ElaboratedModel, Port
+from ..compiler.errors import KilnError
+from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy, shape_str
+from .weights import load_weights, match_weights, save_weights
+
+# lossless conversions done for the caller; anything else is an error naming the input
+_WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32"), ("bool", "bool")}
+
+_COMPARE = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+
+
+class CompiledModel:
+    """A model ready to run: call it with numpy arrays (positional or by input name)."""
+
+    target = "abstract"
+
+    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray]):
+        self.model = model
+        self.name = model.name
+        self.params: dict[str, np.ndarray] = params
+
+    # ------------------------------------------------------------------ signature
+    @property
+    def inputs(self) -> list[Port]:
+        return list(self.model.inputs)
+
+    @property
+    def outputs(self) -> list[Port]:
+        return list(self.model.outputs)
+
+    def signature(self) -> str:
+        ins = ", ".join(f"{p.name}: {p.type}{'?' if p.optional else ''}" for p in self.inputs)
+        outs = ", ".join(str(p.type) for p in self.outputs)
+        return f"{self.name}({ins}) -> {outs if len(self.outputs) == 1 else '(' + outs + ')'}"
+
+    def __repr__(self) -> str:
+        return f"<kiln {self.target} model {self.signature()}>"
+
+    # ------------------------------------------------------------------ weights
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Persistent parameters and buffers by dotted path; a tied tensor under both names."""
+        out = {p: a for p, a in self.params.items() if self.model.params[p].persistent}
+        for alias, canonical in self.model.aliases.items():
+            if canonical in out:
+                out[alias] = out[canonical]
+        return out
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the weights to .safetensors (preferred) or .npz, atomically."""
+        save_weights(path, self.state_dict())
+
+    def load_weights(self, path_or_dict, strict: bool = True) -> None:
+        """Load weights by dotted path; every missing, unexpected or mis-shaped key is reported."""
+        found = load_weights(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
+        expected = {
+            p: (info.shape, info.dtype) for p, info in self.model.params.items() if info.persistent
+        }
+        source = os.fspath(path_or_dict) if not isinstance(path_or_dict, dict) else "weights"
+        matched = match_weights(expected, found, self.model.aliases, strict, source)
+        for path, array in matched.items():
+            self.params[path] = np.ascontiguousarray(array)
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Hook for backends that copy parameters into buffers of their own."""
+
+    # ------------------------------------------------------------------ calls
+    def bind_inputs(self, args: tuple, kwargs: dict) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Check every input against the signature; returns arrays by name and symbol sizes."""
+        ports = self.inputs
+        names = [p.name for p in ports]
+        if len(args) > len(ports):
+            raise KilnError("K0501", f"{self.name} takes {len(ports)} inputs "
+                            f"({', '.join(names)}), got {len(args)}")
+        given: dict[str, Any] = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise KilnError("K0501", f"{self.name} has no input named {k!r}",
+                                hint=f"its inputs: {', '.join(names)}")
+            if k in given:
+                raise KilnError("K0501", f"input {k} given twice (by position and by name)")
+            given[k] = v
+        arrays: dict[str, np.ndarray] = {}
+        for p in ports:
+            if p.name not in given or given[p.name] is None:
+                if p.optional:
+                    continue
+                raise KilnError("K0501", f"missing input {p.name}: {p.type}")
+            arrays[p.name] = self._check_array(p, given[p.name])
+        dims = self._bind_dims([p for p in ports if p.name in arrays], arrays)
+        return arrays, dims
+
+    def _check_array(self, port: Port, value) -> np.ndarray:
+        want = port.type.dtype
+        if not isinstance(value, np.ndarray):
+            if isinstance(value, (bool, int, float, list, tuple, np.generic)):
+                value = np.asarray(value)
+                if value.dtype.kind in "fiub" and value.dtype != object:
+                    value = value.astype(NUMPY_DTYPES[want]) if _same_kind(value.dtype, want) else value
+            else:
+                raise KilnError("K0502", f"input {port.name} must be a numpy array, "
+                                f"not {type(value).__name__}")
+        got = dtype_of_numpy(value.dtype)
+        if got != want:
+            if got is not None and (got, want) in _WIDENING:
+                value = value.astype(NUMPY_DTYPES[want])
+            else:
+                raise KilnError(
+                    "K0502", f"input {port.name} must be {want}, but the array is {value.dtype}",
+                    hint=f"convert it: x.astype(np.{NUMPY_DTYPES[want].name})",
+                )
+        if value.ndim != port.type.rank:
+            raise KilnError("K0503", f"input {port.name} must have {port.type.rank} axes "
+                            f"{shape_str(port.type.shape)}, but its shape is {list(value.shape)}")
+        return np.ascontiguousarray(value)
+
+    def _bind_dims(self, ports: list[Port], arrays: dict) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        where: dict[str, str] = {}
+        later = []
+        for p in ports:
+            for axis, (d, n) in enumerate(zip(p.type.shape, arrays[p.name].shape)):
+                if d.is_const:
+                    if d.value != n:
+                        raise KilnError("K0503", f"input {p.name} must have shape "
+                                        f"{shape_str(p.type.shape)}, but its shape is "
+                                        f"{list(arrays[p.name].shape)} (axis {axis})")
+                elif d.symbol is not None:
+                    sym = d.symbol
+                    if sym in dims and dims[sym] != n:
+                        raise KilnError(
+                            "K0503", f"size {sym} is {dims[sym]} in {where[sym]} but {n} in "
+                            f"input {p.name} (axis {axis}), shape {list(arrays[p.name].shape)}")
+                    dims[sym] = n
+                    where[sym] = f"input {p.name}"
+                else:
+                    later.append((p, axis, d, n))
+        for p, axis, d, n in later:
+            try:
+                expect = d.evaluate(dims)
+            except DimError:
+                raise KilnError("K0503", f"cannot work out the sizes of input {p.name} "
+                                f"{shape_str(p.type.shape)} from the other inputs") from None
+            if expect != n:
+                raise KilnError("K0503", f"input {p.name} must have shape "
+                                f"{shape_str(p.type.shape)} = {[_ev(x, dims) for x in p.type.shape]}"
+                                f", but its shape is {list(arrays[p.name].shape)}")
+        for c in self.model.graph.constraints:
+            lhs, rhs = Dim.of(c.lhs).evaluate(dims), Dim.of(c.rhs).evaluate(dims)
+            if not _COMPARE[c.op](lhs, rhs):
+                raise KilnError("K0504", f"constraint {c.text} does not hold for these inputs "
+                                f"({lhs} {c.op} {rhs})", c.span)
+        return dims
+
+    def __call__(self, *args, **kwargs):
+        arrays, dims = self.bind_inputs(args, kwargs)
+        results = self.run(arrays, dims)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def run(self, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def _ev(d: Dim, dims) -> int | str:
+    try:
+        return d.evaluate(dims)
+    except DimError:
+        return str(d)
+
+
+def _same_kind(dtype: np.dtype, want: str) -> bool:
+    kinds = {"f": "f32 f16 bf16", "i": "i32 i64", "u": "i32 i64", "b": "bool"}
+    return want in kinds.get(dtype.kind, "").split()
