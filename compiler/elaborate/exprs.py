@@ -441,7 +441,7 @@ class ExprMixin:
         for kw in kws:
             if kw.name in out:
                 raise KilnError("K0201", f"argument {kw.name} given twice", kw.span)
-            out[kw.name] = (self.eval(kw.value, scope), kw.value.span)
+            out[kw.name] = (self.eval(kw.value, scope), kw.span)
         return out
 
     def defined(self, e: A.Call, scope: Scope) -> bool:
@@ -542,7 +542,8 @@ class ExprMixin:
         try:
             out_types = rec.infer(types, attrs)
         except OpError as err:
-            where = values[err.arg][1] if err.arg in values else span
+            # a shape error belongs to the whole call; a bad attribute or dtype to its argument
+            where = values[err.arg][1] if err.arg in values and err.code != "K0301" else span
             raise KilnError(err.code, f"{rec.name}: {err.message}", where) from None
         outs = self.add_node(rec.name, inputs, attrs, out_types, span)
         return outs[0] if len(outs) == 1 and rec.name not in ("split",) else tuple(outs)

@@ -6,6 +6,7 @@ import ast as pyast
 import re
 
 from lark import Token, Transformer, v_args
+from lark.exceptions import VisitError
 
 from ..errors import KilnError, Span
 from . import ast as A
@@ -19,6 +20,14 @@ def parse_module(text: str, filename: str) -> A.Module:
     tree = parse(text, filename)
     try:
         return ASTBuilder(filename, text).transform(tree)
+    except VisitError as exc:  # lark wraps what the builder raises
+        if isinstance(exc.orig_exc, KilnError):
+            raise exc.orig_exc from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise KilnError(
+                "K0001", "the source nests too deeply", Span(filename, 1, 1, 1, 2, text)
+            ) from None
+        raise
     except RecursionError:
         raise KilnError(
             "K0001", "the source nests too deeply", Span(filename, 1, 1, 1, 2, text)
