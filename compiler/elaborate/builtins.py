@@ -74,6 +74,10 @@ class BuiltinMixin:
             raise KilnError("K0201", f"{name} takes one argument", span)
         return values[0]
 
+    def builtin_is_list(self, values, span):
+        """True for a list or tuple: `k if is_list(k) else [k, k]` (PyTorch's _pair)."""
+        return isinstance(self._one(values, span, "is_list"), (list, tuple))
+
     def builtin_len(self, values, span):
         v = self._one(values, span, "len")
         if isinstance(v, Sequential):

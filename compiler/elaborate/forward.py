@@ -288,14 +288,10 @@ class ForwardMixin:
         for stmt in body:
             try:
                 self.exec_stmt(stmt, scope)
-            except Poisoned:
-                if isinstance(stmt, A.Return):
-                    raise
-                for name in _assigned(stmt):
-                    scope.set(name, POISON)
-            except KilnError as err:
-                self.report(err)
-                if isinstance(stmt, A.Return):
+            except (Poisoned, KilnError) as err:
+                if isinstance(err, KilnError):
+                    self.report(err)
+                if _may_return(stmt):  # what follows may never have run: stop here
                     raise Poisoned() from None
                 for name in _assigned(stmt):
                     scope.set(name, POISON)
@@ -472,6 +468,16 @@ def _source_text(node) -> str:
     if line is None or span.end_line != span.line:
         return "expression"
     return line[span.col - 1:span.end_col - 1]
+
+
+def _may_return(stmt) -> bool:
+    if isinstance(stmt, A.Return):
+        return True
+    if isinstance(stmt, A.For):
+        return any(_may_return(s) for s in stmt.body)
+    if isinstance(stmt, A.If):
+        return any(_may_return(s) for s in (*stmt.then, *stmt.other))
+    return False
 
 
 def _assigned(stmt) -> list[str]:

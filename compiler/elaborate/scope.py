@@ -13,7 +13,7 @@ from .values import ABSENT, Builtin, Instance, MemberPrefix, Namespace
 # names every file sees unless it defines them itself
 BUILTIN_FUNCTIONS = frozenset({
     "range", "len", "int", "float", "bool", "str", "list", "enumerate", "zip", "reversed",
-    "round", "defined", "dim", "shape", "rank", "min", "max", "sum", "abs",
+    "round", "defined", "dim", "shape", "rank", "min", "max", "sum", "abs", "is_list",
 })
 BUILTIN_VALUES = {"inf": math.inf, "nan": math.nan, "pi": math.pi, "training": False}
 NAMESPACES = {"init": Namespace("init"), "ops": Namespace("ops")}
@@ -53,7 +53,7 @@ class Scope:
                 prefix = name + "."
                 if any(m.startswith(prefix) for m in inst.members):
                     return True, MemberPrefix(inst, name)
-                if name in inst.undefined and name not in inst.env:
+                if name in inst.undefined:  # a conditional member not taken shadows too
                     return True, ABSENT
             scope = scope.parent
         return False, None
