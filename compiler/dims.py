@@ -25,6 +25,10 @@ class DivAtom:
     def key(self) -> str:
         return f"({self.num}){self.kind}{self.den}"
 
+    def text(self) -> str:
+        num = self.num.symbol or f"({self.num})"
+        return f"{num}{self.kind}{self.den}"
+
     def evaluate(self, env: dict[str, int]) -> int:
         n = self.num.evaluate(env)
         return n // self.den if self.kind == "//" else n % self.den
@@ -41,7 +45,7 @@ class DimError(ValueError):
 class Dim:
     """An integer size: a constant or a polynomial in symbolic sizes."""
 
-    __slots__ = ("terms", "_hash")
+    __slots__ = ("_hash", "terms")
 
     def __init__(self, terms: dict[Monomial, int]):
         items = sorted(
@@ -174,11 +178,27 @@ class Dim:
             raise DimError(f"division of a dimension by {den}")
         if den == 1:
             return self
-        if self.is_const:
-            return Dim.of(self.value // den)
-        if all(c % den == 0 for _, c in self.terms):
-            return Dim({m: c // den for m, c in self.terms})
-        return Dim({((DivAtom("//", self, den), 1),): 1})
+        # (r + q*den) // den == r // den + q: keep only the indivisible rest inside the atom
+        quotient, rest = self._split(den)
+        if not rest.terms:
+            return quotient
+        if rest.is_const:
+            return quotient + rest.value // den
+        return quotient + Dim({((DivAtom("//", rest, den), 1),): 1})
+
+    def _split(self, den: int) -> tuple[Dim, Dim]:
+        """(q, r) with self == q*den + r, r holding the terms not divisible by den and
+        a constant in [0, den)."""
+        q: dict[Monomial, int] = {}
+        r: dict[Monomial, int] = {}
+        for m, c in self.terms:
+            if m == ():
+                q[m], r[m] = divmod(c, den)
+            elif c % den == 0:
+                q[m] = c // den
+            else:
+                r[m] = c
+        return Dim(q), Dim(r)
 
     def __mod__(self, other: int | Dim) -> Dim:
         other = Dim.of(other)
@@ -189,10 +209,10 @@ class Dim:
         den = other.value
         if den <= 0:
             raise DimError(f"modulo of a dimension by {den}")
-        if all(c % den == 0 for m, c in self.terms if m != ()):
-            const = dict(self.terms).get((), 0)
-            return Dim.of(const % den)
-        return Dim({((DivAtom("%", self, den), 1),): 1})
+        _, rest = self._split(den)  # (r + q*den) % den == r % den
+        if rest.is_const:
+            return Dim.of(rest.value % den)
+        return Dim({((DivAtom("%", rest, den), 1),): 1})
 
     def _exact_div(self, other: Dim) -> Dim | None:
         """self / other when other is a single monomial dividing every term, else None."""
@@ -241,7 +261,7 @@ class Dim:
         for mono, coeff in ordered:
             factors = []
             for atom, power in mono:
-                name = atom if isinstance(atom, str) else f"({atom.num}){atom.kind}{atom.den}"
+                name = atom if isinstance(atom, str) else atom.text()
                 factors.append(name if power == 1 else f"{name}**{power}")
             body = "*".join(factors)
             mag = abs(coeff)

@@ -11,8 +11,9 @@ from collections import Counter
 import numpy as np
 
 from .dims import Dim
+from .errors import KilnError
 from .ir import Graph
-from .ops import REGISTRY
+from .ops import REGISTRY, OpError
 
 
 class GraphEnv:
@@ -44,7 +45,7 @@ def run_graph(graph: Graph, inputs: list, params: dict[str, np.ndarray],
     uses = Counter((u, d["src"]) for u, _v, d in graph.g.edges(data=True))
     for out in graph.outputs:
         uses[(out.node, out.index)] += 1
-    feed = dict(zip(graph.inputs, inputs))
+    feed = dict(zip(graph.inputs, inputs, strict=False))
     for nid in graph.order():
         node = graph.node(nid)
         op = node["op"]
@@ -65,8 +66,18 @@ def run_graph(graph: Graph, inputs: list, params: dict[str, np.ndarray],
                 uses[key] -= 1
                 if uses[key] == 0:
                     del values[key]
-            results = REGISTRY[op].reference(env, args, node["attrs"])
+            results = _run_op(op, env, args, node)
         for i, r in enumerate(results):
             if uses[(nid, i)] > 0:
                 values[(nid, i)] = r
     return [values[(o.node, o.index)] for o in graph.outputs]
+
+
+def _run_op(op: str, env: GraphEnv, args: list, node: dict) -> list[np.ndarray]:
+    """One op's reference; a failure that depends on input values is a located K0505."""
+    try:
+        return REGISTRY[op].reference(env, args, node["attrs"])
+    except OpError as err:
+        raise KilnError("K0505", f"{op}: {err.message}", node["span"]) from None
+    except (IndexError, ValueError, FloatingPointError) as exc:
+        raise KilnError("K0505", f"{op} failed on these inputs: {exc}", node["span"]) from None

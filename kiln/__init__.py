@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-from .api import compile, load  # noqa: A004  (kiln.compile is the public name)
-from .api import KilnError
+from .api import KilnError, compile, load
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load", "KilnError", "__version__"]
+__all__ = ["KilnError", "__version__", "compile", "load"]

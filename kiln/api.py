@@ -23,7 +23,7 @@ def load(source: str | os.PathLike) -> Program:
     return load_program(source)
 
 
-def compile(  # noqa: A001  (the public name)
+def compile(
     source: str | os.PathLike | Program,
     model: str | None = None,
     target: str = "reference",

@@ -109,7 +109,7 @@ def format_dim_count(d: Dim) -> str:
     parts = []
     for mono, coeff in sorted(d.terms, key=lambda mc: mc[0] == ()):
         factors = " × ".join(
-            (a if isinstance(a, str) else f"({a.num}){a.kind}{a.den}") + (f"^{p}" if p > 1 else "")
+            (a if isinstance(a, str) else a.text()) + (f"^{p}" if p > 1 else "")
             for a, p in mono
         )
         if not factors:
@@ -134,12 +134,12 @@ def cmd_params(opts) -> int:
         rows.append((alias, f"tied to {canonical}", "", "", ""))
     headers = ("name", "kind", "dtype", "shape", "count")
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(5)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     print(line)
     print("-" * len(line))
     for r in rows:
         print("  ".join(str(c).ljust(w) if i != 4 else str(c).rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths))))
+                        for i, (c, w) in enumerate(zip(r, widths, strict=False))))
     buffers = sum(int(np.prod(i.shape, dtype=np.int64)) for i in model.params.values()
                   if i.kind == "buffer")
     print(f"\ntotal parameters: {total:,} ({format_count(total)})"
@@ -195,10 +195,10 @@ def cmd_run(opts) -> int:
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    for port, value in zip(model.outputs, outputs):
+    for port, value in zip(model.outputs, outputs, strict=False):
         print(f"{port.name}: {value.dtype}{list(value.shape)}  {summarise(value)}")
     if opts.output:
-        save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs)})
+        save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs, strict=False)})
         print(f"wrote {opts.output}")
     return 0
 

@@ -73,4 +73,4 @@ def load_program(source: str | Path, filename: str | None = None) -> Program:
     return Program(module, loader)
 
 
-__all__ = ["Program", "load_program", "ElaboratedModel", "Port"]
+__all__ = ["ElaboratedModel", "Port", "Program", "load_program"]

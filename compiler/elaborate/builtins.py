@@ -8,7 +8,7 @@ from ..dims import Dim
 from ..errors import KilnError, Span
 from ..ops import REGISTRY
 from .exprs import describe, is_scalar, norm_dim
-from .values import Instance, InitializerValue, Sequential, Tensor
+from .values import InitializerValue, Instance, Sequential, Tensor
 
 # a builtin that is also an op: with a tensor argument the op runs instead
 OP_OVERLOADS = {"min": "min", "max": "max", "sum": "sum", "abs": "abs"}
@@ -130,7 +130,7 @@ class BuiltinMixin:
                                                         span, "enumerate"))]
 
     def builtin_zip(self, values, span):
-        return [tuple(t) for t in zip(*(self._seq(v, span, "zip") for v in values))]
+        return [tuple(t) for t in zip(*(self._seq(v, span, "zip") for v in values), strict=False)]
 
     def builtin_round(self, values, span):
         return round(self._convert(values, span, float))

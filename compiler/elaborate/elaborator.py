@@ -214,7 +214,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             graph = self.root_graph
             graph.outputs = [r.value for r in results]
             graph.output_names = names
-            outputs = [Port(n, r.type) for n, r in zip(names, results)]
+            outputs = [Port(n, r.type) for n, r in zip(names, results, strict=False)]
         except Poisoned:
             pass
         except KilnError as err:
@@ -293,4 +293,4 @@ def _free_names(expr, scope: Scope) -> list[str]:
     return out
 
 
-__all__ = ["Elaborator", "ElaboratedModel", "Port", "Poison"]
+__all__ = ["ElaboratedModel", "Elaborator", "Poison", "Port"]

@@ -15,8 +15,20 @@ from ..syntax import ast as A
 from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote, shape_str
 from .scope import Scope, Unbound
 from .values import (
-    ABSENT, POISON, Absent, BlockRef, Builtin, FnRef, InitializerValue, Instance, MemberPrefix,
-    Namespace, OpRef, Poison, Sequential, Tensor,
+    ABSENT,
+    POISON,
+    Absent,
+    BlockRef,
+    Builtin,
+    FnRef,
+    InitializerValue,
+    Instance,
+    MemberPrefix,
+    Namespace,
+    OpRef,
+    Poison,
+    Sequential,
+    Tensor,
 )
 
 # operator -> (registry op for tensors, Python function for compile-time values)
@@ -279,7 +291,7 @@ class ExprMixin:
                 "K0201", f"cannot unpack {describe(value)} into {len(targets)} names "
                 f"({', '.join(targets)}): it has {n}", span,
             )
-        for t, v in zip(targets, value):
+        for t, v in zip(targets, value, strict=False):
             scope.set(t, v)
 
     # ---------------------------------------------------------------- attribute and index
@@ -495,7 +507,7 @@ class ExprMixin:
                 "K0201", f"{rec.name} takes at most {len(params)} arguments "
                 f"({', '.join(p.name for p in params)}), got {len(args)}", args[len(params)][1],
             )
-        bound = {p.name: a for p, a in zip(params, args)}
+        bound = {p.name: a for p, a in zip(params, args, strict=False)}
         for name, value in kwargs.items():
             if name not in {p.name for p in params}:
                 raise KilnError(
@@ -546,7 +558,7 @@ class ExprMixin:
             where = values[err.arg][1] if err.arg in values and err.code != "K0301" else span
             raise KilnError(err.code, f"{rec.name}: {err.message}", where) from None
         outs = self.add_node(rec.name, inputs, attrs, out_types, span)
-        return outs[0] if len(outs) == 1 and rec.name not in ("split",) else tuple(outs)
+        return tuple(outs) if "multi_output" in rec.tags else outs[0]
 
     def op_tensor_inputs(self, rec, values: dict, span: Span) -> list:
         """The tensor-kind arguments in signature order, as (value, span) or None."""
@@ -575,41 +587,52 @@ class ExprMixin:
         return out
 
     def promote_inputs(self, rec, slots: list, span: Span) -> list:
-        """Turn numbers into constants and (for promoting ops) cast operands to one dtype."""
-        tensor_dtypes = [v.type.dtype for v, _ in filter(None, slots) if isinstance(v, Tensor)]
+        """Turn numbers into constants and cast the promoted operands to one dtype.
+
+        Python numbers are weak, as in PyTorch: they adopt the tensors' dtype, except that a
+        float meeting only ints or bools makes f32.
+        """
+        names = self.slot_names(rec, len(slots))
+        joined = [s for s, n in zip(slots, names, strict=False) if s is not None and rec.promoted(n)]
         target = None
-        if rec.promote:
-            weak = [v for v, _ in filter(None, slots) if not isinstance(v, Tensor)]
-            dtypes = tensor_dtypes or [_scalar_dtype(weak[0])]
-            target = dtypes[0]
+        if joined:
+            dtypes = [v.type.dtype for v, _ in joined if isinstance(v, Tensor)]
+            weak = [v for v, _ in joined if not isinstance(v, Tensor)]
+            target = dtypes[0] if dtypes else _scalar_dtype(weak[0])
             for d in dtypes[1:]:
                 target = promote(target, d)
             if any(isinstance(w, float) for w in weak) and target in ("bool", "i32", "i64"):
                 target = "f32"
-            if any(isinstance(w, (int, Dim)) and not isinstance(w, bool) for w in weak) and (
-                target == "bool"
-            ):
+            elif any(_scalar_dtype(w) == "i64" for w in weak) and target == "bool":
                 target = "i64"
-            if rec.name == "where":  # the condition stays bool; only a and b meet
-                branch = [s for s in slots[1:] if s is not None]
-                bd = [v.type.dtype for v, _ in branch if isinstance(v, Tensor)]
-                target = bd[0] if bd else _scalar_dtype(branch[0][0])
-                for d in bd[1:]:
-                    target = promote(target, d)
-                if any(isinstance(v, float) for v, _ in branch) and target in ("bool", "i32", "i64"):
-                    target = "f32"
         out = []
-        for i, slot in enumerate(slots):
+        for slot, name in zip(slots, names, strict=False):
             if slot is None:
                 out.append(None)
                 continue
             v, sp = slot
-            want = target if not (rec.name == "where" and i == 0) else None
+            want = target if rec.promoted(name) else None
             t = self.as_tensor(v, sp, want)
             if want is not None and t.type.dtype != want:
                 t = self.cast(t, want, sp)
             out.append(t)
         return out
+
+    @staticmethod
+    def slot_names(rec, n: int) -> list[str]:
+        """The argument name of each tensor input slot (a tensor list fills several slots)."""
+        fixed = [a for a in rec.args if a.kind in ("tensor", "tensor?")]
+        listed = [a for a in rec.args if a.kind == "tensors"]
+        if not listed:
+            return [a.name for a in fixed]
+        names: list[str] = []
+        extra = n - len(fixed)
+        for a in rec.args:
+            if a.kind in ("tensor", "tensor?"):
+                names.append(a.name)
+            elif a.kind == "tensors":
+                names.extend([a.name] * extra)
+        return names
 
     def fold_scalar_op(self, rec, slots, attrs, span):
         """Compute an elementwise op on compile-time numbers, in double precision."""
@@ -628,10 +651,10 @@ class ExprMixin:
                 else:
                     arrays.append(np.asarray(int(v) if not isinstance(v, Dim) else v.value,
                                              dtype=np.int64))
-            if rec.promote and any(a is not None and a.dtype == np.float64 for a in arrays):
-                first = 1 if rec.name == "where" else 0
-                arrays = [a.astype(np.float64) if a is not None and i >= first and
-                          a.dtype != np.bool_ else a for i, a in enumerate(arrays)]
+            names = self.slot_names(rec, len(arrays))
+            if any(a is not None and a.dtype == np.float64 for a in arrays):
+                arrays = [a.astype(np.float64) if a is not None and rec.promoted(n) and
+                          a.dtype != np.bool_ else a for a, n in zip(arrays, names, strict=False)]
             types = [None if a is None else TensorType(dtype_of_numpy(a.dtype), ())
                      for a in arrays]
             rec.infer(types, attrs)
@@ -709,6 +732,13 @@ def _close(name: str, candidates) -> str | None:
 
 
 __all__ = [
-    "ExprMixin", "Poisoned", "describe", "norm_dim", "is_scalar", "shape_str", "math",
-    "InitializerValue", "ABSENT",
+    "ABSENT",
+    "ExprMixin",
+    "InitializerValue",
+    "Poisoned",
+    "describe",
+    "is_scalar",
+    "math",
+    "norm_dim",
+    "shape_str",
 ]

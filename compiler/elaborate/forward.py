@@ -12,7 +12,17 @@ from ..types import DTYPES, TensorType, shape_str
 from .exprs import Poisoned, describe, norm_dim
 from .scope import Scope, Unbound
 from .values import (
-    ABSENT, POISON, Absent, BlockRef, Builtin, FnRef, Instance, OpRef, Poison, Sequential, Tensor,
+    ABSENT,
+    POISON,
+    Absent,
+    BlockRef,
+    Builtin,
+    FnRef,
+    Instance,
+    OpRef,
+    Poison,
+    Sequential,
+    Tensor,
 )
 
 
@@ -121,13 +131,13 @@ class ForwardMixin:
         try:
             env_scope = Scope(inst.env, None, inst.ref.module, None, False, self.resolve_const)
             symbols: dict[str, Any] = {}
-            for d, (v, vspan) in zip(fwd.inputs, values):
+            for d, (v, vspan) in zip(fwd.inputs, values, strict=False):
                 if d.type is not None and not isinstance(v, Absent):
                     self.check_input(inst.name, d, v, vspan, env_scope, symbols)
             body_scope = Scope(dict(symbols), Scope({}, env_scope, inst.ref.module, inst,
                                                     False, self.resolve_const),
                                inst.ref.module, None, False, self.resolve_const)
-            for d, (v, _) in zip(fwd.inputs, values):
+            for d, (v, _) in zip(fwd.inputs, values, strict=False):
                 body_scope.set(d.name, v)
             self.check_where(fwd.where, body_scope)
             results = self.run_body(fwd.body, body_scope, fwd.span)
@@ -148,7 +158,7 @@ class ForwardMixin:
                 "K0201", f"{inst.name} takes {len(names)} inputs ({', '.join(names)}), "
                 f"got {len(args)}", span,
             )
-        bound = dict(zip(names, args))
+        bound = dict(zip(names, args, strict=False))
         for k, v in kwargs.items():
             if k not in names:
                 raise KilnError("K0201", f"{inst.name} has no input {k}", v[1])
@@ -196,13 +206,13 @@ class ForwardMixin:
                 raise mismatch()
             i = ell[0]
             tail = fixed - i
-            pairs = list(zip(dims[:i], actual.shape[:i])) + list(
-                zip(dims[i + 1:], actual.shape[actual.rank - tail:])
+            pairs = list(zip(dims[:i], actual.shape[:i], strict=False)) + list(
+                zip(dims[i + 1:], actual.shape[actual.rank - tail:], strict=False)
             )
         else:
             if actual.rank != len(dims):
                 raise mismatch()
-            pairs = list(zip(dims, actual.shape))
+            pairs = list(zip(dims, actual.shape, strict=False))
         deferred = []
         for d, a in pairs:
             if isinstance(d, A.AnonDim):
@@ -268,7 +278,7 @@ class ForwardMixin:
                 "K0301", f"{owner}: forward returns {len(results)} values but its type lists "
                 f"{len(fwd.results)}", fwd.span,
             )
-        for i, (t, v) in enumerate(zip(fwd.results, results)):
+        for i, (t, v) in enumerate(zip(fwd.results, results, strict=False)):
             what = f"{owner}: result {i}" if len(results) > 1 else f"{owner}: the result"
             if not isinstance(v, Tensor):
                 raise KilnError("K0202", f"{what} must be a tensor, not {describe(v)}", t.span)
@@ -337,7 +347,7 @@ class ForwardMixin:
         if len(all_args) > len(params):
             raise KilnError("K0201", f"{f.defn.name} takes {len(params)} arguments, "
                             f"got {len(all_args)}", span)
-        local: dict[str, Any] = {p.name: v for p, (v, _) in zip(params, all_args)}
+        local: dict[str, Any] = {p.name: v for p, (v, _) in zip(params, all_args, strict=False)}
         for k, (v, vspan) in all_kwargs.items():
             if k not in {p.name for p in params}:
                 raise KilnError("K0201", f"{f.defn.name} has no argument {k}", vspan)
@@ -381,7 +391,7 @@ class ForwardMixin:
             seqs.append(self.use(v))
         ax = [axis % s.type.rank for s in seqs]
         length = seqs[0].type.shape[ax[0]]
-        for s, a, src in zip(seqs[1:], ax[1:], e.sequences[1:]):
+        for s, a, src in zip(seqs[1:], ax[1:], e.sequences[1:], strict=False):
             if s.type.shape[a] != length:
                 raise KilnError(
                     "K0301", f"scan sequences differ in length: {seqs[0].type} and {s.type} on "
@@ -398,7 +408,7 @@ class ForwardMixin:
             g = frame.graph
             for name, v in carries:
                 body_scope.set(name, self.wrap(g.add_input(name, v.type, e.span), g))
-            for t, s, a in zip(e.targets, seqs, ax):
+            for t, s, a in zip(e.targets, seqs, ax, strict=False):
                 step_type = s.type.with_shape(s.type.shape[:a] + s.type.shape[a + 1:])
                 body_scope.set(t.name, self.wrap(g.add_input(t.name, step_type, t.span), g))
             index_names = [t.index for t in e.targets if t.index is not None]
@@ -491,4 +501,4 @@ def _assigned(stmt) -> list[str]:
     return []
 
 
-__all__ = ["ForwardMixin", "Returned", "DTYPES", "DimError", "Absent"]
+__all__ = ["DTYPES", "Absent", "DimError", "ForwardMixin", "Returned"]

@@ -14,8 +14,17 @@ from ..types import DTYPES, NUMPY_DTYPES
 from .exprs import Poisoned, describe
 from .scope import Scope
 from .values import (
-    POISON, Absent, BlockRef, Builtin, FnRef, InitializerValue, Instance, OpRef, ParamInfo,
-    Sequential, Tensor,
+    POISON,
+    Absent,
+    BlockRef,
+    Builtin,
+    FnRef,
+    InitializerValue,
+    Instance,
+    OpRef,
+    ParamInfo,
+    Sequential,
+    Tensor,
 )
 
 ARG_TYPES = {
@@ -63,7 +72,7 @@ class MemberMixin:
                 f"({', '.join(p.name for p in params)}), got {len(ref.args)}", span,
             )
         env: dict[str, Any] = {}
-        for p, v in zip(params, ref.args):
+        for p, v in zip(params, ref.args, strict=False):
             env[p.name] = v
         for name, v in ref.kwargs:
             if name not in {p.name for p in params}:
@@ -375,7 +384,7 @@ def _matches(block_type, segments, info: ParamInfo, rel: str) -> bool:
     if block_type is not None:
         return info.owner == block_type and info.member == ".".join(segments)
     parts = rel.split(".")
-    return len(parts) == len(segments) and all(s in ("*", p) for s, p in zip(segments, parts))
+    return len(parts) == len(segments) and all(s in ("*", p) for s, p in zip(segments, parts, strict=False))
 
 
 def _member_names(m) -> list[str]:

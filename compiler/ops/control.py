@@ -31,7 +31,7 @@ def _scan_reference(env, inputs, attrs):
     steps = range(length - 1, -1, -1) if attrs["reverse"] else range(length)
     emitted: list[list] = []
     for t in steps:
-        step_inputs = carries + [np.take(s, t, axis=a) for s, a in zip(seqs, axes)]
+        step_inputs = carries + [np.take(s, t, axis=a) for s, a in zip(seqs, axes, strict=False)]
         if attrs["has_index"]:
             step_inputs.append(np.asarray(t, dtype=np.int64))
         outs = env.run_graph(body, step_inputs + list(captured))

@@ -8,8 +8,9 @@ names: the elaborator, passes and backends look the record up here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,10 +72,16 @@ class OpRecord:
     infer: InferFn
     reference: RefFn
     doc: str
-    promote: bool = False  # tensor operands meet at one dtype first (Python scalars adopt it)
+    # tensor operands meet at one dtype first (Python scalars adopt it): True for every tensor
+    # argument, or the names of the arguments that take part (where's cond stays bool)
+    promote: bool | tuple[str, ...] = False
     elementwise: bool = False
     macs: MacsFn | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
+
+    def promoted(self, arg: str) -> bool:
+        """Whether tensor argument `arg` takes part in dtype promotion."""
+        return self.promote is True or (isinstance(self.promote, tuple) and arg in self.promote)
 
     def __post_init__(self):
         if not self.doc:

@@ -1,0 +1,584 @@
+"""Shape and data movement: reshaping, axis moves, joining and splitting, indexing, gather and
+scatter, padding, and the ops that create tensors (arange, zeros, ones, full, one_hot, dim_value).
+
+Shape rules keep symbolic sizes symbolic; where a size is only known at run time (a symbolic
+slice bound) it is taken to be in range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..dims import Dim
+from ..types import TensorType, shape_str
+from ._common import (
+    FLOATS,
+    INTS,
+    NUMERIC,
+    attr_error,
+    attrs,
+    check_dtype,
+    check_same_dtype,
+    choice,
+    dtype_attr,
+    dtype_name,
+    exact_div,
+    is_list,
+    movement,
+    normalize_axes,
+    normalize_axis,
+    number,
+    pad_or_crop,
+    prod,
+    resolve,
+    simple,
+    tensors,
+    to_dim,
+    to_dims,
+    to_int,
+    try_broadcast,
+    upcast,
+)
+from .registry import Arg, OpError, OpRecord, register
+
+
+# reshaping --------------------------------------------------------------------------------
+def to_dims_ints(values) -> list[int]:
+    """A resolved shape attribute (ints; a single int is a 1-element shape)."""
+    return [int(v) for v in (values if is_list(values) else [values])]
+
+
+def _reshape_shape(shape, a):
+    target = to_dims(a["shape"], "shape")
+    holes = [i for i, d in enumerate(target) if d == -1]
+    if len(holes) > 1 or any(d.is_const and d.value < -1 for d in target):
+        raise attr_error("shape", f"shape may hold one -1 and no other negative size: "
+                         f"{shape_str(target)}")
+    total = prod(shape)
+    if not holes:
+        if prod(target) != total:
+            raise OpError(f"cannot reshape {shape_str(shape)} ({total} elements) to "
+                          f"{shape_str(target)} ({prod(target)} elements)", arg="shape")
+        return target
+    known = prod(d for i, d in enumerate(target) if i != holes[0])
+    missing = exact_div(total, known) if known != 0 else None
+    if missing is None:
+        raise OpError(f"cannot reshape {shape_str(shape)} to {shape_str(target)}: {total} "
+                      f"elements do not divide by {known}", arg="shape")
+    return target[:holes[0]] + (missing,) + target[holes[0] + 1:]
+
+
+def _flatten_range(rank, a):
+    if rank == 0:
+        return 0, -1
+    start, end = normalize_axis(a["start"], rank, "start"), normalize_axis(a["end"], rank, "end")
+    if start > end:
+        raise attr_error("start", f"start axis {start} comes after end axis {end}")
+    return start, end
+
+
+def _flatten_shape(shape, a):
+    start, end = _flatten_range(len(shape), a)
+    return shape[:start] + (prod(shape[start:end + 1]),) + shape[end + 1:]
+
+
+def _flatten(x, a):
+    start, end = _flatten_range(x.ndim, a)
+    return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
+
+
+def _permutation(rank, a):
+    perm = [normalize_axis(p, rank, "perm") for p in (a["perm"] if is_list(a["perm"]) else [])]
+    if sorted(perm) != list(range(rank)):
+        raise attr_error("perm", f"perm must order all {rank} axes once, got {a['perm']!r}")
+    return perm
+
+
+def _checked_axes(shape, axis):
+    """shape, once axis is known to name its axes."""
+    normalize_axes(axis, len(shape))
+    return shape
+
+
+def _swap(rank, a):
+    perm = list(range(rank))
+    i, j = normalize_axis(a["a"], rank, "a"), normalize_axis(a["b"], rank, "b")
+    perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+register(movement("reshape", "The same elements in a new shape (one size may be -1).",
+                  attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"]))))
+register(movement("flatten", "Merge axes start..end (inclusive) into one.",
+                  attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten))
+register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
+                  lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
+                  lambda x, a: np.transpose(x, _swap(x.ndim, a))))
+register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
+                  attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
+                  lambda x, a: np.transpose(x, _permutation(x.ndim, a))))
+register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
+                  attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
+                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim))))
+
+
+def _squeeze_axes(shape, a):
+    if a["axis"] is None:
+        if any(not d.is_const for d in shape):
+            raise OpError(f"squeeze without axis needs constant sizes, {shape_str(shape)} has "
+                          f"symbolic ones; give axis", arg="axis")
+        return tuple(i for i, d in enumerate(shape) if d == 1)
+    axes = normalize_axes(a["axis"], len(shape))
+    for i in axes:
+        if shape[i] != 1:
+            raise OpError(f"cannot squeeze axis {i} of {shape_str(shape)}: its size is "
+                          f"{shape[i]}, not 1", arg="axis")
+    return axes
+
+
+def _unsqueeze_axes(rank, a):
+    count = len(a["axis"]) if is_list(a["axis"]) else 1
+    return normalize_axes(a["axis"], rank + count)
+
+
+def _unsqueeze_shape(shape, a):
+    axes, rest = _unsqueeze_axes(len(shape), a), iter(shape)
+    return tuple(Dim.of(1) if i in axes else next(rest) for i in range(len(shape) + len(axes)))
+
+
+def _dims_of(x):
+    return tuple(Dim.of(n) for n in x.shape)
+
+
+register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis).",
+                  attrs(("axis", None)),
+                  lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
+                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a))))
+register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
+                  attrs("axis"), _unsqueeze_shape,
+                  lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a))))
+
+
+def _broadcast_to_shape(shape, a):
+    target = to_dims(a["shape"], "shape")
+    if try_broadcast(shape, target) != target:
+        raise OpError(f"cannot broadcast {shape_str(shape)} to {shape_str(target)}", arg="shape")
+    return target
+
+
+def _tile_shape(shape, a):
+    reps = to_dims(a["reps"], "reps")
+    n = max(len(reps), len(shape))
+    padded = (Dim.of(1),) * (n - len(shape)) + tuple(shape)
+    reps = (Dim.of(1),) * (n - len(reps)) + reps
+    return tuple(d * r for d, r in zip(padded, reps, strict=False))
+
+
+def _matrix_shape(shape, a):
+    if len(shape) < 2:
+        raise OpError(f"x must have rank 2 or more, got {shape_str(shape)}", arg="x")
+    to_int(a["k"], "k")
+    return shape
+
+
+register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("shape"),
+                  _broadcast_to_shape,
+                  lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy()))
+register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
+                  _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"]))))
+register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"])))
+register(movement("triu", "Zero the elements below diagonal k of the last two axes.",
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"])))
+
+
+# padding ----------------------------------------------------------------------------------
+def _pad_widths(shape, a):
+    """Per-axis (before, after) from PyTorch's F.pad order (last axis first)."""
+    pads = to_dims(a["pads"], "pads")
+    mode = choice(a["mode"], "mode", ("constant", "reflect", "replicate"))
+    number(a["value"], "value")
+    if len(pads) % 2 or len(pads) > 2 * len(shape):
+        raise attr_error("pads", f"pads needs an even count up to {2 * len(shape)}, got {len(pads)}")
+    widths = [(Dim.of(0), Dim.of(0))] * len(shape)
+    for i in range(len(pads) // 2):
+        widths[len(shape) - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    for size, pair in zip(shape, widths, strict=False):
+        for p in pair:
+            if p.is_const and p.value < 0 and mode != "constant":
+                raise attr_error("pads", f"{mode} padding cannot be negative")
+            if mode == "reflect" and p.is_const and size.is_const and p.value >= size.value:
+                raise OpError(f"reflect padding {p} must be smaller than the size {size} of "
+                              f"{shape_str(shape)}", arg="pads")
+    return widths
+
+
+def _pad(x, a):
+    widths = [(int(lo.value), int(hi.value)) for lo, hi in _pad_widths(_dims_of(x), a)]
+    if a["mode"] == "constant":
+        return pad_or_crop(x, widths, constant_values=a["value"])
+    return np.pad(x, widths, mode="reflect" if a["mode"] == "reflect" else "edge")
+
+
+register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, last axis first.",
+                  attrs("pads", ("mode", "constant"), ("value", 0.0)),
+                  lambda s, a: tuple(d + lo + hi for d, (lo, hi) in zip(s, _pad_widths(s, a), strict=False)),
+                  _pad))
+
+
+# slicing ----------------------------------------------------------------------------------
+_ENTRY_KINDS = ("int", "range", "ellipsis", "new")
+
+
+def _slice_entries(shape, items):
+    """Pair each item with the axis it reads (None for new axes); a missing tail is full."""
+    items = [tuple(e) for e in items]
+    kinds = [choice(e[0] if e else None, "items", _ENTRY_KINDS) for e in items]
+    if kinds.count("ellipsis") > 1:
+        raise attr_error("items", "an index may hold one ellipsis (...)")
+    consumed = sum(k in ("int", "range") for k in kinds)
+    if consumed > len(shape):
+        raise OpError(f"{consumed} indices for {shape_str(shape)}", arg="items")
+    if "ellipsis" not in kinds:
+        items.append(("ellipsis",))
+    axis = 0
+    for e in items:
+        if e[0] == "ellipsis":
+            for _ in range(len(shape) - consumed):
+                yield ("range", None, None, 1), axis
+                axis += 1
+        elif e[0] == "new":
+            yield e, None
+        else:
+            yield e, axis
+            axis += 1
+
+
+def _range_length(size: Dim, start, stop, step) -> Dim:
+    """len(range(size)[start:stop:step]); symbolic bounds are taken to be in range."""
+    step = to_int(step, "items")
+    if step == 0:
+        raise attr_error("items", "slice step cannot be zero")
+    start, stop = (None if b is None else to_dim(b, "items") for b in (start, stop))
+    if size.is_const and all(b is None or b.is_const for b in (start, stop)):
+        bounds = slice(*(None if b is None else b.value for b in (start, stop)), step)
+        return Dim.of(len(range(*bounds.indices(size.value))))
+
+    first, last = (start, stop) if step > 0 else (stop, start)
+    if all(b is not None and b.is_const for b in (first, last)) and first.value < 0 <= last.value:
+        raise OpError(f"the length of slice {first.value}:{last.value} shrinks as the symbolic "
+                      f"size {size} grows; use bounds of one sign", arg="items")
+
+    def absolute(b, default):
+        if b is None:
+            return default
+        return size + b if b.is_const and b.value < 0 else b
+
+    if step > 0:
+        n = (absolute(stop, size) - absolute(start, Dim.of(0)) + step - 1) // step
+    else:
+        n = (absolute(start, size - 1) - absolute(stop, Dim.of(-1)) - step - 1) // -step
+    return Dim.of(0) if n.is_const and n.value < 0 else n
+
+
+def _slice_shape(shape, a):
+    out = []
+    for e, axis in _slice_entries(shape, a["items"]):
+        if e[0] == "new":
+            out.append(Dim.of(1))
+        elif e[0] == "range":
+            out.append(_range_length(shape[axis], *e[1:]))
+        else:
+            i, size = to_dim(e[1], "items"), shape[axis]
+            if i.is_const and size.is_const and not -size.value <= i.value < size.value:
+                raise OpError(f"index {i} is out of range for axis {axis} of {shape_str(shape)}",
+                              arg="items")
+    return tuple(out)
+
+
+def _slice(x, a):
+    keys = {"int": lambda e: e[1], "range": lambda e: slice(*e[1:]), "new": lambda e: None}
+    return x[tuple(keys[e[0]](e) for e, _ in _slice_entries(x.shape, a["items"]))]
+
+
+register(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
+                  attrs("items"), _slice_shape, _slice))
+
+
+# joining and splitting --------------------------------------------------------------------
+def _joined(types, a, stacking: bool):
+    if not types:
+        raise OpError("needs at least one tensor", arg="xs")
+    first = types[0]
+    dtype = check_same_dtype(list(types), ["xs"] * len(types))
+    if not stacking and first.rank == 0:
+        raise OpError("cannot concatenate 0-d tensors", arg="xs")
+    axis = normalize_axis(a["axis"], first.rank + stacking)
+    for t in types[1:]:
+        same = t.rank == first.rank and all(
+            d == e for i, (d, e) in enumerate(zip(t.shape, first.shape, strict=False)) if stacking or i != axis)
+        if not same:
+            where = "" if stacking else f" off axis {axis}"
+            raise OpError(f"shapes differ{where}: {shape_str(first.shape)} and "
+                          f"{shape_str(t.shape)}", arg="xs")
+    if stacking:
+        return TensorType(dtype, first.shape[:axis] + (Dim.of(len(types)),) + first.shape[axis:])
+    total = sum((t.shape[axis] for t in types), Dim.of(0))
+    return TensorType(dtype, first.shape[:axis] + (total,) + first.shape[axis + 1:])
+
+
+_XS = (Arg("xs", "tensors"),)
+
+
+register(simple("concat", "Join tensors along an existing axis.",
+                _XS + attrs(("axis", 0)),
+                lambda types, a: _joined(types, a, False),
+                lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True))
+register(simple("stack", "Join equally shaped tensors along a new axis.",
+                _XS + attrs(("axis", 0)),
+                lambda types, a: _joined(types, a, True),
+                lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True))
+
+
+def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
+    axis = normalize_axis(a["axis"], x.rank)
+    size = x.shape[axis]
+    if (a["n"] is None) == (a["sizes"] is None):
+        raise attr_error("n", "give exactly one of n and sizes")
+    if a["n"] is not None:
+        n = to_int(a["n"], "n")
+        if n < 1:
+            raise attr_error("n", f"n must be positive, got {n}")
+        part = exact_div(size, n)
+        if part is None:
+            raise OpError(f"axis {axis} of {shape_str(x.shape)} does not split into {n} equal "
+                          f"parts", arg="n")
+        return axis, [part] * n
+    parts = list(to_dims(a["sizes"], "sizes"))
+    if sum(parts, Dim.of(0)) != size:
+        raise OpError(f"sizes {shape_str(parts)} add up to {sum(parts, Dim.of(0))}, not the "
+                      f"size {size} of axis {axis} of {shape_str(x.shape)}", arg="sizes")
+    return axis, parts
+
+
+def _split_infer(types, a):
+    (x,) = types
+    axis, parts = _split_parts(x, a)
+    return [x.with_shape(x.shape[:axis] + (p,) + x.shape[axis + 1:]) for p in parts]
+
+
+def _split_reference(env, inputs, a):
+    (x,) = inputs
+    axis, parts = _split_parts(TensorType(dtype_name(x), x.shape), resolve(env, a))
+    return list(np.split(x, np.cumsum([p.value for p in parts])[:-1], axis=axis))
+
+
+register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
+                  _split_infer, _split_reference,
+                  "Split x along axis into n equal parts or parts of the given sizes.",
+                  tags=frozenset({"movement", "multi_output"})))
+
+
+# gather and scatter -----------------------------------------------------------------------
+def _check_indices(index: np.ndarray, size: int, what: str) -> None:
+    """Runtime check: every index in [-size, size) (negative ones count from the end)."""
+    if index.size and (index.min() < -size or index.max() >= size):
+        raise OpError(f"index out of range for {what} of size {size}: values span "
+                      f"[{index.min()}, {index.max()}]", arg="index")
+
+
+def _gather_infer(types, a):
+    x, index = types
+    check_dtype(index, INTS, "index")
+    if x.rank == 0:
+        raise OpError("x must have rank 1 or more, got []", arg="x")
+    axis = normalize_axis(a["axis"], x.rank)
+    return TensorType(x.dtype, x.shape[:axis] + index.shape + x.shape[axis + 1:])
+
+
+def _gather(inputs, a):
+    x, index = inputs
+    axis = normalize_axis(a["axis"], x.ndim)
+    _check_indices(index, x.shape[axis], f"axis {axis}")
+    return np.take(x, index, axis=axis)
+
+
+def _take_along_infer(types, a):
+    x, index = types
+    check_dtype(index, INTS, "index")
+    axis = normalize_axis(a["axis"], max(x.rank, 1))
+    others = [s[:axis] + (Dim.of(1),) + s[axis + 1:] for s in (x.shape, index.shape)]
+    shape = try_broadcast(*others) if index.rank == x.rank else None
+    if shape is None:
+        raise OpError(f"index {shape_str(index.shape)} must have x's rank and broadcast with "
+                      f"{shape_str(x.shape)} off axis {axis}", arg="index")
+    return TensorType(x.dtype, shape[:axis] + (index.shape[axis],) + shape[axis + 1:])
+
+
+def _take_along(inputs, a):
+    x, index = inputs
+    axis = normalize_axis(a["axis"], x.ndim)
+    _check_indices(index, x.shape[axis], f"axis {axis}")
+    return np.take_along_axis(x, index, axis=axis)
+
+
+register(simple("gather", "Pick slices of x along axis by index (numpy take).",
+                tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather))
+register(simple("take_along_axis", "Pick elements of x along axis, index matched per position.",
+                tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along))
+
+# reduce -> (ufunc folding into a segment, starting value for floats, for ints)
+_SCATTER = {
+    "sum": (np.add, 0, 0),
+    "mean": (np.add, 0, 0),
+    "prod": (np.multiply, 1, 1),
+    "max": (np.maximum, -np.inf, "min"),
+    "min": (np.minimum, np.inf, "max"),
+}
+
+
+def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRecord:
+    """scatter(src, index, size, axis, reduce): fold src's slices into `size` segments by index.
+
+    index is 1-D (one segment per slice along axis, broadcast over the other axes) or has src's
+    shape; segments nothing lands in are 0 whatever the reduction.
+    """
+    extra = () if fixed_reduce else attrs(("reduce", "sum"))
+
+    def mode_of(a):
+        return fixed_reduce or choice(a["reduce"], "reduce", _SCATTER)
+
+    def infer_one(types, a):
+        src, index = types
+        mode = mode_of(a)
+        check_dtype(src, FLOATS if mode == "mean" else NUMERIC, "src")
+        check_dtype(index, INTS, "index")
+        if src.rank == 0:
+            raise OpError("src must have rank 1 or more, got []", arg="src")
+        axis = normalize_axis(a["axis"], src.rank)
+        size = to_dim(a["size"], "size")
+        if size.is_const and size.value < 0:
+            raise attr_error("size", f"size must not be negative, got {size}")
+        if index.shape not in ((src.shape[axis],), src.shape):
+            raise OpError(f"index {shape_str(index.shape)} must be [{src.shape[axis]}] or the "
+                          f"shape of src {shape_str(src.shape)}", arg="index")
+        return TensorType(src.dtype, src.shape[:axis] + (size,) + src.shape[axis + 1:])
+
+    def compute(inputs, a):
+        src, index = inputs
+        fold, start_float, start_int = _SCATTER[mode_of(a)]
+        axis, size = normalize_axis(a["axis"], src.ndim), int(a["size"])
+        _check_indices(index, size, "size")
+        s = np.moveaxis(upcast(src), axis, 0)
+        key = (index,) if index.ndim == 1 else (np.moveaxis(index, axis, 0), *np.ogrid[
+            tuple(slice(n) for n in s.shape[1:])])
+        start = start_float if s.dtype.kind not in "iu" else (
+            getattr(np.iinfo(s.dtype), start_int) if isinstance(start_int, str) else start_int)
+        out = np.full((size, *s.shape[1:]), start, dtype=s.dtype)
+        count = np.zeros(out.shape, dtype=np.int64)
+        fold.at(out, key, s)
+        np.add.at(count, key, 1)
+        if mode_of(a) == "mean":
+            out = out / np.maximum(count, 1)
+        return np.moveaxis(np.where(count > 0, out, 0), 0, axis)
+
+    return simple(name, doc, tensors("src", "index") + attrs("size", ("axis", 0)) + extra,
+                  infer_one, compute)
+
+
+register(scatter_record("scatter", "Fold src into size segments along axis by index "
+                        "(sum, mean, max, min or prod; empty segments are 0)."))
+register(scatter_record("scatter_add", "Sum src into size segments along axis by index.",
+                        fixed_reduce="sum"))
+
+
+# creation ---------------------------------------------------------------------------------
+def _arange_length(start, end, step) -> Dim:
+    """ceil((end - start) / step), at least 0; float bounds must be constants."""
+    if any(isinstance(v, float) for v in (start, end, step)):
+        lo, hi, st = (number(v, n) for v, n in ((start, "start"), (end, "end"), (step, "step")))
+        if st == 0:
+            raise attr_error("step", "step cannot be zero")
+        return Dim.of(max(0, math.ceil((hi - lo) / st)))
+    lo, hi, st = to_dim(start, "start"), to_dim(end, "end"), to_int(step, "step")
+    if st == 0:
+        raise attr_error("step", "step cannot be zero")
+    n = (hi - lo + st - 1) // st if st > 0 else (lo - hi - st - 1) // -st
+    return Dim.of(0) if n.is_const and n.value < 0 else n
+
+
+def _arange_bounds(a):
+    return (0, a["start"], a["step"]) if a["end"] is None else (a["start"], a["end"], a["step"])
+
+
+def _arange_infer(types, a):
+    dtype = dtype_attr(a["dtype"])
+    start, end, step = _arange_bounds(a)
+    if dtype not in NUMERIC:
+        raise attr_error("dtype", f"arange needs a numeric dtype, got {dtype}")
+    if dtype not in FLOATS and any(isinstance(v, float) for v in (start, end, step)):
+        raise attr_error("dtype", f"float bounds need a float dtype, got {dtype}")
+    return TensorType(dtype, (_arange_length(start, end, step),))
+
+
+def _arange(inputs, a):
+    start, end, step = _arange_bounds(a)
+    return start + step * np.arange(_arange_length(start, end, step).value)
+
+
+register(simple("arange", "start, start + step, ... up to end (exclusive); arange(n) is 0..n.",
+                attrs("start", ("end", None), ("step", 1), ("dtype", "i64")),
+                _arange_infer, _arange))
+
+
+def filled(name: str, doc: str, value=None) -> OpRecord:
+    """A creation op: `shape` filled with `value` (an attribute when not fixed)."""
+    extra = attrs("value") if value is None else ()
+
+    def infer_one(types, a):
+        shape = to_dims(a["shape"], "shape")
+        if any(d.is_const and d.value < 0 for d in shape):
+            raise attr_error("shape", f"sizes must not be negative: {shape_str(shape)}")
+        if value is None and not isinstance(a["value"], (bool, Dim)):
+            number(a["value"], "value")
+        return TensorType(dtype_attr(a["dtype"]), shape)
+
+    def compute(inputs, a):
+        return np.full(to_dims_ints(a["shape"]), a["value"] if value is None else value)
+
+    return simple(name, doc, attrs("shape") + extra + attrs(("dtype", "f32")), infer_one, compute)
+
+
+register(filled("zeros", "A tensor of zeros.", value=0))
+register(filled("ones", "A tensor of ones.", value=1))
+register(filled("full", "A tensor filled with value."))
+
+
+def _one_hot_infer(types, a):
+    (x,) = types
+    check_dtype(x, INTS, "x")
+    classes = to_dim(a["num_classes"], "num_classes")
+    if classes.is_const and classes.value < 1:
+        raise attr_error("num_classes", f"num_classes must be positive, got {classes}")
+    return TensorType(dtype_attr(a["dtype"]), x.shape + (classes,))
+
+
+def _one_hot(inputs, a):
+    (x,) = inputs
+    if x.size and (x.min() < 0 or x.max() >= a["num_classes"]):
+        raise OpError(f"class values must lie in [0, {a['num_classes']}), got "
+                      f"[{x.min()}, {x.max()}]", arg="x")
+    return x[..., None] == np.arange(a["num_classes"])
+
+
+register(simple("one_hot", "1 at position x[...] of a new last axis of num_classes, else 0.",
+                tensors("x") + attrs("num_classes", ("dtype", "i64")), _one_hot_infer, _one_hot))
+def _dim_value_infer(types, a):
+    to_dim(a["dim"], "dim")
+    return TensorType("i64", ())
+
+
+register(simple("dim_value", "The runtime value of a size, as an i64 scalar tensor.",
+                attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"])))

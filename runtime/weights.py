@@ -1,0 +1,259 @@
+"""Weights files in and out (safetensors or npz, never pickle) and matching them to a model.
+
+Every problem with a file or with its contents is a KilnError: K0401 missing or unexpected
+keys, K0402 wrong shapes, dtypes or tied values, K0403 a file that cannot be read or written.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from ..compiler.errors import KilnError
+from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy
+
+# safetensors' dtype names -> numpy; safetensors.numpy itself has no BF16
+_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(dtype)
+    for name, dtype in {
+        "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+        "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+    }.items()
+}
+_SAVEABLE = frozenset(_SAFETENSORS_DTYPES.values())
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+# np.save writes bfloat16 as the 2-byte void type "V2"; nothing else kiln saves has that type
+_NPZ_BF16 = np.dtype("V2")
+_FORMATS = (".safetensors", ".npz")
+
+
+def _file_error(path, what: str, hint: str | None = None) -> KilnError:
+    return KilnError("K0403", f"weights file {os.fspath(path)}: {what}", hint=hint)
+
+
+def _format_of(path) -> str:
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _FORMATS:
+        raise _file_error(
+            path,
+            f"unsupported extension {ext or '(none)'!r}",
+            hint="kiln reads and writes .safetensors (preferred) and .npz files",
+        )
+    return ext
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors in a .safetensors or .npz file, by key; KilnError K0403 if it is not one."""
+    ext = _format_of(path)
+    if os.path.isdir(path):
+        raise _file_error(path, "is a directory, not a file")
+    if not os.path.exists(path):
+        raise _file_error(path, "no such file")
+    return _load_safetensors(path) if ext == ".safetensors" else _load_npz(path)
+
+
+def _load_safetensors(path) -> dict[str, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entries = safetensors.deserialize(f.read())
+    except (OSError, safetensors.SafetensorError) as e:
+        raise _file_error(path, f"not a valid safetensors file ({e})") from None
+    tensors = {}
+    for name, view in entries:
+        dtype = _SAFETENSORS_DTYPES.get(view["dtype"])
+        if dtype is None:
+            raise _file_error(path, f"tensor `{name}` has dtype {view['dtype']}, unsupported")
+        tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
+    return tensors
+
+
+def _load_npz(path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise _file_error(path, "not an npz file (not a zip archive, or a truncated one)")
+    tensors = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for name in npz.files:
+                array = npz[name]
+                if not isinstance(array, np.ndarray):
+                    raise _file_error(path, f"member `{name}` is not a .npy array")
+                tensors[name] = array.view(_BF16) if array.dtype == _NPZ_BF16 else array
+    # numpy raises ValueError for object arrays (it would have to unpickle them) and for
+    # bad .npy headers; zipfile and zlib raise for damaged members
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise _file_error(path, f"not a valid npz file ({e})") from None
+    return tensors
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Write tensors to .safetensors or .npz (by extension), atomically: all or nothing."""
+    ext = _format_of(path)
+    arrays = {}
+    for name, value in tensors.items():
+        array = np.asarray(value)
+        if not isinstance(name, str) or not name:
+            raise _file_error(path, f"cannot save a tensor under the key {name!r}")
+        dtype = array.dtype.newbyteorder("=")  # both formats are little-endian on disk
+        if dtype not in _SAVEABLE:
+            raise _file_error(path, f"cannot save tensor `{name}` of dtype {array.dtype}")
+        arrays[name] = np.asarray(array, dtype=dtype, order="C")
+    _write_atomically(path, _save_safetensors if ext == ".safetensors" else _save_npz, arrays)
+
+
+def _save_safetensors(target: str, arrays: dict[str, np.ndarray]) -> None:
+    safetensors.numpy.save_file(arrays, target)
+
+
+def _save_npz(target: str, arrays: dict[str, np.ndarray]) -> None:
+    # what np.savez does, without its keyword arguments (a tensor named `file` would clash)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _write_atomically(path, write: Callable[[str, dict], None], arrays: dict) -> None:
+    """`write` fills a new file beside `path`, which then replaces `path` in one step."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(temp, arrays)
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except (OSError, safetensors.SafetensorError) as e:
+        raise _file_error(path, f"cannot write ({e})") from None
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+# ---- matching a file's tensors to a model's parameters ----
+
+
+def _kind(dtype: np.dtype) -> str | None:
+    if dtype == np.bool_:
+        return "bool"
+    if dtype.kind in "iu":
+        return "int"
+    if dtype.kind == "f" or dtype == _BF16:
+        return "float"
+    return None
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype_of_numpy(dtype) or str(dtype)
+
+
+def _typed(dtype: str, shape) -> str:
+    return f"{dtype}[{', '.join(str(d) for d in shape)}]"
+
+
+def _describe(array: np.ndarray) -> str:
+    return _typed(_dtype_name(array.dtype), array.shape)
+
+
+def _convert(path: str, array: np.ndarray, shape, dtype: str) -> np.ndarray | str:
+    """`array` as the parameter's dtype, or a line saying why it does not fit."""
+    target = NUMPY_DTYPES[dtype]
+    found = _describe(array)
+    if tuple(array.shape) != tuple(shape):
+        return f"wrong shape  `{path}`: expected {_typed(dtype, shape)}, found {found}"
+    if _kind(array.dtype) != _kind(target):
+        return (
+            f"wrong dtype  `{path}`: expected {dtype}, found {found} "
+            "(kiln converts float to float and int to int only)"
+        )
+    if _kind(target) == "int" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            return f"wrong dtype  `{path}`: values of {found} do not fit {dtype}"
+    return np.asarray(array, dtype=target, order="C")
+
+
+def _prefix(longer: list[str], shorter: set[str]) -> str | None:
+    """The most common dotted prefix p with p + s in `longer` for some s in `shorter`."""
+    counts = Counter(
+        ".".join(parts[:i]) + "."
+        for parts in (key.split(".") for key in longer)
+        for i in range(1, len(parts))
+        if ".".join(parts[i:]) in shorter
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _hint(missing: list[str], unexpected: list[str]) -> str | None:
+    if prefix := _prefix(unexpected, set(missing)):
+        return f"the file's keys start with `{prefix}` where the model's do not; strip it"
+    if prefix := _prefix(missing, set(unexpected)):
+        return f"the model's paths start with `{prefix}` where the file's keys do not; add it"
+    if missing and not unexpected:
+        return "to keep the initial values of the missing parameters, load non-strictly"
+    return None
+
+
+def match_weights(
+    expected: dict[str, tuple[tuple[int, ...], str]],
+    found: dict[str, np.ndarray],
+    aliases: dict[str, str] | None = None,
+    strict: bool = True,
+    source: str = "weights",
+) -> dict[str, np.ndarray]:
+    """Match loaded tensors to the model's parameters (canonical path -> (shape, kiln dtype)).
+
+    A key in `aliases` (from `tie a = b`) names its canonical path. Returns canonical path ->
+    array in the parameter's dtype. Every problem goes into one KilnError; with strict=False
+    missing parameters are left out of the result and unexpected keys are ignored.
+    """
+    aliases = aliases or {}
+    keys_of: dict[str, list[str]] = {}  # canonical path -> the keys in `found` naming it
+    unexpected = []
+    for key in found:
+        path = key if key in expected else aliases.get(key)
+        if path in expected:
+            keys_of.setdefault(path, []).append(key)
+        else:
+            unexpected.append(key)
+    missing, wrong, result = [], [], {}
+    for path, (shape, dtype) in expected.items():
+        if path not in keys_of:
+            missing.append(path)
+            continue
+        first, *others = keys_of[path]
+        array = np.asarray(found[first])
+        for other in others:
+            if not np.array_equal(array, np.asarray(found[other])):
+                wrong.append(f"tied differ  `{first}` and `{other}` name one tensor, but differ")
+        converted = _convert(path, array, shape, dtype)
+        if isinstance(converted, str):
+            wrong.append(converted)
+        else:
+            result[path] = converted
+    if not strict:
+        missing, unexpected = [], []
+    if not (missing or unexpected or wrong):
+        return result
+    lines = [
+        *(f"missing      `{p}`: expected {_typed(expected[p][1], expected[p][0])}" for p in missing),
+        *(f"unexpected   `{k}`: {_describe(np.asarray(found[k]))}" for k in unexpected),
+        *wrong,
+    ]
+    counts = [(len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "mismatched")]
+    summary = ", ".join(f"{n} {what}" for n, what in counts if n)
+    code = "K0401" if missing or unexpected else "K0402"
+    message = f"cannot load {source} into the model ({summary}):\n" + "\n".join(
+        f"  {line}" for line in lines
+    )
+    raise KilnError(code, message, hint=_hint(missing, unexpected))

@@ -1,0 +1,89 @@
+"""matmul against a triple loop, for numpy's batching, broadcasting and 1-D rules."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from _optest import T, assert_close, infer1, raises, rand, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiln.compiler.dims import Dim
+from kiln.compiler.ops import REGISTRY
+
+B = Dim.of("B")
+
+
+def matmul_loop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sum over k of a[..., i, k] * b[..., k, j], batch axes broadcast, 1-D promoted as numpy."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    a2 = np.broadcast_to(a2, batch + a2.shape[-2:]).astype(np.float64)
+    b2 = np.broadcast_to(b2, batch + b2.shape[-2:]).astype(np.float64)
+    m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    out = np.zeros(batch + (m, n))
+    for idx in itertools.product(*(range(d) for d in batch)):
+        for i, j in itertools.product(range(m), range(n)):
+            out[idx + (i, j)] = sum(a2[idx + (i, p)] * b2[idx + (p, j)] for p in range(k))
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    if b.ndim == 1:
+        out = out[..., 0]
+    return out
+
+
+@st.composite
+def matmul_shapes(draw):
+    size = st.sampled_from([1, 2, 3, 5])
+    m, k, n = draw(size), draw(size), draw(size)
+    batch = draw(st.lists(size, max_size=2))
+    a = batch + [m, k] if draw(st.booleans()) else [k]
+    other = [1 if draw(st.booleans()) else d for d in batch][draw(st.integers(0, len(batch))):]
+    b = other + [k, n] if draw(st.booleans()) else [k]
+    return (a, b) if draw(st.booleans()) or len(a) == 1 or len(b) == 1 else (
+        other + [m, k], batch + [k, n])
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=matmul_shapes(), dtype=st.sampled_from(["f32", "f16", "bf16"]),
+       seed=st.integers(0, 2**16))
+def test_matmul_matches_loop(shapes, dtype, seed):
+    a, b = rand(*shapes[0], dtype=dtype, seed=seed), rand(*shapes[1], dtype=dtype, seed=seed + 1)
+    assert_close(run("matmul", a, b), matmul_loop(a, b), dtype)
+
+
+def test_integer_matmul():
+    a = np.array([[1, 2], [3, 4]], np.int64)
+    np.testing.assert_array_equal(run("matmul", a, a), [[7, 10], [15, 22]])
+
+
+def test_symbolic_shapes_and_macs():
+    assert infer1("matmul", T(["B", 784]), T([784, 512])) == T(["B", 512])
+    assert infer1("matmul", T(["B", 1, "T", 64]), T([8, 64, "T"])) == T(["B", 8, "T", "T"])
+    assert infer1("matmul", T([64]), T(["B", 64, 3])) == T(["B", 3])
+    assert infer1("matmul", T(["B", "T", 64]), T([64])) == T(["B", "T"])
+    assert infer1("matmul", T([64]), T([64])) == T([])
+    macs = REGISTRY["matmul"].macs([T(["B", 784]), T([784, 512])], [T(["B", 512])], {})
+    assert macs == B * 784 * 512
+    vec = REGISTRY["matmul"].macs([T([3, 1, 5, 4]), T([4, 2])], [T([3, 1, 5, 2])], {})
+    assert vec == 3 * 5 * 4 * 2
+    out = run("matmul", rand(2, 3), rand(3, 4), types=[T(["B", 3]), T([3, 4])], env={"B": 2})
+    assert out.shape == (2, 4)
+
+
+def test_errors():
+    err = raises("K0301", "matmul", T(["B", 400]), T([120, 84]), arg="b")
+    assert err.message == "inner dimensions differ: [B, 400] @ [120, 84]"
+    raises("K0301", "matmul", T([2, 3, 4]), T([5, 4, 6]), match=r"\[2, 3, 4\] @ \[5, 4, 6\]")
+    raises("K0301", "matmul", T([]), T([3]), arg="a")
+    raises("K0302", "matmul", T([2, 3]), T([3, 2], "f16"), arg="b")
+    raises("K0302", "matmul", T([2, 3], "bool"), T([3, 2], "bool"))
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_matmul_keeps_dtype(dtype):
+    a = rand(4, 64, dtype=dtype)
+    assert run("matmul", a, rand(64, 2, dtype=dtype, seed=3)).dtype == a.dtype
