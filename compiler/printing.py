@@ -51,7 +51,7 @@ def _emit(graph: Graph, prefix: str, lines: list[str], counter: list[int]) -> No
             lines.append(f"  subgraph cluster_{sub} {{ label=\"scan body\"; style=dashed;")
             _emit(node["attrs"]["body"], sub, lines, counter)
             lines.append("  }")
-        for u, _v, d in graph.g.in_edges(nid, data=True):
+        for u, _v, _d in graph.g.in_edges(nid, data=True):
             lines.append(f"  {prefix}n{u} -> {prefix}n{nid};")
     for i, out in enumerate(graph.outputs):
         name = graph.output_names[i] if i < len(graph.output_names) else f"out{i}"

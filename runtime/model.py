@@ -85,7 +85,7 @@ class CompiledModel:
         if len(args) > len(ports):
             raise KilnError("K0501", f"{self.name} takes {len(ports)} inputs "
                             f"({', '.join(names)}), got {len(args)}")
-        given: dict[str, Any] = dict(zip(names, args))
+        given: dict[str, Any] = dict(zip(names, args, strict=False))
         for k, v in kwargs.items():
             if k not in names:
                 raise KilnError("K0501", f"{self.name} has no input named {k!r}",
@@ -132,7 +132,7 @@ class CompiledModel:
         where: dict[str, str] = {}
         later = []
         for p in ports:
-            for axis, (d, n) in enumerate(zip(p.type.shape, arrays[p.name].shape)):
+            for axis, (d, n) in enumerate(zip(p.type.shape, arrays[p.name].shape, strict=False)):
                 if d.is_const:
                     if d.value != n:
                         raise KilnError("K0503", f"input {p.name} must have shape "

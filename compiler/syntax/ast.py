@@ -23,7 +23,7 @@ class Name(Node):
 class InterpName(Node):
     """`layer{i + 1}`: literal text pieces and compile-time expressions, in order."""
 
-    pieces: tuple[Union[str, "Expr"], ...]
+    pieces: tuple[str | Expr, ...]
 
 
 @dataclass(frozen=True)

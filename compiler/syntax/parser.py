@@ -7,7 +7,7 @@ before it: the grammar's PIPE and ELSE tokens take the newlines in front of them
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from lark import Lark, Token
@@ -36,7 +36,7 @@ class BracketNewlines:
             yield tok
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser() -> Lark:
     text = resources.files("kiln.grammar").joinpath("kiln.lark").read_text(encoding="utf-8")
     return Lark(
