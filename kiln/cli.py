@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kiln params f.kiln | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # a bug in kiln: say so plainly, without a traceback
         print(f"kiln: internal error (this is a bug in kiln, please report it): "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = model_cmd("graph", "print the graph IR as DOT (or write .dot / .svg)", cmd_graph)
     g.add_argument("-o", "--output", help="out.dot or out.svg (SVG needs Graphviz's dot)")
     r = model_cmd("run", "run a model and summarise its outputs", cmd_run)
-    r.add_argument("--target", default="reference", choices=["reference"])
+    r.add_argument("--target", default="reference", choices=["reference", "onnx"])
     r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy")
     r.add_argument("--random-inputs", action="store_true",
                    help="feed random inputs (floats ~ N(0, 1), ints in [0, 2), random bools)")
@@ -61,7 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="a .safetensors or .npz file of weights")
     r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
+    c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
+    c.add_argument("--target", default="onnx", choices=["onnx"])
+    c.add_argument("-o", "--output", required=True, help="the file to write (model.onnx)")
+    c.add_argument("--weights", help="a .safetensors or .npz file of weights")
+    c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     return p
+
+
+def cmd_compile(opts) -> int:
+    from kiln.api import compile as kiln_compile
+
+    program, _ = elaborate(opts)
+    model = kiln_compile(program, model=opts.model, target="reference", seed=opts.seed,
+                         weights=opts.weights, args=parse_args_option(opts.arg))
+    model.export_onnx(opts.output)
+    from kiln.compiler.codegen.onnx import OPSET
+
+    print(f"wrote {opts.output}: {model.signature()}, ONNX opset {OPSET}")
+    return 0
 
 
 def parse_args_option(items: list[str]) -> dict:

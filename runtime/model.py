@@ -63,16 +63,32 @@ class CompiledModel:
         save_weights(path, self.state_dict())
 
     def load_weights(self, path_or_dict, strict: bool = True) -> None:
-        """Load weights by dotted path; every missing, unexpected or mis-shaped key is reported."""
+        """Load weights by dotted path; every missing, unexpected or mis-shaped key is reported.
+
+        Nothing changes unless the whole file matches.
+        """
+        self.params = self.with_weights(path_or_dict, strict)
+        self._weights_changed()
+
+    def with_weights(self, path_or_dict, strict: bool = True) -> dict[str, np.ndarray]:
+        """The parameters with a weights file (or dict) applied; self is not changed."""
         found = load_weights(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
         expected = {
             p: (info.shape, info.dtype) for p, info in self.model.params.items() if info.persistent
         }
         source = os.fspath(path_or_dict) if not isinstance(path_or_dict, dict) else "weights"
         matched = match_weights(expected, found, self.model.aliases, strict, source)
+        params = dict(self.params)
         for path, array in matched.items():
-            self.params[path] = np.ascontiguousarray(array)
-        self._weights_changed()
+            params[path] = np.asarray(array, order="C")
+        return params
+
+    def export_onnx(self, path) -> None:
+        """Write this model (with its current weights) as an ONNX file."""
+        from ..compiler.codegen import onnx as onnx_codegen
+
+        proto = onnx_codegen.export(self.model, self.params)
+        onnx_codegen.save(proto, path)
 
     def _weights_changed(self) -> None:
         """Hook for backends that copy parameters into buffers of their own."""
@@ -125,7 +141,7 @@ class CompiledModel:
         if value.ndim != port.type.rank:
             raise KilnError("K0503", f"input {port.name} must have {port.type.rank} axes "
                             f"{shape_str(port.type.shape)}, but its shape is {list(value.shape)}")
-        return np.ascontiguousarray(value)
+        return np.asarray(value, order="C")
 
     def _bind_dims(self, ports: list[Port], arrays: dict) -> dict[str, int]:
         dims: dict[str, int] = {}

@@ -183,6 +183,8 @@ class ExprMixin:
             )
         if isinstance(left, (list, tuple)) and isinstance(right, type(left)) and op == "+":
             return left + right
+        if op in ("==", "!=") and not (isinstance(left, Dim) or isinstance(right, Dim)):
+            return (left == right) == (op == "==")  # any two compile-time values compare
         if isinstance(left, Dim) or isinstance(right, Dim):
             return self.dim_binary(op, left, right, span)
         if py is None or not (is_scalar(left) or isinstance(left, str)) or not (

@@ -121,6 +121,8 @@ class MemberMixin:
                 pass
             except KilnError as err:
                 self.report(err)
+                if isinstance(m, A.Require):  # the instance is invalid: checking on is noise
+                    raise Poisoned() from None
                 for name in _member_names(m):
                     inst.members.setdefault(name, POISON)
 

@@ -1,0 +1,633 @@
+"""std.nn against independent numpy code written from PyTorch's documented semantics.
+
+Each block is wrapped in a one-line model (`x |> nn.Block(args)`), so its parameters are named
+`0.weight`, ... exactly as in `nn.Sequential(block).state_dict()`. Outputs are compared with a
+float64 numpy computation using the block's own parameters, at two batch sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln import KilnError
+
+RTOL = ATOL = 1e-5  # f32 against a float64 reference
+BATCHES = [1, 3]
+
+
+# ---------------------------------------------------------------------------- helpers
+_BLOCKS: dict[tuple[str, str], str] = {}  # (block expression, input type) -> model name
+
+
+def case(expr: str, in_type: str) -> tuple[str, str]:
+    """Record a block to test; every recorded block becomes one model of a single source."""
+    _BLOCKS.setdefault((expr, in_type), f"M{len(_BLOCKS)}")
+    return expr, in_type
+
+
+def source(blocks) -> str:
+    models = "".join(
+        f"model {name} {{\n  forward(x: {in_type}) {{\n    return x |> {expr}\n  }}\n}}\n"
+        for (expr, in_type), name in blocks
+    )
+    return "import std.nn\n" + models
+
+
+@functools.cache
+def program(blocks: tuple):
+    return kiln.load(source(blocks))
+
+
+def compile_block(expr: str, in_type: str, seed: int = 0):
+    """Parsing (std.nn included) is most of a compile, so the recorded blocks are parsed once."""
+    if (expr, in_type) not in _BLOCKS:  # not recorded: compile it on its own
+        return kiln.compile(source([((expr, in_type), "M")]), seed=seed)
+    return kiln.compile(program(tuple(_BLOCKS.items())), model=_BLOCKS[expr, in_type], seed=seed)
+
+
+def params(m) -> dict[str, np.ndarray]:
+    """The block's own state_dict: the model's parameters less the `0.` of the pipeline stage."""
+    return {k.removeprefix("0."): v.astype(np.float64) if v.dtype.kind == "f" else v
+            for k, v in m.params.items()}
+
+
+def randomize(m, rng) -> None:
+    """Load random values (positive variances) so that affine terms and statistics matter."""
+    new = {}
+    for k, v in m.params.items():
+        if v.dtype.kind != "f":
+            new[k] = v
+        elif k.endswith("running_var"):
+            new[k] = rng.uniform(0.5, 2.0, v.shape).astype(v.dtype)
+        else:
+            new[k] = rng.standard_normal(v.shape).astype(v.dtype)
+    m.load_weights(new)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def close(got, want, rtol=RTOL, atol=ATOL):
+    assert got.dtype == np.float32
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+# ---------------------------------------------------------------------------- references
+def ref_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, mode="zeros"):
+    """torch.nn.functional.conv2d: cross-correlation, zero (or reflect/replicate) padding."""
+    x = x.astype(np.float64)
+    kh, kw = w.shape[2:]
+    sh, sw = pair(stride)
+    dh, dw = pair(dilation)
+    if padding == "valid":
+        pads = ((0, 0), (0, 0))
+    elif padding == "same":  # the odd extra unit goes after (bottom/right)
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
+    else:
+        ph, pw = pair(padding)
+        pads = ((ph, ph), (pw, pw))
+    np_mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}[mode]
+    xp = np.pad(x, ((0, 0), (0, 0)) + pads, mode=np_mode)
+    H, W = xp.shape[2:]
+    Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    out_channels, Cg = w.shape[:2]
+    og = out_channels // groups
+    out = np.zeros((x.shape[0], out_channels, Ho, Wo))
+    for g in range(groups):
+        xs = xp[:, g * Cg:(g + 1) * Cg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh,
+                           j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+                out[:, g * og:(g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", patch, w[g * og:(g + 1) * og, :, i, j])
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def ref_conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, mode="zeros"):
+    def one(v):
+        return v if isinstance(v, str) else (v[0] if isinstance(v, (list, tuple)) else v)
+    padding = one(padding)
+    y = ref_conv2d(x[:, :, None, :], w[:, :, None, :], b, (1, one(stride)),
+                   padding if isinstance(padding, str) else (0, padding),
+                   (1, one(dilation)), groups, mode)
+    return y[:, :, 0, :]
+
+
+def ref_conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
+                         dilation=1):
+    """By definition: input pixel (i, j) adds x * w[c, :, ki, kj] at (i*s - p + ki*d, ...)."""
+    N, C, H, W = x.shape
+    _, og, kh, kw = w.shape
+    sh, sw = pair(stride)
+    ph, pw = pair(padding)
+    oph, opw = pair(output_padding)
+    dh, dw = pair(dilation)
+    Ho = (H - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    Wo = (W - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    full = np.zeros((N, og * groups, (H - 1) * sh + dh * (kh - 1) + 1 + oph,
+                     (W - 1) * sw + dw * (kw - 1) + 1 + opw))
+    cg = C // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                full[:, g * og:(g + 1) * og, i * dh: i * dh + sh * (H - 1) + 1: sh,
+                     j * dw: j * dw + sw * (W - 1) + 1: sw] += np.einsum(
+                    "nchw,co->nohw", x[:, g * cg:(g + 1) * cg], w[g * cg:(g + 1) * cg, :, i, j])
+    out = full[:, :, ph:ph + Ho, pw:pw + Wo]
+    if b is not None:
+        out = out + b.reshape(1, -1, 1, 1)
+    return out
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:  # the last window must start inside the input
+        out -= 1
+    return out
+
+
+def ref_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    k, s, p, d = pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation)
+    N, C, H, W = x.shape
+    Ho = _pool_out(H, k[0], s[0], p[0], d[0], ceil_mode)
+    Wo = _pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
+    out = np.full((N, C, Ho, Wo), -np.inf)
+    for oh in range(Ho):
+        for ow in range(Wo):
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    h, w = oh * s[0] - p[0] + i * d[0], ow * s[1] - p[1] + j * d[1]
+                    if 0 <= h < H and 0 <= w < W:
+                        out[:, :, oh, ow] = np.maximum(out[:, :, oh, ow], x[:, :, h, w])
+    return out
+
+
+def ref_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                   count_include_pad=True):
+    """PyTorch's avg_pool2d: the divisor counts padding cells (not ceil-mode overhang) or not."""
+    k, s, p = pair(kernel_size), pair(stride or kernel_size), pair(padding)
+    N, C, H, W = x.shape
+    Ho = _pool_out(H, k[0], s[0], p[0], 1, ceil_mode)
+    Wo = _pool_out(W, k[1], s[1], p[1], 1, ceil_mode)
+    out = np.zeros((N, C, Ho, Wo))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            h0, w0 = oh * s[0] - p[0], ow * s[1] - p[1]
+            h1, w1 = min(h0 + k[0], H + p[0]), min(w0 + k[1], W + p[1])
+            pool = (h1 - h0) * (w1 - w0)
+            h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)
+            total = x[:, :, h0:h1, w0:w1].astype(np.float64).sum(axis=(2, 3))
+            out[:, :, oh, ow] = total / (pool if count_include_pad else (h1 - h0) * (w1 - w0))
+    return out
+
+
+def ref_norm(x, axes, eps):
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def channel(v, ndim):
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+_erf = np.vectorize(math.erf)
+
+
+def ref_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def ref_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# ---------------------------------------------------------------------------- names and shapes
+# every block's state_dict keys and shapes, in PyTorch's order (torch 2.x)
+BN_KEYS = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+STATE_DICTS = [
+    (case("nn.Linear(5, 3)", "f32[B, 5]"), [("weight", (3, 5)), ("bias", (3,))]),
+    (case("nn.Linear(5, 3, false)", "f32[B, 5]"), [("weight", (3, 5))]),
+    (case("nn.Conv1d(4, 6, 3, groups = 2)", "f32[B, 4, 9]"),
+     [("weight", (6, 2, 3)), ("bias", (6,))]),
+    (case("nn.Conv2d(3, 4, 3)", "f32[B, 3, 8, 8]"), [("weight", (4, 3, 3, 3)), ("bias", (4,))]),
+    (case("nn.Conv2d(4, 8, [3, 5], groups = 4, bias = false)", "f32[B, 4, 8, 8]"),
+     [("weight", (8, 1, 3, 5))]),
+    (case("nn.ConvTranspose2d(4, 6, 3, groups = 2)", "f32[B, 4, 5, 5]"),
+     [("weight", (4, 3, 3, 3)), ("bias", (6,))]),
+    (case("nn.ConvTranspose2d(4, 6, [2, 3], bias = false)", "f32[B, 4, 5, 5]"),
+     [("weight", (4, 6, 2, 3))]),
+    (case("nn.BatchNorm1d(4)", "f32[B, 4]"), list(zip(BN_KEYS, [(4,)] * 4 + [()], strict=True))),
+    (case("nn.BatchNorm2d(3)", "f32[B, 3, 4, 4]"),
+     list(zip(BN_KEYS, [(3,)] * 4 + [()], strict=True))),
+    (case("nn.BatchNorm2d(3, affine = false)", "f32[B, 3, 4, 4]"),
+     [("running_mean", (3,)), ("running_var", (3,)), ("num_batches_tracked", ())]),
+    (case("nn.BatchNorm2d(3, track_running_stats = false)", "f32[B, 3, 4, 4]"),
+     [("weight", (3,)), ("bias", (3,))]),
+    (case("nn.LayerNorm(6)", "f32[B, 6]"), [("weight", (6,)), ("bias", (6,))]),
+    (case("nn.LayerNorm([4, 6], bias = false)", "f32[B, 4, 6]"), [("weight", (4, 6))]),
+    (case("nn.LayerNorm(6, elementwise_affine = false)", "f32[B, 6]"), []),
+    (case("nn.GroupNorm(2, 4)", "f32[B, 4, 3, 3]"), [("weight", (4,)), ("bias", (4,))]),
+    (case("nn.GroupNorm(2, 4, affine = false)", "f32[B, 4, 3, 3]"), []),
+    (case("nn.Embedding(10, 3)", "i64[B, 2]"), [("weight", (10, 3))]),
+    (case("nn.MaxPool2d(2)", "f32[B, 3, 4, 4]"), []),
+    (case("nn.ReLU()", "f32[B, 3]"), []),
+]
+
+
+@pytest.mark.parametrize("block, keys", STATE_DICTS, ids=[c[0][0] for c in STATE_DICTS])
+def test_state_dict_names_and_shapes(block, keys):
+    p = params(compile_block(*block))
+    assert [(k, v.shape) for k, v in p.items()] == keys
+    if "num_batches_tracked" in p:
+        assert p["num_batches_tracked"].dtype == np.int64
+
+
+BN2D = case("nn.BatchNorm2d(3)", "f32[B, 3, 4, 4]")
+
+
+CONV_BN = case("nn.Conv2d(3, 3, 3, bias = false) |> nn.BatchNorm2d(3)", "f32[B, 3, 4, 4]")
+
+
+def test_weights_round_trip(tmp_path):
+    m = compile_block(*CONV_BN, seed=3)
+    assert list(m.params) == ["0.weight"] + [f"1.{k}" for k in BN_KEYS]
+    m.save_weights(tmp_path / "w.safetensors")
+    m2 = compile_block(*CONV_BN, seed=4)
+    assert not np.array_equal(m2.params["0.weight"], m.params["0.weight"])
+    m2.load_weights(tmp_path / "w.safetensors")
+    for k in m.params:
+        assert m2.params[k].dtype == m.params[k].dtype
+        np.testing.assert_array_equal(m2.params[k], m.params[k])
+
+
+def test_loaded_weights_keep_their_shapes(tmp_path):
+    m = compile_block(*BN2D)
+    m.load_weights({k: v.copy() for k, v in m.params.items()})
+    assert {k: v.shape for k, v in m.params.items()} == {
+        k: v.shape for k, v in compile_block(*BN2D).params.items()}
+    m.save_weights(tmp_path / "bn.safetensors")
+    compile_block(*BN2D).load_weights(tmp_path / "bn.safetensors")
+
+
+# ---------------------------------------------------------------------------- initialisation
+def check_uniform(a, bound):
+    """U(-bound, bound): inside it, reaching near it, with the uniform's mean and std."""
+    a = a.astype(np.float64).ravel()
+    n, sigma = a.size, bound / math.sqrt(3)
+    assert np.all(np.abs(a) <= bound * (1 + 1e-6))
+    assert np.abs(a).max() > (1 - 5 / n) * bound  # fails with probability ~e^-5
+    assert abs(a.mean()) < 4 * sigma / math.sqrt(n)
+    assert abs(a.std() - sigma) < 4 * sigma / math.sqrt(n)
+
+
+UNIFORM_INIT = [  # the fan_in of PyTorch's rule for the weight's shape
+    (case("nn.Linear(64, 32)", "f32[B, 64]"), 64),
+    (case("nn.Conv1d(8, 16, 5)", "f32[B, 8, 9]"), 8 * 5),
+    (case("nn.Conv2d(8, 16, 3)", "f32[B, 8, 6, 6]"), 8 * 9),
+    (case("nn.Conv2d(8, 16, [3, 5], groups = 2)", "f32[B, 8, 6, 6]"), 4 * 15),
+    (case("nn.ConvTranspose2d(8, 16, 3, groups = 2)", "f32[B, 8, 6, 6]"), 8 * 9),  # out/g * k*k
+]
+
+
+@pytest.mark.parametrize("block, fan_in", UNIFORM_INIT, ids=[c[0][0] for c in UNIFORM_INIT])
+def test_default_init_is_pytorch_uniform(block, fan_in):
+    p = params(compile_block(*block))
+    # kaiming_uniform(a = sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / fan_in)
+    check_uniform(p["weight"], 1 / math.sqrt(fan_in))
+    check_uniform(p["bias"], 1 / math.sqrt(fan_in))
+
+
+INIT_CONSTANT = [
+    case("nn.BatchNorm2d(5)", "f32[B, 5, 2, 2]"),
+    case("nn.LayerNorm(5)", "f32[B, 5]"),
+    case("nn.GroupNorm(1, 5)", "f32[B, 5, 2]"),
+]
+EMBEDDING_INIT = case("nn.Embedding(200, 50)", "i64[B]")
+
+
+def test_default_init_of_norms_and_embedding():
+    for block in INIT_CONSTANT:
+        p = params(compile_block(*block))
+        expected = {"weight": 1, "bias": 0, "running_mean": 0, "running_var": 1}
+        for key, value in expected.items():
+            if key in p:
+                np.testing.assert_array_equal(p[key], np.full(5, value))
+        if "num_batches_tracked" in p:
+            assert p["num_batches_tracked"] == 0
+    w = params(compile_block(*EMBEDDING_INIT))["weight"]  # N(0, 1)
+    assert abs(w.mean()) < 4 / 100 and abs(w.std() - 1) < 4 / 100
+
+
+LINEAR8 = case("nn.Linear(8, 8)", "f32[B, 8]")
+
+
+def test_init_depends_on_seed_only():
+    a = compile_block(*LINEAR8, seed=0).params["0.weight"]
+    b = compile_block(*LINEAR8, seed=0).params["0.weight"]
+    c = compile_block(*LINEAR8, seed=1).params["0.weight"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------- forward
+def in_shape(in_type: str, B: int) -> tuple[int, ...]:
+    """`f32[B, 3, 8, 8]` at batch size B."""
+    dims = in_type[in_type.index("[") + 1:-1].split(", ")
+    return tuple(B if d == "B" else int(d) for d in dims)
+
+
+LINEAR = [
+    (case("nn.Linear(5, 3)", "f32[B, 5]"), True),
+    (case("nn.Linear(5, 3, bias = false)", "f32[B, 2, 5]"), False),  # leading axes broadcast
+]
+
+
+@pytest.mark.parametrize("block, bias", LINEAR, ids=[c[0][0] for c in LINEAR])
+def test_linear(block, bias):
+    m = compile_block(*block)
+    p = params(m)
+    for B in BATCHES:
+        x = rand(np.random.default_rng(B), *in_shape(block[1], B))
+        close(m(x), x.astype(np.float64) @ p["weight"].T + (p["bias"] if bias else 0))
+
+
+def conv_case(expr, spatial, **kw):
+    cin = int(expr.split("(")[1].split(",")[0])
+    return case(expr, f"f32[B, {cin}, {spatial}]"), kw
+
+
+CONV2D = [
+    conv_case("nn.Conv2d(3, 4, 3, padding = 1)", "9, 8", padding=1),
+    conv_case("nn.Conv2d(3, 4, 3)", "9, 8"),
+    conv_case("nn.Conv2d(4, 6, [3, 5], stride = 2, padding = [1, 2], dilation = [1, 2], "
+              "groups = 2, bias = false)", "9, 8",
+              stride=2, padding=(1, 2), dilation=(1, 2), groups=2),
+    conv_case("nn.Conv2d(4, 8, 3, stride = [2, 1], groups = 4)", "9, 8", stride=(2, 1), groups=4),
+    conv_case('nn.Conv2d(3, 4, 4, padding = "same")', "9, 8", padding="same"),  # asymmetric
+    conv_case('nn.Conv2d(3, 4, 3, padding = "same", dilation = 2)', "9, 8",
+              padding="same", dilation=2),
+    conv_case('nn.Conv2d(3, 4, 3, padding = "valid")', "9, 8", padding="valid"),
+    conv_case('nn.Conv2d(3, 4, 3, padding = 2, padding_mode = "reflect")', "9, 8",
+              padding=2, mode="reflect"),
+    conv_case('nn.Conv2d(3, 4, 3, 1, [1, 2], 1, 1, false, "replicate")', "9, 8",  # by position
+              padding=(1, 2), mode="replicate"),
+]
+CONV1D = [
+    conv_case("nn.Conv1d(3, 4, 3, padding = 1)", "11", padding=1),
+    conv_case("nn.Conv1d(4, 6, [5], stride = 2, padding = [2], dilation = 2, groups = 2)", "11",
+              stride=2, padding=2, dilation=2, groups=2),
+    conv_case('nn.Conv1d(3, 4, 2, padding = "same", bias = false)', "11", padding="same"),
+    conv_case('nn.Conv1d(3, 4, 3, padding = 2, padding_mode = "reflect")', "11",
+              padding=2, mode="reflect"),
+]
+CONV_T = [
+    conv_case("nn.ConvTranspose2d(3, 4, 3)", "5, 4"),
+    conv_case("nn.ConvTranspose2d(4, 6, 3, stride = 2, padding = 1, output_padding = 1, "
+              "groups = 2)", "5, 4", stride=2, padding=1, output_padding=1, groups=2),
+    conv_case("nn.ConvTranspose2d(3, 2, [4, 3], stride = [2, 1], padding = [1, 0], bias = false, "
+              "dilation = [1, 2])", "5, 4", stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+    conv_case("nn.ConvTranspose2d(3, 5, 4, 2, 1)", "5, 4", stride=2, padding=1),  # DCGAN's
+]
+
+
+@pytest.mark.parametrize("ref, block, kw", [(ref_conv2d, *c) for c in CONV2D]
+                         + [(ref_conv1d, *c) for c in CONV1D]
+                         + [(ref_conv_transpose2d, *c) for c in CONV_T],
+                         ids=[c[0][0] for c in CONV2D + CONV1D + CONV_T])
+def test_convolutions(ref, block, kw):
+    m = compile_block(*block)
+    p = params(m)
+    for B in BATCHES:
+        x = rand(np.random.default_rng(B), *in_shape(block[1], B))
+        close(m(x), ref(x, p["weight"], p.get("bias"), **kw))
+
+
+def _bn(p, ndim, eps=1e-5):
+    def ref(x):
+        y = (x - channel(p["running_mean"], ndim)) / np.sqrt(channel(p["running_var"], ndim) + eps)
+        return y * channel(p["weight"], ndim) + channel(p["bias"], ndim) if "weight" in p else y
+    return ref
+
+
+NORMS = [  # (block, reference(x, params)); B = 1 is left out: batch statistics need two samples
+    (case("nn.BatchNorm1d(4)", "f32[B, 4]"), lambda x, p: _bn(p, 2)(x)),
+    (case("nn.BatchNorm1d(4, eps = 0.1)", "f32[B, 4, 5]"), lambda x, p: _bn(p, 3, 0.1)(x)),
+    (case("nn.BatchNorm2d(3)", "f32[B, 3, 4, 5]"), lambda x, p: _bn(p, 4)(x)),
+    (case("nn.BatchNorm2d(3, 1e-3, 0.2, false)", "f32[B, 3, 4, 5]"),
+     lambda x, p: _bn(p, 4, 1e-3)(x)),
+    # without running statistics PyTorch normalises by the batch's own, even in eval mode
+    (case("nn.BatchNorm2d(3, track_running_stats = false)", "f32[B, 3, 4, 5]"),
+     lambda x, p: ref_norm(x, (0, 2, 3), 1e-5) * channel(p["weight"], 4) + channel(p["bias"], 4)),
+    (case("nn.BatchNorm1d(4, affine = false, track_running_stats = false)", "f32[B, 4, 6]"),
+     lambda x, p: ref_norm(x, (0, 2), 1e-5)),
+    (case("nn.LayerNorm(6)", "f32[B, 2, 6]"),
+     lambda x, p: ref_norm(x, (-1,), 1e-5) * p["weight"] + p["bias"]),
+    (case("nn.LayerNorm([3, 4], eps = 1e-3)", "f32[B, 2, 3, 4]"),
+     lambda x, p: ref_norm(x, (-2, -1), 1e-3) * p["weight"] + p["bias"]),
+    (case("nn.LayerNorm([2, 3, 4], bias = false)", "f32[B, 2, 3, 4]"),
+     lambda x, p: ref_norm(x, (-3, -2, -1), 1e-5) * p["weight"]),
+    (case("nn.LayerNorm(6, elementwise_affine = false)", "f32[B, 6]"),
+     lambda x, p: ref_norm(x, (-1,), 1e-5)),
+    (case("nn.GroupNorm(2, 6)", "f32[B, 6, 3, 2]"),
+     lambda x, p: ref_norm(x.reshape(x.shape[0], 2, -1), (2,), 1e-5).reshape(x.shape)
+     * channel(p["weight"], 4) + channel(p["bias"], 4)),
+    (case("nn.GroupNorm(3, 6, eps = 1e-2, affine = false)", "f32[B, 6, 5]"),
+     lambda x, p: ref_norm(x.reshape(x.shape[0], 3, -1), (2,), 1e-2).reshape(x.shape)),
+]
+
+
+@pytest.mark.parametrize("block, ref", NORMS, ids=[c[0][0] for c in NORMS])
+def test_norms(block, ref):
+    m = compile_block(*block)
+    rng = np.random.default_rng(0)
+    randomize(m, rng)  # random affine terms and running statistics
+    for B in (2, 5):
+        x = rand(rng, *in_shape(block[1], B)) * 2 + 0.5
+        close(m(x), ref(x.astype(np.float64), params(m)))
+
+
+EMBEDDING = [case("nn.Embedding(10, 4)", "i64[B, T]"), case("nn.Embedding(10, 4)", "i64[B]")]
+
+
+def test_embedding():
+    for block in EMBEDDING:
+        m = compile_block(*block)
+        w = m.params["0.weight"]
+        for B in BATCHES:
+            for T in (1, 6):
+                shape = (B, T) if "T" in block[1] else (B,)
+                idx = np.random.default_rng(B + T).integers(0, 10, shape)
+                y = m(idx)
+                assert y.dtype == np.float32 and y.shape == shape + (4,)
+                np.testing.assert_array_equal(y, w[idx])  # a gather is exact
+
+
+POOL_IN = "f32[B, 3, 7, 8]"
+POOLS = [
+    (case("nn.MaxPool2d(2)", POOL_IN), lambda x: ref_max_pool2d(x, 2)),
+    (case("nn.MaxPool2d(3, stride = 2, padding = 1)", POOL_IN),
+     lambda x: ref_max_pool2d(x, 3, 2, 1)),
+    (case("nn.MaxPool2d(3, 2, 1, 1, false, true)", POOL_IN),
+     lambda x: ref_max_pool2d(x, 3, 2, 1, 1, True)),
+    (case("nn.MaxPool2d([2, 3], stride = [1, 2], dilation = 2)", POOL_IN),
+     lambda x: ref_max_pool2d(x, (2, 3), (1, 2), 0, 2)),
+    (case("nn.MaxPool2d(2, ceil_mode = true)", POOL_IN),
+     lambda x: ref_max_pool2d(x, 2, ceil_mode=True)),
+    (case("nn.AvgPool2d(2)", POOL_IN), lambda x: ref_avg_pool2d(x, 2)),
+    (case("nn.AvgPool2d(3, stride = 2, padding = 1)", POOL_IN),
+     lambda x: ref_avg_pool2d(x, 3, 2, 1)),
+    (case("nn.AvgPool2d(3, 2, 1, false, false)", POOL_IN),
+     lambda x: ref_avg_pool2d(x, 3, 2, 1, False, False)),
+    (case("nn.AvgPool2d(2, ceil_mode = true)", POOL_IN),
+     lambda x: ref_avg_pool2d(x, 2, ceil_mode=True)),
+    (case("nn.AvgPool2d(3, 2, 1, true)", POOL_IN), lambda x: ref_avg_pool2d(x, 3, 2, 1, True)),
+    (case("nn.AdaptiveAvgPool2d(1)", POOL_IN), lambda x: x.mean(axis=(2, 3), keepdims=True)),
+    (case("nn.AdaptiveAvgPool2d([1, 1])", POOL_IN),
+     lambda x: x.mean(axis=(2, 3), keepdims=True)),
+]
+
+ACT_IN = "f32[B, 4, 5]"
+ACTIVATIONS = [
+    (case("nn.ReLU()", ACT_IN), lambda x: np.maximum(x, 0)),
+    (case("nn.ReLU(true)", ACT_IN), lambda x: np.maximum(x, 0)),
+    (case("nn.LeakyReLU()", ACT_IN), lambda x: np.where(x >= 0, x, 0.01 * x)),
+    (case("nn.LeakyReLU(0.2)", ACT_IN), lambda x: np.where(x >= 0, x, 0.2 * x)),
+    (case("nn.ELU()", ACT_IN), lambda x: np.where(x > 0, x, np.exp(x) - 1)),
+    (case("nn.ELU(alpha = 0.5)", ACT_IN), lambda x: np.where(x > 0, x, 0.5 * (np.exp(x) - 1))),
+    (case("nn.GELU()", ACT_IN), lambda x: 0.5 * x * (1 + _erf(x / math.sqrt(2)))),
+    (case('nn.GELU(approximate = "tanh")', ACT_IN), lambda x: 0.5 * x * (
+        1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))),
+    (case("nn.SiLU()", ACT_IN), lambda x: x * ref_sigmoid(x)),
+    (case("nn.Sigmoid()", ACT_IN), ref_sigmoid),
+    (case("nn.Tanh()", ACT_IN), np.tanh),
+    (case("nn.Tanh", ACT_IN), np.tanh),  # a block without arguments may drop the parentheses
+    (case("nn.Softmax()", ACT_IN), lambda x: ref_softmax(x, -1)),
+    (case("nn.Softmax(axis = 1)", ACT_IN), lambda x: ref_softmax(x, 1)),
+    (case("nn.LogSoftmax()", ACT_IN), lambda x: np.log(ref_softmax(x, -1))),
+    (case("nn.LogSoftmax(0)", ACT_IN), lambda x: np.log(ref_softmax(x, 0))),
+    (case("nn.Identity()", ACT_IN), lambda x: x),
+    (case("nn.Dropout()", ACT_IN), lambda x: x),  # inference mode: the identity
+    (case("nn.Dropout(0.2)", ACT_IN), lambda x: x),
+    (case("nn.Flatten()", ACT_IN), lambda x: x.reshape(x.shape[0], -1)),
+    (case("nn.Flatten(0, 1)", ACT_IN), lambda x: x.reshape(-1, x.shape[2])),
+    (case("nn.Flatten(2)", ACT_IN), lambda x: x),
+]
+
+
+@pytest.mark.parametrize("block, ref", POOLS + ACTIVATIONS,
+                         ids=[c[0][0] for c in POOLS + ACTIVATIONS])
+def test_parameter_free_blocks(block, ref):
+    m = compile_block(*block)
+    assert m.params == {}
+    for B in BATCHES:
+        x = rand(np.random.default_rng(B), *in_shape(block[1], B)) * 3
+        close(m(x), ref(x.astype(np.float64)))
+
+
+# ---------------------------------------------------------------------------- errors
+BAD = [
+    ("nn.Conv2d(3, 4, 3, groups = 2)", "f32[B, 3, 8, 8]", "in_channels must be divisible"),
+    ("nn.Conv2d(4, 3, 3, groups = 2)", "f32[B, 4, 8, 8]", "out_channels must be divisible"),
+    ('nn.Conv2d(3, 4, 3, padding_mode = "circular")', "f32[B, 3, 8, 8]", "padding_mode must be"),
+    ('nn.Conv2d(3, 4, 3, padding = "same", padding_mode = "reflect")', "f32[B, 3, 8, 8]",
+     "needs padding_mode zeros"),
+    ("nn.ConvTranspose2d(3, 4, 3, groups = 2)", "f32[B, 3, 8, 8]", "divisible by groups"),
+    ("nn.GroupNorm(4, 6)", "f32[B, 6, 2]", "num_channels must be divisible by num_groups"),
+    ("nn.AdaptiveAvgPool2d(2)", "f32[B, 3, 8, 8]", "only output_size = 1"),
+    ("nn.MaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
+    ('nn.GELU("exact")', "f32[B, 3]", "approximate must be"),
+    ("nn.Dropout(1.5)", "f32[B, 3]", "between 0 and 1"),
+    ("nn.BatchNorm1d(3)", "f32[B, 3, 4, 4]", "BatchNorm1d takes [N, C] or [N, C, L]"),
+    ("nn.BatchNorm1d(3, affine = false, track_running_stats = false)", "f32[B, 4]",
+     "axis 1 must be num_features"),
+    ("nn.GroupNorm(2, 4, affine = false)", "f32[B, 6, 3]", "must be [N, num_channels, ...]"),
+    ("nn.Linear(5, 3)", "f32[B, 4]", "K0301"),  # a shape mismatch, at compile time
+]
+
+
+@pytest.mark.parametrize("expr, in_type, message", BAD, ids=[c[0] for c in BAD])
+def test_invalid_arguments_fail_at_compile_time(expr, in_type, message):
+    with pytest.raises(KilnError) as err:
+        compile_block(expr, in_type)
+    assert message in str(err.value)
+
+
+# ---------------------------------------------------------------------------- PyTorch parity
+PARITY = [  # (kiln block, the same torch module)
+    (case("nn.Linear(5, 3)", "f32[B, 2, 5]"), "nn.Linear(5, 3)"),
+    (case("nn.Linear(5, 3, false)", "f32[B, 5]"), "nn.Linear(5, 3, False)"),
+    (case("nn.Conv1d(4, 6, 3, 2, 1, groups = 2)", "f32[B, 4, 9]"),
+     "nn.Conv1d(4, 6, 3, 2, 1, groups=2)"),
+    (case('nn.Conv2d(3, 4, [3, 5], stride = 2, padding = "valid", dilation = [2, 1])',
+          "f32[B, 3, 9, 8]"),
+     "nn.Conv2d(3, 4, (3, 5), stride=2, padding='valid', dilation=(2, 1))"),
+    (case('nn.Conv2d(3, 4, 4, padding = "same", bias = false)', "f32[B, 3, 9, 8]"),
+     "nn.Conv2d(3, 4, 4, padding='same', bias=False)"),
+    (case('nn.Conv2d(3, 4, 3, padding = 1, padding_mode = "reflect")', "f32[B, 3, 9, 8]"),
+     "nn.Conv2d(3, 4, 3, padding=1, padding_mode='reflect')"),
+    (case("nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2)", "f32[B, 4, 5, 4]"),
+     "nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 2)"),
+    (case("nn.BatchNorm1d(4)", "f32[B, 4, 3]"), "nn.BatchNorm1d(4)"),
+    (case("nn.BatchNorm2d(3)", "f32[B, 3, 4, 4]"), "nn.BatchNorm2d(3)"),
+    (case("nn.BatchNorm2d(3, track_running_stats = false)", "f32[B, 3, 4, 5]"),
+     "nn.BatchNorm2d(3, track_running_stats=False)"),
+    (case("nn.LayerNorm([3, 4])", "f32[B, 2, 3, 4]"), "nn.LayerNorm([3, 4])"),
+    (case("nn.GroupNorm(2, 4)", "f32[B, 4, 3, 3]"), "nn.GroupNorm(2, 4)"),
+    (case("nn.Embedding(10, 4)", "i64[B, T]"), "nn.Embedding(10, 4)"),
+    (case("nn.MaxPool2d(3, 2, 1, ceil_mode = true)", "f32[B, 3, 8, 7]"),
+     "nn.MaxPool2d(3, 2, 1, ceil_mode=True)"),
+    (case("nn.AvgPool2d(3, 2, 1, true, false)", "f32[B, 3, 8, 7]"),
+     "nn.AvgPool2d(3, 2, 1, True, False)"),
+    (case("nn.AdaptiveAvgPool2d(1)", "f32[B, 3, 5, 4]"), "nn.AdaptiveAvgPool2d(1)"),
+    (case('nn.GELU("tanh")', ACT_IN), "nn.GELU('tanh')"),
+    (case("nn.ELU(0.5)", ACT_IN), "nn.ELU(0.5)"),
+    (case("nn.LogSoftmax(axis = 1)", ACT_IN), "nn.LogSoftmax(dim=1)"),
+]
+
+
+@pytest.mark.parametrize("block, torch_src", PARITY, ids=[c[0][0] for c in PARITY])
+def test_pytorch_parity(tmp_path, block, torch_src):
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(eval(torch_src, {"nn": torch.nn})).eval()
+    with torch.no_grad():  # make the affine terms and running statistics non-trivial
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + 0.5 if "var" in name else torch.randn_like(t))
+    state = {k: v.numpy() for k, v in module.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+
+    m = compile_block(*block)
+    assert {k: v.shape for k, v in m.params.items()} == {k: v.shape for k, v in state.items()}
+    m.load_weights(tmp_path / "w.safetensors")  # strict: no missing or unexpected keys
+    for B in (2, 3):
+        rng = np.random.default_rng(B)
+        if block[1].startswith("i64"):
+            x = rng.integers(0, 10, (B, 5))
+            want = module(torch.from_numpy(x)).detach().numpy()
+        else:
+            x = rng.standard_normal(in_shape(block[1], B)).astype(np.float32)
+            with torch.no_grad():
+                want = module(torch.from_numpy(x)).numpy()
+        close(m(x), want.astype(np.float64))
