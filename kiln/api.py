@@ -9,7 +9,7 @@ from typing import Any
 from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
 
-TARGETS = ("reference",)
+TARGETS = ("reference", "onnx")
 
 
 def load(source: str | os.PathLike) -> Program:
@@ -31,14 +31,16 @@ def compile(
     weights: str | os.PathLike | dict | None = None,
     args: dict[str, Any] | None = None,
     strict: bool = True,
+    providers: list[str] | None = None,
 ):
     """Compile one model of a file into a callable taking and returning numpy arrays.
 
     model: the model's name (default: the file's last `model`); args: its compile-time
     arguments; seed: initial weights are a pure function of (seed, parameter path);
     weights: a .safetensors or .npz file (or a dict) loaded by dotted path.
+    target: "reference" (numpy) or "onnx" (onnxruntime; `providers` picks execution providers,
+    by default CUDA or TensorRT when the installed onnxruntime has them, else CPU).
     """
-    from kiln.runtime.reference import ReferenceModel
 
     if target not in TARGETS:
         raise KilnError(
@@ -55,7 +57,14 @@ def compile(
     from kiln.compiler.elaborate.members import generate_params
 
     params = generate_params(elaborated.params, seed)
-    compiled = ReferenceModel(elaborated, params, variant)
-    if weights is not None:
-        compiled.load_weights(weights, strict=strict)
-    return compiled
+    if weights is not None:  # load before building a backend, so it is built once
+        from kiln.runtime.model import CompiledModel
+
+        params = CompiledModel(elaborated, params).with_weights(weights, strict)
+    if target == "onnx":
+        from kiln.runtime.onnx import OnnxModel
+
+        return OnnxModel(elaborated, params, variant, providers)
+    from kiln.runtime.reference import ReferenceModel
+
+    return ReferenceModel(elaborated, params, variant)

@@ -77,6 +77,9 @@ class OpRecord:
     promote: bool | tuple[str, ...] = False
     elementwise: bool = False
     macs: MacsFn | None = None
+    # onnx(builder, node): append the ONNX nodes computing node.outputs from node.inputs
+    # (compiler/codegen/onnx.py: OnnxBuilder and OnnxNode)
+    onnx: Callable[[Any, Any], None] | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def promoted(self, arg: str) -> bool:

@@ -1,0 +1,353 @@
+"""ONNX emission: one onnx.ModelProto per elaborated model, checked by onnx's own checker.
+
+Each op record's `onnx` function lowers one node through the small `OnnxBuilder` API below
+(`node`, `const`, `dim`, `shape`); symbolic sizes become named `dim_param`s, so one file serves
+every batch size; parameters are initializers named by their dotted paths; each node carries
+the kiln source span it came from (doc_string and metadata) so Netron shows it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..dims import Dim
+from ..errors import KilnError, Span
+from ..ir import Graph
+from ..ops import REGISTRY
+from ..types import TensorType
+
+OPSET = 18
+IR_VERSION = 9  # what onnxruntime releases of the last two years load
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
+
+ONNX_DTYPES = {
+    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+    "f64": TensorProto.DOUBLE, "i32": TensorProto.INT32, "i64": TensorProto.INT64,
+    "bool": TensorProto.BOOL,
+}
+
+
+@dataclass
+class OnnxNode:
+    """What an op's ONNX emitter sees: value names, attributes and types of one node."""
+
+    inputs: list[str | None]
+    outputs: list[str]
+    attrs: dict
+    in_types: list[TensorType | None]
+    out_types: list[TensorType]
+    span: Span | None
+
+
+@dataclass
+class _Scope:
+    """One ONNX graph being filled: the model's, or a Scan body's."""
+
+    nodes: list = field(default_factory=list)
+    dims: dict = field(default_factory=dict)  # Dim -> name of its i64 scalar value
+    infos: dict = field(default_factory=dict)  # value name -> kiln TensorType
+
+
+class OnnxBuilder:
+    """The API op emitters call. Names are unique across the model and its bodies."""
+
+    opset = OPSET
+
+    def __init__(self, symbol_sources: dict[str, tuple[str, int]]):
+        self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
+        self.initializers: list[TensorProto] = []
+        self.scopes: list[_Scope] = [_Scope()]
+        self.params_done: set[str] = set()
+        self._ids = itertools.count()
+        self.span: Span | None = None
+        self.scope_path = ""
+
+    # ---------------------------------------------------------------- names and nodes
+    def fresh(self, hint: str = "t") -> str:
+        return f"{hint}__{next(self._ids)}"
+
+    def node(self, op_type: str, inputs: list[str | None], outputs: list[str] | int = 1,
+             **attrs: Any) -> list[str]:
+        """Append one ONNX node; returns its output names (fresh ones when given a count)."""
+        if isinstance(outputs, int):
+            outputs = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        proto = helper.make_node(
+            op_type, ["" if i is None else i for i in inputs], outputs,
+            name=self.fresh(op_type), **attrs,
+        )
+        if self.span is not None:
+            where = f"{self.span.file}:{self.span.line}:{self.span.col}"
+            proto.doc_string = where
+            for key, value in (("kiln.source", where), ("kiln.block", self.scope_path)):
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+        self.scopes[-1].nodes.append(proto)
+        return list(outputs)
+
+    def const(self, value, dtype: str | None = None, name: str | None = None) -> str:
+        """An initializer holding `value` (an array or a number)."""
+        array = np.asarray(value)
+        if dtype is not None:
+            from ..types import NUMPY_DTYPES
+
+            array = array.astype(NUMPY_DTYPES[dtype])
+        name = name or self.fresh("const")
+        self.initializers.append(_to_proto(array, name))
+        return name
+
+    def ints(self, values) -> str:
+        """A 1-D i64 initializer (axes, pads, shapes known at compile time)."""
+        return self.const(np.asarray(list(values), dtype=np.int64))
+
+    # ---------------------------------------------------------------- symbolic sizes
+    def dim(self, d: Dim | int) -> str:
+        """An i64 scalar holding the run-time value of size `d`."""
+        d = Dim.of(d)
+        if d.is_const:
+            return self.const(np.asarray(d.value, dtype=np.int64))
+        root = self.scopes[0]
+        if d in root.dims:
+            return root.dims[d]
+        saved, self.scopes = self.scopes, [root]  # sizes are computed once, in the model graph
+        try:
+            name = self._dim_value(d)
+        finally:
+            self.scopes = saved
+        root.dims[d] = name
+        return name
+
+    def _dim_value(self, d: Dim) -> str:
+        if d.symbol is not None:
+            if d.symbol not in self.symbol_sources:
+                raise self.unsupported(f"size {d.symbol} is not the size of any model input")
+            source, axis = self.symbol_sources[d.symbol]
+            (shape,) = self.node("Shape", [source], 1, start=axis, end=axis + 1)
+            (scalar,) = self.node("Squeeze", [shape, self.ints([0])])
+            return scalar
+        total = None
+        for mono, coeff in d.terms:
+            term = self.const(np.asarray(coeff, dtype=np.int64))
+            for atom, power in mono:
+                if isinstance(atom, str):
+                    base = self.dim(Dim.of(atom))
+                else:
+                    num = self.dim(atom.num)
+                    op = "Div" if atom.kind == "//" else "Mod"
+                    den = self.const(np.asarray(atom.den, dtype=np.int64))
+                    # sizes are non-negative, so ONNX's truncating Div is the floor here
+                    (base,) = self.node(op, [num, den], 1, **({"fmod": 0} if op == "Mod" else {}))
+                for _ in range(power):
+                    (term,) = self.node("Mul", [term, base])
+            total = term if total is None else self.node("Add", [total, term])[0]
+        return total
+
+    def shape(self, dims) -> str:
+        """A 1-D i64 tensor of sizes (a shape), symbolic where needed."""
+        dims = [Dim.of(d) for d in dims]
+        if all(d.is_const for d in dims):
+            return self.ints([d.value for d in dims])
+        parts = [self.node("Unsqueeze", [self.dim(d), self.ints([0])])[0] for d in dims]
+        return self.node("Concat", parts, 1, axis=0)[0]
+
+    def unsupported(self, message: str) -> KilnError:
+        return KilnError("K0701", f"cannot express in ONNX: {message}", self.span)
+
+    # ---------------------------------------------------------------- bodies
+    def push(self) -> None:
+        self.scopes.append(_Scope())
+
+    def pop(self) -> _Scope:
+        return self.scopes.pop()
+
+
+def _to_proto(array: np.ndarray, name: str) -> TensorProto:
+    if array.dtype.name == "bfloat16":
+        proto = helper.make_tensor(name, TensorProto.BFLOAT16, array.shape,
+                                   array.view(np.uint16).tobytes(), raw=True)
+        return proto
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    dims = [d.value if d.is_const else str(d) for d in t.shape]
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], dims)
+
+
+def export(model, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The ONNX ModelProto of an ElaboratedModel with the given parameter values."""
+    graph = model.graph
+    sources: dict[str, tuple[str, int]] = {}
+    for port in model.inputs:
+        for axis, d in enumerate(port.type.shape):
+            if d.symbol is not None and d.symbol not in sources:
+                sources[d.symbol] = (port.name, axis)
+    b = OnnxBuilder(sources)
+    names = _graph_names(graph, model)
+    _emit_nodes(b, graph, names, params)
+    inputs = [value_info(p.name, p.type) for p in model.inputs]
+    outputs = [value_info(p.name, p.type) for p in model.outputs]
+    ports = {p.name for p in (*model.inputs, *model.outputs)}
+    infos = [value_info(n, t) for n, t in b.scopes[0].infos.items() if n not in ports]
+    onnx_graph = helper.make_graph(
+        b.scopes[0].nodes, model.name, inputs, outputs, b.initializers, value_info=infos
+    )
+    proto = helper.make_model(
+        onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="kiln",
+        doc_string=f"kiln model {model.name}",
+    )
+    proto.ir_version = IR_VERSION
+    return proto
+
+
+def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
+    """Value names: inputs and outputs keep their kiln names, parameters their paths."""
+    names: dict[tuple[int, int], str] = {}
+    for nid in graph.order():
+        node = graph.node(nid)
+        if node["op"] == "input":
+            names[(nid, 0)] = node["attrs"]["name"]
+        elif node["op"] == "param":
+            names[(nid, 0)] = node["attrs"]["path"]
+    for value, name in zip(graph.outputs, graph.output_names):
+        key = (value.node, value.index)
+        if key not in names:  # an output computed by an op gets the output's name
+            names[key] = name
+    return names
+
+
+def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None:
+    aliases: list[tuple[str, str]] = []  # model outputs that are another value
+    for nid in graph.order():
+        node = graph.node(nid)
+        op = node["op"]
+        b.span, b.scope_path = node["span"], node["scope"]
+        if op == "input":
+            continue
+        if op == "param":
+            path = node["attrs"]["path"]
+            if path not in b.params_done:  # the model graph's initializers are seen by bodies
+                b.initializers.append(_to_proto(params[path], path))
+                b.params_done.add(path)
+            names[(nid, 0)] = path
+            continue
+        if op == "constant":
+            names.setdefault((nid, 0), b.fresh("const"))
+            b.const(node["attrs"]["value"], name=names[(nid, 0)])
+            continue
+        rec = REGISTRY[op]
+        if rec.onnx is None:
+            raise b.unsupported(f"the op {op} has no ONNX lowering yet")
+        operands = graph.operands(nid)
+        outs = [names.setdefault((nid, i), b.fresh(op)) for i in range(len(node["types"]))]
+        ins = [None if v is None else names[(v.node, v.index)] for v in operands]
+        for name, t in zip(outs, node["types"]):
+            b.scopes[-1].infos[name] = t
+        onode = OnnxNode(ins, outs, node["attrs"], [None if v is None else v.type for v in operands],
+                         list(node["types"]), node["span"])
+        if op == "scan":
+            _emit_scan(b, onode, names, params)
+        else:
+            rec.onnx(b, onode)
+    for value, name in zip(graph.outputs, graph.output_names or []):
+        actual = names[(value.node, value.index)]
+        if actual != name:
+            aliases.append((actual, name))
+    for actual, name in aliases:
+        b.node("Identity", [actual], [name])
+
+
+def _emit_scan(b: OnnxBuilder, n: OnnxNode, outer_names: dict, params: dict) -> None:
+    """kiln scan -> ONNX Scan: carries are state variables, emits are scan outputs.
+
+    A step index becomes one more scanned input, arange(length); captured outer values are
+    referenced by name from inside the body, as ONNX subgraphs may.
+    """
+    a = n.attrs
+    body: Graph = a["body"]
+    n_carry, n_seq = a["n_carry"], a["n_seq"]
+    carries_in = n.inputs[:n_carry]
+    seqs = n.inputs[n_carry:n_carry + n_seq]
+    captured = n.inputs[n_carry + n_seq:]
+    axes = list(a["axes"])
+    if a["has_index"]:
+        length = n.in_types[n_carry].shape[axes[0]]
+        (steps,) = b.node("Range", [b.const(np.asarray(0, np.int64)), b.dim(length),
+                                    b.const(np.asarray(1, np.int64))])
+        seqs = [*seqs, steps]
+        axes.append(0)
+    names: dict = {}
+    body_inputs = []
+    fixed = body.inputs[:a["n_fixed_inputs"]]
+    for nid in fixed:
+        node = body.node(nid)
+        name = b.fresh(node["attrs"]["name"])
+        names[(nid, 0)] = name
+        body_inputs.append(value_info(name, node["types"][0]))
+    for nid, outer in zip(body.inputs[a["n_fixed_inputs"]:], captured):
+        names[(nid, 0)] = outer
+    body_outputs = []
+    out_names = []
+    for value in body.outputs:
+        name = b.fresh("body_out")
+        out_names.append(name)
+        body_outputs.append(value_info(name, value.type))
+    b.push()
+    saved_span = b.span
+    _emit_nodes(b, body, names, params)
+    for value, name in zip(body.outputs, out_names):
+        b.node("Identity", [names[(value.node, value.index)]], [name])
+    scope = b.pop()
+    b.span = saved_span
+    infos = [value_info(k, t) for k, t in scope.infos.items()]
+    g = helper.make_graph(scope.nodes, b.fresh("scan_body"), body_inputs, body_outputs,
+                          value_info=infos)
+    n_emit = len(body.outputs) - n_carry
+    emits_out, carries_out = n.outputs[:n_emit], n.outputs[n_emit:]
+    direction = 1 if a["reverse"] else 0
+    b.node(
+        "Scan", [*carries_in, *seqs], [*carries_out, *emits_out], body=g,
+        num_scan_inputs=len(seqs), scan_input_axes=axes,
+        scan_input_directions=[direction] * len(seqs),
+        scan_output_axes=[a["axis"]] * n_emit, scan_output_directions=[direction] * n_emit,
+    )
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write the model, atomically; weights over 2 GB go to an external data file beside it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits(proto) else True
+    try:
+        if large:
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(path) + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(proto, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fits(proto: onnx.ModelProto) -> bool:
+    try:
+        proto.ByteSize()
+        return True
+    except Exception:  # protobuf refuses messages over 2 GB
+        return False
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """onnx's full checker and strict shape inference; a failure here is a bug in kiln."""
+    onnx.checker.check_model(proto, full_check=True)

@@ -1,0 +1,73 @@
+"""The ONNX target: the exported model run by onnxruntime (CUDA or TensorRT where offered)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..compiler.codegen import onnx as onnx_codegen
+from ..compiler.elaborate import ElaboratedModel
+from ..compiler.errors import KilnError
+from .model import CompiledModel
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                       "CPUExecutionProvider")
+
+
+def available_providers(requested: list[str] | None = None) -> list[str]:
+    """The execution providers to use: those requested, else the best this onnxruntime has."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise KilnError("K0602", "the onnx target needs onnxruntime, which is not installed",
+                        hint="pip install onnxruntime (or onnxruntime-gpu)") from None
+    have = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in have]
+        if missing:
+            raise KilnError("K0602", f"onnxruntime here has no {', '.join(missing)}",
+                            hint=f"available: {', '.join(have)}")
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in have] or have
+
+
+class OnnxModel(CompiledModel):
+    """A model run by onnxruntime on its exported ONNX graph; `providers` says where."""
+
+    target = "onnx"
+
+    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
+                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
+                 providers: list[str] | None = None):
+        super().__init__(model, params)
+        self._variant = variant
+        self._models = {model.present: model}
+        self._sessions: dict = {}
+        self.providers = available_providers(providers)
+        self._session(model.present)  # build now: export errors surface at compile time
+
+    def _session(self, present: frozenset[str]):
+        if present not in self._sessions:
+            import onnxruntime as ort
+
+            model = self._models.get(present)
+            if model is None:
+                model = self._models[present] = self._variant(present)
+            proto = onnx_codegen.export(model, self.params)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            session = ort.InferenceSession(proto.SerializeToString(), options,
+                                           providers=self.providers)
+            self._sessions[present] = (model, session)
+        return self._sessions[present]
+
+    def _weights_changed(self) -> None:
+        self._sessions.clear()
+
+    def run(self, arrays, dims):
+        present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
+        model, session = self._session(present)
+        feed = {p.name: arrays[p.name] for p in model.inputs}
+        return session.run([p.name for p in model.outputs], feed)
