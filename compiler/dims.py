@@ -83,7 +83,7 @@ class Dim:
     def symbol(self) -> str | None:
         """The name when this Dim is exactly one symbol (`B`), else None."""
         if len(self.terms) == 1:
-            (mono, coeff), = self.terms
+            ((mono, coeff),) = self.terms
             if coeff == 1 and len(mono) == 1 and isinstance(mono[0][0], str) and mono[0][1] == 1:
                 return mono[0][0]
         return None
@@ -218,7 +218,7 @@ class Dim:
         """self / other when other is a single monomial dividing every term, else None."""
         if len(other.terms) != 1:
             return None
-        (omono, ocoeff), = other.terms
+        ((omono, ocoeff),) = other.terms
         odict = {_atom_key(a): p for a, p in omono}
         terms: dict[Monomial, int] = {}
         for mono, coeff in self.terms:
@@ -230,7 +230,9 @@ class Dim:
                     return None
                 atom, mp = mdict[key]
                 mdict[key] = (atom, mp - p)
-            rest = tuple(sorted(((a, p) for a, p in mdict.values() if p), key=lambda ap: _atom_key(ap[0])))
+            rest = tuple(
+                sorted(((a, p) for a, p in mdict.values() if p), key=lambda ap: _atom_key(ap[0]))
+            )
             terms[rest] = coeff // ocoeff
         return Dim(terms)
 
@@ -271,4 +273,3 @@ class Dim:
             else:
                 parts.append(f"+ {text}" if coeff > 0 else f"- {text}")
         return " ".join(parts)
-

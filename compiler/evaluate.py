@@ -37,8 +37,9 @@ class ConstEnv(GraphEnv):
         super().__init__({}, {})
 
 
-def run_graph(graph: Graph, inputs: list, params: dict[str, np.ndarray],
-              dims: dict[str, int]) -> list[np.ndarray]:
+def run_graph(
+    graph: Graph, inputs: list, params: dict[str, np.ndarray], dims: dict[str, int]
+) -> list[np.ndarray]:
     """Evaluate `graph` on `inputs` (one array, or None, per graph input)."""
     env = GraphEnv(params, dims)
     values: dict[tuple[int, int], np.ndarray] = {}

@@ -64,8 +64,13 @@ class Graph:
         """Add a node computing `types` from `inputs`; returns its output Values."""
         nid = next(self._ids)
         self.g.add_node(
-            nid, op=op, attrs=dict(attrs or {}), types=list(types), span=span,
-            scope=scope, arity=len(inputs),
+            nid,
+            op=op,
+            attrs=dict(attrs or {}),
+            types=list(types),
+            span=span,
+            scope=scope,
+            arity=len(inputs),
         )
         for slot, value in enumerate(inputs):
             if value is not None:

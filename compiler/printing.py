@@ -30,7 +30,7 @@ def _label(node: dict) -> str:
 
 def to_dot(graph: Graph, name: str = "model") -> str:
     """A DOT digraph of `graph`: one box per node, edges labelled by tensor type."""
-    lines = [f"digraph {_quote(name)} {{", "  rankdir=TB;", '  node [shape=box, fontsize=10];']
+    lines = [f"digraph {_quote(name)} {{", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
     counter = [0]
     _emit(graph, "", lines, counter)
     lines.append("}")
@@ -48,12 +48,12 @@ def _emit(graph: Graph, prefix: str, lines: list[str], counter: list[int]) -> No
         if node["op"] == "scan":
             counter[0] += 1
             sub = f"{prefix}s{counter[0]}_"
-            lines.append(f"  subgraph cluster_{sub} {{ label=\"scan body\"; style=dashed;")
+            lines.append(f'  subgraph cluster_{sub} {{ label="scan body"; style=dashed;')
             _emit(node["attrs"]["body"], sub, lines, counter)
             lines.append("  }")
         for u, _v, _d in graph.g.in_edges(nid, data=True):
             lines.append(f"  {prefix}n{u} -> {prefix}n{nid};")
     for i, out in enumerate(graph.outputs):
         name = graph.output_names[i] if i < len(graph.output_names) else f"out{i}"
-        lines.append(f'  {prefix}out{i} [label={_quote("output " + name)}, shape=ellipse];')
+        lines.append(f"  {prefix}out{i} [label={_quote('output ' + name)}, shape=ellipse];")
         lines.append(f"  {prefix}n{out.node} -> {prefix}out{i};")

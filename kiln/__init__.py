@@ -1,9 +1,9 @@
 """kiln: a declarative language for neural-network models, and its compiler.
 
-    import kiln
-    program = kiln.load("examples/mlp.kiln")          # parse and resolve imports
-    model = kiln.compile("examples/mlp.kiln", seed=0)  # elaborate, initialise, build
-    y = model(x)                                      # numpy in, numpy out
+import kiln
+program = kiln.load("examples/mlp.kiln")          # parse and resolve imports
+model = kiln.compile("examples/mlp.kiln", seed=0)  # elaborate, initialise, build
+y = model(x)                                      # numpy in, numpy out
 """
 
 from __future__ import annotations

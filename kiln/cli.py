@@ -33,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a bug in kiln: say so plainly, without a traceback
-        print(f"kiln: internal error (this is a bug in kiln, please report it): "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"kiln: internal error (this is a bug in kiln, please report it): "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -46,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         c.add_argument("file", help="the .kiln model file")
         c.add_argument("--model", help="which model (default: the file's last `model`)")
-        c.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
-                       help="set a model argument, e.g. --arg hidden=256")
+        c.add_argument(
+            "--arg",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="set a model argument, e.g. --arg hidden=256",
+        )
         c.set_defaults(handler=handler)
         return c
 
@@ -58,10 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = model_cmd("run", "run a model and summarise its outputs", cmd_run)
     r.add_argument("--target", default="reference", choices=["reference", "onnx"])
     r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy")
-    r.add_argument("--random-inputs", action="store_true",
-                   help="feed random inputs (floats ~ N(0, 1), ints in [0, 2), random bools)")
-    r.add_argument("--bind", action="append", default=[], metavar="SYM=N",
-                   help="size of a symbolic dimension for random inputs (default 1)")
+    r.add_argument(
+        "--random-inputs",
+        action="store_true",
+        help="feed random inputs (floats ~ N(0, 1), ints in [0, 2), random bools)",
+    )
+    r.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SYM=N",
+        help="size of a symbolic dimension for random inputs (default 1)",
+    )
     r.add_argument("--weights", help="a .safetensors or .npz file of weights")
     r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
@@ -77,8 +93,14 @@ def cmd_compile(opts) -> int:
     from kiln.api import compile as kiln_compile
 
     program, _ = elaborate(opts)
-    model = kiln_compile(program, model=opts.model, target="reference", seed=opts.seed,
-                         weights=opts.weights, args=parse_args_option(opts.arg))
+    model = kiln_compile(
+        program,
+        model=opts.model,
+        target="reference",
+        seed=opts.seed,
+        weights=opts.weights,
+        args=parse_args_option(opts.arg),
+    )
     model.export_onnx(opts.output)
     from kiln.compiler.codegen.onnx import OPSET
 
@@ -131,8 +153,7 @@ def format_dim_count(d: Dim) -> str:
     parts = []
     for mono, coeff in sorted(d.terms, key=lambda mc: mc[0] == ()):
         factors = " × ".join(
-            (a if isinstance(a, str) else a.text()) + (f"^{p}" if p > 1 else "")
-            for a, p in mono
+            (a if isinstance(a, str) else a.text()) + (f"^{p}" if p > 1 else "") for a, p in mono
         )
         if not factors:
             parts.append(format_count(coeff))
@@ -160,12 +181,19 @@ def cmd_params(opts) -> int:
     print(line)
     print("-" * len(line))
     for r in rows:
-        print("  ".join(str(c).ljust(w) if i != 4 else str(c).rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=False))))
-    buffers = sum(int(np.prod(i.shape, dtype=np.int64)) for i in model.params.values()
-                  if i.kind == "buffer")
-    print(f"\ntotal parameters: {total:,} ({format_count(total)})"
-          + (f"; buffers: {buffers:,}" if buffers else ""))
+        print(
+            "  ".join(
+                str(c).ljust(w) if i != 4 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=False))
+            )
+        )
+    buffers = sum(
+        int(np.prod(i.shape, dtype=np.int64)) for i in model.params.values() if i.kind == "buffer"
+    )
+    print(
+        f"\ntotal parameters: {total:,} ({format_count(total)})"
+        + (f"; buffers: {buffers:,}" if buffers else "")
+    )
     macs = model.macs_by_scope()
     by_block: dict[str, Dim] = {}
     for scope, m in macs.items():
@@ -193,7 +221,8 @@ def cmd_graph(opts) -> int:
         exe = shutil.which("dot")
         if exe is None:
             raise KilnError(
-                "K0602", "writing SVG needs Graphviz's `dot` program, which is not on PATH",
+                "K0602",
+                "writing SVG needs Graphviz's `dot` program, which is not on PATH",
                 hint="install Graphviz (e.g. apt-get install graphviz), or write DOT with "
                 "-o graph.dot and render it elsewhere",
             )
@@ -212,8 +241,14 @@ def cmd_run(opts) -> int:
     from kiln.runtime.weights import save_weights
 
     program, _ = elaborate(opts)
-    model = kiln_compile(program, model=opts.model, target=opts.target, seed=opts.seed,
-                         weights=opts.weights, args=parse_args_option(opts.arg))
+    model = kiln_compile(
+        program,
+        model=opts.model,
+        target=opts.target,
+        seed=opts.seed,
+        weights=opts.weights,
+        args=parse_args_option(opts.arg),
+    )
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -233,16 +268,22 @@ def load_inputs(opts, model) -> dict:
             raise KilnError("K0602", f"--input {item!r} must look like NAME=PATH.npy")
         name, path = item.split("=", 1)
         if name not in names:
-            raise KilnError("K0501", f"{model.name} has no input named {name!r}",
-                            hint=f"its inputs: {', '.join(sorted(names))}")
+            raise KilnError(
+                "K0501",
+                f"{model.name} has no input named {name!r}",
+                hint=f"its inputs: {', '.join(sorted(names))}",
+            )
         try:
             feeds[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise KilnError("K0403", f"cannot read input {name} from {path}: {exc}") from None
     missing = [p for p in model.inputs if p.name not in feeds and not p.optional]
     if missing and not opts.random_inputs:
-        raise KilnError("K0501", "missing inputs: " + ", ".join(f"{p.name}: {p.type}" for p in missing),
-                        hint="give them with --input NAME=PATH.npy, or use --random-inputs")
+        raise KilnError(
+            "K0501",
+            "missing inputs: " + ", ".join(f"{p.name}: {p.type}" for p in missing),
+            hint="give them with --input NAME=PATH.npy, or use --random-inputs",
+        )
     if opts.random_inputs:
         binds = {}
         for item in opts.bind:

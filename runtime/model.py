@@ -17,8 +17,12 @@ from .weights import load_weights, match_weights, save_weights
 _WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32"), ("bool", "bool")}
 
 _COMPARE = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
 }
 
 
@@ -94,18 +98,25 @@ class CompiledModel:
         """Hook for backends that copy parameters into buffers of their own."""
 
     # ------------------------------------------------------------------ calls
-    def bind_inputs(self, args: tuple, kwargs: dict) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def bind_inputs(
+        self, args: tuple, kwargs: dict
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Check every input against the signature; returns arrays by name and symbol sizes."""
         ports = self.inputs
         names = [p.name for p in ports]
         if len(args) > len(ports):
-            raise KilnError("K0501", f"{self.name} takes {len(ports)} inputs "
-                            f"({', '.join(names)}), got {len(args)}")
+            raise KilnError(
+                "K0501",
+                f"{self.name} takes {len(ports)} inputs ({', '.join(names)}), got {len(args)}",
+            )
         given: dict[str, Any] = dict(zip(names, args, strict=False))
         for k, v in kwargs.items():
             if k not in names:
-                raise KilnError("K0501", f"{self.name} has no input named {k!r}",
-                                hint=f"its inputs: {', '.join(names)}")
+                raise KilnError(
+                    "K0501",
+                    f"{self.name} has no input named {k!r}",
+                    hint=f"its inputs: {', '.join(names)}",
+                )
             if k in given:
                 raise KilnError("K0501", f"input {k} given twice (by position and by name)")
             given[k] = v
@@ -125,22 +136,29 @@ class CompiledModel:
             if isinstance(value, (bool, int, float, list, tuple, np.generic)):
                 value = np.asarray(value)
                 if value.dtype.kind in "fiub" and value.dtype != object:
-                    value = value.astype(NUMPY_DTYPES[want]) if _same_kind(value.dtype, want) else value
+                    value = (
+                        value.astype(NUMPY_DTYPES[want]) if _same_kind(value.dtype, want) else value
+                    )
             else:
-                raise KilnError("K0502", f"input {port.name} must be a numpy array, "
-                                f"not {type(value).__name__}")
+                raise KilnError(
+                    "K0502", f"input {port.name} must be a numpy array, not {type(value).__name__}"
+                )
         got = dtype_of_numpy(value.dtype)
         if got != want:
             if got is not None and (got, want) in _WIDENING:
                 value = value.astype(NUMPY_DTYPES[want])
             else:
                 raise KilnError(
-                    "K0502", f"input {port.name} must be {want}, but the array is {value.dtype}",
+                    "K0502",
+                    f"input {port.name} must be {want}, but the array is {value.dtype}",
                     hint=f"convert it: x.astype(np.{NUMPY_DTYPES[want].name})",
                 )
         if value.ndim != port.type.rank:
-            raise KilnError("K0503", f"input {port.name} must have {port.type.rank} axes "
-                            f"{shape_str(port.type.shape)}, but its shape is {list(value.shape)}")
+            raise KilnError(
+                "K0503",
+                f"input {port.name} must have {port.type.rank} axes "
+                f"{shape_str(port.type.shape)}, but its shape is {list(value.shape)}",
+            )
         return np.asarray(value, order="C")
 
     def _bind_dims(self, ports: list[Port], arrays: dict) -> dict[str, int]:
@@ -151,34 +169,48 @@ class CompiledModel:
             for axis, (d, n) in enumerate(zip(p.type.shape, arrays[p.name].shape, strict=False)):
                 if d.is_const:
                     if d.value != n:
-                        raise KilnError("K0503", f"input {p.name} must have shape "
-                                        f"{shape_str(p.type.shape)}, but its shape is "
-                                        f"{list(arrays[p.name].shape)} (axis {axis})")
+                        raise KilnError(
+                            "K0503",
+                            f"input {p.name} must have shape "
+                            f"{shape_str(p.type.shape)}, but its shape is "
+                            f"{list(arrays[p.name].shape)} (axis {axis})",
+                        )
                 elif d.symbol is not None:
                     sym = d.symbol
                     if sym in dims and dims[sym] != n:
                         raise KilnError(
-                            "K0503", f"size {sym} is {dims[sym]} in {where[sym]} but {n} in "
-                            f"input {p.name} (axis {axis}), shape {list(arrays[p.name].shape)}")
+                            "K0503",
+                            f"size {sym} is {dims[sym]} in {where[sym]} but {n} in "
+                            f"input {p.name} (axis {axis}), shape {list(arrays[p.name].shape)}",
+                        )
                     dims[sym] = n
                     where[sym] = f"input {p.name}"
                 else:
                     later.append((p, axis, d, n))
-        for p, axis, d, n in later:
+        for p, _axis, d, n in later:
             try:
                 expect = d.evaluate(dims)
             except DimError:
-                raise KilnError("K0503", f"cannot work out the sizes of input {p.name} "
-                                f"{shape_str(p.type.shape)} from the other inputs") from None
+                raise KilnError(
+                    "K0503",
+                    f"cannot work out the sizes of input {p.name} "
+                    f"{shape_str(p.type.shape)} from the other inputs",
+                ) from None
             if expect != n:
-                raise KilnError("K0503", f"input {p.name} must have shape "
-                                f"{shape_str(p.type.shape)} = {[_ev(x, dims) for x in p.type.shape]}"
-                                f", but its shape is {list(arrays[p.name].shape)}")
+                raise KilnError(
+                    "K0503",
+                    f"input {p.name} must have shape "
+                    f"{shape_str(p.type.shape)} = {[_ev(x, dims) for x in p.type.shape]}"
+                    f", but its shape is {list(arrays[p.name].shape)}",
+                )
         for c in self.model.graph.constraints:
             lhs, rhs = Dim.of(c.lhs).evaluate(dims), Dim.of(c.rhs).evaluate(dims)
             if not _COMPARE[c.op](lhs, rhs):
-                raise KilnError("K0504", f"constraint {c.text} does not hold for these inputs "
-                                f"({lhs} {c.op} {rhs})", c.span)
+                raise KilnError(
+                    "K0504",
+                    f"constraint {c.text} does not hold for these inputs ({lhs} {c.op} {rhs})",
+                    c.span,
+                )
         return dims
 
     def __call__(self, *args, **kwargs):

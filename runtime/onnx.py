@@ -11,8 +11,7 @@ from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
 from .model import CompiledModel
 
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                       "CPUExecutionProvider")
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def available_providers(requested: list[str] | None = None) -> list[str]:
@@ -20,14 +19,20 @@ def available_providers(requested: list[str] | None = None) -> list[str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise KilnError("K0602", "the onnx target needs onnxruntime, which is not installed",
-                        hint="pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise KilnError(
+            "K0602",
+            "the onnx target needs onnxruntime, which is not installed",
+            hint="pip install onnxruntime (or onnxruntime-gpu)",
+        ) from None
     have = ort.get_available_providers()
     if requested:
         missing = [p for p in requested if p not in have]
         if missing:
-            raise KilnError("K0602", f"onnxruntime here has no {', '.join(missing)}",
-                            hint=f"available: {', '.join(have)}")
+            raise KilnError(
+                "K0602",
+                f"onnxruntime here has no {', '.join(missing)}",
+                hint=f"available: {', '.join(have)}",
+            )
         return list(requested)
     return [p for p in PREFERRED_PROVIDERS if p in have] or have
 
@@ -37,9 +42,13 @@ class OnnxModel(CompiledModel):
 
     target = "onnx"
 
-    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
-                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
-                 providers: list[str] | None = None):
+    def __init__(
+        self,
+        model: ElaboratedModel,
+        params: dict[str, np.ndarray],
+        variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
+        providers: list[str] | None = None,
+    ):
         super().__init__(model, params)
         self._variant = variant
         self._models = {model.present: model}
@@ -58,8 +67,9 @@ class OnnxModel(CompiledModel):
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
-            session = ort.InferenceSession(proto.SerializeToString(), options,
-                                           providers=self.providers)
+            session = ort.InferenceSession(
+                proto.SerializeToString(), options, providers=self.providers
+            )
             self._sessions[present] = (model, session)
         return self._sessions[present]
 

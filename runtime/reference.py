@@ -20,8 +20,12 @@ class ReferenceModel(CompiledModel):
 
     target = "reference"
 
-    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
-                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None):
+    def __init__(
+        self,
+        model: ElaboratedModel,
+        params: dict[str, np.ndarray],
+        variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
+    ):
         super().__init__(model, params)
         self._variant = variant
         self._variants = {model.present: model}

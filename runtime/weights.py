@@ -246,11 +246,13 @@ def match_weights(
     if not (missing or unexpected or wrong):
         return result
     lines = [
-        *(f"missing      `{p}`: expected {_typed(expected[p][1], expected[p][0])}" for p in missing),
+        *(f"missing      `{p}`: expected {_typed(expected[p][1], expected[p][0])}"
+          for p in missing),
         *(f"unexpected   `{k}`: {_describe(np.asarray(found[k]))}" for k in unexpected),
         *wrong,
     ]
-    counts = [(len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "mismatched")]
+    counts = [(len(missing), "missing"), (len(unexpected), "unexpected"),
+              (len(wrong), "mismatched")]
     summary = ", ".join(f"{n} {what}" for n, what in counts if n)
     code = "K0401" if missing or unexpected else "K0402"
     message = f"cannot load {source} into the model ({summary}):\n" + "\n".join(

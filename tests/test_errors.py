@@ -57,7 +57,9 @@ def test_unknown_name_with_suggestion():
 def test_unknown_op_and_unknown_initializer():
     err = error_of("model M { forward(x: f32[B]) -> f32[B] { return ops.frobnicate(x) } }")
     assert err.code == "K0102" and "ops.frobnicate" in err.message
-    err = error_of("model M { param w: [2] = init.kaiming(a = 1)\n forward(x: f32[B]) -> f32[B] { return x } }")
+    err = error_of(
+        "model M { param w: [2] = init.kaiming(a = 1)\n forward(x: f32[B]) -> f32[B] { return x } }"
+    )
     assert err.code == "K0102" and "init.kaiming" in err.message
 
 
@@ -128,7 +130,7 @@ def test_import_errors_and_cycles(tmp_path):
     with pytest.raises(KilnError) as info:
         kiln.load(str(tmp_path / "a.kiln"))
     assert info.value.code == "K0105" and "a.kiln -> b.kiln -> a.kiln" in info.value.message
-    err = error_of('import std.nope\nmodel M { forward(x: f32[B]) -> f32[B] { return x } }')
+    err = error_of("import std.nope\nmodel M { forward(x: f32[B]) -> f32[B] { return x } }")
     assert err.code == "K0104"
     err = error_of('import "missing.kiln"\n')
     assert err.code == "K0004" and err.span.line == 1
@@ -143,14 +145,23 @@ def test_empty_file_non_utf8_and_deep_nesting(tmp_path):
     with pytest.raises(KilnError) as info:
         kiln.load(str(bad))
     assert info.value.code == "K0003" and (info.value.span.line, info.value.span.col) == (4, 6)
-    deep = "model M { forward(x: f32[B]) -> f32[B] { return " + "relu(" * 5000 + "x" + ")" * 5000 + " } }"
+    deep = (
+        "model M { forward(x: f32[B]) -> f32[B] { return "
+        + "relu(" * 5000
+        + "x"
+        + ")" * 5000
+        + " } }"
+    )
     with pytest.raises(KilnError) as info:
         kiln.load(deep).elaborate()
     assert info.value.code == "K0001" and "too deeply" in info.value.message
-    parens = "model M { forward(x: f32[B]) -> f32[B] { return " + "(" * 5000 + "x" + ")" * 5000 + " } }"
+    parens = (
+        "model M { forward(x: f32[B]) -> f32[B] { return " + "(" * 5000 + "x" + ")" * 5000 + " } }"
+    )
     assert kiln.load(parens).elaborate().outputs[0].name == "output"  # plain parentheses are free
-    nested_blocks = "".join(f"block B{i} {{ forward(x: [N]) -> [N] {{ return x |> B{i + 1} }} }}\n"
-                            for i in range(200))
+    nested_blocks = "".join(
+        f"block B{i} {{ forward(x: [N]) -> [N] {{ return x |> B{i + 1} }} }}\n" for i in range(200)
+    )
     nested_blocks += "block B200 { forward(x: [N]) -> [N] { return x } }\n"
     nested_blocks += "model M { forward(x: f32[N]) -> f32[N] { return x |> B0 } }"
     with pytest.raises(KilnError) as info:
@@ -167,8 +178,10 @@ def test_self_instantiating_block_is_an_error_not_a_crash():
 
 
 def test_bad_weights_files(tmp_path):
-    m = kiln.compile("model M { param w: [2, 3] = init.zeros()\n"
-                     " forward(x: f32[B, 3]) -> f32[B, 2] { return x @ w.T } }")
+    m = kiln.compile(
+        "model M { param w: [2, 3] = init.zeros()\n"
+        " forward(x: f32[B, 3]) -> f32[B, 2] { return x @ w.T } }"
+    )
     with pytest.raises(KilnError) as info:
         m.load_weights(tmp_path / "nope.safetensors")
     assert info.value.code == "K0403" and "nope.safetensors" in info.value.message
@@ -207,13 +220,15 @@ def test_bad_run_time_inputs_never_reach_the_kernels():
 def test_cli_prints_located_errors_and_exits_1(tmp_path):
     src = tmp_path / "broken.kiln"
     src.write_text("model M {\n  forward(x: f32[B, 4]) -> f32[B, 4] { return relu(x, 3) }\n}\n")
-    proc = subprocess.run([sys.executable, "-m", "kiln.cli", "check", str(src)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "check", str(src)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert f"{src}:2:" in proc.stderr and "error[K0201]" in proc.stderr
     assert "Traceback" not in proc.stderr
     ok = tmp_path / "ok.kiln"
     ok.write_text("model M {\n  forward(x: f32[B, 4]) -> f32[B, 4] { return relu(x) }\n}\n")
-    proc = subprocess.run([sys.executable, "-m", "kiln.cli", "check", str(ok)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "check", str(ok)], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "input  x: f32[B, 4]" in proc.stdout

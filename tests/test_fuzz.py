@@ -32,9 +32,25 @@ model M(h: int = 8) {
 }
 """
 
-ALPHABET = list("(){}[],.:=+-*/@|>?_#\"\n ") + ["forward", "scan", "emit", "param", "block",
-                                                  "model", "if", "else", "for", "in", "...",
-                                                  "B", "x", "1", "0.5", "relu", "|>"]
+ALPHABET = list('(){}[],.:=+-*/@|>?_#"\n ') + [
+    "forward",
+    "scan",
+    "emit",
+    "param",
+    "block",
+    "model",
+    "if",
+    "else",
+    "for",
+    "in",
+    "...",
+    "B",
+    "x",
+    "1",
+    "0.5",
+    "relu",
+    "|>",
+]
 
 
 def check(source: str) -> None:
@@ -45,13 +61,18 @@ def check(source: str) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, len(SEED_SOURCE)), st.integers(0, 3),
-                          st.sampled_from(ALPHABET)), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(SEED_SOURCE)), st.integers(0, 3), st.sampled_from(ALPHABET)),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_mutated_sources_only_raise_kiln_errors(edits):
     text = SEED_SOURCE
     for pos, delete, insert in edits:
         pos = min(pos, len(text))
-        text = text[:pos] + insert + text[pos + delete:]
+        text = text[:pos] + insert + text[pos + delete :]
     check(text)
 
 

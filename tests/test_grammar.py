@@ -25,7 +25,9 @@ def test_newlines_inside_brackets_and_before_pipes_are_insignificant():
         "  forward(x: f32[B,\n                 4]) -> f32[B, 4] {\n"
         "    y = x\n      |> relu\n      |> tanh\n"
         "    if true {\n      y = y\n    }\n    else {\n      y = -y\n    }\n"
-        "    return y\n  }\n}\n", "t.kiln")
+        "    return y\n  }\n}\n",
+        "t.kiln",
+    )
     (block,) = module.items
     assert isinstance(block, A.BlockDef) and [p.name for p in block.params] == ["a", "b"]
     fwd = block.members[0]

@@ -40,13 +40,16 @@ block Linear(in_features: int, out_features: int, bias: bool = true) {
 
 
 def test_pipeline_numbering_and_numerics():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model MLP(hidden: int = 16) {
       forward(x: f32[B, 8]) -> f32[B, 3] {
         return x |> Linear(8, hidden) |> relu |> Linear(hidden, hidden, bias = false)
                  |> tanh |> Linear(hidden, 3) |> softmax(axis = -1)
       }
-    }""")
+    }"""
+    )
     assert sorted(m.params) == ["0.bias", "0.weight", "2.weight", "4.bias", "4.weight"]
     p = m.params
     for batch in (1, 5):
@@ -59,10 +62,14 @@ def test_pipeline_numbering_and_numerics():
 
 
 def test_model_arguments_and_bound_of_pytorch_default_init():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model M(hidden: int = 4) {
       forward(x: f32[B, 100]) -> f32[B, hidden] { return x |> fc: Linear(100, hidden) }
-    }""", args={"hidden": 300})
+    }""",
+        args={"hidden": 300},
+    )
     w = m.params["fc.weight"]
     assert w.shape == (300, 100)
     bound = 1 / np.sqrt(100)  # kaiming_uniform(a = sqrt(5)) on fan_in 100
@@ -70,14 +77,21 @@ def test_model_arguments_and_bound_of_pytorch_default_init():
 
 
 def test_member_list_numbering_counts_primitive_stages_and_nests():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model M {
       main = [Linear(4, 4), relu, ops.dropout(p = 0.1), [Linear(4, 4), tanh], Linear(4, 2)]
       layers = [Linear(2, 2) for i in range(2)] + [sigmoid]
       forward(x: f32[B, 4]) -> f32[B, 2] { return x |> main |> layers }
-    }""")
+    }"""
+    )
     assert sorted(k for k in m.params if k.endswith("weight")) == [
-        "layers.0.weight", "layers.1.weight", "main.0.weight", "main.3.0.weight", "main.4.weight",
+        "layers.0.weight",
+        "layers.1.weight",
+        "main.0.weight",
+        "main.3.0.weight",
+        "main.4.weight",
     ]
     p = m.params
     x = randn(3, 4)
@@ -91,22 +105,28 @@ def test_member_list_numbering_counts_primitive_stages_and_nests():
 
 
 def test_explicit_stage_names_do_not_advance_the_counter():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model M {
       forward(x: f32[B, 4]) -> f32[B, 4] {
         y = x |> first: Linear(4, 4) |> relu |> Linear(4, 4)
         return Linear(4, 4)(y)
       }
-    }""")
+    }"""
+    )
     assert {k.split(".")[0] for k in m.params} == {"first", "1", "2"}
 
 
 def test_instance_applied_twice_shares_parameters():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model M {
       fc = Linear(3, 3)
       forward(x: f32[B, 3]) -> f32[B, 3] { return fc(fc(x)) }
-    }""")
+    }"""
+    )
     p = m.params
     x = randn(2, 3)
     once = x @ p["fc.weight"].T + p["fc.bias"]
@@ -170,7 +190,9 @@ def test_tie_makes_one_tensor_under_two_names(tmp_path):
 
 
 def test_init_overrides_by_block_type_and_by_path_nearest_ancestor_wins():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     block Pair {
       a = Linear(2, 2)
       b = Linear(2, 2)
@@ -184,7 +206,8 @@ def test_init_overrides_by_block_type_and_by_path_nearest_ancestor_wins():
       init Linear.bias = init.constant(3.0)
       init q.*.bias = init.constant(5.0)
       forward(x: f32[B, 2]) -> f32[B, 2] { return q(p(x)) }
-    }""")
+    }"""
+    )
     p = m.params
     assert np.all(p["p.a.weight"] == 2.0) and np.all(p["q.b.weight"] == 2.0)  # nearest wins
     assert np.all(p["p.a.bias"] == 3.0)
@@ -192,7 +215,9 @@ def test_init_overrides_by_block_type_and_by_path_nearest_ancestor_wins():
 
 
 def test_block_valued_arguments_with_partial_application():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     block Scaled(n: int, scale: float = 1.0) {
       forward(x: [B, n]) -> [B, n] { return x * scale }
     }
@@ -203,7 +228,8 @@ def test_block_valued_arguments_with_partial_application():
     model M {
       s = Stack(3, 2, block = Scaled(scale = 3.0))
       forward(x: f32[B, 3]) -> f32[B, 3] { return s(x) }
-    }""")
+    }"""
+    )
     x = randn(2, 3)
     np.testing.assert_allclose(m(x), x * 9.0, rtol=1e-6)
 
@@ -379,7 +405,9 @@ def test_scan_reverse_axis_index_and_several_sequences():
 
 
 def test_scan_body_uses_outer_tensors_and_a_shared_block_instance():
-    m = build(LINEAR + """
+    m = build(
+        LINEAR
+        + """
     model M {
       forward(xs: f32[T, B, 3], bias: f32[3]) -> f32[T, B, 3] {
         scale = bias * 2.0
@@ -389,7 +417,8 @@ def test_scan_body_uses_outer_tensors_and_a_shared_block_instance():
         }
         return ys
       }
-    }""")
+    }"""
+    )
     assert sorted(m.params) == ["0.bias", "0.weight"]  # one instance for every step
     xs, bias = randn(3, 2, 3), randn(3)
     p = m.params
@@ -426,7 +455,9 @@ def test_buffers_param_from_tensor_expression_and_persistence(tmp_path):
     }""")
     np.testing.assert_allclose(m.params["scale"], np.arange(4) * 0.5)
     x = randn(2, 4, 4)
-    np.testing.assert_allclose(m(x), np.where(np.tril(np.ones((4, 4), bool)), x, 0) * np.arange(4) * 0.5)
+    np.testing.assert_allclose(
+        m(x), np.where(np.tril(np.ones((4, 4), bool)), x, 0) * np.arange(4) * 0.5
+    )
     m.save_weights(tmp_path / "w.npz")
     from kiln.runtime.weights import load_weights
 
@@ -435,12 +466,14 @@ def test_buffers_param_from_tensor_expression_and_persistence(tmp_path):
 
 def test_imports_of_stdlib_and_local_files(tmp_path):
     (tmp_path / "blocks.kiln").write_text(LINEAR)
-    (tmp_path / "model.kiln").write_text(textwrap.dedent("""
+    (tmp_path / "model.kiln").write_text(
+        textwrap.dedent("""
     import "blocks.kiln"
     import "blocks.kiln": Linear
     model M {
       forward(x: f32[B, 2]) -> f32[B, 2] { return x |> blocks.Linear(2, 2) |> Linear(2, 2) }
-    }"""))
+    }""")
+    )
     m = kiln.compile(str(tmp_path / "model.kiln"))
     assert sorted(m.params) == ["0.bias", "0.weight", "1.bias", "1.weight"]
 
@@ -455,10 +488,14 @@ def test_initial_weights_are_a_function_of_seed_and_path_across_processes():
         "print(hashlib.sha256(m.params['0.weight'].tobytes()"
         " + m.params['1.weight'].tobytes()).hexdigest())\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
     assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.strip()) == 64
     a, b = kiln.compile(src, seed=7), kiln.compile(src, seed=8)
     assert not np.array_equal(a.params["0.weight"], a.params["1.weight"])  # paths differ
     assert not np.array_equal(a.params["0.weight"], b.params["0.weight"])  # seeds differ
-    np.testing.assert_array_equal(a.params["0.weight"], kiln.compile(src, seed=7).params["0.weight"])
+    np.testing.assert_array_equal(
+        a.params["0.weight"], kiln.compile(src, seed=7).params["0.weight"]
+    )

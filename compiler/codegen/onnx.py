@@ -28,8 +28,12 @@ IR_VERSION = 9  # what onnxruntime releases of the last two years load
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 
 ONNX_DTYPES = {
-    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
-    "f64": TensorProto.DOUBLE, "i32": TensorProto.INT32, "i64": TensorProto.INT64,
+    "f32": TensorProto.FLOAT,
+    "f16": TensorProto.FLOAT16,
+    "bf16": TensorProto.BFLOAT16,
+    "f64": TensorProto.DOUBLE,
+    "i32": TensorProto.INT32,
+    "i64": TensorProto.INT64,
     "bool": TensorProto.BOOL,
 }
 
@@ -73,15 +77,19 @@ class OnnxBuilder:
     def fresh(self, hint: str = "t") -> str:
         return f"{hint}__{next(self._ids)}"
 
-    def node(self, op_type: str, inputs: list[str | None], outputs: list[str] | int = 1,
-             **attrs: Any) -> list[str]:
+    def node(
+        self, op_type: str, inputs: list[str | None], outputs: list[str] | int = 1, **attrs: Any
+    ) -> list[str]:
         """Append one ONNX node; returns its output names (fresh ones when given a count)."""
         if isinstance(outputs, int):
             outputs = [self.fresh(op_type.lower()) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         proto = helper.make_node(
-            op_type, ["" if i is None else i for i in inputs], outputs,
-            name=self.fresh(op_type), **attrs,
+            op_type,
+            ["" if i is None else i for i in inputs],
+            outputs,
+            name=self.fresh(op_type),
+            **attrs,
         )
         if self.span is not None:
             where = f"{self.span.file}:{self.span.line}:{self.span.col}"
@@ -170,8 +178,9 @@ class OnnxBuilder:
 
 def _to_proto(array: np.ndarray, name: str) -> TensorProto:
     if array.dtype.name == "bfloat16":
-        proto = helper.make_tensor(name, TensorProto.BFLOAT16, array.shape,
-                                   array.view(np.uint16).tobytes(), raw=True)
+        proto = helper.make_tensor(
+            name, TensorProto.BFLOAT16, array.shape, array.view(np.uint16).tobytes(), raw=True
+        )
         return proto
     return numpy_helper.from_array(np.ascontiguousarray(array), name)
 
@@ -200,7 +209,9 @@ def export(model, params: dict[str, np.ndarray]) -> onnx.ModelProto:
         b.scopes[0].nodes, model.name, inputs, outputs, b.initializers, value_info=infos
     )
     proto = helper.make_model(
-        onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="kiln",
+        onnx_graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="kiln",
         doc_string=f"kiln model {model.name}",
     )
     proto.ir_version = IR_VERSION
@@ -250,8 +261,14 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None
         ins = [None if v is None else names[(v.node, v.index)] for v in operands]
         for name, t in zip(outs, node["types"]):
             b.scopes[-1].infos[name] = t
-        onode = OnnxNode(ins, outs, node["attrs"], [None if v is None else v.type for v in operands],
-                         list(node["types"]), node["span"])
+        onode = OnnxNode(
+            ins,
+            outs,
+            node["attrs"],
+            [None if v is None else v.type for v in operands],
+            list(node["types"]),
+            node["span"],
+        )
         if op == "scan":
             _emit_scan(b, onode, names, params)
         else:
@@ -274,24 +291,26 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, outer_names: dict, params: dict) -> 
     body: Graph = a["body"]
     n_carry, n_seq = a["n_carry"], a["n_seq"]
     carries_in = n.inputs[:n_carry]
-    seqs = n.inputs[n_carry:n_carry + n_seq]
-    captured = n.inputs[n_carry + n_seq:]
+    seqs = n.inputs[n_carry : n_carry + n_seq]
+    captured = n.inputs[n_carry + n_seq :]
     axes = list(a["axes"])
     if a["has_index"]:
         length = n.in_types[n_carry].shape[axes[0]]
-        (steps,) = b.node("Range", [b.const(np.asarray(0, np.int64)), b.dim(length),
-                                    b.const(np.asarray(1, np.int64))])
+        (steps,) = b.node(
+            "Range",
+            [b.const(np.asarray(0, np.int64)), b.dim(length), b.const(np.asarray(1, np.int64))],
+        )
         seqs = [*seqs, steps]
         axes.append(0)
     names: dict = {}
     body_inputs = []
-    fixed = body.inputs[:a["n_fixed_inputs"]]
+    fixed = body.inputs[: a["n_fixed_inputs"]]
     for nid in fixed:
         node = body.node(nid)
         name = b.fresh(node["attrs"]["name"])
         names[(nid, 0)] = name
         body_inputs.append(value_info(name, node["types"][0]))
-    for nid, outer in zip(body.inputs[a["n_fixed_inputs"]:], captured):
+    for nid, outer in zip(body.inputs[a["n_fixed_inputs"] :], captured):
         names[(nid, 0)] = outer
     body_outputs = []
     out_names = []
@@ -307,16 +326,22 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, outer_names: dict, params: dict) -> 
     scope = b.pop()
     b.span = saved_span
     infos = [value_info(k, t) for k, t in scope.infos.items()]
-    g = helper.make_graph(scope.nodes, b.fresh("scan_body"), body_inputs, body_outputs,
-                          value_info=infos)
+    g = helper.make_graph(
+        scope.nodes, b.fresh("scan_body"), body_inputs, body_outputs, value_info=infos
+    )
     n_emit = len(body.outputs) - n_carry
     emits_out, carries_out = n.outputs[:n_emit], n.outputs[n_emit:]
     direction = 1 if a["reverse"] else 0
     b.node(
-        "Scan", [*carries_in, *seqs], [*carries_out, *emits_out], body=g,
-        num_scan_inputs=len(seqs), scan_input_axes=axes,
+        "Scan",
+        [*carries_in, *seqs],
+        [*carries_out, *emits_out],
+        body=g,
+        num_scan_inputs=len(seqs),
+        scan_input_axes=axes,
         scan_input_directions=[direction] * len(seqs),
-        scan_output_axes=[a["axis"]] * n_emit, scan_output_directions=[direction] * n_emit,
+        scan_output_axes=[a["axis"]] * n_emit,
+        scan_output_directions=[direction] * n_emit,
     )
 
 
@@ -328,8 +353,14 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits(proto) else True
     try:
         if large:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(path) + ".data", size_threshold=1024)
+            onnx.save_model(
+                proto,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=os.path.basename(path) + ".data",
+                size_threshold=1024,
+            )
         else:
             onnx.save_model(proto, tmp)
         os.replace(tmp, path)
@@ -348,6 +379,36 @@ def _fits(proto: onnx.ModelProto) -> bool:
         return False
 
 
-def check(proto: onnx.ModelProto) -> None:
-    """onnx's full checker and strict shape inference; a failure here is a bug in kiln."""
+def check(proto: onnx.ModelProto) -> list[str]:
+    """Run onnx's full checker, then onnx's own shape inference on the graph stripped of
+    kiln's shapes, and compare: returns every value whose shapes disagree (none, if kiln and
+    onnx agree). A failure here is a bug in kiln."""
     onnx.checker.check_model(proto, full_check=True)
+    ours = {vi.name: vi for vi in proto.graph.value_info}
+    ours.update({vi.name: vi for vi in proto.graph.output})
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    del bare.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
+    theirs = {vi.name: vi for vi in inferred.graph.value_info}
+    problems = []
+    for name, vi in ours.items():
+        if name not in theirs:
+            continue
+        a, b = _dims(vi), _dims(theirs[name])
+        if a is None or b is None:
+            continue
+        if (
+            len(a) != len(b)
+            or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b))
+            or vi.type.tensor_type.elem_type != theirs[name].type.tensor_type.elem_type
+        ):
+            problems.append(f"{name}: kiln {a} vs onnx {b}")
+    return problems
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]

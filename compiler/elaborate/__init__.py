@@ -37,7 +37,9 @@ class Program:
         if name is None:
             if not models:
                 raise KilnError(
-                    "K0601", f"{self.path} defines no model", None,
+                    "K0601",
+                    f"{self.path} defines no model",
+                    None,
                     hint="declare one with `model Name { forward(...) -> ... { ... } }`",
                 )
             return models[-1]
@@ -45,12 +47,18 @@ class Program:
             if b.name == name:
                 return b
         raise KilnError(
-            "K0601", f"{self.path} has no model named {name}", None,
+            "K0601",
+            f"{self.path} has no model named {name}",
+            None,
             hint=f"models here: {', '.join(self.model_names) or 'none'}",
         )
 
-    def elaborate(self, model: str | None = None, args: dict[str, Any] | None = None,
-                  present: frozenset[str] | None = None) -> ElaboratedModel:
+    def elaborate(
+        self,
+        model: str | None = None,
+        args: dict[str, Any] | None = None,
+        present: frozenset[str] | None = None,
+    ) -> ElaboratedModel:
         """Check and build the graph of one model (all optional inputs present by default)."""
         defn = self.model_def(model)
         try:
@@ -63,7 +71,9 @@ def load_program(source: str | Path, filename: str | None = None) -> Program:
     """Parse a file (a path) or source text (a string containing a newline or a brace)."""
     loader = Loader()
     if isinstance(source, Path) or (
-        isinstance(source, str) and "\n" not in source and "{" not in source
+        isinstance(source, str)
+        and "\n" not in source
+        and "{" not in source
         and source.strip() != ""
     ):
         module = loader.load_path(Path(source))

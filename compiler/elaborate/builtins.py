@@ -21,9 +21,7 @@ class BuiltinMixin:
         if name.startswith("init."):
             return self.make_init(name[5:], args, kwargs, span)
         values = [v for v, _ in args]
-        if name in OP_OVERLOADS and (
-            any(isinstance(v, Tensor) for v in values) or kwargs
-        ):
+        if name in OP_OVERLOADS and (any(isinstance(v, Tensor) for v in values) or kwargs):
             return self.call_op(REGISTRY[OP_OVERLOADS[name]], args, kwargs, span)
         if kwargs:
             raise KilnError("K0201", f"{name} takes no keyword arguments", span)
@@ -35,11 +33,16 @@ class BuiltinMixin:
 
         for v, vspan in [*args, *kwargs.values()]:
             if isinstance(v, Dim):
-                raise KilnError("K0203", f"init.{name}: arguments must be numbers known at compile "
-                                f"time, not the symbolic size {v}", vspan)
+                raise KilnError(
+                    "K0203",
+                    f"init.{name}: arguments must be numbers known at compile "
+                    f"time, not the symbolic size {v}",
+                    vspan,
+                )
         try:
-            init = make_initializer(name, [v for v, _ in args],
-                                    {k: v for k, (v, _) in kwargs.items()})
+            init = make_initializer(
+                name, [v for v, _ in args], {k: v for k, (v, _) in kwargs.items()}
+            )
         except InitError as err:
             where = kwargs[err.arg][1] if err.arg in kwargs else span
             raise KilnError("K0201", f"init.{name}: {err.message}", where) from None
@@ -50,8 +53,9 @@ class BuiltinMixin:
         for v in values:
             if isinstance(v, Dim):
                 if not v.is_const:
-                    raise KilnError("K0203", f"{name} needs sizes known at compile time, "
-                                    f"not {v}", span)
+                    raise KilnError(
+                        "K0203", f"{name} needs sizes known at compile time, not {v}", span
+                    )
                 v = v.value
             if not isinstance(v, int) or isinstance(v, bool):
                 raise KilnError("K0202", f"{name} takes ints, not {describe(v)}", span)
@@ -126,8 +130,12 @@ class BuiltinMixin:
         return self._seq(self._one(values, span, "reversed"), span, "reversed")[::-1]
 
     def builtin_enumerate(self, values, span):
-        return [(i, v) for i, v in enumerate(self._seq(self._one(values, span, "enumerate"),
-                                                        span, "enumerate"))]
+        return [
+            (i, v)
+            for i, v in enumerate(
+                self._seq(self._one(values, span, "enumerate"), span, "enumerate")
+            )
+        ]
 
     def builtin_zip(self, values, span):
         return [tuple(t) for t in zip(*(self._seq(v, span, "zip") for v in values), strict=False)]
@@ -171,14 +179,19 @@ class BuiltinMixin:
 
     def _tensor_arg(self, values, span, name, n):
         if len(values) != n or not isinstance(values[0], Tensor):
-            raise KilnError("K0201", f"{name} takes a tensor" + (" and an axis" if n == 2 else ""),
-                            span)
+            raise KilnError(
+                "K0201", f"{name} takes a tensor" + (" and an axis" if n == 2 else ""), span
+            )
         return values[0]
 
     def builtin_dim(self, values, span):
         t = self._tensor_arg(values, span, "dim", 2)
         axis = values[1]
-        if not isinstance(axis, int) or isinstance(axis, bool) or not -t.type.rank <= axis < t.type.rank:
+        if (
+            not isinstance(axis, int)
+            or isinstance(axis, bool)
+            or not -t.type.rank <= axis < t.type.rank
+        ):
             raise KilnError("K0203", f"dim: axis {axis!r} is out of range for {t.type}", span)
         return norm_dim(t.type.shape[axis])
 

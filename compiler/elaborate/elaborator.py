@@ -128,7 +128,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         if level is None:
             raise KilnError("K0201", "a tensor from another model or scan is used here", None)
         value = t.value
-        for frame in frames[level + 1:]:
+        for frame in frames[level + 1 :]:
             key = (value.node, value.index)
             if key not in frame.capture_map:
                 frame.captures.append(value)
@@ -159,8 +159,12 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         if path not in frame.params:
             info = self.params[path]
             (value,) = frame.graph.add(
-                "param", [], {"path": path, "kind": info.kind},
-                [TensorType(info.dtype, info.shape)], span, path.rsplit(".", 1)[0] if "." in path else "",
+                "param",
+                [],
+                {"path": path, "kind": info.kind},
+                [TensorType(info.dtype, info.shape)],
+                span,
+                path.rsplit(".", 1)[0] if "." in path else "",
             )
             frame.params[path] = value
         return Tensor(frame.params[path], frame.graph)
@@ -169,23 +173,28 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         if name in module.const_values:
             return module.const_values[name]
         if name in module.evaluating:
-            raise KilnError("K0106", f"const {name} is defined in terms of itself",
-                            module.consts[name].span)
+            raise KilnError(
+                "K0106", f"const {name} is defined in terms of itself", module.consts[name].span
+            )
         module.evaluating.add(name)
         try:
             stmt = module.consts[name]
             value = self.eval(stmt.value, Scope({}, None, module, None, False, self.resolve_const))
             if isinstance(value, Tensor):
-                raise KilnError("K0203", f"const {name} must be known at compile time, not "
-                                f"{describe(value)}", stmt.value.span)
+                raise KilnError(
+                    "K0203",
+                    f"const {name} must be known at compile time, not {describe(value)}",
+                    stmt.value.span,
+                )
         finally:
             module.evaluating.discard(name)
         module.const_values[name] = value
         return value
 
     # ------------------------------------------------------------------ models
-    def elaborate_model(self, defn: A.BlockDef, args: dict[str, Any],
-                        present: frozenset[str] | None) -> ElaboratedModel:
+    def elaborate_model(
+        self, defn: A.BlockDef, args: dict[str, Any], present: frozenset[str] | None
+    ) -> ElaboratedModel:
         try:
             self.check_file_requires(self.module)
             root = self.instantiate(
@@ -208,9 +217,14 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             results = result if isinstance(result, tuple) else (result,)
             for i, r in enumerate(results):
                 if not isinstance(r, Tensor):
-                    raise KilnError("K0202", f"model {defn.name} must return tensors, but result "
-                                    f"{i} is {describe(r)}", fwd.span)
-            names = ["output"] if len(results) == 1 else [f"output_{i}" for i in range(len(results))]
+                    raise KilnError(
+                        "K0202",
+                        f"model {defn.name} must return tensors, but result {i} is {describe(r)}",
+                        fwd.span,
+                    )
+            names = (
+                ["output"] if len(results) == 1 else [f"output_{i}" for i in range(len(results))]
+            )
             graph = self.root_graph
             graph.outputs = [r.value for r in results]
             graph.output_names = names
@@ -226,8 +240,15 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         graph.prune()
         symbols = sorted({s for p in inputs for d in p.type.shape for s in d.symbols()})
         return ElaboratedModel(
-            defn.name, dict(args), graph, inputs, outputs, dict(self.params), dict(self.aliases),
-            symbols, frozenset(p.name for p in inputs if p.optional),
+            defn.name,
+            dict(args),
+            graph,
+            inputs,
+            outputs,
+            dict(self.params),
+            dict(self.aliases),
+            symbols,
+            frozenset(p.name for p in inputs if p.optional),
         )
 
     def check_file_requires(self, module: ModuleScope) -> None:
@@ -242,28 +263,44 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         symbols: dict[str, Dim] = {}
         for d in fwd.inputs:
             if d.type is None:
-                raise KilnError("K0201", f"model input {d.name} needs a type, e.g. "
-                                f"{d.name}: f32[B, 784]", d.span)
+                raise KilnError(
+                    "K0201",
+                    f"model input {d.name} needs a type, e.g. {d.name}: f32[B, 784]",
+                    d.span,
+                )
             t = d.type
             dtype = t.dtype or "f32"
             if dtype not in DTYPES:
-                raise KilnError("K0302", f"unknown element type {dtype}", t.span,
-                                hint=f"element types: {', '.join(DTYPES)}")
+                raise KilnError(
+                    "K0302",
+                    f"unknown element type {dtype}",
+                    t.span,
+                    hint=f"element types: {', '.join(DTYPES)}",
+                )
             shape = []
             for axis, dim in enumerate(t.dims):
                 if isinstance(dim, A.EllipsisLit):
-                    raise KilnError("K0301", "a model input needs a fixed number of axes; "
-                                    "use a name or _ instead of ...", dim.span)
+                    raise KilnError(
+                        "K0301",
+                        "a model input needs a fixed number of axes; "
+                        "use a name or _ instead of ...",
+                        dim.span,
+                    )
                 if isinstance(dim, A.AnonDim):
                     shape.append(Dim.of(f"{d.name}_{axis}"))
                     continue
                 for name in _free_names(dim, env_scope):
                     symbols.setdefault(name, Dim.of(name))
-                v = self.eval(dim, Scope(dict(symbols), env_scope, env_scope.module,
-                                         resolve_const=self.resolve_const))
+                v = self.eval(
+                    dim,
+                    Scope(
+                        dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const
+                    ),
+                )
                 if not isinstance(v, (int, Dim)) or isinstance(v, bool):
-                    raise KilnError("K0202", f"a dimension must be a size, not {describe(v)}",
-                                    dim.span)
+                    raise KilnError(
+                        "K0202", f"a dimension must be a size, not {describe(v)}", dim.span
+                    )
                 shape.append(Dim.of(v))
             ttype = TensorType(dtype, tuple(shape))
             if t.optional and present is not None and d.name not in present:

@@ -33,13 +33,22 @@ from .values import (
 
 # operator -> (registry op for tensors, Python function for compile-time values)
 BINARY = {
-    "+": ("add", operator.add), "-": ("sub", operator.sub), "*": ("mul", operator.mul),
-    "/": ("div", operator.truediv), "//": ("floor_div", operator.floordiv),
-    "%": ("mod", operator.mod), "**": ("pow", operator.pow), "@": ("matmul", None),
-    "==": ("equal", operator.eq), "!=": ("not_equal", operator.ne),
-    "<": ("less", operator.lt), "<=": ("less_equal", operator.le),
-    ">": ("greater", operator.gt), ">=": ("greater_equal", operator.ge),
-    "and": ("logical_and", None), "or": ("logical_or", None),
+    "+": ("add", operator.add),
+    "-": ("sub", operator.sub),
+    "*": ("mul", operator.mul),
+    "/": ("div", operator.truediv),
+    "//": ("floor_div", operator.floordiv),
+    "%": ("mod", operator.mod),
+    "**": ("pow", operator.pow),
+    "@": ("matmul", None),
+    "==": ("equal", operator.eq),
+    "!=": ("not_equal", operator.ne),
+    "<": ("less", operator.lt),
+    "<=": ("less_equal", operator.le),
+    ">": ("greater", operator.gt),
+    ">=": ("greater_equal", operator.ge),
+    "and": ("logical_and", None),
+    "or": ("logical_or", None),
 }
 DIM_OPS = {"+", "-", "*", "//", "%"}
 COMPARE = {"==", "!=", "<", "<=", ">", ">="}
@@ -126,7 +135,8 @@ class ExprMixin:
                 v = v.value
             if not isinstance(v, (int, str)) or isinstance(v, bool):
                 raise KilnError(
-                    "K0203", f"a name can only interpolate ints and strings, not {describe(v)}",
+                    "K0203",
+                    f"a name can only interpolate ints and strings, not {describe(v)}",
                     piece.span,
                 )
             out.append(str(v))
@@ -147,8 +157,10 @@ class ExprMixin:
         v = self.eval(expr, scope)
         if isinstance(v, Tensor):
             raise KilnError(
-                "K0203", f"{what} must be known at compile time, but it is {describe(v)}",
-                expr.span, hint="use where(cond, a, b) to choose between tensors elementwise",
+                "K0203",
+                f"{what} must be known at compile time, but it is {describe(v)}",
+                expr.span,
+                hint="use where(cond, a, b) to choose between tensors elementwise",
             )
         if not isinstance(v, (bool, int, float, str, list, tuple)) and v is not None:
             if isinstance(v, Absent):
@@ -178,20 +190,21 @@ class ExprMixin:
     def binary(self, op: str, left, right, span: Span, lspan: Span, rspan: Span):
         op_name, py = BINARY[op]
         if isinstance(left, Tensor) or isinstance(right, Tensor):
-            return self.call_op(
-                REGISTRY[op_name], [(left, lspan), (right, rspan)], {}, span
-            )
+            return self.call_op(REGISTRY[op_name], [(left, lspan), (right, rspan)], {}, span)
         if isinstance(left, (list, tuple)) and isinstance(right, type(left)) and op == "+":
             return left + right
         if op in ("==", "!=") and not (isinstance(left, Dim) or isinstance(right, Dim)):
             return (left == right) == (op == "==")  # any two compile-time values compare
         if isinstance(left, Dim) or isinstance(right, Dim):
             return self.dim_binary(op, left, right, span)
-        if py is None or not (is_scalar(left) or isinstance(left, str)) or not (
-            is_scalar(right) or isinstance(right, str)
+        if (
+            py is None
+            or not (is_scalar(left) or isinstance(left, str))
+            or not (is_scalar(right) or isinstance(right, str))
         ):
             raise KilnError(
-                "K0202", f"unsupported operands for {op}: {describe(left)} and {describe(right)}",
+                "K0202",
+                f"unsupported operands for {op}: {describe(left)} and {describe(right)}",
                 span,
             )
         try:
@@ -207,7 +220,8 @@ class ExprMixin:
                 if isinstance(v, float):  # a symbolic size in float arithmetic becomes a tensor
                     return self.binary(op, self.as_tensor(left, span), right, span, span, span)
                 raise KilnError(
-                    "K0202", f"unsupported operands for {op}: {describe(left)} and {describe(right)}",
+                    "K0202",
+                    f"unsupported operands for {op}: {describe(left)} and {describe(right)}",
                     span,
                 )
         a, b = Dim.of(left), Dim.of(right)
@@ -215,8 +229,10 @@ class ExprMixin:
             diff = a - b
             if not diff.is_const:
                 raise KilnError(
-                    "K0203", f"cannot decide {a} {op} {b} at compile time: it depends on a "
-                    "symbolic size", span, hint="state it as a `where` constraint on forward",
+                    "K0203",
+                    f"cannot decide {a} {op} {b} at compile time: it depends on a symbolic size",
+                    span,
+                    hint="state it as a `where` constraint on forward",
                 )
             return BINARY[op][1](diff.value, 0)
         if op == "/":
@@ -229,8 +245,11 @@ class ExprMixin:
         if op not in DIM_OPS:
             raise KilnError("K0202", f"{op} is not defined on sizes ({a} {op} {b})", span)
         try:
-            return norm_dim({"+": a + b, "-": a - b, "*": a * b}[op] if op in "+-*" else (
-                a // b if op == "//" else a % b))
+            return norm_dim(
+                {"+": a + b, "-": a - b, "*": a * b}[op]
+                if op in "+-*"
+                else (a // b if op == "//" else a % b)
+            )
         except DimError as exc:
             raise KilnError("K0203", str(exc), span) from None
 
@@ -290,8 +309,10 @@ class ExprMixin:
         if not isinstance(value, (list, tuple)) or len(value) != len(targets):
             n = len(value) if isinstance(value, (list, tuple)) else 1
             raise KilnError(
-                "K0201", f"cannot unpack {describe(value)} into {len(targets)} names "
-                f"({', '.join(targets)}): it has {n}", span,
+                "K0201",
+                f"cannot unpack {describe(value)} into {len(targets)} names "
+                f"({', '.join(targets)}): it has {n}",
+                span,
             )
         for t, v in zip(targets, value, strict=False):
             scope.set(t, v)
@@ -317,8 +338,12 @@ class ExprMixin:
                 return base.type.dtype
             if name == "rank":
                 return base.type.rank
-            raise KilnError("K0103", f"a tensor has no attribute {name}", span,
-                            hint="tensors have .T, .shape, .dtype and .rank")
+            raise KilnError(
+                "K0103",
+                f"a tensor has no attribute {name}",
+                span,
+                hint="tensors have .T, .shape, .dtype and .rank",
+            )
         if isinstance(base, Namespace):
             return self.namespace_attr(base, name, span)
         if isinstance(base, Instance):
@@ -329,8 +354,10 @@ class ExprMixin:
             if name in base.env:
                 return base.env[name]
             raise KilnError(
-                "K0103", f"{base.name} instance {base.path or '(root)'} has no member {name}",
-                span, hint=_close(name, list(base.members) + list(base.env)),
+                "K0103",
+                f"{base.name} instance {base.path or '(root)'} has no member {name}",
+                span,
+                hint=_close(name, list(base.members) + list(base.env)),
             )
         if isinstance(base, MemberPrefix):
             full = f"{base.prefix}.{name}"
@@ -342,15 +369,20 @@ class ExprMixin:
     def namespace_attr(self, ns: Namespace, name: str, span: Span):
         if ns.kind == "ops":
             if name not in REGISTRY:
-                raise KilnError("K0102", f"unknown op ops.{name}", span, hint=_close(name, REGISTRY))
+                raise KilnError(
+                    "K0102", f"unknown op ops.{name}", span, hint=_close(name, REGISTRY)
+                )
             return OpRef(REGISTRY[name])
         if ns.kind == "init":
             from ..initializers import INITIALIZER_NAMES
 
             if name not in INITIALIZER_NAMES:
                 raise KilnError(
-                    "K0102", f"unknown initializer init.{name}", span,
-                    hint=_close(name, INITIALIZER_NAMES) or "known: " + ", ".join(INITIALIZER_NAMES),
+                    "K0102",
+                    f"unknown initializer init.{name}",
+                    span,
+                    hint=_close(name, INITIALIZER_NAMES)
+                    or "known: " + ", ".join(INITIALIZER_NAMES),
                 )
             return Builtin("init." + name)
         from .scope import lookup_global
@@ -359,7 +391,9 @@ class ExprMixin:
             return lookup_global(ns.target, name, self.resolve_const)
         except Unbound:
             raise KilnError(
-                "K0101", f"{name} is not defined in {ns.target.path}", span,
+                "K0101",
+                f"{name} is not defined in {ns.target.path}",
+                span,
                 hint=_close(name, list(ns.target.names) + list(ns.target.consts)),
             ) from None
 
@@ -371,7 +405,10 @@ class ExprMixin:
             raise KilnError("K0202", f"{describe(base)} takes one index", e.span)
         item = e.items[0]
         if isinstance(item, A.Slice):
-            parts = [None if p is None else self.eval(p, scope) for p in (item.start, item.stop, item.step)]
+            parts = [
+                None if p is None else self.eval(p, scope)
+                for p in (item.start, item.stop, item.step)
+            ]
             seq = base.stages if isinstance(base, Sequential) else base
             if not isinstance(seq, (list, tuple, str)):
                 raise KilnError("K0202", f"cannot slice {describe(base)}", e.span)
@@ -401,7 +438,9 @@ class ExprMixin:
             elif isinstance(item, A.Slice):
                 parts = []
                 for p in (item.start, item.stop):
-                    parts.append(None if p is None else self.size_value(self.eval(p, scope), p.span))
+                    parts.append(
+                        None if p is None else self.size_value(self.eval(p, scope), p.span)
+                    )
                 step = 1 if item.step is None else self.eval(item.step, scope)
                 if not isinstance(step, int) or isinstance(step, bool) or step == 0:
                     raise KilnError("K0203", "a slice step must be a nonzero int", item.span)
@@ -411,7 +450,9 @@ class ExprMixin:
                 if isinstance(v, Tensor):
                     if tensor_index is not None or len(e.items) != 1:
                         raise KilnError(
-                            "K0202", "indexing with a tensor takes exactly one index", item.span,
+                            "K0202",
+                            "indexing with a tensor takes exactly one index",
+                            item.span,
                             hint="use gather(x, index, axis = k) for other axes",
                         )
                     tensor_index = (v, item.span)
@@ -420,7 +461,9 @@ class ExprMixin:
                 else:
                     items.append(("int", Dim.of(self.size_value(v, item.span))))
         if tensor_index is not None:
-            return self.call_op(REGISTRY["gather"], [(base, e.value.span), tensor_index], {}, e.span)
+            return self.call_op(
+                REGISTRY["gather"], [(base, e.value.span), tensor_index], {}, e.span
+            )
         return self.call_op(
             REGISTRY["slice"], [(base, e.value.span)], {"items": (tuple(items), e.span)}, e.span
         )
@@ -496,8 +539,11 @@ class ExprMixin:
         if self.member_context(scope) and not any(isinstance(a, Tensor) for a, _ in bound_args):
             required = [a for a in ref.record.args if a.kind == "tensor"]
             if len(bound_args) < len(required):
-                return OpRef(ref.record, tuple(a for a, _ in bound_args),
-                             tuple((k, v) for k, (v, _) in bound_kwargs.items()))
+                return OpRef(
+                    ref.record,
+                    tuple(a for a, _ in bound_args),
+                    tuple((k, v) for k, (v, _) in bound_kwargs.items()),
+                )
         return self.call_op(ref.record, bound_args, bound_kwargs, span)
 
     # ---------------------------------------------------------------- primitive ops
@@ -506,14 +552,18 @@ class ExprMixin:
         params = rec.args
         if len(args) > len(params):
             raise KilnError(
-                "K0201", f"{rec.name} takes at most {len(params)} arguments "
-                f"({', '.join(p.name for p in params)}), got {len(args)}", args[len(params)][1],
+                "K0201",
+                f"{rec.name} takes at most {len(params)} arguments "
+                f"({', '.join(p.name for p in params)}), got {len(args)}",
+                args[len(params)][1],
             )
         bound = {p.name: a for p, a in zip(params, args, strict=False)}
         for name, value in kwargs.items():
             if name not in {p.name for p in params}:
                 raise KilnError(
-                    "K0201", f"{rec.name} has no argument {name}", value[1],
+                    "K0201",
+                    f"{rec.name} has no argument {name}",
+                    value[1],
                     hint=_close(name, [p.name for p in params])
                     or f"its arguments: {', '.join(p.name for p in params)}",
                 )
@@ -528,7 +578,9 @@ class ExprMixin:
                 values[p.name] = bound[p.name]
             elif p.default is REQUIRED:
                 raise KilnError(
-                    "K0201", f"{rec.name} is missing its argument {p.name}", span,
+                    "K0201",
+                    f"{rec.name} is missing its argument {p.name}",
+                    span,
                     hint=f"{rec.name}({', '.join(p.name for p in params)})",
                 )
             else:
@@ -542,13 +594,17 @@ class ExprMixin:
                 v, sp = values[p.name]
                 if _contains_tensor(v):
                     raise KilnError(
-                        "K0203", f"{rec.name}: argument {p.name} must be known at compile time, "
-                        f"but it is {describe(v)}", sp,
+                        "K0203",
+                        f"{rec.name}: argument {p.name} must be known at compile time, "
+                        f"but it is {describe(v)}",
+                        sp,
                     )
                 attrs[p.name] = v
         # an elementwise op on compile-time numbers is computed now: sqrt(5), exp(1.0)
-        if rec.elementwise and tensor_slots and all(
-            is_scalar(v) for v, _ in tensor_slots if v is not None
+        if (
+            rec.elementwise
+            and tensor_slots
+            and all(is_scalar(v) for v, _ in tensor_slots if v is not None)
         ):
             return self.fold_scalar_op(rec, tensor_slots, attrs, span)
         inputs = self.promote_inputs(rec, tensor_slots, span)
@@ -576,14 +632,17 @@ class ExprMixin:
             elif p.kind == "tensors":
                 if not isinstance(v, (list, tuple)) or not v:
                     raise KilnError(
-                        "K0202", f"{rec.name}: argument {p.name} must be a list of tensors, "
-                        f"not {describe(v)}", sp,
+                        "K0202",
+                        f"{rec.name}: argument {p.name} must be a list of tensors, "
+                        f"not {describe(v)}",
+                        sp,
                     )
                 out.extend((item, sp) for item in v)
         for item in out:
             if item is not None and not isinstance(item[0], (Tensor, Dim, bool, int, float)):
                 raise KilnError(
-                    "K0202", f"{rec.name}: expected a tensor or a number, not {describe(item[0])}",
+                    "K0202",
+                    f"{rec.name}: expected a tensor or a number, not {describe(item[0])}",
                     item[1],
                 )
         return out
@@ -595,7 +654,9 @@ class ExprMixin:
         float meeting only ints or bools makes f32.
         """
         names = self.slot_names(rec, len(slots))
-        joined = [s for s, n in zip(slots, names, strict=False) if s is not None and rec.promoted(n)]
+        joined = [
+            s for s, n in zip(slots, names, strict=False) if s is not None and rec.promoted(n)
+        ]
         target = None
         if joined:
             dtypes = [v.type.dtype for v, _ in joined if isinstance(v, Tensor)]
@@ -651,14 +712,18 @@ class ExprMixin:
                 elif isinstance(v, float) or as_float:
                     arrays.append(np.asarray(v, dtype=np.float64))
                 else:
-                    arrays.append(np.asarray(int(v) if not isinstance(v, Dim) else v.value,
-                                             dtype=np.int64))
+                    arrays.append(
+                        np.asarray(int(v) if not isinstance(v, Dim) else v.value, dtype=np.int64)
+                    )
             names = self.slot_names(rec, len(arrays))
             if any(a is not None and a.dtype == np.float64 for a in arrays):
-                arrays = [a.astype(np.float64) if a is not None and rec.promoted(n) and
-                          a.dtype != np.bool_ else a for a, n in zip(arrays, names, strict=False)]
-            types = [None if a is None else TensorType(dtype_of_numpy(a.dtype), ())
-                     for a in arrays]
+                arrays = [
+                    a.astype(np.float64)
+                    if a is not None and rec.promoted(n) and a.dtype != np.bool_
+                    else a
+                    for a, n in zip(arrays, names, strict=False)
+                ]
+            types = [None if a is None else TensorType(dtype_of_numpy(a.dtype), ()) for a in arrays]
             rec.infer(types, attrs)
             return rec.reference(ConstEnv(), arrays, attrs)[0]
 
@@ -694,7 +759,9 @@ class ExprMixin:
             raise Poisoned()
         if isinstance(v, Absent):
             raise KilnError(
-                "K0201", "this optional value is absent here", span,
+                "K0201",
+                "this optional value is absent here",
+                span,
                 hint="test it with defined(name) before using it",
             )
         raise KilnError("K0202", f"expected a tensor, not {describe(v)}", span)
@@ -706,7 +773,9 @@ class ExprMixin:
         dt = dtype_of_numpy(array.dtype)
         if dt is None:
             raise KilnError("K0302", f"unsupported constant dtype {array.dtype}", span)
-        (out,) = self.add_node("constant", [], {"value": array}, [TensorType(dt, array.shape)], span)
+        (out,) = self.add_node(
+            "constant", [], {"value": array}, [TensorType(dt, array.shape)], span
+        )
         return out
 
 

@@ -44,7 +44,9 @@ class ForwardMixin:
             inst = self.inline_instance(stage, label, span, scope)
             return self.apply_forward(inst, [x], {}, span)
         if label is not None:
-            raise KilnError("K0202", f"only a block stage can be named, not {describe(stage)}", span)
+            raise KilnError(
+                "K0202", f"only a block stage can be named, not {describe(stage)}", span
+            )
         if not isinstance(stage, (Instance, Sequential)):  # members have names of their own
             self.advance_counter(scope)
         return self.apply_callable(stage, [x], {}, span, scope)
@@ -58,8 +60,12 @@ class ForwardMixin:
         """The instance of an inline stage: named by `label`, else by the stage counter."""
         owner = self.owner_instance(scope)
         if owner is None:
-            raise KilnError("K0201", f"a fn cannot instantiate the block {ref.name}", span,
-                            hint="fn helpers have no members; make it a block")
+            raise KilnError(
+                "K0201",
+                f"a fn cannot instantiate the block {ref.name}",
+                span,
+                hint="fn helpers have no members; make it a block",
+            )
         if label is None:
             label = str(owner.stage_counter)
             owner.stage_counter += 1
@@ -97,8 +103,9 @@ class ForwardMixin:
                 ref = func.extend(tuple(a for a, _ in args), {k: v for k, (v, _) in kwargs.items()})
                 return self.apply_stage(x, ref, e.label, stage.span, scope)
             if e.label is not None:
-                raise KilnError("K0202", f"only a block stage can be named, not {describe(func)}",
-                                stage.span)
+                raise KilnError(
+                    "K0202", f"only a block stage can be named, not {describe(func)}", stage.span
+                )
             if not isinstance(func, (Instance, Sequential)):
                 self.advance_counter(scope)
             return self.call_value(func, [x, *args], kwargs, stage.span, scope)
@@ -121,7 +128,9 @@ class ForwardMixin:
     def apply_forward(self, inst: Instance, args: list, kwargs: dict, span: Span):
         fwd = inst.forward
         if fwd is None:
-            raise KilnError("K0201", f"block {inst.name} has no forward and cannot be applied", span)
+            raise KilnError(
+                "K0201", f"block {inst.name} has no forward and cannot be applied", span
+            )
         if any(isinstance(v, Poison) for v, _ in [*args, *kwargs.values()]):
             raise Poisoned()
         values = self.bind_inputs(inst, fwd, args, kwargs, span)
@@ -134,9 +143,14 @@ class ForwardMixin:
             for d, (v, vspan) in zip(fwd.inputs, values, strict=False):
                 if d.type is not None and not isinstance(v, Absent):
                     self.check_input(inst.name, d, v, vspan, env_scope, symbols)
-            body_scope = Scope(dict(symbols), Scope({}, env_scope, inst.ref.module, inst,
-                                                    False, self.resolve_const),
-                               inst.ref.module, None, False, self.resolve_const)
+            body_scope = Scope(
+                dict(symbols),
+                Scope({}, env_scope, inst.ref.module, inst, False, self.resolve_const),
+                inst.ref.module,
+                None,
+                False,
+                self.resolve_const,
+            )
             for d, (v, _) in zip(fwd.inputs, values, strict=False):
                 body_scope.set(d.name, v)
             self.check_where(fwd.where, body_scope)
@@ -155,8 +169,9 @@ class ForwardMixin:
         names = [d.name for d in fwd.inputs]
         if len(args) > len(names):
             raise KilnError(
-                "K0201", f"{inst.name} takes {len(names)} inputs ({', '.join(names)}), "
-                f"got {len(args)}", span,
+                "K0201",
+                f"{inst.name} takes {len(names)} inputs ({', '.join(names)}), got {len(args)}",
+                span,
             )
         bound = dict(zip(names, args, strict=False))
         for k, v in kwargs.items():
@@ -185,8 +200,15 @@ class ForwardMixin:
             )
         self.unify(t, v.type, env_scope, symbols, vspan, f"{owner}: input {d.name}")
 
-    def unify(self, pattern: A.TensorTypeExpr, actual: TensorType, env_scope: Scope,
-              symbols: dict, span: Span, what: str) -> None:
+    def unify(
+        self,
+        pattern: A.TensorTypeExpr,
+        actual: TensorType,
+        env_scope: Scope,
+        symbols: dict,
+        span: Span,
+        what: str,
+    ) -> None:
         """Match a declared shape against an actual one, binding symbolic names in `symbols`."""
         dims = pattern.dims
         ell = [i for i, d in enumerate(dims) if isinstance(d, A.EllipsisLit)]
@@ -194,8 +216,9 @@ class ForwardMixin:
         def mismatch(detail=""):
             shown = self.render_pattern(pattern, env_scope, symbols)
             return KilnError(
-                "K0301", f"{what} has shape {shape_str(actual.shape)} but {shown} is expected"
-                + detail, span,
+                "K0301",
+                f"{what} has shape {shape_str(actual.shape)} but {shown} is expected" + detail,
+                span,
             )
 
         if len(ell) > 1:
@@ -207,7 +230,7 @@ class ForwardMixin:
             i = ell[0]
             tail = fixed - i
             pairs = list(zip(dims[:i], actual.shape[:i], strict=False)) + list(
-                zip(dims[i + 1:], actual.shape[actual.rank - tail:], strict=False)
+                zip(dims[i + 1 :], actual.shape[actual.rank - tail :], strict=False)
             )
         else:
             if actual.rank != len(dims):
@@ -223,17 +246,25 @@ class ForwardMixin:
             deferred.append((d, a))
         for d, a in deferred:
             try:
-                expect = self.eval(d, Scope(dict(symbols), env_scope, env_scope.module,
-                                            resolve_const=self.resolve_const))
+                expect = self.eval(
+                    d,
+                    Scope(
+                        dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const
+                    ),
+                )
             except KilnError as err:
                 if err.code == "K0101":
                     raise KilnError(
-                        "K0101", f"{what}: cannot work out the size {err.message[13:]} from "
-                        "the input shapes", d.span,
+                        "K0101",
+                        f"{what}: cannot work out the size {err.message[13:]} from "
+                        "the input shapes",
+                        d.span,
                     ) from None
                 raise
             if not isinstance(expect, (int, Dim)) or isinstance(expect, bool):
-                raise KilnError("K0202", f"a dimension must be a size, not {describe(expect)}", d.span)
+                raise KilnError(
+                    "K0202", f"a dimension must be a size, not {describe(expect)}", d.span
+                )
             if Dim.of(expect) != a:
                 raise mismatch()
 
@@ -246,8 +277,15 @@ class ForwardMixin:
                 parts.append("...")
             else:
                 try:
-                    v = self.eval(d, Scope(dict(symbols), env_scope, env_scope.module,
-                                           resolve_const=self.resolve_const))
+                    v = self.eval(
+                        d,
+                        Scope(
+                            dict(symbols),
+                            env_scope,
+                            env_scope.module,
+                            resolve_const=self.resolve_const,
+                        ),
+                    )
                     parts.append(str(v))
                 except (KilnError, Poisoned):
                     parts.append(_source_text(d))
@@ -256,14 +294,17 @@ class ForwardMixin:
     def check_where(self, constraints, scope: Scope) -> None:
         for c in constraints:
             left, right = self.eval(c.left, scope), self.eval(c.right, scope)
-            if not all(isinstance(v, (int, Dim)) and not isinstance(v, bool) for v in (left, right)):
+            if not all(
+                isinstance(v, (int, Dim)) and not isinstance(v, bool) for v in (left, right)
+            ):
                 raise KilnError("K0202", "a where constraint compares sizes", c.span)
             diff = Dim.of(left) - Dim.of(right)
             if diff.is_const:
                 if not _COMPARE[c.op](diff.value, 0):
                     raise KilnError(
-                        "K0205", f"constraint {_source_text(c)} does not hold: "
-                        f"{left} {c.op} {right}", c.span,
+                        "K0205",
+                        f"constraint {_source_text(c)} does not hold: {left} {c.op} {right}",
+                        c.span,
                     )
             else:
                 self.root_graph.constraints.append(
@@ -275,8 +316,10 @@ class ForwardMixin:
             return
         if len(results) != len(fwd.results):
             raise KilnError(
-                "K0301", f"{owner}: forward returns {len(results)} values but its type lists "
-                f"{len(fwd.results)}", fwd.span,
+                "K0301",
+                f"{owner}: forward returns {len(results)} values but its type lists "
+                f"{len(fwd.results)}",
+                fwd.span,
             )
         for i, (t, v) in enumerate(zip(fwd.results, results, strict=False)):
             what = f"{owner}: result {i}" if len(results) > 1 else f"{owner}: the result"
@@ -308,8 +351,11 @@ class ForwardMixin:
 
     def exec_stmt(self, stmt, scope: Scope) -> None:
         if isinstance(stmt, A.Assign):
-            value = (self.eval_scan(stmt.value, scope) if isinstance(stmt.value, A.Scan)
-                     else self.eval(stmt.value, scope))
+            value = (
+                self.eval_scan(stmt.value, scope)
+                if isinstance(stmt.value, A.Scan)
+                else self.eval(stmt.value, scope)
+            )
             self.bind_targets(scope, stmt.targets, value, stmt.span)
         elif isinstance(stmt, A.Return):
             values = tuple(self.eval(v, scope) for v in stmt.values)
@@ -342,11 +388,16 @@ class ForwardMixin:
         if self.member_context(scope) and not any(isinstance(a, Tensor) for a, _ in all_args):
             needed = [p for p in params if p.default is None]
             if len(all_args) + len(all_kwargs) < len(needed):
-                return FnRef(f.defn, f.module, tuple(a for a, _ in all_args),
-                             tuple((k, v) for k, (v, _) in all_kwargs.items()))
+                return FnRef(
+                    f.defn,
+                    f.module,
+                    tuple(a for a, _ in all_args),
+                    tuple((k, v) for k, (v, _) in all_kwargs.items()),
+                )
         if len(all_args) > len(params):
-            raise KilnError("K0201", f"{f.defn.name} takes {len(params)} arguments, "
-                            f"got {len(all_args)}", span)
+            raise KilnError(
+                "K0201", f"{f.defn.name} takes {len(params)} arguments, got {len(all_args)}", span
+            )
         local: dict[str, Any] = {p.name: v for p, (v, _) in zip(params, all_args, strict=False)}
         for k, (v, vspan) in all_kwargs.items():
             if k not in {p.name for p in params}:
@@ -358,12 +409,14 @@ class ForwardMixin:
         for p in params:
             if p.name not in local:
                 if p.default is None:
-                    raise KilnError("K0201", f"{f.defn.name} is missing its argument {p.name}",
-                                    span)
+                    raise KilnError(
+                        "K0201", f"{f.defn.name} is missing its argument {p.name}", span
+                    )
                 local[p.name] = self.eval(p.default, fn_scope)
         if len(self.stack) >= self.MAX_DEPTH:
-            raise KilnError("K0201", f"fn calls nested more than {self.MAX_DEPTH} deep "
-                            "(recursion?)", span)
+            raise KilnError(
+                "K0201", f"fn calls nested more than {self.MAX_DEPTH} deep (recursion?)", span
+            )
         self.stack.append((f.defn.name, span))
         try:
             results = self.run_body(f.defn.body, fn_scope, f.defn.span)
@@ -378,8 +431,9 @@ class ForwardMixin:
             raise KilnError("K0202", f"scan axis must be an int, not {describe(axis)}", e.axis.span)
         if len(e.targets) != len(e.sequences):
             raise KilnError(
-                "K0201", f"scan names {len(e.targets)} step values but gives "
-                f"{len(e.sequences)} sequences", e.span,
+                "K0201",
+                f"scan names {len(e.targets)} step values but gives {len(e.sequences)} sequences",
+                e.span,
             )
         seqs = []
         for s in e.sequences:
@@ -394,8 +448,9 @@ class ForwardMixin:
         for s, a, src in zip(seqs[1:], ax[1:], e.sequences[1:], strict=False):
             if s.type.shape[a] != length:
                 raise KilnError(
-                    "K0301", f"scan sequences differ in length: {seqs[0].type} and {s.type} on "
-                    f"axis {axis}", src.span,
+                    "K0301",
+                    f"scan sequences differ in length: {seqs[0].type} and {s.type} on axis {axis}",
+                    src.span,
                 )
         carries = []
         for kw in e.carry:
@@ -409,15 +464,16 @@ class ForwardMixin:
             for name, v in carries:
                 body_scope.set(name, self.wrap(g.add_input(name, v.type, e.span), g))
             for t, s, a in zip(e.targets, seqs, ax, strict=False):
-                step_type = s.type.with_shape(s.type.shape[:a] + s.type.shape[a + 1:])
+                step_type = s.type.with_shape(s.type.shape[:a] + s.type.shape[a + 1 :])
                 body_scope.set(t.name, self.wrap(g.add_input(t.name, step_type, t.span), g))
             index_names = [t.index for t in e.targets if t.index is not None]
             if len(index_names) > 1 or (index_names and e.targets[0].index is None):
-                raise KilnError("K0201", "only the first scan name may bind the step index",
-                                e.span)
+                raise KilnError("K0201", "only the first scan name may bind the step index", e.span)
             if index_names:
-                body_scope.set(index_names[0],
-                               self.wrap(g.add_input(index_names[0], TensorType("i64", ()), e.span), g))
+                body_scope.set(
+                    index_names[0],
+                    self.wrap(g.add_input(index_names[0], TensorType("i64", ()), e.span), g),
+                )
             n_fixed = len(g.inputs)
             self.exec_stmts(e.body, body_scope)
             if len(frame.emits) > 1:
@@ -431,8 +487,9 @@ class ForwardMixin:
                 final = self.as_tensor(final, e.span)
                 if final.type != v.type:
                     raise KilnError(
-                        "K0301", f"scan carry {name} starts as {v.type} but the body makes it "
-                        f"{final.type}", e.span,
+                        "K0301",
+                        f"scan carry {name} starts as {v.type} but the body makes it {final.type}",
+                        e.span,
                     )
                 outs.append(final.value)
             emit_types = []
@@ -445,13 +502,19 @@ class ForwardMixin:
         finally:
             self.graphs.pop()
         stacked = [
-            t.with_shape(t.shape[:ax[0]] + (length,) + t.shape[ax[0]:]) for t in emit_types
+            t.with_shape(t.shape[: ax[0]] + (length,) + t.shape[ax[0] :]) for t in emit_types
         ]
-        inputs = [v for _, v in carries] + seqs + [self.wrap(c, self.graphs[-1].graph)
-                                                    for c in captured]
+        inputs = (
+            [v for _, v in carries] + seqs + [self.wrap(c, self.graphs[-1].graph) for c in captured]
+        )
         attrs = {
-            "body": frame.graph, "axis": ax[0], "axes": tuple(ax), "reverse": e.reverse,
-            "n_carry": len(carries), "n_seq": len(seqs), "has_index": bool(index_names),
+            "body": frame.graph,
+            "axis": ax[0],
+            "axes": tuple(ax),
+            "reverse": e.reverse,
+            "n_carry": len(carries),
+            "n_seq": len(seqs),
+            "has_index": bool(index_names),
             "n_fixed_inputs": n_fixed,
         }
         outs = self.add_node("scan", inputs, attrs, stacked + [v.type for _, v in carries], e.span)
@@ -459,8 +522,12 @@ class ForwardMixin:
 
 
 _COMPARE = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
 }
 
 
@@ -477,7 +544,7 @@ def _source_text(node) -> str:
     line = span.source_line()
     if line is None or span.end_line != span.line:
         return "expression"
-    return line[span.col - 1:span.end_col - 1]
+    return line[span.col - 1 : span.end_col - 1]
 
 
 def _may_return(stmt) -> bool:

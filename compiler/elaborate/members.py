@@ -28,8 +28,15 @@ from .values import (
 )
 
 ARG_TYPES = {
-    "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "string": (str,),
-    "list": (list, tuple), "tuple": (list, tuple), "Block": (BlockRef,), "block": (BlockRef,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "str": (str,),
+    "string": (str,),
+    "list": (list, tuple),
+    "tuple": (list, tuple),
+    "Block": (BlockRef,),
+    "block": (BlockRef,),
     "size": (int, Dim),
 }
 
@@ -49,8 +56,9 @@ class MemberMixin:
     def instantiate(self, ref: BlockRef, path: str, span: Span) -> Instance:
         if len(self.stack) >= self.MAX_DEPTH:
             raise KilnError(
-                "K0201", f"blocks nested more than {self.MAX_DEPTH} deep (a block that "
-                "contains itself?)", span,
+                "K0201",
+                f"blocks nested more than {self.MAX_DEPTH} deep (a block that contains itself?)",
+                span,
             )
         env = self.bind_block_args(ref, span)
         inst = Instance(ref, path, env, span=span)
@@ -68,8 +76,10 @@ class MemberMixin:
         params = defn.params
         if len(ref.args) > len(params):
             raise KilnError(
-                "K0201", f"{defn.name} takes {len(params)} arguments "
-                f"({', '.join(p.name for p in params)}), got {len(ref.args)}", span,
+                "K0201",
+                f"{defn.name} takes {len(params)} arguments "
+                f"({', '.join(p.name for p in params)}), got {len(ref.args)}",
+                span,
             )
         env: dict[str, Any] = {}
         for p, v in zip(params, ref.args, strict=False):
@@ -79,7 +89,9 @@ class MemberMixin:
                 from .exprs import _close
 
                 raise KilnError(
-                    "K0201", f"{defn.name} has no argument {name}", span,
+                    "K0201",
+                    f"{defn.name} has no argument {name}",
+                    span,
                     hint=_close(name, [p.name for p in params])
                     or f"its arguments: {', '.join(p.name for p in params) or 'none'}",
                 )
@@ -91,7 +103,9 @@ class MemberMixin:
             if p.name not in env:
                 if p.default is None:
                     raise KilnError(
-                        "K0201", f"{defn.name} is missing its argument {p.name}", span,
+                        "K0201",
+                        f"{defn.name} is missing its argument {p.name}",
+                        span,
                         hint=f"{defn.name}({', '.join(q.name for q in params)})",
                     )
                 env[p.name] = self.eval(p.default, scope)
@@ -105,10 +119,13 @@ class MemberMixin:
         if isinstance(value, bool) and bool not in ok:
             ok_value = False
         else:
-            ok_value = isinstance(value, ok) or (p.type.name in ("int", "size") and isinstance(value, Dim))
+            ok_value = isinstance(value, ok) or (
+                p.type.name in ("int", "size") and isinstance(value, Dim)
+            )
         if not ok_value:
             raise KilnError(
-                "K0202", f"{owner}: argument {p.name} must be {p.type.name}, not {describe(value)}",
+                "K0202",
+                f"{owner}: argument {p.name} must be {p.type.name}, not {describe(value)}",
                 span,
             )
 
@@ -181,8 +198,12 @@ class MemberMixin:
         self.claim(inst, name, m.name.span)
         dtype = m.type.dtype or "f32"
         if dtype not in DTYPES:
-            raise KilnError("K0302", f"unknown element type {dtype}", m.type.span,
-                            hint=f"element types: {', '.join(DTYPES)}")
+            raise KilnError(
+                "K0302",
+                f"unknown element type {dtype}",
+                m.type.span,
+                hint=f"element types: {', '.join(DTYPES)}",
+            )
         shape = []
         for d in m.type.dims:
             if isinstance(d, (A.AnonDim, A.EllipsisLit)):
@@ -192,15 +213,21 @@ class MemberMixin:
                 v = v.value
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise KilnError(
-                    "K0301", f"a {m.kind}'s size must be a non-negative int known at compile "
-                    f"time, not {describe(v)}", d.span,
+                    "K0301",
+                    f"a {m.kind}'s size must be a non-negative int known at compile "
+                    f"time, not {describe(v)}",
+                    d.span,
                 )
             shape.append(v)
         persistent = True
         for opt in m.options:
             if opt.name != "persistent" or m.kind != "buffer":
-                raise KilnError("K0201", f"{m.kind} has no option {opt.name}", opt.span,
-                                hint="buffers take persistent = false")
+                raise KilnError(
+                    "K0201",
+                    f"{m.kind} has no option {opt.name}",
+                    opt.span,
+                    hint="buffers take persistent = false",
+                )
             persistent = self.compile_time_bool(opt.value, scope, "persistent")
         init = self.tensor_initializer(m, tuple(shape), dtype, scope)
         path = inst.child_path(name)
@@ -224,8 +251,10 @@ class MemberMixin:
                 return np.full(shape, value, dtype=NUMPY_DTYPES[dtype])
             if not isinstance(value, Tensor):
                 raise KilnError(
-                    "K0202", f"a {m.kind} is initialised by init.NAME(...) or a tensor "
-                    f"expression, not {describe(value)}", m.init.span,
+                    "K0202",
+                    f"a {m.kind} is initialised by init.NAME(...) or a tensor "
+                    f"expression, not {describe(value)}",
+                    m.init.span,
                 )
             frame = self.graphs[-1]
             frame.graph.outputs = [value.value]
@@ -236,8 +265,10 @@ class MemberMixin:
             self.graphs.pop()
         if tuple(array.shape) != tuple(shape):
             raise KilnError(
-                "K0301", f"initial value has shape {list(array.shape)} but {m.kind} "
-                f"is declared {list(shape)}", m.init.span,
+                "K0301",
+                f"initial value has shape {list(array.shape)} but {m.kind} "
+                f"is declared {list(shape)}",
+                m.init.span,
             )
         return array.astype(NUMPY_DTYPES[dtype])
 
@@ -281,7 +312,8 @@ class MemberMixin:
                 stages.append(item)
             else:
                 raise KilnError(
-                    "K0202", f"stage {i} of the list is {describe(item)}, not a block or an op",
+                    "K0202",
+                    f"stage {i} of the list is {describe(item)}, not a block or an op",
                     span,
                 )
         return Sequential(path, stages)
@@ -292,13 +324,19 @@ class MemberMixin:
         source = self.aliases.get(source, source)
         for path, name in ((target, m.target), (source, m.source)):
             if path not in self.params:
-                raise KilnError("K0101", f"tie: no parameter named {path}", name.span,
-                                hint="tie names parameters declared before it")
+                raise KilnError(
+                    "K0101",
+                    f"tie: no parameter named {path}",
+                    name.span,
+                    hint="tie names parameters declared before it",
+                )
         a, b = self.params[target], self.params[source]
         if a.shape != b.shape or a.dtype != b.dtype:
             raise KilnError(
-                "K0301", f"tie: {target} is {a.dtype}{list(a.shape)} but {source} is "
-                f"{b.dtype}{list(b.shape)}", m.span,
+                "K0301",
+                f"tie: {target} is {a.dtype}{list(a.shape)} but {source} is "
+                f"{b.dtype}{list(b.shape)}",
+                m.span,
             )
         del self.params[target]
         self.aliases[target] = source
@@ -307,8 +345,11 @@ class MemberMixin:
         segments = [s if isinstance(s, str) else self.interp_text(s, scope) for s in m.pattern]
         value = self.eval(m.value, scope)
         if not isinstance(value, InitializerValue):
-            raise KilnError("K0202", f"init needs an initializer such as init.normal(std = 0.02), "
-                            f"not {describe(value)}", m.value.span)
+            raise KilnError(
+                "K0202",
+                f"init needs an initializer such as init.normal(std = 0.02), not {describe(value)}",
+                m.value.span,
+            )
         block_type = None
         if len(segments) >= 2 and segments[0] != "*":
             found = self._block_in_pattern(segments, scope)
@@ -348,7 +389,7 @@ class MemberMixin:
                 anc = by_path.get(anc_path)
                 if anc is None or not anc.inits:
                     continue
-                rel = path[len(anc_path) + 1:] if anc_path else path
+                rel = path[len(anc_path) + 1 :] if anc_path else path
                 chosen = None
                 for block_type, segments, init in anc.inits:
                     if _matches(block_type, segments, info, rel):
@@ -366,8 +407,9 @@ def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.nda
             try:
                 out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
             except InitError as err:
-                raise KilnError("K0202", f"cannot initialise {path}: {err.message}",
-                                info.span) from None
+                raise KilnError(
+                    "K0202", f"cannot initialise {path}: {err.message}", info.span
+                ) from None
         else:
             out[path] = np.array(info.init, copy=True)
     return out
@@ -386,7 +428,9 @@ def _matches(block_type, segments, info: ParamInfo, rel: str) -> bool:
     if block_type is not None:
         return info.owner == block_type and info.member == ".".join(segments)
     parts = rel.split(".")
-    return len(parts) == len(segments) and all(s in ("*", p) for s, p in zip(segments, parts, strict=False))
+    return len(parts) == len(segments) and all(
+        s in ("*", p) for s, p in zip(segments, parts, strict=False)
+    )
 
 
 def _member_names(m) -> list[str]:

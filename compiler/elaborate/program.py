@@ -44,7 +44,8 @@ def decode_source(data: bytes, filename: str) -> str:
         line = before.count(b"\n") + 1
         col = exc.start - (before.rfind(b"\n") + 1) + 1
         raise KilnError(
-            "K0003", f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+            "K0003",
+            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
             Span(filename, line, col, line, col + 1, None),
             hint="kiln source files must be UTF-8 text",
         ) from None
@@ -52,7 +53,9 @@ def decode_source(data: bytes, filename: str) -> str:
         i = text.index("\x00")
         line = text.count("\n", 0, i) + 1
         col = i - (text.rfind("\n", 0, i) + 1) + 1
-        raise KilnError("K0003", "the file contains a NUL byte", Span(filename, line, col, line, col + 1, None))
+        raise KilnError(
+            "K0003", "the file contains a NUL byte", Span(filename, line, col, line, col + 1, None)
+        )
     return text.lstrip("\ufeff")
 
 
@@ -83,35 +86,42 @@ class Loader:
 
     def load_path(self, path: Path, span: Span | None = None) -> ModuleScope:
         path = path.resolve() if path.exists() else path
-        return self._load(str(path), lambda: read_source_file(path, span), str(path), path.parent, span)
+        return self._load(
+            str(path), lambda: read_source_file(path, span), str(path), path.parent, span
+        )
 
     def load_std(self, name: tuple[str, ...], span: Span) -> ModuleScope:
         if len(name) != 2 or name[0] != "std":
             raise KilnError(
-                "K0104", f"unknown module {'.'.join(name)}", span,
+                "K0104",
+                f"unknown module {'.'.join(name)}",
+                span,
                 hint="standard library modules are named std.NAME; local files are imported "
                 'with a string: import "blocks.kiln"',
             )
         res = resources.files("kiln.stdlib").joinpath(f"{name[1]}.kiln")
         if not res.is_file():
             known = sorted(
-                p.name[:-5] for p in resources.files("kiln.stdlib").iterdir()
+                p.name[:-5]
+                for p in resources.files("kiln.stdlib").iterdir()
                 if p.name.endswith(".kiln")
             )
             raise KilnError(
-                "K0104", f"no standard library module std.{name[1]}", span,
+                "K0104",
+                f"no standard library module std.{name[1]}",
+                span,
                 hint=f"available: {', '.join('std.' + k for k in known) or 'none'}",
             )
         display = f"<std>/{name[1]}.kiln"
-        return self._load(
-            display, lambda: res.read_text(encoding="utf-8"), display, None, span
-        )
+        return self._load(display, lambda: res.read_text(encoding="utf-8"), display, None, span)
 
     def _load(self, key, read, filename, directory, span) -> ModuleScope:
         if key in self.loading:
-            cycle = self.loading[self.loading.index(key):] + [key]
+            cycle = self.loading[self.loading.index(key) :] + [key]
             raise KilnError(
-                "K0105", "import cycle: " + " -> ".join(Path(k).name for k in cycle), span,
+                "K0105",
+                "import cycle: " + " -> ".join(Path(k).name for k in cycle),
+                span,
             )
         if key in self.modules:
             return self.modules[key]
@@ -168,7 +178,9 @@ class Loader:
             for name in item.names:
                 if name not in target.names and name not in target.consts:
                     raise KilnError(
-                        "K0101", f"{name} is not defined in {target.path}", item.span,
+                        "K0101",
+                        f"{name} is not defined in {target.path}",
+                        item.span,
                         hint=_suggest(name, [*target.names, *target.consts]),
                     )
                 scope.names[name] = ("import", target, name)

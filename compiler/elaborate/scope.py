@@ -11,10 +11,30 @@ from .program import ModuleScope
 from .values import ABSENT, Builtin, Instance, MemberPrefix, Namespace
 
 # names every file sees unless it defines them itself
-BUILTIN_FUNCTIONS = frozenset({
-    "range", "len", "int", "float", "bool", "str", "list", "enumerate", "zip", "reversed",
-    "round", "defined", "dim", "shape", "rank", "min", "max", "sum", "abs", "is_list",
-})
+BUILTIN_FUNCTIONS = frozenset(
+    {
+        "range",
+        "len",
+        "int",
+        "float",
+        "bool",
+        "str",
+        "list",
+        "enumerate",
+        "zip",
+        "reversed",
+        "round",
+        "defined",
+        "dim",
+        "shape",
+        "rank",
+        "min",
+        "max",
+        "sum",
+        "abs",
+        "is_list",
+    }
+)
 BUILTIN_VALUES = {"inf": math.inf, "nan": math.nan, "pi": math.pi, "training": False}
 NAMESPACES = {"init": Namespace("init"), "ops": Namespace("ops")}
 

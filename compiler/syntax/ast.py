@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from ..errors import Span
 
@@ -136,10 +135,24 @@ class Scan(Node):
     body: tuple[Stmt, ...]
 
 
-Expr = Union[
-    Name, InterpName, Literal, Ternary, Pipe, BinOp, UnaryOp, Call, Index, Attribute,
-    TupleLit, ListLit, ListComp, Slice, EllipsisLit, Scan,
-]
+Expr = (
+    Name
+    | InterpName
+    | Literal
+    | Ternary
+    | Pipe
+    | BinOp
+    | UnaryOp
+    | Call
+    | Index
+    | Attribute
+    | TupleLit
+    | ListLit
+    | ListComp
+    | Slice
+    | EllipsisLit
+    | Scan
+)
 
 
 # ------------------------------------------------------------------------------ types
@@ -215,7 +228,7 @@ class If(Node):
     other: tuple
 
 
-Stmt = Union[Assign, Return, Emit, Const, Require, For, If]
+Stmt = Assign | Return | Emit | Const | Require | For | If
 
 
 # ------------------------------------------------------------------------------ members
@@ -270,7 +283,9 @@ class Forward(Node):
     body: tuple[Stmt, ...]
 
 
-Member = Union[TensorMember, ChildMember, Tie, InitOverride, Forward, Const, Require, For, If]
+Member = (
+    TensorMember | ChildMember | Tie | InitOverride | Forward | Const | Require | For | If
+)
 
 
 # ------------------------------------------------------------------------------ top level

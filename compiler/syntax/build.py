@@ -58,8 +58,12 @@ class ASTBuilder(Transformer):
         off = self.col_offset if line == 1 else 0
         end_off = self.col_offset if end_line == 1 else 0
         return Span(
-            self.filename, line + self.line_offset, col + off,
-            end_line + self.line_offset, end_col + end_off, self.text,
+            self.filename,
+            line + self.line_offset,
+            col + off,
+            end_line + self.line_offset,
+            end_col + end_off,
+            self.text,
         )
 
     # top level ----------------------------------------------------------------------------
@@ -113,7 +117,8 @@ class ASTBuilder(Transformer):
         opts = options[1] if options is not None else ()
         if options is not None and options[0]:
             raise KilnError(
-                "K0001", f"{kind} options must be given by name, e.g. {kind}(persistent = false)",
+                "K0001",
+                f"{kind} options must be given by name, e.g. {kind}(persistent = false)",
                 options[0][0].span,
             )
         return A.TensorMember(self._span(meta), str(kind), opts, name, type_, init, guard)
@@ -176,7 +181,7 @@ class ASTBuilder(Transformer):
     def text_of(self, meta) -> str:
         if self.line_offset or self.col_offset or getattr(meta, "empty", True):
             return ""
-        return self.text[meta.start_pos:meta.end_pos]
+        return self.text[meta.start_pos : meta.end_pos]
 
     def where_clause(self, meta, ch):
         return tuple(ch)
@@ -194,8 +199,10 @@ class ASTBuilder(Transformer):
     def dim(self, meta, ch):
         (d,) = ch
         if isinstance(d, Token):
-            return A.AnonDim(self._tok_span(d)) if d.type == "ANON" else A.EllipsisLit(
-                self._tok_span(d)
+            return (
+                A.AnonDim(self._tok_span(d))
+                if d.type == "ANON"
+                else A.EllipsisLit(self._tok_span(d))
             )
         return d
 
@@ -334,11 +341,9 @@ class ASTBuilder(Transformer):
         pos = 0
         for m in _INTERP.finditer(text):
             if m.start() > pos:
-                pieces.append(text[pos:m.start()])
+                pieces.append(text[pos : m.start()])
             inner = m.group(1)
-            sub = ASTBuilder(
-                self.filename, self.text, tok.line - 1, tok.column + m.start(1) - 1
-            )
+            sub = ASTBuilder(self.filename, self.text, tok.line - 1, tok.column + m.start(1) - 1)
             try:
                 tree = parse(inner, self.filename, start="test")
             except KilnError as err:

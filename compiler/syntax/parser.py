@@ -68,9 +68,18 @@ def _describe(tok: Token) -> str:
 
 
 _EXPECT_NAMES = {
-    "NAME": "a name", "RPAR": "')'", "RSQB": "']'", "RBRACE": "'}'", "LBRACE": "'{'",
-    "LPAR": "'('", "COLON": "':'", "EQUAL": "'='", "COMMA": "','", "_NL": "a new line",
-    "INT": "an integer", "STRING": "a string",
+    "NAME": "a name",
+    "RPAR": "')'",
+    "RSQB": "']'",
+    "RBRACE": "'}'",
+    "LBRACE": "'{'",
+    "LPAR": "'('",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "COMMA": "','",
+    "_NL": "a new line",
+    "INT": "an integer",
+    "STRING": "a string",
 }
 
 
