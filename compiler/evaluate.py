@@ -75,10 +75,27 @@ def run_graph(
 
 
 def _run_op(op: str, env: GraphEnv, args: list, node: dict) -> list[np.ndarray]:
-    """One op's reference; a failure that depends on input values is a located K0505."""
+    """One op's reference; a failure that depends on input values is a located K0505.
+
+    Every result is checked against the type inferred at compile time: a size that an op took
+    on trust (a symbolic slice bound, say) and that these inputs make wrong is an error, not a
+    silently different shape.
+    """
     try:
-        return REGISTRY[op].reference(env, args, node["attrs"])
+        with np.errstate(all="ignore"):  # overflow to inf and the like follow IEEE, as PyTorch
+            results = REGISTRY[op].reference(env, args, node["attrs"])
     except OpError as err:
         raise KilnError("K0505", f"{op}: {err.message}", node["span"]) from None
     except (IndexError, ValueError, FloatingPointError) as exc:
         raise KilnError("K0505", f"{op} failed on these inputs: {exc}", node["span"]) from None
+    for result, t in zip(results, node["types"], strict=True):
+        want = tuple(env.eval_dim(d) for d in t.shape)
+        if tuple(result.shape) != want:
+            shown = ", ".join(f"{d} = {n}" if not d.is_const else str(n)
+                              for d, n in zip(t.shape, want, strict=True))
+            raise KilnError(
+                "K0505", f"{op}: with these inputs the result has shape {list(result.shape)}, "
+                f"not [{shown}] as its type says", node["span"],
+                hint="a size in this expression is out of range for these inputs",
+            )
+    return results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import shutil
 import subprocess
@@ -79,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of a symbolic dimension for random inputs (default 1)",
     )
     r.add_argument("--weights", help="a .safetensors or .npz file of weights")
+    r.add_argument("--no-strict", action="store_true",
+                   help="load weights non-strictly: missing ones keep their initial values "
+                   "and unexpected ones are ignored (shapes must still match)")
     r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
     c.add_argument("--target", default="onnx", choices=["onnx"])
     c.add_argument("-o", "--output", required=True, help="the file to write (model.onnx)")
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
+    c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     return p
 
@@ -109,19 +112,40 @@ def cmd_compile(opts) -> int:
 
 
 def parse_args_option(items: list[str]) -> dict:
-    """--arg NAME=VALUE: ints, floats, true/false, lists in [...], else a string."""
+    """--arg NAME=VALUE, VALUE written as in kiln: 256, 0.5, true, "relu", [1, 2], none.
+
+    A bare word that is not a kiln literal is taken as a string (`--arg act=gelu`).
+    """
     out = {}
     for item in items:
-        if "=" not in item:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip().isidentifier():
             raise KilnError("K0602", f"--arg {item!r} must look like NAME=VALUE")
-        name, text = item.split("=", 1)
-        lowered = text.replace("true", "True").replace("false", "False")
-        try:
-            value = ast.literal_eval(lowered)
-        except (ValueError, SyntaxError):
-            value = text
-        out[name.strip()] = value
+        out[name.strip()] = parse_literal(text)
     return out
+
+
+def parse_literal(text: str):
+    from kiln.compiler.syntax import ast as A
+    from kiln.compiler.syntax.build import ASTBuilder
+    from kiln.compiler.syntax.parser import parse
+
+    def value(node):
+        if isinstance(node, A.Literal):
+            return node.value
+        if isinstance(node, (A.ListLit, A.TupleLit)):
+            items = [value(i) for i in node.items]
+            return items if isinstance(node, A.ListLit) else tuple(items)
+        if isinstance(node, A.UnaryOp) and node.op == "-":
+            inner = value(node.operand)
+            if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+                return -inner
+        raise ValueError(text)
+
+    try:
+        return value(ASTBuilder("--arg", text).transform(parse(text, "--arg", start="test")))
+    except (KilnError, ValueError):
+        return text
 
 
 def elaborate(opts):

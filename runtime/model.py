@@ -134,11 +134,13 @@ class CompiledModel:
         want = port.type.dtype
         if not isinstance(value, np.ndarray):
             if isinstance(value, (bool, int, float, list, tuple, np.generic)):
-                value = np.asarray(value)
-                if value.dtype.kind in "fiub" and value.dtype != object:
-                    value = (
-                        value.astype(NUMPY_DTYPES[want]) if _same_kind(value.dtype, want) else value
-                    )
+                try:
+                    value = np.asarray(value)
+                except ValueError:  # ragged nested lists
+                    raise KilnError("K0503", f"input {port.name}: the lists are ragged") from None
+                ints_to_float = value.dtype.kind in "iu" and want in ("f32", "f16", "bf16")
+                if _same_kind(value.dtype, want) or ints_to_float:
+                    value = value.astype(NUMPY_DTYPES[want])  # plain numbers take the input's type
             else:
                 raise KilnError(
                     "K0502", f"input {port.name} must be a numpy array, not {type(value).__name__}"
@@ -151,7 +153,7 @@ class CompiledModel:
                 raise KilnError(
                     "K0502",
                     f"input {port.name} must be {want}, but the array is {value.dtype}",
-                    hint=f"convert it: x.astype(np.{NUMPY_DTYPES[want].name})",
+                    hint=f"convert it: {port.name}.astype(np.{NUMPY_DTYPES[want].name})",
                 )
         if value.ndim != port.type.rank:
             raise KilnError(

@@ -74,7 +74,7 @@ def test_bad_arguments_name_the_argument():
     err = error_of("""
     block L(n: int) { forward(x: [B, n]) -> [B, n] { return x } }
     model M { forward(x: f32[B, 4]) -> f32[B, 4] { return x |> L(4, 5) } }""")
-    assert err.code == "K0201" and "L takes 1 arguments" in err.message
+    assert err.code == "K0201" and "L takes 1 argument " in err.message
     err = error_of("""
     block L(n: int) { forward(x: [B, n]) -> [B, n] { return x } }
     model M { forward(x: f32[B, 4]) -> f32[B, 4] { return x |> L(n = 2.5) } }""")

@@ -10,6 +10,22 @@ from ..ops import REGISTRY
 from .exprs import describe, is_scalar, norm_dim
 from .values import InitializerValue, Instance, Sequential, Tensor
 
+
+def kiln_repr(v) -> str:
+    """A compile-time value as kiln writes it: true, none, [1, 2], "text"."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(kiln_repr(x) for x in v) + "]"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(kiln_repr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return str(v)
+
+
 # a builtin that is also an op: with a tensor argument the op runs instead
 OP_OVERLOADS = {"min": "min", "max": "max", "sum": "sum", "abs": "abs"}
 
@@ -22,6 +38,8 @@ class BuiltinMixin:
             return self.make_init(name[5:], args, kwargs, span)
         values = [v for v, _ in args]
         if name in OP_OVERLOADS and (any(isinstance(v, Tensor) for v in values) or kwargs):
+            if name in ("max", "min") and len(args) == 2 and not kwargs:  # max(a, b): elementwise
+                return self.call_op(REGISTRY[name + "imum"], args, kwargs, span)
             return self.call_op(REGISTRY[OP_OVERLOADS[name]], args, kwargs, span)
         if kwargs:
             raise KilnError("K0201", f"{name} takes no keyword arguments", span)
@@ -114,7 +132,7 @@ class BuiltinMixin:
 
     def builtin_str(self, values, span):
         v = self._one(values, span, "str")
-        return str(v).lower() if isinstance(v, bool) else str(v)
+        return v if isinstance(v, str) else kiln_repr(v)
 
     def _seq(self, v, span, name):
         if isinstance(v, Sequential):

@@ -17,7 +17,7 @@ from .forward import ForwardMixin
 from .members import MemberMixin, ParamSlot
 from .program import ModuleScope
 from .scope import Scope, Unbound
-from .values import ABSENT, BlockRef, ParamInfo, Poison, Tensor
+from .values import ABSENT, BlockRef, Namespace, ParamInfo, Poison, Tensor
 
 
 @dataclass
@@ -233,9 +233,9 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             pass
         except KilnError as err:
             self.report(err)
+        self.resolve_initializers()
         if self.errors:
             raise combine(self.errors)
-        self.resolve_initializers()
         graph = self.root_graph
         graph.prune()
         symbols = sorted({s for p in inputs for d in p.type.shape for s in d.symbols()})
@@ -252,9 +252,22 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         )
 
     def check_file_requires(self, module: ModuleScope) -> None:
-        scope = Scope({}, None, module, None, False, self.resolve_const)
-        for req in module.requires:
-            self.check_require(req, scope)
+        """File-level `require`s of this file and of every file it imports."""
+        seen: set[int] = set()
+        stack = [module]
+        while stack:
+            mod = stack.pop()
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            scope = Scope({}, None, mod, None, False, self.resolve_const)
+            for req in mod.requires:
+                self.check_require(req, scope)
+            for value in mod.names.values():
+                if isinstance(value, Namespace) and value.kind == "module":
+                    stack.append(value.target)
+                elif isinstance(value, tuple) and value and value[0] == "import":
+                    stack.append(value[1])
 
     def model_inputs(self, root, fwd: A.Forward, present):
         graph = self.root_graph

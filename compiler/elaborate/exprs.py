@@ -320,7 +320,8 @@ class ExprMixin:
     # ---------------------------------------------------------------- attribute and index
     def eval_Attribute(self, e: A.Attribute, scope):
         base = self.eval(e.value, scope)
-        return self.attribute(base, e.name, e.span, scope)
+        name = e.name if isinstance(e.name, str) else self.interp_text(e.name, scope)
+        return self.attribute(base, name, e.span, scope)
 
     def attribute(self, base, name: str, span: Span, scope):
         if isinstance(base, Tensor):
@@ -777,6 +778,11 @@ class ExprMixin:
             "constant", [], {"value": array}, [TensorType(dt, array.shape)], span
         )
         return out
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 argument`, `2 arguments`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _scalar_dtype(v) -> str:

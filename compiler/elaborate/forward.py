@@ -9,7 +9,7 @@ from ..errors import KilnError, Span
 from ..ir import Constraint
 from ..syntax import ast as A
 from ..types import DTYPES, TensorType, shape_str
-from .exprs import Poisoned, describe, norm_dim
+from .exprs import Poisoned, _count, describe, norm_dim
 from .scope import Scope, Unbound
 from .values import (
     ABSENT,
@@ -140,9 +140,11 @@ class ForwardMixin:
         try:
             env_scope = Scope(inst.env, None, inst.ref.module, None, False, self.resolve_const)
             symbols: dict[str, Any] = {}
+            pending: list = []  # bare names bind across every input before expressions check
             for d, (v, vspan) in zip(fwd.inputs, values, strict=False):
                 if d.type is not None and not isinstance(v, Absent):
-                    self.check_input(inst.name, d, v, vspan, env_scope, symbols)
+                    pending += self.check_input(inst.name, d, v, vspan, env_scope, symbols)
+            self.check_dims(pending, env_scope, symbols)
             body_scope = Scope(
                 dict(symbols),
                 Scope({}, env_scope, inst.ref.module, inst, False, self.resolve_const),
@@ -170,7 +172,8 @@ class ForwardMixin:
         if len(args) > len(names):
             raise KilnError(
                 "K0201",
-                f"{inst.name} takes {len(names)} inputs ({', '.join(names)}), got {len(args)}",
+                f"{inst.name} takes {_count(len(names), 'input')} ({', '.join(names)}), "
+                f"got {len(args)}",
                 span,
             )
         bound = dict(zip(names, args, strict=False))
@@ -188,7 +191,7 @@ class ForwardMixin:
                 raise KilnError("K0201", f"{inst.name} is missing its input {d.name}", span)
         return out
 
-    def check_input(self, owner: str, d: A.InputDef, v, vspan: Span, env_scope, symbols) -> None:
+    def check_input(self, owner: str, d: A.InputDef, v, vspan: Span, env_scope, symbols) -> list:
         if not isinstance(v, Tensor):
             raise KilnError(
                 "K0202", f"{owner}: input {d.name} must be a tensor, not {describe(v)}", vspan
@@ -198,9 +201,15 @@ class ForwardMixin:
             raise KilnError(
                 "K0302", f"{owner}: input {d.name} must be {t.dtype}, but it is {v.type}", vspan
             )
-        self.unify(t, v.type, env_scope, symbols, vspan, f"{owner}: input {d.name}")
+        return self.bind_dims(t, v.type, env_scope, symbols, vspan, f"{owner}: input {d.name}")
 
-    def unify(
+    def unify(self, pattern, actual, env_scope, symbols, span, what) -> None:
+        """Match a declared shape against an actual one, binding symbolic names in `symbols`."""
+        self.check_dims(
+            self.bind_dims(pattern, actual, env_scope, symbols, span, what), env_scope, symbols
+        )
+
+    def bind_dims(
         self,
         pattern: A.TensorTypeExpr,
         actual: TensorType,
@@ -208,8 +217,9 @@ class ForwardMixin:
         symbols: dict,
         span: Span,
         what: str,
-    ) -> None:
-        """Match a declared shape against an actual one, binding symbolic names in `symbols`."""
+    ) -> list:
+        """Bind the bare symbolic names of a declared shape to the actual sizes; returns the
+        dimensions still to check (expressions), with what to report if they differ."""
         dims = pattern.dims
         ell = [i for i, d in enumerate(dims) if isinstance(d, A.EllipsisLit)]
 
@@ -243,15 +253,15 @@ class ForwardMixin:
             if isinstance(d, A.Name) and d.id not in symbols and not _resolvable(env_scope, d.id):
                 symbols[d.id] = norm_dim(a)
                 continue
-            deferred.append((d, a))
-        for d, a in deferred:
+            deferred.append((d, a, mismatch, what))
+        return deferred
+
+    def check_dims(self, pending: list, env_scope: Scope, symbols: dict) -> None:
+        """Evaluate each dimension expression with every symbol bound, and compare."""
+        scope = Scope(dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const)
+        for d, a, mismatch, what in pending:
             try:
-                expect = self.eval(
-                    d,
-                    Scope(
-                        dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const
-                    ),
-                )
+                expect = self.eval(d, scope)
             except KilnError as err:
                 if err.code == "K0101":
                     raise KilnError(
@@ -396,7 +406,9 @@ class ForwardMixin:
                 )
         if len(all_args) > len(params):
             raise KilnError(
-                "K0201", f"{f.defn.name} takes {len(params)} arguments, got {len(all_args)}", span
+                "K0201",
+                f"{f.defn.name} takes {_count(len(params), 'argument')}, got {len(all_args)}",
+                span,
             )
         local: dict[str, Any] = {p.name: v for p, (v, _) in zip(params, all_args, strict=False)}
         for k, (v, vspan) in all_kwargs.items():

@@ -11,7 +11,7 @@ from ..errors import KilnError, Span
 from ..initializers import InitError
 from ..syntax import ast as A
 from ..types import DTYPES, NUMPY_DTYPES
-from .exprs import Poisoned, describe
+from .exprs import Poisoned, _count, describe
 from .scope import Scope
 from .values import (
     POISON,
@@ -77,7 +77,7 @@ class MemberMixin:
         if len(ref.args) > len(params):
             raise KilnError(
                 "K0201",
-                f"{defn.name} takes {len(params)} arguments "
+                f"{defn.name} takes {_count(len(params), 'argument')} "
                 f"({', '.join(p.name for p in params)}), got {len(ref.args)}",
                 span,
             )
@@ -113,21 +113,11 @@ class MemberMixin:
         return env
 
     def check_arg_type(self, owner: str, p: A.ParamDef, value, span: Span) -> None:
-        if p.type is None or p.type.name not in ARG_TYPES:
+        if p.type is None:
             return
-        ok = ARG_TYPES[p.type.name]
-        if isinstance(value, bool) and bool not in ok:
-            ok_value = False
-        else:
-            ok_value = isinstance(value, ok) or (
-                p.type.name in ("int", "size") and isinstance(value, Dim)
-            )
-        if not ok_value:
-            raise KilnError(
-                "K0202",
-                f"{owner}: argument {p.name} must be {p.type.name}, not {describe(value)}",
-                span,
-            )
+        problem = _type_problem(p.type, value)
+        if problem:
+            raise KilnError("K0202", f"{owner}: argument {p.name} {problem}", span)
 
     # ------------------------------------------------------------------ members
     def define_members(self, inst: Instance, members, scope: Scope) -> None:
@@ -333,7 +323,7 @@ class MemberMixin:
         a, b = self.params[target], self.params[source]
         if a.shape != b.shape or a.dtype != b.dtype:
             raise KilnError(
-                "K0301",
+                "K0301" if a.shape != b.shape else "K0302",
                 f"tie: {target} is {a.dtype}{list(a.shape)} but {source} is "
                 f"{b.dtype}{list(b.shape)}",
                 m.span,
@@ -355,7 +345,7 @@ class MemberMixin:
             found = self._block_in_pattern(segments, scope)
             if found is not None:
                 block_type, segments = found
-        inst.inits.append((block_type, tuple(segments), value))
+        inst.inits.append((block_type, tuple(segments), value, m.span))
 
     def _block_in_pattern(self, segments, scope: Scope):
         """`Conv2d.weight` or `nn.Conv2d.weight`: (block name, member path) if it names a block."""
@@ -378,25 +368,38 @@ class MemberMixin:
         return None
 
     def resolve_initializers(self) -> None:
-        """Apply `init PATTERN = ...` overrides: the nearest ancestor declaring a match wins."""
+        """Apply `init PATTERN = ...` overrides: the nearest ancestor declaring a match wins.
+
+        A pattern that matches no parameter at all is an error (a typo would otherwise pass).
+        """
         by_path = {inst.path: inst for inst in self.instances}
+        matched: set = set()
         for path, info in self.params.items():
             if info.kind != "param":
                 continue
-            owner = self.param_owners[path]
-            ancestor_paths = _ancestors(owner.path)
-            for anc_path in ancestor_paths:
+            chosen = None
+            for anc_path in _ancestors(self.param_owners[path].path):
                 anc = by_path.get(anc_path)
                 if anc is None or not anc.inits:
                     continue
                 rel = path[len(anc_path) + 1 :] if anc_path else path
-                chosen = None
-                for block_type, segments, init in anc.inits:
+                for block_type, segments, init, span in anc.inits:
                     if _matches(block_type, segments, info, rel):
-                        chosen = init
-                if chosen is not None:
-                    info.init = chosen
-                    break
+                        matched.add(span)
+                        if chosen is None or chosen[0] == anc_path:
+                            chosen = (anc_path, init)
+            if chosen is not None:
+                info.init = chosen[1]
+        for inst in self.instances:
+            for block_type, segments, _init, span in inst.inits:
+                if span not in matched:
+                    matched.add(span)  # report each override once
+                    pattern = ".".join(([block_type] if block_type else []) + list(segments))
+                    self.report(KilnError(
+                        "K0101", f"init {pattern} matches no parameter of {inst.name}", span,
+                        hint="a pattern is Block.member (every such block below) or a dotted "
+                        "path from here, where * matches one name",
+                    ))
 
 
 def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.ndarray]:
@@ -413,6 +416,27 @@ def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.nda
         else:
             out[path] = np.array(info.init, copy=True)
     return out
+
+
+def _type_problem(t: A.TypeName, value) -> str | None:
+    """Why `value` is not of the declared argument type (None when it is)."""
+    if t.name not in ARG_TYPES:
+        raise KilnError(
+            "K0202", f"unknown argument type {t.name}", t.span,
+            hint=f"argument types: {', '.join(sorted(set(ARG_TYPES) - {'block', 'string'}))}",
+        )
+    ok = ARG_TYPES[t.name]
+    fits = isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
+    if t.name in ("int", "size") and isinstance(value, Dim):
+        fits = True
+    if not fits:
+        return f"must be {t.name}, not {describe(value)}"
+    if t.args and isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            inner = _type_problem(t.args[0], item)
+            if inner:
+                return f"item {i} {inner}"
+    return None
 
 
 def _ancestors(path: str) -> list[str]:

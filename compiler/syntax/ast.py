@@ -93,7 +93,7 @@ class Index(Node):
 @dataclass(frozen=True)
 class Attribute(Node):
     value: Expr
-    name: str
+    name: str | InterpName
 
 
 @dataclass(frozen=True)

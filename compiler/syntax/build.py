@@ -13,6 +13,7 @@ from . import ast as A
 from .parser import parse
 
 _INTERP = re.compile(r"\{([^{}]*)\}")
+RESERVED = frozenset({"true", "false", "none"})
 
 
 def parse_module(text: str, filename: str) -> A.Module:
@@ -100,6 +101,7 @@ class ASTBuilder(Transformer):
 
     def param_def(self, meta, ch):
         name, type_, default = ch
+        self._bindable(name)
         return A.ParamDef(self._span(meta), str(name), type_, default)
 
     def type_name(self, meta, ch):
@@ -165,7 +167,7 @@ class ASTBuilder(Transformer):
         return tuple(ch)
 
     def forward_def(self, meta, ch):
-        *inputs, results, where, body = ch
+        *inputs, _arrow, results, where, body = ch
         inputs = tuple(i for i in inputs if i is not None)
         res_types, res_tuple = results if results is not None else (None, False)
         return A.Forward(self._span(meta), inputs, res_types, res_tuple, where or (), body)
@@ -184,7 +186,7 @@ class ASTBuilder(Transformer):
         return self.text[meta.start_pos : meta.end_pos]
 
     def where_clause(self, meta, ch):
-        return tuple(ch)
+        return tuple(ch[1:])
 
     def constraint(self, meta, ch):
         return A.Constraint(self._span(meta), str(ch[1]), ch[0], ch[2])
@@ -214,7 +216,15 @@ class ASTBuilder(Transformer):
         return A.Assign(self._span(meta), ch[0], ch[1])
 
     def targets(self, meta, ch):
+        for t in ch:
+            self._bindable(t)
         return tuple(str(t) for t in ch)
+
+    def _bindable(self, tok: Token) -> None:
+        if str(tok) in RESERVED:
+            raise KilnError(
+                "K0001", f"{tok} is a literal and cannot be assigned", self._tok_span(tok)
+            )
 
     def return_stmt(self, meta, ch):
         return A.Return(self._span(meta), tuple(c for c in ch if c is not None))
@@ -223,6 +233,7 @@ class ASTBuilder(Transformer):
         return A.Emit(self._span(meta), tuple(ch))
 
     def const_stmt(self, meta, ch):
+        self._bindable(ch[0])
         return A.Const(self._span(meta), str(ch[0]), ch[1])
 
     def require_stmt(self, meta, ch):
@@ -262,7 +273,8 @@ class ASTBuilder(Transformer):
 
     # expressions --------------------------------------------------------------------------
     def ternary(self, meta, ch):
-        return A.Ternary(self._span(meta), ch[1], ch[0], ch[2])
+        then, cond, _else_tok, other = ch
+        return A.Ternary(self._span(meta), cond, then, other)
 
     def pipe(self, meta, ch):
         value, _tok, (label, stage) = ch
@@ -327,7 +339,10 @@ class ASTBuilder(Transformer):
         return A.EllipsisLit(self._span(meta))
 
     def attribute(self, meta, ch):
-        return A.Attribute(self._span(meta), ch[0], str(ch[1]))
+        name = ch[1]
+        return A.Attribute(
+            self._span(meta), ch[0], self._interp(name) if name.type == "INTERP_NAME" else str(name)
+        )
 
     def name(self, meta, ch):
         return A.Name(self._span(meta), str(ch[0]))

@@ -68,18 +68,14 @@ def _describe(tok: Token) -> str:
 
 
 _EXPECT_NAMES = {
-    "NAME": "a name",
-    "RPAR": "')'",
-    "RSQB": "']'",
-    "RBRACE": "'}'",
-    "LBRACE": "'{'",
-    "LPAR": "'('",
-    "COLON": "':'",
-    "EQUAL": "'='",
-    "COMMA": "','",
-    "_NL": "a new line",
-    "INT": "an integer",
-    "STRING": "a string",
+    "NAME": "a name", "INTERP_NAME": "a name", "INT": "a number", "FLOAT": "a number",
+    "STRING": "a string", "RPAR": "')'", "RSQB": "']'", "RBRACE": "'}'", "LBRACE": "'{'",
+    "LPAR": "'('", "LSQB": "'['", "COLON": "':'", "EQUAL": "'='", "COMMA": "','", "DOT": "'.'",
+    "_NL": "a new line", "PIPE": "'|>'", "ELSE": "'else'", "ARROW": "'->'", "WHERE": "'where'",
+    "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "an operator",
+    "NEG_OP": "'-'", "POW_OP": "'**'", "ELLIPSIS": "'...'", "ANON": "'_'", "OPTIONAL": "'?'",
+    "STAR": "'*'", "BLOCK": "'block'", "MODEL": "'model'", "PARAM": "'param'",
+    "BUFFER": "'buffer'", "REVERSE": "'reverse'", "QMARK": "'?'",
 }
 
 
