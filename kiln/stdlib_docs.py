@@ -53,8 +53,14 @@ def _signature(source: str, item) -> str:
 def _forward(source: str, block: A.BlockDef) -> str | None:
     for member in block.members:
         if isinstance(member, A.Forward):
-            header = source.splitlines()[member.span.line - 1].strip()
-            return header.split("{")[0].strip()
+            lines = source.splitlines()[member.span.line - 1 : member.span.end_line]
+            parts = []
+            for line in lines:  # the header may span lines; it ends at the body's `{`
+                code = line.split("#")[0]
+                parts.append(code.split("{")[0].strip())
+                if "{" in code:
+                    break
+            return " ".join(p for p in parts if p).replace("( ", "(").replace(" )", ")")
     return None
 
 

@@ -182,7 +182,7 @@ def _to_proto(array: np.ndarray, name: str) -> TensorProto:
             name, TensorProto.BFLOAT16, array.shape, array.view(np.uint16).tobytes(), raw=True
         )
         return proto
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    return numpy_helper.from_array(np.asarray(array, order="C"), name)  # 0-d stays 0-d
 
 
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
@@ -254,7 +254,7 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None
             b.const(node["attrs"]["value"], name=names[(nid, 0)])
             continue
         rec = REGISTRY[op]
-        if rec.onnx is None:
+        if rec.onnx is None and op != "scan":  # scan is lowered here, with its body
             raise b.unsupported(f"the op {op} has no ONNX lowering yet")
         operands = graph.operands(nid)
         outs = [names.setdefault((nid, i), b.fresh(op)) for i in range(len(node["types"]))]

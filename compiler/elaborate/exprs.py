@@ -189,6 +189,8 @@ class ExprMixin:
 
     def binary(self, op: str, left, right, span: Span, lspan: Span, rspan: Span):
         op_name, py = BINARY[op]
+        if op in ("==", "!=") and (left is None or right is None):
+            return (left is right) == (op == "==")  # `b == none`: a tensor is never none
         if isinstance(left, Tensor) or isinstance(right, Tensor):
             return self.call_op(REGISTRY[op_name], [(left, lspan), (right, rspan)], {}, span)
         if isinstance(left, (list, tuple)) and isinstance(right, type(left)) and op == "+":
@@ -508,8 +510,8 @@ class ExprMixin:
         arg = e.args[0]
         name = arg.id if isinstance(arg, A.Name) else self.interp_text(arg, scope)
         found, value = scope.find_local(name)
-        if found:
-            return not isinstance(value, Absent)
+        if found:  # an optional input left out, or an argument defaulted to none
+            return not isinstance(value, Absent) and value is not None
         try:
             scope.lookup(name)
             return True

@@ -99,6 +99,10 @@ class ForwardMixin:
             func = self.eval(stage.func, scope)
             args = [(self.eval(a, scope), a.span) for a in stage.args]
             kwargs = self.eval_kwargs(stage.kwargs, scope)
+            if isinstance(func, BlockRef) and isinstance(stage.func, A.Call):
+                # `x |> Block(args)(y)`: the block is built; x and y are its inputs
+                inst = self.inline_instance(func, e.label, stage.span, scope)
+                return self.apply_forward(inst, [x, *args], kwargs, stage.span)
             if isinstance(func, BlockRef):
                 ref = func.extend(tuple(a for a, _ in args), {k: v for k, (v, _) in kwargs.items()})
                 return self.apply_stage(x, ref, e.label, stage.span, scope)
@@ -155,7 +159,12 @@ class ForwardMixin:
             )
             for d, (v, _) in zip(fwd.inputs, values, strict=False):
                 body_scope.set(d.name, v)
-            self.check_where(fwd.where, body_scope)
+            absent = {
+                dim.id for d, (v, _) in zip(fwd.inputs, values, strict=True)
+                if isinstance(v, Absent) and d.type is not None
+                for dim in d.type.dims if isinstance(dim, A.Name) and dim.id not in symbols
+            }
+            self.check_where(fwd.where, body_scope, absent)
             results = self.run_body(fwd.body, body_scope, fwd.span)
             self.check_results(inst.name, fwd, results, env_scope, symbols)
         except KilnError as err:
@@ -301,8 +310,11 @@ class ForwardMixin:
                     parts.append(_source_text(d))
         return "[" + ", ".join(parts) + "]"
 
-    def check_where(self, constraints, scope: Scope) -> None:
+    def check_where(self, constraints, scope: Scope, absent: set[str]) -> None:
+        """Check `where` constraints; those about sizes of absent optional inputs do not apply."""
         for c in constraints:
+            if _names_in(c) & absent:
+                continue
             left, right = self.eval(c.left, scope), self.eval(c.right, scope)
             if not all(
                 isinstance(v, (int, Dim)) and not isinstance(v, bool) for v in (left, right)
@@ -557,6 +569,17 @@ def _source_text(node) -> str:
     if line is None or span.end_line != span.line:
         return "expression"
     return line[span.col - 1 : span.end_col - 1]
+
+
+def _names_in(expr) -> set[str]:
+    """The bare names an expression mentions."""
+    if isinstance(expr, A.Name):
+        return {expr.id}
+    if isinstance(expr, (A.BinOp, A.Constraint)):
+        return _names_in(expr.left) | _names_in(expr.right)
+    if isinstance(expr, A.UnaryOp):
+        return _names_in(expr.operand)
+    return set()
 
 
 def _may_return(stmt) -> bool:
