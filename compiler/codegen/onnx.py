@@ -84,6 +84,9 @@ class OnnxBuilder:
         if isinstance(outputs, int):
             outputs = [self.fresh(op_type.lower()) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        inputs = list(inputs)
+        while inputs and inputs[-1] is None:  # trailing absent inputs are left out entirely
+            inputs.pop()
         proto = helper.make_node(
             op_type,
             ["" if i is None else i for i in inputs],

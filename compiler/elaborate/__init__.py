@@ -10,6 +10,12 @@ from ..errors import KilnError
 from ..syntax import ast as A
 from .elaborator import ElaboratedModel, Elaborator, Port
 from .program import Loader, ModuleScope
+from .scope import lookup_global
+from .values import BlockRef, Namespace
+
+
+def _no_consts(module, name):
+    raise LookupError(name)  # a const is not a model
 
 
 @dataclass
@@ -33,6 +39,11 @@ class Program:
 
     def model_def(self, name: str | None = None) -> A.BlockDef:
         """The named model, or the file's last `model` when name is None."""
+        return self.model_ref(name).defn
+
+    def model_ref(self, name: str | None = None) -> BlockRef:
+        """The named model or block (defined here, or imported: `cnn.ResNet18`, or a name
+        brought in by `import std.cnn: ResNet18`), or the file's last `model`."""
         models = self.module.models()
         if name is None:
             if not models:
@@ -42,13 +53,22 @@ class Program:
                     None,
                     hint="declare one with `model Name { forward(...) -> ... { ... } }`",
                 )
-            return models[-1]
-        for b in self.module.blocks():
-            if b.name == name:
-                return b
+            return BlockRef(models[-1], self.module)
+        value = None
+        try:
+            value = lookup_global(self.module, name.split(".")[0], _no_consts)
+            for part in name.split(".")[1:]:
+                if not (isinstance(value, Namespace) and value.kind == "module"):
+                    value = None
+                    break
+                value = lookup_global(value.target, part, _no_consts)
+        except LookupError:  # Unbound, or a const
+            value = None
+        if isinstance(value, BlockRef):
+            return value
         raise KilnError(
             "K0601",
-            f"{self.path} has no model named {name}",
+            f"{self.path} has no model or block named {name}",
             None,
             hint=f"models here: {', '.join(self.model_names) or 'none'}",
         )
@@ -60,9 +80,10 @@ class Program:
         present: frozenset[str] | None = None,
     ) -> ElaboratedModel:
         """Check and build the graph of one model (all optional inputs present by default)."""
-        defn = self.model_def(model)
+        ref = self.model_ref(model)
+        defn = ref.defn
         try:
-            return Elaborator(self.module).elaborate_model(defn, dict(args or {}), present)
+            return Elaborator(self.module).elaborate_model(ref, dict(args or {}), present)
         except RecursionError:
             raise KilnError("K0201", "the model nests too deeply to elaborate", defn.span) from None
 

@@ -8,7 +8,7 @@ from ..dims import Dim
 from ..errors import KilnError, Span
 from ..ops import REGISTRY
 from .exprs import describe, is_scalar, norm_dim
-from .values import InitializerValue, Instance, Sequential, Tensor
+from .values import BlockRef, InitializerValue, Instance, Sequential, Tensor
 
 
 def kiln_repr(v) -> str:
@@ -23,6 +23,11 @@ def kiln_repr(v) -> str:
         return "[" + ", ".join(kiln_repr(x) for x in v) + "]"
     if isinstance(v, tuple):
         return "(" + ", ".join(kiln_repr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, BlockRef):
+        given = [kiln_repr(a) for a in v.args] + [f"{k} = {kiln_repr(x)}" for k, x in v.kwargs]
+        return f"{v.name}({', '.join(given)})" if given else v.name
+    if isinstance(v, (Tensor, Instance)):
+        return describe(v)
     return str(v)
 
 

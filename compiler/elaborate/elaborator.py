@@ -193,13 +193,12 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
 
     # ------------------------------------------------------------------ models
     def elaborate_model(
-        self, defn: A.BlockDef, args: dict[str, Any], present: frozenset[str] | None
+        self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
     ) -> ElaboratedModel:
+        defn = ref.defn
         try:
             self.check_file_requires(self.module)
-            root = self.instantiate(
-                BlockRef(defn, self.module, (), tuple(args.items())), "", defn.span
-            )
+            root = self.instantiate(ref.extend((), args), "", defn.span)
         except Poisoned:
             root = None
         except KilnError as err:

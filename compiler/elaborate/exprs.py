@@ -365,6 +365,8 @@ class ExprMixin:
         if isinstance(base, MemberPrefix):
             full = f"{base.prefix}.{name}"
             return self.attribute(base.instance, full, span, scope)
+        if isinstance(base, BlockRef):
+            return self.block_const(base, name, span)
         if isinstance(base, Sequential) and name.isdigit():
             return self.index_compile_time(base.stages, int(name), span)
         raise KilnError("K0103", f"{describe(base)} has no attribute {name}", span)

@@ -61,6 +61,8 @@ class MemberMixin:
                 span,
             )
         env = self.bind_block_args(ref, span)
+        if ref.defn.alias is not None:
+            return self.instantiate_alias(ref, env, path, span)
         inst = Instance(ref, path, env, span=span)
         self.instances.append(inst)
         self.stack.append((ref.defn.name, span if path else None))
@@ -70,6 +72,21 @@ class MemberMixin:
         finally:
             self.stack.pop()
         return inst
+
+    def instantiate_alias(self, ref: BlockRef, env: dict, path: str, span: Span) -> Instance:
+        """`block A(n) = B(n, 2)`: A's instance is B's, at the same path (B's member names)."""
+        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+        self.stack.append((ref.defn.name, span if path else None))
+        try:
+            target = self.eval(ref.defn.alias, scope)
+            if not isinstance(target, BlockRef):
+                raise KilnError(
+                    "K0202", f"{ref.defn.name} = ... must name a block, not {describe(target)}",
+                    ref.defn.alias.span,
+                )
+            return self.instantiate(target, path, span)
+        finally:
+            self.stack.pop()
 
     def bind_block_args(self, ref: BlockRef, span: Span) -> dict[str, Any]:
         defn = ref.defn
@@ -109,8 +126,47 @@ class MemberMixin:
                         hint=f"{defn.name}({', '.join(q.name for q in params)})",
                     )
                 env[p.name] = self.eval(p.default, scope)
+            if p.type is not None and p.type.name in ("Block", "block") and isinstance(
+                env[p.name], str
+            ):  # a block named by a string (kiln.compile(args = {"block": "Bottleneck"}))
+                env[p.name] = self.block_by_name(env[p.name], ref.module, span)
             self.check_arg_type(defn.name, p, env[p.name], span)
         return env
+
+    def block_by_name(self, name: str, module, span: Span) -> BlockRef:
+        from .scope import Unbound, lookup_global
+
+        try:
+            value = lookup_global(module, name, self.resolve_const)
+        except Unbound:
+            value = None
+        if not isinstance(value, BlockRef):
+            raise KilnError("K0202", f"{name!r} does not name a block", span)
+        return value
+
+    def block_const(self, ref: BlockRef, name: str, span: Span):
+        """`block.expansion`: a block-level const read from a block value, without building it.
+
+        The const may use the arguments given to the block value and the defaults."""
+        defn = ref.defn
+        env: dict = {p.name: v for p, v in zip(defn.params, ref.args, strict=False)}
+        env.update(dict(ref.kwargs))
+        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+        for p in defn.params:  # defaults that need arguments not given stay unbound
+            if p.name not in env and p.default is not None:
+                try:
+                    env[p.name] = self.eval(p.default, scope)
+                except KilnError:
+                    pass
+        for m in defn.members:
+            if isinstance(m, A.Const) and m.name == name:
+                return self.eval(m.value, scope)
+            if isinstance(m, A.Const):
+                try:
+                    env[m.name] = self.eval(m.value, scope)
+                except KilnError:
+                    pass
+        raise KilnError("K0103", f"the block {defn.name} has no const {name}", span)
 
     def check_arg_type(self, owner: str, p: A.ParamDef, value, span: Span) -> None:
         if p.type is None:
@@ -130,6 +186,8 @@ class MemberMixin:
                 self.report(err)
                 if isinstance(m, A.Require):  # the instance is invalid: checking on is noise
                     raise Poisoned() from None
+                if isinstance(m, A.Const):
+                    scope.set(m.name, POISON)
                 for name in _member_names(m):
                     inst.members.setdefault(name, POISON)
 
@@ -425,6 +483,8 @@ def _type_problem(t: A.TypeName, value) -> str | None:
             "K0202", f"unknown argument type {t.name}", t.span,
             hint=f"argument types: {', '.join(sorted(set(ARG_TYPES) - {'block', 'string'}))}",
         )
+    if value is None:  # `none`: an argument not given (`norm: Block = none`)
+        return None
     ok = ARG_TYPES[t.name]
     fits = isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
     if t.name in ("int", "size") and isinstance(value, Dim):

@@ -1,11 +1,13 @@
 """Helpers shared by the op families: attribute parsing, dtype checks, symbolic broadcasting,
-conv/pool window arithmetic, and the factories that build whole families of records.
+conv/pool window arithmetic, the pieces ONNX emitters are built from, and the factories that
+build whole families of records.
 
 Every check raises OpError with the stable codes: K0301 shape, K0302 dtype, K0303 attribute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -93,7 +95,8 @@ def spatial(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
 def choice(value: Any, name: str, options: Iterable[str]) -> str:
     options = tuple(options)
     if value not in options:
-        raise attr_error(name, f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+        listed = ", ".join(map(repr, options))
+        raise attr_error(name, f"{name} must be one of {listed}, got {value!r}")
     return value
 
 
@@ -211,8 +214,8 @@ def broadcast_shapes(*shapes: tuple[Dim, ...], args: tuple[str, ...] = ()) -> tu
 
 def check_shape(t: TensorType, expected: tuple[Dim, ...], arg: str, what: str) -> None:
     if t.shape != tuple(expected):
-        raise OpError(f"{arg} must have shape {shape_str(expected)} ({what}), got {shape_str(t.shape)}",
-                      arg=arg)
+        raise OpError(f"{arg} must have shape {shape_str(expected)} ({what}), got "
+                      f"{shape_str(t.shape)}", arg=arg)
 
 
 def check_rank(t: TensorType, ranks: Iterable[int], arg: str, what: str) -> None:
@@ -316,6 +319,153 @@ def erf(x: np.ndarray) -> np.ndarray:
     return np.copysign(out, x64)
 
 
+# ONNX emitters -----------------------------------------------------------------------------
+# A record's onnx(b, n) appends the ONNX nodes computing n.outputs from n.inputs
+# (compiler/codegen/onnx.py: OnnxBuilder b, OnnxNode n); the family modules build theirs from
+# the pieces below.
+Emitter = Callable[[Any, Any], None]
+
+# The references compute half floats in f32 and round once, and so do the emitted graphs: f16
+# would round at every step of a formula or an accumulation, and onnxruntime's CPU kernels lack
+# bf16 for nearly every op. Both widen to f32 exactly.
+HALF_UP = {"f16": "f32", "bf16": "f32"}
+BF16_UP = {"bf16": "f32"}  # data movement: exact in f16, but Expand, Pad... have no bf16 kernel
+
+
+def onnx_dtype(dtype: str) -> int:
+    """The TensorProto element type of a kiln dtype (Cast's `to`)."""
+    from onnx.helper import np_dtype_to_tensor_dtype  # onnx is loaded only when emitting
+
+    return int(np_dtype_to_tensor_dtype(NUMPY_DTYPES[dtype]))
+
+
+def trimmed(inputs: Iterable[str | None]) -> list[str | None]:
+    """Inputs without trailing absent ones: onnxruntime 1.32's optimizer crashes on some ops
+    (LayerNormalization) given an explicit empty name for a trailing optional input."""
+    inputs = list(inputs)
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    return inputs
+
+
+def one(b, op_type: str, *inputs: str | None, **attrs: Any) -> str:
+    """Append a one-output ONNX node; returns its fresh output name."""
+    return b.node(op_type, list(inputs), 1, **attrs)[0]
+
+
+def cast(b, x: str, dtype: str, out: str | None = None) -> str:
+    """x converted to the kiln dtype `dtype` (written to `out` when given)."""
+    return b.node("Cast", [x], [out] if out else 1, to=onnx_dtype(dtype))[0]
+
+
+def widened(emit: Emitter, table: dict[str, str] = HALF_UP,
+            inputs: tuple[int, ...] | None = None) -> Emitter:
+    """`emit` run in wider dtypes: inputs (all, or those at positions `inputs`) whose dtype
+    `table` maps are cast up; outputs of such dtypes are computed wide and cast back."""
+
+    def lowered(b, n) -> None:
+        ins, in_types = list(n.inputs), list(n.in_types)
+        for i in range(len(ins)) if inputs is None else inputs:
+            if ins[i] is not None and in_types[i].dtype in table:
+                wide = table[in_types[i].dtype]
+                ins[i], in_types[i] = cast(b, ins[i], wide), in_types[i].with_dtype(wide)
+        outs = [b.fresh("wide") if t.dtype in table else o
+                for o, t in zip(n.outputs, n.out_types, strict=True)]
+        out_types = [t.with_dtype(table.get(t.dtype, t.dtype)) for t in n.out_types]
+        emit(b, dataclasses.replace(n, inputs=ins, in_types=in_types, outputs=outs,
+                                    out_types=out_types))
+        for wide, out, t in zip(outs, n.outputs, n.out_types, strict=True):
+            if wide != out:
+                cast(b, wide, t.dtype, out)
+
+    return lowered
+
+
+def onnx_op(op_type: str, table: dict[str, str] = HALF_UP, **attrs: Any) -> Emitter:
+    """An op that is one ONNX op; each attr is a value or a function of the kiln attributes."""
+
+    def emit(b, n) -> None:
+        values = {k: v(n.attrs) if callable(v) else v for k, v in attrs.items()}
+        b.node(op_type, n.inputs, n.outputs, **values)
+
+    return widened(emit, table)
+
+
+def attr_number(name: str) -> Callable[[dict], float]:
+    """An ONNX float attribute read from the kiln attribute `name`."""
+    return lambda a: float(number(a[name], name))
+
+
+def by_kind(default: Emitter | None = None, **kinds: Emitter) -> Emitter:
+    """The emitter for the kind of the first input's dtype (float=, int=, bool=), else default."""
+
+    def emit(b, n) -> None:
+        dtype = n.in_types[0].dtype
+        kind = "float" if dtype in FLOATS else "int" if dtype in INTS else "bool"
+        (kinds.get(kind) or default)(b, n)
+
+    return emit
+
+
+def identity(b, n) -> None:
+    """The emitter of an op whose result is its first input."""
+    b.node("Identity", n.inputs[:1], n.outputs)
+
+
+def chain(b, x: str, steps: Iterable[tuple[str, list[str]]], outputs: list[str]) -> None:
+    """Apply steps (op_type, further inputs) to x in turn; the last writes `outputs` (an
+    Identity when there are no steps)."""
+    steps = list(steps)
+    if not steps:
+        b.node("Identity", [x], outputs)
+    for i, (op_type, more) in enumerate(steps):
+        (x,) = b.node(op_type, [x, *more], outputs if i == len(steps) - 1 else 1)
+
+
+# b.const, b.dim and b.shape are the builder's; the three below stand in for them where a 0-d
+# value is needed: b.const writes a 0-d array as a 1-element 1-D initializer (through
+# np.ascontiguousarray), so constant sizes from b.dim, and b.shape mixing constant and symbolic
+# sizes (a Concat of [1]- and [1, 1]-shaped parts), come out the wrong rank.
+def scalar(b, value: Any, dtype: str) -> str:
+    """A 0-d constant of the kiln dtype `dtype` (a Constant node)."""
+    from onnx import numpy_helper  # onnx is loaded only when emitting
+
+    array = np.asarray(value).astype(NUMPY_DTYPES[dtype])
+    return one(b, "Constant", value=numpy_helper.from_array(array))
+
+
+def size_of(b, d: Dim | int) -> str:
+    """The run-time value of size `d` as a 0-d i64 tensor."""
+    d = Dim.of(d)
+    if d.is_const:
+        return scalar(b, d.value, "i64")
+    return b.dim(d) if d.symbol is not None else one(b, "Reshape", b.dim(d), b.ints([]))
+
+
+def shape_of(b, dims: Iterable[Dim | int]) -> str:
+    """A 1-D i64 shape tensor of `dims`, symbolic sizes computed at run time."""
+    dims = [Dim.of(d) for d in dims]
+    if all(d.is_const for d in dims):
+        return b.ints([d.value for d in dims])
+    parts = [b.ints([d.value]) if d.is_const else one(b, "Reshape", b.dim(d), b.ints([1]))
+             for d in dims]
+    return one(b, "Concat", *parts, axis=0)
+
+
+def full_of(b, dims: Iterable[Dim | int], value: Any, dtype: str) -> str:
+    """A tensor of shape `dims` (symbolic where needed) filled with `value`."""
+    return one(b, "Expand", scalar(b, value, dtype), shape_of(b, dims))
+
+
+def onnx_pads(b, pairs: Iterable[tuple[Dim | int, Dim | int]]) -> list[int]:
+    """ONNX's pads [x1_begin, x2_begin, ..., x1_end, x2_end] from (begin, end) pairs."""
+    pairs = [(Dim.of(lo), Dim.of(hi)) for lo, hi in pairs]
+    flat = [lo for lo, _ in pairs] + [hi for _, hi in pairs]
+    if not all(p.is_const for p in flat):
+        raise b.unsupported("padding that depends on a symbolic size (ONNX pads are attributes)")
+    return [p.value for p in flat]
+
+
 # factories --------------------------------------------------------------------------------
 OutDtype = None | str | Callable[[str, dict], str]
 
@@ -333,7 +483,8 @@ def _no_check(attrs_: dict) -> None:
 def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
                 dtypes: frozenset[str] = FLOATS, out_dtype: OutDtype = None,
                 extra: tuple[tuple[str, Any], ...] = (), check: Callable = _no_check,
-                promote: bool = False, tags: frozenset[str] = frozenset()) -> OpRecord:
+                promote: bool = False, tags: frozenset[str] = frozenset(),
+                onnx: Emitter | None = None) -> OpRecord:
     """An op applied element by element: fn(*inputs, **attrs) over broadcast inputs.
 
     Half-float inputs are computed in f32 and the result cast to the output dtype.
@@ -355,7 +506,7 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
             return [as_dtype(fn(*(upcast(x) for x in inputs), **kw), out)]
 
     return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
-                    promote=promote, elementwise=True, tags=tags)
+                    promote=promote, elementwise=True, tags=tags, onnx=onnx)
 
 
 def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
@@ -364,13 +515,15 @@ def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
 
 
 def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
-           out_dtype: OutDtype = None) -> OpRecord:
+           out_dtype: OutDtype = None, onnx: Emitter | None = None) -> OpRecord:
     """A broadcasting elementwise op of `a` and `b`, whose dtypes the elaborator promotes."""
-    return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True)
+    return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True,
+                       onnx=onnx)
 
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
-              out_dtype: OutDtype = None, single_axis: bool = False) -> OpRecord:
+              out_dtype: OutDtype = None, single_axis: bool = False,
+              onnx: Emitter | None = None) -> OpRecord:
     """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list)."""
 
     def axes_of(rank, axis):
@@ -383,7 +536,8 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
         check_dtype(x, dtypes, "x")
         axes = axes_of(x.rank, attrs_["axis"])
         keep = bool(attrs_["keepdims"])
-        shape = [Dim.of(1) if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes]
+        shape = [Dim.of(1) if i in axes else d for i, d in enumerate(x.shape)
+                 if keep or i not in axes]
         return [TensorType(_out_dtype(out_dtype, x.dtype, attrs_), tuple(shape))]
 
     def reference(env, inputs, attrs_):
@@ -397,10 +551,10 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
         return [as_dtype(out, _out_dtype(out_dtype, dtype_name(x), attrs_))]
 
     args = tensors("x") + attrs(("axis", None), ("keepdims", False))
-    return OpRecord(name, args, infer, reference, doc)
+    return OpRecord(name, args, infer, reference, doc, onnx=onnx)
 
 
-def along_axis(name: str, fn: Callable, doc: str) -> OpRecord:
+def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None) -> OpRecord:
     """A float op fn(x, axis) normalising along one axis; the shape is unchanged."""
 
     def infer(types, attrs_):
@@ -415,7 +569,7 @@ def along_axis(name: str, fn: Callable, doc: str) -> OpRecord:
             out = fn(upcast(x), normalize_axis(attrs_["axis"], max(x.ndim, 1)) if x.ndim else None)
         return [out.astype(x.dtype)]
 
-    return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc)
+    return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc, onnx=onnx)
 
 
 def concrete_types(inputs: list[np.ndarray | None]) -> list[TensorType | None]:
@@ -443,7 +597,7 @@ def simple(name: str, doc: str, args: tuple[Arg, ...], infer_one: Callable,
 
 
 def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
-             compute: Callable) -> OpRecord:
+             compute: Callable, onnx: Emitter | None = None) -> OpRecord:
     """An op of one tensor x that moves data: shape_rule(shape, attrs); compute(x, attrs)."""
 
     def infer_one(types, a):
@@ -451,4 +605,4 @@ def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
         return TensorType(x.dtype, tuple(shape_rule(x.shape, a)))
 
     return simple(name, doc, tensors("x") + extra, infer_one,
-                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}))
+                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}), onnx=onnx)

@@ -13,20 +13,31 @@ import numpy as np
 from ..types import TensorType
 from ._common import (
     ALL_DTYPES,
+    BF16_UP,
     BOOL,
     FLOATS,
     NUMERIC,
     attr_error,
+    attr_number,
     attrs,
     binary,
     broadcast_shapes,
+    by_kind,
+    cast,
     check_dtype,
     check_same_dtype,
     choice,
     dtype_attr,
     erf,
+    identity,
+    number,
+    one,
+    onnx_op,
+    scalar,
     tensors,
+    trimmed,
     unary,
+    widened,
 )
 from .registry import REQUIRED, OpRecord, register
 
@@ -70,62 +81,203 @@ def _true_div_dtype(dtype, _attrs):
     return dtype if dtype in FLOATS else "f32"
 
 
-register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC))
-register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC))
-register(unary("exp", np.exp, "Exponential e^x."))
-register(unary("log", np.log, "Natural logarithm."))
-register(unary("sqrt", np.sqrt, "Square root."))
-register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x)."))
-register(unary("sin", np.sin, "Sine."))
-register(unary("cos", np.cos, "Cosine."))
-register(unary("tanh", np.tanh, "Hyperbolic tangent."))
-register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x)."))
-register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC))
+# ONNX emitters ----------------------------------------------------------------------------
+def _const(b, n, value):
+    """A scalar constant of the node's (compute) dtype; value a number or an attribute's name."""
+    if isinstance(value, str):
+        value = number(n.attrs[value], value)
+    return scalar(b, value, n.in_types[0].dtype)
+
+
+def _rsqrt_onnx(b, n):
+    b.node("Reciprocal", [one(b, "Sqrt", n.inputs[0])], n.outputs)
+
+
+def _gelu_onnx(b, n):
+    """Exact: x/2 (1 + erf(x/sqrt2)); tanh: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    (ONNX's Gelu comes with opset 20)."""
+    (x,) = n.inputs
+    if n.attrs["approximate"] == "tanh":
+        cube = one(b, "Mul", one(b, "Mul", x, x), x)
+        inner = one(b, "Add", x, one(b, "Mul", _const(b, n, 0.044715), cube))
+        phi = one(b, "Tanh", one(b, "Mul", _const(b, n, math.sqrt(2 / math.pi)), inner))
+    else:
+        phi = one(b, "Erf", one(b, "Div", x, _const(b, n, math.sqrt(2))))
+    half_x = one(b, "Mul", x, _const(b, n, 0.5))
+    b.node("Mul", [half_x, one(b, "Add", _const(b, n, 1.0), phi)], n.outputs)
+
+
+def _silu_onnx(b, n):
+    (x,) = n.inputs
+    b.node("Mul", [x, one(b, "Sigmoid", x)], n.outputs)
+
+
+def _softplus_onnx(b, n):
+    """Softplus(beta x) / beta, and x itself where beta x > threshold (PyTorch)."""
+    (x,) = n.inputs
+    beta = _const(b, n, "beta")
+    scaled = one(b, "Mul", x, beta)
+    soft = one(b, "Div", one(b, "Softplus", scaled), beta)
+    linear = one(b, "Greater", scaled, _const(b, n, "threshold"))
+    b.node("Where", [linear, x, soft], n.outputs)
+
+
+def _clip_onnx(b, n):
+    """Clip with absent bounds left out; bounds in x's dtype (an int x truncates them, as the
+    reference's cast of its float result does)."""
+    bounds = [None if n.attrs[k] is None else _const(b, n, k) for k in ("min", "max")]
+    b.node("Clip", trimmed([n.inputs[0], *bounds]), n.outputs)
+
+
+def _logical_not_onnx(b, n):
+    (x,) = n.inputs
+    b.node("Not", [x if n.in_types[0].dtype == "bool" else cast(b, x, "bool")], n.outputs)
+
+
+def _cast_onnx(b, n):
+    cast(b, n.inputs[0], n.out_types[0].dtype, n.outputs[0])
+
+
+def _int_true_div_onnx(b, n):
+    """Integers divide in f64 (exact operands), rounded once to f32 as the reference."""
+    a, d = (cast(b, x, "f64") for x in n.inputs)
+    cast(b, one(b, "Div", a, d), "f32", n.outputs[0])
+
+
+def _float_divmod(b, n):
+    """numpy's divmod for floats (npy_divmod): fmod, then one step toward -inf where the
+    remainder's sign differs from the divisor's; the quotient rounds (a - mod) / b to an integer.
+    Returns (a - mod) / b corrected (before rounding), mod corrected, and the step mask."""
+    a, d = n.inputs
+    zero = _const(b, n, 0.0)
+    fmod = one(b, "Mod", a, d, fmod=1)
+    signs_differ = one(b, "Xor", one(b, "Less", d, zero), one(b, "Less", fmod, zero))
+    step = one(b, "And", signs_differ, one(b, "Not", one(b, "Equal", fmod, zero)))
+    quotient = one(b, "Div", one(b, "Sub", a, fmod), d)
+    return quotient, fmod, step
+
+
+def _float_mod_onnx(b, n):
+    _, fmod, step = _float_divmod(b, n)
+    b.node("Where", [step, one(b, "Add", fmod, n.inputs[1]), fmod], n.outputs)
+
+
+def _float_floor_div_onnx(b, n):
+    """floor of the corrected quotient, rounded to nearest as numpy; a / 0 where b is 0."""
+    a, d = n.inputs
+    quotient, _, step = _float_divmod(b, n)
+    div = one(b, "Where", step, one(b, "Sub", quotient, _const(b, n, 1.0)), quotient)
+    floor = one(b, "Floor", div)
+    up = one(b, "Greater", one(b, "Sub", div, floor), _const(b, n, 0.5))
+    rounded = one(b, "Where", up, one(b, "Add", floor, _const(b, n, 1.0)), floor)
+    by_zero = one(b, "Equal", d, _const(b, n, 0.0))
+    b.node("Where", [by_zero, one(b, "Div", a, d), rounded], n.outputs)
+
+
+def _int_floor_div_onnx(b, n):
+    """(a - a mod b) / b: exact, and ONNX's integer Mod (fmod=0) floors as Python."""
+    a, d = n.inputs
+    b.node("Div", [one(b, "Sub", a, one(b, "Mod", a, d, fmod=0)), d], n.outputs)
+
+
+def _compare(op_type: str, negate: bool = False):
+    """A comparison; bool and bf16 operands, which onnxruntime cannot compare, go through i32
+    and f32 (exactly)."""
+    up = {"bool": "i32", "bf16": "f32"}
+
+    def emit(b, n):
+        ins = [cast(b, x, up[t.dtype]) if t.dtype in up else x
+               for x, t in zip(n.inputs, n.in_types, strict=True)]
+        if negate:
+            b.node("Not", [one(b, op_type, *ins)], n.outputs)
+        else:
+            b.node(op_type, ins, n.outputs)
+
+    return emit
+
+
+register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg")))
+register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs")))
+register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp")))
+register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log")))
+register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt")))
+register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
+               onnx=widened(_rsqrt_onnx)))
+register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin")))
+register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos")))
+register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh")))
+register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid")))
+register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
+               onnx=onnx_op("Relu")))
 register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
-               "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),)))
+               "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
+               onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope"))))
 register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
-               "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),)))
+               "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
+               onnx=onnx_op("Elu", alpha=attr_number("alpha"))))
 register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
-               extra=(("approximate", "none"),), check=_check_gelu))
-register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish)."))
+               extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx)))
+register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
+               onnx=widened(_silu_onnx)))
 register(unary("softplus", lambda x, beta, threshold: np.where(
     x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
     "log(1 + e^(beta x)) / beta, linear above threshold.",
-    extra=(("beta", 1.0), ("threshold", 20.0))))
-register(unary("erf", erf, "The error function."))
-register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC))
-register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC))
-register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC))
-register(unary("reciprocal", lambda x: 1 / x, "1 / x."))
+    extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx)))
+register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf")))
+register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
+               onnx=by_kind(onnx_op("Floor"), int=identity)))
+register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
+               onnx=by_kind(onnx_op("Ceil"), int=identity)))
+register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC,
+               onnx=onnx_op("Sign")))
+register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal")))
 register(unary("clip", clip, "Clamp x into [min, max] (either bound may be None).",
-               dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip))
-register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid)."))
-register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x)."))
+               dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip,
+               onnx=widened(_clip_onnx)))
+register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid).",
+               onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5)))
+register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x).",
+               onnx=onnx_op("HardSwish")))
 register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true).",
-               dtypes=ALL_DTYPES, out_dtype="bool"))
+               dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx))
 register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
                dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
-               out_dtype=lambda _d, a: dtype_attr(a["dtype"]), check=lambda a: dtype_attr(a["dtype"])))
+               out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
+               check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx))
 
-register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES))
-register(binary("sub", np.subtract, "a - b, broadcasting."))
-register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES))
+# on bools numpy's + and max are `or`, * and min are `and`
+register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or"))))
+register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub")))
+register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And"))))
 register(binary("div", np.true_divide, "a / b, true division (integers give f32).",
-                out_dtype=_true_div_dtype))
-register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf."))
-register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo)."))
-register(binary("pow", np.power, "a ** b."))
-register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES))
-register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtypes=ALL_DTYPES))
-register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool"))
-register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool"))
-register(binary("less", np.less, "a < b.", dtypes=ALL_DTYPES, out_dtype="bool"))
-register(binary("greater", np.greater, "a > b.", dtypes=ALL_DTYPES, out_dtype="bool"))
-register(binary("less_equal", np.less_equal, "a <= b.", dtypes=ALL_DTYPES, out_dtype="bool"))
+                out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx)))
+register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
+                onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx)))
+register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
+                onnx=by_kind(widened(_float_mod_onnx), int=onnx_op("Mod", fmod=0))))
+register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow")))
+register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or"))))
+register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Min"), bool=onnx_op("And"))))
+register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool",
+                onnx=_compare("Equal")))
+register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool",
+                onnx=_compare("Equal", negate=True)))
+register(binary("less", np.less, "a < b.", dtypes=ALL_DTYPES, out_dtype="bool",
+                onnx=_compare("Less")))
+register(binary("greater", np.greater, "a > b.", dtypes=ALL_DTYPES, out_dtype="bool",
+                onnx=_compare("Greater")))
+register(binary("less_equal", np.less_equal, "a <= b.", dtypes=ALL_DTYPES, out_dtype="bool",
+                onnx=_compare("LessOrEqual")))
 register(binary("greater_equal", np.greater_equal, "a >= b.", dtypes=ALL_DTYPES,
-                out_dtype="bool"))
-register(binary("logical_and", np.logical_and, "Elementwise and of bools.", dtypes=BOOL))
-register(binary("logical_or", np.logical_or, "Elementwise or of bools.", dtypes=BOOL))
+                out_dtype="bool", onnx=_compare("GreaterOrEqual")))
+register(binary("logical_and", np.logical_and, "Elementwise and of bools.", dtypes=BOOL,
+                onnx=onnx_op("And")))
+register(binary("logical_or", np.logical_or, "Elementwise or of bools.", dtypes=BOOL,
+                onnx=onnx_op("Or")))
 
 
 def _where_infer(types, _attrs):
@@ -141,6 +293,8 @@ def _where_reference(env, inputs, _attrs):
 
 
 # a and b meet at one dtype; cond stays bool
+# onnxruntime's Where has no bool or bf16 kernel: a and b go through i32 or f32 (exactly)
 register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _where_reference,
                   "a where cond is true, else b, broadcasting all three.", promote=("a", "b"),
-                  elementwise=True))
+                  elementwise=True,
+                  onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2))))

@@ -12,6 +12,7 @@ from ._common import (
     check_dtype,
     check_same_dtype,
     dtype_name,
+    onnx_op,
     prod,
     tensors,
     try_broadcast,
@@ -60,4 +61,4 @@ def _macs(input_types, _output_types, _attrs) -> Dim:
 
 register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   "Matrix product a @ b: batched and broadcasting, 1-D operands as numpy.",
-                  promote=True, macs=_macs))
+                  promote=True, macs=_macs, onnx=onnx_op("MatMul")))

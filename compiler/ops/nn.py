@@ -15,11 +15,13 @@ import numpy as np
 from ..dims import Dim
 from ..types import TensorType, shape_str
 from ._common import (
+    BF16_UP,
     FLOATS,
     NUMERIC,
     as_dtype,
     attr_error,
     attrs,
+    chain,
     check_dtype,
     check_positive,
     check_rank,
@@ -29,18 +31,27 @@ from ._common import (
     compute_dtype,
     divides,
     dtype_name,
+    full_of,
+    identity,
     is_list,
     number,
+    one,
+    onnx_op,
+    onnx_pads,
     optional,
     pad_or_crop,
     prod,
+    scalar,
+    shape_of,
     spatial,
     tensors,
     to_dims,
     to_int,
     transposed_count,
+    trimmed,
     unary,
     upcast,
+    widened,
     window_count,
     windows,
 )
@@ -50,7 +61,8 @@ from .registry import OpError, OpRecord, register
 # normalization ----------------------------------------------------------------------------
 def _check_affine(x: TensorType, params: list[TensorType | None], names: list[str],
                   shape: tuple[Dim, ...], what: str) -> None:
-    """Optional per-feature tensors (weight, bias, running stats) must match `shape` and x's dtype."""
+    """Optional per-feature tensors (weight, bias, running stats) must match `shape` and x's
+    dtype."""
     for t, name in zip(params, names, strict=False):
         if t is not None:
             check_shape(t, shape, name, what)
@@ -89,11 +101,13 @@ def _check_channels_first(x: TensorType, minimum_rank: int) -> None:
                       f"{shape_str(x.shape)}", arg="x")
 
 
-def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize) -> OpRecord:
+def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
+                onnx) -> OpRecord:
     """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
 
     param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
-    normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as).
+    normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
+    emitter, run in f32 for half floats as the reference.
     """
 
     def infer(types, a):
@@ -109,7 +123,7 @@ def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize) -> 
         return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
     args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
-    return OpRecord(name, args, infer, reference, doc)
+    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx))
 
 
 def _layer_params(x: TensorType, a):
@@ -146,16 +160,75 @@ def _instance_params(x: TensorType, a):
     return (x.shape[1],), "one value per channel"
 
 
+def _eps(n) -> float:
+    return float(number(n.attrs["eps"], "eps"))
+
+
+def _normalized_onnx(b, x: str, axes: list[int], eps: float, dtype: str) -> str:
+    """(x - mean) / sqrt(var + eps) over `axes` with the biased variance, as `_normalize`."""
+    axes_input = b.ints(axes)
+    mean = one(b, "ReduceMean", x, axes_input, keepdims=1, noop_with_empty_axes=1)
+    centered = one(b, "Sub", x, mean)
+    var = one(b, "ReduceMean", one(b, "Mul", centered, centered), axes_input, keepdims=1,
+              noop_with_empty_axes=1)
+    return one(b, "Div", centered, one(b, "Sqrt", one(b, "Add", var, scalar(b, eps, dtype))))
+
+
+def _affine_onnx(b, y: str, weight: str | None, bias: str | None, shape: list[int],
+                 outputs: list[str]) -> None:
+    """outputs = y * weight + bias, each reshaped to `shape` (absent ones skipped)."""
+    chain(b, y, [(op, [one(b, "Reshape", p, b.ints(shape))])
+                 for op, p in (("Mul", weight), ("Add", bias)) if p is not None], outputs)
+
+
+def _per_channel(b, n, p: str | None, value: float) -> str:
+    """A per-channel input, or `value` for every channel when it is absent."""
+    x = n.in_types[0]
+    return p if p is not None else full_of(b, x.shape[1:2], value, x.dtype)
+
+
+def _layer_norm_onnx(b, n):
+    """LayerNormalization (opset 17) over the trailing axes; a missing weight is ones."""
+    x, weight, bias = n.inputs
+    t = n.in_types[0]
+    shape = to_dims(n.attrs["normalized_shape"], "normalized_shape")
+    if not shape:  # no axes to normalize over, which LayerNormalization cannot say
+        _affine_onnx(b, _normalized_onnx(b, x, [], _eps(n), t.dtype), weight, bias, [],
+                     n.outputs)
+        return
+    weight = weight if weight is not None else full_of(b, shape, 1.0, t.dtype)
+    b.node("LayerNormalization", trimmed([x, weight, bias]), n.outputs, axis=-len(shape),
+           epsilon=_eps(n))
+
+
+def _group_norm_onnx(b, n):
+    """By hand over x viewed as [N, G, -1]: opset 18's GroupNormalization scales per group,
+    not per channel."""
+    x, weight, bias = n.inputs
+    t = n.in_types[0]
+    grouped = one(b, "Reshape", x, b.ints([0, to_int(n.attrs["num_groups"], "num_groups"), -1]))
+    y = one(b, "Reshape", _normalized_onnx(b, grouped, [2], _eps(n), t.dtype), one(b, "Shape", x))
+    _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
+
+
+def _instance_norm_onnx(b, n):
+    """InstanceNormalization, which needs scale and bias: ones and zeros when absent."""
+    x, weight, bias = n.inputs
+    b.node("InstanceNormalization", [x, _per_channel(b, n, weight, 1.0),
+                                     _per_channel(b, n, bias, 0.0)], n.outputs, epsilon=_eps(n))
+
+
 register(norm_record(
     "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
-    ("normalized_shape",), _layer_params, _layer_normalize))
+    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx))
 register(norm_record(
     "group_norm", "Normalize each group of channels over the group and the spatial axes.",
-    ("num_groups",), _group_params, _group_normalize))
+    ("num_groups",), _group_params, _group_normalize, _group_norm_onnx))
 register(norm_record(
     "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
     _instance_params,
-    lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), _channel_shape(x))))
+    lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), _channel_shape(x)),
+    _instance_norm_onnx))
 
 
 def _batch_norm_infer(types, a):
@@ -174,12 +247,21 @@ def _batch_norm_reference(env, inputs, a):
     return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
 
+def _batch_norm_onnx(b, n):
+    """BatchNormalization in inference mode; a missing weight is ones, a missing bias zeros."""
+    x, mean, var, weight, bias = n.inputs
+    b.node("BatchNormalization", [x, _per_channel(b, n, weight, 1.0),
+                                  _per_channel(b, n, bias, 0.0), mean, var], n.outputs,
+           epsilon=_eps(n), training_mode=0)
+
+
 register(OpRecord(
     "batch_norm",
     tensors("x", "running_mean", "running_var") + optional("weight", "bias")
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
-    "Normalize each channel (axis 1) with running statistics, then scale and shift."))
+    "Normalize each channel (axis 1) with running statistics, then scale and shift.",
+    onnx=widened(_batch_norm_onnx)))
 
 
 def _dropout_check(a: dict) -> None:
@@ -192,7 +274,7 @@ def _dropout_check(a: dict) -> None:
 
 register(unary("dropout", lambda x, p, training: x,
                "Identity outside training (training-mode dropout comes with training).",
-               extra=(("p", 0.5), ("training", False)), check=_dropout_check))
+               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity))
 
 
 # convolution ------------------------------------------------------------------------------
@@ -281,12 +363,12 @@ def conv_nd(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: int) -
     if groups == 1:
         out = np.tensordot(win, w, axes=([1, *range(2 + n, 2 + 2 * n)], [1, *range(2, 2 + n)]))
         return np.moveaxis(out, -1, 1)
-    N, C, O = x.shape[0], x.shape[1], w.shape[0]
-    win = win.reshape(N, groups, C // groups, *win.shape[2:])
-    wg = w.reshape(groups, O // groups, C // groups, *kernel)
+    batch, cin, cout = x.shape[0], x.shape[1], w.shape[0]
+    win = win.reshape(batch, groups, cin // groups, *win.shape[2:])
+    wg = w.reshape(groups, cout // groups, cin // groups, *kernel)
     o, k = "xyz"[:n], "uvw"[:n]
     out = np.einsum(f"ngc{o}{k},gdc{k}->ngd{o}", win, wg, optimize=True)
-    return out.reshape(N, O, *counts)
+    return out.reshape(batch, cout, *counts)
 
 
 def _add_bias(y: np.ndarray, bias) -> np.ndarray:
@@ -302,6 +384,15 @@ def _conv_reference(env, inputs, a):
     return [_add_bias(y, bias).astype(x.dtype)]
 
 
+def _conv_onnx(b, n):
+    """Conv with the record's own padding ("same" and "valid" resolved), begins then ends."""
+    x, w, _bias = n.in_types
+    geo = _conv_geometry(x, w, n.attrs)
+    b.node("Conv", trimmed(n.inputs), n.outputs, strides=list(geo.stride),
+           dilations=list(geo.dilation), pads=onnx_pads(b, geo.pads),
+           group=to_int(n.attrs["groups"], "groups"))
+
+
 def _conv_macs(input_types, output_types, a) -> Dim:
     _x, w, _b = input_types
     (y,) = output_types
@@ -313,7 +404,8 @@ register(OpRecord(
     tensors("x", "weight") + optional("bias")
     + attrs(("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     _conv_infer, _conv_reference,
-    "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs))
+    "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
+    onnx=widened(_conv_onnx)))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -328,7 +420,8 @@ def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
             raise attr_error("output_padding", f"output_padding {op} must be smaller than "
                              f"stride or dilation")
     out = tuple(transposed_count(size, k, s, p, d, op) for size, k, s, p, d, op
-                in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, output_padding, strict=False))
+                in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, output_padding,
+                       strict=False))
     check_positive(out, x, "the transposed convolution output")
     return stride, dilation, padding, output_padding, out
 
@@ -354,8 +447,8 @@ def _conv_transpose_reference(env, inputs, a):
     stride, dilation, padding, output_padding, _ = _conv_transpose_geometry(xt, wt, a)
     groups = to_int(a["groups"], "groups")
     n, kernel = x.ndim - 2, w.shape[2:]
-    spread = np.zeros(x.shape[:2] + tuple((s - 1) * st + 1 for s, st in zip(x.shape[2:], stride, strict=False)),
-                      dtype=compute_dtype(x.dtype))
+    spread_shape = tuple((s - 1) * st + 1 for s, st in zip(x.shape[2:], stride, strict=False))
+    spread = np.zeros(x.shape[:2] + spread_shape, dtype=compute_dtype(x.dtype))
     spread[(..., *(slice(None, None, st) for st in stride))] = x
     cin, cout_g = w.shape[0], w.shape[1]
     wg = upcast(w).reshape(groups, cin // groups, cout_g, *kernel).swapaxes(1, 2)
@@ -364,6 +457,30 @@ def _conv_transpose_reference(env, inputs, a):
             for k, p, d, op in zip(kernel, padding, dilation, output_padding, strict=False)]
     y = conv_nd(spread, wf, (1,) * n, pads, dilation, groups)
     return [_add_bias(y, bias).astype(x.dtype)]
+
+
+def _conv_transpose_onnx(b, n):
+    """ConvTranspose. PyTorch's output is the full one cropped by p at each end, then extended
+    by output_padding: that is end padding p - op, and what op exceeds p by an output_padding,
+    or, past the stride, where onnxruntime refuses one (PyTorch allows up to the dilation),
+    zeros padded on after the convolution and before the bias."""
+    x, w, _bias = n.in_types
+    stride, dilation, padding, output_padding, _ = _conv_transpose_geometry(x, w, n.attrs)
+    beyond = [max(op - p, 0) for p, op in zip(padding, output_padding, strict=True)]
+    late = [e if e >= s else 0 for e, s in zip(beyond, stride, strict=True)]
+    ends = [max(p - op, 0) for p, op in zip(padding, output_padding, strict=True)]
+    attrs = {"strides": list(stride), "dilations": list(dilation),
+             "pads": onnx_pads(b, zip(padding, ends, strict=True)),
+             "output_padding": [e - d for e, d in zip(beyond, late, strict=True)],
+             "group": to_int(n.attrs["groups"], "groups")}
+    if not any(late):
+        b.node("ConvTranspose", trimmed(n.inputs), n.outputs, **attrs)
+        return
+    data, weight, bias = n.inputs
+    steps = [("Pad", [b.ints([0] * (2 + len(late)) + [0, 0] + late)])]
+    if bias is not None:
+        steps.append(("Add", [one(b, "Reshape", bias, b.ints([-1] + [1] * len(late)))]))
+    chain(b, one(b, "ConvTranspose", data, weight, **attrs), steps, n.outputs)
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
@@ -377,7 +494,7 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
-    macs=_conv_transpose_macs))
+    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx)))
 
 
 # pooling ----------------------------------------------------------------------------------
@@ -391,11 +508,13 @@ def _pool_geometry(x: TensorType, a: dict) -> Conv:
         raise attr_error("padding", f"padding {list(padding)} must be at most half of "
                          f"kernel_size {list(kernel)}")
     out = tuple(window_count(size, k, s, p, p, d, bool(a["ceil_mode"]))
-                for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=False))
+                for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation,
+                                            strict=False))
     check_positive(out, x, "the pooling output")
     # ceil mode may need room after the right padding for the last window
     pads = tuple((Dim.of(p), Dim.of(p) + _extra(size, k, s, p, d, o))
-                 for size, k, s, p, d, o in zip(x.shape[2:], kernel, stride, padding, dilation, out, strict=False))
+                 for size, k, s, p, d, o in zip(x.shape[2:], kernel, stride, padding, dilation, out,
+                                                strict=False))
     return Conv(tuple(map(Dim.of, kernel)), stride, dilation, pads, out)
 
 
@@ -438,7 +557,8 @@ def _avg_pool_reference(env, inputs, a):
     win, geo, (kernel, pads, out) = _pool_windows(env, upcast(x), a, 0)
     total = win.sum(axis=tuple(range(-len(kernel), 0)))
     divisor = np.ones(out)
-    for i, (size, (p, hi), k, s) in enumerate(zip(x.shape[2:], pads, kernel, geo.stride, strict=False)):
+    axes = zip(x.shape[2:], pads, kernel, geo.stride, strict=False)
+    for i, (size, (p, hi), k, s) in enumerate(axes):
         # count_include_pad counts the padding cells but never ceil mode's overhang beyond it
         counted = np.zeros(size + p + hi)
         counted[slice(0, size + 2 * p) if a["count_include_pad"] else slice(p, p + size)] = 1
@@ -447,18 +567,53 @@ def _avg_pool_reference(env, inputs, a):
     return [as_dtype(total / divisor, dtype_name(x))]
 
 
+def _pool_window(b, n) -> tuple[Conv, dict]:
+    """The geometry, and MaxPool/AveragePool's window attributes. onnxruntime's kernels drop a
+    last ceil-mode window that starts in the right padding, as PyTorch; onnx's shape inference
+    lacks that rule. So with constant sizes the geometry's overhang padding is written out and
+    ceil_mode is 0; with symbolic sizes, where the overhang is known only at run time, ceil_mode
+    is 1."""
+    x, a = n.in_types[0], n.attrs
+    geo = _pool_geometry(x, a)
+    ceil = bool(a["ceil_mode"]) and not all(d.is_const for d in x.shape[2:])
+    pads = [(lo, lo) for lo, _ in geo.pads] if ceil else geo.pads
+    return geo, {"kernel_shape": [k.value for k in geo.kernel], "strides": list(geo.stride),
+                 "pads": onnx_pads(b, pads), "ceil_mode": int(ceil)}
+
+
+def _max_pool_onnx(b, n):
+    geo, window = _pool_window(b, n)
+    b.node("MaxPool", n.inputs, n.outputs, dilations=list(geo.dilation), **window)
+
+
+def _avg_pool_onnx(b, n):
+    """AveragePool. Counted padding is made real zeros first, so that AveragePool then counts
+    the padded input's cells but never ceil mode's overhang beyond them, as PyTorch."""
+    (x,), counted = n.inputs, bool(n.attrs["count_include_pad"])
+    geo, window = _pool_window(b, n)
+    if counted and not window["ceil_mode"]:
+        if any(lo != 0 for lo, _ in geo.pads):
+            pads = [(0, 0)] * 2 + [(lo, lo) for lo, _ in geo.pads]
+            x = one(b, "Pad", x, b.ints(onnx_pads(b, pads)))
+        window["pads"] = onnx_pads(b, [(0, hi - lo) for lo, hi in geo.pads])
+        counted = False
+    b.node("AveragePool", [x], n.outputs, count_include_pad=int(counted), **window)
+
+
+# max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
 register(OpRecord(
     "max_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("dilation", 1),
                          ("ceil_mode", False)),
     _pool_infer(NUMERIC), _max_pool_reference,
-    "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d."))
+    "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
+    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"})))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
                          ("count_include_pad", True)),
     _pool_infer(FLOATS), _avg_pool_reference,
-    "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d."))
+    "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx)))
 
 
 def _global_avg_pool_infer(types, _a):
@@ -471,7 +626,8 @@ register(OpRecord(
     "global_avg_pool", tensors("x"), _global_avg_pool_infer,
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
-    "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool)."))
+    "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
+    onnx=onnx_op("GlobalAveragePool")))
 
 
 # resize -----------------------------------------------------------------------------------
@@ -549,9 +705,39 @@ def _resize_reference(env, inputs, a):
     return [y.astype(x.dtype)]
 
 
+def _onnx_scale(size: Dim, scale: float, out: Dim) -> np.float32:
+    """The f32 scale ONNX reads `scale` as, nudged up where onnx's shape inference would floor
+    size * that f32 one below Python's floor of size * scale (10 * 1.3)."""
+    s = np.float32(scale)
+    if size.is_const and math.floor(size.value * float(s)) < out.value:
+        s = np.nextafter(s, np.float32(np.inf))
+    return s
+
+
+def _resize_onnx(b, n):
+    """Resize. nearest: PyTorch's legacy nearest (asymmetric, floor); bilinear: half_pixel,
+    whose negative source coordinates linear mode clamps to 0 as PyTorch, or align_corners.
+    With scale_factor the scales go in, as PyTorch reads source dst / scale, not dst * in / out."""
+    (x,), t, a = n.inputs, n.in_types[0], n.attrs
+    scales, sizes = None, shape_of(b, n.out_types[0].shape)
+    if a["scale_factor"] is not None:
+        spatial_out = zip(t.shape[2:], _scales(a, t.rank - 2), n.out_types[0].shape[2:],
+                          strict=True)
+        scales = b.const(np.array([1, 1, *(_onnx_scale(*s) for s in spatial_out)], np.float32))
+        sizes = None
+    if a["mode"] == "nearest":
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": "floor"}
+    else:
+        corners = "align_corners" if a["align_corners"] else "half_pixel"
+        mode = {"mode": "linear", "coordinate_transformation_mode": corners}
+    b.node("Resize", trimmed([x, None, scales, sizes]), n.outputs, **mode)
+
+
 register(OpRecord(
     "resize",
     tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
                          ("align_corners", False)),
     _resize_infer, _resize_reference,
-    "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate."))
+    "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
+    onnx=widened(_resize_onnx)))

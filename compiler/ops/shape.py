@@ -12,36 +12,48 @@ import math
 import numpy as np
 
 from ..dims import Dim
-from ..types import TensorType, shape_str
+from ..types import NUMPY_DTYPES, TensorType, shape_str
 from ._common import (
+    BF16_UP,
     FLOATS,
     INTS,
     NUMERIC,
     attr_error,
     attrs,
+    cast,
+    chain,
     check_dtype,
     check_same_dtype,
     choice,
     dtype_attr,
     dtype_name,
     exact_div,
+    full_of,
     is_list,
     movement,
     normalize_axes,
     normalize_axis,
     number,
+    one,
     pad_or_crop,
     prod,
     resolve,
+    scalar,
+    shape_of,
     simple,
+    size_of,
     tensors,
     to_dim,
     to_dims,
     to_int,
+    trimmed,
     try_broadcast,
     upcast,
+    widened,
 )
 from .registry import Arg, OpError, OpRecord, register
+
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 # reshaping --------------------------------------------------------------------------------
@@ -109,19 +121,50 @@ def _swap(rank, a):
     return perm
 
 
+def _reshape_onnx(b, n):
+    """Reshape to the inferred shape: -1 resolved, symbolic sizes computed at run time (and a
+    0 in it meaning 0, not "copy")."""
+    shape = shape_of(b, n.out_types[0].shape)
+    b.node("Reshape", [n.inputs[0], shape], n.outputs, allowzero=1)
+
+
+def _flatten_onnx(b, n):
+    rank = n.in_types[0].rank
+    if rank >= 2 and _flatten_range(rank, n.attrs) == (1, rank - 1):
+        b.node("Flatten", n.inputs, n.outputs, axis=1)
+    else:
+        _reshape_onnx(b, n)
+
+
+def _transpose_onnx(perm_of):
+    """Transpose by perm_of(rank, attrs)."""
+    return lambda b, n: b.node("Transpose", n.inputs, n.outputs,
+                               perm=perm_of(n.in_types[0].rank, n.attrs))
+
+
+def _flip_onnx(b, n):
+    """Slice from the last element (-1) past the first (INT64_MIN clamps to before it)."""
+    axes = normalize_axes(n.attrs["axis"], n.in_types[0].rank)
+    back = b.ints([-1] * len(axes))
+    b.node("Slice", [n.inputs[0], back, b.ints([INT64_MIN] * len(axes)), b.ints(axes), back],
+           n.outputs)
+
+
 register(movement("reshape", "The same elements in a new shape (one size may be -1).",
-                  attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"]))))
+                  attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
+                  _reshape_onnx))
 register(movement("flatten", "Merge axes start..end (inclusive) into one.",
-                  attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten))
+                  attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten, _flatten_onnx))
 register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
-                  lambda x, a: np.transpose(x, _swap(x.ndim, a))))
+                  lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap)))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
-                  lambda x, a: np.transpose(x, _permutation(x.ndim, a))))
+                  lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
+                  _transpose_onnx(_permutation)))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
-                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim))))
+                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx))
 
 
 def _squeeze_axes(shape, a):
@@ -152,13 +195,20 @@ def _dims_of(x):
     return tuple(Dim.of(n) for n in x.shape)
 
 
+def _squeeze_onnx(b, n):
+    axes = _squeeze_axes(n.in_types[0].shape, n.attrs)
+    chain(b, n.inputs[0], [("Squeeze", [b.ints(axes)])] if axes else [], n.outputs)
+
+
 register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis).",
                   attrs(("axis", None)),
                   lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
-                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a))))
+                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx))
 register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
                   attrs("axis"), _unsqueeze_shape,
-                  lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a))))
+                  lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a)),
+                  lambda b, n: b.node("Unsqueeze", [n.inputs[0], b.ints(_unsqueeze_axes(
+                      n.in_types[0].rank, n.attrs))], n.outputs)))
 
 
 def _broadcast_to_shape(shape, a):
@@ -183,15 +233,38 @@ def _matrix_shape(shape, a):
     return shape
 
 
+def _broadcast_to_onnx(b, n):
+    b.node("Expand", [n.inputs[0], shape_of(b, n.out_types[0].shape)], n.outputs)
+
+
+def _tile_onnx(b, n):
+    """Tile, with x given leading size-1 axes or reps leading 1s first, as numpy's tile."""
+    (x,), rank = n.inputs, n.in_types[0].rank
+    reps = to_dims(n.attrs["reps"], "reps")
+    if len(reps) > rank:
+        x = one(b, "Unsqueeze", x, b.ints(range(len(reps) - rank)))
+    b.node("Tile", [x, shape_of(b, (1,) * (rank - len(reps)) + reps)], n.outputs)
+
+
+def _trilu_onnx(upper: int):
+    return lambda b, n: b.node("Trilu", [n.inputs[0], size_of(b, to_int(n.attrs["k"], "k"))],
+                               n.outputs, upper=upper)
+
+
+# onnxruntime has no bf16 Expand, Tile, Trilu or Pad: bf16 moves as f32 (exactly)
 register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("shape"),
                   _broadcast_to_shape,
-                  lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy()))
+                  lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy(),
+                  widened(_broadcast_to_onnx, BF16_UP)))
 register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
-                  _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"]))))
+                  _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"])),
+                  widened(_tile_onnx, BF16_UP)))
 register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
-                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"])))
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"]),
+                  widened(_trilu_onnx(0), BF16_UP)))
 register(movement("triu", "Zero the elements below diagonal k of the last two axes.",
-                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"])))
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"]),
+                  widened(_trilu_onnx(1), BF16_UP)))
 
 
 # padding ----------------------------------------------------------------------------------
@@ -201,7 +274,8 @@ def _pad_widths(shape, a):
     mode = choice(a["mode"], "mode", ("constant", "reflect", "replicate"))
     number(a["value"], "value")
     if len(pads) % 2 or len(pads) > 2 * len(shape):
-        raise attr_error("pads", f"pads needs an even count up to {2 * len(shape)}, got {len(pads)}")
+        raise attr_error("pads", f"pads needs an even count up to {2 * len(shape)}, got "
+                         f"{len(pads)}")
     widths = [(Dim.of(0), Dim.of(0))] * len(shape)
     for i in range(len(pads) // 2):
         widths[len(shape) - 1 - i] = (pads[2 * i], pads[2 * i + 1])
@@ -222,10 +296,21 @@ def _pad(x, a):
     return np.pad(x, widths, mode="reflect" if a["mode"] == "reflect" else "edge")
 
 
+def _pad_onnx(b, n):
+    """Pad with pads [begin..., end...] over every axis (F.pad's order is last axis first)."""
+    (x,), t, a = n.inputs, n.in_types[0], n.attrs
+    widths = _pad_widths(t.shape, a)
+    pads = shape_of(b, [lo for lo, _ in widths] + [hi for _, hi in widths])
+    mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[a["mode"]]
+    value = scalar(b, number(a["value"], "value"), t.dtype) if mode == "constant" else None
+    b.node("Pad", trimmed([x, pads, value]), n.outputs, mode=mode)
+
+
 register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, last axis first.",
                   attrs("pads", ("mode", "constant"), ("value", 0.0)),
-                  lambda s, a: tuple(d + lo + hi for d, (lo, hi) in zip(s, _pad_widths(s, a), strict=False)),
-                  _pad))
+                  lambda s, a: tuple(d + lo + hi for d, (lo, hi)
+                                     in zip(s, _pad_widths(s, a), strict=True)),
+                  _pad, widened(_pad_onnx, BF16_UP)))
 
 
 # slicing ----------------------------------------------------------------------------------
@@ -303,8 +388,45 @@ def _slice(x, a):
     return x[tuple(keys[e[0]](e) for e, _ in _slice_entries(x.shape, a["items"]))]
 
 
+def _slice_bounds(e) -> tuple[Dim, Dim, int] | None:
+    """(start, stop, step) of an int or range entry as ONNX Slice reads them (None bounds become
+    the ends of the axis, which Slice clamps as Python does), or None for a full range."""
+    if e[0] == "int":
+        i = to_dim(e[1], "items")
+        return i, Dim.of(INT64_MAX) if i == -1 else i + 1, 1
+    start, stop, step = e[1], e[2], to_int(e[3], "items")
+    if start is None and stop is None and step == 1:
+        return None
+    first, last = (0, INT64_MAX) if step > 0 else (INT64_MAX, INT64_MIN)
+    return (to_dim(first if start is None else start, "items"),
+            to_dim(last if stop is None else stop, "items"), step)
+
+
+def _slice_onnx(b, n):
+    """One Slice over every indexed or ranged axis (symbolic bounds at run time), then Squeeze
+    of the indexed axes and Unsqueeze of the new ones."""
+    sliced, dropped, new, position = [], [], [], 0
+    for e, axis in _slice_entries(n.in_types[0].shape, n.attrs["items"]):
+        if e[0] == "new":
+            new.append(position)
+        elif (bounds := _slice_bounds(e)) is not None:
+            sliced.append((axis, *bounds))
+        if e[0] == "int":
+            dropped.append(axis)
+        else:
+            position += 1
+    steps = []
+    if sliced:
+        axes, starts, stops, strides = zip(*sliced, strict=True)
+        bounds = [shape_of(b, starts), shape_of(b, stops), b.ints(axes), b.ints(strides)]
+        steps.append(("Slice", bounds))
+    steps += [("Squeeze", [b.ints(dropped)])] if dropped else []
+    steps += [("Unsqueeze", [b.ints(new)])] if new else []
+    chain(b, n.inputs[0], steps, n.outputs)
+
+
 register(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
-                  attrs("items"), _slice_shape, _slice))
+                  attrs("items"), _slice_shape, _slice, _slice_onnx))
 
 
 # joining and splitting --------------------------------------------------------------------
@@ -318,7 +440,8 @@ def _joined(types, a, stacking: bool):
     axis = normalize_axis(a["axis"], first.rank + stacking)
     for t in types[1:]:
         same = t.rank == first.rank and all(
-            d == e for i, (d, e) in enumerate(zip(t.shape, first.shape, strict=False)) if stacking or i != axis)
+            d == e for i, (d, e) in enumerate(zip(t.shape, first.shape, strict=False))
+            if stacking or i != axis)
         if not same:
             where = "" if stacking else f" off axis {axis}"
             raise OpError(f"shapes differ{where}: {shape_str(first.shape)} and "
@@ -332,14 +455,27 @@ def _joined(types, a, stacking: bool):
 _XS = (Arg("xs", "tensors"),)
 
 
+def _join_onnx(stacking: bool):
+    """Concat, of the inputs each given a new axis first when stacking."""
+
+    def emit(b, n):
+        axis = normalize_axis(n.attrs["axis"], n.in_types[0].rank + stacking)
+        xs = [one(b, "Unsqueeze", x, b.ints([axis])) for x in n.inputs] if stacking else n.inputs
+        b.node("Concat", xs, n.outputs, axis=axis)
+
+    return emit
+
+
 register(simple("concat", "Join tensors along an existing axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, False),
-                lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True))
+                lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True,
+                onnx=_join_onnx(False)))
 register(simple("stack", "Join equally shaped tensors along a new axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, True),
-                lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True))
+                lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True,
+                onnx=_join_onnx(True)))
 
 
 def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
@@ -371,14 +507,20 @@ def _split_infer(types, a):
 
 def _split_reference(env, inputs, a):
     (x,) = inputs
-    axis, parts = _split_parts(TensorType(dtype_name(x), x.shape), resolve(env, a))
+    bound = {k: resolve(env, v) for k, v in a.items()}
+    axis, parts = _split_parts(TensorType(dtype_name(x), x.shape), bound)
     return list(np.split(x, np.cumsum([p.value for p in parts])[:-1], axis=axis))
+
+
+def _split_onnx(b, n):
+    axis, parts = _split_parts(n.in_types[0], n.attrs)
+    b.node("Split", [n.inputs[0], shape_of(b, parts)], n.outputs, axis=axis)
 
 
 register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
                   _split_infer, _split_reference,
                   "Split x along axis into n equal parts or parts of the given sizes.",
-                  tags=frozenset({"movement", "multi_output"})))
+                  tags=frozenset({"movement", "multi_output"}), onnx=_split_onnx))
 
 
 # gather and scatter -----------------------------------------------------------------------
@@ -424,10 +566,26 @@ def _take_along(inputs, a):
     return np.take_along_axis(x, index, axis=axis)
 
 
+def _take_along_onnx(b, n):
+    """GatherElements, once x and index are broadcast against each other off axis (numpy)."""
+    (x, index), (xt, it), out = n.inputs, n.in_types, n.out_types[0].shape
+    axis = normalize_axis(n.attrs["axis"], max(xt.rank, 1))
+    source = out[:axis] + xt.shape[axis:axis + 1] + out[axis + 1:]
+    if xt.shape != source:
+        x = one(b, "Expand", x, shape_of(b, source))
+    if it.shape != out:
+        index = one(b, "Expand", index, shape_of(b, out))
+    b.node("GatherElements", [x, index], n.outputs, axis=axis)
+
+
+# ONNX's Gather and GatherElements take negative indices from the end, as numpy
 register(simple("gather", "Pick slices of x along axis by index (numpy take).",
-                tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather))
+                tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather,
+                onnx=lambda b, n: b.node("Gather", n.inputs, n.outputs, axis=normalize_axis(
+                    n.attrs["axis"], n.in_types[0].rank))))
 register(simple("take_along_axis", "Pick elements of x along axis, index matched per position.",
-                tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along))
+                tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along,
+                onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,))))
 
 # reduce -> (ufunc folding into a segment, starting value for floats, for ints)
 _SCATTER = {
@@ -437,6 +595,19 @@ _SCATTER = {
     "max": (np.maximum, -np.inf, "min"),
     "min": (np.minimum, np.inf, "max"),
 }
+
+
+_ONNX_REDUCTION = {"prod": "mul", "max": "max", "min": "min"}
+
+
+def _scatter_start(mode: str, dtype: str):
+    """The value a segment starts from before `mode` folds src into it (as the reference)."""
+    _, start_float, start_int = _SCATTER[mode]
+    if dtype in FLOATS:
+        return start_float
+    if isinstance(start_int, str):
+        return getattr(np.iinfo(NUMPY_DTYPES[dtype]), start_int)
+    return start_int
 
 
 def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRecord:
@@ -468,14 +639,13 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
 
     def compute(inputs, a):
         src, index = inputs
-        fold, start_float, start_int = _SCATTER[mode_of(a)]
+        fold = _SCATTER[mode_of(a)][0]
         axis, size = normalize_axis(a["axis"], src.ndim), int(a["size"])
         _check_indices(index, size, "size")
         s = np.moveaxis(upcast(src), axis, 0)
         key = (index,) if index.ndim == 1 else (np.moveaxis(index, axis, 0), *np.ogrid[
             tuple(slice(n) for n in s.shape[1:])])
-        start = start_float if s.dtype.kind not in "iu" else (
-            getattr(np.iinfo(s.dtype), start_int) if isinstance(start_int, str) else start_int)
+        start = _scatter_start(mode_of(a), dtype_name(s))
         out = np.full((size, *s.shape[1:]), start, dtype=s.dtype)
         count = np.zeros(out.shape, dtype=np.int64)
         fold.at(out, key, s)
@@ -484,8 +654,36 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
             out = out / np.maximum(count, 1)
         return np.moveaxis(np.where(count > 0, out, 0), 0, axis)
 
+    def onnx(b, n):
+        """ScatterElements onto a filled tensor of the output's shape (a 1-D index broadcast to
+        src's shape first); a scatter of ones counts each segment, for mean's divisor and to
+        zero the segments nothing lands in."""
+        (src, index), (st, it), out = n.inputs, n.in_types, n.out_types[0]
+        axis, mode, dtype = normalize_axis(n.attrs["axis"], st.rank), mode_of(n.attrs), st.dtype
+        src_shape = one(b, "Shape", src)
+        if it.rank < st.rank:
+            lined_up = b.ints([-1 if i == axis else 1 for i in range(st.rank)])
+            index = one(b, "Expand", one(b, "Reshape", index, lined_up), src_shape)
+
+        def scatter(start, updates, reduction, dtype=dtype, outputs=1):
+            return b.node("ScatterElements", [full_of(b, out.shape, start, dtype), index, updates],
+                          outputs, axis=axis, reduction=reduction)[0]
+
+        if mode == "sum":
+            scatter(0, src, "add", outputs=n.outputs)
+            return
+        ones = one(b, "Expand", scalar(b, 1, "i64"), src_shape)
+        count = scatter(0, ones, "add", "i64")
+        if mode == "mean":
+            divisor = cast(b, one(b, "Max", count, scalar(b, 1, "i64")), dtype)
+            b.node("Div", [scatter(0, src, "add"), divisor], n.outputs)
+            return
+        folded = scatter(_scatter_start(mode, dtype), src, _ONNX_REDUCTION[mode])
+        landed = one(b, "Greater", count, scalar(b, 0, "i64"))
+        b.node("Where", [landed, folded, scalar(b, 0, dtype)], n.outputs)
+
     return simple(name, doc, tensors("src", "index") + attrs("size", ("axis", 0)) + extra,
-                  infer_one, compute)
+                  infer_one, compute, onnx=widened(onnx))
 
 
 register(scatter_record("scatter", "Fold src into size segments along axis by index "
@@ -528,9 +726,23 @@ def _arange(inputs, a):
     return start + step * np.arange(_arange_length(start, end, step).value)
 
 
+def _arange_onnx(b, n):
+    """Range in i64 (symbolic bounds at run time), cast to dtype. With a float bound, as the
+    reference: start + step * i in f64 over i in Range(0, n), then cast."""
+    start, end, step = _arange_bounds(n.attrs)
+    if any(isinstance(v, float) for v in (start, end, step)):
+        count = _arange_length(start, end, step)
+        i = cast(b, one(b, "Range", size_of(b, 0), size_of(b, count), size_of(b, 1)), "f64")
+        scaled = one(b, "Mul", scalar(b, float(step), "f64"), i)
+        values = one(b, "Add", scalar(b, float(start), "f64"), scaled)
+    else:
+        values = one(b, "Range", size_of(b, start), size_of(b, end), size_of(b, step))
+    cast(b, values, n.out_types[0].dtype, n.outputs[0])
+
+
 register(simple("arange", "start, start + step, ... up to end (exclusive); arange(n) is 0..n.",
                 attrs("start", ("end", None), ("step", 1), ("dtype", "i64")),
-                _arange_infer, _arange))
+                _arange_infer, _arange, onnx=_arange_onnx))
 
 
 def filled(name: str, doc: str, value=None) -> OpRecord:
@@ -548,7 +760,17 @@ def filled(name: str, doc: str, value=None) -> OpRecord:
     def compute(inputs, a):
         return np.full(to_dims_ints(a["shape"]), a["value"] if value is None else value)
 
-    return simple(name, doc, attrs("shape") + extra + attrs(("dtype", "f32")), infer_one, compute)
+    def onnx(b, n):
+        """A scalar (a size's run-time value when `value` is a Dim) expanded to the shape."""
+        fill, dtype = n.attrs["value"] if value is None else value, n.out_types[0].dtype
+        if isinstance(fill, Dim):
+            filler = cast(b, size_of(b, fill), dtype)
+        else:
+            filler = scalar(b, fill, dtype)
+        b.node("Expand", [filler, shape_of(b, n.out_types[0].shape)], n.outputs)
+
+    return simple(name, doc, attrs("shape") + extra + attrs(("dtype", "f32")), infer_one, compute,
+                  onnx=widened(onnx, BF16_UP))
 
 
 register(filled("zeros", "A tensor of zeros.", value=0))
@@ -573,12 +795,25 @@ def _one_hot(inputs, a):
     return x[..., None] == np.arange(a["num_classes"])
 
 
+def _one_hot_onnx(b, n):
+    """x[..., None] == arange(num_classes), cast (ONNX's OneHot would take negative classes
+    from the end)."""
+    depth = size_of(b, to_dim(n.attrs["num_classes"], "num_classes"))
+    classes = one(b, "Range", size_of(b, 0), depth, size_of(b, 1))
+    x = one(b, "Unsqueeze", cast(b, n.inputs[0], "i64"), b.ints([-1]))
+    cast(b, one(b, "Equal", x, classes), n.out_types[0].dtype, n.outputs[0])
+
+
 register(simple("one_hot", "1 at position x[...] of a new last axis of num_classes, else 0.",
-                tensors("x") + attrs("num_classes", ("dtype", "i64")), _one_hot_infer, _one_hot))
+                tensors("x") + attrs("num_classes", ("dtype", "i64")), _one_hot_infer, _one_hot,
+                onnx=_one_hot_onnx))
+
+
 def _dim_value_infer(types, a):
     to_dim(a["dim"], "dim")
     return TensorType("i64", ())
 
 
 register(simple("dim_value", "The runtime value of a size, as an i64 scalar tensor.",
-                attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"])))
+                attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
+                onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs)))

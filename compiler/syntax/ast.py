@@ -302,6 +302,9 @@ class BlockDef(Node):
     name: str
     params: tuple[ParamDef, ...]
     members: tuple[Member, ...]
+    # `model ResNet18(num_classes: int = 1000) = ResNet(BasicBlock, [2, 2, 2, 2], num_classes)`:
+    # the block is another block with arguments given; its names are that block's
+    alias: Expr | None = None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ class ASTBuilder(Transformer):
         kind, name, params, *members = ch
         return A.BlockDef(self._span(meta), str(kind), str(name), params or (), tuple(members))
 
+    def block_alias(self, meta, ch):
+        kind, name, params, target = ch
+        return A.BlockDef(self._span(meta), str(kind), str(name), params or (), (), target)
+
     def params(self, meta, ch):
         return tuple(p for p in ch if p is not None)
 
