@@ -373,7 +373,7 @@ class ExprMixin:
 
     def namespace_attr(self, ns: Namespace, name: str, span: Span):
         if ns.kind == "ops":
-            if name not in REGISTRY:
+            if name not in REGISTRY or "internal" in REGISTRY[name].tags:
                 raise KilnError(
                     "K0102", f"unknown op ops.{name}", span, hint=_close(name, REGISTRY)
                 )

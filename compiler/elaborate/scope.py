@@ -98,7 +98,7 @@ class Scope:
             out.extend(self.module.consts)
         out.extend(BUILTIN_FUNCTIONS)
         out.extend(BUILTIN_VALUES)
-        out.extend(REGISTRY)
+        out.extend(n for n, r in REGISTRY.items() if "internal" not in r.tags)
         return out
 
 
@@ -121,6 +121,6 @@ def lookup_global(module: ModuleScope | None, name: str, resolve_const) -> Any:
         return Builtin(name)
     from .values import OpRef
 
-    if name in REGISTRY:
+    if name in REGISTRY and "internal" not in REGISTRY[name].tags:
         return OpRef(REGISTRY[name])
     raise Unbound(name)

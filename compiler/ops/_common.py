@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim, DimError
-from ..types import FLOAT_DTYPES, INT_DTYPES, NUMPY_DTYPES, TensorType, shape_str
+from ..types import DTYPES, FLOAT_DTYPES, INT_DTYPES, NUMPY_DTYPES, TensorType, shape_str
 from .registry import Arg, OpError, OpRecord
 
 ALL_DTYPES = frozenset(NUMPY_DTYPES)
@@ -101,7 +101,7 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
 
 
 def dtype_attr(value: Any, name: str = "dtype") -> str:
-    return choice(value, name, NUMPY_DTYPES)
+    return choice(value, name, DTYPES)  # the element types users may name (no f64)
 
 
 def number(value: Any, name: str) -> float:
@@ -493,6 +493,9 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
 
     def infer(types, attrs_):
         check(attrs_)
+        for k, default in extra:  # numeric attributes (alpha, beta, ...) must be numbers
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                number(attrs_[k], k)
         for t, n in zip(types, names, strict=False):
             check_dtype(t, dtypes, n)
         dtype = check_same_dtype(types, list(names))

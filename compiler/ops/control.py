@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Arg, OpRecord, register
+from .registry import Arg, OpRecord, internal, register
 
 
 def _scan_infer(types, attrs):
@@ -51,11 +51,11 @@ def _scan_reference(env, inputs, attrs):
     return stacked + carries
 
 
-register(OpRecord(
+register(internal(OpRecord(
     name="scan",
     args=(Arg("inputs", "tensors"),),
     infer=_scan_infer,
     reference=_scan_reference,
     doc="Loop a body graph over one axis of its sequences, carrying state and stacking emits.",
     tags=frozenset({"control"}),
-))
+)))

@@ -70,6 +70,9 @@ def _check_gelu(a):
 def _check_clip(a):
     if a["min"] is None and a["max"] is None:
         raise attr_error("min", "clip needs min or max")
+    for bound in ("min", "max"):
+        if a[bound] is not None:
+            number(a[bound], bound)
 
 
 def _int_is_identity(fn):

@@ -8,6 +8,7 @@ names: the elaborator, passes and backends look the record up here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -100,6 +101,12 @@ def register(record: OpRecord) -> OpRecord:
         raise ValueError(f"op {record.name} registered twice")
     REGISTRY[record.name] = record
     return record
+
+
+def internal(record: OpRecord) -> OpRecord:
+    """Mark an op the elaborator emits itself (`x[...]`, `scan`, sizes as values): a model
+    file cannot call it by name."""
+    return dataclasses.replace(record, tags=record.tags | {"internal"})
 
 
 def lookup(name: str) -> OpRecord | None:

@@ -51,7 +51,7 @@ from ._common import (
     upcast,
     widened,
 )
-from .registry import Arg, OpError, OpRecord, register
+from .registry import Arg, OpError, OpRecord, internal, register
 
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -425,8 +425,8 @@ def _slice_onnx(b, n):
     chain(b, n.inputs[0], steps, n.outputs)
 
 
-register(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
-                  attrs("items"), _slice_shape, _slice, _slice_onnx))
+register(internal(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
+                           attrs("items"), _slice_shape, _slice, _slice_onnx)))
 
 
 # joining and splitting --------------------------------------------------------------------
@@ -493,6 +493,8 @@ def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
                           f"parts", arg="n")
         return axis, [part] * n
     parts = list(to_dims(a["sizes"], "sizes"))
+    if any(p.is_const and p.value < 0 for p in parts):
+        raise attr_error("sizes", f"sizes must not be negative, got {shape_str(parts)}")
     if sum(parts, Dim.of(0)) != size:
         raise OpError(f"sizes {shape_str(parts)} add up to {sum(parts, Dim.of(0))}, not the "
                       f"size {size} of axis {axis} of {shape_str(x.shape)}", arg="sizes")
@@ -814,6 +816,7 @@ def _dim_value_infer(types, a):
     return TensorType("i64", ())
 
 
-register(simple("dim_value", "The runtime value of a size, as an i64 scalar tensor.",
-                attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
-                onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs)))
+register(internal(simple(
+    "dim_value", "The runtime value of a size, as an i64 scalar tensor.",
+    attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
+    onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs))))

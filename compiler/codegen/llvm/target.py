@@ -1,0 +1,64 @@
+"""The machine kiln's native code is built for: the host CPU and its own features by default.
+
+Machines differ (AVX2-only Zen 3, AVX-512 Sapphire Rapids), so code is never built for generic
+x86-64 unless asked (`cpu="x86-64-v3"`), and the vector width follows the features.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+
+
+@functools.cache
+def _initialise() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A CPU name and its feature string, e.g. ("znver4", "+avx2,+avx512f,...")."""
+
+    cpu: str
+    features: str
+
+    @property
+    def feature_set(self) -> frozenset[str]:
+        return frozenset(f[1:] for f in self.features.split(",") if f.startswith("+"))
+
+    @property
+    def vector_width(self) -> int:
+        """f32 lanes of the widest vector register worth using."""
+        fs = self.feature_set
+        if "avx512f" in fs:
+            return 16
+        if "avx" in fs or "avx2" in fs:
+            return 8
+        return 4
+
+    def machine(self, jit: bool = True) -> llvm.TargetMachine:
+        _initialise()
+        target = llvm.Target.from_default_triple()
+        return target.create_target_machine(
+            cpu=self.cpu, features=self.features, opt=3, jit=jit, reloc="pic", codemodel="default"
+        )
+
+    def missing_on(self, other: Target) -> list[str]:
+        """Features this target needs that `other` (e.g. the host) lacks."""
+        return sorted(self.feature_set - other.feature_set)
+
+
+@functools.cache
+def host() -> Target:
+    """The CPU this process runs on, with every feature LLVM detects."""
+    _initialise()
+    return Target(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+
+def named(cpu: str) -> Target:
+    """A named CPU (e.g. "x86-64-v3", "skylake-avx512") with its default features."""
+    _initialise()
+    return Target(cpu, "")
