@@ -10,6 +10,7 @@ index) and `dst` (v's input slot).
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,16 @@ class Value:
     node: int
     index: int
     type: TensorType
+
+
+COMPARISONS = {  # a `where` constraint's operator
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 @dataclass(frozen=True)

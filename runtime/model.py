@@ -10,20 +10,13 @@ import numpy as np
 from ..compiler.dims import Dim, DimError
 from ..compiler.elaborate import ElaboratedModel, Port
 from ..compiler.errors import KilnError
+from ..compiler.ir import COMPARISONS
 from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy, shape_str
 from .weights import load_weights, match_weights, save_weights
 
 # lossless conversions done for the caller; anything else is an error naming the input
 _WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32"), ("bool", "bool")}
 
-_COMPARE = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
 
 
 class CompiledModel:
@@ -207,7 +200,7 @@ class CompiledModel:
                 )
         for c in self.model.graph.constraints:
             lhs, rhs = Dim.of(c.lhs).evaluate(dims), Dim.of(c.rhs).evaluate(dims)
-            if not _COMPARE[c.op](lhs, rhs):
+            if not COMPARISONS[c.op](lhs, rhs):
                 raise KilnError(
                     "K0504",
                     f"constraint {c.text} does not hold for these inputs ({lhs} {c.op} {rhs})",

@@ -381,17 +381,32 @@ def test_scan_lstm_matches_a_numpy_loop_at_two_lengths():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+SCAN_REVERSE = """
+model M {
+  forward(xs: f32[B, T, 2], ms: f32[B, T]) -> (f32[B, T, 2], f32[B, T], f32[B, 2]) {
+    ys, ts, acc = scan reverse (t, x), m in xs, ms axis 1 carry (acc = zeros([B, 2])) {
+      acc = acc + x * unsqueeze(m, -1)
+      emit acc, cast(t, "f32") + m * 0.0
+    }
+    return ys, ts, acc
+  }
+}"""
+
+SCAN_CAPTURE = LINEAR + """
+model M {
+  forward(xs: f32[T, B, 3], bias: f32[3]) -> f32[T, B, 3] {
+    scale = bias * 2.0
+    ys, h = scan x in xs carry (h = zeros([B, 3])) {
+      h = tanh(Linear(3, 3)(x) + h + scale)
+      emit h
+    }
+    return ys
+  }
+}"""
+
+
 def test_scan_reverse_axis_index_and_several_sequences():
-    m = build("""
-    model M {
-      forward(xs: f32[B, T, 2], ms: f32[B, T]) -> (f32[B, T, 2], f32[B, T], f32[B, 2]) {
-        ys, ts, acc = scan reverse (t, x), m in xs, ms axis 1 carry (acc = zeros([B, 2])) {
-          acc = acc + x * unsqueeze(m, -1)
-          emit acc, cast(t, "f32") + m * 0.0
-        }
-        return ys, ts, acc
-      }
-    }""")
+    m = build(SCAN_REVERSE)
     xs, ms = randn(2, 4, 2), randn(2, 4)
     ys, ts, acc = m(xs, ms)
     want = np.zeros((2, 4, 2), np.float32)
@@ -405,20 +420,7 @@ def test_scan_reverse_axis_index_and_several_sequences():
 
 
 def test_scan_body_uses_outer_tensors_and_a_shared_block_instance():
-    m = build(
-        LINEAR
-        + """
-    model M {
-      forward(xs: f32[T, B, 3], bias: f32[3]) -> f32[T, B, 3] {
-        scale = bias * 2.0
-        ys, h = scan x in xs carry (h = zeros([B, 3])) {
-          h = tanh(Linear(3, 3)(x) + h + scale)
-          emit h
-        }
-        return ys
-      }
-    }"""
-    )
+    m = build(SCAN_CAPTURE)
     assert sorted(m.params) == ["0.bias", "0.weight"]  # one instance for every step
     xs, bias = randn(3, 2, 3), randn(3)
     p = m.params

@@ -23,32 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
 RTOL, ATOL = 1e-4, 1e-5  # f32 through different kernels; a wrong axis or epsilon is far off
 
-from test_language import LINEAR, LSTM  # noqa: E402  (shared model sources)
+from test_language import LINEAR, LSTM, SCAN_CAPTURE, SCAN_REVERSE  # noqa: E402  (shared sources)
 
 MODELS = {
     "lstm": LSTM,
-    "scan_reverse_index": """
-model M {
-  forward(xs: f32[B, T, 2], ms: f32[B, T]) -> (f32[B, T, 2], f32[B, T], f32[B, 2]) {
-    ys, ts, acc = scan reverse (t, x), m in xs, ms axis 1 carry (acc = zeros([B, 2])) {
-      acc = acc + x * unsqueeze(m, -1)
-      emit acc, cast(t, "f32") + m * 0.0
-    }
-    return ys, ts, acc
-  }
-}""",
-    "scan_capture": LINEAR
-    + """
-model M {
-  forward(xs: f32[T, B, 3], bias: f32[3]) -> f32[T, B, 3] {
-    scale = bias * 2.0
-    ys, h = scan x in xs carry (h = zeros([B, 3])) {
-      h = tanh(Linear(3, 3)(x) + h + scale)
-      emit h
-    }
-    return ys
-  }
-}""",
+    "scan_reverse_index": SCAN_REVERSE,
+    "scan_capture": SCAN_CAPTURE,
     "tied_lm_with_mask": """
 block Embedding(n: int, d: int) {
   param weight: [n, d] = init.normal(std = 1.0)

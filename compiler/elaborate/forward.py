@@ -6,7 +6,7 @@ from typing import Any
 
 from ..dims import Dim, DimError
 from ..errors import KilnError, Span
-from ..ir import Constraint
+from ..ir import COMPARISONS, Constraint
 from ..syntax import ast as A
 from ..types import DTYPES, TensorType, shape_str
 from .exprs import Poisoned, _count, describe, norm_dim
@@ -322,7 +322,7 @@ class ForwardMixin:
                 raise KilnError("K0202", "a where constraint compares sizes", c.span)
             diff = Dim.of(left) - Dim.of(right)
             if diff.is_const:
-                if not _COMPARE[c.op](diff.value, 0):
+                if not COMPARISONS[c.op](diff.value, 0):
                     raise KilnError(
                         "K0205",
                         f"constraint {_source_text(c)} does not hold: {left} {c.op} {right}",
@@ -545,14 +545,6 @@ class ForwardMixin:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-_COMPARE = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
 
 
 def _resolvable(scope: Scope, name: str) -> bool:
