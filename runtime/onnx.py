@@ -22,7 +22,7 @@ def available_providers(requested: list[str] | None = None) -> list[str]:
         raise KilnError(
             "K0602",
             "the onnx target needs onnxruntime, which is not installed",
-            hint="pip install onnxruntime (or onnxruntime-gpu)",
+            hint='pip install "kiln[onnx]" (or onnxruntime-gpu for CUDA and TensorRT)',
         ) from None
     have = ort.get_available_providers()
     if requested:
