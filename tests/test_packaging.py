@@ -22,3 +22,29 @@ def test_every_package_directory_is_listed_in_pyproject():
     for name in listed:
         directory = config["package-dir"][name]
         assert (ROOT / directory / "__init__.py").exists(), name
+
+
+def test_the_wheel_holds_every_module_grammar_and_stdlib_file(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    import pytest
+
+    pytest.importorskip("setuptools", reason="building the wheel here needs setuptools")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("kiln-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = set()
+    for top, name in TOP.items():
+        prefix = name.replace(".", "/")
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix in (".py", ".lark", ".kiln") and "__pycache__" not in path.parts:
+                if (path.parent / "__init__.py").exists():
+                    expected.add(f"{prefix}/{path.relative_to(ROOT / top).as_posix()}")
+    assert expected - names == set()
