@@ -9,7 +9,7 @@ from typing import Any
 from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
 
-TARGETS = ("reference", "onnx")
+TARGETS = ("reference", "onnx", "native")
 
 
 def load(source: str | os.PathLike) -> Program:
@@ -65,6 +65,10 @@ def compile(
         from kiln.runtime.onnx import OnnxModel
 
         return OnnxModel(elaborated, params, variant, providers)
+    if target == "native":
+        from kiln.runtime.native import NativeModel
+
+        return NativeModel(elaborated, params, variant)
     from kiln.runtime.reference import ReferenceModel
 
     return ReferenceModel(elaborated, params, variant)

@@ -484,10 +484,11 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
                 dtypes: frozenset[str] = FLOATS, out_dtype: OutDtype = None,
                 extra: tuple[tuple[str, Any], ...] = (), check: Callable = _no_check,
                 promote: bool = False, tags: frozenset[str] = frozenset(),
-                onnx: Emitter | None = None) -> OpRecord:
+                onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
     """An op applied element by element: fn(*inputs, **attrs) over broadcast inputs.
 
-    Half-float inputs are computed in f32 and the result cast to the output dtype.
+    Half-float inputs are computed in f32 and the result cast to the output dtype. `llvm`, when
+    given, is the op on one element in LLVM IR: llvm(kernel_builder, attrs, *values) -> value.
     """
     names = ("x",) if arity == 1 else ("a", "b")
 
@@ -508,8 +509,12 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
         with np.errstate(all="ignore"):
             return [as_dtype(fn(*(upcast(x) for x in inputs), **kw), out)]
 
+    def lower(kb, n):
+        kb.elementwise(n, lambda kb_, *values: llvm(kb_, n.attrs, *values))
+
     return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
-                    promote=promote, elementwise=True, tags=tags, onnx=onnx)
+                    promote=promote, elementwise=True, tags=tags, onnx=onnx,
+                    llvm=lower if llvm is not None else None)
 
 
 def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
@@ -518,10 +523,11 @@ def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
 
 
 def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
-           out_dtype: OutDtype = None, onnx: Emitter | None = None) -> OpRecord:
+           out_dtype: OutDtype = None, onnx: Emitter | None = None,
+           llvm: Callable | None = None) -> OpRecord:
     """A broadcasting elementwise op of `a` and `b`, whose dtypes the elaborator promotes."""
     return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True,
-                       onnx=onnx)
+                       onnx=onnx, llvm=llvm)
 
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
@@ -557,7 +563,8 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
     return OpRecord(name, args, infer, reference, doc, onnx=onnx)
 
 
-def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None) -> OpRecord:
+def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,
+               llvm: Callable | None = None) -> OpRecord:
     """A float op fn(x, axis) normalising along one axis; the shape is unchanged."""
 
     def infer(types, attrs_):
@@ -572,7 +579,11 @@ def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None) -
             out = fn(upcast(x), normalize_axis(attrs_["axis"], max(x.ndim, 1)) if x.ndim else None)
         return [out.astype(x.dtype)]
 
-    return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc, onnx=onnx)
+    def lower(kb, n):  # llvm(kb, node, axis) with the axis normalised
+        llvm(kb, n, normalize_axis(n.attrs["axis"], max(n.in_types[0].rank, 1)))
+
+    return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc, onnx=onnx,
+                    llvm=lower if llvm is not None else None)
 
 
 def concrete_types(inputs: list[np.ndarray | None]) -> list[TensorType | None]:
@@ -600,7 +611,8 @@ def simple(name: str, doc: str, args: tuple[Arg, ...], infer_one: Callable,
 
 
 def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
-             compute: Callable, onnx: Emitter | None = None) -> OpRecord:
+             compute: Callable, onnx: Emitter | None = None,
+             llvm: Callable | None = None) -> OpRecord:
     """An op of one tensor x that moves data: shape_rule(shape, attrs); compute(x, attrs)."""
 
     def infer_one(types, a):
@@ -608,4 +620,5 @@ def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
         return TensorType(x.dtype, tuple(shape_rule(x.shape, a)))
 
     return simple(name, doc, tensors("x") + extra, infer_one,
-                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}), onnx=onnx)
+                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}), onnx=onnx,
+                  llvm=llvm)

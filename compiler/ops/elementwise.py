@@ -199,19 +199,25 @@ def _compare(op_type: str, negate: bool = False):
     return emit
 
 
-register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg")))
+register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
+               llvm=lambda kb, a, x: kb.neg(x)))
 register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs")))
-register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp")))
-register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log")))
-register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt")))
+register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp"),
+               llvm=lambda kb, a, x: kb.exp(x)))
+register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
+               llvm=lambda kb, a, x: kb.intrinsic("log", x)))
+register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt"),
+               llvm=lambda kb, a, x: kb.intrinsic("sqrt", x)))
 register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
                onnx=widened(_rsqrt_onnx)))
 register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin")))
 register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos")))
-register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh")))
-register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid")))
+register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
+               llvm=lambda kb, a, x: kb.libm("tanh", x)))
+register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
+               llvm=lambda kb, a, x: kb.sigmoid(x)))
 register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
-               onnx=onnx_op("Relu")))
+               onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0))))
 register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
                "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
                onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope"))))
@@ -221,12 +227,13 @@ register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.mi
 register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
                extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx)))
 register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
-               onnx=widened(_silu_onnx)))
+               onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x))))
 register(unary("softplus", lambda x, beta, threshold: np.where(
     x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
     "log(1 + e^(beta x)) / beta, linear above threshold.",
     extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx)))
-register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf")))
+register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
+               llvm=lambda kb, a, x: kb.libm("erf", x)))
 register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
                onnx=by_kind(onnx_op("Floor"), int=identity)))
 register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
@@ -246,25 +253,39 @@ register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true)
 register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
                dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
                out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
-               check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx))
+               check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx,
+               llvm=lambda kb, a, x: kb.convert(x, a["dtype"])))
 
 # on bools numpy's + and max are `or`, * and min are `and`
 register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or"))))
-register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub")))
+                onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or")),
+                llvm=lambda kb, a, x, y: kb.add(x, y)))
+register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub"),
+                llvm=lambda kb, a, x, y: kb.sub(x, y)))
 register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And"))))
+                onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And")),
+                llvm=lambda kb, a, x, y: kb.mul(x, y)))
+def _div_llvm(kb, _attrs, a, b):
+    if kb.is_float(a):
+        return kb.fdiv(a, b)
+    wide = [kb.convert(v, "f64") for v in (a, b)]  # numpy: int / int in f64, then f32
+    return kb.convert(kb.fdiv(*wide), "f32")
+
+
 register(binary("div", np.true_divide, "a / b, true division (integers give f32).",
-                out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx)))
+                out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx),
+                llvm=_div_llvm))
 register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
                 onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx)))
 register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
                 onnx=by_kind(widened(_float_mod_onnx), int=onnx_op("Mod", fmod=0))))
 register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow")))
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or"))))
+                onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or")),
+                llvm=lambda kb, a, x, y: kb.maximum(x, y)))
 register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Min"), bool=onnx_op("And"))))
+                onnx=by_kind(onnx_op("Min"), bool=onnx_op("And")),
+                llvm=lambda kb, a, x, y: kb.minimum(x, y)))
 register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool",
                 onnx=_compare("Equal")))
 register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool",

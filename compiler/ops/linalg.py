@@ -59,6 +59,53 @@ def _macs(input_types, _output_types, _attrs) -> Dim:
     return prod(batch) * m * k * n
 
 
+def _llvm(kb, n):
+    """C = A @ B per batch (batch axes broadcast). f32/f64/ints run i-k-j, so the innermost
+    loop streams a row of B into a row of C and vectorises; half floats accumulate each C
+    element in f32 registers (i-j-k), as the reference rounds once at the end."""
+    a_t, b_t = n.in_types
+    out_t = n.out_types[0]
+    batch, m, k, cols = _matrix_shapes(a_t, b_t)
+    a, b, c = kb.buffer(0, a_t.dtype), kb.buffer(1, b_t.dtype), kb.buffer(2, out_t.dtype)
+    out_batch = TensorType(out_t.dtype, batch)
+    a_strides = kb._broadcast_strides(TensorType(a_t.dtype, a_t.shape[:-2]), out_batch)
+    b_strides = kb._broadcast_strides(TensorType(b_t.dtype, b_t.shape[:-2]), out_batch)
+    c_strides = kb.strides(batch)
+    mk, kn, mn = kb.dim(m * k), kb.dim(k * cols), kb.dim(m * cols)
+    dk, dn = kb.dim(k), kb.dim(cols)
+    half = a_t.dtype in ("f16", "bf16")
+
+    def one_batch(index):
+        a0 = kb.b.mul(kb.dot(index, a_strides), mk)
+        b0 = kb.b.mul(kb.dot(index, b_strides), kn)
+        c0 = kb.b.mul(kb.dot(index, c_strides), mn)
+        with kb.for_range(kb.dim(m)) as i:
+            a_row = kb.b.add(a0, kb.b.mul(i, dk))
+            c_row = kb.b.add(c0, kb.b.mul(i, dn))
+            if half:
+                with kb.for_range(dn) as j:
+                    def step(acc, p):
+                        x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
+                        y = kb.load(b, kb.b.add(b0, kb.b.add(kb.b.mul(p, dn), j)), b_t.dtype)
+                        return kb.add(acc, kb.mul(x, y))
+                    total = kb.accumulate(kb.dim(0), dk, kb.const(0.0, "f32"), step)
+                    kb.store(c, kb.b.add(c_row, j), total, out_t.dtype)
+                return
+            zero = kb.const(0, out_t.dtype)
+            with kb.for_range(dn) as j:
+                kb.store(c, kb.b.add(c_row, j), zero, out_t.dtype)
+            with kb.for_range(dk) as p:
+                x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
+                b_row = kb.b.add(b0, kb.b.mul(p, dn))
+                with kb.for_range(dn) as j:
+                    at = kb.b.add(c_row, j)
+                    y = kb.load(b, kb.b.add(b_row, j), b_t.dtype)
+                    kb.store(c, at, kb.add(kb.load(c, at, out_t.dtype), kb.mul(x, y)),
+                             out_t.dtype)
+
+    kb.loop_nest([kb.dim(d) for d in batch], one_batch)
+
+
 register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   "Matrix product a @ b: batched and broadcasting, 1-D operands as numpy.",
-                  promote=True, macs=_macs, onnx=onnx_op("MatMul")))
+                  promote=True, macs=_macs, onnx=onnx_op("MatMul"), llvm=_llvm))

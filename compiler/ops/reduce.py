@@ -139,6 +139,8 @@ register(reduction("argmin", np.argmin,
 register(reduction("logsumexp", logsumexp, "log(sum(exp(x))) over axis, computed stably.",
                    dtypes=FLOATS, onnx=widened(_logsumexp_onnx)))
 register(along_axis("softmax", softmax, "exp(x) / sum(exp(x)) along axis, computed stably.",
-                    onnx=_softmax_onnx("Softmax")))
+                    onnx=_softmax_onnx("Softmax"),
+                    llvm=lambda kb, n, axis: kb.softmax(n, axis)))
 register(along_axis("log_softmax", log_softmax, "log(softmax(x)) along axis, computed stably.",
-                    onnx=_softmax_onnx("LogSoftmax")))
+                    onnx=_softmax_onnx("LogSoftmax"),
+                    llvm=lambda kb, n, axis: kb.softmax(n, axis, log=True)))

@@ -81,6 +81,9 @@ class OpRecord:
     # onnx(builder, node): append the ONNX nodes computing node.outputs from node.inputs
     # (compiler/codegen/onnx.py: OnnxBuilder and OnnxNode)
     onnx: Callable[[Any, Any], None] | None = None
+    # llvm(kernel_builder, node): build the body of the op's native kernel
+    # (compiler/codegen/llvm/kernel.py: KernelBuilder; node has in_types, out_types, attrs)
+    llvm: Callable[[Any, Any], None] | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def promoted(self, arg: str) -> bool:

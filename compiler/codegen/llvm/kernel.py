@@ -152,7 +152,9 @@ class KernelBuilder:
 
     def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
         ty = args[0].type
-        fn = self.module.declare_intrinsic(f"llvm.{name}", [ty])
+        fn = self.module.declare_intrinsic(
+            f"llvm.{name}", [ty], ir.FunctionType(ty, [a.type for a in args])
+        )
         return self.b.call(fn, list(args), fastmath=self.flags if ty in (F32, F64) else ())
 
     def fadd(self, a, b):
@@ -166,3 +168,243 @@ class KernelBuilder:
 
     def fdiv(self, a, b):
         return self.b.fdiv(a, b, flags=self.flags)
+
+    def libm(self, name: str, *args: ir.Value) -> ir.Value:
+        """A C math library function (tanhf, erff, ...) on f32 or f64 scalars."""
+        ty = args[0].type
+        symbol = name + ("f" if ty == F32 else "")
+        fn = self.module.globals.get(symbol)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [a.type for a in args]), symbol)
+        return self.b.call(fn, list(args))
+
+    # ------------------------------------------------------------------ loop nests
+    def elementwise(self, n, scalar) -> None:
+        """out[i...] = scalar(kb, *inputs[i...]) with numpy broadcasting; the inner loop runs
+        over contiguous memory so LLVM vectorises it."""
+        out_t = n.out_types[0]
+        ins = [(self.buffer(i, t.dtype), t) for i, t in enumerate(n.in_types)]
+        out = self.buffer(len(ins), out_t.dtype)
+        if all(t.shape == out_t.shape or t.rank == 0 for _, t in ins):  # no broadcasting
+            zero = ir.Constant(I64, 0)
+            with self.for_range(self.numel(out_t.shape)) as i:
+                vals = [self.load(p, i if t.rank else zero, t.dtype) for p, t in ins]
+                self.store(out, i, scalar(self, *vals), out_t.dtype)
+            return
+        strides = [self._broadcast_strides(t, out_t) for _, t in ins]
+        self._nest(0, out_t, ins, strides, [ir.Constant(I64, 0)] * len(ins),
+                   ir.Constant(I64, 0), out, scalar)
+
+    def _broadcast_strides(self, t, out_t) -> list[ir.Value]:
+        """Element strides of `t` along each axis of the output (0 where it broadcasts)."""
+        pad = out_t.rank - t.rank
+        strides: list[ir.Value] = [ir.Constant(I64, 0)] * out_t.rank
+        step: ir.Value = ir.Constant(I64, 1)
+        for axis in range(t.rank - 1, -1, -1):
+            d = t.shape[axis]
+            if not (d.is_const and d.value == 1 and not (out_t.shape[axis + pad] == 1)):
+                strides[axis + pad] = step
+            step = self.b.mul(step, self.dim(d))
+        return strides
+
+    def _nest(self, axis, out_t, ins, strides, offsets, out_offset, out, scalar) -> None:
+        if axis == out_t.rank:
+            vals = [self.load(p, o, t.dtype) for (p, t), o in zip(ins, offsets, strict=True)]
+            self.store(out, out_offset, scalar(self, *vals), out_t.dtype)
+            return
+        inner = self.numel(out_t.shape[axis + 1:])
+        with self.for_range(self.dim(out_t.shape[axis])) as i:
+            new = [self.b.add(o, self.b.mul(i, s[axis])) for o, s in zip(offsets, strides,
+                                                                         strict=True)]
+            self._nest(axis + 1, out_t, ins, strides, new,
+                       self.b.add(out_offset, self.b.mul(i, inner)), out, scalar)
+
+    # ------------------------------------------------------------------ scalar arithmetic
+    # on compute-type values: f32/f64 floats, i32/i64 ints, i1 bools
+    @staticmethod
+    def is_float(v: ir.Value) -> bool:
+        return isinstance(v.type, (ir.FloatType, ir.DoubleType))
+
+    def add(self, a, b):  # on bools numpy's + is `or`, * is `and`
+        if a.type == I1:
+            return self.b.or_(a, b)
+        return self.fadd(a, b) if self.is_float(a) else self.b.add(a, b)
+
+    def sub(self, a, b):
+        return self.fsub(a, b) if self.is_float(a) else self.b.sub(a, b)
+
+    def mul(self, a, b):
+        if a.type == I1:
+            return self.b.and_(a, b)
+        return self.fmul(a, b) if self.is_float(a) else self.b.mul(a, b)
+
+    def neg(self, a):
+        return self.b.fneg(a, flags=self.flags) if self.is_float(a) else self.b.neg(a)
+
+    def lit(self, like: ir.Value, value: float) -> ir.Constant:
+        return ir.Constant(like.type, value if self.is_float(like) else int(value))
+
+    def compare(self, op: str, a, b) -> ir.Value:
+        if self.is_float(a):  # ordered: a comparison with NaN is false (but != is true)
+            return (self.b.fcmp_unordered(op, a, b) if op == "!="
+                    else self.b.fcmp_ordered(op, a, b))
+        return self.b.icmp_signed(op, a, b)
+
+    def select(self, cond, a, b):
+        return self.b.select(cond, a, b)
+
+    def maximum(self, a, b):
+        """numpy's maximum: NaN wins."""
+        if a.type == I1:
+            return self.b.or_(a, b)
+        return self.intrinsic("maximum", a, b) if self.is_float(a) else self.select(
+            self.compare(">", a, b), a, b)
+
+    def minimum(self, a, b):
+        if a.type == I1:
+            return self.b.and_(a, b)
+        return self.intrinsic("minimum", a, b) if self.is_float(a) else self.select(
+            self.compare("<", a, b), a, b)
+
+    def convert(self, v: ir.Value, dtype: str) -> ir.Value:
+        """A compute value as the compute type of `dtype` (numpy's astype: floats truncate
+        toward zero into ints; anything nonzero is true)."""
+        to = COMPUTE[dtype]
+        b = self.b
+        if v.type == to:
+            return v
+        if to == I1:
+            zero = ir.Constant(v.type, 0.0 if self.is_float(v) else 0)
+            return self.compare("!=", v, zero)
+        if v.type == I1:
+            floating = isinstance(to, (ir.FloatType, ir.DoubleType))
+            return b.uitofp(v, to) if floating else b.zext(v, to)
+        if self.is_float(v):
+            if isinstance(to, (ir.FloatType, ir.DoubleType)):
+                return b.fpext(v, to) if to == F64 else b.fptrunc(v, to)
+            return b.fptosi(v, to)
+        if isinstance(to, (ir.FloatType, ir.DoubleType)):
+            return b.sitofp(v, to)
+        return b.sext(v, to) if to.width > v.type.width else b.trunc(v, to)
+
+    def exp(self, a):
+        return self.intrinsic("exp", a)
+
+    def sigmoid(self, a):
+        one = self.lit(a, 1.0)
+        return self.fdiv(one, self.fadd(one, self.exp(self.neg(a))))
+
+    # ------------------------------------------------------------------ strided tensors
+    def strides(self, shape) -> list[ir.Value]:
+        """Row-major element strides of a shape."""
+        out: list[ir.Value] = []
+        step: ir.Value = ir.Constant(I64, 1)
+        for d in reversed(shape):
+            out.append(step)
+            step = self.b.mul(step, self.dim(d))
+        return out[::-1]
+
+    def loop_nest(self, sizes: list[ir.Value], body) -> None:
+        """for i0 in range(sizes[0]): for i1 ...: body([i0, i1, ...])."""
+
+        def level(k: int, index: list[ir.Value]) -> None:
+            if k == len(sizes):
+                body(index)
+                return
+            with self.for_range(sizes[k]) as i:
+                level(k + 1, [*index, i])
+
+        level(0, [])
+
+    def dot(self, index: list[ir.Value], strides: list[ir.Value]) -> ir.Value:
+        total: ir.Value = ir.Constant(I64, 0)
+        for i, s in zip(index, strides, strict=True):
+            total = self.b.add(total, self.b.mul(i, s))
+        return total
+
+    def accumulate(self, start: ir.Value, stop: ir.Value, init: ir.Value, step) -> ir.Value:
+        """fold(step, range(start, stop), init): a loop-carried scalar, as an SSA phi."""
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block("acc.head")
+        body = b.append_basic_block("acc.body")
+        done = b.append_basic_block("acc.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64)
+        acc = b.phi(init.type)
+        i.add_incoming(start, pre)
+        acc.add_incoming(init, pre)
+        b.cbranch(b.icmp_signed("<", i, stop), body, done)
+        b.position_at_end(body)
+        new = step(acc, i)
+        acc.add_incoming(new, b.block)
+        i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        return acc
+
+    # ------------------------------------------------------------------ data movement
+    def copy_all(self, n) -> None:
+        """Output 0 is input 0's bytes (reshape, flatten): one memcpy."""
+        t = n.in_types[0]
+        size = self.b.mul(self.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
+        src, dst = (self.b.load(self.b.gep(self.args_ptr, [ir.Constant(I64, i)])) for i in (0, 1))
+        memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+        self.b.call(memcpy, [dst, src, size, ir.Constant(I1, 0)])
+
+    def permute(self, n, perm) -> None:
+        """out[i0, i1, ...] = x[..., i_k at axis perm[k], ...] (transpose, permute)."""
+        x_t, out_t = n.in_types[0], n.out_types[0]
+        x, out = self.buffer(0, x_t.dtype), self.buffer(1, out_t.dtype)
+        x_strides = self.strides(x_t.shape)
+        gather = [x_strides[p] for p in perm]
+        out_strides = self.strides(out_t.shape)
+
+        def body(index):
+            value = self.b.load(self.b.gep(x, [self.dot(index, gather)]))
+            self.b.store(value, self.b.gep(out, [self.dot(index, out_strides)]))
+
+        self.loop_nest([self.dim(d) for d in out_t.shape], body)
+
+    # ------------------------------------------------------------------ reductions
+    def along_axis(self, n, axis: int):
+        """(x, out, outer, length, inner, each) for an op reading x along one axis: `each(body)`
+        calls body(offset_of(j)) once per line, where offset_of(j) is the j-th element's index."""
+        t = n.in_types[0]
+        x, out = self.buffer(0, t.dtype), self.buffer(1, n.out_types[0].dtype)
+        shape = t.shape or (Dim.of(1),)
+        outer = self.numel(shape[:axis])
+        length = self.dim(shape[axis])
+        inner = self.numel(shape[axis + 1 :])
+
+        def each(body):
+            with self.for_range(outer) as o:
+                with self.for_range(inner) as i:
+                    base = self.b.add(self.b.mul(o, self.b.mul(length, inner)), i)
+                    body(lambda j: self.b.add(base, self.b.mul(j, inner)))
+
+        return x, out, length, each
+
+    def softmax(self, n, axis: int, log: bool = False) -> None:
+        """Stable softmax (or log_softmax) along `axis`: max, then sum of exp(x - max)."""
+        dtype = n.in_types[0].dtype
+        x, out, length, each = self.along_axis(n, axis)
+        zero = ir.Constant(I64, 0)
+
+        def line(at):
+            def load(j):
+                return self.load(x, at(j), dtype)
+
+            top = self.accumulate(zero, length, self.const(float("-inf"), dtype),
+                                  lambda m, j: self.maximum(m, load(j)))
+            total = self.accumulate(zero, length, self.const(0.0, dtype),
+                                    lambda s, j: self.fadd(s, self.exp(self.fsub(load(j), top))))
+            log_total = self.intrinsic("log", total) if log else None
+            with self.for_range(length) as j:
+                shifted = self.fsub(load(j), top)
+                value = (self.fsub(shifted, log_total) if log
+                         else self.fdiv(self.exp(shifted), total))
+                self.store(out, at(j), value, dtype)
+
+        each(line)

@@ -1,0 +1,157 @@
+"""The native target: LLVM-compiled code agrees with the reference, and is only ever entered
+with arguments it was compiled for."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln import KilnError
+from kiln.compiler.ops import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+RNG = np.random.default_rng(7)
+
+
+def both(src: str, **kw):
+    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw)
+
+
+def agree(native, ref, *inputs, rtol=1e-5, atol=1e-6):
+    got, want = native(*inputs), ref(*inputs)
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def test_mlp_example_at_two_batch_sizes():
+    native, ref = both(str(ROOT / "examples" / "mlp.kiln"))
+    for batch in (1, 5):
+        agree(native, ref, RNG.standard_normal((batch, 784)).astype(np.float32))
+
+
+UNARY = [name for name, rec in REGISTRY.items()
+         if rec.elementwise and rec.llvm is not None and len(rec.args) == 1]
+BINARY = [name for name, rec in REGISTRY.items()
+          if rec.elementwise and rec.llvm is not None and len(rec.args) == 2
+          and all(a.kind == "tensor" for a in rec.args)]
+
+
+@pytest.mark.parametrize("op", UNARY)
+def test_unary_ops_agree_with_the_reference(op):
+    native, ref = both(f"model M {{ forward(x: f32[B, 7]) -> f32[B, 7] {{ return {op}(x) }} }}")
+    x = RNG.standard_normal((3, 7)).astype(np.float32) * 3
+    if op in ("log", "sqrt"):
+        x = np.abs(x) + 0.1
+    agree(native, ref, x)
+
+
+@pytest.mark.parametrize("op", BINARY)
+@pytest.mark.parametrize("shapes", [("[B, 5]", "[B, 5]"), ("[B, 1]", "[1, 5]"), ("[5]", "[B, 5]"),
+                                    ("[B, 5]", "[]")])
+def test_binary_ops_broadcast_like_the_reference(op, shapes):
+    sa, sb = shapes
+    out = "[B, 5]"
+    native, ref = both(f"model M {{ forward(a: f32{sa}, b: f32{sb}) -> f32{out} "
+                       f"{{ return {op}(a, b) }} }}")
+    for batch in (1, 4):
+        a = RNG.standard_normal([batch if d == "B" else int(d)
+                                 for d in sa.strip("[]").split(", ") if d]).astype(np.float32)
+        b = RNG.standard_normal([batch if d == "B" else int(d)
+                                 for d in sb.strip("[]").split(", ") if d]).astype(np.float32)
+        if op == "div":
+            b = np.abs(b) + 0.5
+        agree(native, ref, a, b)
+
+
+def test_integer_bool_and_cast_paths():
+    native, ref = both("""
+model M {
+  forward(i: i64[N], j: i32[N], x: f32[N]) -> (i64[N], f32[N], i32[N], f32[N], bool[N]) {
+    return i * 3 - i, i / 2, cast(x, "i32"), cast(j, "f32") + x, cast(x, "bool") + cast(i, "bool")
+  }
+}""")
+    i = np.array([-3, 0, 5, 7], np.int64)
+    agree(native, ref, i, i.astype(np.int32), np.array([-1.7, 0.0, 2.5, 3.9], np.float32))
+
+
+def test_matmul_transpose_softmax_and_batched_broadcasting():
+    native, ref = both("""
+model M {
+  forward(a: f32[B, 2, 3, 4], b: f32[4, 5], c: f32[1, 2, 4, 3]) -> (f32[B, 2, 3, 5], f32[B, 2, 3, 3], f32[B, 2, 5, 3]) {
+    y = a @ b
+    return softmax(y, axis = 2), log_softmax(a @ c, axis = -1), transpose(y, -1, -2)
+  }
+}""")
+    for batch in (1, 3):
+        agree(native, ref, RNG.standard_normal((batch, 2, 3, 4)).astype(np.float32),
+              RNG.standard_normal((4, 5)).astype(np.float32),
+              RNG.standard_normal((1, 2, 4, 3)).astype(np.float32))
+
+
+def test_half_precision_matmul_rounds_once():
+    native, ref = both("model M { forward(a: f16[3, 64], b: f16[64, 2]) -> f16[3, 2] "
+                       "{ return a @ b } }")
+    agree(native, ref, RNG.standard_normal((3, 64)).astype(np.float16),
+          RNG.standard_normal((64, 2)).astype(np.float16), rtol=1e-3, atol=1e-3)
+
+
+def test_an_op_without_a_native_lowering_is_a_located_error():
+    unsupported = next(n for n, r in REGISTRY.items()
+                       if r.llvm is None and "internal" not in r.tags and r.name == "conv")
+    src = ("model M {\n  forward(x: f32[1, 3, 8, 8], w: f32[4, 3, 3, 3]) -> f32[1, 4, 6, 6] {\n"
+           f"    return {unsupported}(x, w)\n  }}\n}}\n")
+    with pytest.raises(KilnError) as info:
+        kiln.compile(src, target="native")
+    assert info.value.code == "K0702" and info.value.span.line == 3
+
+
+def test_bad_inputs_are_refused_before_native_code_runs():
+    m = kiln.compile("model M { forward(x: f32[B, 3]) -> f32[B, 3] { return x * 2.0 } }",
+                     target="native")
+    for bad in (np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float64), np.zeros(3, np.float32)):
+        with pytest.raises(KilnError):
+            m(bad)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)[:, ::-1]  # not contiguous: copied
+    np.testing.assert_array_equal(m(x), x * 2)
+
+
+def test_calls_from_several_threads_at_once():
+    native, ref = both(str(ROOT / "examples" / "mlp.kiln"))
+    inputs = [RNG.standard_normal((n, 784)).astype(np.float32) for n in (1, 2, 3, 4, 5, 6)]
+    want = [ref(x) for x in inputs]
+    errors = []
+
+    def work(k):
+        for _ in range(20):
+            x = inputs[k % len(inputs)]
+            if not np.allclose(native(x), want[k % len(inputs)], rtol=1e-5, atol=1e-6):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_many_calls_do_not_grow_memory():
+    import resource
+
+    m = kiln.compile("model M { forward(x: f32[B, 64]) -> f32[B, 64] { return relu(x) + 1.0 } }",
+                     target="native")
+    x = np.zeros((4, 64), np.float32)
+    for _ in range(500):
+        m(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(10_000):
+        m(x)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert after - before < 10_000  # KiB: no per-call leak
