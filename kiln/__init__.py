@@ -8,7 +8,8 @@ y = model(x)                                      # numpy in, numpy out
 
 from __future__ import annotations
 
+from kiln.runtime.version import __version__
+
 from .api import KilnError, compile, load
 
-__version__ = "0.1.0"
 __all__ = ["KilnError", "__version__", "compile", "load"]

@@ -13,23 +13,32 @@ from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.module import build_module, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
+from . import cache
 from .model import CompiledModel
+from .version import __version__
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))
 
 
 def compile_object(model: ElaboratedModel, target: targets.Target):
-    """LLVM IR -> optimised object code for `target`; returns (object bytes, layout)."""
+    """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
+    returns (object bytes, layout, target machine)."""
     machine = target.machine()
     module, layout = build_module(model, llvm.get_process_triple(), str(machine.target_data))
-    parsed = llvm.parse_assembly(str(module))
-    parsed.verify()
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    options.slp_vectorization = True
-    builder = llvm.create_pass_builder(machine, options)
-    builder.getModulePassManager().run(parsed, builder)
-    return machine.emit_object(parsed), layout, machine
+    text = str(module)
+    name = cache.key(__version__, target.cpu, target.features, text)
+    obj = cache.load(name)
+    if obj is None:
+        parsed = llvm.parse_assembly(text)
+        parsed.verify()
+        options = llvm.create_pipeline_tuning_options(speed_level=3)
+        options.loop_vectorization = True
+        options.slp_vectorization = True
+        builder = llvm.create_pass_builder(machine, options)
+        builder.getModulePassManager().run(parsed, builder)
+        obj = machine.emit_object(parsed)
+        cache.store(name, obj)
+    return obj, layout, machine
 
 
 class NativeModel(CompiledModel):

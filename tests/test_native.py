@@ -155,3 +155,25 @@ def test_many_calls_do_not_grow_memory():
         m(x)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert after - before < 10_000  # KiB: no per-call leak
+
+
+def test_the_compile_cache_serves_unchanged_models_and_rebuilds_damaged_entries(tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    src = "model M { forward(x: f32[B, 8]) -> f32[B, 8] { return tanh(x) * 2.0 } }"
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    first = kiln.compile(src, target="native")(x)
+    (entry,) = tmp_path.glob("*.o")
+    stamp = entry.stat().st_mtime_ns
+    np.testing.assert_array_equal(kiln.compile(src, target="native")(x), first)
+    assert entry.stat().st_mtime_ns == stamp  # served from the cache, not rewritten
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]),
+                   lambda b: b"garbage"):
+        entry.write_bytes(damage(entry.read_bytes()))
+        np.testing.assert_array_equal(kiln.compile(src, target="native")(x), first)
+        assert entry.read_bytes()[:8] == b"KILNOBJ1"  # rebuilt, whole again
+    kiln.compile(src.replace("2.0", "3.0"), target="native")  # constants are data, not code
+    assert len(list(tmp_path.glob("*.o"))) == 1
+    kiln.compile(src.replace("tanh", "sigmoid"), target="native")
+    assert len(list(tmp_path.glob("*.o"))) == 2  # changed code is a new entry
+    assert not list(tmp_path.glob(".*.tmp"))  # writes are atomic: no leftovers

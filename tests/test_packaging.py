@@ -48,3 +48,10 @@ def test_the_wheel_holds_every_module_grammar_and_stdlib_file(tmp_path):
                 if (path.parent / "__init__.py").exists():
                     expected.add(f"{prefix}/{path.relative_to(ROOT / top).as_posix()}")
     assert expected - names == set()
+
+
+def test_versions_agree():
+    import kiln
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["version"] == kiln.__version__

@@ -1,0 +1,57 @@
+"""The on-disk compile cache: object code keyed by the model's IR, the target CPU and kiln's
+version. Entries are written atomically and carry a checksum, so a damaged or truncated entry
+is detected, removed and rebuilt — never loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+MAGIC = b"KILNOBJ1"
+
+
+def cache_dir() -> Path:
+    """$KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln."""
+    if os.environ.get("KILN_CACHE_DIR"):
+        return Path(os.environ["KILN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kiln"
+
+
+def key(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def load(name: str) -> bytes | None:
+    """The cached object code for `name`, or None (absent, unreadable or damaged)."""
+    path = cache_dir() / f"{name}.o"
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    header = len(MAGIC) + 32
+    payload = data[header:]
+    if data[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != data[len(MAGIC):header]:
+        try:
+            path.unlink()  # damaged: never load it, rebuild it
+        except OSError:
+            pass
+        return None
+    return payload
+
+
+def store(name: str, payload: bytes) -> None:
+    """Write an entry atomically; a cache that cannot be written is simply not used."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{name}.{os.getpid()}.{id(payload)}.tmp"
+        tmp.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+        os.replace(tmp, directory / f"{name}.o")
+    except OSError:
+        pass
