@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from kiln.runtime.version import __version__
 
-from .api import KilnError, compile, load
+from .api import KilnError, compile, load, load_compiled
 
-__all__ = ["KilnError", "__version__", "compile", "load"]
+__all__ = ["KilnError", "__version__", "compile", "load", "load_compiled"]

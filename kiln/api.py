@@ -72,3 +72,11 @@ def compile(
     from kiln.runtime.reference import ReferenceModel
 
     return ReferenceModel(elaborated, params, variant)
+
+
+def load_compiled(path: str | os.PathLike):
+    """A native library written by `kiln compile --target native -o model.so`, ready to call
+    (its weights from model.safetensors beside it); no recompilation."""
+    from kiln.runtime.aot import load_compiled as load
+
+    return load(path)

@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
-    c.add_argument("--target", default="onnx", choices=["onnx"])
-    c.add_argument("-o", "--output", required=True, help="the file to write (model.onnx)")
+    c.add_argument("--target", default="onnx", choices=["onnx", "native"])
+    c.add_argument("-o", "--output", required=True,
+                   help="the file to write: model.onnx, or model.so (with model.safetensors, "
+                   "model.kiln.json and model.h beside it)")
+    c.add_argument("--cpu", help="native: build for this CPU (e.g. x86-64-v3) instead of this "
+                   "machine's own")
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
@@ -104,6 +108,14 @@ def cmd_compile(opts) -> int:
         weights=opts.weights,
         args=parse_args_option(opts.arg),
     )
+    if opts.target == "native":
+        from kiln.compiler.codegen.llvm import target as targets
+        from kiln.runtime.aot import write_library
+
+        cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
+        files = write_library(model.model, model.params, opts.output, cpu)
+        print(f"wrote {', '.join(str(f) for f in files)}: {model.signature()}, for {cpu.cpu}")
+        return 0
     model.export_onnx(opts.output)
     from kiln.compiler.codegen.onnx import OPSET
 

@@ -10,9 +10,10 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.module import build_module, plan_memory
+from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
+from ..compiler.errors import KilnError
 from . import cache
 from .model import CompiledModel
 from .version import __version__
@@ -20,12 +21,14 @@ from .version import __version__
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))
 
 
-def compile_object(model: ElaboratedModel, target: targets.Target):
+def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
-    returns (object bytes, layout, target machine)."""
+    returns (object bytes, layout, target machine). `with_plan` adds `kiln_plan`, the memory
+    plan as a C function, for libraries used without kiln."""
     machine = target.machine()
-    module, layout = build_module(model, llvm.get_process_triple(), str(machine.target_data))
-    text = str(module)
+    module, layout = build_module(model, llvm.get_process_triple(), str(machine.target_data),
+                                  with_plan=with_plan)
+    text = ir_text(module, target.vector_width)
     name = cache.key(__version__, target.cpu, target.features, text)
     obj = cache.load(name)
     if obj is None:
@@ -56,6 +59,24 @@ class NativeModel(CompiledModel):
         self._local = threading.local()
         self._plans: dict[tuple, tuple[np.ndarray, int]] = {}
 
+    @classmethod
+    def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
+                     cpu: targets.Target) -> NativeModel:
+        """A model whose code comes from a shared library built ahead of time."""
+        self = cls.__new__(cls)
+        CompiledModel.__init__(self, model, params)
+        self.cpu = cpu
+        self._variant = None
+        self._local = threading.local()
+        self._plans = {}
+        self._compiled = {model.present: (model, layout, library, entry,
+                                          self._param_pointers(layout))}
+        return self
+
+    @staticmethod
+    def signature_of(model: ElaboratedModel) -> str:
+        return CompiledModel(model, {}).signature()
+
     def _build(self, model: ElaboratedModel):
         obj, layout, machine = compile_object(model, self.cpu)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
@@ -82,6 +103,9 @@ class NativeModel(CompiledModel):
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         if present not in self._compiled:
+            if self._variant is None:
+                raise KilnError("K0501", "this library was built with every optional input given",
+                                hint="pass every optional input")
             self._compiled[present] = self._build(self._variant(present))
         model, layout, _engine, entry, (params, _keep) = self._compiled[present]
         key = (present, tuple(dims.get(s, 0) for s in layout.symbols))

@@ -177,3 +177,107 @@ def test_the_compile_cache_serves_unchanged_models_and_rebuilds_damaged_entries(
     kiln.compile(src.replace("tanh", "sigmoid"), target="native")
     assert len(list(tmp_path.glob("*.o"))) == 2  # changed code is a new entry
     assert not list(tmp_path.glob(".*.tmp"))  # writes are atomic: no leftovers
+
+
+def _ahead_of_time(tmp_path, src, cpu=None):
+    path = tmp_path / "model.kiln"
+    path.write_text(src)
+    args = ["compile", str(path), "--target", "native", "-o", str(tmp_path / "model.so")]
+    if cpu:
+        args += ["--cpu", cpu]
+    from kiln.cli import main
+
+    assert main(args) == 0
+    return tmp_path / "model.so"
+
+
+AOT_SRC = ("model M(k: float = 2.0) {\n  param w: [8, 8] = init.normal()\n"
+           "  forward(x: f32[B, 8]) -> f32[B, 8] where B <= 64 { return softmax(x @ w * k) }\n}\n")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
+    lib = _ahead_of_time(tmp_path, AOT_SRC)
+    for name in ("model.so", "model.safetensors", "model.kiln.json", "model.h"):
+        assert (tmp_path / name).exists()
+    monkeypatch.setattr("kiln.runtime.native.compile_object", None)  # no compiling allowed now
+    m = kiln.load_compiled(lib)
+    ref = kiln.compile(AOT_SRC)
+    x = RNG.standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_allclose(m(x), ref(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(KilnError) as info:
+        m(np.zeros((65, 8), np.float32))  # the where constraint survives the trip
+    assert info.value.code == "K0504"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_a_library_for_missing_cpu_features_is_refused(tmp_path):
+    import json
+
+    lib = _ahead_of_time(tmp_path, AOT_SRC, cpu="x86-64-v3")
+    meta_path = tmp_path / "model.kiln.json"
+    meta = json.loads(meta_path.read_text())
+    assert "+avx2" in meta["features"] and "avx512f" not in meta["features"]
+    kiln.load_compiled(lib)  # every machine here has AVX2
+    meta["features"] += ",+imaginary-feature"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(KilnError) as info:
+        kiln.load_compiled(lib)
+    assert info.value.code == "K0704" and "imaginary-feature" in info.value.message
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_the_library_is_usable_from_c_with_its_header(tmp_path):
+    import subprocess
+
+    from kiln.runtime.weights import load_weights
+
+    src = "model M { forward(x: f32[B, 4]) -> f32[B, 4] { return relu(x) * 3.0 + 1.0 } }"
+    lib = _ahead_of_time(tmp_path, src)
+    meta = __import__("json").loads((tmp_path / "model.kiln.json").read_text())
+    consts = load_weights(tmp_path / "model.safetensors")
+    values = ", ".join(f"{float(consts[name]):.1f}f" for name in meta["params"])
+    (tmp_path / "main.c").write_text(f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+int main(void) {{
+    float x[8] = {{-1, 2, -3, 4, 5, -6, 7, 0}}, y[8];
+    float consts[] = {{{values}}};
+    void *params[{len(meta['params'])}];
+    for (int i = 0; i < {len(meta['params'])}; i++) params[i] = &consts[i];
+    int64_t dims[1] = {{2}}, offsets[{max(1, len(meta['slots']))}];
+    void *work = aligned_alloc(64, 64 + kiln_plan(dims, offsets));
+    void *in[1] = {{x}}, *out[1] = {{y}};
+    run(in, out, params, work, dims, offsets);
+    for (int i = 0; i < 8; i++) printf("%g ", y[i]);
+    return 0;
+}}
+""")
+    exe = tmp_path / "main"
+    subprocess.run(["cc", "-o", str(exe), str(tmp_path / "main.c"), str(lib), "-lm",
+                    f"-Wl,-rpath,{tmp_path}"], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    assert [float(v) for v in out] == [1, 7, 1, 13, 16, 1, 22, 1]
+
+
+@pytest.mark.parametrize(("cpu", "wide"), [("x86-64-v3", False), ("x86-64-v4", True)])
+def test_code_for_a_named_cpu_uses_its_vector_width(cpu, wide):
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.codegen.llvm.module import build_module, ir_text
+
+    model = kiln.load("model M { forward(a: f32[N], b: f32[N]) -> f32[N] { return a * b + a } }"
+                      ).elaborate()
+    target = targets.named(cpu)
+    machine = target.machine()
+    module, _ = build_module(model, llvm.get_process_triple(), str(machine.target_data))
+    parsed = llvm.parse_assembly(ir_text(module, target.vector_width))
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    options.loop_vectorization = True
+    builder = llvm.create_pass_builder(machine, options)
+    builder.getModulePassManager().run(parsed, builder)
+    asm = machine.emit_assembly(parsed)
+    assert "ymm" in asm  # vectorised with AVX2 at least
+    assert ("zmm" in asm) == wide  # and AVX-512 only where the target has it

@@ -10,6 +10,7 @@ tensor, from the memory plan (`plan_memory`). Python crosses into native code on
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +52,10 @@ ENTRY_TYPE = ir.FunctionType(
 )
 
 
-def build_module(model, triple: str, data_layout: str) -> tuple[ir.Module, ModuleLayout]:
-    """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow."""
+def build_module(model, triple: str, data_layout: str,
+                 with_plan: bool = False) -> tuple[ir.Module, ModuleLayout]:
+    """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
+    `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers."""
     graph: Graph = model.graph
     layout = ModuleLayout(symbols=list(model.symbols))
     module = ir.Module(name=model.name)
@@ -114,7 +117,27 @@ def build_module(model, triple: str, data_layout: str) -> tuple[ir.Module, Modul
                                                                           "constant"):
             _copy(module, b, src, dst, o.type, dims_p, layout.symbols)
     b.ret_void()
+    if with_plan:
+        _plan_function(module, layout)
     return module, layout
+
+
+def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
+    """A simple plan for C callers: every intermediate in its own aligned region (no reuse);
+    returns the workspace size. (kiln's own runtime reuses memory: plan_memory.)"""
+    fn = ir.Function(module, ir.FunctionType(I64, [I64.as_pointer(), I64.as_pointer()]),
+                     "kiln_plan")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    kb = KernelBuilder(ir.Module("scratch"), "scratch", layout.symbols)  # for its size helpers
+    kb.b, kb.dims_ptr = b, fn.args[0]
+    total: ir.Value = ir.Constant(I64, 0)
+    for slot, (t, _born, _dies) in enumerate(layout.slots):
+        b.store(total, b.gep(fn.args[1], [ir.Constant(I64, slot)]))
+        size = b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
+        aligned = b.mul(b.sdiv(b.add(size, ir.Constant(I64, ALIGN - 1)), ir.Constant(I64, ALIGN)),
+                        ir.Constant(I64, ALIGN))
+        total = b.add(total, aligned)
+    b.ret(total)
 
 
 def _kernel(module, rec, nid, graph, node, symbols) -> ir.Function:
@@ -139,6 +162,19 @@ def _copy(module, b, src, dst, t: TensorType, dims_p, symbols) -> None:
     b.store(src, b.gep(array, [ir.Constant(I64, 0)]))
     b.store(dst, b.gep(array, [ir.Constant(I64, 1)]))
     b.call(fn, [array, dims_p])
+
+
+def ir_text(module: ir.Module, vector_width: int) -> str:
+    """The module as LLVM IR text, for a target whose vectors hold `vector_width` f32s.
+
+    LLVM's loop vectoriser keeps to 256-bit vectors on AVX-512 unless a function asks for
+    512 ("prefer-vector-width"), which llvmlite's IR builder cannot spell: add it here.
+    """
+    text = str(module)
+    if vector_width >= 16:
+        text = re.sub(r"^(define [^\n]*)\n\{", r'\1 "prefer-vector-width"="512"\n{', text,
+                      flags=re.MULTILINE)
+    return text
 
 
 def plan_memory(layout: ModuleLayout, dims: dict[str, int]) -> tuple[np.ndarray, int]:

@@ -58,7 +58,24 @@ def host() -> Target:
     return Target(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
 
 
+# the x86-64 micro-architecture levels (psABI): portable targets and the features they need
+_LEVELS = {
+    "x86-64": "+sse,+sse2,+cx8,+cmov,+fxsr,+mmx",
+    "x86-64-v2": "+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+sahf",
+    "x86-64-v3": "+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave",
+    "x86-64-v4": "+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl",
+}
+
+
 def named(cpu: str) -> Target:
-    """A named CPU (e.g. "x86-64-v3", "skylake-avx512") with its default features."""
+    """A portable x86-64 level ("x86-64-v3": AVX2 and FMA; "x86-64-v4": AVX-512), with every
+    feature it implies, so a library built for it records what it needs."""
+    if cpu not in _LEVELS:
+        from ...errors import KilnError
+
+        raise KilnError("K0602", f"unknown CPU target {cpu!r}",
+                        hint=f"targets: {', '.join(_LEVELS)} (or leave --cpu out for this CPU)")
     _initialise()
-    return Target(cpu, "")
+    levels = list(_LEVELS)
+    features = ",".join(_LEVELS[level] for level in levels[: levels.index(cpu) + 1])
+    return Target(cpu, features)

@@ -1,0 +1,189 @@
+"""Ahead-of-time native libraries: `kiln compile --target native -o model.so`.
+
+Beside `model.so` go `model.safetensors` (parameters, buffers and constants, by name),
+`model.kiln.json` (the signature, the memory layout and the CPU features the code was built
+for) and `model.h` (the C entry point). `load_compiled("model.so")` runs it without
+recompiling, after checking that this CPU has every feature the library was built for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..compiler.codegen.llvm import target as targets
+from ..compiler.codegen.llvm.module import ModuleLayout
+from ..compiler.dims import Dim
+from ..compiler.elaborate import ElaboratedModel, Port
+from ..compiler.elaborate.values import ParamInfo
+from ..compiler.errors import KilnError
+from ..compiler.ir import Constraint, Graph
+from ..compiler.types import TensorType
+from .native import NativeModel, compile_object
+from .version import __version__
+from .weights import load_weights, save_weights
+
+HEADER = """\
+/* {name}: compiled by kiln {version} for {cpu}. Generated; do not edit.
+ *
+ * All pointers are to C-contiguous arrays. inputs/outputs follow the signature below;
+ * params follow "params" in {stem}.kiln.json (load them from {stem}.safetensors);
+ * dims holds the size of each symbol in "symbols" order: {symbols}.
+ * workspace must hold kiln_plan(dims, offsets) bytes (64-byte aligned); offsets has
+ * {slots} entries and is filled by kiln_plan.
+ *
+ * Signature: {signature}
+ */
+#include <stdint.h>
+
+int64_t kiln_plan(const int64_t *dims, int64_t *offsets);
+void run(void **inputs, void **outputs, void **params, void *workspace,
+         const int64_t *dims, const int64_t *offsets);
+"""
+
+
+def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
+                  cpu: targets.Target) -> list[Path]:
+    """Build `path` (a shared library) and its companions; returns the files written."""
+    path = Path(path)
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise KilnError(
+            "K0703", "linking a shared library needs a C compiler driver (cc), which is not on "
+            "PATH", hint='install gcc or clang, or use kiln.compile(..., target = "native") '
+            "(the JIT needs no system compiler)",
+        )
+    optional = [p for p in model.inputs if p.optional]
+    if optional:
+        raise KilnError("K0703", "a model with optional inputs cannot be compiled ahead of time "
+                        "yet (one library per set of inputs)", optional[0].span)
+    obj, layout, _machine = compile_object(model, cpu, with_plan=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        obj_path = Path(tmp) / "model.o"
+        obj_path.write_bytes(obj)
+        out = Path(tmp) / "model.so"
+        proc = subprocess.run([cc, "-shared", "-o", str(out), str(obj_path), "-lm"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise KilnError("K0703", f"linking {path.name} failed: {proc.stderr.strip()[:500]}")
+        try:
+            shutil.move(out, path)
+        except OSError as exc:
+            raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
+    stem = path.with_suffix("")
+    weights = {**{k: v for k, v in params.items()}, **layout.constants}
+    save_weights(f"{stem}.safetensors", weights)
+    meta = _metadata(model, layout, cpu)
+    Path(f"{stem}.kiln.json").write_text(json.dumps(meta, indent=1))
+    signature = NativeModel.signature_of(model)
+    Path(f"{stem}.h").write_text(HEADER.format(
+        name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
+        symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots), signature=signature,
+    ))
+    return [path, Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
+
+
+def _type(t: TensorType) -> dict:
+    return {"dtype": t.dtype, "shape": [str(d) for d in t.shape]}
+
+
+def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target) -> dict:
+    return {
+        "kiln": __version__, "name": model.name, "cpu": cpu.cpu, "features": cpu.features,
+        "inputs": [{"name": p.name, **_type(p.type)} for p in model.inputs],
+        "outputs": [{"name": p.name, **_type(p.type)} for p in model.outputs],
+        "symbols": layout.symbols, "params": layout.params,
+        "slots": [{**_type(t), "born": born, "dies": dies} for t, born, dies in layout.slots],
+        "param_info": {path: {"kind": i.kind, "dtype": i.dtype, "shape": list(i.shape),
+                              "persistent": i.persistent} for path, i in model.params.items()},
+        "aliases": model.aliases,
+        "constraints": [{"op": c.op, "lhs": str(c.lhs), "rhs": str(c.rhs), "text": c.text}
+                        for c in model.graph.constraints],
+    }
+
+
+_DIM_OPS = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b, "%": lambda a, b: a % b,
+    "**": lambda a, b: _power(a, b.value),
+}
+
+
+def _power(a: Dim, n: int) -> Dim:
+    out = Dim.of(1)
+    for _ in range(n):
+        out = out * a
+    return out
+
+
+def parse_dim(text: str) -> Dim:
+    """A size as printed by Dim (`2*B + 1`, `(H + 1)//2`), read back with kiln's grammar."""
+    from ..compiler.syntax import ast as A
+    from ..compiler.syntax.build import ASTBuilder
+    from ..compiler.syntax.parser import parse
+
+    def value(node) -> Dim:
+        if isinstance(node, A.Literal) and isinstance(node.value, int):
+            return Dim.of(node.value)
+        if isinstance(node, A.Name):
+            return Dim.of(node.id)
+        if isinstance(node, A.UnaryOp) and node.op == "-":
+            return -value(node.operand)
+        if isinstance(node, A.BinOp) and node.op in _DIM_OPS:
+            return _DIM_OPS[node.op](value(node.left), value(node.right))
+        raise ValueError(text)
+
+    return value(ASTBuilder("<dim>", text).transform(parse(text, "<dim>", start="test")))
+
+
+def _tensor(entry: dict) -> TensorType:
+    return TensorType(entry["dtype"], tuple(parse_dim(d) for d in entry["shape"]))
+
+
+def load_compiled(path: str | os.PathLike) -> NativeModel:
+    """A library written by `kiln compile --target native`, ready to call."""
+    path = Path(path)
+    stem = path.with_suffix("")
+    try:
+        meta = json.loads(Path(f"{stem}.kiln.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise KilnError(
+            "K0403", f"cannot read {stem}.kiln.json beside {path.name}: {exc}"
+        ) from None
+    built = targets.Target(meta["cpu"], meta["features"])
+    missing = built.missing_on(targets.host())
+    if missing:
+        raise KilnError(
+            "K0704", f"{path.name} was built for {meta['cpu']} and needs CPU features this "
+            f"machine lacks: {', '.join(missing)}",
+            hint="rebuild it here, or for a portable target: kiln compile --target native "
+            "--cpu x86-64-v3",
+        )
+    try:
+        lib = ctypes.CDLL(str(path.resolve()))
+    except OSError as exc:
+        raise KilnError("K0403", f"cannot load {path}: {exc}") from None
+    inputs = [Port(e["name"], _tensor(e)) for e in meta["inputs"]]
+    outputs = [Port(e["name"], _tensor(e)) for e in meta["outputs"]]
+    graph = Graph()
+    graph.constraints = [Constraint(c["op"], parse_dim(c["lhs"]), parse_dim(c["rhs"]), c["text"],
+                                    None) for c in meta["constraints"]]
+    infos = {p: ParamInfo(p, i["kind"], i["dtype"], tuple(i["shape"]), None, i["persistent"],
+                          "", "", None) for p, i in meta["param_info"].items()}
+    model = ElaboratedModel(meta["name"], {}, graph, inputs, outputs, infos, meta["aliases"],
+                            meta["symbols"], frozenset())
+    layout = ModuleLayout(symbols=meta["symbols"], params=meta["params"])
+    layout.slots = [(_tensor(s), s["born"], s["dies"]) for s in meta["slots"]]
+    stored = load_weights(f"{stem}.safetensors")
+    layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
+    params = {k: v for k, v in stored.items() if k in infos}
+    entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))(("run", lib))
+    return NativeModel.from_library(model, params, layout, lib, entry, built)
+
+
+__all__ = ["write_library", "load_compiled", "parse_dim"]
