@@ -63,63 +63,215 @@ def build_module(model, triple: str, data_layout: str,
     entry = ir.Function(module, ENTRY_TYPE, "run")
     inputs_p, outputs_p, params_p, work_p, dims_p, offsets_p = entry.args
     b = ir.IRBuilder(entry.append_basic_block("entry"))
-    order = graph.order()
-    position = {nid: i for i, nid in enumerate(order)}
-    last_use: dict[tuple[int, int], int] = {}
-    for u, v, d in graph.g.edges(data=True):
-        key = (u, d["src"])
-        last_use[key] = max(last_use.get(key, -1), position[v])
-    outputs = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
-    input_index = {nid: i for i, nid in enumerate(graph.inputs)}
-    where: dict[tuple[int, int], ir.Value] = {}
+    position = {nid: i for i, nid in enumerate(graph.order())}
 
-    def pointer(array_ptr, index: int) -> ir.Value:
-        return b.load(b.gep(array_ptr, [ir.Constant(I64, index)]))
+    def slot(t: TensorType, nid: int, last: int) -> ir.Value:
+        layout.slots.append((t, position[nid], last))
+        offset = b.load(b.gep(offsets_p, [ir.Constant(I64, len(layout.slots) - 1)]))
+        return b.gep(work_p, [offset])
 
-    for nid in order:
-        node = graph.node(nid)
-        op = node["op"]
-        if op == "input":
-            where[(nid, 0)] = pointer(inputs_p, input_index[nid])
-            continue
-        if op in ("param", "constant"):
-            name = node["attrs"]["path"] if op == "param" else f"const:{nid}"
-            if op == "constant":
-                layout.constants[name] = np.asarray(node["attrs"]["value"], order="C")
-            if name not in layout.params:
-                layout.params.append(name)
-            where[(nid, 0)] = pointer(params_p, layout.params.index(name))
-            continue
-        rec = REGISTRY[op]
-        if rec.llvm is None:
-            raise KilnError("K0702", f"the op {op} has no native lowering yet", node["span"],
-                            hint='run this model with target = "reference" or "onnx"')
-        for i, t in enumerate(node["types"]):
-            key = (nid, i)
-            if key in outputs:
-                where[key] = pointer(outputs_p, outputs[key])
-            else:
-                slot = len(layout.slots)
-                layout.slots.append((t, position[nid], last_use.get(key, position[nid])))
-                offset = b.load(b.gep(offsets_p, [ir.Constant(I64, slot)]))
-                where[key] = b.gep(work_p, [offset])
-        kernel = _kernel(module, rec, nid, graph, node, layout.symbols)
-        args = [where[(v.node, v.index)] if v is not None else ir.Constant(PTR, None)
-                for v in graph.operands(nid)]
-        args += [where[(nid, i)] for i in range(len(node["types"]))]
-        array = b.alloca(PTR, len(args), name=f"args{nid}")
-        for i, a in enumerate(args):
-            b.store(a, b.gep(array, [ir.Constant(I64, i)]))
-        b.call(kernel, [array, dims_p])
-    for i, o in enumerate(graph.outputs):  # an output that is an input, a param or repeated
-        src, dst = where[(o.node, o.index)], pointer(outputs_p, i)
-        if outputs.get((o.node, o.index)) != i or graph.op(o.node) in ("input", "param",
-                                                                          "constant"):
-            _copy(module, b, src, dst, o.type, dims_p, layout.symbols)
+    ins = [_element(b, inputs_p, i) for i in range(len(graph.inputs))]
+    outs = [_element(b, outputs_p, i) for i in range(len(graph.outputs))]
+    GraphEmitter(module, layout, params_p, dims_p).emit(b, graph, ins, outs, slot)
     b.ret_void()
     if with_plan:
         _plan_function(module, layout)
     return module, layout
+
+
+def _element(b: ir.IRBuilder, array: ir.Value, index: int) -> ir.Value:
+    return b.load(b.gep(array, [ir.Constant(I64, index)]))
+
+
+class GraphEmitter:
+    """Emits calls of one kernel per node of a graph (a model's, or a scan body's)."""
+
+    def __init__(self, module: ir.Module, layout: ModuleLayout, params_p, dims_p):
+        self.module, self.layout = module, layout
+        self.params_p, self.dims_p = params_p, dims_p
+
+    def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
+        """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
+        last_use)` gives the memory of each intermediate tensor."""
+        order = graph.order()
+        position = {nid: i for i, nid in enumerate(order)}
+        last_use: dict[tuple[int, int], int] = {}
+        for u, v, d in graph.g.edges(data=True):
+            key = (u, d["src"])
+            last_use[key] = max(last_use.get(key, -1), position[v])
+        out_index = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
+        input_index = {nid: i for i, nid in enumerate(graph.inputs)}
+        where: dict[tuple[int, int], ir.Value] = {}
+        for nid in order:
+            node = graph.node(nid)
+            op = node["op"]
+            if op == "input":
+                where[(nid, 0)] = inputs[input_index[nid]]
+                continue
+            if op in ("param", "constant"):
+                where[(nid, 0)] = _element(b, self.params_p, self.param_index(nid, node))
+                continue
+            rec = REGISTRY[op]
+            if rec.llvm is None and op != "scan":
+                raise KilnError("K0702", f"the op {op} has no native lowering yet", node["span"],
+                                hint='run this model with target = "reference" or "onnx"')
+            for i, t in enumerate(node["types"]):
+                key = (nid, i)
+                where[key] = (outputs[out_index[key]] if key in out_index
+                              else slot(t, nid, last_use.get(key, position[nid])))
+            args = [where[(v.node, v.index)] if v is not None else ir.Constant(PTR, None)
+                    for v in graph.operands(nid)]
+            args += [where[(nid, i)] for i in range(len(node["types"]))]
+            if op == "scan":
+                kernel = ScanEmitter(self, graph, nid, node).function()
+                args.append(b.bitcast(self.params_p, PTR))
+            else:
+                kernel = _kernel(self.module, rec, nid, graph, node, self.layout.symbols)
+            array = b.alloca(PTR, len(args), name=f"args{nid}")
+            for i, a in enumerate(args):
+                b.store(a, b.gep(array, [ir.Constant(I64, i)]))
+            b.call(kernel, [array, self.dims_p])
+        for i, o in enumerate(graph.outputs):  # an output that is an input, a param, repeated
+            key = (o.node, o.index)
+            if out_index.get(key) != i or graph.op(o.node) in ("input", "param", "constant"):
+                _copy(self.module, b, where[key], outputs[i], o.type, self.dims_p,
+                      self.layout.symbols)
+
+    def param_index(self, nid: int, node: dict) -> int:
+        layout = self.layout
+        if node["op"] == "param":
+            name = node["attrs"]["path"]
+        else:
+            name = f"const:{len(layout.constants)}"
+            for known, value in layout.constants.items():
+                if value is node["attrs"]["value"]:
+                    name = known
+            layout.constants[name] = node["attrs"]["value"]
+        if name not in layout.params:
+            layout.params.append(name)
+        return layout.params.index(name)
+
+
+class ScanEmitter:
+    """A scan node as one function: the body's kernels run once per step in a loop.
+
+    args: carry inits, sequences, captured values, then the outputs (emits stacked, final
+    carries), then the model's parameter array. Carries live in buffers of their own; a step
+    of a sequence scanned on axis 0 is a pointer into it, on another axis a gathered copy.
+    """
+
+    def __init__(self, parent: GraphEmitter, graph: Graph, nid: int, node: dict):
+        self.parent, self.graph, self.nid, self.node = parent, graph, nid, node
+        self.attrs = node["attrs"]
+
+    def function(self) -> ir.Function:
+        a, parent = self.attrs, self.parent
+        body: Graph = a["body"]
+        n_carry, n_seq = a["n_carry"], a["n_seq"]
+        operands = self.graph.operands(self.nid)
+        n_in = len(operands)
+        kb = KernelBuilder(parent.module, f"scan{self.nid}", parent.layout.symbols)
+        b = kb.b
+        arg = [b.load(b.gep(kb.args_ptr, [ir.Constant(I64, i)]))
+               for i in range(n_in + len(self.node["types"]) + 1)]
+        params_p = b.bitcast(arg[-1], PTR.as_pointer())
+        seq_types = [v.type for v in operands[n_carry:n_carry + n_seq]]
+        carry_types = [v.type for v in operands[:n_carry]]
+        emit_types = self.node["types"][: len(self.node["types"]) - n_carry]
+        malloc = _libc(parent.module, "malloc", PTR, [I64])
+        free = _libc(parent.module, "free", VOID, [PTR])
+        owned: list[ir.Value] = []
+
+        def buffer(t: TensorType) -> ir.Value:
+            size = b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
+            p = b.call(malloc, [b.add(size, ir.Constant(I64, ALIGN))])
+            owned.append(p)
+            return p
+
+        cur = [buffer(t) for t in carry_types]
+        nxt = [buffer(t) for t in carry_types]
+        for k, t in enumerate(carry_types):
+            _memcpy(kb, cur[k], arg[k], t)
+        axes = a["axes"]
+        length = kb.dim(seq_types[0].shape[axes[0]])
+        steps = [buffer(_step_type(t, ax)) if ax != 0 else None
+                 for t, ax in zip(seq_types, axes, strict=True)]
+        emit_tmp = [buffer(_step_type(t, a["axis"])) if a["axis"] != 0 else None
+                    for t in emit_types]
+        index = b.alloca(I64, name="step")
+        # the body's intermediates get their buffers once, before the loop, in emit order
+        body_slots = [buffer(t) for t in _intermediate_types(body)]
+        body_slots.reverse()
+
+        def slot(_t: TensorType, _nid: int, _last: int) -> ir.Value:
+            return body_slots.pop()
+
+        with kb.for_range(length) as s:
+            t = b.sub(b.sub(length, ir.Constant(I64, 1)), s) if a["reverse"] else s
+            b.store(t, index)
+            ins = list(cur)
+            for k, (seq_t, ax) in enumerate(zip(seq_types, axes, strict=True)):
+                ins.append(_step(kb, arg[n_carry + k], seq_t, ax, t, steps[k], gather=True))
+            if a["has_index"]:
+                ins.append(b.bitcast(index, PTR))
+            ins += arg[n_carry + n_seq:n_in]  # captured outer values
+            outs = list(nxt)
+            for k, et in enumerate(emit_types):
+                outs.append(_step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
+                            if emit_tmp[k] is None else emit_tmp[k])
+            inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr)
+            inner.emit(b, body, ins, outs, slot)
+            for k, et in enumerate(emit_types):
+                if emit_tmp[k] is not None:  # scatter the step into the stacked output
+                    _step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
+            for k, ct in enumerate(carry_types):
+                _memcpy(kb, cur[k], nxt[k], ct)
+        for k, ct in enumerate(carry_types):
+            _memcpy(kb, arg[n_in + len(emit_types) + k], cur[k], ct)
+        for p in owned:
+            b.call(free, [p])
+        return kb.finish()
+
+
+def _intermediate_types(graph: Graph) -> list[TensorType]:
+    """The types of the tensors GraphEmitter.emit asks `slot` for, in the order it asks."""
+    outputs = {(o.node, o.index) for o in graph.outputs}
+    return [t for nid in graph.order() if graph.op(nid) not in ("input", "param", "constant")
+            for i, t in enumerate(graph.node(nid)["types"]) if (nid, i) not in outputs]
+
+
+def _libc(module: ir.Module, name: str, ret, args) -> ir.Function:
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _memcpy(kb: KernelBuilder, dst, src, t: TensorType) -> None:
+    size = kb.b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
+    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    kb.b.call(memcpy, [dst, src, size, ir.Constant(ir.IntType(1), 0)])
+
+
+def _step_type(t: TensorType, axis: int) -> TensorType:
+    """One step of a tensor scanned (or stacked) on `axis`."""
+    return t.with_shape(t.shape[:axis] + t.shape[axis + 1:])
+
+
+def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather: bool):
+    """Step `index` of `whole` along `axis`: on axis 0 a pointer into it; otherwise copied
+    into (gather) or out of (scatter) the contiguous buffer `tmp`."""
+    b = kb.b
+    step_bytes = b.mul(kb.numel(t.shape[axis + 1:]), ir.Constant(I64, t.np_dtype.itemsize))
+    if axis == 0:
+        return b.gep(whole, [b.mul(index, step_bytes)])
+    outer = kb.numel(t.shape[:axis])
+    row = b.mul(kb.dim(t.shape[axis]), step_bytes)
+    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    with kb.for_range(outer) as o:
+        at_whole = b.gep(whole, [b.add(b.mul(o, row), b.mul(index, step_bytes))])
+        at_tmp = b.gep(tmp, [b.mul(o, step_bytes)])
+        dst, src = (at_tmp, at_whole) if gather else (at_whole, at_tmp)
+        b.call(memcpy, [dst, src, step_bytes, ir.Constant(ir.IntType(1), 0)])
+    return tmp
 
 
 def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:

@@ -1,0 +1,105 @@
+"""Every example model, side by side in one run: kiln native vs onnxruntime (CPU, all graph
+optimisations) on kiln's own exported ONNX vs the numpy reference.
+
+    python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
+
+Prints the median latency of each and the ratios native/onnxruntime and reference/native.
+kiln's native code runs on one thread today; onnxruntime is measured at each thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import kiln
+from kiln import KilnError
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"T": 16, "N": 32, "E": 64, "H": 64, "W": 64}  # other symbolic sizes than the batch
+
+
+def inputs_for(model, batch: int, rng) -> dict[str, np.ndarray]:
+    feeds = {}
+    for port in model.inputs:
+        if port.optional:
+            continue
+        env = {s: SIZES.get(s, batch) for d in port.type.shape for s in d.symbols()}
+        shape = tuple(d.evaluate(env) for d in port.type.shape)
+        if port.type.dtype in ("i32", "i64"):
+            feeds[port.name] = rng.integers(0, 2, size=shape).astype(port.type.np_dtype)
+        elif port.type.dtype == "bool":
+            feeds[port.name] = rng.random(shape) < 0.5
+        else:
+            feeds[port.name] = rng.standard_normal(shape).astype(port.type.np_dtype)
+    return feeds
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def onnx_session(model, threads: int, path: Path):
+    import onnxruntime as ort
+
+    model.export_onnx(path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--models", nargs="+", help="example names (default: every example)")
+    opts = parser.parse_args()
+    files = sorted((ROOT / "examples").glob("*.kiln"))
+    if opts.models:
+        files = [f for f in files if f.stem in opts.models]
+    rng = np.random.default_rng(0)
+    header = (f"{'model':<24}{'batch':>6}{'thr':>4}{'native ms':>11}{'ort ms':>9}"
+              f"{'numpy ms':>10}{'native/ort':>11}{'numpy/native':>13}")
+    print(header)
+    print("-" * len(header))
+    for index, path in enumerate(files, 1):
+        print(f"[{index}/{len(files)}] {path.stem}: compiling...", file=sys.stderr, flush=True)
+        ref = kiln.compile(str(path))
+        try:
+            native = kiln.compile(str(path), target="native")
+        except KilnError as err:
+            native = None
+            reason = f"native: {err.code} {err.message}"
+        for batch in opts.batches:
+            feeds = inputs_for(ref, batch, rng)
+            t_ref = median_ms(lambda: ref(**feeds), max(3, opts.repeat // 4))
+            t_nat = median_ms(lambda: native(**feeds), opts.repeat) if native else None
+            for threads in opts.threads:
+                session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}.onnx"))
+                t_ort = median_ms(lambda: session.run(None, feeds), opts.repeat)
+                nat = f"{t_nat:>11.3f}" if t_nat else f"{'-':>11}"
+                ratio = f"{t_nat / t_ort:>11.2f}" if t_nat else f"{'-':>11}"
+                speedup = f"{t_ref / t_nat:>13.1f}" if t_nat else f"{'-':>13}"
+                print(f"{path.stem:<24}{batch:>6}{threads:>4}{nat}{t_ort:>9.3f}{t_ref:>10.3f}"
+                      f"{ratio}{speedup}", flush=True)
+        if native is None:
+            print(f"  ({reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
