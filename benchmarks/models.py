@@ -40,12 +40,13 @@ def inputs_for(model, batch: int, rng) -> dict[str, np.ndarray]:
     return feeds
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm up
+def median_ms(repeat: int, fn, *args, **kwargs) -> float:
+    """Median wall time of fn(*args, **kwargs) in milliseconds, after one warm-up call."""
+    fn(*args, **kwargs)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        fn(*args, **kwargs)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
 
@@ -86,11 +87,11 @@ def main() -> int:
             reason = f"native: {err.code} {err.message}"
         for batch in opts.batches:
             feeds = inputs_for(ref, batch, rng)
-            t_ref = median_ms(lambda: ref(**feeds), max(3, opts.repeat // 4))
-            t_nat = median_ms(lambda: native(**feeds), opts.repeat) if native else None
+            t_ref = median_ms(max(3, opts.repeat // 4), ref, **feeds)
+            t_nat = median_ms(opts.repeat, native, **feeds) if native else None
             for threads in opts.threads:
                 session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}.onnx"))
-                t_ort = median_ms(lambda: session.run(None, feeds), opts.repeat)
+                t_ort = median_ms(opts.repeat, session.run, None, feeds)
                 nat = f"{t_nat:>11.3f}" if t_nat else f"{'-':>11}"
                 ratio = f"{t_nat / t_ort:>11.2f}" if t_nat else f"{'-':>11}"
                 speedup = f"{t_ref / t_nat:>13.1f}" if t_nat else f"{'-':>13}"
