@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -19,6 +20,69 @@ from .model import CompiledModel
 from .version import __version__
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))
+
+
+@dataclass
+class _Call:
+    """What one call with given sizes needs: outputs to allocate and the memory plan."""
+
+    present: frozenset[str]
+    outputs: list[tuple[tuple[int, ...], np.dtype]]
+    offsets: np.ndarray
+    size: int
+    sizes: np.ndarray
+
+    def __post_init__(self):
+        self.offsets_ptr = self.offsets.__array_interface__["data"][0]
+        self.sizes_ptr = self.sizes.__array_interface__["data"][0]
+
+
+def _address(a: np.ndarray) -> int:
+    """The data address of an array; from_buffer is the cheapest way for writable ones."""
+    if a.flags.writeable:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a)) if a.size else _interface(a)
+    return _interface(a)
+
+
+def _interface(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+@dataclass
+class _FastPath:
+    """The checks of the fast call path, precomputed from the signature."""
+
+    dtypes: list[np.dtype]
+    ranks: list[int]
+    symbols: list[str]
+    symbol_at: list[tuple[int, int]]  # (input, axis) that binds each symbol
+    fixed: list[tuple[int, int, int]]  # (input, axis, size) of constant sizes
+    repeated: list[tuple[int, int, int]]  # (input, axis, symbol index) seen again
+    calls: dict = field(default_factory=dict)
+
+    @staticmethod
+    def of(model: ElaboratedModel, symbols: list[str]):
+        """None when the signature needs the general path (optional inputs, sizes given by
+        expressions, call-time constraints)."""
+        if model.graph.constraints or any(p.optional for p in model.inputs):
+            return None
+        where: dict[str, tuple[int, int]] = {}
+        fixed, repeated = [], []
+        for i, port in enumerate(model.inputs):
+            for axis, d in enumerate(port.type.shape):
+                if d.is_const:
+                    fixed.append((i, axis, d.value))
+                elif d.symbol is None:
+                    return None
+                elif d.symbol in where:
+                    repeated.append((i, axis, symbols.index(d.symbol)))
+                else:
+                    where[d.symbol] = (i, axis)
+        if set(where) != set(symbols):
+            return None
+        return _FastPath([p.type.np_dtype for p in model.inputs],
+                         [p.type.rank for p in model.inputs], list(symbols),
+                         [where[s] for s in symbols], fixed, repeated)
 
 
 def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False):
@@ -58,6 +122,7 @@ class NativeModel(CompiledModel):
         self._compiled = {model.present: self._build(model)}
         self._local = threading.local()
         self._plans: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._fast = _FastPath.of(model, self._compiled[model.present][1].symbols)
 
     @classmethod
     def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
@@ -71,6 +136,7 @@ class NativeModel(CompiledModel):
         self._plans = {}
         self._compiled = {model.present: (model, layout, library, entry,
                                           self._param_pointers(layout))}
+        self._fast = _FastPath.of(model, layout.symbols)
         return self
 
     @staticmethod
@@ -100,6 +166,34 @@ class NativeModel(CompiledModel):
             for key, entry in self._compiled.items()
         }
 
+    def __call__(self, *args, **kwargs):
+        """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right
+        dtypes, ranks and sizes, goes straight to native code; anything else takes the general
+        path, which converts what it safely can or raises a KilnError naming the input."""
+        fast = self._fast
+        if fast is None or kwargs or len(args) != len(fast.dtypes):
+            return super().__call__(*args, **kwargs)
+        for a, dtype, rank in zip(args, fast.dtypes, fast.ranks):
+            if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != rank or not (
+                a.flags.c_contiguous
+            ):
+                return super().__call__(*args, **kwargs)
+        dims = tuple(args[i].shape[axis] for i, axis in fast.symbol_at)
+        for i, axis, want in fast.fixed:
+            if args[i].shape[axis] != want:
+                return super().__call__(*args, **kwargs)
+        for i, axis, symbol in fast.repeated:
+            if args[i].shape[axis] != dims[symbol]:
+                return super().__call__(*args, **kwargs)
+        call = fast.calls.get(dims)
+        if call is None:
+            if len(fast.calls) > 64:
+                fast.calls.clear()
+            env = dict(zip(fast.symbols, dims))
+            call = fast.calls[dims] = self._prepare(env)
+        outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
+        return self._enter(call, args, outs)
+
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         if present not in self._compiled:
@@ -107,29 +201,48 @@ class NativeModel(CompiledModel):
                 raise KilnError("K0501", "this library was built with every optional input given",
                                 hint="pass every optional input")
             self._compiled[present] = self._build(self._variant(present))
-        model, layout, _engine, entry, (params, _keep) = self._compiled[present]
+        model = self._compiled[present][0]
+        call = self._prepare(dims, present)
+        outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
+        result = self._enter(call, [arrays[p.name] for p in model.inputs], outs)
+        return result if isinstance(result, list) else [result]
+
+    def _prepare(self, dims: dict[str, int], present: frozenset[str] = frozenset()):
+        """Everything a call with these sizes needs, computed once: the memory plan, the
+        output shapes, the sizes array."""
+        model, layout, _engine, entry, _params = self._compiled[present]
         key = (present, tuple(dims.get(s, 0) for s in layout.symbols))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = plan_memory(layout, dims)
         offsets, size = plan
-        workspace = self._workspace(size)
-        ins = [arrays[p.name] for p in model.inputs]
-        outs = [np.empty(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
-                for p in model.outputs]
-        dims_array = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
-        in_ptrs = (ctypes.c_void_p * max(1, len(ins)))(
-            *[a.__array_interface__["data"][0] for a in ins])
-        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(
-            *[a.__array_interface__["data"][0] for a in outs])
-        entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ctypes.addressof(params),
-              workspace.__array_interface__["data"][0], dims_array.__array_interface__["data"][0],
-              offsets.__array_interface__["data"][0])
-        return outs
+        outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
+                   for p in model.outputs]
+        sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
+        return _Call(present, outputs, offsets, size, sizes)
 
-    def _workspace(self, size: int) -> np.ndarray:
-        """One arena per thread, grown as needed: calls from several threads never share it."""
-        buf = getattr(self._local, "workspace", None)
+    def _enter(self, call, ins, outs):
+        """Cross into native code once, with every pointer prepared."""
+        _model, _layout, _engine, entry, (params, _keep) = self._compiled[call.present]
+        local = self._local
+        in_ptrs = getattr(local, "in_ptrs", None)
+        if in_ptrs is None or len(in_ptrs) < len(ins) or len(local.out_ptrs) < len(outs):
+            in_ptrs = local.in_ptrs = (ctypes.c_void_p * max(1, len(ins)))()
+            local.out_ptrs = (ctypes.c_void_p * max(1, len(outs)))()
+        out_ptrs = local.out_ptrs
+        for i, a in enumerate(ins):
+            in_ptrs[i] = _address(a)
+        for i, a in enumerate(outs):
+            out_ptrs[i] = _address(a)
+        entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ctypes.addressof(params),
+              self._workspace(call.size), call.sizes_ptr, call.offsets_ptr)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _workspace(self, size: int) -> int:
+        """The address of this thread's arena, grown as needed: threads never share one."""
+        local = self._local
+        buf = getattr(local, "workspace", None)
         if buf is None or buf.size < size:
-            buf = self._local.workspace = np.empty(max(size, 64), dtype=np.uint8)
-        return buf
+            buf = local.workspace = np.empty(max(size, 64), dtype=np.uint8)
+            local.workspace_ptr = buf.__array_interface__["data"][0]
+        return local.workspace_ptr
