@@ -39,8 +39,11 @@ class _Call:
 
 def _address(a: np.ndarray) -> int:
     """The data address of an array; from_buffer is the cheapest way for writable ones."""
-    if a.flags.writeable:
-        return ctypes.addressof(ctypes.c_char.from_buffer(a)) if a.size else _interface(a)
+    if a.flags.writeable and a.size:
+        try:
+            return ctypes.addressof(ctypes.c_char.from_buffer(a))
+        except ValueError:  # dtypes the buffer protocol cannot describe (bfloat16)
+            pass
     return _interface(a)
 
 
@@ -204,8 +207,8 @@ class NativeModel(CompiledModel):
         model = self._compiled[present][0]
         call = self._prepare(dims, present)
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
-        result = self._enter(call, [arrays[p.name] for p in model.inputs], outs)
-        return result if isinstance(result, list) else [result]
+        self._enter(call, [arrays[p.name] for p in model.inputs], outs)
+        return outs
 
     def _prepare(self, dims: dict[str, int], present: frozenset[str] = frozenset()):
         """Everything a call with these sizes needs, computed once: the memory plan, the
@@ -216,8 +219,18 @@ class NativeModel(CompiledModel):
         if plan is None:
             plan = self._plans[key] = plan_memory(layout, dims)
         offsets, size = plan
+        for t, _born, _dies in layout.slots:  # a size these inputs make negative: refuse
+            for d in t.shape:
+                if Dim.of(d).evaluate(dims) < 0:
+                    raise KilnError("K0505", f"with these inputs the size {d} of an "
+                                    f"intermediate {t} is {Dim.of(d).evaluate(dims)}",
+                                    hint="a size in the model is out of range for these inputs")
         outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
                    for p in model.outputs]
+        for shape, _dtype in outputs:
+            if any(n < 0 for n in shape):
+                raise KilnError("K0505", f"with these inputs an output would have shape "
+                                f"{list(shape)}", hint="a size in the model is out of range")
         sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
         return _Call(present, outputs, offsets, size, sizes)
 

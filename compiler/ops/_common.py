@@ -532,8 +532,9 @@ def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERI
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
               out_dtype: OutDtype = None, single_axis: bool = False,
-              onnx: Emitter | None = None) -> OpRecord:
-    """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list)."""
+              onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
+    """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list).
+    `llvm(kernel_builder, node, axes)` gets the reduced axes normalised (sorted, distinct)."""
 
     def axes_of(rank, axis):
         if single_axis and is_list(axis):
@@ -559,8 +560,12 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
         out = fn(upcast(x), axis=axes, keepdims=bool(attrs_["keepdims"]))
         return [as_dtype(out, _out_dtype(out_dtype, dtype_name(x), attrs_))]
 
+    def lower(kb, n):
+        llvm(kb, n, axes_of(n.in_types[0].rank, n.attrs["axis"]))
+
     args = tensors("x") + attrs(("axis", None), ("keepdims", False))
-    return OpRecord(name, args, infer, reference, doc, onnx=onnx)
+    return OpRecord(name, args, infer, reference, doc, onnx=onnx,
+                    llvm=lower if llvm is not None else None)
 
 
 def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,

@@ -199,9 +199,136 @@ def _compare(op_type: str, negate: bool = False):
     return emit
 
 
+# native lowerings ---------------------------------------------------------------------------
+# Each is the op on one element, on compute values (half floats in f32, bools as i1); a
+# numeric attribute may be a Dim, hence kb.number.
+def _abs_llvm(kb, _a, x):
+    if kb.is_float(x):
+        return kb.intrinsic("fabs", x)
+    return kb.select(kb.compare("<", x, kb.lit(x, 0)), kb.neg(x), x)  # |MIN| wraps, as numpy
+
+
+def _gelu_llvm(kb, a, x):
+    """x/2 (1 + erf(x/sqrt2)) as x/2 erfc(-x/sqrt2): the same function, without the
+    cancellation of 1 + erf in f32 for negative x (the reference computes erf in f64)."""
+    half_x = kb.mul(kb.lit(x, 0.5), x)
+    if a["approximate"] == "tanh":
+        inner = kb.add(x, kb.mul(kb.lit(x, 0.044715), kb.mul(kb.mul(x, x), x)))
+        phi = kb.libm("tanh", kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
+        return kb.mul(half_x, kb.add(kb.lit(x, 1.0), phi))
+    return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
+
+
+def _softplus_llvm(kb, a, x):
+    """numpy's logaddexp(0, y) = max(y, 0) + log1p(e^-|y|), over beta; x above threshold."""
+    y = kb.mul(x, kb.number(a["beta"], x))
+    tail = kb.libm("log1p", kb.exp(kb.neg(kb.intrinsic("fabs", y))))
+    soft = kb.fdiv(kb.add(kb.maximum(y, kb.lit(y, 0.0)), tail), kb.number(a["beta"], x))
+    return kb.select(kb.compare(">", y, kb.number(a["threshold"], x)), x, soft)
+
+
+def _rounding(name):
+    """floor or ceil: integers are left as they are."""
+    return lambda kb, _a, x: kb.intrinsic(name, x) if kb.is_float(x) else x
+
+
+def _sign_llvm(kb, _a, x):
+    """1, -1, 0 (never -0) or NaN, as numpy's sign."""
+    zero = kb.lit(x, 0)
+    rest = kb.select(kb.compare("==", x, zero), zero, x)
+    return kb.select(kb.compare(">", x, zero), kb.lit(x, 1),
+                     kb.select(kb.compare("<", x, zero), kb.lit(x, -1), rest))
+
+
+def _clip_llvm(kb, a, x):
+    """max then min, NaN propagating; an integer x meets a float bound in f64 (numpy's
+    promotion), and the result is truncated back to x's dtype."""
+    if not kb.is_float(x) and any(isinstance(a[k], float) for k in ("min", "max")):
+        x = kb.convert(x, "f64")
+    if a["min"] is not None:
+        x = kb.maximum(x, kb.number(a["min"], x))
+    return x if a["max"] is None else kb.minimum(x, kb.number(a["max"], x))
+
+
+def _hard_sigmoid_llvm(kb, x):
+    clipped = kb.minimum(kb.maximum(kb.add(x, kb.lit(x, 3)), kb.lit(x, 0)), kb.lit(x, 6))
+    return kb.fdiv(clipped, kb.lit(x, 6))
+
+
+def _float_divmod_llvm(kb, a, b):
+    """numpy's npy_divmod, step by step (numpy/_core/src/npymath/npy_math_internal.h.src):
+    mod = fmod(a, b), moved one b toward -inf where its sign differs from b's (else a zero
+    takes b's sign); the quotient (a - mod) / b, one less after that move, snapped to the
+    nearest integer (a zero takes the sign of a / b). b == 0 gives a / b and fmod(a, b)."""
+    with kb.strict():
+        zero, one = kb.lit(a, 0.0), kb.lit(a, 1.0)
+        fmod = kb.b.frem(a, b)
+        nonzero = kb.compare("!=", fmod, zero)
+        moved = kb.b.and_(nonzero, kb.b.xor(kb.compare("<", b, zero), kb.compare("<", fmod, zero)))
+        mod = kb.select(moved, kb.fadd(fmod, b),
+                        kb.select(nonzero, fmod, kb.intrinsic("copysign", zero, b)))
+        div = kb.fdiv(kb.fsub(a, fmod), b)
+        div = kb.select(moved, kb.fsub(div, one), div)
+        floor = kb.intrinsic("floor", div)
+        floor = kb.select(kb.compare(">", kb.fsub(div, floor), kb.lit(a, 0.5)),
+                          kb.fadd(floor, one), floor)
+        quotient = kb.fdiv(a, b)
+        floor = kb.select(kb.compare("!=", div, zero), floor,
+                          kb.intrinsic("copysign", zero, quotient))
+        by_zero = kb.compare("==", b, zero)
+        return kb.select(by_zero, quotient, floor), kb.select(by_zero, fmod, mod)
+
+
+def _int_divmod_llvm(kb, a, b):
+    """Python's floor division and modulo. As numpy: x // 0 and x % 0 are 0, MIN // -1 wraps
+    to MIN. LLVM's sdiv by 0 (or of MIN by -1) is undefined (x86 traps): divide by 1 there."""
+    zero, one, minus_one = (kb.lit(a, v) for v in (0, 1, -1))
+    by_zero, by_minus_one = kb.compare("==", b, zero), kb.compare("==", b, minus_one)
+    safe = kb.select(kb.b.or_(by_zero, by_minus_one), one, b)
+    q, r = kb.b.sdiv(a, safe), kb.b.srem(a, safe)
+    moved = kb.b.and_(kb.compare("!=", r, zero),
+                      kb.b.xor(kb.compare("<", r, zero), kb.compare("<", b, zero)))
+    q = kb.select(moved, kb.sub(q, one), q)
+    q = kb.select(by_minus_one, kb.neg(a), kb.select(by_zero, zero, q))
+    return q, kb.select(moved, kb.add(r, b), r)
+
+
+def _divmod_llvm(part):
+    """floor_div (part 0) or mod (part 1)."""
+
+    def lower(kb, _attrs, x, y):
+        return (_float_divmod_llvm if kb.is_float(x) else _int_divmod_llvm)(kb, x, y)[part]
+
+    return lower
+
+
+def _pow_llvm(kb, _a, x, y):
+    """powf; integers by repeated squaring (wrapping, as numpy). numpy refuses a negative
+    integer exponent; here it gives the truncated 1 / x^-y: 1 or -1 for x = 1 or -1, else 0."""
+    if kb.is_float(x):
+        return kb.intrinsic("pow", x, y)
+    one = kb.lit(x, 1)
+
+    def square(state, _bit):
+        result, base, e = state
+        odd = kb.convert(kb.b.and_(e, one), "bool")
+        return kb.select(odd, kb.mul(result, base), result), kb.mul(base, base), kb.b.ashr(e, one)
+
+    bits = kb.const(x.type.width - 1, "i64")  # the exponent's bits below the sign
+    power, _, _ = kb.accumulate(kb.const(0, "i64"), bits, (one, x, y), square)
+    unit = kb.b.or_(kb.compare("==", x, one), kb.compare("==", x, kb.lit(x, -1)))
+    negative = kb.compare("<", y, kb.lit(y, 0))
+    return kb.select(negative, kb.select(unit, power, kb.lit(x, 0)), power)
+
+
+def _compare_llvm(op):
+    return lambda kb, _a, x, y: kb.compare(op, x, y)
+
+
 register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
                llvm=lambda kb, a, x: kb.neg(x)))
-register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs")))
+register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs"),
+               llvm=_abs_llvm))
 register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp"),
                llvm=lambda kb, a, x: kb.exp(x)))
 register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
@@ -209,9 +336,12 @@ register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
 register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt"),
                llvm=lambda kb, a, x: kb.intrinsic("sqrt", x)))
 register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
-               onnx=widened(_rsqrt_onnx)))
-register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin")))
-register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos")))
+               onnx=widened(_rsqrt_onnx),
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), kb.intrinsic("sqrt", x))))
+register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
+               llvm=lambda kb, a, x: kb.intrinsic("sin", x)))
+register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
+               llvm=lambda kb, a, x: kb.intrinsic("cos", x)))
 register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
                llvm=lambda kb, a, x: kb.libm("tanh", x)))
 register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
@@ -220,36 +350,46 @@ register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
                onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0))))
 register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
                "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
-               onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope"))))
+               onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope")),
+               llvm=lambda kb, a, x: kb.select(kb.compare(">=", x, kb.lit(x, 0)), x, kb.mul(
+                   x, kb.number(a["negative_slope"], x)))))
 register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
                "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
-               onnx=onnx_op("Elu", alpha=attr_number("alpha"))))
+               onnx=onnx_op("Elu", alpha=attr_number("alpha")),
+               llvm=lambda kb, a, x: kb.select(kb.compare(">", x, kb.lit(x, 0)), x, kb.mul(
+                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0)))))))
 register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
-               extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx)))
+               extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx),
+               llvm=_gelu_llvm))
 register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
                onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x))))
 register(unary("softplus", lambda x, beta, threshold: np.where(
     x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
     "log(1 + e^(beta x)) / beta, linear above threshold.",
-    extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx)))
+    extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx),
+    llvm=_softplus_llvm))
 register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
                llvm=lambda kb, a, x: kb.libm("erf", x)))
 register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Floor"), int=identity)))
+               onnx=by_kind(onnx_op("Floor"), int=identity), llvm=_rounding("floor")))
 register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Ceil"), int=identity)))
+               onnx=by_kind(onnx_op("Ceil"), int=identity), llvm=_rounding("ceil")))
 register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC,
-               onnx=onnx_op("Sign")))
-register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal")))
+               onnx=onnx_op("Sign"), llvm=_sign_llvm))
+register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal"),
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), x)))
 register(unary("clip", clip, "Clamp x into [min, max] (either bound may be None).",
                dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip,
-               onnx=widened(_clip_onnx)))
+               onnx=widened(_clip_onnx), llvm=_clip_llvm))
 register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid).",
-               onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5)))
+               onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5),
+               llvm=lambda kb, a, x: _hard_sigmoid_llvm(kb, x)))
 register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x).",
-               onnx=onnx_op("HardSwish")))
+               onnx=onnx_op("HardSwish"),
+               llvm=lambda kb, a, x: kb.mul(x, _hard_sigmoid_llvm(kb, x))))
 register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true).",
-               dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx))
+               dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx,
+               llvm=lambda kb, a, x: kb.b.not_(kb.convert(x, "bool"))))
 register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
                dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
                out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
@@ -276,10 +416,12 @@ register(binary("div", np.true_divide, "a / b, true division (integers give f32)
                 out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx),
                 llvm=_div_llvm))
 register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
-                onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx)))
+                onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx),
+                llvm=_divmod_llvm(0)))
 register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
-                onnx=by_kind(widened(_float_mod_onnx), int=onnx_op("Mod", fmod=0))))
-register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow")))
+                onnx=by_kind(widened(_float_mod_onnx), int=onnx_op("Mod", fmod=0)),
+                llvm=_divmod_llvm(1)))
+register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow"), llvm=_pow_llvm))
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or")),
                 llvm=lambda kb, a, x, y: kb.maximum(x, y)))
@@ -287,21 +429,21 @@ register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtyp
                 onnx=by_kind(onnx_op("Min"), bool=onnx_op("And")),
                 llvm=lambda kb, a, x, y: kb.minimum(x, y)))
 register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Equal")))
+                onnx=_compare("Equal"), llvm=_compare_llvm("==")))
 register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Equal", negate=True)))
+                onnx=_compare("Equal", negate=True), llvm=_compare_llvm("!=")))
 register(binary("less", np.less, "a < b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Less")))
+                onnx=_compare("Less"), llvm=_compare_llvm("<")))
 register(binary("greater", np.greater, "a > b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Greater")))
+                onnx=_compare("Greater"), llvm=_compare_llvm(">")))
 register(binary("less_equal", np.less_equal, "a <= b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("LessOrEqual")))
+                onnx=_compare("LessOrEqual"), llvm=_compare_llvm("<=")))
 register(binary("greater_equal", np.greater_equal, "a >= b.", dtypes=ALL_DTYPES,
-                out_dtype="bool", onnx=_compare("GreaterOrEqual")))
+                out_dtype="bool", onnx=_compare("GreaterOrEqual"), llvm=_compare_llvm(">=")))
 register(binary("logical_and", np.logical_and, "Elementwise and of bools.", dtypes=BOOL,
-                onnx=onnx_op("And")))
+                onnx=onnx_op("And"), llvm=lambda kb, a, x, y: kb.b.and_(x, y)))
 register(binary("logical_or", np.logical_or, "Elementwise or of bools.", dtypes=BOOL,
-                onnx=onnx_op("Or")))
+                onnx=onnx_op("Or"), llvm=lambda kb, a, x, y: kb.b.or_(x, y)))
 
 
 def _where_infer(types, _attrs):
@@ -321,4 +463,5 @@ def _where_reference(env, inputs, _attrs):
 register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _where_reference,
                   "a where cond is true, else b, broadcasting all three.", promote=("a", "b"),
                   elementwise=True,
-                  onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2))))
+                  onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2)),
+                  llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..types import NUMPY_DTYPES
 from ._common import (
     ALL_DTYPES,
     BF16_UP,
@@ -118,26 +119,106 @@ def _softmax_onnx(op_type: str):
     return widened(emit)
 
 
+# native lowerings ---------------------------------------------------------------------------
+# kb.reduce runs folds (init, step(acc, value, position, earlier)) over the elements reduced
+# into each output element, in the compute type (f32 for half floats; i64 for the sums and
+# products of integers and bools, as the reference), and stores finish(results).
+def _extreme(kb, dtype: str, highest: bool):
+    """The lowest (or highest) value of dtype, where a max (or min) fold starts: -inf (+inf),
+    the integer extremes, False (True)."""
+    if dtype in FLOATS:
+        return kb.const(float("inf") if highest else float("-inf"), dtype)
+    if dtype == "bool":
+        return kb.const(highest, dtype)
+    info = np.iinfo(NUMPY_DTYPES[dtype])
+    return kb.const(int(info.max if highest else info.min), dtype)
+
+
+def _fold(kb, combine: str, start, dtype: str):
+    """The fold of the KernelBuilder method `combine` (add, mul, maximum, minimum) over the
+    values converted to dtype, from `start`: a number, "lowest" or "highest"."""
+    if isinstance(start, str):
+        init = _extreme(kb, dtype, start == "highest")
+    else:
+        init = kb.const(start, dtype)
+    step = getattr(kb, combine)
+    return init, lambda acc, x, _position, _earlier: step(acc, kb.convert(x, dtype))
+
+
+def _fold_llvm(combine: str, start):
+    """A reduction that is one fold (sum, prod, max, min)."""
+    return lambda kb, n, axes: kb.reduce(n, axes, [_fold(kb, combine, start,
+                                                         n.out_types[0].dtype)])
+
+
+def _mean_llvm(kb, n, axes):
+    dtype, count = n.out_types[0].dtype, kb.numel([n.in_types[0].shape[a] for a in axes])
+    kb.reduce(n, axes, [_fold(kb, "add", 0, dtype)],
+              lambda results: kb.fdiv(results[0], kb.convert(count, dtype)))
+
+
+def _arg_llvm(largest: bool):
+    """argmax (largest) / argmin: the extreme first (NaN if there is one, as numpy's first
+    NaN wins), then the first position holding it."""
+
+    def lower(kb, n, axes):
+        dtype = n.in_types[0].dtype
+        last = kb.const(np.iinfo(np.int64).max, "i64")
+
+        def first(index, x, position, earlier):
+            (top,) = earlier
+            hit = kb.compare("==", x, top)
+            if kb.is_float(x):  # NaN is only ever found by NaN
+                nan = kb.b.fcmp_unordered("uno", top, top)
+                hit = kb.select(nan, kb.b.fcmp_unordered("uno", x, x), hit)
+            return kb.minimum(index, kb.select(hit, position, last))
+
+        extreme = _fold(kb, "maximum" if largest else "minimum",
+                        "lowest" if largest else "highest", dtype)
+        kb.reduce(n, axes, [extreme, (last, first)])
+
+    return lower
+
+
+def _logsumexp_llvm(kb, n, axes):
+    """max first (0 where it is not finite, as the reference), then log(sum(exp(x - max)))."""
+    dtype = n.out_types[0].dtype
+    zero, inf = kb.const(0.0, dtype), kb.const(float("inf"), dtype)
+
+    def shift(top):
+        return kb.select(kb.compare("<", kb.intrinsic("fabs", top), inf), top, zero)
+
+    def exp_sum(acc, x, _position, earlier):
+        return kb.add(acc, kb.exp(kb.sub(x, shift(earlier[0]))))
+
+    kb.reduce(n, axes, [_fold(kb, "maximum", "lowest", dtype), (zero, exp_sum)],
+              lambda results: kb.add(kb.intrinsic("log", results[1]), shift(results[0])))
+
+
 register(reduction("sum", np.sum, "Sum over axis (None = every axis).", dtypes=ALL_DTYPES,
-                   out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceSum", _WIDEN_TO_I64)))
+                   out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceSum", _WIDEN_TO_I64),
+                   llvm=_fold_llvm("add", 0)))
 register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
-                   onnx=_reduce_onnx("ReduceMean")))
+                   onnx=_reduce_onnx("ReduceMean"), llvm=_mean_llvm))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
-                   onnx=_reduce_onnx("ReduceMax", _BOOL_AS_I32)))
+                   onnx=_reduce_onnx("ReduceMax", _BOOL_AS_I32),
+                   llvm=_fold_llvm("maximum", "lowest")))
 register(reduction("min", np.min, "Minimum over axis.", dtypes=ALL_DTYPES,
-                   onnx=_reduce_onnx("ReduceMin", _BOOL_AS_I32)))
+                   onnx=_reduce_onnx("ReduceMin", _BOOL_AS_I32),
+                   llvm=_fold_llvm("minimum", "highest")))
 register(reduction("prod", np.prod, "Product over axis.", dtypes=ALL_DTYPES,
-                   out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceProd", _WIDEN_TO_I64)))
+                   out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceProd", _WIDEN_TO_I64),
+                   llvm=_fold_llvm("mul", 1)))
 register(reduction("argmax", np.argmax,
                    "Index (i64) of the first maximum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMax")))
+                   onnx=_arg_onnx("ArgMax"), llvm=_arg_llvm(True)))
 register(reduction("argmin", np.argmin,
                    "Index (i64) of the first minimum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMin")))
+                   onnx=_arg_onnx("ArgMin"), llvm=_arg_llvm(False)))
 register(reduction("logsumexp", logsumexp, "log(sum(exp(x))) over axis, computed stably.",
-                   dtypes=FLOATS, onnx=widened(_logsumexp_onnx)))
+                   dtypes=FLOATS, onnx=widened(_logsumexp_onnx), llvm=_logsumexp_llvm))
 register(along_axis("softmax", softmax, "exp(x) / sum(exp(x)) along axis, computed stably.",
                     onnx=_softmax_onnx("Softmax"),
                     llvm=lambda kb, n, axis: kb.softmax(n, axis)))

@@ -150,6 +150,17 @@ def _flip_onnx(b, n):
            n.outputs)
 
 
+def _flip_llvm(kb, n):
+    """A view of x walking the flipped axes backwards from their last element."""
+    t = n.in_types[0]
+    strides = kb.strides(t.shape)
+    base = kb.const(0, "i64")
+    for a in normalize_axes(n.attrs["axis"], t.rank):
+        base = kb.add(base, kb.mul(kb.dim(t.shape[a] - 1), strides[a]))
+        strides[a] = kb.neg(strides[a])
+    kb.view_copy(n, base, strides)
+
+
 register(movement("reshape", "The same elements in a new shape (one size may be -1).",
                   attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
                   _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n)))
@@ -167,7 +178,8 @@ register(movement("permute", "Reorder the axes: axis i of the result is axis per
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs))))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
-                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx))
+                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
+                  llvm=_flip_llvm))
 
 
 def _squeeze_axes(shape, a):
@@ -206,12 +218,14 @@ def _squeeze_onnx(b, n):
 register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis).",
                   attrs(("axis", None)),
                   lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
-                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx))
+                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx,
+                  llvm=lambda kb, n: kb.copy_all(n)))
 register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
                   attrs("axis"), _unsqueeze_shape,
                   lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a)),
                   lambda b, n: b.node("Unsqueeze", [n.inputs[0], b.ints(_unsqueeze_axes(
-                      n.in_types[0].rank, n.attrs))], n.outputs)))
+                      n.in_types[0].rank, n.attrs))], n.outputs),
+                  llvm=lambda kb, n: kb.copy_all(n)))
 
 
 def _broadcast_to_shape(shape, a):
@@ -254,20 +268,60 @@ def _trilu_onnx(upper: int):
                                n.outputs, upper=upper)
 
 
+def _tile_llvm(kb, n):
+    """out[r * d + j] = x[j] along every axis (x given leading size-1 axes, reps leading 1s):
+    a loop over each axis's repeats around one over its elements, the last innermost."""
+    t, out_t = n.in_types[0], n.out_types[0]
+    reps = to_dims(n.attrs["reps"], "reps")
+    shape = (Dim.of(1),) * (out_t.rank - t.rank) + tuple(t.shape)
+    reps = (Dim.of(1),) * (out_t.rank - len(reps)) + reps
+    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x_strides, out_strides = kb.strides(shape), kb.strides(out_t.shape)
+
+    def body(index):
+        repeat, inside = index[0::2], index[1::2]
+        at = [kb.add(kb.mul(r, kb.dim(d)), j) for r, j, d in zip(repeat, inside, shape)]
+        kb.move(out, kb.dot(at, out_strides), x, kb.dot(inside, x_strides))
+
+    kb.loop_nest([kb.dim(d) for pair in zip(reps, shape) for d in pair], body)
+
+
+def _trilu_llvm(upper: bool):
+    """x where the diagonal j - i is >= k (triu) or <= k (tril), else 0."""
+
+    def lower(kb, n):
+        t = n.in_types[0]
+        x, out = kb.buffer(0, t.dtype), kb.buffer(1, t.dtype)
+        k, zero = kb.const(to_int(n.attrs["k"], "k"), "i64"), kb.stored(0, t.dtype)
+        strides = kb.strides(t.shape)
+
+        def body(index):
+            at = kb.dot(index, strides)
+            keep = kb.compare(">=" if upper else "<=", kb.sub(index[-1], index[-2]), k)
+            value = kb.b.load(kb.b.gep(x, [at]))
+            kb.b.store(kb.select(keep, value, zero), kb.b.gep(out, [at]))
+
+        kb.loop_nest([kb.dim(d) for d in t.shape], body)
+
+    return lower
+
+
 # onnxruntime has no bf16 Expand, Tile, Trilu or Pad: bf16 moves as f32 (exactly)
 register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("shape"),
                   _broadcast_to_shape,
                   lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy(),
-                  widened(_broadcast_to_onnx, BF16_UP)))
+                  widened(_broadcast_to_onnx, BF16_UP),
+                  llvm=lambda kb, n: kb.view_copy(n, kb.const(0, "i64"), kb.broadcast_strides(
+                      n.in_types[0], n.out_types[0]))))
 register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
                   _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"])),
-                  widened(_tile_onnx, BF16_UP)))
+                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm))
 register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
                   attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"]),
-                  widened(_trilu_onnx(0), BF16_UP)))
+                  widened(_trilu_onnx(0), BF16_UP), llvm=_trilu_llvm(False)))
 register(movement("triu", "Zero the elements below diagonal k of the last two axes.",
                   attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"]),
-                  widened(_trilu_onnx(1), BF16_UP)))
+                  widened(_trilu_onnx(1), BF16_UP), llvm=_trilu_llvm(True)))
 
 
 # padding ----------------------------------------------------------------------------------
@@ -309,11 +363,44 @@ def _pad_onnx(b, n):
     b.node("Pad", trimmed([x, pads, value]), n.outputs, mode=mode)
 
 
+def _pad_llvm(kb, n):
+    """out[o] = x[o - before] per axis: outside x, the value (constant), the mirror image
+    without the edge (reflect) or the edge (replicate); clamped into x whatever the sizes."""
+    t, out_t, mode = n.in_types[0], n.out_types[0], n.attrs["mode"]
+    widths = _pad_widths(t.shape, n.attrs)
+    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x_strides, out_strides = kb.strides(t.shape), kb.strides(out_t.shape)
+    fill = kb.stored(number(n.attrs["value"], "value"), t.dtype)
+    zero = kb.const(0, "i64")
+
+    def body(index):
+        inside, at = kb.const(True, "bool"), zero
+        for o, (before, _), d, stride in zip(index, widths, t.shape, x_strides, strict=True):
+            i, last = kb.sub(o, kb.dim(before)), kb.dim(d - 1)
+            inside = kb.b.and_(inside, kb.b.and_(kb.compare(">=", i, zero),
+                                                   kb.compare("<=", i, last)))
+            if mode == "reflect":  # numpy's reflect: -1 -> 1, size -> size - 2
+                i = kb.select(kb.compare("<", i, zero), kb.neg(i), i)
+                i = kb.select(kb.compare(">", i, last), kb.sub(kb.add(last, last), i), i)
+            at = kb.add(at, kb.mul(kb.minimum(kb.maximum(i, zero), last), stride))
+        to = kb.dot(index, out_strides)
+        if mode != "constant":
+            kb.move(out, to, x, at)
+            return
+        with kb.b.if_else(inside) as (copy, constant):
+            with copy:
+                kb.move(out, to, x, at)
+            with constant:
+                kb.b.store(fill, kb.b.gep(out, [to]))
+
+    kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
+
+
 register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, last axis first.",
                   attrs("pads", ("mode", "constant"), ("value", 0.0)),
                   lambda s, a: tuple(d + lo + hi for d, (lo, hi)
                                      in zip(s, _pad_widths(s, a), strict=True)),
-                  _pad, widened(_pad_onnx, BF16_UP)))
+                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm))
 
 
 # slicing ----------------------------------------------------------------------------------
@@ -428,8 +515,51 @@ def _slice_onnx(b, n):
     chain(b, n.inputs[0], steps, n.outputs)
 
 
+def _index_in(kb, i, size):
+    """A run-time index i into an axis of `size`: negative counts from the end (numpy); out of
+    range is clamped into it (numpy raises, and the reference stops with K0505; a kernel
+    cannot raise, and must not read outside x)."""
+    i = kb.convert(i, "i64")
+    i = kb.select(kb.compare("<", i, kb.const(0, "i64")), kb.add(i, size), i)
+    return kb.minimum(kb.maximum(i, kb.const(0, "i64")), kb.sub(size, kb.const(1, "i64")))
+
+
+def _slice_start(kb, size, start, step: int):
+    """Where a range entry starts, as Python's slice.indices: negative counts from the end,
+    then clamped into [0, size] (step > 0) or [-1, size - 1] (step < 0)."""
+    if start is None:
+        return kb.const(0, "i64") if step > 0 else kb.sub(size, kb.const(1, "i64"))
+    i = kb.dim(to_dim(start, "items"))
+    i = kb.select(kb.compare("<", i, kb.const(0, "i64")), kb.add(i, size), i)
+    low, high = (0, size) if step > 0 else (-1, kb.sub(size, kb.const(1, "i64")))
+    return kb.minimum(kb.maximum(i, kb.const(low, "i64")), high)
+
+
+def _slice_llvm(kb, n):
+    """A strided view of x: ints and range starts move the base, range steps scale the
+    strides, new axes have stride 0. The lengths are the shape rule's (symbolic bounds in
+    range)."""
+    t = n.in_types[0]
+    x_strides = kb.strides(t.shape)
+    base, strides = kb.const(0, "i64"), []
+    for e, axis in _slice_entries(t.shape, n.attrs["items"]):
+        if e[0] == "new":
+            strides.append(kb.const(0, "i64"))
+            continue
+        size = kb.dim(t.shape[axis])
+        if e[0] == "int":
+            start = _index_in(kb, kb.dim(to_dim(e[1], "items")), size)
+        else:
+            step = to_int(e[3], "items")
+            start = _slice_start(kb, size, e[1], step)
+            strides.append(kb.mul(kb.const(step, "i64"), x_strides[axis]))
+        base = kb.add(base, kb.mul(start, x_strides[axis]))
+    kb.view_copy(n, base, strides)
+
+
 register(internal(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
-                           attrs("items"), _slice_shape, _slice, _slice_onnx)))
+                           attrs("items"), _slice_shape, _slice, _slice_onnx,
+                           llvm=_slice_llvm)))
 
 
 # joining and splitting --------------------------------------------------------------------
@@ -458,27 +588,42 @@ def _joined(types, a, stacking: bool):
 _XS = (Arg("xs", "tensors"),)
 
 
+def _join_axis(n, stacking: bool) -> int:
+    """The axis concat or stack joins along, in the output."""
+    return normalize_axis(n.attrs["axis"], n.in_types[0].rank + stacking)
+
+
 def _join_onnx(stacking: bool):
     """Concat, of the inputs each given a new axis first when stacking."""
 
     def emit(b, n):
-        axis = normalize_axis(n.attrs["axis"], n.in_types[0].rank + stacking)
+        axis = _join_axis(n, stacking)
         xs = [one(b, "Unsqueeze", x, b.ints([axis])) for x in n.inputs] if stacking else n.inputs
         b.node("Concat", xs, n.outputs, axis=axis)
 
     return emit
 
 
+def _join_llvm(stacking: bool):
+    """Each input copied into its place along the axis (of extent 1 when stacking)."""
+
+    def lower(kb, n):
+        axis = _join_axis(n, stacking)
+        kb.join(n, axis, [Dim.of(1) if stacking else t.shape[axis] for t in n.in_types])
+
+    return lower
+
+
 register(simple("concat", "Join tensors along an existing axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, False),
                 lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(False)))
+                onnx=_join_onnx(False), llvm=_join_llvm(False)))
 register(simple("stack", "Join equally shaped tensors along a new axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, True),
                 lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(True)))
+                onnx=_join_onnx(True), llvm=_join_llvm(True)))
 
 
 def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
@@ -525,7 +670,9 @@ def _split_onnx(b, n):
 register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
                   _split_infer, _split_reference,
                   "Split x along axis into n equal parts or parts of the given sizes.",
-                  tags=frozenset({"movement", "multi_output"}), onnx=_split_onnx))
+                  tags=frozenset({"movement", "multi_output"}), onnx=_split_onnx,
+                  llvm=lambda kb, n: kb.join(n, *_split_parts(n.in_types[0], n.attrs),
+                                             split=True)))
 
 
 # gather and scatter -----------------------------------------------------------------------
@@ -583,14 +730,52 @@ def _take_along_onnx(b, n):
     b.node("GatherElements", [x, index], n.outputs, axis=axis)
 
 
+def _gather_llvm(kb, n):
+    """out[o, k, r] = x[o, index[k], r] (o: the axes before axis, k: index's positions, r: the
+    axes after); nothing is read from an empty axis."""
+    (x_t, i_t), out_t = n.in_types, n.out_types[0]
+    axis = normalize_axis(n.attrs["axis"], x_t.rank)
+    x, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((x_t, i_t, out_t)))
+    size, count = kb.dim(x_t.shape[axis]), kb.numel(i_t.shape)
+    inner = kb.numel(x_t.shape[axis + 1:])
+    with kb.b.if_then(kb.compare(">", size, kb.const(0, "i64"))):
+        with kb.for_range(kb.numel(x_t.shape[:axis])) as o:
+            with kb.for_range(count) as k:
+                i = _index_in(kb, kb.load(index, k, i_t.dtype), size)
+                source = kb.mul(kb.add(kb.mul(o, size), i), inner)
+                target = kb.mul(kb.add(kb.mul(o, count), k), inner)
+                with kb.for_range(inner) as r:
+                    kb.move(out, kb.add(target, r), x, kb.add(source, r))
+
+
+def _take_along_llvm(kb, n):
+    """out[..., k, ...] = x[..., index[..., k, ...], ...], x and index broadcast against each
+    other off axis; nothing is read from an empty axis."""
+    (x_t, i_t), out_t = n.in_types, n.out_types[0]
+    axis = normalize_axis(n.attrs["axis"], max(x_t.rank, 1))
+    x, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((x_t, i_t, out_t)))
+    x_strides = kb.broadcast_strides(x_t, out_t)
+    x_strides[axis] = kb.numel(x_t.shape[axis + 1:])  # index picks along x's own axis
+    i_strides, out_strides = kb.broadcast_strides(i_t, out_t), kb.strides(out_t.shape)
+    size = kb.dim(x_t.shape[axis])
+
+    def body(at):
+        i = _index_in(kb, kb.load(index, kb.dot(at, i_strides), i_t.dtype), size)
+        source = kb.dot([i if k == axis else a for k, a in enumerate(at)], x_strides)
+        kb.move(out, kb.dot(at, out_strides), x, source)
+
+    with kb.b.if_then(kb.compare(">", size, kb.const(0, "i64"))):
+        kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
+
+
 # ONNX's Gather and GatherElements take negative indices from the end, as numpy
 register(simple("gather", "Pick slices of x along axis by index (numpy take).",
                 tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather,
                 onnx=lambda b, n: b.node("Gather", n.inputs, n.outputs, axis=normalize_axis(
-                    n.attrs["axis"], n.in_types[0].rank))))
+                    n.attrs["axis"], n.in_types[0].rank)), llvm=_gather_llvm))
 register(simple("take_along_axis", "Pick elements of x along axis, index matched per position.",
                 tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along,
-                onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,))))
+                onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,)), llvm=_take_along_llvm))
 
 # reduce -> (ufunc folding into a segment, starting value for floats, for ints)
 _SCATTER = {
@@ -613,6 +798,46 @@ def _scatter_start(mode: str, dtype: str):
     if isinstance(start_int, str):
         return getattr(np.iinfo(NUMPY_DTYPES[dtype]), start_int)
     return start_int
+
+
+def _scatter_llvm(kb, n, mode: str):
+    """Fold src into a scratch array of the output's size (in the compute type, counting
+    what lands in each element), in src's order as numpy's ufunc.at; then write it out,
+    0 where nothing landed. Indices out of range are skipped."""
+    (src_t, i_t), out_t = n.in_types, n.out_types[0]
+    dtype = src_t.dtype
+    axis = normalize_axis(n.attrs["axis"], src_t.rank)
+    src, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((src_t, i_t, out_t)))
+    start = kb.const(_scatter_start(mode, dtype), dtype)
+    total = kb.numel(out_t.shape)
+    folded, count = kb.scratch(total, dtype), kb.scratch(total, "i64")
+    with kb.for_range(total) as k:
+        kb.b.store(start, kb.b.gep(folded, [k]))
+    fold = {"sum": kb.add, "mean": kb.add, "prod": kb.mul, "max": kb.maximum,
+            "min": kb.minimum}[mode]
+    length, inner = kb.dim(src_t.shape[axis]), kb.numel(src_t.shape[axis + 1:])
+    size, zero = kb.dim(to_dim(n.attrs["size"], "size")), kb.const(0, "i64")
+
+    def each(o, j, r):
+        at = kb.add(kb.mul(kb.add(kb.mul(o, length), j), inner), r)
+        i = kb.convert(kb.load(index, j if i_t.rank == 1 else at, i_t.dtype), "i64")
+        i = kb.select(kb.compare("<", i, zero), kb.add(i, size), i)
+        inside = kb.b.and_(kb.compare(">=", i, zero), kb.compare("<", i, size))
+        with kb.b.if_then(inside):
+            to = kb.add(kb.mul(kb.add(kb.mul(o, size), i), inner), r)
+            slot, tally = kb.b.gep(folded, [to]), kb.b.gep(count, [to])
+            kb.b.store(fold(kb.b.load(slot), kb.load(src, at, dtype)), slot)
+            kb.b.store(kb.add(kb.b.load(tally), kb.const(1, "i64")), tally)
+
+    kb.loop_nest([kb.numel(src_t.shape[:axis]), length, inner], lambda ix: each(*ix))
+    with kb.for_range(total) as k:
+        value, landed = kb.b.load(kb.b.gep(folded, [k])), kb.b.load(kb.b.gep(count, [k]))
+        if mode == "mean":  # the reference divides in f64 (f32 sum / i64 count)
+            value = kb.fdiv(kb.convert(value, "f64"), kb.convert(landed, "f64"))
+        kb.store(out, k, kb.select(kb.compare(">", landed, zero), value,
+                                   kb.lit(value, 0)), out_t.dtype)
+    kb.release(folded)
+    kb.release(count)
 
 
 def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRecord:
@@ -687,8 +912,11 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
         landed = one(b, "Greater", count, scalar(b, 0, "i64"))
         b.node("Where", [landed, folded, scalar(b, 0, dtype)], n.outputs)
 
+    def lower(kb, n):
+        _scatter_llvm(kb, n, mode_of(n.attrs))
+
     return simple(name, doc, tensors("src", "index") + attrs("size", ("axis", 0)) + extra,
-                  infer_one, compute, onnx=widened(onnx))
+                  infer_one, compute, onnx=widened(onnx), llvm=lower)
 
 
 register(scatter_record("scatter", "Fold src into size segments along axis by index "
@@ -745,9 +973,27 @@ def _arange_onnx(b, n):
     cast(b, values, n.out_types[0].dtype, n.outputs[0])
 
 
+def _arange_llvm(kb, n):
+    """start + step * i: in i64 (symbolic bounds at run time), or, with a float bound, in f64
+    without contraction into an FMA, rounded once to dtype (as the reference)."""
+    start, end, step = _arange_bounds(n.attrs)
+    dtype = n.out_types[0].dtype
+    out = kb.buffer(0, dtype)
+    floats = any(isinstance(v, float) for v in (start, end, step))
+    with kb.for_range(kb.numel(n.out_types[0].shape)) as i:
+        if floats:
+            with kb.strict():
+                value = kb.add(kb.const(float(number(start, "start")), "f64"),
+                               kb.mul(kb.const(float(step), "f64"), kb.convert(i, "f64")))
+        else:
+            value = kb.convert(kb.add(kb.dim(to_dim(start, "start")),
+                                      kb.mul(kb.const(to_int(step, "step"), "i64"), i)), dtype)
+        kb.store(out, i, value, dtype)
+
+
 register(simple("arange", "start, start + step, ... up to end (exclusive); arange(n) is 0..n.",
                 attrs("start", ("end", None), ("step", 1), ("dtype", "i64")),
-                _arange_infer, _arange, onnx=_arange_onnx))
+                _arange_infer, _arange, onnx=_arange_onnx, llvm=_arange_llvm))
 
 
 def filled(name: str, doc: str, value=None) -> OpRecord:
@@ -774,8 +1020,15 @@ def filled(name: str, doc: str, value=None) -> OpRecord:
             filler = scalar(b, fill, dtype)
         b.node("Expand", [filler, shape_of(b, n.out_types[0].shape)], n.outputs)
 
+    def lower(kb, n):
+        dtype = n.out_types[0].dtype
+        fill = kb.stored(n.attrs["value"] if value is None else value, dtype)
+        out = kb.buffer(0, dtype)
+        with kb.for_range(kb.numel(n.out_types[0].shape)) as i:
+            kb.b.store(fill, kb.b.gep(out, [i]))
+
     return simple(name, doc, attrs("shape") + extra + attrs(("dtype", "f32")), infer_one, compute,
-                  onnx=widened(onnx, BF16_UP))
+                  onnx=widened(onnx, BF16_UP), llvm=lower)
 
 
 register(filled("zeros", "A tensor of zeros.", value=0))
@@ -809,9 +1062,22 @@ def _one_hot_onnx(b, n):
     cast(b, one(b, "Equal", x, classes), n.out_types[0].dtype, n.outputs[0])
 
 
+def _one_hot_llvm(kb, n):
+    """out[k, c] = x[k] == c (a class out of range gives a row of zeros: numpy raises)."""
+    (x_t,), out_t = n.in_types, n.out_types[0]
+    x, out = kb.buffer(0, x_t.dtype), kb.buffer(1, out_t.dtype)
+    classes = kb.dim(to_dim(n.attrs["num_classes"], "num_classes"))
+    one, zero = kb.stored(1, out_t.dtype), kb.stored(0, out_t.dtype)
+    with kb.for_range(kb.numel(x_t.shape)) as k:
+        label = kb.convert(kb.load(x, k, x_t.dtype), "i64")
+        with kb.for_range(classes) as c:
+            hot = kb.select(kb.compare("==", label, c), one, zero)
+            kb.b.store(hot, kb.b.gep(out, [kb.add(kb.mul(k, classes), c)]))
+
+
 register(simple("one_hot", "1 at position x[...] of a new last axis of num_classes, else 0.",
                 tensors("x") + attrs("num_classes", ("dtype", "i64")), _one_hot_infer, _one_hot,
-                onnx=_one_hot_onnx))
+                onnx=_one_hot_onnx, llvm=_one_hot_llvm))
 
 
 def _dim_value_infer(types, a):
@@ -822,4 +1088,6 @@ def _dim_value_infer(types, a):
 register(internal(simple(
     "dim_value", "The runtime value of a size, as an i64 scalar tensor.",
     attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
-    onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs))))
+    onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs),
+    llvm=lambda kb, n: kb.store(kb.buffer(0, "i64"), kb.const(0, "i64"),
+                                kb.dim(to_dim(n.attrs["dim"], "dim")), "i64"))))

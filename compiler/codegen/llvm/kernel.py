@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 from llvmlite import ir
 
 from ...dims import Dim
+from ...types import NUMPY_DTYPES
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
@@ -27,6 +29,8 @@ STORAGE = {"f32": F32, "f16": F16, "bf16": I16, "f64": F64, "i32": I32, "i64": I
 # the type a kernel computes in
 COMPUTE = {"f32": F32, "f16": F32, "bf16": F32, "f64": F64, "i32": I32, "i64": I64, "bool": I1}
 FLOATS = ("f32", "f16", "bf16", "f64")
+_DTYPE_OF = {F32: "f32", F64: "f64", I32: "i32", I64: "i64", I1: "bool"}  # of a compute type
+_BYTES = {I1: 1, I32: 4, F32: 4, I64: 8, F64: 8}  # of a compute type
 
 KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer()])
 
@@ -42,7 +46,10 @@ class KernelBuilder:
         self.args_ptr, self.dims_ptr = self.function.args
         self.args_ptr.add_attribute("noalias")
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
-        self.flags = ("fast",) if fast_math else ()
+        # fast math that keeps numpy's results: reassociation (vectorised reductions) and FMA
+        # contraction, but never nnan/ninf (NaN and inf propagate as in numpy), nsz (relu(-0.0)
+        # is 0.0) or arcp/afn (divisions and libm functions round as numpy's do)
+        self.flags = ("reassoc", "contract") if fast_math else ()
         self._dims: dict[Dim, ir.Value] = {}
 
     # ------------------------------------------------------------------ buffers
@@ -70,17 +77,41 @@ class KernelBuilder:
         return value
 
     def to_storage(self, value: ir.Value, dtype: str) -> ir.Value:
+        """A compute value (or an f64 one, rounded once as numpy's astype) in storage form."""
         b = self.b
+        if dtype == "f16" and value.type == F64:  # numpy rounds f64 to f16 once
+            return b.fptrunc(self._to_f32_odd(value), F16)
         if dtype == "f16":
             return b.fptrunc(value, F16)
-        if dtype == "bf16":  # round to nearest even, as ml_dtypes does
+        if value.type == F64 and dtype != "f64":  # ml_dtypes' bf16 goes through f32 too
+            value = self.convert(value, dtype)
+        if dtype == "bf16":  # round to nearest even, as ml_dtypes does; NaN stays a quiet NaN
             bits = b.bitcast(value, I32)
-            lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
-            rounded = b.add(bits, b.add(ir.Constant(I32, 0x7FFF), lsb))
-            return b.trunc(b.lshr(rounded, ir.Constant(I32, 16)), I16)
+            high = b.lshr(bits, ir.Constant(I32, 16))
+            lsb = b.and_(high, ir.Constant(I32, 1))
+            rounded = b.lshr(b.add(bits, b.add(ir.Constant(I32, 0x7FFF), lsb)),
+                             ir.Constant(I32, 16))
+            nan = b.fcmp_unordered("uno", value, value)
+            quiet = b.or_(high, ir.Constant(I32, 0x40))
+            return b.trunc(b.select(nan, quiet, rounded), I16)
         if dtype == "bool":
             return b.zext(value, I8)
         return value
+
+    def _to_f32_odd(self, value: ir.Value) -> ir.Value:
+        """f64 -> f32 rounded to odd: an inexact result gets an odd last bit, so rounding it on
+        to f16 (11 bits) rounds as f64 -> f16 directly would (LLVM's direct fptrunc is a
+        compiler-rt call the JIT cannot resolve)."""
+        b = self.b
+        nearest = b.fptrunc(value, F32)
+        back = b.fpext(nearest, F64)
+        bits = b.bitcast(nearest, I32)
+        even = b.icmp_unsigned("==", b.and_(bits, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+        inexact = b.fcmp_ordered("!=", back, value)
+        above = b.fcmp_ordered(">", self.intrinsic("fabs", back), self.intrinsic("fabs", value))
+        toward = b.select(above, ir.Constant(I32, -1), ir.Constant(I32, 1))
+        odd = b.add(bits, toward)  # the neighbour on value's side: magnitude is bits' order
+        return b.select(b.and_(even, inexact), b.bitcast(odd, F32), nearest)
 
     # ------------------------------------------------------------------ sizes
     def dim(self, d: Dim | int) -> ir.Value:
@@ -114,10 +145,7 @@ class KernelBuilder:
         return total if total is not None else ir.Constant(I64, 0)
 
     def numel(self, shape) -> ir.Value:
-        total = Dim.of(1)
-        for d in shape:
-            total = total * d
-        return self.dim(total)
+        return self.dim(_product(shape))
 
     # ------------------------------------------------------------------ control flow
     @contextlib.contextmanager
@@ -149,6 +177,33 @@ class KernelBuilder:
     # ------------------------------------------------------------------ math
     def const(self, value: float | int | bool, dtype: str) -> ir.Constant:
         return ir.Constant(COMPUTE[dtype], value)
+
+    def number(self, value, like: ir.Value) -> ir.Value:
+        """A numeric attribute (a number, or a Dim known at run time) in `like`'s type."""
+        if isinstance(value, Dim) and not value.is_const:
+            return self.convert(self.dim(value), _DTYPE_OF[like.type])
+        return self.lit(like, Dim.of(value).value if isinstance(value, Dim) else value)
+
+    def stored(self, value, dtype: str) -> ir.Value:
+        """`value` (a number, or a Dim known at run time) in `dtype`'s storage form, converted
+        as numpy's astype converts it (floats truncate into ints, bf16 rounds to nearest)."""
+        if isinstance(value, Dim) and not value.is_const:
+            return self.to_storage(self.convert(self.dim(value), dtype), dtype)
+        value = Dim.of(value).value if isinstance(value, Dim) else value
+        array = np.asarray(value).astype(NUMPY_DTYPES[dtype])
+        if dtype == "bf16":
+            return ir.Constant(I16, int(array.view(np.uint16)))
+        return ir.Constant(STORAGE[dtype], int(array) if dtype == "bool" else array.item())
+
+    @contextlib.contextmanager
+    def strict(self) -> Iterator[None]:
+        """IEEE arithmetic without fast-math flags inside the block (for formulas that mirror
+        numpy's rounding step by step, such as its floor division)."""
+        flags, self.flags = self.flags, ()
+        try:
+            yield
+        finally:
+            self.flags = flags
 
     def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
         ty = args[0].type
@@ -191,11 +246,11 @@ class KernelBuilder:
                 vals = [self.load(p, i if t.rank else zero, t.dtype) for p, t in ins]
                 self.store(out, i, scalar(self, *vals), out_t.dtype)
             return
-        strides = [self._broadcast_strides(t, out_t) for _, t in ins]
+        strides = [self.broadcast_strides(t, out_t) for _, t in ins]
         self._nest(0, out_t, ins, strides, [ir.Constant(I64, 0)] * len(ins),
                    ir.Constant(I64, 0), out, scalar)
 
-    def _broadcast_strides(self, t, out_t) -> list[ir.Value]:
+    def broadcast_strides(self, t, out_t) -> list[ir.Value]:
         """Element strides of `t` along each axis of the output (0 where it broadcasts)."""
         pad = out_t.rank - t.rank
         strides: list[ir.Value] = [ir.Constant(I64, 0)] * out_t.rank
@@ -206,6 +261,8 @@ class KernelBuilder:
                 strides[axis + pad] = step
             step = self.b.mul(step, self.dim(d))
         return strides
+
+    _broadcast_strides = broadcast_strides  # the name linalg.py knows
 
     def _nest(self, axis, out_t, ins, strides, offsets, out_offset, out, scalar) -> None:
         if axis == out_t.rank:
@@ -248,6 +305,8 @@ class KernelBuilder:
         if self.is_float(a):  # ordered: a comparison with NaN is false (but != is true)
             return (self.b.fcmp_unordered(op, a, b) if op == "!="
                     else self.b.fcmp_ordered(op, a, b))
+        if a.type == I1:  # False < True
+            return self.b.icmp_unsigned(op, a, b)
         return self.b.icmp_signed(op, a, b)
 
     def select(self, cond, a, b):
@@ -322,9 +381,12 @@ class KernelBuilder:
             total = self.b.add(total, self.b.mul(i, s))
         return total
 
-    def accumulate(self, start: ir.Value, stop: ir.Value, init: ir.Value, step) -> ir.Value:
-        """fold(step, range(start, stop), init): a loop-carried scalar, as an SSA phi."""
+    def accumulate(self, start: ir.Value, stop: ir.Value, init, step):
+        """fold(step, range(start, stop), init): a loop-carried scalar, as an SSA phi. `init`
+        may be a tuple of scalars (carried together: step takes and returns the tuple)."""
         b = self.b
+        carried = isinstance(init, tuple)
+        inits = init if carried else (init,)
         pre = b.block
         head = b.append_basic_block("acc.head")
         body = b.append_basic_block("acc.body")
@@ -332,42 +394,177 @@ class KernelBuilder:
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64)
-        acc = b.phi(init.type)
+        accs = tuple(b.phi(v.type) for v in inits)
         i.add_incoming(start, pre)
-        acc.add_incoming(init, pre)
+        for acc, v in zip(accs, inits, strict=True):
+            acc.add_incoming(v, pre)
         b.cbranch(b.icmp_signed("<", i, stop), body, done)
         b.position_at_end(body)
-        new = step(acc, i)
-        acc.add_incoming(new, b.block)
-        i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+        new = step(accs if carried else accs[0], i)
+        for acc, v in zip(accs, new if carried else (new,), strict=True):
+            acc.add_incoming(v, b.block)
+        i.add_incoming(b.add(i, ir.Constant(I64, 1), flags=("nsw",)), b.block)
         b.branch(head)
         b.position_at_end(done)
-        return acc
+        return accs if carried else accs[0]
 
     # ------------------------------------------------------------------ data movement
     def copy_all(self, n) -> None:
-        """Output 0 is input 0's bytes (reshape, flatten): one memcpy."""
-        t = n.in_types[0]
-        size = self.b.mul(self.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
-        src, dst = (self.b.load(self.b.gep(self.args_ptr, [ir.Constant(I64, i)])) for i in (0, 1))
-        memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-        self.b.call(memcpy, [dst, src, size, ir.Constant(I1, 0)])
+        """Output 0 is input 0's bytes (reshape, flatten, squeeze): one memcpy."""
+        t, zero = n.in_types[0], ir.Constant(I64, 0)
+        self.copy_elements(self.buffer(1, t.dtype), zero, self.buffer(0, t.dtype), zero,
+                           self.numel(t.shape), t.dtype)
 
     def permute(self, n, perm) -> None:
         """out[i0, i1, ...] = x[..., i_k at axis perm[k], ...] (transpose, permute)."""
+        x_strides = self.strides(n.in_types[0].shape)
+        self.view_copy(n, ir.Constant(I64, 0), [x_strides[p] for p in perm])
+
+    def view_copy(self, n, base: ir.Value, strides: list[ir.Value]) -> None:
+        """out[i0, i1, ...] = x[base + i0 * strides[0] + i1 * strides[1] + ...]: a strided view
+        of input 0 (strides may be negative or 0) copied out element by element, as stored."""
         x_t, out_t = n.in_types[0], n.out_types[0]
-        x, out = self.buffer(0, x_t.dtype), self.buffer(1, out_t.dtype)
-        x_strides = self.strides(x_t.shape)
-        gather = [x_strides[p] for p in perm]
+        x, out = self.buffer(0, x_t.dtype), self.buffer(len(n.in_types), out_t.dtype)
         out_strides = self.strides(out_t.shape)
 
         def body(index):
-            value = self.b.load(self.b.gep(x, [self.dot(index, gather)]))
-            self.b.store(value, self.b.gep(out, [self.dot(index, out_strides)]))
+            self.move(out, self.dot(index, out_strides), x,
+                      self.b.add(base, self.dot(index, strides)))
 
         self.loop_nest([self.dim(d) for d in out_t.shape], body)
 
+    def move(self, dst: ir.Value, dst_at: ir.Value, src: ir.Value, src_at: ir.Value) -> None:
+        """dst[dst_at] = src[src_at], as stored (no conversion)."""
+        self.b.store(self.b.load(self.b.gep(src, [src_at])), self.b.gep(dst, [dst_at]))
+
+    def copy_elements(self, dst: ir.Value, dst_at: ir.Value, src: ir.Value, src_at: ir.Value,
+                      count: ir.Value, dtype: str) -> None:
+        """dst[dst_at : dst_at + count] = src[src_at : src_at + count] (one memcpy)."""
+        size = self.b.mul(count, ir.Constant(I64, NUMPY_DTYPES[dtype].itemsize))
+        to, source = (self.b.bitcast(self.b.gep(p, [i]), PTR) for p, i in ((dst, dst_at),
+                                                                          (src, src_at)))
+        memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+        self.b.call(memcpy, [to, source, size, ir.Constant(I1, 0)])
+
+    def join(self, n, axis: int, sizes: list, split: bool = False) -> None:
+        """Copy between pieces and the whole they make side by side along `axis`, pieces of
+        extent sizes[k] (Dims) along it: the inputs into the output (concat, stack), or with
+        `split` the input into the outputs."""
+        whole_t, piece_ts = (n.in_types[0], n.out_types) if split else (n.out_types[0],
+                                                                         n.in_types)
+        whole = self.buffer(0 if split else len(piece_ts), whole_t.dtype)
+        pieces = [self.buffer(k + split, t.dtype) for k, t in enumerate(piece_ts)]
+        inner = whole_t.shape[axis + 1:]
+        row = self.numel(whole_t.shape[axis:])
+        with self.for_range(self.numel(whole_t.shape[:axis])) as o:
+            offset = Dim.of(0)
+            for piece, size in zip(pieces, sizes, strict=True):
+                count = self.numel((size, *inner))
+                at_whole = self.b.add(self.b.mul(o, row), self.numel((offset, *inner)))
+                at_piece = self.b.mul(o, count)
+                if split:
+                    self.copy_elements(piece, at_piece, whole, at_whole, count, whole_t.dtype)
+                else:
+                    self.copy_elements(whole, at_whole, piece, at_piece, count, whole_t.dtype)
+                offset = offset + size
+
+    def scratch(self, count: ir.Value, ty: ir.Type | str) -> ir.Value:
+        """A zeroed heap array of `count` values of type `ty` (or of a dtype's compute type),
+        for a kernel's own state (calloc); give it back with `release`."""
+        ty = COMPUTE[ty] if isinstance(ty, str) else ty
+        calloc = self._libc("calloc", PTR, [I64, I64])
+        size = ir.Constant(I64, _BYTES[ty])
+        return self.b.bitcast(self.b.call(calloc, [count, size]), ty.as_pointer())
+
+    def release(self, ptr: ir.Value) -> None:
+        self.b.call(self._libc("free", VOID, [PTR]), [self.b.bitcast(ptr, PTR)])
+
+    def _libc(self, name: str, result: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self.module.globals.get(name)
+        return fn if fn is not None else ir.Function(self.module, ir.FunctionType(result, args),
+                                                     name)
+
     # ------------------------------------------------------------------ reductions
+    def reduce(self, n, axes: tuple[int, ...], folds: list, finish=None) -> None:
+        """Output 0 = input 0 reduced over `axes`. For each output element, the folds run in
+        turn over the elements reduced into it, in order: folds[k] = (init, step), a constant
+        start and step(acc, value, position, earlier) -> acc, where value is an element (a
+        compute value), position its row-major index among the reduced elements, and earlier
+        the results of the folds before. The output element is finish(results) (by default
+        the last result).
+
+        Adjacent axes both reduced (or both kept) are one loop. Reducing the last axes, a fold
+        is one tight loop over contiguous memory; reducing leading axes, a fold runs over whole
+        rows of the kept last axes at once (its accumulators in a scratch row): the inner loop
+        is contiguous either way, and LLVM vectorises it."""
+        finish = finish or (lambda results: results[-1])
+        t, out_t = n.in_types[0], n.out_types[0]
+        x, out = self.buffer(0, t.dtype), self.buffer(1, out_t.dtype)
+        runs: list[tuple[bool, Dim, Dim]] = []  # (reduced, size, stride) of merged axes
+        for axis, d in enumerate(t.shape):
+            stride = _product(t.shape[axis + 1:])
+            if runs and runs[-1][0] == (axis in axes):
+                runs[-1] = (axis in axes, runs[-1][1] * d, stride)
+            else:
+                runs.append((axis in axes, d, stride))
+        kept = [(self.dim(size), self.dim(stride)) for r, size, stride in runs if not r]
+        reduced = [(self.dim(size), self.dim(stride)) for r, size, stride in runs if r]
+        positions = self.strides([size for r, size, _ in runs if r])
+        out_strides = self.strides([size for r, size, _ in runs if not r])
+        zero = ir.Constant(I64, 0)
+
+        def value(offset):
+            return self.load(x, offset, t.dtype)
+
+        if not reduced or runs[-1][0] or runs[-1][1] == 1:  # a fold per output element
+            def each(index):
+                results: list[ir.Value] = []
+                for init, step in folds:
+                    def level(k, offset, position, acc, step=step, earlier=tuple(results)):
+                        if k == len(reduced):
+                            return step(acc, value(offset), position, earlier)
+                        size, stride = reduced[k]
+                        return self.accumulate(zero, size, acc, lambda a, i: level(
+                            k + 1, self.b.add(offset, self.b.mul(i, stride)),
+                            self.b.add(position, self.b.mul(i, positions[k])), a))
+
+                    results.append(level(0, self.dot(index, [s for _, s in kept]), zero, init))
+                self.store(out, self.dot(index, out_strides), finish(results), out_t.dtype)
+
+            self.loop_nest([size for size, _ in kept], each)
+            return
+
+        (width, _), outer = kept[-1], kept[:-1]  # folds over rows of `width` kept elements
+        rows = [self.scratch(width, init.type) for init, _ in folds]
+
+        def row_of(k, j):
+            return self.b.gep(rows[k], [j])
+
+        def each_row(index):
+            base = self.dot(index, [s for _, s in outer])
+            for k, (init, step) in enumerate(folds):
+                with self.for_range(width) as j:
+                    self.b.store(init, row_of(k, j))
+
+                def fold_in(at, k=k, step=step):
+                    offset = self.b.add(base, self.dot(at, [s for _, s in reduced]))
+                    with self.for_range(width) as j:
+                        earlier = [self.b.load(row_of(e, j)) for e in range(k)]
+                        acc = self.b.load(row_of(k, j))
+                        new = step(acc, value(self.b.add(offset, j)), self.dot(at, positions),
+                                   earlier)
+                        self.b.store(new, row_of(k, j))
+
+                self.loop_nest([size for size, _ in reduced], fold_in)
+            at = self.dot(index, out_strides[:-1])
+            with self.for_range(width) as j:
+                results = [self.b.load(row_of(k, j)) for k in range(len(folds))]
+                self.store(out, self.b.add(at, j), finish(results), out_t.dtype)
+
+        self.loop_nest([size for size, _ in outer], each_row)
+        for row in rows:
+            self.release(row)
+
     def along_axis(self, n, axis: int):
         """(x, out, outer, length, inner, each) for an op reading x along one axis: `each(body)`
         calls body(offset_of(j)) once per line, where offset_of(j) is the j-th element's index."""
@@ -408,3 +605,10 @@ class KernelBuilder:
                 self.store(out, at(j), value, dtype)
 
         each(line)
+
+
+def _product(dims) -> Dim:
+    total = Dim.of(1)
+    for d in dims:
+        total = total * d
+    return total
