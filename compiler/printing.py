@@ -37,6 +37,19 @@ def to_dot(graph: Graph, name: str = "model") -> str:
     return "\n".join(lines)
 
 
+def to_dot_pair(before: Graph, after: Graph, name: str = "model") -> str:
+    """Two graphs side by side: as elaborated, and after the optimizer."""
+    lines = [f"digraph {_quote(name)} {{", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
+    counter = [0]
+    for prefix, graph, label in (("a_", before, "before"), ("b_", after, "after optimization")):
+        title = _quote(f"{label} ({len(graph)} nodes)")
+        lines.append(f"  subgraph cluster_{prefix} {{ label={title};")
+        _emit(graph, prefix, lines, counter)
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def _emit(graph: Graph, prefix: str, lines: list[str], counter: list[int]) -> None:
     for nid in graph.order():
         node = graph.node(nid)

@@ -32,14 +32,18 @@ def compile(
     args: dict[str, Any] | None = None,
     strict: bool = True,
     providers: list[str] | None = None,
+    opt_level: int = 1,
 ):
     """Compile one model of a file into a callable taking and returning numpy arrays.
 
     model: the model's name (default: the file's last `model`); args: its compile-time
     arguments; seed: initial weights are a pure function of (seed, parameter path);
     weights: a .safetensors or .npz file (or a dict) loaded by dotted path.
-    target: "reference" (numpy) or "onnx" (onnxruntime; `providers` picks execution providers,
-    by default CUDA or TensorRT when the installed onnxruntime has them, else CPU).
+    target: "reference" (numpy), "onnx" (onnxruntime; `providers` picks execution providers,
+    by default CUDA or TensorRT when the installed onnxruntime has them, else CPU) or "native"
+    (machine code for this CPU). opt_level: 1 runs the graph optimizer (constant folding,
+    simplification, BatchNorm folding, CSE, DCE), 0 compiles the graph as elaborated; what it
+    did is `model.pass_stats`.
     """
 
     if target not in TARGETS:
@@ -48,6 +52,8 @@ def compile(
         )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise KilnError("K0602", f"seed must be a non-negative int, not {seed!r}")
+    if opt_level not in (0, 1):
+        raise KilnError("K0602", f"opt_level must be 0 or 1, not {opt_level!r}")
     program = source if isinstance(source, Program) else load(source)
     elaborated = program.elaborate(model, args)
 
@@ -64,14 +70,14 @@ def compile(
     if target == "onnx":
         from kiln.runtime.onnx import OnnxModel
 
-        return OnnxModel(elaborated, params, variant, providers)
+        return OnnxModel(elaborated, params, variant, providers, opt_level)
     if target == "native":
         from kiln.runtime.native import NativeModel
 
-        return NativeModel(elaborated, params, variant)
+        return NativeModel(elaborated, params, variant, opt_level=opt_level)
     from kiln.runtime.reference import ReferenceModel
 
-    return ReferenceModel(elaborated, params, variant)
+    return ReferenceModel(elaborated, params, variant, opt_level)
 
 
 def load_compiled(path: str | os.PathLike):

@@ -58,12 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(handler=handler)
         return c
 
+    def optimizer_options(c):
+        c.add_argument("-O", dest="opt_level", type=int, choices=[0, 1], default=1,
+                       help="-O0 turns the graph optimizer off (for debugging); -O1 (default)")
+        c.add_argument("--print-passes", action="store_true",
+                       help="report what each optimizer pass changed, and how long it took")
+
     model_cmd("check", "parse, elaborate and shape-check a model; print its signature", cmd_check)
     model_cmd("params", "list every parameter and buffer, and the cost of one call", cmd_params)
     g = model_cmd("graph", "print the graph IR as DOT (or write .dot / .svg)", cmd_graph)
     g.add_argument("-o", "--output", help="out.dot or out.svg (SVG needs Graphviz's dot)")
+    g.add_argument("--passes", action="store_true",
+                   help="draw the graph after optimization next to the graph before")
     r = model_cmd("run", "run a model and summarise its outputs", cmd_run)
-    r.add_argument("--target", default="reference", choices=["reference", "onnx"])
+    r.add_argument("--target", default="reference", choices=["reference", "onnx", "native"])
     r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy")
     r.add_argument(
         "--random-inputs",
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and unexpected ones are ignored (shapes must still match)")
     r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
+    optimizer_options(r)
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
     c.add_argument("--target", default="onnx", choices=["onnx", "native"])
     c.add_argument("-o", "--output", required=True,
@@ -90,10 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "model.kiln.json and model.h beside it)")
     c.add_argument("--cpu", help="native: build for this CPU (e.g. x86-64-v3) instead of this "
                    "machine's own")
+    optimizer_options(c)
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     return p
+
+
+def report_passes(opts, model) -> None:
+    if opts.print_passes:
+        from kiln.compiler.passes import format_stats
+
+        model.lowered()
+        print(format_stats(model.pass_stats) if model.pass_stats else "optimizer off (-O0)")
 
 
 def cmd_compile(opts) -> int:
@@ -107,13 +125,17 @@ def cmd_compile(opts) -> int:
         seed=opts.seed,
         weights=opts.weights,
         args=parse_args_option(opts.arg),
+        strict=not opts.no_strict,
+        opt_level=opts.opt_level,
     )
+    report_passes(opts, model)
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
         from kiln.runtime.aot import write_library
 
         cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
-        files = write_library(model.model, model.params, opts.output, cpu)
+        files = write_library(model.lowered(), model.params, opts.output, cpu,
+                              model.pass_stats)
         print(f"wrote {', '.join(str(f) for f in files)}: {model.signature()}, for {cpu.cpu}")
         return 0
     model.export_onnx(opts.output)
@@ -245,10 +267,16 @@ def cmd_params(opts) -> int:
 
 
 def cmd_graph(opts) -> int:
-    from kiln.compiler.printing import to_dot
+    from kiln.compiler.printing import to_dot, to_dot_pair
 
     _, model = elaborate(opts)
     dot = to_dot(model.graph, model.name)
+    if opts.passes:
+        from kiln.compiler.elaborate.members import generate_params
+        from kiln.compiler.passes import optimize
+
+        optimized, _ = optimize(model, params=generate_params(model.params, 0))
+        dot = to_dot_pair(model.graph, optimized, model.name)
     out = opts.output
     if out is None:
         print(dot)
@@ -284,7 +312,10 @@ def cmd_run(opts) -> int:
         seed=opts.seed,
         weights=opts.weights,
         args=parse_args_option(opts.arg),
+        strict=not opts.no_strict,
+        opt_level=opts.opt_level,
     )
+    report_passes(opts, model)
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)

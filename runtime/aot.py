@@ -48,7 +48,7 @@ void run(void **inputs, void **outputs, void **params, void *workspace,
 
 
 def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
-                  cpu: targets.Target) -> list[Path]:
+                  cpu: targets.Target, stats: list = ()) -> list[Path]:
     """Build `path` (a shared library) and its companions; returns the files written."""
     path = Path(path)
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
@@ -62,6 +62,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     if optional:
         raise KilnError("K0703", "a model with optional inputs cannot be compiled ahead of time "
                         "yet (one library per set of inputs)", optional[0].span)
+    folded = sum(st.changes.get("folded", 0) for st in stats if st.name == "fold_batch_norm")
     obj, layout, _machine = compile_object(model, cpu, with_plan=True)
     with tempfile.TemporaryDirectory() as tmp:
         obj_path = Path(tmp) / "model.o"
@@ -79,6 +80,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     weights = {**{k: v for k, v in params.items()}, **layout.constants}
     save_weights(f"{stem}.safetensors", weights)
     meta = _metadata(model, layout, cpu)
+    meta["weights_folded"] = bool(folded)
     Path(f"{stem}.kiln.json").write_text(json.dumps(meta, indent=1))
     signature = NativeModel.signature_of(model)
     Path(f"{stem}.h").write_text(HEADER.format(
@@ -183,7 +185,8 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
     layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
     params = {k: v for k, v in stored.items() if k in infos}
     entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))(("run", lib))
-    return NativeModel.from_library(model, params, layout, lib, entry, built)
+    return NativeModel.from_library(model, params, layout, lib, entry, built,
+                                    meta.get("weights_folded", False))
 
 
 __all__ = ["write_library", "load_compiled", "parse_dim"]

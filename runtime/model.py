@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,10 +26,38 @@ class CompiledModel:
 
     target = "abstract"
 
-    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray]):
+    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
+                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
+                 opt_level: int = 1):
         self.model = model
         self.name = model.name
         self.params: dict[str, np.ndarray] = params
+        self.opt_level = opt_level
+        self.pass_stats: list = []  # what the optimizer did to the model (kiln.compiler.passes)
+        self._variant = variant
+        self._elaborated = {model.present: model}
+        self._lowered: dict[frozenset[str], ElaboratedModel] = {}
+
+    # ------------------------------------------------------------------ graphs
+    def lowered(self, present: frozenset[str] | None = None) -> ElaboratedModel:
+        """The model for this set of optional inputs, optimized with the current weights (the
+        graph every backend compiles; BatchNorm folding bakes weights into it, so it is redone
+        when weights change)."""
+        present = self.model.present if present is None else present
+        if present not in self._lowered:
+            model = self._elaborated.get(present)
+            if model is None:
+                if self._variant is None:
+                    raise KilnError("K0501", "this model was built with every optional input "
+                                    "given", hint="pass every optional input")
+                model = self._elaborated[present] = self._variant(present)
+            from ..compiler.passes import optimize
+
+            graph, stats = optimize(model, self.opt_level, params=self.params)
+            if present == self.model.present:
+                self.pass_stats = stats
+            self._lowered[present] = dataclasses.replace(model, graph=graph)
+        return self._lowered[present]
 
     # ------------------------------------------------------------------ signature
     @property
@@ -65,6 +95,7 @@ class CompiledModel:
         Nothing changes unless the whole file matches.
         """
         self.params = self.with_weights(path_or_dict, strict)
+        self._lowered.clear()
         self._weights_changed()
 
     def with_weights(self, path_or_dict, strict: bool = True) -> dict[str, np.ndarray]:
@@ -84,7 +115,7 @@ class CompiledModel:
         """Write this model (with its current weights) as an ONNX file."""
         from ..compiler.codegen import onnx as onnx_codegen
 
-        proto = onnx_codegen.export(self.model, self.params)
+        proto = onnx_codegen.export(self.lowered(), self.params)
         onnx_codegen.save(proto, path)
 
     def _weights_changed(self) -> None:

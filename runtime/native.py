@@ -94,7 +94,7 @@ def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bo
     plan as a C function, for libraries used without kiln."""
     machine = target.machine()
     module, layout = build_module(model, llvm.get_process_triple(), str(machine.target_data),
-                                  with_plan=with_plan)
+                                  with_plan=with_plan, vector_width=target.vector_width)
     text = ir_text(module, target.vector_width)
     name = cache.key(__version__, target.cpu, target.features, text)
     obj = cache.load(name)
@@ -118,23 +118,24 @@ class NativeModel(CompiledModel):
 
     def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
-                 cpu: targets.Target | None = None):
-        super().__init__(model, params)
+                 cpu: targets.Target | None = None, opt_level: int = 1):
+        super().__init__(model, params, variant, opt_level)
         self.cpu = cpu or targets.host()
-        self._variant = variant
-        self._compiled = {model.present: self._build(model)}
         self._local = threading.local()
         self._plans: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._library = None
+        self._compiled = {model.present: self._build(model.present)}
         self._fast = _FastPath.of(model, self._compiled[model.present][1].symbols)
 
     @classmethod
     def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
-                     cpu: targets.Target) -> NativeModel:
+                     cpu: targets.Target, weights_folded: bool = False) -> NativeModel:
         """A model whose code comes from a shared library built ahead of time."""
         self = cls.__new__(cls)
         CompiledModel.__init__(self, model, params)
         self.cpu = cpu
-        self._variant = None
+        self._library = library
+        self._weights_folded = weights_folded
         self._local = threading.local()
         self._plans = {}
         self._compiled = {model.present: (model, layout, library, entry,
@@ -146,7 +147,8 @@ class NativeModel(CompiledModel):
     def signature_of(model: ElaboratedModel) -> str:
         return CompiledModel(model, {}).signature()
 
-    def _build(self, model: ElaboratedModel):
+    def _build(self, present: frozenset[str]):
+        model = self.lowered(present)
         obj, layout, machine = compile_object(model, self.cpu)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -164,10 +166,23 @@ class NativeModel(CompiledModel):
         return pointers, arrays  # the arrays are kept alive with their pointers
 
     def _weights_changed(self) -> None:
-        self._compiled = {
-            key: (*entry[:4], self._param_pointers(entry[1]))
-            for key, entry in self._compiled.items()
-        }
+        """Rebuild with the new weights: folded weights are constants of the code's data (the
+        code itself comes back from the compile cache). A library built ahead of time keeps
+        its code and constants, so it only takes weights that were not folded into them."""
+        if self._library is not None:
+            if self._weights_folded:
+                raise KilnError(
+                    "K0403", "this library's weights are folded into its constants "
+                    "(BatchNorm folding); rebuild it with the new weights",
+                    hint="kiln compile FILE --target native --weights W.safetensors -o model.so",
+                )
+            self._compiled = {key: (*entry[:4], self._param_pointers(entry[1]))
+                              for key, entry in self._compiled.items()}
+        else:
+            self._compiled = {key: self._build(key) for key in self._compiled}
+        self._plans.clear()
+        if self._fast is not None:
+            self._fast.calls.clear()
 
     def __call__(self, *args, **kwargs):
         """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right
@@ -200,10 +215,10 @@ class NativeModel(CompiledModel):
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         if present not in self._compiled:
-            if self._variant is None:
-                raise KilnError("K0501", "this library was built with every optional input given",
-                                hint="pass every optional input")
-            self._compiled[present] = self._build(self._variant(present))
+            if self._library is not None:
+                raise KilnError("K0501", "this library was built with every optional input "
+                                "given", hint="pass every optional input")
+            self._compiled[present] = self._build(present)
         model = self._compiled[present][0]
         call = self._prepare(dims, present)
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]

@@ -48,10 +48,9 @@ class OnnxModel(CompiledModel):
         params: dict[str, np.ndarray],
         variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
         providers: list[str] | None = None,
+        opt_level: int = 1,
     ):
-        super().__init__(model, params)
-        self._variant = variant
-        self._models = {model.present: model}
+        super().__init__(model, params, variant, opt_level)
         self._sessions: dict = {}
         self.providers = available_providers(providers)
         self._session(model.present)  # build now: export errors surface at compile time
@@ -60,9 +59,7 @@ class OnnxModel(CompiledModel):
         if present not in self._sessions:
             import onnxruntime as ort
 
-            model = self._models.get(present)
-            if model is None:
-                model = self._models[present] = self._variant(present)
+            model = self.lowered(present)
             proto = onnx_codegen.export(model, self.params)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

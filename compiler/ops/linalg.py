@@ -59,10 +59,9 @@ def _macs(input_types, _output_types, _attrs) -> Dim:
     return prod(batch) * m * k * n
 
 
-def _llvm(kb, n):
-    """C = A @ B per batch (batch axes broadcast). f32/f64/ints run i-k-j, so the innermost
-    loop streams a row of B into a row of C and vectorises; half floats accumulate each C
-    element in f32 registers (i-j-k), as the reference rounds once at the end."""
+def _batches(kb, n, body) -> None:
+    """body(a, b, c): pointers to one matrix of each operand, for every batch index (batch
+    axes broadcast); a, b and c have the operands' storage types."""
     a_t, b_t = n.in_types
     out_t = n.out_types[0]
     batch, m, k, cols = _matrix_shapes(a_t, b_t)
@@ -71,39 +70,67 @@ def _llvm(kb, n):
     a_strides = kb._broadcast_strides(TensorType(a_t.dtype, a_t.shape[:-2]), out_batch)
     b_strides = kb._broadcast_strides(TensorType(b_t.dtype, b_t.shape[:-2]), out_batch)
     c_strides = kb.strides(batch)
-    mk, kn, mn = kb.dim(m * k), kb.dim(k * cols), kb.dim(m * cols)
-    dk, dn = kb.dim(k), kb.dim(cols)
-    half = a_t.dtype in ("f16", "bf16")
+    sizes = (kb.dim(m * k), kb.dim(k * cols), kb.dim(m * cols))
 
     def one_batch(index):
-        a0 = kb.b.mul(kb.dot(index, a_strides), mk)
-        b0 = kb.b.mul(kb.dot(index, b_strides), kn)
-        c0 = kb.b.mul(kb.dot(index, c_strides), mn)
-        with kb.for_range(kb.dim(m)) as i:
-            a_row = kb.b.add(a0, kb.b.mul(i, dk))
-            c_row = kb.b.add(c0, kb.b.mul(i, dn))
-            if half:
-                with kb.for_range(dn) as j:
-                    def step(acc, p):
-                        x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
-                        y = kb.load(b, kb.b.add(b0, kb.b.add(kb.b.mul(p, dn), j)), b_t.dtype)
-                        return kb.add(acc, kb.mul(x, y))
-                    total = kb.accumulate(kb.dim(0), dk, kb.const(0.0, "f32"), step)
-                    kb.store(c, kb.b.add(c_row, j), total, out_t.dtype)
-                return
-            zero = kb.const(0, out_t.dtype)
-            with kb.for_range(dn) as j:
-                kb.store(c, kb.b.add(c_row, j), zero, out_t.dtype)
-            with kb.for_range(dk) as p:
-                x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
-                b_row = kb.b.add(b0, kb.b.mul(p, dn))
-                with kb.for_range(dn) as j:
-                    at = kb.b.add(c_row, j)
-                    y = kb.load(b, kb.b.add(b_row, j), b_t.dtype)
-                    kb.store(c, at, kb.add(kb.load(c, at, out_t.dtype), kb.mul(x, y)),
-                             out_t.dtype)
+        offsets = (kb.b.mul(kb.dot(index, s), size)
+                   for s, size in zip((a_strides, b_strides, c_strides), sizes, strict=True))
+        body(*(kb.b.gep(p, [o]) for p, o in zip((a, b, c), offsets, strict=True)))
 
     kb.loop_nest([kb.dim(d) for d in batch], one_batch)
+
+
+def _llvm(kb, n):
+    """f32 through the packed GEMM (gemm.py), one call per batch, or one call for all when b
+    has no batch axes (a's batch rows stacked: [batch * M, K] @ [K, N]); other dtypes by loops."""
+    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite; the op does not
+
+    a_t, b_t = n.in_types
+    if a_t.dtype != "f32":
+        _batches(kb, n, lambda a, b, c: _loops(kb, n, a, b, c))
+        return
+    batch, m, k, cols = _matrix_shapes(a_t, b_t)
+    dk, dn = kb.dim(k), kb.dim(cols)
+
+    def product(rows, a, b, c):
+        gemm(kb, rows, dn, dk, Matrix(a, dk), Matrix(b, dn), Matrix(c, dn))
+
+    if b_t.rank <= 2:
+        product(kb.dim(prod(batch) * m), *(kb.buffer(i, "f32") for i in range(3)))
+        return
+    _batches(kb, n, lambda a, b, c: product(kb.dim(m), a, b, c))
+
+
+def _loops(kb, n, a, b, c) -> None:
+    """C = A @ B for one batch by loops. f64/ints run i-k-j, so the innermost loop streams a
+    row of B into a row of C and vectorises; half floats accumulate each C element in f32
+    registers (i-j-k), as the reference rounds once at the end."""
+    a_t, b_t = n.in_types
+    out_t = n.out_types[0]
+    _, m, k, cols = _matrix_shapes(a_t, b_t)
+    dk, dn = kb.dim(k), kb.dim(cols)
+    with kb.for_range(kb.dim(m)) as i:
+        a_row = kb.b.mul(i, dk)
+        c_row = kb.b.mul(i, dn)
+        if a_t.dtype in ("f16", "bf16"):
+            with kb.for_range(dn) as j:
+                def step(acc, p):
+                    x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
+                    y = kb.load(b, kb.b.add(kb.b.mul(p, dn), j), b_t.dtype)
+                    return kb.add(acc, kb.mul(x, y))
+                total = kb.accumulate(kb.dim(0), dk, kb.const(0.0, "f32"), step)
+                kb.store(c, kb.b.add(c_row, j), total, out_t.dtype)
+            return
+        zero = kb.const(0, out_t.dtype)
+        with kb.for_range(dn) as j:
+            kb.store(c, kb.b.add(c_row, j), zero, out_t.dtype)
+        with kb.for_range(dk) as p:
+            x = kb.load(a, kb.b.add(a_row, p), a_t.dtype)
+            b_row = kb.b.mul(p, dn)
+            with kb.for_range(dn) as j:
+                at = kb.b.add(c_row, j)
+                y = kb.load(b, kb.b.add(b_row, j), b_t.dtype)
+                kb.store(c, at, kb.add(kb.load(c, at, out_t.dtype), kb.mul(x, y)), out_t.dtype)
 
 
 register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,

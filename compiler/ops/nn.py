@@ -58,6 +58,13 @@ from ._common import (
 from .registry import OpError, OpRecord, register
 
 
+def _native():
+    """The native kernels (imported when a lowering runs: they need llvmlite, the ops do not)."""
+    from ..codegen.llvm import nn_kernels
+
+    return nn_kernels
+
+
 # normalization ----------------------------------------------------------------------------
 def _check_affine(x: TensorType, params: list[TensorType | None], names: list[str],
                   shape: tuple[Dim, ...], what: str) -> None:
@@ -102,12 +109,12 @@ def _check_channels_first(x: TensorType, minimum_rank: int) -> None:
 
 
 def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
-                onnx) -> OpRecord:
+                onnx, llvm) -> OpRecord:
     """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
 
     param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
     normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
-    emitter, run in f32 for half floats as the reference.
+    emitter, run in f32 for half floats as the reference; llvm the native lowering.
     """
 
     def infer(types, a):
@@ -123,7 +130,7 @@ def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
         return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
     args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
-    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx))
+    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm)
 
 
 def _layer_params(x: TensorType, a):
@@ -218,17 +225,37 @@ def _instance_norm_onnx(b, n):
                                      _per_channel(b, n, bias, 0.0)], n.outputs, epsilon=_eps(n))
 
 
+def _layer_norm_llvm(kb, n):
+    """Segments of the normalized_shape's size; weight and bias follow the position."""
+    size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
+    one = kb.dim(1)
+    _native().normalize(kb, n, one, one, size, _eps(n), by_position=True)
+
+
+def _grouped_llvm(groups):
+    """The lowering of a norm over groups(n) groups of channels (instance norm: one each)."""
+
+    def lower(kb, n):
+        x = n.in_types[0]
+        count = groups(n)
+        _native().normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
+                            kb.numel(x.shape[2:]), _eps(n), by_position=False)
+
+    return lower
+
+
 register(norm_record(
     "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
-    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx))
+    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
 register(norm_record(
     "group_norm", "Normalize each group of channels over the group and the spatial axes.",
-    ("num_groups",), _group_params, _group_normalize, _group_norm_onnx))
+    ("num_groups",), _group_params, _group_normalize, _group_norm_onnx,
+    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups"))))
 register(norm_record(
     "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
     _instance_params,
     lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), _channel_shape(x)),
-    _instance_norm_onnx))
+    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1])))
 
 
 def _batch_norm_infer(types, a):
@@ -261,7 +288,7 @@ register(OpRecord(
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
     "Normalize each channel (axis 1) with running statistics, then scale and shift.",
-    onnx=widened(_batch_norm_onnx)))
+    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: _native().batch_norm(kb, n, _eps(n))))
 
 
 def _dropout_check(a: dict) -> None:
@@ -274,7 +301,8 @@ def _dropout_check(a: dict) -> None:
 
 register(unary("dropout", lambda x, p, training: x,
                "Identity outside training (training-mode dropout comes with training).",
-               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity))
+               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity,
+               llvm=lambda kb, attrs, x: x))
 
 
 # convolution ------------------------------------------------------------------------------
@@ -393,6 +421,18 @@ def _conv_onnx(b, n):
            group=to_int(n.attrs["groups"], "groups"))
 
 
+def _window(x: TensorType, geo: Conv):
+    """The native kernels' view of a conv or pool geometry."""
+    return _native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
+                               [lo for lo, _ in geo.pads], geo.out)
+
+
+def _conv_llvm(kb, n):
+    x, w, _bias = n.in_types
+    geo = _conv_geometry(x, w, n.attrs)
+    _native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+
+
 def _conv_macs(input_types, output_types, a) -> Dim:
     _x, w, _b = input_types
     (y,) = output_types
@@ -405,7 +445,7 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
-    onnx=widened(_conv_onnx)))
+    onnx=widened(_conv_onnx), llvm=_conv_llvm))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -483,6 +523,13 @@ def _conv_transpose_onnx(b, n):
     chain(b, one(b, "ConvTranspose", data, weight, **attrs), steps, n.outputs)
 
 
+def _conv_transpose_llvm(kb, n):
+    x, w, _bias = n.in_types
+    stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
+    window = _native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
+    _native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+
+
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
     x, w, _b = input_types
     return prod(x.shape) * prod(w.shape[1:])
@@ -494,7 +541,7 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
-    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx)))
+    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm))
 
 
 # pooling ----------------------------------------------------------------------------------
@@ -600,6 +647,17 @@ def _avg_pool_onnx(b, n):
     b.node("AveragePool", [x], n.outputs, count_include_pad=int(counted), **window)
 
 
+def _max_pool_llvm(kb, n):
+    x = n.in_types[0]
+    _native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+
+
+def _avg_pool_llvm(kb, n):
+    x = n.in_types[0]
+    _native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
+                       bool(n.attrs["count_include_pad"]))
+
+
 # max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
 register(OpRecord(
     "max_pool",
@@ -607,13 +665,14 @@ register(OpRecord(
                          ("ceil_mode", False)),
     _pool_infer(NUMERIC), _max_pool_reference,
     "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
-    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"})))
+    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
                          ("count_include_pad", True)),
     _pool_infer(FLOATS), _avg_pool_reference,
-    "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx)))
+    "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
+    llvm=_avg_pool_llvm))
 
 
 def _global_avg_pool_infer(types, _a):
@@ -627,7 +686,7 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=onnx_op("GlobalAveragePool")))
+    onnx=onnx_op("GlobalAveragePool"), llvm=lambda kb, n: _native().global_avg_pool(kb, n)))
 
 
 # resize -----------------------------------------------------------------------------------
@@ -734,10 +793,25 @@ def _resize_onnx(b, n):
     b.node("Resize", trimmed([x, None, scales, sizes]), n.outputs, **mode)
 
 
+def _resize_llvm(kb, n):
+    """Source ratios known at compile time are computed as the reference does; the others
+    (symbolic sizes) at run time."""
+    x, y, a = n.in_types[0], n.out_types[0], n.attrs
+    corners = bool(a["align_corners"])
+    ratios = []
+    for i, (size, out) in enumerate(zip(x.shape[2:], y.shape[2:], strict=True)):
+        known = (size.is_const and out.is_const) or (a["scale_factor"] is not None
+                                                     and not corners)
+        ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
+                                    out.value if out.is_const else 1, x.rank - 2, corners)
+                      if known else None)
+    _native().resize(kb, n, ratios, a["mode"] == "nearest", corners)
+
+
 register(OpRecord(
     "resize",
     tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
                          ("align_corners", False)),
     _resize_infer, _resize_reference,
     "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
-    onnx=widened(_resize_onnx)))
+    onnx=widened(_resize_onnx), llvm=_resize_llvm))

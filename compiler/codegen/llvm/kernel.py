@@ -51,6 +51,7 @@ class KernelBuilder:
         # is 0.0) or arcp/afn (divisions and libm functions round as numpy's do)
         self.flags = ("reassoc", "contract") if fast_math else ()
         self._dims: dict[Dim, ir.Value] = {}
+        self.vector_width: int | None = None  # f32 lanes of the target (None: the host's)
 
     # ------------------------------------------------------------------ buffers
     def buffer(self, index: int, dtype: str) -> ir.Value:

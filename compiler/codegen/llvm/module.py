@@ -52,8 +52,8 @@ ENTRY_TYPE = ir.FunctionType(
 )
 
 
-def build_module(model, triple: str, data_layout: str,
-                 with_plan: bool = False) -> tuple[ir.Module, ModuleLayout]:
+def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
+                 vector_width: int | None = None) -> tuple[ir.Module, ModuleLayout]:
     """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
     `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers."""
     graph: Graph = model.graph
@@ -72,7 +72,7 @@ def build_module(model, triple: str, data_layout: str,
 
     ins = [_element(b, inputs_p, i) for i in range(len(graph.inputs))]
     outs = [_element(b, outputs_p, i) for i in range(len(graph.outputs))]
-    GraphEmitter(module, layout, params_p, dims_p).emit(b, graph, ins, outs, slot)
+    GraphEmitter(module, layout, params_p, dims_p, vector_width).emit(b, graph, ins, outs, slot)
     b.ret_void()
     if with_plan:
         _plan_function(module, layout)
@@ -86,9 +86,11 @@ def _element(b: ir.IRBuilder, array: ir.Value, index: int) -> ir.Value:
 class GraphEmitter:
     """Emits calls of one kernel per node of a graph (a model's, or a scan body's)."""
 
-    def __init__(self, module: ir.Module, layout: ModuleLayout, params_p, dims_p):
+    def __init__(self, module: ir.Module, layout: ModuleLayout, params_p, dims_p,
+                 vector_width: int | None = None):
         self.module, self.layout = module, layout
         self.params_p, self.dims_p = params_p, dims_p
+        self.vector_width = vector_width
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
@@ -126,7 +128,8 @@ class GraphEmitter:
                 kernel = ScanEmitter(self, graph, nid, node).function()
                 args.append(b.bitcast(self.params_p, PTR))
             else:
-                kernel = _kernel(self.module, rec, nid, graph, node, self.layout.symbols)
+                kernel = _kernel(self.module, rec, nid, graph, node, self.layout.symbols,
+                                 self.vector_width)
             array = b.alloca(PTR, len(args), name=f"args{nid}")
             for i, a in enumerate(args):
                 b.store(a, b.gep(array, [ir.Constant(I64, i)]))
@@ -170,7 +173,9 @@ class ScanEmitter:
         n_carry, n_seq = a["n_carry"], a["n_seq"]
         operands = self.graph.operands(self.nid)
         n_in = len(operands)
-        kb = KernelBuilder(parent.module, f"scan{self.nid}", parent.layout.symbols)
+        kb = KernelBuilder(parent.module, f"scan{len(parent.module.functions)}",
+                           parent.layout.symbols)
+        kb.function.linkage = "internal"
         b = kb.b
         arg = [b.load(b.gep(kb.args_ptr, [ir.Constant(I64, i)]))
                for i in range(n_in + len(self.node["types"]) + 1)]
@@ -219,7 +224,8 @@ class ScanEmitter:
             for k, et in enumerate(emit_types):
                 outs.append(_step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
                             if emit_tmp[k] is None else emit_tmp[k])
-            inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr)
+            inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr,
+                                 parent.vector_width)
             inner.emit(b, body, ins, outs, slot)
             for k, et in enumerate(emit_types):
                 if emit_tmp[k] is not None:  # scatter the step into the stacked output
@@ -292,8 +298,11 @@ def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
     b.ret(total)
 
 
-def _kernel(module, rec, nid, graph, node, symbols) -> ir.Function:
-    kb = KernelBuilder(module, f"k{nid}_{rec.name}", symbols)
+def _kernel(module, rec, nid, graph, node, symbols, vector_width=None) -> ir.Function:
+    # node ids repeat between a model and its scan bodies: number kernels per module
+    kb = KernelBuilder(module, f"k{len(module.functions)}_{rec.name}", symbols)
+    kb.vector_width = vector_width
+    kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
                    node["attrs"], node["span"])

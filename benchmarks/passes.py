@@ -1,0 +1,99 @@
+"""What each optimizer pass does to a model: node count and tensor bytes after every pass.
+
+    python benchmarks/passes.py [--models resnet18 transformer] [--bind B=1 T=128 H=224 W=224]
+
+For each model, one row for the elaborated graph and one after each pass of the pipeline (run
+cumulatively, with the model's initial parameters, so BatchNorm folding runs). Columns are the
+COLUMNS list: a column is a header and a function (graph, sizes) -> value, so adding one (the
+memory planner's arena size, say) is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import kiln
+from kiln.compiler.ir import STRUCTURAL_OPS, Graph
+from kiln.compiler.passes import PIPELINE, count_nodes, run_passes
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {  # name -> (source, model name)
+    "resnet18": ("import std.cnn\n", "cnn.ResNet18"),
+    "transformer": ((ROOT / "examples" / "transformer_classifier.kiln").read_text(), None),
+}
+SIZES = {"B": 1, "T": 128, "H": 224, "W": 224}
+
+
+def tensor_bytes(graph: Graph, sizes: dict[str, int], ops: Callable[[str], bool]) -> int:
+    """Bytes of every output of the top-level nodes whose op `ops` accepts, at `sizes` (a scan
+    counts its stacked outputs; its body's per-step values are not counted)."""
+    total = 0
+    for _, node in graph.g.nodes(data=True):
+        if ops(node["op"]):
+            for t in node["types"]:
+                n = 1
+                for size in t.concrete_shape(sizes):
+                    n *= size
+                total += n * t.np_dtype.itemsize
+    return total
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+COLUMNS: list[tuple[str, Callable[[Graph, dict], object]]] = [
+    ("nodes", lambda g, sizes: count_nodes(g)),
+    ("intermediates MB",
+     lambda g, sizes: megabytes(tensor_bytes(g, sizes, lambda op: op not in STRUCTURAL_OPS))),
+    ("constants MB", lambda g, sizes: megabytes(tensor_bytes(g, sizes, "constant".__eq__))),
+]
+
+
+def rows(name: str, sizes: dict[str, int]) -> list[list[str]]:
+    """[step, column values..., ms, changes] for the elaborated graph and after each pass."""
+    source, model = MODELS[name]
+    program = kiln.load(source)
+    elaborated = program.elaborate(model)
+    params = dict(kiln.compile(program, model=model).params)
+    graph = elaborated.graph
+    sizes = {k: v for k, v in sizes.items() if k in elaborated.symbols}
+    print(f"\n{name} ({', '.join(f'{k}={v}' for k, v in sizes.items())})")
+    out = [["elaborated", *(str(f(graph, sizes)) for _, f in COLUMNS), "", ""]]
+    for p in PIPELINE:
+        graph, (stats,) = run_passes(graph, [p], params)
+        changes = stats.skipped or ", ".join(f"{k} {v}" for k, v in stats.changes.items())
+        out.append([p.name, *(str(f(graph, sizes)) for _, f in COLUMNS),
+                    f"{stats.seconds * 1e3:.1f}", changes])
+    return out
+
+
+def table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *body]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join([*cells, r[-1]]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--bind", nargs="*", default=[], metavar="NAME=SIZE",
+                        help="symbolic sizes (default " +
+                        " ".join(f"{k}={v}" for k, v in SIZES.items()) + ")")
+    args = parser.parse_args()
+    sizes = dict(SIZES)
+    for item in args.bind:
+        key, value = item.split("=")
+        sizes[key] = int(value)
+    header = ["step", *(h for h, _ in COLUMNS), "ms", "changes"]
+    for name in args.models:
+        print(table(header, rows(name, sizes)))
+
+
+if __name__ == "__main__":
+    main()

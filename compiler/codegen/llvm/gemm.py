@@ -1,0 +1,462 @@
+"""C = A @ B (+ C) in f32: a register-blocked GEMM with packed panels (Goto, BLIS), in LLVM IR.
+
+    for jc in range(0, N, NC):          # a block of columns of C
+      for pc in range(0, K, KC):        # a slice of the sum: B[pc:, jc:] packed in NR-wide panels
+        for ic in range(0, M, MC):      # A[ic:, pc:] packed in MR-high panels
+          for jr in range(0, NC, NR):
+            for ir in range(0, MC, MR): # the micro-kernel: an MR x NR tile of C in registers,
+              C[ir:, jr:] += A_panel @ B_panel  # A broadcast, B two vectors wide, llvm.fma
+
+One GEMM function per module and kind of B (`_driver`) holds these loops; every kernel calls it
+with its sizes, so a model with twenty convolutions compiles them once. The micro-kernels are
+functions too, one per tile height: the rows are taken MR at a time, then the tallest smaller
+kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the last full panel are
+zero in the packed B panel and stored through a mask. With at most MR rows, a B that is a matrix
+is read in place (packing it would cost as much as the product), in slices of IN_PLACE_DEPTH
+rows. B is anything that packs itself into panels (`Source`): a matrix, or a convolution's
+input seen as its im2col matrix (nn_kernels.Im2col), never materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from llvmlite import ir
+
+from .kernel import F32, I1, I32, I64, PTR, VOID
+
+F32P = F32.as_pointer()
+ALIGN = 64  # bytes: packed panels start on a cache line
+# B read in place is walked in slices this deep: a KC-deep walk down a 32-column panel of a
+# wide B strides across pages (TLB misses); 16 rows of it stay in L1 across the row of panels
+IN_PLACE_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register and cache blocking for one vector width (f32 lanes)."""
+
+    width: int
+    mr: int  # rows of the C tile held in registers
+    kc: int  # depth of a packed slice: a KC x NR panel of B stays in L1
+    mc: int  # rows of a packed block of A (a multiple of mr): MC x KC stays in L2
+    nc: int  # columns of a packed block of B (a multiple of nr)
+
+    @property
+    def nr(self) -> int:
+        """Columns of the C tile: two vectors."""
+        return 2 * self.width
+
+    @property
+    def heights(self) -> tuple[int, ...]:
+        """Micro-kernel heights: mr, then the powers of two below it (for remainder rows)."""
+        small = [1 << i for i in range(self.mr.bit_length()) if 1 << i < self.mr]
+        return (self.mr, *sorted(small, reverse=True))
+
+
+def tiling(width: int | None = None) -> Tiling:
+    """The blocking for `width` f32 lanes (default: the host's widest vectors). AVX-512 has 32
+    vector registers: a 12 x 32 tile keeps 24 accumulators, two B vectors and the broadcast A
+    value; AVX2 and SSE have 16: a 6 x 2-vector tile keeps 12."""
+    if width is None:
+        from .target import host
+
+        width = host().vector_width
+    if width >= 16:
+        return Tiling(16, mr=12, kc=256, mc=96, nc=512)
+    return Tiling(width, mr=6, kc=384, mc=72, nc=512)
+
+
+class Source(Protocol):
+    """A B operand: something that packs a block of itself into an NR-column panel. The GEMM
+    function receives it as `pointers` pointers and `sizes` i64 values (`fields`), and
+    rebuilds it from them (`unpack`)."""
+
+    pointers: int
+    sizes: int
+
+    def fields(self) -> tuple[list[ir.Value], list[ir.Value]]: ...
+
+    @classmethod
+    def unpack(cls, pointers: list[ir.Value], sizes: list[ir.Value]) -> Source: ...
+
+    def pack(self, kb, dst: ir.Value, k0: ir.Value, kc: ir.Value, j0: ir.Value,
+             cols: ir.Value, nr: int) -> None:
+        """B[k0 : k0+kc, j0 : j0+cols] as a [kc, nr] row-major panel at dst, zero past cols."""
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """An f32 matrix in memory: element (i, j) at ptr[i * stride + j], or, transposed (the
+    transpose of a row-major matrix; as A only), at ptr[j * stride + i]."""
+
+    ptr: ir.Value
+    stride: ir.Value
+    transposed: bool = False
+    pointers = 1
+    sizes = 1
+
+    def fields(self):
+        return [self.ptr], [self.stride]
+
+    @classmethod
+    def unpack(cls, pointers, sizes) -> Matrix:
+        return cls(pointers[0], sizes[0])
+
+    def at(self, kb, i: ir.Value, j: ir.Value) -> ir.Value:
+        """Pointer to element (i, j)."""
+        i, j = (j, i) if self.transposed else (i, j)
+        return kb.b.gep(self.ptr, [kb.b.add(kb.b.mul(i, self.stride), j)])
+
+    def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
+        vec = Vectors(kb.b, nr // 2)
+        masks = [vec.mask(cols, v * vec.width) for v in range(2)]  # all true but at the edge
+        with kb.for_range(kc) as p:
+            src = self.at(kb, kb.b.add(k0, p), j0)
+            row = kb.b.gep(dst, [kb.b.mul(p, ir.Constant(I64, nr))])
+            for v in range(2):
+                at = v * vec.width
+                vec.store(vec.masked_load(src, at, masks[v]), row, at, align=vec.width * 4)
+
+
+class Vectors:
+    """<width x float> loads, stores, masks and FMAs on one IRBuilder."""
+
+    def __init__(self, b: ir.IRBuilder, width: int):
+        self.b, self.width = b, width
+        self.type = ir.VectorType(F32, width)
+        self.mask_type = ir.VectorType(I1, width)
+
+    def _pointer(self, ptr: ir.Value, offset) -> ir.Value:
+        at = ptr if offset == 0 else self.b.gep(ptr, [_i64(offset)])
+        return self.b.bitcast(at, self.type.as_pointer())
+
+    def load(self, ptr, offset=0, align: int = 4) -> ir.Value:
+        return self.b.load(self._pointer(ptr, offset), align=align)
+
+    def store(self, value, ptr, offset=0, align: int = 4) -> None:
+        self.b.store(value, self._pointer(ptr, offset), align=align)
+
+    def mask(self, count: ir.Value, first: int) -> ir.Value:
+        """Lanes first + l < count (count is i64)."""
+        lanes = ir.Constant(ir.VectorType(I32, self.width),
+                            [first + lane for lane in range(self.width)])
+        return self.b.icmp_signed("<", lanes, self.splat(self.b.trunc(count, I32)))
+
+    def masked_load(self, ptr, offset, mask) -> ir.Value:
+        """The lanes of `mask` from memory, zero elsewhere; the others are never read."""
+        fn = self._intrinsic("masked.load", self.type,
+                             [self.type.as_pointer(), I32, self.mask_type, self.type])
+        return self.b.call(fn, [self._pointer(ptr, offset), ir.Constant(I32, 4), mask,
+                                ir.Constant(self.type, None)])
+
+    def masked_store(self, value, ptr, offset, mask) -> None:
+        fn = self._intrinsic("masked.store", VOID,
+                             [self.type, self.type.as_pointer(), I32, self.mask_type])
+        self.b.call(fn, [value, self._pointer(ptr, offset), ir.Constant(I32, 4), mask])
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        vty = ir.VectorType(scalar.type, self.width)
+        one = self.b.insert_element(ir.Constant(vty, None), scalar, ir.Constant(I32, 0))
+        zeros = ir.Constant(ir.VectorType(I32, self.width), [0] * self.width)
+        return self.b.shuffle_vector(one, ir.Constant(vty, None), zeros)
+
+    def fma(self, a, b, c) -> ir.Value:
+        """a * b + c, fused."""
+        fn = self._intrinsic("fma", self.type, [self.type] * 3)
+        return self.b.call(fn, [a, b, c], fastmath=("contract",))
+
+    def gather(self, base: ir.Value, offsets: ir.Value, mask: ir.Value) -> ir.Value:
+        """base[offsets[l]] in the lanes of `mask` (offsets: <width x i32>), zero elsewhere;
+        the others are never read."""
+        b = self.b
+        lanes = ir.VectorType(I64, self.width)
+        start = self.splat(b.ptrtoint(base, I64))
+        bytes_ = b.shl(b.sext(offsets, lanes), self.splat(ir.Constant(I64, 2)))
+        pointers = b.inttoptr(b.add(start, bytes_), ir.VectorType(F32P, self.width))
+        fn = self._intrinsic("masked.gather", self.type,
+                             [pointers.type, I32, self.mask_type, self.type])
+        return b.call(fn, [pointers, ir.Constant(I32, 4), mask, ir.Constant(self.type, None)])
+
+    def _intrinsic(self, name: str, ret, args) -> ir.Function:
+        pointers = f".v{self.width}p0" if "gather" in name else ".p0" if "masked" in name else ""
+        symbol = f"llvm.{name}.v{self.width}f32{pointers}"
+        module = self.b.module
+        fn = module.globals.get(symbol)
+        return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), symbol)
+
+
+def _copy(kb, dst: ir.Value, src: ir.Value, count: ir.Value) -> None:
+    """dst[:count] = src[:count] (f32), as llvm.memcpy."""
+    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    size = kb.b.mul(count, ir.Constant(I64, 4))
+    kb.b.call(memcpy, [kb.b.bitcast(dst, PTR), kb.b.bitcast(src, PTR), size, ir.Constant(I1, 0)])
+
+
+def _i64(value) -> ir.Value:
+    return value if isinstance(value, ir.Value) else ir.Constant(I64, value)
+
+
+# the micro-kernel -------------------------------------------------------------------------
+# void micro(i64 kc, float* a_panel, float* b, i64 b_stride, float* c, i64 ldc, i64 cols, i1 add)
+MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
+
+
+def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
+    """C[:height, :cols] (+)= A_panel @ B: the A panel is `height` rows of kc floats, KC apart
+    (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place);
+    cols <= NR columns are stored."""
+    name = f"kiln_gemm_{height}x{t.nr}x{t.kc}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, MICRO_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")  # one copy per module, called once per tile
+    kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = Vectors(b, t.width)
+    zero = ir.Constant(vec.type, None)
+
+    def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
+        row = b.gep(b_ptr, [b.mul(p, b_stride)])
+        bv = [vec.load(row, v * t.width) for v in range(2)]
+        a_col = b.gep(a, [p])
+        out = []
+        for i in range(height):
+            ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
+            out += [vec.fma(ai, bv[v], accs[2 * i + v]) for v in range(2)]
+        return out
+
+    accs = _counted_loop(b, kc, [zero] * (2 * height), update)
+
+    def store(partial: bool, adding: bool):  # C (+)= acc, through masks at the right edge
+        masks = [vec.mask(cols, v * t.width) for v in range(2)] if partial else [None] * 2
+        for i in range(height):
+            row = b.gep(c, [b.mul(ir.Constant(I64, i), ldc)])
+            for v, mask in enumerate(masks):
+                at, value = v * t.width, accs[2 * i + v]
+                if adding:
+                    old = vec.masked_load(row, at, mask) if partial else vec.load(row, at)
+                    value = b.fadd(old, value)
+                if partial:
+                    vec.masked_store(value, row, at, mask)
+                else:
+                    vec.store(value, row, at)
+
+    with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, t.nr))) as (whole, part):
+        for branch, partial in ((whole, False), (part, True)):
+            with branch, b.if_else(add) as (adding, writing):
+                with adding:
+                    store(partial, True)
+                with writing:
+                    store(partial, False)
+    b.ret_void()
+    return fn
+
+
+def _counted_loop(b: ir.IRBuilder, stop: ir.Value, init: list[ir.Value], step) -> list[ir.Value]:
+    """for p in range(stop): values = step(p, values); the values are loop-carried phis."""
+    pre = b.block
+    head, body, done = (b.append_basic_block(n) for n in ("k.head", "k.body", "k.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    p = b.phi(I64, name="p")
+    values = [b.phi(v.type) for v in init]
+    p.add_incoming(ir.Constant(I64, 0), pre)
+    for phi, v in zip(values, init):
+        phi.add_incoming(v, pre)
+    b.cbranch(b.icmp_signed("<", p, stop), body, done)
+    b.position_at_end(body)
+    new = step(p, values)
+    for phi, v in zip(values, new):
+        phi.add_incoming(v, b.block)
+    p.add_incoming(b.add(p, ir.Constant(I64, 1), flags=("nsw",)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return values
+
+
+# the driver -------------------------------------------------------------------------------
+def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Matrix,
+         accumulate: bool = False, t: Tiling | None = None) -> None:
+    """C[m, n] = A[m, k] @ B[k, n] in f32 (C += A @ B when `accumulate`), any sizes: a call of
+    the module's GEMM function for B's kind, built on first use and shared by every kernel."""
+    t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
+    fn = _driver(kb.module, type(b), a.transposed, t)
+    b_pointers, b_sizes = b.fields()
+    pointers = [a.ptr, c.ptr, *b_pointers]
+    sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
+    bld = kb.b
+    with bld.goto_entry_block():
+        args = bld.alloca(PTR, len(pointers), name="gemm_args")
+        dims = bld.alloca(I64, len(sizes), name="gemm_sizes")
+    for array, values in ((args, [bld.bitcast(p, PTR) for p in pointers]), (dims, sizes)):
+        for i, value in enumerate(values):
+            bld.store(value, bld.gep(array, [ir.Constant(I64, i)]))
+    bld.call(fn, [args, dims])
+
+
+def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> ir.Function:
+    """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
+    a kernel-shaped function with the blocked loops for one kind of B."""
+    from .kernel import KernelBuilder
+
+    kinds = f"{'at_' if a_transposed else ''}{source.__name__.lower()}"
+    name = f"kiln_sgemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    kb = KernelBuilder(module, name, [])
+    kb.function.attributes.add("noinline")  # compiled once, called from every kernel
+    pointers = [kb.buffer(i, "f32") for i in range(2 + source.pointers)]
+    sizes = [kb.b.load(kb.b.gep(kb.dims_ptr, [ir.Constant(I64, i)]))
+             for i in range(6 + source.sizes)]
+    m, n, k, lda, ldc, accumulate = sizes[:6]
+    a_pack = _buffer(kb.b, t.mc * t.kc, "a_pack")  # packing buffers: fixed size, on the stack
+    b_pack = _buffer(kb.b, t.kc * t.nc, "b_pack")
+    g = _Gemm(kb, t, Matrix(pointers[0], lda, a_transposed), source.unpack(pointers[2:], sizes[6:]),
+              Matrix(pointers[1], ldc), m, n, k, a_pack, b_pack,
+              kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)))
+    if source is Matrix:
+        with kb.b.if_else(kb.b.icmp_signed("<=", m, ir.Constant(I64, t.mr))) as (few, many):
+            with few:
+                g.in_place()
+            with many:
+                g.packed()
+    else:
+        g.packed()
+    g.empty_sum()
+    return kb.finish()
+
+
+def _buffer(b: ir.IRBuilder, floats: int, name: str) -> ir.Value:
+    array = b.alloca(ir.ArrayType(F32, floats), name=name)
+    array.align = ALIGN
+    return b.gep(array, [ir.Constant(I64, 0), ir.Constant(I64, 0)])
+
+
+@dataclass
+class _Gemm:
+    """The loops of the GEMM function."""
+
+    kb: object
+    t: Tiling
+    a: Matrix
+    b: Source
+    c: Matrix
+    m: ir.Value
+    n: ir.Value
+    k: ir.Value
+    a_pack: ir.Value
+    b_pack: ir.Value
+    accumulate: ir.Value  # i1
+
+    def _min(self, x, y):
+        return self.kb.b.select(self.kb.b.icmp_signed("<", x, y), x, y)
+
+    def _at(self, ptr, offset):
+        return self.kb.b.gep(ptr, [offset])
+
+    def _slices(self, body, depth: int) -> None:
+        """body(pc, kc, add) for each `depth`-deep slice of the sum; add: C += rather than C =."""
+        kb = self.kb
+        with kb.for_range(self.k, step=depth) as pc:
+            kc = self._min(_i64(depth), kb.b.sub(self.k, pc))
+            not_first = kb.b.icmp_signed("!=", pc, _i64(0))
+            body(pc, kc, kb.b.or_(self.accumulate, not_first))
+
+    def empty_sum(self) -> None:
+        """With k = 0 there is no slice to write C: C = 0 (or stays, when accumulating)."""
+        kb, b = self.kb, self.kb.b
+        nothing = b.and_(b.icmp_signed("==", self.k, _i64(0)), b.not_(self.accumulate))
+        with b.if_then(nothing), kb.for_range(self.m) as i, kb.for_range(self.n) as j:
+            b.store(ir.Constant(F32, 0.0), self.c.at(kb, i, j))
+
+    def _pack_a(self, row0, rows, pc, kc) -> None:
+        """A[row0 : row0+rows, pc : pc+kc] into the A buffer, one row every KC floats."""
+        kb, b, pitch = self.kb, self.kb.b, _i64(self.t.kc)
+        if self.a.transposed:  # a column of the stored matrix per p: read along it
+            with kb.for_range(kc) as p, kb.for_range(rows) as i:
+                value = b.load(self.a.at(kb, b.add(row0, i), b.add(pc, p)))
+                b.store(value, self._at(self.a_pack, b.add(b.mul(i, pitch), p)))
+            return
+        with kb.for_range(rows) as i:
+            dst = self._at(self.a_pack, b.mul(i, pitch))
+            _copy(kb, dst, self.a.at(kb, b.add(row0, i), pc), kc)
+
+    def _tiles(self, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
+        """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
+        call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1)."""
+        b, t = self.kb.b, self.t
+        kernels = [(h, micro_kernel(self.kb.module, t, h)) for h in sorted(t.heights)]
+
+        def step(i):
+            left = b.sub(rows, i)
+            height, fn = _i64(1), kernels[0][1]
+            for h, f in kernels[1:]:  # the tallest micro-kernel that fits
+                fits = b.icmp_signed(">=", left, _i64(h))
+                height, fn = b.select(fits, _i64(h), height), b.select(fits, f, fn)
+            a_panel = self._at(self.a_pack, b.mul(i, _i64(t.kc)))
+            b.call(fn, [kc, a_panel, b_ptr, b_stride, self.c.at(self.kb, b.add(row0, i), col),
+                        self.c.stride, cols, add])
+            return height
+
+        _loop(b, rows, step)
+
+    def packed(self) -> None:
+        """The blocked loops: B packed per (NC, KC) block, A per (MC, KC) block."""
+        kb, t, b = self.kb, self.t, self.kb.b
+        nr = _i64(t.nr)
+        with kb.for_range(self.n, step=t.nc) as jc:
+            nc = self._min(_i64(t.nc), b.sub(self.n, jc))
+
+            def block(pc, kc, add):
+                with kb.for_range(nc, step=t.nr) as jr:
+                    self.b.pack(kb, self._at(self.b_pack, b.mul(jr, kc)), pc, kc,
+                                b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
+                with kb.for_range(self.m, step=t.mc) as ic:
+                    mc = self._min(_i64(t.mc), b.sub(self.m, ic))
+                    self._pack_a(ic, mc, pc, kc)
+                    with kb.for_range(nc, step=t.nr) as jr:
+                        self._tiles(ic, mc, kc, self._at(self.b_pack, b.mul(jr, kc)), nr,
+                                    b.add(jc, jr), self._min(nr, b.sub(nc, jr)), add)
+
+            self._slices(block, t.kc)
+
+    def in_place(self) -> None:
+        """At most MR rows: A packed, B read where it is (its last partial panel packed)."""
+        kb, t, b = self.kb, self.t, self.kb.b
+        nr = _i64(t.nr)
+        full_n = b.sub(self.n, b.urem(self.n, nr))
+        cols = b.sub(self.n, full_n)
+
+        def block(pc, kc, add):
+            self._pack_a(_i64(0), self.m, pc, kc)
+            with kb.for_range(full_n, step=t.nr) as jr:
+                self._tiles(_i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride, jr, nr,
+                            add)
+            with b.if_then(b.icmp_signed("!=", cols, _i64(0))):
+                self.b.pack(kb, self.b_pack, pc, kc, full_n, cols, t.nr)
+                self._tiles(_i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
+
+        self._slices(block, IN_PLACE_DEPTH)
+
+
+def _loop(b: ir.IRBuilder, stop: ir.Value, step) -> None:
+    """i = 0; while i < stop: i += step(i) (step emits the body and returns the advance)."""
+    pre = b.block
+    head, body, done = (b.append_basic_block(n) for n in ("by.head", "by.body", "by.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    i.add_incoming(_i64(0), pre)
+    b.cbranch(b.icmp_signed("<", i, stop), body, done)
+    b.position_at_end(body)
+    i.add_incoming(b.add(i, step(i)), b.block)
+    b.branch(head)
+    b.position_at_end(done)

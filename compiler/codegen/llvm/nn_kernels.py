@@ -1,0 +1,624 @@
+"""Native kernels of the nn ops: convolution (im2col into the GEMM), transposed convolution,
+pooling, normalization and resize, written against `KernelBuilder` (kb).
+
+Tensors are NC(L) or NCHW. A 1-D op is run as a 2-D one with a unit height (`Window.of`), so
+every kernel here walks planes of H x W.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ...dims import Dim
+from .gemm import Matrix, Vectors, gemm
+from .kernel import F32, F64, I64
+
+ZERO = ir.Constant(I64, 0)
+
+
+def _i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window over the two spatial axes: output (oh, ow) reads input rows
+    oh * stride[0] - pad[0] + i * dilation[0] for i < kernel[0], and columns likewise."""
+
+    size: tuple[Dim, Dim]  # input H, W
+    kernel: tuple[Dim, Dim]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[Dim, Dim]  # before
+    out: tuple[Dim, Dim]
+
+    @classmethod
+    def of(cls, size, kernel, stride, dilation, pad, out) -> Window:
+        """From per-spatial-axis values of a 1-D or 2-D op (1-D gets a unit height)."""
+        unit = len(size) == 1
+
+        def two(values, fill):
+            values = tuple(values)
+            return (fill, *values) if unit else values
+
+        return cls(tuple(map(Dim.of, two(size, 1))), tuple(map(Dim.of, two(kernel, 1))),
+                   two(stride, 1), two(dilation, 1), tuple(map(Dim.of, two(pad, 0))),
+                   tuple(map(Dim.of, two(out, 1))))
+
+    def origin(self, kb, o: ir.Value, axis: int) -> ir.Value:
+        """The input coordinate of output o's first tap along `axis` (negative in padding)."""
+        return kb.b.sub(kb.b.mul(o, _i64(self.stride[axis])), kb.dim(self.pad[axis]))
+
+
+# small pieces ------------------------------------------------------------------------------
+def _inside(kb, index: ir.Value, size: ir.Value) -> ir.Value:
+    """0 <= index < size (one unsigned compare)."""
+    return kb.b.icmp_unsigned("<", index, size)
+
+
+def _load_or(kb, ptr, index, inside, fill, dtype: str) -> ir.Value:
+    """ptr[index] where `inside`, else `fill`; nothing outside is read."""
+    value = kb.load(ptr, kb.b.select(inside, index, ZERO), dtype)
+    return kb.b.select(inside, value, fill)
+
+
+def _fold(kb, sizes: list[ir.Value], init: ir.Value, step) -> ir.Value:
+    """acc = step(acc, [i0, i1, ...]) over the index space sizes[0] x sizes[1] x ..."""
+
+    def level(d, acc, index):
+        if d == len(sizes):
+            return step(acc, index)
+        return kb.accumulate(ZERO, sizes[d], acc, lambda a, i: level(d + 1, a, [*index, i]))
+
+    return level(0, init, [])
+
+
+def _planes(kb, t) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(N * C, H, W) of an NCHW or NCL tensor type (L is W, H is 1)."""
+    spatial = t.shape[2:]
+    h = kb.dim(spatial[0]) if len(spatial) == 2 else _i64(1)
+    return kb.numel(t.shape[:2]), h, kb.dim(spatial[-1])
+
+
+def _maximum(kb, a, b):
+    """numpy's maximum: NaN wins (no fast-math flags, which would let LLVM drop NaN)."""
+    if not kb.is_float(a):
+        return kb.maximum(a, b)
+    fn = kb.module.declare_intrinsic("llvm.maximum", [a.type],
+                                     ir.FunctionType(a.type, [a.type, a.type]))
+    return kb.b.call(fn, [a, b])
+
+
+# convolution -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Im2col:
+    """A convolution's input as the B matrix of its GEMM, packed panel by panel and never
+    materialised: B[(c, i, j), (oh, ow)] = x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw], zero
+    in the padding. `plane0` is the group's first channel; the rest are run-time i64 sizes,
+    so that one GEMM function serves every convolution of a model."""
+
+    plane0: ir.Value
+    h: ir.Value
+    w: ir.Value
+    kh: ir.Value
+    kw: ir.Value
+    sh: ir.Value
+    sw: ir.Value
+    ph: ir.Value
+    pw: ir.Value
+    dh: ir.Value
+    dw: ir.Value
+    out_w: ir.Value
+    pointers = 1
+    sizes = 11
+
+    @classmethod
+    def of(cls, kb, plane0: ir.Value, win: Window) -> Im2col:
+        sizes = [*win.size, *win.kernel, *win.stride, *win.pad, *win.dilation, win.out[1]]
+        return cls(plane0, *(kb.dim(d) for d in sizes))
+
+    def fields(self):
+        return [self.plane0], [self.h, self.w, self.kh, self.kw, self.sh, self.sw, self.ph,
+                               self.pw, self.dh, self.dw, self.out_w]
+
+    @classmethod
+    def unpack(cls, pointers, sizes) -> Im2col:
+        return cls(*pointers, *sizes)
+
+    def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
+        """Two vectors of columns at a time: each column's window origin is computed once per
+        panel, then each tap (row of B) is one masked gather per vector."""
+        b = kb.b
+        vec = Vectors(b, nr // 2)
+        i32 = ir.IntType(32)
+
+        def splat(value):  # an i64 size as an i32 vector
+            return vec.splat(b.trunc(value, i32))
+
+        with b.goto_entry_block():  # the running tap (c, i, j)
+            tap = [b.alloca(I64, name=n) for n in ("c", "i", "j")]
+        origins = []
+        for v in range(2):
+            lane = ir.Constant(ir.VectorType(i32, vec.width), [v * vec.width + lane
+                                                              for lane in range(vec.width)])
+            col = b.add(splat(j0), lane)
+            oh = _quotient(vec, col, splat(self.out_w))
+            ow = b.sub(col, b.mul(oh, splat(self.out_w)))
+            top = b.sub(b.mul(oh, splat(self.sh)), splat(self.ph))
+            far = vec.splat(ir.Constant(i32, -(1 << 30)))  # past `cols`: only zeros are read
+            top = b.select(b.icmp_signed("<", lane, splat(cols)), top, far)
+            origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw))))
+        taps = b.mul(self.kh, self.kw)
+        first = b.srem(k0, taps)
+        for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
+                                     b.srem(first, self.kw))):
+            b.store(value, slot)
+        h, w = splat(self.h), splat(self.w)
+        with kb.for_range(kc) as p:
+            c, i, j = (b.load(slot) for slot in tap)
+            plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
+            dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
+            out = b.gep(dst, [b.mul(p, _i64(nr))])
+            for v, (top, left) in enumerate(origins):
+                y, x = b.add(top, dy), b.add(left, dx)
+                inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
+                value = vec.gather(plane, b.add(b.mul(y, w), x), inside)
+                vec.store(value, out, v * vec.width, align=vec.width * 4)
+            _next_tap(b, tap, self.kh, self.kw)
+
+
+def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
+    """num // den of non-negative i32 vectors, through f64 (a vector division of integers is
+    16 scalar ones): exact, as num / den < 2**31 is at least 1/den away from the next integer
+    while f64 resolves 2**-21 there."""
+    b = vec.b
+    f64s = ir.VectorType(F64, vec.width)
+    return b.fptosi(b.fdiv(b.sitofp(num, f64s), b.sitofp(den, f64s)), num.type)
+
+
+def _next_tap(b, tap, kh, kw) -> None:
+    """(c, i, j) <- the next tap in row-major order over [C, kh, kw]."""
+    c, i, j = (b.load(slot) for slot in tap)
+    one = _i64(1)
+    j = b.add(j, one)
+    wrap_j = b.icmp_signed("==", j, kw)
+    i = b.select(wrap_j, b.add(i, one), i)
+    wrap_i = b.icmp_signed("==", i, kh)
+    for slot, value in zip(tap, (b.select(wrap_i, b.add(c, one), c), b.select(wrap_i, ZERO, i),
+                                 b.select(wrap_j, ZERO, j))):
+        b.store(value, slot)
+
+
+def conv(kb, n, win: Window, groups: int) -> None:
+    """y[n, g] = w[g] @ im2col(x[n, g]) (+ bias) per sample and group, through the GEMM; a
+    1x1 convolution with stride 1 and no padding multiplies x itself. Other dtypes than f32
+    run the direct loops."""
+    x_t, w_t, bias_t = n.in_types
+    if x_t.dtype != "f32":
+        _conv_direct(kb, n, win, groups)
+        return
+    b = kb.b
+    x, w, y = kb.buffer(0, "f32"), kb.buffer(1, "f32"), kb.buffer(3, "f32")
+    bias = kb.buffer(2, "f32") if bias_t is not None else None
+    batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], w_t.shape[0]))
+    per_in, per_out = (b.sdiv(c, _i64(groups)) for c in (channels, outs))
+    plane_in, pixels = kb.numel(win.size), kb.numel(win.out)
+    depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
+    pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
+        p == 0 for p in win.pad)
+    with kb.for_range(batch) as s, kb.for_range(_i64(groups)) as g:
+        x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
+        first_out = b.mul(g, per_out)
+        y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
+        if bias is not None:  # C starts as the bias; the GEMM adds to it
+            with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
+                value = b.load(b.gep(bias, [b.add(first_out, o)]))
+                b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
+        weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
+        source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
+        gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
+             accumulate=bias is not None)
+
+
+def _each_output(kb, t, body) -> None:
+    """body(sample, channel, oh, ow, flat index) for every element of an NC(H)W output."""
+    _, h, w = _planes(kb, t)
+    sizes = [kb.dim(t.shape[0]), kb.dim(t.shape[1]), h, w]
+    strides = [kb.b.mul(sizes[1], kb.b.mul(h, w)), kb.b.mul(h, w), w, _i64(1)]
+    kb.loop_nest(sizes, lambda index: body(*index, kb.dot(index, strides)))
+
+
+def _bias_or_zero(kb, n, channel, dtype) -> ir.Value:
+    bias_t = n.in_types[2]
+    if bias_t is None:
+        return kb.const(0.0, dtype)
+    return kb.load(kb.buffer(2, bias_t.dtype), channel, bias_t.dtype)
+
+
+def _direct(kb, n, win: Window, groups: int, where, weight) -> None:
+    """y[s, o, oh, ow] = bias[o] + sum, over the kernel taps (i, j) that land on an input pixel
+    and the group's input channels c, of x[s, c, pixel] * w[...]: the direct loops of conv and
+    conv_transpose, in the compute type (f32 for half floats, rounded once). A tap that lands
+    nowhere runs its channel loop zero times.
+
+    where(oh, ow, i, j) -> (lands, y, x); weight(o, i, j) -> (w offset at c = 0, w step in c).
+    """
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, w, y = kb.buffer(0, dtype), kb.buffer(1, dtype), kb.buffer(3, dtype)
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    channels = kb.dim(x_t.shape[1])
+    per_in = b.sdiv(channels, _i64(groups))
+    per_out = b.sdiv(kb.dim(y_t.shape[1]), _i64(groups))
+    plane = b.mul(h, wd)
+
+    def output(s, o, oh, ow, at):
+        first = b.add(b.mul(s, channels), b.mul(b.sdiv(o, per_out), per_in))
+
+        def tap(acc, index):
+            i, j = index
+            lands, yy, xx = where(oh, ow, i, j)
+            x0 = b.add(b.mul(b.add(b.mul(first, h), yy), wd), xx)
+            w0, step = weight(o, i, j)
+
+            def channel(total, c):
+                value = kb.load(x, b.add(x0, b.mul(c, plane)), dtype)
+                return kb.add(total, kb.mul(value, kb.load(w, b.add(w0, b.mul(c, step)), dtype)))
+
+            return kb.accumulate(ZERO, b.select(lands, per_in, ZERO), acc, channel)
+
+        total = _fold(kb, [kh, kw], _bias_or_zero(kb, n, o, dtype), tap)
+        kb.store(y, at, total, dtype)
+
+    _each_output(kb, y_t, output)
+
+
+def _conv_direct(kb, n, win: Window, groups: int) -> None:
+    """conv by direct loops: w is [O, C/groups, kh, kw]."""
+    b = kb.b
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    taps = b.mul(kh, kw)
+    per_in = kb.dim(n.in_types[1].shape[1])
+
+    def where(oh, ow, i, j):
+        yy = b.add(win.origin(kb, oh, 0), b.mul(i, _i64(win.dilation[0])))
+        xx = b.add(win.origin(kb, ow, 1), b.mul(j, _i64(win.dilation[1])))
+        return b.and_(_inside(kb, yy, h), _inside(kb, xx, wd)), yy, xx
+
+    def weight(o, i, j):
+        return b.add(b.mul(b.mul(o, per_in), taps), b.add(b.mul(i, kw), j)), taps
+
+    _direct(kb, n, win, groups, where, weight)
+
+
+COLUMNS = 1 << 16  # floats of a transposed convolution's column buffer (256 KiB of stack)
+
+
+def conv_transpose(kb, n, win: Window, groups: int) -> None:
+    """The adjoint of conv: tap (i, j) of input pixel (ih, iw) lands on output
+    oh = ih * stride - pad + i * dilation (and likewise ow); w is [C_in, C_out/groups, kh, kw].
+    `win` describes it: size is x's spatial size, out y's.
+
+    f32 as a GEMM and a scatter (col2im), per sample and group, a chunk of input pixels at a
+    time: cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for
+    each tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
+    output directly."""
+    x_t, w_t, _ = n.in_types
+    row = w_t.shape[1] * win.kernel[0] * win.kernel[1]  # (o, i, j) of a group
+    if x_t.dtype != "f32" or not row.is_const or row.value > COLUMNS:
+        _conv_transpose_direct(kb, n, win, groups)
+        return
+    b = kb.b
+    x, w, y = kb.buffer(0, "f32"), kb.buffer(1, "f32"), kb.buffer(3, "f32")
+    h, wd = (kb.dim(d) for d in win.size)
+    out_h, out_w = (kb.dim(d) for d in win.out)
+    channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])
+    per_in = b.sdiv(channels, _i64(groups))
+    pixels, out_plane, width = b.mul(h, wd), b.mul(out_h, out_w), kb.dim(row)
+    with b.goto_entry_block():
+        cols = b.alloca(ir.ArrayType(F32, COLUMNS), name="cols")
+        cols.align = 64
+    cols = b.gep(cols, [ZERO, ZERO])
+    chunk = _i64(COLUMNS // row.value)
+    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(_i64(groups)) as g:
+        x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)])
+        first_out = b.mul(g, per_out)
+        y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, _i64(groups))), first_out),
+                             out_plane)])
+        with kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
+            kb.store(y0, b.add(b.mul(o, out_plane), q),
+                     _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
+        weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
+        with kb.for_range(pixels, step=chunk.constant) as p0:
+            count = b.select(b.icmp_signed("<", chunk, b.sub(pixels, p0)), chunk,
+                             b.sub(pixels, p0))
+            gemm(kb, count, width, per_in, Matrix(b.gep(x0, [p0]), pixels, transposed=True),
+                 weights, Matrix(cols, width))
+            with kb.for_range(count) as p:
+                _col2im(kb, win, y0, b.gep(cols, [b.mul(p, width)]), b.add(p0, p), per_out,
+                        (out_h, out_w))
+
+
+def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
+    """y[o, oh, ow] += cols[(o, i, j)] for every tap (i, j) of input `pixel` that lands."""
+    b = kb.b
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    wd = kb.dim(win.size[1])
+    ih, iw = b.sdiv(pixel, wd), b.srem(pixel, wd)
+    with kb.for_range(channels) as o, kb.for_range(kh) as i:
+        oh = b.add(win.origin(kb, ih, 0), b.mul(i, _i64(win.dilation[0])))
+        with b.if_then(_inside(kb, oh, out[0])), kb.for_range(kw) as j:
+            ow = b.add(win.origin(kb, iw, 1), b.mul(j, _i64(win.dilation[1])))
+            with b.if_then(_inside(kb, ow, out[1])):
+                at = b.gep(y, [b.add(b.mul(b.add(b.mul(o, out[0]), oh), out[1]), ow)])
+                tap = b.load(b.gep(cols, [b.add(b.mul(b.add(b.mul(o, kh), i), kw), j)]))
+                b.store(kb.fadd(b.load(at), tap), at)
+
+
+def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
+    """conv_transpose gathered per output element (any dtype)."""
+    b = kb.b
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    taps = b.mul(kh, kw)
+    per_in = b.sdiv(kb.dim(n.in_types[0].shape[1]), _i64(groups))
+    per_out = kb.dim(n.in_types[1].shape[1])
+
+    def source(o, i, axis, size):
+        """(whether a tap at kernel offset i lands on output o along axis, input index)."""
+        t = b.sub(b.add(o, kb.dim(win.pad[axis])), b.mul(i, _i64(win.dilation[axis])))
+        stride = _i64(win.stride[axis])
+        q = b.sdiv(t, stride)
+        exact = b.and_(b.icmp_signed(">=", t, ZERO), b.icmp_signed("==", b.srem(t, stride), ZERO))
+        return b.and_(exact, _inside(kb, q, size)), q
+
+    def where(oh, ow, i, j):
+        (row_lands, ih), (col_lands, iw) = source(oh, i, 0, h), source(ow, j, 1, wd)
+        return b.and_(row_lands, col_lands), ih, iw
+
+    def weight(o, i, j):
+        group, local = b.sdiv(o, per_out), b.srem(o, per_out)
+        first = b.add(b.mul(b.mul(group, per_in), per_out), local)  # channel g * per_in, o'
+        return b.add(b.mul(first, taps), b.add(b.mul(i, kw), j)), b.mul(per_out, taps)
+
+    _direct(kb, n, win, groups, where, weight)
+
+
+# pooling -----------------------------------------------------------------------------------
+def _window_fold(kb, win: Window, oh, ow, init, step) -> ir.Value:
+    """acc = step(acc, y, x, inside) over the taps of output (oh, ow)'s window."""
+    b = kb.b
+    h, w = (kb.dim(d) for d in win.size)
+    top, left = win.origin(kb, oh, 0), win.origin(kb, ow, 1)
+
+    def tap(acc, index):
+        i, j = index
+        y = b.add(top, b.mul(i, _i64(win.dilation[0])))
+        x = b.add(left, b.mul(j, _i64(win.dilation[1])))
+        return step(acc, y, x, b.and_(_inside(kb, y, h), _inside(kb, x, w)))
+
+    return _fold(kb, [kb.dim(k) for k in win.kernel], init, tap)
+
+
+def _pool(kb, n, win: Window, reduce) -> None:
+    """out[p, oh, ow] = reduce(plane p of x, oh, ow) for every plane of x."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    x, y = kb.buffer(0, x_t.dtype), kb.buffer(1, y_t.dtype)
+    b = kb.b
+    planes, h, w = _planes(kb, x_t)
+    _, oh_size, ow_size = _planes(kb, y_t)
+
+    def body(index):
+        p, oh, ow = index
+        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
+        at = b.add(b.mul(b.add(b.mul(p, oh_size), oh), ow_size), ow)
+        kb.store(y, at, reduce(plane, oh, ow), y_t.dtype)
+
+    kb.loop_nest([planes, oh_size, ow_size], body)
+
+
+def max_pool(kb, n, win: Window) -> None:
+    """The largest input in each window (padding never wins; NaN does, as numpy's max)."""
+    dtype = n.in_types[0].dtype
+    w = kb.dim(win.size[1])
+    if dtype in ("i32", "i64"):
+        lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
+    else:
+        lowest = kb.const(float("-inf"), dtype)
+
+    def reduce(plane, oh, ow):
+        def step(acc, y, x, inside):
+            value = _load_or(kb, plane, kb.b.add(kb.b.mul(y, w), x), inside, lowest, dtype)
+            return _maximum(kb, acc, value)
+
+        return _window_fold(kb, win, oh, ow, lowest, step)
+
+    _pool(kb, n, win, reduce)
+
+
+def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
+    """Window sums over zero padding, divided by the window cells PyTorch counts: those in the
+    padded input with count_include_pad, else those in the input; never ceil mode's overhang."""
+    dtype = n.in_types[0].dtype
+    b = kb.b
+    w = kb.dim(win.size[1])
+    zero = kb.const(0.0, dtype)
+
+    def counted(o, axis):  # cells of the window along one axis that the divisor counts
+        start = win.origin(kb, o, axis)
+        pad = kb.dim(win.pad[axis]) if count_include_pad else ZERO
+        lo, hi = b.sub(ZERO, pad), b.add(kb.dim(win.size[axis]), pad)
+        end = b.add(start, kb.dim(win.kernel[axis]))
+        first = b.select(b.icmp_signed(">", start, lo), start, lo)
+        last = b.select(b.icmp_signed("<", end, hi), end, hi)
+        return b.sub(last, first)
+
+    def reduce(plane, oh, ow):
+        def step(acc, y, x, inside):
+            value = _load_or(kb, plane, b.add(b.mul(y, w), x), inside, zero, dtype)
+            return kb.add(acc, value)
+
+        total = _window_fold(kb, win, oh, ow, zero, step)
+        cells = b.mul(counted(oh, 0), counted(ow, 1))
+        return kb.fdiv(total, kb.convert(cells, dtype))
+
+    _pool(kb, n, win, reduce)
+
+
+def _mean(kb, x, base: ir.Value, count: ir.Value, dtype: str, term=None) -> ir.Value:
+    """mean of term(x[base + i]) over i < count, summed in f64; in the compute type of dtype."""
+    def step(acc, i):
+        value = kb.load(x, kb.b.add(base, i), dtype)
+        return kb.fadd(acc, kb.convert(term(value) if term else value, "f64"))
+
+    total = kb.accumulate(ZERO, count, ir.Constant(F64, 0.0), step)
+    return kb.convert(kb.b.fdiv(total, kb.b.sitofp(count, F64)), dtype)
+
+
+def global_avg_pool(kb, n) -> None:
+    """The mean of each plane."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    x, y = kb.buffer(0, x_t.dtype), kb.buffer(1, y_t.dtype)
+    planes, h, w = _planes(kb, x_t)
+    size = kb.b.mul(h, w)
+    with kb.for_range(planes) as p:
+        kb.store(y, p, _mean(kb, x, kb.b.mul(p, size), size, x_t.dtype), y_t.dtype)
+
+
+# normalization -----------------------------------------------------------------------------
+def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, eps: float,
+              by_position: bool) -> None:
+    """(x - mean) / sqrt(var + eps) * weight + bias, x seen as [segments, per_group, spatial]
+    with each segment normalized on its own (biased variance, two passes, sums in f64);
+    segment s is group s % groups. weight and bias are indexed by channel
+    (s % groups) * per_group + c (group and instance norm), or by position in the segment
+    (layer norm). Every step rounds as the reference: mean, var and the quotient in the compute
+    type; eps is added in it."""
+    x_t, w_t, bias_t = n.in_types
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.buffer(0, dtype), kb.buffer(3, dtype)
+    weight = kb.buffer(1, dtype) if w_t is not None else None
+    bias = kb.buffer(2, dtype) if bias_t is not None else None
+    length = b.mul(per_group, spatial)
+    segments = b.sdiv(kb.numel(x_t.shape), length)
+    with kb.for_range(segments) as s:
+        base = b.mul(s, length)
+        mean = _mean(kb, x, base, length, dtype)
+        def square(value):
+            centered = kb.fsub(value, mean)
+            return kb.fmul(centered, centered)
+
+        var = _mean(kb, x, base, length, dtype, square)
+        root = kb.intrinsic("sqrt", kb.fadd(var, kb.const(eps, dtype)))
+        with kb.for_range(per_group) as c:
+            channel = b.add(b.mul(b.srem(s, groups), per_group), c)
+            with kb.for_range(spatial) as i:
+                position = b.add(b.mul(c, spatial), i)
+                at = b.add(base, position)
+                value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
+                kb.store(y, at, _affine(kb, value, weight, bias,
+                                        position if by_position else channel, dtype), dtype)
+
+
+def _affine(kb, value, weight, bias, index, dtype: str) -> ir.Value:
+    """value * weight[index] + bias[index] (absent ones skipped)."""
+    if weight is not None:
+        value = kb.fmul(value, kb.load(weight, index, dtype))
+    if bias is not None:
+        value = kb.fadd(value, kb.load(bias, index, dtype))
+    return value
+
+
+def batch_norm(kb, n, eps: float) -> None:
+    """(x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]."""
+    x_t = n.in_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.buffer(0, dtype), kb.buffer(5, dtype)
+    mean, var, weight, bias = (kb.buffer(i, dtype) if n.in_types[i] is not None else None
+                               for i in range(1, 5))
+    channels = kb.dim(x_t.shape[1])
+    spatial = kb.numel(x_t.shape[2:])
+    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(channels) as c:
+        m = kb.load(mean, c, dtype)
+        root = kb.intrinsic("sqrt", kb.fadd(kb.load(var, c, dtype), kb.const(eps, dtype)))
+        base = b.mul(b.add(b.mul(s, channels), c), spatial)
+        with kb.for_range(spatial) as i:
+            at = b.add(base, i)
+            value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), m), root)
+            kb.store(y, at, _affine(kb, value, weight, bias, c, dtype), dtype)
+
+
+# resize ------------------------------------------------------------------------------------
+def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
+    """Separable, as the reference: along each spatial axis in turn take the nearest row, or
+    blend the two nearest, a * (1 - lam) + b * lam. The coordinate math is plain IEEE f32 (no
+    fast-math), as numpy's. ratios[i] is an f32 number, or None for in/out computed at run time
+    (PyTorch's area_pixel_compute_scale; (in - 1)/(out - 1) with align_corners)."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.buffer(0, dtype), kb.buffer(1, dtype)
+    ins = [kb.dim(d) for d in x_t.shape[2:]]
+    outs = [kb.dim(d) for d in y_t.shape[2:]]
+    in_strides = kb.strides(x_t.shape[2:])
+    out_strides = [kb.numel(y_t.shape[2:]), *kb.strides(y_t.shape[2:])]
+    one = ir.Constant(F32, 1.0)
+
+    def ratio(axis):
+        if ratios[axis] is not None:
+            return ir.Constant(F32, float(ratios[axis]))
+        size, out = ins[axis], outs[axis]
+        if corners:  # (in - 1) / (out - 1), 0 for one output
+            size, out = b.sub(size, _i64(1)), b.sub(out, _i64(1))
+            safe = b.select(b.icmp_signed(">", out, ZERO), out, _i64(1))
+            value = b.fdiv(b.sitofp(size, F64), b.sitofp(safe, F64))
+            return b.select(b.icmp_signed(">", out, ZERO), b.fptrunc(value, F32),
+                            ir.Constant(F32, 0.0))
+        return b.fptrunc(b.fdiv(b.sitofp(size, F64), b.sitofp(out, F64)), F32)
+
+    def source(o, axis):
+        """[(input index, weight)] of output o along axis: one for nearest, two otherwise."""
+        last = b.sub(ins[axis], _i64(1))
+        dst = b.sitofp(o, F32)
+        r = ratio(axis)
+        if nearest:
+            index = b.fptosi(kb.intrinsic("floor", b.fmul(dst, r)), I64)
+            return [(b.select(b.icmp_signed("<", index, last), index, last), None)]
+        if corners:
+            src = b.fmul(dst, r)
+        else:
+            half = ir.Constant(F32, 0.5)
+            src = b.fsub(b.fmul(r, b.fadd(dst, half)), half)
+            src = b.select(b.fcmp_ordered(">", src, ir.Constant(F32, 0.0)), src,
+                           ir.Constant(F32, 0.0))
+        lo = b.fptosi(src, I64)
+        hi = b.add(lo, _i64(1))
+        hi = b.select(b.icmp_signed("<", hi, last), hi, last)
+        lam = kb.convert(b.fsub(src, b.sitofp(lo, F32)), dtype)
+        return [(lo, b.fsub(kb.convert(one, dtype), lam)), (hi, lam)]
+
+    def body(index):
+        plane, spatial = index[0], index[1:]
+        axes = [source(o, axis) for axis, o in enumerate(spatial)]
+        base = b.mul(plane, kb.numel(x_t.shape[2:]))
+
+        def blend(axis, offset):  # interpolate axis `axis` last: the first axis goes first
+            if axis < 0:
+                return kb.load(x, b.add(base, offset), dtype)
+            terms = [(blend(axis - 1, b.add(offset, b.mul(i, in_strides[axis]))), wt)
+                     for i, wt in axes[axis]]
+            if nearest:
+                return terms[0][0]
+            (v0, w0), (v1, w1) = terms
+            return b.fadd(b.fmul(v0, w0), b.fmul(v1, w1))
+
+        kb.store(y, kb.dot(index, out_strides), blend(len(spatial) - 1, ZERO), dtype)
+
+    kb.loop_nest([kb.numel(y_t.shape[:2]), *outs], body)

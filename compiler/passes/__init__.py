@@ -1,0 +1,43 @@
+"""Graph-to-graph passes: the optimizer between elaboration and code generation.
+
+    graph, stats = optimize(model, params=params)   # a new graph; `model.graph` is unchanged
+    print(format_stats(stats))
+
+PIPELINE lists the passes in the order they run (see pipeline.py for why that order); each is
+a Pass (name, function, docstring) defined beside its rewrite. `verify` checks the IR's
+invariants and is run between passes by `optimize(..., verify=True)`.
+"""
+
+from __future__ import annotations
+
+from .batch_norm import fold_batch_norm
+from .cleanup import cse, dce
+from .edit import IRError, copy_graph, count_nodes
+from .fold import fold_constants
+from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
+from .pipeline import PASSES, PIPELINE, optimize, run_passes
+from .simplify import RULES, simplify
+from .verify import check_types, verify
+
+__all__ = [
+    "PASSES",
+    "PIPELINE",
+    "RULES",
+    "IRError",
+    "Pass",
+    "PassContext",
+    "PassStats",
+    "check_types",
+    "copy_graph",
+    "count_nodes",
+    "cse",
+    "dce",
+    "fold_batch_norm",
+    "fold_constants",
+    "format_stats",
+    "graph_pass",
+    "optimize",
+    "run_passes",
+    "simplify",
+    "verify",
+]

@@ -1,0 +1,37 @@
+"""Constant folding: compute at compile time what depends only on constants."""
+
+from __future__ import annotations
+
+from ..ir import STRUCTURAL_OPS, Graph
+from .edit import add_constant, evaluate_node, foldable, numel, replace_node
+from .manager import PassContext, graph_pass
+
+
+@graph_pass("fold_constants")
+def fold_constants(graph: Graph, ctx: PassContext) -> Graph:
+    """op(constant, ..., constant) -> constant, by the op's reference implementation.
+
+    A node folds when every input it has is a `constant` node (ops with no inputs, such as
+    `zeros([2, 3])`, fold too), its attributes hold no symbolic size and no nested graph, and
+    each result has at most `ctx.fold_limit` elements. Parameters are not constants here: their
+    values may change after compilation. A node whose reference fails is left for run time,
+    which reports the error at its span. In a scan body an outer constant is a captured input,
+    so it does not fold there.
+    """
+    for nid in graph.order():
+        node = graph.node(nid)
+        if node["op"] in STRUCTURAL_OPS or not foldable(node):
+            continue
+        operands = graph.operands(nid)
+        if any(v is not None and graph.op(v.node) != "constant" for v in operands):
+            continue
+        if any(numel(t) > ctx.fold_limit for t in node["types"]):
+            ctx.count("too large")
+            continue
+        args = [None if v is None else graph.node(v.node)["attrs"]["value"] for v in operands]
+        results = evaluate_node(node, args)
+        if results is None:
+            continue
+        replace_node(graph, nid, [add_constant(graph, r, node) for r in results])
+        ctx.count("folded")
+    return graph

@@ -1,0 +1,89 @@
+"""The optimization pipeline: one ordered list of passes, and `optimize` to run it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..ir import Graph
+from .batch_norm import fold_batch_norm
+from .cleanup import cse, dce
+from .edit import IRError, copy_graph, count_nodes
+from .fold import fold_constants
+from .manager import Pass, PassContext, PassStats
+from .simplify import simplify
+from .verify import check_types
+from .verify import verify as verify_graph
+
+# The order matters:
+# 1. check_types first: the rewrites below trust every node's recorded types.
+# 2. fold_constants before simplify: folding turns `ones(...)`, `full(...)` and ops on
+#    constants into `constant` nodes, which the x*1 / x+0 rules recognise.
+# 3. simplify before fold_batch_norm: dropping an inference dropout, a no-op cast or reshape
+#    between a conv and its batch_norm exposes the conv -> batch_norm pattern.
+# 4. cse after the rewrites: simplified expressions are more often equal, and folded constants
+#    with equal values merge.
+# 5. dce last: it removes what the elaborator left unused (each rewrite removes what it
+#    replaced itself).
+# A fusion pass (a fused node holding its subgraph in attrs, as scan holds its body) goes after
+# dce, so that it sees the final dataflow; memory planning after fusion.
+PIPELINE: list[Pass] = [check_types, fold_constants, simplify, fold_batch_norm, cse, dce]
+PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
+
+
+def optimize(
+    model_or_graph: Any,
+    level: int = 1,
+    verify: bool = False,
+    passes: list[str | Pass] | None = None,
+    params: dict[str, np.ndarray] | None = None,
+) -> tuple[Graph, list[PassStats]]:
+    """Optimize a copy of a graph (or of an ElaboratedModel's graph); the input is unchanged.
+
+    `level` runs the PIPELINE's passes of that level or lower (0: none; every pass today is
+    level 1); `passes` picks passes (names or Pass values) to run in the order given instead.
+    `params` (path -> array) lets passes that need parameter values (fold_batch_norm) run;
+    without them they are skipped. `verify` checks the IR (structure and types) before the
+    first pass and after each one, raising IRError that names the pass that broke it.
+    Returns the graph and one PassStats per pass.
+    """
+    graph = getattr(model_or_graph, "graph", model_or_graph)
+    if passes is not None:
+        unknown = [p for p in passes if isinstance(p, str) and p not in PASSES]
+        if unknown:
+            raise ValueError(f"unknown pass {unknown[0]!r}; the passes are {', '.join(PASSES)}")
+        chosen = [PASSES[p] if isinstance(p, str) else p for p in passes]
+    else:
+        chosen = [p for p in PIPELINE if p.level <= level]
+    return run_passes(graph, chosen, params, verify)
+
+
+def run_passes(graph: Graph, passes: list[Pass], params: dict | None = None,
+               verify_ir: bool = False) -> tuple[Graph, list[PassStats]]:
+    """Run `passes` in order on a copy of `graph`, recording what each did."""
+    graph = copy_graph(graph)
+    if verify_ir:
+        _verified(graph, "before the first pass")
+    stats = []
+    for p in passes:
+        before = count_nodes(graph)
+        if p.needs_params and params is None:
+            stats.append(PassStats(p.name, before, before, {}, 0.0, "skipped: no params given"))
+            continue
+        ctx = PassContext(params=params)
+        start = time.perf_counter()
+        graph = p.apply(graph, ctx)
+        seconds = time.perf_counter() - start
+        if verify_ir:
+            _verified(graph, f"after pass {p.name!r}")
+        stats.append(PassStats(p.name, before, count_nodes(graph), dict(ctx.counts), seconds))
+    return graph, stats
+
+
+def _verified(graph: Graph, when: str) -> None:
+    try:
+        verify_graph(graph)
+    except IRError as err:
+        raise IRError(f"invalid IR {when}: {err}") from None

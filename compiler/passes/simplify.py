@@ -1,0 +1,145 @@
+"""Algebraic simplification: a short list of local rewrite rules (as tinygrad's symbolic.py).
+
+A rule looks at one node and returns the value that replaces its output, or None. Every
+replacement must have the node's exact type (dtype and shape), so a rule never changes what
+broadcasting or promotion made of an expression: `x * 1` with `x: f32[3]` and `1: f32[2, 3]`
+stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..ir import Graph, Value
+from ..ops._common import normalize_axis
+from .edit import add_checked, only_user, replace_node
+from .manager import PassContext, graph_pass
+
+Rule = Callable[[Graph, int], Value | None]
+
+RESHAPES = ("reshape", "flatten", "squeeze", "unsqueeze")  # same elements, row-major order
+PERMUTES = ("transpose", "permute")
+
+
+def _is_fill(graph: Graph, value: Value, c: float) -> bool:
+    """Whether `value` is a constant whose every element equals c."""
+    node = graph.node(value.node)
+    return node["op"] == "constant" and bool(np.all(node["attrs"]["value"] == c))
+
+
+def _drop_constant(c: float, slots: tuple[int, ...]) -> Rule:
+    """x op c -> x, for the constant c at any of `slots`."""
+
+    def rule(graph: Graph, nid: int) -> Value | None:
+        operands = graph.operands(nid)
+        for slot in slots:
+            x = operands[1 - slot]
+            if _is_fill(graph, operands[slot], c) and x.type == graph.node(nid)["types"][0]:
+                return x
+        return None
+
+    return rule
+
+
+def same_type(graph: Graph, nid: int) -> Value | None:
+    """op(x) -> x when the result has x's type and the op moves no data."""
+    x = graph.operands(nid)[0]
+    return x if x.type == graph.node(nid)["types"][0] else None
+
+
+def involution(graph: Graph, nid: int) -> Value | None:
+    """op(op(x)) -> x."""
+    (y,) = graph.operands(nid)
+    return graph.operands(y.node)[0] if graph.op(y.node) == graph.op(nid) else None
+
+
+def full_slice(graph: Graph, nid: int) -> Value | None:
+    """x[:, 0:n, ...] -> x: only step-1 ranges (no index, no new axis) and x's shape, so every
+    range is its whole axis."""
+    items = graph.node(nid)["attrs"]["items"]
+    whole = all(e[0] == "ellipsis" or (e[0] == "range" and e[3] == 1) for e in items)
+    return same_type(graph, nid) if whole else None
+
+
+def _perm(graph: Graph, nid: int) -> list[int]:
+    node = graph.node(nid)
+    rank, a = node["types"][0].rank, node["attrs"]
+    if node["op"] == "permute":
+        return [normalize_axis(p, rank, "perm") for p in a["perm"]]
+    perm = list(range(rank))
+    i, j = normalize_axis(a["a"], rank, "a"), normalize_axis(a["b"], rank, "b")
+    perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def merge_permutes(graph: Graph, nid: int) -> Value | None:
+    """permute(permute(x, p), q) -> x when the two undo each other, else permute(x, p[q])
+    (when the inner one has no other use)."""
+    (y,) = graph.operands(nid)
+    if graph.op(y.node) not in PERMUTES:
+        return None
+    (x,) = graph.operands(y.node)
+    inner = _perm(graph, y.node)
+    perm = [inner[i] for i in _perm(graph, nid)]
+    if perm == sorted(perm):
+        return x
+    node = graph.node(nid)
+    if only_user(graph, y) != nid:
+        return None
+    new = add_checked(graph, "permute", [x], {"perm": perm}, node["types"], node)
+    return new[0] if new else None
+
+
+def merge_reshapes(graph: Graph, nid: int) -> Value | None:
+    """reshape(reshape(x)) -> x when the shapes match, else reshape(x) (when the inner one
+    has no other use)."""
+    (y,) = graph.operands(nid)
+    if graph.op(y.node) not in RESHAPES:
+        return None
+    (x,) = graph.operands(y.node)
+    node = graph.node(nid)
+    (t,) = node["types"]
+    if x.type == t:
+        return x
+    if only_user(graph, y) != nid:
+        return None
+    shape = [d.value if d.is_const else d for d in t.shape]
+    new = add_checked(graph, "reshape", [x], {"shape": shape}, [t], node)
+    return new[0] if new else None
+
+
+# op -> its rules, tried in order: (label, rule); the labels name the counts in the stats
+_RESHAPE_RULES = (("reshape to x's shape -> x", same_type),
+                  ("reshape(reshape(x)) -> reshape(x) or x", merge_reshapes))
+RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
+    "mul": (("x*1 -> x", _drop_constant(1, (0, 1))),),
+    "add": (("x+0 -> x", _drop_constant(0, (0, 1))),),  # -0.0 + 0.0 is 0.0: sign of zero only
+    "sub": (("x-0 -> x", _drop_constant(0, (1,))),),
+    "div": (("x/1 -> x", _drop_constant(1, (1,))),),
+    "neg": (("-(-x) -> x", involution),),
+    "transpose": (("permute(permute(x)) -> permute(x) or x", merge_permutes),),
+    "permute": (("permute(permute(x)) -> permute(x) or x", merge_permutes),),
+    **dict.fromkeys(RESHAPES, _RESHAPE_RULES),
+    "cast": (("cast to x's dtype -> x", same_type),),
+    "dropout": (("dropout (inference) -> x", same_type),),  # the shape rule rejects training
+    "slice": (("x[:, ...] -> x", full_slice),),
+}
+
+
+@graph_pass("simplify")
+def simplify(graph: Graph, ctx: PassContext) -> Graph:
+    """Algebraic simplification by the rules in RULES (x*1, x+0, x-0, x/1, -(-x), transposes
+    that cancel, reshape chains, no-op reshape/cast/slice, inference dropout), one sweep in
+    topological order, so chains collapse from their first link."""
+    for nid in graph.order():
+        if nid not in graph.g:
+            continue
+        for label, rule in RULES.get(graph.op(nid), ()):
+            new = rule(graph, nid)
+            if new is not None:
+                replace_node(graph, nid, [new])
+                ctx.count(label)
+                break
+    return graph

@@ -1,0 +1,232 @@
+"""The linalg and nn ops on the native target against the numpy reference: the packed GEMM at
+sizes around its tiles, convolution through it (every stride, dilation, padding and groups
+variant), pooling, normalization, resize, and ResNet-18 end to end.
+
+Ops are grouped into a few models (one compile each) whose inputs are named in a table; every
+model runs at two values of its symbolic batch.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.compiler.types import NUMPY_DTYPES
+
+RNG = np.random.default_rng(11)
+# (rtol, atol) per dtype, written once: f32 sums of a few hundred products differ from numpy's
+# in the last bits; a half result may round the other way once
+TOLERANCES = {"f32": (1e-5, 1e-5), "f16": (2e-3, 2e-3), "bf16": (2e-2, 2e-2),
+              "i32": (0, 0), "i64": (0, 0)}
+
+
+def both(src: str, **kw):
+    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw)
+
+
+def source(inputs: dict[str, str], calls: list[str]) -> str:
+    """A model taking `inputs` (name -> type) and returning each call's result.
+
+    bf16 tensors cross the model's boundary as f32, cast inside: the runtime does not take or
+    return bf16 arrays yet (ctypes cannot view their buffer)."""
+    params, casts = [], []
+    for name, t in inputs.items():
+        if t.startswith("bf16"):
+            params.append(f"{name}_f32: f32{t[4:]}")
+            casts.append(f'    {name} = cast({name}_f32, "bf16")\n')
+        else:
+            params.append(f"{name}: {t}")
+    results = [f'cast({c}, "f32")' if _reads_bf16(inputs, c) else c for c in calls]
+    return (f"model Ops {{\n  forward({', '.join(params)}) {{\n{''.join(casts)}"
+            f"    return {', '.join(results)}\n  }}\n}}\n")
+
+
+def _reads_bf16(inputs: dict[str, str], call: str) -> bool:
+    return any(t.startswith("bf16") and re.search(rf"\b{name}\b", call)
+               for name, t in inputs.items())
+
+
+def array(name: str, t: str, sizes: dict[str, int]) -> np.ndarray:
+    """Random values of type `t` ("f32[B, 3]"), symbolic sizes from `sizes`; the inputs named
+    var* (running variances) are positive. bf16 values are rounded to bf16 and given as f32."""
+    dtype, dims = re.fullmatch(r"(\w+)\[(.*)\]", t).groups()
+    shape = [sizes[d] if d in sizes else int(d) for d in dims.replace(" ", "").split(",") if d]
+    values = RNG.standard_normal(shape) * 2
+    if name.startswith("var"):
+        values = np.abs(values) + 0.5
+    if dtype == "bf16":
+        return values.astype(NUMPY_DTYPES["bf16"]).astype(np.float32)
+    return values.astype(NUMPY_DTYPES[dtype])
+
+
+def check(inputs: dict[str, str], calls: list[str], runs=({"B": 1}, {"B": 3}), scale=1.0):
+    """Every call, natively and by the reference, at each binding of the symbolic sizes;
+    `scale` widens the tolerances (long sums)."""
+    native, ref = both(source(inputs, calls))
+    for sizes in runs:
+        args = [array(name, t, sizes) for name, t in inputs.items()]
+        got, want = native(*args), ref(*args)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for call, g, w in zip(calls, got, want, strict=True):
+            dtype = "bf16" if _reads_bf16(inputs, call) else next(
+                k for k, v in NUMPY_DTYPES.items() if v == w.dtype)
+            rtol, atol = TOLERANCES[dtype]
+            assert g.dtype == w.dtype and g.shape == w.shape, call
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64),
+                                       rtol=rtol * scale, atol=atol * scale, err_msg=call)
+
+
+# matmul -------------------------------------------------------------------------------------
+def test_matmul_at_sizes_around_the_tiles():
+    """Symbolic M, K, N: one compiled GEMM at sampled sizes 1..70 (remainders of every tile
+    height and of the NR columns), a K beyond one KC slice and N beyond one NC block."""
+    native, ref = both("model Mat { forward(a: f32[M, K], b: f32[K, N]) { return a @ b } }")
+    edges = [1, 2, 5, 11, 12, 13, 16, 31, 32, 33, 47, 64, 65, 70]
+    sizes = [tuple(RNG.choice(edges, 3)) for _ in range(12)]
+    sizes += [tuple(RNG.integers(1, 71, 3)) for _ in range(12)]
+    sizes += [(300, 500, 257), (3, 600, 530), (97, 7, 1), (4, 0, 5), (0, 3, 4)]
+    for m, k, n in sizes:
+        a = RNG.standard_normal((m, k)).astype(np.float32)
+        b = RNG.standard_normal((k, n)).astype(np.float32)
+        np.testing.assert_allclose(native(a, b), ref(a, b), rtol=1e-5, atol=1e-5 * np.sqrt(k),
+                                   err_msg=f"{m}x{k}x{n}")
+
+
+def test_matmul_with_constant_sizes_batches_and_1d_operands():
+    check({"a": "f32[B, 3, 13, 7]", "b": "f32[7, 33]", "c": "f32[3, 7, 6]", "v": "f32[7]",
+           "u": "f32[13]", "p": "f32[B, 1, 5, 7]", "q": "f32[2, 7, 70]", "s": "f32[13, 37]",
+           "t": "f32[37, 65]"},
+          ["a @ b", "a @ c", "a @ v", "u @ a", "v @ b", "v @ v", "p @ q", "s @ t"])
+
+
+def test_matmul_of_integers_and_half_floats_takes_the_loops():
+    check({"i": "i32[B, 5, 4]", "j": "i32[4, 3]", "k": "i64[3, 6]", "l": "i64[B, 6, 2]",
+           "h": "bf16[B, 9, 17]", "g": "bf16[17, 5]"},
+          ["i @ j", "k @ l", "h @ g"])
+
+
+# convolution --------------------------------------------------------------------------------
+X = {"x": "f32[B, 6, 11, 13]"}
+CONV_INPUTS = {
+    **X, "w1": "f32[5, 6, 3, 3]", "b1": "f32[5]", "w2": "f32[4, 3, 2, 3]", "w3": "f32[6, 1, 3, 3]",
+     "w4": "f32[13, 6, 1, 1]", "b4": "f32[13]", "x1": "f32[B, 4, 17]", "w5": "f32[7, 4, 3]",
+     "w6": "f32[8, 2, 4]", "x2": "f32[B, 3, 23, 29]", "w7": "f32[29, 3, 5, 4]",
+     "x3": "f32[B, 64, 6, 6]", "w8": "f32[12, 64, 3, 3]", "x4": "f32[B, 2, 30, 40]",
+     "w9": "f32[3, 2, 3, 3]", "b9": "f32[3]"}
+CONV_CALLS = [
+    "conv(x, w1, b1, stride = 2, padding = 1)",
+    'conv(x, w2, stride = [1, 2], dilation = [2, 1], groups = 2, padding = "valid")',
+    'conv(x, w3, padding = "same", groups = 6)',  # depthwise
+    "conv(x, w4, b4)",  # 1x1: x itself is B
+    "conv(x, w4, stride = 2)",
+    "conv(x1, w5, stride = 2, padding = 2, dilation = 2)",
+    'conv(x1, w6, groups = 2, padding = "same")',  # an even kernel: the extra pad goes after
+    "conv(x2, w7, stride = [3, 2], padding = [2, 1])",  # 29 rows: full tiles, then smaller
+    "conv(x3, w8, padding = 1)",  # 576 deep: more than one KC slice
+    "conv(x4, w9, b9, padding = 1)",  # 1200 columns: three NC blocks
+]
+
+
+def test_conv_variants():
+    check(CONV_INPUTS, CONV_CALLS, scale=3)
+
+
+def test_conv_transpose_variants():
+    check({**X, "w1": "f32[6, 3, 3, 3]", "b1": "f32[3]", "w2": "f32[6, 2, 2, 3]",
+           "x1": "f32[B, 2, 5]", "w3": "f32[2, 3, 3]", "x2": "f32[B, 3, 7, 5]",
+           "w4": "f32[3, 1000, 2, 2]", "x3": "f32[B, 400, 3, 2]", "w5": "f32[400, 4, 2, 2]"},
+          ["conv_transpose(x, w1, b1, stride = 2, padding = 1, output_padding = 1)",
+           "conv_transpose(x, w2, stride = [1, 2], dilation = [2, 1], groups = 3)",
+           "conv_transpose(x1, w3, stride = 2, padding = 1, output_padding = 1)",
+           "conv_transpose(x2, w4, stride = 2)",  # 4000 columns: 35 pixels in chunks of 16
+           "conv_transpose(x3, w5, padding = 1)"],  # 400 deep: more than one KC slice
+          scale=3)
+
+
+def test_convolutions_in_half_precision_run_in_f32():
+    check({"x": "f16[B, 4, 7, 6]", "w": "f16[6, 2, 3, 3]", "b": "f16[6]",
+           "y": "bf16[B, 4, 5]", "v": "bf16[4, 3, 2]"},
+          ["conv(x, w, b, padding = 1, groups = 2)",
+           "conv_transpose(y, v, stride = 2)"])
+
+
+# pooling ------------------------------------------------------------------------------------
+def test_pooling_and_run_time_spatial_sizes():
+    check({**X, "x1": "f32[B, 2, 17]", "i": "i32[B, 2, 9, 8]", "h": "bf16[B, 2, 7, 7]",
+           "s": "f32[B, 3, H, W]", "w": "f32[4, 3, 3, 2]"},
+          ["conv(s, w, stride = 2, padding = [1, 0])",  # sizes known at run time only
+           "max_pool(s, kernel_size = 3, stride = 2, padding = 1, ceil_mode = true)",
+           "avg_pool(s, kernel_size = 2, stride = 2, ceil_mode = true, count_include_pad = false)",
+           "max_pool(x, kernel_size = 3, stride = 2, padding = 1)",
+           "max_pool(x, kernel_size = [2, 3], stride = [2, 1], dilation = 2, ceil_mode = true)",
+           "max_pool(x1, kernel_size = 4, stride = 3, padding = 2, ceil_mode = true)",
+           "max_pool(i, kernel_size = 3, stride = 2, padding = 1)",
+           "max_pool(h, kernel_size = 2, ceil_mode = true)",
+           "avg_pool(x, kernel_size = 3, stride = 2, padding = 1)",
+           "avg_pool(x, kernel_size = 3, stride = 2, padding = 1, count_include_pad = false)",
+           "avg_pool(x, kernel_size = [3, 2], stride = 2, padding = 1, ceil_mode = true)",
+           "avg_pool(x1, kernel_size = 4, stride = 3, padding = 2, ceil_mode = true, "
+           "count_include_pad = false)",
+           "avg_pool(h, kernel_size = 3, stride = 2)",
+           "global_avg_pool(x)", "global_avg_pool(x1)", "global_avg_pool(h)", "global_avg_pool(s)"],
+          runs=({"B": 1, "H": 11, "W": 8}, {"B": 3, "H": 6, "W": 13}))
+
+
+def test_max_pool_propagates_nan_as_numpy():
+    native, ref = both("model P { forward(x: f32[1, 1, 4, 4]) { return max_pool(x, kernel_size = 2) } }")
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    np.testing.assert_array_equal(native(x), ref(x))
+
+
+# normalization, dropout ---------------------------------------------------------------------
+def test_normalization_and_dropout():
+    check({"x": "f32[B, 6, 5, 3]", "w": "f32[6]", "b": "f32[6]", "mean": "f32[6]",
+           "var": "f32[6]", "l": "f32[B, 7, 12]", "lw": "f32[7, 12]", "lb": "f32[7, 12]",
+           "y": "f32[B, 4, 9]", "h": "f16[B, 4, 10]", "hw": "f16[10]", "hm": "f16[4]",
+           "varh": "f16[4]"},
+          ["layer_norm(l, [12])", "layer_norm(l, [7, 12], lw, lb, eps = 0.1)",
+           "group_norm(x, 3, w, b)", "group_norm(x, 6)", "group_norm(x, 1, w)",
+           "instance_norm(x, w, b)", "instance_norm(y, eps = 0.001)",
+           "batch_norm(x, mean, var, w, b)", "batch_norm(x, mean, var, eps = 0.5)",
+           "batch_norm(h, hm, varh)", "layer_norm(h, [10], hw, hw)", "dropout(x, p = 0.3)"])
+
+
+# resize -------------------------------------------------------------------------------------
+def test_resize_nearest_and_bilinear():
+    check({"x": "f32[B, 2, 5, 7]", "y": "f32[B, 3, 6]", "s": "f32[B, 2, H, W]",
+           "h": "f16[B, 1, 4, 4]"},
+          ['resize(x, scale_factor = 2, mode = "nearest")',
+           'resize(x, size = [3, 11], mode = "nearest")',
+           'resize(x, size = [7, 5], mode = "bilinear")',
+           'resize(x, size = [7, 5], mode = "bilinear", align_corners = true)',
+           'resize(x, scale_factor = 1.5, mode = "bilinear")',
+           'resize(x, scale_factor = [0.5, 2.5], mode = "bilinear")',
+           'resize(y, size = 13, mode = "bilinear")',
+           'resize(y, scale_factor = 3, mode = "nearest")',
+           'resize(s, size = [4, 9], mode = "bilinear")',  # ratios of run-time sizes
+           'resize(s, size = [4, 9], mode = "bilinear", align_corners = true)',
+           'resize(s, scale_factor = 2, mode = "bilinear")',
+           'resize(h, size = [2, 3], mode = "bilinear")'],
+          runs=({"B": 1, "H": 5, "W": 3}, {"B": 2, "H": 9, "W": 1}))
+
+
+# every lowered op is covered --------------------------------------------------------------
+def test_every_nn_and_linalg_op_has_a_native_lowering():
+    from kiln.compiler.ops import REGISTRY, linalg, nn
+
+    for name, rec in REGISTRY.items():
+        family = rec.reference.__module__
+        if family in (nn.__name__, linalg.__name__) or name in ("dropout", "matmul"):
+            assert rec.llvm is not None, name
+
+
+# ResNet-18 ----------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_resnet18_native_agrees_with_the_reference():
+    native, ref = both("import std.cnn\n", model="cnn.ResNet18")
+    x = RNG.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-4)

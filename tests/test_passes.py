@@ -1,0 +1,442 @@
+"""The graph optimizer: each pass fires on its pattern (small kiln models, compared by op counts
+and structure), leaves other graphs alone, and keeps the numbers of the unoptimized graph on
+the reference interpreter; the pipeline never changes its input; `verify` catches broken IR and
+names the pass that broke it."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.compiler.evaluate import run_graph
+from kiln.compiler.ir import Value
+from kiln.compiler.passes import (
+    PIPELINE,
+    IRError,
+    Pass,
+    count_nodes,
+    format_stats,
+    graph_pass,
+    optimize,
+    verify,
+)
+from kiln.compiler.passes.edit import attr_key, nested_graphs
+from kiln.compiler.types import TensorType
+
+ROOT = Path(__file__).resolve().parent.parent
+RTOL, ATOL = 1e-4, 1e-5
+
+
+# ---------------------------------------------------------------------------- helpers
+@functools.cache
+def program(src: str):
+    return kiln.load(src)
+
+
+def elaborate(src: str, model: str | None = None):
+    return program(src).elaborate(model)
+
+
+@functools.cache
+def initial_params(src: str, model: str | None = None) -> dict:
+    return dict(kiln.compile(program(src), model=model).params)
+
+
+def ops(graph) -> Counter:
+    """Op counts of `graph` and of the graphs nested in it."""
+    counts = Counter(d["op"] for _, d in graph.g.nodes(data=True))
+    for _, _, body in nested_graphs(graph):
+        counts += ops(body)
+    return counts
+
+
+def structure(graph) -> tuple:
+    """Everything about a graph's nodes and edges, to show that it did not change."""
+    nodes = sorted((n, d["op"], attr_key({k: v for k, v in d["attrs"].items() if k != "body"}),
+                    tuple(d["types"])) for n, d in graph.g.nodes(data=True))
+    edges = sorted((u, v, d["src"], d["dst"]) for u, v, d in graph.g.edges(data=True))
+    return nodes, edges, tuple(graph.inputs), tuple(graph.outputs)
+
+
+def feeds(model, dims: dict, rng) -> list:
+    """Random arrays for the graph's inputs, in graph order."""
+    out = []
+    for nid in model.graph.inputs:
+        t = model.graph.node(nid)["types"][0]
+        shape = t.concrete_shape(dims)
+        if t.dtype == "bool":
+            out.append(rng.random(shape) < 0.3)
+        elif t.dtype in ("i32", "i64"):
+            out.append(rng.integers(0, 50, shape).astype(t.np_dtype))
+        else:
+            out.append(rng.standard_normal(shape).astype(t.np_dtype))
+    return out
+
+
+def check_numerics(model, graph, params: dict, dims: dict, seed: int = 0) -> None:
+    """The optimized `graph` computes what the model's graph computes, on random inputs."""
+    args = feeds(model, dims, np.random.default_rng(seed))
+    want = run_graph(model.graph, args, params, dims)
+    got = run_graph(graph, args, params, dims)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+
+
+def run_pass(src: str, name: str, model: str | None = None, params: dict | None = None,
+             dims: dict | None = None):
+    """Run one pass (verified) on a model; check numerics; return (before, after, stats)."""
+    m = elaborate(src, model)
+    graph, stats = optimize(m, passes=[name], params=params, verify=True)
+    if dims is not None:
+        check_numerics(m, graph, params or initial_params(src, model), dims)
+    return m.graph, graph, stats[0]
+
+
+def forward(body: str, signature: str = "x: f32[B, 3]", result: str | None = "f32[B, 3]") -> str:
+    """A one-model source whose forward is `body` (its result type left out with None)."""
+    lines = "\n".join("    " + line for line in body.strip().splitlines())
+    arrow = f" -> {result}" if result else ""
+    return f"model M() {{\n  forward({signature}){arrow} {{\n{lines}\n  }}\n}}\n"
+
+
+DIMS = {"B": 2, "T": 5}
+
+
+# ---------------------------------------------------------------------------- the manager
+def test_pipeline_passes_are_named_documented_and_unique():
+    names = [p.name for p in PIPELINE]
+    assert names == ["check_types", "fold_constants", "simplify", "fold_batch_norm", "cse", "dce"]
+    assert all(isinstance(p, Pass) and p.doc for p in PIPELINE)
+    with pytest.raises(ValueError, match="docstring"):
+        graph_pass("undocumented")(lambda graph, ctx: graph)
+
+
+def test_optimize_copies_and_level_zero_runs_nothing():
+    src = forward("return dropout(x * 1.0 + 0.0)")
+    m = elaborate(src)
+    before = structure(m.graph)
+    graph, stats = optimize(m)
+    assert structure(m.graph) == before  # the caller's graph is never edited
+    assert ops(graph)["dropout"] == 0 and ops(m.graph)["dropout"] == 1
+    same, none = optimize(m, level=0)
+    assert none == [] and same is not m.graph and structure(same) == before
+
+
+def test_stats_record_every_pass():
+    src = forward("return exp(ones([3])) * x * 1.0")
+    _, stats = optimize(elaborate(src))
+    assert [s.name for s in stats] == [p.name for p in PIPELINE]
+    fold = stats[1]
+    assert fold.changes == {"folded": 2} and fold.nodes_after < fold.nodes_before
+    assert fold.seconds >= 0
+    assert stats[3].skipped == "skipped: no params given"
+    table = format_stats(stats)
+    assert "fold_constants" in table and "x*1 -> x 1" in table
+
+
+# ---------------------------------------------------------------------------- verify
+def broken_pass(edit) -> Pass:
+    @graph_pass("breaker")
+    def breaker(graph, ctx):
+        """Breaks the IR on purpose."""
+        edit(graph)
+        return graph
+
+    return breaker
+
+
+def first(graph, op: str) -> int:
+    return graph.nodes_with_op(op)[0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g.node(first(g, "relu")).update(op="frobnicate"), "unknown op 'frobnicate'"),
+    (lambda g: g.node(first(g, "relu")).update(types=[TensorType("f32", (7,))]),
+     "but its shape rule gives f32"),
+    (lambda g: g.g.remove_edges_from(list(g.g.in_edges(first(g, "relu")))),
+     "required input slot 0 has no edge"),
+    (lambda g: g.g.add_edge(first(g, "relu"), first(g, "exp"), src=0, dst=0),
+     "slot 0 is fed twice"),
+    (lambda g: g.g.add_edge(first(g, "relu"), first(g, "exp"), src=3, dst=0),
+     "reads output 3"),
+    (lambda g: g.g.add_edge(first(g, "exp"), first(g, "relu"), src=0, dst=1),
+     "whose arity is 1"),
+    (lambda g: g.g.remove_node(g.outputs[0].node), "which is gone"),
+    (lambda g: g.inputs.clear(), "differ from its input nodes"),
+])
+def test_verify_names_the_pass_that_broke_the_ir(edit, message):
+    m = elaborate(forward("return exp(relu(x))"))
+    verify(m.graph)
+    with pytest.raises(IRError, match=message) as err:
+        optimize(m, passes=[broken_pass(edit)], verify=True)
+    assert "after pass 'breaker'" in str(err.value)
+    optimize(m, passes=[broken_pass(edit)])  # unverified, the break goes unnoticed
+
+
+def test_verify_finds_a_cycle_and_checks_scan_bodies():
+    m = elaborate(SCAN)
+    graph, _ = optimize(m, level=0)
+    (scan,) = graph.nodes_with_op("scan")
+    body = graph.node(scan)["attrs"]["body"]
+    tanh = first(body, "tanh")
+    body.node(tanh)["types"] = [TensorType("f16", body.node(tanh)["types"][0].shape)]
+    with pytest.raises(IRError, match=r"in body of node \d+ \(scan"):
+        verify(graph)
+    graph, _ = optimize(elaborate(forward("return exp(x) + x")), level=0)
+    exp, add = first(graph, "exp"), first(graph, "add")
+    graph.g.remove_edges_from(list(graph.g.in_edges(exp)))
+    graph.g.add_edge(add, exp, src=0, dst=0)
+    with pytest.raises(IRError, match="cycle through nodes"):
+        verify(graph)
+
+
+def test_check_types_accepts_elaborated_models_and_rejects_wrong_types():
+    m = elaborate(forward("return x @ transpose(x, 0, 1) @ x"))
+    _, graph, stats = run_pass(forward("return x @ transpose(x, 0, 1) @ x"), "check_types")
+    assert stats.changes == {"checked": 3} and structure(graph) == structure(m.graph)
+    mm = first(graph, "matmul")
+    graph.node(mm)["types"] = [TensorType("f32", ("B", 7))]
+    with pytest.raises(IRError, match=r"matmul.*is typed f32\[B, 7\] but its shape rule gives f32\[B, B\]"):
+        optimize(graph, passes=["check_types"])
+
+
+# ---------------------------------------------------------------------------- fold_constants
+def test_fold_constants_fires_on_constant_subexpressions():
+    src = forward("""
+        c = exp(ones([3])) * 2.0 + arange(3)
+        return x * c + sum(full([2, 2], 0.5))
+    """)
+    before, after, stats = run_pass(src, "fold_constants", dims=DIMS)
+    assert stats.changes == {"folded": 8}  # ones exp mul arange cast add full sum
+    assert ops(before)["exp"] == 1 and ops(after)["exp"] == 0
+    assert ops(after) == Counter(input=1, constant=2, mul=1, add=1)
+
+
+def test_fold_constants_leaves_symbolic_huge_and_input_dependent_nodes():
+    src = forward("""
+        big = zeros([1100, 1000])
+        return x + zeros([B, 3]) + sum(big) + exp(x)
+    """)
+    before, after, stats = run_pass(src, "fold_constants", dims=DIMS)
+    assert stats.changes == {"too large": 1}
+    assert structure(after) == structure(before)
+
+
+# ---------------------------------------------------------------------------- simplify
+@pytest.mark.parametrize("expr, gone, rule", [
+    ("x * 1", "mul", "x*1 -> x"),
+    ("1.0 * x", "mul", "x*1 -> x"),
+    ("x + 0", "add", "x+0 -> x"),
+    ("x - 0", "sub", "x-0 -> x"),
+    ("x / 1", "div", "x/1 -> x"),
+    ("-(-x)", "neg", "-(-x) -> x"),
+    ("transpose(transpose(x, 0, 1), 1, 0)", "transpose", "permute(permute(x)) -> permute(x) or x"),
+    ("reshape(x, [B, 3])", "reshape", "reshape to x's shape -> x"),
+    ("reshape(flatten(x, start = 0), [B, 3])", "flatten", "reshape(reshape(x)) -> reshape(x) or x"),
+    ("cast(x, \"f32\")", "cast", "cast to x's dtype -> x"),
+    ("dropout(x, p = 0.3)", "dropout", "dropout (inference) -> x"),
+    ("x[:, :]", "slice", "x[:, ...] -> x"),
+    ("x[..., 0:3]", "slice", "x[:, ...] -> x"),
+])
+def test_simplify_rule_fires(expr, gone, rule):
+    before, after, stats = run_pass(forward(f"return relu({expr})"), "simplify", dims=DIMS)
+    assert ops(before)[gone] >= 1 and ops(after)[gone] == 0
+    assert stats.changes == {rule: 1}
+    assert ops(after) == Counter(input=1, relu=1)
+
+
+def test_simplify_merges_chains():
+    src = forward("""
+        y = reshape(flatten(reshape(x, [B, 3, 1]), start = 0), [3, B])
+        z = permute(transpose(unsqueeze(x, 0), 0, 2), [1, 2, 0])
+        return transpose(y, 0, 1) + squeeze(z, 1)
+    """)
+    before, after, stats = run_pass(src, "simplify", dims=DIMS)
+    assert stats.changes == {"reshape(reshape(x)) -> reshape(x) or x": 2,
+                             "permute(permute(x)) -> permute(x) or x": 1}
+    assert ops(after)["reshape"] == 1 and ops(after)["flatten"] == 0
+    assert ops(after)["permute"] == 1 and ops(after)["transpose"] == 1
+
+
+@pytest.mark.parametrize("expr", [
+    "x * 2", "x + 1", "2 - x", "1 / x", "x[0] * ones([2, 3])", "transpose(x, 0, 1)",
+    "reshape(x, [3, B])", "cast(x, \"f16\")", "x[1:]", "x[:, ::-1]", "x[:, none]",
+    "-x", "transpose(transpose(x, 0, 1), 0, 1) + transpose(x, 0, 1)[:, 0]",
+])
+def test_simplify_leaves_other_expressions(expr):
+    src = forward(f"return {expr}", result=None)
+    before, after, stats = run_pass(src, "simplify", dims=DIMS)
+    if "transpose(transpose" in expr:  # the identity pair still goes; the shared one stays
+        assert stats.changes == {"permute(permute(x)) -> permute(x) or x": 1}
+        return
+    assert stats.changes == {} and structure(after) == structure(before)
+
+
+# ---------------------------------------------------------------------------- fold_batch_norm
+CONV_BN = """
+import std.nn
+model ConvBN(bias: bool = false, share: bool = false) {
+  conv = nn.Conv2d(3, 8, 3, padding = 1, bias = bias)
+  bn = nn.BatchNorm2d(8)
+  forward(x: f32[B, 3, 6, 6]) -> f32[B, 8, 6, 6] {
+    y = conv(x)
+    return relu(bn(y)) + y  if share else relu(bn(y))
+  }
+}
+model LinearBN(bias: bool = true) {
+  fc = nn.Linear(5, 4, bias = bias)
+  bn = nn.BatchNorm1d(4)
+  forward(x: f32[B, 5]) -> f32[B, 4] { return bn(fc(x)) }
+}
+model DeconvBN(groups: int = 1) {
+  deconv = nn.ConvTranspose2d(4, 6, 3, stride = 2, groups = groups)
+  bn = nn.BatchNorm2d(6)
+  forward(x: f32[B, 4, 5, 5]) -> f32[B, 6, 11, 11] { return bn(deconv(x)) }
+}
+model BatchStats() {
+  conv = nn.Conv2d(3, 8, 3)
+  bn = nn.BatchNorm2d(8, track_running_stats = false)
+  forward(x: f32[B, 3, 6, 6]) -> f32[B, 8, 4, 4] { return bn(conv(x)) }
+}
+"""
+
+
+def random_bn_stats(model, params: dict, seed: int = 1) -> dict:
+    """Params with every batch norm's statistics and affine made non-trivial."""
+    rng = np.random.default_rng(seed)
+    out = dict(params)
+    for path, info in model.params.items():
+        if not info.owner.startswith("BatchNorm") or path.endswith("num_batches_tracked"):
+            continue
+        low, high = (0.5, 2.0) if path.endswith(("running_var", "weight")) else (-0.5, 0.5)
+        out[path] = rng.uniform(low, high, info.shape).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("model, args, folded_into", [
+    ("ConvBN", {}, "conv"),
+    ("ConvBN", {"bias": True}, "conv"),
+    ("DeconvBN", {}, "conv_transpose"),
+    ("DeconvBN", {"groups": 2}, "conv_transpose"),
+    ("LinearBN", {}, "matmul"),
+    ("LinearBN", {"bias": False}, "matmul"),
+])
+def test_fold_batch_norm_fires(model, args, folded_into):
+    m = program(CONV_BN).elaborate(model, args)
+    params = random_bn_stats(m, dict(kiln.compile(program(CONV_BN), model, args=args).params))
+    graph, (stats,) = optimize(m, passes=["fold_batch_norm"], params=params, verify=True)
+    assert stats.changes["folded"] == 1
+    assert ops(m.graph)["batch_norm"] == 1 and ops(graph)["batch_norm"] == 0
+    assert ops(graph)[folded_into] == 1 and ops(graph)["param"] == 0  # weights are constants now
+    assert ops(graph)["constant"] == 2  # the folded weight and bias
+    check_numerics(m, graph, params, {"B": 3})
+
+
+@pytest.mark.parametrize("model, args", [("ConvBN", {"share": True}), ("BatchStats", {})])
+def test_fold_batch_norm_leaves_shared_layers_and_batch_statistics(model, args):
+    m = program(CONV_BN).elaborate(model, args)
+    params = dict(kiln.compile(program(CONV_BN), model, args=args).params)
+    graph, (stats,) = optimize(m, passes=["fold_batch_norm"], params=params, verify=True)
+    assert stats.changes == {} and structure(graph) == structure(m.graph)
+
+
+def test_fold_batch_norm_needs_params():
+    m = program(CONV_BN).elaborate("ConvBN")
+    graph, stats = optimize(m, verify=True)
+    assert stats[3].skipped and ops(graph)["batch_norm"] == 1
+
+
+# ---------------------------------------------------------------------------- cse and dce
+def test_cse_merges_equal_expressions():
+    src = forward("""
+        a = relu(x) * 2.0 + softmax(x, axis = 0)
+        b = relu(x) * 2.0 + softmax(x, axis = 1)
+        return a + b + (x > 0)
+    """, result="f32[B, 3]")
+    before, after, stats = run_pass(src, "cse", dims=DIMS)
+    assert stats.changes == {"merged": 3}  # relu, the constant 2.0, the product
+    assert ops(after)["relu"] == 1 and ops(after)["softmax"] == 2  # different axes stay apart
+    assert ops(before)["constant"] == ops(after)["constant"] + 1
+
+
+def test_cse_keys_tell_apart_what_python_equality_merges():
+    assert attr_key(True) != attr_key(1)
+    assert attr_key(0.0) != attr_key(-0.0) and attr_key(float("nan")) == attr_key(float("nan"))
+    assert attr_key(np.zeros(3, np.float32)) != attr_key(np.zeros(3, np.float64))
+    assert attr_key(np.zeros(3)) == attr_key(np.zeros(3)) != attr_key(np.zeros((3, 1)))
+    assert attr_key([1, 2]) != attr_key((1, 2))
+
+
+def test_cse_leaves_distinct_expressions():
+    src = forward("return relu(x) + exp(x) + relu(exp(2.0 * x) - x)")
+    before, after, stats = run_pass(src, "cse", dims=DIMS)
+    assert stats.changes == {} and structure(after) == structure(before)
+
+
+def test_dce_removes_unused_nodes_and_keeps_inputs():
+    m = elaborate(forward("return relu(x)"))
+    graph, _ = optimize(m, level=0)
+    x = Value(graph.inputs[0], 0, graph.node(graph.inputs[0])["types"][0])
+    (dead,) = graph.add("exp", [x], {}, [x.type])
+    graph.add("neg", [dead], {}, [x.type])
+    graph, (stats,) = optimize(graph, passes=["dce"], verify=True)
+    assert stats.changes == {"removed": 2} and ops(graph) == Counter(input=1, relu=1)
+    _, (stats,) = optimize(graph, passes=["dce"])
+    assert stats.changes == {}
+
+
+# ---------------------------------------------------------------------------- scan bodies
+SCAN = """
+model S() {
+  forward(x: f32[B, T, 4]) -> f32[B, T, 4] {
+    ys, h = scan xt in x axis 1 carry (h = x[:, 0] * 0.5) {
+      h = dropout(tanh(xt * 1 + h * exp(zeros([4])))) + relu(xt) * relu(xt)
+      emit h
+    }
+    return ys
+  }
+}
+"""
+
+
+def test_passes_run_inside_scan_bodies():
+    m = elaborate(SCAN)
+    graph, stats = optimize(m, verify=True)
+    body = graph.node(first(graph, "scan"))["attrs"]["body"]
+    assert ops(body) == Counter(input=2, add=2, tanh=1, relu=1, mul=1)
+    assert count_nodes(graph) < count_nodes(m.graph)
+    assert {s.name: s.changes for s in stats}["cse"] == {"merged": 1}
+    check_numerics(m, graph, {}, DIMS)
+
+
+# ---------------------------------------------------------------------------- whole models
+@functools.cache
+def resnet18():
+    src = "import std.cnn\n"
+    return elaborate(src, "cnn.ResNet18"), initial_params(src, "cnn.ResNet18")
+
+
+def test_resnet18_folds_every_batch_norm():
+    m, params = resnet18()
+    params = random_bn_stats(m, params)
+    graph, stats = optimize(m, params=params, verify=True)
+    assert ops(m.graph)["batch_norm"] == 20 and ops(graph)["batch_norm"] == 0
+    assert ops(graph)["conv"] == 20
+    assert {s.name: s.changes for s in stats}["fold_batch_norm"]["folded"] == 20
+    check_numerics(m, graph, params, {"B": 2, "H": 32, "W": 32})
+
+
+def test_transformer_classifier():
+    m = elaborate((ROOT / "examples" / "transformer_classifier.kiln").read_text())
+    params = initial_params((ROOT / "examples" / "transformer_classifier.kiln").read_text())
+    graph, stats = optimize(m, params=params, verify=True)
+    assert ops(m.graph)["dropout"] > 0 and ops(graph)["dropout"] == 0
+    assert count_nodes(graph) < count_nodes(m.graph)
+    assert stats[-1].nodes_after == count_nodes(graph)
+    check_numerics(m, graph, params, {"B": 3, "T": 7})
