@@ -302,3 +302,53 @@ def test_code_for_a_named_cpu_uses_its_vector_width(cpu, wide):
     asm = machine.emit_assembly(parsed)
     assert "ymm" in asm  # vectorised with AVX2 at least
     assert ("zmm" in asm) == wide  # and AVX-512 only where the target has it
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
+
+
+def _feeds(model, sizes, rng):
+    feeds = []
+    for p in model.inputs:
+        env = {s: sizes.get(s, 3) for d in p.type.shape for s in d.symbols()}
+        shape = tuple(d.evaluate(env) for d in p.type.shape)
+        if p.type.dtype == "i64":  # ids valid for the smallest size
+            feeds.append(rng.integers(0, min(sizes.values()), size=shape).astype(np.int64))
+        elif p.type.dtype == "bool":
+            feeds.append(rng.random(shape) < 0.5)
+        else:
+            feeds.append(rng.standard_normal(shape).astype(p.type.np_dtype))
+    return feeds
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_runs_natively_like_the_reference(path):
+    native, ref = both(str(path))
+    rng = np.random.default_rng(3)
+    for sizes in ({"B": 1, "T": 4, "N": 3, "E": 5}, {"B": 2, "T": 7, "N": 6, "E": 9}):
+        agree(native, ref, *_feeds(ref, sizes, rng), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "SCAN_REVERSE", "SCAN_CAPTURE"])
+def test_scan_runs_natively_like_the_reference(name):
+    import test_language
+
+    native, ref = both(getattr(test_language, name))
+    rng = np.random.default_rng(4)
+    for sizes in ({"B": 1, "T": 1}, {"B": 3, "T": 6}):
+        agree(native, ref, *_feeds(ref, sizes, rng))
+
+
+def test_weights_loaded_after_compiling_reach_folded_native_code():
+    src = ("import std.nn\nmodel M {\n  conv = nn.Conv2d(2, 3, 3, padding = 1)\n"
+           "  bn = nn.BatchNorm2d(3)\n"
+           "  forward(x: f32[B, 2, 5, 5]) -> f32[B, 3, 5, 5] { return x |> conv |> bn }\n}\n")
+    native, ref = both(src)
+    assert any(s.name == "fold_batch_norm" and s.changes.get("folded") for s in native.pass_stats)
+    new = {k: RNG.standard_normal(v.shape).astype(v.dtype) if v.dtype == np.float32 else v
+           for k, v in ref.params.items()}
+    new["bn.running_var"] = np.abs(new["bn.running_var"]) + 0.5
+    native.load_weights(new)
+    ref.load_weights(new)
+    agree(native, ref, RNG.standard_normal((2, 2, 5, 5)).astype(np.float32), rtol=1e-4,
+          atol=1e-5)
