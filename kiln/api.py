@@ -26,7 +26,7 @@ def load(source: str | os.PathLike) -> Program:
 def compile(
     source: str | os.PathLike | Program,
     model: str | None = None,
-    target: str = "reference",
+    target: str = "native",
     seed: int = 0,
     weights: str | os.PathLike | dict | None = None,
     args: dict[str, Any] | None = None,
@@ -39,11 +39,11 @@ def compile(
     model: the model's name (default: the file's last `model`); args: its compile-time
     arguments; seed: initial weights are a pure function of (seed, parameter path);
     weights: a .safetensors or .npz file (or a dict) loaded by dotted path.
-    target: "reference" (numpy), "onnx" (onnxruntime; `providers` picks execution providers,
-    by default CUDA or TensorRT when the installed onnxruntime has them, else CPU) or "native"
-    (machine code for this CPU). opt_level: 1 runs the graph optimizer (constant folding,
-    simplification, BatchNorm folding, CSE, DCE), 0 compiles the graph as elaborated; what it
-    did is `model.pass_stats`.
+    target: "native" (the default: machine code for this CPU), "reference" (numpy) or
+    "onnx" (onnxruntime; `providers` picks its execution providers, by default CUDA or
+    TensorRT when the installed onnxruntime has them, else CPU).
+    opt_level: 1 runs the graph optimizer (constant folding, simplification, BatchNorm
+    folding, CSE, DCE); 0 compiles the graph as elaborated. What it did is `model.pass_stats`.
     """
 
     if target not in TARGETS:

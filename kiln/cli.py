@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--passes", action="store_true",
                    help="draw the graph after optimization next to the graph before")
     r = model_cmd("run", "run a model and summarise its outputs", cmd_run)
-    r.add_argument("--target", default="reference", choices=["reference", "onnx", "native"])
+    r.add_argument("--target", default="native", choices=["native", "reference", "onnx"])
     r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy")
     r.add_argument(
         "--random-inputs",

@@ -42,8 +42,10 @@ HEADER = """\
 #include <stdint.h>
 
 int64_t kiln_plan(const int64_t *dims, int64_t *offsets);
+/* status[0] is 0 after a call, or k > 0: an input value was out of range; the message is
+   "failures"[k - 1] in {stem}.kiln.json */
 void run(void **inputs, void **outputs, void **params, void *workspace,
-         const int64_t *dims, const int64_t *offsets);
+         const int64_t *dims, const int64_t *offsets, int64_t *status);
 """
 
 
@@ -106,6 +108,7 @@ def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target)
         "aliases": model.aliases,
         "constraints": [{"op": c.op, "lhs": str(c.lhs), "rhs": str(c.rhs), "text": c.text}
                         for c in model.graph.constraints],
+        "failures": [[message, str(span) if span else None] for message, span in layout.failures],
     }
 
 
@@ -181,10 +184,12 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
                             meta["symbols"], frozenset())
     layout = ModuleLayout(symbols=meta["symbols"], params=meta["params"])
     layout.slots = [(_tensor(s), s["born"], s["dies"]) for s in meta["slots"]]
+    layout.failures = [(m if where is None else f"{m} (at {where})", None)
+                       for m, where in meta.get("failures", [])]
     stored = load_weights(f"{stem}.safetensors")
     layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
     params = {k: v for k, v in stored.items() if k in infos}
-    entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))(("run", lib))
+    entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     return NativeModel.from_library(model, params, layout, lib, entry, built,
                                     meta.get("weights_folded", False))
 

@@ -19,7 +19,7 @@ from . import cache
 from .model import CompiledModel
 from .version import __version__
 
-_ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6))
+_ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
 
 
 @dataclass
@@ -262,8 +262,16 @@ class NativeModel(CompiledModel):
             in_ptrs[i] = _address(a)
         for i, a in enumerate(outs):
             out_ptrs[i] = _address(a)
+        status = getattr(local, "status", None)
+        if status is None:
+            status = local.status = np.zeros(1, dtype=np.int64)
+            local.status_ptr = status.__array_interface__["data"][0]
         entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ctypes.addressof(params),
-              self._workspace(call.size), call.sizes_ptr, call.offsets_ptr)
+              self._workspace(call.size), call.sizes_ptr, call.offsets_ptr, local.status_ptr)
+        if status[0]:
+            code, status[0] = int(status[0]), 0
+            message, span = self._compiled[call.present][1].failures[code - 1]
+            raise KilnError("K0505", message, span)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _workspace(self, size: int) -> int:

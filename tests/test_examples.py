@@ -50,7 +50,7 @@ def test_example_checks(path):
 
 @pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
 def test_example_runs_at_two_batch_sizes(path):
-    m = kiln.compile(path)
+    m = kiln.compile(path, target="reference")
     for size in BATCHES:
         outputs = m(*random_inputs(m, size, np.random.default_rng(size)))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -112,7 +112,7 @@ def as64(m):
 
 
 def test_mlp_matches_numpy():
-    m = kiln.compile(EXAMPLES / "mlp.kiln")
+    m = kiln.compile(EXAMPLES / "mlp.kiln", target="reference")
     p = as64(m)
     for size in BATCHES:
         x = np.random.default_rng(size).standard_normal((size, 784)).astype(np.float32)
@@ -126,7 +126,7 @@ def test_mlp_matches_numpy():
 
 
 def test_mlp_hidden_argument():
-    m = kiln.compile(EXAMPLES / "mlp.kiln", args={"hidden": 32})
+    m = kiln.compile(EXAMPLES / "mlp.kiln", args={"hidden": 32}, target="reference")
     assert {k: v.shape for k, v in m.params.items()} == {
         "0.weight": (32, 784), "0.bias": (32,), "2.weight": (32, 32), "2.bias": (32,),
         "4.weight": (10, 32), "4.bias": (10,),
@@ -134,7 +134,7 @@ def test_mlp_hidden_argument():
 
 
 def test_lenet_matches_numpy():
-    m = kiln.compile(EXAMPLES / "lenet.kiln")
+    m = kiln.compile(EXAMPLES / "lenet.kiln", target="reference")
     p = as64(m)
     for size in BATCHES:
         x = np.random.default_rng(size).standard_normal((size, 1, 28, 28)).astype(np.float32)

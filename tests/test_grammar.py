@@ -57,7 +57,7 @@ def test_keywords_stay_usable_as_names_where_unambiguous():
         "  forward(x: f32[N], mask: bool[N]) -> f32[N] {\n"
         "    reverse = where(mask, x, 0.0)\n    axis = 0\n"
         "    return sum(reverse, axis = axis, keepdims = true) * block + x * 0.0\n  }\n}\n"
-    )
+    , target="reference")
     import numpy as np
 
     x = np.arange(3, dtype=np.float32)

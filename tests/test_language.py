@@ -20,7 +20,7 @@ def randn(*shape):
 
 
 def build(src: str, **kw):
-    return kiln.compile(textwrap.dedent(src), **kw)
+    return kiln.compile(textwrap.dedent(src), **kw, target="reference")
 
 
 def sigmoid(x):
@@ -476,7 +476,7 @@ def test_imports_of_stdlib_and_local_files(tmp_path):
       forward(x: f32[B, 2]) -> f32[B, 2] { return x |> blocks.Linear(2, 2) |> Linear(2, 2) }
     }""")
     )
-    m = kiln.compile(str(tmp_path / "model.kiln"))
+    m = kiln.compile(str(tmp_path / "model.kiln"), target="reference")
     assert sorted(m.params) == ["0.bias", "0.weight", "1.bias", "1.weight"]
 
 
@@ -495,9 +495,9 @@ def test_initial_weights_are_a_function_of_seed_and_path_across_processes():
         for _ in range(2)
     ]
     assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.strip()) == 64
-    a, b = kiln.compile(src, seed=7), kiln.compile(src, seed=8)
+    a, b = kiln.compile(src, seed=7, target="reference"), kiln.compile(src, seed=8, target="reference")
     assert not np.array_equal(a.params["0.weight"], a.params["1.weight"])  # paths differ
     assert not np.array_equal(a.params["0.weight"], b.params["0.weight"])  # seeds differ
     np.testing.assert_array_equal(
-        a.params["0.weight"], kiln.compile(src, seed=7).params["0.weight"]
+        a.params["0.weight"], kiln.compile(src, seed=7, target="reference").params["0.weight"]
     )

@@ -18,7 +18,7 @@ RNG = np.random.default_rng(7)
 
 
 def both(src: str, **kw):
-    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw)
+    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw, target="reference")
 
 
 def agree(native, ref, *inputs, rtol=1e-5, atol=1e-6):
@@ -223,7 +223,7 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
         assert (tmp_path / name).exists()
     monkeypatch.setattr("kiln.runtime.native.compile_object", None)  # no compiling allowed now
     m = kiln.load_compiled(lib)
-    ref = kiln.compile(AOT_SRC)
+    ref = kiln.compile(AOT_SRC, target="reference")
     x = RNG.standard_normal((5, 8)).astype(np.float32)
     np.testing.assert_allclose(m(x), ref(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(KilnError) as info:
@@ -267,10 +267,11 @@ int main(void) {{
     float consts[] = {{{values}}};
     void *params[{len(meta['params'])}];
     for (int i = 0; i < {len(meta['params'])}; i++) params[i] = &consts[i];
-    int64_t dims[1] = {{2}}, offsets[{max(1, len(meta['slots']))}];
+    int64_t dims[1] = {{2}}, offsets[{max(1, len(meta['slots']))}], status[1] = {{0}};
     void *work = aligned_alloc(64, 64 + kiln_plan(dims, offsets));
     void *in[1] = {{x}}, *out[1] = {{y}};
-    run(in, out, params, work, dims, offsets);
+    run(in, out, params, work, dims, offsets, status);
+    if (status[0]) return 1;
     for (int i = 0; i < 8; i++) printf("%g ", y[i]);
     return 0;
 }}

@@ -24,7 +24,7 @@ TOLERANCES = {"f32": (1e-5, 1e-5), "f16": (2e-3, 2e-3), "bf16": (2e-2, 2e-2),
 
 
 def both(src: str, **kw):
-    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw)
+    return kiln.compile(src, target="native", **kw), kiln.compile(src, **kw, target="reference")
 
 
 def source(inputs: dict[str, str], calls: list[str]) -> str:

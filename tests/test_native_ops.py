@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from _optest import TOLERANCES, RefEnv, T, bind, rand, type_of
 
 import kiln
+from kiln import KilnError
 from kiln.compiler.dims import Dim
 from kiln.compiler.elaborate.elaborator import ElaboratedModel, Port
 from kiln.compiler.ir import Graph
@@ -508,22 +510,20 @@ def test_gather_take_along_axis_and_scatter():
     check(cases)
 
 
-def test_out_of_range_indices_are_clamped_or_skipped_never_read_or_written():
-    """The reference stops with K0505 on these; native code cannot raise: gather and
-    take_along_axis clamp the index into range, scatter skips the element, one_hot writes a
-    row of zeros."""
+def test_out_of_range_indices_are_reported_and_never_read_or_written():
+    """The reference stops with K0505 on these; native code goes on safely (clamping the index,
+    or skipping the element) and the call then raises K0505 too."""
     x = np.arange(5, dtype=np.float32) * 10
-    got = check_native_only([
-        case("gather", x, np.array([7, -9, 2, 5, -6])),
-        case("take_along_axis", x[None], np.array([[9, -9]]), axis=1),
-        case("scatter", np.array([1.0, 2.0, 4.0, 8.0], np.float32), np.array([3, 9, -9, 0]), 4,
-             reduce="max"),
-        case("one_hot", np.array([1, 3, -1]), 3, dtype="i32"),
-    ])
-    np.testing.assert_array_equal(got[0], [40, 0, 20, 40, 0])
-    np.testing.assert_array_equal(got[1], [[40, 0]])
-    np.testing.assert_array_equal(got[2], [8, 0, 0, 1])
-    np.testing.assert_array_equal(got[3], [[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    for c in (case("gather", x, np.array([7, -9, 2, 5, -6])),
+              case("take_along_axis", x[None], np.array([[9, -9]]), axis=1),
+              case("scatter", np.array([1.0, 2.0, 4.0, 8.0], np.float32), np.array([3, 9, -9, 0]),
+                   4, reduce="max"),
+              case("one_hot", np.array([1, 3, -1]), 3, dtype="i32")):
+        with pytest.raises(KilnError) as info:
+            check_native_only([c])
+        assert info.value.code == "K0505" and c.op in info.value.message
+    x_ok = check_native_only([case("gather", x, np.array([4, -5, 2]))])[0]
+    np.testing.assert_array_equal(x_ok, [40, 0, 20])  # in range (negative wraps): no error
 
 
 def test_creation_ops():
@@ -617,7 +617,7 @@ model Mix {
 
 def test_indexing_and_sizes_written_in_kiln_agree_end_to_end():
     """x[...] and sizes used as values, as the elaborator emits them (slice, dim_value)."""
-    native, ref = kiln.compile(MIX, target="native"), kiln.compile(MIX)
+    native, ref = kiln.compile(MIX, target="native"), kiln.compile(MIX, target="reference")
     rng = np.random.default_rng(0)
     for b, t, n in ((1, 3, 2), (4, 7, 5)):
         x, ids = rng.standard_normal((b, t, 4)).astype(np.float32), rng.integers(0, 10, n)

@@ -71,7 +71,7 @@ def inputs_for(model, sizes: dict[str, int], rng) -> dict[str, np.ndarray]:
 
 
 def compare(source, sizes_list, tmp_path, **kw):
-    ref = kiln.compile(source, **kw)
+    ref = kiln.compile(source, **kw, target="reference")
     ort = kiln.compile(source, target="onnx", **kw)
     assert "CPUExecutionProvider" in ort.providers
     rng = np.random.default_rng(0)
@@ -142,7 +142,7 @@ model M {
 
 
 def test_exported_file_runs_with_only_onnxruntime_and_numpy(tmp_path):
-    m = kiln.compile(str(ROOT / "examples" / "mlp.kiln"))
+    m = kiln.compile(str(ROOT / "examples" / "mlp.kiln"), target="reference")
     m.export_onnx(tmp_path / "mlp.onnx")
     x = np.random.default_rng(1).standard_normal((5, 784)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -182,7 +182,7 @@ def test_a_construct_with_no_onnx_lowering_is_a_located_error(monkeypatch, tmp_p
     with pytest.raises(KilnError) as info:
         kiln.compile(src, target="onnx")
     assert info.value.code == "K0701" and info.value.span.line == 3
-    m = kiln.compile(src)
+    m = kiln.compile(src, target="reference")
     with pytest.raises(KilnError):
         m.export_onnx(tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()  # never an invalid file
@@ -190,7 +190,7 @@ def test_a_construct_with_no_onnx_lowering_is_a_located_error(monkeypatch, tmp_p
 
 def test_large_models_use_external_data(monkeypatch, tmp_path):
     monkeypatch.setattr(onnx_codegen, "EXTERNAL_DATA_THRESHOLD", 1000)
-    m = kiln.compile(str(ROOT / "examples" / "mlp.kiln"))
+    m = kiln.compile(str(ROOT / "examples" / "mlp.kiln"), target="reference")
     m.export_onnx(tmp_path / "mlp.onnx")
     assert (tmp_path / "mlp.onnx.data").exists()
     assert (tmp_path / "mlp.onnx").stat().st_size < 100_000

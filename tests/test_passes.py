@@ -44,7 +44,7 @@ def elaborate(src: str, model: str | None = None):
 
 @functools.cache
 def initial_params(src: str, model: str | None = None) -> dict:
-    return dict(kiln.compile(program(src), model=model).params)
+    return dict(kiln.compile(program(src), model=model, target="reference").params)
 
 
 def ops(graph) -> Counter:
@@ -329,7 +329,7 @@ def random_bn_stats(model, params: dict, seed: int = 1) -> dict:
 ])
 def test_fold_batch_norm_fires(model, args, folded_into):
     m = program(CONV_BN).elaborate(model, args)
-    params = random_bn_stats(m, dict(kiln.compile(program(CONV_BN), model, args=args).params))
+    params = random_bn_stats(m, dict(kiln.compile(program(CONV_BN), model, args=args, target="reference").params))
     graph, (stats,) = optimize(m, passes=["fold_batch_norm"], params=params, verify=True)
     assert stats.changes["folded"] == 1
     assert ops(m.graph)["batch_norm"] == 1 and ops(graph)["batch_norm"] == 0
@@ -341,7 +341,7 @@ def test_fold_batch_norm_fires(model, args, folded_into):
 @pytest.mark.parametrize("model, args", [("ConvBN", {"share": True}), ("BatchStats", {})])
 def test_fold_batch_norm_leaves_shared_layers_and_batch_statistics(model, args):
     m = program(CONV_BN).elaborate(model, args)
-    params = dict(kiln.compile(program(CONV_BN), model, args=args).params)
+    params = dict(kiln.compile(program(CONV_BN), model, args=args, target="reference").params)
     graph, (stats,) = optimize(m, passes=["fold_batch_norm"], params=params, verify=True)
     assert stats.changes == {} and structure(graph) == structure(m.graph)
 

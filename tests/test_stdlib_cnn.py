@@ -50,13 +50,13 @@ def program(src: str):
 
 
 def compile_src(src: str, model: str | None = None, **kw):
-    return kiln.compile(program(src), model=model, **kw)
+    return kiln.compile(program(src), model=model, **kw, target="reference")
 
 
 @functools.cache
 def std_resnet18():
     """std.cnn's ResNet18 with its initial values (seed 0); tests must not change its weights."""
-    return kiln.compile(cnn_program(), model="ResNet18", seed=0)
+    return kiln.compile(cnn_program(), model="ResNet18", seed=0, target="reference")
 
 
 def param_infos(model: str, args: dict | None = None) -> dict:
@@ -371,7 +371,7 @@ def test_resnet_init_is_torchvisions():
 
 
 def test_mobilenet_v2_init_is_torchvisions():
-    m = kiln.compile(cnn_program(), model="MobileNetV2", seed=1)
+    m = kiln.compile(cnn_program(), model="MobileNetV2", seed=1, target="reference")
     p = m.params
     w = p["features.18.0.weight"]  # [1280, 320, 1, 1]
     assert w.std() == pytest.approx(math.sqrt(2 / 1280), rel=0.01)
@@ -383,8 +383,8 @@ def test_mobilenet_v2_init_is_torchvisions():
 
 
 def test_init_is_deterministic():
-    a = kiln.compile(cnn_program(), model="MobileNetV2", seed=5, args={"width_mult": 0.5})
-    b = kiln.compile(cnn_program(), model="MobileNetV2", seed=5, args={"width_mult": 0.5})
+    a = kiln.compile(cnn_program(), model="MobileNetV2", seed=5, args={"width_mult": 0.5}, target="reference")
+    b = kiln.compile(cnn_program(), model="MobileNetV2", seed=5, args={"width_mult": 0.5}, target="reference")
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
 
@@ -471,7 +471,7 @@ def test_lenet5_against_torch():
             return self.fc3(x)
 
     ref = Net()
-    m = kiln.compile(cnn_program(), model="LeNet5")
+    m = kiln.compile(cnn_program(), model="LeNet5", target="reference")
     assert list(m.params) == list(ref.state_dict())
     m.load_weights(state(ref))
     rng = np.random.default_rng(5)
@@ -519,7 +519,7 @@ def test_resnet18_against_torch():
     r = torch_refs()
     r["torch"].manual_seed(0)
     ref = r["ResNet"](r["BasicBlock"], [2, 2, 2, 2])
-    m = kiln.compile(cnn_program(), model="ResNet18")
+    m = kiln.compile(cnn_program(), model="ResNet18", target="reference")
     resnet_parity(m, ref, "", [(1, 64, 64), (2, 48, 40)], 0)
 
 
@@ -541,7 +541,7 @@ def test_mobilenet_v2_against_torch():
         for mod in ref.modules():
             if isinstance(mod, (r["torch"].nn.Conv2d, r["torch"].nn.Linear)):
                 mod.weight.normal_(0, math.sqrt(2 / math.prod(mod.weight.shape[1:])))
-    m = kiln.compile(cnn_program(), model="MobileNetV2", args={"num_classes": 10, "width_mult": 0.5})
+    m = kiln.compile(cnn_program(), model="MobileNetV2", args={"num_classes": 10, "width_mult": 0.5}, target="reference")
     resnet_parity(m, ref, "", [(1, 32, 32), (2, 40, 32)], 2)
 
 
@@ -571,7 +571,7 @@ def test_example_resnet18_checks():
 
 def test_example_resnet18_is_std_cnns_resnet18():
     """Same names, shapes and initial values (a pure function of seed and path) as std.cnn's."""
-    ex = kiln.compile(EXAMPLE, seed=0)
+    ex = kiln.compile(EXAMPLE, seed=0, target="reference")
     std = std_resnet18()
     assert list(ex.params) == list(std.params)
     for k, v in std.params.items():
@@ -597,7 +597,7 @@ def test_onnx_resnet18_agrees_with_reference():
 def test_onnx_mobilenet_v2_agrees_with_reference():
     pytest.importorskip("onnxruntime")
     args = {"num_classes": 10, "width_mult": 0.5}
-    ref = kiln.compile(cnn_program(), model="MobileNetV2", seed=12, args=args)
+    ref = kiln.compile(cnn_program(), model="MobileNetV2", seed=12, args=args, target="reference")
     onnx = kiln.compile(cnn_program(), model="MobileNetV2", seed=12, args=args, **ONNX)
     # torchvision's init (kaiming fan_out on depthwise convs, a N(0, 0.01) classifier) shrinks
     # the untrained logits to ~1e-8; load weights that keep activations of O(1) instead

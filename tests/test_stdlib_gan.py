@@ -36,7 +36,7 @@ def gan_program():
 @functools.cache
 def compiled(model: str, seed: int = 0, **args):
     """The default-size networks with their initial values; tests must not change them."""
-    return kiln.compile(gan_program(), model=model, seed=seed, args=args or None)
+    return kiln.compile(gan_program(), model=model, seed=seed, args=args or None, target="reference")
 
 
 def rand(rng, *shape):
@@ -184,7 +184,7 @@ def test_names_and_shapes_are_the_tutorials(name):
 def test_other_sizes_match_torch_names():
     args = {"nz": 16, "ngf": 8, "nc": 1}
     ref = torch_net("Generator", 0, **args).state_dict()
-    m = kiln.compile(gan_program(), model="Generator", args=args)
+    m = kiln.compile(gan_program(), model="Generator", args=args, target="reference")
     assert {k: v.shape for k, v in m.params.items()} == {k: tuple(v.shape) for k, v in ref.items()}
     assert m.signature() == "Generator(z: f32[B, 16, 1, 1]) -> f32[B, 1, 64, 64]"
 
@@ -195,7 +195,7 @@ def test_against_torch(name):
     args = {"nz": 32, "ngf": 16, "nc": 3} if name == "Generator" else {"nc": 3, "ndf": 16}
     net = torch_net(name, 1, **args)
     rescale_convs(net)
-    m = kiln.compile(gan_program(), model=name, args=args)
+    m = kiln.compile(gan_program(), model=name, args=args, target="reference")
     m.load_weights(state(net))  # strict: every key must match
     rng = np.random.default_rng(1)
     for b in (1, 2):
@@ -206,7 +206,7 @@ def test_against_torch(name):
 def test_default_size_generator_against_torch():
     net = torch_net("Generator", 2)
     rescale_convs(net)
-    m = kiln.compile(gan_program(), model="Generator")
+    m = kiln.compile(gan_program(), model="Generator", target="reference")
     m.load_weights(state(net))
     x = rand(np.random.default_rng(2), 2, 100, 1, 1)
     close(m(x), torch_run64(net, x))
@@ -244,7 +244,7 @@ def test_example_dcgan_checks_and_is_std_gans_generator():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Generator: ok" in result.stdout and "f32[B, 3, 64, 64]" in result.stdout
-    ex = kiln.compile(EXAMPLE, seed=0)
+    ex = kiln.compile(EXAMPLE, seed=0, target="reference")
     std = compiled("Generator")
     assert list(ex.params) == list(std.params)
     for k, v in std.params.items():  # initial values are a function of (seed, path, init)

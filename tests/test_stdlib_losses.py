@@ -282,7 +282,7 @@ def program():
 
 
 def compiled(name):
-    return kiln.compile(program(), model=f"M_{name}")
+    return kiln.compile(program(), model=f"M_{name}", target="reference")
 
 
 def check(got, want):
@@ -348,7 +348,7 @@ def test_bad_loss_arguments_fail_at_compile_time(expr, kind, message):
     src = (f"import std.losses as L\nconst C = {C}\nconst D = {D}\nmodel M {{\n"
            f"  forward({SIGNATURES[kind]}) {{\n    return {expr}\n  }}\n}}\n")
     with pytest.raises(KilnError) as err:
-        kiln.compile(src)
+        kiln.compile(src, target="reference")
     assert message in str(err.value)
 
 
@@ -388,7 +388,7 @@ def metric_program():
 
 
 def metrics_of(name):
-    return kiln.compile(metric_program(), model=name)
+    return kiln.compile(metric_program(), model=name, target="reference")
 
 
 def np_metrics(pred, target, nc):
@@ -461,5 +461,5 @@ def test_metrics_reject_mismatched_ranks():
     src = ("import std.metrics as Mt\nmodel M {\n  forward(p: f32[N, 4, 2, 2], t: i64[N]) {\n"
            "    return Mt.accuracy(p, t)\n  }\n}\n")
     with pytest.raises(KilnError) as err:
-        kiln.compile(src)
+        kiln.compile(src, target="reference")
     assert "predictions must be labels" in str(err.value)

@@ -46,8 +46,8 @@ def program(blocks: tuple):
 def compile_block(expr: str, in_type: str, seed: int = 0):
     """Parsing (std.nn included) is most of a compile, so the recorded blocks are parsed once."""
     if (expr, in_type) not in _BLOCKS:  # not recorded: compile it on its own
-        return kiln.compile(source([((expr, in_type), "M")]), seed=seed)
-    return kiln.compile(program(tuple(_BLOCKS.items())), model=_BLOCKS[expr, in_type], seed=seed)
+        return kiln.compile(source([((expr, in_type), "M")]), seed=seed, target="reference")
+    return kiln.compile(program(tuple(_BLOCKS.items())), model=_BLOCKS[expr, in_type], seed=seed, target="reference")
 
 
 def params(m) -> dict[str, np.ndarray]:

@@ -41,7 +41,7 @@ def program():
 
 
 def compile_block(mode: str, **args):
-    return kiln.compile(program(), model=mode, args={"input_size": IN, "hidden_size": H, **args})
+    return kiln.compile(program(), model=mode, args={"input_size": IN, "hidden_size": H, **args}, target="reference")
 
 
 def rand(rng, *shape, scale=1.0):
@@ -94,7 +94,7 @@ def test_parameter_names_and_shapes_are_pytorchs():
 def test_init_is_uniform_fan_in_hidden(mode):
     """Every weight and bias ~ U(-1/sqrt(hidden), 1/sqrt(hidden)), as PyTorch's reset_parameters."""
     hidden = 16
-    m = kiln.compile(program(), model=mode, args={"input_size": 8, "hidden_size": hidden})
+    m = kiln.compile(program(), model=mode, args={"input_size": 8, "hidden_size": hidden}, target="reference")
     bound = 1 / math.sqrt(hidden)
     for name, v in m.params.items():
         assert np.abs(v).max() <= bound, name
@@ -364,7 +364,7 @@ def test_example_matches_torch(size):
 
     torch.manual_seed(0)
     module = Classifier().eval()
-    m = kiln.compile(EXAMPLE, args={"vocab_size": 20, "embed_dim": 6, "hidden_size": 5})
+    m = kiln.compile(EXAMPLE, args={"vocab_size": 20, "embed_dim": 6, "hidden_size": 5}, target="reference")
     load_torch(m, module)
     ids = tokens(*size, seed=sum(size))
     with torch.no_grad():

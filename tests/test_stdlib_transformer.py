@@ -162,7 +162,7 @@ def program():
 
 
 def compile_model(name: str, **kw):
-    return kiln.compile(program(), model=name, **kw)
+    return kiln.compile(program(), model=name, **kw, target="reference")
 
 
 # ---------------------------------------------------------------------------- torch helpers
@@ -470,7 +470,7 @@ def stdlib_gpt_program():
 
 
 def compile_gpt(**kw):
-    return kiln.compile(stdlib_gpt_program(), model="GPT", args=GPT_ARGS, **kw)
+    return kiln.compile(stdlib_gpt_program(), model="GPT", args=GPT_ARGS, **kw, target="reference")
 
 
 def test_gpt_block_matches_torch():
@@ -525,7 +525,7 @@ def test_gpt_tied_weights_load_from_either_key():
 
 def test_gpt_initialisation_is_gpt2s():
     args = dict(GPT_ARGS, n_embd=64, n_layer=3, vocab_size=200)
-    p = kiln.compile(stdlib_gpt_program(), model="GPT", args=args, seed=3).state_dict()
+    p = kiln.compile(stdlib_gpt_program(), model="GPT", args=args, seed=3, target="reference").state_dict()
     resid = 0.02 / math.sqrt(2 * 3)
     for key, std in [("transformer.wte.weight", 0.02), ("transformer.wpe.weight", 0.02),
                      ("transformer.h.0.attn.c_attn.weight", 0.02),
@@ -588,7 +588,7 @@ def test_sinusoidal_table_matches_pytorch_tutorial():
     pe[:, 1::2] = torch.cos(position * div_term)
     src = ("import std.transformer as tr\nmodel P {\n  pos = tr.SinusoidalPositionalEncoding(16, 64)\n"
            "  forward(x: f32[B, T, 16]) -> f32[B, T, 16] { return pos(x) }\n}\n")
-    m = kiln.compile(src)
+    m = kiln.compile(src, target="reference")
     close(m(np.zeros((1, max_len, d), np.float32)), t2n(pe)[None])
 
 
@@ -658,7 +658,7 @@ def test_invalid_arguments_fail_at_compile_time(expr, in_type, message):
     if "MultiheadAttention" in expr:
         src = src.replace("return x |> " + expr, f"a, w = {expr}(x, x, x)\n    return a")
     with pytest.raises(KilnError) as err:
-        kiln.compile(src)
+        kiln.compile(src, target="reference")
     assert message in str(err.value)
 
 
@@ -695,7 +695,7 @@ def test_classifier_example_matches_torch():
             return self.classifier((x * keep).sum(dim=1) / keep.sum(dim=1))
 
     ref = randomize(Classifier(), torch, scale=0.2).eval()
-    m = kiln.compile(EXAMPLES / "transformer_classifier.kiln")
+    m = kiln.compile(EXAMPLES / "transformer_classifier.kiln", target="reference")
     load_strict(m, ref)
     for B, T in ((1, 5), (3, 9)):
         rng = np.random.default_rng(T)
@@ -706,7 +706,7 @@ def test_classifier_example_matches_torch():
 
 
 def test_classifier_example_drops_the_mask_of_an_all_padding_sequence():
-    m = kiln.compile(EXAMPLES / "transformer_classifier.kiln")
+    m = kiln.compile(EXAMPLES / "transformer_classifier.kiln", target="reference")
     tokens = np.random.default_rng(0).integers(0, 1000, (2, 4))
     pad = np.array([[True] * 4, [False, False, True, True]])
     y = m(tokens, pad)
@@ -719,7 +719,7 @@ def test_gpt_example_matches_torch():
     _, GPT = torch_gpt2(torch)
     torch.manual_seed(0)
     ref = randomize(GPT(1000, 64, 2, 2, 64), torch, scale=0.2)
-    m = kiln.compile(EXAMPLES / "gpt.kiln")
+    m = kiln.compile(EXAMPLES / "gpt.kiln", target="reference")
     load_strict(m, ref)
     for B, T in ((1, 7), (2, 64)):
         idx = np.random.default_rng(T).integers(0, 1000, (B, T))
@@ -729,8 +729,8 @@ def test_gpt_example_matches_torch():
 def test_gpt_example_is_the_stdlib_gpt():
     """examples/gpt.kiln spells out std.transformer's GPT: same names, shapes and initial values."""
     args = {"vocab_size": 1000, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64}
-    lib = kiln.compile(stdlib_gpt_program(), model="GPT", args=args).state_dict()
-    ex = kiln.compile(EXAMPLES / "gpt.kiln").state_dict()
+    lib = kiln.compile(stdlib_gpt_program(), model="GPT", args=args, target="reference").state_dict()
+    ex = kiln.compile(EXAMPLES / "gpt.kiln", target="reference").state_dict()
     assert list(lib) == list(ex)
     for k in lib:
         np.testing.assert_array_equal(lib[k], ex[k])
@@ -746,7 +746,7 @@ ONNX_RTOL, ONNX_ATOL = 1e-4, 1e-5
 def test_onnx_target_agrees_with_the_reference(example):
     pytest.importorskip("onnxruntime")
     path = EXAMPLES / f"{example}.kiln"
-    ref = kiln.compile(path)
+    ref = kiln.compile(path, target="reference")
     ort = kiln.compile(path, target="onnx")
     for B, T in ((1, 3), (3, 10)):
         rng = np.random.default_rng(B * T)

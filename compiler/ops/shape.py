@@ -515,11 +515,13 @@ def _slice_onnx(b, n):
     chain(b, n.inputs[0], steps, n.outputs)
 
 
-def _index_in(kb, i, size):
-    """A run-time index i into an axis of `size`: negative counts from the end (numpy); out of
-    range is clamped into it (numpy raises, and the reference stops with K0505; a kernel
-    cannot raise, and must not read outside x)."""
+def _index_in(kb, i, size, op: str = "gather"):
+    """A run-time index i into an axis of `size`: negative counts from the end (numpy). Out of
+    range is reported (K0505, as the reference does) and clamped, so nothing is read outside x."""
     i = kb.convert(i, "i64")
+    low = kb.compare(">=", i, kb.neg(size))
+    kb.check(kb.b.and_(low, kb.compare("<", i, size)),
+             f"{op}: an index is out of range for an axis of its input")
     i = kb.select(kb.compare("<", i, kb.const(0, "i64")), kb.add(i, size), i)
     return kb.minimum(kb.maximum(i, kb.const(0, "i64")), kb.sub(size, kb.const(1, "i64")))
 
@@ -548,7 +550,7 @@ def _slice_llvm(kb, n):
             continue
         size = kb.dim(t.shape[axis])
         if e[0] == "int":
-            start = _index_in(kb, kb.dim(to_dim(e[1], "items")), size)
+            start = _index_in(kb, kb.dim(to_dim(e[1], "items")), size, "slice")
         else:
             step = to_int(e[3], "items")
             start = _slice_start(kb, size, e[1], step)
@@ -760,7 +762,8 @@ def _take_along_llvm(kb, n):
     size = kb.dim(x_t.shape[axis])
 
     def body(at):
-        i = _index_in(kb, kb.load(index, kb.dot(at, i_strides), i_t.dtype), size)
+        i = _index_in(kb, kb.load(index, kb.dot(at, i_strides), i_t.dtype), size,
+                      "take_along_axis")
         source = kb.dot([i if k == axis else a for k, a in enumerate(at)], x_strides)
         kb.move(out, kb.dot(at, out_strides), x, source)
 
@@ -803,7 +806,7 @@ def _scatter_start(mode: str, dtype: str):
 def _scatter_llvm(kb, n, mode: str):
     """Fold src into a scratch array of the output's size (in the compute type, counting
     what lands in each element), in src's order as numpy's ufunc.at; then write it out,
-    0 where nothing landed. Indices out of range are skipped."""
+    0 where nothing landed. Indices out of range are reported (K0505) and skipped."""
     (src_t, i_t), out_t = n.in_types, n.out_types[0]
     dtype = src_t.dtype
     axis = normalize_axis(n.attrs["axis"], src_t.rank)
@@ -823,6 +826,7 @@ def _scatter_llvm(kb, n, mode: str):
         i = kb.convert(kb.load(index, j if i_t.rank == 1 else at, i_t.dtype), "i64")
         i = kb.select(kb.compare("<", i, zero), kb.add(i, size), i)
         inside = kb.b.and_(kb.compare(">=", i, zero), kb.compare("<", i, size))
+        kb.check(inside, "scatter: an index is out of range for the result's axis")
         with kb.b.if_then(inside):
             to = kb.add(kb.mul(kb.add(kb.mul(o, size), i), inner), r)
             slot, tally = kb.b.gep(folded, [to]), kb.b.gep(count, [to])
@@ -1063,13 +1067,17 @@ def _one_hot_onnx(b, n):
 
 
 def _one_hot_llvm(kb, n):
-    """out[k, c] = x[k] == c (a class out of range gives a row of zeros: numpy raises)."""
+    """out[k, c] = x[k] == c; a class out of range is reported (K0505, as the reference does)
+    and gives a row of zeros."""
     (x_t,), out_t = n.in_types, n.out_types[0]
     x, out = kb.buffer(0, x_t.dtype), kb.buffer(1, out_t.dtype)
     classes = kb.dim(to_dim(n.attrs["num_classes"], "num_classes"))
     one, zero = kb.stored(1, out_t.dtype), kb.stored(0, out_t.dtype)
     with kb.for_range(kb.numel(x_t.shape)) as k:
         label = kb.convert(kb.load(x, k, x_t.dtype), "i64")
+        inside = kb.b.and_(kb.compare(">=", label, kb.const(0, "i64")),
+                           kb.compare("<", label, classes))
+        kb.check(inside, "one_hot: a class is out of range [0, num_classes)")
         with kb.for_range(classes) as c:
             hot = kb.select(kb.compare("==", label, c), one, zero)
             kb.b.store(hot, kb.b.gep(out, [kb.add(kb.mul(k, classes), c)]))

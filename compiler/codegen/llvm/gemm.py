@@ -298,7 +298,7 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     for array, values in ((args, [bld.bitcast(p, PTR) for p in pointers]), (dims, sizes)):
         for i, value in enumerate(values):
             bld.store(value, bld.gep(array, [ir.Constant(I64, i)]))
-    bld.call(fn, [args, dims])
+    bld.call(fn, [args, dims, kb.status_ptr])
 
 
 def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> ir.Function:

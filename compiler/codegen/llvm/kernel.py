@@ -32,7 +32,9 @@ FLOATS = ("f32", "f16", "bf16", "f64")
 _DTYPE_OF = {F32: "f32", F64: "f64", I32: "i32", I64: "i64", I1: "bool"}  # of a compute type
 _BYTES = {I1: 1, I32: 4, F32: 4, I64: 8, F64: 8}  # of a compute type
 
-KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer()])
+# void kernel(i8** args, i64* dims, i64* status): status[0] != 0 after a call means an input
+# value was out of range (see KernelBuilder.check); the kernel has gone on safely regardless
+KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer(), I64.as_pointer()])
 
 
 class KernelBuilder:
@@ -43,7 +45,9 @@ class KernelBuilder:
         self.symbols = symbols
         self.function = ir.Function(module, KERNEL_TYPE, name)
         self.function.attributes.add("nounwind")
-        self.args_ptr, self.dims_ptr = self.function.args
+        self.args_ptr, self.dims_ptr, self.status_ptr = self.function.args
+        self.failures: list | None = None  # (message, span) per failure code, from the module
+        self.span = None
         self.args_ptr.add_attribute("noalias")
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         # fast math that keeps numpy's results: reassociation (vectorised reductions) and FMA
@@ -52,6 +56,17 @@ class KernelBuilder:
         self.flags = ("reassoc", "contract") if fast_math else ()
         self._dims: dict[Dim, ir.Value] = {}
         self.vector_width: int | None = None  # f32 lanes of the target (None: the host's)
+
+    def check(self, ok: ir.Value, message: str) -> None:
+        """Report `message` (as K0505, at the node's source) when the i1 `ok` is false. Kernels
+        cannot raise: the runtime reads the status after the call; the kernel must go on
+        without reading or writing outside its buffers (clamp, or skip)."""
+        if self.failures is None:  # a kernel built outside a model (tests, helpers)
+            return
+        self.failures.append((message, self.span))
+        code = ir.Constant(I64, len(self.failures))
+        with self.b.if_then(self.b.not_(ok), likely=False):
+            self.b.store(code, self.status_ptr)
 
     # ------------------------------------------------------------------ buffers
     def buffer(self, index: int, dtype: str) -> ir.Value:

@@ -1,11 +1,14 @@
 """A whole model as one LLVM module: a kernel per op node and one entry that runs them in order.
 
-    void run(i8** inputs, i8** outputs, i8** params, i8* workspace, i64* dims, i64* offsets)
+    void run(i8** inputs, i8** outputs, i8** params, i8* workspace, i64* dims, i64* offsets,
+             i64* status)
 
 `inputs`/`outputs` follow the model's signature, `params` the `ModuleLayout.params` order
 (parameters, buffers and constants), `dims` the value of each symbolic size in
 `ModuleLayout.symbols` order, and `offsets` the byte offset in `workspace` of each intermediate
-tensor, from the memory plan (`plan_memory`). Python crosses into native code once per call.
+tensor, from the memory plan (`plan_memory`); `status[0]` is 0 after a call, or the code of
+an input value an op could not handle (`ModuleLayout.failures`). Python crosses into native
+code once per call.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ModuleLayout:
     params: list[str] = field(default_factory=list)  # dotted paths, then "const:N" names
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     slots: list[tuple[TensorType, int, int]] = field(default_factory=list)  # type, born, dies
+    failures: list = field(default_factory=list)  # (message, span) of each status code - 1
 
 
 @dataclass
@@ -48,7 +52,7 @@ class NativeNode:
 
 ENTRY_TYPE = ir.FunctionType(
     VOID, [PTR.as_pointer(), PTR.as_pointer(), PTR.as_pointer(), PTR, I64.as_pointer(),
-           I64.as_pointer()]
+           I64.as_pointer(), I64.as_pointer()]
 )
 
 
@@ -61,7 +65,7 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     module = ir.Module(name=model.name)
     module.triple, module.data_layout = triple, data_layout
     entry = ir.Function(module, ENTRY_TYPE, "run")
-    inputs_p, outputs_p, params_p, work_p, dims_p, offsets_p = entry.args
+    inputs_p, outputs_p, params_p, work_p, dims_p, offsets_p, status_p = entry.args
     b = ir.IRBuilder(entry.append_basic_block("entry"))
     position = {nid: i for i, nid in enumerate(graph.order())}
 
@@ -72,7 +76,9 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
 
     ins = [_element(b, inputs_p, i) for i in range(len(graph.inputs))]
     outs = [_element(b, outputs_p, i) for i in range(len(graph.outputs))]
-    GraphEmitter(module, layout, params_p, dims_p, vector_width).emit(b, graph, ins, outs, slot)
+    GraphEmitter(module, layout, params_p, dims_p, vector_width, status_p).emit(
+        b, graph, ins, outs, slot
+    )
     b.ret_void()
     if with_plan:
         _plan_function(module, layout)
@@ -87,9 +93,9 @@ class GraphEmitter:
     """Emits calls of one kernel per node of a graph (a model's, or a scan body's)."""
 
     def __init__(self, module: ir.Module, layout: ModuleLayout, params_p, dims_p,
-                 vector_width: int | None = None):
+                 vector_width: int | None, status_p):
         self.module, self.layout = module, layout
-        self.params_p, self.dims_p = params_p, dims_p
+        self.params_p, self.dims_p, self.status_p = params_p, dims_p, status_p
         self.vector_width = vector_width
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
@@ -128,17 +134,17 @@ class GraphEmitter:
                 kernel = ScanEmitter(self, graph, nid, node).function()
                 args.append(b.bitcast(self.params_p, PTR))
             else:
-                kernel = _kernel(self.module, rec, nid, graph, node, self.layout.symbols,
+                kernel = _kernel(self.module, rec, nid, graph, node, self.layout,
                                  self.vector_width)
             array = b.alloca(PTR, len(args), name=f"args{nid}")
             for i, a in enumerate(args):
                 b.store(a, b.gep(array, [ir.Constant(I64, i)]))
-            b.call(kernel, [array, self.dims_p])
+            b.call(kernel, [array, self.dims_p, self.status_p])
         for i, o in enumerate(graph.outputs):  # an output that is an input, a param, repeated
             key = (o.node, o.index)
             if out_index.get(key) != i or graph.op(o.node) in ("input", "param", "constant"):
                 _copy(self.module, b, where[key], outputs[i], o.type, self.dims_p,
-                      self.layout.symbols)
+                      self.layout.symbols, self.status_p)
 
     def param_index(self, nid: int, node: dict) -> int:
         layout = self.layout
@@ -225,7 +231,7 @@ class ScanEmitter:
                 outs.append(_step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
                             if emit_tmp[k] is None else emit_tmp[k])
             inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr,
-                                 parent.vector_width)
+                                 parent.vector_width, kb.status_ptr)
             inner.emit(b, body, ins, outs, slot)
             for k, et in enumerate(emit_types):
                 if emit_tmp[k] is not None:  # scatter the step into the stacked output
@@ -298,10 +304,11 @@ def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
     b.ret(total)
 
 
-def _kernel(module, rec, nid, graph, node, symbols, vector_width=None) -> ir.Function:
+def _kernel(module, rec, nid, graph, node, layout, vector_width=None) -> ir.Function:
     # node ids repeat between a model and its scan bodies: number kernels per module
-    kb = KernelBuilder(module, f"k{len(module.functions)}_{rec.name}", symbols)
+    kb = KernelBuilder(module, f"k{len(module.functions)}_{rec.name}", layout.symbols)
     kb.vector_width = vector_width
+    kb.failures, kb.span = layout.failures, node["span"]
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
@@ -310,7 +317,7 @@ def _kernel(module, rec, nid, graph, node, symbols, vector_width=None) -> ir.Fun
     return kb.finish()
 
 
-def _copy(module, b, src, dst, t: TensorType, dims_p, symbols) -> None:
+def _copy(module, b, src, dst, t: TensorType, dims_p, symbols, status_p) -> None:
     """memcpy of a whole tensor (an output that is also an input or a parameter)."""
     kb = KernelBuilder(module, f"copy{len(module.functions)}", symbols)
     size = kb.b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
@@ -322,7 +329,7 @@ def _copy(module, b, src, dst, t: TensorType, dims_p, symbols) -> None:
     array = b.alloca(PTR, 2)
     b.store(src, b.gep(array, [ir.Constant(I64, 0)]))
     b.store(dst, b.gep(array, [ir.Constant(I64, 1)]))
-    b.call(fn, [array, dims_p])
+    b.call(fn, [array, dims_p, status_p])
 
 
 def ir_text(module: ir.Module, vector_width: int) -> str:
