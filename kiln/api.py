@@ -33,6 +33,7 @@ def compile(
     strict: bool = True,
     providers: list[str] | None = None,
     opt_level: int = 1,
+    threads: int | None = None,
 ):
     """Compile one model of a file into a callable taking and returning numpy arrays.
 
@@ -44,6 +45,7 @@ def compile(
     TensorRT when the installed onnxruntime has them, else CPU).
     opt_level: 1 runs the graph optimizer (constant folding, simplification, BatchNorm
     folding, CSE, DCE); 0 compiles the graph as elaborated. What it did is `model.pass_stats`.
+    threads: native code's parallelism (default: every core this process may use).
     """
 
     if target not in TARGETS:
@@ -74,7 +76,7 @@ def compile(
     if target == "native":
         from kiln.runtime.native import NativeModel
 
-        return NativeModel(elaborated, params, variant, opt_level=opt_level)
+        return NativeModel(elaborated, params, variant, opt_level=opt_level, threads=threads)
     from kiln.runtime.reference import ReferenceModel
 
     return ReferenceModel(elaborated, params, variant, opt_level)

@@ -42,6 +42,7 @@ HEADER = """\
 #include <stdint.h>
 
 int64_t kiln_plan(const int64_t *dims, int64_t *offsets);
+void kiln_set_threads(int64_t threads);  /* parallelism of the kernels that split (default 1) */
 /* status[0] is 0 after a call, or k > 0: an input value was out of range; the message is
    "failures"[k - 1] in {stem}.kiln.json */
 void run(void **inputs, void **outputs, void **params, void *workspace,
@@ -70,7 +71,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
         obj_path = Path(tmp) / "model.o"
         obj_path.write_bytes(obj)
         out = Path(tmp) / "model.so"
-        proc = subprocess.run([cc, "-shared", "-o", str(out), str(obj_path), "-lm"],
+        proc = subprocess.run([cc, "-shared", "-o", str(out), str(obj_path), "-lm", "-lpthread"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise KilnError("K0703", f"linking {path.name} failed: {proc.stderr.strip()[:500]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,14 @@ class _FastPath:
                          [where[s] for s in symbols], fixed, repeated)
 
 
+def default_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
     returns (object bytes, layout, target machine). `with_plan` adds `kiln_plan`, the memory
@@ -118,9 +127,13 @@ class NativeModel(CompiledModel):
 
     def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
-                 cpu: targets.Target | None = None, opt_level: int = 1):
+                 cpu: targets.Target | None = None, opt_level: int = 1,
+                 threads: int | None = None):
         super().__init__(model, params, variant, opt_level)
         self.cpu = cpu or targets.host()
+        self.threads = default_threads() if threads is None else threads
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
         self._local = threading.local()
         self._plans: dict[tuple, tuple[np.ndarray, int]] = {}
         self._library = None
@@ -134,6 +147,9 @@ class NativeModel(CompiledModel):
         self = cls.__new__(cls)
         CompiledModel.__init__(self, model, params)
         self.cpu = cpu
+        self.threads = default_threads()
+        library.kiln_set_threads.argtypes = [ctypes.c_int64]
+        library.kiln_set_threads(self.threads)
         self._library = library
         self._weights_folded = weights_folded
         self._local = threading.local()
@@ -154,6 +170,8 @@ class NativeModel(CompiledModel):
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()
         entry = _ENTRY(engine.get_function_address("run"))
+        ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
+            self.threads)
         return model, layout, engine, entry, self._param_pointers(layout)
 
     def _param_pointers(self, layout):

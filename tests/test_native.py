@@ -353,3 +353,17 @@ def test_weights_loaded_after_compiling_reach_folded_native_code():
     ref.load_weights(new)
     agree(native, ref, RNG.standard_normal((2, 2, 5, 5)).astype(np.float32), rtol=1e-4,
           atol=1e-5)
+
+
+def test_threads_split_large_gemms_and_agree_with_one_thread():
+    src = "model G { forward(a: f32[M, 300], b: f32[300, 257]) -> f32[M, 257] { return a @ b } }"
+    one = kiln.compile(src, threads=1)
+    two = kiln.compile(src, threads=2)
+    assert (one.threads, two.threads) == (1, 2)
+    for m in (1, 13, 200):  # below and above the size that pays for a thread
+        a = RNG.standard_normal((m, 300)).astype(np.float32)
+        b = RNG.standard_normal((300, 257)).astype(np.float32)
+        np.testing.assert_array_equal(two(a, b), one(a, b))  # disjoint rows: the same sums
+        np.testing.assert_allclose(two(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(KilnError):
+        kiln.compile(src, threads=0)

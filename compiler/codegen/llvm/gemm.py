@@ -287,7 +287,8 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     """C[m, n] = A[m, k] @ B[k, n] in f32 (C += A @ B when `accumulate`), any sizes: a call of
     the module's GEMM function for B's kind, built on first use and shared by every kernel."""
     t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
-    fn = _driver(kb.module, type(b), a.transposed, t)
+    fn = _parallel(kb.module, _driver(kb.module, type(b), a.transposed, t), type(b),
+                   a.transposed, t)
     b_pointers, b_sizes = b.fields()
     pointers = [a.ptr, c.ptr, *b_pointers]
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
@@ -299,6 +300,26 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
         for i, value in enumerate(values):
             bld.store(value, bld.gep(array, [ir.Constant(I64, i)]))
     bld.call(fn, [args, dims, kb.status_ptr])
+
+
+PARALLEL_WORK = 1 << 22  # multiply-adds below which starting threads costs more than it saves
+
+
+def _parallel(module: ir.Module, driver: ir.Function, source: type, a_transposed: bool,
+              t: Tiling) -> ir.Function:
+    """The driver with C's rows (and A's) split across the module's threads: each thread owns
+    a block of rows of C, so no two threads write the same element."""
+    from .threads import parallel_rows
+
+    def shift(b, pointers, sizes, row0):
+        lda, ldc = sizes[3], sizes[4]
+        a_step = ir.Constant(I64, 4) if a_transposed else b.mul(lda, ir.Constant(I64, 4))
+        a_ptr = b.gep(pointers[0], [b.mul(row0, a_step)])
+        c_ptr = b.gep(pointers[1], [b.mul(row0, b.mul(ldc, ir.Constant(I64, 4)))])
+        return [a_ptr, c_ptr, *pointers[2:]], list(sizes)
+
+    return parallel_rows(module, driver, 2 + source.pointers, 6 + source.sizes, shift,
+                         min_rows=t.mr, min_work=PARALLEL_WORK)
 
 
 def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> ir.Function:

@@ -25,6 +25,7 @@ from ...ir import Graph
 from ...ops import REGISTRY
 from ...types import TensorType
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder
+from .threads import threads_global
 
 ALIGN = 64  # bytes: a cache line, and an AVX-512 vector
 
@@ -80,6 +81,7 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
         b, graph, ins, outs, slot
     )
     b.ret_void()
+    threads_global(module)  # kiln_set_threads, for every model (kernels read kiln_threads)
     if with_plan:
         _plan_function(module, layout)
     return module, layout
