@@ -111,7 +111,8 @@ DIMS = {"B": 2, "T": 5}
 # ---------------------------------------------------------------------------- the manager
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in PIPELINE]
-    assert names == ["check_types", "fold_constants", "simplify", "fold_batch_norm", "cse", "dce"]
+    assert names == ["check_types", "fold_constants", "simplify", "fold_batch_norm",
+                     "fold_weight_layout", "cse", "dce"]
     assert all(isinstance(p, Pass) and p.doc for p in PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
         graph_pass("undocumented")(lambda graph, ctx: graph)
@@ -440,3 +441,24 @@ def test_transformer_classifier():
     assert count_nodes(graph) < count_nodes(m.graph)
     assert stats[-1].nodes_after == count_nodes(graph)
     check_numerics(m, graph, params, {"B": 3, "T": 7})
+
+
+def test_fold_weight_layout_makes_transposed_weights_once():
+    src = """
+block Linear(i: int, o: int) {
+  param weight: [o, i] = init.normal()
+  forward(x: [B, i]) -> [B, o] { return x @ weight.T }
+}
+model M { forward(x: f32[B, 6]) -> f32[B, 4] { return x |> Linear(6, 5) |> relu |> Linear(5, 4) } }
+"""
+    m = kiln.compile(src, target="reference")
+    graph, stats = optimize(m.model, params=m.params)
+    ops = [graph.op(n) for n in graph.order()]
+    assert "transpose" not in ops and "param" not in ops  # both weights now constants
+    (layout,) = [s for s in stats if s.name == "fold_weight_layout"]
+    assert layout.changes == {"folded": 2}
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    want = run_graph(m.model.graph, [x], m.params, {"B": 3})
+    np.testing.assert_array_equal(run_graph(graph, [x], m.params, {"B": 3})[0], want[0])
+    graph, stats = optimize(m.model)  # without weights the pass has nothing to fold
+    assert "transpose" in [graph.op(n) for n in graph.order()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
-from .fold import fold_constants
+from .fold import fold_constants, fold_weight_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .pipeline import PASSES, PIPELINE, optimize, run_passes
 from .simplify import RULES, simplify
@@ -34,6 +34,7 @@ __all__ = [
     "dce",
     "fold_batch_norm",
     "fold_constants",
+    "fold_weight_layout",
     "format_stats",
     "graph_pass",
     "optimize",

@@ -35,3 +35,34 @@ def fold_constants(graph: Graph, ctx: PassContext) -> Graph:
         replace_node(graph, nid, [add_constant(graph, r, node) for r in results])
         ctx.count("folded")
     return graph
+
+
+WEIGHT_LAYOUT_LIMIT = 1 << 26  # elements: a transposed copy of a weight is made once, not per call
+LAYOUT_OPS = frozenset({"transpose", "permute"})
+
+
+@graph_pass("fold_weight_layout", needs_params=True)
+def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
+    """transpose(param) / permute(param) -> constant holding the moved weights.
+
+    `x @ weight.T` (every Linear) would otherwise transpose the weight on every call; with the
+    parameter values at hand the transposed copy is made once. The graph is rebuilt whenever
+    weights change (folded weights are data of the optimized graph), so this stays exact.
+    """
+    for nid in graph.order():
+        node = graph.node(nid)
+        if node["op"] not in LAYOUT_OPS or not foldable(node):
+            continue
+        (operand,) = graph.operands(nid)
+        source = graph.node(operand.node)
+        if source["op"] != "param" or source["attrs"]["path"] not in ctx.params:
+            continue
+        if numel(node["types"][0]) > WEIGHT_LAYOUT_LIMIT:
+            ctx.count("too large")
+            continue
+        results = evaluate_node(node, [ctx.params[source["attrs"]["path"]]])
+        if results is None:
+            continue
+        replace_node(graph, nid, [add_constant(graph, r, node) for r in results])
+        ctx.count("folded")
+    return graph

@@ -11,7 +11,7 @@ from ..ir import Graph
 from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
-from .fold import fold_constants
+from .fold import fold_constants, fold_weight_layout
 from .manager import Pass, PassContext, PassStats
 from .simplify import simplify
 from .verify import check_types
@@ -25,11 +25,15 @@ from .verify import verify as verify_graph
 #    between a conv and its batch_norm exposes the conv -> batch_norm pattern.
 # 4. cse after the rewrites: simplified expressions are more often equal, and folded constants
 #    with equal values merge.
-# 5. dce last: it removes what the elaborator left unused (each rewrite removes what it
+# 5. fold_weight_layout after fold_batch_norm (which reads the conv/linear weights as params):
+#    weight.T and other moves of a parameter become constants, made once instead of per call.
+# 6. dce last: it removes what the elaborator left unused (each rewrite removes what it
 #    replaced itself).
 # A fusion pass (a fused node holding its subgraph in attrs, as scan holds its body) goes after
 # dce, so that it sees the final dataflow; memory planning after fusion.
-PIPELINE: list[Pass] = [check_types, fold_constants, simplify, fold_batch_norm, cse, dce]
+PIPELINE: list[Pass] = [
+    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce,
+]
 PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 
 
