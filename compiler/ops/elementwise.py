@@ -214,7 +214,7 @@ def _gelu_llvm(kb, a, x):
     half_x = kb.mul(kb.lit(x, 0.5), x)
     if a["approximate"] == "tanh":
         inner = kb.add(x, kb.mul(kb.lit(x, 0.044715), kb.mul(kb.mul(x, x), x)))
-        phi = kb.libm("tanh", kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
+        phi = kb.tanh(kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
         return kb.mul(half_x, kb.add(kb.lit(x, 1.0), phi))
     return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
 
@@ -343,7 +343,7 @@ register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
 register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
                llvm=lambda kb, a, x: kb.intrinsic("cos", x)))
 register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
-               llvm=lambda kb, a, x: kb.libm("tanh", x)))
+               llvm=lambda kb, a, x: kb.tanh(x)))
 register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
                llvm=lambda kb, a, x: kb.sigmoid(x)))
 register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
