@@ -3,8 +3,8 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
 
     python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
 
-Prints the median latency of each and the ratios native/onnxruntime and reference/native.
-kiln's native code runs on one thread today; onnxruntime is measured at each thread count.
+Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
+kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count.
 """
 
 from __future__ import annotations
@@ -79,17 +79,18 @@ def main() -> int:
     print("-" * len(header))
     for index, path in enumerate(files, 1):
         print(f"[{index}/{len(files)}] {path.stem}: compiling...", file=sys.stderr, flush=True)
-        ref = kiln.compile(str(path))
+        ref = kiln.compile(str(path), target="reference")
+        natives, reason = {}, None
         try:
-            native = kiln.compile(str(path), target="native")
+            natives = {t: kiln.compile(str(path), target="native", threads=t) for t in opts.threads}
         except KilnError as err:
-            native = None
             reason = f"native: {err.code} {err.message}"
         for batch in opts.batches:
             feeds = inputs_for(ref, batch, rng)
             t_ref = median_ms(max(3, opts.repeat // 4), ref, **feeds)
-            t_nat = median_ms(opts.repeat, native, **feeds) if native else None
             for threads in opts.threads:
+                native = natives.get(threads)
+                t_nat = median_ms(opts.repeat, native, **feeds) if native else None
                 session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}.onnx"))
                 t_ort = median_ms(opts.repeat, session.run, None, feeds)
                 nat = f"{t_nat:>11.3f}" if t_nat else f"{'-':>11}"
@@ -97,7 +98,7 @@ def main() -> int:
                 speedup = f"{t_ref / t_nat:>13.1f}" if t_nat else f"{'-':>13}"
                 print(f"{path.stem:<24}{batch:>6}{threads:>4}{nat}{t_ort:>9.3f}{t_ref:>10.3f}"
                       f"{ratio}{speedup}", flush=True)
-        if native is None:
+        if reason:
             print(f"  ({reason})")
     return 0
 

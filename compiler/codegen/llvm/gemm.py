@@ -302,7 +302,7 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     bld.call(fn, [args, dims, kb.status_ptr])
 
 
-PARALLEL_WORK = 1 << 22  # multiply-adds below which starting threads costs more than it saves
+PARALLEL_WORK = 1 << 24  # multiply-adds below which starting threads costs more than it saves
 
 
 def _parallel(module: ir.Module, driver: ir.Function, source: type, a_transposed: bool,
@@ -319,7 +319,7 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_transposed
         return [a_ptr, c_ptr, *pointers[2:]], list(sizes)
 
     return parallel_rows(module, driver, 2 + source.pointers, 6 + source.sizes, shift,
-                         min_rows=t.mr, min_work=PARALLEL_WORK)
+                         min_rows=2 * t.mr, min_work=PARALLEL_WORK)
 
 
 def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> ir.Function:
