@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def compile_from_options(opts, target: str):
+    """kiln.compile with the options `run` and `compile` share; reports the passes if asked."""
+    from kiln.api import compile as kiln_compile
+
+    program, _ = elaborate(opts)
+    model = kiln_compile(program, model=opts.model, target=target, seed=opts.seed,
+                         weights=opts.weights, args=parse_args_option(opts.arg),
+                         strict=not opts.no_strict, opt_level=opts.opt_level)
+    report_passes(opts, model)
+    return model
+
+
 def report_passes(opts, model) -> None:
     if opts.print_passes:
         from kiln.compiler.passes import format_stats
@@ -115,20 +127,8 @@ def report_passes(opts, model) -> None:
 
 
 def cmd_compile(opts) -> int:
-    from kiln.api import compile as kiln_compile
 
-    program, _ = elaborate(opts)
-    model = kiln_compile(
-        program,
-        model=opts.model,
-        target="reference",
-        seed=opts.seed,
-        weights=opts.weights,
-        args=parse_args_option(opts.arg),
-        strict=not opts.no_strict,
-        opt_level=opts.opt_level,
-    )
-    report_passes(opts, model)
+    model = compile_from_options(opts, "reference")  # the graph and weights, to write out
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
         from kiln.runtime.aot import write_library
@@ -301,21 +301,9 @@ def cmd_graph(opts) -> int:
 
 
 def cmd_run(opts) -> int:
-    from kiln.api import compile as kiln_compile
     from kiln.runtime.weights import save_weights
 
-    program, _ = elaborate(opts)
-    model = kiln_compile(
-        program,
-        model=opts.model,
-        target=opts.target,
-        seed=opts.seed,
-        weights=opts.weights,
-        args=parse_args_option(opts.arg),
-        strict=not opts.no_strict,
-        opt_level=opts.opt_level,
-    )
-    report_passes(opts, model)
+    model = compile_from_options(opts, opts.target)
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
