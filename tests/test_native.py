@@ -356,14 +356,26 @@ def test_weights_loaded_after_compiling_reach_folded_native_code():
 
 
 def test_threads_split_large_gemms_and_agree_with_one_thread():
-    src = "model G { forward(a: f32[M, 300], b: f32[300, 257]) -> f32[M, 257] { return a @ b } }"
+    src = "model G { forward(a: f32[M, 900], b: f32[900, 257]) -> f32[M, 257] { return a @ b } }"
     one = kiln.compile(src, threads=1)
     two = kiln.compile(src, threads=2)
     assert (one.threads, two.threads) == (1, 2)
-    for m in (1, 13, 200):  # below and above the size that pays for a thread
-        a = RNG.standard_normal((m, 300)).astype(np.float32)
-        b = RNG.standard_normal((300, 257)).astype(np.float32)
+    for m in (1, 13, 200, 299):  # below and above the size that pays; uneven blocks
+        a = RNG.standard_normal((m, 900)).astype(np.float32)
+        b = RNG.standard_normal((900, 257)).astype(np.float32)
         np.testing.assert_array_equal(two(a, b), one(a, b))  # disjoint rows: the same sums
         np.testing.assert_allclose(two(a, b), a @ b, rtol=1e-4, atol=1e-4)
     with pytest.raises(KilnError):
         kiln.compile(src, threads=0)
+
+
+def test_threads_split_a_batch_of_convolutions_by_sample():
+    src = ("model C { forward(x: f32[B, 8, 20, 20], w: f32[16, 8, 3, 3]) -> f32[B, 16, 18, 18] "
+           "{ return conv(x, w) } }")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    ref = kiln.compile(src, target="reference")
+    w = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    for batch in (1, 2, 3, 5):  # one sample, even and uneven splits
+        x = RNG.standard_normal((batch, 8, 20, 20)).astype(np.float32)
+        np.testing.assert_array_equal(two(x, w), one(x, w))
+        np.testing.assert_allclose(two(x, w), ref(x, w), rtol=1e-4, atol=1e-4)

@@ -445,7 +445,7 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
-    onnx=widened(_conv_onnx), llvm=_conv_llvm))
+    onnx=widened(_conv_onnx), llvm=_conv_llvm, tags=frozenset({"batch_parallel"})))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):

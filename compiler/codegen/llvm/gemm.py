@@ -287,8 +287,9 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     """C[m, n] = A[m, k] @ B[k, n] in f32 (C += A @ B when `accumulate`), any sizes: a call of
     the module's GEMM function for B's kind, built on first use and shared by every kernel."""
     t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
-    fn = _parallel(kb.module, _driver(kb.module, type(b), a.transposed, t), type(b),
-                   a.transposed, t)
+    fn = _driver(kb.module, type(b), a.transposed, t)
+    if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
+        fn = _parallel(kb.module, fn, type(b), a.transposed, t)
     b_pointers, b_sizes = b.fields()
     pointers = [a.ptr, c.ptr, *b_pointers]
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]

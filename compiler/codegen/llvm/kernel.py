@@ -56,6 +56,7 @@ class KernelBuilder:
         self.flags = ("reassoc", "contract") if fast_math else ()
         self._dims: dict[Dim, ir.Value] = {}
         self.vector_width: int | None = None  # f32 lanes of the target (None: the host's)
+        self.serial = False  # True in a kernel whose callers run it on several threads
 
     def check(self, ok: ir.Value, message: str) -> None:
         """Report `message` (as K0505, at the node's source) when the i1 `ok` is false. Kernels

@@ -25,7 +25,7 @@ from ...ir import Graph
 from ...ops import REGISTRY
 from ...types import TensorType
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder
-from .threads import threads_global
+from .threads import parallel_rows, threads_global
 
 ALIGN = 64  # bytes: a cache line, and an AVX-512 vector
 
@@ -306,10 +306,16 @@ def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
     b.ret(total)
 
 
-def _kernel(module, rec, nid, graph, node, layout, vector_width=None) -> ir.Function:
+def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
+            serial: bool = False, split: bool = True) -> ir.Function:
+    if split and not serial and "batch_parallel" in rec.tags:
+        split = _batch_split(module, rec, nid, graph, node, layout, vector_width)
+        if split is not None:
+            return split
     # node ids repeat between a model and its scan bodies: number kernels per module
     kb = KernelBuilder(module, f"k{len(module.functions)}_{rec.name}", layout.symbols)
     kb.vector_width = vector_width
+    kb.serial = serial
     kb.failures, kb.span = layout.failures, node["span"]
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
@@ -317,6 +323,36 @@ def _kernel(module, rec, nid, graph, node, layout, vector_width=None) -> ir.Func
                    node["attrs"], node["span"])
     rec.llvm(kb, n)
     return kb.finish()
+
+
+def _batch_split(module, rec, nid, graph, node, layout, vector_width):
+    """An op tagged `batch_parallel` whose first input and output lead with the same symbolic
+    batch size runs its samples on several threads (each a block of samples, with its GEMMs
+    whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
+    operands = graph.operands(nid)
+    first, out = operands[0].type, node["types"][0]
+    batch = first.shape[0].symbol if first.rank else None
+    if batch is None or out.shape[0].symbol != batch or len(node["types"]) != 1:
+        return None
+    whole = _kernel(module, rec, nid, graph, node, layout, vector_width, split=False)
+    samples = _kernel(module, rec, nid, graph, node, layout, vector_width, serial=True)
+    types = [v.type if v is not None else None for v in operands] + [out]
+    index = layout.symbols.index(batch)
+
+    def shift(b, pointers, sizes, row0):
+        kb = KernelBuilder(ir.Module("scratch"), "scratch", layout.symbols)
+        kb.b, kb.dims_ptr = b, b.function.args[1]  # the model's sizes (whole batch)
+        moved = list(pointers)
+        for i, t in enumerate(types):
+            if t is not None and t.rank and t.shape[0].symbol == batch:
+                sample = b.mul(kb.numel(t.shape[1:]), ir.Constant(I64, t.np_dtype.itemsize))
+                moved[i] = b.gep(pointers[i], [b.mul(row0, sample)])
+        return moved, list(sizes)
+
+    return parallel_rows(module, samples, len(types), max(1, len(layout.symbols)), shift,
+                         min_rows=1, min_work=2, rows_index=index,
+                         work=lambda b, sizes: sizes[index], alone=whole,
+                         name=f"{samples.name}_samples")
 
 
 def _copy(module, b, src, dst, t: TensorType, dims_p, symbols, status_p) -> None:

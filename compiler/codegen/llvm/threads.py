@@ -68,15 +68,18 @@ def _worker(module: ir.Module, inner: ir.Function) -> ir.Function:
 
 
 def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: int,
-                  shift: Callable, min_rows: int, min_work: int) -> ir.Function:
+                  shift: Callable, min_rows: int, min_work: int, rows_index: int = 0,
+                  work: Callable | None = None, alone: ir.Function | None = None,
+                  name: str | None = None) -> ir.Function:
     """A kernel-shaped function running `inner` on row blocks in parallel.
 
-    sizes[0] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers and sizes
-    of the block starting at row0 (sizes[0] is set to the block's rows afterwards); the work is
-    sizes[0] * sizes[1] * sizes[2] (a GEMM's m * n * k) and must reach `min_work` for threads
-    to start. Blocks are multiples of `min_rows`.
+    sizes[rows_index] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers
+    and sizes of the block starting at row0 (its row count is set afterwards); `work(b, sizes)`
+    (default sizes[0] * sizes[1] * sizes[2], a GEMM's m * n * k) must reach `min_work` for
+    threads to start. Blocks are multiples of `min_rows`. `alone` (default `inner`) is what
+    runs when no threads start.
     """
-    name = f"{inner.name}_parallel"
+    name = name or f"{inner.name}_parallel"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -89,19 +92,22 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers = [b.load(b.gep(args_p, [ir.Constant(I64, i)])) for i in range(n_pointers)]
     sizes = [b.load(b.gep(sizes_p, [ir.Constant(I64, i)])) for i in range(n_sizes)]
-    rows = sizes[0]
-    work = b.mul(b.mul(sizes[0], sizes[1]), sizes[2])
+    rows = sizes[rows_index]
+    amount = work(b, sizes) if work else b.mul(b.mul(sizes[0], sizes[1]), sizes[2])
     # as many threads as there are row blocks, at most kiln_threads, when the work pays
     blocks = b.sdiv(rows, ir.Constant(I64, min_rows))
     count = b.load(threads)
     count = b.select(b.icmp_signed("<", blocks, count), blocks, count)
     serial = b.or_(b.icmp_signed("<=", count, ir.Constant(I64, 1)),
-                   b.icmp_signed("<", work, ir.Constant(I64, min_work)))
+                   b.icmp_signed("<", amount, ir.Constant(I64, min_work)))
     with b.if_else(serial) as (one, many):
         with one:
-            b.call(inner, [args_p, sizes_p, status_p])
+            b.call(alone or inner, [args_p, sizes_p, status_p])
         with many:
-            per = b.mul(b.sdiv(b.add(b.sdiv(rows, count), ir.Constant(I64, min_rows - 1)),
+            # rows per block: ceil(rows / count), rounded up to a multiple of min_rows, so the
+            # blocks cover every row (the last block may be short)
+            share = b.sdiv(b.add(rows, b.sub(count, ir.Constant(I64, 1))), count)
+            per = b.mul(b.sdiv(b.add(share, ir.Constant(I64, min_rows - 1)),
                                ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
             tids = b.alloca(I64, MAX_THREADS, name="tids")
             block_args = b.alloca(PTR, MAX_THREADS * n_pointers, name="block_args")
@@ -123,7 +129,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
             b.cbranch(live, body, spawned)
             b.position_at_end(body)
             ptrs, szs = shift(b, pointers, sizes, row0)
-            szs = [b.select(b.icmp_signed("<", left, per), left, per), *szs[1:]]
+            szs[rows_index] = b.select(b.icmp_signed("<", left, per), left, per)
             my_args = b.gep(block_args, [b.mul(t, ir.Constant(I64, n_pointers))])
             my_sizes = b.gep(block_sizes, [b.mul(t, ir.Constant(I64, n_sizes))])
             for i, p in enumerate(ptrs):
@@ -139,9 +145,10 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
             b.branch(spawn)
             b.position_at_end(spawned)
             first = b.alloca(I64, n_sizes, name="first_sizes")
-            for i, s in enumerate([b.select(b.icmp_signed("<", rows, per), rows, per),
-                                   *sizes[1:]]):
-                b.store(s, b.gep(first, [ir.Constant(I64, i)]))
+            first_sizes = list(sizes)
+            first_sizes[rows_index] = b.select(b.icmp_signed("<", rows, per), rows, per)
+            for i, size in enumerate(first_sizes):
+                b.store(size, b.gep(first, [ir.Constant(I64, i)]))
             b.call(inner, [args_p, first, status_p])
             last = b.load(started)
             join_head = b.append_basic_block("join")
