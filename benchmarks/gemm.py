@@ -1,11 +1,12 @@
 """kiln's native f32 matmul (the packed GEMM of compiler/codegen/llvm/gemm.py) against numpy's
-np.matmul and the CPU's fp32 FMA peak, single-threaded.
+np.matmul and the CPU's fp32 FMA peak, with both on --threads threads (default 1).
 
     python benchmarks/gemm.py [--peak GFLOPS] [--repeat 7] [--threads 1]
 
 Prints, per shape, the median GFLOP/s of kiln and numpy, kiln's share of the peak and the ratio
 kiln/numpy. The peak is measured with a JIT-compiled loop of independent FMAs on the widest
-vectors unless given. numpy runs with OPENBLAS_NUM_THREADS=--threads (1: like kiln today); this
+vectors unless given (one core's; "% peak" is of threads x that). numpy runs with
+OPENBLAS_NUM_THREADS=--threads and kiln with threads=--threads; this
 process drops OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some machines set and which slow a
 current OpenBLAS (it says so when it does).
 """
@@ -28,7 +29,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peak", type=float, help="fp32 peak GFLOP/s (default: measured)")
     parser.add_argument("--repeat", type=int, default=7, help="runs per median")
-    parser.add_argument("--threads", type=int, default=1, help="numpy's OpenBLAS threads")
+    parser.add_argument("--threads", type=int, default=1, help="threads of kiln and of numpy")
     return parser.parse_args(argv)
 
 
@@ -107,12 +108,13 @@ def main() -> None:
         print(f"unset for this process (they slow OpenBLAS): {', '.join(DROPPED)}")
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     print(f"numpy {np.__version__} on {blas['name']} {blas.get('version', '')}, "
-          f"OPENBLAS_NUM_THREADS={ARGS.threads}; kiln native: 1 thread, {tiling()}")
+          f"OPENBLAS_NUM_THREADS={ARGS.threads}; kiln native: {ARGS.threads} thread(s), "
+          f"{tiling()}")
     peak = ARGS.peak or fma_peak()
     print(f"fp32 FMA peak of one core: {peak:.1f} GFLOP/s"
           f"{'' if ARGS.peak else ' (measured)'}\n")
     native = kiln.compile("model G { forward(a: f32[M, K], b: f32[K, N]) { return a @ b } }",
-                          target="native")
+                          target="native", threads=ARGS.threads)
     rng = np.random.default_rng(0)
     print(f"{'M x K x N':>18} {'kiln GFLOP/s':>13} {'% peak':>7} {'numpy GFLOP/s':>14} "
           f"{'kiln/numpy':>11}")
@@ -124,7 +126,8 @@ def main() -> None:
         ours = flops / median_seconds(lambda a=a, b=b: native(a, b), ARGS.repeat, flops) / 1e9
         theirs = flops / median_seconds(lambda a=a, b=b, out=out: np.matmul(a, b, out=out),
                                         ARGS.repeat, flops) / 1e9
-        print(f"{f'{m} x {k} x {n}':>18} {ours:13.1f} {100 * ours / peak:6.0f}% {theirs:14.1f} "
+        share = 100 * ours / (peak * ARGS.threads)
+        print(f"{f'{m} x {k} x {n}':>18} {ours:13.1f} {share:6.0f}% {theirs:14.1f} "
               f"{ours / theirs:11.2f}")
 
 
