@@ -4,8 +4,8 @@
 
 For each model, one row for the elaborated graph and one after each pass of the pipeline (run
 cumulatively, with the model's initial parameters, so BatchNorm folding runs). Columns are the
-COLUMNS list: a column is a header and a function (graph, sizes) -> value, so adding one (the
-memory planner's arena size, say) is one line.
+COLUMNS list: a column is a header and a function (graph, sizes, model) -> value; "planned MB" is
+the native backend's workspace (liveness-based reuse) next to the sum of all intermediates.
 """
 
 from __future__ import annotations
@@ -44,11 +44,26 @@ def megabytes(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
 
-COLUMNS: list[tuple[str, Callable[[Graph, dict], object]]] = [
-    ("nodes", lambda g, sizes: count_nodes(g)),
+def planned_bytes(graph: Graph, sizes: dict[str, int], model) -> int:
+    """The native backend's workspace for this graph: intermediates in one arena, a tensor's
+    bytes reused once it is dead (liveness by op order, first fit)."""
+    import dataclasses
+
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm.module import build_module, plan_memory
+
+    _module, layout = build_module(dataclasses.replace(model, graph=graph),
+                                   llvm.get_process_triple(), "")
+    return plan_memory(layout, sizes)[1]
+
+
+COLUMNS: list[tuple[str, Callable[[Graph, dict, object], object]]] = [
+    ("nodes", lambda g, sizes, m: count_nodes(g)),
     ("intermediates MB",
-     lambda g, sizes: megabytes(tensor_bytes(g, sizes, lambda op: op not in STRUCTURAL_OPS))),
-    ("constants MB", lambda g, sizes: megabytes(tensor_bytes(g, sizes, "constant".__eq__))),
+     lambda g, sizes, m: megabytes(tensor_bytes(g, sizes, lambda op: op not in STRUCTURAL_OPS))),
+    ("planned MB", lambda g, sizes, m: megabytes(planned_bytes(g, sizes, m))),
+    ("constants MB", lambda g, sizes, m: megabytes(tensor_bytes(g, sizes, "constant".__eq__))),
 ]
 
 
@@ -57,15 +72,15 @@ def rows(name: str, sizes: dict[str, int]) -> list[list[str]]:
     source, model = MODELS[name]
     program = kiln.load(source)
     elaborated = program.elaborate(model)
-    params = dict(kiln.compile(program, model=model).params)
+    params = dict(kiln.compile(program, model=model, target="reference").params)
     graph = elaborated.graph
     sizes = {k: v for k, v in sizes.items() if k in elaborated.symbols}
     print(f"\n{name} ({', '.join(f'{k}={v}' for k, v in sizes.items())})")
-    out = [["elaborated", *(str(f(graph, sizes)) for _, f in COLUMNS), "", ""]]
+    out = [["elaborated", *(str(f(graph, sizes, elaborated)) for _, f in COLUMNS), "", ""]]
     for p in PIPELINE:
         graph, (stats,) = run_passes(graph, [p], params)
         changes = stats.skipped or ", ".join(f"{k} {v}" for k, v in stats.changes.items())
-        out.append([p.name, *(str(f(graph, sizes)) for _, f in COLUMNS),
+        out.append([p.name, *(str(f(graph, sizes, elaborated)) for _, f in COLUMNS),
                     f"{stats.seconds * 1e3:.1f}", changes])
     return out
 
