@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kiln.compiler import progress
 from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
 
@@ -57,14 +60,17 @@ def compile(
     if opt_level not in (0, 1):
         raise KilnError("K0602", f"opt_level must be 0 or 1, not {opt_level!r}")
     program = source if isinstance(source, Program) else load(source)
-    elaborated = program.elaborate(model, args)
+    with progress.step("elaborating the model"):
+        elaborated = program.elaborate(model, args)
 
     def variant(present: frozenset[str]):
         return program.elaborate(model, args, present)
 
     from kiln.compiler.elaborate.members import generate_params
 
-    params = generate_params(elaborated.params, seed)
+    count = sum(int(np.prod(i.shape, dtype=np.int64)) for i in elaborated.params.values())
+    with progress.step(f"initialising {count:,} parameter values"):
+        params = generate_params(elaborated.params, seed)
     if weights is not None:  # load before building a backend, so it is built once
         from kiln.runtime.model import CompiledModel
 

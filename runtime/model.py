@@ -51,9 +51,11 @@ class CompiledModel:
                     raise KilnError("K0501", "this model was built with every optional input "
                                     "given", hint="pass every optional input")
                 model = self._elaborated[present] = self._variant(present)
+            from ..compiler import progress
             from ..compiler.passes import optimize
 
-            graph, stats = optimize(model, self.opt_level, params=self.params)
+            with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
+                graph, stats = optimize(model, self.opt_level, params=self.params)
             if present == self.model.present:
                 self.pass_stats = stats
             self._lowered[present] = dataclasses.replace(model, graph=graph)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import llvmlite.binding as llvm
 import numpy as np
 
+from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
@@ -102,22 +103,31 @@ def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bo
     returns (object bytes, layout, target machine). `with_plan` adds `kiln_plan`, the memory
     plan as a C function, for libraries used without kiln."""
     machine = target.machine()
-    module, layout = build_module(model, llvm.get_process_triple(), str(machine.target_data),
-                                  with_plan=with_plan, vector_width=target.vector_width)
-    text = ir_text(module, target.vector_width)
+    with progress.step(f"generating native code ({len(model.graph)} nodes)"):
+        module, layout = build_module(model, llvm.get_process_triple(),
+                                      str(machine.target_data), with_plan=with_plan,
+                                      vector_width=target.vector_width)
+        text = ir_text(module, target.vector_width)
     name = cache.key(__version__, target.cpu, target.features, text)
     obj = cache.load(name)
     if obj is None:
-        parsed = llvm.parse_assembly(text)
-        parsed.verify()
-        options = llvm.create_pipeline_tuning_options(speed_level=3)
-        options.loop_vectorization = True
-        options.slp_vectorization = True
-        builder = llvm.create_pass_builder(machine, options)
-        builder.getModulePassManager().run(parsed, builder)
-        obj = machine.emit_object(parsed)
+        with progress.step(f"optimising and compiling {len(module.functions)} functions "
+                           f"with LLVM for {target.cpu}"):
+            obj = _machine_code(text, machine)
         cache.store(name, obj)
     return obj, layout, machine
+
+
+def _machine_code(text: str, machine) -> bytes:
+    """Optimised object code of LLVM IR text."""
+    parsed = llvm.parse_assembly(text)
+    parsed.verify()
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    options.loop_vectorization = True
+    options.slp_vectorization = True
+    builder = llvm.create_pass_builder(machine, options)
+    builder.getModulePassManager().run(parsed, builder)
+    return machine.emit_object(parsed)
 
 
 class NativeModel(CompiledModel):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..compiler import progress
 from ..compiler.codegen import onnx as onnx_codegen
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
@@ -60,7 +61,8 @@ class OnnxModel(CompiledModel):
             import onnxruntime as ort
 
             model = self.lowered(present)
-            proto = onnx_codegen.export(model, self.params)
+            with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
+                proto = onnx_codegen.export(model, self.params)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
