@@ -229,4 +229,4 @@ class BuiltinMixin:
         raise KilnError("K0201", "defined(NAME) takes a name", span)
 
 
-__all__ = ["BuiltinMixin", "Instance"]
+__all__ = ["BuiltinMixin"]

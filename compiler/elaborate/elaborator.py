@@ -17,7 +17,7 @@ from .forward import ForwardMixin
 from .members import MemberMixin, ParamSlot
 from .program import ModuleScope
 from .scope import Scope, Unbound
-from .values import ABSENT, BlockRef, Namespace, ParamInfo, Poison, Tensor
+from .values import ABSENT, BlockRef, Namespace, ParamInfo, Tensor
 
 
 @dataclass
@@ -342,4 +342,4 @@ def _free_names(expr, scope: Scope) -> list[str]:
     return out
 
 
-__all__ = ["ElaboratedModel", "Elaborator", "Poison", "Port"]
+__all__ = ["ElaboratedModel", "Elaborator", "Port"]

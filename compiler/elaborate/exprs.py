@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any
 
@@ -12,16 +11,14 @@ from ..dims import Dim, DimError
 from ..errors import KilnError, Span
 from ..ops import REGISTRY, OpError
 from ..syntax import ast as A
-from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote, shape_str
+from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote
 from .scope import Scope, Unbound
 from .values import (
-    ABSENT,
     POISON,
     Absent,
     BlockRef,
     Builtin,
     FnRef,
-    InitializerValue,
     Instance,
     MemberPrefix,
     Namespace,
@@ -812,14 +809,4 @@ def _close(name: str, candidates) -> str | None:
     return f"did you mean {' or '.join(close)}?" if close else None
 
 
-__all__ = [
-    "ABSENT",
-    "ExprMixin",
-    "InitializerValue",
-    "Poisoned",
-    "describe",
-    "is_scalar",
-    "math",
-    "norm_dim",
-    "shape_str",
-]
+__all__ = ["ExprMixin", "Poisoned", "describe", "is_scalar", "norm_dim"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..dims import Dim, DimError
+from ..dims import Dim
 from ..errors import KilnError, Span
 from ..ir import COMPARISONS, Constraint
 from ..syntax import ast as A
-from ..types import DTYPES, TensorType, shape_str
+from ..types import TensorType, shape_str
 from .exprs import Poisoned, _count, describe, norm_dim
 from .scope import Scope, Unbound
 from .values import (
@@ -595,4 +595,4 @@ def _assigned(stmt) -> list[str]:
     return []
 
 
-__all__ = ["DTYPES", "Absent", "DimError", "ForwardMixin", "Returned"]
+__all__ = ["ForwardMixin", "Returned"]
