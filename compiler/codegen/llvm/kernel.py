@@ -169,6 +169,13 @@ class KernelBuilder:
     def for_range(self, stop: ir.Value, start: ir.Value | None = None,
                   step: int = 1) -> Iterator[ir.Value]:
         """`for i in range(start, stop, step)` (step > 0); yields i inside the loop body."""
+        with self._loop(start, stop, step, ()) as (i, _values, _carry):
+            yield i
+
+    @contextlib.contextmanager
+    def _loop(self, start, stop, step: int, inits: tuple):
+        """A counted loop with loop-carried values (SSA phis): yields (i, values, carry) in the
+        body, where carry(new_values) gives the next iteration (and the exit) its values."""
         b = self.b
         start = start if start is not None else ir.Constant(I64, 0)
         pre = b.block
@@ -179,11 +186,20 @@ class KernelBuilder:
         b.position_at_end(head)
         i = b.phi(I64, name="i")
         i.add_incoming(start, pre)
+        values = tuple(b.phi(v.type) for v in inits)
+        for phi, v in zip(values, inits, strict=True):
+            phi.add_incoming(v, pre)
         b.cbranch(b.icmp_signed("<", i, stop), body, done)
         b.position_at_end(body)
-        yield i
-        nxt = b.add(i, ir.Constant(I64, step), flags=("nsw",))
-        i.add_incoming(nxt, b.block)
+        carried = list(values)
+
+        def carry(new) -> None:
+            carried[:] = new
+
+        yield i, values, carry
+        for phi, v in zip(values, carried, strict=True):
+            phi.add_incoming(v, b.block)
+        i.add_incoming(b.add(i, ir.Constant(I64, step), flags=("nsw",)), b.block)
         b.branch(head)
         b.position_at_end(done)
 
@@ -446,28 +462,10 @@ class KernelBuilder:
     def accumulate(self, start: ir.Value, stop: ir.Value, init, step):
         """fold(step, range(start, stop), init): a loop-carried scalar, as an SSA phi. `init`
         may be a tuple of scalars (carried together: step takes and returns the tuple)."""
-        b = self.b
         carried = isinstance(init, tuple)
-        inits = init if carried else (init,)
-        pre = b.block
-        head = b.append_basic_block("acc.head")
-        body = b.append_basic_block("acc.body")
-        done = b.append_basic_block("acc.done")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        accs = tuple(b.phi(v.type) for v in inits)
-        i.add_incoming(start, pre)
-        for acc, v in zip(accs, inits, strict=True):
-            acc.add_incoming(v, pre)
-        b.cbranch(b.icmp_signed("<", i, stop), body, done)
-        b.position_at_end(body)
-        new = step(accs if carried else accs[0], i)
-        for acc, v in zip(accs, new if carried else (new,), strict=True):
-            acc.add_incoming(v, b.block)
-        i.add_incoming(b.add(i, ir.Constant(I64, 1), flags=("nsw",)), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        with self._loop(start, stop, 1, init if carried else (init,)) as (i, accs, carry):
+            new = step(accs if carried else accs[0], i)
+            carry(new if carried else (new,))
         return accs if carried else accs[0]
 
     # ------------------------------------------------------------------ data movement
