@@ -426,35 +426,9 @@ def chain(b, x: str, steps: Iterable[tuple[str, list[str]]], outputs: list[str])
 # value is needed: b.const writes a 0-d array as a 1-element 1-D initializer (through
 # np.ascontiguousarray), so constant sizes from b.dim, and b.shape mixing constant and symbolic
 # sizes (a Concat of [1]- and [1, 1]-shaped parts), come out the wrong rank.
-def scalar(b, value: Any, dtype: str) -> str:
-    """A 0-d constant of the kiln dtype `dtype` (a Constant node)."""
-    from onnx import numpy_helper  # onnx is loaded only when emitting
-
-    array = np.asarray(value).astype(NUMPY_DTYPES[dtype])
-    return one(b, "Constant", value=numpy_helper.from_array(array))
-
-
-def size_of(b, d: Dim | int) -> str:
-    """The run-time value of size `d` as a 0-d i64 tensor."""
-    d = Dim.of(d)
-    if d.is_const:
-        return scalar(b, d.value, "i64")
-    return b.dim(d) if d.symbol is not None else one(b, "Reshape", b.dim(d), b.ints([]))
-
-
-def shape_of(b, dims: Iterable[Dim | int]) -> str:
-    """A 1-D i64 shape tensor of `dims`, symbolic sizes computed at run time."""
-    dims = [Dim.of(d) for d in dims]
-    if all(d.is_const for d in dims):
-        return b.ints([d.value for d in dims])
-    parts = [b.ints([d.value]) if d.is_const else one(b, "Reshape", b.dim(d), b.ints([1]))
-             for d in dims]
-    return one(b, "Concat", *parts, axis=0)
-
-
 def full_of(b, dims: Iterable[Dim | int], value: Any, dtype: str) -> str:
     """A tensor of shape `dims` (symbolic where needed) filled with `value`."""
-    return one(b, "Expand", scalar(b, value, dtype), shape_of(b, dims))
+    return one(b, "Expand", b.const(value, dtype), b.shape(dims))
 
 
 def onnx_pads(b, pairs: Iterable[tuple[Dim | int, Dim | int]]) -> list[int]:

@@ -33,7 +33,6 @@ from ._common import (
     number,
     one,
     onnx_op,
-    scalar,
     tensors,
     trimmed,
     unary,
@@ -89,7 +88,7 @@ def _const(b, n, value):
     """A scalar constant of the node's (compute) dtype; value a number or an attribute's name."""
     if isinstance(value, str):
         value = number(n.attrs[value], value)
-    return scalar(b, value, n.in_types[0].dtype)
+    return b.const(value, n.in_types[0].dtype)
 
 
 def _rsqrt_onnx(b, n):

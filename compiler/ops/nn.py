@@ -41,8 +41,6 @@ from ._common import (
     optional,
     pad_or_crop,
     prod,
-    scalar,
-    shape_of,
     spatial,
     tensors,
     to_dims,
@@ -178,7 +176,7 @@ def _normalized_onnx(b, x: str, axes: list[int], eps: float, dtype: str) -> str:
     centered = one(b, "Sub", x, mean)
     var = one(b, "ReduceMean", one(b, "Mul", centered, centered), axes_input, keepdims=1,
               noop_with_empty_axes=1)
-    return one(b, "Div", centered, one(b, "Sqrt", one(b, "Add", var, scalar(b, eps, dtype))))
+    return one(b, "Div", centered, one(b, "Sqrt", one(b, "Add", var, b.const(eps, dtype))))
 
 
 def _affine_onnx(b, y: str, weight: str | None, bias: str | None, shape: list[int],
@@ -778,7 +776,7 @@ def _resize_onnx(b, n):
     whose negative source coordinates linear mode clamps to 0 as PyTorch, or align_corners.
     With scale_factor the scales go in, as PyTorch reads source dst / scale, not dst * in / out."""
     (x,), t, a = n.inputs, n.in_types[0], n.attrs
-    scales, sizes = None, shape_of(b, n.out_types[0].shape)
+    scales, sizes = None, b.shape(n.out_types[0].shape)
     if a["scale_factor"] is not None:
         spatial_out = zip(t.shape[2:], _scales(a, t.rank - 2), n.out_types[0].shape[2:],
                           strict=True)

@@ -20,8 +20,6 @@ from ._common import (
     normalize_axis,
     one,
     reduction,
-    scalar,
-    shape_of,
     widened,
 )
 from .registry import register
@@ -93,7 +91,7 @@ def _arg_onnx(op_type: str):
 def _logsumexp_onnx(b, n):
     """max + log(sum(exp(x - max))) with keepdims, then the reduced axes dropped."""
     (x,), dtype = n.inputs, n.in_types[0].dtype
-    axes, zero = _axes(b, n), scalar(b, 0.0, dtype)
+    axes, zero = _axes(b, n), b.const(0.0, dtype)
     top = one(b, "ReduceMax", x, axes, keepdims=1, noop_with_empty_axes=1)
     finite = one(b, "Equal", one(b, "Sub", top, top), zero)  # m - m is 0 exactly when m is finite
     shift = one(b, "Where", finite, top, zero)
@@ -102,7 +100,7 @@ def _logsumexp_onnx(b, n):
     keep = bool(n.attrs["keepdims"])
     (out,) = b.node("Add", [one(b, "Log", total), shift], n.outputs if keep else 1)
     if not keep:
-        b.node("Reshape", [out, shape_of(b, n.out_types[0].shape)], n.outputs)
+        b.node("Reshape", [out, b.shape(n.out_types[0].shape)], n.outputs)
 
 
 def _softmax_onnx(op_type: str):

@@ -38,10 +38,7 @@ from ._common import (
     pad_or_crop,
     prod,
     resolve,
-    scalar,
-    shape_of,
     simple,
-    size_of,
     tensors,
     to_dim,
     to_dims,
@@ -124,7 +121,7 @@ def _swap(rank, a):
 def _reshape_onnx(b, n):
     """Reshape to the inferred shape: -1 resolved, symbolic sizes computed at run time (and a
     0 in it meaning 0, not "copy")."""
-    shape = shape_of(b, n.out_types[0].shape)
+    shape = b.shape(n.out_types[0].shape)
     b.node("Reshape", [n.inputs[0], shape], n.outputs, allowzero=1)
 
 
@@ -251,7 +248,7 @@ def _matrix_shape(shape, a):
 
 
 def _broadcast_to_onnx(b, n):
-    b.node("Expand", [n.inputs[0], shape_of(b, n.out_types[0].shape)], n.outputs)
+    b.node("Expand", [n.inputs[0], b.shape(n.out_types[0].shape)], n.outputs)
 
 
 def _tile_onnx(b, n):
@@ -260,11 +257,11 @@ def _tile_onnx(b, n):
     reps = to_dims(n.attrs["reps"], "reps")
     if len(reps) > rank:
         x = one(b, "Unsqueeze", x, b.ints(range(len(reps) - rank)))
-    b.node("Tile", [x, shape_of(b, (1,) * (rank - len(reps)) + reps)], n.outputs)
+    b.node("Tile", [x, b.shape((1,) * (rank - len(reps)) + reps)], n.outputs)
 
 
 def _trilu_onnx(upper: int):
-    return lambda b, n: b.node("Trilu", [n.inputs[0], size_of(b, to_int(n.attrs["k"], "k"))],
+    return lambda b, n: b.node("Trilu", [n.inputs[0], b.dim(to_int(n.attrs["k"], "k"))],
                                n.outputs, upper=upper)
 
 
@@ -357,9 +354,9 @@ def _pad_onnx(b, n):
     """Pad with pads [begin..., end...] over every axis (F.pad's order is last axis first)."""
     (x,), t, a = n.inputs, n.in_types[0], n.attrs
     widths = _pad_widths(t.shape, a)
-    pads = shape_of(b, [lo for lo, _ in widths] + [hi for _, hi in widths])
+    pads = b.shape([lo for lo, _ in widths] + [hi for _, hi in widths])
     mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[a["mode"]]
-    value = scalar(b, number(a["value"], "value"), t.dtype) if mode == "constant" else None
+    value = b.const(number(a["value"], "value"), t.dtype) if mode == "constant" else None
     b.node("Pad", trimmed([x, pads, value]), n.outputs, mode=mode)
 
 
@@ -508,7 +505,7 @@ def _slice_onnx(b, n):
     steps = []
     if sliced:
         axes, starts, stops, strides = zip(*sliced, strict=True)
-        bounds = [shape_of(b, starts), shape_of(b, stops), b.ints(axes), b.ints(strides)]
+        bounds = [b.shape(starts), b.shape(stops), b.ints(axes), b.ints(strides)]
         steps.append(("Slice", bounds))
     steps += [("Squeeze", [b.ints(dropped)])] if dropped else []
     steps += [("Unsqueeze", [b.ints(new)])] if new else []
@@ -666,7 +663,7 @@ def _split_reference(env, inputs, a):
 
 def _split_onnx(b, n):
     axis, parts = _split_parts(n.in_types[0], n.attrs)
-    b.node("Split", [n.inputs[0], shape_of(b, parts)], n.outputs, axis=axis)
+    b.node("Split", [n.inputs[0], b.shape(parts)], n.outputs, axis=axis)
 
 
 register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
@@ -726,9 +723,9 @@ def _take_along_onnx(b, n):
     axis = normalize_axis(n.attrs["axis"], max(xt.rank, 1))
     source = out[:axis] + xt.shape[axis:axis + 1] + out[axis + 1:]
     if xt.shape != source:
-        x = one(b, "Expand", x, shape_of(b, source))
+        x = one(b, "Expand", x, b.shape(source))
     if it.shape != out:
-        index = one(b, "Expand", index, shape_of(b, out))
+        index = one(b, "Expand", index, b.shape(out))
     b.node("GatherElements", [x, index], n.outputs, axis=axis)
 
 
@@ -906,15 +903,15 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
         if mode == "sum":
             scatter(0, src, "add", outputs=n.outputs)
             return
-        ones = one(b, "Expand", scalar(b, 1, "i64"), src_shape)
+        ones = one(b, "Expand", b.const(1, "i64"), src_shape)
         count = scatter(0, ones, "add", "i64")
         if mode == "mean":
-            divisor = cast(b, one(b, "Max", count, scalar(b, 1, "i64")), dtype)
+            divisor = cast(b, one(b, "Max", count, b.const(1, "i64")), dtype)
             b.node("Div", [scatter(0, src, "add"), divisor], n.outputs)
             return
         folded = scatter(_scatter_start(mode, dtype), src, _ONNX_REDUCTION[mode])
-        landed = one(b, "Greater", count, scalar(b, 0, "i64"))
-        b.node("Where", [landed, folded, scalar(b, 0, dtype)], n.outputs)
+        landed = one(b, "Greater", count, b.const(0, "i64"))
+        b.node("Where", [landed, folded, b.const(0, dtype)], n.outputs)
 
     def lower(kb, n):
         _scatter_llvm(kb, n, mode_of(n.attrs))
@@ -969,11 +966,11 @@ def _arange_onnx(b, n):
     start, end, step = _arange_bounds(n.attrs)
     if any(isinstance(v, float) for v in (start, end, step)):
         count = _arange_length(start, end, step)
-        i = cast(b, one(b, "Range", size_of(b, 0), size_of(b, count), size_of(b, 1)), "f64")
-        scaled = one(b, "Mul", scalar(b, float(step), "f64"), i)
-        values = one(b, "Add", scalar(b, float(start), "f64"), scaled)
+        i = cast(b, one(b, "Range", b.dim(0), b.dim(count), b.dim(1)), "f64")
+        scaled = one(b, "Mul", b.const(float(step), "f64"), i)
+        values = one(b, "Add", b.const(float(start), "f64"), scaled)
     else:
-        values = one(b, "Range", size_of(b, start), size_of(b, end), size_of(b, step))
+        values = one(b, "Range", b.dim(start), b.dim(end), b.dim(step))
     cast(b, values, n.out_types[0].dtype, n.outputs[0])
 
 
@@ -1019,10 +1016,10 @@ def filled(name: str, doc: str, value=None) -> OpRecord:
         """A scalar (a size's run-time value when `value` is a Dim) expanded to the shape."""
         fill, dtype = n.attrs["value"] if value is None else value, n.out_types[0].dtype
         if isinstance(fill, Dim):
-            filler = cast(b, size_of(b, fill), dtype)
+            filler = cast(b, b.dim(fill), dtype)
         else:
-            filler = scalar(b, fill, dtype)
-        b.node("Expand", [filler, shape_of(b, n.out_types[0].shape)], n.outputs)
+            filler = b.const(fill, dtype)
+        b.node("Expand", [filler, b.shape(n.out_types[0].shape)], n.outputs)
 
     def lower(kb, n):
         dtype = n.out_types[0].dtype
@@ -1060,8 +1057,8 @@ def _one_hot(inputs, a):
 def _one_hot_onnx(b, n):
     """x[..., None] == arange(num_classes), cast (ONNX's OneHot would take negative classes
     from the end)."""
-    depth = size_of(b, to_dim(n.attrs["num_classes"], "num_classes"))
-    classes = one(b, "Range", size_of(b, 0), depth, size_of(b, 1))
+    depth = b.dim(to_dim(n.attrs["num_classes"], "num_classes"))
+    classes = one(b, "Range", b.dim(0), depth, b.dim(1))
     x = one(b, "Unsqueeze", cast(b, n.inputs[0], "i64"), b.ints([-1]))
     cast(b, one(b, "Equal", x, classes), n.out_types[0].dtype, n.outputs[0])
 
@@ -1096,6 +1093,6 @@ def _dim_value_infer(types, a):
 register(internal(simple(
     "dim_value", "The runtime value of a size, as an i64 scalar tensor.",
     attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
-    onnx=lambda b, n: b.node("Identity", [size_of(b, n.attrs["dim"])], n.outputs),
+    onnx=lambda b, n: b.node("Identity", [b.dim(n.attrs["dim"])], n.outputs),
     llvm=lambda kb, n: kb.store(kb.buffer(0, "i64"), kb.const(0, "i64"),
                                 kb.dim(to_dim(n.attrs["dim"], "dim")), "i64"))))
