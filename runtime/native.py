@@ -6,7 +6,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -22,6 +22,7 @@ from .model import CompiledModel
 from .version import __version__
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -63,7 +64,6 @@ class _FastPath:
     symbol_at: list[tuple[int, int]]  # (input, axis) that binds each symbol
     fixed: list[tuple[int, int, int]]  # (input, axis, size) of constant sizes
     repeated: list[tuple[int, int, int]]  # (input, axis, symbol index) seen again
-    calls: dict = field(default_factory=dict)
 
     @staticmethod
     def of(model: ElaboratedModel, symbols: list[str]):
@@ -145,7 +145,7 @@ class NativeModel(CompiledModel):
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
             raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
         self._local = threading.local()
-        self._plans: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._calls: dict[tuple, _Call] = {}
         self._library = None
         self._compiled = {model.present: self._build(model.present)}
         self._fast = _FastPath.of(model, self._compiled[model.present][1].symbols)
@@ -163,7 +163,7 @@ class NativeModel(CompiledModel):
         self._library = library
         self._weights_folded = weights_folded
         self._local = threading.local()
-        self._plans = {}
+        self._calls = {}
         self._compiled = {model.present: (model, layout, library, entry,
                                           self._param_pointers(layout))}
         self._fast = _FastPath.of(model, layout.symbols)
@@ -208,9 +208,7 @@ class NativeModel(CompiledModel):
                               for key, entry in self._compiled.items()}
         else:
             self._compiled = {key: self._build(key) for key in self._compiled}
-        self._plans.clear()
-        if self._fast is not None:
-            self._fast.calls.clear()
+        self._calls.clear()
 
     def __call__(self, *args, **kwargs):
         """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right
@@ -231,12 +229,9 @@ class NativeModel(CompiledModel):
         for i, axis, symbol in fast.repeated:
             if args[i].shape[axis] != dims[symbol]:
                 return super().__call__(*args, **kwargs)
-        call = fast.calls.get(dims)
+        call = self._calls.get((_NONE, dims))  # _prepare's key: no optional inputs here
         if call is None:
-            if len(fast.calls) > 64:
-                fast.calls.clear()
-            env = dict(zip(fast.symbols, dims))
-            call = fast.calls[dims] = self._prepare(env)
+            call = self._prepare(dict(zip(fast.symbols, dims)))
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
         return self._enter(call, args, outs)
 
@@ -254,28 +249,28 @@ class NativeModel(CompiledModel):
         return outs
 
     def _prepare(self, dims: dict[str, int], present: frozenset[str] = frozenset()):
-        """Everything a call with these sizes needs, computed once: the memory plan, the
-        output shapes, the sizes array."""
-        model, layout, _engine, entry, _params = self._compiled[present]
+        """Everything a call with these sizes needs, computed once per set of sizes: the memory
+        plan, the output shapes, the sizes array (after refusing sizes that come out negative)."""
+        model, layout, _engine, _entry, _params = self._compiled[present]
         key = (present, tuple(dims.get(s, 0) for s in layout.symbols))
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = plan_memory(layout, dims)
-        offsets, size = plan
-        for t, _born, _dies in layout.slots:  # a size these inputs make negative: refuse
-            for d in t.shape:
-                if Dim.of(d).evaluate(dims) < 0:
-                    raise KilnError("K0505", f"with these inputs the size {d} of an "
-                                    f"intermediate {t} is {Dim.of(d).evaluate(dims)}",
-                                    hint="a size in the model is out of range for these inputs")
-        outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
-                   for p in model.outputs]
-        for shape, _dtype in outputs:
-            if any(n < 0 for n in shape):
-                raise KilnError("K0505", f"with these inputs an output would have shape "
-                                f"{list(shape)}", hint="a size in the model is out of range")
-        sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
-        return _Call(present, outputs, offsets, size, sizes)
+        call = self._calls.get(key)
+        if call is None:
+            types = [t for t, _born, _dies in layout.slots] + [p.type for p in model.outputs]
+            for t in types:  # a size these inputs make negative: refuse before native code
+                for d in t.shape:
+                    if Dim.of(d).evaluate(dims) < 0:
+                        raise KilnError(
+                            "K0505", f"with these inputs the size {d} of a tensor {t} is "
+                            f"{Dim.of(d).evaluate(dims)}",
+                            hint="a size in the model is out of range for these inputs")
+            offsets, size = plan_memory(layout, dims)
+            outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
+                       for p in model.outputs]
+            sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
+            if len(self._calls) > 256:
+                self._calls.clear()
+            call = self._calls[key] = _Call(present, outputs, offsets, size, sizes)
+        return call
 
     def _enter(self, call, ins, outs):
         """Cross into native code once, with every pointer prepared."""
