@@ -57,11 +57,6 @@ class KilnError(Exception):
         """This error followed by the independent errors reported with it."""
         return [self, *self.others]
 
-    def with_note(self, note: str) -> KilnError:
-        err = KilnError(self.code, self.message, self.span, self.hint, (*self.notes, note))
-        err.others = self.others
-        return err
-
     def format_one(self) -> str:
         where = f"{self.span}: " if self.span else ""
         out = [f"{where}error[{self.code}]: {self.message}"]

@@ -273,7 +273,7 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None
             node["span"],
         )
         if op == "scan":
-            _emit_scan(b, onode, names, params)
+            _emit_scan(b, onode, params)
         else:
             rec.onnx(b, onode)
     for value, name in zip(graph.outputs, graph.output_names or []):
@@ -284,7 +284,7 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None
         b.node("Identity", [actual], [name])
 
 
-def _emit_scan(b: OnnxBuilder, n: OnnxNode, outer_names: dict, params: dict) -> None:
+def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:
     """kiln scan -> ONNX Scan: carries are state variables, emits are scan outputs.
 
     A step index becomes one more scanned input, arange(length); captured outer values are

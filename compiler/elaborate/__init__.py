@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError
-from ..syntax import ast as A
 from .elaborator import ElaboratedModel, Elaborator, Port
 from .program import Loader, ModuleScope
 from .scope import lookup_global
@@ -32,14 +31,6 @@ class Program:
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.module.models()]
-
-    @property
-    def block_names(self) -> list[str]:
-        return [b.name for b in self.module.blocks()]
-
-    def model_def(self, name: str | None = None) -> A.BlockDef:
-        """The named model, or the file's last `model` when name is None."""
-        return self.model_ref(name).defn
 
     def model_ref(self, name: str | None = None) -> BlockRef:
         """The named model or block (defined here, or imported: `cnn.ResNet18`, or a name

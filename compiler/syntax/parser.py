@@ -50,15 +50,6 @@ def _parser() -> Lark:
     )
 
 
-def grammar_rules() -> set[str]:
-    """Every rule name (after aliases) the parser can produce, for the AST-coverage test."""
-    names = set()
-    for rule in _parser().rules:
-        name = rule.alias or rule.origin.name
-        names.add(str(name))
-    return names
-
-
 def _describe(tok: Token) -> str:
     if tok.type == "$END":
         return "end of file"
