@@ -17,7 +17,7 @@ from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy, shape_str
 from .weights import load_weights, match_weights, save_weights
 
 # lossless conversions done for the caller; anything else is an error naming the input
-_WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32"), ("bool", "bool")}
+_WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32")}
 
 
 
@@ -164,8 +164,7 @@ class CompiledModel:
                     value = np.asarray(value)
                 except ValueError:  # ragged nested lists
                     raise KilnError("K0503", f"input {port.name}: the lists are ragged") from None
-                ints_to_float = value.dtype.kind in "iu" and want in ("f32", "f16", "bf16")
-                if _same_kind(value.dtype, want) or ints_to_float:
+                if _takes(value.dtype, want):
                     value = value.astype(NUMPY_DTYPES[want])  # plain numbers take the input's type
             else:
                 raise KilnError(
@@ -179,7 +178,7 @@ class CompiledModel:
                 raise KilnError(
                     "K0502",
                     f"input {port.name} must be {want}, but the array is {value.dtype}",
-                    hint=f"convert it: {port.name}.astype(np.{NUMPY_DTYPES[want].name})",
+                    hint=f"convert it: {port.name}.astype({_numpy_name(want)})",
                 )
         if value.ndim != port.type.rank:
             raise KilnError(
@@ -257,6 +256,13 @@ def _ev(d: Dim, dims) -> int | str:
         return str(d)
 
 
-def _same_kind(dtype: np.dtype, want: str) -> bool:
-    kinds = {"f": "f32 f16 bf16", "i": "i32 i64", "u": "i32 i64", "b": "bool"}
+def _takes(dtype: np.dtype, want: str) -> bool:
+    """Whether plain Python numbers of numpy kind `dtype` convert to `want` without surprise
+    (ints to ints or floats, floats to floats, bools to bool)."""
+    kinds = {"f": "f32 f16 bf16", "i": "i32 i64 f32 f16 bf16", "u": "i32 i64 f32 f16 bf16",
+             "b": "bool"}
     return want in kinds.get(dtype.kind, "").split()
+
+
+def _numpy_name(dtype: str) -> str:
+    return "ml_dtypes.bfloat16" if dtype == "bf16" else f"np.{NUMPY_DTYPES[dtype].name}"
