@@ -7,6 +7,7 @@ convolution's `(H + 2*p - k) // s + 1` stays symbolic. Normalisation makes `E + 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Union
 
@@ -36,6 +37,13 @@ class DivAtom:
 
 def _atom_key(atom: Atom) -> str:
     return atom if isinstance(atom, str) else "~" + atom.key()
+
+
+# the operators sizes support, by their kiln spelling
+ARITHMETIC = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul,
+    "//": operator.floordiv, "%": operator.mod, "**": operator.pow,
+}
 
 
 class DimError(ValueError):
@@ -163,6 +171,15 @@ class Dim:
         return Dim(terms)
 
     __rmul__ = __mul__
+
+    def __pow__(self, other: int | Dim) -> Dim:
+        other = Dim.of(other)
+        if not other.is_const or other.value < 0:
+            raise DimError(f"a size can only be raised to a constant power >= 0, not {other}")
+        out = Dim.of(1)
+        for _ in range(other.value):
+            out = out * self
+        return out
 
     def __floordiv__(self, other: int | Dim) -> Dim:
         other = Dim.of(other)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.module import ModuleLayout
-from ..compiler.dims import Dim
+from ..compiler.dims import ARITHMETIC, Dim
 from ..compiler.elaborate import ElaboratedModel, Port
 from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
@@ -80,7 +80,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
         except OSError as exc:
             raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
     stem = path.with_suffix("")
-    weights = {**{k: v for k, v in params.items()}, **layout.constants}
+    weights = {**params, **layout.constants}
     save_weights(f"{stem}.safetensors", weights)
     meta = _metadata(model, layout, cpu)
     meta["weights_folded"] = bool(folded)
@@ -113,20 +113,6 @@ def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target)
     }
 
 
-_DIM_OPS = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "//": lambda a, b: a // b, "%": lambda a, b: a % b,
-    "**": lambda a, b: _power(a, b.value),
-}
-
-
-def _power(a: Dim, n: int) -> Dim:
-    out = Dim.of(1)
-    for _ in range(n):
-        out = out * a
-    return out
-
-
 def parse_dim(text: str) -> Dim:
     """A size as printed by Dim (`2*B + 1`, `(H + 1)//2`), read back with kiln's grammar."""
     from ..compiler.syntax import ast as A
@@ -140,8 +126,8 @@ def parse_dim(text: str) -> Dim:
             return Dim.of(node.id)
         if isinstance(node, A.UnaryOp) and node.op == "-":
             return -value(node.operand)
-        if isinstance(node, A.BinOp) and node.op in _DIM_OPS:
-            return _DIM_OPS[node.op](value(node.left), value(node.right))
+        if isinstance(node, A.BinOp) and node.op in ARITHMETIC:
+            return ARITHMETIC[node.op](value(node.left), value(node.right))
         raise ValueError(text)
 
     return value(ASTBuilder("<dim>", text).transform(parse(text, "<dim>", start="test")))

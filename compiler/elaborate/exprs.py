@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dims import Dim, DimError
+from ..dims import ARITHMETIC, Dim, DimError
 from ..errors import KilnError, Span
 from ..ops import REGISTRY, OpError
 from ..syntax import ast as A
@@ -47,7 +47,6 @@ BINARY = {
     "and": ("logical_and", None),
     "or": ("logical_or", None),
 }
-DIM_OPS = {"+", "-", "*", "//", "%"}
 COMPARE = {"==", "!=", "<", "<=", ">", ">="}
 
 
@@ -236,19 +235,10 @@ class ExprMixin:
             return BINARY[op][1](diff.value, 0)
         if op == "/":
             return self.binary(op, self.as_tensor(left, span), right, span, span, span)
-        if op == "**" and b.is_const and b.value >= 0:
-            out = Dim.of(1)
-            for _ in range(b.value):
-                out = out * a
-            return norm_dim(out)
-        if op not in DIM_OPS:
+        if op not in ARITHMETIC:
             raise KilnError("K0202", f"{op} is not defined on sizes ({a} {op} {b})", span)
         try:
-            return norm_dim(
-                {"+": a + b, "-": a - b, "*": a * b}[op]
-                if op in "+-*"
-                else (a // b if op == "//" else a % b)
-            )
+            return norm_dim(ARITHMETIC[op](a, b))
         except DimError as exc:
             raise KilnError("K0203", str(exc), span) from None
 
