@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"T": 16, "N": 32, "E": 64, "H": 64, "W": 64}  # other symbolic sizes than the batch
 
 
-def inputs_for(model, batch: int, rng) -> dict[str, np.ndarray]:
+def inputs_for(model, batch: int, rng, sizes: dict[str, int] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Random inputs: the batch symbol(s) at `batch`, other symbols at `sizes` (or SIZES)."""
+    sizes = SIZES if sizes is None else sizes
     feeds = {}
     for port in model.inputs:
         if port.optional:
             continue
-        env = {s: SIZES.get(s, batch) for d in port.type.shape for s in d.symbols()}
+        env = {s: sizes.get(s, batch) for d in port.type.shape for s in d.symbols()}
         shape = tuple(d.evaluate(env) for d in port.type.shape)
         if port.type.dtype in ("i32", "i64"):
             feeds[port.name] = rng.integers(0, 2, size=shape).astype(port.type.np_dtype)

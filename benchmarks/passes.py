@@ -1,11 +1,14 @@
-"""What each optimizer pass does to a model: node count and tensor bytes after every pass.
+"""What each optimizer pass does to a model: nodes, kernels and tensor bytes after every pass.
 
     python benchmarks/passes.py [--models resnet18 transformer] [--bind B=1 T=128 H=224 W=224]
 
 For each model, one row for the elaborated graph and one after each pass of the pipeline (run
 cumulatively, with the model's initial parameters, so BatchNorm folding runs). Columns are the
-COLUMNS list: a column is a header and a function (graph, sizes, model) -> value; "planned MB" is
-the native backend's workspace (liveness-based reuse) next to the sum of all intermediates.
+COLUMNS list: a column is a header and a function (graph, sizes, model) -> value; "nodes" counts
+every node, inputs, parameters and constants included (a fused node counts as its body's ops),
+"kernels" the kernels a backend runs (ops only; a fused node is one, a scan's body counts);
+"planned MB" is the native backend's workspace (liveness-based reuse) next to the sum of
+all intermediates.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import kiln
 from kiln.compiler.ir import STRUCTURAL_OPS, Graph
 from kiln.compiler.passes import PIPELINE, count_nodes, run_passes
+from kiln.compiler.passes.edit import count_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name -> (source, model name)
@@ -60,6 +64,7 @@ def planned_bytes(graph: Graph, sizes: dict[str, int], model) -> int:
 
 COLUMNS: list[tuple[str, Callable[[Graph, dict, object], object]]] = [
     ("nodes", lambda g, sizes, m: count_nodes(g)),
+    ("kernels", lambda g, sizes, m: count_kernels(g)),
     ("intermediates MB",
      lambda g, sizes, m: megabytes(tensor_bytes(g, sizes, lambda op: op not in STRUCTURAL_OPS))),
     ("planned MB", lambda g, sizes, m: megabytes(planned_bytes(g, sizes, m))),
@@ -94,6 +99,15 @@ def table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def bind_sizes(defaults: dict[str, int], items: list[str]) -> dict[str, int]:
+    """`defaults` with each NAME=SIZE of `items` (the --bind option's values) set."""
+    sizes = dict(defaults)
+    for item in items:
+        key, value = item.split("=")
+        sizes[key] = int(value)
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -101,10 +115,7 @@ def main() -> None:
                         help="symbolic sizes (default " +
                         " ".join(f"{k}={v}" for k, v in SIZES.items()) + ")")
     args = parser.parse_args()
-    sizes = dict(SIZES)
-    for item in args.bind:
-        key, value = item.split("=")
-        sizes[key] = int(value)
+    sizes = bind_sizes(SIZES, args.bind)
     header = ["step", *(h for h, _ in COLUMNS), "ms", "changes"]
     for name in args.models:
         print(table(header, rows(name, sizes)))

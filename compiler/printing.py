@@ -18,6 +18,8 @@ def _label(node: dict) -> str:
         head = f"{attrs['kind']} {attrs['path']}"
     elif op == "constant":
         head = "constant"
+    elif op == "fused":  # one kernel: the ops it holds, in order
+        head = "fused " + "+".join(attrs["ops"])
     else:
         shown = {k: v for k, v in attrs.items() if k not in ("body",) and not hasattr(v, "shape")}
         args = ", ".join(f"{k}={v}" for k, v in shown.items())

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cpu", help="native: build for this CPU (e.g. x86-64-v3) instead of this "
                    "machine's own")
     optimizer_options(c)
+    c.add_argument("--report", action="store_true",
+                   help="list the kernels the backend runs with the source of the ops fused "
+                   "into each, why neighbouring ops were not fused, and the planned peak "
+                   "activation memory")
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
@@ -129,6 +133,10 @@ def report_passes(opts, model) -> None:
 def cmd_compile(opts) -> int:
 
     model = compile_from_options(opts, "reference")  # the graph and weights, to write out
+    if opts.report:
+        from kiln.compiler.report import report
+
+        print(report(model.lowered(), opts.target))
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
         from kiln.runtime.aot import write_library

@@ -22,8 +22,9 @@ from kiln.compiler.types import NUMPY_DTYPES as NP
 
 B, N, L = Dim.of("B"), Dim.of("N"), Dim.of("T")
 HALVES = ("f16", "bf16")
-# scan is emitted by codegen/onnx.py itself and tested with whole models
-EMITTED_ELSEWHERE = {"scan"}
+# scan is emitted by codegen/onnx.py itself and tested with whole models; fused nodes are made
+# by the fuse pass, and tests/test_fuse.py runs them through onnxruntime
+EMITTED_ELSEWHERE = {"scan", "fused"}
 # onnx's ReferenceEvaluator, the second oracle, runs every case but these (onnxruntime still
 # checks them): conv_transpose with groups (its ConvTranspose has none), pad with negative pads
 # (its Pad cannot crop), log_softmax of extremes (its LogSoftmax is log(softmax): -inf for -1000)

@@ -237,7 +237,10 @@ def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
     return names
 
 
-def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None:
+def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict,
+                outputs_named: bool = True) -> None:
+    """ONNX nodes for `graph`'s ops; `outputs_named`: its outputs take the graph's
+    output names (through Identity where a value already has another name)."""
     aliases: list[tuple[str, str]] = []  # model outputs that are another value
     for nid in graph.order():
         node = graph.node(nid)
@@ -276,12 +279,23 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict) -> None
             _emit_scan(b, onode, params)
         else:
             rec.onnx(b, onode)
-    for value, name in zip(graph.outputs, graph.output_names or []):
+    for value, name in zip(graph.outputs, graph.output_names if outputs_named else []):
         actual = names[(value.node, value.index)]
         if actual != name:
             aliases.append((actual, name))
     for actual, name in aliases:
         b.node("Identity", [actual], [name])
+
+
+def emit_inline(b: OnnxBuilder, body: Graph, inputs: list[str], outputs: list[str]) -> None:
+    """The ops of `body` (a fused group's) in the current ONNX graph, reading `inputs` (the
+    names of its inputs' values) and writing `outputs`; the body holds no parameters."""
+    names = {(nid, 0): name for nid, name in zip(body.inputs, inputs, strict=True)}
+    for value, name in zip(body.outputs, outputs, strict=True):
+        names[(value.node, value.index)] = name
+    span, scope = b.span, b.scope_path
+    _emit_nodes(b, body, names, {}, outputs_named=False)
+    b.span, b.scope_path = span, scope
 
 
 def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:

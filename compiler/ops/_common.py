@@ -488,7 +488,7 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
 
     return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
                     promote=promote, elementwise=True, tags=tags, onnx=onnx,
-                    llvm=lower if llvm is not None else None)
+                    llvm=lower if llvm is not None else None, scalar=llvm)
 
 
 def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:

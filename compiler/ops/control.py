@@ -59,3 +59,43 @@ register(internal(OpRecord(
     doc="Loop a body graph over one axis of its sequences, carrying state and stacking emits.",
     tags=frozenset({"control"}),
 )))
+
+
+def _fused_infer(types, attrs):
+    """The body's results; its inputs must have the operands' types."""
+    body = attrs["body"]
+    inputs = [body.node(nid)["types"][0] for nid in body.inputs]
+    if list(types) != inputs:
+        raise ValueError(f"fused: operands {[str(t) for t in types]} do not match the body's "
+                         f"inputs {[str(t) for t in inputs]}")
+    return [o.type for o in body.outputs]
+
+
+def _fused_reference(env, inputs, attrs):
+    return env.run_graph(attrs["body"], list(inputs))
+
+
+def _fused_onnx(b, n):
+    """ONNX has no fused op for these groups: the body's ops, one ONNX node each."""
+    from ..codegen.onnx import emit_inline  # the emitter needs onnx; the op does not
+
+    emit_inline(b, n.attrs["body"], n.inputs, n.outputs)
+
+
+def _fused_llvm(kb, n):
+    from ..codegen.llvm.fused import fused_kernel  # the lowering needs llvmlite; the op does not
+
+    fused_kernel(kb, n)
+
+
+register(internal(OpRecord(
+    name="fused",
+    args=(Arg("inputs", "tensors"),),
+    infer=_fused_infer,
+    reference=_fused_reference,
+    doc="A group of ops computed by one kernel (made by the fuse pass): its `body` graph, "
+        "optionally headed by a matmul or convolution (`anchor`), then elementwise ops.",
+    onnx=_fused_onnx,
+    llvm=_fused_llvm,
+    tags=frozenset({"control"}),
+)))

@@ -463,4 +463,5 @@ register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _w
                   "a where cond is true, else b, broadcasting all three.", promote=("a", "b"),
                   elementwise=True,
                   onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2)),
-                  llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b))))
+                  llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b)),
+                  scalar=lambda kb, _attrs, c, a, b: kb.select(c, a, b)))

@@ -84,6 +84,9 @@ class OpRecord:
     # llvm(kernel_builder, node): build the body of the op's native kernel
     # (compiler/codegen/llvm/kernel.py: KernelBuilder; node has in_types, out_types, attrs)
     llvm: Callable[[Any, Any], None] | None = None
+    # scalar(kernel_builder, attrs, *values) -> value: an elementwise op on one element (compute
+    # types in, compute type out), which a fused kernel strings together with its neighbours
+    scalar: Callable[..., Any] | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def promoted(self, arg: str) -> bool:

@@ -14,6 +14,7 @@ from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
+from .fuse import fuse
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .pipeline import PASSES, PIPELINE, optimize, run_passes
 from .simplify import RULES, simplify
@@ -36,6 +37,7 @@ __all__ = [
     "fold_constants",
     "fold_weight_layout",
     "format_stats",
+    "fuse",
     "graph_pass",
     "optimize",
     "run_passes",

@@ -47,8 +47,29 @@ def nested_graphs(graph: Graph) -> Iterator[tuple[int, str, Graph]]:
 
 
 def count_nodes(graph: Graph) -> int:
-    """Nodes of `graph` and of every graph nested in it."""
-    return len(graph) + sum(count_nodes(body) for _, _, body in nested_graphs(graph))
+    """Nodes of `graph` and of every graph nested in it; a fused node counts as the ops it
+    holds (fusing changes kernels, not ops: `count_kernels` counts those)."""
+    total = len(graph)
+    for nid, _attr, body in nested_graphs(graph):
+        if graph.op(nid) == "fused":
+            total += len(body) - len(body.inputs) - 1
+        else:
+            total += count_nodes(body)
+    return total
+
+
+def count_kernels(graph: Graph) -> int:
+    """The kernels a backend runs for `graph`: its nodes other than inputs, parameters and
+    constants (a fused node is one kernel; a scan counts the kernels of its body too)."""
+    total = 0
+    for nid in graph.g.nodes:
+        op = graph.op(nid)
+        if op in STRUCTURAL_OPS:
+            continue
+        total += 1
+        if op == "scan":
+            total += count_kernels(graph.node(nid)["attrs"]["body"])
+    return total
 
 
 # uses -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
+from .fuse import fuse
 from .manager import Pass, PassContext, PassStats
 from .simplify import simplify
 from .verify import check_types
@@ -29,10 +30,10 @@ from .verify import verify as verify_graph
 #    weight.T and other moves of a parameter become constants, made once instead of per call.
 # 6. dce last: it removes what the elaborator left unused (each rewrite removes what it
 #    replaced itself).
-# A fusion pass (a fused node holding its subgraph in attrs, as scan holds its body) goes after
-# dce, so that it sees the final dataflow; memory planning after fusion.
+# 7. fuse after dce: it sees the final dataflow (a value's users decide what joins a group),
+#    and groups hold what the rewrites above produced (a folded BN's bias add, say).
 PIPELINE: list[Pass] = [
-    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce,
+    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce, fuse,
 ]
 PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 

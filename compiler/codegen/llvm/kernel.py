@@ -272,7 +272,12 @@ class KernelBuilder:
         over contiguous memory so LLVM vectorises it."""
         out_t = n.out_types[0]
         ins = [(self.buffer(i, t.dtype), t) for i, t in enumerate(n.in_types)]
-        out = self.buffer(len(ins), out_t.dtype)
+        self.elementwise_over(self.buffer(len(ins), out_t.dtype), out_t, ins, scalar)
+
+    def elementwise_over(self, out: ir.Value, out_t, ins: list, scalar) -> None:
+        """out[i...] = scalar(kb, *values) where the values are each (pointer, type) of `ins`
+        at i, broadcast (numpy's rules) to `out_t`. An input may be `out` itself: each element
+        is read before it is written."""
         if all(t.shape == out_t.shape or t.rank == 0 for _, t in ins):  # no broadcasting
             zero = ir.Constant(I64, 0)
             with self.for_range(self.numel(out_t.shape)) as i:

@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from llvmlite import ir
 
-from ...dims import Dim
 from ...errors import KilnError
 from ...ir import Graph
 from ...ops import REGISTRY
+from ...passes.memory import ALIGN, lifetimes, place
 from ...types import TensorType
+from .fused import tags as fused_tags
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder
 from .threads import parallel_rows, threads_global
-
-ALIGN = 64  # bytes: a cache line, and an AVX-512 vector
 
 
 @dataclass
@@ -103,12 +102,8 @@ class GraphEmitter:
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
         last_use)` gives the memory of each intermediate tensor."""
-        order = graph.order()
+        order, last_use = lifetimes(graph)
         position = {nid: i for i, nid in enumerate(order)}
-        last_use: dict[tuple[int, int], int] = {}
-        for u, v, d in graph.g.edges(data=True):
-            key = (u, d["src"])
-            last_use[key] = max(last_use.get(key, -1), position[v])
         out_index = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
         input_index = {nid: i for i, nid in enumerate(graph.inputs)}
         where: dict[tuple[int, int], ir.Value] = {}
@@ -308,7 +303,8 @@ def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
 
 def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True) -> ir.Function:
-    if split and not serial and "batch_parallel" in rec.tags:
+    tags = fused_tags(node) if rec.name == "fused" else rec.tags
+    if split and not serial and "batch_parallel" in tags:
         split = _batch_split(module, rec, nid, graph, node, layout, vector_width)
         if split is not None:
             return split
@@ -344,7 +340,7 @@ def _batch_split(module, rec, nid, graph, node, layout, vector_width):
         kb.b, kb.dims_ptr = b, b.function.args[1]  # the model's sizes (whole batch)
         moved = list(pointers)
         for i, t in enumerate(types):
-            if t is not None and t.rank and t.shape[0].symbol == batch:
+            if t is not None and t.rank == out.rank and t.shape[0].symbol == batch:
                 sample = b.mul(kb.numel(t.shape[1:]), ir.Constant(I64, t.np_dtype.itemsize))
                 moved[i] = b.gep(pointers[i], [b.mul(row0, sample)])
         return moved, list(sizes)
@@ -384,27 +380,9 @@ def ir_text(module: ir.Module, vector_width: int) -> str:
 
 
 def plan_memory(layout: ModuleLayout, dims: dict[str, int]) -> tuple[np.ndarray, int]:
-    """Offsets of the intermediate tensors in one workspace, reusing the bytes of tensors that
-    are dead (liveness by op order, first fit by size); returns (offsets, workspace bytes)."""
-    sizes = []
-    for t, _born, _dies in layout.slots:
-        n = int(np.prod([Dim.of(d).evaluate(dims) for d in t.shape], dtype=np.int64))
-        sizes.append(-(-max(n * t.np_dtype.itemsize, 1) // ALIGN) * ALIGN)
-    offsets = np.zeros(len(sizes), dtype=np.int64)
-    live: list[tuple[int, int, int]] = []  # (offset, size, dies)
-    total = 0
-    for slot, ((_t, born, dies), size) in enumerate(zip(layout.slots, sizes, strict=True)):
-        live = [x for x in live if x[2] >= born]  # those still needed at this op
-        live.sort()
-        offset = 0
-        for start, length, _ in live:
-            if offset + size <= start:
-                break
-            offset = max(offset, start + length)
-        offsets[slot] = offset
-        live.append((offset, size, dies))
-        total = max(total, offset + size)
-    return offsets, total
+    """Offsets of the intermediate tensors in one workspace at the sizes `dims`, reusing the
+    bytes of dead tensors (passes/memory.py); returns (offsets, workspace bytes)."""
+    return place(layout.slots, dims)
 
 
 __all__ = ["build_module", "plan_memory", "ModuleLayout", "NativeNode", "KERNEL_TYPE", "I8"]

@@ -1,0 +1,86 @@
+"""A `fused` node (passes/fuse.py) as one kernel.
+
+With an anchor (a matmul or convolution), the anchor's own lowering writes its result into
+the fused node's output buffer; then one loop over that buffer computes the group's
+elementwise ops per element, in registers, reading the anchor's value where it stands and
+writing the group's result in its place. Without an anchor, the loop alone. Intermediate
+values are rounded to their own dtype between ops, as separate kernels would store them.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ...ir import Graph
+from ...ops import REGISTRY
+from .kernel import I64, PTR
+
+
+def fused_kernel(kb, n) -> None:
+    from .module import NativeNode
+
+    body: Graph = n.attrs["body"]
+    anchor = n.attrs.get("anchor")
+    out_t = n.out_types[0]
+    slot_of = {nid: i for i, nid in enumerate(body.inputs)}
+    out = kb.buffer(len(n.in_types), out_t.dtype)
+    if anchor is not None:
+        node = body.node(anchor)
+        operands = body.operands(anchor)
+        pointers = [ir.Constant(PTR, None) if v is None else _raw(kb, slot_of[v.node])
+                    for v in operands] + [_raw(kb, len(n.in_types))]
+        b = kb.b
+        array = b.alloca(PTR, len(pointers), name="anchor_args")
+        for i, p in enumerate(pointers):
+            b.store(p, b.gep(array, [ir.Constant(I64, i)]))
+        saved, kb.args_ptr = kb.args_ptr, array
+        REGISTRY[node["op"]].llvm(kb, NativeNode([None if v is None else v.type for v in operands],
+                                                 list(node["types"]), node["attrs"],
+                                                 node["span"]))
+        kb.args_ptr = saved
+    # the loop reads the body inputs the elementwise ops use, and the anchor's result
+    read: list[tuple[int, int]] = []
+    for nid in body.order():
+        if nid == anchor or body.op(nid) == "input":
+            continue
+        for v in body.operands(nid):
+            outside = v is not None and (v.node == anchor or body.op(v.node) == "input")
+            if outside and (v.node, v.index) not in read:
+                read.append((v.node, v.index))
+    ins = []
+    for node_id, _index in read:
+        if node_id == anchor:
+            ins.append((out, out_t))
+        else:
+            t = n.in_types[slot_of[node_id]]
+            ins.append((kb.buffer(slot_of[node_id], t.dtype), t))
+    result = (body.outputs[0].node, body.outputs[0].index)
+
+    def compute(kb_, *values):
+        env = dict(zip(read, values, strict=True))
+        for nid in body.order():
+            if nid == anchor or body.op(nid) == "input":
+                continue
+            node = body.node(nid)
+            args = [env[(v.node, v.index)] for v in body.operands(nid)]
+            value = REGISTRY[node["op"]].scalar(kb_, node["attrs"], *args)
+            if (nid, 0) != result:  # stored between separate kernels: round it as they would
+                dtype = node["types"][0].dtype
+                value = kb_.to_compute(kb_.to_storage(value, dtype), dtype)
+            env[(nid, 0)] = value
+        return env[result]
+
+    kb.elementwise_over(out, out_t, ins, compute)
+
+
+def _raw(kb, index: int) -> ir.Value:
+    """Argument `index` of the kernel, as the untyped pointer it was passed as."""
+    return kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, index)]))
+
+
+def tags(node: dict) -> frozenset[str]:
+    """A fused node's kernel tags: its anchor's (a convolution's split by sample)."""
+    anchor = node["attrs"].get("anchor")
+    if anchor is None:
+        return frozenset()
+    return REGISTRY[node["attrs"]["body"].op(anchor)].tags

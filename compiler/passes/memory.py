@@ -1,0 +1,144 @@
+"""Memory planning: which intermediate tensors are alive at each step, and where they go.
+
+Runs on the final graph, after the passes (fusion decides which values are intermediates at
+all). `plan(graph)` gives every intermediate tensor (a value computed by an op that is not a
+graph output) its size as a formula in the symbolic sizes and its lifetime in the graph's run
+order: born at the op that computes it, dead after the last op that reads it. From it:
+
+- `MemoryPlan.peak()`: the planned peak activation memory as a formula, the largest sum of the
+  sizes alive at one step (a max of polynomials; those another dominates for every value of the
+  sizes are dropped);
+- `place(plan, dims)`: byte offsets in one workspace for concrete sizes, reusing the bytes of
+  dead tensors (first fit, largest lifetimes not favoured: in run order), which the native
+  backend uses for its arena.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dims import Dim
+from ..ir import STRUCTURAL_OPS, Graph
+from ..types import TensorType
+
+ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One intermediate tensor: output `index` of node `node`, alive from step `born` to step
+    `dies` (inclusive) of the run order."""
+
+    node: int
+    index: int
+    type: TensorType
+    born: int
+    dies: int
+
+    @property
+    def bytes(self) -> Dim:
+        """Its size in bytes, as a formula (before alignment)."""
+        size = Dim.of(self.type.np_dtype.itemsize)
+        for d in self.type.shape:
+            size = size * Dim.of(d)
+        return size
+
+
+@dataclass
+class MemoryPlan:
+    """The intermediates of one graph with their lifetimes, in the order they are made."""
+
+    order: list[int]
+    buffers: list[Buffer]
+
+    def live_sums(self) -> list[Dim]:
+        """The bytes alive at each step of the run order."""
+        sums = [Dim.of(0) for _ in self.order]
+        for buf in self.buffers:
+            for step in range(buf.born, buf.dies + 1):
+                sums[step] = sums[step] + buf.bytes
+        return sums
+
+    def peak(self) -> list[Dim]:
+        """The peak activation memory: the max of these formulas (distinct, none dominated by
+        another for every value of the sizes)."""
+        candidates: list[Dim] = []
+        for total in self.live_sums():
+            if any(_at_most(total, other) for other in candidates):
+                continue
+            candidates = [c for c in candidates if not _at_most(c, total)]
+            candidates.append(total)
+        return candidates or [Dim.of(0)]
+
+    def peak_text(self) -> str:
+        terms = self.peak()
+        return str(terms[0]) if len(terms) == 1 else f"max({', '.join(map(str, terms))})"
+
+    def total(self) -> Dim:
+        """The bytes of all intermediates together (what no reuse would need)."""
+        total = Dim.of(0)
+        for buf in self.buffers:
+            total = total + buf.bytes
+        return total
+
+
+def _at_most(a: Dim, b: Dim) -> bool:
+    """Whether a <= b for every non-negative value of the sizes: every coefficient of b - a
+    is non-negative."""
+    return all(c >= 0 for _, c in (b - a).terms)
+
+
+def lifetimes(graph: Graph) -> tuple[list[int], dict[tuple[int, int], int]]:
+    """The run order and, for each value read by an op, the position of its last reader."""
+    order = graph.order()
+    position = {nid: i for i, nid in enumerate(order)}
+    last: dict[tuple[int, int], int] = {}
+    for u, v, d in graph.g.edges(data=True):
+        k = (u, d["src"])
+        last[k] = max(last.get(k, -1), position[v])
+    return order, last
+
+
+def plan(graph: Graph) -> MemoryPlan:
+    """The intermediates of `graph` (its own; a scan body's are the scan's business) with
+    their lifetimes."""
+    order, last = lifetimes(graph)
+    outputs = {(o.node, o.index) for o in graph.outputs}
+    buffers = []
+    for step, nid in enumerate(order):
+        node = graph.node(nid)
+        if node["op"] in STRUCTURAL_OPS:
+            continue
+        for i, t in enumerate(node["types"]):
+            if (nid, i) not in outputs:
+                buffers.append(Buffer(nid, i, t, step, last.get((nid, i), step)))
+    return MemoryPlan(order, buffers)
+
+
+def aligned_bytes(t: TensorType, dims: dict[str, int]) -> int:
+    n = int(np.prod([Dim.of(d).evaluate(dims) for d in t.shape], dtype=np.int64))
+    return -(-max(n * t.np_dtype.itemsize, 1) // ALIGN) * ALIGN
+
+
+def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
+          ) -> tuple[np.ndarray, int]:
+    """Offsets in one workspace for tensors (type, born, dies) listed in birth order, at the
+    sizes `dims`: each goes in the lowest gap between the tensors still alive at its birth
+    that fits it (first fit). Returns (offsets, workspace bytes)."""
+    offsets = np.zeros(len(lives), dtype=np.int64)
+    live: list[tuple[int, int, int]] = []  # (offset, size, dies)
+    total = 0
+    for slot, (t, born, dies) in enumerate(lives):
+        size = aligned_bytes(t, dims)
+        live = sorted(x for x in live if x[2] >= born)  # those still needed at this step
+        offset = 0
+        for start, length, _ in live:
+            if offset + size <= start:
+                break
+            offset = max(offset, start + length)
+        offsets[slot] = offset
+        live.append((offset, size, dies))
+        total = max(total, offset + size)
+    return offsets, total

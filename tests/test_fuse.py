@@ -1,0 +1,254 @@
+"""Fusion (passes/fuse.py), memory planning (passes/memory.py) and the compile report.
+
+The fuse pass fires on elementwise chains and on matmul/conv epilogues, leaves groups it must
+not make alone, and keeps numerics: the fused graph agrees with the unoptimized one on the
+reference, on the native target (one kernel per group) and through onnxruntime on the
+emitted ONNX (the group's ops inline)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import kiln
+from kiln.compiler.dims import Dim
+from kiln.compiler.passes import PIPELINE, optimize
+from kiln.compiler.passes.edit import count_kernels, count_nodes
+from kiln.compiler.passes.memory import place, plan
+from kiln.compiler.report import report
+
+ROOT = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(7)
+BEFORE_FUSE = [p.name for p in PIPELINE if p.name != "fuse"]
+
+
+def model(body: str, signature: str, result: str) -> str:
+    return f"model M {{\n  forward({signature}) -> {result} {{\n    {body}\n  }}\n}}\n"
+
+
+def fused_groups(graph) -> list[tuple[str, ...]]:
+    """The op names of each fused node, in run order."""
+    return [graph.node(n)["attrs"]["ops"] for n in graph.order() if graph.op(n) == "fused"]
+
+
+def top_ops(graph) -> Counter:
+    return Counter(graph.op(n) for n in graph.g.nodes)
+
+
+def optimized(src: str):
+    m = kiln.compile(src, target="reference")
+    graph, stats = optimize(m.model, params=m.params, verify=True)
+    return m, graph, {s.name: s for s in stats}
+
+
+def random_inputs(m, dims: dict) -> list[np.ndarray]:
+    out = []
+    for port in m.inputs:
+        shape = port.type.concrete_shape(dims)
+        if port.type.dtype == "bool":
+            out.append(RNG.random(shape) < 0.5)
+        elif port.type.dtype in ("i32", "i64"):
+            out.append(RNG.integers(-20, 20, shape).astype(port.type.np_dtype))
+        else:
+            out.append(RNG.standard_normal(shape).astype(port.type.np_dtype))
+    return out
+
+
+def agree_everywhere(src: str, dims: dict, rtol=1e-5, atol=1e-5) -> None:
+    """-O1 (fused) on every target agrees with the unoptimized reference."""
+    want_model = kiln.compile(src, target="reference", opt_level=0)
+    inputs = random_inputs(want_model, dims)
+    want = want_model(*inputs)
+    for target in ("reference", "native", "onnx"):
+        got = kiln.compile(src, target=target, opt_level=1)(*inputs)
+        assert got.dtype == want.dtype and got.shape == want.shape, target
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                                   atol=atol, err_msg=target)
+
+
+# ---------------------------------------------------------------------------- the pass
+CHAIN = model("return tanh(exp(x) * 2.0 + y) - 1.0", "x: f32[B, 5], y: f32[B, 5]", "f32[B, 5]")
+MLP = model("return relu(x @ w + b)", "x: f32[B, 6], w: f32[6, 7], b: f32[7]", "f32[B, 7]")
+
+
+def test_fuse_makes_one_node_of_an_elementwise_chain():
+    _, graph, stats = optimized(CHAIN)
+    assert fused_groups(graph) == [("exp", "mul", "add", "tanh", "sub")]
+    assert top_ops(graph) == Counter(input=2, constant=2, fused=1)
+    assert stats["fuse"].changes == {"chains": 1, "fused": 5}
+    assert stats["fuse"].nodes_before == stats["fuse"].nodes_after  # ops are kept, inside
+
+
+def test_fuse_heads_an_epilogue_with_its_matmul():
+    _, graph, stats = optimized(MLP)
+    assert fused_groups(graph) == [("matmul", "add", "relu")]
+    (nid,) = graph.nodes_with_op("fused")
+    body = graph.node(nid)["attrs"]["body"]
+    assert body.op(graph.node(nid)["attrs"]["anchor"]) == "matmul"
+    assert stats["fuse"].changes == {"epilogues": 1, "fused": 3}
+    assert count_kernels(graph) == 1
+
+
+@pytest.mark.parametrize("body, signature, why", [
+    # e is used twice, by ops in different groups: it stays, alone
+    ("e = exp(x)\n    return relu(e) @ w, e", "x: f32[4, 4], w: f32[4, 4]", "two users"),
+    # the matmul's result is a model output: it must be stored as it is
+    ("m = x @ w\n    return m, relu(m)", "x: f32[4, 4], w: f32[4, 4]", "output"),
+    # half-float matmuls have no epilogue
+    ("return relu(x @ w)", "x: f16[4, 4], w: f16[4, 4]", "f16"),
+])
+def test_fuse_leaves_what_it_must_not_group(body, signature, why):
+    result = "(f32[4, 4], f32[4, 4])" if why != "f16" else "f16[4, 4]"
+    _, graph, _ = optimized(model(body, signature, result))
+    for ops in fused_groups(graph):
+        assert len(ops) >= 2
+    if why == "two users":
+        assert "exp" in top_ops(graph)
+    if why == "output":
+        assert "matmul" in top_ops(graph)
+    if why == "f16":
+        assert fused_groups(graph) == [] and "matmul" in top_ops(graph)
+
+
+def test_fuse_does_not_take_in_a_smaller_broadcast_operand():
+    src = model("return relu(x + exp(b))", "x: f32[B, 5], b: f32[5]", "f32[B, 5]")
+    _, graph, _ = optimized(src)
+    assert fused_groups(graph) == [("add", "relu")] and "exp" in top_ops(graph)
+
+
+def test_resnet18_convolutions_take_their_epilogues():
+    src = "import std.cnn\n"
+    m = kiln.compile(src, model="cnn.ResNet18", target="reference")
+    graph, _ = optimize(m.model, params=m.params, verify=True)
+    groups = Counter(fused_groups(graph))
+    assert groups[("conv", "relu")] == 9 and groups[("conv", "add", "relu")] == 8
+    assert groups[("matmul", "add")] == 1
+    unfused, _ = optimize(m.model, params=m.params, passes=BEFORE_FUSE)
+    assert count_kernels(graph) < count_kernels(unfused)
+    assert count_nodes(graph) == count_nodes(unfused)
+
+
+# ---------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("src, dims", [
+    (CHAIN, {"B": 3}),
+    (MLP, {"B": 5}),
+    # broadcasting operands inside the group (a row, a column, a scalar)
+    (model("return sigmoid(x * r + c) * 0.5", "x: f32[B, 6], r: f32[6], c: f32[B, 1]",
+           "f32[B, 6]"), {"B": 4}),
+    # half floats round between the ops, as separate kernels store them
+    (model("return tanh(x * 3.0 + y) * y", "x: f16[B, 33], y: f16[B, 33]", "f16[B, 33]"),
+     {"B": 3}),
+    # ints and bools
+    (model("return where(a > b, a * 2 - b, b % 3)", "a: i32[B, 9], b: i32[B, 9]", "i32[B, 9]"),
+     {"B": 2}),
+    # batched matmul, then a residual and an activation
+    (model("return gelu(x @ w + x)", "x: f32[B, 8, 8], w: f32[B, 8, 8]", "f32[B, 8, 8]"),
+     {"B": 3}),
+])
+def test_fused_groups_agree_on_every_target(src, dims):
+    agree_everywhere(src, dims, rtol=2e-3 if "f16" in src else 1e-5,
+                     atol=2e-3 if "f16" in src else 1e-5)
+
+
+CONV = """
+import std.nn
+model C {
+  forward(x: f32[B, 3, H, W]) -> f32[B, 8, H, W] {
+    y = x |> nn.Conv2d(3, 8, 3, padding = 1)
+    return relu(y + (y |> nn.Conv2d(8, 8, 1)))
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_epilogue_split_by_sample_agrees(threads):
+    ref = kiln.compile(CONV, target="reference", opt_level=0, seed=3)
+    native = kiln.compile(CONV, target="native", seed=3, threads=threads)
+    assert ("conv", "add", "relu") in fused_groups(native.lowered().graph)
+    for batch, size in ((1, 5), (3, 7)):
+        x = RNG.standard_normal((batch, 3, size, size)).astype(np.float32)
+        np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_groups_inside_scan_bodies():
+    src = (ROOT / "examples" / "lstm_classifier.kiln").read_text()
+    m = kiln.compile(src, target="reference")
+    graph, _ = optimize(m.model, params=m.params, verify=True)
+    (scan,) = [n for n in graph.order() if graph.op(n) == "scan"][:1]
+    assert fused_groups(graph.node(scan)["attrs"]["body"])
+    want = kiln.compile(src, target="reference", opt_level=0)
+    inputs = random_inputs(want, {"B": 2, "T": 5})
+    inputs = [np.abs(i) % 50 if i.dtype.kind == "i" else i for i in inputs]
+    for target in ("native", "onnx"):
+        np.testing.assert_allclose(kiln.compile(src, target=target)(*inputs), want(*inputs),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_emitted_onnx_has_no_more_nodes_and_passes_the_checker(tmp_path):
+    src = "import std.cnn\n"
+    sizes = []
+    for level in (0, 1):
+        m = kiln.compile(src, model="cnn.ResNet18", target="reference", opt_level=level)
+        path = tmp_path / f"r{level}.onnx"
+        m.export_onnx(path)
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto, full_check=True)
+        sizes.append(len(proto.graph.node))
+    assert sizes[1] <= sizes[0]
+
+
+# ---------------------------------------------------------------------------- memory plan
+def test_memory_plan_reuses_dead_buffers_and_gives_a_peak_formula():
+    src = model("a = exp(x)\n    b = a @ w\n    c = softmax(b, axis = -1)\n"
+                "    return log_softmax(c @ w, axis = -1)",
+                "x: f32[B, 4], w: f32[4, 4]", "f32[B, 4]")
+    m = kiln.compile(src, target="reference")
+    graph, _ = optimize(m.model, params=m.params)
+    memory = plan(graph)
+    assert len(memory.buffers) == 4  # exp, matmul, softmax, matmul; the result is an output
+    assert memory.peak() == [Dim.of("B") * 32]  # two [B, 4] f32 tensors at once, at most
+    assert memory.total() == Dim.of("B") * 64
+    offsets, total = place([(b.type, b.born, b.dies) for b in memory.buffers], {"B": 16})
+    assert total == 2 * 256 and len(set(offsets.tolist())) == 2
+
+
+def test_peak_formula_keeps_only_undominated_terms():
+    src = model("a = x @ w\n    b = a @ v\n    return b @ u",
+                "x: f32[B, 4], w: f32[4, T], v: f32[T, 2], u: f32[2, 3]", "f32[B, 3]")
+    m = kiln.compile(src, target="reference")
+    memory = plan(optimize(m.model, params=m.params)[0])
+    peak = memory.peak()
+    assert Dim.of("B") * Dim.of("T") * 4 + Dim.of("B") * 8 in peak
+    assert all(not all(c >= 0 for _, c in (q - p).terms) for p in peak for q in peak if p != q)
+
+
+# ---------------------------------------------------------------------------- the report
+def test_report_lists_kernels_with_spans_reasons_and_peak():
+    src = "import std.cnn\n"
+    m = kiln.compile(src, model="cnn.ResNet18", target="reference")
+    text = report(m.lowered())
+    assert "fused conv+add+relu" in text
+    assert "<std>/cnn.kiln:" in text and "<std>/nn.kiln:" in text  # the ops' own lines
+    assert "max_pool is not elementwise" in text
+    assert "already has a matmul or convolution at its head" in text
+    assert "planned peak activation memory: " in text and "*B" in text
+
+
+def test_compile_report_on_the_command_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "compile", str(ROOT / "examples" / "mlp.kiln"),
+         "--report", "-o", str(tmp_path / "mlp.onnx")],
+        capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "MLP: the kernels the onnx backend runs, in order"
+    assert any("fused matmul+add+relu" in line for line in lines)
+    assert any("mlp.kiln:16" in line for line in lines)  # the first relu's line
+    assert any("softmax is not elementwise" in line for line in lines)
+    assert "planned peak activation memory: 4096*B bytes" in out.stdout
