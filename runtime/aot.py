@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ..compiler.codegen.llvm import target as targets
+from ..compiler.codegen.llvm.derived import derive
 from ..compiler.codegen.llvm.module import ModuleLayout
 from ..compiler.dims import ARITHMETIC, Dim
 from ..compiler.elaborate import ElaboratedModel, Port
@@ -81,6 +82,10 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
             raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
     stem = path.with_suffix("")
     weights = {**params, **layout.constants}
+    for name in layout.params:  # derived arrays too, so that a C caller finds every array
+        derived = derive(name, weights.__getitem__)
+        if derived is not None:
+            weights[name] = derived
     save_weights(f"{stem}.safetensors", weights)
     meta = _metadata(model, layout, cpu)
     meta["weights_folded"] = bool(folded)

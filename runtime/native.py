@@ -13,6 +13,8 @@ import numpy as np
 
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
+from ..compiler.codegen.llvm.derived import derive
+from ..compiler.codegen.llvm.derived import parse as parse_derived
 from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
@@ -150,6 +152,12 @@ class NativeModel(CompiledModel):
         self._compiled = {model.present: self._build(model.present)}
         self._fast = _FastPath.of(model, self._compiled[model.present][1].symbols)
 
+    def native_arrays(self) -> list[str]:
+        """The names of the arrays the native code reads, in the order it reads them:
+        parameter paths, `const:N` constants, and derived arrays such as `prepack_a(...):path`
+        (a convolution weight laid out for the GEMM when the weights are bound)."""
+        return list(self._compiled[self.model.present][1].params)
+
     @classmethod
     def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
                      cpu: targets.Target, weights_folded: bool = False) -> NativeModel:
@@ -185,7 +193,10 @@ class NativeModel(CompiledModel):
         return model, layout, engine, entry, self._param_pointers(layout)
 
     def _param_pointers(self, layout):
-        arrays = [layout.constants[name] if name in layout.constants else self.params[name]
+        def lookup(name: str) -> np.ndarray:
+            return layout.constants[name] if name in layout.constants else self.params[name]
+
+        arrays = [derive(name, lookup) if parse_derived(name) else lookup(name)
                   for name in layout.params]
         arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
         pointers = (ctypes.c_void_p * max(1, len(arrays)))(

@@ -95,6 +95,49 @@ def test_matmul_at_sizes_around_the_tiles():
                                    err_msg=f"{m}x{k}x{n}")
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gemm_split_across_threads_by_columns_and_by_rows(threads):
+    """Large enough to start threads: C wider than tall splits by columns (blocks of NR, the
+    last one short), taller than wide by rows; every element is written exactly once."""
+    native = kiln.compile("model Mat { forward(a: f32[M, K], b: f32[K, N]) { return a @ b } }",
+                          threads=threads)
+    for m, k, n in [(30, 700, 1111), (13, 1500, 901), (64, 576, 1000), (500, 300, 200),
+                    (97, 400, 97)]:
+        a = RNG.standard_normal((m, k)).astype(np.float32)
+        b = RNG.standard_normal((k, n)).astype(np.float32)
+        want = (a.astype(np.float64) @ b).astype(np.float32)
+        np.testing.assert_allclose(native(a, b), want, rtol=1e-5, atol=1e-5 * np.sqrt(k),
+                                   err_msg=f"{m}x{k}x{n}")
+
+
+CONV_SPLIT = """
+import std.nn
+model C(c: int, o: int, k: int, s: int, g: int) {
+  forward(x: f32[B, c, H, W]) {
+    return relu(x |> nn.Conv2d(c, o, k, stride = s, padding = k // 2, groups = g))
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("c, o, k, s, g, size", [
+    (32, 40, 3, 1, 1, (60, 61)),   # N = 3660 pixels > M = 40: columns; K = 288 > KC (AVX-512)
+    (64, 24, 3, 1, 2, (50, 47)),   # two groups, each K = 288: prepacked weights per group
+    (3, 64, 7, 2, 1, (90, 90)),    # a stem: K = 147
+    (96, 200, 3, 1, 1, (9, 11)),   # N = 99 < M = 200: rows
+])
+def test_conv_with_prepacked_weights_on_threads(c, o, k, s, g, size):
+    """Convolution weights are packed for the GEMM once (gemm.prepack_a), and one image's
+    GEMM is split across threads by columns (pixels) or rows (channels)."""
+    args = {"c": c, "o": o, "k": k, "s": s, "g": g}
+    native = kiln.compile(CONV_SPLIT, args=args, threads=2, seed=5)
+    ref = kiln.compile(CONV_SPLIT, args=args, target="reference", seed=5)
+    assert any(name.startswith("prepack_a(") for name in native.native_arrays())
+    for batch in (1, 2):
+        x = RNG.standard_normal((batch, c, *size)).astype(np.float32)
+        np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_with_constant_sizes_batches_and_1d_operands():
     check({"a": "f32[B, 3, 13, 7]", "b": "f32[7, 33]", "c": "f32[3, 7, 6]", "v": "f32[7]",
            "u": "f32[13]", "p": "f32[B, 1, 5, 7]", "q": "f32[2, 7, 70]", "s": "f32[13, 37]",

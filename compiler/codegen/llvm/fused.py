@@ -34,9 +34,11 @@ def fused_kernel(kb, n) -> None:
         for i, p in enumerate(pointers):
             b.store(p, b.gep(array, [ir.Constant(I64, i)]))
         saved, kb.args_ptr = kb.args_ptr, array
+        prepacked = frozenset(i for i, v in enumerate(operands)
+                              if v is not None and slot_of[v.node] in n.prepacked)
         REGISTRY[node["op"]].llvm(kb, NativeNode([None if v is None else v.type for v in operands],
                                                  list(node["types"]), node["attrs"],
-                                                 node["span"]))
+                                                 node["span"], prepacked))
         kb.args_ptr = saved
     # the loop reads the body inputs the elementwise ops use, and the anchor's result
     read: list[tuple[int, int]] = []

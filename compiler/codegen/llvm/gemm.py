@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from llvmlite import ir
 
 from .kernel import F32, I1, I32, I64, PTR, VOID
@@ -85,15 +86,23 @@ class Source(Protocol):
              cols: ir.Value, nr: int) -> None:
         """B[k0 : k0+kc, j0 : j0+cols] as a [kc, nr] row-major panel at dst, zero past cols."""
 
+    @classmethod
+    def from_column(cls, b: ir.IRBuilder, pointers: list[ir.Value], sizes: list[ir.Value],
+                    col0: ir.Value) -> tuple[list[ir.Value], list[ir.Value]]:
+        """The fields of the same B seen from its column col0 on (a thread's block)."""
+
 
 @dataclass(frozen=True)
 class Matrix:
     """An f32 matrix in memory: element (i, j) at ptr[i * stride + j], or, transposed (the
-    transpose of a row-major matrix; as A only), at ptr[j * stride + i]."""
+    transpose of a row-major matrix; as A only), at ptr[j * stride + i]; or, prepacked (as A
+    only: a weight laid out at compile time by `prepack_a`), in KC-deep slices of all its rows,
+    `stride` floats apart: element (i, j) at ptr[(j // KC) * stride + i * KC + j % KC]."""
 
     ptr: ir.Value
     stride: ir.Value
     transposed: bool = False
+    prepacked: bool = False
     pointers = 1
     sizes = 1
 
@@ -103,6 +112,10 @@ class Matrix:
     @classmethod
     def unpack(cls, pointers, sizes) -> Matrix:
         return cls(pointers[0], sizes[0])
+
+    @classmethod
+    def from_column(cls, b, pointers, sizes, col0):
+        return [b.gep(pointers[0], [b.mul(col0, ir.Constant(I64, 4))])], list(sizes)
 
     def at(self, kb, i: ir.Value, j: ir.Value) -> ir.Value:
         """Pointer to element (i, j)."""
@@ -287,9 +300,10 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     """C[m, n] = A[m, k] @ B[k, n] in f32 (C += A @ B when `accumulate`), any sizes: a call of
     the module's GEMM function for B's kind, built on first use and shared by every kernel."""
     t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
-    fn = _driver(kb.module, type(b), a.transposed, t)
+    a_kind = "prepacked" if a.prepacked else "transposed" if a.transposed else "matrix"
+    fn = _driver(kb.module, type(b), a_kind, t)
     if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
-        fn = _parallel(kb.module, fn, type(b), a.transposed, t)
+        fn = _parallel(kb.module, fn, type(b), a_kind, t)
     b_pointers, b_sizes = b.fields()
     pointers = [a.ptr, c.ptr, *b_pointers]
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
@@ -306,29 +320,61 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
 PARALLEL_WORK = 1 << 24  # multiply-adds below which starting threads costs more than it saves
 
 
-def _parallel(module: ir.Module, driver: ir.Function, source: type, a_transposed: bool,
+def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
               t: Tiling) -> ir.Function:
-    """The driver with C's rows (and A's) split across the module's threads: each thread owns
-    a block of rows of C, so no two threads write the same element."""
+    """The driver on the module's threads, each owning a block of C (so no two threads write
+    the same element): blocks of columns when C has at least as many columns as rows (each
+    thread packs only its own columns of B, the costly part; a prepacked A is never packed),
+    else blocks of rows (each packs its own rows of A)."""
     from .threads import parallel_rows
 
-    def shift(b, pointers, sizes, row0):
+    name = f"{driver.name}_parallel"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+
+    def by_rows(b, pointers, sizes, row0):
         lda, ldc = sizes[3], sizes[4]
-        a_step = ir.Constant(I64, 4) if a_transposed else b.mul(lda, ir.Constant(I64, 4))
+        a_step = {"transposed": ir.Constant(I64, 4), "prepacked": ir.Constant(I64, 4 * t.kc)
+                  }.get(a_kind) or b.mul(lda, ir.Constant(I64, 4))
         a_ptr = b.gep(pointers[0], [b.mul(row0, a_step)])
         c_ptr = b.gep(pointers[1], [b.mul(row0, b.mul(ldc, ir.Constant(I64, 4)))])
         return [a_ptr, c_ptr, *pointers[2:]], list(sizes)
 
-    return parallel_rows(module, driver, 2 + source.pointers, 6 + source.sizes, shift,
-                         min_rows=2 * t.mr, min_work=PARALLEL_WORK)
+    def by_columns(b, pointers, sizes, col0):
+        c_ptr = b.gep(pointers[1], [b.mul(col0, ir.Constant(I64, 4))])
+        b_pointers, b_sizes = source.from_column(b, pointers[2:], sizes[6:], col0)
+        return [pointers[0], c_ptr, *b_pointers], [*sizes[:6], *b_sizes]
+
+    n_pointers, n_sizes = 2 + source.pointers, 6 + source.sizes
+    rows = parallel_rows(module, driver, n_pointers, n_sizes, by_rows, min_rows=2 * t.mr,
+                         min_work=PARALLEL_WORK, name=f"{driver.name}_rows")
+    columns = parallel_rows(module, driver, n_pointers, n_sizes, by_columns, min_rows=t.nr,
+                            min_work=PARALLEL_WORK, rows_index=1,
+                            name=f"{driver.name}_columns")
+    from .kernel import KERNEL_TYPE
+
+    fn = ir.Function(module, KERNEL_TYPE, name)
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n = (b.load(b.gep(fn.args[1], [ir.Constant(I64, i)])) for i in range(2))
+    wide = b.icmp_signed(">=", n, m)
+    with b.if_else(wide) as (by_cols, by_rows_):
+        with by_cols:
+            b.call(columns, list(fn.args))
+        with by_rows_:
+            b.call(rows, list(fn.args))
+    b.ret_void()
+    return fn
 
 
-def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> ir.Function:
+def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Function:
     """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
     a kernel-shaped function with the blocked loops for one kind of B."""
     from .kernel import KernelBuilder
 
-    kinds = f"{'at_' if a_transposed else ''}{source.__name__.lower()}"
+    kinds = f"{ {'matrix': '', 'transposed': 'at_', 'prepacked': 'ap_'}[a_kind]}" \
+        f"{source.__name__.lower()}"
     name = f"kiln_sgemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -341,7 +387,8 @@ def _driver(module: ir.Module, source: type, a_transposed: bool, t: Tiling) -> i
     m, n, k, lda, ldc, accumulate = sizes[:6]
     a_pack = _buffer(kb.b, t.mc * t.kc, "a_pack")  # packing buffers: fixed size, on the stack
     b_pack = _buffer(kb.b, t.kc * t.nc, "b_pack")
-    g = _Gemm(kb, t, Matrix(pointers[0], lda, a_transposed), source.unpack(pointers[2:], sizes[6:]),
+    a = Matrix(pointers[0], lda, a_kind == "transposed", a_kind == "prepacked")
+    g = _Gemm(kb, t, a, source.unpack(pointers[2:], sizes[6:]),
               Matrix(pointers[1], ldc), m, n, k, a_pack, b_pack,
               kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)))
     if source is Matrix:
@@ -399,6 +446,17 @@ class _Gemm:
         with b.if_then(nothing), kb.for_range(self.m) as i, kb.for_range(self.n) as j:
             b.store(ir.Constant(F32, 0.0), self.c.at(kb, i, j))
 
+    def _a_block(self, row0, rows, pc, kc) -> ir.Value:
+        """Where the micro-kernels read A[row0 : row0+rows, pc : pc+kc], one row every KC
+        floats: packed into the A buffer now, or, prepacked, in place."""
+        if not self.a.prepacked:
+            self._pack_a(row0, rows, pc, kc)
+            return self.a_pack
+        b, depth = self.kb.b, _i64(self.t.kc)
+        offset = b.add(b.mul(b.sdiv(pc, depth), self.a.stride),
+                       b.add(b.mul(row0, depth), b.srem(pc, depth)))
+        return self._at(self.a.ptr, offset)
+
     def _pack_a(self, row0, rows, pc, kc) -> None:
         """A[row0 : row0+rows, pc : pc+kc] into the A buffer, one row every KC floats."""
         kb, b, pitch = self.kb, self.kb.b, _i64(self.t.kc)
@@ -411,7 +469,7 @@ class _Gemm:
             dst = self._at(self.a_pack, b.mul(i, pitch))
             _copy(kb, dst, self.a.at(kb, b.add(row0, i), pc), kc)
 
-    def _tiles(self, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
+    def _tiles(self, a_block, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
         call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1)."""
         b, t = self.kb.b, self.t
@@ -423,7 +481,7 @@ class _Gemm:
             for h, f in kernels[1:]:  # the tallest micro-kernel that fits
                 fits = b.icmp_signed(">=", left, _i64(h))
                 height, fn = b.select(fits, _i64(h), height), b.select(fits, f, fn)
-            a_panel = self._at(self.a_pack, b.mul(i, _i64(t.kc)))
+            a_panel = self._at(a_block, b.mul(i, _i64(t.kc)))
             b.call(fn, [kc, a_panel, b_ptr, b_stride, self.c.at(self.kb, b.add(row0, i), col),
                         self.c.stride, cols, add])
             return height
@@ -443,9 +501,9 @@ class _Gemm:
                                 b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
                 with kb.for_range(self.m, step=t.mc) as ic:
                     mc = self._min(_i64(t.mc), b.sub(self.m, ic))
-                    self._pack_a(ic, mc, pc, kc)
+                    a_block = self._a_block(ic, mc, pc, kc)
                     with kb.for_range(nc, step=t.nr) as jr:
-                        self._tiles(ic, mc, kc, self._at(self.b_pack, b.mul(jr, kc)), nr,
+                        self._tiles(a_block, ic, mc, kc, self._at(self.b_pack, b.mul(jr, kc)), nr,
                                     b.add(jc, jr), self._min(nr, b.sub(nc, jr)), add)
 
             self._slices(block, t.kc)
@@ -458,13 +516,13 @@ class _Gemm:
         cols = b.sub(self.n, full_n)
 
         def block(pc, kc, add):
-            self._pack_a(_i64(0), self.m, pc, kc)
+            a_block = self._a_block(_i64(0), self.m, pc, kc)
             with kb.for_range(full_n, step=t.nr) as jr:
-                self._tiles(_i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride, jr, nr,
+                self._tiles(a_block, _i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride, jr, nr,
                             add)
             with b.if_then(b.icmp_signed("!=", cols, _i64(0))):
                 self.b.pack(kb, self.b_pack, pc, kc, full_n, cols, t.nr)
-                self._tiles(_i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
+                self._tiles(a_block, _i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
 
         self._slices(block, IN_PLACE_DEPTH)
 
@@ -482,3 +540,16 @@ def _loop(b: ir.IRBuilder, stop: ir.Value, step) -> None:
     i.add_incoming(b.add(i, step(i)), b.block)
     b.branch(head)
     b.position_at_end(done)
+
+
+def prepack_a(weight: np.ndarray, groups: int, kc: int) -> np.ndarray:
+    """A convolution's weight [O, C/groups, kh, kw] as the GEMM reads a prepacked A: per group,
+    its [O/groups, K] matrix cut into KC-deep slices of all rows ([groups, slices, O/groups,
+    KC], zero past K), so that no call packs it again."""
+    rows = weight.shape[0] // groups
+    a = np.asarray(weight, dtype=np.float32).reshape(groups, rows, -1)
+    depth = a.shape[2]
+    slices = -(-depth // kc)
+    padded = np.zeros((groups, rows, slices * kc), dtype=np.float32)
+    padded[:, :, :depth] = a
+    return np.ascontiguousarray(padded.reshape(groups, rows, slices, kc).transpose(0, 2, 1, 3))

@@ -24,7 +24,9 @@ from ...ir import Graph
 from ...ops import REGISTRY
 from ...passes.memory import ALIGN, lifetimes, place
 from ...types import TensorType
+from .derived import derived_name
 from .fused import tags as fused_tags
+from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder
 from .threads import parallel_rows, threads_global
 
@@ -39,6 +41,12 @@ class ModuleLayout:
     slots: list[tuple[TensorType, int, int]] = field(default_factory=list)  # type, born, dies
     failures: list = field(default_factory=list)  # (message, span) of each status code - 1
 
+    def param(self, name: str) -> int:
+        """The index of `name` in `params`, added at the end if new."""
+        if name not in self.params:
+            self.params.append(name)
+        return self.params.index(name)
+
 
 @dataclass
 class NativeNode:
@@ -48,6 +56,7 @@ class NativeNode:
     out_types: list[TensorType]
     attrs: dict
     span: object
+    prepacked: frozenset[int] = frozenset()  # input slots holding a weight gemm.prepack_a laid out
 
 
 ENTRY_TYPE = ir.FunctionType(
@@ -131,8 +140,11 @@ class GraphEmitter:
                 kernel = ScanEmitter(self, graph, nid, node).function()
                 args.append(b.bitcast(self.params_p, PTR))
             else:
+                prepacked = self.prepacked_weights(graph, nid)
+                for index, name in prepacked.items():
+                    args[index] = _element(b, self.params_p, self.layout.param(name))
                 kernel = _kernel(self.module, rec, nid, graph, node, self.layout,
-                                 self.vector_width)
+                                 self.vector_width, prepacked=frozenset(prepacked))
             array = b.alloca(PTR, len(args), name=f"args{nid}")
             for i, a in enumerate(args):
                 b.store(a, b.gep(array, [ir.Constant(I64, i)]))
@@ -142,6 +154,31 @@ class GraphEmitter:
             if out_index.get(key) != i or graph.op(o.node) in ("input", "param", "constant"):
                 _copy(self.module, b, where[key], outputs[i], o.type, self.dims_p,
                       self.layout.symbols, self.status_p)
+
+    def prepacked_weights(self, graph: Graph, nid: int) -> dict[int, str]:
+        """{input slot: derived parameter name} for the f32 convolution weights, known before
+        any call (parameters, constants), that node `nid` (a conv, or a fused group headed by
+        one) can read prepacked (gemm.prepack_a): packing them once instead of every call."""
+        node = graph.node(nid)
+        if node["op"] == "conv":
+            conv, slot = node, 1
+        elif node["op"] == "fused" and node["attrs"]["anchor"] is not None:
+            body = node["attrs"]["body"]
+            conv = body.node(node["attrs"]["anchor"])
+            weight = body.operands(node["attrs"]["anchor"])[1]
+            if conv["op"] != "conv" or body.g.out_degree(weight.node) != 1:
+                return {}
+            slot = body.inputs.index(weight.node)
+        else:
+            return {}
+        source = graph.operands(nid)[slot]
+        src_node = graph.node(source.node)
+        if src_node["op"] not in ("param", "constant") or source.type.dtype != "f32" or \
+                conv["types"][0].dtype != "f32":
+            return {}
+        name = self.layout.params[self.param_index(source.node, src_node)]
+        kc = tiling(self.vector_width).kc
+        return {slot: derived_name("prepack_a", name, kc=kc, groups=conv["attrs"]["groups"])}
 
     def param_index(self, nid: int, node: dict) -> int:
         layout = self.layout
@@ -302,10 +339,11 @@ def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
 
 
 def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
-            serial: bool = False, split: bool = True) -> ir.Function:
+            serial: bool = False, split: bool = True,
+            prepacked: frozenset[int] = frozenset()) -> ir.Function:
     tags = fused_tags(node) if rec.name == "fused" else rec.tags
     if split and not serial and "batch_parallel" in tags:
-        split = _batch_split(module, rec, nid, graph, node, layout, vector_width)
+        split = _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked)
         if split is not None:
             return split
     # node ids repeat between a model and its scan bodies: number kernels per module
@@ -316,12 +354,12 @@ def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
-                   node["attrs"], node["span"])
+                   node["attrs"], node["span"], prepacked)
     rec.llvm(kb, n)
     return kb.finish()
 
 
-def _batch_split(module, rec, nid, graph, node, layout, vector_width):
+def _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked):
     """An op tagged `batch_parallel` whose first input and output lead with the same symbolic
     batch size runs its samples on several threads (each a block of samples, with its GEMMs
     whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
@@ -330,8 +368,10 @@ def _batch_split(module, rec, nid, graph, node, layout, vector_width):
     batch = first.shape[0].symbol if first.rank else None
     if batch is None or out.shape[0].symbol != batch or len(node["types"]) != 1:
         return None
-    whole = _kernel(module, rec, nid, graph, node, layout, vector_width, split=False)
-    samples = _kernel(module, rec, nid, graph, node, layout, vector_width, serial=True)
+    whole = _kernel(module, rec, nid, graph, node, layout, vector_width, split=False,
+                    prepacked=prepacked)
+    samples = _kernel(module, rec, nid, graph, node, layout, vector_width, serial=True,
+                      prepacked=prepacked)
     types = [v.type if v is not None else None for v in operands] + [out]
     index = layout.symbols.index(batch)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ...dims import Dim
-from .gemm import Matrix, Vectors, gemm
+from .gemm import Matrix, Vectors, gemm, tiling
 from .kernel import F32, F64, I64
 
 ZERO = ir.Constant(I64, 0)
@@ -111,21 +111,26 @@ class Im2col:
     dh: ir.Value
     dw: ir.Value
     out_w: ir.Value
+    col0: ir.Value  # the pixel that is column 0 (a thread's block of columns starts there)
     pointers = 1
-    sizes = 11
+    sizes = 12
 
     @classmethod
     def of(cls, kb, plane0: ir.Value, win: Window) -> Im2col:
         sizes = [*win.size, *win.kernel, *win.stride, *win.pad, *win.dilation, win.out[1]]
-        return cls(plane0, *(kb.dim(d) for d in sizes))
+        return cls(plane0, *(kb.dim(d) for d in sizes), _i64(0))
 
     def fields(self):
         return [self.plane0], [self.h, self.w, self.kh, self.kw, self.sh, self.sw, self.ph,
-                               self.pw, self.dh, self.dw, self.out_w]
+                               self.pw, self.dh, self.dw, self.out_w, self.col0]
 
     @classmethod
     def unpack(cls, pointers, sizes) -> Im2col:
         return cls(*pointers, *sizes)
+
+    @classmethod
+    def from_column(cls, b, pointers, sizes, col0):
+        return list(pointers), [*sizes[:11], b.add(sizes[11], col0)]
 
     def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
         """Two vectors of columns at a time: each column's window origin is computed once per
@@ -143,7 +148,7 @@ class Im2col:
         for v in range(2):
             lane = ir.Constant(ir.VectorType(i32, vec.width), [v * vec.width + lane
                                                               for lane in range(vec.width)])
-            col = b.add(splat(j0), lane)
+            col = b.add(splat(b.add(self.col0, j0)), lane)
             oh = _quotient(vec, col, splat(self.out_w))
             ow = b.sub(col, b.mul(oh, splat(self.out_w)))
             top = b.sub(b.mul(oh, splat(self.sh)), splat(self.ph))
@@ -208,6 +213,7 @@ def conv(kb, n, win: Window, groups: int) -> None:
     depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
     pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
         p == 0 for p in win.pad)
+    kc = tiling(kb.vector_width).kc
     with kb.for_range(batch) as s, kb.for_range(_i64(groups)) as g:
         x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
         first_out = b.mul(g, per_out)
@@ -216,7 +222,12 @@ def conv(kb, n, win: Window, groups: int) -> None:
             with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
                 value = b.load(b.gep(bias, [b.add(first_out, o)]))
                 b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
-        weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
+        if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
+            slice_floats = b.mul(per_out, _i64(kc))
+            group_floats = b.mul(b.sdiv(b.add(depth, _i64(kc - 1)), _i64(kc)), slice_floats)
+            weights = Matrix(b.gep(w, [b.mul(g, group_floats)]), slice_floats, prepacked=True)
+        else:
+            weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
         source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
         gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
              accumulate=bias is not None)
