@@ -518,8 +518,8 @@ class _Gemm:
         def block(pc, kc, add):
             a_block = self._a_block(_i64(0), self.m, pc, kc)
             with kb.for_range(full_n, step=t.nr) as jr:
-                self._tiles(a_block, _i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride, jr, nr,
-                            add)
+                self._tiles(a_block, _i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride,
+                            jr, nr, add)
             with b.if_then(b.icmp_signed("!=", cols, _i64(0))):
                 self.b.pack(kb, self.b_pack, pc, kc, full_n, cols, t.nr)
                 self._tiles(a_block, _i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
