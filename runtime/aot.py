@@ -33,7 +33,8 @@ HEADER = """\
 /* {name}: compiled by kiln {version} for {cpu}. Generated; do not edit.
  *
  * All pointers are to C-contiguous arrays. inputs/outputs follow the signature below;
- * params follow "params" in {stem}.kiln.json (load them from {stem}.safetensors);
+ * params follow "params" in {stem}.kiln.json (load them from {stem}.safetensors, which
+ * also holds the derived ones, e.g. prepack_a(...):path, a weight laid out for the GEMM);
  * dims holds the size of each symbol in "symbols" order: {symbols}.
  * workspace must hold kiln_plan(dims, offsets) bytes (64-byte aligned); offsets has
  * {slots} entries and is filled by kiln_plan.
@@ -44,6 +45,9 @@ HEADER = """\
 
 int64_t kiln_plan(const int64_t *dims, int64_t *offsets);
 void kiln_set_threads(int64_t threads);  /* parallelism of the kernels that split (default 1) */
+/* worker threads start on the first parallel call and sleep between calls; kiln_shutdown
+   stops and joins them (call it before dlclose; a later call starts them again) */
+void kiln_shutdown(void);
 /* status[0] is 0 after a call, or k > 0: an input value was out of range; the message is
    "failures"[k - 1] in {stem}.kiln.json */
 void run(void **inputs, void **outputs, void **params, void *workspace,

@@ -218,8 +218,24 @@ class NativeModel(CompiledModel):
             self._compiled = {key: (*entry[:4], self._param_pointers(entry[1]))
                               for key, entry in self._compiled.items()}
         else:
+            self._stop_workers()
             self._compiled = {key: self._build(key) for key in self._compiled}
         self._calls.clear()
+
+    def _stop_workers(self) -> None:
+        """Stop the worker threads of every compiled variant (kiln_shutdown), before their
+        code is freed; a later call starts them again."""
+        for _model, _layout, code, _entry, _params in getattr(self, "_compiled", {}).values():
+            if self._library is not None:
+                code.kiln_shutdown()
+            else:
+                ctypes.CFUNCTYPE(None)(code.get_function_address("kiln_shutdown"))()
+
+    def __del__(self):
+        try:
+            self._stop_workers()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to stop)
+            pass
 
     def __call__(self, *args, **kwargs):
         """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right

@@ -3,7 +3,10 @@ with arguments it was compiled for."""
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +382,61 @@ def test_threads_split_a_batch_of_convolutions_by_sample():
         x = RNG.standard_normal((batch, 8, 20, 20)).astype(np.float32)
         np.testing.assert_array_equal(two(x, w), one(x, w))
         np.testing.assert_allclose(two(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+
+
+def _os_threads(expected: int | None = None) -> int:
+    """Threads of this process; with `expected`, waits up to 2 s for the count to get there
+    (a joined Python thread's OS thread may take a moment to exit)."""
+    for _ in range(200):
+        count = len(os.listdir("/proc/self/task"))
+        if expected is None or count == expected:
+            break
+        time.sleep(0.01)
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_worker_threads_start_once_are_shared_stop_and_start_again():
+    src = "model G { forward(a: f32[M, 600], b: f32[600, 700]) { return a @ b } }"
+    m = kiln.compile(src, threads=3)
+    a = RNG.standard_normal((64, 600)).astype(np.float32)
+    b = RNG.standard_normal((600, 700)).astype(np.float32)
+    want = (a.astype(np.float64) @ b).astype(np.float32)
+    before = _os_threads()
+    np.testing.assert_allclose(m(a, b), want, rtol=1e-4, atol=1e-4)
+    assert _os_threads() == before + 2  # two workers, then asleep between calls
+    for _ in range(5):
+        m(a, b)
+    assert _os_threads() == before + 2  # the same workers every call
+    errors = []
+
+    def work():  # callers at once: one has the workers, the others run their GEMMs alone
+        for _ in range(10):
+            if not np.allclose(m(a, b), want, rtol=1e-4, atol=1e-4):
+                errors.append(1)
+
+    callers = [threading.Thread(target=work) for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not errors
+    m._stop_workers()
+    assert _os_threads(before) == before
+    np.testing.assert_allclose(m(a, b), want, rtol=1e-4, atol=1e-4)  # started again
+    running = _os_threads()
+    pid = os.fork()
+    if pid == 0:  # a forked child has none of the parent's workers: it starts its own
+        os._exit(0 if np.allclose(m(a, b), want, rtol=1e-4, atol=1e-4) else 1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0
+    del m
+    gc.collect()
+    assert _os_threads(running - 2) <= running - 2  # the workers stop with their model

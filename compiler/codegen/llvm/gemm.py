@@ -317,7 +317,7 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     bld.call(fn, [args, dims, kb.status_ptr])
 
 
-PARALLEL_WORK = 1 << 24  # multiply-adds below which starting threads costs more than it saves
+PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
 
 
 def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,

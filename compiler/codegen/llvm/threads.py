@@ -1,10 +1,13 @@
 """Parallelism for native kernels: real OS threads (pthreads) on disjoint ranges of work.
 
 The module holds `kiln_threads` (set by `void kiln_set_threads(i64)`, called by the runtime
-with `threads=N`). `parallel_rows` wraps a kernel-shaped function whose first size is a row
-count: when there are threads to spare and the work is large enough to pay for starting them,
-the rows are cut into contiguous blocks, one per thread, the caller running the first block
-itself and joining the rest.
+with `threads=N`) and a pool of worker threads (`_Pool`), started on first use and asleep
+between calls, so a parallel region costs a wake-up, not a thread start (nor the page faults
+of a new thread's stack). `parallel_rows` wraps a kernel-shaped function whose first size is a
+row count: when there are threads to spare and the work is large enough, the rows are cut
+into contiguous blocks, one per thread, the caller running the first block itself and
+waiting for the rest. `kiln_shutdown()` stops the workers; the runtime calls it before it
+frees the code.
 """
 
 from __future__ import annotations
@@ -35,19 +38,243 @@ def threads_global(module: ir.Module) -> ir.GlobalVariable:
     b.store(b.select(b.icmp_signed(">", count, ir.Constant(I64, MAX_THREADS)),
                      ir.Constant(I64, MAX_THREADS), count), var)
     b.ret_void()
+    _Pool(module)  # and kiln_shutdown, which every model exports
     return var
 
 
-def _pthread(module: ir.Module):
-    create = module.globals.get("pthread_create") or ir.Function(
-        module, ir.FunctionType(I32, [I64.as_pointer(), PTR, _START.as_pointer(), PTR]),
-        "pthread_create")
-    join = module.globals.get("pthread_join") or ir.Function(
-        module, ir.FunctionType(I32, [I64, PTR.as_pointer()]), "pthread_join")
-    return create, join
+def _libc(module: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Function:
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(
+        module, ir.FunctionType(ret, args, var_arg=var_arg), name)
 
 
 _START = ir.FunctionType(PTR, [PTR])
+SPINS = 1 << 14  # polls of an idle worker before it sleeps (a few microseconds of spinning)
+SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # x86-64 Linux; the _PRIVATE operations
+
+
+class _Pool:
+    """The module's worker threads: started on first use, then sleeping between calls.
+
+    Per worker i: `gen[i]` (an i32 futex word: a new value means a new task), `fn[i]` and
+    `ctx[i]` (the task: fn(ctx)), `done[i]` (the generation it finished), `sleeping[i]`. One
+    caller at a time dispatches (`busy`, taken by compare-and-swap; a second caller, say
+    another Python thread, runs its work alone instead of waiting). Exported:
+    `kiln_shutdown()` stops and joins the workers (the runtime calls it before freeing the
+    code they run); a later call starts them again. After a fork the child starts its own.
+    """
+
+    def __init__(self, module: ir.Module):
+        self.module = module
+        g = module.globals
+        if "kiln_pool_gen" not in g:
+            self._define()
+        self.gen, self.done, self.sleeping = (g[f"kiln_pool_{n}"] for n in ("gen", "done",
+                                                                              "sleeping"))
+        self.fn, self.ctx, self.tids = (g[f"kiln_pool_{n}"] for n in ("fn", "ctx", "tids"))
+        self.workers, self.busy, self.owner = (g[f"kiln_pool_{n}"] for n in ("workers", "busy",
+                                                                              "owner"))
+        self.stop = g["kiln_pool_stop"]
+
+    def _global(self, name: str, ty, init=None) -> ir.GlobalVariable:
+        var = ir.GlobalVariable(self.module, ty, f"kiln_pool_{name}")
+        var.initializer = ir.Constant(ty, init if init is not None else None)
+        var.linkage = "internal"
+        return var
+
+    def _define(self) -> None:
+        words = ir.ArrayType(I32, MAX_THREADS)
+        for name in ("gen", "done", "sleeping"):
+            self._global(name, words)
+        for name in ("fn", "ctx"):
+            self._global(name, ir.ArrayType(PTR, MAX_THREADS))
+        self._global("tids", ir.ArrayType(I64, MAX_THREADS))
+        for name in ("workers", "owner"):
+            self._global(name, I64, 0)
+        for name in ("busy", "stop"):
+            self._global(name, I32, 0)
+        self.__init__(self.module)
+        self._worker()
+        self._shutdown()
+
+    # ------------------------------------------------------------------ helpers
+    def slot(self, b: ir.IRBuilder, array: ir.GlobalVariable, i: ir.Value) -> ir.Value:
+        return b.gep(array, [ir.Constant(I64, 0), i])
+
+    def pause(self, b: ir.IRBuilder) -> None:
+        if "x86" in (self.module.triple or ""):
+            fn = _libc(self.module, "llvm.x86.sse2.pause", VOID, [])
+            b.call(fn, [])
+
+    def futex(self, b: ir.IRBuilder, word: ir.Value, op: int, value: ir.Value) -> None:
+        syscall = _libc(self.module, "syscall", I64, [I64], var_arg=True)
+        b.call(syscall, [ir.Constant(I64, SYS_FUTEX), word, ir.Constant(I32, op), value,
+                         ir.Constant(PTR, None)])
+
+    def wake(self, b: ir.IRBuilder, i: ir.Value) -> None:
+        """Wake worker i if it sleeps (seq_cst against its own sleeping/gen dance)."""
+        asleep = b.load_atomic(self.slot(b, self.sleeping, i), "seq_cst", 4)
+        with b.if_then(b.icmp_signed("!=", asleep, ir.Constant(I32, 0))):
+            self.futex(b, self.slot(b, self.gen, i), FUTEX_WAKE, ir.Constant(I32, 1))
+
+    # ------------------------------------------------------------------ the worker
+    def _worker(self) -> None:
+        fn = ir.Function(self.module, _START, "kiln_pool_worker")
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        i = b.ptrtoint(fn.args[0], I64)
+        seen = b.alloca(I32, name="seen")
+        spins = b.alloca(I64, name="spins")
+        b.store(ir.Constant(I32, 0), seen)
+        wait, poll, sleep, run, leave = (fn.append_basic_block(n) for n in (
+            "wait", "poll", "sleep", "run", "leave"))
+        b.branch(wait)
+        b.position_at_end(wait)
+        b.store(ir.Constant(I64, 0), spins)
+        b.branch(poll)
+        b.position_at_end(poll)
+        g = b.load_atomic(self.slot(b, self.gen, i), "acquire", 4)
+        new = b.icmp_signed("!=", g, b.load(seen))
+        more = b.append_basic_block("spin")
+        b.cbranch(new, run, more)
+        b.position_at_end(more)
+        count = b.load(spins)
+        b.store(b.add(count, ir.Constant(I64, 1)), spins)
+        spin = b.append_basic_block("pause")
+        b.cbranch(b.icmp_signed("<", count, ir.Constant(I64, SPINS)), spin, sleep)
+        b.position_at_end(spin)
+        self.pause(b)
+        b.branch(poll)
+        b.position_at_end(sleep)  # announce the sleep, look again, then wait on gen[i]
+        b.store_atomic(ir.Constant(I32, 1), self.slot(b, self.sleeping, i), "seq_cst", 4)
+        g = b.load_atomic(self.slot(b, self.gen, i), "seq_cst", 4)
+        with b.if_then(b.icmp_signed("==", g, b.load(seen))):
+            self.futex(b, self.slot(b, self.gen, i), FUTEX_WAIT, b.load(seen))
+        b.store_atomic(ir.Constant(I32, 0), self.slot(b, self.sleeping, i), "seq_cst", 4)
+        b.branch(wait)
+        b.position_at_end(run)
+        g = b.load_atomic(self.slot(b, self.gen, i), "acquire", 4)
+        b.store(g, seen)
+        stop = b.load_atomic(self.stop, "acquire", 4)
+        work = b.append_basic_block("work")
+        b.cbranch(b.icmp_signed("!=", stop, ir.Constant(I32, 0)), leave, work)
+        b.position_at_end(work)
+        task = b.bitcast(b.load(self.slot(b, self.fn, i)), _START.as_pointer())
+        b.call(task, [b.load(self.slot(b, self.ctx, i))])
+        b.store_atomic(g, self.slot(b, self.done, i), "release", 4)
+        b.branch(wait)
+        b.position_at_end(leave)
+        b.ret(ir.Constant(PTR, None))
+
+    def _shutdown(self) -> None:
+        """void kiln_shutdown(): stop and join every worker (none run module code after)."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, []), "kiln_shutdown")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        head, spin, owned = (fn.append_basic_block(n) for n in ("lock", "lock.spin", "owned"))
+        b.branch(head)  # wait for a parallel region of another caller to finish
+        b.position_at_end(head)
+        pair = b.cmpxchg(self.busy, ir.Constant(I32, 0), ir.Constant(I32, 1), "acquire",
+                         "monotonic")
+        b.cbranch(b.extract_value(pair, 1), owned, spin)
+        b.position_at_end(spin)
+        self.pause(b)
+        b.branch(head)
+        b.position_at_end(owned)
+        self._stop_all(b)
+        self.release(b)
+        b.ret_void()
+
+    def _stop_all(self, b: ir.IRBuilder) -> None:
+        join = _libc(self.module, "pthread_join", I32, [I64, PTR.as_pointer()])
+        count = b.load(self.workers)
+        b.store_atomic(ir.Constant(I32, 1), self.stop, "seq_cst", 4)
+        self._each(b, count, lambda i: (self._bump(b, i), self.wake(b, i)))
+        self._each(b, count, lambda i: b.call(join, [b.load(self.slot(b, self.tids, i)),
+                                                     ir.Constant(PTR.as_pointer(), None)]))
+        b.store(ir.Constant(I64, 0), self.workers)
+        b.store_atomic(ir.Constant(I32, 0), self.stop, "seq_cst", 4)
+
+    def _bump(self, b: ir.IRBuilder, i: ir.Value) -> ir.Value:
+        """gen[i] += 1 (only the dispatcher writes it); returns the new generation."""
+        at = self.slot(b, self.gen, i)
+        g = b.add(b.load_atomic(at, "monotonic", 4), ir.Constant(I32, 1))
+        b.store_atomic(g, at, "seq_cst", 4)
+        return g
+
+    def _each(self, b: ir.IRBuilder, stop: ir.Value, body, start: int = 1) -> None:
+        """body(i) for i in [start, stop] (workers are numbered from 1: 0 is the caller)."""
+        counter = b.alloca(I64)
+        b.store(ir.Constant(I64, start), counter)
+        head, loop, done = (b.append_basic_block(n) for n in ("each", "each.body", "each.done"))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.load(counter)
+        b.cbranch(b.icmp_signed("<=", i, stop), loop, done)
+        b.position_at_end(loop)
+        body(i)
+        b.store(b.add(i, ir.Constant(I64, 1)), counter)
+        b.branch(head)
+        b.position_at_end(done)
+
+    # ------------------------------------------------------------------ the dispatcher
+    def acquire(self, b: ir.IRBuilder, wanted: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Take the pool for one parallel region: (i1 taken, workers available). Starts the
+        workers missing for `wanted` threads (after a fork, the child's own)."""
+        pair = b.cmpxchg(self.busy, ir.Constant(I32, 0), ir.Constant(I32, 1), "acquire",
+                         "monotonic")
+        taken = b.extract_value(pair, 1)
+        with b.if_then(taken):
+            getpid = _libc(self.module, "getpid", I32, [])
+            pid = b.sext(b.call(getpid, []), I64)
+            with b.if_then(b.icmp_signed("!=", pid, b.load(self.owner))):
+                b.store(ir.Constant(I64, 0), self.workers)  # a fork: those threads are gone
+                b.store(pid, self.owner)
+            create = _libc(self.module, "pthread_create", I32,
+                           [I64.as_pointer(), PTR, _START.as_pointer(), PTR])
+            worker = self.module.globals["kiln_pool_worker"]
+            self._each(b, b.sub(wanted, ir.Constant(I64, 2)),
+                       lambda i: self._start(b, create, worker, i), start=0)
+        return taken, b.load(self.workers)
+
+    def _start(self, b, create, worker, i) -> None:
+        """Start worker i + 1 if it is not running."""
+        index = b.add(i, ir.Constant(I64, 1))
+        with b.if_then(b.icmp_signed("==", index, b.add(b.load(self.workers),
+                                                         ir.Constant(I64, 1)))):
+            at = self.slot(b, self.gen, index)
+            b.store_atomic(ir.Constant(I32, 0), at, "seq_cst", 4)
+            b.store_atomic(ir.Constant(I32, 0), self.slot(b, self.done, index), "seq_cst", 4)
+            b.store_atomic(ir.Constant(I32, 0), self.slot(b, self.sleeping, index), "seq_cst",
+                           4)
+            result = b.call(create, [self.slot(b, self.tids, index), ir.Constant(PTR, None),
+                                     worker, b.inttoptr(index, PTR)])
+            with b.if_then(b.icmp_signed("==", result, ir.Constant(I32, 0))):
+                b.store(index, self.workers)
+
+    def post(self, b: ir.IRBuilder, i: ir.Value, fn: ir.Value, ctx: ir.Value) -> ir.Value:
+        """Give worker i the task fn(ctx); returns the generation to wait for."""
+        b.store(b.bitcast(fn, PTR), self.slot(b, self.fn, i))
+        b.store(ctx, self.slot(b, self.ctx, i))
+        g = self._bump(b, i)
+        self.wake(b, i)
+        return g
+
+    def wait(self, b: ir.IRBuilder, i: ir.Value, g: ir.Value) -> None:
+        """Spin until worker i has finished generation g."""
+        fn = b.function
+        head, spin, done = (fn.append_basic_block(n) for n in ("await", "await.spin",
+                                                                "await.done"))
+        b.branch(head)
+        b.position_at_end(head)
+        finished = b.load_atomic(self.slot(b, self.done, i), "acquire", 4)
+        b.cbranch(b.icmp_signed("==", finished, g), done, spin)
+        b.position_at_end(spin)
+        self.pause(b)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def release(self, b: ir.IRBuilder) -> None:
+        b.store_atomic(ir.Constant(I32, 0), self.busy, "release", 4)
 
 
 def _worker(module: ir.Module, inner: ir.Function) -> ir.Function:
@@ -84,7 +311,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     if fn is not None:
         return fn
     threads = threads_global(module)
-    create, join = _pthread(module)
+    pool = _Pool(module)
     worker = _worker(module, inner)
     fn = ir.Function(module, KERNEL_TYPE, name)
     fn.linkage = "internal"
@@ -100,70 +327,69 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     count = b.select(b.icmp_signed("<", blocks, count), blocks, count)
     serial = b.or_(b.icmp_signed("<=", count, ir.Constant(I64, 1)),
                    b.icmp_signed("<", amount, ir.Constant(I64, min_work)))
+    alone_call = [args_p, sizes_p, status_p]
     with b.if_else(serial) as (one, many):
         with one:
-            b.call(alone or inner, [args_p, sizes_p, status_p])
+            b.call(alone or inner, alone_call)
         with many:
-            # rows per block: ceil(rows / count), rounded up to a multiple of min_rows, so the
-            # blocks cover every row (the last block may be short)
-            share = b.sdiv(b.add(rows, b.sub(count, ir.Constant(I64, 1))), count)
-            per = b.mul(b.sdiv(b.add(share, ir.Constant(I64, min_rows - 1)),
-                               ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
-            tids = b.alloca(I64, MAX_THREADS, name="tids")
-            block_args = b.alloca(PTR, MAX_THREADS * n_pointers, name="block_args")
-            block_sizes = b.alloca(I64, MAX_THREADS * n_sizes, name="block_sizes")
-            contexts = b.alloca(PTR, MAX_THREADS * 3, name="contexts")
-            started = b.alloca(I64, name="started")
-            b.store(ir.Constant(I64, 0), started)
-            spawn = b.append_basic_block("spawn")
-            spawned = b.append_basic_block("spawned")
-            b.branch(spawn)
-            # blocks 1.. go to new threads; block 0 (rows [0, per)) runs here
-            b.position_at_end(spawn)
-            t = b.add(b.load(started), ir.Constant(I64, 1))
-            row0 = b.mul(t, per)
-            left = b.sub(rows, row0)
-            live = b.and_(b.icmp_signed("<", t, count),
-                          b.icmp_signed(">", left, ir.Constant(I64, 0)))
-            body = b.append_basic_block("spawn.body")
-            b.cbranch(live, body, spawned)
-            b.position_at_end(body)
+            taken, workers = pool.acquire(b, count)
+            limit = b.add(workers, ir.Constant(I64, 1))
+            count = b.select(b.icmp_signed("<", limit, count), limit, count)
+            usable = b.and_(taken, b.icmp_signed(">", count, ir.Constant(I64, 1)))
+            with b.if_else(usable) as (shared, busy):
+                with busy:  # another caller has the pool (or no worker could start)
+                    with b.if_then(taken):
+                        pool.release(b)
+                    b.call(alone or inner, alone_call)
+                with shared:
+                    _split(b, pool, worker, inner, pointers, sizes, rows, count, shift,
+                           min_rows, rows_index, n_pointers, n_sizes, args_p, status_p)
+                    pool.release(b)
+    b.ret_void()
+    return fn
+
+
+def _split(b, pool: _Pool, worker, inner, pointers, sizes, rows, count, shift, min_rows: int,
+           rows_index: int, n_pointers: int, n_sizes: int, args_p, status_p) -> None:
+    """Blocks 1.. to the pool's workers, block 0 (rows [0, per)) here, then wait for all."""
+    # rows per block: ceil(rows / count), rounded up to a multiple of min_rows, so the blocks
+    # cover every row (the last block may be short)
+    share = b.sdiv(b.add(rows, b.sub(count, ir.Constant(I64, 1))), count)
+    per = b.mul(b.sdiv(b.add(share, ir.Constant(I64, min_rows - 1)), ir.Constant(I64, min_rows)),
+                ir.Constant(I64, min_rows))
+    with b.goto_entry_block():
+        block_args = b.alloca(PTR, MAX_THREADS * n_pointers, name="block_args")
+        block_sizes = b.alloca(I64, MAX_THREADS * n_sizes, name="block_sizes")
+        contexts = b.alloca(PTR, MAX_THREADS * 3, name="contexts")
+        generations = b.alloca(I32, MAX_THREADS, name="generations")
+        posted = b.alloca(I64, name="posted")
+    b.store(ir.Constant(I64, 0), posted)
+
+    def post(t):
+        row0 = b.mul(t, per)
+        left = b.sub(rows, row0)
+        with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
             ptrs, szs = shift(b, pointers, sizes, row0)
             szs[rows_index] = b.select(b.icmp_signed("<", left, per), left, per)
             my_args = b.gep(block_args, [b.mul(t, ir.Constant(I64, n_pointers))])
             my_sizes = b.gep(block_sizes, [b.mul(t, ir.Constant(I64, n_sizes))])
             for i, p in enumerate(ptrs):
                 b.store(p, b.gep(my_args, [ir.Constant(I64, i)]))
-            for i, s in enumerate(szs):
-                b.store(s, b.gep(my_sizes, [ir.Constant(I64, i)]))
+            for i, v in enumerate(szs):
+                b.store(v, b.gep(my_sizes, [ir.Constant(I64, i)]))
             ctx = b.gep(contexts, [b.mul(t, ir.Constant(I64, 3))])
             for i, v in enumerate((b.bitcast(my_args, PTR), b.bitcast(my_sizes, PTR),
                                    b.bitcast(status_p, PTR))):
                 b.store(v, b.gep(ctx, [ir.Constant(I64, i)]))
-            b.call(create, [b.gep(tids, [t]), ir.Constant(PTR, None), worker, b.bitcast(ctx, PTR)])
-            b.store(t, started)
-            b.branch(spawn)
-            b.position_at_end(spawned)
-            first = b.alloca(I64, n_sizes, name="first_sizes")
-            first_sizes = list(sizes)
-            first_sizes[rows_index] = b.select(b.icmp_signed("<", rows, per), rows, per)
-            for i, size in enumerate(first_sizes):
-                b.store(size, b.gep(first, [ir.Constant(I64, i)]))
-            b.call(inner, [args_p, first, status_p])
-            last = b.load(started)
-            join_head = b.append_basic_block("join")
-            join_body = b.append_basic_block("join.body")
-            joined = b.append_basic_block("joined")
-            counter = b.alloca(I64, name="joining")
-            b.store(ir.Constant(I64, 1), counter)
-            b.branch(join_head)
-            b.position_at_end(join_head)
-            j = b.load(counter)
-            b.cbranch(b.icmp_signed("<=", j, last), join_body, joined)
-            b.position_at_end(join_body)
-            b.call(join, [b.load(b.gep(tids, [j])), ir.Constant(PTR.as_pointer(), None)])
-            b.store(b.add(j, ir.Constant(I64, 1)), counter)
-            b.branch(join_head)
-            b.position_at_end(joined)
-    b.ret_void()
-    return fn
+            g = pool.post(b, t, worker, b.bitcast(ctx, PTR))
+            b.store(g, b.gep(generations, [t]))
+            b.store(t, posted)
+
+    pool._each(b, b.sub(count, ir.Constant(I64, 1)), post)
+    first = b.alloca(I64, n_sizes, name="first_sizes")
+    first_sizes = list(sizes)
+    first_sizes[rows_index] = b.select(b.icmp_signed("<", rows, per), rows, per)
+    for i, size in enumerate(first_sizes):
+        b.store(size, b.gep(first, [ir.Constant(I64, i)]))
+    b.call(inner, [args_p, first, status_p])
+    pool._each(b, b.load(posted), lambda t: pool.wait(b, t, b.load(b.gep(generations, [t]))))
