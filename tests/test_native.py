@@ -437,6 +437,6 @@ def test_worker_threads_start_once_are_shared_stop_and_start_again():
         os.kill(pid, 9)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(status) == 0
-    del m
+    m = None  # the last reference
     gc.collect()
     assert _os_threads(running - 2) <= running - 2  # the workers stop with their model
