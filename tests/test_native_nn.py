@@ -158,7 +158,8 @@ CONV_INPUTS = {
      "w4": "f32[13, 6, 1, 1]", "b4": "f32[13]", "x1": "f32[B, 4, 17]", "w5": "f32[7, 4, 3]",
      "w6": "f32[8, 2, 4]", "x2": "f32[B, 3, 23, 29]", "w7": "f32[29, 3, 5, 4]",
      "x3": "f32[B, 64, 6, 6]", "w8": "f32[12, 64, 3, 3]", "x4": "f32[B, 2, 30, 40]",
-     "w9": "f32[3, 2, 3, 3]", "b9": "f32[3]"}
+     "w9": "f32[3, 2, 3, 3]", "b9": "f32[3]", "x5": "f32[B, 4, 19, 35]",
+     "w10": "f32[6, 2, 3, 5]"}
 CONV_CALLS = [
     "conv(x, w1, b1, stride = 2, padding = 1)",
     'conv(x, w2, stride = [1, 2], dilation = [2, 1], groups = 2, padding = "valid")',
@@ -170,6 +171,9 @@ CONV_CALLS = [
     "conv(x2, w7, stride = [3, 2], padding = [2, 1])",  # 29 rows: full tiles, then smaller
     "conv(x3, w8, padding = 1)",  # 576 deep: more than one KC slice
     "conv(x4, w9, b9, padding = 1)",  # 1200 columns: three NC blocks
+    # rows of 37 pixels, stride 1 across: B's vectors by row loads (a vector ends one output
+    # row and starts the next, stride 2 down), padding on both sides masked
+    "conv(x5, w10, stride = [2, 1], dilation = [3, 1], padding = [2, 3], groups = 2)",
 ]
 
 

@@ -134,10 +134,18 @@ class Im2col:
 
     def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
         """Two vectors of columns at a time: each column's window origin is computed once per
-        panel, then each tap (row of B) is one masked gather per vector."""
+        panel, then each tap (row of B) is one masked gather per vector; or, when the
+        columns of a vector are consecutive pixels of at most two output rows (stride and
+        dilation 1 along the width, rows at least a vector long), two masked loads of
+        consecutive input pixels, one per row."""
         b = kb.b
         vec = Vectors(b, nr // 2)
         i32 = ir.IntType(32)
+        one = _i64(1)
+        contiguous = b.and_(b.and_(b.icmp_signed("==", self.sw, one),
+                                   b.icmp_signed("==", self.dw, one)),
+                            b.icmp_signed(">=", self.out_w, _i64(vec.width)))
+        local = ir.Constant(ir.VectorType(i32, vec.width), list(range(vec.width)))
 
         def splat(value):  # an i64 size as an i32 vector
             return vec.splat(b.trunc(value, i32))
@@ -154,24 +162,54 @@ class Im2col:
             top = b.sub(b.mul(oh, splat(self.sh)), splat(self.ph))
             far = vec.splat(ir.Constant(i32, -(1 << 30)))  # past `cols`: only zeros are read
             top = b.select(b.icmp_signed("<", lane, splat(cols)), top, far)
-            origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw))))
+            # lanes before `split` are in the first lane's output row, the rest in the next
+            split = b.sub(b.trunc(self.out_w, i32), b.extract_element(ow, ir.Constant(i32, 0)))
+            first_row = b.icmp_signed("<", local, vec.splat(split))
+            origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw)), split,
+                            first_row))
         taps = b.mul(self.kh, self.kw)
         first = b.srem(k0, taps)
         for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
                                      b.srem(first, self.kw))):
             b.store(value, slot)
         h, w = splat(self.h), splat(self.w)
-        with kb.for_range(kc) as p:
-            c, i, j = (b.load(slot) for slot in tap)
-            plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
-            dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
-            out = b.gep(dst, [b.mul(p, _i64(nr))])
-            for v, (top, left) in enumerate(origins):
-                y, x = b.add(top, dy), b.add(left, dx)
-                inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
-                value = vec.gather(plane, b.add(b.mul(y, w), x), inside)
-                vec.store(value, out, v * vec.width, align=vec.width * 4)
-            _next_tap(b, tap, self.kh, self.kw)
+
+        def taps_loop(rows: bool) -> None:  # one loop per way of fetching, chosen once
+            with kb.for_range(kc) as p:
+                c, i, j = (b.load(slot) for slot in tap)
+                plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
+                dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
+                out = b.gep(dst, [b.mul(p, _i64(nr))])
+                for v, (top, left, split, first_row) in enumerate(origins):
+                    y, x = b.add(top, dy), b.add(left, dx)
+                    inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
+                    if rows:
+                        value = self._two_rows(b, vec, plane, y, x, split, first_row, inside, j)
+                    else:
+                        value = vec.gather(plane, b.add(b.mul(y, w), x), inside)
+                    vec.store(value, out, v * vec.width, align=vec.width * 4)
+                _next_tap(b, tap, self.kh, self.kw)
+
+        with b.if_else(contiguous) as (consecutive, scattered):
+            with consecutive:
+                taps_loop(rows=True)
+            with scattered:
+                taps_loop(rows=False)
+
+    def _two_rows(self, b, vec: Vectors, plane, y, x, split, first_row, inside, j) -> ir.Value:
+        """The lanes of one vector of consecutive pixels (stride 1 along the width): those of
+        the first lane's row by one masked load, the rest (from ow = 0 of the next output
+        row, sh input rows down) by another. Masked-off lanes are never read: the base pointers may lie outside x."""
+        zero = ir.Constant(ir.IntType(32), 0)
+        y0 = b.sext(b.extract_element(y, zero), I64)
+        x0 = b.sext(b.extract_element(x, zero), I64)
+        here = b.gep(plane, [b.add(b.mul(y0, self.w), x0)])
+        below = b.gep(plane, [b.sub(b.add(b.mul(b.add(y0, self.sh), self.w),
+                                          b.sub(b.mul(j, self.dw), self.pw)),
+                                    b.sext(split, I64))])
+        upper = vec.masked_load(here, 0, b.and_(inside, first_row))
+        lower = vec.masked_load(below, 0, b.and_(inside, b.not_(first_row)))
+        return b.select(first_row, upper, lower)
 
 
 def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
