@@ -199,7 +199,8 @@ class Im2col:
     def _two_rows(self, b, vec: Vectors, plane, y, x, split, first_row, inside, j) -> ir.Value:
         """The lanes of one vector of consecutive pixels (stride 1 along the width): those of
         the first lane's row by one masked load, the rest (from ow = 0 of the next output
-        row, sh input rows down) by another. Masked-off lanes are never read: the base pointers may lie outside x."""
+        row, sh input rows down) by another. Masked-off lanes are never read: the base
+        pointers may lie outside x."""
         zero = ir.Constant(ir.IntType(32), 0)
         y0 = b.sext(b.extract_element(y, zero), I64)
         x0 = b.sext(b.extract_element(x, zero), I64)
