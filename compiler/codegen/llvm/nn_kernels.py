@@ -473,22 +473,57 @@ def _pool(kb, n, win: Window, reduce) -> None:
 
 
 def max_pool(kb, n, win: Window) -> None:
-    """The largest input in each window (padding never wins; NaN does, as numpy's max)."""
-    dtype = n.in_types[0].dtype
-    w = kb.dim(win.size[1])
+    """The largest input in each window (padding never wins; NaN does, as numpy's max).
+
+    Row by row: an output row starts at the lowest value, then each tap (i, j) of the
+    window folds in the input row it lands on, over the outputs whose tap is inside the
+    input: a loop over consecutive outputs with no bounds test, which LLVM vectorises."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    x, y = kb.buffer(0, dtype), kb.buffer(1, y_t.dtype)
+    b = kb.b
     if dtype in ("i32", "i64"):
         lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
     else:
         lowest = kb.const(float("-inf"), dtype)
+    planes, h, w = _planes(kb, x_t)
+    _, out_h, out_w = _planes(kb, y_t)
+    kh, kw = (kb.dim(k) for k in win.kernel)
+    sh, sw = (_i64(s_) for s_ in win.stride)
+    dh, dw = (_i64(d) for d in win.dilation)
+    pw = kb.dim(win.pad[1])
 
-    def reduce(plane, oh, ow):
-        def step(acc, y, x, inside):
-            value = _load_or(kb, plane, kb.b.add(kb.b.mul(y, w), x), inside, lowest, dtype)
-            return _maximum(kb, acc, value)
+    def row(index):
+        p, oh = index
+        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
+        out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
+        with kb.for_range(out_w) as ow:
+            kb.store(out, ow, lowest, dtype)
+        top = win.origin(kb, oh, 0)
+        with kb.for_range(kh) as i:
+            yy = b.add(top, b.mul(i, dh))
+            with b.if_then(_inside(kb, yy, h)):
+                line = b.gep(plane, [b.mul(yy, w)])
+                with kb.for_range(kw) as j:
+                    shift = b.sub(b.mul(j, dw), pw)  # x = ow * sw + shift
+                    first, stop = _inside_range(kb, shift, sw, w, out_w)
+                    with kb.for_range(stop, start=first) as ow:
+                        value = kb.load(line, b.add(b.mul(ow, sw), shift), dtype)
+                        kb.store(out, ow, _maximum(kb, kb.load(out, ow, dtype), value), dtype)
 
-        return _window_fold(kb, win, oh, ow, lowest, step)
+    kb.loop_nest([planes, out_h], row)
 
-    _pool(kb, n, win, reduce)
+
+def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: ir.Value):
+    """[first, stop): the outputs o < count with 0 <= o * stride + shift < size."""
+    b = kb.b
+    need = b.sub(ZERO, shift)  # o * stride >= -shift
+    first = b.select(b.icmp_signed(">", need, ZERO),
+                     b.sdiv(b.add(need, b.sub(stride, _i64(1))), stride), ZERO)
+    room = b.sub(b.sub(size, _i64(1)), shift)  # o * stride <= size - 1 - shift
+    last = b.select(b.icmp_signed(">=", room, ZERO), b.add(b.sdiv(room, stride), _i64(1)), ZERO)
+    stop = b.select(b.icmp_signed("<", last, count), last, count)
+    return first, b.select(b.icmp_signed("<", stop, first), first, stop)
 
 
 def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
