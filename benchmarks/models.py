@@ -4,7 +4,10 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
     python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
 
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
-kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count.
+kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Native and
+onnxruntime are timed in alternating rounds (the median round is shown), with a pause between
+runtimes: a runtime's threads spin for a while after its last call (onnxruntime's, OpenBLAS's
+under numpy, kiln's own) and would take a core from the next one measured.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import kiln
 from kiln import KilnError
 
 ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 3  # alternating rounds of native and onnxruntime timings
+SETTLE = 0.2  # seconds between runtimes: spinning threads go to sleep
 SIZES = {"T": 16, "N": 32, "E": 64, "H": 64, "W": 64}  # other symbolic sizes than the batch
 
 
@@ -52,6 +57,12 @@ def median_ms(repeat: int, fn, *args, **kwargs) -> float:
         fn(*args, **kwargs)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def settled(measure, *args, **kwargs):
+    """measure(*args, **kwargs) after a pause that lets other runtimes' threads stop spinning."""
+    time.sleep(SETTLE)
+    return measure(*args, **kwargs)
 
 
 def onnx_session(model, threads: int, path: Path):
@@ -90,12 +101,18 @@ def main() -> int:
             reason = f"native: {err.code} {err.message}"
         for batch in opts.batches:
             feeds = inputs_for(ref, batch, rng)
-            t_ref = median_ms(max(3, opts.repeat // 4), ref, **feeds)
+            t_ref = settled(median_ms, max(3, opts.repeat // 4), ref, **feeds)
             for threads in opts.threads:
                 native = natives.get(threads)
-                t_nat = median_ms(opts.repeat, native, **feeds) if native else None
                 session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}.onnx"))
-                t_ort = median_ms(opts.repeat, session.run, None, feeds)
+                rounds: dict[str, list[float]] = {"native": [], "ort": []}
+                for _ in range(ROUNDS):
+                    if native:
+                        rounds["native"].append(settled(median_ms, opts.repeat, native, **feeds))
+                    rounds["ort"].append(settled(median_ms, opts.repeat, session.run, None,
+                                                 feeds))
+                t_nat = statistics.median(rounds["native"]) if native else None
+                t_ort = statistics.median(rounds["ort"])
                 nat = f"{t_nat:>11.3f}" if t_nat else f"{'-':>11}"
                 ratio = f"{t_nat / t_ort:>11.2f}" if t_nat else f"{'-':>11}"
                 speedup = f"{t_ref / t_nat:>13.1f}" if t_nat else f"{'-':>13}"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .kernel import I64, KERNEL_TYPE, PTR, VOID
+from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID
 
 MAX_THREADS = 64
 I32 = ir.IntType(32)
@@ -51,14 +51,22 @@ def _libc(module: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.
 _START = ir.FunctionType(PTR, [PTR])
 SPINS = 1 << 14  # polls of an idle worker before it sleeps (a few microseconds of spinning)
 SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # x86-64 Linux; the _PRIVATE operations
+IDLE, POSTED, RUNNING, RETRACTED = 0, 1, 2, 3  # a worker's state
+
+
+def _i32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value)
 
 
 class _Pool:
     """The module's worker threads: started on first use, then sleeping between calls.
 
     Per worker i: `gen[i]` (an i32 futex word: a new value means a new task), `fn[i]` and
-    `ctx[i]` (the task: fn(ctx)), `done[i]` (the generation it finished), `sleeping[i]`. One
-    caller at a time dispatches (`busy`, taken by compare-and-swap; a second caller, say
+    `ctx[i]` (the task: fn(ctx)), `done[i]` (the generation it finished), `sleeping[i]`, and
+    `state[i]`: IDLE, POSTED (a task waits for it), RUNNING (it took the task) or RETRACTED
+    (the caller took the task back before the worker came: a worker the OS has not scheduled
+    yet never holds a caller up; it goes back to IDLE when it wakes). One caller at a time
+    dispatches (`busy`, taken by compare-and-swap; a second caller, say
     another Python thread, runs its work alone instead of waiting). Exported:
     `kiln_shutdown()` stops and joins the workers (the runtime calls it before freeing the
     code they run); a later call starts them again. After a fork the child starts its own.
@@ -74,7 +82,7 @@ class _Pool:
         self.fn, self.ctx, self.tids = (g[f"kiln_pool_{n}"] for n in ("fn", "ctx", "tids"))
         self.workers, self.busy, self.owner = (g[f"kiln_pool_{n}"] for n in ("workers", "busy",
                                                                               "owner"))
-        self.stop = g["kiln_pool_stop"]
+        self.stop, self.state = g["kiln_pool_stop"], g["kiln_pool_state"]
 
     def _global(self, name: str, ty, init=None) -> ir.GlobalVariable:
         var = ir.GlobalVariable(self.module, ty, f"kiln_pool_{name}")
@@ -84,7 +92,7 @@ class _Pool:
 
     def _define(self) -> None:
         words = ir.ArrayType(I32, MAX_THREADS)
-        for name in ("gen", "done", "sleeping"):
+        for name in ("gen", "done", "sleeping", "state"):
             self._global(name, words)
         for name in ("fn", "ctx"):
             self._global(name, ir.ArrayType(PTR, MAX_THREADS))
@@ -159,9 +167,13 @@ class _Pool:
         work = b.append_basic_block("work")
         b.cbranch(b.icmp_signed("!=", stop, ir.Constant(I32, 0)), leave, work)
         b.position_at_end(work)
-        task = b.bitcast(b.load(self.slot(b, self.fn, i)), _START.as_pointer())
-        b.call(task, [b.load(self.slot(b, self.ctx, i))])
+        claim = b.cmpxchg(self.slot(b, self.state, i), _i32(POSTED), _i32(RUNNING), "acq_rel",
+                          "monotonic")
+        with b.if_then(b.extract_value(claim, 1)):
+            task = b.bitcast(b.load(self.slot(b, self.fn, i)), _START.as_pointer())
+            b.call(task, [b.load(self.slot(b, self.ctx, i))])
         b.store_atomic(g, self.slot(b, self.done, i), "release", 4)
+        b.store_atomic(_i32(IDLE), self.slot(b, self.state, i), "release", 4)
         b.branch(wait)
         b.position_at_end(leave)
         b.ret(ir.Constant(PTR, None))
@@ -246,6 +258,7 @@ class _Pool:
             b.store_atomic(ir.Constant(I32, 0), self.slot(b, self.done, index), "seq_cst", 4)
             b.store_atomic(ir.Constant(I32, 0), self.slot(b, self.sleeping, index), "seq_cst",
                            4)
+            b.store_atomic(_i32(IDLE), self.slot(b, self.state, index), "seq_cst", 4)
             result = b.call(create, [self.slot(b, self.tids, index), ir.Constant(PTR, None),
                                      worker, b.inttoptr(index, PTR)])
             with b.if_then(b.icmp_signed("==", result, ir.Constant(I32, 0))):
@@ -255,9 +268,22 @@ class _Pool:
         """Give worker i the task fn(ctx); returns the generation to wait for."""
         b.store(b.bitcast(fn, PTR), self.slot(b, self.fn, i))
         b.store(ctx, self.slot(b, self.ctx, i))
+        b.store_atomic(_i32(POSTED), self.slot(b, self.state, i), "release", 4)
         g = self._bump(b, i)
         self.wake(b, i)
         return g
+
+    def idle(self, b: ir.IRBuilder, i: ir.Value) -> ir.Value:
+        """Whether worker i can take a task (it is not still waking from a retracted one)."""
+        state = b.load_atomic(self.slot(b, self.state, i), "acquire", 4)
+        return b.icmp_signed("==", state, _i32(IDLE))
+
+    def finish(self, b: ir.IRBuilder, i: ir.Value, g: ir.Value) -> None:
+        """Take back worker i's task if it has not started it; else wait until it is done."""
+        pair = b.cmpxchg(self.slot(b, self.state, i), _i32(POSTED), _i32(RETRACTED),
+                         "acq_rel", "monotonic")
+        with b.if_then(b.not_(b.extract_value(pair, 1))):
+            self.wait(b, i, g)
 
     def wait(self, b: ir.IRBuilder, i: ir.Value, g: ir.Value) -> None:
         """Spin until worker i has finished generation g."""
@@ -277,9 +303,13 @@ class _Pool:
         b.store_atomic(ir.Constant(I32, 0), self.busy, "release", 4)
 
 
-def _worker(module: ir.Module, inner: ir.Function) -> ir.Function:
-    """void* worker(void* ctx): ctx = {i8** args, i64* sizes, i64* status}; runs inner."""
-    name = f"{inner.name}_worker"
+def _claimer(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: int
+             ) -> ir.Function:
+    """void* claim(void* ctx), ctx = {i8** args, i64* sizes, i64* status, i64* next, total}:
+    runs inner on blocks (args + b * n_pointers, sizes + b * n_sizes) for b taken one at a time
+    from the shared counter `next` until none is left. The caller and its workers all run it,
+    so the blocks get done by whichever threads are running."""
+    name = f"{inner.name}_claim"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -287,9 +317,22 @@ def _worker(module: ir.Module, inner: ir.Function) -> ir.Function:
     fn.linkage = "internal"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.bitcast(fn.args[0], PTR.as_pointer())
-    field = [b.load(b.gep(ctx, [ir.Constant(I64, i)])) for i in range(3)]
-    b.call(inner, [b.bitcast(field[0], PTR.as_pointer()), b.bitcast(field[1], I64.as_pointer()),
-                   b.bitcast(field[2], I64.as_pointer())])
+    field = [b.load(b.gep(ctx, [ir.Constant(I64, i)])) for i in range(5)]
+    args = b.bitcast(field[0], PTR.as_pointer())
+    sizes = b.bitcast(field[1], I64.as_pointer())
+    status = b.bitcast(field[2], I64.as_pointer())
+    counter = b.bitcast(field[3], I64.as_pointer())
+    total = b.ptrtoint(field[4], I64)
+    head, body, done = (fn.append_basic_block(n) for n in ("claim", "claim.run", "claim.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    block = b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
+    b.cbranch(b.icmp_signed("<", block, total), body, done)
+    b.position_at_end(body)
+    b.call(inner, [b.gep(args, [b.mul(block, ir.Constant(I64, n_pointers))]),
+                   b.gep(sizes, [b.mul(block, ir.Constant(I64, n_sizes))]), status])
+    b.branch(head)
+    b.position_at_end(done)
     b.ret(ir.Constant(PTR, None))
     return fn
 
@@ -312,7 +355,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
         return fn
     threads = threads_global(module)
     pool = _Pool(module)
-    worker = _worker(module, inner)
+    claim = _claimer(module, inner, n_pointers, n_sizes)
     fn = ir.Function(module, KERNEL_TYPE, name)
     fn.linkage = "internal"
     args_p, sizes_p, status_p = fn.args
@@ -342,54 +385,63 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                         pool.release(b)
                     b.call(alone or inner, alone_call)
                 with shared:
-                    _split(b, pool, worker, inner, pointers, sizes, rows, count, shift,
-                           min_rows, rows_index, n_pointers, n_sizes, args_p, status_p)
+                    _split(b, pool, claim, pointers, sizes, rows, count, shift, min_rows,
+                           rows_index, n_pointers, n_sizes, status_p)
                     pool.release(b)
     b.ret_void()
     return fn
 
 
-def _split(b, pool: _Pool, worker, inner, pointers, sizes, rows, count, shift, min_rows: int,
-           rows_index: int, n_pointers: int, n_sizes: int, args_p, status_p) -> None:
-    """Blocks 1.. to the pool's workers, block 0 (rows [0, per)) here, then wait for all."""
+def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, shift, min_rows: int,
+           rows_index: int, n_pointers: int, n_sizes: int, status_p) -> None:
+    """`count` blocks of rows, claimed one at a time by this thread and the idle workers; then
+    each worker's task is taken back if it has not started it, or waited for."""
     # rows per block: ceil(rows / count), rounded up to a multiple of min_rows, so the blocks
     # cover every row (the last block may be short)
     share = b.sdiv(b.add(rows, b.sub(count, ir.Constant(I64, 1))), count)
     per = b.mul(b.sdiv(b.add(share, ir.Constant(I64, min_rows - 1)), ir.Constant(I64, min_rows)),
                 ir.Constant(I64, min_rows))
+    blocks = b.sdiv(b.add(rows, b.sub(per, ir.Constant(I64, 1))), per)
     with b.goto_entry_block():
         block_args = b.alloca(PTR, MAX_THREADS * n_pointers, name="block_args")
         block_sizes = b.alloca(I64, MAX_THREADS * n_sizes, name="block_sizes")
-        contexts = b.alloca(PTR, MAX_THREADS * 3, name="contexts")
+        context = b.alloca(PTR, 5, name="context")
+        counter = b.alloca(I64, name="next_block")
         generations = b.alloca(I32, MAX_THREADS, name="generations")
-        posted = b.alloca(I64, name="posted")
-    b.store(ir.Constant(I64, 0), posted)
+        posted = b.alloca(I1, MAX_THREADS, name="posted")
 
-    def post(t):
+    def describe(t):  # block t's pointers and sizes
         row0 = b.mul(t, per)
         left = b.sub(rows, row0)
-        with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
-            ptrs, szs = shift(b, pointers, sizes, row0)
-            szs[rows_index] = b.select(b.icmp_signed("<", left, per), left, per)
-            my_args = b.gep(block_args, [b.mul(t, ir.Constant(I64, n_pointers))])
-            my_sizes = b.gep(block_sizes, [b.mul(t, ir.Constant(I64, n_sizes))])
-            for i, p in enumerate(ptrs):
-                b.store(p, b.gep(my_args, [ir.Constant(I64, i)]))
-            for i, v in enumerate(szs):
-                b.store(v, b.gep(my_sizes, [ir.Constant(I64, i)]))
-            ctx = b.gep(contexts, [b.mul(t, ir.Constant(I64, 3))])
-            for i, v in enumerate((b.bitcast(my_args, PTR), b.bitcast(my_sizes, PTR),
-                                   b.bitcast(status_p, PTR))):
-                b.store(v, b.gep(ctx, [ir.Constant(I64, i)]))
-            g = pool.post(b, t, worker, b.bitcast(ctx, PTR))
-            b.store(g, b.gep(generations, [t]))
-            b.store(t, posted)
+        ptrs, szs = shift(b, pointers, sizes, row0)
+        szs[rows_index] = b.select(b.icmp_signed("<", left, per), left, per)
+        my_args = b.gep(block_args, [b.mul(t, ir.Constant(I64, n_pointers))])
+        my_sizes = b.gep(block_sizes, [b.mul(t, ir.Constant(I64, n_sizes))])
+        for i, p in enumerate(ptrs):
+            b.store(p, b.gep(my_args, [ir.Constant(I64, i)]))
+        for i, v in enumerate(szs):
+            b.store(v, b.gep(my_sizes, [ir.Constant(I64, i)]))
 
-    pool._each(b, b.sub(count, ir.Constant(I64, 1)), post)
-    first = b.alloca(I64, n_sizes, name="first_sizes")
-    first_sizes = list(sizes)
-    first_sizes[rows_index] = b.select(b.icmp_signed("<", rows, per), rows, per)
-    for i, size in enumerate(first_sizes):
-        b.store(size, b.gep(first, [ir.Constant(I64, i)]))
-    b.call(inner, [args_p, first, status_p])
-    pool._each(b, b.load(posted), lambda t: pool.wait(b, t, b.load(b.gep(generations, [t]))))
+    pool._each(b, b.sub(blocks, ir.Constant(I64, 1)), describe, start=0)
+    b.store(ir.Constant(I64, 0), counter)
+    for i, v in enumerate((b.bitcast(block_args, PTR), b.bitcast(block_sizes, PTR),
+                           b.bitcast(status_p, PTR), b.bitcast(counter, PTR),
+                           b.inttoptr(blocks, PTR))):
+        b.store(v, b.gep(context, [ir.Constant(I64, i)]))
+    ctx = b.bitcast(context, PTR)
+
+    def post(t):  # workers 1 .. blocks - 1, those that are idle
+        ready = pool.idle(b, t)
+        b.store(ready, b.gep(posted, [t]))
+        with b.if_then(ready):
+            b.store(pool.post(b, t, claim, ctx), b.gep(generations, [t]))
+
+    last = b.sub(blocks, ir.Constant(I64, 1))
+    pool._each(b, last, post)
+    b.call(claim, [ctx])
+
+    def finish(t):
+        with b.if_then(b.load(b.gep(posted, [t]))):
+            pool.finish(b, t, b.load(b.gep(generations, [t])))
+
+    pool._each(b, last, finish)
