@@ -58,12 +58,6 @@ def _inside(kb, index: ir.Value, size: ir.Value) -> ir.Value:
     return kb.b.icmp_unsigned("<", index, size)
 
 
-def _load_or(kb, ptr, index, inside, fill, dtype: str) -> ir.Value:
-    """ptr[index] where `inside`, else `fill`; nothing outside is read."""
-    value = kb.load(ptr, kb.b.select(inside, index, ZERO), dtype)
-    return kb.b.select(inside, value, fill)
-
-
 def _fold(kb, sizes: list[ir.Value], init: ir.Value, step) -> ir.Value:
     """acc = step(acc, [i0, i1, ...]) over the index space sizes[0] x sizes[1] x ..."""
 
@@ -440,38 +434,6 @@ def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
 
 
 # pooling -----------------------------------------------------------------------------------
-def _window_fold(kb, win: Window, oh, ow, init, step) -> ir.Value:
-    """acc = step(acc, y, x, inside) over the taps of output (oh, ow)'s window."""
-    b = kb.b
-    h, w = (kb.dim(d) for d in win.size)
-    top, left = win.origin(kb, oh, 0), win.origin(kb, ow, 1)
-
-    def tap(acc, index):
-        i, j = index
-        y = b.add(top, b.mul(i, _i64(win.dilation[0])))
-        x = b.add(left, b.mul(j, _i64(win.dilation[1])))
-        return step(acc, y, x, b.and_(_inside(kb, y, h), _inside(kb, x, w)))
-
-    return _fold(kb, [kb.dim(k) for k in win.kernel], init, tap)
-
-
-def _pool(kb, n, win: Window, reduce) -> None:
-    """out[p, oh, ow] = reduce(plane p of x, oh, ow) for every plane of x."""
-    x_t, y_t = n.in_types[0], n.out_types[0]
-    x, y = kb.buffer(0, x_t.dtype), kb.buffer(1, y_t.dtype)
-    b = kb.b
-    planes, h, w = _planes(kb, x_t)
-    _, oh_size, ow_size = _planes(kb, y_t)
-
-    def body(index):
-        p, oh, ow = index
-        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
-        at = b.add(b.mul(b.add(b.mul(p, oh_size), oh), ow_size), ow)
-        kb.store(y, at, reduce(plane, oh, ow), y_t.dtype)
-
-    kb.loop_nest([planes, oh_size, ow_size], body)
-
-
 def max_pool(kb, n, win: Window) -> None:
     """The largest input in each window (padding never wins; NaN does, as numpy's max).
 
@@ -528,11 +490,23 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
 
 def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
     """Window sums over zero padding, divided by the window cells PyTorch counts: those in the
-    padded input with count_include_pad, else those in the input; never ceil mode's overhang."""
-    dtype = n.in_types[0].dtype
+    padded input with count_include_pad, else those in the input; never ceil mode's overhang.
+
+    Row by row, as max_pool: each tap adds an input row into a row of sums (in the compute
+    type: f32 for half floats, whose sums are rounded once), then one pass divides."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    x, y = kb.buffer(0, dtype), kb.buffer(1, y_t.dtype)
     b = kb.b
-    w = kb.dim(win.size[1])
-    zero = kb.const(0.0, dtype)
+    planes, h, w = _planes(kb, x_t)
+    _, out_h, out_w = _planes(kb, y_t)
+    kh, kw = (kb.dim(k) for k in win.kernel)
+    sh, sw = (_i64(s_) for s_ in win.stride)
+    dh, dw = (_i64(d) for d in win.dilation)
+    pw = kb.dim(win.pad[1])
+    compute = "f32" if dtype in ("f16", "bf16") else dtype
+    sums = kb.scratch(out_w, compute) if compute != dtype else None
+    zero = kb.const(0.0, compute)
 
     def counted(o, axis):  # cells of the window along one axis that the divisor counts
         start = win.origin(kb, o, axis)
@@ -543,16 +517,32 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
         last = b.select(b.icmp_signed("<", end, hi), end, hi)
         return b.sub(last, first)
 
-    def reduce(plane, oh, ow):
-        def step(acc, y, x, inside):
-            value = _load_or(kb, plane, b.add(b.mul(y, w), x), inside, zero, dtype)
-            return kb.add(acc, value)
+    def row(index):
+        p, oh = index
+        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
+        out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
+        acc = sums if sums is not None else out
+        with kb.for_range(out_w) as ow:
+            kb.store(acc, ow, zero, compute)
+        top = win.origin(kb, oh, 0)
+        with kb.for_range(kh) as i:
+            yy = b.add(top, b.mul(i, dh))
+            with b.if_then(_inside(kb, yy, h)):
+                line = b.gep(plane, [b.mul(yy, w)])
+                with kb.for_range(kw) as j:
+                    shift = b.sub(b.mul(j, dw), pw)
+                    first, stop = _inside_range(kb, shift, sw, w, out_w)
+                    with kb.for_range(stop, start=first) as ow:
+                        value = kb.load(line, b.add(b.mul(ow, sw), shift), dtype)
+                        kb.store(acc, ow, kb.add(kb.load(acc, ow, compute), value), compute)
+        rows = counted(oh, 0)
+        with kb.for_range(out_w) as ow:
+            cells = kb.convert(b.mul(rows, counted(ow, 1)), compute)
+            kb.store(out, ow, kb.fdiv(kb.load(acc, ow, compute), cells), dtype)
 
-        total = _window_fold(kb, win, oh, ow, zero, step)
-        cells = b.mul(counted(oh, 0), counted(ow, 1))
-        return kb.fdiv(total, kb.convert(cells, dtype))
-
-    _pool(kb, n, win, reduce)
+    kb.loop_nest([planes, out_h], row)
+    if sums is not None:
+        kb.release(sums)
 
 
 def _mean(kb, x, base: ir.Value, count: ir.Value, dtype: str, term=None) -> ir.Value:
