@@ -4,8 +4,9 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
     python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
 
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
-kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Native and
-onnxruntime are timed in alternating rounds (the median round is shown), with a pause between
+kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Each
+configuration (model, batch, threads) runs in a fresh process, and in it native and
+onnxruntime are timed in alternating rounds (the median round is shown) with a pause between
 runtimes: a runtime's threads spin for a while after its last call (onnxruntime's, OpenBLAS's
 under numpy, kiln's own) and would take a core from the next one measured.
 """
@@ -13,7 +14,10 @@ under numpy, kiln's own) and would take a core from the next one measured.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,49 +80,75 @@ def onnx_session(model, threads: int, path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def measure(path: Path, batch: int, threads: int, repeat: int, with_ref: bool) -> dict:
+    """One configuration, timed in this process: native and onnxruntime in alternating rounds,
+    and the numpy reference when asked."""
+    ref = kiln.compile(str(path), target="reference")
+    feeds = inputs_for(ref, batch, np.random.default_rng(0))
+    out: dict = {"native": None, "ort": None, "ref": None, "reason": None}
+    try:
+        native = kiln.compile(str(path), target="native", threads=threads)
+    except KilnError as err:
+        native, out["reason"] = None, f"native: {err.code} {err.message}"
+    session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}-{os.getpid()}.onnx"))
+    rounds: dict[str, list[float]] = {"native": [], "ort": []}
+    for _ in range(ROUNDS):
+        if native:
+            rounds["native"].append(settled(median_ms, repeat, native, **feeds))
+        rounds["ort"].append(settled(median_ms, repeat, session.run, None, feeds))
+    out["native"] = statistics.median(rounds["native"]) if native else None
+    out["ort"] = statistics.median(rounds["ort"])
+    if with_ref:
+        out["ref"] = settled(median_ms, max(3, repeat // 4), ref, **feeds)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--models", nargs="+", help="example names (default: every example)")
+    parser.add_argument("--measure", nargs=3, metavar=("FILE", "BATCH", "THREADS"),
+                        help=argparse.SUPPRESS)  # one configuration, in a child process
+    parser.add_argument("--with-ref", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.measure:
+        path, batch, threads = opts.measure
+        print(json.dumps(measure(Path(path), int(batch), int(threads), opts.repeat,
+                                 opts.with_ref)))
+        return 0
     files = sorted((ROOT / "examples").glob("*.kiln"))
     if opts.models:
         files = [f for f in files if f.stem in opts.models]
-    rng = np.random.default_rng(0)
     header = (f"{'model':<24}{'batch':>6}{'thr':>4}{'native ms':>11}{'ort ms':>9}"
               f"{'numpy ms':>10}{'native/ort':>11}{'numpy/native':>13}")
     print(header)
     print("-" * len(header))
     for index, path in enumerate(files, 1):
-        print(f"[{index}/{len(files)}] {path.stem}: compiling...", file=sys.stderr, flush=True)
-        ref = kiln.compile(str(path), target="reference")
-        natives, reason = {}, None
-        try:
-            natives = {t: kiln.compile(str(path), target="native", threads=t) for t in opts.threads}
-        except KilnError as err:
-            reason = f"native: {err.code} {err.message}"
+        reasons = set()
         for batch in opts.batches:
-            feeds = inputs_for(ref, batch, rng)
-            t_ref = settled(median_ms, max(3, opts.repeat // 4), ref, **feeds)
+            t_ref = None
             for threads in opts.threads:
-                native = natives.get(threads)
-                session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}.onnx"))
-                rounds: dict[str, list[float]] = {"native": [], "ort": []}
-                for _ in range(ROUNDS):
-                    if native:
-                        rounds["native"].append(settled(median_ms, opts.repeat, native, **feeds))
-                    rounds["ort"].append(settled(median_ms, opts.repeat, session.run, None,
-                                                 feeds))
-                t_nat = statistics.median(rounds["native"]) if native else None
-                t_ort = statistics.median(rounds["ort"])
+                print(f"[{index}/{len(files)}] {path.stem}: batch {batch}, {threads} thread(s)...",
+                      file=sys.stderr, flush=True)
+                # each configuration in a fresh process: no thread pool, spinning onnxruntime
+                # or OpenBLAS thread of another configuration takes a core from it
+                child = subprocess.run(
+                    [sys.executable, __file__, "--measure", str(path), str(batch), str(threads),
+                     "--repeat", str(opts.repeat), *(["--with-ref"] if t_ref is None else [])],
+                    capture_output=True, text=True, check=True)
+                got = json.loads(child.stdout.strip().splitlines()[-1])
+                t_ref = got["ref"] if t_ref is None else t_ref
+                t_nat, t_ort = got["native"], got["ort"]
+                if got["reason"]:
+                    reasons.add(got["reason"])
                 nat = f"{t_nat:>11.3f}" if t_nat else f"{'-':>11}"
                 ratio = f"{t_nat / t_ort:>11.2f}" if t_nat else f"{'-':>11}"
                 speedup = f"{t_ref / t_nat:>13.1f}" if t_nat else f"{'-':>13}"
                 print(f"{path.stem:<24}{batch:>6}{threads:>4}{nat}{t_ort:>9.3f}{t_ref:>10.3f}"
                       f"{ratio}{speedup}", flush=True)
-        if reason:
+        for reason in sorted(reasons):
             print(f"  ({reason})")
     return 0
 
