@@ -323,9 +323,10 @@ PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs mo
 def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
               t: Tiling) -> ir.Function:
     """The driver on the module's threads, each owning a block of C (so no two threads write
-    the same element): blocks of columns when C has at least as many columns as rows (each
-    thread packs only its own columns of B, the costly part; a prepacked A is never packed),
-    else blocks of rows (each packs its own rows of A)."""
+    the same element): blocks of columns when C has at least as many columns as rows, or a
+    prepacked A and four panels of columns (each block packs only its own columns of B, the
+    costly part; a prepacked A is never packed), about eight blocks a thread, claimed as
+    threads come free; else one block of rows a thread (each packs all of B)."""
     from .threads import parallel_rows
 
     name = f"{driver.name}_parallel"
@@ -350,7 +351,7 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     rows = parallel_rows(module, driver, n_pointers, n_sizes, by_rows, min_rows=2 * t.mr,
                          min_work=PARALLEL_WORK, name=f"{driver.name}_rows")
     columns = parallel_rows(module, driver, n_pointers, n_sizes, by_columns, min_rows=t.nr,
-                            min_work=PARALLEL_WORK, rows_index=1,
+                            min_work=PARALLEL_WORK, rows_index=1, oversplit=8,
                             name=f"{driver.name}_columns")
     from .kernel import KERNEL_TYPE
 
@@ -359,6 +360,8 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     m, n = (b.load(b.gep(fn.args[1], [ir.Constant(I64, i)])) for i in range(2))
     wide = b.icmp_signed(">=", n, m)
+    if a_kind == "prepacked":  # no A to pack: columns whenever there are a few panels of them
+        wide = b.or_(wide, b.icmp_signed(">=", n, ir.Constant(I64, 4 * t.nr)))
     with b.if_else(wide) as (by_cols, by_rows_):
         with by_cols:
             b.call(columns, list(fn.args))

@@ -19,6 +19,9 @@ from llvmlite import ir
 from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID
 
 MAX_THREADS = 64
+MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
+MAX_BLOCKS = 2 * MAX_PIECES  # blocks it may make (their size is rounded down)
+# (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows)
 I32 = ir.IntType(32)
 THREADS = "kiln_threads"
 
@@ -340,14 +343,15 @@ def _claimer(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: in
 def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: int,
                   shift: Callable, min_rows: int, min_work: int, rows_index: int = 0,
                   work: Callable | None = None, alone: ir.Function | None = None,
-                  name: str | None = None) -> ir.Function:
+                  name: str | None = None, oversplit: int = 1) -> ir.Function:
     """A kernel-shaped function running `inner` on row blocks in parallel.
 
     sizes[rows_index] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers
     and sizes of the block starting at row0 (its row count is set afterwards); `work(b, sizes)`
     (default sizes[0] * sizes[1] * sizes[2], a GEMM's m * n * k) must reach `min_work` for
-    threads to start. Blocks are multiples of `min_rows`. `alone` (default `inner`) is what
-    runs when no threads start.
+    threads to start. Blocks are multiples of `min_rows`, about `oversplit` per thread: more,
+    smaller blocks balance uneven ones, claimed as threads come free.
+    `alone` (default `inner`) is what runs when no threads start.
     """
     name = name or f"{inner.name}_parallel"
     fn = module.globals.get(name)
@@ -385,26 +389,33 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                         pool.release(b)
                     b.call(alone or inner, alone_call)
                 with shared:
-                    _split(b, pool, claim, pointers, sizes, rows, count, shift, min_rows,
-                           rows_index, n_pointers, n_sizes, status_p)
+                    wanted = b.mul(count, ir.Constant(I64, oversplit))
+                    wanted = b.select(b.icmp_signed("<", wanted, ir.Constant(I64, MAX_PIECES)),
+                                      wanted, ir.Constant(I64, MAX_PIECES))
+                    pieces = b.select(b.icmp_signed("<", blocks, wanted), blocks, wanted)
+                    _split(b, pool, claim, pointers, sizes, rows, count, pieces, shift,
+                           min_rows, rows_index, n_pointers, n_sizes, status_p)
                     pool.release(b)
     b.ret_void()
     return fn
 
 
-def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, shift, min_rows: int,
+def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, min_rows: int,
            rows_index: int, n_pointers: int, n_sizes: int, status_p) -> None:
-    """`count` blocks of rows, claimed one at a time by this thread and the idle workers; then
-    each worker's task is taken back if it has not started it, or waited for."""
-    # rows per block: ceil(rows / count), rounded up to a multiple of min_rows, so the blocks
-    # cover every row (the last block may be short)
-    share = b.sdiv(b.add(rows, b.sub(count, ir.Constant(I64, 1))), count)
-    per = b.mul(b.sdiv(b.add(share, ir.Constant(I64, min_rows - 1)), ir.Constant(I64, min_rows)),
-                ir.Constant(I64, min_rows))
-    blocks = b.sdiv(b.add(rows, b.sub(per, ir.Constant(I64, 1))), per)
+    """About `pieces` blocks of rows, claimed one at a time by this thread and `count` - 1 idle
+    workers; then each worker's task is taken back if it has not started it, or waited for."""
+    # rows per block: ceil(rows / pieces) rounded down to a multiple of min_rows (at least
+    # one), so that blocks are even; rows // per of them, the last one taking the remainder
+    # too: no block is shorter than min_rows (a GEMM block of at most MR rows would take
+    # another path and sum in another order: the threads must not change the result)
+    share = b.sdiv(b.add(rows, b.sub(pieces, ir.Constant(I64, 1))), pieces)
+    per = b.mul(b.sdiv(share, ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
+    per = b.select(b.icmp_signed("<", per, ir.Constant(I64, min_rows)),
+                   ir.Constant(I64, min_rows), per)
+    blocks = b.sdiv(rows, per)
     with b.goto_entry_block():
-        block_args = b.alloca(PTR, MAX_THREADS * n_pointers, name="block_args")
-        block_sizes = b.alloca(I64, MAX_THREADS * n_sizes, name="block_sizes")
+        block_args = b.alloca(PTR, MAX_BLOCKS * n_pointers, name="block_args")
+        block_sizes = b.alloca(I64, MAX_BLOCKS * n_sizes, name="block_sizes")
         context = b.alloca(PTR, 5, name="context")
         counter = b.alloca(I64, name="next_block")
         generations = b.alloca(I32, MAX_THREADS, name="generations")
@@ -412,9 +423,9 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, shift, min_rows:
 
     def describe(t):  # block t's pointers and sizes
         row0 = b.mul(t, per)
-        left = b.sub(rows, row0)
+        last_block = b.icmp_signed("==", t, b.sub(blocks, ir.Constant(I64, 1)))
         ptrs, szs = shift(b, pointers, sizes, row0)
-        szs[rows_index] = b.select(b.icmp_signed("<", left, per), left, per)
+        szs[rows_index] = b.select(last_block, b.sub(rows, row0), per)
         my_args = b.gep(block_args, [b.mul(t, ir.Constant(I64, n_pointers))])
         my_sizes = b.gep(block_sizes, [b.mul(t, ir.Constant(I64, n_sizes))])
         for i, p in enumerate(ptrs):
@@ -430,13 +441,14 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, shift, min_rows:
         b.store(v, b.gep(context, [ir.Constant(I64, i)]))
     ctx = b.bitcast(context, PTR)
 
-    def post(t):  # workers 1 .. blocks - 1, those that are idle
+    def post(t):  # workers 1 .. count - 1, those that are idle
         ready = pool.idle(b, t)
         b.store(ready, b.gep(posted, [t]))
         with b.if_then(ready):
             b.store(pool.post(b, t, claim, ctx), b.gep(generations, [t]))
 
-    last = b.sub(blocks, ir.Constant(I64, 1))
+    helpers = b.sub(count, ir.Constant(I64, 1))
+    last = b.select(b.icmp_signed("<", blocks, helpers), blocks, helpers)
     pool._each(b, last, post)
     b.call(claim, [ctx])
 
