@@ -32,6 +32,8 @@ FLOATS = ("f32", "f16", "bf16", "f64")
 _DTYPE_OF = {F32: "f32", F64: "f64", I32: "i32", I64: "i64", I1: "bool"}  # of a compute type
 _BYTES = {I1: 1, I32: 4, F32: 4, I64: 8, F64: 8}  # of a compute type
 
+FLAT_BLOCK = 1 << 12  # elements: the smallest block of an elementwise loop a thread takes
+FLAT_PARALLEL = 1 << 16  # elements below which an elementwise loop runs on one thread
 # void kernel(i8** args, i64* dims, i64* status): status[0] != 0 after a call means an input
 # value was out of range (see KernelBuilder.check); the kernel has gone on safely regardless
 KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer(), I64.as_pointer()])
@@ -279,14 +281,53 @@ class KernelBuilder:
         at i, broadcast (numpy's rules) to `out_t`. An input may be `out` itself: each element
         is read before it is written."""
         if all(t.shape == out_t.shape or t.rank == 0 for _, t in ins):  # no broadcasting
-            zero = ir.Constant(I64, 0)
-            with self.for_range(self.numel(out_t.shape)) as i:
-                vals = [self.load(p, i if t.rank else zero, t.dtype) for p, t in ins]
-                self.store(out, i, scalar(self, *vals), out_t.dtype)
+            self._flat(out, out_t, ins, scalar)
             return
         strides = [self.broadcast_strides(t, out_t) for _, t in ins]
         self._nest(0, out_t, ins, strides, [ir.Constant(I64, 0)] * len(ins),
                    ir.Constant(I64, 0), out, scalar)
+
+    def _flat(self, out: ir.Value, out_t, ins: list, scalar) -> None:
+        """The elementwise loop over flat indices, as a range function the module's threads
+        share when the tensor is large enough (see threads.parallel_rows); inside a kernel
+        that already runs on several threads (`serial`), the loop itself."""
+        total = self.numel(out_t.shape)
+        if self.serial:
+            self._flat_range(self, out, out_t, ins, scalar, ir.Constant(I64, 0), total)
+            return
+        from .threads import parallel_rows
+
+        inner = KernelBuilder(self.module, f"{self.function.name}_range", [])
+        inner.function.linkage = "internal"
+        inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
+            self.span
+        pointers = [(inner.buffer(i, t.dtype), t) for i, (_p, t) in enumerate(ins)]
+        target = inner.buffer(len(ins), out_t.dtype)
+        start, count = (inner.b.load(inner.b.gep(inner.dims_ptr, [ir.Constant(I64, i)]))
+                        for i in range(2))
+        self._flat_range(inner, target, out_t, pointers, scalar, start, count)
+        fn = parallel_rows(self.module, inner.finish(), len(ins) + 1, 2,
+                           lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
+                                                                      sizes[1]]),
+                           min_rows=FLAT_BLOCK, min_work=FLAT_PARALLEL, rows_index=1,
+                           work=lambda b, sizes: sizes[1], oversplit=4)
+        b = self.b
+        with b.goto_entry_block():
+            args = b.alloca(PTR, len(ins) + 1, name="flat_args")
+            sizes = b.alloca(I64, 2, name="flat_sizes")
+        for i, p in enumerate([p for p, _t in ins] + [out]):
+            b.store(b.bitcast(p, PTR), b.gep(args, [ir.Constant(I64, i)]))
+        b.store(ir.Constant(I64, 0), b.gep(sizes, [ir.Constant(I64, 0)]))
+        b.store(total, b.gep(sizes, [ir.Constant(I64, 1)]))
+        b.call(fn, [args, sizes, self.status_ptr])
+
+    @staticmethod
+    def _flat_range(kb, out, out_t, ins, scalar, start, count) -> None:
+        zero = ir.Constant(I64, 0)
+        with kb.for_range(count) as j:
+            i = kb.b.add(start, j)
+            vals = [kb.load(p, i if t.rank else zero, t.dtype) for p, t in ins]
+            kb.store(out, i, scalar(kb, *vals), out_t.dtype)
 
     def broadcast_strides(self, t, out_t) -> list[ir.Value]:
         """Element strides of `t` along each axis of the output (0 where it broadcasts)."""
