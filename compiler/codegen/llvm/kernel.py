@@ -301,21 +301,36 @@ class KernelBuilder:
         inner.function.linkage = "internal"
         inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
             self.span
-        pointers = [(inner.buffer(i, t.dtype), t) for i, (_p, t) in enumerate(ins)]
-        target = inner.buffer(len(ins), out_t.dtype)
+        # each distinct buffer once: an input that is `out` itself (a fused epilogue reads
+        # the anchor's result in place) must be the same pointer in the range function too,
+        # or LLVM cannot prove the in-place loop safe to vectorise
+        unique: list[ir.Value] = [out]
+        for p, _t in ins:
+            if all(p is not q for q in unique):
+                unique.append(p)
+        slot_of = {id(p): k for k, p in enumerate(unique)}
+        typed: dict[tuple[int, str], ir.Value] = {}
+
+        def pointer(k: int, dtype: str) -> ir.Value:
+            if (k, dtype) not in typed:
+                typed[(k, dtype)] = inner.buffer(k, dtype)
+            return typed[(k, dtype)]
+
+        target = pointer(0, out_t.dtype)
+        pointers = [(pointer(slot_of[id(p)], t.dtype), t) for p, t in ins]
         start, count = (inner.b.load(inner.b.gep(inner.dims_ptr, [ir.Constant(I64, i)]))
                         for i in range(2))
         self._flat_range(inner, target, out_t, pointers, scalar, start, count)
-        fn = parallel_rows(self.module, inner.finish(), len(ins) + 1, 2,
+        fn = parallel_rows(self.module, inner.finish(), len(unique), 2,
                            lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
                                                                       sizes[1]]),
                            min_rows=FLAT_BLOCK, min_work=FLAT_PARALLEL, rows_index=1,
                            work=lambda b, sizes: sizes[1], oversplit=4)
         b = self.b
         with b.goto_entry_block():
-            args = b.alloca(PTR, len(ins) + 1, name="flat_args")
+            args = b.alloca(PTR, len(unique), name="flat_args")
             sizes = b.alloca(I64, 2, name="flat_sizes")
-        for i, p in enumerate([p for p, _t in ins] + [out]):
+        for i, p in enumerate(unique):
             b.store(b.bitcast(p, PTR), b.gep(args, [ir.Constant(I64, i)]))
         b.store(ir.Constant(I64, 0), b.gep(sizes, [ir.Constant(I64, 0)]))
         b.store(total, b.gep(sizes, [ir.Constant(I64, 1)]))
