@@ -325,8 +325,9 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     """The driver on the module's threads, each owning a block of C (so no two threads write
     the same element): blocks of columns when C has at least as many columns as rows, or a
     prepacked A and four panels of columns (each block packs only its own columns of B, the
-    costly part; a prepacked A is never packed), about eight blocks a thread, claimed as
-    threads come free; else one block of rows a thread (each packs all of B)."""
+    costly part); with a prepacked A, which no block packs, about eight blocks a thread,
+    claimed as threads come free (even work), else one a thread (each packs all of A);
+    otherwise one block of rows a thread (each packs all of B)."""
     from .threads import parallel_rows
 
     name = f"{driver.name}_parallel"
@@ -351,7 +352,8 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     rows = parallel_rows(module, driver, n_pointers, n_sizes, by_rows, min_rows=2 * t.mr,
                          min_work=PARALLEL_WORK, name=f"{driver.name}_rows")
     columns = parallel_rows(module, driver, n_pointers, n_sizes, by_columns, min_rows=t.nr,
-                            min_work=PARALLEL_WORK, rows_index=1, oversplit=8,
+                            min_work=PARALLEL_WORK, rows_index=1,
+                            oversplit=8 if a_kind == "prepacked" else 1,
                             name=f"{driver.name}_columns")
     from .kernel import KERNEL_TYPE
 
