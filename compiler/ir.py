@@ -62,6 +62,9 @@ class Graph:
     output_names: list[str] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count())
+    # the plan_memory pass's MemoryPlan (passes/memory.py), for backends; None until it runs,
+    # and never copied: a copy may be edited, which makes the plan stale
+    memory: Any = None
 
     def add(
         self,

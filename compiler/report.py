@@ -142,7 +142,7 @@ def report(model, target: str = "native") -> str:
         lines += [line if n == 1 else f"{line} (x{n})" for line, n in counts.items()]
     else:
         lines.append("no op left unfused next to a fusible neighbour")
-    memory = plan(graph)
+    memory = graph.memory if graph.memory is not None else plan(graph)
     lines += [
         "",
         f"planned peak activation memory: {memory.peak_text()} bytes",

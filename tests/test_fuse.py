@@ -18,7 +18,8 @@ import pytest
 
 import kiln
 from kiln.compiler.dims import Dim
-from kiln.compiler.passes import PIPELINE, optimize
+from kiln.compiler.ir import Value
+from kiln.compiler.passes import PIPELINE, IRError, copy_graph, optimize, verify
 from kiln.compiler.passes.edit import count_kernels, count_nodes
 from kiln.compiler.passes.memory import place, plan
 from kiln.compiler.report import report
@@ -204,6 +205,41 @@ def test_emitted_onnx_has_no_more_nodes_and_passes_the_checker(tmp_path):
     assert sizes[1] <= sizes[0]
 
 
+# ---------------------------------------------------------------------------- conv layout
+LAYOUTS = """
+import std.nn
+model L {
+  forward(x: f32[B, 3, 9, 9], w: f32[4, 3, 3, 3]) {
+    return relu(x |> nn.Conv2d(3, 4, 3)), conv(x, w)
+  }
+}
+"""
+
+
+def test_conv_layout_packs_weights_known_before_the_call():
+    _, graph, stats = optimized(LAYOUTS)
+    assert stats["conv_layout"].changes == {"packed": 1}
+    convs = []
+    for nid in graph.order():
+        node = graph.node(nid)
+        if node["op"] == "conv":
+            convs.append(node["attrs"].get("weight_layout"))
+        if node["op"] == "fused":
+            body = node["attrs"]["body"]
+            convs += [body.node(n)["attrs"].get("weight_layout") for n in body.order()
+                      if body.op(n) == "conv"]
+    assert sorted(convs, key=str) == [None, "packed"]  # the weight given as an input stays
+    native = kiln.compile(LAYOUTS, seed=2)
+    assert sum(name.startswith("prepack_a(") for name in native.native_arrays()) == 1
+    plain = kiln.compile(LAYOUTS, seed=2, opt_level=0)
+    assert not any(name.startswith("prepack_a(") for name in plain.native_arrays())
+    x = RNG.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wanted = kiln.compile(LAYOUTS, target="reference", seed=2, opt_level=0)(x, w)
+    for got, want in zip(native(x, w), wanted, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- memory plan
 def test_memory_plan_reuses_dead_buffers_and_gives_a_peak_formula():
     src = model("a = exp(x)\n    b = a @ w\n    c = softmax(b, axis = -1)\n"
@@ -217,6 +253,22 @@ def test_memory_plan_reuses_dead_buffers_and_gives_a_peak_formula():
     assert memory.total() == Dim.of("B") * 64
     offsets, total = place([(b.type, b.born, b.dies) for b in memory.buffers], {"B": 16})
     assert total == 2 * 256 and len(set(offsets.tolist())) == 2
+
+
+def test_plan_memory_leaves_its_plan_for_the_backend_and_verify_finds_it_stale():
+    src = model("a = exp(x) @ w\n    return softmax(a @ w, axis = -1)",
+                "x: f32[B, 4], w: f32[4, 4]", "f32[B, 4]")
+    m = kiln.compile(src, target="reference")
+    graph, stats = optimize(m.model, params=m.params, verify=True)
+    memory = graph.memory
+    assert memory is not None and memory.order == graph.order()
+    assert {s.name: s for s in stats}["plan_memory"].changes["buffers"] == len(memory.buffers)
+    assert copy_graph(graph).memory is None  # a copy may be edited: it starts unplanned
+    first = graph.inputs[0]
+    graph.add("neg", [Value(first, 0, graph.node(first)["types"][0])], {},
+              [graph.node(first)["types"][0]])
+    with pytest.raises(IRError, match="stale"):
+        verify(graph)
 
 
 def test_peak_formula_keeps_only_undominated_terms():

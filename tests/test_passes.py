@@ -112,7 +112,8 @@ DIMS = {"B": 2, "T": 5}
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in PIPELINE]
     assert names == ["check_types", "fold_constants", "simplify", "fold_batch_norm",
-                     "fold_weight_layout", "cse", "dce", "fuse"]
+                     "fold_weight_layout", "cse", "dce", "conv_layout", "fuse",
+                     "plan_memory"]
     assert all(isinstance(p, Pass) and p.doc for p in PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
         graph_pass("undocumented")(lambda graph, ctx: graph)

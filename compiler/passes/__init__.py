@@ -15,7 +15,9 @@ from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
 from .fuse import fuse
+from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
+from .memory import plan_memory
 from .pipeline import PASSES, PIPELINE, optimize, run_passes
 from .simplify import RULES, simplify
 from .verify import check_types, verify
@@ -29,6 +31,7 @@ __all__ = [
     "PassContext",
     "PassStats",
     "check_types",
+    "conv_layout",
     "copy_graph",
     "count_nodes",
     "cse",
@@ -40,6 +43,7 @@ __all__ = [
     "fuse",
     "graph_pass",
     "optimize",
+    "plan_memory",
     "run_passes",
     "simplify",
     "verify",

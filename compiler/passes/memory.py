@@ -1,9 +1,11 @@
 """Memory planning: which intermediate tensors are alive at each step, and where they go.
 
-Runs on the final graph, after the passes (fusion decides which values are intermediates at
-all). `plan(graph)` gives every intermediate tensor (a value computed by an op that is not a
-graph output) its size as a formula in the symbolic sizes and its lifetime in the graph's run
-order: born at the op that computes it, dead after the last op that reads it. From it:
+The last pass of the pipeline, `plan_memory`, runs it on the final graph (fusion decides which
+values are intermediates at all) and leaves the plan on the graph (`Graph.memory`) for the
+backend: the native one lays out its workspace arena from it. `plan(graph)` gives every
+intermediate tensor (a value computed by an op that is not a graph output) its size as a
+formula in the symbolic sizes and its lifetime in the graph's run order: born at the op that
+computes it, dead after the last op that reads it. From it:
 
 - `MemoryPlan.peak()`: the planned peak activation memory as a formula, the largest sum of the
   sizes alive at one step (a max of polynomials; those another dominates for every value of the
@@ -22,6 +24,7 @@ import numpy as np
 from ..dims import Dim
 from ..ir import STRUCTURAL_OPS, Graph
 from ..types import TensorType
+from .manager import PassContext, graph_pass
 
 ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
 
@@ -142,3 +145,21 @@ def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
         live.append((offset, size, dies))
         total = max(total, offset + size)
     return offsets, total
+
+
+@graph_pass("plan_memory", nested=False)
+def plan_memory(graph: Graph, ctx: PassContext) -> Graph:
+    """Plan the intermediates' memory: lifetimes in run order, sizes as formulas (`plan`),
+    left on the graph as `graph.memory` for the backend. Changes no node; counts the
+    buffers, and those that can reuse the bytes of one that died before they were made.
+    The model's graph only: a scan body's intermediates are the scan's own buffers."""
+    graph.memory = plan(graph)
+    ctx.count("buffers", len(graph.memory.buffers))
+    ctx.count("reusable", _reusable(graph.memory))
+    return graph
+
+
+def _reusable(memory: MemoryPlan) -> int:
+    """Buffers made after some other buffer died: they can take its place."""
+    first_death = min((b.dies for b in memory.buffers), default=None)
+    return sum(1 for b in memory.buffers if first_death is not None and b.born > first_death)

@@ -13,7 +13,9 @@ from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
 from .fuse import fuse
+from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats
+from .memory import plan_memory
 from .simplify import simplify
 from .verify import check_types
 from .verify import verify as verify_graph
@@ -30,10 +32,15 @@ from .verify import verify as verify_graph
 #    weight.T and other moves of a parameter become constants, made once instead of per call.
 # 6. dce last: it removes what the elaborator left unused (each rewrite removes what it
 #    replaced itself).
-# 7. fuse after dce: it sees the final dataflow (a value's users decide what joins a group),
+# 7. conv_layout after fold_batch_norm (whose folded weights are new constants) and before
+#    fuse, so that the layout rides into the fused groups with its convolution.
+# 8. fuse after dce: it sees the final dataflow (a value's users decide what joins a group),
 #    and groups hold what the rewrites above produced (a folded BN's bias add, say).
+# 9. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
+#    stale; verify checks that the plan still matches the graph).
 PIPELINE: list[Pass] = [
-    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce, fuse,
+    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce,
+    conv_layout, fuse, plan_memory,
 ]
 PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 

@@ -47,6 +47,8 @@ def _verify(graph: Graph, infer: bool) -> None:
     if not nx.is_directed_acyclic_graph(graph.g):
         cycle = [u for u, _v, *_ in nx.find_cycle(graph.g)]
         raise IRError(f"the graph has a cycle through nodes {cycle}")
+    if graph.memory is not None and graph.memory.order != graph.order():
+        raise IRError("the graph changed after plan_memory planned it: its memory plan is stale")
     if infer:
         for nid in graph.order():
             check_node_types(graph, nid)

@@ -111,7 +111,11 @@ class GraphEmitter:
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
         last_use)` gives the memory of each intermediate tensor."""
-        order, last_use = lifetimes(graph)
+        if graph.memory is not None:  # the plan_memory pass's plan
+            order = graph.memory.order
+            last_use = {(buf.node, buf.index): buf.dies for buf in graph.memory.buffers}
+        else:  # an unoptimized graph (-O0): plan it here
+            order, last_use = lifetimes(graph)
         position = {nid: i for i, nid in enumerate(order)}
         out_index = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
         input_index = {nid: i for i, nid in enumerate(graph.inputs)}
@@ -156,9 +160,10 @@ class GraphEmitter:
                       self.layout.symbols, self.status_p)
 
     def prepacked_weights(self, graph: Graph, nid: int) -> dict[int, str]:
-        """{input slot: derived parameter name} for the f32 convolution weights, known before
-        any call (parameters, constants), that node `nid` (a conv, or a fused group headed by
-        one) can read prepacked (gemm.prepack_a): packing them once instead of every call."""
+        """{input slot: derived parameter name} for the convolution weights the conv_layout
+        pass chose to store packed (f32, known before any call) that node `nid` (a conv, or a
+        fused group headed by one) reads: gemm.prepack_a's layout, made once when the
+        weights are bound instead of on every call."""
         node = graph.node(nid)
         if node["op"] == "conv":
             conv, slot = node, 1
@@ -171,10 +176,11 @@ class GraphEmitter:
             slot = body.inputs.index(weight.node)
         else:
             return {}
+        if conv["attrs"].get("weight_layout") != "packed":  # the conv_layout pass's choice
+            return {}
         source = graph.operands(nid)[slot]
         src_node = graph.node(source.node)
-        if src_node["op"] not in ("param", "constant") or source.type.dtype != "f32" or \
-                conv["types"][0].dtype != "f32":
+        if src_node["op"] not in ("param", "constant"):
             return {}
         name = self.layout.params[self.param_index(source.node, src_node)]
         kc = tiling(self.vector_width).kc
