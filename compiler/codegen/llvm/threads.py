@@ -69,8 +69,8 @@ class _Pool:
     `state[i]`: IDLE, POSTED (a task waits for it), RUNNING (it took the task) or RETRACTED
     (the caller took the task back before the worker came: a worker the OS has not scheduled
     yet never holds a caller up; it goes back to IDLE when it wakes). One caller at a time
-    dispatches (`busy`, taken by compare-and-swap; a second caller, say
-    another Python thread, runs its work alone instead of waiting). Exported:
+    dispatches (`busy`, taken by compare-and-swap; a second caller, say another Python
+    thread, runs its work alone instead of waiting). Exported:
     `kiln_shutdown()` stops and joins the workers (the runtime calls it before freeing the
     code they run); a later call starts them again. After a fork the child starts its own.
     """
