@@ -31,8 +31,9 @@ def _where(span) -> str:
     return str(span) if span is not None else "(no source)"
 
 
-def kernels(graph: Graph, depth: int = 0) -> list[str]:
-    """One line per kernel in run order (and per op of a fused kernel), scan bodies indented."""
+def kernels(graph: Graph, depth: int = 0, native: bool = True) -> list[str]:
+    """One line per kernel in run order (and per op of a fused kernel), scan bodies indented;
+    `native`: with the weight layouts the native backend follows."""
     lines = []
     pad = "  " * depth
     number = 0
@@ -48,14 +49,21 @@ def kernels(graph: Graph, depth: int = 0) -> list[str]:
             name = "+".join(body.op(n) for n in inner)
             lines.append(f"{pad}{number:>3}  fused {name}  -> {node['types'][0]}")
             for n in inner:
-                lines.append(f"{pad}       {body.op(n):<12} {_where(body.node(n)['span'])}")
+                lines.append(f"{pad}       {body.op(n):<12} {_where(body.node(n)['span'])}"
+                             f"{_layout(body.node(n), native)}")
             continue
         lines.append(f"{pad}{number:>3}  {op:<18} {_where(node['span'])}  -> "
-                     f"{', '.join(map(str, node['types']))}")
+                     f"{', '.join(map(str, node['types']))}{_layout(node, native)}")
         if op == "scan":
             lines.append(f"{pad}       body, once per step:")
-            lines += kernels(node["attrs"]["body"], depth + 2)
+            lines += kernels(node["attrs"]["body"], depth + 2, native)
     return lines
+
+
+def _layout(node: dict, native: bool) -> str:
+    """The conv_layout pass's choice, where it made one (only the native backend reads it)."""
+    layout = node["attrs"].get("weight_layout")
+    return f"  (weight {layout})" if layout and native else ""
 
 
 def _inner_result(graph: Graph, nid: int) -> tuple[Graph, int]:
@@ -128,7 +136,7 @@ def report(model, target: str = "native") -> str:
     """The report for a lowered (optimized) ElaboratedModel."""
     graph: Graph = model.graph
     lines = [f"{model.name}: the kernels the {target} backend runs, in order"]
-    lines += kernels(graph)
+    lines += kernels(graph, native=target == "native")
     gaps = unfused(graph)
     lines.append("")
     if gaps:

@@ -287,6 +287,7 @@ def test_report_lists_kernels_with_spans_reasons_and_peak():
     m = kiln.compile(src, model="cnn.ResNet18", target="reference")
     text = report(m.lowered())
     assert "fused conv+add+relu" in text
+    assert "(weight packed)" in text  # conv_layout's choice, per convolution
     assert "<std>/cnn.kiln:" in text and "<std>/nn.kiln:" in text  # the ops' own lines
     assert "max_pool is not elementwise" in text
     assert "already has a matmul or convolution at its head" in text
