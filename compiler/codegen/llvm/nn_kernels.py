@@ -434,33 +434,32 @@ def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
 
 
 # pooling -----------------------------------------------------------------------------------
-def max_pool(kb, n, win: Window) -> None:
-    """The largest input in each window (padding never wins; NaN does, as numpy's max).
-
-    Row by row: an output row starts at the lowest value, then each tap (i, j) of the
-    window folds in the input row it lands on, over the outputs whose tap is inside the
-    input: a loop over consecutive outputs with no bounds test, which LLVM vectorises."""
+def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> None:
+    """A pooling op row by row: for each plane and output row, a row of `compute` values
+    starts at `init`; each tap (i, j) of the window folds its input row in, acc =
+    fold(acc, x), over the outputs whose tap lands inside the input (a loop over consecutive
+    outputs with no bounds test, which LLVM vectorises); then finish(oh, ow, acc) gives each
+    output (default: acc itself). The row is the output row when `compute` is the output's
+    dtype, else one scratch row."""
     x_t, y_t = n.in_types[0], n.out_types[0]
     dtype = x_t.dtype
     x, y = kb.buffer(0, dtype), kb.buffer(1, y_t.dtype)
     b = kb.b
-    if dtype in ("i32", "i64"):
-        lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
-    else:
-        lowest = kb.const(float("-inf"), dtype)
     planes, h, w = _planes(kb, x_t)
     _, out_h, out_w = _planes(kb, y_t)
     kh, kw = (kb.dim(k) for k in win.kernel)
-    sh, sw = (_i64(s_) for s_ in win.stride)
+    sw = _i64(win.stride[1])
     dh, dw = (_i64(d) for d in win.dilation)
     pw = kb.dim(win.pad[1])
+    scratch = kb.scratch(out_w, compute) if compute != y_t.dtype else None
 
     def row(index):
         p, oh = index
         plane = b.gep(x, [b.mul(p, b.mul(h, w))])
         out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
+        acc = scratch if scratch is not None else out
         with kb.for_range(out_w) as ow:
-            kb.store(out, ow, lowest, dtype)
+            kb.store(acc, ow, init, compute)
         top = win.origin(kb, oh, 0)
         with kb.for_range(kh) as i:
             yy = b.add(top, b.mul(i, dh))
@@ -471,9 +470,15 @@ def max_pool(kb, n, win: Window) -> None:
                     first, stop = _inside_range(kb, shift, sw, w, out_w)
                     with kb.for_range(stop, start=first) as ow:
                         value = kb.load(line, b.add(b.mul(ow, sw), shift), dtype)
-                        kb.store(out, ow, _maximum(kb, kb.load(out, ow, dtype), value), dtype)
+                        kb.store(acc, ow, fold(kb.load(acc, ow, compute), value), compute)
+        if finish is not None or scratch is not None:
+            with kb.for_range(out_w) as ow:
+                value = kb.load(acc, ow, compute)
+                kb.store(out, ow, finish(oh, ow, value) if finish else value, y_t.dtype)
 
     kb.loop_nest([planes, out_h], row)
+    if scratch is not None:
+        kb.release(scratch)
 
 
 def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: ir.Value):
@@ -488,25 +493,24 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
     return first, b.select(b.icmp_signed("<", stop, first), first, stop)
 
 
+def max_pool(kb, n, win: Window) -> None:
+    """The largest input in each window (padding never wins; NaN does, as numpy's max), row
+    by row from the lowest value (_pool_rows)."""
+    dtype = n.in_types[0].dtype
+    if dtype in ("i32", "i64"):
+        lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
+    else:
+        lowest = kb.const(float("-inf"), dtype)
+    _pool_rows(kb, n, win, dtype, lowest, lambda acc, x: _maximum(kb, acc, x))
+
+
 def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
     """Window sums over zero padding, divided by the window cells PyTorch counts: those in the
     padded input with count_include_pad, else those in the input; never ceil mode's overhang.
-
-    Row by row, as max_pool: each tap adds an input row into a row of sums (in the compute
-    type: f32 for half floats, whose sums are rounded once), then one pass divides."""
-    x_t, y_t = n.in_types[0], n.out_types[0]
-    dtype = x_t.dtype
-    x, y = kb.buffer(0, dtype), kb.buffer(1, y_t.dtype)
-    b = kb.b
-    planes, h, w = _planes(kb, x_t)
-    _, out_h, out_w = _planes(kb, y_t)
-    kh, kw = (kb.dim(k) for k in win.kernel)
-    sh, sw = (_i64(s_) for s_ in win.stride)
-    dh, dw = (_i64(d) for d in win.dilation)
-    pw = kb.dim(win.pad[1])
+    Row by row (_pool_rows): sums in the compute type (f32 for half floats, rounded once)."""
+    dtype = n.in_types[0].dtype
     compute = "f32" if dtype in ("f16", "bf16") else dtype
-    sums = kb.scratch(out_w, compute) if compute != dtype else None
-    zero = kb.const(0.0, compute)
+    b = kb.b
 
     def counted(o, axis):  # cells of the window along one axis that the divisor counts
         start = win.origin(kb, o, axis)
@@ -517,32 +521,10 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
         last = b.select(b.icmp_signed("<", end, hi), end, hi)
         return b.sub(last, first)
 
-    def row(index):
-        p, oh = index
-        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
-        out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
-        acc = sums if sums is not None else out
-        with kb.for_range(out_w) as ow:
-            kb.store(acc, ow, zero, compute)
-        top = win.origin(kb, oh, 0)
-        with kb.for_range(kh) as i:
-            yy = b.add(top, b.mul(i, dh))
-            with b.if_then(_inside(kb, yy, h)):
-                line = b.gep(plane, [b.mul(yy, w)])
-                with kb.for_range(kw) as j:
-                    shift = b.sub(b.mul(j, dw), pw)
-                    first, stop = _inside_range(kb, shift, sw, w, out_w)
-                    with kb.for_range(stop, start=first) as ow:
-                        value = kb.load(line, b.add(b.mul(ow, sw), shift), dtype)
-                        kb.store(acc, ow, kb.add(kb.load(acc, ow, compute), value), compute)
-        rows = counted(oh, 0)
-        with kb.for_range(out_w) as ow:
-            cells = kb.convert(b.mul(rows, counted(ow, 1)), compute)
-            kb.store(out, ow, kb.fdiv(kb.load(acc, ow, compute), cells), dtype)
+    def mean(oh, ow, total):
+        return kb.fdiv(total, kb.convert(b.mul(counted(oh, 0), counted(ow, 1)), compute))
 
-    kb.loop_nest([planes, out_h], row)
-    if sums is not None:
-        kb.release(sums)
+    _pool_rows(kb, n, win, compute, kb.const(0.0, compute), lambda acc, x: kb.add(acc, x), mean)
 
 
 def _mean(kb, x, base: ir.Value, count: ir.Value, dtype: str, term=None) -> ir.Value:
