@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stdlibtest import close, rand
 
 import kiln
 from kiln import KilnError
@@ -25,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CNN = ROOT / "stdlib" / "cnn.kiln"
 EXAMPLE = ROOT / "examples" / "resnet18.kiln"
 
-RTOL = ATOL = 1e-5  # f32 against a float64 reference
 # Whole networks stay within it too, so it is used for them as well. Measured: the ResNet-18
 # logits (magnitude up to 15) differ from torch in float64 by at most 3.2e-6, MobileNetV2 (width
 # 0.5, logits of O(1)) by far less; the ONNX target (onnxruntime on CPU) differs from the
@@ -66,16 +66,6 @@ def param_infos(model: str, args: dict | None = None) -> dict:
 
 def only_params(infos: dict) -> dict:
     return {k: v for k, v in infos.items() if v.kind == "param"}
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def close(got, want, rtol=RTOL, atol=ATOL):
-    assert got.dtype == np.float32
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------------------- numpy reference

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stdlibtest import close, rand
 
 import kiln
 
@@ -22,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GAN = ROOT / "stdlib" / "gan.kiln"
 EXAMPLE = ROOT / "examples" / "dcgan.kiln"
 
-RTOL = ATOL = 1e-5  # f32 against a float64 reference (measured: at most 1e-6 apart)
 ONNX = {"target": "onnx", "providers": ["CPUExecutionProvider"]}  # no TF32 on a GPU provider
 
 G_COUNT, D_COUNT = 3_576_704, 2_765_568  # the tutorial's nz=100, ngf=ndf=64, nc=3
@@ -37,16 +37,6 @@ def gan_program():
 def compiled(model: str, seed: int = 0, **args):
     """The default-size networks with their initial values; tests must not change them."""
     return kiln.compile(gan_program(), model=model, seed=seed, args=args or None, target="reference")
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def close(got, want, rtol=RTOL, atol=ATOL):
-    assert got.dtype == np.float32
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 @functools.cache

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stdlibtest import close
 
 import kiln
 
 ROOT = Path(__file__).resolve().parent.parent
 GNN_FILE = ROOT / "stdlib" / "gnn.kiln"
 EXAMPLE = ROOT / "examples" / "gcn.kiln"
-RTOL = ATOL = 1e-5  # f32 against a float64 reference
 
 F_IN, F_OUT = 5, 4
 
@@ -49,12 +49,6 @@ def randomize(m, rng) -> dict[str, np.ndarray]:
 def without_bias(kw):
     """The block's arguments less `bias` (the references see the bias in the parameters)."""
     return {k: v for k, v in kw.items() if k not in ("bias", "root_weight")}
-
-
-def close(got, want):
-    assert got.dtype == np.float32
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def random_graph(rng, n: int, e: int, isolated: int = 2):

@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 import pytest
+from _stdlibtest import close, rand
 
 import kiln
 from kiln import KilnError
 
-RTOL = ATOL = 1e-5  # f32 against a float64 reference
 BATCHES = [1, 3]
 
 
@@ -67,16 +67,6 @@ def randomize(m, rng) -> None:
         else:
             new[k] = rng.standard_normal(v.shape).astype(v.dtype)
     m.load_weights(new)
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def close(got, want, rtol=RTOL, atol=ATOL):
-    assert got.dtype == np.float32
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 def pair(v):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stdlibtest import close, rand
 
 import kiln
 from kiln import KilnError
@@ -23,7 +24,6 @@ from kiln import KilnError
 ROOT = Path(__file__).resolve().parent.parent
 RNN_FILE = ROOT / "stdlib" / "rnn.kiln"
 EXAMPLE = ROOT / "examples" / "lstm_classifier.kiln"
-RTOL = ATOL = 1e-5  # f32 against f32 implementations of the same recurrence (float32 rounding)
 
 IN, H, T, B = 3, 4, 5, 2  # input size, hidden size, steps, batch
 MODES = ["RNN", "LSTM", "GRU"]
@@ -44,21 +44,11 @@ def compile_block(mode: str, **args):
     return kiln.compile(program(), model=mode, args={"input_size": IN, "hidden_size": H, **args}, target="reference")
 
 
-def rand(rng, *shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
 def randomize(m, rng) -> dict[str, np.ndarray]:
     """Random weights larger than the default init, so that the gates saturate differently."""
     weights = {k: rand(rng, *v.shape, scale=0.5) for k, v in m.params.items()}
     m.load_weights(weights)
     return weights
-
-
-def close(got, want):
-    assert got.dtype == np.float32
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def states_shape(layers, bi, size=H):

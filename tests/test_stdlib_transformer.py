@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stdlibtest import close, rand
 
 import kiln
 from kiln import KilnError
@@ -23,7 +24,6 @@ from kiln import KilnError
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = ROOT / "stdlib" / "transformer.kiln"
 EXAMPLES = ROOT / "examples"
-RTOL = ATOL = 1e-5  # f32 against f32 (torch) or float64 (numpy)
 
 E, H = 8, 2  # attention width and heads of the small test blocks
 
@@ -192,16 +192,6 @@ def load_strict(m, module, prefix=""):
 
 def t2n(t):
     return t.detach().numpy()
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def close(got, want, rtol=RTOL, atol=ATOL):
-    want = np.asarray(want)
-    assert got.dtype == np.float32 and got.shape == want.shape, (got.dtype, got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 def causal_bool(n, torch):
