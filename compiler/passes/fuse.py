@@ -72,18 +72,22 @@ def fuse(graph: Graph, ctx: PassContext) -> Graph:
     that anchor (an epilogue). Groups grow from each not-yet-fused elementwise op, last first,
     taking in producers whose results only the group uses and have the group's shape."""
     taken: set[int] = set()
-    for sink in reversed(graph.order()):
+    order = graph.order()
+    # positions in the run order, taken once: fusing removes members and adds fused nodes,
+    # which never join a group, so the other nodes keep their relative order
+    position = {nid: i for i, nid in enumerate(order)}
+    for sink in reversed(order):
         if sink in taken or not graph.g.has_node(sink) or elementwise_reason(graph, sink):
             continue
         result = Value(sink, 0, graph.node(sink)["types"][0])
         members = _grow(graph, sink, result, taken)
-        anchor = _anchor(graph, members, result, taken)
+        anchor = _anchor(graph, members, result, taken, position)
         if len(members) < 2 and anchor is None:
             continue
         if anchor is not None:
             members.add(anchor)
         taken |= members
-        _replace(graph, members, anchor, result)
+        _replace(graph, members, anchor, result, position)
         ctx.count("epilogues" if anchor is not None else "chains")
         ctx.count("fused", len(members))
     return graph
@@ -102,9 +106,9 @@ def _grow(graph: Graph, sink: int, result: Value, taken: set[int]) -> set[int]:
     return members
 
 
-def _anchor(graph: Graph, members: set[int], result: Value, taken: set[int]) -> int | None:
+def _anchor(graph: Graph, members: set[int], result: Value, taken: set[int],
+            position: dict[int, int]) -> int | None:
     """The matmul/conv (latest in order) whose result only the group reads, if any."""
-    position = {nid: i for i, nid in enumerate(graph.order())}
     best = None
     for v in _external(graph, members):
         if v.node in taken or anchor_reason(graph, v.node) is not None:
@@ -126,9 +130,10 @@ def _external(graph: Graph, members: set[int]) -> list[Value]:
     return list(seen.values())
 
 
-def _replace(graph: Graph, members: set[int], anchor: int | None, result: Value) -> None:
+def _replace(graph: Graph, members: set[int], anchor: int | None, result: Value,
+             position: dict[int, int]) -> None:
     """Swap the members for one `fused` node holding them as its body."""
-    order = [nid for nid in graph.order() if nid in members]
+    order = sorted(members, key=position.__getitem__)
     outside = _external(graph, members)
     body = Graph()
     inner: dict[tuple[int, int], Value] = {}

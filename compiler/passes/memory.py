@@ -93,21 +93,15 @@ def _at_most(a: Dim, b: Dim) -> bool:
     return all(c >= 0 for _, c in (b - a).terms)
 
 
-def lifetimes(graph: Graph) -> tuple[list[int], dict[tuple[int, int], int]]:
-    """The run order and, for each value read by an op, the position of its last reader."""
-    order = graph.order()
-    position = {nid: i for i, nid in enumerate(order)}
-    last: dict[tuple[int, int], int] = {}
-    for u, v, d in graph.g.edges(data=True):
-        k = (u, d["src"])
-        last[k] = max(last.get(k, -1), position[v])
-    return order, last
-
-
 def plan(graph: Graph) -> MemoryPlan:
     """The intermediates of `graph` (its own; a scan body's are the scan's business) with
     their lifetimes."""
-    order, last = lifetimes(graph)
+    order = graph.order()
+    position = {nid: i for i, nid in enumerate(order)}
+    last: dict[tuple[int, int], int] = {}  # the position of each value's last reader
+    for u, v, d in graph.g.edges(data=True):
+        k = (u, d["src"])
+        last[k] = max(last.get(k, -1), position[v])
     outputs = {(o.node, o.index) for o in graph.outputs}
     buffers = []
     for step, nid in enumerate(order):

@@ -22,7 +22,7 @@ from llvmlite import ir
 from ...errors import KilnError
 from ...ir import Graph
 from ...ops import REGISTRY
-from ...passes.memory import ALIGN, lifetimes, place
+from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
 from .derived import derived_name
 from .fused import tags as fused_tags
@@ -111,11 +111,10 @@ class GraphEmitter:
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
         last_use)` gives the memory of each intermediate tensor."""
-        if graph.memory is not None:  # the plan_memory pass's plan
-            order = graph.memory.order
-            last_use = {(buf.node, buf.index): buf.dies for buf in graph.memory.buffers}
-        else:  # an unoptimized graph (-O0): plan it here
-            order, last_use = lifetimes(graph)
+        # the plan_memory pass's plan; an unoptimized graph (-O0) is planned here
+        memory = graph.memory if graph.memory is not None else plan(graph)
+        order = memory.order
+        last_use = {(buf.node, buf.index): buf.dies for buf in memory.buffers}
         position = {nid: i for i, nid in enumerate(order)}
         out_index = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
         input_index = {nid: i for i, nid in enumerate(graph.inputs)}
@@ -251,7 +250,7 @@ class ScanEmitter:
                     for t in emit_types]
         index = b.alloca(I64, name="step")
         # the body's intermediates get their buffers once, before the loop, in emit order
-        body_slots = [buffer(t) for t in _intermediate_types(body)]
+        body_slots = [buffer(buf.type) for buf in plan(body).buffers]
         body_slots.reverse()
 
         def slot(_t: TensorType, _nid: int, _last: int) -> ir.Value:
@@ -283,13 +282,6 @@ class ScanEmitter:
         for p in owned:
             b.call(free, [p])
         return kb.finish()
-
-
-def _intermediate_types(graph: Graph) -> list[TensorType]:
-    """The types of the tensors GraphEmitter.emit asks `slot` for, in the order it asks."""
-    outputs = {(o.node, o.index) for o in graph.outputs}
-    return [t for nid in graph.order() if graph.op(nid) not in ("input", "param", "constant")
-            for i, t in enumerate(graph.node(nid)["types"]) if (nid, i) not in outputs]
 
 
 def _libc(module: ir.Module, name: str, ret, args) -> ir.Function:

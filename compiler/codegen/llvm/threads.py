@@ -218,7 +218,8 @@ class _Pool:
 
     def _each(self, b: ir.IRBuilder, stop: ir.Value, body, start: int = 1) -> None:
         """body(i) for i in [start, stop] (workers are numbered from 1: 0 is the caller)."""
-        counter = b.alloca(I64)
+        with b.goto_entry_block():  # an entry-block slot: LLVM keeps it in a register
+            counter = b.alloca(I64)
         b.store(ir.Constant(I64, start), counter)
         head, loop, done = (b.append_basic_block(n) for n in ("each", "each.body", "each.done"))
         b.branch(head)
