@@ -14,7 +14,6 @@ import numpy as np
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import derive
-from ..compiler.codegen.llvm.derived import parse as parse_derived
 from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
@@ -196,8 +195,10 @@ class NativeModel(CompiledModel):
         def lookup(name: str) -> np.ndarray:
             return layout.constants[name] if name in layout.constants else self.params[name]
 
-        arrays = [derive(name, lookup) if parse_derived(name) else lookup(name)
-                  for name in layout.params]
+        arrays = []
+        for name in layout.params:  # a derived array (a packed weight) is made from its source
+            derived = derive(name, lookup)
+            arrays.append(lookup(name) if derived is None else derived)
         arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
         pointers = (ctypes.c_void_p * max(1, len(arrays)))(
             *[a.__array_interface__["data"][0] for a in arrays]
