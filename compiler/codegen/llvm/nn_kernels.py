@@ -13,7 +13,7 @@ from llvmlite import ir
 
 from ...dims import Dim
 from .gemm import Matrix, Vectors, gemm, tiling
-from .kernel import F32, F64, I64
+from .kernel import F32, F64, I64, PTR
 
 ZERO = ir.Constant(I64, 0)
 
@@ -207,6 +207,70 @@ class Im2col:
         return b.select(first_row, upper, lower)
 
 
+@dataclass(frozen=True)
+class Shifted:
+    """A stride-1 convolution's input as the B matrix of its GEMM, once copied into a zero-
+    bordered buffer xp of [C, Hp, Wp] (Hp = OH + dh*(kh-1), Wp = OW + dw*(kw-1)): column q is
+    the output pixel (q // Wp, q % Wp) of a grid Wp wide, and row (c, i, j) is
+    xp[c*Hp*Wp + i*dh*Wp + j*dw + q], consecutive floats. A panel then packs by plain vector
+    copies, with no gather, mask or bounds per element; the Wp - OW columns of each grid row
+    past the output are computed and dropped (`conv`'s compaction)."""
+
+    base: ir.Value  # xp
+    plane: ir.Value  # Hp * Wp
+    wp: ir.Value
+    kh: ir.Value
+    kw: ir.Value
+    dh: ir.Value
+    dw: ir.Value
+    pointers = 1
+    sizes = 6
+
+    def fields(self):
+        return [self.base], [self.plane, self.wp, self.kh, self.kw, self.dh, self.dw]
+
+    @classmethod
+    def unpack(cls, pointers, sizes) -> Shifted:
+        return cls(*pointers, *sizes)
+
+    @classmethod
+    def from_column(cls, b, pointers, sizes, col0):
+        return [b.gep(pointers[0], [b.mul(col0, _i64(4))])], list(sizes)
+
+    def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
+        """Row by row, two vectors of consecutive floats from the row's tap offset."""
+        b = kb.b
+        vec = Vectors(b, nr // 2)
+        with b.goto_entry_block():  # the running tap (c, i, j)
+            tap = [b.alloca(I64, name=n) for n in ("c", "i", "j")]
+        taps = b.mul(self.kh, self.kw)
+        first = b.srem(k0, taps)
+        start = b.gep(self.base, [j0])
+        row_step = b.mul(self.dh, self.wp)
+
+        def rows(masks) -> None:
+            for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
+                                         b.srem(first, self.kw))):
+                b.store(value, slot)
+            with kb.for_range(kc) as p:
+                c, i, j = (b.load(slot) for slot in tap)
+                offset = b.add(b.add(b.mul(c, self.plane), b.mul(i, row_step)),
+                               b.mul(j, self.dw))
+                src = b.gep(start, [offset])
+                out = b.gep(dst, [b.mul(p, _i64(nr))])
+                for v, mask in enumerate(masks):
+                    at = v * vec.width
+                    value = vec.load(src, at) if mask is None else vec.masked_load(src, at, mask)
+                    vec.store(value, out, at, align=vec.width * 4)
+                _next_tap(b, tap, self.kh, self.kw)
+
+        with b.if_else(b.icmp_signed("==", cols, _i64(nr))) as (whole, part):
+            with whole:
+                rows([None, None])
+            with part:
+                rows([vec.mask(cols, v * vec.width) for v in range(2)])
+
+
 def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
     """num // den of non-negative i32 vectors, through f64 (a vector division of integers is
     16 scalar ones): exact, as num / den < 2**31 is at least 1/den away from the next integer
@@ -231,8 +295,9 @@ def _next_tap(b, tap, kh, kw) -> None:
 
 def conv(kb, n, win: Window, groups: int) -> None:
     """y[n, g] = w[g] @ im2col(x[n, g]) (+ bias) per sample and group, through the GEMM; a
-    1x1 convolution with stride 1 and no padding multiplies x itself. Other dtypes than f32
-    run the direct loops."""
+    1x1 convolution with stride 1 and no padding multiplies x itself, and another with stride
+    1 reads a zero-bordered copy of x (`Shifted`). Other dtypes than f32 run the direct
+    loops."""
     x_t, w_t, bias_t = n.in_types
     if x_t.dtype != "f32":
         _conv_direct(kb, n, win, groups)
@@ -246,24 +311,152 @@ def conv(kb, n, win: Window, groups: int) -> None:
     depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
     pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
         p == 0 for p in win.pad)
+    shifted = _Padded.of(kb, win, per_in, per_out) if win.stride == (1, 1) and not pointwise \
+        else None
     kc = tiling(kb.vector_width).kc
-    with kb.for_range(batch) as s, kb.for_range(_i64(groups)) as g:
-        x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
-        first_out = b.mul(g, per_out)
-        y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
-        if bias is not None:  # C starts as the bias; the GEMM adds to it
-            with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
-                value = b.load(b.gep(bias, [b.add(first_out, o)]))
-                b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
-        if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
-            slice_floats = b.mul(per_out, _i64(kc))
-            group_floats = b.mul(b.sdiv(b.add(depth, _i64(kc - 1)), _i64(kc)), slice_floats)
-            weights = Matrix(b.gep(w, [b.mul(g, group_floats)]), slice_floats, prepacked=True)
-        else:
-            weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
-        source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
-        gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
-             accumulate=bias is not None)
+
+    def run() -> None:
+        with kb.for_range(batch) as s, kb.for_range(_i64(groups)) as g:
+            x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
+            first_out = b.mul(g, per_out)
+            y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
+            if bias is not None and shifted is None:  # C starts as the bias; the GEMM adds
+                with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
+                    value = b.load(b.gep(bias, [b.add(first_out, o)]))
+                    b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
+            if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
+                slice_floats = b.mul(per_out, _i64(kc))
+                group_floats = b.mul(b.sdiv(b.add(depth, _i64(kc - 1)), _i64(kc)), slice_floats)
+                weights = Matrix(b.gep(w, [b.mul(g, group_floats)]), slice_floats,
+                                 prepacked=True)
+            else:
+                weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
+            if shifted is not None:
+                shifted.fill(kb, x0)
+                gemm(kb, per_out, shifted.columns, depth, weights, shifted.source,
+                     Matrix(shifted.result, shifted.columns))
+                shifted.compact(kb, y0, None if bias is None else b.gep(bias, [first_out]))
+            else:
+                source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
+                gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
+                     accumulate=bias is not None)
+
+    if shifted is None:
+        run()
+        return
+    with b.if_then(shifted.allocate(kb)):
+        run()
+        shifted.release(kb)
+
+
+@dataclass
+class _Padded:
+    """The buffers of a stride-1 convolution read through `Shifted`: the zero-bordered copy
+    of one sample's group of input channels, and the GEMM's result over the grid Wp wide,
+    from one heap block per kernel call."""
+
+    win: Window
+    per_in: ir.Value
+    per_out: ir.Value
+    h: ir.Value
+    w: ir.Value
+    ph: ir.Value
+    pw: ir.Value
+    oh: ir.Value
+    ow: ir.Value
+    hp: ir.Value
+    wp: ir.Value
+    columns: ir.Value  # of the GEMM: (OH - 1) * Wp + OW
+    block: ir.Value | None = None
+    base: ir.Value | None = None  # xp
+    result: ir.Value | None = None  # [per_out, columns]
+    source: Shifted | None = None
+
+    @classmethod
+    def of(cls, kb, win: Window, per_in, per_out) -> _Padded:
+        b = kb.b
+        (h, w), (ph, pw), (oh, ow), (kh, kw) = ([kb.dim(d) for d in pair] for pair in (
+            win.size, win.pad, win.out, win.kernel))
+        hp = b.add(oh, b.mul(_i64(win.dilation[0]), b.sub(kh, _i64(1))))
+        wp = b.add(ow, b.mul(_i64(win.dilation[1]), b.sub(kw, _i64(1))))
+        columns = b.add(b.mul(b.sub(oh, _i64(1)), wp), ow)
+        empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
+        columns = b.select(empty, ZERO, columns)
+        return cls(win, per_in, per_out, h, w, ph, pw, oh, ow, hp, wp, columns)
+
+    def allocate(self, kb) -> ir.Value:
+        """Takes the heap block; an i1 that is false (and a reported failure) when there is
+        no memory for it."""
+        b = kb.b
+        padded = b.mul(self.per_in, b.mul(self.hp, self.wp))
+        floats = b.add(b.add(padded, b.mul(self.per_out, self.columns)), _i64(16))
+        malloc = kb._libc("malloc", PTR, [I64])
+        self.block = b.call(malloc, [b.mul(floats, _i64(4))])
+        ok = b.icmp_unsigned("!=", self.block, ir.Constant(PTR, None))
+        kb.check(ok, "out of memory for a convolution's padded input")
+        self.base = b.bitcast(self.block, F32.as_pointer())
+        self.result = b.gep(self.base, [padded])
+        kh, kw = (kb.dim(k) for k in self.win.kernel)
+        self.source = Shifted(self.base, b.mul(self.hp, self.wp), self.wp, kh, kw,
+                              _i64(self.win.dilation[0]), _i64(self.win.dilation[1]))
+        return ok
+
+    def release(self, kb) -> None:
+        kb.release(self.block)
+
+    def fill(self, kb, x0: ir.Value) -> None:
+        """xp = x0's channels with ph rows and pw columns of zeros before (and what the grid
+        needs after)."""
+        b = kb.b
+        memset = kb.module.declare_intrinsic("llvm.memset", [PTR, I64])
+        memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+        no = ir.Constant(ir.IntType(1), 0)
+
+        def zero(at: ir.Value, count: ir.Value) -> None:
+            b.call(memset, [b.bitcast(at, PTR), ir.Constant(ir.IntType(8), 0),
+                            b.mul(count, _i64(4)), no])
+
+        # input columns that land in the grid: from 0, at most W and Wp - pw of them
+        width = _clamp(b, b.sub(self.wp, self.pw), self.w)
+        after = b.sub(b.sub(self.wp, self.pw), width)
+        with kb.for_range(self.per_in) as c, kb.for_range(self.hp) as r:
+            row = b.gep(self.base, [b.mul(b.add(b.mul(c, self.hp), r), self.wp)])
+            src_row = b.sub(r, self.ph)
+            inside = b.icmp_unsigned("<", src_row, self.h)
+            with b.if_else(inside) as (copy, blank):
+                with copy:
+                    zero(row, self.pw)
+                    src = b.gep(x0, [b.add(b.mul(c, b.mul(self.h, self.w)),
+                                           b.mul(src_row, self.w))])
+                    b.call(memcpy, [b.bitcast(b.gep(row, [self.pw]), PTR), b.bitcast(src, PTR),
+                                    b.mul(width, _i64(4)), no])
+                    zero(b.gep(row, [b.add(self.pw, width)]), after)
+                with blank:
+                    zero(row, self.wp)
+
+    def compact(self, kb, y0: ir.Value, bias: ir.Value | None) -> None:
+        """y0[o, r, :OW] = result[o, r * Wp : r * Wp + OW] (+ bias[o])."""
+        b = kb.b
+        vec = Vectors(b, kb.vector_width or tiling().width)
+        with kb.for_range(self.per_out) as o:
+            add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
+            src_plane = b.gep(self.result, [b.mul(o, self.columns)])
+            dst_plane = b.gep(y0, [b.mul(o, b.mul(self.oh, self.ow))])
+            with kb.for_range(self.oh) as r:
+                src = b.gep(src_plane, [b.mul(r, self.wp)])
+                dst = b.gep(dst_plane, [b.mul(r, self.ow)])
+                with kb.for_range(self.ow, step=vec.width) as q:
+                    mask = vec.mask(b.sub(self.ow, q), 0)
+                    value = vec.masked_load(b.gep(src, [q]), 0, mask)
+                    if add is not None:
+                        value = b.fadd(value, add)
+                    vec.masked_store(value, b.gep(dst, [q]), 0, mask)
+
+
+def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:
+    """min(max(value, 0), most)."""
+    value = b.select(b.icmp_signed("<", value, ZERO), ZERO, value)
+    return b.select(b.icmp_signed("<", value, most), value, most)
 
 
 def _each_output(kb, t, body) -> None:
