@@ -6,19 +6,20 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
 kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Each
 configuration (model, batch, threads) runs in a fresh process, and in it native and
-onnxruntime are timed in alternating rounds (the median round is shown) with a pause between
-runtimes: a runtime's threads spin for a while after its last call (onnxruntime's, OpenBLAS's
-under numpy, kiln's own) and would take a core from the next one measured.
+onnxruntime are timed in alternating rounds (the median round is shown; a round warms up, then
+times at least --repeat calls and ROUND seconds of calls) with a pause between runtimes: a
+runtime's threads spin for a while after its last call (onnxruntime's, OpenBLAS's under numpy,
+kiln's own) and would take a core from the next one measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from kiln import KilnError
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 3  # alternating rounds of native and onnxruntime timings
 SETTLE = 0.2  # seconds between runtimes: spinning threads go to sleep
+WARM_UP = 0.05  # seconds of untimed calls before each round
+ROUND = 0.3  # seconds of timed calls at least, per round
 SIZES = {"T": 16, "N": 32, "E": 64, "H": 64, "W": 64}  # other symbolic sizes than the batch
 
 
@@ -53,10 +56,17 @@ def inputs_for(model, batch: int, rng, sizes: dict[str, int] | None = None
 
 
 def median_ms(repeat: int, fn, *args, **kwargs) -> float:
-    """Median wall time of fn(*args, **kwargs) in milliseconds, after one warm-up call."""
+    """Median wall time of fn(*args, **kwargs) in milliseconds, in the steady state: after
+    warm-up calls for WARM_UP seconds (at least one), over at least `repeat` calls and at
+    least ROUND seconds of them (a model of microseconds gets thousands of calls, not ten
+    cold ones just after the pause)."""
+    start = time.perf_counter()
     fn(*args, **kwargs)
-    times = []
-    for _ in range(repeat):
+    while time.perf_counter() - start < WARM_UP:
+        fn(*args, **kwargs)
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - began < ROUND:
         start = time.perf_counter()
         fn(*args, **kwargs)
         times.append(time.perf_counter() - start)
@@ -90,7 +100,8 @@ def measure(path: Path, batch: int, threads: int, repeat: int, with_ref: bool) -
         native = kiln.compile(str(path), target="native", threads=threads)
     except KilnError as err:
         native, out["reason"] = None, f"native: {err.code} {err.message}"
-    session = onnx_session(ref, threads, Path(f"/tmp/kiln-bench-{path.stem}-{os.getpid()}.onnx"))
+    with tempfile.TemporaryDirectory() as tmp:  # onnxruntime reads the file once, here
+        session = onnx_session(ref, threads, Path(tmp) / f"{path.stem}.onnx")
     rounds: dict[str, list[float]] = {"native": [], "ort": []}
     for _ in range(ROUNDS):
         if native:

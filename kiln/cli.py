@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
     optimizer_options(r)
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
-    c.add_argument("--target", default="onnx", choices=["onnx", "native"])
+    c.add_argument("--target", choices=["onnx", "native"],
+                   help="what to write (default: from the output's suffix, .onnx or .so)")
     c.add_argument("-o", "--output", required=True,
                    help="the file to write: model.onnx, or model.so (with model.safetensors, "
                    "model.kiln.json and model.h beside it)")
@@ -130,8 +131,29 @@ def report_passes(opts, model) -> None:
         print(format_stats(model.pass_stats) if model.pass_stats else "optimizer off (-O0)")
 
 
-def cmd_compile(opts) -> int:
+SUFFIXES = {".onnx": "onnx", ".so": "native", ".dylib": "native", ".dll": "native"}
 
+
+def compile_target(target: str | None, output: str) -> str:
+    """The target of `kiln compile`: --target, which must agree with the output's suffix
+    when that is one of SUFFIXES, or else the suffix's."""
+    suffix = Path(output).suffix.lower()
+    implied = SUFFIXES.get(suffix)
+    if target is None:
+        if implied is None:
+            raise KilnError("K0602", f"kiln compile cannot tell what to write to {output!r} "
+                            "from its suffix", hint="name it model.onnx or model.so, or pass "
+                            "--target onnx or --target native")
+        return implied
+    if implied is not None and implied != target:
+        raise KilnError("K0602", f"--target {target} would write {output!r}, whose suffix "
+                        f"{suffix} says {implied}", hint=f"name it model"
+                        f"{'.onnx' if target == 'onnx' else '.so'}, or pass --target {implied}")
+    return target
+
+
+def cmd_compile(opts) -> int:
+    opts.target = compile_target(opts.target, opts.output)
     model = compile_from_options(opts, "reference")  # the graph and weights, to write out
     if opts.report:
         from kiln.compiler.report import report

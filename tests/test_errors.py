@@ -232,3 +232,24 @@ def test_cli_prints_located_errors_and_exits_1(tmp_path):
         [sys.executable, "-m", "kiln.cli", "check", str(ok)], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "input  x: f32[B, 4]" in proc.stdout
+
+
+def test_compile_takes_its_target_from_the_output_suffix(tmp_path, capsys):
+    """`kiln compile m.kiln -o m.so` writes a native library, `-o m.onnx` an ONNX file; a
+    suffix that says neither needs --target, and one that contradicts it is refused before
+    anything is written."""
+    from kiln.cli import main
+
+    src = tmp_path / "m.kiln"
+    src.write_text("model M {\n  forward(x: f32[B, 4]) -> f32[B, 4] { return relu(x) }\n}\n")
+    assert main(["compile", str(src), "-o", str(tmp_path / "m.so")]) == 0
+    assert (tmp_path / "m.safetensors").exists() and (tmp_path / "m.h").exists()
+    assert main(["compile", str(src), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").read_bytes()[:2] != b"\x7fE"  # not an ELF library
+    capsys.readouterr()
+    for args, text in [(["-o", str(tmp_path / "m.bin")], "cannot tell what to write"),
+                       (["--target", "onnx", "-o", str(tmp_path / "x.so")], "suffix .so says native")]:
+        assert main(["compile", str(src), *args]) == 1
+        err = capsys.readouterr().err
+        assert "error[K0602]" in err and text in err, err
+    assert not (tmp_path / "m.bin").exists() and not (tmp_path / "x.so").exists()

@@ -95,6 +95,33 @@ def test_matmul_at_sizes_around_the_tiles():
                                    err_msg=f"{m}x{k}x{n}")
 
 
+def test_thin_products_stream_b_row_by_row():
+    """C one or two rows high (a matrix-vector product; a linear layer at batch 1): B is read
+    in place row by row by the widest row kernel that fits the columns left, the last one
+    masked. Column counts around every kernel width, k = 0, a product large enough to split
+    across threads; a transposed A (conv_transpose of one or two pixels) and C += A @ B (a 1x1
+    convolution with a bias and one or two output channels)."""
+    native, ref = both("model Mat { forward(a: f32[M, K], b: f32[K, N]) { return a @ b } }")
+    for m in (1, 2):
+        for n in (1, 7, 16, 17, 33, 255, 257, 385, 700):
+            for k in (0, 1, 13, 400):
+                a = RNG.standard_normal((m, k)).astype(np.float32)
+                b = RNG.standard_normal((k, n)).astype(np.float32)
+                np.testing.assert_allclose(native(a, b), ref(a, b), rtol=1e-5,
+                                           atol=1e-5 * np.sqrt(k + 1), err_msg=f"{m}x{k}x{n}")
+    check({"x": "f32[B, 3, 1, 2]", "x1": "f32[B, 3, 1, 1]", "w": "f32[3, 5, 2, 2]",
+           "y": "f32[B, 40, 9, 11]", "v": "f32[2, 40, 1, 1]", "c": "f32[2]",
+           "v1": "f32[1, 40, 1, 1]", "c1": "f32[1]"},
+          ["conv_transpose(x, w, stride = 2)", "conv_transpose(x1, w)", "conv(y, v, c)",
+           "conv(y, v1, c1)"])
+    # a weight known before the call is stored prepacked (KC-deep slices): the tiles read it
+    native, ref = both("import std.nn\nmodel Head { forward(y: f32[B, 300, 5, 7]) {\n"
+                       "  return y |> nn.Conv2d(300, 2, 1), y |> nn.Conv2d(300, 1, 1) } }")
+    y = RNG.standard_normal((2, 300, 5, 7)).astype(np.float32)
+    for got, want in zip(native(y), ref(y), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_gemm_split_across_threads_by_columns_and_by_rows(threads):
     """Large enough to start threads: C wider than tall splits by columns (blocks of NR, the

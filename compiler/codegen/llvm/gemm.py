@@ -13,8 +13,10 @@ functions too, one per tile height: the rows are taken MR at a time, then the ta
 kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the last full panel are
 zero in the packed B panel and stored through a mask. With at most MR rows, a B that is a matrix
 is read in place (packing it would cost as much as the product), in slices of IN_PLACE_DEPTH
-rows. B is anything that packs itself into panels (`Source`): a matrix, or a convolution's
-input seen as its im2col matrix (nn_kernels.Im2col), never materialised.
+rows; with at most STREAM_ROWS (a matrix-vector product), row by row by `row_kernel`, which
+keeps each sum in a register and streams B, the product's whole cost. B is anything that
+packs itself into panels (`Source`): a matrix, or a convolution's input seen as its im2col
+matrix (nn_kernels.Im2col, never materialised; nn_kernels.Shifted for stride 1).
 """
 
 from __future__ import annotations
@@ -294,6 +296,75 @@ def _counted_loop(b: ir.IRBuilder, stop: ir.Value, init: list[ir.Value], step) -
     return values
 
 
+# the row kernel --------------------------------------------------------------------------
+# void rows(i64 k, float* a, i64 a_row, i64 a_step, float* b, i64 ldb, float* c, i64 ldc,
+#           i64 cols, i1 add)
+ROWS_TYPE = ir.FunctionType(VOID, [I64, F32P, I64, I64, F32P, I64, F32P, I64, I64, I1])
+STREAM_ROWS = 2  # C at most this many rows high: B streamed row by row (`row_kernel`)
+
+
+def row_kernel(module: ir.Module, width: int, height: int, vectors: int) -> ir.Function:
+    """C[:height, :cols] (+)= A[:height, :k] @ B[:k, :cols] with B read in place, one row of
+    `vectors` vectors at a time: the whole sum of each C element stays in a register, and B
+    streams through in consecutive runs of its rows (a matrix-vector product is bound by
+    reading B, which a panel walk of IN_PLACE_DEPTH-deep slices reads less well). A[i, p] is
+    at a[i * a_row + p * a_step]; cols <= vectors * width."""
+    name = f"kiln_gemm_rows_{height}x{vectors}x{width}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ROWS_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    k, a, a_row, a_step, b_ptr, ldb, c, ldc, cols, add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = Vectors(b, width)
+    zero = ir.Constant(vec.type, None)
+    whole = b.icmp_signed("==", cols, _i64(vectors * width))
+    masks = [vec.mask(cols, v * width) for v in range(vectors)]
+
+    def sums(partial: bool) -> list[ir.Value]:
+        def update(p, accs):
+            row = b.gep(b_ptr, [b.mul(p, ldb)])
+            bv = [vec.masked_load(row, v * width, masks[v]) if partial else
+                  vec.load(row, v * width) for v in range(vectors)]
+            out = []
+            for i in range(height):
+                at = b.add(b.mul(_i64(i), a_row), b.mul(p, a_step))
+                ai = vec.splat(b.load(b.gep(a, [at])))
+                out += [vec.fma(ai, bv[v], accs[i * vectors + v]) for v in range(vectors)]
+            return out
+
+        return _counted_loop(b, k, [zero] * (height * vectors), update)
+
+    def store(accs, partial: bool) -> None:
+        with b.if_else(add) as (adding, writing):
+            for branch, adds in ((adding, True), (writing, False)):
+                with branch:
+                    for i in range(height):
+                        row = b.gep(c, [b.mul(_i64(i), ldc)])
+                        for v in range(vectors):
+                            at, value = v * width, accs[i * vectors + v]
+                            if adds:
+                                old = (vec.masked_load(row, at, masks[v]) if partial
+                                       else vec.load(row, at))
+                                value = b.fadd(old, value)
+                            if partial:
+                                vec.masked_store(value, row, at, masks[v])
+                            else:
+                                vec.store(value, row, at)
+
+    with b.if_else(whole) as (full, part):
+        for branch, partial in ((full, False), (part, True)):
+            with branch:
+                store(sums(partial), partial)
+    b.ret_void()
+    return fn
+
+
 # the driver -------------------------------------------------------------------------------
 def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Matrix,
          accumulate: bool = False, t: Tiling | None = None) -> None:
@@ -399,7 +470,15 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Funct
     if source is Matrix:
         with kb.b.if_else(kb.b.icmp_signed("<=", m, ir.Constant(I64, t.mr))) as (few, many):
             with few:
-                g.in_place()
+                if a_kind == "prepacked":  # A's rows are KC-deep slices: the tiles read them
+                    g.in_place()
+                else:
+                    with kb.b.if_else(kb.b.icmp_signed("<=", m, _i64(STREAM_ROWS))) as (
+                            thin, short):
+                        with thin:
+                            g.streamed()
+                        with short:
+                            g.in_place()
             with many:
                 g.packed()
     else:
@@ -512,6 +591,34 @@ class _Gemm:
                                     b.add(jc, jr), self._min(nr, b.sub(nc, jr)), add)
 
             self._slices(block, t.kc)
+
+    def streamed(self) -> None:
+        """At most STREAM_ROWS rows: B read in place row by row (`row_kernel`), in runs of
+        the widest kernel that fits the columns left (the last one masked), A in place."""
+        kb, t, b = self.kb, self.t, self.kb.b
+        a = self.a
+        a_row, a_step = (_i64(1), a.stride) if a.transposed else (a.stride, _i64(1))
+        # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2)
+        most = 24 if t.width >= 16 else 12
+        for height in range(1, STREAM_ROWS + 1):
+            with b.if_then(b.icmp_signed("==", self.m, _i64(height))):
+                widths = [v for v in (16, 8, 4, 2, 1) if v * height <= most]
+                kernels = [(v, row_kernel(kb.module, t.width, height, v)) for v in widths]
+
+                def step(j, kernels=kernels):
+                    left = b.sub(self.n, j)
+                    chosen, fn = _i64(kernels[-1][0] * t.width), kernels[-1][1]
+                    for v, f in reversed(kernels[:-1]):  # the widest that fits whole
+                        fits = b.icmp_signed(">=", left, _i64(v * t.width))
+                        chosen, fn = b.select(fits, _i64(v * t.width), chosen), \
+                            b.select(fits, f, fn)
+                    cols = self._min(chosen, left)
+                    b.call(fn, [self.k, a.ptr, a_row, a_step, self.b.at(kb, _i64(0), j),
+                                self.b.stride, self.c.at(kb, _i64(0), j), self.c.stride, cols,
+                                self.accumulate])
+                    return cols
+
+                _loop(b, self.n, step)
 
     def in_place(self) -> None:
         """At most MR rows: A packed, B read where it is (its last partial panel packed)."""
