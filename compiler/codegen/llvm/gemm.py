@@ -237,10 +237,20 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     vec = Vectors(b, t.width)
     zero = ir.Constant(vec.type, None)
 
+    prefetch = module.globals.get("llvm.prefetch.p0") or ir.Function(
+        module, ir.FunctionType(VOID, [PTR, I32, I32, I32]), "llvm.prefetch.p0")
+    next_panel = b.gep(a, [ir.Constant(I64, height * t.kc)])
+
     def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
         row = b.gep(b_ptr, [b.mul(p, b_stride)])
         bv = [vec.load(row, v * t.width) for v in range(2)]
         a_col = b.gep(a, [p])
+        # the next tile's A panel (height rows of KC floats just after this one, when A is
+        # packed or prepacked), fetched a line per step while this tile computes: a
+        # prepacked weight comes from memory the first time each call
+        ahead = b.gep(next_panel, [b.mul(p, ir.Constant(I64, height))])
+        b.call(prefetch, [b.bitcast(ahead, PTR), ir.Constant(I32, 0), ir.Constant(I32, 3),
+                          ir.Constant(I32, 1)])
         out = []
         for i in range(height):
             ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
