@@ -308,6 +308,44 @@ def test_code_for_a_named_cpu_uses_its_vector_width(cpu, wide):
     assert ("zmm" in asm) == wide  # and AVX-512 only where the target has it
 
 
+AVX2_SRC = """
+import std.nn
+model Narrow {
+  forward(x: f32[B, 8, 13, 17], v: f32[M, 200], w: f32[200, N]) {
+    c = x |> nn.Conv2d(8, 12, 3, padding = 1) |> relu      # stride 1: the padded copy
+    d = c |> nn.Conv2d(12, 7, 3, stride = 2, padding = 1)   # im2col, 7 rows: 6 + 1
+    e = c |> nn.Conv2d(12, 2, 1)                            # C += A @ B, A prepacked
+    return d, e, v @ w                                      # M of 1 or 2 streams w
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_code_for_a_named_cpu_computes_like_the_reference(cpu):
+    """Machine code for AVX2 (8 lanes: 6 x 16 tiles, 12 accumulators) and for AVX-512 runs
+    here whatever the host's widest vectors: both tilings against the reference."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.elaborate.members import generate_params
+    from kiln.runtime.native import NativeModel
+
+    target = targets.named(cpu)
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    program = kiln.load(AVX2_SRC)
+    elaborated = program.elaborate(None, None)
+    params = generate_params(elaborated.params, 0)
+    native = NativeModel(elaborated, params, lambda present: program.elaborate(None, None,
+                                                                                present),
+                         cpu=target, threads=2)
+    ref = kiln.compile(AVX2_SRC, target="reference")
+    for batch, m, n in [(1, 1, 300), (3, 2, 37), (2, 13, 129)]:
+        feeds = [RNG.standard_normal(s).astype(np.float32)
+                 for s in [(batch, 8, 13, 17), (m, 200), (200, n)]]
+        for got, want in zip(native(*feeds), ref(*feeds), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
 
 
