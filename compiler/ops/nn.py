@@ -242,6 +242,11 @@ def _grouped_llvm(groups):
     return lower
 
 
+# ops whose every sample is computed from the same sample of the input alone: the native
+# backend may split a batch across threads (module._batch_split)
+SAMPLEWISE = frozenset({"batch_parallel"})
+
+
 register(norm_record(
     "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
     ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
@@ -443,7 +448,8 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
-    onnx=widened(_conv_onnx), llvm=_conv_llvm, tags=frozenset({"batch_parallel"})))
+    onnx=widened(_conv_onnx), llvm=_conv_llvm,
+    tags=SAMPLEWISE))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -663,14 +669,16 @@ register(OpRecord(
                          ("ceil_mode", False)),
     _pool_infer(NUMERIC), _max_pool_reference,
     "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
-    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm))
+    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm,
+    tags=SAMPLEWISE))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
                          ("count_include_pad", True)),
     _pool_infer(FLOATS), _avg_pool_reference,
     "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
-    llvm=_avg_pool_llvm))
+    llvm=_avg_pool_llvm,
+    tags=SAMPLEWISE))
 
 
 def _global_avg_pool_infer(types, _a):
@@ -684,7 +692,8 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=onnx_op("GlobalAveragePool"), llvm=lambda kb, n: _native().global_avg_pool(kb, n)))
+    onnx=onnx_op("GlobalAveragePool"), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
+    tags=SAMPLEWISE))
 
 
 # resize -----------------------------------------------------------------------------------
