@@ -41,9 +41,13 @@ import numpy as np  # noqa: E402
 
 import kiln  # noqa: E402
 
+SETTLE = 0.2  # seconds of pause first: OpenBLAS's and kiln's idle threads stop spinning
+
 
 def median_seconds(fn, repeat: int, work: float) -> float:
-    """Median time of fn(), each sample repeating it enough to last about 20 ms."""
+    """Median time of fn(), each sample repeating it enough to last about 20 ms, after a
+    pause: the other library's threads, spinning after its last call, would take a core."""
+    time.sleep(SETTLE)
     fn()
     reps = max(1, int(2e7 / work))
     samples = []
