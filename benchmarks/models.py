@@ -38,12 +38,11 @@ SIZES = {"T": 16, "N": 32, "E": 64, "H": 64, "W": 64}  # other symbolic sizes th
 
 def inputs_for(model, batch: int, rng, sizes: dict[str, int] | None = None
                ) -> dict[str, np.ndarray]:
-    """Random inputs: the batch symbol(s) at `batch`, other symbols at `sizes` (or SIZES)."""
+    """Random inputs, optional ones too (the exported ONNX graph takes every input): the
+    batch symbol(s) at `batch`, other symbols at `sizes` (or SIZES)."""
     sizes = SIZES if sizes is None else sizes
     feeds = {}
     for port in model.inputs:
-        if port.optional:
-            continue
         env = {s: sizes.get(s, batch) for d in port.type.shape for s in d.symbols()}
         shape = tuple(d.evaluate(env) for d in port.type.shape)
         if port.type.dtype in ("i32", "i64"):

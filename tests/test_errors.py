@@ -81,6 +81,24 @@ def test_bad_arguments_name_the_argument():
     assert err.code == "K0202" and "argument n must be int" in err.message
 
 
+def test_compile_time_bools_take_no_arithmetic():
+    """Python counts true as 1 (true + true == 2), numpy's bool tensors take + as or: a
+    model that adds compile-time bools is told so, at the expression."""
+    err = error_of("""
+    model M(a: bool = true) {
+      const N = a + true
+      forward(x: f32[B, 4]) -> f32[B, 4] { return x }
+    }""")
+    assert err.code == "K0202" and "bools take no arithmetic" in err.message, str(err)
+    assert "and" in err.hint
+    at(err, 3, 13, 21)
+    ok = elaborate("""
+    model M(a: bool = true, n: int = 2) {
+      forward(x: f32[B, 4]) -> f32[B, 4] { return x * (int(a) * n) if a == true else x }
+    }""")
+    assert ok is not None
+
+
 def test_shape_mismatch_names_both_shapes_at_the_expression():
     err = error_of("""
     model LeNet {

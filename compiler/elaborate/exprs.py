@@ -205,6 +205,15 @@ class ExprMixin:
                 f"unsupported operands for {op}: {describe(left)} and {describe(right)}",
                 span,
             )
+        if op not in COMPARE and (isinstance(left, bool) or isinstance(right, bool)):
+            # Python would count true as 1 (true + true == 2); kiln's bool tensors follow
+            # numpy (+ is or): neither is what the model says, so it says it itself
+            raise KilnError(
+                "K0202",
+                f"unsupported operands for {op}: {describe(left)} and {describe(right)}: "
+                "compile-time bools take no arithmetic",
+                span, hint="use `and` / `or`, or int(flag) for a count",
+            )
         try:
             return py(left, right)
         except ZeroDivisionError:
