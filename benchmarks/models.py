@@ -135,6 +135,7 @@ def main() -> int:
               f"{'numpy ms':>10}{'native/ort':>11}{'numpy/native':>13}")
     print(header)
     print("-" * len(header))
+    failed = 0
     for index, path in enumerate(files, 1):
         reasons = set()
         for batch in opts.batches:
@@ -147,7 +148,12 @@ def main() -> int:
                 child = subprocess.run(
                     [sys.executable, __file__, "--measure", str(path), str(batch), str(threads),
                      "--repeat", str(opts.repeat), *(["--with-ref"] if t_ref is None else [])],
-                    capture_output=True, text=True, check=True)
+                    capture_output=True, text=True)
+                if child.returncode != 0:  # say which and why, and go on with the others
+                    why = (child.stderr.strip().splitlines() or ["no message"])[-1]
+                    print(f"{path.stem:<24}{batch:>6}{threads:>4}  failed: {why}", flush=True)
+                    failed += 1
+                    continue
                 got = json.loads(child.stdout.strip().splitlines()[-1])
                 t_ref = got["ref"] if t_ref is None else t_ref
                 t_nat, t_ort = got["native"], got["ort"]
@@ -160,7 +166,7 @@ def main() -> int:
                       f"{ratio}{speedup}", flush=True)
         for reason in sorted(reasons):
             print(f"  ({reason})")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""The benchmark scripts measure what they say: one configuration of benchmarks/models.py runs
+end to end (native and onnxruntime on the same inputs, optional inputs included), with short
+rounds. Timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("onnxruntime", reason="the benchmarks compare against onnxruntime")
+
+
+def _models_script():
+    spec = importlib.util.spec_from_file_location("kiln_bench_models",
+                                                  ROOT / "benchmarks" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.WARM_UP, module.ROUND, module.SETTLE, module.ROUNDS = 0.0, 0.0, 0.0, 1
+    return module
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer_classifier"])  # the latter: an optional input
+def test_one_configuration_measures_native_and_onnxruntime(name):
+    models = _models_script()
+    got = models.measure(ROOT / "examples" / f"{name}.kiln", batch=2, threads=1, repeat=2,
+                         with_ref=True)
+    assert got["reason"] is None
+    assert all(got[k] is not None and got[k] > 0 for k in ("native", "ort", "ref")), got
