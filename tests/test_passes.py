@@ -111,8 +111,8 @@ DIMS = {"B": 2, "T": 5}
 # ---------------------------------------------------------------------------- the manager
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in PIPELINE]
-    assert names == ["check_types", "fold_constants", "simplify", "fold_batch_norm",
-                     "fold_weight_layout", "cse", "dce", "conv_layout", "fuse",
+    assert names == ["check_types", "fold_constants", "simplify", "hoist_scan_invariants",
+                     "fold_batch_norm", "fold_weight_layout", "cse", "dce", "conv_layout", "fuse",
                      "plan_memory"]
     assert all(isinstance(p, Pass) and p.doc for p in PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
@@ -137,7 +137,8 @@ def test_stats_record_every_pass():
     fold = stats[1]
     assert fold.changes == {"folded": 2} and fold.nodes_after < fold.nodes_before
     assert fold.seconds >= 0
-    assert stats[3].skipped == "skipped: no params given"
+    assert next(s for s in stats if s.name == "fold_batch_norm").skipped == \
+        "skipped: no params given"
     table = format_stats(stats)
     assert "fold_constants" in table and "x*1 -> x 1" in table
 
@@ -351,7 +352,60 @@ def test_fold_batch_norm_leaves_shared_layers_and_batch_statistics(model, args):
 def test_fold_batch_norm_needs_params():
     m = program(CONV_BN).elaborate("ConvBN")
     graph, stats = optimize(m, verify=True)
-    assert stats[3].skipped and ops(graph)["batch_norm"] == 1
+    folded = next(s for s in stats if s.name == "fold_batch_norm")
+    assert folded.skipped and ops(graph)["batch_norm"] == 1
+
+
+# ---------------------------------------------------------------------------- hoisting
+HOIST = """
+model M() {
+  param w: [4, 3] = init.normal(0.0, 1.0)
+  param v: [4] = init.normal(0.0, 1.0)
+  forward(xs: f32[T, B, 3], ids: i64[2]) -> (f32[T, B, 4], f32[B, 4], f32[T, B, 4]) {
+    outs, h = scan (t, x) in xs carry (h = zeros([B, 4])) {
+      k = exp(v) * 2.0                      # invariant, read only by the next one
+      h = tanh(x @ w.T + h * k)             # w.T invariant: matmul(x, w.T) is not
+      picked = gather(w, ids % 4, axis = 0) # invariant but may fail: stays in the loop
+      emit h + sum(picked) + cast(t, "f32")
+    }
+    inner = scan x in xs {
+      m = scan r in x { emit r @ w.T }      # nested: w.T leaves both loops
+      emit m
+    }
+    return outs, h, inner
+  }
+}
+"""
+
+
+def test_hoist_moves_what_no_step_changes_out_of_the_loop():
+    before, after, stats = run_pass(HOIST, "hoist_scan_invariants", dims={"T": 4, "B": 3})
+    # transpose, exp, mul and mod; the innermost transpose twice (to the middle loop, out)
+    assert stats.changes["hoisted"] == 6
+    scans = [nid for nid in after.g if after.op(nid) == "scan"]
+    bodies = [after.node(nid)["attrs"]["body"] for nid in scans]
+    for body in bodies:
+        assert "transpose" not in ops(body) and "exp" not in ops(body)
+    assert ops(after)["transpose"] == 2 and ops(after)["gather"] == 1
+    first = after.node(scans[0])
+    gather_body = next(b for b in bodies if ops(b)["gather"])
+    assert ops(gather_body)["gather"] == 1  # index checks stay inside the loop
+    # each hoisted value is one more captured input of the scan, fed from outside
+    assert first["arity"] == len(after.operands(scans[0])) and all(
+        v is not None for v in after.operands(scans[0]))
+
+
+def test_hoisting_keeps_compiled_results():
+    """Through the whole pipeline (the hoisted transposes become folded weights) and on both
+    runtimes that compile the optimized graph."""
+    native, ref = (kiln.compile(HOIST, target=t) for t in ("native", "reference"))
+    unopt = kiln.compile(HOIST, target="reference", opt_level=0)
+    rng = np.random.default_rng(3)
+    xs, ids = rng.standard_normal((5, 2, 3)).astype(np.float32), np.array([3, 1])
+    for got, want in zip(native(xs, ids), unopt(xs, ids), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ref(xs, ids), unopt(xs, ids), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- cse and dce

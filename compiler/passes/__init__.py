@@ -15,6 +15,7 @@ from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
 from .fuse import fuse
+from .hoist import hoist_scan_invariants
 from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .memory import plan_memory
@@ -42,6 +43,7 @@ __all__ = [
     "format_stats",
     "fuse",
     "graph_pass",
+    "hoist_scan_invariants",
     "optimize",
     "plan_memory",
     "run_passes",

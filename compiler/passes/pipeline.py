@@ -13,6 +13,7 @@ from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
 from .fuse import fuse
+from .hoist import hoist_scan_invariants
 from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats
 from .memory import plan_memory
@@ -26,6 +27,9 @@ from .verify import verify as verify_graph
 #    constants into `constant` nodes, which the x*1 / x+0 rules recognise.
 # 3. simplify before fold_batch_norm: dropping an inference dropout, a no-op cast or reshape
 #    between a conv and its batch_norm exposes the conv -> batch_norm pattern.
+# 3b. hoist_scan_invariants after simplify (a simplified body shows its invariants) and before
+#    fold_weight_layout: a scan body's `transpose(W)` of a captured weight moves out of the
+#    loop, where it is `transpose(param)`, which fold_weight_layout makes once.
 # 4. cse after the rewrites: simplified expressions are more often equal, and folded constants
 #    with equal values merge.
 # 5. fold_weight_layout after fold_batch_norm (which reads the conv/linear weights as params):
@@ -39,8 +43,8 @@ from .verify import verify as verify_graph
 # 9. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
 #    stale; verify checks that the plan still matches the graph).
 PIPELINE: list[Pass] = [
-    check_types, fold_constants, simplify, fold_batch_norm, fold_weight_layout, cse, dce,
-    conv_layout, fuse, plan_memory,
+    check_types, fold_constants, simplify, hoist_scan_invariants, fold_batch_norm,
+    fold_weight_layout, cse, dce, conv_layout, fuse, plan_memory,
 ]
 PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 
