@@ -224,6 +224,26 @@ def test_conv_transpose_variants():
           scale=3)
 
 
+def test_transposed_convolutions_with_weights_read_prepacked_panels():
+    """A weight known before the call is stored once as the GEMM's B panels (prepack_b): in
+    groups, with a row of taps (40 x 5 x 5 = 1000) no multiple of the panel width and chunks
+    of 65 input pixels (81 of them), over a batch split across threads, and with weights
+    loaded after compiling."""
+    src = ("import std.nn\nmodel Up { forward(x: f32[B, 4, 9, 9]) {\n"
+           "  return x |> nn.ConvTranspose2d(4, 80, 5, stride = 2, padding = 1, groups = 2),"
+           " x |> nn.ConvTranspose2d(4, 3, 2, bias = false) } }")
+    native, ref = both(src)
+    x = RNG.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    for got, want in zip(native(x), ref(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    weights = {k: RNG.standard_normal(v.shape).astype(np.float32) for k, v in
+               native.params.items()}
+    native.load_weights(weights)
+    ref.load_weights(weights)
+    for got, want in zip(native(x[:1]), ref(x[:1]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_convolutions_in_half_precision_run_in_f32():
     check({"x": "f16[B, 4, 7, 6]", "w": "f16[6, 2, 3, 3]", "b": "f16[6]",
            "y": "bf16[B, 4, 5]", "v": "bf16[4, 3, 2]"},

@@ -545,7 +545,8 @@ register(OpRecord(
     + attrs(("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
-    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm))
+    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
+    tags=SAMPLEWISE))
 
 
 # pooling ----------------------------------------------------------------------------------

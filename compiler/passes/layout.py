@@ -1,9 +1,11 @@
 """Layout choices: how a backend may store an op's operands, recorded on the op.
 
-`conv_layout` marks each f32 convolution whose weight is known before any call (a parameter
-or a constant) with `weight_layout = "packed"`: the native backend then stores that weight
-once in the GEMM's own panel layout (gemm.prepack_a: [groups, K/KC slices, O/groups, KC]),
-made when the weights are bound, instead of repacking it on every call. A weight that is a
+`conv_layout` marks each f32 convolution and transposed convolution whose weight is known
+before any call (a parameter or a constant) with `weight_layout = "packed"`: the native
+backend then stores that weight once in the GEMM's own panel layout (a convolution's is the
+GEMM's A, gemm.prepack_a: [groups, K/KC slices, O/groups, KC]; a transposed convolution's is
+its B, gemm.prepack_b: [groups, N/NR panels, K, NR]), made when the weights are bound, instead
+of repacking it on every call (for every sample, and every chunk of pixels). A weight that is a
 model input, or computed at run time, keeps the plain layout, as does every convolution at
 -O0. The attribute changes no result: the reference and the ONNX emitter ignore it.
 """
@@ -14,18 +16,20 @@ from ..ir import Graph
 from .manager import PassContext, graph_pass
 
 PACKED = "packed"
+PACKABLE = frozenset({"conv", "conv_transpose"})
 
 
 @graph_pass("conv_layout")
 def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
-    """conv(x, weight known before the call) -> the same conv, weight_layout = "packed".
+    """conv(x, weight known before the call) -> the same conv, weight_layout = "packed" (and
+    conv_transpose likewise).
 
     Only f32 convolutions (the GEMM's dtype) whose weight operand is a `param` or `constant`
     node of this graph: in a scan body an outer weight is a captured input and stays plain.
     """
     for nid in graph.order():
         node = graph.node(nid)
-        if node["op"] != "conv" or node["types"][0].dtype != "f32":
+        if node["op"] not in PACKABLE or node["types"][0].dtype != "f32":
             continue
         weight = graph.operands(nid)[1]
         if graph.op(weight.node) not in ("param", "constant") or weight.type.dtype != "f32":

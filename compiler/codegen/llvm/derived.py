@@ -2,7 +2,8 @@
 constant before any call (a convolution weight prepacked for the GEMM), named so that the name
 alone says how to make them:
 
-    prepack_a(groups=1,kc=256):layer1.0.conv1.weight
+    prepack_a(groups=1,kc=256):layer1.0.conv1.weight     (a convolution's, as the GEMM's A)
+    prepack_b(groups=1,nr=32):main.3.weight              (a transposed convolution's, as B)
 
 The module lists them among its parameters (ModuleLayout.params); the runtime makes them when
 it binds the weights (`derive`), so new weights give new derived arrays, and an ahead-of-time
@@ -15,9 +16,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .gemm import prepack_a
+from .gemm import prepack_a, prepack_b
 
-KINDS: dict[str, Callable[..., np.ndarray]] = {"prepack_a": prepack_a}
+KINDS: dict[str, Callable[..., np.ndarray]] = {"prepack_a": prepack_a,
+                                                  "prepack_b": prepack_b}
 
 
 def derived_name(kind: str, source: str, **args: int) -> str:

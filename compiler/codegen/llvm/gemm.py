@@ -135,6 +135,39 @@ class Matrix:
                 vec.store(vec.masked_load(src, at, masks[v]), row, at, align=vec.width * 4)
 
 
+@dataclass(frozen=True)
+class PackedB:
+    """A B known before the call (a transposed convolution's weight), laid out once by
+    `prepack_b` in the panels the micro-kernel reads, [N/NR panels, K, NR] zero past N: no call
+    packs it, the tiles read panel (j, pc) in place at ptr[j * K + pc * NR] (j a multiple of
+    NR)."""
+
+    ptr: ir.Value
+    depth: ir.Value  # K
+    pointers = 1
+    sizes = 1
+
+    def fields(self):
+        return [self.ptr], [self.depth]
+
+    @classmethod
+    def unpack(cls, pointers, sizes) -> PackedB:
+        return cls(pointers[0], sizes[0])
+
+    @classmethod
+    def from_column(cls, b, pointers, sizes, col0):  # col0: a multiple of NR (a panel)
+        return [b.gep(pointers[0], [b.mul(col0, b.mul(sizes[0], ir.Constant(I64, 4)))])], \
+            list(sizes)
+
+    def panel(self, kb, col: ir.Value, k0: ir.Value, nr: int) -> ir.Value:
+        """Where rows k0... of the panel holding column `col` start."""
+        b = kb.b
+        return b.gep(self.ptr, [b.add(b.mul(col, self.depth), b.mul(k0, ir.Constant(I64, nr)))])
+
+    def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
+        raise AssertionError("a prepacked B is read in place, never packed")
+
+
 class Vectors:
     """<width x float> loads, stores, masks and FMAs on one IRBuilder."""
 
@@ -590,15 +623,19 @@ class _Gemm:
             nc = self._min(_i64(t.nc), b.sub(self.n, jc))
 
             def block(pc, kc, add):
-                with kb.for_range(nc, step=t.nr) as jr:
-                    self.b.pack(kb, self._at(self.b_pack, b.mul(jr, kc)), pc, kc,
-                                b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
+                prepacked = isinstance(self.b, PackedB)
+                if not prepacked:
+                    with kb.for_range(nc, step=t.nr) as jr:
+                        self.b.pack(kb, self._at(self.b_pack, b.mul(jr, kc)), pc, kc,
+                                    b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
                 with kb.for_range(self.m, step=t.mc) as ic:
                     mc = self._min(_i64(t.mc), b.sub(self.m, ic))
                     a_block = self._a_block(ic, mc, pc, kc)
                     with kb.for_range(nc, step=t.nr) as jr:
-                        self._tiles(a_block, ic, mc, kc, self._at(self.b_pack, b.mul(jr, kc)), nr,
-                                    b.add(jc, jr), self._min(nr, b.sub(nc, jr)), add)
+                        panel = (self.b.panel(kb, b.add(jc, jr), pc, t.nr) if prepacked
+                                 else self._at(self.b_pack, b.mul(jr, kc)))
+                        self._tiles(a_block, ic, mc, kc, panel, nr, b.add(jc, jr),
+                                    self._min(nr, b.sub(nc, jr)), add)
 
             self._slices(block, t.kc)
 
@@ -675,3 +712,16 @@ def prepack_a(weight: np.ndarray, groups: int, kc: int) -> np.ndarray:
     padded = np.zeros((groups, rows, slices * kc), dtype=np.float32)
     padded[:, :, :depth] = a
     return np.ascontiguousarray(padded.reshape(groups, rows, slices, kc).transpose(0, 2, 1, 3))
+
+
+def prepack_b(weight: np.ndarray, groups: int, nr: int) -> np.ndarray:
+    """A transposed convolution's weight [C_in, C_out/groups, kh, kw] as the GEMM reads a
+    prepacked B (`PackedB`): per group, its [C_in/groups, (o, i, j)] matrix cut into NR-wide
+    column panels ([groups, panels, C_in/groups, NR], zero past the last column)."""
+    depth = weight.shape[0] // groups
+    b = np.asarray(weight, dtype=np.float32).reshape(groups, depth, -1)
+    width = b.shape[2]
+    panels = -(-width // nr)
+    padded = np.zeros((groups, depth, panels * nr), dtype=np.float32)
+    padded[:, :, :width] = b
+    return np.ascontiguousarray(padded.reshape(groups, depth, panels, nr).transpose(0, 2, 1, 3))

@@ -164,7 +164,7 @@ class GraphEmitter:
         fused group headed by one) reads: gemm.prepack_a's layout, made once when the
         weights are bound instead of on every call."""
         node = graph.node(nid)
-        if node["op"] == "conv":
+        if node["op"] in ("conv", "conv_transpose"):
             conv, slot = node, 1
         elif node["op"] == "fused" and node["attrs"]["anchor"] is not None:
             body = node["attrs"]["body"]
@@ -182,8 +182,11 @@ class GraphEmitter:
         if src_node["op"] not in ("param", "constant"):
             return {}
         name = self.layout.params[self.param_index(source.node, src_node)]
-        kc = tiling(self.vector_width).kc
-        return {slot: derived_name("prepack_a", name, kc=kc, groups=conv["attrs"]["groups"])}
+        t = tiling(self.vector_width)
+        groups = conv["attrs"]["groups"]
+        if conv["op"] == "conv_transpose":  # the weight is the GEMM's B
+            return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
+        return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
 
     def param_index(self, nid: int, node: dict) -> int:
         layout = self.layout

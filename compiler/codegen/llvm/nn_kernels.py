@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ...dims import Dim
-from .gemm import Matrix, Vectors, gemm, tiling
+from .gemm import Matrix, PackedB, Vectors, gemm, tiling
 from .kernel import F32, F64, I64, PTR
 
 ZERO = ir.Constant(I64, 0)
@@ -570,7 +570,12 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         with kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
             kb.store(y0, b.add(b.mul(o, out_plane), q),
                      _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
-        weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
+        if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
+            nr = tiling(kb.vector_width).nr
+            group_floats = b.mul(per_in, _i64(-(-row.value // nr) * nr))
+            weights = PackedB(b.gep(w, [b.mul(g, group_floats)]), per_in)
+        else:
+            weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
         with kb.for_range(pixels, step=chunk.constant) as p0:
             count = b.select(b.icmp_signed("<", chunk, b.sub(pixels, p0)), chunk,
                              b.sub(pixels, p0))
