@@ -224,6 +224,23 @@ def test_conv_transpose_variants():
           scale=3)
 
 
+def test_linear_layers_read_their_weights_as_prepacked_panels():
+    """A matmul whose B is a weight known before the call (a Linear's folded weight.T) reads
+    it as B panels made once (prepack_b): one or two rows streamed panel by panel, more
+    rows through the tiles; widths no multiple of a panel, a batch of rows (x[B, T, K]) and
+    products large enough to split across threads."""
+    src = ("import std.nn\nmodel Lin { forward(x: f32[B, 37], s: f32[B, T, 300]) {\n"
+           "  return x |> nn.Linear(37, 45), x |> nn.Linear(37, 3, bias = false),"
+           " s |> nn.Linear(300, 700) |> relu } }")
+    native, ref = both(src)
+    assert sum("prepack_b" in name for name in native.native_arrays()) == 3
+    for batch, steps in [(1, 1), (2, 1), (1, 2), (13, 3)]:
+        x = RNG.standard_normal((batch, 37)).astype(np.float32)
+        s = RNG.standard_normal((batch, steps, 300)).astype(np.float32)
+        for got, want in zip(native(x, s), ref(x, s), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_transposed_convolutions_with_weights_read_prepacked_panels():
     """A weight known before the call is stored once as the GEMM's B panels (prepack_b): in
     groups, with a row of taps (40 x 5 x 5 = 1000) no multiple of the panel width and chunks

@@ -83,7 +83,7 @@ def _batches(kb, n, body) -> None:
 def _llvm(kb, n):
     """f32 through the packed GEMM (gemm.py), one call per batch, or one call for all when b
     has no batch axes (a's batch rows stacked: [batch * M, K] @ [K, N]); other dtypes by loops."""
-    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite; the op does not
+    from ..codegen.llvm.gemm import Matrix, PackedB, gemm  # the lowering needs llvmlite
 
     a_t, b_t = n.in_types
     if a_t.dtype != "f32":
@@ -95,6 +95,10 @@ def _llvm(kb, n):
     def product(rows, a, b, c):
         gemm(kb, rows, dn, dk, Matrix(a, dk), Matrix(b, dn), Matrix(c, dn))
 
+    if 1 in n.prepacked:  # a weight known before the call, in B's panels (gemm.prepack_b)
+        a, b, c = (kb.buffer(i, "f32") for i in range(3))
+        gemm(kb, kb.dim(prod(batch) * m), dn, dk, Matrix(a, dk), PackedB(b, dk), Matrix(c, dn))
+        return
     if b_t.rank <= 2:
         product(kb.dim(prod(batch) * m), *(kb.buffer(i, "f32") for i in range(3)))
         return

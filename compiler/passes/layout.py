@@ -5,7 +5,8 @@ before any call (a parameter or a constant) with `weight_layout = "packed"`: the
 backend then stores that weight once in the GEMM's own panel layout (a convolution's is the
 GEMM's A, gemm.prepack_a: [groups, K/KC slices, O/groups, KC]; a transposed convolution's is
 its B, gemm.prepack_b: [groups, N/NR panels, K, NR]), made when the weights are bound, instead
-of repacking it on every call (for every sample, and every chunk of pixels). A weight that is a
+of repacking it on every call (for every sample, and every chunk of pixels). A matmul whose B
+is such a matrix (a linear layer's folded weight.T) gets it too, as B panels. A weight that is a
 model input, or computed at run time, keeps the plain layout, as does every convolution at
 -O0. The attribute changes no result: the reference and the ONNX emitter ignore it.
 """
@@ -16,7 +17,7 @@ from ..ir import Graph
 from .manager import PassContext, graph_pass
 
 PACKED = "packed"
-PACKABLE = frozenset({"conv", "conv_transpose"})
+PACKABLE = frozenset({"conv", "conv_transpose", "matmul"})
 
 
 @graph_pass("conv_layout")
@@ -31,9 +32,11 @@ def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
         node = graph.node(nid)
         if node["op"] not in PACKABLE or node["types"][0].dtype != "f32":
             continue
-        weight = graph.operands(nid)[1]
+        a, weight = graph.operands(nid)[:2]
         if graph.op(weight.node) not in ("param", "constant") or weight.type.dtype != "f32":
             continue
+        if node["op"] == "matmul" and (weight.type.rank != 2 or a.type.dtype != "f32"):
+            continue  # a product of matrices with a batch of weights, or of other dtypes
         if node["attrs"].get("weight_layout") != PACKED:
             node["attrs"] = {**node["attrs"], "weight_layout": PACKED}
             ctx.count("packed")

@@ -346,13 +346,16 @@ ROWS_TYPE = ir.FunctionType(VOID, [I64, F32P, I64, I64, F32P, I64, F32P, I64, I6
 STREAM_ROWS = 2  # C at most this many rows high: B streamed row by row (`row_kernel`)
 
 
-def row_kernel(module: ir.Module, width: int, height: int, vectors: int) -> ir.Function:
+def row_kernel(module: ir.Module, width: int, height: int, vectors: int,
+               panels: bool = False) -> ir.Function:
     """C[:height, :cols] (+)= A[:height, :k] @ B[:k, :cols] with B read in place, one row of
     `vectors` vectors at a time: the whole sum of each C element stays in a register, and B
     streams through in consecutive runs of its rows (a matrix-vector product is bound by
     reading B, which a panel walk of IN_PLACE_DEPTH-deep slices reads less well). A[i, p] is
-    at a[i * a_row + p * a_step]; cols <= vectors * width."""
-    name = f"kiln_gemm_rows_{height}x{vectors}x{width}"
+    at a[i * a_row + p * a_step]; cols <= vectors * width. B's row p is at b + p * ldb, or,
+    with `panels` (a prepacked B, `PackedB`; `vectors` even), its vectors 2q and 2q + 1 are
+    in the q-th panel, at b + q * ldb + p * 2 * width: each panel streams in one run."""
+    name = f"kiln_gemm_rows_{height}x{vectors}x{width}{'_panels' if panels else ''}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -371,9 +374,15 @@ def row_kernel(module: ir.Module, width: int, height: int, vectors: int) -> ir.F
 
     def sums(partial: bool) -> list[ir.Value]:
         def update(p, accs):
-            row = b.gep(b_ptr, [b.mul(p, ldb)])
-            bv = [vec.masked_load(row, v * width, masks[v]) if partial else
-                  vec.load(row, v * width) for v in range(vectors)]
+            if panels:
+                rows = [b.gep(b_ptr, [b.add(b.mul(_i64(v // 2), ldb), b.mul(p, _i64(2 * width)))])
+                        for v in range(0, vectors, 2)]
+                at = [(rows[v // 2], (v % 2) * width) for v in range(vectors)]
+            else:
+                row = b.gep(b_ptr, [b.mul(p, ldb)])
+                at = [(row, v * width) for v in range(vectors)]
+            bv = [vec.masked_load(ptr, off, masks[v]) if partial else vec.load(ptr, off)
+                  for v, (ptr, off) in enumerate(at)]
             out = []
             for i in range(height):
                 at = b.add(b.mul(_i64(i), a_row), b.mul(p, a_step))
@@ -524,6 +533,12 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Funct
                             g.in_place()
             with many:
                 g.packed()
+    elif source is PackedB and a_kind != "prepacked":
+        with kb.b.if_else(kb.b.icmp_signed("<=", m, _i64(STREAM_ROWS))) as (thin, tall):
+            with thin:
+                g.streamed()
+            with tall:
+                g.packed()
     else:
         g.packed()
     g.empty_sum()
@@ -647,10 +662,13 @@ class _Gemm:
         a_row, a_step = (_i64(1), a.stride) if a.transposed else (a.stride, _i64(1))
         # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2)
         most = 24 if t.width >= 16 else 12
+        packed = isinstance(self.b, PackedB)  # whole panels a kernel: an even vector count
         for height in range(1, STREAM_ROWS + 1):
             with b.if_then(b.icmp_signed("==", self.m, _i64(height))):
-                widths = [v for v in (16, 8, 4, 2, 1) if v * height <= most]
-                kernels = [(v, row_kernel(kb.module, t.width, height, v)) for v in widths]
+                widths = [v for v in (16, 8, 4, 2, 1)
+                          if v * height <= most and not (packed and v % 2)]
+                kernels = [(v, row_kernel(kb.module, t.width, height, v, packed))
+                           for v in widths]
 
                 def step(j, kernels=kernels):
                     left = b.sub(self.n, j)
@@ -660,8 +678,13 @@ class _Gemm:
                         chosen, fn = b.select(fits, _i64(v * t.width), chosen), \
                             b.select(fits, f, fn)
                     cols = self._min(chosen, left)
-                    b.call(fn, [self.k, a.ptr, a_row, a_step, self.b.at(kb, _i64(0), j),
-                                self.b.stride, self.c.at(kb, _i64(0), j), self.c.stride, cols,
+                    if packed:  # j is a multiple of NR: a panel's first column
+                        b_at, ldb = self.b.panel(kb, j, _i64(0), t.nr), \
+                            b.mul(self.b.depth, _i64(t.nr))
+                    else:
+                        b_at, ldb = self.b.at(kb, _i64(0), j), self.b.stride
+                    b.call(fn, [self.k, a.ptr, a_row, a_step, b_at, ldb,
+                                self.c.at(kb, _i64(0), j), self.c.stride, cols,
                                 self.accumulate])
                     return cols
 

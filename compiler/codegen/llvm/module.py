@@ -164,13 +164,13 @@ class GraphEmitter:
         fused group headed by one) reads: gemm.prepack_a's layout, made once when the
         weights are bound instead of on every call."""
         node = graph.node(nid)
-        if node["op"] in ("conv", "conv_transpose"):
+        if node["op"] in ("conv", "conv_transpose", "matmul"):
             conv, slot = node, 1
         elif node["op"] == "fused" and node["attrs"]["anchor"] is not None:
             body = node["attrs"]["body"]
             conv = body.node(node["attrs"]["anchor"])
             weight = body.operands(node["attrs"]["anchor"])[1]
-            if conv["op"] != "conv" or body.g.out_degree(weight.node) != 1:
+            if conv["op"] not in ("conv", "matmul") or body.g.out_degree(weight.node) != 1:
                 return {}
             slot = body.inputs.index(weight.node)
         else:
@@ -183,8 +183,8 @@ class GraphEmitter:
             return {}
         name = self.layout.params[self.param_index(source.node, src_node)]
         t = tiling(self.vector_width)
-        groups = conv["attrs"]["groups"]
-        if conv["op"] == "conv_transpose":  # the weight is the GEMM's B
+        groups = conv["attrs"].get("groups", 1)  # a matmul's B is one group
+        if conv["op"] in ("conv_transpose", "matmul"):  # the weight is the GEMM's B
             return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
         return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
 
