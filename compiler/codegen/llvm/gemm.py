@@ -474,9 +474,11 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     n_pointers, n_sizes = 2 + source.pointers, 6 + source.sizes
     rows = parallel_rows(module, driver, n_pointers, n_sizes, by_rows, min_rows=2 * t.mr,
                          min_work=PARALLEL_WORK, name=f"{driver.name}_rows")
+    # a column's sums do not depend on the block it is in (blocks start on a panel): the
+    # leftover columns may be a short block of their own
     columns = parallel_rows(module, driver, n_pointers, n_sizes, by_columns, min_rows=t.nr,
                             min_work=PARALLEL_WORK, rows_index=1,
-                            oversplit=8 if a_kind == "prepacked" else 1,
+                            oversplit=8 if a_kind == "prepacked" else 1, short_last=True,
                             name=f"{driver.name}_columns")
     from .kernel import KERNEL_TYPE
 

@@ -20,8 +20,9 @@ from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID
 
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
-MAX_BLOCKS = 2 * MAX_PIECES  # blocks it may make (their size is rounded down)
-# (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows)
+MAX_BLOCKS = 2 * MAX_PIECES + 1  # blocks it may make (their size is rounded down)
+# (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows; one more
+# when the remainder is a block of its own, `short_last`)
 I32 = ir.IntType(32)
 THREADS = "kiln_threads"
 
@@ -344,14 +345,18 @@ def _claimer(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: in
 def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: int,
                   shift: Callable, min_rows: int, min_work: int, rows_index: int = 0,
                   work: Callable | None = None, alone: ir.Function | None = None,
-                  name: str | None = None, oversplit: int = 1) -> ir.Function:
+                  name: str | None = None, oversplit: int = 1,
+                  short_last: bool = False) -> ir.Function:
     """A kernel-shaped function running `inner` on row blocks in parallel.
 
     sizes[rows_index] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers
     and sizes of the block starting at row0 (its row count is set afterwards); `work(b, sizes)`
     (default sizes[0] * sizes[1] * sizes[2], a GEMM's m * n * k) must reach `min_work` for
     threads to start. Blocks are multiples of `min_rows`, about `oversplit` per thread: more,
-    smaller blocks balance uneven ones, claimed as threads come free.
+    smaller blocks balance uneven ones, claimed as threads come free. The rows left over past
+    the last whole block join it, or, with `short_last` (for kernels whose result does not
+    depend on where a block starts or ends: a GEMM's columns), form a shorter block of their
+    own, so that no block is nearly twice the others.
     `alone` (default `inner`) is what runs when no threads start.
     """
     name = name or f"{inner.name}_parallel"
@@ -395,25 +400,27 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                                       wanted, ir.Constant(I64, MAX_PIECES))
                     pieces = b.select(b.icmp_signed("<", blocks, wanted), blocks, wanted)
                     _split(b, pool, claim, pointers, sizes, rows, count, pieces, shift,
-                           min_rows, rows_index, n_pointers, n_sizes, status_p)
+                           min_rows, rows_index, n_pointers, n_sizes, status_p, short_last)
                     pool.release(b)
     b.ret_void()
     return fn
 
 
 def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, min_rows: int,
-           rows_index: int, n_pointers: int, n_sizes: int, status_p) -> None:
+           rows_index: int, n_pointers: int, n_sizes: int, status_p,
+           short_last: bool = False) -> None:
     """About `pieces` blocks of rows, claimed one at a time by this thread and `count` - 1 idle
     workers; then each worker's task is taken back if it has not started it, or waited for."""
     # rows per block: ceil(rows / pieces) rounded down to a multiple of min_rows (at least
     # one), so that blocks are even; rows // per of them, the last one taking the remainder
     # too: no block is shorter than min_rows (a GEMM block of at most MR rows would take
-    # another path and sum in another order: the threads must not change the result)
+    # another path and sum in another order: the threads must not change the result), unless
+    # `short_last` makes the remainder a block of its own
     share = b.sdiv(b.add(rows, b.sub(pieces, ir.Constant(I64, 1))), pieces)
     per = b.mul(b.sdiv(share, ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
     per = b.select(b.icmp_signed("<", per, ir.Constant(I64, min_rows)),
                    ir.Constant(I64, min_rows), per)
-    blocks = b.sdiv(rows, per)
+    blocks = b.sdiv(b.add(rows, b.sub(per, ir.Constant(I64, 1))) if short_last else rows, per)
     with b.goto_entry_block():
         block_args = b.alloca(PTR, MAX_BLOCKS * n_pointers, name="block_args")
         block_sizes = b.alloca(I64, MAX_BLOCKS * n_sizes, name="block_sizes")
