@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "model.kiln.json and model.h beside it)")
     c.add_argument("--cpu", help="native: build for this CPU (e.g. x86-64-v3) instead of this "
                    "machine's own")
+    c.add_argument("--omit", action="append", default=[], metavar="NAME",
+                   help="native: build without this optional input (repeatable); the library "
+                   "takes every other optional input, as required inputs")
     optimizer_options(c)
     c.add_argument("--report", action="store_true",
                    help="list the kernels the backend runs with the source of the ops fused "
@@ -159,14 +162,25 @@ def cmd_compile(opts) -> int:
         from kiln.compiler.report import report
 
         print(report(model.lowered(), opts.target))
+    optional = {p.name for p in model.inputs if p.optional}
+    for name in opts.omit:
+        if opts.target != "native":
+            raise KilnError("K0602", "--omit builds a native library without an optional input; "
+                            "an ONNX file takes every input")
+        if name not in optional:
+            raise KilnError("K0602", f"--omit {name}: {model.model.name} has no optional input "
+                            f"{name}", hint=f"its optional inputs: {', '.join(sorted(optional))}"
+                            if optional else "it has no optional inputs")
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
-        from kiln.runtime.aot import write_library
+        from kiln.runtime.aot import library_signature, write_library
 
         cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
-        files = write_library(model.lowered(), model.params, opts.output, cpu,
-                              model.pass_stats)
-        print(f"wrote {', '.join(str(f) for f in files)}: {model.signature()}, for {cpu.cpu}")
+        present = frozenset(optional - set(opts.omit))
+        built = model.lowered(present)
+        files = write_library(built, model.params, opts.output, cpu, model.pass_stats)
+        print(f"wrote {', '.join(str(f) for f in files)}: {library_signature(built)}, "
+              f"for {cpu.cpu}")
         return 0
     model.export_onnx(opts.output)
     from kiln.compiler.codegen.onnx import OPSET

@@ -57,7 +57,9 @@ void run(void **inputs, void **outputs, void **params, void *workspace,
 
 def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
                   cpu: targets.Target, stats: list = ()) -> list[Path]:
-    """Build `path` (a shared library) and its companions; returns the files written."""
+    """Build `path` (a shared library) and its companions; returns the files written. A model
+    with optional inputs is built as the variant `model.present` says: those inputs are
+    required by the library, the others are not inputs of it (one library per set)."""
     path = Path(path)
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
@@ -66,10 +68,6 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
             "PATH", hint='install gcc or clang, or use kiln.compile(..., target = "native") '
             "(the JIT needs no system compiler)",
         )
-    optional = [p for p in model.inputs if p.optional]
-    if optional:
-        raise KilnError("K0703", "a model with optional inputs cannot be compiled ahead of time "
-                        "yet (one library per set of inputs)", optional[0].span)
     folded = sum(st.changes.get("folded", 0) for st in stats if st.name == "fold_batch_norm")
     obj, layout, _machine = compile_object(model, cpu, with_plan=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +77,8 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
         proc = subprocess.run([cc, "-shared", "-o", str(out), str(obj_path), "-lm", "-lpthread"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise KilnError("K0703", f"linking {path.name} failed: {proc.stderr.strip()[:500]}")
+            why = proc.stderr.strip()[:500] or f"{cc} exited with status {proc.returncode}"
+            raise KilnError("K0703", f"linking {path.name} failed: {why}")
         try:
             shutil.move(out, path)
         except OSError as exc:
@@ -94,12 +93,21 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     meta = _metadata(model, layout, cpu)
     meta["weights_folded"] = bool(folded)
     Path(f"{stem}.kiln.json").write_text(json.dumps(meta, indent=1))
-    signature = NativeModel.signature_of(model)
+    signature = library_signature(model)
     Path(f"{stem}.h").write_text(HEADER.format(
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots), signature=signature,
     ))
     return [path, Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
+
+
+def library_signature(model: ElaboratedModel) -> str:
+    """The signature of a library built from `model`: its present optional inputs are plain
+    (required) inputs, the absent ones are not there."""
+    ins = ", ".join(f"{p.name}: {p.type}" for p in model.inputs
+                    if not p.optional or p.name in model.present)
+    outs = ", ".join(str(p.type) for p in model.outputs)
+    return f"{model.name}({ins}) -> {outs if len(model.outputs) == 1 else '(' + outs + ')'}"
 
 
 def _type(t: TensorType) -> dict:
@@ -109,7 +117,9 @@ def _type(t: TensorType) -> dict:
 def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target) -> dict:
     return {
         "kiln": __version__, "name": model.name, "cpu": cpu.cpu, "features": cpu.features,
-        "inputs": [{"name": p.name, **_type(p.type)} for p in model.inputs],
+        # the inputs this build takes: an optional one is built in (and required) or left out
+        "inputs": [{"name": p.name, **_type(p.type)} for p in model.inputs
+                   if not p.optional or p.name in model.present],
         "outputs": [{"name": p.name, **_type(p.type)} for p in model.outputs],
         "symbols": layout.symbols, "params": layout.params,
         "slots": [{**_type(t), "born": born, "dies": dies} for t, born, dies in layout.slots],
@@ -190,4 +200,4 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
                                     meta.get("weights_folded", False))
 
 
-__all__ = ["write_library", "load_compiled", "parse_dim"]
+__all__ = ["write_library", "load_compiled", "parse_dim", "library_signature"]

@@ -241,6 +241,31 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_a_library_is_built_for_one_set_of_optional_inputs(tmp_path, capsys):
+    """An optional input is built in as a required input (as in an ONNX export), or left out
+    with --omit; calls are checked against the library's own signature."""
+    from kiln.cli import main
+
+    src = tmp_path / "opt.kiln"
+    src.write_text("model M { forward(x: f32[B, 4], m: f32[B, 4]?) -> f32[B, 4] {\n"
+                   "  return x * m if defined(m) else x + 1.0 } }\n")
+    x, m = np.ones((2, 4), np.float32), np.full((2, 4), 3.0, np.float32)
+    assert main(["compile", str(src), "-o", str(tmp_path / "with.so")]) == 0
+    assert main(["compile", str(src), "-o", str(tmp_path / "without.so"), "--omit", "m"]) == 0
+    assert "M(x: f32[B, 4]) -> f32[B, 4]" in (tmp_path / "without.h").read_text()
+    with_m, without = (kiln.load_compiled(tmp_path / f"{n}.so") for n in ("with", "without"))
+    np.testing.assert_array_equal(with_m(x, m), x * m)
+    np.testing.assert_array_equal(without(x), x + 1)
+    for call, text in [(lambda: with_m(x), "missing input m"), (lambda: without(x, m), "takes 1")]:
+        with pytest.raises(KilnError) as info:
+            call()
+        assert info.value.code == "K0501" and text in info.value.message, str(info.value)
+    capsys.readouterr()
+    assert main(["compile", str(src), "-o", str(tmp_path / "bad.so"), "--omit", "x"]) == 1
+    assert "no optional input x" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
 def test_a_library_for_missing_cpu_features_is_refused(tmp_path):
     import json
 
