@@ -406,51 +406,118 @@ class _Padded:
 
     def fill(self, kb, x0: ir.Value) -> None:
         """xp = x0's channels with ph rows and pw columns of zeros before (and what the grid
-        needs after)."""
-        b = kb.b
-        memset = kb.module.declare_intrinsic("llvm.memset", [PTR, I64])
-        memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-        no = ir.Constant(ir.IntType(1), 0)
-
-        def zero(at: ir.Value, count: ir.Value) -> None:
-            b.call(memset, [b.bitcast(at, PTR), ir.Constant(ir.IntType(8), 0),
-                            b.mul(count, _i64(4)), no])
-
-        # input columns that land in the grid: from 0, at most W and Wp - pw of them
-        width = _clamp(b, b.sub(self.wp, self.pw), self.w)
-        after = b.sub(b.sub(self.wp, self.pw), width)
-        with kb.for_range(self.per_in) as c, kb.for_range(self.hp) as r:
-            row = b.gep(self.base, [b.mul(b.add(b.mul(c, self.hp), r), self.wp)])
-            src_row = b.sub(r, self.ph)
-            inside = b.icmp_unsigned("<", src_row, self.h)
-            with b.if_else(inside) as (copy, blank):
-                with copy:
-                    zero(row, self.pw)
-                    src = b.gep(x0, [b.add(b.mul(c, b.mul(self.h, self.w)),
-                                           b.mul(src_row, self.w))])
-                    b.call(memcpy, [b.bitcast(b.gep(row, [self.pw]), PTR), b.bitcast(src, PTR),
-                                    b.mul(width, _i64(4)), no])
-                    zero(b.gep(row, [b.add(self.pw, width)]), after)
-                with blank:
-                    zero(row, self.wp)
+        needs after), split across threads by channel (`_by_channel`)."""
+        sizes = [self.per_in, self.h, self.w, self.ph, self.pw, self.hp, self.wp]
+        _by_channel(kb, "pad", [x0, self.base], sizes,
+                    lambda b, s: [b.mul(s[1], s[2]), b.mul(s[5], s[6])], _fill_channels,
+                    lambda b, s: b.mul(s[0], b.mul(s[5], s[6])))
 
     def compact(self, kb, y0: ir.Value, bias: ir.Value | None) -> None:
-        """y0[o, r, :OW] = result[o, r * Wp : r * Wp + OW] (+ bias[o])."""
-        b = kb.b
-        vec = Vectors(b, kb.vector_width or tiling().width)
-        with kb.for_range(self.per_out) as o:
-            add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
-            src_plane = b.gep(self.result, [b.mul(o, self.columns)])
-            dst_plane = b.gep(y0, [b.mul(o, b.mul(self.oh, self.ow))])
-            with kb.for_range(self.oh) as r:
-                src = b.gep(src_plane, [b.mul(r, self.wp)])
-                dst = b.gep(dst_plane, [b.mul(r, self.ow)])
-                with kb.for_range(self.ow, step=vec.width) as q:
-                    mask = vec.mask(b.sub(self.ow, q), 0)
-                    value = vec.masked_load(b.gep(src, [q]), 0, mask)
-                    if add is not None:
-                        value = b.fadd(value, add)
-                    vec.masked_store(value, b.gep(dst, [q]), 0, mask)
+        """y0[o, r, :OW] = result[o, r * Wp : r * Wp + OW] (+ bias[o]), split across threads
+        by channel."""
+        sizes = [self.per_out, self.oh, self.ow, self.wp, self.columns]
+        pointers = [self.result, y0] + ([bias] if bias is not None else [])
+        _by_channel(kb, "compact", pointers, sizes,
+                    lambda b, s: [s[4], b.mul(s[1], s[2]), _i64(1)][:len(pointers)],
+                    _compact_channels, lambda b, s: b.mul(s[0], s[4]))
+
+
+def _fill_channels(kb, pointers, sizes) -> None:
+    """The padded copy of `count` channels: pointers (x, xp), sizes (count, h, w, ph, pw, hp,
+    wp)."""
+    b = kb.b
+    x0, base = pointers
+    count, h, w, ph, pw, hp, wp = sizes
+    memset = kb.module.declare_intrinsic("llvm.memset", [PTR, I64])
+    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    no = ir.Constant(ir.IntType(1), 0)
+
+    def zero(at: ir.Value, floats: ir.Value) -> None:
+        b.call(memset, [b.bitcast(at, PTR), ir.Constant(ir.IntType(8), 0),
+                        b.mul(floats, _i64(4)), no])
+
+    # input columns that land in the grid: from 0, at most W and Wp - pw of them
+    width = _clamp(b, b.sub(wp, pw), w)
+    after = b.sub(b.sub(wp, pw), width)
+    with kb.for_range(count) as c, kb.for_range(hp) as r:
+        row = b.gep(base, [b.mul(b.add(b.mul(c, hp), r), wp)])
+        src_row = b.sub(r, ph)
+        inside = b.icmp_unsigned("<", src_row, h)
+        with b.if_else(inside) as (copy, blank):
+            with copy:
+                zero(row, pw)
+                src = b.gep(x0, [b.add(b.mul(c, b.mul(h, w)), b.mul(src_row, w))])
+                b.call(memcpy, [b.bitcast(b.gep(row, [pw]), PTR), b.bitcast(src, PTR),
+                                b.mul(width, _i64(4)), no])
+                zero(b.gep(row, [b.add(pw, width)]), after)
+            with blank:
+                zero(row, wp)
+
+
+def _compact_channels(kb, pointers, sizes) -> None:
+    """The compaction of `count` channels: pointers (result, y[, bias]), sizes (count, oh, ow,
+    wp, columns)."""
+    b = kb.b
+    result, y0 = pointers[:2]
+    bias = pointers[2] if len(pointers) > 2 else None
+    count, oh, ow, wp, columns = sizes
+    vec = Vectors(b, kb.vector_width or tiling().width)
+    with kb.for_range(count) as o:
+        add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
+        src_plane = b.gep(result, [b.mul(o, columns)])
+        dst_plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
+        with kb.for_range(oh) as r:
+            src = b.gep(src_plane, [b.mul(r, wp)])
+            dst = b.gep(dst_plane, [b.mul(r, ow)])
+            with kb.for_range(ow, step=vec.width) as q:
+                mask = vec.mask(b.sub(ow, q), 0)
+                value = vec.masked_load(b.gep(src, [q]), 0, mask)
+                if add is not None:
+                    value = b.fadd(value, add)
+                vec.masked_store(value, b.gep(dst, [q]), 0, mask)
+
+
+COPY_PARALLEL = 1 << 16  # floats a channel-split copy must move for threads to start
+
+
+def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], strides,
+                body, work) -> None:
+    """body(kb, pointers, sizes) over sizes[0] channels, as a function of its own that the
+    module's threads split by channel (blocks of whole channels: each pointer i moves
+    strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
+    inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
+    whole."""
+    from .kernel import KernelBuilder
+    from .threads import parallel_rows
+
+    fname = f"{kb.function.name}_{name}"
+    inner = kb.module.globals.get(fname)
+    if inner is None:
+        ikb = KernelBuilder(kb.module, fname, [])
+        ikb.function.linkage = "internal"
+        ikb.vector_width = kb.vector_width
+        ptrs = [ikb.buffer(i, "f32") for i in range(len(pointers))]
+        szs = [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [_i64(i)])) for i in range(len(sizes))]
+        body(ikb, ptrs, szs)
+        inner = ikb.finish()
+
+    def shift(b, ptrs, szs, row0):
+        moved = [b.gep(p, [b.mul(row0, b.mul(step, _i64(4)))])
+                 for p, step in zip(ptrs, strides(b, szs), strict=True)]
+        return moved, list(szs)
+
+    fn = inner if kb.serial else parallel_rows(
+        kb.module, inner, len(pointers), len(sizes), shift, min_rows=1,
+        min_work=COPY_PARALLEL, work=work, name=f"{fname}_parallel")
+    b = kb.b
+    with b.goto_entry_block():
+        args = b.alloca(PTR, len(pointers), name=f"{name}_args")
+        dims = b.alloca(I64, len(sizes), name=f"{name}_sizes")
+    for i, value in enumerate(pointers):
+        b.store(b.bitcast(value, PTR), b.gep(args, [_i64(i)]))
+    for i, value in enumerate(sizes):
+        b.store(value, b.gep(dims, [_i64(i)]))
+    b.call(fn, [args, dims, kb.status_ptr])
 
 
 def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:
