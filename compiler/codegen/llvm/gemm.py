@@ -447,8 +447,8 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
               t: Tiling) -> ir.Function:
     """The driver on the module's threads, each owning a block of C (so no two threads write
     the same element): blocks of columns when C has at least as many columns as rows, or a
-    prepacked A and four panels of columns (each block packs only its own columns of B, the
-    costly part); with a prepacked A, which no block packs, about eight blocks a thread,
+    prepacked A and four panels of columns a thread (each block packs only its own columns of
+    B, the costly part); with a prepacked A, which no block packs, about eight blocks a thread,
     claimed as threads come free (even work), else one a thread (each packs all of A);
     otherwise one block of rows a thread (each packs all of B)."""
     from .threads import parallel_rows
@@ -487,8 +487,12 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     m, n = (b.load(b.gep(fn.args[1], [ir.Constant(I64, i)])) for i in range(2))
     wide = b.icmp_signed(">=", n, m)
-    if a_kind == "prepacked":  # no A to pack: columns whenever there are a few panels of them
-        wide = b.or_(wide, b.icmp_signed(">=", n, ir.Constant(I64, 4 * t.nr)))
+    if a_kind == "prepacked":  # no A to pack: columns whenever there are four panels a thread
+        # (with fewer, whole panels split unevenly: 7 over 2 threads is 4 and 3)
+        from .threads import threads_global
+
+        panels = b.mul(b.load(threads_global(module)), ir.Constant(I64, 4 * t.nr))
+        wide = b.or_(wide, b.icmp_signed(">=", n, panels))
     with b.if_else(wide) as (by_cols, by_rows_):
         with by_cols:
             b.call(columns, list(fn.args))
