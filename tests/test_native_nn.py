@@ -277,6 +277,7 @@ def test_pooling_and_run_time_spatial_sizes():
     check({**X, "x1": "f32[B, 2, 17]", "i": "i32[B, 2, 9, 8]", "h": "bf16[B, 2, 7, 7]",
            "s": "f32[B, 3, H, W]", "w": "f32[4, 3, 3, 2]"},
           ["conv(s, w, stride = 2, padding = [1, 0])",  # sizes known at run time only
+           "conv(s, w, padding = [2, 5])",  # stride 1: the padded grid sized at run time
            "max_pool(s, kernel_size = 3, stride = 2, padding = 1, ceil_mode = true)",
            "avg_pool(s, kernel_size = 2, stride = 2, ceil_mode = true, count_include_pad = false)",
            "max_pool(x, kernel_size = 3, stride = 2, padding = 1)",
