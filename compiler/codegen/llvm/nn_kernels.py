@@ -466,15 +466,18 @@ def _compact_channels(kb, pointers, sizes) -> None:
         add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
         src_plane = b.gep(result, [b.mul(o, columns)])
         dst_plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
+        whole = b.sub(ow, b.srem(ow, _i64(vec.width)))  # whole vectors, then a masked tail
+        tail = vec.mask(b.sub(ow, whole), 0)  # (AVX2's masked stores are slow)
         with kb.for_range(oh) as r:
             src = b.gep(src_plane, [b.mul(r, wp)])
             dst = b.gep(dst_plane, [b.mul(r, ow)])
-            with kb.for_range(ow, step=vec.width) as q:
-                mask = vec.mask(b.sub(ow, q), 0)
-                value = vec.masked_load(b.gep(src, [q]), 0, mask)
-                if add is not None:
-                    value = b.fadd(value, add)
-                vec.masked_store(value, b.gep(dst, [q]), 0, mask)
+            with kb.for_range(whole, step=vec.width) as q:
+                value = vec.load(b.gep(src, [q]))
+                vec.store(value if add is None else b.fadd(value, add), b.gep(dst, [q]))
+            with b.if_then(b.icmp_signed("<", whole, ow)):
+                value = vec.masked_load(b.gep(src, [whole]), 0, tail)
+                vec.masked_store(value if add is None else b.fadd(value, add),
+                                 b.gep(dst, [whole]), 0, tail)
 
 
 COPY_PARALLEL = 1 << 16  # floats a channel-split copy must move for threads to start
