@@ -137,10 +137,10 @@ class Matrix:
 
 @dataclass(frozen=True)
 class PackedB:
-    """A B known before the call (a transposed convolution's weight), laid out once by
-    `prepack_b` in the panels the micro-kernel reads, [N/NR panels, K, NR] zero past N: no call
-    packs it, the tiles read panel (j, pc) in place at ptr[j * K + pc * NR] (j a multiple of
-    NR)."""
+    """A B known before the call (a linear layer's or a transposed convolution's weight), laid
+    out once by `prepack_b` in the panels the micro-kernel reads, [N/NR panels, K, NR] zero
+    past N: no call packs it, the tiles read panel (j, pc) in place at ptr[j * K + pc * NR]
+    (j a multiple of NR)."""
 
     ptr: ir.Value
     depth: ir.Value  # K
