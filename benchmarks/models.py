@@ -29,7 +29,7 @@ import kiln
 from kiln import KilnError
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 3  # alternating rounds of native and onnxruntime timings
+ROUNDS = 5  # alternating rounds of native and onnxruntime timings (the median one is shown)
 SETTLE = 0.2  # seconds between runtimes: spinning threads go to sleep
 WARM_UP = 0.05  # seconds of untimed calls before each round
 ROUND = 0.3  # seconds of timed calls at least, per round
