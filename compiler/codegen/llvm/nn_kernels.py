@@ -311,7 +311,7 @@ def conv(kb, n, win: Window, groups: int) -> None:
     depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
     pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
         p == 0 for p in win.pad)
-    shifted = _Padded.of(kb, win, per_in, per_out) if win.stride == (1, 1) and not pointwise \
+    padded = _Padded.of(kb, win, per_in, per_out) if win.stride == (1, 1) and not pointwise \
         else None
     kc = tiling(kb.vector_width).kc
 
@@ -320,7 +320,7 @@ def conv(kb, n, win: Window, groups: int) -> None:
             x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
             first_out = b.mul(g, per_out)
             y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
-            if bias is not None and shifted is None:  # C starts as the bias; the GEMM adds
+            if bias is not None and padded is None:  # C starts as the bias; the GEMM adds
                 with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
                     value = b.load(b.gep(bias, [b.add(first_out, o)]))
                     b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
@@ -331,22 +331,22 @@ def conv(kb, n, win: Window, groups: int) -> None:
                                  prepacked=True)
             else:
                 weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
-            if shifted is not None:
-                shifted.fill(kb, x0)
-                gemm(kb, per_out, shifted.columns, depth, weights, shifted.source,
-                     Matrix(shifted.result, shifted.columns))
-                shifted.compact(kb, y0, None if bias is None else b.gep(bias, [first_out]))
+            if padded is not None:
+                padded.fill(kb, x0)
+                gemm(kb, per_out, padded.columns, depth, weights, padded.source,
+                     Matrix(padded.result, padded.columns))
+                padded.compact(kb, y0, None if bias is None else b.gep(bias, [first_out]))
             else:
                 source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
                 gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
                      accumulate=bias is not None)
 
-    if shifted is None:
+    if padded is None:
         run()
         return
-    with b.if_then(shifted.allocate(kb)):
+    with b.if_then(padded.allocate(kb)):
         run()
-        shifted.release(kb)
+        padded.release(kb)
 
 
 @dataclass
