@@ -243,6 +243,13 @@ def test_linear_layers_read_their_weights_as_prepacked_panels():
         s = RNG.standard_normal((batch, steps, 300)).astype(np.float32)
         for got, want in zip(native(x, s), ref(x, s), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # new weights: the panels are made again from them
+    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
+               for k, v in native.params.items()}
+    native.load_weights(weights)
+    ref.load_weights(weights)
+    for got, want in zip(native(x, s), ref(x, s), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
 def test_transposed_convolutions_with_weights_read_prepacked_panels():
