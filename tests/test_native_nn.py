@@ -190,7 +190,7 @@ CONV_INPUTS = {
      "w6": "f32[8, 2, 4]", "x2": "f32[B, 3, 23, 29]", "w7": "f32[29, 3, 5, 4]",
      "x3": "f32[B, 64, 6, 6]", "w8": "f32[12, 64, 3, 3]", "x4": "f32[B, 2, 30, 40]",
      "w9": "f32[3, 2, 3, 3]", "b9": "f32[3]", "x5": "f32[B, 4, 19, 35]",
-     "w10": "f32[6, 2, 3, 5]"}
+     "w10": "f32[6, 2, 3, 5]", "x6": "f32[B, 2, 9, 75]"}
 CONV_CALLS = [
     "conv(x, w1, b1, stride = 2, padding = 1)",
     'conv(x, w2, stride = [1, 2], dilation = [2, 1], groups = 2, padding = "valid")',
@@ -207,6 +207,9 @@ CONV_CALLS = [
     "conv(x5, w10, stride = [2, 1], dilation = [3, 1], padding = [2, 3], groups = 2)",
     # stride 1: B read from a zero-bordered copy of x over a grid Wp = OW + dw*(kw-1) wide
     "conv(x5, w10, dilation = [2, 3], padding = [1, 4], groups = 2)",
+    # stride 2 across, rows of 40: a vector in one row is the even lanes of two loads (the
+    # padding masked at both ends), one across two rows a gather
+    "conv(x6, w9, b9, stride = [1, 2], padding = [1, 3], dilation = [2, 1])",
 ]
 
 

@@ -131,7 +131,8 @@ class Im2col:
         panel, then each tap (row of B) is one masked gather per vector; or, when the
         columns of a vector are consecutive pixels of at most two output rows (stride and
         dilation 1 along the width, rows at least a vector long), two masked loads of
-        consecutive input pixels, one per row."""
+        consecutive input pixels, one per row; or, at stride 2 along the width with the
+        vector in one output row, the even lanes of two masked loads."""
         b = kb.b
         vec = Vectors(b, nr // 2)
         i32 = ir.IntType(32)
@@ -139,6 +140,7 @@ class Im2col:
         contiguous = b.and_(b.and_(b.icmp_signed("==", self.sw, one),
                                    b.icmp_signed("==", self.dw, one)),
                             b.icmp_signed(">=", self.out_w, _i64(vec.width)))
+        halved = b.and_(b.icmp_signed("==", self.sw, _i64(2)), b.icmp_signed("==", self.dw, one))
         local = ir.Constant(ir.VectorType(i32, vec.width), list(range(vec.width)))
 
         def splat(value):  # an i64 size as an i32 vector
@@ -159,8 +161,11 @@ class Im2col:
             # lanes before `split` are in the first lane's output row, the rest in the next
             split = b.sub(b.trunc(self.out_w, i32), b.extract_element(ow, ir.Constant(i32, 0)))
             first_row = b.icmp_signed("<", local, vec.splat(split))
+            # the whole vector in one output row and before `cols` (for stride 2's loads)
+            one_row = b.and_(b.icmp_signed(">=", split, ir.Constant(i32, vec.width)),
+                             b.icmp_signed(">=", cols, _i64((v + 1) * vec.width)))
             origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw)), split,
-                            first_row))
+                            first_row, one_row))
         taps = b.mul(self.kh, self.kw)
         first = b.srem(k0, taps)
         for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
@@ -168,27 +173,60 @@ class Im2col:
             b.store(value, slot)
         h, w = splat(self.h), splat(self.w)
 
-        def taps_loop(rows: bool) -> None:  # one loop per way of fetching, chosen once
+        def taps_loop(mode: str) -> None:  # one loop per way of fetching, chosen once
             with kb.for_range(kc) as p:
                 c, i, j = (b.load(slot) for slot in tap)
                 plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
                 dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
                 out = b.gep(dst, [b.mul(p, _i64(nr))])
-                for v, (top, left, split, first_row) in enumerate(origins):
+                for v, (top, left, split, first_row, one_row) in enumerate(origins):
                     y, x = b.add(top, dy), b.add(left, dx)
                     inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
-                    if rows:
+                    at = (out, v * vec.width)
+                    if mode == "rows":
                         value = self._two_rows(b, vec, plane, y, x, split, first_row, inside, j)
+                    elif mode == "halved":  # one row: the even lanes of two loads, else gather
+                        with b.if_else(one_row) as (loads, scattered_):
+                            with loads:
+                                vec.store(self._even_lanes(b, vec, plane, y, x), *at,
+                                          align=vec.width * 4)
+                            with scattered_:
+                                vec.store(vec.gather(plane, b.add(b.mul(y, w), x), inside), *at,
+                                          align=vec.width * 4)
+                        continue
                     else:
                         value = vec.gather(plane, b.add(b.mul(y, w), x), inside)
-                    vec.store(value, out, v * vec.width, align=vec.width * 4)
+                    vec.store(value, *at, align=vec.width * 4)
                 _next_tap(b, tap, self.kh, self.kw)
 
-        with b.if_else(contiguous) as (consecutive, scattered):
+        with b.if_else(contiguous) as (consecutive, other):
             with consecutive:
-                taps_loop(rows=True)
-            with scattered:
-                taps_loop(rows=False)
+                taps_loop("rows")
+            with other, b.if_else(halved) as (strided, scattered):
+                with strided:
+                    taps_loop("halved")
+                with scattered:
+                    taps_loop("gather")
+
+    def _even_lanes(self, b, vec: Vectors, plane, y, x) -> ir.Value:
+        """A vector of pixels of one output row at stride 2 along the width (dilation 1):
+        the even lanes of two masked loads of 2 * width consecutive input floats from the
+        first lane's pixel (masked off: a row or columns outside x, never read)."""
+        i32 = ir.IntType(32)
+        zero = ir.Constant(i32, 0)
+        y0, x0 = b.extract_element(y, zero), b.extract_element(x, zero)
+        row_ok = b.icmp_unsigned("<", b.sext(y0, I64), self.h)
+        base = b.gep(plane, [b.add(b.mul(b.sext(y0, I64), self.w), b.sext(x0, I64))])
+        width = vec.splat(b.trunc(self.w, i32))
+        halves = []
+        for half in range(2):
+            lanes = ir.Constant(ir.VectorType(i32, vec.width),
+                                [half * vec.width + lane for lane in range(vec.width)])
+            inside = b.icmp_unsigned("<", b.add(vec.splat(x0), lanes), width)
+            mask = b.and_(inside, vec.splat(row_ok))
+            halves.append(vec.masked_load(base, half * vec.width, mask))
+        even = ir.Constant(ir.VectorType(i32, vec.width), [2 * lane for lane in range(vec.width)])
+        return b.shuffle_vector(halves[0], halves[1], even)
 
     def _two_rows(self, b, vec: Vectors, plane, y, x, split, first_row, inside, j) -> ir.Value:
         """The lanes of one vector of consecutive pixels (stride 1 along the width): those of
