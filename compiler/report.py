@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ir import STRUCTURAL_OPS, Graph, Value
-from .passes.fuse import anchor_reason, elementwise_reason, join_reason
-from .passes.memory import plan
+from .passes.fuse import ANCHORS, anchor_reason, elementwise_reason, join_reason
+from .passes.memory import ALIGN, plan
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _reason(graph, value, consumer, pg, pn, cg, cn) -> str | None:
     result = Value(consumer, 0, graph.node(consumer)["types"][0])
     if consumer_ok:
         if not (producer_elementwise or producer_anchor):
-            if pg.op(pn) in ("matmul", "conv"):
+            if pg.op(pn) in ANCHORS:
                 return anchor_reason(pg, pn)
             return f"{pg.op(pn)} is neither elementwise nor a matmul or convolution"
         why = join_reason(graph, value, {consumer}, result)
@@ -155,6 +155,6 @@ def report(model, target: str = "native") -> str:
         "",
         f"planned peak activation memory: {memory.peak_text()} bytes",
         f"  (intermediates alive at once; all {len(memory.buffers)} intermediates together "
-        f"would take {memory.total()} bytes; each buffer is rounded up to 64 bytes)",
+        f"would take {memory.total()} bytes; each buffer is rounded up to {ALIGN} bytes)",
     ]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ recompiling, after checking that this CPU has every feature the library was buil
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.derived import derive
+from ..compiler.codegen.llvm.derived import resolve
 from ..compiler.codegen.llvm.module import ModuleLayout
 from ..compiler.dims import ARITHMETIC, Dim
 from ..compiler.elaborate import ElaboratedModel, Port
@@ -25,6 +26,7 @@ from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.ir import Constraint, Graph
 from ..compiler.types import TensorType
+from .model import CompiledModel
 from .native import NativeModel, compile_object
 from .version import __version__
 from .weights import load_weights, save_weights
@@ -86,9 +88,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     stem = path.with_suffix("")
     weights = {**params, **layout.constants}
     for name in layout.params:  # derived arrays too, so that a C caller finds every array
-        derived = derive(name, weights.__getitem__)
-        if derived is not None:
-            weights[name] = derived
+        weights[name] = resolve(name, weights.__getitem__)
     save_weights(f"{stem}.safetensors", weights)
     meta = _metadata(model, layout, cpu)
     meta["weights_folded"] = bool(folded)
@@ -101,13 +101,17 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     return [path, Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
 
 
+def _library_inputs(model: ElaboratedModel) -> list[Port]:
+    """The inputs of a library built from `model`: its present optional inputs as plain
+    (required) inputs; the absent ones are not inputs of it."""
+    return [dataclasses.replace(p, optional=False) for p in model.inputs
+            if not p.optional or p.name in model.present]
+
+
 def library_signature(model: ElaboratedModel) -> str:
-    """The signature of a library built from `model`: its present optional inputs are plain
-    (required) inputs, the absent ones are not there."""
-    ins = ", ".join(f"{p.name}: {p.type}" for p in model.inputs
-                    if not p.optional or p.name in model.present)
-    outs = ", ".join(str(p.type) for p in model.outputs)
-    return f"{model.name}({ins}) -> {outs if len(model.outputs) == 1 else '(' + outs + ')'}"
+    """The signature of a library built from `model` (`_library_inputs`)."""
+    return CompiledModel(dataclasses.replace(model, inputs=_library_inputs(model)),
+                         {}).signature()
 
 
 def _type(t: TensorType) -> dict:
@@ -117,9 +121,7 @@ def _type(t: TensorType) -> dict:
 def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target) -> dict:
     return {
         "kiln": __version__, "name": model.name, "cpu": cpu.cpu, "features": cpu.features,
-        # the inputs this build takes: an optional one is built in (and required) or left out
-        "inputs": [{"name": p.name, **_type(p.type)} for p in model.inputs
-                   if not p.optional or p.name in model.present],
+        "inputs": [{"name": p.name, **_type(p.type)} for p in _library_inputs(model)],
         "outputs": [{"name": p.name, **_type(p.type)} for p in model.outputs],
         "symbols": layout.symbols, "params": layout.params,
         "slots": [{**_type(t), "born": born, "dies": dies} for t, born, dies in layout.slots],

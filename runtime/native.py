@@ -13,7 +13,7 @@ import numpy as np
 
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.derived import derive
+from ..compiler.codegen.llvm.derived import resolve
 from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
@@ -176,10 +176,6 @@ class NativeModel(CompiledModel):
         self._fast = _FastPath.of(model, layout.symbols)
         return self
 
-    @staticmethod
-    def signature_of(model: ElaboratedModel) -> str:
-        return CompiledModel(model, {}).signature()
-
     def _build(self, present: frozenset[str]):
         model = self.lowered(present)
         obj, layout, machine = compile_object(model, self.cpu)
@@ -195,10 +191,8 @@ class NativeModel(CompiledModel):
         def lookup(name: str) -> np.ndarray:
             return layout.constants[name] if name in layout.constants else self.params[name]
 
-        arrays = []
-        for name in layout.params:  # a derived array (a packed weight) is made from its source
-            derived = derive(name, lookup)
-            arrays.append(lookup(name) if derived is None else derived)
+        # a derived array (a packed weight) is made from its source
+        arrays = [resolve(name, lookup) for name in layout.params]
         arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
         pointers = (ctypes.c_void_p * max(1, len(arrays)))(
             *[a.__array_interface__["data"][0] for a in arrays]

@@ -25,17 +25,15 @@ from .manager import PassContext, graph_pass
 # only their operands and never report a value out of range
 MOVES = frozenset({
     "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze", "broadcast_to",
-    "expand", "concat", "stack", "split", "slice", "flip", "tile", "matmul",
+    "concat", "stack", "split", "slice", "flip", "tile", "matmul",
 })
-# elementwise ops that may still report at run time (none today); kept out of the loop-free zone
-UNSAFE: frozenset[str] = frozenset()
 
 
 def hoistable(node: dict) -> bool:
     """Whether a body node may run once before the loop instead of at every step."""
     op = node["op"]
     rec = REGISTRY.get(op)
-    if rec is None or op in UNSAFE or any(isinstance(v, Graph) for v in node["attrs"].values()):
+    if rec is None or any(isinstance(v, Graph) for v in node["attrs"].values()):
         return False
     return op in MOVES or rec.scalar is not None
 

@@ -17,20 +17,21 @@ from ..ir import Graph
 from .manager import PassContext, graph_pass
 
 PACKED = "packed"
-PACKABLE = frozenset({"conv", "conv_transpose", "matmul"})
+# the ops whose weight (input 1) may be stored packed, and which GEMM operand it is there
+PACKED_AS = {"conv": "a", "conv_transpose": "b", "matmul": "b"}
 
 
 @graph_pass("conv_layout")
 def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
     """conv(x, weight known before the call) -> the same conv, weight_layout = "packed" (and
-    conv_transpose likewise).
+    conv_transpose, and matmul with a 2-D such B, likewise: PACKED_AS).
 
-    Only f32 convolutions (the GEMM's dtype) whose weight operand is a `param` or `constant`
-    node of this graph: in a scan body an outer weight is a captured input and stays plain.
+    Only f32 ops (the GEMM's dtype) whose weight operand is a `param` or `constant` node of
+    this graph: in a scan body an outer weight is a captured input and stays plain.
     """
     for nid in graph.order():
         node = graph.node(nid)
-        if node["op"] not in PACKABLE or node["types"][0].dtype != "f32":
+        if node["op"] not in PACKED_AS or node["types"][0].dtype != "f32":
             continue
         a, weight = graph.operands(nid)[:2]
         if graph.op(weight.node) not in ("param", "constant") or weight.type.dtype != "f32":

@@ -6,7 +6,7 @@ alone says how to make them:
     prepack_b(groups=1,nr=32):main.3.weight              (a transposed convolution's, as B)
 
 The module lists them among its parameters (ModuleLayout.params); the runtime makes them when
-it binds the weights (`derive`), so new weights give new derived arrays, and an ahead-of-time
+it binds the weights (`resolve`), so new weights give new derived arrays, and an ahead-of-time
 library stores them beside the others for C callers.
 """
 
@@ -37,11 +37,11 @@ def parse(name: str) -> tuple[str, dict[str, int], str] | None:
     return kind, {k: int(v) for k, v in args.items()}, source
 
 
-def derive(name: str, lookup: Callable[[str], np.ndarray]) -> np.ndarray | None:
-    """The array a derived name stands for, from its source (`lookup(source)`); None when
-    `name` is not derived."""
+def resolve(name: str, lookup: Callable[[str], np.ndarray]) -> np.ndarray:
+    """The array a name in ModuleLayout.params stands for: a parameter or constant
+    (`lookup(name)`), or a derived array made from its source (`lookup(source)`)."""
     parsed = parse(name)
     if parsed is None:
-        return None
+        return lookup(name)
     kind, args, source = parsed
     return KINDS[kind](lookup(source), **args)

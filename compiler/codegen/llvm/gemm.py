@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 from llvmlite import ir
 
-from .kernel import F32, I1, I32, I64, PTR, VOID
+from .kernel import F32, I1, I32, I64, PTR, VOID, declare
 
 F32P = F32.as_pointer()
 ALIGN = 64  # bytes: packed panels start on a cache line
@@ -270,8 +270,7 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     vec = Vectors(b, t.width)
     zero = ir.Constant(vec.type, None)
 
-    prefetch = module.globals.get("llvm.prefetch.p0") or ir.Function(
-        module, ir.FunctionType(VOID, [PTR, I32, I32, I32]), "llvm.prefetch.p0")
+    prefetch = declare(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
     next_panel = b.gep(a, [ir.Constant(I64, height * t.kc)])
 
     def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
@@ -292,29 +291,38 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
 
     accs = _counted_loop(b, kc, [zero] * (2 * height), update)
 
-    def store(partial: bool, adding: bool):  # C (+)= acc, through masks at the right edge
-        masks = [vec.mask(cols, v * t.width) for v in range(2)] if partial else [None] * 2
-        for i in range(height):
-            row = b.gep(c, [b.mul(ir.Constant(I64, i), ldc)])
-            for v, mask in enumerate(masks):
-                at, value = v * t.width, accs[2 * i + v]
-                if adding:
-                    old = vec.masked_load(row, at, mask) if partial else vec.load(row, at)
-                    value = b.fadd(old, value)
-                if partial:
-                    vec.masked_store(value, row, at, mask)
-                else:
-                    vec.store(value, row, at)
-
     with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, t.nr))) as (whole, part):
-        for branch, partial in ((whole, False), (part, True)):
-            with branch, b.if_else(add) as (adding, writing):
-                with adding:
-                    store(partial, True)
-                with writing:
-                    store(partial, False)
+        with whole:
+            _store_tile(vec, c, ldc, accs, height, 2, None, add)
+        with part:  # through masks at the right edge
+            _store_tile(vec, c, ldc, accs, height, 2,
+                        [vec.mask(cols, v * t.width) for v in range(2)], add)
     b.ret_void()
     return fn
+
+
+def _store_tile(vec: Vectors, c: ir.Value, ldc: ir.Value, accs: list[ir.Value], height: int,
+                vectors: int, masks: list[ir.Value] | None, add: ir.Value) -> None:
+    """C (+)= a tile of accumulators: `height` rows of `vectors` vectors (row i's at
+    accs[i * vectors:]), ldc floats apart; only the lanes of `masks` (one per vector) when
+    given; C += when the i1 `add` is set."""
+    b = vec.b
+    with b.if_else(add) as (adding, writing):
+        for branch, adds in ((adding, True), (writing, False)):
+            with branch:
+                for i in range(height):
+                    row = b.gep(c, [b.mul(_i64(i), ldc)])
+                    for v in range(vectors):
+                        at, value = v * vec.width, accs[i * vectors + v]
+                        mask = None if masks is None else masks[v]
+                        if adds:
+                            old = (vec.load(row, at) if mask is None
+                                   else vec.masked_load(row, at, mask))
+                            value = b.fadd(old, value)
+                        if mask is None:
+                            vec.store(value, row, at)
+                        else:
+                            vec.masked_store(value, row, at, mask)
 
 
 def _counted_loop(b: ir.IRBuilder, stop: ir.Value, init: list[ir.Value], step) -> list[ir.Value]:
@@ -385,34 +393,18 @@ def row_kernel(module: ir.Module, width: int, height: int, vectors: int,
                   for v, (ptr, off) in enumerate(at)]
             out = []
             for i in range(height):
-                at = b.add(b.mul(_i64(i), a_row), b.mul(p, a_step))
-                ai = vec.splat(b.load(b.gep(a, [at])))
+                a_at = b.add(b.mul(_i64(i), a_row), b.mul(p, a_step))
+                ai = vec.splat(b.load(b.gep(a, [a_at])))
                 out += [vec.fma(ai, bv[v], accs[i * vectors + v]) for v in range(vectors)]
             return out
 
         return _counted_loop(b, k, [zero] * (height * vectors), update)
 
-    def store(accs, partial: bool) -> None:
-        with b.if_else(add) as (adding, writing):
-            for branch, adds in ((adding, True), (writing, False)):
-                with branch:
-                    for i in range(height):
-                        row = b.gep(c, [b.mul(_i64(i), ldc)])
-                        for v in range(vectors):
-                            at, value = v * width, accs[i * vectors + v]
-                            if adds:
-                                old = (vec.masked_load(row, at, masks[v]) if partial
-                                       else vec.load(row, at))
-                                value = b.fadd(old, value)
-                            if partial:
-                                vec.masked_store(value, row, at, masks[v])
-                            else:
-                                vec.store(value, row, at)
-
     with b.if_else(whole) as (full, part):
         for branch, partial in ((full, False), (part, True)):
             with branch:
-                store(sums(partial), partial)
+                _store_tile(vec, c, ldc, sums(partial), height, vectors,
+                            masks if partial else None, add)
     b.ret_void()
     return fn
 
@@ -430,14 +422,7 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     b_pointers, b_sizes = b.fields()
     pointers = [a.ptr, c.ptr, *b_pointers]
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
-    bld = kb.b
-    with bld.goto_entry_block():
-        args = bld.alloca(PTR, len(pointers), name="gemm_args")
-        dims = bld.alloca(I64, len(sizes), name="gemm_sizes")
-    for array, values in ((args, [bld.bitcast(p, PTR) for p in pointers]), (dims, sizes)):
-        for i, value in enumerate(values):
-            bld.store(value, bld.gep(array, [ir.Constant(I64, i)]))
-    bld.call(fn, [args, dims, kb.status_ptr])
+    kb.call_kernel(fn, pointers, sizes, "gemm")
 
 
 PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
@@ -525,30 +510,29 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Funct
     g = _Gemm(kb, t, a, source.unpack(pointers[2:], sizes[6:]),
               Matrix(pointers[1], ldc), m, n, k, a_pack, b_pack,
               kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)))
+    # the ways to the product by the most rows of C each serves, the first that fits taken
+    paths = []
+    if source in (Matrix, PackedB) and a_kind != "prepacked":  # (a prepacked A is in slices)
+        paths.append((STREAM_ROWS, g.streamed))
     if source is Matrix:
-        with kb.b.if_else(kb.b.icmp_signed("<=", m, ir.Constant(I64, t.mr))) as (few, many):
-            with few:
-                if a_kind == "prepacked":  # A's rows are KC-deep slices: the tiles read them
-                    g.in_place()
-                else:
-                    with kb.b.if_else(kb.b.icmp_signed("<=", m, _i64(STREAM_ROWS))) as (
-                            thin, short):
-                        with thin:
-                            g.streamed()
-                        with short:
-                            g.in_place()
-            with many:
-                g.packed()
-    elif source is PackedB and a_kind != "prepacked":
-        with kb.b.if_else(kb.b.icmp_signed("<=", m, _i64(STREAM_ROWS))) as (thin, tall):
-            with thin:
-                g.streamed()
-            with tall:
-                g.packed()
-    else:
-        g.packed()
+        paths.append((t.mr, g.in_place))
+    _first_fit(kb.b, m, paths, g.packed)
     g.empty_sum()
     return kb.finish()
+
+
+def _first_fit(b: ir.IRBuilder, rows: ir.Value, paths: list, otherwise) -> None:
+    """Emit the first of `paths` ((most rows, emit)) that `rows` is within, else `otherwise`:
+    one branch per path, chosen at run time."""
+    if not paths:
+        otherwise()
+        return
+    (most, emit), rest = paths[0], paths[1:]
+    with b.if_else(b.icmp_signed("<=", rows, _i64(most))) as (within, beyond):
+        with within:
+            emit()
+        with beyond:
+            _first_fit(b, rows, rest, otherwise)
 
 
 def _buffer(b: ir.IRBuilder, floats: int, name: str) -> ir.Value:
@@ -730,27 +714,28 @@ def _loop(b: ir.IRBuilder, stop: ir.Value, step) -> None:
     b.position_at_end(done)
 
 
+def _panels(weight: np.ndarray, groups: int, size: int) -> np.ndarray:
+    """Per group, the weight's [rows, n] matrix (its first axis split in `groups`, the rest
+    flattened) cut along n into `size`-wide pieces, zero past n: [groups, pieces, rows, size]."""
+    rows = weight.shape[0] // groups
+    m = np.asarray(weight, dtype=np.float32).reshape(groups, rows, -1)
+    n = m.shape[2]
+    pieces = -(-n // size)
+    padded = np.zeros((groups, rows, pieces * size), dtype=np.float32)
+    padded[:, :, :n] = m
+    return np.ascontiguousarray(padded.reshape(groups, rows, pieces, size).transpose(0, 2, 1, 3))
+
+
 def prepack_a(weight: np.ndarray, groups: int, kc: int) -> np.ndarray:
     """A convolution's weight [O, C/groups, kh, kw] as the GEMM reads a prepacked A: per group,
     its [O/groups, K] matrix cut into KC-deep slices of all rows ([groups, slices, O/groups,
     KC], zero past K), so that no call packs it again."""
-    rows = weight.shape[0] // groups
-    a = np.asarray(weight, dtype=np.float32).reshape(groups, rows, -1)
-    depth = a.shape[2]
-    slices = -(-depth // kc)
-    padded = np.zeros((groups, rows, slices * kc), dtype=np.float32)
-    padded[:, :, :depth] = a
-    return np.ascontiguousarray(padded.reshape(groups, rows, slices, kc).transpose(0, 2, 1, 3))
+    return _panels(weight, groups, kc)
 
 
 def prepack_b(weight: np.ndarray, groups: int, nr: int) -> np.ndarray:
-    """A transposed convolution's weight [C_in, C_out/groups, kh, kw] as the GEMM reads a
-    prepacked B (`PackedB`): per group, its [C_in/groups, (o, i, j)] matrix cut into NR-wide
-    column panels ([groups, panels, C_in/groups, NR], zero past the last column)."""
-    depth = weight.shape[0] // groups
-    b = np.asarray(weight, dtype=np.float32).reshape(groups, depth, -1)
-    width = b.shape[2]
-    panels = -(-width // nr)
-    padded = np.zeros((groups, depth, panels * nr), dtype=np.float32)
-    padded[:, :, :width] = b
-    return np.ascontiguousarray(padded.reshape(groups, depth, panels, nr).transpose(0, 2, 1, 3))
+    """A weight that is the GEMM's B (a transposed convolution's [C_in, C_out/groups, kh, kw],
+    a linear layer's [K, N]) as `PackedB` reads it: per group, its [C_in/groups, (o, i, j)]
+    matrix cut into NR-wide column panels ([groups, panels, C_in/groups, NR], zero past the
+    last column): prepack_a's layout, in NR-wide pieces."""
+    return _panels(weight, groups, nr)

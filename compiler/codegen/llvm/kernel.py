@@ -39,6 +39,15 @@ FLAT_PARALLEL = 1 << 16  # elements below which an elementwise loop runs on one 
 KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer(), I64.as_pointer()])
 
 
+def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type],
+            var_arg: bool = False) -> ir.Function:
+    """The module's declaration of an external function (libc, an LLVM intrinsic), made on
+    first use."""
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(
+        module, ir.FunctionType(result, args, var_arg=var_arg), name)
+
+
 class KernelBuilder:
     """An IRBuilder for one kernel function, with loops, typed buffers and sizes."""
 
@@ -297,10 +306,7 @@ class KernelBuilder:
             return
         from .threads import parallel_rows
 
-        inner = KernelBuilder(self.module, f"{self.function.name}_range", [])
-        inner.function.linkage = "internal"
-        inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
-            self.span
+        inner = self.helper("range")
         # each distinct buffer once: an input that is `out` itself (a fused epilogue reads
         # the anchor's result in place) must be the same pointer in the range function too,
         # or LLVM cannot prove the in-place loop safe to vectorise
@@ -326,15 +332,7 @@ class KernelBuilder:
                                                                       sizes[1]]),
                            min_rows=FLAT_BLOCK, min_work=FLAT_PARALLEL, rows_index=1,
                            work=lambda b, sizes: sizes[1], oversplit=4)
-        b = self.b
-        with b.goto_entry_block():
-            args = b.alloca(PTR, len(unique), name="flat_args")
-            sizes = b.alloca(I64, 2, name="flat_sizes")
-        for i, p in enumerate(unique):
-            b.store(b.bitcast(p, PTR), b.gep(args, [ir.Constant(I64, i)]))
-        b.store(ir.Constant(I64, 0), b.gep(sizes, [ir.Constant(I64, 0)]))
-        b.store(total, b.gep(sizes, [ir.Constant(I64, 1)]))
-        b.call(fn, [args, sizes, self.status_ptr])
+        self.call_kernel(fn, unique, [ir.Constant(I64, 0), total], "flat")
 
     @staticmethod
     def _flat_range(kb, out, out_t, ins, scalar, start, count) -> None:
@@ -567,6 +565,14 @@ class KernelBuilder:
         memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
         self.b.call(memcpy, [to, source, size, ir.Constant(I1, 0)])
 
+    def zero_elements(self, dst: ir.Value, dst_at: ir.Value, count: ir.Value,
+                      dtype: str) -> None:
+        """dst[dst_at : dst_at + count] = 0 (one memset)."""
+        size = self.b.mul(count, ir.Constant(I64, NUMPY_DTYPES[dtype].itemsize))
+        memset = self.module.declare_intrinsic("llvm.memset", [PTR, I64])
+        self.b.call(memset, [self.b.bitcast(self.b.gep(dst, [dst_at]), PTR),
+                             ir.Constant(I8, 0), size, ir.Constant(I1, 0)])
+
     def join(self, n, axis: int, sizes: list, split: bool = False) -> None:
         """Copy between pieces and the whole they make side by side along `axis`, pieces of
         extent sizes[k] (Dims) along it: the inputs into the output (concat, stack), or with
@@ -589,21 +595,45 @@ class KernelBuilder:
                     self.copy_elements(whole, at_whole, piece, at_piece, count, whole_t.dtype)
                 offset = offset + size
 
-    def scratch(self, count: ir.Value, ty: ir.Type | str) -> ir.Value:
-        """A zeroed heap array of `count` values of type `ty` (or of a dtype's compute type),
-        for a kernel's own state (calloc); give it back with `release`."""
+    def scratch(self, count: ir.Value, ty: ir.Type | str, zeroed: bool = True) -> ir.Value:
+        """A heap array of `count` values of type `ty` (or of a dtype's compute type), for a
+        kernel's own state: zeroed (calloc), or, when the kernel writes all of it first, not
+        (malloc). Give it back with `release`; it is null when memory ran out."""
         ty = COMPUTE[ty] if isinstance(ty, str) else ty
-        calloc = self._libc("calloc", PTR, [I64, I64])
         size = ir.Constant(I64, _BYTES[ty])
-        return self.b.bitcast(self.b.call(calloc, [count, size]), ty.as_pointer())
+        if zeroed:
+            block = self.b.call(declare(self.module, "calloc", PTR, [I64, I64]), [count, size])
+        else:
+            block = self.b.call(declare(self.module, "malloc", PTR, [I64]),
+                                [self.b.mul(count, size)])
+        return self.b.bitcast(block, ty.as_pointer())
 
     def release(self, ptr: ir.Value) -> None:
-        self.b.call(self._libc("free", VOID, [PTR]), [self.b.bitcast(ptr, PTR)])
+        self.b.call(declare(self.module, "free", VOID, [PTR]), [self.b.bitcast(ptr, PTR)])
 
-    def _libc(self, name: str, result: ir.Type, args: list[ir.Type]) -> ir.Function:
-        fn = self.module.globals.get(name)
-        return fn if fn is not None else ir.Function(self.module, ir.FunctionType(result, args),
-                                                     name)
+    def helper(self, suffix: str) -> KernelBuilder:
+        """A kernel-shaped function of this kernel's own (internal, `name_suffix`), for work
+        the module's threads share: it targets the same vectors and reports failures at the
+        same source."""
+        inner = KernelBuilder(self.module, f"{self.function.name}_{suffix}", [])
+        inner.function.linkage = "internal"
+        inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
+            self.span
+        return inner
+
+    def call_kernel(self, fn: ir.Function, pointers: list[ir.Value], sizes: list[ir.Value],
+                    name: str = "call") -> None:
+        """fn(args, sizes, status) for a kernel-shaped `fn`, its pointers and i64 sizes passed
+        in arrays of this function's entry block."""
+        b = self.b
+        with b.goto_entry_block():
+            args = b.alloca(PTR, max(1, len(pointers)), name=f"{name}_args")
+            dims = b.alloca(I64, max(1, len(sizes)), name=f"{name}_sizes")
+        for i, p in enumerate(pointers):
+            b.store(b.bitcast(p, PTR), b.gep(args, [ir.Constant(I64, i)]))
+        for i, value in enumerate(sizes):
+            b.store(value, b.gep(dims, [ir.Constant(I64, i)]))
+        b.call(fn, [args, dims, self.status_ptr])
 
     # ------------------------------------------------------------------ reductions
     def reduce(self, n, axes: tuple[int, ...], folds: list, finish=None) -> None:

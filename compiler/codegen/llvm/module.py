@@ -22,12 +22,13 @@ from llvmlite import ir
 from ...errors import KilnError
 from ...ir import Graph
 from ...ops import REGISTRY
+from ...passes.layout import PACKED, PACKED_AS
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
 from .derived import derived_name
 from .fused import tags as fused_tags
 from .gemm import tiling
-from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder
+from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
 from .threads import parallel_rows, threads_global
 
 
@@ -159,23 +160,22 @@ class GraphEmitter:
                       self.layout.symbols, self.status_p)
 
     def prepacked_weights(self, graph: Graph, nid: int) -> dict[int, str]:
-        """{input slot: derived parameter name} for the convolution weights the conv_layout
-        pass chose to store packed (f32, known before any call) that node `nid` (a conv, or a
-        fused group headed by one) reads: gemm.prepack_a's layout, made once when the
-        weights are bound instead of on every call."""
+        """{input slot: derived parameter name} for the weight the conv_layout pass chose to
+        store packed (f32, known before any call) that node `nid` reads (a conv, transposed
+        conv or matmul, or a fused group headed by one): the GEMM's A or B panels
+        (gemm.prepack_a / prepack_b, passes/layout.PACKED_AS), made once when the weights
+        are bound instead of on every call."""
         node = graph.node(nid)
-        if node["op"] in ("conv", "conv_transpose", "matmul"):
-            conv, slot = node, 1
-        elif node["op"] == "fused" and node["attrs"]["anchor"] is not None:
+        if node["op"] == "fused" and node["attrs"]["anchor"] is not None:
             body = node["attrs"]["body"]
-            conv = body.node(node["attrs"]["anchor"])
+            op_node = body.node(node["attrs"]["anchor"])
             weight = body.operands(node["attrs"]["anchor"])[1]
-            if conv["op"] not in ("conv", "matmul") or body.g.out_degree(weight.node) != 1:
+            if body.g.out_degree(weight.node) != 1:  # the epilogue reads the weight too
                 return {}
             slot = body.inputs.index(weight.node)
         else:
-            return {}
-        if conv["attrs"].get("weight_layout") != "packed":  # the conv_layout pass's choice
+            op_node, slot = node, 1
+        if op_node["attrs"].get("weight_layout") != PACKED:
             return {}
         source = graph.operands(nid)[slot]
         src_node = graph.node(source.node)
@@ -183,8 +183,8 @@ class GraphEmitter:
             return {}
         name = self.layout.params[self.param_index(source.node, src_node)]
         t = tiling(self.vector_width)
-        groups = conv["attrs"].get("groups", 1)  # a matmul's B is one group
-        if conv["op"] in ("conv_transpose", "matmul"):  # the weight is the GEMM's B
+        groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
+        if PACKED_AS[op_node["op"]] == "b":
             return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
         return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
 
@@ -198,9 +198,7 @@ class GraphEmitter:
                 if value is node["attrs"]["value"]:
                     name = known
             layout.constants[name] = node["attrs"]["value"]
-        if name not in layout.params:
-            layout.params.append(name)
-        return layout.params.index(name)
+        return layout.param(name)
 
 
 class ScanEmitter:
@@ -231,8 +229,8 @@ class ScanEmitter:
         seq_types = [v.type for v in operands[n_carry:n_carry + n_seq]]
         carry_types = [v.type for v in operands[:n_carry]]
         emit_types = self.node["types"][: len(self.node["types"]) - n_carry]
-        malloc = _libc(parent.module, "malloc", PTR, [I64])
-        free = _libc(parent.module, "free", VOID, [PTR])
+        malloc = declare(parent.module, "malloc", PTR, [I64])
+        free = declare(parent.module, "free", VOID, [PTR])
         owned: list[ir.Value] = []
 
         def buffer(t: TensorType) -> ir.Value:
@@ -285,11 +283,6 @@ class ScanEmitter:
         for p in owned:
             b.call(free, [p])
         return kb.finish()
-
-
-def _libc(module: ir.Module, name: str, ret, args) -> ir.Function:
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), name)
 
 
 def _memcpy(kb: KernelBuilder, dst, src, t: TensorType) -> None:

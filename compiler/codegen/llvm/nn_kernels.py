@@ -13,7 +13,7 @@ from llvmlite import ir
 
 from ...dims import Dim
 from .gemm import Matrix, PackedB, Vectors, gemm, tiling
-from .kernel import F32, F64, I64, PTR
+from .kernel import F32, F64, I64
 
 ZERO = ir.Constant(I64, 0)
 
@@ -146,8 +146,7 @@ class Im2col:
         def splat(value):  # an i64 size as an i32 vector
             return vec.splat(b.trunc(value, i32))
 
-        with b.goto_entry_block():  # the running tap (c, i, j)
-            tap = [b.alloca(I64, name=n) for n in ("c", "i", "j")]
+        tap = _tap_at(b, k0, self.kh, self.kw)
         origins = []
         for v in range(2):
             lane = ir.Constant(ir.VectorType(i32, vec.width), [v * vec.width + lane
@@ -166,11 +165,6 @@ class Im2col:
                              b.icmp_signed(">=", cols, _i64((v + 1) * vec.width)))
             origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw)), split,
                             first_row, one_row))
-        taps = b.mul(self.kh, self.kw)
-        first = b.srem(k0, taps)
-        for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
-                                     b.srem(first, self.kw))):
-            b.store(value, slot)
         h, w = splat(self.h), splat(self.w)
 
         def taps_loop(mode: str) -> None:  # one loop per way of fetching, chosen once
@@ -279,17 +273,11 @@ class Shifted:
         """Row by row, two vectors of consecutive floats from the row's tap offset."""
         b = kb.b
         vec = Vectors(b, nr // 2)
-        with b.goto_entry_block():  # the running tap (c, i, j)
-            tap = [b.alloca(I64, name=n) for n in ("c", "i", "j")]
-        taps = b.mul(self.kh, self.kw)
-        first = b.srem(k0, taps)
+        tap = _tap_at(b, k0, self.kh, self.kw)
         start = b.gep(self.base, [j0])
         row_step = b.mul(self.dh, self.wp)
 
         def rows(masks) -> None:
-            for slot, value in zip(tap, (b.sdiv(k0, taps), b.sdiv(first, self.kw),
-                                         b.srem(first, self.kw))):
-                b.store(value, slot)
             with kb.for_range(kc) as p:
                 c, i, j = (b.load(slot) for slot in tap)
                 offset = b.add(b.add(b.mul(c, self.plane), b.mul(i, row_step)),
@@ -316,6 +304,19 @@ def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
     b = vec.b
     f64s = ir.VectorType(F64, vec.width)
     return b.fptosi(b.fdiv(b.sitofp(num, f64s), b.sitofp(den, f64s)), num.type)
+
+
+def _tap_at(b, k: ir.Value, kh: ir.Value, kw: ir.Value) -> list[ir.Value]:
+    """Slots (in the entry block) for the running tap (c, i, j) of rows of B over [C, kh, kw],
+    set to row k's."""
+    with b.goto_entry_block():
+        tap = [b.alloca(I64, name=n) for n in ("c", "i", "j")]
+    taps = b.mul(kh, kw)
+    first = b.srem(k, taps)
+    for slot, value in zip(tap, (b.sdiv(k, taps), b.sdiv(first, kw), b.srem(first, kw)),
+                           strict=True):
+        b.store(value, slot)
+    return tap
 
 
 def _next_tap(b, tap, kh, kw) -> None:
@@ -405,8 +406,7 @@ class _Padded:
     hp: ir.Value
     wp: ir.Value
     columns: ir.Value  # of the GEMM: (OH - 1) * Wp + OW
-    block: ir.Value | None = None
-    base: ir.Value | None = None  # xp
+    base: ir.Value | None = None  # xp, at the start of the heap block
     result: ir.Value | None = None  # [per_out, columns]
     source: Shifted | None = None
 
@@ -428,11 +428,9 @@ class _Padded:
         b = kb.b
         padded = b.mul(self.per_in, b.mul(self.hp, self.wp))
         floats = b.add(b.add(padded, b.mul(self.per_out, self.columns)), _i64(16))
-        malloc = kb._libc("malloc", PTR, [I64])
-        self.block = b.call(malloc, [b.mul(floats, _i64(4))])
-        ok = b.icmp_unsigned("!=", self.block, ir.Constant(PTR, None))
+        self.base = kb.scratch(floats, F32, zeroed=False)  # fill and the GEMM write it all
+        ok = b.icmp_unsigned("!=", self.base, ir.Constant(self.base.type, None))
         kb.check(ok, "out of memory for a convolution's padded input")
-        self.base = b.bitcast(self.block, F32.as_pointer())
         self.result = b.gep(self.base, [padded])
         kh, kw = (kb.dim(k) for k in self.win.kernel)
         self.source = Shifted(self.base, b.mul(self.hp, self.wp), self.wp, kh, kw,
@@ -440,7 +438,7 @@ class _Padded:
         return ok
 
     def release(self, kb) -> None:
-        kb.release(self.block)
+        kb.release(self.base)
 
     def fill(self, kb, x0: ir.Value) -> None:
         """xp = x0's channels with ph rows and pw columns of zeros before (and what the grid
@@ -466,30 +464,20 @@ def _fill_channels(kb, pointers, sizes) -> None:
     b = kb.b
     x0, base = pointers
     count, h, w, ph, pw, hp, wp = sizes
-    memset = kb.module.declare_intrinsic("llvm.memset", [PTR, I64])
-    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-    no = ir.Constant(ir.IntType(1), 0)
-
-    def zero(at: ir.Value, floats: ir.Value) -> None:
-        b.call(memset, [b.bitcast(at, PTR), ir.Constant(ir.IntType(8), 0),
-                        b.mul(floats, _i64(4)), no])
-
     # input columns that land in the grid: from 0, at most W and Wp - pw of them
     width = _clamp(b, b.sub(wp, pw), w)
     after = b.sub(b.sub(wp, pw), width)
     with kb.for_range(count) as c, kb.for_range(hp) as r:
-        row = b.gep(base, [b.mul(b.add(b.mul(c, hp), r), wp)])
+        row = b.mul(b.add(b.mul(c, hp), r), wp)  # where the row starts in xp
         src_row = b.sub(r, ph)
-        inside = b.icmp_unsigned("<", src_row, h)
-        with b.if_else(inside) as (copy, blank):
+        with b.if_else(b.icmp_unsigned("<", src_row, h)) as (copy, blank):
             with copy:
-                zero(row, pw)
-                src = b.gep(x0, [b.add(b.mul(c, b.mul(h, w)), b.mul(src_row, w))])
-                b.call(memcpy, [b.bitcast(b.gep(row, [pw]), PTR), b.bitcast(src, PTR),
-                                b.mul(width, _i64(4)), no])
-                zero(b.gep(row, [b.add(pw, width)]), after)
+                kb.zero_elements(base, row, pw, "f32")
+                kb.copy_elements(base, b.add(row, pw), x0,
+                                 b.add(b.mul(c, b.mul(h, w)), b.mul(src_row, w)), width, "f32")
+                kb.zero_elements(base, b.add(row, b.add(pw, width)), after, "f32")
             with blank:
-                zero(row, wp)
+                kb.zero_elements(base, row, wp, "f32")
 
 
 def _compact_channels(kb, pointers, sizes) -> None:
@@ -528,19 +516,12 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
     strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
     inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
     whole."""
-    from .kernel import KernelBuilder
     from .threads import parallel_rows
 
-    fname = f"{kb.function.name}_{name}"
-    inner = kb.module.globals.get(fname)
-    if inner is None:
-        ikb = KernelBuilder(kb.module, fname, [])
-        ikb.function.linkage = "internal"
-        ikb.vector_width = kb.vector_width
-        ptrs = [ikb.buffer(i, "f32") for i in range(len(pointers))]
-        szs = [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [_i64(i)])) for i in range(len(sizes))]
-        body(ikb, ptrs, szs)
-        inner = ikb.finish()
+    ikb = kb.helper(name)
+    body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
+         [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [_i64(i)])) for i in range(len(sizes))])
+    inner = ikb.finish()
 
     def shift(b, ptrs, szs, row0):
         moved = [b.gep(p, [b.mul(row0, b.mul(step, _i64(4)))])
@@ -549,16 +530,8 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
 
     fn = inner if kb.serial else parallel_rows(
         kb.module, inner, len(pointers), len(sizes), shift, min_rows=1,
-        min_work=COPY_PARALLEL, work=work, name=f"{fname}_parallel")
-    b = kb.b
-    with b.goto_entry_block():
-        args = b.alloca(PTR, len(pointers), name=f"{name}_args")
-        dims = b.alloca(I64, len(sizes), name=f"{name}_sizes")
-    for i, value in enumerate(pointers):
-        b.store(b.bitcast(value, PTR), b.gep(args, [_i64(i)]))
-    for i, value in enumerate(sizes):
-        b.store(value, b.gep(dims, [_i64(i)]))
-    b.call(fn, [args, dims, kb.status_ptr])
+        min_work=COPY_PARALLEL, work=work, name=f"{inner.name}_parallel")
+    kb.call_kernel(fn, pointers, sizes, name)
 
 
 def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID
+from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID, declare
 
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
@@ -44,12 +44,6 @@ def threads_global(module: ir.Module) -> ir.GlobalVariable:
     b.ret_void()
     _Pool(module)  # and kiln_shutdown, which every model exports
     return var
-
-
-def _libc(module: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Function:
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(
-        module, ir.FunctionType(ret, args, var_arg=var_arg), name)
 
 
 _START = ir.FunctionType(PTR, [PTR])
@@ -115,11 +109,11 @@ class _Pool:
 
     def pause(self, b: ir.IRBuilder) -> None:
         if "x86" in (self.module.triple or ""):
-            fn = _libc(self.module, "llvm.x86.sse2.pause", VOID, [])
+            fn = declare(self.module, "llvm.x86.sse2.pause", VOID, [])
             b.call(fn, [])
 
     def futex(self, b: ir.IRBuilder, word: ir.Value, op: int, value: ir.Value) -> None:
-        syscall = _libc(self.module, "syscall", I64, [I64], var_arg=True)
+        syscall = declare(self.module, "syscall", I64, [I64], var_arg=True)
         b.call(syscall, [ir.Constant(I64, SYS_FUTEX), word, ir.Constant(I32, op), value,
                          ir.Constant(PTR, None)])
 
@@ -201,7 +195,7 @@ class _Pool:
         b.ret_void()
 
     def _stop_all(self, b: ir.IRBuilder) -> None:
-        join = _libc(self.module, "pthread_join", I32, [I64, PTR.as_pointer()])
+        join = declare(self.module, "pthread_join", I32, [I64, PTR.as_pointer()])
         count = b.load(self.workers)
         b.store_atomic(ir.Constant(I32, 1), self.stop, "seq_cst", 4)
         self._each(b, count, lambda i: (self._bump(b, i), self.wake(b, i)))
@@ -241,12 +235,12 @@ class _Pool:
                          "monotonic")
         taken = b.extract_value(pair, 1)
         with b.if_then(taken):
-            getpid = _libc(self.module, "getpid", I32, [])
+            getpid = declare(self.module, "getpid", I32, [])
             pid = b.sext(b.call(getpid, []), I64)
             with b.if_then(b.icmp_signed("!=", pid, b.load(self.owner))):
                 b.store(ir.Constant(I64, 0), self.workers)  # a fork: those threads are gone
                 b.store(pid, self.owner)
-            create = _libc(self.module, "pthread_create", I32,
+            create = declare(self.module, "pthread_create", I32,
                            [I64.as_pointer(), PTR, _START.as_pointer(), PTR])
             worker = self.module.globals["kiln_pool_worker"]
             self._each(b, b.sub(wanted, ir.Constant(I64, 2)),
