@@ -8,8 +8,24 @@ y = model(x)                                      # numpy in, numpy out
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from kiln.compiler.errors import KilnError
 from kiln.runtime.version import __version__
 
-from .api import KilnError, compile, load, load_compiled
+if TYPE_CHECKING:
+    from .api import compile, load, load_compiled
 
 __all__ = ["KilnError", "__version__", "compile", "load", "load_compiled"]
+
+_API = ("compile", "load", "load_compiled")
+
+
+def __getattr__(name: str) -> Any:
+    # The compiler (numpy, networkx, ml_dtypes, lark) loads on first use, not on `import kiln`:
+    # `kiln --help` and `kiln --version` import this package and need none of it.
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")

@@ -54,6 +54,8 @@ class ElaboratedModel:
     aliases: dict[str, str]  # tied path -> canonical path
     symbols: list[str]
     present: frozenset[str]  # the optional inputs this graph was built with
+    # block-instance path -> the block's name ('' -> the model), for `kiln summary`
+    blocks: dict[str, str] = field(default_factory=dict)
 
     def macs_by_scope(self) -> dict[str, Dim]:
         """Multiply-accumulates of one call, per block-instance path ('' is the model)."""
@@ -248,6 +250,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             dict(self.aliases),
             symbols,
             frozenset(p.name for p in inputs if p.optional),
+            {inst.path: inst.ref.defn.name for inst in self.instances},
         )
 
     def check_file_requires(self, module: ModuleScope) -> None:

@@ -1,0 +1,321 @@
+"""The `kiln` command line: --bind, --input with --cast, random and optional inputs, help,
+--version, lazy start-up, and `kiln summary` against hand-computed and torch counts."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+# two inputs sharing B, a second size N, and an optional input
+TWO = """
+model Two {
+  forward(x: f32[B, 3], y: f32[B, N], m: f32[B, 3]?) -> f32[B, 3] {
+    return (x + m if defined(m) else x) * sum(y, axis = 1, keepdims = true)
+  }
+}
+"""
+
+
+@pytest.fixture
+def two(tmp_path) -> Path:
+    path = tmp_path / "two.kiln"
+    path.write_text(TWO)
+    return path
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def npy(tmp_path, name: str, array: np.ndarray) -> str:
+    path = tmp_path / f"{name}.npy"
+    np.save(path, array)
+    return f"{name}={path}"
+
+
+# ------------------------------------------------------------------ --bind
+
+
+def test_bind_unknown_symbol_is_refused_with_a_hint(capsys, two):
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--random-inputs",
+                       "--bind", "b=4")
+    assert code == 1
+    assert "K0602" in err and "no symbolic size b" in err
+    assert "did you mean B?" in err and "its symbolic sizes: B, N" in err
+
+
+def test_bind_for_a_model_without_symbols(capsys, tmp_path):
+    path = tmp_path / "fixed.kiln"
+    path.write_text("model F { forward(x: f32[2, 3]) -> f32[2, 3] { return x } }")
+    code, _, err = run(capsys, "run", path, "--target", "reference", "--random-inputs",
+                       "--bind", "B=2")
+    assert code == 1 and "K0602" in err and "nothing to bind" in err
+
+
+def test_bind_sizes_the_random_inputs(capsys, two):
+    code, out, _ = run(capsys, "run", two, "--target", "reference", "--random-inputs",
+                       "--bind", "B=4", "--bind", "N=2")
+    assert code == 0 and "float32[4, 3]" in out
+
+
+def test_bind_given_twice_differently(capsys, two):
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--random-inputs",
+                       "--bind", "B=4", "--bind", "B=5")
+    assert code == 1 and "K0602" in err and "given twice" in err
+
+
+# ------------------------------------------------------------------ --input and random inputs
+
+
+def test_random_inputs_take_their_sizes_from_the_given_inputs(capsys, two, tmp_path):
+    x = npy(tmp_path, "x", np.ones((5, 3), np.float32))
+    code, out, err = run(capsys, "run", two, "--target", "reference", "--input", x,
+                         "--random-inputs")
+    assert code == 0, err
+    assert "output: float32[5, 3]" in out
+
+
+def test_a_bind_the_given_inputs_contradict(capsys, two, tmp_path):
+    x = npy(tmp_path, "x", np.ones((5, 3), np.float32))
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--input", x,
+                       "--random-inputs", "--bind", "B=4")
+    assert code == 1 and "K0503" in err and "B = 5" in err and "--bind B=4" in err
+
+
+def test_left_out_optional_inputs_are_named(capsys, two):
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--random-inputs")
+    assert code == 0
+    assert "without the optional inputs m: f32[B, 3]" in err and "--random-optional" in err
+
+
+def test_random_optional_fills_optional_inputs(capsys, two, tmp_path):
+    x = npy(tmp_path, "x", np.zeros((2, 3), np.float32))
+    y = npy(tmp_path, "y", np.ones((2, 1), np.float32))
+    out_file = tmp_path / "out.npz"
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--input", x, "--input", y,
+                       "--random-optional", "-o", out_file)
+    assert code == 0, err
+    assert "optional" not in err
+    # x = 0 and y sums to 1: the output is m itself, random and not all zero
+    assert np.any(np.load(out_file)["output"] != 0)
+
+
+def test_float64_input_is_refused_without_cast(capsys, two, tmp_path):
+    x = npy(tmp_path, "x", np.ones((2, 3)))
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--input", x,
+                       "--random-inputs")
+    assert code == 1 and "K0502" in err and "float64" in err and "--cast" in err
+
+
+def test_cast_converts_float64(capsys, two, tmp_path):
+    x = npy(tmp_path, "x", np.full((2, 3), 0.5))
+    y = npy(tmp_path, "y", np.ones((2, 2), np.int64))
+    out_file = tmp_path / "out.npz"
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--input", x, "--input", y,
+                       "--cast", "-o", out_file)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(out_file)["output"], np.full((2, 3), 1.0, np.float32))
+
+
+@pytest.mark.parametrize("array, want", [
+    (np.array([[1.0, 2.0, 1e39]]), "1e+39 at index [0, 2] is out of f32's range"),
+    (np.array([[1.0, np.inf, 3.0]], np.float32).astype(np.float64), None),  # inf stays inf
+])
+def test_cast_refuses_values_out_of_range(capsys, two, tmp_path, array, want):
+    x = npy(tmp_path, "x", array)
+    code, _, err = run(capsys, "run", two, "--target", "reference", "--input", x, "--cast",
+                       "--random-inputs")
+    if want is None:
+        assert code == 0, err
+    else:
+        assert code == 1 and "K0502" in err and want in err
+
+
+@pytest.mark.parametrize("values, dtype, want, message", [
+    ([0.5], np.float64, "i64", "0.5 at index [0] is not a whole number"),
+    ([np.nan], np.float64, "i32", "nan at index [0] is not a whole number"),
+    ([2.0**63], np.float64, "i64", "is not a whole number in i64's range"),
+    ([2**40], np.int64, "i32", "1099511627776 at index [0] is out of i32's range"),
+    ([2**63], np.uint64, "i64", "is out of i64's range"),
+    ([2**24 + 1], np.int64, "f32", "16777217 at index [0] is not exactly a f32"),
+    ([70000.0], np.float64, "f16", "is out of f16's range"),
+    ([2], np.int64, "bool", "2 at index [0] is neither 0 nor 1"),
+])
+def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
+    from kiln import KilnError
+    from kiln.cli import cast_array
+
+    with pytest.raises(KilnError) as info:
+        cast_array(np.array(values, dtype), want, "x")
+    assert info.value.code == "K0502" and message in str(info.value)
+
+
+@pytest.mark.parametrize("values, dtype, want", [
+    ([0.1, -3.0, 1e30], np.float64, "f32"),  # rounding is the conversion asked for
+    ([3.0, -7.0], np.float64, "i32"),
+    ([1, 0], np.int64, "bool"),
+    ([2**24], np.int64, "f32"),
+    ([1.5], np.float64, "bf16"),
+])
+def test_cast_array_keeps_values_that_fit(values, dtype, want):
+    from kiln.cli import cast_array
+    from kiln.compiler.types import NUMPY_DTYPES
+
+    out = cast_array(np.array(values, dtype), want, "x")
+    assert out.dtype == NUMPY_DTYPES[want]
+    np.testing.assert_allclose(out.astype(np.float64), np.array(values, np.float64), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ help, version, start-up
+
+
+def _options(parser):
+    import argparse
+
+    for action in parser._actions:
+        yield parser.prog, action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _options(sub)
+
+
+def test_every_option_has_help():
+    missing = [f"{prog} {a.dest}" for prog, a in _options(build_parser()) if not a.help]
+    assert missing == []
+
+
+def test_version(capsys):
+    from kiln import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kiln {__version__}"
+
+
+def test_help_imports_neither_numpy_nor_the_compiler():
+    code = ("import sys\nfrom kiln.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numpy', 'ml_dtypes', 'networkx', 'lark', 'kiln.api',"
+            " 'kiln.compiler.ir') if m in sys.modules]\nprint('HEAVY', heavy, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert "HEAVY []" in result.stderr
+
+
+def test_import_kiln_is_lazy_but_complete():
+    code = ("import sys, kiln\nassert 'kiln.api' not in sys.modules\n"
+            "from kiln import compile, load, load_compiled, KilnError\n"
+            "assert kiln.KilnError is kiln.api.KilnError\nprint('OK')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert "OK" in result.stdout, result.stderr
+
+
+# ------------------------------------------------------------------ kiln summary
+
+MLP = """
+import std.nn
+model Small {
+  forward(x: f32[B, 8]) -> f32[B, 3] {
+    return x |> nn.Linear(8, 16) |> relu |> nn.Linear(16, 3)
+  }
+}
+"""
+
+
+def summary_rows(text: str) -> dict[str, list[str]]:
+    """The table's cells by path: block, output shape, params, mult-adds, output bytes."""
+    rows = {}
+    for line in text.splitlines()[3:]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def summary_totals(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^([a-z -]+):\s+(.+?)(?: \(.*)?$", text, re.M))
+
+
+def test_summary_of_a_small_mlp_symbolic_and_bound(capsys, tmp_path):
+    path = tmp_path / "mlp.kiln"
+    path.write_text(MLP)
+    code, out, err = run(capsys, "summary", path)
+    assert code == 0, err
+    rows = summary_rows(out)
+    # 8*16 + 16 and 16*3 + 3 parameters; 8*16 and 16*3 multiply-adds per sample
+    assert rows["0"] == ["Linear", "f32[B, 16]", "144", "128 × B", "64 × B"]
+    assert rows["2"] == ["Linear", "f32[B, 3]", "51", "48 × B", "12 × B"]
+    totals = summary_totals(out)
+    assert totals["total parameters"] == "195"
+    assert totals["parameter bytes"] == "780"
+    assert totals["multiply-adds of a call"] == "176 × B"
+    assert totals["input bytes"] == "32 × B"
+    code, out, _ = run(capsys, "summary", path, "--bind", "B=5")
+    assert code == 0
+    assert summary_rows(out)["0"] == ["Linear", "f32[5, 16]", "144", "640", "320"]
+    assert summary_totals(out)["multiply-adds of a call"] == "880"
+
+
+LENET_LAYERS = {  # hand-computed: params = out*in*k*k + out; MACs = output elements * in*k*k
+    "features.0": ("Conv2d", "f32[2, 6, 28, 28]", 6 * 25 + 6, 6 * 28 * 28 * 25 * 2),
+    "features.2": ("AvgPool2d", "f32[2, 6, 14, 14]", 0, 0),
+    "features.3": ("Conv2d", "f32[2, 16, 10, 10]", 16 * 6 * 25 + 16, 16 * 10 * 10 * 150 * 2),
+    "features.5": ("AvgPool2d", "f32[2, 16, 5, 5]", 0, 0),
+    "classifier.0": ("Linear", "f32[2, 120]", 400 * 120 + 120, 400 * 120 * 2),
+    "classifier.2": ("Linear", "f32[2, 84]", 120 * 84 + 84, 120 * 84 * 2),
+    "classifier.4": ("Linear", "f32[2, 10]", 84 * 10 + 10, 84 * 10 * 2),
+}
+
+
+def test_summary_of_lenet_matches_hand_counts(capsys):
+    code, out, err = run(capsys, "summary", EXAMPLES / "lenet.kiln", "--bind", "B=2")
+    assert code == 0, err
+    rows = summary_rows(out)
+    for path, (block, shape, params, macs) in LENET_LAYERS.items():
+        assert rows[path][:4] == [block, shape, f"{params:,}", f"{macs:,}"], path
+    assert rows["features"][2] == f"{156 + 2416:,}"
+    totals = summary_totals(out)
+    assert totals["total parameters"] == "61,706"
+    assert totals["multiply-adds of a call"] == f"{2 * 416_520:,}"
+    code, out, _ = run(capsys, "summary", EXAMPLES / "lenet.kiln", "--depth", "1")
+    assert list(summary_rows(out)) == ["features", "classifier"]
+
+
+def test_summary_parameter_counts_match_torch(capsys):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    lenet = nn.Module()
+    lenet.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+                                   nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2))
+    lenet.classifier = nn.Sequential(nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84),
+                                     nn.Tanh(), nn.Linear(84, 10))
+    code, out, _ = run(capsys, "summary", EXAMPLES / "lenet.kiln")
+    assert code == 0
+    rows = summary_rows(out)
+    for name, module in lenet.named_modules():
+        if name and sum(p.numel() for p in module.parameters()):
+            assert rows[name][2] == f"{sum(p.numel() for p in module.parameters()):,}", name
+    total = sum(p.numel() for p in lenet.parameters())
+    assert summary_totals(out)["total parameters"] == f"{total:,}"
+
+
+def test_summary_refuses_a_bad_depth_and_an_unknown_symbol(capsys):
+    code, _, err = run(capsys, "summary", EXAMPLES / "lenet.kiln", "--depth", "0")
+    assert code == 1 and "K0602" in err
+    code, _, err = run(capsys, "summary", EXAMPLES / "lenet.kiln", "--bind", "T=3")
+    assert code == 1 and "K0602" in err and "no symbolic size T" in err
