@@ -23,7 +23,8 @@ def available_providers(requested: list[str] | None = None) -> list[str]:
         raise KilnError(
             "K0602",
             "the onnx target needs onnxruntime, which is not installed",
-            hint='pip install "kiln[onnx]" (or onnxruntime-gpu for CUDA and TensorRT)',
+            hint='pip install onnxruntime (in a kiln checkout: pip install ".[onnx]"), or '
+                 'onnxruntime-gpu for CUDA and TensorRT',
         ) from None
     have = ort.get_available_providers()
     if requested:

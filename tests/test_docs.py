@@ -4,6 +4,7 @@ an example that really raises it."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 import kiln
 from kiln import KilnError
+from kiln.cli import main
 from kiln.compiler.ops import REGISTRY
 from kiln.compiler.ops.registry import REQUIRED
 
@@ -120,18 +122,42 @@ def test_codes_documented_once_in_order():
     assert len(codes) == len(set(codes)) and codes == sorted(codes)
 
 
+def printed_output(path: Path, start: int) -> str | None:
+    """The ```text block that follows the fenced block starting at line `start` (1-based, its
+    first body line) after one sentence ending in "prints:" or "printed as:", if there is one:
+    the output the docs promise for that example."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = start
+    while lines[i].strip() != "```":
+        i += 1
+    rest = [line for line in lines[i + 1:i + 5] if line.strip()]
+    if len(rest) < 2 or not rest[0].rstrip().endswith(("prints:", "printed as:")):
+        return None
+    if rest[1].strip() != "```text":
+        return None
+    return next(text for line, text in fenced(path, "text") if line > i)
+
+
 def error_examples():
     out = []
     for lang in ("kiln-error", "python-error"):
         for line, text in fenced(ERRORS, lang):
             m = re.match(r"#\s*expect\s+(K0\d{3})", text)
             assert m, f"docs/errors.md:{line}: the example must start with '# expect K0xxx'"
-            out.append(pytest.param(lang, text, m.group(1), id=f"{m.group(1)}@errors.md:{line}"))
+            out.append(pytest.param(lang, text, m.group(1), printed_output(ERRORS, line),
+                                    id=f"{m.group(1)}@errors.md:{line}"))
     return out
 
 
-@pytest.mark.parametrize("lang, text, code", error_examples())
-def test_error_example_raises_its_code(lang, text, code, monkeypatch, tmp_path):
+def as_documented(output: str, tmp_path: Path) -> str:
+    """Real output as the docs write it: paths relative to the example's directory, and the
+    CPU a library was built for (the host's, here) as the docs' example names it."""
+    output = output.replace(f"{tmp_path}{os.sep}", "")
+    return re.sub(r"built for [\w-]+", "built for CPU", output)
+
+
+@pytest.mark.parametrize("lang, text, code, printed", error_examples())
+def test_error_example_raises_its_code(lang, text, code, printed, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(KilnError) as info:
         if lang == "kiln-error":
@@ -139,6 +165,21 @@ def test_error_example_raises_its_code(lang, text, code, monkeypatch, tmp_path):
         else:
             exec(compile(text, "errors.md", "exec"), {"kiln": kiln, "np": np, "tmp": tmp_path})
     assert info.value.code == code, str(info.value)
+    if printed is None:
+        return
+    if lang == "kiln-error":  # the docs show what `kiln check model.kiln` prints
+        (tmp_path / "model.kiln").write_text(text, encoding="utf-8")
+        capsys.readouterr()
+        assert main(["check", "model.kiln"]) == 1
+        output = capsys.readouterr().err
+    else:
+        output = f"{info.value}\n"
+    assert as_documented(output, tmp_path) == as_documented(printed, tmp_path)
+
+
+def test_error_examples_show_their_output():
+    # every example but a few is followed by its output; the check above must not go idle
+    assert sum(p.values[3] is not None for p in error_examples()) >= 30
 
 
 def test_every_documented_code_has_an_example():
