@@ -1,6 +1,6 @@
 """`kiln summary`: a torchinfo-style table of a model's block instances.
 
-    print(format_summary(summarise(elaborated_model, sizes={"B": 1}, depth=2)))
+    print(format_summary(summarise_model(elaborated_model, sizes={"B": 1}, depth=2)))
 
 One row per parameter-path prefix that holds a block instance (`features`, `features.0`,
 `layer1.0.conv1`), nested by the number of path segments, in the order the forward first
@@ -92,7 +92,7 @@ def _outputs(graph: Graph, path: str) -> list[tuple[int, int]]:
     return sorted(set(out))
 
 
-def summarise(model: ElaboratedModel, sizes: dict[str, int] | None = None,
+def summarise_model(model: ElaboratedModel, sizes: dict[str, int] | None = None,
               depth: int | None = None) -> Summary:
     """The rows (at most `depth` segments deep) and totals of an elaborated model."""
     sizes = dict(sizes or {})

@@ -322,14 +322,14 @@ def cmd_params(opts) -> int:
 
 
 def cmd_summary(opts) -> int:
-    from kiln.compiler.summary import format_summary, summarise
+    from kiln.compiler.summary import format_summary, summarise_model
 
     if opts.depth is not None and opts.depth < 1:
         raise KilnError("K0602", f"--depth {opts.depth}: the depth counts from 1 (the model's "
                         "own members)")
     _, model = elaborate(opts)
     sizes = parse_binds(opts.bind, model.inputs, model.name)
-    print(format_summary(summarise(model, sizes, opts.depth)))
+    print(format_summary(summarise_model(model, sizes, opts.depth)))
     return 0
 
 
