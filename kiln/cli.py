@@ -535,6 +535,10 @@ def input_dtype(port, value, path: str, cast: bool):
 
     from kiln.compiler.types import NUMPY_DTYPES, dtype_of_numpy
 
+    if not isinstance(value, np.ndarray):  # np.load of an .npz: a mapping of arrays
+        value.close()
+        raise KilnError("K0502", f"input {port.name}: {path} holds {type(value).__name__}, not "
+                        "one array", hint="save one array with np.save(path, x) (.npy)")
     want = port.type.dtype
     target = NUMPY_DTYPES[want]
     got = dtype_of_numpy(value.dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kiln.cli import main
@@ -31,3 +32,11 @@ def test_random_inputs_larger_than_memory_are_refused(capsys):
                  "--bind", f"B={2**31 - 1}"])
     err = capsys.readouterr().err
     assert code == 1 and "error[K0602]" in err and "memory" in err
+
+
+def test_an_npz_file_as_input_is_a_kiln_error(capsys, tmp_path):
+    path = tmp_path / "x.npz"  # np.load gives an NpzFile of arrays, not an array
+    np.savez(path, x=np.ones((2, 784), np.float32))
+    code = main(["run", str(MLP), "--target", "reference", "--input", f"x={path}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[K0502]" in err and "internal error" not in err
