@@ -73,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def bind_option(c, what):
         c.add_argument("--bind", action="append", default=[], metavar="SYM=N",
-                       help=f"the size of a symbolic dimension of the inputs {what} "
-                       "(repeatable, e.g. --bind B=4); a symbol the inputs do not have is refused")
+                       help=f"the size of a symbolic dimension of the inputs, e.g. --bind B=4 "
+                       f"(repeatable; a symbol they do not have is refused): {what}")
 
     model_cmd("check", "parse, elaborate and shape-check a model; print its signature", cmd_check)
     model_cmd("params", "list every parameter and buffer, and the cost of one call", cmd_params)
     s = model_cmd("summary", "a table of the block instances: output shapes, parameters, "
                   "multiply-adds and bytes (symbolic where sizes are not bound)", cmd_summary)
-    bind_option(s, "(unbound symbols stay symbolic)")
+    bind_option(s, "counts and shapes are numbers where bound, formulas where not")
     s.add_argument("--depth", type=int, default=None, metavar="N",
                    help="show block instances nested at most N deep (1: the model's own "
                    "members; default: all); deeper ones are counted in their parent")
@@ -107,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--random-optional", action="store_true",
                    help="feed random values to the optional inputs not given with --input too "
                    "(by default they are left out, and kiln says which)")
-    bind_option(r, "for random inputs (default: from the --input arrays, else 1)")
+    bind_option(r, "it sizes the random inputs (default: the size the --input arrays give "
+                "it, else 1)")
     r.add_argument("--weights", help="a .safetensors or .npz file of weights")
     r.add_argument("--no-strict", action="store_true",
                    help="load weights non-strictly: missing ones keep their initial values "
                    "and unexpected ones are ignored (shapes must still match)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and of the random inputs")
     r.add_argument("-o", "--output", help="save the outputs to this .npz file")
     optimizer_options(r)
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
