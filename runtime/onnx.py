@@ -78,5 +78,14 @@ class OnnxModel(CompiledModel):
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         model, session = self._session(present)
-        feed = {p.name: arrays[p.name] for p in model.inputs}
+        feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         return session.run([p.name for p in model.outputs], feed)
+
+
+def _normal(array: np.ndarray) -> np.ndarray:
+    """The array onnxruntime may be given: a bool whose byte is not 0 or 1 (made by a view of
+    bytes; true to numpy) becomes a 1, as the reference and native code read it; onnxruntime's
+    Not, Equal and Cast use the byte itself."""
+    if array.dtype == np.bool_ and array.size:
+        return array.view(np.uint8) != 0
+    return array
