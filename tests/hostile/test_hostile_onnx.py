@@ -119,18 +119,23 @@ def test_indices_in_range_still_run_on_onnx_after_a_failure():
     np.testing.assert_array_equal(onnx_model(good), ref(good))
 
 
-def test_gather_from_an_empty_axis_is_k0505_not_an_onnxruntime_error():
-    source = """
-model M {
-  forward(x: f32[N, 2], ids: i64[K]) -> f32[K, 2] {
-    return gather(x, ids, axis = 0)
-  }
-}"""
+@pytest.mark.parametrize("call", ["gather(x, ids, axis = 0)",
+                                  "take_along_axis(x, unsqueeze(ids, -1) + zeros([K, 2], dtype = \"i64\"), axis = 0)"])
+def test_indexing_an_empty_axis_is_k0505_not_an_onnxruntime_error(call):
+    """Every index into an empty axis is out of range: native code once skipped its checks
+    there (a silent answer) and onnxruntime raised its own error."""
+    source = f"""
+model M {{
+  forward(x: f32[N, 2], ids: i64[K]) -> f32[K, 2] {{
+    return {call}
+  }}
+}}"""
     inputs = {"x": np.zeros((0, 2), np.float32), "ids": np.array([0])}
     for target in TARGETS:
         assert _failure(kiln.compile(source, target=target), inputs).code == "K0505", target
     empty = {"x": np.zeros((0, 2), np.float32), "ids": np.zeros(0, np.int64)}
-    assert kiln.compile(source, target="onnx")(**empty).shape == (0, 2)
+    for target in TARGETS:
+        assert kiln.compile(source, target=target)(**empty).shape == (0, 2), target
 
 
 NAN_REDUCTIONS = """
@@ -172,3 +177,25 @@ model M {
         for got, want in zip(results[target], results["reference"], strict=True):
             np.testing.assert_array_equal(got, want, err_msg=target)
     assert c.view(np.uint8)[0] == 2  # the caller's array is left as it was
+
+
+def test_an_index_out_of_range_inside_a_scan_body_is_reported_too():
+    """A check inside a scan's body counts its failures per step (scanned out of the loop)."""
+    source = """
+model M {
+  param table: [5, 2] = init.normal()
+  forward(ids: i64[B, T]) -> f32[B, 2] {
+    ys, h = scan i in ids axis 1 carry (h = zeros([B, 2])) {
+      h = h + table[i]
+      emit h
+    }
+    return h
+  }
+}"""
+    good, bad = np.array([[1, 4, -5]]), np.array([[1, 4, 5]])
+    models = {t: kiln.compile(source, target=t) for t in TARGETS}
+    np.testing.assert_allclose(models["onnx"](good), models["reference"](good), rtol=1e-6)
+    errors = {t: _failure(m, {"ids": bad}) for t, m in models.items()}
+    assert {e.code for e in errors.values()} == {"K0505"}
+    assert errors["onnx"].message == errors["native"].message
+    assert errors["onnx"].span.line == errors["reference"].span.line == 6
