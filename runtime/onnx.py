@@ -42,6 +42,7 @@ class OnnxModel(CompiledModel):
     """A model run by onnxruntime on its exported ONNX graph; `providers` says where."""
 
     target = "onnx"
+    pipeline = "onnx"
 
     def __init__(
         self,
