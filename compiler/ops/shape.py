@@ -491,12 +491,20 @@ def _slice_bounds(e) -> tuple[Dim, Dim, int] | None:
 
 def _slice_onnx(b, n):
     """One Slice over every indexed or ranged axis (symbolic bounds at run time), then Squeeze
-    of the indexed axes and Unsqueeze of the new ones."""
-    sliced, dropped, new, position = [], [], [], 0
-    for e, axis in _slice_entries(n.in_types[0].shape, n.attrs["items"]):
+    of the indexed axes and Unsqueeze of the new ones. An index whose value or axis is known
+    only at run time is taken from the end when negative, and in a checked export (b.check)
+    reported when out of range, as native code does (onnxruntime's Slice would clamp it and
+    its Squeeze fail)."""
+    shape = n.in_types[0].shape
+    sliced, dropped, new, position, indexed = [], [], [], 0, []
+    for e, axis in _slice_entries(shape, n.attrs["items"]):
         if e[0] == "new":
             new.append(position)
         elif (bounds := _slice_bounds(e)) is not None:
+            i = bounds[0]
+            if e[0] == "int" and (not i.is_const or (b.checked and not shape[axis].is_const)):
+                bounds = (*_run_time_index(b, i, shape[axis]), 1)
+                indexed.append(shape[axis])
             sliced.append((axis, *bounds))
         if e[0] == "int":
             dropped.append(axis)
@@ -505,11 +513,34 @@ def _slice_onnx(b, n):
     steps = []
     if sliced:
         axes, starts, stops, strides = zip(*sliced, strict=True)
-        bounds = [b.shape(starts), b.shape(stops), b.ints(axes), b.ints(strides)]
+        bounds = [_sizes(b, starts), _sizes(b, stops), b.ints(axes), b.ints(strides)]
         steps.append(("Slice", bounds))
     steps += [("Squeeze", [b.ints(dropped)])] if dropped else []
     steps += [("Unsqueeze", [b.ints(new)])] if new else []
-    chain(b, n.inputs[0], steps, n.outputs)
+    b.nonempty(prod(indexed), n.outputs, n.out_types,
+               lambda outs: chain(b, n.inputs[0], steps, outs))
+
+
+def _run_time_index(b, index: Dim, size: Dim) -> tuple[str, str]:
+    """(start, stop) names of the one element at `index` of an axis of `size` (negative counts
+    from the end); checked (replaced by 0 when out of range) in a checked export."""
+    zero = b.const(np.int64(0))
+    i, size = b.dim(index), b.dim(size)
+    i = one(b, "Where", one(b, "Less", i, zero), one(b, "Add", i, size), i)
+    if b.checked:
+        ok = one(b, "And", one(b, "GreaterOrEqual", i, zero), one(b, "Less", i, size))
+        b.check(ok, _out_of_range("slice"))
+        i = one(b, "Where", ok, i, zero)
+    return i, one(b, "Add", i, b.const(np.int64(1)))
+
+
+def _sizes(b, items) -> str:
+    """A 1-D i64 tensor of Dims (b.shape) and names of i64 scalars, in order."""
+    if all(isinstance(d, Dim) for d in items):
+        return b.shape(items)
+    parts = [one(b, "Unsqueeze", d if isinstance(d, str) else b.dim(d), b.ints([0]))
+             for d in items]
+    return one(b, "Concat", *parts, axis=0)
 
 
 def _out_of_range(op: str) -> str:
