@@ -212,6 +212,7 @@ class OnnxBuilder:
             names = [self.fresh("branch") for _ in outputs]
             fill(names)
             scope = self.pop()
+            assert not scope.checks, "a check inside a branch would never be read"
             branches[key] = helper.make_graph(
                 scope.nodes, self.fresh(key), [],
                 [value_info(n, t) for n, t in zip(names, out_types, strict=True)],
