@@ -25,6 +25,7 @@ class CompiledModel:
     """A model ready to run: call it with numpy arrays (positional or by input name)."""
 
     target = "abstract"
+    pipeline = "native"  # the optimizer's pipeline for this target (passes.PIPELINES)
 
     def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
@@ -36,15 +37,18 @@ class CompiledModel:
         self.pass_stats: list = []  # what the optimizer did to the model (kiln.compiler.passes)
         self._variant = variant
         self._elaborated = {model.present: model}
-        self._lowered: dict[frozenset[str], ElaboratedModel] = {}
+        self._lowered: dict[tuple[frozenset[str], str], ElaboratedModel] = {}
 
     # ------------------------------------------------------------------ graphs
-    def lowered(self, present: frozenset[str] | None = None) -> ElaboratedModel:
-        """The model for this set of optional inputs, optimized with the current weights (the
-        graph every backend compiles; BatchNorm folding bakes weights into it, so it is redone
-        when weights change)."""
+    def lowered(self, present: frozenset[str] | None = None,
+                pipeline: str | None = None) -> ElaboratedModel:
+        """The model for this set of optional inputs, optimized with the current weights by
+        `pipeline` (default: this target's; "onnx" keeps every parameter an initializer) -
+        the graph a backend compiles; BatchNorm folding bakes weights into it, so it is redone
+        when weights change."""
         present = self.model.present if present is None else present
-        if present not in self._lowered:
+        pipeline = pipeline or self.pipeline
+        if (present, pipeline) not in self._lowered:
             model = self._elaborated.get(present)
             if model is None:
                 if self._variant is None:
@@ -55,11 +59,12 @@ class CompiledModel:
             from ..compiler.passes import optimize
 
             with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
-                graph, stats = optimize(model, self.opt_level, params=self.params)
-            if present == self.model.present:
+                graph, stats = optimize(model, self.opt_level, params=self.params,
+                                        pipeline=pipeline)
+            if present == self.model.present and pipeline == self.pipeline:
                 self.pass_stats = stats
-            self._lowered[present] = dataclasses.replace(model, graph=graph)
-        return self._lowered[present]
+            self._lowered[present, pipeline] = dataclasses.replace(model, graph=graph)
+        return self._lowered[present, pipeline]
 
     # ------------------------------------------------------------------ signature
     @property
@@ -114,10 +119,11 @@ class CompiledModel:
         return params
 
     def export_onnx(self, path) -> None:
-        """Write this model (with its current weights) as an ONNX file."""
+        """Write this model (with its current weights) as an ONNX file, every parameter an
+        initializer named by its dotted path."""
         from ..compiler.codegen import onnx as onnx_codegen
 
-        proto = onnx_codegen.export(self.lowered(), self.params)
+        proto = onnx_codegen.export(self.lowered(pipeline="onnx"), self.params)
         onnx_codegen.save(proto, path)
 
     def _weights_changed(self) -> None:

@@ -43,6 +43,7 @@ class OnnxModel(CompiledModel):
     """A model run by onnxruntime on its exported ONNX graph; `providers` says where."""
 
     target = "onnx"
+    pipeline = "onnx"
 
     def __init__(
         self,
@@ -63,14 +64,14 @@ class OnnxModel(CompiledModel):
 
             model = self.lowered(present)
             with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
-                proto = onnx_codegen.export(model, self.params)
+                proto, failures = onnx_codegen.export_checked(model, self.params)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
             session = ort.InferenceSession(
                 proto.SerializeToString(), options, providers=self.providers
             )
-            self._sessions[present] = (model, session)
+            self._sessions[present] = (model, session, failures)
         return self._sessions[present]
 
     def _weights_changed(self) -> None:
@@ -78,6 +79,21 @@ class OnnxModel(CompiledModel):
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        model, session = self._session(present)
-        feed = {p.name: arrays[p.name] for p in model.inputs}
-        return session.run([p.name for p in model.outputs], feed)
+        model, session, failures = self._session(present)
+        feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
+        names = [p.name for p in model.outputs]
+        checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]
+        results = session.run(names + checks, feed)
+        for count, (message, span) in zip(results[len(names):], failures, strict=True):
+            if count:
+                raise KilnError("K0505", message, span)
+        return results[:len(names)]
+
+
+def _normal(array: np.ndarray) -> np.ndarray:
+    """The array onnxruntime may be given: a bool whose byte is not 0 or 1 (made by a view of
+    bytes; true to numpy) becomes a 1, as the reference and native code read it; onnxruntime's
+    Not, Equal and Cast use the byte itself."""
+    if array.dtype == np.bool_ and array.size:
+        return array.view(np.uint8) != 0
+    return array

@@ -87,7 +87,57 @@ def compare(source, sizes_list, tmp_path, **kw):
     ref.export_onnx(path)
     proto = onnx.load(path)
     assert onnx_codegen.check(proto) == []
+    assert_parameters_named_by_path(ref, proto)
+    exported = run_file(path, feeds)
+    for w, g in zip(want, exported, strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
     return ref, proto
+
+
+def run_file(path, feeds: dict) -> list[np.ndarray]:
+    """The exported file run by onnxruntime alone (no kiln checks around it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _params_read(graph) -> set[str]:
+    """The paths of the parameters a kiln graph (and the graphs nested in it) reads."""
+    paths = set()
+    for nid in graph.order():
+        node = graph.node(nid)
+        if node["op"] == "param":
+            paths.add(node["attrs"]["path"])
+        for value in node["attrs"].values():
+            if hasattr(value, "order"):
+                paths |= _params_read(value)
+    return paths
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of an ONNX graph (or of its subgraphs) reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in (attr.g, *attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def assert_parameters_named_by_path(ref, proto: onnx.ModelProto) -> None:
+    """Every persistent parameter the forward reads is an initializer under its dotted path
+    (a tied one under its canonical path, once), and every initializer is read."""
+    initializers = [i.name for i in proto.graph.initializer]
+    assert len(initializers) == len(set(initializers))
+    read = _params_read(ref.model.graph)
+    for path in set(ref.state_dict()) & (read | set(ref.model.aliases)):
+        assert ref.model.aliases.get(path, path) in initializers, path
+    unused = set(initializers) - _names_read(proto.graph)
+    assert not unused, f"initializers nothing reads: {sorted(unused)}"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -114,9 +164,21 @@ def test_signature_names_dim_params_and_node_spans(tmp_path):
 
 
 def test_initializers_are_named_by_dotted_path(tmp_path):
+    """Every example's parameters are checked by compare; here, the ones a Linear transposes
+    and a BatchNorm reads, which the optimizer once folded into `const__N` initializers."""
     _, proto = compare(str(ROOT / "examples" / "lenet.kiln"), [{"B": 2}], tmp_path)
     names = {i.name for i in proto.graph.initializer}
-    assert {"features.0.weight", "classifier.4.bias"} <= names
+    assert {"features.0.weight", "classifier.0.weight", "classifier.4.bias"} <= names
+    bn = """
+model M {
+  conv = nn.Conv2d(1, 2, 3)
+  bn = nn.BatchNorm2d(2)
+  forward(x: f32[B, 1, 5, 5]) -> f32[B, 2, 3, 3] { return x |> conv |> bn }
+}"""
+    _, proto = compare("import std.nn\n" + bn, [{"B": 2}], tmp_path)
+    (node,) = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    assert list(node.input[1:]) == ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+    assert not any(i.name.startswith("const") for i in proto.graph.initializer)
 
 
 def test_weights_loaded_later_reach_the_onnx_session(tmp_path):

@@ -90,6 +90,10 @@ for op in ("floor_div", "mod"):
     for dtype in ("f32", "f16"):
         case(op, DIVIDEND.astype(NP[dtype]), DIVISOR.astype(NP[dtype]), id=f"{op}-edges-{dtype}")
     case(op, np.array(-7.5, np.float32), np.array([2.0, -2.0], np.float32), id=f"{op}-0d")
+    for dtype in ("i32", "i64"):  # numpy's answers where integer Div and Mod trap
+        low = np.iinfo(NP[dtype]).min
+        case(op, np.array([low, low, 7, -7, low, 0], NP[dtype]),
+             np.array([-1, 0, 0, 0, 1, -1], NP[dtype]), id=f"{op}-int-edges-{dtype}")
 NAN = np.array([np.nan, 1.0, np.nan, -np.inf], np.float32)
 for op in ("maximum", "minimum"):
     case(op, NAN, np.array([0.0, np.nan, np.nan, 2.0], np.float32), id=f"{op}-nan")
@@ -132,6 +136,12 @@ for op in ("argmax", "argmin"):
     for dtype in ("bf16", "f16", "i32", "i64", "bool"):
         case(op, rand(3, 4, dtype=dtype, low=-3, high=3), axis=1, id=f"{op}-{dtype}")
     case(op, rand(3, 4, dtype="bool"), id=f"{op}-bool-flat")
+# a NaN wins wherever it is (numpy); onnxruntime's reductions skip one that is not first
+NAN_ROWS = np.array([[1.0, np.nan, 5.0, np.nan], [3.0, 2.0, 1.0, 0.0]], np.float32)
+for op in ("max", "min", "argmax", "argmin"):
+    for axis in (None, 1, 0):
+        case(op, NAN_ROWS, axis=axis, id=f"{op}-nan-{axis}")
+    case(op, NAN_ROWS.astype(NP["bf16"]), axis=1, id=f"{op}-nan-bf16")
 for op in ("softmax", "log_softmax"):
     for axis in (0, 1, -1):
         case(op, rand(3, 4, 2, low=-5, high=5), axis=axis, id=f"{op}-{axis}")

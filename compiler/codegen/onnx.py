@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ class _Scope:
     nodes: list = field(default_factory=list)
     dims: dict = field(default_factory=dict)  # Dim -> name of its i64 scalar value
     infos: dict = field(default_factory=dict)  # value name -> kiln TensorType
+    checks: list = field(default_factory=list)  # (i64 count of failures, message, span)
 
 
 class OnnxBuilder:
@@ -64,8 +66,9 @@ class OnnxBuilder:
 
     opset = OPSET
 
-    def __init__(self, symbol_sources: dict[str, tuple[str, int]]):
+    def __init__(self, symbol_sources: dict[str, tuple[str, int]], checked: bool = False):
         self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
+        self.checked = checked  # whether run-time checks become outputs (see `check`)
         self.initializers: list[TensorProto] = []
         self.scopes: list[_Scope] = [_Scope()]
         self.params_done: set[str] = set()
@@ -171,6 +174,51 @@ class OnnxBuilder:
     def unsupported(self, message: str) -> KilnError:
         return KilnError("K0701", f"cannot express in ONNX: {message}", self.span)
 
+    # ---------------------------------------------------------------- run-time checks
+    def check(self, ok: str, message: str) -> None:
+        """Report `message` (K0505, at the node's source) where the bool tensor `ok` is false.
+
+        Only a checked export (the onnx target's own session) carries checks: each becomes an
+        output counting the failures, read by the runtime after the call, as native code's
+        status. An exported file leaves checking to the runtime that runs it."""
+        if self.checked:
+            (bad,) = self.node("Cast", [self.node("Not", [ok])[0]], 1, to=TensorProto.INT64)
+            self.counted(self.node("ReduceSum", [bad], 1, keepdims=0)[0], message, self.span)
+
+    def counted(self, count: str, message: str, span: Span | None) -> None:
+        """Record an i64 scalar counting the failures of one check."""
+        self.scopes[-1].checks.append((count, message, span))
+
+    def nonempty(self, size: Dim, outputs: list[str], out_types: list[TensorType],
+                 emit: Callable[[list[str]], Any]) -> None:
+        """`emit(outputs)`, which indexes an axis of `size`; in a checked export, where that
+        axis may be empty, only when it is not (every index then fails its check, and
+        onnxruntime would raise before the check is read): else the outputs are zeros."""
+        size = Dim.of(size)
+        if not self.checked or (size.is_const and size.value > 0):
+            emit(outputs)
+            return
+        positive = self.node("Greater", [self.dim(size), self.const(np.int64(0))])[0]
+
+        def zeros(names: list[str]) -> None:
+            for name, t in zip(names, out_types, strict=True):
+                wide = "f32" if t.dtype == "bf16" else t.dtype  # onnxruntime: no bf16 Expand
+                (full,) = self.node("Expand", [self.const(0, wide), self.shape(t.shape)])
+                self.node("Cast", [full], [name], to=ONNX_DTYPES[t.dtype])
+
+        branches = {}
+        for key, fill in (("then_branch", emit), ("else_branch", zeros)):
+            self.push()
+            names = [self.fresh("branch") for _ in outputs]
+            fill(names)
+            scope = self.pop()
+            assert not scope.checks, "a check inside a branch would never be read"
+            branches[key] = helper.make_graph(
+                scope.nodes, self.fresh(key), [],
+                [value_info(n, t) for n, t in zip(names, out_types, strict=True)],
+                value_info=[value_info(k, t) for k, t in scope.infos.items()])
+        self.node("If", [positive], outputs, **branches)
+
     # ---------------------------------------------------------------- bodies
     def push(self) -> None:
         self.scopes.append(_Scope())
@@ -195,17 +243,40 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 def export(model, params: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The ONNX ModelProto of an ElaboratedModel with the given parameter values."""
+    return _export(model, params, checked=False)[0]
+
+
+# the outputs of a checked export beyond the model's: failure counts, one per check
+FAILURE_OUTPUT = "kiln.failures.{}"
+
+
+def export_checked(model, params: dict[str, np.ndarray]
+                   ) -> tuple[onnx.ModelProto, list[tuple[str, Span | None]]]:
+    """The model as `export` gives it, with its run-time checks (indices in range): indices
+    out of range are replaced (by 0) so onnxruntime never raises on them, and each check adds
+    an output FAILURE_OUTPUT.format(k) counting its failures. Returns the proto and the
+    (message, span) of each check, to raise as K0505 after a call (as native code's status)."""
+    return _export(model, params, checked=True)
+
+
+def _export(model, params: dict[str, np.ndarray], checked: bool
+            ) -> tuple[onnx.ModelProto, list[tuple[str, Span | None]]]:
     graph = model.graph
     sources: dict[str, tuple[str, int]] = {}
     for port in model.inputs:
         for axis, d in enumerate(port.type.shape):
             if d.symbol is not None and d.symbol not in sources:
                 sources[d.symbol] = (port.name, axis)
-    b = OnnxBuilder(sources)
+    b = OnnxBuilder(sources, checked)
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
     inputs = [value_info(p.name, p.type) for p in model.inputs]
     outputs = [value_info(p.name, p.type) for p in model.outputs]
+    failures = []
+    for k, (count, message, span) in enumerate(b.scopes[0].checks):
+        b.node("Identity", [count], [FAILURE_OUTPUT.format(k)])
+        outputs.append(value_info(FAILURE_OUTPUT.format(k), TensorType("i64", ())))
+        failures.append((message, span))
     ports = {p.name for p in (*model.inputs, *model.outputs)}
     infos = [value_info(n, t) for n, t in b.scopes[0].infos.items() if n not in ports]
     onnx_graph = helper.make_graph(
@@ -218,7 +289,7 @@ def export(model, params: dict[str, np.ndarray]) -> onnx.ModelProto:
         doc_string=f"kiln model {model.name}",
     )
     proto.ir_version = IR_VERSION
-    return proto
+    return proto, failures
 
 
 def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
@@ -342,24 +413,29 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:
         b.node("Identity", [names[(value.node, value.index)]], [name])
     scope = b.pop()
     b.span = saved_span
+    for count, _, _ in scope.checks:  # a check in the body: its counts per step, scanned out
+        body_outputs.append(value_info(count, TensorType("i64", ())))
     infos = [value_info(k, t) for k, t in scope.infos.items()]
     g = helper.make_graph(
         scope.nodes, b.fresh("scan_body"), body_inputs, body_outputs, value_info=infos
     )
     n_emit = len(body.outputs) - n_carry
     emits_out, carries_out = n.outputs[:n_emit], n.outputs[n_emit:]
+    counts_out = [b.fresh("failures") for _ in scope.checks]
     direction = 1 if a["reverse"] else 0
     b.node(
         "Scan",
         [*carries_in, *seqs],
-        [*carries_out, *emits_out],
+        [*carries_out, *emits_out, *counts_out],
         body=g,
         num_scan_inputs=len(seqs),
         scan_input_axes=axes,
         scan_input_directions=[direction] * len(seqs),
-        scan_output_axes=[a["axis"]] * n_emit,
-        scan_output_directions=[direction] * n_emit,
+        scan_output_axes=[a["axis"]] * n_emit + [0] * len(counts_out),
+        scan_output_directions=[direction] * n_emit + [0] * len(counts_out),
     )
+    for counts, (_, message, span) in zip(counts_out, scope.checks, strict=True):
+        b.counted(b.node("ReduceSum", [counts], 1, keepdims=0)[0], message, span)
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -176,10 +176,28 @@ def _float_floor_div_onnx(b, n):
     b.node("Where", [by_zero, one(b, "Div", a, d), rounded], n.outputs)
 
 
+def _int_safe_divisor(b, n) -> tuple[str, str, str]:
+    """(b == 0, b == -1, b with both replaced by 1): integer Div and Mod by 0, or of MIN by
+    -1, trap (SIGFPE) or fail in a runtime; the results there are chosen after (numpy and
+    native code: x // 0 and x % 0 are 0, MIN // -1 wraps to MIN, x % -1 is 0)."""
+    d = n.inputs[1]
+    by_zero, by_minus_one = (one(b, "Equal", d, _const(b, n, v)) for v in (0, -1))
+    safe = one(b, "Where", one(b, "Or", by_zero, by_minus_one), _const(b, n, 1), d)
+    return by_zero, by_minus_one, safe
+
+
 def _int_floor_div_onnx(b, n):
     """(a - a mod b) / b: exact, and ONNX's integer Mod (fmod=0) floors as Python."""
-    a, d = n.inputs
-    b.node("Div", [one(b, "Sub", a, one(b, "Mod", a, d, fmod=0)), d], n.outputs)
+    a = n.inputs[0]
+    by_zero, by_minus_one, safe = _int_safe_divisor(b, n)
+    quotient = one(b, "Div", one(b, "Sub", a, one(b, "Mod", a, safe, fmod=0)), safe)
+    quotient = one(b, "Where", by_zero, _const(b, n, 0), quotient)
+    b.node("Where", [by_minus_one, one(b, "Neg", a), quotient], n.outputs)
+
+
+def _int_mod_onnx(b, n):
+    """ONNX's integer Mod (fmod=0) floors as Python; x % 0 is Mod(x, 1), 0."""
+    b.node("Mod", [n.inputs[0], _int_safe_divisor(b, n)[2]], n.outputs, fmod=0)
 
 
 def _compare(op_type: str, negate: bool = False):
@@ -418,7 +436,7 @@ register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
                 onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx),
                 llvm=_divmod_llvm(0)))
 register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
-                onnx=by_kind(widened(_float_mod_onnx), int=onnx_op("Mod", fmod=0)),
+                onnx=by_kind(widened(_float_mod_onnx), int=_int_mod_onnx),
                 llvm=_divmod_llvm(1)))
 register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow"), llvm=_pow_llvm))
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,

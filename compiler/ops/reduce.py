@@ -16,6 +16,7 @@ from ._common import (
     HALF_UP,
     INTS,
     along_axis,
+    cast,
     normalize_axes,
     normalize_axis,
     one,
@@ -58,12 +59,14 @@ def _axes(b, n) -> str:
     return b.ints(normalize_axes(n.attrs["axis"], n.in_types[0].rank))
 
 
-def _reduce_onnx(op_type: str, table: dict[str, str] = HALF_UP):
-    def emit(b, n):
-        b.node(op_type, [n.inputs[0], _axes(b, n)], n.outputs,
-               keepdims=int(bool(n.attrs["keepdims"])), noop_with_empty_axes=1)
+def _reduce(b, n, op_type: str, x: str, outputs: list[str] | int = 1) -> str:
+    """One ONNX reduction of x over the node's axes, with its keepdims."""
+    return b.node(op_type, [x, _axes(b, n)], outputs, keepdims=int(bool(n.attrs["keepdims"])),
+                  noop_with_empty_axes=1)[0]
 
-    return widened(emit, table)
+
+def _reduce_onnx(op_type: str, table: dict[str, str] = HALF_UP):
+    return widened(lambda b, n: _reduce(b, n, op_type, n.inputs[0], n.outputs), table)
 
 
 # sums and products of bool or integers count in i64 (as the reference); opset 18 has no bool
@@ -72,17 +75,48 @@ _WIDEN_TO_I64 = {**HALF_UP, "bool": "i64", "i32": "i64"}
 _BOOL_AS_I32 = {**HALF_UP, "bool": "i32"}
 
 
+def _nan_mask(b, x: str) -> str:
+    """1 (i32) where x is NaN, else 0: what onnxruntime's ReduceMax/ArgMax can fold."""
+    return cast(b, one(b, "IsNaN", x), "i32")
+
+
+def _extreme_onnx(op_type: str):
+    """ReduceMax/ReduceMin; a float reduction meeting a NaN is NaN (numpy), where
+    onnxruntime skips a NaN that does not come first."""
+
+    def emit(b, n):
+        (x,), dtype = n.inputs, n.in_types[0].dtype
+        if dtype not in FLOATS:
+            _reduce(b, n, op_type, x, n.outputs)
+            return
+        has_nan = cast(b, _reduce(b, n, "ReduceMax", _nan_mask(b, x)), "bool")
+        b.node("Where", [has_nan, b.const(np.nan, dtype), _reduce(b, n, op_type, x)], n.outputs)
+
+    return widened(emit, _BOOL_AS_I32)
+
+
 def _arg_onnx(op_type: str):
-    """ArgMax/ArgMin taking the first of ties; with axis None, of the flattened tensor."""
+    """ArgMax/ArgMin taking the first of ties; with axis None, of the flattened tensor. In
+    floats the first NaN wins (numpy), which onnxruntime skips: ArgMax of the NaN mask finds
+    it."""
+
+    def first(b, x: str, axis: int, keep: int, float_: bool, outputs) -> str:
+        (index,) = b.node(op_type, [x], 1 if float_ else outputs, axis=axis, keepdims=keep,
+                          select_last_index=0)
+        if not float_:
+            return index
+        mask = _nan_mask(b, x)
+        first_nan = one(b, "ArgMax", mask, axis=axis, keepdims=keep, select_last_index=0)
+        has_nan = cast(b, one(b, "ReduceMax", mask, b.ints([axis]), keepdims=keep), "bool")
+        return b.node("Where", [has_nan, first_nan, index], outputs)[0]
 
     def emit(b, n):
         (x,), a, rank = n.inputs, n.attrs, n.in_types[0].rank
-        keep = int(bool(a["keepdims"]))
+        keep, float_ = int(bool(a["keepdims"])), n.in_types[0].dtype in FLOATS
         if a["axis"] is not None:
-            b.node(op_type, [x], n.outputs, axis=normalize_axis(a["axis"], rank), keepdims=keep,
-                   select_last_index=0)
+            first(b, x, normalize_axis(a["axis"], rank), keep, float_, n.outputs)
             return
-        index = one(b, op_type, one(b, "Reshape", x, b.ints([-1])), axis=0, keepdims=0)
+        index = first(b, one(b, "Reshape", x, b.ints([-1])), 0, 0, float_, 1)
         b.node("Reshape", [index, b.ints([1] * rank if keep else [])], n.outputs)
 
     return widened(emit, {**BF16_UP, "bool": "i32"})
@@ -199,10 +233,10 @@ register(reduction("sum", np.sum, "Sum over axis (None = every axis).", dtypes=A
 register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
                    onnx=_reduce_onnx("ReduceMean"), llvm=_mean_llvm))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
-                   onnx=_reduce_onnx("ReduceMax", _BOOL_AS_I32),
+                   onnx=_extreme_onnx("ReduceMax"),
                    llvm=_fold_llvm("maximum", "lowest")))
 register(reduction("min", np.min, "Minimum over axis.", dtypes=ALL_DTYPES,
-                   onnx=_reduce_onnx("ReduceMin", _BOOL_AS_I32),
+                   onnx=_extreme_onnx("ReduceMin"),
                    llvm=_fold_llvm("minimum", "highest")))
 register(reduction("prod", np.prod, "Product over axis.", dtypes=ALL_DTYPES,
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceProd", _WIDEN_TO_I64),

@@ -491,12 +491,20 @@ def _slice_bounds(e) -> tuple[Dim, Dim, int] | None:
 
 def _slice_onnx(b, n):
     """One Slice over every indexed or ranged axis (symbolic bounds at run time), then Squeeze
-    of the indexed axes and Unsqueeze of the new ones."""
-    sliced, dropped, new, position = [], [], [], 0
-    for e, axis in _slice_entries(n.in_types[0].shape, n.attrs["items"]):
+    of the indexed axes and Unsqueeze of the new ones. An index whose value or axis is known
+    only at run time is taken from the end when negative, and in a checked export (b.check)
+    reported when out of range, as native code does (onnxruntime's Slice would clamp it and
+    its Squeeze fail)."""
+    shape = n.in_types[0].shape
+    sliced, dropped, new, position, indexed = [], [], [], 0, []
+    for e, axis in _slice_entries(shape, n.attrs["items"]):
         if e[0] == "new":
             new.append(position)
         elif (bounds := _slice_bounds(e)) is not None:
+            i = bounds[0]
+            if e[0] == "int" and (not i.is_const or (b.checked and not shape[axis].is_const)):
+                bounds = (*_run_time_index(b, i, shape[axis]), 1)
+                indexed.append(shape[axis])
             sliced.append((axis, *bounds))
         if e[0] == "int":
             dropped.append(axis)
@@ -505,11 +513,43 @@ def _slice_onnx(b, n):
     steps = []
     if sliced:
         axes, starts, stops, strides = zip(*sliced, strict=True)
-        bounds = [b.shape(starts), b.shape(stops), b.ints(axes), b.ints(strides)]
+        bounds = [_sizes(b, starts), _sizes(b, stops), b.ints(axes), b.ints(strides)]
         steps.append(("Slice", bounds))
     steps += [("Squeeze", [b.ints(dropped)])] if dropped else []
     steps += [("Unsqueeze", [b.ints(new)])] if new else []
-    chain(b, n.inputs[0], steps, n.outputs)
+    b.nonempty(prod(indexed), n.outputs, n.out_types,
+               lambda outs: chain(b, n.inputs[0], steps, outs))
+
+
+def _run_time_index(b, index: Dim, size: Dim) -> tuple[str, str]:
+    """(start, stop) names of the one element at `index` of an axis of `size` (negative counts
+    from the end); checked (replaced by 0 when out of range) in a checked export."""
+    zero = b.const(np.int64(0))
+    i, size = b.dim(index), b.dim(size)
+    i = one(b, "Where", one(b, "Less", i, zero), one(b, "Add", i, size), i)
+    if b.checked:
+        ok = one(b, "And", one(b, "GreaterOrEqual", i, zero), one(b, "Less", i, size))
+        b.check(ok, _out_of_range("slice"))
+        i = one(b, "Where", ok, i, zero)
+    return i, one(b, "Add", i, b.const(np.int64(1)))
+
+
+def _sizes(b, items) -> str:
+    """A 1-D i64 tensor of Dims (b.shape) and names of i64 scalars, in order."""
+    if all(isinstance(d, Dim) for d in items):
+        return b.shape(items)
+    parts = [one(b, "Unsqueeze", d if isinstance(d, str) else b.dim(d), b.ints([0]))
+             for d in items]
+    return one(b, "Concat", *parts, axis=0)
+
+
+def _out_of_range(op: str) -> str:
+    """What native code and the onnx target report (K0505) for an index out of range."""
+    return f"{op}: an index is out of range for an axis of its input"
+
+
+_SCATTER_OUT_OF_RANGE = "scatter: an index is out of range for the result's axis"
+_CLASS_OUT_OF_RANGE = "one_hot: a class is out of range [0, num_classes)"
 
 
 def _index_in(kb, i, size, op: str = "gather"):
@@ -517,8 +557,7 @@ def _index_in(kb, i, size, op: str = "gather"):
     range is reported (K0505, as the reference does) and clamped, so nothing is read outside x."""
     i = kb.convert(i, "i64")
     low = kb.compare(">=", i, kb.neg(size))
-    kb.check(kb.b.and_(low, kb.compare("<", i, size)),
-             f"{op}: an index is out of range for an axis of its input")
+    kb.check(kb.b.and_(low, kb.compare("<", i, size)), _out_of_range(op))
     i = kb.select(kb.compare("<", i, kb.const(0, "i64")), kb.add(i, size), i)
     return kb.minimum(kb.maximum(i, kb.const(0, "i64")), kb.sub(size, kb.const(1, "i64")))
 
@@ -717,16 +756,48 @@ def _take_along(inputs, a):
     return np.take_along_axis(x, index, axis=axis)
 
 
+def _checked_index(b, index: str, dtype: str, size: Dim, message: str) -> str:
+    """An index tensor as onnxruntime may be given it: in a checked export (b.check), each
+    index outside [-size, size) is reported and replaced by 0, so onnxruntime never raises
+    on it (nor reads outside); otherwise the index as it is (ONNX takes negative ones from
+    the end, as numpy)."""
+    if not b.checked:
+        return index
+    i = index if dtype == "i64" else cast(b, index, "i64")
+    size = b.dim(size)
+    ok = one(b, "And", one(b, "GreaterOrEqual", i, one(b, "Neg", size)), one(b, "Less", i, size))
+    b.check(ok, message)
+    return one(b, "Where", ok, i, b.const(np.int64(0)))
+
+
+def _gather_onnx(b, n):
+    (x, index), (xt, it) = n.inputs, n.in_types
+    axis = normalize_axis(n.attrs["axis"], xt.rank)
+    index = _checked_index(b, index, it.dtype, xt.shape[axis], _out_of_range("gather"))
+    b.nonempty(xt.shape[axis], n.outputs, n.out_types,
+               lambda outs: b.node("Gather", [x, index], outs, axis=axis))
+
+
 def _take_along_onnx(b, n):
     """GatherElements, once x and index are broadcast against each other off axis (numpy)."""
     (x, index), (xt, it), out = n.inputs, n.in_types, n.out_types[0].shape
     axis = normalize_axis(n.attrs["axis"], max(xt.rank, 1))
+    index = _checked_index(b, index, it.dtype, xt.shape[axis], _out_of_range("take_along_axis"))
     source = out[:axis] + xt.shape[axis:axis + 1] + out[axis + 1:]
     if xt.shape != source:
         x = one(b, "Expand", x, b.shape(source))
     if it.shape != out:
         index = one(b, "Expand", index, b.shape(out))
-    b.node("GatherElements", [x, index], n.outputs, axis=axis)
+    b.nonempty(xt.shape[axis], n.outputs, n.out_types,
+               lambda outs: b.node("GatherElements", [x, index], outs, axis=axis))
+
+
+def _check_nonempty(kb, size, count, op: str) -> None:
+    """Any of `count` indices into an empty axis is out of range (reported as by _index_in,
+    whose loop does not run there)."""
+    zero = kb.const(0, "i64")
+    kb.check(kb.b.or_(kb.compare(">", size, zero), kb.compare("==", count, zero)),
+             _out_of_range(op))
 
 
 def _gather_llvm(kb, n):
@@ -737,6 +808,7 @@ def _gather_llvm(kb, n):
     x, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((x_t, i_t, out_t)))
     size, count = kb.dim(x_t.shape[axis]), kb.numel(i_t.shape)
     inner = kb.numel(x_t.shape[axis + 1:])
+    _check_nonempty(kb, size, count, "gather")
     with kb.b.if_then(kb.compare(">", size, kb.const(0, "i64"))):
         with kb.for_range(kb.numel(x_t.shape[:axis])) as o:
             with kb.for_range(count) as k:
@@ -764,15 +836,14 @@ def _take_along_llvm(kb, n):
         source = kb.dot([i if k == axis else a for k, a in enumerate(at)], x_strides)
         kb.move(out, kb.dot(at, out_strides), x, source)
 
+    _check_nonempty(kb, size, kb.numel(out_t.shape), "take_along_axis")
     with kb.b.if_then(kb.compare(">", size, kb.const(0, "i64"))):
         kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
 
 
-# ONNX's Gather and GatherElements take negative indices from the end, as numpy
 register(simple("gather", "Pick slices of x along axis by index (numpy take).",
                 tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather,
-                onnx=lambda b, n: b.node("Gather", n.inputs, n.outputs, axis=normalize_axis(
-                    n.attrs["axis"], n.in_types[0].rank)), llvm=_gather_llvm))
+                onnx=_gather_onnx, llvm=_gather_llvm))
 register(simple("take_along_axis", "Pick elements of x along axis, index matched per position.",
                 tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along,
                 onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,)), llvm=_take_along_llvm))
@@ -823,7 +894,7 @@ def _scatter_llvm(kb, n, mode: str):
         i = kb.convert(kb.load(index, j if i_t.rank == 1 else at, i_t.dtype), "i64")
         i = kb.select(kb.compare("<", i, zero), kb.add(i, size), i)
         inside = kb.b.and_(kb.compare(">=", i, zero), kb.compare("<", i, size))
-        kb.check(inside, "scatter: an index is out of range for the result's axis")
+        kb.check(inside, _SCATTER_OUT_OF_RANGE)
         with kb.b.if_then(inside):
             to = kb.add(kb.mul(kb.add(kb.mul(o, size), i), inner), r)
             slot, tally = kb.b.gep(folded, [to]), kb.b.gep(count, [to])
@@ -891,6 +962,8 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
         zero the segments nothing lands in."""
         (src, index), (st, it), out = n.inputs, n.in_types, n.out_types[0]
         axis, mode, dtype = normalize_axis(n.attrs["axis"], st.rank), mode_of(n.attrs), st.dtype
+        size = to_dim(n.attrs["size"], "size")
+        index = _checked_index(b, index, it.dtype, size, _SCATTER_OUT_OF_RANGE)
         src_shape = one(b, "Shape", src)
         if it.rank < st.rank:
             lined_up = b.ints([-1 if i == axis else 1 for i in range(st.rank)])
@@ -900,18 +973,21 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
             return b.node("ScatterElements", [full_of(b, out.shape, start, dtype), index, updates],
                           outputs, axis=axis, reduction=reduction)[0]
 
-        if mode == "sum":
-            scatter(0, src, "add", outputs=n.outputs)
-            return
-        ones = one(b, "Expand", b.const(1, "i64"), src_shape)
-        count = scatter(0, ones, "add", "i64")
-        if mode == "mean":
-            divisor = cast(b, one(b, "Max", count, b.const(1, "i64")), dtype)
-            b.node("Div", [scatter(0, src, "add"), divisor], n.outputs)
-            return
-        folded = scatter(_scatter_start(mode, dtype), src, _ONNX_REDUCTION[mode])
-        landed = one(b, "Greater", count, b.const(0, "i64"))
-        b.node("Where", [landed, folded, b.const(0, dtype)], n.outputs)
+        def fold(outputs):
+            if mode == "sum":
+                scatter(0, src, "add", outputs=outputs)
+                return
+            ones = one(b, "Expand", b.const(1, "i64"), src_shape)
+            count = scatter(0, ones, "add", "i64")
+            if mode == "mean":
+                divisor = cast(b, one(b, "Max", count, b.const(1, "i64")), dtype)
+                b.node("Div", [scatter(0, src, "add"), divisor], outputs)
+                return
+            folded = scatter(_scatter_start(mode, dtype), src, _ONNX_REDUCTION[mode])
+            landed = one(b, "Greater", count, b.const(0, "i64"))
+            b.node("Where", [landed, folded, b.const(0, dtype)], outputs)
+
+        b.nonempty(size, n.outputs, n.out_types, fold)
 
     def lower(kb, n):
         _scatter_llvm(kb, n, mode_of(n.attrs))
@@ -1056,10 +1132,14 @@ def _one_hot(inputs, a):
 
 def _one_hot_onnx(b, n):
     """x[..., None] == arange(num_classes), cast (ONNX's OneHot would take negative classes
-    from the end)."""
+    from the end); a class out of range is reported (b.check) as native code does."""
     depth = b.dim(to_dim(n.attrs["num_classes"], "num_classes"))
     classes = one(b, "Range", b.dim(0), depth, b.dim(1))
-    x = one(b, "Unsqueeze", cast(b, n.inputs[0], "i64"), b.ints([-1]))
+    x = cast(b, n.inputs[0], "i64")
+    if b.checked:
+        b.check(one(b, "And", one(b, "GreaterOrEqual", x, b.dim(0)), one(b, "Less", x, depth)),
+                _CLASS_OUT_OF_RANGE)
+    x = one(b, "Unsqueeze", x, b.ints([-1]))
     cast(b, one(b, "Equal", x, classes), n.out_types[0].dtype, n.outputs[0])
 
 
@@ -1074,7 +1154,7 @@ def _one_hot_llvm(kb, n):
         label = kb.convert(kb.load(x, k, x_t.dtype), "i64")
         inside = kb.b.and_(kb.compare(">=", label, kb.const(0, "i64")),
                            kb.compare("<", label, classes))
-        kb.check(inside, "one_hot: a class is out of range [0, num_classes)")
+        kb.check(inside, _CLASS_OUT_OF_RANGE)
         with kb.for_range(classes) as c:
             hot = kb.select(kb.compare("==", label, c), one, zero)
             kb.b.store(hot, kb.b.gep(out, [kb.add(kb.mul(k, classes), c)]))

@@ -19,13 +19,15 @@ from .hoist import hoist_scan_invariants
 from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .memory import plan_memory
-from .pipeline import PASSES, PIPELINE, optimize, run_passes
+from .pipeline import ONNX_PIPELINE, PASSES, PIPELINE, PIPELINES, optimize, run_passes
 from .simplify import RULES, simplify
 from .verify import check_types, verify
 
 __all__ = [
+    "ONNX_PIPELINE",
     "PASSES",
     "PIPELINE",
+    "PIPELINES",
     "RULES",
     "IRError",
     "Pass",

@@ -46,6 +46,14 @@ PIPELINE: list[Pass] = [
     check_types, fold_constants, simplify, hoist_scan_invariants, fold_batch_norm,
     fold_weight_layout, cse, dce, conv_layout, fuse, plan_memory,
 ]
+# The ONNX target's pipeline: what simplifies the graph itself, without the native backend's
+# choices. Parameters stay parameters, so every one is an initializer named by its dotted
+# path: no weight is folded into a new constant (fold_batch_norm, fold_weight_layout; a
+# BatchNorm stays a BatchNormalization node, a weight.T a Transpose, which onnxruntime folds
+# itself), and no weight layout, fused kernel or memory plan is made for native code
+# (conv_layout, fuse, plan_memory: onnxruntime makes its own). Orders as PIPELINE.
+ONNX_PIPELINE: list[Pass] = [check_types, fold_constants, simplify, hoist_scan_invariants, cse, dce]
+PIPELINES: dict[str, list[Pass]] = {"native": PIPELINE, "onnx": ONNX_PIPELINE}
 PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 
 
@@ -55,11 +63,14 @@ def optimize(
     verify: bool = False,
     passes: list[str | Pass] | None = None,
     params: dict[str, np.ndarray] | None = None,
+    pipeline: str = "native",
 ) -> tuple[Graph, list[PassStats]]:
     """Optimize a copy of a graph (or of an ElaboratedModel's graph); the input is unchanged.
 
-    `level` runs the PIPELINE's passes of that level or lower (0: none; every pass today is
-    level 1); `passes` picks passes (names or Pass values) to run in the order given instead.
+    `level` runs the passes of that level or lower (0: none; every pass today is level 1) of
+    PIPELINES[pipeline]: "native" (PIPELINE, for native code and the reference) or "onnx"
+    (ONNX_PIPELINE); `passes` picks passes (names or Pass values) to run in the order given
+    instead.
     `params` (path -> array) lets passes that need parameter values (fold_batch_norm) run;
     without them they are skipped. `verify` checks the IR (structure and types) before the
     first pass and after each one, raising IRError that names the pass that broke it.
@@ -72,7 +83,7 @@ def optimize(
             raise ValueError(f"unknown pass {unknown[0]!r}; the passes are {', '.join(PASSES)}")
         chosen = [PASSES[p] if isinstance(p, str) else p for p in passes]
     else:
-        chosen = [p for p in PIPELINE if p.level <= level]
+        chosen = [p for p in PIPELINES[pipeline] if p.level <= level]
     return run_passes(graph, chosen, params, verify)
 
 
