@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 from ..compiler.codegen.llvm import target as targets
@@ -25,12 +27,13 @@ from ..compiler.elaborate import ElaboratedModel, Port
 from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.ir import Constraint, Graph
-from ..compiler.types import TensorType
+from ..compiler.types import TensorType, dtype_of_numpy
 from .model import CompiledModel
-from .native import NativeModel, compile_object
+from .native import LoadedCode, NativeModel, compile_object
 from .version import __version__
 from .weights import load_weights, save_weights
 
+DIGEST_SYMBOL = "kiln_metadata_sha256"  # SHA-256 of the .kiln.json (metadata_digest)
 HEADER = """\
 /* {name}: compiled by kiln {version} for {cpu}. Generated; do not edit.
  *
@@ -46,6 +49,8 @@ HEADER = """\
 #include <stdint.h>
 
 int64_t kiln_plan(const int64_t *dims, int64_t *offsets);
+/* SHA-256 of the metadata in {stem}.kiln.json, canonically serialised (kiln checks it) */
+extern const uint8_t kiln_metadata_sha256[32];
 void kiln_set_threads(int64_t threads);  /* parallelism of the kernels that split (default 1) */
 /* worker threads start on the first parallel call and sleep between calls; kiln_shutdown
    stops and joins them (call it before dlclose; a later call starts them again) */
@@ -71,7 +76,21 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
             "(the JIT needs no system compiler)",
         )
     folded = sum(st.changes.get("folded", 0) for st in stats if st.name == "fold_batch_norm")
-    obj, layout, _machine = compile_object(model, cpu, with_plan=True)
+    made: dict = {}
+
+    def stamp(layout: ModuleLayout) -> dict[str, bytes]:
+        """The library's arrays and metadata, whose digest the library carries (load_compiled
+        checks the files beside it against it)."""
+        made["weights"] = weights = _library_arrays(params, layout)
+        made["meta"] = meta = {
+            **_metadata(model, layout, cpu), "weights_folded": bool(folded),
+            "folded": sorted(layout.folded),  # constants made from weights: no new weights
+            "arrays": {name: {"dtype": dtype_of_numpy(a.dtype), "shape": list(a.shape)}
+                       for name, a in weights.items()},
+        }
+        return {DIGEST_SYMBOL: metadata_digest(meta)}
+
+    obj, layout, _machine = compile_object(model, cpu, with_plan=True, stamp=stamp)
     with tempfile.TemporaryDirectory() as tmp:
         obj_path = Path(tmp) / "model.o"
         obj_path.write_bytes(obj)
@@ -86,19 +105,30 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
         except OSError as exc:
             raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
     stem = path.with_suffix("")
-    weights = {**params, **layout.constants}
-    for name in layout.params:  # derived arrays too, so that a C caller finds every array
-        weights[name] = resolve(name, weights.__getitem__)
-    save_weights(f"{stem}.safetensors", weights)
-    meta = _metadata(model, layout, cpu)
-    meta["weights_folded"] = bool(folded)
-    Path(f"{stem}.kiln.json").write_text(json.dumps(meta, indent=1))
+    save_weights(f"{stem}.safetensors", made["weights"])
+    Path(f"{stem}.kiln.json").write_text(json.dumps(made["meta"], indent=1))
     signature = library_signature(model)
     Path(f"{stem}.h").write_text(HEADER.format(
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots), signature=signature,
     ))
     return [path, Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
+
+
+def _library_arrays(params: dict, layout: ModuleLayout) -> dict:
+    """Every array a library's code reads, by name: parameters, constants and the derived
+    arrays (so that a C caller finds every one in the .safetensors)."""
+    weights = {**params, **layout.constants}
+    for name in layout.params:
+        weights[name] = resolve(name, weights.__getitem__)
+    return weights
+
+
+def metadata_digest(meta: dict) -> bytes:
+    """SHA-256 of a library's metadata, canonically serialised (the JSON read back gives the
+    same digest as the dict it was written from)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()
 
 
 def _library_inputs(model: ElaboratedModel) -> list[Port]:
@@ -158,18 +188,59 @@ def _tensor(entry: dict) -> TensorType:
     return TensorType(entry["dtype"], tuple(parse_dim(d) for d in entry["shape"]))
 
 
+_LOADED: weakref.WeakValueDictionary[int, LoadedCode] = weakref.WeakValueDictionary()
+META_LIMIT = 64 << 20  # bytes of .kiln.json read at most (a real one is far smaller)
+
+
+def _refuse(stem: Path, what: str) -> KilnError:
+    return KilnError("K0403", f"{stem.name}.kiln.json and {stem.name}.safetensors must be the "
+                     f"ones written with {stem.name}.so: {what}",
+                     hint="rebuild the library: kiln compile FILE --target native -o model.so")
+
+
+def _read_metadata(stem: Path) -> dict:
+    where = Path(f"{stem}.kiln.json")
+    try:
+        with open(where, "rb") as f:
+            if not os.path.isfile(where):
+                raise OSError("not a regular file")
+            text = f.read(META_LIMIT + 1)
+        if len(text) > META_LIMIT:
+            raise ValueError(f"larger than {META_LIMIT} bytes")
+        meta = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise KilnError("K0403", f"cannot read {where.name} beside {stem.name}.so: {exc}"
+                        ) from None
+    if not isinstance(meta, dict):
+        raise _refuse(stem, f"{where.name} is not a kiln library's metadata")
+    return meta
+
+
+def _check_arrays(stem: Path, meta: dict, stored: dict) -> None:
+    """Every array the library reads is in the .safetensors with the dtype and shape it was
+    built for: the code reads exactly that many bytes of each."""
+    for name, want in meta["arrays"].items():
+        if name not in stored:
+            raise _refuse(stem, f"the array `{name}` is missing")
+        got = stored[name]
+        if dtype_of_numpy(got.dtype) != want["dtype"] or list(got.shape) != want["shape"]:
+            raise _refuse(stem, f"the array `{name}` is {dtype_of_numpy(got.dtype) or got.dtype}"
+                          f"{list(got.shape)}, but the library was built for "
+                          f"{want['dtype']}{want['shape']}")
+
+
 def load_compiled(path: str | os.PathLike) -> NativeModel:
-    """A library written by `kiln compile --target native`, ready to call."""
+    """A library written by `kiln compile --target native`, ready to call. The files beside
+    it must be the ones written with it: the library carries a digest of its metadata (which
+    lists every array's dtype and shape), and anything else is refused (K0403)."""
     path = Path(path)
     stem = path.with_suffix("")
+    meta = _read_metadata(stem)
     try:
-        meta = json.loads(Path(f"{stem}.kiln.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise KilnError(
-            "K0403", f"cannot read {stem}.kiln.json beside {path.name}: {exc}"
-        ) from None
-    built = targets.Target(meta["cpu"], meta["features"])
-    missing = built.missing_on(targets.host())
+        built = targets.Target(meta["cpu"], meta["features"])
+        missing = built.missing_on(targets.host())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _refuse(stem, "its CPU and features are unreadable") from None
     if missing:
         raise KilnError(
             "K0704", f"{path.name} was built for {meta['cpu']} and needs CPU features this "
@@ -181,6 +252,34 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
         lib = ctypes.CDLL(str(path.resolve()))
     except OSError as exc:
         raise KilnError("K0403", f"cannot load {path}: {exc}") from None
+    try:
+        digest = bytes((ctypes.c_ubyte * 32).in_dll(lib, DIGEST_SYMBOL))
+    except ValueError:
+        raise _refuse(stem, f"{path.name} carries no digest of them (built by an older kiln)"
+                      ) from None
+    if digest != metadata_digest(meta):
+        raise _refuse(stem, f"{stem.name}.kiln.json differs from what {path.name} was built "
+                      "with")
+    stored = load_weights(f"{stem}.safetensors")
+    try:  # the metadata is the library's own from here on: its digest matched
+        _check_arrays(stem, meta, stored)
+        model, layout = _model_and_layout(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _refuse(stem, f"its metadata is incomplete ({exc})") from None
+    layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
+    params = {k: v for k, v in stored.items() if k in model.params}
+    entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
+    # the same file loaded twice is one library (one set of worker threads): its models
+    # share one LoadedCode, which stops the workers when the last of them goes
+    code = _LOADED.get(lib._handle)
+    if code is None:
+        code = _LOADED[lib._handle] = LoadedCode(library=lib)
+    return NativeModel.from_library(model, params, layout, lib, entry, built, code)
+
+
+def _model_and_layout(meta: dict) -> tuple[ElaboratedModel, ModuleLayout]:
+    """The model (signature, parameters, constraints) and memory layout a library was built
+    with, from its metadata."""
     inputs = [Port(e["name"], _tensor(e)) for e in meta["inputs"]]
     outputs = [Port(e["name"], _tensor(e)) for e in meta["outputs"]]
     graph = Graph()
@@ -193,13 +292,9 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
     layout = ModuleLayout(symbols=meta["symbols"], params=meta["params"])
     layout.slots = [(_tensor(s), s["born"], s["dies"]) for s in meta["slots"]]
     layout.failures = [(m if where is None else f"{m} (at {where})", None)
-                       for m, where in meta.get("failures", [])]
-    stored = load_weights(f"{stem}.safetensors")
-    layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
-    params = {k: v for k, v in stored.items() if k in infos}
-    entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
-    return NativeModel.from_library(model, params, layout, lib, entry, built,
-                                    meta.get("weights_folded", False))
+                       for m, where in meta["failures"]]
+    layout.folded = set(meta["folded"])
+    return model, layout
 
 
 __all__ = ["write_library", "load_compiled", "parse_dim", "library_signature"]

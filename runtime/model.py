@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,29 @@ from .weights import load_weights, match_weights, save_weights
 _WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32")}
 
 
+@dataclasses.dataclass
+class Weights:
+    """One set of parameter values and everything a backend made from them (optimized graphs,
+    compiled variants, sessions). Calls take the model's current one and use it from start to
+    end; `load_weights` publishes a new one whole instead of editing it, so a call in flight
+    never sees half of a change, and the old one (with its code) lives as long as a call uses
+    it. Tables only grow, under the model's lock (`CompiledModel.once`)."""
+
+    params: dict[str, np.ndarray]
+    # optimized graphs by (optional inputs, pipeline)
+    lowered: dict[tuple, ElaboratedModel] = dataclasses.field(default_factory=dict)
+    built: dict = dataclasses.field(default_factory=dict)  # the backend's, by optional inputs
+
+
+def read_only(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays as read-only views: what a model runs with cannot be edited in place."""
+    def frozen(a: np.ndarray) -> np.ndarray:
+        view = np.asarray(a).view()
+        view.flags.writeable = False
+        return view
+
+    return {path: frozen(a) for path, a in params.items()}
+
 
 class CompiledModel:
     """A model ready to run: call it with numpy arrays (positional or by input name)."""
@@ -32,39 +57,65 @@ class CompiledModel:
                  opt_level: int = 1):
         self.model = model
         self.name = model.name
-        self.params: dict[str, np.ndarray] = params
         self.opt_level = opt_level
         self.pass_stats: list = []  # what the optimizer did to the model (kiln.compiler.passes)
         self._variant = variant
         self._elaborated = {model.present: model}
-        self._lowered: dict[tuple[frozenset[str], str], ElaboratedModel] = {}
+        # serialises building (a variant, a graph, a session) and swapping weights; calls
+        # never take it once what they need is built. Reentrant: builds nest.
+        self._lock = threading.RLock()
+        self._state = Weights(read_only(params))
+
+    @property
+    def params(self) -> Mapping[str, np.ndarray]:
+        """Every parameter and buffer by path, read-only (load_weights changes them)."""
+        return MappingProxyType(self._state.params)
+
+    def once(self, table: dict, key, make: Callable[[], Any]):
+        """table[key], made by `make()` the first time: one build however many threads ask."""
+        value = table.get(key)
+        if value is None:
+            with self._lock:
+                value = table.get(key)
+                if value is None:
+                    value = table[key] = make()
+        return value
 
     # ------------------------------------------------------------------ graphs
     def lowered(self, present: frozenset[str] | None = None,
                 pipeline: str | None = None) -> ElaboratedModel:
         """The model for this set of optional inputs, optimized with the current weights by
         `pipeline` (default: this target's; "onnx" keeps every parameter an initializer) -
-        the graph a backend compiles; BatchNorm folding bakes weights into it, so it is redone
-        when weights change."""
+        the graph a backend compiles."""
+        return self.lower(self._state, present, pipeline)
+
+    def lower(self, state: Weights, present: frozenset[str] | None = None,
+              pipeline: str | None = None) -> ElaboratedModel:
+        """The model for this set of optional inputs optimized by `pipeline` with the weights
+        of `state`, made once per state (new weights are a new state)."""
         present = self.model.present if present is None else present
         pipeline = pipeline or self.pipeline
-        if (present, pipeline) not in self._lowered:
-            model = self._elaborated.get(present)
-            if model is None:
-                if self._variant is None:
-                    raise KilnError("K0501", "this model was built with every optional input "
-                                    "given", hint="pass every optional input")
-                model = self._elaborated[present] = self._variant(present)
-            from ..compiler import progress
-            from ..compiler.passes import optimize
+        return self.once(state.lowered, (present, pipeline),
+                         lambda: self._optimized(state, present, pipeline))
 
-            with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
-                graph, stats = optimize(model, self.opt_level, params=self.params,
-                                        pipeline=pipeline)
-            if present == self.model.present and pipeline == self.pipeline:
-                self.pass_stats = stats
-            self._lowered[present, pipeline] = dataclasses.replace(model, graph=graph)
-        return self._lowered[present, pipeline]
+    def _optimized(self, state: Weights, present: frozenset[str], pipeline: str
+                   ) -> ElaboratedModel:
+        model = self.once(self._elaborated, present, lambda: self._elaborate(present))
+        from ..compiler import progress
+        from ..compiler.passes import optimize
+
+        with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
+            graph, stats = optimize(model, self.opt_level, params=state.params,
+                                    pipeline=pipeline)
+        if present == self.model.present and pipeline == self.pipeline:
+            self.pass_stats = stats
+        return dataclasses.replace(model, graph=graph)
+
+    def _elaborate(self, present: frozenset[str]) -> ElaboratedModel:
+        if self._variant is None:
+            raise KilnError("K0501", "this model was built with every optional input given",
+                            hint="pass every optional input")
+        return self._variant(present)
 
     # ------------------------------------------------------------------ signature
     @property
@@ -85,7 +136,10 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Persistent parameters and buffers by dotted path; a tied tensor under both names."""
+        """Persistent parameters and buffers by dotted path; a tied tensor under both names.
+
+        The arrays are read-only views of what the model runs with: to change weights, edit
+        copies and load them (`load_weights`), which every target then uses alike."""
         out = {p: a for p, a in self.params.items() if self.model.params[p].persistent}
         for alias, canonical in self.model.aliases.items():
             if canonical in out:
@@ -99,11 +153,16 @@ class CompiledModel:
     def load_weights(self, path_or_dict, strict: bool = True) -> None:
         """Load weights by dotted path; every missing, unexpected or mis-shaped key is reported.
 
-        Nothing changes unless the whole file matches.
+        All or nothing: unless the whole file matches and the model can take it, nothing
+        changes. Safe while other threads call the model: a call runs with the old weights or
+        the new ones, never a mix. New weights need no new machine code (weights are data:
+        arrays derived from them, such as weight.T or a folded BatchNorm, are remade); only a
+        native model with weights folded past remaking (a BatchNorm whose statistics are
+        constants, not parameters) optimizes its graph again, its code from the compile cache.
         """
-        self.params = self.with_weights(path_or_dict, strict)
-        self._lowered.clear()
-        self._weights_changed()
+        params = read_only(self.with_weights(path_or_dict, strict))
+        with self._lock:
+            self._state = self._rebound(self._state, params)  # raises before any change
 
     def with_weights(self, path_or_dict, strict: bool = True) -> dict[str, np.ndarray]:
         """The parameters with a weights file (or dict) applied; self is not changed."""
@@ -115,7 +174,7 @@ class CompiledModel:
         matched = match_weights(expected, found, self.model.aliases, strict, source)
         params = dict(self.params)
         for path, array in matched.items():
-            params[path] = np.asarray(array, order="C")
+            params[path] = array  # match_weights' own copy: the caller's array stays theirs
         return params
 
     def export_onnx(self, path) -> None:
@@ -123,11 +182,14 @@ class CompiledModel:
         initializer named by its dotted path."""
         from ..compiler.codegen import onnx as onnx_codegen
 
-        proto = onnx_codegen.export(self.lowered(pipeline="onnx"), self.params)
+        state = self._state
+        proto = onnx_codegen.export(self.lower(state, pipeline="onnx"), state.params)
         onnx_codegen.save(proto, path)
 
-    def _weights_changed(self) -> None:
-        """Hook for backends that copy parameters into buffers of their own."""
+    def _rebound(self, old: Weights, params: dict[str, np.ndarray]) -> Weights:
+        """The state for new weights (called under the lock; raising changes nothing). By
+        default everything is made again from the new values when first needed."""
+        return Weights(params)
 
     # ------------------------------------------------------------------ calls
     def bind_inputs(

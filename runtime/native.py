@@ -10,27 +10,97 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir
 
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.derived import resolve
-from ..compiler.codegen.llvm.module import build_module, ir_text, plan_memory
+from ..compiler.codegen.llvm.derived import remakeable, resolve
+from ..compiler.codegen.llvm.module import ModuleLayout, build_module, ir_text, plan_memory
 from ..compiler.dims import Dim
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
 from . import cache
-from .model import CompiledModel
+from .model import CompiledModel, Weights
 from .version import __version__
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
 _NONE: frozenset[str] = frozenset()
 
 
+# JIT engines by the LoadedCode that owns them. Held here, not by the LoadedCode itself: a
+# model garbage-collected as part of a reference cycle would otherwise have its engine (whose
+# own finalizer frees the code) finalized before the LoadedCode, which then calls freed code.
+_ENGINES: dict[int, object] = {}
+
+
+class LoadedCode:
+    """Loaded machine code (a JIT engine or a shared library) and the worker threads it
+    starts. Every call holds a reference to the code it runs, so when the last reference goes
+    no call can be inside it: only then are its workers stopped (kiln_shutdown) and, after
+    that, a JIT engine freed."""
+
+    def __init__(self, engine=None, library=None):
+        self.library = library  # kept loaded while its code may run
+        if library is not None:
+            self.shutdown = library.kiln_shutdown
+        else:
+            self.shutdown = ctypes.CFUNCTYPE(None)(engine.get_function_address("kiln_shutdown"))
+            _ENGINES[id(self)] = engine
+
+    def __del__(self):
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to stop)
+            pass
+        _ENGINES.pop(id(self), None)  # the engine, and with it the code, goes now
+
+
+@dataclass
+class _Variant:
+    """One compiled variant (a set of optional inputs) bound to one set of weights: the code,
+    its layout and the arrays it reads, with their pointers."""
+
+    model: ElaboratedModel
+    layout: ModuleLayout
+    code: LoadedCode
+    entry: object  # the `run` entry point
+    arrays: list[np.ndarray]  # kept alive with their pointers
+    calls: dict  # sizes -> _Call, made by NativeModel._prepare
+
+    def __post_init__(self):
+        self.params = (ctypes.c_void_p * max(1, len(self.arrays)))(
+            *[a.__array_interface__["data"][0] for a in self.arrays])
+
+    @staticmethod
+    def bound(model, layout, code, entry, params: dict[str, np.ndarray]) -> _Variant:
+        """The variant reading `params`; derived arrays (packed weights) made from them."""
+        def lookup(name: str) -> np.ndarray:
+            return layout.constants[name] if name in layout.constants else params[name]
+
+        arrays = [resolve(name, lookup) for name in layout.params]
+        arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
+        return _Variant(model, layout, code, entry, arrays, {})
+
+    def rebound(self, params: dict[str, np.ndarray]) -> _Variant:
+        """The same code reading new weights: only the arrays are made again."""
+        return _Variant.bound(self.model, self.layout, self.code, self.entry, params)
+
+    def remakes(self, params: dict[str, np.ndarray]) -> bool:
+        """Whether new weights reach this code by its arrays alone: everything it reads is a
+        parameter, a constant that is no weight's, or derived from those by name; not a
+        constant folded from weights that no name remakes (compiler/derived.py)."""
+        layout = self.layout
+
+        def source(name: str) -> bool:
+            return name in params or (name in layout.constants and name not in layout.folded)
+
+        return all(remakeable(name, source) for name in layout.params)
+
+
 @dataclass
 class _Call:
     """What one call with given sizes needs: outputs to allocate and the memory plan."""
 
-    present: frozenset[str]
     outputs: list[tuple[tuple[int, ...], np.dtype]]
     offsets: np.ndarray
     size: int
@@ -99,15 +169,21 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False):
+def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False,
+                   stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
     returns (object bytes, layout, target machine). `with_plan` adds `kiln_plan`, the memory
-    plan as a C function, for libraries used without kiln."""
+    plan as a C function, for libraries used without kiln; `stamp(layout)` gives read-only
+    data symbols to add (name -> bytes), such as a library's metadata digest."""
     machine = target.machine()
     with progress.step(f"generating native code ({len(model.graph)} nodes)"):
         module, layout = build_module(model, llvm.get_process_triple(),
                                       str(machine.target_data), with_plan=with_plan,
                                       vector_width=target.vector_width)
+        for name, data in (stamp(layout) if stamp else {}).items():
+            symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
+            symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
+            symbol.global_constant = True
         text = ir_text(module, target.vector_width)
     name = cache.key(__version__, target.cpu, target.features, text)
     obj = cache.load(name)
@@ -132,7 +208,8 @@ def _machine_code(text: str, machine) -> bytes:
 
 
 class NativeModel(CompiledModel):
-    """A model compiled to machine code for this CPU; calls from several threads are safe."""
+    """A model compiled to machine code for this CPU; calls from several threads are safe,
+    and so is loading weights while they run (a call runs with one set of weights)."""
 
     target = "native"
 
@@ -146,21 +223,24 @@ class NativeModel(CompiledModel):
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
             raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
         self._local = threading.local()
-        self._calls: dict[tuple, _Call] = {}
         self._library = None
-        self._compiled = {model.present: self._build(model.present)}
-        self._fast = _FastPath.of(model, self._compiled[model.present][1].symbols)
+        self._fast = _FastPath.of(model, list(model.symbols))
+        if not any(p.optional for p in model.inputs):
+            self._variant_of(self._state, model.present)  # now: build errors surface here
+        # with optional inputs, each variant is built when first called with that set of
+        # inputs: a model called without them never builds the one with them
 
     def native_arrays(self) -> list[str]:
         """The names of the arrays the native code reads, in the order it reads them:
         parameter paths, `const:N` constants, and derived arrays such as `prepack_a(...):path`
         (a convolution weight laid out for the GEMM when the weights are bound)."""
-        return list(self._compiled[self.model.present][1].params)
+        return list(self._variant_of(self._state, self.model.present).layout.params)
 
     @classmethod
     def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
-                     cpu: targets.Target, weights_folded: bool = False) -> NativeModel:
-        """A model whose code comes from a shared library built ahead of time."""
+                     cpu: targets.Target, code: LoadedCode | None = None) -> NativeModel:
+        """A model whose code comes from a shared library built ahead of time (`code`: the
+        library's LoadedCode, shared by every model loaded from it)."""
         self = cls.__new__(cls)
         CompiledModel.__init__(self, model, params)
         self.cpu = cpu
@@ -168,16 +248,25 @@ class NativeModel(CompiledModel):
         library.kiln_set_threads.argtypes = [ctypes.c_int64]
         library.kiln_set_threads(self.threads)
         self._library = library
-        self._weights_folded = weights_folded
         self._local = threading.local()
-        self._calls = {}
-        self._compiled = {model.present: (model, layout, library, entry,
-                                          self._param_pointers(layout))}
+        code = code or LoadedCode(library=library)
+        self._state.built[model.present] = _Variant.bound(model, layout, code, entry,
+                                                          self._state.params)
         self._fast = _FastPath.of(model, layout.symbols)
         return self
 
-    def _build(self, present: frozenset[str]):
-        model = self.lowered(present)
+    def _variant_of(self, state: Weights, present: frozenset[str]) -> _Variant:
+        """The compiled variant for these optional inputs and weights, built once."""
+        variant = state.built.get(present)
+        if variant is not None:
+            return variant
+        if self._library is not None:
+            raise KilnError("K0501", "this library was built with every optional input given",
+                            hint="pass every optional input")
+        return self.once(state.built, present, lambda: self._build(state, present))
+
+    def _build(self, state: Weights, present: frozenset[str]) -> _Variant:
+        model = self.lower(state, present)
         obj, layout, machine = compile_object(model, self.cpu)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -185,52 +274,36 @@ class NativeModel(CompiledModel):
         entry = _ENTRY(engine.get_function_address("run"))
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
             self.threads)
-        return model, layout, engine, entry, self._param_pointers(layout)
+        return _Variant.bound(model, layout, LoadedCode(engine=engine), entry, state.params)
 
-    def _param_pointers(self, layout):
-        def lookup(name: str) -> np.ndarray:
-            return layout.constants[name] if name in layout.constants else self.params[name]
-
-        # a derived array (a packed weight) is made from its source
-        arrays = [resolve(name, lookup) for name in layout.params]
-        arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
-        pointers = (ctypes.c_void_p * max(1, len(arrays)))(
-            *[a.__array_interface__["data"][0] for a in arrays]
-        )
-        return pointers, arrays  # the arrays are kept alive with their pointers
-
-    def _weights_changed(self) -> None:
-        """Rebuild with the new weights: folded weights are constants of the code's data (the
-        code itself comes back from the compile cache). A library built ahead of time keeps
-        its code and constants, so it only takes weights that were not folded into them."""
-        if self._library is not None:
-            if self._weights_folded:
+    def _rebound(self, old: Weights, params: dict[str, np.ndarray]) -> Weights:
+        """New weights reach the compiled code as data: its derived arrays (a weight.T, packed
+        panels) are made again from them, no code is built. Weights folded into constants
+        past remaking (a BatchNorm whose statistics are constants, not parameters) are not
+        data: the JIT optimizes the graph again (its code comes
+        back from the compile cache); a library built ahead of time cannot take them."""
+        new = Weights(params)
+        for present, variant in old.built.items():
+            if variant.remakes(params):
+                new.built[present] = variant.rebound(params)
+            elif self._library is not None:
                 raise KilnError(
-                    "K0403", "this library's weights are folded into its constants "
-                    "(BatchNorm folding); rebuild it with the new weights",
+                    "K0403", "this library's weights are folded into constants that new "
+                    "weights cannot remake (a BatchNorm whose statistics are not parameters); "
+                    "rebuild it with the new weights",
                     hint="kiln compile FILE --target native --weights W.safetensors -o model.so",
                 )
-            self._compiled = {key: (*entry[:4], self._param_pointers(entry[1]))
-                              for key, entry in self._compiled.items()}
-        else:
-            self._stop_workers()
-            self._compiled = {key: self._build(key) for key in self._compiled}
-        self._calls.clear()
+            else:
+                with progress.step("optimizing again: weights are folded into constants "
+                                   "(a BatchNorm with constant statistics)"):
+                    new.built[present] = self._build(new, present)
+        return new
 
     def _stop_workers(self) -> None:
-        """Stop the worker threads of every compiled variant (kiln_shutdown), before their
-        code is freed; a later call starts them again."""
-        for _model, _layout, code, _entry, _params in getattr(self, "_compiled", {}).values():
-            if self._library is not None:
-                code.kiln_shutdown()
-            else:
-                ctypes.CFUNCTYPE(None)(code.get_function_address("kiln_shutdown"))()
-
-    def __del__(self):
-        try:
-            self._stop_workers()
-        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to stop)
-            pass
+        """Stop the worker threads of every compiled variant (kiln_shutdown), when no call is
+        running; a later call starts them again."""
+        for variant in self._state.built.values():
+            variant.code.shutdown()
 
     def __call__(self, *args, **kwargs):
         """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right
@@ -251,31 +324,27 @@ class NativeModel(CompiledModel):
         for i, axis, symbol in fast.repeated:
             if args[i].shape[axis] != dims[symbol]:
                 return super().__call__(*args, **kwargs)
-        call = self._calls.get((_NONE, dims))  # _prepare's key: no optional inputs here
+        variant = self._variant_of(self._state, _NONE)  # no optional inputs here
+        call = variant.calls.get(dims)  # _prepare's key
         if call is None:
-            call = self._prepare(dict(zip(fast.symbols, dims)))
+            call = self._prepare(variant, dict(zip(fast.symbols, dims)))
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
-        return self._enter(call, args, outs)
+        return self._enter(variant, call, args, outs)
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        if present not in self._compiled:
-            if self._library is not None:
-                raise KilnError("K0501", "this library was built with every optional input "
-                                "given", hint="pass every optional input")
-            self._compiled[present] = self._build(present)
-        model = self._compiled[present][0]
-        call = self._prepare(dims, present)
+        variant = self._variant_of(self._state, present)
+        call = self._prepare(variant, dims)
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
-        self._enter(call, [arrays[p.name] for p in model.inputs], outs)
+        self._enter(variant, call, [arrays[p.name] for p in variant.model.inputs], outs)
         return outs
 
-    def _prepare(self, dims: dict[str, int], present: frozenset[str] = frozenset()):
+    def _prepare(self, variant: _Variant, dims: dict[str, int]):
         """Everything a call with these sizes needs, computed once per set of sizes: the memory
         plan, the output shapes, the sizes array (after refusing sizes that come out negative)."""
-        model, layout, _engine, _entry, _params = self._compiled[present]
-        key = (present, tuple(dims.get(s, 0) for s in layout.symbols))
-        call = self._calls.get(key)
+        model, layout = variant.model, variant.layout
+        key = tuple(dims.get(s, 0) for s in layout.symbols)
+        call = variant.calls.get(key)
         if call is None:
             types = [t for t, _born, _dies in layout.slots] + [p.type for p in model.outputs]
             for t in types:  # a size these inputs make negative: refuse before native code
@@ -289,14 +358,14 @@ class NativeModel(CompiledModel):
             outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
                        for p in model.outputs]
             sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
-            if len(self._calls) > 256:
-                self._calls.clear()
-            call = self._calls[key] = _Call(present, outputs, offsets, size, sizes)
+            if len(variant.calls) > 256:
+                variant.calls.clear()
+            call = variant.calls[key] = _Call(outputs, offsets, size, sizes)
         return call
 
-    def _enter(self, call, ins, outs):
-        """Cross into native code once, with every pointer prepared."""
-        _model, _layout, _engine, entry, (params, _keep) = self._compiled[call.present]
+    def _enter(self, variant: _Variant, call, ins, outs):
+        """Cross into native code once, with every pointer prepared. `variant` (and with it
+        the code and the arrays) stays referenced here until the call returns."""
         local = self._local
         in_ptrs = getattr(local, "in_ptrs", None)
         if in_ptrs is None or len(in_ptrs) < len(ins) or len(local.out_ptrs) < len(outs):
@@ -311,11 +380,12 @@ class NativeModel(CompiledModel):
         if status is None:
             status = local.status = np.zeros(1, dtype=np.int64)
             local.status_ptr = status.__array_interface__["data"][0]
-        entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ctypes.addressof(params),
-              self._workspace(call.size), call.sizes_ptr, call.offsets_ptr, local.status_ptr)
+        variant.entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
+                      ctypes.addressof(variant.params), self._workspace(call.size),
+                      call.sizes_ptr, call.offsets_ptr, local.status_ptr)
         if status[0]:
             code, status[0] = int(status[0]), 0
-            message, span = self._compiled[call.present][1].failures[code - 1]
+            message, span = variant.layout.failures[code - 1]
             raise KilnError("K0505", message, span)
         return outs[0] if len(outs) == 1 else tuple(outs)
 

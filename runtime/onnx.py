@@ -10,7 +10,7 @@ from ..compiler import progress
 from ..compiler.codegen import onnx as onnx_codegen
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
-from .model import CompiledModel
+from .model import CompiledModel, Weights
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -54,32 +54,40 @@ class OnnxModel(CompiledModel):
         opt_level: int = 1,
     ):
         super().__init__(model, params, variant, opt_level)
-        self._sessions: dict = {}
         self.providers = available_providers(providers)
-        self._session(model.present)  # build now: export errors surface at compile time
+        if not any(p.optional for p in model.inputs):  # now: export errors surface here
+            self._session(self._state, model.present)
+        # with optional inputs, each variant is exported when first called with that set
 
-    def _session(self, present: frozenset[str]):
-        if present not in self._sessions:
-            import onnxruntime as ort
+    def _session(self, state: Weights, present: frozenset[str]):
+        """The lowered model and its onnxruntime session for these weights and optional
+        inputs, built once (however many threads ask)."""
+        return self.once(state.built, present, lambda: self._new_session(state, present))
 
-            model = self.lowered(present)
-            with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
-                proto, failures = onnx_codegen.export_checked(model, self.params)
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
-            session = ort.InferenceSession(
-                proto.SerializeToString(), options, providers=self.providers
-            )
-            self._sessions[present] = (model, session, failures)
-        return self._sessions[present]
+    def _new_session(self, state: Weights, present: frozenset[str]):
+        import onnxruntime as ort
 
-    def _weights_changed(self) -> None:
-        self._sessions.clear()
+        model = self.lower(state, present)
+        with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
+            proto, failures = onnx_codegen.export_checked(model, state.params)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(proto.SerializeToString(), options,
+                                       providers=self.providers)
+        return model, session, failures
+
+    def _rebound(self, old: Weights, params: dict[str, np.ndarray]) -> Weights:
+        """New weights are new initializers: the sessions built so far are exported again now
+        (under the lock, before the swap), so that calls after it do not wait for them."""
+        new = super()._rebound(old, params)
+        for present in old.built:
+            self._session(new, present)
+        return new
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        model, session, failures = self._session(present)
+        model, session, failures = self._session(self._state, present)
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
         checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]

@@ -17,6 +17,7 @@ class ReferenceModel(CompiledModel):
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        model = self.lowered(present)
+        state = self._state  # one set of weights for the whole call
+        model = self.lower(state, present)
         feed = [arrays[model.graph.node(n)["attrs"]["name"]] for n in model.graph.inputs]
-        return run_graph(model.graph, feed, self.params, dims)
+        return run_graph(model.graph, feed, state.params, dims)

@@ -166,7 +166,8 @@ def _describe(array: np.ndarray) -> str:
 
 
 def _convert(path: str, array: np.ndarray, shape, dtype: str) -> np.ndarray | str:
-    """`array` as the parameter's dtype, or a line saying why it does not fit."""
+    """A copy of `array` in the parameter's dtype (the caller's array stays theirs), or a line
+    saying why it does not fit: conversions keep to a kind and to values the dtype holds."""
     target = NUMPY_DTYPES[dtype]
     found = _describe(array)
     if tuple(array.shape) != tuple(shape):
@@ -180,14 +181,66 @@ def _convert(path: str, array: np.ndarray, shape, dtype: str) -> np.ndarray | st
         info = np.iinfo(target)
         if array.min() < info.min or array.max() > info.max:
             return f"wrong dtype  `{path}`: values of {found} do not fit {dtype}"
-    return np.asarray(array, dtype=target, order="C")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.array(array, dtype=target, order="C", copy=True)
+        if _kind(target) == "float" and array.dtype != target:
+            # a finite value that comes out infinite does not fit (1e300 in f32)
+            overflow = np.isfinite(array) & ~np.isfinite(converted)
+            if overflow.any():
+                worst = np.abs(array[overflow].astype(np.float64)).max()
+                return (f"wrong dtype  `{path}`: values of {found} do not fit {dtype} "
+                        f"(a magnitude of {worst:.3g} is out of its range)")
+    return converted
 
 
-def _prefix(longer: list[str], shorter: set[str]) -> str | None:
+def _as_array(value) -> np.ndarray | str:
+    """A weights dict's value as a numpy array, or what it is instead. A torch tensor gives
+    its values (detached from autograd, moved to the CPU; bf16 kept as bf16, exactly)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        import torch
+
+        tensor = value.detach().cpu().resolve_conj().resolve_neg()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bits, viewed
+            return tensor.contiguous().view(torch.int16).numpy().view(_BF16)
+        try:
+            return tensor.numpy()
+        except (TypeError, RuntimeError) as e:
+            return f"a torch tensor numpy cannot hold ({e})"
+    if isinstance(value, (bool, int, float, list, tuple, np.generic)):
+        try:
+            array = np.asarray(value)
+        except (ValueError, OverflowError):
+            return "nested lists of different lengths (ragged), not an array"
+        if array.dtype != object:
+            return array
+        return "a list that is not an array of numbers"
+    return f"a {type(value).__name__}, not an array"
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold one tensor: equal values, NaN equal to NaN (kiln saves a tied
+    tensor under both names, NaN included)."""
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype and a.tobytes() == b.tobytes():
+        return True
+    nan_aware = _kind(a.dtype) == "float" and _kind(b.dtype) == "float"
+    return bool(np.array_equal(a, b, equal_nan=nan_aware))
+
+
+def _found(value) -> str:
+    """What a value in a weights dict is, for a message."""
+    array = _as_array(value)
+    return array if isinstance(array, str) else _describe(array)
+
+
+def _prefix(longer: list, shorter: set[str]) -> str | None:
     """The most common dotted prefix p with p + s in `longer` for some s in `shorter`."""
     counts = Counter(
         ".".join(parts[:i]) + "."
-        for parts in (key.split(".") for key in longer)
+        for parts in (key.split(".") for key in longer if isinstance(key, str))
         for i in range(1, len(parts))
         if ".".join(parts[i:]) in shorter
     )
@@ -221,7 +274,7 @@ def match_weights(
     keys_of: dict[str, list[str]] = {}  # canonical path -> the keys in `found` naming it
     unexpected = []
     for key in found:
-        path = key if key in expected else aliases.get(key)
+        path = (key if key in expected else aliases.get(key)) if isinstance(key, str) else None
         if path in expected:
             keys_of.setdefault(path, []).append(key)
         else:
@@ -231,10 +284,15 @@ def match_weights(
         if path not in keys_of:
             missing.append(path)
             continue
+        arrays = {key: _as_array(found[key]) for key in keys_of[path]}
+        bad = [f"not an array `{key}`: {a}" for key, a in arrays.items() if isinstance(a, str)]
+        if bad:
+            wrong += bad
+            continue
         first, *others = keys_of[path]
-        array = np.asarray(found[first])
+        array = arrays[first]
         for other in others:
-            if not np.array_equal(array, np.asarray(found[other])):
+            if not _same(array, arrays[other]):
                 wrong.append(f"tied differ  `{first}` and `{other}` name one tensor, but differ")
         converted = _convert(path, array, shape, dtype)
         if isinstance(converted, str):
@@ -248,7 +306,7 @@ def match_weights(
     lines = [
         *(f"missing      `{p}`: expected {_typed(expected[p][1], expected[p][0])}"
           for p in missing),
-        *(f"unexpected   `{k}`: {_describe(np.asarray(found[k]))}" for k in unexpected),
+        *(f"unexpected   `{k}`: {_found(found[k])}" for k in unexpected),
         *wrong,
     ]
     counts = [(len(missing), "missing"), (len(unexpected), "unexpected"),

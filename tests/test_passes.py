@@ -513,6 +513,15 @@ model M { forward(x: f32[B, 6]) -> f32[B, 4] { return x |> Linear(6, 5) |> relu 
     assert "transpose" not in ops and "param" not in ops  # both weights now constants
     (layout,) = [s for s in stats if s.name == "fold_weight_layout"]
     assert layout.changes == {"folded": 2}
+    from kiln.compiler.derived import resolve
+
+    made = [graph.node(n)["attrs"] for n in graph.order() if graph.op(n) == "constant"]
+    # each names how new weights remake it (weights are data: no code is built for them)
+    assert sorted(a["derived"] for a in made) == ["permute(perm=1_0):0.weight",
+                                                  "permute(perm=1_0):2.weight"]
+    for attrs in made:
+        np.testing.assert_array_equal(resolve(attrs["derived"], m.params.__getitem__),
+                                      attrs["value"])
     x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
     want = run_graph(m.model.graph, [x], m.params, {"B": 3})
     np.testing.assert_array_equal(run_graph(graph, [x], m.params, {"B": 3})[0], want[0])

@@ -173,6 +173,9 @@ register(movement("permute", "Reorder the axes: axis i of the result is axis per
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs))))
+# the axis order each axis-moving op gives, by rank and attributes (the weight-layout fold
+# names a moved weight by it: compiler/derived.py's `permute`)
+PERMUTATIONS = {"transpose": _swap, "permute": _permutation}
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,

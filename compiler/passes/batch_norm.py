@@ -5,16 +5,26 @@ batch_norm(y) = (y - mean) * s + beta with s = gamma / sqrt(var + eps), per chan
 y = conv(x, W) + b, that is conv(x, W * s) + (b - mean) * s + beta (each output channel's
 filter scaled by its s); when y = x @ W + b with W: [K, C], it is x @ (W * s) + (b - mean) * s
 + beta. The folded weight and bias are new `constant` nodes computed in float64 and rounded
-once to the weight's dtype, so every backend handles them; the parameters themselves are
-untouched (the old ones drop out of the graph when nothing else reads them).
+once to the weight's dtype (compiler/derived.py's bn_* kinds), so every backend handles them;
+the parameters themselves are untouched (the old ones drop out of the graph when nothing else
+reads them). Each folded constant is marked as derived from its sources: by a name that
+remakes it (`bn_conv_weight(eps=1e-05):[conv.weight;bn.running_var;bn.weight]`) when every
+source is a parameter or a parameter's transpose, so that new weights remake it without
+rebuilding code; otherwise by a name nothing remakes (new weights then optimize again).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from ..derived import (
+    bn_bias,
+    bn_conv_transpose_weight,
+    bn_conv_weight,
+    bn_linear_weight,
+    derived_name,
+)
 from ..ir import Graph, Value
 from ..ops._common import number, to_int
+from ..ops.shape import PERMUTATIONS
 from .edit import (
     add_checked,
     add_constant,
@@ -26,55 +36,84 @@ from .edit import (
 from .manager import PassContext, graph_pass
 
 
-def _scale_shift(graph: Graph, nid: int, params: dict) -> tuple | None:
-    """(s, mean, beta) of a batch_norm whose statistics and affine are compile-time values."""
-    _x, mean, var, gamma, beta = graph.operands(nid)
-    values = [None if v is None else constant_value(graph, v, params)
-              for v in (mean, var, gamma, beta)]
-    if any(val is None for val, v in zip(values, (mean, var, gamma, beta)) if v is not None):
-        return None
-    mean_, var_, gamma_, beta_ = (None if val is None else val.astype(np.float64)
-                                  for val in values)
-    eps = float(number(graph.node(nid)["attrs"]["eps"], "eps"))
-    s = (1.0 if gamma_ is None else gamma_) / np.sqrt(var_ + eps)
-    return s, mean_, 0.0 if beta_ is None else beta_
+class _Folding:
+    """One batch_norm being folded: its statistics' values, and the names of its sources."""
+
+    def __init__(self, graph: Graph, nid: int, params: dict):
+        self.graph, self.nid, self.params = graph, nid, params
+        self.bn = graph.node(nid)
+        _x, *self.stats = graph.operands(nid)  # mean, var, gamma, beta (the last two optional)
+        self.eps = float(number(self.bn["attrs"]["eps"], "eps"))
+        self.stats_values = self.values(self.stats)  # None: not known before the call
+
+    def values(self, operands: list[Value | None]) -> list | None:
+        """The operands' compile-time values (None for an absent one), or None when one
+        present operand is not known before the call."""
+        values = [None if v is None else constant_value(self.graph, v, self.params)
+                  for v in operands]
+        if any(val is None for val, v in zip(values, operands) if v is not None):
+            return None
+        return values
+
+    def constant(self, array, role: str, kind: str, operands: list[Value | None], **args
+                 ) -> Value:
+        """A constant node for a folded value, named by how to remake it when every source
+        is nameable (a parameter, or a parameter moved by transpose/permute)."""
+        sources = [None if v is None else _source_name(self.graph, v) for v in operands]
+        if any(name is None for name, v in zip(sources, operands) if v is not None):
+            derived = f"fold_batch_norm(node={self.nid}):{role}"  # no name remakes it
+        else:
+            derived = derived_name(kind, sources, **args)
+        return add_constant(self.graph, array, self.bn, derived)
+
+    def bias(self, weight_value: Value, weight, bias_value: Value | None, bias) -> Value:
+        mean, var, gamma, beta = self.stats_values
+        array = bn_bias(weight, bias, mean, var, gamma, beta, self.eps)
+        return self.constant(array, "bias", "bn_bias",
+                             [weight_value, bias_value, *self.stats], eps=self.eps)
 
 
-def _folded_bias(bias: np.ndarray | None, s, mean, beta, dtype) -> np.ndarray:
-    b = 0.0 if bias is None else bias.astype(np.float64).reshape(-1)
-    return ((b - mean) * s + beta).astype(dtype)
+def _source_name(graph: Graph, value: Value) -> str | None:
+    """The name by which a fold's source is remade: a parameter's path, or a transpose or
+    permute of a parameter (fold_weight_layout's name for it); None for anything else."""
+    node = graph.node(value.node)
+    if node["op"] == "param":
+        return node["attrs"]["path"]
+    if node["op"] in PERMUTATIONS:
+        (operand,) = graph.operands(value.node)
+        source = graph.node(operand.node)
+        if source["op"] == "param":
+            perm = PERMUTATIONS[node["op"]](operand.type.rank, node["attrs"])
+            return derived_name("permute", source["attrs"]["path"], perm=tuple(perm))
+    return None
 
 
-def _weight_and_bias(graph: Graph, w: Value, b: Value | None, params) -> tuple | None:
+def _weight_and_bias(f: _Folding, w: Value, b: Value | None) -> tuple | None:
     """A layer's weight and bias (None when it has none) as arrays, if both are known now."""
-    weight = constant_value(graph, w, params)
-    bias = None if b is None else constant_value(graph, b, params)
-    return None if weight is None or (b is not None and bias is None) else (weight, bias)
+    known = f.values([w, b])
+    return None if known is None else (known[0], known[1])
 
 
-def _fold_into_conv(graph: Graph, conv: int, s, mean, beta, params, bn: dict) -> list | None:
-    x, w, b = graph.operands(conv)
-    known = _weight_and_bias(graph, w, b, params)
+def _fold_into_conv(f: _Folding, conv: int) -> list | None:
+    x, w, b = f.graph.operands(conv)
+    known = _weight_and_bias(f, w, b)
     if known is None:
         return None
     weight, bias = known
-    node = graph.node(conv)
-    scaled = _scaled_weight(node["op"], weight.astype(np.float64), s,
-                            to_int(node["attrs"]["groups"], "groups"))
-    new_w = add_constant(graph, scaled.astype(weight.dtype), bn)
-    new_b = add_constant(graph, _folded_bias(bias, s, mean, beta, weight.dtype), bn)
-    return _or_undo(graph, add_checked(graph, node["op"], [x, new_w, new_b], node["attrs"],
-                                       node["types"], bn), [new_w, new_b])
-
-
-def _scaled_weight(op: str, weight: np.ndarray, s: np.ndarray, groups: int) -> np.ndarray:
-    """The weight with each output channel's filter times s[channel] (PyTorch's layouts:
-    conv [C_out, C_in/g, *k], conv_transpose [C_in, C_out/g, *k], channels group-major)."""
-    ones = (1,) * (weight.ndim - 2)
-    if op == "conv":
-        return weight * s.reshape(-1, 1, *ones)
-    grouped = weight.reshape(groups, -1, *weight.shape[1:])
-    return (grouped * s.reshape(groups, 1, -1, *ones)).reshape(weight.shape)
+    node = f.graph.node(conv)
+    _mean, var, gamma, _beta = f.stats_values
+    _m, var_v, gamma_v, _b = f.stats
+    if node["op"] == "conv":
+        scaled = bn_conv_weight(weight, var, gamma, f.eps)
+        new_w = f.constant(scaled, "weight", "bn_conv_weight", [w, var_v, gamma_v], eps=f.eps)
+    else:
+        groups = to_int(node["attrs"]["groups"], "groups")
+        scaled = bn_conv_transpose_weight(weight, var, gamma, f.eps, groups)
+        new_w = f.constant(scaled, "weight", "bn_conv_transpose_weight", [w, var_v, gamma_v],
+                           eps=f.eps, groups=groups)
+    new_b = f.bias(w, weight, b, bias)
+    return _or_undo(f.graph, add_checked(f.graph, node["op"], [x, new_w, new_b], node["attrs"],
+                                         node["types"], f.bn), [new_w, new_b])
 
 
 def _or_undo(graph: Graph, new: list[Value] | None, made: list[Value]) -> list[Value] | None:
@@ -100,26 +139,30 @@ def _linear_parts(graph: Graph, y: Value) -> tuple[int, Value | None] | None:
     return None
 
 
-def _fold_into_linear(graph: Graph, y: Value, s, mean, beta, params, bn: dict) -> list | None:
+def _fold_into_linear(f: _Folding, y: Value) -> list | None:
+    graph = f.graph
     parts = _linear_parts(graph, y)
     if parts is None or y.type.rank != 2:  # batch_norm's channel axis 1 is the feature axis
         return None
     mm, b = parts
     x, w = graph.operands(mm)
-    known = _weight_and_bias(graph, w, b, params)
+    known = _weight_and_bias(f, w, b)
     if known is None or known[0].ndim != 2:
         return None
     weight, bias = known
     channels = weight.shape[1]
     if bias is not None and bias.shape not in ((channels,), (1, channels)):
         return None  # a bias broadcast along another axis is not a per-channel shift
-    new_w = add_constant(graph, (weight.astype(np.float64) * s).astype(weight.dtype), bn)
+    _mean, var, gamma, _beta = f.stats_values
+    _m, var_v, gamma_v, _b = f.stats
+    new_w = f.constant(bn_linear_weight(weight, var, gamma, f.eps), "weight",
+                       "bn_linear_weight", [w, var_v, gamma_v], eps=f.eps)
     product = _or_undo(graph, add_checked(graph, "matmul", [x, new_w], {},
-                                          graph.node(mm)["types"], bn), [new_w])
+                                          graph.node(mm)["types"], f.bn), [new_w])
     if product is None:
         return None
-    new_b = add_constant(graph, _folded_bias(bias, s, mean, beta, weight.dtype), bn)
-    return _or_undo(graph, add_checked(graph, "add", [product[0], new_b], {}, [y.type], bn),
+    new_b = f.bias(w, weight, b, bias)
+    return _or_undo(graph, add_checked(graph, "add", [product[0], new_b], {}, [y.type], f.bn),
                     [product[0], new_b])
 
 
@@ -137,14 +180,13 @@ def fold_batch_norm(graph: Graph, ctx: PassContext) -> Graph:
         y = graph.operands(nid)[0]
         if only_user(graph, y) != nid:
             continue
-        affine = _scale_shift(graph, nid, ctx.params)
-        if affine is None:
+        f = _Folding(graph, nid, ctx.params)
+        if f.stats_values is None:
             continue
-        bn = graph.node(nid)
         if graph.op(y.node) in ("conv", "conv_transpose"):
-            new = _fold_into_conv(graph, y.node, *affine, ctx.params, bn)
+            new = _fold_into_conv(f, y.node)
         else:
-            new = _fold_into_linear(graph, y, *affine, ctx.params, bn)
+            new = _fold_into_linear(f, y)
         if new is not None:
             ctx.count("removed", replace_node(graph, nid, new))
             ctx.count("folded")

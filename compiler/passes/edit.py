@@ -147,12 +147,21 @@ def add_checked(graph: Graph, op: str, inputs: list[Value | None], attrs: dict,
     return graph.add(op, inputs, attrs, types, like["span"], like["scope"])
 
 
-def add_constant(graph: Graph, array: np.ndarray, like: dict) -> Value:
-    """A new `constant` node holding `array` (span and scope from the node `like`)."""
+def add_constant(graph: Graph, array: np.ndarray, like: dict, derived: str | None = None
+                 ) -> Value:
+    """A new `constant` node holding `array` (span and scope from the node `like`).
+
+    `derived` marks a constant computed from parameter values, and names how (a
+    compiler/derived.py name such as `permute(perm=1_0):fc.weight`, or a name of no known
+    kind for values that cannot be remade, such as a folded BatchNorm's): backends remake the
+    first kind from new weights instead of rebuilding, and such constants merge (cse) only
+    with the same derivation, never because two weights happen to hold equal values.
+    """
     dtype = dtype_of_numpy(array.dtype)
     if dtype is None:
         raise IRError(f"no kiln dtype for a constant of numpy dtype {array.dtype}")
-    (value,) = graph.add("constant", [], {"value": array}, [TensorType(dtype, array.shape)],
+    attrs = {"value": array} if derived is None else {"value": array, "derived": derived}
+    (value,) = graph.add("constant", [], attrs, [TensorType(dtype, array.shape)],
                          like["span"], like["scope"])
     return value
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..derived import derived_name
 from ..ir import STRUCTURAL_OPS, Graph
+from ..ops.shape import PERMUTATIONS
 from .edit import add_constant, evaluate_node, foldable, numel, replace_node
 from .manager import PassContext, graph_pass
 
@@ -38,7 +40,6 @@ def fold_constants(graph: Graph, ctx: PassContext) -> Graph:
 
 
 WEIGHT_LAYOUT_LIMIT = 1 << 26  # elements: a transposed copy of a weight is made once, not per call
-LAYOUT_OPS = frozenset({"transpose", "permute"})
 
 
 @graph_pass("fold_weight_layout", needs_params=True)
@@ -46,23 +47,27 @@ def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
     """transpose(param) / permute(param) -> constant holding the moved weights.
 
     `x @ weight.T` (every Linear) would otherwise transpose the weight on every call; with the
-    parameter values at hand the transposed copy is made once. The graph is rebuilt whenever
-    weights change (folded weights are data of the optimized graph), so this stays exact.
+    parameter values at hand the transposed copy is made once. The constant is marked as
+    derived from the parameter (`permute(perm=1_0):fc.weight`, compiler/derived.py), so that
+    new weights remake it without rebuilding anything.
     """
     for nid in graph.order():
         node = graph.node(nid)
-        if node["op"] not in LAYOUT_OPS or not foldable(node):
+        if node["op"] not in PERMUTATIONS or not foldable(node):
             continue
         (operand,) = graph.operands(nid)
         source = graph.node(operand.node)
-        if source["op"] != "param" or source["attrs"]["path"] not in ctx.params:
+        path = source["attrs"].get("path")
+        if source["op"] != "param" or path not in ctx.params:
             continue
         if numel(node["types"][0]) > WEIGHT_LAYOUT_LIMIT:
             ctx.count("too large")
             continue
-        results = evaluate_node(node, [ctx.params[source["attrs"]["path"]]])
+        results = evaluate_node(node, [ctx.params[path]])
         if results is None:
             continue
-        replace_node(graph, nid, [add_constant(graph, r, node) for r in results])
+        perm = PERMUTATIONS[node["op"]](operand.type.rank, node["attrs"])
+        name = derived_name("permute", path, perm=tuple(perm))
+        replace_node(graph, nid, [add_constant(graph, results[0], node, name)])
         ctx.count("folded")
     return graph

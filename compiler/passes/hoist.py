@@ -54,7 +54,7 @@ def _fixed(graph: Graph, node: dict) -> Value:
     """A body's constant or parameter node as a value of `graph`: the same parameter node when
     `graph` has one for its path (a weight has one node per graph), else a new one."""
     if node["op"] == "constant":
-        return add_constant(graph, node["attrs"]["value"], node)
+        return add_constant(graph, node["attrs"]["value"], node, node["attrs"].get("derived"))
     path = node["attrs"]["path"]
     for nid in graph.params():
         if graph.node(nid)["attrs"]["path"] == path:

@@ -25,7 +25,7 @@ from ...ops import REGISTRY
 from ...passes.layout import PACKED, PACKED_AS
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
-from .derived import derived_name
+from .derived import derived_name, parse
 from .fused import tags as fused_tags
 from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
@@ -41,6 +41,10 @@ class ModuleLayout:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     slots: list[tuple[TensorType, int, int]] = field(default_factory=list)  # type, born, dies
     failures: list = field(default_factory=list)  # (message, span) of each status code - 1
+    # constants made from weights that no derived name remakes (a BatchNorm folded with
+    # constant statistics): new weights need the graph optimized again (aot: a library that
+    # cannot take new weights)
+    folded: set[str] = field(default_factory=set)
 
     def param(self, name: str) -> int:
         """The index of `name` in `params`, added at the end if new."""
@@ -189,15 +193,23 @@ class GraphEmitter:
         return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
 
     def param_index(self, nid: int, node: dict) -> int:
+        """The index in `params` of a param or constant node's array. A constant derived from a
+        weight by a name `resolve` knows (a weight.T) is listed by that name, so that new
+        weights remake it; other constants are `const:N`, their values kept in the layout."""
         layout = self.layout
+        derived = node["attrs"].get("derived")
         if node["op"] == "param":
             name = node["attrs"]["path"]
+        elif derived is not None and parse(derived) is not None:
+            name = derived
         else:
             name = f"const:{len(layout.constants)}"
             for known, value in layout.constants.items():
                 if value is node["attrs"]["value"]:
                     name = known
             layout.constants[name] = node["attrs"]["value"]
+            if derived is not None:
+                layout.folded.add(name)
         return layout.param(name)
 
 
