@@ -7,7 +7,11 @@ convolution's `(H + 2*p - k) // s + 1` stays symbolic. Normalisation makes `E + 
 
 from __future__ import annotations
 
+import math
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Union
 
@@ -90,11 +94,8 @@ class Dim:
     @property
     def symbol(self) -> str | None:
         """The name when this Dim is exactly one symbol (`B`), else None."""
-        if len(self.terms) == 1:
-            ((mono, coeff),) = self.terms
-            if coeff == 1 and len(mono) == 1 and isinstance(mono[0][0], str) and mono[0][1] == 1:
-                return mono[0][0]
-        return None
+        atom = self._single_atom()
+        return atom if isinstance(atom, str) else None
 
     def symbols(self) -> set[str]:
         out: set[str] = set()
@@ -201,7 +202,18 @@ class Dim:
             return quotient
         if rest.is_const:
             return quotient + rest.value // den
+        inner = rest._single_atom()
+        if isinstance(inner, DivAtom) and inner.kind == "//":  # (n // a) // b == n // (a*b)
+            return quotient + inner.num // (inner.den * den)
         return quotient + Dim({((DivAtom("//", rest, den), 1),): 1})
+
+    def _single_atom(self) -> Atom | None:
+        """The atom when this Dim is exactly one atom (`B`, `H//2`), else None."""
+        if len(self.terms) == 1:
+            ((mono, coeff),) = self.terms
+            if coeff == 1 and len(mono) == 1 and mono[0][1] == 1:
+                return mono[0][0]
+        return None
 
     def _split(self, den: int) -> tuple[Dim, Dim]:
         """(q, r) with self == q*den + r, r holding the terms not divisible by den and
@@ -255,11 +267,18 @@ class Dim:
 
     # comparison ---------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
+        """Equal as polynomials, or equal given the divisibility facts in force (`assuming`):
+        with `H % 4 == 0` known, `2*(H//4) == H//2`. Under facts, equal Dims may hash apart."""
         if isinstance(other, int) and not isinstance(other, bool):
             other = Dim.of(other)
         if not isinstance(other, Dim):
             return NotImplemented
-        return self._hash == other._hash and self._cmp_key() == other._cmp_key()
+        if self._hash == other._hash and self._cmp_key() == other._cmp_key():
+            return True
+        facts = _FACTS.get()
+        if not facts or not (self.symbols() | other.symbols()) & facts.keys():
+            return False
+        return _multiples(self, facts)._cmp_key() == _multiples(other, facts)._cmp_key()
 
     def _cmp_key(self):
         return tuple((tuple((_atom_key(a), p) for a, p in m), c) for m, c in self.terms)
@@ -278,15 +297,77 @@ class Dim:
         # constants last, highest degree first, reads like `2*B*T + 1`
         ordered = sorted(self.terms, key=lambda mc: (mc[0] == (), -sum(p for _, p in mc[0])))
         for mono, coeff in ordered:
-            factors = []
+            mag = abs(coeff)
+            leading = [] if mag == 1 and mono else [str(mag)]
+            # `a // b` and `a % b` bind like `*` and left to right, and a leading unary minus
+            # binds tighter than all three: only a lone first factor may go bare
+            # (`H//2*W`), otherwise `2*(H//4)`, `W*(H//2)`, `-(H//2)`, `(H//2)**2`
+            bare_first = not leading and (coeff > 0 or bool(parts))
+            factors = leading
             for atom, power in mono:
                 name = atom if isinstance(atom, str) else atom.text()
+                if not isinstance(atom, str) and (factors or power != 1 or not bare_first):
+                    name = f"({name})"
                 factors.append(name if power == 1 else f"{name}**{power}")
-            body = "*".join(factors)
-            mag = abs(coeff)
-            text = str(mag) if not body else (body if mag == 1 else f"{mag}*{body}")
+            text = "*".join(factors)
             if not parts:
                 parts.append(text if coeff > 0 else f"-{text}")
             else:
                 parts.append(f"+ {text}" if coeff > 0 else f"- {text}")
         return " ".join(parts)
+
+
+# divisibility facts ---------------------------------------------------------------------------
+# A `where H % 4 == 0` fact lets sizes be compared as if H were 4*H' for a fresh H': both sides
+# then normalise by plain algebra (`(4*H')//2 == 2*H'`). The facts in force are a context
+# variable, set by whoever checks shapes of one model (the elaborator, the passes), because a
+# Dim does not know which model it belongs to.
+_FACTS: ContextVar[dict[str, int]] = ContextVar("kiln_size_facts", default={})
+
+
+def _multiples(d: Dim, facts: dict[str, int]) -> Dim:
+    """`d` with each symbol X known to be a multiple of k replaced by k*X (a renaming of X' to
+    X: comparing two Dims so rewritten is comparing them under the facts)."""
+    return d.substitute({x: k * Dim.of(x) for x, k in facts.items()})
+
+
+def known_value(d: Dim) -> int | None:
+    """d's value when it is a constant given the divisibility facts in force, else None."""
+    if d.is_const:
+        return d.value
+    facts = _FACTS.get()
+    reduced = _multiples(d, facts) if facts else d
+    return reduced.value if reduced.is_const else None
+
+
+def divisibility(op: str, lhs: Dim, rhs: Dim) -> tuple[str, int] | None:
+    """A constraint `X % k == 0` (either way round, X a symbol) as (X, k), else None."""
+    if op != "==":
+        return None
+    for side, other in ((lhs, rhs), (rhs, lhs)):
+        atom = Dim.of(side)._single_atom()
+        if (
+            isinstance(atom, DivAtom) and atom.kind == "%" and atom.num.symbol is not None
+            and Dim.of(other) == 0
+        ):
+            return atom.num.symbol, atom.den
+    return None
+
+
+@contextmanager
+def assuming(facts: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
+    """Compare sizes under divisibility facts {X: k} (X % k == 0), added to those already in
+    force; yields the dict in force, which `know` may extend while the block runs."""
+    merged = dict(_FACTS.get())
+    for x, k in (facts or {}).items():
+        merged[x] = math.lcm(merged.get(x, 1), k)
+    token = _FACTS.set(merged)
+    try:
+        yield merged
+    finally:
+        _FACTS.reset(token)
+
+
+def know(facts: dict[str, int], symbol: str, k: int) -> None:
+    """Add `symbol % k == 0` to a dict of facts (as yielded by `assuming`)."""
+    facts[symbol] = math.lcm(facts.get(symbol, 1), k)

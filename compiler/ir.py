@@ -16,6 +16,7 @@ from typing import Any
 
 import networkx as nx
 
+from .dims import divisibility, know
 from .errors import Span
 from .types import TensorType
 
@@ -95,6 +96,15 @@ class Graph:
         (value,) = self.add("input", [], {"name": name, "optional": optional}, [type_], span)
         self.inputs.append(value.node)
         return value
+
+    def size_facts(self) -> dict[str, int]:
+        """The `where X % k == 0` constraints, {X: k}: true on every call, which checks them."""
+        facts: dict[str, int] = {}
+        for c in self.constraints:
+            fact = divisibility(c.op, c.lhs, c.rhs)
+            if fact is not None:
+                know(facts, *fact)
+        return facts
 
     def node(self, nid: int) -> dict:
         return self.g.nodes[nid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..compiler.dims import Dim, DimError
-from ..compiler.elaborate import ElaboratedModel, Port
+from ..compiler.elaborate import ElaboratedModel, Port, default_output_names
 from ..compiler.errors import KilnError
 from ..compiler.ir import COMPARISONS
 from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy, shape_str
@@ -65,6 +66,11 @@ class CompiledModel:
         # never take it once what they need is built. Reentrant: builds nest.
         self._lock = threading.RLock()
         self._state = Weights(read_only(params))
+        names = [p.name for p in model.outputs]
+        self._results_type = (
+            collections.namedtuple(f"{model.name}Outputs", names, rename=True)
+            if names != default_output_names(len(names)) else None
+        )
 
     @property
     def params(self) -> Mapping[str, np.ndarray]:
@@ -127,8 +133,9 @@ class CompiledModel:
         return list(self.model.outputs)
 
     def signature(self) -> str:
-        ins = ", ".join(f"{p.name}: {p.type}{'?' if p.optional else ''}" for p in self.inputs)
-        outs = ", ".join(str(p.type) for p in self.outputs)
+        ins = ", ".join(map(str, self.inputs))
+        named = [p.name for p in self.outputs] != default_output_names(len(self.outputs))
+        outs = ", ".join(str(p) if named else str(p.type) for p in self.outputs)
         return f"{self.name}({ins}) -> {outs if len(self.outputs) == 1 else '(' + outs + ')'}"
 
     def __repr__(self) -> str:
@@ -310,8 +317,16 @@ class CompiledModel:
 
     def __call__(self, *args, **kwargs):
         arrays, dims = self.bind_inputs(args, kwargs)
-        results = self.run(arrays, dims)
-        return results[0] if len(results) == 1 else tuple(results)
+        return self.pack_results(self.run(arrays, dims))
+
+    def pack_results(self, results: list[np.ndarray]):
+        """What a call returns: the one result, or a tuple of them in signature order; a
+        namedtuple when the signature names its outputs (`-> (recon: .., mu: ..)`)."""
+        if len(results) == 1:
+            return results[0]
+        if self._results_type is None:
+            return tuple(results)
+        return self._results_type(*results)
 
     def run(self, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
         raise NotImplementedError

@@ -16,7 +16,7 @@ from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import remakeable, resolve
 from ..compiler.codegen.llvm.module import ModuleLayout, build_module, ir_text, plan_memory
-from ..compiler.dims import Dim
+from ..compiler.dims import Dim, assuming
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
 from . import cache
@@ -176,7 +176,8 @@ def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bo
     plan as a C function, for libraries used without kiln; `stamp(layout)` gives read-only
     data symbols to add (name -> bytes), such as a library's metadata digest."""
     machine = target.machine()
-    with progress.step(f"generating native code ({len(model.graph)} nodes)"):
+    with (progress.step(f"generating native code ({len(model.graph)} nodes)"),
+          assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
         module, layout = build_module(model, llvm.get_process_triple(),
                                       str(machine.target_data), with_plan=with_plan,
                                       vector_width=target.vector_width)
@@ -329,7 +330,7 @@ class NativeModel(CompiledModel):
         if call is None:
             call = self._prepare(variant, dict(zip(fast.symbols, dims)))
         outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
-        return self._enter(variant, call, args, outs)
+        return self.pack_results(self._enter(variant, call, args, outs))
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
@@ -387,7 +388,7 @@ class NativeModel(CompiledModel):
             code, status[0] = int(status[0]), 0
             message, span = variant.layout.failures[code - 1]
             raise KilnError("K0505", message, span)
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return outs
 
     def _workspace(self, size: int) -> int:
         """The address of this thread's arena, grown as needed: threads never share one."""

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..dims import Dim
+from ..dims import Dim, assuming
 from ..errors import KilnError, Span
 from ..ir import Graph
 from ..ops import REGISTRY
@@ -261,6 +261,12 @@ def export_checked(model, params: dict[str, np.ndarray]
 
 def _export(model, params: dict[str, np.ndarray], checked: bool
             ) -> tuple[onnx.ModelProto, list[tuple[str, Span | None]]]:
+    with assuming(model.graph.size_facts()):  # emitters compare shapes as the checker did
+        return _emit_model(model, params, checked)
+
+
+def _emit_model(model, params: dict[str, np.ndarray], checked: bool
+                ) -> tuple[onnx.ModelProto, list[tuple[str, Span | None]]]:
     graph = model.graph
     sources: dict[str, tuple[str, int]] = {}
     for port in model.inputs:

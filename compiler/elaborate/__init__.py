@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError
-from .elaborator import ElaboratedModel, Elaborator, Port
+from .elaborator import ElaboratedModel, Elaborator, Port, default_output_names
 from .program import Loader, ModuleScope
 from .scope import lookup_global
 from .values import BlockRef, Namespace
@@ -95,4 +95,4 @@ def load_program(source: str | Path, filename: str | None = None) -> Program:
     return Program(module, loader)
 
 
-__all__ = ["ElaboratedModel", "Port", "Program", "load_program"]
+__all__ = ["ElaboratedModel", "Port", "Program", "default_output_names", "load_program"]

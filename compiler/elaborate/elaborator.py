@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dims import Dim
+from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
 from ..ir import Graph, Value
 from ..ops import REGISTRY
@@ -39,6 +39,11 @@ class Port:
     type: TensorType
     optional: bool = False
     span: Span | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type}{'?' if self.optional else ''}"
+
+    __repr__ = __str__  # a list of ports prints as a signature: [x: f32[B, 784]]
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         self.instances: list = []
         self.member_scope_depth = 0
         self.current_paths: list[str] = [""]  # the block instance whose forward is running
+        self.size_facts: dict[str, int] = {}  # `where X % k == 0` facts: {X: k}
 
     # ------------------------------------------------------------------ errors
     def report(self, err: KilnError) -> None:
@@ -197,6 +203,13 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
     def elaborate_model(
         self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
     ) -> ElaboratedModel:
+        # sizes compare under the `where X % k == 0` facts found so far (check_where adds them)
+        with assuming() as self.size_facts:
+            return self.elaborate_checked(ref, args, present)
+
+    def elaborate_checked(
+        self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
+    ) -> ElaboratedModel:
         defn = ref.defn
         try:
             self.check_file_requires(self.module)
@@ -223,13 +236,11 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                         f"model {defn.name} must return tensors, but result {i} is {describe(r)}",
                         fwd.span,
                     )
-            names = (
-                ["output"] if len(results) == 1 else [f"output_{i}" for i in range(len(results))]
-            )
+            names = self.output_names(fwd, inputs, len(results))
             graph = self.root_graph
             graph.outputs = [r.value for r in results]
             graph.output_names = names
-            outputs = [Port(n, r.type) for n, r in zip(names, results, strict=False)]
+            outputs = [Port(n, _in_input_sizes(r.type, inputs)) for n, r in zip(names, results)]
         except Poisoned:
             pass
         except KilnError as err:
@@ -252,6 +263,26 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             frozenset(p.name for p in inputs if p.optional),
             {inst.path: inst.ref.defn.name for inst in self.instances},
         )
+
+    def output_names(self, fwd: A.Forward, inputs: list[Port], count: int) -> list[str]:
+        """The model's output names: those its signature gives (`-> (mu: f32[..], ..)`), the
+        rest `output` (a single result) or `output_<i>`; each must be new among the model's
+        inputs, outputs and top-level parameters, since ONNX names them all in one graph."""
+        names = default_output_names(count)
+        taken = {p.name: "an input" for p in inputs}
+        taken.update({path: "a parameter" for path in self.params if "." not in path})
+        declared = fwd.result_names if count == len(fwd.result_names) else (None,) * count
+        taken.update({n: "another output" for n, d in zip(names, declared, strict=True) if not d})
+        for i, name in enumerate(declared):
+            if name is None:
+                continue
+            if name in taken:
+                raise KilnError(
+                    "K0106", f"output {name} has the name of {taken[name]}", fwd.results[i].span
+                )
+            taken[name] = "another output"
+            names[i] = name
+        return names
 
     def check_file_requires(self, module: ModuleScope) -> None:
         """File-level `require`s of this file and of every file it imports."""
@@ -327,6 +358,18 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         return inputs, feed
 
 
+def _in_input_sizes(t: TensorType, inputs: list[Port]) -> TensorType:
+    """t with each size that equals an input's size (given the `where` facts in force) written
+    as that size: a U-Net's output is [B, 2, H, W], not [B, 2, 4*(H//4), 4*(W//4)]."""
+    sizes = list(dict.fromkeys(d for p in inputs for d in p.type.shape))
+    return t.with_shape(tuple(next((s for s in sizes if s == d), d) for d in t.shape))
+
+
+def default_output_names(count: int) -> list[str]:
+    """What unnamed model outputs are called: `output`, or `output_0`, `output_1`, ..."""
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
 def _free_names(expr, scope: Scope) -> list[str]:
     """Names in a dimension expression that no scope defines: symbolic sizes."""
     out = []
@@ -345,4 +388,4 @@ def _free_names(expr, scope: Scope) -> list[str]:
     return out
 
 
-__all__ = ["ElaboratedModel", "Elaborator", "Port"]
+__all__ = ["ElaboratedModel", "Elaborator", "Port", "default_output_names"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..dims import Dim
+from ..dims import Dim, divisibility, know, known_value
 from ..errors import KilnError, Span
 from ..ir import COMPARISONS, Constraint
 from ..syntax import ast as A
@@ -320,9 +320,9 @@ class ForwardMixin:
                 isinstance(v, (int, Dim)) and not isinstance(v, bool) for v in (left, right)
             ):
                 raise KilnError("K0202", "a where constraint compares sizes", c.span)
-            diff = Dim.of(left) - Dim.of(right)
-            if diff.is_const:
-                if not COMPARISONS[c.op](diff.value, 0):
+            diff = known_value(Dim.of(left) - Dim.of(right))  # facts known so far may prove it
+            if diff is not None:
+                if not COMPARISONS[c.op](diff, 0):
                     raise KilnError(
                         "K0205",
                         f"constraint {_source_text(c)} does not hold: {left} {c.op} {right}",
@@ -332,6 +332,9 @@ class ForwardMixin:
                 self.root_graph.constraints.append(
                     Constraint(c.op, Dim.of(left), Dim.of(right), _source_text(c), c.span)
                 )
+                fact = divisibility(c.op, Dim.of(left), Dim.of(right))
+                if fact is not None:  # checked on every call, so shapes may rely on it
+                    know(self.size_facts, *fact)
 
     def check_results(self, owner: str, fwd: A.Forward, results, env_scope, symbols) -> None:
         if fwd.results is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dims import assuming
 from ..ir import Graph
 from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
@@ -90,7 +91,12 @@ def optimize(
 def run_passes(graph: Graph, passes: list[Pass], params: dict | None = None,
                verify_ir: bool = False) -> tuple[Graph, list[PassStats]]:
     """Run `passes` in order on a copy of `graph`, recording what each did."""
-    graph = copy_graph(graph)
+    with assuming(graph.size_facts()):  # shape rules rerun under the model's `where` facts
+        return _run_passes(copy_graph(graph), passes, params, verify_ir)
+
+
+def _run_passes(graph: Graph, passes: list[Pass], params: dict | None,
+                verify_ir: bool) -> tuple[Graph, list[PassStats]]:
     if verify_ir:
         _verified(graph, "before the first pass")
     stats = []

@@ -8,6 +8,7 @@ from collections import Counter
 import networkx as nx
 import numpy as np
 
+from ..dims import assuming
 from ..ir import STRUCTURAL_OPS, Graph
 from ..ops import REGISTRY, OpError
 from ..types import TensorType, dtype_of_numpy
@@ -26,8 +27,10 @@ def describe(graph: Graph, nid: int) -> str:
 
 def verify(graph: Graph, infer: bool = True) -> None:
     """Check every invariant of the IR (and, with `infer`, every node's types against its op's
-    shape rule), in `graph` and in every graph nested in it; raise IRError at the first break."""
-    _verify(graph, infer)
+    shape rule), in `graph` and in every graph nested in it; raise IRError at the first break.
+    Sizes compare under the graph's `where X % k == 0` facts."""
+    with assuming(graph.size_facts()):
+        _verify(graph, infer)
 
 
 def _verify(graph: Graph, infer: bool) -> None:

@@ -279,6 +279,7 @@ class Forward(Node):
     inputs: tuple[InputDef, ...]
     results: tuple[TensorTypeExpr, ...] | None
     results_tuple: bool  # `-> (a, b)` rather than `-> a`
+    result_names: tuple[str | None, ...]  # `-> (mu: f32[..], ..)`: one per result, None if unnamed
     where: tuple[Constraint, ...]
     body: tuple[Stmt, ...]
 

@@ -173,16 +173,26 @@ class ASTBuilder(Transformer):
     def forward_def(self, meta, ch):
         *inputs, _arrow, results, where, body = ch
         inputs = tuple(i for i in inputs if i is not None)
-        res_types, res_tuple = results if results is not None else (None, False)
-        return A.Forward(self._span(meta), inputs, res_types, res_tuple, where or (), body)
+        res_types, res_names, res_tuple = results if results is not None else (None, (), False)
+        return A.Forward(
+            self._span(meta), inputs, res_types, res_tuple, res_names, where or (), body
+        )
 
     def input_def(self, meta, ch):
         return A.InputDef(self._span(meta), str(ch[0]), ch[1])
 
     def result_types(self, meta, ch):
-        types = tuple(t for t in ch if t is not None)
+        named = [c if isinstance(c, tuple) else (None, c) for c in ch if c is not None]
         text = self.text_of(meta)
-        return types, text.lstrip().startswith("(")
+        return (
+            tuple(t for _, t in named),
+            tuple(n for n, _ in named),
+            text.lstrip().startswith("("),
+        )
+
+    def result_type(self, meta, ch):
+        name, ttype = ch
+        return (str(name) if name is not None else None, ttype)
 
     def text_of(self, meta) -> str:
         if self.line_offset or self.col_offset or getattr(meta, "empty", True):
