@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kiln
+from _sizes import symbol_sizes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FILES = sorted(EXAMPLES.glob("*.kiln"))
@@ -26,8 +27,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def random_inputs(m, size: int, rng) -> list[np.ndarray]:
     """One array per input, every symbolic dimension bound to `size`."""
     out = []
+    env = symbol_sizes(m, {}, size)
     for port in m.inputs:
-        shape = [d.value if d.is_const else size for d in port.type.shape]
+        shape = [d.evaluate(env) for d in port.type.shape]
         if port.type.dtype.startswith("f"):
             out.append(rng.standard_normal(shape).astype(np.float32))
         elif port.type.dtype == "bool":
@@ -55,8 +57,9 @@ def test_example_runs_at_two_batch_sizes(path):
         outputs = m(*random_inputs(m, size, np.random.default_rng(size)))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         assert len(outputs) == len(m.outputs)
+        env = symbol_sizes(m, {}, size)
         for y, port in zip(outputs, m.outputs, strict=False):
-            assert y.shape == tuple(d.value if d.is_const else size for d in port.type.shape)
+            assert y.shape == tuple(d.evaluate(env) for d in port.type.shape)
             assert np.all(np.isfinite(y))
 
 
@@ -77,7 +80,8 @@ def test_readme_lists_every_example():
 def test_readme_command_runs(path):
     result = cli("run", path, *readme_command(path))
     assert result.returncode == 0, result.stderr
-    assert "output" in result.stdout
+    shown = re.findall(r"^(\w+): ", result.stdout, re.MULTILINE)
+    assert shown == [p.name for p in kiln.load(path).elaborate().outputs]
 
 
 # ---------------------------------------------------------------------------- numpy forwards

@@ -6,11 +6,19 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kiln
 from kiln import KilnError
+from kiln.compiler.dims import Dim, assuming, divisibility
+from kiln.runtime.aot import parse_dim
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RNG = np.random.default_rng(1234)
 
@@ -501,3 +509,191 @@ def test_initial_weights_are_a_function_of_seed_and_path_across_processes():
     np.testing.assert_array_equal(
         a.params["0.weight"], kiln.compile(src, seed=7, target="reference").params["0.weight"]
     )
+
+
+# ---------------------------------------------------------------------------- where facts in sizes
+UNET_LEVEL = """
+model Up {
+  forward(x: f32[B, 2, H, W]) -> f32[B, 4, H, W] %s {
+    down = max_pool(max_pool(x, 2), 2)                           # [B, 2, H//4, W//4]
+    up = conv_transpose(down, ones([2, 2, 4, 4]), stride = 4)    # [B, 2, 4*(H//4), 4*(W//4)]
+    return concat([up, x], axis = 1)
+  }
+}"""
+
+
+def test_where_facts_let_an_upsampled_path_meet_its_skip():
+    with pytest.raises(KilnError) as info:  # without the facts, 4*(H//4) is not H
+        build(UNET_LEVEL % "")
+    assert info.value.code == "K0301" and "4*(H//4)" in info.value.message
+    m = build(UNET_LEVEL % "where H % 4 == 0, W % 2 == 0, W % 4 == 0")
+    assert str(m.outputs[0].type) == "f32[B, 4, H, W]"
+    x = randn(2, 2, 8, 12)
+    down = x.reshape(2, 2, 2, 4, 3, 4).max(axis=(3, 5))
+    up = np.repeat(np.repeat(down.sum(axis=1, keepdims=True), 4, axis=2), 4, axis=3)
+    want = np.concatenate([np.repeat(up, 2, axis=1), x], axis=1)
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["reference", "onnx", "native"])
+def test_where_facts_are_checked_on_every_call(target):
+    m = kiln.compile(UNET_LEVEL % "where H % 4 == 0, W % 4 == 0", target=target)
+    m(randn(1, 2, 4, 8))
+    for shape in [(1, 2, 6, 8), (1, 2, 4, 10)]:
+        with pytest.raises(KilnError) as info:
+            m(randn(*shape))
+        assert info.value.code == "K0504"
+
+
+def test_unet_example_refuses_sizes_not_multiples_of_4():
+    m = kiln.compile(ROOT / "examples" / "unet.kiln", target="reference")
+    assert str(m.inputs) == "[x: f32[B, 3, H, W]]"
+    assert m(randn(1, 3, 8, 4)).shape == (1, 2, 8, 4)
+    with pytest.raises(KilnError) as info:
+        m(randn(1, 3, 10, 8))
+    assert info.value.code == "K0504" and "H % 4 == 0" in info.value.message
+
+
+def test_where_facts_prove_constraints_of_blocks():
+    src = """
+    block Halve {
+      forward(x: f32[N, C, L]) -> f32[N, C, L // 2] where L %% 2 == 0 { return max_pool(x, 2) }
+    }
+    model M { forward(x: f32[B, 1, T]) -> f32[B, 1, T // 4] %s { return x |> Halve |> Halve } }
+    """
+    assert build(src % "where T % 4 == 0").model.graph.constraints[1:] == []  # proven
+    m = build(src % "")  # without the fact, each Halve's constraint is checked at call time
+    assert [c.text for c in m.model.graph.constraints] == ["L % 2 == 0"] * 2
+
+
+def test_sizes_compare_under_divisibility_facts():
+    H, W = Dim.of("H"), Dim.of("W")
+    assert (H // 2) // 2 == H // 4  # always: floor of a floor
+    assert 2 * (H // 4) != H // 2
+    with assuming({"H": 4}):
+        assert 2 * (H // 4) == H // 2 and 4 * (H // 4) == H and (H + 1) // 2 == H // 2
+        assert H % 2 == 0 and H % 8 != 0 and H // 2 != H // 4
+        assert 2 * (W // 2) != W  # only H is known to be even
+        with assuming({"H": 3}):  # facts combine: H % 12 == 0
+            assert H // 12 * 12 == H
+    assert 4 * (H // 4) != H  # the facts are gone with the block
+    assert divisibility("==", H % 4, Dim.of(0)) == ("H", 4)
+    assert divisibility("==", Dim.of(0), W % 2) == ("W", 2)
+    assert divisibility("<=", H % 4, Dim.of(0)) is None
+    assert divisibility("==", (H + 1) % 4, Dim.of(0)) is None
+
+
+# ---------------------------------------------------------------------------- printing sizes
+@pytest.mark.parametrize("dim, text", [
+    (lambda H, W: 2 * (H // 4), "2*(H//4)"),
+    (lambda H, W: -(H // 2), "-(H//2)"),
+    (lambda H, W: W * (H // 2), "W*(H//2)"),
+    (lambda H, W: (H // 2) ** 2, "(H//2)**2"),
+    (lambda H, W: H - H % 3, "H - H%3"),
+    (lambda H, W: (H + 1) // 2 * 3, "3*((H + 1)//2)"),
+    (lambda H, W: 2 * H * W + 1, "2*H*W + 1"),
+])
+def test_sizes_print_with_the_parentheses_they_need(dim, text):
+    d = dim(Dim.of("H"), Dim.of("W"))
+    assert str(d) == text
+    assert parse_dim(text) == d
+
+
+def _dims():
+    leaves = st.one_of(st.integers(-5, 9).map(Dim.of), st.sampled_from("BHW").map(Dim.of))
+
+    def grow(sub):
+        den = st.integers(1, 5)
+        return st.one_of(
+            st.tuples(sub, sub).map(lambda ab: ab[0] + ab[1]),
+            st.tuples(sub, sub).map(lambda ab: ab[0] - ab[1]),
+            st.tuples(sub, sub).map(lambda ab: ab[0] * ab[1]),
+            st.tuples(sub, den).map(lambda ad: ad[0] // ad[1]),
+            st.tuples(sub, den).map(lambda ad: ad[0] % ad[1]),
+            sub.map(lambda a: -a),
+        )
+
+    return st.recursive(leaves, grow, max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_dims(), st.fixed_dictionaries({s: st.integers(0, 40) for s in "BHW"}))
+def test_printed_sizes_read_back_as_the_same_size(d, env):
+    text = str(d)
+    assert parse_dim(text) == d, text
+    assert eval(text, {}, env) == d.evaluate(env), text  # kiln reads sizes as Python does
+
+
+# ---------------------------------------------------------------------------- named outputs
+NAMED = """
+model M {
+  forward(x: f32[B, 3]) -> (total: f32[B], f32[B, 3], doubled: f32[B, 3]) {
+    return sum(x, axis = -1), -x, 2 * x
+  }
+}"""
+
+
+def test_outputs_named_in_the_signature():
+    m = build(NAMED)
+    assert [p.name for p in m.outputs] == ["total", "output_1", "doubled"]
+    x = randn(2, 3)
+    out = m(x)
+    assert out._fields == ("total", "output_1", "doubled")
+    np.testing.assert_allclose(out.total, x.sum(-1), rtol=1e-6)
+    np.testing.assert_array_equal(out.doubled, 2 * x)
+    total, neg, doubled = out  # still a tuple in signature order
+    np.testing.assert_array_equal(neg, -x)
+    assert m.signature() == (
+        "M(x: f32[B, 3]) -> (total: f32[B], output_1: f32[B, 3], doubled: f32[B, 3])"
+    )
+
+
+def test_unnamed_outputs_keep_their_names_and_a_plain_tuple():
+    m = build("model M { forward(x: f32[B]) -> (f32[B], f32[B]) { return x, -x } }")
+    assert [p.name for p in m.outputs] == ["output_0", "output_1"]
+    assert type(m(randn(2))) is tuple
+    one = build("model M { forward(x: f32[B]) -> (y: f32[B]) { return -x } }")
+    assert [p.name for p in one.outputs] == ["y"] and isinstance(one(randn(2)), np.ndarray)
+
+
+@pytest.mark.parametrize("result, clash", [
+    ("(x: f32[B], f32[B])", "an input"),
+    ("(a: f32[B], a: f32[B])", "another output"),
+    ("(output_1: f32[B], f32[B])", "another output"),
+    ("(w: f32[B], f32[B])", "a parameter"),
+])
+def test_output_names_must_be_new(result, clash):
+    src = f"""model M {{
+      param w: [1] = init.ones()
+      forward(x: f32[B]) -> {result} {{ return x * w, -x }}
+    }}"""
+    with pytest.raises(KilnError) as info:
+        build(src)
+    assert info.value.code == "K0106" and clash in info.value.message
+    assert info.value.span.line == 3
+
+
+def test_named_outputs_name_the_cli_npz_and_check(tmp_path):
+    path = tmp_path / "m.kiln"
+    path.write_text(NAMED)
+    out = tmp_path / "out.npz"
+    run = subprocess.run([sys.executable, "-m", "kiln.cli", "run", str(path), "--random-inputs",
+                          "--target", "reference", "-o", str(out)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert sorted(np.load(out)) == ["doubled", "output_1", "total"]
+    check = subprocess.run([sys.executable, "-m", "kiln.cli", "check", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert "output total: f32[B]" in check.stdout and "output doubled: f32[B, 3]" in check.stdout
+
+
+# ---------------------------------------------------------------------------- readable ports
+def test_ports_print_as_a_signature():
+    m = build("""model M {
+      forward(x: f32[B, 784], mask: bool[B]?) -> (recon: f32[B, 784], f32[B]) {
+        return x, sum(x, axis = -1)
+      }
+    }""")
+    assert str(m.inputs) == "[x: f32[B, 784], mask: bool[B]?]"
+    assert repr(m.outputs) == "[recon: f32[B, 784], output_1: f32[B]]"
+    assert str(m.outputs[0]) == "recon: f32[B, 784]"

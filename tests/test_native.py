@@ -15,6 +15,7 @@ import pytest
 import kiln
 from kiln import KilnError
 from kiln.compiler.ops import REGISTRY
+from _sizes import symbol_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)
@@ -241,6 +242,24 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_a_library_keeps_output_names_and_where_facts(tmp_path):
+    src = ("model M {\n  forward(x: f32[B, 2, H]) -> (pooled: f32[B, 2, H // 2], "
+           "joined: f32[B, 4, H])\n      where H % 2 == 0 {\n    h = max_pool(x, 2)\n"
+           "    return h, concat([concat([h, h], axis = 2), x], axis = 1)\n  }\n}\n")
+    m = kiln.load_compiled(_ahead_of_time(tmp_path, src))
+    ref = kiln.compile(src, target="reference")
+    assert [p.name for p in m.outputs] == ["pooled", "joined"]
+    x = RNG.standard_normal((3, 2, 6)).astype(np.float32)
+    got, want = m(x), ref(x)
+    assert got._fields == ("pooled", "joined")
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    with pytest.raises(KilnError) as info:
+        m(np.zeros((1, 2, 5), np.float32))
+    assert info.value.code == "K0504"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
 def test_a_library_is_built_for_one_set_of_optional_inputs(tmp_path, capsys):
     """An optional input is built in as a required input (as in an ONNX export), or left out
     with --omit; calls are checked against the library's own signature."""
@@ -383,7 +402,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
 def _feeds(model, sizes, rng):
     feeds = []
     for p in model.inputs:
-        env = {s: sizes.get(s, 3) for d in p.type.shape for s in d.symbols()}
+        env = symbol_sizes(model, sizes, 3)
         shape = tuple(d.evaluate(env) for d in p.type.shape)
         if p.type.dtype == "i64":  # ids valid for the smallest size
             feeds.append(rng.integers(0, min(sizes.values()), size=shape).astype(np.int64))

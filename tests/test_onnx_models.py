@@ -16,6 +16,7 @@ import pytest
 import kiln
 from kiln import KilnError
 from kiln.compiler.codegen import onnx as onnx_codegen
+from _sizes import symbol_sizes
 
 pytest.importorskip("onnxruntime")
 
@@ -59,7 +60,7 @@ model M(d: int = 2) {
 def inputs_for(model, sizes: dict[str, int], rng) -> dict[str, np.ndarray]:
     out = {}
     for p in model.inputs:
-        env = {s: sizes.get(s, 3) for d in p.type.shape for s in d.symbols()}
+        env = symbol_sizes(model, sizes, 3)
         shape = tuple(d.evaluate(env) for d in p.type.shape)
         if p.type.dtype == "i64":  # ids (tokens, node indices) valid for the smallest size
             out[p.name] = rng.integers(0, min(sizes.values(), default=3), size=shape).astype(np.int64)
@@ -161,6 +162,14 @@ def test_signature_names_dim_params_and_node_spans(tmp_path):
         p.value for n in proto.graph.node for p in n.metadata_props if p.key == "kiln.source"
     ]
     assert sources and all(s.startswith("<source>:") for s in sources)
+
+
+def test_named_outputs_are_the_onnx_output_names(tmp_path):
+    ref, proto = compare(str(ROOT / "examples" / "vae.kiln"), [{"B": 2}], tmp_path)
+    assert [o.name for o in proto.graph.output] == ["recon", "mu", "logvar"]
+    feeds = inputs_for(ref, {"B": 2}, np.random.default_rng(0))
+    got = kiln.compile(str(ROOT / "examples" / "vae.kiln"), target="onnx")(**feeds)
+    assert got._fields == ("recon", "mu", "logvar")
 
 
 def test_initializers_are_named_by_dotted_path(tmp_path):
