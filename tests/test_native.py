@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _sizes import symbol_sizes
 
 import kiln
 from kiln import KilnError
 from kiln.compiler.ops import REGISTRY
-from _sizes import symbol_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)

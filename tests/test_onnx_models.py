@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _sizes import symbol_sizes
 
 import kiln
 from kiln import KilnError
 from kiln.compiler.codegen import onnx as onnx_codegen
-from _sizes import symbol_sizes
 
 pytest.importorskip("onnxruntime")
 
