@@ -354,6 +354,28 @@ def divisibility(op: str, lhs: Dim, rhs: Dim) -> tuple[str, int] | None:
     return None
 
 
+def facts_equating(a: Dim, b: Dim) -> dict[str, int] | None:
+    """Divisibility facts {X: k} under which a == b though they differ without them
+    (`4*(H//4)` and `H` given H % 4 == 0), for a hint; None when no such facts are found."""
+    if a == b:
+        return None
+    facts: dict[str, int] = {}
+    for d in (a, b):
+        _divisors(d, 1, facts)
+    with assuming(facts):
+        return facts if facts and a == b else None
+
+
+def _divisors(d: Dim, outer: int, facts: dict[str, int]) -> None:
+    """For each symbol under a `//` or `%` in d, the lcm of the divisions it sits under."""
+    for mono, _ in d.terms:
+        for atom, _p in mono:
+            if isinstance(atom, DivAtom):
+                for x in atom.num.symbols():
+                    know(facts, x, outer * atom.den)
+                _divisors(atom.num, outer * atom.den, facts)
+
+
 @contextmanager
 def assuming(facts: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
     """Compare sizes under divisibility facts {X: k} (X % k == 0), added to those already in

@@ -526,6 +526,12 @@ def test_where_facts_let_an_upsampled_path_meet_its_skip():
     with pytest.raises(KilnError) as info:  # without the facts, 4*(H//4) is not H
         build(UNET_LEVEL % "")
     assert info.value.code == "K0301" and "4*(H//4)" in info.value.message
+    assert "`where H % 4 == 0, W % 4 == 0`" in info.value.hint
+    with pytest.raises(KilnError) as info:  # a result checked against its declared type
+        build(UNET_LEVEL.replace("f32[B, 4, H, W]", "f32[B, 2, H, W]").replace(
+            "concat([up, x], axis = 1)", "up") % "where W % 2 == 0")
+    assert info.value.code == "K0301" and "but [B, 2, H, W] is expected" in info.value.message
+    assert info.value.hint.endswith("`where H % 4 == 0, W % 4 == 0`")
     m = build(UNET_LEVEL % "where H % 4 == 0, W % 2 == 0, W % 4 == 0")
     assert str(m.outputs[0].type) == "f32[B, 4, H, W]"
     x = randn(2, 2, 8, 12)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dims import ARITHMETIC, Dim, DimError
+from ..dims import ARITHMETIC, Dim, DimError, facts_equating, know
 from ..errors import KilnError, Span
 from ..ops import REGISTRY, OpError
 from ..syntax import ast as A
@@ -615,7 +615,8 @@ class ExprMixin:
         except OpError as err:
             # a shape error belongs to the whole call; a bad attribute or dtype to its argument
             where = values[err.arg][1] if err.arg in values and err.code != "K0301" else span
-            raise KilnError(err.code, f"{rec.name}: {err.message}", where) from None
+            hint = where_hint(_aligned_sizes(types)) if err.code == "K0301" else None
+            raise KilnError(err.code, f"{rec.name}: {err.message}", where, hint) from None
         outs = self.add_node(rec.name, inputs, attrs, out_types, span)
         return tuple(outs) if "multi_output" in rec.tags else outs[0]
 
@@ -791,6 +792,36 @@ def _scalar_dtype(v) -> str:
     if isinstance(v, (int, Dim)):
         return "i64"
     return "f32"
+
+
+def where_hint(pairs) -> str | None:
+    """A hint naming the `where X % k == 0` facts under which each pair of sizes would agree
+    (a U-Net's 4*(H//4) and H), or None."""
+    facts: dict[str, int] = {}
+    for a, b in pairs:
+        for x, k in (facts_equating(Dim.of(a), Dim.of(b)) or {}).items():
+            know(facts, x, k)
+    if not facts:
+        return None
+    text = ", ".join(f"{x} % {k} == 0" for x, k in sorted(facts.items()))
+    return f"the sizes agree when {text}: state it on the model's forward, `where {text}`"
+
+
+def _aligned_sizes(types) -> list[tuple[Dim, Dim]]:
+    """Pairs of different sizes on the same axis (counted from the last) of an op's operands."""
+    shapes = [t.shape for t in _flat_types(types)]
+    pairs = []
+    for i, s in enumerate(shapes):
+        for other in shapes[i + 1 :]:
+            pairs += [(a, b) for a, b in zip(reversed(s), reversed(other)) if a != b]
+    return pairs
+
+
+def _flat_types(types) -> list[TensorType]:
+    out = []
+    for t in types:
+        out += _flat_types(t) if isinstance(t, (list, tuple)) else [t] if t is not None else []
+    return out
 
 
 def _contains_tensor(v) -> bool:

@@ -9,7 +9,7 @@ from ..errors import KilnError, Span
 from ..ir import COMPARISONS, Constraint
 from ..syntax import ast as A
 from ..types import TensorType, shape_str
-from .exprs import Poisoned, _count, describe, norm_dim
+from .exprs import Poisoned, _count, describe, norm_dim, where_hint
 from .scope import Scope, Unbound
 from .values import (
     ABSENT,
@@ -268,24 +268,41 @@ class ForwardMixin:
     def check_dims(self, pending: list, env_scope: Scope, symbols: dict) -> None:
         """Evaluate each dimension expression with every symbol bound, and compare."""
         scope = Scope(dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const)
-        for d, a, mismatch, what in pending:
-            try:
-                expect = self.eval(d, scope)
-            except KilnError as err:
-                if err.code == "K0101":
-                    raise KilnError(
-                        "K0101",
-                        f"{what}: cannot work out the size {err.message[13:]} from "
-                        "the input shapes",
-                        d.span,
-                    ) from None
-                raise
-            if not isinstance(expect, (int, Dim)) or isinstance(expect, bool):
+        for i, (d, a, mismatch, what) in enumerate(pending):
+            expect = self.declared_size(d, scope, what)
+            if expect != a:
+                err = mismatch()
+                err.hint = where_hint([(expect, a), *self.other_differences(pending[i + 1 :],
+                                                                             mismatch, scope)])
+                raise err
+
+    def declared_size(self, d, scope: Scope, what: str) -> Dim:
+        """The size a declared dimension expression stands for, every symbol being bound."""
+        try:
+            expect = self.eval(d, scope)
+        except KilnError as err:
+            if err.code == "K0101":
                 raise KilnError(
-                    "K0202", f"a dimension must be a size, not {describe(expect)}", d.span
-                )
-            if Dim.of(expect) != a:
-                raise mismatch()
+                    "K0101",
+                    f"{what}: cannot work out the size {err.message[13:]} from the input shapes",
+                    d.span,
+                ) from None
+            raise
+        if not isinstance(expect, (int, Dim)) or isinstance(expect, bool):
+            raise KilnError("K0202", f"a dimension must be a size, not {describe(expect)}", d.span)
+        return Dim.of(expect)
+
+    def other_differences(self, pending: list, mismatch, scope: Scope) -> list:
+        """The other (declared, actual) size pairs of the same shape that differ, for a hint;
+        those that cannot be worked out are left out (the first mismatch is the error)."""
+        pairs = []
+        for d, a, m, what in pending:
+            if m is mismatch:
+                try:
+                    pairs.append((self.declared_size(d, scope, what), a))
+                except (KilnError, Poisoned):
+                    continue
+        return [(e, a) for e, a in pairs if e != a]
 
     def render_pattern(self, pattern: A.TensorTypeExpr, env_scope, symbols) -> str:
         parts = []
