@@ -534,6 +534,9 @@ def test_where_facts_let_an_upsampled_path_meet_its_skip():
     assert info.value.hint.endswith("`where H % 4 == 0, W % 4 == 0`")
     m = build(UNET_LEVEL % "where H % 4 == 0, W % 2 == 0, W % 4 == 0")
     assert str(m.outputs[0].type) == "f32[B, 4, H, W]"
+    graph = m.model.graph
+    (up,) = graph.nodes_with_op("conv_transpose")  # spelled as the size it equals, not 4*(H//4)
+    assert str(graph.node(up)["types"][0]) == "f32[B, 2, H, W]"
     x = randn(2, 2, 8, 12)
     down = x.reshape(2, 2, 2, 4, 3, 4).max(axis=(3, 5))
     up = np.repeat(np.repeat(down.sum(axis=1, keepdims=True), 4, axis=2), 4, axis=3)

@@ -103,6 +103,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         self.member_scope_depth = 0
         self.current_paths: list[str] = [""]  # the block instance whose forward is running
         self.size_facts: dict[str, int] = {}  # `where X % k == 0` facts: {X: k}
+        self.sizes_seen: list[Dim] = []  # distinct sizes, as first spelled (spelled_as_seen)
 
     # ------------------------------------------------------------------ errors
     def report(self, err: KilnError) -> None:
@@ -149,8 +150,23 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         frame = self.graphs[-1]
         values = [self.use(t).value if t is not None else None for t in inputs]
         scope = self.path_of_stack()
-        outs = frame.graph.add(op, values, attrs, list(types), span, scope)
+        types = [self.spelled_as_seen(t) for t in types]
+        outs = frame.graph.add(op, values, attrs, types, span, scope)
         return [Tensor(v, frame.graph) for v in outs]
+
+    def spelled_as_seen(self, t: TensorType) -> TensorType:
+        """t with each size that equals, given the `where` facts, a size met earlier (an input's
+        first) spelled as that one: a U-Net's up-sampled path is [B, C, H//2, W//2], not
+        [B, C, 2*(H//4), 2*(W//4)]. Every later comparison is made under the same facts."""
+        if not self.size_facts:
+            return t
+        shape = []
+        for d in t.shape:
+            same = next((s for s in self.sizes_seen if s == d), None)
+            if same is None:
+                self.sizes_seen.append(d)
+            shape.append(d if same is None else same)
+        return t.with_shape(tuple(shape))
 
     def path_of_stack(self) -> str:
         return self.current_paths[-1] if self.current_paths else ""
@@ -240,7 +256,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             graph = self.root_graph
             graph.outputs = [r.value for r in results]
             graph.output_names = names
-            outputs = [Port(n, _in_input_sizes(r.type, inputs)) for n, r in zip(names, results)]
+            outputs = [Port(n, r.type) for n, r in zip(names, results, strict=True)]
         except Poisoned:
             pass
         except KilnError as err:
@@ -353,16 +369,10 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                 feed.append((ABSENT, d.span))
                 continue
             value = graph.add_input(d.name, ttype, d.span, optional=t.optional)
+            self.sizes_seen += [s for s in shape if s not in self.sizes_seen]
             inputs.append(Port(d.name, ttype, t.optional, d.span))
             feed.append((Tensor(value, graph), d.span))
         return inputs, feed
-
-
-def _in_input_sizes(t: TensorType, inputs: list[Port]) -> TensorType:
-    """t with each size that equals an input's size (given the `where` facts in force) written
-    as that size: a U-Net's output is [B, 2, H, W], not [B, 2, 4*(H//4), 4*(W//4)]."""
-    sizes = list(dict.fromkeys(d for p in inputs for d in p.type.shape))
-    return t.with_shape(tuple(next((s for s in sizes if s == d), d) for d in t.shape))
 
 
 def default_output_names(count: int) -> list[str]:
