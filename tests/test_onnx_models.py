@@ -172,6 +172,15 @@ def test_named_outputs_are_the_onnx_output_names(tmp_path):
     assert got._fields == ("recon", "mu", "logvar")
 
 
+def test_port_names_never_clash_with_the_exporters_own_names(tmp_path):
+    """The exporter names its constants and nodes' results `const__0`, `add__1`, ...; a model
+    input or output may be named so too."""
+    src = ("model M {\n  forward(const__0: f32[B]) -> (const__1: f32[B], add__2: f32[B]) {\n"
+           "    return exp(-const__0) + 1.0, const__0 * 2.0\n  }\n}")
+    _, proto = compare(src, [{"B": 2}], tmp_path)
+    assert [o.name for o in proto.graph.output] == ["const__1", "add__2"]
+
+
 def test_initializers_are_named_by_dotted_path(tmp_path):
     """Every example's parameters are checked by compare; here, the ones a Linear transposes
     and a BatchNorm reads, which the optimizer once folded into `const__N` initializers."""

@@ -66,9 +66,11 @@ class OnnxBuilder:
 
     opset = OPSET
 
-    def __init__(self, symbol_sources: dict[str, tuple[str, int]], checked: bool = False):
+    def __init__(self, symbol_sources: dict[str, tuple[str, int]], checked: bool = False,
+                 taken: frozenset[str] = frozenset()):
         self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
         self.checked = checked  # whether run-time checks become outputs (see `check`)
+        self.taken = taken  # names the model gives (its inputs and outputs): never fresh
         self.initializers: list[TensorProto] = []
         self.scopes: list[_Scope] = [_Scope()]
         self.params_done: set[str] = set()
@@ -78,7 +80,8 @@ class OnnxBuilder:
 
     # ---------------------------------------------------------------- names and nodes
     def fresh(self, hint: str = "t") -> str:
-        return f"{hint}__{next(self._ids)}"
+        name = f"{hint}__{next(self._ids)}"
+        return self.fresh(hint) if name in self.taken else name
 
     def node(
         self, op_type: str, inputs: list[str | None], outputs: list[str] | int = 1, **attrs: Any
@@ -273,7 +276,7 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         for axis, d in enumerate(port.type.shape):
             if d.symbol is not None and d.symbol not in sources:
                 sources[d.symbol] = (port.name, axis)
-    b = OnnxBuilder(sources, checked)
+    b = OnnxBuilder(sources, checked, frozenset(p.name for p in (*model.inputs, *model.outputs)))
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
     inputs = [value_info(p.name, p.type) for p in model.inputs]
