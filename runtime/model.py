@@ -308,9 +308,12 @@ class CompiledModel:
         for c in self.model.graph.constraints:
             lhs, rhs = Dim.of(c.lhs).evaluate(dims), Dim.of(c.rhs).evaluate(dims)
             if not COMPARISONS[c.op](lhs, rhs):
+                sizes = sorted(Dim.of(c.lhs).symbols() | Dim.of(c.rhs).symbols())
+                bound = ", ".join(f"{s} = {dims[s]}" for s in sizes)
                 raise KilnError(
                     "K0504",
-                    f"constraint {c.text} does not hold for these inputs ({lhs} {c.op} {rhs})",
+                    f"constraint {c.text} does not hold for these inputs "
+                    f"({bound}: {lhs} {c.op} {rhs})",
                     c.span,
                 )
         return dims
