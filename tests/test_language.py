@@ -666,6 +666,16 @@ def test_unnamed_outputs_keep_their_names_and_a_plain_tuple():
     assert [p.name for p in one.outputs] == ["y"] and isinstance(one(randn(2)), np.ndarray)
 
 
+def test_result_names_on_a_block_only_document():
+    m = build("""
+    block Split { forward(x: [B, 4]) -> (lo: [B, 2], hi: [B, 2]) { return x[:, :2], x[:, 2:] } }
+    model M { forward(x: f32[B, 4]) -> f32[B, 2] { lo, hi = x |> Split
+      return hi - lo } }""")
+    x = randn(3, 4)
+    np.testing.assert_array_equal(m(x), x[:, 2:] - x[:, :2])
+    assert [p.name for p in m.outputs] == ["output"]
+
+
 @pytest.mark.parametrize("result, clash", [
     ("(x: f32[B], f32[B])", "an input"),
     ("(a: f32[B], a: f32[B])", "another output"),
