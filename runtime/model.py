@@ -134,9 +134,11 @@ class CompiledModel:
 
     def signature(self) -> str:
         ins = ", ".join(map(str, self.inputs))
-        named = [p.name for p in self.outputs] != default_output_names(len(self.outputs))
+        named = self._results_type is not None  # as written: `-> (recon: f32[..], ..)`
         outs = ", ".join(str(p) if named else str(p.type) for p in self.outputs)
-        return f"{self.name}({ins}) -> {outs if len(self.outputs) == 1 else '(' + outs + ')'}"
+        if named or len(self.outputs) != 1:
+            outs = f"({outs})"
+        return f"{self.name}({ins}) -> {outs}"
 
     def __repr__(self) -> str:
         return f"<kiln {self.target} model {self.signature()}>"

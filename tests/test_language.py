@@ -664,6 +664,7 @@ def test_unnamed_outputs_keep_their_names_and_a_plain_tuple():
     assert type(m(randn(2))) is tuple
     one = build("model M { forward(x: f32[B]) -> (y: f32[B]) { return -x } }")
     assert [p.name for p in one.outputs] == ["y"] and isinstance(one(randn(2)), np.ndarray)
+    assert one.signature() == "M(x: f32[B]) -> (y: f32[B])"
 
 
 def test_result_names_on_a_block_only_document():
