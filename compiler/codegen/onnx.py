@@ -81,7 +81,9 @@ class OnnxBuilder:
     # ---------------------------------------------------------------- names and nodes
     def fresh(self, hint: str = "t") -> str:
         name = f"{hint}__{next(self._ids)}"
-        return self.fresh(hint) if name in self.taken else name
+        while name in self.taken:
+            name = f"{hint}__{next(self._ids)}"
+        return name
 
     def node(
         self, op_type: str, inputs: list[str | None], outputs: list[str] | int = 1, **attrs: Any
