@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kiln.compiler.dims import Dim
 from kiln.compiler.errors import KilnError
+from kiln.compiler.files import write_atomically
 from kiln.runtime.version import __version__
 
 
@@ -180,8 +181,28 @@ def compile_target(target: str | None, output: str) -> str:
     return target
 
 
+def check_outputs(opts) -> None:
+    """Refuse, before any work, an output that would overwrite what the build needs or writes
+    itself: a directory, the model's source, or (native) one of the library's companions."""
+    if opts.target == "native":
+        from kiln.runtime.aot import library_files
+
+        outputs = library_files(opts.output)
+    else:
+        outputs = [Path(opts.output)]
+        if outputs[0].is_dir():
+            raise KilnError("K0602", f"cannot write an ONNX file to {opts.output}: it is a "
+                            "directory", hint=f"name the file: {outputs[0] / 'model.onnx'}")
+    source = Path(opts.file).resolve()
+    for out in outputs:
+        if out.resolve() == source:
+            raise KilnError("K0602", f"kiln compile would write {out} over the model's source",
+                            hint="choose another output name")
+
+
 def cmd_compile(opts) -> int:
     opts.target = compile_target(opts.target, opts.output)
+    check_outputs(opts)
     model = compile_from_options(opts, "reference")  # the graph and weights, to write out
     if opts.report:
         from kiln.compiler.report import report
@@ -362,9 +383,8 @@ def cmd_graph(opts) -> int:
         proc = subprocess.run([exe, "-Tsvg"], input=dot, capture_output=True, text=True)
         if proc.returncode != 0:
             raise KilnError("K0602", f"dot failed: {proc.stderr.strip()}")
-        Path(out).write_text(proc.stdout)
-    else:
-        Path(out).write_text(dot)
+        dot = proc.stdout
+    write_atomically(out, dot.encode(), lambda why: KilnError("K0403", f"{out}: {why}"))
     print(f"wrote {out}")
     return 0
 
@@ -389,6 +409,8 @@ def load_inputs(opts, model) -> dict:
     for the rest, sized by --bind and by the symbols the given arrays bind."""
     import numpy as np
 
+    from kiln.runtime.weights import load_array
+
     binds = parse_binds(opts.bind, model.inputs, model.name)
     feeds = {}
     ports = {p.name: p for p in model.inputs}
@@ -403,11 +425,7 @@ def load_inputs(opts, model) -> dict:
                 f"{model.name} has no input named {name!r}",
                 hint=f"its inputs: {', '.join(sorted(names))}",
             )
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise KilnError("K0403", f"cannot read input {name} from {path}: {exc}") from None
-        feeds[name] = input_dtype(ports[name], feeds[name], path, opts.cast)
+        feeds[name] = input_dtype(ports[name], load_array(path, name), path, opts.cast)
     sizes = sizes_of_given(model.inputs, feeds, binds)
     missing = [p for p in model.inputs if p.name not in feeds and not p.optional]
     if missing and not opts.random_inputs:
@@ -537,10 +555,6 @@ def input_dtype(port, value, path: str, cast: bool):
 
     from kiln.compiler.types import NUMPY_DTYPES, dtype_of_numpy
 
-    if not isinstance(value, np.ndarray):  # np.load of an .npz: a mapping of arrays
-        value.close()
-        raise KilnError("K0502", f"input {port.name}: {path} holds {type(value).__name__}, not "
-                        "one array", hint="save one array with np.save(path, x) (.npy)")
     want = port.type.dtype
     target = NUMPY_DTYPES[want]
     got = dtype_of_numpy(value.dtype)

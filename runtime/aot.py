@@ -26,6 +26,7 @@ from ..compiler.dims import ARITHMETIC, Dim
 from ..compiler.elaborate import ElaboratedModel, Port
 from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
+from ..compiler.files import open_regular, read_bounded, staged_writes
 from ..compiler.ir import Constraint, Graph
 from ..compiler.types import TensorType, dtype_of_numpy
 from .model import CompiledModel
@@ -62,12 +63,32 @@ void run(void **inputs, void **outputs, void **params, void *workspace,
 """
 
 
+def library_files(path: str | os.PathLike) -> list[Path]:
+    """The files `write_library(path)` writes: the library, then its companions beside it
+    (weights, metadata, C header). K0602 when `path` is one of its own companions' names
+    (`-o lin.h` would write the library where its header goes) or a directory."""
+    path = Path(path)
+    stem = path.with_suffix("")
+    companions = [Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
+    if path in companions:
+        raise KilnError("K0602", f"cannot write a native library to {path}: the library's "
+                        f"{path.suffix} companion has that name", hint=f"name it {stem}.so")
+    if path.is_dir():
+        raise KilnError("K0602", f"cannot write a native library to {path}: it is a directory",
+                        hint=f"name the library's file: {path / 'model.so'}")
+    return [path, *companions]
+
+
 def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
                   cpu: targets.Target, stats: list = ()) -> list[Path]:
     """Build `path` (a shared library) and its companions; returns the files written. A model
     with optional inputs is built as the variant `model.present` says: those inputs are
-    required by the library, the others are not inputs of it (one library per set)."""
-    path = Path(path)
+    required by the library, the others are not inputs of it (one library per set).
+
+    All four files are staged and renamed into place together: a failure (a full disk)
+    leaves a previous build as it was, and nothing is written through a symlink."""
+    files = library_files(path)
+    path, stem = files[0], files[0].with_suffix("")
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise KilnError(
@@ -91,28 +112,27 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
         return {DIGEST_SYMBOL: metadata_digest(meta)}
 
     obj, layout, _machine = compile_object(model, cpu, with_plan=True, stamp=stamp)
-    with tempfile.TemporaryDirectory() as tmp:
+    header = HEADER.format(
+        name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
+        symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots),
+        signature=library_signature(model),
+    )
+
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0403", f"{path} and its companions: {why}")
+
+    with tempfile.TemporaryDirectory() as tmp, staged_writes(refuse) as staging:
         obj_path = Path(tmp) / "model.o"
         obj_path.write_bytes(obj)
-        out = Path(tmp) / "model.so"
-        proc = subprocess.run([cc, "-shared", "-o", str(out), str(obj_path), "-lm", "-lpthread"],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run([cc, "-shared", "-o", staging.path(path), str(obj_path), "-lm",
+                               "-lpthread"], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             why = proc.stderr.strip()[:500] or f"{cc} exited with status {proc.returncode}"
             raise KilnError("K0703", f"linking {path.name} failed: {why}")
-        try:
-            shutil.move(out, path)
-        except OSError as exc:
-            raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
-    stem = path.with_suffix("")
-    save_weights(f"{stem}.safetensors", made["weights"])
-    Path(f"{stem}.kiln.json").write_text(json.dumps(made["meta"], indent=1))
-    signature = library_signature(model)
-    Path(f"{stem}.h").write_text(HEADER.format(
-        name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
-        symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots), signature=signature,
-    ))
-    return [path, Path(f"{stem}.safetensors"), Path(f"{stem}.kiln.json"), Path(f"{stem}.h")]
+        save_weights(files[1], made["weights"], staging)
+        staging.write(files[2], json.dumps(made["meta"], indent=1).encode())
+        staging.write(files[3], header.encode())
+    return files
 
 
 def _library_arrays(params: dict, layout: ModuleLayout) -> dict:
@@ -200,17 +220,14 @@ def _refuse(stem: Path, what: str) -> KilnError:
 
 def _read_metadata(stem: Path) -> dict:
     where = Path(f"{stem}.kiln.json")
-    try:
-        with open(where, "rb") as f:
-            if not os.path.isfile(where):
-                raise OSError("not a regular file")
-            text = f.read(META_LIMIT + 1)
-        if len(text) > META_LIMIT:
-            raise ValueError(f"larger than {META_LIMIT} bytes")
-        meta = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise KilnError("K0403", f"cannot read {where.name} beside {stem.name}.so: {exc}"
-                        ) from None
+
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0403", f"cannot read {where.name} beside {stem.name}.so: {why}")
+
+    try:  # a regular file only (never a FIFO that would block, or /dev/zero), bounded
+        meta = json.loads(read_bounded(where, META_LIMIT, refuse))
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
     if not isinstance(meta, dict):
         raise _refuse(stem, f"{where.name} is not a kiln library's metadata")
     return meta
@@ -248,7 +265,8 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
             hint="rebuild it here, or for a portable target: kiln compile --target native "
             "--cpu x86-64-v3",
         )
-    try:
+    open_regular(path, lambda why: KilnError("K0403", f"cannot load {path}: {why}")).close()
+    try:  # (dlopen would block on a FIFO)
         lib = ctypes.CDLL(str(path.resolve()))
     except OSError as exc:
         raise KilnError("K0403", f"cannot load {path}: {exc}") from None
@@ -297,4 +315,4 @@ def _model_and_layout(meta: dict) -> tuple[ElaboratedModel, ModuleLayout]:
     return model, layout
 
 
-__all__ = ["write_library", "load_compiled", "parse_dim", "library_signature"]
+__all__ = ["write_library", "library_files", "load_compiled", "parse_dim", "library_signature"]

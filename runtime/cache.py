@@ -8,6 +8,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..compiler.errors import KilnError
+from ..compiler.files import memory_bytes, read_bounded, write_atomically
+
 MAGIC = b"KILNOBJ1"
 
 
@@ -31,8 +34,9 @@ def load(name: str) -> bytes | None:
     """The cached object code for `name`, or None (absent, unreadable or damaged)."""
     path = cache_dir() / f"{name}.o"
     try:
-        data = path.read_bytes()
-    except OSError:
+        # a cache entry is a regular file no larger than memory: never a device or a FIFO
+        data = read_bounded(path, memory_bytes(), _unusable)
+    except (KilnError, OSError):
         return None
     header = len(MAGIC) + 32
     payload = data[header:]
@@ -46,12 +50,16 @@ def load(name: str) -> bytes | None:
 
 
 def store(name: str, payload: bytes) -> None:
-    """Write an entry atomically; a cache that cannot be written is simply not used."""
+    """Write an entry atomically; a cache that cannot be written is simply not used (and a
+    failed write, a full disk say, leaves nothing behind)."""
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{name}.{os.getpid()}.{id(payload)}.tmp"
-        tmp.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
-        os.replace(tmp, directory / f"{name}.o")
-    except OSError:
+        write_atomically(directory / f"{name}.o",
+                         MAGIC + hashlib.sha256(payload).digest() + payload, _unusable)
+    except (KilnError, OSError):
         pass
+
+
+def _unusable(why: str) -> KilnError:
+    return KilnError("K0403", f"compile cache entry: {why}")

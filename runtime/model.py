@@ -175,10 +175,14 @@ class CompiledModel:
 
     def with_weights(self, path_or_dict, strict: bool = True) -> dict[str, np.ndarray]:
         """The parameters with a weights file (or dict) applied; self is not changed."""
-        found = load_weights(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
         expected = {
             p: (info.shape, info.dtype) for p, info in self.model.params.items() if info.persistent
         }
+        # the shape each key should have, so that a file's other arrays are never inflated
+        shapes = {key: expected[p][0] for key, p in
+                  [*((p, p) for p in expected), *self.model.aliases.items()] if p in expected}
+        found = (load_weights(path_or_dict, shapes) if not isinstance(path_or_dict, dict)
+                 else path_or_dict)
         source = os.fspath(path_or_dict) if not isinstance(path_or_dict, dict) else "weights"
         matched = match_weights(expected, found, self.model.aliases, strict, source)
         params = dict(self.params)

@@ -6,12 +6,12 @@ keys, K0402 wrong shapes, dtypes or tied values, K0403 a file that cannot be rea
 
 from __future__ import annotations
 
+import math
 import os
-import secrets
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import ml_dtypes
 import numpy as np
@@ -19,6 +19,17 @@ import safetensors
 import safetensors.numpy
 
 from ..compiler.errors import KilnError
+from ..compiler.files import (
+    Refusal,
+    Staging,
+    format_bytes,
+    memory_bytes,
+    open_regular,
+    read_bounded,
+    read_exactly,
+    size_of,
+    staged_writes,
+)
 from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy
 
 # safetensors' dtype names -> numpy; safetensors.numpy itself has no BF16
@@ -52,21 +63,29 @@ def _format_of(path) -> str:
     return ext
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors in a .safetensors or .npz file, by key; KilnError K0403 if it is not one."""
+def load_weights(
+    path: str | os.PathLike, expected: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """All tensors in a .safetensors or .npz file, by key; KilnError K0403 if it is not one.
+
+    Only a regular file is read, and no array larger than its member could hold (or than this
+    machine's memory). With `expected` (key -> the shape the model wants), an npz member whose
+    key is not expected or whose declared shape differs is not decompressed: it comes back as
+    a read-only zero-stride stand-in of its declared shape and dtype, so that the matching
+    reports it without a deflate bomb ever being inflated.
+    """
     ext = _format_of(path)
-    if os.path.isdir(path):
-        raise _file_error(path, "is a directory, not a file")
-    if not os.path.exists(path):
-        raise _file_error(path, "no such file")
-    return _load_safetensors(path) if ext == ".safetensors" else _load_npz(path)
+    if ext == ".safetensors":
+        return _load_safetensors(path)
+    return _load_npz(path, expected, lambda why: _file_error(path, why))
 
 
 def _load_safetensors(path) -> dict[str, np.ndarray]:
+    # not compressed: the arrays are no larger than the file, which must fit in memory
+    data = read_bounded(path, memory_bytes(), lambda why: _file_error(path, why))
     try:
-        with open(path, "rb") as f:
-            entries = safetensors.deserialize(f.read())
-    except (OSError, safetensors.SafetensorError) as e:
+        entries = safetensors.deserialize(data)
+    except safetensors.SafetensorError as e:
         raise _file_error(path, f"not a valid safetensors file ({e})") from None
     tensors = {}
     for name, view in entries:
@@ -77,26 +96,125 @@ def _load_safetensors(path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _load_npz(path) -> dict[str, np.ndarray]:
-    if not zipfile.is_zipfile(path):
-        raise _file_error(path, "not an npz file (not a zip archive, or a truncated one)")
+# deflate expands at most 1032:1 (RFC 1951: a 258-byte match per 2 bits, at best), so a member
+# cannot hold more than this many bytes per compressed byte, whatever its header says
+_DEFLATE_RATIO = 1032
+_NPZ_METHODS = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: _DEFLATE_RATIO}
+_ZIP_MAGIC = b"PK\x03\x04"  # how an npz (a zip archive) begins
+
+
+def _load_npz(path, expected: Mapping[str, tuple[int, ...]] | None,
+              refuse: Refusal) -> dict[str, np.ndarray]:
     tensors = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for name in npz.files:
-                array = npz[name]
-                if not isinstance(array, np.ndarray):
-                    raise _file_error(path, f"member `{name}` is not a .npy array")
-                tensors[name] = array.view(_BF16) if array.dtype == _NPZ_BF16 else array
-    # numpy raises ValueError for object arrays (it would have to unpickle them) and for
-    # bad .npy headers; zipfile and zlib raise for damaged members
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise _file_error(path, f"not a valid npz file ({e})") from None
+    with open_regular(path, refuse) as file:
+        try:
+            archive = zipfile.ZipFile(file)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            raise refuse("not an npz file (not a zip archive, or a truncated one)") from None
+        with archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                tensors[name] = _npz_member(archive, info, name, expected, refuse)
     return tensors
 
 
-def save_weights(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
-    """Write tensors to .safetensors or .npz (by extension), atomically: all or nothing."""
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
+                expected: Mapping[str, tuple[int, ...]] | None, refuse: Refusal) -> np.ndarray:
+    """One member's array, decompressed only if `expected` is None or wants it in the shape
+    its header declares."""
+
+    def member_refuse(why: str) -> KilnError:
+        return refuse(f"member `{name}`: {why}")
+
+    ratio = _NPZ_METHODS.get(info.compress_type)
+    if ratio is None:
+        raise member_refuse(f"compression method {info.compress_type} is not one numpy "
+                            "writes (stored or deflated)")
+    try:
+        with archive.open(info) as member:
+            shape, fortran, dtype = _npy_header(member, member_refuse)
+            _check_declared(shape, dtype, ratio * info.compress_size, member_refuse)
+            if member.tell() + math.prod(shape) * dtype.itemsize != info.file_size:
+                raise member_refuse(f"its size ({info.file_size} bytes) disagrees with its "
+                                    "header")
+            # (-1,): never a declared shape, so a key the model lacks is never inflated
+            if expected is not None and tuple(expected.get(name, (-1,))) != shape:
+                return _from_npy(np.broadcast_to(np.zeros((), dtype), shape))  # not inflated
+            # reading the member's last byte makes zipfile check its CRC
+            return _npy_data(member, shape, fortran, dtype, member_refuse)
+    # zipfile and zlib raise these for damaged members (a bad CRC, a broken stream)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise member_refuse(f"damaged ({e})") from None
+
+
+def _npy_header(file, refuse: Refusal) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from a .npy header, refusing pickled objects."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+    except (ValueError, SyntaxError, TypeError) as e:  # numpy's errors for bad headers
+        raise refuse(f"not a .npy array ({e})") from None
+    if dtype.hasobject:
+        raise refuse("holds Python objects, which kiln never unpickles")
+    if dtype.itemsize == 0 or any(d < 0 for d in shape):
+        raise refuse(f"declares an impossible array ({dtype}, shape {shape})")
+    return tuple(shape), fortran, dtype
+
+
+def _check_declared(shape: tuple[int, ...], dtype: np.dtype, capacity: int,
+                    refuse: Refusal) -> None:
+    """An array's declared size must fit what holds it (`capacity` bytes) and memory."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > capacity:
+        raise refuse(f"declares {format_bytes(nbytes)} of data but can hold at most "
+                     f"{format_bytes(capacity)}")
+    if nbytes > memory_bytes():
+        raise refuse(f"declares {format_bytes(nbytes)}, more than this machine's memory")
+
+
+def _npy_data(file, shape: tuple[int, ...], fortran: bool, dtype: np.dtype,
+              refuse: Refusal) -> np.ndarray:
+    """The array after a .npy header: exactly its declared bytes, in its declared order."""
+    data = read_exactly(file, math.prod(shape) * dtype.itemsize, refuse)
+    array = np.frombuffer(data, dtype).reshape(shape[::-1] if fortran else shape)
+    return _from_npy(array.T if fortran else array)
+
+
+def _from_npy(array: np.ndarray) -> np.ndarray:
+    return array.view(_BF16) if array.dtype == _NPZ_BF16 else array
+
+
+def load_array(path: str | os.PathLike, name: str) -> np.ndarray:
+    """The one array of a .npy file (whatever its name), read with the bounds of
+    `load_weights`: the input `name` of `kiln run --input`."""
+
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0403", f"cannot read input {name} from {os.fspath(path)}: {why}")
+
+    with open_regular(path, refuse) as file:
+        if file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+            raise KilnError("K0502", f"input {name}: {os.fspath(path)} is an npz archive of "
+                            "arrays, not one array",
+                            hint="save one array with np.save(path, x) (.npy)")
+        file.seek(0)
+        shape, fortran, dtype = _npy_header(file, refuse)
+        # not compressed: the data must be in the file
+        _check_declared(shape, dtype, size_of(file) - file.tell(), refuse)
+        return _npy_data(file, shape, fortran, dtype, refuse)
+
+
+def save_weights(
+    path: str | os.PathLike, tensors: dict[str, np.ndarray], staging: Staging | None = None
+) -> None:
+    """Write tensors to .safetensors or .npz (by extension), atomically: all or nothing.
+
+    With `staging`, the file is staged there, to be renamed into place with the other files
+    of one build (`Staging.commit`); never written through a symlink either way."""
     ext = _format_of(path)
     arrays = {}
     for name, value in tensors.items():
@@ -107,7 +225,18 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> Non
         if dtype not in _SAVEABLE:
             raise _file_error(path, f"cannot save tensor `{name}` of dtype {array.dtype}")
         arrays[name] = np.asarray(array, dtype=dtype, order="C")
-    _write_atomically(path, _save_safetensors if ext == ".safetensors" else _save_npz, arrays)
+    write = _save_safetensors if ext == ".safetensors" else _save_npz
+    try:
+        if staging is not None:
+            write(staging.path(path), arrays)
+            return
+        with staged_writes(lambda why: _file_error(path, why)) as own:
+            write(own.path(path), arrays)
+    except safetensors.SafetensorError as e:
+        raise _file_error(path, f"cannot write ({e})") from None
+
+
+# Both writers get a fresh name in a private directory (Staging.path): writing by name is safe.
 
 
 def _save_safetensors(target: str, arrays: dict[str, np.ndarray]) -> None:
@@ -120,24 +249,6 @@ def _save_npz(target: str, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def _write_atomically(path, write: Callable[[str, dict], None], arrays: dict) -> None:
-    """`write` fills a new file beside `path`, which then replaces `path` in one step."""
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-    try:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        write(temp, arrays)
-        with open(temp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except (OSError, safetensors.SafetensorError) as e:
-        raise _file_error(path, f"cannot write ({e})") from None
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 # ---- matching a file's tensors to a model's parameters ----

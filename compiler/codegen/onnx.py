@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span
+from ..files import staged_writes, write_bytes
 from ..ir import Graph
 from ..ops import REGISTRY
 from ..types import TensorType
@@ -450,29 +451,23 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write the model, atomically; weights over 2 GB go to an external data file beside it."""
+    """Write the model, atomically; weights over 2 GB go to an external data file beside it
+    (`path` + `.data`), replaced together with the model. Never written through a symlink."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits(proto) else True
-    try:
+    with staged_writes(lambda why: KilnError("K0403", f"{path}: {why}")) as staging:
+        staged = staging.path(path)
         if large:
-            onnx.save_model(
-                proto,
-                tmp,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=os.path.basename(path) + ".data",
-                size_threshold=1024,
-            )
+            data = path + ".data"
+            # onnx writes the data file by its location relative to the model, in the same
+            # private directory: stage it under its destination's name (none if every
+            # tensor is under size_threshold)
+            staging.path(data, optional=True)
+            onnx.save_model(proto, staged, save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=os.path.basename(data),
+                            size_threshold=1024)
         else:
-            onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise KilnError("K0403", f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            write_bytes(staged, proto.SerializeToString())
 
 
 def _fits(proto: onnx.ModelProto) -> bool:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError, Span
+from ..files import read_bounded
 from ..syntax import ast as A
 from ..syntax.build import parse_module
 from .values import BlockRef, FnRef, Namespace
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
+SOURCE_SUFFIX = ".kiln"
+# C0 controls and DEL, except tab, newline, form feed and carriage return: binary, not text
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -49,28 +54,45 @@ def decode_source(data: bytes, filename: str) -> str:
             Span(filename, line, col, line, col + 1, None),
             hint="kiln source files must be UTF-8 text",
         ) from None
-    if "\x00" in text:
-        i = text.index("\x00")
+    if bad := _CONTROL.search(text):
+        i = bad.start()
         line = text.count("\n", 0, i) + 1
         col = i - (text.rfind("\n", 0, i) + 1) + 1
-        raise KilnError(
-            "K0003", "the file contains a NUL byte", Span(filename, line, col, line, col + 1, None)
-        )
+        what = "a NUL byte" if text[i] == "\x00" else f"a control character (0x{ord(text[i]):02x})"
+        # no source on the span: the line is binary, and may hold terminal escapes
+        raise KilnError("K0003", f"the file contains {what}",
+                        Span(filename, line, col, line, col + 1, None),
+                        hint="kiln source files are text")
     return text.lstrip("\ufeff")
 
 
 def read_source_file(path: Path, span: Span | None = None) -> str:
+    """The text of a source file: a regular file of at most 16 MiB of UTF-8 (K0004, K0003)."""
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0004", f"{why}: {path}", span)
+
+    return decode_source(read_bounded(path, MAX_SOURCE_BYTES, refuse), str(path))
+
+
+def import_path(file: str, directory: Path | None, span: Span) -> Path:
+    """The file `import "file"` names: resolved against the importing file's directory (or the
+    current directory), and a `.kiln` file both by name and after following symlinks, so that
+    an error never shows a line of a file that is not kiln source."""
+    if not file.endswith(SOURCE_SUFFIX):
+        raise KilnError(
+            "K0004", f"cannot import {file!r}: imports name {SOURCE_SUFFIX} files", span,
+            hint=f'local imports name kiln source files: import "blocks{SOURCE_SUFFIX}"',
+        )
+    path = Path(file)
+    path = path if path.is_absolute() else (directory or Path.cwd()) / path
     try:
-        if path.is_dir():
-            raise KilnError("K0004", f"{path} is a directory, not a kiln source file", span)
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KilnError("K0004", f"no such file: {path}", span) from None
-    except OSError as exc:
-        raise KilnError("K0004", f"cannot read {path}: {exc.strerror}", span) from None
-    if len(data) > MAX_SOURCE_BYTES:
-        raise KilnError("K0004", f"{path} is larger than 16 MiB; not a kiln source file", span)
-    return decode_source(data, str(path))
+        real = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL, a name too long
+        raise KilnError("K0004", f"cannot import {file!r}: not a path to a file", span) from None
+    if not real.name.endswith(SOURCE_SUFFIX):
+        raise KilnError("K0004", f"cannot import {file!r}: it is a link to a file that is not a "
+                        f"{SOURCE_SUFFIX} file", span)
+    return real
 
 
 class Loader:
@@ -85,7 +107,10 @@ class Loader:
         return self._load(key, lambda: text, filename, directory, None)
 
     def load_path(self, path: Path, span: Span | None = None) -> ModuleScope:
-        path = path.resolve() if path.exists() else path
+        try:
+            path = path.resolve() if path.exists() else path
+        except (OSError, RuntimeError, ValueError):
+            pass  # reading it says why it cannot be read
         return self._load(
             str(path), lambda: read_source_file(path, span), str(path), path.parent, span
         )
@@ -170,9 +195,7 @@ class Loader:
             target = self.load_std(item.module, item.span)
             default_name = item.module[-1]
         else:
-            base = scope.directory or Path.cwd()
-            path = Path(item.file)
-            target = self.load_path(path if path.is_absolute() else base / path, item.span)
+            target = self.load_path(import_path(item.file, scope.directory, item.span), item.span)
             default_name = Path(item.file).stem
         if item.names:
             for name in item.names:
