@@ -88,6 +88,9 @@ def _run_op(op: str, env: GraphEnv, args: list, node: dict) -> list[np.ndarray]:
         raise KilnError("K0505", f"{op}: {err.message}", node["span"]) from None
     except (IndexError, ValueError, FloatingPointError) as exc:
         raise KilnError("K0505", f"{op} failed on these inputs: {exc}", node["span"]) from None
+    except MemoryError:
+        raise KilnError("K0505", f"{op}: out of memory for its result on these inputs",
+                        node["span"], hint="call the model with smaller inputs") from None
     for result, t in zip(results, node["types"], strict=True):
         want = tuple(env.eval_dim(d) for d in t.shape)
         if tuple(result.shape) != want:

@@ -76,7 +76,10 @@ class Graph:
         span: Span | None = None,
         scope: str = "",
     ) -> list[Value]:
-        """Add a node computing `types` from `inputs`; returns its output Values."""
+        """Add a node computing `types` from `inputs`; returns its output Values. A type too
+        large for any call to run is refused here, where every tensor is made (K0304)."""
+        for t in types:
+            t.check_size(span)
         nid = next(self._ids)
         self.g.add_node(
             nid,

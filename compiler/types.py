@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-from .dims import Dim
+from .dims import Dim, DivAtom
+from .errors import KilnError, Span
 
 # kiln name -> numpy dtype; bf16 comes from ml_dtypes (numpy has none)
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -45,6 +47,19 @@ def dtype_of_numpy(dtype: np.dtype) -> str | None:
 
 Shape = tuple[Dim, ...]
 
+# The most bytes one tensor may span: 2**48 (256 TiB), the user address space of 64-bit CPUs
+# with 4-level page tables, so no such tensor could be allocated anyway. Native code computes
+# sizes, strides, offsets and the heap blocks of its kernels in int64; with every tensor this
+# far below 2**63, none of them can wrap.
+MAX_TENSOR_BYTES = 2**48
+
+
+def span_bytes(shape, itemsize: int) -> int:
+    """The bytes a tensor of this concrete shape spans, counting an empty axis as one: the
+    largest size or stride code computes for it (a tensor with no elements still has strides,
+    products of its other sizes). Exact: Python ints never wrap."""
+    return itemsize * math.prod(max(int(n), 1) for n in shape)
+
 
 @dataclass(frozen=True)
 class TensorType:
@@ -70,6 +85,27 @@ class TensorType:
     def concrete_shape(self, env: dict[str, int] | None = None) -> tuple[int, ...]:
         return tuple(d.evaluate(env or {}) for d in self.shape)
 
+    def least_span_bytes(self) -> int:
+        """A lower bound of `span_bytes` for every value of the symbolic sizes: the constant
+        sizes alone (a symbolic size spans at least one)."""
+        return span_bytes([d.value for d in self.shape if d.is_const], self.np_dtype.itemsize)
+
+    def check_size(self, span: Span | None) -> None:
+        """Refuse a tensor whose constant sizes alone span MAX_TENSOR_BYTES or more, or
+        whose size formulas hold a number that large (K0304): no call could run it, and its
+        sizes would wrap in int64 arithmetic."""
+        least = self.least_span_bytes()
+        huge = [d for d in self.shape if largest_number(d) >= MAX_TENSOR_BYTES]
+        if least >= MAX_TENSOR_BYTES:
+            at_least = "" if self.is_concrete() else "at least "
+            why = f"it spans {at_least}{bytes_text(least)} bytes"
+        elif huge:  # 2**70 * B: too large unless B is 0
+            why = f"its size {huge[0]} holds a number past {bytes_text(MAX_TENSOR_BYTES)}"
+        else:
+            return
+        raise KilnError("K0304", f"the tensor {self} is too large: {why}; {SIZE_LIMIT}", span,
+                        hint="a size in this expression is too large")
+
     def with_shape(self, shape) -> TensorType:
         return TensorType(self.dtype, tuple(shape))
 
@@ -82,3 +118,22 @@ class TensorType:
 
 def shape_str(shape) -> str:
     return "[" + ", ".join(str(Dim.of(d)) for d in shape) + "]"
+
+
+def largest_number(d: Dim) -> int:
+    """The largest magnitude of a number in a size's formula (its floor divisions' too)."""
+    largest = 0
+    for mono, coeff in d.terms:
+        largest = max(largest, abs(coeff))
+        for atom, _power in mono:
+            if isinstance(atom, DivAtom):
+                largest = max(largest, largest_number(atom.num))
+    return largest
+
+
+def bytes_text(n: int) -> str:
+    """A byte count, as a power of two when it is one (2**66 reads better than 20 digits)."""
+    return f"2**{n.bit_length() - 1}" if n & (n - 1) == 0 else f"{n:,}"
+
+
+SIZE_LIMIT = f"a tensor must span less than {bytes_text(MAX_TENSOR_BYTES)} bytes (256 TiB)"

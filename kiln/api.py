@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from kiln.compiler import progress
 from kiln.compiler.elaborate import Program, load_program
@@ -68,7 +67,7 @@ def compile(
 
     from kiln.compiler.elaborate.members import generate_params
 
-    count = sum(int(np.prod(i.shape, dtype=np.int64)) for i in elaborated.params.values())
+    count = sum(math.prod(i.shape) for i in elaborated.params.values())
     with progress.step(f"initialising {count:,} parameter values"):
         params = generate_params(elaborated.params, seed)
     if weights is not None:  # load before building a backend, so it is built once

@@ -7,6 +7,7 @@ Only the subcommand that runs imports the compiler and numpy (`kiln --help` and 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -297,15 +298,13 @@ def format_count(n: int) -> str:
 
 
 def cmd_params(opts) -> int:
-    import numpy as np
-
     from kiln.compiler.summary import number
 
     _, model = elaborate(opts)
     rows = []
     total = 0
     for path, info in model.params.items():
-        count = int(np.prod(info.shape, dtype=np.int64))
+        count = math.prod(info.shape)
         total += count if info.kind == "param" else 0
         kind = info.kind + ("" if info.persistent else " (not saved)")
         rows.append((path, kind, info.dtype, str(list(info.shape)), f"{count:,}"))
@@ -324,7 +323,7 @@ def cmd_params(opts) -> int:
             )
         )
     buffers = sum(
-        int(np.prod(i.shape, dtype=np.int64)) for i in model.params.values() if i.kind == "buffer"
+        math.prod(i.shape) for i in model.params.values() if i.kind == "buffer"
     )
     print(
         f"\ntotal parameters: {total:,} ({format_count(total)})"

@@ -28,7 +28,7 @@ from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.files import open_regular, read_bounded, staged_writes
 from ..compiler.ir import Constraint, Graph
-from ..compiler.types import TensorType, dtype_of_numpy
+from ..compiler.types import MAX_TENSOR_BYTES, TensorType, bytes_text, dtype_of_numpy
 from .model import CompiledModel
 from .native import LoadedCode, NativeModel, compile_object
 from .version import __version__
@@ -43,7 +43,9 @@ HEADER = """\
  * also holds the derived ones, e.g. prepack_a(...):path, a weight laid out for the GEMM);
  * dims holds the size of each symbol in "symbols" order: {symbols}.
  * workspace must hold kiln_plan(dims, offsets) bytes (64-byte aligned); offsets has
- * {slots} entries and is filled by kiln_plan.
+ * {slots} entries and is filled by kiln_plan. kiln_plan returns -1 when these sizes are out of
+ * range for the model: a size is negative, a tensor would span {limit} bytes or more, or a
+ * size overflows int64; run must not be called with such sizes.
  *
  * Signature: {signature}
  */
@@ -115,7 +117,7 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
     header = HEADER.format(
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots),
-        signature=library_signature(model),
+        signature=library_signature(model), limit=bytes_text(MAX_TENSOR_BYTES),
     )
 
     def refuse(why: str) -> KilnError:

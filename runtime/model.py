@@ -16,7 +16,15 @@ from ..compiler.dims import Dim, DimError
 from ..compiler.elaborate import ElaboratedModel, Port, default_output_names
 from ..compiler.errors import KilnError
 from ..compiler.ir import COMPARISONS
-from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy, shape_str
+from ..compiler.passes.memory import SizeCheck
+from ..compiler.types import (
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    NUMPY_DTYPES,
+    TensorType,
+    dtype_of_numpy,
+    shape_str,
+)
 from .weights import load_weights, match_weights, save_weights
 
 # lossless conversions done for the caller; anything else is an error naming the input
@@ -71,6 +79,8 @@ class CompiledModel:
             collections.namedtuple(f"{model.name}Outputs", names, rename=True)
             if names != default_output_names(len(names)) else None
         )
+        # the size checks of each variant's graph (passes/memory.SizeCheck)
+        self._size_checks: dict[frozenset[str], tuple[object, SizeCheck]] = {}
 
     @property
     def params(self) -> Mapping[str, np.ndarray]:
@@ -245,8 +255,8 @@ class CompiledModel:
                     value = np.asarray(value)
                 except ValueError:  # ragged nested lists
                     raise KilnError("K0503", f"input {port.name}: the lists are ragged") from None
-                if _takes(value.dtype, want):
-                    value = value.astype(NUMPY_DTYPES[want])  # plain numbers take the input's type
+                if _takes(value.dtype, want):  # plain numbers take the input's type
+                    value = _convert_numbers(port, value, want)
             else:
                 raise KilnError(
                     "K0502", f"input {port.name} must be a numpy array, not {type(value).__name__}"
@@ -340,12 +350,42 @@ class CompiledModel:
     def run(self, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def check_sizes(self, model: ElaboratedModel, dims: dict[str, int],
+                    more: list[TensorType] = ()) -> None:
+        """Refuse (K0505) sizes that make a tensor of `model` (the variant a backend runs)
+        negative or too large (passes/memory.SizeCheck), before the backend is entered;
+        `more`: types the backend keeps beside the graph."""
+        cached = self._size_checks.get(model.present)
+        if cached is None or cached[0] is not model.graph:
+            cached = self._size_checks[model.present] = (model.graph,
+                                                         SizeCheck.of(model.graph, more))
+        cached[1].check(dims)
+
 
 def _ev(d: Dim, dims) -> int | str:
     try:
         return d.evaluate(dims)
     except DimError:
         return str(d)
+
+
+def _convert_numbers(port: Port, value: np.ndarray, want: str) -> np.ndarray:
+    """Plain numbers as the input's dtype, refusing (K0502) one that does not fit it: an
+    integer outside its range (which would wrap) or a finite number that would become inf."""
+    target = NUMPY_DTYPES[want]
+    with np.errstate(all="ignore"):
+        converted = value.astype(target)
+    if want in INT_DTYPES:
+        info = np.iinfo(target)
+        bad = (value < info.min) | (value > info.max)
+    elif want in FLOAT_DTYPES:
+        bad = np.isinf(converted) & np.isfinite(value)
+    else:
+        bad = np.zeros(value.shape, dtype=bool)
+    if bad.any():
+        raise KilnError("K0502", f"input {port.name}: the value {value[bad].flat[0]} does not fit "
+                        f"{want}", hint=f"give values that fit {want}, or a numpy array of it")
+    return converted
 
 
 def _takes(dtype: np.dtype, want: str) -> bool:

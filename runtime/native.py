@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from ..compiler.codegen.llvm.module import ModuleLayout, build_module, ir_text, 
 from ..compiler.dims import Dim, assuming
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
+from ..compiler.passes.memory import TOO_LARGE_HINT, sizes_text
+from ..compiler.types import SIZE_LIMIT
 from . import cache
 from .model import CompiledModel, Weights
 from .version import __version__
@@ -109,6 +112,21 @@ class _Call:
     def __post_init__(self):
         self.offsets_ptr = self.offsets.__array_interface__["data"][0]
         self.sizes_ptr = self.sizes.__array_interface__["data"][0]
+
+
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """np.empty, with memory running out a KilnError (K0505), not a MemoryError."""
+    try:
+        return np.empty(shape, dtype)
+    except MemoryError:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        raise KilnError("K0505", f"out of memory for {what} of this call ({nbytes:,} bytes)",
+                        hint="call the model with smaller inputs") from None
+
+
+def _outputs(call: _Call) -> list[np.ndarray]:
+    """The output arrays of one call, allocated for native code to fill."""
+    return [_allocate(shape, dtype, "an output") for shape, dtype in call.outputs]
 
 
 def _address(a: np.ndarray) -> int:
@@ -329,14 +347,13 @@ class NativeModel(CompiledModel):
         call = variant.calls.get(dims)  # _prepare's key
         if call is None:
             call = self._prepare(variant, dict(zip(fast.symbols, dims)))
-        outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
-        return self.pack_results(self._enter(variant, call, args, outs))
+        return self.pack_results(self._enter(variant, call, args, _outputs(call)))
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         variant = self._variant_of(self._state, present)
         call = self._prepare(variant, dims)
-        outs = [np.empty(shape, dtype) for shape, dtype in call.outputs]
+        outs = _outputs(call)
         self._enter(variant, call, [arrays[p.name] for p in variant.model.inputs], outs)
         return outs
 
@@ -347,14 +364,7 @@ class NativeModel(CompiledModel):
         key = tuple(dims.get(s, 0) for s in layout.symbols)
         call = variant.calls.get(key)
         if call is None:
-            types = [t for t, _born, _dies in layout.slots] + [p.type for p in model.outputs]
-            for t in types:  # a size these inputs make negative: refuse before native code
-                for d in t.shape:
-                    if Dim.of(d).evaluate(dims) < 0:
-                        raise KilnError(
-                            "K0505", f"with these inputs the size {d} of a tensor {t} is "
-                            f"{Dim.of(d).evaluate(dims)}",
-                            hint="a size in the model is out of range for these inputs")
+            self._check_sizes(model, layout, dims)
             offsets, size = plan_memory(layout, dims)
             outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
                        for p in model.outputs]
@@ -363,6 +373,24 @@ class NativeModel(CompiledModel):
                 variant.calls.clear()
             call = variant.calls[key] = _Call(outputs, offsets, size, sizes)
         return call
+
+    def _check_sizes(self, model: ElaboratedModel, layout, dims: dict[str, int]) -> None:
+        """Refuse, before native code computes a size that wraps in int64, sizes that make a
+        tensor negative or too large: the graph's tensors with the signature's and the memory
+        plan's (a library has only these), then a library's own check of every tensor it was
+        built with (kiln_plan: -1)."""
+        more = [t for t, _born, _dies in layout.slots]
+        more += [p.type for p in (*model.inputs, *model.outputs)]
+        self.check_sizes(model, dims, more)
+        if self._library is not None:
+            plan = self._library.kiln_plan
+            plan.restype, plan.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p]
+            sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
+            offsets = np.zeros(max(1, len(layout.slots)), dtype=np.int64)
+            if plan(sizes.ctypes.data, offsets.ctypes.data) < 0:
+                raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) a size of "
+                                f"this library is negative or too large; {SIZE_LIMIT}",
+                                hint=TOO_LARGE_HINT)
 
     def _enter(self, variant: _Variant, call, ins, outs):
         """Cross into native code once, with every pointer prepared. `variant` (and with it
@@ -395,6 +423,6 @@ class NativeModel(CompiledModel):
         local = self._local
         buf = getattr(local, "workspace", None)
         if buf is None or buf.size < size:
-            buf = local.workspace = np.empty(max(size, 64), dtype=np.uint8)
+            buf = local.workspace = _allocate((max(size, 64),), np.uint8, "the workspace")
             local.workspace_ptr = buf.__array_interface__["data"][0]
         return local.workspace_ptr

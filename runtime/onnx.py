@@ -88,6 +88,7 @@ class OnnxModel(CompiledModel):
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         model, session, failures = self._session(self._state, present)
+        self.check_sizes(model, dims)  # onnxruntime is never handed sizes that wrap
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
         checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]

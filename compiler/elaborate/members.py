@@ -10,7 +10,7 @@ from ..dims import Dim
 from ..errors import KilnError, Span
 from ..initializers import InitError
 from ..syntax import ast as A
-from ..types import DTYPES, NUMPY_DTYPES
+from ..types import DTYPES, NUMPY_DTYPES, TensorType
 from .exprs import Poisoned, _count, describe
 from .scope import Scope
 from .values import (
@@ -267,6 +267,7 @@ class MemberMixin:
                     d.span,
                 )
             shape.append(v)
+        TensorType(dtype, tuple(shape)).check_size(m.type.span)
         persistent = True
         for opt in m.options:
             if opt.name != "persistent" or m.kind != "buffer":
@@ -470,6 +471,12 @@ def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.nda
             except InitError as err:
                 raise KilnError(
                     "K0202", f"cannot initialise {path}: {err.message}", info.span
+                ) from None
+            except MemoryError:
+                raise KilnError(
+                    "K0304", f"cannot initialise {path}: {info.dtype}{list(info.shape)} is too "
+                    "large for this machine's memory", info.span,
+                    hint="use smaller sizes",
                 ) from None
         else:
             out[path] = np.array(info.init, copy=True)

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim, DimError
-from ..types import DTYPES, FLOAT_DTYPES, INT_DTYPES, NUMPY_DTYPES, TensorType, shape_str
+from ..types import (
+    DTYPES,
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    NUMPY_DTYPES,
+    TensorType,
+    largest_number,
+    shape_str,
+)
 from .registry import Arg, OpError, OpRecord
 
 ALL_DTYPES = frozenset(NUMPY_DTYPES)
@@ -49,20 +57,36 @@ def attr_error(name: str, message: str) -> OpError:
     return OpError(message, arg=name, code="K0303")
 
 
+# An integer attribute (a stride, an offset, a bound) is code's int64 constant: past this,
+# it would not fit, or the arithmetic on it (a stride times an index) would wrap.
+INT_ATTR_LIMIT = 2**62
+
+
 def to_int(value: Any, name: str) -> int:
     """A compile-time integer (an int or a constant Dim)."""
     if isinstance(value, Dim) and value.is_const:
-        return value.value
+        value = value.value
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _within_limit(value, name)
     raise attr_error(name, f"{name} must be an integer, got {value!r}")
 
 
 def to_dim(value: Any, name: str) -> Dim:
-    """A size (an int or a Dim, possibly symbolic)."""
+    """A size (an int or a Dim, possibly symbolic) used as a number: an offset, a bound."""
+    return _within_limit(_size(value, name), name)
+
+
+def _size(value: Any, name: str) -> Dim:
     if isinstance(value, (int, Dim)) and not isinstance(value, bool):
         return Dim.of(value)
     raise attr_error(name, f"{name} must be a size, got {value!r}")
+
+
+def _within_limit(value, name: str):
+    if largest_number(Dim.of(value)) >= INT_ATTR_LIMIT:
+        raise attr_error(name, f"{name} {value} is too large: an integer attribute must be "
+                         "below 2**62")
+    return value
 
 
 def is_list(value: Any) -> bool:
@@ -70,9 +94,10 @@ def is_list(value: Any) -> bool:
 
 
 def to_dims(value: Any, name: str) -> tuple[Dim, ...]:
-    """A shape attribute: a list of ints/Dims (a single size means a 1-element list)."""
+    """A shape attribute: a list of ints/Dims (a single size means a 1-element list). Its
+    sizes are not limited here: the tensor made with them is (types.check_size, K0304)."""
     items = value if is_list(value) else [value]
-    return tuple(to_dim(v, name) for v in items)
+    return tuple(_size(v, name) for v in items)
 
 
 def int_list(value: Any, name: str) -> tuple[int, ...]:

@@ -488,8 +488,8 @@ def _slice_bounds(e) -> tuple[Dim, Dim, int] | None:
     if start is None and stop is None and step == 1:
         return None
     first, last = (0, INT64_MAX) if step > 0 else (INT64_MAX, INT64_MIN)
-    return (to_dim(first if start is None else start, "items"),
-            to_dim(last if stop is None else stop, "items"), step)
+    return (Dim.of(first) if start is None else to_dim(start, "items"),  # ends: int64's
+            Dim.of(last) if stop is None else to_dim(stop, "items"), step)
 
 
 def _slice_onnx(b, n):
@@ -885,34 +885,33 @@ def _scatter_llvm(kb, n, mode: str):
     start = kb.const(_scatter_start(mode, dtype), dtype)
     total = kb.numel(out_t.shape)
     folded, count = kb.scratch(total, dtype), kb.scratch(total, "i64")
-    with kb.for_range(total) as k:
-        kb.b.store(start, kb.b.gep(folded, [k]))
-    fold = {"sum": kb.add, "mean": kb.add, "prod": kb.mul, "max": kb.maximum,
-            "min": kb.minimum}[mode]
-    length, inner = kb.dim(src_t.shape[axis]), kb.numel(src_t.shape[axis + 1:])
-    size, zero = kb.dim(to_dim(n.attrs["size"], "size")), kb.const(0, "i64")
+    with kb.allocated([folded, count], "scatter's segments"):
+        with kb.for_range(total) as k:
+            kb.b.store(start, kb.b.gep(folded, [k]))
+        fold = {"sum": kb.add, "mean": kb.add, "prod": kb.mul, "max": kb.maximum,
+                "min": kb.minimum}[mode]
+        length, inner = kb.dim(src_t.shape[axis]), kb.numel(src_t.shape[axis + 1:])
+        size, zero = kb.dim(to_dim(n.attrs["size"], "size")), kb.const(0, "i64")
 
-    def each(o, j, r):
-        at = kb.add(kb.mul(kb.add(kb.mul(o, length), j), inner), r)
-        i = kb.convert(kb.load(index, j if i_t.rank == 1 else at, i_t.dtype), "i64")
-        i = kb.select(kb.compare("<", i, zero), kb.add(i, size), i)
-        inside = kb.b.and_(kb.compare(">=", i, zero), kb.compare("<", i, size))
-        kb.check(inside, _SCATTER_OUT_OF_RANGE)
-        with kb.b.if_then(inside):
-            to = kb.add(kb.mul(kb.add(kb.mul(o, size), i), inner), r)
-            slot, tally = kb.b.gep(folded, [to]), kb.b.gep(count, [to])
-            kb.b.store(fold(kb.b.load(slot), kb.load(src, at, dtype)), slot)
-            kb.b.store(kb.add(kb.b.load(tally), kb.const(1, "i64")), tally)
+        def each(o, j, r):
+            at = kb.add(kb.mul(kb.add(kb.mul(o, length), j), inner), r)
+            i = kb.convert(kb.load(index, j if i_t.rank == 1 else at, i_t.dtype), "i64")
+            i = kb.select(kb.compare("<", i, zero), kb.add(i, size), i)
+            inside = kb.b.and_(kb.compare(">=", i, zero), kb.compare("<", i, size))
+            kb.check(inside, _SCATTER_OUT_OF_RANGE)
+            with kb.b.if_then(inside):
+                to = kb.add(kb.mul(kb.add(kb.mul(o, size), i), inner), r)
+                slot, tally = kb.b.gep(folded, [to]), kb.b.gep(count, [to])
+                kb.b.store(fold(kb.b.load(slot), kb.load(src, at, dtype)), slot)
+                kb.b.store(kb.add(kb.b.load(tally), kb.const(1, "i64")), tally)
 
-    kb.loop_nest([kb.numel(src_t.shape[:axis]), length, inner], lambda ix: each(*ix))
-    with kb.for_range(total) as k:
-        value, landed = kb.b.load(kb.b.gep(folded, [k])), kb.b.load(kb.b.gep(count, [k]))
-        if mode == "mean":  # the reference divides in f64 (f32 sum / i64 count)
-            value = kb.fdiv(kb.convert(value, "f64"), kb.convert(landed, "f64"))
-        kb.store(out, k, kb.select(kb.compare(">", landed, zero), value,
-                                   kb.lit(value, 0)), out_t.dtype)
-    kb.release(folded)
-    kb.release(count)
+        kb.loop_nest([kb.numel(src_t.shape[:axis]), length, inner], lambda ix: each(*ix))
+        with kb.for_range(total) as k:
+            value, landed = kb.b.load(kb.b.gep(folded, [k])), kb.b.load(kb.b.gep(count, [k]))
+            if mode == "mean":  # the reference divides in f64 (f32 sum / i64 count)
+                value = kb.fdiv(kb.convert(value, "f64"), kb.convert(landed, "f64"))
+            kb.store(out, k, kb.select(kb.compare(">", landed, zero), value,
+                                       kb.lit(value, 0)), out_t.dtype)
 
 
 def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRecord:

@@ -13,17 +13,22 @@ computes it, dead after the last op that reads it. From it:
 - `place(plan, dims)`: byte offsets in one workspace for concrete sizes, reusing the bytes of
   dead tensors (first fit, largest lifetimes not favoured: in run order), which the native
   backend uses for its arena.
+
+`SizeCheck` is what every backend asks before a call: at the call's sizes, is every tensor of
+the graph within types.MAX_TENSOR_BYTES, and every size non-negative.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..dims import Dim
+from ..errors import KilnError, Span
 from ..ir import STRUCTURAL_OPS, Graph
-from ..types import TensorType
+from ..types import MAX_TENSOR_BYTES, SIZE_LIMIT, TensorType, bytes_text, span_bytes
 from .manager import PassContext, graph_pass
 
 ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
@@ -115,7 +120,8 @@ def plan(graph: Graph) -> MemoryPlan:
 
 
 def aligned_bytes(t: TensorType, dims: dict[str, int]) -> int:
-    n = int(np.prod([Dim.of(d).evaluate(dims) for d in t.shape], dtype=np.int64))
+    """The bytes of a tensor at the sizes `dims`, rounded up to ALIGN (exact: Python ints)."""
+    n = math.prod(Dim.of(d).evaluate(dims) for d in t.shape)
     return -(-max(n * t.np_dtype.itemsize, 1) // ALIGN) * ALIGN
 
 
@@ -123,11 +129,12 @@ def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
           ) -> tuple[np.ndarray, int]:
     """Offsets in one workspace for tensors (type, born, dies) listed in birth order, at the
     sizes `dims`: each goes in the lowest gap between the tensors still alive at its birth
-    that fits it (first fit). Returns (offsets, workspace bytes)."""
-    offsets = np.zeros(len(lives), dtype=np.int64)
+    that fits it (first fit). Returns (offsets, workspace bytes); a workspace of
+    MAX_TENSOR_BYTES or more is refused (K0505), as a tensor that large would be."""
+    offsets = []
     live: list[tuple[int, int, int]] = []  # (offset, size, dies)
     total = 0
-    for slot, (t, born, dies) in enumerate(lives):
+    for t, born, dies in lives:
         size = aligned_bytes(t, dims)
         live = sorted(x for x in live if x[2] >= born)  # those still needed at this step
         offset = 0
@@ -135,10 +142,79 @@ def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
             if offset + size <= start:
                 break
             offset = max(offset, start + length)
-        offsets[slot] = offset
+        offsets.append(offset)
         live.append((offset, size, dies))
         total = max(total, offset + size)
-    return offsets, total
+    if total >= MAX_TENSOR_BYTES:
+        raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the intermediate "
+                        f"tensors of one call need {bytes_text(total)} bytes together; the "
+                        f"workspace of a call must be less than {bytes_text(MAX_TENSOR_BYTES)}",
+                        hint=TOO_LARGE_HINT)
+    return np.array(offsets, dtype=np.int64), total
+
+
+TOO_LARGE_HINT = "the sizes of these inputs are too large for this model"
+
+
+def sizes_text(dims: dict[str, int]) -> str:
+    """`B = 0, T = 4294967296`: the symbolic sizes of a call, for its error messages."""
+    return ", ".join(f"{name} = {value}" for name, value in dims.items()) or "no sizes"
+
+
+class SizeCheck:
+    """The tensors of a graph (and of the graphs nested in its nodes: scan and fused bodies)
+    whose sizes depend on symbolic sizes, each with the span of the op that makes it.
+
+    A call checks them before any backend runs the graph: every size non-negative and every
+    tensor spanning less than MAX_TENSOR_BYTES (types.span_bytes). Native code then never
+    computes a size that wraps, and no backend is handed a tensor no memory could hold.
+    Tensors of constant sizes were checked when they were made (Graph.add, K0304).
+    """
+
+    def __init__(self, tensors: list[tuple[TensorType, Span | None]]):
+        first: dict[TensorType, Span | None] = {}
+        for t, span in tensors:
+            if not t.is_concrete():
+                first.setdefault(t, span)
+        self.tensors = list(first.items())
+        self._passed: set[tuple] = set()  # the sizes of calls that passed, not checked again
+
+    @staticmethod
+    def of(graph: Graph, more: list[TensorType] = ()) -> SizeCheck:
+        """The check of `graph`'s tensors, and of the types `more` (those a backend keeps
+        beside the graph: a library's signature and memory plan)."""
+        return SizeCheck([*graph_tensors(graph), *((t, None) for t in more)])
+
+    def check(self, dims: dict[str, int]) -> None:
+        """Raise K0505 at the op making the first tensor these sizes put out of range."""
+        key = tuple(sorted(dims.items()))
+        if key in self._passed:
+            return
+        for t, span in self.tensors:
+            sizes = [Dim.of(d).evaluate(dims) for d in t.shape]
+            for d, n in zip(t.shape, sizes, strict=True):
+                if n < 0:
+                    raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the size "
+                                    f"{d} of a tensor {t} is {n}", span,
+                                    hint="a size in the model is out of range for these inputs")
+            spans = span_bytes(sizes, t.np_dtype.itemsize)
+            if spans >= MAX_TENSOR_BYTES:
+                raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the tensor "
+                                f"{t} spans {bytes_text(spans)} bytes; {SIZE_LIMIT}", span,
+                                hint=TOO_LARGE_HINT)
+        if len(self._passed) >= 256:
+            self._passed.clear()
+        self._passed.add(key)
+
+
+def graph_tensors(graph: Graph):
+    """(type, span) of every value made in `graph` and in the graphs its nodes hold."""
+    for _nid, node in graph.g.nodes(data=True):
+        for t in node["types"]:
+            yield t, node["span"]
+        for value in node["attrs"].values():
+            if isinstance(value, Graph):
+                yield from graph_tensors(value)
 
 
 @graph_pass("plan_memory", nested=False)

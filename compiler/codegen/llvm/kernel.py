@@ -611,6 +611,21 @@ class KernelBuilder:
     def release(self, ptr: ir.Value) -> None:
         self.b.call(declare(self.module, "free", VOID, [PTR]), [self.b.bitcast(ptr, PTR)])
 
+    @contextlib.contextmanager
+    def allocated(self, blocks: list[ir.Value], what: str) -> Iterator[None]:
+        """Run the body only when every heap block in `blocks` (`scratch`, malloc) was
+        allocated, else report that memory ran out for `what` (K0505) and skip it: a kernel
+        never writes through a null pointer. The blocks are given back after it."""
+        b = self.b
+        ok = ir.Constant(ir.IntType(1), 1)
+        for block in blocks:
+            ok = b.and_(ok, b.icmp_unsigned("!=", block, ir.Constant(block.type, None)))
+        self.check(ok, f"out of memory for {what}")
+        with b.if_then(ok):
+            yield
+        for block in blocks:  # free(NULL) does nothing: the ones that were allocated
+            self.release(block)
+
     def helper(self, suffix: str) -> KernelBuilder:
         """A kernel-shaped function of this kernel's own (internal, `name_suffix`), for work
         the module's threads share: it targets the same vectors and reports failures at the
@@ -712,9 +727,8 @@ class KernelBuilder:
                 results = [self.b.load(row_of(k, j)) for k in range(len(folds))]
                 self.store(out, self.b.add(at, j), finish(results), out_t.dtype)
 
-        self.loop_nest([size for size, _ in outer], each_row)
-        for row in rows:
-            self.release(row)
+        with self.allocated(rows, "a reduction's rows"):
+            self.loop_nest([size for size, _ in outer], each_row)
 
     def along_axis(self, n, axis: int):
         """(x, out, outer, length, inner, each) for an op reading x along one axis: `each(body)`

@@ -29,6 +29,7 @@ from .derived import derived_name, parse
 from .fused import tags as fused_tags
 from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
+from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
 
@@ -73,7 +74,8 @@ ENTRY_TYPE = ir.FunctionType(
 def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
                  vector_width: int | None = None) -> tuple[ir.Module, ModuleLayout]:
     """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
-    `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers."""
+    `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers
+    (plan.py: -1 when the sizes are out of range for the model)."""
     graph: Graph = model.graph
     layout = ModuleLayout(symbols=list(model.symbols))
     module = ir.Module(name=model.name)
@@ -96,7 +98,7 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     b.ret_void()
     threads_global(module)  # kiln_set_threads, for every model (kernels read kiln_threads)
     if with_plan:
-        _plan_function(module, layout)
+        plan_function(module, graph, layout.symbols, layout.slots)
     return module, layout
 
 
@@ -234,6 +236,7 @@ class ScanEmitter:
         kb = KernelBuilder(parent.module, f"scan{len(parent.module.functions)}",
                            parent.layout.symbols)
         kb.function.linkage = "internal"
+        kb.failures, kb.span = parent.layout.failures, self.node["span"]
         b = kb.b
         arg = [b.load(b.gep(kb.args_ptr, [ir.Constant(I64, i)]))
                for i in range(n_in + len(self.node["types"]) + 1)]
@@ -242,7 +245,6 @@ class ScanEmitter:
         carry_types = [v.type for v in operands[:n_carry]]
         emit_types = self.node["types"][: len(self.node["types"]) - n_carry]
         malloc = declare(parent.module, "malloc", PTR, [I64])
-        free = declare(parent.module, "free", VOID, [PTR])
         owned: list[ir.Value] = []
 
         def buffer(t: TensorType) -> ir.Value:
@@ -253,8 +255,6 @@ class ScanEmitter:
 
         cur = [buffer(t) for t in carry_types]
         nxt = [buffer(t) for t in carry_types]
-        for k, t in enumerate(carry_types):
-            _memcpy(kb, cur[k], arg[k], t)
         axes = a["axes"]
         length = kb.dim(seq_types[0].shape[axes[0]])
         steps = [buffer(_step_type(t, ax)) if ax != 0 else None
@@ -269,31 +269,32 @@ class ScanEmitter:
         def slot(_t: TensorType, _nid: int, _last: int) -> ir.Value:
             return body_slots.pop()
 
-        with kb.for_range(length) as s:
-            t = b.sub(b.sub(length, ir.Constant(I64, 1)), s) if a["reverse"] else s
-            b.store(t, index)
-            ins = list(cur)
-            for k, (seq_t, ax) in enumerate(zip(seq_types, axes, strict=True)):
-                ins.append(_step(kb, arg[n_carry + k], seq_t, ax, t, steps[k], gather=True))
-            if a["has_index"]:
-                ins.append(b.bitcast(index, PTR))
-            ins += arg[n_carry + n_seq:n_in]  # captured outer values
-            outs = list(nxt)
-            for k, et in enumerate(emit_types):
-                outs.append(_step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
-                            if emit_tmp[k] is None else emit_tmp[k])
-            inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr,
-                                 parent.vector_width, kb.status_ptr)
-            inner.emit(b, body, ins, outs, slot)
-            for k, et in enumerate(emit_types):
-                if emit_tmp[k] is not None:  # scatter the step into the stacked output
-                    _step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
+        with kb.allocated(owned, "a scan's buffers"):
+            for k, t in enumerate(carry_types):
+                _memcpy(kb, cur[k], arg[k], t)
+            with kb.for_range(length) as s:
+                t = b.sub(b.sub(length, ir.Constant(I64, 1)), s) if a["reverse"] else s
+                b.store(t, index)
+                ins = list(cur)
+                for k, (seq_t, ax) in enumerate(zip(seq_types, axes, strict=True)):
+                    ins.append(_step(kb, arg[n_carry + k], seq_t, ax, t, steps[k], gather=True))
+                if a["has_index"]:
+                    ins.append(b.bitcast(index, PTR))
+                ins += arg[n_carry + n_seq:n_in]  # captured outer values
+                outs = list(nxt)
+                for k, et in enumerate(emit_types):
+                    outs.append(emit_tmp[k] if emit_tmp[k] is not None else
+                                _step(kb, arg[n_in + k], et, a["axis"], t, None, gather=False))
+                inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr,
+                                     parent.vector_width, kb.status_ptr)
+                inner.emit(b, body, ins, outs, slot)
+                for k, et in enumerate(emit_types):
+                    if emit_tmp[k] is not None:  # scatter the step into the stacked output
+                        _step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
+                for k, ct in enumerate(carry_types):
+                    _memcpy(kb, cur[k], nxt[k], ct)
             for k, ct in enumerate(carry_types):
-                _memcpy(kb, cur[k], nxt[k], ct)
-        for k, ct in enumerate(carry_types):
-            _memcpy(kb, arg[n_in + len(emit_types) + k], cur[k], ct)
-        for p in owned:
-            b.call(free, [p])
+                _memcpy(kb, arg[n_in + len(emit_types) + k], cur[k], ct)
         return kb.finish()
 
 
@@ -324,24 +325,6 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
         dst, src = (at_tmp, at_whole) if gather else (at_whole, at_tmp)
         b.call(memcpy, [dst, src, step_bytes, ir.Constant(ir.IntType(1), 0)])
     return tmp
-
-
-def _plan_function(module: ir.Module, layout: ModuleLayout) -> None:
-    """A simple plan for C callers: every intermediate in its own aligned region (no reuse);
-    returns the workspace size. (kiln's own runtime reuses memory: plan_memory.)"""
-    fn = ir.Function(module, ir.FunctionType(I64, [I64.as_pointer(), I64.as_pointer()]),
-                     "kiln_plan")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    kb = KernelBuilder(ir.Module("scratch"), "scratch", layout.symbols)  # for its size helpers
-    kb.b, kb.dims_ptr = b, fn.args[0]
-    total: ir.Value = ir.Constant(I64, 0)
-    for slot, (t, _born, _dies) in enumerate(layout.slots):
-        b.store(total, b.gep(fn.args[1], [ir.Constant(I64, slot)]))
-        size = b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
-        aligned = b.mul(b.sdiv(b.add(size, ir.Constant(I64, ALIGN - 1)), ir.Constant(I64, ALIGN)),
-                        ir.Constant(I64, ALIGN))
-        total = b.add(total, aligned)
-    b.ret(total)
 
 
 def _kernel(module, rec, nid, graph, node, layout, vector_width=None,

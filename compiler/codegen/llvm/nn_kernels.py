@@ -755,9 +755,8 @@ def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> Non
                 value = kb.load(acc, ow, compute)
                 kb.store(out, ow, finish(oh, ow, value) if finish else value, y_t.dtype)
 
-    kb.loop_nest([planes, out_h], row)
-    if scratch is not None:
-        kb.release(scratch)
+    with kb.allocated([scratch] if scratch is not None else [], "a pooling row"):
+        kb.loop_nest([planes, out_h], row)
 
 
 def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: ir.Value):
