@@ -92,11 +92,25 @@ class OnnxModel(CompiledModel):
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
         checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]
-        results = session.run(names + checks, feed)
+        try:
+            results = session.run(names + checks, feed)
+        except _run_errors() as exc:  # its own limits or memory, past what kiln checks
+            message = str(exc).split("Status Message: ")[-1].strip()
+            raise KilnError("K0505", f"onnxruntime could not run this call: {message[:500]}",
+                            hint="call the model with smaller inputs") from None
         for count, (message, span) in zip(results[len(names):], failures, strict=True):
             if count:
                 raise KilnError("K0505", message, span)
         return results[:len(names)]
+
+
+def _run_errors() -> tuple[type[Exception], ...]:
+    """The exceptions onnxruntime raises for a run it cannot complete (out of memory, a size
+    past its own limits): a KilnError to the caller, as on the other targets."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "RuntimeException", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
 def _normal(array: np.ndarray) -> np.ndarray:

@@ -99,6 +99,15 @@ def test_a_kernel_whose_heap_block_cannot_be_allocated_reports_it():
     assert "out of memory" in outcome.stdout
 
 
+def test_onnxruntime_failing_on_sizes_within_the_limit_is_a_kiln_error():
+    """tile to 12 TiB: within kiln's limit, past onnxruntime's own (or this child's memory);
+    its InvalidArgument or Fail reached the caller raw."""
+    src = "model M { forward(x: f32[B]) { return tile(x, [2**40]) } }"
+    outcome = _child(src, "onnx", "m(np.ones(3, np.float32))", limit_memory=True)
+    assert_kiln_error(outcome, "K0505")
+    assert "onnxruntime could not run this call" in outcome.stdout
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_constant_sizes_that_overflow_are_refused_at_compile_time(target):
     """`zeros([2**32, 2**32]) + x` once wrapped to an empty tensor in native code (-inf)."""
