@@ -6,6 +6,7 @@ import builtins
 
 from ..dims import Dim
 from ..errors import KilnError, Span
+from ..limits import MAX_SEQUENCE_ITEMS, check_size
 from ..ops import REGISTRY
 from .exprs import describe, is_scalar, norm_dim
 from .values import BlockRef, InitializerValue, Instance, Sequential, Tensor
@@ -92,8 +93,9 @@ class BuiltinMixin:
         if len(ints) == 3 and ints[2] == 0:
             raise KilnError("K0203", "range step must not be zero", span)
         r = range(*ints)
-        if len(r) > 100_000:
-            raise KilnError("K0203", f"range of {len(r)} items is too long to unroll", span)
+        # len() itself overflows past 2**63 items; the count is exact without it
+        count = max(0, -((r.start - r.stop) // r.step))
+        check_size(count, MAX_SEQUENCE_ITEMS, "this range", span)
         return list(r)
 
     def _one(self, values, span, name):

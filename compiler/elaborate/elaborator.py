@@ -8,6 +8,7 @@ from typing import Any
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
 from ..ir import Graph, Value
+from ..limits import CALL_STEPS, MAX_GRAPH_NODES, MAX_UNROLLED_STEPS, LimitExceeded
 from ..ops import REGISTRY
 from ..syntax import ast as A
 from ..types import DTYPES, TensorType
@@ -104,12 +105,22 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         self.current_paths: list[str] = [""]  # the block instance whose forward is running
         self.size_facts: dict[str, int] = {}  # `where X % k == 0` facts: {X: k}
         self.sizes_seen: list[Dim] = []  # distinct sizes, as first spelled (spelled_as_seen)
+        self.steps = 0  # loop iterations and calls so far (limits.MAX_UNROLLED_STEPS)
+        self.nodes = 0  # graph nodes so far (limits.MAX_GRAPH_NODES)
 
     # ------------------------------------------------------------------ errors
-    def report(self, err: KilnError) -> None:
-        chain = tuple(
+    def chain_notes(self) -> tuple[str, ...]:
+        """`in Block, used at file:line:col` for each block or fn being elaborated, innermost first."""
+        return tuple(
             f"in {name}, used at {span}" for name, span in reversed(self.stack) if span is not None
         )
+
+    def report(self, err: KilnError) -> None:
+        chain = self.chain_notes()
+        if isinstance(err, LimitExceeded):  # no recovery: stop the elaboration here
+            if chain and not err.notes:
+                err.notes = chain
+            raise err
         for e in err.all:
             if chain and not e.notes:
                 e.notes = chain
@@ -146,7 +157,26 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             value = frame.capture_map[key]
         return Tensor(value, frames[-1].graph)
 
+    def spend(self, steps: int, span: Span | None) -> None:
+        """Count `steps` loop iterations or calls against the elaboration's budget."""
+        self.steps += steps
+        if self.steps > MAX_UNROLLED_STEPS:
+            raise LimitExceeded(
+                f"the model unrolls more than {MAX_UNROLLED_STEPS:,} loop iterations at compile "
+                f"time (a fn call or block instance counts as {CALL_STEPS})", span
+            )
+
+    def count_node(self, span: Span | None) -> None:
+        """Count one graph node against the limit on graph size."""
+        self.nodes += 1
+        if self.nodes > MAX_GRAPH_NODES:
+            raise LimitExceeded(
+                f"the model's graph grows past {MAX_GRAPH_NODES:,} nodes "
+                "(loops and blocks are unrolled at compile time)", span
+            )
+
     def add_node(self, op: str, inputs: list, attrs: dict, types, span: Span) -> list[Tensor]:
+        self.count_node(span)
         frame = self.graphs[-1]
         values = [self.use(t).value if t is not None else None for t in inputs]
         scope = self.path_of_stack()
@@ -181,6 +211,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         path = self.aliases.get(path, path)
         frame = self.graphs[-1]
         if path not in frame.params:
+            self.count_node(span)
             info = self.params[path]
             (value,) = frame.graph.add(
                 "param",

@@ -9,6 +9,15 @@ import numpy as np
 
 from ..dims import ARITHMETIC, Dim, DimError, facts_equating, know
 from ..errors import KilnError, Span
+from ..limits import (
+    MAX_DIM_POWER,
+    MAX_DIM_TERMS,
+    MAX_SEQUENCE_ITEMS,
+    MAX_STRING_CHARS,
+    check_int,
+    check_power,
+    check_size,
+)
 from ..ops import REGISTRY, OpError
 from ..syntax import ast as A
 from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote
@@ -105,6 +114,8 @@ class ExprMixin:
         value = method(expr, scope)
         if isinstance(value, Poison):
             raise Poisoned()
+        if type(value) is int:  # every compile-time int, however made, stays in int64
+            check_int(value, expr.span)
         return value
 
     def eval_Literal(self, e: A.Literal, scope):
@@ -190,6 +201,7 @@ class ExprMixin:
         if isinstance(left, Tensor) or isinstance(right, Tensor):
             return self.call_op(REGISTRY[op_name], [(left, lspan), (right, rspan)], {}, span)
         if isinstance(left, (list, tuple)) and isinstance(right, type(left)) and op == "+":
+            check_size(len(left) + len(right), MAX_SEQUENCE_ITEMS, "this list", span)
             return left + right
         if op in ("==", "!=") and not (isinstance(left, Dim) or isinstance(right, Dim)):
             return (left == right) == (op == "==")  # any two compile-time values compare
@@ -214,12 +226,30 @@ class ExprMixin:
                 "compile-time bools take no arithmetic",
                 span, hint="use `and` / `or`, or int(flag) for a count",
             )
+        self.check_cost(op, left, right, span)
         try:
             return py(left, right)
         except ZeroDivisionError:
             raise KilnError("K0203", "division by zero at compile time", span) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise KilnError("K0202", f"cannot compute {op} here: {exc}", span) from None
+
+    @staticmethod
+    def check_cost(op: str, left, right, span: Span) -> None:
+        """K0206 before computing `left op right` if its result would be too large."""
+        is_int = [isinstance(v, int) and not isinstance(v, bool) for v in (left, right)]
+        if op == "**" and all(is_int):
+            check_power(left, right, span)
+        elif isinstance(left, str) or isinstance(right, str):
+            if op == "%":  # Python's printf formatting: "%999999999d" % 1 allocates a gigabyte
+                raise KilnError("K0202", "% is not defined on strings", span)
+            if op == "*" and any(is_int):
+                text, times = (left, right) if isinstance(left, str) else (right, left)
+                check_size(len(text) * max(times, 0), MAX_STRING_CHARS, "this string", span,
+                           "characters")
+            elif op == "+" and isinstance(left, str) and isinstance(right, str):
+                check_size(len(left) + len(right), MAX_STRING_CHARS, "this string", span,
+                           "characters")
 
     def dim_binary(self, op: str, left, right, span: Span):
         for v in (left, right):
@@ -246,10 +276,22 @@ class ExprMixin:
             return self.binary(op, self.as_tensor(left, span), right, span, span, span)
         if op not in ARITHMETIC:
             raise KilnError("K0202", f"{op} is not defined on sizes ({a} {op} {b})", span)
+        if op == "**" and b.is_const:
+            if a.is_const:
+                check_power(a.value, b.value, span)
+            elif b.value > MAX_DIM_POWER:  # Dim ** n multiplies n times
+                raise KilnError(
+                    "K0206",
+                    f"a symbolic size raised to the power {b.value}: the limit is {MAX_DIM_POWER}",
+                    span,
+                )
         try:
-            return norm_dim(ARITHMETIC[op](a, b))
+            out = ARITHMETIC[op](a, b)
         except DimError as exc:
             raise KilnError("K0203", str(exc), span) from None
+        # each term multiplies the cost of the next product: (A + B + C) ** k grows fast
+        check_size(len(out.terms), MAX_DIM_TERMS, "this symbolic size", span, "terms")
+        return norm_dim(out)
 
     def eval_UnaryOp(self, e: A.UnaryOp, scope):
         v = self.eval(e.operand, scope)
@@ -281,6 +323,7 @@ class ExprMixin:
 
     def _comp(self, e: A.ListComp, depth: int, scope: Scope, out: list) -> None:
         if depth == len(e.fors):
+            check_size(len(out) + 1, MAX_SEQUENCE_ITEMS, "this list", e.span)
             out.append(self.eval(e.element, scope))
             return
         clause = e.fors[depth]
@@ -290,10 +333,11 @@ class ExprMixin:
                 self._comp(e, depth + 1, scope, out)
 
     def iterate(self, v, span: Span) -> list:
-        if isinstance(v, (list, tuple)):
-            return list(v)
-        if isinstance(v, Sequential):
-            return list(v.stages)
+        """The items a compile-time loop runs over, counted against the unrolling budget."""
+        if isinstance(v, (list, tuple, Sequential)):
+            items = list(v.stages if isinstance(v, Sequential) else v)
+            self.spend(len(items), span)
+            return items
         raise KilnError("K0202", f"cannot iterate over {describe(v)} at compile time", span)
 
     def bind_targets(self, scope: Scope, targets: tuple[str, ...], value, span: Span) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from ..dims import Dim, divisibility, know, known_value
 from ..errors import KilnError, Span
 from ..ir import COMPARISONS, Constraint
+from ..limits import CALL_STEPS
 from ..syntax import ast as A
 from ..types import TensorType, shape_str
 from .exprs import Poisoned, _count, describe, norm_dim, where_hint
@@ -461,6 +462,7 @@ class ForwardMixin:
             raise KilnError(
                 "K0201", f"fn calls nested more than {self.MAX_DEPTH} deep (recursion?)", span
             )
+        self.spend(CALL_STEPS, span)
         self.stack.append((f.defn.name, span))
         try:
             results = self.run_body(f.defn.body, fn_scope, f.defn.span)

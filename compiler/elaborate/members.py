@@ -9,6 +9,7 @@ import numpy as np
 from ..dims import Dim
 from ..errors import KilnError, Span
 from ..initializers import InitError
+from ..limits import CALL_STEPS
 from ..syntax import ast as A
 from ..types import DTYPES, NUMPY_DTYPES, TensorType
 from .exprs import Poisoned, _count, describe
@@ -60,6 +61,7 @@ class MemberMixin:
                 f"blocks nested more than {self.MAX_DEPTH} deep (a block that contains itself?)",
                 span,
             )
+        self.spend(CALL_STEPS, span)
         env = self.bind_block_args(ref, span)
         if ref.defn.alias is not None:
             return self.instantiate_alias(ref, env, path, span)

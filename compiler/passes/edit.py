@@ -120,7 +120,9 @@ def remove_unused(graph: Graph, nids: list[int]) -> int:
     removed, stack = 0, list(nids)
     while stack:
         nid = stack.pop()
-        if (nid not in graph.g or graph.g.out_degree(nid) or nid in outputs
+        # succ[] is O(1); out_degree() counts every edge, and a model input read by each of
+        # n ops would be counted once per removed reader: O(n^2) over a pass
+        if (nid not in graph.g or nid in outputs or graph.g.succ[nid]
                 or graph.op(nid) == "input"):
             continue
         stack.extend(graph.g.predecessors(nid))

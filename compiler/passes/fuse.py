@@ -22,6 +22,11 @@ from .edit import key, remove_unused, replace_uses, users
 from .manager import PassContext, graph_pass
 
 ANCHORS = frozenset({"matmul", "conv"})  # ops whose output an epilogue can follow
+# ops in one group: LLVM's optimizer takes superlinear time in a function's size (an unrolled
+# chain of 8000 adds as one kernel: 12 s in LLVM, 4x per doubling; capped: 2.4 s, 2x per
+# doubling — benchmarks/unrolled_chain.py), while a kernel boundary every MAX_GROUP ops costs
+# one extra pass over memory per MAX_GROUP ops
+MAX_GROUP = 1024
 
 
 def elementwise_reason(graph: Graph, nid: int) -> str | None:
@@ -70,7 +75,8 @@ def fuse(graph: Graph, ctx: PassContext) -> Graph:
     """Elementwise chains -> one `fused` node each; a matmul or convolution followed by
     elementwise ops on its result (bias, residual add, activation) -> one `fused` node with
     that anchor (an epilogue). Groups grow from each not-yet-fused elementwise op, last first,
-    taking in producers whose results only the group uses and have the group's shape."""
+    taking in producers whose results only the group uses and have the group's shape, up to
+    MAX_GROUP ops (the producers left over head groups of their own)."""
     taken: set[int] = set()
     order = graph.order()
     # positions in the run order, taken once: fusing removes members and adds fused nodes,
@@ -97,7 +103,7 @@ def _grow(graph: Graph, sink: int, result: Value, taken: set[int]) -> set[int]:
     members, frontier = {sink}, [sink]
     while frontier:
         for v in graph.operands(frontier.pop()):
-            if v is None or v.node in members or v.node in taken:
+            if v is None or v.node in members or v.node in taken or len(members) >= MAX_GROUP:
                 continue
             if elementwise_reason(graph, v.node) is None and \
                     join_reason(graph, v, members, result) is None:

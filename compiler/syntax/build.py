@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast as pyast
+import math
 import re
+import warnings
 
 from lark import Token, Transformer, v_args
 from lark.exceptions import VisitError
 
 from ..errors import KilnError, Span
+from ..limits import check_int
 from . import ast as A
 from .parser import parse
 
@@ -87,7 +90,7 @@ class ASTBuilder(Transformer):
         return ("std", ch[0])
 
     def module_file(self, meta, ch):
-        return ("file", _unquote(ch[0]))
+        return ("file", self._unquote(ch[0]))
 
     def dotted_name(self, meta, ch):
         return tuple(str(t) for t in ch)
@@ -387,13 +390,40 @@ class ASTBuilder(Transformer):
 
     def int_lit(self, meta, ch):
         text = str(ch[0])
-        return A.Literal(self._span(meta), int(text, 16) if text[:2] in ("0x", "0X") else int(text))
+        span = self._span(meta)
+        # checked on the digits: int() of a long literal is slow, and past 4300 digits an error
+        digits = text[2:].lstrip("0") if text[:2] in ("0x", "0X") else text.lstrip("0")
+        if len(digits) > 20:
+            raise KilnError(
+                "K0206", f"the int literal {text[:20]}... must fit in 64 bits (int64)", span
+            )
+        value = int(text, 16) if text[:2] in ("0x", "0X") else int(text)
+        return A.Literal(span, check_int(value, span, "an int literal"))
 
     def float_lit(self, meta, ch):
-        return A.Literal(self._span(meta), float(str(ch[0])))
+        value = float(str(ch[0]))
+        if math.isinf(value):
+            raise KilnError(
+                "K0206", f"the float literal {str(ch[0])[:40]} is too large for a float",
+                self._span(meta),
+            )
+        return A.Literal(self._span(meta), value)
 
     def str_lit(self, meta, ch):
-        return A.Literal(self._span(meta), _unquote(ch[0]))
+        return A.Literal(self._span(meta), self._unquote(ch[0]))
+
+    def _unquote(self, tok: Token) -> str:
+        """The text of a string literal, with Python's escapes; a bad escape is K0002."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an unknown escape (`\d`) is an error, not a warning
+            try:
+                return pyast.literal_eval(str(tok))
+            except (SyntaxError, ValueError, Warning) as exc:
+                detail = getattr(exc, "msg", None) or str(exc)
+                detail = detail.removeprefix("(unicode error) ")
+                raise KilnError(
+                    "K0002", f"bad escape in string literal: {detail}", self._tok_span(tok)
+                ) from None
 
     def true_lit(self, meta, ch):
         return A.Literal(self._span(meta), True)
@@ -416,6 +446,3 @@ class ASTBuilder(Transformer):
     def comp_for(self, meta, ch):
         return A.CompFor(self._span(meta), ch[0], ch[1], ch[2])
 
-
-def _unquote(tok) -> str:
-    return pyast.literal_eval(str(tok))
