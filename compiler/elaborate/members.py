@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,9 @@ class ParamSlot:
 
     def __init__(self, path: str):
         self.path = path
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
 
 class MemberMixin:
@@ -230,7 +234,17 @@ class MemberMixin:
     def member_name(self, name: A.MemberName, scope: Scope) -> str:
         parts = []
         for p in name.parts:
-            parts.append(p.id if isinstance(p, A.Name) else self.interp_text(p, scope))
+            if isinstance(p, A.Name):
+                parts.append(p.id)
+                continue
+            text = self.interp_text(p, scope)
+            # a path segment: a "." would make it two, a space or newline unreadable
+            if not IDENTIFIER.fullmatch(text):
+                raise KilnError(
+                    "K0203", f"the interpolated name {text!r} is not a name "
+                    "(letters, digits and _, not starting with a digit)", p.span,
+                )
+            parts.append(text)
         return ".".join(parts)
 
     def guard_holds(self, guard, scope: Scope) -> bool:
@@ -282,6 +296,12 @@ class MemberMixin:
             persistent = self.compile_time_bool(opt.value, scope, "persistent")
         init = self.tensor_initializer(m, tuple(shape), dtype, scope)
         path = inst.child_path(name)
+        if path in self.params:  # `param w.b.b` beside a child `w` holding `b.b`
+            raise KilnError(
+                "K0106", f"the parameter path {path} is already taken by the {self.params[path].kind} "
+                f"defined at {self.params[path].span}", m.name.span,
+                hint="rename one of them: they would be one entry of the weights file",
+            )
         self.params[path] = ParamInfo(
             path, m.kind, dtype, tuple(shape), init, persistent, inst.name, name, m.span
         )

@@ -156,3 +156,41 @@ def test_bad_string_escape_is_located(literal, detail):
 def test_bad_escape_in_an_import_path():
     err = error_of('import "\\N{nope}.kiln"\n' + FORWARD.replace("X", "2"))
     assert err.code == "K0002" and (err.span.line, err.span.col) == (1, 8)
+
+
+# -- #13: names ------------------------------------------------------------------------------
+def test_a_parameter_path_taken_twice_is_refused():
+    err = error_of("""
+    block Inner {
+      param b.b: f32[2]
+      forward(x: f32[B, 2]) { return x + b.b }
+    }
+    model M {
+      w = Inner()
+      param w.b.b: f32[2]
+      forward(x: f32[B, 2]) { return x |> w }
+    }""")
+    assert err.code == "K0106" and "parameter path w.b.b is already taken" in err.message
+    assert (err.span.line, err.span.col) == (8, 9)
+    assert "<source>:3:3" in err.message
+
+
+@pytest.mark.parametrize("piece", ['"a.b"', '"c d"', '"e\\nf"', '"x-y"', '"a/b"'])
+def test_interpolated_member_names_are_identifiers(piece):
+    err = error_of(f"""
+    model M {{
+      for s in [{piece}] {{ param p_{{s}}: f32[2] }}
+      forward(x: f32[B, 2]) {{ return x }}
+    }}""")
+    assert err.code == "K0203" and "is not a name" in err.message
+    line = err.span.source_line()
+    assert err.span.line == 3 and line[err.span.col - 1 : err.span.end_col - 1] == "p_{s}"
+
+
+def test_interpolated_member_names_still_work():
+    model = kiln.load("""
+    model M {
+      for i in range(2) { param w{i}: f32[2] }
+      forward(x: f32[B, 2]) { return x + w0 + w1 }
+    }""").elaborate()
+    assert sorted(model.params) == ["w0", "w1"]
