@@ -257,6 +257,19 @@ def test_edges_beyond_the_nodes_are_a_runtime_error():
         m(x, ei)
 
 
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("name, row", [("GCNConv", 0), ("GCNConv", 1), ("SAGEConv", 0),
+                                       ("SAGEConv", 1), ("GATConv", 0), ("GATConv", 1)])
+def test_negative_node_ids_are_a_runtime_error(name, row, target):
+    """The docs say ids lie in [0, N): -1 is refused, not read as the last node (numpy)."""
+    m = compile_block(name, target)
+    x, ei = graph(GRAPHS[0])
+    ei[row, 2] = -1
+    with pytest.raises(kiln.KilnError) as info:
+        m(x, ei)
+    assert info.value.code == "K0505"
+
+
 # ---------------------------------------------------------------------------- pooling
 POOLS = """
 import std.gnn
@@ -282,6 +295,14 @@ def test_global_pools(n):
         close(add[g], rows.sum(axis=0) if has else np.zeros(3))
         close(mean[g], rows.mean(axis=0) if has else np.zeros(3))
         close(top[g], rows.max(axis=0) if has else np.zeros(3))
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_negative_graph_ids_in_pools_are_a_runtime_error(target):
+    x = np.ones((5, 3), np.float32)
+    with pytest.raises(kiln.KilnError) as info:
+        kiln.compile(POOLS, target=target)(x, np.array([0, 0, 1, -1, 3]))
+    assert info.value.code == "K0505"
 
 
 # ---------------------------------------------------------------------------- the example
