@@ -273,3 +273,75 @@ def test_compile_takes_its_target_from_the_output_suffix(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error[K0602]" in err and text in err, err
     assert not (tmp_path / "m.bin").exists() and not (tmp_path / "x.so").exists()
+
+
+# -- issue 13 #4: where a compile-time error points ------------------------------------------
+def test_unclosed_brace_is_reported_at_the_brace():
+    err = error_of("""
+    block A {
+      forward(x: f32[B, 4]) {
+        return x
+
+    model M {
+      forward(x: f32[B, 4]) { return x }
+    }""")
+    assert err.code == "K0001" and err.message == "this '{' is not closed before the next definition"
+    at(err, 3, 25, 26)
+    assert err.notes == ("`model` at <source>:6:1 is inside it",)
+    err = error_of("model M {\n  forward(x: f32[B]) -> f32[B] {\n    return x\n")
+    assert err.message == "unexpected end of file: this '{' is never closed"
+    at(err, 2, 32)
+
+
+def test_unclosed_brace_skips_braces_in_strings_and_comments():
+    err = error_of('model M {\n  forward(x: f32[B]) -> f32[B] {  # }\n    require true, "}"\n'
+                   '    return x\n')
+    at(err, 2, 32)
+
+
+def test_a_shape_names_the_symbols_it_binds():
+    err = error_of("""
+    import std.gnn
+    model M {
+      conv = gnn.GCNConv(4, 2)
+      forward(x: f32[N, 4], ei: i64[E, 2]) { return conv(x, ei) }
+    }""")
+    assert err.code == "K0301"
+    assert err.message == "GCNConv: input edge_index has shape [E, 2] but [2, E] is expected"
+    at(err, 5, 57)
+
+
+def test_unknown_name_suggests_the_imported_module():
+    err = error_of("""
+    import std.nn
+    model M {
+      l = Linear(4, 2)
+      forward(x: f32[B, 4]) { return l(x) }
+    }""")
+    assert err.code == "K0101" and err.message == "unknown name Linear"
+    assert err.hint == "did you mean nn.Linear?"
+    at(err, 4, 7, 13)
+
+
+def test_return_count_mismatch_points_at_the_return():
+    err = error_of("""
+    model M {
+      forward(x: f32[B, 4]) -> (f32[B, 4], f32[B, 4]) {
+        y = x + 1
+        return y
+      }
+    }""")
+    assert err.code == "K0301" and err.message == "M: forward returns 1 values but its type lists 2"
+    at(err, 5, 5)
+
+
+def test_a_stage_of_a_member_list_is_blamed_at_its_entry():
+    err = error_of("""
+    import std.nn
+    model M {
+      body = [nn.Linear(4, 8), nn.ReLU(), nn.Linear(4, 2)]
+      forward(x: f32[B, 4]) { return x |> body }
+    }""")
+    assert err.code == "K0301" and "Linear: input x has shape [B, 8]" in err.message
+    at(err, 4, 39, 54)
+    assert err.notes == ("in Linear, used at <source>:4:39", "in the list body, used at <source>:5:39")

@@ -152,7 +152,12 @@ class ExprMixin:
     def unknown_name(self, name: str, span: Span, scope: Scope) -> KilnError:
         import difflib
 
-        close = difflib.get_close_matches(name, set(scope.names()), n=3)
+        # `Linear` beside `import std.nn`: the name lives in an imported module
+        qualified = [f"{alias}.{name}" for alias, v in sorted(scope.module.names.items())
+                     if isinstance(v, Namespace) and v.kind == "module"
+                     and (name in v.target.names or name in v.target.consts)] \
+            if scope.module is not None else []
+        close = qualified or difflib.get_close_matches(name, set(scope.names()), n=3)
         hint = f"did you mean {' or '.join(close)}?" if close else None
         return KilnError("K0101", f"unknown name {name}", span, hint=hint)
 

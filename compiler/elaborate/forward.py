@@ -86,8 +86,16 @@ class ForwardMixin:
             if len(args) != 1 or kwargs:
                 raise KilnError("K0201", "a list of stages takes one input", span)
             x = args[0]
-            for st in f.stages:
-                x = (self.apply_callable(st, [x], {}, span, scope), x[1])
+            self.stack.append((f"the list {f.path}", span))
+            try:
+                for st in f.stages:
+                    # an instance made from a list entry is used at that entry: a mismatch
+                    # there points at it rather than at the `x |> stages` running the list
+                    at = st.span if isinstance(st, Instance) and st.span is not None else span
+                    x = (self.apply_callable(st, [(x[0], at if at is not span else x[1])], {},
+                                             at, scope), x[1])
+            finally:
+                self.stack.pop()
             return x[0]
         if isinstance(f, (OpRef, FnRef, Builtin)):
             return self.call_value(f, args, kwargs, span, scope)
@@ -166,8 +174,8 @@ class ForwardMixin:
                 for dim in d.type.dims if isinstance(dim, A.Name) and dim.id not in symbols
             }
             self.check_where(fwd.where, body_scope, absent)
-            results = self.run_body(fwd.body, body_scope, fwd.span)
-            self.check_results(inst.name, fwd, results, env_scope, symbols)
+            results, return_span = self.run_body_at(fwd.body, body_scope, fwd.span)
+            self.check_results(inst.name, fwd, results, env_scope, symbols, return_span)
         except KilnError as err:
             self.report(err)
             raise Poisoned() from None
@@ -232,9 +240,12 @@ class ForwardMixin:
         dimensions still to check (expressions), with what to report if they differ."""
         dims = pattern.dims
         ell = [i for i, d in enumerate(dims) if isinstance(d, A.EllipsisLit)]
+        own: list[str] = []  # the names this shape binds: shown as names, not as what they got
 
         def mismatch(detail=""):
-            shown = self.render_pattern(pattern, env_scope, symbols)
+            shown = self.render_pattern(
+                pattern, env_scope, {k: v for k, v in symbols.items() if k not in own}
+            )
             return KilnError(
                 "K0301",
                 f"{what} has shape {shape_str(actual.shape)} but {shown} is expected" + detail,
@@ -262,6 +273,7 @@ class ForwardMixin:
                 continue
             if isinstance(d, A.Name) and d.id not in symbols and not _resolvable(env_scope, d.id):
                 symbols[d.id] = norm_dim(a)
+                own.append(d.id)
                 continue
             deferred.append((d, a, mismatch, what))
         return deferred
@@ -354,7 +366,8 @@ class ForwardMixin:
                 if fact is not None:  # checked on every call, so shapes may rely on it
                     know(self.size_facts, *fact)
 
-    def check_results(self, owner: str, fwd: A.Forward, results, env_scope, symbols) -> None:
+    def check_results(self, owner: str, fwd: A.Forward, results, env_scope, symbols,
+                      return_span: Span) -> None:
         if fwd.results is None:
             return
         if len(results) != len(fwd.results):
@@ -362,7 +375,7 @@ class ForwardMixin:
                 "K0301",
                 f"{owner}: forward returns {len(results)} values but its type lists "
                 f"{len(fwd.results)}",
-                fwd.span,
+                return_span,
             )
         for i, (t, v) in enumerate(zip(fwd.results, results, strict=False)):
             what = f"{owner}: result {i}" if len(results) > 1 else f"{owner}: the result"
@@ -374,10 +387,14 @@ class ForwardMixin:
 
     # ------------------------------------------------------------------ statements
     def run_body(self, body, scope: Scope, span: Span) -> tuple:
+        return self.run_body_at(body, scope, span)[0]
+
+    def run_body_at(self, body, scope: Scope, span: Span) -> tuple[tuple, Span]:
+        """The values a body returns, and the span of the `return` that returned them."""
         try:
             self.exec_stmts(body, scope)
         except Returned as r:
-            return r.values
+            return r.values, r.span
         raise KilnError("K0201", "this body has no return statement", span)
 
     def exec_stmts(self, body, scope: Scope) -> None:

@@ -354,15 +354,17 @@ class MemberMixin:
             value = self.eval(m.value, scope)
         finally:
             self.member_scope_depth -= 1
-        inst.members[name] = self.make_member(value, inst.child_path(name), m.value.span)
+        inst.members[name] = self.make_member(value, inst.child_path(name), m.value)
 
-    def make_member(self, value, path: str, span: Span):
+    def make_member(self, value, path: str, expr):
+        """The member a child's value makes: an instance, a list of stages, a tensor..."""
+        span = expr.span
         if isinstance(value, BlockRef):
             return self.instantiate(value, path, span)
         if isinstance(value, (list, tuple)) and not all(
             isinstance(v, (int, float, bool, str, Dim)) for v in value
         ):
-            return self.build_sequential(value, path, span)
+            return self.build_sequential(value, path, expr)
         if isinstance(value, Tensor):
             raise KilnError(
                 "K0202", "a member cannot be a tensor; declare it with param or buffer", span
@@ -371,14 +373,19 @@ class MemberMixin:
             raise KilnError("K0202", f"a member cannot be {describe(value)}", span)
         return value
 
-    def build_sequential(self, items, path: str, span: Span) -> Sequential:
+    def build_sequential(self, items, path: str, expr) -> Sequential:
+        """A list of stages; each entry of a list written out keeps its own span, so an error
+        in one stage points at that entry."""
+        span = expr.span
+        written = expr.items if isinstance(expr, A.ListLit) and len(expr.items) == len(items) \
+            else [expr] * len(items)
         stages = []
-        for i, item in enumerate(items):
+        for i, (item, item_expr) in enumerate(zip(items, written, strict=True)):
             sub = f"{path}.{i}"
             if isinstance(item, BlockRef):
-                stages.append(self.instantiate(item, sub, span))
+                stages.append(self.instantiate(item, sub, item_expr.span))
             elif isinstance(item, (list, tuple)):
-                stages.append(self.build_sequential(item, sub, span))
+                stages.append(self.build_sequential(item, sub, item_expr))
             elif isinstance(item, (OpRef, FnRef, Builtin, Instance, Sequential)):
                 stages.append(item)
             else:

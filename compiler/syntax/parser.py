@@ -70,6 +70,10 @@ _EXPECT_NAMES = {
 }
 
 
+# words that start a definition at the top of a file
+_TOP_LEVEL = frozenset({"model", "block", "fn", "import", "const", "require"})
+
+
 def parse(text: str, filename: str, start: str = "start"):
     """Parse `text` into a Lark tree, or raise KilnError K0001/K0002 at the offending token."""
     try:
@@ -107,4 +111,43 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> KilnError:
     else:
         code, message = "K0001", "syntax error"
     span = Span(filename, line, col, line, col + width, text)
+    lines = text.splitlines()
+    starts_definition = code == "K0001" and line <= len(lines) and \
+        lines[line - 1].split(" ", 1)[0] in _TOP_LEVEL
+    if starts_definition or message == "unexpected end of file":
+        # a definition starting at column 1 (or the file ending) inside a block means a `{`
+        # above was never closed: that brace is the mistake, not the next definition
+        brace = _innermost_open_brace(text, line)
+        if brace is not None:
+            at_end = message == "unexpected end of file"
+            what = "unexpected end of file: this '{' is never closed" if at_end else \
+                "this '{' is not closed before the next definition"
+            where = "the end of the file" if at_end else \
+                f"`{lines[line - 1].split(' ', 1)[0]}` at {Span(filename, line, 1, line, 2)}"
+            return KilnError(
+                "K0001", what, Span(filename, *brace, brace[0], brace[1] + 1, text),
+                notes=(f"{where} is inside it",), hint="add the missing '}'",
+            )
     return KilnError(code, message, span)
+
+
+def _innermost_open_brace(text: str, before_line: int) -> tuple[int, int] | None:
+    """(line, col) of the last `{` still open at the start of `before_line`, skipping strings
+    and comments; None when every brace is closed there."""
+    stack: list[tuple[int, int]] = []
+    for lineno, line in enumerate(text.splitlines()[: before_line - 1], start=1):
+        i = 0
+        while i < len(line):
+            ch = line[i]
+            if ch == "#":
+                break
+            if ch == '"':  # skip the string, escapes included
+                i += 1
+                while i < len(line) and line[i] != '"':
+                    i += 2 if line[i] == "\\" else 1
+            elif ch == "{":
+                stack.append((lineno, i + 1))
+            elif ch == "}" and stack:
+                stack.pop()
+            i += 1
+    return stack[-1] if stack else None
