@@ -16,6 +16,10 @@ class Span:
     end_col: int
     # the whole text of `file`, for printing the caret line
     source: str | None = field(default=None, repr=False, compare=False)
+    # where the code at this span was reached from ("in Embedding, used at model.kiln:8:9"),
+    # innermost first: set on graph nodes, so a failure found after elaboration (a pass, a
+    # run-time K0505) names the user's line as compile-time errors do
+    uses: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
@@ -49,7 +53,7 @@ class KilnError(Exception):
         self.message = message
         self.span = span
         self.hint = hint
-        self.notes = tuple(notes)
+        self.notes = tuple(notes) or (span.uses if span is not None else ())
         self.others: list[KilnError] = []
 
     @property

@@ -345,3 +345,29 @@ def test_a_stage_of_a_member_list_is_blamed_at_its_entry():
     assert err.code == "K0301" and "Linear: input x has shape [B, 8]" in err.message
     at(err, 4, 39, 54)
     assert err.notes == ("in Linear, used at <source>:4:39", "in the list body, used at <source>:5:39")
+
+
+# -- issue 13 #3: a run-time error inside a std block names where the user used it ------------
+TWO_EMBEDDINGS = """
+import std.nn
+model M {
+  words = nn.Embedding(10, 4)
+  tags = nn.Embedding(3, 4)
+  forward(w: i64[B], t: i64[B]) {
+    a = words(w)
+    b = tags(t)
+    return a + b
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_runtime_error_in_a_std_block_names_the_use(target):
+    m = kiln.compile(TWO_EMBEDDINGS, target=target)
+    with pytest.raises(KilnError) as info:
+        m(np.array([1, 2]), np.array([0, 7]))  # tags has 3 rows
+    err = info.value
+    assert err.code == "K0505" and err.span.file == "<std>/nn.kiln"
+    assert err.notes == ("in Embedding, used at <source>:8:9",), str(err)
+    assert "note: in Embedding, used at <source>:8:9" in str(err)

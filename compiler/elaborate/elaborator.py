@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,9 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         values = [self.use(t).value if t is not None else None for t in inputs]
         scope = self.path_of_stack()
         types = [self.spelled_as_seen(t) for t in types]
+        uses = self.chain_notes()
+        if uses and span is not None:  # a run-time failure of this node names the user's line
+            span = dataclasses.replace(span, uses=uses)
         outs = frame.graph.add(op, values, attrs, types, span, scope)
         return [Tensor(v, frame.graph) for v in outs]
 
