@@ -182,7 +182,9 @@ def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target)
         "aliases": model.aliases,
         "constraints": [{"op": c.op, "lhs": str(c.lhs), "rhs": str(c.rhs), "text": c.text}
                         for c in model.graph.constraints],
-        "failures": [[message, str(span) if span else None] for message, span in layout.failures],
+        # where, and the chain of block uses that led there (errors.Span.uses)
+        "failures": [[message, "; ".join((str(span), *span.uses)) if span else None]
+                     for message, span in layout.failures],
     }
 
 

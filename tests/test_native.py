@@ -528,3 +528,16 @@ def test_worker_threads_start_once_are_shared_stop_and_start_again():
     m = None  # the last reference
     gc.collect()
     assert _os_threads(running - 2) <= running - 2  # the workers stop with their model
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+def test_a_library_failure_names_the_block_use(tmp_path):
+    """A K0505 inside a std block, from a library built ahead of time, still says where the
+    user's file used the block (issue 13 #3)."""
+    src = ("import std.nn\nmodel M {\n  words = nn.Embedding(10, 4)\n  tags = nn.Embedding(3, 4)\n"
+           "  forward(w: i64[B], t: i64[B]) { return words(w) + tags(t) }\n}\n")
+    m = kiln.load_compiled(_ahead_of_time(tmp_path, src))
+    with pytest.raises(KilnError) as info:
+        m(np.array([1, 2]), np.array([0, 7]))
+    assert info.value.code == "K0505"
+    assert f"in Embedding, used at {tmp_path / 'model.kiln'}:5:53)" in info.value.message
