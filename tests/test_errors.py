@@ -362,7 +362,7 @@ model M {
 """
 
 
-@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
 def test_runtime_error_in_a_std_block_names_the_use(target):
     m = kiln.compile(TWO_EMBEDDINGS, target=target)
     with pytest.raises(KilnError) as info:

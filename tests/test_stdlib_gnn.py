@@ -257,7 +257,7 @@ def test_edges_beyond_the_nodes_are_a_runtime_error():
         m(x, ei)
 
 
-@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
 @pytest.mark.parametrize("name, row", [("GCNConv", 0), ("GCNConv", 1), ("SAGEConv", 0),
                                        ("SAGEConv", 1), ("GATConv", 0), ("GATConv", 1)])
 def test_negative_node_ids_are_a_runtime_error(name, row, target):
@@ -297,7 +297,7 @@ def test_global_pools(n):
         close(top[g], rows.max(axis=0) if has else np.zeros(3))
 
 
-@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
 def test_negative_graph_ids_in_pools_are_a_runtime_error(target):
     x = np.ones((5, 3), np.float32)
     with pytest.raises(kiln.KilnError) as info:
