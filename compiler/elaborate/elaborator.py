@@ -111,7 +111,8 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
 
     # ------------------------------------------------------------------ errors
     def chain_notes(self) -> tuple[str, ...]:
-        """`in Block, used at file:line:col` for each block or fn being elaborated, innermost first."""
+        """`in Block, used at file:line:col` for each block or fn being elaborated, innermost
+        first."""
         return tuple(
             f"in {name}, used at {span}" for name, span in reversed(self.stack) if span is not None
         )

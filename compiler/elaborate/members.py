@@ -297,9 +297,10 @@ class MemberMixin:
         init = self.tensor_initializer(m, tuple(shape), dtype, scope)
         path = inst.child_path(name)
         if path in self.params:  # `param w.b.b` beside a child `w` holding `b.b`
+            taken = self.params[path]
             raise KilnError(
-                "K0106", f"the parameter path {path} is already taken by the {self.params[path].kind} "
-                f"defined at {self.params[path].span}", m.name.span,
+                "K0106", f"the parameter path {path} is already taken by the {taken.kind} "
+                f"defined at {taken.span}", m.name.span,
                 hint="rename one of them: they would be one entry of the weights file",
             )
         self.params[path] = ParamInfo(
