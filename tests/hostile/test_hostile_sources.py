@@ -194,3 +194,22 @@ def test_interpolated_member_names_still_work():
       forward(x: f32[B, 2]) { return x + w0 + w1 }
     }""").elaborate()
     assert sorted(model.params) == ["w0", "w1"]
+
+
+def test_the_documented_limits_are_the_enforced_ones():
+    from pathlib import Path
+
+    from kiln.compiler import limits
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "language.md").read_text()
+    table = text[text.index("## Compile-time limits"):text.index("## Current limitations")]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| what")}
+    assert f"{limits.MAX_STRING_CHARS:,} characters" in rows["a compile-time string"]
+    assert f"{limits.MAX_SEQUENCE_ITEMS:,} items" in rows["a list, tuple or `range`"]
+    assert f"{limits.MAX_DIM_TERMS} terms" in rows["a symbolic size"]
+    assert f"power {limits.MAX_DIM_POWER}" in rows["a symbolic size"]
+    steps = rows["loop iterations of one model's elaboration (`for`, comprehensions)"]
+    assert f"{limits.MAX_UNROLLED_STEPS:,} in all" in steps and f"as {limits.CALL_STEPS}" in steps
+    assert f"{limits.MAX_GRAPH_NODES:,}" in rows["nodes of one model's graph, after unrolling"]
+    assert limits.INT_MAX == 2**63 - 1 and "int64" in rows["a compile-time int (literals included)"]
