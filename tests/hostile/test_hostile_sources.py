@@ -4,6 +4,7 @@ traceback; the attacks that used to hang run in a child process with a time limi
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -213,3 +214,32 @@ def test_the_documented_limits_are_the_enforced_ones():
     assert f"{limits.MAX_UNROLLED_STEPS:,} in all" in steps and f"as {limits.CALL_STEPS}" in steps
     assert f"{limits.MAX_GRAPH_NODES:,}" in rows["nodes of one model's graph, after unrolling"]
     assert limits.INT_MAX == 2**63 - 1 and "int64" in rows["a compile-time int (literals included)"]
+
+
+def _kernel_functions(n_ops: int, step: str) -> list:
+    """The kernels `run` calls for a chain of n_ops `y = step`, as LLVM functions."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.codegen.llvm.module import build_module
+
+    src = (f"model M {{\n  forward(x: f32[B, 8]) -> f32[B, 8] {{\n    y = x\n"
+           f"    for i in range({n_ops}) {{ y = {step} }}\n    return y\n  }}\n}}\n")
+    model = kiln.compile(src, target="reference").lowered()
+    machine = targets.host().machine()
+    module, _ = build_module(model, "x86_64-unknown-linux-gnu", str(machine.target_data))
+    return [f for f in module.functions if re.fullmatch(r"k\d+_(fused|softmax)", f.name)]
+
+
+def test_long_chains_are_cut_into_kernels_llvm_compiles_in_linear_time():
+    """LLVM's time grows with the square of a function's size: a chain of 3000 adds is fused
+    into kernels of at most MAX_GROUP ops, and past MAX_INLINED_KERNELS kernels `run` calls
+    them instead of inlining them (#11: 10k adds took 31 s)."""
+    from kiln.compiler.codegen.llvm.module import MAX_INLINED_KERNELS
+    from kiln.compiler.passes.fuse import MAX_GROUP
+
+    fused = _kernel_functions(3000, "y + x")
+    assert len(fused) == -(-3000 // MAX_GROUP)
+    assert not any("noinline" in f.attributes for f in fused)
+    few = _kernel_functions(MAX_INLINED_KERNELS, "softmax(y)")
+    assert not any("noinline" in f.attributes for f in few)
+    many = _kernel_functions(MAX_INLINED_KERNELS + 1, "softmax(y)")
+    assert len(many) > MAX_INLINED_KERNELS and all("noinline" in f.attributes for f in many)
