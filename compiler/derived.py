@@ -9,9 +9,10 @@ them from their sources:
 
 A name is `kind(arg=value,...):source`, or with several sources `kind(...):[a;b;c]`: each
 value an int, a float (as Python writes it) or ints joined by `_`; each source a parameter
-path, a `const:N` constant, another derived name, or `-` for an absent optional one. Because the name says how to remake the
-array, new weights only remake derived arrays: no code is rebuilt (weights are data, not
-code). Backends add kinds of their own (codegen/llvm/derived.py).
+path, a `const:N` constant, another derived name, or `-` for an absent optional one.
+Because the name says how to remake the array, new weights only remake derived arrays: no
+code is rebuilt (weights are data, not code). Backends add kinds of their own
+(codegen/llvm/derived.py).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Union
 
 Atom = Union[str, "DivAtom"]
@@ -322,10 +323,11 @@ class Dim:
 # then normalise by plain algebra (`(4*H')//2 == 2*H'`). The facts in force are a context
 # variable, set by whoever checks shapes of one model (the elaborator, the passes), because a
 # Dim does not know which model it belongs to.
-_FACTS: ContextVar[dict[str, int]] = ContextVar("kiln_size_facts", default={})
+_FACTS: ContextVar[Mapping[str, int]] = ContextVar("kiln_size_facts",
+                                                default=MappingProxyType({}))
 
 
-def _multiples(d: Dim, facts: dict[str, int]) -> Dim:
+def _multiples(d: Dim, facts: Mapping[str, int]) -> Dim:
     """`d` with each symbol X known to be a multiple of k replaced by k*X (a renaming of X' to
     X: comparing two Dims so rewritten is comparing them under the facts)."""
     return d.substitute({x: k * Dim.of(x) for x, k in facts.items()})

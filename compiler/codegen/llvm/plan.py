@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ...dims import DivAtom, Dim
+from ...dims import Dim, DivAtom
 from ...ir import Graph
 from ...passes.memory import ALIGN, SizeCheck
 from ...types import MAX_TENSOR_BYTES, TensorType
