@@ -30,19 +30,20 @@ def _widen_ints(dtype: str, _attrs) -> str:
     return "i64" if dtype in INTS or dtype == "bool" else dtype
 
 
-def _shifted_max(x, axis):
-    """max over axis (keepdims), with infinite maxima replaced by 0 so x - m stays finite."""
+def _shifted_max(x, axis, keep_inf: bool = False):
+    """max over axis (keepdims), with infinite maxima replaced by 0 so x - m stays finite;
+    `keep_inf` keeps a +inf maximum, which makes a softmax row NaN (torch and ONNX Softmax)."""
     m = np.max(x, axis=axis, keepdims=True)
-    return np.where(np.isfinite(m), m, 0)
+    return np.where(np.isfinite(m) | (keep_inf & (m > 0)), m, 0)
 
 
 def softmax(x, axis):
-    e = np.exp(x - _shifted_max(x, axis))
+    e = np.exp(x - _shifted_max(x, axis, keep_inf=True))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(x, axis):
-    shifted = x - _shifted_max(x, axis)
+    shifted = x - _shifted_max(x, axis, keep_inf=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
