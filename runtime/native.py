@@ -50,12 +50,14 @@ class LoadedCode:
             self.shutdown = ctypes.CFUNCTYPE(None)(engine.get_function_address("kiln_shutdown"))
             _ENGINES[id(self)] = engine
 
-    def __del__(self):
+    # `engines` is bound here because at interpreter exit this module's globals may be None
+    # before the last model is finalized (a model held in a cache of another module)
+    def __del__(self, engines: dict[int, object] = _ENGINES):
         try:
             self.shutdown()
         except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to stop)
             pass
-        _ENGINES.pop(id(self), None)  # the engine, and with it the code, goes now
+        engines.pop(id(self), None)  # the engine, and with it the code, goes now
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -541,3 +543,19 @@ def test_a_library_failure_names_the_block_use(tmp_path):
         m(np.array([1, 2]), np.array([0, 7]))
     assert info.value.code == "K0505"
     assert f"in Embedding, used at {tmp_path / 'model.kiln'}:5:53)" in info.value.message
+
+
+def test_a_model_alive_at_interpreter_exit_goes_quietly(tmp_path):
+    """A native model held until exit (a functools.cache in a pytest module, as the example
+    tests do) is finalized after runtime.native's globals are cleared: nothing is printed."""
+    (tmp_path / "test_held.py").write_text(
+        "import functools\nimport numpy as np\nimport kiln\n\n"
+        "@functools.cache\ndef held():\n"
+        "    return kiln.compile('model M { forward(x: f32[B, 2]) -> f32[B, 2] { return x } }')\n\n"
+        "def test_call():\n    held()(np.ones((1, 2), np.float32))\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_held.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "KILN_PROGRESS": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
