@@ -345,7 +345,10 @@ class ExprMixin:
             return items
         raise KilnError("K0202", f"cannot iterate over {describe(v)} at compile time", span)
 
-    def bind_targets(self, scope: Scope, targets: tuple[str, ...], value, span: Span) -> None:
+    def bind_targets(self, scope: Scope, targets: tuple[str, ...], value, span: Span,
+                     hint: str | None = None) -> None:
+        """Bind `targets` to `value`, unpacking it when there are several; `hint` explains
+        where the value's length comes from (a scan's emits and carries)."""
         if len(targets) == 1:
             scope.set(targets[0], value)
             return
@@ -354,12 +357,13 @@ class ExprMixin:
                 scope.set(t, POISON)
             return
         if not isinstance(value, (list, tuple)) or len(value) != len(targets):
-            n = len(value) if isinstance(value, (list, tuple)) else 1
+            one = "" if isinstance(value, (list, tuple)) else ": it is one value"
             raise KilnError(
                 "K0201",
                 f"cannot unpack {describe(value)} into {len(targets)} names "
-                f"({', '.join(targets)}): it has {n}",
+                f"({', '.join(targets)}){one}",
                 span,
+                hint=hint,
             )
         for t, v in zip(targets, value, strict=False):
             scope.set(t, v)

@@ -411,12 +411,12 @@ class ForwardMixin:
 
     def exec_stmt(self, stmt, scope: Scope) -> None:
         if isinstance(stmt, A.Assign):
-            value = (
-                self.eval_scan(stmt.value, scope)
-                if isinstance(stmt.value, A.Scan)
-                else self.eval(stmt.value, scope)
-            )
-            self.bind_targets(scope, stmt.targets, value, stmt.span)
+            if isinstance(stmt.value, A.Scan):
+                value = self.eval_scan(stmt.value, scope)
+                self.bind_targets(scope, stmt.targets, value, stmt.span,
+                                  hint=_scan_results(stmt.value, value))
+            else:
+                self.bind_targets(scope, stmt.targets, self.eval(stmt.value, scope), stmt.span)
         elif isinstance(stmt, A.Return):
             values = tuple(self.eval(v, scope) for v in stmt.values)
             if len(values) == 1 and isinstance(values[0], tuple):  # `return f(x)` of a tuple
@@ -635,3 +635,13 @@ def _assigned(stmt) -> list[str]:
 
 
 __all__ = ["ForwardMixin", "Returned"]
+
+
+def _scan_results(scan: A.Scan, value) -> str:
+    """How a scan's results are laid out, for an unpacking that miscounts them."""
+    carries = [c.name for c in scan.carry]
+    emitted = (len(value) if isinstance(value, tuple) else 1) - len(carries)
+    if not carries:
+        return f"a scan gives its emitted values ({emitted} here)"
+    return (f"a scan gives its emitted values ({emitted} here), then each carry's final value "
+            f"({', '.join(carries)})")

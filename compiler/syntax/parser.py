@@ -7,6 +7,7 @@ before it: the grammar's PIPE and ELSE tokens take the newlines in front of them
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 
@@ -88,7 +89,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> KilnError:
     if line < 1:  # lark reports -1 at end of file
         lines = text.splitlines() or [""]
         line, col = len(lines), len(lines[-1]) + 1
-    width = 1
+    width, hint = 1, None
     if isinstance(exc, UnexpectedCharacters):
         ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         message = f"unexpected character {ch!r}"
@@ -108,6 +109,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> KilnError:
         )
         if expected and len(expected) <= 6:
             message += ", expected " + " or ".join(dict.fromkeys(expected))
+        if tok is not None:
+            lines = text.splitlines()
+            hint = _statement_hint(tok, lines[line - 1] if line <= len(lines) else "", col)
     else:
         code, message = "K0001", "syntax error"
     span = Span(filename, line, col, line, col + width, text)
@@ -128,7 +132,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> KilnError:
                 "K0001", what, Span(filename, *brace, brace[0], brace[1] + 1, text),
                 notes=(f"{where} is inside it",), hint="add the missing '}'",
             )
-    return KilnError(code, message, span)
+    return KilnError(code, message, span, hint=hint)
 
 
 def _innermost_open_brace(text: str, before_line: int) -> tuple[int, int] | None:
@@ -151,3 +155,27 @@ def _innermost_open_brace(text: str, before_line: int) -> tuple[int, int] | None
                 stack.pop()
             i += 1
     return stack[-1] if stack else None
+
+
+# `a, b = x, y`: names, then one `=` (not `==`, `<=`, ...) before the comma
+_ASSIGNMENT = re.compile(r"^\s*(?:const\s+)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)(.*)$")
+
+
+def _statement_hint(tok: Token, line: str, col: int) -> str | None:
+    """What to write instead, for the mistakes a Python habit makes: a bare tuple on the right
+    of `=` (kiln needs parentheses there), and a `scan` header continued on the next line
+    (inside `{ }` a newline ends the statement)."""
+    before = line[:col - 1]
+    if tok.type == "_NL" and re.search(r"\bscan\b", before):
+        return ("a scan header (sequences, `axis`, `carry`) stays on one line up to its `{`: "
+                "end the line with `\\` to continue it on the next")
+    assignment = _ASSIGNMENT.match(before)
+    if tok.type == "COMMA" and assignment and _balanced(assignment.group(2)):
+        value = (assignment.group(2) + line[col - 1:].split("#")[0]).strip()
+        return f"a tuple on the right of `=` needs parentheses: {assignment.group(1)} = ({value})"
+    return None
+
+
+def _balanced(text: str) -> bool:
+    """Whether `text` closes every bracket it opens (a comma after it is not inside one)."""
+    return all(text.count(o) == text.count(c) for o, c in ("()", "[]", "{}"))
