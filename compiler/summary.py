@@ -67,11 +67,16 @@ def _bytes(t: TensorType) -> Dim:
 
 def _graphs(graph: Graph):
     """The graph and every scan body in it, outermost first."""
-    yield graph
+    yield from (g for g, _ in _graphs_with_owners(graph))
+
+
+def _graphs_with_owners(graph: Graph, owner: str | None = None):
+    """(graph, the scope of the scan node that runs it: None for the model's graph)."""
+    yield graph, owner
     for nid in graph.order():
         body = graph.node(nid)["attrs"].get("body")
         if isinstance(body, Graph):
-            yield from _graphs(body)
+            yield from _graphs_with_owners(body, graph.node(nid)["scope"])
 
 
 def _first_reached(model: ElaboratedModel) -> dict[str, int]:
@@ -83,12 +88,15 @@ def _first_reached(model: ElaboratedModel) -> dict[str, int]:
     return order
 
 
-def _outputs(graph: Graph, path: str) -> list[tuple[int, int]]:
-    """(node, result) of the values computed within `path` that are read outside it."""
+def _outputs(graph: Graph, owner: str | None, path: str) -> list[tuple[int, int]]:
+    """(node, result) of the values computed within `path` that are read outside it. A scan
+    body's results are read by its scan node (of scope `owner`): outside `path` only when that
+    node is (a GRU's own step carries are not the GRU's results)."""
     inside = {n for n in graph.order() if _within(graph.node(n)["scope"], path)
               and graph.op(n) not in ("param", "input", "constant")}
     out = [(u, d["src"]) for u, v, d in graph.g.edges(data=True) if u in inside and v not in inside]
-    out += [(v.node, v.index) for v in graph.outputs if v.node in inside]
+    if owner is None or not _within(owner, path):
+        out += [(v.node, v.index) for v in graph.outputs if v.node in inside]
     return sorted(set(out))
 
 
@@ -127,8 +135,8 @@ def summarise_model(model: ElaboratedModel, sizes: dict[str, int] | None = None,
             row.outputs = last[-1].outputs if last else []
             row.output_bytes = last[-1].output_bytes if last else Dim.of(0)
             continue
-        for graph in _graphs(model.graph):
-            for nid, index in _outputs(graph, row.path):
+        for graph, owner in _graphs_with_owners(model.graph):
+            for nid, index in _outputs(graph, owner, row.path):
                 t = graph.node(nid)["types"][index]
                 row.outputs.append(t)
                 row.output_bytes = row.output_bytes + _bytes(t)

@@ -296,6 +296,18 @@ def test_summary_of_lenet_matches_hand_counts(capsys):
     assert list(summary_rows(out)) == ["features", "classifier"]
 
 
+def test_summary_shows_a_recurrent_block_results_not_its_scan_carries(capsys):
+    """A GRU's row lists (output, h_n), not also the carry of the scan inside it, and a GRU
+    applied inside the model's own scan shows the results the scan reads."""
+    code, out, err = run(capsys, "summary", EXAMPLES / "seq2seq_attention.kiln",
+                         "--bind", "B=2", "--bind", "S=5", "--bind", "T=4")
+    assert code == 0, err
+    rows = summary_rows(out)
+    assert rows["encoder"][:2] == ["GRU", "f32[2, 5, 32], f32[1, 2, 32]"]
+    assert rows["decoder"][:2] == ["GRU", "f32[2, 1, 32], f32[1, 2, 32]"]
+    assert rows["encoder"][4] == f"{(2 * 5 * 32 + 2 * 32) * 4:,}"
+
+
 def test_summary_parameter_counts_match_torch(capsys):
     torch = pytest.importorskip("torch")
     nn = torch.nn
