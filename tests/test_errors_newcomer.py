@@ -82,3 +82,20 @@ def test_unpacking_a_tensor_says_it_is_one_value():
     }""")
     assert err.code == "K0201"
     assert err.message == "cannot unpack a tensor f32[B, 2] into 2 names (a, b): it is one value"
+
+
+def test_a_carry_whose_shape_changes_points_at_the_assignment_in_the_body():
+    err = error_of("""
+    model M {
+      forward(xs: f32[T, B, 2]) -> f32[B, 2] {
+        acc = scan x in xs carry (acc = zeros([B, 2])) {
+          if true {
+            acc = (acc + x)[:, none]
+          }
+        }
+        return acc
+      }
+    }""")
+    assert err.code == "K0301"
+    assert err.message == "scan carry acc starts as f32[B, 2] but the body makes it f32[B, 1, 2]"
+    assert (err.span.line, err.span.col) == (6, 9)

@@ -552,7 +552,7 @@ class ForwardMixin:
                     raise KilnError(
                         "K0301",
                         f"scan carry {name} starts as {v.type} but the body makes it {final.type}",
-                        e.span,
+                        _last_assignment(e.body, name) or e.span,
                     )
                 outs.append(final.value)
             emit_types = []
@@ -621,6 +621,19 @@ def _may_return(stmt) -> bool:
     if isinstance(stmt, A.If):
         return any(_may_return(s) for s in (*stmt.then, *stmt.other))
     return False
+
+
+def _last_assignment(stmts, name: str):
+    """The span of the last statement in `stmts` (or nested in their `if`s and `for`s) that
+    assigns `name`, or None."""
+    found = None
+    for stmt in stmts:
+        if isinstance(stmt, A.Assign) and name in stmt.targets:
+            found = stmt.span
+        elif isinstance(stmt, (A.For, A.If)):
+            body = stmt.body if isinstance(stmt, A.For) else (*stmt.then, *stmt.other)
+            found = _last_assignment(body, name) or found
+    return found
 
 
 def _assigned(stmt) -> list[str]:
