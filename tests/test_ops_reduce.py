@@ -124,3 +124,17 @@ def test_errors():
     raises("K0302", "mean", T([2, 3], "i64"), arg="x")
     raises("K0302", "softmax", T([2, 3], "i32"), arg="x")
     raises("K0302", "logsumexp", T([3], "bool"))
+
+
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
+def test_softmax_over_an_empty_axis_is_empty_on_every_target(target):
+    """An attention over no source positions (S = 0): softmax and log_softmax give empty
+    results and logsumexp -inf, as numpy's sum of nothing is 0 (the reference's max failed)."""
+    import kiln
+
+    m = kiln.compile("model M { forward(x: f32[B, S]) -> (f32[B, S], f32[B, S], f32[B]) {\n"
+                     "  return softmax(x), log_softmax(x), logsumexp(x, axis = -1) } }",
+                     target=target)
+    soft, log_soft, lse = m(np.zeros((2, 0), np.float32))
+    assert soft.shape == log_soft.shape == (2, 0)
+    np.testing.assert_array_equal(lse, [-np.inf, -np.inf])

@@ -32,8 +32,9 @@ def _widen_ints(dtype: str, _attrs) -> str:
 
 def _shifted_max(x, axis, keep_inf: bool = False):
     """max over axis (keepdims), with infinite maxima replaced by 0 so x - m stays finite;
-    `keep_inf` keeps a +inf maximum, which makes a softmax row NaN (torch and ONNX Softmax)."""
-    m = np.max(x, axis=axis, keepdims=True)
+    `keep_inf` keeps a +inf maximum, which makes a softmax row NaN (torch and ONNX Softmax);
+    an empty axis has the maximum -inf (then 0), as the native and ONNX kernels start from."""
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     return np.where(np.isfinite(m) | (keep_inf & (m > 0)), m, 0)
 
 
