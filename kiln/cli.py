@@ -141,24 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def compile_from_options(opts, target: str):
-    """kiln.compile with the options `run` and `compile` share; reports the passes if asked."""
+def compile_from_options(opts, target: str, pipeline: str | None = None):
+    """kiln.compile with the options `run` and `compile` share; reports the passes of
+    `pipeline` (default: the target's own) if asked."""
     from kiln.api import compile as kiln_compile
 
     program, _ = elaborate(opts)
     model = kiln_compile(program, model=opts.model, target=target, seed=opts.seed,
                          weights=opts.weights, args=parse_args_option(opts.arg),
                          strict=not opts.no_strict, opt_level=opts.opt_level)
-    report_passes(opts, model)
+    report_passes(opts, model, pipeline)
     return model
 
 
-def report_passes(opts, model) -> None:
+def report_passes(opts, model, pipeline: str | None = None) -> None:
+    """Print what the optimizer's `pipeline` (default: the model's own) did, if asked."""
     if opts.print_passes:
         from kiln.compiler.passes import format_stats
 
-        model.lowered()
-        print(format_stats(model.pass_stats) if model.pass_stats else "optimizer off (-O0)")
+        pipeline = pipeline or model.pipeline
+        model.lowered(pipeline=pipeline)
+        stats = model.pipeline_stats.get(pipeline)
+        print(format_stats(stats) if stats else "optimizer off (-O0)")
 
 
 SUFFIXES = {".onnx": "onnx", ".so": "native", ".dylib": "native", ".dll": "native"}
@@ -204,7 +208,9 @@ def check_outputs(opts) -> None:
 def cmd_compile(opts) -> int:
     opts.target = compile_target(opts.target, opts.output)
     check_outputs(opts)
-    model = compile_from_options(opts, "reference")  # the graph and weights, to write out
+    # the graph and weights, to write out; an ONNX file is made by the ONNX pipeline
+    model = compile_from_options(opts, "reference",
+                                 "onnx" if opts.target == "onnx" else None)
     if opts.report:
         from kiln.compiler.report import report
 

@@ -68,6 +68,9 @@ class CompiledModel:
         self.name = model.name
         self.opt_level = opt_level
         self.pass_stats: list = []  # what the optimizer did to the model (kiln.compiler.passes)
+        # the same for each pipeline that has made this model's graph ("native", "onnx"):
+        # `kiln compile -o m.onnx` reports the ONNX pipeline, not the one the model runs
+        self.pipeline_stats: dict[str, list] = {}
         self._variant = variant
         self._elaborated = {model.present: model}
         # serialises building (a variant, a graph, a session) and swapping weights; calls
@@ -123,8 +126,10 @@ class CompiledModel:
         with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
             graph, stats = optimize(model, self.opt_level, params=state.params,
                                     pipeline=pipeline)
-        if present == self.model.present and pipeline == self.pipeline:
-            self.pass_stats = stats
+        if present == self.model.present:
+            self.pipeline_stats[pipeline] = stats
+            if pipeline == self.pipeline:
+                self.pass_stats = stats
         return dataclasses.replace(model, graph=graph)
 
     def _elaborate(self, present: frozenset[str]) -> ElaboratedModel:
