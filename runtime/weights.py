@@ -6,8 +6,11 @@ keys, K0402 wrong shapes, dtypes or tied values, K0403 a file that cannot be rea
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
+import tokenize
 import zipfile
 import zlib
 from collections import Counter
@@ -87,6 +90,10 @@ def _load_safetensors(path) -> dict[str, np.ndarray]:
         entries = safetensors.deserialize(data)
     except safetensors.SafetensorError as e:
         raise _file_error(path, f"not a valid safetensors file ({e})") from None
+    repeated = _repeated_key(data)
+    if repeated is not None:
+        # readers disagree on which of two equal keys wins: such a file has no one meaning
+        raise _file_error(path, f"its header holds the key `{repeated}` twice")
     tensors = {}
     for name, view in entries:
         dtype = _SAFETENSORS_DTYPES.get(view["dtype"])
@@ -94,6 +101,26 @@ def _load_safetensors(path) -> dict[str, np.ndarray]:
             raise _file_error(path, f"tensor `{name}` has dtype {view['dtype']}, unsupported")
         tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
     return tensors
+
+
+def _repeated_key(data: bytes) -> str | None:
+    """A top-level key that a safetensors file's header (valid: `deserialize` read it) holds
+    twice, if any; safetensors itself keeps the last silently."""
+    (length,) = struct.unpack_from("<Q", data)
+    keys: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        # called for every object, inner ones first: the last call is the header itself
+        keys[:] = [k for k, _ in items]
+        return dict(items)
+
+    json.loads(data[8:8 + length], object_pairs_hook=pairs)
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 # deflate expands at most 1032:1 (RFC 1951: a 258-byte match per 2 bits, at best), so a member
@@ -114,6 +141,8 @@ def _load_npz(path, expected: Mapping[str, tuple[int, ...]] | None,
         with archive:
             for info in archive.infolist():
                 name = info.filename.removesuffix(".npy")
+                if name in tensors:  # `a.npy` twice, or `a` beside `a.npy`: which one is meant?
+                    raise refuse(f"it holds the array `{name}` twice")
                 tensors[name] = _npz_member(archive, info, name, expected, refuse)
     return tensors
 
@@ -157,7 +186,8 @@ def _npy_header(file, refuse: Refusal) -> tuple[tuple[int, ...], bool, np.dtype]
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
         else:
             raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-    except (ValueError, SyntaxError, TypeError) as e:  # numpy's errors for bad headers
+    # numpy's errors for bad headers (it tokenizes and literal_evals them)
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError) as e:
         raise refuse(f"not a .npy array ({e})") from None
     if dtype.hasobject:
         raise refuse("holds Python objects, which kiln never unpickles")

@@ -4,8 +4,18 @@ KilnError, a silent wrong answer or a misleading report."""
 
 from __future__ import annotations
 
+import io
+import json
+import struct
+import warnings
+import zipfile
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+import kiln
+from kiln import KilnError
 from kiln.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -22,3 +32,96 @@ def test_compile_to_onnx_prints_the_onnx_pipelines_passes(capsys, tmp_path):
         assert native_only not in out, out
     assert main(["compile", str(MLP), "-o", str(tmp_path / "m.so"), "--print-passes"]) == 0
     assert "fuse" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- weights files
+LINEAR = """
+import std.nn
+model M { forward(x: f32[B, 3]) -> f32[B, 2] { return x |> nn.Linear(3, 4) |> relu
+                                                     |> nn.Linear(4, 2) } }
+"""
+X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+
+
+def _refused_and_unchanged(path, code: str = "K0403") -> KilnError:
+    """Loading `path` into a fresh model is KilnError `code`; the model is as it was."""
+    m = kiln.compile(LINEAR, target="reference")
+    before = m(X)
+    with pytest.raises(KilnError) as info:
+        m.load_weights(path)
+    assert info.value.code == code, str(info.value)
+    np.testing.assert_array_equal(m(X), before)
+    return info.value
+
+
+def _ones_safetensors_header() -> tuple[list[tuple[str, dict]], bytes]:
+    """The (key, entry) pairs and data of a valid safetensors file of LINEAR's weights."""
+    shapes = {"0.weight": (4, 3), "0.bias": (4,), "2.weight": (2, 4), "2.bias": (2,)}
+    pairs, data = [], b""
+    for key, shape in shapes.items():
+        a = np.ones(shape, np.float32)
+        pairs.append((key, {"dtype": "F32", "shape": list(shape),
+                            "data_offsets": [len(data), len(data) + a.nbytes]}))
+        data += a.tobytes()
+    return pairs, data
+
+
+def _safetensors(pairs: list[tuple[str, dict]], data: bytes) -> bytes:
+    # written by hand: json.dumps of a dict cannot hold one key twice
+    header = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs)
+              + "}").encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def test_a_safetensors_header_with_a_key_twice_is_refused(tmp_path):
+    # JSON parsers disagree on which of two equal keys wins (serde and Python keep the last,
+    # others the first): a file whose meaning depends on the reader is refused, not guessed
+    pairs, data = _ones_safetensors_header()
+    twice = ("0.bias", {**pairs[1][1], "data_offsets": pairs[3][1]["data_offsets"][:1] +
+                        [pairs[3][1]["data_offsets"][0] + 8]})
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(_safetensors([twice, *pairs], data))
+    err = _refused_and_unchanged(path)
+    assert "0.bias" in err.message and "twice" in err.message, str(err)
+    path.write_bytes(_safetensors(pairs, data))  # the same file without the repeat loads
+    kiln.compile(LINEAR, target="reference").load_weights(path)
+
+
+def _npz(path, members: list[tuple[str, bytes]]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, blob in members:
+                archive.writestr(name, blob)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("second", ["0.bias.npy", "0.bias"])
+def test_an_npz_with_a_member_twice_is_refused(tmp_path, second):
+    # zipfile keeps both members and kiln once took whichever came last, silently
+    members = [(f"{k}.npy", _npy(np.ones(s, np.float32))) for k, s in
+               {"0.weight": (4, 3), "0.bias": (4,), "2.weight": (2, 4), "2.bias": (2,)}.items()]
+    path = tmp_path / "w.npz"
+    _npz(path, [*members, (second, _npy(np.full(4, 7, np.float32)))])
+    err = _refused_and_unchanged(path)
+    assert "0.bias" in err.message and "twice" in err.message, str(err)
+
+
+@pytest.mark.parametrize("header", [
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (4,",  # unclosed: a TokenError
+    "{'descr': '<f4', 'fortran_order': False, 'shape': " + "(" * 500 + ")" * 500 + ", }",
+])
+def test_an_npy_header_numpy_cannot_parse_is_a_kiln_error(tmp_path, header):
+    blob = header.encode()
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(blob)) + blob
+    path = tmp_path / "w.npz"
+    _npz(path, [("0.bias.npy", npy)])
+    _refused_and_unchanged(path)
+    (tmp_path / "x.npy").write_bytes(npy)  # and as a `kiln run --input` array
+    assert main(["run", str(MLP), "--target", "reference", "--input",
+                 f"x={tmp_path / 'x.npy'}"]) == 1
