@@ -119,6 +119,7 @@ class Staging:
         external data, each staged with its own `path`). An `optional` file the writer did
         not create is not committed."""
         destination = os.path.abspath(destination)
+        _check_replaceable(destination)  # before anything is made beside it
         directory, name = os.path.split(destination)
         if directory not in self._private:
             self._private[directory] = tempfile.mkdtemp(prefix=".kiln-", dir=directory)
@@ -139,8 +140,7 @@ class Staging:
             if not os.path.lexists(self._moves[destination]):
                 del self._moves[destination]
         for destination, staged in self._moves.items():
-            if os.path.isdir(destination) and not os.path.islink(destination):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", destination)
+            _check_replaceable(destination)  # again: it may have appeared since
             fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)  # a crash after the rename must not leave an empty file
@@ -158,6 +158,21 @@ class Staging:
         self._private.clear()
         self._moves.clear()
         self._optional.clear()
+
+
+def _check_replaceable(destination: str) -> None:
+    """A destination may be nothing yet, a regular file or a symlink (replaced, never
+    followed); a directory, device, FIFO or socket is refused, never replaced: renaming a
+    file over `/dev/null` as root would replace the device itself."""
+    try:
+        mode = os.lstat(destination).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", destination)
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise OSError(errno.EEXIST, f"not a regular file ({kind})", destination)
 
 
 @contextmanager

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import stat
 import struct
 import warnings
 import zipfile
@@ -125,3 +128,41 @@ def test_an_npy_header_numpy_cannot_parse_is_a_kiln_error(tmp_path, header):
     (tmp_path / "x.npy").write_bytes(npy)  # and as a `kiln run --input` array
     assert main(["run", str(MLP), "--target", "reference", "--input",
                  f"x={tmp_path / 'x.npy'}"]) == 1
+
+
+# ---------------------------------------------------------------------- writes
+def _special_files(tmp_path, suffix: str) -> list[Path]:
+    """A FIFO and a socket: files kiln must never replace (as root, `-o /dev/full` once
+    replaced the device itself with a regular file; a test cannot make device nodes)."""
+    fifo = tmp_path / f"fifo{suffix}"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / f"sock{suffix}"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    return [fifo, sock_path]
+
+
+def _writes(special: Path) -> list:
+    """Every way kiln writes a file of `special`'s kind, each refusing it (K0403)."""
+    if special.suffix == ".dot":
+        return [lambda: main(["graph", str(MLP), "-o", str(special)])]
+    m = kiln.compile(LINEAR, target="reference")
+    return [lambda: m.save_weights(special),
+            lambda: main(["run", str(MLP), "--target", "reference", "--random-inputs",
+                          "-o", str(special)])]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".dot"])
+def test_writes_never_replace_a_device_fifo_or_socket(tmp_path, capsys, suffix):
+    for special in _special_files(tmp_path, suffix):
+        kind = stat.S_IFMT(special.lstat().st_mode)
+        for write in _writes(special):
+            try:
+                assert write() == 1  # the CLI's exit status
+                err = capsys.readouterr().err
+            except KilnError as exc:
+                err = str(exc)
+            assert "error[K0403]" in err and "not a regular file" in err, err
+            assert stat.S_IFMT(special.lstat().st_mode) == kind  # still what it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"fifo{suffix}", f"sock{suffix}"]
