@@ -430,6 +430,9 @@ def load_inputs(opts, model) -> dict:
                 f"{model.name} has no input named {name!r}",
                 hint=f"its inputs: {', '.join(sorted(names))}",
             )
+        if name in feeds:  # the last one silently winning would run what was not meant
+            raise KilnError("K0602", f"--input {name} is given twice",
+                            hint="give each input once")
         feeds[name] = input_dtype(ports[name], load_array(path, name), path, opts.cast)
     sizes = sizes_of_given(model.inputs, feeds, binds)
     missing = [p for p in model.inputs if p.name not in feeds and not p.optional]

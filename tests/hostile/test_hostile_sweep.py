@@ -166,3 +166,14 @@ def test_writes_never_replace_a_device_fifo_or_socket(tmp_path, capsys, suffix):
             assert "error[K0403]" in err and "not a regular file" in err, err
             assert stat.S_IFMT(special.lstat().st_mode) == kind  # still what it was
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"fifo{suffix}", f"sock{suffix}"]
+
+
+# ---------------------------------------------------------------------- the command line
+def test_an_input_given_twice_is_refused(tmp_path, capsys):
+    # the second file once replaced the first silently
+    np.save(tmp_path / "a.npy", np.ones((2, 784), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((3, 784), np.float32))
+    code = main(["run", str(MLP), "--target", "reference", "--input", f"x={tmp_path / 'a.npy'}",
+                 "--input", f"x={tmp_path / 'b.npy'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[K0602]" in err and "twice" in err, err
