@@ -11,7 +11,8 @@ from pathlib import Path
 from ..compiler.errors import KilnError
 from ..compiler.files import memory_bytes, read_bounded, write_atomically
 
-MAGIC = b"KILNOBJ1"
+# KILNOBJ2: the checksum covers the entry's name too (KILNOBJ1 entries are rebuilt)
+MAGIC = b"KILNOBJ2"
 
 
 def cache_dir() -> Path:
@@ -40,7 +41,7 @@ def load(name: str) -> bytes | None:
         return None
     header = len(MAGIC) + 32
     payload = data[header:]
-    if data[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != data[len(MAGIC):header]:
+    if data[: len(MAGIC)] != MAGIC or _checksum(name, payload) != data[len(MAGIC):header]:
         try:
             path.unlink()  # damaged: never load it, rebuild it
         except OSError:
@@ -56,9 +57,16 @@ def store(name: str, payload: bytes) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_atomically(directory / f"{name}.o",
-                         MAGIC + hashlib.sha256(payload).digest() + payload, _unusable)
+                         MAGIC + _checksum(name, payload) + payload, _unusable)
     except (KilnError, OSError):
         pass
+
+
+def _checksum(name: str, payload: bytes) -> bytes:
+    """The digest an entry carries: of its name (the key of what it was built for) and its
+    payload, so that an intact entry under another entry's name (swapped, copied) is damaged
+    too, never another model's code run silently."""
+    return hashlib.sha256(name.encode() + b"\0" + payload).digest()
 
 
 def _unusable(why: str) -> KilnError:

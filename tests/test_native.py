@@ -18,6 +18,7 @@ from _sizes import symbol_sizes
 import kiln
 from kiln import KilnError
 from kiln.compiler.ops import REGISTRY
+from kiln.runtime import cache
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)
@@ -204,7 +205,7 @@ def test_the_compile_cache_serves_unchanged_models_and_rebuilds_damaged_entries(
                    lambda b: b"garbage"):
         entry.write_bytes(damage(entry.read_bytes()))
         np.testing.assert_array_equal(kiln.compile(src, target="native")(x), first)
-        assert entry.read_bytes()[:8] == b"KILNOBJ1"  # rebuilt, whole again
+        assert entry.read_bytes()[:8] == cache.MAGIC  # rebuilt, whole again
     kiln.compile(src.replace("2.0", "3.0"), target="native")  # constants are data, not code
     assert len(list(tmp_path.glob("*.o"))) == 1
     kiln.compile(src.replace("tanh", "sigmoid"), target="native")

@@ -177,3 +177,21 @@ def test_an_input_given_twice_is_refused(tmp_path, capsys):
                  "--input", f"x={tmp_path / 'b.npy'}"])
     err = capsys.readouterr().err
     assert code == 1 and "error[K0602]" in err and "twice" in err, err
+
+
+# ---------------------------------------------------------------------- the compile cache
+def test_swapped_cache_entries_are_rebuilt_not_run(tmp_path, monkeypatch):
+    # each entry's checksum once covered only its own bytes: two valid entries swapped (or
+    # one copied over another) loaded, and a relu model ran a sigmoid's code
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    src = ("model M { param w: [3, 2] = init.normal()\n"
+           "  forward(x: f32[B, 3]) -> f32[B, 2] { return relu(x @ w) } }")
+    x = np.ones((2, 3), np.float32)
+    want = kiln.compile(src, target="native", seed=0)(x)
+    (relu_entry,) = tmp_path.glob("*.o")
+    kiln.compile(src.replace("relu", "sigmoid"), target="native", seed=0)(x)
+    (sigmoid_entry,) = set(tmp_path.glob("*.o")) - {relu_entry}
+    relu_bytes = relu_entry.read_bytes()
+    relu_entry.write_bytes(sigmoid_entry.read_bytes())
+    sigmoid_entry.write_bytes(relu_bytes)
+    np.testing.assert_array_equal(kiln.compile(src, target="native", seed=0)(x), want)
