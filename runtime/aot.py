@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import weakref
@@ -230,6 +231,8 @@ def _read_metadata(stem: Path) -> dict:
 
     try:  # a regular file only (never a FIFO that would block, or /dev/zero), bounded
         meta = json.loads(read_bounded(where, META_LIMIT, refuse))
+    except RecursionError:  # nesting deeper than Python's stack
+        raise refuse("nested too deeply") from None
     except ValueError as exc:
         raise refuse(str(exc)) from None
     if not isinstance(meta, dict):
@@ -248,6 +251,31 @@ def _check_arrays(stem: Path, meta: dict, stored: dict) -> None:
             raise _refuse(stem, f"the array `{name}` is {dtype_of_numpy(got.dtype) or got.dtype}"
                           f"{list(got.shape)}, but the library was built for "
                           f"{want['dtype']}{want['shape']}")
+
+
+def _check_elf_size(file, path: Path) -> None:
+    """A 64-bit little-endian ELF file must hold every segment and table its header lists:
+    dlopen maps a truncated one and the process dies of SIGBUS touching the missing pages.
+    (Anything else is left to dlopen, which refuses what it cannot read.)"""
+    size = os.fstat(file.fileno()).st_size
+    header = file.read(64)
+    if len(header) < 64 or header[:6] != b"\x7fELF\x02\x01":
+        return
+    phoff, shoff = struct.unpack_from("<QQ", header, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", header, 0x36)
+    ends = [phoff + phentsize * phnum, shoff + shentsize * shnum if shnum else 0]
+    if ends[0] <= size and phentsize >= 0x28:
+        file.seek(phoff)
+        table = file.read(phentsize * phnum)
+        for i in range(phnum):
+            offset, = struct.unpack_from("<Q", table, i * phentsize + 0x08)
+            filesz, = struct.unpack_from("<Q", table, i * phentsize + 0x20)
+            ends.append(offset + filesz)
+    if max(ends) > size:
+        raise KilnError("K0403", f"cannot load {path}: it is truncated ({size} bytes; its "
+                        f"header lists {max(ends)})",
+                        hint="rebuild the library: kiln compile FILE --target native -o "
+                        "model.so")
 
 
 def load_compiled(path: str | os.PathLike) -> NativeModel:
@@ -269,7 +297,8 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
             hint="rebuild it here, or for a portable target: kiln compile --target native "
             "--cpu x86-64-v3",
         )
-    open_regular(path, lambda why: KilnError("K0403", f"cannot load {path}: {why}")).close()
+    with open_regular(path, lambda why: KilnError("K0403", f"cannot load {path}: {why}")) as file:
+        _check_elf_size(file, path)
     try:  # (dlopen would block on a FIFO)
         lib = ctypes.CDLL(str(path.resolve()))
     except OSError as exc:

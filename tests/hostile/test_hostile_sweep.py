@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import stat
 import struct
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _hostile import assert_kiln_error, run_child
 
 import kiln
 from kiln import KilnError
@@ -195,3 +197,46 @@ def test_swapped_cache_entries_are_rebuilt_not_run(tmp_path, monkeypatch):
     relu_entry.write_bytes(sigmoid_entry.read_bytes())
     sigmoid_entry.write_bytes(relu_bytes)
     np.testing.assert_array_equal(kiln.compile(src, target="native", seed=0)(x), want)
+
+
+# ---------------------------------------------------------------------- AOT side files
+@pytest.fixture(scope="module")
+def tiny_library(tmp_path_factory) -> Path:
+    """examples/mlp.kiln with 8 hidden units, built as a native library."""
+    out = tmp_path_factory.mktemp("aot") / "m.so"
+    assert main(["compile", str(MLP), "-o", str(out), "--arg", "hidden=8"]) == 0
+    return out
+
+
+def _copy_library(library: Path, where: Path) -> Path:
+    for f in library.parent.glob("m.*"):
+        shutil.copy(f, where / f.name)
+    return where / "m.so"
+
+
+def _load_in_child(library: Path):
+    return run_child(f"""
+        import numpy as np, kiln
+        try:
+            kiln.load_compiled({str(library)!r})(np.ones((2, 784), np.float32))
+            print("loaded")
+        except kiln.KilnError as e:
+            print("KilnError", e.code, e.message)
+        """, timeout=120)
+
+
+def test_a_truncated_library_is_refused_not_a_sigbus(tiny_library, tmp_path):
+    # dlopen maps the segments the ELF header lists; past the end of the file that was SIGBUS
+    library = _copy_library(tiny_library, tmp_path)
+    library.write_bytes(library.read_bytes()[:1000])
+    outcome = _load_in_child(library)
+    assert_kiln_error(outcome, "K0403")
+    assert "truncated" in outcome.stdout
+
+
+def test_metadata_nested_past_the_stack_is_a_kiln_error(tiny_library, tmp_path):
+    library = _copy_library(tiny_library, tmp_path)
+    (tmp_path / "m.kiln.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_kiln_error(_load_in_child(library), "K0403")  # was a RecursionError traceback
+    (tmp_path / "whole").mkdir()  # the same library with its own metadata loads
+    assert "loaded" in _load_in_child(_copy_library(tiny_library, tmp_path / "whole")).stdout
