@@ -104,7 +104,7 @@ class ASTBuilder(Transformer):
         return A.BlockDef(self._span(meta), str(kind), str(name), params or (), (), target)
 
     def params(self, meta, ch):
-        return tuple(p for p in ch if p is not None)
+        return _unique(tuple(p for p in ch if p is not None), "parameter")
 
     def param_def(self, meta, ch):
         name, type_, default = ch
@@ -175,7 +175,7 @@ class ASTBuilder(Transformer):
 
     def forward_def(self, meta, ch):
         *inputs, _arrow, results, where, body = ch
-        inputs = tuple(i for i in inputs if i is not None)
+        inputs = _unique(tuple(i for i in inputs if i is not None), "input")
         res_types, res_names, res_tuple = results if results is not None else (None, (), False)
         return A.Forward(
             self._span(meta), inputs, res_types, res_tuple, res_names, where or (), body
@@ -446,3 +446,13 @@ class ASTBuilder(Transformer):
     def comp_for(self, meta, ch):
         return A.CompFor(self._span(meta), ch[0], ch[1], ch[2])
 
+
+def _unique(items: tuple, what: str) -> tuple:
+    """Parameters or inputs, each name once: a second `x` would silently shadow the first
+    (a call by name could not say which one it means)."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise KilnError("K0106", f"the {what} {item.name} is defined twice", item.span)
+        seen.add(item.name)
+    return items

@@ -240,3 +240,18 @@ def test_metadata_nested_past_the_stack_is_a_kiln_error(tiny_library, tmp_path):
     assert_kiln_error(_load_in_child(library), "K0403")  # was a RecursionError traceback
     (tmp_path / "whole").mkdir()  # the same library with its own metadata loads
     assert "loaded" in _load_in_child(_copy_library(tiny_library, tmp_path / "whole")).stdout
+
+
+# ---------------------------------------------------------------------- sources
+@pytest.mark.parametrize("source", [
+    "model M { forward(x: f32[B], x: f32[B]) -> f32[B] { return x } }",
+    "block A(n: int, n: int) { forward(x: f32[B]) -> f32[B] { return x } }\n"
+    "model M { forward(x: f32[B]) -> f32[B] { return x |> A(1, 2) } }",
+    "fn f(a, a) { return a }\nmodel M { forward(x: f32[B]) -> f32[B] { return f(x, x) } }",
+])
+def test_a_name_given_twice_in_one_signature_is_refused(source):
+    # `forward(x, x)` once compiled, and m(ones, zeros) silently ran on the second x
+    with pytest.raises(KilnError) as info:
+        kiln.compile(source, target="reference")
+    assert info.value.code == "K0106" and "twice" in info.value.message, str(info.value)
+    assert info.value.span is not None
