@@ -399,6 +399,9 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                     raise KilnError(
                         "K0202", f"a dimension must be a size, not {describe(v)}", dim.span
                     )
+                if isinstance(v, int) and v < 0:  # no array has it: every call would fail
+                    raise KilnError("K0301", f"an input's size cannot be negative ({v})",
+                                    dim.span)
                 shape.append(Dim.of(v))
             ttype = TensorType(dtype, tuple(shape))
             if t.optional and present is not None and d.name not in present:

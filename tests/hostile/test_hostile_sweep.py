@@ -255,3 +255,12 @@ def test_a_name_given_twice_in_one_signature_is_refused(source):
         kiln.compile(source, target="reference")
     assert info.value.code == "K0106" and "twice" in info.value.message, str(info.value)
     assert info.value.span is not None
+
+
+def test_a_negative_input_size_is_a_located_compile_time_error():
+    # `x: f32[-3]` compiled, and every call then failed with "must have shape [-3]"
+    with pytest.raises(KilnError) as info:
+        kiln.compile("model M { forward(x: f32[B, 2 - 5]) -> f32[B, -3] { return x } }",
+                     target="reference")
+    assert info.value.code == "K0301" and "negative" in info.value.message, str(info.value)
+    assert info.value.span is not None
