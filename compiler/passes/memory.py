@@ -28,6 +28,7 @@ import numpy as np
 from ..dims import Dim
 from ..errors import KilnError, Span
 from ..ir import STRUCTURAL_OPS, Graph
+from ..ops._common import normalize_axes
 from ..types import MAX_TENSOR_BYTES, SIZE_LIMIT, TensorType, bytes_text, span_bytes
 from .manager import PassContext, graph_pass
 
@@ -171,7 +172,13 @@ class SizeCheck:
     Tensors of constant sizes were checked when they were made (Graph.add, K0304).
     """
 
-    def __init__(self, tensors: list[tuple[TensorType, Span | None]]):
+    def __init__(self, tensors: list[tuple[TensorType, Span | None]],
+                 reductions: list[tuple[str, tuple[Dim, ...], Span | None]] = ()):
+        # (op, the sizes it reduces over, span) of each max/min/argmax/argmin whose reduced
+        # sizes may be 0: over an empty axis they have no answer (numpy and torch refuse;
+        # native code would give -inf and onnxruntime NaN), so such a call is a K0505
+        self.reductions = [r for r in reductions if not all(
+            isinstance(d, int) and d > 0 for d in r[1])]
         first: dict[TensorType, Span | None] = {}
         for t, span in tensors:
             if not t.is_concrete():
@@ -183,7 +190,8 @@ class SizeCheck:
     def of(graph: Graph, more: list[TensorType] = ()) -> SizeCheck:
         """The check of `graph`'s tensors, and of the types `more` (those a backend keeps
         beside the graph: a library's signature and memory plan)."""
-        return SizeCheck([*graph_tensors(graph), *((t, None) for t in more)])
+        return SizeCheck([*graph_tensors(graph), *((t, None) for t in more)],
+                         list(graph_reductions(graph)))
 
     def check(self, dims: dict[str, int]) -> None:
         """Raise K0505 at the op making the first tensor these sizes put out of range."""
@@ -202,9 +210,32 @@ class SizeCheck:
                 raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the tensor "
                                 f"{t} spans {bytes_text(spans)} bytes; {SIZE_LIMIT}", span,
                                 hint=TOO_LARGE_HINT)
+        for op, reduced, span in self.reductions:
+            for d in reduced:
+                if Dim.of(d).evaluate(dims) == 0:
+                    raise KilnError("K0505", f"{op}: with these inputs ({sizes_text(dims)}) "
+                                    f"it reduces an empty axis ({d} = 0), which has no {op}",
+                                    span)
         if len(self._passed) >= 256:
             self._passed.clear()
         self._passed.add(key)
+
+
+# reductions that have no identity: nothing to give for an empty axis
+NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
+
+
+def graph_reductions(graph: Graph):
+    """(op, reduced sizes, span) of every NO_IDENTITY reduction in `graph` and the graphs its
+    nodes hold."""
+    for nid, node in graph.g.nodes(data=True):
+        if node["op"] in NO_IDENTITY:
+            shape = graph.operands(nid)[0].type.shape
+            axes = normalize_axes(node["attrs"].get("axis"), len(shape))
+            yield node["op"], tuple(shape[a] for a in axes), node["span"]
+        for value in node["attrs"].values():
+            if isinstance(value, Graph):
+                yield from graph_reductions(value)
 
 
 def graph_tensors(graph: Graph):

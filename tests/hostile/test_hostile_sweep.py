@@ -264,3 +264,24 @@ def test_a_negative_input_size_is_a_located_compile_time_error():
                      target="reference")
     assert info.value.code == "K0301" and "negative" in info.value.message, str(info.value)
     assert info.value.span is not None
+
+
+# ---------------------------------------------------------------------- run-time edges
+TARGETS = ["native", "reference", "onnx"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("op", ["max", "min", "argmax", "argmin"])
+def test_a_reduction_without_identity_over_an_empty_axis_is_k0505(target, op):
+    # max over an empty axis has no answer (numpy and torch refuse): the reference said K0505
+    # while native code returned -inf and onnxruntime NaN, silently
+    dtype = "i64" if op.startswith("arg") else "f32"
+    m = kiln.compile(f"model M {{ forward(x: f32[N, K]) -> {dtype}[N] "
+                     f"{{ return {op}(x, axis=1) }} }}", target=target)
+    with pytest.raises(KilnError) as info:
+        m(np.zeros((2, 0), np.float32))
+    assert info.value.code == "K0505" and "empty" in info.value.message, str(info.value)
+    assert info.value.span is not None
+    np.testing.assert_array_equal(m(np.zeros((0, 3), np.float32)).shape, (0,))  # no rows: fine
+    x = np.array([[1, 3, 2]], np.float32)
+    assert m(x)[0] == {"max": 3, "min": 1, "argmax": 1, "argmin": 0}[op]
