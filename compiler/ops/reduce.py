@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dims import Dim
 from ..types import NUMPY_DTYPES
 from ._common import (
     ALL_DTYPES,
@@ -65,6 +66,24 @@ def _reduce(b, n, op_type: str, x: str, outputs: list[str] | int = 1) -> str:
     """One ONNX reduction of x over the node's axes, with its keepdims."""
     return b.node(op_type, [x, _axes(b, n)], outputs, keepdims=int(bool(n.attrs["keepdims"])),
                   noop_with_empty_axes=1)[0]
+
+
+def _mean(b, n) -> None:
+    """ReduceMean, NaN where the reduced axes hold no element (as numpy, torch, native code
+    and the reference; onnxruntime's ReduceMean gives 0 there)."""
+    shape = n.in_types[0].shape
+    sizes = [Dim.of(shape[a]) for a in normalize_axes(n.attrs["axis"], len(shape))]
+    if all(d.is_const and d.value > 0 for d in sizes):
+        _reduce(b, n, "ReduceMean", n.inputs[0], n.outputs)
+        return
+    mean = _reduce(b, n, "ReduceMean", n.inputs[0])
+    zero = b.const(np.asarray(0, dtype=np.int64))
+    empty = None
+    for d in sizes:
+        (is_zero,) = b.node("Equal", [b.dim(d), zero])
+        empty = is_zero if empty is None else b.node("Or", [empty, is_zero])[0]
+    nan = b.const(np.asarray(np.nan), n.out_types[0].dtype)
+    b.node("Where", [empty, nan, mean], n.outputs)
 
 
 def _reduce_onnx(op_type: str, table: dict[str, str] = HALF_UP):
@@ -233,7 +252,7 @@ register(reduction("sum", np.sum, "Sum over axis (None = every axis).", dtypes=A
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceSum", _WIDEN_TO_I64),
                    llvm=_fold_llvm("add", 0)))
 register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
-                   onnx=_reduce_onnx("ReduceMean"), llvm=_mean_llvm))
+                   onnx=widened(_mean), llvm=_mean_llvm))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMax"),
                    llvm=_fold_llvm("maximum", "lowest")))

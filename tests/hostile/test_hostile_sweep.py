@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from _hostile import assert_kiln_error, run_child
 
@@ -285,3 +286,16 @@ def test_a_reduction_without_identity_over_an_empty_axis_is_k0505(target, op):
     np.testing.assert_array_equal(m(np.zeros((0, 3), np.float32)).shape, (0,))  # no rows: fine
     x = np.array([[1, 3, 2]], np.float32)
     assert m(x)[0] == {"max": 3, "min": 1, "argmax": 1, "argmin": 0}[op]
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # numpy's, in the reference
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_mean_of_an_empty_axis_is_nan_on_every_target(target, tmp_path):
+    # onnxruntime's ReduceMean gives 0 there; numpy, torch, native code and the reference NaN
+    m = kiln.compile("model M { forward(x: f32[N, K]) -> f32[N] { return mean(x, axis=1) } }",
+                     target=target)
+    assert np.isnan(m(np.zeros((2, 0), np.float32))).all()
+    np.testing.assert_allclose(m(np.array([[1, 2]], np.float32)), [1.5])
+    if target == "onnx":  # the exported file stays valid ONNX
+        m.export_onnx(tmp_path / "m.onnx")
+        onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
