@@ -228,12 +228,14 @@ def test_binary_integer_ops_wrap_and_never_trap():
     check(cases)
 
 
-def test_integer_pow_with_negative_exponents_truncates():
-    """numpy refuses these; native gives the truncated value 1 / x^-y."""
+def test_integer_pow_with_negative_exponents_is_refused():
+    """numpy and torch refuse these, and so does native code (K0505), as every target: the
+    truncated 1 / x^-y it once gave silently is no integer power."""
     cases = [case("pow", np.array([1, -1, -1, 2, 0, -3], np.int32),
                   np.array([-5, -3, -2, -1, -1, -2**31], np.int32))]
-    (got,) = check_native_only(cases)
-    np.testing.assert_array_equal(got, [1, -1, 1, 0, 0, 0])
+    with pytest.raises(KilnError) as info:
+        check_native_only(cases)
+    assert info.value.code == "K0505" and "negative integer power" in info.value.message
 
 
 def check_native_only(cases: list[Case]) -> list[np.ndarray]:

@@ -319,12 +319,17 @@ def _divmod_llvm(part):
     return lower
 
 
+# numpy and torch refuse an integer to a negative integer power; so does every target (K0505)
+_NEGATIVE_POWER = "pow: an integer to a negative integer power (2 ** -1 has no integer value)"
+
+
 def _pow_llvm(kb, _a, x, y):
-    """powf; integers by repeated squaring (wrapping, as numpy). numpy refuses a negative
-    integer exponent; here it gives the truncated 1 / x^-y: 1 or -1 for x = 1 or -1, else 0."""
+    """powf; integers by repeated squaring (wrapping, as numpy). A negative integer exponent
+    is reported (K0505); the kernel goes on with the truncated 1 / x^-y."""
     if kb.is_float(x):
         return kb.intrinsic("pow", x, y)
     one = kb.lit(x, 1)
+    kb.check(kb.compare(">=", y, kb.lit(y, 0)), _NEGATIVE_POWER)
 
     def square(state, _bit):
         result, base, e = state
@@ -438,7 +443,16 @@ register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
 register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
                 onnx=by_kind(widened(_float_mod_onnx), int=_int_mod_onnx),
                 llvm=_divmod_llvm(1)))
-register(binary("pow", np.power, "a ** b.", onnx=onnx_op("Pow"), llvm=_pow_llvm))
+def _pow_onnx(b, n) -> None:
+    """Pow, with a negative integer exponent reported (K0505) as on the other targets."""
+    if not n.in_types[1].dtype.startswith("u"):
+        zero = b.const(np.asarray(0), n.in_types[1].dtype)
+        b.check(one(b, "GreaterOrEqual", n.inputs[1], zero), _NEGATIVE_POWER)
+    b.node("Pow", n.inputs, n.outputs)
+
+
+register(binary("pow", np.power, "a ** b.", onnx=by_kind(onnx_op("Pow"), int=_pow_onnx),
+                llvm=_pow_llvm))
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or")),
                 llvm=lambda kb, a, x, y: kb.maximum(x, y)))

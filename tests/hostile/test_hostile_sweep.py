@@ -299,3 +299,16 @@ def test_the_mean_of_an_empty_axis_is_nan_on_every_target(target, tmp_path):
     if target == "onnx":  # the exported file stays valid ONNX
         m.export_onnx(tmp_path / "m.onnx")
         onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_integer_to_a_negative_integer_power_is_k0505_on_every_target(target):
+    # numpy and torch refuse it and so did the reference; native code and onnxruntime gave
+    # the truncated 1 / x**-y (0 for 2 ** -1) silently
+    m = kiln.compile("model M { forward(x: i32[N], y: i32[N]) -> i32[N] { return x ** y } }",
+                     target=target)
+    with pytest.raises(KilnError) as info:
+        m(np.array([2, 3], np.int32), np.array([-1, 2], np.int32))
+    assert info.value.code == "K0505" and info.value.span is not None, str(info.value)
+    np.testing.assert_array_equal(m(np.array([2, -3, 0], np.int32), np.array([10, 3, 0], np.int32)),
+                                  [1024, -27, 1])
