@@ -312,3 +312,16 @@ def test_an_integer_to_a_negative_integer_power_is_k0505_on_every_target(target)
     assert info.value.code == "K0505" and info.value.span is not None, str(info.value)
     np.testing.assert_array_equal(m(np.array([2, -3, 0], np.int32), np.array([10, 3, 0], np.int32)),
                                   [1024, -27, 1])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_softmax_and_logsumexp_over_an_empty_axis_agree(target):
+    # an empty softmax is empty and an empty logsumexp is log(0) = -inf (as torch); the
+    # reference once failed (K0505) where native code and onnxruntime answered
+    x = np.zeros((2, 0), np.float32)
+    for op, want in (("softmax(x, axis=1)", np.zeros((2, 0))), ("logsumexp(x, axis=1)", [-np.inf] * 2),
+                     ("log_softmax(x, axis=1)", np.zeros((2, 0)))):
+        out = "f32[N, K]" if "softmax" in op else "f32[N]"
+        m = kiln.compile(f"model M {{ forward(x: f32[N, K]) -> {out} {{ return {op} }} }}",
+                         target=target)
+        np.testing.assert_array_equal(m(x), want)
