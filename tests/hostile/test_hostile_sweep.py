@@ -325,3 +325,21 @@ def test_softmax_and_logsumexp_over_an_empty_axis_agree(target):
         m = kiln.compile(f"model M {{ forward(x: f32[N, K]) -> {out} {{ return {op} }} }}",
                          target=target)
         np.testing.assert_array_equal(m(x), want)
+
+
+@pytest.mark.parametrize("op, shape", [
+    ("layer_norm(x, [W])", (2, 3, 1, 0)),  # normalized over an empty axis
+    ("instance_norm(x)", (2, 3, 0, 4)),    # empty spatial axes
+    ("group_norm(x, 1)", (2, 3, 4, 0)),
+])
+def test_a_norm_over_empty_axes_is_empty_not_sigfpe(op, shape):
+    # native code divided the element count by the segment length, 0 here: SIGFPE, with no
+    # tampering at all; the result has no elements (as the reference and torch)
+    outcome = run_child(f"""
+        import numpy as np, kiln
+        m = kiln.compile("model M {{ forward(x: f32[N, C, H, W]) -> f32[N, C, H, W] "
+                         "{{ return {op} }} }}", target="native")
+        print("shape", m(np.ones({shape}, np.float32)).shape)
+        """, timeout=120)
+    assert not outcome.crashed and not outcome.timed_out, outcome.stderr[-2000:]
+    assert f"shape {shape}" in outcome.stdout, outcome.stderr[-2000:]

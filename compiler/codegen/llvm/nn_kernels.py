@@ -841,7 +841,10 @@ def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, e
     weight = kb.buffer(1, dtype) if w_t is not None else None
     bias = kb.buffer(2, dtype) if bias_t is not None else None
     length = b.mul(per_group, spatial)
-    segments = b.sdiv(kb.numel(x_t.shape), length)
+    # an empty segment (normalized axes of size 0) leaves nothing to do, but dividing by its
+    # length would trap (SIGFPE): divide by 1 then, the count being 0 anyway
+    nonzero = kb.select(kb.compare("==", length, kb.const(0, "i64")), kb.const(1, "i64"), length)
+    segments = b.sdiv(kb.numel(x_t.shape), nonzero)
     with kb.for_range(segments) as s:
         base = b.mul(s, length)
         mean = _mean(kb, x, base, length, dtype)
