@@ -96,7 +96,10 @@ class OnnxModel(CompiledModel):
         names = [p.name for p in model.outputs]
         checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]
         try:
-            results = session.run(names + checks, feed)
+            if any(p.type.dtype == "bf16" for p in [*model.inputs, *model.outputs]):
+                results = _run_bf16(session, names + checks, feed)
+            else:
+                results = session.run(names + checks, feed)
         except _run_errors() as exc:  # its own limits or memory, past what kiln checks
             message = str(exc).split("Status Message: ")[-1].strip()
             raise KilnError("K0505", f"onnxruntime could not run this call: {message[:500]}",
@@ -129,6 +132,38 @@ def _refuse_empty_scans(graph: Graph, dims: dict[str, int]) -> None:
                 "K0505", f"the onnx target cannot run a scan of no steps ({steps} = 0 here)",
                 span, hint="onnxruntime's Scan fails on an empty sequence; the reference and "
                 "native targets run it (no emitted steps, the carries' initial values)")
+
+
+def _run_bf16(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run for a graph with bf16 inputs or outputs, which onnxruntime's numpy bridge
+    cannot convert (a RuntimeError): bf16 arrays cross as their 16-bit patterns."""
+    import ctypes
+
+    import ml_dtypes
+    import onnx
+    from onnxruntime import OrtValue
+
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+
+    def value(array: np.ndarray) -> OrtValue:
+        array = np.ascontiguousarray(array)
+        if array.dtype == bf16:
+            return OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16),
+                                                                onnx.TensorProto.BFLOAT16)
+        return OrtValue.ortvalue_from_numpy(array)
+
+    def array(result: OrtValue) -> np.ndarray:
+        if result.data_type() != "tensor(bfloat16)":
+            return result.numpy()
+        shape = result.shape()
+        count = int(np.prod(shape, dtype=np.int64))
+        bits = (np.ctypeslib.as_array((ctypes.c_uint16 * count).from_address(result.data_ptr()))
+                .copy() if count else np.zeros(0, np.uint16))
+        return bits.view(bf16).reshape(shape)
+
+    keep = {k: value(v) for k, v in feed.items()}  # alive until the run is done
+    return [array(r) for r in session.run_with_ort_values(names, keep)]
+
 
 
 def _run_errors() -> tuple[type[Exception], ...]:

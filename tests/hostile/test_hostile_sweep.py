@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -343,3 +344,18 @@ def test_a_norm_over_empty_axes_is_empty_not_sigfpe(op, shape):
         """, timeout=120)
     assert not outcome.crashed and not outcome.timed_out, outcome.stderr[-2000:]
     assert f"shape {shape}" in outcome.stdout, outcome.stderr[-2000:]
+
+
+@pytest.mark.parametrize("src", [
+    "model M { forward(x: bf16[N]) -> bf16[N] { return x * x } }",
+    "model M { forward(x: f32[N]) -> bf16[N] { return cast(x * x, \"bf16\") } }",
+    "model M { forward(x: bf16[N]) -> f32[N] { return cast(x * x, \"f32\") } }",
+])
+def test_bf16_inputs_and_outputs_run_on_the_onnx_target(src):
+    # onnxruntime's numpy bridge has no bfloat16: every such call was a raw RuntimeError
+    dtype = np.dtype(ml_dtypes.bfloat16) if "x: bf16" in src else np.float32
+    for x in (np.array([1.5, 2, 3.0078125], dtype), np.zeros(0, dtype)):
+        want = kiln.compile(src, target="reference")(x)
+        got = kiln.compile(src, target="onnx")(x)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
