@@ -22,6 +22,10 @@ def load(source: str | os.PathLike) -> Program:
     """
     if isinstance(source, os.PathLike):
         source = Path(source)
+    elif not isinstance(source, str):  # bytes, None, a number: neither a path nor source text
+        raise KilnError("K0602", f"kiln.load takes source text (str) or a path (os.PathLike), "
+                        f"not {type(source).__name__}",
+                        hint="for a path held in bytes: kiln.load(os.fsdecode(path))")
     return load_program(source)
 
 

@@ -359,3 +359,12 @@ def test_bf16_inputs_and_outputs_run_on_the_onnx_target(src):
         got = kiln.compile(src, target="onnx")(x)
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("source", [b"examples/mlp.kiln", None, 123, ["model M {}"]])
+def test_a_source_that_is_neither_text_nor_a_path_is_a_kiln_error(source):
+    # bytes, None or a number once reached the lexer: TypeError or AttributeError tracebacks
+    for call in (kiln.load, kiln.compile):
+        with pytest.raises(KilnError) as info:
+            call(source)
+        assert info.value.code == "K0602", str(info.value)
