@@ -320,7 +320,8 @@ def test_softmax_and_logsumexp_over_an_empty_axis_agree(target):
     # an empty softmax is empty and an empty logsumexp is log(0) = -inf (as torch); the
     # reference once failed (K0505) where native code and onnxruntime answered
     x = np.zeros((2, 0), np.float32)
-    for op, want in (("softmax(x, axis=1)", np.zeros((2, 0))), ("logsumexp(x, axis=1)", [-np.inf] * 2),
+    for op, want in (("softmax(x, axis=1)", np.zeros((2, 0))),
+                     ("logsumexp(x, axis=1)", [-np.inf] * 2),
                      ("log_softmax(x, axis=1)", np.zeros((2, 0)))):
         out = "f32[N, K]" if "softmax" in op else "f32[N]"
         m = kiln.compile(f"model M {{ forward(x: f32[N, K]) -> {out} {{ return {op} }} }}",
