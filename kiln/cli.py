@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and unexpected ones are ignored (shapes must still match)")
     r.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights and of the random inputs")
-    r.add_argument("-o", "--output", help="save the outputs to this .npz file")
+    r.add_argument("-o", "--output", help="save the outputs to this .npz or .safetensors file")
     optimizer_options(r)
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
     c.add_argument("--target", choices=["onnx", "native"],
@@ -395,8 +395,11 @@ def cmd_graph(opts) -> int:
 
 
 def cmd_run(opts) -> int:
-    from kiln.runtime.weights import save_weights
+    from kiln.runtime.weights import check_tensor_file, save_weights
 
+    if opts.output:
+        # before any work: a run whose outputs cannot be saved is refused before it is made
+        check_tensor_file(opts.output, "outputs")
     model = compile_from_options(opts, opts.target)
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
@@ -404,7 +407,8 @@ def cmd_run(opts) -> int:
     for port, value in zip(model.outputs, outputs, strict=False):
         print(f"{port.name}: {value.dtype}{list(value.shape)}  {summarise(value)}")
     if opts.output:
-        save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs, strict=False)})
+        save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs, strict=False)},
+                     role="outputs")
         print(f"wrote {opts.output}")
     return 0
 

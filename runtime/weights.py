@@ -51,19 +51,27 @@ _NPZ_BF16 = np.dtype("V2")
 _FORMATS = (".safetensors", ".npz")
 
 
-def _file_error(path, what: str, hint: str | None = None) -> KilnError:
-    return KilnError("K0403", f"weights file {os.fspath(path)}: {what}", hint=hint)
+def _file_error(path, what: str, hint: str | None = None, role: str = "weights") -> KilnError:
+    return KilnError("K0403", f"{role} file {os.fspath(path)}: {what}", hint=hint)
 
 
-def _format_of(path) -> str:
+def check_tensor_file(path: str | os.PathLike, role: str = "weights") -> str:
+    """The format (".safetensors" or ".npz") of a tensor file to read or write at `path`;
+    KilnError K0403, naming the file by its `role` ("weights", "outputs"), if its extension
+    is neither or it is a directory."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    if os.path.isdir(path):
+        raise _file_error(path, "it is a directory", role=role,
+                          hint=f"name a file in it, e.g. {os.path.join(path, role + '.npz')}")
     if ext not in _FORMATS:
         raise _file_error(
             path,
             f"unsupported extension {ext or '(none)'!r}",
             hint="kiln reads and writes .safetensors (preferred) and .npz files",
+            role=role,
         )
     return ext
+
 
 
 def load_weights(
@@ -77,7 +85,7 @@ def load_weights(
     a read-only zero-stride stand-in of its declared shape and dtype, so that the matching
     reports it without a deflate bomb ever being inflated.
     """
-    ext = _format_of(path)
+    ext = check_tensor_file(path)
     if ext == ".safetensors":
         return _load_safetensors(path)
     return _load_npz(path, expected, lambda why: _file_error(path, why))
@@ -239,31 +247,36 @@ def load_array(path: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def save_weights(
-    path: str | os.PathLike, tensors: dict[str, np.ndarray], staging: Staging | None = None
+    path: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    staging: Staging | None = None,
+    role: str = "weights",
 ) -> None:
     """Write tensors to .safetensors or .npz (by extension), atomically: all or nothing.
 
     With `staging`, the file is staged there, to be renamed into place with the other files
-    of one build (`Staging.commit`); never written through a symlink either way."""
-    ext = _format_of(path)
+    of one build (`Staging.commit`); never written through a symlink either way. Errors name
+    the file by its `role` (`kiln run -o` writes an "outputs" file)."""
+    ext = check_tensor_file(path, role)
     arrays = {}
     for name, value in tensors.items():
         array = np.asarray(value)
         if not isinstance(name, str) or not name:
-            raise _file_error(path, f"cannot save a tensor under the key {name!r}")
+            raise _file_error(path, f"cannot save a tensor under the key {name!r}", role=role)
         dtype = array.dtype.newbyteorder("=")  # both formats are little-endian on disk
         if dtype not in _SAVEABLE:
-            raise _file_error(path, f"cannot save tensor `{name}` of dtype {array.dtype}")
+            raise _file_error(path, f"cannot save tensor `{name}` of dtype {array.dtype}",
+                              role=role)
         arrays[name] = np.asarray(array, dtype=dtype, order="C")
     write = _save_safetensors if ext == ".safetensors" else _save_npz
     try:
         if staging is not None:
             write(staging.path(path), arrays)
             return
-        with staged_writes(lambda why: _file_error(path, why)) as own:
+        with staged_writes(lambda why: _file_error(path, why, role=role)) as own:
             write(own.path(path), arrays)
     except safetensors.SafetensorError as e:
-        raise _file_error(path, f"cannot write ({e})") from None
+        raise _file_error(path, f"cannot write ({e})", role=role) from None
 
 
 # Both writers get a fresh name in a private directory (Staging.path): writing by name is safe.

@@ -331,3 +331,19 @@ def test_summary_refuses_a_bad_depth_and_an_unknown_symbol(capsys):
     assert code == 1 and "K0602" in err
     code, _, err = run(capsys, "summary", EXAMPLES / "lenet.kiln", "--bind", "T=3")
     assert code == 1 and "K0602" in err and "no symbolic size T" in err
+
+
+@pytest.mark.parametrize("name, want", [
+    (".", "it is a directory"),
+    ("out.txt", "unsupported extension '.txt'"),
+    ("out", "unsupported extension '(none)'"),
+])
+def test_run_output_names_the_outputs_file(capsys, two, tmp_path, monkeypatch, name, want):
+    # `-o` names where the outputs go: refused (before the model runs) as an outputs file,
+    # not as a "weights file", and a directory as a directory
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "run", two, "--target", "reference", "--random-inputs",
+                         "--bind", "B=2", "--bind", "N=1", "-o", name)
+    assert code == 1 and "K0403" in err and f"outputs file {name}: {want}" in err, err
+    assert "weights file" not in err and "output:" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kiln"]
