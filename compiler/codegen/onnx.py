@@ -200,11 +200,9 @@ class OnnxBuilder:
         """`emit(outputs)`, which indexes an axis of `size`; in a checked export, where that
         axis may be empty, only when it is not (every index then fails its check, and
         onnxruntime would raise before the check is read): else the outputs are zeros."""
-        size = Dim.of(size)
-        if not self.checked or (size.is_const and size.value > 0):
+        if not self.checked:
             emit(outputs)
             return
-        positive = self.node("Greater", [self.dim(size), self.const(np.int64(0))])[0]
 
         def zeros(names: list[str]) -> None:
             for name, t in zip(names, out_types, strict=True):
@@ -212,8 +210,21 @@ class OnnxBuilder:
                 (full,) = self.node("Expand", [self.const(0, wide), self.shape(t.shape)])
                 self.node("Cast", [full], [name], to=ONNX_DTYPES[t.dtype])
 
+        self.if_positive(size, outputs, out_types, emit, zeros)
+
+    def if_positive(self, size: Dim, outputs: list[str], out_types: list[TensorType],
+                    emit: Callable[[list[str]], Any],
+                    otherwise: Callable[[list[str]], Any]) -> None:
+        """`emit(outputs)` where `size` is positive, else `otherwise(outputs)`: an ONNX If,
+        unless `size` is a known positive constant. For what onnxruntime cannot run on an
+        empty axis (it raises, or worse), in exported files too."""
+        size = Dim.of(size)
+        if size.is_const and size.value > 0:
+            emit(outputs)
+            return
+        positive = self.node("Greater", [self.dim(size), self.const(np.int64(0))])[0]
         branches = {}
-        for key, fill in (("then_branch", emit), ("else_branch", zeros)):
+        for key, fill in (("then_branch", emit), ("else_branch", otherwise)):
             self.push()
             names = [self.fresh("branch") for _ in outputs]
             fill(names)

@@ -202,8 +202,12 @@ def _layer_norm_onnx(b, n):
                      n.outputs)
         return
     weight = weight if weight is not None else full_of(b, shape, 1.0, t.dtype)
-    b.node("LayerNormalization", trimmed([x, weight, bias]), n.outputs, axis=-len(shape),
-           epsilon=_eps(n))
+    # onnxruntime refuses LayerNormalization over no element; x is then empty, and so is
+    # the result (as the reference and native code): x itself
+    b.if_positive(prod(shape), n.outputs, n.out_types,
+                  lambda outs: b.node("LayerNormalization", trimmed([x, weight, bias]), outs,
+                                      axis=-len(shape), epsilon=_eps(n)),
+                  lambda outs: b.node("Identity", [x], outs))
 
 
 def _group_norm_onnx(b, n):
@@ -211,8 +215,15 @@ def _group_norm_onnx(b, n):
     not per channel."""
     x, weight, bias = n.inputs
     t = n.in_types[0]
-    grouped = one(b, "Reshape", x, b.ints([0, to_int(n.attrs["num_groups"], "num_groups"), -1]))
-    y = one(b, "Reshape", _normalized_onnx(b, grouped, [2], _eps(n), t.dtype), one(b, "Shape", x))
+    groups = to_int(n.attrs["num_groups"], "num_groups")
+    # [N, G, C * spatial // G], spelled out: onnxruntime cannot infer a -1 for an empty x,
+    # and a computed 0 there is a size (allowzero), not "as the input"
+    rest = one(b, "ReduceProd", one(b, "Shape", x, start=1), keepdims=1)
+    grouped = one(b, "Reshape", x, one(b, "Concat", one(b, "Shape", x, start=0, end=1),
+                                       b.ints([groups]), one(b, "Div", rest, b.ints([groups])),
+                                       axis=0), allowzero=1)
+    y = one(b, "Reshape", _normalized_onnx(b, grouped, [2], _eps(n), t.dtype), one(b, "Shape", x),
+            allowzero=1)
     _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
 
 
@@ -682,6 +693,16 @@ register(OpRecord(
     tags=SAMPLEWISE))
 
 
+def _global_avg_pool_onnx(b, n):
+    """GlobalAveragePool, which onnxruntime refuses over empty spatial axes (only N may be 0):
+    there the mean of nothing, NaN (as the reference, numpy and native code)."""
+    (x,), (out,) = n.in_types, n.out_types
+    b.if_positive(prod(x.shape[2:]), n.outputs, n.out_types,
+                  lambda outs: b.node("GlobalAveragePool", n.inputs, outs),
+                  lambda outs: b.node("Identity", [full_of(b, out.shape, np.nan, out.dtype)],
+                                      outs))
+
+
 def _global_avg_pool_infer(types, _a):
     (x,) = types
     _check_channels_first(x, 3)
@@ -693,7 +714,7 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=onnx_op("GlobalAveragePool"), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
+    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
     tags=SAMPLEWISE))
 
 
