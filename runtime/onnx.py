@@ -8,10 +8,8 @@ import numpy as np
 
 from ..compiler import progress
 from ..compiler.codegen import onnx as onnx_codegen
-from ..compiler.dims import DimError
 from ..compiler.elaborate import ElaboratedModel
 from ..compiler.errors import KilnError
-from ..compiler.ir import Graph
 from .model import CompiledModel, Weights
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -91,7 +89,6 @@ class OnnxModel(CompiledModel):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         model, session, failures = self._session(self._state, present)
         self.check_sizes(model, dims)  # onnxruntime is never handed sizes that wrap
-        _refuse_empty_scans(model.graph, dims)
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
         checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]
@@ -108,30 +105,6 @@ class OnnxModel(CompiledModel):
             if count:
                 raise KilnError("K0505", message, span)
         return results[:len(names)]
-
-
-def _scan_lengths(graph: Graph):
-    """(steps, span) of every scan in `graph` and in the bodies nested in it."""
-    for nid in graph.nodes_with_op("scan"):
-        node = graph.node(nid)
-        first_seq = graph.operands(nid)[node["attrs"]["n_carry"]]
-        yield first_seq.type.shape[node["attrs"]["axes"][0]], node["span"]
-        yield from _scan_lengths(node["attrs"]["body"])
-
-
-def _refuse_empty_scans(graph: Graph, dims: dict[str, int]) -> None:
-    """onnxruntime's Scan cannot run no steps: over axis 0 it fails, over another axis it
-    divides by zero (SIGFPE, the process dies). Such a call is refused first."""
-    for steps, span in _scan_lengths(graph):
-        try:
-            empty = steps.evaluate(dims) == 0
-        except DimError:  # a size only the body knows: not an input's
-            continue
-        if empty:
-            raise KilnError(
-                "K0505", f"the onnx target cannot run a scan of no steps ({steps} = 0 here)",
-                span, hint="onnxruntime's Scan fails on an empty sequence; the reference and "
-                "native targets run it (no emitted steps, the carries' initial values)")
 
 
 def _run_bf16(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:

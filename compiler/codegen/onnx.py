@@ -203,26 +203,30 @@ class OnnxBuilder:
         if not self.checked:
             emit(outputs)
             return
+        self.if_positive(size, outputs, out_types, emit,
+                         lambda names: self.zeros(names, out_types))
 
-        def zeros(names: list[str]) -> None:
-            for name, t in zip(names, out_types, strict=True):
-                wide = "f32" if t.dtype == "bf16" else t.dtype  # onnxruntime: no bf16 Expand
-                (full,) = self.node("Expand", [self.const(0, wide), self.shape(t.shape)])
-                self.node("Cast", [full], [name], to=ONNX_DTYPES[t.dtype])
+    def zeros(self, names: list[str], types: list[TensorType]) -> None:
+        """Write zeros of each type (its shape symbolic where needed) to `names`."""
+        for name, t in zip(names, types, strict=True):
+            wide = "f32" if t.dtype == "bf16" else t.dtype  # onnxruntime: no bf16 Expand
+            (full,) = self.node("Expand", [self.const(0, wide), self.shape(t.shape)])
+            self.node("Cast", [full], [name], to=ONNX_DTYPES[t.dtype])
 
-        self.if_positive(size, outputs, out_types, emit, zeros)
-
-    def if_positive(self, size: Dim, outputs: list[str], out_types: list[TensorType],
+    def if_positive(self, size: Dim | str, outputs: list[str], out_types: list[TensorType],
                     emit: Callable[[list[str]], Any],
                     otherwise: Callable[[list[str]], Any]) -> None:
-        """`emit(outputs)` where `size` is positive, else `otherwise(outputs)`: an ONNX If,
-        unless `size` is a known positive constant. For what onnxruntime cannot run on an
-        empty axis (it raises, or worse), in exported files too."""
-        size = Dim.of(size)
-        if size.is_const and size.value > 0:
-            emit(outputs)
-            return
-        positive = self.node("Greater", [self.dim(size), self.const(np.int64(0))])[0]
+        """`emit(outputs)` where `size` (a Dim, or the name of an i64 scalar) is positive,
+        else `otherwise(outputs)`: an ONNX If, unless `size` is a known positive constant.
+        For what onnxruntime cannot run on an empty axis (it raises, or worse), in exported
+        files too."""
+        if not isinstance(size, str):
+            size = Dim.of(size)
+            if size.is_const and size.value > 0:
+                emit(outputs)
+                return
+            size = self.dim(size)
+        positive = self.node("Greater", [size, self.const(np.int64(0))])[0]
         branches = {}
         for key, fill in (("then_branch", emit), ("else_branch", otherwise)):
             self.push()
@@ -446,17 +450,39 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:
     emits_out, carries_out = n.outputs[:n_emit], n.outputs[n_emit:]
     counts_out = [b.fresh("failures") for _ in scope.checks]
     direction = 1 if a["reverse"] else 0
-    b.node(
-        "Scan",
-        [*carries_in, *seqs],
-        [*carries_out, *emits_out, *counts_out],
-        body=g,
-        num_scan_inputs=len(seqs),
-        scan_input_axes=axes,
-        scan_input_directions=[direction] * len(seqs),
-        scan_output_axes=[a["axis"]] * n_emit + [0] * len(counts_out),
-        scan_output_directions=[direction] * n_emit + [0] * len(counts_out),
-    )
+    length = n.in_types[n_carry].shape[axes[0]]
+
+    def scan(outputs: list[str]) -> None:
+        scanned_out = {}
+        if n_emit + len(counts_out):  # onnx.helper cannot type an empty list attribute
+            scanned_out = dict(
+                scan_output_axes=[a["axis"]] * n_emit + [0] * len(counts_out),
+                scan_output_directions=[direction] * n_emit + [0] * len(counts_out))
+        b.node(
+            "Scan",
+            [*carries_in, *seqs],
+            outputs,
+            body=g,
+            num_scan_inputs=len(seqs),
+            scan_input_axes=axes,
+            scan_input_directions=[direction] * len(seqs),
+            **scanned_out,
+        )
+
+    def no_steps(outputs: list[str]) -> None:
+        # what the reference gives: the initial carries, and emits empty along the scan axis
+        for carry, name in zip(carries_in, outputs[:n_carry], strict=True):
+            b.node("Identity", [carry], [name])
+        b.zeros(outputs[n_carry:], types[n_carry:])
+
+    # onnxruntime's Scan cannot run no steps (over axis 0 it raises, over another it dies of
+    # SIGFPE): an If on the step count, counted at run time (a body's sizes may be its own)
+    types = [*n.out_types[n_emit:], *n.out_types[:n_emit],
+             *(TensorType("i64", (length,)) for _ in counts_out)]
+    if not Dim.of(length).is_const:
+        (length,) = b.node("Squeeze", [b.node("Shape", [n.inputs[n_carry]], 1,
+                                              start=axes[0], end=axes[0] + 1)[0]])
+    b.if_positive(length, [*carries_out, *emits_out, *counts_out], types, scan, no_steps)
     for counts, (_, message, span) in zip(counts_out, scope.checks, strict=True):
         b.counted(b.node("ReduceSum", [counts], 1, keepdims=0)[0], message, span)
 
