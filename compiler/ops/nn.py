@@ -36,7 +36,6 @@ from ._common import (
     is_list,
     number,
     one,
-    onnx_op,
     onnx_pads,
     optional,
     pad_or_crop,
