@@ -8,6 +8,8 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class Outcome:
@@ -42,3 +44,14 @@ def assert_kiln_error(outcome: Outcome, code: str | None = None) -> None:
     assert not outcome.crashed, f"killed by signal {-outcome.returncode}:\n{outcome.stderr[-2000:]}"
     want = f"KilnError {code}" if code else "KilnError"
     assert want in outcome.stdout, f"stdout: {outcome.stdout[-2000:]}\nstderr: {outcome.stderr[-2000:]}"
+
+
+def random_weights(model, seed: int = 1) -> dict:
+    """New values for every weight of `model`, by path, of its dtypes and shapes (BatchNorm
+    variances positive, as real ones are)."""
+    rng = np.random.default_rng(seed)
+    w = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in model.state_dict().items()}
+    for k in w:
+        if k.endswith("running_var"):
+            w[k] = np.abs(w[k]) + 0.5
+    return w

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _hostile import assert_kiln_error, run_child
+from _hostile import assert_kiln_error, random_weights, run_child
 
 import kiln
 from kiln import KilnError
@@ -40,22 +40,13 @@ def _library(tmp_path, src, name="model"):
     return tmp_path / f"{name}.so"
 
 
-def _new_weights(m, seed=1):
-    rng = np.random.default_rng(seed)
-    w = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in m.state_dict().items()}
-    for k in w:
-        if k.endswith("running_var"):
-            w[k] = np.abs(w[k]) + 0.5
-    return w
-
-
 def test_a_library_takes_new_weight_matrices(tmp_path):
     """The folded weight.T and its packed panels once kept the old values (the biases alone
     changed) while state_dict reported the new ones."""
     lib = kiln.load_compiled(_library(tmp_path, MLP))
     ref = kiln.compile(MLP, target="reference")
     for seed in (1, 2):
-        w = _new_weights(ref, seed)
+        w = random_weights(ref, seed)
         lib.load_weights(w)
         ref.load_weights(w)
         np.testing.assert_allclose(lib(X), ref(X), rtol=1e-5, atol=1e-6)
@@ -63,12 +54,12 @@ def test_a_library_takes_new_weight_matrices(tmp_path):
             np.testing.assert_array_equal(lib.state_dict()[k], v)
 
 
-def test_a_library_with_a_folded_batch_norm_takes_new_weights(tmp_path):
+def test_a_library_with_a_folded_batch_norm_takesrandom_weights(tmp_path):
     """The folded weight and bias are remade from the new conv and BatchNorm weights."""
     lib = kiln.load_compiled(_library(tmp_path, CONV_BN))
     ref = kiln.compile(CONV_BN, target="reference")
     x = np.random.default_rng(1).standard_normal((2, 2, 5, 5)).astype(np.float32)
-    w = _new_weights(ref)
+    w = random_weights(ref)
     lib.load_weights(w)
     ref.load_weights(w)
     np.testing.assert_allclose(lib(x), ref(x), rtol=1e-4, atol=1e-5)
@@ -90,7 +81,7 @@ def test_a_library_with_weights_folded_past_remaking_refuses_new_ones_and_change
     x = np.random.default_rng(1).standard_normal((2, 2, 5, 5)).astype(np.float32)
     old, before = {k: v.copy() for k, v in lib.state_dict().items()}, lib(x)
     with pytest.raises(KilnError) as info:
-        lib.load_weights(_new_weights(lib))
+        lib.load_weights(random_weights(lib))
     assert info.value.code == "K0403" and "BatchNorm" in info.value.message
     lib.save_weights(tmp_path / "after.safetensors")
     saved = load_weights(tmp_path / "after.safetensors")

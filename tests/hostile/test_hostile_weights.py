@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _hostile import random_weights
 
 import kiln
 from kiln import KilnError
@@ -25,11 +26,6 @@ model T {
 X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
 
 
-def _new_weights(m, seed=1):
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in m.state_dict().items()}
-
-
 def _error(call) -> KilnError:
     with pytest.raises(KilnError) as info:
         call()
@@ -40,7 +36,7 @@ def _error(call) -> KilnError:
 def test_a_value_that_does_not_fit_the_dtype_is_refused(target):
     m = kiln.compile(LINEAR, target=target)
     before = m(X)
-    w = {k: v.astype(np.float64) for k, v in _new_weights(m).items()}
+    w = {k: v.astype(np.float64) for k, v in random_weights(m).items()}
     w["2.bias"][1] = 1e300  # an f64 that would be inf in f32
     err = _error(lambda: m.load_weights(w))
     assert err.code == "K0402" and "2.bias" in err.message and "fit" in err.message, str(err)
@@ -54,7 +50,7 @@ def test_a_value_that_does_not_fit_the_dtype_is_refused(target):
 def test_a_refused_load_changes_nothing(target, tmp_path):
     m = kiln.compile(LINEAR, target=target)
     old, before = {k: v.copy() for k, v in m.state_dict().items()}, m(X)
-    w = _new_weights(m)
+    w = random_weights(m)
     w["2.weight"] = w["2.weight"].astype(np.int32)  # one bad key among good ones
     _error(lambda: m.load_weights(w))
     m.save_weights(tmp_path / "w.safetensors")
@@ -77,7 +73,7 @@ def test_state_dict_is_read_only_so_every_target_runs_what_it_reports(target):
     with pytest.raises(TypeError):
         m.params["0.bias"] = np.ones(4, np.float32)
     np.testing.assert_array_equal(m(X), before)
-    mine = _new_weights(m)
+    mine = random_weights(m)
     m.load_weights(mine)
     mine["0.bias"][:] = 50.0  # the caller's arrays stay theirs: the model took a copy
     assert not np.any(m.state_dict()["0.bias"] == 50.0)
@@ -101,7 +97,7 @@ def test_kiln_reloads_its_own_file_when_a_tied_tensor_holds_nan(target, tmp_path
 @pytest.mark.parametrize("target", TARGETS)
 def test_odd_python_values_in_a_weights_dict_are_kiln_errors(target):
     m = kiln.compile(LINEAR, target=target)
-    good = _new_weights(m)
+    good = random_weights(m)
     ragged = {**good, "0.bias": [[1.0, 2.0], [3.0]]}
     err = _error(lambda: m.load_weights(ragged))
     assert err.code == "K0402" and "0.bias" in err.message, str(err)
@@ -118,7 +114,7 @@ def test_odd_python_values_in_a_weights_dict_are_kiln_errors(target):
 def test_torch_tensors_load_detached_and_bf16_where_lossless(target):
     torch = pytest.importorskip("torch")
     m = kiln.compile(LINEAR, target=target)
-    good = _new_weights(m)
+    good = random_weights(m)
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in good.items()}
     m.load_weights(tensors)  # requires_grad: its values are taken (detached)
     np.testing.assert_array_equal(m.state_dict()["0.weight"], good["0.weight"])
@@ -137,7 +133,7 @@ def test_new_weights_build_no_code(monkeypatch):
     monkeypatch.setattr("kiln.runtime.native.compile_object", None)  # no building allowed now
     ref = kiln.compile(LINEAR, target="reference")
     for seed in (1, 2):
-        w = _new_weights(m, seed)
+        w = random_weights(m, seed)
         m.load_weights(w)
         ref.load_weights(w)
         np.testing.assert_allclose(m(X), ref(X), rtol=1e-5, atol=1e-6)
@@ -168,10 +164,7 @@ def test_folded_batch_norms_take_new_weights_without_building_code(src, forbidde
     m = kiln.compile(src, target="native")
     ref = kiln.compile(src, target="reference")
     monkeypatch.setattr(f"kiln.runtime.native.{forbidden}", None)  # no building allowed now
-    w = _new_weights(m)
-    for k in w:
-        if k.endswith("running_var"):
-            w[k] = np.abs(w[k]) + 0.5
+    w = random_weights(m)
     m.load_weights(w)
     ref.load_weights(w)
     x = np.random.default_rng(3).standard_normal((2, 2, 5, 5)).astype(np.float32)
