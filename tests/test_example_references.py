@@ -81,7 +81,7 @@ def torch_seq2seq():
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_seq2seq_matches_a_torch_module(target):
-    import torch
+    torch = pytest.importorskip("torch", reason="PyTorch is the seq2seq reference")
 
     module = torch_seq2seq()
     m = compiled("seq2seq_attention.kiln", target)
