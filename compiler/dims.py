@@ -12,7 +12,7 @@ import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Union
 
@@ -27,9 +27,14 @@ class DivAtom:
     kind: str
     num: Dim
     den: int
+    # key() spelled once: every Dim holding this atom sorts and hashes by it
+    _key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", f"({self.num}){self.kind}{self.den}")
 
     def key(self) -> str:
-        return f"({self.num}){self.kind}{self.den}"
+        return self._key
 
     def text(self) -> str:
         num = self.num.symbol or f"({self.num})"
@@ -58,15 +63,21 @@ class DimError(ValueError):
 class Dim:
     """An integer size: a constant or a polynomial in symbolic sizes."""
 
-    __slots__ = ("_hash", "terms")
+    # _key: the normal form spelled with atom keys (hash and equality compare it); _symbols
+    # and _under are computed on first use: the symbols, and the key under the facts last
+    # compared under (see __eq__)
+    __slots__ = ("_hash", "_key", "_symbols", "_under", "terms")
 
     def __init__(self, terms: dict[Monomial, int]):
-        items = sorted(
-            ((m, c) for m, c in terms.items() if c != 0),
-            key=lambda mc: [(_atom_key(a), p) for a, p in mc[0]],
+        keyed = sorted(
+            ((tuple((_atom_key(a), p) for a, p in m), m, c) for m, c in terms.items() if c != 0),
+            key=lambda kmc: kmc[0],
         )
-        self.terms: tuple[tuple[Monomial, int], ...] = tuple(items)
-        self._hash = hash(tuple((tuple((_atom_key(a), p) for a, p in m), c) for m, c in items))
+        self.terms: tuple[tuple[Monomial, int], ...] = tuple((m, c) for _, m, c in keyed)
+        self._key = tuple((k, c) for k, _, c in keyed)
+        self._hash = hash(self._key)
+        self._symbols: frozenset[str] | None = None
+        self._under: tuple | None = None
 
     # construction -------------------------------------------------------------------------
     @staticmethod
@@ -76,6 +87,8 @@ class Dim:
         if isinstance(value, bool):
             raise DimError("a bool is not a dimension")
         if isinstance(value, int):
+            if 0 <= value < len(_SMALL):  # sizes are mostly small constants: made once
+                return _SMALL[value]
             return Dim({(): value})
         if isinstance(value, str):
             return Dim({((value, 1),): 1})
@@ -84,7 +97,8 @@ class Dim:
     # queries ------------------------------------------------------------------------------
     @property
     def is_const(self) -> bool:
-        return all(m == () for m, _ in self.terms)
+        # monomials are distinct and () sorts first: a constant has at most that one term
+        return not self.terms or (len(self.terms) == 1 and self.terms[0][0] == ())
 
     @property
     def value(self) -> int:
@@ -99,14 +113,16 @@ class Dim:
         return atom if isinstance(atom, str) else None
 
     def symbols(self) -> set[str]:
-        out: set[str] = set()
-        for mono, _ in self.terms:
-            for atom, _p in mono:
-                if isinstance(atom, str):
-                    out.add(atom)
-                else:
-                    out |= atom.num.symbols()
-        return out
+        return set(self._symbol_set())
+
+    def _symbol_set(self) -> frozenset[str]:
+        if self._symbols is None:
+            out: set[str] = set()
+            for mono, _ in self.terms:
+                for atom, _p in mono:
+                    out |= {atom} if isinstance(atom, str) else atom.num._symbol_set()
+            self._symbols = frozenset(out)
+        return self._symbols
 
     def evaluate(self, env: dict[str, int]) -> int:
         total = 0
@@ -274,15 +290,20 @@ class Dim:
             other = Dim.of(other)
         if not isinstance(other, Dim):
             return NotImplemented
-        if self._hash == other._hash and self._cmp_key() == other._cmp_key():
+        if self._hash == other._hash and self._key == other._key:
             return True
         facts = _FACTS.get()
-        if not facts or not (self.symbols() | other.symbols()) & facts.keys():
+        if not facts or not (self._symbol_set() | other._symbol_set()) & facts.keys():
             return False
-        return _multiples(self, facts)._cmp_key() == _multiples(other, facts)._cmp_key()
+        stamp = tuple(facts.items())  # the facts may grow (`know`) while they are in force
+        return self._key_under(facts, stamp) == other._key_under(facts, stamp)
 
-    def _cmp_key(self):
-        return tuple((tuple((_atom_key(a), p) for a, p in m), c) for m, c in self.terms)
+    def _key_under(self, facts: Mapping[str, int], stamp: tuple) -> tuple:
+        """The key of `_multiples(self, facts)`, kept for the facts (`stamp`) last asked about:
+        under a model's facts each size is compared with many others."""
+        if self._under is None or self._under[0] != stamp:
+            self._under = (stamp, _multiples(self, facts)._key)
+        return self._under[1]
 
     def __hash__(self) -> int:
         return self._hash
@@ -316,6 +337,9 @@ class Dim:
             else:
                 parts.append(f"+ {text}" if coeff > 0 else f"- {text}")
         return " ".join(parts)
+
+
+_SMALL = tuple(Dim({(): n}) for n in range(1025))
 
 
 # divisibility facts ---------------------------------------------------------------------------

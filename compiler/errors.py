@@ -91,3 +91,11 @@ def combine(errors: list[KilnError]) -> KilnError:
     first = errors[0]
     first.others = [e for err in errors[1:] for e in err.all]
     return first
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    """A hint naming up to three of `candidates` spelled like `name`, or None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=3)
+    return f"did you mean {' or '.join(close)}?" if close else None

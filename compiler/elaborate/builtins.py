@@ -8,8 +8,17 @@ from ..dims import Dim
 from ..errors import KilnError, Span
 from ..limits import MAX_SEQUENCE_ITEMS, check_size
 from ..ops import REGISTRY
-from .exprs import describe, is_scalar, norm_dim
-from .values import BlockRef, InitializerValue, Instance, Sequential, Tensor
+from .opcalls import OpCalls
+from .values import (
+    BlockRef,
+    InitializerValue,
+    Instance,
+    Sequential,
+    Tensor,
+    describe,
+    is_scalar,
+    norm_dim,
+)
 
 
 def kiln_repr(v) -> str:
@@ -36,17 +45,22 @@ def kiln_repr(v) -> str:
 OP_OVERLOADS = {"min": "min", "max": "max", "sum": "sum", "abs": "abs"}
 
 
-class BuiltinMixin:
-    """Calls of compile-time builtins; mixed into the Elaborator."""
+class Builtins:
+    """The compile-time builtins, each a `builtin_NAME` method; a builtin that is also an op
+    (`max(x, axis = 1)`) calls it through `ops`. Holds no state."""
 
-    def call_builtin(self, name: str, args: list, kwargs: dict, span: Span, scope):
+    def __init__(self, ops: OpCalls) -> None:
+        self.ops = ops
+
+    def call(self, name: str, args: list, kwargs: dict, span: Span):
+        """Call the builtin `name` with (value, span) arguments."""
         if name.startswith("init."):
             return self.make_init(name[5:], args, kwargs, span)
         values = [v for v, _ in args]
         if name in OP_OVERLOADS and (any(isinstance(v, Tensor) for v in values) or kwargs):
             if name in ("max", "min") and len(args) == 2 and not kwargs:  # max(a, b): elementwise
-                return self.call_op(REGISTRY[name + "imum"], args, kwargs, span)
-            return self.call_op(REGISTRY[OP_OVERLOADS[name]], args, kwargs, span)
+                return self.ops.call_op(REGISTRY[name + "imum"], args, kwargs, span)
+            return self.ops.call_op(REGISTRY[OP_OVERLOADS[name]], args, kwargs, span)
         if kwargs:
             raise KilnError("K0201", f"{name} takes no keyword arguments", span)
         method = getattr(self, "builtin_" + name)
@@ -231,4 +245,4 @@ class BuiltinMixin:
         raise KilnError("K0201", "defined(NAME) takes a name", span)
 
 
-__all__ = ["BuiltinMixin"]
+__all__ = ["Builtins", "kiln_repr"]

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
-from ..ir import Graph, Value
-from ..limits import CALL_STEPS, MAX_GRAPH_NODES, MAX_UNROLLED_STEPS, LimitExceeded
+from ..ir import Graph
 from ..ops import REGISTRY
 from ..syntax import ast as A
 from ..types import DTYPES, TensorType
-from .builtins import BuiltinMixin
-from .exprs import ExprMixin, Poisoned, describe
+from .arithmetic import Arithmetic
+from .builtins import Builtins
+from .diagnostics import Budget, Diagnostics
+from .exprs import ExprMixin
 from .forward import ForwardMixin
-from .members import MemberMixin, ParamSlot
+from .graphs import GraphFrames
+from .members import Members, ParamSlot
+from .opcalls import OpCalls
 from .program import ModuleScope
 from .scope import Scope, Unbound
-from .values import ABSENT, BlockRef, Namespace, ParamInfo, Tensor
-
-
-@dataclass
-class Frame:
-    """A graph being built: the model's, or a scan body's (which captures outer values)."""
-
-    graph: Graph
-    captures: list[Value] = field(default_factory=list)  # outer values, by capture order
-    capture_map: dict = field(default_factory=dict)  # outer (node, index) -> body Value
-    emits: list | None = None  # scan bodies collect `emit` here
-    params: dict[str, Value] = field(default_factory=dict)
+from .shapes import Shapes
+from .values import ABSENT, BlockRef, Namespace, ParamInfo, Poisoned, Tensor, describe
 
 
 @dataclass(frozen=True)
@@ -90,144 +82,34 @@ def _count_macs(graph: Graph, times: Dim, out: dict) -> None:
         out[node["scope"]] = out.get(node["scope"], Dim.of(0)) + macs * times
 
 
-class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
-    """Elaborates one model of a loaded file. Use `elaborate_model`."""
+class Elaborator(ExprMixin, ForwardMixin):
+    """Elaborates one model of a loaded file. Use `elaborate_model`.
+
+    It is the evaluator (expressions and statements, from its two mixins, which share all of
+    its state) composed with parts that hold their own: `diag` (errors and the chain of uses),
+    `budget` (compile-time work), `frames` (the graphs being built), `ops` (op calls),
+    `arith` (operators), `builtins`, `members` (instances and parameters) and `shapes`
+    (declared shapes against actual ones).
+    """
 
     def __init__(self, module: ModuleScope):
         self.module = module
-        self.errors: list[KilnError] = []
-        self.stack: list[tuple[str, Span]] = []
-        self.graphs: list[Frame] = [Frame(Graph())]
-        self.params: dict[str, ParamInfo] = {}
-        self.param_owners: dict[str, Any] = {}
-        self.aliases: dict[str, str] = {}
-        self.instances: list = []
-        self.member_scope_depth = 0
-        self.current_paths: list[str] = [""]  # the block instance whose forward is running
-        self.size_facts: dict[str, int] = {}  # `where X % k == 0` facts: {X: k}
-        self.sizes_seen: list[Dim] = []  # distinct sizes, as first spelled (spelled_as_seen)
-        self.steps = 0  # loop iterations and calls so far (limits.MAX_UNROLLED_STEPS)
-        self.nodes = 0  # graph nodes so far (limits.MAX_GRAPH_NODES)
-
-    # ------------------------------------------------------------------ errors
-    def chain_notes(self) -> tuple[str, ...]:
-        """`in Block, used at file:line:col` for each block or fn being elaborated, innermost
-        first."""
-        return tuple(
-            f"in {name}, used at {span}" for name, span in reversed(self.stack) if span is not None
-        )
-
-    def report(self, err: KilnError) -> None:
-        chain = self.chain_notes()
-        if isinstance(err, LimitExceeded):  # no recovery: stop the elaboration here
-            if chain and not err.notes:
-                err.notes = chain
-            raise err
-        for e in err.all:
-            if chain and not e.notes:
-                e.notes = chain
-            if all(e.format_one() != prev.format_one() for prev in self.errors):
-                self.errors.append(e)
-        err.others = []
-
-    # ------------------------------------------------------------------ graphs
-    @property
-    def root_graph(self) -> Graph:
-        return self.graphs[0].graph
-
-    def new_frame(self, emits=None) -> Frame:
-        return Frame(Graph(), emits=emits)
-
-    def wrap(self, value: Value, graph: Graph) -> Tensor:
-        return Tensor(value, graph)
-
-    def use(self, t: Tensor) -> Tensor:
-        """`t` as a value of the graph being built, capturing it into scan bodies as needed."""
-        frames = self.graphs
-        if t.graph is frames[-1].graph:
-            return t
-        level = next((i for i, f in enumerate(frames) if f.graph is t.graph), None)
-        if level is None:
-            raise KilnError("K0201", "a tensor from another model or scan is used here", None)
-        value = t.value
-        for frame in frames[level + 1 :]:
-            key = (value.node, value.index)
-            if key not in frame.capture_map:
-                frame.captures.append(value)
-                name = f"captured{len(frame.captures) - 1}"
-                frame.capture_map[key] = frame.graph.add_input(name, value.type, None)
-            value = frame.capture_map[key]
-        return Tensor(value, frames[-1].graph)
-
-    def spend(self, steps: int, span: Span | None) -> None:
-        """Count `steps` loop iterations or calls against the elaboration's budget."""
-        self.steps += steps
-        if self.steps > MAX_UNROLLED_STEPS:
-            raise LimitExceeded(
-                f"the model unrolls more than {MAX_UNROLLED_STEPS:,} loop iterations at compile "
-                f"time (a fn call or block instance counts as {CALL_STEPS})", span
-            )
-
-    def count_node(self, span: Span | None) -> None:
-        """Count one graph node against the limit on graph size."""
-        self.nodes += 1
-        if self.nodes > MAX_GRAPH_NODES:
-            raise LimitExceeded(
-                f"the model's graph grows past {MAX_GRAPH_NODES:,} nodes "
-                "(loops and blocks are unrolled at compile time)", span
-            )
-
-    def add_node(self, op: str, inputs: list, attrs: dict, types, span: Span) -> list[Tensor]:
-        self.count_node(span)
-        frame = self.graphs[-1]
-        values = [self.use(t).value if t is not None else None for t in inputs]
-        scope = self.path_of_stack()
-        types = [self.spelled_as_seen(t) for t in types]
-        uses = self.chain_notes()
-        if uses and span is not None:  # a run-time failure of this node names the user's line
-            span = dataclasses.replace(span, uses=uses)
-        outs = frame.graph.add(op, values, attrs, types, span, scope)
-        return [Tensor(v, frame.graph) for v in outs]
-
-    def spelled_as_seen(self, t: TensorType) -> TensorType:
-        """t with each size that equals, given the `where` facts, a size met earlier (an input's
-        first) spelled as that one: a U-Net's up-sampled path is [B, C, H//2, W//2], not
-        [B, C, 2*(H//4), 2*(W//4)]. Every later comparison is made under the same facts."""
-        if not self.size_facts:
-            return t
-        shape = []
-        for d in t.shape:
-            same = next((s for s in self.sizes_seen if s == d), None)
-            if same is None:
-                self.sizes_seen.append(d)
-            shape.append(d if same is None else same)
-        return t.with_shape(tuple(shape))
-
-    def path_of_stack(self) -> str:
-        return self.current_paths[-1] if self.current_paths else ""
+        self.diag = Diagnostics()
+        self.budget = Budget()
+        self.frames = GraphFrames(self.diag, self.budget)
+        self.ops = OpCalls(self.frames)
+        self.arith = Arithmetic(self.ops)
+        self.builtins = Builtins(self.ops)
+        self.members = Members(self, self.diag, self.budget, self.frames)
+        self.shapes = Shapes(self, self.frames)
 
     # ------------------------------------------------------------------ members as values
     def read_member(self, value, span: Span):
+        """A member's value in an expression: a parameter or buffer becomes a `param` node."""
         if isinstance(value, ParamSlot):
-            return self.read_param(value.path, span)
+            path = self.members.aliases.get(value.path, value.path)
+            return self.frames.read_param(self.members.params[path], span)
         return value
-
-    def read_param(self, path: str, span: Span) -> Tensor:
-        path = self.aliases.get(path, path)
-        frame = self.graphs[-1]
-        if path not in frame.params:
-            self.count_node(span)
-            info = self.params[path]
-            (value,) = frame.graph.add(
-                "param",
-                [],
-                {"path": path, "kind": info.kind},
-                [TensorType(info.dtype, info.shape)],
-                span,
-                path.rsplit(".", 1)[0] if "." in path else "",
-            )
-            frame.params[path] = value
-        return Tensor(frame.params[path], frame.graph)
 
     def resolve_const(self, module: ModuleScope, name: str):
         if name in module.const_values:
@@ -256,7 +138,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
     ) -> ElaboratedModel:
         # sizes compare under the `where X % k == 0` facts found so far (check_where adds them)
-        with assuming() as self.size_facts:
+        with assuming() as self.frames.size_facts:
             return self.elaborate_checked(ref, args, present)
 
     def elaborate_checked(
@@ -265,14 +147,14 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         defn = ref.defn
         try:
             self.check_file_requires(self.module)
-            root = self.instantiate(ref.extend((), args), "", defn.span)
+            root = self.members.instantiate(ref.extend((), args), "", defn.span)
         except Poisoned:
             root = None
         except KilnError as err:
-            self.report(err)
+            self.diag.report(err)
             root = None
-        if root is None or self.errors:
-            raise combine(self.errors or [KilnError("K0201", "elaboration failed", defn.span)])
+        if root is None or self.diag.errors:
+            raise combine(self.diag.errors or [KilnError("K0201", "elaboration failed", defn.span)])
         fwd = root.forward
         if fwd is None:
             raise KilnError("K0201", f"model {defn.name} has no forward", defn.span)
@@ -289,18 +171,18 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                         fwd.span,
                     )
             names = self.output_names(fwd, inputs, len(results))
-            graph = self.root_graph
+            graph = self.frames.root_graph
             graph.outputs = [r.value for r in results]
             graph.output_names = names
             outputs = [Port(n, r.type) for n, r in zip(names, results, strict=True)]
         except Poisoned:
             pass
         except KilnError as err:
-            self.report(err)
-        self.resolve_initializers()
-        if self.errors:
-            raise combine(self.errors)
-        graph = self.root_graph
+            self.diag.report(err)
+        self.members.resolve_initializers()
+        if self.diag.errors:
+            raise combine(self.diag.errors)
+        graph = self.frames.root_graph
         graph.prune()
         symbols = sorted({s for p in inputs for d in p.type.shape for s in d.symbols()})
         return ElaboratedModel(
@@ -309,11 +191,11 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
             graph,
             inputs,
             outputs,
-            dict(self.params),
-            dict(self.aliases),
+            dict(self.members.params),
+            dict(self.members.aliases),
             symbols,
             frozenset(p.name for p in inputs if p.optional),
-            {inst.path: inst.ref.defn.name for inst in self.instances},
+            {inst.path: inst.ref.defn.name for inst in self.members.instances},
         )
 
     def output_names(self, fwd: A.Forward, inputs: list[Port], count: int) -> list[str]:
@@ -322,7 +204,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
         inputs, outputs and top-level parameters, since ONNX names them all in one graph."""
         names = default_output_names(count)
         taken = {p.name: "an input" for p in inputs}
-        taken.update({path: "a parameter" for path in self.params if "." not in path})
+        taken.update({path: "a parameter" for path in self.members.params if "." not in path})
         declared = fwd.result_names if count == len(fwd.result_names) else (None,) * count
         taken.update({n: "another output" for n, d in zip(names, declared, strict=True) if not d})
         for i, name in enumerate(declared):
@@ -355,7 +237,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                     stack.append(value[1])
 
     def model_inputs(self, root, fwd: A.Forward, present):
-        graph = self.root_graph
+        graph = self.frames.root_graph
         env_scope = Scope(root.env, None, root.ref.module, None, False, self.resolve_const)
         inputs, feed = [], []
         symbols: dict[str, Dim] = {}
@@ -408,7 +290,7 @@ class Elaborator(ExprMixin, MemberMixin, ForwardMixin, BuiltinMixin):
                 feed.append((ABSENT, d.span))
                 continue
             value = graph.add_input(d.name, ttype, d.span, optional=t.optional)
-            self.sizes_seen += [s for s in shape if s not in self.sizes_seen]
+            self.frames.sizes_seen += [s for s in shape if s not in self.frames.sizes_seen]
             inputs.append(Port(d.name, ttype, t.optional, d.span))
             feed.append((Tensor(value, graph), d.span))
         return inputs, feed

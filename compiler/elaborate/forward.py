@@ -1,17 +1,21 @@
-"""Applying blocks: input/shape unification, forward bodies, stages, fn helpers and scan."""
+"""Applying blocks: stages and pipes, forward bodies and their statements, fn helpers and scan.
+
+`ForwardMixin` is the statement half of the evaluator that `ExprMixin` (exprs.py) is the
+expression half of; see exprs.py.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..dims import Dim, divisibility, know, known_value
 from ..errors import KilnError, Span
-from ..ir import COMPARISONS, Constraint
+from ..ir import Graph
 from ..limits import CALL_STEPS
 from ..syntax import ast as A
-from ..types import TensorType, shape_str
-from .exprs import Poisoned, _count, describe, norm_dim, where_hint
-from .scope import Scope, Unbound
+from ..types import TensorType
+from .diagnostics import MAX_DEPTH
+from .graphs import Frame
+from .scope import Scope
 from .values import (
     ABSENT,
     POISON,
@@ -22,8 +26,11 @@ from .values import (
     Instance,
     OpRef,
     Poison,
+    Poisoned,
     Sequential,
     Tensor,
+    count_of,
+    describe,
 )
 
 
@@ -74,7 +81,7 @@ class ForwardMixin:
         if inst is None:
             if label in owner.members:
                 raise KilnError("K0106", f"{owner.name} already has a member named {label}", span)
-            inst = self.instantiate(ref, owner.child_path(label), span)
+            inst = self.members.instantiate(ref, owner.child_path(label), span)
             owner.inline[label] = inst
             owner.members[label] = inst
         return inst
@@ -86,7 +93,7 @@ class ForwardMixin:
             if len(args) != 1 or kwargs:
                 raise KilnError("K0201", "a list of stages takes one input", span)
             x = args[0]
-            self.stack.append((f"the list {f.path}", span))
+            self.diag.stack.append((f"the list {f.path}", span))
             try:
                 for st in f.stages:
                     # an instance made from a list entry is used at that entry: a mismatch
@@ -95,7 +102,7 @@ class ForwardMixin:
                     x = (self.apply_callable(st, [(x[0], at if at is not span else x[1])], {},
                                              at, scope), x[1])
             finally:
-                self.stack.pop()
+                self.diag.stack.pop()
             return x[0]
         if isinstance(f, (OpRef, FnRef, Builtin)):
             return self.call_value(f, args, kwargs, span, scope)
@@ -135,7 +142,7 @@ class ForwardMixin:
         return None
 
     def member_context(self, scope: Scope) -> bool:
-        return self.member_scope_depth > 0
+        return self.members.member_scope_depth > 0
 
     # ------------------------------------------------------------------ forward
     def apply_forward(self, inst: Instance, args: list, kwargs: dict, span: Span):
@@ -147,8 +154,8 @@ class ForwardMixin:
         if any(isinstance(v, Poison) for v, _ in [*args, *kwargs.values()]):
             raise Poisoned()
         values = self.bind_inputs(inst, fwd, args, kwargs, span)
-        self.stack.append((inst.name, span if inst.path else None))  # the root needs no note
-        self.current_paths.append(inst.path)
+        self.diag.stack.append((inst.name, span if inst.path else None))  # the root needs no note
+        self.frames.current_paths.append(inst.path)
         saved_counter, inst.stage_counter = inst.stage_counter, 0
         try:
             env_scope = Scope(inst.env, None, inst.ref.module, None, False, self.resolve_const)
@@ -156,8 +163,8 @@ class ForwardMixin:
             pending: list = []  # bare names bind across every input before expressions check
             for d, (v, vspan) in zip(fwd.inputs, values, strict=False):
                 if d.type is not None and not isinstance(v, Absent):
-                    pending += self.check_input(inst.name, d, v, vspan, env_scope, symbols)
-            self.check_dims(pending, env_scope, symbols)
+                    pending += self.shapes.check_input(inst.name, d, v, vspan, env_scope, symbols)
+            self.shapes.check_dims(pending, env_scope, symbols)
             body_scope = Scope(
                 dict(symbols),
                 Scope({}, env_scope, inst.ref.module, inst, False, self.resolve_const),
@@ -173,16 +180,16 @@ class ForwardMixin:
                 if isinstance(v, Absent) and d.type is not None
                 for dim in d.type.dims if isinstance(dim, A.Name) and dim.id not in symbols
             }
-            self.check_where(fwd.where, body_scope, absent)
+            self.shapes.check_where(fwd.where, body_scope, absent)
             results, return_span = self.run_body_at(fwd.body, body_scope, fwd.span)
-            self.check_results(inst.name, fwd, results, env_scope, symbols, return_span)
+            self.shapes.check_results(inst.name, fwd, results, env_scope, symbols, return_span)
         except KilnError as err:
-            self.report(err)
+            self.diag.report(err)
             raise Poisoned() from None
         finally:
             inst.stage_counter = saved_counter
-            self.current_paths.pop()
-            self.stack.pop()
+            self.frames.current_paths.pop()
+            self.diag.stack.pop()
         return results[0] if len(results) == 1 and not fwd.results_tuple else tuple(results)
 
     def bind_inputs(self, inst, fwd: A.Forward, args, kwargs, span) -> list:
@@ -190,7 +197,7 @@ class ForwardMixin:
         if len(args) > len(names):
             raise KilnError(
                 "K0201",
-                f"{inst.name} takes {_count(len(names), 'input')} ({', '.join(names)}), "
+                f"{inst.name} takes {count_of(len(names), 'input')} ({', '.join(names)}), "
                 f"got {len(args)}",
                 span,
             )
@@ -208,182 +215,6 @@ class ForwardMixin:
             else:
                 raise KilnError("K0201", f"{inst.name} is missing its input {d.name}", span)
         return out
-
-    def check_input(self, owner: str, d: A.InputDef, v, vspan: Span, env_scope, symbols) -> list:
-        if not isinstance(v, Tensor):
-            raise KilnError(
-                "K0202", f"{owner}: input {d.name} must be a tensor, not {describe(v)}", vspan
-            )
-        t = d.type
-        if t.dtype is not None and t.dtype != v.type.dtype:
-            raise KilnError(
-                "K0302", f"{owner}: input {d.name} must be {t.dtype}, but it is {v.type}", vspan
-            )
-        return self.bind_dims(t, v.type, env_scope, symbols, vspan, f"{owner}: input {d.name}")
-
-    def unify(self, pattern, actual, env_scope, symbols, span, what) -> None:
-        """Match a declared shape against an actual one, binding symbolic names in `symbols`."""
-        self.check_dims(
-            self.bind_dims(pattern, actual, env_scope, symbols, span, what), env_scope, symbols
-        )
-
-    def bind_dims(
-        self,
-        pattern: A.TensorTypeExpr,
-        actual: TensorType,
-        env_scope: Scope,
-        symbols: dict,
-        span: Span,
-        what: str,
-    ) -> list:
-        """Bind the bare symbolic names of a declared shape to the actual sizes; returns the
-        dimensions still to check (expressions), with what to report if they differ."""
-        dims = pattern.dims
-        ell = [i for i, d in enumerate(dims) if isinstance(d, A.EllipsisLit)]
-        own: list[str] = []  # the names this shape binds: shown as names, not as what they got
-
-        def mismatch(detail=""):
-            shown = self.render_pattern(
-                pattern, env_scope, {k: v for k, v in symbols.items() if k not in own}
-            )
-            return KilnError(
-                "K0301",
-                f"{what} has shape {shape_str(actual.shape)} but {shown} is expected" + detail,
-                span,
-            )
-
-        if len(ell) > 1:
-            raise KilnError("K0301", "a shape may contain ... only once", pattern.span)
-        if ell:
-            fixed = len(dims) - 1
-            if actual.rank < fixed:
-                raise mismatch()
-            i = ell[0]
-            tail = fixed - i
-            pairs = list(zip(dims[:i], actual.shape[:i], strict=False)) + list(
-                zip(dims[i + 1 :], actual.shape[actual.rank - tail :], strict=False)
-            )
-        else:
-            if actual.rank != len(dims):
-                raise mismatch()
-            pairs = list(zip(dims, actual.shape, strict=False))
-        deferred = []
-        for d, a in pairs:
-            if isinstance(d, A.AnonDim):
-                continue
-            if isinstance(d, A.Name) and d.id not in symbols and not _resolvable(env_scope, d.id):
-                symbols[d.id] = norm_dim(a)
-                own.append(d.id)
-                continue
-            deferred.append((d, a, mismatch, what))
-        return deferred
-
-    def check_dims(self, pending: list, env_scope: Scope, symbols: dict) -> None:
-        """Evaluate each dimension expression with every symbol bound, and compare."""
-        scope = Scope(dict(symbols), env_scope, env_scope.module, resolve_const=self.resolve_const)
-        for i, (d, a, mismatch, what) in enumerate(pending):
-            expect = self.declared_size(d, scope, what)
-            if expect != a:
-                err = mismatch()
-                err.hint = where_hint([(expect, a), *self.other_differences(pending[i + 1 :],
-                                                                             mismatch, scope)])
-                raise err
-
-    def declared_size(self, d, scope: Scope, what: str) -> Dim:
-        """The size a declared dimension expression stands for, every symbol being bound."""
-        try:
-            expect = self.eval(d, scope)
-        except KilnError as err:
-            if err.code == "K0101":
-                raise KilnError(
-                    "K0101",
-                    f"{what}: cannot work out the size {err.message[13:]} from the input shapes",
-                    d.span,
-                ) from None
-            raise
-        if not isinstance(expect, (int, Dim)) or isinstance(expect, bool):
-            raise KilnError("K0202", f"a dimension must be a size, not {describe(expect)}", d.span)
-        return Dim.of(expect)
-
-    def other_differences(self, pending: list, mismatch, scope: Scope) -> list:
-        """The other (declared, actual) size pairs of the same shape that differ, for a hint;
-        those that cannot be worked out are left out (the first mismatch is the error)."""
-        pairs = []
-        for d, a, m, what in pending:
-            if m is mismatch:
-                try:
-                    pairs.append((self.declared_size(d, scope, what), a))
-                except (KilnError, Poisoned):
-                    continue
-        return [(e, a) for e, a in pairs if e != a]
-
-    def render_pattern(self, pattern: A.TensorTypeExpr, env_scope, symbols) -> str:
-        parts = []
-        for d in pattern.dims:
-            if isinstance(d, A.AnonDim):
-                parts.append("_")
-            elif isinstance(d, A.EllipsisLit):
-                parts.append("...")
-            else:
-                try:
-                    v = self.eval(
-                        d,
-                        Scope(
-                            dict(symbols),
-                            env_scope,
-                            env_scope.module,
-                            resolve_const=self.resolve_const,
-                        ),
-                    )
-                    parts.append(str(v))
-                except (KilnError, Poisoned):
-                    parts.append(_source_text(d))
-        return "[" + ", ".join(parts) + "]"
-
-    def check_where(self, constraints, scope: Scope, absent: set[str]) -> None:
-        """Check `where` constraints; those about sizes of absent optional inputs do not apply."""
-        for c in constraints:
-            if _names_in(c) & absent:
-                continue
-            left, right = self.eval(c.left, scope), self.eval(c.right, scope)
-            if not all(
-                isinstance(v, (int, Dim)) and not isinstance(v, bool) for v in (left, right)
-            ):
-                raise KilnError("K0202", "a where constraint compares sizes", c.span)
-            diff = known_value(Dim.of(left) - Dim.of(right))  # facts known so far may prove it
-            if diff is not None:
-                if not COMPARISONS[c.op](diff, 0):
-                    raise KilnError(
-                        "K0205",
-                        f"constraint {_source_text(c)} does not hold: {left} {c.op} {right}",
-                        c.span,
-                    )
-            else:
-                self.root_graph.constraints.append(
-                    Constraint(c.op, Dim.of(left), Dim.of(right), _source_text(c), c.span)
-                )
-                fact = divisibility(c.op, Dim.of(left), Dim.of(right))
-                if fact is not None:  # checked on every call, so shapes may rely on it
-                    know(self.size_facts, *fact)
-
-    def check_results(self, owner: str, fwd: A.Forward, results, env_scope, symbols,
-                      return_span: Span) -> None:
-        if fwd.results is None:
-            return
-        if len(results) != len(fwd.results):
-            raise KilnError(
-                "K0301",
-                f"{owner}: forward returns {len(results)} values but its type lists "
-                f"{len(fwd.results)}",
-                return_span,
-            )
-        for i, (t, v) in enumerate(zip(fwd.results, results, strict=False)):
-            what = f"{owner}: result {i}" if len(results) > 1 else f"{owner}: the result"
-            if not isinstance(v, Tensor):
-                raise KilnError("K0202", f"{what} must be a tensor, not {describe(v)}", t.span)
-            if t.dtype is not None and t.dtype != v.type.dtype:
-                raise KilnError("K0302", f"{what} is {v.type}, but {t.dtype} is declared", t.span)
-            self.unify(t, v.type, env_scope, symbols, t.span, what)
 
     # ------------------------------------------------------------------ statements
     def run_body(self, body, scope: Scope, span: Span) -> tuple:
@@ -403,7 +234,7 @@ class ForwardMixin:
                 self.exec_stmt(stmt, scope)
             except (Poisoned, KilnError) as err:
                 if isinstance(err, KilnError):
-                    self.report(err)
+                    self.diag.report(err)
                 if _may_return(stmt):  # what follows may never have run: stop here
                     raise Poisoned() from None
                 for name in _assigned(stmt):
@@ -434,10 +265,16 @@ class ForwardMixin:
             taken = self.compile_time_bool(stmt.cond, scope, "an `if` condition")
             self.exec_stmts(stmt.then if taken else stmt.other, scope)
         elif isinstance(stmt, A.Emit):
-            frame = self.graphs[-1]
+            frame = self.frames.current
             if frame.emits is None:
                 raise KilnError("K0201", "emit is only allowed inside a scan body", stmt.span)
             frame.emits.append((tuple(self.eval(v, scope) for v in stmt.values), stmt.span))
+
+    def check_require(self, m: A.Require, scope: Scope) -> None:
+        """`require cond, "message"`: K0204 with the message when cond is false."""
+        if not self.compile_time_bool(m.cond, scope, "a require condition"):
+            msg = self.eval(m.message, scope)
+            raise KilnError("K0204", f"requirement failed: {msg}", m.cond.span)
 
     # ------------------------------------------------------------------ fn helpers
     def call_fn(self, f: FnRef, args: list, kwargs: dict, span: Span, scope: Scope):
@@ -457,7 +294,7 @@ class ForwardMixin:
         if len(all_args) > len(params):
             raise KilnError(
                 "K0201",
-                f"{f.defn.name} takes {_count(len(params), 'argument')}, got {len(all_args)}",
+                f"{f.defn.name} takes {count_of(len(params), 'argument')}, got {len(all_args)}",
                 span,
             )
         local: dict[str, Any] = {p.name: v for p, (v, _) in zip(params, all_args, strict=False)}
@@ -475,16 +312,16 @@ class ForwardMixin:
                         "K0201", f"{f.defn.name} is missing its argument {p.name}", span
                     )
                 local[p.name] = self.eval(p.default, fn_scope)
-        if len(self.stack) >= self.MAX_DEPTH:
+        if len(self.diag.stack) >= MAX_DEPTH:
             raise KilnError(
-                "K0201", f"fn calls nested more than {self.MAX_DEPTH} deep (recursion?)", span
+                "K0201", f"fn calls nested more than {MAX_DEPTH} deep (recursion?)", span
             )
-        self.spend(CALL_STEPS, span)
-        self.stack.append((f.defn.name, span))
+        self.budget.spend(CALL_STEPS, span)
+        self.diag.stack.append((f.defn.name, span))
         try:
             results = self.run_body(f.defn.body, fn_scope, f.defn.span)
         finally:
-            self.stack.pop()
+            self.diag.stack.pop()
         return results[0] if len(results) == 1 else tuple(results)
 
     # ------------------------------------------------------------------ scan
@@ -505,7 +342,7 @@ class ForwardMixin:
                 raise KilnError("K0202", f"scan runs over tensors, not {describe(v)}", s.span)
             if not -v.type.rank <= axis < v.type.rank:
                 raise KilnError("K0301", f"scan axis {axis} is out of range for {v.type}", s.span)
-            seqs.append(self.use(v))
+            seqs.append(self.frames.use(v))
         ax = [axis % s.type.rank for s in seqs]
         length = seqs[0].type.shape[ax[0]]
         for s, a, src in zip(seqs[1:], ax[1:], e.sequences[1:], strict=False):
@@ -517,25 +354,24 @@ class ForwardMixin:
                 )
         carries = []
         for kw in e.carry:
-            v = self.as_tensor(self.eval(kw.value, scope), kw.value.span)
+            v = self.ops.as_tensor(self.eval(kw.value, scope), kw.value.span)
             carries.append((kw.name, v))
-        frame = self.new_frame(emits=[])
-        self.graphs.append(frame)
+        frame = self.frames.enter(Frame(Graph(), emits=[]))
         body_scope = scope.child()
         try:
             g = frame.graph
             for name, v in carries:
-                body_scope.set(name, self.wrap(g.add_input(name, v.type, e.span), g))
+                body_scope.set(name, Tensor(g.add_input(name, v.type, e.span), g))
             for t, s, a in zip(e.targets, seqs, ax, strict=False):
                 step_type = s.type.with_shape(s.type.shape[:a] + s.type.shape[a + 1 :])
-                body_scope.set(t.name, self.wrap(g.add_input(t.name, step_type, t.span), g))
+                body_scope.set(t.name, Tensor(g.add_input(t.name, step_type, t.span), g))
             index_names = [t.index for t in e.targets if t.index is not None]
             if len(index_names) > 1 or (index_names and e.targets[0].index is None):
                 raise KilnError("K0201", "only the first scan name may bind the step index", e.span)
             if index_names:
                 body_scope.set(
                     index_names[0],
-                    self.wrap(g.add_input(index_names[0], TensorType("i64", ()), e.span), g),
+                    Tensor(g.add_input(index_names[0], TensorType("i64", ()), e.span), g),
                 )
             n_fixed = len(g.inputs)
             self.exec_stmts(e.body, body_scope)
@@ -547,7 +383,7 @@ class ForwardMixin:
                 final = body_scope.vars.get(name)
                 if isinstance(final, Poison):
                     raise Poisoned()
-                final = self.as_tensor(final, e.span)
+                final = self.ops.as_tensor(final, e.span)
                 if final.type != v.type:
                     raise KilnError(
                         "K0301",
@@ -557,19 +393,18 @@ class ForwardMixin:
                 outs.append(final.value)
             emit_types = []
             for v in emits:
-                t = self.as_tensor(v, frame.emits[0][1])
+                t = self.ops.as_tensor(v, frame.emits[0][1])
                 outs.append(t.value)
                 emit_types.append(t.type)
             g.outputs = outs
             captured = list(frame.captures)
         finally:
-            self.graphs.pop()
+            self.frames.leave()
         stacked = [
             t.with_shape(t.shape[: ax[0]] + (length,) + t.shape[ax[0] :]) for t in emit_types
         ]
-        inputs = (
-            [v for _, v in carries] + seqs + [self.wrap(c, self.graphs[-1].graph) for c in captured]
-        )
+        outer = self.frames.current.graph
+        inputs = [v for _, v in carries] + seqs + [Tensor(c, outer) for c in captured]
         attrs = {
             "body": frame.graph,
             "axis": ax[0],
@@ -580,37 +415,9 @@ class ForwardMixin:
             "has_index": bool(index_names),
             "n_fixed_inputs": n_fixed,
         }
-        outs = self.add_node("scan", inputs, attrs, stacked + [v.type for _, v in carries], e.span)
+        types = stacked + [v.type for _, v in carries]
+        outs = self.frames.add_node("scan", inputs, attrs, types, e.span)
         return outs[0] if len(outs) == 1 else tuple(outs)
-
-
-
-
-def _resolvable(scope: Scope, name: str) -> bool:
-    try:
-        scope.lookup(name)
-        return True
-    except Unbound:
-        return False
-
-
-def _source_text(node) -> str:
-    span = node.span
-    line = span.source_line()
-    if line is None or span.end_line != span.line:
-        return "expression"
-    return line[span.col - 1 : span.end_col - 1]
-
-
-def _names_in(expr) -> set[str]:
-    """The bare names an expression mentions."""
-    if isinstance(expr, A.Name):
-        return {expr.id}
-    if isinstance(expr, (A.BinOp, A.Constraint)):
-        return _names_in(expr.left) | _names_in(expr.right)
-    if isinstance(expr, A.UnaryOp):
-        return _names_in(expr.operand)
-    return set()
 
 
 def _may_return(stmt) -> bool:
@@ -647,9 +454,6 @@ def _assigned(stmt) -> list[str]:
     return []
 
 
-__all__ = ["ForwardMixin", "Returned"]
-
-
 def _scan_results(scan: A.Scan, value) -> str:
     """How a scan's results are laid out, for an unpacking that miscounts them."""
     carries = [c.name for c in scan.carry]
@@ -658,3 +462,6 @@ def _scan_results(scan: A.Scan, value) -> str:
         return f"a scan gives its emitted values ({emitted} here)"
     return (f"a scan gives its emitted values ({emitted} here), then each carry's final value "
             f"({', '.join(carries)})")
+
+
+__all__ = ["ForwardMixin", "Returned"]

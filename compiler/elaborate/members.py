@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..dims import Dim
-from ..errors import KilnError, Span
+from ..errors import KilnError, Span, did_you_mean
 from ..initializers import InitError
+from ..ir import Graph
 from ..limits import CALL_STEPS
 from ..syntax import ast as A
 from ..types import DTYPES, NUMPY_DTYPES, TensorType
-from .exprs import Poisoned, _count, describe
-from .scope import Scope
+from .diagnostics import MAX_DEPTH, Budget, Diagnostics
+from .graphs import Frame, GraphFrames
+from .scope import Scope, Unbound, lookup_global
 from .values import (
     POISON,
     Absent,
@@ -23,11 +25,18 @@ from .values import (
     FnRef,
     InitializerValue,
     Instance,
+    Namespace,
     OpRef,
     ParamInfo,
+    Poisoned,
     Sequential,
     Tensor,
+    count_of,
+    describe,
 )
+
+if TYPE_CHECKING:
+    from .elaborator import Elaborator
 
 ARG_TYPES = {
     "int": (int,),
@@ -53,38 +62,55 @@ class ParamSlot:
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
 
-class MemberMixin:
-    """Instantiating blocks; mixed into the Elaborator."""
+class Members:
+    """Block instances and the parameters they declare, by path.
 
-    MAX_DEPTH = 64
+    Instantiating a block binds its arguments and defines its members in order: parameters and
+    buffers (`params`, with their initial values), children (instances, lists of stages),
+    ties (`aliases`) and `init` overrides, which `resolve_initializers` applies at the end.
+    Expressions are evaluated by `evaluator`, which instantiates inline stages back through
+    `instantiate`.
+    """
+
+    def __init__(self, evaluator: Elaborator, diag: Diagnostics, budget: Budget,
+                 frames: GraphFrames) -> None:
+        self.evaluator = evaluator
+        self.diag = diag
+        self.budget = budget
+        self.frames = frames
+        self.params: dict[str, ParamInfo] = {}
+        self.param_owners: dict[str, Instance] = {}  # path -> the instance declaring it
+        self.aliases: dict[str, str] = {}  # tied path -> canonical path
+        self.instances: list[Instance] = []
+        self.member_scope_depth = 0  # > 0 while a child member's value is evaluated
 
     def instantiate(self, ref: BlockRef, path: str, span: Span) -> Instance:
-        if len(self.stack) >= self.MAX_DEPTH:
+        if len(self.diag.stack) >= MAX_DEPTH:
             raise KilnError(
                 "K0201",
-                f"blocks nested more than {self.MAX_DEPTH} deep (a block that contains itself?)",
+                f"blocks nested more than {MAX_DEPTH} deep (a block that contains itself?)",
                 span,
             )
-        self.spend(CALL_STEPS, span)
+        self.budget.spend(CALL_STEPS, span)
         env = self.bind_block_args(ref, span)
         if ref.defn.alias is not None:
             return self.instantiate_alias(ref, env, path, span)
         inst = Instance(ref, path, env, span=span)
         self.instances.append(inst)
-        self.stack.append((ref.defn.name, span if path else None))
+        self.diag.stack.append((ref.defn.name, span if path else None))
         try:
-            scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+            scope = Scope(env, None, ref.module, None, False, self.evaluator.resolve_const)
             self.define_members(inst, ref.defn.members, scope)
         finally:
-            self.stack.pop()
+            self.diag.stack.pop()
         return inst
 
     def instantiate_alias(self, ref: BlockRef, env: dict, path: str, span: Span) -> Instance:
         """`block A(n) = B(n, 2)`: A's instance is B's, at the same path (B's member names)."""
-        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
-        self.stack.append((ref.defn.name, span if path else None))
+        scope = Scope(env, None, ref.module, None, False, self.evaluator.resolve_const)
+        self.diag.stack.append((ref.defn.name, span if path else None))
         try:
-            target = self.eval(ref.defn.alias, scope)
+            target = self.evaluator.eval(ref.defn.alias, scope)
             if not isinstance(target, BlockRef):
                 raise KilnError(
                     "K0202", f"{ref.defn.name} = ... must name a block, not {describe(target)}",
@@ -92,7 +118,7 @@ class MemberMixin:
                 )
             return self.instantiate(target, path, span)
         finally:
-            self.stack.pop()
+            self.diag.stack.pop()
 
     def bind_block_args(self, ref: BlockRef, span: Span) -> dict[str, Any]:
         defn = ref.defn
@@ -100,7 +126,7 @@ class MemberMixin:
         if len(ref.args) > len(params):
             raise KilnError(
                 "K0201",
-                f"{defn.name} takes {_count(len(params), 'argument')} "
+                f"{defn.name} takes {count_of(len(params), 'argument')} "
                 f"({', '.join(p.name for p in params)}), got {len(ref.args)}",
                 span,
             )
@@ -109,19 +135,17 @@ class MemberMixin:
             env[p.name] = v
         for name, v in ref.kwargs:
             if name not in {p.name for p in params}:
-                from .exprs import _close
-
                 raise KilnError(
                     "K0201",
                     f"{defn.name} has no argument {name}",
                     span,
-                    hint=_close(name, [p.name for p in params])
+                    hint=did_you_mean(name, [p.name for p in params])
                     or f"its arguments: {', '.join(p.name for p in params) or 'none'}",
                 )
             if name in env:
                 raise KilnError("K0201", f"{defn.name}: argument {name} given twice", span)
             env[name] = v
-        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+        scope = Scope(env, None, ref.module, None, False, self.evaluator.resolve_const)
         for p in params:
             if p.name not in env:
                 if p.default is None:
@@ -131,7 +155,7 @@ class MemberMixin:
                         span,
                         hint=f"{defn.name}({', '.join(q.name for q in params)})",
                     )
-                env[p.name] = self.eval(p.default, scope)
+                env[p.name] = self.evaluator.eval(p.default, scope)
             if p.type is not None and p.type.name in ("Block", "block") and isinstance(
                 env[p.name], str
             ):  # a block named by a string (kiln.compile(args = {"block": "Bottleneck"}))
@@ -140,10 +164,8 @@ class MemberMixin:
         return env
 
     def block_by_name(self, name: str, module, span: Span) -> BlockRef:
-        from .scope import Unbound, lookup_global
-
         try:
-            value = lookup_global(module, name, self.resolve_const)
+            value = lookup_global(module, name, self.evaluator.resolve_const)
         except Unbound:
             value = None
         if not isinstance(value, BlockRef):
@@ -157,19 +179,19 @@ class MemberMixin:
         defn = ref.defn
         env: dict = {p.name: v for p, v in zip(defn.params, ref.args, strict=False)}
         env.update(dict(ref.kwargs))
-        scope = Scope(env, None, ref.module, None, False, self.resolve_const)
+        scope = Scope(env, None, ref.module, None, False, self.evaluator.resolve_const)
         for p in defn.params:  # defaults that need arguments not given stay unbound
             if p.name not in env and p.default is not None:
                 try:
-                    env[p.name] = self.eval(p.default, scope)
+                    env[p.name] = self.evaluator.eval(p.default, scope)
                 except KilnError:
                     pass
         for m in defn.members:
             if isinstance(m, A.Const) and m.name == name:
-                return self.eval(m.value, scope)
+                return self.evaluator.eval(m.value, scope)
             if isinstance(m, A.Const):
                 try:
-                    env[m.name] = self.eval(m.value, scope)
+                    env[m.name] = self.evaluator.eval(m.value, scope)
                 except KilnError:
                     pass
         raise KilnError("K0103", f"the block {defn.name} has no const {name}", span)
@@ -189,7 +211,7 @@ class MemberMixin:
             except Poisoned:
                 pass
             except KilnError as err:
-                self.report(err)
+                self.diag.report(err)
                 if isinstance(m, A.Require):  # the instance is invalid: checking on is noise
                     raise Poisoned() from None
                 if isinstance(m, A.Const):
@@ -199,9 +221,9 @@ class MemberMixin:
 
     def define_member(self, inst: Instance, m, scope: Scope) -> None:
         if isinstance(m, A.Const):
-            scope.set(m.name, self.eval(m.value, scope))
+            scope.set(m.name, self.evaluator.eval(m.value, scope))
         elif isinstance(m, A.Require):
-            self.check_require(m, scope)
+            self.evaluator.check_require(m, scope)
         elif isinstance(m, A.TensorMember):
             self.define_tensor(inst, m, scope)
         elif isinstance(m, A.ChildMember):
@@ -215,21 +237,16 @@ class MemberMixin:
                 raise KilnError("K0106", f"{inst.name} has two forward definitions", m.span)
             inst.forward = m
         elif isinstance(m, A.For):
-            for item in self.iterate(self.eval(m.iter, scope), m.iter.span):
+            for item in self.evaluator.iterate(self.evaluator.eval(m.iter, scope), m.iter.span):
                 inner = scope.child()
-                self.bind_targets(inner, m.targets, item, m.span)
+                self.evaluator.bind_targets(inner, m.targets, item, m.span)
                 self.define_members(inst, m.body, inner)
         elif isinstance(m, A.If):
-            taken = self.compile_time_bool(m.cond, scope, "a member `if` condition")
+            taken = self.evaluator.compile_time_bool(m.cond, scope, "a member `if` condition")
             body, skipped = (m.then, m.other) if taken else (m.other, m.then)
             for skipped_member in skipped:
                 inst.undefined.update(_member_names(skipped_member))
             self.define_members(inst, body, scope)
-
-    def check_require(self, m: A.Require, scope: Scope) -> None:
-        if not self.compile_time_bool(m.cond, scope, "a require condition"):
-            msg = self.eval(m.message, scope)
-            raise KilnError("K0204", f"requirement failed: {msg}", m.cond.span)
 
     def member_name(self, name: A.MemberName, scope: Scope) -> str:
         parts = []
@@ -237,7 +254,7 @@ class MemberMixin:
             if isinstance(p, A.Name):
                 parts.append(p.id)
                 continue
-            text = self.interp_text(p, scope)
+            text = self.evaluator.interp_text(p, scope)
             # a path segment: a "." would make it two, a space or newline unreadable
             if not IDENTIFIER.fullmatch(text):
                 raise KilnError(
@@ -248,7 +265,9 @@ class MemberMixin:
         return ".".join(parts)
 
     def guard_holds(self, guard, scope: Scope) -> bool:
-        return guard is None or self.compile_time_bool(guard, scope, "a member's `if` condition")
+        return guard is None or self.evaluator.compile_time_bool(
+            guard, scope, "a member's `if` condition"
+        )
 
     def claim(self, inst: Instance, name: str, span: Span) -> None:
         if name in inst.members:
@@ -272,7 +291,7 @@ class MemberMixin:
         for d in m.type.dims:
             if isinstance(d, (A.AnonDim, A.EllipsisLit)):
                 raise KilnError("K0301", f"a {m.kind}'s shape must be fully known", d.span)
-            v = self.eval(d, scope)
+            v = self.evaluator.eval(d, scope)
             if isinstance(v, Dim) and v.is_const:
                 v = v.value
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -293,7 +312,7 @@ class MemberMixin:
                     opt.span,
                     hint="buffers take persistent = false",
                 )
-            persistent = self.compile_time_bool(opt.value, scope, "persistent")
+            persistent = self.evaluator.compile_time_bool(opt.value, scope, "persistent")
         init = self.tensor_initializer(m, tuple(shape), dtype, scope)
         path = inst.child_path(name)
         if path in self.params:  # `param w.b.b` beside a child `w` holding `b.b`
@@ -314,9 +333,9 @@ class MemberMixin:
             from ..initializers import make_initializer
 
             return InitializerValue(make_initializer("zeros", [], {}))
-        self.graphs.append(self.new_frame())
+        self.frames.enter(Frame(Graph()))
         try:
-            value = self.eval(m.init, scope)
+            value = self.evaluator.eval(m.init, scope)
             if isinstance(value, InitializerValue):
                 return value
             if isinstance(value, (bool, int, float)):
@@ -328,13 +347,13 @@ class MemberMixin:
                     f"expression, not {describe(value)}",
                     m.init.span,
                 )
-            frame = self.graphs[-1]
+            frame = self.frames.current
             frame.graph.outputs = [value.value]
             from ..evaluate import run_graph
 
             (array,) = run_graph(frame.graph, [], {}, {})
         finally:
-            self.graphs.pop()
+            self.frames.leave()
         if tuple(array.shape) != tuple(shape):
             raise KilnError(
                 "K0301",
@@ -352,7 +371,7 @@ class MemberMixin:
         self.claim(inst, name, m.name.span)
         self.member_scope_depth += 1
         try:
-            value = self.eval(m.value, scope)
+            value = self.evaluator.eval(m.value, scope)
         finally:
             self.member_scope_depth -= 1
         inst.members[name] = self.make_member(value, inst.child_path(name), m.value)
@@ -421,8 +440,10 @@ class MemberMixin:
         self.aliases[target] = source
 
     def define_init(self, inst: Instance, m: A.InitOverride, scope: Scope) -> None:
-        segments = [s if isinstance(s, str) else self.interp_text(s, scope) for s in m.pattern]
-        value = self.eval(m.value, scope)
+        segments = [
+            s if isinstance(s, str) else self.evaluator.interp_text(s, scope) for s in m.pattern
+        ]
+        value = self.evaluator.eval(m.value, scope)
         if not isinstance(value, InitializerValue):
             raise KilnError(
                 "K0202",
@@ -438,19 +459,15 @@ class MemberMixin:
 
     def _block_in_pattern(self, segments, scope: Scope):
         """`Conv2d.weight` or `nn.Conv2d.weight`: (block name, member path) if it names a block."""
-        from .scope import Unbound
-
         try:
             value = scope.lookup(segments[0])
         except Unbound:
             return None
         i = 1
         while not isinstance(value, BlockRef) and i < len(segments) - 1:
-            from .values import Namespace
-
             if not isinstance(value, Namespace) or value.kind != "module":
                 return None
-            value = self.namespace_attr(value, segments[i], None)
+            value = self.evaluator.namespace_attr(value, segments[i], None)
             i += 1
         if isinstance(value, BlockRef):
             return value.name, segments[i:]
@@ -484,7 +501,7 @@ class MemberMixin:
                 if span not in matched:
                     matched.add(span)  # report each override once
                     pattern = ".".join(([block_type] if block_type else []) + list(segments))
-                    self.report(KilnError(
+                    self.diag.report(KilnError(
                         "K0101", f"init {pattern} matches no parameter of {inst.name}", span,
                         hint="a pattern is Block.member (every such block below) or a dotted "
                         "path from here, where * matches one name",

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import KilnError, Span
+from ..errors import KilnError, Span, did_you_mean
 from ..files import read_bounded
 from ..syntax import ast as A
 from ..syntax.build import parse_module
@@ -204,15 +204,9 @@ class Loader:
                         "K0101",
                         f"{name} is not defined in {target.path}",
                         item.span,
-                        hint=_suggest(name, [*target.names, *target.consts]),
+                        hint=did_you_mean(name, [*target.names, *target.consts]),
                     )
                 scope.names[name] = ("import", target, name)
         if item.alias or not item.names:
             scope.names[item.alias or default_name] = Namespace("module", target)
 
-
-def _suggest(name: str, candidates) -> str | None:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(candidates), n=3)
-    return f"did you mean {' or '.join(close)}?" if close else None

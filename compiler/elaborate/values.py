@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..dims import Dim
 from ..errors import Span
 from ..ir import Graph, Value
 from ..ops.registry import OpRecord
@@ -50,6 +51,10 @@ class Poison:
 
 
 POISON = Poison()
+
+
+class Poisoned(Exception):
+    """Raised when an operand is Poison: the statement is skipped without a new error."""
 
 
 @dataclass(frozen=True)
@@ -164,3 +169,48 @@ class MemberPrefix:
 
     instance: Instance
     prefix: str
+
+
+def norm_dim(d: Dim) -> Dim | int:
+    """A constant Dim becomes a plain int, so compile-time code sees ordinary numbers."""
+    return d.value if d.is_const else d
+
+
+def is_scalar(v: Any) -> bool:
+    return isinstance(v, (bool, int, float)) and not isinstance(v, Absent)
+
+
+def describe(v: Any) -> str:
+    """A value's kind in words, for error messages."""
+    if isinstance(v, Tensor):
+        return f"a tensor {v.type}"
+    if isinstance(v, bool):
+        return f"the bool {str(v).lower()}"
+    if isinstance(v, int):
+        return f"the int {v}"
+    if isinstance(v, float):
+        return f"the float {v}"
+    if isinstance(v, str):
+        return f'the string "{v}"'
+    if isinstance(v, Dim):
+        return f"the size {v}"
+    if isinstance(v, (list, tuple)):
+        return f"a {'list' if isinstance(v, list) else 'tuple'} of {len(v)}"
+    if isinstance(v, BlockRef):
+        return f"the block {v.name}"
+    if isinstance(v, Instance):
+        return f"the block instance {v.path or v.name}"
+    if isinstance(v, (OpRef,)):
+        return f"the op {v.record.name}"
+    if isinstance(v, FnRef):
+        return f"the fn {v.defn.name}"
+    if isinstance(v, Absent):
+        return "an absent optional value"
+    if v is None:
+        return "none"
+    return type(v).__name__
+
+
+def count_of(n: int, noun: str) -> str:
+    """`1 argument`, `2 arguments`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
