@@ -12,15 +12,14 @@ import re
 
 import numpy as np
 import pytest
+from _cases import BINDINGS, SYMBOLIC, cases
+from _nativetest import check as check_cases
+from _tolerance import assert_agree
 
 import kiln
 from kiln.compiler.types import NUMPY_DTYPES
 
 RNG = np.random.default_rng(11)
-# (rtol, atol) per dtype, written once: f32 sums of a few hundred products differ from numpy's
-# in the last bits; a half result may round the other way once
-TOLERANCES = {"f32": (1e-5, 1e-5), "f16": (2e-3, 2e-3), "bf16": (2e-2, 2e-2),
-              "i32": (0, 0), "i64": (0, 0)}
 
 
 def both(src: str, **kw):
@@ -42,6 +41,11 @@ def source(inputs: dict[str, str], calls: list[str]) -> str:
     results = [f'cast({c}, "f32")' if _reads_bf16(inputs, c) else c for c in calls]
     return (f"model Ops {{\n  forward({', '.join(params)}) {{\n{''.join(casts)}"
             f"    return {', '.join(results)}\n  }}\n}}\n")
+
+
+def _op_of(call: str) -> str:
+    """The op a call of the test's table applies: its name, or matmul for `a @ b`."""
+    return "matmul" if "@" in call else call.split("(")[0]
 
 
 def _reads_bf16(inputs: dict[str, str], call: str) -> bool:
@@ -71,12 +75,8 @@ def check(inputs: dict[str, str], calls: list[str], runs=({"B": 1}, {"B": 3}), s
         got, want = native(*args), ref(*args)
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
         for call, g, w in zip(calls, got, want, strict=True):
-            dtype = "bf16" if _reads_bf16(inputs, call) else next(
-                k for k, v in NUMPY_DTYPES.items() if v == w.dtype)
-            rtol, atol = TOLERANCES[dtype]
-            assert g.dtype == w.dtype and g.shape == w.shape, call
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64),
-                                       rtol=rtol * scale, atol=atol * scale, err_msg=call)
+            dtype = "bf16" if _reads_bf16(inputs, call) else None
+            assert_agree(g, w, _op_of(call), call, dtype=dtype, scale=scale)
 
 
 # matmul -------------------------------------------------------------------------------------
@@ -344,14 +344,14 @@ def test_resize_nearest_and_bilinear():
           runs=({"B": 1, "H": 5, "W": 3}, {"B": 2, "H": 9, "W": 1}))
 
 
-# every lowered op is covered --------------------------------------------------------------
-def test_every_nn_and_linalg_op_has_a_native_lowering():
-    from kiln.compiler.ops import REGISTRY, linalg, nn
+# the op-case table -------------------------------------------------------------------------
+def test_table():
+    """tests/_cases.py's nn group as one-op nodes (weights as inputs, nothing prepacked)."""
+    check_cases(cases("native", "nn"))
 
-    for name, rec in REGISTRY.items():
-        family = rec.reference.__module__
-        if family in (nn.__name__, linalg.__name__) or name in ("dropout", "matmul"):
-            assert rec.llvm is not None, name
+
+def test_table_on_symbolic_sizes():
+    check_cases(cases("native", "nn", SYMBOLIC), BINDINGS)
 
 
 # ResNet-18 ----------------------------------------------------------------------------------
