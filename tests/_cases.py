@@ -213,13 +213,19 @@ for op in ("floor_div", "mod"):
 
 def random_divmod_inputs(n: int = 4000, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Random f32 dividends and divisors over many magnitudes and both signs, with exact
-    multiples and divisors that are integers: floor division and modulo on them must match
+    multiples, values next to multiples and divisors that are integers: floor division and
+    modulo on them must match
     numpy's bit for bit (its divmod rounds the quotient and corrects the step of floor)."""
     rng = np.random.default_rng(seed)
     a = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 6, n)).astype(np.float32)
     b = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3, n)).astype(np.float32)
     b[::17] = np.round(b[::17])  # exact multiples and the like
     a[::13] = b[::13] * np.round(rng.uniform(-9, 9, a[::13].size)).astype(np.float32)
+    # one ulp either side of a multiple: quotients just off an integer, where a floor of the
+    # rounded quotient without numpy's correction lands one off
+    near = b[5::11] * np.round(rng.uniform(-99, 99, b[5::11].size)).astype(np.float32)
+    a[5::11] = np.nextafter(near, np.where(rng.random(near.size) < 0.5, -np.inf, np.inf)
+                            ).astype(np.float32)
     return a, b
 for dtype in INTS:
     edges = np.array(INT_EDGES[dtype] + [7, -7], NP[dtype])
