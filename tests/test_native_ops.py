@@ -17,6 +17,7 @@ from _tolerance import assert_agree
 
 import kiln
 from kiln import KilnError
+from kiln.compiler.types import NUMPY_DTYPES as NP
 
 
 # the table, group by group ------------------------------------------------------------------
@@ -90,3 +91,51 @@ def test_indexing_and_sizes_written_in_kiln_agree_end_to_end():
         outputs = zip(MIX_OPS, native(x, ids), ref(x, ids), strict=True)
         for k, (op, g, w) in enumerate(outputs):
             assert_agree(g, w, op, f"output {k} at B={b}, T={t}")
+
+
+# fused half-precision chains -------------------------------------------------------------------
+HALF_CHAIN = """
+model Chain {{
+  forward(x: f32[N], y: f32[N]) -> f32[N] {{
+    a = cast(x, "{dtype}")
+    b = cast(y, "{dtype}")
+    return cast((a * b + a) / (b + 3.0) - a * b * 0.1, "f32")
+  }}
+}}
+"""
+
+
+def half_chain(x: np.ndarray, y: np.ndarray, dtype: str, rounded: bool) -> np.ndarray:
+    """HALF_CHAIN in numpy, in f32, each op's result rounded to `dtype` (as numpy's half
+    arithmetic and separate kernels store it) or, rounded=False, only the last."""
+    half = NP[dtype]
+
+    def r(v):
+        return v.astype(half).astype(np.float32) if rounded else v
+
+    a, b = x.astype(half).astype(np.float32), y.astype(half).astype(np.float32)
+    tenth = np.float32(np.array(0.1).astype(half))  # Python scalars take the tensor's dtype
+    ab = r(a * b)
+    out = r(r(r(ab + a) / r(b + np.float32(3.0))) - r(ab * tenth))
+    return out.astype(half).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_fused_half_chains_round_between_ops_as_separate_kernels(dtype):
+    """One fused kernel computes the chain in f32 registers; it must round every intermediate
+    to the half dtype as separate kernels (and numpy's half arithmetic) would: each op here is
+    exact in f32 before that rounding, so the result is bit for bit numpy's. Without the
+    rounding (or with mul and add contracted into one FMA) about a third of the values land
+    one or more half ulps away, which no tolerance should hide."""
+    native = kiln.compile(HALF_CHAIN.format(dtype=dtype), target="native")
+    graph = native.lowered().graph
+    fused = [graph.node(n)["attrs"]["ops"] for n in graph.order() if graph.op(n) == "fused"]
+    assert any({"mul", "add", "div", "sub"} <= set(ops) for ops in fused), fused
+    rng = np.random.default_rng(5)
+    x, y = (rng.uniform(low, 4, 4099).astype(NP[dtype]).astype(np.float32) for low in (-4, -2.5))
+    want = half_chain(x, y, dtype, rounded=True)
+    unrounded = half_chain(x, y, dtype, rounded=False)
+    assert (want != unrounded).mean() > 0.1  # the inputs tell the two apart
+    np.testing.assert_array_equal(kiln.compile(HALF_CHAIN.format(dtype=dtype),
+                                               target="reference", opt_level=0)(x, y), want)
+    assert_agree(native(x, y), want, "sub", f"fused {dtype} chain", exact=True)
