@@ -325,6 +325,43 @@ def test_normalization_and_dropout():
            "batch_norm(h, hm, varh)", "layer_norm(h, [10], hw, hw)", "dropout(x, p = 0.3)"])
 
 
+BN_FOLDED = """
+import std.nn
+model Folded {
+  conv = nn.Conv2d(3, 4, 3, padding = 1)
+  bn = nn.BatchNorm2d(4, eps = 1e-3)
+  deconv = nn.ConvTranspose2d(3, 4, 2, stride = 2, groups = 1)
+  bn_t = nn.BatchNorm2d(4, eps = 1e-3)
+  fc = nn.Linear(6, 5, bias = false)
+  bn_1d = nn.BatchNorm1d(5, eps = 1e-3)
+  forward(x: f32[B, 3, 6, 6], v: f32[B, 6]) { return bn(conv(x)), bn_t(deconv(x)), bn_1d(fc(v)) }
+}
+"""
+
+
+def test_batch_norm_folded_into_its_layer_keeps_eps():
+    """-O1 folds each BatchNorm into the layer before it (s = gamma / sqrt(var + eps)); with
+    running variances of the order of eps, a dropped or misplaced eps changes the outputs by
+    tens of percent. Against the unoptimized reference, where batch_norm runs as itself."""
+    native = kiln.compile(BN_FOLDED, target="native")
+    ref = kiln.compile(BN_FOLDED, target="reference", opt_level=0)
+    assert not any(native.lowered().graph.op(n) == "batch_norm"
+                   for n in native.lowered().graph.order())
+    weights = {}
+    for path, value in native.params.items():
+        if path.endswith("running_var"):  # 1e-3 .. 1e-2, beside eps = 1e-3
+            weights[path] = RNG.uniform(1e-3, 1e-2, value.shape).astype(np.float32)
+        elif value.dtype == np.float32:
+            weights[path] = RNG.uniform(-1, 1, value.shape).astype(np.float32)
+    native.load_weights(weights, strict=False)
+    ref.load_weights(weights, strict=False)
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    v = RNG.standard_normal((2, 6)).astype(np.float32)
+    for op, got, want in zip(("conv", "conv_transpose", "matmul"), native(x, v), ref(x, v),
+                             strict=True):
+        assert_agree(got, want, op, f"{op} with a folded batch norm")
+
+
 # resize -------------------------------------------------------------------------------------
 def test_resize_nearest_and_bilinear():
     check({"x": "f32[B, 2, 5, 7]", "y": "f32[B, 3, 6]", "s": "f32[B, 2, H, W]",

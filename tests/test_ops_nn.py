@@ -317,12 +317,16 @@ def test_layer_norm_against_statistics():
 
 
 def test_batch_norm_by_hand():
+    """Running variances as small as eps: a dropped eps, or one added outside the square
+    root, moves every output by far more than the tolerance."""
     x = rand(2, 3, 2, 2)
-    mean, var = np.array([0.5, -1, 0], np.float32), np.array([1, 4, 0.25], np.float32)
+    mean, var = np.array([0.5, -1, 0], np.float32), np.array([1e-3, 4e-3, 1e-2], np.float32)
     w, b = np.array([1, 2, 3], np.float32), np.array([0, 1, -1], np.float32)
-    out = run("batch_norm", x, mean, var, w, b, eps=0.0)
-    for c in range(3):
-        assert_close("batch_norm", out[:, c], (x[:, c] - mean[c]) / np.sqrt(var[c]) * w[c] + b[c])
+    for eps in (1e-3, 0.0, 1e-5):
+        out = run("batch_norm", x, mean, var, w, b, eps=eps)
+        for c in range(3):
+            expected = (x[:, c].astype(np.float64) - mean[c]) / np.sqrt(var[c] + eps) * w[c] + b[c]
+            assert_close("batch_norm", out[:, c], expected)
     assert run("batch_norm", rand(4, 3), mean, var).shape == (4, 3)
 
 
