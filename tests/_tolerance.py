@@ -3,10 +3,14 @@
 An op's float results are compared in one of three classes, chosen by the op (`op_class`):
 
 - exact: the code computes these without rounding, or rounds once in a way every target
-  shares: integer and bool results, data movement and indexing, comparisons, maximum and
-  minimum, abs, neg, floor, ceil, sign, clip, where, floor division and modulo on floats (numpy's
-  divmod: an exact fmod, then an exact correction), creation. Compared bit for bit: NaN at the
-  same places and, except where numpy itself leaves it open, the same sign of zero.
+  shares: integer and bool results, data movement and indexing, scatter (its sums in index
+  order), comparisons, maximum and minimum, abs, neg, floor, ceil, sign, clip, where, cast,
+  floor division and modulo on floats (numpy's divmod: an exact fmod, then an exact
+  correction), creation; and add, sub, mul and div, which IEEE arithmetic rounds correctly
+  (in f32 for halves, then once to the half, as numpy). Compared bit for bit: NaN at the same
+  places and, except where numpy itself leaves it open, the same sign of zero. Against an
+  oracle computed in f64 (test_ops_*.py), add, sub, mul and div are "rounded": the oracle's
+  result is not rounded to the dtype.
 - rounded: one float result per element from a formula each target evaluates with its own math
   library (numpy's, the native backend's, onnxruntime's), in f32 for f32 and half inputs and in
   f64 for f64, rounded once to the result's dtype.
@@ -45,14 +49,17 @@ MOVEMENT = {"reshape", "flatten", "transpose", "permute", "flip", "squeeze", "un
             "broadcast_to", "tile", "tril", "triu", "pad", "slice", "concat", "stack", "split",
             "gather", "take_along_axis", "dropout"}
 CREATION = {"arange", "zeros", "ones", "full", "one_hot", "dim_value"}
+CORRECTLY_ROUNDED = {"add", "sub", "mul", "div"}
 COMPARISONS = {"equal", "not_equal", "less", "greater", "less_equal", "greater_equal",
                "logical_and", "logical_or", "logical_not"}
 EXACT = (MOVEMENT | CREATION | COMPARISONS
          | {"neg", "abs", "relu", "floor", "ceil", "sign", "clip", "where", "maximum", "minimum",
-            "floor_div", "mod", "max", "min", "argmax", "argmin", "max_pool"})
+            "floor_div", "mod", "max", "min", "argmax", "argmin", "max_pool", "cast", "scatter",
+            "scatter_add"}
+         | CORRECTLY_ROUNDED)
 ACCUMULATED = {"sum", "mean", "prod", "logsumexp", "softmax", "log_softmax", "matmul", "conv",
                "conv_transpose", "layer_norm", "batch_norm", "group_norm", "instance_norm",
-               "avg_pool", "global_avg_pool", "resize", "scatter", "scatter_add"}
+               "avg_pool", "global_avg_pool", "resize"}
 # numpy leaves the sign of a zero result open here (maximum(0.0, -0.0) is whichever operand
 # its SIMD loop returns), so an exact comparison checks values only
 ZERO_SIGN_OPEN = {"maximum", "minimum", "max", "min", "max_pool"}
@@ -60,21 +67,22 @@ ZERO_SIGN_OPEN = {"maximum", "minimum", "max", "min", "max_pool"}
 # from fmod, whose zero takes the dividend's sign (numpy's the divisor's), and onnxruntime's
 # Relu keeps -0.0; their values agree bit for bit
 ZERO_SIGN_OPEN_ON = {"onnx": {"floor_div", "mod", "relu"}, "native": set()}
-HALF_OR_FLOAT = ("f64", "f32", "f16", "bf16")
+FLOAT_DTYPES = ("f64", "f32", "f16", "bf16")
 
 
-def op_class(op: str) -> str:
-    """The class of an op's float results: "exact", "rounded" or "accumulated"."""
-    if op in EXACT:
+def op_class(op: str, oracle: bool = False) -> str:
+    """The class of an op's float results: "exact", "rounded" or "accumulated"; against an
+    unrounded `oracle` (f64 math), correctly rounded arithmetic is "rounded"."""
+    if op in EXACT and not (oracle and op in CORRECTLY_ROUNDED):
         return "exact"
     return "accumulated" if op in ACCUMULATED else "rounded"
 
 
-def tolerance(op: str, dtype: str) -> tuple[float, float]:
+def tolerance(op: str, dtype: str, oracle: bool = False) -> tuple[float, float]:
     """(rtol, atol) for a result of `op` in `dtype` (integers and bools: exact)."""
-    if dtype not in HALF_OR_FLOAT:
+    if dtype not in FLOAT_DTYPES:
         return 0.0, 0.0
-    return TOLERANCES[op_class(op)][dtype]
+    return TOLERANCES[op_class(op, oracle)][dtype]
 
 
 def assert_agree(got, want, op: str, what: str = "", *, dtype: str | None = None,
@@ -90,11 +98,11 @@ def assert_agree(got, want, op: str, what: str = "", *, dtype: str | None = None
         assert got.dtype == want.dtype and got.shape == want.shape, (
             what, got.dtype, got.shape, want.dtype, want.shape)
     dtype = dtype or dtype_of_numpy(want.dtype)
-    if dtype not in HALF_OR_FLOAT:  # as they are: i64 beyond 2**53 has no f64
+    if dtype not in FLOAT_DTYPES:  # as they are: i64 beyond 2**53 has no f64
         np.testing.assert_array_equal(got, want, err_msg=what)
         return
     g, w = got.astype(np.float64), want.astype(np.float64)
-    if exact if exact is not None else op_class(op) == "exact":
+    if exact if exact is not None else op_class(op, oracle=not same_type) == "exact":
         np.testing.assert_array_equal(g, w, err_msg=what)
         # a NaN's sign bit is no part of its value; an oracle of Python ints has no -0
         if same_type and op not in ZERO_SIGN_OPEN | ZERO_SIGN_OPEN_ON[target]:
@@ -102,5 +110,5 @@ def assert_agree(got, want, op: str, what: str = "", *, dtype: str | None = None
             np.testing.assert_array_equal(np.signbit(g[number]), np.signbit(w[number]),
                                           err_msg=what + ": signs")
         return
-    rtol, atol = tolerance(op, dtype)
+    rtol, atol = tolerance(op, dtype, oracle=not same_type)
     np.testing.assert_allclose(g, w, rtol=rtol * scale, atol=atol * scale, err_msg=what)
