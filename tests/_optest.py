@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _tolerance import assert_agree
 
 from kiln.compiler.dims import Dim
 from kiln.compiler.ops import REGISTRY, REQUIRED, OpError
 from kiln.compiler.types import NUMPY_DTYPES, TensorType, dtype_of_numpy
-
-# per-dtype tolerances (rtol, atol), written once for every op test
-TOLERANCES = {
-    "f64": (1e-12, 1e-12),
-    "f32": (1e-5, 1e-6),
-    "f16": (5e-3, 5e-3),
-    "bf16": (3e-2, 3e-2),
-}
 
 
 class RefEnv:
@@ -94,12 +87,12 @@ def run(op: str, *args, env: dict[str, int] | None = None, types=None, **kwargs)
     return outs[0] if len(outs) == 1 else outs
 
 
-def assert_close(actual, expected, dtype: str | None = None):
-    """Compare with the tolerance of `dtype` (default: the actual array's dtype)."""
-    dtype = dtype or dtype_of_numpy(np.asarray(actual).dtype)
-    rtol, atol = TOLERANCES.get(dtype, (0, 0))
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
-                               np.asarray(expected, dtype=np.float64), rtol=rtol, atol=atol)
+def assert_close(op: str, actual, expected, dtype: str | None = None) -> None:
+    """`actual` (op's result) agrees with an oracle's `expected` (any dtype, e.g. f64) within
+    tests/_tolerance.py's tolerance for `op` in `dtype` (default: the actual array's)."""
+    actual = np.asarray(actual)
+    assert_agree(actual, np.asarray(expected), op, dtype=dtype or dtype_of_numpy(actual.dtype),
+                 same_type=False)
 
 
 def raises(code: str, op: str, *args, arg: str | None = None, match: str | None = None,

@@ -12,15 +12,14 @@ import re
 
 import numpy as np
 import pytest
+from _cases import BINDINGS, SYMBOLIC, cases
+from _nativetest import check as check_cases
+from _tolerance import assert_agree
 
 import kiln
 from kiln.compiler.types import NUMPY_DTYPES
 
 RNG = np.random.default_rng(11)
-# (rtol, atol) per dtype, written once: f32 sums of a few hundred products differ from numpy's
-# in the last bits; a half result may round the other way once
-TOLERANCES = {"f32": (1e-5, 1e-5), "f16": (2e-3, 2e-3), "bf16": (2e-2, 2e-2),
-              "i32": (0, 0), "i64": (0, 0)}
 
 
 def both(src: str, **kw):
@@ -42,6 +41,11 @@ def source(inputs: dict[str, str], calls: list[str]) -> str:
     results = [f'cast({c}, "f32")' if _reads_bf16(inputs, c) else c for c in calls]
     return (f"model Ops {{\n  forward({', '.join(params)}) {{\n{''.join(casts)}"
             f"    return {', '.join(results)}\n  }}\n}}\n")
+
+
+def _op_of(call: str) -> str:
+    """The op a call of the test's table applies: its name, or matmul for `a @ b`."""
+    return "matmul" if "@" in call else call.split("(")[0]
 
 
 def _reads_bf16(inputs: dict[str, str], call: str) -> bool:
@@ -71,12 +75,8 @@ def check(inputs: dict[str, str], calls: list[str], runs=({"B": 1}, {"B": 3}), s
         got, want = native(*args), ref(*args)
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
         for call, g, w in zip(calls, got, want, strict=True):
-            dtype = "bf16" if _reads_bf16(inputs, call) else next(
-                k for k, v in NUMPY_DTYPES.items() if v == w.dtype)
-            rtol, atol = TOLERANCES[dtype]
-            assert g.dtype == w.dtype and g.shape == w.shape, call
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64),
-                                       rtol=rtol * scale, atol=atol * scale, err_msg=call)
+            dtype = "bf16" if _reads_bf16(inputs, call) else None
+            assert_agree(g, w, _op_of(call), call, dtype=dtype, scale=scale)
 
 
 # matmul -------------------------------------------------------------------------------------
@@ -325,6 +325,43 @@ def test_normalization_and_dropout():
            "batch_norm(h, hm, varh)", "layer_norm(h, [10], hw, hw)", "dropout(x, p = 0.3)"])
 
 
+BN_FOLDED = """
+import std.nn
+model Folded {
+  conv = nn.Conv2d(3, 4, 3, padding = 1)
+  bn = nn.BatchNorm2d(4, eps = 1e-3)
+  deconv = nn.ConvTranspose2d(3, 4, 2, stride = 2, groups = 1)
+  bn_t = nn.BatchNorm2d(4, eps = 1e-3)
+  fc = nn.Linear(6, 5, bias = false)
+  bn_1d = nn.BatchNorm1d(5, eps = 1e-3)
+  forward(x: f32[B, 3, 6, 6], v: f32[B, 6]) { return bn(conv(x)), bn_t(deconv(x)), bn_1d(fc(v)) }
+}
+"""
+
+
+def test_batch_norm_folded_into_its_layer_keeps_eps():
+    """-O1 folds each BatchNorm into the layer before it (s = gamma / sqrt(var + eps)); with
+    running variances of the order of eps, a dropped or misplaced eps changes the outputs by
+    tens of percent. Against the unoptimized reference, where batch_norm runs as itself."""
+    native = kiln.compile(BN_FOLDED, target="native")
+    ref = kiln.compile(BN_FOLDED, target="reference", opt_level=0)
+    assert not any(native.lowered().graph.op(n) == "batch_norm"
+                   for n in native.lowered().graph.order())
+    weights = {}
+    for path, value in native.params.items():
+        if path.endswith("running_var"):  # 1e-3 .. 1e-2, beside eps = 1e-3
+            weights[path] = RNG.uniform(1e-3, 1e-2, value.shape).astype(np.float32)
+        elif value.dtype == np.float32:
+            weights[path] = RNG.uniform(-1, 1, value.shape).astype(np.float32)
+    native.load_weights(weights, strict=False)
+    ref.load_weights(weights, strict=False)
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    v = RNG.standard_normal((2, 6)).astype(np.float32)
+    for op, got, want in zip(("conv", "conv_transpose", "matmul"), native(x, v), ref(x, v),
+                             strict=True):
+        assert_agree(got, want, op, f"{op} with a folded batch norm")
+
+
 # resize -------------------------------------------------------------------------------------
 def test_resize_nearest_and_bilinear():
     check({"x": "f32[B, 2, 5, 7]", "y": "f32[B, 3, 6]", "s": "f32[B, 2, H, W]",
@@ -344,14 +381,14 @@ def test_resize_nearest_and_bilinear():
           runs=({"B": 1, "H": 5, "W": 3}, {"B": 2, "H": 9, "W": 1}))
 
 
-# every lowered op is covered --------------------------------------------------------------
-def test_every_nn_and_linalg_op_has_a_native_lowering():
-    from kiln.compiler.ops import REGISTRY, linalg, nn
+# the op-case table -------------------------------------------------------------------------
+def test_table():
+    """tests/_cases.py's nn group as one-op nodes (weights as inputs, nothing prepacked)."""
+    check_cases(cases("native", "nn"))
 
-    for name, rec in REGISTRY.items():
-        family = rec.reference.__module__
-        if family in (nn.__name__, linalg.__name__) or name in ("dropout", "matmul"):
-            assert rec.llvm is not None, name
+
+def test_table_on_symbolic_sizes():
+    check_cases(cases("native", "nn", SYMBOLIC), BINDINGS)
 
 
 # ResNet-18 ----------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""Elementwise ops against scalar math written independently (Python's math module, operators)."""
+"""Elementwise ops against scalar math written independently (Python's math module, operators):
+the definitions in tests/_cases.py's UNARY, BINARY and COMPARE tables."""
 
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 import pytest
+from _cases import BINARY, COMPARE, UNARY, scalar_sigmoid
 from _optest import T, assert_close, infer1, raises, rand, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,43 +24,6 @@ def scalar(fn):
     return np.vectorize(lambda v: float(fn(float(v))), otypes=[np.float64])
 
 
-def _sigmoid(v):
-    return 1 / (1 + math.exp(-v))
-
-
-def _hard_sigmoid(v):
-    return min(max(v / 6 + 0.5, 0.0), 1.0)
-
-
-# op -> (scalar definition, attrs, input range)
-UNARY = {
-    "neg": (lambda v: -v, {}, (-3, 3)),
-    "abs": (abs, {}, (-3, 3)),
-    "exp": (math.exp, {}, (-3, 3)),
-    "log": (math.log, {}, (0.1, 5)),
-    "sqrt": (math.sqrt, {}, (0, 5)),
-    "rsqrt": (lambda v: 1 / math.sqrt(v), {}, (0.1, 5)),
-    "sin": (math.sin, {}, (-3, 3)),
-    "cos": (math.cos, {}, (-3, 3)),
-    "tanh": (math.tanh, {}, (-3, 3)),
-    "sigmoid": (_sigmoid, {}, (-8, 8)),
-    "relu": (lambda v: max(v, 0.0), {}, (-3, 3)),
-    "leaky_relu": (lambda v: v if v >= 0 else 0.2 * v, {"negative_slope": 0.2}, (-3, 3)),
-    "elu": (lambda v: v if v > 0 else 1.5 * (math.exp(v) - 1), {"alpha": 1.5}, (-3, 3)),
-    "gelu": (lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))), {}, (-4, 4)),
-    "silu": (lambda v: v * _sigmoid(v), {}, (-6, 6)),
-    "softplus": (lambda v: math.log1p(math.exp(2 * v)) / 2, {"beta": 2.0}, (-4, 4)),
-    "erf": (math.erf, {}, (-4, 4)),
-    "floor": (math.floor, {}, (-3, 3)),
-    "ceil": (math.ceil, {}, (-3, 3)),
-    "sign": (lambda v: (v > 0) - (v < 0), {}, (-3, 3)),
-    "reciprocal": (lambda v: 1 / v, {}, (0.5, 4)),
-    "clip": (lambda v: min(max(v, -1.0), 0.5), {"min": -1.0, "max": 0.5}, (-3, 3)),
-    "hard_sigmoid": (_hard_sigmoid, {}, (-5, 5)),
-    "hard_swish": (lambda v: v * _hard_sigmoid(v), {}, (-5, 5)),
-}
-
-
 @pytest.mark.parametrize("op", sorted(UNARY))
 @SETTINGS
 @given(shape=st.lists(SIZES, max_size=3), dtype=FLOAT_DTYPES, seed=st.integers(0, 2**16))
@@ -67,14 +31,14 @@ def test_unary_matches_scalar_math(op, shape, dtype, seed):
     fn, attrs, (low, high) = UNARY[op]
     x = rand(*shape, dtype=dtype, seed=seed, low=low, high=high)
     out = run(op, x, **attrs)
-    assert_close(out, scalar(fn)(x.astype(np.float64)), dtype)
+    assert_close(op, out, scalar(fn)(x.astype(np.float64)), dtype)
 
 
 def test_gelu_tanh_approximation_by_hand():
     x = np.array([-2.0, -0.5, 0.0, 1.0, 3.0], np.float32)
     c = math.sqrt(2 / math.pi)
     expected = [0.5 * v * (1 + math.tanh(c * (v + 0.044715 * v**3))) for v in x.tolist()]
-    assert_close(run("gelu", x, approximate="tanh"), expected)
+    assert_close("gelu", run("gelu", x, approximate="tanh"), expected)
 
 
 def test_erf_is_accurate_across_its_range():
@@ -87,7 +51,7 @@ def test_erf_is_accurate_across_its_range():
 def test_stable_at_extremes():
     x = np.array([-1000.0, -60.0, 0.0, 60.0, 1000.0], np.float32)
     sig, soft, elu = (run(op, x) for op in ("sigmoid", "softplus", "elu"))
-    assert_close(sig, [0, _sigmoid(-60.0), 0.5, 1, 1])
+    assert_close("sigmoid", sig, [0, scalar_sigmoid(-60.0), 0.5, 1, 1])
     np.testing.assert_allclose(soft, [0, math.exp(-60), math.log(2), 60, 1000], rtol=1e-6)
     np.testing.assert_array_equal(elu, [-1, -1, 0, 60, 1000])
 
@@ -118,17 +82,6 @@ def broadcast_pair(draw):
     return (a, b) if draw(st.booleans()) else (b, a)
 
 
-BINARY = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "floor_div": operator.floordiv, "mod": operator.mod, "pow": operator.pow,
-    "maximum": max, "minimum": min,
-}
-COMPARE = {
-    "equal": operator.eq, "not_equal": operator.ne, "less": operator.lt,
-    "greater": operator.gt, "less_equal": operator.le, "greater_equal": operator.ge,
-}
-
-
 def _oracle(fn, a, b, otype):
     a, b = np.broadcast_arrays(a, b)
     return np.vectorize(fn, otypes=[otype])(a, b)
@@ -144,7 +97,7 @@ def test_binary_float_matches_python(op, shapes, dtype, seed):
     if op in ("floor_div", "mod"):  # away from the discontinuities of floor
         a = (np.round(a.astype(np.float32) * 4) / 4 + 0.125).astype(a.dtype)
     expected = _oracle(BINARY[op], a.astype(np.float64), b.astype(np.float64), np.float64)
-    assert_close(run(op, a, b), expected, dtype)
+    assert_close(op, run(op, a, b), expected, dtype)
 
 
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "floor_div", "mod", "maximum", "minimum"])
@@ -194,7 +147,7 @@ def test_half_precision_computes_in_f32():
     assert run("sigmoid", x).dtype == np.float16
     big = np.array([300.0], NUMPY_DTYPES["bf16"])
     assert run("mul", big, big).dtype == NUMPY_DTYPES["bf16"]
-    assert_close(run("mul", big, big), [90000.0], "bf16")
+    assert_close("mul", run("mul", big, big), [90000.0], "bf16")
 
 
 # symbolic shapes and errors ---------------------------------------------------------------

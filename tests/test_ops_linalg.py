@@ -52,7 +52,7 @@ def matmul_shapes(draw):
        seed=st.integers(0, 2**16))
 def test_matmul_matches_loop(shapes, dtype, seed):
     a, b = rand(*shapes[0], dtype=dtype, seed=seed), rand(*shapes[1], dtype=dtype, seed=seed + 1)
-    assert_close(run("matmul", a, b), matmul_loop(a, b), dtype)
+    assert_close("matmul", run("matmul", a, b), matmul_loop(a, b), dtype)
 
 
 def test_integer_matmul():

@@ -11,6 +11,7 @@ import statistics
 
 import numpy as np
 import pytest
+from _cases import CONV_CASES, CONV_T_CASES, HALF_CASES, POOL_CASES
 from _optest import T, assert_close, infer1, raises, rand, run
 
 from kiln.compiler.dims import Dim
@@ -86,17 +87,6 @@ def pool2d_loop(x, k, s, p, d, ceil_mode, kind, count_include_pad=True):
 
 
 # convolution ------------------------------------------------------------------------------
-CONV_CASES = [
-    # x shape, weight shape, stride, padding, dilation, groups
-    ((1, 3, 7, 6), (4, 3, 3, 3), 1, 0, 1, 1),
-    ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 2), 1, 2),
-    ((1, 4, 8, 7), (4, 1, 3, 3), 2, 1, (2, 1), 4),
-    ((2, 3, 5, 5), (2, 3, 1, 1), 3, 0, 1, 1),
-    ((1, 2, 6, 7), (3, 2, 4, 3), 1, "same", (1, 2), 1),
-    ((1, 2, 6, 7), (3, 2, 4, 3), 1, "valid", 1, 1),
-]
-
-
 def pair(v):
     return (v, v) if isinstance(v, int) else v
 
@@ -120,7 +110,7 @@ def test_conv2d_against_loop(case):
     out = run("conv", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
     expected = conv2d_loop(x, w, b, pair(stride), _pads_for(padding, ws[2:], dilation),
                            pair(dilation), groups)
-    assert_close(out, expected)
+    assert_close("conv", out, expected)
     if padding == "same":
         assert out.shape[2:] == xs[2:]
 
@@ -129,23 +119,17 @@ def test_conv1d_against_loop():
     x, w = rand(2, 4, 11, seed=4), rand(6, 2, 3, seed=5)
     out = run("conv", x, w, stride=2, padding=2, dilation=2, groups=2)
     expected = conv2d_loop(x[:, :, None], w[:, :, None], None, (1, 2), (0, 0, 2, 2), (1, 2), 2)
-    assert_close(out, expected[:, :, 0])
+    assert_close("conv", out, expected[:, :, 0])
 
 
 def test_conv_half_precision():
     x, w = rand(1, 2, 5, 5, dtype="f16"), rand(3, 2, 3, 3, dtype="f16", seed=7)
     out = run("conv", x, w, padding=1)
     expected = conv2d_loop(x, w.astype(np.float64), None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    assert_close(out, expected, "f16")
+    assert_close("conv", out, expected, "f16")
 
 
-@pytest.mark.parametrize("case", [
-    # x shape, weight shape, stride, padding, output_padding, dilation, groups
-    ((1, 2, 3, 4), (2, 3, 3, 3), 2, 1, 1, 1, 1),
-    ((2, 4, 3, 3), (4, 1, 2, 3), (2, 3), (0, 1), (1, 2), 1, 2),
-    ((1, 2, 4, 3), (2, 2, 3, 2), 1, 0, 0, (2, 1), 1),
-    ((1, 1, 2, 2), (1, 1, 4, 4), 2, 1, 0, 1, 1),
-])
+@pytest.mark.parametrize("case", CONV_T_CASES)
 def test_conv_transpose2d_against_scatter_loop(case):
     xs, ws, stride, padding, output_padding, dilation, groups = case
     x, w, b = rand(*xs, seed=1), rand(*ws, seed=2), rand(ws[1] * groups, seed=3)
@@ -153,7 +137,7 @@ def test_conv_transpose2d_against_scatter_loop(case):
               output_padding=output_padding, dilation=dilation, groups=groups)
     expected = conv_transpose2d_loop(x, w, pair(stride), pair(padding), pair(output_padding),
                                      pair(dilation), groups)
-    assert_close(out, expected + b.reshape(1, -1, 1, 1))
+    assert_close("conv_transpose", out, expected + b.reshape(1, -1, 1, 1))
 
 
 def test_conv_transpose1d():
@@ -161,7 +145,7 @@ def test_conv_transpose1d():
     out = run("conv_transpose", x, w, stride=2, padding=1, output_padding=1)
     expected = conv_transpose2d_loop(x[:, :, None], w[:, :, None], (1, 2), (0, 1), (0, 1),
                                      (1, 1), 1)
-    assert_close(out, expected[:, :, 0])
+    assert_close("conv_transpose", out, expected[:, :, 0])
 
 
 def test_conv_symbolic_output_sizes_and_macs():
@@ -208,24 +192,13 @@ def test_conv_errors():
 
 
 # pooling ----------------------------------------------------------------------------------
-POOL_CASES = [
-    # kernel, stride, padding, dilation, ceil_mode
-    ((2, 2), None, (0, 0), (1, 1), False),
-    ((3, 3), (2, 2), (1, 1), (1, 1), False),
-    ((3, 2), (2, 1), (1, 0), (1, 1), True),
-    ((2, 2), (3, 3), (1, 1), (1, 1), True),
-    ((3, 3), (2, 2), (1, 0), (2, 1), True),
-    ((1, 1), (2, 2), (0, 0), (1, 1), True),
-]
-
-
 @pytest.mark.parametrize("case", POOL_CASES)
 @pytest.mark.parametrize("shape", [(1, 2, 7, 6), (2, 1, 8, 9)])
 def test_max_pool_against_loop(case, shape):
     k, s, p, d, ceil_mode = case
     x = rand(*shape, seed=11)
     out = run("max_pool", x, kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
-    assert_close(out, pool2d_loop(x, k, s or k, p, d, ceil_mode, "max"))
+    assert_close("max_pool", out, pool2d_loop(x, k, s or k, p, d, ceil_mode, "max"))
 
 
 @pytest.mark.parametrize("case", [c for c in POOL_CASES if c[3] == (1, 1)])
@@ -235,7 +208,7 @@ def test_avg_pool_against_loop(case, count_include_pad):
     x = rand(2, 3, 7, 8, seed=12)
     out = run("avg_pool", x, kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
               count_include_pad=count_include_pad)
-    assert_close(out, pool2d_loop(x, k, s or k, p, (1, 1), ceil_mode, "avg", count_include_pad))
+    assert_close("avg_pool", out, pool2d_loop(x, k, s or k, p, (1, 1), ceil_mode, "avg", count_include_pad))
 
 
 def test_pool1d_and_integer_max_pool():
@@ -270,7 +243,7 @@ def test_global_avg_pool():
     x = rand(2, 3, 4, 5, dtype="bf16")
     expected = [[statistics.fmean(x[n, c].astype(np.float64).ravel()) for c in range(3)]
                 for n in range(2)]
-    assert_close(run("global_avg_pool", x)[:, :, 0, 0], expected, "bf16")
+    assert_close("global_avg_pool", run("global_avg_pool", x)[:, :, 0, 0], expected, "bf16")
 
 
 def test_pool_errors():
@@ -289,12 +262,12 @@ X22 = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
 def test_bilinear_2x2_to_4x4_like_pytorch():
     expected = [[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
                 [3.0, 3.25, 3.75, 4.0]]
-    assert_close(run("resize", X22, size=4, mode="bilinear")[0, 0], expected)
-    assert_close(run("resize", X22, scale_factor=2.0, mode="bilinear")[0, 0], expected)
+    assert_close("resize", run("resize", X22, size=4, mode="bilinear")[0, 0], expected)
+    assert_close("resize", run("resize", X22, scale_factor=2.0, mode="bilinear")[0, 0], expected)
     third = 1 / 3
     corners = [[1, 1 + third, 1 + 2 * third, 2], [1 + 2 * third, 2, 2 + third, 2 + 2 * third],
                [2 + third, 2 + 2 * third, 3, 3 + third], [3, 3 + third, 3 + 2 * third, 4]]
-    assert_close(run("resize", X22, size=[4, 4], mode="bilinear", align_corners=True)[0, 0],
+    assert_close("resize", run("resize", X22, size=[4, 4], mode="bilinear", align_corners=True)[0, 0],
                  corners)
 
 
@@ -312,7 +285,7 @@ def test_nearest_is_legacy_floor():
 def test_bilinear_downsample_and_half():
     x = np.arange(16, dtype=np.float16).reshape(1, 1, 4, 4)
     out = run("resize", x, size=[2, 2], mode="bilinear")
-    assert_close(out[0, 0], [[2.5, 4.5], [10.5, 12.5]], "f16")
+    assert_close("resize", out[0, 0], [[2.5, 4.5], [10.5, 12.5]], "f16")
 
 
 def test_resize_symbolic_and_errors():
@@ -338,18 +311,22 @@ def test_layer_norm_against_statistics():
     out = run("layer_norm", x, [3, 4], w, b, eps=1e-3)
     for n in range(2):
         rows = np.array(_normalized(x[n].astype(np.float64).ravel().tolist(), 1e-3))
-        assert_close(out[n], rows.reshape(3, 4) * w + b)
+        assert_close("layer_norm", out[n], rows.reshape(3, 4) * w + b)
     plain = run("layer_norm", x, 4)
-    assert_close(plain[1, 2], _normalized(x[1, 2].astype(np.float64).tolist(), 1e-5))
+    assert_close("layer_norm", plain[1, 2], _normalized(x[1, 2].astype(np.float64).tolist(), 1e-5))
 
 
 def test_batch_norm_by_hand():
+    """Running variances as small as eps: a dropped eps, or one added outside the square
+    root, moves every output by far more than the tolerance."""
     x = rand(2, 3, 2, 2)
-    mean, var = np.array([0.5, -1, 0], np.float32), np.array([1, 4, 0.25], np.float32)
+    mean, var = np.array([0.5, -1, 0], np.float32), np.array([1e-3, 4e-3, 1e-2], np.float32)
     w, b = np.array([1, 2, 3], np.float32), np.array([0, 1, -1], np.float32)
-    out = run("batch_norm", x, mean, var, w, b, eps=0.0)
-    for c in range(3):
-        assert_close(out[:, c], (x[:, c] - mean[c]) / np.sqrt(var[c]) * w[c] + b[c])
+    for eps in (1e-3, 0.0, 1e-5):
+        out = run("batch_norm", x, mean, var, w, b, eps=eps)
+        for c in range(3):
+            expected = (x[:, c].astype(np.float64) - mean[c]) / np.sqrt(var[c] + eps) * w[c] + b[c]
+            assert_close("batch_norm", out[:, c], expected)
     assert run("batch_norm", rand(4, 3), mean, var).shape == (4, 3)
 
 
@@ -361,10 +338,10 @@ def test_group_and_instance_norm_against_statistics():
     for n, g in itertools.product(range(2), range(3)):
         block = x[n, 2 * g:2 * g + 2].astype(np.float64)
         expected = np.array(_normalized(block.ravel().tolist(), 1e-5)).reshape(2, 3)
-        assert_close(out[n, 2 * g:2 * g + 2], expected * w[2 * g:2 * g + 2, None]
+        assert_close("group_norm", out[n, 2 * g:2 * g + 2], expected * w[2 * g:2 * g + 2, None]
                      + b[2 * g:2 * g + 2, None])
     for n, c in itertools.product(range(2), range(6)):
-        assert_close(inst[n, c, :, 0], _normalized(x[n, c].astype(np.float64).tolist(), 1e-5))
+        assert_close("instance_norm", inst[n, c, :, 0], _normalized(x[n, c].astype(np.float64).tolist(), 1e-5))
 
 
 def test_norm_symbolic_and_errors():
@@ -382,19 +359,6 @@ def test_norm_symbolic_and_errors():
     raises("K0301", "instance_norm", T([1, 6]), arg="x")
 
 
-HALF_CASES = [
-    ("conv", lambda x: (x, rand(4, 2, 3, 3, seed=5).astype(x.dtype), None), {"padding": 1}),
-    ("conv_transpose", lambda x: (x, rand(2, 3, 2, 2, seed=5).astype(x.dtype), None),
-     {"stride": 2}),
-    ("max_pool", lambda x: (x,), {"kernel_size": 3, "stride": 2, "padding": 1}),
-    ("avg_pool", lambda x: (x,), {"kernel_size": 2, "ceil_mode": True}),
-    ("resize", lambda x: (x,), {"size": 7, "mode": "bilinear"}),
-    ("layer_norm", lambda x: (x, 5), {}),
-    ("group_norm", lambda x: (x, 2), {}),
-    ("instance_norm", lambda x: (x,), {}),
-]
-
-
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("case", HALF_CASES, ids=[c[0] for c in HALF_CASES])
 def test_half_precision_agrees_with_f32(case, dtype):
@@ -405,4 +369,4 @@ def test_half_precision_agrees_with_f32(case, dtype):
     full = run(op, *(a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in make(x)),
                **attrs)
     assert half.dtype == x.dtype
-    assert_close(half, full, dtype)
+    assert_close(op, half, full, dtype)

@@ -1,35 +1,26 @@
-"""The registry as a whole: every op has a one-line docstring, a coherent signature and tests."""
+"""The registry as a whole: every op has a one-line docstring, a coherent signature, cases in
+tests/_cases.py's table on every target, and a row in docs/language.md's op table."""
 
 from __future__ import annotations
 
-import pathlib
+import re
+from pathlib import Path
+
+from _cases import BINARY, CASES, COMPARE, STRUCTURAL, SYMBOLIC, TARGETS, UNARY
 
 from kiln.compiler import ops
 from kiln.compiler.ops import REGISTRY, REQUIRED, lookup
 
-# the primitives of the language design, by family module
-FAMILY_OPS = {
-    "elementwise": """neg abs exp log sqrt rsqrt sin cos tanh sigmoid relu leaky_relu elu gelu silu
-        softplus erf floor ceil sign reciprocal clip hard_sigmoid hard_swish logical_not cast
-        add sub mul div floor_div mod pow maximum minimum equal not_equal less greater less_equal
-        greater_equal logical_and logical_or where""",
-    "reduce": "sum mean max min prod argmax argmin softmax log_softmax logsumexp",
-    "nn": """layer_norm batch_norm group_norm instance_norm dropout conv conv_transpose max_pool
-        avg_pool global_avg_pool resize""",
-    "linalg": "matmul",
-    "shape": """reshape flatten transpose permute concat stack split flip gather take_along_axis
-        scatter scatter_add pad broadcast_to squeeze unsqueeze tile tril triu arange zeros ones
-        full one_hot dim_value slice""",
-}
-PRIMITIVES = {name for names in FAMILY_OPS.values() for name in names.split()}
+LANGUAGE = Path(__file__).resolve().parent.parent / "docs" / "language.md"
+# every op a model or the elaborator can use; the structural ones hold graphs and are tested
+# with whole models
+PRIMITIVES = set(REGISTRY) - STRUCTURAL
 
 
 def test_package_exports_and_lookup():
     assert {"REGISTRY", "lookup", "OpRecord", "Arg", "OpError", "REQUIRED"} <= set(ops.__all__)
-    for family in FAMILY_OPS:
-        assert hasattr(ops, family)
     assert lookup("conv") is REGISTRY["conv"] and lookup("no_such_op") is None
-    assert len(PRIMITIVES) == 92 and PRIMITIVES <= set(REGISTRY)
+    assert STRUCTURAL <= set(REGISTRY)
 
 
 def test_every_record_is_well_formed():
@@ -59,7 +50,40 @@ def test_flags():
     assert multi == {"split"}
 
 
-def test_every_op_is_exercised_by_a_test():
-    text = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_ops_*.py"))
-    untested = [n for n in PRIMITIVES if f'"{n}"' not in text]
-    assert not untested, untested
+def test_every_op_has_cases_on_every_target():
+    """Adding an op: its record, its cases in tests/_cases.py, its row in docs/language.md."""
+    for target in sorted(TARGETS):
+        tested = {c.op for c in CASES + SYMBOLIC if target in c.targets}
+        untested = sorted(PRIMITIVES - tested)
+        assert not untested, (f"ops without a case on the {target} target: {untested}; add "
+                              "cases to tests/_cases.py, in the section of the op's family")
+    unknown = sorted({c.op for c in CASES + SYMBOLIC} - PRIMITIVES)
+    assert not unknown, f"tests/_cases.py has cases of ops that do not exist: {unknown}"
+
+
+def test_every_op_is_checked_against_an_independent_oracle():
+    """The reference itself: tests/test_ops_*.py hold loops and hand-computed cases, and
+    test_ops_elementwise.py checks the ops of _cases.py's scalar tables against Python's math."""
+    here = Path(__file__).parent
+    text = "".join(p.read_text(encoding="utf-8") for p in here.glob("test_ops_*.py")
+                   if p.name != Path(__file__).name)
+    scalar = set(UNARY) | set(BINARY) | set(COMPARE)
+    unchecked = sorted(n for n in PRIMITIVES - scalar if f'"{n}"' not in text)
+    assert not unchecked, (f"ops the reference is never checked for: {unchecked}; add the scalar "
+                           "definition to tests/_cases.py's UNARY or BINARY, or a test to "
+                           "tests/test_ops_<family>.py")
+
+
+def test_every_op_has_a_lowering_on_every_target():
+    no_onnx = sorted(n for n in PRIMITIVES if REGISTRY[n].onnx is None)
+    no_native = sorted(n for n in PRIMITIVES if REGISTRY[n].llvm is None)
+    assert not no_onnx, f"ops without an ONNX emitter (OpRecord.onnx): {no_onnx}"
+    assert not no_native, f"ops without a native lowering (OpRecord.llvm): {no_native}"
+
+
+def test_every_op_is_in_the_docs_op_table():
+    """tests/test_docs.py checks each row's signature and text; this, that no op lacks one."""
+    listed = set(re.findall(r"^\| `(\w+)` \| `\w+\(", LANGUAGE.read_text(encoding="utf-8"),
+                            re.M))
+    missing = sorted(PRIMITIVES - listed)
+    assert not missing, f"ops without a row in docs/language.md's op table: {missing}"
