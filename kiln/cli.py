@@ -18,7 +18,7 @@ from pathlib import Path
 from kiln.compiler.dims import Dim
 from kiln.compiler.errors import KilnError
 from kiln.compiler.files import write_atomically
-from kiln.runtime.version import __version__
+from kiln.compiler.version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,28 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def compile_from_options(opts, target: str, pipeline: str | None = None):
-    """kiln.compile with the options `run` and `compile` share; reports the passes of
-    `pipeline` (default: the target's own) if asked."""
-    from kiln.api import compile as kiln_compile
-
-    program, _ = elaborate(opts)
-    model = kiln_compile(program, model=opts.model, target=target, seed=opts.seed,
-                         weights=opts.weights, args=parse_args_option(opts.arg),
-                         strict=not opts.no_strict, opt_level=opts.opt_level)
-    report_passes(opts, model, pipeline)
-    return model
+def compile_options(opts) -> dict:
+    """The options of kiln.compile (and kiln.api.prepare) that `run` and `compile` share."""
+    return dict(model=opts.model, seed=opts.seed, weights=opts.weights,
+                args=parse_args_option(opts.arg), strict=not opts.no_strict,
+                opt_level=opts.opt_level)
 
 
-def report_passes(opts, model, pipeline: str | None = None) -> None:
-    """Print what the optimizer's `pipeline` (default: the model's own) did, if asked."""
-    if opts.print_passes:
-        from kiln.compiler.passes import format_stats
+def print_passes(stats: list | None) -> None:
+    """What the optimizer's passes did (--print-passes)."""
+    from kiln.compiler.passes import format_stats
 
-        pipeline = pipeline or model.pipeline
-        model.lowered(pipeline=pipeline)
-        stats = model.pipeline_stats.get(pipeline)
-        print(format_stats(stats) if stats else "optimizer off (-O0)")
+    print(format_stats(stats) if stats else "optimizer off (-O0)")
 
 
 SUFFIXES = {".onnx": "onnx", ".so": "native", ".dylib": "native", ".dll": "native"}
@@ -206,22 +196,30 @@ def check_outputs(opts) -> None:
 
 
 def cmd_compile(opts) -> int:
+    from kiln.compiler.driver import Weights
+
     opts.target = compile_target(opts.target, opts.output)
     check_outputs(opts)
-    # the graph and weights, to write out; an ONNX file is made by the ONNX pipeline
-    model = compile_from_options(opts, "reference",
-                                 "onnx" if opts.target == "onnx" else None)
+    from kiln.api import load, prepare
+
+    compilation, params = prepare(load(Path(opts.file)), **compile_options(opts),
+                                  target=opts.target)
+    weights = Weights.of(params)
+    if opts.print_passes:  # an ONNX file is made by the ONNX pipeline
+        compilation.lowered(weights, pipeline=compilation.pipeline)
+        print_passes(compilation.pipeline_stats.get(compilation.pipeline))
     if opts.report:
         from kiln.compiler.report import report
 
-        print(report(model.lowered(), opts.target))
+        print(report(compilation.lowered(weights, pipeline="native"), opts.target))
+    model = compilation.model
     optional = {p.name for p in model.inputs if p.optional}
     for name in opts.omit:
         if opts.target != "native":
             raise KilnError("K0602", "--omit builds a native library without an optional input; "
                             "an ONNX file takes every input")
         if name not in optional:
-            raise KilnError("K0602", f"--omit {name}: {model.model.name} has no optional input "
+            raise KilnError("K0602", f"--omit {name}: {model.name} has no optional input "
                             f"{name}", hint=f"its optional inputs: {', '.join(sorted(optional))}"
                             if optional else "it has no optional inputs")
     if opts.target == "native":
@@ -230,15 +228,16 @@ def cmd_compile(opts) -> int:
 
         cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
         present = frozenset(optional - set(opts.omit))
-        built = model.lowered(present)
-        files = write_library(built, model.params, opts.output, cpu, model.pass_stats)
+        files = write_library(compilation, weights, opts.output, present, cpu)
+        built = compilation.lowered(weights, present, "native")
         print(f"wrote {', '.join(str(f) for f in files)}: {library_signature(built)}, "
               f"for {cpu.cpu}")
         return 0
-    model.export_onnx(opts.output)
+    compilation.write_onnx(weights, opts.output)
     from kiln.compiler.codegen.onnx import OPSET
+    from kiln.runtime.signature import Signature
 
-    print(f"wrote {opts.output}: {model.signature()}, ONNX opset {OPSET}")
+    print(f"wrote {opts.output}: {Signature.of(model)}, ONNX opset {OPSET}")
     return 0
 
 
@@ -366,11 +365,12 @@ def cmd_graph(opts) -> int:
 
     _, model = elaborate(opts)
     dot = to_dot(model.graph, model.name)
-    if opts.passes:
-        from kiln.compiler.elaborate.members import generate_params
-        from kiln.compiler.passes import optimize
+    if opts.passes:  # optimized as native code and the reference run it, with seed 0
+        from kiln.compiler.driver import Compilation, Weights
+        from kiln.compiler.initializers import generate_params
 
-        optimized, _ = optimize(model, params=generate_params(model.params, 0))
+        weights = Weights.of(generate_params(model.params, 0))
+        optimized = Compilation(model, target="reference").lowered(weights).graph
         dot = to_dot_pair(model.graph, optimized, model.name)
     out = opts.output
     if out is None:
@@ -400,7 +400,13 @@ def cmd_run(opts) -> int:
     if opts.output:
         # before any work: a run whose outputs cannot be saved is refused before it is made
         check_tensor_file(opts.output, "outputs")
-    model = compile_from_options(opts, opts.target)
+    from kiln.api import compile as kiln_compile
+    from kiln.api import load
+
+    model = kiln_compile(load(Path(opts.file)), **compile_options(opts), target=opts.target)
+    if opts.print_passes:
+        model.lowered()
+        print_passes(model.pass_stats)
     feeds = load_inputs(opts, model)
     outputs = model(**feeds)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
