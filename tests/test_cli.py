@@ -155,7 +155,7 @@ def test_cast_refuses_values_out_of_range(capsys, two, tmp_path, array, want):
 ])
 def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
     from kiln import KilnError
-    from kiln.cli import cast_array
+    from kiln.inputs import cast_array
 
     with pytest.raises(KilnError) as info:
         cast_array(np.array(values, dtype), want, "x")
@@ -170,7 +170,7 @@ def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
     ([1.5], np.float64, "bf16"),
 ])
 def test_cast_array_keeps_values_that_fit(values, dtype, want):
-    from kiln.cli import cast_array
+    from kiln.inputs import cast_array
     from kiln.compiler.types import NUMPY_DTYPES
 
     out = cast_array(np.array(values, dtype), want, "x")
