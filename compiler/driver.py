@@ -117,10 +117,9 @@ class Compilation:
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
                  target: str = "native", cpu: targets.Target | None = None,
                  opt_level: int = 1):
-        """`model`: the model elaborated with every optional input (or with those a library
-        takes); `variant(present)`: the model elaborated with only the optional inputs in
-        `present` (None: only `model`'s set can be compiled); `cpu`: native code's target
-        (default: this machine's)."""
+        """`model`: the model elaborated with every optional input; `variant(present)`: the
+        model elaborated with only the optional inputs in `present` (None: only `model`'s set
+        can be compiled); `cpu`: native code's target (default: this machine's)."""
         self.model = model
         self.target = target
         self.pipeline = PIPELINE_OF[target]
@@ -189,7 +188,8 @@ class Compilation:
         C function, for a library); `stamp(layout)` gives read-only data symbols to add
         (name -> bytes)."""
         model = self.lowered(weights, present, "native")
-        code, layout, machine = compile_object(model, cpu or self.cpu, with_plan, stamp)
+        cpu = cpu or self.cpu or targets.host()
+        code, layout, machine = compile_object(model, cpu, with_plan, stamp)
         return NativeObject(model, code, layout, machine)
 
     def onnx(self, weights: Weights, present: frozenset[str] | None = None,

@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.compiler import progress
 from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
+
+if TYPE_CHECKING:  # the compiler's back half loads when a model is compiled, not before
+    import numpy as np
+
+    from kiln.compiler.codegen.llvm.target import Target
+    from kiln.compiler.driver import Compilation
 
 TARGETS = ("reference", "onnx", "native")
 
@@ -71,11 +77,12 @@ def compile(
 def prepare(source: str | os.PathLike | Program, model: str | None = None,
             target: str = "native", seed: int = 0,
             weights: str | os.PathLike | dict | None = None, args: dict[str, Any] | None = None,
-            strict: bool = True, opt_level: int = 1, cpu=None):
-    """What `compile` builds a model from: the model's Compilation for `target` (`cpu`: a
-    codegen.llvm.target.Target for native code other than this machine's) and its parameter
-    values (initial ones from `seed`, then `weights` loaded over them). The options as
-    `compile` takes them, checked alike."""
+            strict: bool = True, opt_level: int = 1, cpu: Target | None = None
+            ) -> tuple[Compilation, dict[str, np.ndarray]]:
+    """What `compile` builds a model from: the model's Compilation for `target` (`cpu`: the
+    CPU of native code, default this machine's) and its parameter values (initial ones from
+    `seed`, then `weights` loaded over them). The options as `compile` takes them, checked
+    alike."""
     if target not in TARGETS:
         raise KilnError(
             "K0602", f"unknown target {target!r}", hint=f"targets: {', '.join(TARGETS)}"

@@ -242,6 +242,12 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
     with pytest.raises(KilnError) as info:
         m(np.zeros((65, 8), np.float32))  # the where constraint survives the trip
     assert info.value.code == "K0504"
+    assert repr(m) == repr(ref).replace("reference", "native")  # the signature, from metadata
+    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx")):
+        with pytest.raises(KilnError) as info:  # a library has no graph to optimize or export
+            no_graph()
+        assert info.value.code == "K0602" and "library built ahead of time" in info.value.message
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
