@@ -173,7 +173,7 @@ class CompiledModel:
         return self._signature.bind(args, kwargs)
 
     def __call__(self, *args, **kwargs):
-        arrays, dims = self.bind_inputs(args, kwargs)
+        arrays, dims = self._signature.bind(args, kwargs)
         return self.pack_results(self.run(arrays, dims))
 
     def pack_results(self, results: list[np.ndarray]):
