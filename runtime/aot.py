@@ -32,7 +32,7 @@ from ..compiler.files import open_regular, read_bounded, staged_writes
 from ..compiler.ir import Constraint
 from ..compiler.types import MAX_TENSOR_BYTES, TensorType, bytes_text, dtype_of_numpy
 from ..compiler.version import __version__
-from .model import Library
+from .model import Interface
 from .native import LoadedCode, NativeModel
 from .signature import Signature
 from .weights import load_weights, save_weights
@@ -322,21 +322,21 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
     stored = load_weights(f"{stem}.safetensors")
     try:  # the metadata is the library's own from here on: its digest matched
         _check_arrays(stem, meta, stored)
-        described, layout = _library_and_layout(meta)
+        interface, layout = _library_and_layout(meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(stem, f"its metadata is incomplete ({exc})") from None
     layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
-    params = {k: v for k, v in stored.items() if k in described.param_info}
+    params = {k: v for k, v in stored.items() if k in interface.param_info}
     entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     # the same file loaded twice is one library (one set of worker threads): its models
     # share one LoadedCode, which stops the workers when the last of them goes
     code = _LOADED.get(lib._handle)
     if code is None:
         code = _LOADED[lib._handle] = LoadedCode(library=lib)
-    return NativeModel.from_library(described, params, layout, lib, entry, built, code)
+    return NativeModel.from_library(interface, params, layout, lib, entry, built, code)
 
 
-def _library_and_layout(meta: dict) -> tuple[Library, ModuleLayout]:
+def _library_and_layout(meta: dict) -> tuple[Interface, ModuleLayout]:
     """What a library says of itself (signature, parameters, aliases) and the memory layout
     it was built with, from its metadata."""
     inputs = tuple(Port(e["name"], _tensor(e)) for e in meta["inputs"])
@@ -351,7 +351,7 @@ def _library_and_layout(meta: dict) -> tuple[Library, ModuleLayout]:
     layout.failures = [(m if where is None else f"{m} (at {where})", None)
                        for m, where in meta["failures"]]
     layout.folded = set(meta["folded"])
-    return Library(signature, infos, meta["aliases"]), layout
+    return Interface(signature, infos, meta["aliases"]), layout
 
 
 __all__ = ["write_library", "library_files", "load_compiled", "parse_dim", "library_signature"]

@@ -44,16 +44,16 @@ class CompiledModel:
     target = "abstract"
 
     def __init__(self, compilation: Compilation | None, params: dict[str, np.ndarray],
-                 library: Library | None = None):
+                 interface: Interface | None = None):
         """`compilation`: what the model is compiled from; a library built ahead of time has
-        none, and gives its signature and parameters itself (`library`, from its metadata)."""
+        none, and gives its `interface` itself (from its metadata)."""
         self.compilation = compilation
         self.model = compilation.model if compilation else None  # the elaborated model
-        if library is None:
-            library = Library(Signature.of(self.model), self.model.params, self.model.aliases)
-        self._signature = library.signature
-        self.param_info = library.param_info
-        self.aliases = library.aliases
+        if interface is None:
+            interface = Interface.of(self.model)
+        self._signature = interface.signature
+        self.param_info = interface.param_info
+        self.aliases = interface.aliases
         self.name = self._signature.name
         self.opt_level = compilation.opt_level if compilation else 1
         # serialises building (a variant, a graph, a session) and swapping weights; shared
@@ -203,10 +203,16 @@ class CompiledModel:
 
 
 @dataclasses.dataclass(frozen=True)
-class Library:
-    """What a model loaded from a library built ahead of time says of itself (in place of a
-    compilation): its signature, its parameters by path (ParamInfo) and tied aliases."""
+class Interface:
+    """What a running model knows of itself besides its code: its signature, its parameters
+    by path (ParamInfo) and their tied aliases; a compiled model's from its elaborated
+    model, a library's from its metadata."""
 
     signature: Signature
     param_info: dict[str, ParamInfo]
     aliases: dict[str, str]
+
+    @staticmethod
+    def of(model: ElaboratedModel) -> Interface:
+        """The interface of a compiled model."""
+        return Interface(Signature.of(model), model.params, model.aliases)

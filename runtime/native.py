@@ -21,7 +21,7 @@ from ..compiler.errors import KilnError
 from ..compiler.ir import Graph
 from ..compiler.sizes import TOO_LARGE_HINT, sizes_text
 from ..compiler.types import SIZE_LIMIT
-from .model import CompiledModel, Library, State
+from .model import CompiledModel, Interface, State
 from .signature import Signature
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
@@ -222,13 +222,13 @@ class NativeModel(CompiledModel):
         return list(self._variant_of(self._state, present).layout.params)
 
     @classmethod
-    def from_library(cls, described: Library, params: dict, layout, library, entry,
+    def from_library(cls, interface: Interface, params: dict, layout, library, entry,
                      cpu: targets.Target, code: LoadedCode | None = None) -> NativeModel:
         """A model whose code comes from a shared library built ahead of time, as its
-        metadata `described` it (`code`: the library's LoadedCode, shared by every model
+        metadata gives its `interface` (`code`: the library's LoadedCode, shared by every model
         loaded from it)."""
         self = cls.__new__(cls)
-        CompiledModel.__init__(self, None, params, described)
+        CompiledModel.__init__(self, None, params, interface)
         self.cpu = cpu
         self.threads = default_threads()
         library.kiln_set_threads.argtypes = [ctypes.c_int64]
@@ -236,9 +236,9 @@ class NativeModel(CompiledModel):
         self._library = library
         self._local = threading.local()
         code = code or LoadedCode(library=library)
-        self._state.built[_NONE] = _Variant.bound(described.signature, None, _NONE, layout, code,
+        self._state.built[_NONE] = _Variant.bound(interface.signature, None, _NONE, layout, code,
                                                   entry, self._state.params)
-        self._fast = _FastPath.of(described.signature, layout.symbols)
+        self._fast = _FastPath.of(interface.signature, layout.symbols)
         return self
 
     def _variant_of(self, state: State, present: frozenset[str]) -> _Variant:
