@@ -200,9 +200,9 @@ class Compilation:
         from .codegen import onnx as onnx_codegen
 
         model = self.lowered(weights, present, "onnx")
+        if not checked:
+            return OnnxExport(model, onnx_codegen.export(model, weights.params), [])
         with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
-            if not checked:
-                return OnnxExport(model, onnx_codegen.export(model, weights.params), [])
             proto, failures = onnx_codegen.export_checked(model, weights.params)
         checks = [(onnx_codegen.FAILURE_OUTPUT.format(k), message, span)
                   for k, (message, span) in enumerate(failures)]
