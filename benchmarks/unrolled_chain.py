@@ -21,11 +21,11 @@ os.environ.setdefault("KILN_CACHE_DIR", tempfile.mkdtemp(prefix="kiln-bench-"))
 os.environ.setdefault("KILN_PROGRESS", "0")
 
 import kiln  # noqa: E402
+from kiln.compiler.codegen.llvm import machine  # noqa: E402
 from kiln.compiler.codegen.llvm import target as targets  # noqa: E402
 from kiln.compiler.codegen.llvm.module import build_module, ir_text  # noqa: E402
-from kiln.compiler.elaborate.members import generate_params  # noqa: E402
+from kiln.compiler.initializers import generate_params  # noqa: E402
 from kiln.compiler.passes import optimize  # noqa: E402
-from kiln.runtime import native  # noqa: E402
 
 STEPS = {"add": "y + x", "softmax": "softmax(y)"}
 
@@ -48,14 +48,15 @@ def stages(n: int, op: str = "add") -> dict[str, float]:
     model = dataclasses.replace(elaborated, graph=graph)
     out["optimize"] = time.perf_counter() - t
     target = targets.host()
-    machine = target.machine()
+    target_machine = target.machine()
     t = time.perf_counter()
-    module, _ = build_module(model, native.llvm.get_process_triple(), str(machine.target_data),
+    module, _ = build_module(model, machine.llvm.get_process_triple(),
+                             str(target_machine.target_data),
                              vector_width=target.vector_width)
     text = ir_text(module, target.vector_width)
     out["codegen"] = time.perf_counter() - t
     t = time.perf_counter()
-    native._machine_code(text, machine)
+    machine.machine_code(text, target_machine)
     out["llvm"] = time.perf_counter() - t
     return out
 

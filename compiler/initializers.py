@@ -3,7 +3,8 @@
 `make_initializer(name, args, kwargs)` binds a call such as `init.kaiming_uniform(a = sqrt(5))`
 to an `Initializer`; `Initializer.generate(shape, dtype, seed, path)` fills a tensor. Values are
 a pure function of (seed, path, initializer, shape, dtype): the random stream is seeded from a
-SHA-256 of (seed, path), never from Python's salted `hash()`.
+SHA-256 of (seed, path), never from Python's salted `hash()`. `generate_params(params, seed)`
+gives a model's every parameter and buffer its initial value.
 
 Every random initializer is built from one primitive, uniforms in (0, 1) taken straight from the
 PCG64 bit stream, mapped through the normal quantile where a normal is needed (as PyTorch's
@@ -17,12 +18,17 @@ import difflib
 import hashlib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import KilnError
 from .types import FLOAT_DTYPES, NUMPY_DTYPES
+
+if TYPE_CHECKING:
+    from .elaborate.values import ParamInfo
 
 
 class InitError(Exception):
@@ -417,3 +423,27 @@ class Initializer:
         if dtype not in FLOAT_DTYPES and not np.array_equal(cast, values):
             raise InitError(f"{self} does not give {dtype} values (for `{path}`)")
         return cast
+
+
+def generate_params(params: Mapping[str, ParamInfo], seed: int) -> dict[str, np.ndarray]:
+    """Initial values of every parameter and buffer (by path): a pure function of (seed,
+    path). Each one's `init` is an InitializerValue (elaborate/values.py), or an array the
+    elaborator computed, which is copied."""
+    out = {}
+    for path, info in params.items():
+        if isinstance(info.init, np.ndarray):
+            out[path] = np.array(info.init, copy=True)
+            continue
+        try:
+            out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
+        except InitError as err:
+            raise KilnError(
+                "K0202", f"cannot initialise {path}: {err.message}", info.span
+            ) from None
+        except MemoryError:
+            raise KilnError(
+                "K0304", f"cannot initialise {path}: {info.dtype}{list(info.shape)} is too "
+                "large for this machine's memory", info.span,
+                hint="use smaller sizes",
+            ) from None
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kiln.compiler.errors import KilnError
-from kiln.runtime.version import __version__
+from kiln.compiler.version import __version__
 
 if TYPE_CHECKING:
     from .api import compile, load, load_compiled

@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.compiler import progress
 from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
+
+if TYPE_CHECKING:  # the compiler's back half loads when a model is compiled, not before
+    import numpy as np
+
+    from kiln.compiler.codegen.llvm.target import Target
+    from kiln.compiler.driver import Compilation
 
 TARGETS = ("reference", "onnx", "native")
 
@@ -54,6 +60,29 @@ def compile(
     threads: native code's parallelism (default: every core this process may use).
     """
 
+    compilation, params = prepare(source, model, target, seed, weights, args, strict, opt_level)
+    if target == "onnx":
+        from kiln.runtime.onnx import OnnxModel
+
+        return OnnxModel(compilation, params, providers)
+    if target == "native":
+        from kiln.runtime.native import NativeModel
+
+        return NativeModel(compilation, params, threads=threads)
+    from kiln.runtime.reference import ReferenceModel
+
+    return ReferenceModel(compilation, params)
+
+
+def prepare(source: str | os.PathLike | Program, model: str | None = None,
+            target: str = "native", seed: int = 0,
+            weights: str | os.PathLike | dict | None = None, args: dict[str, Any] | None = None,
+            strict: bool = True, opt_level: int = 1, cpu: Target | None = None
+            ) -> tuple[Compilation, dict[str, np.ndarray]]:
+    """What `compile` builds a model from: the model's Compilation for `target` (`cpu`: the
+    CPU of native code, default this machine's) and its parameter values (initial ones from
+    `seed`, then `weights` loaded over them). The options as `compile` takes them, checked
+    alike."""
     if target not in TARGETS:
         raise KilnError(
             "K0602", f"unknown target {target!r}", hint=f"targets: {', '.join(TARGETS)}"
@@ -62,33 +91,20 @@ def compile(
         raise KilnError("K0602", f"seed must be a non-negative int, not {seed!r}")
     if opt_level not in (0, 1):
         raise KilnError("K0602", f"opt_level must be 0 or 1, not {opt_level!r}")
+    from kiln.compiler.driver import Compilation
+    from kiln.compiler.initializers import generate_params
+
     program = source if isinstance(source, Program) else load(source)
-    with progress.step("elaborating the model"):
-        elaborated = program.elaborate(model, args)
-
-    def variant(present: frozenset[str]):
-        return program.elaborate(model, args, present)
-
-    from kiln.compiler.elaborate.members import generate_params
-
+    compilation = Compilation.of(program, model, args, target, cpu, opt_level)
+    elaborated = compilation.model
     count = sum(math.prod(i.shape) for i in elaborated.params.values())
     with progress.step(f"initialising {count:,} parameter values"):
         params = generate_params(elaborated.params, seed)
     if weights is not None:  # load before building a backend, so it is built once
-        from kiln.runtime.model import CompiledModel
+        from kiln.runtime.weights import apply_weights
 
-        params = CompiledModel(elaborated, params).with_weights(weights, strict)
-    if target == "onnx":
-        from kiln.runtime.onnx import OnnxModel
-
-        return OnnxModel(elaborated, params, variant, providers, opt_level)
-    if target == "native":
-        from kiln.runtime.native import NativeModel
-
-        return NativeModel(elaborated, params, variant, opt_level=opt_level, threads=threads)
-    from kiln.runtime.reference import ReferenceModel
-
-    return ReferenceModel(elaborated, params, variant, opt_level)
+        params = apply_weights(params, elaborated.params, elaborated.aliases, weights, strict)
+    return compilation, params
 
 
 def load_compiled(path: str | os.PathLike):

@@ -24,15 +24,17 @@ from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import resolve
 from ..compiler.codegen.llvm.module import ModuleLayout
 from ..compiler.dims import ARITHMETIC, Dim
+from ..compiler.driver import Compilation, Weights
 from ..compiler.elaborate import ElaboratedModel, Port
 from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.files import open_regular, read_bounded, staged_writes
-from ..compiler.ir import Constraint, Graph
+from ..compiler.ir import Constraint
 from ..compiler.types import MAX_TENSOR_BYTES, TensorType, bytes_text, dtype_of_numpy
-from .model import CompiledModel
-from .native import LoadedCode, NativeModel, compile_object
-from .version import __version__
+from ..compiler.version import __version__
+from .model import Interface
+from .native import LoadedCode, NativeModel
+from .signature import Signature
 from .weights import load_weights, save_weights
 
 DIGEST_SYMBOL = "kiln_metadata_sha256"  # SHA-256 of the .kiln.json (metadata_digest)
@@ -82,11 +84,14 @@ def library_files(path: str | os.PathLike) -> list[Path]:
     return [path, *companions]
 
 
-def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
-                  cpu: targets.Target, stats: list = ()) -> list[Path]:
-    """Build `path` (a shared library) and its companions; returns the files written. A model
-    with optional inputs is built as the variant `model.present` says: those inputs are
-    required by the library, the others are not inputs of it (one library per set).
+def write_library(compilation: Compilation, weights: Weights, path: str | os.PathLike,
+                  present: frozenset[str] | None = None,
+                  cpu: targets.Target | None = None) -> list[Path]:
+    """Build `path` (a shared library of the compilation's model with `weights`, for `cpu`,
+    by default the compilation's) and its companions; returns the files written. A model
+    with optional inputs is built as the variant `present` says (default: every optional
+    input): those inputs are required by the library, the others are not inputs of it (one
+    library per set).
 
     All four files are staged and renamed into place together: a failure (a full disk)
     leaves a previous build as it was, and nothing is written through a symlink."""
@@ -99,22 +104,26 @@ def write_library(model: ElaboratedModel, params: dict, path: str | os.PathLike,
             "PATH", hint='install gcc or clang, or use kiln.compile(..., target = "native") '
             "(the JIT needs no system compiler)",
         )
-    folded = sum(st.changes.get("folded", 0) for st in stats if st.name == "fold_batch_norm")
+    cpu = cpu or compilation.cpu
+    model = compilation.lowered(weights, present, "native")
     made: dict = {}
 
     def stamp(layout: ModuleLayout) -> dict[str, bytes]:
         """The library's arrays and metadata, whose digest the library carries (load_compiled
         checks the files beside it against it)."""
-        made["weights"] = weights = _library_arrays(params, layout)
+        folded = sum(st.changes.get("folded", 0) for st in compilation.pass_stats
+                     if st.name == "fold_batch_norm")
+        made["weights"] = arrays = _library_arrays(weights.params, layout)
         made["meta"] = meta = {
             **_metadata(model, layout, cpu), "weights_folded": bool(folded),
             "folded": sorted(layout.folded),  # constants made from weights: no new weights
             "arrays": {name: {"dtype": dtype_of_numpy(a.dtype), "shape": list(a.shape)}
-                       for name, a in weights.items()},
+                       for name, a in arrays.items()},
         }
         return {DIGEST_SYMBOL: metadata_digest(meta)}
 
-    obj, layout, _machine = compile_object(model, cpu, with_plan=True, stamp=stamp)
+    native = compilation.native(weights, present, cpu, with_plan=True, stamp=stamp)
+    obj, layout = native.code, native.layout
     header = HEADER.format(
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots),
@@ -161,10 +170,9 @@ def _library_inputs(model: ElaboratedModel) -> list[Port]:
             if not p.optional or p.name in model.present]
 
 
-def library_signature(model: ElaboratedModel) -> str:
+def library_signature(model: ElaboratedModel) -> Signature:
     """The signature of a library built from `model` (`_library_inputs`)."""
-    return CompiledModel(dataclasses.replace(model, inputs=_library_inputs(model)),
-                         {}).signature()
+    return dataclasses.replace(Signature.of(model), inputs=tuple(_library_inputs(model)))
 
 
 def _type(t: TensorType) -> dict:
@@ -314,38 +322,36 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
     stored = load_weights(f"{stem}.safetensors")
     try:  # the metadata is the library's own from here on: its digest matched
         _check_arrays(stem, meta, stored)
-        model, layout = _model_and_layout(meta)
+        interface, layout = _library_and_layout(meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(stem, f"its metadata is incomplete ({exc})") from None
     layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
-    params = {k: v for k, v in stored.items() if k in model.params}
+    params = {k: v for k, v in stored.items() if k in interface.param_info}
     entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     # the same file loaded twice is one library (one set of worker threads): its models
     # share one LoadedCode, which stops the workers when the last of them goes
     code = _LOADED.get(lib._handle)
     if code is None:
         code = _LOADED[lib._handle] = LoadedCode(library=lib)
-    return NativeModel.from_library(model, params, layout, lib, entry, built, code)
+    return NativeModel.from_library(interface, params, layout, lib, entry, built, code)
 
 
-def _model_and_layout(meta: dict) -> tuple[ElaboratedModel, ModuleLayout]:
-    """The model (signature, parameters, constraints) and memory layout a library was built
-    with, from its metadata."""
-    inputs = [Port(e["name"], _tensor(e)) for e in meta["inputs"]]
-    outputs = [Port(e["name"], _tensor(e)) for e in meta["outputs"]]
-    graph = Graph()
-    graph.constraints = [Constraint(c["op"], parse_dim(c["lhs"]), parse_dim(c["rhs"]), c["text"],
-                                    None) for c in meta["constraints"]]
+def _library_and_layout(meta: dict) -> tuple[Interface, ModuleLayout]:
+    """What a library says of itself (signature, parameters, aliases) and the memory layout
+    it was built with, from its metadata."""
+    inputs = tuple(Port(e["name"], _tensor(e)) for e in meta["inputs"])
+    outputs = tuple(Port(e["name"], _tensor(e)) for e in meta["outputs"])
+    constraints = tuple(Constraint(c["op"], parse_dim(c["lhs"]), parse_dim(c["rhs"]), c["text"],
+                                   None) for c in meta["constraints"])
+    signature = Signature(meta["name"], inputs, outputs, tuple(meta["symbols"]), constraints)
     infos = {p: ParamInfo(p, i["kind"], i["dtype"], tuple(i["shape"]), None, i["persistent"],
                           "", "", None) for p, i in meta["param_info"].items()}
-    model = ElaboratedModel(meta["name"], {}, graph, inputs, outputs, infos, meta["aliases"],
-                            meta["symbols"], frozenset())
     layout = ModuleLayout(symbols=meta["symbols"], params=meta["params"])
     layout.slots = [(_tensor(s), s["born"], s["dies"]) for s in meta["slots"]]
     layout.failures = [(m if where is None else f"{m} (at {where})", None)
                        for m, where in meta["failures"]]
     layout.folded = set(meta["folded"])
-    return model, layout
+    return Interface(signature, infos, meta["aliases"]), layout
 
 
 __all__ = ["write_library", "library_files", "load_compiled", "parse_dim", "library_signature"]

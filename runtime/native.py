@@ -6,25 +6,23 @@ import ctypes
 import math
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir
 
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import remakeable, resolve
-from ..compiler.codegen.llvm.module import ModuleLayout, build_module, ir_text, plan_memory
-from ..compiler.dims import Dim, assuming
-from ..compiler.elaborate import ElaboratedModel
+from ..compiler.codegen.llvm.module import ModuleLayout, plan_memory
+from ..compiler.dims import Dim
+from ..compiler.driver import Compilation, Weights
 from ..compiler.errors import KilnError
-from ..compiler.passes.memory import TOO_LARGE_HINT, sizes_text
+from ..compiler.ir import Graph
+from ..compiler.sizes import TOO_LARGE_HINT, sizes_text
 from ..compiler.types import SIZE_LIMIT
-from . import cache
-from .model import CompiledModel, Weights
-from .version import __version__
+from .model import CompiledModel, Interface, State
+from .signature import Signature
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
 _NONE: frozenset[str] = frozenset()
@@ -62,10 +60,13 @@ class LoadedCode:
 
 @dataclass
 class _Variant:
-    """One compiled variant (a set of optional inputs) bound to one set of weights: the code,
-    its layout and the arrays it reads, with their pointers."""
+    """One compiled variant (a set of optional inputs, `present`) bound to one set of
+    weights: its signature and graph (None for a library's), the code, its layout and the
+    arrays it reads, with their pointers."""
 
-    model: ElaboratedModel
+    signature: Signature
+    graph: Graph | None
+    present: frozenset[str]
     layout: ModuleLayout
     code: LoadedCode
     entry: object  # the `run` entry point
@@ -77,18 +78,20 @@ class _Variant:
             *[a.__array_interface__["data"][0] for a in self.arrays])
 
     @staticmethod
-    def bound(model, layout, code, entry, params: dict[str, np.ndarray]) -> _Variant:
+    def bound(signature: Signature, graph: Graph | None, present: frozenset[str], layout, code,
+              entry, params: dict[str, np.ndarray]) -> _Variant:
         """The variant reading `params`; derived arrays (packed weights) made from them."""
         def lookup(name: str) -> np.ndarray:
             return layout.constants[name] if name in layout.constants else params[name]
 
         arrays = [resolve(name, lookup) for name in layout.params]
         arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
-        return _Variant(model, layout, code, entry, arrays, {})
+        return _Variant(signature, graph, present, layout, code, entry, arrays, {})
 
     def rebound(self, params: dict[str, np.ndarray]) -> _Variant:
         """The same code reading new weights: only the arrays are made again."""
-        return _Variant.bound(self.model, self.layout, self.code, self.entry, params)
+        return _Variant.bound(self.signature, self.graph, self.present, self.layout, self.code,
+                              self.entry, params)
 
     def remakes(self, params: dict[str, np.ndarray]) -> bool:
         """Whether new weights reach this code by its arrays alone: everything it reads is a
@@ -157,14 +160,14 @@ class _FastPath:
     repeated: list[tuple[int, int, int]]  # (input, axis, symbol index) seen again
 
     @staticmethod
-    def of(model: ElaboratedModel, symbols: list[str]):
+    def of(signature: Signature, symbols: list[str]):
         """None when the signature needs the general path (optional inputs, sizes given by
         expressions, call-time constraints)."""
-        if model.graph.constraints or any(p.optional for p in model.inputs):
+        if signature.constraints or any(p.optional for p in signature.inputs):
             return None
         where: dict[str, tuple[int, int]] = {}
         fixed, repeated = [], []
-        for i, port in enumerate(model.inputs):
+        for i, port in enumerate(signature.inputs):
             for axis, d in enumerate(port.type.shape):
                 if d.is_const:
                     fixed.append((i, axis, d.value))
@@ -176,8 +179,8 @@ class _FastPath:
                     where[d.symbol] = (i, axis)
         if set(where) != set(symbols):
             return None
-        return _FastPath([p.type.np_dtype for p in model.inputs],
-                         [p.type.rank for p in model.inputs], list(symbols),
+        return _FastPath([p.type.np_dtype for p in signature.inputs],
+                         [p.type.rank for p in signature.inputs], list(symbols),
                          [where[s] for s in symbols], fixed, repeated)
 
 
@@ -189,63 +192,23 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def compile_object(model: ElaboratedModel, target: targets.Target, with_plan: bool = False,
-                   stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None):
-    """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
-    returns (object bytes, layout, target machine). `with_plan` adds `kiln_plan`, the memory
-    plan as a C function, for libraries used without kiln; `stamp(layout)` gives read-only
-    data symbols to add (name -> bytes), such as a library's metadata digest."""
-    machine = target.machine()
-    with (progress.step(f"generating native code ({len(model.graph)} nodes)"),
-          assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
-        module, layout = build_module(model, llvm.get_process_triple(),
-                                      str(machine.target_data), with_plan=with_plan,
-                                      vector_width=target.vector_width)
-        for name, data in (stamp(layout) if stamp else {}).items():
-            symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
-            symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
-            symbol.global_constant = True
-        text = ir_text(module, target.vector_width)
-    name = cache.key(__version__, target.cpu, target.features, text)
-    obj = cache.load(name)
-    if obj is None:
-        with progress.step(f"optimising and compiling {len(module.functions)} functions "
-                           f"with LLVM for {target.cpu}"):
-            obj = _machine_code(text, machine)
-        cache.store(name, obj)
-    return obj, layout, machine
-
-
-def _machine_code(text: str, machine) -> bytes:
-    """Optimised object code of LLVM IR text."""
-    parsed = llvm.parse_assembly(text)
-    parsed.verify()
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    options.slp_vectorization = True
-    builder = llvm.create_pass_builder(machine, options)
-    builder.getModulePassManager().run(parsed, builder)
-    return machine.emit_object(parsed)
-
-
 class NativeModel(CompiledModel):
     """A model compiled to machine code for this CPU; calls from several threads are safe,
     and so is loading weights while they run (a call runs with one set of weights)."""
 
     target = "native"
 
-    def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
-                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
-                 cpu: targets.Target | None = None, opt_level: int = 1,
+    def __init__(self, compilation: Compilation, params: dict[str, np.ndarray],
                  threads: int | None = None):
-        super().__init__(model, params, variant, opt_level)
-        self.cpu = cpu or targets.host()
+        super().__init__(compilation, params)
+        self.cpu = compilation.cpu
+        model = self.model
         self.threads = default_threads() if threads is None else threads
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
             raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
         self._local = threading.local()
         self._library = None
-        self._fast = _FastPath.of(model, list(model.symbols))
+        self._fast = _FastPath.of(self._signature, list(model.symbols))
         if not any(p.optional for p in model.inputs):
             self._variant_of(self._state, model.present)  # now: build errors surface here
         # with optional inputs, each variant is built when first called with that set of
@@ -255,15 +218,17 @@ class NativeModel(CompiledModel):
         """The names of the arrays the native code reads, in the order it reads them:
         parameter paths, `const:N` constants, and derived arrays such as `prepack_a(...):path`
         (a convolution weight laid out for the GEMM when the weights are bound)."""
-        return list(self._variant_of(self._state, self.model.present).layout.params)
+        present = self.model.present if self.model else _NONE  # a library's: its only one
+        return list(self._variant_of(self._state, present).layout.params)
 
     @classmethod
-    def from_library(cls, model: ElaboratedModel, params: dict, layout, library, entry,
+    def from_library(cls, interface: Interface, params: dict, layout, library, entry,
                      cpu: targets.Target, code: LoadedCode | None = None) -> NativeModel:
-        """A model whose code comes from a shared library built ahead of time (`code`: the
-        library's LoadedCode, shared by every model loaded from it)."""
+        """A model whose code comes from a shared library built ahead of time, as its
+        metadata gives its `interface` (`code`: the library's LoadedCode, shared by every model
+        loaded from it)."""
         self = cls.__new__(cls)
-        CompiledModel.__init__(self, model, params)
+        CompiledModel.__init__(self, None, params, interface)
         self.cpu = cpu
         self.threads = default_threads()
         library.kiln_set_threads.argtypes = [ctypes.c_int64]
@@ -271,12 +236,12 @@ class NativeModel(CompiledModel):
         self._library = library
         self._local = threading.local()
         code = code or LoadedCode(library=library)
-        self._state.built[model.present] = _Variant.bound(model, layout, code, entry,
-                                                          self._state.params)
-        self._fast = _FastPath.of(model, layout.symbols)
+        self._state.built[_NONE] = _Variant.bound(interface.signature, None, _NONE, layout, code,
+                                                  entry, self._state.params)
+        self._fast = _FastPath.of(interface.signature, layout.symbols)
         return self
 
-    def _variant_of(self, state: Weights, present: frozenset[str]) -> _Variant:
+    def _variant_of(self, state: State, present: frozenset[str]) -> _Variant:
         """The compiled variant for these optional inputs and weights, built once."""
         variant = state.built.get(present)
         if variant is not None:
@@ -284,29 +249,30 @@ class NativeModel(CompiledModel):
         if self._library is not None:
             raise KilnError("K0501", "this library was built with every optional input given",
                             hint="pass every optional input")
-        return self.once(state.built, present, lambda: self._build(state, present))
+        return self._builds.once(state.built, present,
+                                 lambda: self._build(state.weights, present))
 
-    def _build(self, state: Weights, present: frozenset[str]) -> _Variant:
-        model = self.lower(state, present)
-        obj, layout, machine = compile_object(model, self.cpu)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    def _build(self, weights: Weights, present: frozenset[str]) -> _Variant:
+        native = self.compilation.native(weights, present)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
         entry = _ENTRY(engine.get_function_address("run"))
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
             self.threads)
-        return _Variant.bound(model, layout, LoadedCode(engine=engine), entry, state.params)
+        return _Variant.bound(Signature.of(native.model), native.model.graph, present,
+                              native.layout, LoadedCode(engine=engine), entry, weights.params)
 
-    def _rebound(self, old: Weights, params: dict[str, np.ndarray]) -> Weights:
+    def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """New weights reach the compiled code as data: its derived arrays (a weight.T, packed
         panels) are made again from them, no code is built. Weights folded into constants
         past remaking (a BatchNorm whose statistics are constants, not parameters) are not
         data: the JIT optimizes the graph again (its code comes
         back from the compile cache); a library built ahead of time cannot take them."""
-        new = Weights(params)
+        new = State(Weights.of(params))
         for present, variant in old.built.items():
-            if variant.remakes(params):
-                new.built[present] = variant.rebound(params)
+            if variant.remakes(new.params):
+                new.built[present] = variant.rebound(new.params)
             elif self._library is not None:
                 raise KilnError(
                     "K0403", "this library's weights are folded into constants that new "
@@ -317,7 +283,7 @@ class NativeModel(CompiledModel):
             else:
                 with progress.step("optimizing again: weights are folded into constants "
                                    "(a BatchNorm with constant statistics)"):
-                    new.built[present] = self._build(new, present)
+                    new.built[present] = self._build(new.weights, present)
         return new
 
     def _stop_workers(self) -> None:
@@ -356,34 +322,35 @@ class NativeModel(CompiledModel):
         variant = self._variant_of(self._state, present)
         call = self._prepare(variant, dims)
         outs = _outputs(call)
-        self._enter(variant, call, [arrays[p.name] for p in variant.model.inputs], outs)
+        self._enter(variant, call, [arrays[p.name] for p in variant.signature.inputs], outs)
         return outs
 
     def _prepare(self, variant: _Variant, dims: dict[str, int]):
         """Everything a call with these sizes needs, computed once per set of sizes: the memory
         plan, the output shapes, the sizes array (after refusing sizes that come out negative)."""
-        model, layout = variant.model, variant.layout
+        signature, layout = variant.signature, variant.layout
         key = tuple(dims.get(s, 0) for s in layout.symbols)
         call = variant.calls.get(key)
         if call is None:
-            self._check_sizes(model, layout, dims)
+            self._check_sizes(variant, dims)
             offsets, size = plan_memory(layout, dims)
             outputs = [(tuple(Dim.of(d).evaluate(dims) for d in p.type.shape), p.type.np_dtype)
-                       for p in model.outputs]
+                       for p in signature.outputs]
             sizes = np.array([dims[s] for s in layout.symbols] or [0], dtype=np.int64)
             if len(variant.calls) > 256:
                 variant.calls.clear()
             call = variant.calls[key] = _Call(outputs, offsets, size, sizes)
         return call
 
-    def _check_sizes(self, model: ElaboratedModel, layout, dims: dict[str, int]) -> None:
+    def _check_sizes(self, variant: _Variant, dims: dict[str, int]) -> None:
         """Refuse, before native code computes a size that wraps in int64, sizes that make a
         tensor negative or too large: the graph's tensors with the signature's and the memory
         plan's (a library has only these), then a library's own check of every tensor it was
         built with (kiln_plan: -1)."""
+        layout, signature = variant.layout, variant.signature
         more = [t for t, _born, _dies in layout.slots]
-        more += [p.type for p in (*model.inputs, *model.outputs)]
-        self.check_sizes(model, dims, more)
+        more += [p.type for p in (*signature.inputs, *signature.outputs)]
+        self.check_sizes(variant.present, variant.graph, dims, more)
         if self._library is not None:
             plan = self._library.kiln_plan
             plan.restype, plan.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p]

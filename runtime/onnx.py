@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from ..compiler import progress
-from ..compiler.codegen import onnx as onnx_codegen
-from ..compiler.elaborate import ElaboratedModel
+from ..compiler.driver import Compilation, Weights
 from ..compiler.errors import KilnError
-from .model import CompiledModel, Weights
+from .model import CompiledModel, State
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -43,41 +39,33 @@ class OnnxModel(CompiledModel):
     """A model run by onnxruntime on its exported ONNX graph; `providers` says where."""
 
     target = "onnx"
-    pipeline = "onnx"
 
-    def __init__(
-        self,
-        model: ElaboratedModel,
-        params: dict[str, np.ndarray],
-        variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
-        providers: list[str] | None = None,
-        opt_level: int = 1,
-    ):
-        super().__init__(model, params, variant, opt_level)
+    def __init__(self, compilation: Compilation, params: dict[str, np.ndarray],
+                 providers: list[str] | None = None):
+        super().__init__(compilation, params)
         self.providers = available_providers(providers)
-        if not any(p.optional for p in model.inputs):  # now: export errors surface here
-            self._session(self._state, model.present)
+        if not any(p.optional for p in self.model.inputs):  # now: export errors surface here
+            self._session(self._state, self.model.present)
         # with optional inputs, each variant is exported when first called with that set
 
-    def _session(self, state: Weights, present: frozenset[str]):
-        """The lowered model and its onnxruntime session for these weights and optional
+    def _session(self, state: State, present: frozenset[str]):
+        """The exported model and its onnxruntime session for these weights and optional
         inputs, built once (however many threads ask)."""
-        return self.once(state.built, present, lambda: self._new_session(state, present))
+        return self._builds.once(state.built, present,
+                                 lambda: self._new_session(state.weights, present))
 
-    def _new_session(self, state: Weights, present: frozenset[str]):
+    def _new_session(self, weights: Weights, present: frozenset[str]):
         import onnxruntime as ort
 
-        model = self.lower(state, present)
-        with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
-            proto, failures = onnx_codegen.export_checked(model, state.params)
+        export = self.compilation.onnx(weights, present)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        session = ort.InferenceSession(proto.SerializeToString(), options,
+        session = ort.InferenceSession(export.proto.SerializeToString(), options,
                                        providers=self.providers)
-        return model, session, failures
+        return export.model, session, export.checks
 
-    def _rebound(self, old: Weights, params: dict[str, np.ndarray]) -> Weights:
+    def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """New weights are new initializers: the sessions built so far are exported again now
         (under the lock, before the swap), so that calls after it do not wait for them."""
         new = super()._rebound(old, params)
@@ -87,21 +75,22 @@ class OnnxModel(CompiledModel):
 
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        model, session, failures = self._session(self._state, present)
-        self.check_sizes(model, dims)  # onnxruntime is never handed sizes that wrap
+        model, session, checks = self._session(self._state, present)
+        # onnxruntime is never handed sizes that wrap
+        self.check_sizes(model.present, model.graph, dims)
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
-        checks = [onnx_codegen.FAILURE_OUTPUT.format(k) for k in range(len(failures))]
+        wanted = names + [output for output, _message, _span in checks]
         try:
             if any(p.type.dtype == "bf16" for p in [*model.inputs, *model.outputs]):
-                results = _run_bf16(session, names + checks, feed)
+                results = _run_bf16(session, wanted, feed)
             else:
-                results = session.run(names + checks, feed)
+                results = session.run(wanted, feed)
         except _run_errors() as exc:  # its own limits or memory, past what kiln checks
             message = str(exc).split("Status Message: ")[-1].strip()
             raise KilnError("K0505", f"onnxruntime could not run this call: {message[:500]}",
                             hint="call the model with smaller inputs") from None
-        for count, (message, span) in zip(results[len(names):], failures, strict=True):
+        for count, (_output, message, span) in zip(results[len(names):], checks, strict=True):
             if count:
                 raise KilnError("K0505", message, span)
         return results[:len(names)]

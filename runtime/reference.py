@@ -18,7 +18,7 @@ class ReferenceModel(CompiledModel):
     def run(self, arrays, dims):
         present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         state = self._state  # one set of weights for the whole call
-        model = self.lower(state, present)
-        self.check_sizes(model, dims)
+        model = self.compilation.lowered(state.weights, present)
+        self.check_sizes(model.present, model.graph, dims)
         feed = [arrays[model.graph.node(n)["attrs"]["name"]] for n in model.graph.inputs]
         return run_graph(model.graph, feed, state.params, dims)

@@ -471,3 +471,22 @@ def match_weights(
         f"  {line}" for line in lines
     )
     raise KilnError(code, message, hint=_hint(missing, unexpected))
+
+
+def apply_weights(params: Mapping[str, np.ndarray], infos: Mapping, aliases: dict[str, str],
+                  path_or_dict, strict: bool = True) -> dict[str, np.ndarray]:
+    """`params` (by path) with a weights file (or dict) applied, matched by dotted path to the
+    persistent parameters of `infos` (path -> ParamInfo) and their tied `aliases`; `params`
+    is not changed."""
+    expected = {p: (info.shape, info.dtype) for p, info in infos.items() if info.persistent}
+    # the shape each key should have, so that a file's other arrays are never inflated
+    shapes = {key: expected[p][0] for key, p in
+              [*((p, p) for p in expected), *aliases.items()] if p in expected}
+    found = (load_weights(path_or_dict, shapes) if not isinstance(path_or_dict, dict)
+             else path_or_dict)
+    source = os.fspath(path_or_dict) if not isinstance(path_or_dict, dict) else "weights"
+    matched = match_weights(expected, found, aliases, strict, source)
+    out = dict(params)
+    for path, array in matched.items():
+        out[path] = array  # match_weights' own copy: the caller's array stays theirs
+    return out

@@ -10,6 +10,7 @@ from _cases import Case
 from _optest import RefEnv, T, bind, type_of
 from _tolerance import assert_agree
 
+from kiln.compiler.driver import Compilation
 from kiln.compiler.elaborate.elaborator import ElaboratedModel, Port
 from kiln.compiler.ir import Graph
 from kiln.runtime.native import NativeModel
@@ -75,4 +76,4 @@ def native_model(graph: Graph, ports: list[Port], symbols: list[str]) -> NativeM
     outputs = [Port(f"out{i}", v.type) for i, v in enumerate(graph.outputs)]
     graph.output_names = [p.name for p in outputs]
     model = ElaboratedModel("ops", {}, graph, ports, outputs, {}, {}, symbols, frozenset())
-    return NativeModel(model, {})
+    return NativeModel(Compilation(model), {})

@@ -155,7 +155,7 @@ def test_cast_refuses_values_out_of_range(capsys, two, tmp_path, array, want):
 ])
 def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
     from kiln import KilnError
-    from kiln.cli import cast_array
+    from kiln.inputs import cast_array
 
     with pytest.raises(KilnError) as info:
         cast_array(np.array(values, dtype), want, "x")
@@ -170,7 +170,7 @@ def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
     ([1.5], np.float64, "bf16"),
 ])
 def test_cast_array_keeps_values_that_fit(values, dtype, want):
-    from kiln.cli import cast_array
+    from kiln.inputs import cast_array
     from kiln.compiler.types import NUMPY_DTYPES
 
     out = cast_array(np.array(values, dtype), want, "x")
@@ -347,3 +347,156 @@ def test_run_output_names_the_outputs_file(capsys, two, tmp_path, monkeypatch, n
     assert code == 1 and "K0403" in err and f"outputs file {name}: {want}" in err, err
     assert "weights file" not in err and "output:" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kiln"]
+
+
+# ------------------------------------------------------------------ graph, passes, -O
+
+# `x * 1.0` the optimizer drops; add, relu and the last mul one kernel fuses
+SCALED = """
+model S {
+  param w: [3] = init.normal()
+  forward(x: f32[B, 3]) -> f32[B, 3] { return relu(x * 1.0 + w) * 2.0 }
+}
+"""
+
+
+@pytest.fixture
+def scaled(tmp_path) -> Path:
+    path = tmp_path / "s.kiln"
+    path.write_text(SCALED)
+    return path
+
+
+def clusters(dot: str) -> dict[str, str]:
+    """The DOT text of each cluster of `kiln graph --passes` by its label."""
+    parts = re.split(r'  subgraph cluster_\w+ \{ label="([^"]*)";', dot)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_graph_prints_the_elaborated_graph_as_dot(capsys, scaled, tmp_path):
+    code, out, _ = run(capsys, "graph", scaled)
+    assert code == 0 and out.startswith('digraph "S" {') and "cluster" not in out
+    labels = re.findall(r'label="([a-z_]+)', out)
+    assert labels.count("mul") == 2 and "relu" in labels and "fused" not in out
+    assert "input x" in out and "param w" in out and 'label="output output"' in out
+    dot = tmp_path / "g.dot"
+    code, written, _ = run(capsys, "graph", scaled, "-o", dot)
+    assert code == 0 and written.strip() == f"wrote {dot}" and dot.read_text() == out.strip("\n")
+
+
+def test_graph_passes_draws_the_graph_before_and_after_the_optimizer(capsys, scaled):
+    code, out, _ = run(capsys, "graph", scaled, "--passes")
+    assert code == 0
+    parts = clusters(out)
+    assert list(parts) == ["before (8 nodes)", "after optimization (4 nodes)"]
+    before, after = parts.values()
+    assert "x * 1.0" not in after and re.findall(r'label="(\w+)', before).count("mul") == 2
+    assert "fused add+relu+mul" in after and "fused" not in before
+
+
+PIPELINE_LINE = re.compile(r"^(\w+)\s+\d+ -> \d+", re.MULTILINE)
+
+
+def test_print_passes_reports_the_pipeline_of_the_target(capsys, scaled, tmp_path):
+    code, out, _ = run(capsys, "run", scaled, "--target", "reference", "--random-inputs",
+                       "--print-passes")
+    assert code == 0 and "output: float32[1, 3]" in out
+    native = PIPELINE_LINE.findall(out)
+    assert native[0] == "check_types" and native[-1] == "plan_memory" and "fuse" in native
+    assert "simplify" in native
+    # an ONNX file is made by the ONNX pipeline: nothing fused, no memory plan
+    code, out, _ = run(capsys, "compile", scaled, "-o", tmp_path / "s.onnx", "--print-passes")
+    onnx = PIPELINE_LINE.findall(out)
+    assert code == 0 and "simplify" in onnx and "fuse" not in onnx and "plan_memory" not in onnx
+    assert set(onnx) < set(native)
+
+
+def test_without_print_passes_no_pass_is_reported(capsys, scaled):
+    code, out, _ = run(capsys, "run", scaled, "--target", "reference", "--random-inputs")
+    assert code == 0 and PIPELINE_LINE.findall(out) == [] and "optimizer off" not in out
+
+
+def test_O0_turns_the_optimizer_off(capsys, scaled, tmp_path):
+    code, out, _ = run(capsys, "run", scaled, "--target", "reference", "--random-inputs",
+                       "--print-passes", "-O0")
+    assert code == 0 and "optimizer off (-O0)" in out and PIPELINE_LINE.findall(out) == []
+    kernels = {}
+    for level in ("0", "1"):
+        code, out, _ = run(capsys, "compile", scaled, "-o", tmp_path / "s.so", "--report",
+                           f"-O{level}")
+        assert code == 0, out
+        kernels[level] = re.findall(r"^\s+\d+\s+(\S.*?)\s{2,}", out, re.MULTILINE)
+    assert kernels["0"] == ["mul", "add", "relu", "mul"]
+    assert kernels["1"] == ["fused add+relu+mul"]
+
+
+def test_O0_and_O1_compute_the_same_outputs(capsys, scaled, tmp_path):
+    x = np.array([[1.0, -2.0, 0.5], [-1.0, 3.0, -0.25]], np.float32)
+    results = {}
+    for level in ("0", "1"):
+        out_file = tmp_path / f"o{level}.npz"
+        code, _, err = run(capsys, "run", scaled, "--input", npy(tmp_path, "x", x),
+                           f"-O{level}", "-o", out_file)
+        assert code == 0, err
+        results[level] = np.load(out_file)["output"]
+    np.testing.assert_allclose(results["0"], results["1"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ kiln run's options
+
+def run_outputs(capsys, tmp_path, *args) -> np.ndarray:
+    """The output `kiln run ... -o` saves."""
+    out_file = tmp_path / "out.npz"
+    code, out, err = run(capsys, "run", *args, "-o", out_file)
+    assert code == 0, err
+    assert f"wrote {out_file}" in out
+    return np.load(out_file)["output"]
+
+
+def test_run_computes_the_given_input_with_the_given_weights(capsys, scaled, tmp_path):
+    x = np.array([[1.0, -2.0, 0.5]], np.float32)
+    w = np.array([0.5, 1.0, -1.0], np.float32)
+    np.savez(tmp_path / "w.npz", w=w)
+    got = run_outputs(capsys, tmp_path, scaled, "--target", "reference",
+                      "--input", npy(tmp_path, "x", x), "--weights", tmp_path / "w.npz")
+    np.testing.assert_allclose(got, np.maximum(x + w, 0) * 2, rtol=1e-6)
+
+
+def test_run_weights_are_strict_unless_no_strict(capsys, scaled, tmp_path):
+    x = np.ones((1, 3), np.float32)
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    np.savez(tmp_path / "w.npz", w=w, extra=np.zeros(2, np.float32))
+    code, out, err = run(capsys, "run", scaled, "--target", "reference", "--input",
+                         npy(tmp_path, "x", x), "--weights", tmp_path / "w.npz")
+    assert code == 1 and "K0401" in err and "extra" in err and "output:" not in out
+    got = run_outputs(capsys, tmp_path, scaled, "--target", "reference", "--input",
+                      npy(tmp_path, "x", x), "--weights", tmp_path / "w.npz", "--no-strict")
+    np.testing.assert_allclose(got, (x + w) * 2, rtol=1e-6)  # the matching key loaded
+
+
+def test_run_seed_sets_the_initial_weights_and_the_random_inputs(capsys, scaled, tmp_path):
+    x = np.ones((1, 3), np.float32)
+    given = npy(tmp_path, "x", x)
+
+    def output(*args):
+        return run_outputs(capsys, tmp_path, scaled, "--target", "reference", *args)
+
+    import kiln
+
+    for seed in (0, 5):  # the weights are the seed's, as kiln.compile makes them
+        w = kiln.compile(SCALED, target="reference", seed=seed).params["w"]
+        np.testing.assert_allclose(output("--input", given, "--seed", str(seed)),
+                                   np.maximum(x + w, 0) * 2, rtol=1e-6)
+    same = output("--random-inputs", "--bind", "B=4", "--seed", "3")
+    assert same.shape == (4, 3)
+    np.testing.assert_array_equal(same, output("--random-inputs", "--bind", "B=4", "--seed", "3"))
+    assert not np.array_equal(same, output("--random-inputs", "--bind", "B=4", "--seed", "4"))
+
+
+def test_run_targets_agree(capsys, scaled, tmp_path):
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 4.0, -3.0]], np.float32)
+    given = npy(tmp_path, "x", x)
+    results = {target: run_outputs(capsys, tmp_path, scaled, "--target", target, "--input",
+                                   given) for target in ("reference", "native", "onnx")}
+    for target in ("native", "onnx"):
+        np.testing.assert_allclose(results[target], results["reference"], rtol=1e-6)

@@ -18,7 +18,7 @@ from _sizes import symbol_sizes
 import kiln
 from kiln import KilnError
 from kiln.compiler.ops import REGISTRY
-from kiln.runtime import cache
+from kiln.compiler.codegen.llvm import cache
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)
@@ -234,7 +234,7 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
     lib = _ahead_of_time(tmp_path, AOT_SRC)
     for name in ("model.so", "model.safetensors", "model.kiln.json", "model.h"):
         assert (tmp_path / name).exists()
-    monkeypatch.setattr("kiln.runtime.native.compile_object", None)  # no compiling allowed now
+    monkeypatch.setattr("kiln.compiler.driver.compile_object", None)  # no compiling allowed now
     m = kiln.load_compiled(lib)
     ref = kiln.compile(AOT_SRC, target="reference")
     x = RNG.standard_normal((5, 8)).astype(np.float32)
@@ -242,6 +242,12 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
     with pytest.raises(KilnError) as info:
         m(np.zeros((65, 8), np.float32))  # the where constraint survives the trip
     assert info.value.code == "K0504"
+    assert repr(m) == repr(ref).replace("reference", "native")  # the signature, from metadata
+    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx")):
+        with pytest.raises(KilnError) as info:  # a library has no graph to optimize or export
+            no_graph()
+        assert info.value.code == "K0602" and "library built ahead of time" in info.value.message
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
@@ -379,18 +385,17 @@ def test_code_for_a_named_cpu_computes_like_the_reference(cpu):
     """Machine code for AVX2 (8 lanes: 6 x 16 tiles, 12 accumulators) and for AVX-512 runs
     here whatever the host's widest vectors: both tilings against the reference."""
     from kiln.compiler.codegen.llvm import target as targets
-    from kiln.compiler.elaborate.members import generate_params
+    from kiln.compiler.initializers import generate_params
+    from kiln.compiler.driver import Compilation
     from kiln.runtime.native import NativeModel
 
     target = targets.named(cpu)
     if target.missing_on(targets.host()):
         pytest.skip(f"this CPU cannot run code for {cpu}")
     program = kiln.load(AVX2_SRC)
-    elaborated = program.elaborate(None, None)
-    params = generate_params(elaborated.params, 0)
-    native = NativeModel(elaborated, params, lambda present: program.elaborate(None, None,
-                                                                                present),
-                         cpu=target, threads=2)
+    compilation = Compilation.of(program, cpu=target)
+    params = generate_params(compilation.model.params, 0)
+    native = NativeModel(compilation, params, threads=2)
     ref = kiln.compile(AVX2_SRC, target="reference")
     for batch, m, n in [(1, 1, 300), (3, 2, 37), (2, 13, 129)]:
         feeds = [RNG.standard_normal(s).astype(np.float32)

@@ -9,7 +9,6 @@ import numpy as np
 
 from ..dims import Dim
 from ..errors import KilnError, Span, did_you_mean
-from ..initializers import InitError
 from ..ir import Graph
 from ..limits import CALL_STEPS
 from ..syntax import ast as A
@@ -506,28 +505,6 @@ class Members:
                         hint="a pattern is Block.member (every such block below) or a dotted "
                         "path from here, where * matches one name",
                     ))
-
-
-def generate_params(params: dict[str, ParamInfo], seed: int) -> dict[str, np.ndarray]:
-    """Initial values of every parameter and buffer: a pure function of (seed, path)."""
-    out = {}
-    for path, info in params.items():
-        if isinstance(info.init, InitializerValue):
-            try:
-                out[path] = info.init.initializer.generate(info.shape, info.dtype, seed, path)
-            except InitError as err:
-                raise KilnError(
-                    "K0202", f"cannot initialise {path}: {err.message}", info.span
-                ) from None
-            except MemoryError:
-                raise KilnError(
-                    "K0304", f"cannot initialise {path}: {info.dtype}{list(info.shape)} is too "
-                    "large for this machine's memory", info.span,
-                    hint="use smaller sizes",
-                ) from None
-        else:
-            out[path] = np.array(info.init, copy=True)
-    return out
 
 
 def _type_problem(t: A.TypeName, value) -> str | None:

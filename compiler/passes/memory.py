@@ -14,8 +14,7 @@ computes it, dead after the last op that reads it. From it:
   dead tensors (first fit, largest lifetimes not favoured: in run order), which the native
   backend uses for its arena.
 
-`SizeCheck` is what every backend asks before a call: at the call's sizes, is every tensor of
-the graph within types.MAX_TENSOR_BYTES, and every size non-negative.
+Before a call every backend checks the call's sizes with compiler/sizes.SizeCheck.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dims import Dim
-from ..errors import KilnError, Span
+from ..errors import KilnError
 from ..ir import STRUCTURAL_OPS, Graph
-from ..ops._common import normalize_axes
-from ..types import MAX_TENSOR_BYTES, SIZE_LIMIT, TensorType, bytes_text, span_bytes
+from ..sizes import TOO_LARGE_HINT, sizes_text
+from ..types import MAX_TENSOR_BYTES, TensorType, bytes_text
 from .manager import PassContext, graph_pass
 
 ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
@@ -152,100 +151,6 @@ def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
                         f"workspace of a call must be less than {bytes_text(MAX_TENSOR_BYTES)}",
                         hint=TOO_LARGE_HINT)
     return np.array(offsets, dtype=np.int64), total
-
-
-TOO_LARGE_HINT = "the sizes of these inputs are too large for this model"
-
-
-def sizes_text(dims: dict[str, int]) -> str:
-    """`B = 0, T = 4294967296`: the symbolic sizes of a call, for its error messages."""
-    return ", ".join(f"{name} = {value}" for name, value in dims.items()) or "no sizes"
-
-
-class SizeCheck:
-    """The tensors of a graph (and of the graphs nested in its nodes: scan and fused bodies)
-    whose sizes depend on symbolic sizes, each with the span of the op that makes it.
-
-    A call checks them before any backend runs the graph: every size non-negative and every
-    tensor spanning less than MAX_TENSOR_BYTES (types.span_bytes). Native code then never
-    computes a size that wraps, and no backend is handed a tensor no memory could hold.
-    Tensors of constant sizes were checked when they were made (Graph.add, K0304).
-    """
-
-    def __init__(self, tensors: list[tuple[TensorType, Span | None]],
-                 reductions: list[tuple[str, tuple[Dim, ...], Span | None]] = ()):
-        # (op, the sizes it reduces over, span) of each max/min/argmax/argmin whose reduced
-        # sizes may be 0: over an empty axis they have no answer (numpy and torch refuse;
-        # native code would give -inf and onnxruntime NaN), so such a call is a K0505
-        self.reductions = [r for r in reductions if not all(
-            isinstance(d, int) and d > 0 for d in r[1])]
-        first: dict[TensorType, Span | None] = {}
-        for t, span in tensors:
-            if not t.is_concrete():
-                first.setdefault(t, span)
-        self.tensors = list(first.items())
-        self._passed: set[tuple] = set()  # the sizes of calls that passed, not checked again
-
-    @staticmethod
-    def of(graph: Graph, more: list[TensorType] = ()) -> SizeCheck:
-        """The check of `graph`'s tensors, and of the types `more` (those a backend keeps
-        beside the graph: a library's signature and memory plan)."""
-        return SizeCheck([*graph_tensors(graph), *((t, None) for t in more)],
-                         list(graph_reductions(graph)))
-
-    def check(self, dims: dict[str, int]) -> None:
-        """Raise K0505 at the op making the first tensor these sizes put out of range."""
-        key = tuple(sorted(dims.items()))
-        if key in self._passed:
-            return
-        for t, span in self.tensors:
-            sizes = [Dim.of(d).evaluate(dims) for d in t.shape]
-            for d, n in zip(t.shape, sizes, strict=True):
-                if n < 0:
-                    raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the size "
-                                    f"{d} of a tensor {t} is {n}", span,
-                                    hint="a size in the model is out of range for these inputs")
-            spans = span_bytes(sizes, t.np_dtype.itemsize)
-            if spans >= MAX_TENSOR_BYTES:
-                raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the tensor "
-                                f"{t} spans {bytes_text(spans)} bytes; {SIZE_LIMIT}", span,
-                                hint=TOO_LARGE_HINT)
-        for op, reduced, span in self.reductions:
-            for d in reduced:
-                if Dim.of(d).evaluate(dims) == 0:
-                    raise KilnError("K0505", f"{op}: with these inputs ({sizes_text(dims)}) "
-                                    f"it reduces an empty axis ({d} = 0), which has no {op}",
-                                    span)
-        if len(self._passed) >= 256:
-            self._passed.clear()
-        self._passed.add(key)
-
-
-# reductions that have no identity: nothing to give for an empty axis
-NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
-
-
-def graph_reductions(graph: Graph):
-    """(op, reduced sizes, span) of every NO_IDENTITY reduction in `graph` and the graphs its
-    nodes hold."""
-    for nid, node in graph.g.nodes(data=True):
-        if node["op"] in NO_IDENTITY:
-            shape = graph.operands(nid)[0].type.shape
-            axes = normalize_axes(node["attrs"].get("axis"), len(shape))
-            yield node["op"], tuple(shape[a] for a in axes), node["span"]
-        for value in node["attrs"].values():
-            if isinstance(value, Graph):
-                yield from graph_reductions(value)
-
-
-def graph_tensors(graph: Graph):
-    """(type, span) of every value made in `graph` and in the graphs its nodes hold."""
-    for _nid, node in graph.g.nodes(data=True):
-        for t in node["types"]:
-            yield t, node["span"]
-        for value in node["attrs"].values():
-            if isinstance(value, Graph):
-                yield from graph_tensors(value)
 
 
 @graph_pass("plan_memory", nested=False)

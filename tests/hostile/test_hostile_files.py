@@ -21,7 +21,7 @@ from _hostile import assert_kiln_error, run_child
 import kiln
 from kiln import KilnError
 from kiln.cli import main as cli_main
-from kiln.runtime import cache
+from kiln.compiler.codegen.llvm import cache
 from kiln.runtime.weights import load_weights, save_weights
 
 SECRET = "TOPSECRET-not-kiln-source"
@@ -391,7 +391,7 @@ def test_a_full_disk_during_kiln_compile_changes_nothing(tmp_path):
 
 def test_a_full_disk_leaves_no_partial_cache_entry(tmp_path):
     child = _full_disk_child(
-        "from kiln.runtime import cache\ncache.store('entry', bytes(100_000))\n"
+        "from kiln.compiler.codegen.llvm import cache\ncache.store('entry', bytes(100_000))\n"
         "assert cache.load('entry') is None\n", 1000, tmp_path)
     assert child.returncode == 0, child.stderr[-2000:]
     assert list((tmp_path / "cache").iterdir()) == []
@@ -406,7 +406,7 @@ def test_cache_entries_replace_a_planted_symlink_and_never_read_devices(tmp_path
     assert victim.read_text() == "precious\n" and cache.load("entry") == b"object code"
     (tmp_path / "cache" / "fifo.o").unlink(missing_ok=True)
     _fifo(tmp_path / "cache" / "fifo.o")
-    out = run_child("from kiln.runtime import cache\nprint(cache.load('fifo'))", timeout=60,
+    out = run_child("from kiln.compiler.codegen.llvm import cache\nprint(cache.load('fifo'))", timeout=60,
                     env={"KILN_CACHE_DIR": str(tmp_path / "cache")})
     assert not out.timed_out and out.stdout.strip() == "None", out.stderr[-2000:]
 

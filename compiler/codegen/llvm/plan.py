@@ -2,7 +2,7 @@
 
     int64_t kiln_plan(const int64_t *dims, int64_t *offsets)
 
-It first checks what kiln's runtime checks in Python before every call (passes/memory's
+It first checks what kiln's runtime checks in Python before every call (compiler/sizes.py's
 SizeCheck): with these sizes every size of every tensor of the model (inputs, outputs,
 intermediates, the buffers of scan bodies) is non-negative and every tensor spans less than
 MAX_TENSOR_BYTES, in int64 arithmetic that reports overflow instead of wrapping. If one does
@@ -17,7 +17,8 @@ from llvmlite import ir
 
 from ...dims import Dim, DivAtom
 from ...ir import Graph
-from ...passes.memory import ALIGN, SizeCheck
+from ...passes.memory import ALIGN
+from ...sizes import SizeCheck
 from ...types import MAX_TENSOR_BYTES, TensorType
 from .kernel import I64
 

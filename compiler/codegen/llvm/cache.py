@@ -8,8 +8,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..compiler.errors import KilnError
-from ..compiler.files import memory_bytes, read_bounded, write_atomically
+from ...errors import KilnError
+from ...files import memory_bytes, read_bounded, write_atomically
 
 # KILNOBJ2: the checksum covers the entry's name too (KILNOBJ1 entries are rebuilt)
 MAGIC = b"KILNOBJ2"

@@ -1,0 +1,55 @@
+"""LLVM IR to optimised object code for one CPU, through the on-disk compile cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from ... import progress
+from ...dims import assuming
+from ...version import __version__
+from . import cache
+from . import target as targets
+from .module import ModuleLayout, build_module, ir_text
+
+
+def compile_object(model, target: targets.Target, with_plan: bool = False,
+                   stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None):
+    """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
+    returns (object bytes, layout, target machine). `model` is an ElaboratedModel whose graph
+    the native pipeline has lowered. `with_plan` adds `kiln_plan`, the memory plan as a C
+    function, for libraries used without kiln; `stamp(layout)` gives read-only data symbols
+    to add (name -> bytes), such as a library's metadata digest."""
+    machine = target.machine()
+    with (progress.step(f"generating native code ({len(model.graph)} nodes)"),
+          assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
+        module, layout = build_module(model, llvm.get_process_triple(),
+                                      str(machine.target_data), with_plan=with_plan,
+                                      vector_width=target.vector_width)
+        for name, data in (stamp(layout) if stamp else {}).items():
+            symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
+            symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
+            symbol.global_constant = True
+        text = ir_text(module, target.vector_width)
+    name = cache.key(__version__, target.cpu, target.features, text)
+    obj = cache.load(name)
+    if obj is None:
+        with progress.step(f"optimising and compiling {len(module.functions)} functions "
+                           f"with LLVM for {target.cpu}"):
+            obj = machine_code(text, machine)
+        cache.store(name, obj)
+    return obj, layout, machine
+
+
+def machine_code(text: str, machine) -> bytes:
+    """Optimised object code of LLVM IR text."""
+    parsed = llvm.parse_assembly(text)
+    parsed.verify()
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    options.loop_vectorization = True
+    options.slp_vectorization = True
+    builder = llvm.create_pass_builder(machine, options)
+    builder.getModulePassManager().run(parsed, builder)
+    return machine.emit_object(parsed)

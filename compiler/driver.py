@@ -1,0 +1,216 @@
+"""The compiler driver: one model of a program, from elaboration to what a backend runs.
+
+    compilation = Compilation.of(program, "MLP", {"hidden": 256}, target="native")
+    weights = Weights.of(params)              # one set of parameter values
+    compilation.lowered(weights)              # the graph optimized for the target
+    compilation.native(weights)               # object code for the CPU, and its layout
+    compilation.onnx(weights)                 # the ONNX proto, with its run-time checks
+
+Each product is made for exactly what it depends on, and once:
+- the elaborated model: by the set of optional inputs given (`present`); the program, the
+  model's name and its arguments are the compilation's own;
+- the optimized graph: by the weights (passes fold parameter values), `present` and the
+  pipeline ("native" for native code and the reference, "onnx"); the opt level is the
+  compilation's; kept in the weights' table;
+- the native object: by the optimized graph, the CPU and kiln's version, in the on-disk compile
+  cache (codegen/llvm/cache.py), not in memory: a running model keeps the code it loaded;
+- the ONNX proto: made on demand, not kept (it holds a copy of every weight); a running model
+  keeps the session made from it.
+
+What is made from parameter values lives in a `Weights`: new values are a new Weights, and what
+was made from the old ones goes with them. Tables fill under one reentrant lock (`Builds`),
+which a running model shares for what it builds itself, so that however many threads ask,
+each product is made once and builds may nest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import passes, progress
+from .codegen.llvm import target as targets
+from .codegen.llvm.machine import compile_object
+from .codegen.llvm.module import ModuleLayout
+from .elaborate import ElaboratedModel, Program
+from .errors import KilnError, Span
+
+# the optimizer's pipeline (passes.PIPELINES) for each target
+PIPELINE_OF = {"native": "native", "reference": "native", "onnx": "onnx"}
+
+
+class Builds:
+    """Tables filled once per key under one reentrant lock: one build however many threads
+    ask; calls never take the lock once what they need is built. Reentrant: builds nest."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def once(self, table: dict, key, make: Callable[[], Any]):
+        """table[key], made by `make()` the first time."""
+        value = table.get(key)
+        if value is None:
+            with self.lock:
+                value = table.get(key)
+                if value is None:
+                    value = table[key] = make()
+        return value
+
+
+def read_only(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays as read-only views: what a model runs with cannot be edited in place."""
+    def frozen(a: np.ndarray) -> np.ndarray:
+        view = np.asarray(a).view()
+        view.flags.writeable = False
+        return view
+
+    return {path: frozen(a) for path, a in params.items()}
+
+
+@dataclasses.dataclass
+class Weights:
+    """One set of parameter values (read-only) and the graphs optimized with them, by
+    (optional inputs, pipeline). Never edited but to add to its table: new values are a new
+    Weights, so a user of this one never sees half of a change."""
+
+    params: dict[str, np.ndarray]
+    lowered: dict[tuple, ElaboratedModel] = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def of(params: dict[str, np.ndarray]) -> Weights:
+        """The weights of these values, kept as read-only views."""
+        return Weights(read_only(params))
+
+
+@dataclasses.dataclass
+class NativeObject:
+    """A model's object code for one CPU: the model it was built from (its graph optimized
+    for native code), the code, the layout its caller follows, and the target machine."""
+
+    model: ElaboratedModel
+    code: bytes
+    layout: ModuleLayout
+    machine: Any
+
+
+@dataclasses.dataclass
+class OnnxExport:
+    """A model as ONNX: the model it was made from, the proto, and each run-time check as
+    (extra output's name, message, span): a non-zero output is a K0505 after the call."""
+
+    model: ElaboratedModel
+    proto: Any
+    checks: list[tuple[str, str, Span | None]]
+
+
+class Compilation:
+    """One model of a program compiled for a target at an opt level: its elaborated model
+    (one per set of optional inputs), its optimized graphs, its native code and its ONNX
+    proto, each made once for what it depends on (see the module's docstring)."""
+
+    def __init__(self, model: ElaboratedModel,
+                 variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
+                 target: str = "native", cpu: targets.Target | None = None,
+                 opt_level: int = 1):
+        """`model`: the model elaborated with every optional input; `variant(present)`: the
+        model elaborated with only the optional inputs in `present` (None: only `model`'s set
+        can be compiled); `cpu`: native code's target (default: this machine's)."""
+        self.model = model
+        self.target = target
+        self.pipeline = PIPELINE_OF[target]
+        self.cpu = (cpu or targets.host()) if target == "native" else cpu
+        self.opt_level = opt_level
+        self.builds = Builds()
+        self.pass_stats: list = []  # what the target's pipeline did to the model
+        # the same for each pipeline that has made this model's graph ("native", "onnx"):
+        # `kiln compile -o m.onnx` reports the ONNX pipeline, not the one the model runs
+        self.pipeline_stats: dict[str, list] = {}
+        self._variant = variant
+        self._elaborated = {model.present: model}
+
+    @classmethod
+    def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
+           target: str = "native", cpu: targets.Target | None = None,
+           opt_level: int = 1) -> Compilation:
+        """The compilation of the model named `model` (default: the file's last) of `program`
+        with compile-time arguments `args`; elaborates it with every optional input now."""
+        with progress.step("elaborating the model"):
+            elaborated = program.elaborate(model, args)
+
+        def variant(present: frozenset[str]) -> ElaboratedModel:
+            return program.elaborate(model, args, present)
+
+        return cls(elaborated, variant, target, cpu, opt_level)
+
+    def elaborated(self, present: frozenset[str] | None = None) -> ElaboratedModel:
+        """The model elaborated with the optional inputs in `present` (default: the model's)."""
+        present = self.model.present if present is None else present
+        return self.builds.once(self._elaborated, present, lambda: self._elaborate(present))
+
+    def _elaborate(self, present: frozenset[str]) -> ElaboratedModel:
+        if self._variant is None:
+            raise KilnError("K0501", "this model was built with every optional input given",
+                            hint="pass every optional input")
+        return self._variant(present)
+
+    def lowered(self, weights: Weights, present: frozenset[str] | None = None,
+                pipeline: str | None = None) -> ElaboratedModel:
+        """The model for these optional inputs, optimized with `weights` by `pipeline`
+        (default: the target's; "onnx" keeps every parameter an initializer): the graph a
+        backend compiles. Made once per set of weights."""
+        present = self.model.present if present is None else present
+        pipeline = pipeline or self.pipeline
+        return self.builds.once(weights.lowered, (present, pipeline),
+                                lambda: self._optimized(weights, present, pipeline))
+
+    def _optimized(self, weights: Weights, present: frozenset[str], pipeline: str
+                   ) -> ElaboratedModel:
+        model = self.elaborated(present)
+        with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
+            graph, stats = passes.optimize(model, self.opt_level, params=weights.params,
+                                           pipeline=pipeline)
+        if present == self.model.present:
+            self.pipeline_stats[pipeline] = stats
+            if pipeline == self.pipeline:
+                self.pass_stats = stats
+        return dataclasses.replace(model, graph=graph)
+
+    def native(self, weights: Weights, present: frozenset[str] | None = None,
+               cpu: targets.Target | None = None, with_plan: bool = False,
+               stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None) -> NativeObject:
+        """Object code of the native-optimized model for `cpu` (default: the compilation's),
+        through the on-disk compile cache. `with_plan` adds `kiln_plan` (the memory plan as a
+        C function, for a library); `stamp(layout)` gives read-only data symbols to add
+        (name -> bytes)."""
+        model = self.lowered(weights, present, "native")
+        cpu = cpu or self.cpu or targets.host()
+        code, layout, machine = compile_object(model, cpu, with_plan, stamp)
+        return NativeObject(model, code, layout, machine)
+
+    def onnx(self, weights: Weights, present: frozenset[str] | None = None,
+             checked: bool = True) -> OnnxExport:
+        """The ONNX-optimized model as ONNX, every parameter an initializer named by its path;
+        `checked`: with its run-time checks (indices in range) as extra outputs, for running
+        it (codegen/onnx.export_checked), else the plain model, for a file."""
+        from .codegen import onnx as onnx_codegen
+
+        model = self.lowered(weights, present, "onnx")
+        if not checked:
+            return OnnxExport(model, onnx_codegen.export(model, weights.params), [])
+        with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
+            proto, failures = onnx_codegen.export_checked(model, weights.params)
+        checks = [(onnx_codegen.FAILURE_OUTPUT.format(k), message, span)
+                  for k, (message, span) in enumerate(failures)]
+        return OnnxExport(model, proto, checks)
+
+    def write_onnx(self, weights: Weights, path: str | os.PathLike) -> None:
+        """Write the model with `weights` as an ONNX file (codegen/onnx.save: external data
+        past 2 GB, staged and renamed into place)."""
+        from .codegen import onnx as onnx_codegen
+
+        onnx_codegen.save(self.onnx(weights, checked=False).proto, path)
