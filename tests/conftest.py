@@ -1,4 +1,6 @@
-"""Test-wide settings: compiled objects go to a private cache, not the user's."""
+"""Test-wide settings: compiled objects go to a private cache, not the user's; every
+optimization (kiln.compile, the CLI, compiler.passes.optimize) verifies the IR between passes
+(KILN_VERIFY_IR=1, inherited by the CLI's child processes)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _private_compile_cache(tmp_path_factory):
+def _test_environment(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("KILN_CACHE_DIR", str(tmp_path_factory.mktemp("kiln-cache")))
+    mp.setenv("KILN_VERIFY_IR", "1")
     yield
     mp.undo()

@@ -180,7 +180,15 @@ def test_verify_names_the_pass_that_broke_the_ir(edit, message):
     with pytest.raises(IRError, match=message) as err:
         optimize(m, passes=[broken_pass(edit)], verify=True)
     assert "after pass 'breaker'" in str(err.value)
-    optimize(m, passes=[broken_pass(edit)])  # unverified, the break goes unnoticed
+    optimize(m, passes=[broken_pass(edit)], verify=False)  # unverified, it goes unnoticed
+
+
+def test_the_suite_verifies_every_optimization():
+    """tests/conftest.py sets KILN_VERIFY_IR=1: optimize verifies unasked, so every kiln.compile
+    and CLI command in the suite checks the IR after each pass."""
+    m = elaborate(forward("return exp(relu(x))"))
+    with pytest.raises(IRError, match="after pass 'breaker'"):
+        optimize(m, passes=[broken_pass(lambda g: g.inputs.clear())])
 
 
 def test_verify_finds_a_cycle_and_checks_scan_bodies():
