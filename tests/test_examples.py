@@ -1,4 +1,5 @@
-"""examples/*.kiln: each checks, runs at two batch sizes, and the MLP and LeNet-5 match numpy."""
+"""examples/*.kiln: each checks, runs at two batch sizes, gives the unoptimized reference's
+results on the optimized targets, and the MLP and LeNet-5 match numpy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crosscheck import check_opt_levels, random_inputs
 from _sizes import symbol_sizes
 
 import kiln
@@ -20,23 +22,10 @@ RTOL = ATOL = 1e-5  # f32 against a float64 reference
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
+    # the timeout guards against a hang only: a cold LLVM build of the U-Net on two busy cores
+    # took 48 s of the 60 once allowed
     return subprocess.run([sys.executable, "-m", "kiln.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
-
-
-def random_inputs(m, size: int, rng) -> list[np.ndarray]:
-    """One array per input, every symbolic dimension bound to `size`."""
-    out = []
-    env = symbol_sizes(m, {}, size)
-    for port in m.inputs:
-        shape = [d.evaluate(env) for d in port.type.shape]
-        if port.type.dtype.startswith("f"):
-            out.append(rng.standard_normal(shape).astype(np.float32))
-        elif port.type.dtype == "bool":
-            out.append(rng.random(shape) < 0.5)
-        else:  # ids (tokens, node indices) must be valid for the smallest size
-            out.append(rng.integers(0, min(2, size), shape))
-    return out
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_there_are_examples():
@@ -82,6 +71,12 @@ def test_readme_command_runs(path):
     assert result.returncode == 0, result.stderr
     shown = re.findall(r"^(\w+): ", result.stdout, re.MULTILINE)
     assert shown == [p.name for p in kiln.load(path).elaborate().outputs]
+
+
+# After the README commands, which leave most examples' native code in the compile cache.
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_example_optimized_targets_match_the_unoptimized_reference(path):
+    check_opt_levels(path)
 
 
 # ---------------------------------------------------------------------------- numpy forwards

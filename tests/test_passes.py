@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crosscheck import check_opt_levels
 
 import kiln
 from kiln.compiler.evaluate import run_graph
@@ -179,7 +180,15 @@ def test_verify_names_the_pass_that_broke_the_ir(edit, message):
     with pytest.raises(IRError, match=message) as err:
         optimize(m, passes=[broken_pass(edit)], verify=True)
     assert "after pass 'breaker'" in str(err.value)
-    optimize(m, passes=[broken_pass(edit)])  # unverified, the break goes unnoticed
+    optimize(m, passes=[broken_pass(edit)], verify=False)  # unverified, it goes unnoticed
+
+
+def test_the_suite_verifies_every_optimization():
+    """tests/conftest.py sets KILN_VERIFY_IR=1: optimize verifies unasked, so every kiln.compile
+    and CLI command in the suite checks the IR after each pass."""
+    m = elaborate(forward("return exp(relu(x))"))
+    with pytest.raises(IRError, match="after pass 'breaker'"):
+        optimize(m, passes=[broken_pass(lambda g: g.inputs.clear())])
 
 
 def test_verify_finds_a_cycle_and_checks_scan_bodies():
@@ -268,7 +277,7 @@ def test_simplify_merges_chains():
 
 
 @pytest.mark.parametrize("expr", [
-    "x * 2", "x + 1", "2 - x", "1 / x", "x[0] * ones([2, 3])", "transpose(x, 0, 1)",
+    "x * 2", "x + 1", "2 - x", "0 - x", "0.0 - x", "zeros([3]) - x", "1 / x", "x[0] * ones([2, 3])", "transpose(x, 0, 1)",
     "reshape(x, [3, B])", "cast(x, \"f16\")", "x[1:]", "x[:, ::-1]", "x[:, none]",
     "-x", "transpose(transpose(x, 0, 1), 0, 1) + transpose(x, 0, 1)[:, 0]",
 ])
@@ -279,6 +288,23 @@ def test_simplify_leaves_other_expressions(expr):
         assert stats.changes == {"permute(permute(x)) -> permute(x) or x": 1}
         return
     assert stats.changes == {} and structure(after) == structure(before)
+
+
+# Every rule's pattern and its near misses (the constant on the other side, a broadcasting
+# constant, an op that looks like a no-op but rounds): each result of the whole pipeline, on
+# native code and on the reference, is the unoptimized graph's.
+NEAR_MISSES = forward("""
+    p = d * d + 1.0
+    return (0 - x, 0.0 - x, zeros([3]) - x, x - zeros([3]), 1 - x, x - 1,
+            0 + x, x + zeros([2, B, 3]), 1 * x, x * 0, 0 * x, 1.0 / p, p / 1, 2 / p,
+            -(-x), -x, -(x - 0), transpose(transpose(x, 0, 1), 1, 0),
+            reshape(flatten(x, start = 0), [3, B]), cast(cast(x, "f16"), "f32"),
+            x[:, ::-1], x[1:], x[:, :], dropout(x, p = 0.3))
+""", signature="x: f32[B, 3], d: f32[B, 3]", result=None)
+
+
+def test_rewrites_keep_the_unoptimized_results():
+    check_opt_levels(NEAR_MISSES)
 
 
 # ---------------------------------------------------------------------------- fold_batch_norm

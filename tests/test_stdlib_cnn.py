@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crosscheck import OPTIMIZED, REFERENCE, check_opt_levels, oracle
 from _stdlibtest import close, rand
 
 import kiln
@@ -575,7 +576,7 @@ def test_onnx_resnet18_agrees_with_reference():
     """ResNet-18 exported to ONNX (symbolic B, H, W) at two batch sizes, small images."""
     pytest.importorskip("onnxruntime")
     t0 = time.perf_counter()
-    ref = std_resnet18()
+    ref = oracle(cnn_program(), model="ResNet18", seed=0)
     onnx = kiln.compile(cnn_program(), model="ResNet18", seed=0, **ONNX)
     rng = np.random.default_rng(11)
     for b, h, w in [(1, 32, 32), (2, 48, 40)]:
@@ -587,7 +588,7 @@ def test_onnx_resnet18_agrees_with_reference():
 def test_onnx_mobilenet_v2_agrees_with_reference():
     pytest.importorskip("onnxruntime")
     args = {"num_classes": 10, "width_mult": 0.5}
-    ref = kiln.compile(cnn_program(), model="MobileNetV2", seed=12, args=args, target="reference")
+    ref = oracle(cnn_program(), model="MobileNetV2", seed=12, args=args)
     onnx = kiln.compile(cnn_program(), model="MobileNetV2", seed=12, args=args, **ONNX)
     # torchvision's init (kaiming fan_out on depthwise convs, a N(0, 0.01) classifier) shrinks
     # the untrained logits to ~1e-8; load weights that keep activations of O(1) instead
@@ -600,3 +601,22 @@ def test_onnx_mobilenet_v2_agrees_with_reference():
         # 53 layers of f32 summed in two orders: measured up to 1.8e-5 apart on logits of 2.5
         # (4.6e-6 beyond rtol 1e-5), so atol is 5e-5 here
         close(onnx(x), ref(x), atol=5e-5)
+
+
+# ---------------------------------------------------------------------------- -O0 vs -O1
+# std.cnn's networks, small (ResNet-18 on native code is examples/resnet18.kiln's sweep): each
+# block type, BatchNorm after every convolution (folded at -O1), 32x32 images
+SMALL_CNNS = """
+import std.cnn
+model Basic() = cnn.ResNet(cnn.BasicBlock, [1, 1, 1, 1], 10)
+model Bottleneck() = cnn.ResNet(cnn.Bottleneck, [1, 1, 1, 1], 10, 1, 16)
+model MobileNet() = cnn.MobileNetV2(10, 0.5)
+model LeNet() = cnn.LeNet5()
+"""
+
+
+@pytest.mark.parametrize("model, targets", [
+    ("Basic", REFERENCE), ("Bottleneck", REFERENCE), ("MobileNet", REFERENCE),
+    ("LeNet", OPTIMIZED)])
+def test_optimized_targets_match_the_unoptimized_reference(model, targets):
+    check_opt_levels(program(SMALL_CNNS), model, sizes={"H": 32, "W": 32}, targets=targets)

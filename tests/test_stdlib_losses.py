@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 import pytest
+from _crosscheck import REFERENCE, check_opt_levels
 
 import kiln
 from kiln import KilnError
@@ -463,3 +464,14 @@ def test_metrics_reject_mismatched_ranks():
     with pytest.raises(KilnError) as err:
         kiln.compile(src, target="reference")
     assert "predictions must be labels" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- -O0 vs -O1
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_optimized_reference_matches_the_unoptimized_one(case):
+    check_opt_levels(program(), f"M_{case[0]}", targets=REFERENCE, sizes={"N": 4})
+
+
+@pytest.mark.parametrize("name", [*METRIC_MODELS, "binary"])
+def test_optimized_metrics_match_the_unoptimized_ones(name):
+    check_opt_levels(metric_program(), name, targets=REFERENCE, sizes={"N": 6, "K": 2})

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from _crosscheck import REFERENCE, check_opt_levels
 from _stdlibtest import close, rand
 
 import kiln
@@ -621,3 +622,12 @@ def test_pytorch_parity(tmp_path, block, torch_src):
             with torch.no_grad():
                 want = module(torch.from_numpy(x)).numpy()
         close(m(x), want.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------- -O0 vs -O1
+# Every recorded block (the list is complete here, at the end of the module), on the
+# reference: at -O1 it runs every pass native code gets; tests/test_native_nn.py runs the
+# ops natively.
+@pytest.mark.parametrize("block", list(_BLOCKS), ids=[f"{e}:{t}" for e, t in _BLOCKS])
+def test_optimized_reference_matches_the_unoptimized_one(block):
+    check_opt_levels(program(tuple(_BLOCKS.items())), _BLOCKS[block], targets=REFERENCE)

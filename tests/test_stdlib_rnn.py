@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crosscheck import OPTIMIZED, REFERENCE, check_opt_levels, oracle
 from _stdlibtest import close, rand
 
 import kiln
@@ -318,12 +319,12 @@ def test_variants_match_onnx_operators(case):
 
 # ---------------------------------------------------------------------------- the example
 SIZES = [(1, 3), (4, 6)]  # (B, T)
+EXAMPLE_ARGS = {"vocab_size": 20, "embed_dim": 6, "hidden_size": 5}
 
 
 @functools.cache
 def example(target="reference"):
-    return kiln.compile(EXAMPLE, args={"vocab_size": 20, "embed_dim": 6, "hidden_size": 5},
-                        target=target)
+    return kiln.compile(EXAMPLE, args=EXAMPLE_ARGS, target=target)
 
 
 def tokens(b, t, seed):
@@ -365,13 +366,13 @@ def test_example_matches_torch(size):
 @pytest.mark.parametrize("size", SIZES, ids=[f"B{b}-T{t}" for b, t in SIZES])
 def test_example_onnx_target_matches_reference(size):
     ids = tokens(*size, seed=sum(size))
-    close(example("onnx")(ids), example()(ids))
+    close(example("onnx")(ids), oracle(EXAMPLE, args=EXAMPLE_ARGS)(ids))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_onnx_target_matches_reference(mode):
     args = {"num_layers": 2, "bidirectional": True, "batch_first": True}
-    ref = compile_block(mode, **args)
+    ref = oracle(program(), model=mode, args={"input_size": IN, "hidden_size": H, **args})
     onnx_m = kiln.compile(program(), model=mode, target="onnx",
                           args={"input_size": IN, "hidden_size": H, **args})
     rng = np.random.default_rng(5)
@@ -380,3 +381,12 @@ def test_onnx_target_matches_reference(mode):
         close(g, w)
     for g, w in zip(onnx_m(x, h0), ref(x, h0), strict=True):
         close(g, w)
+
+
+# ---------------------------------------------------------------------------- -O0 vs -O1
+# (the examples' sweep runs an LSTM and a GRU on native code)
+@pytest.mark.parametrize("mode, targets", [("RNN", OPTIMIZED), ("LSTM", REFERENCE),
+                                           ("GRU", REFERENCE)])
+def test_optimized_targets_match_the_unoptimized_reference(mode, targets):
+    args = {"input_size": IN, "hidden_size": H, "num_layers": 2, "bidirectional": True}
+    check_opt_levels(program(), mode, args=args, sizes={"T": T, "B": B}, targets=targets)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crosscheck import REFERENCE, check_opt_levels, oracle
 from _stdlibtest import close, rand
 
 import kiln
@@ -736,7 +737,7 @@ ONNX_RTOL, ONNX_ATOL = 1e-4, 1e-5
 def test_onnx_target_agrees_with_the_reference(example):
     pytest.importorskip("onnxruntime")
     path = EXAMPLES / f"{example}.kiln"
-    ref = kiln.compile(path, target="reference")
+    ref = oracle(path)
     ort = kiln.compile(path, target="onnx")
     for B, T in ((1, 3), (3, 10)):
         rng = np.random.default_rng(B * T)
@@ -746,3 +747,15 @@ def test_onnx_target_agrees_with_the_reference(example):
             feeds.append((tokens, padding(B, T, rng)))
         for args in feeds:
             np.testing.assert_allclose(ort(*args), ref(*args), rtol=ONNX_RTOL, atol=ONNX_ATOL)
+
+
+# ---------------------------------------------------------------------------- -O0 vs -O1
+# every test model, on the reference (the examples' sweep runs an encoder and GPT natively)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_optimized_targets_match_the_unoptimized_reference(name):
+    check_opt_levels(program(), name, targets=REFERENCE)
+
+
+def test_gpt_optimized_targets_match_the_unoptimized_reference():
+    check_opt_levels(stdlib_gpt_program(), "GPT", args=GPT_ARGS, sizes={"T": 5},
+                     targets=REFERENCE)

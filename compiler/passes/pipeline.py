@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -61,7 +62,7 @@ PASSES: dict[str, Pass] = {p.name: p for p in PIPELINE}
 def optimize(
     model_or_graph: Any,
     level: int = 1,
-    verify: bool = False,
+    verify: bool | None = None,
     passes: list[str | Pass] | None = None,
     params: dict[str, np.ndarray] | None = None,
     pipeline: str = "native",
@@ -74,7 +75,8 @@ def optimize(
     instead.
     `params` (path -> array) lets passes that need parameter values (fold_batch_norm) run;
     without them they are skipped. `verify` checks the IR (structure and types) before the
-    first pass and after each one, raising IRError that names the pass that broke it.
+    first pass and after each one, raising IRError that names the pass that broke it (by
+    default when the environment has KILN_VERIFY_IR=1, as the test suite sets it).
     Returns the graph and one PassStats per pass.
     """
     graph = getattr(model_or_graph, "graph", model_or_graph)
@@ -85,6 +87,8 @@ def optimize(
         chosen = [PASSES[p] if isinstance(p, str) else p for p in passes]
     else:
         chosen = [p for p in PIPELINES[pipeline] if p.level <= level]
+    if verify is None:
+        verify = os.environ.get("KILN_VERIFY_IR") == "1"
     return run_passes(graph, chosen, params, verify)
 
 
