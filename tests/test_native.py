@@ -17,7 +17,7 @@ from _sizes import symbol_sizes
 
 import kiln
 from kiln import KilnError
-from kiln.compiler.ops import REGISTRY
+from kiln.compiler.ops import REGISTRY, Prop
 from kiln.runtime import cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,9 @@ def _f32_to_f32(rec) -> bool:
 
 
 UNARY = [name for name, rec in REGISTRY.items()
-         if rec.elementwise and rec.llvm is not None and len(rec.args) == 1 and _f32_to_f32(rec)]
+         if rec.has(Prop.ELEMENTWISE) and rec.llvm is not None and len(rec.args) == 1 and _f32_to_f32(rec)]
 BINARY = [name for name, rec in REGISTRY.items()
-          if rec.elementwise and rec.llvm is not None and len(rec.args) == 2
+          if rec.has(Prop.ELEMENTWISE) and rec.llvm is not None and len(rec.args) == 2
           and all(a.kind == "tensor" for a in rec.args) and _f32_to_f32(rec)]
 
 

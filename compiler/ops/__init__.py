@@ -4,6 +4,6 @@ Importing this package imports every family, in this order, and each registers i
 """
 
 from . import control, elementwise, linalg, nn, reduce, shape  # noqa: F401  (each registers its records)
-from .registry import REGISTRY, REQUIRED, Arg, OpError, OpRecord, lookup
+from .registry import REGISTRY, REQUIRED, Arg, OpError, OpRecord, Prop, has, lookup
 
-__all__ = ["REGISTRY", "REQUIRED", "Arg", "OpError", "OpRecord", "lookup"]
+__all__ = ["REGISTRY", "REQUIRED", "Arg", "OpError", "OpRecord", "Prop", "has", "lookup"]

@@ -24,7 +24,7 @@ from ..types import (
     largest_number,
     shape_str,
 )
-from .registry import Arg, OpError, OpRecord
+from .registry import Arg, OpError, OpRecord, Prop
 
 ALL_DTYPES = frozenset(NUMPY_DTYPES)
 NUMERIC = ALL_DTYPES - {"bool"}
@@ -482,7 +482,7 @@ def _no_check(attrs_: dict) -> None:
 def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
                 dtypes: frozenset[str] = FLOATS, out_dtype: OutDtype = None,
                 extra: tuple[tuple[str, Any], ...] = (), check: Callable = _no_check,
-                promote: bool = False, tags: frozenset[str] = frozenset(),
+                promote: bool = False, props: frozenset[Prop] = frozenset(),
                 onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
     """An op applied element by element: fn(*inputs, **attrs) over broadcast inputs.
 
@@ -512,7 +512,7 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
         kb.elementwise(n, lambda kb_, *values: llvm(kb_, n.attrs, *values))
 
     return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
-                    promote=promote, elementwise=True, tags=tags, onnx=onnx,
+                    promote=promote, props=props | {Prop.ELEMENTWISE}, onnx=onnx,
                     llvm=lower if llvm is not None else None, scalar=llvm)
 
 
@@ -531,7 +531,8 @@ def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERI
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
               out_dtype: OutDtype = None, single_axis: bool = False,
-              onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
+              onnx: Emitter | None = None, llvm: Callable | None = None,
+              props: frozenset[Prop] = frozenset()) -> OpRecord:
     """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list).
     `llvm(kernel_builder, node, axes)` gets the reduced axes normalised (sorted, distinct)."""
 
@@ -564,7 +565,7 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
 
     args = tensors("x") + attrs(("axis", None), ("keepdims", False))
     return OpRecord(name, args, infer, reference, doc, onnx=onnx,
-                    llvm=lower if llvm is not None else None)
+                    llvm=lower if llvm is not None else None, props=props)
 
 
 def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,
@@ -615,14 +616,15 @@ def simple(name: str, doc: str, args: tuple[Arg, ...], infer_one: Callable,
 
 
 def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
-             compute: Callable, onnx: Emitter | None = None,
-             llvm: Callable | None = None) -> OpRecord:
-    """An op of one tensor x that moves data: shape_rule(shape, attrs); compute(x, attrs)."""
+             compute: Callable, onnx: Emitter | None = None, llvm: Callable | None = None,
+             props: frozenset[Prop] = frozenset(), **kw) -> OpRecord:
+    """An op of one tensor x that moves data: shape_rule(shape, attrs); compute(x, attrs).
+    `props` are its properties besides Prop.MOVEMENT; `kw` go to the record."""
 
     def infer_one(types, a):
         (x,) = types
         return TensorType(x.dtype, tuple(shape_rule(x.shape, a)))
 
     return simple(name, doc, tensors("x") + extra, infer_one,
-                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}), onnx=onnx,
-                  llvm=llvm)
+                  lambda inputs, a: compute(inputs[0], a), props=props | {Prop.MOVEMENT},
+                  onnx=onnx, llvm=llvm, **kw)

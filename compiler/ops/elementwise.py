@@ -38,7 +38,7 @@ from ._common import (
     unary,
     widened,
 )
-from .registry import REQUIRED, OpRecord, register
+from .registry import REQUIRED, OpRecord, Prop, register
 
 
 def sigmoid(x):
@@ -493,7 +493,7 @@ def _where_reference(env, inputs, _attrs):
 # onnxruntime's Where has no bool or bf16 kernel: a and b go through i32 or f32 (exactly)
 register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _where_reference,
                   "a where cond is true, else b, broadcasting all three.", promote=("a", "b"),
-                  elementwise=True,
+                  props=frozenset({Prop.ELEMENTWISE}),
                   onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2)),
                   llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b)),
                   scalar=lambda kb, _attrs, c, a, b: kb.select(c, a, b)))

@@ -52,7 +52,7 @@ from ._common import (
     window_count,
     windows,
 )
-from .registry import OpError, OpRecord, register
+from .registry import OpError, OpRecord, Prop, register
 
 
 def _native():
@@ -252,9 +252,8 @@ def _grouped_llvm(groups):
     return lower
 
 
-# ops whose every sample is computed from the same sample of the input alone: the native
-# backend may split a batch across threads (module._batch_split)
-SAMPLEWISE = frozenset({"batch_parallel"})
+# the native backend splits a batch of these across threads (module._batch_split)
+SAMPLEWISE = frozenset({Prop.SAMPLEWISE})
 
 
 register(norm_record(
@@ -459,7 +458,7 @@ register(OpRecord(
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
     onnx=widened(_conv_onnx), llvm=_conv_llvm,
-    tags=SAMPLEWISE))
+    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a"))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -556,7 +555,7 @@ register(OpRecord(
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
     macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
-    tags=SAMPLEWISE))
+    props=SAMPLEWISE, packed_weight="b"))
 
 
 # pooling ----------------------------------------------------------------------------------
@@ -681,7 +680,7 @@ register(OpRecord(
     _pool_infer(NUMERIC), _max_pool_reference,
     "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
     onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm,
-    tags=SAMPLEWISE))
+    props=SAMPLEWISE))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
@@ -689,7 +688,7 @@ register(OpRecord(
     _pool_infer(FLOATS), _avg_pool_reference,
     "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
     llvm=_avg_pool_llvm,
-    tags=SAMPLEWISE))
+    props=SAMPLEWISE))
 
 
 def _global_avg_pool_onnx(b, n):
@@ -714,7 +713,7 @@ register(OpRecord(
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
     onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
-    tags=SAMPLEWISE))
+    props=SAMPLEWISE))
 
 
 # resize -----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from ._common import (
     upcast,
     widened,
 )
-from .registry import Arg, OpError, OpRecord, internal, register
+from .registry import Arg, OpError, OpRecord, Prop, internal, register
 
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -118,6 +118,13 @@ def _swap(rank, a):
     return perm
 
 
+# moves of data that read only their operand and never report a value out of range (unlike
+# gather or one_hot): passes may run them before a loop that might run no step
+_SAFE = frozenset({Prop.CANNOT_FAIL})
+_RESHAPE = _SAFE | {Prop.RESHAPE}  # the same elements, row-major, in another shape
+_PERMUTE = _SAFE | {Prop.PERMUTE}
+
+
 def _reshape_onnx(b, n):
     """Reshape to the inferred shape: -1 resolved, symbolic sizes computed at run time (and a
     0 in it meaning 0, not "copy")."""
@@ -160,26 +167,25 @@ def _flip_llvm(kb, n):
 
 register(movement("reshape", "The same elements in a new shape (one size may be -1).",
                   attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
-                  _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n)))
+                  _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
 register(movement("flatten", "Merge axes start..end (inclusive) into one.",
                   attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten, _flatten_onnx,
-                  llvm=lambda kb, n: kb.copy_all(n)))
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
 register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
                   lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
-                  llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs))))
+                  llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
+                  props=_PERMUTE, permutation=_swap))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
-                  llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs))))
-# the axis order each axis-moving op gives, by rank and attributes (the weight-layout fold
-# names a moved weight by it: compiler/derived.py's `permute`)
-PERMUTATIONS = {"transpose": _swap, "permute": _permutation}
+                  llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
+                  props=_PERMUTE, permutation=_permutation))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
-                  llvm=_flip_llvm))
+                  llvm=_flip_llvm, props=_SAFE))
 
 
 def _squeeze_axes(shape, a):
@@ -219,13 +225,13 @@ register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis)
                   attrs(("axis", None)),
                   lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
                   lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx,
-                  llvm=lambda kb, n: kb.copy_all(n)))
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
 register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
                   attrs("axis"), _unsqueeze_shape,
                   lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a)),
                   lambda b, n: b.node("Unsqueeze", [n.inputs[0], b.ints(_unsqueeze_axes(
                       n.in_types[0].rank, n.attrs))], n.outputs),
-                  llvm=lambda kb, n: kb.copy_all(n)))
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
 
 
 def _broadcast_to_shape(shape, a):
@@ -312,10 +318,10 @@ register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("
                   lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy(),
                   widened(_broadcast_to_onnx, BF16_UP),
                   llvm=lambda kb, n: kb.view_copy(n, kb.const(0, "i64"), kb.broadcast_strides(
-                      n.in_types[0], n.out_types[0]))))
+                      n.in_types[0], n.out_types[0])), props=_SAFE))
 register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
                   _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"])),
-                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm))
+                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm, props=_SAFE))
 register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
                   attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"]),
                   widened(_trilu_onnx(0), BF16_UP), llvm=_trilu_llvm(False)))
@@ -600,7 +606,7 @@ def _slice_llvm(kb, n):
 
 register(internal(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
                            attrs("items"), _slice_shape, _slice, _slice_onnx,
-                           llvm=_slice_llvm)))
+                           llvm=_slice_llvm, props=_SAFE)))
 
 
 # joining and splitting --------------------------------------------------------------------
@@ -659,12 +665,12 @@ register(simple("concat", "Join tensors along an existing axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, False),
                 lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(False), llvm=_join_llvm(False)))
+                onnx=_join_onnx(False), llvm=_join_llvm(False), props=_SAFE))
 register(simple("stack", "Join equally shaped tensors along a new axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, True),
                 lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(True), llvm=_join_llvm(True)))
+                onnx=_join_onnx(True), llvm=_join_llvm(True), props=_SAFE))
 
 
 def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
@@ -711,7 +717,7 @@ def _split_onnx(b, n):
 register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
                   _split_infer, _split_reference,
                   "Split x along axis into n equal parts or parts of the given sizes.",
-                  tags=frozenset({"movement", "multi_output"}), onnx=_split_onnx,
+                  props=_SAFE | {Prop.MOVEMENT, Prop.MULTI_OUTPUT}, onnx=_split_onnx,
                   llvm=lambda kb, n: kb.join(n, *_split_parts(n.in_types[0], n.attrs),
                                              split=True)))
 

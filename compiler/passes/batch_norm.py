@@ -23,8 +23,8 @@ from ..derived import (
     derived_name,
 )
 from ..ir import Graph, Value
+from ..ops import REGISTRY, Prop, has
 from ..ops._common import number, to_int
-from ..ops.shape import PERMUTATIONS
 from .edit import (
     add_checked,
     add_constant,
@@ -34,6 +34,9 @@ from .edit import (
     replace_node,
 )
 from .manager import PassContext, graph_pass
+
+# The rewrites below name conv, conv_transpose, matmul and add: folding is each op's own algebra
+# (which axis of its weight is the output channel), not a property other ops could share.
 
 
 class _Folding:
@@ -79,11 +82,11 @@ def _source_name(graph: Graph, value: Value) -> str | None:
     node = graph.node(value.node)
     if node["op"] == "param":
         return node["attrs"]["path"]
-    if node["op"] in PERMUTATIONS:
+    if has(node["op"], Prop.PERMUTE):
         (operand,) = graph.operands(value.node)
         source = graph.node(operand.node)
         if source["op"] == "param":
-            perm = PERMUTATIONS[node["op"]](operand.type.rank, node["attrs"])
+            perm = REGISTRY[node["op"]].permutation(operand.type.rank, node["attrs"])
             return derived_name("permute", source["attrs"]["path"], perm=tuple(perm))
     return None
 
