@@ -16,9 +16,10 @@ Nested scans stay in their body (their own bodies are hoisted first: the pass ru
 
 from __future__ import annotations
 
+from ..builder import GraphBuilder
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop
-from .edit import add_constant, key, remove_unused, replace_uses
+from .edit import key, remove_unused, replace_uses
 from .manager import PassContext, graph_pass
 
 
@@ -47,7 +48,8 @@ def _fixed(graph: Graph, node: dict) -> Value:
     """A body's constant or parameter node as a value of `graph`: the same parameter node when
     `graph` has one for its path (a weight has one node per graph), else a new one."""
     if node["op"] == "constant":
-        return add_constant(graph, node["attrs"]["value"], node, node["attrs"].get("derived"))
+        return GraphBuilder.like(graph, node).constant(node["attrs"]["value"],
+                                                       node["attrs"].get("derived"))
     path = node["attrs"]["path"]
     for nid in graph.params():
         if graph.node(nid)["attrs"]["path"] == path:

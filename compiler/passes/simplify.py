@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..builder import GraphBuilder
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop, has
-from .edit import add_checked, only_user, replace_node
+from .edit import only_user, replace_node
 from .manager import PassContext, graph_pass
 
 Rule = Callable[[Graph, int], Value | None]
@@ -81,7 +82,7 @@ def merge_permutes(graph: Graph, nid: int) -> Value | None:
     node = graph.node(nid)
     if only_user(graph, y) != nid:
         return None
-    new = add_checked(graph, "permute", [x], {"perm": perm}, node["types"], node)
+    new = GraphBuilder.like(graph, node).checked("permute", x, perm=perm, want=node["types"])
     return new[0] if new else None
 
 
@@ -99,7 +100,7 @@ def merge_reshapes(graph: Graph, nid: int) -> Value | None:
     if only_user(graph, y) != nid:
         return None
     shape = [d.value if d.is_const else d for d in t.shape]
-    new = add_checked(graph, "reshape", [x], {"shape": shape}, [t], node)
+    new = GraphBuilder.like(graph, node).checked("reshape", x, shape=shape, want=[t])
     return new[0] if new else None
 
 
