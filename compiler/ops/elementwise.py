@@ -18,31 +18,22 @@ import numpy as np
 from ..types import TensorType
 from ._common import (
     ALL_DTYPES,
-    BF16_UP,
     BOOL,
     FLOATS,
     NUMERIC,
     attr_error,
-    attr_number,
     attrs,
-    binary,
     broadcast_shapes,
-    by_kind,
-    cast,
     check_dtype,
     check_same_dtype,
     choice,
     dtype_attr,
     erf,
-    identity,
     number,
-    one,
-    onnx_op,
     tensors,
-    trimmed,
-    unary,
-    widened,
 )
+from ._emit import BF16_UP, attr_number, by_kind, cast, identity, one, onnx_op, trimmed, widened
+from ._factories import binary, unary
 from .registry import REQUIRED, OpRecord, Prop, register
 
 

@@ -12,12 +12,12 @@ from ._common import (
     check_dtype,
     check_same_dtype,
     dtype_name,
-    onnx_op,
     prod,
     tensors,
     try_broadcast,
     upcast,
 )
+from ._emit import onnx_op
 from .registry import OpError, OpRecord, Prop, register
 
 

@@ -10,20 +10,9 @@ import numpy as np
 
 from ..dims import Dim
 from ..types import NUMPY_DTYPES
-from ._common import (
-    ALL_DTYPES,
-    BF16_UP,
-    FLOATS,
-    HALF_UP,
-    INTS,
-    along_axis,
-    cast,
-    normalize_axes,
-    normalize_axis,
-    one,
-    reduction,
-    widened,
-)
+from ._common import ALL_DTYPES, FLOATS, INTS, normalize_axes, normalize_axis
+from ._emit import BF16_UP, HALF_UP, cast, one, widened
+from ._factories import along_axis, reduction
 from .registry import Prop, register
 
 

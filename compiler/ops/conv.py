@@ -1,5 +1,4 @@
-"""Neural-network ops with PyTorch semantics in NC(L)/NCHW layout: normalization, convolution,
-transposed convolution, pooling, resize and dropout.
+"""Convolution, transposed convolution and pooling with PyTorch semantics in NC(L)/NCHW layout.
 
 conv, conv_transpose and the pools share one piece of window arithmetic (`_common.window_count`)
 for their symbolic output sizes; their references slide one strided view (`_common.windows`).
@@ -7,7 +6,6 @@ for their symbolic output sizes; their references slide one strided view (`_comm
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,306 +13,38 @@ import numpy as np
 from ..dims import Dim
 from ..types import TensorType, shape_str
 from ._common import (
-    BF16_UP,
     FLOATS,
     NUMERIC,
     as_dtype,
     attr_error,
     attrs,
-    chain,
+    channel_shape,
+    check_affine,
+    check_channels_first,
     check_dtype,
     check_positive,
     check_rank,
     check_same_dtype,
-    check_shape,
-    choice,
     compute_dtype,
     divides,
     dtype_name,
-    full_of,
-    identity,
-    is_list,
-    number,
-    one,
-    onnx_pads,
+    nn_native,
     optional,
     pad_or_crop,
     prod,
     spatial,
     tensors,
-    to_dims,
     to_int,
     transposed_count,
-    trimmed,
-    unary,
     upcast,
-    widened,
     window_count,
     windows,
 )
+from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
 from .registry import OpError, OpRecord, Prop, register
-
-
-def _native():
-    """The native kernels (imported when a lowering runs: they need llvmlite, the ops do not)."""
-    from ..codegen.llvm import nn_kernels
-
-    return nn_kernels
-
-
-# normalization ----------------------------------------------------------------------------
-def _check_affine(x: TensorType, params: list[TensorType | None], names: list[str],
-                  shape: tuple[Dim, ...], what: str) -> None:
-    """Optional per-feature tensors (weight, bias, running stats) must match `shape` and x's
-    dtype."""
-    for t, name in zip(params, names, strict=False):
-        if t is not None:
-            check_shape(t, shape, name, what)
-            check_same_dtype([x, t], ["x", name])
-
-
-def _training_off(a: dict) -> None:
-    if a["training"]:
-        raise attr_error("training", "training-mode is not supported yet")
-
-
-def _normalize(x: np.ndarray, axes, eps: float) -> np.ndarray:
-    """(x - mean) / sqrt(var + eps) over `axes`, with the biased variance as PyTorch."""
-    mean = np.mean(x, axis=axes, keepdims=True)
-    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps)
-
-
-def _affine(y: np.ndarray, weight, bias, shape) -> np.ndarray:
-    """y * weight + bias, each reshaped to `shape` for broadcasting (absent ones skipped)."""
-    if weight is not None:
-        y = y * upcast(weight).reshape(shape)
-    if bias is not None:
-        y = y + upcast(bias).reshape(shape)
-    return y
-
-
-def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
-    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-
-def _check_channels_first(x: TensorType, minimum_rank: int) -> None:
-    check_dtype(x, FLOATS, "x")
-    if x.rank < minimum_rank:
-        raise OpError(f"x must have rank {minimum_rank} or more ([N, C, ...]), got "
-                      f"{shape_str(x.shape)}", arg="x")
-
-
-def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
-                onnx, llvm) -> OpRecord:
-    """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
-
-    param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
-    normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
-    emitter, run in f32 for half floats as the reference; llvm the native lowering.
-    """
-
-    def infer(types, a):
-        x, weight, bias = types
-        check_dtype(x, FLOATS, "x")
-        shape, what = param_shape(x, a)
-        _check_affine(x, [weight, bias], ["weight", "bias"], shape, what)
-        return [x]
-
-    def reference(env, inputs, a):
-        x, weight, bias = inputs
-        y, shape = normalize(upcast(x), a)
-        return [_affine(y, weight, bias, shape).astype(x.dtype)]
-
-    args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
-    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm)
-
-
-def _layer_params(x: TensorType, a):
-    ns = to_dims(a["normalized_shape"], "normalized_shape")
-    if len(ns) > x.rank or x.shape[x.rank - len(ns):] != ns:
-        raise OpError(f"normalized_shape {shape_str(ns)} does not match the last axes of "
-                      f"{shape_str(x.shape)}", arg="normalized_shape")
-    return ns, "normalized_shape"
-
-
-def _layer_normalize(x: np.ndarray, a):
-    k = len(to_dims(a["normalized_shape"], "normalized_shape"))
-    return _normalize(x, tuple(range(x.ndim - k, x.ndim)), a["eps"]), x.shape[x.ndim - k:]
-
-
-def _group_params(x: TensorType, a):
-    _check_channels_first(x, 2)
-    groups = to_int(a["num_groups"], "num_groups")
-    if groups < 1:
-        raise attr_error("num_groups", f"num_groups must be positive, got {groups}")
-    if not divides(x.shape[1], groups):
-        raise OpError(f"{x.shape[1]} channels of {shape_str(x.shape)} do not split into "
-                      f"{groups} groups", arg="num_groups")
-    return (x.shape[1],), "one value per channel"
-
-
-def _group_normalize(x: np.ndarray, a):
-    grouped = x.reshape(x.shape[0], to_int(a["num_groups"], "num_groups"), -1)
-    return _normalize(grouped, 2, a["eps"]).reshape(x.shape), _channel_shape(x)
-
-
-def _instance_params(x: TensorType, a):
-    _check_channels_first(x, 3)
-    return (x.shape[1],), "one value per channel"
-
-
-def _eps(n) -> float:
-    return float(number(n.attrs["eps"], "eps"))
-
-
-def _normalized_onnx(b, x: str, axes: list[int], eps: float, dtype: str) -> str:
-    """(x - mean) / sqrt(var + eps) over `axes` with the biased variance, as `_normalize`."""
-    axes_input = b.ints(axes)
-    mean = one(b, "ReduceMean", x, axes_input, keepdims=1, noop_with_empty_axes=1)
-    centered = one(b, "Sub", x, mean)
-    var = one(b, "ReduceMean", one(b, "Mul", centered, centered), axes_input, keepdims=1,
-              noop_with_empty_axes=1)
-    return one(b, "Div", centered, one(b, "Sqrt", one(b, "Add", var, b.const(eps, dtype))))
-
-
-def _affine_onnx(b, y: str, weight: str | None, bias: str | None, shape: list[int],
-                 outputs: list[str]) -> None:
-    """outputs = y * weight + bias, each reshaped to `shape` (absent ones skipped)."""
-    chain(b, y, [(op, [one(b, "Reshape", p, b.ints(shape))])
-                 for op, p in (("Mul", weight), ("Add", bias)) if p is not None], outputs)
-
-
-def _per_channel(b, n, p: str | None, value: float) -> str:
-    """A per-channel input, or `value` for every channel when it is absent."""
-    x = n.in_types[0]
-    return p if p is not None else full_of(b, x.shape[1:2], value, x.dtype)
-
-
-def _layer_norm_onnx(b, n):
-    """LayerNormalization (opset 17) over the trailing axes; a missing weight is ones."""
-    x, weight, bias = n.inputs
-    t = n.in_types[0]
-    shape = to_dims(n.attrs["normalized_shape"], "normalized_shape")
-    if not shape:  # no axes to normalize over, which LayerNormalization cannot say
-        _affine_onnx(b, _normalized_onnx(b, x, [], _eps(n), t.dtype), weight, bias, [],
-                     n.outputs)
-        return
-    weight = weight if weight is not None else full_of(b, shape, 1.0, t.dtype)
-    # onnxruntime refuses LayerNormalization over no element; x is then empty, and so is
-    # the result (as the reference and native code): x itself
-    b.if_positive(prod(shape), n.outputs, n.out_types,
-                  lambda outs: b.node("LayerNormalization", trimmed([x, weight, bias]), outs,
-                                      axis=-len(shape), epsilon=_eps(n)),
-                  lambda outs: b.node("Identity", [x], outs))
-
-
-def _group_norm_onnx(b, n):
-    """By hand over x viewed as [N, G, -1]: opset 18's GroupNormalization scales per group,
-    not per channel."""
-    x, weight, bias = n.inputs
-    t = n.in_types[0]
-    groups = to_int(n.attrs["num_groups"], "num_groups")
-    # [N, G, C * spatial // G], spelled out: onnxruntime cannot infer a -1 for an empty x,
-    # and a computed 0 there is a size (allowzero), not "as the input"
-    rest = one(b, "ReduceProd", one(b, "Shape", x, start=1), keepdims=1)
-    grouped = one(b, "Reshape", x, one(b, "Concat", one(b, "Shape", x, start=0, end=1),
-                                       b.ints([groups]), one(b, "Div", rest, b.ints([groups])),
-                                       axis=0), allowzero=1)
-    y = one(b, "Reshape", _normalized_onnx(b, grouped, [2], _eps(n), t.dtype), one(b, "Shape", x),
-            allowzero=1)
-    _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
-
-
-def _instance_norm_onnx(b, n):
-    """InstanceNormalization, which needs scale and bias: ones and zeros when absent."""
-    x, weight, bias = n.inputs
-    b.node("InstanceNormalization", [x, _per_channel(b, n, weight, 1.0),
-                                     _per_channel(b, n, bias, 0.0)], n.outputs, epsilon=_eps(n))
-
-
-def _layer_norm_llvm(kb, n):
-    """Segments of the normalized_shape's size; weight and bias follow the position."""
-    size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
-    one = kb.dim(1)
-    _native().normalize(kb, n, one, one, size, _eps(n), by_position=True)
-
-
-def _grouped_llvm(groups):
-    """The lowering of a norm over groups(n) groups of channels (instance norm: one each)."""
-
-    def lower(kb, n):
-        x = n.in_types[0]
-        count = groups(n)
-        _native().normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
-                            kb.numel(x.shape[2:]), _eps(n), by_position=False)
-
-    return lower
-
 
 # the native backend splits a batch of these across threads (module._batch_split)
 SAMPLEWISE = frozenset({Prop.SAMPLEWISE})
-
-
-register(norm_record(
-    "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
-    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
-register(norm_record(
-    "group_norm", "Normalize each group of channels over the group and the spatial axes.",
-    ("num_groups",), _group_params, _group_normalize, _group_norm_onnx,
-    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups"))))
-register(norm_record(
-    "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
-    _instance_params,
-    lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), _channel_shape(x)),
-    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1])))
-
-
-def _batch_norm_infer(types, a):
-    x, mean, var, weight, bias = types
-    _training_off(a)
-    _check_channels_first(x, 2)
-    _check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
-                  (x.shape[1],), "one value per channel")
-    return [x]
-
-
-def _batch_norm_reference(env, inputs, a):
-    x, mean, var, weight, bias = inputs
-    shape = _channel_shape(x)
-    y = (upcast(x) - upcast(mean).reshape(shape)) / np.sqrt(upcast(var).reshape(shape) + a["eps"])
-    return [_affine(y, weight, bias, shape).astype(x.dtype)]
-
-
-def _batch_norm_onnx(b, n):
-    """BatchNormalization in inference mode; a missing weight is ones, a missing bias zeros."""
-    x, mean, var, weight, bias = n.inputs
-    b.node("BatchNormalization", [x, _per_channel(b, n, weight, 1.0),
-                                  _per_channel(b, n, bias, 0.0), mean, var], n.outputs,
-           epsilon=_eps(n), training_mode=0)
-
-
-register(OpRecord(
-    "batch_norm",
-    tensors("x", "running_mean", "running_var") + optional("weight", "bias")
-    + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
-    _batch_norm_infer, _batch_norm_reference,
-    "Normalize each channel (axis 1) with running statistics, then scale and shift.",
-    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: _native().batch_norm(kb, n, _eps(n))))
-
-
-def _dropout_check(a: dict) -> None:
-    p = number(a["p"], "p")
-    if not 0 <= p <= 1:
-        raise attr_error("p", f"p must be in [0, 1], got {p}")
-    if a["training"]:
-        raise attr_error("training", "training-mode dropout is not supported yet")
-
-
-register(unary("dropout", lambda x, p, training: x,
-               "Identity outside training (training-mode dropout comes with training).",
-               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity,
-               llvm=lambda kb, attrs, x: x))
 
 
 # convolution ------------------------------------------------------------------------------
@@ -388,7 +118,7 @@ def _conv_infer(types, a):
         raise OpError(f"weight {shape_str(w.shape)} with groups={groups} expects "
                       f"{w.shape[1] * groups} input channels, x is {shape_str(x.shape)}",
                       arg="weight")
-    _check_affine(x, [bias], ["bias"], (w.shape[0],), "one value per output channel")
+    check_affine(x, [bias], ["bias"], (w.shape[0],), "one value per output channel")
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + geo.out)]
 
 
@@ -412,7 +142,7 @@ def conv_nd(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: int) -
 
 
 def _add_bias(y: np.ndarray, bias) -> np.ndarray:
-    return y if bias is None else y + upcast(bias).reshape(_channel_shape(y))
+    return y if bias is None else y + upcast(bias).reshape(channel_shape(y))
 
 
 def _conv_reference(env, inputs, a):
@@ -435,14 +165,14 @@ def _conv_onnx(b, n):
 
 def _window(x: TensorType, geo: Conv):
     """The native kernels' view of a conv or pool geometry."""
-    return _native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
+    return nn_native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
                                [lo for lo, _ in geo.pads], geo.out)
 
 
 def _conv_llvm(kb, n):
     x, w, _bias = n.in_types
     geo = _conv_geometry(x, w, n.attrs)
-    _native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+    nn_native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_macs(input_types, output_types, a) -> Dim:
@@ -489,7 +219,7 @@ def _conv_transpose_infer(types, a):
         raise OpError(f"weight {shape_str(w.shape)} expects {w.shape[0]} input channels, "
                       f"x is {shape_str(x.shape)}", arg="weight")
     channels = w.shape[1] * groups
-    _check_affine(x, [bias], ["bias"], (channels,), "one value per output channel")
+    check_affine(x, [bias], ["bias"], (channels,), "one value per output channel")
     return [TensorType(x.dtype, (x.shape[0], channels) + out)]
 
 
@@ -539,8 +269,8 @@ def _conv_transpose_onnx(b, n):
 def _conv_transpose_llvm(kb, n):
     x, w, _bias = n.in_types
     stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
-    window = _native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
-    _native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+    window = nn_native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
+    nn_native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
@@ -663,12 +393,12 @@ def _avg_pool_onnx(b, n):
 
 def _max_pool_llvm(kb, n):
     x = n.in_types[0]
-    _native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+    nn_native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
 
 
 def _avg_pool_llvm(kb, n):
     x = n.in_types[0]
-    _native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
+    nn_native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
                        bool(n.attrs["count_include_pad"]))
 
 
@@ -703,7 +433,7 @@ def _global_avg_pool_onnx(b, n):
 
 def _global_avg_pool_infer(types, _a):
     (x,) = types
-    _check_channels_first(x, 3)
+    check_channels_first(x, 3)
     return [TensorType(x.dtype, x.shape[:2] + (Dim.of(1),) * (x.rank - 2))]
 
 
@@ -712,133 +442,5 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
+    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: nn_native().global_avg_pool(kb, n),
     props=SAMPLEWISE))
-
-
-# resize -----------------------------------------------------------------------------------
-def _resize_sizes(x: TensorType, a: dict) -> tuple[Dim, ...]:
-    """Output spatial sizes from `size` or `scale_factor` (floor(in * scale), as PyTorch)."""
-    _check_channels_first(x, 3)
-    n = x.rank - 2
-    mode = choice(a["mode"], "mode", ("nearest", "bilinear"))
-    if a["align_corners"] and mode == "nearest":
-        raise attr_error("align_corners", "align_corners only applies to bilinear resize")
-    if (a["size"] is None) == (a["scale_factor"] is None):
-        raise attr_error("size", "give exactly one of size and scale_factor")
-    if a["size"] is not None:
-        sizes = to_dims(a["size"], "size")
-        if len(sizes) == 1:
-            sizes = sizes * n
-        if len(sizes) != n:
-            raise attr_error("size", f"size needs 1 or {n} values, got {len(sizes)}")
-        return sizes
-    scales = _scales(a, n)
-    out = []
-    for size, scale in zip(x.shape[2:], scales, strict=False):
-        if float(scale).is_integer():
-            out.append(size * int(scale))
-        elif size.is_const:
-            out.append(Dim.of(math.floor(size.value * scale)))
-        else:
-            raise OpError(f"floor({size} * {scale}) is not a symbolic size; give size instead")
-    return tuple(out)
-
-
-def _scales(a: dict, n: int) -> tuple[float, ...]:
-    values = a["scale_factor"] if is_list(a["scale_factor"]) else [a["scale_factor"]]
-    scales = tuple(number(v, "scale_factor") for v in values)
-    if len(scales) == 1:
-        scales = scales * n
-    if len(scales) != n or any(s <= 0 for s in scales):
-        raise attr_error("scale_factor", f"scale_factor needs 1 or {n} positive values")
-    return scales
-
-
-def _resize_infer(types, a):
-    (x,) = types
-    return [TensorType(x.dtype, x.shape[:2] + _resize_sizes(x, a))]
-
-
-def _source_ratio(a, i: int, size: int, out: int, n: int, for_corners: bool) -> np.float32:
-    """PyTorch's area_pixel_compute_scale: 1/scale_factor when given, else in/out."""
-    if for_corners:
-        return np.float32((size - 1) / (out - 1) if out > 1 else 0)
-    if a["scale_factor"] is not None:
-        return np.float32(1 / _scales(a, n)[i])
-    return np.float32(size / out)
-
-
-def _resize_reference(env, inputs, a):
-    """Separable: along each spatial axis take the nearest, or blend the two nearest, rows."""
-    (x,) = inputs
-    y = upcast(x)
-    n = x.ndim - 2
-    corners = bool(a["align_corners"])
-    sizes = [env.eval_dim(d) for d in _resize_sizes(TensorType(dtype_name(x), x.shape), a)]
-    for i, out in enumerate(sizes):
-        size, axis = x.shape[2 + i], 2 + i
-        ratio = _source_ratio(a, i, size, out, n, corners)
-        dst = np.arange(out, dtype=np.float32)
-        if a["mode"] == "nearest":
-            y = np.take(y, np.minimum(np.floor(dst * ratio).astype(np.int64), size - 1), axis=axis)
-            continue
-        src = dst * ratio if corners else np.maximum(ratio * (dst + 0.5) - 0.5, 0)
-        lo = src.astype(np.int64)
-        hi = np.minimum(lo + 1, size - 1)
-        lam = (src - lo).astype(y.dtype).reshape([-1] + [1] * (n - 1 - i))
-        y = np.take(y, lo, axis=axis) * (1 - lam) + np.take(y, hi, axis=axis) * lam
-    return [y.astype(x.dtype)]
-
-
-def _onnx_scale(size: Dim, scale: float, out: Dim) -> np.float32:
-    """The f32 scale ONNX reads `scale` as, nudged up where onnx's shape inference would floor
-    size * that f32 one below Python's floor of size * scale (10 * 1.3)."""
-    s = np.float32(scale)
-    if size.is_const and math.floor(size.value * float(s)) < out.value:
-        s = np.nextafter(s, np.float32(np.inf))
-    return s
-
-
-def _resize_onnx(b, n):
-    """Resize. nearest: PyTorch's legacy nearest (asymmetric, floor); bilinear: half_pixel,
-    whose negative source coordinates linear mode clamps to 0 as PyTorch, or align_corners.
-    With scale_factor the scales go in, as PyTorch reads source dst / scale, not dst * in / out."""
-    (x,), t, a = n.inputs, n.in_types[0], n.attrs
-    scales, sizes = None, b.shape(n.out_types[0].shape)
-    if a["scale_factor"] is not None:
-        spatial_out = zip(t.shape[2:], _scales(a, t.rank - 2), n.out_types[0].shape[2:],
-                          strict=True)
-        scales = b.const(np.array([1, 1, *(_onnx_scale(*s) for s in spatial_out)], np.float32))
-        sizes = None
-    if a["mode"] == "nearest":
-        mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
-                "nearest_mode": "floor"}
-    else:
-        corners = "align_corners" if a["align_corners"] else "half_pixel"
-        mode = {"mode": "linear", "coordinate_transformation_mode": corners}
-    b.node("Resize", trimmed([x, None, scales, sizes]), n.outputs, **mode)
-
-
-def _resize_llvm(kb, n):
-    """Source ratios known at compile time are computed as the reference does; the others
-    (symbolic sizes) at run time."""
-    x, y, a = n.in_types[0], n.out_types[0], n.attrs
-    corners = bool(a["align_corners"])
-    ratios = []
-    for i, (size, out) in enumerate(zip(x.shape[2:], y.shape[2:], strict=True)):
-        known = (size.is_const and out.is_const) or (a["scale_factor"] is not None
-                                                     and not corners)
-        ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
-                                    out.value if out.is_const else 1, x.rank - 2, corners)
-                      if known else None)
-    _native().resize(kb, n, ratios, a["mode"] == "nearest", corners)
-
-
-register(OpRecord(
-    "resize",
-    tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
-                         ("align_corners", False)),
-    _resize_infer, _resize_reference,
-    "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
-    onnx=widened(_resize_onnx), llvm=_resize_llvm))
