@@ -5,7 +5,7 @@
     z = gb.op("conv", x, w, stride=2)      # any op: its record's signature binds the call
     c = gb.constant(np.ones(3, "f32"))
 
-A call binds as a model file's call does (OpRecord.bind: tensors by position or by name,
+A call binds as a model file's call does (ops/signature.py: tensors by position or by name,
 attributes by keyword, defaults for the rest), runs the op's shape/type rule, and adds the node
 with the builder's span and scope. Operands are Values of the same graph; nothing is promoted
 or converted (the elaborator does that for the language), so operands must already have the
@@ -26,6 +26,7 @@ import numpy as np
 from .errors import KilnError, Span
 from .ir import Graph, IRError, Value
 from .ops import REGISTRY, OpError, OpRecord, Prop
+from .ops.signature import bind_arguments
 from .types import TensorType, dtype_of_numpy
 
 
@@ -80,10 +81,23 @@ class GraphBuilder:
         record = REGISTRY.get(name)
         if record is None:
             raise KilnError("K0102", f"unknown op {name}", self.span)
-        try:
-            operands, attrs = record.bind(args, kwargs)
-        except OpError as err:  # its message names the op
-            raise KilnError(err.code, err.message, self.span) from None
+        bound = bind_arguments(record, [(a, self.span) for a in args],
+                               {k: (v, self.span) for k, v in kwargs.items()}, self.span)
+        operands: list = []
+        attrs: dict = {}
+        for arg in record.args:
+            value, _span = bound[arg.name]
+            if arg.kind == "attr":
+                attrs[arg.name] = value
+            elif arg.kind == "tensors":
+                if not isinstance(value, (list, tuple)) or not value:
+                    raise KilnError("K0202", f"{name}: argument {arg.name} must be a list of "
+                                    "tensors", self.span)
+                operands.extend(value)
+            elif value is None and arg.kind == "tensor":
+                raise KilnError("K0201", f"{name}: argument {arg.name} needs a tensor", self.span)
+            else:
+                operands.append(value)
         for value in operands:
             if value is not None and not isinstance(value, Value):
                 raise KilnError("K0202", f"{name}: expected a tensor (a Value), not "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -144,46 +144,6 @@ class OpRecord:
     def has(self, prop: Prop) -> bool:
         """Whether the op has property `prop`."""
         return prop in self.props
-
-    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list, dict]:
-        """Bind a call `op(*args, **kwargs)` to the signature, as a model file's call binds:
-        arguments by position, then by name, defaults for the rest. Returns (the tensor
-        operands by input slot: a tensor list spread over its slots, an absent optional
-        tensor None; the attributes by name). Raises OpError (K0201: too many, unknown,
-        repeated or missing arguments, a tensor argument given None; K0202: a tensor list
-        that is not a non-empty list), naming the argument, its message worded as the
-        elaborator's for the same mistake and starting with the op's name."""
-        names = [a.name for a in self.args]
-        if len(args) > len(names):
-            raise OpError(f"{self.name} takes at most {len(names)} arguments "
-                          f"({', '.join(names)}), got {len(args)}", code="K0201")
-        bound = dict(zip(names, args, strict=False))
-        for name, value in kwargs.items():
-            if name not in names:
-                raise OpError(f"{self.name} has no argument {name}", name, "K0201")
-            if name in bound:
-                raise OpError(f"{self.name}: argument {name} given twice", name, "K0201")
-            bound[name] = value
-        operands: list = []
-        attributes: dict = {}
-        for arg in self.args:
-            if arg.name not in bound and arg.default is REQUIRED:
-                raise OpError(f"{self.name} is missing its argument {arg.name}", arg.name,
-                              "K0201")
-            value = bound.get(arg.name, arg.default)
-            if arg.kind == "attr":
-                attributes[arg.name] = value
-            elif arg.kind == "tensors":
-                if not isinstance(value, (list, tuple)) or not value:
-                    raise OpError(f"{self.name}: argument {arg.name} must be a list of tensors",
-                                  arg.name, "K0202")
-                operands.extend(value)
-            elif value is None and arg.kind == "tensor":
-                raise OpError(f"{self.name}: argument {arg.name} needs a tensor", arg.name,
-                              "K0201")
-            else:
-                operands.append(value)
-        return operands, attributes
 
     def __post_init__(self):
         if not self.doc:
