@@ -23,6 +23,10 @@ from .types import TensorType
 STRUCTURAL_OPS = frozenset({"input", "param", "constant"})
 
 
+class IRError(Exception):
+    """The IR broke an invariant: a compiler bug, never a user mistake."""
+
+
 @dataclass(frozen=True)
 class Value:
     """One output of one node: the handle the elaborator passes around for a tensor."""

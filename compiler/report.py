@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ir import STRUCTURAL_OPS, Graph, Value
-from .passes.fuse import ANCHORS, anchor_reason, elementwise_reason, join_reason
+from .ops import Prop, has
+from .passes.fuse import anchor_reason, elementwise_reason, join_reason
 from .passes.memory import ALIGN, plan
 
 
@@ -113,7 +114,7 @@ def _reason(graph, value, consumer, pg, pn, cg, cn) -> str | None:
     result = Value(consumer, 0, graph.node(consumer)["types"][0])
     if consumer_ok:
         if not (producer_elementwise or producer_anchor):
-            if pg.op(pn) in ANCHORS:
+            if has(pg.op(pn), Prop.ANCHOR):
                 return anchor_reason(pg, pn)
             return f"{pg.op(pn)} is neither elementwise nor a matmul or convolution"
         why = join_reason(graph, value, {consumer}, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .dims import Dim
 from .errors import KilnError, Span
 from .ir import Graph
+from .ops import Prop, has
 from .ops._common import normalize_axes
 from .types import MAX_TENSOR_BYTES, SIZE_LIMIT, TensorType, bytes_text, span_bytes
 
@@ -80,15 +81,11 @@ class SizeCheck:
         self._passed.add(key)
 
 
-# reductions that have no identity: nothing to give for an empty axis
-NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
-
-
 def graph_reductions(graph: Graph):
-    """(op, reduced sizes, span) of every NO_IDENTITY reduction in `graph` and the graphs its
-    nodes hold."""
+    """(op, reduced sizes, span) of every Prop.NO_IDENTITY reduction in `graph` and the graphs
+    its nodes hold."""
     for nid, node in graph.g.nodes(data=True):
-        if node["op"] in NO_IDENTITY:
+        if has(node["op"], Prop.NO_IDENTITY):
             shape = graph.operands(nid)[0].type.shape
             axes = normalize_axes(node["attrs"].get("axis"), len(shape))
             yield node["op"], tuple(shape[a] for a in axes), node["span"]

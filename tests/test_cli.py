@@ -170,8 +170,8 @@ def test_cast_array_refuses_lossy_conversions(values, dtype, want, message):
     ([1.5], np.float64, "bf16"),
 ])
 def test_cast_array_keeps_values_that_fit(values, dtype, want):
-    from kiln.inputs import cast_array
     from kiln.compiler.types import NUMPY_DTYPES
+    from kiln.inputs import cast_array
 
     out = cast_array(np.array(values, dtype), want, "x")
     assert out.dtype == NUMPY_DTYPES[want]

@@ -19,8 +19,8 @@ from hostile._hostile import run_child
 
 import kiln
 from kiln import KilnError
-from kiln.compiler.ops import REGISTRY
 from kiln.compiler.codegen.llvm import cache
+from kiln.compiler.ops import REGISTRY, Prop
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)
@@ -59,9 +59,9 @@ def _f32_to_f32(rec) -> bool:
 
 
 UNARY = [name for name, rec in REGISTRY.items()
-         if rec.elementwise and rec.llvm is not None and len(rec.args) == 1 and _f32_to_f32(rec)]
+         if rec.has(Prop.ELEMENTWISE) and rec.llvm is not None and len(rec.args) == 1 and _f32_to_f32(rec)]
 BINARY = [name for name, rec in REGISTRY.items()
-          if rec.elementwise and rec.llvm is not None and len(rec.args) == 2
+          if rec.has(Prop.ELEMENTWISE) and rec.llvm is not None and len(rec.args) == 2
           and all(a.kind == "tensor" for a in rec.args) and _f32_to_f32(rec)]
 
 
@@ -401,8 +401,8 @@ def test_code_for_a_named_cpu_computes_like_the_reference(cpu):
     """Machine code for AVX2 (8 lanes: 6 x 16 tiles, 12 accumulators) and for AVX-512 runs
     here whatever the host's widest vectors: both tilings against the reference."""
     from kiln.compiler.codegen.llvm import target as targets
-    from kiln.compiler.initializers import generate_params
     from kiln.compiler.driver import Compilation
+    from kiln.compiler.initializers import generate_params
     from kiln.runtime.native import NativeModel
 
     target = targets.named(cpu)

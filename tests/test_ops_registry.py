@@ -9,7 +9,7 @@ from pathlib import Path
 from _cases import BINARY, CASES, COMPARE, STRUCTURAL, SYMBOLIC, TARGETS, UNARY
 
 from kiln.compiler import ops
-from kiln.compiler.ops import REGISTRY, REQUIRED, lookup
+from kiln.compiler.ops import REGISTRY, REQUIRED, Prop, lookup
 
 LANGUAGE = Path(__file__).resolve().parent.parent / "docs" / "language.md"
 # every op a model or the elaborator can use; the structural ones hold graphs and are tested
@@ -42,11 +42,11 @@ def test_flags():
     macs = {n for n in PRIMITIVES if REGISTRY[n].macs is not None}
     assert macs == {"matmul", "conv", "conv_transpose"}
     for name in ("add", "sub", "mul", "div", "pow", "less", "equal", "where", "maximum"):
-        assert REGISTRY[name].promote and REGISTRY[name].elementwise, name
-    assert not REGISTRY["exp"].promote and REGISTRY["exp"].elementwise
-    assert not REGISTRY["sum"].elementwise
-    assert "movement" in REGISTRY["reshape"].tags
-    multi = {n for n in PRIMITIVES if "multi_output" in REGISTRY[n].tags}
+        assert REGISTRY[name].promote and REGISTRY[name].has(Prop.ELEMENTWISE), name
+    assert not REGISTRY["exp"].promote and REGISTRY["exp"].has(Prop.ELEMENTWISE)
+    assert not REGISTRY["sum"].has(Prop.ELEMENTWISE)
+    assert REGISTRY["reshape"].has(Prop.MOVEMENT)
+    multi = {n for n in PRIMITIVES if REGISTRY[n].has(Prop.MULTI_OUTPUT)}
     assert multi == {"split"}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from ..dims import Dim
 from ..errors import KilnError, Span, did_you_mean
 from ..limits import MAX_SEQUENCE_ITEMS, check_int, check_size
-from ..ops import REGISTRY
+from ..ops import REGISTRY, Prop
 from ..syntax import ast as A
 from .scope import Scope, Unbound, lookup_global
 from .values import (
@@ -242,7 +242,7 @@ class ExprMixin:
 
     def namespace_attr(self, ns: Namespace, name: str, span: Span):
         if ns.kind == "ops":
-            if name not in REGISTRY or "internal" in REGISTRY[name].tags:
+            if name not in REGISTRY or REGISTRY[name].has(Prop.INTERNAL):
                 raise KilnError(
                     "K0102", f"unknown op ops.{name}", span, hint=did_you_mean(name, REGISTRY)
                 )

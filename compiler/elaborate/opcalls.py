@@ -8,7 +8,7 @@ import numpy as np
 
 from ..dims import Dim, facts_equating, know
 from ..errors import KilnError, Span
-from ..ops import REGISTRY, OpError
+from ..ops import REGISTRY, OpError, Prop
 from ..ops.registry import OpRecord
 from ..ops.signature import bind_arguments, tensor_slot_names
 from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote
@@ -42,7 +42,7 @@ class OpCalls:
                 attrs[p.name] = v
         # an elementwise op on compile-time numbers is computed now: sqrt(5), exp(1.0)
         if (
-            rec.elementwise
+            rec.has(Prop.ELEMENTWISE)
             and tensor_slots
             and all(is_scalar(v) for v, _ in tensor_slots if v is not None)
         ):
@@ -57,7 +57,7 @@ class OpCalls:
             hint = where_hint(_aligned_sizes(types)) if err.code == "K0301" else None
             raise KilnError(err.code, f"{rec.name}: {err.message}", where, hint) from None
         outs = self.frames.add_node(rec.name, inputs, attrs, out_types, span)
-        return tuple(outs) if "multi_output" in rec.tags else outs[0]
+        return tuple(outs) if rec.has(Prop.MULTI_OUTPUT) else outs[0]
 
     def op_tensor_inputs(self, rec, values: dict, span: Span) -> list:
         """The tensor-kind arguments in signature order, as (value, span) or None."""

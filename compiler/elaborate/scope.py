@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops import REGISTRY
+from ..ops import REGISTRY, Prop
 from .program import ModuleScope
 from .values import ABSENT, Builtin, Instance, MemberPrefix, Namespace
 
@@ -98,7 +98,7 @@ class Scope:
             out.extend(self.module.consts)
         out.extend(BUILTIN_FUNCTIONS)
         out.extend(BUILTIN_VALUES)
-        out.extend(n for n, r in REGISTRY.items() if "internal" not in r.tags)
+        out.extend(n for n, r in REGISTRY.items() if not r.has(Prop.INTERNAL))
         return out
 
 
@@ -121,6 +121,6 @@ def lookup_global(module: ModuleScope | None, name: str, resolve_const) -> Any:
         return Builtin(name)
     from .values import OpRef
 
-    if name in REGISTRY and "internal" not in REGISTRY[name].tags:
+    if name in REGISTRY and not REGISTRY[name].has(Prop.INTERNAL):
         return OpRef(REGISTRY[name])
     raise Unbound(name)

@@ -1,15 +1,14 @@
 """Helpers shared by the op families: attribute parsing, dtype checks, symbolic broadcasting,
-conv/pool window arithmetic, the pieces ONNX emitters are built from, and the factories that
-build whole families of records.
+conv/pool window arithmetic, and the checks of NC(L)/NCHW operands. The pieces ONNX emitters
+are built from are in _emit.py, the factories of whole families of records in _factories.py.
 
 Every check raises OpError with the stable codes: K0301 shape, K0302 dtype, K0303 attribute.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..types import (
     largest_number,
     shape_str,
 )
-from .registry import Arg, OpError, OpRecord
+from .registry import Arg, OpError
 
 ALL_DTYPES = frozenset(NUMPY_DTYPES)
 NUMERIC = ALL_DTYPES - {"bool"}
@@ -344,285 +343,32 @@ def erf(x: np.ndarray) -> np.ndarray:
     return np.copysign(out, x64)
 
 
-# ONNX emitters -----------------------------------------------------------------------------
-# A record's onnx(b, n) appends the ONNX nodes computing n.outputs from n.inputs
-# (compiler/codegen/onnx.py: OnnxBuilder b, OnnxNode n); the family modules build theirs from
-# the pieces below.
-Emitter = Callable[[Any, Any], None]
-
-# The references compute half floats in f32 and round once, and so do the emitted graphs: f16
-# would round at every step of a formula or an accumulation, and onnxruntime's CPU kernels lack
-# bf16 for nearly every op. Both widen to f32 exactly.
-HALF_UP = {"f16": "f32", "bf16": "f32"}
-BF16_UP = {"bf16": "f32"}  # data movement: exact in f16, but Expand, Pad... have no bf16 kernel
-
-
-def onnx_dtype(dtype: str) -> int:
-    """The TensorProto element type of a kiln dtype (Cast's `to`)."""
-    from onnx.helper import np_dtype_to_tensor_dtype  # onnx is loaded only when emitting
-
-    return int(np_dtype_to_tensor_dtype(NUMPY_DTYPES[dtype]))
-
-
-def trimmed(inputs: Iterable[str | None]) -> list[str | None]:
-    """Inputs without trailing absent ones: onnxruntime 1.32's optimizer crashes on some ops
-    (LayerNormalization) given an explicit empty name for a trailing optional input."""
-    inputs = list(inputs)
-    while inputs and inputs[-1] is None:
-        inputs.pop()
-    return inputs
-
-
-def one(b, op_type: str, *inputs: str | None, **attrs: Any) -> str:
-    """Append a one-output ONNX node; returns its fresh output name."""
-    return b.node(op_type, list(inputs), 1, **attrs)[0]
-
-
-def cast(b, x: str, dtype: str, out: str | None = None) -> str:
-    """x converted to the kiln dtype `dtype` (written to `out` when given)."""
-    return b.node("Cast", [x], [out] if out else 1, to=onnx_dtype(dtype))[0]
-
-
-def widened(emit: Emitter, table: dict[str, str] = HALF_UP,
-            inputs: tuple[int, ...] | None = None) -> Emitter:
-    """`emit` run in wider dtypes: inputs (all, or those at positions `inputs`) whose dtype
-    `table` maps are cast up; outputs of such dtypes are computed wide and cast back."""
-
-    def lowered(b, n) -> None:
-        ins, in_types = list(n.inputs), list(n.in_types)
-        for i in range(len(ins)) if inputs is None else inputs:
-            if ins[i] is not None and in_types[i].dtype in table:
-                wide = table[in_types[i].dtype]
-                ins[i], in_types[i] = cast(b, ins[i], wide), in_types[i].with_dtype(wide)
-        outs = [b.fresh("wide") if t.dtype in table else o
-                for o, t in zip(n.outputs, n.out_types, strict=True)]
-        out_types = [t.with_dtype(table.get(t.dtype, t.dtype)) for t in n.out_types]
-        emit(b, dataclasses.replace(n, inputs=ins, in_types=in_types, outputs=outs,
-                                    out_types=out_types))
-        for wide, out, t in zip(outs, n.outputs, n.out_types, strict=True):
-            if wide != out:
-                cast(b, wide, t.dtype, out)
-
-    return lowered
-
-
-def onnx_op(op_type: str, table: dict[str, str] = HALF_UP, **attrs: Any) -> Emitter:
-    """An op that is one ONNX op; each attr is a value or a function of the kiln attributes."""
-
-    def emit(b, n) -> None:
-        values = {k: v(n.attrs) if callable(v) else v for k, v in attrs.items()}
-        b.node(op_type, n.inputs, n.outputs, **values)
-
-    return widened(emit, table)
-
-
-def attr_number(name: str) -> Callable[[dict], float]:
-    """An ONNX float attribute read from the kiln attribute `name`."""
-    return lambda a: float(number(a[name], name))
-
-
-def by_kind(default: Emitter | None = None, **kinds: Emitter) -> Emitter:
-    """The emitter for the kind of the first input's dtype (float=, int=, bool=), else default."""
-
-    def emit(b, n) -> None:
-        dtype = n.in_types[0].dtype
-        kind = "float" if dtype in FLOATS else "int" if dtype in INTS else "bool"
-        (kinds.get(kind) or default)(b, n)
-
-    return emit
-
-
-def identity(b, n) -> None:
-    """The emitter of an op whose result is its first input."""
-    b.node("Identity", n.inputs[:1], n.outputs)
-
-
-def chain(b, x: str, steps: Iterable[tuple[str, list[str]]], outputs: list[str]) -> None:
-    """Apply steps (op_type, further inputs) to x in turn; the last writes `outputs` (an
-    Identity when there are no steps)."""
-    steps = list(steps)
-    if not steps:
-        b.node("Identity", [x], outputs)
-    for i, (op_type, more) in enumerate(steps):
-        (x,) = b.node(op_type, [x, *more], outputs if i == len(steps) - 1 else 1)
-
-
-# b.const, b.dim and b.shape are the builder's; the three below stand in for them where a 0-d
-# value is needed: b.const writes a 0-d array as a 1-element 1-D initializer (through
-# np.ascontiguousarray), so constant sizes from b.dim, and b.shape mixing constant and symbolic
-# sizes (a Concat of [1]- and [1, 1]-shaped parts), come out the wrong rank.
-def full_of(b, dims: Iterable[Dim | int], value: Any, dtype: str) -> str:
-    """A tensor of shape `dims` (symbolic where needed) filled with `value`."""
-    return one(b, "Expand", b.const(value, dtype), b.shape(dims))
-
-
-def onnx_pads(b, pairs: Iterable[tuple[Dim | int, Dim | int]]) -> list[int]:
-    """ONNX's pads [x1_begin, x2_begin, ..., x1_end, x2_end] from (begin, end) pairs."""
-    pairs = [(Dim.of(lo), Dim.of(hi)) for lo, hi in pairs]
-    flat = [lo for lo, _ in pairs] + [hi for _, hi in pairs]
-    if not all(p.is_const for p in flat):
-        raise b.unsupported("padding that depends on a symbolic size (ONNX pads are attributes)")
-    return [p.value for p in flat]
-
-
-# factories --------------------------------------------------------------------------------
-OutDtype = None | str | Callable[[str, dict], str]
-
-
-def _out_dtype(rule: OutDtype, dtype: str, attrs_: dict) -> str:
-    if rule is None:
-        return dtype
-    return rule if isinstance(rule, str) else rule(dtype, attrs_)
-
-
-def _no_check(attrs_: dict) -> None:
-    return None
-
-
-def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
-                dtypes: frozenset[str] = FLOATS, out_dtype: OutDtype = None,
-                extra: tuple[tuple[str, Any], ...] = (), check: Callable = _no_check,
-                promote: bool = False, tags: frozenset[str] = frozenset(),
-                onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
-    """An op applied element by element: fn(*inputs, **attrs) over broadcast inputs.
-
-    Half-float inputs are computed in f32 and the result cast to the output dtype. `llvm`, when
-    given, is the op on one element in LLVM IR: llvm(kernel_builder, attrs, *values) -> value.
-    """
-    names = ("x",) if arity == 1 else ("a", "b")
-
-    def infer(types, attrs_):
-        check(attrs_)
-        for k, default in extra:  # numeric attributes (alpha, beta, ...) must be numbers
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                number(attrs_[k], k)
-        for t, n in zip(types, names, strict=False):
-            check_dtype(t, dtypes, n)
-        dtype = check_same_dtype(types, list(names))
-        shape = broadcast_shapes(*(t.shape for t in types), args=names)
-        return [TensorType(_out_dtype(out_dtype, dtype, attrs_), shape)]
-
-    def reference(env, inputs, attrs_):
-        kw = {k: resolve(env, attrs_[k]) for k, _ in extra}
-        out = _out_dtype(out_dtype, dtype_name(inputs[0]), attrs_)
-        with np.errstate(all="ignore"):
-            return [as_dtype(fn(*(upcast(x) for x in inputs), **kw), out)]
-
-    def lower(kb, n):
-        kb.elementwise(n, lambda kb_, *values: llvm(kb_, n.attrs, *values))
-
-    return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
-                    promote=promote, elementwise=True, tags=tags, onnx=onnx,
-                    llvm=lower if llvm is not None else None, scalar=llvm)
-
-
-def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
-    """An elementwise op of one tensor `x` (float-only unless `dtypes` says otherwise)."""
-    return elementwise(name, fn, doc, arity=1, **kw)
-
-
-def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
-           out_dtype: OutDtype = None, onnx: Emitter | None = None,
-           llvm: Callable | None = None) -> OpRecord:
-    """A broadcasting elementwise op of `a` and `b`, whose dtypes the elaborator promotes."""
-    return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True,
-                       onnx=onnx, llvm=llvm)
-
-
-def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
-              out_dtype: OutDtype = None, single_axis: bool = False,
-              onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
-    """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list).
-    `llvm(kernel_builder, node, axes)` gets the reduced axes normalised (sorted, distinct)."""
-
-    def axes_of(rank, axis):
-        if single_axis and is_list(axis):
-            raise attr_error("axis", f"axis must be one axis or None, got {list(axis)}")
-        return normalize_axes(axis, rank)
-
-    def infer(types, attrs_):
-        (x,) = types
-        check_dtype(x, dtypes, "x")
-        axes = axes_of(x.rank, attrs_["axis"])
-        keep = bool(attrs_["keepdims"])
-        shape = [Dim.of(1) if i in axes else d for i, d in enumerate(x.shape)
-                 if keep or i not in axes]
-        return [TensorType(_out_dtype(out_dtype, x.dtype, attrs_), tuple(shape))]
-
-    def reference(env, inputs, attrs_):
-        (x,) = inputs
-        axes = axes_of(x.ndim, attrs_["axis"])
-        if single_axis and attrs_["axis"] is not None:
-            axes = axes[0]
-        elif single_axis:
-            axes = None
-        out = fn(upcast(x), axis=axes, keepdims=bool(attrs_["keepdims"]))
-        return [as_dtype(out, _out_dtype(out_dtype, dtype_name(x), attrs_))]
-
-    def lower(kb, n):
-        llvm(kb, n, axes_of(n.in_types[0].rank, n.attrs["axis"]))
-
-    args = tensors("x") + attrs(("axis", None), ("keepdims", False))
-    return OpRecord(name, args, infer, reference, doc, onnx=onnx,
-                    llvm=lower if llvm is not None else None)
-
-
-def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,
-               llvm: Callable | None = None) -> OpRecord:
-    """A float op fn(x, axis) normalising along one axis; the shape is unchanged."""
-
-    def infer(types, attrs_):
-        (x,) = types
-        check_dtype(x, FLOATS, "x")
-        normalize_axis(attrs_["axis"], max(x.rank, 1))
-        return [x]
-
-    def reference(env, inputs, attrs_):
-        (x,) = inputs
-        with np.errstate(all="ignore"):
-            out = fn(upcast(x), normalize_axis(attrs_["axis"], max(x.ndim, 1)) if x.ndim else None)
-        return [out.astype(x.dtype)]
-
-    def lower(kb, n):  # llvm(kb, node, axis) with the axis normalised
-        llvm(kb, n, normalize_axis(n.attrs["axis"], max(n.in_types[0].rank, 1)))
-
-    return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc, onnx=onnx,
-                    llvm=lower if llvm is not None else None)
-
-
-def concrete_types(inputs: list[np.ndarray | None]) -> list[TensorType | None]:
-    """The types of runtime arrays (for re-deriving an output dtype in a reference)."""
-    return [None if x is None else TensorType(dtype_name(x), x.shape) for x in inputs]
-
-
-def simple(name: str, doc: str, args: tuple[Arg, ...], infer_one: Callable,
-           compute: Callable, **kw) -> OpRecord:
-    """A one-output op: infer_one(types, attrs) -> TensorType; compute(inputs, attrs) -> array.
-
-    The reference re-derives the output dtype from the runtime arrays' types; compute sees the
-    attributes with their Dims evaluated, and its result is cast to that dtype.
-    """
-
-    def infer(types, a):
-        return [infer_one(types, a)]
-
-    def reference(env, inputs, a):
-        bound = {k: resolve(env, v) for k, v in a.items()}
-        dtype = infer_one(concrete_types(inputs), bound).dtype
-        return [as_dtype(compute(inputs, bound), dtype)]
-
-    return OpRecord(name, args, infer, reference, doc, **kw)
-
-
-def movement(name: str, doc: str, extra: tuple[Arg, ...], shape_rule: Callable,
-             compute: Callable, onnx: Emitter | None = None,
-             llvm: Callable | None = None) -> OpRecord:
-    """An op of one tensor x that moves data: shape_rule(shape, attrs); compute(x, attrs)."""
-
-    def infer_one(types, a):
-        (x,) = types
-        return TensorType(x.dtype, tuple(shape_rule(x.shape, a)))
-
-    return simple(name, doc, tensors("x") + extra, infer_one,
-                  lambda inputs, a: compute(inputs[0], a), tags=frozenset({"movement"}), onnx=onnx,
-                  llvm=llvm)
+# NC(L)/NCHW operands ---------------------------------------------------------------------
+def nn_native():
+    """The native kernels (imported when a lowering runs: they need llvmlite, the ops do not)."""
+    from ..codegen.llvm import nn_kernels
+
+    return nn_kernels
+
+
+def check_affine(x: TensorType, params: list[TensorType | None], names: list[str],
+                 shape: tuple[Dim, ...], what: str) -> None:
+    """Optional per-feature tensors (weight, bias, running stats) must match `shape` and x's
+    dtype."""
+    for t, name in zip(params, names, strict=False):
+        if t is not None:
+            check_shape(t, shape, name, what)
+            check_same_dtype([x, t], ["x", name])
+
+
+def channel_shape(x: np.ndarray) -> tuple[int, ...]:
+    """The shape that broadcasts a per-channel vector against x: [1, C, 1, ...]."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def check_channels_first(x: TensorType, minimum_rank: int) -> None:
+    """x is a float [N, C, ...] tensor of at least `minimum_rank` axes."""
+    check_dtype(x, FLOATS, "x")
+    if x.rank < minimum_rank:
+        raise OpError(f"x must have rank {minimum_rank} or more ([N, C, ...]), got "
+                      f"{shape_str(x.shape)}", arg="x")

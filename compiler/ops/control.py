@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Arg, OpRecord, internal, register
+from .registry import Arg, OpRecord, Prop, internal, register
 
 
 def _scan_infer(types, attrs):
@@ -57,7 +57,7 @@ register(internal(OpRecord(
     infer=_scan_infer,
     reference=_scan_reference,
     doc="Loop a body graph over one axis of its sequences, carrying state and stacking emits.",
-    tags=frozenset({"control"}),
+    props=frozenset({Prop.CONTROL}),
 )))
 
 
@@ -97,5 +97,5 @@ register(internal(OpRecord(
         "optionally headed by a matmul or convolution (`anchor`), then elementwise ops.",
     onnx=_fused_onnx,
     llvm=_fused_llvm,
-    tags=frozenset({"control"}),
+    props=frozenset({Prop.CONTROL}),
 )))

@@ -2,6 +2,11 @@
 
 Activations follow PyTorch's definitions (torch.nn.functional); `mod` and `floor_div` floor as
 Python and PyTorch's `%` and `//` do.
+
+One op is one declaration: `unary(...)` or `binary(...)` with its name, numpy reference, doc,
+dtypes, ONNX emitter and `llvm`, its native lowering on one element (on compute values: half
+floats in f32, bools as i1; a numeric attribute may be a Dim, hence kb.number). The helpers an
+op needs sit just above its declaration, so adding an op touches one place in this file.
 """
 
 from __future__ import annotations
@@ -13,38 +18,107 @@ import numpy as np
 from ..types import TensorType
 from ._common import (
     ALL_DTYPES,
-    BF16_UP,
     BOOL,
     FLOATS,
     NUMERIC,
     attr_error,
-    attr_number,
     attrs,
-    binary,
     broadcast_shapes,
-    by_kind,
-    cast,
     check_dtype,
     check_same_dtype,
     choice,
     dtype_attr,
     erf,
-    identity,
     number,
-    one,
-    onnx_op,
     tensors,
-    trimmed,
-    unary,
-    widened,
 )
-from .registry import REQUIRED, OpRecord, register
+from ._emit import BF16_UP, attr_number, by_kind, cast, identity, one, onnx_op, trimmed, widened
+from ._factories import binary, unary
+from .registry import REQUIRED, OpRecord, Prop, register
 
 
+def _const(b, n, value):
+    """A scalar constant of the node's (compute) dtype; value a number or an attribute's name."""
+    if isinstance(value, str):
+        value = number(n.attrs[value], value)
+    return b.const(value, n.in_types[0].dtype)
+
+
+# arithmetic of one tensor -----------------------------------------------------------------
+register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
+               llvm=lambda kb, a, x: kb.neg(x)))
+
+
+def _abs_llvm(kb, _a, x):
+    if kb.is_float(x):
+        return kb.intrinsic("fabs", x)
+    return kb.select(kb.compare("<", x, kb.lit(x, 0)), kb.neg(x), x)  # |MIN| wraps, as numpy
+
+
+register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs"),
+               llvm=_abs_llvm))
+
+
+register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp"),
+               llvm=lambda kb, a, x: kb.exp(x)))
+
+
+register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
+               llvm=lambda kb, a, x: kb.intrinsic("log", x)))
+
+
+register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt"),
+               llvm=lambda kb, a, x: kb.intrinsic("sqrt", x)))
+
+
+def _rsqrt_onnx(b, n):
+    b.node("Reciprocal", [one(b, "Sqrt", n.inputs[0])], n.outputs)
+
+
+register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
+               onnx=widened(_rsqrt_onnx),
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), kb.intrinsic("sqrt", x))))
+
+
+register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
+               llvm=lambda kb, a, x: kb.intrinsic("sin", x)))
+
+
+register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
+               llvm=lambda kb, a, x: kb.intrinsic("cos", x)))
+
+
+register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
+               llvm=lambda kb, a, x: kb.tanh(x)))
+
+
+# activations ------------------------------------------------------------------------------
 def sigmoid(x):
     """1 / (1 + e^-x) without overflow: e^-|x| is never large."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
+               llvm=lambda kb, a, x: kb.sigmoid(x)))
+
+
+register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
+               onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0))))
+
+
+register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
+               "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
+               onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope")),
+               llvm=lambda kb, a, x: kb.select(kb.compare(">=", x, kb.lit(x, 0)), x, kb.mul(
+                   x, kb.number(a["negative_slope"], x)))))
+
+
+register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+               "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
+               onnx=onnx_op("Elu", alpha=attr_number("alpha")),
+               llvm=lambda kb, a, x: kb.select(kb.compare(">", x, kb.lit(x, 0)), x, kb.mul(
+                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0)))))))
 
 
 def gelu(x, approximate):
@@ -53,46 +127,8 @@ def gelu(x, approximate):
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
-def hard_sigmoid(x):
-    return np.clip(x + 3, 0, 6) / 6
-
-
-def clip(x, min, max):
-    lo = x if min is None else np.maximum(x, min)
-    return lo if max is None else np.minimum(lo, max)
-
-
 def _check_gelu(a):
     choice(a["approximate"], "approximate", ("none", "tanh"))
-
-
-def _check_clip(a):
-    if a["min"] is None and a["max"] is None:
-        raise attr_error("min", "clip needs min or max")
-    for bound in ("min", "max"):
-        if a[bound] is not None:
-            number(a[bound], bound)
-
-
-def _int_is_identity(fn):
-    """floor/ceil leave integers as they are (numpy would go through float64)."""
-    return lambda x: x if x.dtype.kind in "iub" else fn(x)
-
-
-def _true_div_dtype(dtype, _attrs):
-    return dtype if dtype in FLOATS else "f32"
-
-
-# ONNX emitters ----------------------------------------------------------------------------
-def _const(b, n, value):
-    """A scalar constant of the node's (compute) dtype; value a number or an attribute's name."""
-    if isinstance(value, str):
-        value = number(n.attrs[value], value)
-    return b.const(value, n.in_types[0].dtype)
-
-
-def _rsqrt_onnx(b, n):
-    b.node("Reciprocal", [one(b, "Sqrt", n.inputs[0])], n.outputs)
 
 
 def _gelu_onnx(b, n):
@@ -109,9 +145,29 @@ def _gelu_onnx(b, n):
     b.node("Mul", [half_x, one(b, "Add", _const(b, n, 1.0), phi)], n.outputs)
 
 
+def _gelu_llvm(kb, a, x):
+    """x/2 (1 + erf(x/sqrt2)) as x/2 erfc(-x/sqrt2): the same function, without the
+    cancellation of 1 + erf in f32 for negative x (the reference computes erf in f64)."""
+    half_x = kb.mul(kb.lit(x, 0.5), x)
+    if a["approximate"] == "tanh":
+        inner = kb.add(x, kb.mul(kb.lit(x, 0.044715), kb.mul(kb.mul(x, x), x)))
+        phi = kb.tanh(kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
+        return kb.mul(half_x, kb.add(kb.lit(x, 1.0), phi))
+    return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
+
+
+register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
+               extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx),
+               llvm=_gelu_llvm))
+
+
 def _silu_onnx(b, n):
     (x,) = n.inputs
     b.node("Mul", [x, one(b, "Sigmoid", x)], n.outputs)
+
+
+register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
+               onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x))))
 
 
 def _softplus_onnx(b, n):
@@ -124,6 +180,73 @@ def _softplus_onnx(b, n):
     b.node("Where", [linear, x, soft], n.outputs)
 
 
+def _softplus_llvm(kb, a, x):
+    """numpy's logaddexp(0, y) = max(y, 0) + log1p(e^-|y|), over beta; x above threshold."""
+    y = kb.mul(x, kb.number(a["beta"], x))
+    tail = kb.libm("log1p", kb.exp(kb.neg(kb.intrinsic("fabs", y))))
+    soft = kb.fdiv(kb.add(kb.maximum(y, kb.lit(y, 0.0)), tail), kb.number(a["beta"], x))
+    return kb.select(kb.compare(">", y, kb.number(a["threshold"], x)), x, soft)
+
+
+register(unary("softplus", lambda x, beta, threshold: np.where(
+    x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
+    "log(1 + e^(beta x)) / beta, linear above threshold.",
+    extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx),
+    llvm=_softplus_llvm))
+
+
+register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
+               llvm=lambda kb, a, x: kb.libm("erf", x)))
+
+
+# rounding, sign and bounds ----------------------------------------------------------------
+def _int_is_identity(fn):
+    """floor/ceil leave integers as they are (numpy would go through float64)."""
+    return lambda x: x if x.dtype.kind in "iub" else fn(x)
+
+
+def _rounding(name):
+    """floor or ceil: integers are left as they are."""
+    return lambda kb, _a, x: kb.intrinsic(name, x) if kb.is_float(x) else x
+
+
+register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
+               onnx=by_kind(onnx_op("Floor"), int=identity), llvm=_rounding("floor")))
+
+
+register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
+               onnx=by_kind(onnx_op("Ceil"), int=identity), llvm=_rounding("ceil")))
+
+
+def _sign_llvm(kb, _a, x):
+    """1, -1, 0 (never -0) or NaN, as numpy's sign."""
+    zero = kb.lit(x, 0)
+    rest = kb.select(kb.compare("==", x, zero), zero, x)
+    return kb.select(kb.compare(">", x, zero), kb.lit(x, 1),
+                     kb.select(kb.compare("<", x, zero), kb.lit(x, -1), rest))
+
+
+register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC,
+               onnx=onnx_op("Sign"), llvm=_sign_llvm))
+
+
+register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal"),
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), x)))
+
+
+def clip(x, min, max):
+    lo = x if min is None else np.maximum(x, min)
+    return lo if max is None else np.minimum(lo, max)
+
+
+def _check_clip(a):
+    if a["min"] is None and a["max"] is None:
+        raise attr_error("min", "clip needs min or max")
+    for bound in ("min", "max"):
+        if a[bound] is not None:
+            number(a[bound], bound)
+
+
 def _clip_onnx(b, n):
     """Clip with absent bounds left out; bounds in x's dtype (an int x truncates them, as the
     reference's cast of its float result does)."""
@@ -131,19 +254,94 @@ def _clip_onnx(b, n):
     b.node("Clip", trimmed([n.inputs[0], *bounds]), n.outputs)
 
 
+def _clip_llvm(kb, a, x):
+    """max then min, NaN propagating; an integer x meets a float bound in f64 (numpy's
+    promotion), and the result is truncated back to x's dtype."""
+    if not kb.is_float(x) and any(isinstance(a[k], float) for k in ("min", "max")):
+        x = kb.convert(x, "f64")
+    if a["min"] is not None:
+        x = kb.maximum(x, kb.number(a["min"], x))
+    return x if a["max"] is None else kb.minimum(x, kb.number(a["max"], x))
+
+
+register(unary("clip", clip, "Clamp x into [min, max] (either bound may be None).",
+               dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip,
+               onnx=widened(_clip_onnx), llvm=_clip_llvm))
+
+
+def hard_sigmoid(x):
+    return np.clip(x + 3, 0, 6) / 6
+
+
+def _hard_sigmoid_llvm(kb, x):
+    clipped = kb.minimum(kb.maximum(kb.add(x, kb.lit(x, 3)), kb.lit(x, 0)), kb.lit(x, 6))
+    return kb.fdiv(clipped, kb.lit(x, 6))
+
+
+register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid).",
+               onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5),
+               llvm=lambda kb, a, x: _hard_sigmoid_llvm(kb, x)))
+
+
+register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x).",
+               onnx=onnx_op("HardSwish"),
+               llvm=lambda kb, a, x: kb.mul(x, _hard_sigmoid_llvm(kb, x))))
+
+
+# logic and conversion ---------------------------------------------------------------------
 def _logical_not_onnx(b, n):
     (x,) = n.inputs
     b.node("Not", [x if n.in_types[0].dtype == "bool" else cast(b, x, "bool")], n.outputs)
+
+
+register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true).",
+               dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx,
+               llvm=lambda kb, a, x: kb.b.not_(kb.convert(x, "bool"))))
 
 
 def _cast_onnx(b, n):
     cast(b, n.inputs[0], n.out_types[0].dtype, n.outputs[0])
 
 
+register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
+               dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
+               out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
+               check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx,
+               llvm=lambda kb, a, x: kb.convert(x, a["dtype"])))
+
+
+# arithmetic of two tensors ----------------------------------------------------------------
+# on bools numpy's + and max are `or`, * and min are `and`
+register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or")),
+                llvm=lambda kb, a, x, y: kb.add(x, y)))
+register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub"),
+                llvm=lambda kb, a, x, y: kb.sub(x, y)))
+register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
+                onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And")),
+                llvm=lambda kb, a, x, y: kb.mul(x, y)))
+
+
+def _true_div_dtype(dtype, _attrs):
+    return dtype if dtype in FLOATS else "f32"
+
+
 def _int_true_div_onnx(b, n):
     """Integers divide in f64 (exact operands), rounded once to f32 as the reference."""
     a, d = (cast(b, x, "f64") for x in n.inputs)
     cast(b, one(b, "Div", a, d), "f32", n.outputs[0])
+
+
+def _div_llvm(kb, _attrs, a, b):
+    if kb.is_float(a):
+        return kb.fdiv(a, b)
+    wide = [kb.convert(v, "f64") for v in (a, b)]  # numpy: int / int in f64, then f32
+    return kb.convert(kb.fdiv(*wide), "f32")
+
+
+register(binary("div", np.true_divide, "a / b, true division (integers give f32).",
+                out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx),
+                llvm=_div_llvm))
 
 
 def _float_divmod(b, n):
@@ -200,78 +398,6 @@ def _int_mod_onnx(b, n):
     b.node("Mod", [n.inputs[0], _int_safe_divisor(b, n)[2]], n.outputs, fmod=0)
 
 
-def _compare(op_type: str, negate: bool = False):
-    """A comparison; bool and bf16 operands, which onnxruntime cannot compare, go through i32
-    and f32 (exactly)."""
-    up = {"bool": "i32", "bf16": "f32"}
-
-    def emit(b, n):
-        ins = [cast(b, x, up[t.dtype]) if t.dtype in up else x
-               for x, t in zip(n.inputs, n.in_types, strict=True)]
-        if negate:
-            b.node("Not", [one(b, op_type, *ins)], n.outputs)
-        else:
-            b.node(op_type, ins, n.outputs)
-
-    return emit
-
-
-# native lowerings ---------------------------------------------------------------------------
-# Each is the op on one element, on compute values (half floats in f32, bools as i1); a
-# numeric attribute may be a Dim, hence kb.number.
-def _abs_llvm(kb, _a, x):
-    if kb.is_float(x):
-        return kb.intrinsic("fabs", x)
-    return kb.select(kb.compare("<", x, kb.lit(x, 0)), kb.neg(x), x)  # |MIN| wraps, as numpy
-
-
-def _gelu_llvm(kb, a, x):
-    """x/2 (1 + erf(x/sqrt2)) as x/2 erfc(-x/sqrt2): the same function, without the
-    cancellation of 1 + erf in f32 for negative x (the reference computes erf in f64)."""
-    half_x = kb.mul(kb.lit(x, 0.5), x)
-    if a["approximate"] == "tanh":
-        inner = kb.add(x, kb.mul(kb.lit(x, 0.044715), kb.mul(kb.mul(x, x), x)))
-        phi = kb.tanh(kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
-        return kb.mul(half_x, kb.add(kb.lit(x, 1.0), phi))
-    return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
-
-
-def _softplus_llvm(kb, a, x):
-    """numpy's logaddexp(0, y) = max(y, 0) + log1p(e^-|y|), over beta; x above threshold."""
-    y = kb.mul(x, kb.number(a["beta"], x))
-    tail = kb.libm("log1p", kb.exp(kb.neg(kb.intrinsic("fabs", y))))
-    soft = kb.fdiv(kb.add(kb.maximum(y, kb.lit(y, 0.0)), tail), kb.number(a["beta"], x))
-    return kb.select(kb.compare(">", y, kb.number(a["threshold"], x)), x, soft)
-
-
-def _rounding(name):
-    """floor or ceil: integers are left as they are."""
-    return lambda kb, _a, x: kb.intrinsic(name, x) if kb.is_float(x) else x
-
-
-def _sign_llvm(kb, _a, x):
-    """1, -1, 0 (never -0) or NaN, as numpy's sign."""
-    zero = kb.lit(x, 0)
-    rest = kb.select(kb.compare("==", x, zero), zero, x)
-    return kb.select(kb.compare(">", x, zero), kb.lit(x, 1),
-                     kb.select(kb.compare("<", x, zero), kb.lit(x, -1), rest))
-
-
-def _clip_llvm(kb, a, x):
-    """max then min, NaN propagating; an integer x meets a float bound in f64 (numpy's
-    promotion), and the result is truncated back to x's dtype."""
-    if not kb.is_float(x) and any(isinstance(a[k], float) for k in ("min", "max")):
-        x = kb.convert(x, "f64")
-    if a["min"] is not None:
-        x = kb.maximum(x, kb.number(a["min"], x))
-    return x if a["max"] is None else kb.minimum(x, kb.number(a["max"], x))
-
-
-def _hard_sigmoid_llvm(kb, x):
-    clipped = kb.minimum(kb.maximum(kb.add(x, kb.lit(x, 3)), kb.lit(x, 0)), kb.lit(x, 6))
-    return kb.fdiv(clipped, kb.lit(x, 6))
-
-
 def _float_divmod_llvm(kb, a, b):
     """numpy's npy_divmod, step by step (numpy/_core/src/npymath/npy_math_internal.h.src):
     mod = fmod(a, b), moved one b toward -inf where its sign differs from b's (else a zero
@@ -319,6 +445,14 @@ def _divmod_llvm(part):
     return lower
 
 
+register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
+                onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx),
+                llvm=_divmod_llvm(0)))
+register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
+                onnx=by_kind(widened(_float_mod_onnx), int=_int_mod_onnx),
+                llvm=_divmod_llvm(1)))
+
+
 # numpy and torch refuse an integer to a negative integer power; so does every target (K0505)
 _NEGATIVE_POWER = "pow: an integer to a negative integer power (2 ** -1 has no integer value)"
 
@@ -343,106 +477,6 @@ def _pow_llvm(kb, _a, x, y):
     return kb.select(negative, kb.select(unit, power, kb.lit(x, 0)), power)
 
 
-def _compare_llvm(op):
-    return lambda kb, _a, x, y: kb.compare(op, x, y)
-
-
-register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
-               llvm=lambda kb, a, x: kb.neg(x)))
-register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs"),
-               llvm=_abs_llvm))
-register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp"),
-               llvm=lambda kb, a, x: kb.exp(x)))
-register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
-               llvm=lambda kb, a, x: kb.intrinsic("log", x)))
-register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt"),
-               llvm=lambda kb, a, x: kb.intrinsic("sqrt", x)))
-register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
-               onnx=widened(_rsqrt_onnx),
-               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), kb.intrinsic("sqrt", x))))
-register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
-               llvm=lambda kb, a, x: kb.intrinsic("sin", x)))
-register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
-               llvm=lambda kb, a, x: kb.intrinsic("cos", x)))
-register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
-               llvm=lambda kb, a, x: kb.tanh(x)))
-register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
-               llvm=lambda kb, a, x: kb.sigmoid(x)))
-register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
-               onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0))))
-register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
-               "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
-               onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope")),
-               llvm=lambda kb, a, x: kb.select(kb.compare(">=", x, kb.lit(x, 0)), x, kb.mul(
-                   x, kb.number(a["negative_slope"], x)))))
-register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
-               "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
-               onnx=onnx_op("Elu", alpha=attr_number("alpha")),
-               llvm=lambda kb, a, x: kb.select(kb.compare(">", x, kb.lit(x, 0)), x, kb.mul(
-                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0)))))))
-register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
-               extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx),
-               llvm=_gelu_llvm))
-register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
-               onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x))))
-register(unary("softplus", lambda x, beta, threshold: np.where(
-    x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
-    "log(1 + e^(beta x)) / beta, linear above threshold.",
-    extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx),
-    llvm=_softplus_llvm))
-register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
-               llvm=lambda kb, a, x: kb.libm("erf", x)))
-register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Floor"), int=identity), llvm=_rounding("floor")))
-register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Ceil"), int=identity), llvm=_rounding("ceil")))
-register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC,
-               onnx=onnx_op("Sign"), llvm=_sign_llvm))
-register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal"),
-               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), x)))
-register(unary("clip", clip, "Clamp x into [min, max] (either bound may be None).",
-               dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip,
-               onnx=widened(_clip_onnx), llvm=_clip_llvm))
-register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid).",
-               onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5),
-               llvm=lambda kb, a, x: _hard_sigmoid_llvm(kb, x)))
-register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x).",
-               onnx=onnx_op("HardSwish"),
-               llvm=lambda kb, a, x: kb.mul(x, _hard_sigmoid_llvm(kb, x))))
-register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true).",
-               dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx,
-               llvm=lambda kb, a, x: kb.b.not_(kb.convert(x, "bool"))))
-register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
-               dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
-               out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
-               check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx,
-               llvm=lambda kb, a, x: kb.convert(x, a["dtype"])))
-
-# on bools numpy's + and max are `or`, * and min are `and`
-register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or")),
-                llvm=lambda kb, a, x, y: kb.add(x, y)))
-register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub"),
-                llvm=lambda kb, a, x, y: kb.sub(x, y)))
-register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
-                onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And")),
-                llvm=lambda kb, a, x, y: kb.mul(x, y)))
-def _div_llvm(kb, _attrs, a, b):
-    if kb.is_float(a):
-        return kb.fdiv(a, b)
-    wide = [kb.convert(v, "f64") for v in (a, b)]  # numpy: int / int in f64, then f32
-    return kb.convert(kb.fdiv(*wide), "f32")
-
-
-register(binary("div", np.true_divide, "a / b, true division (integers give f32).",
-                out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx),
-                llvm=_div_llvm))
-register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
-                onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx),
-                llvm=_divmod_llvm(0)))
-register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
-                onnx=by_kind(widened(_float_mod_onnx), int=_int_mod_onnx),
-                llvm=_divmod_llvm(1)))
 def _pow_onnx(b, n) -> None:
     """Pow, with a negative integer exponent reported (K0505) as on the other targets."""
     if not n.in_types[1].dtype.startswith("u"):
@@ -453,12 +487,37 @@ def _pow_onnx(b, n) -> None:
 
 register(binary("pow", np.power, "a ** b.", onnx=by_kind(onnx_op("Pow"), int=_pow_onnx),
                 llvm=_pow_llvm))
+
+
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or")),
                 llvm=lambda kb, a, x, y: kb.maximum(x, y)))
 register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Min"), bool=onnx_op("And")),
                 llvm=lambda kb, a, x, y: kb.minimum(x, y)))
+
+
+# comparisons and logic of two tensors -----------------------------------------------------
+def _compare(op_type: str, negate: bool = False):
+    """A comparison; bool and bf16 operands, which onnxruntime cannot compare, go through i32
+    and f32 (exactly)."""
+    up = {"bool": "i32", "bf16": "f32"}
+
+    def emit(b, n):
+        ins = [cast(b, x, up[t.dtype]) if t.dtype in up else x
+               for x, t in zip(n.inputs, n.in_types, strict=True)]
+        if negate:
+            b.node("Not", [one(b, op_type, *ins)], n.outputs)
+        else:
+            b.node(op_type, ins, n.outputs)
+
+    return emit
+
+
+def _compare_llvm(op):
+    return lambda kb, _a, x, y: kb.compare(op, x, y)
+
+
 register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool",
                 onnx=_compare("Equal"), llvm=_compare_llvm("==")))
 register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool",
@@ -477,6 +536,7 @@ register(binary("logical_or", np.logical_or, "Elementwise or of bools.", dtypes=
                 onnx=onnx_op("Or"), llvm=lambda kb, a, x, y: kb.b.or_(x, y)))
 
 
+# selection --------------------------------------------------------------------------------
 def _where_infer(types, _attrs):
     cond, a, b = types
     check_dtype(cond, BOOL, "cond")
@@ -493,7 +553,7 @@ def _where_reference(env, inputs, _attrs):
 # onnxruntime's Where has no bool or bf16 kernel: a and b go through i32 or f32 (exactly)
 register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _where_reference,
                   "a where cond is true, else b, broadcasting all three.", promote=("a", "b"),
-                  elementwise=True,
+                  props=frozenset({Prop.ELEMENTWISE}),
                   onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2)),
                   llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b)),
                   scalar=lambda kb, _attrs, c, a, b: kb.select(c, a, b)))

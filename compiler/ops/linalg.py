@@ -12,13 +12,13 @@ from ._common import (
     check_dtype,
     check_same_dtype,
     dtype_name,
-    onnx_op,
     prod,
     tensors,
     try_broadcast,
     upcast,
 )
-from .registry import OpError, OpRecord, register
+from ._emit import onnx_op
+from .registry import OpError, OpRecord, Prop, register
 
 
 def _matrix_shapes(a: TensorType, b: TensorType):
@@ -139,4 +139,5 @@ def _loops(kb, n, a, b, c) -> None:
 
 register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   "Matrix product a @ b: batched and broadcasting, 1-D operands as numpy.",
-                  promote=True, macs=_macs, onnx=onnx_op("MatMul"), llvm=_llvm))
+                  promote=True, macs=_macs, onnx=onnx_op("MatMul"), llvm=_llvm,
+                  props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}), packed_weight="b"))

@@ -10,21 +10,10 @@ import numpy as np
 
 from ..dims import Dim
 from ..types import NUMPY_DTYPES
-from ._common import (
-    ALL_DTYPES,
-    BF16_UP,
-    FLOATS,
-    HALF_UP,
-    INTS,
-    along_axis,
-    cast,
-    normalize_axes,
-    normalize_axis,
-    one,
-    reduction,
-    widened,
-)
-from .registry import register
+from ._common import ALL_DTYPES, FLOATS, INTS, normalize_axes, normalize_axis
+from ._emit import BF16_UP, HALF_UP, cast, one, widened
+from ._factories import along_axis, reduction
+from .registry import Prop, register
 
 
 def _widen_ints(dtype: str, _attrs) -> str:
@@ -248,6 +237,8 @@ def _logsumexp_llvm(kb, n, axes):
               lambda results: kb.add(kb.intrinsic("log", results[1]), shift(results[0])))
 
 
+# max, min and their indices have nothing to give for an empty axis
+_NO_IDENTITY = frozenset({Prop.NO_IDENTITY})
 register(reduction("sum", np.sum, "Sum over axis (None = every axis).", dtypes=ALL_DTYPES,
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceSum", _WIDEN_TO_I64),
                    llvm=_fold_llvm("add", 0)))
@@ -255,21 +246,21 @@ register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
                    onnx=widened(_mean), llvm=_mean_llvm))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMax"),
-                   llvm=_fold_llvm("maximum", "lowest")))
+                   llvm=_fold_llvm("maximum", "lowest"), props=_NO_IDENTITY))
 register(reduction("min", np.min, "Minimum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMin"),
-                   llvm=_fold_llvm("minimum", "highest")))
+                   llvm=_fold_llvm("minimum", "highest"), props=_NO_IDENTITY))
 register(reduction("prod", np.prod, "Product over axis.", dtypes=ALL_DTYPES,
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceProd", _WIDEN_TO_I64),
                    llvm=_fold_llvm("mul", 1)))
 register(reduction("argmax", np.argmax,
                    "Index (i64) of the first maximum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMax"), llvm=_arg_llvm(True)))
+                   onnx=_arg_onnx("ArgMax"), llvm=_arg_llvm(True), props=_NO_IDENTITY))
 register(reduction("argmin", np.argmin,
                    "Index (i64) of the first minimum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMin"), llvm=_arg_llvm(False)))
+                   onnx=_arg_onnx("ArgMin"), llvm=_arg_llvm(False), props=_NO_IDENTITY))
 register(reduction("logsumexp", logsumexp, "log(sum(exp(x))) over axis, computed stably.",
                    dtypes=FLOATS, onnx=widened(_logsumexp_onnx), llvm=_logsumexp_llvm))
 register(along_axis("softmax", softmax, "exp(x) / sum(exp(x)) along axis, computed stably.",

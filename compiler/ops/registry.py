@@ -9,8 +9,9 @@ names: the elaborator, passes and backends look the record up here.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +35,47 @@ class OpError(Exception):
 
 
 REQUIRED = object()  # marks an Arg with no default
+
+
+class Prop(enum.Enum):
+    """What a pass may conclude about an op from its record, without knowing its name.
+
+    Passes ask `has(op, Prop.X)` instead of keeping lists of op names; an op gets a property
+    in its record, where whoever adds the op sees every property it could have.
+    """
+
+    # each output element is the op applied to the input elements at the same position (after
+    # broadcasting), and to nothing else: a pass may compute a chain of such ops per element
+    # in one loop (fusion), given the record's `scalar` lowering
+    ELEMENTWISE = "elementwise"
+    # the result's elements are elements of the input (or fixed fills), moved, repeated or
+    # dropped; no arithmetic: its dtype is the input's
+    MOVEMENT = "movement"
+    # the same elements in the same row-major order, only the shape changes: a chain of these
+    # is one reshape, and one to the input's own shape is the input
+    RESHAPE = "reshape"
+    # a permutation of the axes, given by the record's `permutation(rank, attrs)`: two in a
+    # row are one, and one that undoes another leaves the input
+    PERMUTE = "permute"
+    # reads only its operands and reports no error at run time for any of their values: a
+    # pass may compute it where the program might not have (before a loop of no steps)
+    CANNOT_FAIL = "cannot_fail"
+    # a GEMM-shaped op (matrix product, convolution) whose result an elementwise epilogue may
+    # follow inside the same kernel
+    ANCHOR = "anchor"
+    # every sample (axis 0 of the first input and of the result) is computed from the same
+    # sample of the input alone: a backend may split a batch across threads
+    SAMPLEWISE = "samplewise"
+    # a reduction with no identity element (max, argmax, ...): an empty reduced axis has no
+    # result, which every target reports at run time
+    NO_IDENTITY = "no_identity"
+    # holds a body graph in its attributes (scan, fused): walkers recurse into it
+    CONTROL = "control"
+    # emitted by the compiler itself (`x[...]`, scan, sizes as values): a model file cannot
+    # call it by name
+    INTERNAL = "internal"
+    # returns several results (a tuple in the language)
+    MULTI_OUTPUT = "multi_output"
 
 
 @dataclass(frozen=True)
@@ -76,7 +118,8 @@ class OpRecord:
     # tensor operands meet at one dtype first (Python scalars adopt it): True for every tensor
     # argument, or the names of the arguments that take part (where's cond stays bool)
     promote: bool | tuple[str, ...] = False
-    elementwise: bool = False
+    # what passes may conclude about the op (Prop's comments say what each allows)
+    props: frozenset[Prop] = frozenset()
     macs: MacsFn | None = None
     # onnx(builder, node): append the ONNX nodes computing node.outputs from node.inputs
     # (compiler/codegen/onnx.py: OnnxBuilder and OnnxNode)
@@ -87,15 +130,28 @@ class OpRecord:
     # scalar(kernel_builder, attrs, *values) -> value: an elementwise op on one element (compute
     # types in, compute type out), which a fused kernel strings together with its neighbours
     scalar: Callable[..., Any] | None = None
-    tags: frozenset[str] = field(default_factory=frozenset)
+    # a GEMM op whose weight (input 1) a backend may store in its own panel layout: which GEMM
+    # operand the weight is there, "a" or "b" (passes/layout.py); None: the weight stays plain
+    packed_weight: str | None = None
+    # permutation(rank, attrs) -> the result's axis order, for a Prop.PERMUTE op: axis i of the
+    # result is axis perm[i] of the input
+    permutation: Callable[[int, dict], list[int]] | None = None
 
     def promoted(self, arg: str) -> bool:
         """Whether tensor argument `arg` takes part in dtype promotion."""
         return self.promote is True or (isinstance(self.promote, tuple) and arg in self.promote)
 
+    def has(self, prop: Prop) -> bool:
+        """Whether the op has property `prop`."""
+        return prop in self.props
+
     def __post_init__(self):
         if not self.doc:
             raise ValueError(f"op {self.name}: every record needs a docstring")
+        if (self.permutation is not None) != (Prop.PERMUTE in self.props):
+            raise ValueError(f"op {self.name}: Prop.PERMUTE goes with a permutation rule")
+        if self.packed_weight not in (None, "a", "b"):
+            raise ValueError(f"op {self.name}: packed_weight is 'a', 'b' or None")
 
 
 REGISTRY: dict[str, OpRecord] = {}
@@ -112,8 +168,21 @@ def register(record: OpRecord) -> OpRecord:
 def internal(record: OpRecord) -> OpRecord:
     """Mark an op the elaborator emits itself (`x[...]`, `scan`, sizes as values): a model
     file cannot call it by name."""
-    return dataclasses.replace(record, tags=record.tags | {"internal"})
+    return with_props(record, Prop.INTERNAL)
+
+
+def with_props(record: OpRecord, *props: Prop) -> OpRecord:
+    """`record` with `props` added to its properties."""
+    return dataclasses.replace(record, props=record.props | frozenset(props))
 
 
 def lookup(name: str) -> OpRecord | None:
+    """The record of op `name`, or None when no primitive has that name."""
     return REGISTRY.get(name)
+
+
+def has(op: str, prop: Prop) -> bool:
+    """Whether `op` is a registered op with property `prop` (structural ops such as `input`
+    and `constant` have no record, hence no property)."""
+    record = REGISTRY.get(op)
+    return record is not None and prop in record.props

@@ -15,6 +15,7 @@ rebuilding code; otherwise by a name nothing remakes (new weights then optimize 
 
 from __future__ import annotations
 
+from ..builder import GraphBuilder
 from ..derived import (
     bn_bias,
     bn_conv_transpose_weight,
@@ -23,17 +24,13 @@ from ..derived import (
     derived_name,
 )
 from ..ir import Graph, Value
+from ..ops import REGISTRY, Prop, has
 from ..ops._common import number, to_int
-from ..ops.shape import PERMUTATIONS
-from .edit import (
-    add_checked,
-    add_constant,
-    constant_value,
-    only_user,
-    remove_unused,
-    replace_node,
-)
+from .edit import constant_value, only_user, remove_unused, replace_node
 from .manager import PassContext, graph_pass
+
+# The rewrites below name conv, conv_transpose, matmul and add: folding is each op's own algebra
+# (which axis of its weight is the output channel), not a property other ops could share.
 
 
 class _Folding:
@@ -42,6 +39,7 @@ class _Folding:
     def __init__(self, graph: Graph, nid: int, params: dict):
         self.graph, self.nid, self.params = graph, nid, params
         self.bn = graph.node(nid)
+        self.gb = GraphBuilder.like(graph, self.bn)  # new nodes point at the batch_norm
         _x, *self.stats = graph.operands(nid)  # mean, var, gamma, beta (the last two optional)
         self.eps = float(number(self.bn["attrs"]["eps"], "eps"))
         self.stats_values = self.values(self.stats)  # None: not known before the call
@@ -64,7 +62,7 @@ class _Folding:
             derived = f"fold_batch_norm(node={self.nid}):{role}"  # no name remakes it
         else:
             derived = derived_name(kind, sources, **args)
-        return add_constant(self.graph, array, self.bn, derived)
+        return self.gb.constant(array, derived)
 
     def bias(self, weight_value: Value, weight, bias_value: Value | None, bias) -> Value:
         mean, var, gamma, beta = self.stats_values
@@ -79,11 +77,11 @@ def _source_name(graph: Graph, value: Value) -> str | None:
     node = graph.node(value.node)
     if node["op"] == "param":
         return node["attrs"]["path"]
-    if node["op"] in PERMUTATIONS:
+    if has(node["op"], Prop.PERMUTE):
         (operand,) = graph.operands(value.node)
         source = graph.node(operand.node)
         if source["op"] == "param":
-            perm = PERMUTATIONS[node["op"]](operand.type.rank, node["attrs"])
+            perm = REGISTRY[node["op"]].permutation(operand.type.rank, node["attrs"])
             return derived_name("permute", source["attrs"]["path"], perm=tuple(perm))
     return None
 
@@ -112,8 +110,8 @@ def _fold_into_conv(f: _Folding, conv: int) -> list | None:
         new_w = f.constant(scaled, "weight", "bn_conv_transpose_weight", [w, var_v, gamma_v],
                            eps=f.eps, groups=groups)
     new_b = f.bias(w, weight, b, bias)
-    return _or_undo(f.graph, add_checked(f.graph, node["op"], [x, new_w, new_b], node["attrs"],
-                                         node["types"], f.bn), [new_w, new_b])
+    new = f.gb.checked(node["op"], x, new_w, new_b, want=node["types"], **node["attrs"])
+    return _or_undo(f.graph, new, [new_w, new_b])
 
 
 def _or_undo(graph: Graph, new: list[Value] | None, made: list[Value]) -> list[Value] | None:
@@ -157,12 +155,12 @@ def _fold_into_linear(f: _Folding, y: Value) -> list | None:
     _m, var_v, gamma_v, _b = f.stats
     new_w = f.constant(bn_linear_weight(weight, var, gamma, f.eps), "weight",
                        "bn_linear_weight", [w, var_v, gamma_v], eps=f.eps)
-    product = _or_undo(graph, add_checked(graph, "matmul", [x, new_w], {},
-                                          graph.node(mm)["types"], f.bn), [new_w])
+    product = _or_undo(graph, f.gb.checked("matmul", x, new_w, want=graph.node(mm)["types"]),
+                       [new_w])
     if product is None:
         return None
     new_b = f.bias(w, weight, b, bias)
-    return _or_undo(graph, add_checked(graph, "add", [product[0], new_b], {}, [y.type], f.bn),
+    return _or_undo(graph, f.gb.checked("add", product[0], new_b, want=[y.type]),
                     [product[0], new_b])
 
 

@@ -1,5 +1,5 @@
-"""Small graph edits the passes share: copying, finding uses, rewiring, adding checked nodes,
-evaluating compile-time values, and canonical keys for attributes."""
+"""Small graph edits the passes share: copying, finding uses, rewiring, evaluating
+compile-time values, and canonical keys for attributes (new nodes: compiler/builder.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ import numpy as np
 from ..dims import Dim
 from ..errors import KilnError
 from ..evaluate import ConstEnv
-from ..ir import STRUCTURAL_OPS, Graph, Value
+from ..ir import STRUCTURAL_OPS, Graph, IRError, Value
 from ..ops import REGISTRY, OpError
 from ..types import TensorType, dtype_of_numpy
-
-
-class IRError(Exception):
-    """The IR broke an invariant: a compiler bug, never a user mistake."""
 
 
 def copy_graph(graph: Graph) -> Graph:
@@ -133,39 +129,6 @@ def remove_unused(graph: Graph, nids: list[int]) -> int:
 
 def outputs_of(graph: Graph, nid: int) -> list[Value]:
     return [Value(nid, i, t) for i, t in enumerate(graph.node(nid)["types"])]
-
-
-# new nodes --------------------------------------------------------------------------------
-def add_checked(graph: Graph, op: str, inputs: list[Value | None], attrs: dict,
-                want: list[TensorType], like: dict) -> list[Value] | None:
-    """Add `op` if its record infers exactly the types `want` from these inputs (else add
-    nothing and return None); span and scope are taken from the node `like`."""
-    try:
-        types = REGISTRY[op].infer([v.type if v is not None else None for v in inputs], attrs)
-    except (OpError, ValueError):
-        return None
-    if list(types) != list(want):
-        return None
-    return graph.add(op, inputs, attrs, types, like["span"], like["scope"])
-
-
-def add_constant(graph: Graph, array: np.ndarray, like: dict, derived: str | None = None
-                 ) -> Value:
-    """A new `constant` node holding `array` (span and scope from the node `like`).
-
-    `derived` marks a constant computed from parameter values, and names how (a
-    compiler/derived.py name such as `permute(perm=1_0):fc.weight`, or a name of no known
-    kind for values that cannot be remade, such as a folded BatchNorm's): backends remake the
-    first kind from new weights instead of rebuilding, and such constants merge (cse) only
-    with the same derivation, never because two weights happen to hold equal values.
-    """
-    dtype = dtype_of_numpy(array.dtype)
-    if dtype is None:
-        raise IRError(f"no kiln dtype for a constant of numpy dtype {array.dtype}")
-    attrs = {"value": array} if derived is None else {"value": array, "derived": derived}
-    (value,) = graph.add("constant", [], attrs, [TensorType(dtype, array.shape)],
-                         like["span"], like["scope"])
-    return value
 
 
 # compile-time values ----------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..builder import GraphBuilder
 from ..derived import derived_name
 from ..ir import STRUCTURAL_OPS, Graph
-from ..ops.shape import PERMUTATIONS
-from .edit import add_constant, evaluate_node, foldable, numel, replace_node
+from ..ops import REGISTRY, Prop, has
+from .edit import evaluate_node, foldable, numel, replace_node
 from .manager import PassContext, graph_pass
 
 
@@ -34,7 +35,8 @@ def fold_constants(graph: Graph, ctx: PassContext) -> Graph:
         results = evaluate_node(node, args)
         if results is None:
             continue
-        replace_node(graph, nid, [add_constant(graph, r, node) for r in results])
+        gb = GraphBuilder.like(graph, node)
+        replace_node(graph, nid, [gb.constant(r) for r in results])
         ctx.count("folded")
     return graph
 
@@ -53,7 +55,7 @@ def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
     """
     for nid in graph.order():
         node = graph.node(nid)
-        if node["op"] not in PERMUTATIONS or not foldable(node):
+        if not has(node["op"], Prop.PERMUTE) or not foldable(node):
             continue
         (operand,) = graph.operands(nid)
         source = graph.node(operand.node)
@@ -66,8 +68,8 @@ def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
         results = evaluate_node(node, [ctx.params[path]])
         if results is None:
             continue
-        perm = PERMUTATIONS[node["op"]](operand.type.rank, node["attrs"])
+        perm = REGISTRY[node["op"]].permutation(operand.type.rank, node["attrs"])
         name = derived_name("permute", path, perm=tuple(perm))
-        replace_node(graph, nid, [add_constant(graph, results[0], node, name)])
+        replace_node(graph, nid, [GraphBuilder.like(graph, node).constant(results[0], name)])
         ctx.count("folded")
     return graph

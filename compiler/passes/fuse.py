@@ -16,12 +16,11 @@ leaves the group and comes back: fusing never makes a cycle.
 from __future__ import annotations
 
 from ..ir import STRUCTURAL_OPS, Graph, Value
-from ..ops import REGISTRY
+from ..ops import REGISTRY, Prop, has
 from ..types import shape_str
 from .edit import key, remove_unused, replace_uses, users
 from .manager import PassContext, graph_pass
 
-ANCHORS = frozenset({"matmul", "conv"})  # ops whose output an epilogue can follow
 # ops in one group: LLVM's optimizer takes superlinear time in a function's size (an unrolled
 # chain of 8000 adds as one kernel: 12 s in LLVM, 4x per doubling; capped: 2.4 s, 2x per
 # doubling — benchmarks/unrolled_chain.py), while a kernel boundary every MAX_GROUP ops costs
@@ -36,7 +35,7 @@ def elementwise_reason(graph: Graph, nid: int) -> str | None:
     if op in STRUCTURAL_OPS or op == "fused":
         return f"{op} is not an op a kernel computes"
     rec = REGISTRY[op]
-    if not rec.elementwise:
+    if not rec.has(Prop.ELEMENTWISE):
         return f"{op} is not elementwise"
     if rec.scalar is None:
         return f"{op} has no per-element native lowering"
@@ -48,7 +47,7 @@ def elementwise_reason(graph: Graph, nid: int) -> str | None:
 def anchor_reason(graph: Graph, nid: int) -> str | None:
     """Why node `nid` cannot head an epilogue (None when it can)."""
     node = graph.node(nid)
-    if node["op"] not in ANCHORS:
+    if not has(node["op"], Prop.ANCHOR):
         return f"{node['op']} is not a matmul or a convolution"
     if node["types"][0].dtype != "f32":
         return f"the {node['op']} computes {node['types'][0].dtype} (epilogues are f32)"

@@ -8,25 +8,19 @@ that holds the scan, and feeds its result back into the body as a new captured i
 the outer graph, the other passes see it: `fold_weight_layout` turns `transpose(param)` into a
 constant made once per weight binding.
 
-Only ops that cannot fail at run time move (elementwise ops, layout moves, matmul, concat):
-a scan of no steps runs its body never, so a hoisted op that reports an out-of-range index
-(gather, one_hot, scatter) could raise where the loop would not have. Nested scans stay in
-their body (their own bodies are hoisted first: the pass runs bottom-up).
+Only ops that cannot fail at run time move (elementwise ops, and Prop.CANNOT_FAIL ops: layout
+moves, matmul, concat): a scan of no steps runs its body never, so a hoisted op that reports
+an out-of-range index (gather, one_hot, scatter) could raise where the loop would not have.
+Nested scans stay in their body (their own bodies are hoisted first: the pass runs bottom-up).
 """
 
 from __future__ import annotations
 
+from ..builder import GraphBuilder
 from ..ir import Graph, Value
-from ..ops import REGISTRY
-from .edit import add_constant, key, remove_unused, replace_uses
+from ..ops import REGISTRY, Prop
+from .edit import key, remove_unused, replace_uses
 from .manager import PassContext, graph_pass
-
-# besides every elementwise op (a `scalar` lowering): moves of data and products, which read
-# only their operands and never report a value out of range
-MOVES = frozenset({
-    "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze", "broadcast_to",
-    "concat", "stack", "split", "slice", "flip", "tile", "matmul",
-})
 
 
 def hoistable(node: dict) -> bool:
@@ -35,7 +29,7 @@ def hoistable(node: dict) -> bool:
     rec = REGISTRY.get(op)
     if rec is None or any(isinstance(v, Graph) for v in node["attrs"].values()):
         return False
-    return op in MOVES or rec.scalar is not None
+    return rec.has(Prop.CANNOT_FAIL) or rec.scalar is not None
 
 
 @graph_pass("hoist_scan_invariants")
@@ -54,7 +48,8 @@ def _fixed(graph: Graph, node: dict) -> Value:
     """A body's constant or parameter node as a value of `graph`: the same parameter node when
     `graph` has one for its path (a weight has one node per graph), else a new one."""
     if node["op"] == "constant":
-        return add_constant(graph, node["attrs"]["value"], node, node["attrs"].get("derived"))
+        return GraphBuilder.like(graph, node).constant(node["attrs"]["value"],
+                                                       node["attrs"].get("derived"))
     path = node["attrs"]["path"]
     for nid in graph.params():
         if graph.node(nid)["attrs"]["path"] == path:

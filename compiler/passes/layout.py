@@ -6,7 +6,8 @@ backend then stores that weight once in the GEMM's own panel layout (a convoluti
 GEMM's A, gemm.prepack_a: [groups, K/KC slices, O/groups, KC]; a transposed convolution's is
 its B, gemm.prepack_b: [groups, N/NR panels, K, NR]), made when the weights are bound, instead
 of repacking it on every call (for every sample, and every chunk of pixels). A matmul whose B
-is such a matrix (a linear layer's folded weight.T) gets it too, as B panels. A weight that is a
+is such a matrix (a linear layer's folded weight.T) gets it too, as B panels. Which ops, and
+which GEMM operand their weight is, their records say (`packed_weight`). A weight that is a
 model input, or computed at run time, keeps the plain layout, as does every convolution at
 -O0. The attribute changes no result: the reference and the ONNX emitter ignore it.
 """
@@ -14,28 +15,31 @@ model input, or computed at run time, keeps the plain layout, as does every conv
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ops import lookup
 from .manager import PassContext, graph_pass
 
 PACKED = "packed"
-# the ops whose weight (input 1) may be stored packed, and which GEMM operand it is there
-PACKED_AS = {"conv": "a", "conv_transpose": "b", "matmul": "b"}
 
 
 @graph_pass("conv_layout")
 def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
     """conv(x, weight known before the call) -> the same conv, weight_layout = "packed" (and
-    conv_transpose, and matmul with a 2-D such B, likewise: PACKED_AS).
+    conv_transpose, and matmul with a 2-D such B, likewise: each op whose record has a
+    `packed_weight`).
 
     Only f32 ops (the GEMM's dtype) whose weight operand is a `param` or `constant` node of
     this graph: in a scan body an outer weight is a captured input and stays plain.
     """
     for nid in graph.order():
         node = graph.node(nid)
-        if node["op"] not in PACKED_AS or node["types"][0].dtype != "f32":
+        record = lookup(node["op"])
+        if record is None or record.packed_weight is None or node["types"][0].dtype != "f32":
             continue
         a, weight = graph.operands(nid)[:2]
         if graph.op(weight.node) not in ("param", "constant") or weight.type.dtype != "f32":
             continue
+        # matmul by name: unlike a convolution's, its weight may be a batch of matrices, and
+        # its operands need not share a dtype with the result
         if node["op"] == "matmul" and (weight.type.rank != 2 or a.type.dtype != "f32"):
             continue  # a product of matrices with a batch of weights, or of other dtypes
         if node["attrs"].get("weight_layout") != PACKED:

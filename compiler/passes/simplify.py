@@ -3,7 +3,8 @@
 A rule looks at one node and returns the value that replaces its output, or None. Every
 replacement must have the node's exact type (dtype and shape), so a rule never changes what
 broadcasting or promotion made of an expression: `x * 1` with `x: f32[3]` and `1: f32[2, 3]`
-stays.
+stays. The rules are keyed by op: each is that op's algebra (x*1 is mul's), except the
+rules for every op with Prop.RESHAPE or Prop.PERMUTE, which the records say.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..builder import GraphBuilder
 from ..ir import Graph, Value
-from ..ops._common import normalize_axis
-from .edit import add_checked, only_user, replace_node
+from ..ops import REGISTRY, Prop, has
+from .edit import only_user, replace_node
 from .manager import PassContext, graph_pass
 
 Rule = Callable[[Graph, int], Value | None]
-
-RESHAPES = ("reshape", "flatten", "squeeze", "unsqueeze")  # same elements, row-major order
-PERMUTES = ("transpose", "permute")
 
 
 def _is_fill(graph: Graph, value: Value, c: float) -> bool:
@@ -64,21 +63,16 @@ def full_slice(graph: Graph, nid: int) -> Value | None:
 
 
 def _perm(graph: Graph, nid: int) -> list[int]:
+    """The axis order of a Prop.PERMUTE node, by its record."""
     node = graph.node(nid)
-    rank, a = node["types"][0].rank, node["attrs"]
-    if node["op"] == "permute":
-        return [normalize_axis(p, rank, "perm") for p in a["perm"]]
-    perm = list(range(rank))
-    i, j = normalize_axis(a["a"], rank, "a"), normalize_axis(a["b"], rank, "b")
-    perm[i], perm[j] = perm[j], perm[i]
-    return perm
+    return REGISTRY[node["op"]].permutation(node["types"][0].rank, node["attrs"])
 
 
 def merge_permutes(graph: Graph, nid: int) -> Value | None:
     """permute(permute(x, p), q) -> x when the two undo each other, else permute(x, p[q])
     (when the inner one has no other use)."""
     (y,) = graph.operands(nid)
-    if graph.op(y.node) not in PERMUTES:
+    if not has(graph.op(y.node), Prop.PERMUTE):
         return None
     (x,) = graph.operands(y.node)
     inner = _perm(graph, y.node)
@@ -88,7 +82,7 @@ def merge_permutes(graph: Graph, nid: int) -> Value | None:
     node = graph.node(nid)
     if only_user(graph, y) != nid:
         return None
-    new = add_checked(graph, "permute", [x], {"perm": perm}, node["types"], node)
+    new = GraphBuilder.like(graph, node).checked("permute", x, perm=perm, want=node["types"])
     return new[0] if new else None
 
 
@@ -96,7 +90,7 @@ def merge_reshapes(graph: Graph, nid: int) -> Value | None:
     """reshape(reshape(x)) -> x when the shapes match, else reshape(x) (when the inner one
     has no other use)."""
     (y,) = graph.operands(nid)
-    if graph.op(y.node) not in RESHAPES:
+    if not has(graph.op(y.node), Prop.RESHAPE):
         return None
     (x,) = graph.operands(y.node)
     node = graph.node(nid)
@@ -106,22 +100,22 @@ def merge_reshapes(graph: Graph, nid: int) -> Value | None:
     if only_user(graph, y) != nid:
         return None
     shape = [d.value if d.is_const else d for d in t.shape]
-    new = add_checked(graph, "reshape", [x], {"shape": shape}, [t], node)
+    new = GraphBuilder.like(graph, node).checked("reshape", x, shape=shape, want=[t])
     return new[0] if new else None
 
 
 # op -> its rules, tried in order: (label, rule); the labels name the counts in the stats
 _RESHAPE_RULES = (("reshape to x's shape -> x", same_type),
                   ("reshape(reshape(x)) -> reshape(x) or x", merge_reshapes))
+_PERMUTE_RULES = (("permute(permute(x)) -> permute(x) or x", merge_permutes),)
 RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
     "mul": (("x*1 -> x", _drop_constant(1, (0, 1))),),
     "add": (("x+0 -> x", _drop_constant(0, (0, 1))),),  # -0.0 + 0.0 is 0.0: sign of zero only
     "sub": (("x-0 -> x", _drop_constant(0, (1,))),),
     "div": (("x/1 -> x", _drop_constant(1, (1,))),),
     "neg": (("-(-x) -> x", involution),),
-    "transpose": (("permute(permute(x)) -> permute(x) or x", merge_permutes),),
-    "permute": (("permute(permute(x)) -> permute(x) or x", merge_permutes),),
-    **dict.fromkeys(RESHAPES, _RESHAPE_RULES),
+    **{op: _PERMUTE_RULES for op, rec in REGISTRY.items() if rec.has(Prop.PERMUTE)},
+    **{op: _RESHAPE_RULES for op, rec in REGISTRY.items() if rec.has(Prop.RESHAPE)},
     "cast": (("cast to x's dtype -> x", same_type),),
     "dropout": (("dropout (inference) -> x", same_type),),  # the shape rule rejects training
     "slice": (("x[:, ...] -> x", full_slice),),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...ir import Graph
-from ...ops import REGISTRY
+from ...ops import REGISTRY, Prop
 from .kernel import I64, PTR
 
 
@@ -89,9 +89,9 @@ def _raw(kb, index: int) -> ir.Value:
     return kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, index)]))
 
 
-def tags(node: dict) -> frozenset[str]:
-    """A fused node's kernel tags: its anchor's (a convolution's split by sample)."""
+def props(node: dict) -> frozenset[Prop]:
+    """A fused node's kernel properties: its anchor's (a convolution's split by sample)."""
     anchor = node["attrs"].get("anchor")
     if anchor is None:
         return frozenset()
-    return REGISTRY[node["attrs"]["body"].op(anchor)].tags
+    return REGISTRY[node["attrs"]["body"].op(anchor)].props

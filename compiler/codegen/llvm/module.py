@@ -21,12 +21,12 @@ from llvmlite import ir
 
 from ...errors import KilnError
 from ...ir import Graph
-from ...ops import REGISTRY
-from ...passes.layout import PACKED, PACKED_AS
+from ...ops import REGISTRY, Prop
+from ...passes.layout import PACKED
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
 from .derived import derived_name, parse
-from .fused import tags as fused_tags
+from .fused import props as fused_props
 from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
 from .plan import plan_function
@@ -177,7 +177,7 @@ class GraphEmitter:
         """{input slot: derived parameter name} for the weight the conv_layout pass chose to
         store packed (f32, known before any call) that node `nid` reads (a conv, transposed
         conv or matmul, or a fused group headed by one): the GEMM's A or B panels
-        (gemm.prepack_a / prepack_b, passes/layout.PACKED_AS), made once when the weights
+        (gemm.prepack_a / prepack_b, by the op record's packed_weight), made once when the weights
         are bound instead of on every call."""
         node = graph.node(nid)
         if node["op"] == "fused" and node["attrs"]["anchor"] is not None:
@@ -198,7 +198,7 @@ class GraphEmitter:
         name = self.layout.params[self.param_index(source.node, src_node)]
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
-        if PACKED_AS[op_node["op"]] == "b":
+        if REGISTRY[op_node["op"]].packed_weight == "b":
             return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
         return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
 
@@ -338,8 +338,8 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
 def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True,
             prepacked: frozenset[int] = frozenset()) -> ir.Function:
-    tags = fused_tags(node) if rec.name == "fused" else rec.tags
-    if split and not serial and "batch_parallel" in tags:
+    props = fused_props(node) if rec.name == "fused" else rec.props
+    if split and not serial and Prop.SAMPLEWISE in props:
         split = _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked)
         if split is not None:
             return split
@@ -357,7 +357,7 @@ def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
 
 
 def _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked):
-    """An op tagged `batch_parallel` whose first input and output lead with the same symbolic
+    """An op with Prop.SAMPLEWISE whose first input and output lead with the same symbolic
     batch size runs its samples on several threads (each a block of samples, with its GEMMs
     whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
     operands = graph.operands(nid)

@@ -1,0 +1,446 @@
+"""Convolution, transposed convolution and pooling with PyTorch semantics in NC(L)/NCHW layout.
+
+conv, conv_transpose and the pools share one piece of window arithmetic (`_common.window_count`)
+for their symbolic output sizes; their references slide one strided view (`_common.windows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dims import Dim
+from ..types import TensorType, shape_str
+from ._common import (
+    FLOATS,
+    NUMERIC,
+    as_dtype,
+    attr_error,
+    attrs,
+    channel_shape,
+    check_affine,
+    check_channels_first,
+    check_dtype,
+    check_positive,
+    check_rank,
+    check_same_dtype,
+    compute_dtype,
+    divides,
+    dtype_name,
+    nn_native,
+    optional,
+    pad_or_crop,
+    prod,
+    spatial,
+    tensors,
+    to_int,
+    transposed_count,
+    upcast,
+    window_count,
+    windows,
+)
+from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
+from .registry import OpError, OpRecord, Prop, register
+
+# the native backend splits a batch of these across threads (module._batch_split)
+SAMPLEWISE = frozenset({Prop.SAMPLEWISE})
+
+
+# convolution ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conv:
+    """The geometry of one convolution or pooling call (spatial axes only)."""
+
+    kernel: tuple[Dim, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: tuple[tuple[Dim, Dim], ...]  # (before, after) per spatial axis
+    out: tuple[Dim, ...]
+
+    def concrete(self, env):
+        """(kernel, pads, out) as ints for the reference."""
+        kernel = tuple(env.eval_dim(k) for k in self.kernel)
+        pads = [(env.eval_dim(lo), env.eval_dim(hi)) for lo, hi in self.pads]
+        return kernel, pads, tuple(env.eval_dim(o) for o in self.out)
+
+
+def _spatial_rank(x: TensorType) -> int:
+    check_rank(x, (3, 4), "x", "[N, C, L] or [N, C, H, W]")
+    return x.rank - 2
+
+
+def _conv_pads(padding, kernel, stride, dilation) -> tuple[tuple[Dim, Dim], ...]:
+    """Explicit padding, "valid", or "same" (PyTorch: the odd extra unit goes after)."""
+    n = len(kernel)
+    if padding == "valid":
+        return ((Dim.of(0), Dim.of(0)),) * n
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise attr_error("padding", "padding='same' needs stride 1")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=False)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, str):
+        raise attr_error("padding", f"padding must be a size, 'same' or 'valid', got {padding!r}")
+    return tuple((Dim.of(p), Dim.of(p)) for p in spatial(padding, n, "padding", minimum=0))
+
+
+def _conv_geometry(x: TensorType, w: TensorType, a: dict) -> Conv:
+    n = _spatial_rank(x)
+    check_rank(w, (x.rank,), "weight", f"rank {x.rank} like x")
+    kernel = w.shape[2:]
+    stride = spatial(a["stride"], n, "stride")
+    dilation = spatial(a["dilation"], n, "dilation")
+    pads = _conv_pads(a["padding"], kernel, stride, dilation)
+    out = tuple(window_count(size, k, s, lo, hi, d) for size, k, s, (lo, hi), d
+                in zip(x.shape[2:], kernel, stride, pads, dilation, strict=False))
+    check_positive(out, x, "the convolution output")
+    return Conv(kernel, stride, dilation, pads, out)
+
+
+def _check_groups(a: dict, channels: Dim, x: TensorType, w: TensorType) -> int:
+    groups = to_int(a["groups"], "groups")
+    if groups < 1:
+        raise attr_error("groups", f"groups must be positive, got {groups}")
+    if not divides(channels, groups):
+        raise OpError(f"{channels} channels of weight {shape_str(w.shape)} do not split into "
+                      f"{groups} groups", arg="groups")
+    return groups
+
+
+def _conv_infer(types, a):
+    x, w, bias = types
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, w], ["x", "weight"])
+    geo = _conv_geometry(x, w, a)
+    groups = _check_groups(a, w.shape[0], x, w)
+    if w.shape[1] * groups != x.shape[1]:
+        raise OpError(f"weight {shape_str(w.shape)} with groups={groups} expects "
+                      f"{w.shape[1] * groups} input channels, x is {shape_str(x.shape)}",
+                      arg="weight")
+    check_affine(x, [bias], ["bias"], (w.shape[0],), "one value per output channel")
+    return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + geo.out)]
+
+
+def conv_nd(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: int) -> np.ndarray:
+    """Cross-correlation of x [N, C, *S] with w [O, C/groups, *K]; pads are (before, after)."""
+    n = w.ndim - 2
+    kernel = w.shape[2:]
+    xp = pad_or_crop(x, [(0, 0), (0, 0)] + list(pads))
+    counts = tuple((size - d * (k - 1) - 1) // s + 1
+                   for size, k, s, d in zip(xp.shape[2:], kernel, stride, dilation, strict=False))
+    win = windows(xp, kernel, stride, dilation, counts)  # [N, C, *out, *K]
+    if groups == 1:
+        out = np.tensordot(win, w, axes=([1, *range(2 + n, 2 + 2 * n)], [1, *range(2, 2 + n)]))
+        return np.moveaxis(out, -1, 1)
+    batch, cin, cout = x.shape[0], x.shape[1], w.shape[0]
+    win = win.reshape(batch, groups, cin // groups, *win.shape[2:])
+    wg = w.reshape(groups, cout // groups, cin // groups, *kernel)
+    o, k = "xyz"[:n], "uvw"[:n]
+    out = np.einsum(f"ngc{o}{k},gdc{k}->ngd{o}", win, wg, optimize=True)
+    return out.reshape(batch, cout, *counts)
+
+
+def _add_bias(y: np.ndarray, bias) -> np.ndarray:
+    return y if bias is None else y + upcast(bias).reshape(channel_shape(y))
+
+
+def _conv_reference(env, inputs, a):
+    x, w, bias = inputs
+    xt = TensorType(dtype_name(x), x.shape)
+    geo = _conv_geometry(xt, TensorType(dtype_name(w), w.shape), a)
+    _, pads, _ = geo.concrete(env)
+    y = conv_nd(upcast(x), upcast(w), geo.stride, pads, geo.dilation, to_int(a["groups"], "groups"))
+    return [_add_bias(y, bias).astype(x.dtype)]
+
+
+def _conv_onnx(b, n):
+    """Conv with the record's own padding ("same" and "valid" resolved), begins then ends."""
+    x, w, _bias = n.in_types
+    geo = _conv_geometry(x, w, n.attrs)
+    b.node("Conv", trimmed(n.inputs), n.outputs, strides=list(geo.stride),
+           dilations=list(geo.dilation), pads=onnx_pads(b, geo.pads),
+           group=to_int(n.attrs["groups"], "groups"))
+
+
+def _window(x: TensorType, geo: Conv):
+    """The native kernels' view of a conv or pool geometry."""
+    return nn_native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
+                               [lo for lo, _ in geo.pads], geo.out)
+
+
+def _conv_llvm(kb, n):
+    x, w, _bias = n.in_types
+    geo = _conv_geometry(x, w, n.attrs)
+    nn_native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+
+
+def _conv_macs(input_types, output_types, a) -> Dim:
+    _x, w, _b = input_types
+    (y,) = output_types
+    return prod(y.shape) * prod(w.shape[1:])
+
+
+register(OpRecord(
+    "conv",
+    tensors("x", "weight") + optional("bias")
+    + attrs(("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
+    _conv_infer, _conv_reference,
+    "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
+    onnx=widened(_conv_onnx), llvm=_conv_llvm,
+    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a"))
+
+
+def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
+    n = _spatial_rank(x)
+    check_rank(w, (x.rank,), "weight", f"rank {x.rank} like x")
+    stride = spatial(a["stride"], n, "stride")
+    dilation = spatial(a["dilation"], n, "dilation")
+    padding = spatial(a["padding"], n, "padding", minimum=0)
+    output_padding = spatial(a["output_padding"], n, "output_padding", minimum=0)
+    for op, s, d in zip(output_padding, stride, dilation, strict=False):
+        if op >= max(s, d):
+            raise attr_error("output_padding", f"output_padding {op} must be smaller than "
+                             f"stride or dilation")
+    out = tuple(transposed_count(size, k, s, p, d, op) for size, k, s, p, d, op
+                in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, output_padding,
+                       strict=False))
+    check_positive(out, x, "the transposed convolution output")
+    return stride, dilation, padding, output_padding, out
+
+
+def _conv_transpose_infer(types, a):
+    x, w, bias = types
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, w], ["x", "weight"])
+    *_, out = _conv_transpose_geometry(x, w, a)
+    groups = _check_groups(a, w.shape[0], x, w)
+    if w.shape[0] != x.shape[1]:
+        raise OpError(f"weight {shape_str(w.shape)} expects {w.shape[0]} input channels, "
+                      f"x is {shape_str(x.shape)}", arg="weight")
+    channels = w.shape[1] * groups
+    check_affine(x, [bias], ["bias"], (channels,), "one value per output channel")
+    return [TensorType(x.dtype, (x.shape[0], channels) + out)]
+
+
+def _conv_transpose_reference(env, inputs, a):
+    """Dilate x by the stride, pad by d*(k-1)-p, and convolve with the flipped kernel."""
+    x, w, bias = inputs
+    xt, wt = TensorType(dtype_name(x), x.shape), TensorType(dtype_name(w), w.shape)
+    stride, dilation, padding, output_padding, _ = _conv_transpose_geometry(xt, wt, a)
+    groups = to_int(a["groups"], "groups")
+    n, kernel = x.ndim - 2, w.shape[2:]
+    spread_shape = tuple((s - 1) * st + 1 for s, st in zip(x.shape[2:], stride, strict=False))
+    spread = np.zeros(x.shape[:2] + spread_shape, dtype=compute_dtype(x.dtype))
+    spread[(..., *(slice(None, None, st) for st in stride))] = x
+    cin, cout_g = w.shape[0], w.shape[1]
+    wg = upcast(w).reshape(groups, cin // groups, cout_g, *kernel).swapaxes(1, 2)
+    wf = np.flip(wg.reshape(groups * cout_g, cin // groups, *kernel), axis=tuple(range(2, 2 + n)))
+    pads = [(d * (k - 1) - p, d * (k - 1) - p + op)
+            for k, p, d, op in zip(kernel, padding, dilation, output_padding, strict=False)]
+    y = conv_nd(spread, wf, (1,) * n, pads, dilation, groups)
+    return [_add_bias(y, bias).astype(x.dtype)]
+
+
+def _conv_transpose_onnx(b, n):
+    """ConvTranspose. PyTorch's output is the full one cropped by p at each end, then extended
+    by output_padding: that is end padding p - op, and what op exceeds p by an output_padding,
+    or, past the stride, where onnxruntime refuses one (PyTorch allows up to the dilation),
+    zeros padded on after the convolution and before the bias."""
+    x, w, _bias = n.in_types
+    stride, dilation, padding, output_padding, _ = _conv_transpose_geometry(x, w, n.attrs)
+    beyond = [max(op - p, 0) for p, op in zip(padding, output_padding, strict=True)]
+    late = [e if e >= s else 0 for e, s in zip(beyond, stride, strict=True)]
+    ends = [max(p - op, 0) for p, op in zip(padding, output_padding, strict=True)]
+    attrs = {"strides": list(stride), "dilations": list(dilation),
+             "pads": onnx_pads(b, zip(padding, ends, strict=True)),
+             "output_padding": [e - d for e, d in zip(beyond, late, strict=True)],
+             "group": to_int(n.attrs["groups"], "groups")}
+    if not any(late):
+        b.node("ConvTranspose", trimmed(n.inputs), n.outputs, **attrs)
+        return
+    data, weight, bias = n.inputs
+    steps = [("Pad", [b.ints([0] * (2 + len(late)) + [0, 0] + late)])]
+    if bias is not None:
+        steps.append(("Add", [one(b, "Reshape", bias, b.ints([-1] + [1] * len(late)))]))
+    chain(b, one(b, "ConvTranspose", data, weight, **attrs), steps, n.outputs)
+
+
+def _conv_transpose_llvm(kb, n):
+    x, w, _bias = n.in_types
+    stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
+    window = nn_native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
+    nn_native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+
+
+def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
+    x, w, _b = input_types
+    return prod(x.shape) * prod(w.shape[1:])
+
+
+register(OpRecord(
+    "conv_transpose",
+    tensors("x", "weight") + optional("bias")
+    + attrs(("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
+    _conv_transpose_infer, _conv_transpose_reference,
+    "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
+    macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
+    props=SAMPLEWISE, packed_weight="b"))
+
+
+# pooling ----------------------------------------------------------------------------------
+def _pool_geometry(x: TensorType, a: dict) -> Conv:
+    n = _spatial_rank(x)
+    kernel = spatial(a["kernel_size"], n, "kernel_size")
+    stride = kernel if a["stride"] is None else spatial(a["stride"], n, "stride")
+    padding = spatial(a["padding"], n, "padding", minimum=0)
+    dilation = spatial(a.get("dilation", 1), n, "dilation")
+    if any(2 * p > k for p, k in zip(padding, kernel, strict=False)):
+        raise attr_error("padding", f"padding {list(padding)} must be at most half of "
+                         f"kernel_size {list(kernel)}")
+    out = tuple(window_count(size, k, s, p, p, d, bool(a["ceil_mode"]))
+                for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation,
+                                            strict=False))
+    check_positive(out, x, "the pooling output")
+    # ceil mode may need room after the right padding for the last window
+    pads = tuple((Dim.of(p), Dim.of(p) + _extra(size, k, s, p, d, o))
+                 for size, k, s, p, d, o in zip(x.shape[2:], kernel, stride, padding, dilation, out,
+                                                strict=False))
+    return Conv(tuple(map(Dim.of, kernel)), stride, dilation, pads, out)
+
+
+def _extra(size: Dim, k: int, s: int, p: int, d: int, out: Dim) -> Dim:
+    """Padding beyond the right edge that the last ceil-mode window reaches (0 if none)."""
+    need = (out - 1) * s + d * (k - 1) + 1 - (size + 2 * p)
+    return need if need.is_const and need.value > 0 else Dim.of(0)
+
+
+def _pool_infer(dtypes):
+    def infer(types, a):
+        (x,) = types
+        check_dtype(x, dtypes, "x")
+        geo = _pool_geometry(x, a)
+        return [TensorType(x.dtype, x.shape[:2] + geo.out)]
+
+    return infer
+
+
+def _pool_windows(env, x: np.ndarray, a: dict, fill):
+    geo = _pool_geometry(TensorType(dtype_name(x), x.shape), a)
+    kernel, pads, out = geo.concrete(env)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads, constant_values=fill)
+    return windows(xp, kernel, geo.stride, geo.dilation, out), geo, (kernel, pads, out)
+
+
+def _lowest(dtype: np.dtype):
+    return np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf  # bf16's kind is "V"
+
+
+def _max_pool_reference(env, inputs, a):
+    (x,) = inputs
+    win, _, (kernel, _, _) = _pool_windows(env, x, a, _lowest(x.dtype))
+    return [win.max(axis=tuple(range(-len(kernel), 0)))]
+
+
+def _avg_pool_reference(env, inputs, a):
+    """Window sums over zero padding, divided by how many window cells PyTorch counts."""
+    (x,) = inputs
+    win, geo, (kernel, pads, out) = _pool_windows(env, upcast(x), a, 0)
+    total = win.sum(axis=tuple(range(-len(kernel), 0)))
+    divisor = np.ones(out)
+    axes = zip(x.shape[2:], pads, kernel, geo.stride, strict=False)
+    for i, (size, (p, hi), k, s) in enumerate(axes):
+        # count_include_pad counts the padding cells but never ceil mode's overhang beyond it
+        counted = np.zeros(size + p + hi)
+        counted[slice(0, size + 2 * p) if a["count_include_pad"] else slice(p, p + size)] = 1
+        counts = windows(counted, (k,), (s,), (1,), (out[i],)).sum(axis=-1)
+        divisor = divisor * counts.reshape([-1 if j == i else 1 for j in range(len(out))])
+    return [as_dtype(total / divisor, dtype_name(x))]
+
+
+def _pool_window(b, n) -> tuple[Conv, dict]:
+    """The geometry, and MaxPool/AveragePool's window attributes. onnxruntime's kernels drop a
+    last ceil-mode window that starts in the right padding, as PyTorch; onnx's shape inference
+    lacks that rule. So with constant sizes the geometry's overhang padding is written out and
+    ceil_mode is 0; with symbolic sizes, where the overhang is known only at run time, ceil_mode
+    is 1."""
+    x, a = n.in_types[0], n.attrs
+    geo = _pool_geometry(x, a)
+    ceil = bool(a["ceil_mode"]) and not all(d.is_const for d in x.shape[2:])
+    pads = [(lo, lo) for lo, _ in geo.pads] if ceil else geo.pads
+    return geo, {"kernel_shape": [k.value for k in geo.kernel], "strides": list(geo.stride),
+                 "pads": onnx_pads(b, pads), "ceil_mode": int(ceil)}
+
+
+def _max_pool_onnx(b, n):
+    geo, window = _pool_window(b, n)
+    b.node("MaxPool", n.inputs, n.outputs, dilations=list(geo.dilation), **window)
+
+
+def _avg_pool_onnx(b, n):
+    """AveragePool. Counted padding is made real zeros first, so that AveragePool then counts
+    the padded input's cells but never ceil mode's overhang beyond them, as PyTorch."""
+    (x,), counted = n.inputs, bool(n.attrs["count_include_pad"])
+    geo, window = _pool_window(b, n)
+    if counted and not window["ceil_mode"]:
+        if any(lo != 0 for lo, _ in geo.pads):
+            pads = [(0, 0)] * 2 + [(lo, lo) for lo, _ in geo.pads]
+            x = one(b, "Pad", x, b.ints(onnx_pads(b, pads)))
+        window["pads"] = onnx_pads(b, [(0, hi - lo) for lo, hi in geo.pads])
+        counted = False
+    b.node("AveragePool", [x], n.outputs, count_include_pad=int(counted), **window)
+
+
+def _max_pool_llvm(kb, n):
+    x = n.in_types[0]
+    nn_native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+
+
+def _avg_pool_llvm(kb, n):
+    x = n.in_types[0]
+    nn_native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
+                       bool(n.attrs["count_include_pad"]))
+
+
+# max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
+register(OpRecord(
+    "max_pool",
+    tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("dilation", 1),
+                         ("ceil_mode", False)),
+    _pool_infer(NUMERIC), _max_pool_reference,
+    "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
+    onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm,
+    props=SAMPLEWISE))
+register(OpRecord(
+    "avg_pool",
+    tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
+                         ("count_include_pad", True)),
+    _pool_infer(FLOATS), _avg_pool_reference,
+    "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
+    llvm=_avg_pool_llvm,
+    props=SAMPLEWISE))
+
+
+def _global_avg_pool_onnx(b, n):
+    """GlobalAveragePool, which onnxruntime refuses over empty spatial axes (only N may be 0):
+    there the mean of nothing, NaN (as the reference, numpy and native code)."""
+    (x,), (out,) = n.in_types, n.out_types
+    b.if_positive(prod(x.shape[2:]), n.outputs, n.out_types,
+                  lambda outs: b.node("GlobalAveragePool", n.inputs, outs),
+                  lambda outs: b.node("Identity", [full_of(b, out.shape, np.nan, out.dtype)],
+                                      outs))
+
+
+def _global_avg_pool_infer(types, _a):
+    (x,) = types
+    check_channels_first(x, 3)
+    return [TensorType(x.dtype, x.shape[:2] + (Dim.of(1),) * (x.rank - 2))]
+
+
+register(OpRecord(
+    "global_avg_pool", tensors("x"), _global_avg_pool_infer,
+    lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
+                                    keepdims=True).astype(inputs[0].dtype)],
+    "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
+    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: nn_native().global_avg_pool(kb, n),
+    props=SAMPLEWISE))

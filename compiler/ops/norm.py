@@ -1,0 +1,260 @@
+"""Normalization ops with PyTorch semantics in NC(L)/NCHW layout (layer_norm, batch_norm,
+group_norm, instance_norm), and dropout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import TensorType, shape_str
+from ._common import (
+    FLOATS,
+    attr_error,
+    attrs,
+    channel_shape,
+    check_affine,
+    check_channels_first,
+    check_dtype,
+    divides,
+    nn_native,
+    number,
+    optional,
+    prod,
+    tensors,
+    to_dims,
+    to_int,
+    upcast,
+)
+from ._emit import chain, full_of, identity, one, trimmed, widened
+from ._factories import unary
+from .registry import OpError, OpRecord, register
+
+
+# normalization ----------------------------------------------------------------------------
+def _training_off(a: dict) -> None:
+    if a["training"]:
+        raise attr_error("training", "training-mode is not supported yet")
+
+
+def _normalize(x: np.ndarray, axes, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) over `axes`, with the biased variance as PyTorch."""
+    mean = np.mean(x, axis=axes, keepdims=True)
+    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def _affine(y: np.ndarray, weight, bias, shape) -> np.ndarray:
+    """y * weight + bias, each reshaped to `shape` for broadcasting (absent ones skipped)."""
+    if weight is not None:
+        y = y * upcast(weight).reshape(shape)
+    if bias is not None:
+        y = y + upcast(bias).reshape(shape)
+    return y
+
+
+def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
+                onnx, llvm) -> OpRecord:
+    """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
+
+    param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
+    normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
+    emitter, run in f32 for half floats as the reference; llvm the native lowering.
+    """
+
+    def infer(types, a):
+        x, weight, bias = types
+        check_dtype(x, FLOATS, "x")
+        shape, what = param_shape(x, a)
+        check_affine(x, [weight, bias], ["weight", "bias"], shape, what)
+        return [x]
+
+    def reference(env, inputs, a):
+        x, weight, bias = inputs
+        y, shape = normalize(upcast(x), a)
+        return [_affine(y, weight, bias, shape).astype(x.dtype)]
+
+    args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
+    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm)
+
+
+def _layer_params(x: TensorType, a):
+    ns = to_dims(a["normalized_shape"], "normalized_shape")
+    if len(ns) > x.rank or x.shape[x.rank - len(ns):] != ns:
+        raise OpError(f"normalized_shape {shape_str(ns)} does not match the last axes of "
+                      f"{shape_str(x.shape)}", arg="normalized_shape")
+    return ns, "normalized_shape"
+
+
+def _layer_normalize(x: np.ndarray, a):
+    k = len(to_dims(a["normalized_shape"], "normalized_shape"))
+    return _normalize(x, tuple(range(x.ndim - k, x.ndim)), a["eps"]), x.shape[x.ndim - k:]
+
+
+def _group_params(x: TensorType, a):
+    check_channels_first(x, 2)
+    groups = to_int(a["num_groups"], "num_groups")
+    if groups < 1:
+        raise attr_error("num_groups", f"num_groups must be positive, got {groups}")
+    if not divides(x.shape[1], groups):
+        raise OpError(f"{x.shape[1]} channels of {shape_str(x.shape)} do not split into "
+                      f"{groups} groups", arg="num_groups")
+    return (x.shape[1],), "one value per channel"
+
+
+def _group_normalize(x: np.ndarray, a):
+    grouped = x.reshape(x.shape[0], to_int(a["num_groups"], "num_groups"), -1)
+    return _normalize(grouped, 2, a["eps"]).reshape(x.shape), channel_shape(x)
+
+
+def _instance_params(x: TensorType, a):
+    check_channels_first(x, 3)
+    return (x.shape[1],), "one value per channel"
+
+
+def _eps(n) -> float:
+    return float(number(n.attrs["eps"], "eps"))
+
+
+def _normalized_onnx(b, x: str, axes: list[int], eps: float, dtype: str) -> str:
+    """(x - mean) / sqrt(var + eps) over `axes` with the biased variance, as `_normalize`."""
+    axes_input = b.ints(axes)
+    mean = one(b, "ReduceMean", x, axes_input, keepdims=1, noop_with_empty_axes=1)
+    centered = one(b, "Sub", x, mean)
+    var = one(b, "ReduceMean", one(b, "Mul", centered, centered), axes_input, keepdims=1,
+              noop_with_empty_axes=1)
+    return one(b, "Div", centered, one(b, "Sqrt", one(b, "Add", var, b.const(eps, dtype))))
+
+
+def _affine_onnx(b, y: str, weight: str | None, bias: str | None, shape: list[int],
+                 outputs: list[str]) -> None:
+    """outputs = y * weight + bias, each reshaped to `shape` (absent ones skipped)."""
+    chain(b, y, [(op, [one(b, "Reshape", p, b.ints(shape))])
+                 for op, p in (("Mul", weight), ("Add", bias)) if p is not None], outputs)
+
+
+def _per_channel(b, n, p: str | None, value: float) -> str:
+    """A per-channel input, or `value` for every channel when it is absent."""
+    x = n.in_types[0]
+    return p if p is not None else full_of(b, x.shape[1:2], value, x.dtype)
+
+
+def _layer_norm_onnx(b, n):
+    """LayerNormalization (opset 17) over the trailing axes; a missing weight is ones."""
+    x, weight, bias = n.inputs
+    t = n.in_types[0]
+    shape = to_dims(n.attrs["normalized_shape"], "normalized_shape")
+    if not shape:  # no axes to normalize over, which LayerNormalization cannot say
+        _affine_onnx(b, _normalized_onnx(b, x, [], _eps(n), t.dtype), weight, bias, [],
+                     n.outputs)
+        return
+    weight = weight if weight is not None else full_of(b, shape, 1.0, t.dtype)
+    # onnxruntime refuses LayerNormalization over no element; x is then empty, and so is
+    # the result (as the reference and native code): x itself
+    b.if_positive(prod(shape), n.outputs, n.out_types,
+                  lambda outs: b.node("LayerNormalization", trimmed([x, weight, bias]), outs,
+                                      axis=-len(shape), epsilon=_eps(n)),
+                  lambda outs: b.node("Identity", [x], outs))
+
+
+def _group_norm_onnx(b, n):
+    """By hand over x viewed as [N, G, -1]: opset 18's GroupNormalization scales per group,
+    not per channel."""
+    x, weight, bias = n.inputs
+    t = n.in_types[0]
+    groups = to_int(n.attrs["num_groups"], "num_groups")
+    # [N, G, C * spatial // G], spelled out: onnxruntime cannot infer a -1 for an empty x,
+    # and a computed 0 there is a size (allowzero), not "as the input"
+    rest = one(b, "ReduceProd", one(b, "Shape", x, start=1), keepdims=1)
+    grouped = one(b, "Reshape", x, one(b, "Concat", one(b, "Shape", x, start=0, end=1),
+                                       b.ints([groups]), one(b, "Div", rest, b.ints([groups])),
+                                       axis=0), allowzero=1)
+    y = one(b, "Reshape", _normalized_onnx(b, grouped, [2], _eps(n), t.dtype), one(b, "Shape", x),
+            allowzero=1)
+    _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
+
+
+def _instance_norm_onnx(b, n):
+    """InstanceNormalization, which needs scale and bias: ones and zeros when absent."""
+    x, weight, bias = n.inputs
+    b.node("InstanceNormalization", [x, _per_channel(b, n, weight, 1.0),
+                                     _per_channel(b, n, bias, 0.0)], n.outputs, epsilon=_eps(n))
+
+
+def _layer_norm_llvm(kb, n):
+    """Segments of the normalized_shape's size; weight and bias follow the position."""
+    size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
+    one = kb.dim(1)
+    nn_native().normalize(kb, n, one, one, size, _eps(n), by_position=True)
+
+
+def _grouped_llvm(groups):
+    """The lowering of a norm over groups(n) groups of channels (instance norm: one each)."""
+
+    def lower(kb, n):
+        x = n.in_types[0]
+        count = groups(n)
+        nn_native().normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
+                            kb.numel(x.shape[2:]), _eps(n), by_position=False)
+
+    return lower
+
+
+register(norm_record(
+    "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
+    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
+register(norm_record(
+    "group_norm", "Normalize each group of channels over the group and the spatial axes.",
+    ("num_groups",), _group_params, _group_normalize, _group_norm_onnx,
+    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups"))))
+register(norm_record(
+    "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
+    _instance_params,
+    lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), channel_shape(x)),
+    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1])))
+
+
+def _batch_norm_infer(types, a):
+    x, mean, var, weight, bias = types
+    _training_off(a)
+    check_channels_first(x, 2)
+    check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
+                  (x.shape[1],), "one value per channel")
+    return [x]
+
+
+def _batch_norm_reference(env, inputs, a):
+    x, mean, var, weight, bias = inputs
+    shape = channel_shape(x)
+    y = (upcast(x) - upcast(mean).reshape(shape)) / np.sqrt(upcast(var).reshape(shape) + a["eps"])
+    return [_affine(y, weight, bias, shape).astype(x.dtype)]
+
+
+def _batch_norm_onnx(b, n):
+    """BatchNormalization in inference mode; a missing weight is ones, a missing bias zeros."""
+    x, mean, var, weight, bias = n.inputs
+    b.node("BatchNormalization", [x, _per_channel(b, n, weight, 1.0),
+                                  _per_channel(b, n, bias, 0.0), mean, var], n.outputs,
+           epsilon=_eps(n), training_mode=0)
+
+
+register(OpRecord(
+    "batch_norm",
+    tensors("x", "running_mean", "running_var") + optional("weight", "bias")
+    + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
+    _batch_norm_infer, _batch_norm_reference,
+    "Normalize each channel (axis 1) with running statistics, then scale and shift.",
+    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: nn_native().batch_norm(kb, n, _eps(n))))
+
+
+def _dropout_check(a: dict) -> None:
+    p = number(a["p"], "p")
+    if not 0 <= p <= 1:
+        raise attr_error("p", f"p must be in [0, 1], got {p}")
+    if a["training"]:
+        raise attr_error("training", "training-mode dropout is not supported yet")
+
+
+register(unary("dropout", lambda x, p, training: x,
+               "Identity outside training (training-mode dropout comes with training).",
+               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity,
+               llvm=lambda kb, attrs, x: x))

@@ -1,0 +1,155 @@
+"""resize: the spatial axes of an NC(L)/NCHW tensor resized, nearest or (bi)linear, as PyTorch's
+F.interpolate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..dims import Dim
+from ..types import TensorType
+from ._common import (
+    attr_error,
+    attrs,
+    check_channels_first,
+    choice,
+    dtype_name,
+    is_list,
+    nn_native,
+    number,
+    tensors,
+    to_dims,
+    upcast,
+)
+from ._emit import trimmed, widened
+from .registry import OpError, OpRecord, register
+
+
+# resize -----------------------------------------------------------------------------------
+def _resize_sizes(x: TensorType, a: dict) -> tuple[Dim, ...]:
+    """Output spatial sizes from `size` or `scale_factor` (floor(in * scale), as PyTorch)."""
+    check_channels_first(x, 3)
+    n = x.rank - 2
+    mode = choice(a["mode"], "mode", ("nearest", "bilinear"))
+    if a["align_corners"] and mode == "nearest":
+        raise attr_error("align_corners", "align_corners only applies to bilinear resize")
+    if (a["size"] is None) == (a["scale_factor"] is None):
+        raise attr_error("size", "give exactly one of size and scale_factor")
+    if a["size"] is not None:
+        sizes = to_dims(a["size"], "size")
+        if len(sizes) == 1:
+            sizes = sizes * n
+        if len(sizes) != n:
+            raise attr_error("size", f"size needs 1 or {n} values, got {len(sizes)}")
+        return sizes
+    scales = _scales(a, n)
+    out = []
+    for size, scale in zip(x.shape[2:], scales, strict=False):
+        if float(scale).is_integer():
+            out.append(size * int(scale))
+        elif size.is_const:
+            out.append(Dim.of(math.floor(size.value * scale)))
+        else:
+            raise OpError(f"floor({size} * {scale}) is not a symbolic size; give size instead")
+    return tuple(out)
+
+
+def _scales(a: dict, n: int) -> tuple[float, ...]:
+    values = a["scale_factor"] if is_list(a["scale_factor"]) else [a["scale_factor"]]
+    scales = tuple(number(v, "scale_factor") for v in values)
+    if len(scales) == 1:
+        scales = scales * n
+    if len(scales) != n or any(s <= 0 for s in scales):
+        raise attr_error("scale_factor", f"scale_factor needs 1 or {n} positive values")
+    return scales
+
+
+def _resize_infer(types, a):
+    (x,) = types
+    return [TensorType(x.dtype, x.shape[:2] + _resize_sizes(x, a))]
+
+
+def _source_ratio(a, i: int, size: int, out: int, n: int, for_corners: bool) -> np.float32:
+    """PyTorch's area_pixel_compute_scale: 1/scale_factor when given, else in/out."""
+    if for_corners:
+        return np.float32((size - 1) / (out - 1) if out > 1 else 0)
+    if a["scale_factor"] is not None:
+        return np.float32(1 / _scales(a, n)[i])
+    return np.float32(size / out)
+
+
+def _resize_reference(env, inputs, a):
+    """Separable: along each spatial axis take the nearest, or blend the two nearest, rows."""
+    (x,) = inputs
+    y = upcast(x)
+    n = x.ndim - 2
+    corners = bool(a["align_corners"])
+    sizes = [env.eval_dim(d) for d in _resize_sizes(TensorType(dtype_name(x), x.shape), a)]
+    for i, out in enumerate(sizes):
+        size, axis = x.shape[2 + i], 2 + i
+        ratio = _source_ratio(a, i, size, out, n, corners)
+        dst = np.arange(out, dtype=np.float32)
+        if a["mode"] == "nearest":
+            y = np.take(y, np.minimum(np.floor(dst * ratio).astype(np.int64), size - 1), axis=axis)
+            continue
+        src = dst * ratio if corners else np.maximum(ratio * (dst + 0.5) - 0.5, 0)
+        lo = src.astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        lam = (src - lo).astype(y.dtype).reshape([-1] + [1] * (n - 1 - i))
+        y = np.take(y, lo, axis=axis) * (1 - lam) + np.take(y, hi, axis=axis) * lam
+    return [y.astype(x.dtype)]
+
+
+def _onnx_scale(size: Dim, scale: float, out: Dim) -> np.float32:
+    """The f32 scale ONNX reads `scale` as, nudged up where onnx's shape inference would floor
+    size * that f32 one below Python's floor of size * scale (10 * 1.3)."""
+    s = np.float32(scale)
+    if size.is_const and math.floor(size.value * float(s)) < out.value:
+        s = np.nextafter(s, np.float32(np.inf))
+    return s
+
+
+def _resize_onnx(b, n):
+    """Resize. nearest: PyTorch's legacy nearest (asymmetric, floor); bilinear: half_pixel,
+    whose negative source coordinates linear mode clamps to 0 as PyTorch, or align_corners.
+    With scale_factor the scales go in, as PyTorch reads source dst / scale, not dst * in / out."""
+    (x,), t, a = n.inputs, n.in_types[0], n.attrs
+    scales, sizes = None, b.shape(n.out_types[0].shape)
+    if a["scale_factor"] is not None:
+        spatial_out = zip(t.shape[2:], _scales(a, t.rank - 2), n.out_types[0].shape[2:],
+                          strict=True)
+        scales = b.const(np.array([1, 1, *(_onnx_scale(*s) for s in spatial_out)], np.float32))
+        sizes = None
+    if a["mode"] == "nearest":
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": "floor"}
+    else:
+        corners = "align_corners" if a["align_corners"] else "half_pixel"
+        mode = {"mode": "linear", "coordinate_transformation_mode": corners}
+    b.node("Resize", trimmed([x, None, scales, sizes]), n.outputs, **mode)
+
+
+def _resize_llvm(kb, n):
+    """Source ratios known at compile time are computed as the reference does; the others
+    (symbolic sizes) at run time."""
+    x, y, a = n.in_types[0], n.out_types[0], n.attrs
+    corners = bool(a["align_corners"])
+    ratios = []
+    for i, (size, out) in enumerate(zip(x.shape[2:], y.shape[2:], strict=True)):
+        known = (size.is_const and out.is_const) or (a["scale_factor"] is not None
+                                                     and not corners)
+        ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
+                                    out.value if out.is_const else 1, x.rank - 2, corners)
+                      if known else None)
+    nn_native().resize(kb, n, ratios, a["mode"] == "nearest", corners)
+
+
+register(OpRecord(
+    "resize",
+    tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
+                         ("align_corners", False)),
+    _resize_infer, _resize_reference,
+    "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
+    onnx=widened(_resize_onnx), llvm=_resize_llvm))

@@ -1,0 +1,390 @@
+"""Data movement within one tensor: reshaping, axis moves, flips, broadcasting, tiling,
+triangles and padding.
+
+Shape rules keep symbolic sizes symbolic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..dims import Dim
+from ..types import shape_str
+from ._common import (
+    attr_error,
+    attrs,
+    choice,
+    exact_div,
+    is_list,
+    normalize_axes,
+    normalize_axis,
+    number,
+    pad_or_crop,
+    prod,
+    to_dims,
+    to_int,
+    try_broadcast,
+)
+from ._emit import BF16_UP, chain, one, trimmed, widened
+from ._factories import movement
+from .registry import OpError, Prop, register
+
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+# reshaping --------------------------------------------------------------------------------
+def to_dims_ints(values) -> list[int]:
+    """A resolved shape attribute (ints; a single int is a 1-element shape)."""
+    return [int(v) for v in (values if is_list(values) else [values])]
+
+
+def _reshape_shape(shape, a):
+    target = to_dims(a["shape"], "shape")
+    holes = [i for i, d in enumerate(target) if d == -1]
+    if len(holes) > 1 or any(d.is_const and d.value < -1 for d in target):
+        raise attr_error("shape", f"shape may hold one -1 and no other negative size: "
+                         f"{shape_str(target)}")
+    total = prod(shape)
+    if not holes:
+        if prod(target) != total:
+            raise OpError(f"cannot reshape {shape_str(shape)} ({total} elements) to "
+                          f"{shape_str(target)} ({prod(target)} elements)", arg="shape")
+        return target
+    known = prod(d for i, d in enumerate(target) if i != holes[0])
+    missing = exact_div(total, known) if known != 0 else None
+    if missing is None:
+        raise OpError(f"cannot reshape {shape_str(shape)} to {shape_str(target)}: {total} "
+                      f"elements do not divide by {known}", arg="shape")
+    return target[:holes[0]] + (missing,) + target[holes[0] + 1:]
+
+
+def _flatten_range(rank, a):
+    if rank == 0:
+        return 0, -1
+    start, end = normalize_axis(a["start"], rank, "start"), normalize_axis(a["end"], rank, "end")
+    if start > end:
+        raise attr_error("start", f"start axis {start} comes after end axis {end}")
+    return start, end
+
+
+def _flatten_shape(shape, a):
+    start, end = _flatten_range(len(shape), a)
+    return shape[:start] + (prod(shape[start:end + 1]),) + shape[end + 1:]
+
+
+def _flatten(x, a):
+    start, end = _flatten_range(x.ndim, a)
+    return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
+
+
+def _permutation(rank, a):
+    perm = [normalize_axis(p, rank, "perm") for p in (a["perm"] if is_list(a["perm"]) else [])]
+    if sorted(perm) != list(range(rank)):
+        raise attr_error("perm", f"perm must order all {rank} axes once, got {a['perm']!r}")
+    return perm
+
+
+def _checked_axes(shape, axis):
+    """shape, once axis is known to name its axes."""
+    normalize_axes(axis, len(shape))
+    return shape
+
+
+def _swap(rank, a):
+    perm = list(range(rank))
+    i, j = normalize_axis(a["a"], rank, "a"), normalize_axis(a["b"], rank, "b")
+    perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+# moves of data that read only their operand and never report a value out of range (unlike
+# gather or one_hot): passes may run them before a loop that might run no step
+NEVER_FAILS = frozenset({Prop.CANNOT_FAIL})
+_RESHAPE = NEVER_FAILS | {Prop.RESHAPE}  # the same elements, row-major, in another shape
+_PERMUTE = NEVER_FAILS | {Prop.PERMUTE}
+
+
+def _reshape_onnx(b, n):
+    """Reshape to the inferred shape: -1 resolved, symbolic sizes computed at run time (and a
+    0 in it meaning 0, not "copy")."""
+    shape = b.shape(n.out_types[0].shape)
+    b.node("Reshape", [n.inputs[0], shape], n.outputs, allowzero=1)
+
+
+def _flatten_onnx(b, n):
+    rank = n.in_types[0].rank
+    if rank >= 2 and _flatten_range(rank, n.attrs) == (1, rank - 1):
+        b.node("Flatten", n.inputs, n.outputs, axis=1)
+    else:
+        _reshape_onnx(b, n)
+
+
+def _transpose_onnx(perm_of):
+    """Transpose by perm_of(rank, attrs)."""
+    return lambda b, n: b.node("Transpose", n.inputs, n.outputs,
+                               perm=perm_of(n.in_types[0].rank, n.attrs))
+
+
+def _flip_onnx(b, n):
+    """Slice from the last element (-1) past the first (INT64_MIN clamps to before it)."""
+    axes = normalize_axes(n.attrs["axis"], n.in_types[0].rank)
+    back = b.ints([-1] * len(axes))
+    b.node("Slice", [n.inputs[0], back, b.ints([INT64_MIN] * len(axes)), b.ints(axes), back],
+           n.outputs)
+
+
+def _flip_llvm(kb, n):
+    """A view of x walking the flipped axes backwards from their last element."""
+    t = n.in_types[0]
+    strides = kb.strides(t.shape)
+    base = kb.const(0, "i64")
+    for a in normalize_axes(n.attrs["axis"], t.rank):
+        base = kb.add(base, kb.mul(kb.dim(t.shape[a] - 1), strides[a]))
+        strides[a] = kb.neg(strides[a])
+    kb.view_copy(n, base, strides)
+
+
+register(movement("reshape", "The same elements in a new shape (one size may be -1).",
+                  attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
+                  _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+register(movement("flatten", "Merge axes start..end (inclusive) into one.",
+                  attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten, _flatten_onnx,
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
+                  lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
+                  lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
+                  llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
+                  props=_PERMUTE, permutation=_swap))
+register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
+                  attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
+                  lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
+                  _transpose_onnx(_permutation),
+                  llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
+                  props=_PERMUTE, permutation=_permutation))
+register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
+                  attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
+                  lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
+                  llvm=_flip_llvm, props=NEVER_FAILS))
+
+
+def _squeeze_axes(shape, a):
+    if a["axis"] is None:
+        if any(not d.is_const for d in shape):
+            raise OpError(f"squeeze without axis needs constant sizes, {shape_str(shape)} has "
+                          f"symbolic ones; give axis", arg="axis")
+        return tuple(i for i, d in enumerate(shape) if d == 1)
+    axes = normalize_axes(a["axis"], len(shape))
+    for i in axes:
+        if shape[i] != 1:
+            raise OpError(f"cannot squeeze axis {i} of {shape_str(shape)}: its size is "
+                          f"{shape[i]}, not 1", arg="axis")
+    return axes
+
+
+def _unsqueeze_axes(rank, a):
+    count = len(a["axis"]) if is_list(a["axis"]) else 1
+    return normalize_axes(a["axis"], rank + count)
+
+
+def _unsqueeze_shape(shape, a):
+    axes, rest = _unsqueeze_axes(len(shape), a), iter(shape)
+    return tuple(Dim.of(1) if i in axes else next(rest) for i in range(len(shape) + len(axes)))
+
+
+def _dims_of(x):
+    return tuple(Dim.of(n) for n in x.shape)
+
+
+def _squeeze_onnx(b, n):
+    axes = _squeeze_axes(n.in_types[0].shape, n.attrs)
+    chain(b, n.inputs[0], [("Squeeze", [b.ints(axes)])] if axes else [], n.outputs)
+
+
+register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis).",
+                  attrs(("axis", None)),
+                  lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
+                  lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx,
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
+                  attrs("axis"), _unsqueeze_shape,
+                  lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a)),
+                  lambda b, n: b.node("Unsqueeze", [n.inputs[0], b.ints(_unsqueeze_axes(
+                      n.in_types[0].rank, n.attrs))], n.outputs),
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+
+
+def _broadcast_to_shape(shape, a):
+    target = to_dims(a["shape"], "shape")
+    if try_broadcast(shape, target) != target:
+        raise OpError(f"cannot broadcast {shape_str(shape)} to {shape_str(target)}", arg="shape")
+    return target
+
+
+def _tile_shape(shape, a):
+    reps = to_dims(a["reps"], "reps")
+    n = max(len(reps), len(shape))
+    padded = (Dim.of(1),) * (n - len(shape)) + tuple(shape)
+    reps = (Dim.of(1),) * (n - len(reps)) + reps
+    return tuple(d * r for d, r in zip(padded, reps, strict=False))
+
+
+def _matrix_shape(shape, a):
+    if len(shape) < 2:
+        raise OpError(f"x must have rank 2 or more, got {shape_str(shape)}", arg="x")
+    to_int(a["k"], "k")
+    return shape
+
+
+def _broadcast_to_onnx(b, n):
+    b.node("Expand", [n.inputs[0], b.shape(n.out_types[0].shape)], n.outputs)
+
+
+def _tile_onnx(b, n):
+    """Tile, with x given leading size-1 axes or reps leading 1s first, as numpy's tile."""
+    (x,), rank = n.inputs, n.in_types[0].rank
+    reps = to_dims(n.attrs["reps"], "reps")
+    if len(reps) > rank:
+        x = one(b, "Unsqueeze", x, b.ints(range(len(reps) - rank)))
+    b.node("Tile", [x, b.shape((1,) * (rank - len(reps)) + reps)], n.outputs)
+
+
+def _trilu_onnx(upper: int):
+    return lambda b, n: b.node("Trilu", [n.inputs[0], b.dim(to_int(n.attrs["k"], "k"))],
+                               n.outputs, upper=upper)
+
+
+def _tile_llvm(kb, n):
+    """out[r * d + j] = x[j] along every axis (x given leading size-1 axes, reps leading 1s):
+    a loop over each axis's repeats around one over its elements, the last innermost."""
+    t, out_t = n.in_types[0], n.out_types[0]
+    reps = to_dims(n.attrs["reps"], "reps")
+    shape = (Dim.of(1),) * (out_t.rank - t.rank) + tuple(t.shape)
+    reps = (Dim.of(1),) * (out_t.rank - len(reps)) + reps
+    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x_strides, out_strides = kb.strides(shape), kb.strides(out_t.shape)
+
+    def body(index):
+        repeat, inside = index[0::2], index[1::2]
+        at = [kb.add(kb.mul(r, kb.dim(d)), j) for r, j, d in zip(repeat, inside, shape)]
+        kb.move(out, kb.dot(at, out_strides), x, kb.dot(inside, x_strides))
+
+    kb.loop_nest([kb.dim(d) for pair in zip(reps, shape) for d in pair], body)
+
+
+def _trilu_llvm(upper: bool):
+    """x where the diagonal j - i is >= k (triu) or <= k (tril), else 0."""
+
+    def lower(kb, n):
+        t = n.in_types[0]
+        x, out = kb.buffer(0, t.dtype), kb.buffer(1, t.dtype)
+        k, zero = kb.const(to_int(n.attrs["k"], "k"), "i64"), kb.stored(0, t.dtype)
+        strides = kb.strides(t.shape)
+
+        def body(index):
+            at = kb.dot(index, strides)
+            keep = kb.compare(">=" if upper else "<=", kb.sub(index[-1], index[-2]), k)
+            value = kb.b.load(kb.b.gep(x, [at]))
+            kb.b.store(kb.select(keep, value, zero), kb.b.gep(out, [at]))
+
+        kb.loop_nest([kb.dim(d) for d in t.shape], body)
+
+    return lower
+
+
+# onnxruntime has no bf16 Expand, Tile, Trilu or Pad: bf16 moves as f32 (exactly)
+register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("shape"),
+                  _broadcast_to_shape,
+                  lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy(),
+                  widened(_broadcast_to_onnx, BF16_UP),
+                  llvm=lambda kb, n: kb.view_copy(n, kb.const(0, "i64"), kb.broadcast_strides(
+                      n.in_types[0], n.out_types[0])), props=NEVER_FAILS))
+register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
+                  _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"])),
+                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm, props=NEVER_FAILS))
+register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"]),
+                  widened(_trilu_onnx(0), BF16_UP), llvm=_trilu_llvm(False)))
+register(movement("triu", "Zero the elements below diagonal k of the last two axes.",
+                  attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"]),
+                  widened(_trilu_onnx(1), BF16_UP), llvm=_trilu_llvm(True)))
+
+
+# padding ----------------------------------------------------------------------------------
+def _pad_widths(shape, a):
+    """Per-axis (before, after) from PyTorch's F.pad order (last axis first)."""
+    pads = to_dims(a["pads"], "pads")
+    mode = choice(a["mode"], "mode", ("constant", "reflect", "replicate"))
+    number(a["value"], "value")
+    if len(pads) % 2 or len(pads) > 2 * len(shape):
+        raise attr_error("pads", f"pads needs an even count up to {2 * len(shape)}, got "
+                         f"{len(pads)}")
+    widths = [(Dim.of(0), Dim.of(0))] * len(shape)
+    for i in range(len(pads) // 2):
+        widths[len(shape) - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    for size, pair in zip(shape, widths, strict=False):
+        for p in pair:
+            if p.is_const and p.value < 0 and mode != "constant":
+                raise attr_error("pads", f"{mode} padding cannot be negative")
+            if mode == "reflect" and p.is_const and size.is_const and p.value >= size.value:
+                raise OpError(f"reflect padding {p} must be smaller than the size {size} of "
+                              f"{shape_str(shape)}", arg="pads")
+    return widths
+
+
+def _pad(x, a):
+    widths = [(int(lo.value), int(hi.value)) for lo, hi in _pad_widths(_dims_of(x), a)]
+    if a["mode"] == "constant":
+        return pad_or_crop(x, widths, constant_values=a["value"])
+    return np.pad(x, widths, mode="reflect" if a["mode"] == "reflect" else "edge")
+
+
+def _pad_onnx(b, n):
+    """Pad with pads [begin..., end...] over every axis (F.pad's order is last axis first)."""
+    (x,), t, a = n.inputs, n.in_types[0], n.attrs
+    widths = _pad_widths(t.shape, a)
+    pads = b.shape([lo for lo, _ in widths] + [hi for _, hi in widths])
+    mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[a["mode"]]
+    value = b.const(number(a["value"], "value"), t.dtype) if mode == "constant" else None
+    b.node("Pad", trimmed([x, pads, value]), n.outputs, mode=mode)
+
+
+def _pad_llvm(kb, n):
+    """out[o] = x[o - before] per axis: outside x, the value (constant), the mirror image
+    without the edge (reflect) or the edge (replicate); clamped into x whatever the sizes."""
+    t, out_t, mode = n.in_types[0], n.out_types[0], n.attrs["mode"]
+    widths = _pad_widths(t.shape, n.attrs)
+    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x_strides, out_strides = kb.strides(t.shape), kb.strides(out_t.shape)
+    fill = kb.stored(number(n.attrs["value"], "value"), t.dtype)
+    zero = kb.const(0, "i64")
+
+    def body(index):
+        inside, at = kb.const(True, "bool"), zero
+        for o, (before, _), d, stride in zip(index, widths, t.shape, x_strides, strict=True):
+            i, last = kb.sub(o, kb.dim(before)), kb.dim(d - 1)
+            inside = kb.b.and_(inside, kb.b.and_(kb.compare(">=", i, zero),
+                                                   kb.compare("<=", i, last)))
+            if mode == "reflect":  # numpy's reflect: -1 -> 1, size -> size - 2
+                i = kb.select(kb.compare("<", i, zero), kb.neg(i), i)
+                i = kb.select(kb.compare(">", i, last), kb.sub(kb.add(last, last), i), i)
+            at = kb.add(at, kb.mul(kb.minimum(kb.maximum(i, zero), last), stride))
+        to = kb.dot(index, out_strides)
+        if mode != "constant":
+            kb.move(out, to, x, at)
+            return
+        with kb.b.if_else(inside) as (copy, constant):
+            with copy:
+                kb.move(out, to, x, at)
+            with constant:
+                kb.b.store(fill, kb.b.gep(out, [to]))
+
+    kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
+
+
+register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, last axis first.",
+                  attrs("pads", ("mode", "constant"), ("value", 0.0)),
+                  lambda s, a: tuple(d + lo + hi for d, (lo, hi)
+                                     in zip(s, _pad_widths(s, a), strict=True)),
+                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm))
