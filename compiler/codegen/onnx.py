@@ -322,12 +322,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
 def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
     """Value names: inputs and outputs keep their kiln names, parameters their paths."""
     names: dict[tuple[int, int], str] = {}
-    for nid in graph.order():
-        node = graph.node(nid)
-        if node["op"] == "input":
-            names[(nid, 0)] = node["attrs"]["name"]
-        elif node["op"] == "param":
-            names[(nid, 0)] = node["attrs"]["path"]
+    for nid in graph.inputs:
+        names[(nid, 0)] = graph.node(nid)["attrs"]["name"]
+    for nid in graph.params():
+        names[(nid, 0)] = graph.node(nid)["attrs"]["path"]
     for value, name in zip(graph.outputs, graph.output_names):
         key = (value.node, value.index)
         if key not in names:  # an output computed by an op gets the output's name
