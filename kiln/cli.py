@@ -368,7 +368,7 @@ def cmd_graph(opts) -> int:
     dot = to_dot(model.graph, model.name)
     if opts.passes:
         from kiln.compiler.elaborate.members import generate_params
-        from kiln.compiler.passes import optimize
+        from kiln.compiler.pipelines import optimize
 
         optimized, _ = optimize(model, params=generate_params(model.params, 0))
         dot = to_dot_pair(model.graph, optimized, model.name)

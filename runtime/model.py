@@ -59,7 +59,7 @@ class CompiledModel:
     """A model ready to run: call it with numpy arrays (positional or by input name)."""
 
     target = "abstract"
-    pipeline = "native"  # the optimizer's pipeline for this target (passes.PIPELINES)
+    pipeline = "native"  # the optimizer's pipeline for this target (compiler/pipelines.py)
 
     def __init__(self, model: ElaboratedModel, params: dict[str, np.ndarray],
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
@@ -121,7 +121,7 @@ class CompiledModel:
                    ) -> ElaboratedModel:
         model = self.once(self._elaborated, present, lambda: self._elaborate(present))
         from ..compiler import progress
-        from ..compiler.passes import optimize
+        from ..compiler.pipelines import optimize
 
         with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
             graph, stats = optimize(model, self.opt_level, params=state.params,
