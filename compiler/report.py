@@ -5,7 +5,7 @@ neighbouring ops were not fused.
 
 Three parts: the kernels in run order, each with the ops in it and their source spans (a
 fused kernel lists every op of its group); the ops left unfused next to a fusible neighbour,
-with the reason (passes/fuse.py's rules, worded for a user); and the planned peak activation
+with the reason (codegen/llvm/fuse.py's rules, worded for a user); and the planned peak activation
 memory as a formula in the symbolic sizes (passes/memory.py).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .codegen.llvm.fuse import ANCHORS, anchor_reason, elementwise_reason, join_reason
 from .ir import Graph, GraphVisitor, Value
-from .passes.fuse import ANCHORS, anchor_reason, elementwise_reason, join_reason
 from .passes.memory import ALIGN, plan
 
 

@@ -1,4 +1,4 @@
-"""Fusion (passes/fuse.py), memory planning (passes/memory.py) and the compile report.
+"""Fusion (codegen/llvm/fuse.py), memory planning (passes/memory.py) and the compile report.
 
 The fuse pass fires on elementwise chains and on matmul/conv epilogues, leaves groups it must
 not make alone, and keeps numerics: the fused graph agrees with the unoptimized one on the

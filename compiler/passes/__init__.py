@@ -12,9 +12,7 @@ from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
-from .fuse import fuse
 from .hoist import hoist_scan_invariants
-from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .memory import plan_memory
 from .pipeline import CLEANUP, REWRITES, TARGET_INDEPENDENT, run_passes
@@ -31,7 +29,6 @@ __all__ = [
     "PassContext",
     "PassStats",
     "check_types",
-    "conv_layout",
     "copy_graph",
     "count_nodes",
     "cse",
@@ -40,7 +37,6 @@ __all__ = [
     "fold_constants",
     "fold_weight_layout",
     "format_stats",
-    "fuse",
     "graph_pass",
     "hoist_scan_invariants",
     "plan_memory",

@@ -1,4 +1,4 @@
-"""A `fused` node (passes/fuse.py) as one kernel.
+"""A `fused` node (fuse.py) as one kernel.
 
 With an anchor (a matmul or convolution), the anchor's own lowering writes its result into
 the fused node's output buffer; then one loop over that buffer computes the group's

@@ -13,8 +13,8 @@ model input, or computed at run time, keeps the plain layout, as does every conv
 
 from __future__ import annotations
 
-from ..ir import Graph
-from .manager import PassContext, graph_pass
+from ...ir import Graph
+from ...passes.manager import PassContext, graph_pass
 
 PACKED = "packed"
 # the ops whose weight (input 1) may be stored packed, and which GEMM operand it is there

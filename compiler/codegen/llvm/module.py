@@ -24,7 +24,6 @@ from llvmlite import ir
 from ...errors import KilnError
 from ...ir import STRUCTURAL_OPS, Graph, GraphVisitor
 from ...ops import REGISTRY
-from ...passes.layout import PACKED, PACKED_AS
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
 from .derived import derived_name, parse
@@ -32,6 +31,7 @@ from .fused import anchor_weight, fused_kernel
 from .fused import tags as fused_tags
 from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
+from .layout import PACKED, PACKED_AS
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
@@ -238,7 +238,7 @@ class GraphEmitter(GraphVisitor):
         store packed (f32, known before any call) that node `nid` reads (a conv, transposed
         conv or matmul, or a fused group headed by one: `weight` is the GEMM op's node and
         the slot of node `nid` that feeds its weight): the GEMM's A or B panels
-        (gemm.prepack_a / prepack_b, passes/layout.PACKED_AS), made once when the weights
+        (gemm.prepack_a / prepack_b, layout.PACKED_AS), made once when the weights
         are bound instead of on every call."""
         if weight is None:
             return {}

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from ...passes.batch_norm import fold_batch_norm
 from ...passes.fold import fold_weight_layout
-from ...passes.fuse import fuse
-from ...passes.layout import conv_layout
 from ...passes.manager import Pass
 from ...passes.memory import plan_memory
 from ...passes.pipeline import CLEANUP, REWRITES
+from .fuse import fuse
+from .layout import conv_layout
 
 # The order matters (and passes/pipeline.py's order of REWRITES and CLEANUP):
 # 1. fold_batch_norm after simplify: dropping an inference dropout, a no-op cast or reshape
