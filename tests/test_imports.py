@@ -2,8 +2,8 @@
 the stages before it (docs/architecture.md).
 
 Imports are read from the source with `ast`, everywhere in a module (inside functions too: a
-lazy import is still a dependency), so the test sees what the code may import, not only what
-one run happened to. An edge goes to the module named: `from .registry import X` is an edge
+lazy import is still a dependency; not under `if TYPE_CHECKING:`, which never runs), so the
+test sees what the code may import, not only what one run happened to. An edge goes to the module named: `from .registry import X` is an edge
 to `ops.registry`, `from . import control` to `ops.control`, `from ..ops import REGISTRY` to
 the package `ops` (its `__init__`).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -51,11 +52,13 @@ def _package_modules(package: str) -> tuple[dict[str, Path], tuple[str, ...]]:
 
 
 def _imports(name: str, path: Path) -> set[str]:
-    """The kiln modules module `name` (source `path`) imports, anywhere in its body."""
+    """The kiln modules module `name` (source `path`) imports, anywhere in its body but under
+    `if TYPE_CHECKING:` (names for annotations only, never imported when the code runs: how
+    a part of a class refers back to the class that holds it)."""
     is_package = path.name == "__init__.py"
     base = name.split(".") if is_package else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -66,6 +69,24 @@ def _imports(name: str, path: Path) -> set[str]:
                 # a submodule by name, or a name the module (a package's __init__) defines
                 found.add(sub if _spec(sub) is not None else source)
     return {m for m in found if _under(m, "kiln")}
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of `tree` but those of `if TYPE_CHECKING:` bodies (their `else` counts)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack += node.orelse
+        else:
+            stack += ast.iter_child_nodes(node)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """`TYPE_CHECKING` or `typing.TYPE_CHECKING`."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 @cache
@@ -162,3 +183,11 @@ def test_kernels_never_import_the_op_registry():
     assert {f"{NATIVE}.gemm", f"{NATIVE}.kernel", f"{NATIVE}.threads"} <= set(kernels)
     bad = _violations(kernels, ("kiln.compiler.ops",))
     assert not bad, "kernel modules importing the op registry:\n  " + "\n  ".join(bad)
+
+
+def test_type_checking_imports_are_not_dependencies():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import kiln.a\n"
+                     "else:\n    import kiln.b\ndef f():\n    import kiln.c\n")
+    imported = {alias.name for node in _runtime_nodes(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    assert imported == {"kiln.b", "kiln.c"}
