@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kiln
+from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
 from kiln.compiler.ir import STRUCTURAL_OPS, Graph
-from kiln.compiler.passes import PIPELINE, count_nodes, run_passes
+from kiln.compiler.passes import count_nodes, run_passes
 from kiln.compiler.passes.edit import count_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def rows(name: str, sizes: dict[str, int]) -> list[list[str]]:
     sizes = {k: v for k, v in sizes.items() if k in elaborated.symbols}
     print(f"\n{name} ({', '.join(f'{k}={v}' for k, v in sizes.items())})")
     out = [["elaborated", *(str(f(graph, sizes, elaborated)) for _, f in COLUMNS), "", ""]]
-    for p in PIPELINE:
+    for p in NATIVE_PIPELINE:
         graph, (stats,) = run_passes(graph, [p], params)
         changes = stats.skipped or ", ".join(f"{k} {v}" for k, v in stats.changes.items())
         out.append([p.name, *(str(f(graph, sizes, elaborated)) for _, f in COLUMNS),

@@ -25,7 +25,7 @@ from kiln.compiler.codegen.llvm import machine  # noqa: E402
 from kiln.compiler.codegen.llvm import target as targets  # noqa: E402
 from kiln.compiler.codegen.llvm.module import build_module, ir_text  # noqa: E402
 from kiln.compiler.initializers import generate_params  # noqa: E402
-from kiln.compiler.passes import optimize  # noqa: E402
+from kiln.compiler.pipelines import optimize  # noqa: E402
 
 STEPS = {"add": "y + x", "softmax": "softmax(y)"}
 

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from . import passes, progress
+from . import pipelines, progress
 from .codegen.llvm import target as targets
 from .codegen.llvm.machine import compile_object
 from .codegen.llvm.module import ModuleLayout
 from .elaborate import ElaboratedModel, Program
 from .errors import KilnError, Span
 
-# the optimizer's pipeline (passes.PIPELINES) for each target
+# the optimizer's pipeline (pipelines.PIPELINES) for each target
 PIPELINE_OF = {"native": "native", "reference": "native", "onnx": "onnx"}
 
 
@@ -172,7 +172,7 @@ class Compilation:
                    ) -> ElaboratedModel:
         model = self.elaborated(present)
         with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
-            graph, stats = passes.optimize(model, self.opt_level, params=weights.params,
+            graph, stats = pipelines.optimize(model, self.opt_level, params=weights.params,
                                            pipeline=pipeline)
         if present == self.model.present:
             self.pipeline_stats[pipeline] = stats

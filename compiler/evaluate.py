@@ -12,7 +12,7 @@ import numpy as np
 
 from .dims import Dim
 from .errors import KilnError
-from .ir import Graph
+from .ir import Graph, GraphVisitor
 from .ops import REGISTRY, OpError
 
 
@@ -41,37 +41,49 @@ def run_graph(
     graph: Graph, inputs: list, params: dict[str, np.ndarray], dims: dict[str, int]
 ) -> list[np.ndarray]:
     """Evaluate `graph` on `inputs` (one array, or None, per graph input)."""
-    env = GraphEnv(params, dims)
-    values: dict[tuple[int, int], np.ndarray] = {}
-    uses = Counter((u, d["src"]) for u, _v, d in graph.g.edges(data=True))
-    for out in graph.outputs:
-        uses[(out.node, out.index)] += 1
-    feed = dict(zip(graph.inputs, inputs, strict=False))
+    run = _Run(graph, inputs, params, dims)
     for nid in graph.order():
-        node = graph.node(nid)
-        op = node["op"]
-        if op == "input":
-            results = [feed[nid]]
-        elif op == "param":
-            results = [params[node["attrs"]["path"]]]
-        elif op == "constant":
-            results = [node["attrs"]["value"]]
-        else:
-            args = []
-            for v in graph.operands(nid):
-                if v is None:
-                    args.append(None)
-                    continue
-                key = (v.node, v.index)
-                args.append(values[key])
-                uses[key] -= 1
-                if uses[key] == 0:
-                    del values[key]
-            results = _run_op(op, env, args, node)
-        for i, r in enumerate(results):
-            if uses[(nid, i)] > 0:
-                values[(nid, i)] = r
-    return [values[(o.node, o.index)] for o in graph.outputs]
+        for i, r in enumerate(run.visit(graph, nid)):
+            if run.uses[(nid, i)] > 0:
+                run.values[(nid, i)] = r
+    return [run.values[(o.node, o.index)] for o in graph.outputs]
+
+
+class _Run(GraphVisitor):
+    """The results of each node of one graph's run: an op's by its record's reference (a
+    scan's and a fused group's too: they run their body graphs)."""
+
+    def __init__(self, graph: Graph, inputs: list, params: dict[str, np.ndarray],
+                 dims: dict[str, int]):
+        self.env = GraphEnv(params, dims)
+        self.feed = dict(zip(graph.inputs, inputs, strict=False))
+        self.values: dict[tuple[int, int], np.ndarray] = {}
+        # the readers left of each value (an output is read once more): freed after the last
+        self.uses = Counter((u, d["src"]) for u, _v, d in graph.g.edges(data=True))
+        for out in graph.outputs:
+            self.uses[(out.node, out.index)] += 1
+
+    def visit_input(self, graph: Graph, nid: int, node: dict) -> list:
+        return [self.feed[nid]]
+
+    def visit_param(self, graph: Graph, nid: int, node: dict) -> list:
+        return [self.env.params[node["attrs"]["path"]]]
+
+    def visit_constant(self, graph: Graph, nid: int, node: dict) -> list:
+        return [node["attrs"]["value"]]
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> list:
+        args = []
+        for v in graph.operands(nid):
+            if v is None:
+                args.append(None)
+                continue
+            key = (v.node, v.index)
+            args.append(self.values[key])
+            self.uses[key] -= 1
+            if self.uses[key] == 0:
+                del self.values[key]
+        return _run_op(node["op"], self.env, args, node)
 
 
 def _run_op(op: str, env: GraphEnv, args: list, node: dict) -> list[np.ndarray]:

@@ -150,3 +150,52 @@ class Graph:
 
     def __len__(self) -> int:
         return self.g.number_of_nodes()
+
+
+def holds_body(node: dict) -> bool:
+    """Whether a node holds a body graph in its attributes (a scan's loop body, a fused
+    group's ops)."""
+    return any(isinstance(v, Graph) for v in node["attrs"].values())
+
+
+class GraphVisitor:
+    """Dispatch on the kind of a graph's node, one method per kind (as ast.NodeVisitor
+    does), so that no walker of the IR switches on op names itself.
+
+    `visit(graph, nid, *extra)` calls `visit_<kind>(graph, nid, node, *extra)`, where the kind
+    is:
+    - `input`, `param` or `constant`: a value the graph is given (STRUCTURAL_OPS); these
+      default to `visit_leaf`, which does nothing;
+    - the op's name for an op holding a body graph (`visit_scan`, `visit_fused`): what its
+      body means is each walker's business; a walker without such a method treats the node
+      as any op (its record's reference computes a scan, say);
+    - `op`, for every other op (`visit_op`, which a walker defines: the op's record says what
+      it does).
+    """
+
+    def visit(self, graph: Graph, nid: int, *extra: Any) -> Any:
+        """The result of the method for node `nid`'s kind."""
+        node = graph.g.nodes[nid]
+        op = node["op"]
+        if op in STRUCTURAL_OPS or holds_body(node):
+            method = getattr(self, f"visit_{op}", self.visit_op)
+        else:
+            method = self.visit_op
+        return method(graph, nid, node, *extra)
+
+    def visit_input(self, graph: Graph, nid: int, node: dict, *extra: Any) -> Any:
+        return self.visit_leaf(graph, nid, node, *extra)
+
+    def visit_param(self, graph: Graph, nid: int, node: dict, *extra: Any) -> Any:
+        return self.visit_leaf(graph, nid, node, *extra)
+
+    def visit_constant(self, graph: Graph, nid: int, node: dict, *extra: Any) -> Any:
+        return self.visit_leaf(graph, nid, node, *extra)
+
+    def visit_leaf(self, graph: Graph, nid: int, node: dict, *extra: Any) -> Any:
+        """A value the graph is given: no op runs."""
+        return None
+
+    def visit_op(self, graph: Graph, nid: int, node: dict, *extra: Any) -> Any:
+        """An op its record describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not visit {node['op']}")

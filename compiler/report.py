@@ -5,7 +5,7 @@ neighbouring ops were not fused.
 
 Three parts: the kernels in run order, each with the ops in it and their source spans (a
 fused kernel lists every op of its group); the ops left unfused next to a fusible neighbour,
-with the reason (passes/fuse.py's rules, worded for a user); and the planned peak activation
+with the reason (codegen/llvm/fuse.py's rules, worded for a user); and the planned peak activation
 memory as a formula in the symbolic sizes (passes/memory.py).
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir import STRUCTURAL_OPS, Graph, Value
+from .codegen.llvm.fuse import anchor_reason, elementwise_reason, join_reason
+from .ir import Graph, GraphVisitor, Value
 from .ops import Prop, has
-from .passes.fuse import anchor_reason, elementwise_reason, join_reason
 from .passes.memory import ALIGN, plan
 
 
@@ -37,28 +37,42 @@ def kernels(graph: Graph, depth: int = 0, native: bool = True) -> list[str]:
     `native`: with the weight layouts the native backend follows."""
     lines = []
     pad = "  " * depth
+    describe = _KernelLines(native, depth)
     number = 0
     for nid in graph.order():
-        node = graph.node(nid)
-        op = node["op"]
-        if op in STRUCTURAL_OPS:
+        kernel = describe.visit(graph, nid)  # None for a value the graph is given
+        if kernel is None:
             continue
         number += 1
-        if op == "fused":
-            body: Graph = node["attrs"]["body"]
-            inner = [n for n in body.order() if body.op(n) != "input"]
-            name = "+".join(body.op(n) for n in inner)
-            lines.append(f"{pad}{number:>3}  fused {name}  -> {node['types'][0]}")
-            for n in inner:
-                lines.append(f"{pad}       {body.op(n):<12} {_where(body.node(n)['span'])}"
-                             f"{_layout(body.node(n), native)}")
-            continue
-        lines.append(f"{pad}{number:>3}  {op:<18} {_where(node['span'])}  -> "
-                     f"{', '.join(map(str, node['types']))}{_layout(node, native)}")
-        if op == "scan":
-            lines.append(f"{pad}       body, once per step:")
-            lines += kernels(node["attrs"]["body"], depth + 2, native)
+        head, *more = kernel
+        lines.append(f"{pad}{number:>3}  {head}")
+        lines += more
     return lines
+
+
+class _KernelLines(GraphVisitor):
+    """A kernel's line (its op, source and result types) and the lines under it: a fused
+    kernel's ops, a scan's body."""
+
+    def __init__(self, native: bool, depth: int):
+        self.native, self.depth = native, depth
+        self.pad = "  " * depth + "       "  # under the kernel's number
+
+    def visit_fused(self, graph: Graph, nid: int, node: dict) -> list[str]:
+        body: Graph = node["attrs"]["body"]
+        inner = [n for n in body.order() if body.op(n) != "input"]
+        name = "+".join(body.op(n) for n in inner)
+        return [f"fused {name}  -> {node['types'][0]}"] + [
+            f"{self.pad}{body.op(n):<12} {_where(body.node(n)['span'])}"
+            f"{_layout(body.node(n), self.native)}" for n in inner]
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict) -> list[str]:
+        return [*self.visit_op(graph, nid, node), f"{self.pad}body, once per step:",
+                *kernels(node["attrs"]["body"], self.depth + 2, self.native)]
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> list[str]:
+        return [f"{node['op']:<18} {_where(node['span'])}  -> "
+                f"{', '.join(map(str, node['types']))}{_layout(node, self.native)}"]
 
 
 def _layout(node: dict, native: bool) -> str:
@@ -67,50 +81,77 @@ def _layout(node: dict, native: bool) -> str:
     return f"  (weight {layout})" if layout and native else ""
 
 
-def _inner_result(graph: Graph, nid: int) -> tuple[Graph, int]:
-    """The (graph, node) that computes node `nid`'s result: a fused node's last body op."""
-    if graph.op(nid) == "fused":
-        body = graph.node(nid)["attrs"]["body"]
-        return body, body.outputs[0].node
-    return graph, nid
+@dataclass(frozen=True)
+class _End:
+    """One end of an edge between two kernels, as the fusion rules see it: the op there (in
+    a fused kernel, the body op computing its result, or reading the operand), and the fused
+    node when the kernel is one."""
+
+    graph: Graph
+    nid: int
+    group: dict | None = None
 
 
-def _inner_reader(graph: Graph, nid: int, slot: int) -> tuple[Graph, int]:
-    """The (graph, node) that reads input `slot` of node `nid`: in a fused node, the first
-    body op reading that body input."""
-    if graph.op(nid) != "fused":
-        return graph, nid
-    body = graph.node(nid)["attrs"]["body"]
-    source = body.inputs[slot]
-    readers = sorted(v for _, v in body.g.out_edges(source))
-    return body, readers[0]
+class _Ends(GraphVisitor):
+    """The producing end of an edge (`slot` None) or the consuming end of input `slot`; None
+    where fusion rules do not apply: a value the graph is given, a scan (its body's edges
+    are judged on their own)."""
+
+    def visit_fused(self, graph: Graph, nid: int, node: dict, slot: int | None) -> _End:
+        body = node["attrs"]["body"]
+        if slot is None:
+            return _End(body, body.outputs[0].node, node)
+        readers = sorted(v for _, v in body.g.out_edges(body.inputs[slot]))
+        return _End(body, readers[0], node)  # the first body op reading that body input
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict, slot: int | None) -> None:
+        return None
+
+    def visit_op(self, graph: Graph, nid: int, node: dict, slot: int | None) -> _End:
+        return _End(graph, nid)
+
+
+class _LoopBodies(GraphVisitor):
+    """The unfused edges inside a node's body whose ops run as kernels of their own (a
+    scan's); none elsewhere."""
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict) -> list[Unfused]:
+        return unfused(node["attrs"]["body"])
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> list[Unfused]:
+        return []
+
+    visit_fused = visit_leaf = visit_op
 
 
 def unfused(graph: Graph) -> list[Unfused]:
     """Every edge between two kernels, one of them a lone op, where one side could be fused
     with the other, and why it was not (scan bodies included)."""
     out = []
+    ends = _Ends()
     for u, v, d in graph.g.edges(data=True):
-        ops = (graph.op(u), graph.op(v))
-        if ops[0] in STRUCTURAL_OPS or "scan" in ops or ops == ("fused", "fused"):
+        producer, consumer = ends.visit(graph, u, None), ends.visit(graph, v, d["dst"])
+        if producer is None or consumer is None or (
+                producer.group is not None and consumer.group is not None):
             continue  # two fused kernels: each op there is fused already
-        pg, pn = _inner_result(graph, u)
-        cg, cn = _inner_reader(graph, v, d["dst"])
-        reason = _reason(graph, Value(u, d["src"], graph.node(u)["types"][d["src"]]), v,
-                         pg, pn, cg, cn)
+        value = Value(u, d["src"], graph.node(u)["types"][d["src"]])
+        reason = _reason(graph, value, v, producer, consumer)
         if reason is not None:
+            pg, pn, cg, cn = producer.graph, producer.nid, consumer.graph, consumer.nid
             out.append(Unfused((pg.op(pn), pg.node(pn)["span"]), (cg.op(cn), cg.node(cn)["span"]),
                                reason))
+    bodies = _LoopBodies()
     for nid in graph.order():
-        if graph.op(nid) == "scan":
-            out += unfused(graph.node(nid)["attrs"]["body"])
+        out += bodies.visit(graph, nid)
     return out
 
 
-def _reason(graph, value, consumer, pg, pn, cg, cn) -> str | None:
+def _reason(graph: Graph, value: Value, consumer: int, producer_end: _End,
+            consumer_end: _End) -> str | None:
+    pg, pn, cg, cn = producer_end.graph, producer_end.nid, consumer_end.graph, consumer_end.nid
     consumer_ok = elementwise_reason(cg, cn) is None
     producer_elementwise = elementwise_reason(pg, pn) is None
-    producer_anchor = anchor_reason(pg, pn) is None and graph.op(value.node) != "fused"
+    producer_anchor = anchor_reason(pg, pn) is None and producer_end.group is None
     result = Value(consumer, 0, graph.node(consumer)["types"][0])
     if consumer_ok:
         if not (producer_elementwise or producer_anchor):
@@ -120,10 +161,10 @@ def _reason(graph, value, consumer, pg, pn, cg, cn) -> str | None:
         why = join_reason(graph, value, {consumer}, result)
         if why is not None:
             return why
-        if graph.op(value.node) == "fused":
+        if producer_end.group is not None:
             return "each is the result of its own fused kernel (groups do not merge)"
-        if producer_anchor and graph.op(consumer) == "fused" and \
-                graph.node(consumer)["attrs"]["anchor"] is not None:
+        if producer_anchor and consumer_end.group is not None and \
+                consumer_end.group["attrs"]["anchor"] is not None:
             return "the fused kernel already has a matmul or convolution at its head"
         if producer_anchor and value.type.dtype != result.type.dtype:
             return f"the result is {result.type.dtype}, the {pg.op(pn)} computes f32"

@@ -155,13 +155,21 @@ def print_passes(stats: list | None) -> None:
     print(format_stats(stats) if stats else "optimizer off (-O0)")
 
 
-SUFFIXES = {".onnx": "onnx", ".so": "native", ".dylib": "native", ".dll": "native"}
+SUFFIXES = {".onnx": "onnx", ".so": "native"}
+# native output is a Linux x86-64 shared object: the names of other systems' libraries
+FOREIGN_LIBRARIES = {".dylib": "macOS", ".dll": "Windows"}
 
 
 def compile_target(target: str | None, output: str) -> str:
     """The target of `kiln compile`: --target, which must agree with the output's suffix
-    when that is one of SUFFIXES, or else the suffix's."""
-    suffix = Path(output).suffix.lower()
+    when that is one of SUFFIXES, or else the suffix's; never another system's library."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix in FOREIGN_LIBRARIES:
+        raise KilnError("K0602", f"kiln compile writes native code as a Linux x86-64 shared "
+                        f"object, not a {FOREIGN_LIBRARIES[suffix]} library: cannot write "
+                        f"{output!r}", hint=f"name it {path.with_suffix('.so').name} (for "
+                        "Linux x86-64), or write an ONNX file (model.onnx) to run elsewhere")
     implied = SUFFIXES.get(suffix)
     if target is None:
         if implied is None:

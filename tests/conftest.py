@@ -1,7 +1,7 @@
 """Test-wide settings.
 
 - Compiled objects go to a private cache, not the user's (KILN_CACHE_DIR).
-- Every optimization (kiln.compile, the CLI, compiler.passes.optimize) verifies the IR between
+- Every optimization (kiln.compile, the CLI, compiler.pipelines.optimize) verifies the IR between
   passes (KILN_VERIFY_IR=1, inherited by the CLI's child processes).
 - Hypothesis is derandomized: a property test runs the same examples on every run and machine.
 - With KILN_CI=1 (as .ci/run sets it), a test skipped for a reason not in CI_ALLOWED_SKIPS

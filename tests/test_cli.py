@@ -500,3 +500,19 @@ def test_run_targets_agree(capsys, scaled, tmp_path):
                                    given) for target in ("reference", "native", "onnx")}
     for target in ("native", "onnx"):
         np.testing.assert_allclose(results[target], results["reference"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ compile: native output
+
+
+@pytest.mark.parametrize("suffix, system", [(".dylib", "macOS"), (".dll", "Windows")])
+@pytest.mark.parametrize("target", [[], ["--target", "native"]])
+def test_compile_refuses_a_library_for_another_system(capsys, two, tmp_path, suffix, system,
+                                                      target):
+    """Native output is a Linux x86-64 shared object: a macOS or Windows library name is a
+    K0602 before anything is built, with or without --target native."""
+    out = tmp_path / f"two{suffix}"
+    code, _, err = run(capsys, "compile", two, "-o", out, *target)
+    assert code == 1
+    assert "error[K0602]" in err and f"not a {system} library" in err and "two.so" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kiln"]

@@ -120,22 +120,22 @@ def pass_table(out: str) -> dict[str, str]:
 
 
 def test_print_passes_reports_every_pass_and_what_it_did(capsys, models):
-    from kiln.compiler.passes import PIPELINE
+    from kiln.compiler.pipelines import PIPELINES
 
     out = ok(capsys, "run", models, "--model", "Scaled", "--random-inputs", "--print-passes")
     table = pass_table(out)
-    assert list(table) == [p.name for p in PIPELINE]
+    assert list(table) == [p.name for p in PIPELINES["native"]]
     assert table["simplify"] == "x*1 -> x 1"
     assert table["fold_weight_layout"] == "folded 1"
     assert re.search(r"^output: float32\[1, 3\]", out, re.MULTILINE)  # and it ran
 
 
 def test_print_passes_of_an_onnx_export_lists_the_onnx_pipeline(capsys, models, tmp_path):
-    from kiln.compiler.passes import ONNX_PIPELINE
+    from kiln.compiler.pipelines import PIPELINES
 
     out = ok(capsys, "compile", models, "--model", "Scaled", "--target", "onnx",
              "-o", tmp_path / "m.onnx", "--print-passes")
-    assert list(pass_table(out)) == [p.name for p in ONNX_PIPELINE]
+    assert list(pass_table(out)) == [p.name for p in PIPELINES["onnx"]]
 
 
 def onnx_ops(path: Path) -> list[str]:
@@ -181,10 +181,10 @@ def test_run_targets_agree_with_native(capsys, models, tmp_path, target):
     assert native.shape == (3, 3)
     np.testing.assert_allclose(other, native, rtol=1e-5, atol=1e-6)
     if target == "onnx":  # it ran where it was sent: the ONNX target's own pipeline
-        from kiln.compiler.passes import ONNX_PIPELINE
+        from kiln.compiler.pipelines import PIPELINES
 
         out = ok(capsys, "run", *args, "--target", target, "--print-passes")
-        assert list(pass_table(out)) == [p.name for p in ONNX_PIPELINE]
+        assert list(pass_table(out)) == [p.name for p in PIPELINES["onnx"]]
 
 
 def test_run_seed_sets_the_weights_and_the_random_inputs(capsys, models, tmp_path):

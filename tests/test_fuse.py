@@ -1,4 +1,4 @@
-"""Fusion (passes/fuse.py), memory planning (passes/memory.py) and the compile report.
+"""Fusion (codegen/llvm/fuse.py), memory planning (passes/memory.py) and the compile report.
 
 The fuse pass fires on elementwise chains and on matmul/conv epilogues, leaves groups it must
 not make alone, and keeps numerics: the fused graph agrees with the unoptimized one on the
@@ -17,16 +17,18 @@ import onnx
 import pytest
 
 import kiln
+from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
 from kiln.compiler.dims import Dim
 from kiln.compiler.ir import Value
-from kiln.compiler.passes import PIPELINE, IRError, copy_graph, optimize, verify
+from kiln.compiler.passes import IRError, copy_graph, verify
 from kiln.compiler.passes.edit import count_kernels, count_nodes
 from kiln.compiler.passes.memory import place, plan
+from kiln.compiler.pipelines import optimize
 from kiln.compiler.report import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(7)
-BEFORE_FUSE = [p.name for p in PIPELINE if p.name != "fuse"]
+BEFORE_FUSE = [p.name for p in NATIVE_PIPELINE if p.name != "fuse"]
 
 
 def model(body: str, signature: str, result: str) -> str:

@@ -14,19 +14,19 @@ import pytest
 from _crosscheck import check_opt_levels
 
 import kiln
+from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
 from kiln.compiler.evaluate import run_graph
 from kiln.compiler.ir import Value
 from kiln.compiler.passes import (
-    PIPELINE,
     IRError,
     Pass,
     count_nodes,
     format_stats,
     graph_pass,
-    optimize,
     verify,
 )
 from kiln.compiler.passes.edit import attr_key, nested_graphs
+from kiln.compiler.pipelines import PIPELINES, optimize
 from kiln.compiler.types import TensorType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,11 +111,14 @@ DIMS = {"B": 2, "T": 5}
 
 # ---------------------------------------------------------------------------- the manager
 def test_pipeline_passes_are_named_documented_and_unique():
-    names = [p.name for p in PIPELINE]
+    names = [p.name for p in NATIVE_PIPELINE]
     assert names == ["check_types", "fold_constants", "simplify", "hoist_scan_invariants",
                      "fold_batch_norm", "fold_weight_layout", "cse", "dce", "conv_layout", "fuse",
                      "plan_memory"]
-    assert all(isinstance(p, Pass) and p.doc for p in PIPELINE)
+    assert PIPELINES["native"] is NATIVE_PIPELINE
+    assert [p.name for p in PIPELINES["onnx"]] == ["check_types", "fold_constants", "simplify",
+                                                   "hoist_scan_invariants", "cse", "dce"]
+    assert all(isinstance(p, Pass) and p.doc for p in NATIVE_PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
         graph_pass("undocumented")(lambda graph, ctx: graph)
 
@@ -134,7 +137,7 @@ def test_optimize_copies_and_level_zero_runs_nothing():
 def test_stats_record_every_pass():
     src = forward("return exp(ones([3])) * x * 1.0")
     _, stats = optimize(elaborate(src))
-    assert [s.name for s in stats] == [p.name for p in PIPELINE]
+    assert [s.name for s in stats] == [p.name for p in NATIVE_PIPELINE]
     fold = stats[1]
     assert fold.changes == {"folded": 2} and fold.nodes_after < fold.nodes_before
     assert fold.seconds >= 0
@@ -490,7 +493,7 @@ model S() {
 
 def test_passes_run_inside_scan_bodies():
     m = elaborate(SCAN)
-    graph, stats = optimize(m, verify=True, passes=[p.name for p in PIPELINE if p.name != "fuse"])
+    graph, stats = optimize(m, verify=True, passes=[p.name for p in NATIVE_PIPELINE if p.name != "fuse"])
     body = graph.node(first(graph, "scan"))["attrs"]["body"]
     assert ops(body) == Counter(input=2, add=2, tanh=1, relu=1, mul=1)
     assert count_nodes(graph) < count_nodes(m.graph)

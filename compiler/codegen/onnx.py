@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span
 from ..files import staged_writes, write_bytes
-from ..ir import Graph
+from ..ir import Graph, GraphVisitor
 from ..ops import REGISTRY
 from ..types import TensorType
 
@@ -322,12 +322,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
 def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
     """Value names: inputs and outputs keep their kiln names, parameters their paths."""
     names: dict[tuple[int, int], str] = {}
-    for nid in graph.order():
-        node = graph.node(nid)
-        if node["op"] == "input":
-            names[(nid, 0)] = node["attrs"]["name"]
-        elif node["op"] == "param":
-            names[(nid, 0)] = node["attrs"]["path"]
+    for nid in graph.inputs:
+        names[(nid, 0)] = graph.node(nid)["attrs"]["name"]
+    for nid in graph.params():
+        names[(nid, 0)] = graph.node(nid)["attrs"]["path"]
     for value, name in zip(graph.outputs, graph.output_names):
         key = (value.node, value.index)
         if key not in names:  # an output computed by an op gets the output's name
@@ -339,44 +337,12 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict,
                 outputs_named: bool = True) -> None:
     """ONNX nodes for `graph`'s ops; `outputs_named`: its outputs take the graph's
     output names (through Identity where a value already has another name)."""
-    aliases: list[tuple[str, str]] = []  # model outputs that are another value
+    emitter = _NodeEmitter(b, names, params)
     for nid in graph.order():
         node = graph.node(nid)
-        op = node["op"]
         b.span, b.scope_path = node["span"], node["scope"]
-        if op == "input":
-            continue
-        if op == "param":
-            path = node["attrs"]["path"]
-            if path not in b.params_done:  # the model graph's initializers are seen by bodies
-                b.initializers.append(_to_proto(params[path], path))
-                b.params_done.add(path)
-            names[(nid, 0)] = path
-            continue
-        if op == "constant":
-            names.setdefault((nid, 0), b.fresh("const"))
-            b.const(node["attrs"]["value"], name=names[(nid, 0)])
-            continue
-        rec = REGISTRY[op]
-        if rec.onnx is None and op != "scan":  # scan is lowered here, with its body
-            raise b.unsupported(f"the op {op} has no ONNX lowering yet")
-        operands = graph.operands(nid)
-        outs = [names.setdefault((nid, i), b.fresh(op)) for i in range(len(node["types"]))]
-        ins = [None if v is None else names[(v.node, v.index)] for v in operands]
-        for name, t in zip(outs, node["types"]):
-            b.scopes[-1].infos[name] = t
-        onode = OnnxNode(
-            ins,
-            outs,
-            node["attrs"],
-            [None if v is None else v.type for v in operands],
-            list(node["types"]),
-            node["span"],
-        )
-        if op == "scan":
-            _emit_scan(b, onode, params)
-        else:
-            rec.onnx(b, onode)
+        emitter.visit(graph, nid)
+    aliases: list[tuple[str, str]] = []  # model outputs that are another value
     for value, name in zip(graph.outputs, graph.output_names if outputs_named else []):
         actual = names[(value.node, value.index)]
         if actual != name:
@@ -385,15 +351,58 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict,
         b.node("Identity", [actual], [name])
 
 
-def emit_inline(b: OnnxBuilder, body: Graph, inputs: list[str], outputs: list[str]) -> None:
-    """The ops of `body` (a fused group's) in the current ONNX graph, reading `inputs` (the
-    names of its inputs' values) and writing `outputs`; the body holds no parameters."""
-    names = {(nid, 0): name for nid, name in zip(body.inputs, inputs, strict=True)}
-    for value, name in zip(body.outputs, outputs, strict=True):
-        names[(value.node, value.index)] = name
-    span, scope = b.span, b.scope_path
-    _emit_nodes(b, body, names, {}, outputs_named=False)
-    b.span, b.scope_path = span, scope
+class _NodeEmitter(GraphVisitor):
+    """The ONNX lowering of each kind of node: an op by its record's `onnx` emitter; the ops
+    that hold a body graph here, beside the Scan emitter (`scan`, `fused`). `names` maps each
+    value (node, output) to its ONNX name."""
+
+    def __init__(self, b: OnnxBuilder, names: dict, params: dict):
+        self.b, self.names, self.params = b, names, params
+
+    def visit_param(self, graph: Graph, nid: int, node: dict) -> None:
+        path = node["attrs"]["path"]
+        if path not in self.b.params_done:  # the model graph's initializers are seen by bodies
+            self.b.initializers.append(_to_proto(self.params[path], path))
+            self.b.params_done.add(path)
+        self.names[(nid, 0)] = path
+
+    def visit_constant(self, graph: Graph, nid: int, node: dict) -> None:
+        name = self.names.setdefault((nid, 0), self.b.fresh("const"))
+        self.b.const(node["attrs"]["value"], name=name)
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> None:
+        rec = REGISTRY[node["op"]]
+        if rec.onnx is None:
+            raise self.b.unsupported(f"the op {node['op']} has no ONNX lowering yet")
+        rec.onnx(self.b, self.onnx_node(graph, nid, node))
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict) -> None:
+        _emit_scan(self.b, self.onnx_node(graph, nid, node), self.params)
+
+    def visit_fused(self, graph: Graph, nid: int, node: dict) -> None:
+        """ONNX has no fused op for these groups: the body's ops, one ONNX node each, in the
+        current graph (the body holds no parameters), reading the names of the group's
+        operands and writing its result's."""
+        n = self.onnx_node(graph, nid, node)
+        body: Graph = n.attrs["body"]
+        names = {(inner, 0): name for inner, name in zip(body.inputs, n.inputs, strict=True)}
+        for value, name in zip(body.outputs, n.outputs, strict=True):
+            names[(value.node, value.index)] = name
+        b = self.b
+        span, scope = b.span, b.scope_path
+        _emit_nodes(b, body, names, {}, outputs_named=False)
+        b.span, b.scope_path = span, scope
+
+    def onnx_node(self, graph: Graph, nid: int, node: dict) -> OnnxNode:
+        """The node as its emitter sees it, its outputs named (and typed, for value_info)."""
+        operands = graph.operands(nid)
+        outs = [self.names.setdefault((nid, i), self.b.fresh(node["op"]))
+                for i in range(len(node["types"]))]
+        ins = [None if v is None else self.names[(v.node, v.index)] for v in operands]
+        for name, t in zip(outs, node["types"]):
+            self.b.scopes[-1].infos[name] = t
+        return OnnxNode(ins, outs, node["attrs"], [None if v is None else v.type for v in operands],
+                        list(node["types"]), node["span"])
 
 
 def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:

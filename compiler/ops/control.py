@@ -1,4 +1,11 @@
-"""Control flow: `scan`, a loop over one axis of its sequences with carried state."""
+"""Ops that hold a body graph: `scan`, a loop over one axis of its sequences with carried
+state, and `fused`, a group of ops one kernel computes.
+
+Their records give the shape rule and the reference; each backend lowers them itself, beside
+its walk over a graph (codegen/onnx.py: Scan and the body's ops inline; codegen/llvm/module.py:
+a loop function, and one kernel made by codegen/llvm/fused.py), since what a body means is the
+backend's business.
+"""
 
 from __future__ import annotations
 
@@ -75,19 +82,6 @@ def _fused_reference(env, inputs, attrs):
     return env.run_graph(attrs["body"], list(inputs))
 
 
-def _fused_onnx(b, n):
-    """ONNX has no fused op for these groups: the body's ops, one ONNX node each."""
-    from ..codegen.onnx import emit_inline  # the emitter needs onnx; the op does not
-
-    emit_inline(b, n.attrs["body"], n.inputs, n.outputs)
-
-
-def _fused_llvm(kb, n):
-    from ..codegen.llvm.fused import fused_kernel  # the lowering needs llvmlite; the op does not
-
-    fused_kernel(kb, n)
-
-
 register(internal(OpRecord(
     name="fused",
     args=(Arg("inputs", "tensors"),),
@@ -95,7 +89,5 @@ register(internal(OpRecord(
     reference=_fused_reference,
     doc="A group of ops computed by one kernel (made by the fuse pass): its `body` graph, "
         "optionally headed by a matmul or convolution (`anchor`), then elementwise ops.",
-    onnx=_fused_onnx,
-    llvm=_fused_llvm,
     props=frozenset({Prop.CONTROL}),
 )))

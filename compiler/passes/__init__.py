@@ -1,11 +1,9 @@
 """Graph-to-graph passes: the optimizer between elaboration and code generation.
 
-    graph, stats = optimize(model, params=params)   # a new graph; `model.graph` is unchanged
-    print(format_stats(stats))
-
-PIPELINE lists the passes in the order they run (see pipeline.py for why that order); each is
-a Pass (name, function, docstring) defined beside its rewrite. `verify` checks the IR's
-invariants and is run between passes by `optimize(..., verify=True)`.
+Each pass is a Pass (name, function, docstring) defined beside its rewrite; pipeline.py lists
+the target-independent ones in the order they run (and why that order), and each target adds
+its own choices (compiler/pipelines.py: `optimize(model, pipeline="native")`). `verify` checks
+the IR's invariants and is run between passes by `run_passes(..., verify_ir=True)`.
 """
 
 from __future__ import annotations
@@ -14,27 +12,23 @@ from .batch_norm import fold_batch_norm
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants, fold_weight_layout
-from .fuse import fuse
 from .hoist import hoist_scan_invariants
-from .layout import conv_layout
 from .manager import Pass, PassContext, PassStats, format_stats, graph_pass
 from .memory import plan_memory
-from .pipeline import ONNX_PIPELINE, PASSES, PIPELINE, PIPELINES, optimize, run_passes
+from .pipeline import CLEANUP, REWRITES, TARGET_INDEPENDENT, run_passes
 from .simplify import RULES, simplify
 from .verify import check_types, verify
 
 __all__ = [
-    "ONNX_PIPELINE",
-    "PASSES",
-    "PIPELINE",
-    "PIPELINES",
+    "CLEANUP",
+    "REWRITES",
     "RULES",
+    "TARGET_INDEPENDENT",
     "IRError",
     "Pass",
     "PassContext",
     "PassStats",
     "check_types",
-    "conv_layout",
     "copy_graph",
     "count_nodes",
     "cse",
@@ -43,10 +37,8 @@ __all__ = [
     "fold_constants",
     "fold_weight_layout",
     "format_stats",
-    "fuse",
     "graph_pass",
     "hoist_scan_invariants",
-    "optimize",
     "plan_memory",
     "run_passes",
     "simplify",

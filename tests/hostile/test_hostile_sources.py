@@ -233,8 +233,8 @@ def test_long_chains_are_cut_into_kernels_llvm_compiles_in_linear_time():
     """LLVM's time grows with the square of a function's size: a chain of 3000 adds is fused
     into kernels of at most MAX_GROUP ops, and past MAX_INLINED_KERNELS kernels `run` calls
     them instead of inlining them (#11: 10k adds took 31 s)."""
+    from kiln.compiler.codegen.llvm.fuse import MAX_GROUP
     from kiln.compiler.codegen.llvm.module import MAX_INLINED_KERNELS
-    from kiln.compiler.passes.fuse import MAX_GROUP
 
     fused = _kernel_functions(3000, "y + x")
     assert len(fused) == -(-3000 // MAX_GROUP)

@@ -115,10 +115,10 @@ def _count(monkeypatch, where, name):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_a_variant_many_threads_need_at_once_is_built_once(target, monkeypatch):
-    import kiln.compiler.passes as passes
+    import kiln.compiler.pipelines as pipelines
 
     m = kiln.compile(OPTIONAL_SRC, target=target)
-    optimized = _count(monkeypatch, passes, "optimize")
+    optimized = _count(monkeypatch, pipelines, "optimize")
     x = np.ones((2, 4), np.float32)
     barrier, results = threading.Barrier(8), []
 

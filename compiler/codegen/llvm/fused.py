@@ -1,4 +1,4 @@
-"""A `fused` node (passes/fuse.py) as one kernel.
+"""A `fused` node (fuse.py) as one kernel.
 
 With an anchor (a matmul or convolution), the anchor's own lowering writes its result into
 the fused node's output buffer; then one loop over that buffer computes the group's
@@ -9,6 +9,8 @@ values are rounded to their own dtype between ops, as separate kernels would sto
 
 from __future__ import annotations
 
+import dataclasses
+
 from llvmlite import ir
 
 from ...ir import Graph
@@ -17,8 +19,7 @@ from .kernel import I64, PTR
 
 
 def fused_kernel(kb, n) -> None:
-    from .module import NativeNode
-
+    """The kernel of fused node `n` (a module.NativeNode)."""
     body: Graph = n.attrs["body"]
     anchor = n.attrs.get("anchor")
     out_t = n.out_types[0]
@@ -36,9 +37,11 @@ def fused_kernel(kb, n) -> None:
         saved, kb.args_ptr = kb.args_ptr, array
         prepacked = frozenset(i for i, v in enumerate(operands)
                               if v is not None and slot_of[v.node] in n.prepacked)
-        REGISTRY[node["op"]].llvm(kb, NativeNode([None if v is None else v.type for v in operands],
-                                                 list(node["types"]), node["attrs"],
-                                                 node["span"], prepacked))
+        # the anchor as its own lowering sees it: n's kind of node, with the anchor's types
+        REGISTRY[node["op"]].llvm(kb, dataclasses.replace(
+            n, in_types=[None if v is None else v.type for v in operands],
+            out_types=list(node["types"]), attrs=node["attrs"], span=node["span"],
+            prepacked=prepacked))
         kb.args_ptr = saved
     # the loop reads the body inputs the elementwise ops use, and the anchor's result
     read: list[tuple[int, int]] = []
@@ -95,3 +98,17 @@ def props(node: dict) -> frozenset[Prop]:
     if anchor is None:
         return frozenset()
     return REGISTRY[node["attrs"]["body"].op(anchor)].props
+
+
+def anchor_weight(node: dict) -> tuple[dict, int] | None:
+    """(the anchor's body node, the fused node's input slot feeding the anchor's weight) of
+    a fused node headed by a matmul or convolution whose weight the epilogue does not read
+    too: that weight may be stored packed (module.GraphEmitter.prepacked_weights)."""
+    anchor = node["attrs"]["anchor"]
+    if anchor is None:
+        return None
+    body = node["attrs"]["body"]
+    weight = body.operands(anchor)[1]
+    if body.g.out_degree(weight.node) != 1:  # the epilogue reads the weight too
+        return None
+    return body.node(anchor), body.inputs.index(weight.node)

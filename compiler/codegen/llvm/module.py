@@ -14,21 +14,24 @@ code once per call.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
 
 from ...errors import KilnError
-from ...ir import Graph
+from ...ir import STRUCTURAL_OPS, Graph, GraphVisitor
 from ...ops import REGISTRY, Prop
-from ...passes.layout import PACKED
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
 from .derived import derived_name, parse
+from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .gemm import tiling
 from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
+from .layout import PACKED
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
@@ -111,8 +114,36 @@ def _element(b: ir.IRBuilder, array: ir.Value, index: int) -> ir.Value:
     return b.load(b.gep(array, [ir.Constant(I64, index)]))
 
 
-class GraphEmitter:
-    """Emits calls of one kernel per node of a graph (a model's, or a scan body's)."""
+@dataclass
+class _Frame:
+    """One graph being emitted: where each value lives, and how to place the new ones."""
+
+    b: ir.IRBuilder
+    inputs: list
+    outputs: list
+    slot: Any
+    where: dict[tuple[int, int], ir.Value]
+    position: dict[int, int]
+    last_use: dict[tuple[int, int], int]
+    out_index: dict[tuple[int, int], int]
+    input_index: dict[int, int]
+    noinline: bool
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How a node becomes a kernel: its name (in the kernel's), the function that builds the
+    kernel's body, `build(kernel_builder, native_node)`, and the op's properties."""
+
+    name: str
+    build: Callable[[Any, NativeNode], None]
+    props: frozenset[Prop]
+
+
+class GraphEmitter(GraphVisitor):
+    """Emits calls of one kernel per node of a graph (a model's, or a scan body's): an op's
+    by its record's `llvm` lowering, a fused group's by fused.py, a scan as a loop function
+    (ScanEmitter)."""
 
     def __init__(self, module: ir.Module, layout: ModuleLayout, params_p, dims_p,
                  vector_width: int | None, status_p):
@@ -126,69 +157,92 @@ class GraphEmitter:
         # the plan_memory pass's plan; an unoptimized graph (-O0) is planned here
         memory = graph.memory if graph.memory is not None else plan(graph)
         order = memory.order
-        last_use = {(buf.node, buf.index): buf.dies for buf in memory.buffers}
-        position = {nid: i for i, nid in enumerate(order)}
-        out_index = {(o.node, o.index): i for i, o in enumerate(graph.outputs)}
-        input_index = {nid: i for i, nid in enumerate(graph.inputs)}
-        kernels = sum(1 for nid in order if graph.op(nid) not in ("input", "param", "constant"))
-        where: dict[tuple[int, int], ir.Value] = {}
+        kernels = sum(1 for nid in order if graph.op(nid) not in STRUCTURAL_OPS)
+        frame = _Frame(
+            b, inputs, outputs, slot, where={},
+            position={nid: i for i, nid in enumerate(order)},
+            last_use={(buf.node, buf.index): buf.dies for buf in memory.buffers},
+            out_index={(o.node, o.index): i for i, o in enumerate(graph.outputs)},
+            input_index={nid: i for i, nid in enumerate(graph.inputs)},
+            noinline=kernels > MAX_INLINED_KERNELS,
+        )
         for nid in order:
-            node = graph.node(nid)
-            op = node["op"]
-            if op == "input":
-                where[(nid, 0)] = inputs[input_index[nid]]
-                continue
-            if op in ("param", "constant"):
-                where[(nid, 0)] = _element(b, self.params_p, self.param_index(nid, node))
-                continue
-            rec = REGISTRY[op]
-            if rec.llvm is None and op != "scan":
-                raise KilnError("K0702", f"the op {op} has no native lowering yet", node["span"],
-                                hint='run this model with target = "reference" or "onnx"')
-            for i, t in enumerate(node["types"]):
-                key = (nid, i)
-                where[key] = (outputs[out_index[key]] if key in out_index
-                              else slot(t, nid, last_use.get(key, position[nid])))
-            args = [where[(v.node, v.index)] if v is not None else ir.Constant(PTR, None)
-                    for v in graph.operands(nid)]
-            args += [where[(nid, i)] for i in range(len(node["types"]))]
-            if op == "scan":
-                kernel = ScanEmitter(self, graph, nid, node).function()
-                args.append(b.bitcast(self.params_p, PTR))
-            else:
-                prepacked = self.prepacked_weights(graph, nid)
-                for index, name in prepacked.items():
-                    args[index] = _element(b, self.params_p, self.layout.param(name))
-                kernel = _kernel(self.module, rec, nid, graph, node, self.layout,
-                                 self.vector_width, prepacked=frozenset(prepacked))
-            if kernels > MAX_INLINED_KERNELS:
-                kernel.attributes.add("noinline")
-            array = b.alloca(PTR, len(args), name=f"args{nid}")
-            for i, a in enumerate(args):
-                b.store(a, b.gep(array, [ir.Constant(I64, i)]))
-            b.call(kernel, [array, self.dims_p, self.status_p])
+            self.visit(graph, nid, frame)
+        where, out_index = frame.where, frame.out_index
         for i, o in enumerate(graph.outputs):  # an output that is an input, a param, repeated
             key = (o.node, o.index)
-            if out_index.get(key) != i or graph.op(o.node) in ("input", "param", "constant"):
+            if out_index.get(key) != i or graph.op(o.node) in STRUCTURAL_OPS:
                 _copy(self.module, b, where[key], outputs[i], o.type, self.dims_p,
                       self.layout.symbols, self.status_p)
 
-    def prepacked_weights(self, graph: Graph, nid: int) -> dict[int, str]:
+    def visit_input(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        f.where[(nid, 0)] = f.inputs[f.input_index[nid]]
+
+    def visit_param(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        f.where[(nid, 0)] = _element(f.b, self.params_p, self.param_index(nid, node))
+
+    visit_constant = visit_param
+
+    def visit_op(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        rec = REGISTRY[node["op"]]
+        if rec.llvm is None:
+            raise KilnError("K0702", f"the op {rec.name} has no native lowering yet", node["span"],
+                            hint='run this model with target = "reference" or "onnx"')
+        self.call_kernel(f, graph, nid, node, Lowering(rec.name, rec.llvm, rec.props), (node, 1))
+
+    def visit_fused(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        self.call_kernel(f, graph, nid, node, Lowering("fused", fused_kernel, fused_props(node)),
+                         anchor_weight(node))
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        args = self.pointers(f, graph, nid, node)
+        kernel = ScanEmitter(self, graph, nid, node).function()
+        args.append(f.b.bitcast(self.params_p, PTR))
+        self.call(f, kernel, args, nid)
+
+    def pointers(self, f: _Frame, graph: Graph, nid: int, node: dict) -> list[ir.Value]:
+        """The pointers a node's kernel takes: its operands', then its results' (each placed
+        here: a model output, or an intermediate's slot)."""
+        for i, t in enumerate(node["types"]):
+            key = (nid, i)
+            f.where[key] = (f.outputs[f.out_index[key]] if key in f.out_index
+                            else f.slot(t, nid, f.last_use.get(key, f.position[nid])))
+        args = [f.where[(v.node, v.index)] if v is not None else ir.Constant(PTR, None)
+                for v in graph.operands(nid)]
+        return args + [f.where[(nid, i)] for i in range(len(node["types"]))]
+
+    def call_kernel(self, f: _Frame, graph: Graph, nid: int, node: dict, lowering: Lowering,
+                    weight: tuple[dict, int] | None) -> None:
+        """Build the node's kernel by `lowering` and call it; `weight`: the GEMM op node and
+        the input slot of its weight, which may be stored packed."""
+        args = self.pointers(f, graph, nid, node)
+        prepacked = self.prepacked_weights(graph, nid, weight)
+        for index, name in prepacked.items():
+            args[index] = _element(f.b, self.params_p, self.layout.param(name))
+        kernel = _kernel(self.module, lowering, nid, graph, node, self.layout,
+                         self.vector_width, prepacked=frozenset(prepacked))
+        self.call(f, kernel, args, nid)
+
+    def call(self, f: _Frame, kernel: ir.Function, args: list[ir.Value], nid: int) -> None:
+        b = f.b
+        if f.noinline:
+            kernel.attributes.add("noinline")
+        array = b.alloca(PTR, len(args), name=f"args{nid}")
+        for i, a in enumerate(args):
+            b.store(a, b.gep(array, [ir.Constant(I64, i)]))
+        b.call(kernel, [array, self.dims_p, self.status_p])
+
+    def prepacked_weights(self, graph: Graph, nid: int,
+                          weight: tuple[dict, int] | None) -> dict[int, str]:
         """{input slot: derived parameter name} for the weight the conv_layout pass chose to
         store packed (f32, known before any call) that node `nid` reads (a conv, transposed
-        conv or matmul, or a fused group headed by one): the GEMM's A or B panels
+        conv or matmul, or a fused group headed by one: `weight` is the GEMM op's node and
+        the slot of node `nid` that feeds its weight): the GEMM's A or B panels
         (gemm.prepack_a / prepack_b, by the op record's packed_weight), made once when the weights
         are bound instead of on every call."""
-        node = graph.node(nid)
-        if node["op"] == "fused" and node["attrs"]["anchor"] is not None:
-            body = node["attrs"]["body"]
-            op_node = body.node(node["attrs"]["anchor"])
-            weight = body.operands(node["attrs"]["anchor"])[1]
-            if body.g.out_degree(weight.node) != 1:  # the epilogue reads the weight too
-                return {}
-            slot = body.inputs.index(weight.node)
-        else:
-            op_node, slot = node, 1
+        if weight is None:
+            return {}
+        op_node, slot = weight
         if op_node["attrs"].get("weight_layout") != PACKED:
             return {}
         source = graph.operands(nid)[slot]
@@ -335,16 +389,16 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
     return tmp
 
 
-def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
+def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True,
             prepacked: frozenset[int] = frozenset()) -> ir.Function:
-    props = fused_props(node) if rec.name == "fused" else rec.props
-    if split and not serial and Prop.SAMPLEWISE in props:
-        split = _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked)
+    if split and not serial and Prop.SAMPLEWISE in lowering.props:
+        split = _batch_split(module, lowering, nid, graph, node, layout, vector_width,
+                             prepacked)
         if split is not None:
             return split
     # node ids repeat between a model and its scan bodies: number kernels per module
-    kb = KernelBuilder(module, f"k{len(module.functions)}_{rec.name}", layout.symbols)
+    kb = KernelBuilder(module, f"k{len(module.functions)}_{lowering.name}", layout.symbols)
     kb.vector_width = vector_width
     kb.serial = serial
     kb.failures, kb.span = layout.failures, node["span"]
@@ -352,11 +406,11 @@ def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
                    node["attrs"], node["span"], prepacked)
-    rec.llvm(kb, n)
+    lowering.build(kb, n)
     return kb.finish()
 
 
-def _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked):
+def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked):
     """An op with Prop.SAMPLEWISE whose first input and output lead with the same symbolic
     batch size runs its samples on several threads (each a block of samples, with its GEMMs
     whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
@@ -365,9 +419,9 @@ def _batch_split(module, rec, nid, graph, node, layout, vector_width, prepacked)
     batch = first.shape[0].symbol if first.rank else None
     if batch is None or out.shape[0].symbol != batch or len(node["types"]) != 1:
         return None
-    whole = _kernel(module, rec, nid, graph, node, layout, vector_width, split=False,
+    whole = _kernel(module, lowering, nid, graph, node, layout, vector_width, split=False,
                     prepacked=prepacked)
-    samples = _kernel(module, rec, nid, graph, node, layout, vector_width, serial=True,
+    samples = _kernel(module, lowering, nid, graph, node, layout, vector_width, serial=True,
                       prepacked=prepacked)
     types = [v.type if v is not None else None for v in operands] + [out]
     index = layout.symbols.index(batch)

@@ -14,9 +14,9 @@ model input, or computed at run time, keeps the plain layout, as does every conv
 
 from __future__ import annotations
 
-from ..ir import Graph
-from ..ops import lookup
-from .manager import PassContext, graph_pass
+from ...ir import Graph
+from ...ops import lookup
+from ...passes.manager import PassContext, graph_pass
 
 PACKED = "packed"
 

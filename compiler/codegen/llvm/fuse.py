@@ -5,9 +5,10 @@ are used only inside the group but for one, the group's result; optionally with 
 a matmul or a convolution producing one of the group's operands (the epilogue: bias, residual
 add, activation). The group becomes one `fused` node whose operands are the values the group
 reads from outside and whose `body` attribute holds the group's ops as a graph (as a scan's
-body does). Backends run it as they like: the native backend as one kernel (the anchor's
-GEMM, then one pass over its output computing the whole chain per element, in registers); the
-ONNX emitter emits the body's ops; the reference evaluates the body.
+body does). A pass of the native pipeline (pipeline.py): the native backend runs a group as
+one kernel (the anchor's GEMM, then one pass over its output computing the whole chain per
+element, in registers: fused.py); the reference evaluates the body, and the ONNX emitter, given
+a fused graph, emits the body's ops.
 
 Because every value inside a group other than its result is used only inside it, no path
 leaves the group and comes back: fusing never makes a cycle.
@@ -15,11 +16,11 @@ leaves the group and comes back: fusing never makes a cycle.
 
 from __future__ import annotations
 
-from ..ir import STRUCTURAL_OPS, Graph, Value
-from ..ops import REGISTRY, Prop, has
-from ..types import shape_str
-from .edit import key, remove_unused, replace_uses, users
-from .manager import PassContext, graph_pass
+from ...ir import STRUCTURAL_OPS, Graph, Value
+from ...ops import REGISTRY, Prop, has
+from ...passes.edit import key, remove_unused, replace_uses, users
+from ...passes.manager import PassContext, graph_pass
+from ...types import shape_str
 
 # ops in one group: LLVM's optimizer takes superlinear time in a function's size (an unrolled
 # chain of 8000 adds as one kernel: 12 s in LLVM, 4x per doubling; capped: 2.4 s, 2x per
