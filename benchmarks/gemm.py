@@ -66,7 +66,7 @@ def fma_peak() -> float:
     import llvmlite.binding as llvm
     from llvmlite import ir
 
-    from kiln.compiler.codegen.llvm.gemm import Vectors
+    from kiln.compiler.codegen.llvm.irgen import Vectors
     from kiln.compiler.codegen.llvm.target import host
 
     width = host().vector_width

@@ -13,7 +13,7 @@ from llvmlite import ir
 
 from ...ir import Graph
 from ...ops import REGISTRY
-from .kernel import I64, PTR
+from .abi import I64, PTR
 
 
 def fused_kernel(kb, n) -> None:

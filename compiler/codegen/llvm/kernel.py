@@ -1,8 +1,8 @@
-"""Small helpers that let a kernel read like its math (after numba's cgutils).
+"""KernelBuilder: the function of one kernel, with typed buffers, sizes, loops and the checks
+that report bad input values (after numba's cgutils).
 
-Every kernel has one signature, `void kernel(i8** args, i64* dims)`: `args` holds the node's
-input buffers then its output buffers; `dims` holds the run-time value of each symbolic size,
-in the model's symbol order. A kernel is written against `KernelBuilder`:
+Every kernel has the signature of abi.KERNEL_TYPE. A kernel is written against
+`KernelBuilder`:
 
     with kb.for_range(kb.numel(out_type.shape)) as i:
         kb.store(out, i, kb.relu(kb.load(x, i)))
@@ -18,34 +18,28 @@ from llvmlite import ir
 
 from ...dims import Dim
 from ...types import NUMPY_DTYPES
-
-I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
-F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
-VOID = ir.VoidType()
-PTR = I8.as_pointer()
-
-# storage type of each kiln dtype; bf16 is stored as i16 and computed in f32
-STORAGE = {"f32": F32, "f16": F16, "bf16": I16, "f64": F64, "i32": I32, "i64": I64, "bool": I8}
-# the type a kernel computes in
-COMPUTE = {"f32": F32, "f16": F32, "bf16": F32, "f64": F64, "i32": I32, "i64": I64, "bool": I1}
-FLOATS = ("f32", "f16", "bf16", "f64")
-_DTYPE_OF = {F32: "f32", F64: "f64", I32: "i32", I64: "i64", I1: "bool"}  # of a compute type
-_BYTES = {I1: 1, I32: 4, F32: 4, I64: 8, F64: 8}  # of a compute type
+from .abi import (
+    BYTES,
+    COMPUTE,
+    DTYPE_OF,
+    F16,
+    F32,
+    F64,
+    I1,
+    I8,
+    I16,
+    I32,
+    I64,
+    KERNEL_TYPE,
+    PTR,
+    STORAGE,
+    VOID,
+    declare,
+)
+from .threads import parallel_rows
 
 FLAT_BLOCK = 1 << 12  # elements: the smallest block of an elementwise loop a thread takes
 FLAT_PARALLEL = 1 << 16  # elements below which an elementwise loop runs on one thread
-# void kernel(i8** args, i64* dims, i64* status): status[0] != 0 after a call means an input
-# value was out of range (see KernelBuilder.check); the kernel has gone on safely regardless
-KERNEL_TYPE = ir.FunctionType(VOID, [PTR.as_pointer(), I64.as_pointer(), I64.as_pointer()])
-
-
-def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type],
-            var_arg: bool = False) -> ir.Function:
-    """The module's declaration of an external function (libc, an LLVM intrinsic), made on
-    first use."""
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(
-        module, ir.FunctionType(result, args, var_arg=var_arg), name)
 
 
 class KernelBuilder:
@@ -225,7 +219,7 @@ class KernelBuilder:
     def number(self, value, like: ir.Value) -> ir.Value:
         """A numeric attribute (a number, or a Dim known at run time) in `like`'s type."""
         if isinstance(value, Dim) and not value.is_const:
-            return self.convert(self.dim(value), _DTYPE_OF[like.type])
+            return self.convert(self.dim(value), DTYPE_OF[like.type])
         return self.lit(like, Dim.of(value).value if isinstance(value, Dim) else value)
 
     def stored(self, value, dtype: str) -> ir.Value:
@@ -304,8 +298,6 @@ class KernelBuilder:
         if self.serial:
             self._flat_range(self, out, out_t, ins, scalar, ir.Constant(I64, 0), total)
             return
-        from .threads import parallel_rows
-
         inner = self.helper("range")
         # each distinct buffer once: an input that is `out` itself (a fused epilogue reads
         # the anchor's result in place) must be the same pointer in the range function too,
@@ -600,7 +592,7 @@ class KernelBuilder:
         kernel's own state: zeroed (calloc), or, when the kernel writes all of it first, not
         (malloc). Give it back with `release`; it is null when memory ran out."""
         ty = COMPUTE[ty] if isinstance(ty, str) else ty
-        size = ir.Constant(I64, _BYTES[ty])
+        size = ir.Constant(I64, BYTES[ty])
         if zeroed:
             block = self.b.call(declare(self.module, "calloc", PTR, [I64, I64]), [count, size])
         else:
@@ -617,7 +609,7 @@ class KernelBuilder:
         allocated, else report that memory ran out for `what` (K0505) and skip it: a kernel
         never writes through a null pointer. The blocks are given back after it."""
         b = self.b
-        ok = ir.Constant(ir.IntType(1), 1)
+        ok = ir.Constant(I1, 1)
         for block in blocks:
             ok = b.and_(ok, b.icmp_unsigned("!=", block, ir.Constant(block.type, None)))
         self.check(ok, f"out of memory for {what}")

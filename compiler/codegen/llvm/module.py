@@ -25,10 +25,11 @@ from ...ops import REGISTRY
 from ...passes.layout import PACKED, PACKED_AS
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
+from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .derived import derived_name, parse
 from .fused import tags as fused_tags
 from .gemm import tiling
-from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
+from .kernel import KernelBuilder
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 

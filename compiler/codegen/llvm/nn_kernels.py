@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ...dims import Dim
-from .gemm import Matrix, PackedB, Vectors, gemm, tiling
-from .kernel import F32, F64, I64
+from .abi import F32, F64, I32, I64
+from .gemm import Matrix, PackedB, gemm, tiling
+from .irgen import Vectors, i64
+from .threads import parallel_rows
 
 ZERO = ir.Constant(I64, 0)
-
-
-def _i64(value: int) -> ir.Constant:
-    return ir.Constant(I64, value)
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Window:
 
     def origin(self, kb, o: ir.Value, axis: int) -> ir.Value:
         """The input coordinate of output o's first tap along `axis` (negative in padding)."""
-        return kb.b.sub(kb.b.mul(o, _i64(self.stride[axis])), kb.dim(self.pad[axis]))
+        return kb.b.sub(kb.b.mul(o, i64(self.stride[axis])), kb.dim(self.pad[axis]))
 
 
 # small pieces ------------------------------------------------------------------------------
@@ -72,7 +70,7 @@ def _fold(kb, sizes: list[ir.Value], init: ir.Value, step) -> ir.Value:
 def _planes(kb, t) -> tuple[ir.Value, ir.Value, ir.Value]:
     """(N * C, H, W) of an NCHW or NCL tensor type (L is W, H is 1)."""
     spatial = t.shape[2:]
-    h = kb.dim(spatial[0]) if len(spatial) == 2 else _i64(1)
+    h = kb.dim(spatial[0]) if len(spatial) == 2 else i64(1)
     return kb.numel(t.shape[:2]), h, kb.dim(spatial[-1])
 
 
@@ -112,7 +110,7 @@ class Im2col:
     @classmethod
     def of(cls, kb, plane0: ir.Value, win: Window) -> Im2col:
         sizes = [*win.size, *win.kernel, *win.stride, *win.pad, *win.dilation, win.out[1]]
-        return cls(plane0, *(kb.dim(d) for d in sizes), _i64(0))
+        return cls(plane0, *(kb.dim(d) for d in sizes), i64(0))
 
     def fields(self):
         return [self.plane0], [self.h, self.w, self.kh, self.kw, self.sh, self.sw, self.ph,
@@ -135,12 +133,12 @@ class Im2col:
         vector in one output row, the even lanes of two masked loads."""
         b = kb.b
         vec = Vectors(b, nr // 2)
-        i32 = ir.IntType(32)
-        one = _i64(1)
+        i32 = I32
+        one = i64(1)
         contiguous = b.and_(b.and_(b.icmp_signed("==", self.sw, one),
                                    b.icmp_signed("==", self.dw, one)),
-                            b.icmp_signed(">=", self.out_w, _i64(vec.width)))
-        halved = b.and_(b.icmp_signed("==", self.sw, _i64(2)), b.icmp_signed("==", self.dw, one))
+                            b.icmp_signed(">=", self.out_w, i64(vec.width)))
+        halved = b.and_(b.icmp_signed("==", self.sw, i64(2)), b.icmp_signed("==", self.dw, one))
         local = ir.Constant(ir.VectorType(i32, vec.width), list(range(vec.width)))
 
         def splat(value):  # an i64 size as an i32 vector
@@ -162,7 +160,7 @@ class Im2col:
             first_row = b.icmp_signed("<", local, vec.splat(split))
             # the whole vector in one output row and before `cols` (for stride 2's loads)
             one_row = b.and_(b.icmp_signed(">=", split, ir.Constant(i32, vec.width)),
-                             b.icmp_signed(">=", cols, _i64((v + 1) * vec.width)))
+                             b.icmp_signed(">=", cols, i64((v + 1) * vec.width)))
             origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw)), split,
                             first_row, one_row))
         h, w = splat(self.h), splat(self.w)
@@ -172,7 +170,7 @@ class Im2col:
                 c, i, j = (b.load(slot) for slot in tap)
                 plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
                 dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
-                out = b.gep(dst, [b.mul(p, _i64(nr))])
+                out = b.gep(dst, [b.mul(p, i64(nr))])
                 for v, (top, left, split, first_row, one_row) in enumerate(origins):
                     y, x = b.add(top, dy), b.add(left, dx)
                     inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
@@ -206,7 +204,7 @@ class Im2col:
         """A vector of pixels of one output row at stride 2 along the width (dilation 1):
         the even lanes of two masked loads of 2 * width consecutive input floats from the
         first lane's pixel (masked off: a row or columns outside x, never read)."""
-        i32 = ir.IntType(32)
+        i32 = I32
         zero = ir.Constant(i32, 0)
         y0, x0 = b.extract_element(y, zero), b.extract_element(x, zero)
         row_ok = b.icmp_unsigned("<", b.sext(y0, I64), self.h)
@@ -227,7 +225,7 @@ class Im2col:
         the first lane's row by one masked load, the rest (from ow = 0 of the next output
         row, sh input rows down) by another. Masked-off lanes are never read: the base
         pointers may lie outside x."""
-        zero = ir.Constant(ir.IntType(32), 0)
+        zero = ir.Constant(I32, 0)
         y0 = b.sext(b.extract_element(y, zero), I64)
         x0 = b.sext(b.extract_element(x, zero), I64)
         here = b.gep(plane, [b.add(b.mul(y0, self.w), x0)])
@@ -267,7 +265,7 @@ class Shifted:
 
     @classmethod
     def from_column(cls, b, pointers, sizes, col0):
-        return [b.gep(pointers[0], [b.mul(col0, _i64(4))])], list(sizes)
+        return [b.gep(pointers[0], [b.mul(col0, i64(4))])], list(sizes)
 
     def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
         """Row by row, two vectors of consecutive floats from the row's tap offset."""
@@ -283,14 +281,14 @@ class Shifted:
                 offset = b.add(b.add(b.mul(c, self.plane), b.mul(i, row_step)),
                                b.mul(j, self.dw))
                 src = b.gep(start, [offset])
-                out = b.gep(dst, [b.mul(p, _i64(nr))])
+                out = b.gep(dst, [b.mul(p, i64(nr))])
                 for v, mask in enumerate(masks):
                     at = v * vec.width
                     value = vec.load(src, at) if mask is None else vec.masked_load(src, at, mask)
                     vec.store(value, out, at, align=vec.width * 4)
                 _next_tap(b, tap, self.kh, self.kw)
 
-        with b.if_else(b.icmp_signed("==", cols, _i64(nr))) as (whole, part):
+        with b.if_else(b.icmp_signed("==", cols, i64(nr))) as (whole, part):
             with whole:
                 rows([None, None])
             with part:
@@ -322,7 +320,7 @@ def _tap_at(b, k: ir.Value, kh: ir.Value, kw: ir.Value) -> list[ir.Value]:
 def _next_tap(b, tap, kh, kw) -> None:
     """(c, i, j) <- the next tap in row-major order over [C, kh, kw]."""
     c, i, j = (b.load(slot) for slot in tap)
-    one = _i64(1)
+    one = i64(1)
     j = b.add(j, one)
     wrap_j = b.icmp_signed("==", j, kw)
     i = b.select(wrap_j, b.add(i, one), i)
@@ -345,7 +343,7 @@ def conv(kb, n, win: Window, groups: int) -> None:
     x, w, y = kb.buffer(0, "f32"), kb.buffer(1, "f32"), kb.buffer(3, "f32")
     bias = kb.buffer(2, "f32") if bias_t is not None else None
     batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], w_t.shape[0]))
-    per_in, per_out = (b.sdiv(c, _i64(groups)) for c in (channels, outs))
+    per_in, per_out = (b.sdiv(c, i64(groups)) for c in (channels, outs))
     plane_in, pixels = kb.numel(win.size), kb.numel(win.out)
     depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
     pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
@@ -355,7 +353,7 @@ def conv(kb, n, win: Window, groups: int) -> None:
     kc = tiling(kb.vector_width).kc
 
     def run() -> None:
-        with kb.for_range(batch) as s, kb.for_range(_i64(groups)) as g:
+        with kb.for_range(batch) as s, kb.for_range(i64(groups)) as g:
             x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
             first_out = b.mul(g, per_out)
             y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
@@ -364,8 +362,8 @@ def conv(kb, n, win: Window, groups: int) -> None:
                     value = b.load(b.gep(bias, [b.add(first_out, o)]))
                     b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
             if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
-                slice_floats = b.mul(per_out, _i64(kc))
-                group_floats = b.mul(b.sdiv(b.add(depth, _i64(kc - 1)), _i64(kc)), slice_floats)
+                slice_floats = b.mul(per_out, i64(kc))
+                group_floats = b.mul(b.sdiv(b.add(depth, i64(kc - 1)), i64(kc)), slice_floats)
                 weights = Matrix(b.gep(w, [b.mul(g, group_floats)]), slice_floats,
                                  prepacked=True)
             else:
@@ -415,9 +413,9 @@ class _Padded:
         b = kb.b
         (h, w), (ph, pw), (oh, ow), (kh, kw) = ([kb.dim(d) for d in pair] for pair in (
             win.size, win.pad, win.out, win.kernel))
-        hp = b.add(oh, b.mul(_i64(win.dilation[0]), b.sub(kh, _i64(1))))
-        wp = b.add(ow, b.mul(_i64(win.dilation[1]), b.sub(kw, _i64(1))))
-        columns = b.add(b.mul(b.sub(oh, _i64(1)), wp), ow)
+        hp = b.add(oh, b.mul(i64(win.dilation[0]), b.sub(kh, i64(1))))
+        wp = b.add(ow, b.mul(i64(win.dilation[1]), b.sub(kw, i64(1))))
+        columns = b.add(b.mul(b.sub(oh, i64(1)), wp), ow)
         empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
         columns = b.select(empty, ZERO, columns)
         return cls(win, per_in, per_out, h, w, ph, pw, oh, ow, hp, wp, columns)
@@ -427,14 +425,14 @@ class _Padded:
         no memory for it."""
         b = kb.b
         padded = b.mul(self.per_in, b.mul(self.hp, self.wp))
-        floats = b.add(b.add(padded, b.mul(self.per_out, self.columns)), _i64(16))
+        floats = b.add(b.add(padded, b.mul(self.per_out, self.columns)), i64(16))
         self.base = kb.scratch(floats, F32, zeroed=False)  # fill and the GEMM write it all
         ok = b.icmp_unsigned("!=", self.base, ir.Constant(self.base.type, None))
         kb.check(ok, "out of memory for a convolution's padded input")
         self.result = b.gep(self.base, [padded])
         kh, kw = (kb.dim(k) for k in self.win.kernel)
         self.source = Shifted(self.base, b.mul(self.hp, self.wp), self.wp, kh, kw,
-                              _i64(self.win.dilation[0]), _i64(self.win.dilation[1]))
+                              i64(self.win.dilation[0]), i64(self.win.dilation[1]))
         return ok
 
     def release(self, kb) -> None:
@@ -454,7 +452,7 @@ class _Padded:
         sizes = [self.per_out, self.oh, self.ow, self.wp, self.columns]
         pointers = [self.result, y0] + ([bias] if bias is not None else [])
         _by_channel(kb, "compact", pointers, sizes,
-                    lambda b, s: [s[4], b.mul(s[1], s[2]), _i64(1)][:len(pointers)],
+                    lambda b, s: [s[4], b.mul(s[1], s[2]), i64(1)][:len(pointers)],
                     _compact_channels, lambda b, s: b.mul(s[0], s[4]))
 
 
@@ -492,7 +490,7 @@ def _compact_channels(kb, pointers, sizes) -> None:
         add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
         src_plane = b.gep(result, [b.mul(o, columns)])
         dst_plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
-        whole = b.sub(ow, b.srem(ow, _i64(vec.width)))  # whole vectors, then a masked tail
+        whole = b.sub(ow, b.srem(ow, i64(vec.width)))  # whole vectors, then a masked tail
         tail = vec.mask(b.sub(ow, whole), 0)  # (AVX2's masked stores are slow)
         with kb.for_range(oh) as r:
             src = b.gep(src_plane, [b.mul(r, wp)])
@@ -516,15 +514,14 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
     strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
     inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
     whole."""
-    from .threads import parallel_rows
 
     ikb = kb.helper(name)
     body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
-         [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [_i64(i)])) for i in range(len(sizes))])
+         [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [i64(i)])) for i in range(len(sizes))])
     inner = ikb.finish()
 
     def shift(b, ptrs, szs, row0):
-        moved = [b.gep(p, [b.mul(row0, b.mul(step, _i64(4)))])
+        moved = [b.gep(p, [b.mul(row0, b.mul(step, i64(4)))])
                  for p, step in zip(ptrs, strides(b, szs), strict=True)]
         return moved, list(szs)
 
@@ -544,7 +541,7 @@ def _each_output(kb, t, body) -> None:
     """body(sample, channel, oh, ow, flat index) for every element of an NC(H)W output."""
     _, h, w = _planes(kb, t)
     sizes = [kb.dim(t.shape[0]), kb.dim(t.shape[1]), h, w]
-    strides = [kb.b.mul(sizes[1], kb.b.mul(h, w)), kb.b.mul(h, w), w, _i64(1)]
+    strides = [kb.b.mul(sizes[1], kb.b.mul(h, w)), kb.b.mul(h, w), w, i64(1)]
     kb.loop_nest(sizes, lambda index: body(*index, kb.dot(index, strides)))
 
 
@@ -570,8 +567,8 @@ def _direct(kb, n, win: Window, groups: int, where, weight) -> None:
     h, wd = (kb.dim(d) for d in win.size)
     kh, kw = (kb.dim(d) for d in win.kernel)
     channels = kb.dim(x_t.shape[1])
-    per_in = b.sdiv(channels, _i64(groups))
-    per_out = b.sdiv(kb.dim(y_t.shape[1]), _i64(groups))
+    per_in = b.sdiv(channels, i64(groups))
+    per_out = b.sdiv(kb.dim(y_t.shape[1]), i64(groups))
     plane = b.mul(h, wd)
 
     def output(s, o, oh, ow, at):
@@ -604,8 +601,8 @@ def _conv_direct(kb, n, win: Window, groups: int) -> None:
     per_in = kb.dim(n.in_types[1].shape[1])
 
     def where(oh, ow, i, j):
-        yy = b.add(win.origin(kb, oh, 0), b.mul(i, _i64(win.dilation[0])))
-        xx = b.add(win.origin(kb, ow, 1), b.mul(j, _i64(win.dilation[1])))
+        yy = b.add(win.origin(kb, oh, 0), b.mul(i, i64(win.dilation[0])))
+        xx = b.add(win.origin(kb, ow, 1), b.mul(j, i64(win.dilation[1])))
         return b.and_(_inside(kb, yy, h), _inside(kb, xx, wd)), yy, xx
 
     def weight(o, i, j):
@@ -636,24 +633,24 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
     h, wd = (kb.dim(d) for d in win.size)
     out_h, out_w = (kb.dim(d) for d in win.out)
     channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])
-    per_in = b.sdiv(channels, _i64(groups))
+    per_in = b.sdiv(channels, i64(groups))
     pixels, out_plane, width = b.mul(h, wd), b.mul(out_h, out_w), kb.dim(row)
     with b.goto_entry_block():
         cols = b.alloca(ir.ArrayType(F32, COLUMNS), name="cols")
         cols.align = 64
     cols = b.gep(cols, [ZERO, ZERO])
-    chunk = _i64(COLUMNS // row.value)
-    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(_i64(groups)) as g:
+    chunk = i64(COLUMNS // row.value)
+    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(i64(groups)) as g:
         x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)])
         first_out = b.mul(g, per_out)
-        y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, _i64(groups))), first_out),
+        y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
                              out_plane)])
         with kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
             kb.store(y0, b.add(b.mul(o, out_plane), q),
                      _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
         if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
             nr = tiling(kb.vector_width).nr
-            group_floats = b.mul(per_in, _i64(-(-row.value // nr) * nr))
+            group_floats = b.mul(per_in, i64(-(-row.value // nr) * nr))
             weights = PackedB(b.gep(w, [b.mul(g, group_floats)]), per_in)
         else:
             weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
@@ -674,9 +671,9 @@ def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
     wd = kb.dim(win.size[1])
     ih, iw = b.sdiv(pixel, wd), b.srem(pixel, wd)
     with kb.for_range(channels) as o, kb.for_range(kh) as i:
-        oh = b.add(win.origin(kb, ih, 0), b.mul(i, _i64(win.dilation[0])))
+        oh = b.add(win.origin(kb, ih, 0), b.mul(i, i64(win.dilation[0])))
         with b.if_then(_inside(kb, oh, out[0])), kb.for_range(kw) as j:
-            ow = b.add(win.origin(kb, iw, 1), b.mul(j, _i64(win.dilation[1])))
+            ow = b.add(win.origin(kb, iw, 1), b.mul(j, i64(win.dilation[1])))
             with b.if_then(_inside(kb, ow, out[1])):
                 at = b.gep(y, [b.add(b.mul(b.add(b.mul(o, out[0]), oh), out[1]), ow)])
                 tap = b.load(b.gep(cols, [b.add(b.mul(b.add(b.mul(o, kh), i), kw), j)]))
@@ -689,13 +686,13 @@ def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
     h, wd = (kb.dim(d) for d in win.size)
     kh, kw = (kb.dim(d) for d in win.kernel)
     taps = b.mul(kh, kw)
-    per_in = b.sdiv(kb.dim(n.in_types[0].shape[1]), _i64(groups))
+    per_in = b.sdiv(kb.dim(n.in_types[0].shape[1]), i64(groups))
     per_out = kb.dim(n.in_types[1].shape[1])
 
     def source(o, i, axis, size):
         """(whether a tap at kernel offset i lands on output o along axis, input index)."""
-        t = b.sub(b.add(o, kb.dim(win.pad[axis])), b.mul(i, _i64(win.dilation[axis])))
-        stride = _i64(win.stride[axis])
+        t = b.sub(b.add(o, kb.dim(win.pad[axis])), b.mul(i, i64(win.dilation[axis])))
+        stride = i64(win.stride[axis])
         q = b.sdiv(t, stride)
         exact = b.and_(b.icmp_signed(">=", t, ZERO), b.icmp_signed("==", b.srem(t, stride), ZERO))
         return b.and_(exact, _inside(kb, q, size)), q
@@ -727,8 +724,8 @@ def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> Non
     planes, h, w = _planes(kb, x_t)
     _, out_h, out_w = _planes(kb, y_t)
     kh, kw = (kb.dim(k) for k in win.kernel)
-    sw = _i64(win.stride[1])
-    dh, dw = (_i64(d) for d in win.dilation)
+    sw = i64(win.stride[1])
+    dh, dw = (i64(d) for d in win.dilation)
     pw = kb.dim(win.pad[1])
     scratch = kb.scratch(out_w, compute) if compute != y_t.dtype else None
 
@@ -764,9 +761,9 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
     b = kb.b
     need = b.sub(ZERO, shift)  # o * stride >= -shift
     first = b.select(b.icmp_signed(">", need, ZERO),
-                     b.sdiv(b.add(need, b.sub(stride, _i64(1))), stride), ZERO)
-    room = b.sub(b.sub(size, _i64(1)), shift)  # o * stride <= size - 1 - shift
-    last = b.select(b.icmp_signed(">=", room, ZERO), b.add(b.sdiv(room, stride), _i64(1)), ZERO)
+                     b.sdiv(b.add(need, b.sub(stride, i64(1))), stride), ZERO)
+    room = b.sub(b.sub(size, i64(1)), shift)  # o * stride <= size - 1 - shift
+    last = b.select(b.icmp_signed(">=", room, ZERO), b.add(b.sdiv(room, stride), i64(1)), ZERO)
     stop = b.select(b.icmp_signed("<", last, count), last, count)
     return first, b.select(b.icmp_signed("<", stop, first), first, stop)
 
@@ -914,8 +911,8 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
             return ir.Constant(F32, float(ratios[axis]))
         size, out = ins[axis], outs[axis]
         if corners:  # (in - 1) / (out - 1), 0 for one output
-            size, out = b.sub(size, _i64(1)), b.sub(out, _i64(1))
-            safe = b.select(b.icmp_signed(">", out, ZERO), out, _i64(1))
+            size, out = b.sub(size, i64(1)), b.sub(out, i64(1))
+            safe = b.select(b.icmp_signed(">", out, ZERO), out, i64(1))
             value = b.fdiv(b.sitofp(size, F64), b.sitofp(safe, F64))
             return b.select(b.icmp_signed(">", out, ZERO), b.fptrunc(value, F32),
                             ir.Constant(F32, 0.0))
@@ -923,7 +920,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
 
     def source(o, axis):
         """[(input index, weight)] of output o along axis: one for nearest, two otherwise."""
-        last = b.sub(ins[axis], _i64(1))
+        last = b.sub(ins[axis], i64(1))
         dst = b.sitofp(o, F32)
         r = ratio(axis)
         if nearest:
@@ -937,7 +934,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
             src = b.select(b.fcmp_ordered(">", src, ir.Constant(F32, 0.0)), src,
                            ir.Constant(F32, 0.0))
         lo = b.fptosi(src, I64)
-        hi = b.add(lo, _i64(1))
+        hi = b.add(lo, i64(1))
         hi = b.select(b.icmp_signed("<", hi, last), hi, last)
         lam = kb.convert(b.fsub(src, b.sitofp(lo, F32)), dtype)
         return [(lo, b.fsub(kb.convert(one, dtype), lam)), (hi, lam)]

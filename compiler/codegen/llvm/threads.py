@@ -16,14 +16,13 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID, declare
+from .abi import I1, I32, I64, KERNEL_TYPE, PTR, VOID, declare
 
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
 MAX_BLOCKS = 2 * MAX_PIECES + 1  # blocks it may make (their size is rounded down)
 # (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows; one more
 # when the remainder is a block of its own, `short_last`)
-I32 = ir.IntType(32)
 THREADS = "kiln_threads"
 
 
