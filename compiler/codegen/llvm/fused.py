@@ -14,16 +14,16 @@ from llvmlite import ir
 from ...ir import Graph
 from ...ops import REGISTRY
 from .abi import I64, PTR
+from .irgen import element
+from .kernel import NativeNode, operand_names
 
 
 def fused_kernel(kb, n) -> None:
-    from .module import NativeNode
-
     body: Graph = n.attrs["body"]
     anchor = n.attrs.get("anchor")
     out_t = n.out_types[0]
     slot_of = {nid: i for i, nid in enumerate(body.inputs)}
-    out = kb.buffer(len(n.in_types), out_t.dtype)
+    out = kb.output()
     if anchor is not None:
         node = body.node(anchor)
         operands = body.operands(anchor)
@@ -36,10 +36,13 @@ def fused_kernel(kb, n) -> None:
         saved, kb.args_ptr = kb.args_ptr, array
         prepacked = frozenset(i for i, v in enumerate(operands)
                               if v is not None and slot_of[v.node] in n.prepacked)
-        REGISTRY[node["op"]].llvm(kb, NativeNode([None if v is None else v.type for v in operands],
-                                                 list(node["types"]), node["attrs"],
-                                                 node["span"], prepacked))
-        kb.args_ptr = saved
+        rec = REGISTRY[node["op"]]
+        anchor_node = NativeNode([None if v is None else v.type for v in operands],
+                                 list(node["types"]), node["attrs"], node["span"], prepacked,
+                                 operand_names(rec, len(operands)))
+        saved_node, kb.node = kb.node, anchor_node
+        rec.llvm(kb, anchor_node)
+        kb.args_ptr, kb.node = saved, saved_node
     # the loop reads the body inputs the elementwise ops use, and the anchor's result
     read: list[tuple[int, int]] = []
     for nid in body.order():
@@ -55,7 +58,7 @@ def fused_kernel(kb, n) -> None:
             ins.append((out, out_t))
         else:
             t = n.in_types[slot_of[node_id]]
-            ins.append((kb.buffer(slot_of[node_id], t.dtype), t))
+            ins.append((kb.input(slot_of[node_id]), t))
     result = (body.outputs[0].node, body.outputs[0].index)
 
     # no FMA contraction or reassociation across a rounded f16 intermediate: LLVM narrows each
@@ -86,7 +89,7 @@ def fused_kernel(kb, n) -> None:
 
 def _raw(kb, index: int) -> ir.Value:
     """Argument `index` of the kernel, as the untyped pointer it was passed as."""
-    return kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, index)]))
+    return element(kb.b, kb.args_ptr, index)
 
 
 def tags(node: dict) -> frozenset[str]:

@@ -14,7 +14,7 @@ from llvmlite import ir
 from ...dims import Dim
 from .abi import F32, F64, I32, I64
 from .gemm import Matrix, PackedB, gemm, tiling
-from .irgen import Vectors, i64
+from .irgen import Vectors, i64, smaller
 from .threads import parallel_rows
 
 ZERO = ir.Constant(I64, 0)
@@ -340,8 +340,8 @@ def conv(kb, n, win: Window, groups: int) -> None:
         _conv_direct(kb, n, win, groups)
         return
     b = kb.b
-    x, w, y = kb.buffer(0, "f32"), kb.buffer(1, "f32"), kb.buffer(3, "f32")
-    bias = kb.buffer(2, "f32") if bias_t is not None else None
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    bias = kb.input("bias")
     batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], w_t.shape[0]))
     per_in, per_out = (b.sdiv(c, i64(groups)) for c in (channels, outs))
     plane_in, pixels = kb.numel(win.size), kb.numel(win.out)
@@ -534,7 +534,7 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
 def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:
     """min(max(value, 0), most)."""
     value = b.select(b.icmp_signed("<", value, ZERO), ZERO, value)
-    return b.select(b.icmp_signed("<", value, most), value, most)
+    return smaller(b, value, most)
 
 
 def _each_output(kb, t, body) -> None:
@@ -549,7 +549,7 @@ def _bias_or_zero(kb, n, channel, dtype) -> ir.Value:
     bias_t = n.in_types[2]
     if bias_t is None:
         return kb.const(0.0, dtype)
-    return kb.load(kb.buffer(2, bias_t.dtype), channel, bias_t.dtype)
+    return kb.load(kb.input("bias"), channel, bias_t.dtype)
 
 
 def _direct(kb, n, win: Window, groups: int, where, weight) -> None:
@@ -563,7 +563,7 @@ def _direct(kb, n, win: Window, groups: int, where, weight) -> None:
     x_t, y_t = n.in_types[0], n.out_types[0]
     dtype = x_t.dtype
     b = kb.b
-    x, w, y = kb.buffer(0, dtype), kb.buffer(1, dtype), kb.buffer(3, dtype)
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
     h, wd = (kb.dim(d) for d in win.size)
     kh, kw = (kb.dim(d) for d in win.kernel)
     channels = kb.dim(x_t.shape[1])
@@ -629,7 +629,7 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         _conv_transpose_direct(kb, n, win, groups)
         return
     b = kb.b
-    x, w, y = kb.buffer(0, "f32"), kb.buffer(1, "f32"), kb.buffer(3, "f32")
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
     h, wd = (kb.dim(d) for d in win.size)
     out_h, out_w = (kb.dim(d) for d in win.out)
     channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])
@@ -719,7 +719,7 @@ def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> Non
     dtype, else one scratch row."""
     x_t, y_t = n.in_types[0], n.out_types[0]
     dtype = x_t.dtype
-    x, y = kb.buffer(0, dtype), kb.buffer(1, y_t.dtype)
+    x, y = kb.input("x"), kb.output()
     b = kb.b
     planes, h, w = _planes(kb, x_t)
     _, out_h, out_w = _planes(kb, y_t)
@@ -764,7 +764,7 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
                      b.sdiv(b.add(need, b.sub(stride, i64(1))), stride), ZERO)
     room = b.sub(b.sub(size, i64(1)), shift)  # o * stride <= size - 1 - shift
     last = b.select(b.icmp_signed(">=", room, ZERO), b.add(b.sdiv(room, stride), i64(1)), ZERO)
-    stop = b.select(b.icmp_signed("<", last, count), last, count)
+    stop = smaller(b, last, count)
     return first, b.select(b.icmp_signed("<", stop, first), first, stop)
 
 
@@ -793,7 +793,7 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
         lo, hi = b.sub(ZERO, pad), b.add(kb.dim(win.size[axis]), pad)
         end = b.add(start, kb.dim(win.kernel[axis]))
         first = b.select(b.icmp_signed(">", start, lo), start, lo)
-        last = b.select(b.icmp_signed("<", end, hi), end, hi)
+        last = smaller(b, end, hi)
         return b.sub(last, first)
 
     def mean(oh, ow, total):
@@ -815,7 +815,7 @@ def _mean(kb, x, base: ir.Value, count: ir.Value, dtype: str, term=None) -> ir.V
 def global_avg_pool(kb, n) -> None:
     """The mean of each plane."""
     x_t, y_t = n.in_types[0], n.out_types[0]
-    x, y = kb.buffer(0, x_t.dtype), kb.buffer(1, y_t.dtype)
+    x, y = kb.input("x"), kb.output()
     planes, h, w = _planes(kb, x_t)
     size = kb.b.mul(h, w)
     with kb.for_range(planes) as p:
@@ -834,9 +834,8 @@ def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, e
     x_t, w_t, bias_t = n.in_types
     dtype = x_t.dtype
     b = kb.b
-    x, y = kb.buffer(0, dtype), kb.buffer(3, dtype)
-    weight = kb.buffer(1, dtype) if w_t is not None else None
-    bias = kb.buffer(2, dtype) if bias_t is not None else None
+    x, y = kb.input("x"), kb.output()
+    weight, bias = kb.input("weight"), kb.input("bias")
     length = b.mul(per_group, spatial)
     # an empty segment (normalized axes of size 0) leaves nothing to do, but dividing by its
     # length would trap (SIGFPE): divide by 1 then, the count being 0 anyway
@@ -875,9 +874,9 @@ def batch_norm(kb, n, eps: float) -> None:
     x_t = n.in_types[0]
     dtype = x_t.dtype
     b = kb.b
-    x, y = kb.buffer(0, dtype), kb.buffer(5, dtype)
-    mean, var, weight, bias = (kb.buffer(i, dtype) if n.in_types[i] is not None else None
-                               for i in range(1, 5))
+    x, y = kb.input("x"), kb.output()
+    mean, var, weight, bias = (kb.input(name) for name in ("running_mean", "running_var",
+                                                            "weight", "bias"))
     channels = kb.dim(x_t.shape[1])
     spatial = kb.numel(x_t.shape[2:])
     with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(channels) as c:
@@ -899,7 +898,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
     x_t, y_t = n.in_types[0], n.out_types[0]
     dtype = x_t.dtype
     b = kb.b
-    x, y = kb.buffer(0, dtype), kb.buffer(1, dtype)
+    x, y = kb.input("x"), kb.output()
     ins = [kb.dim(d) for d in x_t.shape[2:]]
     outs = [kb.dim(d) for d in y_t.shape[2:]]
     in_strides = kb.strides(x_t.shape[2:])
@@ -925,7 +924,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
         r = ratio(axis)
         if nearest:
             index = b.fptosi(kb.intrinsic("floor", b.fmul(dst, r)), I64)
-            return [(b.select(b.icmp_signed("<", index, last), index, last), None)]
+            return [(smaller(b, index, last), None)]
         if corners:
             src = b.fmul(dst, r)
         else:
@@ -935,7 +934,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
                            ir.Constant(F32, 0.0))
         lo = b.fptosi(src, I64)
         hi = b.add(lo, i64(1))
-        hi = b.select(b.icmp_signed("<", hi, last), hi, last)
+        hi = smaller(b, hi, last)
         lam = kb.convert(b.fsub(src, b.sitofp(lo, F32)), dtype)
         return [(lo, b.fsub(kb.convert(one, dtype), lam)), (hi, lam)]
 
