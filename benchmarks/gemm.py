@@ -106,7 +106,7 @@ def fma_peak() -> float:
 
 
 def main() -> None:
-    from kiln.compiler.codegen.llvm.gemm import tiling
+    from kiln.compiler.codegen.llvm.microkernels import tiling
 
     if DROPPED:
         print(f"unset for this process (they slow OpenBLAS): {', '.join(DROPPED)}")

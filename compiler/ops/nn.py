@@ -7,6 +7,7 @@ for their symbolic output sizes; their references slide one strided view (`_comm
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -55,11 +56,10 @@ from ._common import (
 from .registry import OpError, OpRecord, register
 
 
-def _native():
-    """The native kernels (imported when a lowering runs: they need llvmlite, the ops do not)."""
-    from ..codegen.llvm import nn_kernels
-
-    return nn_kernels
+def _native(family: str):
+    """The native kernels of one family, codegen/llvm/<family>.py (imported when a lowering
+    runs: they need llvmlite, the ops do not)."""
+    return importlib.import_module(f"..codegen.llvm.{family}", __package__)
 
 
 # normalization ----------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def _layer_norm_llvm(kb, n):
     """Segments of the normalized_shape's size; weight and bias follow the position."""
     size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
     one = kb.dim(1)
-    _native().normalize(kb, n, one, one, size, _eps(n), by_position=True)
+    _native("norm").normalize(kb, n, one, one, size, _eps(n), by_position=True)
 
 
 def _grouped_llvm(groups):
@@ -246,8 +246,8 @@ def _grouped_llvm(groups):
     def lower(kb, n):
         x = n.in_types[0]
         count = groups(n)
-        _native().normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
-                            kb.numel(x.shape[2:]), _eps(n), by_position=False)
+        _native("norm").normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
+                                  kb.numel(x.shape[2:]), _eps(n), by_position=False)
 
     return lower
 
@@ -301,7 +301,7 @@ register(OpRecord(
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
     "Normalize each channel (axis 1) with running statistics, then scale and shift.",
-    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: _native().batch_norm(kb, n, _eps(n))))
+    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: _native("norm").batch_norm(kb, n, _eps(n))))
 
 
 def _dropout_check(a: dict) -> None:
@@ -436,14 +436,14 @@ def _conv_onnx(b, n):
 
 def _window(x: TensorType, geo: Conv):
     """The native kernels' view of a conv or pool geometry."""
-    return _native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
-                               [lo for lo, _ in geo.pads], geo.out)
+    return _native("spatial").Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
+                                        [lo for lo, _ in geo.pads], geo.out)
 
 
 def _conv_llvm(kb, n):
     x, w, _bias = n.in_types
     geo = _conv_geometry(x, w, n.attrs)
-    _native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+    _native("conv").conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_macs(input_types, output_types, a) -> Dim:
@@ -540,8 +540,8 @@ def _conv_transpose_onnx(b, n):
 def _conv_transpose_llvm(kb, n):
     x, w, _bias = n.in_types
     stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
-    window = _native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
-    _native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+    window = _native("spatial").Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
+    _native("conv").conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
@@ -664,13 +664,13 @@ def _avg_pool_onnx(b, n):
 
 def _max_pool_llvm(kb, n):
     x = n.in_types[0]
-    _native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+    _native("pool").max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
 
 
 def _avg_pool_llvm(kb, n):
     x = n.in_types[0]
-    _native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
-                       bool(n.attrs["count_include_pad"]))
+    _native("pool").avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
+                             bool(n.attrs["count_include_pad"]))
 
 
 # max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
@@ -713,7 +713,7 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: _native().global_avg_pool(kb, n),
+    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: _native("pool").global_avg_pool(kb, n),
     tags=SAMPLEWISE))
 
 
@@ -833,7 +833,7 @@ def _resize_llvm(kb, n):
         ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
                                     out.value if out.is_const else 1, x.rank - 2, corners)
                       if known else None)
-    _native().resize(kb, n, ratios, a["mode"] == "nearest", corners)
+    _native("resize").resize(kb, n, ratios, a["mode"] == "nearest", corners)
 
 
 register(OpRecord(

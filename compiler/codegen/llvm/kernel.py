@@ -1,11 +1,12 @@
 """KernelBuilder: the function of one kernel, with typed buffers, sizes, loops and the checks
 that report bad input values (after numba's cgutils).
 
-Every kernel has the signature of abi.KERNEL_TYPE. A kernel is written against
-`KernelBuilder`:
+Every kernel has the signature of abi.KERNEL_TYPE. An op's native lowering is written against
+`KernelBuilder`, its operands named as in the op's record:
 
-    with kb.for_range(kb.numel(out_type.shape)) as i:
-        kb.store(out, i, kb.relu(kb.load(x, i)))
+    x, out, t = kb.input("x"), kb.output(), n.in_types[0]
+    with kb.for_range(kb.numel(t.shape)) as i:
+        kb.store(out, i, kb.exp(kb.load(x, i, t.dtype)), t.dtype)
 """
 
 from __future__ import annotations
@@ -20,19 +21,7 @@ from llvmlite import ir
 from ...dims import Dim
 from ...types import NUMPY_DTYPES, TensorType
 from . import irgen
-from .abi import (
-    BYTES,
-    COMPUTE,
-    DTYPE_OF,
-    I1,
-    I16,
-    I64,
-    KERNEL_TYPE,
-    PTR,
-    STORAGE,
-    VOID,
-    declare,
-)
+from .abi import BYTES, COMPUTE, DTYPE_OF, I1, I16, I64, KERNEL_TYPE, PTR, STORAGE, VOID, declare
 from .elementwise import ElementwiseKernels
 from .mathlib import ScalarMath
 from .movement import MovementKernels

@@ -29,8 +29,8 @@ from . import irgen
 from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .derived import derived_name, parse
 from .fused import tags as fused_tags
-from .gemm import tiling
 from .kernel import KernelBuilder, NativeNode, operand_names
+from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
