@@ -13,9 +13,10 @@ from llvmlite import ir
 
 from ...ir import Graph
 from ...ops import REGISTRY
+from ...ops.signature import tensor_slot_names
 from .abi import I64, PTR
 from .irgen import element
-from .kernel import NativeNode, operand_names
+from .kernel import NativeNode
 
 
 def fused_kernel(kb, n) -> None:
@@ -39,7 +40,7 @@ def fused_kernel(kb, n) -> None:
         rec = REGISTRY[node["op"]]
         anchor_node = NativeNode([None if v is None else v.type for v in operands],
                                  list(node["types"]), node["attrs"], node["span"], prepacked,
-                                 operand_names(rec, len(operands)))
+                                 tuple(tensor_slot_names(rec, len(operands))))
         saved_node, kb.node = kb.node, anchor_node
         rec.llvm(kb, anchor_node)
         kb.args_ptr, kb.node = saved, saved_node

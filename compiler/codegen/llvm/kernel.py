@@ -38,16 +38,7 @@ class NativeNode:
     attrs: dict
     span: object
     prepacked: frozenset[int] = frozenset()  # input slots holding a weight gemm.prepack_a laid out
-    names: tuple[str, ...] = ()
-
-
-def operand_names(rec, count: int) -> tuple[str, ...]:
-    """The argument name of each of `count` input slots of an op (a record's tensor list,
-    such as concat's xs, fills the slots the fixed tensor arguments leave)."""
-    tensors = [a for a in rec.args if a.kind in ("tensor", "tensor?", "tensors")]
-    spread = count - sum(a.kind != "tensors" for a in tensors)
-    return tuple(name for a in tensors
-                 for name in ([a.name] * spread if a.kind == "tensors" else [a.name]))
+    names: tuple[str, ...] = ()  # ops.signature.tensor_slot_names
 
 
 class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKernels):

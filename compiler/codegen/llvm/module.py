@@ -22,6 +22,7 @@ from llvmlite import ir
 from ...errors import KilnError
 from ...ir import Graph
 from ...ops import REGISTRY
+from ...ops.signature import tensor_slot_names
 from ...passes.layout import PACKED, PACKED_AS
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
@@ -29,7 +30,7 @@ from . import irgen
 from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .derived import derived_name, parse
 from .fused import tags as fused_tags
-from .kernel import KernelBuilder, NativeNode, operand_names
+from .kernel import KernelBuilder, NativeNode
 from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
@@ -335,7 +336,8 @@ def _kernel(module, rec, nid, graph, node, layout, vector_width=None,
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
-                   node["attrs"], node["span"], prepacked, operand_names(rec, len(operands)))
+                   node["attrs"], node["span"], prepacked,
+                   tuple(tensor_slot_names(rec, len(operands))))
     kb.node = n
     rec.llvm(kb, n)
     return kb.finish()
