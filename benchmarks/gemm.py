@@ -66,7 +66,7 @@ def fma_peak() -> float:
     import llvmlite.binding as llvm
     from llvmlite import ir
 
-    from kiln.compiler.codegen.llvm.gemm import Vectors
+    from kiln.compiler.codegen.llvm.irgen import Vectors
     from kiln.compiler.codegen.llvm.target import host
 
     width = host().vector_width
@@ -106,7 +106,7 @@ def fma_peak() -> float:
 
 
 def main() -> None:
-    from kiln.compiler.codegen.llvm.gemm import tiling
+    from kiln.compiler.codegen.llvm.microkernels import tiling
 
     if DROPPED:
         print(f"unset for this process (they slow OpenBLAS): {', '.join(DROPPED)}")

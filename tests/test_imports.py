@@ -24,7 +24,7 @@ MIDDLE = ("kiln.compiler.ops", "kiln.compiler.passes")
 BACKEND_ONLY = ("kiln.compiler.codegen.onnx", "kiln.compiler.codegen.llvm.module",
                 "kiln.runtime")
 # the native backend's own walk over a graph; every other module of codegen.llvm is the
-# kernel library (gemm, nn_kernels, kernel, threads and their helpers), which never asks the
+# kernel library (gemm, conv, pool, kernel, threads and their helpers), which never asks the
 # op registry: a record calls the kernel library, not the other way round
 NATIVE_DRIVER = frozenset({"kiln.compiler.codegen.llvm." + name for name in
                            ("__init__", "module", "fused", "plan", "pipeline", "fuse", "layout",

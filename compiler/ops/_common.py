@@ -344,11 +344,12 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 # NC(L)/NCHW operands ---------------------------------------------------------------------
-def nn_native():
-    """The native kernels (imported when a lowering runs: they need llvmlite, the ops do not)."""
-    from ..codegen.llvm import nn_kernels
+def nn_native(family: str):
+    """The native kernels of one family, codegen/llvm/<family>.py: conv, norm, pool, resize or
+    spatial (imported when a lowering runs: they need llvmlite, the ops do not)."""
+    from ..codegen.llvm import conv, norm, pool, resize, spatial
 
-    return nn_kernels
+    return {"conv": conv, "norm": norm, "pool": pool, "resize": resize, "spatial": spatial}[family]
 
 
 def check_affine(x: TensorType, params: list[TensorType | None], names: list[str],

@@ -165,14 +165,14 @@ def _conv_onnx(b, n):
 
 def _window(x: TensorType, geo: Conv):
     """The native kernels' view of a conv or pool geometry."""
-    return nn_native().Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
+    return nn_native("spatial").Window.of(x.shape[2:], geo.kernel, geo.stride, geo.dilation,
                                [lo for lo, _ in geo.pads], geo.out)
 
 
 def _conv_llvm(kb, n):
     x, w, _bias = n.in_types
     geo = _conv_geometry(x, w, n.attrs)
-    nn_native().conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+    nn_native("conv").conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_macs(input_types, output_types, a) -> Dim:
@@ -269,8 +269,9 @@ def _conv_transpose_onnx(b, n):
 def _conv_transpose_llvm(kb, n):
     x, w, _bias = n.in_types
     stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
-    window = nn_native().Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding, out)
-    nn_native().conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+    window = nn_native("spatial").Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding,
+                                            out)
+    nn_native("conv").conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
@@ -393,12 +394,12 @@ def _avg_pool_onnx(b, n):
 
 def _max_pool_llvm(kb, n):
     x = n.in_types[0]
-    nn_native().max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+    nn_native("pool").max_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)))
 
 
 def _avg_pool_llvm(kb, n):
     x = n.in_types[0]
-    nn_native().avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
+    nn_native("pool").avg_pool(kb, n, _window(x, _pool_geometry(x, n.attrs)),
                        bool(n.attrs["count_include_pad"]))
 
 
@@ -442,5 +443,6 @@ register(OpRecord(
     lambda env, inputs, a: [np.mean(upcast(inputs[0]), axis=tuple(range(2, inputs[0].ndim)),
                                     keepdims=True).astype(inputs[0].dtype)],
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
-    onnx=widened(_global_avg_pool_onnx), llvm=lambda kb, n: nn_native().global_avg_pool(kb, n),
+    onnx=widened(_global_avg_pool_onnx),
+    llvm=lambda kb, n: nn_native("pool").global_avg_pool(kb, n),
     props=SAMPLEWISE))

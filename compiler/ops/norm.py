@@ -184,7 +184,7 @@ def _layer_norm_llvm(kb, n):
     """Segments of the normalized_shape's size; weight and bias follow the position."""
     size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
     one = kb.dim(1)
-    nn_native().normalize(kb, n, one, one, size, _eps(n), by_position=True)
+    nn_native("norm").normalize(kb, n, one, one, size, _eps(n), by_position=True)
 
 
 def _grouped_llvm(groups):
@@ -193,7 +193,7 @@ def _grouped_llvm(groups):
     def lower(kb, n):
         x = n.in_types[0]
         count = groups(n)
-        nn_native().normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
+        nn_native("norm").normalize(kb, n, kb.dim(count), kb.dim(x.shape[1] // count),
                             kb.numel(x.shape[2:]), _eps(n), by_position=False)
 
     return lower
@@ -243,7 +243,8 @@ register(OpRecord(
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
     "Normalize each channel (axis 1) with running statistics, then scale and shift.",
-    onnx=widened(_batch_norm_onnx), llvm=lambda kb, n: nn_native().batch_norm(kb, n, _eps(n))))
+    onnx=widened(_batch_norm_onnx),
+    llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n))))
 
 
 def _dropout_check(a: dict) -> None:

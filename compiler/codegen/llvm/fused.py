@@ -9,22 +9,23 @@ values are rounded to their own dtype between ops, as separate kernels would sto
 
 from __future__ import annotations
 
-import dataclasses
-
 from llvmlite import ir
 
 from ...ir import Graph
 from ...ops import REGISTRY, Prop
-from .kernel import I64, PTR
+from ...ops.signature import tensor_slot_names
+from .abi import I64, PTR
+from .irgen import element
+from .kernel import NativeNode
 
 
 def fused_kernel(kb, n) -> None:
-    """The kernel of fused node `n` (a module.NativeNode)."""
+    """The kernel of fused node `n` (a kernel.NativeNode)."""
     body: Graph = n.attrs["body"]
     anchor = n.attrs.get("anchor")
     out_t = n.out_types[0]
     slot_of = {nid: i for i, nid in enumerate(body.inputs)}
-    out = kb.buffer(len(n.in_types), out_t.dtype)
+    out = kb.output()
     if anchor is not None:
         node = body.node(anchor)
         operands = body.operands(anchor)
@@ -37,12 +38,13 @@ def fused_kernel(kb, n) -> None:
         saved, kb.args_ptr = kb.args_ptr, array
         prepacked = frozenset(i for i, v in enumerate(operands)
                               if v is not None and slot_of[v.node] in n.prepacked)
-        # the anchor as its own lowering sees it: n's kind of node, with the anchor's types
-        REGISTRY[node["op"]].llvm(kb, dataclasses.replace(
-            n, in_types=[None if v is None else v.type for v in operands],
-            out_types=list(node["types"]), attrs=node["attrs"], span=node["span"],
-            prepacked=prepacked))
-        kb.args_ptr = saved
+        rec = REGISTRY[node["op"]]
+        anchor_node = NativeNode([None if v is None else v.type for v in operands],
+                                 list(node["types"]), node["attrs"], node["span"], prepacked,
+                                 tuple(tensor_slot_names(rec, len(operands))))
+        saved_node, kb.node = kb.node, anchor_node
+        rec.llvm(kb, anchor_node)
+        kb.args_ptr, kb.node = saved, saved_node
     # the loop reads the body inputs the elementwise ops use, and the anchor's result
     read: list[tuple[int, int]] = []
     for nid in body.order():
@@ -58,7 +60,7 @@ def fused_kernel(kb, n) -> None:
             ins.append((out, out_t))
         else:
             t = n.in_types[slot_of[node_id]]
-            ins.append((kb.buffer(slot_of[node_id], t.dtype), t))
+            ins.append((kb.input(slot_of[node_id]), t))
     result = (body.outputs[0].node, body.outputs[0].index)
 
     # no FMA contraction or reassociation across a rounded f16 intermediate: LLVM narrows each
@@ -89,7 +91,7 @@ def fused_kernel(kb, n) -> None:
 
 def _raw(kb, index: int) -> ir.Value:
     """Argument `index` of the kernel, as the untyped pointer it was passed as."""
-    return kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, index)]))
+    return element(kb.b, kb.args_ptr, index)
 
 
 def props(node: dict) -> frozenset[Prop]:

@@ -8,15 +8,15 @@
               C[ir:, jr:] += A_panel @ B_panel  # A broadcast, B two vectors wide, llvm.fma
 
 One GEMM function per module and kind of B (`_driver`) holds these loops; every kernel calls it
-with its sizes, so a model with twenty convolutions compiles them once. The micro-kernels are
-functions too, one per tile height: the rows are taken MR at a time, then the tallest smaller
-kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the last full panel are
-zero in the packed B panel and stored through a mask. With at most MR rows, a B that is a matrix
-is read in place (packing it would cost as much as the product), in slices of IN_PLACE_DEPTH
-rows; with at most STREAM_ROWS (a matrix-vector product), row by row by `row_kernel`, which
-keeps each sum in a register and streams B, the product's whole cost. B is anything that
-packs itself into panels (`Source`): a matrix, or a convolution's input seen as its im2col
-matrix (nn_kernels.Im2col, never materialised; nn_kernels.Shifted for stride 1).
+with its sizes, so a model with twenty convolutions compiles them once. The micro-kernels
+(microkernels.py) are functions too, one per tile height: the rows are taken MR at a time, then
+the tallest smaller kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the
+last full panel are zero in the packed B panel and stored through a mask. With at most MR rows,
+a B that is a matrix is read in place (packing it would cost as much as the product), in slices
+of IN_PLACE_DEPTH rows; with at most STREAM_ROWS (a matrix-vector product), row by row by
+`row_kernel`, which keeps each sum in a register and streams B, the product's whole cost. B is
+anything that packs itself into panels (`Source`): a matrix, or a convolution's input seen as
+its im2col matrix (im2col.Im2col, never materialised; im2col.Shifted for stride 1).
 """
 
 from __future__ import annotations
@@ -27,48 +27,16 @@ from typing import Protocol
 import numpy as np
 from llvmlite import ir
 
-from .kernel import F32, I1, I32, I64, PTR, VOID, declare
+from .abi import F32, I64, KERNEL_TYPE, PTR
+from .irgen import Vectors, element, i64, loop, memcpy, smaller
+from .kernel import KernelBuilder
+from .microkernels import STREAM_ROWS, Tiling, micro_kernel, row_kernel, tiling
+from .threads import parallel_rows, threads_global
 
-F32P = F32.as_pointer()
 ALIGN = 64  # bytes: packed panels start on a cache line
 # B read in place is walked in slices this deep: a KC-deep walk down a 32-column panel of a
 # wide B strides across pages (TLB misses); 16 rows of it stay in L1 across the row of panels
 IN_PLACE_DEPTH = 16
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Register and cache blocking for one vector width (f32 lanes)."""
-
-    width: int
-    mr: int  # rows of the C tile held in registers
-    kc: int  # depth of a packed slice: a KC x NR panel of B stays in L1
-    mc: int  # rows of a packed block of A (a multiple of mr): MC x KC stays in L2
-    nc: int  # columns of a packed block of B (a multiple of nr)
-
-    @property
-    def nr(self) -> int:
-        """Columns of the C tile: two vectors."""
-        return 2 * self.width
-
-    @property
-    def heights(self) -> tuple[int, ...]:
-        """Micro-kernel heights: mr, then the powers of two below it (for remainder rows)."""
-        small = [1 << i for i in range(self.mr.bit_length()) if 1 << i < self.mr]
-        return (self.mr, *sorted(small, reverse=True))
-
-
-def tiling(width: int | None = None) -> Tiling:
-    """The blocking for `width` f32 lanes (default: the host's widest vectors). AVX-512 has 32
-    vector registers: a 12 x 32 tile keeps 24 accumulators, two B vectors and the broadcast A
-    value; AVX2 and SSE have 16: a 6 x 2-vector tile keeps 12."""
-    if width is None:
-        from .target import host
-
-        width = host().vector_width
-    if width >= 16:
-        return Tiling(16, mr=12, kc=256, mc=96, nc=512)
-    return Tiling(width, mr=6, kc=384, mc=72, nc=512)
 
 
 class Source(Protocol):
@@ -168,247 +136,6 @@ class PackedB:
         raise AssertionError("a prepacked B is read in place, never packed")
 
 
-class Vectors:
-    """<width x float> loads, stores, masks and FMAs on one IRBuilder."""
-
-    def __init__(self, b: ir.IRBuilder, width: int):
-        self.b, self.width = b, width
-        self.type = ir.VectorType(F32, width)
-        self.mask_type = ir.VectorType(I1, width)
-
-    def _pointer(self, ptr: ir.Value, offset) -> ir.Value:
-        at = ptr if offset == 0 else self.b.gep(ptr, [_i64(offset)])
-        return self.b.bitcast(at, self.type.as_pointer())
-
-    def load(self, ptr, offset=0, align: int = 4) -> ir.Value:
-        return self.b.load(self._pointer(ptr, offset), align=align)
-
-    def store(self, value, ptr, offset=0, align: int = 4) -> None:
-        self.b.store(value, self._pointer(ptr, offset), align=align)
-
-    def mask(self, count: ir.Value, first: int) -> ir.Value:
-        """Lanes first + l < count (count is i64)."""
-        lanes = ir.Constant(ir.VectorType(I32, self.width),
-                            [first + lane for lane in range(self.width)])
-        return self.b.icmp_signed("<", lanes, self.splat(self.b.trunc(count, I32)))
-
-    def masked_load(self, ptr, offset, mask) -> ir.Value:
-        """The lanes of `mask` from memory, zero elsewhere; the others are never read."""
-        fn = self._intrinsic("masked.load", self.type,
-                             [self.type.as_pointer(), I32, self.mask_type, self.type])
-        return self.b.call(fn, [self._pointer(ptr, offset), ir.Constant(I32, 4), mask,
-                                ir.Constant(self.type, None)])
-
-    def masked_store(self, value, ptr, offset, mask) -> None:
-        fn = self._intrinsic("masked.store", VOID,
-                             [self.type, self.type.as_pointer(), I32, self.mask_type])
-        self.b.call(fn, [value, self._pointer(ptr, offset), ir.Constant(I32, 4), mask])
-
-    def splat(self, scalar: ir.Value) -> ir.Value:
-        vty = ir.VectorType(scalar.type, self.width)
-        one = self.b.insert_element(ir.Constant(vty, None), scalar, ir.Constant(I32, 0))
-        zeros = ir.Constant(ir.VectorType(I32, self.width), [0] * self.width)
-        return self.b.shuffle_vector(one, ir.Constant(vty, None), zeros)
-
-    def fma(self, a, b, c) -> ir.Value:
-        """a * b + c, fused."""
-        fn = self._intrinsic("fma", self.type, [self.type] * 3)
-        return self.b.call(fn, [a, b, c], fastmath=("contract",))
-
-    def gather(self, base: ir.Value, offsets: ir.Value, mask: ir.Value) -> ir.Value:
-        """base[offsets[l]] in the lanes of `mask` (offsets: <width x i32>), zero elsewhere;
-        the others are never read."""
-        b = self.b
-        lanes = ir.VectorType(I64, self.width)
-        start = self.splat(b.ptrtoint(base, I64))
-        bytes_ = b.shl(b.sext(offsets, lanes), self.splat(ir.Constant(I64, 2)))
-        pointers = b.inttoptr(b.add(start, bytes_), ir.VectorType(F32P, self.width))
-        fn = self._intrinsic("masked.gather", self.type,
-                             [pointers.type, I32, self.mask_type, self.type])
-        return b.call(fn, [pointers, ir.Constant(I32, 4), mask, ir.Constant(self.type, None)])
-
-    def _intrinsic(self, name: str, ret, args) -> ir.Function:
-        pointers = f".v{self.width}p0" if "gather" in name else ".p0" if "masked" in name else ""
-        symbol = f"llvm.{name}.v{self.width}f32{pointers}"
-        module = self.b.module
-        fn = module.globals.get(symbol)
-        return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), symbol)
-
-
-def _copy(kb, dst: ir.Value, src: ir.Value, count: ir.Value) -> None:
-    """dst[:count] = src[:count] (f32), as llvm.memcpy."""
-    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-    size = kb.b.mul(count, ir.Constant(I64, 4))
-    kb.b.call(memcpy, [kb.b.bitcast(dst, PTR), kb.b.bitcast(src, PTR), size, ir.Constant(I1, 0)])
-
-
-def _i64(value) -> ir.Value:
-    return value if isinstance(value, ir.Value) else ir.Constant(I64, value)
-
-
-# the micro-kernel -------------------------------------------------------------------------
-# void micro(i64 kc, float* a_panel, float* b, i64 b_stride, float* c, i64 ldc, i64 cols, i1 add)
-MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
-
-
-def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
-    """C[:height, :cols] (+)= A_panel @ B: the A panel is `height` rows of kc floats, KC apart
-    (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place);
-    cols <= NR columns are stored."""
-    name = f"kiln_gemm_{height}x{t.nr}x{t.kc}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
-    fn = ir.Function(module, MICRO_TYPE, name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")  # one copy per module, called once per tile
-    kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
-    for arg in (a, b_ptr, c):
-        arg.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    vec = Vectors(b, t.width)
-    zero = ir.Constant(vec.type, None)
-
-    prefetch = declare(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-    next_panel = b.gep(a, [ir.Constant(I64, height * t.kc)])
-
-    def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
-        row = b.gep(b_ptr, [b.mul(p, b_stride)])
-        bv = [vec.load(row, v * t.width) for v in range(2)]
-        a_col = b.gep(a, [p])
-        # the next tile's A panel (height rows of KC floats just after this one, when A is
-        # packed or prepacked), fetched a line per step while this tile computes: a
-        # prepacked weight comes from memory the first time each call
-        ahead = b.gep(next_panel, [b.mul(p, ir.Constant(I64, height))])
-        b.call(prefetch, [b.bitcast(ahead, PTR), ir.Constant(I32, 0), ir.Constant(I32, 3),
-                          ir.Constant(I32, 1)])
-        out = []
-        for i in range(height):
-            ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
-            out += [vec.fma(ai, bv[v], accs[2 * i + v]) for v in range(2)]
-        return out
-
-    accs = _counted_loop(b, kc, [zero] * (2 * height), update)
-
-    with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, t.nr))) as (whole, part):
-        with whole:
-            _store_tile(vec, c, ldc, accs, height, 2, None, add)
-        with part:  # through masks at the right edge
-            _store_tile(vec, c, ldc, accs, height, 2,
-                        [vec.mask(cols, v * t.width) for v in range(2)], add)
-    b.ret_void()
-    return fn
-
-
-def _store_tile(vec: Vectors, c: ir.Value, ldc: ir.Value, accs: list[ir.Value], height: int,
-                vectors: int, masks: list[ir.Value] | None, add: ir.Value) -> None:
-    """C (+)= a tile of accumulators: `height` rows of `vectors` vectors (row i's at
-    accs[i * vectors:]), ldc floats apart; only the lanes of `masks` (one per vector) when
-    given; C += when the i1 `add` is set."""
-    b = vec.b
-    with b.if_else(add) as (adding, writing):
-        for branch, adds in ((adding, True), (writing, False)):
-            with branch:
-                for i in range(height):
-                    row = b.gep(c, [b.mul(_i64(i), ldc)])
-                    for v in range(vectors):
-                        at, value = v * vec.width, accs[i * vectors + v]
-                        mask = None if masks is None else masks[v]
-                        if adds:
-                            old = (vec.load(row, at) if mask is None
-                                   else vec.masked_load(row, at, mask))
-                            value = b.fadd(old, value)
-                        if mask is None:
-                            vec.store(value, row, at)
-                        else:
-                            vec.masked_store(value, row, at, mask)
-
-
-def _counted_loop(b: ir.IRBuilder, stop: ir.Value, init: list[ir.Value], step) -> list[ir.Value]:
-    """for p in range(stop): values = step(p, values); the values are loop-carried phis."""
-    pre = b.block
-    head, body, done = (b.append_basic_block(n) for n in ("k.head", "k.body", "k.done"))
-    b.branch(head)
-    b.position_at_end(head)
-    p = b.phi(I64, name="p")
-    values = [b.phi(v.type) for v in init]
-    p.add_incoming(ir.Constant(I64, 0), pre)
-    for phi, v in zip(values, init):
-        phi.add_incoming(v, pre)
-    b.cbranch(b.icmp_signed("<", p, stop), body, done)
-    b.position_at_end(body)
-    new = step(p, values)
-    for phi, v in zip(values, new):
-        phi.add_incoming(v, b.block)
-    p.add_incoming(b.add(p, ir.Constant(I64, 1), flags=("nsw",)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return values
-
-
-# the row kernel --------------------------------------------------------------------------
-# void rows(i64 k, float* a, i64 a_row, i64 a_step, float* b, i64 ldb, float* c, i64 ldc,
-#           i64 cols, i1 add)
-ROWS_TYPE = ir.FunctionType(VOID, [I64, F32P, I64, I64, F32P, I64, F32P, I64, I64, I1])
-STREAM_ROWS = 2  # C at most this many rows high: B streamed row by row (`row_kernel`)
-
-
-def row_kernel(module: ir.Module, width: int, height: int, vectors: int,
-               panels: bool = False) -> ir.Function:
-    """C[:height, :cols] (+)= A[:height, :k] @ B[:k, :cols] with B read in place, one row of
-    `vectors` vectors at a time: the whole sum of each C element stays in a register, and B
-    streams through in consecutive runs of its rows (a matrix-vector product is bound by
-    reading B, which a panel walk of IN_PLACE_DEPTH-deep slices reads less well). A[i, p] is
-    at a[i * a_row + p * a_step]; cols <= vectors * width. B's row p is at b + p * ldb, or,
-    with `panels` (a prepacked B, `PackedB`; `vectors` even), its vectors 2q and 2q + 1 are
-    in the q-th panel, at b + q * ldb + p * 2 * width: each panel streams in one run."""
-    name = f"kiln_gemm_rows_{height}x{vectors}x{width}{'_panels' if panels else ''}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
-    fn = ir.Function(module, ROWS_TYPE, name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    k, a, a_row, a_step, b_ptr, ldb, c, ldc, cols, add = fn.args
-    for arg in (a, b_ptr, c):
-        arg.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    vec = Vectors(b, width)
-    zero = ir.Constant(vec.type, None)
-    whole = b.icmp_signed("==", cols, _i64(vectors * width))
-    masks = [vec.mask(cols, v * width) for v in range(vectors)]
-
-    def sums(partial: bool) -> list[ir.Value]:
-        def update(p, accs):
-            if panels:
-                rows = [b.gep(b_ptr, [b.add(b.mul(_i64(v // 2), ldb), b.mul(p, _i64(2 * width)))])
-                        for v in range(0, vectors, 2)]
-                at = [(rows[v // 2], (v % 2) * width) for v in range(vectors)]
-            else:
-                row = b.gep(b_ptr, [b.mul(p, ldb)])
-                at = [(row, v * width) for v in range(vectors)]
-            bv = [vec.masked_load(ptr, off, masks[v]) if partial else vec.load(ptr, off)
-                  for v, (ptr, off) in enumerate(at)]
-            out = []
-            for i in range(height):
-                a_at = b.add(b.mul(_i64(i), a_row), b.mul(p, a_step))
-                ai = vec.splat(b.load(b.gep(a, [a_at])))
-                out += [vec.fma(ai, bv[v], accs[i * vectors + v]) for v in range(vectors)]
-            return out
-
-        return _counted_loop(b, k, [zero] * (height * vectors), update)
-
-    with b.if_else(whole) as (full, part):
-        for branch, partial in ((full, False), (part, True)):
-            with branch:
-                _store_tile(vec, c, ldc, sums(partial), height, vectors,
-                            masks if partial else None, add)
-    b.ret_void()
-    return fn
-
-
 # the driver -------------------------------------------------------------------------------
 def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Matrix,
          accumulate: bool = False, t: Tiling | None = None) -> None:
@@ -436,8 +163,6 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     B, the costly part); with a prepacked A, which no block packs, about eight blocks a thread,
     claimed as threads come free (even work), else one a thread (each packs all of A);
     otherwise one block of rows a thread (each packs all of B)."""
-    from .threads import parallel_rows
-
     name = f"{driver.name}_parallel"
     fn = module.globals.get(name)
     if fn is not None:
@@ -465,17 +190,13 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
                             min_work=PARALLEL_WORK, rows_index=1,
                             oversplit=8 if a_kind == "prepacked" else 1, short_last=True,
                             name=f"{driver.name}_columns")
-    from .kernel import KERNEL_TYPE
-
     fn = ir.Function(module, KERNEL_TYPE, name)
     fn.linkage = "internal"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m, n = (b.load(b.gep(fn.args[1], [ir.Constant(I64, i)])) for i in range(2))
+    m, n = (element(b, fn.args[1], i) for i in range(2))
     wide = b.icmp_signed(">=", n, m)
     if a_kind == "prepacked":  # no A to pack: columns whenever there are four panels a thread
         # (with fewer, whole panels split unevenly: 7 over 2 threads is 4 and 3)
-        from .threads import threads_global
-
         panels = b.mul(b.load(threads_global(module)), ir.Constant(I64, 4 * t.nr))
         wide = b.or_(wide, b.icmp_signed(">=", n, panels))
     with b.if_else(wide) as (by_cols, by_rows_):
@@ -490,8 +211,6 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
 def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Function:
     """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
     a kernel-shaped function with the blocked loops for one kind of B."""
-    from .kernel import KernelBuilder
-
     kinds = f"{ {'matrix': '', 'transposed': 'at_', 'prepacked': 'ap_'}[a_kind]}" \
         f"{source.__name__.lower()}"
     name = f"kiln_sgemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
@@ -501,8 +220,7 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Funct
     kb = KernelBuilder(module, name, [])
     kb.function.attributes.add("noinline")  # compiled once, called from every kernel
     pointers = [kb.buffer(i, "f32") for i in range(2 + source.pointers)]
-    sizes = [kb.b.load(kb.b.gep(kb.dims_ptr, [ir.Constant(I64, i)]))
-             for i in range(6 + source.sizes)]
+    sizes = [element(kb.b, kb.dims_ptr, i) for i in range(6 + source.sizes)]
     m, n, k, lda, ldc, accumulate = sizes[:6]
     a_pack = _buffer(kb.b, t.mc * t.kc, "a_pack")  # packing buffers: fixed size, on the stack
     b_pack = _buffer(kb.b, t.kc * t.nc, "b_pack")
@@ -528,7 +246,7 @@ def _first_fit(b: ir.IRBuilder, rows: ir.Value, paths: list, otherwise) -> None:
         otherwise()
         return
     (most, emit), rest = paths[0], paths[1:]
-    with b.if_else(b.icmp_signed("<=", rows, _i64(most))) as (within, beyond):
+    with b.if_else(b.icmp_signed("<=", rows, i64(most))) as (within, beyond):
         with within:
             emit()
         with beyond:
@@ -558,7 +276,7 @@ class _Gemm:
     accumulate: ir.Value  # i1
 
     def _min(self, x, y):
-        return self.kb.b.select(self.kb.b.icmp_signed("<", x, y), x, y)
+        return smaller(self.kb.b, x, y)
 
     def _at(self, ptr, offset):
         return self.kb.b.gep(ptr, [offset])
@@ -567,14 +285,14 @@ class _Gemm:
         """body(pc, kc, add) for each `depth`-deep slice of the sum; add: C += rather than C =."""
         kb = self.kb
         with kb.for_range(self.k, step=depth) as pc:
-            kc = self._min(_i64(depth), kb.b.sub(self.k, pc))
-            not_first = kb.b.icmp_signed("!=", pc, _i64(0))
+            kc = self._min(i64(depth), kb.b.sub(self.k, pc))
+            not_first = kb.b.icmp_signed("!=", pc, i64(0))
             body(pc, kc, kb.b.or_(self.accumulate, not_first))
 
     def empty_sum(self) -> None:
         """With k = 0 there is no slice to write C: C = 0 (or stays, when accumulating)."""
         kb, b = self.kb, self.kb.b
-        nothing = b.and_(b.icmp_signed("==", self.k, _i64(0)), b.not_(self.accumulate))
+        nothing = b.and_(b.icmp_signed("==", self.k, i64(0)), b.not_(self.accumulate))
         with b.if_then(nothing), kb.for_range(self.m) as i, kb.for_range(self.n) as j:
             b.store(ir.Constant(F32, 0.0), self.c.at(kb, i, j))
 
@@ -584,14 +302,14 @@ class _Gemm:
         if not self.a.prepacked:
             self._pack_a(row0, rows, pc, kc)
             return self.a_pack
-        b, depth = self.kb.b, _i64(self.t.kc)
+        b, depth = self.kb.b, i64(self.t.kc)
         offset = b.add(b.mul(b.sdiv(pc, depth), self.a.stride),
                        b.add(b.mul(row0, depth), b.srem(pc, depth)))
         return self._at(self.a.ptr, offset)
 
     def _pack_a(self, row0, rows, pc, kc) -> None:
         """A[row0 : row0+rows, pc : pc+kc] into the A buffer, one row every KC floats."""
-        kb, b, pitch = self.kb, self.kb.b, _i64(self.t.kc)
+        kb, b, pitch = self.kb, self.kb.b, i64(self.t.kc)
         if self.a.transposed:  # a column of the stored matrix per p: read along it
             with kb.for_range(kc) as p, kb.for_range(rows) as i:
                 value = b.load(self.a.at(kb, b.add(row0, i), b.add(pc, p)))
@@ -599,7 +317,9 @@ class _Gemm:
             return
         with kb.for_range(rows) as i:
             dst = self._at(self.a_pack, b.mul(i, pitch))
-            _copy(kb, dst, self.a.at(kb, b.add(row0, i), pc), kc)
+            src = self.a.at(kb, b.add(row0, i), pc)
+            size = b.mul(kc, i64(4))
+            memcpy(b, b.bitcast(dst, PTR), b.bitcast(src, PTR), size)
 
     def _tiles(self, a_block, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
@@ -609,23 +329,24 @@ class _Gemm:
 
         def step(i):
             left = b.sub(rows, i)
-            height, fn = _i64(1), kernels[0][1]
+            height, fn = i64(1), kernels[0][1]
             for h, f in kernels[1:]:  # the tallest micro-kernel that fits
-                fits = b.icmp_signed(">=", left, _i64(h))
-                height, fn = b.select(fits, _i64(h), height), b.select(fits, f, fn)
-            a_panel = self._at(a_block, b.mul(i, _i64(t.kc)))
+                fits = b.icmp_signed(">=", left, i64(h))
+                height, fn = b.select(fits, i64(h), height), b.select(fits, f, fn)
+            a_panel = self._at(a_block, b.mul(i, i64(t.kc)))
             b.call(fn, [kc, a_panel, b_ptr, b_stride, self.c.at(self.kb, b.add(row0, i), col),
                         self.c.stride, cols, add])
             return height
 
-        _loop(b, rows, step)
+        with loop(b, rows, name="by") as tiles:
+            tiles.advance(step(tiles.index))
 
     def packed(self) -> None:
         """The blocked loops: B packed per (NC, KC) block, A per (MC, KC) block."""
         kb, t, b = self.kb, self.t, self.kb.b
-        nr = _i64(t.nr)
+        nr = i64(t.nr)
         with kb.for_range(self.n, step=t.nc) as jc:
-            nc = self._min(_i64(t.nc), b.sub(self.n, jc))
+            nc = self._min(i64(t.nc), b.sub(self.n, jc))
 
             def block(pc, kc, add):
                 prepacked = isinstance(self.b, PackedB)
@@ -634,7 +355,7 @@ class _Gemm:
                         self.b.pack(kb, self._at(self.b_pack, b.mul(jr, kc)), pc, kc,
                                     b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
                 with kb.for_range(self.m, step=t.mc) as ic:
-                    mc = self._min(_i64(t.mc), b.sub(self.m, ic))
+                    mc = self._min(i64(t.mc), b.sub(self.m, ic))
                     a_block = self._a_block(ic, mc, pc, kc)
                     with kb.for_range(nc, step=t.nr) as jr:
                         panel = (self.b.panel(kb, b.add(jc, jr), pc, t.nr) if prepacked
@@ -649,12 +370,12 @@ class _Gemm:
         the widest kernel that fits the columns left (the last one masked), A in place."""
         kb, t, b = self.kb, self.t, self.kb.b
         a = self.a
-        a_row, a_step = (_i64(1), a.stride) if a.transposed else (a.stride, _i64(1))
+        a_row, a_step = (i64(1), a.stride) if a.transposed else (a.stride, i64(1))
         # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2)
         most = 24 if t.width >= 16 else 12
         packed = isinstance(self.b, PackedB)  # whole panels a kernel: an even vector count
         for height in range(1, STREAM_ROWS + 1):
-            with b.if_then(b.icmp_signed("==", self.m, _i64(height))):
+            with b.if_then(b.icmp_signed("==", self.m, i64(height))):
                 widths = [v for v in (16, 8, 4, 2, 1)
                           if v * height <= most and not (packed and v % 2)]
                 kernels = [(v, row_kernel(kb.module, t.width, height, v, packed))
@@ -662,56 +383,42 @@ class _Gemm:
 
                 def step(j, kernels=kernels):
                     left = b.sub(self.n, j)
-                    chosen, fn = _i64(kernels[-1][0] * t.width), kernels[-1][1]
+                    chosen, fn = i64(kernels[-1][0] * t.width), kernels[-1][1]
                     for v, f in reversed(kernels[:-1]):  # the widest that fits whole
-                        fits = b.icmp_signed(">=", left, _i64(v * t.width))
-                        chosen, fn = b.select(fits, _i64(v * t.width), chosen), \
+                        fits = b.icmp_signed(">=", left, i64(v * t.width))
+                        chosen, fn = b.select(fits, i64(v * t.width), chosen), \
                             b.select(fits, f, fn)
                     cols = self._min(chosen, left)
                     if packed:  # j is a multiple of NR: a panel's first column
-                        b_at, ldb = self.b.panel(kb, j, _i64(0), t.nr), \
-                            b.mul(self.b.depth, _i64(t.nr))
+                        b_at, ldb = self.b.panel(kb, j, i64(0), t.nr), \
+                            b.mul(self.b.depth, i64(t.nr))
                     else:
-                        b_at, ldb = self.b.at(kb, _i64(0), j), self.b.stride
+                        b_at, ldb = self.b.at(kb, i64(0), j), self.b.stride
                     b.call(fn, [self.k, a.ptr, a_row, a_step, b_at, ldb,
-                                self.c.at(kb, _i64(0), j), self.c.stride, cols,
+                                self.c.at(kb, i64(0), j), self.c.stride, cols,
                                 self.accumulate])
                     return cols
 
-                _loop(b, self.n, step)
+                with loop(b, self.n, name="by") as runs:
+                    runs.advance(step(runs.index))
 
     def in_place(self) -> None:
         """At most MR rows: A packed, B read where it is (its last partial panel packed)."""
         kb, t, b = self.kb, self.t, self.kb.b
-        nr = _i64(t.nr)
+        nr = i64(t.nr)
         full_n = b.sub(self.n, b.urem(self.n, nr))
         cols = b.sub(self.n, full_n)
 
         def block(pc, kc, add):
-            a_block = self._a_block(_i64(0), self.m, pc, kc)
+            a_block = self._a_block(i64(0), self.m, pc, kc)
             with kb.for_range(full_n, step=t.nr) as jr:
-                self._tiles(a_block, _i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride,
+                self._tiles(a_block, i64(0), self.m, kc, self.b.at(kb, pc, jr), self.b.stride,
                             jr, nr, add)
-            with b.if_then(b.icmp_signed("!=", cols, _i64(0))):
+            with b.if_then(b.icmp_signed("!=", cols, i64(0))):
                 self.b.pack(kb, self.b_pack, pc, kc, full_n, cols, t.nr)
-                self._tiles(a_block, _i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
+                self._tiles(a_block, i64(0), self.m, kc, self.b_pack, nr, full_n, cols, add)
 
         self._slices(block, IN_PLACE_DEPTH)
-
-
-def _loop(b: ir.IRBuilder, stop: ir.Value, step) -> None:
-    """i = 0; while i < stop: i += step(i) (step emits the body and returns the advance)."""
-    pre = b.block
-    head, body, done = (b.append_basic_block(n) for n in ("by.head", "by.body", "by.done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64, name="i")
-    i.add_incoming(_i64(0), pre)
-    b.cbranch(b.icmp_signed("<", i, stop), body, done)
-    b.position_at_end(body)
-    i.add_incoming(b.add(i, step(i)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
 
 
 def _panels(weight: np.ndarray, groups: int, size: int) -> np.ndarray:

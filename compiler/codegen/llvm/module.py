@@ -24,14 +24,17 @@ from llvmlite import ir
 from ...errors import KilnError
 from ...ir import STRUCTURAL_OPS, Graph, GraphVisitor
 from ...ops import REGISTRY, Prop
+from ...ops.signature import tensor_slot_names
 from ...passes.memory import ALIGN, place, plan
 from ...types import TensorType
+from . import irgen
+from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .derived import derived_name, parse
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
-from .gemm import tiling
-from .kernel import I8, I64, KERNEL_TYPE, PTR, VOID, KernelBuilder, declare
+from .kernel import KernelBuilder, NativeNode
 from .layout import PACKED
+from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
@@ -62,17 +65,6 @@ class ModuleLayout:
         return self.params.index(name)
 
 
-@dataclass
-class NativeNode:
-    """What an op's native lowering sees: the node's types and attributes."""
-
-    in_types: list[TensorType | None]
-    out_types: list[TensorType]
-    attrs: dict
-    span: object
-    prepacked: frozenset[int] = frozenset()  # input slots holding a weight gemm.prepack_a laid out
-
-
 ENTRY_TYPE = ir.FunctionType(
     VOID, [PTR.as_pointer(), PTR.as_pointer(), PTR.as_pointer(), PTR, I64.as_pointer(),
            I64.as_pointer(), I64.as_pointer()]
@@ -98,8 +90,8 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
         offset = b.load(b.gep(offsets_p, [ir.Constant(I64, len(layout.slots) - 1)]))
         return b.gep(work_p, [offset])
 
-    ins = [_element(b, inputs_p, i) for i in range(len(graph.inputs))]
-    outs = [_element(b, outputs_p, i) for i in range(len(graph.outputs))]
+    ins = [irgen.element(b, inputs_p, i) for i in range(len(graph.inputs))]
+    outs = [irgen.element(b, outputs_p, i) for i in range(len(graph.outputs))]
     GraphEmitter(module, layout, params_p, dims_p, vector_width, status_p).emit(
         b, graph, ins, outs, slot
     )
@@ -108,10 +100,6 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     if with_plan:
         plan_function(module, graph, layout.symbols, layout.slots)
     return module, layout
-
-
-def _element(b: ir.IRBuilder, array: ir.Value, index: int) -> ir.Value:
-    return b.load(b.gep(array, [ir.Constant(I64, index)]))
 
 
 @dataclass
@@ -179,7 +167,7 @@ class GraphEmitter(GraphVisitor):
         f.where[(nid, 0)] = f.inputs[f.input_index[nid]]
 
     def visit_param(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
-        f.where[(nid, 0)] = _element(f.b, self.params_p, self.param_index(nid, node))
+        f.where[(nid, 0)] = irgen.element(f.b, self.params_p, self.param_index(nid, node))
 
     visit_constant = visit_param
 
@@ -218,7 +206,7 @@ class GraphEmitter(GraphVisitor):
         args = self.pointers(f, graph, nid, node)
         prepacked = self.prepacked_weights(graph, nid, weight)
         for index, name in prepacked.items():
-            args[index] = _element(f.b, self.params_p, self.layout.param(name))
+            args[index] = irgen.element(f.b, self.params_p, self.layout.param(name))
         kernel = _kernel(self.module, lowering, nid, graph, node, self.layout,
                          self.vector_width, prepacked=frozenset(prepacked))
         self.call(f, kernel, args, nid)
@@ -300,8 +288,7 @@ class ScanEmitter:
         kb.function.linkage = "internal"
         kb.failures, kb.span = parent.layout.failures, self.node["span"]
         b = kb.b
-        arg = [b.load(b.gep(kb.args_ptr, [ir.Constant(I64, i)]))
-               for i in range(n_in + len(self.node["types"]) + 1)]
+        arg = [irgen.element(b, kb.args_ptr, i) for i in range(n_in + len(self.node["types"]) + 1)]
         params_p = b.bitcast(arg[-1], PTR.as_pointer())
         seq_types = [v.type for v in operands[n_carry:n_carry + n_seq]]
         carry_types = [v.type for v in operands[:n_carry]]
@@ -310,7 +297,7 @@ class ScanEmitter:
         owned: list[ir.Value] = []
 
         def buffer(t: TensorType) -> ir.Value:
-            size = b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
+            size = kb.nbytes(t.shape, t.dtype)
             p = b.call(malloc, [b.add(size, ir.Constant(I64, ALIGN))])
             owned.append(p)
             return p
@@ -361,9 +348,8 @@ class ScanEmitter:
 
 
 def _memcpy(kb: KernelBuilder, dst, src, t: TensorType) -> None:
-    size = kb.b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
-    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-    kb.b.call(memcpy, [dst, src, size, ir.Constant(ir.IntType(1), 0)])
+    """dst = src, a whole tensor of type t."""
+    irgen.memcpy(kb.b, dst, src, kb.nbytes(t.shape, t.dtype))
 
 
 def _step_type(t: TensorType, axis: int) -> TensorType:
@@ -375,17 +361,16 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
     """Step `index` of `whole` along `axis`: on axis 0 a pointer into it; otherwise copied
     into (gather) or out of (scatter) the contiguous buffer `tmp`."""
     b = kb.b
-    step_bytes = b.mul(kb.numel(t.shape[axis + 1:]), ir.Constant(I64, t.np_dtype.itemsize))
+    step_bytes = kb.nbytes(t.shape[axis + 1:], t.dtype)
     if axis == 0:
         return b.gep(whole, [b.mul(index, step_bytes)])
     outer = kb.numel(t.shape[:axis])
     row = b.mul(kb.dim(t.shape[axis]), step_bytes)
-    memcpy = kb.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
     with kb.for_range(outer) as o:
         at_whole = b.gep(whole, [b.add(b.mul(o, row), b.mul(index, step_bytes))])
         at_tmp = b.gep(tmp, [b.mul(o, step_bytes)])
         dst, src = (at_tmp, at_whole) if gather else (at_whole, at_tmp)
-        b.call(memcpy, [dst, src, step_bytes, ir.Constant(ir.IntType(1), 0)])
+        irgen.memcpy(b, dst, src, step_bytes)
     return tmp
 
 
@@ -405,7 +390,9 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
     operands = graph.operands(nid)
     n = NativeNode([v.type if v is not None else None for v in operands], list(node["types"]),
-                   node["attrs"], node["span"], prepacked)
+                   node["attrs"], node["span"], prepacked,
+                   tuple(tensor_slot_names(REGISTRY[node["op"]], len(operands))))
+    kb.node = n
     lowering.build(kb, n)
     return kb.finish()
 
@@ -432,7 +419,7 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
         moved = list(pointers)
         for i, t in enumerate(types):
             if t is not None and t.rank == out.rank and t.shape[0].symbol == batch:
-                sample = b.mul(kb.numel(t.shape[1:]), ir.Constant(I64, t.np_dtype.itemsize))
+                sample = kb.nbytes(t.shape[1:], t.dtype)
                 moved[i] = b.gep(pointers[i], [b.mul(row0, sample)])
         return moved, list(sizes)
 
@@ -445,11 +432,9 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
 def _copy(module, b, src, dst, t: TensorType, dims_p, symbols, status_p) -> None:
     """memcpy of a whole tensor (an output that is also an input or a parameter)."""
     kb = KernelBuilder(module, f"copy{len(module.functions)}", symbols)
-    size = kb.b.mul(kb.numel(t.shape), ir.Constant(I64, t.np_dtype.itemsize))
-    src_p = kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, 0)]))
-    dst_p = kb.b.load(kb.b.gep(kb.args_ptr, [ir.Constant(I64, 1)]))
-    memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-    kb.b.call(memcpy, [dst_p, src_p, size, ir.Constant(ir.IntType(1), 0)])
+    size = kb.nbytes(t.shape, t.dtype)
+    src_p, dst_p = (irgen.element(kb.b, kb.args_ptr, i) for i in range(2))
+    irgen.memcpy(kb.b, dst_p, src_p, size)
     fn = kb.finish()
     array = b.alloca(PTR, 2)
     b.store(src, b.gep(array, [ir.Constant(I64, 0)]))
@@ -476,4 +461,4 @@ def plan_memory(layout: ModuleLayout, dims: dict[str, int]) -> tuple[np.ndarray,
     return place(layout.slots, dims)
 
 
-__all__ = ["build_module", "plan_memory", "ModuleLayout", "NativeNode", "KERNEL_TYPE", "I8"]
+__all__ = ["build_module", "plan_memory", "ModuleLayout", "KERNEL_TYPE", "I8"]

@@ -20,9 +20,7 @@ from ...ir import Graph
 from ...passes.memory import ALIGN
 from ...sizes import SizeCheck
 from ...types import MAX_TENSOR_BYTES, TensorType
-from .kernel import I64
-
-I1 = ir.IntType(1)
+from .abi import I1, I64
 
 
 class _Checked:

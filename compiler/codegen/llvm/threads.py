@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .kernel import I1, I64, KERNEL_TYPE, PTR, VOID, declare
+from .abi import I1, I32, I64, KERNEL_TYPE, PTR, VOID, declare
+from .irgen import element, smaller
 
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
 MAX_BLOCKS = 2 * MAX_PIECES + 1  # blocks it may make (their size is rounded down)
 # (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows; one more
 # when the remainder is a block of its own, `short_last`)
-I32 = ir.IntType(32)
 THREADS = "kiln_threads"
 
 
@@ -316,7 +316,7 @@ def _claimer(module: ir.Module, inner: ir.Function, n_pointers: int, n_sizes: in
     fn.linkage = "internal"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.bitcast(fn.args[0], PTR.as_pointer())
-    field = [b.load(b.gep(ctx, [ir.Constant(I64, i)])) for i in range(5)]
+    field = [element(b, ctx, i) for i in range(5)]
     args = b.bitcast(field[0], PTR.as_pointer())
     sizes = b.bitcast(field[1], I64.as_pointer())
     status = b.bitcast(field[2], I64.as_pointer())
@@ -364,14 +364,14 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     fn.linkage = "internal"
     args_p, sizes_p, status_p = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    pointers = [b.load(b.gep(args_p, [ir.Constant(I64, i)])) for i in range(n_pointers)]
-    sizes = [b.load(b.gep(sizes_p, [ir.Constant(I64, i)])) for i in range(n_sizes)]
+    pointers = [element(b, args_p, i) for i in range(n_pointers)]
+    sizes = [element(b, sizes_p, i) for i in range(n_sizes)]
     rows = sizes[rows_index]
     amount = work(b, sizes) if work else b.mul(b.mul(sizes[0], sizes[1]), sizes[2])
     # as many threads as there are row blocks, at most kiln_threads, when the work pays
     blocks = b.sdiv(rows, ir.Constant(I64, min_rows))
     count = b.load(threads)
-    count = b.select(b.icmp_signed("<", blocks, count), blocks, count)
+    count = smaller(b, blocks, count)
     serial = b.or_(b.icmp_signed("<=", count, ir.Constant(I64, 1)),
                    b.icmp_signed("<", amount, ir.Constant(I64, min_work)))
     alone_call = [args_p, sizes_p, status_p]
@@ -381,7 +381,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
         with many:
             taken, workers = pool.acquire(b, count)
             limit = b.add(workers, ir.Constant(I64, 1))
-            count = b.select(b.icmp_signed("<", limit, count), limit, count)
+            count = smaller(b, limit, count)
             usable = b.and_(taken, b.icmp_signed(">", count, ir.Constant(I64, 1)))
             with b.if_else(usable) as (shared, busy):
                 with busy:  # another caller has the pool (or no worker could start)
@@ -390,9 +390,8 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                     b.call(alone or inner, alone_call)
                 with shared:
                     wanted = b.mul(count, ir.Constant(I64, oversplit))
-                    wanted = b.select(b.icmp_signed("<", wanted, ir.Constant(I64, MAX_PIECES)),
-                                      wanted, ir.Constant(I64, MAX_PIECES))
-                    pieces = b.select(b.icmp_signed("<", blocks, wanted), blocks, wanted)
+                    wanted = smaller(b, wanted, ir.Constant(I64, MAX_PIECES))
+                    pieces = smaller(b, blocks, wanted)
                     _split(b, pool, claim, pointers, sizes, rows, count, pieces, shift,
                            min_rows, rows_index, n_pointers, n_sizes, status_p, short_last)
                     pool.release(b)
@@ -450,7 +449,7 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, m
             b.store(pool.post(b, t, claim, ctx), b.gep(generations, [t]))
 
     helpers = b.sub(count, ir.Constant(I64, 1))
-    last = b.select(b.icmp_signed("<", blocks, helpers), blocks, helpers)
+    last = smaller(b, blocks, helpers)
     pool._each(b, last, post)
     b.call(claim, [ctx])
 

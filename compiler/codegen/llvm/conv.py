@@ -1,0 +1,397 @@
+"""Convolution and transposed convolution kernels: f32 through the GEMM (im2col.py's B
+operands; a stride-1 convolution over a zero-bordered copy of its input, weights known
+before the call prepacked), other dtypes by a direct sum per output element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .abi import F32
+from .gemm import Matrix, PackedB, gemm
+from .im2col import Im2col, Shifted
+from .irgen import Vectors, i64, smaller
+from .microkernels import tiling
+from .spatial import ZERO, Window, fold_over, inside, plane_dims
+from .threads import parallel_rows
+
+
+def conv(kb, n, win: Window, groups: int) -> None:
+    """y[n, g] = w[g] @ im2col(x[n, g]) (+ bias) per sample and group, through the GEMM; a
+    1x1 convolution with stride 1 and no padding multiplies x itself, and another with stride
+    1 reads a zero-bordered copy of x (`Shifted`). Other dtypes than f32 run the direct
+    loops."""
+    x_t, w_t, bias_t = n.in_types
+    if x_t.dtype != "f32":
+        _conv_direct(kb, n, win, groups)
+        return
+    b = kb.b
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    bias = kb.input("bias")
+    batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], w_t.shape[0]))
+    per_in, per_out = (b.sdiv(c, i64(groups)) for c in (channels, outs))
+    plane_in, pixels = kb.numel(win.size), kb.numel(win.out)
+    depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
+    pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
+        p == 0 for p in win.pad)
+    padded = _Padded.of(kb, win, per_in, per_out) if win.stride == (1, 1) and not pointwise \
+        else None
+    kc = tiling(kb.vector_width).kc
+
+    def run() -> None:
+        with kb.for_range(batch) as s, kb.for_range(i64(groups)) as g:
+            x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
+            first_out = b.mul(g, per_out)
+            y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
+            if bias is not None and padded is None:  # C starts as the bias; the GEMM adds
+                with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
+                    value = b.load(b.gep(bias, [b.add(first_out, o)]))
+                    b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
+            if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
+                slice_floats = b.mul(per_out, i64(kc))
+                group_floats = b.mul(b.sdiv(b.add(depth, i64(kc - 1)), i64(kc)), slice_floats)
+                weights = Matrix(b.gep(w, [b.mul(g, group_floats)]), slice_floats,
+                                 prepacked=True)
+            else:
+                weights = Matrix(b.gep(w, [b.mul(first_out, depth)]), depth)
+            if padded is not None:
+                padded.fill(kb, x0)
+                gemm(kb, per_out, padded.columns, depth, weights, padded.source,
+                     Matrix(padded.result, padded.columns))
+                padded.compact(kb, y0, None if bias is None else b.gep(bias, [first_out]))
+            else:
+                source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win)
+                gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
+                     accumulate=bias is not None)
+
+    if padded is None:
+        run()
+        return
+    with b.if_then(padded.allocate(kb)):
+        run()
+        padded.release(kb)
+
+
+@dataclass
+class _Padded:
+    """The buffers of a stride-1 convolution read through `Shifted`: the zero-bordered copy
+    of one sample's group of input channels, and the GEMM's result over the grid Wp wide,
+    from one heap block per kernel call."""
+
+    win: Window
+    per_in: ir.Value
+    per_out: ir.Value
+    h: ir.Value
+    w: ir.Value
+    ph: ir.Value
+    pw: ir.Value
+    oh: ir.Value
+    ow: ir.Value
+    hp: ir.Value
+    wp: ir.Value
+    columns: ir.Value  # of the GEMM: (OH - 1) * Wp + OW
+    base: ir.Value | None = None  # xp, at the start of the heap block
+    result: ir.Value | None = None  # [per_out, columns]
+    source: Shifted | None = None
+
+    @classmethod
+    def of(cls, kb, win: Window, per_in, per_out) -> _Padded:
+        b = kb.b
+        (h, w), (ph, pw), (oh, ow), (kh, kw) = ([kb.dim(d) for d in pair] for pair in (
+            win.size, win.pad, win.out, win.kernel))
+        hp = b.add(oh, b.mul(i64(win.dilation[0]), b.sub(kh, i64(1))))
+        wp = b.add(ow, b.mul(i64(win.dilation[1]), b.sub(kw, i64(1))))
+        columns = b.add(b.mul(b.sub(oh, i64(1)), wp), ow)
+        empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
+        columns = b.select(empty, ZERO, columns)
+        return cls(win, per_in, per_out, h, w, ph, pw, oh, ow, hp, wp, columns)
+
+    def allocate(self, kb) -> ir.Value:
+        """Takes the heap block; an i1 that is false (and a reported failure) when there is
+        no memory for it."""
+        b = kb.b
+        padded = b.mul(self.per_in, b.mul(self.hp, self.wp))
+        floats = b.add(b.add(padded, b.mul(self.per_out, self.columns)), i64(16))
+        self.base = kb.scratch(floats, F32, zeroed=False)  # fill and the GEMM write it all
+        ok = b.icmp_unsigned("!=", self.base, ir.Constant(self.base.type, None))
+        kb.check(ok, "out of memory for a convolution's padded input")
+        self.result = b.gep(self.base, [padded])
+        kh, kw = (kb.dim(k) for k in self.win.kernel)
+        self.source = Shifted(self.base, b.mul(self.hp, self.wp), self.wp, kh, kw,
+                              i64(self.win.dilation[0]), i64(self.win.dilation[1]))
+        return ok
+
+    def release(self, kb) -> None:
+        kb.release(self.base)
+
+    def fill(self, kb, x0: ir.Value) -> None:
+        """xp = x0's channels with ph rows and pw columns of zeros before (and what the grid
+        needs after), split across threads by channel (`_by_channel`)."""
+        sizes = [self.per_in, self.h, self.w, self.ph, self.pw, self.hp, self.wp]
+        _by_channel(kb, "pad", [x0, self.base], sizes,
+                    lambda b, s: [b.mul(s[1], s[2]), b.mul(s[5], s[6])], _fill_channels,
+                    lambda b, s: b.mul(s[0], b.mul(s[5], s[6])))
+
+    def compact(self, kb, y0: ir.Value, bias: ir.Value | None) -> None:
+        """y0[o, r, :OW] = result[o, r * Wp : r * Wp + OW] (+ bias[o]), split across threads
+        by channel."""
+        sizes = [self.per_out, self.oh, self.ow, self.wp, self.columns]
+        pointers = [self.result, y0] + ([bias] if bias is not None else [])
+        _by_channel(kb, "compact", pointers, sizes,
+                    lambda b, s: [s[4], b.mul(s[1], s[2]), i64(1)][:len(pointers)],
+                    _compact_channels, lambda b, s: b.mul(s[0], s[4]))
+
+
+def _fill_channels(kb, pointers, sizes) -> None:
+    """The padded copy of `count` channels: pointers (x, xp), sizes (count, h, w, ph, pw, hp,
+    wp)."""
+    b = kb.b
+    x0, base = pointers
+    count, h, w, ph, pw, hp, wp = sizes
+    # input columns that land in the grid: from 0, at most W and Wp - pw of them
+    width = _clamp(b, b.sub(wp, pw), w)
+    after = b.sub(b.sub(wp, pw), width)
+    with kb.for_range(count) as c, kb.for_range(hp) as r:
+        row = b.mul(b.add(b.mul(c, hp), r), wp)  # where the row starts in xp
+        src_row = b.sub(r, ph)
+        with b.if_else(b.icmp_unsigned("<", src_row, h)) as (copy, blank):
+            with copy:
+                kb.zero_elements(base, row, pw, "f32")
+                kb.copy_elements(base, b.add(row, pw), x0,
+                                 b.add(b.mul(c, b.mul(h, w)), b.mul(src_row, w)), width, "f32")
+                kb.zero_elements(base, b.add(row, b.add(pw, width)), after, "f32")
+            with blank:
+                kb.zero_elements(base, row, wp, "f32")
+
+
+def _compact_channels(kb, pointers, sizes) -> None:
+    """The compaction of `count` channels: pointers (result, y[, bias]), sizes (count, oh, ow,
+    wp, columns)."""
+    b = kb.b
+    result, y0 = pointers[:2]
+    bias = pointers[2] if len(pointers) > 2 else None
+    count, oh, ow, wp, columns = sizes
+    vec = Vectors(b, kb.vector_width or tiling().width)
+    with kb.for_range(count) as o:
+        add = vec.splat(b.load(b.gep(bias, [o]))) if bias is not None else None
+        src_plane = b.gep(result, [b.mul(o, columns)])
+        dst_plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
+        whole = b.sub(ow, b.srem(ow, i64(vec.width)))  # whole vectors, then a masked tail
+        tail = vec.mask(b.sub(ow, whole), 0)  # (AVX2's masked stores are slow)
+        with kb.for_range(oh) as r:
+            src = b.gep(src_plane, [b.mul(r, wp)])
+            dst = b.gep(dst_plane, [b.mul(r, ow)])
+            with kb.for_range(whole, step=vec.width) as q:
+                value = vec.load(b.gep(src, [q]))
+                vec.store(value if add is None else b.fadd(value, add), b.gep(dst, [q]))
+            with b.if_then(b.icmp_signed("<", whole, ow)):
+                value = vec.masked_load(b.gep(src, [whole]), 0, tail)
+                vec.masked_store(value if add is None else b.fadd(value, add),
+                                 b.gep(dst, [whole]), 0, tail)
+
+
+COPY_PARALLEL = 1 << 16  # floats a channel-split copy must move for threads to start
+
+
+def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], strides,
+                body, work) -> None:
+    """body(kb, pointers, sizes) over sizes[0] channels, as a function of its own that the
+    module's threads split by channel (blocks of whole channels: each pointer i moves
+    strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
+    inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
+    whole."""
+
+    ikb = kb.helper(name)
+    body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
+         [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [i64(i)])) for i in range(len(sizes))])
+    inner = ikb.finish()
+
+    def shift(b, ptrs, szs, row0):
+        moved = [b.gep(p, [b.mul(row0, b.mul(step, i64(4)))])
+                 for p, step in zip(ptrs, strides(b, szs), strict=True)]
+        return moved, list(szs)
+
+    fn = inner if kb.serial else parallel_rows(
+        kb.module, inner, len(pointers), len(sizes), shift, min_rows=1,
+        min_work=COPY_PARALLEL, work=work, name=f"{inner.name}_parallel")
+    kb.call_kernel(fn, pointers, sizes, name)
+
+
+def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:
+    """min(max(value, 0), most)."""
+    value = b.select(b.icmp_signed("<", value, ZERO), ZERO, value)
+    return smaller(b, value, most)
+
+
+def _each_output(kb, t, body) -> None:
+    """body(sample, channel, oh, ow, flat index) for every element of an NC(H)W output."""
+    _, h, w = plane_dims(kb, t)
+    sizes = [kb.dim(t.shape[0]), kb.dim(t.shape[1]), h, w]
+    strides = [kb.b.mul(sizes[1], kb.b.mul(h, w)), kb.b.mul(h, w), w, i64(1)]
+    kb.loop_nest(sizes, lambda index: body(*index, kb.dot(index, strides)))
+
+
+def _bias_or_zero(kb, n, channel, dtype) -> ir.Value:
+    bias_t = n.in_types[2]
+    if bias_t is None:
+        return kb.const(0.0, dtype)
+    return kb.load(kb.input("bias"), channel, bias_t.dtype)
+
+
+def _direct(kb, n, win: Window, groups: int, where, weight) -> None:
+    """y[s, o, oh, ow] = bias[o] + sum, over the kernel taps (i, j) that land on an input pixel
+    and the group's input channels c, of x[s, c, pixel] * w[...]: the direct loops of conv and
+    conv_transpose, in the compute type (f32 for half floats, rounded once). A tap that lands
+    nowhere runs its channel loop zero times.
+
+    where(oh, ow, i, j) -> (lands, y, x); weight(o, i, j) -> (w offset at c = 0, w step in c).
+    """
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    channels = kb.dim(x_t.shape[1])
+    per_in = b.sdiv(channels, i64(groups))
+    per_out = b.sdiv(kb.dim(y_t.shape[1]), i64(groups))
+    plane = b.mul(h, wd)
+
+    def output(s, o, oh, ow, at):
+        first = b.add(b.mul(s, channels), b.mul(b.sdiv(o, per_out), per_in))
+
+        def tap(acc, index):
+            i, j = index
+            lands, yy, xx = where(oh, ow, i, j)
+            x0 = b.add(b.mul(b.add(b.mul(first, h), yy), wd), xx)
+            w0, step = weight(o, i, j)
+
+            def channel(total, c):
+                value = kb.load(x, b.add(x0, b.mul(c, plane)), dtype)
+                return kb.add(total, kb.mul(value, kb.load(w, b.add(w0, b.mul(c, step)), dtype)))
+
+            return kb.accumulate(ZERO, b.select(lands, per_in, ZERO), acc, channel)
+
+        total = fold_over(kb, [kh, kw], _bias_or_zero(kb, n, o, dtype), tap)
+        kb.store(y, at, total, dtype)
+
+    _each_output(kb, y_t, output)
+
+
+def _conv_direct(kb, n, win: Window, groups: int) -> None:
+    """conv by direct loops: w is [O, C/groups, kh, kw]."""
+    b = kb.b
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    taps = b.mul(kh, kw)
+    per_in = kb.dim(n.in_types[1].shape[1])
+
+    def where(oh, ow, i, j):
+        yy = b.add(win.origin(kb, oh, 0), b.mul(i, i64(win.dilation[0])))
+        xx = b.add(win.origin(kb, ow, 1), b.mul(j, i64(win.dilation[1])))
+        return b.and_(inside(kb, yy, h), inside(kb, xx, wd)), yy, xx
+
+    def weight(o, i, j):
+        return b.add(b.mul(b.mul(o, per_in), taps), b.add(b.mul(i, kw), j)), taps
+
+    _direct(kb, n, win, groups, where, weight)
+
+
+COLUMNS = 1 << 16  # floats of a transposed convolution's column buffer (256 KiB of stack)
+
+
+def conv_transpose(kb, n, win: Window, groups: int) -> None:
+    """The adjoint of conv: tap (i, j) of input pixel (ih, iw) lands on output
+    oh = ih * stride - pad + i * dilation (and likewise ow); w is [C_in, C_out/groups, kh, kw].
+    `win` describes it: size is x's spatial size, out y's.
+
+    f32 as a GEMM and a scatter (col2im), per sample and group, a chunk of input pixels at a
+    time: cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for
+    each tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
+    output directly."""
+    x_t, w_t, _ = n.in_types
+    row = w_t.shape[1] * win.kernel[0] * win.kernel[1]  # (o, i, j) of a group
+    if x_t.dtype != "f32" or not row.is_const or row.value > COLUMNS:
+        _conv_transpose_direct(kb, n, win, groups)
+        return
+    b = kb.b
+    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    h, wd = (kb.dim(d) for d in win.size)
+    out_h, out_w = (kb.dim(d) for d in win.out)
+    channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])
+    per_in = b.sdiv(channels, i64(groups))
+    pixels, out_plane, width = b.mul(h, wd), b.mul(out_h, out_w), kb.dim(row)
+    with b.goto_entry_block():
+        cols = b.alloca(ir.ArrayType(F32, COLUMNS), name="cols")
+        cols.align = 64
+    cols = b.gep(cols, [ZERO, ZERO])
+    chunk = i64(COLUMNS // row.value)
+    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(i64(groups)) as g:
+        x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)])
+        first_out = b.mul(g, per_out)
+        y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
+                             out_plane)])
+        with kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
+            kb.store(y0, b.add(b.mul(o, out_plane), q),
+                     _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
+        if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
+            nr = tiling(kb.vector_width).nr
+            group_floats = b.mul(per_in, i64(-(-row.value // nr) * nr))
+            weights = PackedB(b.gep(w, [b.mul(g, group_floats)]), per_in)
+        else:
+            weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
+        with kb.for_range(pixels, step=chunk.constant) as p0:
+            count = b.select(b.icmp_signed("<", chunk, b.sub(pixels, p0)), chunk,
+                             b.sub(pixels, p0))
+            gemm(kb, count, width, per_in, Matrix(b.gep(x0, [p0]), pixels, transposed=True),
+                 weights, Matrix(cols, width))
+            with kb.for_range(count) as p:
+                _col2im(kb, win, y0, b.gep(cols, [b.mul(p, width)]), b.add(p0, p), per_out,
+                        (out_h, out_w))
+
+
+def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
+    """y[o, oh, ow] += cols[(o, i, j)] for every tap (i, j) of input `pixel` that lands."""
+    b = kb.b
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    wd = kb.dim(win.size[1])
+    ih, iw = b.sdiv(pixel, wd), b.srem(pixel, wd)
+    with kb.for_range(channels) as o, kb.for_range(kh) as i:
+        oh = b.add(win.origin(kb, ih, 0), b.mul(i, i64(win.dilation[0])))
+        with b.if_then(inside(kb, oh, out[0])), kb.for_range(kw) as j:
+            ow = b.add(win.origin(kb, iw, 1), b.mul(j, i64(win.dilation[1])))
+            with b.if_then(inside(kb, ow, out[1])):
+                at = b.gep(y, [b.add(b.mul(b.add(b.mul(o, out[0]), oh), out[1]), ow)])
+                tap = b.load(b.gep(cols, [b.add(b.mul(b.add(b.mul(o, kh), i), kw), j)]))
+                b.store(kb.fadd(b.load(at), tap), at)
+
+
+def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
+    """conv_transpose gathered per output element (any dtype)."""
+    b = kb.b
+    h, wd = (kb.dim(d) for d in win.size)
+    kh, kw = (kb.dim(d) for d in win.kernel)
+    taps = b.mul(kh, kw)
+    per_in = b.sdiv(kb.dim(n.in_types[0].shape[1]), i64(groups))
+    per_out = kb.dim(n.in_types[1].shape[1])
+
+    def source(o, i, axis, size):
+        """(whether a tap at kernel offset i lands on output o along axis, input index)."""
+        t = b.sub(b.add(o, kb.dim(win.pad[axis])), b.mul(i, i64(win.dilation[axis])))
+        stride = i64(win.stride[axis])
+        q = b.sdiv(t, stride)
+        exact = b.and_(b.icmp_signed(">=", t, ZERO), b.icmp_signed("==", b.srem(t, stride), ZERO))
+        return b.and_(exact, inside(kb, q, size)), q
+
+    def where(oh, ow, i, j):
+        (row_lands, ih), (col_lands, iw) = source(oh, i, 0, h), source(ow, j, 1, wd)
+        return b.and_(row_lands, col_lands), ih, iw
+
+    def weight(o, i, j):
+        group, local = b.sdiv(o, per_out), b.srem(o, per_out)
+        first = b.add(b.mul(b.mul(group, per_in), per_out), local)  # channel g * per_in, o'
+        return b.add(b.mul(first, taps), b.add(b.mul(i, kw), j)), b.mul(per_out, taps)
+
+    _direct(kb, n, win, groups, where, weight)

@@ -1,0 +1,241 @@
+"""Scalar arithmetic on compute values and the math library, for one IRBuilder.
+
+`ScalarMath` computes as numpy does on compute-type values (f32/f64 floats, i32/i64 ints, i1
+bools; see abi.COMPUTE): its + on bools is `or`, its maximum lets NaN win, its conversions
+truncate as astype. exp and tanh in f32 are polynomials LLVM vectorises (libm's are one scalar
+call per element); other functions call libm (`libm`) or an LLVM intrinsic (`intrinsic`).
+Fast-math flags are the ones that keep numpy's results (see ScalarMath.__init__). A
+KernelBuilder is a ScalarMath; a fused kernel hands it to each op's scalar rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from llvmlite import ir
+
+from .abi import COMPUTE, F16, F32, F64, I1, I8, I16, I32
+
+
+class ScalarMath:
+    """Arithmetic and math functions on compute values, emitted at the builder `b`."""
+
+    def __init__(self, b: ir.IRBuilder, fast_math: bool = True):
+        self.b = b
+        # fast math that keeps numpy's results: reassociation (vectorised reductions) and FMA
+        # contraction, but never nnan/ninf (NaN and inf propagate as in numpy), nsz (relu(-0.0)
+        # is 0.0) or arcp/afn (divisions and libm functions round as numpy's do)
+        self.flags = ("reassoc", "contract") if fast_math else ()
+
+    # ------------------------------------------------------------------ storage and compute
+    def to_compute(self, value: ir.Value, dtype: str) -> ir.Value:
+        b = self.b
+        if dtype == "f16":
+            return b.fpext(value, F32)
+        if dtype == "bf16":  # bf16 is the high half of an f32
+            return b.bitcast(b.shl(b.zext(value, I32), ir.Constant(I32, 16)), F32)
+        if dtype == "bool":
+            return b.icmp_unsigned("!=", value, ir.Constant(I8, 0))
+        return value
+
+    def to_storage(self, value: ir.Value, dtype: str) -> ir.Value:
+        """A compute value (or an f64 one, rounded once as numpy's astype) in storage form."""
+        b = self.b
+        if dtype == "f16" and value.type == F64:  # numpy rounds f64 to f16 once
+            return b.fptrunc(self._to_f32_odd(value), F16)
+        if dtype == "f16":
+            return b.fptrunc(value, F16)
+        if value.type == F64 and dtype != "f64":  # ml_dtypes' bf16 goes through f32 too
+            value = self.convert(value, dtype)
+        if dtype == "bf16":  # round to nearest even, as ml_dtypes does; NaN stays a quiet NaN
+            bits = b.bitcast(value, I32)
+            high = b.lshr(bits, ir.Constant(I32, 16))
+            lsb = b.and_(high, ir.Constant(I32, 1))
+            rounded = b.lshr(b.add(bits, b.add(ir.Constant(I32, 0x7FFF), lsb)),
+                             ir.Constant(I32, 16))
+            nan = b.fcmp_unordered("uno", value, value)
+            quiet = b.or_(high, ir.Constant(I32, 0x40))
+            return b.trunc(b.select(nan, quiet, rounded), I16)
+        if dtype == "bool":
+            return b.zext(value, I8)
+        return value
+
+    def _to_f32_odd(self, value: ir.Value) -> ir.Value:
+        """f64 -> f32 rounded to odd: an inexact result gets an odd last bit, so rounding it on
+        to f16 (11 bits) rounds as f64 -> f16 directly would (LLVM's direct fptrunc is a
+        compiler-rt call the JIT cannot resolve)."""
+        b = self.b
+        nearest = b.fptrunc(value, F32)
+        back = b.fpext(nearest, F64)
+        bits = b.bitcast(nearest, I32)
+        even = b.icmp_unsigned("==", b.and_(bits, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+        inexact = b.fcmp_ordered("!=", back, value)
+        above = b.fcmp_ordered(">", self.intrinsic("fabs", back), self.intrinsic("fabs", value))
+        toward = b.select(above, ir.Constant(I32, -1), ir.Constant(I32, 1))
+        odd = b.add(bits, toward)  # the neighbour on value's side: magnitude is bits' order
+        return b.select(b.and_(even, inexact), b.bitcast(odd, F32), nearest)
+
+    def const(self, value: float | int | bool, dtype: str) -> ir.Constant:
+        return ir.Constant(COMPUTE[dtype], value)
+
+    # ------------------------------------------------------------------ fast-math arithmetic
+    @contextlib.contextmanager
+    def strict(self) -> Iterator[None]:
+        """IEEE arithmetic without fast-math flags inside the block (for formulas that mirror
+        numpy's rounding step by step, such as its floor division)."""
+        flags, self.flags = self.flags, ()
+        try:
+            yield
+        finally:
+            self.flags = flags
+
+    def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
+        ty = args[0].type
+        fn = self.b.module.declare_intrinsic(
+            f"llvm.{name}", [ty], ir.FunctionType(ty, [a.type for a in args])
+        )
+        return self.b.call(fn, list(args), fastmath=self.flags if ty in (F32, F64) else ())
+
+    def fadd(self, a, b):
+        return self.b.fadd(a, b, flags=self.flags)
+
+    def fsub(self, a, b):
+        return self.b.fsub(a, b, flags=self.flags)
+
+    def fmul(self, a, b):
+        return self.b.fmul(a, b, flags=self.flags)
+
+    def fdiv(self, a, b):
+        return self.b.fdiv(a, b, flags=self.flags)
+
+    def libm(self, name: str, *args: ir.Value) -> ir.Value:
+        """A C math library function (tanhf, erff, ...) on f32 or f64 scalars."""
+        ty = args[0].type
+        symbol = name + ("f" if ty == F32 else "")
+        fn = self.b.module.globals.get(symbol)
+        if fn is None:
+            fn = ir.Function(self.b.module, ir.FunctionType(ty, [a.type for a in args]), symbol)
+        return self.b.call(fn, list(args))
+
+    # ------------------------------------------------------------------ scalar arithmetic
+    # on compute-type values: f32/f64 floats, i32/i64 ints, i1 bools
+    @staticmethod
+    def is_float(v: ir.Value) -> bool:
+        return isinstance(v.type, (ir.FloatType, ir.DoubleType))
+
+    def add(self, a, b):  # on bools numpy's + is `or`, * is `and`
+        if a.type == I1:
+            return self.b.or_(a, b)
+        return self.fadd(a, b) if self.is_float(a) else self.b.add(a, b)
+
+    def sub(self, a, b):
+        return self.fsub(a, b) if self.is_float(a) else self.b.sub(a, b)
+
+    def mul(self, a, b):
+        if a.type == I1:
+            return self.b.and_(a, b)
+        return self.fmul(a, b) if self.is_float(a) else self.b.mul(a, b)
+
+    def neg(self, a):
+        return self.b.fneg(a, flags=self.flags) if self.is_float(a) else self.b.neg(a)
+
+    def lit(self, like: ir.Value, value: float) -> ir.Constant:
+        return ir.Constant(like.type, value if self.is_float(like) else int(value))
+
+    def compare(self, op: str, a, b) -> ir.Value:
+        if self.is_float(a):  # ordered: a comparison with NaN is false (but != is true)
+            return (self.b.fcmp_unordered(op, a, b) if op == "!="
+                    else self.b.fcmp_ordered(op, a, b))
+        if a.type == I1:  # False < True
+            return self.b.icmp_unsigned(op, a, b)
+        return self.b.icmp_signed(op, a, b)
+
+    def select(self, cond, a, b):
+        return self.b.select(cond, a, b)
+
+    def maximum(self, a, b):
+        """numpy's maximum: NaN wins."""
+        if a.type == I1:
+            return self.b.or_(a, b)
+        return self.intrinsic("maximum", a, b) if self.is_float(a) else self.select(
+            self.compare(">", a, b), a, b)
+
+    def minimum(self, a, b):
+        if a.type == I1:
+            return self.b.and_(a, b)
+        return self.intrinsic("minimum", a, b) if self.is_float(a) else self.select(
+            self.compare("<", a, b), a, b)
+
+    def convert(self, v: ir.Value, dtype: str) -> ir.Value:
+        """A compute value as the compute type of `dtype` (numpy's astype: floats truncate
+        toward zero into ints; anything nonzero is true)."""
+        to = COMPUTE[dtype]
+        b = self.b
+        if v.type == to:
+            return v
+        if to == I1:
+            zero = ir.Constant(v.type, 0.0 if self.is_float(v) else 0)
+            return self.compare("!=", v, zero)
+        if v.type == I1:
+            floating = isinstance(to, (ir.FloatType, ir.DoubleType))
+            return b.uitofp(v, to) if floating else b.zext(v, to)
+        if self.is_float(v):
+            if isinstance(to, (ir.FloatType, ir.DoubleType)):
+                return b.fpext(v, to) if to == F64 else b.fptrunc(v, to)
+            return b.fptosi(v, to)
+        if isinstance(to, (ir.FloatType, ir.DoubleType)):
+            return b.sitofp(v, to)
+        return b.sext(v, to) if to.width > v.type.width else b.trunc(v, to)
+
+    def exp(self, a):
+        """e^a. f32 is computed here, in a form LLVM vectorises (libm's expf is one scalar call
+        per element): a = k ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 in two parts), e^r by
+        its Taylor series to r^7 (truncation below 1e-8), times 2^k built from the exponent
+        bits in two halves, so denormal results and results up to FLT_MAX come out right."""
+        if a.type != F32:
+            return self.intrinsic("exp", a)
+        b = self.b
+        x = self.intrinsic("minnum", self.intrinsic("maxnum", a, ir.Constant(F32, -104.0)),
+                           ir.Constant(F32, 88.75))
+        k = self.intrinsic("rint", self.fmul(x, ir.Constant(F32, 1.4426950408889634)))
+        r = self.fsub(self.fsub(x, self.fmul(k, ir.Constant(F32, 0.693359375))),
+                      self.fmul(k, ir.Constant(F32, -2.12194440e-4)))
+        p = ir.Constant(F32, 1.0 / 5040)
+        for c in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+            p = self.fadd(self.fmul(p, r), ir.Constant(F32, c))
+        ki = b.fptosi(k, I32)
+        half = b.ashr(ki, ir.Constant(I32, 1))
+
+        def power_of_two(e):
+            return b.bitcast(b.shl(b.add(e, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
+
+        value = self.fmul(self.fmul(p, power_of_two(half)), power_of_two(b.sub(ki, half)))
+        inf = ir.Constant(F32, float("inf"))
+        value = b.select(b.fcmp_ordered(">", a, ir.Constant(F32, 88.72283935546875)), inf, value)
+        value = b.select(b.fcmp_ordered("<", a, ir.Constant(F32, -103.972)),
+                         ir.Constant(F32, 0.0), value)
+        return b.select(b.fcmp_unordered("uno", a, a), a, value)  # NaN stays NaN
+
+    def tanh(self, a):
+        """tanh(a); f32 without a libm call: an odd Taylor polynomial to a^13 for |a| < 0.4
+        (error below 2e-9), else 1 - 2 / (e^(2|a|) + 1); the sign of a restored."""
+        if a.type != F32:
+            return self.libm("tanh", a)
+        b = self.b
+        x = self.intrinsic("fabs", a)
+        x2 = self.fmul(x, x)
+        poly = ir.Constant(F32, 21844.0 / 6081075)
+        for c in (-1382.0 / 155925, 62.0 / 2835, -17.0 / 315, 2.0 / 15, -1.0 / 3, 1.0):
+            poly = self.fadd(self.fmul(poly, x2), ir.Constant(F32, c))
+        small = self.fmul(poly, x)
+        one = ir.Constant(F32, 1.0)
+        large = self.fsub(one, self.fdiv(ir.Constant(F32, 2.0),
+                                         self.fadd(self.exp(self.fadd(x, x)), one)))
+        value = b.select(b.fcmp_ordered("<", x, ir.Constant(F32, 0.4)), small, large)
+        value = self.intrinsic("copysign", value, a)
+        return b.select(b.fcmp_unordered("uno", a, a), a, value)
+
+    def sigmoid(self, a):
+        one = self.lit(a, 1.0)
+        return self.fdiv(one, self.fadd(one, self.exp(self.neg(a))))

@@ -1,0 +1,189 @@
+"""The GEMM's innermost loops, as functions in LLVM IR: the register blocking (`Tiling`), the
+micro-kernel (an MR x NR tile of C in vector registers, updated by one rank-1 FMA step per
+element of the sum from a packed A panel and a B panel) and the row kernel (C one or two rows
+high: B streamed row by row, each sum in a register). gemm.py's blocked loops call them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .abi import F32P, I1, I32, I64, PTR, VOID, declare
+from .irgen import Vectors, fold, i64
+from .target import host
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register and cache blocking for one vector width (f32 lanes)."""
+
+    width: int
+    mr: int  # rows of the C tile held in registers
+    kc: int  # depth of a packed slice: a KC x NR panel of B stays in L1
+    mc: int  # rows of a packed block of A (a multiple of mr): MC x KC stays in L2
+    nc: int  # columns of a packed block of B (a multiple of nr)
+
+    @property
+    def nr(self) -> int:
+        """Columns of the C tile: two vectors."""
+        return 2 * self.width
+
+    @property
+    def heights(self) -> tuple[int, ...]:
+        """Micro-kernel heights: mr, then the powers of two below it (for remainder rows)."""
+        small = [1 << i for i in range(self.mr.bit_length()) if 1 << i < self.mr]
+        return (self.mr, *sorted(small, reverse=True))
+
+
+def tiling(width: int | None = None) -> Tiling:
+    """The blocking for `width` f32 lanes (default: the host's widest vectors). AVX-512 has 32
+    vector registers: a 12 x 32 tile keeps 24 accumulators, two B vectors and the broadcast A
+    value; AVX2 and SSE have 16: a 6 x 2-vector tile keeps 12."""
+    if width is None:
+        width = host().vector_width
+    if width >= 16:
+        return Tiling(16, mr=12, kc=256, mc=96, nc=512)
+    return Tiling(width, mr=6, kc=384, mc=72, nc=512)
+
+
+# the micro-kernel -------------------------------------------------------------------------
+# void micro(i64 kc, float* a_panel, float* b, i64 b_stride, float* c, i64 ldc, i64 cols, i1 add)
+MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
+
+
+def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
+    """C[:height, :cols] (+)= A_panel @ B: the A panel is `height` rows of kc floats, KC apart
+    (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place);
+    cols <= NR columns are stored."""
+    name = f"kiln_gemm_{height}x{t.nr}x{t.kc}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, MICRO_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")  # one copy per module, called once per tile
+    kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = Vectors(b, t.width)
+    zero = ir.Constant(vec.type, None)
+
+    prefetch = declare(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    next_panel = b.gep(a, [ir.Constant(I64, height * t.kc)])
+
+    def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
+        row = b.gep(b_ptr, [b.mul(p, b_stride)])
+        bv = [vec.load(row, v * t.width) for v in range(2)]
+        a_col = b.gep(a, [p])
+        # the next tile's A panel (height rows of KC floats just after this one, when A is
+        # packed or prepacked), fetched a line per step while this tile computes: a
+        # prepacked weight comes from memory the first time each call
+        ahead = b.gep(next_panel, [b.mul(p, ir.Constant(I64, height))])
+        b.call(prefetch, [b.bitcast(ahead, PTR), ir.Constant(I32, 0), ir.Constant(I32, 3),
+                          ir.Constant(I32, 1)])
+        out = []
+        for i in range(height):
+            ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
+            out += [vec.fma(ai, bv[v], accs[2 * i + v]) for v in range(2)]
+        return out
+
+    accs = fold(b, kc, [zero] * (2 * height), update, name="k", index="p")
+
+    with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, t.nr))) as (whole, part):
+        with whole:
+            _store_tile(vec, c, ldc, accs, height, 2, None, add)
+        with part:  # through masks at the right edge
+            _store_tile(vec, c, ldc, accs, height, 2,
+                        [vec.mask(cols, v * t.width) for v in range(2)], add)
+    b.ret_void()
+    return fn
+
+
+def _store_tile(vec: Vectors, c: ir.Value, ldc: ir.Value, accs: list[ir.Value], height: int,
+                vectors: int, masks: list[ir.Value] | None, add: ir.Value) -> None:
+    """C (+)= a tile of accumulators: `height` rows of `vectors` vectors (row i's at
+    accs[i * vectors:]), ldc floats apart; only the lanes of `masks` (one per vector) when
+    given; C += when the i1 `add` is set."""
+    b = vec.b
+    with b.if_else(add) as (adding, writing):
+        for branch, adds in ((adding, True), (writing, False)):
+            with branch:
+                for i in range(height):
+                    row = b.gep(c, [b.mul(i64(i), ldc)])
+                    for v in range(vectors):
+                        at, value = v * vec.width, accs[i * vectors + v]
+                        mask = None if masks is None else masks[v]
+                        if adds:
+                            old = (vec.load(row, at) if mask is None
+                                   else vec.masked_load(row, at, mask))
+                            value = b.fadd(old, value)
+                        if mask is None:
+                            vec.store(value, row, at)
+                        else:
+                            vec.masked_store(value, row, at, mask)
+
+
+# the row kernel --------------------------------------------------------------------------
+# void rows(i64 k, float* a, i64 a_row, i64 a_step, float* b, i64 ldb, float* c, i64 ldc,
+#           i64 cols, i1 add)
+ROWS_TYPE = ir.FunctionType(VOID, [I64, F32P, I64, I64, F32P, I64, F32P, I64, I64, I1])
+STREAM_ROWS = 2  # C at most this many rows high: B streamed row by row (`row_kernel`)
+
+
+def row_kernel(module: ir.Module, width: int, height: int, vectors: int,
+               panels: bool = False) -> ir.Function:
+    """C[:height, :cols] (+)= A[:height, :k] @ B[:k, :cols] with B read in place, one row of
+    `vectors` vectors at a time: the whole sum of each C element stays in a register, and B
+    streams through in consecutive runs of its rows (a matrix-vector product is bound by
+    reading B, which a panel walk of IN_PLACE_DEPTH-deep slices reads less well). A[i, p] is
+    at a[i * a_row + p * a_step]; cols <= vectors * width. B's row p is at b + p * ldb, or,
+    with `panels` (a prepacked B, `PackedB`; `vectors` even), its vectors 2q and 2q + 1 are
+    in the q-th panel, at b + q * ldb + p * 2 * width: each panel streams in one run."""
+    name = f"kiln_gemm_rows_{height}x{vectors}x{width}{'_panels' if panels else ''}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ROWS_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    k, a, a_row, a_step, b_ptr, ldb, c, ldc, cols, add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = Vectors(b, width)
+    zero = ir.Constant(vec.type, None)
+    whole = b.icmp_signed("==", cols, i64(vectors * width))
+    masks = [vec.mask(cols, v * width) for v in range(vectors)]
+
+    def sums(partial: bool) -> list[ir.Value]:
+        def update(p, accs):
+            if panels:
+                rows = [b.gep(b_ptr, [b.add(b.mul(i64(v // 2), ldb), b.mul(p, i64(2 * width)))])
+                        for v in range(0, vectors, 2)]
+                at = [(rows[v // 2], (v % 2) * width) for v in range(vectors)]
+            else:
+                row = b.gep(b_ptr, [b.mul(p, ldb)])
+                at = [(row, v * width) for v in range(vectors)]
+            bv = [vec.masked_load(ptr, off, masks[v]) if partial else vec.load(ptr, off)
+                  for v, (ptr, off) in enumerate(at)]
+            out = []
+            for i in range(height):
+                a_at = b.add(b.mul(i64(i), a_row), b.mul(p, a_step))
+                ai = vec.splat(b.load(b.gep(a, [a_at])))
+                out += [vec.fma(ai, bv[v], accs[i * vectors + v]) for v in range(vectors)]
+            return out
+
+        return fold(b, k, [zero] * (height * vectors), update, name="k", index="p")
+
+    with b.if_else(whole) as (full, part):
+        for branch, partial in ((full, False), (part, True)):
+            with branch:
+                _store_tile(vec, c, ldc, sums(partial), height, vectors,
+                            masks if partial else None, add)
+    b.ret_void()
+    return fn

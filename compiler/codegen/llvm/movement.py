@@ -1,0 +1,66 @@
+"""Data-movement kernels: whole copies, strided views (transpose, permute, slices, broadcast),
+and joining or splitting tensors along an axis (concat, stack, split), as methods of
+KernelBuilder (`MovementKernels` is one of its parts). Elements move as stored, never
+converted.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ...dims import Dim
+from .abi import I64
+
+
+class MovementKernels:
+    """The data-movement kernels of a KernelBuilder."""
+
+    def copy_all(self, n) -> None:
+        """Output 0 is input 0's bytes (reshape, flatten, squeeze): one memcpy."""
+        t, zero = n.in_types[0], ir.Constant(I64, 0)
+        self.copy_elements(self.output(), zero, self.input(0), zero,
+                           self.numel(t.shape), t.dtype)
+
+    def permute(self, n, perm) -> None:
+        """out[i0, i1, ...] = x[..., i_k at axis perm[k], ...] (transpose, permute)."""
+        x_strides = self.strides(n.in_types[0].shape)
+        self.view_copy(n, ir.Constant(I64, 0), [x_strides[p] for p in perm])
+
+    def view_copy(self, n, base: ir.Value, strides: list[ir.Value]) -> None:
+        """out[i0, i1, ...] = x[base + i0 * strides[0] + i1 * strides[1] + ...]: a strided view
+        of input 0 (strides may be negative or 0) copied out element by element, as stored."""
+        out_t = n.out_types[0]
+        x, out = self.input(0), self.output()
+        out_strides = self.strides(out_t.shape)
+
+        def body(index):
+            self.move(out, self.dot(index, out_strides), x,
+                      self.b.add(base, self.dot(index, strides)))
+
+        self.loop_nest([self.dim(d) for d in out_t.shape], body)
+
+    def move(self, dst: ir.Value, dst_at: ir.Value, src: ir.Value, src_at: ir.Value) -> None:
+        """dst[dst_at] = src[src_at], as stored (no conversion)."""
+        self.b.store(self.b.load(self.b.gep(src, [src_at])), self.b.gep(dst, [dst_at]))
+
+    def join(self, n, axis: int, sizes: list, split: bool = False) -> None:
+        """Copy between pieces and the whole they make side by side along `axis`, pieces of
+        extent sizes[k] (Dims) along it: the inputs into the output (concat, stack), or with
+        `split` the input into the outputs."""
+        whole_t, piece_ts = (n.in_types[0], n.out_types) if split else (n.out_types[0],
+                                                                         n.in_types)
+        whole = self.input(0) if split else self.output()
+        pieces = [self.output(k) for k in range(len(piece_ts))] if split else self.inputs()
+        inner = whole_t.shape[axis + 1:]
+        row = self.numel(whole_t.shape[axis:])
+        with self.for_range(self.numel(whole_t.shape[:axis])) as o:
+            offset = Dim.of(0)
+            for piece, size in zip(pieces, sizes, strict=True):
+                count = self.numel((size, *inner))
+                at_whole = self.b.add(self.b.mul(o, row), self.numel((offset, *inner)))
+                at_piece = self.b.mul(o, count)
+                if split:
+                    self.copy_elements(piece, at_piece, whole, at_whole, count, whole_t.dtype)
+                else:
+                    self.copy_elements(whole, at_whole, piece, at_piece, count, whole_t.dtype)
+                offset = offset + size

@@ -1,0 +1,75 @@
+"""Normalization kernels: layer, group and instance norm (`normalize`: two passes, sums in
+f64) and batch norm with running statistics.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .spatial import mean_of
+
+
+def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, eps: float,
+              by_position: bool) -> None:
+    """(x - mean) / sqrt(var + eps) * weight + bias, x seen as [segments, per_group, spatial]
+    with each segment normalized on its own (biased variance, two passes, sums in f64);
+    segment s is group s % groups. weight and bias are indexed by channel
+    (s % groups) * per_group + c (group and instance norm), or by position in the segment
+    (layer norm). Every step rounds as the reference: mean, var and the quotient in the compute
+    type; eps is added in it."""
+    x_t, w_t, bias_t = n.in_types
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.input("x"), kb.output()
+    weight, bias = kb.input("weight"), kb.input("bias")
+    length = b.mul(per_group, spatial)
+    # an empty segment (normalized axes of size 0) leaves nothing to do, but dividing by its
+    # length would trap (SIGFPE): divide by 1 then, the count being 0 anyway
+    nonzero = kb.select(kb.compare("==", length, kb.const(0, "i64")), kb.const(1, "i64"), length)
+    segments = b.sdiv(kb.numel(x_t.shape), nonzero)
+    with kb.for_range(segments) as s:
+        base = b.mul(s, length)
+        mean = mean_of(kb, x, base, length, dtype)
+        def square(value):
+            centered = kb.fsub(value, mean)
+            return kb.fmul(centered, centered)
+
+        var = mean_of(kb, x, base, length, dtype, square)
+        root = kb.intrinsic("sqrt", kb.fadd(var, kb.const(eps, dtype)))
+        with kb.for_range(per_group) as c:
+            channel = b.add(b.mul(b.srem(s, groups), per_group), c)
+            with kb.for_range(spatial) as i:
+                position = b.add(b.mul(c, spatial), i)
+                at = b.add(base, position)
+                value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
+                kb.store(y, at, _affine(kb, value, weight, bias,
+                                        position if by_position else channel, dtype), dtype)
+
+
+def _affine(kb, value, weight, bias, index, dtype: str) -> ir.Value:
+    """value * weight[index] + bias[index] (absent ones skipped)."""
+    if weight is not None:
+        value = kb.fmul(value, kb.load(weight, index, dtype))
+    if bias is not None:
+        value = kb.fadd(value, kb.load(bias, index, dtype))
+    return value
+
+
+def batch_norm(kb, n, eps: float) -> None:
+    """(x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]."""
+    x_t = n.in_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.input("x"), kb.output()
+    mean, var, weight, bias = (kb.input(name) for name in ("running_mean", "running_var",
+                                                            "weight", "bias"))
+    channels = kb.dim(x_t.shape[1])
+    spatial = kb.numel(x_t.shape[2:])
+    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(channels) as c:
+        m = kb.load(mean, c, dtype)
+        root = kb.intrinsic("sqrt", kb.fadd(kb.load(var, c, dtype), kb.const(eps, dtype)))
+        base = b.mul(b.add(b.mul(s, channels), c), spatial)
+        with kb.for_range(spatial) as i:
+            at = b.add(base, i)
+            value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), m), root)
+            kb.store(y, at, _affine(kb, value, weight, bias, c, dtype), dtype)

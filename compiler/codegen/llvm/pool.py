@@ -1,0 +1,112 @@
+"""Pooling kernels: max and average pooling row by row (the taps of a window fold whole rows of
+outputs, a loop LLVM vectorises), and global average pooling.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .irgen import i64, smaller
+from .spatial import ZERO, Window, inside, mean_of, nan_maximum, plane_dims
+
+
+def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> None:
+    """A pooling op row by row: for each plane and output row, a row of `compute` values
+    starts at `init`; each tap (i, j) of the window folds its input row in, acc =
+    fold(acc, x), over the outputs whose tap lands inside the input (a loop over consecutive
+    outputs with no bounds test, which LLVM vectorises); then finish(oh, ow, acc) gives each
+    output (default: acc itself). The row is the output row when `compute` is the output's
+    dtype, else one scratch row."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    x, y = kb.input("x"), kb.output()
+    b = kb.b
+    planes, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, y_t)
+    kh, kw = (kb.dim(k) for k in win.kernel)
+    sw = i64(win.stride[1])
+    dh, dw = (i64(d) for d in win.dilation)
+    pw = kb.dim(win.pad[1])
+    scratch = kb.scratch(out_w, compute) if compute != y_t.dtype else None
+
+    def row(index):
+        p, oh = index
+        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
+        out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
+        acc = scratch if scratch is not None else out
+        with kb.for_range(out_w) as ow:
+            kb.store(acc, ow, init, compute)
+        top = win.origin(kb, oh, 0)
+        with kb.for_range(kh) as i:
+            yy = b.add(top, b.mul(i, dh))
+            with b.if_then(inside(kb, yy, h)):
+                line = b.gep(plane, [b.mul(yy, w)])
+                with kb.for_range(kw) as j:
+                    shift = b.sub(b.mul(j, dw), pw)  # x = ow * sw + shift
+                    first, stop = _inside_range(kb, shift, sw, w, out_w)
+                    with kb.for_range(stop, start=first) as ow:
+                        value = kb.load(line, b.add(b.mul(ow, sw), shift), dtype)
+                        kb.store(acc, ow, fold(kb.load(acc, ow, compute), value), compute)
+        if finish is not None or scratch is not None:
+            with kb.for_range(out_w) as ow:
+                value = kb.load(acc, ow, compute)
+                kb.store(out, ow, finish(oh, ow, value) if finish else value, y_t.dtype)
+
+    with kb.allocated([scratch] if scratch is not None else [], "a pooling row"):
+        kb.loop_nest([planes, out_h], row)
+
+
+def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: ir.Value):
+    """[first, stop): the outputs o < count with 0 <= o * stride + shift < size."""
+    b = kb.b
+    need = b.sub(ZERO, shift)  # o * stride >= -shift
+    first = b.select(b.icmp_signed(">", need, ZERO),
+                     b.sdiv(b.add(need, b.sub(stride, i64(1))), stride), ZERO)
+    room = b.sub(b.sub(size, i64(1)), shift)  # o * stride <= size - 1 - shift
+    last = b.select(b.icmp_signed(">=", room, ZERO), b.add(b.sdiv(room, stride), i64(1)), ZERO)
+    stop = smaller(b, last, count)
+    return first, b.select(b.icmp_signed("<", stop, first), first, stop)
+
+
+def max_pool(kb, n, win: Window) -> None:
+    """The largest input in each window (padding never wins; NaN does, as numpy's max), row
+    by row from the lowest value (_pool_rows)."""
+    dtype = n.in_types[0].dtype
+    if dtype in ("i32", "i64"):
+        lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
+    else:
+        lowest = kb.const(float("-inf"), dtype)
+    _pool_rows(kb, n, win, dtype, lowest, lambda acc, x: nan_maximum(kb, acc, x))
+
+
+def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
+    """Window sums over zero padding, divided by the window cells PyTorch counts: those in the
+    padded input with count_include_pad, else those in the input; never ceil mode's overhang.
+    Row by row (_pool_rows): sums in the compute type (f32 for half floats, rounded once)."""
+    dtype = n.in_types[0].dtype
+    compute = "f32" if dtype in ("f16", "bf16") else dtype
+    b = kb.b
+
+    def counted(o, axis):  # cells of the window along one axis that the divisor counts
+        start = win.origin(kb, o, axis)
+        pad = kb.dim(win.pad[axis]) if count_include_pad else ZERO
+        lo, hi = b.sub(ZERO, pad), b.add(kb.dim(win.size[axis]), pad)
+        end = b.add(start, kb.dim(win.kernel[axis]))
+        first = b.select(b.icmp_signed(">", start, lo), start, lo)
+        last = smaller(b, end, hi)
+        return b.sub(last, first)
+
+    def mean(oh, ow, total):
+        return kb.fdiv(total, kb.convert(b.mul(counted(oh, 0), counted(ow, 1)), compute))
+
+    _pool_rows(kb, n, win, compute, kb.const(0.0, compute), lambda acc, x: kb.add(acc, x), mean)
+
+
+def global_avg_pool(kb, n) -> None:
+    """The mean of each plane."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    x, y = kb.input("x"), kb.output()
+    planes, h, w = plane_dims(kb, x_t)
+    size = kb.b.mul(h, w)
+    with kb.for_range(planes) as p:
+        kb.store(y, p, mean_of(kb, x, kb.b.mul(p, size), size, x_t.dtype), y_t.dtype)

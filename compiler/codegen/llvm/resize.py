@@ -1,0 +1,79 @@
+"""The resize kernel: nearest or linear interpolation, separable over the spatial axes, with
+PyTorch's coordinate conventions.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .abi import F32, F64, I64
+from .irgen import i64, smaller
+from .spatial import ZERO
+
+
+def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
+    """Separable, as the reference: along each spatial axis in turn take the nearest row, or
+    blend the two nearest, a * (1 - lam) + b * lam. The coordinate math is plain IEEE f32 (no
+    fast-math), as numpy's. ratios[i] is an f32 number, or None for in/out computed at run time
+    (PyTorch's area_pixel_compute_scale; (in - 1)/(out - 1) with align_corners)."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, y = kb.input("x"), kb.output()
+    ins = [kb.dim(d) for d in x_t.shape[2:]]
+    outs = [kb.dim(d) for d in y_t.shape[2:]]
+    in_strides = kb.strides(x_t.shape[2:])
+    out_strides = [kb.numel(y_t.shape[2:]), *kb.strides(y_t.shape[2:])]
+    one = ir.Constant(F32, 1.0)
+
+    def ratio(axis):
+        if ratios[axis] is not None:
+            return ir.Constant(F32, float(ratios[axis]))
+        size, out = ins[axis], outs[axis]
+        if corners:  # (in - 1) / (out - 1), 0 for one output
+            size, out = b.sub(size, i64(1)), b.sub(out, i64(1))
+            safe = b.select(b.icmp_signed(">", out, ZERO), out, i64(1))
+            value = b.fdiv(b.sitofp(size, F64), b.sitofp(safe, F64))
+            return b.select(b.icmp_signed(">", out, ZERO), b.fptrunc(value, F32),
+                            ir.Constant(F32, 0.0))
+        return b.fptrunc(b.fdiv(b.sitofp(size, F64), b.sitofp(out, F64)), F32)
+
+    def source(o, axis):
+        """[(input index, weight)] of output o along axis: one for nearest, two otherwise."""
+        last = b.sub(ins[axis], i64(1))
+        dst = b.sitofp(o, F32)
+        r = ratio(axis)
+        if nearest:
+            index = b.fptosi(kb.intrinsic("floor", b.fmul(dst, r)), I64)
+            return [(smaller(b, index, last), None)]
+        if corners:
+            src = b.fmul(dst, r)
+        else:
+            half = ir.Constant(F32, 0.5)
+            src = b.fsub(b.fmul(r, b.fadd(dst, half)), half)
+            src = b.select(b.fcmp_ordered(">", src, ir.Constant(F32, 0.0)), src,
+                           ir.Constant(F32, 0.0))
+        lo = b.fptosi(src, I64)
+        hi = b.add(lo, i64(1))
+        hi = smaller(b, hi, last)
+        lam = kb.convert(b.fsub(src, b.sitofp(lo, F32)), dtype)
+        return [(lo, b.fsub(kb.convert(one, dtype), lam)), (hi, lam)]
+
+    def body(index):
+        plane, spatial = index[0], index[1:]
+        axes = [source(o, axis) for axis, o in enumerate(spatial)]
+        base = b.mul(plane, kb.numel(x_t.shape[2:]))
+
+        def blend(axis, offset):  # interpolate axis `axis` last: the first axis goes first
+            if axis < 0:
+                return kb.load(x, b.add(base, offset), dtype)
+            terms = [(blend(axis - 1, b.add(offset, b.mul(i, in_strides[axis]))), wt)
+                     for i, wt in axes[axis]]
+            if nearest:
+                return terms[0][0]
+            (v0, w0), (v1, w1) = terms
+            return b.fadd(b.fmul(v0, w0), b.fmul(v1, w1))
+
+        kb.store(y, kb.dot(index, out_strides), blend(len(spatial) - 1, ZERO), dtype)
+
+    kb.loop_nest([kb.numel(y_t.shape[:2]), *outs], body)
