@@ -85,7 +85,7 @@ def _arange_llvm(kb, n):
     without contraction into an FMA, rounded once to dtype (as the reference)."""
     start, end, step = _arange_bounds(n.attrs)
     dtype = n.out_types[0].dtype
-    out = kb.buffer(0, dtype)
+    out = kb.output()
     floats = any(isinstance(v, float) for v in (start, end, step))
     with kb.for_range(kb.numel(n.out_types[0].shape)) as i:
         if floats:
@@ -130,7 +130,7 @@ def filled(name: str, doc: str, value=None) -> OpRecord:
     def lower(kb, n):
         dtype = n.out_types[0].dtype
         fill = kb.stored(n.attrs["value"] if value is None else value, dtype)
-        out = kb.buffer(0, dtype)
+        out = kb.output()
         with kb.for_range(kb.numel(n.out_types[0].shape)) as i:
             kb.b.store(fill, kb.b.gep(out, [i]))
 
@@ -177,7 +177,7 @@ def _one_hot_llvm(kb, n):
     """out[k, c] = x[k] == c; a class out of range is reported (K0505, as the reference does)
     and gives a row of zeros."""
     (x_t,), out_t = n.in_types, n.out_types[0]
-    x, out = kb.buffer(0, x_t.dtype), kb.buffer(1, out_t.dtype)
+    x, out = kb.input("x"), kb.output()
     classes = kb.dim(to_dim(n.attrs["num_classes"], "num_classes"))
     one, zero = kb.stored(1, out_t.dtype), kb.stored(0, out_t.dtype)
     with kb.for_range(kb.numel(x_t.shape)) as k:
@@ -204,5 +204,5 @@ register(internal(simple(
     "dim_value", "The runtime value of a size, as an i64 scalar tensor.",
     attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
     onnx=lambda b, n: b.node("Identity", [b.dim(n.attrs["dim"])], n.outputs),
-    llvm=lambda kb, n: kb.store(kb.buffer(0, "i64"), kb.const(0, "i64"),
+    llvm=lambda kb, n: kb.store(kb.output(), kb.const(0, "i64"),
                                 kb.dim(to_dim(n.attrs["dim"], "dim")), "i64"))))

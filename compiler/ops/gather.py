@@ -119,9 +119,9 @@ def _check_nonempty(kb, size, count, op: str) -> None:
 def _gather_llvm(kb, n):
     """out[o, k, r] = x[o, index[k], r] (o: the axes before axis, k: index's positions, r: the
     axes after); nothing is read from an empty axis."""
-    (x_t, i_t), out_t = n.in_types, n.out_types[0]
+    x_t, i_t = n.in_types
     axis = normalize_axis(n.attrs["axis"], x_t.rank)
-    x, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((x_t, i_t, out_t)))
+    x, index, out = kb.input("x"), kb.input("index"), kb.output()
     size, count = kb.dim(x_t.shape[axis]), kb.numel(i_t.shape)
     inner = kb.numel(x_t.shape[axis + 1:])
     _check_nonempty(kb, size, count, "gather")
@@ -140,7 +140,7 @@ def _take_along_llvm(kb, n):
     other off axis; nothing is read from an empty axis."""
     (x_t, i_t), out_t = n.in_types, n.out_types[0]
     axis = normalize_axis(n.attrs["axis"], max(x_t.rank, 1))
-    x, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((x_t, i_t, out_t)))
+    x, index, out = kb.input("x"), kb.input("index"), kb.output()
     x_strides = kb.broadcast_strides(x_t, out_t)
     x_strides[axis] = kb.numel(x_t.shape[axis + 1:])  # index picks along x's own axis
     i_strides, out_strides = kb.broadcast_strides(i_t, out_t), kb.strides(out_t.shape)
@@ -194,7 +194,7 @@ def _scatter_llvm(kb, n, mode: str):
     (src_t, i_t), out_t = n.in_types, n.out_types[0]
     dtype = src_t.dtype
     axis = normalize_axis(n.attrs["axis"], src_t.rank)
-    src, index, out = (kb.buffer(k, t.dtype) for k, t in enumerate((src_t, i_t, out_t)))
+    src, index, out = kb.input("src"), kb.input("index"), kb.output()
     start = kb.const(_scatter_start(mode, dtype), dtype)
     total = kb.numel(out_t.shape)
     folded, count = kb.scratch(total, dtype), kb.scratch(total, "i64")

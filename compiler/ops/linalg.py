@@ -65,7 +65,7 @@ def _batches(kb, n, body) -> None:
     a_t, b_t = n.in_types
     out_t = n.out_types[0]
     batch, m, k, cols = _matrix_shapes(a_t, b_t)
-    a, b, c = kb.buffer(0, a_t.dtype), kb.buffer(1, b_t.dtype), kb.buffer(2, out_t.dtype)
+    a, b, c = kb.input("a"), kb.input("b"), kb.output()
     out_batch = TensorType(out_t.dtype, batch)
     a_strides = kb._broadcast_strides(TensorType(a_t.dtype, a_t.shape[:-2]), out_batch)
     b_strides = kb._broadcast_strides(TensorType(b_t.dtype, b_t.shape[:-2]), out_batch)
@@ -96,11 +96,11 @@ def _llvm(kb, n):
         gemm(kb, rows, dn, dk, Matrix(a, dk), Matrix(b, dn), Matrix(c, dn))
 
     if 1 in n.prepacked:  # a weight known before the call, in B's panels (gemm.prepack_b)
-        a, b, c = (kb.buffer(i, "f32") for i in range(3))
+        a, b, c = kb.input("a"), kb.input("b"), kb.output()
         gemm(kb, kb.dim(prod(batch) * m), dn, dk, Matrix(a, dk), PackedB(b, dk), Matrix(c, dn))
         return
     if b_t.rank <= 2:
-        product(kb.dim(prod(batch) * m), *(kb.buffer(i, "f32") for i in range(3)))
+        product(kb.dim(prod(batch) * m), kb.input("a"), kb.input("b"), kb.output())
         return
     _batches(kb, n, lambda a, b, c: product(kb.dim(m), a, b, c))
 

@@ -262,7 +262,7 @@ def _tile_llvm(kb, n):
     reps = to_dims(n.attrs["reps"], "reps")
     shape = (Dim.of(1),) * (out_t.rank - t.rank) + tuple(t.shape)
     reps = (Dim.of(1),) * (out_t.rank - len(reps)) + reps
-    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x, out = kb.input("x"), kb.output()
     x_strides, out_strides = kb.strides(shape), kb.strides(out_t.shape)
 
     def body(index):
@@ -278,7 +278,7 @@ def _trilu_llvm(upper: bool):
 
     def lower(kb, n):
         t = n.in_types[0]
-        x, out = kb.buffer(0, t.dtype), kb.buffer(1, t.dtype)
+        x, out = kb.input("x"), kb.output()
         k, zero = kb.const(to_int(n.attrs["k"], "k"), "i64"), kb.stored(0, t.dtype)
         strides = kb.strides(t.shape)
 
@@ -355,7 +355,7 @@ def _pad_llvm(kb, n):
     without the edge (reflect) or the edge (replicate); clamped into x whatever the sizes."""
     t, out_t, mode = n.in_types[0], n.out_types[0], n.attrs["mode"]
     widths = _pad_widths(t.shape, n.attrs)
-    x, out = kb.buffer(0, t.dtype), kb.buffer(1, out_t.dtype)
+    x, out = kb.input("x"), kb.output()
     x_strides, out_strides = kb.strides(t.shape), kb.strides(out_t.shape)
     fill = kb.stored(number(n.attrs["value"], "value"), t.dtype)
     zero = kb.const(0, "i64")
