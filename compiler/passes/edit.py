@@ -15,7 +15,7 @@ import numpy as np
 from ..dims import Dim
 from ..errors import KilnError
 from ..evaluate import ConstEnv
-from ..ir import STRUCTURAL_OPS, Graph, IRError, Value
+from ..ir import STRUCTURAL_OPS, Graph, GraphVisitor, IRError, Value
 from ..ops import REGISTRY, OpError
 from ..types import TensorType, dtype_of_numpy
 
@@ -42,30 +42,51 @@ def nested_graphs(graph: Graph) -> Iterator[tuple[int, str, Graph]]:
                 yield nid, attr, value
 
 
+class _Ops(GraphVisitor):
+    """How many ops each node counts for: one, and a scan its body's too; a fused node the ops
+    it holds (fusing changes kernels, not ops)."""
+
+    def visit_leaf(self, graph: Graph, nid: int, node: dict) -> int:
+        return 1
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> int:
+        return 1 + sum(count_nodes(body) for body in _bodies(node))
+
+    def visit_fused(self, graph: Graph, nid: int, node: dict) -> int:
+        body = node["attrs"]["body"]
+        return len(body) - len(body.inputs)
+
+
+class _Kernels(GraphVisitor):
+    """How many kernels a backend runs for each node: none for a value the graph is given,
+    one for an op or a fused group, and a scan its body's too."""
+
+    def visit_leaf(self, graph: Graph, nid: int, node: dict) -> int:
+        return 0
+
+    def visit_op(self, graph: Graph, nid: int, node: dict) -> int:
+        return 1
+
+    def visit_scan(self, graph: Graph, nid: int, node: dict) -> int:
+        return 1 + count_kernels(node["attrs"]["body"])
+
+
+def _bodies(node: dict) -> list[Graph]:
+    return [v for v in node["attrs"].values() if isinstance(v, Graph)]
+
+
 def count_nodes(graph: Graph) -> int:
     """Nodes of `graph` and of every graph nested in it; a fused node counts as the ops it
-    holds (fusing changes kernels, not ops: `count_kernels` counts those)."""
-    total = len(graph)
-    for nid, _attr, body in nested_graphs(graph):
-        if graph.op(nid) == "fused":
-            total += len(body) - len(body.inputs) - 1
-        else:
-            total += count_nodes(body)
-    return total
+    holds (`count_kernels` counts kernels)."""
+    ops = _Ops()
+    return sum(ops.visit(graph, nid) for nid in graph.g.nodes)
 
 
 def count_kernels(graph: Graph) -> int:
     """The kernels a backend runs for `graph`: its nodes other than inputs, parameters and
     constants (a fused node is one kernel; a scan counts the kernels of its body too)."""
-    total = 0
-    for nid in graph.g.nodes:
-        op = graph.op(nid)
-        if op in STRUCTURAL_OPS:
-            continue
-        total += 1
-        if op == "scan":
-            total += count_kernels(graph.node(nid)["attrs"]["body"])
-    return total
+    kernels = _Kernels()
+    return sum(kernels.visit(graph, nid) for nid in graph.g.nodes)
 
 
 # uses -------------------------------------------------------------------------------------
