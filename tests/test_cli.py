@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _clitest import run
 
 from kiln.cli import build_parser, main
 
@@ -31,12 +32,6 @@ def two(tmp_path) -> Path:
     path = tmp_path / "two.kiln"
     path.write_text(TWO)
     return path
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def npy(tmp_path, name: str, array: np.ndarray) -> str:

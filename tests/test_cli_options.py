@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _clitest import run
 
 import kiln
-from kiln.cli import main
 from kiln.compiler.dims import Dim
 
 # A linear layer and a convolution whose multiply-adds are counted by hand below.
@@ -52,12 +52,6 @@ def models(tmp_path) -> Path:
     path = tmp_path / "models.kiln"
     path.write_text(MODELS)
     return path
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def ok(capsys, *args) -> str:
