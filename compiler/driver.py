@@ -173,7 +173,7 @@ class Compilation:
         model = self.elaborated(present)
         with progress.step(f"optimizing the graph ({len(model.graph)} nodes)"):
             graph, stats = pipelines.optimize(model, self.opt_level, params=weights.params,
-                                           pipeline=pipeline)
+                                              pipeline=pipeline)
         if present == self.model.present:
             self.pipeline_stats[pipeline] = stats
             if pipeline == self.pipeline:
