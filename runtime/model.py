@@ -76,12 +76,12 @@ class CompiledModel:
 
     @property
     def pipeline(self) -> str:
-        """The optimizer's pipeline for this target (passes.PIPELINES)."""
+        """The optimizer's pipeline for this target (compiler/pipelines.py: PIPELINES)."""
         return self.compilation.pipeline if self.compilation else "native"
 
     @property
     def pass_stats(self) -> list:
-        """What the optimizer did to the model (kiln.compiler.passes)."""
+        """What the optimizer did to the model (compiler/pipelines.py: optimize)."""
         return self.compilation.pass_stats if self.compilation else []
 
     @property

@@ -67,8 +67,8 @@ def _batches(kb, n, body) -> None:
     batch, m, k, cols = _matrix_shapes(a_t, b_t)
     a, b, c = kb.input("a"), kb.input("b"), kb.output()
     out_batch = TensorType(out_t.dtype, batch)
-    a_strides = kb._broadcast_strides(TensorType(a_t.dtype, a_t.shape[:-2]), out_batch)
-    b_strides = kb._broadcast_strides(TensorType(b_t.dtype, b_t.shape[:-2]), out_batch)
+    a_strides = kb.broadcast_strides(TensorType(a_t.dtype, a_t.shape[:-2]), out_batch)
+    b_strides = kb.broadcast_strides(TensorType(b_t.dtype, b_t.shape[:-2]), out_batch)
     c_strides = kb.strides(batch)
     sizes = (kb.dim(m * k), kb.dim(k * cols), kb.dim(m * cols))
 

@@ -131,7 +131,7 @@ class OpRecord:
     # types in, compute type out), which a fused kernel strings together with its neighbours
     scalar: Callable[..., Any] | None = None
     # a GEMM op whose weight (input 1) a backend may store in its own panel layout: which GEMM
-    # operand the weight is there, "a" or "b" (passes/layout.py); None: the weight stays plain
+    # operand the weight is there, "a" or "b" (codegen/llvm/layout.py); None: the weight stays plain
     packed_weight: str | None = None
     # permutation(rank, attrs) -> the result's axis order, for a Prop.PERMUTE op: axis i of the
     # result is axis perm[i] of the input

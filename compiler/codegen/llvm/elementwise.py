@@ -94,8 +94,6 @@ class ElementwiseKernels:
             step = self.b.mul(step, self.dim(d))
         return strides
 
-    _broadcast_strides = broadcast_strides  # the name linalg.py knows
-
     def _nest(self, axis, out_t, ins, strides, offsets, out_offset, out, scalar) -> None:
         if axis == out_t.rank:
             vals = [self.load(p, o, t.dtype) for (p, t), o in zip(ins, offsets, strict=True)]
