@@ -9,6 +9,7 @@ from . import control, elementwise, linalg  # noqa: F401  (each registers its re
 from . import norm, conv, resize, reduce  # noqa: F401
 from . import views, slicing, gather, creation  # noqa: F401
 # isort: on
-from .registry import REGISTRY, REQUIRED, Arg, OpError, OpRecord, Prop, has, lookup
+from .registry import REGISTRY, REQUIRED, Arg, OpError, OpRecord, Prop, VjpNode, has, lookup
 
-__all__ = ["REGISTRY", "REQUIRED", "Arg", "OpError", "OpRecord", "Prop", "has", "lookup"]
+__all__ = ["REGISTRY", "REQUIRED", "Arg", "OpError", "OpRecord", "Prop", "VjpNode", "has",
+           "lookup"]

@@ -101,6 +101,20 @@ class RefEnv(Protocol):
     def run_graph(self, graph: Any, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
 
 
+@dataclass(frozen=True)
+class VjpNode:
+    """What an op's gradient rule sees of the forward node it differentiates.
+
+    `inputs` are the node's operands by slot (None for an absent optional input) and `outputs`
+    its results: Values of the graph being differentiated, which the rule may use again (the
+    reverse pass decides whether they are kept for the backward pass or recomputed)."""
+
+    op: str
+    inputs: tuple[Any, ...]  # Value | None, by input slot
+    outputs: tuple[Any, ...]  # Value, by result index
+    attrs: dict
+
+
 InferFn = Callable[[list["TensorType | None"], dict], list[TensorType]]
 RefFn = Callable[[RefEnv, list["np.ndarray | None"], dict], list[np.ndarray]]
 MacsFn = Callable[[list["TensorType | None"], list[TensorType], dict], Dim]
@@ -136,6 +150,18 @@ class OpRecord:
     # permutation(rank, attrs) -> the result's axis order, for a Prop.PERMUTE op: axis i of the
     # result is axis perm[i] of the input
     permutation: Callable[[int, dict], list[int]] | None = None
+    # vjp(gb, node, cotangents) -> one entry per input slot: the op's gradient rule (reverse
+    # mode). `gb` is a GraphBuilder (compiler/builder.py) adding to the graph being
+    # differentiated, with the forward node's span and scope; `node` a VjpNode; `cotangents`
+    # one per result, a Value of the result's type or None where no gradient reaches that
+    # result (a zero the rule need not build). The rule returns, for each input slot, the
+    # gradient of sum(result * cotangent) with respect to that input, a Value of exactly the
+    # input's type (shape included: a broadcast input gets the sum over its broadcast axes),
+    # or None where the input takes no gradient (an integer or bool input, an absent optional
+    # input, an index) or where the gradient is zero. It is written with primitive ops through
+    # `gb`, so the backward graph is ordinary IR. A record without a rule is not
+    # differentiable: a gradient that must flow through it is an error naming the op.
+    vjp: Callable[[Any, VjpNode, list[Any]], list[Any]] | None = None
 
     def promoted(self, arg: str) -> bool:
         """Whether tensor argument `arg` takes part in dtype promotion."""
