@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import NUMPY_DTYPES, TensorType
 from ._common import (
     FLOATS,
     as_dtype,
@@ -33,10 +33,11 @@ from ._common import (
     dtype_name,
     nn_native,
     number,
+    prod,
     tensors,
     to_int,
 )
-from ._emit import identity
+from ._emit import identity, one, onnx_dtype, widened
 from ._factories import unary
 from .registry import OpRecord, internal, register
 
@@ -141,8 +142,52 @@ def _keyed_reference(env, inputs, a):
 
 
 def _keyed_onnx(b, n):
-    raise b.unsupported("training-mode dropout draws its mask with Philox-4x32-10, which no "
-                        "ONNX op computes: export the model compiled with training=False")
+    """Philox-4x32-10 in ONNX integer ops on uint64 words (a product of two 32-bit words
+    fits), drawing the words of the reference, then x * where(keep, 1 / (1 - p), 0)."""
+    x, key = n.inputs
+    t = n.in_types[0]
+
+    def word(value: int) -> str:
+        return b.const(np.asarray(value, np.uint64))
+
+    mask, thirty_two = word(MASK32), word(32)
+
+    def lo32(v: str) -> str:
+        return one(b, "BitwiseAnd", v, mask)
+
+    def hi32(v: str) -> str:
+        return one(b, "BitShift", v, thirty_two, direction="RIGHT")
+
+    def xor(*vs: str) -> str:
+        out = vs[0]
+        for v in vs[1:]:
+            out = one(b, "BitwiseXor", out, v)
+        return out
+
+    from onnx.helper import np_dtype_to_tensor_dtype  # onnx is loaded only when emitting
+
+    uint64 = int(np_dtype_to_tensor_dtype(np.dtype(np.uint64)))
+    # int64 -> uint64 keeps the bits (two's complement), as the reference's `& (2^64 - 1)`
+    words = one(b, "Cast", key, to=uint64)
+    seed, step = (one(b, "Gather", words, b.const(np.asarray(k, np.int64)), axis=0)
+                  for k in (0, 1))
+    index = one(b, "Cast", one(b, "Range", b.const(np.asarray(0, np.int64)),
+                               b.dim(prod(t.shape)), b.const(np.asarray(1, np.int64))),
+                to=uint64)
+    c = [lo32(index), word(to_int(n.attrs["stream"], "stream")), lo32(step), hi32(step)]
+    k0, k1 = lo32(seed), hi32(seed)
+    for _ in range(PHILOX_ROUNDS):
+        p0 = one(b, "Mul", c[0], word(PHILOX_M[0]))
+        p1 = one(b, "Mul", c[2], word(PHILOX_M[1]))
+        c = [xor(hi32(p1), c[1], k0), lo32(p1), xor(hi32(p0), c[3], k1), lo32(p0)]
+        k0, k1 = lo32(one(b, "Add", k0, word(PHILOX_W[0]))), lo32(one(b, "Add", k1,
+                                                                        word(PHILOX_W[1])))
+    p = float(number(n.attrs["p"], "p"))
+    keep = one(b, "GreaterOrEqual", one(b, "Cast", c[0], to=onnx_dtype("i64")),
+               b.const(np.asarray(drop_threshold(p), np.int64)))
+    dtype = NUMPY_DTYPES[t.dtype]
+    factor = one(b, "Where", keep, b.const(scale_of(p, dtype)), b.const(np.asarray(0, dtype)))
+    b.node("Mul", [x, one(b, "Reshape", factor, one(b, "Shape", x))], n.outputs)
 
 
 def _keyed_vjp(gb, node, cts):
@@ -157,7 +202,7 @@ register(internal(OpRecord(
     _keyed_infer, _keyed_reference,
     "x * mask / (1 - p), the mask drawn by Philox-4x32-10 from key [seed, step], the call's "
     "stream and each element's index (training-mode dropout).",
-    onnx=_keyed_onnx, llvm=lambda kb, n: nn_native("random").dropout_keyed(kb, n),
+    onnx=widened(_keyed_onnx), llvm=lambda kb, n: nn_native("random").dropout_keyed(kb, n),
     vjp=_keyed_vjp)))
 
 __all__ = ["KEY_TYPE", "drop_threshold", "keep_mask", "philox4x32", "scale_of"]
