@@ -10,7 +10,8 @@ from _optest import T, raises, rand, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.compiler.ops.random import keep_mask, philox4x32
+from kiln.compiler.ops.random import keep_mask
+from kiln.compiler.philox import philox4x32
 
 KEY = np.array([2026, 3], np.int64)
 

@@ -32,8 +32,7 @@ from ._common import (
     to_int,
     upcast,
 )
-from ._emit import chain, full_of, identity, one, trimmed, widened
-from ._factories import unary
+from ._emit import chain, full_of, one, trimmed, widened
 from .registry import OpError, OpRecord, register
 
 

@@ -21,6 +21,7 @@ import dataclasses
 
 import numpy as np
 
+from ..philox import MASK32, PHILOX_M, PHILOX_ROUNDS, PHILOX_W, philox4x32
 from ..types import NUMPY_DTYPES, TensorType
 from ._common import (
     FLOATS,
@@ -40,28 +41,6 @@ from ._common import (
 from ._emit import identity, one, onnx_dtype, widened
 from ._factories import unary
 from .registry import OpRecord, internal, register
-
-# Philox-4x32's multipliers and Weyl key increments (Random123's philox.h)
-PHILOX_M = (0xD2511F53, 0xCD9E8D57)
-PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-PHILOX_ROUNDS = 10
-MASK32 = 0xFFFFFFFF
-
-
-def philox4x32(counter: tuple, key: tuple) -> tuple[np.ndarray, ...]:
-    """Philox-4x32-10 of counters (four arrays of uint32 words, broadcasting) under key (two
-    words): the four output words, uint32 arrays."""
-    c = [np.asarray(w, np.uint64) & MASK32 for w in counter]
-    k0, k1 = (np.uint64(int(w) & MASK32) for w in key)
-    for _ in range(PHILOX_ROUNDS):
-        p0 = c[0] * np.uint64(PHILOX_M[0])  # a 32 x 32 -> 64-bit product: hi and lo words
-        p1 = c[2] * np.uint64(PHILOX_M[1])
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & np.uint64(MASK32),
-             (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & np.uint64(MASK32)]
-        k0 = (k0 + np.uint64(PHILOX_W[0])) & np.uint64(MASK32)
-        k1 = (k1 + np.uint64(PHILOX_W[1])) & np.uint64(MASK32)
-    return tuple(w.astype(np.uint32) for w in c)
-
 
 def drop_threshold(p: float) -> int:
     """The draws below which an element is dropped: round(p * 2^32), 0 to 2^32."""
@@ -190,6 +169,12 @@ def _keyed_onnx(b, n):
     b.node("Mul", [x, one(b, "Reshape", factor, one(b, "Shape", x))], n.outputs)
 
 
+def _keyed_llvm(kb, n):
+    p = float(number(n.attrs["p"], "p"))
+    compute = np.float64 if n.in_types[0].dtype == "f64" else np.float32
+    nn_native("random").dropout_keyed(kb, n, drop_threshold(p), float(scale_of(p, compute)))
+
+
 def _keyed_vjp(gb, node, cts):
     """Dropout is linear in x: its gradient is the same mask and scale applied to the
     cotangent, drawn again from the same key and stream (never a new draw)."""
@@ -202,7 +187,7 @@ register(internal(OpRecord(
     _keyed_infer, _keyed_reference,
     "x * mask / (1 - p), the mask drawn by Philox-4x32-10 from key [seed, step], the call's "
     "stream and each element's index (training-mode dropout).",
-    onnx=widened(_keyed_onnx), llvm=lambda kb, n: nn_native("random").dropout_keyed(kb, n),
+    onnx=widened(_keyed_onnx), llvm=_keyed_llvm,
     vjp=_keyed_vjp)))
 
-__all__ = ["KEY_TYPE", "drop_threshold", "keep_mask", "philox4x32", "scale_of"]
+__all__ = ["KEY_TYPE", "drop_threshold", "keep_mask", "scale_of"]
