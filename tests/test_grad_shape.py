@@ -1,0 +1,142 @@
+"""Gradient rules of the shape, slicing, gather/scatter and creation ops against central finite
+differences (tests/_gradcheck.py), on random shapes, and built for symbolic sizes (a B-sized
+batch) where an op's attributes may hold them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _gradcheck import backward, check_vjp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiln.compiler.dims import Dim
+from kiln.compiler.ops import REGISTRY
+from kiln.compiler.types import TensorType
+
+B = Dim.of("B")
+SETTINGS = settings(max_examples=15, deadline=None)
+# the ops of compiler/ops/views.py, slicing.py, gather.py and creation.py
+SHAPE_OPS = ("reshape", "flatten", "transpose", "permute", "flip", "squeeze", "unsqueeze",
+             "broadcast_to", "tile", "tril", "triu", "pad", "slice", "concat", "stack", "split",
+             "gather", "take_along_axis", "scatter", "scatter_add", "arange", "zeros", "ones",
+             "full", "one_hot", "dim_value")
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def batched(*arrays: np.ndarray | None) -> list[TensorType | None]:
+    """The arrays' types with axis 0 the symbolic batch B (non-arrays: their own type)."""
+    return [None if x is None else TensorType("f64" if x.dtype == np.float64 else "i64",
+                                              (B, *x.shape[1:]) if x.ndim else ())
+            for x in arrays]
+
+
+def check_batched(op: str, *arrays: np.ndarray, **attrs) -> None:
+    """check_vjp with every input's axis 0 the symbolic B (bound to the arrays' batch)."""
+    check_vjp(op, *arrays, types=batched(*arrays), dims={"B": arrays[0].shape[0]}, **attrs)
+
+
+shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3)
+
+
+def test_every_shape_op_has_a_rule():
+    """Every op of the four families has a rule (the creation ops' says: no gradient)."""
+    assert [op for op in SHAPE_OPS if REGISTRY[op].vjp is None] == []
+
+
+# reshaping and axis moves -----------------------------------------------------------------
+@SETTINGS
+@given(shapes)
+def test_reshape_flatten(shape):
+    x = rand(*shape)
+    check_vjp("reshape", x, [-1])
+    check_vjp("flatten", x, start=0)
+    check_vjp("reshape", x[None], [1, -1, 1])
+
+
+def test_reshape_batched():
+    x = rand(3, 2, 4)
+    check_batched("reshape", x, shape=[B, -1])
+    check_batched("flatten", x)
+    check_batched("unsqueeze", x, axis=[0, 3])
+    check_batched("squeeze", rand(3, 1, 4), axis=1)
+
+
+def test_squeeze_unsqueeze():
+    check_vjp("squeeze", rand(1, 3, 1))
+    check_vjp("squeeze", rand(2, 1, 3), axis=-2)
+    check_vjp("unsqueeze", rand(2, 3), axis=[0, 2])
+
+
+@SETTINGS
+@given(st.permutations([0, 1, 2]))
+def test_permute_transpose(perm):
+    x = rand(2, 3, 4)
+    check_vjp("permute", x, list(perm))
+    check_vjp("transpose", x, perm[0], perm[1])
+    check_batched("permute", x, perm=list(perm))
+
+
+def test_flip_tril_triu():
+    check_vjp("flip", rand(3, 4), [0, 1])
+    check_vjp("flip", rand(2, 3, 2), -1)
+    for k in (-1, 0, 2):
+        check_vjp("tril", rand(2, 3, 4), k=k)
+        check_vjp("triu", rand(4, 3), k=k)
+    check_batched("triu", rand(2, 3, 3), k=1)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from([1, 3]), min_size=1, max_size=3), st.integers(0, 2))
+def test_broadcast_to(shape, lead):
+    x = rand(*shape)
+    target = [2] * lead + [1 if d == 3 else 4 for d in shape]
+    target = [3 if d == 3 else t for d, t in zip(shape, target[lead:], strict=True)]
+    check_vjp("broadcast_to", x, [2] * lead + target)
+
+
+def test_broadcast_to_batched():
+    x = rand(3, 1, 4)
+    check_vjp("broadcast_to", x, [2, B, 5, 4], types=batched(x), dims={"B": 3})
+    check_vjp("broadcast_to", rand(1, 4), [B, 4], types=[TensorType("f64", (1, 4))],
+              dims={"B": 3})
+
+
+@SETTINGS
+@given(shapes, st.lists(st.integers(1, 3), min_size=1, max_size=4))
+def test_tile(shape, reps):
+    check_vjp("tile", rand(*shape), reps)
+
+
+def test_tile_batched():
+    check_batched("tile", rand(2, 3), reps=[2, 1, 2])
+
+
+# padding ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+@pytest.mark.parametrize("pads", [[1, 2], [0, 3, 2, 0], [2, 2, 1, 1], [3, 0]])
+def test_pad(mode, pads):
+    check_vjp("pad", rand(2, 4, 5), pads, mode=mode, value=1.5)
+
+
+def test_pad_crops():
+    check_vjp("pad", rand(3, 5), [-1, 2, 1, -2])
+    check_vjp("pad", rand(3, 5), [-2, -1])
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+def test_pad_batched(mode):
+    check_batched("pad", rand(3, 3, 5), pads=[2, 1, 1, 2], mode=mode)
+    # the padded axis itself symbolic
+    x = rand(4, 3)
+    check_vjp("pad", x, [0, 0, 2, 3], mode=mode, types=batched(x), dims={"B": 4})
+
+
+def test_pad_symbolic_widths():
+    x = rand(3, 4)
+    check_vjp("pad", x, [B, 1], mode="reflect", types=[TensorType("f64", (3, 4))],
+              dims={"B": 2})
+    check_vjp("pad", x, [1, B], dims={"B": 2}, types=[TensorType("f64", (3, 4))])
