@@ -140,3 +140,81 @@ def test_pad_symbolic_widths():
     check_vjp("pad", x, [B, 1], mode="reflect", types=[TensorType("f64", (3, 4))],
               dims={"B": 2})
     check_vjp("pad", x, [1, B], dims={"B": 2}, types=[TensorType("f64", (3, 4))])
+
+
+# slicing, joining, splitting --------------------------------------------------------------
+def R(start=None, stop=None, step=1):  # noqa: N802 - reads as the language's a:b:c
+    return ("range", start, stop, step)
+
+
+SLICES = [
+    [R(1, 3)],
+    [("int", 1)],
+    [("int", -1), R(None, None, 2)],
+    [R(None, None, -1)],
+    [R(3, 0, -2), ("new",), ("int", 0)],
+    [("ellipsis",), R(1, None, 3)],
+    [("new",), R(-3, None), ("ellipsis",), ("int", -2)],
+    [R(-1, -5, -1), R(0, 0)],  # an empty result
+    [R(None, None, 5), R(4, 1, -3)],
+    [R(2, 100)],
+]
+
+
+@pytest.mark.parametrize("items", SLICES)
+def test_slice(items):
+    check_vjp("slice", rand(5, 4, 3), items=items)
+
+
+@SETTINGS
+@given(st.integers(-6, 6), st.integers(-6, 6), st.sampled_from([1, 2, 3, -1, -2, -4]))
+def test_slice_ranges(start, stop, step):
+    check_vjp("slice", rand(5, 2), items=[R(start, stop, step)])
+    check_vjp("slice", rand(2, 5), items=[("ellipsis",), R(start, None, step)])
+
+
+@pytest.mark.parametrize("items", [
+    [R(1, None)], [R(None, -1)], [R(None, None, 2)], [R(None, None, -1)], [R(None, None, -2)],
+    [("int", 0)], [("int", -1)], [R(B - 2, None)], [R(1, B - 1, 2)], [("int", B - 1), R(1, 3)],
+])
+def test_slice_batched(items):
+    """Slices of a B-sized axis (bounds taken in range, as the shape rule takes them)."""
+    check_batched("slice", rand(6, 4), items=items)
+
+
+def test_slice_after_batch():
+    check_batched("slice", rand(3, 5, 4), items=[("ellipsis",), R(None, None, -2), ("int", 1)])
+    check_batched("slice", rand(3, 5), items=[("new",), R(), R(4, 0, -3)])
+
+
+@pytest.mark.parametrize("op", ["concat", "stack"])
+def test_join(op):
+    xs = [rand(2, 3, seed=1), rand(2, 3, seed=2), rand(2, 3, seed=3)]
+    for axis in (0, 1, -1):
+        check_vjp(op, xs, axis=axis)
+    check_vjp(op, xs[:1], axis=0)
+    xs = [rand(3, 2, seed=1), rand(3, 2, seed=2)]
+    check_vjp(op, xs, axis=1, types=batched(*xs), dims={"B": 3})
+
+
+def test_concat_uneven():
+    check_vjp("concat", [rand(2, 1), rand(2, 4), rand(2, 2)], axis=1)
+    xs = [rand(3, 2), rand(1, 2)]
+    check_vjp("concat", xs, axis=0, types=[TensorType("f64", (B, 2)), TensorType("f64", (1, 2))],
+              dims={"B": 3})
+
+
+def test_split():
+    x = rand(6, 4)
+    check_vjp("split", x, n=3, axis=0)
+    check_vjp("split", x, sizes=[1, 3], axis=1)
+    check_vjp("split", x, n=1, axis=1)
+    check_batched("split", rand(3, 6), sizes=[2, 0, 4], axis=1)
+
+
+def test_split_unused_parts():
+    """A part no gradient reaches (cotangent None) adds zeros where it was."""
+    x = rand(5, 2)
+    _out, _cts, (g,) = backward("split", x, sizes=[2, 3], axis=0,
+                               cotangents=[None, np.ones((3, 2))])
+    np.testing.assert_array_equal(g, np.concatenate([np.zeros((2, 2)), np.ones((3, 2))]))
