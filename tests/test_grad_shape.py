@@ -218,3 +218,93 @@ def test_split_unused_parts():
     _out, _cts, (g,) = backward("split", x, sizes=[2, 3], axis=0,
                                cotangents=[None, np.ones((3, 2))])
     np.testing.assert_array_equal(g, np.concatenate([np.zeros((2, 2)), np.ones((3, 2))]))
+
+
+# gather and scatter -----------------------------------------------------------------------
+def ints(high: int, *shape: int, low: int = 0, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, high, shape)
+
+
+@SETTINGS
+@given(st.integers(0, 2), st.lists(st.integers(1, 3), max_size=2), st.integers(0, 100))
+def test_gather(axis, index_shape, seed):
+    """Repeated rows accumulate; negative indices count from the end."""
+    x = rand(3, 4, 2)
+    index = ints(x.shape[axis], *index_shape, low=-x.shape[axis], seed=seed)
+    check_vjp("gather", x, index, axis=axis)
+
+
+def test_gather_embedding_batched():
+    """An embedding lookup: table [V, E] by token ids [B, T] (B symbolic)."""
+    table, tokens = rand(5, 3), ints(5, 4, 3)
+    check_vjp("gather", table, tokens, axis=0, dims={"B": 4},
+              types=[TensorType("f64", (5, 3)), TensorType("i64", (B, 3))])
+    check_vjp("gather", rand(4, 5), ints(5, 6), axis=1, dims={"B": 4},
+              types=[TensorType("f64", (B, 5)), TensorType("i64", (6,))])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_take_along_axis(axis):
+    x = rand(3, 4)
+    check_vjp("take_along_axis", x, ints(x.shape[axis], 3, 4, seed=1), axis=axis)
+    check_vjp("take_along_axis", x, ints(x.shape[axis], 5, 4)[:, :1] if axis == 0 else
+              ints(x.shape[axis], 3, 5)[:1], axis=axis)  # index broadcast off axis
+    check_vjp("take_along_axis", rand(1, 4), ints(4, 3, 2), axis=1)  # x broadcast off axis
+
+
+def test_take_along_axis_batched():
+    x, index = rand(4, 5), ints(5, 4, 2)
+    check_batched("take_along_axis", x, index, axis=1)
+
+
+SCATTER_MODES = ["sum", "mean", "max", "min", "prod"]
+
+
+@pytest.mark.parametrize("mode", SCATTER_MODES)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_scatter(mode, axis):
+    src = rand(4, 5)
+    index = ints(3, src.shape[axis], seed=2)
+    check_vjp("scatter", src, index, size=4, axis=axis, reduce=mode)  # segment 3 empty
+    check_vjp("scatter", src, ints(3, 4, 5, seed=3), size=3, axis=axis, reduce=mode)
+
+
+def test_scatter_add():
+    check_vjp("scatter_add", rand(6, 2), ints(4, 6, low=-4), size=4)
+    check_vjp("scatter_add", rand(3, 6), ints(3, 3, 6), size=3, axis=1)
+
+
+@pytest.mark.parametrize("mode", SCATTER_MODES)
+def test_scatter_batched(mode):
+    """Segments over a symbolic count of nodes: a GNN's message aggregation."""
+    src, index = rand(5, 3), ints(3, 5, seed=4)
+    check_vjp("scatter", src, index, size=B, reduce=mode, dims={"B": 4, "E": 5},
+              types=[TensorType("f64", (Dim.of("E"), 3)), TensorType("i64", (Dim.of("E"),))])
+
+
+def test_scatter_ties_and_zeros():
+    """Ties of max/min share the gradient evenly (PyTorch's scatter_reduce convention, which
+    counts the zeros it scatters onto as one more tie where the result is 0); a zero in a
+    product passes the rest's product to itself."""
+    import torch
+
+    src = np.array([1.0, 3.0, 3.0, 2.0, 0.0, 4.0, 0.0, 0.0, 5.0])
+    index = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3])
+    ct = np.array([1.0, 10.0, 100.0, 1000.0])
+    for mode, name in (("max", "amax"), ("min", "amin"), ("prod", "prod"), ("mean", "mean")):
+        _out, _cts, (g, _none) = backward("scatter", src, index, size=4, reduce=mode,
+                                          cotangents=[ct])
+        t = torch.tensor(src, requires_grad=True)
+        torch.zeros(4, dtype=torch.float64).scatter_reduce(
+            0, torch.tensor(index), t, name, include_self=False).backward(torch.tensor(ct))
+        np.testing.assert_allclose(g, t.grad.numpy(), err_msg=mode)
+
+
+def test_creation_ops_take_no_gradient():
+    _out, _cts, grads = backward("one_hot", ints(3, 4), num_classes=3, dtype="f32")
+    assert grads == [None]
+    for op, attrs in (("zeros", {"shape": [2]}), ("ones", {"shape": [2, 1]}),
+                      ("full", {"shape": [3], "value": 2.0}), ("arange", {"start": 4}),
+                      ("dim_value", {"dim": 3})):
+        assert REGISTRY[op].vjp is not None
+        assert backward(op, **attrs)[2] == []
