@@ -17,13 +17,39 @@ from _optest import RefEnv, bind
 
 from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.evaluate import run_graph
-from kiln.compiler.ir import Graph
-from kiln.compiler.ops import VjpNode
+from kiln.compiler.ir import Graph, Value
+from kiln.compiler.ops import REGISTRY, VjpNode
 from kiln.compiler.types import FLOAT_DTYPES, TensorType, dtype_of_numpy
 
 
 def _type_of(x: np.ndarray) -> TensorType:
     return TensorType(dtype_of_numpy(x.dtype), x.shape)
+
+
+def add_rule(graph: Graph, op: str, values: list[Value | None], attrs: dict,
+             with_cotangent=None, prefix: str = "") -> tuple[list[Value], list[Value | None],
+                                                             list[Value | None]]:
+    """Add op `op` on `values` to `graph`, a cotangent input (named `<prefix>ct<i>`) for each
+    float result that `with_cotangent(i)` accepts (default: every one), and the op's rule:
+    (results, cotangent inputs or None, gradient per input slot or None), each gradient
+    checked to have its input's type."""
+    record = REGISTRY[op]
+    assert record.vjp is not None, f"{op} has no gradient rule"
+    outs = graph.add(op, values, attrs, list(record.infer(
+        [None if v is None else v.type for v in values], attrs)))
+    ct_values = [graph.add_input(f"{prefix}ct{i}", out.type, None)
+                 if out.type.dtype in FLOAT_DTYPES and (with_cotangent is None or
+                                                        with_cotangent(i)) else None
+                 for i, out in enumerate(outs)]
+    node = VjpNode(op, tuple(values), tuple(outs), dict(attrs))
+    grads = record.vjp(GraphBuilder(graph), node, list(ct_values))
+    assert len(grads) == len(values), f"{op}: the rule gave {len(grads)} gradients for " \
+        f"{len(values)} input slots"
+    for g, v in zip(grads, values, strict=True):
+        if g is not None:
+            assert v is not None, f"{op}: a gradient for an absent input"
+            assert g.type == v.type, f"{op}: gradient type {g.type} for an input of {v.type}"
+    return outs, ct_values, list(grads)
 
 
 def backward(op: str, *args, cotangents: list[np.ndarray] | None = None, seed: int = 0,
@@ -35,32 +61,20 @@ def backward(op: str, *args, cotangents: list[np.ndarray] | None = None, seed: i
     `types` gives the input slots types of their own (symbolic sizes: the graph is built for
     them, and run with the sizes `dims` binds); by default each array's type."""
     record, inputs, attrs = bind(op, args, kwargs)
-    assert record.vjp is not None, f"{op} has no gradient rule"
     graph = Graph()
-    gb = GraphBuilder(graph)
     types = types or [None if x is None else _type_of(x) for x in inputs]
     values = [None if x is None else graph.add_input(f"x{i}", t, None)
               for i, (x, t) in enumerate(zip(inputs, types, strict=True))]
     feeds = [x for x in inputs if x is not None]
-    outs = graph.add(op, values, attrs, list(record.infer(
-        [None if v is None else v.type for v in values], attrs)))
     dims = dims or {}
-    fwd = run_graph(_graph_of(graph, outs), feeds, {}, dims)
+    fwd = record.reference(RefEnv(dims), list(inputs), attrs)
     rng = np.random.default_rng(seed)
     if cotangents is None:
         cotangents = [rng.standard_normal(r.shape).astype(r.dtype)
                       if r.dtype.kind == "f" else None for r in fwd]
-    ct_values = [None if c is None else graph.add_input(f"ct{i}", out.type, None)
-                 for i, (c, out) in enumerate(zip(cotangents, outs, strict=True))]
-    node = VjpNode(op, tuple(values), tuple(outs), dict(attrs))
-    grads = record.vjp(gb, node, list(ct_values))
-    assert len(grads) == len(values), f"{op}: the rule gave {len(grads)} gradients for " \
-        f"{len(values)} input slots"
+    _outs, _cts, grads = add_rule(graph, op, values, attrs,
+                                  lambda i: cotangents[i] is not None)
     wanted = [g for g in grads if g is not None]
-    for g, v in zip(grads, values, strict=True):
-        if g is not None:
-            assert v is not None, f"{op}: a gradient for an absent input"
-            assert g.type == v.type, f"{op}: gradient type {g.type} for an input of {v.type}"
     results = run_graph(_graph_of(graph, wanted), feeds + [c for c in cotangents
                                                            if c is not None], {}, dims)
     it = iter(results)
@@ -124,4 +138,4 @@ def check_vjp(op: str, *args, rtol: float = 1e-5, atol: float = 1e-7, seed: int 
                                        err_msg=f"{op}: gradient of input slot {slot}")
 
 
-__all__ = ["backward", "check_vjp", "numeric_grads"]
+__all__ = ["add_rule", "backward", "check_vjp", "numeric_grads"]

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _gradcheck import backward, check_vjp
+from _gradcheck import add_rule, backward, check_vjp
+from _nativetest import native_model
+from _optest import bind, type_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.compiler.dims import Dim
+from kiln.compiler.elaborate.elaborator import Port
+from kiln.compiler.evaluate import run_graph
+from kiln.compiler.ir import Graph
 from kiln.compiler.ops import REGISTRY
 from kiln.compiler.types import TensorType
 
@@ -308,3 +313,75 @@ def test_creation_ops_take_no_gradient():
                       ("dim_value", {"dim": 3})):
         assert REGISTRY[op].vjp is not None
         assert backward(op, **attrs)[2] == []
+
+
+# the rules' backward graphs in native code ------------------------------------------------
+# (op, tensor arguments, attributes, input types or None): f32, as models train; each rule's
+# backward graph, lowered with the rest into one native model, against the same graph run by
+# the reference interpreter. B is bound to 3.
+def f32(*shape: int, seed: int = 0) -> np.ndarray:
+    return rand(*shape, seed=seed).astype(np.float32)
+
+
+def b32(*rest: int) -> TensorType:
+    return TensorType("f32", (B, *rest))
+
+
+NATIVE_CASES = [
+    ("reshape", [f32(3, 2, 4)], {"shape": [B, -1]}, [b32(2, 4)]),
+    ("permute", [f32(3, 2, 4)], {"perm": [2, 0, 1]}, [b32(2, 4)]),
+    ("flip", [f32(3, 4)], {"axis": [0, 1]}, None),
+    ("tril", [f32(3, 4, 4)], {"k": -1}, [b32(4, 4)]),
+    ("broadcast_to", [f32(3, 1, 4)], {"shape": [2, B, 5, 4]}, [b32(1, 4)]),
+    ("tile", [f32(3, 2)], {"reps": [2, 1, 3]}, [b32(2)]),
+    ("pad", [f32(3, 4, 5)], {"pads": [2, 1, -1, 2]}, [b32(4, 5)]),
+    ("pad", [f32(3, 4, 5)], {"pads": [2, 1, 1, 2], "mode": "reflect"}, [b32(4, 5)]),
+    ("pad", [f32(3, 4, 5)], {"pads": [0, 2, 3, 1], "mode": "replicate"}, [b32(4, 5)]),
+    ("pad", [f32(3, 4)], {"pads": [0, 0, 2, 1], "mode": "reflect"}, [b32(4)]),
+    ("slice", [f32(3, 7, 5)], {"items": [R(1, None), R(None, None, -3), ("int", -2)]},
+     [b32(7, 5)]),
+    ("slice", [f32(6, 4)], {"items": [R(None, None, 2), ("new",), R(3, 0, -1)]}, None),
+    ("slice", [f32(3, 4)], {"items": [("int", B - 1)]}, [b32(4)]),
+    ("concat", [[f32(3, 2), f32(3, 5, seed=1)]], {"axis": 1}, [b32(2), b32(5)]),
+    ("stack", [[f32(3, 2), f32(3, 2, seed=1)]], {"axis": -1}, [b32(2), b32(2)]),
+    ("split", [f32(3, 6)], {"sizes": [1, 2, 3], "axis": 1}, [b32(6)]),
+    ("gather", [f32(5, 3), ints(5, 3, 4, low=-5)], {"axis": 0},
+     [TensorType("f32", (5, 3)), TensorType("i64", (B, 4))]),
+    ("take_along_axis", [f32(3, 5), ints(5, 3, 2)], {"axis": 1},
+     [b32(5), TensorType("i64", (B, 2))]),
+    *[("scatter", [f32(6, 3), ints(4, 6, seed=5)], {"size": 5, "reduce": mode}, None)
+      for mode in SCATTER_MODES],
+    ("scatter", [f32(3, 4), ints(2, 3, 4)], {"size": 2, "axis": 1, "reduce": "max"},
+     [b32(4), TensorType("i64", (B, 4))]),
+]
+
+
+def test_rules_native():
+    graph, ports, feeds, names = Graph(), [], {}, []
+    rng = np.random.default_rng(7)
+    for c, (op, args, attrs, types) in enumerate(NATIVE_CASES):
+        _record, inputs, attrs = bind(op, tuple(args), dict(attrs))
+        types = types or [type_of(x) for x in inputs]
+        values = []
+        for i, (x, t) in enumerate(zip(inputs, types, strict=True)):
+            ports.append(Port(f"c{c}x{i}", t))
+            values.append(graph.add_input(ports[-1].name, t, None))
+            feeds[ports[-1].name] = x
+        _outs, cts, grads = add_rule(graph, op, values, attrs, prefix=f"c{c}")
+        for i, ct in enumerate(cts):
+            if ct is not None:
+                name = f"c{c}ct{i}"
+                ports.append(Port(name, ct.type))
+                feeds[name] = rng.standard_normal(ct.type.concrete_shape({"B": 3})).astype(
+                    np.float32)
+        for slot, g in enumerate(grads):
+            if g is not None:
+                graph.outputs.append(g)
+                names.append(f"{op} (case {c}) input {slot}")
+    # graph.inputs holds every input in the order they were added, as ports do
+    arrays = [feeds[p.name] for p in ports]
+    want = run_graph(Graph(g=graph.g, inputs=list(graph.inputs), outputs=list(graph.outputs)),
+                     arrays, {}, {"B": 3})
+    got = native_model(graph, ports, ["B"])(**feeds)
+    for g, w, name in zip(got, want, names, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
