@@ -4,6 +4,8 @@ batch) where an op's attributes may hold them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from _gradcheck import add_rule, backward, check_vjp
@@ -12,6 +14,7 @@ from _optest import bind, type_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kiln.compiler.codegen.onnx import export
 from kiln.compiler.dims import Dim
 from kiln.compiler.elaborate.elaborator import Port
 from kiln.compiler.evaluate import run_graph
@@ -356,7 +359,9 @@ NATIVE_CASES = [
 ]
 
 
-def test_rules_native():
+def _rules_graph() -> tuple[Graph, list[Port], dict[str, np.ndarray], list[str]]:
+    """NATIVE_CASES' ops and rules in one graph whose outputs are every gradient: (graph,
+    input ports, an array per port, a name per output)."""
     graph, ports, feeds, names = Graph(), [], {}, []
     rng = np.random.default_rng(7)
     for c, (op, args, attrs, types) in enumerate(NATIVE_CASES):
@@ -370,18 +375,38 @@ def test_rules_native():
         _outs, cts, grads = add_rule(graph, op, values, attrs, prefix=f"c{c}")
         for i, ct in enumerate(cts):
             if ct is not None:
-                name = f"c{c}ct{i}"
-                ports.append(Port(name, ct.type))
-                feeds[name] = rng.standard_normal(ct.type.concrete_shape({"B": 3})).astype(
-                    np.float32)
+                ports.append(Port(f"c{c}ct{i}", ct.type))
+                feeds[ports[-1].name] = rng.standard_normal(
+                    ct.type.concrete_shape({"B": 3})).astype(np.float32)
         for slot, g in enumerate(grads):
             if g is not None:
                 graph.outputs.append(g)
                 names.append(f"{op} (case {c}) input {slot}")
-    # graph.inputs holds every input in the order they were added, as ports do
-    arrays = [feeds[p.name] for p in ports]
-    want = run_graph(Graph(g=graph.g, inputs=list(graph.inputs), outputs=list(graph.outputs)),
-                     arrays, {}, {"B": 3})
+    return graph, ports, feeds, names
+
+
+def _reference(graph: Graph, ports: list[Port], feeds: dict) -> list[np.ndarray]:
+    """The graph run by the reference interpreter (its inputs are the ports, in order)."""
+    return run_graph(graph, [feeds[p.name] for p in ports], {}, {"B": 3})
+
+
+def test_rules_native():
+    graph, ports, feeds, names = _rules_graph()
+    want = _reference(graph, ports, feeds)
     got = native_model(graph, ports, ["B"])(**feeds)
+    for g, w, name in zip(got, want, names, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_rules_onnx():
+    """The same backward graphs exported to ONNX, run by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    graph, ports, feeds, names = _rules_graph()
+    want = _reference(graph, ports, feeds)
+    graph.output_names = [f"out{i}" for i in range(len(names))]
+    outputs = [Port(n, v.type) for n, v in zip(graph.output_names, graph.outputs, strict=True)]
+    proto = export(SimpleNamespace(name="grads", graph=graph, inputs=ports, outputs=outputs), {})
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)
     for g, w, name in zip(got, want, names, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
