@@ -26,8 +26,9 @@ from ._common import (
 )
 from ._emit import BF16_UP, cast, one, widened
 from ._factories import simple
+from ._grad import no_gradient
 from .registry import OpError, OpRecord, internal, register
-from .views import no_gradient, to_dims_ints
+from .views import to_dims_ints
 
 _CLASS_OUT_OF_RANGE = "one_hot: a class is out of range [0, num_classes)"
 

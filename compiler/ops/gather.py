@@ -24,9 +24,9 @@ from ._common import (
 )
 from ._emit import BF16_UP, cast, full_of, one, widened
 from ._factories import simple
+from ._grad import expand_to, scalar, unbroadcast
 from .registry import OpError, OpRecord, VjpNode, register
 from .slicing import index_in, out_of_range
-from .views import sum_to
 
 _SCATTER_OUT_OF_RANGE = "scatter: an index is out of range for the result's axis"
 
@@ -183,7 +183,7 @@ def _take_along_vjp(gb, node: VjpNode, cotangents: list) -> list:
     if index.type.shape != ct.type.shape:
         index = gb.op("broadcast_to", index, shape=list(ct.type.shape))
     g = gb.op("scatter_add", ct, index, size=x.type.shape[axis], axis=axis)
-    return [sum_to(gb, g, x.type), None]
+    return [unbroadcast(gb, g, x.type), None]
 
 
 register(simple("gather", "Pick slices of x along axis by index (numpy take).",
@@ -279,7 +279,7 @@ def _scatter_vjp(mode_of):
             return gb.op("scatter_add", values, index, size=attrs_["size"], axis=axis)
 
         def const(value):
-            return gb.constant(np.array(value, src.type.np_dtype))
+            return scalar(gb, value, src.type.dtype)
 
         def indicator(cond):  # 1 where cond, else 0
             return gb.op("where", cond, const(1), const(0))
@@ -288,7 +288,7 @@ def _scatter_vjp(mode_of):
         if mode == "sum":
             return [grad, None]
         if mode == "mean":
-            ones = gb.op("broadcast_to", const(1), shape=list(src.type.shape))
+            ones = expand_to(gb, const(1), src.type)
             return [gb.div(grad, pick(summed(ones))), None]
         if mode in ("max", "min"):
             hit = indicator(gb.op("equal", src, pick(out)))

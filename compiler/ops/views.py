@@ -30,6 +30,7 @@ from ._common import (
 )
 from ._emit import BF16_UP, chain, one, trimmed, widened
 from ._factories import movement
+from ._grad import expand_to, scalar, unbroadcast
 from .registry import OpError, Prop, VjpNode, register
 
 if TYPE_CHECKING:
@@ -39,28 +40,10 @@ INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 # gradient helpers (the data-movement families' rules share them) --------------------------
-def no_gradient(gb, node: VjpNode, cotangents: list) -> list:
-    """The rule of an op through which no gradient flows to any input (creation ops, one_hot:
-    their inputs are sizes or integers)."""
-    return [None] * len(node.inputs)
-
-
 def zeros_of(gb, t: TensorType) -> Value:
     """A tensor of zeros of type `t` (symbolic sizes included): a 0-d constant broadcast, as
     `zeros` cannot make every dtype (f64 is not a user dtype)."""
-    zero = gb.constant(np.zeros((), t.np_dtype))
-    return zero if t.rank == 0 else gb.op("broadcast_to", zero, shape=list(t.shape))
-
-
-def sum_to(gb, g: Value, t: TensorType) -> Value:
-    """`g` summed over the axes along which `t` was broadcast to g's shape (leading axes, and
-    size-1 axes of t that g has larger), in t's shape: the adjoint of broadcasting."""
-    lead = g.type.rank - t.rank
-    axes = list(range(lead)) + [lead + i for i, d in enumerate(t.shape)
-                                if d == 1 and g.type.shape[lead + i] != 1]
-    if axes:
-        g = gb.op("sum", g, axis=axes)
-    return g if g.type.shape == t.shape else gb.reshape(g, list(t.shape))
+    return expand_to(gb, scalar(gb, 0, t.dtype), t)
 
 
 def pads_on(rank: int, axis: int, before: Dim | int, after: Dim | int) -> list[Dim]:
@@ -357,7 +340,7 @@ def _trilu_llvm(upper: bool):
 
 def _broadcast_to_vjp(gb, node: VjpNode, cotangents: list) -> list:
     """The cotangent summed over the broadcast axes."""
-    return [sum_to(gb, cotangents[0], node.inputs[0].type)]
+    return [unbroadcast(gb, cotangents[0], node.inputs[0].type)]
 
 
 def _tile_vjp(gb, node: VjpNode, cotangents: list) -> list:
