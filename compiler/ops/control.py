@@ -124,17 +124,18 @@ def _scan_vjp(gb, node, cts):
     vjp_body.prune()
 
     axis = a["axis"]
-    saved = gb.results("scan", *node.inputs, **{**a, "body": _saving(body, n_carry)})
+    saved = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
     saved = saved[n_emit:n_emit + n_carry]
     starts = ([_or_zeros(gb, carry_cts[j], carries[j].type) for j in float_c]
               + [_or_zeros(gb, None, captured[j].type) for j in float_k])
     stacked_e = [_or_zeros(gb, emit_cts[j], node.outputs[j].type) for j in float_e]
     sequences = [*saved, *seqs, *stacked_e]
-    outs = gb.results("scan", *starts, *sequences, *captured, body=vjp_body, axis=axis,
-                      axes=(axis,) * n_carry + tuple(a["axes"]) + (axis,) * len(float_e),
-                      reverse=not a["reverse"], n_carry=len(starts), n_seq=len(sequences),
-                      has_index=a["has_index"],
-                      n_fixed_inputs=len(starts) + len(sequences) + int(a["has_index"]))
+    outs = _add_scan(gb, [*starts, *sequences, *captured], {
+        "body": vjp_body, "axis": axis,
+        "axes": (axis,) * n_carry + tuple(a["axes"]) + (axis,) * len(float_e),
+        "reverse": not a["reverse"], "n_carry": len(starts), "n_seq": len(sequences),
+        "has_index": a["has_index"],
+        "n_fixed_inputs": len(starts) + len(sequences) + int(a["has_index"])})
     d_seqs, d_carries = outs[:len(float_s)], outs[len(float_s):]
     grads: list = [None] * len(node.inputs)
     for j, g in zip(float_c, d_carries[:len(float_c)], strict=True):
@@ -144,6 +145,12 @@ def _scan_vjp(gb, node, cts):
     for j, g in zip(float_k, d_carries[len(float_c):], strict=True):
         grads[n_carry + n_seq + j] = g
     return grads
+
+
+def _add_scan(gb, operands, attrs: dict) -> list[Value]:
+    """A scan node of `operands` and `attrs` (its body among them: no call binds that)."""
+    types = _scan_infer([v.type for v in operands], attrs)
+    return gb.graph.add("scan", list(operands), attrs, types, gb.span, gb.scope)
 
 
 def _is_float(v) -> bool:
