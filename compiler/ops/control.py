@@ -124,8 +124,9 @@ def _scan_vjp(gb, node, cts):
     vjp_body.prune()
 
     axis = a["axis"]
-    saved = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
-    saved = saved[n_emit:n_emit + n_carry]
+    saving = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
+    _take_over(gb.graph, node.outputs, saving[:n_emit] + saving[n_emit + n_carry:])
+    saved = saving[n_emit:n_emit + n_carry]
     starts = ([_or_zeros(gb, carry_cts[j], carries[j].type) for j in float_c]
               + [_or_zeros(gb, None, captured[j].type) for j in float_k])
     stacked_e = [_or_zeros(gb, emit_cts[j], node.outputs[j].type) for j in float_e]
@@ -164,6 +165,19 @@ def _saving(body: Graph, n_carry: int) -> Graph:
     saving.outputs = list(body.outputs) + [
         Value(nid, 0, body.node(nid)["types"][0]) for nid in body.inputs[:n_carry]]
     return saving
+
+
+def _take_over(graph: Graph, old: tuple[Value, ...], new: list[Value]) -> None:
+    """Point every use of the results `old` (the users of the forward scan, the graph's
+    outputs) at the same results `new` (of the scan that also saves its carries), so that the
+    loop runs once: the old scan is left unused, and the reverse pass prunes it."""
+    node = old[0].node
+    same = dict(zip((v.index for v in old), new, strict=True))
+    for _, user, key, data in list(graph.g.out_edges(node, keys=True, data=True)):
+        graph.g.remove_edge(node, user, key)
+        value = same[data["src"]]
+        graph.g.add_edge(value.node, user, src=value.index, dst=data["dst"])
+    graph.outputs = [same[v.index] if v.node == node else v for v in graph.outputs]
 
 
 def _or_zeros(gb, value, t):
