@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import KilnError
 from ..ir import Graph, IRError, Value
 from ._common import FLOATS
 from .registry import Arg, OpRecord, Prop, internal, register
@@ -88,6 +89,13 @@ def _scan_vjp(gb, node, cts):
     if gb.differentiate is None or body.params():
         raise IRError("scan: differentiating a scan needs the reverse-mode transform "
                       "(gb.differentiate), and a body that captures its parameters")
+    short = next((v for v in carries if v.type.rank < a["axis"]), None)
+    if short is not None:  # the saved carries stack on the scan's axis, as its emits
+        raise KilnError("K0822", f"cannot differentiate a scan over axis {a['axis']} that "
+                        f"carries a value of {short.type.rank} axes ({short.type}): the "
+                        "carries saved for the backward pass stack on the scan's axis",
+                        gb.span, hint="scan over axis 0, or carry values of at least "
+                        f"{a['axis']} axes")
     fixed = a["n_fixed_inputs"]
     c_in, s_in = body.inputs[:n_carry], body.inputs[n_carry:n_carry + n_seq]
     k_in = body.inputs[fixed:]
