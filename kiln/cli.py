@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--omit", action="append", default=[], metavar="NAME",
                    help="native: build without this optional input (repeatable); the library "
                    "takes every other optional input, as required inputs")
+    c.add_argument("--c-arrays", action="store_true",
+                   help="native: also store the arrays derived from the weights (packed for "
+                   "the GEMM, BatchNorm folded in) in model.safetensors, for a C caller; by "
+                   "default each weight is stored once and kiln's loader derives the rest")
     optimizer_options(c)
     c.add_argument("--report", action="store_true",
                    help="list the kernels the backend runs with the source of the ops fused "
@@ -230,13 +234,17 @@ def cmd_compile(opts) -> int:
             raise KilnError("K0602", f"--omit {name}: {model.name} has no optional input "
                             f"{name}", hint=f"its optional inputs: {', '.join(sorted(optional))}"
                             if optional else "it has no optional inputs")
+    if opts.c_arrays and opts.target != "native":
+        raise KilnError("K0602", "--c-arrays is for a native library's weights; an ONNX file "
+                        "holds its weights as they are")
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
         from kiln.runtime.aot import library_signature, write_library
 
         cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
         present = frozenset(optional - set(opts.omit))
-        files = write_library(compilation, weights, opts.output, present, cpu)
+        files = write_library(compilation, weights, opts.output, present, cpu,
+                              c_arrays=opts.c_arrays)
         built = compilation.lowered(weights, present, "native")
         print(f"wrote {', '.join(str(f) for f in files)}: {library_signature(built)}, "
               f"for {cpu.cpu}")
