@@ -259,7 +259,7 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
         m(np.zeros((65, 8), np.float32))  # the where constraint survives the trip
     assert info.value.code == "K0504"
     assert repr(m) == repr(ref).replace("reference", "native")  # the signature, from metadata
-    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx")):
+    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx"), lambda: m.profile(x)):
         with pytest.raises(KilnError) as info:  # a library has no graph to optimize or export
             no_graph()
         assert info.value.code == "K0602" and "library built ahead of time" in info.value.message
