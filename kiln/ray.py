@@ -397,12 +397,10 @@ def batch_symbol(signature: Signature, name: str) -> str:
     symbols = set(leads.values())
     if len(symbols) == 1 and None not in symbols:
         return symbols.pop()
-    bad = [f"{p} ({'no symbol' if s is None else s})" for p, s in leads.items()
-           if s is None or s != next(iter(leads.values()))]
-    raise KilnError("K0952", f"{signature.name} cannot be mapped over rows: the inputs and "
-                    "outputs must all lead with one symbolic batch axis, as in "
-                    f"`x: f32[B, 784] -> f32[B, 10]`; here {', '.join(bad) or 'none has one'} "
-                    "differ", hint=f"its signature: {signature}")
+    found = ", ".join(f"{p} with {s or 'a fixed size'}" for p, s in leads.items())
+    raise KilnError("K0952", f"{signature.name} cannot be mapped over rows: every input and "
+                    "output must lead with one symbolic batch axis (`x: f32[B, 784] -> "
+                    f"f32[B, 10]`), but here {found}", hint=f"its signature: {signature}")
 
 
 def _columns(signature: Signature, columns: Mapping[str, str]) -> dict[str, str]:
