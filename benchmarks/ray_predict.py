@@ -15,6 +15,7 @@ batches), split into kiln's native call, kiln.ray's Python around it (columns, c
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -88,6 +89,7 @@ def main() -> int:
              configure_logging=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    logging.getLogger("ray").setLevel(logging.ERROR)  # Ray Data's per-job lines
     # blocks of a few batches each, so every worker gets some
     blocks = max(workers * 4, opts.rows // (batch * 8))
     tables = [pa.table({"x": ArrowTensorArray.from_numpy(part)})
@@ -98,7 +100,8 @@ def main() -> int:
         """Seconds from submitting the job to its last row (workers started, models built
         and every batch run), and the Timed columns by name, one value per batch."""
         out = ds.map_batches(cls, fn_constructor_args=(source,), batch_size=batch,
-                             batch_format="numpy", concurrency=workers, num_cpus=1,
+                             batch_format="numpy", num_cpus=1,
+                             compute=ray.data.ActorPoolStrategy(size=workers),
                              fn_constructor_kwargs={"args": args})
         start = time.perf_counter()
         parts, rows = [], 0

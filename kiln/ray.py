@@ -9,7 +9,8 @@ The same with `ds.map_batches` (what `predict` does, with the model shipped by v
 
     out = ds.map_batches(kiln.ray.Predictor, fn_constructor_args=("mlp.kiln",),
                          fn_constructor_kwargs={"weights": "mlp.safetensors"},
-                         batch_size=1024, batch_format="numpy", concurrency=2)
+                         batch_size=1024, batch_format="numpy",
+                         compute=ray.data.ActorPoolStrategy(size=2))
 
 Each Ray worker builds its model once, when its Predictor is made (map_batches runs a
 callable class in a pool of actors, each calling it batch after batch): from a .kiln program
@@ -459,9 +460,10 @@ def predict(ds: ray.data.Dataset, model: str | os.PathLike, *, weights: Any = No
     if not isinstance(ds, ray.data.Dataset):
         raise KilnError("K0602", f"predict maps a ray.data.Dataset, not {type(ds).__name__}",
                         hint="e.g. ray.data.from_numpy(x) or ray.data.read_parquet(path)")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not _positive(batch_size):
         raise KilnError("K0602", f"batch_size must be a positive int, not {batch_size!r}")
     _check_on_error(on_error)
+    compute = actor_pool(concurrency)
     source, weights = ModelSource.of(model), _weights(weights)
     options = dict(weights=weights, model_name=model_name, args=args, seed=seed,
                    target=target, columns=columns, bind=bind, key=key, on_error=on_error,
@@ -471,7 +473,25 @@ def predict(ds: ray.data.Dataset, model: str | os.PathLike, *, weights: Any = No
     options["weights"] = ray.put(weights) if weights is not None else None
     return ds.map_batches(_Shipped, fn_constructor_args=(shipped,),
                           fn_constructor_kwargs=options, batch_size=batch_size,
-                          batch_format="numpy", concurrency=concurrency, num_cpus=num_cpus)
+                          batch_format="numpy", compute=compute,
+                          num_cpus=num_cpus)
+
+
+def actor_pool(concurrency: int | tuple[int, int]):
+    """The pool of workers (Ray actors) that map batches: `n` of them, or from `lo` to `hi`
+    as Ray's autoscaling sees fit."""
+    ray = _ray()
+    if isinstance(concurrency, tuple) and len(concurrency) == 2 and all(
+            _positive(n) for n in concurrency) and concurrency[0] <= concurrency[1]:
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    if _positive(concurrency):
+        return ray.data.ActorPoolStrategy(size=concurrency)
+    raise KilnError("K0602", "concurrency must be a positive int or a (min, max) pair of them, "
+                    f"not {concurrency!r}")
+
+
+def _positive(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
 
 
 def _check_here(source: ModelSource, options: dict) -> None:

@@ -40,7 +40,9 @@ def dataset(ids, x):
     import pyarrow as pa
     from ray.data.extensions import ArrowTensorArray
 
-    return ray.data.from_arrow(pa.table({"id": ids, "pixels": ArrowTensorArray.from_numpy(x)}))
+    # four blocks, so that both workers get some
+    return ray.data.from_arrow([pa.table({"id": i, "pixels": ArrowTensorArray.from_numpy(p)})
+                                for i, p in zip(np.array_split(ids, 4), np.array_split(x, 4))])
 
 
 def by_id(result: list[dict] | dict) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +127,7 @@ def test_each_worker_builds_once(cluster, tmp_path):
     out = dataset(ids, x).map_batches(
         Counting, fn_constructor_args=(MLP,),
         fn_constructor_kwargs={"args": ARGS, "columns": {"x": "pixels"}, "journal": str(journal)},
-        batch_size=100, batch_format="numpy", concurrency=2)
+        batch_size=100, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=2))
     assert len(consume(out)["output"]) == 2_000
     lines = [line.split() for line in journal.read_text().splitlines()]
     builds = [pid for what, pid in lines if what == "build"]
