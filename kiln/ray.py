@@ -208,12 +208,22 @@ class FailureLog:
 
 
 def _report(model: str, failures: list[RowFailure]) -> str:
-    """The rows of one batch that failed, one per line (the first LISTED), and why."""
+    """The rows of one batch that failed and why: a line per reason (a column of the wrong
+    dtype fails every row alike), naming its first LISTED rows."""
     total = failures[0].batch_rows
+    by_reason: dict[str, list[RowFailure]] = {}
+    for f in failures:
+        by_reason.setdefault(f.reason, []).append(f)
     lines = [f"{len(failures)} of {total} rows of a batch cannot be run by {model}:"]
-    lines += [f"  {f}" for f in failures[:LISTED]]
-    if len(failures) > LISTED:
-        lines.append(f"  ... and {len(failures) - LISTED} more rows")
+    for reason, rows in by_reason.items():
+        if len(rows) == 1:
+            lines.append(f"  {rows[0]}")
+            continue
+        shown = rows[:LISTED]
+        more = f" and {len(rows) - LISTED} more" if len(rows) > LISTED else ""
+        keys = (f" ({shown[0].key_column} = {', '.join(repr(f.key) for f in shown)}"
+                f"{', ...' if more else ''})" if shown[0].key_column is not None else "")
+        lines.append(f"  rows {', '.join(str(f.row) for f in shown)}{more}{keys}: {reason}")
     return "\n".join(lines)
 
 
