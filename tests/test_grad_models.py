@@ -17,7 +17,7 @@ from kiln.compiler.autodiff import grad, loss_grad
 from kiln.compiler.evaluate import run_graph
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TARGETS = ["reference", "native"]
+TARGETS = ["reference", "native", "onnx"]
 # f32 gradients against float64 autograd, relative to each parameter's largest gradient
 RTOL = 1e-4
 
@@ -208,8 +208,9 @@ model Pick {
     np.testing.assert_allclose(grads["w"], 1.0)
 
 
-# ---------------------------------------------------------------------------- native rules
-# every rule's backward graph, lowered to native code, against the reference's: one model
+# ---------------------------------------------------------------------------- backend rules
+# every rule's backward graph, lowered to native code and exported to ONNX (onnxruntime: a
+# third oracle), against the reference's: one model
 # with an output and a parameter of its own per expression (one compile for all of them)
 EXPRESSIONS = [
     "relu(x * w)", "abs(x - w)", "exp(x * w)", "log(abs(x * w) + 1.0)", "sqrt(abs(x) + w * w)",
@@ -226,22 +227,55 @@ EXPRESSIONS = [
 ]
 
 
-def rules_model() -> str:
-    params = "\n".join(f"  param w{i}: [4] = init.normal()" for i in range(len(EXPRESSIONS)))
-    outs = ", ".join(re.sub(r"\bw\b", f"w{i}", e) for i, e in enumerate(EXPRESSIONS))
+# native code for all of them takes a minute of LLVM: these cover each kind of backward node
+# (masks by where, sizes as values, broadcast_to, reductions with keepdims, 1-D matmul; the
+# MLP's tests add relu, softmax, 2-D matmul and sums over the batch)
+NATIVE = ["clip(x * w, min = -0.5, max = 0.5)", "hard_swish(x * w * 3.0)", "maximum(x, w)",
+          "pow(abs(x) + 0.5, w)", "mean(x * w)", "max(x * w, axis = 1)", "prod(x * w, axis = 1)",
+          "x @ w"]
+
+
+def rules_model(expressions: list[str]) -> str:
+    params = "\n".join(f"  param w{i}: [4] = init.normal()" for i in range(len(expressions)))
+    outs = ", ".join(re.sub(r"\bw\b", f"w{i}", e) for i, e in enumerate(expressions))
     return f"model Rules {{\n{params}\n  forward(x: f32[B, 4]) {{\n    return ({outs})\n  }}\n}}\n"
 
 
-def test_every_rule_runs_natively_as_on_the_reference():
-    src = rules_model()
-    ref, nat = (kiln.compile(src, target=t, seed=1) for t in TARGETS)
+def test_native_expressions_are_listed():
+    assert set(NATIVE) <= set(EXPRESSIONS)
+
+
+@pytest.mark.parametrize("target, expressions", [("native", NATIVE), ("onnx", EXPRESSIONS)])
+def test_rules_run_on_the_backends_as_on_the_reference(target, expressions):
+    src = rules_model(expressions)
+    ref, other = (kiln.compile(src, target=t, seed=1) for t in ("reference", target))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4)).astype(np.float32)
     outs = ref(x)
     cts = [rng.standard_normal(np.shape(o)).astype(np.float32) for o in outs]
-    (r_outs, r_grads, r_in), (n_outs, n_grads, n_in) = (m.vjp(x, cotangents=cts)
-                                                        for m in (ref, nat))
-    for i, expr in enumerate(EXPRESSIONS):
-        np.testing.assert_allclose(n_grads[f"w{i}"], r_grads[f"w{i}"], rtol=2e-4, atol=2e-5,
+    (_, r_grads, r_in), (_, o_grads, o_in) = (m.vjp(x, cotangents=cts) for m in (ref, other))
+    for i, expr in enumerate(expressions):
+        assert np.any(r_grads[f"w{i}"] != 0), expr
+        np.testing.assert_allclose(o_grads[f"w{i}"], r_grads[f"w{i}"], rtol=2e-4, atol=2e-5,
                                    err_msg=expr)
-    np.testing.assert_allclose(n_in["x"], r_in["x"], rtol=2e-4, atol=1e-4)
+    np.testing.assert_allclose(o_in["x"], r_in["x"], rtol=2e-4, atol=1e-4)
+
+
+def test_export_onnx_with_gradients_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = mlp("reference")
+    path = tmp_path / "mlp_grad.onnx"
+    model.export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "cotangent:output"]
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["output"] + [f"grad:{p}" for p in model.params] + ["grad:x"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 784)).astype(np.float32)
+    dy = rng.standard_normal((3, 10)).astype(np.float32)
+    results = dict(zip(names, session.run(names, {"x": x, "cotangent:output": dy}), strict=True))
+    outs, grads, in_grads = model.vjp(x, cotangents=[dy])
+    np.testing.assert_allclose(results["output"], outs, rtol=1e-5, atol=1e-6)
+    for path_, g in grads.items():
+        assert_grad_close(results[f"grad:{path_}"], g.astype(np.float64), path_)
+    assert_grad_close(results["grad:x"], in_grads["x"].astype(np.float64), "x")
