@@ -1,7 +1,7 @@
 """Whole-model gradients through the shape, slicing and gather/scatter rules against PyTorch
 autograd: examples/gcn.kiln, examples/graphsage.kiln (mean aggregation, and max aggregation
 with its ties), and a small model of embedding, concat, slicing and padding. Same weights, same
-inputs, same cotangents; `model.vjp` on the reference and native targets.
+inputs, same cotangents; `model.vjp` on the reference, native and onnx targets.
 
 The torch twins are written from the equations in the examples' headers and std.gnn's comments
 (PyG's GCNConv and SAGEConv), in float64.
@@ -21,7 +21,7 @@ from kiln.compiler.ops import REGISTRY
 torch = pytest.importorskip("torch", reason="PyTorch autograd is the reference")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TARGETS = ["reference", "native"]
+TARGETS = ["reference", "native", "onnx"]
 # f32 gradients (sums over a few dozen edges and features) against float64 autograd
 RTOL, ATOL = 1e-4, 1e-5
 
