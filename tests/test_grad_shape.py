@@ -410,3 +410,14 @@ def test_rules_onnx():
     got = session.run(None, feeds)
     for g, w, name in zip(got, want, names, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_edge_shapes():
+    """0-d and empty indices, an empty scatter, a slice down to a 0-d result."""
+    x = rand(3, 4)
+    check_vjp("gather", x, np.array(-1), axis=1)
+    check_vjp("gather", x, np.zeros((0,), np.int64), axis=0)
+    check_vjp("take_along_axis", rand(3), np.array([2, 2, 0]), axis=0)
+    check_vjp("scatter", np.zeros((0, 2)), np.zeros((0,), np.int64), size=3, reduce="max")
+    check_vjp("slice", x, items=[("int", -1), ("int", 0)])
+    check_vjp("pad", rand(2, 3), [1, 1], mode="reflect")
