@@ -341,6 +341,8 @@ NATIVE_CASES = [
     ("pad", [f32(3, 4, 5)], {"pads": [2, 1, 1, 2], "mode": "reflect"}, [b32(4, 5)]),
     ("pad", [f32(3, 4, 5)], {"pads": [0, 2, 3, 1], "mode": "replicate"}, [b32(4, 5)]),
     ("pad", [f32(3, 4)], {"pads": [0, 0, 2, 1], "mode": "reflect"}, [b32(4)]),
+    ("pad", [f32(3, 4)], {"pads": [1, B - 1]}, [b32(4)]),  # a symbolic width
+    ("pad", [f32(3, 5)], {"pads": [B - 1, 1], "mode": "reflect"}, [b32(5)]),
     ("slice", [f32(3, 7, 5)], {"items": [R(1, None), R(None, None, -3), ("int", -2)]},
      [b32(7, 5)]),
     ("slice", [f32(6, 4)], {"items": [R(None, None, 2), ("new",), R(3, 0, -1)]}, None),
