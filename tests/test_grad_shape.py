@@ -354,7 +354,7 @@ NATIVE_CASES = [
      [TensorType("f32", (5, 3)), TensorType("i64", (B, 4))]),
     ("take_along_axis", [f32(3, 5), ints(5, 3, 2)], {"axis": 1},
      [b32(5), TensorType("i64", (B, 2))]),
-    *[("scatter", [f32(6, 3), ints(4, 6, seed=5)], {"size": 5, "reduce": mode}, None)
+    *[("scatter", [f32(6, 3), ints(4, 6, low=-5, seed=5)], {"size": 5, "reduce": mode}, None)
       for mode in SCATTER_MODES],
     ("scatter", [f32(3, 4), ints(2, 3, 4)], {"size": 2, "axis": 1, "reduce": "max"},
      [b32(4), TensorType("i64", (B, 4))]),
