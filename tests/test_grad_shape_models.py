@@ -203,3 +203,16 @@ def test_embedding_concat_slice_pad_gradients(target):
         tokens[0, :2] = 7  # a repeated token: its embedding row's gradient accumulates
         x = rng.standard_normal((batch, steps, 4)).astype(np.float32)
         check_vjp_against_torch(model, mixer, [tokens, x])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_token_out_of_range_reports_the_lookup(target):
+    """A token id out of range is K0505 from the embedding's gather, on every target: the
+    backward pass's scatter-add, which meets the same id later in the same native call, does
+    not replace the first failure with its own."""
+    model = compiled(MIXER, target)
+    tokens, x = np.array([[1, 99, 2]]), np.zeros((1, 3, 4), np.float32)
+    with pytest.raises(kiln.KilnError) as err:
+        model.vjp(tokens, x, cotangents=[np.ones((1, 4, 3), np.float32)])
+    assert err.value.code == "K0505"
+    assert "gather" in str(err.value) and "scatter" not in str(err.value)
