@@ -40,7 +40,9 @@ from ._common import (
     window_count,
     windows,
 )
+from ._conv_grad import bias_grad, conv_input_grad, conv_transpose_input_grad, conv_weight_grad
 from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
+from ._grad import expand_to, float_only, size_value
 from .registry import OpError, OpRecord, Prop, register
 
 # the native backend splits a batch of these across threads (module._batch_split)
@@ -181,6 +183,19 @@ def _conv_macs(input_types, output_types, a) -> Dim:
     return prod(y.shape) * prod(w.shape[1:])
 
 
+def _conv_vjp(gb, node, cts):
+    """dx a transposed convolution of the cotangent, dw a convolution of x and the cotangent
+    (_conv_grad.py), the bias the cotangent's sum per channel."""
+    (ct,), (x, w, bias) = cts, node.inputs
+    geo = _conv_geometry(x.type, w.type, node.attrs)
+    groups = to_int(node.attrs["groups"], "groups")
+    pads = list(geo.pads)
+    return [conv_input_grad(gb, ct, w, x.type.shape[2:], geo.stride, geo.dilation, pads, groups),
+            conv_weight_grad(gb, x, ct, w.type.shape[2:], geo.stride, geo.dilation, pads,
+                             groups),
+            None if bias is None else bias_grad(gb, ct)]
+
+
 register(OpRecord(
     "conv",
     tensors("x", "weight") + optional("bias")
@@ -188,7 +203,7 @@ register(OpRecord(
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
     onnx=widened(_conv_onnx), llvm=_conv_llvm,
-    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a"))
+    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a", vjp=_conv_vjp))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -279,6 +294,20 @@ def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
     return prod(x.shape) * prod(w.shape[1:])
 
 
+def _conv_transpose_vjp(gb, node, cts):
+    """conv's rule read backwards: conv_transpose(x, w) is the input gradient of a conv with
+    the same attributes, so dx is that conv of the cotangent, and dw that conv's weight
+    gradient with the cotangent as its input and x as its result's cotangent."""
+    (ct,), (x, w, bias) = cts, node.inputs
+    stride, dilation, padding, _, _ = _conv_transpose_geometry(x.type, w.type, node.attrs)
+    groups = to_int(node.attrs["groups"], "groups")
+    pads = [(Dim.of(p), Dim.of(p)) for p in padding]
+    return [conv_transpose_input_grad(gb, ct, w, x.type.shape[2:], stride, dilation, padding,
+                                      groups),
+            conv_weight_grad(gb, ct, x, w.type.shape[2:], stride, dilation, pads, groups),
+            None if bias is None else bias_grad(gb, ct)]
+
+
 register(OpRecord(
     "conv_transpose",
     tensors("x", "weight") + optional("bias")
@@ -286,7 +315,7 @@ register(OpRecord(
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
     macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
-    props=SAMPLEWISE, packed_weight="b"))
+    props=SAMPLEWISE, packed_weight="b", vjp=_conv_transpose_vjp))
 
 
 # pooling ----------------------------------------------------------------------------------

