@@ -54,3 +54,49 @@ def test_conv_transpose(xs, ws, stride, padding, out_pad, dilation, groups):
 def test_conv_transpose_1d():
     check_vjp("conv_transpose", normal(1, 2, 5), normal(2, 3, 3, seed=9), None, stride=2,
               padding=1, output_padding=1)
+
+
+# ---------------------------------------------------------------- pooling
+def distinct(*shape, seed=0):
+    """Random values far apart (finite differences must not move a window's maximum)."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.prod(shape)).reshape(shape) * 0.1 + rng.uniform(0, 0.01, shape)
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil_mode", POOL_CASES)
+@pytest.mark.parametrize("shape", [(1, 2, 7, 6), (2, 1, 8, 9)])
+def test_max_pool(shape, k, s, p, d, ceil_mode):
+    check_vjp("max_pool", distinct(*shape), kernel_size=k, stride=s, padding=p, dilation=d,
+              ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil_mode", [c for c in POOL_CASES if c[3] == (1, 1)])
+@pytest.mark.parametrize("shape", [(1, 2, 7, 6), (2, 1, 8, 9)])
+@pytest.mark.parametrize("counted", [True, False])
+def test_avg_pool(shape, k, s, p, d, ceil_mode, counted):
+    check_vjp("avg_pool", normal(*shape), kernel_size=k, stride=s, padding=p,
+              ceil_mode=ceil_mode, count_include_pad=counted)
+
+
+def test_pools_1d():
+    line = distinct(2, 3, 9)
+    check_vjp("max_pool", line, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    check_vjp("avg_pool", line, kernel_size=3, stride=2, padding=1, ceil_mode=True,
+              count_include_pad=False)
+    check_vjp("global_avg_pool", line)
+    check_vjp("global_avg_pool", normal(2, 3, 4, 5))
+
+
+def test_max_pool_ties_follow_pytorch():
+    """Ties go to the window's first maximum; overlapping windows add up; a window of -inf
+    sends its gradient to its first input cell, never to padding; NaN: the last one."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.5, 2.0, 2.0], [-np.inf, -np.inf, 3.0, 3.0],
+                    [-np.inf, -np.inf, np.nan, 1.0]]]])
+    for attrs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 1, "padding": 1},
+                  {"kernel_size": 2, "stride": 1, "dilation": 2},
+                  {"kernel_size": 3, "stride": 2, "ceil_mode": True}):
+        _fwd, (ct,), (grad,) = backward("max_pool", x, **attrs)
+        tx = torch.tensor(x, requires_grad=True)
+        torch.nn.functional.max_pool2d(tx, **attrs).backward(torch.tensor(ct))
+        np.testing.assert_array_equal(grad, tx.grad.numpy(), err_msg=str(attrs))

@@ -22,7 +22,7 @@ from ..dims import Dim
 Pads = list[tuple[Dim, Dim]]
 
 
-def _spatial_pads(gb: Any, x: Any, widths: list[tuple[Dim, Dim]]) -> Any:
+def spatial_pads(gb: Any, x: Any, widths: list[tuple[Dim, Dim]]) -> Any:
     """x padded (positive widths) or cropped (negative) along its spatial axes, by (before,
     after) per spatial axis; x itself where every width is 0."""
     widths = [(Dim.of(lo), Dim.of(hi)) for lo, hi in widths]
@@ -61,7 +61,7 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
                  dilation=list(dilation), groups=groups)
     widths = [(p - lo, size + lo + p - f)
               for size, (lo, _hi), f, p in zip(sizes, pads, reach, shared, strict=True)]
-    return _spatial_pads(gb, full, widths)
+    return spatial_pads(gb, full, widths)
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -72,7 +72,7 @@ def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
     the stride gives the convolution room for more windows than x has)."""
     grad = gb.op("conv", ct, w, None, stride=list(stride), padding=list(padding),
                  dilation=list(dilation), groups=groups)
-    return _spatial_pads(gb, grad, [(Dim.of(0), size - got)
+    return spatial_pads(gb, grad, [(Dim.of(0), size - got)
                                     for size, got in zip(sizes, grad.type.shape[2:], strict=True)])
 
 
@@ -106,12 +106,12 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     symmetric = _symmetric(pads)
     source = _swap_batch_channels(gb, x, groups)
     if symmetric is None:
-        source = _spatial_pads(gb, source, pads)
+        source = spatial_pads(gb, source, pads)
         symmetric = [0] * len(pads)
     weight = _channels_first(gb, ct)
     grad = gb.op("conv", source, weight, None, stride=list(dilation), padding=symmetric,
                  dilation=list(stride), groups=groups)  # [C/g, O, *K'], K' >= kernel
-    grad = _spatial_pads(gb, grad, [(Dim.of(0), k - got)
+    grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
 
@@ -121,4 +121,4 @@ def bias_grad(gb: Any, ct: Any) -> Any:
     return gb.op("sum", ct, axis=[0, *range(2, ct.type.rank)], keepdims=False)
 
 
-__all__ = ["bias_grad", "conv_input_grad", "conv_transpose_input_grad", "conv_weight_grad"]
+__all__ = ["bias_grad", "spatial_pads", "conv_input_grad", "conv_transpose_input_grad", "conv_weight_grad"]

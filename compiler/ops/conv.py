@@ -40,10 +40,16 @@ from ._common import (
     window_count,
     windows,
 )
-from ._conv_grad import bias_grad, conv_input_grad, conv_transpose_input_grad, conv_weight_grad
+from ._conv_grad import (
+    bias_grad,
+    conv_input_grad,
+    conv_transpose_input_grad,
+    conv_weight_grad,
+    spatial_pads,
+)
 from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
 from ._grad import expand_to, float_only, size_value
-from .registry import OpError, OpRecord, Prop, register
+from .registry import OpError, OpRecord, Prop, internal, register
 
 # the native backend splits a batch of these across threads (module._batch_split)
 SAMPLEWISE = frozenset({Prop.SAMPLEWISE})
@@ -432,6 +438,114 @@ def _avg_pool_llvm(kb, n):
                        bool(n.attrs["count_include_pad"]))
 
 
+# pooling gradients -------------------------------------------------------------------------
+def _pool_attrs(a: dict) -> dict:
+    """max_pool's window attributes (what max_pool_grad takes too)."""
+    return {k: a[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+
+
+def _max_pool_vjp(gb, node, cts):
+    """The cotangent of each window to its maximum (max_pool_grad)."""
+    (x,) = node.inputs
+    return [gb.op("max_pool_grad", x, cts[0], **_pool_attrs(node.attrs))]
+
+
+def _avg_pool_vjp(gb, node, cts):
+    """The cotangent over the divisor, spread evenly over each window: per plane, the input
+    gradient of a convolution with a kernel of ones. The divisors are that convolution of the
+    cells PyTorch counts (ones over the input, or over the input and its padding), in the
+    graph so that a symbolic size needs nothing at compile time."""
+    (ct,), (x,) = cts, node.inputs
+    t, a = x.type, node.attrs
+    geo = _pool_geometry(t, a)
+    kernel = gb.constant(np.ones((1, 1, *(k.value for k in geo.kernel)), t.np_dtype))
+    counted_pad = bool(a["count_include_pad"])
+    sizes = [size + 2 * lo if counted_pad else size for size, (lo, _) in zip(t.shape[2:], geo.pads,
+                                                                          strict=True)]
+    if all(d.is_const for d in sizes):
+        cells = gb.constant(np.ones((1, 1, *(d.value for d in sizes)), t.np_dtype))
+    else:
+        cells = gb.op("full", shape=[1, 1, *sizes], value=1.0, dtype=t.dtype)
+    around = [(Dim.of(0), hi - lo) if counted_pad else (lo, hi) for lo, hi in geo.pads]
+    cells = spatial_pads(gb, cells, around)
+    divisor = gb.op("conv", cells, kernel, None, stride=list(geo.stride))
+    planes = gb.reshape(gb.div(ct, divisor), [t.shape[0] * t.shape[1], Dim.of(1), *geo.out])
+    grad = conv_input_grad(gb, planes, kernel, t.shape[2:], geo.stride, geo.dilation,
+                           list(geo.pads), 1)
+    return [gb.reshape(grad, list(t.shape))]
+
+
+def _global_avg_pool_vjp(gb, node, cts):
+    """The cotangent over the plane's size, on every element of the plane."""
+    (x,) = node.inputs
+    return [expand_to(gb, gb.div(cts[0], size_value(gb, prod(x.type.shape[2:]), x.type.dtype)),
+                      x.type)]
+
+
+def _max_pool_grad_infer(types, a):
+    x, grad = types
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, grad], ["x", "grad"])
+    want = _pool_infer(FLOATS)([x], a)[0]
+    if grad.shape != want.shape:
+        raise OpError(f"grad {shape_str(grad.shape)} is not the pooled shape "
+                      f"{shape_str(want.shape)}", arg="grad")
+    return [x]
+
+
+def _max_pool_grad_reference(env, inputs, a):
+    """PyTorch's rule for each window: its first maximum among the input cells (padding is
+    never chosen; a window of -inf picks its first cell), or its last NaN; the window's
+    cotangent added there."""
+    x, grad = inputs
+    xs = upcast(x)
+    geo = _pool_geometry(TensorType(dtype_name(x), x.shape), a)
+    kernel, pads, out = geo.concrete(env)
+    plane = int(np.prod(x.shape[2:], dtype=np.int64))
+    where = np.pad(np.arange(plane).reshape(x.shape[2:]), pads, constant_values=-1)
+    cells = windows(where, kernel, geo.stride, geo.dilation, out).reshape(*out, -1)
+    values = windows(np.pad(xs, [(0, 0), (0, 0)] + pads, constant_values=-np.inf), kernel,
+                     geo.stride, geo.dilation, out).reshape(*x.shape[:2], *out, -1)
+    valid = cells >= 0
+    best = np.where(valid, values, -np.inf).max(axis=-1, keepdims=True)
+    first = np.argmax(valid & (values == best), axis=-1)
+    nans = valid & np.isnan(values)
+    last_nan = nans.shape[-1] - 1 - np.argmax(nans[..., ::-1], axis=-1)
+    pick = np.where(nans.any(axis=-1), last_nan, first)
+    at = np.take_along_axis(np.broadcast_to(cells, values.shape), pick[..., None], -1)[..., 0]
+    planes = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(out))
+    total = np.bincount((planes * plane + at).ravel(), weights=upcast(grad).ravel(),
+                        minlength=x.size)
+    return [total.reshape(x.shape).astype(x.dtype)]
+
+
+def _max_pool_grad_onnx(b, n):
+    """MaxPool's indices (flat over the whole input; the first maximum of a window, as
+    PyTorch), then the cotangents added there by ScatterElements."""
+    x, grad = n.inputs
+    geo, window = _pool_window(b, n)
+    _, indices = b.node("MaxPool", [x], 2, dilations=list(geo.dilation), **window)
+    flat = b.ints([-1])
+    zeros = one(b, "Mul", one(b, "Reshape", x, flat), b.const(0.0, n.in_types[0].dtype))
+    summed = one(b, "ScatterElements", zeros, one(b, "Reshape", indices, flat),
+                 one(b, "Reshape", grad, flat), axis=0, reduction="add")
+    b.node("Reshape", [summed, one(b, "Shape", x)], n.outputs)
+
+
+def _max_pool_grad_llvm(kb, n):
+    x = n.in_types[0]
+    nn_native("pool").max_pool_grad(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+
+
+register(internal(OpRecord(
+    "max_pool_grad",
+    tensors("x", "grad") + attrs("kernel_size", ("stride", None), ("padding", 0),
+                                 ("dilation", 1), ("ceil_mode", False)),
+    _max_pool_grad_infer, _max_pool_grad_reference,
+    "max_pool's gradient: each window's grad added at its first maximum in x (PyTorch's rule).",
+    onnx=widened(_max_pool_grad_onnx), llvm=_max_pool_grad_llvm)))
+
+
 # max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
 register(OpRecord(
     "max_pool",
@@ -440,7 +554,7 @@ register(OpRecord(
     _pool_infer(NUMERIC), _max_pool_reference,
     "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
     onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm,
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=float_only(_max_pool_vjp)))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
@@ -448,7 +562,7 @@ register(OpRecord(
     _pool_infer(FLOATS), _avg_pool_reference,
     "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
     llvm=_avg_pool_llvm,
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=_avg_pool_vjp))
 
 
 def _global_avg_pool_onnx(b, n):
@@ -474,4 +588,4 @@ register(OpRecord(
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
     onnx=widened(_global_avg_pool_onnx),
     llvm=lambda kb, n: nn_native("pool").global_avg_pool(kb, n),
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=_global_avg_pool_vjp))
