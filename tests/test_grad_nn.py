@@ -100,3 +100,31 @@ def test_max_pool_ties_follow_pytorch():
         tx = torch.tensor(x, requires_grad=True)
         torch.nn.functional.max_pool2d(tx, **attrs).backward(torch.tensor(ct))
         np.testing.assert_array_equal(grad, tx.grad.numpy(), err_msg=str(attrs))
+
+
+# ---------------------------------------------------------------- norms
+def affine(shape, with_weight, with_bias):
+    return (normal(*shape, seed=7) if with_weight else None,
+            normal(*shape, seed=8) if with_bias else None)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, False),
+                                                     (True, False), (False, True)])
+def test_layer_norm(with_weight, with_bias):
+    x = normal(2, 3, 4, 5, seed=1)
+    for ns in ([5], [4, 5]):
+        check_vjp("layer_norm", x, ns, *affine(ns, with_weight, with_bias), eps=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, False)])
+@pytest.mark.parametrize("shape, groups", [((2, 6, 3, 2), 3), ((3, 4, 5), 2), ((2, 4), 1)])
+def test_group_norm(shape, groups, with_weight, with_bias):
+    check_vjp("group_norm", normal(*shape, seed=2), groups,
+              *affine(shape[1:2], with_weight, with_bias), rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, True)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 2, 6)])
+def test_instance_norm(shape, with_weight, with_bias):
+    check_vjp("instance_norm", normal(*shape, seed=3), *affine(shape[1:2], with_weight, with_bias),
+              rtol=1e-4)
