@@ -128,3 +128,22 @@ def test_group_norm(shape, groups, with_weight, with_bias):
 def test_instance_norm(shape, with_weight, with_bias):
     check_vjp("instance_norm", normal(*shape, seed=3), *affine(shape[1:2], with_weight, with_bias),
               rtol=1e-4)
+
+
+# ---------------------------------------------------------------- resize
+RESIZES = [
+    ({"size": 7}, "nearest", False), ({"scale_factor": 2}, "nearest", False),
+    ({"size": [3, 9]}, "bilinear", False), ({"size": [5, 4]}, "bilinear", True),
+    ({"scale_factor": [1.5, 0.5]}, "bilinear", False), ({"scale_factor": 2}, "bilinear", True),
+]
+
+
+@pytest.mark.parametrize("sizes, mode, corners", RESIZES)
+def test_resize(sizes, mode, corners):
+    check_vjp("resize", normal(2, 3, 4, 6, seed=5), mode=mode, align_corners=corners, **sizes)
+
+
+def test_resize_1d():
+    line = normal(2, 3, 5)
+    check_vjp("resize", line, size=8, mode="bilinear")
+    check_vjp("resize", line, scale_factor=1.7, mode="nearest")
