@@ -156,10 +156,13 @@ class CompiledModel:
         """The parameters with a weights file (or dict) applied; self is not changed."""
         return apply_weights(self.params, self.param_info, self.aliases, path_or_dict, strict)
 
-    def export_onnx(self, path) -> None:
+    def export_onnx(self, path, gradients: bool = False) -> None:
         """Write this model (with its current weights) as an ONNX file, every parameter an
-        initializer named by its dotted path."""
-        self._compiled().write_onnx(self._state.weights, path)
+        initializer named by its dotted path. `gradients`: its vector-Jacobian product
+        instead (what `vjp` runs): the inputs, then a `cotangent:<output>` input per float
+        output; the outputs, then a `grad:<path>` output per trainable parameter and a
+        `grad:<input>` output per float input."""
+        self._compiled().write_onnx(self._state.weights, path, gradients)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """The state for new weights (called under the lock; raising changes nothing). By
