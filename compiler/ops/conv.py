@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dims import Dim
+from ..errors import KilnError
 from ..types import TensorType, shape_str
 from ._common import (
     FLOATS,
@@ -458,6 +459,11 @@ def _avg_pool_vjp(gb, node, cts):
     (ct,), (x,) = cts, node.inputs
     t, a = x.type, node.attrs
     geo = _pool_geometry(t, a)
+    if a["ceil_mode"] and not all(d.is_const for d in t.shape[2:]):
+        # the last window's overhang past the padding is known only at run time
+        raise KilnError("K0815", f"avg_pool's gradient with ceil_mode needs constant spatial "
+                        f"sizes, not {shape_str(t.shape)}", gb.span,
+                        hint="declare the input's spatial sizes as numbers (f32[B, 3, 32, 32])")
     kernel = gb.constant(np.ones((1, 1, *(k.value for k in geo.kernel)), t.np_dtype))
     counted_pad = bool(a["count_include_pad"])
     sizes = [size + 2 * lo if counted_pad else size for size, (lo, _) in zip(t.shape[2:], geo.pads,
