@@ -2,16 +2,24 @@
 in float64 (tests/_gradcheck.py: check_vjp): conv and conv_transpose over every stride,
 padding, dilation and groups combination of _cases.py's tables, the pools (ceil mode, counted
 padding, dilation, PyTorch's tie rule for max), the norms with and without their affine
-parameters, and resize in each mode; then the backward graphs on the native target."""
+parameters, and resize in each mode; then the backward graphs on the native and ONNX targets
+against the reference interpreter."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from _cases import CONV_CASES, CONV_T_CASES, POOL_CASES
-from _gradcheck import backward, check_vjp
+from _gradcheck import backward, check_vjp, rules_graph
+from _nativetest import native_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from kiln.compiler.codegen.onnx import export
+from kiln.compiler.elaborate.elaborator import Port
+from kiln.compiler.evaluate import run_graph
 
 
 def normal(*shape, seed=0):
@@ -147,3 +155,66 @@ def test_resize_1d():
     line = normal(2, 3, 5)
     check_vjp("resize", line, size=8, mode="bilinear")
     check_vjp("resize", line, scale_factor=1.7, mode="nearest")
+
+
+# ---------------------------------------------------------------- the backward graphs on the backends
+def f32(*shape, seed=0):
+    return normal(*shape, seed=seed).astype(np.float32)
+
+
+BACKEND_CASES = [
+    *[("conv", (f32(*xs, seed=1), f32(*ws, seed=2), f32(ws[0], seed=3)),
+       {"stride": s, "padding": p, "dilation": d, "groups": g})
+      for xs, ws, s, p, d, g in CONV_CASES],
+    ("conv", (f32(2, 4, 11), f32(6, 2, 3, seed=5), None),
+     {"stride": 2, "padding": 2, "dilation": 2, "groups": 2}),
+    *[("conv_transpose", (f32(*xs, seed=1), f32(*ws, seed=2), f32(ws[1] * g, seed=3)),
+       {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g})
+      for xs, ws, s, p, op, d, g in CONV_T_CASES],
+    ("conv_transpose", (f32(1, 2, 5), f32(2, 3, 3, seed=9), None),
+     {"stride": 2, "padding": 1, "output_padding": 1}),
+    *[("max_pool", (f32(2, 3, 7, 6, seed=4),),
+       {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": c})
+      for k, s, p, d, c in POOL_CASES],
+    *[("avg_pool", (f32(2, 3, 7, 6, seed=5),),
+       {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": c, "count_include_pad": i})
+      for k, s, p, d, c in POOL_CASES if d == (1, 1) for i in (True, False)],
+    ("global_avg_pool", (f32(2, 3, 4, 5),), {}),
+    ("layer_norm", (f32(2, 3, 4, 5), [4, 5], f32(4, 5, seed=1), f32(4, 5, seed=2)), {}),
+    ("layer_norm", (f32(3, 6), [6], None, None), {}),
+    ("group_norm", (f32(2, 6, 3, 2), 3, f32(6, seed=1), f32(6, seed=2)), {}),
+    ("instance_norm", (f32(2, 3, 4, 5), f32(3, seed=1), None), {}),
+    *[("resize", (f32(2, 3, 4, 6),), {"mode": m, "align_corners": c, **sizes})
+      for sizes, m, c in RESIZES],
+]
+
+
+def _rule_results(run) -> None:
+    """Every case's gradients computed by `run(graph, ports, feeds)` agree with the reference
+    interpreter's (f32, so tolerances of f32 sums)."""
+    graph, ports, feeds, names = rules_graph(BACKEND_CASES)
+    want = run_graph(graph, [feeds[p.name] for p in ports], {}, {})
+    got = run(graph, ports, feeds)
+    for g, w, name in zip(got, want, names, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_backward_graphs_native():
+    _rule_results(lambda graph, ports, feeds: native_model(graph, ports, [])(**feeds))
+
+
+def test_backward_graphs_onnx():
+    """The same graphs exported to ONNX and run by onnxruntime: a third oracle."""
+    ort = pytest.importorskip("onnxruntime")
+
+    def run(graph, ports, feeds):
+        graph.output_names = [f"out{i}" for i in range(len(graph.outputs))]
+        outputs = [Port(n, v.type) for n, v in zip(graph.output_names, graph.outputs,
+                                                   strict=True)]
+        proto = export(SimpleNamespace(name="grads", graph=graph, inputs=ports,
+                                       outputs=outputs), {})
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    _rule_results(run)
