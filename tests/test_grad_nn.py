@@ -17,6 +17,8 @@ from _nativetest import native_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kiln
+from kiln import KilnError
 from kiln.compiler.codegen.onnx import export
 from kiln.compiler.elaborate.elaborator import Port
 from kiln.compiler.evaluate import run_graph
@@ -110,6 +112,20 @@ def test_max_pool_ties_follow_pytorch():
         np.testing.assert_array_equal(grad, tx.grad.numpy(), err_msg=str(attrs))
 
 
+
+@pytest.mark.parametrize("call, out", [
+    ("avg_pool(x, 3, stride = 2, ceil_mode = true)", (1, 2, 3, 3)),
+    ('resize(x, scale_factor = 2, mode = "nearest")', (1, 2, 14, 12)),
+])
+def test_symbolic_spatial_sizes_the_rule_needs_are_k0815(call, out):
+    """Rules whose constants depend on the spatial sizes refuse symbolic ones, at the op."""
+    src = ("model P {\n  forward(x: f32[B, 2, H, W]) -> f32[B, 2, _, _] {\n"
+           f"    return {call}\n  }}\n}}\n")
+    model = kiln.compile(src, target="reference")
+    with pytest.raises(KilnError) as info:
+        model.vjp(f32(1, 2, 7, 6), cotangents=[f32(*out)])
+    assert info.value.code == "K0815" and info.value.span.line == 3, str(info.value)
+
 # ---------------------------------------------------------------- norms
 def affine(shape, with_weight, with_bias):
     return (normal(*shape, seed=7) if with_weight else None,
@@ -157,7 +173,7 @@ def test_resize_1d():
     check_vjp("resize", line, scale_factor=1.7, mode="nearest")
 
 
-# ---------------------------------------------------------------- the backward graphs on the backends
+# ---------------------------------------------------------------- backward graphs on the backends
 def f32(*shape, seed=0):
     return normal(*shape, seed=seed).astype(np.float32)
 

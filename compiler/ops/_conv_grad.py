@@ -121,4 +121,5 @@ def bias_grad(gb: Any, ct: Any) -> Any:
     return gb.op("sum", ct, axis=[0, *range(2, ct.type.rank)], keepdims=False)
 
 
-__all__ = ["bias_grad", "spatial_pads", "conv_input_grad", "conv_transpose_input_grad", "conv_weight_grad"]
+__all__ = ["bias_grad", "conv_input_grad", "conv_transpose_input_grad", "conv_weight_grad",
+           "spatial_pads"]
