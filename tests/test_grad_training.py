@@ -1,14 +1,17 @@
 """Gradient rules of the training-mode ops (dropout, dropout_keyed, batch_norm in both modes)
-against central finite differences in float64 (tests/_gradcheck.py)."""
+against central finite differences in float64 (tests/_gradcheck.py), and a small net with
+BatchNorm and Dropout against PyTorch autograd on the reference and native targets."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from _gradcheck import backward, check_vjp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kiln
 from kiln.compiler.ops.random import keep_mask
 
 KEY = np.array([11, 4], np.int64)
@@ -54,3 +57,57 @@ def test_batch_norm_gradient(shape, training, affine, seed):
     bias = f64(rng, channels) if affine in ("both", "bias") else None
     check_vjp("batch_norm", x, mean, var, weight, bias, training=training, eps=1e-3,
               rtol=1e-5, atol=1e-6)
+
+
+NET = """
+import std.nn
+model Net {
+  bn = nn.BatchNorm2d(3, momentum = 0.2)
+  drop = nn.Dropout(DROP)
+  fc = nn.Linear(12, 2)
+  forward(x: f32[B, 3, 2, 2]) { return x * 2.0 |> bn |> relu |> flatten |> drop |> fc }
+}
+"""
+
+
+class TorchNet(torch.nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3, momentum=0.2)
+        self.drop = torch.nn.Dropout(p)
+        self.fc = torch.nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(x * 2.0)).flatten(1)))
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("training", [False, True])
+def test_a_batch_norm_net_gradients_match_torch(target, training):
+    """Training mode with dropout 0 (the key fed, every element kept) and eval mode: the
+    gradients of every parameter and the input, and the updated running statistics."""
+    rng = np.random.default_rng(3)
+    twin = TorchNet(0.0 if training else 0.5).train(training)
+    model = kiln.compile(NET.replace("DROP", "0.0" if training else "0.5"), target=target,
+                         training=training)
+    with torch.no_grad():
+        twin.bn.running_mean.copy_(torch.from_numpy(rng.standard_normal(3).astype("f4")))
+        twin.bn.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2, 3).astype("f4")))
+        twin.bn.weight.copy_(torch.from_numpy(rng.standard_normal(3).astype("f4")))
+    model.load_weights({k: v.detach().numpy() for k, v in twin.state_dict().items()})
+    x = rng.standard_normal((5, 3, 2, 2)).astype(np.float32)
+    feed = {"x": x} | ({"rng_key": np.array([9, 9])} if training else {})
+    dy = rng.standard_normal((5, 2)).astype(np.float32)
+    outs, grads, input_grads = model.vjp(**feed, cotangents=[dy] + [None] * len(model.updates))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = twin(xt)
+    (y * torch.from_numpy(dy)).sum().backward()
+    first = outs[0] if training else outs
+    np.testing.assert_allclose(first, y.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for path, p in twin.named_parameters():
+        np.testing.assert_allclose(grads[path], p.grad.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=path)
+    np.testing.assert_allclose(input_grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    if training:
+        index = model.updates["bn.running_var"]
+        np.testing.assert_allclose(outs[index], twin.bn.running_var.numpy(), rtol=1e-5)

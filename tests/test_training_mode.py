@@ -187,3 +187,12 @@ def test_training_must_be_a_bool():
     with pytest.raises(KilnError) as info:
         kiln.compile(DROPOUT, target="reference", training=1)
     assert info.value.code == "K0602"
+
+
+def test_dropout_masks_do_not_depend_on_the_thread_count():
+    x = rand(np.random.default_rng(6), 16, 64)
+    key = np.array([5, 8], np.int64)
+    one, two = (kiln.compile(DROPOUT, target="native", training=True, threads=n)(x, rng_key=key)
+                for n in (1, 2))
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)

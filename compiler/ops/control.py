@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import KilnError
 from ..ir import Graph, IRError, Value
 from ._common import FLOATS
 from .registry import Arg, OpRecord, Prop, internal, register
@@ -88,50 +89,29 @@ def _scan_vjp(gb, node, cts):
     if gb.differentiate is None or body.params():
         raise IRError("scan: differentiating a scan needs the reverse-mode transform "
                       "(gb.differentiate), and a body that captures its parameters")
-    fixed = a["n_fixed_inputs"]
-    c_in, s_in = body.inputs[:n_carry], body.inputs[n_carry:n_carry + n_seq]
-    k_in = body.inputs[fixed:]
-    names = [body.node(nid)["attrs"]["name"] for nid in body.inputs]
-    if len(set(names)) != len(names):
-        raise IRError(f"scan: the body's inputs need distinct names, not {names}")
+    short = next((v for v in carries if v.type.rank < a["axis"]), None)
+    if short is not None:  # the saved carries stack on the scan's axis, as its emits
+        raise KilnError("K0822", f"cannot differentiate a scan over axis {a['axis']} that "
+                        f"carries a value of {short.type.rank} axes ({short.type}): the "
+                        "carries saved for the backward pass stack on the scan's axis",
+                        gb.span, hint="scan over axis 0, or carry values of at least "
+                        f"{a['axis']} axes")
     float_c = [j for j, v in enumerate(carries) if _is_float(v)]
     float_s = [j for j, v in enumerate(seqs) if _is_float(v)]
     float_k = [j for j, v in enumerate(captured) if _is_float(v)]
     float_e = [j for j, v in enumerate(body.outputs[n_carry:]) if _is_float(v)]
-    wrt = ([c_in[j] for j in float_c] + [s_in[j] for j in float_s]
-           + [k_in[j] for j in float_k])
-    vjp_body, layout = gb.differentiate(body, wrt_params=[],
-                                        wrt_inputs=[body.node(n)["attrs"]["name"] for n in wrt])
-    by_name = {vjp_body.node(nid)["attrs"]["name"]: nid for nid in vjp_body.inputs}
-
-    def cotangent_input(output: int) -> int:  # the body's input holding output's cotangent
-        return by_name[layout.cotangents[output]]
-
-    def gradient(nid: int) -> Value:  # the body's gradient of body input nid
-        return vjp_body.outputs[layout.input_output(body.node(nid)["attrs"]["name"])]
-
-    inner = type(gb)(vjp_body, gb.span, gb.scope)  # a builder of the body (ops cannot import one)
-    accumulators = [vjp_body.add_input(f"grad:{names[fixed + j]}", captured[j].type, gb.span)
-                    for j in float_k]
-    vjp_body.inputs = ([cotangent_input(j) for j in float_c] + [v.node for v in accumulators]
-                       + c_in + s_in + [cotangent_input(n_carry + j) for j in float_e]
-                       + body.inputs[n_carry + n_seq:])
-    vjp_body.outputs = ([gradient(c_in[j]) for j in float_c]
-                        + [inner.add(acc, gradient(k_in[j]))
-                           for acc, j in zip(accumulators, float_k, strict=True)]
-                        + [gradient(s_in[j]) for j in float_s])
-    vjp_body.output_names = []
-    vjp_body.prune()
+    backward_body = _backward_body(gb, a, float_c, float_s, float_k, float_e)
 
     axis = a["axis"]
-    saved = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
-    saved = saved[n_emit:n_emit + n_carry]
+    saving = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
+    _take_over(gb.graph, node.outputs, saving[:n_emit] + saving[n_emit + n_carry:])
+    saved = saving[n_emit:n_emit + n_carry]
     starts = ([_or_zeros(gb, carry_cts[j], carries[j].type) for j in float_c]
               + [_or_zeros(gb, None, captured[j].type) for j in float_k])
     stacked_e = [_or_zeros(gb, emit_cts[j], node.outputs[j].type) for j in float_e]
     sequences = [*saved, *seqs, *stacked_e]
     outs = _add_scan(gb, [*starts, *sequences, *captured], {
-        "body": vjp_body, "axis": axis,
+        "body": backward_body, "axis": axis,
         "axes": (axis,) * n_carry + tuple(a["axes"]) + (axis,) * len(float_e),
         "reverse": not a["reverse"], "n_carry": len(starts), "n_seq": len(sequences),
         "has_index": a["has_index"],
@@ -145,6 +125,44 @@ def _scan_vjp(gb, node, cts):
     for j, g in zip(float_k, d_carries[len(float_c):], strict=True):
         grads[n_carry + n_seq + j] = g
     return grads
+
+
+def _backward_body(gb, a: dict, float_c: list[int], float_s: list[int], float_k: list[int],
+                   float_e: list[int]) -> Graph:
+    """The body of the backward scan (see `_scan_vjp`), from the VJP of the forward body `a`
+    holds: inputs (dc, dk | saved c, s, de | [t], k), results (dc_in, dk + dk_t | ds_t), with
+    the float carries, sequences, captured values and emits by index in the `float_` lists."""
+    body: Graph = a["body"]
+    n_carry, n_seq, fixed = a["n_carry"], a["n_seq"], a["n_fixed_inputs"]
+    c_in, s_in, k_in = body.inputs[:n_carry], body.inputs[n_carry:n_carry + n_seq], \
+        body.inputs[fixed:]
+    names = [body.node(nid)["attrs"]["name"] for nid in body.inputs]
+    if len(set(names)) != len(names):
+        raise IRError(f"scan: the body's inputs need distinct names, not {names}")
+    wrt = [c_in[j] for j in float_c] + [s_in[j] for j in float_s] + [k_in[j] for j in float_k]
+    vjp_body, layout = gb.differentiate(body, wrt_params=[],
+                                        wrt_inputs=[body.node(n)["attrs"]["name"] for n in wrt])
+    by_name = {vjp_body.node(nid)["attrs"]["name"]: nid for nid in vjp_body.inputs}
+
+    def cotangent_input(output: int) -> int:  # the body's input holding output's cotangent
+        return by_name[layout.cotangents[output]]
+
+    def gradient(nid: int) -> Value:  # the body's gradient of body input nid
+        return vjp_body.outputs[layout.input_output(body.node(nid)["attrs"]["name"])]
+
+    inner = type(gb)(vjp_body, gb.span, gb.scope)  # a builder of the body (ops cannot import one)
+    accumulators = [vjp_body.add_input(f"grad:{names[fixed + j]}", body.node(k_in[j])["types"][0],
+                                       gb.span) for j in float_k]
+    vjp_body.inputs = ([cotangent_input(j) for j in float_c] + [v.node for v in accumulators]
+                       + c_in + s_in + [cotangent_input(n_carry + j) for j in float_e]
+                       + body.inputs[n_carry + n_seq:])
+    vjp_body.outputs = ([gradient(c_in[j]) for j in float_c]
+                        + [inner.add(acc, gradient(k_in[j]))
+                           for acc, j in zip(accumulators, float_k, strict=True)]
+                        + [gradient(s_in[j]) for j in float_s])
+    vjp_body.output_names = []
+    vjp_body.prune()
+    return vjp_body
 
 
 def _add_scan(gb, operands, attrs: dict) -> list[Value]:
@@ -164,6 +182,19 @@ def _saving(body: Graph, n_carry: int) -> Graph:
     saving.outputs = list(body.outputs) + [
         Value(nid, 0, body.node(nid)["types"][0]) for nid in body.inputs[:n_carry]]
     return saving
+
+
+def _take_over(graph: Graph, old: tuple[Value, ...], new: list[Value]) -> None:
+    """Point every use of the results `old` (the users of the forward scan, the graph's
+    outputs) at the same results `new` (of the scan that also saves its carries), so that the
+    loop runs once: the old scan is left unused, and the reverse pass prunes it."""
+    node = old[0].node
+    same = dict(zip((v.index for v in old), new, strict=True))
+    for _, user, key, data in list(graph.g.out_edges(node, keys=True, data=True)):
+        graph.g.remove_edge(node, user, key)
+        value = same[data["src"]]
+        graph.g.add_edge(value.node, user, src=value.index, dst=data["dst"])
+    graph.outputs = [same[v.index] if v.node == node else v for v in graph.outputs]
 
 
 def _or_zeros(gb, value, t):
