@@ -253,6 +253,7 @@ def _backward(new: Graph, nid: int, grads: _Cotangents, relevant: set[int],
     if record is None or record.vjp is None:
         raise _not_differentiable(new, nid, targets)
     gb = GraphBuilder.like(new, node)
+    gb.differentiate = grad  # for rules of ops holding a body graph (scan)
     results = record.vjp(gb, VjpNode(node["op"], tuple(operands), tuple(outs),
                                      dict(node["attrs"])), out_cts)
     if len(results) != len(operands):

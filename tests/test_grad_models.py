@@ -45,8 +45,8 @@ def check_against_torch(model, module, inputs, cotangents):
     """model.vjp and the torch module's autograd agree on outputs, every parameter's gradient
     and every input's."""
     torch = pytest.importorskip("torch")
-    model.load_weights({k: v.detach().numpy().astype(np.float32)
-                        for k, v in module.state_dict().items()})
+    model.load_weights({k: v.detach().numpy().astype(np.float32) if v.is_floating_point()
+                        else v.numpy() for k, v in module.state_dict().items()})
     module.to(torch.float64)
     outs, grads, in_grads = model.vjp(*inputs, cotangents=cotangents)
     t_outs, t_grads, t_in = torch_grads(module, inputs, cotangents)
