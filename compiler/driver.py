@@ -170,15 +170,14 @@ class Compilation:
     @classmethod
     def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
            target: str = "native", cpu: targets.Target | None = None,
-           opt_level: int = 1, training: bool = False) -> Compilation:
+           opt_level: int = 1) -> Compilation:
         """The compilation of the model named `model` (default: the file's last) of `program`
-        with compile-time arguments `args`, in training mode when `training`
-        (elaborate/training.py); elaborates it with every optional input now."""
+        with compile-time arguments `args`; elaborates it with every optional input now."""
         with progress.step("elaborating the model"):
-            elaborated = program.elaborate(model, args, training=training)
+            elaborated = program.elaborate(model, args)
 
         def variant(present: frozenset[str]) -> ElaboratedModel:
-            return program.elaborate(model, args, present, training)
+            return program.elaborate(model, args, present)
 
         return cls(elaborated, variant, target, cpu, opt_level)
 
@@ -237,7 +236,7 @@ class Compilation:
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
                stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
-               gradient: bool = False, profile: bool = False) -> NativeObject:
+               profile: bool = False, gradient: bool = False) -> NativeObject:
         """Object code of the native-optimized model (`gradient`: of its gradient model) for
         `cpu` (default: the compilation's), through the on-disk compile cache. `with_plan`
         adds `kiln_plan` (the memory plan as a C function, for a library); `stamp(layout)`

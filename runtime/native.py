@@ -264,10 +264,10 @@ class NativeModel(CompiledModel):
     def _build(self, weights: Weights, key: frozenset[str] | tuple, profile: bool = False
                ) -> _Variant:
         """Compile and load the variant `key` (see _variant_of); `profile`: with a timer
-        around every kernel (`profile`)."""
+        around every kernel."""
         gradient = isinstance(key, tuple)
-        native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient,
-                                         profile=profile)
+        native = self.compilation.native(weights, key[0] if gradient else key, profile=profile,
+                                         gradient=gradient)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
