@@ -17,7 +17,7 @@ from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.ir import Graph
 from ..compiler.sizes import SizeCheck
-from ..compiler.types import TensorType
+from ..compiler.types import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 from .signature import Signature
 from .weights import apply_weights, save_weights
 
@@ -118,6 +118,12 @@ class CompiledModel:
     def outputs(self) -> list[Port]:
         return list(self._signature.outputs)
 
+    @property
+    def updates(self) -> dict[str, int]:
+        """Training mode's buffer updates: {buffer path: index of the output holding its new
+        value} (compiler/elaborate/training.py); empty outside training mode."""
+        return dict(self.model.updates) if self.model is not None else {}
+
     def signature(self) -> str:
         """The model's signature as written: `MLP(x: f32[B, 784]) -> f32[B, 10]`."""
         return str(self._signature)
@@ -216,7 +222,11 @@ class CompiledModel:
         cts = self._signature.bind_cotangents(cotangents, layout.cotangents, dims)
         feed = {**arrays, **dict(zip([n for n in layout.cotangents if n], cts, strict=True))}
         results = self.run_gradient(state, present, feed, dims)
-        grads = {p: results[layout.param_output(p)] for p in layout.params}
+        found = {p: results[layout.param_output(p)] for p in layout.params}
+        # a parameter the forward never reads has no node in the graph: its gradient is zero
+        grads = {path: found[path] if path in found else np.zeros(info.shape, NUMPY_DTYPES[info.dtype])
+                 for path, info in self.param_info.items() if path in found or (
+                     info.kind == "param" and info.dtype in FLOAT_DTYPES)}
         input_grads = {n: results[layout.input_output(n)] for n in layout.inputs}
         return self.pack_results(results[:layout.outputs]), grads, input_grads
 

@@ -302,19 +302,20 @@ class NativeModel(CompiledModel):
         ins = [arrays[p.name] for p in variant.signature.inputs]
         with self._lock:  # one profile at a time: the counters are the code's own
             self._enter(variant, call, ins, _outputs(call))  # warm up
-            ctypes.memset(counters, 0, ctypes.sizeof(counters))
-            walls = []
+            walls, per_call = [], []
             for _ in range(repeat):
                 outs = _outputs(call)
+                ctypes.memset(counters, 0, ctypes.sizeof(counters))
                 start = time.perf_counter()
                 self._enter(variant, call, ins, outs)
                 walls.append(time.perf_counter() - start)
-            spent = list(counters)
+                per_call.append(list(counters))
+        # each kernel's median over the calls: a call the OS interrupted does not count
+        spent = [statistics.median(c[k] for c in per_call) for k in range(len(counters))]
         rate = counter_rate(cycles)
         sizes = {s: dims[s] for s in variant.layout.symbols}
         return Profile(self.name, sizes, self.threads, repeat,
-                       kernel_times(variant.graph, variant.layout.profiled, spent, rate,
-                                    repeat, sizes),
+                       kernel_times(variant.graph, variant.layout.profiled, spent, rate, sizes),
                        statistics.median(walls), fma_peak_flops() * self.threads)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:

@@ -45,8 +45,8 @@ def check_against_torch(model, module, inputs, cotangents):
     """model.vjp and the torch module's autograd agree on outputs, every parameter's gradient
     and every input's."""
     torch = pytest.importorskip("torch")
-    model.load_weights({k: v.detach().numpy().astype(np.float32)
-                        for k, v in module.state_dict().items()})
+    model.load_weights({k: v.detach().numpy().astype(np.float32) if v.is_floating_point()
+                        else v.numpy() for k, v in module.state_dict().items()})
     module.to(torch.float64)
     outs, grads, in_grads = model.vjp(*inputs, cotangents=cotangents)
     t_outs, t_grads, t_in = torch_grads(module, inputs, cotangents)
@@ -369,3 +369,24 @@ def test_vjp_with_and_without_an_optional_input(target):
     np.testing.assert_allclose(grads["w"], (3 * x).sum(0), rtol=1e-6)
     np.testing.assert_allclose(in_grads["scale"], x * w, rtol=1e-6)
     assert set(in_grads) == {"x", "scale"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_outputs_that_are_inputs_or_params_and_unread_params(target):
+    src = """
+model Pass {
+  param w: [3] = init.ones()
+  param unread: [2] = init.ones()
+  buffer stat: [3] = init.zeros()
+  forward(x: f32[B, 3]) -> (a: f32[B, 3], b: f32[3], c: f32[B, 3]) { return (x, w, x) }
+}
+"""
+    model = kiln.compile(src, target=target)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cts = [np.ones((2, 3), np.float32), np.full(3, 2.0, np.float32),
+           np.full((2, 3), 3.0, np.float32)]
+    _, grads, in_grads = model.vjp(x, cotangents=cts)
+    assert set(grads) == {"w", "unread"}  # every param, read or not; no buffer
+    np.testing.assert_array_equal(grads["w"], [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(grads["unread"], [0.0, 0.0])
+    np.testing.assert_array_equal(in_grads["x"], np.full((2, 3), 4.0))  # two uses add up
