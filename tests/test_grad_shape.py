@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _gradcheck import add_rule, backward, check_vjp
+from _gradcheck import backward, check_vjp, rules_graph
 from _nativetest import native_model
-from _optest import bind, type_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -361,39 +360,13 @@ NATIVE_CASES = [
 ]
 
 
-def _rules_graph() -> tuple[Graph, list[Port], dict[str, np.ndarray], list[str]]:
-    """NATIVE_CASES' ops and rules in one graph whose outputs are every gradient: (graph,
-    input ports, an array per port, a name per output)."""
-    graph, ports, feeds, names = Graph(), [], {}, []
-    rng = np.random.default_rng(7)
-    for c, (op, args, attrs, types) in enumerate(NATIVE_CASES):
-        _record, inputs, attrs = bind(op, tuple(args), dict(attrs))
-        types = types or [type_of(x) for x in inputs]
-        values = []
-        for i, (x, t) in enumerate(zip(inputs, types, strict=True)):
-            ports.append(Port(f"c{c}x{i}", t))
-            values.append(graph.add_input(ports[-1].name, t, None))
-            feeds[ports[-1].name] = x
-        _outs, cts, grads = add_rule(graph, op, values, attrs, prefix=f"c{c}")
-        for i, ct in enumerate(cts):
-            if ct is not None:
-                ports.append(Port(f"c{c}ct{i}", ct.type))
-                feeds[ports[-1].name] = rng.standard_normal(
-                    ct.type.concrete_shape({"B": 3})).astype(np.float32)
-        for slot, g in enumerate(grads):
-            if g is not None:
-                graph.outputs.append(g)
-                names.append(f"{op} (case {c}) input {slot}")
-    return graph, ports, feeds, names
-
-
 def _reference(graph: Graph, ports: list[Port], feeds: dict) -> list[np.ndarray]:
     """The graph run by the reference interpreter (its inputs are the ports, in order)."""
     return run_graph(graph, [feeds[p.name] for p in ports], {}, {"B": 3})
 
 
 def test_rules_native():
-    graph, ports, feeds, names = _rules_graph()
+    graph, ports, feeds, names = rules_graph(NATIVE_CASES, dims={"B": 3})
     want = _reference(graph, ports, feeds)
     got = native_model(graph, ports, ["B"])(**feeds)
     for g, w, name in zip(got, want, names, strict=True):
@@ -403,7 +376,7 @@ def test_rules_native():
 def test_rules_onnx():
     """The same backward graphs exported to ONNX, run by onnxruntime."""
     ort = pytest.importorskip("onnxruntime")
-    graph, ports, feeds, names = _rules_graph()
+    graph, ports, feeds, names = rules_graph(NATIVE_CASES, dims={"B": 3})
     want = _reference(graph, ports, feeds)
     graph.output_names = [f"out{i}" for i in range(len(names))]
     outputs = [Port(n, v.type) for n, v in zip(graph.output_names, graph.outputs, strict=True)]
