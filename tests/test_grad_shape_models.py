@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import kiln
-from kiln.compiler.ops import REGISTRY
 
 torch = pytest.importorskip("torch", reason="PyTorch autograd is the reference")
 
@@ -96,9 +95,6 @@ def compiled(name: str, target: str, **args):
                         args=dict(args) or None)
 
 
-@pytest.mark.skipif(REGISTRY["dropout"].vjp is None,
-                    reason="the example's dropout (the identity at inference) takes its rule "
-                    "from branch wt-grad-scan")
 @pytest.mark.parametrize("target", TARGETS)
 def test_gcn_gradients(target):
     model = compiled("gcn.kiln", target, num_features=5, hidden_channels=6, num_classes=3)
