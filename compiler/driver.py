@@ -250,13 +250,15 @@ class Compilation:
         return NativeObject(model, code, layout, machine)
 
     def onnx(self, weights: Weights, present: frozenset[str] | None = None,
-             checked: bool = True) -> OnnxExport:
-        """The ONNX-optimized model as ONNX, every parameter an initializer named by its path;
-        `checked`: with its run-time checks (indices in range) as extra outputs, for running
-        it (codegen/onnx.export_checked), else the plain model, for a file."""
+             checked: bool = True, gradient: bool = False) -> OnnxExport:
+        """The ONNX-optimized model (`gradient`: its gradient model) as ONNX, every parameter
+        an initializer named by its path; `checked`: with its run-time checks (indices in
+        range) as extra outputs, for running it (codegen/onnx.export_checked), else the plain
+        model, for a file."""
         from .codegen import onnx as onnx_codegen
 
-        model = self.lowered(weights, present, "onnx")
+        model = (self.gradient(weights, present, "onnx").model if gradient
+                 else self.lowered(weights, present, "onnx"))
         if not checked:
             return OnnxExport(model, onnx_codegen.export(model, weights.params), [])
         with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
@@ -265,9 +267,10 @@ class Compilation:
                   for k, (message, span) in enumerate(failures)]
         return OnnxExport(model, proto, checks)
 
-    def write_onnx(self, weights: Weights, path: str | os.PathLike) -> None:
-        """Write the model with `weights` as an ONNX file (codegen/onnx.save: external data
-        past 2 GB, staged and renamed into place)."""
+    def write_onnx(self, weights: Weights, path: str | os.PathLike,
+                   gradients: bool = False) -> None:
+        """Write the model with `weights` (`gradients`: its gradient model) as an ONNX file
+        (codegen/onnx.save: external data past 2 GB, staged and renamed into place)."""
         from .codegen import onnx as onnx_codegen
 
-        onnx_codegen.save(self.onnx(weights, checked=False).proto, path)
+        onnx_codegen.save(self.onnx(weights, checked=False, gradient=gradients).proto, path)
