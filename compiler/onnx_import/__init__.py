@@ -1,0 +1,1 @@
+"""ONNX import: an ONNX model read into a kiln Graph (converters in convert.py)."""
