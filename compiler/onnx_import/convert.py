@@ -21,4 +21,15 @@ CONVERTERS: dict[str, Converter] = {
     **convert_nn.CONVERTERS,
 }
 
-__all__ = ["CONVERTERS", "Converter", "OnnxNode", "Unsupported"]
+# The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
+# takes them as attributes), by op type. The importer names them when they are not constants.
+_REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+               "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
+    "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
+    "Dropout": (1, 2), **{op: (1,) for op in _REDUCTIONS},
+}
+
+__all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported"]

@@ -211,7 +211,7 @@ def _space_depth(gb, x: Value, block: int, to_space: bool, mode: str) -> Value:
     if not (h.is_const and w.is_const) or h.value % block or w.value % block:
         raise Unsupported("SpaceToDepth needs constant spatial sizes divisible by blocksize")
     y = gb.reshape(x, [n, c, h.value // block, block, w.value // block, block])
-    y = gb.permute(y, [0, 3, 5, 1, 2, 4])
+    y = gb.permute(y, [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4])
     return gb.reshape(y, [n, c * block * block, h.value // block, w.value // block])
 
 
@@ -223,7 +223,8 @@ def _depth_to_space(gb, node):
 
 @converter("SpaceToDepth")
 def _space_to_depth(gb, node):
-    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), False, "")]
+    mode = choose(node, "mode", "DCR", ("DCR", "CRD"))
+    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), False, mode)]
 
 
 # joining and slicing ----------------------------------------------------------------------
