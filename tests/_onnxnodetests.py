@@ -28,8 +28,9 @@ from kiln.compiler.driver import Compilation
 from kiln.compiler.elaborate.elaborator import ElaboratedModel, Port
 from kiln.compiler.ir import Graph
 from kiln.compiler.onnx_import.convert import CONVERTERS, IMPORT_TIME_INPUTS, OnnxNode, Unsupported
-from kiln.compiler.onnx_import.convert_base import KILN_DTYPES, kiln_dtype
-from kiln.compiler.types import TensorType
+from kiln.compiler.onnx_import.convert_base import CONSTANT_NEEDED, KILN_DTYPES, kiln_dtype
+from kiln.compiler.onnx_import.convert_function import decode_attribute
+from kiln.compiler.types import TensorType, dtype_of_numpy
 from kiln.runtime.native import NativeModel
 from kiln.runtime.reference import ReferenceModel
 
@@ -95,14 +96,18 @@ def _arrays(values) -> list[np.ndarray]:
             for v in values]
 
 
-def bind_import_time_inputs(model: onnx.ModelProto, inputs: list[np.ndarray]
+def bind_import_time_inputs(model: onnx.ModelProto, inputs: list[np.ndarray],
+                            every_shape_like: bool = False
                             ) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     """The model with each graph input that feeds an import-time slot made an initializer
-    holding the case's value; the remaining run-time inputs."""
+    holding the case's value (with `every_shape_like`, every integer scalar or vector input:
+    those reaching such a slot through other ops, or inside a function op); the remaining
+    run-time inputs."""
     wanted = {node.input[i] for node in model.graph.node
               for i in IMPORT_TIME_INPUTS.get(node.op_type, ()) if i < len(node.input)}
     names = [i.name for i in model.graph.input]
-    frozen = {n for n in names if n in wanted}
+    frozen = {n for n, x in zip(names, inputs, strict=True)
+              if n in wanted or (every_shape_like and x.dtype.kind == "i" and x.ndim <= 1)}
     if not frozen:
         return model, inputs
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -122,7 +127,7 @@ def build_graph(model: onnx.ModelProto) -> tuple[Graph, list[Port], list[Port]]:
     values, consts = {}, {}
     for init in model.graph.initializer:
         array = onnx.numpy_helper.to_array(init)
-        if array.dtype == np.float64 or array.dtype.kind not in "fiub":
+        if dtype_of_numpy(array.dtype) in (None, "f64"):
             raise Unsupported(f"initializer {init.name}: element type {array.dtype}")
         values[init.name], consts[init.name] = gb.constant(array), array
     ports = []
@@ -139,7 +144,7 @@ def build_graph(model: onnx.ModelProto) -> tuple[Graph, list[Port], list[Port]]:
         node = OnnxNode(
             name=proto.name, op_type=proto.op_type, domain=proto.domain, index=index,
             opset=opsets.get(proto.domain or "", 1),
-            attrs={a.name: _attribute(a) for a in proto.attribute},
+            attrs={a.name: decode_attribute(a) for a in proto.attribute},
             inputs=[values[n] if n else None for n in proto.input],
             consts=[consts.get(n) for n in proto.input], outputs=list(proto.output))
         outs = CONVERTERS[proto.op_type](gb, node)
@@ -151,17 +156,6 @@ def build_graph(model: onnx.ModelProto) -> tuple[Graph, list[Port], list[Port]]:
     outputs = [Port(o.name, v.type) for o, v in zip(model.graph.output, graph.outputs,
                                                    strict=True)]
     return graph, ports, outputs
-
-
-def _attribute(a: onnx.AttributeProto):
-    value = onnx.helper.get_attribute_value(a)
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
-    return value
 
 
 def compile_case(model: onnx.ModelProto, target: str):
@@ -178,9 +172,15 @@ def run_case(case, target: str) -> Outcome:
     """Run one node test case on `target` and judge it."""
     for raw_inputs, raw_outputs in case.data_sets:
         inputs, expected = _arrays(raw_inputs), _arrays(raw_outputs)
-        model, feeds = bind_import_time_inputs(case.model, inputs)
         try:
-            compiled = compile_case(model, target)
+            try:
+                model, feeds = bind_import_time_inputs(case.model, inputs)
+                compiled = compile_case(model, target)
+            except Unsupported as err:
+                if CONSTANT_NEEDED not in err.reason:
+                    raise
+                model, feeds = bind_import_time_inputs(case.model, inputs, every_shape_like=True)
+                compiled = compile_case(model, target)
         except Unsupported as err:
             return Outcome("unsupported", err.reason)
         except KilnError as err:

@@ -13,6 +13,7 @@ OnnxNode they see and Unsupported, in convert_base.py.
 from __future__ import annotations
 
 from . import convert_elementwise, convert_nn, convert_tensor
+from .convert_function import function_converter, function_ops
 from .convert_base import Converter, OnnxNode, Unsupported
 
 CONVERTERS: dict[str, Converter] = {
@@ -20,6 +21,9 @@ CONVERTERS: dict[str, Converter] = {
     **convert_tensor.CONVERTERS,
     **convert_nn.CONVERTERS,
 }
+# the ops ONNX defines as functions of others, and kiln has no converter of its own for
+_EXPAND = function_converter(CONVERTERS)
+CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
 
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
 # takes them as attributes), by op type. The importer names them when they are not constants.

@@ -499,6 +499,6 @@ def _resize(gb, node):
     else:
         kiln["size"] = full_sizes[2:]
         out = [d.value if d.is_const else None for d in full_sizes[2:]]
-    if ctm == "pytorch_half_pixel" and any(o is None or o <= 1 for o in out):
-        raise Unsupported("pytorch_half_pixel Resize to a size of 1")
+    if ctm in ("pytorch_half_pixel", "align_corners") and any(o is None or o <= 1 for o in out):
+        raise Unsupported(f"{ctm} Resize to a size of 1 (or a symbolic size)")
     return [gb.op("resize", x, **kiln)]

@@ -20,6 +20,7 @@ from ..ir import Value
 from ..types import NUMPY_DTYPES, dtype_of_numpy
 from .convert_base import (
     INT_TYPES,
+    CONSTANT_NEEDED,
     Converter,
     OnnxNode,
     Unsupported,
@@ -308,7 +309,7 @@ def _pad(gb, node):
     value = 0.0
     fill = known(gb, node, 2) if arg(node, 2) is not None else None
     if arg(node, 2) is not None and fill is None:
-        raise Unsupported("Pad's constant_value must be a constant")
+        raise Unsupported(f"Pad's constant_value must be a constant: {CONSTANT_NEEDED}")
     if fill is not None and fill.size:
         value = fill.reshape(-1)[0].item()
     if all(w == (0, 0) for w in widths):
@@ -380,7 +381,7 @@ def _one_hot(gb, node):
     index = need(node, 0, "indices")
     depth = known(gb, node, 1)
     if depth is None:
-        raise Unsupported("OneHot's depth must be a constant")
+        raise Unsupported(f"OneHot's depth must be a constant: {CONSTANT_NEEDED}")
     depth = int(depth.reshape(-1)[0])
     values = need(node, 2, "values")
     rank = index.type.rank + 1
