@@ -5,7 +5,10 @@ converters on the reference and the native target.
 A case passes when every output has the expected element type and shape and agrees within
 the onnx backend runner's tolerance (rtol 1e-3, atol 1e-7, NaN where NaN is expected); it is
 unsupported when a converter refuses it (Unsupported, or a KilnError naming what kiln lacks);
-anything else, a wrong answer or an exception, is a failure.
+anything else, a wrong answer or an exception, is a failure. One exception to the tolerance:
+an f16 or bf16 output whose every mismatch is within 2 units in the last place of its type is
+'imprecise', not a failure and not a pass: the expected values of some half-float cases were
+computed in f32 and rounded once, where kiln (as ONNX's definition) rounds each op's result.
 
 Inputs that kiln needs at import time (a Reshape's shape, a Slice's starts, ...: convert.py's
 IMPORT_TIME_INPUTS) are graph inputs in many cases; they are bound to the case's values, as a
@@ -19,6 +22,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 
+import ml_dtypes  # noqa: F401  (numpy's name for bfloat16)
 import numpy as np
 import onnx
 
@@ -170,6 +174,11 @@ def compile_case(model: onnx.ModelProto, target: str):
 
 def run_case(case, target: str) -> Outcome:
     """Run one node test case on `target` and judge it."""
+    for vi in list(case.model.graph.input) + list(case.model.graph.output):
+        if not vi.type.HasField("tensor_type"):
+            kind = vi.type.WhichOneof("value")
+            return Outcome("unsupported", f"{vi.name} is a {kind.removesuffix('_type')}, "
+                           "not a tensor")
     for raw_inputs, raw_outputs in case.data_sets:
         inputs, expected = _arrays(raw_inputs), _arrays(raw_outputs)
         try:
@@ -190,11 +199,31 @@ def run_case(case, target: str) -> Outcome:
         except KilnError as err:
             return Outcome("unsupported", f"at run time, {err.code}: {err.message}")
         got = list(got) if isinstance(got, (tuple, list)) else [got]
+        imprecise = ""
         for k, (g, w) in enumerate(zip(got, expected, strict=True)):
             problem = compare(g, w)
-            if problem:
+            if problem and within_half_float_ulps(g, w):
+                imprecise = f"output {k}: {problem} (within 2 ulps of {g.dtype})"
+            elif problem:
                 return Outcome("fail", f"output {k}: {problem}")
+        if imprecise:
+            return Outcome("imprecise", imprecise)
     return Outcome("pass")
+
+
+HALF_FLOATS = {np.dtype(np.float16): 2.0**-10, np.dtype("bfloat16"): 2.0**-7}  # machine eps
+
+
+def within_half_float_ulps(got: np.ndarray, want: np.ndarray, ulps: int = 2) -> bool:
+    """Whether a half-float result is within `ulps` units in the last place of the expected
+    one everywhere (same shape and type, NaN where NaN)."""
+    eps = HALF_FLOATS.get(got.dtype)
+    if eps is None or got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    scale = np.maximum(np.abs(w), 2.0**-14)
+    return bool(np.all(np.isclose(g, w, rtol=0, atol=0, equal_nan=True)
+                       | (np.abs(g - w) <= ulps * eps * scale)))
 
 
 def compare(got: np.ndarray, want: np.ndarray) -> str:
