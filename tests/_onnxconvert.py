@@ -10,56 +10,17 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from kiln.compiler.builder import GraphBuilder
+from _onnxnodetests import build_graph
+
 from kiln.compiler.evaluate import run_graph
 from kiln.compiler.ir import Graph
-from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode
-from kiln.compiler.onnx_import.convert_base import kiln_dtype
-from kiln.compiler.types import TensorType
 
 OPSET = onnx.defs.onnx_opset_version()
 
 
 def build(model: onnx.ModelProto) -> Graph:
     """The model's graph built node by node with the converters (Unsupported propagates)."""
-    graph = Graph()
-    gb = GraphBuilder(graph)
-    values, consts = {}, {}
-    for init in model.graph.initializer:
-        array = onnx.numpy_helper.to_array(init)
-        values[init.name], consts[init.name] = gb.constant(array), array
-    for inp in model.graph.input:
-        if inp.name in values:
-            continue
-        t = inp.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
-                      for d in t.shape.dim)
-        values[inp.name] = graph.add_input(inp.name, TensorType(
-            kiln_dtype(t.elem_type, f"input {inp.name}"), shape), None)
-    opsets = {o.domain or "": o.version for o in model.opset_import}
-    for index, proto in enumerate(model.graph.node):
-        node = OnnxNode(
-            name=proto.name, op_type=proto.op_type, domain=proto.domain, index=index,
-            opset=opsets.get(proto.domain or "", OPSET),
-            attrs={a.name: _attr(a) for a in proto.attribute},
-            inputs=[values[n] if n else None for n in proto.input],
-            consts=[consts.get(n) for n in proto.input], outputs=list(proto.output))
-        outs = CONVERTERS[proto.op_type](gb, node)
-        for name, value in zip(proto.output, outs, strict=False):
-            if name and value is not None:
-                values[name] = value
-    graph.outputs = [values[o.name] for o in model.graph.output]
-    graph.output_names = [o.name for o in model.graph.output]
-    return graph
-
-
-def _attr(a: onnx.AttributeProto):
-    value = helper.get_attribute_value(a)
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
+    return build_graph(model)[0]
 
 
 def run_kiln(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ OnnxNode they see and Unsupported, in convert_base.py.
 from __future__ import annotations
 
 from . import convert_elementwise, convert_nn, convert_tensor
+from .convert_function import function_converter, function_ops
 from .convert_base import Converter, OnnxNode, Unsupported
 
 CONVERTERS: dict[str, Converter] = {
@@ -20,5 +21,19 @@ CONVERTERS: dict[str, Converter] = {
     **convert_tensor.CONVERTERS,
     **convert_nn.CONVERTERS,
 }
+# the ops ONNX defines as functions of others, and kiln has no converter of its own for
+_EXPAND = function_converter(CONVERTERS)
+CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
 
-__all__ = ["CONVERTERS", "Converter", "OnnxNode", "Unsupported"]
+# The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
+# takes them as attributes), by op type. The importer names them when they are not constants.
+_REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+               "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
+    "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
+    "Dropout": (1, 2), **{op: (1,) for op in _REDUCTIONS},
+}
+
+__all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported"]

@@ -47,6 +47,9 @@ class Unsupported(Exception):
         self.reason = reason
 
 
+# the words of every refusal of an input known only at run time
+CONSTANT_NEEDED = "kiln needs it at import time"
+
 Converter = Callable[[GraphBuilder, OnnxNode], list]
 
 # ONNX element types kiln has; every other one (f64, u8, i8, strings, float8, ...) is refused
@@ -129,7 +132,7 @@ def const_input(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> np.ndarr
     """Input slot i's value, which kiln needs at import time (a shape, axes, pads...)."""
     value = known(gb, node, i)
     if value is None:
-        raise Unsupported(f"{what} (input {i}) must be a constant: kiln needs it at import time")
+        raise Unsupported(f"{what} (input {i}) must be a constant: {CONSTANT_NEEDED}")
     return value
 
 

@@ -16,6 +16,7 @@ from ..ir import Value
 from .convert_base import (
     FLOAT_TYPES,
     INT_TYPES,
+    CONSTANT_NEEDED,
     Converter,
     OnnxNode,
     Unsupported,
@@ -286,8 +287,6 @@ def _mod(gb, node):
     """fmod=0: the sign of the divisor (Python's %); fmod=1: of the dividend (C's fmod)."""
     a, b = _operands(node)
     if not attr(node, "fmod", 0):
-        if dtype_of(a) not in INT_TYPES:
-            raise Unsupported("Mod with fmod=0 is defined for integers only")
         return gb.op("mod", a, b)
     if dtype_of(a) in INT_TYPES:
         return gb.sub(a, gb.mul(_trunc_div(gb, a, b), b))
@@ -375,7 +374,7 @@ def _clip(gb, node):
             continue
         value = known(gb, node, slot)
         if value is None:
-            raise Unsupported(f"Clip's {name} (input {slot}) must be a constant")
+            raise Unsupported(f"Clip's {name} (input {slot}) must be a constant: {CONSTANT_NEEDED}")
         bounds[name] = value.reshape(()).item()
     if not bounds:
         return x

@@ -453,52 +453,116 @@ def _arg_extreme(gb, node):
 # resize -----------------------------------------------------------------------------------
 @converter("Resize")
 def _resize(gb, node):
-    """The Resize modes kiln's resize computes: nearest with asymmetric coordinates and
-    floor rounding, and linear with half_pixel (pytorch_half_pixel where no axis becomes 1)
-    or align_corners coordinates, on the spatial axes of an [N, C, ...] input."""
+    """Resize on constant scales or sizes: kiln's resize where it computes the same (nearest
+    with asymmetric coordinates and floor rounding; linear with half_pixel, or
+    pytorch_half_pixel and align_corners where no axis becomes 1, on [N, C, ...] spatial
+    axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
-    mode = choose(node, "mode", "nearest", ("nearest", "linear"))
+    mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")
-    if attr(node, "antialias", 0):
-        raise Unsupported("Resize with antialias")
+    if ctm == "tf_crop_and_resize":
+        raise Unsupported("Resize with coordinate_transformation_mode=tf_crop_and_resize")
     if attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
         raise Unsupported("Resize with keep_aspect_ratio_policy other than stretch")
     rank = x.type.rank
-    axes = ints(node, "axes") or list(range(rank))
-    axes = [axis_of(a, rank) for a in axes]
-    scales = known(gb, node, 2) if arg(node, 2) is not None else None
-    sizes = known(gb, node, 3) if arg(node, 3) is not None else None
-    if (arg(node, 2) is not None and scales is None) or (arg(node, 3) is not None and sizes is None):
+    axes = [axis_of(a, rank) for a in (ints(node, "axes") or list(range(rank)))]
+    scales, sizes = (known(gb, node, i) if arg(node, i) is not None else None for i in (2, 3))
+    if any(arg(node, i) is not None and v is None for i, v in ((2, scales), (3, sizes))):
         raise Unsupported("Resize's scales and sizes must be constants")
     if scales is not None and scales.size == 0:
         scales = None
-    full_scales, full_sizes = [1.0] * rank, list(x.type.shape)
-    if scales is not None:
-        for a, s in zip(axes, scales.reshape(-1).tolist(), strict=True):
-            full_scales[a] = s
-    elif sizes is not None:
-        for a, s in zip(axes, sizes.reshape(-1).tolist(), strict=True):
-            full_sizes[a] = Dim.of(int(s))
-    else:
-        raise Unsupported("Resize needs scales or sizes")
-    if rank < 3 or full_scales[:2] != [1.0, 1.0] or full_sizes[:2] != list(x.type.shape[:2]):
-        raise Unsupported("Resize of other than the spatial axes of an [N, C, ...] input")
+    if sizes is not None and sizes.size == 0:
+        sizes = None
+    if (scales is None) == (sizes is None):
+        raise Unsupported("Resize needs one of scales and sizes")
+    given = (scales if scales is not None else sizes).reshape(-1).tolist()
+    if len(given) != len(axes):
+        raise Unsupported(f"Resize: {len(given)} scales or sizes for {len(axes)} axes")
+    per_axis = dict(zip(axes, given, strict=True))
+    kiln = _kiln_resize(node, x, mode, ctm, per_axis, scales is not None)
+    if kiln is not None:
+        return [gb.op("resize", x, **kiln)]
+    for axis, value in per_axis.items():
+        x = _resize_axis(gb, node, x, axis, value, scales is not None)
+    return [x]
+
+
+def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
+                 by_scale: bool) -> dict | None:
+    """kiln resize's attributes for the same result, or None where it computes another."""
+    if attr(node, "antialias", 0) or x.type.rank < 3 or x.type.dtype not in FLOAT_TYPES:
+        return None
+    unchanged = 1.0 if by_scale else None
+    for axis in (0, 1):
+        if per_axis.get(axis, unchanged) not in (unchanged, x.type.shape[axis].value
+                                                 if x.type.shape[axis].is_const else -1):
+            return None
+    spatial = [per_axis.get(a, 1.0 if by_scale else x.type.shape[a])
+               for a in range(2, x.type.rank)]
     if mode == "nearest":
         if ctm != "asymmetric" or attr(node, "nearest_mode", "round_prefer_floor") != "floor":
-            raise Unsupported("nearest Resize other than coordinate_transformation_mode="
-                              "asymmetric with nearest_mode=floor")
-        kiln = {"mode": "nearest"}
-    elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-        kiln = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
+            return None
+        out = {"mode": "nearest"}
+    elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        out = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
     else:
-        raise Unsupported(f"linear Resize with coordinate_transformation_mode={ctm}")
-    if scales is not None:
-        kiln["scale_factor"] = [float(s) for s in full_scales[2:]]
-        out = [math.floor(d.value * s) if d.is_const else None
-               for d, s in zip(x.type.shape[2:], full_scales[2:], strict=True)]
+        return None
+    sizes = [math.floor(d.value * s) if d.is_const else None if by_scale else s
+             for d, s in zip(x.type.shape[2:], spatial, strict=True)] if by_scale else \
+        [int(s) if not isinstance(s, Dim) else (s.value if s.is_const else None) for s in spatial]
+    if ctm != "half_pixel" and any(o is None or o <= 1 for o in sizes):
+        return None  # those modes special-case an output size of 1
+    if by_scale:
+        out["scale_factor"] = [float(s) for s in spatial]
     else:
-        kiln["size"] = full_sizes[2:]
-        out = [d.value if d.is_const else None for d in full_sizes[2:]]
-    if ctm == "pytorch_half_pixel" and any(o is None or o <= 1 for o in out):
-        raise Unsupported("pytorch_half_pixel Resize to a size of 1")
-    return [gb.op("resize", x, **kiln)]
+        out["size"] = [int(s) if not isinstance(s, Dim) else s for s in spatial]
+    return out
+
+
+def _resize_axis(gb: GraphBuilder, node: OnnxNode, x: Value, axis: int, value: float,
+                 by_scale: bool) -> Value:
+    """x resized along one axis. ONNX's Resize is separable, and along one axis linear in the
+    input: the weights are what ONNX's reference Resize makes of the unit impulses (the
+    identity matrix), so every mode and coordinate rule is the standard's. Nearest modes
+    take the one source each output reads (a gather, exact); the others are a product with
+    the weight matrix (0 * inf in an input is NaN there, as it is not in ONNX)."""
+    size = x.type.shape[axis]
+    if not size.is_const:
+        raise Unsupported("Resize along an axis of symbolic size")
+    weights = _impulse_response(node, size.value, value, by_scale)  # [in, out]
+    if weights.shape[1] == size.value and np.array_equal(weights, np.eye(size.value)):
+        return x
+    one_hot = np.isin(weights, (0.0, 1.0)).all() and (weights.sum(axis=0) == 1).all()
+    if one_hot:
+        index = np.argmax(weights, axis=0).astype(np.int64)
+        return gb.op("gather", x, gb.constant(index), axis=axis)
+    require_dtype(x, FLOAT_TYPES, "an interpolating Resize's input")
+    last = x.type.rank - 1
+    perm = list(range(x.type.rank))
+    perm[axis], perm[last] = last, axis
+    moved = x if axis == last else gb.permute(x, perm)
+    y = gb.matmul(moved, gb.constant(weights.astype(x.type.np_dtype)))
+    return y if axis == last else gb.permute(y, perm)
+
+
+def _impulse_response(node: OnnxNode, size: int, value: float, by_scale: bool) -> np.ndarray:
+    """[in, out]: ONNX's reference Resize of the identity along its second axis."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    keep = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    scales = np.array([1.0, value], np.float32) if by_scale else None
+    sizes = None if by_scale else np.array([size, int(value)], np.int64)
+    inits = [helper.make_tensor("scales", TensorProto.FLOAT, [2], scales)] if by_scale else \
+        [helper.make_tensor("sizes", TensorProto.INT64, [2], sizes)]
+    resize = helper.make_node("Resize", ["X", "", "scales" if by_scale else "",
+                                         "" if by_scale else "sizes"], ["Y"], **keep)
+    graph = helper.make_graph(
+        [resize], "impulse", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    try:
+        (out,) = ReferenceEvaluator(model).run(None, {"X": np.eye(size, dtype=np.float32)})
+    except Exception as exc:  # the reference refuses what the standard does not define
+        raise Unsupported(f"Resize with these attributes: {exc}") from None
+    return np.asarray(out, np.float64)

@@ -20,6 +20,7 @@ from ..ir import Value
 from ..types import NUMPY_DTYPES, dtype_of_numpy
 from .convert_base import (
     INT_TYPES,
+    CONSTANT_NEEDED,
     Converter,
     OnnxNode,
     Unsupported,
@@ -211,7 +212,7 @@ def _space_depth(gb, x: Value, block: int, to_space: bool, mode: str) -> Value:
     if not (h.is_const and w.is_const) or h.value % block or w.value % block:
         raise Unsupported("SpaceToDepth needs constant spatial sizes divisible by blocksize")
     y = gb.reshape(x, [n, c, h.value // block, block, w.value // block, block])
-    y = gb.permute(y, [0, 3, 5, 1, 2, 4])
+    y = gb.permute(y, [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4])
     return gb.reshape(y, [n, c * block * block, h.value // block, w.value // block])
 
 
@@ -223,7 +224,8 @@ def _depth_to_space(gb, node):
 
 @converter("SpaceToDepth")
 def _space_to_depth(gb, node):
-    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), False, "")]
+    mode = choose(node, "mode", "DCR", ("DCR", "CRD"))
+    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), False, mode)]
 
 
 # joining and slicing ----------------------------------------------------------------------
@@ -307,7 +309,7 @@ def _pad(gb, node):
     value = 0.0
     fill = known(gb, node, 2) if arg(node, 2) is not None else None
     if arg(node, 2) is not None and fill is None:
-        raise Unsupported("Pad's constant_value must be a constant")
+        raise Unsupported(f"Pad's constant_value must be a constant: {CONSTANT_NEEDED}")
     if fill is not None and fill.size:
         value = fill.reshape(-1)[0].item()
     if all(w == (0, 0) for w in widths):
@@ -379,7 +381,7 @@ def _one_hot(gb, node):
     index = need(node, 0, "indices")
     depth = known(gb, node, 1)
     if depth is None:
-        raise Unsupported("OneHot's depth must be a constant")
+        raise Unsupported(f"OneHot's depth must be a constant: {CONSTANT_NEEDED}")
     depth = int(depth.reshape(-1)[0])
     values = need(node, 2, "values")
     rank = index.type.rank + 1
