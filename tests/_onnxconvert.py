@@ -10,23 +10,58 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from _onnxnodetests import build_graph
-
+from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.evaluate import run_graph
 from kiln.compiler.ir import Graph
+from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode, Unsupported
+from kiln.compiler.onnx_import.convert_base import kiln_dtype
+from kiln.compiler.onnx_import.convert_function import decode_attribute
+from kiln.compiler.types import TensorType, dtype_of_numpy
 
 OPSET = onnx.defs.onnx_opset_version()
 
 
 def build(model: onnx.ModelProto) -> Graph:
-    """The model's graph built node by node with the converters (Unsupported propagates)."""
-    return build_graph(model)[0]
+    """The model's graph built node by node with the converters, no importer between
+    (Unsupported and KilnError propagate)."""
+    graph = Graph()
+    gb = GraphBuilder(graph)
+    values, consts = {}, {}
+    for init in model.graph.initializer:
+        array = onnx.numpy_helper.to_array(init)
+        if dtype_of_numpy(array.dtype) in (None, "f64"):
+            raise Unsupported(f"initializer {init.name}: element type {array.dtype}")
+        values[init.name], consts[init.name] = gb.constant(array), array
+    for vi in model.graph.input:
+        if vi.name in values:
+            continue
+        t = vi.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "N")
+                      for d in t.shape.dim)
+        values[vi.name] = graph.add_input(
+            vi.name, TensorType(kiln_dtype(t.elem_type, vi.name), shape), None)
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    for index, proto in enumerate(model.graph.node):
+        if proto.domain not in ("", "ai.onnx") or proto.op_type not in CONVERTERS:
+            raise Unsupported(f"no converter for {proto.domain or 'ai.onnx'}.{proto.op_type}")
+        node = OnnxNode(
+            name=proto.name, op_type=proto.op_type, domain=proto.domain, index=index,
+            opset=opsets.get(proto.domain or "", 1),
+            attrs={a.name: decode_attribute(a) for a in proto.attribute},
+            inputs=[values[n] if n else None for n in proto.input],
+            consts=[consts.get(n) for n in proto.input], outputs=list(proto.output))
+        outs = CONVERTERS[proto.op_type](gb, node)
+        for name, value in zip(proto.output, outs, strict=False):
+            if name and value is not None:
+                values[name] = value
+    graph.outputs = [values[o.name] for o in model.graph.output]
+    graph.output_names = [o.name for o in model.graph.output]
+    return graph
 
 
 def run_kiln(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs by kiln's graph interpreter."""
-    graph = build(model)
-    return run_graph(graph, inputs, {}, {})
+    return run_graph(build(model), inputs, {}, {})
 
 
 def run_ort(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:

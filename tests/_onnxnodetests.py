@@ -26,17 +26,10 @@ import ml_dtypes  # noqa: F401  (numpy's name for bfloat16)
 import numpy as np
 import onnx
 
+import kiln
 from kiln import KilnError
-from kiln.compiler.builder import GraphBuilder
-from kiln.compiler.driver import Compilation
-from kiln.compiler.elaborate.elaborator import ElaboratedModel, Port
-from kiln.compiler.ir import Graph
-from kiln.compiler.onnx_import.convert import CONVERTERS, IMPORT_TIME_INPUTS, OnnxNode, Unsupported
-from kiln.compiler.onnx_import.convert_base import CONSTANT_NEEDED, KILN_DTYPES, kiln_dtype
-from kiln.compiler.onnx_import.convert_function import decode_attribute
-from kiln.compiler.types import TensorType, dtype_of_numpy
-from kiln.runtime.native import NativeModel
-from kiln.runtime.reference import ReferenceModel
+from kiln.compiler.onnx_import.convert import IMPORT_TIME_INPUTS, Unsupported
+from kiln.compiler.onnx_import.convert_base import CONSTANT_NEEDED, KILN_DTYPES
 
 RTOL, ATOL = 1e-3, 1e-7  # onnx/backend/test/runner: the defaults of assert_similar_outputs
 TARGETS = ("reference", "native")
@@ -124,52 +117,9 @@ def bind_import_time_inputs(model: onnx.ModelProto, inputs: list[np.ndarray],
     return model, [x for n, x in zip(names, inputs, strict=True) if n not in frozen]
 
 
-def build_graph(model: onnx.ModelProto) -> tuple[Graph, list[Port], list[Port]]:
-    """The model's graph built through the converters, with its input and output ports."""
-    graph = Graph()
-    gb = GraphBuilder(graph)
-    values, consts = {}, {}
-    for init in model.graph.initializer:
-        array = onnx.numpy_helper.to_array(init)
-        if dtype_of_numpy(array.dtype) in (None, "f64"):
-            raise Unsupported(f"initializer {init.name}: element type {array.dtype}")
-        values[init.name], consts[init.name] = gb.constant(array), array
-    ports = []
-    for vi in model.graph.input:
-        t = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "N")
-                      for d in t.shape.dim)
-        ports.append(Port(vi.name, TensorType(kiln_dtype(t.elem_type, vi.name), shape)))
-        values[vi.name] = graph.add_input(vi.name, ports[-1].type, None)
-    opsets = {o.domain or "": o.version for o in model.opset_import}
-    for index, proto in enumerate(model.graph.node):
-        if proto.domain not in ("", "ai.onnx") or proto.op_type not in CONVERTERS:
-            raise Unsupported(f"no converter for {proto.domain or 'ai.onnx'}.{proto.op_type}")
-        node = OnnxNode(
-            name=proto.name, op_type=proto.op_type, domain=proto.domain, index=index,
-            opset=opsets.get(proto.domain or "", 1),
-            attrs={a.name: decode_attribute(a) for a in proto.attribute},
-            inputs=[values[n] if n else None for n in proto.input],
-            consts=[consts.get(n) for n in proto.input], outputs=list(proto.output))
-        outs = CONVERTERS[proto.op_type](gb, node)
-        for name, value in zip(proto.output, outs, strict=False):
-            if name and value is not None:
-                values[name] = value
-    graph.outputs = [values[o.name] for o in model.graph.output]
-    graph.output_names = [o.name for o in model.graph.output]
-    outputs = [Port(o.name, v.type) for o, v in zip(model.graph.output, graph.outputs,
-                                                   strict=True)]
-    return graph, ports, outputs
-
-
 def compile_case(model: onnx.ModelProto, target: str):
-    """The model compiled for `target` (a ReferenceModel or a NativeModel)."""
-    graph, inputs, outputs = build_graph(model)
-    symbols = sorted({s for p in inputs for d in p.type.shape for s in d.symbols()})
-    elaborated = ElaboratedModel("onnx", {}, graph, inputs, outputs, {}, {}, symbols,
-                                 frozenset())
-    compilation = Compilation(elaborated, target=target)
-    return (ReferenceModel if target == "reference" else NativeModel)(compilation, {})
+    """The model imported (compiler/onnx_import) and compiled for `target`."""
+    return kiln.compile(model, target=target)
 
 
 def run_case(case, target: str) -> Outcome:
@@ -185,15 +135,15 @@ def run_case(case, target: str) -> Outcome:
             try:
                 model, feeds = bind_import_time_inputs(case.model, inputs)
                 compiled = compile_case(model, target)
-            except Unsupported as err:
-                if CONSTANT_NEEDED not in err.reason:
+            except (Unsupported, KilnError) as err:
+                if CONSTANT_NEEDED not in str(err):
                     raise
                 model, feeds = bind_import_time_inputs(case.model, inputs, every_shape_like=True)
                 compiled = compile_case(model, target)
         except Unsupported as err:
             return Outcome("unsupported", err.reason)
         except KilnError as err:
-            return Outcome("unsupported", f"{err.code}: {err.message}")
+            return Outcome("unsupported", _first_reason(err))
         try:
             got = compiled(*feeds)
         except KilnError as err:
@@ -224,6 +174,12 @@ def within_half_float_ulps(got: np.ndarray, want: np.ndarray, ulps: int = 2) -> 
     scale = np.maximum(np.abs(w), 2.0**-14)
     return bool(np.all(np.isclose(g, w, rtol=0, atol=0, equal_nan=True)
                        | (np.abs(g - w) <= ulps * eps * scale)))
+
+
+def _first_reason(err: KilnError) -> str:
+    """The import error's first listed node (K0906 lists every node), or its message."""
+    lines = err.message.splitlines()
+    return f"{err.code}: " + (lines[1].strip() if len(lines) > 1 else lines[0])
 
 
 def compare(got: np.ndarray, want: np.ndarray) -> str:

@@ -361,17 +361,24 @@ def _gather_nd(gb, node):
         raise Unsupported("GatherND needs a constant index depth within the data's rank")
     k = k_dim.value
     lead = concrete_shape(x, "GatherND's data")[:k]
-    strides = [int(np.prod(lead[j + 1:])) for j in range(k)]
-    linear = None
-    for j in range(k):
-        i_j = gb.op("gather", index, gb.constant(np.array(j, np.int64)), axis=index.type.rank - 1)
-        size = const_like(gb, lead[j], dtype_of(i_j))
-        i_j = gb.op("where", gb.op("less", i_j, const_like(gb, 0, dtype_of(i_j))),
-                    gb.add(i_j, size), i_j)
-        term = i_j if strides[j] == 1 else gb.mul(i_j, const_like(gb, strides[j], dtype_of(i_j)))
-        linear = term if linear is None else gb.add(linear, term)
+    linear = _linear_index(gb, index, lead)
     flat = gb.reshape(x, [int(np.prod(lead)), *x.type.shape[k:]])
     return [gb.op("gather", flat, linear, axis=0)]
+
+
+def _linear_index(gb: GraphBuilder, index: Value, lead: tuple[int, ...]) -> Value:
+    """sum_j i_j * stride_j over the last axis of `index` (each i_j negative counted from the
+    end of its axis of size lead[j]): the position in those axes merged into one."""
+    strides = [int(np.prod(lead[j + 1:])) for j in range(len(lead))]
+    dtype = dtype_of(index)
+    linear = None
+    for j, size in enumerate(lead):
+        i_j = gb.op("gather", index, gb.constant(np.array(j, np.int64)), axis=index.type.rank - 1)
+        i_j = gb.op("where", gb.op("less", i_j, const_like(gb, 0, dtype)),
+                    gb.add(i_j, const_like(gb, size, dtype)), i_j)
+        term = i_j if strides[j] == 1 else gb.mul(i_j, const_like(gb, strides[j], dtype))
+        linear = term if linear is None else gb.add(linear, term)
+    return linear
 
 
 @converter("OneHot")
@@ -467,3 +474,70 @@ def _dropout(gb, node):
     if len(node.outputs) > 1 and node.outputs[1]:
         outputs.append(gb.op("full", shape=list(x.type.shape), value=True, dtype="bool"))
     return outputs
+
+
+# scatter ----------------------------------------------------------------------------------
+def _scatter_into(gb: GraphBuilder, data: Value, updates: Value, index: Value, axis: int,
+                  reduction: str) -> Value:
+    """data with updates folded in at index along axis (kiln's scatter folds into a fresh
+    tensor; a count of what lands where says which elements keep data's value). Updates
+    narrower than data on the other axes are scattered at their start. With reduction none,
+    duplicate indices are undefined in ONNX: the largest update lands, one of the orders."""
+    size = data.type.shape[axis]
+    ones = gb.op("full", shape=list(updates.type.shape), value=1, dtype="i64")
+    kiln = {"none": "max", "add": "sum", "mul": "prod", "max": "max", "min": "min"}[reduction]
+    folded = gb.op("scatter", updates, index, size=size, axis=axis, reduce=kiln)
+    count = gb.op("scatter", ones, index, size=size, axis=axis, reduce="sum")
+    folded, count = (_pad_to(gb, v, data.type.shape) for v in (folded, count))
+    landed = gb.op("greater", count, gb.constant(np.array(0, np.int64)))
+    if reduction == "add":
+        return gb.add(data, folded)
+    if reduction == "mul":
+        return gb.mul(data, gb.op("where", landed, folded, const_like(gb, 1, dtype_of(data))))
+    if reduction in ("max", "min"):
+        both = gb.op("maximum" if reduction == "max" else "minimum", data, folded)
+        return gb.op("where", landed, both, data)
+    return gb.op("where", landed, folded, data)
+
+
+def _pad_to(gb: GraphBuilder, x: Value, shape) -> Value:
+    """x padded with zeros at the end of each axis to `shape` (constant sizes)."""
+    extra = [Dim.of(want) - have for have, want in zip(x.type.shape, shape, strict=True)]
+    if all(e == 0 for e in extra):
+        return x
+    if not all(e.is_const and e.value >= 0 for e in extra):
+        raise Unsupported("scatter updates wider than data, or of symbolic size")
+    flat = [p for e in reversed(extra) for p in (0, e.value)]
+    return gb.op("pad", x, pads=flat, value=0)
+
+
+def _reduction(node: OnnxNode) -> str:
+    return choose(node, "reduction", "none", ("none", "add", "mul", "max", "min"))
+
+
+@converter("ScatterElements")
+def _scatter_elements(gb, node):
+    data, updates = need(node, 0, "data"), need(node, 2, "updates")
+    axis = axis_of(int(attr(node, "axis", 0)), data.type.rank)
+    return [_scatter_into(gb, data, updates, _index(gb, node, 1), axis, _reduction(node))]
+
+
+@converter("ScatterND")
+def _scatter_nd(gb, node):
+    """data's first k axes merged, the k-index of each update made one linear index (as
+    GatherND), and the updates scattered along the merged axis."""
+    data, updates = need(node, 0, "data"), need(node, 2, "updates")
+    index = _index(gb, node, 1)
+    k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
+    if not k_dim.is_const or not 0 < k_dim.value <= data.type.rank:
+        raise Unsupported("ScatterND needs a constant index depth within the data's rank")
+    k = k_dim.value
+    shape = concrete_shape(data, "ScatterND's data")
+    rows = concrete_shape(index, "ScatterND's indices")[:-1]
+    linear = _linear_index(gb, index, shape[:k])
+    count = int(np.prod(rows))
+    flat_data = gb.reshape(data, [int(np.prod(shape[:k])), *shape[k:]])
+    flat_updates = gb.reshape(updates, [count, *shape[k:]])
+    out = _scatter_into(gb, flat_data, flat_updates, gb.reshape(linear, [count]), 0,
+                        _reduction(node))
+    return [gb.reshape(out, list(shape))]
