@@ -33,7 +33,7 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
     "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
     "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
-    "Dropout": (1, 2), **{op: (1,) for op in _REDUCTIONS},
+    "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,), **{op: (1,) for op in _REDUCTIONS},
 }
 
 __all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported"]

@@ -197,6 +197,28 @@ def _avg_pool(gb, node):
     return [gb.div(y, gb.op("avg_pool", _explicit_pad(gb, mask, before, after), **pool))]
 
 
+@converter("LpPool")
+def _lp_pool(gb, node):
+    """(sum of |x|^p over each window)^(1/p): the window sums are averages over the
+    zero-padded input times the window's size."""
+    x = need(node, 0, "X")
+    _spatial_rank(x, "LpPool")
+    require_dtype(x, FLOAT_TYPES, "LpPool input")
+    kernel = ints(node, "kernel_shape")
+    strides, dilations, before, after = _window(node, x, kernel)
+    if any(d != 1 for d in dilations) or attr(node, "ceil_mode", 0):
+        raise Unsupported("LpPool with dilations or ceil_mode")
+    p = float(attr(node, "p", 2))
+    dtype = dtype_of(x)
+    powered = gb.mul(x, x) if p == 2 else gb.op("pow", gb.op("abs", x), const_like(gb, p, dtype))
+    mean = gb.op("avg_pool", _explicit_pad(gb, powered, before, after), kernel_size=kernel,
+                 stride=strides)
+    total = gb.mul(mean, const_like(gb, float(np.prod(kernel)), dtype))
+    if p == 2:
+        return [gb.op("sqrt", total)]
+    return [gb.op("pow", total, const_like(gb, 1 / p, dtype))]
+
+
 @converter("GlobalAveragePool")
 def _global_avg_pool(gb, node):
     return [gb.op("global_avg_pool", need(node, 0, "X"))]

@@ -294,7 +294,7 @@ def _bounds(size: Dim, start: int, end: int, step: int) -> tuple:
 @converter("Pad")
 def _pad(gb, node):
     x = need(node, 0, "data")
-    mode = choose(node, "mode", "constant", ("constant", "reflect", "edge"))
+    mode = choose(node, "mode", "constant", ("constant", "reflect", "edge", "wrap"))
     pads = const_ints(gb, node, 1, "pads")
     if pads is None:
         raise Unsupported("Pad needs its pads input")
@@ -314,9 +314,26 @@ def _pad(gb, node):
         value = fill.reshape(-1)[0].item()
     if all(w == (0, 0) for w in widths):
         return [x]
+    if mode == "wrap":
+        return [_wrap_pad(gb, x, widths)]
     flat = [p for before, after in reversed(widths) for p in (before, after)]  # F.pad order
     kiln_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
     return [gb.op("pad", x, pads=flat, mode=kiln_mode, value=value)]
+
+
+def _wrap_pad(gb: GraphBuilder, x: Value, widths: list[tuple[int, int]]) -> Value:
+    """Pad by wrapping around: the last `before` elements of each axis in front, its first
+    `after` behind (a negative width crops)."""
+    for axis, (before, after) in enumerate(widths):
+        if (before, after) == (0, 0):
+            continue
+        size = x.type.shape[axis]
+        if not size.is_const or max(before, after) > size.value:
+            raise Unsupported("wrap Pad wider than the axis, or of a symbolic size")
+        n = size.value
+        index = np.arange(-before, n + after) % n
+        x = gb.op("gather", x, gb.constant(index.astype(np.int64)), axis=axis)
+    return x
 
 
 @converter("Trilu")
@@ -541,3 +558,64 @@ def _scatter_nd(gb, node):
     out = _scatter_into(gb, flat_data, flat_updates, gb.reshape(linear, [count]), 0,
                         _reduction(node))
     return [gb.reshape(out, list(shape))]
+
+
+@converter("Compress")
+def _compress(gb, node):
+    """The slices along axis (of the flattened input without one) where condition holds:
+    condition must be known at import time, as the result's size depends on it."""
+    x = need(node, 0, "input")
+    condition = const_input(gb, node, 1, "condition").reshape(-1).astype(bool)
+    if "axis" in node.attrs:
+        axis = axis_of(int(attr(node, "axis")), x.type.rank)
+    else:
+        x, axis = gb.reshape(x, [-1]), 0
+    size = x.type.shape[axis]
+    if size.is_const and len(condition) > size.value:
+        condition = condition[:size.value]  # a longer condition's tail selects nothing
+    index = np.flatnonzero(condition).astype(np.int64)
+    return [gb.op("gather", x, gb.constant(index), axis=axis)]
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(gb, node):
+    """Each batch entry's first sequence_lens[b] steps reversed: a gather along the time
+    axis by indices known at import time."""
+    x = need(node, 0, "input")
+    lens = const_input(gb, node, 1, "sequence_lens").reshape(-1).astype(np.int64)
+    batch_axis, time_axis = int(attr(node, "batch_axis", 1)), int(attr(node, "time_axis", 0))
+    shape = concrete_shape(x, "ReverseSequence")
+    steps = np.arange(shape[time_axis])
+    # index[t, b]: the step read at step t of entry b
+    index = np.where(steps[:, None] < lens[None, :], lens[None, :] - 1 - steps[:, None],
+                     steps[:, None])
+    if (time_axis, batch_axis) == (1, 0):
+        index = index.T
+    index = index.reshape(index.shape + (1,) * (len(shape) - 2))
+    index = np.ascontiguousarray(np.broadcast_to(index, shape))
+    return [gb.op("take_along_axis", x, gb.constant(index), axis=time_axis)]
+
+
+@converter("CumSum")
+def _cumsum(gb, node):
+    """Running sums along axis as a product with a triangular matrix of ones (exclusive:
+    strictly triangular; reverse: the other triangle)."""
+    x = need(node, 0, "x")
+    axis_value = const_input(gb, node, 1, "axis")
+    axis = axis_of(int(axis_value.reshape(-1)[0]), x.type.rank)
+    size = x.type.shape[axis]
+    if not size.is_const:
+        raise Unsupported("CumSum along a symbolic axis")
+    i, j = np.indices((size.value, size.value))
+    exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
+    # out[j] = sum of x[i] for i <= j (i < j exclusive; i >= j, i > j reversed)
+    if reverse:
+        ones = (i > j) if exclusive else (i >= j)
+    else:
+        ones = (i < j) if exclusive else (i <= j)
+    last = x.type.rank - 1
+    perm = list(range(x.type.rank))
+    perm[axis], perm[last] = last, axis
+    moved = x if axis == last else gb.permute(x, perm)
+    y = gb.matmul(moved, gb.constant(ones.astype(x.type.np_dtype)))
+    return [y if axis == last else gb.permute(y, perm)]
