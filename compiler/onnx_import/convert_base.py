@@ -155,7 +155,7 @@ def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:
             continue
         seen.add(nid)
         node = graph.node(nid)
-        if node["op"] in ("input", "param"):
+        if node["op"] in ("input", "param") or _symbolic(node["attrs"]):
             return None
         if any(not t.is_concrete() or np.prod(t.concrete_shape()) > limit
                for t in node["types"]):
@@ -172,6 +172,17 @@ def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:
         args = [None if v is None else results[v.node][v.index] for v in graph.operands(nid)]
         results[nid] = _run_op(node["op"], env, args, node)
     return results[value.node][value.index]
+
+
+def _symbolic(value: Any) -> bool:
+    """Whether an attribute value holds a size known only at run time (dim_value's)."""
+    if isinstance(value, Dim):
+        return not value.is_const
+    if isinstance(value, dict):
+        return any(_symbolic(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_symbolic(v) for v in value)
+    return False
 
 
 # values -----------------------------------------------------------------------------------
