@@ -60,3 +60,21 @@ def test_parameters_keep_pytorch_names(exported):
     # BatchNorm folded into the convolutions by the exporter: what is left is named
     # by the exporter; the classifier keeps its module path
     assert "fc.weight" in model.params and "fc.bias" in model.params
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_kiln_import_compiles_back(exported, name, tmp_path, capsys):
+    """`kiln import` writes source and weights that compile back to the ONNX file's model."""
+    from _clitest import run
+
+    path, feeds = exported(name)
+    code, out, err = run(capsys, "import", path, "-o", tmp_path / "model.kiln")
+    assert code == 0, err
+    source = (tmp_path / "model.kiln").read_text()
+    assert source.count("\n") < 400 and "model " in source
+    model = kiln.compile(tmp_path / "model.kiln", target="reference",
+                         weights=tmp_path / "model.safetensors")
+    imported = kiln.compile(path, target="reference")
+    assert [p.type for p in model.inputs] == [p.type for p in imported.inputs]
+    (want,) = run_ort(path, feeds)
+    np.testing.assert_allclose(model(*feeds.values()), want, rtol=1e-4, atol=1e-5)
