@@ -1,4 +1,4 @@
-"""The `kiln` command line: check, params, summary, graph, run, compile.
+"""The `kiln` command line: check, params, summary, graph, run, compile, import.
 
 Only the subcommand that runs imports the compiler and numpy (`kiln --help` and `kiln
 --version` need neither): heavy imports live inside the functions that use them.
@@ -138,7 +138,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    i = sub.add_parser("import", help="write an ONNX model as kiln source, with its weights",
+                       description="write an ONNX model as kiln source (model.kiln) and its "
+                       "weights (model.safetensors beside it)")
+    i.add_argument("file", help="the .onnx model file")
+    i.add_argument("-o", "--output", required=True,
+                   help="the kiln file to write (model.kiln; model.safetensors beside it)")
+    i.set_defaults(handler=cmd_import)
     return p
+
+
+def cmd_import(opts) -> int:
+    """`kiln import model.onnx -o model.kiln`: the source and its weights, both or neither."""
+    output = Path(opts.output)
+    if output.suffix != ".kiln":
+        raise KilnError("K0602", f"kiln import writes kiln source: {opts.output!r} does not end "
+                        "in .kiln", hint=f"name it {output.with_suffix('.kiln').name}")
+    if output.is_dir():
+        raise KilnError("K0602", f"cannot write kiln source to {opts.output}: it is a directory")
+    from kiln.compiler.onnx_import import load_onnx
+    from kiln.compiler.onnx_import.writer import write_source
+
+    program = load_onnx(Path(opts.file))
+    written = write_source(program, output)
+    print(f"wrote {', '.join(written)}: {program.elaborate().name}, "
+          f"{len(program.params)} parameters")
+    return 0
 
 
 def compile_options(opts) -> dict:

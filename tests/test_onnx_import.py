@@ -113,3 +113,50 @@ def test_aot_library(mlp_file, tmp_path, capsys):
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(library(x), run_ort(mlp_file, {"x": x})[0], rtol=1e-5,
                                atol=1e-5)
+
+
+def test_kiln_import_names_and_constants(tmp_path, capsys):
+    """Names that are not kiln identifiers (PyTorch's `0.weight`, `onnx::Mul_3`, an input
+    `input.1`, a member named like an op or keyword) are made identifiers; a constant of
+    one value is written in the source, others go to the weights file; a slice is indexing."""
+    rng = np.random.default_rng(0)
+    inits = {"0.weight": rng.standard_normal((4, 4)).astype(np.float32),
+             "for.bias": rng.standard_normal(4).astype(np.float32),
+             "relu": rng.standard_normal(4).astype(np.float32),
+             "onnx::Mul_3": np.full(4, 0.5, np.float32),
+             "table": np.arange(4, dtype=np.float32),
+             "starts": np.array([1], np.int64), "ends": np.array([3], np.int64),
+             "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["input.1", "0.weight"], ["a"]),
+             helper.make_node("Add", ["a", "for.bias"], ["b"]),
+             helper.make_node("Mul", ["b", "onnx::Mul_3"], ["c"]),
+             helper.make_node("Add", ["c", "table"], ["d"]),
+             helper.make_node("Sub", ["d", "relu"], ["e"]),
+             helper.make_node("Slice", ["e", "starts", "ends", "axes"], ["f"]),
+             helper.make_node("Constant", [], ["order"], value=onnx.numpy_helper.from_array(
+                 np.array([1, 0], np.int64))),
+             helper.make_node("Gather", ["f", "order"], ["out.0"], axis=1)]
+    model = make_model(nodes, [("input.1", TensorProto.FLOAT, ["batch", 4])],
+                       [("out.0", TensorProto.FLOAT, ["batch", 2])], inits)
+    path = save(model, tmp_path / "m.onnx")
+    code, out, err = run(capsys, "import", path, "-o", tmp_path / "m.kiln")
+    assert code == 0, err
+    source = (tmp_path / "m.kiln").read_text()
+    for line in ("param _0.weight: f32[4, 4]", "param for_.bias: f32[4]",
+                 "param relu_: f32[4]", "param onnx__Mul_3: f32[4]",
+                 "forward(input_1: f32[batch, 4]) -> (out_0: f32[batch, 2])", "[:, 1:3]",
+                 "buffer c5: i64[2]"):
+        assert line in source, source
+    compiled = kiln.compile(tmp_path / "m.kiln", target="reference",
+                            weights=tmp_path / "m.safetensors")
+    assert compiled.params["c5"].tolist() == [1, 0]  # from the weights file
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), run_ort(path, {"input.1": x})[0], rtol=1e-5)
+
+
+def test_kiln_import_refuses_a_bad_output(mlp_file, tmp_path, capsys):
+    code, _, err = run(capsys, "import", mlp_file, "-o", tmp_path / "m.txt")
+    assert code == 1 and "K0602" in err
+    code, _, err = run(capsys, "import", mlp_file, "-o", tmp_path / "none" / "m.kiln")
+    assert code == 1 and "K0907" in err
+    assert not list(tmp_path.glob("*.kiln"))
