@@ -21,6 +21,7 @@ from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
 from ..types import NUMPY_DTYPES, TensorType
+from .sizes import sizes_of
 
 
 @dataclass
@@ -141,6 +142,22 @@ def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[int]
     if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
         return None
     return [int(v) for v in const_input(gb, node, i, what).reshape(-1)]
+
+
+def const_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim] | None:
+    """An optional integer-list input known at import time as sizes (None if absent): numbers,
+    or sizes the graph computes from its inputs' shapes (sizes.py: an exported dynamic
+    batch's `Shape -> Gather -> Concat`)."""
+    if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
+        return None
+    value = known(gb, node, i)
+    if value is not None:
+        return [Dim.of(int(v)) for v in value.reshape(-1)]
+    sizes = sizes_of(gb.graph, node.inputs[i])
+    if sizes is None:
+        raise Unsupported(f"{what} (input {i}) must be known at import time: constants, or "
+                          "sizes computed from the inputs' shapes")
+    return sizes
 
 
 def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:

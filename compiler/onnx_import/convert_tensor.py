@@ -31,6 +31,7 @@ from .convert_base import (
     concrete_shape,
     const_input,
     const_ints,
+    const_sizes,
     const_like,
     dtype_of,
     ints,
@@ -98,7 +99,7 @@ def _size(gb, node):
 @converter("Reshape")
 def _reshape(gb, node):
     x = need(node, 0, "data")
-    shape = const_ints(gb, node, 1, "shape")
+    shape = const_sizes(gb, node, 1, "shape")
     if shape is None:
         raise Unsupported("Reshape needs its shape input")
     allow_zero = bool(attr(node, "allowzero", 0))
@@ -175,7 +176,7 @@ def broadcast_dims(a, b) -> list[Dim]:
 @converter("Expand")
 def _expand(gb, node):
     x = need(node, 0, "input")
-    shape = const_ints(gb, node, 1, "shape")
+    shape = const_sizes(gb, node, 1, "shape")
     if shape is None:
         raise Unsupported("Expand needs its shape input")
     out = broadcast_dims(x.type.shape, shape)
@@ -445,7 +446,7 @@ def _constant(gb, node):
 
 @converter("ConstantOfShape")
 def _constant_of_shape(gb, node):
-    shape = const_ints(gb, node, 0, "shape")
+    shape = const_sizes(gb, node, 0, "shape")
     if shape is None:
         raise Unsupported("ConstantOfShape needs its shape input")
     fill = node.attrs.get("value")
