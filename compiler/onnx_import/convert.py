@@ -6,8 +6,10 @@
 A converter builds only with gb.op(...)/gb.constant(...) and raises Unsupported for what kiln
 cannot compute exactly (an op, attribute value, element type or run-time shape input); the
 importer (importer.py) lists every such node at once. The converters live by family in
-convert_elementwise.py, convert_tensor.py and convert_nn.py; the helpers they share, the
-OnnxNode they see and Unsupported, in convert_base.py.
+convert_elementwise.py, convert_tensor.py, convert_nn.py and convert_rnn.py; ops the standard
+defines as functions of other ops (and kiln has no converter of its own for) expand their
+function body (convert_function.py); the helpers they share, the OnnxNode they see and
+Unsupported, in convert_base.py.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
     "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
     "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
-    "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,), **{op: (1,) for op in _REDUCTIONS},
+    "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,),
+    **{op: (1,) for op in _REDUCTIONS},
 }
 
 __all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported"]
