@@ -71,7 +71,7 @@ class OnnxBuilder:
                  taken: frozenset[str] = frozenset()):
         self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
         self.checked = checked  # whether run-time checks become outputs (see `check`)
-        self.taken = taken  # names the model gives (its inputs and outputs): never fresh
+        self.taken = taken  # names the model gives (ports, parameters): never fresh
         self.initializers: list[TensorProto] = []
         self.scopes: list[_Scope] = [_Scope()]
         self.params_done: set[str] = set()
@@ -294,7 +294,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         for axis, d in enumerate(port.type.shape):
             if d.symbol is not None and d.symbol not in sources:
                 sources[d.symbol] = (port.name, axis)
-    b = OnnxBuilder(sources, checked, frozenset(p.name for p in (*model.inputs, *model.outputs)))
+    # fresh names never take a port's or a parameter's (an imported model's parameters may
+    # be named const__12, as a fresh name would be)
+    taken = frozenset(p.name for p in (*model.inputs, *model.outputs)) | frozenset(model.params)
+    b = OnnxBuilder(sources, checked, taken)
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
     inputs = [value_info(p.name, p.type) for p in model.inputs]
