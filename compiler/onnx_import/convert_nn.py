@@ -423,9 +423,8 @@ def _reduce(kind: str):
         over = list(range(x.type.rank)) if axes is None else axes
         if any(x.type.shape[a] == 0 for a in over) and kind in ("max", "min", "logsumexp"):
             return [_empty_reduction(gb, x, over, keep, kind)]
-        if kind in ("l2", "sum_square", "log_sum", "log_sum_exp_composed"):
-            require_dtype(x, FLOAT_TYPES if kind != "sum_square" else
-                          FLOAT_TYPES + ("i32", "i64"), f"{node.op_type} input")
+        if kind in ("l2", "log_sum"):
+            require_dtype(x, FLOAT_TYPES, f"{node.op_type} input")
         source = {"l1": lambda: gb.op("abs", x), "l2": lambda: gb.mul(x, x),
                   "sum_square": lambda: gb.mul(x, x)}.get(kind, lambda: x)()
         op = {"l1": "sum", "l2": "sum", "sum_square": "sum", "log_sum": "sum"}.get(kind, kind)
@@ -512,32 +511,29 @@ def _resize(gb, node):
 def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
                  by_scale: bool) -> dict | None:
     """kiln resize's attributes for the same result, or None where it computes another."""
+    shape = x.type.shape
     if attr(node, "antialias", 0) or x.type.rank < 3 or x.type.dtype not in FLOAT_TYPES:
         return None
-    unchanged = 1.0 if by_scale else None
-    for axis in (0, 1):
-        if per_axis.get(axis, unchanged) not in (unchanged, x.type.shape[axis].value
-                                                 if x.type.shape[axis].is_const else -1):
-            return None
-    spatial = [per_axis.get(a, 1.0 if by_scale else x.type.shape[a])
-               for a in range(2, x.type.rank)]
+    if any(a in per_axis and per_axis[a] != (1.0 if by_scale else shape[a]) for a in (0, 1)):
+        return None  # kiln resizes the spatial axes of [N, C, ...] only
     if mode == "nearest":
         if ctm != "asymmetric" or attr(node, "nearest_mode", "round_prefer_floor") != "floor":
             return None
-        out = {"mode": "nearest"}
+        out: dict = {"mode": "nearest"}
     elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         out = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
     else:
         return None
-    sizes = [math.floor(d.value * s) if d.is_const else None if by_scale else s
-             for d, s in zip(x.type.shape[2:], spatial, strict=True)] if by_scale else \
-        [int(s) if not isinstance(s, Dim) else (s.value if s.is_const else None) for s in spatial]
-    if ctm != "half_pixel" and any(o is None or o <= 1 for o in sizes):
-        return None  # those modes special-case an output size of 1
+    spatial = range(2, x.type.rank)
     if by_scale:
-        out["scale_factor"] = [float(s) for s in spatial]
+        out["scale_factor"] = [float(per_axis.get(a, 1.0)) for a in spatial]
+        sizes = [Dim.of(math.floor(shape[a].value * f)) if shape[a].is_const else None
+                 for a, f in zip(spatial, out["scale_factor"], strict=True)]
     else:
-        out["size"] = [int(s) if not isinstance(s, Dim) else s for s in spatial]
+        sizes = out["size"] = [Dim.of(int(per_axis[a])) if a in per_axis else shape[a]
+                               for a in spatial]
+    if ctm != "half_pixel" and any(d is None or not d.is_const or d.value <= 1 for d in sizes):
+        return None  # those modes special-case an output size of 1
     return out
 
 
