@@ -19,10 +19,6 @@ from _onnximport import run_ort  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # what the importer cannot take back yet, each checked to fail as said (strict): a fix shows
 NOT_YET = {
-    "lstm_classifier": "kiln exports a scan as If(steps > 0, Scan, empty): no If or Scan "
-                       "converter imports it yet",
-    "seq2seq_attention": "kiln exports a scan as If(steps > 0, Scan, empty): no If or Scan "
-                         "converter imports it yet",
     "unet": "the ONNX file does not carry the `where H % 4 == 0` facts the U-Net's shapes "
             "need: 2*(H//4) and H//2 differ without them",
 }

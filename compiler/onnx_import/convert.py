@@ -14,7 +14,7 @@ Unsupported, in convert_base.py.
 
 from __future__ import annotations
 
-from . import convert_elementwise, convert_nn, convert_rnn, convert_tensor
+from . import convert_control, convert_elementwise, convert_nn, convert_rnn, convert_tensor
 from .convert_function import function_converter, function_ops
 from .convert_base import Converter, OnnxNode, Unsupported
 
@@ -23,6 +23,7 @@ CONVERTERS: dict[str, Converter] = {
     **convert_tensor.CONVERTERS,
     **convert_nn.CONVERTERS,
     **convert_rnn.CONVERTERS,
+    **convert_control.CONVERTERS,
 }
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)
