@@ -1,6 +1,7 @@
 """Round trip (issue 17): every example, kiln -> ONNX (model.export_onnx) -> kiln import ->
 ONNX, keeps its numerics and its signature (the inputs' and outputs' names and types; ONNX has
-no optional inputs, so an optional one comes back required)."""
+no optional inputs, so an optional one comes back required). The U-Net's sizes need its
+`where H % 4 == 0` facts, which kiln's export records in the file's metadata."""
 
 from __future__ import annotations
 
@@ -17,15 +18,7 @@ pytest.importorskip("onnxruntime")
 from _onnximport import run_ort  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# what the importer cannot take back yet, each checked to fail as said (strict): a fix shows
-NOT_YET = {
-    "unet": "the ONNX file does not carry the `where H % 4 == 0` facts the U-Net's shapes "
-            "need: 2*(H//4) and H//2 differ without them",
-}
-CASES = [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[p.stem],
-                                                           raises=kiln.KilnError))
-         if p.stem in NOT_YET else pytest.param(p, id=p.stem)
-         for p in sorted(EXAMPLES.glob("*.kiln"))]
+CASES = [pytest.param(p, id=p.stem) for p in sorted(EXAMPLES.glob("*.kiln"))]
 
 
 def ports(model) -> list[tuple[str, object]]:

@@ -62,6 +62,10 @@ class _Scope:
     checks: list = field(default_factory=list)  # (i64 count of failures, message, span)
 
 
+# metadata key of the divisibility facts (`X:k,Y:m`) a model's sizes are compared under
+SIZE_FACTS_KEY = "kiln.size_facts"
+
+
 class OnnxBuilder:
     """The API op emitters call. Names are unique across the model and its bodies."""
 
@@ -319,6 +323,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         doc_string=f"kiln model {model.name}",
     )
     proto.ir_version = IR_VERSION
+    facts = graph.size_facts()
+    if facts:  # `where X % k == 0`: what an importer needs to compare sizes as kiln did
+        proto.metadata_props.add(key=SIZE_FACTS_KEY,
+                                 value=",".join(f"{x}:{k}" for x, k in sorted(facts.items())))
     return proto, failures
 
 

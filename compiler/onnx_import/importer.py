@@ -28,7 +28,9 @@ from onnx import helper, numpy_helper
 
 from ..builder import GraphBuilder
 from ..errors import KilnError
-from ..ir import Graph, Value
+from ..codegen.onnx import SIZE_FACTS_KEY
+from ..dims import Dim, assuming
+from ..ir import Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
 from .convert import CONVERTERS, Unsupported
 from .convert_base import KILN_DTYPES, kiln_dtype
@@ -58,8 +60,10 @@ def import_graph(model: ReadModel, name: str | None = None) -> ImportedModel:
     walk = _Walk(model)
     walk.order = model.order
     walk.inputs()
-    walk.nodes()
-    walk.finish()
+    facts = walk.size_facts()
+    with assuming(facts):
+        walk.nodes()
+        walk.finish()
     return ImportedModel(name or model_name(model), walk.graph, walk.used_params(), model,
                          walk.symbols)
 
@@ -181,6 +185,25 @@ class _Walk:
                 name, k = f"{base}_{k}", k + 1
             self.symbols[dim_param] = name
         return self.symbols[dim_param]
+
+    def size_facts(self) -> dict[str, int]:
+        """The divisibility facts kiln's own export records (`kiln.size_facts`: `H:4,W:4`, for
+        a model's `where H % 4 == 0`), on the inputs' symbols: sizes are compared under them
+        while converting, and every call checks them, as the kiln model did. An entry that
+        names no symbol of the inputs or no divisor in 2..2**31 is ignored."""
+        symbols = {s for i in self.graph.inputs for d in self.graph.node(i)["types"][0].shape
+                   for s in d.symbols()}
+        text = next((p.value for p in self.model.proto.metadata_props
+                     if p.key == SIZE_FACTS_KEY), "")
+        facts: dict[str, int] = {}
+        for entry in text.split(",")[:len(symbols)]:
+            symbol, _, k = entry.partition(":")
+            symbol = self.symbols.get(symbol, symbol)
+            if symbol in symbols and k.isdigit() and 2 <= int(k) <= 2**31:
+                facts[symbol] = int(k)
+                self.graph.constraints.append(Constraint(
+                    "==", Dim.of(symbol) % int(k), Dim.of(0), f"{symbol} % {k} == 0", None))
+        return facts
 
     # values by name -------------------------------------------------------------------------
     def value(self, name: str) -> Value | None:
@@ -328,9 +351,30 @@ class _Walk:
             raise KilnError("K0906", f"{self.path}: kiln cannot import {len(self.problems)} "
                             f"node{'s' if len(self.problems) > 1 else ''} of this model:\n  "
                             f"{lines}", hint="docs/onnx-import.md lists the supported ops")
-        self.graph.outputs = [self.value(o.name) for o in self.model.proto.graph.output]
+        self.graph.outputs = [self.as_declared(self.value(o.name), o)
+                              for o in self.model.proto.graph.output]
         self.graph.output_names = [o.name for o in self.model.proto.graph.output]
         self.graph.prune()
+
+    def as_declared(self, value: Value, info: onnx.ValueInfoProto) -> Value:
+        """An output in the shape the file declares for it where that is the same shape
+        written otherwise (`H` for `4*(H//4)` under `H % 4 == 0`): each axis declared with a
+        size or a symbol of the inputs; other axes keep the size kiln inferred."""
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else []
+        if len(dims) != value.type.rank:
+            return value
+        inputs = {s for i in self.graph.inputs for d in self.graph.node(i)["types"][0].shape
+                  for s in d.symbols()}
+        shape = []
+        for d, inferred in zip(dims, value.type.shape):
+            declared = (Dim.of(int(d.dim_value)) if d.HasField("dim_value") else
+                        Dim.of(self.symbols.get(d.dim_param, "")) if d.dim_param else None)
+            usable = declared is not None and declared.symbols() <= inputs
+            shape.append(declared if usable and declared == inferred else inferred)
+        if tuple(shape) == tuple(value.type.shape) and all(
+                a.terms == b.terms for a, b in zip(shape, value.type.shape)):
+            return value
+        return self.gb.reshape(value, shape)  # the same elements, typed as declared
 
     def used_params(self) -> dict[str, np.ndarray]:
         """The initial value of each parameter a node still reads (the converters may have
