@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span
 from ..files import staged_writes, write_bytes
-from ..ir import Graph, GraphVisitor
+from ..ir import SIZE_FACTS_KEY, Graph, GraphVisitor
 from ..ops import REGISTRY
 from ..types import TensorType
 
@@ -60,10 +60,6 @@ class _Scope:
     dims: dict = field(default_factory=dict)  # Dim -> name of its i64 scalar value
     infos: dict = field(default_factory=dict)  # value name -> kiln TensorType
     checks: list = field(default_factory=list)  # (i64 count of failures, message, span)
-
-
-# metadata key of the divisibility facts (`X:k,Y:m`) a model's sizes are compared under
-SIZE_FACTS_KEY = "kiln.size_facts"
 
 
 class OnnxBuilder:

@@ -23,7 +23,6 @@ import numpy as np
 
 from ..builder import GraphBuilder
 from ..ir import Graph, Value
-from .convert_control import add_scan
 from .convert_base import (
     FLOAT_TYPES,
     Converter,
@@ -37,6 +36,7 @@ from .convert_base import (
     need,
     require_dtype,
 )
+from .convert_control import add_scan
 
 CONVERTERS: dict[str, Converter] = {}
 
@@ -161,7 +161,8 @@ def scan(gb: GraphBuilder, cell: Cell, gx: Value, states: list[Value], r_t: Valu
     attrs = {"body": body, "axis": 0, "axes": (0,), "reverse": reverse,
              "n_carry": len(states), "n_seq": 1, "has_index": False,
              "n_fixed_inputs": len(states) + 1}
-    return add_scan(gb, [*states, gx, *captured], attrs)  # the emitted H stacked, then each state's final value (ops/control.py)
+    # the emitted H stacked, then each state's final value (ops/control.py)
+    return add_scan(gb, [*states, gx, *captured], attrs)
 
 
 def gates_of(bb: GraphBuilder, x: Value, h: Value, r_t: Value, rb: Value | None, n: int

@@ -27,10 +27,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..builder import GraphBuilder
-from ..errors import KilnError
-from ..codegen.onnx import SIZE_FACTS_KEY
 from ..dims import Dim, assuming
-from ..ir import Constraint, Graph, Value
+from ..errors import KilnError
+from ..ir import SIZE_FACTS_KEY, Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
 from .convert import CONVERTERS, Unsupported
 from .convert_base import KILN_DTYPES, kiln_dtype
@@ -196,7 +195,7 @@ class _Walk:
         text = next((p.value for p in self.model.proto.metadata_props
                      if p.key == SIZE_FACTS_KEY), "")
         facts: dict[str, int] = {}
-        for entry in text.split(",")[:len(symbols)]:
+        for entry in text.split(",", 64)[:64]:  # a bounded number of entries
             symbol, _, k = entry.partition(":")
             symbol = self.symbols.get(symbol, symbol)
             if symbol in symbols and k.isdigit() and 2 <= int(k) <= 2**31:

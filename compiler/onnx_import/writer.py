@@ -31,7 +31,7 @@ from ..dims import Dim
 from ..elaborate.scope import BUILTIN_FUNCTIONS, BUILTIN_VALUES, NAMESPACES
 from ..errors import KilnError
 from ..files import staged_writes
-from ..ir import Graph, Value
+from ..ir import Graph
 from ..ops import REGISTRY, Prop
 from ..ops.registry import REQUIRED
 from .importer import identifier

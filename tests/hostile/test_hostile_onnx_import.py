@@ -220,3 +220,18 @@ def test_cli_reports_bad_files(tmp_path, capsys):
         extra = ["-o", tmp_path / "m.so"] if command == "compile" else []
         code, _, err = run(capsys, command, path, *extra)
         assert code == 1 and "error[K0902]" in err, (command, err)
+
+
+def test_size_facts_metadata_is_checked_not_trusted(tmp_path):
+    """kiln's own `kiln.size_facts` metadata (`H:4`) is a constraint every call checks: a
+    file claiming a fact its inputs break is refused at the call (K0504), and entries naming
+    no input symbol or no sane divisor are ignored."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F, ["H"])],
+                       [("y", F, ["H"])])
+    model.metadata_props.add(key="kiln.size_facts", value="H:4,nosuch:2,H:0,H:x,H:99999999999")
+    compiled = kiln.compile(save(model, tmp_path / "m.onnx"), target="reference")
+    assert [c.text for c in compiled.model.graph.constraints] == ["H % 4 == 0"]
+    np.testing.assert_array_equal(compiled(np.ones(8, np.float32)), np.ones(8))
+    with pytest.raises(kiln.KilnError) as err:
+        compiled(np.ones(6, np.float32))
+    assert err.value.code == "K0504"
