@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from . import convert_elementwise, convert_nn, convert_rnn, convert_tensor
 from .convert_function import function_converter, function_ops
+from .convert_shapes import EVALUATE, converting_sizes
 from .convert_base import Converter, OnnxNode, Unsupported
 
 CONVERTERS: dict[str, Converter] = {
@@ -24,6 +25,10 @@ CONVERTERS: dict[str, Converter] = {
     **convert_nn.CONVERTERS,
     **convert_rnn.CONVERTERS,
 }
+# shape arithmetic on symbolic sizes is recorded beside the Values computing it
+for _op, _convert in list(CONVERTERS.items()):
+    if _op in EVALUATE:
+        CONVERTERS[_op] = converting_sizes(_convert, _op)
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})

@@ -21,6 +21,7 @@ from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
 from ..types import NUMPY_DTYPES, TensorType
+from .convert_shapes import recall
 
 
 @dataclass
@@ -136,10 +137,17 @@ def const_input(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> np.ndarr
     return value
 
 
-def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[int] | None:
-    """An optional integer-list input known at import time, as Python ints (None if absent)."""
+def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str, sizes: bool = False
+               ) -> list | None:
+    """An optional integer-list input known at import time, as Python ints (None if absent).
+    With `sizes`, a shape computed from symbolic sizes is taken too: its entries are ints and
+    Dims (convert_shapes.py)."""
     if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
         return None
+    if sizes and known(gb, node, i) is None:
+        held = recall(gb.graph, arg(node, i))
+        if held is not None:
+            return [d.value if d.is_const else d for d in held.reshape(-1)]
     return [int(v) for v in const_input(gb, node, i, what).reshape(-1)]
 
 

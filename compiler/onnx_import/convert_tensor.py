@@ -18,6 +18,7 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Value
 from ..types import NUMPY_DTYPES, dtype_of_numpy
+from .convert_shapes import remember
 from .convert_base import (
     INT_TYPES,
     CONSTANT_NEEDED,
@@ -83,7 +84,13 @@ def _shape(gb, node):
     start, end = attr(node, "start", 0), attr(node, "end", rank)
     # clamped into [0, rank] after counting negatives from the end (ONNX Shape-15)
     start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
-    return [shape_value(gb, x.type.shape[start:end])]
+    dims = x.type.shape[start:end]
+    value = shape_value(gb, dims)
+    if not all(d.is_const for d in dims):
+        held = np.empty(len(dims), dtype=object)
+        held[:] = list(dims)
+        remember(gb.graph, value, held)
+    return [value]
 
 
 @converter("Size")
@@ -92,13 +99,17 @@ def _size(gb, node):
     n = _prod(x.type.shape)
     if n.is_const:
         return [gb.constant(np.array(n.value, dtype=np.int64))]
-    return [gb.op("dim_value", dim=n)]
+    value = gb.op("dim_value", dim=n)
+    held = np.empty((), dtype=object)
+    held[()] = n
+    remember(gb.graph, value, held)
+    return [value]
 
 
 @converter("Reshape")
 def _reshape(gb, node):
     x = need(node, 0, "data")
-    shape = const_ints(gb, node, 1, "shape")
+    shape = const_ints(gb, node, 1, "shape", sizes=True)
     if shape is None:
         raise Unsupported("Reshape needs its shape input")
     allow_zero = bool(attr(node, "allowzero", 0))
@@ -175,7 +186,7 @@ def broadcast_dims(a, b) -> list[Dim]:
 @converter("Expand")
 def _expand(gb, node):
     x = need(node, 0, "input")
-    shape = const_ints(gb, node, 1, "shape")
+    shape = const_ints(gb, node, 1, "shape", sizes=True)
     if shape is None:
         raise Unsupported("Expand needs its shape input")
     out = broadcast_dims(x.type.shape, shape)
@@ -445,7 +456,7 @@ def _constant(gb, node):
 
 @converter("ConstantOfShape")
 def _constant_of_shape(gb, node):
-    shape = const_ints(gb, node, 0, "shape")
+    shape = const_ints(gb, node, 0, "shape", sizes=True)
     if shape is None:
         raise Unsupported("ConstantOfShape needs its shape input")
     fill = node.attrs.get("value")
