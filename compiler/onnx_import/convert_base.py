@@ -20,7 +20,7 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
-from ..types import NUMPY_DTYPES, TensorType
+from ..types import NUMPY_DTYPES
 from .convert_shapes import recall
 
 
@@ -86,13 +86,6 @@ def ints(node: OnnxNode, name: str, default: list[int] | None = None) -> list[in
     """An integer-list attribute as a list of Python ints."""
     value = node.attrs.get(name)
     return default if value is None else [int(v) for v in value]
-
-
-def refuse_attr(node: OnnxNode, name: str, allowed: Any, default: Any = None) -> None:
-    """Unsupported when attribute `name` is present with a value other than `allowed`."""
-    value = node.attrs.get(name, default)
-    if value is not None and value != allowed:
-        raise Unsupported(f"attribute {name}={value!r} is not supported (only {allowed!r})")
 
 
 def choose(node: OnnxNode, name: str, default: str, options: tuple[str, ...]) -> str:
@@ -222,11 +215,3 @@ def axis_of(axis: int, rank: int, what: str = "axis") -> int:
     if not -rank <= axis < max(rank, 1):
         raise Unsupported(f"{what} {axis} is out of range for rank {rank}")
     return axis % max(rank, 1)
-
-
-def dims(values: list) -> list[Dim]:
-    return [Dim.of(v) for v in values]
-
-
-def tensor_type(dtype: str, shape) -> TensorType:
-    return TensorType(dtype, tuple(shape))
