@@ -92,26 +92,6 @@ def _gather(x, index, attrs=None):
                    axis=int(attrs.get("axis", 0)))
 
 
-def converting_sizes(convert: Callable, op_type: str) -> Callable:
-    """`convert`, which also records its result's sizes where an input holds sizes and the
-    others are known (convert_base.known)."""
-    from .convert_base import known
-
-    def wrapped(gb, node):
-        outs = convert(gb, node)
-        symbolic = [recall(gb.graph, v) for v in node.inputs]
-        if outs and outs[0] is not None and any(s is not None for s in symbolic):
-            values = [s if s is not None else (known(gb, node, i) if v is not None else None)
-                      for i, (v, s) in enumerate(zip(node.inputs, symbolic, strict=True))]
-            present = [x for v, x in zip(node.inputs, values, strict=True) if v is not None]
-            if all(x is not None for x in present):
-                result = evaluate(op_type, values, node.attrs)
-                if result is not None:
-                    remember(gb.graph, outs[0], result)
-        return outs
-
-    return wrapped
-
 
 def _same(a: Dim, b: Dim) -> Dim:
     """1 where two sizes are equal on every call, 0 where on none; else undecided (raises):
