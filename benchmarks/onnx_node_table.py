@@ -70,11 +70,15 @@ def table(cases: list, results: dict[str, dict], native_sampled: bool) -> str:
     lines.append("")
     lines.append("| target | cases | passed | imprecise | unsupported | failed | pass rate |")
     lines.append("|---|---|---|---|---|---|---|")
-    for target, outcomes in results.items():
-        counted = [outcomes[c.name] for c in kiln_cases if c.name in outcomes]
+    rows = [(target, outcomes, kiln_cases) for target, outcomes in results.items()]
+    if native_sampled:  # the reference on the native sample: the two rows compare
+        sampled = [c for c in kiln_cases if c.name in results["native"]]
+        rows[1:1] = [("reference (the native sample)", results["reference"], sampled)]
+    for label, outcomes, these in rows:
+        counted = [outcomes[c.name] for c in these if c.name in outcomes]
         tally = collections.Counter(o.status for o in counted)
         rate = 100 * tally["pass"] / max(len(counted), 1)
-        label = target + (" (sample)" if target == "native" and native_sampled else "")
+        label += " (sample)" if label == "native" and native_sampled else ""
         lines.append(f"| {label} | {len(counted)} | {tally['pass']} | {tally['imprecise']} | "
                      f"{tally['unsupported']} | {tally['fail']} | {rate:.1f} % |")
     lines.append("")

@@ -192,14 +192,15 @@ class Compilation:
 
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
-               stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None) -> NativeObject:
+               stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
+               profile: bool = False) -> NativeObject:
         """Object code of the native-optimized model for `cpu` (default: the compilation's),
         through the on-disk compile cache. `with_plan` adds `kiln_plan` (the memory plan as a
         C function, for a library); `stamp(layout)` gives read-only data symbols to add
-        (name -> bytes)."""
+        (name -> bytes); `profile` times each kernel (`kiln profile`)."""
         model = self.lowered(weights, present, "native")
         cpu = cpu or self.cpu or targets.host()
-        code, layout, machine = compile_object(model, cpu, with_plan, stamp)
+        code, layout, machine = compile_object(model, cpu, with_plan, stamp, profile)
         return NativeObject(model, code, layout, machine)
 
     def onnx(self, weights: Weights, present: frozenset[str] | None = None,

@@ -32,6 +32,9 @@ class State:
 
     weights: Weights
     built: dict = dataclasses.field(default_factory=dict)  # the backend's, by optional inputs
+    # builds with a timer around each kernel (`kiln profile`), by optional inputs: made on
+    # demand, never for calls, and not carried over to new weights
+    profiled: dict = dataclasses.field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, np.ndarray]:

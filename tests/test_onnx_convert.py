@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _onnxconvert import OPSET, build, check, one_node, run_kiln
+import onnx
+from _onnxconvert import OPSET, build, check, run_kiln, run_ort
 from onnx import TensorProto, helper
 
 from kiln.compiler.builder import GraphBuilder
@@ -188,3 +189,68 @@ def test_function_ops_expand_their_definition():
     x = f32(2, 3, 4, 5)
     check("MeanVarianceNormalization", [x], opset=ORT_OPSET, rtol=1e-4, atol=1e-5)
 
+
+
+def _dynamic_model() -> onnx.ModelProto:
+    """x [batch, 3, 4] -> reshaped to [batch, 12] by a shape computed from Shape(x) as
+    PyTorch's exporter writes it (Gather, Unsqueeze, Concat), expanded through its
+    Where(Equal(shape, -1), 1, shape) pattern, and a ConstantOfShape of [batch, 2] added."""
+    i64 = TensorProto.INT64
+
+    def const(name, values):
+        return helper.make_tensor(name, i64, [len(values)], values)
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes0"], ["b1"]),
+        helper.make_node("Concat", ["b1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("Concat", ["b1", "twelve"], ["target"], axis=0),
+        helper.make_node("Equal", ["target", "minus1s"], ["is_free"]),
+        helper.make_node("Where", ["is_free", "ones", "target"], ["expand_to"]),
+        helper.make_node("Expand", ["flat", "expand_to"], ["y0"]),
+        helper.make_node("Concat", ["b1", "two"], ["zshape"], axis=0),
+        helper.make_node("ConstantOfShape", ["zshape"], ["z"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("Slice", ["y0", "zero1", "two", "one_axis"], ["y1"]),
+        helper.make_node("Add", ["y1", "z"], ["y"]),
+    ]
+    inits = [helper.make_tensor("zero", i64, [], [0]), const("axes0", [0]),
+             const("minus1", [-1]), const("twelve", [12]), const("minus1s", [-1, -1]),
+             const("ones", [1, 1]), const("two", [2]), const("zero1", [0])]
+    inits.append(const("one_axis", [1]))
+    graph = helper.make_graph(
+        nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         ["batch", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ORT_OPSET)])
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_shapes_computed_from_a_symbolic_batch(target):
+    """Shape arithmetic on a symbolic batch converts (convert_shapes.py): the reshape, expand
+    and filled tensor take the batch of each call."""
+    import kiln
+
+    model = _dynamic_model()
+    compiled = kiln.compile(model, target=target)
+    assert str(compiled.inputs[0].type.shape[0]) == "batch"
+    for batch in (1, 5):
+        x = f32(batch, 3, 4)
+        (want,) = run_ort(model, [x])
+        np.testing.assert_allclose(compiled(x), want, rtol=1e-6)
+
+
+def test_undecided_size_comparison_is_not_taken():
+    """Equal of a symbolic size and a non-negative constant is known only at run time: the
+    shape it selects is not taken as known, and the import refuses the Expand (never a guess)."""
+    model = _dynamic_model()
+    for init in model.graph.initializer:
+        if init.name == "minus1s":
+            init.CopyFrom(helper.make_tensor("minus1s", TensorProto.INT64, [2], [1, 12]))
+    import kiln
+    from kiln import KilnError
+
+    with pytest.raises(KilnError, match="Expand.*must be a constant"):
+        kiln.compile(model, target="reference")

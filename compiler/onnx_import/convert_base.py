@@ -20,8 +20,8 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
-from ..types import NUMPY_DTYPES, TensorType
-from .sizes import sizes_of
+from ..types import NUMPY_DTYPES
+from .convert_shapes import recall
 
 
 @dataclass
@@ -88,13 +88,6 @@ def ints(node: OnnxNode, name: str, default: list[int] | None = None) -> list[in
     return default if value is None else [int(v) for v in value]
 
 
-def refuse_attr(node: OnnxNode, name: str, allowed: Any, default: Any = None) -> None:
-    """Unsupported when attribute `name` is present with a value other than `allowed`."""
-    value = node.attrs.get(name, default)
-    if value is not None and value != allowed:
-        raise Unsupported(f"attribute {name}={value!r} is not supported (only {allowed!r})")
-
-
 def choose(node: OnnxNode, name: str, default: str, options: tuple[str, ...]) -> str:
     """A string attribute that must be one of `options`."""
     value = node.attrs.get(name, default)
@@ -137,27 +130,18 @@ def const_input(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> np.ndarr
     return value
 
 
-def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[int] | None:
-    """An optional integer-list input known at import time, as Python ints (None if absent)."""
+def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str, sizes: bool = False
+               ) -> list | None:
+    """An optional integer-list input known at import time, as Python ints (None if absent).
+    With `sizes`, a shape computed from symbolic sizes is taken too: its entries are ints and
+    Dims (convert_shapes.py)."""
     if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
         return None
+    if sizes and known(gb, node, i) is None:
+        held = recall(gb.graph, arg(node, i))
+        if held is not None:
+            return [d.value if d.is_const else d for d in held.reshape(-1)]
     return [int(v) for v in const_input(gb, node, i, what).reshape(-1)]
-
-
-def const_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim] | None:
-    """An optional integer-list input known at import time as sizes (None if absent): numbers,
-    or sizes the graph computes from its inputs' shapes (sizes.py: an exported dynamic
-    batch's `Shape -> Gather -> Concat`)."""
-    if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
-        return None
-    value = known(gb, node, i)
-    if value is not None:
-        return [Dim.of(int(v)) for v in value.reshape(-1)]
-    sizes = sizes_of(gb.graph, node.inputs[i])
-    if sizes is None:
-        raise Unsupported(f"{what} (input {i}) must be known at import time: constants, or "
-                          "sizes computed from the inputs' shapes")
-    return sizes
 
 
 def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:
@@ -231,11 +215,3 @@ def axis_of(axis: int, rank: int, what: str = "axis") -> int:
     if not -rank <= axis < max(rank, 1):
         raise Unsupported(f"{what} {axis} is out of range for rank {rank}")
     return axis % max(rank, 1)
-
-
-def dims(values: list) -> list[Dim]:
-    return [Dim.of(v) for v in values]
-
-
-def tensor_type(dtype: str, shape) -> TensorType:
-    return TensorType(dtype, tuple(shape))

@@ -386,3 +386,46 @@ def _clip(gb, node):
 
 
 _register("Clip", _clip)
+
+
+# bit shifts on signed integers ------------------------------------------------------------
+def _bit_shift(gb, node):
+    """X << Y (X * 2^Y, wrapping) or X >> Y (arithmetic: X // 2^Y, rounding down). A shift
+    out of range (Y negative or at least the bit width) gives 0, or -1 for a right shift of
+    a negative X (ONNX BitShift on signed types)."""
+    x, y = _operands(node)
+    require_dtype(x, INT_TYPES, "BitShift input")
+    dtype = dtype_of(x)
+    width = 32 if dtype == "i32" else 64
+    left = choose_direction(node) == "LEFT"
+    # a right shift by width - 1 fills with the sign as the out-of-range ones do, and 2^63
+    # does not fit in i64
+    limit = width if left else width - 1
+    in_range = gb.op("logical_and", gb.op("greater_equal", y, _scalar(gb, y, 0)),
+                     gb.op("less", y, _scalar(gb, y, limit)))
+    power = gb.op("pow", _scalar(gb, x, 2), gb.op("clip", y, min=0, max=limit - 1))
+    if left:
+        return gb.op("where", in_range, gb.mul(x, power), _scalar(gb, x, 0))
+    fill = gb.op("where", gb.op("less", x, _scalar(gb, x, 0)), _scalar(gb, x, -1),
+                 _scalar(gb, x, 0))
+    return gb.op("where", in_range, gb.op("floor_div", x, power), fill)
+
+
+def choose_direction(node: OnnxNode) -> str:
+    direction = attr(node, "direction", "")
+    if direction not in ("LEFT", "RIGHT"):
+        raise Unsupported(f"BitShift direction {direction!r}")
+    return direction
+
+
+def _bitwise_not(gb, node):
+    """~x = -x - 1 in two's complement (at the minimum too: both wrap to the maximum)."""
+    x = _x(node)
+    if dtype_of(x) == "bool":
+        return gb.op("logical_not", x)
+    require_dtype(x, INT_TYPES, "BitwiseNot input")
+    return gb.sub(gb.neg(x), _scalar(gb, x, 1))
+
+
+_register("BitShift", _bit_shift)
+_register("BitwiseNot", _bitwise_not)
