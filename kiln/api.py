@@ -140,6 +140,29 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
     return compilation, params
 
 
+def write_kiln_source(source: str | os.PathLike, output: str | os.PathLike) -> list[str]:
+    """Write the ONNX model in file `source` as kiln source at `output` (model.kiln) and its
+    weights beside it (model.safetensors): both files or neither (`kiln import`). Returns
+    the paths written; K0907 when they cannot be written."""
+    from kiln.compiler.files import staged_writes
+    from kiln.compiler.onnx_import import load_onnx
+    from kiln.compiler.onnx_import.writer import kiln_source
+    from kiln.runtime.weights import save_weights
+
+    program = load_onnx(source)
+    output = Path(output)
+    weights = output.with_suffix(".safetensors")
+    text, tensors = kiln_source(program, output.name, weights.name)
+
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0907", f"{output}: {why}")
+
+    with staged_writes(refuse) as staging:
+        staging.write(output, text.encode("utf-8"))
+        save_weights(weights, tensors, staging)
+    return [str(output), str(weights)]
+
+
 def load_compiled(path: str | os.PathLike):
     """A native library written by `kiln compile --target native -o model.so`, ready to call
     (its weights from model.safetensors beside it); no recompilation."""

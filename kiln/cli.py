@@ -173,13 +173,10 @@ def cmd_import(opts) -> int:
                         "in .kiln", hint=f"name it {output.with_suffix('.kiln').name}")
     if output.is_dir():
         raise KilnError("K0602", f"cannot write kiln source to {opts.output}: it is a directory")
-    from kiln.compiler.onnx_import import load_onnx
-    from kiln.compiler.onnx_import.writer import write_source
+    from kiln.api import write_kiln_source
 
-    program = load_onnx(Path(opts.file))
-    written = write_source(program, output)
-    print(f"wrote {', '.join(written)}: {program.elaborate().name}, "
-          f"{len(program.params)} parameters")
+    written = write_kiln_source(Path(opts.file), output)
+    print(f"wrote {', '.join(written)}")
     return 0
 
 

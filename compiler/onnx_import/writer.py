@@ -1,7 +1,8 @@
 """`kiln import model.onnx -o model.kiln`: an imported graph written back as kiln source, with
 its weights in model.safetensors beside it.
 
-    write_source(program, "model.kiln")    # -> ["model.kiln", "model.safetensors"]
+    text, tensors = kiln_source(program, "model.kiln", "model.safetensors")
+    kiln.api.write_kiln_source("model.onnx", "model.kiln")   # both files, or neither
 
 The source is one `model` whose forward has one line per op of the imported graph, each a call
 of the kiln primitive the converters built (`t3 = conv(t2, conv1.weight, stride = 2)`);
@@ -19,7 +20,6 @@ Loading the written file with its weights (`kiln.compile("model.kiln", weights =
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,6 @@ import numpy as np
 from ..dims import Dim
 from ..elaborate.scope import BUILTIN_FUNCTIONS, BUILTIN_VALUES, NAMESPACES
 from ..errors import KilnError
-from ..files import staged_writes
 from ..ir import Graph
 from ..ops import REGISTRY, Prop
 from ..ops.registry import REQUIRED
@@ -49,27 +48,16 @@ class Unwritable(Exception):
     """Something of the graph kiln source cannot say (an attribute value of no literal form)."""
 
 
-def write_source(program: Any, path: str | os.PathLike) -> list[str]:
-    """Write `program` (an OnnxProgram) as kiln source at `path` and its weights (params and
-    the constants not written inline) at the same name with .safetensors; both or neither.
-    Returns the paths written. K0907 when the source cannot be written."""
-    from ...runtime.weights import save_weights
-
-    path = Path(path)
-    weights = path.with_suffix(".safetensors")
+def kiln_source(program: Any, source_name: str, weights_name: str
+                ) -> tuple[str, dict[str, np.ndarray]]:
+    """`program` (an OnnxProgram) as the text of a kiln file named `source_name`, and the
+    tensors of its weights file `weights_name` (params, and the constants not written
+    inline), by kiln path; K0907 when kiln source cannot say something of the graph."""
     try:
-        source, tensors = Writer(program, path.name, weights.name).source()
+        return Writer(program, source_name, weights_name).source()
     except Unwritable as err:
         raise KilnError("K0907", f"cannot write {program.path} as kiln source: {err}",
                         hint="kiln.compile() runs the ONNX file itself") from None
-
-    def refuse(why: str) -> KilnError:
-        return KilnError("K0907", f"{path}: {why}")
-
-    with staged_writes(refuse) as staging:
-        staging.write(path, source.encode("utf-8"))
-        save_weights(weights, tensors, staging)
-    return [str(path), str(weights)]
 
 
 class Names:
@@ -397,4 +385,4 @@ def items_text(items) -> str:
     return ", ".join(out) if out else "..."
 
 
-__all__ = ["Unwritable", "write_source"]
+__all__ = ["Unwritable", "kiln_source"]
