@@ -101,6 +101,8 @@ def validate(proto: onnx.ModelProto, path: str, directory: Path | None) -> ReadM
     None: a model given in memory may have none)."""
     opsets = check_opsets(proto, path)
     read_external_data(proto.graph, path, directory)
+    for tensor in tensors_of(proto.graph):
+        check_tensor(tensor, path)
     order = node_order(proto.graph, path)
     return ReadModel(proto, path, opsets, order)
 
@@ -295,3 +297,39 @@ def tensor_bytes(tensor: onnx.TensorProto, refuse) -> int:
     if tensor.data_type == onnx.TensorProto.STRING or any(d < 0 for d in tensor.dims):
         raise refuse("has a string type or a negative size")
     return itemsize * math.prod(tensor.dims)
+
+
+# element types whose values ONNX packs two to a byte (4-bit): not checked by count here
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+           if hasattr(onnx.TensorProto, n)}
+
+
+def check_tensor(tensor: onnx.TensorProto, path: str) -> None:
+    """A tensor holds exactly the values its element type and shape declare (K0902): sizes
+    not negative, raw bytes or typed values of the right count, a known element type."""
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0902", f"{path} is not a valid ONNX file: tensor {tensor.name!r} "
+                         f"{why}", hint="the file may be truncated or corrupted")
+
+    if any(d < 0 for d in tensor.dims):
+        raise refuse(f"has a negative size in its shape {list(tensor.dims)}")
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        field = helper.tensor_dtype_to_field(tensor.data_type)
+    except (KeyError, TypeError, ValueError):
+        raise refuse(f"has an unknown element type ({tensor.data_type})") from None
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    if tensor.HasField("raw_data"):
+        if tensor.data_type == onnx.TensorProto.STRING or len(tensor.raw_data) != \
+                count * itemsize:
+            raise refuse(f"holds {len(tensor.raw_data)} bytes; its shape "
+                         f"{list(tensor.dims)} needs {count * itemsize}")
+        return
+    per_value = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64,
+                                          onnx.TensorProto.COMPLEX128) else 1
+    held = len(getattr(tensor, field))
+    if held != count * per_value:
+        raise refuse(f"holds {held} values; its shape {list(tensor.dims)} needs "
+                     f"{count * per_value}")

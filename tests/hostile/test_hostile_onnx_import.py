@@ -235,3 +235,18 @@ def test_size_facts_metadata_is_checked_not_trusted(tmp_path):
     with pytest.raises(kiln.KilnError) as err:
         compiled(np.ones(6, np.float32))
     assert err.value.code == "K0504"
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"data_type": F, "dims": [4], "raw_data": b"\0" * 4}, "holds 4 bytes"),
+    ({"data_type": F, "dims": [2**40]}, "holds 0 values"),  # no data for a huge shape
+    ({"data_type": 999, "dims": [4], "raw_data": b"\0" * 16}, "unknown element type"),
+    ({"data_type": F, "dims": [4], "float_data": [1.0]}, "holds 1 values"),
+    ({"data_type": F, "dims": [-4], "raw_data": b"\0" * 16}, "negative size"),
+])
+def test_initializer_data_that_does_not_match_its_shape(tmp_path, fields, words):
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", F, [4])],
+                       [("y", F, [4])])
+    model.graph.initializer.append(onnx.TensorProto(name="w", **fields))
+    err = refused(save(model, tmp_path / "m.onnx"), "K0902")
+    assert "tensor 'w'" in err.message and words in err.message
