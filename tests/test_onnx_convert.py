@@ -229,8 +229,8 @@ def _dynamic_model() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("target", ["reference", "native"])
 def test_shapes_computed_from_a_symbolic_batch(target):
-    """Shape arithmetic on a symbolic batch converts (convert_shapes.py): the reshape, expand
-    and filled tensor take the batch of each call."""
+    """Shape arithmetic on a symbolic batch converts (sizes.py): the reshape, expand and
+    filled tensor take the batch of each call."""
     import kiln
 
     model = _dynamic_model()
@@ -254,3 +254,22 @@ def test_undecided_size_comparison_is_not_taken():
 
     with pytest.raises(KilnError, match="Expand.*must be a constant"):
         kiln.compile(model, target="reference")
+
+
+def test_size_comparisons_are_decided_only_where_sound():
+    """sizes.py compares a symbolic size with a number only where every call agrees: never
+    equal to a negative number, undecided against 1 (a batch may be 1); 0-d operands too."""
+    from kiln.compiler.dims import Dim
+    from kiln.compiler.onnx_import.sizes import ARITHMETIC
+
+    def held(v):
+        out = np.empty((), dtype=object)
+        out[()] = v
+        return out
+
+    batch = held(Dim.of("B"))
+    assert not ARITHMETIC["equal"](batch, held(-1))
+    assert bool(ARITHMETIC["not_equal"](batch, held(-1)))
+    assert ARITHMETIC["equal"](batch, held(Dim.of("B")))
+    with pytest.raises(ValueError, match="known only at run time"):
+        ARITHMETIC["equal"](batch, held(1))

@@ -62,6 +62,10 @@ class _Scope:
     checks: list = field(default_factory=list)  # (i64 count of failures, message, span)
 
 
+# metadata key of the divisibility facts (`X:k,Y:m`) a model's sizes are compared under
+SIZE_FACTS_KEY = "kiln.size_facts"
+
+
 class OnnxBuilder:
     """The API op emitters call. Names are unique across the model and its bodies."""
 
@@ -71,7 +75,7 @@ class OnnxBuilder:
                  taken: frozenset[str] = frozenset()):
         self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
         self.checked = checked  # whether run-time checks become outputs (see `check`)
-        self.taken = taken  # names the model gives (its inputs and outputs): never fresh
+        self.taken = taken  # names the model gives (ports, parameters): never fresh
         self.initializers: list[TensorProto] = []
         self.scopes: list[_Scope] = [_Scope()]
         self.params_done: set[str] = set()
@@ -294,7 +298,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         for axis, d in enumerate(port.type.shape):
             if d.symbol is not None and d.symbol not in sources:
                 sources[d.symbol] = (port.name, axis)
-    b = OnnxBuilder(sources, checked, frozenset(p.name for p in (*model.inputs, *model.outputs)))
+    # fresh names never take a port's or a parameter's (an imported model's parameters may
+    # be named const__12, as a fresh name would be)
+    taken = frozenset(p.name for p in (*model.inputs, *model.outputs)) | frozenset(model.params)
+    b = OnnxBuilder(sources, checked, taken)
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
     inputs = [value_info(p.name, p.type) for p in model.inputs]
@@ -316,6 +323,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         doc_string=f"kiln model {model.name}",
     )
     proto.ir_version = IR_VERSION
+    facts = graph.size_facts()
+    if facts:  # `where X % k == 0`: what an importer needs to compare sizes as kiln did
+        proto.metadata_props.add(key=SIZE_FACTS_KEY,
+                                 value=",".join(f"{x}:{k}" for x, k in sorted(facts.items())))
     return proto, failures
 
 

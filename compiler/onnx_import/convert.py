@@ -14,42 +14,17 @@ Unsupported, in convert_base.py.
 
 from __future__ import annotations
 
-from . import convert_elementwise, convert_nn, convert_rnn, convert_tensor
-from .convert_base import Converter, OnnxNode, Unsupported, known
+from . import convert_control, convert_elementwise, convert_nn, convert_rnn, convert_tensor
+from .convert_base import Converter, OnnxNode, Unsupported
 from .convert_function import function_converter, function_ops
-from .convert_shapes import EVALUATE, evaluate, recall, remember
-
-
-def _converting_sizes(convert: Converter, op_type: str) -> Converter:
-    """`convert`, which also records its result's sizes where an input holds sizes and the
-    others are known (convert_base.known)."""
-
-    def wrapped(gb, node):
-        outs = convert(gb, node)
-        symbolic = [recall(gb.graph, v) for v in node.inputs]
-        if outs and outs[0] is not None and any(s is not None for s in symbolic):
-            values = [s if s is not None else (known(gb, node, i) if v is not None else None)
-                      for i, (v, s) in enumerate(zip(node.inputs, symbolic, strict=True))]
-            present = [x for v, x in zip(node.inputs, values, strict=True) if v is not None]
-            if all(x is not None for x in present):
-                result = evaluate(op_type, values, node.attrs)
-                if result is not None:
-                    remember(gb.graph, outs[0], result)
-        return outs
-
-    return wrapped
-
 
 CONVERTERS: dict[str, Converter] = {
     **convert_elementwise.CONVERTERS,
     **convert_tensor.CONVERTERS,
     **convert_nn.CONVERTERS,
     **convert_rnn.CONVERTERS,
+    **convert_control.CONVERTERS,
 }
-# shape arithmetic on symbolic sizes is recorded beside the Values computing it
-for _op, _convert in list(CONVERTERS.items()):
-    if _op in EVALUATE:
-        CONVERTERS[_op] = _converting_sizes(_convert, _op)
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})

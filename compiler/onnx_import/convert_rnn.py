@@ -23,7 +23,7 @@ import numpy as np
 
 from ..builder import GraphBuilder
 from ..ir import Graph, Value
-from ..ops import REGISTRY
+from .convert_control import add_scan
 from .convert_base import (
     FLOAT_TYPES,
     Converter,
@@ -161,10 +161,7 @@ def scan(gb: GraphBuilder, cell: Cell, gx: Value, states: list[Value], r_t: Valu
     attrs = {"body": body, "axis": 0, "axes": (0,), "reverse": reverse,
              "n_carry": len(states), "n_seq": 1, "has_index": False,
              "n_fixed_inputs": len(states) + 1}
-    operands = [*states, gx, *captured]
-    # scan's attributes are a body graph, not a signature's: added as the elaborator adds it
-    types = REGISTRY["scan"].infer([v.type for v in operands], attrs)
-    return gb.graph.add("scan", operands, attrs, types, gb.span, gb.scope)  # the emitted H stacked, then each state's final value (ops/control.py)
+    return add_scan(gb, [*states, gx, *captured], attrs)  # the emitted H stacked, then each state's final value (ops/control.py)
 
 
 def gates_of(bb: GraphBuilder, x: Value, h: Value, r_t: Value, rb: Value | None, n: int

@@ -28,12 +28,16 @@ from onnx import helper, numpy_helper
 
 from ..builder import GraphBuilder
 from ..errors import KilnError
-from ..ir import Graph, Value
+from ..codegen.onnx import SIZE_FACTS_KEY
+from ..dims import Dim, assuming
+from ..ir import Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
-from .convert import CONVERTERS, OnnxNode, Unsupported
+from .convert import CONVERTERS, Unsupported
 from .convert_base import KILN_DTYPES, kiln_dtype
-from .reader import STANDARD_DOMAINS, ReadModel, node_label
+from .convert_control import NodeWithSubgraphs
+from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
 
+SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 FLOAT_ELEMENTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # how many unsupported nodes the error lists by name (the rest are counted)
 MAX_LISTED = 50
@@ -54,9 +58,12 @@ class ImportedModel:
 def import_graph(model: ReadModel, name: str | None = None) -> ImportedModel:
     """The kiln graph of `model` (K0906 listing every node kiln cannot convert)."""
     walk = _Walk(model)
+    walk.order = model.order
     walk.inputs()
-    walk.nodes()
-    walk.finish()
+    facts = walk.size_facts()
+    with assuming(facts):
+        walk.nodes()
+        walk.finish()
     return ImportedModel(name or model_name(model), walk.graph, walk.used_params(), model,
                          walk.symbols)
 
@@ -108,23 +115,29 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray:
 
 
 class _Walk:
-    """The state of one import: kiln Values and known constants by ONNX name."""
+    """The state of one import: kiln Values and known constants by ONNX name. A subgraph's
+    walk (a Scan's body, an If's branch: see `subgraph`) has the walk around it as `parent`,
+    where the names it reads without defining them are found."""
 
-    def __init__(self, model: ReadModel):
+    def __init__(self, model: ReadModel, proto: onnx.GraphProto | None = None,
+                 graph: Graph | None = None, parent: _Walk | None = None):
         self.model = model
+        self.proto = proto or model.proto.graph
         self.path = model.path
-        self.graph = Graph()
+        self.parent = parent
+        self.graph = graph if graph is not None else Graph()
         self.gb = GraphBuilder(self.graph)
         self.values: dict[str, Value] = {}
         self.consts: dict[str, np.ndarray] = {}  # values known at import time, by name
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.unknown: set[str] = set()  # outputs of nodes that did not convert
         self.problems: list[str] = []
-        self.symbols: dict[str, str] = {}
+        self.symbols: dict[str, str] = parent.symbols if parent else {}
         self.param_paths: set[str] = set()
-        for init in model.proto.graph.initializer:
+        self.captured: list[Value] = []  # outer values a body reads, as its extra inputs
+        for init in self.proto.initializer:
             self.initializers[init.name] = init
-        for sparse in model.proto.graph.sparse_initializer:
+        for sparse in self.proto.sparse_initializer:
             self.problems.append(f"initializer {sparse.values.name}: sparse initializers "
                                  "are not supported")
             self.unknown.add(sparse.values.name)
@@ -133,7 +146,7 @@ class _Walk:
     def inputs(self) -> None:
         """An `input` node per graph input that is not an initializer (before IR 4, every
         initializer was listed as an input too)."""
-        for info in self.model.proto.graph.input:
+        for info in self.proto.input:
             if info.name in self.initializers:
                 continue
             try:
@@ -173,6 +186,25 @@ class _Walk:
             self.symbols[dim_param] = name
         return self.symbols[dim_param]
 
+    def size_facts(self) -> dict[str, int]:
+        """The divisibility facts kiln's own export records (`kiln.size_facts`: `H:4,W:4`, for
+        a model's `where H % 4 == 0`), on the inputs' symbols: sizes are compared under them
+        while converting, and every call checks them, as the kiln model did. An entry that
+        names no symbol of the inputs or no divisor in 2..2**31 is ignored."""
+        symbols = {s for i in self.graph.inputs for d in self.graph.node(i)["types"][0].shape
+                   for s in d.symbols()}
+        text = next((p.value for p in self.model.proto.metadata_props
+                     if p.key == SIZE_FACTS_KEY), "")
+        facts: dict[str, int] = {}
+        for entry in text.split(",")[:len(symbols)]:
+            symbol, _, k = entry.partition(":")
+            symbol = self.symbols.get(symbol, symbol)
+            if symbol in symbols and k.isdigit() and 2 <= int(k) <= 2**31:
+                facts[symbol] = int(k)
+                self.graph.constraints.append(Constraint(
+                    "==", Dim.of(symbol) % int(k), Dim.of(0), f"{symbol} % {k} == 0", None))
+        return facts
+
     # values by name -------------------------------------------------------------------------
     def value(self, name: str) -> Value | None:
         """The kiln Value of ONNX name `name`: made on first use for an initializer (a param
@@ -180,6 +212,9 @@ class _Walk:
         such element type, the value being known still)."""
         if name in self.values:
             return self.values[name]
+        if self.parent is not None and name not in self.initializers and \
+                name not in self.consts:
+            return self.outer(name)
         init = self.initializers.get(name)
         if init is not None and init.data_type in FLOAT_ELEMENTS:
             array = self.known(name)
@@ -200,14 +235,65 @@ class _Walk:
         """The value of an initializer or a Constant's output, read on first use."""
         if name not in self.consts and name in self.initializers:
             self.consts[name] = numpy_helper.to_array(self.initializers[name])
+        if name not in self.consts and self.parent is not None:
+            return self.parent.known(name)  # ONNX names are unique across a model's graphs
         return self.consts.get(name)
+
+    def outer(self, name: str) -> Value | None:
+        """A name of an enclosing graph, read from a subgraph: the same Value when the
+        subgraph is built into the enclosing graph (an If's branch), else a new input of the
+        body, fed by the outer Value (a scan's captured value)."""
+        value = self.parent.value(name)
+        if value is None or self.graph is self.parent.graph:
+            return value
+        known = self.parent.known(name)
+        if known is not None and name not in self.parent.param_paths \
+                and dtype_of_numpy(known.dtype) is not None:
+            inner = self.gb.constant(known)  # a constant is a constant inside a body too
+        else:
+            inner = self.graph.add_input(f"captured_{len(self.captured)}", value.type, None)
+            self.captured.append(value)
+        self.values[name] = inner
+        return inner
+
+    def subgraph(self, proto: onnx.GraphProto, input_types: list[TensorType] | None
+                 ) -> tuple[list[Value], Graph, list[Value]]:
+        """Convert a node's subgraph. With `input_types` (a Scan's body): into a new Graph
+        whose inputs are the subgraph's, of those types, then one per outer value it reads;
+        returns its outputs, the Graph and those outer values. With None (an If's branch,
+        which has no inputs): into this walk's graph; returns its outputs."""
+        graph = self.graph if input_types is None else Graph()
+        walk = _Walk(self.model, proto, graph, self)
+        if input_types is not None:
+            if len(input_types) != len(proto.input):
+                raise Unsupported(f"its body takes {len(proto.input)} inputs, not "
+                                  f"{len(input_types)}")
+            for info, t in zip(proto.input, input_types):
+                walk.values[info.name] = graph.add_input(info.name, t, None)
+        outer = frozenset(self.scope_names())
+        walk.order = node_order(proto, self.path, outer)
+        walk.nodes()
+        if walk.problems:
+            raise Unsupported("in its subgraph: " + "; ".join(walk.problems))
+        outputs = [walk.value(o.name) for o in proto.output]
+        if any(v is None for v in outputs):
+            raise Unsupported("its subgraph has an output kiln cannot compute")
+        if input_types is not None:
+            graph.outputs = outputs
+        return outputs, graph, walk.captured
+
+    def scope_names(self) -> set[str]:
+        """Every name this walk and those around it can give a subgraph."""
+        names = set(self.values) | set(self.initializers) | set(self.consts)
+        names |= {o for n in self.proto.node for o in n.output if o}
+        names |= {i.name for i in self.proto.input}
+        return names | (self.parent.scope_names() if self.parent else set())
 
     # nodes ----------------------------------------------------------------------------------
     def nodes(self) -> None:
         """Convert every node in order, recording what does not convert."""
-        graph = self.model.proto.graph
-        for index in self.model.order:
-            proto = graph.node[index]
+        for index in self.order:
+            proto = self.proto.node[index]
             label = node_label(proto, index)
             domain = "" if proto.domain in STANDARD_DOMAINS else proto.domain
             if domain or proto.op_type not in CONVERTERS and proto.op_type != "Constant":
@@ -234,7 +320,9 @@ class _Walk:
             (out,) = proto.output
             self.consts[out] = constant_value(proto)
             return
-        node = OnnxNode(
+        node = NodeWithSubgraphs(
+            subgraph=self.subgraph if any(a.type in SUBGRAPH_ATTRS for a in proto.attribute)
+            else None,
             name=proto.name or f"#{index}", op_type=proto.op_type, domain=proto.domain,
             index=index, opset=self.model.opset,
             attrs={a.name: decode_attr(a) for a in proto.attribute},
@@ -263,9 +351,30 @@ class _Walk:
             raise KilnError("K0906", f"{self.path}: kiln cannot import {len(self.problems)} "
                             f"node{'s' if len(self.problems) > 1 else ''} of this model:\n  "
                             f"{lines}", hint="docs/onnx-import.md lists the supported ops")
-        self.graph.outputs = [self.value(o.name) for o in self.model.proto.graph.output]
+        self.graph.outputs = [self.as_declared(self.value(o.name), o)
+                              for o in self.model.proto.graph.output]
         self.graph.output_names = [o.name for o in self.model.proto.graph.output]
         self.graph.prune()
+
+    def as_declared(self, value: Value, info: onnx.ValueInfoProto) -> Value:
+        """An output in the shape the file declares for it where that is the same shape
+        written otherwise (`H` for `4*(H//4)` under `H % 4 == 0`): each axis declared with a
+        size or a symbol of the inputs; other axes keep the size kiln inferred."""
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else []
+        if len(dims) != value.type.rank:
+            return value
+        inputs = {s for i in self.graph.inputs for d in self.graph.node(i)["types"][0].shape
+                  for s in d.symbols()}
+        shape = []
+        for d, inferred in zip(dims, value.type.shape):
+            declared = (Dim.of(int(d.dim_value)) if d.HasField("dim_value") else
+                        Dim.of(self.symbols.get(d.dim_param, "")) if d.dim_param else None)
+            usable = declared is not None and declared.symbols() <= inputs
+            shape.append(declared if usable and declared == inferred else inferred)
+        if tuple(shape) == tuple(value.type.shape) and all(
+                a.terms == b.terms for a, b in zip(shape, value.type.shape)):
+            return value
+        return self.gb.reshape(value, shape)  # the same elements, typed as declared
 
     def used_params(self) -> dict[str, np.ndarray]:
         """The initial value of each parameter a node still reads (the converters may have

@@ -126,18 +126,20 @@ def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- the graph
-def node_order(graph: onnx.GraphProto, path: str) -> list[int]:
+def node_order(graph: onnx.GraphProto, path: str, outer: frozenset[str] = frozenset()
+               ) -> list[int]:
     """The indices of the graph's nodes, each after every node it reads from (a node holding
-    a subgraph reads the outer names its subgraph uses); K0903 for a dangling input, a name
-    produced twice, a cycle, or a graph output nothing produces."""
-    given = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    a subgraph reads the outer names its subgraph uses; a subgraph may read `outer`, the names
+    of the graphs around it); K0903 for a dangling input, a name produced twice, a cycle, or
+    a graph output nothing produces."""
+    given = {v.name for v in graph.input} | {t.name for t in graph.initializer} | set(outer)
     given |= {t.values.name for t in graph.sparse_initializer}
     producer: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         for name in node.output:
             if not name:
                 continue
-            if name in producer or name in given:
+            if name in producer or (name in given and name not in outer):
                 first = ("a graph input or initializer" if name in given else
                          node_label(graph.node[producer[name]], producer[name]))
                 raise KilnError("K0903", f"{path}: {node_label(node, i)} writes {name!r}, "
