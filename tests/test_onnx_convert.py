@@ -102,6 +102,10 @@ CASES = [
                                                                    np.float32)],
      {"mode": "linear", "coordinate_transformation_mode": "asymmetric", "initializers": "12"}),
     ("Dropout", [f32(3, 4)], {"n_outputs": 2}),
+    ("DFT", [f32(2, 8, 3, 1), None, np.array(1, I64)], {"onesided": 1, "initializers": "2"}),
+    ("DFT", [f32(2, 5, 2), np.array(7, I64), np.array(-2, I64)], {"initializers": "12"}),
+    ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
+     {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
 ]
 
 

@@ -625,7 +625,9 @@ def _dft(gb, node):
         axis = -2 if axis is None else axis[0]
     else:
         axis = int(attr(node, "axis", 1))
-    axis = axis_of(axis, rank - 1)  # the last axis holds the real and imaginary parts
+    axis = axis + rank if axis < 0 else axis  # negative: from the back of every axis
+    if not 0 <= axis < rank - 1:  # the last axis holds the real and imaginary parts
+        raise Unsupported(f"DFT axis {axis} out of range for rank {rank}")
     length = const_ints(gb, node, 1, "dft_length")
     shape = x.type.shape
     if not (shape[axis].is_const and shape[-1].is_const):
