@@ -471,7 +471,9 @@ def _constant_of_shape(gb, node):
 def _range(gb, node):
     """start + i * delta for i < max(ceil((limit - start) / delta), 0), in the inputs' type."""
     bounds = [known(gb, node, i) for i in range(3)]
-    if bounds[1] is None and bounds[0] is not None and bounds[2] is not None:
+    limit = arg(node, 1)
+    if (bounds[1] is None and bounds[0] is not None and bounds[2] is not None
+            and limit is not None and dtype_of(limit) in INT_TYPES):
         return [_range_to_size(gb, node, bounds[0], bounds[2])]
     start, limit, delta = (const_input(gb, node, i, name)
                            for i, name in enumerate(("start", "limit", "delta")))
