@@ -674,3 +674,41 @@ def _col2im(gb, node):
     per_channel = gb.reshape(x, [x.type.shape[0], channels, k * blocks.value])
     y = _apply_matrix(gb, per_channel, matrix, 2)
     return [gb.reshape(y, [x.type.shape[0], channels, *image])]
+
+
+@converter("TopK")
+def _top_k(gb, node):
+    """The k largest (or smallest) elements along axis, sorted, ties to the lower index.
+    Each element's place in that order is counted: the elements that come before it (larger,
+    or equal at a lower index); the element at place r is the one whose count is r. Exact
+    for every value but NaN, whose order ONNX leaves open."""
+    x = need(node, 0, "X")
+    k_value = const_ints(gb, node, 1, "K")
+    if k_value is None:
+        raise Unsupported("TopK needs K")
+    k = k_value[0]
+    rank = x.type.rank
+    axis = axis_of(int(attr(node, "axis", -1)), rank)
+    size = x.type.shape[axis]
+    if not size.is_const or not 0 <= k <= size.value:
+        raise Unsupported("TopK along a symbolic axis, or K past its size")
+    n = size.value
+    last = rank - 1
+    perm = list(range(rank))
+    perm[axis], perm[last] = last, axis
+    moved = x if axis == last else gb.permute(x, perm)
+    this = gb.op("unsqueeze", moved, axis=-1)  # [..., i, 1]
+    other = gb.op("unsqueeze", moved, axis=-2)  # [..., 1, j]
+    ahead = gb.op("greater" if attr(node, "largest", 1) else "less", other, this)
+    lower = gb.constant(np.tril(np.ones((n, n), bool), -1))  # [i, j]: j < i
+    tied = gb.op("logical_and", gb.op("equal", other, this), lower)
+    place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
+    at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
+               gb.constant(np.arange(k, dtype=np.int64)))  # [..., n, k]
+    positions = gb.constant(np.arange(n, dtype=np.int64).reshape(n, 1))
+    index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
+                  axis=-2)  # [..., k]
+    values = gb.op("take_along_axis", moved, index, axis=-1)
+    if axis != last:
+        values, index = gb.permute(values, perm), gb.permute(index, perm)
+    return [values, index]
