@@ -64,6 +64,15 @@ def table(cases: list, results: dict[str, dict], native_sampled: bool) -> str:
         "result). Inputs kiln needs at import time (a Reshape's shape, Slice's starts, ...) "
         "are bound to the case's values, as a user binds them when importing such a model.",
         "",
+        "How the converters (`compiler/onnx_import/convert*.py`) reach ops kiln has no "
+        "primitive for: an op the standard defines as a function of other ops (Attention, "
+        "the losses, CenterCropPad, the window functions, ...) converts through that function "
+        "body; `Resize` in a mode kiln's `resize` lacks is applied axis by axis with the "
+        "weights ONNX's reference `Resize` gives the unit impulses (a gather for the nearest "
+        "modes); integer `Div`/`Mod`, `Round`, `BitShift`, asymmetric pads, `ScatterND` and "
+        "the like are exact compositions of primitives. A converter refuses (never guesses) "
+        "what it cannot compute exactly, and says why.",
+        "",
     ]
     kiln_cases = [c for c in cases if kiln_types_only(c)]
     lines.append("## Totals over the cases whose inputs and outputs have kiln's element types")

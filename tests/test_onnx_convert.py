@@ -102,6 +102,14 @@ CASES = [
                                                                    np.float32)],
      {"mode": "linear", "coordinate_transformation_mode": "asymmetric", "initializers": "12"}),
     ("Dropout", [f32(3, 4)], {"n_outputs": 2}),
+    ("TopK", [np.array([[3, 1, 3, -np.inf], [2, 2, -np.inf, 2], [0, 5, 5, 1]], np.float32).T,
+              np.array([3], I64)], {"axis": 0, "n_outputs": 2, "initializers": "1"}),
+    ("TopK", [ints(-3, 3, 2, 6), np.array([4], I64)], {"largest": 0, "n_outputs": 2,
+                                                      "initializers": "1"}),
+    ("DFT", [f32(2, 8, 3, 1), None, np.array(1, I64)], {"onesided": 1, "initializers": "2"}),
+    ("DFT", [f32(2, 5, 2), np.array(7, I64), np.array(-2, I64)], {"initializers": "12"}),
+    ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
+     {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
 ]
 
 
@@ -229,8 +237,8 @@ def _dynamic_model() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("target", ["reference", "native"])
 def test_shapes_computed_from_a_symbolic_batch(target):
-    """Shape arithmetic on a symbolic batch converts (convert_shapes.py): the reshape, expand
-    and filled tensor take the batch of each call."""
+    """Shape arithmetic on a symbolic batch converts (sizes.py): the reshape, expand and
+    filled tensor take the batch of each call."""
     import kiln
 
     model = _dynamic_model()
@@ -254,3 +262,22 @@ def test_undecided_size_comparison_is_not_taken():
 
     with pytest.raises(KilnError, match="Expand.*must be a constant"):
         kiln.compile(model, target="reference")
+
+
+def test_size_comparisons_are_decided_only_where_sound():
+    """sizes.py compares a symbolic size with a number only where every call agrees: never
+    equal to a negative number, undecided against 1 (a batch may be 1); 0-d operands too."""
+    from kiln.compiler.dims import Dim
+    from kiln.compiler.onnx_import.sizes import ARITHMETIC
+
+    def held(v):
+        out = np.empty((), dtype=object)
+        out[()] = v
+        return out
+
+    batch = held(Dim.of("B"))
+    assert not ARITHMETIC["equal"](batch, held(-1))
+    assert bool(ARITHMETIC["not_equal"](batch, held(-1)))
+    assert ARITHMETIC["equal"](batch, held(Dim.of("B")))
+    with pytest.raises(ValueError, match="known only at run time"):
+        ARITHMETIC["equal"](batch, held(1))

@@ -15,30 +15,8 @@ Unsupported, in convert_base.py.
 from __future__ import annotations
 
 from . import convert_control, convert_elementwise, convert_nn, convert_rnn, convert_tensor
-from .convert_base import Converter, OnnxNode, Unsupported, known
+from .convert_base import Converter, OnnxNode, Unsupported
 from .convert_function import function_converter, function_ops
-from .convert_shapes import EVALUATE, evaluate, recall, remember
-
-
-def _converting_sizes(convert: Converter, op_type: str) -> Converter:
-    """`convert`, which also records its result's sizes where an input holds sizes and the
-    others are known (convert_base.known)."""
-
-    def wrapped(gb, node):
-        outs = convert(gb, node)
-        symbolic = [recall(gb.graph, v) for v in node.inputs]
-        if outs and outs[0] is not None and any(s is not None for s in symbolic):
-            values = [s if s is not None else (known(gb, node, i) if v is not None else None)
-                      for i, (v, s) in enumerate(zip(node.inputs, symbolic, strict=True))]
-            present = [x for v, x in zip(node.inputs, values, strict=True) if v is not None]
-            if all(x is not None for x in present):
-                result = evaluate(op_type, values, node.attrs)
-                if result is not None:
-                    remember(gb.graph, outs[0], result)
-        return outs
-
-    return wrapped
-
 
 CONVERTERS: dict[str, Converter] = {
     **convert_elementwise.CONVERTERS,
@@ -47,10 +25,6 @@ CONVERTERS: dict[str, Converter] = {
     **convert_rnn.CONVERTERS,
     **convert_control.CONVERTERS,
 }
-# shape arithmetic on symbolic sizes is recorded beside the Values computing it
-for _op, _convert in list(CONVERTERS.items()):
-    if _op in EVALUATE:
-        CONVERTERS[_op] = _converting_sizes(_convert, _op)
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
@@ -64,6 +38,7 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
     "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
     "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,),
+    "DFT": (1, 2), "Col2Im": (1, 2), "TopK": (1,),
     **{op: (1,) for op in _REDUCTIONS},
 }
 

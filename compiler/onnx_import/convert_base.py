@@ -21,7 +21,7 @@ from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
 from ..types import NUMPY_DTYPES
-from .convert_shapes import recall
+from .sizes import sizes_of
 
 
 @dataclass
@@ -130,18 +130,27 @@ def const_input(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> np.ndarr
     return value
 
 
-def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str, sizes: bool = False
-               ) -> list | None:
-    """An optional integer-list input known at import time, as Python ints (None if absent).
-    With `sizes`, a shape computed from symbolic sizes is taken too: its entries are ints and
-    Dims (convert_shapes.py)."""
+def const_ints(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[int] | None:
+    """An optional integer-list input known at import time, as Python ints (None if absent)."""
     if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
         return None
-    if sizes and known(gb, node, i) is None:
-        held = recall(gb.graph, arg(node, i))
-        if held is not None:
-            return [d.value if d.is_const else d for d in held.reshape(-1)]
     return [int(v) for v in const_input(gb, node, i, what).reshape(-1)]
+
+
+def const_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim] | None:
+    """An optional integer-list input known at import time as sizes (None if absent): numbers,
+    or sizes the graph computes from its inputs' shapes (sizes.py: an exported dynamic
+    batch's `Shape -> Gather -> Concat`)."""
+    if arg(node, i) is None and (i >= len(node.consts) or node.consts[i] is None):
+        return None
+    value = known(gb, node, i)
+    if value is not None:
+        return [Dim.of(int(v)) for v in value.reshape(-1)]
+    sizes = sizes_of(gb.graph, node.inputs[i])
+    if sizes is None:
+        raise Unsupported(f"{what} (input {i}) must be a constant, or sizes computed from the "
+                          f"inputs' shapes: {CONSTANT_NEEDED}")
+    return sizes
 
 
 def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:

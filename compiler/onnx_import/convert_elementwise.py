@@ -397,7 +397,7 @@ def _bit_shift(gb, node):
     require_dtype(x, INT_TYPES, "BitShift input")
     dtype = dtype_of(x)
     width = 32 if dtype == "i32" else 64
-    left = choose_direction(node) == "LEFT"
+    left = _direction(node) == "LEFT"
     # a right shift by width - 1 fills with the sign as the out-of-range ones do, and 2^63
     # does not fit in i64
     limit = width if left else width - 1
@@ -411,7 +411,7 @@ def _bit_shift(gb, node):
     return gb.op("where", in_range, gb.op("floor_div", x, power), fill)
 
 
-def choose_direction(node: OnnxNode) -> str:
+def _direction(node: OnnxNode) -> str:
     direction = attr(node, "direction", "")
     if direction not in ("LEFT", "RIGHT"):
         raise Unsupported(f"BitShift direction {direction!r}")

@@ -565,22 +565,150 @@ def _resize_axis(gb: GraphBuilder, node: OnnxNode, x: Value, axis: int, value: f
 
 def _impulse_response(node: OnnxNode, size: int, value: float, by_scale: bool) -> np.ndarray:
     """[in, out]: ONNX's reference Resize of the identity along its second axis."""
-    from onnx import TensorProto, helper
+    keep = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    extra = {"scales": np.array([1.0, value], np.float32)} if by_scale else \
+        {"sizes": np.array([size, int(value)], np.int64)}
+    slots = ["", "scales", ""] if by_scale else ["", "", "sizes"]
+    return linear_response(node, "Resize", keep, (size,), slots, extra)
+
+
+def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, ...],
+                    slots: list[str], extra: dict[str, np.ndarray]) -> np.ndarray:
+    """[m, k]: what ONNX's reference `op_type` makes of each of the m unit impulses of shape
+    `unit` (stacked on a leading axis the op leaves alone), flattened: the matrix of an op
+    that is linear in its first input. `slots` name the op's other inputs (constants in
+    `extra`, '' for absent ones)."""
+    from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    keep = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
-    scales = np.array([1.0, value], np.float32) if by_scale else None
-    sizes = None if by_scale else np.array([size, int(value)], np.int64)
-    inits = [helper.make_tensor("scales", TensorProto.FLOAT, [2], scales)] if by_scale else \
-        [helper.make_tensor("sizes", TensorProto.INT64, [2], sizes)]
-    resize = helper.make_node("Resize", ["X", "", "scales" if by_scale else "",
-                                         "" if by_scale else "sizes"], ["Y"], **keep)
+    m = int(np.prod(unit))
+    op = helper.make_node(op_type, ["X", *slots], ["Y"], **attrs)
     graph = helper.make_graph(
-        [resize], "impulse", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [size, size])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+        [op], "impulse",
+        [helper.make_tensor_value_info("X", onnx_float(), [m, *unit])],
+        [helper.make_tensor_value_info("Y", onnx_float(), None)],
+        [numpy_helper.from_array(v, k) for k, v in extra.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    impulses = np.eye(m, dtype=np.float32).reshape(m, *unit)
     try:
-        (out,) = ReferenceEvaluator(model).run(None, {"X": np.eye(size, dtype=np.float32)})
+        (out,) = ReferenceEvaluator(model).run(None, {"X": impulses})
     except Exception as exc:  # the reference refuses what the standard does not define
-        raise Unsupported(f"Resize with these attributes: {exc}") from None
-    return np.asarray(out, np.float64)
+        raise Unsupported(f"{op_type} with these attributes: {exc}") from None
+    return np.asarray(out, np.float64).reshape(m, -1)
+
+
+def onnx_float() -> int:
+    from onnx import TensorProto
+
+    return TensorProto.FLOAT
+
+
+def _apply_matrix(gb: GraphBuilder, x: Value, matrix: np.ndarray, lead: int) -> Value:
+    """x's axes from `lead` on, flattened, times `matrix` ([their size, k]): [*lead axes, k]."""
+    flat = gb.reshape(x, [*x.type.shape[:lead], matrix.shape[0]])
+    return gb.matmul(flat, gb.constant(matrix.astype(x.type.np_dtype)))
+
+
+@converter("DFT")
+def _dft(gb, node):
+    """The forward DFT (one- or two-sided) along one axis, as the product with the matrix
+    ONNX's reference DFT makes of the unit impulses: exact up to rounding."""
+    x = need(node, 0, "input")
+    require_dtype(x, FLOAT_TYPES, "DFT input")
+    if attr(node, "inverse", 0):
+        # the product gives exact zeros where ONNX's expected values hold rounding noise of
+        # 1e-7, outside the node tests' tolerance: not claimed until judged otherwise
+        raise Unsupported("the inverse DFT")
+    rank = x.type.rank
+    if node.opset >= 20:
+        axis = const_ints(gb, node, 2, "axis")
+        axis = -2 if axis is None else axis[0]
+    else:
+        axis = int(attr(node, "axis", 1))
+    axis = axis + rank if axis < 0 else axis  # negative: from the back of every axis
+    if not 0 <= axis < rank - 1:  # the last axis holds the real and imaginary parts
+        raise Unsupported(f"DFT axis {axis} out of range for rank {rank}")
+    length = const_ints(gb, node, 1, "dft_length")
+    shape = x.type.shape
+    if not (shape[axis].is_const and shape[-1].is_const):
+        raise Unsupported("DFT along a symbolic axis")
+    n, parts = shape[axis].value, shape[-1].value
+    extra = {} if length is None else {"dft_length": np.array(length[0], np.int64)}
+    attrs = {k: v for k, v in node.attrs.items() if k != "axis"}
+    slots = ["dft_length" if length is not None else ""]
+    if node.opset >= 20:
+        extra["axis"] = np.array(1, np.int64)
+        slots.append("axis")
+    else:
+        attrs["axis"] = 1
+    matrix = linear_response(node, "DFT", attrs, (n, parts), slots, extra)  # [n*parts, out*2]
+    # the signal axis and the parts last, transformed, and put back
+    perm = [a for a in range(rank - 1) if a != axis] + [axis, rank - 1]
+    moved = gb.permute(x, perm) if perm != list(range(rank)) else x
+    y = _apply_matrix(gb, moved, matrix, rank - 2)
+    out = matrix.shape[1] // 2
+    y = gb.reshape(y, [*moved.type.shape[:rank - 2], out, 2])
+    back = [perm.index(a) for a in range(rank)]
+    return [gb.permute(y, back) if back != list(range(rank)) else y]
+
+
+@converter("Col2Im")
+def _col2im(gb, node):
+    """Col2Im sums each block's column back into the image: per channel a fixed linear map
+    from [block size * blocks] to the image, the matrix ONNX's reference makes of the unit
+    impulses."""
+    x = need(node, 0, "input")
+    require_dtype(x, FLOAT_TYPES, "Col2Im input")
+    image = const_ints(gb, node, 1, "image_shape")
+    block = const_ints(gb, node, 2, "block_shape")
+    if image is None or block is None:
+        raise Unsupported("Col2Im needs image_shape and block_shape")
+    cols, blocks = x.type.shape[1], x.type.shape[2]
+    k = int(np.prod(block))
+    if not (cols.is_const and blocks.is_const) or cols.value % k:
+        raise Unsupported("Col2Im needs constant sizes, its channels a multiple of the block")
+    channels = cols.value // k
+    extra = {"image_shape": np.array(image, np.int64), "block_shape": np.array(block, np.int64)}
+    matrix = linear_response(node, "Col2Im", node.attrs, (k, blocks.value),
+                             ["image_shape", "block_shape"], extra)
+    per_channel = gb.reshape(x, [x.type.shape[0], channels, k * blocks.value])
+    y = _apply_matrix(gb, per_channel, matrix, 2)
+    return [gb.reshape(y, [x.type.shape[0], channels, *image])]
+
+
+@converter("TopK")
+def _top_k(gb, node):
+    """The k largest (or smallest) elements along axis, sorted, ties to the lower index.
+    Each element's place in that order is counted: the elements that come before it (larger,
+    or equal at a lower index); the element at place r is the one whose count is r. Exact
+    for every value but NaN, whose order ONNX leaves open."""
+    x = need(node, 0, "X")
+    k_value = const_ints(gb, node, 1, "K")
+    if k_value is None:
+        raise Unsupported("TopK needs K")
+    k = k_value[0]
+    rank = x.type.rank
+    axis = axis_of(int(attr(node, "axis", -1)), rank)
+    size = x.type.shape[axis]
+    if not size.is_const or not 0 <= k <= size.value:
+        raise Unsupported("TopK along a symbolic axis, or K past its size")
+    n = size.value
+    last = rank - 1
+    perm = list(range(rank))
+    perm[axis], perm[last] = last, axis
+    moved = x if axis == last else gb.permute(x, perm)
+    this = gb.op("unsqueeze", moved, axis=-1)  # [..., i, 1]
+    other = gb.op("unsqueeze", moved, axis=-2)  # [..., 1, j]
+    ahead = gb.op("greater" if attr(node, "largest", 1) else "less", other, this)
+    lower = gb.constant(np.tril(np.ones((n, n), bool), -1))  # [i, j]: j < i
+    tied = gb.op("logical_and", gb.op("equal", other, this), lower)
+    place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
+    at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
+               gb.constant(np.arange(k, dtype=np.int64)))  # [..., n, k]
+    positions = gb.constant(np.arange(n, dtype=np.int64).reshape(n, 1))
+    index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
+                  axis=-2)  # [..., k]
+    values = gb.op("take_along_axis", moved, index, axis=-1)
+    if axis != last:
+        values, index = gb.permute(values, perm), gb.permute(index, perm)
+    return [values, index]

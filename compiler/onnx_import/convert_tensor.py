@@ -18,7 +18,6 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Value
 from ..types import NUMPY_DTYPES, dtype_of_numpy
-from .convert_shapes import remember
 from .convert_base import (
     INT_TYPES,
     CONSTANT_NEEDED,
@@ -32,6 +31,7 @@ from .convert_base import (
     concrete_shape,
     const_input,
     const_ints,
+    const_sizes,
     const_like,
     dtype_of,
     ints,
@@ -84,13 +84,7 @@ def _shape(gb, node):
     start, end = attr(node, "start", 0), attr(node, "end", rank)
     # clamped into [0, rank] after counting negatives from the end (ONNX Shape-15)
     start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
-    dims = x.type.shape[start:end]
-    value = shape_value(gb, dims)
-    if not all(d.is_const for d in dims):
-        held = np.empty(len(dims), dtype=object)
-        held[:] = list(dims)
-        remember(gb.graph, value, held)
-    return [value]
+    return [shape_value(gb, x.type.shape[start:end])]
 
 
 @converter("Size")
@@ -99,17 +93,13 @@ def _size(gb, node):
     n = _prod(x.type.shape)
     if n.is_const:
         return [gb.constant(np.array(n.value, dtype=np.int64))]
-    value = gb.op("dim_value", dim=n)
-    held = np.empty((), dtype=object)
-    held[()] = n
-    remember(gb.graph, value, held)
-    return [value]
+    return [gb.op("dim_value", dim=n)]
 
 
 @converter("Reshape")
 def _reshape(gb, node):
     x = need(node, 0, "data")
-    shape = const_ints(gb, node, 1, "shape", sizes=True)
+    shape = const_sizes(gb, node, 1, "shape")
     if shape is None:
         raise Unsupported("Reshape needs its shape input")
     allow_zero = bool(attr(node, "allowzero", 0))
@@ -186,7 +176,7 @@ def broadcast_dims(a, b) -> list[Dim]:
 @converter("Expand")
 def _expand(gb, node):
     x = need(node, 0, "input")
-    shape = const_ints(gb, node, 1, "shape", sizes=True)
+    shape = const_sizes(gb, node, 1, "shape")
     if shape is None:
         raise Unsupported("Expand needs its shape input")
     out = broadcast_dims(x.type.shape, shape)
@@ -275,8 +265,8 @@ _LIMIT = 2**61  # ONNX uses INT64_MAX/MIN for "to the end": past any size
 @converter("Slice")
 def _slice(gb, node):
     x = need(node, 0, "data")
-    starts = const_ints(gb, node, 1, "starts", sizes=True)
-    ends = const_ints(gb, node, 2, "ends", sizes=True)
+    starts = _ints_or_sizes(const_sizes(gb, node, 1, "starts"))
+    ends = _ints_or_sizes(const_sizes(gb, node, 2, "ends"))
     if starts is None or ends is None:
         raise Unsupported("Slice needs starts and ends")
     axes = const_ints(gb, node, 3, "axes") or list(range(len(starts)))
@@ -289,6 +279,11 @@ def _slice(gb, node):
         axis = axis_of(axis, rank)
         items[axis] = ("range", *_bounds(x.type.shape[axis], start, end, step), step)
     return [gb.op("slice", x, items=items)]
+
+
+def _ints_or_sizes(values: list[Dim] | None) -> list[int | Dim] | None:
+    """Sizes known as numbers as ints; symbolic ones (a slice up to `T`) stay Dims."""
+    return None if values is None else [d.value if d.is_const else d for d in values]
 
 
 def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
@@ -460,7 +455,7 @@ def _constant(gb, node):
 
 @converter("ConstantOfShape")
 def _constant_of_shape(gb, node):
-    shape = const_ints(gb, node, 0, "shape", sizes=True)
+    shape = const_sizes(gb, node, 0, "shape")
     if shape is None:
         raise Unsupported("ConstantOfShape needs its shape input")
     fill = node.attrs.get("value")
@@ -476,7 +471,9 @@ def _constant_of_shape(gb, node):
 def _range(gb, node):
     """start + i * delta for i < max(ceil((limit - start) / delta), 0), in the inputs' type."""
     bounds = [known(gb, node, i) for i in range(3)]
-    if bounds[1] is None and bounds[0] is not None and bounds[2] is not None:
+    limit = arg(node, 1)
+    if (bounds[1] is None and bounds[0] is not None and bounds[2] is not None
+            and limit is not None and dtype_of(limit) in INT_TYPES):
         return [_range_to_size(gb, node, bounds[0], bounds[2])]
     start, limit, delta = (const_input(gb, node, i, name)
                            for i, name in enumerate(("start", "limit", "delta")))
@@ -491,7 +488,7 @@ def _range_to_size(gb: GraphBuilder, node: OnnxNode, start: np.ndarray, delta: n
     """Range up to a size computed from an input's shape (`arange(T)`), in an integer type."""
     limit = need(node, 1, "limit")
     require_dtype(limit, INT_TYPES, "Range with a limit known only at run time")
-    (end,) = const_ints(gb, node, 1, "limit", sizes=True)
+    (end,) = const_sizes(gb, node, 1, "limit")
     return gb.op("arange", int(start), end=end, step=int(delta), dtype=dtype_of(limit))
 
 
