@@ -52,14 +52,20 @@ class OnnxProgram:
         return [self.name]
 
     def elaborate(self, model: str | None = None, args: dict[str, Any] | None = None,
-                  present: frozenset[str] | None = None) -> ElaboratedModel:
-        """The model (an ONNX file holds one, which takes no compile-time arguments)."""
+                  present: frozenset[str] | None = None, training: bool = False
+                  ) -> ElaboratedModel:
+        """The model (an ONNX file holds one, which takes no compile-time arguments and has
+        no training mode: its graph is the one the file holds)."""
         if model is not None and model != self.name:
             raise KilnError("K0601", f"{self.path} has no model named {model}",
                             hint=f"an ONNX file holds one model: {self.name}")
         if args:
             raise KilnError("K0602", f"an ONNX model takes no arguments: {', '.join(args)}",
                             hint="its sizes are fixed in the file, or symbols bound at run time")
+        if training:
+            raise KilnError("K0602", f"{self.path}: an imported ONNX model has no training mode",
+                            hint="it computes the graph the file holds; compile it without "
+                            "training=True")
         return ElaboratedModel.of_graph(self.name, self.graph, self.params)
 
 
