@@ -73,6 +73,9 @@ def test_model_name_and_args_are_checked(mlp_file):
     with pytest.raises(kiln.KilnError) as err:
         kiln.compile(mlp_file, args={"hidden": 3})
     assert err.value.code == "K0602"
+    with pytest.raises(kiln.KilnError) as err:
+        kiln.compile(mlp_file, training=True)
+    assert err.value.code == "K0602" and "no training mode" in err.value.message
 
 
 def test_symbols_are_identifiers(tmp_path):
