@@ -145,7 +145,11 @@ class Writer:
             lines += [f"#   {onnx_name} -> {path}" for onnx_name, path in self.renamed]
         lines.append(f"model {self.program.name} {{")
         lines += [INDENT + m for m in self.members]
-        lines.append(f"{INDENT}forward({', '.join(inputs)}) -> ({', '.join(outs)}) {{")
+        # the constraints calls are checked against (the `where X % k == 0` facts a file of
+        # kiln's own records), in the language's own words
+        where = ", ".join(c.text for c in self.graph.constraints)
+        lines.append(f"{INDENT}forward({', '.join(inputs)}) -> ({', '.join(outs)})"
+                     f"{' where ' + where if where else ''} {{")
         lines += body
         lines.append(f"{INDENT * 2}return {', '.join(results)}")
         lines += [f"{INDENT}}}", "}", ""]
