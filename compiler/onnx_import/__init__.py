@@ -64,8 +64,8 @@ class OnnxProgram:
                             hint="its sizes are fixed in the file, or symbols bound at run time")
         if training:
             raise KilnError("K0602", f"{self.path}: an imported ONNX model has no training mode",
-                            hint="it computes the graph the file holds; compile it without "
-                            "training=True")
+                            hint="import it as kiln source with `kiln import` first, or "
+                            "compile it without training=True")
         return ElaboratedModel.of_graph(self.name, self.graph, self.params)
 
 

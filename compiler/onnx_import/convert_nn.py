@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from ..builder import GraphBuilder
 from ..dims import Dim
@@ -578,15 +579,14 @@ def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, 
     `unit` (stacked on a leading axis the op leaves alone), flattened: the matrix of an op
     that is linear in its first input. `slots` name the op's other inputs (constants in
     `extra`, '' for absent ones)."""
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
+    from onnx.reference import ReferenceEvaluator  # loaded only when a converter needs it
 
     m = int(np.prod(unit))
     op = helper.make_node(op_type, ["X", *slots], ["Y"], **attrs)
     graph = helper.make_graph(
         [op], "impulse",
-        [helper.make_tensor_value_info("X", onnx_float(), [m, *unit])],
-        [helper.make_tensor_value_info("Y", onnx_float(), None)],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, *unit])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in extra.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
     impulses = np.eye(m, dtype=np.float32).reshape(m, *unit)
@@ -595,12 +595,6 @@ def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, 
     except Exception as exc:  # the reference refuses what the standard does not define
         raise Unsupported(f"{op_type} with these attributes: {exc}") from None
     return np.asarray(out, np.float64).reshape(m, -1)
-
-
-def onnx_float() -> int:
-    from onnx import TensorProto
-
-    return TensorProto.FLOAT
 
 
 def _apply_matrix(gb: GraphBuilder, x: Value, matrix: np.ndarray, lead: int) -> Value:
