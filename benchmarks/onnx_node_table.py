@@ -42,7 +42,7 @@ def run(cases: list, target: str) -> dict[str, object]:
     return outcomes
 
 
-def table(cases: list, results: dict[str, dict], native_sampled: bool) -> str:
+def table(cases: list, results: dict[str, dict], per_op: int) -> str:
     """The markdown document."""
     ops: dict[str, list] = collections.defaultdict(list)
     for case in cases:
@@ -54,8 +54,8 @@ def table(cases: list, results: dict[str, dict], native_sampled: bool) -> str:
         "the installed onnx wheel: a one-op model, its inputs and expected outputs) imported by "
         "kiln and run on the reference and the native target. Written by "
         "`python benchmarks/onnx_node_table.py`; tests/test_onnx_node_tests.py holds every case "
-        "to pass or be unsupported with its reason (reference: every case; native: a sample of "
-        "2 cases per op, `KILN_ONNX_NODE_TESTS=full` for all).",
+        "to pass or be unsupported with its reason (reference: every case; native: one case "
+        "per op, `KILN_ONNX_NODE_TESTS=full` for every case).",
         "",
         "A case passes when every output has the expected element type and shape and agrees "
         "within the onnx backend runner's tolerance (rtol 1e-3, atol 1e-7). *Imprecise*: an "
@@ -80,14 +80,14 @@ def table(cases: list, results: dict[str, dict], native_sampled: bool) -> str:
     lines.append("| target | cases | passed | imprecise | unsupported | failed | pass rate |")
     lines.append("|---|---|---|---|---|---|---|")
     rows = [(target, outcomes, kiln_cases) for target, outcomes in results.items()]
-    if native_sampled:  # the reference on the native sample: the two rows compare
+    if per_op:  # the reference on the native sample: the two rows compare
         sampled = [c for c in kiln_cases if c.name in results["native"]]
         rows[1:1] = [("reference (the native sample)", results["reference"], sampled)]
     for label, outcomes, these in rows:
         counted = [outcomes[c.name] for c in these if c.name in outcomes]
         tally = collections.Counter(o.status for o in counted)
         rate = 100 * tally["pass"] / max(len(counted), 1)
-        label += " (sample)" if label == "native" and native_sampled else ""
+        label += f" (sample: {per_op} per op)" if label == "native" and per_op else ""
         lines.append(f"| {label} | {len(counted)} | {tally['pass']} | {tally['imprecise']} | "
                      f"{tally['unsupported']} | {tally['fail']} | {rate:.1f} % |")
     lines.append("")
@@ -128,7 +128,7 @@ def main() -> None:
     if args.native_per_op:
         native_cases = sample(native_cases, args.native_per_op)
     results["native"] = run(native_cases, "native")
-    text = table(cases, results, bool(args.native_per_op))
+    text = table(cases, results, args.native_per_op)
     if args.out == "-":
         print(text)
     else:
