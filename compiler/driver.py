@@ -170,14 +170,15 @@ class Compilation:
     @classmethod
     def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
            target: str = "native", cpu: targets.Target | None = None,
-           opt_level: int = 1) -> Compilation:
+           opt_level: int = 1, training: bool = False) -> Compilation:
         """The compilation of the model named `model` (default: the file's last) of `program`
-        with compile-time arguments `args`; elaborates it with every optional input now."""
+        with compile-time arguments `args`, in training mode when `training`
+        (elaborate/training.py); elaborates it with every optional input now."""
         with progress.step("elaborating the model"):
-            elaborated = program.elaborate(model, args)
+            elaborated = program.elaborate(model, args, training=training)
 
         def variant(present: frozenset[str]) -> ElaboratedModel:
-            return program.elaborate(model, args, present)
+            return program.elaborate(model, args, present, training)
 
         return cls(elaborated, variant, target, cpu, opt_level)
 
@@ -236,7 +237,7 @@ class Compilation:
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
                stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
-               profile: bool = False, gradient: bool = False) -> NativeObject:
+               gradient: bool = False, profile: bool = False) -> NativeObject:
         """Object code of the native-optimized model (`gradient`: of its gradient model) for
         `cpu` (default: the compilation's), through the on-disk compile cache. `with_plan`
         adds `kiln_plan` (the memory plan as a C function, for a library); `stamp(layout)`

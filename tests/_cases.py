@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from _optest import T, rand
+from _optest import T, infer1, rand
 
 from kiln.compiler.dims import Dim
 from kiln.compiler.types import NUMPY_DTYPES as NP
@@ -186,6 +186,11 @@ for src, dst in CASTS:
     case("cast", rand(3, 4, dtype=src, seed=3, low=-3, high=3), dtype=dst, id=f"cast-{src}-{dst}")
 case("dropout", rand(2, 3), p=0.3)
 case("dropout", rand(2, 3, dtype="bf16"), id="dropout-bf16")
+# training-mode dropout: the same Philox words on every target (a negative seed: all 64 bits)
+KEY = np.array([-1234, (5 << 32) + 7], np.int64)
+for p, dtype in ((0.3, "f32"), (0.5, "bf16"), (0.0, "f32"), (1.0, "f32"), (0.25, "f16")):
+    case("dropout_keyed", rand(5, 37, dtype=dtype), KEY, p=p, stream=3,
+         id=f"dropout_keyed-{p}-{dtype}")
 
 
 # elementwise: binary --------------------------------------------------------------------------
@@ -517,6 +522,20 @@ for i, (k, s, p, d, ceil_mode) in enumerate(POOL_CASES):
                 case("avg_pool", rand(*shape, seed=12), kernel_size=k, stride=s, padding=p,
                      ceil_mode=ceil_mode, count_include_pad=counted,
                      id=f"avg_pool-{i}-{shape[2]}-{counted}")
+
+
+def pooled_like(x: np.ndarray, seed: int, **attrs) -> np.ndarray:
+    """A random cotangent of max_pool(x, **attrs)'s shape (max_pool_grad's grad)."""
+    return rand(*(d.value for d in infer1("max_pool", T(list(x.shape)), **attrs).shape), seed=seed)
+
+
+for i, (k, s, p, d, ceil_mode) in enumerate(POOL_CASES):
+    x = rand(1, 2, 7, 6, seed=13)
+    window = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil_mode}
+    case("max_pool_grad", x, pooled_like(x, 14, **window), **window, id=f"max_pool_grad-{i}")
+LINE_X = rand(2, 3, 9, seed=15)
+case("max_pool_grad", LINE_X, pooled_like(LINE_X, 16, kernel_size=3, stride=2, padding=1),
+     kernel_size=3, stride=2, padding=1, id="max_pool_grad-1d")
 INT_LINE = np.array([[[3, -1, 4, 1, -5, 9, 2]]], np.int32)
 case("max_pool", INT_LINE, kernel_size=3, stride=2, padding=1, id="max_pool-i32")
 case("max_pool", INT_LINE.astype(np.int64), kernel_size=2, ceil_mode=True, id="max_pool-i64")
@@ -561,6 +580,14 @@ case("batch_norm", rand(2, 3, 5), MEAN, VAR, None, SHIFT, id="batch_norm-bias-on
 for dtype in HALVES:
     half = [a.astype(NP[dtype]) for a in (MEAN, VAR, SCALE, SHIFT)]
     case("batch_norm", rand(2, 3, 4, dtype=dtype), *half, eps=1e-3, id=f"batch_norm-{dtype}")
+    case("batch_norm", rand(2, 3, 4, dtype=dtype), *half, training=True,
+         id=f"batch_norm-training-{dtype}")
+# training mode: the batch's statistics (the running ones are not read)
+case("batch_norm", rand(2, 3, 2, 2), MEAN, VAR, SCALE, SHIFT, training=True, eps=1e-3,
+     id="batch_norm-training-affine")
+case("batch_norm", rand(5, 3), MEAN, VAR, training=True, id="batch_norm-training-2d-plain")
+case("batch_norm", rand(2, 3, 5), MEAN, VAR, None, SHIFT, training=True,
+     id="batch_norm-training-bias-only")
 case("group_norm", rand(2, 6, 3, seed=4), 3, rand(6, seed=5), rand(6, seed=6), id="group_norm")
 case("group_norm", rand(2, 6, 2, 2, seed=4), 2, eps=1e-2, id="group_norm-plain")
 case("group_norm", rand(3, 4, seed=4), 2, None, rand(4, seed=6), id="group_norm-2d-bias")
@@ -669,6 +696,8 @@ symbolic("conv", [T(["B", 3, "H", "H"]), T([4, 3, 3, 3]), None],
          stride=2, padding=1)
 symbolic("max_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kernel_size=3,
          stride=2, padding=1, ceil_mode=True)
+symbolic("max_pool_grad", [T(["B", 2, 7]), T(["B", 2, 4])], lambda e: rand(e["B"], 2, 7),
+         lambda e: rand(e["B"], 2, 4, seed=1), kernel_size=3, stride=2, padding=1)
 symbolic("avg_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kernel_size=2,
          stride=2, padding=1, ceil_mode=True)
 symbolic("resize", [T(["B", 1, "H", 4])], lambda e: rand(e["B"], 1, e["H"], 4),

@@ -80,11 +80,14 @@ class GraphFrames:
         values = [self.use(t).value if t is not None else None for t in inputs]
         scope = self.path_of_stack()
         types = [self.spelled_as_seen(t) for t in types]
-        uses = self.diag.chain_notes()
-        if uses and span is not None:  # a run-time failure of this node names the user's line
-            span = dataclasses.replace(span, uses=uses)
-        outs = frame.graph.add(op, values, attrs, types, span, scope)
+        outs = frame.graph.add(op, values, attrs, types, self.located(span), scope)
         return [Tensor(v, frame.graph) for v in outs]
+
+    def located(self, span: Span | None) -> Span | None:
+        """`span` with the chain of uses that led to it: a run-time failure of a node made
+        here names the user's line."""
+        uses = self.diag.chain_notes()
+        return dataclasses.replace(span, uses=uses) if uses and span is not None else span
 
     def spelled_as_seen(self, t: TensorType) -> TensorType:
         """t with each size that equals, given the `where` facts, a size met earlier (an input's
@@ -104,9 +107,15 @@ class GraphFrames:
         return self.current_paths[-1] if self.current_paths else ""
 
     def read_param(self, info: ParamInfo, span: Span) -> Tensor:
-        """The parameter or buffer `info` in the innermost graph: one `param` node per graph."""
+        """The parameter or buffer `info` in the innermost graph: one `param` node per graph
+        outside scan bodies, which capture it from the graph around them (as any outer value):
+        a body then reads only its inputs, and the gradient of a parameter used in a loop
+        leaves the loop with the captured value's (ops/control.py: the scan's rule)."""
         path = info.path
-        frame = self.frames[-1]
+        level = len(self.frames) - 1
+        while level > 0 and self.frames[level].emits is not None:  # a scan body
+            level -= 1
+        frame = self.frames[level]
         if path not in frame.params:
             self.budget.count_node(span)
             (value,) = frame.graph.add(
@@ -118,4 +127,4 @@ class GraphFrames:
                 path.rsplit(".", 1)[0] if "." in path else "",
             )
             frame.params[path] = value
-        return Tensor(frame.params[path], frame.graph)
+        return self.use(Tensor(frame.params[path], frame.graph))

@@ -1,12 +1,20 @@
 """Normalization ops with PyTorch semantics in NC(L)/NCHW layout (layer_norm, batch_norm,
-group_norm, instance_norm), and dropout.
+group_norm, instance_norm).
+
+batch_norm in training mode (`training = true`) normalizes with the batch's statistics (mean
+and biased variance of each channel over the batch and spatial axes); a call whose running
+statistics are buffers of the model also updates them, as torch.nn.BatchNorm does:
+running = (1 - momentum) * running + momentum * batch statistic, the variance unbiased
+(times n / (n - 1)), and the block's `num_batches_tracked` counts the call. The updates are
+the model's extra results (compiler/elaborate/training.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType, shape_str
+from ..dims import Dim
+from ..types import NUMPY_DTYPES, TensorType, shape_str
 from ._common import (
     FLOATS,
     attr_error,
@@ -25,17 +33,12 @@ from ._common import (
     to_int,
     upcast,
 )
-from ._emit import chain, full_of, identity, one, trimmed, widened
-from ._factories import unary
+from ._emit import chain, full_of, one, trimmed, widened
+from ._grad import like_scalar, unbroadcast
 from .registry import OpError, OpRecord, register
 
 
 # normalization ----------------------------------------------------------------------------
-def _training_off(a: dict) -> None:
-    if a["training"]:
-        raise attr_error("training", "training-mode is not supported yet")
-
-
 def _normalize(x: np.ndarray, axes, eps: float) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) over `axes`, with the biased variance as PyTorch."""
     mean = np.mean(x, axis=axes, keepdims=True)
@@ -52,13 +55,58 @@ def _affine(y: np.ndarray, weight, bias, shape) -> np.ndarray:
     return y
 
 
+def _norm_vjp(view):
+    """The rule of a norm op whose statistics run over `axes` of x viewed in `shape`, with
+    view(x_type, attrs) -> (shape, axes, the shape weight and bias broadcast as against x).
+
+    PyTorch's fused form: with xhat the normalized x, g = dy * weight and rstd = 1/sqrt(var +
+    eps), dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), the two means over the same axes
+    in one pass; dweight = sum(dy * xhat), dbias = sum(dy) over the axes they broadcast along.
+    The statistics are recomputed from x (a mean and a variance per group), not saved."""
+
+    def vjp(gb, node, cts):
+        (ct,), (x, weight, bias) = cts, node.inputs
+        t = x.type
+        shape, axes, affine = view(t, node.attrs)
+
+        def viewed(v):
+            return v if tuple(shape) == t.shape else gb.reshape(v, list(shape))
+
+        def unviewed(v):
+            return v if tuple(shape) == t.shape else gb.reshape(v, list(t.shape))
+
+        def mean(v):
+            return gb.op("mean", v, axis=list(axes), keepdims=True)
+
+        xv = viewed(x)
+        centered = gb.sub(xv, mean(xv))
+        var = mean(gb.mul(centered, centered))
+        rstd = gb.op("rsqrt", gb.add(var, like_scalar(gb, _eps(node), x)))
+        xhat = gb.mul(centered, rstd)
+        g = ct if weight is None else gb.mul(ct, gb.reshape(weight, list(affine)))
+        gv = viewed(g)
+        inner = gb.sub(gb.sub(gv, mean(gv)), gb.mul(xhat, mean(gb.mul(gv, xhat))))
+        dx = unviewed(gb.mul(rstd, inner))
+
+        def param_grad(param, v):
+            if param is None:
+                return None
+            summed = unbroadcast(gb, v, TensorType(t.dtype, tuple(affine)))
+            return gb.reshape(summed, list(param.type.shape))
+
+        return [dx, param_grad(weight, gb.mul(ct, unviewed(xhat))), param_grad(bias, ct)]
+
+    return vjp
+
+
 def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
-                onnx, llvm) -> OpRecord:
+                onnx, llvm, view) -> OpRecord:
     """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
 
     param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
     normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
-    emitter, run in f32 for half floats as the reference; llvm the native lowering.
+    emitter, run in f32 for half floats as the reference; llvm the native lowering; view the
+    statistics' view of x for the gradient rule (_norm_vjp).
     """
 
     def infer(types, a):
@@ -74,7 +122,8 @@ def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
         return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
     args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
-    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm)
+    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm,
+                    vjp=_norm_vjp(view))
 
 
 def _layer_params(x: TensorType, a):
@@ -199,42 +248,167 @@ def _grouped_llvm(groups):
     return lower
 
 
+def _per_channel_shape(t: TensorType) -> list[Dim]:
+    """[C, 1, ...]: a per-channel parameter broadcast against x [N, C, *S]."""
+    return [t.shape[1]] + [Dim.of(1)] * (t.rank - 2)
+
+
+def _layer_view(t: TensorType, a: dict):
+    k = len(to_dims(a["normalized_shape"], "normalized_shape"))
+    return t.shape, range(t.rank - k, t.rank), t.shape[t.rank - k:]
+
+
+def _group_view(t: TensorType, a: dict):
+    groups = to_int(a["num_groups"], "num_groups")
+    rest = Dim.of(1)
+    for d in t.shape[1:]:
+        rest = rest * d
+    return (t.shape[0], Dim.of(groups), rest // groups), (2,), _per_channel_shape(t)
+
+
+def _instance_view(t: TensorType, a: dict):
+    return t.shape, range(2, t.rank), _per_channel_shape(t)
+
+
 register(norm_record(
     "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
-    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
+    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm,
+    _layer_view))
 register(norm_record(
     "group_norm", "Normalize each group of channels over the group and the spatial axes.",
     ("num_groups",), _group_params, _group_normalize, _group_norm_onnx,
-    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups"))))
+    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups")), _group_view))
 register(norm_record(
     "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
     _instance_params,
     lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), channel_shape(x)),
-    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1])))
+    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1]), _instance_view))
 
 
 def _batch_norm_infer(types, a):
     x, mean, var, weight, bias = types
-    _training_off(a)
     check_channels_first(x, 2)
     check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
                   (x.shape[1],), "one value per channel")
+    number(a["momentum"], "momentum")
     return [x]
+
+
+def _batch_axes(rank: int) -> tuple[int, ...]:
+    """The axes batch statistics are taken over: all but the channels (axis 1)."""
+    return (0, *range(2, rank))
 
 
 def _batch_norm_reference(env, inputs, a):
     x, mean, var, weight, bias = inputs
     shape = channel_shape(x)
-    y = (upcast(x) - upcast(mean).reshape(shape)) / np.sqrt(upcast(var).reshape(shape) + a["eps"])
+    if a["training"]:
+        y = _normalize(upcast(x), _batch_axes(x.ndim), a["eps"])
+    else:
+        y = ((upcast(x) - upcast(mean).reshape(shape))
+             / np.sqrt(upcast(var).reshape(shape) + a["eps"]))
     return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
 
 def _batch_norm_onnx(b, n):
-    """BatchNormalization in inference mode; a missing weight is ones, a missing bias zeros."""
+    """BatchNormalization in inference mode (a missing weight is ones, a missing bias zeros);
+    in training mode by hand over the batch axes, as the reference: ONNX's training mode
+    returns the running statistics updated with the biased variance, not PyTorch's."""
     x, mean, var, weight, bias = n.inputs
+    t = n.in_types[0]
+    if n.attrs["training"]:
+        y = _normalized_onnx(b, x, list(_batch_axes(t.rank)), _eps(n), t.dtype)
+        _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
+        return
     b.node("BatchNormalization", [x, _per_channel(b, n, weight, 1.0),
                                   _per_channel(b, n, bias, 0.0), mean, var], n.outputs,
            epsilon=_eps(n), training_mode=0)
+
+
+def _batch_norm_training(ctx, operands: list, a: dict) -> list:
+    """batch_norm(..., training = true): the node in training mode, and the new running
+    statistics of buffer operands (with the block's num_batches_tracked) as model updates."""
+    x, running_mean, running_var, _weight, _bias = operands
+    gb = ctx.gb
+    results = gb.results("batch_norm", *operands, **a)
+    paths = [ctx.buffer_path(v) for v in (running_mean, running_var)]
+    if paths == [None, None]:  # statistics that are no buffer of the model: nothing to keep
+        return results
+    dtype = x.type.dtype
+    axes = list(_batch_axes(x.type.rank))
+    count = prod(x.type.shape[k] for k in axes)
+    if count.is_const and count.value < 2:
+        raise OpError(f"batch_norm in training mode needs more than one value per channel "
+                      f"to update the running variance, got {shape_str(x.type.shape)}", arg="x")
+
+    def const(value: float):
+        return gb.constant(np.asarray(value, NUMPY_DTYPES[dtype]))
+
+    momentum = const(number(a["momentum"], "momentum"))
+    keep = const(1 - number(a["momentum"], "momentum"))
+    mean = gb.op("mean", x, axis=axes, keepdims=True)
+    centered = gb.sub(x, mean)
+    n = gb.cast(gb.op("dim_value", dim=count), dtype)
+    unbiased = gb.div(gb.mul(gb.op("mean", gb.mul(centered, centered), axis=axes), n),
+                      gb.sub(n, const(1)))
+    batch_stats = (gb.reshape(mean, [x.type.shape[1]]), unbiased)
+    for path, running, stat in zip(paths, (running_mean, running_var), batch_stats,
+                                   strict=True):
+        if path is not None:  # PyTorch's order: momentum * batch + (1 - momentum) * running
+            ctx.update(path, lambda old, stat=stat: gb.add(gb.mul(momentum, stat),
+                                                           gb.mul(keep, old)))
+    counter = ctx.sibling(paths[0] or paths[1], "num_batches_tracked")
+    if counter is not None:
+        ctx.update(counter, lambda old: gb.add(old, gb.constant(np.ones((), "int64"))))
+    return results
+
+
+def _batch_norm_vjp(gb, node, cts):
+    """PyTorch's fused form. x̂ = (x - mean) * rstd, g = dy * weight; training mode (the
+    batch's statistics, which depend on x): dx = (g - mean(g) - x̂ * mean(g * x̂)) * rstd, the
+    means over the batch axes, and the running statistics take no gradient; eval mode:
+    dx = g * rstd, and the running statistics are inputs like any other. Both modes:
+    dweight = sum(dy * x̂), dbias = sum(dy)."""
+    x, running_mean, running_var, weight, bias = node.inputs
+    (dy,) = cts
+    if dy is None:
+        return [None] * 5
+    t = x.type
+    channels = [t.shape[1]]
+    axes = list(_batch_axes(t.rank))
+
+    def per_channel(v):  # [C] -> [1, C, 1, ...], broadcasting against x
+        return gb.reshape(v, [1, t.shape[1]] + [1] * (t.rank - 2))
+
+    def channel_sum(v):  # over the batch axes -> [C]
+        return gb.reshape(gb.op("sum", v, axis=axes), channels)
+
+    def batch_mean(v):
+        return gb.op("mean", v, axis=axes, keepdims=True)
+
+    training = node.attrs["training"]
+    if training:
+        centered = gb.sub(x, batch_mean(x))
+        var = batch_mean(gb.mul(centered, centered))
+    else:
+        centered, var = gb.sub(x, per_channel(running_mean)), per_channel(running_var)
+    eps = gb.constant(np.asarray(_eps(node), NUMPY_DTYPES[t.dtype]))
+    rstd = gb.op("rsqrt", gb.add(var, eps))
+    normalized = gb.mul(centered, rstd)
+    g = dy if weight is None else gb.mul(dy, per_channel(weight))
+    d_mean = d_var = None
+    if training:
+        dx = gb.mul(gb.sub(gb.sub(g, batch_mean(g)),
+                           gb.mul(normalized, batch_mean(gb.mul(g, normalized)))), rstd)
+    else:
+        dx = gb.mul(g, rstd)
+        d_mean = gb.neg(channel_sum(dx))
+        # d/dvar of (x - mean) * (var + eps)^-1/2 = -(x - mean) * rstd^3 / 2
+        half = gb.constant(np.asarray(-0.5, NUMPY_DTYPES[t.dtype]))
+        d_var = channel_sum(gb.mul(gb.mul(dx, normalized), gb.mul(rstd, half)))
+    d_weight = None if weight is None else channel_sum(gb.mul(dy, normalized))
+    d_bias = None if bias is None else channel_sum(dy)
+    return [dx, d_mean, d_var, d_weight, d_bias]
 
 
 register(OpRecord(
@@ -242,20 +416,8 @@ register(OpRecord(
     tensors("x", "running_mean", "running_var") + optional("weight", "bias")
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
-    "Normalize each channel (axis 1) with running statistics, then scale and shift.",
+    "Normalize each channel (axis 1) with running statistics (with the batch's in training "
+    "mode, updating the running ones), then scale and shift.",
     onnx=widened(_batch_norm_onnx),
-    llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n))))
-
-
-def _dropout_check(a: dict) -> None:
-    p = number(a["p"], "p")
-    if not 0 <= p <= 1:
-        raise attr_error("p", f"p must be in [0, 1], got {p}")
-    if a["training"]:
-        raise attr_error("training", "training-mode dropout is not supported yet")
-
-
-register(unary("dropout", lambda x, p, training: x,
-               "Identity outside training (training-mode dropout comes with training).",
-               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity,
-               llvm=lambda kb, attrs, x: x))
+    llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n)),
+    vjp=_batch_norm_vjp, training=_batch_norm_training))
