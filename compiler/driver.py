@@ -136,14 +136,15 @@ class Compilation:
     @classmethod
     def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
            target: str = "native", cpu: targets.Target | None = None,
-           opt_level: int = 1) -> Compilation:
+           opt_level: int = 1, training: bool = False) -> Compilation:
         """The compilation of the model named `model` (default: the file's last) of `program`
-        with compile-time arguments `args`; elaborates it with every optional input now."""
+        with compile-time arguments `args`, in training mode when `training`
+        (elaborate/training.py); elaborates it with every optional input now."""
         with progress.step("elaborating the model"):
-            elaborated = program.elaborate(model, args)
+            elaborated = program.elaborate(model, args, training=training)
 
         def variant(present: frozenset[str]) -> ElaboratedModel:
-            return program.elaborate(model, args, present)
+            return program.elaborate(model, args, present, training)
 
         return cls(elaborated, variant, target, cpu, opt_level)
 

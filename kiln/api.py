@@ -46,6 +46,7 @@ def compile(
     providers: list[str] | None = None,
     opt_level: int = 1,
     threads: int | None = None,
+    training: bool = False,
 ):
     """Compile one model of a file into a callable taking and returning numpy arrays.
 
@@ -58,9 +59,13 @@ def compile(
     opt_level: 1 runs the graph optimizer (constant folding, simplification, BatchNorm
     folding, CSE, DCE); 0 compiles the graph as elaborated. What it did is `model.pass_stats`.
     threads: native code's parallelism (default: every core this process may use).
+    training: elaborate with `training = true` (docs/training.md, "Training mode"): dropout
+    draws its mask from the extra input `rng_key` ([seed, step], i64[2]) and batch_norm uses
+    batch statistics, returning its buffers' new values as extra outputs (`model.updates`).
     """
 
-    compilation, params = prepare(source, model, target, seed, weights, args, strict, opt_level)
+    compilation, params = prepare(source, model, target, seed, weights, args, strict, opt_level,
+                                  training=training)
     if target == "onnx":
         from kiln.runtime.onnx import OnnxModel
 
@@ -77,8 +82,8 @@ def compile(
 def prepare(source: str | os.PathLike | Program, model: str | None = None,
             target: str = "native", seed: int = 0,
             weights: str | os.PathLike | dict | None = None, args: dict[str, Any] | None = None,
-            strict: bool = True, opt_level: int = 1, cpu: Target | None = None
-            ) -> tuple[Compilation, dict[str, np.ndarray]]:
+            strict: bool = True, opt_level: int = 1, cpu: Target | None = None,
+            training: bool = False) -> tuple[Compilation, dict[str, np.ndarray]]:
     """What `compile` builds a model from: the model's Compilation for `target` (`cpu`: the
     CPU of native code, default this machine's) and its parameter values (initial ones from
     `seed`, then `weights` loaded over them). The options as `compile` takes them, checked
@@ -91,11 +96,13 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
         raise KilnError("K0602", f"seed must be a non-negative int, not {seed!r}")
     if opt_level not in (0, 1):
         raise KilnError("K0602", f"opt_level must be 0 or 1, not {opt_level!r}")
+    if not isinstance(training, bool):
+        raise KilnError("K0602", f"training must be True or False, not {training!r}")
     from kiln.compiler.driver import Compilation
     from kiln.compiler.initializers import generate_params
 
     program = source if isinstance(source, Program) else load(source)
-    compilation = Compilation.of(program, model, args, target, cpu, opt_level)
+    compilation = Compilation.of(program, model, args, target, cpu, opt_level, training)
     elaborated = compilation.model
     count = sum(math.prod(i.shape) for i in elaborated.params.values())
     with progress.step(f"initialising {count:,} parameter values"):

@@ -114,6 +114,12 @@ class CompiledModel:
     def outputs(self) -> list[Port]:
         return list(self._signature.outputs)
 
+    @property
+    def updates(self) -> dict[str, int]:
+        """Training mode's buffer updates: {buffer path: index of the output holding its new
+        value} (compiler/elaborate/training.py); empty outside training mode."""
+        return dict(self.model.updates) if self.model is not None else {}
+
     def signature(self) -> str:
         """The model's signature as written: `MLP(x: f32[B, 784]) -> f32[B, 10]`."""
         return str(self._signature)

@@ -69,12 +69,15 @@ class Program:
         model: str | None = None,
         args: dict[str, Any] | None = None,
         present: frozenset[str] | None = None,
+        training: bool = False,
     ) -> ElaboratedModel:
-        """Check and build the graph of one model (all optional inputs present by default)."""
+        """Check and build the graph of one model (all optional inputs present by default),
+        with `training` true or false (elaborate/training.py: what training mode adds)."""
         ref = self.model_ref(model)
         defn = ref.defn
         try:
-            return Elaborator(self.module).elaborate_model(ref, dict(args or {}), present)
+            return Elaborator(self.module, training).elaborate_model(ref, dict(args or {}),
+                                                                     present)
         except RecursionError:
             raise KilnError("K0201", "the model nests too deeply to elaborate", defn.span) from None
 

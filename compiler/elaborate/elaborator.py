@@ -20,8 +20,9 @@ from .graphs import GraphFrames
 from .members import Members, ParamSlot
 from .opcalls import OpCalls
 from .program import ModuleScope
-from .scope import Scope, Unbound
+from .scope import TRAINING, Scope, Unbound
 from .shapes import Shapes
+from .training import RNG_KEY, RNG_KEY_TYPE, UPDATED, TrainingContext
 from .values import ABSENT, BlockRef, Namespace, ParamInfo, Poisoned, Tensor, describe
 
 
@@ -55,6 +56,9 @@ class ElaboratedModel:
     present: frozenset[str]  # the optional inputs this graph was built with
     # block-instance path -> the block's name ('' -> the model), for `kiln summary`
     blocks: dict[str, str] = field(default_factory=dict)
+    training: bool = False  # elaborated with `training = true` (elaborate/training.py)
+    # buffer path -> the index of the output holding its new value (training mode's updates)
+    updates: dict[str, int] = field(default_factory=dict)
 
     def macs_by_scope(self) -> dict[str, Dim]:
         """Multiply-accumulates of one call, per block-instance path ('' is the model)."""
@@ -92,8 +96,9 @@ class Elaborator(ExprMixin, ForwardMixin):
     (declared shapes against actual ones).
     """
 
-    def __init__(self, module: ModuleScope):
+    def __init__(self, module: ModuleScope, training: bool = False):
         self.module = module
+        self.training = training
         self.diag = Diagnostics()
         self.budget = Budget()
         self.frames = GraphFrames(self.diag, self.budget)
@@ -102,6 +107,7 @@ class Elaborator(ExprMixin, ForwardMixin):
         self.builtins = Builtins(self.ops)
         self.members = Members(self, self.diag, self.budget, self.frames)
         self.shapes = Shapes(self, self.frames)
+        self.ops.training = TrainingContext(self.frames, self.members.params)
 
     # ------------------------------------------------------------------ members as values
     def read_member(self, value, span: Span):
@@ -138,8 +144,12 @@ class Elaborator(ExprMixin, ForwardMixin):
         self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
     ) -> ElaboratedModel:
         # sizes compare under the `where X % k == 0` facts found so far (check_where adds them)
-        with assuming() as self.frames.size_facts:
-            return self.elaborate_checked(ref, args, present)
+        mode = TRAINING.set(self.training)
+        try:
+            with assuming() as self.frames.size_facts:
+                return self.elaborate_checked(ref, args, present)
+        finally:
+            TRAINING.reset(mode)
 
     def elaborate_checked(
         self, ref: BlockRef, args: dict[str, Any], present: frozenset[str] | None
@@ -160,6 +170,7 @@ class Elaborator(ExprMixin, ForwardMixin):
             raise KilnError("K0201", f"model {defn.name} has no forward", defn.span)
         inputs, feed = self.model_inputs(root, fwd, present)
         outputs: list[Port] = []
+        updates: dict[str, int] = {}
         try:
             result = self.apply_forward(root, feed, {}, fwd.span)
             results = result if isinstance(result, tuple) else (result,)
@@ -175,6 +186,7 @@ class Elaborator(ExprMixin, ForwardMixin):
             graph.outputs = [r.value for r in results]
             graph.output_names = names
             outputs = [Port(n, r.type) for n, r in zip(names, results, strict=True)]
+            updates = self.training_results(inputs, outputs)
         except Poisoned:
             pass
         except KilnError as err:
@@ -196,7 +208,24 @@ class Elaborator(ExprMixin, ForwardMixin):
             symbols,
             frozenset(p.name for p in inputs if p.optional),
             {inst.path: inst.ref.defn.name for inst in self.members.instances},
+            self.training,
+            updates,
         )
+
+    def training_results(self, inputs: list[Port], outputs: list[Port]) -> dict[str, int]:
+        """Add what training mode adds to the model's signature (elaborate/training.py): the
+        random key input, and an output per updated buffer; returns {buffer path: output}."""
+        ctx = self.ops.training
+        graph = self.frames.root_graph
+        if ctx.key_input is not None:
+            inputs.append(Port(RNG_KEY, RNG_KEY_TYPE))
+        updates: dict[str, int] = {}
+        for path, value in ctx.updates.items():
+            updates[path] = len(graph.outputs)
+            graph.outputs.append(value)
+            graph.output_names.append(UPDATED + path)
+            outputs.append(Port(UPDATED + path, value.type))
+        return updates
 
     def output_names(self, fwd: A.Forward, inputs: list[Port], count: int) -> list[str]:
         """The model's output names: those its signature gives (`-> (mu: f32[..], ..)`), the

@@ -80,11 +80,14 @@ class GraphFrames:
         values = [self.use(t).value if t is not None else None for t in inputs]
         scope = self.path_of_stack()
         types = [self.spelled_as_seen(t) for t in types]
-        uses = self.diag.chain_notes()
-        if uses and span is not None:  # a run-time failure of this node names the user's line
-            span = dataclasses.replace(span, uses=uses)
-        outs = frame.graph.add(op, values, attrs, types, span, scope)
+        outs = frame.graph.add(op, values, attrs, types, self.located(span), scope)
         return [Tensor(v, frame.graph) for v in outs]
+
+    def located(self, span: Span | None) -> Span | None:
+        """`span` with the chain of uses that led to it: a run-time failure of a node made
+        here names the user's line."""
+        uses = self.diag.chain_notes()
+        return dataclasses.replace(span, uses=uses) if uses and span is not None else span
 
     def spelled_as_seen(self, t: TensorType) -> TensorType:
         """t with each size that equals, given the `where` facts, a size met earlier (an input's

@@ -13,6 +13,7 @@ from ..ops.registry import OpRecord
 from ..ops.signature import bind_arguments, tensor_slot_names
 from ..types import NUMPY_DTYPES, TensorType, dtype_of_numpy, promote
 from .graphs import GraphFrames
+from .training import TrainingContext
 from .values import Absent, Poison, Poisoned, Tensor, describe, is_scalar
 
 
@@ -21,6 +22,7 @@ class OpCalls:
 
     def __init__(self, frames: GraphFrames) -> None:
         self.frames = frames
+        self.training: TrainingContext | None = None  # the elaborator's, once it has one
 
     def call_op(self, rec: OpRecord, args: list, kwargs: dict, span: Span):
         """Bind arguments to an op's signature, check them, and add its node to the graph."""
@@ -48,6 +50,9 @@ class OpCalls:
         ):
             return self.fold_scalar_op(rec, tensor_slots, attrs, span)
         inputs = self.promote_inputs(rec, tensor_slots, span)
+        if rec.training is not None and attrs.get("training") is True and self.training:
+            outs = self.training_call(rec, inputs, attrs, span)
+            return tuple(outs) if rec.has(Prop.MULTI_OUTPUT) else outs[0]
         types = [t.type if t is not None else None for t in inputs]
         try:
             out_types = rec.infer(types, attrs)
@@ -58,6 +63,20 @@ class OpCalls:
             raise KilnError(err.code, f"{rec.name}: {err.message}", where, hint) from None
         outs = self.frames.add_node(rec.name, inputs, attrs, out_types, span)
         return tuple(outs) if rec.has(Prop.MULTI_OUTPUT) else outs[0]
+
+    def training_call(self, rec: OpRecord, inputs: list, attrs: dict, span: Span
+                      ) -> list[Tensor]:
+        """The results of an op called with `training = true`, built by its record's training
+        rule (elaborate/training.py)."""
+        self.frames.budget.count_node(span)
+        graph = self.frames.current.graph
+        try:
+            with self.training.call(self.frames.located(span)) as ctx:
+                outs = rec.training(ctx, [None if t is None else t.value for t in inputs],
+                                    attrs)
+        except OpError as err:
+            raise KilnError(err.code, f"{rec.name}: {err.message}", span) from None
+        return [Tensor(v, graph) for v in outs]
 
     def op_tensor_inputs(self, rec, values: dict, span: Span) -> list:
         """The tensor-kind arguments in signature order, as (value, span) or None."""

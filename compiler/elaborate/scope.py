@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ BUILTIN_FUNCTIONS = frozenset(
     }
 )
 BUILTIN_VALUES = {"inf": math.inf, "nan": math.nan, "pi": math.pi, "training": False}
+# the value of `training` in the model being elaborated (Elaborator.elaborate_model sets it)
+TRAINING: ContextVar[bool] = ContextVar("training", default=False)
 NAMESPACES = {"init": Namespace("init"), "ops": Namespace("ops")}
 
 
@@ -113,6 +116,8 @@ def lookup_global(module: ModuleScope | None, name: str, resolve_const) -> Any:
             return value
         if name in module.consts:
             return resolve_const(module, name)
+    if name == "training":
+        return TRAINING.get()
     if name in BUILTIN_VALUES:
         return BUILTIN_VALUES[name]
     if name in NAMESPACES:

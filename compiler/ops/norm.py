@@ -1,12 +1,19 @@
 """Normalization ops with PyTorch semantics in NC(L)/NCHW layout (layer_norm, batch_norm,
-group_norm, instance_norm), and dropout.
+group_norm, instance_norm).
+
+batch_norm in training mode (`training = true`) normalizes with the batch's statistics (mean
+and biased variance of each channel over the batch and spatial axes); a call whose running
+statistics are buffers of the model also updates them, as torch.nn.BatchNorm does:
+running = (1 - momentum) * running + momentum * batch statistic, the variance unbiased
+(times n / (n - 1)), and the block's `num_batches_tracked` counts the call. The updates are
+the model's extra results (compiler/elaborate/training.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType, shape_str
+from ..types import NUMPY_DTYPES, TensorType, shape_str
 from ._common import (
     FLOATS,
     attr_error,
@@ -31,11 +38,6 @@ from .registry import OpError, OpRecord, register
 
 
 # normalization ----------------------------------------------------------------------------
-def _training_off(a: dict) -> None:
-    if a["training"]:
-        raise attr_error("training", "training-mode is not supported yet")
-
-
 def _normalize(x: np.ndarray, axes, eps: float) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) over `axes`, with the biased variance as PyTorch."""
     mean = np.mean(x, axis=axes, keepdims=True)
@@ -215,26 +217,80 @@ register(norm_record(
 
 def _batch_norm_infer(types, a):
     x, mean, var, weight, bias = types
-    _training_off(a)
     check_channels_first(x, 2)
     check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
                   (x.shape[1],), "one value per channel")
+    number(a["momentum"], "momentum")
     return [x]
+
+
+def _batch_axes(rank: int) -> tuple[int, ...]:
+    """The axes batch statistics are taken over: all but the channels (axis 1)."""
+    return (0, *range(2, rank))
 
 
 def _batch_norm_reference(env, inputs, a):
     x, mean, var, weight, bias = inputs
     shape = channel_shape(x)
-    y = (upcast(x) - upcast(mean).reshape(shape)) / np.sqrt(upcast(var).reshape(shape) + a["eps"])
+    if a["training"]:
+        y = _normalize(upcast(x), _batch_axes(x.ndim), a["eps"])
+    else:
+        y = ((upcast(x) - upcast(mean).reshape(shape))
+             / np.sqrt(upcast(var).reshape(shape) + a["eps"]))
     return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
 
 def _batch_norm_onnx(b, n):
-    """BatchNormalization in inference mode; a missing weight is ones, a missing bias zeros."""
+    """BatchNormalization in inference mode (a missing weight is ones, a missing bias zeros);
+    in training mode by hand over the batch axes, as the reference: ONNX's training mode
+    returns the running statistics updated with the biased variance, not PyTorch's."""
     x, mean, var, weight, bias = n.inputs
+    t = n.in_types[0]
+    if n.attrs["training"]:
+        y = _normalized_onnx(b, x, list(_batch_axes(t.rank)), _eps(n), t.dtype)
+        _affine_onnx(b, y, weight, bias, [-1] + [1] * (t.rank - 2), n.outputs)
+        return
     b.node("BatchNormalization", [x, _per_channel(b, n, weight, 1.0),
                                   _per_channel(b, n, bias, 0.0), mean, var], n.outputs,
            epsilon=_eps(n), training_mode=0)
+
+
+def _batch_norm_training(ctx, operands: list, a: dict) -> list:
+    """batch_norm(..., training = true): the node in training mode, and the new running
+    statistics of buffer operands (with the block's num_batches_tracked) as model updates."""
+    x, running_mean, running_var, _weight, _bias = operands
+    gb = ctx.gb
+    results = gb.results("batch_norm", *operands, **a)
+    paths = [ctx.buffer_path(v) for v in (running_mean, running_var)]
+    if paths == [None, None]:  # statistics that are no buffer of the model: nothing to keep
+        return results
+    dtype = x.type.dtype
+    axes = list(_batch_axes(x.type.rank))
+    count = prod(x.type.shape[k] for k in axes)
+    if count.is_const and count.value < 2:
+        raise OpError(f"batch_norm in training mode needs more than one value per channel "
+                      f"to update the running variance, got {shape_str(x.type.shape)}", arg="x")
+
+    def const(value: float):
+        return gb.constant(np.asarray(value, NUMPY_DTYPES[dtype]))
+
+    momentum = const(number(a["momentum"], "momentum"))
+    keep = const(1 - number(a["momentum"], "momentum"))
+    mean = gb.op("mean", x, axis=axes, keepdims=True)
+    centered = gb.sub(x, mean)
+    n = gb.cast(gb.op("dim_value", dim=count), dtype)
+    unbiased = gb.div(gb.mul(gb.op("mean", gb.mul(centered, centered), axis=axes), n),
+                      gb.sub(n, const(1)))
+    batch_stats = (gb.reshape(mean, [x.type.shape[1]]), unbiased)
+    for path, running, stat in zip(paths, (running_mean, running_var), batch_stats,
+                                   strict=True):
+        if path is not None:  # PyTorch's order: momentum * batch + (1 - momentum) * running
+            ctx.update(path, lambda old, stat=stat: gb.add(gb.mul(momentum, stat),
+                                                           gb.mul(keep, old)))
+    counter = ctx.sibling(paths[0] or paths[1], "num_batches_tracked")
+    if counter is not None:
+        ctx.update(counter, lambda old: gb.add(old, gb.constant(np.ones((), "int64"))))
+    return results
 
 
 register(OpRecord(
@@ -242,20 +298,8 @@ register(OpRecord(
     tensors("x", "running_mean", "running_var") + optional("weight", "bias")
     + attrs(("training", False), ("momentum", 0.1), ("eps", 1e-5)),
     _batch_norm_infer, _batch_norm_reference,
-    "Normalize each channel (axis 1) with running statistics, then scale and shift.",
+    "Normalize each channel (axis 1) with running statistics (with the batch's in training "
+    "mode, updating the running ones), then scale and shift.",
     onnx=widened(_batch_norm_onnx),
-    llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n))))
-
-
-def _dropout_check(a: dict) -> None:
-    p = number(a["p"], "p")
-    if not 0 <= p <= 1:
-        raise attr_error("p", f"p must be in [0, 1], got {p}")
-    if a["training"]:
-        raise attr_error("training", "training-mode dropout is not supported yet")
-
-
-register(unary("dropout", lambda x, p, training: x,
-               "Identity outside training (training-mode dropout comes with training).",
-               extra=(("p", 0.5), ("training", False)), check=_dropout_check, onnx=identity,
-               llvm=lambda kb, attrs, x: x))
+    llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n)),
+    training=_batch_norm_training))

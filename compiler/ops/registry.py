@@ -162,6 +162,13 @@ class OpRecord:
     # `gb`, so the backward graph is ordinary IR. A record without a rule is not
     # differentiable: a gradient that must flow through it is an error naming the op.
     vjp: Callable[[Any, VjpNode, list[Any]], list[Any]] | None = None
+    # training(ctx, operands, attrs) -> the op's results: how the elaborator builds a call
+    # whose `training` attribute is true, instead of adding the op's node as it stands.
+    # `ctx` is the elaboration's TrainingContext (compiler/elaborate/training.py): a
+    # GraphBuilder at the call, the run-time random key, a stream number per call, and the
+    # buffer updates the model returns (dropout draws its mask from the key; batch_norm
+    # updates its running statistics). None: `training` is an ordinary attribute.
+    training: Callable[[Any, list[Any], dict], list[Any]] | None = None
 
     def promoted(self, arg: str) -> bool:
         """Whether tensor argument `arg` takes part in dtype promotion."""

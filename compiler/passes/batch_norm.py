@@ -176,8 +176,8 @@ def fold_batch_norm(graph: Graph, ctx: PassContext) -> Graph:
     """
     for nid in graph.nodes_with_op("batch_norm"):
         y = graph.operands(nid)[0]
-        if only_user(graph, y) != nid:
-            continue
+        if only_user(graph, y) != nid or graph.node(nid)["attrs"]["training"]:
+            continue  # training mode normalizes with the batch's statistics: nothing to fold
         f = _Folding(graph, nid, ctx.params)
         if f.stats_values is None:
             continue

@@ -1,12 +1,12 @@
 """Normalization kernels: layer, group and instance norm (`normalize`: two passes, sums in
-f64) and batch norm with running statistics.
+f64) and batch norm, with running statistics or (in training mode) the batch's.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
 
-from .spatial import mean_of
+from .spatial import ZERO, mean_of
 
 
 def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, eps: float,
@@ -56,20 +56,59 @@ def _affine(kb, value, weight, bias, index, dtype: str) -> ir.Value:
 
 
 def batch_norm(kb, n, eps: float) -> None:
-    """(x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]."""
+    """(x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c], with the running statistics,
+    or in training mode the batch's: mean and biased variance of channel c over the batch and
+    spatial axes (two passes, sums in f64, as `normalize`)."""
     x_t = n.in_types[0]
     dtype = x_t.dtype
     b = kb.b
     x, y = kb.input("x"), kb.output()
-    mean, var, weight, bias = (kb.input(name) for name in ("running_mean", "running_var",
-                                                            "weight", "bias"))
-    channels = kb.dim(x_t.shape[1])
+    weight, bias = kb.input("weight"), kb.input("bias")
+    batch, channels = kb.dim(x_t.shape[0]), kb.dim(x_t.shape[1])
     spatial = kb.numel(x_t.shape[2:])
-    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(channels) as c:
-        m = kb.load(mean, c, dtype)
-        root = kb.intrinsic("sqrt", kb.fadd(kb.load(var, c, dtype), kb.const(eps, dtype)))
-        base = b.mul(b.add(b.mul(s, channels), c), spatial)
-        with kb.for_range(spatial) as i:
-            at = b.add(base, i)
-            value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), m), root)
+
+    def start(s, c):  # where sample s's channel c begins
+        return b.mul(b.add(b.mul(s, channels), c), spatial)
+
+    if n.attrs["training"]:
+        def statistics(c):
+            mean = _channel_mean(kb, x, batch, spatial, lambda s: start(s, c), dtype)
+
+            def square(value):
+                centered = kb.fsub(value, mean)
+                return kb.fmul(centered, centered)
+
+            return mean, _channel_mean(kb, x, batch, spatial, lambda s: start(s, c), dtype,
+                                       square)
+    else:
+        running_mean, running_var = kb.input("running_mean"), kb.input("running_var")
+
+        def statistics(c):
+            return kb.load(running_mean, c, dtype), kb.load(running_var, c, dtype)
+
+    with kb.for_range(channels) as c:
+        mean, var = statistics(c)
+        root = kb.intrinsic("sqrt", kb.fadd(var, kb.const(eps, dtype)))
+        with kb.for_range(batch) as s, kb.for_range(spatial) as i:
+            at = b.add(start(s, c), i)
+            value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
             kb.store(y, at, _affine(kb, value, weight, bias, c, dtype), dtype)
+
+
+def _channel_mean(kb, x, batch: ir.Value, spatial: ir.Value, start, dtype: str,
+                  term=None) -> ir.Value:
+    """mean of term(x[start(s) + i]) over samples s < batch and i < spatial, summed in f64;
+    in the compute type of dtype (NaN for no element, as numpy's mean)."""
+    b = kb.b
+
+    def sample(acc, s):
+        base = start(s)
+
+        def step(inner, i):
+            value = kb.load(x, b.add(base, i), dtype)
+            return kb.fadd(inner, kb.convert(term(value) if term else value, "f64"))
+
+        return kb.accumulate(ZERO, spatial, acc, step)
+
+    total = kb.accumulate(ZERO, batch, ir.Constant(ir.DoubleType(), 0.0), sample)
+    return kb.convert(b.fdiv(total, b.sitofp(b.mul(batch, spatial), ir.DoubleType())), dtype)
