@@ -59,6 +59,12 @@ class NumpyKit:
     def sum_squares(self, x: Any) -> Any:
         return np.sum(x * x, dtype=x.dtype)
 
+    def sum(self, x: Any) -> Any:
+        return np.sum(x, dtype=x.dtype)
+
+    def abs(self, x: Any) -> Any:
+        return np.abs(x)
+
     def pow(self, base: float, exponent: Any) -> Any:
         """base ** exponent for a float64 scalar exponent."""
         return np.power(np.float64(base), exponent)
@@ -158,7 +164,13 @@ class GraphKit:
         return Sym(self, self.gb.op("equal", a.value, a._lift(b).value))
 
     def sum_squares(self, x: Sym) -> Sym:
-        return Sym(self, self.gb.op("sum", (x * x).value))
+        return self.sum(x * x)
+
+    def sum(self, x: Sym) -> Sym:
+        return Sym(self, self.gb.op("sum", x.value))
+
+    def abs(self, x: Sym) -> Sym:
+        return Sym(self, self.gb.op("abs", x.value))
 
     def pow(self, base: float, exponent: Sym) -> Sym:
         return Sym(self, self.gb.op("pow", self.const(base, exponent.dtype).value,
