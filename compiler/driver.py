@@ -5,6 +5,7 @@
     compilation.lowered(weights)              # the graph optimized for the target
     compilation.native(weights)               # object code for the CPU, and its layout
     compilation.onnx(weights)                 # the ONNX proto, with its run-time checks
+    compilation.gradient(weights)             # its vector-Jacobian product, optimized
 
 Each product is made for exactly what it depends on, and once:
 - the elaborated model: by the set of optional inputs given (`present`); the program, the
@@ -15,7 +16,10 @@ Each product is made for exactly what it depends on, and once:
 - the native object: by the optimized graph, the CPU and kiln's version, in the on-disk compile
   cache (codegen/llvm/cache.py), not in memory: a running model keeps the code it loaded;
 - the ONNX proto: made on demand, not kept (it holds a copy of every weight); a running model
-  keeps the session made from it.
+  keeps the session made from it;
+- the gradient model (autodiff.grad of the elaborated graph: cotangents in, outputs and
+  gradients out): elaborated by `present`, optimized as the model is, by the weights,
+  `present` and the pipeline, and compiled as any graph (native: `native(..., gradient=True)`).
 
 What is made from parameter values lives in a `Weights`: new values are a new Weights, and what
 was made from the old ones goes with them. Tables fill under one reentrant lock (`Builds`),
@@ -33,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from . import pipelines, progress
+from . import autodiff, pipelines, progress
 from .codegen.llvm import target as targets
 from .codegen.llvm.machine import compile_object
 from .codegen.llvm.module import ModuleLayout
-from .elaborate import ElaboratedModel, Program
+from .elaborate import ElaboratedModel, Port, Program
 from .errors import KilnError, Span
 
 # the optimizer's pipeline (pipelines.PIPELINES) for each target
@@ -80,11 +84,40 @@ class Weights:
 
     params: dict[str, np.ndarray]
     lowered: dict[tuple, ElaboratedModel] = dataclasses.field(default_factory=dict)
+    gradients: dict[tuple, GradientModel] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def of(params: dict[str, np.ndarray]) -> Weights:
         """The weights of these values, kept as read-only views."""
         return Weights(read_only(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientModel:
+    """A model's vector-Jacobian product as a model of its own: inputs are the model's then
+    one cotangent per float output, outputs the model's then the gradient of every trainable
+    parameter and every float input (autodiff.GradLayout says which output is which)."""
+
+    model: ElaboratedModel
+    layout: autodiff.GradLayout
+
+    @staticmethod
+    def of(model: ElaboratedModel) -> GradientModel:
+        """The gradient model of an elaborated (not yet optimized) model."""
+        source = model.graph
+        graph, layout = autodiff.grad(source, autodiff.differentiable_params(source),
+                                      autodiff.differentiable_inputs(source))
+        ins = list(model.inputs) + [
+            Port(name, out.type, span=out.span)
+            for name, out in zip(layout.cotangents, model.outputs, strict=True) if name]
+        param_types = {source.node(n)["attrs"]["path"]: source.node(n)["types"][0]
+                       for n in source.params()}
+        input_types = {p.name: p.type for p in model.inputs}
+        outs = list(model.outputs)
+        outs += [Port(autodiff.GRADIENT_PREFIX + p, param_types[p]) for p in layout.params]
+        outs += [Port(autodiff.GRADIENT_PREFIX + n, input_types[n]) for n in layout.inputs]
+        return GradientModel(dataclasses.replace(model, graph=graph, inputs=ins, outputs=outs),
+                             layout)
 
 
 @dataclasses.dataclass
@@ -132,6 +165,7 @@ class Compilation:
         self.pipeline_stats: dict[str, list] = {}
         self._variant = variant
         self._elaborated = {model.present: model}
+        self._gradients: dict[frozenset[str], GradientModel] = {}
 
     @classmethod
     def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
@@ -181,14 +215,35 @@ class Compilation:
                 self.pass_stats = stats
         return dataclasses.replace(model, graph=graph)
 
+    def gradient(self, weights: Weights, present: frozenset[str] | None = None,
+                 pipeline: str | None = None) -> GradientModel:
+        """The model's vector-Jacobian product (GradientModel) for these optional inputs,
+        optimized with `weights` by `pipeline` (default: the target's), as `lowered` optimizes
+        the model itself. Made once per set of weights."""
+        present = self.model.present if present is None else present
+        pipeline = pipeline or self.pipeline
+        return self.builds.once(weights.gradients, (present, pipeline),
+                                lambda: self._optimized_gradient(weights, present, pipeline))
+
+    def _optimized_gradient(self, weights: Weights, present: frozenset[str], pipeline: str
+                            ) -> GradientModel:
+        plain = self.builds.once(self._gradients, present,
+                                 lambda: GradientModel.of(self.elaborated(present)))
+        with progress.step(f"optimizing the gradient graph ({len(plain.model.graph)} nodes)"):
+            graph, _stats = pipelines.optimize(plain.model, self.opt_level,
+                                               params=weights.params, pipeline=pipeline)
+        return GradientModel(dataclasses.replace(plain.model, graph=graph), plain.layout)
+
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
-               stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None) -> NativeObject:
-        """Object code of the native-optimized model for `cpu` (default: the compilation's),
-        through the on-disk compile cache. `with_plan` adds `kiln_plan` (the memory plan as a
-        C function, for a library); `stamp(layout)` gives read-only data symbols to add
-        (name -> bytes)."""
-        model = self.lowered(weights, present, "native")
+               stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
+               gradient: bool = False) -> NativeObject:
+        """Object code of the native-optimized model (`gradient`: of its gradient model) for
+        `cpu` (default: the compilation's), through the on-disk compile cache. `with_plan`
+        adds `kiln_plan` (the memory plan as a C function, for a library); `stamp(layout)`
+        gives read-only data symbols to add (name -> bytes)."""
+        model = (self.gradient(weights, present, "native").model if gradient
+                 else self.lowered(weights, present, "native"))
         cpu = cpu or self.cpu or targets.host()
         code, layout, machine = compile_object(model, cpu, with_plan, stamp)
         return NativeObject(model, code, layout, machine)

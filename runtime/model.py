@@ -5,8 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class CompiledModel:
             if self._signature.named_outputs else None
         )
         # the size checks of each variant's graph (compiler/sizes.SizeCheck)
-        self._size_checks: dict[frozenset[str], tuple[object, SizeCheck]] = {}
+        self._size_checks: dict[Hashable, tuple[object, SizeCheck]] = {}
 
     @property
     def params(self) -> Mapping[str, np.ndarray]:
@@ -194,10 +195,57 @@ class CompiledModel:
     def run(self, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def check_sizes(self, present: frozenset[str], graph: Graph | None, dims: dict[str, int],
+    def vjp(self, *args, cotangents: list | tuple | None = None, **kwargs
+            ) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Reverse mode: (outputs, grads, input_grads) of a call with these inputs.
+
+        `cotangents` has one array per output, of the output's dtype and shape (None: zero;
+        an integer or bool output takes None); it may be left out when every float output is
+        0-d (a loss: its cotangent is 1). `grads` maps every trainable parameter's path (as
+        `params` names it) to the gradient of sum(outputs * cotangents) with respect to it,
+        `input_grads` every floating-point input's name to its gradient; outputs are what a
+        call returns. The gradient graph is compiled as the model is (once per set of
+        weights and optional inputs), with the same optimizer pipeline and backend."""
+        arrays, dims = self._signature.bind(args, kwargs)
+        present = self._present(arrays)
+        state = self._state  # one set of weights for the whole call
+        gradient = self._compiled().gradient(state.weights, present)
+        layout = gradient.layout
+        if cotangents is None:
+            cotangents = self._loss_cotangents(layout.cotangents)
+        cts = self._signature.bind_cotangents(cotangents, layout.cotangents, dims)
+        feed = {**arrays, **dict(zip([n for n in layout.cotangents if n], cts, strict=True))}
+        results = self.run_gradient(state, present, feed, dims)
+        grads = {p: results[layout.param_output(p)] for p in layout.params}
+        input_grads = {n: results[layout.input_output(n)] for n in layout.inputs}
+        return self.pack_results(results[:layout.outputs]), grads, input_grads
+
+    def _loss_cotangents(self, names: tuple[str | None, ...]) -> list:
+        """The cotangents of outputs that are all 0-d where they are float: ones (d loss)."""
+        outs = self._signature.outputs
+        if any(n is not None and p.type.rank for p, n in zip(outs, names, strict=True)):
+            raise KilnError("K0501", f"vjp needs cotangents: {self.name} has an output that "
+                            "is not a 0-d loss", hint="vjp(x, cotangents=[dy, ...]), one "
+                            "array per output, of its shape")
+        return [None if n is None else np.ones((), p.type.np_dtype)
+                for p, n in zip(outs, names, strict=True)]
+
+    def _present(self, arrays: dict[str, np.ndarray]) -> frozenset[str]:
+        """The optional inputs a call gives."""
+        return frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
+
+    def run_gradient(self, state: State, present: frozenset[str],
+                     arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
+        """Run the gradient model (driver.GradientModel) for the optional inputs `present`
+        with `state`'s weights: its inputs by name (cotangents included), all outputs."""
+        raise KilnError("K0602", f"vjp is not available on the {self.target} target",
+                        hint='compile with target="native" or target="reference"')
+
+    def check_sizes(self, present: Hashable, graph: Graph | None, dims: dict[str, int],
                     more: list[TensorType] = ()) -> None:
-        """Refuse (K0505) sizes that make a tensor of `graph` (of the variant for the optional
-        inputs `present` a backend runs; None: a library's, which has only `more`) negative
+        """Refuse (K0505) sizes that make a tensor of `graph` (of the variant `present` a
+        backend runs: the set of optional inputs given, or a key of its own for a gradient
+        model; None: a library's, which has only `more`) negative
         or too large (compiler/sizes.SizeCheck), before the backend is entered; `more`: types
         the backend keeps beside the graph."""
         cached = self._size_checks.get(present)

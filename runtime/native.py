@@ -66,7 +66,7 @@ class _Variant:
 
     signature: Signature
     graph: Graph | None
-    present: frozenset[str]
+    present: frozenset[str] | tuple  # the optional inputs given, or (them, "vjp")
     layout: ModuleLayout
     code: LoadedCode
     entry: object  # the `run` entry point
@@ -241,8 +241,9 @@ class NativeModel(CompiledModel):
         self._fast = _FastPath.of(interface.signature, layout.symbols)
         return self
 
-    def _variant_of(self, state: State, present: frozenset[str]) -> _Variant:
-        """The compiled variant for these optional inputs and weights, built once."""
+    def _variant_of(self, state: State, present: frozenset[str] | tuple) -> _Variant:
+        """The compiled variant for these optional inputs (or, keyed `(present, "vjp")`, the
+        gradient model for them) and weights, built once."""
         variant = state.built.get(present)
         if variant is not None:
             return variant
@@ -252,15 +253,17 @@ class NativeModel(CompiledModel):
         return self._builds.once(state.built, present,
                                  lambda: self._build(state.weights, present))
 
-    def _build(self, weights: Weights, present: frozenset[str]) -> _Variant:
-        native = self.compilation.native(weights, present)
+    def _build(self, weights: Weights, key: frozenset[str] | tuple) -> _Variant:
+        """Compile and load the variant `key` (see _variant_of)."""
+        gradient = isinstance(key, tuple)
+        native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
         entry = _ENTRY(engine.get_function_address("run"))
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
             self.threads)
-        return _Variant.bound(Signature.of(native.model), native.model.graph, present,
+        return _Variant.bound(Signature.of(native.model), native.model.graph, key,
                               native.layout, LoadedCode(engine=engine), entry, weights.params)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
@@ -318,8 +321,15 @@ class NativeModel(CompiledModel):
         return self.pack_results(self._enter(variant, call, args, _outputs(call)))
 
     def run(self, arrays, dims):
-        present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        variant = self._variant_of(self._state, present)
+        return self._run_variant(self._variant_of(self._state, self._present(arrays)), arrays,
+                                 dims)
+
+    def run_gradient(self, state, present, arrays, dims):
+        return self._run_variant(self._variant_of(state, (present, "vjp")), arrays, dims)
+
+    def _run_variant(self, variant: _Variant, arrays: dict[str, np.ndarray],
+                     dims: dict[str, int]) -> list[np.ndarray]:
+        """Call `variant` with its inputs by name: outputs allocated, checked sizes."""
         call = self._prepare(variant, dims)
         outs = _outputs(call)
         self._enter(variant, call, [arrays[p.name] for p in variant.signature.inputs], outs)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from ..compiler.elaborate import ElaboratedModel
 from ..compiler.evaluate import run_graph
-from .model import CompiledModel
+from .model import CompiledModel, State
 
 
 class ReferenceModel(CompiledModel):
@@ -16,9 +19,19 @@ class ReferenceModel(CompiledModel):
     target = "reference"
 
     def run(self, arrays, dims):
-        present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
         state = self._state  # one set of weights for the whole call
-        model = self.compilation.lowered(state.weights, present)
+        model = self.compilation.lowered(state.weights, self._present(arrays))
         self.check_sizes(model.present, model.graph, dims)
-        feed = [arrays[model.graph.node(n)["attrs"]["name"]] for n in model.graph.inputs]
-        return run_graph(model.graph, feed, state.params, dims)
+        return _run(model, arrays, state, dims)
+
+    def run_gradient(self, state, present, arrays, dims):
+        model = self.compilation.gradient(state.weights, present).model
+        self.check_sizes((present, "vjp"), model.graph, dims)
+        return _run(model, arrays, state, dims)
+
+
+def _run(model: ElaboratedModel, arrays: dict[str, np.ndarray], state: State,
+         dims: dict[str, int]) -> list[np.ndarray]:
+    """The model's graph run on its inputs by name, with `state`'s weights."""
+    feed = [arrays[model.graph.node(n)["attrs"]["name"]] for n in model.graph.inputs]
+    return run_graph(model.graph, feed, state.params, dims)

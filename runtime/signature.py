@@ -90,6 +90,40 @@ class Signature:
         dims = self._bind_dims([p for p in ports if p.name in arrays], arrays)
         return arrays, dims
 
+    def bind_cotangents(self, cotangents: Any, names: tuple[str | None, ...],
+                        dims: dict[str, int]) -> list[np.ndarray]:
+        """Check a vjp call's cotangents (one per output, None for an output that takes none
+        or whose cotangent is zero) as inputs are checked, against each output's type at
+        this call's sizes; returns one array per output that takes a cotangent (`names`: its
+        cotangent input's name, None where it takes none), zeros where None was given."""
+        outs = self.outputs
+        if not isinstance(cotangents, (list, tuple)):
+            raise KilnError("K0501", f"cotangents must be a list with one array per output of "
+                            f"{self.name} ({len(outs)}), not {type(cotangents).__name__}")
+        if len(cotangents) != len(outs):
+            raise KilnError("K0501", f"{self.name} has {len(outs)} outputs "
+                            f"({', '.join(p.name for p in outs)}), but {len(cotangents)} "
+                            "cotangents were given", hint="give one per output (None: zero)")
+        arrays = []
+        for port, name, value in zip(outs, names, cotangents, strict=True):
+            shape = [_ev(d, dims) for d in port.type.shape]
+            if name is None:
+                if value is not None:
+                    raise KilnError("K0502", f"output {port.name} is {port.type.dtype}: it "
+                                    "takes no cotangent", hint="pass None for it")
+                continue
+            what = Port(name, port.type, span=port.span)
+            if value is None:
+                arrays.append(np.zeros(shape, port.type.np_dtype))
+                continue
+            array = self._check_array(what, value)
+            if list(array.shape) != shape:
+                raise KilnError("K0503", f"input {name} must have the shape of output "
+                                f"{port.name}, {shape_str(port.type.shape)} = {shape} at "
+                                f"these sizes, but its shape is {list(array.shape)}")
+            arrays.append(array)
+        return arrays
+
     def _check_array(self, port: Port, value) -> np.ndarray:
         want = port.type.dtype
         if not isinstance(value, np.ndarray):

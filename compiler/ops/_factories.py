@@ -50,11 +50,13 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
                 dtypes: frozenset[str] = FLOATS, out_dtype: OutDtype = None,
                 extra: tuple[tuple[str, Any], ...] = (), check: Callable = _no_check,
                 promote: bool = False, props: frozenset[Prop] = frozenset(),
-                onnx: Emitter | None = None, llvm: Callable | None = None) -> OpRecord:
+                onnx: Emitter | None = None, llvm: Callable | None = None,
+                vjp: Callable | None = None) -> OpRecord:
     """An op applied element by element: fn(*inputs, **attrs) over broadcast inputs.
 
     Half-float inputs are computed in f32 and the result cast to the output dtype. `llvm`, when
     given, is the op on one element in LLVM IR: llvm(kernel_builder, attrs, *values) -> value.
+    `vjp` is its gradient rule (OpRecord.vjp).
     """
     names = ("x",) if arity == 1 else ("a", "b")
 
@@ -80,7 +82,7 @@ def elementwise(name: str, fn: Callable, doc: str, *, arity: int = 1,
 
     return OpRecord(name, tensors(*names) + attrs(*extra), infer, reference, doc,
                     promote=promote, props=props | {Prop.ELEMENTWISE}, onnx=onnx,
-                    llvm=lower if llvm is not None else None, scalar=llvm)
+                    llvm=lower if llvm is not None else None, scalar=llvm, vjp=vjp)
 
 
 def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
@@ -90,18 +92,19 @@ def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
 
 def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
            out_dtype: OutDtype = None, onnx: Emitter | None = None,
-           llvm: Callable | None = None) -> OpRecord:
+           llvm: Callable | None = None, vjp: Callable | None = None) -> OpRecord:
     """A broadcasting elementwise op of `a` and `b`, whose dtypes the elaborator promotes."""
     return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True,
-                       onnx=onnx, llvm=llvm)
+                       onnx=onnx, llvm=llvm, vjp=vjp)
 
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
               out_dtype: OutDtype = None, single_axis: bool = False,
               onnx: Emitter | None = None, llvm: Callable | None = None,
-              props: frozenset[Prop] = frozenset()) -> OpRecord:
+              props: frozenset[Prop] = frozenset(), vjp: Callable | None = None) -> OpRecord:
     """A reduction fn(x, axis=, keepdims=) over `axis` (None = all, an int, or a list).
-    `llvm(kernel_builder, node, axes)` gets the reduced axes normalised (sorted, distinct)."""
+    `llvm(kernel_builder, node, axes)` gets the reduced axes normalised (sorted, distinct);
+    `vjp` is its gradient rule (OpRecord.vjp)."""
 
     def axes_of(rank, axis):
         if single_axis and is_list(axis):
@@ -132,12 +135,13 @@ def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUM
 
     args = tensors("x") + attrs(("axis", None), ("keepdims", False))
     return OpRecord(name, args, infer, reference, doc, onnx=onnx,
-                    llvm=lower if llvm is not None else None, props=props)
+                    llvm=lower if llvm is not None else None, props=props, vjp=vjp)
 
 
 def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,
-               llvm: Callable | None = None) -> OpRecord:
-    """A float op fn(x, axis) normalising along one axis; the shape is unchanged."""
+               llvm: Callable | None = None, vjp: Callable | None = None) -> OpRecord:
+    """A float op fn(x, axis) normalising along one axis; the shape is unchanged; `vjp` is its
+    gradient rule (OpRecord.vjp)."""
 
     def infer(types, attrs_):
         (x,) = types
@@ -155,7 +159,7 @@ def along_axis(name: str, fn: Callable, doc: str, onnx: Emitter | None = None,
         llvm(kb, n, normalize_axis(n.attrs["axis"], max(n.in_types[0].rank, 1)))
 
     return OpRecord(name, tensors("x") + attrs(("axis", -1)), infer, reference, doc, onnx=onnx,
-                    llvm=lower if llvm is not None else None)
+                    llvm=lower if llvm is not None else None, vjp=vjp)
 
 
 def concrete_types(inputs: list[np.ndarray | None]) -> list[TensorType | None]:

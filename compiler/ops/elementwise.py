@@ -34,6 +34,7 @@ from ._common import (
 )
 from ._emit import BF16_UP, attr_number, by_kind, cast, identity, one, onnx_op, trimmed, widened
 from ._factories import binary, unary
+from ._grad import elementwise_vjp, float_only, like_scalar, masked, unbroadcast
 from .registry import REQUIRED, OpRecord, Prop, register
 
 
@@ -46,7 +47,8 @@ def _const(b, n, value):
 
 # arithmetic of one tensor -----------------------------------------------------------------
 register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
-               llvm=lambda kb, a, x: kb.neg(x)))
+               llvm=lambda kb, a, x: kb.neg(x),
+               vjp=float_only(lambda gb, node, cts: [gb.neg(cts[0])])))
 
 
 def _abs_llvm(kb, _a, x):
@@ -103,8 +105,15 @@ register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op(
                llvm=lambda kb, a, x: kb.sigmoid(x)))
 
 
+def _relu_vjp(gb, node, cts):
+    """ct where x > 0, else 0 (PyTorch's threshold_backward: none at 0)."""
+    (x,) = node.inputs
+    return [masked(gb, gb.op("greater", x, like_scalar(gb, 0.0, x)), cts[0])]
+
+
 register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
-               onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0))))
+               onnx=onnx_op("Relu"), llvm=lambda kb, a, x: kb.maximum(x, kb.lit(x, 0)),
+               vjp=float_only(_relu_vjp)))
 
 
 register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
@@ -311,15 +320,35 @@ register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
 
 
 # arithmetic of two tensors ----------------------------------------------------------------
+def _binary_vjp(da, db):
+    """The rule of a broadcasting binary op: the cotangent times each partial derivative
+    (`da(gb, node, ct)`, `db(...)`, of the broadcast shape; None: no gradient), summed back to
+    each operand's shape."""
+
+    def vjp(gb, node, cts):
+        (ct,), (a, b) = cts, node.inputs
+        return [None if d is None else unbroadcast(gb, d(gb, node, ct), v.type)
+                for d, v in ((da, a), (db, b))]
+
+    return float_only(vjp)
+
+
+def _cotangent(gb, node, ct):
+    return ct
+
+
 # on bools numpy's + and max are `or`, * and min are `and`
 register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or")),
-                llvm=lambda kb, a, x, y: kb.add(x, y)))
+                llvm=lambda kb, a, x, y: kb.add(x, y), vjp=_binary_vjp(_cotangent, _cotangent)))
 register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub"),
-                llvm=lambda kb, a, x, y: kb.sub(x, y)))
+                llvm=lambda kb, a, x, y: kb.sub(x, y),
+                vjp=_binary_vjp(_cotangent, lambda gb, node, ct: gb.neg(ct))))
 register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And")),
-                llvm=lambda kb, a, x, y: kb.mul(x, y)))
+                llvm=lambda kb, a, x, y: kb.mul(x, y),
+                vjp=_binary_vjp(lambda gb, node, ct: gb.mul(ct, node.inputs[1]),
+                                lambda gb, node, ct: gb.mul(ct, node.inputs[0]))))
 
 
 def _true_div_dtype(dtype, _attrs):
@@ -341,7 +370,11 @@ def _div_llvm(kb, _attrs, a, b):
 
 register(binary("div", np.true_divide, "a / b, true division (integers give f32).",
                 out_dtype=_true_div_dtype, onnx=by_kind(onnx_op("Div"), int=_int_true_div_onnx),
-                llvm=_div_llvm))
+                llvm=_div_llvm,
+                # d(a/b)/db = -a/b^2 = -(a/b)/b
+                vjp=_binary_vjp(lambda gb, node, ct: gb.div(ct, node.inputs[1]),
+                                lambda gb, node, ct: gb.neg(gb.div(gb.mul(ct, node.outputs[0]),
+                                                                   node.inputs[1])))))
 
 
 def _float_divmod(b, n):

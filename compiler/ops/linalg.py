@@ -18,6 +18,7 @@ from ._common import (
     upcast,
 )
 from ._emit import onnx_op
+from ._grad import float_only, swap_last, unbroadcast
 from .registry import OpError, OpRecord, Prop, register
 
 
@@ -137,7 +138,23 @@ def _loops(kb, n, a, b, c) -> None:
                 kb.store(c, at, kb.add(kb.load(c, at, out_t.dtype), kb.mul(x, y)), out_t.dtype)
 
 
+def _vjp(gb, node, cts):
+    """da = ct @ b^T, db = a^T @ ct, on the operands as matrices (a 1-D a is [1, K], a 1-D b
+    is [K, 1], as the forward takes them), summed over the batch axes each was broadcast
+    along, then in each operand's own shape."""
+    (ct,), (a, b) = cts, node.inputs
+    batch, m, _k, n = _matrix_shapes(a.type, b.type)
+    am = a if a.type.rank > 1 else gb.reshape(a, [1, a.type.shape[0]])
+    bm = b if b.type.rank > 1 else gb.reshape(b, [b.type.shape[0], 1])
+    ctm = gb.reshape(ct, [*batch, m, n]) if ct.type.rank != len(batch) + 2 else ct
+    da = unbroadcast(gb, gb.matmul(ctm, swap_last(gb, bm)), am.type)
+    db = unbroadcast(gb, gb.matmul(swap_last(gb, am), ctm), bm.type)
+    return [da if am is a else gb.reshape(da, list(a.type.shape)),
+            db if bm is b else gb.reshape(db, list(b.type.shape))]
+
+
 register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   "Matrix product a @ b: batched and broadcasting, 1-D operands as numpy.",
                   promote=True, macs=_macs, onnx=onnx_op("MatMul"), llvm=_llvm,
-                  props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}), packed_weight="b"))
+                  props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}), packed_weight="b",
+                  vjp=float_only(_vjp)))

@@ -13,6 +13,7 @@ from ..types import NUMPY_DTYPES
 from ._common import ALL_DTYPES, FLOATS, INTS, normalize_axes, normalize_axis
 from ._emit import BF16_UP, HALF_UP, cast, one, widened
 from ._factories import along_axis, reduction
+from ._grad import expand_to, float_only, reduced_back, size_value
 from .registry import Prop, register
 
 
@@ -237,13 +238,62 @@ def _logsumexp_llvm(kb, n, axes):
               lambda results: kb.add(kb.intrinsic("log", results[1]), shift(results[0])))
 
 
+# gradient rules ---------------------------------------------------------------------------
+def _reduced(node):
+    """The reduced axes of a reduction node, normalised."""
+    return list(normalize_axes(node.attrs["axis"], node.inputs[0].type.rank))
+
+
+def _spread(gb, node, ct):
+    """The cotangent of a reduction put back on every element of its input (keepdims, then
+    broadcast): the gradient of a sum."""
+    x = node.inputs[0].type
+    return expand_to(gb, reduced_back(gb, ct, x, _reduced(node), node.attrs["keepdims"]), x)
+
+
+def _sum_vjp(gb, node, cts):
+    return [_spread(gb, node, cts[0])]
+
+
+def _mean_vjp(gb, node, cts):
+    """The sum's gradient over the count of reduced elements (a size: symbolic, maybe)."""
+    x = node.inputs[0].type
+    count = Dim.of(1)
+    for a in _reduced(node):
+        count = count * x.shape[a]
+    return [gb.div(_spread(gb, node, cts[0]), size_value(gb, count, x.dtype))]
+
+
+def _axis_of(node) -> int:
+    """The normalised axis of a softmax or log_softmax node (a 0-d input: its only element)."""
+    rank = node.inputs[0].type.rank
+    return normalize_axis(node.attrs["axis"], max(rank, 1)) if rank else None
+
+
+def _row_sum(gb, x, axis):
+    """sum(x, axis, keepdims) (all of a 0-d x)."""
+    return gb.op("sum", x, axis=axis, keepdims=True)
+
+
+def _softmax_vjp(gb, node, cts):
+    """y * (ct - sum(ct * y)) along the axis, y the softmax (PyTorch's _softmax_backward)."""
+    (ct,), (y,) = cts, node.outputs
+    return [gb.mul(y, gb.sub(ct, _row_sum(gb, gb.mul(ct, y), _axis_of(node))))]
+
+
+def _log_softmax_vjp(gb, node, cts):
+    """ct - exp(y) * sum(ct) along the axis, y the log_softmax (stable: exp(y) <= 1)."""
+    (ct,), (y,) = cts, node.outputs
+    return [gb.sub(ct, gb.mul(gb.op("exp", y), _row_sum(gb, ct, _axis_of(node))))]
+
+
 # max, min and their indices have nothing to give for an empty axis
 _NO_IDENTITY = frozenset({Prop.NO_IDENTITY})
 register(reduction("sum", np.sum, "Sum over axis (None = every axis).", dtypes=ALL_DTYPES,
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceSum", _WIDEN_TO_I64),
-                   llvm=_fold_llvm("add", 0)))
+                   llvm=_fold_llvm("add", 0), vjp=float_only(_sum_vjp)))
 register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
-                   onnx=widened(_mean), llvm=_mean_llvm))
+                   onnx=widened(_mean), llvm=_mean_llvm, vjp=_mean_vjp))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMax"),
                    llvm=_fold_llvm("maximum", "lowest"), props=_NO_IDENTITY))
@@ -265,7 +315,8 @@ register(reduction("logsumexp", logsumexp, "log(sum(exp(x))) over axis, computed
                    dtypes=FLOATS, onnx=widened(_logsumexp_onnx), llvm=_logsumexp_llvm))
 register(along_axis("softmax", softmax, "exp(x) / sum(exp(x)) along axis, computed stably.",
                     onnx=_softmax_onnx("Softmax"),
-                    llvm=lambda kb, n, axis: kb.softmax(n, axis)))
+                    llvm=lambda kb, n, axis: kb.softmax(n, axis), vjp=_softmax_vjp))
 register(along_axis("log_softmax", log_softmax, "log(softmax(x)) along axis, computed stably.",
                     onnx=_softmax_onnx("LogSoftmax"),
-                    llvm=lambda kb, n, axis: kb.softmax(n, axis, log=True)))
+                    llvm=lambda kb, n, axis: kb.softmax(n, axis, log=True),
+                    vjp=_log_softmax_vjp))

@@ -148,21 +148,32 @@ def _flip_llvm(kb, n):
 
 register(movement("reshape", "The same elements in a new shape (one size may be -1).",
                   attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
-                  _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+                  _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE,
+                  vjp=lambda gb, node, cts: [gb.reshape(cts[0], list(node.inputs[0].type.shape))]))
 register(movement("flatten", "Merge axes start..end (inclusive) into one.",
                   attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten, _flatten_onnx,
                   llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+def _unpermuted(permutation):
+    """The gradient rule of an axis permutation: the cotangent permuted back."""
+
+    def vjp(gb, node, cts):
+        perm = permutation(node.inputs[0].type.rank, node.attrs)
+        return [gb.permute(cts[0], [int(i) for i in np.argsort(perm)])]
+
+    return vjp
+
+
 register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
                   lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
                   llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_swap))
+                  props=_PERMUTE, permutation=_swap, vjp=_unpermuted(_swap)))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_permutation))
+                  props=_PERMUTE, permutation=_permutation, vjp=_unpermuted(_permutation)))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
