@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KilnError
+from ..types import NUMPY_DTYPES
 
 # ------------------------------------------------------------------ kits
 
@@ -134,11 +135,7 @@ class GraphKit:
         return Sym(self, value)
 
     def const(self, value: float, dtype: str) -> Sym:
-        np_dtype = {"f32": np.float32, "f64": np.float64, "f16": np.float16}.get(dtype)
-        if np_dtype is None:
-            raise KilnError("K0830", f"optimizers update float32 or float64 parameters, "
-                            f"not {dtype}")
-        return Sym(self, self.gb.constant(np.asarray(value, np_dtype)))
+        return Sym(self, self.gb.constant(np.asarray(value, NUMPY_DTYPES[dtype])))
 
     def scalar(self, value: float) -> Sym:
         return self.const(value, "f64")
@@ -369,6 +366,14 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 
 
+def by_name(name: str, **hyperparameters: Any) -> Optimizer:
+    """The optimizer called `name` (sgd, adam, adamw, rmsprop) with these hyperparameters,
+    checked (K0832 for an unknown name or argument, K0831 for a bad value)."""
+    optimizer = optimizer_from_config({"name": name, **hyperparameters})
+    optimizer.check()
+    return optimizer
+
+
 def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     """The optimizer a checkpoint's header describes (Optimizer.config)."""
     fields = dict(config)
@@ -378,6 +383,11 @@ def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
                         hint=f"optimizers: {', '.join(OPTIMIZERS)}")
     if "betas" in fields:
         fields["betas"] = tuple(fields["betas"])
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise KilnError("K0832", f"{cls.name} takes no argument {unknown[0]!r}",
+                        hint=f"its arguments: {', '.join(sorted(names))}")
     return cls(**fields)
 
 
@@ -459,5 +469,5 @@ def cosine(total: int, warmup: int = 0, min_factor: float = 0.0) -> Schedule:
 
 
 __all__ = ["NUMPY", "SGD", "Adam", "AdamW", "GraphKit", "Optimizer", "RMSprop", "Schedule",
-           "apply_updates", "clip_by_global_norm", "constant", "cosine", "initial_state",
+           "apply_updates", "by_name", "clip_by_global_norm", "constant", "cosine", "initial_state",
            "numpy_step", "optimizer_from_config", "step_decay"]

@@ -71,8 +71,13 @@ class LossSpec:
 
     @property
     def class_index(self) -> bool:
-        """Whether the target holds class indices."""
+        """Whether the target holds class indices (classification: metrics of the argmax)."""
         return self.path is None and self.name in CLASS_INDEX_LOSSES
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the target may hold class probabilities instead (a float array)."""
+        return self.path is None and self.name == "cross_entropy"
 
     def __str__(self) -> str:
         return self.name if self.path is None else f"{self.path}:{self.name}"

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
 from kiln.compiler.errors import KilnError
 from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
@@ -129,7 +130,7 @@ class Trainer:
     def _target(self, y: Any) -> np.ndarray:
         """The target as the step takes it; refuses (K0834, K0835) labels that do not fit."""
         y = np.asarray(y)
-        if self.loss.class_index:
+        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"):
             if y.dtype.kind not in "iu":
                 raise KilnError("K0834", f"input target must hold class indices (integers) "
                                 f"for {self.loss.name}, but the array is {y.dtype}",
@@ -149,7 +150,7 @@ class Trainer:
     def _classes(self) -> int | None:
         """The number of classes: axis 1 of the model's first output, when fixed."""
         shape = self._compilation.model.outputs[0].type.shape
-        return shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
+        return known_value(Dim.of(shape[1])) if len(shape) > 1 else None
 
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
@@ -263,7 +264,9 @@ class Trainer:
                 predictions.append(np.argmax(outs[1], axis=1))
         metrics = {"loss": total / n if n else float("nan")}
         if self.loss.class_index:
-            metrics.update(classification_metrics(target, np.concatenate(predictions)))
+            # class probabilities (a float target, for cross_entropy): their argmax is the class
+            labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
+            metrics.update(classification_metrics(labels, np.concatenate(predictions)))
         return metrics
 
     # ------------------------------------------------------------------ the trained model
