@@ -127,6 +127,22 @@ class Trainer:
         """The model's input Ports."""
         return list(self._compilation.model.inputs)
 
+    @property
+    def outputs(self) -> list:
+        """The model's output Ports."""
+        return list(self._compilation.model.outputs)
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Replace some parameters' values (same shapes and dtypes: K0838 otherwise)."""
+        for path, value in params.items():
+            old = self.params.get(path)
+            if old is None or np.shape(value) != old.shape:
+                raise KilnError("K0838", f"set_params: {path} is not a parameter of shape "
+                                f"{None if old is None else list(old.shape)}")
+        self.params.update({p: np.array(v, dtype=self.params[p].dtype) for p, v in
+                            params.items()})
+        self._version += 1
+
     def _target(self, y: Any) -> np.ndarray:
         """The target as the step takes it; refuses (K0834, K0835) labels that do not fit."""
         y = np.asarray(y)
@@ -149,8 +165,14 @@ class Trainer:
 
     def _classes(self) -> int | None:
         """The number of classes: axis 1 of the model's first output, when fixed."""
-        shape = self._compilation.model.outputs[0].type.shape
+        shape = self.outputs[0].type.shape
         return known_value(Dim.of(shape[1])) if len(shape) > 1 else None
+
+    def prepare(self, y: Any) -> None:
+        """Compile the train step and the evaluation model for targets like `y` now (else
+        the first step or evaluation does)."""
+        if self._step is None:
+            self._build(self._target(y))
 
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
