@@ -343,12 +343,11 @@ class Trainer:
         except (ValueError, TypeError, KeyError):
             raise KilnError("K0838", f"checkpoint {os.fspath(path)}: not a kiln trainer "
                             "checkpoint (no valid kiln_trainer header)") from None
-        differs = [k for k in mine if mine[k] != theirs.get(k)]
-        if differs:
-            key = differs[0]
+        difference = _first_difference(mine, theirs)
+        if difference is not None:
+            key, ours, its = difference
             raise KilnError("K0838", f"checkpoint {os.fspath(path)} does not fit this trainer: "
-                            f"its {key} is {theirs.get(key)!r}, this trainer's "
-                            f"{mine[key]!r}")
+                            f"its {key} is {its!r}, this trainer's {ours!r}")
         optimizer_from_config(theirs["optimizer"])  # a header naming no optimizer: refused
         want = {**{p: a for p, a in self.state_dict().items()},
                 **{state_name(p, s): a for (p, s), a in self.state.items()}}
@@ -373,6 +372,17 @@ class Trainer:
             self.state[(p, s)] = new[state_name(p, s)]
         self.step_count = step
         self._version += 1
+
+
+def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first (dotted key, mine, theirs) where two JSON values differ, else None."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for k in list(mine) + [k for k in theirs if k not in mine]:
+            found = _first_difference(mine.get(k), theirs.get(k), f"{key}.{k}" if key else k)
+            if found is not None:
+                return found
+        return None
+    return None if mine == theirs else (key, mine, theirs)
 
 
 __all__ = ["Trainer"]
