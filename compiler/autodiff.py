@@ -224,12 +224,11 @@ class _Cotangents:
         return self.of.get(value)
 
     def total(self, values: list[Value]) -> Value:
-        """The summed cotangents of `values` (the nodes of one parameter, or one input), or
-        zeros of their type where none reached them."""
+        """The summed cotangents of `values` (the `param` nodes of one path, or one input's
+        node: never none), or zeros of their type where no gradient reached them."""
+        t = values[0].type
+        gb = GraphBuilder(self.graph, self.graph.node(values[0].node)["span"])
         cts = [self.of[v] for v in values if v in self.of]
-        t = values[0].type if values else None
-        gb = GraphBuilder(self.graph, self.graph.node(values[0].node)["span"]) if values \
-            else GraphBuilder(self.graph)
         if not cts:
             return gb.op("zeros", shape=list(t.shape), dtype=t.dtype)
         total = cts[0]
@@ -254,6 +253,7 @@ def _backward(new: Graph, nid: int, grads: _Cotangents, relevant: set[int],
     if record is None or record.vjp is None:
         raise _not_differentiable(new, nid, targets)
     gb = GraphBuilder.like(new, node)
+    gb.differentiate = grad  # for rules of ops holding a body graph (scan)
     results = record.vjp(gb, VjpNode(node["op"], tuple(operands), tuple(outs),
                                      dict(node["attrs"])), out_cts)
     if len(results) != len(operands):

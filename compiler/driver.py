@@ -237,25 +237,28 @@ class Compilation:
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
                stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
-               gradient: bool = False) -> NativeObject:
+               profile: bool = False, gradient: bool = False) -> NativeObject:
         """Object code of the native-optimized model (`gradient`: of its gradient model) for
         `cpu` (default: the compilation's), through the on-disk compile cache. `with_plan`
         adds `kiln_plan` (the memory plan as a C function, for a library); `stamp(layout)`
-        gives read-only data symbols to add (name -> bytes)."""
+        gives read-only data symbols to add (name -> bytes); `profile` times each kernel
+        (`kiln profile`)."""
         model = (self.gradient(weights, present, "native").model if gradient
                  else self.lowered(weights, present, "native"))
         cpu = cpu or self.cpu or targets.host()
-        code, layout, machine = compile_object(model, cpu, with_plan, stamp)
+        code, layout, machine = compile_object(model, cpu, with_plan, stamp, profile)
         return NativeObject(model, code, layout, machine)
 
     def onnx(self, weights: Weights, present: frozenset[str] | None = None,
-             checked: bool = True) -> OnnxExport:
-        """The ONNX-optimized model as ONNX, every parameter an initializer named by its path;
-        `checked`: with its run-time checks (indices in range) as extra outputs, for running
-        it (codegen/onnx.export_checked), else the plain model, for a file."""
+             checked: bool = True, gradient: bool = False) -> OnnxExport:
+        """The ONNX-optimized model (`gradient`: its gradient model) as ONNX, every parameter
+        an initializer named by its path; `checked`: with its run-time checks (indices in
+        range) as extra outputs, for running it (codegen/onnx.export_checked), else the plain
+        model, for a file."""
         from .codegen import onnx as onnx_codegen
 
-        model = self.lowered(weights, present, "onnx")
+        model = (self.gradient(weights, present, "onnx").model if gradient
+                 else self.lowered(weights, present, "onnx"))
         if not checked:
             return OnnxExport(model, onnx_codegen.export(model, weights.params), [])
         with progress.step(f"exporting to ONNX ({len(model.graph)} nodes)"):
@@ -264,9 +267,10 @@ class Compilation:
                   for k, (message, span) in enumerate(failures)]
         return OnnxExport(model, proto, checks)
 
-    def write_onnx(self, weights: Weights, path: str | os.PathLike) -> None:
-        """Write the model with `weights` as an ONNX file (codegen/onnx.save: external data
-        past 2 GB, staged and renamed into place)."""
+    def write_onnx(self, weights: Weights, path: str | os.PathLike,
+                   gradients: bool = False) -> None:
+        """Write the model with `weights` (`gradients`: its gradient model) as an ONNX file
+        (codegen/onnx.save: external data past 2 GB, staged and renamed into place)."""
         from .codegen import onnx as onnx_codegen
 
-        onnx_codegen.save(self.onnx(weights, checked=False).proto, path)
+        onnx_codegen.save(self.onnx(weights, checked=False, gradient=gradients).proto, path)

@@ -107,17 +107,36 @@ _TAIL_START = 0.02425
 
 
 def normal_quantile(p: np.ndarray) -> np.ndarray:
-    """Φ⁻¹(p) elementwise for p in [0, 1] (±inf at the ends)."""
+    """Φ⁻¹(p) elementwise for p in [0, 1] (±inf at the ends).
+
+    The central formula for every element, in place, then the tail formula for the few
+    (about 5 %) in the tails: the same arithmetic per element as evaluating both everywhere
+    and choosing, at a third of the passes over a large array."""
     p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = p - 0.5
-        r = q * q
-        central = np.polyval(_CENTRAL_NUM, r) * q / np.polyval(_CENTRAL_DEN, r)
-        t = np.sqrt(-2.0 * np.log(np.minimum(p, 1.0 - p)))
-        tail = np.polyval(_TAIL_NUM, t) / np.polyval(_TAIL_DEN, t)
-    tail = np.where(np.isfinite(t), tail, -np.inf)  # p is 0 or 1
-    tail = np.where(p < 0.5, tail, -tail)
-    return np.where(np.abs(q) <= 0.5 - _TAIL_START, central, tail)
+    q = p - 0.5
+    r = q * q
+    out = _horner(_CENTRAL_NUM, r)
+    out *= q
+    out /= _horner(_CENTRAL_DEN, r)
+    tails = np.abs(q) > 0.5 - _TAIL_START
+    if tails.any():
+        pt = p[tails]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.sqrt(-2.0 * np.log(np.minimum(pt, 1.0 - pt)))
+            tail = _horner(_TAIL_NUM, t) / _horner(_TAIL_DEN, t)
+        tail = np.where(np.isfinite(t), tail, -np.inf)  # p is 0 or 1
+        out[tails] = np.where(pt < 0.5, tail, -tail)
+    return out
+
+
+def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    """The polynomial with `coefficients` (highest power first) at x, as np.polyval computes
+    it (the same roundings), in place on one new array."""
+    y = np.zeros_like(x)
+    for c in coefficients:
+        y *= x
+        y += c
+    return y
 
 
 def _normal_cdf(x: float) -> float:

@@ -104,13 +104,18 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
     program = source if isinstance(source, Program) else load(source)
     compilation = Compilation.of(program, model, args, target, cpu, opt_level, training)
     elaborated = compilation.model
-    count = sum(math.prod(i.shape) for i in elaborated.params.values())
-    with progress.step(f"initialising {count:,} parameter values"):
-        params = generate_params(elaborated.params, seed)
+    loaded: dict[str, np.ndarray] = {}
     if weights is not None:  # load before building a backend, so it is built once
         from kiln.runtime.weights import apply_weights
 
-        params = apply_weights(params, elaborated.params, elaborated.aliases, weights, strict)
+        loaded = apply_weights({}, elaborated.params, elaborated.aliases, weights, strict)
+    # initial values only for what the weights leave out (each is drawn from (seed, path)
+    # alone, so a subset draws the same values): nothing to draw for a full set of weights
+    drawn = {p: i for p, i in elaborated.params.items() if p not in loaded}
+    count = sum(math.prod(i.shape) for i in drawn.values())
+    with progress.step(f"initialising {count:,} parameter values"):
+        initial = generate_params(drawn, seed)
+    params = {p: loaded[p] if p in loaded else initial[p] for p in elaborated.params}
     return compilation, params
 
 

@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the size of a symbolic dimension of the inputs, e.g. --bind B=4 "
                        f"(repeatable; a symbol they do not have is refused): {what}")
 
+    def input_options(c):
+        """How `run` and `profile` take inputs and weights."""
+        c.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
+                       help="read input NAME from a .npy file (repeatable); its symbolic sizes "
+                       "also size the random inputs")
+        c.add_argument("--cast", action="store_true",
+                       help="convert --input arrays to the dtypes the model takes (float64 "
+                       "to f32, ...); values the conversion would change beyond rounding are "
+                       "refused")
+        c.add_argument("--random-inputs", action="store_true",
+                       help="feed random values to the required inputs not given with --input "
+                       "(floats ~ N(0, 1), ints in [0, 2), random bools)")
+        c.add_argument("--random-optional", action="store_true",
+                       help="feed random values to the optional inputs not given with --input "
+                       "too (by default they are left out, and kiln says which)")
+        bind_option(c, "it sizes the random inputs (default: the size the --input arrays "
+                    "give it, else 1)")
+        c.add_argument("--weights", help="a .safetensors or .npz file of weights")
+        c.add_argument("--no-strict", action="store_true",
+                       help="load weights non-strictly: missing ones keep their initial values "
+                       "and unexpected ones are ignored (shapes must still match)")
+        c.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial weights and of the random inputs")
+
     model_cmd("check", "parse, elaborate and shape-check a model; print its signature", cmd_check)
     model_cmd("params", "list every parameter and buffer, and the cost of one call", cmd_params)
     s = model_cmd("summary", "a table of the block instances: output shapes, parameters, "
@@ -94,31 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target", default="native", choices=["native", "reference", "onnx"],
                    help="native: LLVM code for this CPU (default); reference: the numpy "
                    "interpreter; onnx: onnxruntime (needs onnxruntime installed)")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
-                   help="read input NAME from a .npy file (repeatable); its symbolic sizes "
-                   "also size the random inputs")
-    r.add_argument("--cast", action="store_true",
-                   help="convert --input arrays to the dtypes the model takes (float64 to "
-                   "f32, ...); values the conversion would change beyond rounding are refused")
-    r.add_argument(
-        "--random-inputs",
-        action="store_true",
-        help="feed random values to the required inputs not given with --input (floats "
-        "~ N(0, 1), ints in [0, 2), random bools)",
-    )
-    r.add_argument("--random-optional", action="store_true",
-                   help="feed random values to the optional inputs not given with --input too "
-                   "(by default they are left out, and kiln says which)")
-    bind_option(r, "it sizes the random inputs (default: the size the --input arrays give "
-                "it, else 1)")
-    r.add_argument("--weights", help="a .safetensors or .npz file of weights")
-    r.add_argument("--no-strict", action="store_true",
-                   help="load weights non-strictly: missing ones keep their initial values "
-                   "and unexpected ones are ignored (shapes must still match)")
-    r.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights and of the random inputs")
+    input_options(r)
     r.add_argument("-o", "--output", help="save the outputs to this .npz or .safetensors file")
     optimizer_options(r)
+    prof = model_cmd("profile", "time each native kernel of a call: its source lines, time "
+                  "share, GFLOP/s and %% of this CPU's measured FMA peak", cmd_profile)
+    input_options(prof)
+    prof.add_argument("--repeat", type=int, default=20, metavar="N",
+                   help="calls to time, after one warm-up call (default 20)")
+    prof.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="threads the kernels may use (default: as kiln.compile)")
+    prof.add_argument("--top", type=int, default=None, metavar="N",
+                   help="list only the N slowest kernels (in run order; totals are the whole "
+                   "call's)")
+    optimizer_options(prof)
     c = model_cmd("compile", "compile a model for a target and write it", cmd_compile)
     c.add_argument("--target", choices=["onnx", "native"],
                    help="what to write (default: from the output's suffix, .onnx or .so)")
@@ -130,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--omit", action="append", default=[], metavar="NAME",
                    help="native: build without this optional input (repeatable); the library "
                    "takes every other optional input, as required inputs")
+    c.add_argument("--c-arrays", action="store_true",
+                   help="native: also store the arrays derived from the weights (packed for "
+                   "the GEMM, BatchNorm folded in) in model.safetensors, for a C caller; by "
+                   "default each weight is stored once and kiln's loader derives the rest")
     optimizer_options(c)
     c.add_argument("--report", action="store_true",
                    help="list the kernels the backend runs with the source of the ops fused "
@@ -288,13 +305,17 @@ def cmd_compile(opts) -> int:
             raise KilnError("K0602", f"--omit {name}: {model.name} has no optional input "
                             f"{name}", hint=f"its optional inputs: {', '.join(sorted(optional))}"
                             if optional else "it has no optional inputs")
+    if opts.c_arrays and opts.target != "native":
+        raise KilnError("K0602", "--c-arrays is for a native library's weights; an ONNX file "
+                        "holds its weights as they are")
     if opts.target == "native":
         from kiln.compiler.codegen.llvm import target as targets
         from kiln.runtime.aot import library_signature, write_library
 
         cpu = targets.named(opts.cpu) if opts.cpu else targets.host()
         present = frozenset(optional - set(opts.omit))
-        files = write_library(compilation, weights, opts.output, present, cpu)
+        files = write_library(compilation, weights, opts.output, present, cpu,
+                              c_arrays=opts.c_arrays)
         built = compilation.lowered(weights, present, "native")
         print(f"wrote {', '.join(str(f) for f in files)}: {library_signature(built)}, "
               f"for {cpu.cpu}")
@@ -482,6 +503,27 @@ def cmd_run(opts) -> int:
         save_weights(opts.output, {p.name: v for p, v in zip(model.outputs, outputs, strict=False)},
                      role="outputs")
         print(f"wrote {opts.output}")
+    return 0
+
+
+def cmd_profile(opts) -> int:
+    from kiln.api import compile as kiln_compile
+    from kiln.api import load
+    from kiln.runtime.profile import format_profile
+
+    for name, value in (("--repeat", opts.repeat), ("--threads", opts.threads),
+                        ("--top", opts.top)):
+        if value is not None and value < 1:
+            raise KilnError("K0602", f"{name} must be at least 1, not {value}")
+    extra = {} if opts.threads is None else {"threads": opts.threads}
+    model = kiln_compile(load(Path(opts.file)), **compile_options(opts), target="native",
+                         **extra)
+    if opts.print_passes:
+        model.lowered()
+        print_passes(model.pass_stats)
+    opts.random_inputs = True  # a profile needs every required input: random where not given
+    feeds = load_inputs(opts, model)
+    print(format_profile(model.profile(repeat=opts.repeat, **feeds), top=opts.top))
     return 0
 
 

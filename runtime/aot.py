@@ -1,6 +1,8 @@
 """Ahead-of-time native libraries: `kiln compile --target native -o model.so`.
 
-Beside `model.so` go `model.safetensors` (parameters, buffers and constants, by name),
+Beside `model.so` go `model.safetensors` (parameters, buffers and constants, by name, each
+array once: the arrays derived from parameters, such as a weight packed for the GEMM, are made
+again when the library is loaded, or stored too for C callers with `c_arrays`),
 `model.kiln.json` (the signature, the memory layout and the CPU features the code was built
 for) and `model.h` (the C entry point). `load_compiled("model.so")` runs it without
 recompiling, after checking that this CPU has every feature the library was built for.
@@ -21,7 +23,7 @@ import weakref
 from pathlib import Path
 
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.derived import resolve
+from ..compiler.codegen.llvm.derived import remakeable, resolve
 from ..compiler.codegen.llvm.module import ModuleLayout
 from ..compiler.dims import ARITHMETIC, Dim
 from ..compiler.driver import Compilation, Weights
@@ -42,8 +44,8 @@ HEADER = """\
 /* {name}: compiled by kiln {version} for {cpu}. Generated; do not edit.
  *
  * All pointers are to C-contiguous arrays. inputs/outputs follow the signature below;
- * params follow "params" in {stem}.kiln.json (load them from {stem}.safetensors, which
- * also holds the derived ones, e.g. prepack_a(...):path, a weight laid out for the GEMM);
+ * params follow "params" in {stem}.kiln.json (load them from {stem}.safetensors by those
+ * names: {derived_note});
  * dims holds the size of each symbol in "symbols" order: {symbols}.
  * workspace must hold kiln_plan(dims, offsets) bytes (64-byte aligned); offsets has
  * {slots} entries and is filled by kiln_plan. kiln_plan returns -1 when these sizes are out of
@@ -86,12 +88,18 @@ def library_files(path: str | os.PathLike) -> list[Path]:
 
 def write_library(compilation: Compilation, weights: Weights, path: str | os.PathLike,
                   present: frozenset[str] | None = None,
-                  cpu: targets.Target | None = None) -> list[Path]:
+                  cpu: targets.Target | None = None, c_arrays: bool = False) -> list[Path]:
     """Build `path` (a shared library of the compilation's model with `weights`, for `cpu`,
     by default the compilation's) and its companions; returns the files written. A model
     with optional inputs is built as the variant `present` says (default: every optional
     input): those inputs are required by the library, the others are not inputs of it (one
     library per set).
+
+    The .safetensors holds each parameter, buffer and constant once; the arrays the code reads
+    that are derived from them by name (a weight transposed, packed for the GEMM, or with a
+    BatchNorm folded in: compiler/derived.py) are made again by `load_compiled`, unless
+    `c_arrays` asks for them in the file too, for a C caller that reads every array of
+    "params" from it.
 
     All four files are staged and renamed into place together: a failure (a full disk)
     leaves a previous build as it was, and nothing is written through a symlink."""
@@ -113,12 +121,13 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         checks the files beside it against it)."""
         folded = sum(st.changes.get("folded", 0) for st in compilation.pass_stats
                      if st.name == "fold_batch_norm")
-        made["weights"] = arrays = _library_arrays(weights.params, layout)
+        made["weights"], remade = _library_arrays(weights.params, layout, c_arrays)
+        arrays = made["weights"]
         made["meta"] = meta = {
             **_metadata(model, layout, cpu), "weights_folded": bool(folded),
             "folded": sorted(layout.folded),  # constants made from weights: no new weights
-            "arrays": {name: {"dtype": dtype_of_numpy(a.dtype), "shape": list(a.shape)}
-                       for name, a in arrays.items()},
+            "arrays": _types(arrays),
+            "derived": _types(remade),  # made again by load_compiled, checked against these
         }
         return {DIGEST_SYMBOL: metadata_digest(meta)}
 
@@ -128,6 +137,9 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots),
         signature=library_signature(model), limit=bytes_text(MAX_TENSOR_BYTES),
+        derived_note="it holds every one of them" if c_arrays or not made["meta"]["derived"]
+        else 'those listed under "derived" are not in it: they are made from the parameters '
+        "by kiln's loader, or written into it by kiln compile --c-arrays",
     )
 
     def refuse(why: str) -> KilnError:
@@ -147,13 +159,30 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
     return files
 
 
-def _library_arrays(params: dict, layout: ModuleLayout) -> dict:
-    """Every array a library's code reads, by name: parameters, constants and the derived
-    arrays (so that a C caller finds every one in the .safetensors)."""
-    weights = {**params, **layout.constants}
+def _library_arrays(params: dict, layout: ModuleLayout, c_arrays: bool
+                    ) -> tuple[dict, dict]:
+    """(the arrays a library's .safetensors holds, the derived arrays it leaves out), by name.
+
+    It holds every parameter, buffer and constant; of the arrays the code reads that are derived
+    from those (compiler/derived.py names say how), only the ones no name remakes, or all of
+    them with `c_arrays` (a C caller reads every array of "params" from the file)."""
+    sources = {**params, **layout.constants}
+    stored, remade = dict(sources), {}
     for name in layout.params:
-        weights[name] = resolve(name, weights.__getitem__)
-    return weights
+        if name in sources:
+            continue
+        array = resolve(name, sources.__getitem__)
+        if c_arrays or not remakeable(name, sources.__contains__):
+            stored[name] = array
+        else:
+            remade[name] = array
+    return stored, remade
+
+
+def _types(arrays: dict) -> dict:
+    """{name: {"dtype", "shape"}} of arrays, as a library's metadata lists them."""
+    return {name: {"dtype": dtype_of_numpy(a.dtype), "shape": list(a.shape)}
+            for name, a in arrays.items()}
 
 
 def metadata_digest(meta: dict) -> bytes:
@@ -248,10 +277,11 @@ def _read_metadata(stem: Path) -> dict:
     return meta
 
 
-def _check_arrays(stem: Path, meta: dict, stored: dict) -> None:
-    """Every array the library reads is in the .safetensors with the dtype and shape it was
-    built for: the code reads exactly that many bytes of each."""
-    for name, want in meta["arrays"].items():
+def _check_arrays(stem: Path, wanted: dict, stored: dict) -> None:
+    """Every array the library reads is in the .safetensors (or, for those listed under
+    "derived", made again from it) with the dtype and shape it was built for: the code reads
+    exactly that many bytes of each."""
+    for name, want in wanted.items():
         if name not in stored:
             raise _refuse(stem, f"the array `{name}` is missing")
         got = stored[name]
@@ -321,11 +351,12 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
                       "with")
     stored = load_weights(f"{stem}.safetensors")
     try:  # the metadata is the library's own from here on: its digest matched
-        _check_arrays(stem, meta, stored)
+        _check_arrays(stem, meta["arrays"], stored)
         interface, layout = _library_and_layout(meta)
+        layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
+        _check_arrays(stem, meta.get("derived", {}), _remade(meta, stored))
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(stem, f"its metadata is incomplete ({exc})") from None
-    layout.constants = {k: v for k, v in stored.items() if k.startswith("const:")}
     params = {k: v for k, v in stored.items() if k in interface.param_info}
     entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     # the same file loaded twice is one library (one set of worker threads): its models
@@ -334,6 +365,17 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
     if code is None:
         code = _LOADED[lib._handle] = LoadedCode(library=lib)
     return NativeModel.from_library(interface, params, layout, lib, entry, built, code)
+
+
+def _remade(meta: dict, stored: dict) -> dict:
+    """The derived arrays a library's .safetensors leaves out, made again from what it holds
+    (only names that say how to make them from stored arrays: anything else is a KeyError)."""
+    made = {}
+    for name in meta.get("derived", {}):
+        if not remakeable(name, stored.__contains__):
+            raise KeyError(f"the derived array `{name}` cannot be made from the stored ones")
+        made[name] = resolve(name, stored.__getitem__)
+    return made
 
 
 def _library_and_layout(meta: dict) -> tuple[Interface, ModuleLayout]:

@@ -17,7 +17,7 @@ from ..compiler.elaborate.values import ParamInfo
 from ..compiler.errors import KilnError
 from ..compiler.ir import Graph
 from ..compiler.sizes import SizeCheck
-from ..compiler.types import TensorType
+from ..compiler.types import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 from .signature import Signature
 from .weights import apply_weights, save_weights
 
@@ -33,6 +33,9 @@ class State:
 
     weights: Weights
     built: dict = dataclasses.field(default_factory=dict)  # the backend's, by optional inputs
+    # builds with a timer around each kernel (`kiln profile`), by optional inputs: made on
+    # demand, never for calls, and not carried over to new weights
+    profiled: dict = dataclasses.field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -162,10 +165,13 @@ class CompiledModel:
         """The parameters with a weights file (or dict) applied; self is not changed."""
         return apply_weights(self.params, self.param_info, self.aliases, path_or_dict, strict)
 
-    def export_onnx(self, path) -> None:
+    def export_onnx(self, path, gradients: bool = False) -> None:
         """Write this model (with its current weights) as an ONNX file, every parameter an
-        initializer named by its dotted path."""
-        self._compiled().write_onnx(self._state.weights, path)
+        initializer named by its dotted path. `gradients`: its vector-Jacobian product
+        instead (what `vjp` runs): the inputs, then a `cotangent:<output>` input per float
+        output; the outputs, then a `grad:<path>` output per trainable parameter and a
+        `grad:<input>` output per float input."""
+        self._compiled().write_onnx(self._state.weights, path, gradients)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """The state for new weights (called under the lock; raising changes nothing). By
@@ -216,7 +222,11 @@ class CompiledModel:
         cts = self._signature.bind_cotangents(cotangents, layout.cotangents, dims)
         feed = {**arrays, **dict(zip([n for n in layout.cotangents if n], cts, strict=True))}
         results = self.run_gradient(state, present, feed, dims)
-        grads = {p: results[layout.param_output(p)] for p in layout.params}
+        found = {p: results[layout.param_output(p)] for p in layout.params}
+        # a parameter the forward never reads has no node in the graph: its gradient is zero
+        grads = {path: found[path] if path in found else np.zeros(info.shape, NUMPY_DTYPES[info.dtype])
+                 for path, info in self.param_info.items() if path in found or (
+                     info.kind == "param" and info.dtype in FLOAT_DTYPES)}
         input_grads = {n: results[layout.input_output(n)] for n in layout.inputs}
         return self.pack_results(results[:layout.outputs]), grads, input_grads
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import statistics
 import threading
+import time
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -14,7 +16,13 @@ import numpy as np
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import remakeable, resolve
-from ..compiler.codegen.llvm.module import ModuleLayout, plan_memory
+from ..compiler.codegen.llvm.module import (
+    CYCLES_SYMBOL,
+    PROFILE_SYMBOL,
+    ModuleLayout,
+    plan_memory,
+)
+from ..compiler.codegen.llvm.peak import fma_peak_flops
 from ..compiler.dims import Dim
 from ..compiler.driver import Compilation, Weights
 from ..compiler.errors import KilnError
@@ -253,10 +261,13 @@ class NativeModel(CompiledModel):
         return self._builds.once(state.built, present,
                                  lambda: self._build(state.weights, present))
 
-    def _build(self, weights: Weights, key: frozenset[str] | tuple) -> _Variant:
-        """Compile and load the variant `key` (see _variant_of)."""
+    def _build(self, weights: Weights, key: frozenset[str] | tuple, profile: bool = False
+               ) -> _Variant:
+        """Compile and load the variant `key` (see _variant_of); `profile`: with a timer
+        around every kernel."""
         gradient = isinstance(key, tuple)
-        native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient)
+        native = self.compilation.native(weights, key[0] if gradient else key, profile=profile,
+                                         gradient=gradient)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
@@ -265,6 +276,46 @@ class NativeModel(CompiledModel):
             self.threads)
         return _Variant.bound(Signature.of(native.model), native.model.graph, key,
                               native.layout, LoadedCode(engine=engine), entry, weights.params)
+
+    def profile(self, *args, repeat: int = 10, **kwargs):
+        """Time each kernel of a call with these inputs (runtime/profile.py: a Profile, whose
+        str is the table `kiln profile` prints): the model's code is built once more with a
+        timer around every kernel, warmed up with one call, then called `repeat` times."""
+        from .profile import Profile, counter_rate, kernel_times
+
+        if self._library is not None:
+            raise KilnError("K0602", f"{self.name} was loaded from a library built ahead of "
+                            "time: profiling builds its code again, with timers, from the source",
+                            hint="kiln.compile(FILE).profile(...)")
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise KilnError("K0602", f"repeat must be a positive int, not {repeat!r}")
+        arrays, dims = self.bind_inputs(args, kwargs)
+        present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
+        state = self._state
+        variant = self._builds.once(state.profiled, present,
+                                    lambda: self._build(state.weights, present, profile=True))
+        engine = _ENGINES[id(variant.code)]
+        counters = (ctypes.c_int64 * max(1, len(variant.layout.profiled))).from_address(
+            engine.get_global_value_address(PROFILE_SYMBOL))
+        cycles = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.get_function_address(CYCLES_SYMBOL))
+        call = self._prepare(variant, dims)
+        ins = [arrays[p.name] for p in variant.signature.inputs]
+        with self._lock:  # one profile at a time: the counters are the code's own
+            self._enter(variant, call, ins, _outputs(call))  # warm up
+            ctypes.memset(counters, 0, ctypes.sizeof(counters))
+            walls = []
+            for _ in range(repeat):
+                outs = _outputs(call)
+                start = time.perf_counter()
+                self._enter(variant, call, ins, outs)
+                walls.append(time.perf_counter() - start)
+            spent = list(counters)
+        rate = counter_rate(cycles)
+        sizes = {s: dims[s] for s in variant.layout.symbols}
+        return Profile(self.name, sizes, self.threads, repeat,
+                       kernel_times(variant.graph, variant.layout.profiled, spent, rate,
+                                    repeat, sizes),
+                       statistics.median(walls), fma_peak_flops() * self.threads)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """New weights reach the compiled code as data: its derived arrays (a weight.T, packed

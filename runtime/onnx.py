@@ -48,16 +48,18 @@ class OnnxModel(CompiledModel):
             self._session(self._state, self.model.present)
         # with optional inputs, each variant is exported when first called with that set
 
-    def _session(self, state: State, present: frozenset[str]):
+    def _session(self, state: State, present: frozenset[str] | tuple):
         """The exported model and its onnxruntime session for these weights and optional
-        inputs, built once (however many threads ask)."""
+        inputs (keyed `(present, "vjp")`: the gradient model for them), built once (however
+        many threads ask)."""
         return self._builds.once(state.built, present,
                                  lambda: self._new_session(state.weights, present))
 
-    def _new_session(self, weights: Weights, present: frozenset[str]):
+    def _new_session(self, weights: Weights, key: frozenset[str] | tuple):
         import onnxruntime as ort
 
-        export = self.compilation.onnx(weights, present)
+        gradient = isinstance(key, tuple)
+        export = self.compilation.onnx(weights, key[0] if gradient else key, gradient=gradient)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -74,10 +76,17 @@ class OnnxModel(CompiledModel):
         return new
 
     def run(self, arrays, dims):
-        present = frozenset(p.name for p in self.inputs if p.optional and p.name in arrays)
-        model, session, checks = self._session(self._state, present)
+        return self._run_session(self._state, self._present(arrays), arrays, dims)
+
+    def run_gradient(self, state, present, arrays, dims):
+        return self._run_session(state, (present, "vjp"), arrays, dims)
+
+    def _run_session(self, state: State, key: frozenset[str] | tuple,
+                     arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
+        """Run the session `key` (see _session) on its inputs by name."""
+        model, session, checks = self._session(state, key)
         # onnxruntime is never handed sizes that wrap
-        self.check_sizes(model.present, model.graph, dims)
+        self.check_sizes(key, model.graph, dims)
         feed = {p.name: _normal(arrays[p.name]) for p in model.inputs}
         names = [p.name for p in model.outputs]
         wanted = names + [output for output, _message, _span in checks]

@@ -1,10 +1,12 @@
-"""Whole-model gradients: `model.vjp` on the reference and native targets against PyTorch
-autograd with the same weights (loaded by name), inputs and cotangents; the reverse-mode
+"""Whole-model gradients: `model.vjp` on every target against PyTorch autograd with the same
+weights (loaded by name), inputs and cotangents (the MLP here; the convolutional models,
+LeNet-5 among them, in test_grad_nn_models.py with `check_against_torch`); the reverse-mode
 transform's own contract (compiler/autodiff.py); and the errors a vjp call can raise."""
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from kiln.compiler.autodiff import grad, loss_grad
 from kiln.compiler.evaluate import run_graph
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TARGETS = ["reference", "native"]
+TARGETS = ["reference", "native", "onnx"]
 # f32 gradients against float64 autograd, relative to each parameter's largest gradient
 RTOL = 1e-4
 
@@ -44,8 +46,8 @@ def check_against_torch(model, module, inputs, cotangents):
     """model.vjp and the torch module's autograd agree on outputs, every parameter's gradient
     and every input's."""
     torch = pytest.importorskip("torch")
-    model.load_weights({k: v.detach().numpy().astype(np.float32)
-                        for k, v in module.state_dict().items()})
+    model.load_weights({k: v.detach().numpy().astype(np.float32) if v.is_floating_point()
+                        else v.numpy() for k, v in module.state_dict().items()})
     module.to(torch.float64)
     outs, grads, in_grads = model.vjp(*inputs, cotangents=cotangents)
     t_outs, t_grads, t_in = torch_grads(module, inputs, cotangents)
@@ -205,3 +207,145 @@ model Pick {
     model = kiln.compile(src, target="reference")
     _, grads, _ = model.vjp(np.ones(4, np.float32), cotangents=[np.ones(4, np.float32), None])
     np.testing.assert_allclose(grads["w"], 1.0)
+
+
+# ---------------------------------------------------------------------------- backend rules
+# every rule's backward graph, lowered to native code and exported to ONNX (onnxruntime: a
+# third oracle), against the reference's: one model
+# with an output and a parameter of its own per expression (one compile for all of them)
+EXPRESSIONS = [
+    "relu(x * w)", "abs(x - w)", "exp(x * w)", "log(abs(x * w) + 1.0)", "sqrt(abs(x) + w * w)",
+    "rsqrt(abs(x) + w * w + 0.5)", "reciprocal(x * x + w * w + 1.0)", "sin(x * w)",
+    "cos(x * w)", "tanh(x * w)", "sigmoid(x * w)", "erf(x * w)", "silu(x * w)", "gelu(x * w)",
+    'gelu(x * w, approximate = "tanh")', "elu(x * w, alpha = 0.5)",
+    "leaky_relu(x * w, negative_slope = 0.2)", "softplus(x * w, beta = 2.0, threshold = 1.0)",
+    "hard_sigmoid(x * w * 3.0)", "hard_swish(x * w * 3.0)", "clip(x * w, min = -0.5, max = 0.5)",
+    "maximum(x, w)", "minimum(x, w)", "pow(abs(x) + 0.5, w)", "x % (abs(w) + 2.0)",
+    "where(x > 0.0, x * w, w)", "softmax(x * w, axis = -1)", "log_softmax(x * w, axis = 0)",
+    "sum(x * w, axis = 1)", "mean(x * w)", "max(x * w, axis = 1)", "min(x * w, axis = 0)",
+    "prod(x * w, axis = 1)", "logsumexp(x * w, axis = 1)", "x @ w", "(x * w) / (w * w + 1.0)",
+    "floor(x * w) + x * w", "cast(cast(x * w, dtype = \"f16\"), dtype = \"f32\")",
+]
+
+
+# native code for all of them takes a minute of LLVM: these cover each kind of backward node
+# (masks by where, sizes as values, broadcast_to, reductions with keepdims, 1-D matmul; the
+# MLP's tests add relu, softmax, 2-D matmul and sums over the batch)
+NATIVE = ["clip(x * w, min = -0.5, max = 0.5)", "hard_swish(x * w * 3.0)", "maximum(x, w)",
+          "pow(abs(x) + 0.5, w)", "mean(x * w)", "max(x * w, axis = 1)", "prod(x * w, axis = 1)",
+          "x @ w"]
+
+
+def rules_model(expressions: list[str]) -> str:
+    params = "\n".join(f"  param w{i}: [4] = init.normal()" for i in range(len(expressions)))
+    outs = ", ".join(re.sub(r"\bw\b", f"w{i}", e) for i, e in enumerate(expressions))
+    return f"model Rules {{\n{params}\n  forward(x: f32[B, 4]) {{\n    return ({outs})\n  }}\n}}\n"
+
+
+def test_native_expressions_are_listed():
+    assert set(NATIVE) <= set(EXPRESSIONS)
+
+
+@pytest.mark.parametrize("target, expressions", [("native", NATIVE), ("onnx", EXPRESSIONS)])
+def test_rules_run_on_the_backends_as_on_the_reference(target, expressions):
+    src = rules_model(expressions)
+    ref, other = (kiln.compile(src, target=t, seed=1) for t in ("reference", target))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    outs = ref(x)
+    cts = [rng.standard_normal(np.shape(o)).astype(np.float32) for o in outs]
+    (_, r_grads, r_in), (_, o_grads, o_in) = (m.vjp(x, cotangents=cts) for m in (ref, other))
+    for i, expr in enumerate(expressions):
+        assert np.any(r_grads[f"w{i}"] != 0), expr
+        np.testing.assert_allclose(o_grads[f"w{i}"], r_grads[f"w{i}"], rtol=2e-4, atol=2e-5,
+                                   err_msg=expr)
+    np.testing.assert_allclose(o_in["x"], r_in["x"], rtol=2e-4, atol=1e-4)
+
+
+def test_export_onnx_with_gradients_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = mlp("reference")
+    path = tmp_path / "mlp_grad.onnx"
+    model.export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "cotangent:output"]
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["output"] + [f"grad:{p}" for p in model.params] + ["grad:x"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 784)).astype(np.float32)
+    dy = rng.standard_normal((3, 10)).astype(np.float32)
+    results = dict(zip(names, session.run(names, {"x": x, "cotangent:output": dy}), strict=True))
+    outs, grads, in_grads = model.vjp(x, cotangents=[dy])
+    np.testing.assert_allclose(results["output"], outs, rtol=1e-5, atol=1e-6)
+    for path_, g in grads.items():
+        assert_grad_close(results[f"grad:{path_}"], g.astype(np.float64), path_)
+    assert_grad_close(results["grad:x"], in_grads["x"].astype(np.float64), "x")
+
+
+# ---------------------------------------------------------------------------- weights, variants
+@pytest.mark.parametrize("target", TARGETS)
+def test_vjp_follows_load_weights(target):
+    model = kiln.compile(EXAMPLES / "mlp.kiln", target=target, args={"hidden": 8})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 784)).astype(np.float32)
+    dy = rng.standard_normal((2, 10)).astype(np.float32)  # not ones: softmax would give 0
+    before = model.vjp(x, cotangents=[dy])[1]["4.bias"]
+    new = {k: v * 2 for k, v in model.params.items()}
+    model.load_weights(new)
+    ref = kiln.compile(EXAMPLES / "mlp.kiln", target="reference", args={"hidden": 8},
+                       weights=new)
+    after, want = (m.vjp(x, cotangents=[dy])[1] for m in (model, ref))
+    assert not np.allclose(after["4.bias"], before)
+    for path, g in want.items():
+        np.testing.assert_allclose(after[path], g, rtol=1e-4, atol=1e-6, err_msg=path)
+
+
+MASKED = """
+model Masked {
+  param w: [4] = init.normal()
+  forward(x: f32[B, 4], scale: f32[B, 4]?) -> f32[B, 4] {
+    y = x * w
+    if defined(scale) {
+      y = y * scale
+    }
+    return y
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_vjp_with_and_without_an_optional_input(target):
+    model = kiln.compile(MASKED, target=target)
+    w = model.params["w"]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    s = np.full((2, 4), 3.0, np.float32)
+    dy = np.ones((2, 4), np.float32)
+    _, grads, in_grads = model.vjp(x, cotangents=[dy])
+    np.testing.assert_allclose(grads["w"], x.sum(0), rtol=1e-6)
+    assert set(in_grads) == {"x"}
+    _, grads, in_grads = model.vjp(x, scale=s, cotangents=[dy])
+    np.testing.assert_allclose(grads["w"], (3 * x).sum(0), rtol=1e-6)
+    np.testing.assert_allclose(in_grads["scale"], x * w, rtol=1e-6)
+    assert set(in_grads) == {"x", "scale"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_outputs_that_are_inputs_or_params_and_unread_params(target):
+    src = """
+model Pass {
+  param w: [3] = init.ones()
+  param unread: [2] = init.ones()
+  buffer stat: [3] = init.zeros()
+  forward(x: f32[B, 3]) -> (a: f32[B, 3], b: f32[3], c: f32[B, 3]) { return (x, w, x) }
+}
+"""
+    model = kiln.compile(src, target=target)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cts = [np.ones((2, 3), np.float32), np.full(3, 2.0, np.float32),
+           np.full((2, 3), 3.0, np.float32)]
+    _, grads, in_grads = model.vjp(x, cotangents=cts)
+    assert set(grads) == {"w", "unread"}  # every param, read or not; no buffer
+    np.testing.assert_array_equal(grads["w"], [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(grads["unread"], [0.0, 0.0])
+    np.testing.assert_array_equal(in_grads["x"], np.full((2, 3), 4.0))  # two uses add up

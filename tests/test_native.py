@@ -259,11 +259,57 @@ def test_ahead_of_time_library_runs_without_recompiling(tmp_path, monkeypatch):
         m(np.zeros((65, 8), np.float32))  # the where constraint survives the trip
     assert info.value.code == "K0504"
     assert repr(m) == repr(ref).replace("reference", "native")  # the signature, from metadata
-    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx")):
+    for no_graph in (m.lowered, lambda: m.export_onnx(tmp_path / "m.onnx"), lambda: m.profile(x)):
         with pytest.raises(KilnError) as info:  # a library has no graph to optimize or export
             no_graph()
         assert info.value.code == "K0602" and "library built ahead of time" in info.value.message
     assert not (tmp_path / "m.onnx").exists()
+
+
+CONV_SRC = ("import std.nn as nn\n"
+            "model C {\n  conv = nn.Conv2d(3, 8, 3, padding = 1)\n  bn = nn.BatchNorm2d(8)\n"
+            "  fc = nn.Linear(8, 4)\n  forward(x: f32[B, 3, 6, 6]) -> f32[B, 4] {\n"
+            "    return fc(flatten(global_avg_pool(relu(bn(conv(x))))))\n  }\n}\n")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")
+@pytest.mark.parametrize("c_arrays", [False, True])
+def test_a_library_stores_each_weight_once_and_derives_the_rest(tmp_path, c_arrays):
+    """Weights packed for the GEMM or with a BatchNorm folded in are made again on loading
+    (the .safetensors holds each parameter once), or stored for C callers with --c-arrays."""
+    import json
+
+    from kiln.cli import main
+    from kiln.runtime.weights import load_weights
+
+    (tmp_path / "c.kiln").write_text(CONV_SRC)
+    ref = kiln.compile(CONV_SRC, target="reference", seed=3)
+    ref.save_weights(tmp_path / "w.safetensors")
+    args = ["compile", str(tmp_path / "c.kiln"), "-o", str(tmp_path / "c.so"),
+            "--weights", str(tmp_path / "w.safetensors")] + (["--c-arrays"] if c_arrays else [])
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "c.kiln.json").read_text())
+    stored = load_weights(tmp_path / "c.safetensors")
+    derived = [n for n in meta["params"] if n not in ref.params and not n.startswith("const:")]
+    assert derived  # the weights the code reads are packed or folded, under derived names
+    if c_arrays:
+        assert set(meta["params"]) <= set(stored) and not meta["derived"]
+    else:
+        assert set(stored) == set(ref.params) | {n for n in stored if n.startswith("const:")}
+        assert sorted(meta["derived"]) == sorted(derived)
+    m = kiln.load_compiled(tmp_path / "c.so")
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(m(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert sorted(m.params) == sorted(ref.params)
+
+
+def test_c_arrays_is_for_a_native_library(tmp_path):
+    from kiln.cli import main
+
+    (tmp_path / "c.kiln").write_text(CONV_SRC)
+    assert main(["compile", str(tmp_path / "c.kiln"), "-o", str(tmp_path / "c.onnx"),
+                 "--c-arrays"]) != 0
+    assert not (tmp_path / "c.onnx").exists()
 
 
 @pytest.mark.skipif(not __import__("shutil").which("cc"), reason="linking needs cc")

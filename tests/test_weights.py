@@ -258,3 +258,31 @@ def test_dtype_rules():
     for key, bad, words in cases:
         err = match_error(expected, {**found, key: bad})
         assert err.code == "K0402" and f"`{key}`" in err.message and words in err.message
+
+
+def test_initial_values_are_drawn_only_for_what_the_weights_leave_out(tmp_path, monkeypatch):
+    import kiln
+    import kiln.compiler.initializers as initializers
+
+    src = ("import std.nn as nn\nmodel M {\n  a = nn.Linear(4, 3)\n  b = nn.Linear(3, 2)\n"
+           "  forward(x: f32[B, 4]) -> f32[B, 2] { return b(a(x)) }\n}\n")
+    first = kiln.compile(src, seed=5, target="reference")
+    first.save_weights(tmp_path / "w.safetensors")
+    drawn = []
+    real = initializers.generate_params
+
+    def counting(params, seed):
+        drawn.append(sorted(params))
+        return real(params, seed)
+
+    monkeypatch.setattr(initializers, "generate_params", counting)
+    full = kiln.compile(src, seed=9, target="reference", weights=tmp_path / "w.safetensors")
+    assert drawn == [[]]  # a full set of weights: nothing drawn
+    assert list(full.params) == list(first.params)  # in the model's order
+    partial = {k: v for k, v in first.state_dict().items() if k.startswith("a.")}
+    mixed = kiln.compile(src, seed=9, target="reference", weights=partial, strict=False)
+    assert drawn[-1] == ["b.bias", "b.weight"]
+    fresh = kiln.compile(src, seed=9, target="reference")
+    for path in first.params:  # loaded ones from the file, the rest as seed 9 draws them
+        want = first.params[path] if path.startswith("a.") else fresh.params[path]
+        np.testing.assert_array_equal(mixed.params[path], want)

@@ -8,7 +8,7 @@ from typing import Any
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
 from ..ir import Graph
-from ..ops import REGISTRY
+from ..macs import macs_by_scope
 from ..syntax import ast as A
 from ..types import DTYPES, TensorType
 from .arithmetic import Arithmetic
@@ -62,28 +62,7 @@ class ElaboratedModel:
 
     def macs_by_scope(self) -> dict[str, Dim]:
         """Multiply-accumulates of one call, per block-instance path ('' is the model)."""
-        out: dict[str, Dim] = {}
-        _count_macs(self.graph, Dim.of(1), out)
-        return out
-
-
-def _count_macs(graph: Graph, times: Dim, out: dict) -> None:
-    for nid in graph.order():
-        node = graph.node(nid)
-        rec = REGISTRY.get(node["op"])
-        if rec is None:
-            continue
-        if node["op"] == "scan":
-            attrs = node["attrs"]
-            first_seq = graph.operands(nid)[attrs["n_carry"]]
-            length = first_seq.type.shape[attrs["axes"][0]]
-            _count_macs(attrs["body"], times * length, out)
-            continue
-        if rec.macs is None:
-            continue
-        types = [v.type if v is not None else None for v in graph.operands(nid)]
-        macs = rec.macs(types, node["types"], node["attrs"])
-        out[node["scope"]] = out.get(node["scope"], Dim.of(0)) + macs * times
+        return macs_by_scope(self.graph)
 
 
 class Elaborator(ExprMixin, ForwardMixin):

@@ -32,8 +32,11 @@ def scalar(gb: Any, number: float, dtype: str) -> Any:
     return gb.constant(np.asarray(number, dtype=NUMPY_DTYPES[dtype]))
 
 
-def like_scalar(gb: Any, number: float, value: Any) -> Any:
-    """A 0-d constant `number` of the dtype of `value`."""
+def like_scalar(gb: Any, number: float | Dim, value: Any) -> Any:
+    """A 0-d tensor holding `number` (a numeric attribute: a number, or a size) in the dtype
+    of `value`."""
+    if isinstance(number, Dim):
+        return size_value(gb, number, value.type.dtype)
     return scalar(gb, number, value.type.dtype)
 
 

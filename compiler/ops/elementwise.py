@@ -34,7 +34,15 @@ from ._common import (
 )
 from ._emit import BF16_UP, attr_number, by_kind, cast, identity, one, onnx_op, trimmed, widened
 from ._factories import binary, unary
-from ._grad import elementwise_vjp, float_only, like_scalar, masked, unbroadcast
+from ._grad import (
+    elementwise_vjp,
+    float_only,
+    is_float,
+    like_scalar,
+    masked,
+    no_gradient,
+    unbroadcast,
+)
 from .registry import REQUIRED, OpRecord, Prop, register
 
 
@@ -58,19 +66,28 @@ def _abs_llvm(kb, _a, x):
 
 
 register(unary("abs", np.abs, "Absolute value |x|.", dtypes=NUMERIC, onnx=onnx_op("Abs"),
-               llvm=_abs_llvm))
+               llvm=_abs_llvm,  # sign(x): 0 at 0, as PyTorch
+               vjp=elementwise_vjp(lambda gb, x, y: gb.op("sign", x))))
 
 
 register(unary("exp", np.exp, "Exponential e^x.", onnx=onnx_op("Exp"),
-               llvm=lambda kb, a, x: kb.exp(x)))
+               llvm=lambda kb, a, x: kb.exp(x), vjp=elementwise_vjp(lambda gb, x, y: y)))
+
+
+def _ct_over(divisor):
+    """The rule ct / divisor(gb, x, y) of a unary op."""
+    return float_only(lambda gb, node, cts: [gb.div(cts[0], divisor(gb, *node.inputs,
+                                                                    *node.outputs))])
 
 
 register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
-               llvm=lambda kb, a, x: kb.intrinsic("log", x)))
+               llvm=lambda kb, a, x: kb.intrinsic("log", x),
+               vjp=_ct_over(lambda gb, x, y: x)))
 
 
 register(unary("sqrt", np.sqrt, "Square root.", onnx=onnx_op("Sqrt"),
-               llvm=lambda kb, a, x: kb.intrinsic("sqrt", x)))
+               llvm=lambda kb, a, x: kb.intrinsic("sqrt", x),  # ct / (2 sqrt(x)), as PyTorch
+               vjp=_ct_over(lambda gb, x, y: gb.mul(y, like_scalar(gb, 2.0, y)))))
 
 
 def _rsqrt_onnx(b, n):
@@ -79,19 +96,29 @@ def _rsqrt_onnx(b, n):
 
 register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt(x).",
                onnx=widened(_rsqrt_onnx),
-               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), kb.intrinsic("sqrt", x))))
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), kb.intrinsic("sqrt", x)),
+               # -x^(-3/2) / 2 = -y^3 / 2
+               vjp=elementwise_vjp(lambda gb, x, y: gb.mul(gb.mul(y, gb.mul(y, y)),
+                                                           like_scalar(gb, -0.5, y)))))
 
 
 register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
-               llvm=lambda kb, a, x: kb.intrinsic("sin", x)))
+               llvm=lambda kb, a, x: kb.intrinsic("sin", x),
+               vjp=elementwise_vjp(lambda gb, x, y: gb.op("cos", x))))
 
 
 register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
-               llvm=lambda kb, a, x: kb.intrinsic("cos", x)))
+               llvm=lambda kb, a, x: kb.intrinsic("cos", x),
+               vjp=elementwise_vjp(lambda gb, x, y: gb.neg(gb.op("sin", x)))))
+
+
+def _one_minus(gb, v):
+    return gb.sub(like_scalar(gb, 1.0, v), v)
 
 
 register(unary("tanh", np.tanh, "Hyperbolic tangent.", onnx=onnx_op("Tanh"),
-               llvm=lambda kb, a, x: kb.tanh(x)))
+               llvm=lambda kb, a, x: kb.tanh(x),
+               vjp=elementwise_vjp(lambda gb, x, y: _one_minus(gb, gb.mul(y, y)))))
 
 
 # activations ------------------------------------------------------------------------------
@@ -102,7 +129,8 @@ def sigmoid(x):
 
 
 register(unary("sigmoid", sigmoid, "Logistic sigmoid 1/(1+e^-x).", onnx=onnx_op("Sigmoid"),
-               llvm=lambda kb, a, x: kb.sigmoid(x)))
+               llvm=lambda kb, a, x: kb.sigmoid(x),
+               vjp=elementwise_vjp(lambda gb, x, y: gb.mul(y, _one_minus(gb, y)))))
 
 
 def _relu_vjp(gb, node, cts):
@@ -116,18 +144,35 @@ register(unary("relu", lambda x: np.maximum(x, 0), "max(x, 0).", dtypes=NUMERIC,
                vjp=float_only(_relu_vjp)))
 
 
+def _positive_or(negative):
+    """The rule of an op that is x for x > 0: ct there, else negative(gb, node, ct)."""
+
+    def vjp(gb, node, cts):
+        (ct,), (x,) = cts, node.inputs
+        positive = gb.op("greater", x, like_scalar(gb, 0.0, x))
+        return [gb.op("where", positive, ct, negative(gb, node, ct))]
+
+    return float_only(vjp)
+
+
 register(unary("leaky_relu", lambda x, negative_slope: np.where(x >= 0, x, x * negative_slope),
                "x where x >= 0, else negative_slope * x.", extra=(("negative_slope", 0.01),),
                onnx=onnx_op("LeakyRelu", alpha=attr_number("negative_slope")),
                llvm=lambda kb, a, x: kb.select(kb.compare(">=", x, kb.lit(x, 0)), x, kb.mul(
-                   x, kb.number(a["negative_slope"], x)))))
+                   x, kb.number(a["negative_slope"], x))),
+               # PyTorch: the slope at 0 too
+               vjp=_positive_or(lambda gb, node, ct: gb.mul(
+                   ct, like_scalar(gb, node.attrs["negative_slope"], ct)))))
 
 
 register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
                "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
                onnx=onnx_op("Elu", alpha=attr_number("alpha")),
                llvm=lambda kb, a, x: kb.select(kb.compare(">", x, kb.lit(x, 0)), x, kb.mul(
-                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0)))))))
+                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0))))),
+               # alpha e^x = y + alpha below 0 (and at 0, as PyTorch)
+               vjp=_positive_or(lambda gb, node, ct: gb.mul(ct, gb.add(
+                   node.outputs[0], like_scalar(gb, node.attrs["alpha"], ct))))))
 
 
 def gelu(x, approximate):
@@ -165,9 +210,33 @@ def _gelu_llvm(kb, a, x):
     return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
 
 
+def _gelu_derivative(gb, x, _y, approximate):
+    """Phi(x) + x phi(x); for tanh, PyTorch's GeluBackward: with t = tanh(k (x + c x^3)),
+    (1 + t) / 2 + x/2 (1 - t^2) k (1 + 3 c x^2)."""
+    def c(v):
+        return like_scalar(gb, v, x)
+
+    square = gb.mul(x, x)
+    if approximate == "tanh":
+        k, kappa = math.sqrt(2 / math.pi), 0.044715
+        t = gb.op("tanh", gb.mul(c(k), gb.add(x, gb.mul(c(kappa), gb.mul(square, x)))))
+        left = gb.mul(c(0.5), gb.add(c(1.0), t))
+        slope = gb.mul(c(k), gb.add(c(1.0), gb.mul(c(3 * kappa), square)))
+        return gb.add(left, gb.mul(gb.mul(gb.mul(c(0.5), x), _one_minus(gb, gb.mul(t, t))),
+                                   slope))
+    cdf = gb.mul(c(0.5), gb.add(c(1.0), gb.op("erf", gb.mul(x, c(1 / math.sqrt(2))))))
+    pdf = gb.mul(c(1 / math.sqrt(2 * math.pi)), gb.op("exp", gb.mul(square, c(-0.5))))
+    return gb.add(cdf, gb.mul(x, pdf))
+
+
+def _gelu_vjp(gb, node, cts):
+    (x,), (y,) = node.inputs, node.outputs
+    return [gb.mul(cts[0], _gelu_derivative(gb, x, y, node.attrs["approximate"]))]
+
+
 register(unary("gelu", gelu, "Gaussian error linear unit x*Phi(x) (or its tanh approximation).",
                extra=(("approximate", "none"),), check=_check_gelu, onnx=widened(_gelu_onnx),
-               llvm=_gelu_llvm))
+               llvm=_gelu_llvm, vjp=float_only(_gelu_vjp)))
 
 
 def _silu_onnx(b, n):
@@ -175,8 +244,15 @@ def _silu_onnx(b, n):
     b.node("Mul", [x, one(b, "Sigmoid", x)], n.outputs)
 
 
+def _silu_derivative(gb, x, _y):
+    """s (1 + x (1 - s)), s = sigmoid(x)."""
+    s = gb.op("sigmoid", x)
+    return gb.mul(s, gb.add(like_scalar(gb, 1.0, x), gb.mul(x, _one_minus(gb, s))))
+
+
 register(unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x) (swish).",
-               onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x))))
+               onnx=widened(_silu_onnx), llvm=lambda kb, a, x: kb.mul(x, kb.sigmoid(x)),
+               vjp=elementwise_vjp(_silu_derivative)))
 
 
 def _softplus_onnx(b, n):
@@ -197,15 +273,26 @@ def _softplus_llvm(kb, a, x):
     return kb.select(kb.compare(">", y, kb.number(a["threshold"], x)), x, soft)
 
 
+def _softplus_vjp(gb, node, cts):
+    """ct where beta x > threshold, else ct sigmoid(beta x) (PyTorch's softplus_backward)."""
+    (ct,), (x,) = cts, node.inputs
+    scaled = gb.mul(x, like_scalar(gb, node.attrs["beta"], x))
+    linear = gb.op("greater", scaled, like_scalar(gb, node.attrs["threshold"], x))
+    return [gb.op("where", linear, ct, gb.mul(ct, gb.op("sigmoid", scaled)))]
+
+
 register(unary("softplus", lambda x, beta, threshold: np.where(
     x * beta > threshold, x, np.logaddexp(0, x * beta) / beta),
     "log(1 + e^(beta x)) / beta, linear above threshold.",
     extra=(("beta", 1.0), ("threshold", 20.0)), onnx=widened(_softplus_onnx),
-    llvm=_softplus_llvm))
+    llvm=_softplus_llvm, vjp=float_only(_softplus_vjp)))
 
 
 register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
-               llvm=lambda kb, a, x: kb.libm("erf", x)))
+               llvm=lambda kb, a, x: kb.libm("erf", x),  # 2/sqrt(pi) e^(-x^2)
+               vjp=elementwise_vjp(lambda gb, x, y: gb.mul(
+                   like_scalar(gb, 2 / math.sqrt(math.pi), x),
+                   gb.op("exp", gb.neg(gb.mul(x, x)))))))
 
 
 # rounding, sign and bounds ----------------------------------------------------------------
@@ -219,12 +306,15 @@ def _rounding(name):
     return lambda kb, _a, x: kb.intrinsic(name, x) if kb.is_float(x) else x
 
 
+# piecewise constant: no gradient flows back (PyTorch's is zero)
 register(unary("floor", _int_is_identity(np.floor), "Round down.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Floor"), int=identity), llvm=_rounding("floor")))
+               onnx=by_kind(onnx_op("Floor"), int=identity), llvm=_rounding("floor"),
+               vjp=no_gradient))
 
 
 register(unary("ceil", _int_is_identity(np.ceil), "Round up.", dtypes=NUMERIC,
-               onnx=by_kind(onnx_op("Ceil"), int=identity), llvm=_rounding("ceil")))
+               onnx=by_kind(onnx_op("Ceil"), int=identity), llvm=_rounding("ceil"),
+               vjp=no_gradient))
 
 
 def _sign_llvm(kb, _a, x):
@@ -236,11 +326,12 @@ def _sign_llvm(kb, _a, x):
 
 
 register(unary("sign", np.sign, "-1, 0 or 1 by the sign of x.", dtypes=NUMERIC,
-               onnx=onnx_op("Sign"), llvm=_sign_llvm))
+               onnx=onnx_op("Sign"), llvm=_sign_llvm, vjp=no_gradient))
 
 
 register(unary("reciprocal", lambda x: 1 / x, "1 / x.", onnx=onnx_op("Reciprocal"),
-               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), x)))
+               llvm=lambda kb, a, x: kb.fdiv(kb.lit(x, 1.0), x),  # -1/x^2 = -y^2
+               vjp=elementwise_vjp(lambda gb, x, y: gb.neg(gb.mul(y, y)))))
 
 
 def clip(x, min, max):
@@ -273,9 +364,20 @@ def _clip_llvm(kb, a, x):
     return x if a["max"] is None else kb.minimum(x, kb.number(a["max"], x))
 
 
+def _clip_vjp(gb, node, cts):
+    """ct where min <= x <= max, bounds included (PyTorch's clamp_backward), else 0."""
+    (x,) = node.inputs
+    inside = None
+    for bound, op in (("min", "greater_equal"), ("max", "less_equal")):
+        if node.attrs[bound] is not None:
+            test = gb.op(op, x, like_scalar(gb, node.attrs[bound], x))
+            inside = test if inside is None else gb.op("logical_and", inside, test)
+    return [masked(gb, inside, cts[0])]
+
+
 register(unary("clip", clip, "Clamp x into [min, max] (either bound may be None).",
                dtypes=NUMERIC, extra=(("min", None), ("max", None)), check=_check_clip,
-               onnx=widened(_clip_onnx), llvm=_clip_llvm))
+               onnx=widened(_clip_onnx), llvm=_clip_llvm, vjp=float_only(_clip_vjp)))
 
 
 def hard_sigmoid(x):
@@ -287,14 +389,36 @@ def _hard_sigmoid_llvm(kb, x):
     return kb.fdiv(clipped, kb.lit(x, 6))
 
 
+def _between_threes(gb, x):
+    """-3 < x < 3: where hard_sigmoid and hard_swish are not flat (PyTorch: the ends
+    excluded)."""
+    return gb.op("logical_and", gb.op("greater", x, like_scalar(gb, -3.0, x)),
+                 gb.op("less", x, like_scalar(gb, 3.0, x)))
+
+
+def _hard_sigmoid_vjp(gb, node, cts):
+    """ct / 6 for -3 < x < 3, else 0."""
+    (x,) = node.inputs
+    return [masked(gb, _between_threes(gb, x), gb.div(cts[0], like_scalar(gb, 6.0, x)))]
+
+
+def _hard_swish_vjp(gb, node, cts):
+    """ct (x/3 + 1/2) for -3 < x < 3, ct for x >= 3, 0 for x <= -3 (as PyTorch 2.13)."""
+    (ct,), (x,) = cts, node.inputs
+    middle = gb.mul(ct, gb.add(gb.div(x, like_scalar(gb, 3.0, x)), like_scalar(gb, 0.5, x)))
+    high = masked(gb, gb.op("greater_equal", x, like_scalar(gb, 3.0, x)), ct)
+    return [gb.op("where", _between_threes(gb, x), middle, high)]
+
+
 register(unary("hard_sigmoid", hard_sigmoid, "relu6(x + 3) / 6 (PyTorch hardsigmoid).",
                onnx=onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5),
-               llvm=lambda kb, a, x: _hard_sigmoid_llvm(kb, x)))
+               llvm=lambda kb, a, x: _hard_sigmoid_llvm(kb, x), vjp=float_only(_hard_sigmoid_vjp)))
 
 
 register(unary("hard_swish", lambda x: x * hard_sigmoid(x), "x * hard_sigmoid(x).",
                onnx=onnx_op("HardSwish"),
-               llvm=lambda kb, a, x: kb.mul(x, _hard_sigmoid_llvm(kb, x))))
+               llvm=lambda kb, a, x: kb.mul(x, _hard_sigmoid_llvm(kb, x)),
+               vjp=float_only(_hard_swish_vjp)))
 
 
 # logic and conversion ---------------------------------------------------------------------
@@ -305,18 +429,24 @@ def _logical_not_onnx(b, n):
 
 register(unary("logical_not", np.logical_not, "Elementwise not (nonzero is true).",
                dtypes=ALL_DTYPES, out_dtype="bool", onnx=_logical_not_onnx,
-               llvm=lambda kb, a, x: kb.b.not_(kb.convert(x, "bool"))))
+               llvm=lambda kb, a, x: kb.b.not_(kb.convert(x, "bool")), vjp=no_gradient))
 
 
 def _cast_onnx(b, n):
     cast(b, n.inputs[0], n.out_types[0].dtype, n.outputs[0])
 
 
+def _cast_vjp(gb, node, cts):
+    """A float-to-float cast casts its cotangent back; to or from an integer, none flows."""
+    (ct,), (x,) = cts, node.inputs
+    return [gb.cast(ct, x.type.dtype) if is_float(x) and is_float(ct) else None]
+
+
 register(unary("cast", lambda x, dtype: x, "Convert x to another element type.",
                dtypes=ALL_DTYPES, extra=(("dtype", REQUIRED),),
                out_dtype=lambda _d, a: dtype_attr(a["dtype"]),
                check=lambda a: dtype_attr(a["dtype"]), onnx=_cast_onnx,
-               llvm=lambda kb, a, x: kb.convert(x, a["dtype"])))
+               llvm=lambda kb, a, x: kb.convert(x, a["dtype"]), vjp=_cast_vjp))
 
 
 # arithmetic of two tensors ----------------------------------------------------------------
@@ -481,9 +611,13 @@ def _divmod_llvm(part):
 register(binary("floor_div", np.floor_divide, "a // b, rounding toward -inf.",
                 onnx=by_kind(widened(_float_floor_div_onnx), int=_int_floor_div_onnx),
                 llvm=_divmod_llvm(0)))
+# floor_div has no gradient rule, as PyTorch's floor_divide has none: a gradient through it
+# is an error (K0801). a % b = a - b floor(a / b): ct, and -ct floor(a / b) (PyTorch)
 register(binary("mod", np.mod, "a % b with the sign of b (Python's floor modulo).",
                 onnx=by_kind(widened(_float_mod_onnx), int=_int_mod_onnx),
-                llvm=_divmod_llvm(1)))
+                llvm=_divmod_llvm(1),
+                vjp=_binary_vjp(_cotangent, lambda gb, node, ct: gb.neg(gb.mul(
+                    ct, gb.op("floor_div", *node.inputs))))))
 
 
 # numpy and torch refuse an integer to a negative integer power; so does every target (K0505)
@@ -518,16 +652,48 @@ def _pow_onnx(b, n) -> None:
     b.node("Pow", n.inputs, n.outputs)
 
 
+def _pow_base(gb, node, ct):
+    """ct b a^(b-1), and 0 where b == 0 (PyTorch's pow_backward_self: no 0 * inf there)."""
+    a, b = node.inputs
+    zero = like_scalar(gb, 0.0, b)
+    power = gb.op("pow", a, gb.sub(b, like_scalar(gb, 1.0, b)))
+    return masked(gb, gb.op("not_equal", b, zero), gb.mul(ct, gb.mul(b, power)))
+
+
+def _pow_exponent(gb, node, ct):
+    """ct a^b log(a), and 0 where a == 0 and b >= 0 (PyTorch's pow_backward_exponent)."""
+    a, b = node.inputs
+    zero = like_scalar(gb, 0.0, a)
+    at_zero = gb.op("logical_and", gb.op("equal", a, zero),
+                    gb.op("greater_equal", b, like_scalar(gb, 0.0, b)))
+    grad = gb.mul(ct, gb.mul(node.outputs[0], gb.op("log", a)))
+    return gb.op("where", at_zero, like_scalar(gb, 0.0, grad), grad)
+
+
 register(binary("pow", np.power, "a ** b.", onnx=by_kind(onnx_op("Pow"), int=_pow_onnx),
-                llvm=_pow_llvm))
+                llvm=_pow_llvm, vjp=_binary_vjp(_pow_base, _pow_exponent)))
+
+
+def _extreme_side(wins: str, mine: int):
+    """The cotangent of operand `mine` of maximum (`wins` = "greater") or minimum ("less"):
+    all of it where that operand wins, half where the two tie (PyTorch)."""
+
+    def grad(gb, node, ct):
+        a, b = node.inputs if mine == 0 else node.inputs[::-1]
+        half = gb.mul(ct, like_scalar(gb, 0.5, ct))
+        return gb.op("where", gb.op("equal", a, b), half, masked(gb, gb.op(wins, a, b), ct))
+
+    return grad
 
 
 register(binary("maximum", np.maximum, "Elementwise max (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Max"), bool=onnx_op("Or")),
-                llvm=lambda kb, a, x, y: kb.maximum(x, y)))
+                llvm=lambda kb, a, x, y: kb.maximum(x, y),
+                vjp=_binary_vjp(_extreme_side("greater", 0), _extreme_side("greater", 1))))
 register(binary("minimum", np.minimum, "Elementwise min (NaN propagates).", dtypes=ALL_DTYPES,
                 onnx=by_kind(onnx_op("Min"), bool=onnx_op("And")),
-                llvm=lambda kb, a, x, y: kb.minimum(x, y)))
+                llvm=lambda kb, a, x, y: kb.minimum(x, y),
+                vjp=_binary_vjp(_extreme_side("less", 0), _extreme_side("less", 1))))
 
 
 # comparisons and logic of two tensors -----------------------------------------------------
@@ -552,21 +718,26 @@ def _compare_llvm(op):
 
 
 register(binary("equal", np.equal, "a == b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Equal"), llvm=_compare_llvm("==")))
+                onnx=_compare("Equal"), llvm=_compare_llvm("=="), vjp=no_gradient))
 register(binary("not_equal", np.not_equal, "a != b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Equal", negate=True), llvm=_compare_llvm("!=")))
+                onnx=_compare("Equal", negate=True), llvm=_compare_llvm("!="),
+                vjp=no_gradient))
 register(binary("less", np.less, "a < b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Less"), llvm=_compare_llvm("<")))
+                onnx=_compare("Less"), llvm=_compare_llvm("<"), vjp=no_gradient))
 register(binary("greater", np.greater, "a > b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("Greater"), llvm=_compare_llvm(">")))
+                onnx=_compare("Greater"), llvm=_compare_llvm(">"), vjp=no_gradient))
 register(binary("less_equal", np.less_equal, "a <= b.", dtypes=ALL_DTYPES, out_dtype="bool",
-                onnx=_compare("LessOrEqual"), llvm=_compare_llvm("<=")))
+                onnx=_compare("LessOrEqual"), llvm=_compare_llvm("<="),
+                vjp=no_gradient))
 register(binary("greater_equal", np.greater_equal, "a >= b.", dtypes=ALL_DTYPES,
-                out_dtype="bool", onnx=_compare("GreaterOrEqual"), llvm=_compare_llvm(">=")))
+                out_dtype="bool", onnx=_compare("GreaterOrEqual"), llvm=_compare_llvm(">="),
+                vjp=no_gradient))
 register(binary("logical_and", np.logical_and, "Elementwise and of bools.", dtypes=BOOL,
-                onnx=onnx_op("And"), llvm=lambda kb, a, x, y: kb.b.and_(x, y)))
+                onnx=onnx_op("And"), llvm=lambda kb, a, x, y: kb.b.and_(x, y),
+                vjp=no_gradient))
 register(binary("logical_or", np.logical_or, "Elementwise or of bools.", dtypes=BOOL,
-                onnx=onnx_op("Or"), llvm=lambda kb, a, x, y: kb.b.or_(x, y)))
+                onnx=onnx_op("Or"), llvm=lambda kb, a, x, y: kb.b.or_(x, y),
+                vjp=no_gradient))
 
 
 # selection --------------------------------------------------------------------------------
@@ -582,6 +753,16 @@ def _where_reference(env, inputs, _attrs):
     return [np.where(cond, a, b).astype(a.dtype, copy=False)]
 
 
+def _where_vjp(gb, node, cts):
+    """The cotangent goes to a where cond holds, to b elsewhere; cond takes none."""
+    (ct,), (cond, a, b) = cts, node.inputs
+    if not is_float(a):
+        return [None, None, None]
+    zero = like_scalar(gb, 0.0, ct)
+    return [None, unbroadcast(gb, gb.op("where", cond, ct, zero), a.type),
+            unbroadcast(gb, gb.op("where", cond, zero, ct), b.type)]
+
+
 # a and b meet at one dtype; cond stays bool
 # onnxruntime's Where has no bool or bf16 kernel: a and b go through i32 or f32 (exactly)
 register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _where_reference,
@@ -589,4 +770,4 @@ register(OpRecord("where", tensors("cond", "a", "b") + attrs(), _where_infer, _w
                   props=frozenset({Prop.ELEMENTWISE}),
                   onnx=widened(onnx_op("Where", {}), {**BF16_UP, "bool": "i32"}, inputs=(1, 2)),
                   llvm=lambda kb, n: kb.elementwise(n, lambda kb_, c, a, b: kb_.select(c, a, b)),
-                  scalar=lambda kb, _attrs, c, a, b: kb.select(c, a, b)))
+                  scalar=lambda kb, _attrs, c, a, b: kb.select(c, a, b), vjp=_where_vjp))

@@ -13,7 +13,15 @@ from ..types import NUMPY_DTYPES
 from ._common import ALL_DTYPES, FLOATS, INTS, normalize_axes, normalize_axis
 from ._emit import BF16_UP, HALF_UP, cast, one, widened
 from ._factories import along_axis, reduction
-from ._grad import expand_to, float_only, reduced_back, size_value
+from ._grad import (
+    expand_to,
+    float_only,
+    like_scalar,
+    masked,
+    no_gradient,
+    reduced_back,
+    size_value,
+)
 from .registry import Prop, register
 
 
@@ -264,6 +272,44 @@ def _mean_vjp(gb, node, cts):
     return [gb.div(_spread(gb, node, cts[0]), size_value(gb, count, x.dtype))]
 
 
+def _kept(gb, node, value):
+    """A reduction's result (or its cotangent) with the reduced axes kept as size 1."""
+    return reduced_back(gb, value, node.inputs[0].type, _reduced(node), node.attrs["keepdims"])
+
+
+def _extreme_vjp(gb, node, cts):
+    """The cotangent split evenly among the elements equal to the max (min), as
+    torch.amax/amin: ct * (x == y) / count(x == y)."""
+    (x,), (y,) = node.inputs, node.outputs
+    hit = gb.op("equal", x, _kept(gb, node, y))
+    ones = masked(gb, hit, like_scalar(gb, 1.0, x))
+    count = gb.op("sum", ones, axis=_reduced(node), keepdims=True)
+    return [gb.mul(ones, gb.div(_kept(gb, node, cts[0]), count))]
+
+
+def _prod_vjp(gb, node, cts):
+    """The product of the other elements, zeros included: with p the product of the nonzero
+    elements and z the number of zeros along the reduced axes, p / x where z == 0; p at the
+    one zero where z == 1; 0 elsewhere (no division by zero)."""
+    (x,) = node.inputs
+    zero, one = like_scalar(gb, 0.0, x), like_scalar(gb, 1.0, x)
+    is_zero = gb.op("equal", x, zero)
+    axes = _reduced(node)
+    nonzero = gb.op("prod", gb.op("where", is_zero, one, x), axis=axes, keepdims=True)
+    zeros = gb.op("sum", gb.op("where", is_zero, one, zero), axis=axes, keepdims=True)
+    others = gb.op("where", gb.op("equal", zeros, zero),
+                   gb.div(nonzero, gb.op("where", is_zero, one, x)),
+                   masked(gb, gb.op("logical_and", is_zero, gb.op("equal", zeros, one)),
+                          expand_to(gb, nonzero, x.type)))
+    return [gb.mul(_kept(gb, node, cts[0]), others)]
+
+
+def _logsumexp_vjp(gb, node, cts):
+    """ct * exp(x - y): the softmax of x along the reduced axes."""
+    (x,), (y,) = node.inputs, node.outputs
+    return [gb.mul(_kept(gb, node, cts[0]), gb.op("exp", gb.sub(x, _kept(gb, node, y))))]
+
+
 def _axis_of(node) -> int:
     """The normalised axis of a softmax or log_softmax node (a 0-d input: its only element)."""
     rank = node.inputs[0].type.rank
@@ -296,23 +342,28 @@ register(reduction("mean", np.mean, "Arithmetic mean over axis.", dtypes=FLOATS,
                    onnx=widened(_mean), llvm=_mean_llvm, vjp=_mean_vjp))
 register(reduction("max", np.max, "Maximum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMax"),
-                   llvm=_fold_llvm("maximum", "lowest"), props=_NO_IDENTITY))
+                   llvm=_fold_llvm("maximum", "lowest"), props=_NO_IDENTITY,
+                   vjp=float_only(_extreme_vjp)))
 register(reduction("min", np.min, "Minimum over axis.", dtypes=ALL_DTYPES,
                    onnx=_extreme_onnx("ReduceMin"),
-                   llvm=_fold_llvm("minimum", "highest"), props=_NO_IDENTITY))
+                   llvm=_fold_llvm("minimum", "highest"), props=_NO_IDENTITY,
+                   vjp=float_only(_extreme_vjp)))
 register(reduction("prod", np.prod, "Product over axis.", dtypes=ALL_DTYPES,
                    out_dtype=_widen_ints, onnx=_reduce_onnx("ReduceProd", _WIDEN_TO_I64),
-                   llvm=_fold_llvm("mul", 1)))
+                   llvm=_fold_llvm("mul", 1), vjp=float_only(_prod_vjp)))
 register(reduction("argmax", np.argmax,
                    "Index (i64) of the first maximum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMax"), llvm=_arg_llvm(True), props=_NO_IDENTITY))
+                   onnx=_arg_onnx("ArgMax"), llvm=_arg_llvm(True), props=_NO_IDENTITY,
+                   vjp=no_gradient))
 register(reduction("argmin", np.argmin,
                    "Index (i64) of the first minimum along one axis, or of the flattened tensor.",
                    dtypes=ALL_DTYPES, out_dtype="i64", single_axis=True,
-                   onnx=_arg_onnx("ArgMin"), llvm=_arg_llvm(False), props=_NO_IDENTITY))
+                   onnx=_arg_onnx("ArgMin"), llvm=_arg_llvm(False), props=_NO_IDENTITY,
+                   vjp=no_gradient))
 register(reduction("logsumexp", logsumexp, "log(sum(exp(x))) over axis, computed stably.",
-                   dtypes=FLOATS, onnx=widened(_logsumexp_onnx), llvm=_logsumexp_llvm))
+                   dtypes=FLOATS, onnx=widened(_logsumexp_onnx), llvm=_logsumexp_llvm,
+                   vjp=_logsumexp_vjp))
 register(along_axis("softmax", softmax, "exp(x) / sum(exp(x)) along axis, computed stably.",
                     onnx=_softmax_onnx("Softmax"),
                     llvm=lambda kb, n, axis: kb.softmax(n, axis), vjp=_softmax_vjp))

@@ -16,18 +16,20 @@ from .module import ModuleLayout, build_module, ir_text
 
 
 def compile_object(model, target: targets.Target, with_plan: bool = False,
-                   stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None):
+                   stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
+                   profile: bool = False):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
     returns (object bytes, layout, target machine). `model` is an ElaboratedModel whose graph
     the native pipeline has lowered. `with_plan` adds `kiln_plan`, the memory plan as a C
     function, for libraries used without kiln; `stamp(layout)` gives read-only data symbols
-    to add (name -> bytes), such as a library's metadata digest."""
+    to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
+    (module.py: kiln_profile)."""
     machine = target.machine()
     with (progress.step(f"generating native code ({len(model.graph)} nodes)"),
           assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
         module, layout = build_module(model, llvm.get_process_triple(),
                                       str(machine.target_data), with_plan=with_plan,
-                                      vector_width=target.vector_width)
+                                      vector_width=target.vector_width, profile=profile)
         for name, data in (stamp(layout) if stamp else {}).items():
             symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
             symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))

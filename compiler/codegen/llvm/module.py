@@ -9,6 +9,12 @@
 tensor, from the memory plan (`plan_memory`); `status[0]` is 0 after a call, or the code of
 an input value an op could not handle (`ModuleLayout.failures`). Python crosses into native
 code once per call.
+
+A module built with `profile=True` also times each kernel the entry calls: the CPU's cycle
+counter (`llvm.readcyclecounter`, the TSC on x86-64) is read around every call and the
+difference added to `kiln_profile[k]` (i64, one per call in run order; `ModuleLayout.profiled`
+gives each one's node), and `int64_t kiln_cycles(void)` reads the counter, for the runtime to
+convert cycles to seconds. A scan's kernel counts as one, its body's steps included.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class ModuleLayout:
     # constant statistics): new weights need the graph optimized again (aot: a library that
     # cannot take new weights)
     folded: set[str] = field(default_factory=set)
+    # a profiling build's timed kernels: the node of each entry of kiln_profile, in run order
+    profiled: list[int] = field(default_factory=list)
 
     def param(self, name: str) -> int:
         """The index of `name` in `params`, added at the end if new."""
@@ -71,11 +79,16 @@ ENTRY_TYPE = ir.FunctionType(
 )
 
 
+PROFILE_SYMBOL, CYCLES_SYMBOL = "kiln_profile", "kiln_cycles"
+
+
 def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
-                 vector_width: int | None = None) -> tuple[ir.Module, ModuleLayout]:
+                 vector_width: int | None = None, profile: bool = False
+                 ) -> tuple[ir.Module, ModuleLayout]:
     """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
     `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers
-    (plan.py: -1 when the sizes are out of range for the model)."""
+    (plan.py: -1 when the sizes are out of range for the model); `profile` times each kernel
+    (see the module's docstring)."""
     graph: Graph = model.graph
     layout = ModuleLayout(symbols=list(model.symbols))
     module = ir.Module(name=model.name)
@@ -92,14 +105,26 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
 
     ins = [irgen.element(b, inputs_p, i) for i in range(len(graph.inputs))]
     outs = [irgen.element(b, outputs_p, i) for i in range(len(graph.outputs))]
-    GraphEmitter(module, layout, params_p, dims_p, vector_width, status_p).emit(
-        b, graph, ins, outs, slot
-    )
+    emitter = GraphEmitter(module, layout, params_p, dims_p, vector_width, status_p)
+    if profile:
+        emitter.profile = _profile_counters(module, graph)
+    emitter.emit(b, graph, ins, outs, slot)
     b.ret_void()
     threads_global(module)  # kiln_set_threads, for every model (kernels read kiln_threads)
     if with_plan:
         plan_function(module, graph, layout.symbols, layout.slots)
     return module, layout
+
+
+def _profile_counters(module: ir.Module, graph: Graph) -> ir.GlobalVariable:
+    """`kiln_profile`, a zeroed i64 per kernel the entry may call, and `kiln_cycles()`."""
+    calls = sum(1 for nid in graph.g if graph.op(nid) not in STRUCTURAL_OPS)
+    counters = ir.GlobalVariable(module, ir.ArrayType(I64, max(1, calls)), PROFILE_SYMBOL)
+    counters.initializer = ir.Constant(counters.type.pointee, None)
+    cycles = ir.Function(module, ir.FunctionType(I64, []), CYCLES_SYMBOL)
+    b = ir.IRBuilder(cycles.append_basic_block("entry"))
+    b.ret(b.call(declare(module, "llvm.readcyclecounter", I64, []), []))
+    return counters
 
 
 @dataclass
@@ -138,6 +163,7 @@ class GraphEmitter(GraphVisitor):
         self.module, self.layout = module, layout
         self.params_p, self.dims_p, self.status_p = params_p, dims_p, status_p
         self.vector_width = vector_width
+        self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
@@ -213,12 +239,22 @@ class GraphEmitter(GraphVisitor):
 
     def call(self, f: _Frame, kernel: ir.Function, args: list[ir.Value], nid: int) -> None:
         b = f.b
-        if f.noinline:
+        if f.noinline or self.profile is not None:  # timed: each kernel its own function
             kernel.attributes.add("noinline")
         array = b.alloca(PTR, len(args), name=f"args{nid}")
         for i, a in enumerate(args):
             b.store(a, b.gep(array, [ir.Constant(I64, i)]))
+        if self.profile is None:
+            b.call(kernel, [array, self.dims_p, self.status_p])
+            return
+        counter = declare(self.module, "llvm.readcyclecounter", I64, [])
+        start = b.call(counter, [])
         b.call(kernel, [array, self.dims_p, self.status_p])
+        spent = b.sub(b.call(counter, []), start)
+        self.layout.profiled.append(nid)
+        total = b.gep(self.profile, [ir.Constant(I64, 0),
+                                     ir.Constant(I64, len(self.layout.profiled) - 1)])
+        b.store(b.add(b.load(total), spent), total)
 
     def prepacked_weights(self, graph: Graph, nid: int,
                           weight: tuple[dict, int] | None) -> dict[int, str]:

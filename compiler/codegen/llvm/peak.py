@@ -1,0 +1,69 @@
+"""The CPU's measured f32 FMA peak, the yardstick of `kiln profile`'s "% of peak".
+
+A loop of independent vector FMA chains (enough of them to cover the FMA latency on every
+port), compiled for this CPU at its vector width, run on one thread and timed: what one core
+can do at best. A kernel on T threads is compared with T times that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import time
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from . import target as targets
+from .abi import I64
+
+CHAINS = 12  # independent accumulators: latency 4 x 2 FMA ports = 8 in flight, with room
+
+
+@functools.lru_cache(maxsize=1)
+def fma_peak_flops() -> float:
+    """This CPU's measured single-core f32 peak in FLOP/s (an FMA counts as 2), the best of
+    a few short runs."""
+    target = targets.host()
+    lanes = target.vector_width  # f32 lanes of the widest vectors kiln uses here
+    machine = target.machine()
+    module = ir.Module("peak")
+    module.triple, module.data_layout = llvm.get_process_triple(), str(machine.target_data)
+    vec = ir.VectorType(ir.FloatType(), lanes)
+    fma = ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
+    fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [I64]), "kiln_peak")
+    entry, body, done = (fn.append_basic_block(n) for n in ("entry", "body", "done"))
+    b = ir.IRBuilder(entry)
+    one = ir.Constant(vec, [1.0000001] * lanes)
+    step = ir.Constant(vec, [1e-7] * lanes)
+    b.branch(body)
+    b.position_at_end(body)
+    i = b.phi(I64)
+    accs = [b.phi(vec) for _ in range(CHAINS)]
+    new = [b.call(fma, [acc, one, step]) for acc in accs]
+    nxt = b.add(i, ir.Constant(I64, 1))
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    i.add_incoming(nxt, body)
+    for k, (acc, n) in enumerate(zip(accs, new, strict=True)):
+        acc.add_incoming(ir.Constant(vec, [float(k)] * lanes), entry)
+        acc.add_incoming(n, body)
+    b.cbranch(b.icmp_signed("<", nxt, fn.args[0]), body, done)
+    b.position_at_end(done)
+    total = new[0]
+    for n in new[1:]:
+        total = b.fadd(total, n)
+    b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
+    parsed = llvm.parse_assembly(str(module))
+    engine = llvm.create_mcjit_compiler(parsed, machine)
+    engine.finalize_object()
+    run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(engine.get_function_address("kiln_peak"))
+    iterations = 2_000_000
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        run(iterations)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * lanes * CHAINS * iterations / best
+
+
+__all__ = ["fma_peak_flops"]
