@@ -213,7 +213,7 @@ def train_options(t) -> None:
 def cmd_train(opts) -> int:
     from kiln.train.loop import fit
 
-    return fit(opts)
+    return fit(opts, parse_args_option(opts.arg))
 
 
 def compile_options(opts) -> dict:

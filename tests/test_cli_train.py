@@ -45,7 +45,8 @@ def train(capsys, files, *more):
 
 
 def test_train_writes_weights_log_and_checkpoint(capsys, files, tmp_path):
-    weights, log, ckpt = tmp_path / "w.safetensors", tmp_path / "run.jsonl", tmp_path / "c.safetensors"
+    weights, log = tmp_path / "w.safetensors", tmp_path / "run.jsonl"
+    ckpt = tmp_path / "c.safetensors"
     code, out, err = train(capsys, files, "--epochs", "4", "-o", weights, "--log", log,
                            "--checkpoint", ckpt)
     assert code == 0, err
@@ -168,7 +169,8 @@ def test_lenet_style_cnn_on_digits(capsys):
 
     example = Path(__file__).parent.parent / "examples" / "digits_cnn.kiln"
     code, out, err = run(capsys, "train", example, "--data", "digits", "--optimizer", "adam",
-                         "--lr", "3e-3", "--epochs", "8", "--batch", "32", "--seed", "0",
+                         "--lr", "5e-3", "--schedule", "cosine", "--epochs", "12", "--batch",
+                         "32", "--seed", "0",
                          "--quiet")
     if code == 1 and "K0801" in err:
         raise KilnError("K0801", err)

@@ -7,6 +7,7 @@ must fit in memory), its header parsed by safetensors itself.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -45,8 +46,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     try:
         tensors = safetensors.numpy.load(data)
         header_size = int.from_bytes(data[:8], "little")
-        import json
-
         header = json.loads(data[8:8 + header_size])
     except (safetensors.SafetensorError, ValueError, TypeError) as e:
         raise _error(path, f"not a valid safetensors file ({e})") from None

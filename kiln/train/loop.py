@@ -58,8 +58,9 @@ def _row(values: dict[str, Any]) -> str:
     return " ".join(cells)
 
 
-def fit(opts) -> int:
-    """Run `kiln train` with the parsed options `opts` (kiln/cli.py)."""
+def fit(opts, args: dict[str, Any]) -> int:
+    """Run `kiln train` with the parsed options `opts` (kiln/cli.py) and the model's
+    compile-time arguments `args`."""
     from kiln.compiler.train.optim import by_name, cosine, step_decay
 
     for name in opts.augment:
@@ -82,12 +83,10 @@ def fit(opts) -> int:
         schedule = cosine(total, min(opts.warmup, total - 1))
     elif opts.schedule == "step":
         schedule = step_decay(opts.step_size * steps_per_epoch, opts.gamma)
-    from kiln.cli import parse_args_option
-
     trainer = Trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
                       clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
                       trainable=opts.trainable or None, model=opts.model,
-                      args=parse_args_option(opts.arg), weights=opts.weights,
+                      args=args, weights=opts.weights,
                       target=opts.target, l1=opts.l1, l2=opts.l2)
     port = trainer.inputs[0]
     if len(trainer.inputs) != 1:
