@@ -151,7 +151,9 @@ def _reverse(graph: Graph, new: Graph, seeds: list[tuple[Value, Value]],
     for nid in reversed(graph.order()):
         if nid in relevant and graph.op(nid) not in STRUCTURAL_OPS:
             _backward(new, nid, grads, relevant, targets)
-    outs = list(graph.outputs)
+    # the forward outputs as `new` has them now: a rule may have moved one to a node that
+    # computes it too (scan's rule: the scan that also saves its carries)
+    outs = list(new.outputs[:len(graph.outputs)])
     for path, nids in params.items():
         outs.append(grads.total([Value(n, 0, graph.node(n)["types"][0]) for n in nids]))
     for name, nid in inputs.items():

@@ -37,6 +37,11 @@ class GraphBuilder:
         self.graph = graph
         self.span = span
         self.scope = scope
+        # the reverse-mode transform, differentiate(body, wrt_params, wrt_inputs) -> (graph,
+        # layout) (compiler/autodiff.py: grad), for the gradient rule of an op holding a body
+        # graph (scan); compiler/autodiff.py sets it on the builders it gives rules, since an
+        # op record cannot import the transform that imports the records
+        self.differentiate: Any = None
 
     @classmethod
     def like(cls, graph: Graph, node: dict) -> GraphBuilder:

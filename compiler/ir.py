@@ -151,6 +151,19 @@ class Graph:
     def __len__(self) -> int:
         return self.g.number_of_nodes()
 
+    def copy(self) -> Graph:
+        """A structural copy: nodes, edges and nested graphs are new, constant arrays are
+        shared (nothing writes into an array); new nodes get ids the copy has not used. The
+        memory plan is not copied (a copy may be edited)."""
+        g = nx.MultiDiGraph()
+        for nid, data in self.g.nodes(data=True):
+            attrs = {k: v.copy() if isinstance(v, Graph) else v for k, v in data["attrs"].items()}
+            g.add_node(nid, **{**data, "attrs": attrs, "types": list(data["types"])})
+        g.add_edges_from((u, v, dict(d)) for u, v, d in self.g.edges(data=True))
+        next_id = max(self.g.nodes, default=-1) + 1
+        return Graph(g, list(self.inputs), list(self.outputs), list(self.output_names),
+                     list(self.constraints), itertools.count(next_id))
+
 
 def holds_body(node: dict) -> bool:
     """Whether a node holds a body graph in its attributes (a scan's loop body, a fused

@@ -186,6 +186,11 @@ for src, dst in CASTS:
     case("cast", rand(3, 4, dtype=src, seed=3, low=-3, high=3), dtype=dst, id=f"cast-{src}-{dst}")
 case("dropout", rand(2, 3), p=0.3)
 case("dropout", rand(2, 3, dtype="bf16"), id="dropout-bf16")
+# training-mode dropout: the same Philox words on every target (a negative seed: all 64 bits)
+KEY = np.array([-1234, (5 << 32) + 7], np.int64)
+for p, dtype in ((0.3, "f32"), (0.5, "bf16"), (0.0, "f32"), (1.0, "f32"), (0.25, "f16")):
+    case("dropout_keyed", rand(5, 37, dtype=dtype), KEY, p=p, stream=3,
+         id=f"dropout_keyed-{p}-{dtype}")
 
 
 # elementwise: binary --------------------------------------------------------------------------
@@ -561,6 +566,14 @@ case("batch_norm", rand(2, 3, 5), MEAN, VAR, None, SHIFT, id="batch_norm-bias-on
 for dtype in HALVES:
     half = [a.astype(NP[dtype]) for a in (MEAN, VAR, SCALE, SHIFT)]
     case("batch_norm", rand(2, 3, 4, dtype=dtype), *half, eps=1e-3, id=f"batch_norm-{dtype}")
+    case("batch_norm", rand(2, 3, 4, dtype=dtype), *half, training=True,
+         id=f"batch_norm-training-{dtype}")
+# training mode: the batch's statistics (the running ones are not read)
+case("batch_norm", rand(2, 3, 2, 2), MEAN, VAR, SCALE, SHIFT, training=True, eps=1e-3,
+     id="batch_norm-training-affine")
+case("batch_norm", rand(5, 3), MEAN, VAR, training=True, id="batch_norm-training-2d-plain")
+case("batch_norm", rand(2, 3, 5), MEAN, VAR, None, SHIFT, training=True,
+     id="batch_norm-training-bias-only")
 case("group_norm", rand(2, 6, 3, seed=4), 3, rand(6, seed=5), rand(6, seed=6), id="group_norm")
 case("group_norm", rand(2, 6, 2, 2, seed=4), 2, eps=1e-2, id="group_norm-plain")
 case("group_norm", rand(3, 4, seed=4), 2, None, rand(4, seed=6), id="group_norm-2d-bias")

@@ -17,8 +17,8 @@ from _optest import RefEnv, bind
 
 from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.evaluate import run_graph
-from kiln.compiler.ir import Graph
-from kiln.compiler.ops import VjpNode
+from kiln.compiler.ir import Graph, Value
+from kiln.compiler.ops import REGISTRY, VjpNode
 from kiln.compiler.types import FLOAT_DTYPES, TensorType, dtype_of_numpy
 
 
@@ -26,37 +26,57 @@ def _type_of(x: np.ndarray) -> TensorType:
     return TensorType(dtype_of_numpy(x.dtype), x.shape)
 
 
-def backward(op: str, *args, cotangents: list[np.ndarray] | None = None, seed: int = 0,
-             **kwargs) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
-    """Run op `op` and its rule on `args` (arrays for tensor arguments; a list of arrays for a
-    `tensors` argument): (results, cotangents used, gradient per input slot or None)."""
-    record, inputs, attrs = bind(op, args, kwargs)
+def add_rule(graph: Graph, op: str, values: list[Value | None], attrs: dict,
+             with_cotangent=None, prefix: str = "") -> tuple[list[Value], list[Value | None],
+                                                             list[Value | None]]:
+    """Add op `op` on `values` to `graph`, a cotangent input (named `<prefix>ct<i>`) for each
+    float result that `with_cotangent(i)` accepts (default: every one), and the op's rule:
+    (results, cotangent inputs or None, gradient per input slot or None), each gradient
+    checked to have its input's type."""
+    record = REGISTRY[op]
     assert record.vjp is not None, f"{op} has no gradient rule"
-    graph = Graph()
-    gb = GraphBuilder(graph)
-    values = [None if x is None else graph.add_input(f"x{i}", _type_of(x), None)
-              for i, x in enumerate(inputs)]
-    feeds = [x for x in inputs if x is not None]
     outs = graph.add(op, values, attrs, list(record.infer(
         [None if v is None else v.type for v in values], attrs)))
-    fwd = run_graph(_graph_of(graph, outs), feeds, {}, {})
-    rng = np.random.default_rng(seed)
-    if cotangents is None:
-        cotangents = [rng.standard_normal(r.shape).astype(r.dtype)
-                      if r.dtype.kind == "f" else None for r in fwd]
-    ct_values = [None if c is None else graph.add_input(f"ct{i}", _type_of(c), None)
-                 for i, c in enumerate(cotangents)]
+    ct_values = [graph.add_input(f"{prefix}ct{i}", out.type, None)
+                 if out.type.dtype in FLOAT_DTYPES and (with_cotangent is None or
+                                                        with_cotangent(i)) else None
+                 for i, out in enumerate(outs)]
     node = VjpNode(op, tuple(values), tuple(outs), dict(attrs))
-    grads = record.vjp(gb, node, list(ct_values))
+    grads = record.vjp(GraphBuilder(graph), node, list(ct_values))
     assert len(grads) == len(values), f"{op}: the rule gave {len(grads)} gradients for " \
         f"{len(values)} input slots"
-    wanted = [g for g in grads if g is not None]
     for g, v in zip(grads, values, strict=True):
         if g is not None:
             assert v is not None, f"{op}: a gradient for an absent input"
             assert g.type == v.type, f"{op}: gradient type {g.type} for an input of {v.type}"
+    return outs, ct_values, list(grads)
+
+
+def backward(op: str, *args, cotangents: list[np.ndarray] | None = None, seed: int = 0,
+             types: list[TensorType | None] | None = None, dims: dict[str, int] | None = None,
+             **kwargs) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    """Run op `op` and its rule on `args` (arrays for tensor arguments; a list of arrays for a
+    `tensors` argument): (results, cotangents used, gradient per input slot or None).
+
+    `types` gives the input slots types of their own (symbolic sizes: the graph is built for
+    them, and run with the sizes `dims` binds); by default each array's type."""
+    record, inputs, attrs = bind(op, args, kwargs)
+    graph = Graph()
+    types = types or [None if x is None else _type_of(x) for x in inputs]
+    values = [None if x is None else graph.add_input(f"x{i}", t, None)
+              for i, (x, t) in enumerate(zip(inputs, types, strict=True))]
+    feeds = [x for x in inputs if x is not None]
+    dims = dims or {}
+    fwd = record.reference(RefEnv(dims), list(inputs), attrs)
+    rng = np.random.default_rng(seed)
+    if cotangents is None:
+        cotangents = [rng.standard_normal(r.shape).astype(r.dtype)
+                      if r.dtype.kind == "f" else None for r in fwd]
+    _outs, _cts, grads = add_rule(graph, op, values, attrs,
+                                  lambda i: cotangents[i] is not None)
+    wanted = [g for g in grads if g is not None]
     results = run_graph(_graph_of(graph, wanted), feeds + [c for c in cotangents
-                                                           if c is not None], {}, {})
+                                                           if c is not None], {}, dims)
     it = iter(results)
     return fwd, cotangents, [None if g is None else next(it) for g in grads]
 
@@ -67,11 +87,13 @@ def _graph_of(graph: Graph, outputs) -> Graph:
     return view
 
 
-def numeric_grads(op: str, args: tuple, kwargs: dict, cotangents: list, eps: float = 1e-6
+def numeric_grads(op: str, args: tuple, kwargs: dict, cotangents: list,
+                  dims: dict[str, int] | None = None, eps: float = 1e-6
                   ) -> list[np.ndarray | None]:
-    """Central differences of sum(op(args) * cotangents) for every float input, in float64."""
+    """Central differences of sum(op(args) * cotangents) for every float input, in float64
+    (symbolic sizes in attributes bound by `dims`)."""
     record, inputs, attrs = bind(op, args, kwargs)
-    env = RefEnv()
+    env = RefEnv(dims)
 
     def objective(xs: list) -> float:
         outs = record.reference(env, xs, attrs)
@@ -95,13 +117,16 @@ def numeric_grads(op: str, args: tuple, kwargs: dict, cotangents: list, eps: flo
 
 
 def check_vjp(op: str, *args, rtol: float = 1e-5, atol: float = 1e-7, seed: int = 0,
+              types: list[TensorType | None] | None = None, dims: dict[str, int] | None = None,
               **kwargs) -> None:
     """Assert that op `op`'s rule gives the finite-difference gradient of every float input.
 
     Float inputs should be float64 (the differences need its precision). An input whose rule
-    returns None must have a zero numeric gradient, or be an integer/bool input."""
-    _fwd, cts, grads = backward(op, *args, seed=seed, **kwargs)
-    numeric = numeric_grads(op, args, kwargs, cts)
+    returns None must have a zero numeric gradient, or be an integer/bool input. `types` and
+    `dims` build the rule for symbolic sizes (as in `backward`); the differences run the
+    arrays as they are."""
+    _fwd, cts, grads = backward(op, *args, seed=seed, types=types, dims=dims, **kwargs)
+    numeric = numeric_grads(op, args, kwargs, cts, dims)
     for slot, (g, n) in enumerate(zip(grads, numeric, strict=True)):
         if n is None:
             assert g is None, f"{op}: a gradient for non-float input slot {slot}"
@@ -113,4 +138,4 @@ def check_vjp(op: str, *args, rtol: float = 1e-5, atol: float = 1e-7, seed: int 
                                        err_msg=f"{op}: gradient of input slot {slot}")
 
 
-__all__ = ["backward", "check_vjp", "numeric_grads"]
+__all__ = ["add_rule", "backward", "check_vjp", "numeric_grads"]

@@ -107,9 +107,15 @@ class GraphFrames:
         return self.current_paths[-1] if self.current_paths else ""
 
     def read_param(self, info: ParamInfo, span: Span) -> Tensor:
-        """The parameter or buffer `info` in the innermost graph: one `param` node per graph."""
+        """The parameter or buffer `info` in the innermost graph: one `param` node per graph
+        outside scan bodies, which capture it from the graph around them (as any outer value):
+        a body then reads only its inputs, and the gradient of a parameter used in a loop
+        leaves the loop with the captured value's (ops/control.py: the scan's rule)."""
         path = info.path
-        frame = self.frames[-1]
+        level = len(self.frames) - 1
+        while level > 0 and self.frames[level].emits is not None:  # a scan body
+            level -= 1
+        frame = self.frames[level]
         if path not in frame.params:
             self.budget.count_node(span)
             (value,) = frame.graph.add(
@@ -121,4 +127,4 @@ class GraphFrames:
                 path.rsplit(".", 1)[0] if "." in path else "",
             )
             frame.params[path] = value
-        return Tensor(frame.params[path], frame.graph)
+        return self.use(Tensor(frame.params[path], frame.graph))

@@ -92,7 +92,8 @@ class TrainingContext:
         cannot be updated there (its new value could not leave the loop): K0821."""
         frames = self.frames.frames
         level = len(frames) - 1
-        while level > 0:  # a scan body's captured value: follow it out to its source
+        node = frames[level].graph.node(value.node)
+        while node["op"] == "input" and level > 0:  # a value a scan body captured: its source
             outer = next(((n, i) for (n, i), v in frames[level].capture_map.items()
                           if v == value), None)
             if outer is None:
@@ -100,7 +101,6 @@ class TrainingContext:
             level -= 1
             node = frames[level].graph.node(outer[0])
             value = Value(outer[0], outer[1], node["types"][outer[1]])
-        node = frames[0].graph.node(value.node)
         if node["op"] != "param" or node["attrs"].get("kind") != "buffer":
             return None
         if len(frames) > 1:

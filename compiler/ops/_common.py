@@ -116,6 +116,13 @@ def spatial(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
+def flag(value: Any, name: str) -> bool:
+    """A bool attribute (an int is no bool here: `training = 1` is a mistake)."""
+    if not isinstance(value, bool):
+        raise attr_error(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def choice(value: Any, name: str, options: Iterable[str]) -> str:
     options = tuple(options)
     if value not in options:
@@ -345,8 +352,8 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 # NC(L)/NCHW operands ---------------------------------------------------------------------
 def nn_native(family: str):
-    """The native kernels of one family, codegen/llvm/<family>.py: conv, norm, pool, random, resize or
-    spatial (imported when a lowering runs: they need llvmlite, the ops do not)."""
+    """The native kernels of one family, codegen/llvm/<family>.py: conv, norm, pool, random,
+    resize or spatial (imported when a lowering runs: they need llvmlite, the ops do not)."""
     from ..codegen.llvm import conv, norm, pool, random, resize, spatial
 
     return {"conv": conv, "norm": norm, "pool": pool, "random": random, "resize": resize,

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import KilnError
+from ..ir import Graph, IRError, Value
+from ._common import FLOATS
 from .registry import Arg, OpRecord, Prop, internal, register
 
 
@@ -58,6 +61,156 @@ def _scan_reference(env, inputs, attrs):
     return stacked + carries
 
 
+def _scan_vjp(gb, node, cts):
+    """Backpropagation through time: a reverse scan whose body is the VJP of the forward body.
+
+    A scan of carries C, sequences S and captured values K, whose body maps (c, s_t, [t], k)
+    to (c', e_t), gives the gradient of sum(E * dE) + sum(C_final * dC) as:
+
+        saved = the carry entering each step, emitted by a copy of the scan (`_saving`)
+        reverse scan, steps in the other order, over (saved, S, dE), carrying (dc, dk):
+            dc_in, ds_t, dk_t = VJP of the body at (saved_t, s_t, [t], k), cotangents (dc, de_t)
+            dc = dc_in;  dk = dk + dk_t;  emit ds_t
+        -> dC = the final dc, dS = the emitted ds (on each sequence's axis), dK = the final dk
+
+    The body's VJP is the reverse-mode transform (compiler/autodiff.py, given by the builder as
+    `gb.differentiate`) applied to the body; it recomputes the step's forward values from the
+    saved carry. Captured weights' gradients accumulate as carries. Only float values take
+    gradients; a body's parameters are captured values (the elaborator reads them outside)."""
+    a = node.attrs
+    body: Graph = a["body"]
+    n_carry, n_seq = a["n_carry"], a["n_seq"]
+    n_emit = len(body.outputs) - n_carry
+    carries, seqs = node.inputs[:n_carry], node.inputs[n_carry:n_carry + n_seq]
+    captured = node.inputs[n_carry + n_seq:]
+    emit_cts, carry_cts = list(cts[:n_emit]), list(cts[n_emit:])
+    if all(ct is None for ct in cts):
+        return [None] * len(node.inputs)
+    if gb.differentiate is None or body.params():
+        raise IRError("scan: differentiating a scan needs the reverse-mode transform "
+                      "(gb.differentiate), and a body that captures its parameters")
+    short = next((v for v in carries if v.type.rank < a["axis"]), None)
+    if short is not None:  # the saved carries stack on the scan's axis, as its emits
+        raise KilnError("K0822", f"cannot differentiate a scan over axis {a['axis']} that "
+                        f"carries a value of {short.type.rank} axes ({short.type}): the "
+                        "carries saved for the backward pass stack on the scan's axis",
+                        gb.span, hint="scan over axis 0, or carry values of at least "
+                        f"{a['axis']} axes")
+    float_c = [j for j, v in enumerate(carries) if _is_float(v)]
+    float_s = [j for j, v in enumerate(seqs) if _is_float(v)]
+    float_k = [j for j, v in enumerate(captured) if _is_float(v)]
+    float_e = [j for j, v in enumerate(body.outputs[n_carry:]) if _is_float(v)]
+    backward_body = _backward_body(gb, a, float_c, float_s, float_k, float_e)
+
+    axis = a["axis"]
+    saving = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
+    _take_over(gb.graph, node.outputs, saving[:n_emit] + saving[n_emit + n_carry:])
+    saved = saving[n_emit:n_emit + n_carry]
+    starts = ([_or_zeros(gb, carry_cts[j], carries[j].type) for j in float_c]
+              + [_or_zeros(gb, None, captured[j].type) for j in float_k])
+    stacked_e = [_or_zeros(gb, emit_cts[j], node.outputs[j].type) for j in float_e]
+    sequences = [*saved, *seqs, *stacked_e]
+    outs = _add_scan(gb, [*starts, *sequences, *captured], {
+        "body": backward_body, "axis": axis,
+        "axes": (axis,) * n_carry + tuple(a["axes"]) + (axis,) * len(float_e),
+        "reverse": not a["reverse"], "n_carry": len(starts), "n_seq": len(sequences),
+        "has_index": a["has_index"],
+        "n_fixed_inputs": len(starts) + len(sequences) + int(a["has_index"])})
+    d_seqs, d_carries = outs[:len(float_s)], outs[len(float_s):]
+    grads: list = [None] * len(node.inputs)
+    for j, g in zip(float_c, d_carries[:len(float_c)], strict=True):
+        grads[j] = g
+    for j, g in zip(float_s, d_seqs, strict=True):  # stacked on the scan's axis: move it
+        grads[n_carry + j] = _move_axis(gb, g, axis, a["axes"][j])
+    for j, g in zip(float_k, d_carries[len(float_c):], strict=True):
+        grads[n_carry + n_seq + j] = g
+    return grads
+
+
+def _backward_body(gb, a: dict, float_c: list[int], float_s: list[int], float_k: list[int],
+                   float_e: list[int]) -> Graph:
+    """The body of the backward scan (see `_scan_vjp`), from the VJP of the forward body `a`
+    holds: inputs (dc, dk | saved c, s, de | [t], k), results (dc_in, dk + dk_t | ds_t), with
+    the float carries, sequences, captured values and emits by index in the `float_` lists."""
+    body: Graph = a["body"]
+    n_carry, n_seq, fixed = a["n_carry"], a["n_seq"], a["n_fixed_inputs"]
+    c_in, s_in, k_in = body.inputs[:n_carry], body.inputs[n_carry:n_carry + n_seq], \
+        body.inputs[fixed:]
+    names = [body.node(nid)["attrs"]["name"] for nid in body.inputs]
+    if len(set(names)) != len(names):
+        raise IRError(f"scan: the body's inputs need distinct names, not {names}")
+    wrt = [c_in[j] for j in float_c] + [s_in[j] for j in float_s] + [k_in[j] for j in float_k]
+    vjp_body, layout = gb.differentiate(body, wrt_params=[],
+                                        wrt_inputs=[body.node(n)["attrs"]["name"] for n in wrt])
+    by_name = {vjp_body.node(nid)["attrs"]["name"]: nid for nid in vjp_body.inputs}
+
+    def cotangent_input(output: int) -> int:  # the body's input holding output's cotangent
+        return by_name[layout.cotangents[output]]
+
+    def gradient(nid: int) -> Value:  # the body's gradient of body input nid
+        return vjp_body.outputs[layout.input_output(body.node(nid)["attrs"]["name"])]
+
+    inner = type(gb)(vjp_body, gb.span, gb.scope)  # a builder of the body (ops cannot import one)
+    accumulators = [vjp_body.add_input(f"grad:{names[fixed + j]}", body.node(k_in[j])["types"][0],
+                                       gb.span) for j in float_k]
+    vjp_body.inputs = ([cotangent_input(j) for j in float_c] + [v.node for v in accumulators]
+                       + c_in + s_in + [cotangent_input(n_carry + j) for j in float_e]
+                       + body.inputs[n_carry + n_seq:])
+    vjp_body.outputs = ([gradient(c_in[j]) for j in float_c]
+                        + [inner.add(acc, gradient(k_in[j]))
+                           for acc, j in zip(accumulators, float_k, strict=True)]
+                        + [gradient(s_in[j]) for j in float_s])
+    vjp_body.output_names = []
+    vjp_body.prune()
+    return vjp_body
+
+
+def _add_scan(gb, operands, attrs: dict) -> list[Value]:
+    """A scan node of `operands` and `attrs` (its body among them: no call binds that)."""
+    types = _scan_infer([v.type for v in operands], attrs)
+    return gb.graph.add("scan", list(operands), attrs, types, gb.span, gb.scope)
+
+
+def _is_float(v) -> bool:
+    return v is not None and v.type.dtype in FLOATS
+
+
+def _saving(body: Graph, n_carry: int) -> Graph:
+    """A copy of `body` that also emits, after its own emits, the carries entering the step
+    (the forward values the reverse scan resumes each step from)."""
+    saving = body.copy()
+    saving.outputs = list(body.outputs) + [
+        Value(nid, 0, body.node(nid)["types"][0]) for nid in body.inputs[:n_carry]]
+    return saving
+
+
+def _take_over(graph: Graph, old: tuple[Value, ...], new: list[Value]) -> None:
+    """Point every use of the results `old` (the users of the forward scan, the graph's
+    outputs) at the same results `new` (of the scan that also saves its carries), so that the
+    loop runs once: the old scan is left unused, and the reverse pass prunes it."""
+    node = old[0].node
+    same = dict(zip((v.index for v in old), new, strict=True))
+    for _, user, key, data in list(graph.g.out_edges(node, keys=True, data=True)):
+        graph.g.remove_edge(node, user, key)
+        value = same[data["src"]]
+        graph.g.add_edge(value.node, user, src=value.index, dst=data["dst"])
+    graph.outputs = [same[v.index] if v.node == node else v for v in graph.outputs]
+
+
+def _or_zeros(gb, value, t):
+    """`value`, or zeros of type `t` where no cotangent reached it."""
+    return value if value is not None else gb.op("zeros", shape=list(t.shape), dtype=t.dtype)
+
+
+def _move_axis(gb, value, source: int, dest: int):
+    """`value` with its axis `source` moved to position `dest`."""
+    if source == dest:
+        return value
+    order = [k for k in range(value.type.rank) if k != source]
+    order.insert(dest, source)
+    return gb.permute(value, order)
+
+
 register(internal(OpRecord(
     name="scan",
     args=(Arg("inputs", "tensors"),),
@@ -65,6 +218,7 @@ register(internal(OpRecord(
     reference=_scan_reference,
     doc="Loop a body graph over one axis of its sequences, carrying state and stacking emits.",
     props=frozenset({Prop.CONTROL}),
+    vjp=_scan_vjp,
 )))
 
 

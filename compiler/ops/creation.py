@@ -26,6 +26,7 @@ from ._common import (
 )
 from ._emit import BF16_UP, cast, one, widened
 from ._factories import simple
+from ._grad import no_gradient
 from .registry import OpError, OpRecord, internal, register
 from .views import to_dims_ints
 
@@ -100,7 +101,8 @@ def _arange_llvm(kb, n):
 
 register(simple("arange", "start, start + step, ... up to end (exclusive); arange(n) is 0..n.",
                 attrs("start", ("end", None), ("step", 1), ("dtype", "i64")),
-                _arange_infer, _arange, onnx=_arange_onnx, llvm=_arange_llvm))
+                _arange_infer, _arange, onnx=_arange_onnx, llvm=_arange_llvm,
+                vjp=no_gradient))
 
 
 def filled(name: str, doc: str, value=None) -> OpRecord:
@@ -135,7 +137,7 @@ def filled(name: str, doc: str, value=None) -> OpRecord:
             kb.b.store(fill, kb.b.gep(out, [i]))
 
     return simple(name, doc, attrs("shape") + extra + attrs(("dtype", "f32")), infer_one, compute,
-                  onnx=widened(onnx, BF16_UP), llvm=lower)
+                  onnx=widened(onnx, BF16_UP), llvm=lower, vjp=no_gradient)
 
 
 register(filled("zeros", "A tensor of zeros.", value=0))
@@ -192,7 +194,7 @@ def _one_hot_llvm(kb, n):
 
 register(simple("one_hot", "1 at position x[...] of a new last axis of num_classes, else 0.",
                 tensors("x") + attrs("num_classes", ("dtype", "i64")), _one_hot_infer, _one_hot,
-                onnx=_one_hot_onnx, llvm=_one_hot_llvm))
+                onnx=_one_hot_onnx, llvm=_one_hot_llvm, vjp=no_gradient))
 
 
 def _dim_value_infer(types, a):
@@ -205,4 +207,5 @@ register(internal(simple(
     attrs("dim"), _dim_value_infer, lambda inputs, a: np.array(a["dim"]),
     onnx=lambda b, n: b.node("Identity", [b.dim(n.attrs["dim"])], n.outputs),
     llvm=lambda kb, n: kb.store(kb.output(), kb.const(0, "i64"),
-                                kb.dim(to_dim(n.attrs["dim"], "dim")), "i64"))))
+                                kb.dim(to_dim(n.attrs["dim"], "dim")), "i64"),
+    vjp=no_gradient)))

@@ -16,6 +16,7 @@ from ._common import (
     choice,
     dtype_name,
     normalize_axis,
+    prod,
     tensors,
     to_dim,
     try_broadcast,
@@ -23,7 +24,8 @@ from ._common import (
 )
 from ._emit import BF16_UP, cast, full_of, one, widened
 from ._factories import simple
-from .registry import OpError, OpRecord, register
+from ._grad import expand_to, scalar, unbroadcast
+from .registry import OpError, OpRecord, VjpNode, register
 from .slicing import index_in, out_of_range
 
 _SCATTER_OUT_OF_RANGE = "scatter: an index is out of range for the result's axis"
@@ -157,12 +159,40 @@ def _take_along_llvm(kb, n):
         kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
 
 
+def _gather_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent's slices summed back into the rows they were taken from (a scatter-add
+    into zeros: an embedding's gradient), index flattened to one axis."""
+    (x, index), (ct,) = node.inputs, cotangents
+    if x.type.dtype not in FLOATS:
+        return [None, None]
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    count = prod(index.type.shape)
+    flat = index if index.type.shape == (count,) else gb.reshape(index, [count])
+    src_shape = x.type.shape[:axis] + (count,) + x.type.shape[axis + 1:]
+    src = ct if ct.type.shape == src_shape else gb.reshape(ct, list(src_shape))
+    return [gb.op("scatter_add", src, flat, size=x.type.shape[axis], axis=axis), None]
+
+
+def _take_along_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent scatter-added back along axis at the indices (index broadcast to the
+    result's shape first), then summed over the axes along which x was broadcast."""
+    (x, index), (ct,) = node.inputs, cotangents
+    if x.type.dtype not in FLOATS:
+        return [None, None]
+    axis = normalize_axis(node.attrs["axis"], max(x.type.rank, 1))
+    if index.type.shape != ct.type.shape:
+        index = gb.op("broadcast_to", index, shape=list(ct.type.shape))
+    g = gb.op("scatter_add", ct, index, size=x.type.shape[axis], axis=axis)
+    return [unbroadcast(gb, g, x.type), None]
+
+
 register(simple("gather", "Pick slices of x along axis by index (numpy take).",
                 tensors("x", "index") + attrs(("axis", 0)), _gather_infer, _gather,
-                onnx=_gather_onnx, llvm=_gather_llvm))
+                onnx=_gather_onnx, llvm=_gather_llvm, vjp=_gather_vjp))
 register(simple("take_along_axis", "Pick elements of x along axis, index matched per position.",
                 tensors("x", "index") + attrs("axis"), _take_along_infer, _take_along,
-                onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,)), llvm=_take_along_llvm))
+                onnx=widened(_take_along_onnx, BF16_UP, inputs=(0,)), llvm=_take_along_llvm,
+                vjp=_take_along_vjp))
 
 # reduce -> (ufunc folding into a segment, starting value for floats, for ints)
 _SCATTER = {
@@ -225,6 +255,59 @@ def _scatter_llvm(kb, n, mode: str):
                 value = kb.fdiv(kb.convert(value, "f64"), kb.convert(landed, "f64"))
             kb.store(out, k, kb.select(kb.compare(">", landed, zero), value,
                                        kb.lit(value, 0)), out_t.dtype)
+
+
+def _scatter_vjp(mode_of):
+    """The gradient of src (PyTorch's scatter_reduce with include_self=False): each element
+    gets its segment's cotangent, picked back at its index, times d(segment)/d(element):
+    sum 1; mean 1/count; max/min 1/ties where it equals the segment's result, else 0 (ties
+    share evenly, a result of 0 counting once more, as PyTorch's); prod the product of the segment's other elements (zeros counted, so one
+    zero passes the rest's product to itself and silences the others)."""
+
+    def rule(gb, node: VjpNode, cotangents: list) -> list:
+        (src, index), (ct,), (out,) = node.inputs, cotangents, node.outputs
+        if src.type.dtype not in FLOATS:
+            return [None, None]
+        mode, attrs_ = mode_of(node.attrs), node.attrs
+        axis = normalize_axis(attrs_["axis"], src.type.rank)
+
+        def pick(segments):  # each src element's segment's value
+            along = "gather" if index.type.rank == 1 else "take_along_axis"
+            return gb.op(along, segments, index, axis=axis)
+
+        def summed(values):  # values scattered into segments by sum
+            return gb.op("scatter_add", values, index, size=attrs_["size"], axis=axis)
+
+        def const(value):
+            return scalar(gb, value, src.type.dtype)
+
+        def indicator(cond):  # 1 where cond, else 0
+            return gb.op("where", cond, const(1), const(0))
+
+        grad = pick(ct)
+        if mode == "sum":
+            return [grad, None]
+        if mode == "mean":
+            ones = expand_to(gb, const(1), src.type)
+            return [gb.div(grad, pick(summed(ones))), None]
+        if mode in ("max", "min"):
+            hit = indicator(gb.op("equal", src, pick(out)))
+            # PyTorch counts the zeros it scatters onto as one more tie where a segment's
+            # result is 0 (PyG's max aggregation of ReLU outputs): so do we, to agree
+            ties = gb.add(summed(hit), indicator(gb.op("equal", out, const(0))))
+            return [gb.div(gb.mul(grad, hit), pick(ties)), None]
+        zero = gb.op("equal", src, const(0))
+        nonzero = gb.op("where", zero, const(1), src)
+        product = pick(gb.op("scatter", nonzero, index, size=attrs_["size"], axis=axis,
+                             reduce="prod"))
+        zeros = pick(summed(indicator(zero)))
+        others = gb.op("where", zero,
+                       gb.mul(product, indicator(gb.op("equal", zeros, const(1)))),
+                       gb.mul(gb.div(product, nonzero),
+                              indicator(gb.op("equal", zeros, const(0)))))
+        return [gb.mul(grad, others), None]
+
+    return rule
 
 
 def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRecord:
@@ -308,7 +391,7 @@ def scatter_record(name: str, doc: str, fixed_reduce: str | None = None) -> OpRe
         _scatter_llvm(kb, n, mode_of(n.attrs))
 
     return simple(name, doc, tensors("src", "index") + attrs("size", ("axis", 0)) + extra,
-                  infer_one, compute, onnx=widened(onnx), llvm=lower)
+                  infer_one, compute, onnx=widened(onnx), llvm=lower, vjp=_scatter_vjp(mode_of))
 
 
 register(scatter_record("scatter", "Fold src into size segments along axis by index "

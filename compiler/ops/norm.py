@@ -23,6 +23,7 @@ from ._common import (
     check_channels_first,
     check_dtype,
     divides,
+    flag,
     nn_native,
     number,
     optional,
@@ -32,8 +33,7 @@ from ._common import (
     to_int,
     upcast,
 )
-from ._emit import chain, full_of, identity, one, trimmed, widened
-from ._factories import unary
+from ._emit import chain, full_of, one, trimmed, widened
 from .registry import OpError, OpRecord, register
 
 
@@ -221,6 +221,7 @@ def _batch_norm_infer(types, a):
     check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
                   (x.shape[1],), "one value per channel")
     number(a["momentum"], "momentum")
+    flag(a["training"], "training")
     return [x]
 
 
@@ -293,6 +294,54 @@ def _batch_norm_training(ctx, operands: list, a: dict) -> list:
     return results
 
 
+def _batch_norm_vjp(gb, node, cts):
+    """PyTorch's fused form. x̂ = (x - mean) * rstd, g = dy * weight; training mode (the
+    batch's statistics, which depend on x): dx = (g - mean(g) - x̂ * mean(g * x̂)) * rstd, the
+    means over the batch axes, and the running statistics take no gradient; eval mode:
+    dx = g * rstd, and the running statistics are inputs like any other. Both modes:
+    dweight = sum(dy * x̂), dbias = sum(dy)."""
+    x, running_mean, running_var, weight, bias = node.inputs
+    (dy,) = cts
+    if dy is None:
+        return [None] * 5
+    t = x.type
+    channels = [t.shape[1]]
+    axes = list(_batch_axes(t.rank))
+
+    def per_channel(v):  # [C] -> [1, C, 1, ...], broadcasting against x
+        return gb.reshape(v, [1, t.shape[1]] + [1] * (t.rank - 2))
+
+    def channel_sum(v):  # over the batch axes -> [C]
+        return gb.reshape(gb.op("sum", v, axis=axes), channels)
+
+    def batch_mean(v):
+        return gb.op("mean", v, axis=axes, keepdims=True)
+
+    training = node.attrs["training"]
+    if training:
+        centered = gb.sub(x, batch_mean(x))
+        var = batch_mean(gb.mul(centered, centered))
+    else:
+        centered, var = gb.sub(x, per_channel(running_mean)), per_channel(running_var)
+    eps = gb.constant(np.asarray(_eps(node), NUMPY_DTYPES[t.dtype]))
+    rstd = gb.op("rsqrt", gb.add(var, eps))
+    normalized = gb.mul(centered, rstd)
+    g = dy if weight is None else gb.mul(dy, per_channel(weight))
+    d_mean = d_var = None
+    if training:
+        dx = gb.mul(gb.sub(gb.sub(g, batch_mean(g)),
+                           gb.mul(normalized, batch_mean(gb.mul(g, normalized)))), rstd)
+    else:
+        dx = gb.mul(g, rstd)
+        d_mean = gb.neg(channel_sum(dx))
+        # d/dvar of (x - mean) * (var + eps)^-1/2 = -(x - mean) * rstd^3 / 2
+        half = gb.constant(np.asarray(-0.5, NUMPY_DTYPES[t.dtype]))
+        d_var = channel_sum(gb.mul(gb.mul(dx, normalized), gb.mul(rstd, half)))
+    d_weight = None if weight is None else channel_sum(gb.mul(dy, normalized))
+    d_bias = None if bias is None else channel_sum(dy)
+    return [dx, d_mean, d_var, d_weight, d_bias]
+
+
 register(OpRecord(
     "batch_norm",
     tensors("x", "running_mean", "running_var") + optional("weight", "bias")
@@ -302,4 +351,4 @@ register(OpRecord(
     "mode, updating the running ones), then scale and shift.",
     onnx=widened(_batch_norm_onnx),
     llvm=lambda kb, n: nn_native("norm").batch_norm(kb, n, _eps(n)),
-    training=_batch_norm_training))
+    vjp=_batch_norm_vjp, training=_batch_norm_training))

@@ -21,7 +21,8 @@ import dataclasses
 
 import numpy as np
 
-from ..types import TensorType
+from ..philox import MASK32, PHILOX_M, PHILOX_ROUNDS, PHILOX_W, philox4x32
+from ..types import NUMPY_DTYPES, TensorType
 from ._common import (
     FLOATS,
     as_dtype,
@@ -31,35 +32,16 @@ from ._common import (
     check_shape,
     compute_dtype,
     dtype_name,
+    flag,
     nn_native,
     number,
+    prod,
     tensors,
     to_int,
 )
-from ._emit import identity
+from ._emit import identity, one, onnx_dtype, widened
 from ._factories import unary
 from .registry import OpRecord, internal, register
-
-# Philox-4x32's multipliers and Weyl key increments (Random123's philox.h)
-PHILOX_M = (0xD2511F53, 0xCD9E8D57)
-PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-PHILOX_ROUNDS = 10
-MASK32 = 0xFFFFFFFF
-
-
-def philox4x32(counter: tuple, key: tuple) -> tuple[np.ndarray, ...]:
-    """Philox-4x32-10 of counters (four arrays of uint32 words, broadcasting) under key (two
-    words): the four output words, uint32 arrays."""
-    c = [np.asarray(w, np.uint64) & MASK32 for w in counter]
-    k0, k1 = (np.uint64(int(w) & MASK32) for w in key)
-    for _ in range(PHILOX_ROUNDS):
-        p0 = c[0] * np.uint64(PHILOX_M[0])  # a 32 x 32 -> 64-bit product: hi and lo words
-        p1 = c[2] * np.uint64(PHILOX_M[1])
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & np.uint64(MASK32),
-             (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & np.uint64(MASK32)]
-        k0 = (k0 + np.uint64(PHILOX_W[0])) & np.uint64(MASK32)
-        k1 = (k1 + np.uint64(PHILOX_W[1])) & np.uint64(MASK32)
-    return tuple(w.astype(np.uint32) for w in c)
 
 
 def drop_threshold(p: float) -> int:
@@ -78,8 +60,7 @@ def keep_mask(shape: tuple[int, ...], key: np.ndarray, stream: int, p: float) ->
 
 def scale_of(p: float, dtype) -> np.ndarray:
     """1 / (1 - p) in `dtype` (inf for p = 1, where nothing is kept)."""
-    with np.errstate(divide="ignore"):
-        return np.asarray(1.0 / (1.0 - p) if p != 1 else np.inf, dtype)
+    return np.asarray(1.0 / (1.0 - p) if p != 1 else np.inf, dtype)
 
 
 def _check_p(a: dict) -> float:
@@ -92,7 +73,8 @@ def _check_p(a: dict) -> float:
 # dropout ------------------------------------------------------------------------------------
 def _dropout_check(a: dict) -> None:
     _check_p(a)
-    if a["training"]:  # the elaborator builds dropout_keyed instead (`_dropout_training`)
+    # in training mode the elaborator builds dropout_keyed instead (`_dropout_training`)
+    if flag(a["training"], "training"):
         raise attr_error("training", "training-mode dropout needs the model's random key: "
                          "it is built by the elaborator")
 
@@ -141,8 +123,58 @@ def _keyed_reference(env, inputs, a):
 
 
 def _keyed_onnx(b, n):
-    raise b.unsupported("training-mode dropout draws its mask with Philox-4x32-10, which no "
-                        "ONNX op computes: export the model compiled with training=False")
+    """Philox-4x32-10 in ONNX integer ops on uint64 words (a product of two 32-bit words
+    fits), drawing the words of the reference, then x * where(keep, 1 / (1 - p), 0)."""
+    x, key = n.inputs
+    t = n.in_types[0]
+
+    def word(value: int) -> str:
+        return b.const(np.asarray(value, np.uint64))
+
+    mask, thirty_two = word(MASK32), word(32)
+
+    def lo32(v: str) -> str:
+        return one(b, "BitwiseAnd", v, mask)
+
+    def hi32(v: str) -> str:
+        return one(b, "BitShift", v, thirty_two, direction="RIGHT")
+
+    def xor(*vs: str) -> str:
+        out = vs[0]
+        for v in vs[1:]:
+            out = one(b, "BitwiseXor", out, v)
+        return out
+
+    from onnx.helper import np_dtype_to_tensor_dtype  # onnx is loaded only when emitting
+
+    uint64 = int(np_dtype_to_tensor_dtype(np.dtype(np.uint64)))
+    # int64 -> uint64 keeps the bits (two's complement), as the reference's `& (2^64 - 1)`
+    words = one(b, "Cast", key, to=uint64)
+    seed, step = (one(b, "Gather", words, b.const(np.asarray(k, np.int64)), axis=0)
+                  for k in (0, 1))
+    index = one(b, "Cast", one(b, "Range", b.const(np.asarray(0, np.int64)),
+                               b.dim(prod(t.shape)), b.const(np.asarray(1, np.int64))),
+                to=uint64)
+    c = [lo32(index), word(to_int(n.attrs["stream"], "stream")), lo32(step), hi32(step)]
+    k0, k1 = lo32(seed), hi32(seed)
+    for _ in range(PHILOX_ROUNDS):
+        p0 = one(b, "Mul", c[0], word(PHILOX_M[0]))
+        p1 = one(b, "Mul", c[2], word(PHILOX_M[1]))
+        c = [xor(hi32(p1), c[1], k0), lo32(p1), xor(hi32(p0), c[3], k1), lo32(p0)]
+        k0, k1 = lo32(one(b, "Add", k0, word(PHILOX_W[0]))), lo32(one(b, "Add", k1,
+                                                                        word(PHILOX_W[1])))
+    p = float(number(n.attrs["p"], "p"))
+    keep = one(b, "GreaterOrEqual", one(b, "Cast", c[0], to=onnx_dtype("i64")),
+               b.const(np.asarray(drop_threshold(p), np.int64)))
+    dtype = NUMPY_DTYPES[t.dtype]
+    factor = one(b, "Where", keep, b.const(scale_of(p, dtype)), b.const(np.asarray(0, dtype)))
+    b.node("Mul", [x, one(b, "Reshape", factor, one(b, "Shape", x))], n.outputs)
+
+
+def _keyed_llvm(kb, n):
+    p = float(number(n.attrs["p"], "p"))
+    compute = np.float64 if n.in_types[0].dtype == "f64" else np.float32
+    nn_native("random").dropout_keyed(kb, n, drop_threshold(p), float(scale_of(p, compute)))
 
 
 def _keyed_vjp(gb, node, cts):
@@ -157,7 +189,7 @@ register(internal(OpRecord(
     _keyed_infer, _keyed_reference,
     "x * mask / (1 - p), the mask drawn by Philox-4x32-10 from key [seed, step], the call's "
     "stream and each element's index (training-mode dropout).",
-    onnx=_keyed_onnx, llvm=lambda kb, n: nn_native("random").dropout_keyed(kb, n),
+    onnx=widened(_keyed_onnx), llvm=_keyed_llvm,
     vjp=_keyed_vjp)))
 
-__all__ = ["KEY_TYPE", "drop_threshold", "keep_mask", "philox4x32", "scale_of"]
+__all__ = ["KEY_TYPE", "drop_threshold", "keep_mask", "scale_of"]

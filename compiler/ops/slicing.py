@@ -26,8 +26,8 @@ from ._common import (
 )
 from ._emit import chain, one
 from ._factories import movement, simple
-from .registry import Arg, OpError, OpRecord, Prop, internal, register
-from .views import INT64_MAX, INT64_MIN, NEVER_FAILS
+from .registry import Arg, OpError, OpRecord, Prop, VjpNode, internal, register
+from .views import INT64_MAX, INT64_MIN, NEVER_FAILS, pads_on, zeros_of
 
 # slicing ----------------------------------------------------------------------------------
 _ENTRY_KINDS = ("int", "range", "ellipsis", "new")
@@ -220,9 +220,67 @@ def _slice_llvm(kb, n):
     kb.view_copy(n, base, strides)
 
 
+def _placement(size: Dim, e) -> tuple[Dim, Dim, int]:
+    """(first, count, step) of the elements an int or range entry takes from an axis of
+    `size`: positions first, first + |step|, ... (count of them), in the result in that order
+    when step > 0 and reversed when step < 0. As the shape rule, symbolic bounds are taken to
+    be in range."""
+    if e[0] == "int":
+        i = to_dim(e[1], "items")
+        return (size + i if i.is_const and i.value < 0 else i), Dim.of(1), 1
+    start, stop, step = e[1], e[2], to_int(e[3], "items")
+    count = _range_length(size, start, stop, step)
+    bounds = [None if b is None else to_dim(b, "items") for b in (start, stop)]
+    if size.is_const and all(b is None or b.is_const for b in bounds):
+        taken = range(*slice(*(None if b is None else b.value for b in bounds),
+                             step).indices(size.value))
+        return Dim.of(min(taken, default=0)), count, step
+    start = bounds[0]
+    if start is not None and start.is_const and start.value < 0:
+        start = size + start
+    if step > 0:
+        return (Dim.of(0) if start is None else start), count, step
+    top = size - 1 if start is None else start  # the first taken, the highest position
+    return top + (count - 1) * step, count, step
+
+
+def _place(gb, g, axis: int, size: Dim, first: Dim, count: Dim, step: int):
+    """The adjoint of taking `count` elements first, first + |step|, ... of `axis` (of `size`):
+    g's elements put there (in reverse order when step < 0), zeros elsewhere. A step k > 1
+    spreads them first: each followed by k - 1 zeros along a new axis, merged back."""
+    if step < 0:
+        g, step = gb.op("flip", g, axis=axis), -step
+    if step > 1:
+        g = gb.op("unsqueeze", g, axis=axis + 1)
+        g = gb.op("pad", g, pads=pads_on(g.type.rank, axis + 1, 0, step - 1))
+        shape = list(g.type.shape)
+        g = gb.reshape(g, shape[:axis] + [count * step] + shape[axis + 2:])
+    length = g.type.shape[axis]
+    return gb.op("pad", g, pads=pads_on(g.type.rank, axis, first, size - first - length))
+
+
+def _slice_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent put back where x[items] took its elements, zeros elsewhere: new axes
+    dropped and indexed axes restored (a reshape), then each taken axis placed in turn."""
+    (x,), (ct,) = node.inputs, cotangents
+    shape = x.type.shape
+    taken = [(axis, _placement(shape[axis], e)) for e, axis in
+             _slice_entries(shape, node.attrs["items"]) if axis is not None]
+    if any(count == 0 for _axis, (_first, count, _step) in taken):
+        return [zeros_of(gb, x.type)]
+    counts = [count for _axis, (_first, count, _step) in taken]
+    g = ct if ct.type.shape == tuple(counts) else gb.reshape(ct, counts)
+    for axis, (first, count, step) in taken:
+        if (first, count, abs(step)) != (0, shape[axis], 1):
+            g = _place(gb, g, axis, shape[axis], first, count, step)
+        elif step < 0:
+            g = gb.op("flip", g, axis=axis)
+    return [g]
+
+
 register(internal(movement("slice", "Basic indexing x[items]: ints, ranges, ... and new axes.",
                            attrs("items"), _slice_shape, _slice, _slice_onnx,
-                           llvm=_slice_llvm, props=NEVER_FAILS)))
+                           llvm=_slice_llvm, props=NEVER_FAILS, vjp=_slice_vjp)))
 
 
 # joining and splitting --------------------------------------------------------------------
@@ -277,16 +335,36 @@ def _join_llvm(stacking: bool):
     return lower
 
 
+def _join_vjp(stacking: bool):
+    """The cotangent split back into the joined tensors' parts (a stacked part loses the new
+    axis)."""
+
+    def rule(gb, node: VjpNode, cotangents: list) -> list:
+        xs, (ct,) = node.inputs, cotangents
+        axis = normalize_axis(node.attrs["axis"], xs[0].type.rank + stacking)
+        if len(xs) == 1:
+            parts = [ct]
+        else:
+            sizes = [Dim.of(1) if stacking else x.type.shape[axis] for x in xs]
+            parts = gb.results("split", ct, axis=axis, sizes=sizes)
+        return [p if p.type == x.type else gb.reshape(p, list(x.type.shape))
+                for p, x in zip(parts, xs, strict=True)]
+
+    return rule
+
+
 register(simple("concat", "Join tensors along an existing axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, False),
                 lambda inputs, a: np.concatenate(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(False), llvm=_join_llvm(False), props=NEVER_FAILS))
+                onnx=_join_onnx(False), llvm=_join_llvm(False), props=NEVER_FAILS,
+                vjp=_join_vjp(False)))
 register(simple("stack", "Join equally shaped tensors along a new axis.",
                 _XS + attrs(("axis", 0)),
                 lambda types, a: _joined(types, a, True),
                 lambda inputs, a: np.stack(inputs, axis=a["axis"]), promote=True,
-                onnx=_join_onnx(True), llvm=_join_llvm(True), props=NEVER_FAILS))
+                onnx=_join_onnx(True), llvm=_join_llvm(True), props=NEVER_FAILS,
+                vjp=_join_vjp(True)))
 
 
 def _split_parts(x: TensorType, a) -> tuple[int, list[Dim]]:
@@ -330,9 +408,18 @@ def _split_onnx(b, n):
     b.node("Split", [n.inputs[0], b.shape(parts)], n.outputs, axis=axis)
 
 
+def _split_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The parts' cotangents joined again (zeros for a part no gradient reaches)."""
+    axis = normalize_axis(node.attrs["axis"], node.inputs[0].type.rank)
+    parts = [zeros_of(gb, out.type) if ct is None else ct
+             for ct, out in zip(cotangents, node.outputs, strict=True)]
+    return [parts[0] if len(parts) == 1 else gb.op("concat", parts, axis=axis)]
+
+
 register(OpRecord("split", tensors("x") + attrs(("n", None), ("axis", -1), ("sizes", None)),
                   _split_infer, _split_reference,
                   "Split x along axis into n equal parts or parts of the given sizes.",
                   props=NEVER_FAILS | {Prop.MOVEMENT, Prop.MULTI_OUTPUT}, onnx=_split_onnx,
                   llvm=lambda kb, n: kb.join(n, *_split_parts(n.in_types[0], n.attrs),
-                                             split=True)))
+                                             split=True),
+                  vjp=_split_vjp))

@@ -7,11 +7,12 @@ Shape rules keep symbolic sizes symbolic.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..dims import Dim
-from ..types import shape_str
+from ..types import TensorType, shape_str
 from ._common import (
     attr_error,
     attrs,
@@ -29,9 +30,30 @@ from ._common import (
 )
 from ._emit import BF16_UP, chain, one, trimmed, widened
 from ._factories import movement
-from .registry import OpError, Prop, register
+from ._grad import expand_to, scalar, unbroadcast
+from .registry import OpError, Prop, VjpNode, register
+
+if TYPE_CHECKING:
+    from ..ir import Value
 
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+# gradient helpers (the data-movement families' rules share them) --------------------------
+def zeros_of(gb, t: TensorType) -> Value:
+    """A tensor of zeros of type `t` (symbolic sizes included): a 0-d constant broadcast, as
+    `zeros` cannot make every dtype (f64 is not a user dtype)."""
+    return expand_to(gb, scalar(gb, 0, t.dtype), t)
+
+
+def pads_on(rank: int, axis: int, before: Dim | int, after: Dim | int) -> list[Dim]:
+    """F.pad's pads (last axis first) that pad only `axis` of a rank-`rank` tensor."""
+    return [Dim.of(0)] * (2 * (rank - 1 - axis)) + [Dim.of(before), Dim.of(after)]
+
+
+def range_on(axis: int, start: Dim | int | None, stop: Dim | int | None, step: int = 1) -> list:
+    """`slice` items that take start:stop:step of `axis` and all of the other axes."""
+    return [("range", None, None, 1)] * axis + [("range", start, stop, step)]
 
 
 # reshaping --------------------------------------------------------------------------------
@@ -146,38 +168,50 @@ def _flip_llvm(kb, n):
     kb.view_copy(n, base, strides)
 
 
+def _reshape_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent in x's shape: a reshape keeps the elements in row-major order."""
+    return [gb.reshape(cotangents[0], list(node.inputs[0].type.shape))]
+
+
+def _permute_vjp(perm_of):
+    """The cotangent moved back by the inverse permutation."""
+
+    def rule(gb, node: VjpNode, cotangents: list) -> list:
+        perm = perm_of(node.inputs[0].type.rank, node.attrs)
+        return [gb.permute(cotangents[0], [perm.index(i) for i in range(len(perm))])]
+
+    return rule
+
+
+def _same_op_vjp(*names: str):
+    """The rule of a linear op that is its own adjoint (flip, tril, triu): the op, with the
+    same attributes `names`, applied to the cotangent."""
+    return lambda gb, node, cts: [gb.op(node.op, cts[0], **{k: node.attrs[k] for k in names})]
+
+
 register(movement("reshape", "The same elements in a new shape (one size may be -1).",
                   attrs("shape"), _reshape_shape, lambda x, a: x.reshape(to_dims_ints(a["shape"])),
                   _reshape_onnx, llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE,
-                  vjp=lambda gb, node, cts: [gb.reshape(cts[0], list(node.inputs[0].type.shape))]))
+                  vjp=_reshape_vjp))
 register(movement("flatten", "Merge axes start..end (inclusive) into one.",
                   attrs(("start", 1), ("end", -1)), _flatten_shape, _flatten, _flatten_onnx,
-                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
-def _unpermuted(permutation):
-    """The gradient rule of an axis permutation: the cotangent permuted back."""
-
-    def vjp(gb, node, cts):
-        perm = permutation(node.inputs[0].type.rank, node.attrs)
-        return [gb.permute(cts[0], [int(i) for i in np.argsort(perm)])]
-
-    return vjp
-
-
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE, vjp=_reshape_vjp))
 register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
                   lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
                   llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_swap, vjp=_unpermuted(_swap)))
+                  props=_PERMUTE, permutation=_swap, vjp=_permute_vjp(_swap)))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_permutation, vjp=_unpermuted(_permutation)))
+                  props=_PERMUTE, permutation=_permutation,
+                  vjp=_permute_vjp(_permutation)))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
-                  llvm=_flip_llvm, props=NEVER_FAILS))
+                  llvm=_flip_llvm, props=NEVER_FAILS, vjp=_same_op_vjp("axis")))
 
 
 def _squeeze_axes(shape, a):
@@ -217,13 +251,13 @@ register(movement("squeeze", "Remove size-1 axes (all of them, or those in axis)
                   attrs(("axis", None)),
                   lambda s, a: tuple(d for i, d in enumerate(s) if i not in _squeeze_axes(s, a)),
                   lambda x, a: np.squeeze(x, _squeeze_axes(_dims_of(x), a)), _squeeze_onnx,
-                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE, vjp=_reshape_vjp))
 register(movement("unsqueeze", "Insert size-1 axes at axis (positions in the result).",
                   attrs("axis"), _unsqueeze_shape,
                   lambda x, a: np.expand_dims(x, _unsqueeze_axes(x.ndim, a)),
                   lambda b, n: b.node("Unsqueeze", [n.inputs[0], b.ints(_unsqueeze_axes(
                       n.in_types[0].rank, n.attrs))], n.outputs),
-                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE))
+                  llvm=lambda kb, n: kb.copy_all(n), props=_RESHAPE, vjp=_reshape_vjp))
 
 
 def _broadcast_to_shape(shape, a):
@@ -304,22 +338,49 @@ def _trilu_llvm(upper: bool):
     return lower
 
 
+def _broadcast_to_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent summed over the broadcast axes."""
+    return [unbroadcast(gb, cotangents[0], node.inputs[0].type)]
+
+
+def _tile_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """Each axis d * r of the cotangent split into [r, d] (row-major: the repeat is the outer
+    index, as in the forward), then summed over the repeats."""
+    (x,), (ct,) = node.inputs, cotangents
+    reps = to_dims(node.attrs["reps"], "reps")
+    shape = (Dim.of(1),) * (ct.type.rank - x.type.rank) + tuple(x.type.shape)
+    reps = (Dim.of(1),) * (ct.type.rank - len(reps)) + reps
+    split: list[Dim] = []
+    repeats: list[int] = []
+    for d, r in zip(shape, reps, strict=True):
+        if r != 1:
+            repeats.append(len(split))
+            split.append(r)
+        split.append(d)
+    g = gb.op("sum", gb.reshape(ct, split), axis=repeats) if repeats else ct
+    return [g if g.type.shape == x.type.shape else gb.reshape(g, list(x.type.shape))]
+
+
 # onnxruntime has no bf16 Expand, Tile, Trilu or Pad: bf16 moves as f32 (exactly)
 register(movement("broadcast_to", "Broadcast x to shape (numpy rules).", attrs("shape"),
                   _broadcast_to_shape,
                   lambda x, a: np.broadcast_to(x, to_dims_ints(a["shape"])).copy(),
                   widened(_broadcast_to_onnx, BF16_UP),
                   llvm=lambda kb, n: kb.view_copy(n, kb.const(0, "i64"), kb.broadcast_strides(
-                      n.in_types[0], n.out_types[0])), props=NEVER_FAILS))
+                      n.in_types[0], n.out_types[0])), props=NEVER_FAILS,
+                  vjp=_broadcast_to_vjp))
 register(movement("tile", "Repeat x reps[i] times along each axis (numpy tile).", attrs("reps"),
                   _tile_shape, lambda x, a: np.tile(x, to_dims_ints(a["reps"])),
-                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm, props=NEVER_FAILS))
+                  widened(_tile_onnx, BF16_UP), llvm=_tile_llvm, props=NEVER_FAILS,
+                  vjp=_tile_vjp))
 register(movement("tril", "Zero the elements above diagonal k of the last two axes.",
                   attrs(("k", 0)), _matrix_shape, lambda x, a: np.tril(x, a["k"]),
-                  widened(_trilu_onnx(0), BF16_UP), llvm=_trilu_llvm(False)))
+                  widened(_trilu_onnx(0), BF16_UP), llvm=_trilu_llvm(False),
+                  vjp=_same_op_vjp("k")))
 register(movement("triu", "Zero the elements below diagonal k of the last two axes.",
                   attrs(("k", 0)), _matrix_shape, lambda x, a: np.triu(x, a["k"]),
-                  widened(_trilu_onnx(1), BF16_UP), llvm=_trilu_llvm(True)))
+                  widened(_trilu_onnx(1), BF16_UP), llvm=_trilu_llvm(True),
+                  vjp=_same_op_vjp("k")))
 
 
 # padding ----------------------------------------------------------------------------------
@@ -394,8 +455,50 @@ def _pad_llvm(kb, n):
     kb.loop_nest([kb.dim(d) for d in out_t.shape], body)
 
 
+def _pad_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """constant: the cotangent cropped back (a pad by the negated widths: a crop's adjoint
+    pads with zeros). reflect and replicate: each padded axis in turn (the padding of one
+    axis commutes with that of another) folds the cotangent of its borders back onto the
+    elements they copied."""
+    (x,), (ct,) = node.inputs, cotangents
+    widths = _pad_widths(x.type.shape, node.attrs)
+    if node.attrs["mode"] == "constant":
+        return [gb.op("pad", ct, pads=[-p for lo, hi in reversed(widths) for p in (lo, hi)])]
+    for axis, (before, after) in enumerate(widths):
+        if before != 0 or after != 0:
+            ct = _fold_border(gb, ct, axis, x.type.shape[axis], before, after,
+                              node.attrs["mode"] == "reflect")
+    return [ct]
+
+
+def _fold_border(gb, ct: Value, axis: int, size: Dim, before: Dim, after: Dim,
+                 reflect: bool) -> Value:
+    """The adjoint of padding `axis` (of `size`) by (before, after) in reflect or replicate
+    mode: out[o] = x[before - o] (reflect) or x[0] (replicate) for o < before, so the
+    cotangent of that border, flipped (reflect) or summed (replicate), adds onto x[1:before+1]
+    or x[0]; mirrored at the end, onto x[size-1-after:size-1] or x[size-1]."""
+    rank = ct.type.rank
+    g = gb.op("slice", ct, items=range_on(axis, before, before + size))
+    for first, stop, at_start in ((None, before, True), (before + size, None, False)):
+        if (before if at_start else after) == 0:
+            continue
+        border = gb.op("slice", ct, items=range_on(axis, first, stop))
+        if reflect:
+            border = gb.op("flip", border, axis=axis)
+        else:
+            border = gb.op("sum", border, axis=axis, keepdims=True)
+        length = border.type.shape[axis]
+        # where the border's copy of x starts: 1 (reflect) or 0 at the start; at the end it
+        # stops before the last element (reflect) or is it (replicate)
+        offset = (Dim.of(1) if reflect else Dim.of(0)) if at_start else \
+            size - length - (1 if reflect else 0)
+        placed = gb.op("pad", border, pads=pads_on(rank, axis, offset, size - offset - length))
+        g = gb.add(g, placed)
+    return g
+
+
 register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, last axis first.",
                   attrs("pads", ("mode", "constant"), ("value", 0.0)),
                   lambda s, a: tuple(d + lo + hi for d, (lo, hi)
                                      in zip(s, _pad_widths(s, a), strict=True)),
-                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm))
+                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm, vjp=_pad_vjp))

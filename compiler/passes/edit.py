@@ -4,12 +4,10 @@ compile-time values, and canonical keys for attributes (new nodes: compiler/buil
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from ..dims import Dim
@@ -21,16 +19,9 @@ from ..types import TensorType, dtype_of_numpy
 
 
 def copy_graph(graph: Graph) -> Graph:
-    """A structural copy: nodes, edges and nested graphs are new, constant arrays are shared
-    (passes never write into an array)."""
-    g = nx.MultiDiGraph()
-    for nid, data in graph.g.nodes(data=True):
-        attrs = {k: copy_graph(v) if isinstance(v, Graph) else v for k, v in data["attrs"].items()}
-        g.add_node(nid, **{**data, "attrs": attrs, "types": list(data["types"])})
-    g.add_edges_from((u, v, dict(d)) for u, v, d in graph.g.edges(data=True))
-    next_id = max(graph.g.nodes, default=-1) + 1
-    return Graph(g, list(graph.inputs), list(graph.outputs), list(graph.output_names),
-                 list(graph.constraints), itertools.count(next_id))
+    """A structural copy (Graph.copy): nodes, edges and nested graphs are new, constant arrays
+    are shared (passes never write into an array)."""
+    return graph.copy()
 
 
 def nested_graphs(graph: Graph) -> Iterator[tuple[int, str, Graph]]:

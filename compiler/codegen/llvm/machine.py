@@ -10,7 +10,7 @@ from llvmlite import ir
 from ... import progress
 from ...dims import assuming
 from ...version import __version__
-from . import cache
+from . import cache, graphcache
 from . import target as targets
 from .module import ModuleLayout, build_module, ir_text
 
@@ -25,6 +25,13 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
     to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
     (module.py: kiln_profile)."""
     machine = target.machine()
+    # by the graph first: a warm compile then builds no LLVM IR (graphcache.py); a library's
+    # stamp depends on the layout, so a library always goes through the IR
+    by_graph = None if stamp else graphcache.key(
+        model, target, {"with_plan": with_plan, "profile": profile})
+    hit = graphcache.load(by_graph, model) if by_graph else None
+    if hit is not None:
+        return hit[0], hit[1], machine
     with (progress.step(f"generating native code ({len(model.graph)} nodes)"),
           assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
         module, layout = build_module(model, llvm.get_process_triple(),
@@ -42,6 +49,8 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
                            f"with LLVM for {target.cpu}"):
             obj = machine_code(text, machine)
         cache.store(name, obj)
+    if by_graph:
+        graphcache.store(by_graph, model, layout, obj)
     return obj, layout, machine
 
 

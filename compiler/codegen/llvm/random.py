@@ -6,15 +6,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ...ops.random import (
-    MASK32,
-    PHILOX_M,
-    PHILOX_ROUNDS,
-    PHILOX_W,
-    drop_threshold,
-    scale_of,
-)
-from ...types import NUMPY_DTYPES
+from ...philox import MASK32, PHILOX_M, PHILOX_ROUNDS, PHILOX_W
 from .abi import I32, I64
 
 
@@ -40,21 +32,19 @@ def _words(b: ir.IRBuilder, value: ir.Value) -> tuple[ir.Value, ir.Value]:
     return b.trunc(value, I32), b.trunc(b.lshr(value, ir.Constant(I64, 32)), I32)
 
 
-def dropout_keyed(kb, n) -> None:
-    """y[i] = x[i] * (draw(i) >= threshold ? 1 / (1 - p) : 0), draw(i) the first Philox word of
+def dropout_keyed(kb, n, threshold: int, scale: float) -> None:
+    """y[i] = x[i] * (draw(i) >= threshold ? scale : 0), draw(i) the first Philox word of
     counter (i, stream, step) under key seed (ops/random.py)."""
     b = kb.b
     dtype = n.in_types[0].dtype
     x, key, y = kb.input("x"), kb.input("key"), kb.output()
-    p = float(n.attrs["p"])
     seed = b.load(b.gep(key, [ir.Constant(I64, 0)]))
     step = b.load(b.gep(key, [ir.Constant(I64, 1)]))
     key_words = list(_words(b, seed))
     step_lo, step_hi = _words(b, step)
     stream = ir.Constant(I32, int(n.attrs["stream"]) & MASK32)
-    threshold = ir.Constant(I64, drop_threshold(p))
-    compute = NUMPY_DTYPES["f64" if dtype == "f64" else "f32"]
-    scale = kb.const(float(scale_of(p, compute)), dtype)
+    threshold = ir.Constant(I64, threshold)
+    scale = kb.const(scale, dtype)
     zero = kb.const(0.0, dtype)
     with kb.for_range(kb.numel(n.in_types[0].shape)) as i:
         word = philox_first_word(b, [b.trunc(i, I32), stream, step_lo, step_hi], key_words)

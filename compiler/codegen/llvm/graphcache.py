@@ -1,0 +1,166 @@
+"""Object code by the optimized graph, so that a warm compile builds no LLVM IR at all.
+
+The compile cache (cache.py) keys object code by its LLVM IR text, which takes as long to
+build as a large model's code takes to load (ResNet-18: ~1 s of llvmlite). This table sits in
+front of it: the key is the graph's fingerprint (every node's op, attributes, types and
+operands, nested bodies included; of a constant, its type and which nodes share its array,
+not its values: the code reads constants as data, as it reads weights), the model's symbols,
+the CPU, its features, the build's options and kiln's version. An entry holds the object code
+and the ModuleLayout built with it, written as references into the graph (a constant or a
+failure's source by the position of its node in `walk` order), so it is rebuilt from the
+graph at hand and never holds a weight.
+
+An attribute of a kind the fingerprint does not know makes the graph uncacheable here (it
+goes the long way, through the IR); a damaged entry is rebuilt (cache.py's checksum), and a
+layout that does not fit the graph is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ...dims import Dim
+from ...ir import Graph
+from ...types import TensorType
+from ...version import __version__
+from . import cache
+from .module import ModuleLayout
+
+FORMAT = "kiln-graph-object-1"
+
+
+class Uncacheable(Exception):
+    """A graph holds an attribute value the fingerprint cannot spell."""
+
+
+def walk(graph: Graph) -> Iterator[tuple[Graph, int]]:
+    """Every node of `graph` in order, each followed by the nodes of the bodies it holds
+    (attributes in name order): the positions an entry's references count."""
+    for nid in graph.order():
+        yield graph, nid
+        attrs = graph.node(nid)["attrs"]
+        for name in sorted(attrs):
+            if isinstance(attrs[name], Graph):
+                yield from walk(attrs[name])
+
+
+def _frozen(value: Any, data: bool = False) -> Any:
+    """A JSON-able spelling of an attribute value that differs wherever the value does."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return [type(value).__name__, value]
+    if isinstance(value, float):
+        return ["float", value.hex()]
+    if isinstance(value, (Dim, TensorType)):
+        return [type(value).__name__, str(value)]
+    if isinstance(value, np.generic):
+        return ["np", value.dtype.str, value.tobytes().hex()]
+    if isinstance(value, np.ndarray):
+        if data:  # a constant's, read as data: its values are not part of the code
+            return ["data", value.dtype.str, list(value.shape)]
+        return ["array", value.dtype.str, list(value.shape),
+                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [_frozen(v) for v in value]]
+    if isinstance(value, dict):
+        return ["dict", [[str(k), _frozen(v, data)] for k, v in sorted(value.items())]]
+    if isinstance(value, Graph):
+        return ["graph", _graph_text(value)]
+    raise Uncacheable(f"an attribute of type {type(value).__name__}")
+
+
+def _graph_text(graph: Graph) -> list:
+    position = {nid: i for i, nid in enumerate(graph.order())}
+    nodes = []
+    first_of_value: dict[int, int] = {}
+    for nid in graph.order():
+        node = graph.node(nid)
+        operands = [None if v is None else [position[v.node], v.index]
+                    for v in graph.operands(nid)]
+        # a constant's values are data to the code (it reads them as an array, as a weight's;
+        # codegen never sees them): only their type counts, and which nodes share one array
+        # (the layout lists a shared array once)
+        data = node["op"] == "constant"
+        text = [node["op"], [str(t) for t in node["types"]], operands,
+                _frozen(node["attrs"], data)]
+        if data:
+            text.append(first_of_value.setdefault(id(node["attrs"]["value"]), position[nid]))
+        nodes.append(text)
+    return [nodes, [position[n] for n in graph.inputs],
+            [[position[o.node], o.index] for o in graph.outputs],
+            [[c.op, str(c.lhs), str(c.rhs)] for c in graph.constraints]]
+
+
+def key(model, target, options: dict) -> str | None:
+    """The entry name of `model`'s object code for `target` with these build options, or
+    None when the graph cannot be fingerprinted."""
+    try:
+        text = json.dumps([FORMAT, __version__, target.cpu, target.features,
+                           target.vector_width, sorted(options.items()), list(model.symbols),
+                           _graph_text(model.graph)], separators=(",", ":"))
+    except Uncacheable:
+        return None
+    return "g" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def store(name: str, model, layout: ModuleLayout, obj: bytes) -> None:
+    """Keep `obj` and its layout under `name` (a cache that cannot be written is not used)."""
+    nodes = list(walk(model.graph))
+    index_of_value = {id(g.node(n)["attrs"].get("value")): i for i, (g, n) in enumerate(nodes)
+                      if g.node(n)["op"] == "constant"}
+    index_of_span = {}
+    for i, (g, n) in enumerate(nodes):
+        index_of_span.setdefault(id(g.node(n)["span"]), i)
+    top = model.graph.order()
+    top_index = {nid: i for i, (g, nid) in enumerate(nodes) if g is model.graph}
+    try:
+        slots = []
+        for t, born, dies in layout.slots:
+            nid = top[born]
+            slots.append([top_index[nid], model.graph.node(nid)["types"].index(t), born, dies])
+        entry = {
+            "symbols": layout.symbols, "params": layout.params,
+            "constants": {k: index_of_value[id(v)] for k, v in layout.constants.items()},
+            "slots": slots,
+            "failures": [[message, None if span is None else index_of_span[id(span)]]
+                         for message, span in layout.failures],
+            "folded": sorted(layout.folded),
+            "profiled": [top_index[nid] for nid in layout.profiled],
+        }
+    except (KeyError, ValueError, IndexError):  # a layout not made of this graph's nodes
+        return
+    head = json.dumps(entry, separators=(",", ":")).encode()
+    cache.store(name, len(head).to_bytes(8, "little") + head + obj)
+
+
+def load(name: str, model) -> tuple[bytes, ModuleLayout] | None:
+    """The object code and layout stored under `name`, remade for this graph; None if absent,
+    damaged or not fitting."""
+    payload = cache.load(name)
+    if payload is None or len(payload) < 8:
+        return None
+    size = int.from_bytes(payload[:8], "little")
+    try:
+        entry = json.loads(payload[8:8 + size])
+        nodes = [g.node(n) for g, n in walk(model.graph)]
+        top = model.graph.order()
+        layout = ModuleLayout(symbols=list(entry["symbols"]), params=list(entry["params"]))
+        layout.constants = {k: nodes[i]["attrs"]["value"] for k, i in entry["constants"].items()}
+        layout.slots = [(nodes[i]["types"][j], born, dies) for i, j, born, dies in entry["slots"]]
+        if any(nodes[i] is not model.graph.node(top[born]) for i, _j, born, _d in entry["slots"]):
+            return None
+        layout.failures = [(message, None if i is None else nodes[i]["span"])
+                           for message, i in entry["failures"]]
+        layout.folded = set(entry["folded"])
+        by_node = {id(model.graph.node(nid)): nid for nid in top}
+        layout.profiled = [by_node[id(nodes[i])] for i in entry["profiled"]]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return payload[8 + size:], layout
+
+
+__all__ = ["key", "load", "store", "walk"]
