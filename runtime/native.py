@@ -268,7 +268,13 @@ class NativeModel(CompiledModel):
         gradient = isinstance(key, tuple)
         native = self.compilation.native(weights, key[0] if gradient else key, profile=profile,
                                          gradient=gradient)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
+        # llvmlite's memory manager (use_lmm) puts every section of the object in one
+        # reserved block: MCJIT's default allocates each section on its own, and in a process
+        # with a crowded address space (a Ray worker or driver) code and its constants landed
+        # more than 2 GiB apart, which a 32-bit PC-relative reference cannot span (LLVM
+        # aborted the process in resolveX86_64Relocation)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine,
+                                            use_lmm=True)
         engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
         entry = _ENTRY(engine.get_function_address("run"))
@@ -302,19 +308,20 @@ class NativeModel(CompiledModel):
         ins = [arrays[p.name] for p in variant.signature.inputs]
         with self._lock:  # one profile at a time: the counters are the code's own
             self._enter(variant, call, ins, _outputs(call))  # warm up
-            ctypes.memset(counters, 0, ctypes.sizeof(counters))
-            walls = []
+            walls, per_call = [], []
             for _ in range(repeat):
                 outs = _outputs(call)
+                ctypes.memset(counters, 0, ctypes.sizeof(counters))
                 start = time.perf_counter()
                 self._enter(variant, call, ins, outs)
                 walls.append(time.perf_counter() - start)
-            spent = list(counters)
+                per_call.append(list(counters))
+        # each kernel's median over the calls: a call the OS interrupted does not count
+        spent = [statistics.median(c[k] for c in per_call) for k in range(len(counters))]
         rate = counter_rate(cycles)
         sizes = {s: dims[s] for s in variant.layout.symbols}
         return Profile(self.name, sizes, self.threads, repeat,
-                       kernel_times(variant.graph, variant.layout.profiled, spent, rate,
-                                    repeat, sizes),
+                       kernel_times(variant.graph, variant.layout.profiled, spent, rate, sizes),
                        statistics.median(walls), fma_peak_flops() * self.threads)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:

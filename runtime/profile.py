@@ -4,13 +4,14 @@ tied to the model's source lines.
     prof = model.profile(x, repeat=20)
     print(prof)                    # the table: kernels in run order, their source, time share,
                                    # GFLOP/s and % of the CPU's measured FMA peak
-    prof.kernels[0].seconds        # per call, the mean over the timed calls
+    prof.kernels[0].seconds        # per call, the median over the timed calls
 
 The native code is built once more with a timer around each kernel (codegen/llvm/module.py:
 kiln_profile, the CPU's cycle counter); cycles become seconds by the counter's rate, measured
-against the wall clock. The table's total is the sum of the kernels; `wall` is the median time
-of a whole call as Python sees it (the kernels, plus crossing into native code and the
-output arrays).
+against the wall clock. Each kernel's time is its median over the timed calls (a call the OS
+interrupted does not skew it); the table's total is the sum of those medians, and `wall` the
+median time of a whole call as Python sees it (the kernels, plus crossing into native code
+and the output arrays).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class KernelTime:
     index: int  # run order, from 1
     kernel: str  # the op, or `fused conv+add+relu`
     sources: tuple[str, ...]  # file:line of each op in it
-    seconds: float  # per call
+    seconds: float  # per call: the median over the timed calls
     macs: int  # multiply-accumulates per call (0: not a GEMM-like op)
 
     @property
@@ -74,7 +75,7 @@ def format_profile(p: Profile, top: int | None = None) -> str:
     total = p.total or 1e-12
     sizes = ", ".join(f"{k}={v}" for k, v in p.sizes.items()) or "no symbolic sizes"
     lines = [f"{p.model} ({sizes}), {p.threads} thread{'s' * (p.threads != 1)}, "
-             f"mean of {p.calls} calls; FMA peak {p.peak_flops / 1e9:,.0f} GFLOP/s measured",
+             f"median of {p.calls} calls; FMA peak {p.peak_flops / 1e9:,.0f} GFLOP/s measured",
              f"{'#':>4}  {'kernel':<34} {'time':>10} {'share':>6} {'GFLOP/s':>8} {'peak':>6}"
              "  source"]
     shown = p.kernels
@@ -126,17 +127,17 @@ def _line(span) -> str | None:
     return places[0].rsplit(":", 1)[0]
 
 
-def kernel_times(graph: Graph, profiled: list[int], cycles: list[int], rate: float,
-                 calls: int, sizes: dict[str, int]) -> tuple[KernelTime, ...]:
-    """KernelTime per timed kernel: `cycles[k]` counted over `calls` calls for node
-    `profiled[k]` of `graph`, the counter running at `rate` per second."""
+def kernel_times(graph: Graph, profiled: list[int], cycles: list[float], rate: float,
+                 sizes: dict[str, int]) -> tuple[KernelTime, ...]:
+    """KernelTime per timed kernel: `cycles[k]` counted in one call for node `profiled[k]`
+    of `graph`, the counter running at `rate` per second."""
     describe = _Describe()
     out = []
     for k, nid in enumerate(profiled):
         name, spans = describe.visit(graph, nid)
         sources = tuple(dict.fromkeys(s for s in map(_line, spans) if s))  # once each, in order
         macs = int(macs_of_node(graph, nid).evaluate(sizes))
-        out.append(KernelTime(k + 1, name, sources, cycles[k] / rate / calls, macs))
+        out.append(KernelTime(k + 1, name, sources, cycles[k] / rate, macs))
     return tuple(out)
 
 
