@@ -189,8 +189,9 @@ def train_options(t) -> None:
                    "parameters")
     t.add_argument("--trainable", action="append", default=[], metavar="PATTERN",
                    help="train only the parameters matching this glob (repeatable)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training examples "
+                   "(default: 10)")
+    t.add_argument("--batch", type=int, default=64, help="examples per step (default: 64)")
     t.add_argument("--val-split", type=float, default=0.2,
                    help="the fraction of examples kept for validation (default: 0.2)")
     t.add_argument("--augment", action="append", default=[], choices=["flip", "crop", "noise"],
@@ -200,7 +201,9 @@ def train_options(t) -> None:
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights, the shuffling and the augmentations")
     t.add_argument("--weights", help="initial weights (.safetensors or .npz)")
-    t.add_argument("--target", choices=["native", "reference"], default="native")
+    t.add_argument("--target", choices=["native", "reference"], default="native",
+                   help="native: LLVM code for this CPU (default); reference: the numpy "
+                   "interpreter")
     t.add_argument("--resume", metavar="CKPT", help="resume from a checkpoint")
     t.add_argument("--checkpoint", metavar="CKPT",
                    help="write a checkpoint (.safetensors) after every epoch")
