@@ -277,3 +277,62 @@ def test_a_loss_from_a_kiln_file(mlp_file, tmp_path):
         opt.step()
         assert trainer.step(x, y) == pytest.approx(loss.item(), rel=1e-5)
     assert set(trainer.evaluate(*batches(n=1)[0])) == {"loss"}
+
+
+BN_NET = """
+import std.nn
+model BNNet(p: float = 0.0) {
+  forward(x: f32[B, 8]) -> f32[B, 3] {
+    return x |> nn.Linear(8, 16) |> nn.BatchNorm1d(16) |> relu |> nn.Dropout(p)
+             |> nn.Linear(16, 3)
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def bn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trainer_bn") / "bn.kiln"
+    path.write_text(BN_NET)
+    return str(path)
+
+
+def test_batch_norm_running_statistics_follow_torch(bn_file):
+    """Training mode: batch statistics in the forward, running statistics (and
+    num_batches_tracked) updated by each step as torch's train() mode updates them."""
+    trainer = kiln.Trainer(bn_file, optimizer=kiln.optim.SGD(lr=0.1, momentum=0.9))
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16),
+                              torch.nn.ReLU(), torch.nn.Dropout(0.0), torch.nn.Linear(16, 3))
+    net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in trainer.state_dict().items()})
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.train()
+    for x, y in batches(n=5):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
+        loss.backward()
+        opt.step()
+        assert trainer.step(x, y) == pytest.approx(loss.item(), rel=1e-4)
+    for path, value in net.state_dict().items():
+        np.testing.assert_allclose(trainer.params[path], value.numpy(), rtol=1e-3, atol=1e-5,
+                                   err_msg=path)
+    assert int(trainer.params["1.num_batches_tracked"]) == 5
+    # evaluation runs in inference mode: the running statistics, as torch's eval()
+    net.eval()
+    x, y = batches(seed=9, n=1)[0]
+    expected = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y)).item()
+    assert trainer.evaluate(x, y)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_dropout_masks_follow_the_seed_and_the_step(bn_file):
+    (x, y), = batches(n=1)
+
+    def losses(seed, p=0.5):
+        # lr 0: the weights never change, so only the dropout mask can change the loss
+        trainer = kiln.Trainer(bn_file, args={"p": p}, seed=seed, target="reference",
+                               optimizer=kiln.optim.SGD(lr=0.0))
+        return [trainer.step(x, y) for _ in range(3)]
+
+    first = losses(0)
+    assert losses(0) == first  # reproducible from the seed
+    assert len(set(first)) == 3  # a new mask every step
+    assert len(set(losses(0, p=0.0))) == 1  # no dropout: the same loss every step
