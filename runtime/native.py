@@ -266,8 +266,8 @@ class NativeModel(CompiledModel):
         """Compile and load the variant `key` (see _variant_of); `profile`: with a timer
         around every kernel."""
         gradient = isinstance(key, tuple)
-        native = self.compilation.native(weights, key[0] if gradient else key, profile=profile,
-                                         gradient=gradient)
+        native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient,
+                                         profile=profile)
         # llvmlite's memory manager (use_lmm) puts every section of the object in one
         # reserved block: MCJIT's default allocates each section on its own, and in a process
         # with a crowded address space (a Ray worker or driver) code and its constants landed

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from _optest import T, rand
+from _optest import T, infer1, rand
 
 from kiln.compiler.dims import Dim
 from kiln.compiler.types import NUMPY_DTYPES as NP
@@ -522,6 +522,20 @@ for i, (k, s, p, d, ceil_mode) in enumerate(POOL_CASES):
                 case("avg_pool", rand(*shape, seed=12), kernel_size=k, stride=s, padding=p,
                      ceil_mode=ceil_mode, count_include_pad=counted,
                      id=f"avg_pool-{i}-{shape[2]}-{counted}")
+
+
+def pooled_like(x: np.ndarray, seed: int, **attrs) -> np.ndarray:
+    """A random cotangent of max_pool(x, **attrs)'s shape (max_pool_grad's grad)."""
+    return rand(*(d.value for d in infer1("max_pool", T(list(x.shape)), **attrs).shape), seed=seed)
+
+
+for i, (k, s, p, d, ceil_mode) in enumerate(POOL_CASES):
+    x = rand(1, 2, 7, 6, seed=13)
+    window = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil_mode}
+    case("max_pool_grad", x, pooled_like(x, 14, **window), **window, id=f"max_pool_grad-{i}")
+LINE_X = rand(2, 3, 9, seed=15)
+case("max_pool_grad", LINE_X, pooled_like(LINE_X, 16, kernel_size=3, stride=2, padding=1),
+     kernel_size=3, stride=2, padding=1, id="max_pool_grad-1d")
 INT_LINE = np.array([[[3, -1, 4, 1, -5, 9, 2]]], np.int32)
 case("max_pool", INT_LINE, kernel_size=3, stride=2, padding=1, id="max_pool-i32")
 case("max_pool", INT_LINE.astype(np.int64), kernel_size=2, ceil_mode=True, id="max_pool-i64")
@@ -682,6 +696,8 @@ symbolic("conv", [T(["B", 3, "H", "H"]), T([4, 3, 3, 3]), None],
          stride=2, padding=1)
 symbolic("max_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kernel_size=3,
          stride=2, padding=1, ceil_mode=True)
+symbolic("max_pool_grad", [T(["B", 2, 7]), T(["B", 2, 4])], lambda e: rand(e["B"], 2, 7),
+         lambda e: rand(e["B"], 2, 4, seed=1), kernel_size=3, stride=2, padding=1)
 symbolic("avg_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kernel_size=2,
          stride=2, padding=1, ceil_mode=True)
 symbolic("resize", [T(["B", 1, "H", 4])], lambda e: rand(e["B"], 1, e["H"], 4),

@@ -211,6 +211,22 @@ def test_avg_pool_against_loop(case, count_include_pad):
     assert_close("avg_pool", out, pool2d_loop(x, k, s or k, p, (1, 1), ceil_mode, "avg", count_include_pad))
 
 
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool_grad_against_torch(case):
+    """max_pool's gradient op against PyTorch's autograd, on values with many ties (rounded to
+    halves): each window's cotangent goes to its first maximum."""
+    torch = pytest.importorskip("torch")
+    k, s, p, d, ceil_mode = case
+    x = np.round(rand(2, 3, 7, 8, seed=13) * 2) / 2
+    tx = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.max_pool2d(tx, k, s or k, p, d, ceil_mode)
+    g = rand(*y.shape, seed=14)
+    y.backward(torch.tensor(g))
+    out = run("max_pool_grad", x, g, kernel_size=k, stride=s, padding=p, dilation=d,
+              ceil_mode=ceil_mode)
+    assert_close("max_pool_grad", out, tx.grad.numpy())
+
+
 def test_pool1d_and_integer_max_pool():
     x = np.array([[[3, -1, 4, 1, -5, 9, 2]]], np.int32)
     np.testing.assert_array_equal(run("max_pool", x, kernel_size=3, stride=2, padding=1),

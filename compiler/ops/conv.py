@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dims import Dim
+from ..errors import KilnError
 from ..types import TensorType, shape_str
 from ._common import (
     FLOATS,
@@ -40,8 +41,16 @@ from ._common import (
     window_count,
     windows,
 )
+from ._conv_grad import (
+    bias_grad,
+    conv_input_grad,
+    conv_transpose_input_grad,
+    conv_weight_grad,
+    spatial_pads,
+)
 from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
-from .registry import OpError, OpRecord, Prop, register
+from ._grad import expand_to, float_only, size_value
+from .registry import OpError, OpRecord, Prop, internal, register
 
 # the native backend splits a batch of these across threads (module._batch_split)
 SAMPLEWISE = frozenset({Prop.SAMPLEWISE})
@@ -181,6 +190,19 @@ def _conv_macs(input_types, output_types, a) -> Dim:
     return prod(y.shape) * prod(w.shape[1:])
 
 
+def _conv_vjp(gb, node, cts):
+    """dx a transposed convolution of the cotangent, dw a convolution of x and the cotangent
+    (_conv_grad.py), the bias the cotangent's sum per channel."""
+    (ct,), (x, w, bias) = cts, node.inputs
+    geo = _conv_geometry(x.type, w.type, node.attrs)
+    groups = to_int(node.attrs["groups"], "groups")
+    pads = list(geo.pads)
+    return [conv_input_grad(gb, ct, w, x.type.shape[2:], geo.stride, geo.dilation, pads, groups),
+            conv_weight_grad(gb, x, ct, w.type.shape[2:], geo.stride, geo.dilation, pads,
+                             groups),
+            None if bias is None else bias_grad(gb, ct)]
+
+
 register(OpRecord(
     "conv",
     tensors("x", "weight") + optional("bias")
@@ -188,7 +210,7 @@ register(OpRecord(
     _conv_infer, _conv_reference,
     "1-D or 2-D convolution (cross-correlation), PyTorch's conv1d/conv2d.", macs=_conv_macs,
     onnx=widened(_conv_onnx), llvm=_conv_llvm,
-    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a"))
+    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="a", vjp=_conv_vjp))
 
 
 def _conv_transpose_geometry(x: TensorType, w: TensorType, a: dict):
@@ -279,6 +301,20 @@ def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:
     return prod(x.shape) * prod(w.shape[1:])
 
 
+def _conv_transpose_vjp(gb, node, cts):
+    """conv's rule read backwards: conv_transpose(x, w) is the input gradient of a conv with
+    the same attributes, so dx is that conv of the cotangent, and dw that conv's weight
+    gradient with the cotangent as its input and x as its result's cotangent."""
+    (ct,), (x, w, bias) = cts, node.inputs
+    stride, dilation, padding, _, _ = _conv_transpose_geometry(x.type, w.type, node.attrs)
+    groups = to_int(node.attrs["groups"], "groups")
+    pads = [(Dim.of(p), Dim.of(p)) for p in padding]
+    return [conv_transpose_input_grad(gb, ct, w, x.type.shape[2:], stride, dilation, padding,
+                                      groups),
+            conv_weight_grad(gb, ct, x, w.type.shape[2:], stride, dilation, pads, groups),
+            None if bias is None else bias_grad(gb, ct)]
+
+
 register(OpRecord(
     "conv_transpose",
     tensors("x", "weight") + optional("bias")
@@ -286,7 +322,7 @@ register(OpRecord(
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
     macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
-    props=SAMPLEWISE, packed_weight="b"))
+    props=SAMPLEWISE, packed_weight="b", vjp=_conv_transpose_vjp))
 
 
 # pooling ----------------------------------------------------------------------------------
@@ -403,6 +439,119 @@ def _avg_pool_llvm(kb, n):
                        bool(n.attrs["count_include_pad"]))
 
 
+# pooling gradients -------------------------------------------------------------------------
+def _pool_attrs(a: dict) -> dict:
+    """max_pool's window attributes (what max_pool_grad takes too)."""
+    return {k: a[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+
+
+def _max_pool_vjp(gb, node, cts):
+    """The cotangent of each window to its maximum (max_pool_grad)."""
+    (x,) = node.inputs
+    return [gb.op("max_pool_grad", x, cts[0], **_pool_attrs(node.attrs))]
+
+
+def _avg_pool_vjp(gb, node, cts):
+    """The cotangent over the divisor, spread evenly over each window: per plane, the input
+    gradient of a convolution with a kernel of ones. The divisors are that convolution of the
+    cells PyTorch counts (ones over the input, or over the input and its padding), in the
+    graph so that a symbolic size needs nothing at compile time."""
+    (ct,), (x,) = cts, node.inputs
+    t, a = x.type, node.attrs
+    geo = _pool_geometry(t, a)
+    if a["ceil_mode"] and not all(d.is_const for d in t.shape[2:]):
+        # the last window's overhang past the padding is known only at run time
+        raise KilnError("K0815", f"avg_pool's gradient with ceil_mode needs constant spatial "
+                        f"sizes, not {shape_str(t.shape)}", gb.span,
+                        hint="declare the input's spatial sizes as numbers (f32[B, 3, 32, 32])")
+    kernel = gb.constant(np.ones((1, 1, *(k.value for k in geo.kernel)), t.np_dtype))
+    counted_pad = bool(a["count_include_pad"])
+    sizes = [size + 2 * lo if counted_pad else size for size, (lo, _) in zip(t.shape[2:], geo.pads,
+                                                                          strict=True)]
+    if all(d.is_const for d in sizes):
+        cells = gb.constant(np.ones((1, 1, *(d.value for d in sizes)), t.np_dtype))
+    else:
+        cells = gb.op("full", shape=[1, 1, *sizes], value=1.0, dtype=t.dtype)
+    around = [(Dim.of(0), hi - lo) if counted_pad else (lo, hi) for lo, hi in geo.pads]
+    cells = spatial_pads(gb, cells, around)
+    divisor = gb.op("conv", cells, kernel, None, stride=list(geo.stride))
+    planes = gb.reshape(gb.div(ct, divisor), [t.shape[0] * t.shape[1], Dim.of(1), *geo.out])
+    grad = conv_input_grad(gb, planes, kernel, t.shape[2:], geo.stride, geo.dilation,
+                           list(geo.pads), 1)
+    return [gb.reshape(grad, list(t.shape))]
+
+
+def _global_avg_pool_vjp(gb, node, cts):
+    """The cotangent over the plane's size, on every element of the plane."""
+    (x,) = node.inputs
+    return [expand_to(gb, gb.div(cts[0], size_value(gb, prod(x.type.shape[2:]), x.type.dtype)),
+                      x.type)]
+
+
+def _max_pool_grad_infer(types, a):
+    x, grad = types
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, grad], ["x", "grad"])
+    want = _pool_infer(FLOATS)([x], a)[0]
+    if grad.shape != want.shape:
+        raise OpError(f"grad {shape_str(grad.shape)} is not the pooled shape "
+                      f"{shape_str(want.shape)}", arg="grad")
+    return [x]
+
+
+def _max_pool_grad_reference(env, inputs, a):
+    """PyTorch's rule for each window: its first maximum among the input cells (padding is
+    never chosen; a window of -inf picks its first cell), or its last NaN; the window's
+    cotangent added there."""
+    x, grad = inputs
+    xs = upcast(x)
+    geo = _pool_geometry(TensorType(dtype_name(x), x.shape), a)
+    kernel, pads, out = geo.concrete(env)
+    plane = int(np.prod(x.shape[2:], dtype=np.int64))
+    where = np.pad(np.arange(plane).reshape(x.shape[2:]), pads, constant_values=-1)
+    cells = windows(where, kernel, geo.stride, geo.dilation, out).reshape(*out, -1)
+    values = windows(np.pad(xs, [(0, 0), (0, 0)] + pads, constant_values=-np.inf), kernel,
+                     geo.stride, geo.dilation, out).reshape(*x.shape[:2], *out, -1)
+    valid = cells >= 0
+    best = np.where(valid, values, -np.inf).max(axis=-1, keepdims=True)
+    first = np.argmax(valid & (values == best), axis=-1)
+    nans = valid & np.isnan(values)
+    last_nan = nans.shape[-1] - 1 - np.argmax(nans[..., ::-1], axis=-1)
+    pick = np.where(nans.any(axis=-1), last_nan, first)
+    at = np.take_along_axis(np.broadcast_to(cells, values.shape), pick[..., None], -1)[..., 0]
+    planes = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(out))
+    total = np.bincount((planes * plane + at).ravel(), weights=upcast(grad).ravel(),
+                        minlength=x.size)
+    return [total.reshape(x.shape).astype(x.dtype)]
+
+
+def _max_pool_grad_onnx(b, n):
+    """MaxPool's indices (flat over the whole input; the first maximum of a window, as
+    PyTorch), then the cotangents added there by ScatterElements."""
+    x, grad = n.inputs
+    geo, window = _pool_window(b, n)
+    _, indices = b.node("MaxPool", [x], 2, dilations=list(geo.dilation), **window)
+    flat = b.ints([-1])
+    zeros = one(b, "Mul", one(b, "Reshape", x, flat), b.const(0.0, n.in_types[0].dtype))
+    summed = one(b, "ScatterElements", zeros, one(b, "Reshape", indices, flat),
+                 one(b, "Reshape", grad, flat), axis=0, reduction="add")
+    b.node("Reshape", [summed, one(b, "Shape", x)], n.outputs)
+
+
+def _max_pool_grad_llvm(kb, n):
+    x = n.in_types[0]
+    nn_native("pool").max_pool_grad(kb, n, _window(x, _pool_geometry(x, n.attrs)))
+
+
+register(internal(OpRecord(
+    "max_pool_grad",
+    tensors("x", "grad") + attrs("kernel_size", ("stride", None), ("padding", 0),
+                                 ("dilation", 1), ("ceil_mode", False)),
+    _max_pool_grad_infer, _max_pool_grad_reference,
+    "max_pool's gradient: each window's grad added at its first maximum in x (PyTorch's rule).",
+    onnx=widened(_max_pool_grad_onnx), llvm=_max_pool_grad_llvm)))
+
+
 # max_pool of integers runs in f64 (exact for i32): onnxruntime's MaxPool has no int32 kernel
 register(OpRecord(
     "max_pool",
@@ -411,7 +560,7 @@ register(OpRecord(
     _pool_infer(NUMERIC), _max_pool_reference,
     "1-D or 2-D max pooling (padding counts as -inf), PyTorch's max_pool1d/2d.",
     onnx=widened(_max_pool_onnx, {**BF16_UP, "i32": "f64", "i64": "f64"}), llvm=_max_pool_llvm,
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=float_only(_max_pool_vjp)))
 register(OpRecord(
     "avg_pool",
     tensors("x") + attrs("kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
@@ -419,7 +568,7 @@ register(OpRecord(
     _pool_infer(FLOATS), _avg_pool_reference,
     "1-D or 2-D average pooling, PyTorch's avg_pool1d/2d.", onnx=widened(_avg_pool_onnx),
     llvm=_avg_pool_llvm,
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=_avg_pool_vjp))
 
 
 def _global_avg_pool_onnx(b, n):
@@ -445,4 +594,4 @@ register(OpRecord(
     "Mean over every spatial axis, kept as size 1 (ONNX GlobalAveragePool).",
     onnx=widened(_global_avg_pool_onnx),
     llvm=lambda kb, n: nn_native("pool").global_avg_pool(kb, n),
-    props=SAMPLEWISE))
+    props=SAMPLEWISE, vjp=_global_avg_pool_vjp))

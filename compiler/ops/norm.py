@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dims import Dim
 from ..types import NUMPY_DTYPES, TensorType, shape_str
 from ._common import (
     FLOATS,
@@ -34,6 +35,7 @@ from ._common import (
     upcast,
 )
 from ._emit import chain, full_of, one, trimmed, widened
+from ._grad import like_scalar, unbroadcast
 from .registry import OpError, OpRecord, register
 
 
@@ -54,13 +56,58 @@ def _affine(y: np.ndarray, weight, bias, shape) -> np.ndarray:
     return y
 
 
+def _norm_vjp(view):
+    """The rule of a norm op whose statistics run over `axes` of x viewed in `shape`, with
+    view(x_type, attrs) -> (shape, axes, the shape weight and bias broadcast as against x).
+
+    PyTorch's fused form: with xhat the normalized x, g = dy * weight and rstd = 1/sqrt(var +
+    eps), dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), the two means over the same axes
+    in one pass; dweight = sum(dy * xhat), dbias = sum(dy) over the axes they broadcast along.
+    The statistics are recomputed from x (a mean and a variance per group), not saved."""
+
+    def vjp(gb, node, cts):
+        (ct,), (x, weight, bias) = cts, node.inputs
+        t = x.type
+        shape, axes, affine = view(t, node.attrs)
+
+        def viewed(v):
+            return v if tuple(shape) == t.shape else gb.reshape(v, list(shape))
+
+        def unviewed(v):
+            return v if tuple(shape) == t.shape else gb.reshape(v, list(t.shape))
+
+        def mean(v):
+            return gb.op("mean", v, axis=list(axes), keepdims=True)
+
+        xv = viewed(x)
+        centered = gb.sub(xv, mean(xv))
+        var = mean(gb.mul(centered, centered))
+        rstd = gb.op("rsqrt", gb.add(var, like_scalar(gb, _eps(node), x)))
+        xhat = gb.mul(centered, rstd)
+        g = ct if weight is None else gb.mul(ct, gb.reshape(weight, list(affine)))
+        gv = viewed(g)
+        inner = gb.sub(gb.sub(gv, mean(gv)), gb.mul(xhat, mean(gb.mul(gv, xhat))))
+        dx = unviewed(gb.mul(rstd, inner))
+
+        def param_grad(param, v):
+            if param is None:
+                return None
+            summed = unbroadcast(gb, v, TensorType(t.dtype, tuple(affine)))
+            return gb.reshape(summed, list(param.type.shape))
+
+        return [dx, param_grad(weight, gb.mul(ct, unviewed(xhat))), param_grad(bias, ct)]
+
+    return vjp
+
+
 def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
-                onnx, llvm) -> OpRecord:
+                onnx, llvm, view) -> OpRecord:
     """A norm op (x, *leading attrs, weight?, bias?, eps): normalize, then scale and shift.
 
     param_shape(x, attrs) -> (the shape weight and bias must have, what that shape means);
     normalize(x, attrs) -> (normalized x, the shape weight and bias broadcast as); onnx is the
-    emitter, run in f32 for half floats as the reference; llvm the native lowering.
+    emitter, run in f32 for half floats as the reference; llvm the native lowering; view the
+    statistics' view of x for the gradient rule (_norm_vjp).
     """
 
     def infer(types, a):
@@ -76,7 +123,8 @@ def norm_record(name: str, doc: str, leading: tuple, param_shape, normalize,
         return [_affine(y, weight, bias, shape).astype(x.dtype)]
 
     args = tensors("x") + attrs(*leading) + optional("weight", "bias") + attrs(("eps", 1e-5))
-    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm)
+    return OpRecord(name, args, infer, reference, doc, onnx=widened(onnx), llvm=llvm,
+                    vjp=_norm_vjp(view))
 
 
 def _layer_params(x: TensorType, a):
@@ -201,18 +249,41 @@ def _grouped_llvm(groups):
     return lower
 
 
+def _per_channel_shape(t: TensorType) -> list[Dim]:
+    """[C, 1, ...]: a per-channel parameter broadcast against x [N, C, *S]."""
+    return [t.shape[1]] + [Dim.of(1)] * (t.rank - 2)
+
+
+def _layer_view(t: TensorType, a: dict):
+    k = len(to_dims(a["normalized_shape"], "normalized_shape"))
+    return t.shape, range(t.rank - k, t.rank), t.shape[t.rank - k:]
+
+
+def _group_view(t: TensorType, a: dict):
+    groups = to_int(a["num_groups"], "num_groups")
+    rest = Dim.of(1)
+    for d in t.shape[1:]:
+        rest = rest * d
+    return (t.shape[0], Dim.of(groups), rest // groups), (2,), _per_channel_shape(t)
+
+
+def _instance_view(t: TensorType, a: dict):
+    return t.shape, range(2, t.rank), _per_channel_shape(t)
+
+
 register(norm_record(
     "layer_norm", "Normalize over the trailing normalized_shape axes, then scale and shift.",
-    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm))
+    ("normalized_shape",), _layer_params, _layer_normalize, _layer_norm_onnx, _layer_norm_llvm,
+    _layer_view))
 register(norm_record(
     "group_norm", "Normalize each group of channels over the group and the spatial axes.",
     ("num_groups",), _group_params, _group_normalize, _group_norm_onnx,
-    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups"))))
+    _grouped_llvm(lambda n: to_int(n.attrs["num_groups"], "num_groups")), _group_view))
 register(norm_record(
     "instance_norm", "Normalize each channel of each sample over its spatial axes.", (),
     _instance_params,
     lambda x, a: (_normalize(x, tuple(range(2, x.ndim)), a["eps"]), channel_shape(x)),
-    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1])))
+    _instance_norm_onnx, _grouped_llvm(lambda n: n.in_types[0].shape[1]), _instance_view))
 
 
 def _batch_norm_infer(types, a):

@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from ..dims import Dim
-from ..types import TensorType
+from ..errors import KilnError
+from ..types import TensorType, shape_str
 from ._common import (
     attr_error,
     attrs,
@@ -80,26 +81,62 @@ def _source_ratio(a, i: int, size: int, out: int, n: int, for_corners: bool) -> 
     return np.float32(size / out)
 
 
+def _interpolate(y: np.ndarray, a: dict, i: int, out: int, n: int) -> np.ndarray:
+    """y resized along spatial axis i (axis 2 + i) to `out`: the nearest row, or a blend of
+    the two nearest rows."""
+    axis = 2 + i
+    size = y.shape[axis]
+    corners = bool(a["align_corners"])
+    ratio = _source_ratio(a, i, size, out, n, corners)
+    dst = np.arange(out, dtype=np.float32)
+    if a["mode"] == "nearest":
+        return np.take(y, np.minimum(np.floor(dst * ratio).astype(np.int64), size - 1), axis=axis)
+    src = dst * ratio if corners else np.maximum(ratio * (dst + 0.5) - 0.5, 0)
+    lo = src.astype(np.int64)
+    hi = np.minimum(lo + 1, size - 1)
+    lam = (src - lo).astype(y.dtype).reshape([-1] + [1] * (y.ndim - 1 - axis))
+    return np.take(y, lo, axis=axis) * (1 - lam) + np.take(y, hi, axis=axis) * lam
+
+
 def _resize_reference(env, inputs, a):
     """Separable: along each spatial axis take the nearest, or blend the two nearest, rows."""
     (x,) = inputs
     y = upcast(x)
-    n = x.ndim - 2
-    corners = bool(a["align_corners"])
     sizes = [env.eval_dim(d) for d in _resize_sizes(TensorType(dtype_name(x), x.shape), a)]
     for i, out in enumerate(sizes):
-        size, axis = x.shape[2 + i], 2 + i
-        ratio = _source_ratio(a, i, size, out, n, corners)
-        dst = np.arange(out, dtype=np.float32)
-        if a["mode"] == "nearest":
-            y = np.take(y, np.minimum(np.floor(dst * ratio).astype(np.int64), size - 1), axis=axis)
-            continue
-        src = dst * ratio if corners else np.maximum(ratio * (dst + 0.5) - 0.5, 0)
-        lo = src.astype(np.int64)
-        hi = np.minimum(lo + 1, size - 1)
-        lam = (src - lo).astype(y.dtype).reshape([-1] + [1] * (n - 1 - i))
-        y = np.take(y, lo, axis=axis) * (1 - lam) + np.take(y, hi, axis=axis) * lam
+        y = _interpolate(y, a, i, out, x.ndim - 2)
     return [y.astype(x.dtype)]
+
+
+def _resize_vjp(gb, node, cts):
+    """The adjoint of the interpolation, axis by axis: along each spatial axis the forward is
+    a matrix M [out, in] of blend weights (the reference's own, read off by resizing the
+    identity), so the gradient is ct times M, a matmul over that axis. Needs constant spatial
+    sizes (M is a constant)."""
+    (ct,), (x,) = cts, node.inputs
+    t, y, a = x.type, node.outputs[0].type, node.attrs
+    n = t.rank - 2
+    if not all(d.is_const for d in (*t.shape[2:], *y.shape[2:])):
+        raise KilnError("K0815", f"resize's gradient needs constant spatial sizes, not "
+                        f"{shape_str(t.shape)} -> {shape_str(y.shape)}", gb.span,
+                        hint="declare the input's spatial sizes as numbers (f32[B, 3, 32, 32])")
+    grad = ct
+    for i in reversed(range(n)):
+        size, out = t.shape[2 + i].value, y.shape[2 + i].value
+        # identity rows as a [1, size, size] tensor resized along its last axis: [1, size, out]
+        eye = np.eye(size, dtype=upcast(np.zeros(0, t.np_dtype)).dtype)[None]
+        blend = _interpolate(eye, {**a, "scale_factor": _axis_scale(a, i, n)}, 0, out, 1)
+        perm = [*range(2 + i), *range(3 + i, t.rank), 2 + i]  # axis 2 + i last
+        back = [*range(2 + i), t.rank - 1, *range(2 + i, t.rank - 1)]
+        moved = gb.permute(grad, perm)
+        weights = gb.constant(blend[0].T.astype(t.np_dtype))  # [out, size]
+        grad = gb.permute(gb.matmul(moved, weights), back)
+    return [grad]
+
+
+def _axis_scale(a: dict, i: int, n: int):
+    """The scale_factor of spatial axis i alone (None when the sizes were given)."""
+    return None if a["scale_factor"] is None else _scales(a, n)[i]
 
 
 def _onnx_scale(size: Dim, scale: float, out: Dim) -> np.float32:
@@ -152,4 +189,4 @@ register(OpRecord(
                          ("align_corners", False)),
     _resize_infer, _resize_reference,
     "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
-    onnx=widened(_resize_onnx), llvm=_resize_llvm))
+    onnx=widened(_resize_onnx), llvm=_resize_llvm, vjp=_resize_vjp))

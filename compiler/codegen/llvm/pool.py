@@ -110,3 +110,47 @@ def global_avg_pool(kb, n) -> None:
     size = kb.b.mul(h, w)
     with kb.for_range(planes) as p:
         kb.store(y, p, mean_of(kb, x, kb.b.mul(p, size), size, x_t.dtype), y_t.dtype)
+
+
+def max_pool_grad(kb, n, win: Window) -> None:
+    """dx of max_pool: zeros, then each window's grad added at its chosen input cell, window by
+    window in order (overlapping windows add up). The choice is PyTorch's: a later cell wins
+    when it is greater or NaN, the first input cell of the window when none is (padding never
+    takes part); a cell outside the input is read clamped, then ignored."""
+    x_t, g_t = n.in_types
+    dtype = x_t.dtype
+    x, grad, dx = kb.input("x"), kb.input("grad"), kb.output()
+    b = kb.b
+    planes, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, g_t)
+    kh, kw = (kb.dim(k) for k in win.kernel)
+    dh, dw = (i64(d) for d in win.dilation)
+    plane = b.mul(h, w)
+    kb.zero_elements(dx, ZERO, kb.numel(x_t.shape), dtype)
+
+    def window(index):
+        p, oh, ow = index
+        base = b.mul(p, plane)
+        top, left = win.origin(kb, oh, 0), win.origin(kb, ow, 1)
+
+        def tap(acc, yy, xx):
+            best, at = acc
+            ok = b.and_(inside(kb, yy, h), inside(kb, xx, w))
+            cell = b.select(ok, b.add(b.mul(yy, w), xx), ZERO)
+            value = kb.load(x, b.add(base, cell), dtype)
+            wins = b.or_(b.or_(b.icmp_signed("<", at, ZERO), b.fcmp_ordered(">", value, best)),
+                         b.fcmp_unordered("uno", value, value))
+            take = b.and_(ok, wins)
+            return b.select(take, value, best), b.select(take, cell, at)
+
+        def row(acc, i):
+            yy = b.add(top, b.mul(i, dh))
+            return kb.accumulate(ZERO, kw, acc, lambda a, j: tap(a, yy, b.add(left, b.mul(j, dw))))
+
+        _, at = kb.accumulate(ZERO, kh, (kb.const(float("-inf"), dtype), i64(-1)), row)
+        with b.if_then(b.icmp_signed(">=", at, ZERO)):
+            g = kb.load(grad, b.add(b.mul(b.add(b.mul(p, out_h), oh), out_w), ow), dtype)
+            target = b.add(base, at)
+            kb.store(dx, target, kb.add(kb.load(dx, target, dtype), g), dtype)
+
+    kb.loop_nest([planes, out_h, out_w], window)

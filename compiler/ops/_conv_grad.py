@@ -1,0 +1,125 @@
+"""The adjoints of a convolution, written with conv, conv_transpose and movement ops, which the
+gradient rules of conv, conv_transpose and avg_pool share (conv.py attaches them).
+
+For y = conv(x, w) with stride s, dilation d and padding (lo, hi) along each spatial axis:
+
+    dx = conv_transpose(dy, w, stride=s, dilation=d), cropped to the padded input's window
+    dw = conv(x^T, dy^T, stride=d, dilation=s), x^T = x with batch and channels swapped
+         (per group), dy^T = dy likewise: the packed GEMM the forward conv uses, with the
+         batch as the reduction
+
+and conv_transpose is conv's input gradient, so its own gradients are these two read backwards
+(conv.py). Every size here is a Dim of the graph's types: the crops are `pad` ops with negative
+widths, which need constant spatial sizes (a symbolic batch is fine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..dims import Dim
+
+Pads = list[tuple[Dim, Dim]]
+
+
+def spatial_pads(gb: Any, x: Any, widths: list[tuple[Dim, Dim]]) -> Any:
+    """x padded (positive widths) or cropped (negative) along its spatial axes, by (before,
+    after) per spatial axis; x itself where every width is 0."""
+    widths = [(Dim.of(lo), Dim.of(hi)) for lo, hi in widths]
+    if all(lo == Dim.of(0) and hi == Dim.of(0) for lo, hi in widths):
+        return x
+    flat: list[Dim] = []
+    for lo, hi in reversed(widths):  # F.pad's order: the last axis first
+        flat += [lo, hi]
+    return gb.op("pad", x, pads=flat)
+
+
+def _symmetric(pads: Pads) -> list[int] | None:
+    """The padding as conv's `padding` attribute when it is the same, constant, on both sides."""
+    if all(lo == hi and lo.is_const for lo, hi in pads):
+        return [lo.value for lo, _ in pads]
+    return None
+
+
+def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tuple[int, ...],
+                    dilation: tuple[int, ...], pads: Pads, groups: int) -> Any:
+    """The gradient of conv(x, w) with respect to x [N, C, *sizes], given the cotangent ct of
+    its result: a transposed convolution of ct, cut to where x sat in the padded input.
+
+    The transposed convolution with padding p covers padded coordinates [p, F - p), F = (out
+    - 1) * s + d * (k - 1) + 1; x is [lo, lo + size), and past F lie zeros (positions no window
+    reached). p is what both ends may lose: at most lo, and at most what F reaches past x."""
+    kernel = w.type.shape[2:]
+    reach = [(out - 1) * s + d * (k - 1) + 1 for out, k, s, d
+             in zip(ct.type.shape[2:], kernel, stride, dilation, strict=True)]
+    shared = []
+    for size, (lo, _hi), f in zip(sizes, pads, reach, strict=True):
+        past = f - lo - size
+        shared.append(max(0, min(lo.value, past.value))
+                      if lo.is_const and past.is_const else 0)
+    full = gb.op("conv_transpose", ct, w, None, stride=list(stride), padding=shared,
+                 dilation=list(dilation), groups=groups)
+    widths = [(p - lo, size + lo + p - f)
+              for size, (lo, _hi), f, p in zip(sizes, pads, reach, shared, strict=True)]
+    return spatial_pads(gb, full, widths)
+
+
+def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
+                              stride: tuple[int, ...], dilation: tuple[int, ...],
+                              padding: tuple[int, ...], groups: int) -> Any:
+    """The gradient of conv_transpose(x, w) with respect to x [N, C, *sizes]: the convolution
+    whose input gradient conv_transpose is, of ct, cut to x's sizes (an output_padding past
+    the stride gives the convolution room for more windows than x has)."""
+    grad = gb.op("conv", ct, w, None, stride=list(stride), padding=list(padding),
+                 dilation=list(dilation), groups=groups)
+    return spatial_pads(gb, grad, [(Dim.of(0), size - got)
+                                    for size, got in zip(sizes, grad.type.shape[2:], strict=True)])
+
+
+def _swap_batch_channels(gb: Any, x: Any, groups: int) -> Any:
+    """x [N, g * C, *S] as [C, g * N, *S]: each group's channels become the batch, and the
+    batch the channels of that group (conv's grouped channel order, group major)."""
+    n, channels, *spatial = x.type.shape
+    if groups == 1:
+        return gb.permute(x, [1, 0, *range(2, 2 + len(spatial))])
+    rest = list(range(3, 3 + len(spatial)))
+    split = gb.reshape(x, [n, Dim.of(groups), channels // groups, *spatial])
+    moved = gb.permute(split, [2, 1, 0, *rest])
+    return gb.reshape(moved, [channels // groups, n * groups, *spatial])
+
+
+def _channels_first(gb: Any, ct: Any) -> Any:
+    """ct [N, O, *S] as [O, N, *S]: as a weight of a grouped conv, output channel o of group
+    o // (O / g) reads the batch (the group's input channels)."""
+    return gb.permute(ct, [1, 0, *range(2, ct.type.rank)])
+
+
+def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: tuple[int, ...],
+                     dilation: tuple[int, ...], pads: Pads, groups: int) -> Any:
+    """The gradient of conv(x, w) with respect to w [O, C/g, *kernel], given x [N, C, *S] and
+    the cotangent ct [N, O, *out] of its result.
+
+    dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]: a convolution of
+    x (batch and channels swapped, so the batch is what the GEMM reduces) with ct as its
+    weight, the stride and dilation exchanging roles; its windows may run past the kernel by
+    what the forward's last window left unread, which is cut off."""
+    symmetric = _symmetric(pads)
+    source = _swap_batch_channels(gb, x, groups)
+    if symmetric is None:
+        source = spatial_pads(gb, source, pads)
+        symmetric = [0] * len(pads)
+    weight = _channels_first(gb, ct)
+    grad = gb.op("conv", source, weight, None, stride=list(dilation), padding=symmetric,
+                 dilation=list(stride), groups=groups)  # [C/g, O, *K'], K' >= kernel
+    grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
+                                    for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
+    return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def bias_grad(gb: Any, ct: Any) -> Any:
+    """The gradient of a per-channel bias: ct summed over the batch and spatial axes."""
+    return gb.op("sum", ct, axis=[0, *range(2, ct.type.rank)], keepdims=False)
+
+
+__all__ = ["bias_grad", "conv_input_grad", "conv_transpose_input_grad", "conv_weight_grad",
+           "spatial_pads"]

@@ -1,0 +1,236 @@
+"""Gradient rules (OpRecord.vjp) of the neural-network ops against central finite differences
+in float64 (tests/_gradcheck.py: check_vjp): conv and conv_transpose over every stride,
+padding, dilation and groups combination of _cases.py's tables, the pools (ceil mode, counted
+padding, dilation, PyTorch's tie rule for max), the norms with and without their affine
+parameters, and resize in each mode; then the backward graphs on the native and ONNX targets
+against the reference interpreter."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from _cases import CONV_CASES, CONV_T_CASES, POOL_CASES
+from _gradcheck import backward, check_vjp, rules_graph
+from _nativetest import native_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kiln
+from kiln import KilnError
+from kiln.compiler.codegen.onnx import export
+from kiln.compiler.elaborate.elaborator import Port
+from kiln.compiler.evaluate import run_graph
+
+
+def normal(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# ---------------------------------------------------------------- conv, conv_transpose
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation, groups", CONV_CASES)
+def test_conv(xs, ws, stride, padding, dilation, groups):
+    check_vjp("conv", normal(*xs, seed=1), normal(*ws, seed=2), normal(ws[0], seed=3),
+              stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("padding", [0, 2, "same", "valid"])
+def test_conv_1d(padding):
+    check_vjp("conv", normal(2, 4, 11, seed=4), normal(6, 2, 3, seed=5), None,
+              stride=1 if padding == "same" else 2, padding=padding, dilation=2, groups=2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2),
+       st.sampled_from([1, 2]), st.integers(4, 8), st.integers(1, 3))
+def test_conv_random(k, stride, padding, dilation, groups, size, batch):
+    """Strides that leave input rows unread, padding wider than the kernel reaches."""
+    if (size + 2 * padding - dilation * (k - 1) - 1) < 0:
+        return
+    x = normal(batch, 2 * groups, size, size - 1, seed=size)
+    w = normal(2 * groups, 2, k, k, seed=k)
+    check_vjp("conv", x, w, normal(2 * groups, seed=3), stride=stride, padding=padding,
+              dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, out_pad, dilation, groups", CONV_T_CASES)
+def test_conv_transpose(xs, ws, stride, padding, out_pad, dilation, groups):
+    check_vjp("conv_transpose", normal(*xs, seed=1), normal(*ws, seed=2),
+              normal(ws[1] * groups, seed=3), stride=stride, padding=padding,
+              output_padding=out_pad, dilation=dilation, groups=groups)
+
+
+def test_conv_transpose_1d():
+    check_vjp("conv_transpose", normal(1, 2, 5), normal(2, 3, 3, seed=9), None, stride=2,
+              padding=1, output_padding=1)
+
+
+# ---------------------------------------------------------------- pooling
+def distinct(*shape, seed=0):
+    """Random values far apart (finite differences must not move a window's maximum)."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.prod(shape)).reshape(shape) * 0.1 + rng.uniform(0, 0.01, shape)
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil_mode", POOL_CASES)
+@pytest.mark.parametrize("shape", [(1, 2, 7, 6), (2, 1, 8, 9)])
+def test_max_pool(shape, k, s, p, d, ceil_mode):
+    check_vjp("max_pool", distinct(*shape), kernel_size=k, stride=s, padding=p, dilation=d,
+              ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil_mode", [c for c in POOL_CASES if c[3] == (1, 1)])
+@pytest.mark.parametrize("shape", [(1, 2, 7, 6), (2, 1, 8, 9)])
+@pytest.mark.parametrize("counted", [True, False])
+def test_avg_pool(shape, k, s, p, d, ceil_mode, counted):
+    check_vjp("avg_pool", normal(*shape), kernel_size=k, stride=s, padding=p,
+              ceil_mode=ceil_mode, count_include_pad=counted)
+
+
+def test_pools_1d():
+    line = distinct(2, 3, 9)
+    check_vjp("max_pool", line, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    check_vjp("avg_pool", line, kernel_size=3, stride=2, padding=1, ceil_mode=True,
+              count_include_pad=False)
+    check_vjp("global_avg_pool", line)
+    check_vjp("global_avg_pool", normal(2, 3, 4, 5))
+
+
+def test_max_pool_ties_follow_pytorch():
+    """Ties go to the window's first maximum; overlapping windows add up; a window of -inf
+    sends its gradient to its first input cell, never to padding; NaN: the last one."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.5, 2.0, 2.0], [-np.inf, -np.inf, 3.0, 3.0],
+                    [-np.inf, -np.inf, np.nan, 1.0]]]])
+    for attrs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 1, "padding": 1},
+                  {"kernel_size": 2, "stride": 1, "dilation": 2},
+                  {"kernel_size": 3, "stride": 2, "ceil_mode": True}):
+        _fwd, (ct,), (grad,) = backward("max_pool", x, **attrs)
+        tx = torch.tensor(x, requires_grad=True)
+        torch.nn.functional.max_pool2d(tx, **attrs).backward(torch.tensor(ct))
+        np.testing.assert_array_equal(grad, tx.grad.numpy(), err_msg=str(attrs))
+
+
+
+@pytest.mark.parametrize("call, out", [
+    ("avg_pool(x, 3, stride = 2, ceil_mode = true)", (1, 2, 3, 3)),
+    ('resize(x, scale_factor = 2, mode = "nearest")', (1, 2, 14, 12)),
+])
+def test_symbolic_spatial_sizes_the_rule_needs_are_k0815(call, out):
+    """Rules whose constants depend on the spatial sizes refuse symbolic ones, at the op."""
+    src = ("model P {\n  forward(x: f32[B, 2, H, W]) -> f32[B, 2, _, _] {\n"
+           f"    return {call}\n  }}\n}}\n")
+    model = kiln.compile(src, target="reference")
+    with pytest.raises(KilnError) as info:
+        model.vjp(f32(1, 2, 7, 6), cotangents=[f32(*out)])
+    assert info.value.code == "K0815" and info.value.span.line == 3, str(info.value)
+
+# ---------------------------------------------------------------- norms
+def affine(shape, with_weight, with_bias):
+    return (normal(*shape, seed=7) if with_weight else None,
+            normal(*shape, seed=8) if with_bias else None)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, False),
+                                                     (True, False), (False, True)])
+def test_layer_norm(with_weight, with_bias):
+    x = normal(2, 3, 4, 5, seed=1)
+    for ns in ([5], [4, 5]):
+        check_vjp("layer_norm", x, ns, *affine(ns, with_weight, with_bias), eps=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, False)])
+@pytest.mark.parametrize("shape, groups", [((2, 6, 3, 2), 3), ((3, 4, 5), 2), ((2, 4), 1)])
+def test_group_norm(shape, groups, with_weight, with_bias):
+    check_vjp("group_norm", normal(*shape, seed=2), groups,
+              *affine(shape[1:2], with_weight, with_bias), rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, True)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 2, 6)])
+def test_instance_norm(shape, with_weight, with_bias):
+    check_vjp("instance_norm", normal(*shape, seed=3), *affine(shape[1:2], with_weight, with_bias),
+              rtol=1e-4)
+
+
+# ---------------------------------------------------------------- resize
+RESIZES = [
+    ({"size": 7}, "nearest", False), ({"scale_factor": 2}, "nearest", False),
+    ({"size": [3, 9]}, "bilinear", False), ({"size": [5, 4]}, "bilinear", True),
+    ({"scale_factor": [1.5, 0.5]}, "bilinear", False), ({"scale_factor": 2}, "bilinear", True),
+]
+
+
+@pytest.mark.parametrize("sizes, mode, corners", RESIZES)
+def test_resize(sizes, mode, corners):
+    check_vjp("resize", normal(2, 3, 4, 6, seed=5), mode=mode, align_corners=corners, **sizes)
+
+
+def test_resize_1d():
+    line = normal(2, 3, 5)
+    check_vjp("resize", line, size=8, mode="bilinear")
+    check_vjp("resize", line, scale_factor=1.7, mode="nearest")
+
+
+# ---------------------------------------------------------------- backward graphs on the backends
+def f32(*shape, seed=0):
+    return normal(*shape, seed=seed).astype(np.float32)
+
+
+BACKEND_CASES = [
+    *[("conv", (f32(*xs, seed=1), f32(*ws, seed=2), f32(ws[0], seed=3)),
+       {"stride": s, "padding": p, "dilation": d, "groups": g})
+      for xs, ws, s, p, d, g in CONV_CASES],
+    ("conv", (f32(2, 4, 11), f32(6, 2, 3, seed=5), None),
+     {"stride": 2, "padding": 2, "dilation": 2, "groups": 2}),
+    *[("conv_transpose", (f32(*xs, seed=1), f32(*ws, seed=2), f32(ws[1] * g, seed=3)),
+       {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g})
+      for xs, ws, s, p, op, d, g in CONV_T_CASES],
+    ("conv_transpose", (f32(1, 2, 5), f32(2, 3, 3, seed=9), None),
+     {"stride": 2, "padding": 1, "output_padding": 1}),
+    *[("max_pool", (f32(2, 3, 7, 6, seed=4),),
+       {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": c})
+      for k, s, p, d, c in POOL_CASES],
+    *[("avg_pool", (f32(2, 3, 7, 6, seed=5),),
+       {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": c, "count_include_pad": i})
+      for k, s, p, d, c in POOL_CASES if d == (1, 1) for i in (True, False)],
+    ("global_avg_pool", (f32(2, 3, 4, 5),), {}),
+    ("layer_norm", (f32(2, 3, 4, 5), [4, 5], f32(4, 5, seed=1), f32(4, 5, seed=2)), {}),
+    ("layer_norm", (f32(3, 6), [6], None, None), {}),
+    ("group_norm", (f32(2, 6, 3, 2), 3, f32(6, seed=1), f32(6, seed=2)), {}),
+    ("instance_norm", (f32(2, 3, 4, 5), f32(3, seed=1), None), {}),
+    *[("resize", (f32(2, 3, 4, 6),), {"mode": m, "align_corners": c, **sizes})
+      for sizes, m, c in RESIZES],
+]
+
+
+def _rule_results(run) -> None:
+    """Every case's gradients computed by `run(graph, ports, feeds)` agree with the reference
+    interpreter's (f32, so tolerances of f32 sums)."""
+    graph, ports, feeds, names = rules_graph(BACKEND_CASES)
+    want = run_graph(graph, [feeds[p.name] for p in ports], {}, {})
+    got = run(graph, ports, feeds)
+    for g, w, name in zip(got, want, names, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_backward_graphs_native():
+    _rule_results(lambda graph, ports, feeds: native_model(graph, ports, [])(**feeds))
+
+
+def test_backward_graphs_onnx():
+    """The same graphs exported to ONNX and run by onnxruntime: a third oracle."""
+    ort = pytest.importorskip("onnxruntime")
+
+    def run(graph, ports, feeds):
+        graph.output_names = [f"out{i}" for i in range(len(graph.outputs))]
+        outputs = [Port(n, v.type) for n, v in zip(graph.output_names, graph.outputs,
+                                                   strict=True)]
+        proto = export(SimpleNamespace(name="grads", graph=graph, inputs=ports,
+                                       outputs=outputs), {})
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    _rule_results(run)
