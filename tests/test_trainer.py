@@ -11,7 +11,6 @@ import pytest
 
 import kiln
 from kiln.compiler.errors import KilnError
-from kiln.compiler.ops import REGISTRY
 from kiln.train.checkpoint import read_checkpoint, write_checkpoint
 
 torch = pytest.importorskip("torch", reason="the trainer's trajectories are compared with torch")
@@ -123,12 +122,7 @@ def test_trainable_patterns_freeze_the_rest(mlp_file):
     assert err.value.code == "K0833" and "fc.*" in err.value.message
 
 
-@pytest.mark.parametrize(("l1", "l2"), [
-    pytest.param(1e-3, 1e-2, marks=pytest.mark.xfail(
-        REGISTRY["abs"].vjp is None, strict=True,
-        reason="the L1 penalty needs abs's gradient rule (another helper's work)")),
-    (0.0, 1e-2),
-])
+@pytest.mark.parametrize(("l1", "l2"), [(1e-3, 1e-2), (0.0, 1e-2)])
 def test_l1_l2_penalties_add_to_the_loss(mlp_file, l1, l2):
     trainer = kiln.Trainer(mlp_file, optimizer=kiln.optim.SGD(lr=0.05), l1=l1, l2=l2,
                            penalized=["*.weight"])
