@@ -36,7 +36,7 @@ from kiln.compiler.train.step import (
     select_trainable,
     state_name,
 )
-from kiln.compiler.types import TensorType, dtype_of_numpy
+from kiln.compiler.types import dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .metrics import classification_metrics
@@ -115,7 +115,6 @@ class Trainer:
                       for p in self.trainable for s, _ in
                       initial_state(self.optimizer, self.params[p]).items()}
         self.step_count = 0
-        self._target_type: TensorType | None = None
         self._step = None  # the compiled train step, its output names
         self._eval = None  # the compiled evaluation model
         self._inference = None  # the user's model with the trained weights, when asked
