@@ -32,6 +32,7 @@ from ._common import (
     check_shape,
     compute_dtype,
     dtype_name,
+    flag,
     nn_native,
     number,
     prod,
@@ -72,7 +73,7 @@ def _check_p(a: dict) -> float:
 # dropout ------------------------------------------------------------------------------------
 def _dropout_check(a: dict) -> None:
     _check_p(a)
-    if a["training"]:  # the elaborator builds dropout_keyed instead (`_dropout_training`)
+    if flag(a["training"], "training"):  # the elaborator builds dropout_keyed instead (`_dropout_training`)
         raise attr_error("training", "training-mode dropout needs the model's random key: "
                          "it is built by the elaborator")
 
