@@ -528,7 +528,8 @@ def _max_pool_grad_reference(env, inputs, a):
 
 def _max_pool_grad_onnx(b, n):
     """MaxPool's indices (flat over the whole input; the first maximum of a window, as
-    PyTorch), then the cotangents added there by ScatterElements."""
+    PyTorch), then the cotangents added there by ScatterElements. onnxruntime's MaxPool never
+    picks a NaN, nor a -inf (a window of NaN or -inf alone differs from the reference)."""
     x, grad = n.inputs
     geo, window = _pool_window(b, n)
     _, indices = b.node("MaxPool", [x], 2, dilations=list(geo.dilation), **window)
