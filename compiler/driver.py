@@ -237,7 +237,7 @@ class Compilation:
     def native(self, weights: Weights, present: frozenset[str] | None = None,
                cpu: targets.Target | None = None, with_plan: bool = False,
                stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
-               profile: bool = False, gradient: bool = False) -> NativeObject:
+               gradient: bool = False, profile: bool = False) -> NativeObject:
         """Object code of the native-optimized model (`gradient`: of its gradient model) for
         `cpu` (default: the compilation's), through the on-disk compile cache. `with_plan`
         adds `kiln_plan` (the memory plan as a C function, for a library); `stamp(layout)`

@@ -56,6 +56,12 @@ class KilnError(Exception):
         self.notes = tuple(notes) or (span.uses if span is not None else ())
         self.others: list[KilnError] = []
 
+    def __reduce__(self):
+        # Exception pickles only .args (the message): a KilnError sent from a worker process
+        # (multiprocessing, Ray) must arrive with its code, span, hint and notes too
+        return (type(self), (self.code, self.message, self.span, self.hint, self.notes),
+                {"others": self.others})
+
     @property
     def all(self) -> list[KilnError]:
         """This error followed by the independent errors reported with it."""

@@ -28,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "ray":  # kiln.ray imports Ray: only when asked for
+        import importlib
+
+        return importlib.import_module(".ray", __name__)
     raise AttributeError(f"module 'kiln' has no attribute {name!r}")

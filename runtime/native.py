@@ -266,9 +266,15 @@ class NativeModel(CompiledModel):
         """Compile and load the variant `key` (see _variant_of); `profile`: with a timer
         around every kernel."""
         gradient = isinstance(key, tuple)
-        native = self.compilation.native(weights, key[0] if gradient else key, profile=profile,
-                                         gradient=gradient)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine)
+        native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient,
+                                         profile=profile)
+        # llvmlite's memory manager (use_lmm) puts every section of the object in one
+        # reserved block: MCJIT's default allocates each section on its own, and in a process
+        # with a crowded address space (a Ray worker or driver) code and its constants landed
+        # more than 2 GiB apart, which a 32-bit PC-relative reference cannot span (LLVM
+        # aborted the process in resolveX86_64Relocation)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine,
+                                            use_lmm=True)
         engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
         engine.finalize_object()
         entry = _ENTRY(engine.get_function_address("run"))

@@ -140,23 +140,27 @@ def check_vjp(op: str, *args, rtol: float = 1e-5, atol: float = 1e-7, seed: int 
 
 
 
-def rules_graph(cases: list[tuple], seed: int = 7) -> tuple[Graph, list, dict, list[str]]:
+def rules_graph(cases: list[tuple], seed: int = 7, dims: dict[str, int] | None = None
+                ) -> tuple[Graph, list, dict, list[str]]:
     """Ops and their rules in one graph whose outputs are every gradient, to run on a backend
-    against the reference: `cases` are (op, args, attrs) with float32 arrays; returns (graph,
-    its input ports, an array per port name, a name per output)."""
+    against the reference: `cases` are (op, args, attrs) with float32 arrays, or (op, args,
+    attrs, types) where `types` (or None) gives the input slots types of their own (symbolic
+    sizes, which `dims` binds); returns (graph, its input ports, an array per port name, a
+    name per output)."""
     from kiln.compiler.elaborate.elaborator import Port
 
     graph, ports, feeds, names = Graph(), [], {}, []
     rng = np.random.default_rng(seed)
-    for c, (op, args, attrs) in enumerate(cases):
+    for c, (op, args, attrs, *given) in enumerate(cases):
         _record, inputs, attrs = bind(op, tuple(args), dict(attrs))
+        types = (given and given[0]) or [None if x is None else _type_of(x) for x in inputs]
         values = []
-        for i, x in enumerate(inputs):
+        for i, (x, t) in enumerate(zip(inputs, types, strict=True)):
             if x is None:
                 values.append(None)
                 continue
-            ports.append(Port(f"c{c}x{i}", _type_of(x)))
-            values.append(graph.add_input(ports[-1].name, ports[-1].type, None))
+            ports.append(Port(f"c{c}x{i}", t))
+            values.append(graph.add_input(ports[-1].name, t, None))
             feeds[ports[-1].name] = x
         _outs, cts, grads = add_rule(graph, op, values, attrs, prefix=f"c{c}")
         for ct in cts:
@@ -164,7 +168,7 @@ def rules_graph(cases: list[tuple], seed: int = 7) -> tuple[Graph, list, dict, l
                 name = graph.node(ct.node)["attrs"]["name"]
                 ports.append(Port(name, ct.type))
                 feeds[name] = rng.standard_normal(
-                    [d.value for d in ct.type.shape]).astype(np.float32)
+                    ct.type.concrete_shape(dims or {})).astype(np.float32)
         for slot, g in enumerate(grads):
             if g is not None:
                 graph.outputs.append(g)

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _gradcheck import add_rule, backward, check_vjp
+from _gradcheck import backward, check_vjp, rules_graph
 from _nativetest import native_model
-from _optest import bind, type_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -341,6 +340,8 @@ NATIVE_CASES = [
     ("pad", [f32(3, 4, 5)], {"pads": [2, 1, 1, 2], "mode": "reflect"}, [b32(4, 5)]),
     ("pad", [f32(3, 4, 5)], {"pads": [0, 2, 3, 1], "mode": "replicate"}, [b32(4, 5)]),
     ("pad", [f32(3, 4)], {"pads": [0, 0, 2, 1], "mode": "reflect"}, [b32(4)]),
+    ("pad", [f32(3, 4)], {"pads": [1, B - 1]}, [b32(4)]),  # a symbolic width
+    ("pad", [f32(3, 5)], {"pads": [B - 1, 1], "mode": "reflect"}, [b32(5)]),
     ("slice", [f32(3, 7, 5)], {"items": [R(1, None), R(None, None, -3), ("int", -2)]},
      [b32(7, 5)]),
     ("slice", [f32(6, 4)], {"items": [R(None, None, 2), ("new",), R(3, 0, -1)]}, None),
@@ -352,37 +353,11 @@ NATIVE_CASES = [
      [TensorType("f32", (5, 3)), TensorType("i64", (B, 4))]),
     ("take_along_axis", [f32(3, 5), ints(5, 3, 2)], {"axis": 1},
      [b32(5), TensorType("i64", (B, 2))]),
-    *[("scatter", [f32(6, 3), ints(4, 6, seed=5)], {"size": 5, "reduce": mode}, None)
+    *[("scatter", [f32(6, 3), ints(4, 6, low=-5, seed=5)], {"size": 5, "reduce": mode}, None)
       for mode in SCATTER_MODES],
     ("scatter", [f32(3, 4), ints(2, 3, 4)], {"size": 2, "axis": 1, "reduce": "max"},
      [b32(4), TensorType("i64", (B, 4))]),
 ]
-
-
-def _rules_graph() -> tuple[Graph, list[Port], dict[str, np.ndarray], list[str]]:
-    """NATIVE_CASES' ops and rules in one graph whose outputs are every gradient: (graph,
-    input ports, an array per port, a name per output)."""
-    graph, ports, feeds, names = Graph(), [], {}, []
-    rng = np.random.default_rng(7)
-    for c, (op, args, attrs, types) in enumerate(NATIVE_CASES):
-        _record, inputs, attrs = bind(op, tuple(args), dict(attrs))
-        types = types or [type_of(x) for x in inputs]
-        values = []
-        for i, (x, t) in enumerate(zip(inputs, types, strict=True)):
-            ports.append(Port(f"c{c}x{i}", t))
-            values.append(graph.add_input(ports[-1].name, t, None))
-            feeds[ports[-1].name] = x
-        _outs, cts, grads = add_rule(graph, op, values, attrs, prefix=f"c{c}")
-        for i, ct in enumerate(cts):
-            if ct is not None:
-                ports.append(Port(f"c{c}ct{i}", ct.type))
-                feeds[ports[-1].name] = rng.standard_normal(
-                    ct.type.concrete_shape({"B": 3})).astype(np.float32)
-        for slot, g in enumerate(grads):
-            if g is not None:
-                graph.outputs.append(g)
-                names.append(f"{op} (case {c}) input {slot}")
-    return graph, ports, feeds, names
 
 
 def _reference(graph: Graph, ports: list[Port], feeds: dict) -> list[np.ndarray]:
@@ -391,7 +366,7 @@ def _reference(graph: Graph, ports: list[Port], feeds: dict) -> list[np.ndarray]
 
 
 def test_rules_native():
-    graph, ports, feeds, names = _rules_graph()
+    graph, ports, feeds, names = rules_graph(NATIVE_CASES, dims={"B": 3})
     want = _reference(graph, ports, feeds)
     got = native_model(graph, ports, ["B"])(**feeds)
     for g, w, name in zip(got, want, names, strict=True):
@@ -401,7 +376,7 @@ def test_rules_native():
 def test_rules_onnx():
     """The same backward graphs exported to ONNX, run by onnxruntime."""
     ort = pytest.importorskip("onnxruntime")
-    graph, ports, feeds, names = _rules_graph()
+    graph, ports, feeds, names = rules_graph(NATIVE_CASES, dims={"B": 3})
     want = _reference(graph, ports, feeds)
     graph.output_names = [f"out{i}" for i in range(len(names))]
     outputs = [Port(n, v.type) for n, v in zip(graph.output_names, graph.outputs, strict=True)]
@@ -410,3 +385,14 @@ def test_rules_onnx():
     got = session.run(None, feeds)
     for g, w, name in zip(got, want, names, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_edge_shapes():
+    """0-d and empty indices, an empty scatter, a slice down to a 0-d result."""
+    x = rand(3, 4)
+    check_vjp("gather", x, np.array(-1), axis=1)
+    check_vjp("gather", x, np.zeros((0,), np.int64), axis=0)
+    check_vjp("take_along_axis", rand(3), np.array([2, 2, 0]), axis=0)
+    check_vjp("scatter", np.zeros((0, 2)), np.zeros((0,), np.int64), size=3, reduce="max")
+    check_vjp("slice", x, items=[("int", -1), ("int", 0)])
+    check_vjp("pad", rand(2, 3), [1, 1], mode="reflect")

@@ -1,7 +1,7 @@
 """Whole-model gradients through the shape, slicing and gather/scatter rules against PyTorch
 autograd: examples/gcn.kiln, examples/graphsage.kiln (mean aggregation, and max aggregation
 with its ties), and a small model of embedding, concat, slicing and padding. Same weights, same
-inputs, same cotangents; `model.vjp` on the reference and native targets.
+inputs, same cotangents; `model.vjp` on the reference, native and onnx targets.
 
 The torch twins are written from the equations in the examples' headers and std.gnn's comments
 (PyG's GCNConv and SAGEConv), in float64.
@@ -20,7 +20,7 @@ import kiln
 torch = pytest.importorskip("torch", reason="PyTorch autograd is the reference")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TARGETS = ["reference", "native"]
+TARGETS = ["reference", "native", "onnx"]
 # f32 gradients (sums over a few dozen edges and features) against float64 autograd
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -147,13 +147,16 @@ model SageMax(channels: int = 5, hidden: int = 6, classes: int = 3) {
 """
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_graphsage_max_gradients(target):
-    """Max aggregation of ReLU outputs: many segments tie at 0, where PyTorch shares the
-    gradient with the zeros it scatters onto."""
-    model = compiled(SAGE_MAX, target)
+def test_graphsage_max_gradients():
+    """Max aggregation, with segments whose maximum is exactly 0 (feature 0 is 0 or negative),
+    where PyTorch shares the gradient with the zeros it scatters onto; and ties of nonzero
+    maxima (a duplicated edge). (On the reference: test_grad_shape's test_rules_native runs
+    scatter max's backward graph in native code.)"""
+    model = compiled(SAGE_MAX, "reference")
     perturbed(model)
-    x, edge_index = graph(np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    x, edge_index = graph(rng)
+    x[:, 0] = np.where(rng.random(len(x)) < 0.5, 0.0, -np.abs(x[:, 0]))
     check_vjp_against_torch(model, functools.partial(graphsage, aggr="max"), [x, edge_index])
 
 
@@ -196,3 +199,16 @@ def test_embedding_concat_slice_pad_gradients(target):
         tokens[0, :2] = 7  # a repeated token: its embedding row's gradient accumulates
         x = rng.standard_normal((batch, steps, 4)).astype(np.float32)
         check_vjp_against_torch(model, mixer, [tokens, x])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_token_out_of_range_reports_the_lookup(target):
+    """A token id out of range is K0505 from the embedding's gather, on every target: the
+    backward pass's scatter-add, which meets the same id later in the same native call, does
+    not replace the first failure with its own."""
+    model = compiled(MIXER, target)
+    tokens, x = np.array([[1, 99, 2]]), np.zeros((1, 3, 4), np.float32)
+    with pytest.raises(kiln.KilnError) as err:
+        model.vjp(tokens, x, cotangents=[np.ones((1, 4, 3), np.float32)])
+    assert err.value.code == "K0505"
+    assert "gather" in str(err.value) and "scatter" not in str(err.value)

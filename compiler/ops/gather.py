@@ -261,8 +261,9 @@ def _scatter_vjp(mode_of):
     """The gradient of src (PyTorch's scatter_reduce with include_self=False): each element
     gets its segment's cotangent, picked back at its index, times d(segment)/d(element):
     sum 1; mean 1/count; max/min 1/ties where it equals the segment's result, else 0 (ties
-    share evenly, a result of 0 counting once more, as PyTorch's); prod the product of the segment's other elements (zeros counted, so one
-    zero passes the rest's product to itself and silences the others)."""
+    share evenly, a result of 0 counting once more, as PyTorch's); prod the product of the
+    segment's other elements (zeros counted, so one zero passes the rest's product to itself
+    and silences the others)."""
 
     def rule(gb, node: VjpNode, cotangents: list) -> list:
         (src, index), (ct,), (out,) = node.inputs, cotangents, node.outputs

@@ -71,7 +71,11 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
         self.failures.append((message, self.span))
         code = ir.Constant(I64, len(self.failures))
         with self.b.if_then(self.b.not_(ok), likely=False):
-            self.b.store(code, self.status_ptr)
+            # the first failure stays: a later op meeting the same bad value (a gradient's
+            # scatter-add of a lookup's ids) would name itself rather than the cause
+            first = self.b.icmp_signed("==", self.b.load(self.status_ptr), ir.Constant(I64, 0))
+            with self.b.if_then(first):
+                self.b.store(code, self.status_ptr)
 
     # ------------------------------------------------------------------ operands
     def input(self, name: str | int) -> ir.Value | None:

@@ -96,6 +96,7 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     entry = ir.Function(module, ENTRY_TYPE, "run")
     inputs_p, outputs_p, params_p, work_p, dims_p, offsets_p, status_p = entry.args
     b = ir.IRBuilder(entry.append_basic_block("entry"))
+    b.store(ir.Constant(I64, 0), status_p)  # checks keep the first failure: none yet
     position = {nid: i for i, nid in enumerate(graph.order())}
 
     def slot(t: TensorType, nid: int, last: int) -> ir.Value:

@@ -54,7 +54,7 @@ def fma_peak_flops() -> float:
         total = b.fadd(total, n)
     b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
     parsed = llvm.parse_assembly(str(module))
-    engine = llvm.create_mcjit_compiler(parsed, machine)
+    engine = llvm.create_mcjit_compiler(parsed, machine, use_lmm=True)  # (runtime/native.py)
     engine.finalize_object()
     run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(engine.get_function_address("kiln_peak"))
     # many short runs, the best of them: on a busy machine some run undisturbed
