@@ -1,4 +1,4 @@
-"""The `kiln` command line: check, params, summary, graph, run, compile, train.
+"""The `kiln` command line: check, params, summary, graph, run, compile, train, import.
 
 Only the subcommand that runs imports the compiler and numpy (`kiln --help` and `kiln
 --version` need neither): heavy imports live inside the functions that use them.
@@ -157,7 +157,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     train_options(model_cmd("train", "train a model on a dataset (docs/training.md)",
                             cmd_train))
+    i = sub.add_parser("import", help="write an ONNX model as kiln source, with its weights",
+                       description="write an ONNX model as kiln source (model.kiln) and its "
+                       "weights (model.safetensors beside it)")
+    i.add_argument("file", help="the .onnx model file")
+    i.add_argument("-o", "--output", required=True,
+                   help="the kiln file to write (model.kiln; model.safetensors beside it)")
+    i.set_defaults(handler=cmd_import)
     return p
+
+
+def cmd_import(opts) -> int:
+    """`kiln import model.onnx -o model.kiln`: the source and its weights, both or neither."""
+    output = Path(opts.output)
+    if output.suffix != ".kiln":
+        raise KilnError("K0602", f"kiln import writes kiln source: {opts.output!r} does not end "
+                        "in .kiln", hint=f"name it {output.with_suffix('.kiln').name}")
+    if output.is_dir():
+        raise KilnError("K0602", f"cannot write kiln source to {opts.output}: it is a directory")
+    from kiln.api import write_kiln_source
+
+    written = write_kiln_source(Path(opts.file), output)
+    print(f"wrote {', '.join(written)}")
+    return 0
+
 
 
 def train_options(t) -> None:
