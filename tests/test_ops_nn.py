@@ -369,7 +369,7 @@ def test_norm_symbolic_and_errors():
     raises("K0302", "layer_norm", T(["B", 10]), 10, T([10], "f16"), arg="weight")
     raises("K0302", "layer_norm", T(["B", 10], "i64"), 10, arg="x")
     raises("K0301", "batch_norm", T(["B", 3, 4]), T([4]), T([3]), arg="running_mean")
-    raises("K0303", "batch_norm", T(["B", 3]), T([3]), T([3]), training=True, arg="training")
+    raises("K0303", "batch_norm", T(["B", 3]), T([3]), T([3]), training="yes", arg="training")
     raises("K0301", "group_norm", T([1, 6, 4]), 4, arg="num_groups")
     raises("K0303", "group_norm", T([1, 6, 4]), 0, arg="num_groups")
     raises("K0301", "instance_norm", T([1, 6]), arg="x")

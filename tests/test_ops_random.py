@@ -88,3 +88,9 @@ def test_dropout_keyed_checks_its_key_and_attributes():
 
 def test_dropout_with_training_true_outside_the_elaborator_is_refused():
     raises("K0303", "dropout", T([2, 3]), p=0.5, training=True, arg="training")
+
+
+@pytest.mark.parametrize("op, args", [("dropout", [T([2, 3])]),
+                                      ("batch_norm", [T([2, 3]), T([3]), T([3])])])
+def test_training_must_be_a_bool(op, args):
+    raises("K0303", op, *args, training=1, arg="training", match="true or false")

@@ -296,7 +296,7 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
                 sources[d.symbol] = (port.name, axis)
     # fresh names never take a port's or a parameter's (an imported model's parameters may
     # be named const__12, as a fresh name would be)
-    taken = frozenset(p.name for p in (*model.inputs, *model.outputs)) | frozenset(model.params)
+    taken = frozenset(p.name for p in (*model.inputs, *model.outputs)) | _param_paths(graph)
     b = OnnxBuilder(sources, checked, taken)
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
@@ -324,6 +324,16 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         proto.metadata_props.add(key=SIZE_FACTS_KEY,
                                  value=",".join(f"{x}:{k}" for x, k in sorted(facts.items())))
     return proto, failures
+
+
+def _param_paths(graph: Graph) -> frozenset[str]:
+    """The paths of the parameters `graph` and its body graphs read: initializer names."""
+    paths = {graph.node(n)["attrs"]["path"] for n in graph.params()}
+    for _n, node in graph.g.nodes(data=True):
+        for value in node["attrs"].values():
+            if isinstance(value, Graph):
+                paths |= _param_paths(value)
+    return frozenset(paths)
 
 
 def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:

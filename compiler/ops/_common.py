@@ -116,6 +116,13 @@ def spatial(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
+def flag(value: Any, name: str) -> bool:
+    """A bool attribute (an int is no bool here: `training = 1` is a mistake)."""
+    if not isinstance(value, bool):
+        raise attr_error(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def choice(value: Any, name: str, options: Iterable[str]) -> str:
     options = tuple(options)
     if value not in options:

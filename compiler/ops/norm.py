@@ -24,6 +24,7 @@ from ._common import (
     check_channels_first,
     check_dtype,
     divides,
+    flag,
     nn_native,
     number,
     optional,
@@ -291,6 +292,7 @@ def _batch_norm_infer(types, a):
     check_affine(x, [mean, var, weight, bias], ["running_mean", "running_var", "weight", "bias"],
                   (x.shape[1],), "one value per channel")
     number(a["momentum"], "momentum")
+    flag(a["training"], "training")
     return [x]
 
 

@@ -32,6 +32,7 @@ from ._common import (
     check_shape,
     compute_dtype,
     dtype_name,
+    flag,
     nn_native,
     number,
     prod,
@@ -41,6 +42,7 @@ from ._common import (
 from ._emit import identity, one, onnx_dtype, widened
 from ._factories import unary
 from .registry import OpRecord, internal, register
+
 
 def drop_threshold(p: float) -> int:
     """The draws below which an element is dropped: round(p * 2^32), 0 to 2^32."""
@@ -58,8 +60,7 @@ def keep_mask(shape: tuple[int, ...], key: np.ndarray, stream: int, p: float) ->
 
 def scale_of(p: float, dtype) -> np.ndarray:
     """1 / (1 - p) in `dtype` (inf for p = 1, where nothing is kept)."""
-    with np.errstate(divide="ignore"):
-        return np.asarray(1.0 / (1.0 - p) if p != 1 else np.inf, dtype)
+    return np.asarray(1.0 / (1.0 - p) if p != 1 else np.inf, dtype)
 
 
 def _check_p(a: dict) -> float:
@@ -72,7 +73,8 @@ def _check_p(a: dict) -> float:
 # dropout ------------------------------------------------------------------------------------
 def _dropout_check(a: dict) -> None:
     _check_p(a)
-    if a["training"]:  # the elaborator builds dropout_keyed instead (`_dropout_training`)
+    # in training mode the elaborator builds dropout_keyed instead (`_dropout_training`)
+    if flag(a["training"], "training"):
         raise attr_error("training", "training-mode dropout needs the model's random key: "
                          "it is built by the elaborator")
 
