@@ -43,6 +43,7 @@ from .codegen.llvm.machine import compile_object
 from .codegen.llvm.module import ModuleLayout
 from .elaborate import ElaboratedModel, Port, Program
 from .errors import KilnError, Span
+from .ir import Graph
 
 # the optimizer's pipeline (pipelines.PIPELINES) for each target
 PIPELINE_OF = {"native": "native", "reference": "native", "onnx": "onnx"}
@@ -181,6 +182,15 @@ class Compilation:
             return program.elaborate(model, args, present, training)
 
         return cls(elaborated, variant, target, cpu, opt_level)
+
+    @classmethod
+    def of_graph(cls, name: str, graph: Graph, params: dict[str, np.ndarray],
+                 target: str = "native", cpu: targets.Target | None = None,
+                 opt_level: int = 1) -> Compilation:
+        """The compilation of a graph built without source (an imported ONNX model, from
+        compiler/onnx_import): its inputs and outputs are the model's signature, its `param`
+        nodes its parameters, with initial values `params` by path."""
+        return cls(ElaboratedModel.of_graph(name, graph, params), None, target, cpu, opt_level)
 
     def elaborated(self, present: frozenset[str] | None = None) -> ElaboratedModel:
         """The model elaborated with the optional inputs in `present` (default: the model's)."""

@@ -46,6 +46,11 @@ COMPARISONS = {  # a `where` constraint's operator
 }
 
 
+# the ONNX metadata key under which a model's divisibility facts (Graph.size_facts) travel,
+# `X:k,Y:m`: written by the ONNX export, read by the ONNX import
+SIZE_FACTS_KEY = "kiln.size_facts"
+
+
 @dataclass(frozen=True)
 class Constraint:
     """A `where` clause that could not be proven at compile time: checked at call time."""

@@ -14,9 +14,11 @@ from kiln.compiler.errors import KilnError
 from kiln.compiler.version import __version__
 
 if TYPE_CHECKING:
+    from . import optim
     from .api import compile, load, load_compiled
+    from .train import Trainer
 
-__all__ = ["KilnError", "__version__", "compile", "load", "load_compiled"]
+__all__ = ["KilnError", "Trainer", "__version__", "compile", "load", "load_compiled", "optim"]
 
 _API = ("compile", "load", "load_compiled")
 
@@ -28,6 +30,14 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "Trainer":  # the training loop loads the compiler too: on first use
+        from .train import Trainer
+
+        return Trainer
+    if name == "optim":
+        import importlib
+
+        return importlib.import_module("kiln.optim")
     if name == "ray":  # kiln.ray imports Ray: only when asked for
         import importlib
 

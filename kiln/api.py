@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +17,37 @@ if TYPE_CHECKING:  # the compiler's back half loads when a model is compiled, no
 
     from kiln.compiler.codegen.llvm.target import Target
     from kiln.compiler.driver import Compilation
+    from kiln.compiler.onnx_import import OnnxProgram
 
 TARGETS = ("reference", "onnx", "native")
+ONNX_SUFFIX = ".onnx"
 
 
-def load(source: str | os.PathLike) -> Program:
-    """Parse a model file (a path) or model source text, resolving its imports.
+def is_onnx_path(source: Any) -> bool:
+    """Whether `source` names an ONNX file: a path (str or os.PathLike) ending in .onnx."""
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
+                                           and "{" not in source):
+        return Path(os.fspath(source)).suffix.lower() == ONNX_SUFFIX
+    return False
+
+
+def is_onnx_proto(source: Any) -> bool:
+    """Whether `source` is an onnx.ModelProto (onnx is not imported for a kiln file)."""
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(source, onnx.ModelProto)
+
+
+def load(source: str | os.PathLike) -> Program | OnnxProgram:
+    """Parse a model file (a path) or model source text, resolving its imports; an ONNX file
+    (a path ending in .onnx, or an onnx.ModelProto) is imported (an OnnxProgram).
 
     The result lists the file's models (`program.model_names`) and elaborates any of them
     (`program.elaborate("MLP", args={"hidden": 256})`), raising KilnError on any mistake.
     """
+    if is_onnx_path(source) or is_onnx_proto(source):
+        from kiln.compiler.onnx_import import load_onnx
+
+        return load_onnx(source)
     if isinstance(source, os.PathLike):
         source = Path(source)
     elif not isinstance(source, str):  # bytes, None, a number: neither a path nor source text
@@ -100,9 +122,15 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
         raise KilnError("K0602", f"training must be True or False, not {training!r}")
     from kiln.compiler.driver import Compilation
     from kiln.compiler.initializers import generate_params
+    from kiln.compiler.onnx_import import OnnxProgram
 
-    program = source if isinstance(source, Program) else load(source)
-    compilation = Compilation.of(program, model, args, target, cpu, opt_level, training)
+    program = source if isinstance(source, (Program, OnnxProgram)) else load(source)
+    if isinstance(program, OnnxProgram):  # checks the arguments as a kiln file's
+        program.elaborate(model, args, training=training)
+        compilation = Compilation.of_graph(program.name, program.graph, program.params,
+                                           target, cpu, opt_level)
+    else:
+        compilation = Compilation.of(program, model, args, target, cpu, opt_level, training)
     elaborated = compilation.model
     loaded: dict[str, np.ndarray] = {}
     if weights is not None:  # load before building a backend, so it is built once
@@ -117,6 +145,29 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
         initial = generate_params(drawn, seed)
     params = {p: loaded[p] if p in loaded else initial[p] for p in elaborated.params}
     return compilation, params
+
+
+def write_kiln_source(source: str | os.PathLike, output: str | os.PathLike) -> list[str]:
+    """Write the ONNX model in file `source` as kiln source at `output` (model.kiln) and its
+    weights beside it (model.safetensors): both files or neither (`kiln import`). Returns
+    the paths written; K0907 when they cannot be written."""
+    from kiln.compiler.files import staged_writes
+    from kiln.compiler.onnx_import import load_onnx
+    from kiln.compiler.onnx_import.writer import kiln_source
+    from kiln.runtime.weights import save_weights
+
+    program = load_onnx(source)
+    output = Path(output)
+    weights = output.with_suffix(".safetensors")
+    text, tensors = kiln_source(program, output.name, weights.name)
+
+    def refuse(why: str) -> KilnError:
+        return KilnError("K0907", f"{output}: {why}")
+
+    with staged_writes(refuse) as staging:
+        staging.write(output, text.encode("utf-8"))
+        save_weights(weights, tensors, staging)
+    return [str(output), str(weights)]
 
 
 def load_compiled(path: str | os.PathLike):

@@ -1,4 +1,4 @@
-"""The `kiln` command line: check, params, summary, graph, run, compile.
+"""The `kiln` command line: check, params, summary, graph, run, compile, train, import.
 
 Only the subcommand that runs imports the compiler and numpy (`kiln --help` and `kiln
 --version` need neither): heavy imports live inside the functions that use them.
@@ -155,7 +155,91 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    train_options(model_cmd("train", "train a model on a dataset (docs/training.md)",
+                            cmd_train))
+    i = sub.add_parser("import", help="write an ONNX model as kiln source, with its weights",
+                       description="write an ONNX model as kiln source (model.kiln) and its "
+                       "weights (model.safetensors beside it)")
+    i.add_argument("file", help="the .onnx model file")
+    i.add_argument("-o", "--output", required=True,
+                   help="the kiln file to write (model.kiln; model.safetensors beside it)")
+    i.set_defaults(handler=cmd_import)
     return p
+
+
+def cmd_import(opts) -> int:
+    """`kiln import model.onnx -o model.kiln`: the source and its weights, both or neither."""
+    output = Path(opts.output)
+    if output.suffix != ".kiln":
+        raise KilnError("K0602", f"kiln import writes kiln source: {opts.output!r} does not end "
+                        "in .kiln", hint=f"name it {output.with_suffix('.kiln').name}")
+    if output.is_dir():
+        raise KilnError("K0602", f"cannot write kiln source to {opts.output}: it is a directory")
+    from kiln.api import write_kiln_source
+
+    written = write_kiln_source(Path(opts.file), output)
+    print(f"wrote {', '.join(written)}")
+    return 0
+
+
+
+def train_options(t) -> None:
+    """The options of `kiln train`."""
+    t.add_argument("--data", required=True, metavar="NAME_OR_NPZ",
+                   help="digits, iris, wine, breast_cancer, diabetes (scikit-learn's bundled "
+                   "datasets) or a .npz file with x, y (optionally x_val, y_val)")
+    t.add_argument("--loss", default="cross_entropy",
+                   help="a std.losses name (cross_entropy, mse, ...) or FILE.kiln:NAME "
+                   "(default: cross_entropy)")
+    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw or rmsprop (default: "
+                   "adam)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    t.add_argument("--momentum", type=float, help="momentum (sgd, rmsprop)")
+    t.add_argument("--weight-decay", type=float, help="weight decay")
+    t.add_argument("--schedule", choices=["constant", "cosine", "step"], default="constant",
+                   help="learning-rate schedule: cosine (after --warmup steps of linear "
+                   "warm-up) or step (times --gamma every --step-size epochs)")
+    t.add_argument("--warmup", type=int, default=0, metavar="STEPS",
+                   help="cosine: steps of linear warm-up")
+    t.add_argument("--step-size", type=int, default=10, metavar="EPOCHS",
+                   help="step: epochs between decays")
+    t.add_argument("--gamma", type=float, default=0.1, help="step: the decay factor")
+    t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
+                   help="clip the gradients' global 2-norm to MAX")
+    t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the trainable "
+                   "parameters")
+    t.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the trainable "
+                   "parameters")
+    t.add_argument("--trainable", action="append", default=[], metavar="PATTERN",
+                   help="train only the parameters matching this glob (repeatable)")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training examples "
+                   "(default: 10)")
+    t.add_argument("--batch", type=int, default=64, help="examples per step (default: 64)")
+    t.add_argument("--val-split", type=float, default=0.2,
+                   help="the fraction of examples kept for validation (default: 0.2)")
+    t.add_argument("--augment", action="append", default=[], choices=["flip", "crop", "noise"],
+                   help="augment image batches [N, C, H, W] (repeatable)")
+    t.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                   help="stop after N epochs without a lower validation loss")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the shuffling and the augmentations")
+    t.add_argument("--weights", help="initial weights (.safetensors or .npz)")
+    t.add_argument("--target", choices=["native", "reference"], default="native",
+                   help="native: LLVM code for this CPU (default); reference: the numpy "
+                   "interpreter")
+    t.add_argument("--resume", metavar="CKPT", help="resume from a checkpoint")
+    t.add_argument("--checkpoint", metavar="CKPT",
+                   help="write a checkpoint (.safetensors) after every epoch")
+    t.add_argument("--log", metavar="RUN.jsonl", help="write each epoch's metrics as JSON lines")
+    t.add_argument("--plot", metavar="CURVES.png", help="draw the loss curves (matplotlib)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("-o", "--output", help="write the trained weights (.safetensors or .npz)")
+
+
+def cmd_train(opts) -> int:
+    from kiln.train.loop import fit
+
+    return fit(opts, parse_args_option(opts.arg))
 
 
 def compile_options(opts) -> dict:

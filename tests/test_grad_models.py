@@ -1,5 +1,6 @@
-"""Whole-model gradients: `model.vjp` on the reference and native targets against PyTorch
-autograd with the same weights (loaded by name), inputs and cotangents; the reverse-mode
+"""Whole-model gradients: `model.vjp` on every target against PyTorch autograd with the same
+weights (loaded by name), inputs and cotangents (the MLP here; the convolutional models,
+LeNet-5 among them, in test_grad_nn_models.py with `check_against_torch`); the reverse-mode
 transform's own contract (compiler/autodiff.py); and the errors a vjp call can raise."""
 
 from __future__ import annotations
@@ -279,48 +280,6 @@ def test_export_onnx_with_gradients_runs_in_onnxruntime(tmp_path):
     for path_, g in grads.items():
         assert_grad_close(results[f"grad:{path_}"], g.astype(np.float64), path_)
     assert_grad_close(results["grad:x"], in_grads["x"].astype(np.float64), "x")
-
-
-# ---------------------------------------------------------------------------- LeNet (eval)
-def torch_lenet():
-    torch = pytest.importorskip("torch")
-    nn = torch.nn
-    torch.manual_seed(0)
-
-    class LeNet5(nn.Module):  # the example's layers, torchvision-style names
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
-                nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2))
-            self.classifier = nn.Sequential(
-                nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
-                nn.Linear(84, 10))
-
-        def forward(self, x):
-            return self.classifier(self.features(x).flatten(1))
-
-    return LeNet5().eval()
-
-
-def needs_rules(*ops: str) -> None:
-    """Skip, naming them, while ops of another family have no rule yet (conv and pooling
-    rules come with the nn family's gradient work); in CI (KILN_CI=1) such a skip fails."""
-    from kiln.compiler.ops import REGISTRY
-
-    missing = [op for op in ops if REGISTRY[op].vjp is None]
-    if missing:
-        pytest.skip(f"no gradient rule yet for {', '.join(missing)}")
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_lenet_matches_torch_autograd(target):
-    needs_rules("conv", "avg_pool", "flatten")
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
-    dy = rng.standard_normal((2, 10)).astype(np.float32)
-    model = kiln.compile(EXAMPLES / "lenet.kiln", target=target)
-    check_against_torch(model, torch_lenet(), [x], [dy])
 
 
 # ---------------------------------------------------------------------------- weights, variants

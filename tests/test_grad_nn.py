@@ -14,7 +14,8 @@ import pytest
 from _cases import CONV_CASES, CONV_T_CASES, POOL_CASES
 from _gradcheck import backward, check_vjp, rules_graph
 from _nativetest import native_model
-from hypothesis import given, settings
+from _optest import run
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import kiln
@@ -88,6 +89,22 @@ def test_avg_pool(shape, k, s, p, d, ceil_mode, counted):
               ceil_mode=ceil_mode, count_include_pad=counted)
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 1), st.integers(1, 2), st.booleans(),
+       st.integers(2, 7), st.integers(1, 6), st.booleans())
+def test_pools_random(k, s, p, d, ceil_mode, h, w, counted):
+    """Random windows over random sizes, size 1 included: max_pool's and avg_pool's rules."""
+    assume(2 * p <= k and min(h, w) + 2 * p >= d * (k - 1) + 1)
+    x = distinct(1, 2, h, w, seed=h * w)
+    window = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil_mode}
+    # a dilated window may cover padding alone: its -inf has no finite differences (the rule
+    # sends it nothing)
+    assume(np.isfinite(run("max_pool", x, **window)).all())
+    check_vjp("max_pool", x, **window)
+    assume(min(h, w) + 2 * p >= k)
+    check_vjp("avg_pool", x, kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
+              count_include_pad=counted)
+
 def test_pools_1d():
     line = distinct(2, 3, 9)
     check_vjp("max_pool", line, kernel_size=3, stride=2, padding=1, ceil_mode=True)
@@ -146,6 +163,19 @@ def test_group_norm(shape, groups, with_weight, with_bias):
     check_vjp("group_norm", normal(*shape, seed=2), groups,
               *affine(shape[1:2], with_weight, with_bias), rtol=1e-4)
 
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=3, max_size=4), st.sampled_from([1, 2]),
+       st.booleans())
+def test_norms_random(shape, groups, with_affine):
+    """Random shapes, size-1 axes included (a norm over one element: its gradient is 0)."""
+    shape = [shape[0], shape[1] * groups, *shape[2:]]
+    x = normal(*shape, seed=sum(shape))
+    params = affine(shape[1:2], with_affine, with_affine)
+    check_vjp("group_norm", x, groups, *params, rtol=1e-4, atol=1e-6)
+    check_vjp("instance_norm", x, *params, rtol=1e-4, atol=1e-6)
+    check_vjp("layer_norm", x, shape[-2:], *affine(shape[-2:], with_affine, with_affine),
+              rtol=1e-4, atol=1e-6)
 
 @pytest.mark.parametrize("with_weight, with_bias", [(True, True), (False, True)])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 2, 6)])

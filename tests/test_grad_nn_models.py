@@ -1,5 +1,5 @@
-"""Whole-model gradients of the convolutional examples: `model.vjp` on the reference and native
-targets against PyTorch autograd (float64) with the same state_dict, input and cotangent:
+"""Whole-model gradients of the convolutional examples: `model.vjp` on every target (reference,
+native, onnx) against PyTorch autograd (float64) with the same state_dict, input and cotangent:
 LeNet-5, ResNet-18 at a small input (BatchNorm in eval mode), DCGAN's generator and
 discriminator, and the U-Net. Relative error at most 1e-4 on every parameter and input
 (test_grad_models.check_against_torch); one small input each."""

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span
 from ..files import staged_writes, write_bytes
-from ..ir import Graph, GraphVisitor
+from ..ir import SIZE_FACTS_KEY, Graph, GraphVisitor
 from ..ops import REGISTRY
 from ..types import TensorType
 
@@ -71,7 +71,7 @@ class OnnxBuilder:
                  taken: frozenset[str] = frozenset()):
         self.symbol_sources = symbol_sources  # symbol -> (graph input name, axis)
         self.checked = checked  # whether run-time checks become outputs (see `check`)
-        self.taken = taken  # names the model gives (its inputs and outputs): never fresh
+        self.taken = taken  # names the model gives (ports, parameters): never fresh
         self.initializers: list[TensorProto] = []
         self.scopes: list[_Scope] = [_Scope()]
         self.params_done: set[str] = set()
@@ -294,7 +294,10 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         for axis, d in enumerate(port.type.shape):
             if d.symbol is not None and d.symbol not in sources:
                 sources[d.symbol] = (port.name, axis)
-    b = OnnxBuilder(sources, checked, frozenset(p.name for p in (*model.inputs, *model.outputs)))
+    # fresh names never take a port's or a parameter's (an imported model's parameters may
+    # be named const__12, as a fresh name would be)
+    taken = frozenset(p.name for p in (*model.inputs, *model.outputs)) | _param_paths(graph)
+    b = OnnxBuilder(sources, checked, taken)
     names = _graph_names(graph, model)
     _emit_nodes(b, graph, names, params)
     inputs = [value_info(p.name, p.type) for p in model.inputs]
@@ -316,7 +319,21 @@ def _emit_model(model, params: dict[str, np.ndarray], checked: bool
         doc_string=f"kiln model {model.name}",
     )
     proto.ir_version = IR_VERSION
+    facts = graph.size_facts()
+    if facts:  # `where X % k == 0`: what an importer needs to compare sizes as kiln did
+        proto.metadata_props.add(key=SIZE_FACTS_KEY,
+                                 value=",".join(f"{x}:{k}" for x, k in sorted(facts.items())))
     return proto, failures
+
+
+def _param_paths(graph: Graph) -> frozenset[str]:
+    """The paths of the parameters `graph` and its body graphs read: initializer names."""
+    paths = {graph.node(n)["attrs"]["path"] for n in graph.params()}
+    for _n, node in graph.g.nodes(data=True):
+        for value in node["attrs"].values():
+            if isinstance(value, Graph):
+                paths |= _param_paths(value)
+    return frozenset(paths)
 
 
 def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
 from ..ir import Graph
 from ..macs import macs_by_scope
 from ..syntax import ast as A
-from ..types import DTYPES, TensorType
+from ..types import DTYPES, TensorType, dtype_of_numpy
 from .arithmetic import Arithmetic
 from .builtins import Builtins
 from .diagnostics import Budget, Diagnostics
@@ -59,6 +61,24 @@ class ElaboratedModel:
     training: bool = False  # elaborated with `training = true` (elaborate/training.py)
     # buffer path -> the index of the output holding its new value (training mode's updates)
     updates: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def of_graph(name: str, graph: Graph, params: dict[str, np.ndarray]) -> ElaboratedModel:
+        """The model of a graph built without source (an imported ONNX model): its signature
+        is the graph's inputs and outputs, its parameters the `param` nodes, whose initial
+        values are `params` (by path)."""
+        inputs = [Port(graph.node(n)["attrs"]["name"], graph.node(n)["types"][0],
+                       graph.node(n)["attrs"].get("optional", False)) for n in graph.inputs]
+        names = graph.output_names or default_output_names(len(graph.outputs))
+        outputs = [Port(n, v.type) for n, v in zip(names, graph.outputs, strict=True)]
+        infos = {}
+        for path, array in params.items():
+            dtype = dtype_of_numpy(array.dtype)
+            infos[path] = ParamInfo(path, "param", dtype, tuple(array.shape), array, True, "",
+                                    path, None)
+        symbols = sorted({s for p in inputs for d in p.type.shape for s in d.symbols()})
+        present = frozenset(p.name for p in inputs if p.optional)
+        return ElaboratedModel(name, {}, graph, inputs, outputs, infos, {}, symbols, present)
 
     def macs_by_scope(self) -> dict[str, Dim]:
         """Multiply-accumulates of one call, per block-instance path ('' is the model)."""

@@ -502,7 +502,7 @@ def _max_pool_grad_infer(types, a):
 def _max_pool_grad_reference(env, inputs, a):
     """PyTorch's rule for each window: its first maximum among the input cells (padding is
     never chosen; a window of -inf picks its first cell), or its last NaN; the window's
-    cotangent added there."""
+    cotangent added there (nowhere for a window that covers no input cell)."""
     x, grad = inputs
     xs = upcast(x)
     geo = _pool_geometry(TensorType(dtype_name(x), x.shape), a)
@@ -520,14 +520,16 @@ def _max_pool_grad_reference(env, inputs, a):
     pick = np.where(nans.any(axis=-1), last_nan, first)
     at = np.take_along_axis(np.broadcast_to(cells, values.shape), pick[..., None], -1)[..., 0]
     planes = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(out))
-    total = np.bincount((planes * plane + at).ravel(), weights=upcast(grad).ravel(),
-                        minlength=x.size)
+    reached = at >= 0  # a window over padding alone (dilation past the input) passes nothing
+    total = np.bincount((planes * plane + np.maximum(at, 0)).ravel(),
+                        weights=np.where(reached, upcast(grad), 0).ravel(), minlength=x.size)
     return [total.reshape(x.shape).astype(x.dtype)]
 
 
 def _max_pool_grad_onnx(b, n):
     """MaxPool's indices (flat over the whole input; the first maximum of a window, as
-    PyTorch), then the cotangents added there by ScatterElements."""
+    PyTorch), then the cotangents added there by ScatterElements. onnxruntime's MaxPool never
+    picks a NaN, nor a -inf (a window of NaN or -inf alone differs from the reference)."""
     x, grad = n.inputs
     geo, window = _pool_window(b, n)
     _, indices = b.node("MaxPool", [x], 2, dilations=list(geo.dilation), **window)

@@ -1,0 +1,123 @@
+"""Converters of ONNX's control flow: Scan (a kiln `scan`) and If; and the node a converter
+of an op with subgraphs sees, which can convert them (the importer's `subgraph`).
+
+- Scan: its body becomes the scan's body graph; the outer values the body reads become the
+  scan's captured inputs. Every scan input must run in one direction, and each output in the
+  same one (kiln writes a reverse scan's outputs at their own steps' positions, as ONNX's
+  direction 1 for both does); the outputs stack on the scan inputs' first axis.
+- If: a condition known at import time keeps its branch only; one known at run time computes
+  both branches and selects each output with `where`, which needs both branches to give the
+  same types (as kiln's own export of a scan, If(steps > 0, Scan, empty), does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..builder import GraphBuilder
+from ..ir import Value
+from ..ops import REGISTRY
+from .convert_base import Converter, OnnxNode, Unsupported, axis_of, ints, known, need
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+@dataclass
+class NodeWithSubgraphs(OnnxNode):
+    """An OnnxNode whose subgraphs the importer can convert: `subgraph(proto, input_types)`
+    (importer.py `_Walk.subgraph`); None where nothing can (a node built without it)."""
+
+    subgraph: Callable[..., Any] | None = None
+
+
+def converter(op_type: str):
+    """Register the decorated function as the converter of `op_type`."""
+
+    def register(fn: Converter) -> Converter:
+        CONVERTERS[op_type] = fn
+        return fn
+
+    return register
+
+
+def add_scan(gb: GraphBuilder, operands: list[Value], attrs: dict) -> list[Value]:
+    """A `scan` node (its attributes are a body graph and counts, not a signature's: added as
+    the elaborator adds it): the emitted values stacked, then each carry's final value."""
+    types = REGISTRY["scan"].infer([v.type for v in operands], attrs)
+    return gb.graph.add("scan", operands, attrs, types, gb.span, gb.scope)
+
+
+def _subgraph(node: OnnxNode):
+    convert = getattr(node, "subgraph", None)
+    if convert is None:
+        raise Unsupported("its subgraphs can only be converted by the importer")
+    return convert
+
+
+def _one(values: list[int], what: str) -> int:
+    if len(set(values)) > 1:
+        raise Unsupported(f"{what} differ ({values}): kiln scans every sequence one way")
+    return values[0] if values else 0
+
+
+@converter("Scan")
+def _scan(gb, node):
+    body = node.attrs["body"]
+    m = int(node.attrs["num_scan_inputs"])
+    n = len(node.inputs) - m
+    states, seqs = node.inputs[:n], node.inputs[n:]
+    if any(v is None for v in node.inputs) or m < 1:
+        raise Unsupported("Scan needs every state and at least one scan input")
+    k = len(body.output) - n
+    in_axes = [axis_of(a, s.type.rank, "scan_input_axes")
+               for a, s in zip(ints(node, "scan_input_axes", [0] * m), seqs)]
+    direction = _one(ints(node, "scan_input_directions", [0] * m), "scan_input_directions")
+    if k and _one(ints(node, "scan_output_directions", [0] * k),
+                  "scan_output_directions") != direction:
+        raise Unsupported("scan outputs in another direction than the inputs")
+    out_axes = ints(node, "scan_output_axes", [0] * k)
+    axis = in_axes[0]
+    if k:
+        ranks = [len(o.type.tensor_type.shape.dim) for o in body.output[n:]]
+        given = {axis_of(a, r + 1, "scan_output_axes") if r else a
+                 for a, r in zip(out_axes, ranks)}
+        if given != {axis}:
+            raise Unsupported(f"scan_output_axes {out_axes} differ from the first input's "
+                              f"axis {axis}")
+    steps = [s.type.with_shape(s.type.shape[:a] + s.type.shape[a + 1:])
+             for s, a in zip(seqs, in_axes)]
+    outputs, graph, captured = _subgraph(node)(body, [s.type for s in states] + steps)
+    for state, out in zip(states, outputs[:n]):
+        if state.type != out.type:
+            raise Unsupported(f"a state starts as {state.type} and its body makes it "
+                              f"{out.type}")
+    attrs = {"body": graph, "axis": axis, "axes": tuple(in_axes), "reverse": direction == 1,
+             "n_carry": n, "n_seq": m, "has_index": False, "n_fixed_inputs": n + m}
+    results = add_scan(gb, [*states, *seqs, *captured], attrs)
+    return results[k:] + results[:k]  # ONNX gives the final states first, kiln the emits
+
+
+@converter("If")
+def _if(gb, node):
+    cond = need(node, 0, "cond")
+    convert = _subgraph(node)
+    value = known(gb, node, 0)
+    if value is not None:  # decided now: the other branch is never built
+        branch = node.attrs["then_branch" if bool(value.reshape(-1)[0]) else "else_branch"]
+        return convert(branch, None)[0]
+    then_outs = convert(node.attrs["then_branch"], None)[0]
+    else_outs = convert(node.attrs["else_branch"], None)[0]
+    if cond.type.rank and any(d != 1 for d in cond.type.shape):
+        raise Unsupported(f"a condition of shape {cond.type} (kiln takes one value)")
+    if cond.type.dtype != "bool":
+        raise Unsupported(f"a condition of element type {cond.type.dtype}")
+    cond = gb.reshape(cond, []) if cond.type.rank else cond
+    outs = []
+    for a, b in zip(then_outs, else_outs):
+        if a.type != b.type:
+            raise Unsupported(f"branches of types {a.type} and {b.type}, with a condition "
+                              "known only at run time (kiln computes both and selects)")
+        outs.append(gb.op("where", cond, a, b))
+    return outs

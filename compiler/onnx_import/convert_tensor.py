@@ -1,0 +1,645 @@
+"""Converters of ONNX's tensor ops: shapes and views (Shape, Reshape, Flatten, Squeeze,
+Unsqueeze, Transpose, Expand, Tile, DepthToSpace), joining and slicing (Concat, Split, Slice,
+Pad, Trilu), indexing (Gather, GatherElements, GatherND, OneHot) and creation (Constant,
+ConstantOfShape, Range, EyeLike), and Dropout at inference.
+
+kiln takes shapes, axes and pads as compile-time attributes, so the ONNX inputs that carry them
+must be known at import time (initializers, Constant nodes or values folded from them).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import numpy as np
+
+from ..builder import GraphBuilder
+from ..dims import Dim
+from ..ir import Value
+from ..types import NUMPY_DTYPES, dtype_of_numpy
+from .convert_base import (
+    INT_TYPES,
+    CONSTANT_NEEDED,
+    Converter,
+    OnnxNode,
+    Unsupported,
+    arg,
+    attr,
+    axis_of,
+    choose,
+    concrete_shape,
+    const_input,
+    const_ints,
+    const_sizes,
+    const_like,
+    dtype_of,
+    ints,
+    kiln_dtype,
+    known,
+    need,
+    require_dtype,
+)
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types: str):
+    """Register the decorated function as the converter of `op_types`."""
+
+    def register(fn: Converter) -> Converter:
+        for op_type in op_types:
+            CONVERTERS[op_type] = fn
+        return fn
+
+    return register
+
+
+def _prod(values) -> Dim:
+    return functools.reduce(operator.mul, (Dim.of(v) for v in values), Dim.of(1))
+
+
+def constant_of(gb: GraphBuilder, array: np.ndarray, what: str) -> Value:
+    """A constant node holding `array`, whose element type must be kiln's."""
+    array = np.asarray(array)
+    if dtype_of_numpy(array.dtype) is None or array.dtype == np.float64:
+        raise Unsupported(f"{what}: element type {array.dtype} is not one of kiln's")
+    return gb.constant(array)
+
+
+def shape_value(gb: GraphBuilder, shape) -> Value:
+    """A 1-D i64 tensor of sizes: a constant when they are, else their run-time values."""
+    shape = [Dim.of(d) for d in shape]
+    if all(d.is_const for d in shape):
+        return gb.constant(np.array([d.value for d in shape], dtype=np.int64))
+    parts = [gb.op("dim_value", dim=d) for d in shape]
+    return gb.op("stack", parts, axis=0)
+
+
+# shapes -----------------------------------------------------------------------------------
+@converter("Shape")
+def _shape(gb, node):
+    x = need(node, 0, "data")
+    rank = x.type.rank
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    # clamped into [0, rank] after counting negatives from the end (ONNX Shape-15)
+    start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+    return [shape_value(gb, x.type.shape[start:end])]
+
+
+@converter("Size")
+def _size(gb, node):
+    x = need(node, 0, "data")
+    n = _prod(x.type.shape)
+    if n.is_const:
+        return [gb.constant(np.array(n.value, dtype=np.int64))]
+    return [gb.op("dim_value", dim=n)]
+
+
+@converter("Reshape")
+def _reshape(gb, node):
+    x = need(node, 0, "data")
+    shape = const_sizes(gb, node, 1, "shape")
+    if shape is None:
+        raise Unsupported("Reshape needs its shape input")
+    allow_zero = bool(attr(node, "allowzero", 0))
+    if not allow_zero:  # 0 copies the input's size at that position
+        if any(s == 0 and i >= x.type.rank for i, s in enumerate(shape)):
+            raise Unsupported("Reshape: a 0 in shape past the input's rank")
+        shape = [x.type.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    elif 0 in shape and -1 in shape:
+        raise Unsupported("Reshape with allowzero=1 and both 0 and -1 in shape")
+    return [gb.reshape(x, shape)]
+
+
+@converter("Flatten")
+def _flatten(gb, node):
+    x = need(node, 0, "input")
+    rank = x.type.rank
+    axis = attr(node, "axis", 1)
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis <= rank:
+        raise Unsupported(f"Flatten axis {attr(node, 'axis')} out of range for rank {rank}")
+    return [gb.reshape(x, [_prod(x.type.shape[:axis]), _prod(x.type.shape[axis:])])]
+
+
+def _axes(gb, node, slot: int, attr_name: str = "axes") -> list[int] | None:
+    """Axes from the node's input `slot` (opset 13+) or its attribute."""
+    if attr_name in node.attrs:
+        return ints(node, attr_name)
+    return const_ints(gb, node, slot, "axes")
+
+
+@converter("Squeeze")
+def _squeeze(gb, node):
+    x = need(node, 0, "data")
+    axes = _axes(gb, node, 1)
+    if axes is not None and not axes:
+        axes = None
+    if axes is None and not x.type.is_concrete():
+        raise Unsupported("Squeeze without axes of a tensor with symbolic sizes")
+    return [gb.op("squeeze", x, axis=axes)]
+
+
+@converter("Unsqueeze")
+def _unsqueeze(gb, node):
+    x = need(node, 0, "data")
+    axes = _axes(gb, node, 1)
+    if axes is None:
+        raise Unsupported("Unsqueeze needs axes")
+    return [gb.op("unsqueeze", x, axis=axes)]
+
+
+@converter("Transpose")
+def _transpose(gb, node):
+    x = need(node, 0, "data")
+    perm = ints(node, "perm", list(reversed(range(x.type.rank))))
+    return [gb.permute(x, perm)]
+
+
+def broadcast_dims(a, b) -> list[Dim]:
+    """numpy's broadcast of two shapes of Dims (Unsupported where it depends on run time)."""
+    a, b = [Dim.of(d) for d in a], [Dim.of(d) for d in b]
+    n = max(len(a), len(b))
+    a, b = [Dim.of(1)] * (n - len(a)) + a, [Dim.of(1)] * (n - len(b)) + b
+    out = []
+    for p, q in zip(a, b, strict=True):
+        if p == q or q == 1:
+            out.append(p)
+        elif p == 1:
+            out.append(q)
+        else:
+            raise Unsupported(f"sizes {p} and {q} do not broadcast at import time")
+    return out
+
+
+@converter("Expand")
+def _expand(gb, node):
+    x = need(node, 0, "input")
+    shape = const_sizes(gb, node, 1, "shape")
+    if shape is None:
+        raise Unsupported("Expand needs its shape input")
+    out = broadcast_dims(x.type.shape, shape)
+    if list(out) == list(x.type.shape):
+        return [x]
+    return [gb.op("broadcast_to", x, shape=out)]
+
+
+@converter("Tile")
+def _tile(gb, node):
+    x = need(node, 0, "input")
+    reps = const_ints(gb, node, 1, "repeats")
+    if reps is None or len(reps) != x.type.rank:
+        raise Unsupported("Tile needs one repeat per axis")
+    return [gb.op("tile", x, reps=reps)]
+
+
+def _space_depth(gb, x: Value, block: int, to_space: bool, mode: str) -> Value:
+    """DepthToSpace (DCR or CRD) or SpaceToDepth as reshape, permute, reshape (ONNX spec)."""
+    if x.type.rank != 4:
+        raise Unsupported(f"{'DepthToSpace' if to_space else 'SpaceToDepth'} needs a 4-D input")
+    n, c, h, w = x.type.shape
+    if to_space:
+        if not c.is_const or c.value % (block * block):
+            raise Unsupported("DepthToSpace needs constant channels divisible by blocksize^2")
+        cb = c.value // (block * block)
+        if mode == "DCR":
+            y = gb.reshape(x, [n, block, block, cb, h, w])
+            y = gb.permute(y, [0, 3, 4, 1, 5, 2])
+        else:
+            y = gb.reshape(x, [n, cb, block, block, h, w])
+            y = gb.permute(y, [0, 1, 4, 2, 5, 3])
+        return gb.reshape(y, [n, cb, h * block, w * block])
+    if not (h.is_const and w.is_const) or h.value % block or w.value % block:
+        raise Unsupported("SpaceToDepth needs constant spatial sizes divisible by blocksize")
+    y = gb.reshape(x, [n, c, h.value // block, block, w.value // block, block])
+    y = gb.permute(y, [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4])
+    return gb.reshape(y, [n, c * block * block, h.value // block, w.value // block])
+
+
+@converter("DepthToSpace")
+def _depth_to_space(gb, node):
+    mode = choose(node, "mode", "DCR", ("DCR", "CRD"))
+    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), True, mode)]
+
+
+@converter("SpaceToDepth")
+def _space_to_depth(gb, node):
+    mode = choose(node, "mode", "DCR", ("DCR", "CRD"))
+    return [_space_depth(gb, need(node, 0, "input"), int(attr(node, "blocksize")), False, mode)]
+
+
+# joining and slicing ----------------------------------------------------------------------
+@converter("Concat")
+def _concat(gb, node):
+    values = [v for v in node.inputs if v is not None]
+    rank = values[0].type.rank
+    return [gb.op("concat", values, axis=axis_of(int(attr(node, "axis")), rank))]
+
+
+@converter("Split")
+def _split(gb, node):
+    x = need(node, 0, "input")
+    axis = axis_of(int(attr(node, "axis", 0)), x.type.rank)
+    size = x.type.shape[axis]
+    count = len(node.outputs)
+    sizes = const_ints(gb, node, 1, "split")
+    if sizes is None and "split" in node.attrs:
+        sizes = ints(node, "split")
+    if sizes is None:
+        if not size.is_const:
+            raise Unsupported("Split of a symbolic size without explicit split sizes")
+        parts = int(attr(node, "num_outputs", count))
+        chunk = -(-size.value // parts)  # ceil: the last part may be smaller (opset 18)
+        sizes = [min(chunk, max(size.value - i * chunk, 0)) for i in range(parts)]
+    if len(sizes) != count:
+        raise Unsupported(f"Split into {len(sizes)} parts for {count} outputs")
+    if count == 1:
+        return [x]
+    return list(gb.op("split", x, axis=axis, sizes=sizes))
+
+
+_LIMIT = 2**61  # ONNX uses INT64_MAX/MIN for "to the end": past any size
+
+
+@converter("Slice")
+def _slice(gb, node):
+    x = need(node, 0, "data")
+    starts = _ints_or_sizes(const_sizes(gb, node, 1, "starts"))
+    ends = _ints_or_sizes(const_sizes(gb, node, 2, "ends"))
+    if starts is None or ends is None:
+        raise Unsupported("Slice needs starts and ends")
+    axes = const_ints(gb, node, 3, "axes") or list(range(len(starts)))
+    steps = const_ints(gb, node, 4, "steps") or [1] * len(starts)
+    rank = x.type.rank
+    items = [("range", None, None, 1)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        if step == 0:
+            raise Unsupported("Slice step 0")
+        axis = axis_of(axis, rank)
+        items[axis] = ("range", *_bounds(x.type.shape[axis], start, end, step), step)
+    return [gb.op("slice", x, items=items)]
+
+
+def _ints_or_sizes(values: list[Dim] | None) -> list[int | Dim] | None:
+    """Sizes known as numbers as ints; symbolic ones (a slice up to `T`) stay Dims."""
+    return None if values is None else [d.value if d.is_const else d for d in values]
+
+
+def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
+    """ONNX Slice bounds as Python slice bounds: clamped as Python clamps, which is what the
+    ONNX spec says; a bound past every size ("to the end") is None. A symbolic bound (a size
+    of an input) is taken as in range, as kiln's indexing takes it."""
+    if isinstance(start, Dim) or isinstance(end, Dim):
+        return tuple(None if isinstance(b, int) and abs(b) >= _LIMIT else b
+                     for b in (start, end))
+    if size.is_const:
+        first, stop, _ = slice(start, end, step).indices(size.value)
+        # a negative step running off the front stops at -1, which Python would read as
+        # "the last element": None says "to the front"
+        return first, (None if stop < 0 else stop)
+    return (None if abs(start) >= _LIMIT else start), (None if abs(end) >= _LIMIT else end)
+
+
+@converter("Pad")
+def _pad(gb, node):
+    x = need(node, 0, "data")
+    mode = choose(node, "mode", "constant", ("constant", "reflect", "edge", "wrap"))
+    pads = const_ints(gb, node, 1, "pads")
+    if pads is None:
+        raise Unsupported("Pad needs its pads input")
+    rank = x.type.rank
+    axes = const_ints(gb, node, 3, "axes")
+    axes = list(range(rank)) if axes is None else [axis_of(a, rank) for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise Unsupported(f"Pad: {len(pads)} pads for {len(axes)} axes")
+    widths = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        widths[axis] = (pads[i], pads[i + len(axes)])
+    value = 0.0
+    fill = known(gb, node, 2) if arg(node, 2) is not None else None
+    if arg(node, 2) is not None and fill is None:
+        raise Unsupported(f"Pad's constant_value must be a constant: {CONSTANT_NEEDED}")
+    if fill is not None and fill.size:
+        value = fill.reshape(-1)[0].item()
+    if all(w == (0, 0) for w in widths):
+        return [x]
+    if mode == "wrap":
+        return [_wrap_pad(gb, x, widths)]
+    flat = [p for before, after in reversed(widths) for p in (before, after)]  # F.pad order
+    kiln_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
+    return [gb.op("pad", x, pads=flat, mode=kiln_mode, value=value)]
+
+
+def _wrap_pad(gb: GraphBuilder, x: Value, widths: list[tuple[int, int]]) -> Value:
+    """Pad by wrapping around: the last `before` elements of each axis in front, its first
+    `after` behind (a negative width crops)."""
+    for axis, (before, after) in enumerate(widths):
+        if (before, after) == (0, 0):
+            continue
+        size = x.type.shape[axis]
+        if not size.is_const or max(before, after) > size.value:
+            raise Unsupported("wrap Pad wider than the axis, or of a symbolic size")
+        n = size.value
+        index = np.arange(-before, n + after) % n
+        x = gb.op("gather", x, gb.constant(index.astype(np.int64)), axis=axis)
+    return x
+
+
+@converter("Trilu")
+def _trilu(gb, node):
+    x = need(node, 0, "input")
+    k = const_ints(gb, node, 1, "k")
+    k = 0 if k is None else k[0]
+    return [gb.op("triu" if attr(node, "upper", 1) else "tril", x, k=k)]
+
+
+# indexing ---------------------------------------------------------------------------------
+def _index(gb, node, slot: int) -> Value:
+    index = need(node, slot, "indices")
+    require_dtype(index, INT_TYPES, "indices")
+    return index
+
+
+@converter("Gather")
+def _gather(gb, node):
+    x = need(node, 0, "data")
+    axis = axis_of(int(attr(node, "axis", 0)), x.type.rank)
+    return [gb.op("gather", x, _index(gb, node, 1), axis=axis)]
+
+
+@converter("GatherElements")
+def _gather_elements(gb, node):
+    x = need(node, 0, "data")
+    axis = axis_of(int(attr(node, "axis", 0)), x.type.rank)
+    return [gb.op("take_along_axis", x, _index(gb, node, 1), axis=axis)]
+
+
+@converter("GatherND")
+def _gather_nd(gb, node):
+    """data[indices[..., 0], ..., indices[..., k-1]] as one gather on data with its first k
+    axes merged, by the linear index sum(i_j * stride_j) (negative i_j counted from the end)."""
+    x = need(node, 0, "data")
+    index = _index(gb, node, 1)
+    if attr(node, "batch_dims", 0):
+        raise Unsupported("GatherND with batch_dims > 0")
+    k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
+    if not k_dim.is_const or k_dim.value > x.type.rank or k_dim.value == 0:
+        raise Unsupported("GatherND needs a constant index depth within the data's rank")
+    k = k_dim.value
+    lead = concrete_shape(x, "GatherND's data")[:k]
+    linear = _linear_index(gb, index, lead)
+    flat = gb.reshape(x, [int(np.prod(lead)), *x.type.shape[k:]])
+    return [gb.op("gather", flat, linear, axis=0)]
+
+
+def _linear_index(gb: GraphBuilder, index: Value, lead: tuple[int, ...]) -> Value:
+    """sum_j i_j * stride_j over the last axis of `index` (each i_j negative counted from the
+    end of its axis of size lead[j]): the position in those axes merged into one."""
+    strides = [int(np.prod(lead[j + 1:])) for j in range(len(lead))]
+    dtype = dtype_of(index)
+    linear = None
+    for j, size in enumerate(lead):
+        i_j = gb.op("gather", index, gb.constant(np.array(j, np.int64)), axis=index.type.rank - 1)
+        i_j = gb.op("where", gb.op("less", i_j, const_like(gb, 0, dtype)),
+                    gb.add(i_j, const_like(gb, size, dtype)), i_j)
+        term = i_j if strides[j] == 1 else gb.mul(i_j, const_like(gb, strides[j], dtype))
+        linear = term if linear is None else gb.add(linear, term)
+    return linear
+
+
+@converter("OneHot")
+def _one_hot(gb, node):
+    """values[1] where the index (negative: from the end) equals the position along the new
+    axis, else values[0]; an index out of range makes its row all values[0]."""
+    index = need(node, 0, "indices")
+    depth = known(gb, node, 1)
+    if depth is None:
+        raise Unsupported(f"OneHot's depth must be a constant: {CONSTANT_NEEDED}")
+    depth = int(depth.reshape(-1)[0])
+    values = need(node, 2, "values")
+    rank = index.type.rank + 1
+    axis = axis_of(int(attr(node, "axis", -1)), rank)
+    if dtype_of(index) not in INT_TYPES:  # float indices are truncated (the spec casts them)
+        index = gb.cast(index, "i64")
+    index = gb.cast(index, "i64") if dtype_of(index) != "i64" else index
+    index = gb.op("where", gb.op("less", index, gb.constant(np.array(0, np.int64))),
+                  gb.add(index, gb.constant(np.array(depth, np.int64))), index)
+    positions = np.arange(depth, dtype=np.int64).reshape([-1] + [1] * (rank - 1 - axis))
+    hot = gb.op("equal", gb.op("unsqueeze", index, axis=axis), gb.constant(positions))
+    off = gb.op("gather", values, gb.constant(np.array(0, np.int64)), axis=0)
+    on = gb.op("gather", values, gb.constant(np.array(1, np.int64)), axis=0)
+    return [gb.op("where", hot, on, off)]
+
+
+# creation ---------------------------------------------------------------------------------
+@converter("Constant")
+def _constant(gb, node):
+    for name in ("value_string", "value_strings", "sparse_value"):
+        if name in node.attrs:
+            raise Unsupported(f"Constant with {name}")
+    if "value" in node.attrs:
+        array = np.asarray(node.attrs["value"])
+    elif "value_float" in node.attrs:
+        array = np.array(node.attrs["value_float"], np.float32)
+    elif "value_floats" in node.attrs:
+        array = np.array(node.attrs["value_floats"], np.float32)
+    elif "value_int" in node.attrs:
+        array = np.array(node.attrs["value_int"], np.int64)
+    elif "value_ints" in node.attrs:
+        array = np.array(node.attrs["value_ints"], np.int64)
+    else:
+        raise Unsupported("Constant without a value")
+    return [constant_of(gb, array, "Constant")]
+
+
+@converter("ConstantOfShape")
+def _constant_of_shape(gb, node):
+    shape = const_sizes(gb, node, 0, "shape")
+    if shape is None:
+        raise Unsupported("ConstantOfShape needs its shape input")
+    fill = node.attrs.get("value")
+    fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill)
+    dtype = dtype_of_numpy(fill.dtype)
+    if dtype is None or dtype == "f64":
+        raise Unsupported(f"ConstantOfShape: element type {fill.dtype} is not one of kiln's")
+    value = fill.reshape(-1)[0].item()
+    return [gb.op("full", shape=shape, value=value, dtype=dtype)]
+
+
+@converter("Range")
+def _range(gb, node):
+    """start + i * delta for i < max(ceil((limit - start) / delta), 0), in the inputs' type."""
+    bounds = [known(gb, node, i) for i in range(3)]
+    limit = arg(node, 1)
+    if (bounds[1] is None and bounds[0] is not None and bounds[2] is not None
+            and limit is not None and dtype_of(limit) in INT_TYPES):
+        return [_range_to_size(gb, node, bounds[0], bounds[2])]
+    start, limit, delta = (const_input(gb, node, i, name)
+                           for i, name in enumerate(("start", "limit", "delta")))
+    dtype = start.dtype
+    count = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
+    values = (start + np.arange(count).astype(dtype) * delta).astype(dtype)
+    return [constant_of(gb, values, "Range")]
+
+
+def _range_to_size(gb: GraphBuilder, node: OnnxNode, start: np.ndarray, delta: np.ndarray
+                   ) -> Value:
+    """Range up to a size computed from an input's shape (`arange(T)`), in an integer type."""
+    limit = need(node, 1, "limit")
+    require_dtype(limit, INT_TYPES, "Range with a limit known only at run time")
+    (end,) = const_sizes(gb, node, 1, "limit")
+    return gb.op("arange", int(start), end=end, step=int(delta), dtype=dtype_of(limit))
+
+
+@converter("EyeLike")
+def _eye_like(gb, node):
+    x = need(node, 0, "input")
+    rows, cols = concrete_shape(x, "EyeLike")
+    dtype = kiln_dtype(int(attr(node, "dtype")), "EyeLike") if "dtype" in node.attrs \
+        else dtype_of(x)
+    eye = np.eye(rows, cols, int(attr(node, "k", 0)), dtype=NUMPY_DTYPES[dtype])
+    return [gb.constant(eye)]
+
+
+@converter("Dropout")
+def _dropout(gb, node):
+    """The identity at inference (training_mode false or ratio 0); its mask all true."""
+    x = need(node, 0, "data")
+    training = known(gb, node, 2) if arg(node, 2) is not None else np.array(False)
+    ratio = known(gb, node, 1) if arg(node, 1) is not None else np.array(0.5)
+    if training is None or (bool(training.reshape(()).item())
+                            and (ratio is None or float(ratio.reshape(()).item()) != 0.0)):
+        raise Unsupported("Dropout in training mode (random)")
+    outputs = [x]
+    if len(node.outputs) > 1 and node.outputs[1]:
+        outputs.append(gb.op("full", shape=list(x.type.shape), value=True, dtype="bool"))
+    return outputs
+
+
+# scatter ----------------------------------------------------------------------------------
+def _scatter_into(gb: GraphBuilder, data: Value, updates: Value, index: Value, axis: int,
+                  reduction: str) -> Value:
+    """data with updates folded in at index along axis (kiln's scatter folds into a fresh
+    tensor; a count of what lands where says which elements keep data's value). Updates
+    narrower than data on the other axes are scattered at their start. With reduction none,
+    duplicate indices are undefined in ONNX: the largest update lands, one of the orders."""
+    size = data.type.shape[axis]
+    ones = gb.op("full", shape=list(updates.type.shape), value=1, dtype="i64")
+    kiln = {"none": "max", "add": "sum", "mul": "prod", "max": "max", "min": "min"}[reduction]
+    folded = gb.op("scatter", updates, index, size=size, axis=axis, reduce=kiln)
+    count = gb.op("scatter", ones, index, size=size, axis=axis, reduce="sum")
+    folded, count = (_pad_to(gb, v, data.type.shape) for v in (folded, count))
+    landed = gb.op("greater", count, gb.constant(np.array(0, np.int64)))
+    if reduction == "add":
+        return gb.add(data, folded)
+    if reduction == "mul":
+        return gb.mul(data, gb.op("where", landed, folded, const_like(gb, 1, dtype_of(data))))
+    if reduction in ("max", "min"):
+        both = gb.op("maximum" if reduction == "max" else "minimum", data, folded)
+        return gb.op("where", landed, both, data)
+    return gb.op("where", landed, folded, data)
+
+
+def _pad_to(gb: GraphBuilder, x: Value, shape) -> Value:
+    """x padded with zeros at the end of each axis to `shape` (constant sizes)."""
+    extra = [Dim.of(want) - have for have, want in zip(x.type.shape, shape, strict=True)]
+    if all(e == 0 for e in extra):
+        return x
+    if not all(e.is_const and e.value >= 0 for e in extra):
+        raise Unsupported("scatter updates wider than data, or of symbolic size")
+    flat = [p for e in reversed(extra) for p in (0, e.value)]
+    return gb.op("pad", x, pads=flat, value=0)
+
+
+def _reduction(node: OnnxNode) -> str:
+    return choose(node, "reduction", "none", ("none", "add", "mul", "max", "min"))
+
+
+@converter("ScatterElements")
+def _scatter_elements(gb, node):
+    data, updates = need(node, 0, "data"), need(node, 2, "updates")
+    axis = axis_of(int(attr(node, "axis", 0)), data.type.rank)
+    return [_scatter_into(gb, data, updates, _index(gb, node, 1), axis, _reduction(node))]
+
+
+@converter("ScatterND")
+def _scatter_nd(gb, node):
+    """data's first k axes merged, the k-index of each update made one linear index (as
+    GatherND), and the updates scattered along the merged axis."""
+    data, updates = need(node, 0, "data"), need(node, 2, "updates")
+    index = _index(gb, node, 1)
+    k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
+    if not k_dim.is_const or not 0 < k_dim.value <= data.type.rank:
+        raise Unsupported("ScatterND needs a constant index depth within the data's rank")
+    k = k_dim.value
+    shape = concrete_shape(data, "ScatterND's data")
+    rows = concrete_shape(index, "ScatterND's indices")[:-1]
+    linear = _linear_index(gb, index, shape[:k])
+    count = int(np.prod(rows))
+    flat_data = gb.reshape(data, [int(np.prod(shape[:k])), *shape[k:]])
+    flat_updates = gb.reshape(updates, [count, *shape[k:]])
+    out = _scatter_into(gb, flat_data, flat_updates, gb.reshape(linear, [count]), 0,
+                        _reduction(node))
+    return [gb.reshape(out, list(shape))]
+
+
+@converter("Compress")
+def _compress(gb, node):
+    """The slices along axis (of the flattened input without one) where condition holds:
+    condition must be known at import time, as the result's size depends on it."""
+    x = need(node, 0, "input")
+    condition = const_input(gb, node, 1, "condition").reshape(-1).astype(bool)
+    if "axis" in node.attrs:
+        axis = axis_of(int(attr(node, "axis")), x.type.rank)
+    else:
+        x, axis = gb.reshape(x, [-1]), 0
+    size = x.type.shape[axis]
+    if size.is_const and len(condition) > size.value:
+        condition = condition[:size.value]  # a longer condition's tail selects nothing
+    index = np.flatnonzero(condition).astype(np.int64)
+    return [gb.op("gather", x, gb.constant(index), axis=axis)]
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(gb, node):
+    """Each batch entry's first sequence_lens[b] steps reversed: a gather along the time
+    axis by indices known at import time."""
+    x = need(node, 0, "input")
+    lens = const_input(gb, node, 1, "sequence_lens").reshape(-1).astype(np.int64)
+    batch_axis, time_axis = int(attr(node, "batch_axis", 1)), int(attr(node, "time_axis", 0))
+    shape = concrete_shape(x, "ReverseSequence")
+    steps = np.arange(shape[time_axis])
+    # index[t, b]: the step read at step t of entry b
+    index = np.where(steps[:, None] < lens[None, :], lens[None, :] - 1 - steps[:, None],
+                     steps[:, None])
+    if (time_axis, batch_axis) == (1, 0):
+        index = index.T
+    index = index.reshape(index.shape + (1,) * (len(shape) - 2))
+    index = np.ascontiguousarray(np.broadcast_to(index, shape))
+    return [gb.op("take_along_axis", x, gb.constant(index), axis=time_axis)]
+
+
+@converter("CumSum")
+def _cumsum(gb, node):
+    """Running sums along axis as a product with a triangular matrix of ones (exclusive:
+    strictly triangular; reverse: the other triangle)."""
+    x = need(node, 0, "x")
+    axis_value = const_input(gb, node, 1, "axis")
+    axis = axis_of(int(axis_value.reshape(-1)[0]), x.type.rank)
+    size = x.type.shape[axis]
+    if not size.is_const:
+        raise Unsupported("CumSum along a symbolic axis")
+    i, j = np.indices((size.value, size.value))
+    exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
+    # out[j] = sum of x[i] for i <= j (i < j exclusive; i >= j, i > j reversed)
+    if reverse:
+        ones = (i > j) if exclusive else (i >= j)
+    else:
+        ones = (i < j) if exclusive else (i <= j)
+    last = x.type.rank - 1
+    perm = list(range(x.type.rank))
+    perm[axis], perm[last] = last, axis
+    moved = x if axis == last else gb.permute(x, perm)
+    y = gb.matmul(moved, gb.constant(ones.astype(x.type.np_dtype)))
+    return [y if axis == last else gb.permute(y, perm)]

@@ -1,0 +1,1 @@
+"""Training: optimizers (optim.py) and the train step as one graph (step.py)."""

@@ -1,0 +1,8 @@
+"""Training: kiln.Trainer (trainer.py), the generated program composing a model with its
+loss (program.py), checkpoints, metrics, datasets and the `kiln train` loop (loop.py)."""
+
+from __future__ import annotations
+
+from .trainer import Trainer
+
+__all__ = ["Trainer"]

@@ -1,0 +1,159 @@
+"""Datasets and augmentations for `kiln train`.
+
+A dataset is one of scikit-learn's bundled ones by name (no download), or a .npz file with
+arrays `x` and `y` (and optionally `x_val`, `y_val`), read with the bounds every kiln tensor
+file is read with. Examples are shaped to the model's input (a digits row of 64 pixels
+becomes [1, 8, 8] for a model taking f32[B, 1, 8, 8]) and converted to its dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.compiler.errors import KilnError
+
+# name -> (loader in sklearn.datasets, scaling): digits' pixels 0..16 scaled to [0, 1]; the
+# tabular ones standardised with the training split's mean and deviation
+SKLEARN = {"digits": ("load_digits", "unit"), "iris": ("load_iris", "standard"),
+           "wine": ("load_wine", "standard"),
+           "breast_cancer": ("load_breast_cancer", "standard"),
+           "diabetes": ("load_diabetes", "standard")}
+
+
+@dataclass
+class Dataset:
+    """Training and validation examples (the validation arrays may be empty)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
+    """The dataset `name` (a scikit-learn name, or a .npz path), split (when it has no
+    validation arrays of its own) into a shuffled training part and the last `val_split`
+    of the shuffled examples for validation."""
+    if not 0 <= val_split < 1:
+        raise KilnError("K0830", f"--val-split must be in [0, 1), not {val_split}")
+    if name in SKLEARN:
+        x, y, scaling = _sklearn(name)
+        given = None
+    elif name.endswith(".npz") or os.path.exists(name):
+        x, y, given = _npz(name)
+        scaling = None
+    else:
+        raise KilnError("K0830", f"unknown dataset {name!r}",
+                        hint=f"a .npz file with x and y, or one of {', '.join(SKLEARN)}")
+    if len(x) != len(y):
+        raise KilnError("K0830", f"dataset {name}: x has {len(x)} examples but y {len(y)}")
+    if given is None:
+        order = np.random.default_rng(seed).permutation(len(x))
+        n_val = int(round(len(x) * val_split))
+        cut = len(x) - n_val
+        train, val = order[:cut], order[cut:]
+        data = Dataset(x[train], y[train], x[val], y[val])
+    else:
+        data = Dataset(x, y, *given)
+    if scaling == "unit":
+        data.x, data.x_val = data.x / 16.0, data.x_val / 16.0
+    elif scaling == "standard":
+        mean, std = data.x.mean(axis=0), data.x.std(axis=0)
+        std[std == 0] = 1
+        data.x, data.x_val = (data.x - mean) / std, (data.x_val - mean) / std
+    return data
+
+
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+    try:
+        import sklearn.datasets
+    except ImportError:
+        raise KilnError("K0830", f"dataset {name} comes with scikit-learn, which is not "
+                        "installed", hint="pip install 'kiln[train]'") from None
+    loader, scaling = SKLEARN[name]
+    bunch = getattr(sklearn.datasets, loader)()
+    return np.asarray(bunch.data), np.asarray(bunch.target), scaling
+
+
+def _npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    from kiln.runtime.weights import load_weights
+
+    try:
+        arrays = load_weights(path)
+    except KilnError as err:
+        raise KilnError("K0830", f"dataset {path}: {err.message}") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise KilnError("K0830", f"dataset {path} has no array {missing[0]!r}",
+                        hint=f"its arrays: {', '.join(arrays) or 'none'}; a dataset holds x "
+                        "and y (and optionally x_val and y_val)")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise KilnError("K0830", f"dataset {path}: x_val and y_val come together")
+    given = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays else None
+    return arrays["x"], arrays["y"], given
+
+
+def shape_examples(x: np.ndarray, port) -> np.ndarray:
+    """Examples `x` ([N, ...]) reshaped to the model input `port`'s fixed sizes (its axis 0
+    is the batch) and converted to its dtype."""
+    from kiln.compiler.dims import Dim, known_value
+    from kiln.compiler.types import NUMPY_DTYPES
+
+    dims = [known_value(Dim.of(d)) for d in port.type.shape[1:]]
+    if None not in dims and tuple(dims) != x.shape[1:]:
+        if math.prod(dims) != math.prod(x.shape[1:]):
+            raise KilnError("K0830", f"the dataset's examples are {list(x.shape[1:])}, which "
+                            f"cannot be shaped to input {port}")
+        x = x.reshape((len(x), *dims))
+    return np.ascontiguousarray(x, dtype=NUMPY_DTYPES[port.type.dtype])
+
+
+# ------------------------------------------------------------------ augmentations
+# Each takes a batch of images [N, C, H, W] (a batch of another rank is left alone) and the
+# epoch's numpy Generator, so a run is reproducible from its seed.
+
+
+def flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirror each image left-right with probability 1/2."""
+    if x.ndim != 4:
+        return x
+    mask = rng.random(len(x)) < 0.5
+    out = x.copy()
+    out[mask] = out[mask][..., ::-1]
+    return out
+
+
+def crop(x: np.ndarray, rng: np.random.Generator, padding: int = 2) -> np.ndarray:
+    """Pad each image by `padding` zeros and crop it back at a random offset."""
+    if x.ndim != 4:
+        return x
+    h, w = x.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out = np.empty_like(x)
+    offsets = rng.integers(0, 2 * padding + 1, size=(len(x), 2))
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    return out
+
+
+def noise(x: np.ndarray, rng: np.random.Generator, std: float = 0.05) -> np.ndarray:
+    """Add Gaussian noise of deviation `std`."""
+    return (x + rng.normal(0.0, std, size=x.shape)).astype(x.dtype)
+
+
+AUGMENTATIONS = {"flip": flip, "crop": crop, "noise": noise}
+
+
+def augment(x: np.ndarray, names: list[str], rng: np.random.Generator) -> np.ndarray:
+    """The batch with the augmentations `names` applied in order."""
+    for name in names:
+        x = AUGMENTATIONS[name](x, rng)
+    return x
+
+
+__all__ = ["AUGMENTATIONS", "Dataset", "augment", "crop", "flip", "load_dataset", "noise",
+           "shape_examples"]

@@ -1,0 +1,187 @@
+"""`kiln train`: the training loop around a Trainer — data, epochs, progress, logs.
+
+Each epoch shuffles the training examples with a numpy Generator seeded by (seed, epoch) and
+steps through them in batches of `--batch`; the last, smaller batch is kept (models take any
+batch size B). Augmentations draw from the same Generator. After each epoch the validation
+split is evaluated, a row of the metrics table printed, the JSON-lines log and the
+checkpoint rewritten (atomically). `--early-stopping N` stops after N epochs without a lower
+validation loss and keeps the weights of the best epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from kiln.compiler.errors import KilnError
+from kiln.compiler.files import write_atomically
+
+from .data import AUGMENTATIONS, augment, load_dataset, shape_examples
+from .trainer import Trainer
+
+COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "lr")
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    """A tqdm bar over `total` batches (on stderr), or None without tqdm or when quiet."""
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
+
+
+def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
+    """Labels as the loss takes them: class indices as i64, anything else shaped and typed
+    like the model's first output."""
+    if trainer.loss.class_index:
+        return y.astype(np.int64) if y.dtype.kind in "iu" else y
+    port = trainer.outputs[0]
+    if y.ndim == 1 and len(port.type.shape) == 2:
+        y = y[:, None]
+    return shape_examples(y, port)
+
+
+def _row(values: dict[str, Any]) -> str:
+    cells = []
+    for col in COLUMNS:
+        v = values.get(col)
+        cells.append(f"{'-':>10}" if v is None else f"{v:>10d}" if isinstance(v, int)
+                     else f"{v:>10.4g}")
+    return " ".join(cells)
+
+
+def fit(opts, args: dict[str, Any]) -> int:
+    """Run `kiln train` with the parsed options `opts` (kiln/cli.py) and the model's
+    compile-time arguments `args`."""
+    from kiln.compiler.train.optim import by_name, cosine, step_decay
+
+    for name in opts.augment:
+        if name not in AUGMENTATIONS:
+            raise KilnError("K0830", f"unknown augmentation {name!r}",
+                            hint=f"augmentations: {', '.join(AUGMENTATIONS)}")
+    if opts.batch < 1 or opts.epochs < 0:
+        raise KilnError("K0830", "--batch must be >= 1 and --epochs >= 0")
+    hyper: dict[str, Any] = {"lr": opts.lr}
+    if opts.momentum is not None:
+        hyper["momentum"] = opts.momentum
+    if opts.weight_decay is not None:
+        hyper["weight_decay"] = opts.weight_decay
+    optimizer = by_name(opts.optimizer, **hyper)
+    data = load_dataset(opts.data, opts.val_split, opts.seed)
+    steps_per_epoch = -(-len(data.x) // opts.batch)
+    total = max(1, opts.epochs * steps_per_epoch)
+    schedule = None
+    if opts.schedule == "cosine":
+        schedule = cosine(total, min(opts.warmup, total - 1))
+    elif opts.schedule == "step":
+        schedule = step_decay(opts.step_size * steps_per_epoch, opts.gamma)
+    trainer = Trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
+                      clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
+                      trainable=opts.trainable or None, model=opts.model,
+                      args=args, weights=opts.weights,
+                      target=opts.target, l1=opts.l1, l2=opts.l2)
+    port = trainer.inputs[0]
+    if len(trainer.inputs) != 1:
+        raise KilnError("K0830", f"kiln train feeds models of one input; {trainer.model_name} "
+                        f"takes {len(trainer.inputs)}", hint="use kiln.Trainer in Python")
+    x, x_val = shape_examples(data.x, port), shape_examples(data.x_val, port)
+    y, y_val = _targets(trainer, data.y), _targets(trainer, data.y_val)
+    if opts.resume:
+        trainer.load_checkpoint(opts.resume)
+    trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
+    history: list[dict[str, Any]] = []
+    best: tuple[float, dict] | None = None
+    stale = 0
+    print(" ".join(f"{c:>10}" for c in COLUMNS))
+    for epoch in range(trainer.step_count // steps_per_epoch, opts.epochs):
+        rng = np.random.default_rng([opts.seed, epoch])
+        order = rng.permutation(len(x))
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", opts.quiet)
+        started, seen, total_loss = time.perf_counter(), 0, 0.0
+        for start in range(0, len(x), opts.batch):
+            part = order[start:start + opts.batch]
+            xb = augment(x[part], opts.augment, rng) if opts.augment else x[part]
+            loss = trainer.step(xb, y[part])
+            seen += len(part)
+            total_loss += loss * len(part)
+            if bar is not None:
+                rate = seen / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(step=trainer.step_count, loss=f"{loss:.4f}",
+                                samples_s=f"{rate:.0f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                               "lr": trainer.learning_rate(max(trainer.step_count, 1)),
+                               "samples_per_s": seen / max(time.perf_counter() - started,
+                                                           1e-9)}
+        if len(x_val):
+            metrics = trainer.evaluate(x_val, y_val)
+            row.update({"val_loss": metrics.pop("loss"), **metrics})
+        history.append(row)
+        print(_row(row), flush=True)
+        if opts.log:
+            write_atomically(opts.log, "".join(json.dumps(r) + "\n" for r in history).encode(),
+                             lambda why: KilnError("K0830", f"log {opts.log}: {why}"))
+        if opts.checkpoint:
+            trainer.save_checkpoint(opts.checkpoint)
+        if opts.early_stopping and "val_loss" in row:
+            if best is None or row["val_loss"] < best[0]:
+                best, stale = (row["val_loss"], {p: a.copy() for p, a in
+                                                 trainer.params.items()}), 0
+            else:
+                stale += 1
+                if stale >= opts.early_stopping:
+                    print(f"early stopping: no lower validation loss in {stale} epochs; "
+                          f"keeping epoch {epoch + 1 - stale}'s weights")
+                    break
+    if best is not None:
+        trainer.set_params(best[1])
+    if opts.plot and history:
+        _plot(opts.plot, history)
+    if opts.output:
+        trainer.model.save_weights(opts.output)
+        print(f"wrote {opts.output}")
+    return 0
+
+
+def _plot(path: str, history: list[dict[str, Any]]) -> None:
+    """Loss curves (and validation accuracy) as an image, written atomically."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise KilnError("K0830", "--plot needs matplotlib", hint="pip install 'kiln[train]'"
+                        ) from None
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    if "val_loss" in history[-1]:
+        ax.plot(epochs, [r.get("val_loss") for r in history], label="validation loss")
+    if "accuracy" in history[-1]:
+        ax.plot(epochs, [r.get("accuracy") for r in history], label="validation accuracy")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    buffer = io.BytesIO()
+    fmt = path.rsplit(".", 1)[-1] if "." in path else "png"
+    try:
+        fig.savefig(buffer, format=fmt)
+    except ValueError as e:
+        raise KilnError("K0830", f"--plot {path}: {e}") from None
+    finally:
+        plt.close(fig)
+    write_atomically(path, buffer.getvalue(),
+                     lambda why: KilnError("K0830", f"plot {path}: {why}"))
+
+
+__all__ = ["fit"]

@@ -1,0 +1,155 @@
+"""The program a trainer elaborates: the user's model composed with a loss, in kiln.
+
+For `Trainer("mlp.kiln", loss="cross_entropy")` it generates
+
+    import "/abs/path/mlp.kiln" as user_model
+    import std.losses
+
+    model KilnTrain {
+      net = user_model.MLP(hidden = 32)                   # the model's compile-time args
+      forward(x: f32[B, 784], target: i64[B]) {
+        out_0 = net(x)
+        return (losses.cross_entropy(out_0, target), out_0)
+      }
+    }
+
+and elaborates it like any model: in training mode for the train step, in inference mode for
+evaluation. The loss is output 0; the model's outputs follow (for metrics). The model's
+parameters are `net.<path>` there; the trainer strips the prefix. A loss of the user's own
+(`--loss losses.kiln:elbo`) is a `fn` or a model of that file, called with the model's
+outputs (in order) and then the target; it returns a 0-d tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.compiler.elaborate import ElaboratedModel, Program, load_program
+from kiln.compiler.errors import KilnError
+from kiln.compiler.types import TensorType
+
+MEMBER = "net"  # the user's model inside the generated program
+PREFIX = MEMBER + "."
+TRAIN_MODEL = "KilnTrain"
+# the stdlib losses whose target holds class indices (an integer array)
+CLASS_INDEX_LOSSES = frozenset({"cross_entropy", "nll_loss"})
+STD_LOSSES = ("cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss",
+              "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits")
+# short names the CLI accepts for them
+LOSS_ALIASES = {"mse": "mse_loss", "l1": "l1_loss", "nll": "nll_loss", "huber": "huber_loss",
+                "smooth_l1": "smooth_l1_loss", "bce": "binary_cross_entropy",
+                "bce_with_logits": "binary_cross_entropy_with_logits"}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss: a std.losses fn by name, or a fn or model `name` of the kiln file `path`."""
+
+    name: str
+    path: str | None = None
+
+    @staticmethod
+    def parse(text: str) -> LossSpec:
+        """`cross_entropy` (std.losses), or `FILE.kiln:NAME`."""
+        if not isinstance(text, str) or not text:
+            raise KilnError("K0837", f"a loss is a std.losses name or FILE.kiln:NAME, not "
+                            f"{text!r}", hint=f"std.losses: {', '.join(STD_LOSSES)}")
+        if ":" in text:
+            path, _, name = text.rpartition(":")
+            if not path.endswith(".kiln") or not name.isidentifier():
+                raise KilnError("K0837", f"loss {text!r}: write FILE.kiln:NAME")
+            return LossSpec(name, os.path.abspath(path))
+        text = LOSS_ALIASES.get(text, text)
+        if text not in STD_LOSSES:
+            raise KilnError("K0837", f"unknown loss {text!r}",
+                            hint=f"std.losses: {', '.join(STD_LOSSES)}; or FILE.kiln:NAME")
+        return LossSpec(text)
+
+    @property
+    def class_index(self) -> bool:
+        """Whether the target holds class indices (classification: metrics of the argmax)."""
+        return self.path is None and self.name in CLASS_INDEX_LOSSES
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the target may hold class probabilities instead (a float array)."""
+        return self.path is None and self.name == "cross_entropy"
+
+    def __str__(self) -> str:
+        return self.name if self.path is None else f"{self.path}:{self.name}"
+
+
+def literal(value: Any) -> str:
+    """A compile-time argument as kiln source."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    raise KilnError("K0602", f"cannot pass {value!r} as a model argument to a trainer")
+
+
+def target_name(input_names: list[str]) -> str:
+    """The target's input name: `target`, with underscores added while the model has an
+    input of that name."""
+    name = "target"
+    while name in input_names:
+        name += "_"
+    return name
+
+
+def training_source(model_path: str, model_name: str, args: dict[str, Any],
+                    inputs: list, outputs: int, target_type: TensorType | str,
+                    loss: LossSpec, loss_is_model: bool) -> str:
+    """The generated program (see the module's docstring). `inputs`: the model's input Ports;
+    `target_type`: the target's type, as kiln writes it."""
+    names = [p.name for p in inputs]
+    target = target_name(names)
+    lines = [f"import {json.dumps(model_path)} as user_model", "import std.losses"]
+    if loss.path is not None:
+        lines.append(f"import {json.dumps(loss.path)} as user_loss")
+    call_args = ", ".join(f"{k} = {literal(v)}" for k, v in args.items())
+    lines += ["", f"model {TRAIN_MODEL} {{", f"  {MEMBER} = user_model.{model_name}({call_args})"]
+    if loss_is_model:
+        lines.append(f"  loss_fn = user_loss.{loss.name}()")
+        fn = "loss_fn"
+    else:
+        fn = f"losses.{loss.name}" if loss.path is None else f"user_loss.{loss.name}"
+    params = ", ".join([str(p) for p in inputs] + [f"{target}: {target_type}"])
+    lines.append(f"  forward({params}) {{")
+    outs = ", ".join(f"out_{i}" for i in range(outputs))
+    lines.append(f"    {outs} = {MEMBER}({', '.join(names)})")
+    lines.append(f"    return ({fn}({outs}, {target}), {outs})")
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+def training_program(model_path: str, model_name: str, args: dict[str, Any],
+                     inputs: list, outputs: int, target: TensorType | str,
+                     loss: LossSpec) -> Program:
+    """The generated program, loaded (its source names the model file's directory)."""
+    loss_is_model = False
+    if loss.path is not None:
+        lib = load_program(Path(loss.path))
+        loss_is_model = loss.name in lib.model_names
+    source = training_source(model_path, model_name, args, inputs, outputs, target, loss,
+                             loss_is_model)
+    return load_program(source, filename=os.path.join(os.path.dirname(model_path),
+                                                      f"<training {Path(model_path).name}>"))
+
+
+def strip_prefix(model: ElaboratedModel) -> dict:
+    """The generated model's parameters by the user model's paths."""
+    return {p[len(PREFIX):] if p.startswith(PREFIX) else p: info
+            for p, info in model.params.items()}
+
+
+__all__ = ["CLASS_INDEX_LOSSES", "LOSS_ALIASES", "LossSpec", "MEMBER", "PREFIX", "TRAIN_MODEL",
+           "strip_prefix", "target_name", "training_program", "training_source"]

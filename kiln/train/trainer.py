@@ -1,0 +1,387 @@
+"""kiln.Trainer: a model, a loss and an optimizer, stepped one native call at a time.
+
+    trainer = kiln.Trainer("lenet.kiln", loss="cross_entropy",
+                           optimizer=kiln.optim.AdamW(lr=1e-3), seed=0)
+    loss = trainer.step(x, y)              # forward, backward and update: one native call
+    trainer.evaluate(x_val, y_val)         # {"loss", "accuracy", "precision", "recall", "f1"}
+    trainer.save_checkpoint("ckpt.safetensors")
+    trainer.model(x)                       # the inference model, with the trained weights
+
+The trainer holds the weights, the optimizer's state and the step counter as numpy arrays;
+the train step (compiler/train/step.py) takes them as inputs and returns their new values,
+which replace the old ones only when the step succeeds (a non-finite loss changes nothing).
+The step and evaluation graphs are built on the first call, when the target's dtype and
+shape are known: a later call with another target dtype or rank is refused as any input is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.compiler.dims import Dim, known_value
+from kiln.compiler.driver import Compilation
+from kiln.compiler.errors import KilnError
+from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
+from kiln.compiler.train.step import (
+    GRADNORM,
+    PARAM,
+    build_train_step,
+    select_trainable,
+    state_name,
+)
+from kiln.compiler.types import dtype_of_numpy
+
+from .checkpoint import read_checkpoint, write_checkpoint
+from .metrics import classification_metrics
+from .program import (
+    PREFIX,
+    TRAIN_MODEL,
+    LossSpec,
+    strip_prefix,
+    target_name,
+    training_program,
+)
+
+RNG_KEY = "rng_key"  # the step's random key input, [seed, step] (elaborate/training.py)
+UPDATED = "updated:"
+
+
+class Trainer:
+    """Trains one model of a kiln file (see the module's docstring)."""
+
+    def __init__(self, path: str | os.PathLike, loss: str = "cross_entropy",
+                 optimizer: Optimizer | None = None,
+                 schedule: Callable[[int], float] | None = None,
+                 clip_grad_norm: float | None = None, seed: int = 0,
+                 trainable: Sequence[str] | str | None = None, *, model: str | None = None,
+                 args: dict[str, Any] | None = None,
+                 weights: str | os.PathLike | dict | None = None, target: str = "native",
+                 l1: float = 0.0, l2: float = 0.0, penalized: Sequence[str] | None = None,
+                 threads: int | None = None, opt_level: int = 1):
+        """path: the model file; model, args: which model and its compile-time arguments;
+        loss: a std.losses name (cross_entropy, mse_loss, ...) or FILE.kiln:NAME; optimizer:
+        kiln.optim.SGD/Adam/AdamW/RMSprop (default Adam()); schedule: step -> factor of the
+        learning rate (kiln.optim.cosine, step_decay); clip_grad_norm: the gradients' global
+        2-norm limit; seed: initial weights and dropout's key; trainable: glob patterns of
+        the parameter paths to train (default all; the rest stay frozen); weights: initial
+        weights to load; target: "native" or "reference"; l1, l2: penalties on the
+        parameters matching `penalized` (default every trainable one)."""
+        from kiln.api import load, prepare
+
+        if target not in ("native", "reference"):
+            raise KilnError("K0602", f"a trainer runs on the native or reference target, not "
+                            f"{target!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.loss = LossSpec.parse(loss)
+        self.optimizer = Adam() if optimizer is None else optimizer
+        if not isinstance(self.optimizer, Optimizer):
+            raise KilnError("K0831", f"optimizer must be a kiln.optim optimizer, not "
+                            f"{type(self.optimizer).__name__}")
+        self.optimizer.check()
+        if clip_grad_norm is not None and not (isinstance(clip_grad_norm, int | float)
+                                               and clip_grad_norm > 0):
+            raise KilnError("K0831", f"clip_grad_norm must be a positive number, not "
+                            f"{clip_grad_norm!r}")
+        for name, value in (("l1", l1), ("l2", l2)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise KilnError("K0831", f"{name} must be a finite number >= 0, not {value!r}")
+        self.schedule = schedule
+        self.clip_grad_norm = clip_grad_norm
+        self.seed = seed
+        self.target = target
+        self.threads = threads
+        self.opt_level = opt_level
+        self.l1, self.l2 = float(l1), float(l2)
+        self.penalized = [penalized] if isinstance(penalized, str) else penalized
+        self.args = dict(args or {})
+        program = load(Path(self.path))
+        self._compilation, params = prepare(program, model, target, seed, weights, self.args,
+                                            opt_level=opt_level)
+        self.model_name = self._compilation.model.name if model is None else model
+        self.info = self._compilation.model.params
+        self.params = {p: np.array(a) for p, a in params.items()}
+        floats = [p for p, i in self.info.items() if i.kind == "param"
+                  and i.dtype in ("f32", "f64", "f16", "bf16")]
+        patterns = [trainable] if isinstance(trainable, str) else trainable
+        self.trainable = select_trainable(floats, None if patterns is None else list(patterns))
+        self.state = {(p, s): np.zeros_like(self.params[p])
+                      for p in self.trainable for s, _ in
+                      initial_state(self.optimizer, self.params[p]).items()}
+        self.step_count = 0
+        self._step = None  # the compiled train step, its output names
+        self._eval = None  # the compiled evaluation model
+        self._inference = None  # the user's model with the trained weights, when asked
+        self._version = 0  # bumped by every change of the weights
+
+    # ------------------------------------------------------------------ building
+    @property
+    def inputs(self) -> list:
+        """The model's input Ports."""
+        return list(self._compilation.model.inputs)
+
+    @property
+    def outputs(self) -> list:
+        """The model's output Ports."""
+        return list(self._compilation.model.outputs)
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Replace some parameters' values (same shapes and dtypes: K0838 otherwise)."""
+        for path, value in params.items():
+            old = self.params.get(path)
+            if old is None or np.shape(value) != old.shape:
+                raise KilnError("K0838", f"set_params: {path} is not a parameter of shape "
+                                f"{None if old is None else list(old.shape)}")
+        self.params.update({p: np.array(v, dtype=self.params[p].dtype) for p, v in
+                            params.items()})
+        self._version += 1
+
+    def _target(self, y: Any) -> np.ndarray:
+        """The target as the step takes it; refuses (K0834, K0835) labels that do not fit."""
+        y = np.asarray(y)
+        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"):
+            if y.dtype.kind not in "iu":
+                raise KilnError("K0834", f"input target must hold class indices (integers) "
+                                f"for {self.loss.name}, but the array is {y.dtype}",
+                                hint="convert it: y.astype(np.int64)")
+            classes = self._classes()
+            if y.size and classes is not None:
+                bad = (y != -100) & ((y < 0) | (y >= classes))
+                if bad.any():
+                    raise KilnError("K0835", f"input target holds class index "
+                                    f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
+                                    f"model has {classes} classes)")
+            return y.astype(np.int64)
+        if dtype_of_numpy(y.dtype) is None:
+            raise KilnError("K0834", f"input target has dtype {y.dtype}, which kiln has not")
+        return y
+
+    def _classes(self) -> int | None:
+        """The number of classes: axis 1 of the model's first output, when fixed."""
+        shape = self.outputs[0].type.shape
+        return known_value(Dim.of(shape[1])) if len(shape) > 1 else None
+
+    def prepare(self, y: Any) -> None:
+        """Compile the train step and the evaluation model for targets like `y` now (else
+        the first step or evaluation does)."""
+        if self._step is None:
+            self._build(self._target(y))
+
+    def _build(self, y: np.ndarray) -> None:
+        """Compile the train step and the evaluation model for targets like `y`."""
+        inputs = self.inputs
+        first = inputs[0].type.shape
+        batch = str(first[0]) if first else "B"
+        dims = [batch] + [str(d) for d in y.shape[1:]]
+        dtype = dtype_of_numpy(y.dtype)
+        program = training_program(self.path, self.model_name, self.args, inputs,
+                                   len(self._compilation.model.outputs),
+                                   f"{dtype}[{', '.join(dims)}]", self.loss)
+        train = program.elaborate(TRAIN_MODEL, {}, training=True)
+        step_model, layout = build_train_step(
+            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
+            self.l2, self.penalized)
+        runner = self._runner(Compilation(step_model, None, self.target, None, self.opt_level),
+                              {})
+        evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
+        self._eval_info = strip_prefix(evaluation)
+        self._eval = self._runner(Compilation(evaluation, None, self.target, None,
+                                              self.opt_level), self._prefixed())
+        self._eval_version = self._version
+        self._step = (runner, layout, [p.name for p in step_model.outputs])
+
+    def _runner(self, compilation: Compilation, params: dict):
+        if self.target == "native":
+            from kiln.runtime.native import NativeModel
+
+            return NativeModel(compilation, params, threads=self.threads)
+        from kiln.runtime.reference import ReferenceModel
+
+        return ReferenceModel(compilation, params)
+
+    def _prefixed(self) -> dict[str, np.ndarray]:
+        return {PREFIX + p: a for p, a in self.params.items()}
+
+    # ------------------------------------------------------------------ steps
+    def _inputs(self, x: Any) -> dict[str, Any]:
+        xs = tuple(x) if isinstance(x, tuple | list) else (x,)
+        names = [p.name for p in self.inputs]
+        if len(xs) != len(names):
+            raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
+                            f"({', '.join(names)}), got {len(xs)}")
+        return dict(zip(names, xs))
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step `step` (from 1): the optimizer's, times the schedule's."""
+        factor = 1.0 if self.schedule is None else float(self.schedule(step))
+        return self.optimizer.lr * factor
+
+    def step(self, x: Any, y: Any) -> float:
+        """One training step on the batch (x, y) (x: an array, or a tuple for a model with
+        several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
+        the step and the first parameter whose gradient is not finite, and changes nothing."""
+        feeds = self._inputs(x)
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        runner, layout, out_names = self._step
+        t = self.step_count + 1
+        feeds[target_name(list(feeds))] = target
+        feeds["lr"] = np.float64(self.learning_rate(t))
+        feeds["step"] = np.float64(t)
+        if any(p.name == RNG_KEY for p in runner.inputs):
+            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        for path in layout.params:
+            feeds[PARAM + path] = self.params[path]
+        for path in layout.trainable:
+            for slot in layout.slots:
+                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        arrays, dims = runner.bind_inputs((), feeds)
+        results = dict(zip(out_names, runner.run(arrays, dims)))
+        loss = float(results["loss"])
+        if not math.isfinite(loss):
+            bad = next((p for p in layout.trainable
+                        if not np.isfinite(results[GRADNORM + p])), None)
+            where = (f"the first non-finite gradient is of parameter {bad}" if bad else
+                     "every gradient is finite")
+            raise KilnError("K0836", f"the loss is {loss} at step {t}: {where}",
+                            hint="lower the learning rate, clip gradients "
+                            "(clip_grad_norm=) or check the data for NaN/Inf")
+        for path in layout.trainable:
+            self.params[path] = results[PARAM + path]
+            for slot in layout.slots:
+                self.state[(path, slot)] = results[state_name(path, slot)]
+        for path in layout.buffers:
+            self.params[path] = results[UPDATED + path]
+        self.step_count = t
+        self._version += 1
+        return loss
+
+    def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
+        """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
+        inference mode and, for a class-index loss, accuracy and macro precision, recall and
+        F1 of the argmax of the model's first output."""
+        feeds = self._inputs(x)
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        if self._eval_version != self._version:
+            self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
+            self._eval_version = self._version
+        n = len(target)
+        total, predictions = 0.0, []
+        for start in range(0, n, batch):
+            part = {k: np.asarray(v)[start:start + batch] for k, v in feeds.items()}
+            part[target_name(list(feeds))] = target[start:start + batch]
+            outs = self._eval(**part)
+            total += float(outs[0]) * len(target[start:start + batch])
+            if self.loss.class_index:
+                predictions.append(np.argmax(outs[1], axis=1))
+        metrics = {"loss": total / n if n else float("nan")}
+        if self.loss.class_index:
+            # class probabilities (a float target, for cross_entropy): their argmax is the class
+            labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
+            metrics.update(classification_metrics(labels, np.concatenate(predictions)))
+        return metrics
+
+    # ------------------------------------------------------------------ the trained model
+    def _persistent(self, params: dict[str, np.ndarray], prefix: str = "") -> dict:
+        return {k: a for k, a in params.items()
+                if self.info[k[len(prefix):]].persistent}
+
+    @property
+    def model(self):
+        """The inference model (training = false) with the current trained weights."""
+        if self._inference is None:
+            self._inference = self._runner(self._compilation, self.params)
+            self._inference_version = self._version
+        elif self._inference_version != self._version:
+            self._inference.load_weights(self._persistent(self.params))
+            self._inference_version = self._version
+        return self._inference
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The weights by path (persistent parameters and buffers)."""
+        return self._persistent(self.params)
+
+    # ------------------------------------------------------------------ checkpoints
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint must match to resume: the model, the loss, the optimizer."""
+        return {"model": self.model_name, "args": self.args, "loss": str(self.loss),
+                "optimizer": self.optimizer.config(), "trainable": self.trainable,
+                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
+        key's counter and the config to a .safetensors file, atomically (a temporary file
+        renamed into place, never written through a symlink)."""
+        tensors = dict(self.state_dict())
+        tensors.update({state_name(p, s): a for (p, s), a in self.state.items()})
+        meta = {"config": self.config(), "step": self.step_count,
+                "rng_counter": self.step_count, "seed": self.seed}
+        write_checkpoint(path, tensors, {"kiln_trainer": json.dumps(meta, default=str)})
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Resume from a checkpoint of this same setup: all or nothing; one that does not
+        fit (another model, optimizer or shape) is refused (K0838), naming what differs."""
+        tensors, meta = read_checkpoint(path)
+        raw = meta.get("kiln_trainer")
+        try:
+            header = json.loads(raw) if raw is not None else None
+            mine = json.loads(json.dumps(self.config(), default=str))
+            theirs = header["config"]
+            step = header["step"]
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            raise KilnError("K0838", f"checkpoint {os.fspath(path)}: not a kiln trainer "
+                            "checkpoint (no valid kiln_trainer header)") from None
+        difference = _first_difference(mine, theirs)
+        if difference is not None:
+            key, ours, its = difference
+            raise KilnError("K0838", f"checkpoint {os.fspath(path)} does not fit this trainer: "
+                            f"its {key} is {its!r}, this trainer's {ours!r}")
+        optimizer_from_config(theirs["optimizer"])  # a header naming no optimizer: refused
+        want = {**{p: a for p, a in self.state_dict().items()},
+                **{state_name(p, s): a for (p, s), a in self.state.items()}}
+        new: dict[str, np.ndarray] = {}
+        for key, old in want.items():
+            got = tensors.get(key)
+            if got is None:
+                raise KilnError("K0838", f"checkpoint {os.fspath(path)} lacks {key}")
+            if got.shape != old.shape or got.dtype != old.dtype:
+                raise KilnError("K0838", f"checkpoint {os.fspath(path)}: {key} is "
+                                f"{got.dtype}{list(got.shape)}, this trainer's "
+                                f"{old.dtype}{list(old.shape)}")
+            new[key] = np.array(got)
+        extra = sorted(set(tensors) - set(want))
+        if extra:
+            raise KilnError("K0838", f"checkpoint {os.fspath(path)} holds {extra[0]}, which "
+                            "this trainer does not have")
+        for key, array in new.items():
+            if key in self.params:
+                self.params[key] = array
+        for (p, s) in self.state:
+            self.state[(p, s)] = new[state_name(p, s)]
+        self.step_count = step
+        self._version += 1
+
+
+def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first (dotted key, mine, theirs) where two JSON values differ, else None."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for k in list(mine) + [k for k in theirs if k not in mine]:
+            found = _first_difference(mine.get(k), theirs.get(k), f"{key}.{k}" if key else k)
+            if found is not None:
+                return found
+        return None
+    return None if mine == theirs else (key, mine, theirs)
+
+
+__all__ = ["Trainer"]

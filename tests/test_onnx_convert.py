@@ -1,0 +1,283 @@
+"""compiler/onnx_import/convert*.py: each converter, on a one-node model, against onnxruntime
+(kiln's graph interpreter runs what the converter built), and its refusals (Unsupported).
+
+The ONNX node tests (test_onnx_node_tests.py) cover the ops broadly; these cases pin the
+attribute values and edge cases the converters compose primitives for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import onnx
+from _onnxconvert import OPSET, build, check, run_kiln, run_ort
+from onnx import TensorProto, helper
+
+from kiln.compiler.builder import GraphBuilder
+from kiln.compiler.ir import Graph
+from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode, Unsupported
+from kiln.compiler.onnx_import.convert_base import fold
+from kiln.compiler.types import TensorType
+
+RNG = np.random.default_rng(17)
+ORT_OPSET = min(OPSET, 21)  # the newest opset the installed onnxruntime runs every op of
+
+
+def f32(*shape) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def ints(low, high, *shape, dtype=np.int64) -> np.ndarray:
+    return RNG.integers(low, high, shape).astype(dtype)
+
+
+I64 = np.int64
+CASES = [
+    # op, inputs, attributes and initializers (shape inputs), outputs
+    ("Div", [ints(-9, 9, 4, 5), np.array([3, -3, 2, -2, 7], I64)], {}),
+    ("Mod", [ints(-9, 9, 4, 5), np.array([3, -3, 2, -2, 7], I64)], {}),
+    ("Mod", [ints(-9, 9, 4, 5), np.array([3, -3, 2, -2, 7], I64)], {"fmod": 1}),
+    ("Mod", [f32(4, 5) * 5, np.array([3, -3, 2, -2, 0.5], np.float32)], {"fmod": 1}),
+    ("Round", [np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -3.51], np.float32)], {}),
+    ("Pow", [np.abs(f32(3, 4)) + 0.5, np.array(2, I64)], {}),
+    ("Clip", [ints(-9, 9, 3, 4), np.array(-2, I64), np.array(5, I64)], {"initializers": "12"}),
+    ("Clip", [f32(3, 4), None, np.array(0.25, np.float32)], {"initializers": "2"}),
+    ("HardSigmoid", [f32(3, 4) * 4], {"alpha": 0.3, "beta": 0.4}),
+    ("Selu", [f32(3, 4)], {}),
+    ("Celu", [f32(3, 4)], {"alpha": 2.0}),
+    ("Shrink", [f32(3, 4)], {"lambd": 0.6, "bias": 0.2}),
+    ("PRelu", [f32(2, 3, 4), np.array([[0.1], [0.2], [0.3]], np.float32)], {}),
+    ("IsInf", [np.array([1, np.inf, -np.inf, np.nan], np.float32)], {"detect_negative": 0}),
+    ("Mean", [f32(3, 4), f32(4), f32(3, 1)], {}),
+    ("Gemm", [f32(5, 3), f32(4, 5), f32(4)], {"transA": 1, "transB": 1, "alpha": 0.5,
+                                              "beta": 2.0}),
+    ("Hardmax", [np.array([[1, 3, 3, 0], [2, 2, 1, 0]], np.float32)], {"axis": 0}),
+    ("ArgMax", [np.array([[1, 3, 3, 0], [2, 2, 1, 2]], np.float32)],
+     {"axis": 1, "select_last_index": 1, "keepdims": 0}),
+    ("ArgMin", [np.array([[1, 0, 3, 0], [2, 2, 1, 1]], np.float32)],
+     {"axis": 1, "select_last_index": 1}),
+    ("Conv", [f32(1, 2, 7, 6), f32(3, 2, 3, 3), f32(3)], {"pads": [0, 1, 2, 1],
+                                                          "strides": [2, 1]}),
+    ("Conv", [f32(1, 2, 7, 6), f32(4, 1, 3, 2)], {"auto_pad": "SAME_LOWER", "group": 2,
+                                                  "strides": [2, 2]}),
+    ("ConvTranspose", [f32(1, 2, 4, 3), f32(2, 3, 3, 3), f32(3)],
+     {"pads": [1, 0, 0, 2], "strides": [2, 2], "output_padding": [1, 1]}),
+    ("ConvTranspose", [f32(1, 2, 4, 3), f32(2, 3, 3, 3)], {"output_shape": [9, 7],
+                                                          "strides": [2, 2]}),
+    ("MaxPool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "pads": [0, 1, 2, 0]}),
+    ("AveragePool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "pads": [0, 1, 2, 0]}),
+    ("AveragePool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 3], "pads": [1, 2, 1, 0],
+                                        "count_include_pad": 1}),
+    ("LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], {"axis": -1, "epsilon": 1e-3}),
+    ("LayerNormalization", [f32(2, 3, 4), f32(3, 4)], {"axis": 1}),
+    ("Slice", [f32(5, 6), np.array([-1, 9], I64), np.array([-2**63, 1], I64),
+               np.array([0, 1], I64), np.array([-2, -3], I64)], {"initializers": "1234"}),
+    ("Pad", [f32(3, 4), np.array([1, 2, 2, 0], I64)], {"mode": "reflect",
+                                                       "initializers": "1"}),
+    ("Pad", [f32(3, 4), np.array([1, -1, 0, 2], I64), np.array(0.5, np.float32)],
+     {"initializers": "12"}),
+    ("OneHot", [np.array([[0, -1], [5, 2]], I64), np.array(4, I64),
+                np.array([-1.0, 2.0], np.float32)], {"axis": 0, "initializers": "1"}),
+    ("GatherND", [f32(3, 4, 2), np.array([[-1, 0], [2, 3]], I64)], {}),
+    ("GatherElements", [f32(3, 4), ints(-3, 3, 2, 4)], {"axis": 0}),
+    ("ScatterElements", [f32(4, 5), np.array([[0, 3, -1]], I64), f32(1, 3)],
+     {"axis": 0, "reduction": "add"}),
+    ("ScatterND", [f32(4, 3), np.array([[1], [-1]], I64), f32(2, 3)], {"reduction": "mul"}),
+    ("Reshape", [f32(2, 3, 4), np.array([0, -1], I64)], {"initializers": "1"}),
+    ("Expand", [f32(3, 1), np.array([2, 1, 4], I64)], {"initializers": "1"}),
+    ("Split", [f32(7, 2)], {"axis": 0, "num_outputs": 3, "n_outputs": 3}),
+    ("DepthToSpace", [f32(1, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}),
+    ("SpaceToDepth", [f32(1, 2, 4, 6)], {"blocksize": 2}),
+    ("CumSum", [ints(-5, 5, 3, 4), np.array(1, I64)], {"exclusive": 1, "reverse": 1,
+                                                       "initializers": "1"}),
+    ("ReduceSumSquare", [f32(3, 4, 2), np.array([0, -1], I64)], {"keepdims": 0,
+                                                                 "initializers": "1"}),
+    ("ReduceMax", [np.zeros((2, 0, 3), np.float32), np.array([1], I64)],
+     {"initializers": "1"}),
+    ("Resize", [f32(1, 1, 3, 4), np.array([], np.float32), np.array([1, 1, 2.0, 1.5],
+                                                                   np.float32)],
+     {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+      "nearest_mode": "round_prefer_ceil", "initializers": "12"}),
+    ("Resize", [f32(1, 2, 4, 4), np.array([], np.float32), np.array([1, 1, 0.6, 0.8],
+                                                                   np.float32)],
+     {"mode": "linear", "coordinate_transformation_mode": "asymmetric", "initializers": "12"}),
+    ("Dropout", [f32(3, 4)], {"n_outputs": 2}),
+    ("TopK", [np.array([[3, 1, 3, -np.inf], [2, 2, -np.inf, 2], [0, 5, 5, 1]], np.float32).T,
+              np.array([3], I64)], {"axis": 0, "n_outputs": 2, "initializers": "1"}),
+    ("TopK", [ints(-3, 3, 2, 6), np.array([4], I64)], {"largest": 0, "n_outputs": 2,
+                                                      "initializers": "1"}),
+    ("DFT", [f32(2, 8, 3, 1), None, np.array(1, I64)], {"onesided": 1, "initializers": "2"}),
+    ("DFT", [f32(2, 5, 2), np.array(7, I64), np.array(-2, I64)], {"initializers": "12"}),
+    ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
+     {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
+]
+
+
+def _case_id(case) -> str:
+    op, _, kw = case
+    return op + "".join(f"-{k}" for k in kw if k not in ("initializers", "n_outputs"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_converter_agrees_with_onnxruntime(case):
+    op, inputs, kw = case
+    kw = dict(kw)
+    fixed = {int(i): inputs[int(i)] for i in kw.pop("initializers", "")}
+    n_outputs = kw.pop("n_outputs", 1)
+    check(op, inputs, n_outputs, initializers=fixed, opset=ORT_OPSET, rtol=1e-4, atol=1e-5,
+          **kw)
+
+
+def _node(gb_inputs, op_type: str, consts=None, opset: int = OPSET, **attrs) -> OnnxNode:
+    return OnnxNode(name="n", op_type=op_type, domain="", index=0, opset=opset, attrs=attrs,
+                    inputs=list(gb_inputs), consts=list(consts or [None] * len(gb_inputs)),
+                    outputs=["y"])
+
+
+@pytest.mark.parametrize("op_type, attrs, why", [
+    ("Pad", {"mode": "wrap"}, "wider than the axis"),
+    ("Dropout", {}, "training mode"),
+    ("Cast", {"to": TensorProto.DOUBLE}, "DOUBLE"),
+    ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
+    ("MaxPool", {"kernel_shape": [2, 2]}, "Indices"),
+    ("LpPool", {"kernel_shape": [2, 2], "dilations": [2, 2]}, "dilations"),
+])
+def test_refusals_say_what_kiln_lacks(op_type, attrs, why):
+    graph = Graph()
+    gb = GraphBuilder(graph)
+    x = graph.add_input("x", TensorType("f32", (1, 1, 3, 3)), None)
+    extra = {"Pad": [gb.constant(np.array([0, 0, 0, 5, 0, 0, 0, 5], np.int64))],
+             "Dropout": [gb.constant(np.array(0.5, np.float32)),
+                         gb.constant(np.array(True))],
+             "Resize": [None, gb.constant(np.ones(4, np.float32))]}.get(op_type, [])
+    node = _node([x, *extra], op_type, **attrs)
+    if op_type == "MaxPool":
+        node.outputs = ["y", "indices"]
+    before = len(graph)
+    with pytest.raises(Unsupported, match=why):
+        CONVERTERS[op_type](gb, node)
+    assert len(graph) >= before  # a refusal may leave dead nodes: the importer drops them
+
+
+def test_shape_of_symbolic_sizes_is_a_runtime_value():
+    """Shape of an input with a symbolic batch: the batch at run time, the rest constants."""
+    graph = Graph()
+    gb = GraphBuilder(graph)
+    x = graph.add_input("x", TensorType("f32", ("B", 3)), None)
+    (shape,) = CONVERTERS["Shape"](gb, _node([x], "Shape"))
+    assert shape.type == TensorType("i64", (2,))
+    assert fold(graph, shape) is None  # not known at import time
+    from kiln.compiler.evaluate import run_graph
+
+    graph.outputs, graph.output_names = [shape], ["s"]
+    (got,) = run_graph(graph, [np.zeros((5, 3), np.float32)], {}, {"B": 5})
+    assert got.tolist() == [5, 3]
+
+
+def test_shape_arithmetic_folds_for_reshape():
+    """Reshape(x, Concat(Shape(x)[:1], [-1])) with constant sizes: the shape folds at import
+    time, so the Reshape converts."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"], end=1),
+         helper.make_node("Concat", ["s", "minus1"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])]),
+        opset_imports=[helper.make_opsetid("", ORT_OPSET)])
+    x = f32(2, 3, 4)
+    (got,) = run_kiln(model, [x])
+    np.testing.assert_array_equal(got, x.reshape(2, 12))
+    assert build(model).outputs[0].type == TensorType("f32", (2, 12))
+
+
+def test_function_ops_expand_their_definition():
+    """An op ONNX defines as a function of others, without a converter of its own, converts
+    through its function body (here MeanVarianceNormalization)."""
+    x = f32(2, 3, 4, 5)
+    check("MeanVarianceNormalization", [x], opset=ORT_OPSET, rtol=1e-4, atol=1e-5)
+
+
+
+def _dynamic_model() -> onnx.ModelProto:
+    """x [batch, 3, 4] -> reshaped to [batch, 12] by a shape computed from Shape(x) as
+    PyTorch's exporter writes it (Gather, Unsqueeze, Concat), expanded through its
+    Where(Equal(shape, -1), 1, shape) pattern, and a ConstantOfShape of [batch, 2] added."""
+    i64 = TensorProto.INT64
+
+    def const(name, values):
+        return helper.make_tensor(name, i64, [len(values)], values)
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes0"], ["b1"]),
+        helper.make_node("Concat", ["b1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("Concat", ["b1", "twelve"], ["target"], axis=0),
+        helper.make_node("Equal", ["target", "minus1s"], ["is_free"]),
+        helper.make_node("Where", ["is_free", "ones", "target"], ["expand_to"]),
+        helper.make_node("Expand", ["flat", "expand_to"], ["y0"]),
+        helper.make_node("Concat", ["b1", "two"], ["zshape"], axis=0),
+        helper.make_node("ConstantOfShape", ["zshape"], ["z"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("Slice", ["y0", "zero1", "two", "one_axis"], ["y1"]),
+        helper.make_node("Add", ["y1", "z"], ["y"]),
+    ]
+    inits = [helper.make_tensor("zero", i64, [], [0]), const("axes0", [0]),
+             const("minus1", [-1]), const("twelve", [12]), const("minus1s", [-1, -1]),
+             const("ones", [1, 1]), const("two", [2]), const("zero1", [0])]
+    inits.append(const("one_axis", [1]))
+    graph = helper.make_graph(
+        nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         ["batch", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ORT_OPSET)])
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_shapes_computed_from_a_symbolic_batch(target):
+    """Shape arithmetic on a symbolic batch converts (sizes.py): the reshape, expand and
+    filled tensor take the batch of each call."""
+    import kiln
+
+    model = _dynamic_model()
+    compiled = kiln.compile(model, target=target)
+    assert str(compiled.inputs[0].type.shape[0]) == "batch"
+    for batch in (1, 5):
+        x = f32(batch, 3, 4)
+        (want,) = run_ort(model, [x])
+        np.testing.assert_allclose(compiled(x), want, rtol=1e-6)
+
+
+def test_undecided_size_comparison_is_not_taken():
+    """Equal of a symbolic size and a non-negative constant is known only at run time: the
+    shape it selects is not taken as known, and the import refuses the Expand (never a guess)."""
+    model = _dynamic_model()
+    for init in model.graph.initializer:
+        if init.name == "minus1s":
+            init.CopyFrom(helper.make_tensor("minus1s", TensorProto.INT64, [2], [1, 12]))
+    import kiln
+    from kiln import KilnError
+
+    with pytest.raises(KilnError, match="Expand.*must be a constant"):
+        kiln.compile(model, target="reference")
+
+
+def test_size_comparisons_are_decided_only_where_sound():
+    """sizes.py compares a symbolic size with a number only where every call agrees: never
+    equal to a negative number, undecided against 1 (a batch may be 1); 0-d operands too."""
+    from kiln.compiler.dims import Dim
+    from kiln.compiler.onnx_import.sizes import ARITHMETIC
+
+    def held(v):
+        out = np.empty((), dtype=object)
+        out[()] = v
+        return out
+
+    batch = held(Dim.of("B"))
+    assert not ARITHMETIC["equal"](batch, held(-1))
+    assert bool(ARITHMETIC["not_equal"](batch, held(-1)))
+    assert ARITHMETIC["equal"](batch, held(Dim.of("B")))
+    with pytest.raises(ValueError, match="known only at run time"):
+        ARITHMETIC["equal"](batch, held(1))

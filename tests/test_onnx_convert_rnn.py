@@ -1,0 +1,84 @@
+"""The RNN, GRU and LSTM converters (compiler/onnx_import/convert_rnn.py) against onnxruntime:
+every direction, both layouts, given and absent initial states and biases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+from _onnxconvert import build, check, one_node, run_kiln  # noqa: E402
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+T, B, I, H = 4, 3, 5, 6
+
+
+def inputs(op: str, directions: int, layout: int, bias: bool, initial: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    g = GATES[op]
+
+    def f(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    x = f(B, T, I) if layout else f(T, B, I)
+    state = f(B, directions, H) if layout else f(directions, B, H)
+    out = [x, f(directions, g * H, I), f(directions, g * H, H),
+           f(directions, 2 * g * H) if bias else None, None, state if initial else None]
+    if op == "LSTM":
+        out.append(f(*state.shape) if initial else None)
+    while out[-1] is None:
+        out.pop()
+    return out
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_directions(op, direction):
+    directions = 2 if direction == "bidirectional" else 1
+    n_out = 3 if op == "LSTM" else 2
+    check(op, inputs(op, directions, 0, True, True), n_out, hidden_size=H,
+          direction=direction, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["GRU", "LSTM"])
+def test_batch_first_layout(op):
+    """layout=1 (onnxruntime's CPU kernels refuse it): kiln's batch-first outputs are its
+    sequence-first outputs on the same data, transposed as ONNX says."""
+    n_out = 3 if op == "LSTM" else 2
+    batch_first = inputs(op, 2, 1, True, True)
+    seq_first = [a if k in (1, 2, 3, 4) else np.swapaxes(a, 0, 1)
+                 for k, a in enumerate(batch_first)]
+    attrs = dict(hidden_size=H, direction="bidirectional")
+    got = run_kiln(one_node(op, batch_first, n_out, layout=1, **attrs),
+                   [a for a in batch_first if a is not None])
+    want = run_kiln(one_node(op, seq_first, n_out, **attrs),
+                    [a for a in seq_first if a is not None])
+    np.testing.assert_allclose(got[0], want[0].transpose(2, 0, 1, 3), rtol=1e-6)
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, w.transpose(1, 0, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+def test_no_bias_no_initial_state(op):
+    check(op, inputs(op, 1, 0, False, False), 3 if op == "LSTM" else 2, hidden_size=H,
+          rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("linear_before_reset", [0, 1])
+def test_gru_reset_placement(linear_before_reset):
+    check("GRU", inputs("GRU", 1, 0, True, True), 2, hidden_size=H,
+          linear_before_reset=linear_before_reset, rtol=1e-4, atol=1e-5)
+
+
+def test_rnn_relu():
+    check("RNN", inputs("RNN", 1, 0, True, True), 2, hidden_size=H, activations=["Relu"],
+          rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_attributes_are_refused():
+    from kiln.compiler.onnx_import.convert import Unsupported
+
+    for kw in ({"clip": 1.0}, {"activations": ["Sigmoid", "Relu", "Tanh"]}, {"input_forget": 1}):
+        model = one_node("LSTM", inputs("LSTM", 1, 0, True, True), 3, hidden_size=H, **kw)
+        with pytest.raises(Unsupported):
+            build(model)

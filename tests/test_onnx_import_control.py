@@ -1,0 +1,94 @@
+"""ONNX control flow through the importer (compiler/onnx_import/convert_control.py): Scan
+bodies (reading outer values, either direction) and If (a condition known at import time, or
+only at run time), against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _onnximport import make_model, run_ort, save
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+
+pytest.importorskip("onnxruntime")
+F = TensorProto.FLOAT
+
+
+def scan_model(direction: int) -> object:
+    """A running sum over axis 0 of xs [T, 3] scaled by an outer initializer, emitting the
+    state at each step: Scan(state0, xs) -> (final, stacked)."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["sx"]),
+         helper.make_node("Add", ["s", "sx"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["emit"])],
+        "body", [helper.make_tensor_value_info("s", F, [3]),
+                 helper.make_tensor_value_info("x", F, [3])],
+        [helper.make_tensor_value_info("s_out", F, [3]),
+         helper.make_tensor_value_info("emit", F, [3])])
+    node = helper.make_node("Scan", ["s0", "xs"], ["final", "ys"], body=body,
+                            num_scan_inputs=1, scan_input_directions=[direction],
+                            scan_output_directions=[direction])
+    return make_model([node], [("s0", F, [3]), ("xs", F, ["T", 3])],
+                      [("final", F, [3]), ("ys", F, ["T", 3])],
+                      {"scale": np.array([1.0, -2.0, 0.5], np.float32)})
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("direction", [0, 1])
+def test_scan(tmp_path, direction, target):
+    path = save(scan_model(direction), tmp_path / "scan.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"s0": rng.standard_normal(3).astype(np.float32),
+             "xs": rng.standard_normal((5, 3)).astype(np.float32)}
+    model = kiln.compile(path, target=target)
+    for got, want in zip(model(**feeds), run_ort(path, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def if_model(cond_input: bool) -> object:
+    """y = If(cond, x * 2, x - 1): cond a graph input, or the constant true."""
+    then = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", F, ["N"])])
+    other = helper.make_graph([helper.make_node("Sub", ["x", "one"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", F, ["N"])])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    inits = {"two": np.array(2, np.float32), "one": np.array(1, np.float32)}
+    inputs = [("x", F, ["N"])]
+    if cond_input:
+        inputs.append(("cond", TensorProto.BOOL, []))
+    else:
+        nodes.insert(0, helper.make_node("Constant", [], ["cond"],
+                                         value=numpy_helper.from_array(np.array(True))))
+    return make_model(nodes, inputs, [("y", F, ["N"])], inits)
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_if_at_run_time(tmp_path, target):
+    path = save(if_model(True), tmp_path / "if.onnx")
+    model = kiln.compile(path, target=target)
+    x = np.arange(4, dtype=np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        np.testing.assert_allclose(model(**feeds), run_ort(path, feeds)[0])
+
+
+def test_if_known_at_import_time_keeps_one_branch(tmp_path):
+    path = save(if_model(False), tmp_path / "if.onnx")
+    model = kiln.compile(path, target="reference")
+    ops = {model.lowered().graph.op(n) for n in model.lowered().graph.g}
+    assert "where" not in ops and "sub" not in ops
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_allclose(model(x), run_ort(path, {"x": x})[0])
+
+
+def test_unsupported_node_in_a_body_is_named(tmp_path):
+    body = helper.make_graph([helper.make_node("StringNormalizer", ["x"], ["y"], name="inner")],
+                             "body", [helper.make_tensor_value_info("x", F, [3])],
+                             [helper.make_tensor_value_info("y", F, [3])])
+    node = helper.make_node("Scan", ["xs"], ["ys"], body=body, num_scan_inputs=1, name="loop")
+    path = save(make_model([node], [("xs", F, [2, 3])], [("ys", F, [2, 3])]), tmp_path / "m.onnx")
+    with pytest.raises(kiln.KilnError) as err:
+        kiln.compile(path, target="reference")
+    assert err.value.code == "K0906"
+    assert "node loop (#0, Scan)" in err.value.message and "node inner" in err.value.message
