@@ -154,9 +154,9 @@ def _reverse(graph: Graph, new: Graph, seeds: list[tuple[Value, Value]],
     # the forward outputs as `new` has them now: a rule may have moved one to a node that
     # computes it too (scan's rule: the scan that also saves its carries)
     outs = list(new.outputs[:len(graph.outputs)])
-    for path, nids in params.items():
+    for nids in params.values():
         outs.append(grads.total([Value(n, 0, graph.node(n)["types"][0]) for n in nids]))
-    for name, nid in inputs.items():
+    for nid in inputs.values():
         outs.append(grads.total([Value(nid, 0, graph.node(nid)["types"][0])]))
     new.outputs = outs
     new.output_names = (_output_names(graph) + [GRADIENT_PREFIX + p for p in params]

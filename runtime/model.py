@@ -224,7 +224,8 @@ class CompiledModel:
         results = self.run_gradient(state, present, feed, dims)
         found = {p: results[layout.param_output(p)] for p in layout.params}
         # a parameter the forward never reads has no node in the graph: its gradient is zero
-        grads = {path: found[path] if path in found else np.zeros(info.shape, NUMPY_DTYPES[info.dtype])
+        grads = {path: found[path] if path in found
+                 else np.zeros(info.shape, NUMPY_DTYPES[info.dtype])
                  for path, info in self.param_info.items() if path in found or (
                      info.kind == "param" and info.dtype in FLOAT_DTYPES)}
         input_grads = {n: results[layout.input_output(n)] for n in layout.inputs}

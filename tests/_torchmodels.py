@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+
 class LeNet(nn.Module):
     def __init__(self):
         super().__init__()

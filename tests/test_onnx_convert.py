@@ -8,8 +8,8 @@ attribute values and edge cases the converters compose primitives for.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from _onnxconvert import OPSET, build, check, run_kiln, run_ort
 from onnx import TensorProto, helper
 

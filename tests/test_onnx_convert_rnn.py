@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 from _onnxconvert import build, check, one_node, run_kiln  # noqa: E402
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
-T, B, I, H = 4, 3, 5, 6
+T, B, IN, H = 4, 3, 5, 6
 
 
 def inputs(op: str, directions: int, layout: int, bias: bool, initial: bool, seed: int = 0):
@@ -20,9 +20,9 @@ def inputs(op: str, directions: int, layout: int, bias: bool, initial: bool, see
     def f(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    x = f(B, T, I) if layout else f(T, B, I)
+    x = f(B, T, IN) if layout else f(T, B, IN)
     state = f(B, directions, H) if layout else f(directions, B, H)
-    out = [x, f(directions, g * H, I), f(directions, g * H, H),
+    out = [x, f(directions, g * H, IN), f(directions, g * H, H),
            f(directions, 2 * g * H) if bias else None, None, state if initial else None]
     if op == "LSTM":
         out.append(f(*state.shape) if initial else None)

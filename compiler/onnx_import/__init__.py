@@ -23,6 +23,7 @@ from ..ir import Graph
 from .importer import ImportedModel, import_graph
 from .reader import ReadModel, parse_model, read_model, validate
 
+
 @dataclass
 class OnnxProgram:
     """An imported ONNX model, offering what a loaded kiln file offers (`model_names`,

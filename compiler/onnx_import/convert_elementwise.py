@@ -14,9 +14,9 @@ from collections.abc import Callable
 from ..builder import GraphBuilder
 from ..ir import Value
 from .convert_base import (
+    CONSTANT_NEEDED,
     FLOAT_TYPES,
     INT_TYPES,
-    CONSTANT_NEEDED,
     Converter,
     OnnxNode,
     Unsupported,

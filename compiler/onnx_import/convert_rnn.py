@@ -40,8 +40,7 @@ from .convert_control import add_scan
 
 CONVERTERS: dict[str, Converter] = {}
 
-# the gates of each op, and the activations ONNX gives them by default
-GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+# the activations ONNX gives each op's gates by default
 DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
                        "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 # a cell: (builder, projected input of this step [B, G*H], states, recurrent weights R^T
@@ -105,7 +104,6 @@ def recurrent(gb: GraphBuilder, node: OnnxNode, n_states: int, cell: Cell,
     layout = attr(node, "layout", 0)
     if layout not in (0, 1):
         raise Unsupported(f"layout={layout} is not supported")
-    gates = GATES[node.op_type]
     if hidden is None:
         hidden = concrete_shape(r, "R")[-1]
     if x.type.rank != 3:

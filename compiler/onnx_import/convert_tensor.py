@@ -19,8 +19,8 @@ from ..dims import Dim
 from ..ir import Value
 from ..types import NUMPY_DTYPES, dtype_of_numpy
 from .convert_base import (
-    INT_TYPES,
     CONSTANT_NEEDED,
+    INT_TYPES,
     Converter,
     OnnxNode,
     Unsupported,
@@ -31,8 +31,8 @@ from .convert_base import (
     concrete_shape,
     const_input,
     const_ints,
-    const_sizes,
     const_like,
+    const_sizes,
     dtype_of,
     ints,
     kiln_dtype,
