@@ -354,8 +354,7 @@ def _batch_norm_training(ctx, operands: list, a: dict) -> list:
     unbiased = gb.div(gb.mul(gb.op("mean", gb.mul(centered, centered), axis=axes), n),
                       gb.sub(n, const(1)))
     batch_stats = (gb.reshape(mean, [x.type.shape[1]]), unbiased)
-    for path, running, stat in zip(paths, (running_mean, running_var), batch_stats,
-                                   strict=True):
+    for path, stat in zip(paths, batch_stats, strict=True):
         if path is not None:  # PyTorch's order: momentum * batch + (1 - momentum) * running
             ctx.update(path, lambda old, stat=stat: gb.add(gb.mul(momentum, stat),
                                                            gb.mul(keep, old)))
