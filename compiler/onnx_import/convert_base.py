@@ -53,6 +53,22 @@ CONSTANT_NEEDED = "kiln needs it at import time"
 
 Converter = Callable[[GraphBuilder, OnnxNode], list]
 
+
+def converter_table() -> tuple[dict[str, Converter], Callable[..., Callable]]:
+    """A family's converters by op type, and the decorator registering one under its op
+    types: `CONVERTERS, converter = converter_table()`, then `@converter("Add", "Sub")`."""
+    table: dict[str, Converter] = {}
+
+    def converter(*op_types: str) -> Callable[[Converter], Converter]:
+        def register(fn: Converter) -> Converter:
+            for op_type in op_types:
+                table[op_type] = fn
+            return fn
+
+        return register
+
+    return table, converter
+
 # ONNX element types kiln has; every other one (f64, u8, i8, strings, float8, ...) is refused
 KILN_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "f32",

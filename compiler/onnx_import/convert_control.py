@@ -19,9 +19,17 @@ from typing import Any
 from ..builder import GraphBuilder
 from ..ir import Value
 from ..ops import REGISTRY
-from .convert_base import Converter, OnnxNode, Unsupported, axis_of, ints, known, need
+from .convert_base import (
+    OnnxNode,
+    Unsupported,
+    axis_of,
+    converter_table,
+    ints,
+    known,
+    need,
+)
 
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS, converter = converter_table()
 
 
 @dataclass
@@ -32,14 +40,6 @@ class NodeWithSubgraphs(OnnxNode):
     subgraph: Callable[..., Any] | None = None
 
 
-def converter(op_type: str):
-    """Register the decorated function as the converter of `op_type`."""
-
-    def register(fn: Converter) -> Converter:
-        CONVERTERS[op_type] = fn
-        return fn
-
-    return register
 
 
 def add_scan(gb: GraphBuilder, operands: list[Value], attrs: dict) -> list[Value]:

@@ -17,7 +17,6 @@ from ..dims import Dim
 from ..ir import Value
 from .convert_base import (
     FLOAT_TYPES,
-    Converter,
     OnnxNode,
     Unsupported,
     arg,
@@ -26,6 +25,7 @@ from .convert_base import (
     choose,
     const_ints,
     const_like,
+    converter_table,
     dtype_of,
     ints,
     known,
@@ -33,18 +33,7 @@ from .convert_base import (
     require_dtype,
 )
 
-CONVERTERS: dict[str, Converter] = {}
-
-
-def converter(*op_types: str):
-    """Register the decorated function as the converter of `op_types`."""
-
-    def register(fn: Converter) -> Converter:
-        for op_type in op_types:
-            CONVERTERS[op_type] = fn
-        return fn
-
-    return register
+CONVERTERS, converter = converter_table()
 
 
 # windows: conv and pooling geometry -------------------------------------------------------

@@ -25,20 +25,20 @@ from ..builder import GraphBuilder
 from ..ir import Graph, Value
 from .convert_base import (
     FLOAT_TYPES,
-    Converter,
     OnnxNode,
     Unsupported,
     arg,
     attr,
     choose,
     concrete_shape,
+    converter_table,
     known,
     need,
     require_dtype,
 )
 from .convert_control import add_scan
 
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS, converter = converter_table()
 
 # the activations ONNX gives each op's gates by default
 DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
@@ -48,14 +48,6 @@ DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
 Cell = Callable[[GraphBuilder, Value, list[Value], Value, Value | None, int], list[Value]]
 
 
-def converter(op_type: str):
-    """Register the decorated function as the converter of `op_type`."""
-
-    def register(fn: Converter) -> Converter:
-        CONVERTERS[op_type] = fn
-        return fn
-
-    return register
 
 
 def check_attrs(node: OnnxNode) -> list[str]:

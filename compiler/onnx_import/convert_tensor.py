@@ -21,7 +21,6 @@ from ..types import NUMPY_DTYPES, dtype_of_numpy
 from .convert_base import (
     CONSTANT_NEEDED,
     INT_TYPES,
-    Converter,
     OnnxNode,
     Unsupported,
     arg,
@@ -33,6 +32,7 @@ from .convert_base import (
     const_ints,
     const_like,
     const_sizes,
+    converter_table,
     dtype_of,
     ints,
     kiln_dtype,
@@ -41,18 +41,7 @@ from .convert_base import (
     require_dtype,
 )
 
-CONVERTERS: dict[str, Converter] = {}
-
-
-def converter(*op_types: str):
-    """Register the decorated function as the converter of `op_types`."""
-
-    def register(fn: Converter) -> Converter:
-        for op_type in op_types:
-            CONVERTERS[op_type] = fn
-        return fn
-
-    return register
+CONVERTERS, converter = converter_table()
 
 
 def _prod(values) -> Dim:
