@@ -60,49 +60,11 @@ def median_seconds(fn, repeat: int, work: float) -> float:
 
 
 def fma_peak() -> float:
-    """GFLOP/s of one core running independent FMAs on the host's widest vectors."""
-    import ctypes
+    """GFLOP/s of one core running independent FMAs on the host's widest vectors (the
+    measurement `kiln profile` uses: codegen/llvm/peak.py)."""
+    from kiln.compiler.codegen.llvm.peak import fma_peak_flops
 
-    import llvmlite.binding as llvm
-    from llvmlite import ir
-
-    from kiln.compiler.codegen.llvm.irgen import Vectors
-    from kiln.compiler.codegen.llvm.target import host
-
-    width = host().vector_width
-    chains = 24 if width >= 16 else 12  # enough to hide the FMA latency, fewer than registers
-    machine = host().machine()
-    module = ir.Module()
-    module.triple, module.data_layout = llvm.get_process_triple(), str(machine.target_data)
-    f32, i64 = ir.FloatType(), ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(f32, [i64]), "peak")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    vec = Vectors(b, width)
-    x, y = (vec.splat(ir.Constant(f32, v)) for v in (0.999, 0.001))
-    entry, loop, done = b.block, b.append_basic_block("loop"), b.append_basic_block("done")
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(i64)
-    accs = [b.phi(vec.type) for _ in range(chains)]
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    new = [vec.fma(acc, x, y) for acc in accs]  # acc = acc * x + y, chains independent
-    for k, (acc, value) in enumerate(zip(accs, new)):
-        acc.add_incoming(ir.Constant(vec.type, [float(k)] * width), entry)
-        acc.add_incoming(value, loop)
-    step = b.add(i, ir.Constant(i64, 1))
-    i.add_incoming(step, loop)
-    b.cbranch(b.icmp_signed("<", step, fn.args[0]), loop, done)
-    b.position_at_end(done)
-    total = new[0]
-    for value in new[1:]:
-        total = b.fadd(total, value)
-    b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(str(module)), machine)
-    engine.finalize_object()
-    run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(engine.get_function_address("peak"))
-    iterations = 2_000_000
-    flops = iterations * chains * width * 2
-    return flops / median_seconds(lambda: run(iterations), 5, 1e9) / 1e9
+    return fma_peak_flops() / 1e9
 
 
 def main() -> None:

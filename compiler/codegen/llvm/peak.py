@@ -16,6 +16,7 @@ from llvmlite import ir
 
 from . import target as targets
 from .abi import I64
+from .irgen import Vectors
 
 CHAINS = 12  # independent accumulators: latency 4 x 2 FMA ports = 8 in flight, with room
 
@@ -29,23 +30,21 @@ def fma_peak_flops() -> float:
     machine = target.machine()
     module = ir.Module("peak")
     module.triple, module.data_layout = llvm.get_process_triple(), str(machine.target_data)
-    vec = ir.VectorType(ir.FloatType(), lanes)
-    fma = ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
     fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [I64]), "kiln_peak")
     entry, body, done = (fn.append_basic_block(n) for n in ("entry", "body", "done"))
     b = ir.IRBuilder(entry)
-    one = ir.Constant(vec, [1.0000001] * lanes)
-    step = ir.Constant(vec, [1e-7] * lanes)
+    vec = Vectors(b, lanes)
+    x, y = (vec.splat(ir.Constant(ir.FloatType(), v)) for v in (1.0000001, 1e-7))
     b.branch(body)
     b.position_at_end(body)
     i = b.phi(I64)
-    accs = [b.phi(vec) for _ in range(CHAINS)]
-    new = [b.call(fma, [acc, one, step]) for acc in accs]
+    accs = [b.phi(vec.type) for _ in range(CHAINS)]
+    new = [vec.fma(acc, x, y) for acc in accs]  # acc = acc * x + y, the chains independent
     nxt = b.add(i, ir.Constant(I64, 1))
     i.add_incoming(ir.Constant(I64, 0), entry)
     i.add_incoming(nxt, body)
     for k, (acc, n) in enumerate(zip(accs, new, strict=True)):
-        acc.add_incoming(ir.Constant(vec, [float(k)] * lanes), entry)
+        acc.add_incoming(ir.Constant(vec.type, [float(k)] * lanes), entry)
         acc.add_incoming(n, body)
     b.cbranch(b.icmp_signed("<", nxt, fn.args[0]), body, done)
     b.position_at_end(done)
