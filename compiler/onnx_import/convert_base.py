@@ -21,7 +21,7 @@ from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
 from ..types import NUMPY_DTYPES
-from .sizes import sizes_of
+from .sizes import sizes_of, upstream
 
 
 @dataclass
@@ -172,25 +172,18 @@ def const_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim
 def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:
     """`value` computed now, when it depends on constants alone (and holds at most `limit`
     elements); else None. Ops run their numpy references, as constant folding does."""
-    order: list[int] = []
-    seen: set[int] = set()
-    stack = [value.node]
-    while stack:
-        nid = stack.pop()
-        if nid in seen:
-            continue
-        seen.add(nid)
-        node = graph.node(nid)
-        if node["op"] in ("input", "param") or _symbolic(node["attrs"]):
-            return None
-        if any(not t.is_concrete() or np.prod(t.concrete_shape()) > limit
-               for t in node["types"]):
-            return None
-        order.append(nid)
-        stack.extend(graph.g.predecessors(nid))
+
+    def usable(node: dict) -> bool:
+        return (node["op"] not in ("input", "param") and not _symbolic(node["attrs"])
+                and all(t.is_concrete() and np.prod(t.concrete_shape()) <= limit
+                        for t in node["types"]))
+
+    order = upstream(graph, value, usable)
+    if order is None:
+        return None
     env = ConstEnv()
     results: dict[int, list[np.ndarray]] = {}
-    for nid in sorted(order):  # ids grow in creation order, which is topological
+    for nid in order:
         node = graph.node(nid)
         if node["op"] == "constant":
             results[nid] = [node["attrs"]["value"]]

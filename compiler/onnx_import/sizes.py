@@ -14,6 +14,7 @@ None.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,8 +63,9 @@ def sizes_of(graph: Graph, value: Value) -> list[Dim] | None:
         return None
 
 
-def evaluate(graph: Graph, value: Value) -> np.ndarray | None:
-    """`value` as an array of ints and Dims (see the module's docstring), or None."""
+def upstream(graph: Graph, value: Value, usable: Callable[[dict], bool]) -> list[int] | None:
+    """The nodes `value` is computed from (its own included) in creation order, which is
+    topological; None as soon as one of them is not `usable` (an input, say)."""
     order: list[int] = []
     seen: set[int] = set()
     stack = [value.node]
@@ -72,15 +74,26 @@ def evaluate(graph: Graph, value: Value) -> np.ndarray | None:
         if nid in seen:
             continue
         seen.add(nid)
-        node = graph.node(nid)
-        t = node["types"][0]
-        if (node["op"] in ("input", "param") or t.dtype not in INT_DTYPES | {"bool"}
-                or not t.is_concrete() or np.prod(t.concrete_shape()) > LIMIT):
+        if not usable(graph.node(nid)):
             return None
         order.append(nid)
         stack.extend(graph.g.predecessors(nid))
+    return sorted(order)
+
+
+def _small_sizes(node: dict) -> bool:
+    t = node["types"][0]
+    return (node["op"] not in ("input", "param") and t.dtype in INT_DTYPES | {"bool"}
+            and t.is_concrete() and np.prod(t.concrete_shape()) <= LIMIT)
+
+
+def evaluate(graph: Graph, value: Value) -> np.ndarray | None:
+    """`value` as an array of ints and Dims (see the module's docstring), or None."""
+    order = upstream(graph, value, _small_sizes)
+    if order is None:
+        return None
     results: dict[int, list[np.ndarray]] = {}
-    for nid in sorted(order):  # ids grow in creation order, which is topological
+    for nid in order:
         node = graph.node(nid)
         operands = graph.operands(nid)
         args = [None if v is None else results[v.node][v.index] for v in operands]
