@@ -111,3 +111,13 @@ def test_constant_values_are_data_but_their_sharing_is_not():
     assert key(model_with(one, two)) == key(model_with(two, one.copy()))
     assert key(model_with(one, one)) != key(model_with(one, one.copy()))
     assert key(model_with(one, np.ones(4, np.float32)[:3])) == key(model_with(one, two))
+
+
+def test_another_compiler_does_not_find_the_entry(fresh_cache, monkeypatch):
+    """Code built by a changed code generator (the same version number) is not served by
+    graph: the key carries a digest of the compiler's source."""
+    kiln.compile(SRC, seed=1)
+    _no_ir(monkeypatch)
+    monkeypatch.setattr(graphcache, "compiler_digest", lambda: "another compiler")
+    with pytest.raises(AssertionError, match="built again"):
+        kiln.compile(SRC, seed=1)

@@ -5,7 +5,8 @@ build as a large model's code takes to load (ResNet-18: ~1 s of llvmlite). This 
 front of it: the key is the graph's fingerprint (every node's op, attributes, types and
 operands, nested bodies included; of a constant, its type and which nodes share its array,
 not its values: the code reads constants as data, as it reads weights), the model's symbols,
-the CPU, its features, the build's options and kiln's version. An entry holds the object code
+the CPU, its features, the build's options, kiln's version and a digest of the compiler's
+source (a changed code generator never finds code the old one built). An entry holds the object code
 and the ModuleLayout built with it, written as references into the graph (a constant or a
 failure's source by the position of its node in `walk` order), so it is rebuilt from the
 graph at hand and never holds a weight.
@@ -17,9 +18,11 @@ layout that does not fit the graph is ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,11 +98,23 @@ def _graph_text(graph: Graph) -> list:
             [[c.op, str(c.lhs), str(c.rhs)] for c in graph.constraints]]
 
 
+@functools.lru_cache(maxsize=1)
+def compiler_digest() -> str:
+    """A digest of the compiler's own source (every .py file of the package): code built by
+    another kiln, even one with the same version number, is never found by graph (the IR-keyed
+    cache behind this one sees such changes by itself, in the IR)."""
+    root = Path(__file__).resolve().parents[2]  # the compiler package
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def key(model, target, options: dict) -> str | None:
     """The entry name of `model`'s object code for `target` with these build options, or
     None when the graph cannot be fingerprinted."""
     try:
-        text = json.dumps([FORMAT, __version__, target.cpu, target.features,
+        text = json.dumps([FORMAT, __version__, compiler_digest(), target.cpu, target.features,
                            target.vector_width, sorted(options.items()), list(model.symbols),
                            _graph_text(model.graph)], separators=(",", ":"))
     except Uncacheable:
