@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from _gradcheck import backward, check_vjp
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import kiln
-from kiln.compiler.ops.random import keep_mask
+torch = pytest.importorskip("torch", reason="PyTorch is the reference of the training-mode net")
+from _gradcheck import backward, check_vjp  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kiln  # noqa: E402
+from kiln.compiler.ops.random import keep_mask  # noqa: E402
 
 KEY = np.array([11, 4], np.int64)
 

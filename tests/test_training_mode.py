@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from _stdlibtest import close, rand
 
-import kiln
-from kiln.compiler.errors import KilnError
+torch = pytest.importorskip("torch", reason="PyTorch is the reference of training mode")
+from _stdlibtest import close, rand  # noqa: E402
+
+import kiln  # noqa: E402
+from kiln.compiler.errors import KilnError  # noqa: E402
 
 TARGETS = ("reference", "native", "onnx")
 
