@@ -169,6 +169,14 @@ def const_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim
     return sizes
 
 
+def required_sizes(gb: GraphBuilder, node: OnnxNode, i: int, what: str) -> list[Dim]:
+    """const_sizes of an input the op cannot do without (Unsupported when it is absent)."""
+    sizes = const_sizes(gb, node, i, what)
+    if sizes is None:
+        raise Unsupported(f"{node.op_type} needs its {what} input")
+    return sizes
+
+
 def fold(graph: Graph, value: Value, limit: int = 1 << 16) -> np.ndarray | None:
     """`value` computed now, when it depends on constants alone (and holds at most `limit`
     elements); else None. Ops run their numpy references, as constant folding does."""

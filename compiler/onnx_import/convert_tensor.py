@@ -39,6 +39,7 @@ from .convert_base import (
     known,
     need,
     require_dtype,
+    required_sizes,
 )
 
 CONVERTERS, converter = converter_table()
@@ -88,9 +89,7 @@ def _size(gb, node):
 @converter("Reshape")
 def _reshape(gb, node):
     x = need(node, 0, "data")
-    shape = const_sizes(gb, node, 1, "shape")
-    if shape is None:
-        raise Unsupported("Reshape needs its shape input")
+    shape = required_sizes(gb, node, 1, "shape")
     allow_zero = bool(attr(node, "allowzero", 0))
     if not allow_zero:  # 0 copies the input's size at that position
         if any(s == 0 and i >= x.type.rank for i, s in enumerate(shape)):
@@ -165,9 +164,7 @@ def broadcast_dims(a, b) -> list[Dim]:
 @converter("Expand")
 def _expand(gb, node):
     x = need(node, 0, "input")
-    shape = const_sizes(gb, node, 1, "shape")
-    if shape is None:
-        raise Unsupported("Expand needs its shape input")
+    shape = required_sizes(gb, node, 1, "shape")
     out = broadcast_dims(x.type.shape, shape)
     if list(out) == list(x.type.shape):
         return [x]
@@ -444,9 +441,7 @@ def _constant(gb, node):
 
 @converter("ConstantOfShape")
 def _constant_of_shape(gb, node):
-    shape = const_sizes(gb, node, 0, "shape")
-    if shape is None:
-        raise Unsupported("ConstantOfShape needs its shape input")
+    shape = required_sizes(gb, node, 0, "shape")
     fill = node.attrs.get("value")
     fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill)
     dtype = dtype_of_numpy(fill.dtype)
@@ -477,7 +472,7 @@ def _range_to_size(gb: GraphBuilder, node: OnnxNode, start: np.ndarray, delta: n
     """Range up to a size computed from an input's shape (`arange(T)`), in an integer type."""
     limit = need(node, 1, "limit")
     require_dtype(limit, INT_TYPES, "Range with a limit known only at run time")
-    (end,) = const_sizes(gb, node, 1, "limit")
+    (end,) = required_sizes(gb, node, 1, "limit")
     return gb.op("arange", int(start), end=end, step=int(delta), dtype=dtype_of(limit))
 
 
