@@ -19,6 +19,14 @@ member `net`, so its parameters are `net.<path>`). The step graph is that graph 
   clipping: the trainer names the first non-finite one when the loss is not finite).
 
 Compiled like any model (driver.Compilation), it runs as one native call per step.
+
+Data-parallel training (kiln/train/distributed.py) must average the gradients of the workers
+before the update, so it takes the same step as two graphs built from the same pieces:
+
+    grad_model, layout = build_grad_step(loss_model, prefix="net.")     # loss, grad:<path>,
+                                                                        # updated:<path>
+    update_model, _ = build_update_step(grad_model, layout, optimizer)  # param:, optimizer.,
+                                                                        # gradnorm:
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from .optim import GraphKit, Optimizer, apply_updates
 
 PARAM = "param:"  # the step input (and output) holding a parameter's value
 GRADNORM = "gradnorm:"  # the step output holding a gradient's 2-norm
+GRAD = "grad:"  # the grad step's output (the update step's input) holding a gradient
 SCALAR = TensorType("f64", ())
 
 
@@ -78,6 +87,64 @@ def build_train_step(model: ElaboratedModel, optimizer: Optimizer, prefix: str =
     docstring); `model` is unchanged. `l1`, `l2`: penalties added to the loss, times the sum
     of |p| and of p^2 (std.losses' l1_penalty, l2_penalty) over the trainable parameters
     matching the glob patterns `penalized` (None: every trainable one)."""
+    graph, values, gradients, buffers = _gradient_graph(model, prefix, trainable, l1, l2,
+                                                        penalized)
+    outs = [("loss", graph.outputs[0])]
+    new_params, new_states, norms = _add_update(graph, optimizer, values, gradients,
+                                                clip_grad_norm)
+    outs += new_params + new_states + buffers + norms
+    return _step_model(model, f"{model.name}Step", graph, outs), StepLayout(
+        tuple(values), tuple(gradients), optimizer.slots(), tuple(buffers_of(buffers)))
+
+
+def build_grad_step(model: ElaboratedModel, prefix: str = "",
+                    trainable: list[str] | None = None, l1: float = 0.0, l2: float = 0.0,
+                    penalized: list[str] | None = None) -> tuple[ElaboratedModel, StepLayout]:
+    """The first half of the train step, for data parallelism: the same inputs but the
+    optimizer's, and as outputs `loss`, `grad:<path>` (each trainable parameter's gradient)
+    and `updated:<path>` (each buffer's new value). Arguments as build_train_step's."""
+    graph, values, gradients, buffers = _gradient_graph(model, prefix, trainable, l1, l2,
+                                                        penalized)
+    outs = [("loss", graph.outputs[0])]
+    outs += [(GRAD + path, g) for path, g in gradients.items()]
+    outs += buffers
+    return _step_model(model, f"{model.name}Grad", graph, outs), StepLayout(
+        tuple(values), tuple(gradients), (), tuple(buffers_of(buffers)))
+
+
+def build_update_step(model: ElaboratedModel, grad_layout: StepLayout, optimizer: Optimizer,
+                      clip_grad_norm: float | None = None) -> tuple[ElaboratedModel, StepLayout]:
+    """The second half of the train step: inputs `param:<path>` and `grad:<path>` of each
+    trainable parameter of `grad_layout`, the optimizer's state, `lr` and `step`; outputs as
+    the train step's, less `loss` and the buffers. `model`: the grad step build_grad_step
+    made (it gives the parameters' types)."""
+    types = {p.name: p.type for p in model.inputs}
+    graph = Graph()
+    values = {path: graph.add_input(PARAM + path, types[PARAM + path], None)
+              for path in grad_layout.trainable}
+    gradients = {path: graph.add_input(GRAD + path, types[PARAM + path], None)
+                 for path in grad_layout.trainable}
+    new_params, new_states, norms = _add_update(graph, optimizer, values, gradients,
+                                                clip_grad_norm)
+    step_model = _step_model(model, f"{model.name}Update", graph,
+                             new_params + new_states + norms)
+    # parameters have fixed shapes: the update takes no batch size
+    return dataclasses.replace(step_model, symbols=[]), dataclasses.replace(grad_layout, params=grad_layout.trainable,
+                                           slots=optimizer.slots(), buffers=())
+
+
+def buffers_of(outputs: list[tuple[str, Value]]) -> list[str]:
+    """The buffer paths of `updated:<path>` outputs."""
+    return [name[len(UPDATED):] for name, _ in outputs]
+
+
+def _gradient_graph(model: ElaboratedModel, prefix: str, trainable: list[str] | None,
+                    l1: float, l2: float, penalized: list[str] | None
+                    ) -> tuple[Graph, dict[str, Value], dict[str, Value],
+                               list[tuple[str, Value]]]:
+    """The loss's graph with its gradients and every parameter as an input: (graph, the
+    parameter inputs by short path, the trainable ones' gradients by short path, the
+    buffers' new values as `updated:<path>` outputs)."""
     from ..autodiff import differentiable_params, loss_grad
 
     def short(path: str) -> str:
@@ -91,41 +158,49 @@ def build_train_step(model: ElaboratedModel, optimizer: Optimizer, prefix: str =
         names = select_trainable(chosen, penalized)
         forward = _penalized(forward, [p for p in wanted if short(p) in names], l1, l2)
     graph, grads = loss_grad(forward, 0, wanted)
-    gb = GraphBuilder(graph)
     values = _params_as_inputs(graph, short)
-    kit = GraphKit(gb)
+    gradients = {short(p): graph.outputs[grads.param_output(p)] for p in wanted}
+    buffers = [(UPDATED + short(path), graph.outputs[index])
+               for path, index in model.updates.items()]
+    return graph, values, gradients, buffers
+
+
+def _add_update(graph: Graph, optimizer: Optimizer, values: dict[str, Value],
+                gradients: dict[str, Value], clip_grad_norm: float | None
+                ) -> tuple[list, list, list]:
+    """Add the optimizer's update of the parameters `gradients` names to `graph`, with inputs
+    `lr`, `step` and the state; returns the outputs (name, Value) of the new parameters, the
+    new state and the gradients' norms."""
+    kit = GraphKit(GraphBuilder(graph))
     lr = kit.wrap(graph.add_input("lr", SCALAR, None))
     step = kit.wrap(graph.add_input("step", SCALAR, None))
     slots = optimizer.slots()
-    params, gradients, states = [], [], []
-    for path in wanted:
-        p = values[short(path)]
-        params.append(kit.wrap(p))
-        gradients.append(kit.wrap(graph.outputs[grads.param_output(path)]))
-        states.append({s: kit.wrap(graph.add_input(state_name(short(path), s), p.type, None))
-                       for s in slots})
-    norms = [kit.sqrt(kit.sum_squares(g)) for g in gradients]
-    new_params, new_states = apply_updates(optimizer, kit, params, gradients, states, lr, step,
+    paths = list(gradients)
+    params = [kit.wrap(values[path]) for path in paths]
+    grads = [kit.wrap(gradients[path]) for path in paths]
+    states = [{s: kit.wrap(graph.add_input(state_name(path, s), values[path].type, None))
+               for s in slots} for path in paths]
+    norms = [kit.sqrt(kit.sum_squares(g)) for g in grads]
+    new_params, new_states = apply_updates(optimizer, kit, params, grads, states, lr, step,
                                            clip_grad_norm)
-    outs: list[tuple[str, Value]] = [("loss", graph.outputs[0])]
-    outs += [(PARAM + short(p), v.value) for p, v in zip(wanted, new_params)]
-    outs += [(state_name(short(p), s), st[s].value) for p, st in zip(wanted, new_states)
-             for s in slots]
-    buffers = [(short(path), index) for path, index in model.updates.items()]
-    outs += [(UPDATED + path, graph.outputs[index]) for path, index in buffers]
-    outs += [(GRADNORM + short(p), n.value) for p, n in zip(wanted, norms)]
+    return ([(PARAM + p, v.value) for p, v in zip(paths, new_params)],
+            [(state_name(p, s), st[s].value) for p, st in zip(paths, new_states)
+             for s in slots],
+            [(GRADNORM + p, n.value) for p, n in zip(paths, norms)])
+
+
+def _step_model(model: ElaboratedModel, name: str, graph: Graph,
+                outs: list[tuple[str, Value]]) -> ElaboratedModel:
+    """`graph` with the outputs `outs`, pruned, as a model of its own (inputs, no params)."""
     graph.outputs = [v for _, v in outs]
-    graph.output_names = [name for name, _ in outs]
+    graph.output_names = [n for n, _ in outs]
     graph.prune()
     inputs = [Port(graph.node(n)["attrs"]["name"], graph.node(n)["types"][0])
               for n in graph.inputs]
-    step_model = dataclasses.replace(
-        model, name=f"{model.name}Step", graph=graph, inputs=inputs,
-        outputs=[Port(name, v.type) for name, v in outs], params={}, aliases={},
+    return dataclasses.replace(
+        model, name=name, graph=graph, inputs=inputs,
+        outputs=[Port(n, v.type) for n, v in outs], params={}, aliases={},
         present=frozenset(), updates={}, training=True)
-    layout = StepLayout(tuple(values), tuple(short(p) for p in wanted), slots,
-                        tuple(p for p, _ in buffers))
-    return step_model, layout
 
 
 def _penalized(graph: Graph, paths: list[str], l1: float, l2: float) -> Graph:
@@ -160,5 +235,5 @@ def _params_as_inputs(graph: Graph, short) -> dict[str, Value]:
     return inputs
 
 
-__all__ = ["GRADNORM", "PARAM", "StepLayout", "build_train_step", "select_trainable",
-           "state_name"]
+__all__ = ["GRAD", "GRADNORM", "PARAM", "StepLayout", "build_grad_step", "build_train_step",
+           "build_update_step", "buffers_of", "select_trainable", "state_name"]

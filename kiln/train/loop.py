@@ -14,6 +14,8 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from kiln.compiler.errors import KilnError
 from kiln.compiler.files import write_atomically
 
-from .data import AUGMENTATIONS, augment, load_dataset, shape_examples
+from .data import AUGMENTATIONS, Dataset, augment, load_dataset, shape_examples
 from .trainer import Trainer
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "lr")
@@ -58,9 +60,46 @@ def _row(values: dict[str, Any]) -> str:
     return " ".join(cells)
 
 
+@dataclass
+class Run:
+    """A training run set up from `kiln train`'s options: its trainer and its examples,
+    shaped and typed for the model."""
+
+    trainer: Trainer
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    steps_per_epoch: int
+
+
 def fit(opts, args: dict[str, Any]) -> int:
     """Run `kiln train` with the parsed options `opts` (kiln/cli.py) and the model's
     compile-time arguments `args`."""
+    run = setup(opts, args)
+    print(row_text({}, header=True))
+
+    def record(row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        print(_row(row), flush=True)
+        if opts.log:
+            write_log(opts.log, history)
+        if opts.checkpoint:
+            run.trainer.save_checkpoint(opts.checkpoint)
+
+    history = train_epochs(run, opts, record)
+    if opts.plot and history:
+        _plot(opts.plot, history)
+    if opts.output:
+        run.trainer.model.save_weights(opts.output)
+        print(f"wrote {opts.output}")
+    return 0
+
+
+def setup(opts, args: dict[str, Any], data: Dataset | None = None,
+          make_trainer: Callable[..., Trainer] = Trainer) -> Run:
+    """The trainer (made by `make_trainer`, which takes Trainer's arguments) and the examples
+    of `kiln train`'s options `opts`, resumed from `--resume` and compiled; `data`: the
+    dataset when it is loaded already (else `--data` names it)."""
     from kiln.compiler.train.optim import by_name, cosine, step_decay
 
     for name in opts.augment:
@@ -75,7 +114,8 @@ def fit(opts, args: dict[str, Any]) -> int:
     if opts.weight_decay is not None:
         hyper["weight_decay"] = opts.weight_decay
     optimizer = by_name(opts.optimizer, **hyper)
-    data = load_dataset(opts.data, opts.val_split, opts.seed)
+    if data is None:
+        data = load_dataset(opts.data, opts.val_split, opts.seed)
     steps_per_epoch = -(-len(data.x) // opts.batch)
     total = max(1, opts.epochs * steps_per_epoch)
     schedule = None
@@ -83,11 +123,11 @@ def fit(opts, args: dict[str, Any]) -> int:
         schedule = cosine(total, min(opts.warmup, total - 1))
     elif opts.schedule == "step":
         schedule = step_decay(opts.step_size * steps_per_epoch, opts.gamma)
-    trainer = Trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
-                      clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
-                      trainable=opts.trainable or None, model=opts.model,
-                      args=args, weights=opts.weights,
-                      target=opts.target, l1=opts.l1, l2=opts.l2)
+    trainer = make_trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
+                           clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
+                           trainable=opts.trainable or None, model=opts.model,
+                           args=args, weights=opts.weights,
+                           target=opts.target, l1=opts.l1, l2=opts.l2)
     port = trainer.inputs[0]
     if len(trainer.inputs) != 1:
         raise KilnError("K0830", f"kiln train feeds models of one input; {trainer.model_name} "
@@ -97,14 +137,22 @@ def fit(opts, args: dict[str, Any]) -> int:
     if opts.resume:
         trainer.load_checkpoint(opts.resume)
     trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
+    return Run(trainer, x, y, x_val, y_val, steps_per_epoch)
+
+
+def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
+                 ) -> list[dict[str, Any]]:
+    """The epochs of `kiln train` (see the module's docstring); after each, `record(row,
+    history)` with its row of metrics and every row so far. Returns the history; with
+    `--early-stopping`, the trainer is left with the weights of the best epoch."""
+    trainer, x, y = run.trainer, run.x, run.y
     history: list[dict[str, Any]] = []
     best: tuple[float, dict] | None = None
     stale = 0
-    print(" ".join(f"{c:>10}" for c in COLUMNS))
-    for epoch in range(trainer.step_count // steps_per_epoch, opts.epochs):
+    for epoch in range(trainer.step_count // run.steps_per_epoch, opts.epochs):
         rng = np.random.default_rng([opts.seed, epoch])
         order = rng.permutation(len(x))
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", opts.quiet)
+        bar = _progress(run.steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", opts.quiet)
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         for start in range(0, len(x), opts.batch):
             part = order[start:start + opts.batch]
@@ -123,16 +171,11 @@ def fit(opts, args: dict[str, Any]) -> int:
                                "lr": trainer.learning_rate(max(trainer.step_count, 1)),
                                "samples_per_s": seen / max(time.perf_counter() - started,
                                                            1e-9)}
-        if len(x_val):
-            metrics = trainer.evaluate(x_val, y_val)
+        if len(run.x_val):
+            metrics = trainer.evaluate(run.x_val, run.y_val)
             row.update({"val_loss": metrics.pop("loss"), **metrics})
         history.append(row)
-        print(_row(row), flush=True)
-        if opts.log:
-            write_atomically(opts.log, "".join(json.dumps(r) + "\n" for r in history).encode(),
-                             lambda why: KilnError("K0830", f"log {opts.log}: {why}"))
-        if opts.checkpoint:
-            trainer.save_checkpoint(opts.checkpoint)
+        record(row, history)
         if opts.early_stopping and "val_loss" in row:
             if best is None or row["val_loss"] < best[0]:
                 best, stale = (row["val_loss"], {p: a.copy() for p, a in
@@ -145,12 +188,18 @@ def fit(opts, args: dict[str, Any]) -> int:
                     break
     if best is not None:
         trainer.set_params(best[1])
-    if opts.plot and history:
-        _plot(opts.plot, history)
-    if opts.output:
-        trainer.model.save_weights(opts.output)
-        print(f"wrote {opts.output}")
-    return 0
+    return history
+
+
+def write_log(path: str, history: list[dict[str, Any]]) -> None:
+    """The metrics of every epoch so far as JSON lines, written atomically."""
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in history).encode(),
+                     lambda why: KilnError("K0830", f"log {path}: {why}"))
+
+
+def row_text(row: dict[str, Any], header: bool = False) -> str:
+    """A row of the metrics table (or, with `header`, the table's header)."""
+    return " ".join(f"{c:>10}" for c in COLUMNS) if header else _row(row)
 
 
 def _plot(path: str, history: list[dict[str, Any]]) -> None:
@@ -184,4 +233,4 @@ def _plot(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["fit"]
+__all__ = ["COLUMNS", "Run", "fit", "row_text", "setup", "train_epochs", "write_log"]

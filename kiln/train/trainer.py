@@ -183,18 +183,25 @@ class Trainer:
         program = training_program(self.path, self.model_name, self.args, inputs,
                                    len(self._compilation.model.outputs),
                                    f"{dtype}[{', '.join(dims)}]", self.loss)
-        train = program.elaborate(TRAIN_MODEL, {}, training=True)
-        step_model, layout = build_train_step(
-            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
-            self.l2, self.penalized)
-        runner = self._runner(Compilation(step_model, None, self.target, None, self.opt_level),
-                              {})
+        step = self._compile_step(program.elaborate(TRAIN_MODEL, {}, training=True))
         evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
         self._eval_info = strip_prefix(evaluation)
         self._eval = self._runner(Compilation(evaluation, None, self.target, None,
                                               self.opt_level), self._prefixed())
         self._eval_version = self._version
-        self._step = (runner, layout, [p.name for p in step_model.outputs])
+        self._step = step
+
+    def _compile_step(self, train) -> tuple:
+        """The compiled train step of the elaborated training model `train`: (runner, layout,
+        output names). kiln/train/distributed.py compiles it as two halves instead."""
+        step_model, layout = build_train_step(
+            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
+            self.l2, self.penalized)
+        return (self._compile(step_model), layout, [p.name for p in step_model.outputs])
+
+    def _compile(self, model) -> Any:
+        """A runner of a train-step model (its weights are inputs)."""
+        return self._runner(Compilation(model, None, self.target, None, self.opt_level), {})
 
     def _runner(self, compilation: Compilation, params: dict):
         if self.target == "native":
@@ -232,18 +239,32 @@ class Trainer:
             self._build(target)
         runner, layout, out_names = self._step
         t = self.step_count + 1
+        feeds = self._step_feeds(runner, layout, feeds, target, t)
+        arrays, dims = runner.bind_inputs((), feeds)
+        return self._accept(dict(zip(out_names, runner.run(arrays, dims))), layout, t)
+
+    def _step_feeds(self, runner, layout, feeds: dict[str, Any], target: np.ndarray,
+                    t: int) -> dict[str, Any]:
+        """Everything a step graph run as `runner` takes at step `t`, of the inputs it has:
+        the batch `feeds` and its `target`, the learning rate, the step, the random key, the
+        weights and the optimizer's state."""
+        feeds = dict(feeds)
         feeds[target_name(list(feeds))] = target
         feeds["lr"] = np.float64(self.learning_rate(t))
         feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
         for path in layout.params:
             feeds[PARAM + path] = self.params[path]
         for path in layout.trainable:
             for slot in layout.slots:
                 feeds[state_name(path, slot)] = self.state[(path, slot)]
-        arrays, dims = runner.bind_inputs((), feeds)
-        results = dict(zip(out_names, runner.run(arrays, dims)))
+        taken = {p.name for p in runner.inputs}
+        return {k: v for k, v in feeds.items() if k in taken}
+
+    def _accept(self, results: dict[str, Any], layout, t: int) -> float:
+        """Take the new weights, state and buffers of step `t` from a step's `results` (by
+        output name) and return its loss; a non-finite loss raises K0836, naming the first
+        parameter whose gradient is not finite, and changes nothing."""
         loss = float(results["loss"])
         if not math.isfinite(loss):
             bad = next((p for p in layout.trainable

@@ -1,0 +1,159 @@
+"""Data-parallel training: one global batch split across workers, the gradients summed.
+
+    trainer = ShardTrainer("mlp.kiln", rank=r, world=n, allreduce=sum_over_workers, ...)
+    loss = trainer.step(x, y)       # x, y: the whole global batch, the same on every worker
+
+Every worker holds the same weights and is given the same global batch (each draws the same
+shuffle and augmentations from the seed). A worker runs the train step's first half
+(compiler/train/step.py: build_grad_step) on its shard of the batch, a contiguous slice of
+about 1/n of it, and weights what it computed by its share of the batch; one allreduce (a sum
+over the workers, `allreduce`, which kiln/ray_train.py gives from Ray) then yields on every
+worker the same gradient, loss and buffers as the whole batch on one worker, and every worker
+applies the same update (build_update_step): the weights stay identical.
+
+- **The weights**: a loss that is a mean over the batch's examples (every std.losses loss
+  with reduction "mean") is the sum over shards of each shard's mean times its share
+  (n_k / N), and so is its gradient: exact, also when N does not divide evenly. For a class
+  index loss the share is that of the targets it counts (those not equal to -100, the
+  ignore_index), as its mean divides by those. A loss of one's own is weighted by examples.
+- **The sum** runs in float64 over one vector (loss, gradients, buffers), whatever the
+  parameters' dtypes, and is cast back: at most one rounding of the parameter's dtype away
+  from the single-process gradient.
+- **Buffers** (BatchNorm's running statistics): each worker's new value, averaged with the
+  examples' shares. The running mean is then the whole batch's; the running variance averages
+  the shards' variances (no term for the spread between shards); and the normalization itself
+  uses each shard's own statistics, as PyTorch's DistributedDataParallel does without
+  SyncBatchNorm: a model with BatchNorm trains close to, not exactly as, one process.
+- **Randomness** (dropout): worker r of n draws with the key [seed, n * step + r]: distinct
+  masks on every worker and step, and on one worker the key [seed, step] of kiln.Trainer.
+
+A worker whose shard is empty (a batch smaller than the number of workers) adds zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kiln.compiler.errors import KilnError
+from kiln.compiler.train.step import GRAD, build_grad_step, build_update_step
+
+from .program import PREFIX
+from .trainer import RNG_KEY, UPDATED, Trainer
+
+# the sum over the workers of each one's float64 vector (the same length on every worker)
+Allreduce = Callable[[np.ndarray], np.ndarray]
+IGNORE_INDEX = -100  # std.losses' class-index losses count no target equal to this
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """Worker `rank`'s contiguous part of `n` examples split over `world` workers (sizes
+    differ by at most one, the larger first, as numpy.array_split's)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Half:
+    """One compiled half of the train step: its runner, layout and output names."""
+
+    runner: Any
+    layout: Any
+    names: list[str]
+
+    def __call__(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        arrays, dims = self.runner.bind_inputs((), feeds)
+        return dict(zip(self.names, self.runner.run(arrays, dims)))
+
+
+class ShardTrainer(Trainer):
+    """A Trainer that is worker `rank` of `world` in data-parallel training (see the module's
+    docstring); every other argument as Trainer's."""
+
+    def __init__(self, *args: Any, rank: int = 0, world: int = 1,
+                 allreduce: Allreduce | None = None, **kwargs: Any):
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int)
+                and 0 <= rank < world):
+            raise KilnError("K0955", f"a data-parallel worker is rank 0..{world - 1} of "
+                            f"workers >= 1, not rank {rank!r} of {world!r}")
+        if allreduce is None and world > 1:
+            raise KilnError("K0955", f"{world} data-parallel workers need an allreduce")
+        super().__init__(*args, **kwargs)
+        self.rank, self.world = rank, world
+        self.allreduce = allreduce if allreduce is not None else (lambda v: v)
+
+    def _compile_step(self, train) -> tuple[_Half, _Half, Any]:
+        grad_model, layout = build_grad_step(train, PREFIX, self.trainable, self.l1, self.l2,
+                                             self.penalized)
+        update_model, update_layout = build_update_step(grad_model, layout, self.optimizer,
+                                                        self.clip_grad_norm)
+        halves = [_Half(self._compile(m), lay, [p.name for p in m.outputs])
+                  for m, lay in ((grad_model, layout), (update_model, update_layout))]
+        # what Trainer._accept takes the step's results by
+        whole = dataclasses.replace(layout, slots=update_layout.slots)
+        return halves[0], halves[1], whole
+
+    def _shares(self, target: np.ndarray, part: slice) -> tuple[float, float]:
+        """This worker's share of the batch's loss (see the module's docstring) and of its
+        examples."""
+        n = len(target)
+        rows = (part.stop - part.start) / n if n else 0.0
+        if not self.loss.class_index or target.dtype.kind not in "iu":
+            return rows, rows
+        counted = target != IGNORE_INDEX
+        total = int(counted.sum())
+        return (int(counted[part].sum()) / total if total else rows), rows
+
+    def step(self, x: Any, y: Any) -> float:
+        """One training step on the global batch (x, y), the same on every worker: this
+        worker's shard's gradients, summed over the workers, then the update; returns the
+        batch's loss. A non-finite loss raises K0836 (on every worker) and changes nothing."""
+        feeds = self._inputs(x)
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        grad, update, whole = self._step
+        t = self.step_count + 1
+        part = shard(len(target), self.rank, self.world)
+        loss_share, row_share = self._shares(target, part)
+        local = {}
+        if part.stop > part.start:
+            mine = {k: np.asarray(v)[part] for k, v in feeds.items()}
+            step_feeds = self._step_feeds(grad.runner, grad.layout, mine, target[part], t)
+            if RNG_KEY in step_feeds:
+                step_feeds[RNG_KEY] = np.array([self.seed, self.world * t + self.rank],
+                                               np.int64)
+            local = grad(step_feeds)
+        total = self._sum(local, loss_share, row_share, whole)
+        grads = {GRAD + p: total[GRAD + p] for p in whole.trainable}
+        updates = update(self._step_feeds(update.runner, update.layout, grads, target, t))
+        return self._accept({**total, **updates}, whole, t)
+
+    def _sum(self, local: dict[str, np.ndarray], loss_share: float, row_share: float,
+             layout: Any) -> dict[str, np.ndarray]:
+        """The weighted sum over the workers of the loss, the gradients (as `grad:<path>`) and
+        the buffers (`updated:<path>`), each in its own dtype; `local`: this worker's grad
+        step results (empty for an empty shard: it adds zeros)."""
+        entries = [("loss", np.zeros((), np.float32), loss_share)]
+        entries += [(GRAD + p, self.params[p], loss_share) for p in layout.trainable]
+        entries += [(UPDATED + p, self.params[p], row_share) for p in layout.buffers]
+        parts = [np.asarray(local[name], np.float64).ravel() * share if local
+                 else np.zeros(np.size(like)) for name, like, share in entries]
+        summed = self.allreduce(np.concatenate(parts) if parts else np.zeros(0))
+        out, offset = {}, 0
+        for name, like, _ in entries:
+            like = np.asarray(local.get(name, like))
+            size = like.size
+            value = summed[offset:offset + size].reshape(like.shape)
+            if like.dtype.kind in "iu":  # a counter, the same on every worker
+                value = np.rint(value)
+            out[name] = value.astype(like.dtype)
+            offset += size
+        return out
+
+
+__all__ = ["Allreduce", "ShardTrainer", "shard"]

@@ -1,0 +1,169 @@
+"""Data-parallel training without Ray (kiln/train/distributed.py): workers as threads of this
+process, summing through a barrier, give the single-process Trainer's numbers at the same
+global batch, also for batches that do not divide evenly, ignored class targets, empty shards
+and BatchNorm's running mean; and every worker holds the same weights. The same on a Ray
+cluster is in test_ray_train.py."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.compiler.errors import KilnError
+from kiln.train.distributed import ShardTrainer, shard
+from kiln.train.trainer import Trainer
+
+MLP = """
+import std.nn
+model MLP(hidden: int = 8) {
+  forward(x: f32[B, 6]) -> f32[B, 3] {
+    return x |> nn.Linear(6, hidden) |> relu |> nn.Linear(hidden, 3)
+  }
+}
+"""
+BN = """
+import std.nn
+model Net {
+  forward(x: f32[B, 6]) -> f32[B, 3] {
+    return x |> nn.Linear(6, 5) |> nn.BatchNorm1d(5) |> relu |> nn.Linear(5, 3)
+  }
+}
+"""
+RTOL = 1e-5  # f32 rounding: the sum over shards is another order of the same terms
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    (root / "mlp.kiln").write_text(MLP)
+    (root / "bn.kiln").write_text(BN)
+    return root
+
+
+class ThreadSum:
+    """An allreduce over `world` threads: each adds its vector, all get the sum, in rank
+    order (so every thread gets the same bits)."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.parts: dict[int, np.ndarray] = {}
+        self.barrier = threading.Barrier(world)
+
+    def of(self, rank: int):
+        def allreduce(vector: np.ndarray) -> np.ndarray:
+            self.parts[rank] = vector
+            self.barrier.wait()
+            total = sum(self.parts[r] for r in range(self.world))
+            self.barrier.wait()  # everyone has read the parts before the next step writes
+            return total
+        return allreduce
+
+
+def run_workers(path, world, batches, **options):
+    """Train `world` ShardTrainers in threads on the same global batches; their losses of
+    each step and their trainers."""
+    reduce = ThreadSum(world)
+    trainers = [ShardTrainer(path, rank=r, world=world, allreduce=reduce.of(r), **options)
+                for r in range(world)]
+    for t in trainers:  # compiled here: the threads only step
+        t.prepare(batches[0][1])
+    losses = [[] for _ in range(world)]
+    failures = []
+
+    def work(rank):
+        try:
+            for x, y in batches:
+                losses[rank].append(trainers[rank].step(x, y))
+        except BaseException as e:  # reported by the test's thread
+            failures.append(e)
+            reduce.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return losses, trainers
+
+
+def single(path, batches, **options):
+    trainer = Trainer(path, **options)
+    return [trainer.step(x, y) for x, y in batches], trainer
+
+
+def data(sizes, seed=0, ignore=False):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        y = rng.integers(0, 3, n)
+        if ignore:
+            y[rng.random(n) < 0.4] = -100  # cross_entropy's ignore_index: not counted
+        out.append((rng.standard_normal((n, 6)).astype(np.float32), y))
+    return out
+
+
+def assert_same(reference, losses, trainers, buffers=()):
+    ref_losses, ref = reference
+    for worker_losses in losses:
+        np.testing.assert_allclose(worker_losses, ref_losses, rtol=RTOL)
+    for path, want in ref.params.items():
+        for t in trainers:
+            np.testing.assert_allclose(t.params[path], want, rtol=RTOL, atol=1e-7,
+                                       err_msg=path)
+            # every worker applied the same update to the same weights: identical bits
+            np.testing.assert_array_equal(t.params[path], trainers[0].params[path])
+    for t in trainers:
+        for (path, slot), state in ref.state.items():
+            np.testing.assert_allclose(t.state[(path, slot)], state, rtol=RTOL, atol=1e-9)
+        assert t.step_count == ref.step_count
+
+
+def test_shards_cover_the_batch_evenly():
+    for n in (0, 1, 5, 7, 64):
+        for world in (1, 2, 3, 4):
+            parts = [shard(n, r, world) for r in range(world)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("world, sizes", [(2, [16, 16, 7]), (3, [10, 2, 5])],
+                         ids=["two-uneven", "three-with-empty-shard"])
+def test_workers_equal_one_process(files, world, sizes):
+    options = dict(args={"hidden": 8}, seed=1, optimizer=kiln.optim.Adam(lr=0.05),
+                   clip_grad_norm=1.0)
+    batches = data(sizes)
+    losses, trainers = run_workers(files / "mlp.kiln", world, batches, **options)
+    assert_same(single(files / "mlp.kiln", batches, **options), losses, trainers)
+
+
+def test_ignored_targets_weight_the_shards_by_counted_targets(files):
+    options = dict(seed=2, optimizer=kiln.optim.SGD(lr=0.1, momentum=0.9))
+    batches = data([9, 9], seed=3, ignore=True)
+    losses, trainers = run_workers(files / "mlp.kiln", 2, batches, **options)
+    assert_same(single(files / "mlp.kiln", batches, **options), losses, trainers)
+
+
+def test_batchnorm_running_mean_is_the_whole_batch(files):
+    batches = data([8])
+    options = dict(seed=0, optimizer=kiln.optim.SGD(lr=0.0))
+    _, (ref) = single(files / "bn.kiln", batches, **options)
+    _, trainers = run_workers(files / "bn.kiln", 2, batches, **options)
+    mean = next(p for p in ref.params if p.endswith("running_mean"))
+    for t in trainers:  # the running mean is linear in the batch mean: exact
+        np.testing.assert_allclose(t.params[mean], ref.params[mean], rtol=RTOL, atol=1e-7)
+        np.testing.assert_array_equal(t.params[mean], trainers[0].params[mean])
+
+
+def test_bad_worker_arguments_are_errors(files):
+    with pytest.raises(KilnError) as e:
+        ShardTrainer(files / "mlp.kiln", rank=2, world=2)
+    assert e.value.code == "K0955"
+    with pytest.raises(KilnError) as e:
+        ShardTrainer(files / "mlp.kiln", rank=0, world=2)  # no allreduce
+    assert e.value.code == "K0955"
