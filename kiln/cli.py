@@ -234,9 +234,27 @@ def train_options(t) -> None:
     t.add_argument("--plot", metavar="CURVES.png", help="draw the loss curves (matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("-o", "--output", help="write the trained weights (.safetensors or .npz)")
+    ray_train_options(t)
+
+
+def ray_train_options(t) -> None:
+    """The options of `kiln train` that train on Ray (docs/scale-out.md)."""
+    t.add_argument("--ray-workers", type=int, metavar="N",
+                   help="train data-parallel on N Ray Train workers (kiln[ray])")
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="with --ray-workers: the Ray cluster to join (default: $RAY_ADDRESS, "
+                   "else a local cluster)")
+    t.add_argument("--ray-storage", metavar="DIR_OR_URI",
+                   help="with --ray-workers: where Ray Train keeps its checkpoints (every "
+                   "worker must reach it; default: a temporary directory here)")
 
 
 def cmd_train(opts) -> int:
+    if opts.ray_workers is not None:
+        from kiln.ray_train import fit_options
+
+        fit_options(opts, parse_args_option(opts.arg))
+        return 0
     from kiln.train.loop import fit
 
     return fit(opts, parse_args_option(opts.arg))
