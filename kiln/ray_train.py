@@ -126,9 +126,6 @@ class _ActorSum:
 
 def _choose_allreduce(ray: Any, allreduce: str, workers: int) -> tuple[str, Any]:
     """The allreduce to use ("gloo" or "actor") and, for "actor", the Reducer actor."""
-    if allreduce not in ALLREDUCE:
-        raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
-                        f"{allreduce!r}")
     if allreduce == "auto":
         import ray.util.collective as collective
 
@@ -170,6 +167,7 @@ def _worker(config: dict[str, Any]) -> None:
 
         def report(row: dict[str, Any], history: list[dict[str, Any]], final: bool = False
                    ) -> None:
+            run.trainer.check_in_sync()  # K0956 on every worker, before anything is kept
             if rank != 0:  # every worker reports (Ray Train waits for all); rank 0's counts
                 ray.train.report(row)
                 return
@@ -216,10 +214,14 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     from kiln.train.data import load_dataset
     from kiln.train.loop import _plot, row_text, write_log
 
-    ray = _ray_train()
     workers = opts.ray_workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise KilnError("K0955", f"--ray-workers must be a whole number >= 1, not {workers!r}")
+        raise KilnError("K0955", "the number of Ray workers (--ray-workers, workers=) must "
+                        f"be a whole number >= 1, not {workers!r}")
+    if allreduce not in ALLREDUCE:
+        raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
+                        f"{allreduce!r}")
+    ray = _ray_train()
     if data is None:  # read here, once: the workers need no shared file system for it
         data = load_dataset(opts.data, opts.val_split, opts.seed)
     resume = None
@@ -268,7 +270,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
 
 def _train(ray: Any, config: dict[str, Any], workers: int, storage: str) -> Any:
     """Run the workers under Ray Train; the final Checkpoint. A KilnError a worker raised is
-    raised here as it is; any other failure is K0956."""
+    raised here as it is."""
     import ray.train
 
     if getattr(ray.train, "is_v2_enabled", lambda: False)():
@@ -284,13 +286,11 @@ def _train(ray: Any, config: dict[str, Any], workers: int, storage: str) -> Any:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray wraps what a worker raised: find a KilnError in it
+    except Exception as e:  # Ray wraps what a worker raised: a KilnError is raised as it is
         found = _kiln_error(e)
         if found is not None:
             raise found from None
-        raise KilnError("K0956", f"training on Ray failed: {e}") from None
-    if result.checkpoint is None:
-        raise KilnError("K0956", "training on Ray finished without a checkpoint")
+        raise  # anything else (a worker that died, an unreachable cluster): Ray's own report
     return result.checkpoint
 
 

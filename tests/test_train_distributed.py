@@ -77,6 +77,7 @@ def run_workers(path, world, batches, **options):
         try:
             for x, y in batches:
                 losses[rank].append(trainers[rank].step(x, y))
+            trainers[rank].check_in_sync()
         except BaseException as e:  # reported by the test's thread
             failures.append(e)
             reduce.barrier.abort()
@@ -132,8 +133,8 @@ def test_shards_cover_the_batch_evenly():
             assert max(sizes) - min(sizes) <= 1
 
 
-@pytest.mark.parametrize("world, sizes", [(2, [16, 16, 7]), (3, [10, 2, 5])],
-                         ids=["two-uneven", "three-with-empty-shard"])
+@pytest.mark.parametrize("world, sizes", [(1, [16, 7]), (2, [16, 16, 7]), (3, [10, 2, 5])],
+                         ids=["one", "two-uneven", "three-with-empty-shard"])
 def test_workers_equal_one_process(files, world, sizes):
     options = dict(args={"hidden": 8}, seed=1, optimizer=kiln.optim.Adam(lr=0.05),
                    clip_grad_norm=1.0)
@@ -167,3 +168,25 @@ def test_bad_worker_arguments_are_errors(files):
     with pytest.raises(KilnError) as e:
         ShardTrainer(files / "mlp.kiln", rank=0, world=2)  # no allreduce
     assert e.value.code == "K0955"
+
+
+def test_workers_whose_weights_differ_are_refused(files):
+    reduce = ThreadSum(2)
+    trainers = [ShardTrainer(files / "mlp.kiln", rank=r, world=2, allreduce=reduce.of(r))
+                for r in range(2)]
+    trainers[1].set_params({"0.bias": trainers[1].params["0.bias"] + 1e-6})
+    errors = []
+
+    def check(rank):
+        try:
+            trainers[rank].check_in_sync()
+        except KilnError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=check, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e.code for e in errors] == ["K0956", "K0956"]  # every worker stops
+    assert "worker 1 differ" in errors[0].message

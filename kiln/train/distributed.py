@@ -33,6 +33,7 @@ A worker whose shard is empty (a batch smaller than the number of workers) adds 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,26 @@ class ShardTrainer(Trainer):
         grads = {GRAD + p: total[GRAD + p] for p in whole.trainable}
         updates = update(self._step_feeds(update.runner, update.layout, grads, target, t))
         return self._accept({**total, **updates}, whole, t)
+
+    def check_in_sync(self) -> None:
+        """Refuse (K0956, on every worker) weights or optimizer state that differ between the
+        workers: one allreduce of a digest of each worker's."""
+        digest = hashlib.sha256()
+        for path in sorted(self.params):
+            digest.update(self.params[path].tobytes())
+        for key in sorted(self.state):
+            digest.update(self.state[key].tobytes())
+        digests = np.zeros(self.world)
+        # 48 bits: whole numbers a float64 holds exactly, so the sum moves them unchanged
+        digests[self.rank] = int.from_bytes(digest.digest()[:6], "little")
+        digests = self.allreduce(digests)
+        differ = [r for r in range(self.world) if digests[r] != digests[0]]
+        if differ:
+            raise KilnError("K0956", f"after step {self.step_count} the weights of worker "
+                            f"{differ[0]} differ from worker 0's, though every worker applies "
+                            "the same update to the same weights",
+                            hint="the workers' CPUs may round differently (mixed machines), "
+                            "or an allreduce gave the workers different sums")
 
     def _sum(self, local: dict[str, np.ndarray], loss_share: float, row_share: float,
              layout: Any) -> dict[str, np.ndarray]:
