@@ -212,7 +212,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     """
     from kiln.compiler.files import memory_bytes, read_bounded
     from kiln.train.data import load_dataset
-    from kiln.train.loop import _plot, row_text, write_log
+    from kiln.train.loop import plot_history, row_text, write_log
 
     workers = opts.ray_workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -259,7 +259,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     if opts.log:
         write_log(opts.log, history)
     if opts.plot and history:
-        _plot(opts.plot, history)
+        plot_history(opts.plot, history)
     if opts.output:
         from kiln.runtime.weights import save_weights
 

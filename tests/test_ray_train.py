@@ -16,12 +16,12 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install '
 pytest.importorskip("ray.train", reason="Ray Train is an optional extra (pip install "
                     "'kiln[ray]')")
 
+from _clitest import run  # noqa: E402
+
 import kiln.ray_train  # noqa: E402
 from kiln.compiler.errors import KilnError  # noqa: E402
 from kiln.runtime.weights import load_weights  # noqa: E402
 from kiln.train.checkpoint import read_checkpoint  # noqa: E402
-
-from _clitest import run  # noqa: E402
 
 RTOL = 1e-5  # f32 rounding: the sum over shards adds the same terms in another order
 

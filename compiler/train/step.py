@@ -129,8 +129,9 @@ def build_update_step(model: ElaboratedModel, grad_layout: StepLayout, optimizer
     step_model = _step_model(model, f"{model.name}Update", graph,
                              new_params + new_states + norms)
     # parameters have fixed shapes: the update takes no batch size
-    return dataclasses.replace(step_model, symbols=[]), dataclasses.replace(grad_layout, params=grad_layout.trainable,
-                                           slots=optimizer.slots(), buffers=())
+    layout = dataclasses.replace(grad_layout, params=grad_layout.trainable,
+                                 slots=optimizer.slots(), buffers=())
+    return dataclasses.replace(step_model, symbols=[]), layout
 
 
 def buffers_of(outputs: list[tuple[str, Value]]) -> list[str]:

@@ -113,10 +113,7 @@ class ShardTrainer(Trainer):
         """One training step on the global batch (x, y), the same on every worker: this
         worker's shard's gradients, summed over the workers, then the update; returns the
         batch's loss. A non-finite loss raises K0836 (on every worker) and changes nothing."""
-        feeds = self._inputs(x)
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
+        feeds, target = self._batch(x, y)
         grad, update, whole = self._step
         t = self.step_count + 1
         part = shard(len(target), self.rank, self.world)

@@ -88,7 +88,7 @@ def fit(opts, args: dict[str, Any]) -> int:
 
     history = train_epochs(run, opts, record)
     if opts.plot and history:
-        _plot(opts.plot, history)
+        plot_history(opts.plot, history)
     if opts.output:
         run.trainer.model.save_weights(opts.output)
         print(f"wrote {opts.output}")
@@ -202,7 +202,7 @@ def row_text(row: dict[str, Any], header: bool = False) -> str:
     return " ".join(f"{c:>10}" for c in COLUMNS) if header else _row(row)
 
 
-def _plot(path: str, history: list[dict[str, Any]]) -> None:
+def plot_history(path: str, history: list[dict[str, Any]]) -> None:
     """Loss curves (and validation accuracy) as an image, written atomically."""
     try:
         import matplotlib
@@ -233,4 +233,5 @@ def _plot(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "fit", "row_text", "setup", "train_epochs", "write_log"]
+__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "setup", "train_epochs",
+           "write_log"]

@@ -224,6 +224,15 @@ class Trainer:
                             f"({', '.join(names)}), got {len(xs)}")
         return dict(zip(names, xs))
 
+    def _batch(self, x: Any, y: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """A batch's inputs by name and its target, checked; the step and the evaluation
+        model are compiled first if they are not yet."""
+        feeds = self._inputs(x)
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        return feeds, target
+
     def learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (from 1): the optimizer's, times the schedule's."""
         factor = 1.0 if self.schedule is None else float(self.schedule(step))
@@ -233,10 +242,7 @@ class Trainer:
         """One training step on the batch (x, y) (x: an array, or a tuple for a model with
         several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
         the step and the first parameter whose gradient is not finite, and changes nothing."""
-        feeds = self._inputs(x)
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
+        feeds, target = self._batch(x, y)
         runner, layout, out_names = self._step
         t = self.step_count + 1
         feeds = self._step_feeds(runner, layout, feeds, target, t)
@@ -288,10 +294,7 @@ class Trainer:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
         F1 of the argmax of the model's first output."""
-        feeds = self._inputs(x)
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
+        feeds, target = self._batch(x, y)
         if self._eval_version != self._version:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
