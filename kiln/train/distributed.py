@@ -113,7 +113,7 @@ class ShardTrainer(Trainer):
         """One training step on the global batch (x, y), the same on every worker: this
         worker's shard's gradients, summed over the workers, then the update; returns the
         batch's loss. A non-finite loss raises K0836 (on every worker) and changes nothing."""
-        feeds, target = self._batch(x, y)
+        feeds, target = self._checked(x, y)
         grad, update, whole = self._step
         t = self.step_count + 1
         part = shard(len(target), self.rank, self.world)
@@ -121,15 +121,20 @@ class ShardTrainer(Trainer):
         local = {}
         if part.stop > part.start:
             mine = {k: np.asarray(v)[part] for k, v in feeds.items()}
-            step_feeds = self._step_feeds(grad.runner, grad.layout, mine, target[part], t)
+            step_feeds = self._feeds_for(grad.runner, grad.layout, mine, target[part], t)
             if RNG_KEY in step_feeds:
                 step_feeds[RNG_KEY] = np.array([self.seed, self.world * t + self.rank],
                                                np.int64)
             local = grad(step_feeds)
         total = self._sum(local, loss_share, row_share, whole)
         grads = {GRAD + p: total[GRAD + p] for p in whole.trainable}
-        updates = update(self._step_feeds(update.runner, update.layout, grads, target, t))
+        updates = update(self._feeds_for(update.runner, update.layout, grads, target, t))
         return self._accept({**total, **updates}, whole, t)
+
+    def profile(self, x: Any, y: Any, repeat: int = 10):
+        """Not for a worker: its step is two graphs and an allreduce (K0955)."""
+        raise KilnError("K0955", "a data-parallel worker does not profile its step",
+                        hint="profile the step of a kiln.Trainer of the same model")
 
     def check_in_sync(self) -> None:
         """Refuse (K0956, on every worker) weights or optimizer state that differ between the

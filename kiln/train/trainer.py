@@ -173,16 +173,42 @@ class Trainer:
         if self._step is None:
             self._build(self._target(y))
 
+    def _batch(self) -> str:
+        """The name (or size) of the batch axis: axis 0 of the model's first input."""
+        first = self.inputs[0].type.shape
+        return str(first[0]) if first else "B"
+
+    def target_type(self, y: np.ndarray | None = None) -> str:
+        """The type of the target input, as kiln writes it: that of `y` with the batch axis
+        of the model's inputs; without `y`, class indices i64[batch] for a class-index loss,
+        else the type of the model's first output."""
+        if y is not None:
+            dims = [self._batch()] + [str(d) for d in y.shape[1:]]
+            return f"{dtype_of_numpy(y.dtype)}[{', '.join(dims)}]"
+        if self.loss.class_index:
+            return f"i64[{self._batch()}]"
+        return str(self.outputs[0].type)
+
+    def _program(self, target_type: str):
+        return training_program(self.path, self.model_name, self.args, self.inputs,
+                                len(self._compilation.model.outputs), target_type, self.loss)
+
+    def step_parts(self, target_type: str | None = None):
+        """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
+        its StepLayout), for targets of `target_type` (default: `target_type()`'s). The
+        step graph shares the forward nodes' ids (compiler/autodiff.py)."""
+        program = self._program(target_type or self.target_type())
+        train = program.elaborate(TRAIN_MODEL, {}, training=True)
+        return (set(train.graph.g.nodes), *self._step_of(train))
+
+    def _step_of(self, train):
+        """The train step of `train`, the training program elaborated in training mode."""
+        return build_train_step(train, self.optimizer, PREFIX, self.trainable,
+                                self.clip_grad_norm, self.l1, self.l2, self.penalized)
+
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
-        inputs = self.inputs
-        first = inputs[0].type.shape
-        batch = str(first[0]) if first else "B"
-        dims = [batch] + [str(d) for d in y.shape[1:]]
-        dtype = dtype_of_numpy(y.dtype)
-        program = training_program(self.path, self.model_name, self.args, inputs,
-                                   len(self._compilation.model.outputs),
-                                   f"{dtype}[{', '.join(dims)}]", self.loss)
+        program = self._program(self.target_type(y))
         step = self._compile_step(program.elaborate(TRAIN_MODEL, {}, training=True))
         evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
         self._eval_info = strip_prefix(evaluation)
@@ -194,9 +220,7 @@ class Trainer:
     def _compile_step(self, train) -> tuple:
         """The compiled train step of the elaborated training model `train`: (runner, layout,
         output names). kiln/train/distributed.py compiles it as two halves instead."""
-        step_model, layout = build_train_step(
-            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
-            self.l2, self.penalized)
+        step_model, layout = self._step_of(train)
         return (self._compile(step_model), layout, [p.name for p in step_model.outputs])
 
     def _compile(self, model) -> Any:
@@ -224,7 +248,7 @@ class Trainer:
                             f"({', '.join(names)}), got {len(xs)}")
         return dict(zip(names, xs))
 
-    def _batch(self, x: Any, y: Any) -> tuple[dict[str, Any], np.ndarray]:
+    def _checked(self, x: Any, y: Any) -> tuple[dict[str, Any], np.ndarray]:
         """A batch's inputs by name and its target, checked; the step and the evaluation
         model are compiled first if they are not yet."""
         feeds = self._inputs(x)
@@ -242,30 +266,11 @@ class Trainer:
         """One training step on the batch (x, y) (x: an array, or a tuple for a model with
         several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
         the step and the first parameter whose gradient is not finite, and changes nothing."""
-        feeds, target = self._batch(x, y)
-        runner, layout, out_names = self._step
         t = self.step_count + 1
-        feeds = self._step_feeds(runner, layout, feeds, target, t)
+        feeds = self._step_feeds(x, y, t)
+        runner, layout, out_names = self._step
         arrays, dims = runner.bind_inputs((), feeds)
         return self._accept(dict(zip(out_names, runner.run(arrays, dims))), layout, t)
-
-    def _step_feeds(self, runner, layout, feeds: dict[str, Any], target: np.ndarray,
-                    t: int) -> dict[str, Any]:
-        """Everything a step graph run as `runner` takes at step `t`, of the inputs it has:
-        the batch `feeds` and its `target`, the learning rate, the step, the random key, the
-        weights and the optimizer's state."""
-        feeds = dict(feeds)
-        feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
-        taken = {p.name for p in runner.inputs}
-        return {k: v for k, v in feeds.items() if k in taken}
 
     def _accept(self, results: dict[str, Any], layout, t: int) -> float:
         """Take the new weights, state and buffers of step `t` from a step's `results` (by
@@ -290,11 +295,47 @@ class Trainer:
         self._version += 1
         return loss
 
+    def _step_feeds(self, x: Any, y: Any, t: int) -> dict[str, Any]:
+        """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
+        the first call)."""
+        feeds, target = self._checked(x, y)
+        runner, layout, _ = self._step
+        return self._feeds_for(runner, layout, feeds, target, t)
+
+    def _feeds_for(self, runner, layout, feeds: dict[str, Any], target: np.ndarray,
+                   t: int) -> dict[str, Any]:
+        """Everything a step graph run as `runner` takes at step `t`, of the inputs it has:
+        the batch `feeds` and its `target`, the learning rate, the step, the random key, the
+        weights and the optimizer's state (kiln/train/distributed.py runs the step as two
+        graphs, each taking some of these)."""
+        feeds = dict(feeds)
+        feeds[target_name(list(feeds))] = target
+        feeds["lr"] = np.float64(self.learning_rate(t))
+        feeds["step"] = np.float64(t)
+        feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        for path in layout.params:
+            feeds[PARAM + path] = self.params[path]
+        for path in layout.trainable:
+            for slot in layout.slots:
+                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        taken = {p.name for p in runner.inputs}
+        return {k: v for k, v in feeds.items() if k in taken}
+
+    def profile(self, x: Any, y: Any, repeat: int = 10):
+        """Time each kernel of the next train step on the batch (x, y) (native target): a
+        runtime/profile.py Profile, as `model.profile` gives. Changes nothing: the step's
+        results are dropped."""
+        if self.target != "native":
+            raise KilnError("K0602", "profiling times native kernels: the trainer runs on the "
+                            f"{self.target} target", hint="kiln.Trainer(..., target='native')")
+        feeds = self._step_feeds(x, y, self.step_count + 1)
+        return self._step[0].profile(repeat=repeat, **feeds)
+
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
         F1 of the argmax of the model's first output."""
-        feeds, target = self._batch(x, y)
+        feeds, target = self._checked(x, y)
         if self._eval_version != self._version:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
