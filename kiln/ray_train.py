@@ -143,15 +143,25 @@ def _worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: `kiln train`'s loop with a ShardTrainer of this worker's rank."""
     import ray.train
 
-    from kiln.train.distributed import ShardTrainer
-    from kiln.train.loop import setup, train_epochs
-
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if config["allreduce"] == "gloo":
         allreduce = _GlooSum(world, rank, config["group"])
     else:
         allreduce = _ActorSum(config["reducer"], rank)
+    try:
+        _train_worker(config, rank, world, allreduce)
+    finally:
+        allreduce.close()
+
+
+def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any) -> None:
+    """The loop of worker `rank` of `world`, summing through `allreduce`."""
+    import ray.train
+
+    from kiln.train.distributed import ShardTrainer
+    from kiln.train.loop import setup, train_epochs
+
     opts = copy.copy(config["opts"])
     # the driver's absolute path on one machine or a shared file system; else the path as
     # given, in the working directory Ray ships (`ray job submit --working-dir .`)
@@ -185,11 +195,8 @@ def _worker(config: dict[str, Any]) -> None:
                                                          for r in history))
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-        try:
-            history = train_epochs(run, opts, report)
-            report(history[-1] if history else {}, history, final=True)
-        finally:
-            allreduce.close()
+        history = train_epochs(run, opts, report)
+        report(history[-1] if history else {}, history, final=True)
 
 
 # ---------------------------------------------------------------------- the driver
