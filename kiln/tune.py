@@ -346,13 +346,17 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _kiln_cause(error: BaseException | None) -> KilnError | None:
+    """The KilnError a trial raised, inside the errors Ray wraps it in, if it was one."""
+    while error is not None and not isinstance(error, KilnError):
+        error = getattr(error, "cause", None) or error.__cause__
+    return error
+
+
 def _reason(error: BaseException) -> str:
-    """Why a trial failed: the KilnError a trial raised (Ray wraps it), else the error's
-    last line."""
-    cause = error
-    while cause is not None and not isinstance(cause, KilnError):
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    if isinstance(cause, KilnError):
+    """Why a trial failed, in a line: its KilnError, else the error's last line."""
+    cause = _kiln_cause(error)
+    if cause is not None:
         return f"error[{cause.code}]: {cause.message}"
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -386,7 +390,7 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
         args: Mapping[str, Any] | None = None, val_split: float = 0.2,
         output: str | os.PathLike | None = None, storage: str | os.PathLike | None = None,
         name: str | None = None, max_concurrent: int | None = None,
-        target: str = "native", address: str | None = None) -> TuneResult:
+        target: str = "native", address: str | None = None, verbose: int = 0) -> TuneResult:
     """Search hyperparameters of the model in `path` trained on `data` (see the module's
     docstring and docs/scale-out.md).
 
@@ -400,7 +404,9 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
     (.safetensors or .npz); storage, name: where Tune keeps the experiment (default
     ~/ray_results); max_concurrent: trials at once (default: one per free CPU).
     address: a Ray cluster to connect to ("auto", "ray://head:10001"); without it, the
-    cluster this process is connected to, else a local one started here.
+    cluster this process is connected to, else a local one started here. verbose: Tune's
+    progress reports (0: only where the experiment is kept; 1: a status table now and then;
+    2: every result).
     """
     ray, tune = _modules()
     if max_concurrent is not None and not _positive_int(max_concurrent):
@@ -421,7 +427,7 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
                                     max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
             name=name, storage_path=None if storage is None else os.path.abspath(storage),
-            verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            verbose=verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     # a trial of a small model checkpoints every second or so, which makes Tune snapshot its
     # state often (num_to_keep forces one per checkpoint): its warning about that says
     # nothing the user can act on here, unless they asked for it
@@ -431,9 +437,7 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
     names = list(checked.entries)
     trials = _order([_trial_result(r, names) for r in grid], metric, mode)
     if trials[0].metrics.get(metric) is None:
-        reasons = sorted({t.error for t in trials if t.error}) or ["none reported it"]
-        raise KilnError("K0962", f"no trial of the search reached a {metric}: "
-                        + "; ".join(reasons[:3]))
+        _every_trial_failed(grid, trials)
     best_result = grid.get_best_result(metric, mode, scope="last")
     best = next(t for t in trials if t.config == {n: best_result.config.get(n) for n in names}
                 and t.metrics.get(metric) == best_result.metrics[metric])
@@ -455,6 +459,22 @@ def _environment(defaults: dict[str, str]):
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+def _every_trial_failed(grid, trials: list[TrialResult]):
+    """Raise the error of the first trial (by Tune's order) when no trial finished: a
+    KilnError keeps its code (K0836 for a learning rate that makes the loss diverge), told
+    which trial it was and how many others failed."""
+    first = next((r for r in grid if r.error is not None), None)
+    if first is None:
+        raise RuntimeError("no trial reported the metric, and none failed")
+    trial = next(t for t in trials if t.error == _reason(first.error))
+    setting = ", ".join(f"{k}={_cell(v)}" for k, v in trial.config.items())
+    where = f"every trial failed ({len(trials)}); the first, {trial.id} ({setting})"
+    cause = _kiln_cause(first.error)
+    if cause is None:  # not kiln's error (a worker lost, a bug): Ray's own says more
+        raise RuntimeError(f"{where}: {trial.error}") from first.error
+    raise KilnError(cause.code, f"{where}: {cause.message}", hint=cause.hint) from None
 
 
 def _prepare(path, data, space, loss, search, num_samples, scheduler, metric, mode, epochs,
@@ -495,13 +515,13 @@ def _prepare(path, data, space, loss, search, num_samples, scheduler, metric, mo
         program.elaborate(model, {**setup.args, **{k: v for k, v in config.items()
                                                   if k not in TRAINING}})
     trainer = setup.trainer(checked.corners()[0])
-    x, y, x_val, y_val = examples(trainer, data)
-    if metric != "train_loss" and not len(x_val):
+    if metric != "train_loss" and not len(data.x_val):
         raise _refuse(f"the metric {metric} needs validation examples, and the data has none",
                       hint="give --val-split above 0, or search on train_loss")
     if metric in METRICS[2:] and not trainer.loss.class_index:
         raise _refuse(f"{metric} is a classification metric, but {trainer.loss.name} is not a "
                       "classification loss", hint="search on val_loss (mode \"min\")")
+    examples(trainer, data)  # examples the model cannot take: K0830
     return setup, data, checked
 
 
