@@ -50,15 +50,22 @@ WEIGHTS_FILE = "weights.safetensors"  # in each checkpoint: the model's weights 
 
 
 def _modules():
-    """Ray Tune and Optuna, or K0961 when either is not installed."""
-    try:
-        import optuna  # noqa: F401  (the Bayesian search runs Optuna's TPE sampler)
-        import ray
-        import ray.tune
-    except ImportError as e:
-        raise KilnError("K0961", f"kiln.tune needs Ray Tune and Optuna: {e.name} is not "
+    """Ray with Ray Tune, or K0961 naming what of Ray Tune and Optuna is not installed."""
+    import importlib
+
+    missing = []
+    for module in ("ray.tune", "optuna"):  # Optuna: the Bayesian search's TPE sampler
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing.append((e.name or module).split(".")[0])  # ray, not ray.tune
+    if missing:
+        raise KilnError("K0961", f"kiln.tune needs Ray Tune and Optuna, but "
+                        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                         "installed", hint="pip install 'kiln[tune]'  (or: pip install "
-                        "'ray[tune]' optuna)") from None
+                        "'ray[tune]' optuna)")
+    import ray
+
     return ray, ray.tune
 
 
@@ -253,6 +260,28 @@ class Setup:
                        model=self.model, args=args, target=self.target, threads=1)
 
 
+    def check(self, program, space: Space, data: Any, val_split: float, metric: str):
+        """The dataset (loaded, when named), after refusing here what a trial would refuse:
+        the model at every listed value and range end of the space (K02xx), a metric the
+        loss or the data cannot give (K0960), examples the model cannot take (K0830)."""
+        from kiln.train.data import Dataset, load_dataset
+
+        for config in space.corners():
+            program.elaborate(self.model, {**self.args, **{k: v for k, v in config.items()
+                                                           if k not in TRAINING}})
+        trainer = self.trainer(space.corners()[0])
+        if metric in METRICS[2:] and not trainer.loss.class_index:
+            raise _refuse(f"{metric} is a classification metric, but {trainer.loss.name} is "
+                          "not a classification loss", hint="search on val_loss (mode \"min\")")
+        if not isinstance(data, Dataset):
+            data = load_dataset(data, val_split, self.seed)
+        if metric != "train_loss" and not len(data.x_val):
+            raise _refuse(f"the metric {metric} needs validation examples, and the data has "
+                          "none", hint="give --val-split above 0, or search on train_loss")
+        examples(trainer, data)
+        return data
+
+
 def examples(trainer, data) -> tuple[np.ndarray, ...]:
     """x, y, x_val, y_val shaped to the trainer's model, as `kiln train` shapes them."""
     from kiln.train.data import shape_examples
@@ -408,12 +437,19 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
     progress reports (0: only where the experiment is kept; 1: a status table now and then;
     2: every result).
     """
+    from kiln.api import load
+
+    _check_options(search, scheduler, metric, mode, epochs, num_samples, max_concurrent)
+    program = load(Path(path))
+    checked = check_space(space, search, [p.name for p in program.model_ref(model).defn.params])
     ray, tune = _modules()
-    if max_concurrent is not None and not _positive_int(max_concurrent):
-        raise _refuse(f"max_concurrent must be an int >= 1, not {max_concurrent!r}")
-    setup, data, checked = _prepare(path, data, space, loss, search, num_samples, scheduler,
-                                    metric, mode, epochs, seed, optimizer, model, args,
-                                    val_split, output, target)
+    if output is not None:
+        from kiln.runtime.weights import check_tensor_file
+
+        check_tensor_file(output, "weights")  # before the search, not after it
+    setup = Setup(os.path.abspath(os.fspath(path)), model, loss, optimizer, dict(args or {}),
+                  seed, epochs, target)
+    data = setup.check(program, checked, data, val_split, metric)
     if address is not None and not ray.is_initialized():
         ray.init(address=address)
     tuner = tune.Tuner(
@@ -426,7 +462,7 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
                                     num_samples=1 if search == "grid" else num_samples or 10,
                                     max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
-            name=name, storage_path=None if storage is None else os.path.abspath(storage),
+            name=name, storage_path=_storage(storage),
             verbose=verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     # a trial of a small model checkpoints every second or so, which makes Tune snapshot its
     # state often (num_to_keep forces one per checkpoint): its warning about that says
@@ -447,6 +483,14 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
 
         save_weights(output, weights)
     return TuneResult(trials, best, weights, metric, mode, grid.experiment_path)
+
+
+def _storage(storage: str | os.PathLike | None) -> str | None:
+    """Where Tune keeps the experiment: a URI (s3://, gs://) as it is, a local path made
+    absolute (Tune refuses a relative one)."""
+    if storage is None or "://" in os.fspath(storage):
+        return None if storage is None else os.fspath(storage)
+    return os.path.abspath(storage)
 
 
 @contextlib.contextmanager
@@ -477,13 +521,9 @@ def _every_trial_failed(grid, trials: list[TrialResult]):
     raise KilnError(cause.code, f"{where}: {cause.message}", hint=cause.hint) from None
 
 
-def _prepare(path, data, space, loss, search, num_samples, scheduler, metric, mode, epochs,
-             seed, optimizer, model, args, val_split, output, target):
-    """Everything a trial would refuse, refused here before any trial runs: the options, the
-    space, the data, and the model at every listed value and range end of the space."""
-    from kiln.api import load
-    from kiln.train.data import Dataset, load_dataset
-
+def _check_options(search: str, scheduler: str | None, metric: str, mode: str, epochs: int,
+                   num_samples: int | None, max_concurrent: int | None) -> None:
+    """K0960 for a search, scheduler, metric, mode or count that cannot be."""
     if search not in SEARCHES:
         raise _refuse(f"unknown search {search!r}", hint=f"searches: {', '.join(SEARCHES)}")
     if scheduler is not None and scheduler not in SCHEDULERS:
@@ -493,36 +533,13 @@ def _prepare(path, data, space, loss, search, num_samples, scheduler, metric, mo
         raise _refuse(f"mode must be \"max\" or \"min\", not {mode!r}")
     if metric not in METRICS:
         raise _refuse(f"unknown metric {metric!r}", hint=f"metrics: {', '.join(METRICS)}")
-    if not _positive_int(epochs):
-        raise _refuse(f"epochs must be an int >= 1, not {epochs!r}")
     if search == "grid" and num_samples not in (None, 1):
         raise _refuse("a grid search runs each combination once: num_samples is for random "
                       "and Optuna search")
-    if num_samples is not None and not _positive_int(num_samples):
-        raise _refuse(f"num_samples must be an int >= 1, not {num_samples!r}")
-    if output is not None:
-        from kiln.runtime.weights import check_tensor_file
-
-        check_tensor_file(output, "weights")  # before the search, not after it
-    program = load(Path(path))
-    model_args = [p.name for p in program.model_ref(model).defn.params]
-    checked = check_space(space, search, model_args)
-    if not isinstance(data, Dataset):
-        data = load_dataset(data, val_split, seed)
-    setup = Setup(os.path.abspath(os.fspath(path)), model, loss, optimizer, dict(args or {}),
-                  seed, epochs, target)
-    for config in checked.corners():
-        program.elaborate(model, {**setup.args, **{k: v for k, v in config.items()
-                                                  if k not in TRAINING}})
-    trainer = setup.trainer(checked.corners()[0])
-    if metric != "train_loss" and not len(data.x_val):
-        raise _refuse(f"the metric {metric} needs validation examples, and the data has none",
-                      hint="give --val-split above 0, or search on train_loss")
-    if metric in METRICS[2:] and not trainer.loss.class_index:
-        raise _refuse(f"{metric} is a classification metric, but {trainer.loss.name} is not a "
-                      "classification loss", hint="search on val_loss (mode \"min\")")
-    examples(trainer, data)  # examples the model cannot take: K0830
-    return setup, data, checked
+    for name, n in (("epochs", epochs), ("num_samples", num_samples),
+                    ("max_concurrent", max_concurrent)):
+        if n is not None and not _positive_int(n):
+            raise _refuse(f"{name} must be an int >= 1, not {n!r}")
 
 
 def _search_algorithm(search: str, seed: int):
