@@ -54,11 +54,12 @@ def _modules():
     import importlib
 
     missing = []
-    for module in ("ray.tune", "optuna"):  # Optuna: the Bayesian search's TPE sampler
+    for modules in (("ray", "ray.tune"), ("optuna",)):  # Optuna: the TPE sampler
         try:
-            importlib.import_module(module)
+            for module in modules:
+                importlib.import_module(module)
         except ImportError as e:
-            missing.append((e.name or module).split(".")[0])  # ray, not ray.tune
+            missing.append((e.name or modules[0]).split(".")[0])  # ray, not ray.tune
     if missing:
         raise KilnError("K0961", f"kiln.tune needs Ray Tune and Optuna, but "
                         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
