@@ -283,6 +283,9 @@ def tune_options(t) -> None:
     t.add_argument("--name", help="the experiment's name (a folder of --storage)")
     t.add_argument("--address", help="an existing Ray cluster to run on (auto, or "
                    "ray://HOST:10001); default: a local cluster on this machine")
+    t.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="start a failed trial again, from its last checkpoint, up to N times "
+                   "(for workers lost on a cluster; default 0)")
     t.add_argument("--quiet", action="store_true",
                    help="no progress from Ray Tune while the trials run")
     t.add_argument("-o", "--output", help="write the best trial's weights (.safetensors or "
@@ -325,7 +328,8 @@ def cmd_tune(opts) -> int:
                       args=parse_args_option(opts.arg), val_split=opts.val_split,
                       output=opts.output, storage=opts.storage, name=opts.name,
                       max_concurrent=opts.max_concurrent, target=opts.target,
-                      address=opts.address, verbose=0 if opts.quiet else 1)
+                      address=opts.address, retries=opts.retries,
+                      verbose=0 if opts.quiet else 1)
     print(f"\n{result.table()}")
     best = result.best
     print(f"\nbest: trial {best.id}, {opts.metric} {best.metrics[opts.metric]:.4g}: "

@@ -420,7 +420,8 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
         args: Mapping[str, Any] | None = None, val_split: float = 0.2,
         output: str | os.PathLike | None = None, storage: str | os.PathLike | None = None,
         name: str | None = None, max_concurrent: int | None = None,
-        target: str = "native", address: str | None = None, verbose: int = 0) -> TuneResult:
+        target: str = "native", address: str | None = None, retries: int = 0,
+        verbose: int = 0) -> TuneResult:
     """Search hyperparameters of the model in `path` trained on `data` (see the module's
     docstring and docs/scale-out.md).
 
@@ -434,13 +435,17 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
     (.safetensors or .npz); storage, name: where Tune keeps the experiment (default
     ~/ray_results); max_concurrent: trials at once (default: one per free CPU).
     address: a Ray cluster to connect to ("auto", "ray://head:10001"); without it, the
-    cluster this process is connected to, else a local one started here. verbose: Tune's
+    cluster this process is connected to, else a local one started here. retries: how
+    often a failed trial is started again, from its last checkpoint (for workers lost on a
+    cluster; a trial that fails by itself fails again). verbose: Tune's
     progress reports (0: only where the experiment is kept; 1: a status table now and then;
     2: every result).
     """
     from kiln.api import load
 
     _check_options(search, scheduler, metric, mode, epochs, num_samples, max_concurrent)
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        raise _refuse(f"retries must be an int >= 0, not {retries!r}")
     program = load(Path(path))
     checked = check_space(space, search, [p.name for p in program.model_ref(model).defn.params])
     ray, tune = _modules()
@@ -464,7 +469,8 @@ def run(path: str | os.PathLike, *, data: Any, space: Mapping[str, Any],
                                     max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
             name=name, storage_path=_storage(storage),
-            verbose=verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            verbose=verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=retries)))
     # a trial of a small model checkpoints every second or so, which makes Tune snapshot its
     # state often (num_to_keep forces one per checkpoint): its warning about that says
     # nothing the user can act on here, unless they asked for it

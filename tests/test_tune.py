@@ -6,6 +6,10 @@ trial runs. The search space's checks, which need no Ray, are in test_tune_space
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +24,7 @@ from kiln import KilnError  # noqa: E402
 from kiln.cli import main  # noqa: E402
 from kiln.runtime.weights import load_weights  # noqa: E402
 from kiln.train.data import load_dataset  # noqa: E402
+from kiln.tune import WEIGHTS_FILE, Setup, train_trial  # noqa: E402
 
 NET = """
 import std.nn
@@ -37,6 +42,8 @@ EPOCHS = 2
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    # this module's Setup that fails once travels by value to the workers
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
     yield
     ray.shutdown()
 
@@ -149,3 +156,55 @@ def test_a_model_argument_the_model_refuses_is_found_before_any_trial(net):
     with pytest.raises(KilnError) as info:  # `nn.Linear(4, hidden)` refuses a float hidden
         kiln.tune.run(net, data="iris", space={"hidden": [4, 2.5]})
     assert info.value.code.startswith("K02")
+
+
+@dataclasses.dataclass(frozen=True)
+class FailsOnce(Setup):
+    """A trial whose worker is lost once, after its first epoch's checkpoint (as a node of a
+    cluster may be); each process writes a line per evaluation to `log`."""
+
+    log: str = ""
+
+    def trainer(self, config):
+        trainer = super().trainer(config)
+        evaluate, log = trainer.evaluate, Path(self.log)
+
+        def evaluate_or_fail(*args, **kwargs):
+            lines = log.read_text().split() if log.exists() else []
+            with log.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            if lines.count(str(os.getpid())) == 1 and len(set(lines)) == 1:
+                raise RuntimeError("the worker running this trial was lost")
+            return evaluate(*args, **kwargs)
+
+        trainer.evaluate = evaluate_or_fail
+        return trainer
+
+
+def test_a_restarted_trial_resumes_from_its_checkpoint(cluster, net, tmp_path):
+    from ray import tune
+
+    log = tmp_path / "evaluations.log"
+    epochs, config = 3, {"lr": 0.03, "hidden": 4}
+    setup = FailsOnce(str(net), None, "cross_entropy", "adam", {}, 0, epochs, "native",
+                      log=str(log))
+    tuner = tune.Tuner(tune.with_parameters(train_trial, setup=setup,
+                                            data=load_dataset("iris", 0.2, 0)),
+                       param_space=config,
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), verbose=0,
+                                                 failure_config=tune.FailureConfig(max_failures=1)))
+    (result,) = tuner.fit()
+    assert result.error is None and result.metrics["epoch"] == epochs
+    first, second = dict.fromkeys(log.read_text().split())  # the two processes, in order
+    lines = log.read_text().split()
+    # the first ran epoch 1 and failed in epoch 2; the second resumed at epoch 2, not 1
+    assert lines.count(first) == 2 and lines.count(second) == epochs - 1
+    # and its weights are those of an uninterrupted run
+    again = tmp_path / "again.safetensors"
+    assert main(["train", str(net), "--data", "iris", "--epochs", str(epochs), "--quiet",
+                 "--lr", "0.03", "--arg", "hidden=4", "-o", str(again)]) == 0
+    with result.checkpoint.as_directory() as where:
+        resumed = load_weights(Path(where, WEIGHTS_FILE))
+    trained = load_weights(again)
+    for k, v in resumed.items():
+        np.testing.assert_allclose(trained[k], v, rtol=1e-5, atol=1e-6)
