@@ -30,11 +30,16 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kiln.compiler.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.compiler.elaborate import Program
+    from kiln.train import Trainer
+    from kiln.train.data import Dataset
 
 __all__ = ["RANGES", "LogUniform", "RandInt", "TrialResult", "TuneResult", "Uniform",
            "loguniform", "randint", "run", "uniform"]
@@ -42,7 +47,8 @@ __all__ = ["RANGES", "LogUniform", "RandInt", "TrialResult", "TuneResult", "Unif
 # what a space may set besides the model's own arguments: the options of the training loop
 TRAINING = ("lr", "batch", "weight_decay", "momentum")
 DEFAULTS = {"lr": 1e-3, "batch": 64}
-METRICS = ("train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1")
+CLASSIFICATION = ("val_accuracy", "val_precision", "val_recall", "val_f1")
+METRICS = ("train_loss", "val_loss", *CLASSIFICATION)
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("asha",)
 TRAINER_FILE = "trainer.safetensors"  # in each checkpoint: to resume the trial
@@ -248,7 +254,7 @@ class Setup:
     epochs: int
     target: str
 
-    def trainer(self, config: Mapping[str, Any]):
+    def trainer(self, config: Mapping[str, Any]) -> Trainer:
         """The Trainer of one configuration (its model arguments over the fixed ones)."""
         from kiln.compiler.train.optim import by_name
         from kiln.train import Trainer
@@ -260,8 +266,8 @@ class Setup:
         return Trainer(self.path, loss=self.loss, optimizer=optimizer, seed=self.seed,
                        model=self.model, args=args, target=self.target, threads=1)
 
-
-    def check(self, program, space: Space, data: Any, val_split: float, metric: str):
+    def check(self, program: Program, space: Space, data: str | os.PathLike | Dataset,
+              val_split: float, metric: str) -> Dataset:
         """The dataset (loaded, when named), after refusing here what a trial would refuse:
         the model at every listed value and range end of the space (K02xx), a metric the
         loss or the data cannot give (K0960), examples the model cannot take (K0830)."""
@@ -271,7 +277,7 @@ class Setup:
             program.elaborate(self.model, {**self.args, **{k: v for k, v in config.items()
                                                            if k not in TRAINING}})
         trainer = self.trainer(space.corners()[0])
-        if metric in METRICS[2:] and not trainer.loss.class_index:
+        if metric in CLASSIFICATION and not trainer.loss.class_index:
             raise _refuse(f"{metric} is a classification metric, but {trainer.loss.name} is "
                           "not a classification loss", hint="search on val_loss (mode \"min\")")
         if not isinstance(data, Dataset):
@@ -283,7 +289,7 @@ class Setup:
         return data
 
 
-def examples(trainer, data) -> tuple[np.ndarray, ...]:
+def examples(trainer: Trainer, data: Dataset) -> tuple[np.ndarray, ...]:
     """x, y, x_val, y_val shaped to the trainer's model, as `kiln train` shapes them."""
     from kiln.train.data import shape_examples
     from kiln.train.loop import _targets
@@ -296,7 +302,7 @@ def examples(trainer, data) -> tuple[np.ndarray, ...]:
             shape_examples(data.x_val, port), _targets(trainer, data.y_val))
 
 
-def train_trial(config: dict[str, Any], setup: Setup, data) -> None:
+def train_trial(config: dict[str, Any], setup: Setup, data: Dataset) -> None:
     """One trial, run by Tune in a worker: train epoch by epoch, reporting the metrics and a
     checkpoint after each; resumes from Tune's checkpoint when the trial is restarted."""
     from ray import tune
