@@ -83,7 +83,8 @@ def test_param_option_refuses_what_it_cannot_read(items, words):
 
 
 def test_kiln_tune_and_the_cli_import_neither_ray_nor_optuna():
-    code = ("import sys, kiln, kiln.cli, kiln.tune\n"
+    code = ("import sys, kiln, kiln.cli\n"
+            "kiln.tune.loguniform(1e-4, 1e-1)  # kiln.tune loads on first use\n"
             "from kiln.cli import parse_param_option\n"
             "parse_param_option(['lr=loguniform:1e-4:1e-1'])\n"
             "try:\n    kiln.cli.main(['tune', '--help'])\nexcept SystemExit:\n    pass\n"
