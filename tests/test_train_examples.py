@@ -85,7 +85,7 @@ def test_vae_elbo_falls_on_digits(capsys, tmp_path):
     code, _out, err = run(capsys, "train", EXAMPLES / "vae.kiln", "--arg", "features=64",
                           "--arg", "hidden=64", "--arg", "latent=4", "--data", "digits",
                           "--autoencode", "--noise", "eps", "--loss",
-                          EXAMPLES / "vae_loss.kiln:elbo", "--lr", "2e-3", "--epochs", "3",
+                          EXAMPLES / "vae.kiln:elbo", "--lr", "2e-3", "--epochs", "3",
                           "--batch", "64", "--seed", "0", "--quiet", "--log", log)
     assert code == 0, err
     val = [r["val_loss"] for r in last_rows(log)]
