@@ -14,6 +14,7 @@ from _clitest import run
 
 import kiln
 from kiln.compiler.errors import KilnError
+from kiln.train import data as datasets
 from kiln.train import synthetic
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -195,3 +196,15 @@ def test_evaluate_gives_a_graph_whole(tmp_path):
     y = np.array([0, 1, 1, 0, 1])
     # batches of 2 nodes would cut the graph (node 4 in another batch than node 0)
     assert trainer.evaluate((x, edges), y, batch=2) == trainer.evaluate((x, edges), y, batch=5)
+
+
+def test_a_graph_is_never_split_at_random(tmp_path):
+    graph = synthetic.sbm(nodes=12, communities=2, features=2, seed=0)
+    data = tmp_path / "g.npz"
+    np.savez(data, x=graph["x"], y=graph["y"], edge_index=graph["edge_index"])
+    with pytest.raises(KilnError) as err:
+        datasets.load_dataset(str(data), val_split=0.2)
+    assert err.value.code == "K0830" and "edge_index" in err.value.message
+    whole = datasets.load_dataset(str(data), val_split=0)
+    np.testing.assert_array_equal(whole.x, graph["x"])  # in order: edge_index still fits
+    assert len(whole.x_val) == 0

@@ -55,7 +55,16 @@ def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
                         hint=f"a .npz file with x and y, or one of {', '.join(SKLEARN)}")
     if len(x) != len(y):
         raise KilnError("K0830", f"dataset {name}: x has {len(x)} examples but y {len(y)}")
-    if given is None:
+    if given is None and inputs:
+        # arrays given whole (a graph's edge_index) number the examples: keep their order
+        if val_split > 0:
+            raise KilnError("K0830", f"dataset {name} holds {', '.join(inputs)}, given whole, "
+                            "which number its examples: a random validation split would "
+                            "renumber them", hint="give x_val and y_val in the .npz (a graph: "
+                            "the same x, y_val labelling the held-out nodes, -100 elsewhere), "
+                            "or --val-split 0")
+        data = Dataset(x, y, x[:0], y[:0], inputs)
+    elif given is None:
         order = np.random.default_rng(seed).permutation(len(x))
         n_val = int(round(len(x) * val_split))
         cut = len(x) - n_val
