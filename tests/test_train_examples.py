@@ -208,3 +208,24 @@ def test_a_graph_is_never_split_at_random(tmp_path):
     whole = datasets.load_dataset(str(data), val_split=0)
     np.testing.assert_array_equal(whole.x, graph["x"])  # in order: edge_index still fits
     assert len(whole.x_val) == 0
+
+
+def test_a_loss_of_ones_own_takes_class_indices(capsys, tmp_path):
+    """kiln train gives a FILE.kiln:NAME loss integer labels as class indices (a masked
+    sequence loss, a custom NLL), not converted to the model's float output."""
+    (tmp_path / "net.kiln").write_text("""
+import std.losses
+import std.nn
+fn half_nll(out, target) { return 0.5 * losses.nll_loss(out, target) }
+model Net() {
+  forward(x: f32[B, 4]) -> f32[B, 3] { return log_softmax(nn.Linear(4, 3)(x), axis = -1) }
+}
+""")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((20, 4)).astype(np.float32),
+             y=rng.integers(0, 3, 20))
+    code, _out, err = run(capsys, "train", tmp_path / "net.kiln", "--data",
+                          data, "--loss", f"{tmp_path / 'net.kiln'}:half_nll", "--epochs", "1",
+                          "--quiet", "--target", "reference")
+    assert code == 0, err

@@ -45,9 +45,10 @@ def _progress(total: int, desc: str, quiet: bool):
 
 
 def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
-    """Labels as the loss takes them: class indices as i64, anything else shaped and typed
-    like the model's first output."""
-    if trainer.loss.class_index:
+    """Labels as the loss takes them: class indices (integer labels for a class-index loss
+    or a loss of the user's own) as i64, anything else shaped and typed like the model's
+    first output."""
+    if trainer.loss.class_index or (trainer.loss.path is not None and y.dtype.kind in "iu"):
         return y.astype(np.int64) if y.dtype.kind in "iu" else y
     port = trainer.outputs[0]
     if y.ndim == 1 and len(port.type.shape) == 2:
