@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the kernels the backend runs with the source of the ops fused "
                    "into each, why neighbouring ops were not fused, and the planned peak "
                    "activation memory")
+    c.add_argument("--train", action="store_true",
+                   help="with --report: also report the train step (forward, loss, backward, "
+                   "update) and its peak memory per step (docs/training.md)")
+    c.add_argument("--loss", default="cross_entropy",
+                   help="--train: the loss, a std.losses name or FILE.kiln:NAME (default: "
+                   "cross_entropy)")
+    c.add_argument("--optimizer", default="adam",
+                   help="--train: sgd, adam, adamw or rmsprop (default: adam)")
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
@@ -254,6 +262,18 @@ def cmd_train(opts) -> int:
     return fit(opts, parse_args_option(opts.arg))
 
 
+def train_report_of(opts) -> str:
+    """`kiln compile --report --train`: the report of the model's train step."""
+    from kiln.compiler.train.optim import by_name
+    from kiln.train import Trainer
+    from kiln.train.report import train_report
+
+    trainer = Trainer(opts.file, loss=opts.loss, optimizer=by_name(opts.optimizer),
+                      seed=opts.seed, model=opts.model, args=parse_args_option(opts.arg),
+                      weights=opts.weights, opt_level=opts.opt_level)
+    return train_report(trainer)
+
+
 def compile_options(opts) -> dict:
     """The options of kiln.compile (and kiln.api.prepare) that `run` and `compile` share."""
     return dict(model=opts.model, seed=opts.seed, weights=opts.weights,
@@ -333,6 +353,11 @@ def cmd_compile(opts) -> int:
         from kiln.compiler.report import report
 
         print(report(compilation.lowered(weights, pipeline="native"), opts.target))
+        if opts.train:
+            print()
+            print(train_report_of(opts))
+    elif opts.train:
+        raise KilnError("K0602", "--train goes with --report (kiln compile --report --train)")
     model = compilation.model
     optional = {p.name for p in model.inputs if p.optional}
     for name in opts.omit:

@@ -178,20 +178,43 @@ class Trainer:
         if self._step is None:
             self._build(self._target(y))
 
+    def _batch(self) -> str:
+        """The name (or size) of the batch axis: axis 0 of the model's first input."""
+        first = self.inputs[0].type.shape
+        return str(first[0]) if first else "B"
+
+    def target_type(self, y: np.ndarray | None = None) -> str:
+        """The type of the target input, as kiln writes it: that of `y` with the batch axis
+        of the model's inputs; without `y`, class indices i64[batch] for a class-index loss,
+        else the type of the model's first output."""
+        if y is not None:
+            dims = [self._batch()] + [str(d) for d in y.shape[1:]]
+            return f"{dtype_of_numpy(y.dtype)}[{', '.join(dims)}]"
+        if self.loss.class_index:
+            return f"i64[{self._batch()}]"
+        return str(self.outputs[0].type)
+
+    def _program(self, target_type: str):
+        return training_program(self.path, self.model_name, self.args, self.inputs,
+                                len(self._compilation.model.outputs), target_type, self.loss)
+
+    def step_parts(self, target_type: str | None = None):
+        """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
+        its StepLayout), for targets of `target_type` (default: `target_type()`'s). The
+        step graph shares the forward nodes' ids (compiler/autodiff.py)."""
+        program = self._program(target_type or self.target_type())
+        train = program.elaborate(TRAIN_MODEL, {}, training=True)
+        return (set(train.graph.g.nodes), *self._step_of(train))
+
+    def _step_of(self, train):
+        """The train step of `train`, the training program elaborated in training mode."""
+        return build_train_step(train, self.optimizer, PREFIX, self.trainable,
+                                self.clip_grad_norm, self.l1, self.l2, self.penalized)
+
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
-        inputs = self.inputs
-        first = inputs[0].type.shape
-        batch = str(first[0]) if first else "B"
-        dims = [batch] + [str(d) for d in y.shape[1:]]
-        dtype = dtype_of_numpy(y.dtype)
-        program = training_program(self.path, self.model_name, self.args, inputs,
-                                   len(self._compilation.model.outputs),
-                                   f"{dtype}[{', '.join(dims)}]", self.loss)
-        train = program.elaborate(TRAIN_MODEL, {}, training=True)
-        step_model, layout = build_train_step(
-            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
-            self.l2, self.penalized)
+        program = self._program(self.target_type(y))
+        step_model, layout = self._step_of(program.elaborate(TRAIN_MODEL, {}, training=True))
         runner = self._runner(Compilation(step_model, None, self.target, None, self.opt_level),
                               {})
         evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
