@@ -163,7 +163,7 @@ def test_kiln_train_feeds_every_input(capsys, two_inputs, tmp_path, arrays, mess
     np.savez(data, x=np.zeros((8, 3), np.float32), y=np.zeros(8, np.int64),
              **{k: np.zeros((8, 3), np.float32) for k in arrays})
     code, _out, err = run(capsys, "train", two_inputs, "--data", data, "--epochs", "1",
-                          "--quiet", "--target", "reference")
+                          "--val-split", "0", "--quiet", "--target", "reference")
     assert code == 1 and "K0846" in err and message in err
 
 
