@@ -267,21 +267,8 @@ class Trainer:
         several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
         the step and the first parameter whose gradient is not finite, and changes nothing."""
         t = self.step_count + 1
-        feeds = self._with_noise(self._data_feeds(x), [self.seed, t])
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
+        feeds = self._step_feeds(x, y, t)
         runner, layout, out_names = self._step
-        feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
         arrays, dims = runner.bind_inputs((), feeds)
         results = dict(zip(out_names, runner.run(arrays, dims)))
         loss = float(results["loss"])
@@ -302,6 +289,36 @@ class Trainer:
         self.step_count = t
         self._version += 1
         return loss
+
+    def _step_feeds(self, x: Any, y: Any, t: int) -> dict[str, Any]:
+        """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
+        the first call)."""
+        feeds = self._with_noise(self._data_feeds(x), [self.seed, t])
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        runner, layout, _ = self._step
+        feeds[target_name(list(feeds))] = target
+        feeds["lr"] = np.float64(self.learning_rate(t))
+        feeds["step"] = np.float64(t)
+        if any(p.name == RNG_KEY for p in runner.inputs):
+            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        for path in layout.params:
+            feeds[PARAM + path] = self.params[path]
+        for path in layout.trainable:
+            for slot in layout.slots:
+                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        return feeds
+
+    def profile(self, x: Any, y: Any, repeat: int = 10):
+        """Time each kernel of the next train step on the batch (x, y) (native target): a
+        runtime/profile.py Profile, as `model.profile` gives. Changes nothing: the step's
+        results are dropped."""
+        if self.target != "native":
+            raise KilnError("K0602", "profiling times native kernels: the trainer runs on the "
+                            f"{self.target} target", hint="kiln.Trainer(..., target='native')")
+        feeds = self._step_feeds(x, y, self.step_count + 1)
+        return self._step[0].profile(repeat=repeat, **feeds)
 
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
