@@ -243,7 +243,19 @@ def train_options(t) -> None:
     t.add_argument("--log", metavar="RUN.jsonl", help="write each epoch's metrics as JSON lines")
     t.add_argument("--plot", metavar="CURVES.png", help="draw the loss curves (matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    model_input_options(t)
     t.add_argument("-o", "--output", help="write the trained weights (.safetensors or .npz)")
+
+
+def model_input_options(t) -> None:
+    """The options of `kiln train` for models of several inputs (kiln/train/inputs.py)."""
+    t.add_argument("--noise", action="append", default=[], metavar="INPUT",
+                   help="draw the model input INPUT from N(0, 1) for every batch, seeded "
+                   "(a VAE's eps; repeatable)")
+    t.add_argument("--full-batch", action="store_true",
+                   help="step on all training examples at once, in order (a graph's nodes)")
+    t.add_argument("--autoencode", action="store_true",
+                   help="the examples are their own targets (an autoencoder, a VAE)")
 
 
 def cmd_train(opts) -> int:
