@@ -24,8 +24,12 @@ applies the same update (build_update_step): the weights stay identical.
   the shards' variances (no term for the spread between shards); and the normalization itself
   uses each shard's own statistics, as PyTorch's DistributedDataParallel does without
   SyncBatchNorm: a model with BatchNorm trains close to, not exactly as, one process.
-- **Randomness** (dropout): worker r of n draws with the key [seed, n * step + r]: distinct
-  masks on every worker and step, and on one worker the key [seed, step] of kiln.Trainer.
+- **Randomness**: noise inputs (`noise=`, a VAE's eps) are drawn for the whole batch on
+  every worker, as one process draws them, and sharded with it: exact. Dropout draws inside
+  the step: worker r of n with the key [seed, n * step + r], distinct masks on every worker
+  and step (on one worker the key [seed, step] of kiln.Trainer).
+- A model with an input that is not per example (a graph's edge_index) cannot be split by
+  examples (K0955).
 
 A worker whose shard is empty (a batch smaller than the number of workers) adds zeros.
 """
@@ -42,6 +46,7 @@ import numpy as np
 from kiln.compiler.errors import KilnError
 from kiln.compiler.train.step import GRAD, build_grad_step, build_update_step
 
+from .inputs import per_example
 from .program import PREFIX
 from .trainer import RNG_KEY, UPDATED, Trainer
 
@@ -84,6 +89,11 @@ class ShardTrainer(Trainer):
         if allreduce is None and world > 1:
             raise KilnError("K0955", f"{world} data-parallel workers need an allreduce")
         super().__init__(*args, **kwargs)
+        apart = [p.name for p in self.inputs if p.name not in per_example(self.inputs)]
+        if apart and world > 1:
+            raise KilnError("K0955", f"{self.model_name} takes inputs that are not per example "
+                            f"({', '.join(apart)}): data-parallel workers split a batch by "
+                            "its examples", hint="train it in one process")
         self.rank, self.world = rank, world
         self.allreduce = allreduce if allreduce is not None else (lambda v: v)
 
@@ -116,6 +126,7 @@ class ShardTrainer(Trainer):
         feeds, target = self._checked(x, y)
         grad, update, whole = self._step
         t = self.step_count + 1
+        feeds = self._with_noise(feeds, [self.seed, t])  # the whole batch's, as one process's
         part = shard(len(target), self.rank, self.world)
         loss_share, row_share = self._shares(target, part)
         local = {}

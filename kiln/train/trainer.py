@@ -39,6 +39,7 @@ from kiln.compiler.train.step import (
 from kiln.compiler.types import dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
+from .inputs import draw_noise, noise_inputs, per_example
 from .metrics import classification_metrics
 from .program import (
     PREFIX,
@@ -51,6 +52,7 @@ from .program import (
 
 RNG_KEY = "rng_key"  # the step's random key input, [seed, step] (elaborate/training.py)
 UPDATED = "updated:"
+IGNORE_INDEX = -100  # std.losses' ignore_index: a target no loss or metric counts
 
 
 class Trainer:
@@ -64,7 +66,8 @@ class Trainer:
                  args: dict[str, Any] | None = None,
                  weights: str | os.PathLike | dict | None = None, target: str = "native",
                  l1: float = 0.0, l2: float = 0.0, penalized: Sequence[str] | None = None,
-                 threads: int | None = None, opt_level: int = 1):
+                 threads: int | None = None, opt_level: int = 1,
+                 noise: Sequence[str] = ()):
         """path: the model file; model, args: which model and its compile-time arguments;
         loss: a std.losses name (cross_entropy, mse_loss, ...) or FILE.kiln:NAME; optimizer:
         kiln.optim.SGD/Adam/AdamW/RMSprop (default Adam()); schedule: step -> factor of the
@@ -72,7 +75,8 @@ class Trainer:
         2-norm limit; seed: initial weights and dropout's key; trainable: glob patterns of
         the parameter paths to train (default all; the rest stay frozen); weights: initial
         weights to load; target: "native" or "reference"; l1, l2: penalties on the
-        parameters matching `penalized` (default every trainable one)."""
+        parameters matching `penalized` (default every trainable one); noise: model inputs
+        the trainer draws from N(0, 1) for every batch (a VAE's eps), seeded (inputs.py)."""
         from kiln.api import load, prepare
 
         if target not in ("native", "reference"):
@@ -105,6 +109,7 @@ class Trainer:
         self._compilation, params = prepare(program, model, target, seed, weights, self.args,
                                             opt_level=opt_level)
         self.model_name = self._compilation.model.name if model is None else model
+        self.noise = noise_inputs(self.inputs, noise)
         self.info = self._compilation.model.params
         self.params = {p: np.array(a) for p, a in params.items()}
         floats = [p for p, i in self.info.items() if i.kind == "param"
@@ -239,19 +244,31 @@ class Trainer:
     def _prefixed(self) -> dict[str, np.ndarray]:
         return {PREFIX + p: a for p, a in self.params.items()}
 
+    @property
+    def data_inputs(self) -> list:
+        """The model's input Ports that step and evaluate take (those not drawn as noise)."""
+        return [p for p in self.inputs if p.name not in self.noise]
+
     # ------------------------------------------------------------------ steps
-    def _inputs(self, x: Any) -> dict[str, Any]:
-        xs = tuple(x) if isinstance(x, tuple | list) else (x,)
-        names = [p.name for p in self.inputs]
+    def _data_feeds(self, x: Any) -> dict[str, Any]:
+        """The data inputs of a batch by name (x: an array, or a tuple of them)."""
+        xs = _as_tuple(x)
+        names = [p.name for p in self.data_inputs]
         if len(xs) != len(names):
             raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
                             f"({', '.join(names)}), got {len(xs)}")
         return dict(zip(names, xs))
 
+    def _with_noise(self, feeds: dict[str, Any], key: list[int]) -> dict[str, Any]:
+        """`feeds` and the noise inputs, drawn from the generator seeded by `key`, for as many
+        examples as the first input has."""
+        rows = len(np.asarray(feeds[self.data_inputs[0].name]))
+        return {**feeds, **draw_noise(self.noise, rows, key)}
+
     def _checked(self, x: Any, y: Any) -> tuple[dict[str, Any], np.ndarray]:
-        """A batch's inputs by name and its target, checked; the step and the evaluation
-        model are compiled first if they are not yet."""
-        feeds = self._inputs(x)
+        """A batch's data inputs by name and its target, checked; the step and the
+        evaluation model are compiled first if they are not yet."""
+        feeds = self._data_feeds(x)
         target = self._target(y)
         if self._step is None:
             self._build(target)
@@ -299,6 +316,7 @@ class Trainer:
         """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
         the first call)."""
         feeds, target = self._checked(x, y)
+        feeds = self._with_noise(feeds, [self.seed, t])
         runner, layout, _ = self._step
         return self._feeds_for(runner, layout, feeds, target, t)
 
@@ -334,16 +352,24 @@ class Trainer:
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
-        F1 of the argmax of the model's first output."""
+        F1 of the argmax of the model's first output (over the targets other than
+        std.losses' ignore_index, -100). A model with an input that is not per example (a
+        graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
+        and noise inputs are drawn the same at every evaluation."""
         feeds, target = self._checked(x, y)
         if self._eval_version != self._version:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
         n = len(target)
+        batched = per_example(self.data_inputs)
+        if len(batched) < len(self.data_inputs):
+            batch = max(n, 1)
         total, predictions = 0.0, []
         for start in range(0, n, batch):
-            part = {k: np.asarray(v)[start:start + batch] for k, v in feeds.items()}
-            part[target_name(list(feeds))] = target[start:start + batch]
+            part = self._with_noise({k: np.asarray(v)[start:start + batch] if k in batched
+                                     else v for k, v in feeds.items()},
+                                    [self.seed, 0, start])  # step 0: no train step draws it
+            part[target_name(list(part))] = target[start:start + batch]
             outs = self._eval(**part)
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
@@ -352,7 +378,9 @@ class Trainer:
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
-            metrics.update(classification_metrics(labels, np.concatenate(predictions)))
+            scored = labels != IGNORE_INDEX
+            metrics.update(classification_metrics(labels[scored],
+                                                  np.concatenate(predictions)[scored]))
         return metrics
 
     # ------------------------------------------------------------------ the trained model
@@ -436,6 +464,10 @@ class Trainer:
             self.state[(p, s)] = new[state_name(p, s)]
         self.step_count = step
         self._version += 1
+
+
+def _as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, tuple | list) else (x,)
 
 
 def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
