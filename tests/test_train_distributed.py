@@ -32,6 +32,22 @@ model Net {
   }
 }
 """
+NOISY = """
+import std.nn
+model Noisy {
+  forward(x: f32[B, 6], eps: f32[B, 3]) -> f32[B, 3] {
+    return (x |> nn.Linear(6, 3)) + eps
+  }
+}
+"""
+GRAPH = """
+import std.nn
+model Edges {
+  forward(x: f32[N, 6], edge_index: i64[2, E]) -> f32[N, 3] {
+    return x |> nn.Linear(6, 3)
+  }
+}
+"""
 RTOL = 1e-5  # f32 rounding: the sum over shards is another order of the same terms
 
 
@@ -40,6 +56,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     (root / "mlp.kiln").write_text(MLP)
     (root / "bn.kiln").write_text(BN)
+    (root / "noisy.kiln").write_text(NOISY)
+    (root / "graph.kiln").write_text(GRAPH)
     return root
 
 
@@ -190,3 +208,18 @@ def test_workers_whose_weights_differ_are_refused(files):
         t.join()
     assert [e.code for e in errors] == ["K0956", "K0956"]  # every worker stops
     assert "worker 1 differ" in errors[0].message
+
+
+def test_noise_is_drawn_for_the_whole_batch_as_one_process_draws_it(files):
+    options = dict(seed=4, loss="mse", noise=["eps"], optimizer=kiln.optim.SGD(lr=0.1))
+    rng = np.random.default_rng(5)
+    batches = [(rng.standard_normal((n, 6)).astype(np.float32),
+                rng.standard_normal((n, 3)).astype(np.float32)) for n in (8, 5)]
+    losses, trainers = run_workers(files / "noisy.kiln", 2, batches, **options)
+    assert_same(single(files / "noisy.kiln", batches, **options), losses, trainers)
+
+
+def test_inputs_that_are_not_per_example_cannot_be_split(files):
+    with pytest.raises(KilnError) as e:
+        ShardTrainer(files / "graph.kiln", rank=0, world=2, allreduce=lambda v: v)
+    assert e.value.code == "K0955" and "edge_index" in e.value.message
