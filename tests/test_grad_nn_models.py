@@ -2,7 +2,7 @@
 native, onnx) against PyTorch autograd (float64) with the same state_dict, input and cotangent:
 LeNet-5, ResNet-18 at a small input (BatchNorm in eval mode), DCGAN's generator and
 discriminator, and the U-Net; in training mode (BatchNorm's batch statistics, the running
-statistics updated), a LeNet with BatchNorm and ResNet-18, on the reference and native targets.
+statistics updated), a LeNet with BatchNorm (reference and native) and ResNet-18 (reference).
 Relative error at most 1e-4 on every parameter and input (test_grad_models.check_against_torch);
 one small input each."""
 
@@ -110,8 +110,10 @@ def test_lenet_with_batch_norm_in_training_mode(target):
                         [dy.astype(np.float32)])
 
 
-@pytest.mark.parametrize("target", ["reference", "native"])
-def test_resnet18_training_mode(target):
+# reference only: its native backward graph is 2,100 kernels, over three minutes of LLVM on
+# these shared 2-core machines (it passed when run by hand); the native train-mode BatchNorm,
+# conv, pooling and residual rules run in the LeNet above and the eval-mode ResNet-18
+def test_resnet18_training_mode(target="reference"):
     """Batch 2 at 64x64: the last stage's BatchNorms see 2x2 positions of 2 images. (At 32x32
     they would see one position per image: batch 1 has no batch variance there, PyTorch and
     kiln refuse it; with so few values batch statistics amplify rounding beyond 1e-4 even in
