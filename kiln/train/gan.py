@@ -111,6 +111,30 @@ def gan_source(path: str, generator: str, g_args: dict[str, Any], discriminator:
         f"    return gan.g_loss_{loss}({DISCRIMINATOR}({GENERATOR}(z)))", "  }", "}", ""])
 
 
+def ring_of_gaussians(n: int, rng: np.random.Generator, modes: int = 8, radius: float = 2.0,
+                      std: float = 0.02) -> np.ndarray:
+    """`n` points [n, 2] (float32) of the mixture of `modes` Gaussians of deviation `std`
+    centred evenly on a circle of `radius` (the 8-Gaussians benchmark of Metz et al., 2017)."""
+    centres = ring_centres(modes, radius)
+    points = centres[rng.integers(0, modes, n)] + std * rng.standard_normal((n, 2))
+    return points.astype(np.float32)
+
+
+def ring_centres(modes: int = 8, radius: float = 2.0) -> np.ndarray:
+    """The centres [modes, 2] of ring_of_gaussians' mixture."""
+    angles = 2 * np.pi * np.arange(modes) / modes
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def modes_covered(samples: np.ndarray, modes: int = 8, radius: float = 2.0,
+                  std: float = 0.02, share: float = 0.01) -> int:
+    """How many of the mixture's modes the samples [n, 2] cover: a mode is covered when at
+    least `share` of the samples lie within 3 `std` of its centre."""
+    distances = np.linalg.norm(samples[:, None, :] - ring_centres(modes, radius)[None], axis=2)
+    near = (distances <= 3 * std).sum(axis=0)
+    return int((near >= share * len(samples)).sum())
+
+
 class GANTrainer:
     """Trains a generator and a discriminator of one kiln file in alternation (see the
     module's docstring)."""
@@ -393,4 +417,5 @@ class GANTrainer:
         self._version += 1
 
 
-__all__ = ["GAN_LOSSES", "GANTrainer", "gan_source"]
+__all__ = ["GAN_LOSSES", "GANTrainer", "gan_source", "modes_covered", "ring_centres",
+           "ring_of_gaussians"]
