@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _clitest import run
 
 import kiln
 from kiln.compiler.errors import KilnError
@@ -163,6 +164,23 @@ def test_std_gan_dcgan_steps_on_digits():
     assert gan.params["generator.main.1.num_batches_tracked"] == 2
     # D's batch norm runs on real and fake in the D step, and on fake again in the G step
     assert gan.params["discriminator.main.3.num_batches_tracked"] == 6
+
+
+def test_kiln_train_gan_resumes_and_writes_the_generator(capsys, tmp_path):
+    ckpt, weights = tmp_path / "gan.safetensors", tmp_path / "g.safetensors"
+    common = [EXAMPLE, "--gan", "--data", "gaussians8", "--loss", "bce_with_logits",
+              "--batch", "256", "--quiet", "--checkpoint", ckpt]
+    code, out, _ = run(capsys, "train", *common, "--epochs", "1")
+    assert code == 0 and out.split("\n")[0].split() == ["epoch", "d_loss", "g_loss", "modes"]
+    code, out, _ = run(capsys, "train", *common, "--epochs", "2", "--resume", ckpt, "-o", weights)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["2"]]
+    assert code == 0 and len(rows) == 1 and np.isfinite([float(v) for v in rows[0][1:3]]).all()
+    generator = kiln.compile(EXAMPLE, model="Generator", weights=weights)
+    gan = example_trainer()
+    gan.load_checkpoint(ckpt)
+    z = gan.noise(5)
+    np.testing.assert_array_equal(generator(z), gan.generator(z))
+    assert gan.d_phase.steps == 2 * 51_200 // 256
 
 
 GEN_3 = """
