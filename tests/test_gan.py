@@ -145,25 +145,54 @@ def test_the_example_covers_at_least_six_of_eight_modes():
     assert modes_covered(gan.sample(2000)) >= 6
 
 
-def test_std_gan_dcgan_steps_on_digits():
+def test_std_gan_dcgan_on_digits_follows_the_tutorials_loop():
+    """Two iterations of the PyTorch DCGAN tutorial's loop (batch norm in training mode: batch
+    statistics, running statistics updated as the tutorial's single fake per iteration does)."""
     from sklearn.datasets import load_digits
+    from test_stdlib_gan import torch_refs
 
     digits = load_digits().images[:8].astype(np.float32) / 16 * 2 - 1  # [-1, 1], as tanh gives
     real = np.kron(digits, np.ones((8, 8), np.float32))[:, None]  # 8x8 -> 64x64, std.gan's size
+    g_args, d_args = {"nz": 8, "ngf": 4, "nc": 1}, {"nc": 1, "ndf": 4}
     # the reference target: the same steps, without compiling DCGAN's kernels for seconds of use
-    gan = kiln.GANTrainer("std.gan", args_g={"nz": 8, "ngf": 4, "nc": 1},
-                          args_d={"nc": 1, "ndf": 4}, seed=0, target="reference")
+    gan = kiln.GANTrainer("std.gan", args_g=g_args, args_d=d_args, seed=0, target="reference")
+    _, generator, discriminator, _ = torch_refs()
+    g, d = generator(**g_args).train(), discriminator(**d_args).train()
+    for net, name in ((g, "generator"), (d, "discriminator")):
+        net.load_state_dict({k: torch.tensor(v) for k, v in gan.net_params(name).items()})
     start = dict(gan.params)
-    losses = [gan.step(real) for _ in range(2)]
-    assert np.isfinite(losses).all()
-    for net in ("generator.", "discriminator."):
-        changed = [k for k in start if k.startswith(net) and gan.info[k].kind == "param"
+    noises = [gan.noise(8) for _ in range(2)]
+    ours = [(gan.d_step(real, z), gan.g_step(z)) for z in noises]
+    bce = torch.nn.BCELoss()
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=BETAS)
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=BETAS)
+    theirs = []
+    for z in noises:
+        fake = g(torch.tensor(z))
+        opt_d.zero_grad()
+        out_real, out_fake = d(torch.tensor(real)), d(fake.detach())
+        loss_d = (bce(out_real, torch.ones_like(out_real))
+                  + bce(out_fake, torch.zeros_like(out_fake)))
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        out = d(fake)
+        loss_g = bce(out, torch.ones_like(out))
+        loss_g.backward()
+        opt_g.step()
+        theirs.append((loss_d.item(), loss_g.item()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    for net, name in ((g, "generator"), (d, "discriminator")):
+        for k, v in net.state_dict().items():
+            np.testing.assert_allclose(gan.params[f"{name}.{k}"], v.numpy(), rtol=1e-3,
+                                       atol=1e-5, err_msg=f"{name}.{k}")
+        changed = [k for k in start if k.startswith(name) and gan.info[k].kind == "param"
                    and not np.array_equal(start[k], gan.params[k])]
-        assert changed, f"no {net} parameter changed"
-    assert gan.generator(gan.noise(2)).shape == (2, 1, 64, 64)
+        assert changed, f"no {name} parameter changed"
     assert gan.params["generator.main.1.num_batches_tracked"] == 2
     # D's batch norm runs on real and fake in the D step, and on fake again in the G step
     assert gan.params["discriminator.main.3.num_batches_tracked"] == 6
+    assert gan.generator(gan.noise(2)).shape == (2, 1, 64, 64)
 
 
 def test_kiln_train_gan_resumes_and_writes_the_generator(capsys, tmp_path):
