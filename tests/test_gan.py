@@ -11,6 +11,7 @@ from _clitest import run
 
 import kiln
 from kiln.compiler.errors import KilnError
+from kiln.train.checkpoint import write_checkpoint
 from kiln.train.gan import modes_covered, ring_of_gaussians
 
 torch = pytest.importorskip("torch", reason="the GAN steps are compared with torch")
@@ -132,6 +133,18 @@ def test_checkpoint_resumes_the_same_trajectory(tmp_path):
     with pytest.raises(KilnError) as err:
         other.load_checkpoint(tmp_path / "gan.safetensors")
     assert err.value.code == "K0838" and "loss" in str(err.value)
+    write_checkpoint(tmp_path / "plain.safetensors", {"x": np.zeros(2)}, {})
+    with pytest.raises(KilnError) as err:  # no kiln_gan header (a kiln.Trainer's, say)
+        resumed.load_checkpoint(tmp_path / "plain.safetensors")
+    assert err.value.code == "K0838"
+    before = {k: v.copy() for k, v in resumed.params.items()}
+    for bad in (lambda: resumed.d_step(np.zeros((4, 3), np.float32)),  # not a point
+                lambda: resumed.d_step(batches[0], np.zeros((32, 5), np.float32)),
+                lambda: resumed.g_step(0)):
+        with pytest.raises(KilnError):
+            bad()
+    assert_same(resumed.params, before)  # a failing step changes nothing
+    assert (resumed.d_phase.steps, resumed.g_phase.steps, resumed.noise_draws) == (6, 6, 6)
 
 
 def test_the_example_covers_at_least_six_of_eight_modes():

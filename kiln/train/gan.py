@@ -262,28 +262,43 @@ class GANTrainer:
         self.noise_draws += 1
         return z
 
-    def _z(self, z: Any) -> np.ndarray:
-        return self.noise(z) if isinstance(z, int) and not isinstance(z, bool) else np.asarray(z)
+    def _z(self, z: Any, n: int | None = None) -> tuple[np.ndarray, bool]:
+        """The noise a step runs on: `z` (an array), or the next batch of `z` (a batch size)
+        or `n` (z None) noise vectors; and whether it is the next batch, which the step takes
+        (advancing the counter) only when it succeeds."""
+        if z is None or isinstance(z, int) and not isinstance(z, bool):
+            return self._noise(n if z is None else z, self.seed, NOISE_STREAM,
+                               self.noise_draws), True
+        return np.asarray(z), False
 
     # ------------------------------------------------------------------ steps
     def d_step(self, real: Any, z: Any = None) -> float:
-        """One discriminator step on the batch `real` and noise `z` (default: the next batch
-        of noise, as many as `real`); updates D only, returns D's loss."""
+        """One discriminator step on the batch `real` and noise `z` (an array, or a batch
+        size; default: the next batch of noise, as many as `real`); updates D only, returns
+        D's loss."""
         real = np.asarray(real)
-        z = self.noise(len(real)) if z is None else self._z(z)
-        return self._run(self.d_phase, {"z": z, "real": real})
+        z, fresh = self._z(z, len(real) if real.ndim else 1)  # 0-d: refused by the step
+        loss = self._run(self.d_phase, {"z": z, "real": real})
+        self.noise_draws += fresh
+        return loss
 
     def g_step(self, z: Any) -> float:
         """One generator step on noise `z` (an array, or a batch size: the next batch of
         noise); updates G only, through D; returns G's loss."""
-        return self._run(self.g_phase, {"z": self._z(z)})
+        z, fresh = self._z(z)
+        loss = self._run(self.g_phase, {"z": z})
+        self.noise_draws += fresh
+        return loss
 
     def step(self, real: Any) -> tuple[float, float]:
-        """A D step on `real`, then a G step, both on one batch of noise (as the DCGAN
-        tutorial uses one `fake` for both); returns (D's loss, G's loss)."""
+        """A D step on `real`, then a G step, both on the next batch of noise (as the DCGAN
+        tutorial uses one `fake` for both); returns (D's loss, G's loss). A failing D step
+        changes nothing; a failing G step leaves the D step done."""
         real = np.asarray(real)
-        z = self.noise(len(real) if real.ndim else 1)  # a 0-d batch: refused by the D step
-        return self.d_step(real, z), self.g_step(z)
+        z, _ = self._z(None, len(real) if real.ndim else 1)
+        d_loss = self.d_step(real, z)
+        self.noise_draws += 1
+        return d_loss, self.g_step(z)
 
     def _run(self, phase: Phase, feeds: dict[str, Any]) -> float:
         """Run one step of `phase`; its results replace the weights and state only when the
