@@ -39,6 +39,7 @@ from kiln.compiler.train.step import (
 from kiln.compiler.types import dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
+from .inputs import draw_noise, noise_inputs, per_example
 from .metrics import classification_metrics
 from .program import (
     PREFIX,
@@ -51,6 +52,7 @@ from .program import (
 
 RNG_KEY = "rng_key"  # the step's random key input, [seed, step] (elaborate/training.py)
 UPDATED = "updated:"
+IGNORE_INDEX = -100  # std.losses' ignore_index: a target no loss or metric counts
 
 
 class Trainer:
@@ -64,7 +66,8 @@ class Trainer:
                  args: dict[str, Any] | None = None,
                  weights: str | os.PathLike | dict | None = None, target: str = "native",
                  l1: float = 0.0, l2: float = 0.0, penalized: Sequence[str] | None = None,
-                 threads: int | None = None, opt_level: int = 1):
+                 threads: int | None = None, opt_level: int = 1,
+                 noise: Sequence[str] = ()):
         """path: the model file; model, args: which model and its compile-time arguments;
         loss: a std.losses name (cross_entropy, mse_loss, ...) or FILE.kiln:NAME; optimizer:
         kiln.optim.SGD/Adam/AdamW/RMSprop (default Adam()); schedule: step -> factor of the
@@ -72,7 +75,8 @@ class Trainer:
         2-norm limit; seed: initial weights and dropout's key; trainable: glob patterns of
         the parameter paths to train (default all; the rest stay frozen); weights: initial
         weights to load; target: "native" or "reference"; l1, l2: penalties on the
-        parameters matching `penalized` (default every trainable one)."""
+        parameters matching `penalized` (default every trainable one); noise: model inputs
+        the trainer draws from N(0, 1) for every batch (a VAE's eps), seeded (inputs.py)."""
         from kiln.api import load, prepare
 
         if target not in ("native", "reference"):
@@ -105,6 +109,7 @@ class Trainer:
         self._compilation, params = prepare(program, model, target, seed, weights, self.args,
                                             opt_level=opt_level)
         self.model_name = self._compilation.model.name if model is None else model
+        self.noise = noise_inputs(self.inputs, noise)
         self.info = self._compilation.model.params
         self.params = {p: np.array(a) for p, a in params.items()}
         floats = [p for p, i in self.info.items() if i.kind == "param"
@@ -173,20 +178,43 @@ class Trainer:
         if self._step is None:
             self._build(self._target(y))
 
+    def _batch(self) -> str:
+        """The name (or size) of the batch axis: axis 0 of the model's first input."""
+        first = self.inputs[0].type.shape
+        return str(first[0]) if first else "B"
+
+    def target_type(self, y: np.ndarray | None = None) -> str:
+        """The type of the target input, as kiln writes it: that of `y` with the batch axis
+        of the model's inputs; without `y`, class indices i64[batch] for a class-index loss,
+        else the type of the model's first output."""
+        if y is not None:
+            dims = [self._batch()] + [str(d) for d in y.shape[1:]]
+            return f"{dtype_of_numpy(y.dtype)}[{', '.join(dims)}]"
+        if self.loss.class_index:
+            return f"i64[{self._batch()}]"
+        return str(self.outputs[0].type)
+
+    def _program(self, target_type: str):
+        return training_program(self.path, self.model_name, self.args, self.inputs,
+                                len(self._compilation.model.outputs), target_type, self.loss)
+
+    def step_parts(self, target_type: str | None = None):
+        """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
+        its StepLayout), for targets of `target_type` (default: `target_type()`'s). The
+        step graph shares the forward nodes' ids (compiler/autodiff.py)."""
+        program = self._program(target_type or self.target_type())
+        train = program.elaborate(TRAIN_MODEL, {}, training=True)
+        return (set(train.graph.g.nodes), *self._step_of(train))
+
+    def _step_of(self, train):
+        """The train step of `train`, the training program elaborated in training mode."""
+        return build_train_step(train, self.optimizer, PREFIX, self.trainable,
+                                self.clip_grad_norm, self.l1, self.l2, self.penalized)
+
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
-        inputs = self.inputs
-        first = inputs[0].type.shape
-        batch = str(first[0]) if first else "B"
-        dims = [batch] + [str(d) for d in y.shape[1:]]
-        dtype = dtype_of_numpy(y.dtype)
-        program = training_program(self.path, self.model_name, self.args, inputs,
-                                   len(self._compilation.model.outputs),
-                                   f"{dtype}[{', '.join(dims)}]", self.loss)
-        train = program.elaborate(TRAIN_MODEL, {}, training=True)
-        step_model, layout = build_train_step(
-            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
-            self.l2, self.penalized)
+        program = self._program(self.target_type(y))
+        step_model, layout = self._step_of(program.elaborate(TRAIN_MODEL, {}, training=True))
         runner = self._runner(Compilation(step_model, None, self.target, None, self.opt_level),
                               {})
         evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
@@ -208,14 +236,26 @@ class Trainer:
     def _prefixed(self) -> dict[str, np.ndarray]:
         return {PREFIX + p: a for p, a in self.params.items()}
 
+    @property
+    def data_inputs(self) -> list:
+        """The model's input Ports that step and evaluate take (those not drawn as noise)."""
+        return [p for p in self.inputs if p.name not in self.noise]
+
     # ------------------------------------------------------------------ steps
-    def _inputs(self, x: Any) -> dict[str, Any]:
-        xs = tuple(x) if isinstance(x, tuple | list) else (x,)
-        names = [p.name for p in self.inputs]
+    def _data_feeds(self, x: Any) -> dict[str, Any]:
+        """The data inputs of a batch by name (x: an array, or a tuple of them)."""
+        xs = _as_tuple(x)
+        names = [p.name for p in self.data_inputs]
         if len(xs) != len(names):
             raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
                             f"({', '.join(names)}), got {len(xs)}")
         return dict(zip(names, xs))
+
+    def _with_noise(self, feeds: dict[str, Any], key: list[int]) -> dict[str, Any]:
+        """`feeds` and the noise inputs, drawn from the generator seeded by `key`, for as many
+        examples as the first input has."""
+        rows = len(np.asarray(feeds[self.data_inputs[0].name]))
+        return {**feeds, **draw_noise(self.noise, rows, key)}
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (from 1): the optimizer's, times the schedule's."""
@@ -226,22 +266,9 @@ class Trainer:
         """One training step on the batch (x, y) (x: an array, or a tuple for a model with
         several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
         the step and the first parameter whose gradient is not finite, and changes nothing."""
-        feeds = self._inputs(x)
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
-        runner, layout, out_names = self._step
         t = self.step_count + 1
-        feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        feeds = self._step_feeds(x, y, t)
+        runner, layout, out_names = self._step
         arrays, dims = runner.bind_inputs((), feeds)
         results = dict(zip(out_names, runner.run(arrays, dims)))
         loss = float(results["loss"])
@@ -263,11 +290,44 @@ class Trainer:
         self._version += 1
         return loss
 
+    def _step_feeds(self, x: Any, y: Any, t: int) -> dict[str, Any]:
+        """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
+        the first call)."""
+        feeds = self._with_noise(self._data_feeds(x), [self.seed, t])
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        runner, layout, _ = self._step
+        feeds[target_name(list(feeds))] = target
+        feeds["lr"] = np.float64(self.learning_rate(t))
+        feeds["step"] = np.float64(t)
+        if any(p.name == RNG_KEY for p in runner.inputs):
+            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        for path in layout.params:
+            feeds[PARAM + path] = self.params[path]
+        for path in layout.trainable:
+            for slot in layout.slots:
+                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        return feeds
+
+    def profile(self, x: Any, y: Any, repeat: int = 10):
+        """Time each kernel of the next train step on the batch (x, y) (native target): a
+        runtime/profile.py Profile, as `model.profile` gives. Changes nothing: the step's
+        results are dropped."""
+        if self.target != "native":
+            raise KilnError("K0602", "profiling times native kernels: the trainer runs on the "
+                            f"{self.target} target", hint="kiln.Trainer(..., target='native')")
+        feeds = self._step_feeds(x, y, self.step_count + 1)
+        return self._step[0].profile(repeat=repeat, **feeds)
+
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
-        F1 of the argmax of the model's first output."""
-        feeds = self._inputs(x)
+        F1 of the argmax of the model's first output (over the targets other than
+        std.losses' ignore_index, -100). A model with an input that is not per example (a
+        graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
+        and noise inputs are drawn the same at every evaluation."""
+        feeds = self._data_feeds(x)
         target = self._target(y)
         if self._step is None:
             self._build(target)
@@ -275,10 +335,15 @@ class Trainer:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
         n = len(target)
+        batched = per_example(self.data_inputs)
+        if len(batched) < len(self.data_inputs):
+            batch = max(n, 1)
         total, predictions = 0.0, []
         for start in range(0, n, batch):
-            part = {k: np.asarray(v)[start:start + batch] for k, v in feeds.items()}
-            part[target_name(list(feeds))] = target[start:start + batch]
+            part = self._with_noise({k: np.asarray(v)[start:start + batch] if k in batched
+                                     else v for k, v in feeds.items()},
+                                    [self.seed, 0, start])  # step 0: no train step draws it
+            part[target_name(list(part))] = target[start:start + batch]
             outs = self._eval(**part)
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
@@ -287,7 +352,9 @@ class Trainer:
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
-            metrics.update(classification_metrics(labels, np.concatenate(predictions)))
+            scored = labels != IGNORE_INDEX
+            metrics.update(classification_metrics(labels[scored],
+                                                  np.concatenate(predictions)[scored]))
         return metrics
 
     # ------------------------------------------------------------------ the trained model
@@ -371,6 +438,10 @@ class Trainer:
             self.state[(p, s)] = new[state_name(p, s)]
         self.step_count = step
         self._version += 1
+
+
+def _as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, tuple | list) else (x,)
 
 
 def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
