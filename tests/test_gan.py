@@ -225,6 +225,14 @@ def test_kiln_train_gan_resumes_and_writes_the_generator(capsys, tmp_path):
     assert gan.d_phase.steps == 2 * 51_200 // 256
 
 
+@pytest.mark.parametrize("args", [["--arg", "hidden=8"], ["--batch", "0"],
+                                  ["--batch", "100000"]])
+def test_kiln_train_gan_refuses_options_it_cannot_honour(capsys, args):
+    code, _, err = run(capsys, "train", EXAMPLE, "--gan", "--data", "gaussians8", "--quiet",
+                       *args)
+    assert code == 1 and "K0830" in err
+
+
 GEN_3 = """
 import std.nn
 model Generator { forward(z: f32[B, 4]) -> f32[B, 3] { return z |> nn.Linear(4, 3) } }
