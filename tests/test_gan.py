@@ -226,7 +226,8 @@ def test_kiln_train_gan_resumes_and_writes_the_generator(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--arg", "hidden=8"], ["--batch", "0"],
-                                  ["--batch", "100000"]])
+                                  ["--batch", "100000"], ["--schedule", "cosine"],
+                                  ["--augment", "flip"], ["--l2", "0.1"]])
 def test_kiln_train_gan_refuses_options_it_cannot_honour(capsys, args):
     code, _, err = run(capsys, "train", EXAMPLE, "--gan", "--data", "gaussians8", "--quiet",
                        *args)

@@ -20,6 +20,11 @@ from .loop import _progress
 GAUSSIANS = "gaussians8"
 GAN_POINTS = 51_200  # 200 steps of batch 256 per epoch
 COLUMNS = ("epoch", "d_loss", "g_loss")
+# kiln train's options the GAN loop has no use for, with their defaults: any other value is
+# refused rather than ignored
+UNUSED = {"schedule": "constant", "l1": 0.0, "l2": 0.0, "trainable": [], "augment": [],
+          "early_stopping": 0, "log": None, "plot": None, "weights": None, "noise": [],
+          "full_batch": False, "autoencode": False, "val_split": 0.2}
 
 
 def fit_gan(opts) -> int:
@@ -30,10 +35,19 @@ def fit_gan(opts) -> int:
         raise KilnError("K0830", "kiln train --gan takes --generator and --discriminator, and "
                         "the models' defaults", hint="give compile-time arguments with "
                         "kiln.GANTrainer(args_g=..., args_d=...) in Python")
+    for name, default in UNUSED.items():
+        if getattr(opts, name, default) != default:
+            raise KilnError("K0830", f"kiln train --gan does not take --{name.replace('_', '-')}",
+                            hint="kiln.GANTrainer in Python for more control")
     if opts.batch < 1 or opts.epochs < 0:
         raise KilnError("K0830", "--batch must be >= 1 and --epochs >= 0")
-    hyper = {"lr": opts.lr, **({"betas": (0.5, 0.999)} if opts.optimizer in ("adam", "adamw")
-                               else {})}
+    hyper: dict = {"lr": opts.lr}
+    if opts.optimizer in ("adam", "adamw"):
+        hyper["betas"] = (0.5, 0.999)  # the DCGAN paper's, as PyTorch's tutorial
+    if opts.momentum is not None:
+        hyper["momentum"] = opts.momentum
+    if opts.weight_decay is not None:
+        hyper["weight_decay"] = opts.weight_decay
     gan = GANTrainer(opts.file, generator=opts.generator, discriminator=opts.discriminator,
                      optimizer_g=by_name(opts.optimizer, **hyper),
                      optimizer_d=by_name(opts.optimizer, **hyper), loss=opts.loss or "bce",
