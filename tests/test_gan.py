@@ -42,10 +42,10 @@ def torch_mlps(params):
     return g, d
 
 
-def torch_gan_steps(g, d, batches, noises, lr=1e-3):
-    """The PyTorch DCGAN tutorial's loop on logits: D on real and fake.detach(), then G on
-    D(fake) with target 1; returns the losses per step."""
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
+def torch_gan_steps(g, d, batches, noises, lr=1e-3, bce=None):
+    """The PyTorch DCGAN tutorial's loop (on logits unless `bce` says otherwise): D on real
+    and fake.detach(), then G on D(fake) with target 1; returns the losses per step."""
+    bce = bce or torch.nn.functional.binary_cross_entropy_with_logits
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=BETAS)
     opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=BETAS)
     losses = []
@@ -176,24 +176,8 @@ def test_std_gan_dcgan_on_digits_follows_the_tutorials_loop():
     start = dict(gan.params)
     noises = [gan.noise(8) for _ in range(2)]
     ours = [(gan.d_step(real, z), gan.g_step(z)) for z in noises]
-    bce = torch.nn.BCELoss()
-    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=BETAS)
-    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=BETAS)
-    theirs = []
-    for z in noises:
-        fake = g(torch.tensor(z))
-        opt_d.zero_grad()
-        out_real, out_fake = d(torch.tensor(real)), d(fake.detach())
-        loss_d = (bce(out_real, torch.ones_like(out_real))
-                  + bce(out_fake, torch.zeros_like(out_fake)))
-        loss_d.backward()
-        opt_d.step()
-        opt_g.zero_grad()
-        out = d(fake)
-        loss_g = bce(out, torch.ones_like(out))
-        loss_g.backward()
-        opt_g.step()
-        theirs.append((loss_d.item(), loss_g.item()))
+    theirs = torch_gan_steps(g, d, [real] * len(noises), noises, lr=2e-4,
+                             bce=torch.nn.BCELoss())
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
     for net, name in ((g, "generator"), (d, "discriminator")):
         for k, v in net.state_dict().items():

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -45,12 +44,12 @@ from kiln.compiler.elaborate import Port, load_program
 from kiln.compiler.errors import KilnError
 from kiln.compiler.initializers import generate_params
 from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
-from kiln.compiler.train.step import GRADNORM, PARAM, build_train_step, state_name
+from kiln.compiler.train.step import build_train_step, state_name
 from kiln.compiler.types import NUMPY_DTYPES
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .program import literal
-from .trainer import RNG_KEY, UPDATED, _first_difference
+from .trainer import _first_difference, run_step, step_feeds
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"  # the members of the generated program
 D_MODEL, G_MODEL = "KilnGanD", "KilnGanG"
@@ -303,32 +302,12 @@ class GANTrainer:
     def _run(self, phase: Phase, feeds: dict[str, Any]) -> float:
         """Run one step of `phase`; its results replace the weights and state only when the
         loss is finite (K0836 otherwise, changing nothing)."""
-        runner, layout, out_names = self._compiled(phase)
         t = phase.steps + 1
-        feeds["lr"] = np.float64(phase.optimizer.lr)
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, 2 * t + phase.index], np.int64)
-        feeds.update({PARAM + p: self.params[p] for p in layout.params})
-        feeds.update({state_name(p, s): phase.state[(p, s)]
-                      for p in layout.trainable for s in layout.slots})
-        arrays, dims = runner.bind_inputs((), feeds)
-        results = dict(zip(out_names, runner.run(arrays, dims)))
-        loss = float(results["loss"])
-        if not math.isfinite(loss):
-            bad = next((p for p in layout.trainable
-                        if not np.isfinite(results[GRADNORM + p])), None)
-            where = (f"the first non-finite gradient is of parameter {bad}" if bad else
-                     "every gradient is finite")
-            raise KilnError("K0836", f"the {phase.net}'s loss is {loss} at its step {t}: "
-                            f"{where}", hint="lower the learning rate, clip gradients "
-                            "(clip_grad_norm=) or check the data for NaN/Inf")
-        for p in layout.trainable:
-            self.params[p] = results[PARAM + p]
-            for s in layout.slots:
-                phase.state[(p, s)] = results[state_name(p, s)]
-        for p in layout.buffers:
-            self.params[p] = results[UPDATED + p]
+        step = self._compiled(phase)
+        feeds = step_feeds(step, feeds, self.params, phase.state, phase.optimizer.lr, t,
+                           [self.seed, 2 * t + phase.index])
+        loss = run_step(step, feeds, self.params, phase.state, f"the {phase.net}'s loss",
+                        f"at its step {t}")
         phase.steps = t
         self._version += 1
         return loss

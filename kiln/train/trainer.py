@@ -55,6 +55,49 @@ UPDATED = "updated:"
 IGNORE_INDEX = -100  # std.losses' ignore_index: a target no loss or metric counts
 
 
+def step_feeds(step, feeds: dict[str, Any], params: dict, state: dict, lr: float, t: int,
+               key: list[int]) -> dict[str, Any]:
+    """`feeds` (the batch) with the rest of what the compiled train step `step` (runner,
+    StepLayout, output names) takes: the learning rate, the step number `t`, the random key
+    where the step draws (dropout), every parameter and the trainable ones' optimizer state."""
+    runner, layout, _ = step
+    feeds["lr"] = np.float64(lr)
+    feeds["step"] = np.float64(t)
+    if any(p.name == RNG_KEY for p in runner.inputs):
+        feeds[RNG_KEY] = np.array(key, np.int64)
+    feeds.update({PARAM + p: params[p] for p in layout.params})
+    feeds.update({state_name(p, s): state[(p, s)] for p in layout.trainable
+                  for s in layout.slots})
+    return feeds
+
+
+def run_step(step, feeds: dict[str, Any], params: dict, state: dict, subject: str,
+             at: str) -> float:
+    """Run the compiled train step `step` on `feeds`; its new weights, optimizer state and
+    buffers replace those in `params` and `state` only when the loss is finite. Otherwise
+    K0836 (`subject` is {loss}, `at`: ...), naming the first parameter whose gradient is not
+    finite, and nothing changes."""
+    runner, layout, out_names = step
+    arrays, dims = runner.bind_inputs((), feeds)
+    results = dict(zip(out_names, runner.run(arrays, dims)))
+    loss = float(results["loss"])
+    if not math.isfinite(loss):
+        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADNORM + p])),
+                   None)
+        where = (f"the first non-finite gradient is of parameter {bad}" if bad else
+                 "every gradient is finite")
+        raise KilnError("K0836", f"{subject} is {loss} {at}: {where}",
+                        hint="lower the learning rate, clip gradients (clip_grad_norm=) or "
+                        "check the data for NaN/Inf")
+    for p in layout.trainable:
+        params[p] = results[PARAM + p]
+        for s in layout.slots:
+            state[(p, s)] = results[state_name(p, s)]
+    for p in layout.buffers:
+        params[p] = results[UPDATED + p]
+    return loss
+
+
 class Trainer:
     """Trains one model of a kiln file (see the module's docstring)."""
 
@@ -268,24 +311,7 @@ class Trainer:
         the step and the first parameter whose gradient is not finite, and changes nothing."""
         t = self.step_count + 1
         feeds = self._step_feeds(x, y, t)
-        runner, layout, out_names = self._step
-        arrays, dims = runner.bind_inputs((), feeds)
-        results = dict(zip(out_names, runner.run(arrays, dims)))
-        loss = float(results["loss"])
-        if not math.isfinite(loss):
-            bad = next((p for p in layout.trainable
-                        if not np.isfinite(results[GRADNORM + p])), None)
-            where = (f"the first non-finite gradient is of parameter {bad}" if bad else
-                     "every gradient is finite")
-            raise KilnError("K0836", f"the loss is {loss} at step {t}: {where}",
-                            hint="lower the learning rate, clip gradients "
-                            "(clip_grad_norm=) or check the data for NaN/Inf")
-        for path in layout.trainable:
-            self.params[path] = results[PARAM + path]
-            for slot in layout.slots:
-                self.state[(path, slot)] = results[state_name(path, slot)]
-        for path in layout.buffers:
-            self.params[path] = results[UPDATED + path]
+        loss = run_step(self._step, feeds, self.params, self.state, "the loss", f"at step {t}")
         self.step_count = t
         self._version += 1
         return loss
@@ -297,18 +323,9 @@ class Trainer:
         target = self._target(y)
         if self._step is None:
             self._build(target)
-        runner, layout, _ = self._step
         feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
-        return feeds
+        return step_feeds(self._step, feeds, self.params, self.state, self.learning_rate(t), t,
+                          [self.seed, t])
 
     def profile(self, x: Any, y: Any, repeat: int = 10):
         """Time each kernel of the next train step on the batch (x, y) (native target): a
