@@ -6,12 +6,13 @@ onnxruntime runs its recurrent kernels several times faster than the same step a
 (kiln's export of an LSTM ran 3.1x slower than PyTorch's, which emits LSTM). Recognition is a
 pattern over the graph, not a marker std.rnn leaves: a scan qualifies only when its body
 computes exactly the cell, up to the order of the operands of + and *, so a hand-written scan
-that differs anywhere (a projection, another activation, a peephole) stays a Scan. Both gate
-orders kiln builds are recognised: PyTorch's (std.rnn) and ONNX's (the ONNX importer's scans).
+that differs anywhere (a projection, another activation, a peephole) stays a Scan. Any order
+of the gates is recognised: PyTorch's (std.rnn), ONNX's (the ONNX importer's scans) or another.
 
     x = X @ W^T (+ Wb), computed before the loop, X [T, B, in] (or [B, T, in] over axis 1)
     P = h @ R^T (+ Rb)                                       R, Rb captured by the body
-    LSTM (gates i, f, g, o of x + P):  c' = sig(f) * c + sig(i) * tanh(g),  h' = sig(o) * tanh(c')
+    LSTM (gates i, f, g, o of x + P, or of each):  c' = sig(f) * c + sig(i) * tanh(g),
+                                                  h' = sig(o) * tanh(c')
     GRU (gates r, z, n of x and of P): r = sig(x_r + P_r),  z = sig(x_z + P_z),
                                        n = tanh(x_n + r * P_n),  h' = (1 - z) * n + z * h
          (ONNX's linear_before_reset = 1: the recurrent bias stays inside r * (...))
@@ -37,7 +38,9 @@ from ..passes.edit import key, only_user
 
 # A pattern: a variable name (bound to the first value it meets, equal to it after), or a tuple
 # (op, *operand patterns), ("or", *alternatives), ("const", number) for a scalar constant,
-# ("split", n, index, pattern) for output `index` of an equal split in n over the last axis.
+# ("split", n, index, pattern) for output `index` of an equal split in n over the last axis,
+# ("sum", *terms) for a tree of `add`s whose leaves are the terms in some order (however the
+# source grouped x + h @ R^T + Rb).
 Pattern = Any
 
 # Each op's gate order in ONNX (LSTM: i, o, f, c; GRU: z, r, h), by kiln's letters for the
@@ -45,14 +48,18 @@ Pattern = Any
 ONNX_GATES = {"LSTM": "iofg", "GRU": "zrn", "RNN": "a"}
 
 
-def _projection() -> Pattern:
-    """h @ R^T, plus Rb where there is a recurrent bias."""
+def _projection(*terms: Pattern) -> Pattern:
+    """terms + h @ R^T, plus Rb where there is a recurrent bias."""
     product = ("matmul", "h", "RT")
-    return ("or", ("add", product, "Rb"), product)
+    return ("or", ("sum", *terms, product, "Rb"),
+            ("sum", *terms, product) if terms else product)
 
 
 def _lstm(pos: dict[str, int]) -> dict[str, Pattern]:
-    gate = lambda k: ("split", 4, pos[k], ("add", "x", _projection()))  # noqa: E731
+    def gate(k: str) -> Pattern:  # a gate of x + P, split after the sum (std.rnn) or before
+        split = lambda v: ("split", 4, pos[k], v)  # noqa: E731
+        return ("or", split(_projection("x")), ("add", split("x"), split(_projection())))
+
     c = ("add", ("mul", ("sigmoid", gate("f")), "c"),
          ("mul", ("sigmoid", gate("i")), ("tanh", gate("g"))))
     return {"h": ("mul", ("sigmoid", gate("o")), ("tanh", c)), "c": c}
@@ -68,7 +75,7 @@ def _gru(pos: dict[str, int]) -> dict[str, Pattern]:
 
 
 def _rnn(activation: str) -> Callable[[dict[str, int]], dict[str, Pattern]]:
-    return lambda pos: {"h": (activation, ("add", "x", _projection()))}
+    return lambda pos: {"h": (activation, _projection("x"))}
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,11 @@ class Cell:
         return np.concatenate([np.arange(k * hidden, (k + 1) * hidden) for k in blocks])
 
 
+# every order of the gates in the body's split: PyTorch's (std.rnn: i f g o, r z n), ONNX's
+# (the importer's scans: i o f g, z r n), or a hand-written one's
 CELLS = [
-    Cell("LSTM", "ifgo", ("h", "c"), _lstm),  # PyTorch's order (std.rnn)
-    Cell("LSTM", "iofg", ("h", "c"), _lstm),  # ONNX's (the importer)
-    Cell("GRU", "rzn", ("h",), _gru),
-    Cell("GRU", "zrn", ("h",), _gru),
+    *(Cell("LSTM", "".join(order), ("h", "c"), _lstm) for order in itertools.permutations("ifgo")),
+    *(Cell("GRU", "".join(order), ("h",), _gru) for order in itertools.permutations("rzn")),
     Cell("RNN", "a", ("h",), _rnn("tanh"), "Tanh"),
     Cell("RNN", "a", ("h",), _rnn("relu"), "Relu"),
 ]
@@ -134,6 +141,8 @@ class Matcher:
             return constant is not None and constant.size == 1 and float(constant) == args[0]
         operands = self.graph.operands(value.node) if node["op"] not in ("input", "param",
                                                                           "constant") else []
+        if head == "sum":
+            return self._sum(args, value, env)
         if head == "split":
             n, index, inner = args
             a = node["attrs"]
@@ -146,6 +155,20 @@ class Matcher:
             return False
         orders = [operands, operands[::-1]] if has(head, Prop.COMMUTATIVE) else [operands]
         return any(self._all(tuple(args), order, env) for order in orders)
+
+
+    def _sum(self, terms: list, value: Value, env: dict[str, Value]) -> bool:
+        leaves, stack = [], [value]
+        while stack:
+            v = stack.pop()
+            if self.graph.node(v.node)["op"] == "add" and v.index == 0:
+                stack.extend(self.graph.operands(v.node))
+            else:
+                leaves.append(v)
+        if len(leaves) != len(terms):
+            return False
+        return any(self._all(tuple(terms), list(order), env)
+                   for order in itertools.permutations(leaves))
 
 
 def transposed_2d(graph: Graph, value: Value) -> Value | None:
