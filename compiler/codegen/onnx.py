@@ -597,13 +597,14 @@ def _emit_recurrent(b: OnnxBuilder, rec: onnx_patterns.Recurrent, name: Callable
             (value,) = b.node("Transpose", [value], 1, perm=[1, 0])
         return b.node("Unsqueeze", [gates(value), first])[0]
 
-    w, r = weight(rec.w), weight(rec.r)
-    bias = None
-    if rec.wb is not None or rec.rb is not None:
+    def bias() -> str | None:
+        if rec.wb is None and rec.rb is None:
+            return None
         width = len(cell.order) * hidden
         halves = [gates(name(v)) if v is not None else b.const(np.zeros(width, np.float32))
                   for v in (rec.wb, rec.rb)]
-        bias = b.node("Unsqueeze", [b.node("Concat", halves, 1, axis=0)[0], first])[0]
+        return b.node("Unsqueeze", [b.node("Concat", halves, 1, axis=0)[0], first])[0]
+
     x = name(rec.x)
     if rec.batch_first:
         (x,) = b.node("Transpose", [x], 1, perm=[1, 0, 2])
@@ -620,7 +621,8 @@ def _emit_recurrent(b: OnnxBuilder, rec: onnx_patterns.Recurrent, name: Callable
     def run(names: list[str]) -> None:  # names: the carries, then the emits
         y = b.fresh("y") if rec.emits else ""
         states = [b.fresh(f"{s}_n") for s in cell.states]
-        b.node(cell.op, [x, w, r, bias, None, *initial], [y, *states], **attrs)
+        b.node(cell.op, [x, weight(rec.w), weight(rec.r), bias(), None, *initial], [y, *states],
+               **attrs)
         for state, carry in zip(states, rec.carries, strict=True):
             b.node("Squeeze", [state, first], [names[carry]])
         if rec.emits:
