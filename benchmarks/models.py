@@ -220,7 +220,8 @@ def torch_export(module, x: np.ndarray, path: Path) -> None:
     import torch
 
     axes = {i: f"d{i}" for i in range(x.ndim - 1)}
-    with torch.no_grad(), warnings.catch_warnings():
+    # not under no_grad: there nn.MultiheadAttention takes its fast path, which has no export
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=False,
                           input_names=["x"], opset_version=18, dynamic_axes={"x": axes})
