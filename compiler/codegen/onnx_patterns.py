@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
-from ..ir import Graph, Value
+from ..ir import STRUCTURAL_OPS, Graph, Value
 from ..ops.registry import REGISTRY, Prop, has
 from ..passes.edit import key, only_user
 
@@ -139,8 +139,7 @@ class Matcher:
         if head == "const":
             constant = np.asarray(node["attrs"].get("value")) if node["op"] == "constant" else None
             return constant is not None and constant.size == 1 and float(constant) == args[0]
-        operands = self.graph.operands(value.node) if node["op"] not in ("input", "param",
-                                                                          "constant") else []
+        operands = [] if node["op"] in STRUCTURAL_OPS else self.graph.operands(value.node)
         if head == "sum":
             return self._sum(args, value, env)
         if head == "split":
@@ -156,8 +155,8 @@ class Matcher:
         orders = [operands, operands[::-1]] if has(head, Prop.COMMUTATIVE) else [operands]
         return any(self._all(tuple(args), order, env) for order in orders)
 
-
     def _sum(self, terms: list, value: Value, env: dict[str, Value]) -> bool:
+        """The leaves of the tree of adds computing `value` match `terms` in some order."""
         leaves, stack = [], [value]
         while stack:
             v = stack.pop()
