@@ -28,7 +28,13 @@ import numpy as np
 from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
 from kiln.compiler.errors import KilnError
-from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
+from kiln.compiler.train.optim import (
+    Adam,
+    Optimizer,
+    initial_state,
+    optimizer_from_config,
+    schedule_config,
+)
 from kiln.compiler.train.step import (
     GRADNORM,
     PARAM,
@@ -396,10 +402,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the model, the loss, the optimizer."""
+        """What a checkpoint must match to resume: the model, the loss, the optimizer and
+        its learning-rate schedule, the inputs the trainer draws."""
         return {"model": self.model_name, "args": self.args, "loss": str(self.loss),
                 "optimizer": self.optimizer.config(), "trainable": self.trainable,
-                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2}
+                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2,
+                "schedule": schedule_config(self.schedule), "noise": sorted(self.noise)}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
