@@ -140,6 +140,14 @@ def test_noise_is_seeded_by_the_step(two_inputs):
     assert trainer.evaluate(x, y) == trainer.evaluate(x, y)  # every evaluation the same
 
 
+def test_checkpoint_records_which_inputs_are_drawn(two_inputs, tmp_path):
+    ckpt = tmp_path / "ckpt.safetensors"
+    kiln.Trainer(two_inputs, noise=["eps"], target="reference").save_checkpoint(ckpt)
+    with pytest.raises(KilnError) as err:  # without noise, eps would be data: another run
+        kiln.Trainer(two_inputs, target="reference").load_checkpoint(ckpt)
+    assert err.value.code == "K0838" and "noise" in err.value.message
+
+
 @pytest.mark.parametrize(("noise", "code"), [(["z"], "K0846"), (["x"], "K0846")])
 def test_noise_must_name_a_later_input(two_inputs, noise, code):
     with pytest.raises(KilnError) as err:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,12 +47,11 @@ from kiln.compiler.errors import KilnError
 from kiln.compiler.train.step import GRAD, build_grad_step, build_update_step
 
 from .inputs import per_example
-from .program import PREFIX
-from .trainer import RNG_KEY, UPDATED, Trainer
+from .program import PREFIX, target_name
+from .trainer import IGNORE_INDEX, UPDATED, Trainer, accept_step, step_feeds
 
 # the sum over the workers of each one's float64 vector (the same length on every worker)
 Allreduce = Callable[[np.ndarray], np.ndarray]
-IGNORE_INDEX = -100  # std.losses' class-index losses count no target equal to this
 
 
 def shard(n: int, rank: int, world: int) -> slice:
@@ -63,16 +62,18 @@ def shard(n: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Half:
-    """One compiled half of the train step: its runner, layout and output names."""
+class _Half(NamedTuple):
+    """One compiled half of the train step: its runner, layout and output names (what
+    trainer.step_feeds takes as a step)."""
 
     runner: Any
     layout: Any
     names: list[str]
 
     def __call__(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        arrays, dims = self.runner.bind_inputs((), feeds)
+        taken = {p.name for p in self.runner.inputs}  # the grad half takes no lr or step
+        arrays, dims = self.runner.bind_inputs((), {k: v for k, v in feeds.items()
+                                                    if k in taken})
         return dict(zip(self.names, self.runner.run(arrays, dims)))
 
 
@@ -104,7 +105,7 @@ class ShardTrainer(Trainer):
                                                         self.clip_grad_norm)
         halves = [_Half(self._compile(m), lay, [p.name for p in m.outputs])
                   for m, lay in ((grad_model, layout), (update_model, update_layout))]
-        # what Trainer._accept takes the step's results by
+        # what trainer.accept_step takes the step's results by
         whole = dataclasses.replace(layout, slots=update_layout.slots)
         return halves[0], halves[1], whole
 
@@ -132,15 +133,19 @@ class ShardTrainer(Trainer):
         local = {}
         if part.stop > part.start:
             mine = {k: np.asarray(v)[part] for k, v in feeds.items()}
-            step_feeds = self._feeds_for(grad.runner, grad.layout, mine, target[part], t)
-            if RNG_KEY in step_feeds:
-                step_feeds[RNG_KEY] = np.array([self.seed, self.world * t + self.rank],
-                                               np.int64)
-            local = grad(step_feeds)
+            mine[target_name(list(mine))] = target[part]
+            key = [self.seed, self.world * t + self.rank]
+            local = grad(step_feeds(grad, mine, self.params, self.state,
+                                    self.learning_rate(t), t, key))
         total = self._sum(local, loss_share, row_share, whole)
         grads = {GRAD + p: total[GRAD + p] for p in whole.trainable}
-        updates = update(self._feeds_for(update.runner, update.layout, grads, target, t))
-        return self._accept({**total, **updates}, whole, t)
+        updates = update(step_feeds(update, grads, self.params, self.state,
+                                    self.learning_rate(t), t, [self.seed, t]))
+        loss = accept_step(whole, {**total, **updates}, self.params, self.state, "the loss",
+                           f"at step {t}")
+        self.step_count = t
+        self._version += 1
+        return loss
 
     def profile(self, x: Any, y: Any, repeat: int = 10):
         """Not for a worker: its step is two graphs and an allreduce (K0955)."""

@@ -28,7 +28,13 @@ import numpy as np
 from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
 from kiln.compiler.errors import KilnError
-from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
+from kiln.compiler.train.optim import (
+    Adam,
+    Optimizer,
+    initial_state,
+    optimizer_from_config,
+    schedule_config,
+)
 from kiln.compiler.train.step import (
     GRADNORM,
     PARAM,
@@ -53,6 +59,57 @@ from .program import (
 RNG_KEY = "rng_key"  # the step's random key input, [seed, step] (elaborate/training.py)
 UPDATED = "updated:"
 IGNORE_INDEX = -100  # std.losses' ignore_index: a target no loss or metric counts
+
+
+def step_feeds(step, feeds: dict[str, Any], params: dict, state: dict, lr: float, t: int,
+               key: list[int]) -> dict[str, Any]:
+    """`feeds` (the batch) with the rest of what the compiled train step `step` (runner,
+    StepLayout, output names) takes: the learning rate, the step number `t`, the random key
+    where the step draws (dropout), every parameter and the trainable ones' optimizer state."""
+    runner, layout, _ = step
+    feeds["lr"] = np.float64(lr)
+    feeds["step"] = np.float64(t)
+    if any(p.name == RNG_KEY for p in runner.inputs):
+        feeds[RNG_KEY] = np.array(key, np.int64)
+    feeds.update({PARAM + p: params[p] for p in layout.params})
+    feeds.update({state_name(p, s): state[(p, s)] for p in layout.trainable
+                  for s in layout.slots})
+    return feeds
+
+
+def run_step(step, feeds: dict[str, Any], params: dict, state: dict, subject: str,
+             at: str) -> float:
+    """Run the compiled train step `step` on `feeds`; its new weights, optimizer state and
+    buffers replace those in `params` and `state` only when the loss is finite. Otherwise
+    K0836 (`subject` is {loss}, `at`: ...), naming the first parameter whose gradient is not
+    finite, and nothing changes."""
+    runner, layout, out_names = step
+    arrays, dims = runner.bind_inputs((), feeds)
+    results = dict(zip(out_names, runner.run(arrays, dims)))
+    return accept_step(layout, results, params, state, subject, at)
+
+
+def accept_step(layout, results: dict[str, Any], params: dict, state: dict, subject: str,
+                at: str) -> float:
+    """The loss of a train step's `results` (by output name, as `layout` names them), whose
+    new values then replace those in `params` and `state`: run_step's second half
+    (kiln/train/distributed.py gathers the results of two graphs and an allreduce)."""
+    loss = float(results["loss"])
+    if not math.isfinite(loss):
+        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADNORM + p])),
+                   None)
+        where = (f"the first non-finite gradient is of parameter {bad}" if bad else
+                 "every gradient is finite")
+        raise KilnError("K0836", f"{subject} is {loss} {at}: {where}",
+                        hint="lower the learning rate, clip gradients (clip_grad_norm=) or "
+                        "check the data for NaN/Inf")
+    for p in layout.trainable:
+        params[p] = results[PARAM + p]
+        for s in layout.slots:
+            state[(p, s)] = results[state_name(p, s)]
+    for p in layout.buffers:
+        params[p] = results[UPDATED + p]
+    return loss
 
 
 class Trainer:
@@ -285,29 +342,7 @@ class Trainer:
         the step and the first parameter whose gradient is not finite, and changes nothing."""
         t = self.step_count + 1
         feeds = self._step_feeds(x, y, t)
-        runner, layout, out_names = self._step
-        arrays, dims = runner.bind_inputs((), feeds)
-        return self._accept(dict(zip(out_names, runner.run(arrays, dims))), layout, t)
-
-    def _accept(self, results: dict[str, Any], layout, t: int) -> float:
-        """Take the new weights, state and buffers of step `t` from a step's `results` (by
-        output name) and return its loss; a non-finite loss raises K0836, naming the first
-        parameter whose gradient is not finite, and changes nothing."""
-        loss = float(results["loss"])
-        if not math.isfinite(loss):
-            bad = next((p for p in layout.trainable
-                        if not np.isfinite(results[GRADNORM + p])), None)
-            where = (f"the first non-finite gradient is of parameter {bad}" if bad else
-                     "every gradient is finite")
-            raise KilnError("K0836", f"the loss is {loss} at step {t}: {where}",
-                            hint="lower the learning rate, clip gradients "
-                            "(clip_grad_norm=) or check the data for NaN/Inf")
-        for path in layout.trainable:
-            self.params[path] = results[PARAM + path]
-            for slot in layout.slots:
-                self.state[(path, slot)] = results[state_name(path, slot)]
-        for path in layout.buffers:
-            self.params[path] = results[UPDATED + path]
+        loss = run_step(self._step, feeds, self.params, self.state, "the loss", f"at step {t}")
         self.step_count = t
         self._version += 1
         return loss
@@ -317,27 +352,9 @@ class Trainer:
         the first call)."""
         feeds, target = self._checked(x, y)
         feeds = self._with_noise(feeds, [self.seed, t])
-        runner, layout, _ = self._step
-        return self._feeds_for(runner, layout, feeds, target, t)
-
-    def _feeds_for(self, runner, layout, feeds: dict[str, Any], target: np.ndarray,
-                   t: int) -> dict[str, Any]:
-        """Everything a step graph run as `runner` takes at step `t`, of the inputs it has:
-        the batch `feeds` and its `target`, the learning rate, the step, the random key, the
-        weights and the optimizer's state (kiln/train/distributed.py runs the step as two
-        graphs, each taking some of these)."""
-        feeds = dict(feeds)
         feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
-        taken = {p.name for p in runner.inputs}
-        return {k: v for k, v in feeds.items() if k in taken}
+        return step_feeds(self._step, feeds, self.params, self.state, self.learning_rate(t), t,
+                          [self.seed, t])
 
     def profile(self, x: Any, y: Any, repeat: int = 10):
         """Time each kernel of the next train step on the batch (x, y) (native target): a
@@ -405,10 +422,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the model, the loss, the optimizer."""
+        """What a checkpoint must match to resume: the model, the loss, the optimizer and
+        its learning-rate schedule, the inputs the trainer draws."""
         return {"model": self.model_name, "args": self.args, "loss": str(self.loss),
                 "optimizer": self.optimizer.config(), "trainable": self.trainable,
-                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2}
+                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2,
+                "schedule": schedule_config(self.schedule), "noise": sorted(self.noise)}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
