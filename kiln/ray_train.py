@@ -229,6 +229,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
         raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
                         f"{allreduce!r}")
     ray = _ray_train()
+    opts.loss = opts.loss or "cross_entropy"  # `kiln train`'s default (None in its parser)
     if data is None:  # read here, once: the workers need no shared file system for it
         data = load_dataset(opts.data, opts.val_split, opts.seed)
     resume = None
