@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Value
+from ..types import NUMPY_DTYPES
 from .convert_base import (
     FLOAT_TYPES,
     OnnxNode,
@@ -138,6 +139,74 @@ def _conv_transpose(gb, node):
     return [y]
 
 
+# pools kiln's pool ops do not take (3-D and more, or an average with dilations) ---------
+def _pool_length(size: int, k: int, s: int, d: int, before: int, after: int,
+                 ceil_mode: bool) -> tuple[int, int]:
+    """(output length, padding beyond `after` the last window reaches) of one axis, by the
+    ONNX reference's rule: a ceil_mode window must start inside the input or its pads."""
+    span = (k - 1) * d + 1
+    padded = size + before + after
+    out = (padded - span) // s + 1
+    if ceil_mode:
+        out = -(-(padded - span) // s) + 1
+        if (out - 1) * s >= size + before:
+            out -= 1
+    return out, max((out - 1) * s + span - padded, 0)
+
+
+def _along_axis(gb: GraphBuilder, x: Value, axis: int, pool_1d) -> Value:
+    """pool_1d (on an [M, 1, L] tensor) applied along `axis` of x: the axis is moved last and
+    the others folded into M, then unfolded and moved back."""
+    rank = x.type.rank
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    moved = gb.permute(x, perm)
+    lead = list(moved.type.shape[:-1])
+    m = lead[0]
+    for size in lead[1:]:
+        m = m * size
+    y = pool_1d(gb.reshape(moved, [m, 1, moved.type.shape[-1]]))
+    y = gb.reshape(y, [*lead, y.type.shape[-1]])
+    return gb.permute(y, [perm.index(a) for a in range(rank)])
+
+
+def _separable_pool(gb: GraphBuilder, node: OnnxNode, x: Value, kind: str, kernel: list[int],
+                    window: tuple[list, list, list, list], ceil_mode: bool,
+                    include_pad: bool = False) -> Value:
+    """A max, average or sum pool over a box window as one 1-D pass per spatial axis: the box
+    is a product of intervals, so its max is the max of per-axis maxes, its sum the per-axis
+    sums in turn, and its average (the count of cells it holds is the product of per-axis
+    counts, as in ONNX's reference) the per-axis averages in turn. A max pass is kiln's 1-D
+    max_pool on explicitly padded input (-inf); an average pass sums with a 1-D conv of ones
+    (which takes dilation) and divides by the same conv of a mask of the cells it counts."""
+    strides, dilations, before, after = window
+    dtype = dtype_of(x)
+    for i, (k, s, d, b, a) in enumerate(zip(kernel, strides, dilations, before, after,
+                                            strict=True)):
+        size = x.type.shape[2 + i]
+        if not size.is_const:
+            raise Unsupported(f"{node.op_type} of a {x.type.rank}-D input needs constant "
+                              "spatial sizes")
+        _, extra = _pool_length(size.value, k, s, d, b, a, ceil_mode)
+        pads = ([b], [a + extra])
+        if kind == "max":
+            def one(v, k=k, s=s, d=d, pads=pads):
+                return gb.op("max_pool", _explicit_pad(gb, v, *pads, -math.inf),
+                             kernel_size=[k], stride=[s], dilation=[d])
+        else:
+            ones = gb.constant(np.ones([1, 1, k], NUMPY_DTYPES[dtype]))
+            edge = 1.0 if include_pad else 0.0
+            mask = np.concatenate([np.full(b, edge), np.ones(size.value), np.full(a, edge),
+                                   np.zeros(extra)]).astype(NUMPY_DTYPES[dtype])
+            conv = dict(stride=[s], dilation=[d])
+            count = gb.op("conv", gb.constant(mask.reshape(1, 1, -1)), ones, **conv)
+
+            def one(v, pads=pads, ones=ones, count=count, conv=conv):
+                total = gb.op("conv", _explicit_pad(gb, v, *pads), ones, **conv)
+                return total if kind == "sum" else gb.div(total, count)
+        x = _along_axis(gb, x, 2 + i, one)
+    return x
+
+
 def _no_indices(node: OnnxNode) -> None:
     if len(node.outputs) > 1 and node.outputs[1]:
         raise Unsupported("MaxPool's Indices output")
@@ -146,12 +215,15 @@ def _no_indices(node: OnnxNode) -> None:
 @converter("MaxPool")
 def _max_pool(gb, node):
     x = need(node, 0, "X")
-    _spatial_rank(x, "MaxPool")
     _no_indices(node)
     require_dtype(x, FLOAT_TYPES, "MaxPool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
     ceil_mode = bool(attr(node, "ceil_mode", 0))
+    if x.type.rank > 4:
+        return [_separable_pool(gb, node, x, "max", kernel, window, ceil_mode)]
+    _spatial_rank(x, "MaxPool")
     if not _symmetric(before, after, kernel):
         if ceil_mode:
             raise Unsupported("MaxPool with ceil_mode and asymmetric pads")
@@ -166,13 +238,15 @@ def _avg_pool(gb, node):
     averages the zeros; without, the sum over the window is divided by its count of real
     cells (the average of a padded mask of ones)."""
     x = need(node, 0, "X")
-    _spatial_rank(x, "AveragePool")
+    require_dtype(x, FLOAT_TYPES, "AveragePool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
-    if any(d != 1 for d in dilations):
-        raise Unsupported("AveragePool with dilations")
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
     ceil_mode = bool(attr(node, "ceil_mode", 0))
     include = bool(attr(node, "count_include_pad", 0))
+    if x.type.rank > 4 or any(d != 1 for d in dilations):
+        return [_separable_pool(gb, node, x, "avg", kernel, window, ceil_mode, include)]
+    _spatial_rank(x, "AveragePool")
     if _symmetric(before, after, kernel):
         return [gb.op("avg_pool", x, kernel_size=kernel, stride=strides, padding=before,
                       ceil_mode=ceil_mode, count_include_pad=include)]
@@ -192,18 +266,21 @@ def _lp_pool(gb, node):
     """(sum of |x|^p over each window)^(1/p): the window sums are averages over the
     zero-padded input times the window's size."""
     x = need(node, 0, "X")
-    _spatial_rank(x, "LpPool")
     require_dtype(x, FLOAT_TYPES, "LpPool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
-    if any(d != 1 for d in dilations) or attr(node, "ceil_mode", 0):
-        raise Unsupported("LpPool with dilations or ceil_mode")
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
+    ceil_mode = bool(attr(node, "ceil_mode", 0))
     p = float(attr(node, "p", 2))
     dtype = dtype_of(x)
     powered = gb.mul(x, x) if p == 2 else gb.op("pow", gb.op("abs", x), const_like(gb, p, dtype))
-    mean = gb.op("avg_pool", _explicit_pad(gb, powered, before, after), kernel_size=kernel,
-                 stride=strides)
-    total = gb.mul(mean, const_like(gb, float(np.prod(kernel)), dtype))
+    if x.type.rank > 4 or ceil_mode or any(d != 1 for d in dilations):
+        total = _separable_pool(gb, node, powered, "sum", kernel, window, ceil_mode)
+    else:
+        _spatial_rank(x, "LpPool")
+        mean = gb.op("avg_pool", _explicit_pad(gb, powered, before, after), kernel_size=kernel,
+                     stride=strides)
+        total = gb.mul(mean, const_like(gb, float(np.prod(kernel)), dtype))
     if p == 2:
         return [gb.op("sqrt", total)]
     return [gb.op("pow", total, const_like(gb, 1 / p, dtype))]
