@@ -87,6 +87,15 @@ CASES = [
     ("Asin", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
     ("Acos", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
     ("Atan", [f32(3, 4) * 10], {}),
+    ("Einsum", [f32(2, 3, 4), f32(2, 4, 5)], {"equation": "bij,bjk->bik"}),
+    ("Einsum", [f32(3, 4), f32(4, 5)], {"equation": "ij,jk"}),
+    ("Einsum", [f32(3, 2, 5, 4), f32(3, 2, 6, 4)], {"equation": "bhqd, bhkd -> bhqk"}),
+    ("Einsum", [f32(2, 1, 3, 4), f32(2, 1, 4, 2)], {"equation": "...ij,...jk->...ik"}),
+    ("Einsum", [f32(3, 4), f32(5)], {"equation": "ij,k->kji"}),
+    ("Einsum", [f32(3, 4), f32(3, 4)], {"equation": "ij,ij->i"}),
+    ("Einsum", [f32(2, 3, 4), f32(2, 4, 5), f32(5, 6)], {"equation": "aij,ajk,kl->il"}),
+    ("Einsum", [ints(-5, 5, 3, 4, 2)], {"equation": "ijk->"}),
+    ("Einsum", [f32(3, 4, 2)], {"equation": "ijk->kj"}),
     ("LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], {"axis": -1, "epsilon": 1e-3}),
     ("LayerNormalization", [f32(2, 3, 4), f32(3, 4)], {"axis": 1}),
     ("Slice", [f32(5, 6), np.array([-1, 9], I64), np.array([-2**63, 1], I64),
@@ -160,6 +169,8 @@ def _node(gb_inputs, op_type: str, consts=None, opset: int = OPSET, **attrs) -> 
     ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
     ("MaxPool", {"kernel_shape": [2, 2]}, "Indices"),
     ("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2]}, "Indices"),
+    ("Einsum", {"equation": "ijkk->i"}, "diagonal"),
+    ("Einsum", {"equation": "ij->i"}, "rank 4"),
 ])
 def test_refusals_say_what_kiln_lacks(op_type, attrs, why):
     graph = Graph()
