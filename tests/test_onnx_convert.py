@@ -84,6 +84,8 @@ CASES = [
     ("LpPool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "dilations": [2, 1], "p": 3,
                                    "pads": [1, 0, 1, 1]}),
     ("LpPool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 2], "strides": [2, 1, 2]}),
+    ("LRN", [f32(2, 5, 3, 4)], {"size": 5, "alpha": 0.01, "beta": 0.6, "bias": 2.0}),
+    ("LRN", [f32(1, 7, 2, 3)], {"size": 3}),  # onnxruntime's: odd sizes, 4-D inputs
     ("Asin", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
     ("Acos", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
     ("Atan", [f32(3, 4) * 10], {}),

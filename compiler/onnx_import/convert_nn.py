@@ -286,6 +286,27 @@ def _lp_pool(gb, node):
     return [gb.op("pow", total, const_like(gb, 1 / p, dtype))]
 
 
+@converter("LRN")
+def _lrn(gb, node):
+    """x / (bias + alpha / size * (sum of x^2 over the channels c - (size-1)//2 .. c +
+    ceil((size-1)/2)))^beta: the window sum a 1-D conv of ones along the channel axis."""
+    x = need(node, 0, "X")
+    require_dtype(x, FLOAT_TYPES, "LRN input")
+    if x.type.rank < 3:
+        raise Unsupported(f"LRN of a {x.type.rank}-D input (ONNX's are [N, C, ...])")
+    size = int(attr(node, "size"))
+    alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
+    bias = float(attr(node, "bias", 1.0))
+    dtype = dtype_of(x)
+    ones = gb.constant(np.ones([1, 1, size], NUMPY_DTYPES[dtype]))
+    low = (size - 1) // 2
+    total = _along_axis(gb, gb.mul(x, x), 1, lambda v: gb.op(
+        "conv", _explicit_pad(gb, v, [low], [size - 1 - low]), ones))
+    scaled = gb.add(const_like(gb, bias, dtype), gb.mul(total, const_like(gb, alpha / size,
+                                                                           dtype)))
+    return [gb.div(x, gb.op("pow", scaled, const_like(gb, beta, dtype)))]
+
+
 @converter("GlobalAveragePool")
 def _global_avg_pool(gb, node):
     return [gb.op("global_avg_pool", need(node, 0, "X"))]
