@@ -38,8 +38,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module("kiln.optim")
-    if name == "ray":  # kiln.ray imports Ray: only when asked for
+    if name in ("ray", "tune"):  # they use Ray: loaded only when asked for
         import importlib
 
-        return importlib.import_module(".ray", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'kiln' has no attribute {name!r}")

@@ -152,11 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the kernels the backend runs with the source of the ops fused "
                    "into each, why neighbouring ops were not fused, and the planned peak "
                    "activation memory")
+    c.add_argument("--train", action="store_true",
+                   help="with --report: also report the train step (forward, loss, backward, "
+                   "update) and its peak memory per step (docs/training.md)")
+    c.add_argument("--loss", default="cross_entropy",
+                   help="--train: the loss, a std.losses name or FILE.kiln:NAME (default: "
+                   "cross_entropy)")
+    c.add_argument("--optimizer", default="adam",
+                   help="--train: sgd, adam, adamw or rmsprop (default: adam)")
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     train_options(model_cmd("train", "train a model on a dataset (docs/training.md)",
                             cmd_train))
+    tune_options(model_cmd("tune", "search hyperparameters with Ray Tune (docs/scale-out.md)",
+                           cmd_tune))
     i = sub.add_parser("import", help="write an ONNX model as kiln source, with its weights",
                        description="write an ONNX model as kiln source (model.kiln) and its "
                        "weights (model.safetensors beside it)")
@@ -242,6 +252,114 @@ def cmd_train(opts) -> int:
     return fit(opts, parse_args_option(opts.arg))
 
 
+def train_report_of(opts) -> str:
+    """`kiln compile --report --train`: the report of the model's train step."""
+    from kiln.compiler.train.optim import by_name
+    from kiln.train import Trainer
+    from kiln.train.report import train_report
+
+    trainer = Trainer(opts.file, loss=opts.loss, optimizer=by_name(opts.optimizer),
+                      seed=opts.seed, model=opts.model, args=parse_args_option(opts.arg),
+                      weights=opts.weights, opt_level=opts.opt_level)
+    return train_report(trainer)
+
+
+def tune_options(t) -> None:
+    """The options of `kiln tune` (--arg fixes a model argument; --param varies one)."""
+    t.add_argument("--param", action="append", default=[], required=True,
+                   metavar="NAME=VALUES",
+                   help="a dimension of the search (repeatable): lr, batch, weight_decay, "
+                   "momentum or a model argument, with values V1,V2,... (a grid axis, or a "
+                   "choice) or a range loguniform:LO:HI, uniform:LO:HI, randint:LO:HI "
+                   "(random and optuna search), e.g. --param lr=loguniform:1e-4:1e-1 "
+                   "--param hidden=64,128,256")
+    t.add_argument("--search", choices=["grid", "random", "optuna"], default="grid",
+                   help="grid: every combination once (default); random: --trials random "
+                   "draws; optuna: --trials trials chosen by Optuna's TPE (Bayesian)")
+    t.add_argument("--trials", type=int, metavar="N",
+                   help="random and optuna: how many trials (default 10)")
+    t.add_argument("--scheduler", choices=["asha", "none"], default="none",
+                   help="asha: stop trials that fall behind after each epoch (default: none)")
+    t.add_argument("--metric", default="val_accuracy",
+                   help="what best means: train_loss, val_loss, val_accuracy, val_precision, "
+                   "val_recall or val_f1 (default: val_accuracy)")
+    t.add_argument("--mode", choices=["max", "min"], default="max",
+                   help="whether the best trial has the largest metric or the smallest")
+    t.add_argument("--data", required=True, metavar="NAME_OR_NPZ",
+                   help="as kiln train takes it: digits, iris, ... or a .npz with x and y")
+    t.add_argument("--loss", default="cross_entropy", help="as kiln train takes it")
+    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw or rmsprop")
+    t.add_argument("--epochs", type=int, default=5, help="epochs per trial (default: 5)")
+    t.add_argument("--val-split", type=float, default=0.2,
+                   help="the fraction of examples kept for validation (default: 0.2)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="every trial's seed (initial weights, shuffling) and the search's")
+    t.add_argument("--target", choices=["native", "reference"], default="native",
+                   help="what each trial trains on (default: native)")
+    t.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="trials at once (default: one per free CPU of the cluster)")
+    t.add_argument("--storage", metavar="DIR",
+                   help="where Ray Tune keeps the experiment (default: ~/ray_results)")
+    t.add_argument("--name", help="the experiment's name (a folder of --storage)")
+    t.add_argument("--address", help="an existing Ray cluster to run on (auto, or "
+                   "ray://HOST:10001); default: a local cluster on this machine")
+    t.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="start a failed trial again, from its last checkpoint, up to N times "
+                   "(for workers lost on a cluster; default 0)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress from Ray Tune while the trials run")
+    t.add_argument("-o", "--output", help="write the best trial's weights (.safetensors or "
+                   ".npz)")
+
+
+def parse_param_option(items: list[str]) -> dict:
+    """--param NAME=V1,V2,... (values written as --arg writes them) or NAME=KIND:LO:HI, a
+    range of kiln.tune.RANGES."""
+    from kiln import tune
+
+    space: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        kind, colon, ends = text.partition(":")
+        if not sep or not name.isidentifier() or not text or name in space:
+            raise KilnError("K0960", f"--param {item!r} must look like NAME=V1,V2,... or "
+                            "NAME=loguniform:LO:HI, each NAME once",
+                            hint="e.g. --param hidden=64,128 --param lr=loguniform:1e-4:1e-1")
+        if colon and kind in tune.RANGES:
+            bounds = [parse_literal(v) for v in ends.split(":")]
+            if len(bounds) != 2:
+                raise KilnError("K0960", f"--param {item!r}: a range is {kind}:LO:HI")
+            space[name] = tune.RANGES[kind](*bounds)
+        else:
+            space[name] = [parse_literal(v) for v in text.split(",")]
+    return space
+
+
+def cmd_tune(opts) -> int:
+    from kiln import tune
+
+    space = parse_param_option(opts.param)
+    result = tune.run(opts.file, data=opts.data, space=space, loss=opts.loss,
+                      search=opts.search, num_samples=opts.trials,
+                      scheduler=None if opts.scheduler == "none" else opts.scheduler,
+                      metric=opts.metric, mode=opts.mode, epochs=opts.epochs, seed=opts.seed,
+                      optimizer=opts.optimizer, model=opts.model,
+                      args=parse_args_option(opts.arg), val_split=opts.val_split,
+                      output=opts.output, storage=opts.storage, name=opts.name,
+                      max_concurrent=opts.max_concurrent, target=opts.target,
+                      address=opts.address, retries=opts.retries,
+                      verbose=0 if opts.quiet else 1)
+    print(f"\n{result.table()}")
+    best = result.best
+    print(f"\nbest: trial {best.id}, {opts.metric} {best.metrics[opts.metric]:.4g}: "
+          + " ".join(f"{k}={v}" for k, v in best.config.items()))
+    print(f"experiment: {result.path}")
+    if opts.output:
+        print(f"wrote {opts.output}")
+    return 0
+
+
 def compile_options(opts) -> dict:
     """The options of kiln.compile (and kiln.api.prepare) that `run` and `compile` share."""
     return dict(model=opts.model, seed=opts.seed, weights=opts.weights,
@@ -321,6 +439,11 @@ def cmd_compile(opts) -> int:
         from kiln.compiler.report import report
 
         print(report(compilation.lowered(weights, pipeline="native"), opts.target))
+        if opts.train:
+            print()
+            print(train_report_of(opts))
+    elif opts.train:
+        raise KilnError("K0602", "--train goes with --report (kiln compile --report --train)")
     model = compilation.model
     optional = {p.name for p in model.inputs if p.optional}
     for name in opts.omit:

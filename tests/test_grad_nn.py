@@ -23,6 +23,7 @@ from kiln import KilnError
 from kiln.compiler.codegen.onnx import export
 from kiln.compiler.elaborate.elaborator import Port
 from kiln.compiler.evaluate import run_graph
+from kiln.compiler.types import TensorType
 
 
 def normal(*shape, seed=0):
@@ -53,6 +54,29 @@ def test_conv_random(k, stride, padding, dilation, groups, size, batch):
     w = normal(2 * groups, 2, k, k, seed=k)
     check_vjp("conv", x, w, normal(2 * groups, seed=3), stride=stride, padding=padding,
               dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups, flipped, patches", [
+    (1, 1, 1, 1, True, True),      # the common 3x3: both gradients on the forward kernels
+    (1, 2, 2, 1, True, True),
+    (2, 1, 1, 1, False, True),     # strided: dx stays a transposed convolution
+    (1, 3, 1, 1, False, True),     # padding past what the kernel reaches: no flipped form
+    (1, 1, 1, 2, False, False),    # grouped: the general forms
+])
+def test_conv_rule_forms(stride, padding, dilation, groups, flipped, patches):
+    """Where it can, conv's rule takes dx as a stride-1 convolution with the flipped kernel
+    and dw as GEMMs over gathered patches (_conv_grad.py); each form against finite
+    differences, with a symbolic batch."""
+    x, w = normal(3, 2 * groups, 7, 6, seed=1), normal(4, 2, 3, 3, seed=2)
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    graph, *_ = rules_graph([("conv", (x.astype(np.float32), w.astype(np.float32), None),
+                              attrs)])
+    ops = {graph.op(n) for n in graph.order()}
+    assert ("conv_transpose" not in ops and "flip" in ops) == flipped, ops
+    assert ("gather" in ops) == patches, ops
+    check_vjp("conv", x, w, None, types=[TensorType("f64", ("B", *x.shape[1:])),
+                                          TensorType("f64", w.shape), None],
+              dims={"B": 3}, **attrs)
 
 
 @pytest.mark.parametrize("xs, ws, stride, padding, out_pad, dilation, groups", CONV_T_CASES)

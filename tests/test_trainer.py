@@ -330,3 +330,22 @@ def test_dropout_masks_follow_the_seed_and_the_step(bn_file):
     assert losses(0) == first  # reproducible from the seed
     assert len(set(first)) == 3  # a new mask every step
     assert len(set(losses(0, p=0.0))) == 1  # no dropout: the same loss every step
+
+
+def test_profile_times_the_step_and_changes_nothing(mlp_file):
+    trainer = kiln.Trainer(mlp_file, optimizer=kiln.optim.SGD(lr=0.1, momentum=0.9))
+    (x, y), = batches(n=1)
+    trainer.step(x, y)
+    before = {p: a.copy() for p, a in trainer.params.items()}
+    state = {k: a.copy() for k, a in trainer.state.items()}
+    profile = trainer.profile(x, y, repeat=2)
+    assert trainer.step_count == 1
+    for p, a in before.items():
+        np.testing.assert_array_equal(trainer.params[p], a)
+    for k, a in state.items():
+        np.testing.assert_array_equal(trainer.state[k], a)
+    ops = " ".join(k.kernel for k in profile.kernels)
+    assert "matmul" in ops and profile.total > 0
+    with pytest.raises(KilnError) as err:
+        kiln.Trainer(mlp_file, target="reference").profile(x, y)
+    assert err.value.code == "K0602"

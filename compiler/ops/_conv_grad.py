@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..dims import Dim
 
 Pads = list[tuple[Dim, Dim]]
@@ -48,7 +50,15 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
 
     The transposed convolution with padding p covers padded coordinates [p, F - p), F = (out
     - 1) * s + d * (k - 1) + 1; x is [lo, lo + size), and past F lie zeros (positions no window
-    reached). p is what both ends may lose: at most lo, and at most what F reaches past x."""
+    reached). p is what both ends may lose: at most lo, and at most what F reaches past x.
+
+    With stride 1, one group and the same constant padding lo on both sides it is instead a
+    convolution of ct with w's channels swapped and its kernel flipped, padded by
+    d * (k - 1) - lo: the forward convolution's kernel, much faster than the transposed one's
+    scatter of columns."""
+    flipped = _flipped_conv_input_grad(gb, ct, w, stride, dilation, pads, groups)
+    if flipped is not None:
+        return flipped
     kernel = w.type.shape[2:]
     reach = [(out - 1) * s + d * (k - 1) + 1 for out, k, s, d
              in zip(ct.type.shape[2:], kernel, stride, dilation, strict=True)]
@@ -62,6 +72,25 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     widths = [(p - lo, size + lo + p - f)
               for size, (lo, _hi), f, p in zip(sizes, pads, reach, shared, strict=True)]
     return spatial_pads(gb, full, widths)
+
+
+def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, stride: tuple[int, ...],
+                             dilation: tuple[int, ...], pads: Pads, groups: int) -> Any | None:
+    """conv_input_grad as a stride-1 convolution (see there), or None where it does not apply."""
+    kernel = [Dim.of(k) for k in w.type.shape[2:]]
+    if groups != 1 or any(s != 1 for s in stride) or not all(k.is_const for k in kernel):
+        return None
+    padding = []
+    for (lo, hi), k, d in zip(pads, kernel, dilation, strict=True):
+        if not (lo.is_const and hi.is_const and lo.value == hi.value):
+            return None
+        padding.append(d * (k.value - 1) - lo.value)
+    if any(p < 0 for p in padding):
+        return None
+    spatial = list(range(2, w.type.rank))
+    turned = gb.op("flip", gb.permute(w, [1, 0, *spatial]), axis=spatial)
+    return gb.op("conv", ct, turned, None, stride=list(stride), padding=padding,
+                 dilation=list(dilation), groups=1)
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -97,12 +126,19 @@ def _channels_first(gb: Any, ct: Any) -> Any:
 def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: tuple[int, ...],
                      dilation: tuple[int, ...], pads: Pads, groups: int) -> Any:
     """The gradient of conv(x, w) with respect to w [O, C/g, *kernel], given x [N, C, *S] and
-    the cotangent ct [N, O, *out] of its result.
+    the cotangent ct [N, O, *out] of its result:
 
-    dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]: a convolution of
-    x (batch and channels swapped, so the batch is what the GEMM reduces) with ct as its
-    weight, the stride and dilation exchanging roles; its windows may run past the kernel by
-    what the forward's last window left unread, which is cut off."""
+        dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]
+
+    A 2-D ungrouped convolution with constant spatial sizes takes it as one GEMM per kernel
+    row (`_patches_weight_grad`); others as a convolution of x (batch and channels swapped,
+    so the batch is what the GEMM reduces) with ct as its weight, the stride and dilation
+    exchanging roles, whose windows may run past the kernel by what the forward's last
+    window left unread, which is cut off. That convolution has a kernel as large as the
+    output and a handful of output pixels, which the GEMM runs at a few % of peak."""
+    fast = _patches_weight_grad(gb, x, ct, kernel, stride, dilation, pads, groups)
+    if fast is not None:
+        return fast
     symmetric = _symmetric(pads)
     source = _swap_batch_channels(gb, x, groups)
     if symmetric is None:
@@ -114,6 +150,45 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                         stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                         groups: int) -> Any | None:
+    """conv_weight_grad of a 2-D convolution with groups = 1 and constant spatial sizes (None
+    for another) as kernel-row-batched GEMMs over the input's patches:
+
+        xt[r, n, q, c]               = xpad[n, c, r, q]           one copy of x
+        rows[i, a, n, q, c]          = xt[a * s + i * d, n, q, c]  gather: kernel row i
+        patches[i, a, n, b, j, c]    = rows[i, a, n, b * s' + j * d', c]
+        dw'[i, o, (j, c)]            = ct'[o, (a, n, b)] @ patches[i, (a, n, b), (j, c)]
+
+    with ct' = ct permuted to [O, out_h, N, out_w]: each kernel row's patches are contiguous
+    rows (a, n, b) of (j, c) columns, so the GEMM reduces over batch and output pixels, and
+    only dw' (the weight's size) is permuted back to [O, C, kh, kw]. The patches take
+    kh * kw times the input's bytes."""
+    if groups != 1 or x.type.rank != 4:
+        return None
+    sizes = [*x.type.shape[2:], *ct.type.shape[2:], *kernel, *(b for p in pads for b in p)]
+    if not all(Dim.of(d).is_const for d in sizes):
+        return None
+    h, w, out_h, out_w, kh, kw = (Dim.of(d).value for d in sizes[:6])
+    (top, bottom), (left, right) = ([Dim.of(b).value for b in p] for p in pads)
+    rows_at = np.arange(out_h)[None, :] * stride[0] + np.arange(kh)[:, None] * dilation[0]
+    cols_at = np.arange(out_w)[:, None] * stride[1] + np.arange(kw)[None, :] * dilation[1]
+    if rows_at.max() >= h + top + bottom or cols_at.max() >= w + left + right:
+        return None  # a window past the padded input: the convolution's shape rule refuses it
+    n, channels = x.type.shape[:2]
+    outs = ct.type.shape[1]
+    padded = spatial_pads(gb, x, pads)
+    xt = gb.permute(padded, [2, 0, 3, 1])  # [Hp, N, Wp, C]
+    rows = gb.op("gather", xt, gb.constant(rows_at.astype(np.int64)), axis=0)
+    patches = gb.op("gather", rows, gb.constant(cols_at.astype(np.int64)), axis=3)
+    pixels = Dim.of(out_h) * Dim.of(n) * Dim.of(out_w)
+    patches = gb.reshape(patches, [kh, pixels, kw * channels])
+    ct_t = gb.reshape(gb.permute(ct, [1, 2, 0, 3]), [outs, pixels])
+    grad = gb.reshape(gb.matmul(ct_t, patches), [kh, outs, kw, channels])  # [i, o, j, c]
+    return gb.permute(grad, [1, 3, 0, 2])
 
 
 def bias_grad(gb: Any, ct: Any) -> Any:

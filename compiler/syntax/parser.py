@@ -1,5 +1,9 @@
 """Lark parser for kiln source: LALR, contextual lexer, positions kept.
 
+The LALR tables take seconds to build from grammar/kiln.lark, so they ship beside it,
+built and checked by `python -m kiln.compiler.syntax.parser` (grammar/kiln.lark.json: JSON,
+loaded without running code, used only when made from this grammar by this lark version).
+
 The post-lexer drops newlines inside ( ) and [ ], so brackets may span lines, while braces
 keep newlines as statement separators. (A line starting with `|>` or `else` continues the line
 before it: the grammar's PIPE and ELSE tokens take the newlines in front of them.)
@@ -7,12 +11,17 @@ before it: the grammar's PIPE and ELSE tokens take the newlines in front of them
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from functools import cache
 from importlib import resources
 
+import lark
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.grammar import Rule
+from lark.lexer import TerminalDef
 
 from ..errors import KilnError, Span
 
@@ -37,9 +46,17 @@ class BracketNewlines:
             yield tok
 
 
-@cache
-def _parser() -> Lark:
-    text = resources.files("kiln.grammar").joinpath("kiln.lark").read_text(encoding="utf-8")
+GRAMMAR = "kiln.lark"
+TABLES = "kiln.lark.json"  # the parser built from GRAMMAR, as lark serializes it, in JSON
+TABLES_FORMAT = 1
+
+
+def _grammar() -> str:
+    return resources.files("kiln.grammar").joinpath(GRAMMAR).read_text(encoding="utf-8")
+
+
+def build_parser(text: str) -> Lark:
+    """The parser of the grammar `text`, built from it (LALR tables: seconds)."""
     return Lark(
         text,
         parser="lalr",
@@ -49,6 +66,72 @@ def _parser() -> Lark:
         maybe_placeholders=True,
         start=["start", "test"],
     )
+
+
+@cache
+def _parser() -> Lark:
+    """The parser: from the tables shipped beside the grammar when they were built from this
+    grammar by this lark version (milliseconds), else built from the grammar."""
+    text = _grammar()
+    try:
+        shipped = resources.files("kiln.grammar").joinpath(TABLES).read_text(encoding="utf-8")
+        loaded = load_tables(shipped, text)
+    except OSError:
+        loaded = None
+    return loaded if loaded is not None else build_parser(text)
+
+
+def grammar_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def dump_tables(parser: Lark, text: str) -> str:
+    """`parser` (built from the grammar `text`) as JSON: lark's own serialization, with its
+    tuples and int-keyed dicts tagged so that JSON keeps them, and no post-lexer (the loader
+    gives it). JSON, not pickle: loading it runs no code."""
+    data, memo = parser.memo_serialize([TerminalDef, Rule])
+    data = {**data, "options": {**data["options"], "postlex": None}}
+    return json.dumps({"format": TABLES_FORMAT, "lark": lark.__version__,
+                       "grammar_sha256": grammar_digest(text),
+                       "tables": _tagged([data, memo])}, separators=(",", ":"))
+
+
+def load_tables(shipped: str, text: str) -> Lark | None:
+    """The parser in `shipped` (dump_tables' JSON), or None when it was made from another
+    grammar than `text`, by another lark version, or cannot be read."""
+    try:
+        header = json.loads(shipped)
+        if (header.get("format") != TABLES_FORMAT or header.get("lark") != lark.__version__
+                or header.get("grammar_sha256") != grammar_digest(text)):
+            return None
+        data, memo = _untagged(header["tables"])
+        return Lark._load_from_dict(data, memo, postlex=BracketNewlines())
+    except Exception:  # damaged tables: the grammar gives the parser, as without them
+        return None
+
+
+def _tagged(o):
+    if isinstance(o, dict):
+        if all(isinstance(k, str) for k in o):
+            return {k: _tagged(v) for k, v in o.items()}
+        return {"__items__": [[_tagged(k), _tagged(v)] for k, v in o.items()]}
+    if isinstance(o, tuple):
+        return {"__tuple__": [_tagged(v) for v in o]}
+    if isinstance(o, list):
+        return [_tagged(v) for v in o]
+    return o
+
+
+def _untagged(o):
+    if isinstance(o, dict):
+        if len(o) == 1 and "__items__" in o:
+            return {_untagged(k): _untagged(v) for k, v in o["__items__"]}
+        if len(o) == 1 and "__tuple__" in o:
+            return tuple(_untagged(v) for v in o["__tuple__"])
+        return {k: _untagged(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_untagged(v) for v in o]
+    return o
 
 
 def _describe(tok: Token) -> str:
@@ -179,3 +262,17 @@ def _statement_hint(tok: Token, line: str, col: int) -> str | None:
 def _balanced(text: str) -> bool:
     """Whether `text` closes every bracket it opens (a comma after it is not inside one)."""
     return all(text.count(o) == text.count(c) for o, c in ("()", "[]", "{}"))
+
+
+def main() -> None:
+    """Write grammar/kiln.lark.json from grammar/kiln.lark (after changing the grammar)."""
+    from pathlib import Path
+
+    text = _grammar()
+    path = Path(str(resources.files("kiln.grammar").joinpath(TABLES)))
+    path.write_text(dump_tables(build_parser(text), text), encoding="utf-8")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

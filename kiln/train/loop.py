@@ -58,6 +58,16 @@ def _row(values: dict[str, Any]) -> str:
     return " ".join(cells)
 
 
+def shuffled_batches(n: int, batch: int, seed: int, epoch: int
+                     ) -> tuple[np.random.Generator, list[np.ndarray]]:
+    """An epoch's Generator (seeded by (seed, epoch); augmentations draw from it too) and
+    the indices of its batches: a permutation of the n examples cut into batches of
+    `batch`, the last one smaller."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    return rng, [order[start:start + batch] for start in range(0, n, batch)]
+
+
 def fit(opts, args: dict[str, Any]) -> int:
     """Run `kiln train` with the parsed options `opts` (kiln/cli.py) and the model's
     compile-time arguments `args`."""
@@ -102,12 +112,10 @@ def fit(opts, args: dict[str, Any]) -> int:
     stale = 0
     print(" ".join(f"{c:>10}" for c in COLUMNS))
     for epoch in range(trainer.step_count // steps_per_epoch, opts.epochs):
-        rng = np.random.default_rng([opts.seed, epoch])
-        order = rng.permutation(len(x))
+        rng, parts = shuffled_batches(len(x), opts.batch, opts.seed, epoch)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", opts.quiet)
         started, seen, total_loss = time.perf_counter(), 0, 0.0
-        for start in range(0, len(x), opts.batch):
-            part = order[start:start + opts.batch]
+        for part in parts:
             xb = augment(x[part], opts.augment, rng) if opts.augment else x[part]
             loss = trainer.step(xb, y[part])
             seen += len(part)
@@ -184,4 +192,4 @@ def _plot(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["fit"]
+__all__ = ["fit", "shuffled_batches"]

@@ -173,20 +173,43 @@ class Trainer:
         if self._step is None:
             self._build(self._target(y))
 
+    def _batch(self) -> str:
+        """The name (or size) of the batch axis: axis 0 of the model's first input."""
+        first = self.inputs[0].type.shape
+        return str(first[0]) if first else "B"
+
+    def target_type(self, y: np.ndarray | None = None) -> str:
+        """The type of the target input, as kiln writes it: that of `y` with the batch axis
+        of the model's inputs; without `y`, class indices i64[batch] for a class-index loss,
+        else the type of the model's first output."""
+        if y is not None:
+            dims = [self._batch()] + [str(d) for d in y.shape[1:]]
+            return f"{dtype_of_numpy(y.dtype)}[{', '.join(dims)}]"
+        if self.loss.class_index:
+            return f"i64[{self._batch()}]"
+        return str(self.outputs[0].type)
+
+    def _program(self, target_type: str):
+        return training_program(self.path, self.model_name, self.args, self.inputs,
+                                len(self._compilation.model.outputs), target_type, self.loss)
+
+    def step_parts(self, target_type: str | None = None):
+        """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
+        its StepLayout), for targets of `target_type` (default: `target_type()`'s). The
+        step graph shares the forward nodes' ids (compiler/autodiff.py)."""
+        program = self._program(target_type or self.target_type())
+        train = program.elaborate(TRAIN_MODEL, {}, training=True)
+        return (set(train.graph.g.nodes), *self._step_of(train))
+
+    def _step_of(self, train):
+        """The train step of `train`, the training program elaborated in training mode."""
+        return build_train_step(train, self.optimizer, PREFIX, self.trainable,
+                                self.clip_grad_norm, self.l1, self.l2, self.penalized)
+
     def _build(self, y: np.ndarray) -> None:
         """Compile the train step and the evaluation model for targets like `y`."""
-        inputs = self.inputs
-        first = inputs[0].type.shape
-        batch = str(first[0]) if first else "B"
-        dims = [batch] + [str(d) for d in y.shape[1:]]
-        dtype = dtype_of_numpy(y.dtype)
-        program = training_program(self.path, self.model_name, self.args, inputs,
-                                   len(self._compilation.model.outputs),
-                                   f"{dtype}[{', '.join(dims)}]", self.loss)
-        train = program.elaborate(TRAIN_MODEL, {}, training=True)
-        step_model, layout = build_train_step(
-            train, self.optimizer, PREFIX, self.trainable, self.clip_grad_norm, self.l1,
-            self.l2, self.penalized)
+        program = self._program(self.target_type(y))
+        step_model, layout = self._step_of(program.elaborate(TRAIN_MODEL, {}, training=True))
         runner = self._runner(Compilation(step_model, None, self.target, None, self.opt_level),
                               {})
         evaluation = program.elaborate(TRAIN_MODEL, {}, training=False)
@@ -226,22 +249,9 @@ class Trainer:
         """One training step on the batch (x, y) (x: an array, or a tuple for a model with
         several inputs); returns the batch's loss. A non-finite loss raises K0836, naming
         the step and the first parameter whose gradient is not finite, and changes nothing."""
-        feeds = self._inputs(x)
-        target = self._target(y)
-        if self._step is None:
-            self._build(target)
-        runner, layout, out_names = self._step
         t = self.step_count + 1
-        feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        feeds = self._step_feeds(x, y, t)
+        runner, layout, out_names = self._step
         arrays, dims = runner.bind_inputs((), feeds)
         results = dict(zip(out_names, runner.run(arrays, dims)))
         loss = float(results["loss"])
@@ -262,6 +272,36 @@ class Trainer:
         self.step_count = t
         self._version += 1
         return loss
+
+    def _step_feeds(self, x: Any, y: Any, t: int) -> dict[str, Any]:
+        """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
+        the first call)."""
+        feeds = self._inputs(x)
+        target = self._target(y)
+        if self._step is None:
+            self._build(target)
+        runner, layout, _ = self._step
+        feeds[target_name(list(feeds))] = target
+        feeds["lr"] = np.float64(self.learning_rate(t))
+        feeds["step"] = np.float64(t)
+        if any(p.name == RNG_KEY for p in runner.inputs):
+            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
+        for path in layout.params:
+            feeds[PARAM + path] = self.params[path]
+        for path in layout.trainable:
+            for slot in layout.slots:
+                feeds[state_name(path, slot)] = self.state[(path, slot)]
+        return feeds
+
+    def profile(self, x: Any, y: Any, repeat: int = 10):
+        """Time each kernel of the next train step on the batch (x, y) (native target): a
+        runtime/profile.py Profile, as `model.profile` gives. Changes nothing: the step's
+        results are dropped."""
+        if self.target != "native":
+            raise KilnError("K0602", "profiling times native kernels: the trainer runs on the "
+                            f"{self.target} target", hint="kiln.Trainer(..., target='native')")
+        feeds = self._step_feeds(x, y, self.step_count + 1)
+        return self._step[0].profile(repeat=repeat, **feeds)
 
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
