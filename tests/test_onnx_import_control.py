@@ -144,6 +144,7 @@ def test_loop_with_a_static_trip_count(tmp_path, target, trip, cond, body_cond):
 
 @pytest.mark.parametrize("why, model", [
     ("computes its condition", loop_model(5, None, "Less")),
+    ("iterations", loop_model(2**62, None)),  # never an array of 2^62 iteration numbers
     ("trip count", make_model(
         [helper.make_node("Loop", ["M", "", "s0"], ["final"], name="loop",
                           body=loop_model(1, None).graph.node[0].attribute[0].g)],

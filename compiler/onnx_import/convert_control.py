@@ -118,6 +118,9 @@ def _loop(gb, node):
         raise Unsupported("Loop's trip count (input 0) must be a constant (kiln runs a scan "
                           f"of a length fixed at import time): {CONSTANT_NEEDED}")
     steps = max(int(trip.reshape(-1)[0]), 0)
+    if steps > MAX_LOOP_STEPS:
+        raise Unsupported(f"Loop of {steps} iterations: kiln takes at most {MAX_LOOP_STEPS:,} "
+                          "(its iteration numbers are a constant of that length)")
     if node.inputs[1:2] not in ([], [None]):
         cond = known(gb, node, 1)
         if cond is None:
@@ -154,6 +157,9 @@ def _loop(gb, node):
                        attrs)
     k = len(outputs) - n - 1
     return results[k + 1:] + results[:k]  # ONNX: the final carries, then the scan outputs
+
+
+MAX_LOOP_STEPS = 1 << 20  # a Loop's iteration numbers are a constant: bounded as one
 
 
 def _all_true(value) -> bool:
