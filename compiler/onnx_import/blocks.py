@@ -23,6 +23,7 @@ import networkx as nx
 from ..ir import Graph, Value
 
 MIN_OPS = 3  # a unit of fewer ops is clearer written inline than as a block
+MAX_UNIT_SEGMENTS = 32  # the longest unit looked for: bounds the search on long chains
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,16 @@ def repeated_units(graph: Graph) -> list[Unit]:
     order = {nid: k for k, nid in enumerate(graph.order())}
     found: list[Unit] = []
     taken = [False] * len(segments)
+    # each segment's ops, attributes and types: units whose segments differ here differ, so
+    # only candidates that agree are compared in full
+    shapes = [_segment_key(graph, ops, order) for _, ops, _ in segments]
 
     def run_at(i: int, length: int) -> list[Unit]:
         """The units of `length` segments repeating from segment i on (none taken yet)."""
         run: list[Unit] = []
         while i + length <= len(segments) and not any(taken[i:i + length]):
+            if run and shapes[i:i + length] != shapes[i - length:i]:
+                break
             unit = _unit(graph, segments[i:i + length], order)
             if unit is None or (run and unit.key != run[0].key):
                 break
@@ -56,13 +62,14 @@ def repeated_units(graph: Graph) -> list[Unit]:
             i += length
         return run
 
-    for length in range(len(segments) // 2, 0, -1):
+    for length in range(min(len(segments) // 2, MAX_UNIT_SEGMENTS), 0, -1):
         i = 0
         while i + 2 * length <= len(segments):
             # a run starts here: of it and its shifts by less than a unit, one that repeats
             # and whose units start where a skip connection branches (their first argument
             # read most: a residual block's own boundary), then the longest
-            if len(run_at(i, length)) < 2:
+            if shapes[i:i + length] != shapes[i + length:i + 2 * length] \
+                    or len(run_at(i, length)) < 2:
                 i += 1
                 continue
             runs = [(run_at(i + o, length), i + o) for o in range(length)]
@@ -76,6 +83,12 @@ def repeated_units(graph: Graph) -> list[Unit]:
             else:
                 i += 1
     return found
+
+
+def _segment_key(graph: Graph, ops: list[int], order: dict[int, int]) -> tuple:
+    return tuple((graph.op(n), _attrs_key(graph.node(n)["attrs"]),
+                  tuple(str(t) for t in graph.node(n)["types"]))
+                 for n in sorted(ops, key=order.__getitem__))
 
 
 def _reads_of_start(graph: Graph, run: list[Unit]) -> int:
@@ -109,9 +122,13 @@ def _segments(graph: Graph) -> list[tuple[Value, list[int], Value]] | None:
             continue
         up = dominators[nid]
         cut_of[nid] = up if up in cuts else cut_of[up]
+    after: dict[int, list[int]] = {c: [] for c in chain}  # each cut: the ops it leads to
+    for n, c in cut_of.items():
+        if n not in cuts:
+            after[c].append(n)
     segments = []
     for start, end in zip(chain, chain[1:]):
-        ops = [n for n, c in cut_of.items() if c == start and n not in cuts] + [end]
+        ops = after[start] + [end]
         segments.append((Value(start, 0, graph.node(start)["types"][0]), ops,
                          Value(end, 0, graph.node(end)["types"][0])))
     return segments
