@@ -85,9 +85,11 @@ def test_kiln_import_writes_repeated_layers_as_a_block(exported, name, calls, tm
     """A ResNet's two identical basic blocks, a Transformer's two layers: one `block`
     definition, one instance called once per repetition with the model's params, and the
     source computes what the ONNX file does on both targets."""
+    from kiln.api import write_kiln_source
+
     path, feeds = exported(name)
     out = tmp_path / "model.kiln"
-    kiln.api.write_kiln_source(path, out)
+    write_kiln_source(path, out)
     source = out.read_text()
     assert source.count("\nblock Block1 {") + source.startswith("block Block1 {") == 1
     assert "block1 = Block1" in source and source.count("= block1(") == calls
