@@ -84,6 +84,8 @@ CASES = [
     ("LpPool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "dilations": [2, 1], "p": 3,
                                    "pads": [1, 0, 1, 1]}),
     ("LpPool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 2], "strides": [2, 1, 2]}),
+    ("BatchNormalization", [f32(2, 3, 4, 2), f32(3), f32(3), f32(3), np.abs(f32(3)) + 0.5],
+     {"training_mode": 1, "momentum": 0.8, "epsilon": 1e-3, "n_outputs": 3}),
     ("LRN", [f32(2, 5, 3, 4)], {"size": 5, "alpha": 0.01, "beta": 0.6, "bias": 2.0}),
     ("LRN", [f32(1, 7, 2, 3)], {"size": 3}),  # onnxruntime's: odd sizes, 4-D inputs
     ("Asin", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),

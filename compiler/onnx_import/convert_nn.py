@@ -329,15 +329,38 @@ def _like(gb: GraphBuilder, value: Value | None, dtype: str) -> Value | None:
 @converter("BatchNormalization")
 def _batch_norm(gb, node):
     x = need(node, 0, "X")
-    if attr(node, "training_mode", 0):
-        raise Unsupported("BatchNormalization in training mode")
-    if any(name for name in node.outputs[1:]):
-        raise Unsupported("BatchNormalization's running statistics outputs")
     dtype = dtype_of(x)
     scale, bias, mean, var = (_like(gb, need(node, i, name), dtype) for i, name in
                               ((1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var")))
-    return [gb.op("batch_norm", x, mean, var, scale, bias,
-                  eps=float(attr(node, "epsilon", 1e-5)))]
+    eps = float(attr(node, "epsilon", 1e-5))
+    if attr(node, "training_mode", 0):
+        return _batch_norm_training(gb, node, x, scale, bias, mean, var, eps)
+    if any(name for name in node.outputs[1:]):
+        raise Unsupported("BatchNormalization's running statistics outputs")
+    return [gb.op("batch_norm", x, mean, var, scale, bias, eps=eps)]
+
+
+def _batch_norm_training(gb: GraphBuilder, node: OnnxNode, x: Value, scale: Value,
+                         bias: Value, mean: Value, var: Value, eps: float) -> list:
+    """training_mode = 1: normalized by the batch's own mean and (biased) variance over every
+    axis but the channels; the running statistics outputs are input * momentum + the
+    batch's * (1 - momentum)."""
+    require_dtype(x, FLOAT_TYPES, "BatchNormalization input")
+    if x.type.rank < 2:
+        raise Unsupported(f"BatchNormalization of a {x.type.rank}-D input")
+    axes = [a for a in range(x.type.rank) if a != 1]
+    dtype = dtype_of(x)
+    batch_mean, batch_var = _moments(gb, x, axes)
+    inv = gb.op("rsqrt", gb.add(batch_var, const_like(gb, eps, dtype)))
+    per_channel = [x.type.shape[1]] + [1] * (x.type.rank - 2)
+    y = gb.add(gb.mul(gb.mul(gb.sub(x, batch_mean), inv), gb.reshape(scale, per_channel)),
+               gb.reshape(bias, per_channel))
+    momentum = float(attr(node, "momentum", 0.9))
+    keep, new = const_like(gb, momentum, dtype), const_like(gb, 1 - momentum, dtype)
+    channels = [x.type.shape[1]]
+    running = [gb.add(gb.mul(old, keep), gb.mul(gb.reshape(batch, channels), new))
+               for old, batch in ((mean, batch_mean), (var, batch_var))]
+    return [y, *running][:len(node.outputs)]
 
 
 @converter("InstanceNormalization")
@@ -348,11 +371,16 @@ def _instance_norm(gb, node):
                   eps=float(attr(node, "epsilon", 1e-5)))]
 
 
-def _stats(gb: GraphBuilder, x: Value, axes: list[int], eps: float) -> tuple[Value, Value]:
-    """(mean, 1 / sqrt(variance + eps)) over `axes`, kept as size 1 (biased variance)."""
+def _moments(gb: GraphBuilder, x: Value, axes: list[int]) -> tuple[Value, Value]:
+    """(mean, biased variance) over `axes`, kept as size 1."""
     mean = gb.op("mean", x, axis=axes, keepdims=True)
     centered = gb.sub(x, mean)
-    var = gb.op("mean", gb.mul(centered, centered), axis=axes, keepdims=True)
+    return mean, gb.op("mean", gb.mul(centered, centered), axis=axes, keepdims=True)
+
+
+def _stats(gb: GraphBuilder, x: Value, axes: list[int], eps: float) -> tuple[Value, Value]:
+    """(mean, 1 / sqrt(variance + eps)) over `axes`, kept as size 1 (biased variance)."""
+    mean, var = _moments(gb, x, axes)
     return mean, gb.op("rsqrt", gb.add(var, const_like(gb, eps, dtype_of(x))))
 
 
