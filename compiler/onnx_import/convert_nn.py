@@ -7,6 +7,7 @@ become an explicit pad (zeros, or -inf for max pooling) in front of them.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -207,20 +208,59 @@ def _separable_pool(gb: GraphBuilder, node: OnnxNode, x: Value, kind: str, kerne
     return x
 
 
-def _no_indices(node: OnnxNode) -> None:
-    if len(node.outputs) > 1 and node.outputs[1]:
-        raise Unsupported("MaxPool's Indices output")
+def _max_pool_with_indices(gb: GraphBuilder, x: Value, kernel: list[int],
+                           window: tuple[list, list, list, list], ceil_mode: bool,
+                           column_major: bool) -> list:
+    """MaxPool's values and Indices (each maximum's position in x flattened, its spatial
+    axes column-major with storage_order=1; the first in the window's row-major order where
+    several are equal): a running maximum over the window's offsets, each a strided slice
+    of x padded with -inf, beside the same slices of the spatial positions (a constant),
+    offset by each (n, c)'s start."""
+    strides, dilations, before, after = window
+    spatial = x.type.shape[2:]
+    if not all(d.is_const for d in spatial):
+        raise Unsupported("MaxPool's Indices output needs constant spatial sizes")
+    sizes = [d.value for d in spatial]
+    geometry = [_pool_length(n, k, s, d, b, a, ceil_mode) for n, k, s, d, b, a in
+                zip(sizes, kernel, strides, dilations, before, after, strict=True)]
+    ends = [a + extra for a, (_, extra) in zip(after, geometry, strict=True)]
+    padded = _explicit_pad(gb, x, before, ends, -math.inf)
+    flat = np.arange(int(np.prod(sizes)), dtype=np.int64)
+    where_in = np.pad(flat.reshape(sizes, order="F" if column_major else "C"),
+                      list(zip(before, ends, strict=True)), constant_values=-1)
+    positions = gb.constant(where_in.reshape(1, 1, *where_in.shape))
+    best = index = None
+    whole = ("range", None, None, 1)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        items = [whole, whole] + [
+            ("range", o * d, o * d + (out - 1) * s + 1, s)
+            for o, d, s, (out, _) in zip(offset, dilations, strides, geometry, strict=True)]
+        value, at = gb.op("slice", padded, items=items), gb.op("slice", positions, items=items)
+        if best is None:
+            best, index = value, at
+            continue
+        larger = gb.op("greater", value, best)  # strictly: the first maximum is kept
+        best, index = gb.op("where", larger, value, best), gb.op("where", larger, at, index)
+    n, c = x.type.shape[:2]
+    planes = gb.reshape(gb.op("arange", n * c), [n, c] + [1] * len(sizes))
+    start = gb.mul(planes, gb.constant(np.array(int(np.prod(sizes)), np.int64)))
+    return [best, gb.add(index, start)]
 
 
 @converter("MaxPool")
 def _max_pool(gb, node):
     x = need(node, 0, "X")
-    _no_indices(node)
     require_dtype(x, FLOAT_TYPES, "MaxPool input")
     kernel = ints(node, "kernel_shape")
     window = _window(node, x, kernel)
     strides, dilations, before, after = window
     ceil_mode = bool(attr(node, "ceil_mode", 0))
+    if len(node.outputs) > 1 and node.outputs[1]:
+        column_major = bool(attr(node, "storage_order", 0))
+        if column_major and x.type.rank != 4:
+            raise Unsupported("MaxPool's Indices in column-major order (storage_order=1) "
+                              "but of a 2-D pool")
+        return _max_pool_with_indices(gb, x, kernel, window, ceil_mode, column_major)
     if x.type.rank > 4:
         return [_separable_pool(gb, node, x, "max", kernel, window, ceil_mode)]
     _spatial_rank(x, "MaxPool")
