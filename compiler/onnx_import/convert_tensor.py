@@ -364,18 +364,29 @@ def _gather_elements(gb, node):
 @converter("GatherND")
 def _gather_nd(gb, node):
     """data[indices[..., 0], ..., indices[..., k-1]] as one gather on data with its first k
-    axes merged, by the linear index sum(i_j * stride_j) (negative i_j counted from the end)."""
+    axes merged, by the linear index sum(i_j * stride_j) (negative i_j counted from the end).
+    With batch_dims b, the b batch axes are merged in front of those k: each index is offset
+    by its batch position times the size of the k axes."""
     x = need(node, 0, "data")
     index = _index(gb, node, 1)
-    if attr(node, "batch_dims", 0):
-        raise Unsupported("GatherND with batch_dims > 0")
+    b = int(attr(node, "batch_dims", 0))
     k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
-    if not k_dim.is_const or k_dim.value > x.type.rank or k_dim.value == 0:
+    if not 0 <= b < min(index.type.rank, x.type.rank):
+        raise Unsupported(f"GatherND batch_dims {b} for ranks {x.type.rank} and "
+                          f"{index.type.rank}")
+    if not k_dim.is_const or k_dim.value > x.type.rank - b or k_dim.value == 0:
         raise Unsupported("GatherND needs a constant index depth within the data's rank")
     k = k_dim.value
-    lead = concrete_shape(x, "GatherND's data")[:k]
+    shape = concrete_shape(x, "GatherND's data")
+    batch, lead = shape[:b], shape[b:b + k]
+    if b and tuple(index.type.shape[:b]) != tuple(Dim.of(n) for n in batch):
+        raise Unsupported("GatherND's indices and data differ in their batch axes")
     linear = _linear_index(gb, index, lead)
-    flat = gb.reshape(x, [int(np.prod(lead)), *x.type.shape[k:]])
+    if b:
+        offsets = np.arange(int(np.prod(batch)), dtype=NUMPY_DTYPES[dtype_of(linear)])
+        offsets = offsets.reshape(*batch, *[1] * (index.type.rank - 1 - b)) * int(np.prod(lead))
+        linear = gb.add(linear, gb.constant(offsets))
+    flat = gb.reshape(x, [int(np.prod(batch + lead)), *x.type.shape[b + k:]])
     return [gb.op("gather", flat, linear, axis=0)]
 
 
