@@ -11,8 +11,10 @@ import numpy as np
 import onnx
 import pytest
 from _onnxconvert import OPSET, build, check, run_kiln, run_ort
+from _onnximport import make_model
 from onnx import TensorProto, helper
 
+import kiln
 from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.ir import Graph
 from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode, Unsupported
@@ -325,15 +327,31 @@ def test_size_comparisons_are_decided_only_where_sound():
 @pytest.mark.parametrize("target", ["reference", "native"])
 def test_max_pool_indices_of_a_symbolic_batch(target):
     """Indices count every (n, c) plane before it: n runs to a size known only at run time."""
-    from _onnximport import make_model, run_ort
-
-    import kiln
-
     node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 1],
                             pads=[1, 0, 0, 1])
     model = make_model([node], [("x", TensorProto.FLOAT, ["N", 3, 5, 4])],
                        [("y", TensorProto.FLOAT, None), ("i", TensorProto.INT64, None)])
     x = f32(3, 3, 5, 4)
-    for got, want in zip(kiln.compile(model, target=target)(x), run_ort(model, {"x": x}),
+    for got, want in zip(kiln.compile(model, target=target)(x), run_ort(model, [x]),
                          strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_cumprod_against_numpy(exclusive, reverse, dtype):
+    """CumProd (opset 26: onnxruntime has none) by numpy's cumprod along axis 1."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    node = helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive,
+                            reverse=reverse)
+    model = make_model([node], [("x", elem, [2, 5, 3])], [("y", elem, [2, 5, 3])],
+                       {"axis": np.array(-2, np.int64)}, opset=OPSET)
+    x = (RNG.integers(-3, 4, (2, 5, 3)) if dtype is np.int32 else f32(2, 5, 3)).astype(dtype)
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    want = flip(np.cumprod(flip(x), axis=1))
+    if exclusive:
+        want = flip(np.concatenate([np.ones_like(x[:, :1]), np.cumprod(flip(x), axis=1)[:, :-1]],
+                                   axis=1))
+    got = kiln.compile(model, target="reference")(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5)
