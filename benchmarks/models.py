@@ -2,6 +2,12 @@
 optimisations) on kiln's own exported ONNX vs the numpy reference.
 
     python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
+    python benchmarks/models.py --pytorch [--batches 1 32] [--threads 1 2] [--models lstm gru]
+
+`--pytorch` times, instead, onnxruntime on kiln's export beside onnxruntime on PyTorch's
+(torch.onnx.export) of the same model with the same weights: the MLP, LSTM, GRU and Transformer
+encoder of issue 16's table, each written once in kiln and once in PyTorch under the same
+parameter names (TWINS), so that PyTorch's state_dict loads into kiln strictly.
 
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
 kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Each
@@ -113,6 +119,179 @@ def measure(path: Path, batch: int, threads: int, repeat: int, with_ref: bool) -
     return out
 
 
+# issue 16's models with a PyTorch twin: name -> (kiln source, PyTorch module factory, the
+# input's shape for a batch). The LSTM and GRU take [T, B, features] (PyTorch's default
+# layout), T = 32; the Transformer [B, L, d_model], L = 128.
+TWIN_STEPS, TWIN_LENGTH = 32, 128
+TWIN_SOURCES = {
+    "mlp": (ROOT / "examples" / "mlp.kiln").read_text(),
+    "lstm": """
+import std.rnn
+model LSTM {
+  lstm = rnn.LSTM(256, 256, num_layers = 2)
+  forward(x: f32[T, B, 256]) -> (f32[T, B, 256], f32[2, B, 256], f32[2, B, 256]) {
+    y, h, c = lstm(x)
+    return y, h, c
+  }
+}""",
+    "gru": """
+import std.rnn
+model GRU {
+  gru = rnn.GRU(256, 256)
+  forward(x: f32[T, B, 256]) -> (f32[T, B, 256], f32[1, B, 256]) {
+    y, h = gru(x)
+    return y, h
+  }
+}""",
+    "transformer": """
+import std.transformer: TransformerEncoder, TransformerEncoderLayer
+model Encoder {
+  encoder = TransformerEncoder(TransformerEncoderLayer(256, 4, 1024, batch_first = true), 4)
+  forward(x: f32[B, L, 256]) -> f32[B, L, 256] {
+    return encoder(x)
+  }
+}""",
+}
+
+
+def twin_module(name: str):
+    """The PyTorch twin of TWIN_SOURCES[name], in eval mode."""
+    import torch
+    from torch import nn
+
+    class Recurrent(nn.Module):  # the layer's outputs flattened, as kiln's model returns them
+        def __init__(self, attr: str, layer: nn.Module):
+            super().__init__()
+            self.attr = attr
+            setattr(self, attr, layer)
+
+        def forward(self, x):
+            y, state = getattr(self, self.attr)(x)
+            return (y, *state) if isinstance(state, tuple) else (y, state)
+
+    class EncoderLayer(nn.Module):
+        """nn.TransformerEncoderLayer's post-norm computation: torch 2.13's TorchScript
+        exporter cannot trace the layer itself (it passes is_causal as a tensor)."""
+
+        def __init__(self, d: int = 256, heads: int = 4, ff: int = 1024):
+            super().__init__()
+            self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+            self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+        def forward(self, x):
+            a, _ = self.self_attn(x, x, x, need_weights=False)
+            x = self.norm1(x + a)
+            return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Module()
+            self.encoder.layers = nn.ModuleList(EncoderLayer() for _ in range(4))
+
+        def forward(self, x):
+            for layer in self.encoder.layers:
+                x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    modules = {
+        "mlp": lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512),
+                                     nn.ReLU(), nn.Linear(512, 10), nn.Softmax(dim=-1)),
+        "lstm": lambda: Recurrent("lstm", nn.LSTM(256, 256, num_layers=2)),
+        "gru": lambda: Recurrent("gru", nn.GRU(256, 256)),
+        "transformer": Encoder,
+    }
+    return modules[name]().eval()
+
+
+def twin_input(name: str, batch: int, rng) -> np.ndarray:
+    shape = {"mlp": (batch, 784), "lstm": (TWIN_STEPS, batch, 256),
+             "gru": (TWIN_STEPS, batch, 256), "transformer": (batch, TWIN_LENGTH, 256)}[name]
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def torch_export(module, x: np.ndarray, path: Path) -> None:
+    """PyTorch's TorchScript exporter (the dynamo one needs onnxscript), every axis but the
+    features dynamic, as kiln's export leaves its symbolic sizes."""
+    import warnings
+
+    import torch
+
+    axes = {i: f"d{i}" for i in range(x.ndim - 1)}
+    # not under no_grad: there nn.MultiheadAttention takes its fast path, which has no export
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=False,
+                          input_names=["x"], opset_version=18, dynamic_axes={"x": axes})
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
+    """onnxruntime on kiln's export and on PyTorch's, same weights and input, alternating
+    rounds; the largest difference between their outputs checks that they are one model."""
+    import torch
+
+    module = twin_module(name)
+    model = kiln.compile(TWIN_SOURCES[name], target="reference")
+    model.load_weights({k: v.detach().numpy() for k, v in module.state_dict().items()})
+    x = twin_input(name, batch, np.random.default_rng(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export_onnx(Path(tmp) / "kiln.onnx")
+        torch_export(module, x, Path(tmp) / "torch.onnx")
+        sessions = {"kiln": ort_session(Path(tmp) / "kiln.onnx", threads),
+                    "torch": ort_session(Path(tmp) / "torch.onnx", threads)}
+    feeds = {"kiln": {model.inputs[0].name: x}, "torch": {"x": x}}
+    outs = {k: s.run(None, feeds[k]) for k, s in sessions.items()}
+    with torch.no_grad():
+        eager = module(torch.from_numpy(x))
+    eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(outs["kiln"], eager, strict=True))
+    rounds: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(ROUNDS):
+        for k, s in sessions.items():
+            rounds[k].append(settled(median_ms, repeat, s.run, None, feeds[k]))
+    return {**{k: statistics.median(v) for k, v in rounds.items()}, "diff": diff}
+
+
+def compare_with_pytorch(opts) -> int:
+    """The --pytorch table: one child process per (model, batch, threads)."""
+    names = [n for n in TWIN_SOURCES if not opts.models or n in opts.models]
+    header = (f"{'model':<14}{'batch':>6}{'thr':>4}{'kiln export ms':>16}{'torch export ms':>17}"
+              f"{'kiln/torch':>11}{'max |diff|':>12}")
+    print(header)
+    print("-" * len(header))
+    failed = 0
+    for name in names:
+        for batch in opts.batches:
+            for threads in opts.threads:
+                print(f"{name}: batch {batch}, {threads} thread(s)...", file=sys.stderr,
+                      flush=True)
+                child = subprocess.run(
+                    [sys.executable, __file__, "--measure-twin", name, str(batch), str(threads),
+                     "--repeat", str(opts.repeat)], capture_output=True, text=True)
+                if child.returncode != 0:
+                    why = (child.stderr.strip().splitlines() or ["no message"])[-1]
+                    print(f"{name:<14}{batch:>6}{threads:>4}  failed: {why}", flush=True)
+                    failed += 1
+                    continue
+                got = json.loads(child.stdout.strip().splitlines()[-1])
+                print(f"{name:<14}{batch:>6}{threads:>4}{got['kiln']:>16.3f}"
+                      f"{got['torch']:>17.3f}{got['kiln'] / got['torch']:>11.2f}"
+                      f"{got['diff']:>12.1e}", flush=True)
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -122,7 +301,18 @@ def main() -> int:
     parser.add_argument("--measure", nargs=3, metavar=("FILE", "BATCH", "THREADS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--with-ref", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pytorch", action="store_true",
+                        help="onnxruntime on kiln's export vs on PyTorch's (mlp lstm gru "
+                             "transformer)")
+    parser.add_argument("--measure-twin", nargs=3, metavar=("NAME", "BATCH", "THREADS"),
+                        help=argparse.SUPPRESS)  # one --pytorch configuration, in a child
     opts = parser.parse_args()
+    if opts.measure_twin:
+        name, batch, threads = opts.measure_twin
+        print(json.dumps(measure_twin(name, int(batch), int(threads), opts.repeat)))
+        return 0
+    if opts.pytorch:
+        return compare_with_pytorch(opts)
     if opts.measure:
         path, batch, threads = opts.measure
         print(json.dumps(measure(Path(path), int(batch), int(threads), opts.repeat,

@@ -3,24 +3,64 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 
-import ml_dtypes
 import numpy as np
 
 from .dims import Dim, DivAtom
 from .errors import KilnError, Span
 
-# kiln name -> numpy dtype; bf16 comes from ml_dtypes (numpy has none)
-NUMPY_DTYPES: dict[str, np.dtype] = {
+
+@cache
+def bfloat16() -> np.dtype:
+    """numpy's dtype for bf16, ml_dtypes' bfloat16 (numpy has none). ml_dtypes is imported
+    here, on first use: importing it takes longer than importing numpy, and most models never
+    use bf16."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bfloat16(dtype) -> bool:
+    """Whether `dtype` is ml_dtypes' bfloat16, without importing ml_dtypes (an array of that
+    dtype means it is imported already)."""
+    module = sys.modules.get("ml_dtypes")
+    return module is not None and dtype == module.bfloat16
+
+
+_EAGER_DTYPES = {
     "f32": np.dtype(np.float32),
     "f16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
     "f64": np.dtype(np.float64),
     "i32": np.dtype(np.int32),
     "i64": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
+_KILN_OF_NUMPY = {dt: name for name, dt in _EAGER_DTYPES.items()}
+
+
+class _NumpyDtypes(Mapping):
+    """kiln name -> numpy dtype, bf16's made on first use (bfloat16())."""
+
+    _NAMES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
+
+    def __getitem__(self, name: str) -> np.dtype:
+        return bfloat16() if name == "bf16" else _EAGER_DTYPES[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+NUMPY_DTYPES: Mapping[str, np.dtype] = _NumpyDtypes()
 DTYPES = ("f32", "f16", "bf16", "i32", "i64", "bool")
 FLOAT_DTYPES = frozenset({"f32", "f16", "bf16", "f64"})
 INT_DTYPES = frozenset({"i32", "i64"})
@@ -39,10 +79,12 @@ def promote(a: str, b: str) -> str:
 
 
 def dtype_of_numpy(dtype: np.dtype) -> str | None:
-    for name, np_dtype in NUMPY_DTYPES.items():
-        if np_dtype == dtype:
-            return name
-    return None
+    """The kiln name of a numpy dtype, or None where kiln has no such element type."""
+    try:
+        name = _KILN_OF_NUMPY.get(np.dtype(dtype))
+    except TypeError:
+        return None
+    return "bf16" if name is None and is_bfloat16(dtype) else name
 
 
 Shape = tuple[Dim, ...]

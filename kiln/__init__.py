@@ -16,9 +16,10 @@ from kiln.compiler.version import __version__
 if TYPE_CHECKING:
     from . import optim
     from .api import compile, load, load_compiled
-    from .train import Trainer
+    from .train import GANTrainer, Trainer
 
-__all__ = ["KilnError", "Trainer", "__version__", "compile", "load", "load_compiled", "optim"]
+__all__ = ["GANTrainer", "KilnError", "Trainer", "__version__", "compile", "load",
+           "load_compiled", "optim"]
 
 _API = ("compile", "load", "load_compiled")
 
@@ -30,10 +31,10 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
-    if name == "Trainer":  # the training loop loads the compiler too: on first use
-        from .train import Trainer
+    if name in ("Trainer", "GANTrainer"):  # the training loop loads the compiler: on first use
+        from . import train
 
-        return Trainer
+        return getattr(train, name)
     if name == "optim":
         import importlib
 

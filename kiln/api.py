@@ -57,6 +57,13 @@ def load(source: str | os.PathLike) -> Program | OnnxProgram:
     return load_program(source)
 
 
+def _is_onnx_program(x: Any) -> bool:
+    """Whether x is an imported ONNX model, without importing onnx for a kiln file (onnx
+    imports ml_dtypes, which takes longer than numpy): one exists only once the importer is."""
+    module = sys.modules.get("kiln.compiler.onnx_import")
+    return module is not None and isinstance(x, module.OnnxProgram)
+
+
 def compile(
     source: str | os.PathLike | Program,
     model: str | None = None,
@@ -122,10 +129,9 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
         raise KilnError("K0602", f"training must be True or False, not {training!r}")
     from kiln.compiler.driver import Compilation
     from kiln.compiler.initializers import generate_params
-    from kiln.compiler.onnx_import import OnnxProgram
-
-    program = source if isinstance(source, (Program, OnnxProgram)) else load(source)
-    if isinstance(program, OnnxProgram):  # checks the arguments as a kiln file's
+    program = source if isinstance(source, Program) or _is_onnx_program(source) \
+        else load(source)
+    if _is_onnx_program(program):  # checks the arguments as a kiln file's
         program.elaborate(model, args, training=training)
         compilation = Compilation.of_graph(program.name, program.graph, program.params,
                                            target, cpu, opt_level)

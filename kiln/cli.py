@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", help="a .safetensors or .npz file of weights")
     c.add_argument("--no-strict", action="store_true", help="load weights non-strictly")
     c.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
-    train_options(model_cmd("train", "train a model on a dataset (docs/training.md)",
-                            cmd_train))
+    train = model_cmd("train", "train a model on a dataset (docs/training.md)", cmd_train)
+    train_options(train)
+    gan_options(train)
     tune_options(model_cmd("tune", "search hyperparameters with Ray Tune (docs/scale-out.md)",
                            cmd_tune))
     i = sub.add_parser("import", help="write an ONNX model as kiln source, with its weights",
@@ -198,9 +199,9 @@ def train_options(t) -> None:
     t.add_argument("--data", required=True, metavar="NAME_OR_NPZ",
                    help="digits, iris, wine, breast_cancer, diabetes (scikit-learn's bundled "
                    "datasets) or a .npz file with x, y (optionally x_val, y_val)")
-    t.add_argument("--loss", default="cross_entropy",
-                   help="a std.losses name (cross_entropy, mse, ...) or FILE.kiln:NAME "
-                   "(default: cross_entropy)")
+    t.add_argument("--loss", help="a std.losses name (cross_entropy, mse, ...) or "
+                   "FILE.kiln:NAME (default: cross_entropy); with --gan bce, bce_with_logits "
+                   "or hinge (default: bce)")
     t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw or rmsprop (default: "
                    "adam)")
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
@@ -243,13 +244,40 @@ def train_options(t) -> None:
     t.add_argument("--log", metavar="RUN.jsonl", help="write each epoch's metrics as JSON lines")
     t.add_argument("--plot", metavar="CURVES.png", help="draw the loss curves (matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    model_input_options(t)
     t.add_argument("-o", "--output", help="write the trained weights (.safetensors or .npz)")
 
 
+def model_input_options(t) -> None:
+    """The options of `kiln train` for models of several inputs (kiln/train/inputs.py)."""
+    t.add_argument("--noise", action="append", default=[], metavar="INPUT",
+                   help="draw the model input INPUT from N(0, 1) for every batch, seeded "
+                   "(a VAE's eps; repeatable)")
+    t.add_argument("--full-batch", action="store_true",
+                   help="step on all training examples at once, in order (a graph's nodes)")
+    t.add_argument("--autoencode", action="store_true",
+                   help="the examples are their own targets (an autoencoder, a VAE)")
+
+
 def cmd_train(opts) -> int:
+    if opts.gan:
+        from kiln.train.gan_loop import fit_gan
+
+        return fit_gan(opts)
     from kiln.train.loop import fit
 
+    opts.loss = opts.loss or "cross_entropy"  # None: the default of both forms
     return fit(opts, parse_args_option(opts.arg))
+
+
+def gan_options(t) -> None:
+    """The options `kiln train --gan` adds (docs/training.md, "Training a GAN")."""
+    t.add_argument("--gan", action="store_true",
+                   help="train a generator and a discriminator in alternation (kiln.GANTrainer)"
+                   " on the real examples of --data (or gaussians8)")
+    t.add_argument("--generator", default="Generator", help="--gan: the generator model")
+    t.add_argument("--discriminator", default="Discriminator",
+                   help="--gan: the discriminator model")
 
 
 def train_report_of(opts) -> str:

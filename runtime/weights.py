@@ -16,7 +16,6 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping
 
-import ml_dtypes
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -33,19 +32,18 @@ from ..compiler.files import (
     size_of,
     staged_writes,
 )
-from ..compiler.types import NUMPY_DTYPES, dtype_of_numpy
+from ..compiler.types import NUMPY_DTYPES, bfloat16, dtype_of_numpy, is_bfloat16
 
 # safetensors' dtype names -> numpy; safetensors.numpy itself has no BF16
 _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     name: np.dtype(dtype)
     for name, dtype in {
-        "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+        "F64": np.float64, "F32": np.float32, "F16": np.float16,
         "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
         "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
     }.items()
-}
+}  # and BF16, ml_dtypes' bfloat16 (bfloat16(): imported when a file has it)
 _SAVEABLE = frozenset(_SAFETENSORS_DTYPES.values())
-_BF16 = np.dtype(ml_dtypes.bfloat16)
 # np.save writes bfloat16 as the 2-byte void type "V2"; nothing else kiln saves has that type
 _NPZ_BF16 = np.dtype("V2")
 _FORMATS = (".safetensors", ".npz")
@@ -104,7 +102,8 @@ def _load_safetensors(path) -> dict[str, np.ndarray]:
         raise _file_error(path, f"its header holds the key `{repeated}` twice")
     tensors = {}
     for name, view in entries:
-        dtype = _SAFETENSORS_DTYPES.get(view["dtype"])
+        dtype = (bfloat16() if view["dtype"] == "BF16" else
+                 _SAFETENSORS_DTYPES.get(view["dtype"]))
         if dtype is None:
             raise _file_error(path, f"tensor `{name}` has dtype {view['dtype']}, unsupported")
         tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
@@ -224,7 +223,7 @@ def _npy_data(file, shape: tuple[int, ...], fortran: bool, dtype: np.dtype,
 
 
 def _from_npy(array: np.ndarray) -> np.ndarray:
-    return array.view(_BF16) if array.dtype == _NPZ_BF16 else array
+    return array.view(bfloat16()) if array.dtype == _NPZ_BF16 else array
 
 
 def load_array(path: str | os.PathLike, name: str) -> np.ndarray:
@@ -264,7 +263,7 @@ def save_weights(
         if not isinstance(name, str) or not name:
             raise _file_error(path, f"cannot save a tensor under the key {name!r}", role=role)
         dtype = array.dtype.newbyteorder("=")  # both formats are little-endian on disk
-        if dtype not in _SAVEABLE:
+        if dtype not in _SAVEABLE and not is_bfloat16(dtype):
             raise _file_error(path, f"cannot save tensor `{name}` of dtype {array.dtype}",
                               role=role)
         arrays[name] = np.asarray(array, dtype=dtype, order="C")
@@ -302,7 +301,7 @@ def _kind(dtype: np.dtype) -> str | None:
         return "bool"
     if dtype.kind in "iu":
         return "int"
-    if dtype.kind == "f" or dtype == _BF16:
+    if dtype.kind == "f" or is_bfloat16(dtype):
         return "float"
     return None
 
@@ -357,7 +356,7 @@ def _as_array(value) -> np.ndarray | str:
 
         tensor = value.detach().cpu().resolve_conj().resolve_neg()
         if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bits, viewed
-            return tensor.contiguous().view(torch.int16).numpy().view(_BF16)
+            return tensor.contiguous().view(torch.int16).numpy().view(bfloat16())
         try:
             return tensor.numpy()
         except (TypeError, RuntimeError) as e:

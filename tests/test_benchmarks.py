@@ -29,3 +29,14 @@ def test_one_configuration_measures_native_and_onnxruntime(name):
                          with_ref=True)
     assert got["reason"] is None
     assert all(got[k] is not None and got[k] > 0 for k in ("native", "ort", "ref")), got
+
+
+@pytest.mark.parametrize("name", ["gru", "mlp"])
+def test_pytorch_twins_are_one_model(name):
+    """`models.py --pytorch` compares like with like: kiln's export of each twin gives what
+    PyTorch computes from the same weights, and both exports are timed."""
+    pytest.importorskip("torch")
+    models = _models_script()
+    got = models.measure_twin(name, batch=2, threads=1, repeat=1)
+    assert got["diff"] < 1e-4, got
+    assert got["kiln"] > 0 and got["torch"] > 0, got

@@ -24,7 +24,8 @@ RTOL = 1e-4
 
 
 def assert_grad_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    """Relative error (max |got - want| over max |want|) at most RTOL."""
+    """Relative error (max |got - want| over max |want|) at most RTOL (for a gradient or an
+    updated running statistic)."""
     scale = max(float(np.max(np.abs(want))), 1e-30)
     err = float(np.max(np.abs(got.astype(np.float64) - want))) / scale
     assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
@@ -42,23 +43,37 @@ def torch_grads(module, inputs: list[np.ndarray], cotangents: list[np.ndarray]):
     return [o.detach().numpy() for o in outs], grads, [x.grad.numpy() for x in xs]
 
 
-def check_against_torch(model, module, inputs, cotangents):
+def check_against_torch(model, module, inputs, cotangents, extra: dict | None = None):
     """model.vjp and the torch module's autograd agree on outputs, every parameter's gradient
-    and every input's."""
+    and every float input's; in training mode also on the updated buffers (the running
+    statistics torch's forward updated in place).
+
+    `inputs` go to both, `extra` (by name) to the kiln model alone: what the twin holds itself
+    (a graph's edge_index) or does without (the training-mode rng_key). The module's own
+    mode (train/eval) is the model's."""
     torch = pytest.importorskip("torch")
     model.load_weights({k: v.detach().numpy().astype(np.float32) if v.is_floating_point()
                         else v.numpy() for k, v in module.state_dict().items()})
     module.to(torch.float64)
-    outs, grads, in_grads = model.vjp(*inputs, cotangents=cotangents)
+    padded = list(cotangents) + [None] * len(model.updates)  # updates take no cotangent
+    outs, grads, in_grads = model.vjp(*inputs, **(extra or {}), cotangents=padded)
     t_outs, t_grads, t_in = torch_grads(module, inputs, cotangents)
     outs = outs if isinstance(outs, tuple) else (outs,)
-    for got, want in zip(outs, t_outs, strict=True):
+    for got, want in zip(outs[:len(t_outs)], t_outs, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert set(grads) == set(t_grads)
     for path, want in t_grads.items():
         assert_grad_close(grads[path], want, path)
-    for port, want in zip(model.inputs, t_in, strict=True):
-        assert_grad_close(in_grads[port.name], want, f"input {port.name}")
+    names = [p.name for p in model.inputs if p.name in in_grads]
+    for name, want in zip(names, t_in, strict=True):
+        assert_grad_close(in_grads[name], want, f"input {name}")
+    state = module.state_dict()
+    for path, index in model.updates.items():
+        want = state[path].numpy()
+        if want.dtype.kind == "f":
+            assert_grad_close(outs[index], want, f"updated {path}")
+        else:
+            np.testing.assert_array_equal(outs[index], want, err_msg=f"updated {path}")
 
 
 # ---------------------------------------------------------------------------- MLP

@@ -13,6 +13,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -192,3 +195,19 @@ def test_type_checking_imports_are_not_dependencies():
     imported = {alias.name for node in _runtime_nodes(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     assert imported == {"kiln.b", "kiln.c"}
+
+
+def test_a_kiln_model_compiles_and_runs_without_onnx_or_ml_dtypes():
+    """Importing ml_dtypes (and onnx, which imports it) takes longer than numpy: a kiln file
+    that uses no bf16 compiles, runs and loads weights without either."""
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys, numpy as np, kiln\n"
+            f"m = kiln.compile({str(root / 'examples' / 'mlp.kiln')!r}, args={{'hidden': 8}})\n"
+            "m(np.zeros((2, 784), np.float32))\n"
+            "m.save_weights('w.safetensors'); m.load_weights('w.safetensors')\n"
+            "bad = [n for n in ('onnx', 'ml_dtypes') if n in sys.modules]\n"
+            "assert not bad, f'imported {bad}'\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -126,6 +126,33 @@ def test_errors():
     raises("K0302", "logsumexp", T([3], "bool"))
 
 
+def test_native_softmax_rows_of_every_length_and_special_value():
+    """Rows of every length across the vector widths (4 to 16 lanes: LLVM vectorises the
+    kernel's loops, with a rest) and past them, each with a NaN, an inf or -inf at every
+    position of a few, and rows whose exps over- or underflow unless the max is taken right,
+    match numpy in float64 (NaN wins, as numpy's max)."""
+    import kiln
+
+    m = kiln.compile("model M { forward(x: f32[B, S]) -> (f32[B, S], f32[B, S]) {\n"
+                     "  return softmax(x), log_softmax(x) } }")
+    rng = np.random.default_rng(0)
+    for length in [*range(1, 35), 47, 64, 100]:
+        x = rng.uniform(-5, 5, (3 + 3 * min(length, 6), length)).astype(np.float32)
+        for i in range(min(length, 6)):  # a special value at position i of three rows
+            x[3 + 3 * i:6 + 3 * i, i] = [np.nan, np.inf, -np.inf]
+        x[:2] *= 300  # a max taken wrong over- or underflows every exp of these rows
+        x[0, -1], x[1, 0] = 2000, 2000  # the max last (in the masked rest) and first
+        x[2, :] = -np.inf  # a row of nothing but -inf: NaN, as numpy gives
+        with np.errstate(invalid="ignore", over="ignore"):
+            shifted = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+            want_log = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        soft, log_soft = m(x)
+        np.testing.assert_allclose(soft, np.exp(want_log), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"S={length}")
+        np.testing.assert_allclose(log_soft, want_log, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"S={length}")
+
+
 @pytest.mark.parametrize("target", ["reference", "native", "onnx"])
 def test_softmax_over_an_empty_axis_is_empty_on_every_target(target):
     """An attention over no source positions (S = 0): softmax and log_softmax give empty

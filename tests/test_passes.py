@@ -293,6 +293,32 @@ def test_simplify_leaves_other_expressions(expr):
     assert stats.changes == {} and structure(after) == structure(before)
 
 
+@pytest.mark.parametrize("expr, matmuls, permutes", [
+    # (x^T @ w)^T, the weight gradient a linear layer's rule makes: w^T @ x, no transpose left
+    ("transpose(matmul(transpose(x, 0, 1), w), 0, 1)", 1, 1),
+    ("transpose(matmul(x, w2), 0, 1)", 1, 2),                       # w2^T @ x^T
+])
+def test_simplify_transposes_a_product_through_its_operands(expr, matmuls, permutes):
+    src = forward(f"return {expr}", signature="x: f32[B, 3], w: f32[B, 4], w2: f32[3, 4]",
+                  result=None)
+    before, after, stats = run_pass(src, "simplify", dims=DIMS)
+    assert stats.changes.get("(a @ b)^T -> b^T @ a^T") == 1
+    assert ops(after)["matmul"] == matmuls
+    assert ops(after)["permute"] + ops(after)["transpose"] == permutes
+
+
+@pytest.mark.parametrize("expr", [
+    "transpose(y, 0, 1) + y[0, 0]",              # the product has another use
+    "transpose(matmul(x3, w3), 0, 1)",           # not the last two axes
+    "transpose(matmul(x3, w2), 1, 2)",           # a broadcast batch
+])
+def test_simplify_leaves_other_transposed_products(expr):
+    src = forward(f"y = matmul(x, w2)\nreturn {expr}", signature="x: f32[B, 3], w2: f32[3, 4], "
+                  "x3: f32[2, B, 3], w3: f32[2, 3, 4]", result=None)
+    _, _, stats = run_pass(src, "simplify", dims=DIMS)
+    assert "(a @ b)^T -> b^T @ a^T" not in stats.changes
+
+
 # Every rule's pattern and its near misses (the constant on the other side, a broadcasting
 # constant, an op that looks like a no-op but rounds): each result of the whole pipeline, on
 # native code and on the reference, is the unoptimized graph's.
@@ -302,8 +328,9 @@ NEAR_MISSES = forward("""
             0 + x, x + zeros([2, B, 3]), 1 * x, x * 0, 0 * x, 1.0 / p, p / 1, 2 / p,
             -(-x), -x, -(x - 0), transpose(transpose(x, 0, 1), 1, 0),
             reshape(flatten(x, start = 0), [3, B]), cast(cast(x, "f16"), "f32"),
-            x[:, ::-1], x[1:], x[:, :], dropout(x, p = 0.3))
-""", signature="x: f32[B, 3], d: f32[B, 3]", result=None)
+            x[:, ::-1], x[1:], x[:, :], dropout(x, p = 0.3),
+            transpose(matmul(transpose(x, 0, 1), d), 0, 1), transpose(matmul(x, w), 0, 1))
+""", signature="x: f32[B, 3], d: f32[B, 3], w: f32[3, 5]", result=None)
 
 
 def test_rewrites_keep_the_unoptimized_results():

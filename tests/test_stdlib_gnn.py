@@ -85,9 +85,9 @@ def adjacency(edge_index, n, weight=None):
 
 
 # ---------------------------------------------------------------------------- references
-def ref_gcn(x, edge_index, p, weight=None, add_self_loops=True, normalize=True, improved=False):
-    """GCNConv: D^-1/2 (A + fill I) D^-1/2 X W^T + b, D the row sums (in-degrees)."""
-    n = x.shape[0]
+def gcn_matrix(edge_index, n, weight=None, add_self_loops=True, normalize=True,
+               improved=False):
+    """GCNConv's propagation matrix D^-1/2 (A + fill I) D^-1/2, D the row sums (in-degrees)."""
     a = adjacency(edge_index, n, weight)
     if normalize:
         if add_self_loops:  # add_remaining_self_loops: a node's own loop weight, else fill
@@ -101,7 +101,13 @@ def ref_gcn(x, edge_index, p, weight=None, add_self_loops=True, normalize=True, 
         deg = a.sum(axis=1)
         dis = np.where(deg > 0, 1 / np.sqrt(np.where(deg > 0, deg, 1)), 0.0)
         a = dis[:, None] * a * dis[None, :]
-    out = a @ (x.astype(np.float64) @ p["lin.weight"].T)
+    return a
+
+
+def ref_gcn(x, edge_index, p, weight=None, **kw):
+    """GCNConv: D^-1/2 (A + fill I) D^-1/2 X W^T + b (gcn_matrix's keywords)."""
+    out = gcn_matrix(edge_index, x.shape[0], weight, **kw) @ (x.astype(np.float64)
+                                                              @ p["lin.weight"].T)
     return out + p["bias"] if "bias" in p else out
 
 
@@ -127,13 +133,18 @@ def ref_sage(x, edge_index, p, aggr="mean", normalize=False):
     return out
 
 
+def gat_multiplicity(edge_index, n, add_self_loops=True):
+    """m[i, j]: how many edges j -> i GATConv attends over (the input's self-loops replaced by
+    one per node with add_self_loops)."""
+    m = adjacency(edge_index, n)
+    return m - np.diag(np.diag(m)) + np.eye(n) if add_self_loops else m
+
+
 def ref_gat(x, edge_index, p, heads=1, concat=True, negative_slope=0.2, add_self_loops=True):
     """GATConv: alpha_ij = softmax_j over i's incoming edges (with multiplicity) of
     leaky_relu(att_src . h_j + att_dst . h_i); out_i = sum_j alpha_ij h_j."""
     n = x.shape[0]
-    m = adjacency(edge_index, n)              # edge multiplicities
-    if add_self_loops:
-        m = m - np.diag(np.diag(m)) + np.eye(n)
+    m = gat_multiplicity(edge_index, n, add_self_loops)
     h = (x.astype(np.float64) @ p["lin.weight"].T).reshape(n, heads, -1)
     a_src = (h * p["att_src"]).sum(-1)        # [n, heads]
     a_dst = (h * p["att_dst"]).sum(-1)

@@ -203,6 +203,22 @@ def test_checkpoint_that_does_not_fit_is_refused(mlp_file, tmp_path):
         np.testing.assert_array_equal(other.params[path], value)
 
 
+@pytest.mark.parametrize("saved, resumed, key", [
+    (kiln.optim.cosine(100, 10), kiln.optim.cosine(200, 10), "schedule.total"),
+    (kiln.optim.cosine(100, 10), None, "schedule.name"),
+    (None, kiln.optim.step_decay(5), "schedule.name"),
+])
+def test_checkpoint_records_the_schedule(mlp_file, tmp_path, saved, resumed, key):
+    """A resumed run follows the learning-rate schedule of the run that wrote the
+    checkpoint, or is refused, naming what differs."""
+    ckpt = tmp_path / "ckpt.safetensors"
+    kiln.Trainer(mlp_file, schedule=saved).save_checkpoint(ckpt)
+    kiln.Trainer(mlp_file, schedule=saved).load_checkpoint(ckpt)  # the same one resumes
+    with pytest.raises(KilnError) as err:
+        kiln.Trainer(mlp_file, schedule=resumed).load_checkpoint(ckpt)
+    assert err.value.code == "K0838" and key in err.value.message
+
+
 def test_checkpoint_is_never_written_through_a_symlink(mlp_file, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")

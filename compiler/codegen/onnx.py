@@ -24,6 +24,7 @@ from ..files import staged_writes, write_bytes
 from ..ir import SIZE_FACTS_KEY, Graph, GraphVisitor
 from ..ops import REGISTRY
 from ..types import TensorType
+from . import onnx_patterns
 
 OPSET = 18
 IR_VERSION = 9  # what onnxruntime releases of the last two years load
@@ -353,12 +354,21 @@ def _graph_names(graph: Graph, model) -> dict[tuple[int, int], str]:
 def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict,
                 outputs_named: bool = True) -> None:
     """ONNX nodes for `graph`'s ops; `outputs_named`: its outputs take the graph's
-    output names (through Identity where a value already has another name)."""
+    output names (through Identity where a value already has another name). What ONNX has
+    an operator for (onnx_patterns: an LSTM scan, a linear layer) becomes that operator, and
+    the nodes only it used are left out."""
     emitter = _NodeEmitter(b, names, params)
+    recognised = onnx_patterns.recognise(graph)
+    replaced = _replaced_only(graph, {nid: found.reads for nid, found in recognised.items()})
     for nid in graph.order():
+        if nid in replaced:
+            continue
         node = graph.node(nid)
         b.span, b.scope_path = node["span"], node["scope"]
-        emitter.visit(graph, nid)
+        if nid in recognised:
+            emitter.visit_recognised(graph, nid, node, recognised[nid])
+        else:
+            emitter.visit(graph, nid)
     aliases: list[tuple[str, str]] = []  # model outputs that are another value
     for value, name in zip(graph.outputs, graph.output_names if outputs_named else []):
         actual = names[(value.node, value.index)]
@@ -366,6 +376,24 @@ def _emit_nodes(b: OnnxBuilder, graph: Graph, names: dict, params: dict,
             aliases.append((actual, name))
     for actual, name in aliases:
         b.node("Identity", [actual], [name])
+
+
+def _replaced_only(graph: Graph, reads: dict[int, list]) -> set[int]:
+    """The nodes the outputs need only through a recognised node's operands, which that node
+    no longer reads (it reads `reads[nid]`): these are left out. Nodes the outputs never
+    needed are still emitted, as they were before recognition."""
+
+    def needed(deps) -> set[int]:
+        seen: set[int] = set()
+        stack = [v.node for v in graph.outputs]
+        while stack:
+            nid = stack.pop()
+            if nid not in seen:
+                seen.add(nid)
+                stack.extend(v.node for v in deps(nid) if v is not None)
+        return seen
+
+    return needed(graph.operands) - needed(lambda nid: reads.get(nid) or graph.operands(nid))
 
 
 class _NodeEmitter(GraphVisitor):
@@ -396,6 +424,31 @@ class _NodeEmitter(GraphVisitor):
     def visit_scan(self, graph: Graph, nid: int, node: dict) -> None:
         _emit_scan(self.b, self.onnx_node(graph, nid, node), self.params)
 
+    def visit_recognised(self, graph: Graph, nid: int, node: dict, found) -> None:
+        """A node onnx_patterns recognised: ONNX's operator for what it computes, from the
+        values it reads (its own operands may not have been emitted)."""
+        outputs = self.output_names(nid, node)
+        name = self.name_of
+        if isinstance(found, onnx_patterns.Recurrent):
+            n_carry = node["attrs"]["n_carry"]
+            _emit_recurrent(self.b, found, name, outputs, list(node["types"]),
+                            [name(v) for v in graph.operands(nid)[:n_carry]])
+        else:
+            (out,) = outputs
+            self.b.node("Gemm", [name(found.a), name(found.w.value), name(found.bias)], [out],
+                        transB=int(found.w.transpose))
+
+    def name_of(self, value) -> str:
+        return self.names[(value.node, value.index)]
+
+    def output_names(self, nid: int, node: dict) -> list[str]:
+        """The node's output names, fresh where not given, each typed (for value_info)."""
+        outs = [self.names.setdefault((nid, i), self.b.fresh(node["op"]))
+                for i in range(len(node["types"]))]
+        for name, t in zip(outs, node["types"]):
+            self.b.scopes[-1].infos[name] = t
+        return outs
+
     def visit_fused(self, graph: Graph, nid: int, node: dict) -> None:
         """ONNX has no fused op for these groups: the body's ops, one ONNX node each, in the
         current graph (the body holds no parameters), reading the names of the group's
@@ -413,11 +466,8 @@ class _NodeEmitter(GraphVisitor):
     def onnx_node(self, graph: Graph, nid: int, node: dict) -> OnnxNode:
         """The node as its emitter sees it, its outputs named (and typed, for value_info)."""
         operands = graph.operands(nid)
-        outs = [self.names.setdefault((nid, i), self.b.fresh(node["op"]))
-                for i in range(len(node["types"]))]
-        ins = [None if v is None else self.names[(v.node, v.index)] for v in operands]
-        for name, t in zip(outs, node["types"]):
-            self.b.scopes[-1].infos[name] = t
+        outs = self.output_names(nid, node)
+        ins = [None if v is None else self.name_of(v) for v in operands]
         return OnnxNode(ins, outs, node["attrs"], [None if v is None else v.type for v in operands],
                         list(node["types"]), node["span"])
 
@@ -495,22 +545,97 @@ def _emit_scan(b: OnnxBuilder, n: OnnxNode, params: dict) -> None:
             **scanned_out,
         )
 
-    def no_steps(outputs: list[str]) -> None:
-        # what the reference gives: the initial carries, and emits empty along the scan axis
-        for carry, name in zip(carries_in, outputs[:n_carry], strict=True):
-            b.node("Identity", [carry], [name])
-        b.zeros(outputs[n_carry:], types[n_carry:])
-
-    # onnxruntime's Scan cannot run no steps (over axis 0 it raises, over another it dies of
-    # SIGFPE): an If on the step count, counted at run time (a body's sizes may be its own)
     types = [*n.out_types[n_emit:], *n.out_types[:n_emit],
              *(TensorType("i64", (length,)) for _ in counts_out)]
-    if not Dim.of(length).is_const:
-        (length,) = b.node("Squeeze", [b.node("Shape", [n.inputs[n_carry]], 1,
-                                              start=axes[0], end=axes[0] + 1)[0]])
-    b.if_positive(length, [*carries_out, *emits_out, *counts_out], types, scan, no_steps)
+    _if_steps(b, length, (n.inputs[n_carry], axes[0]), carries_in,
+              [*carries_out, *emits_out, *counts_out], types, scan)
     for counts, (_, message, span) in zip(counts_out, scope.checks, strict=True):
         b.counted(b.node("ReduceSum", [counts], 1, keepdims=0)[0], message, span)
+
+
+def _if_steps(b: OnnxBuilder, length: Dim, measured: tuple[str, int], carries_in: list[str],
+              outputs: list[str], types: list[TensorType],
+              run: Callable[[list[str]], Any]) -> None:
+    """`run(outputs)` where a loop of `length` steps has any; else what the reference gives
+    for none: the initial carries, and zeros for the rest (emits, empty along the loop's
+    axis). `outputs` and `types` list the carries first. onnxruntime's Scan cannot run no
+    steps (over axis 0 it raises, over another it dies of SIGFPE), nor can its GRU (it
+    aborts) or LSTM (its final state is zeros): an If on the step count, read at run time
+    from axis `measured[1]` of the value `measured[0]` (a body's sizes may be its own)."""
+
+    def no_steps(names: list[str]) -> None:
+        for carry, name in zip(carries_in, names[:len(carries_in)], strict=True):
+            b.node("Identity", [carry], [name])
+        b.zeros(names[len(carries_in):], types[len(carries_in):])
+
+    if not Dim.of(length).is_const:
+        source, axis = measured
+        (length,) = b.node("Squeeze", [b.node("Shape", [source], 1, start=axis,
+                                              end=axis + 1)[0]])
+    b.if_positive(length, outputs, types, run, no_steps)
+
+
+def _emit_recurrent(b: OnnxBuilder, rec: onnx_patterns.Recurrent, name: Callable[[Any], str],
+                    outputs: list[str], out_types: list[TensorType],
+                    carries_in: list[str]) -> None:
+    """A scan recognised as one direction of a recurrent layer -> ONNX LSTM/GRU/RNN.
+
+    Weights go from the scan's gate order to ONNX's by a Gather of rows on the parameter
+    itself, so every parameter stays an initializer under its own name (onnxruntime folds the
+    Gather); ONNX's direction axis is a leading 1; a batch_first sequence is transposed to
+    ONNX's [T, B, in] and back, as PyTorch's export does (onnxruntime runs no layout = 1)."""
+    cell, hidden = rec.cell, rec.hidden
+    rows = cell.gate_rows(hidden)
+    first = b.ints([0])
+
+    def gates(value: str) -> str:
+        return value if rows is None else b.node("Gather", [value, b.ints(rows)], 1, axis=0)[0]
+
+    def weight(w: onnx_patterns.Weight) -> str:
+        value = name(w.value)
+        if w.transpose:
+            (value,) = b.node("Transpose", [value], 1, perm=[1, 0])
+        return b.node("Unsqueeze", [gates(value), first])[0]
+
+    def bias() -> str | None:
+        if rec.wb is None and rec.rb is None:
+            return None
+        width = len(cell.order) * hidden
+        halves = [gates(name(v)) if v is not None else b.const(np.zeros(width, np.float32))
+                  for v in (rec.wb, rec.rb)]
+        return b.node("Unsqueeze", [b.node("Concat", halves, 1, axis=0)[0], first])[0]
+
+    x = name(rec.x)
+    if rec.batch_first:
+        (x,) = b.node("Transpose", [x], 1, perm=[1, 0, 2])
+    initial = [b.node("Unsqueeze", [name(v), first])[0] for v in rec.initial]
+    attrs: dict[str, Any] = {"hidden_size": hidden,
+                             "direction": "reverse" if rec.reverse else "forward"}
+    if cell.op == "GRU":
+        attrs["linear_before_reset"] = 1  # r * (h @ R_h^T + Rb_h), as std.rnn and PyTorch
+    if cell.activation is not None:
+        attrs["activations"] = [cell.activation]
+    n_carry = len(carries_in)
+    n_emit = len(outputs) - n_carry
+
+    def run(names: list[str]) -> None:  # names: the carries, then the emits
+        y = b.fresh("y") if rec.emits else ""
+        states = [b.fresh(f"{s}_n") for s in cell.states]
+        b.node(cell.op, [x, weight(rec.w), weight(rec.r), bias(), None, *initial], [y, *states],
+               **attrs)
+        for state, carry in zip(states, rec.carries, strict=True):
+            b.node("Squeeze", [state, first], [names[carry]])
+        if rec.emits:
+            (seq,) = b.node("Squeeze", [y, b.ints([1])])  # [T, 1, B, H] -> [T, B, H]
+            if rec.batch_first:
+                (seq,) = b.node("Transpose", [seq], 1, perm=[1, 0, 2])
+            for k in rec.emits:
+                b.node("Identity", [seq], [names[n_carry + k]])
+
+    axis = 1 if rec.batch_first else 0
+    _if_steps(b, rec.x.type.shape[axis], (name(rec.x), axis), carries_in,
+              [*outputs[n_emit:], *outputs[:n_emit]],
+              [*out_types[n_emit:], *out_types[:n_emit]], run)
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -20,6 +20,8 @@ from ..types import (
     INT_DTYPES,
     NUMPY_DTYPES,
     TensorType,
+    dtype_of_numpy,
+    is_bfloat16,
     largest_number,
     shape_str,
 )
@@ -189,7 +191,7 @@ def check_same_dtype(types: list[TensorType], names: list[str]) -> str:
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """Half floats are computed in f32 and cast back."""
-    if dtype in (NUMPY_DTYPES["f16"], NUMPY_DTYPES["bf16"]):
+    if dtype == NUMPY_DTYPES["f16"] or is_bfloat16(dtype):
         return NUMPY_DTYPES["f32"]
     return dtype
 
@@ -204,10 +206,10 @@ def as_dtype(x: Any, dtype: str) -> np.ndarray:
 
 
 def dtype_name(x: np.ndarray) -> str:
-    for name, dt in NUMPY_DTYPES.items():
-        if dt == x.dtype:
-            return name
-    raise OpError(f"unsupported array dtype {x.dtype}", code="K0302")
+    name = dtype_of_numpy(x.dtype)
+    if name is None:
+        raise OpError(f"unsupported array dtype {x.dtype}", code="K0302")
+    return name
 
 
 # shapes -----------------------------------------------------------------------------------

@@ -92,10 +92,11 @@ def unary(name: str, fn: Callable, doc: str, **kw) -> OpRecord:
 
 def binary(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,
            out_dtype: OutDtype = None, onnx: Emitter | None = None,
-           llvm: Callable | None = None, vjp: Callable | None = None) -> OpRecord:
+           llvm: Callable | None = None, vjp: Callable | None = None,
+           props: frozenset[Prop] = frozenset()) -> OpRecord:
     """A broadcasting elementwise op of `a` and `b`, whose dtypes the elaborator promotes."""
     return elementwise(name, fn, doc, arity=2, dtypes=dtypes, out_dtype=out_dtype, promote=True,
-                       onnx=onnx, llvm=llvm, vjp=vjp)
+                       props=props, onnx=onnx, llvm=llvm, vjp=vjp)
 
 
 def reduction(name: str, fn: Callable, doc: str, *, dtypes: frozenset[str] = NUMERIC,

@@ -474,13 +474,15 @@ def _cotangent(gb, node, ct):
 
 
 # on bools numpy's + and max are `or`, * and min are `and`
-register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES,
+_COMMUTATIVE = frozenset({Prop.COMMUTATIVE})
+register(binary("add", np.add, "a + b, broadcasting.", dtypes=ALL_DTYPES, props=_COMMUTATIVE,
                 onnx=by_kind(onnx_op("Add"), bool=onnx_op("Or")),
                 llvm=lambda kb, a, x, y: kb.add(x, y), vjp=_binary_vjp(_cotangent, _cotangent)))
 register(binary("sub", np.subtract, "a - b, broadcasting.", onnx=onnx_op("Sub"),
                 llvm=lambda kb, a, x, y: kb.sub(x, y),
                 vjp=_binary_vjp(_cotangent, lambda gb, node, ct: gb.neg(ct))))
 register(binary("mul", np.multiply, "a * b, broadcasting.", dtypes=ALL_DTYPES,
+                props=_COMMUTATIVE,
                 onnx=by_kind(onnx_op("Mul"), bool=onnx_op("And")),
                 llvm=lambda kb, a, x, y: kb.mul(x, y),
                 vjp=_binary_vjp(lambda gb, node, ct: gb.mul(ct, node.inputs[1]),

@@ -76,6 +76,9 @@ class Prop(enum.Enum):
     INTERNAL = "internal"
     # returns several results (a tuple in the language)
     MULTI_OUTPUT = "multi_output"
+    # a binary op whose operands may swap places: f(a, b) == f(b, a) (a pattern matcher tries
+    # both orders)
+    COMMUTATIVE = "commutative"
 
 
 @dataclass(frozen=True)

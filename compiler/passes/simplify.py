@@ -86,6 +86,33 @@ def merge_permutes(graph: Graph, nid: int) -> Value | None:
     return new[0] if new else None
 
 
+def transposed_product(graph: Graph, nid: int) -> Value | None:
+    """(a @ b)^T -> b^T @ a^T, for a permute swapping the last two axes of a matmul's result
+    that nothing else reads, with a and b of the result's rank (no broadcast batch): a weight
+    gradient dW = (x^T @ dy)^T, as a linear layer's rule makes it, becomes dy^T @ x, whose
+    transposed operands the GEMM reads in place, with no pass over the result to transpose
+    it. A transposed operand that is itself a transpose is that transpose's operand."""
+    (y,) = graph.operands(nid)
+    (t,) = graph.node(nid)["types"]
+    rank = t.rank
+    swap = [*range(rank - 2), rank - 1, rank - 2]
+    if graph.op(y.node) != "matmul" or rank < 2 or _perm(graph, nid) != swap:
+        return None
+    a, b = graph.operands(y.node)
+    if a.type.rank != rank or b.type.rank != rank or a.type.shape[:-2] != b.type.shape[:-2] \
+            or only_user(graph, y) != nid:
+        return None
+    gb = GraphBuilder.like(graph, graph.node(y.node))
+
+    def transposed(v: Value) -> Value:
+        if has(graph.op(v.node), Prop.PERMUTE) and _perm(graph, v.node) == swap:
+            return graph.operands(v.node)[0]
+        return gb.permute(v, swap)
+
+    new = gb.checked("matmul", transposed(b), transposed(a), want=[t])
+    return new[0] if new else None
+
+
 def merge_reshapes(graph: Graph, nid: int) -> Value | None:
     """reshape(reshape(x)) -> x when the shapes match, else reshape(x) (when the inner one
     has no other use)."""
@@ -107,7 +134,8 @@ def merge_reshapes(graph: Graph, nid: int) -> Value | None:
 # op -> its rules, tried in order: (label, rule); the labels name the counts in the stats
 _RESHAPE_RULES = (("reshape to x's shape -> x", same_type),
                   ("reshape(reshape(x)) -> reshape(x) or x", merge_reshapes))
-_PERMUTE_RULES = (("permute(permute(x)) -> permute(x) or x", merge_permutes),)
+_PERMUTE_RULES = (("permute(permute(x)) -> permute(x) or x", merge_permutes),
+                  ("(a @ b)^T -> b^T @ a^T", transposed_product))
 RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
     "mul": (("x*1 -> x", _drop_constant(1, (0, 1))),),
     "add": (("x+0 -> x", _drop_constant(0, (0, 1))),),  # -0.0 + 0.0 is 0.0: sign of zero only
@@ -125,8 +153,9 @@ RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
 @graph_pass("simplify")
 def simplify(graph: Graph, ctx: PassContext) -> Graph:
     """Algebraic simplification by the rules in RULES (x*1, x+0, x-0, x/1, -(-x), transposes
-    that cancel, reshape chains, no-op reshape/cast/slice, inference dropout), one sweep in
-    topological order, so chains collapse from their first link."""
+    that cancel, a transposed matmul as the matmul of its transposed operands, reshape chains,
+    no-op reshape/cast/slice, inference dropout), one sweep in topological order, so chains
+    collapse from their first link."""
     for nid in graph.order():
         if nid not in graph.g:
             continue

@@ -440,16 +440,61 @@ def numpy_step(optimizer: Optimizer, params: dict[str, np.ndarray],
 Schedule = Callable[[int], float]  # step (from 1) -> multiplier of the base learning rate
 
 
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """The base learning rate at every step."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint records of it (Trainer.config)."""
+        return {"name": "constant"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDecay:
+    """torch StepLR: gamma ** ((step - 1) // step_size) — decays every `step_size` steps."""
+
+    step_size: int
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** ((step - 1) // self.step_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "step", **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cosine:
+    """Linear warm-up over `warmup` steps (step/warmup), then a cosine from 1 down to
+    `min_factor` at step `total` (constant after)."""
+
+    total: int
+    warmup: int = 0
+    min_factor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step <= self.warmup:
+            return step / self.warmup
+        progress = min(1.0, (step - self.warmup) / (self.total - self.warmup))
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "cosine", **dataclasses.asdict(self)}
+
+
 def constant() -> Schedule:
     """The base learning rate at every step."""
-    return lambda step: 1.0
+    return Constant()
 
 
 def step_decay(step_size: int, gamma: float = 0.1) -> Schedule:
     """torch StepLR: gamma ** ((step - 1) // step_size) — decays every `step_size` steps."""
     if step_size < 1:
         raise KilnError("K0831", f"step schedule: step_size must be >= 1, not {step_size}")
-    return lambda step: gamma ** ((step - 1) // step_size)
+    return StepDecay(step_size, gamma)
 
 
 def cosine(total: int, warmup: int = 0, min_factor: float = 0.0) -> Schedule:
@@ -458,16 +503,19 @@ def cosine(total: int, warmup: int = 0, min_factor: float = 0.0) -> Schedule:
     if total < 1 or warmup < 0 or warmup >= total:
         raise KilnError("K0831", f"cosine schedule: need 0 <= warmup < total, not "
                         f"warmup={warmup}, total={total}")
+    return Cosine(total, warmup, min_factor)
 
-    def factor(step: int) -> float:
-        if step <= warmup:
-            return step / warmup
-        progress = min(1.0, (step - warmup) / (total - warmup))
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+def schedule_config(schedule: Schedule | None) -> dict[str, Any]:
+    """What a checkpoint records of a learning-rate schedule: a kiln.optim schedule's
+    parameters; of another callable only that it is one (it cannot be compared)."""
+    if schedule is None:
+        return Constant().config()
+    config = getattr(schedule, "config", None)
+    return config() if callable(config) else {"name": "custom"}
 
 
 __all__ = ["NUMPY", "SGD", "Adam", "AdamW", "GraphKit", "Optimizer", "RMSprop", "Schedule",
            "apply_updates", "by_name", "clip_by_global_norm", "constant", "cosine", "initial_state",
+           "schedule_config",
            "numpy_step", "optimizer_from_config", "step_decay"]

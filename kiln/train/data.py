@@ -1,13 +1,15 @@
 """Datasets and augmentations for `kiln train`.
 
 A dataset is one of scikit-learn's bundled ones by name (no download), or a .npz file with
-arrays `x` and `y` (and optionally `x_val`, `y_val`), read with the bounds every kiln tensor
-file is read with. Examples are shaped to the model's input (a digits row of 64 pixels
+arrays `x` and `y` (and optionally `x_val`, `y_val`, and arrays named after the model's other
+inputs, given whole to every step: a graph's `edge_index`), read with the bounds every kiln
+tensor file is read with. Examples are shaped to the model's input (a digits row of 64 pixels
 becomes [1, 8, 8] for a model taking f32[B, 1, 8, 8]) and converted to its dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -26,12 +28,14 @@ SKLEARN = {"digits": ("load_digits", "unit"), "iris": ("load_iris", "standard"),
 
 @dataclass
 class Dataset:
-    """Training and validation examples (the validation arrays may be empty)."""
+    """Training and validation examples (the validation arrays may be empty), and the
+    arrays of a .npz for the model's other inputs by name."""
 
     x: np.ndarray
     y: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
@@ -42,23 +46,32 @@ def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
         raise KilnError("K0830", f"--val-split must be in [0, 1), not {val_split}")
     if name in SKLEARN:
         x, y, scaling = _sklearn(name)
-        given = None
+        given, inputs = None, {}
     elif name.endswith(".npz") or os.path.exists(name):
-        x, y, given = _npz(name)
+        x, y, given, inputs = _npz(name)
         scaling = None
     else:
         raise KilnError("K0830", f"unknown dataset {name!r}",
                         hint=f"a .npz file with x and y, or one of {', '.join(SKLEARN)}")
     if len(x) != len(y):
         raise KilnError("K0830", f"dataset {name}: x has {len(x)} examples but y {len(y)}")
-    if given is None:
+    if given is None and inputs:
+        # arrays given whole (a graph's edge_index) number the examples: keep their order
+        if val_split > 0:
+            raise KilnError("K0830", f"dataset {name} holds {', '.join(inputs)}, given whole, "
+                            "which number its examples: a random validation split would "
+                            "renumber them", hint="give x_val and y_val in the .npz (a graph: "
+                            "the same x, y_val labelling the held-out nodes, -100 elsewhere), "
+                            "or --val-split 0")
+        data = Dataset(x, y, x[:0], y[:0], inputs)
+    elif given is None:
         order = np.random.default_rng(seed).permutation(len(x))
         n_val = int(round(len(x) * val_split))
         cut = len(x) - n_val
         train, val = order[:cut], order[cut:]
-        data = Dataset(x[train], y[train], x[val], y[val])
+        data = Dataset(x[train], y[train], x[val], y[val], inputs)
     else:
-        data = Dataset(x, y, *given)
+        data = Dataset(x, y, *given, inputs)
     if scaling == "unit":
         data.x, data.x_val = data.x / 16.0, data.x_val / 16.0
     elif scaling == "standard":
@@ -79,7 +92,7 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, str]:
     return np.asarray(bunch.data), np.asarray(bunch.target), scaling
 
 
-def _npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+def _npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple | None, dict]:
     from kiln.runtime.weights import load_weights
 
     try:
@@ -94,7 +107,8 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise KilnError("K0830", f"dataset {path}: x_val and y_val come together")
     given = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays else None
-    return arrays["x"], arrays["y"], given
+    inputs = {k: a for k, a in arrays.items() if k not in ("x", "y", "x_val", "y_val")}
+    return arrays["x"], arrays["y"], given, inputs
 
 
 def shape_examples(x: np.ndarray, port) -> np.ndarray:

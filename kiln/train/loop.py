@@ -6,6 +6,12 @@ batch size B). Augmentations draw from the same Generator. After each epoch the 
 split is evaluated, a row of the metrics table printed, the JSON-lines log and the
 checkpoint rewritten (atomically). `--early-stopping N` stops after N epochs without a lower
 validation loss and keeps the weights of the best epoch.
+
+A model of several inputs takes the examples as its first input; each other input is an
+array of the .npz named after it, given whole to every step (a graph's `edge_index`), or
+noise the trainer draws (`--noise NAME`, kiln/train/inputs.py). `--full-batch` steps on
+every training example at once, in order (a graph's nodes); `--autoencode` makes the
+examples their own targets (a VAE).
 """
 
 from __future__ import annotations
@@ -39,14 +45,36 @@ def _progress(total: int, desc: str, quiet: bool):
 
 
 def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
-    """Labels as the loss takes them: class indices as i64, anything else shaped and typed
-    like the model's first output."""
-    if trainer.loss.class_index:
+    """Labels as the loss takes them: class indices (integer labels for a class-index loss
+    or a loss of the user's own) as i64, anything else shaped and typed like the model's
+    first output."""
+    if trainer.loss.class_index or (trainer.loss.path is not None and y.dtype.kind in "iu"):
         return y.astype(np.int64) if y.dtype.kind in "iu" else y
     port = trainer.outputs[0]
     if y.ndim == 1 and len(port.type.shape) == 2:
         y = y[:, None]
     return shape_examples(y, port)
+
+
+def _whole_inputs(trainer: Trainer, data) -> list[np.ndarray]:
+    """The arrays of the dataset for the model's data inputs after the first, by name (K0846
+    for an input the dataset lacks, or an array that is no input)."""
+    from kiln.compiler.types import NUMPY_DTYPES
+
+    ports = trainer.data_inputs[1:]
+    names = [p.name for p in ports]
+    extra = sorted(set(data.inputs) - set(names))
+    if extra:
+        raise KilnError("K0846", f"the dataset holds an array {extra[0]!r}, which is no input "
+                        f"of {trainer.model_name} after its first",
+                        hint=f"its inputs after the first: {', '.join(names) or 'none'}")
+    for p in ports:
+        if p.name not in data.inputs:
+            raise KilnError("K0846", f"kiln train has nothing to feed input {p} of "
+                            f"{trainer.model_name}", hint=f"give it in the .npz as an array "
+                            f"named {p.name}, or draw it with --noise {p.name}")
+    return [np.ascontiguousarray(data.inputs[p.name], dtype=NUMPY_DTYPES[p.type.dtype])
+            for p in ports]
 
 
 def _row(values: dict[str, Any]) -> str:
@@ -86,7 +114,7 @@ def fit(opts, args: dict[str, Any]) -> int:
         hyper["weight_decay"] = opts.weight_decay
     optimizer = by_name(opts.optimizer, **hyper)
     data = load_dataset(opts.data, opts.val_split, opts.seed)
-    steps_per_epoch = -(-len(data.x) // opts.batch)
+    steps_per_epoch = 1 if opts.full_batch else -(-len(data.x) // opts.batch)
     total = max(1, opts.epochs * steps_per_epoch)
     schedule = None
     if opts.schedule == "cosine":
@@ -97,13 +125,14 @@ def fit(opts, args: dict[str, Any]) -> int:
                       clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
                       trainable=opts.trainable or None, model=opts.model,
                       args=args, weights=opts.weights,
-                      target=opts.target, l1=opts.l1, l2=opts.l2)
+                      target=opts.target, l1=opts.l1, l2=opts.l2, noise=opts.noise)
     port = trainer.inputs[0]
-    if len(trainer.inputs) != 1:
-        raise KilnError("K0830", f"kiln train feeds models of one input; {trainer.model_name} "
-                        f"takes {len(trainer.inputs)}", hint="use kiln.Trainer in Python")
+    whole = _whole_inputs(trainer, data)
     x, x_val = shape_examples(data.x, port), shape_examples(data.x_val, port)
+    if opts.autoencode:
+        data.y, data.y_val = data.x, data.x_val
     y, y_val = _targets(trainer, data.y), _targets(trainer, data.y_val)
+    batch = max(len(x), 1) if opts.full_batch else opts.batch
     if opts.resume:
         trainer.load_checkpoint(opts.resume)
     trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
@@ -112,12 +141,14 @@ def fit(opts, args: dict[str, Any]) -> int:
     stale = 0
     print(" ".join(f"{c:>10}" for c in COLUMNS))
     for epoch in range(trainer.step_count // steps_per_epoch, opts.epochs):
-        rng, parts = shuffled_batches(len(x), opts.batch, opts.seed, epoch)
+        rng, parts = shuffled_batches(len(x), batch, opts.seed, epoch)
+        if opts.full_batch:  # in order: whole inputs (a graph's edges) number the examples
+            parts = [np.arange(len(x))]
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", opts.quiet)
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         for part in parts:
             xb = augment(x[part], opts.augment, rng) if opts.augment else x[part]
-            loss = trainer.step(xb, y[part])
+            loss = trainer.step((xb, *whole), y[part])
             seen += len(part)
             total_loss += loss * len(part)
             if bar is not None:
@@ -132,7 +163,7 @@ def fit(opts, args: dict[str, Any]) -> int:
                                "samples_per_s": seen / max(time.perf_counter() - started,
                                                            1e-9)}
         if len(x_val):
-            metrics = trainer.evaluate(x_val, y_val)
+            metrics = trainer.evaluate((x_val, *whole), y_val)
             row.update({"val_loss": metrics.pop("loss"), **metrics})
         history.append(row)
         print(_row(row), flush=True)

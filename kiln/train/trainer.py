@@ -28,7 +28,13 @@ import numpy as np
 from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
 from kiln.compiler.errors import KilnError
-from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
+from kiln.compiler.train.optim import (
+    Adam,
+    Optimizer,
+    initial_state,
+    optimizer_from_config,
+    schedule_config,
+)
 from kiln.compiler.train.step import (
     GRADNORM,
     PARAM,
@@ -39,6 +45,7 @@ from kiln.compiler.train.step import (
 from kiln.compiler.types import dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
+from .inputs import draw_noise, noise_inputs, per_example
 from .metrics import classification_metrics
 from .program import (
     PREFIX,
@@ -51,6 +58,50 @@ from .program import (
 
 RNG_KEY = "rng_key"  # the step's random key input, [seed, step] (elaborate/training.py)
 UPDATED = "updated:"
+IGNORE_INDEX = -100  # std.losses' ignore_index: a target no loss or metric counts
+
+
+def step_feeds(step, feeds: dict[str, Any], params: dict, state: dict, lr: float, t: int,
+               key: list[int]) -> dict[str, Any]:
+    """`feeds` (the batch) with the rest of what the compiled train step `step` (runner,
+    StepLayout, output names) takes: the learning rate, the step number `t`, the random key
+    where the step draws (dropout), every parameter and the trainable ones' optimizer state."""
+    runner, layout, _ = step
+    feeds["lr"] = np.float64(lr)
+    feeds["step"] = np.float64(t)
+    if any(p.name == RNG_KEY for p in runner.inputs):
+        feeds[RNG_KEY] = np.array(key, np.int64)
+    feeds.update({PARAM + p: params[p] for p in layout.params})
+    feeds.update({state_name(p, s): state[(p, s)] for p in layout.trainable
+                  for s in layout.slots})
+    return feeds
+
+
+def run_step(step, feeds: dict[str, Any], params: dict, state: dict, subject: str,
+             at: str) -> float:
+    """Run the compiled train step `step` on `feeds`; its new weights, optimizer state and
+    buffers replace those in `params` and `state` only when the loss is finite. Otherwise
+    K0836 (`subject` is {loss}, `at`: ...), naming the first parameter whose gradient is not
+    finite, and nothing changes."""
+    runner, layout, out_names = step
+    arrays, dims = runner.bind_inputs((), feeds)
+    results = dict(zip(out_names, runner.run(arrays, dims)))
+    loss = float(results["loss"])
+    if not math.isfinite(loss):
+        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADNORM + p])),
+                   None)
+        where = (f"the first non-finite gradient is of parameter {bad}" if bad else
+                 "every gradient is finite")
+        raise KilnError("K0836", f"{subject} is {loss} {at}: {where}",
+                        hint="lower the learning rate, clip gradients (clip_grad_norm=) or "
+                        "check the data for NaN/Inf")
+    for p in layout.trainable:
+        params[p] = results[PARAM + p]
+        for s in layout.slots:
+            state[(p, s)] = results[state_name(p, s)]
+    for p in layout.buffers:
+        params[p] = results[UPDATED + p]
+    return loss
 
 
 class Trainer:
@@ -64,7 +115,8 @@ class Trainer:
                  args: dict[str, Any] | None = None,
                  weights: str | os.PathLike | dict | None = None, target: str = "native",
                  l1: float = 0.0, l2: float = 0.0, penalized: Sequence[str] | None = None,
-                 threads: int | None = None, opt_level: int = 1):
+                 threads: int | None = None, opt_level: int = 1,
+                 noise: Sequence[str] = ()):
         """path: the model file; model, args: which model and its compile-time arguments;
         loss: a std.losses name (cross_entropy, mse_loss, ...) or FILE.kiln:NAME; optimizer:
         kiln.optim.SGD/Adam/AdamW/RMSprop (default Adam()); schedule: step -> factor of the
@@ -72,7 +124,8 @@ class Trainer:
         2-norm limit; seed: initial weights and dropout's key; trainable: glob patterns of
         the parameter paths to train (default all; the rest stay frozen); weights: initial
         weights to load; target: "native" or "reference"; l1, l2: penalties on the
-        parameters matching `penalized` (default every trainable one)."""
+        parameters matching `penalized` (default every trainable one); noise: model inputs
+        the trainer draws from N(0, 1) for every batch (a VAE's eps), seeded (inputs.py)."""
         from kiln.api import load, prepare
 
         if target not in ("native", "reference"):
@@ -105,6 +158,7 @@ class Trainer:
         self._compilation, params = prepare(program, model, target, seed, weights, self.args,
                                             opt_level=opt_level)
         self.model_name = self._compilation.model.name if model is None else model
+        self.noise = noise_inputs(self.inputs, noise)
         self.info = self._compilation.model.params
         self.params = {p: np.array(a) for p, a in params.items()}
         floats = [p for p, i in self.info.items() if i.kind == "param"
@@ -231,14 +285,26 @@ class Trainer:
     def _prefixed(self) -> dict[str, np.ndarray]:
         return {PREFIX + p: a for p, a in self.params.items()}
 
+    @property
+    def data_inputs(self) -> list:
+        """The model's input Ports that step and evaluate take (those not drawn as noise)."""
+        return [p for p in self.inputs if p.name not in self.noise]
+
     # ------------------------------------------------------------------ steps
-    def _inputs(self, x: Any) -> dict[str, Any]:
-        xs = tuple(x) if isinstance(x, tuple | list) else (x,)
-        names = [p.name for p in self.inputs]
+    def _data_feeds(self, x: Any) -> dict[str, Any]:
+        """The data inputs of a batch by name (x: an array, or a tuple of them)."""
+        xs = _as_tuple(x)
+        names = [p.name for p in self.data_inputs]
         if len(xs) != len(names):
             raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
                             f"({', '.join(names)}), got {len(xs)}")
         return dict(zip(names, xs))
+
+    def _with_noise(self, feeds: dict[str, Any], key: list[int]) -> dict[str, Any]:
+        """`feeds` and the noise inputs, drawn from the generator seeded by `key`, for as many
+        examples as the first input has."""
+        rows = len(np.asarray(feeds[self.data_inputs[0].name]))
+        return {**feeds, **draw_noise(self.noise, rows, key)}
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (from 1): the optimizer's, times the schedule's."""
@@ -251,24 +317,7 @@ class Trainer:
         the step and the first parameter whose gradient is not finite, and changes nothing."""
         t = self.step_count + 1
         feeds = self._step_feeds(x, y, t)
-        runner, layout, out_names = self._step
-        arrays, dims = runner.bind_inputs((), feeds)
-        results = dict(zip(out_names, runner.run(arrays, dims)))
-        loss = float(results["loss"])
-        if not math.isfinite(loss):
-            bad = next((p for p in layout.trainable
-                        if not np.isfinite(results[GRADNORM + p])), None)
-            where = (f"the first non-finite gradient is of parameter {bad}" if bad else
-                     "every gradient is finite")
-            raise KilnError("K0836", f"the loss is {loss} at step {t}: {where}",
-                            hint="lower the learning rate, clip gradients "
-                            "(clip_grad_norm=) or check the data for NaN/Inf")
-        for path in layout.trainable:
-            self.params[path] = results[PARAM + path]
-            for slot in layout.slots:
-                self.state[(path, slot)] = results[state_name(path, slot)]
-        for path in layout.buffers:
-            self.params[path] = results[UPDATED + path]
+        loss = run_step(self._step, feeds, self.params, self.state, "the loss", f"at step {t}")
         self.step_count = t
         self._version += 1
         return loss
@@ -276,22 +325,13 @@ class Trainer:
     def _step_feeds(self, x: Any, y: Any, t: int) -> dict[str, Any]:
         """The train step's inputs for step `t` on the batch (x, y) (compiling the step on
         the first call)."""
-        feeds = self._inputs(x)
+        feeds = self._with_noise(self._data_feeds(x), [self.seed, t])
         target = self._target(y)
         if self._step is None:
             self._build(target)
-        runner, layout, _ = self._step
         feeds[target_name(list(feeds))] = target
-        feeds["lr"] = np.float64(self.learning_rate(t))
-        feeds["step"] = np.float64(t)
-        if any(p.name == RNG_KEY for p in runner.inputs):
-            feeds[RNG_KEY] = np.array([self.seed, t], np.int64)
-        for path in layout.params:
-            feeds[PARAM + path] = self.params[path]
-        for path in layout.trainable:
-            for slot in layout.slots:
-                feeds[state_name(path, slot)] = self.state[(path, slot)]
-        return feeds
+        return step_feeds(self._step, feeds, self.params, self.state, self.learning_rate(t), t,
+                          [self.seed, t])
 
     def profile(self, x: Any, y: Any, repeat: int = 10):
         """Time each kernel of the next train step on the batch (x, y) (native target): a
@@ -306,8 +346,11 @@ class Trainer:
     def evaluate(self, x: Any, y: Any, batch: int = 256) -> dict[str, float]:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
-        F1 of the argmax of the model's first output."""
-        feeds = self._inputs(x)
+        F1 of the argmax of the model's first output (over the targets other than
+        std.losses' ignore_index, -100). A model with an input that is not per example (a
+        graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
+        and noise inputs are drawn the same at every evaluation."""
+        feeds = self._data_feeds(x)
         target = self._target(y)
         if self._step is None:
             self._build(target)
@@ -315,10 +358,15 @@ class Trainer:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
         n = len(target)
+        batched = per_example(self.data_inputs)
+        if len(batched) < len(self.data_inputs):
+            batch = max(n, 1)
         total, predictions = 0.0, []
         for start in range(0, n, batch):
-            part = {k: np.asarray(v)[start:start + batch] for k, v in feeds.items()}
-            part[target_name(list(feeds))] = target[start:start + batch]
+            part = self._with_noise({k: np.asarray(v)[start:start + batch] if k in batched
+                                     else v for k, v in feeds.items()},
+                                    [self.seed, 0, start])  # step 0: no train step draws it
+            part[target_name(list(part))] = target[start:start + batch]
             outs = self._eval(**part)
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
@@ -327,7 +375,9 @@ class Trainer:
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
-            metrics.update(classification_metrics(labels, np.concatenate(predictions)))
+            scored = labels != IGNORE_INDEX
+            metrics.update(classification_metrics(labels[scored],
+                                                  np.concatenate(predictions)[scored]))
         return metrics
 
     # ------------------------------------------------------------------ the trained model
@@ -352,10 +402,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the model, the loss, the optimizer."""
+        """What a checkpoint must match to resume: the model, the loss, the optimizer and
+        its learning-rate schedule, the inputs the trainer draws."""
         return {"model": self.model_name, "args": self.args, "loss": str(self.loss),
                 "optimizer": self.optimizer.config(), "trainable": self.trainable,
-                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2}
+                "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2,
+                "schedule": schedule_config(self.schedule), "noise": sorted(self.noise)}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
@@ -411,6 +463,10 @@ class Trainer:
             self.state[(p, s)] = new[state_name(p, s)]
         self.step_count = step
         self._version += 1
+
+
+def _as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, tuple | list) else (x,)
 
 
 def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
