@@ -11,12 +11,16 @@ from kiln.compiler.onnx_import.blocks import repeated_units
 from kiln.compiler.types import TensorType
 
 
-def residual_chain(widths: list[int]) -> tuple[Graph, list[int]]:
-    """x -> relu(x @ w_k + x) per width (a square weight each; a width change reshapes
-    through a projection), and the node of each stretch's result."""
+def residual_chain(widths: list[int], rows=2, doubled: bool = False
+                   ) -> tuple[Graph, list[int]]:
+    """x -> relu(tanh(x @ w_k) + x) per width (a square weight each; a width change goes
+    through a projection), and the node of each stretch's result; `doubled`: x stacked on
+    itself first, so the stretches see 2*rows rows."""
     graph = Graph()
     gb = GraphBuilder(graph)
-    x = graph.add_input("x", TensorType("f32", (2, widths[0])), None)
+    x = graph.add_input("x", TensorType("f32", (rows, widths[0])), None)
+    if doubled:
+        x = gb.op("concat", [x, x], axis=0)
     ends = []
     for k, width in enumerate(widths):
         if x.type.shape[-1] != width:
@@ -47,4 +51,12 @@ def test_stretches_that_differ_in_a_shape_are_not_one_block():
 def test_a_graph_of_two_inputs_is_not_searched():
     graph, _ = residual_chain([4, 4])
     graph.add_input("z", TensorType("f32", (2, 4)), None)
+    assert repeated_units(graph) == []
+
+
+def test_stretches_a_block_signature_could_not_bind_are_not_blocks():
+    """A block's forward binds each symbolic size from one axis: `2*N` rows it cannot."""
+    graph, _ = residual_chain([4, 4, 4], rows="N")
+    assert len(repeated_units(graph)) == 3
+    graph, _ = residual_chain([4, 4, 4], rows="N", doubled=True)
     assert repeated_units(graph) == []

@@ -167,7 +167,15 @@ def _unit(graph: Graph, segments: list, order: dict[int, int]) -> Unit | None:
         key.append((node["op"], _attrs_key(node["attrs"]), tuple(wiring),
                     tuple(str(t) for t in node["types"])))
     key.append(("start", str(start.type)))
+    if not all(_plain(v.type) for v in (*args, result)):
+        return None
     return Unit(tuple(key), tuple(nodes), result, tuple(args))
+
+
+def _plain(t) -> bool:
+    """Whether every size of a type is a number or one symbol: what a block's forward
+    signature binds (a size such as `4*batch` it could not bind from an argument)."""
+    return all(d.is_const or str(d).isidentifier() for d in t.shape)
 
 
 def _attrs_key(attrs: dict) -> str:
