@@ -119,6 +119,7 @@ UNARY: dict[str, tuple[Callable, dict, tuple[float, float]]] = {
     "rsqrt": (lambda v: 1 / math.sqrt(v), {}, (0.1, 5)),
     "sin": (math.sin, {}, (-4, 4)),
     "cos": (math.cos, {}, (-4, 4)),
+    "atan": (math.atan, {}, (-6, 6)),
     "tanh": (math.tanh, {}, (-3, 3)),
     "sigmoid": (scalar_sigmoid, {}, (-8, 8)),
     "relu": (lambda v: max(v, 0.0), {}, (-3, 3)),

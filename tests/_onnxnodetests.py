@@ -94,15 +94,17 @@ def _arrays(values) -> list[np.ndarray]:
 
 
 def bind_import_time_inputs(model: onnx.ModelProto, inputs: list[np.ndarray],
-                            every_shape_like: bool = False
+                            every_shape_like: bool = False, base_op: str | None = None
                             ) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     """The model with each graph input that feeds an import-time slot made an initializer
     holding the case's value (with `every_shape_like`, every integer scalar or vector input:
-    those reaching such a slot through other ops, or inside a function op); the remaining
-    run-time inputs."""
+    those reaching such a slot through other ops, or inside a function op; with `base_op`,
+    the op an expanded case's graph computes, the inputs in that op's import-time slots, as
+    its unexpanded case binds them); the remaining run-time inputs."""
     wanted = {node.input[i] for node in model.graph.node
               for i in IMPORT_TIME_INPUTS.get(node.op_type, ()) if i < len(node.input)}
     names = [i.name for i in model.graph.input]
+    wanted |= {names[i] for i in IMPORT_TIME_INPUTS.get(base_op or "", ()) if i < len(names)}
     frozen = {n for n, x in zip(names, inputs, strict=True)
               if n in wanted or (every_shape_like and x.dtype.kind == "i" and x.ndim <= 1)}
     if not frozen:
@@ -138,7 +140,9 @@ def run_case(case, target: str) -> Outcome:
             except (Unsupported, KilnError) as err:
                 if CONSTANT_NEEDED not in str(err):
                     raise
-                model, feeds = bind_import_time_inputs(case.model, inputs, every_shape_like=True)
+                base = op_of(case) if "_expanded" in case.name else None
+                model, feeds = bind_import_time_inputs(case.model, inputs, every_shape_like=True,
+                                                       base_op=base)
                 compiled = compile_case(model, target)
         except Unsupported as err:
             return Outcome("unsupported", err.reason)

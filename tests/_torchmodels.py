@@ -146,6 +146,9 @@ def cases():
         "gcn": (GCN(), (torch.randn(n_nodes, 5), torch.randint(0, n_nodes, (n_edges,), generator=g),
                         torch.randint(0, n_nodes, (n_edges,), generator=g)), None),
         "dcgan": (Generator(), (torch.randn(2, 8, 1, 1),), {0: "batch"}),
+        # two layers: `kiln import` writes the layer once, as a block called twice
+        "transformer2": (nn.Sequential(EncoderLayer(), EncoderLayer()),
+                         (torch.randn(2, 5, 16),), {0: "batch"}),
     }
 
 

@@ -142,6 +142,7 @@ UNARY = {  # op: (inputs for the shape, attributes)
     "reciprocal": (lambda s: away_from(normal(s), [0.0], 0.3), {}),
     "sin": (normal, {}),
     "cos": (normal, {}),
+    "atan": (lambda s: normal(s) * 3, {}),
     "tanh": (normal, {}),
     "sigmoid": (lambda s: normal(s) * 3, {}),
     "erf": (normal, {}),

@@ -11,8 +11,10 @@ import numpy as np
 import onnx
 import pytest
 from _onnxconvert import OPSET, build, check, run_kiln, run_ort
+from _onnximport import make_model
 from onnx import TensorProto, helper
 
+import kiln
 from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.ir import Graph
 from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode, Unsupported
@@ -68,6 +70,44 @@ CASES = [
     ("AveragePool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "pads": [0, 1, 2, 0]}),
     ("AveragePool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 3], "pads": [1, 2, 1, 0],
                                         "count_include_pad": 1}),
+    # 3-D pools and dilated averages: one 1-D pass per spatial axis
+    ("AveragePool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "dilations": [2, 3],
+                                        "pads": [2, 1, 0, 1], "strides": [2, 1]}),
+    ("AveragePool", [f32(1, 2, 6, 5, 7)], {"kernel_shape": [3, 2, 2], "dilations": [1, 2, 2],
+                                           "pads": [1, 1, 0, 1, 0, 1], "strides": [2, 1, 3],
+                                           "ceil_mode": 1}),
+    ("AveragePool", [f32(2, 1, 5, 6, 4)], {"kernel_shape": [2, 3, 2], "pads": [1, 1, 1, 1, 1, 1],
+                                           "count_include_pad": 1, "strides": [2, 2, 2],
+                                           "ceil_mode": 1}),
+    ("MaxPool", [f32(1, 2, 6, 5, 7)], {"kernel_shape": [3, 2, 2], "dilations": [1, 2, 2],
+                                       "pads": [1, 1, 0, 1, 0, 1], "strides": [2, 1, 3]}),
+    ("MaxPool", [f32(1, 2, 5, 6, 7)], {"kernel_shape": [2, 2, 3], "strides": [2, 2, 2],
+                                       "ceil_mode": 1}),
+    ("MaxPool", [f32(2, 3, 7, 6)], {"kernel_shape": [3, 2], "dilations": [1, 2],
+                                    "pads": [1, 0, 1, 1], "strides": [2, 1], "n_outputs": 2}),
+    ("MaxPool", [np.round(f32(1, 2, 5, 6))], {"kernel_shape": [2, 3], "strides": [2, 2],
+                                              "ceil_mode": 1, "n_outputs": 2}),  # ties
+    ("MaxPool", [f32(2, 2, 5, 4)], {"kernel_shape": [2, 2], "storage_order": 1,
+                                    "n_outputs": 2}),
+    ("LpPool", [f32(1, 2, 7, 6)], {"kernel_shape": [3, 2], "dilations": [2, 1], "p": 3,
+                                   "pads": [1, 0, 1, 1]}),
+    ("LpPool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 2], "strides": [2, 1, 2]}),
+    ("BatchNormalization", [f32(2, 3, 4, 2), f32(3), f32(3), f32(3), np.abs(f32(3)) + 0.5],
+     {"training_mode": 1, "momentum": 0.8, "epsilon": 1e-3, "n_outputs": 3}),
+    ("LRN", [f32(2, 5, 3, 4)], {"size": 5, "alpha": 0.01, "beta": 0.6, "bias": 2.0}),
+    ("LRN", [f32(1, 7, 2, 3)], {"size": 3}),  # onnxruntime's: odd sizes, 4-D inputs
+    ("Asin", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
+    ("Acos", [np.array([-1, -0.999, -0.5, 0, 1e-4, 0.7, 0.9999, 1], np.float32)], {}),
+    ("Atan", [f32(3, 4) * 10], {}),
+    ("Einsum", [f32(2, 3, 4), f32(2, 4, 5)], {"equation": "bij,bjk->bik"}),
+    ("Einsum", [f32(3, 4), f32(4, 5)], {"equation": "ij,jk"}),
+    ("Einsum", [f32(3, 2, 5, 4), f32(3, 2, 6, 4)], {"equation": "bhqd, bhkd -> bhqk"}),
+    ("Einsum", [f32(2, 1, 3, 4), f32(2, 1, 4, 2)], {"equation": "...ij,...jk->...ik"}),
+    ("Einsum", [f32(3, 4), f32(5)], {"equation": "ij,k->kji"}),
+    ("Einsum", [f32(3, 4), f32(3, 4)], {"equation": "ij,ij->i"}),
+    ("Einsum", [f32(2, 3, 4), f32(2, 4, 5), f32(5, 6)], {"equation": "aij,ajk,kl->il"}),
+    ("Einsum", [ints(-5, 5, 3, 4, 2)], {"equation": "ijk->"}),
+    ("Einsum", [f32(3, 4, 2)], {"equation": "ijk->kj"}),
     ("LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], {"axis": -1, "epsilon": 1e-3}),
     ("LayerNormalization", [f32(2, 3, 4), f32(3, 4)], {"axis": 1}),
     ("Slice", [f32(5, 6), np.array([-1, 9], I64), np.array([-2**63, 1], I64),
@@ -79,6 +119,9 @@ CASES = [
     ("OneHot", [np.array([[0, -1], [5, 2]], I64), np.array(4, I64),
                 np.array([-1.0, 2.0], np.float32)], {"axis": 0, "initializers": "1"}),
     ("GatherND", [f32(3, 4, 2), np.array([[-1, 0], [2, 3]], I64)], {}),
+    ("GatherND", [f32(2, 4, 3, 2), np.array([[[1, -1], [3, 0]], [[0, 2], [-2, 1]]], I64)],
+     {"batch_dims": 1}),
+    ("GatherND", [f32(2, 3, 4, 5), ints(-4, 4, 2, 3, 2, 1)], {"batch_dims": 2}),
     ("GatherElements", [f32(3, 4), ints(-3, 3, 2, 4)], {"axis": 0}),
     ("ScatterElements", [f32(4, 5), np.array([[0, 3, -1]], I64), f32(1, 3)],
      {"axis": 0, "reduction": "add"}),
@@ -139,8 +182,8 @@ def _node(gb_inputs, op_type: str, consts=None, opset: int = OPSET, **attrs) -> 
     ("Dropout", {}, "training mode"),
     ("Cast", {"to": TensorProto.DOUBLE}, "DOUBLE"),
     ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
-    ("MaxPool", {"kernel_shape": [2, 2]}, "Indices"),
-    ("LpPool", {"kernel_shape": [2, 2], "dilations": [2, 2]}, "dilations"),
+    ("Einsum", {"equation": "ijkk->i"}, "diagonal"),
+    ("Einsum", {"equation": "ij->i"}, "rank 4"),
 ])
 def test_refusals_say_what_kiln_lacks(op_type, attrs, why):
     graph = Graph()
@@ -151,8 +194,6 @@ def test_refusals_say_what_kiln_lacks(op_type, attrs, why):
                          gb.constant(np.array(True))],
              "Resize": [None, gb.constant(np.ones(4, np.float32))]}.get(op_type, [])
     node = _node([x, *extra], op_type, **attrs)
-    if op_type == "MaxPool":
-        node.outputs = ["y", "indices"]
     before = len(graph)
     with pytest.raises(Unsupported, match=why):
         CONVERTERS[op_type](gb, node)
@@ -281,3 +322,36 @@ def test_size_comparisons_are_decided_only_where_sound():
     assert ARITHMETIC["equal"](batch, held(Dim.of("B")))
     with pytest.raises(ValueError, match="known only at run time"):
         ARITHMETIC["equal"](batch, held(1))
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_max_pool_indices_of_a_symbolic_batch(target):
+    """Indices count every (n, c) plane before it: n runs to a size known only at run time."""
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 1],
+                            pads=[1, 0, 0, 1])
+    model = make_model([node], [("x", TensorProto.FLOAT, ["N", 3, 5, 4])],
+                       [("y", TensorProto.FLOAT, None), ("i", TensorProto.INT64, None)])
+    x = f32(3, 3, 5, 4)
+    for got, want in zip(kiln.compile(model, target=target)(x), run_ort(model, [x]),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_cumprod_against_numpy(exclusive, reverse, dtype):
+    """CumProd (opset 26: onnxruntime has none) by numpy's cumprod along axis 1."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    node = helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive,
+                            reverse=reverse)
+    model = make_model([node], [("x", elem, [2, 5, 3])], [("y", elem, [2, 5, 3])],
+                       {"axis": np.array(-2, np.int64)}, opset=OPSET)
+    x = (RNG.integers(-3, 4, (2, 5, 3)) if dtype is np.int32 else f32(2, 5, 3)).astype(dtype)
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    want = flip(np.cumprod(flip(x), axis=1))
+    if exclusive:
+        want = flip(np.concatenate([np.ones_like(x[:, :1]), np.cumprod(flip(x), axis=1)[:, :-1]],
+                                   axis=1))
+    got = kiln.compile(model, target="reference")(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5)

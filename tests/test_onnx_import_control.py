@@ -92,3 +92,68 @@ def test_unsupported_node_in_a_body_is_named(tmp_path):
         kiln.compile(path, target="reference")
     assert err.value.code == "K0906"
     assert "node loop (#0, Scan)" in err.value.message and "node inner" in err.value.message
+
+
+def loop_model(trip: int, cond: bool | None, body_cond: str = "Identity") -> object:
+    """Loop(M = trip, cond, s0) over s += x * i, emitting s * scale each iteration: x an outer
+    input, scale an outer initializer; the body's condition is its own passed on
+    (`Identity`), the constant true (`true`), or computed from the iteration (`Less`)."""
+    B = TensorProto.BOOL
+    cond_nodes = {
+        "Identity": [helper.make_node("Identity", ["c"], ["c_out"])],
+        "true": [helper.make_node("Constant", [], ["c_out"],
+                                  value=numpy_helper.from_array(np.array(True)))],
+        "Less": [helper.make_node("Less", ["i", "three"], ["c_out"])],
+    }[body_cond]
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["i"], ["fi"], to=F),
+         helper.make_node("Mul", ["x", "fi"], ["xi"]),
+         helper.make_node("Add", ["s", "xi"], ["s_out"]),
+         helper.make_node("Mul", ["s_out", "scale"], ["emit"]), *cond_nodes],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c", B, []),
+                 helper.make_tensor_value_info("s", F, [3])],
+        [helper.make_tensor_value_info("c_out", B, []),
+         helper.make_tensor_value_info("s_out", F, [3]),
+         helper.make_tensor_value_info("emit", F, [3])])
+    inits = {"M": np.array(trip, np.int64), "scale": np.array([1.0, -2.0, 0.5], np.float32),
+             "three": np.array(3, np.int64)}
+    nodes = [helper.make_node("Loop", ["M", "" if cond is None else "cond", "s0"],
+                              ["final", "ys"], body=body, name="loop")]
+    if cond is not None:
+        nodes.insert(0, helper.make_node("Constant", [], ["cond"],
+                                         value=numpy_helper.from_array(np.array(cond))))
+    return make_model(nodes, [("s0", F, [3]), ("x", F, [3])],
+                      [("final", F, [3]), ("ys", F, [None, 3])], inits)
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("trip, cond, body_cond", [
+    (5, None, "Identity"), (4, True, "true"), (3, False, "Identity"), (0, None, "true")])
+def test_loop_with_a_static_trip_count(tmp_path, target, trip, cond, body_cond):
+    path = save(loop_model(trip, cond, body_cond), tmp_path / "loop.onnx")
+    rng = np.random.default_rng(1)
+    feeds = {"s0": rng.standard_normal(3).astype(np.float32),
+             "x": rng.standard_normal(3).astype(np.float32)}
+    model = kiln.compile(path, target=target)
+    got, want = model(**feeds), run_ort(path, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("why, model", [
+    ("computes its condition", loop_model(5, None, "Less")),
+    ("iterations", loop_model(2**62, None)),  # never an array of 2^62 iteration numbers
+    ("trip count", make_model(
+        [helper.make_node("Loop", ["M", "", "s0"], ["final"], name="loop",
+                          body=loop_model(1, None).graph.node[0].attribute[0].g)],
+        [("M", TensorProto.INT64, []), ("s0", F, [3]), ("x", F, [3])], [("final", F, [3])],
+        {"scale": np.ones(3, np.float32)})),
+])
+def test_loop_kiln_cannot_run_is_refused_with_why(tmp_path, why, model):
+    path = save(model, tmp_path / "loop.onnx")
+    with pytest.raises(kiln.KilnError) as err:
+        kiln.compile(path, target="reference")
+    assert err.value.code == "K0906"
+    assert "node loop (#0, Loop)" in err.value.message and why in err.value.message

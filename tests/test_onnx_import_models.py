@@ -78,3 +78,23 @@ def test_kiln_import_compiles_back(exported, name, tmp_path, capsys):
     assert [p.type for p in model.inputs] == [p.type for p in imported.inputs]
     (want,) = run_ort(path, feeds)
     np.testing.assert_allclose(model(*feeds.values()), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, calls", [("resnet", 2), ("transformer2", 2)])
+def test_kiln_import_writes_repeated_layers_as_a_block(exported, name, calls, tmp_path):
+    """A ResNet's two identical basic blocks, a Transformer's two layers: one `block`
+    definition, one instance called once per repetition with the model's params, and the
+    source computes what the ONNX file does on both targets."""
+    from kiln.api import write_kiln_source
+
+    path, feeds = exported(name)
+    out = tmp_path / "model.kiln"
+    write_kiln_source(path, out)
+    source = out.read_text()
+    assert source.count("\nblock Block1 {") + source.startswith("block Block1 {") == 1
+    assert "block1 = Block1" in source and source.count("= block1(") == calls
+    assert "Block2" not in source
+    (want,) = run_ort(path, feeds)
+    for target in ("reference", "native"):
+        model = kiln.compile(out, target=target, weights=tmp_path / "model.safetensors")
+        np.testing.assert_allclose(model(*feeds.values()), want, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,8 @@
 A converter builds only with gb.op(...)/gb.constant(...) and raises Unsupported for what kiln
 cannot compute exactly (an op, attribute value, element type or run-time shape input); the
 importer (importer.py) lists every such node at once. The converters live by family in
-convert_elementwise.py, convert_tensor.py, convert_nn.py and convert_rnn.py; ops the standard
+convert_elementwise.py, convert_tensor.py, convert_nn.py, convert_rnn.py and
+convert_einsum.py; ops the standard
 defines as functions of other ops (and kiln has no converter of its own for) expand their
 function body (convert_function.py); the helpers they share, the OnnxNode they see and
 Unsupported, in convert_base.py.
@@ -14,7 +15,14 @@ Unsupported, in convert_base.py.
 
 from __future__ import annotations
 
-from . import convert_control, convert_elementwise, convert_nn, convert_rnn, convert_tensor
+from . import (
+    convert_control,
+    convert_einsum,
+    convert_elementwise,
+    convert_nn,
+    convert_rnn,
+    convert_tensor,
+)
 from .convert_base import Converter, OnnxNode, Unsupported
 from .convert_function import function_converter, function_ops
 
@@ -24,6 +32,7 @@ CONVERTERS: dict[str, Converter] = {
     **convert_nn.CONVERTERS,
     **convert_rnn.CONVERTERS,
     **convert_control.CONVERTERS,
+    **convert_einsum.CONVERTERS,
 }
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)
@@ -38,7 +47,7 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     "Split": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Trilu": (1,), "Clip": (1, 2),
     "OneHot": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Resize": (1, 2, 3),
     "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,),
-    "DFT": (1, 2), "Col2Im": (1, 2), "TopK": (1,),
+    "DFT": (1, 2), "Col2Im": (1, 2), "TopK": (1,), "CumProd": (1,),
     **{op: (1,) for op in _REDUCTIONS},
 }
 

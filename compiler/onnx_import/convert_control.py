@@ -1,10 +1,12 @@
-"""Converters of ONNX's control flow: Scan (a kiln `scan`) and If; and the node a converter
-of an op with subgraphs sees, which can convert them (the importer's `subgraph`).
+"""Converters of ONNX's control flow: Scan and Loop (each a kiln `scan`) and If; and the node
+a converter of an op with subgraphs sees, which can convert them (the importer's `subgraph`).
 
 - Scan: its body becomes the scan's body graph; the outer values the body reads become the
   scan's captured inputs. Every scan input must run in one direction, and each output in the
   same one (kiln writes a reverse scan's outputs at their own steps' positions, as ONNX's
   direction 1 for both does); the outputs stack on the scan inputs' first axis.
+- Loop: with a trip count known at import time and a condition only it decides, a kiln scan
+  over the iteration numbers (the condition a carry the body passes on).
 - If: a condition known at import time keeps its branch only; one known at run time computes
   both branches and selects each output with `where`, which needs both branches to give the
   same types (as kiln's own export of a scan, If(steps > 0, Scan, empty), does).
@@ -16,14 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..builder import GraphBuilder
 from ..ir import Value
 from ..ops import REGISTRY
+from ..types import TensorType
 from .convert_base import (
+    CONSTANT_NEEDED,
     OnnxNode,
     Unsupported,
     axis_of,
     converter_table,
+    fold,
     ints,
     known,
     need,
@@ -97,6 +104,66 @@ def _scan(gb, node):
              "n_carry": n, "n_seq": m, "has_index": False, "n_fixed_inputs": n + m}
     results = add_scan(gb, [*states, *seqs, *captured], attrs)
     return results[k:] + results[:k]  # ONNX gives the final states first, kiln the emits
+
+
+@converter("Loop")
+def _loop(gb, node):
+    """A Loop whose trip count kiln knows at import time and whose condition only the trip
+    count decides (absent or true, and the body passes it on unchanged or makes it true) is
+    a kiln scan over the iteration numbers 0..M-1: the condition rides along as a carry, the
+    loop-carried values follow it, and the body's scan outputs are its emits (stacked on a
+    new first axis, as ONNX stacks them)."""
+    trip = known(gb, node, 0)
+    if trip is None:
+        raise Unsupported("Loop's trip count (input 0) must be a constant (kiln runs a scan "
+                          f"of a length fixed at import time): {CONSTANT_NEEDED}")
+    steps = max(int(trip.reshape(-1)[0]), 0)
+    if steps > MAX_LOOP_STEPS:
+        raise Unsupported(f"Loop of {steps} iterations: kiln takes at most {MAX_LOOP_STEPS:,} "
+                          "(its iteration numbers are a constant of that length)")
+    if node.inputs[1:2] not in ([], [None]):
+        cond = known(gb, node, 1)
+        if cond is None:
+            raise Unsupported("Loop's condition (input 1) must be a constant (kiln runs a scan "
+                              f"of a length fixed at import time): {CONSTANT_NEEDED}")
+        steps = steps if bool(cond.reshape(-1)[0]) else 0
+    carried = node.inputs[2:]
+    if any(v is None for v in carried):
+        raise Unsupported("Loop with an absent loop-carried input")
+    body = node.attrs["body"]
+    n = len(carried)
+    scalar = TensorType("i64", ())
+    outputs, graph, captured = _subgraph(node)(
+        body, [scalar, TensorType("bool", ()), *[v.type for v in carried]])
+    iteration, cond_in = graph.inputs[:2]
+    cond_out = outputs[0]
+    if cond_out.type.dtype != "bool" or any(d != 1 for d in cond_out.type.shape):
+        raise Unsupported(f"Loop whose body gives a condition of type {cond_out.type}")
+    if not (cond_out.node == cond_in or _all_true(fold(graph, cond_out))):
+        raise Unsupported("Loop whose body computes its condition: kiln runs a scan of a "
+                          "length fixed at import time, so only the trip count may end it")
+    for start, out in zip(carried, outputs[1:n + 1]):
+        if start.type != out.type:
+            raise Unsupported(f"a loop-carried value starts as {start.type} and its body "
+                              f"makes it {out.type}")
+    if cond_out.type.rank:  # a carry keeps its type: the condition enters as a scalar
+        outputs[0] = GraphBuilder(graph, gb.span, gb.scope).reshape(cond_out, [])
+    graph.inputs = [cond_in, *graph.inputs[2:n + 2], iteration, *graph.inputs[n + 2:]]
+    graph.outputs = outputs
+    iterations = gb.constant(np.arange(steps, dtype=np.int64))
+    attrs = {"body": graph, "axis": 0, "axes": (0,), "reverse": False, "n_carry": n + 1,
+             "n_seq": 1, "has_index": False, "n_fixed_inputs": n + 2}
+    results = add_scan(gb, [gb.constant(np.array(True)), *carried, iterations, *captured],
+                       attrs)
+    k = len(outputs) - n - 1
+    return results[k + 1:] + results[:k]  # ONNX: the final carries, then the scan outputs
+
+
+MAX_LOOP_STEPS = 1 << 20  # a Loop's iteration numbers are a constant: bounded as one
+
+
+def _all_true(value) -> bool:
+    return value is not None and bool(np.all(value))
 
 
 @converter("If")

@@ -56,8 +56,8 @@ def _scalar(gb: GraphBuilder, x: Value, number: float) -> Value:
 # unary ops one kiln primitive computes ----------------------------------------------------
 _UNARY = {
     "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Sin": "sin",
-    "Cos": "cos", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Erf": "erf",
-    "Floor": "floor", "Ceil": "ceil", "Sign": "sign", "Reciprocal": "reciprocal",
+    "Cos": "cos", "Atan": "atan", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu",
+    "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Sign": "sign", "Reciprocal": "reciprocal",
     "Not": "logical_not",
 }
 for _op_type, _kiln in _UNARY.items():
@@ -109,6 +109,22 @@ def _atanh(gb, node):
     one = _scalar(gb, x, 1.0)
     ratio = gb.div(gb.add(one, x), gb.sub(one, x))
     return gb.mul(gb.op("log", ratio), _scalar(gb, x, 0.5))
+
+
+def _asin(gb, node):
+    """atan(x / sqrt((1 - x)(1 + x))): +-pi/2 at +-1 (x / 0 is +-inf), NaN outside [-1, 1]."""
+    x = _floats(node)
+    one = _scalar(gb, x, 1.0)
+    root = gb.op("sqrt", gb.mul(gb.sub(one, x), gb.add(one, x)))
+    return gb.op("atan", gb.div(x, root))
+
+
+def _acos(gb, node):
+    """2 atan(sqrt((1 - x) / (1 + x))): no cancellation near x = 1, where acos is small."""
+    x = _floats(node)
+    one = _scalar(gb, x, 1.0)
+    ratio = gb.div(gb.sub(one, x), gb.add(one, x))
+    return gb.mul(gb.op("atan", gb.op("sqrt", ratio)), _scalar(gb, x, 2.0))
 
 
 def _leaky_relu(gb, node):
@@ -244,7 +260,8 @@ def _round(gb, node):
 
 for _op_type, _fn in {
     "Tan": _tan, "Sinh": _sinh_cosh(-1.0), "Cosh": _sinh_cosh(1.0), "Asinh": _asinh,
-    "Acosh": _acosh, "Atanh": _atanh, "LeakyRelu": _leaky_relu, "Elu": _elu, "Selu": _selu,
+    "Acosh": _acosh, "Atanh": _atanh, "Asin": _asin, "Acos": _acos,
+    "LeakyRelu": _leaky_relu, "Elu": _elu, "Selu": _selu,
     "Celu": _celu, "HardSigmoid": _hard_sigmoid, "HardSwish": _hard_swish,
     "Softplus": _softplus, "Softsign": _softsign, "ThresholdedRelu": _thresholded_relu,
     "Gelu": _gelu, "Mish": _mish, "Swish": _swish, "PRelu": _prelu, "Shrink": _shrink,

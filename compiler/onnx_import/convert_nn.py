@@ -7,6 +7,7 @@ become an explicit pad (zeros, or -inf for max pooling) in front of them.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Value
+from ..types import NUMPY_DTYPES
 from .convert_base import (
     FLOAT_TYPES,
     OnnxNode,
@@ -138,20 +140,130 @@ def _conv_transpose(gb, node):
     return [y]
 
 
-def _no_indices(node: OnnxNode) -> None:
-    if len(node.outputs) > 1 and node.outputs[1]:
-        raise Unsupported("MaxPool's Indices output")
+# pools kiln's pool ops do not take (3-D and more, or an average with dilations) ---------
+def _pool_length(size: int, k: int, s: int, d: int, before: int, after: int,
+                 ceil_mode: bool) -> tuple[int, int]:
+    """(output length, padding beyond `after` the last window reaches) of one axis, by the
+    ONNX reference's rule: a ceil_mode window must start inside the input or its pads."""
+    span = (k - 1) * d + 1
+    padded = size + before + after
+    out = (padded - span) // s + 1
+    if ceil_mode:
+        out = -(-(padded - span) // s) + 1
+        if (out - 1) * s >= size + before:
+            out -= 1
+    return out, max((out - 1) * s + span - padded, 0)
+
+
+def _along_axis(gb: GraphBuilder, x: Value, axis: int, pool_1d) -> Value:
+    """pool_1d (on an [M, 1, L] tensor) applied along `axis` of x: the axis is moved last and
+    the others folded into M, then unfolded and moved back."""
+    rank = x.type.rank
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    moved = gb.permute(x, perm)
+    lead = list(moved.type.shape[:-1])
+    m = lead[0]
+    for size in lead[1:]:
+        m = m * size
+    y = pool_1d(gb.reshape(moved, [m, 1, moved.type.shape[-1]]))
+    y = gb.reshape(y, [*lead, y.type.shape[-1]])
+    return gb.permute(y, [perm.index(a) for a in range(rank)])
+
+
+def _separable_pool(gb: GraphBuilder, node: OnnxNode, x: Value, kind: str, kernel: list[int],
+                    window: tuple[list, list, list, list], ceil_mode: bool,
+                    include_pad: bool = False) -> Value:
+    """A max, average or sum pool over a box window as one 1-D pass per spatial axis: the box
+    is a product of intervals, so its max is the max of per-axis maxes, its sum the per-axis
+    sums in turn, and its average (the count of cells it holds is the product of per-axis
+    counts, as in ONNX's reference) the per-axis averages in turn. A max pass is kiln's 1-D
+    max_pool on explicitly padded input (-inf); an average pass sums with a 1-D conv of ones
+    (which takes dilation) and divides by the same conv of a mask of the cells it counts."""
+    strides, dilations, before, after = window
+    dtype = dtype_of(x)
+    for i, (k, s, d, b, a) in enumerate(zip(kernel, strides, dilations, before, after,
+                                            strict=True)):
+        size = x.type.shape[2 + i]
+        if not size.is_const:
+            raise Unsupported(f"{node.op_type} of a {x.type.rank}-D input needs constant "
+                              "spatial sizes")
+        _, extra = _pool_length(size.value, k, s, d, b, a, ceil_mode)
+        pads = ([b], [a + extra])
+        if kind == "max":
+            def one(v, k=k, s=s, d=d, pads=pads):
+                return gb.op("max_pool", _explicit_pad(gb, v, *pads, -math.inf),
+                             kernel_size=[k], stride=[s], dilation=[d])
+        else:
+            ones = gb.constant(np.ones([1, 1, k], NUMPY_DTYPES[dtype]))
+            edge = 1.0 if include_pad else 0.0
+            mask = np.concatenate([np.full(b, edge), np.ones(size.value), np.full(a, edge),
+                                   np.zeros(extra)]).astype(NUMPY_DTYPES[dtype])
+            conv = dict(stride=[s], dilation=[d])
+            count = gb.op("conv", gb.constant(mask.reshape(1, 1, -1)), ones, **conv)
+
+            def one(v, pads=pads, ones=ones, count=count, conv=conv):
+                total = gb.op("conv", _explicit_pad(gb, v, *pads), ones, **conv)
+                return total if kind == "sum" else gb.div(total, count)
+        x = _along_axis(gb, x, 2 + i, one)
+    return x
+
+
+def _max_pool_with_indices(gb: GraphBuilder, x: Value, kernel: list[int],
+                           window: tuple[list, list, list, list], ceil_mode: bool,
+                           column_major: bool) -> list:
+    """MaxPool's values and Indices (each maximum's position in x flattened, its spatial
+    axes column-major with storage_order=1; the first in the window's row-major order where
+    several are equal): a running maximum over the window's offsets, each a strided slice
+    of x padded with -inf, beside the same slices of the spatial positions (a constant),
+    offset by each (n, c)'s start."""
+    strides, dilations, before, after = window
+    spatial = x.type.shape[2:]
+    if not all(d.is_const for d in spatial):
+        raise Unsupported("MaxPool's Indices output needs constant spatial sizes")
+    sizes = [d.value for d in spatial]
+    geometry = [_pool_length(n, k, s, d, b, a, ceil_mode) for n, k, s, d, b, a in
+                zip(sizes, kernel, strides, dilations, before, after, strict=True)]
+    ends = [a + extra for a, (_, extra) in zip(after, geometry, strict=True)]
+    padded = _explicit_pad(gb, x, before, ends, -math.inf)
+    flat = np.arange(int(np.prod(sizes)), dtype=np.int64)
+    where_in = np.pad(flat.reshape(sizes, order="F" if column_major else "C"),
+                      list(zip(before, ends, strict=True)), constant_values=-1)
+    positions = gb.constant(where_in.reshape(1, 1, *where_in.shape))
+    best = index = None
+    whole = ("range", None, None, 1)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        items = [whole, whole] + [
+            ("range", o * d, o * d + (out - 1) * s + 1, s)
+            for o, d, s, (out, _) in zip(offset, dilations, strides, geometry, strict=True)]
+        value, at = gb.op("slice", padded, items=items), gb.op("slice", positions, items=items)
+        if best is None:
+            best, index = value, at
+            continue
+        larger = gb.op("greater", value, best)  # strictly: the first maximum is kept
+        best, index = gb.op("where", larger, value, best), gb.op("where", larger, at, index)
+    n, c = x.type.shape[:2]
+    planes = gb.reshape(gb.op("arange", n * c), [n, c] + [1] * len(sizes))
+    start = gb.mul(planes, gb.constant(np.array(int(np.prod(sizes)), np.int64)))
+    return [best, gb.add(index, start)]
 
 
 @converter("MaxPool")
 def _max_pool(gb, node):
     x = need(node, 0, "X")
-    _spatial_rank(x, "MaxPool")
-    _no_indices(node)
     require_dtype(x, FLOAT_TYPES, "MaxPool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
     ceil_mode = bool(attr(node, "ceil_mode", 0))
+    if len(node.outputs) > 1 and node.outputs[1]:
+        column_major = bool(attr(node, "storage_order", 0))
+        if column_major and x.type.rank != 4:
+            raise Unsupported("MaxPool's Indices in column-major order (storage_order=1) "
+                              "but of a 2-D pool")
+        return _max_pool_with_indices(gb, x, kernel, window, ceil_mode, column_major)
+    if x.type.rank > 4:
+        return [_separable_pool(gb, node, x, "max", kernel, window, ceil_mode)]
+    _spatial_rank(x, "MaxPool")
     if not _symmetric(before, after, kernel):
         if ceil_mode:
             raise Unsupported("MaxPool with ceil_mode and asymmetric pads")
@@ -166,13 +278,15 @@ def _avg_pool(gb, node):
     averages the zeros; without, the sum over the window is divided by its count of real
     cells (the average of a padded mask of ones)."""
     x = need(node, 0, "X")
-    _spatial_rank(x, "AveragePool")
+    require_dtype(x, FLOAT_TYPES, "AveragePool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
-    if any(d != 1 for d in dilations):
-        raise Unsupported("AveragePool with dilations")
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
     ceil_mode = bool(attr(node, "ceil_mode", 0))
     include = bool(attr(node, "count_include_pad", 0))
+    if x.type.rank > 4 or any(d != 1 for d in dilations):
+        return [_separable_pool(gb, node, x, "avg", kernel, window, ceil_mode, include)]
+    _spatial_rank(x, "AveragePool")
     if _symmetric(before, after, kernel):
         return [gb.op("avg_pool", x, kernel_size=kernel, stride=strides, padding=before,
                       ceil_mode=ceil_mode, count_include_pad=include)]
@@ -192,21 +306,45 @@ def _lp_pool(gb, node):
     """(sum of |x|^p over each window)^(1/p): the window sums are averages over the
     zero-padded input times the window's size."""
     x = need(node, 0, "X")
-    _spatial_rank(x, "LpPool")
     require_dtype(x, FLOAT_TYPES, "LpPool input")
     kernel = ints(node, "kernel_shape")
-    strides, dilations, before, after = _window(node, x, kernel)
-    if any(d != 1 for d in dilations) or attr(node, "ceil_mode", 0):
-        raise Unsupported("LpPool with dilations or ceil_mode")
+    window = _window(node, x, kernel)
+    strides, dilations, before, after = window
+    ceil_mode = bool(attr(node, "ceil_mode", 0))
     p = float(attr(node, "p", 2))
     dtype = dtype_of(x)
     powered = gb.mul(x, x) if p == 2 else gb.op("pow", gb.op("abs", x), const_like(gb, p, dtype))
-    mean = gb.op("avg_pool", _explicit_pad(gb, powered, before, after), kernel_size=kernel,
-                 stride=strides)
-    total = gb.mul(mean, const_like(gb, float(np.prod(kernel)), dtype))
+    if x.type.rank > 4 or ceil_mode or any(d != 1 for d in dilations):
+        total = _separable_pool(gb, node, powered, "sum", kernel, window, ceil_mode)
+    else:
+        _spatial_rank(x, "LpPool")
+        mean = gb.op("avg_pool", _explicit_pad(gb, powered, before, after), kernel_size=kernel,
+                     stride=strides)
+        total = gb.mul(mean, const_like(gb, float(np.prod(kernel)), dtype))
     if p == 2:
         return [gb.op("sqrt", total)]
     return [gb.op("pow", total, const_like(gb, 1 / p, dtype))]
+
+
+@converter("LRN")
+def _lrn(gb, node):
+    """x / (bias + alpha / size * (sum of x^2 over the channels c - (size-1)//2 .. c +
+    ceil((size-1)/2)))^beta: the window sum a 1-D conv of ones along the channel axis."""
+    x = need(node, 0, "X")
+    require_dtype(x, FLOAT_TYPES, "LRN input")
+    if x.type.rank < 3:
+        raise Unsupported(f"LRN of a {x.type.rank}-D input (ONNX's are [N, C, ...])")
+    size = int(attr(node, "size"))
+    alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
+    bias = float(attr(node, "bias", 1.0))
+    dtype = dtype_of(x)
+    ones = gb.constant(np.ones([1, 1, size], NUMPY_DTYPES[dtype]))
+    low = (size - 1) // 2
+    total = _along_axis(gb, gb.mul(x, x), 1, lambda v: gb.op(
+        "conv", _explicit_pad(gb, v, [low], [size - 1 - low]), ones))
+    scaled = gb.add(const_like(gb, bias, dtype), gb.mul(total, const_like(gb, alpha / size,
+                                                                           dtype)))
+    return [gb.div(x, gb.op("pow", scaled, const_like(gb, beta, dtype)))]
 
 
 @converter("GlobalAveragePool")
@@ -231,15 +369,38 @@ def _like(gb: GraphBuilder, value: Value | None, dtype: str) -> Value | None:
 @converter("BatchNormalization")
 def _batch_norm(gb, node):
     x = need(node, 0, "X")
-    if attr(node, "training_mode", 0):
-        raise Unsupported("BatchNormalization in training mode")
-    if any(name for name in node.outputs[1:]):
-        raise Unsupported("BatchNormalization's running statistics outputs")
     dtype = dtype_of(x)
     scale, bias, mean, var = (_like(gb, need(node, i, name), dtype) for i, name in
                               ((1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var")))
-    return [gb.op("batch_norm", x, mean, var, scale, bias,
-                  eps=float(attr(node, "epsilon", 1e-5)))]
+    eps = float(attr(node, "epsilon", 1e-5))
+    if attr(node, "training_mode", 0):
+        return _batch_norm_training(gb, node, x, scale, bias, mean, var, eps)
+    if any(name for name in node.outputs[1:]):
+        raise Unsupported("BatchNormalization's running statistics outputs")
+    return [gb.op("batch_norm", x, mean, var, scale, bias, eps=eps)]
+
+
+def _batch_norm_training(gb: GraphBuilder, node: OnnxNode, x: Value, scale: Value,
+                         bias: Value, mean: Value, var: Value, eps: float) -> list:
+    """training_mode = 1: normalized by the batch's own mean and (biased) variance over every
+    axis but the channels; the running statistics outputs are input * momentum + the
+    batch's * (1 - momentum)."""
+    require_dtype(x, FLOAT_TYPES, "BatchNormalization input")
+    if x.type.rank < 2:
+        raise Unsupported(f"BatchNormalization of a {x.type.rank}-D input")
+    axes = [a for a in range(x.type.rank) if a != 1]
+    dtype = dtype_of(x)
+    batch_mean, batch_var = _moments(gb, x, axes)
+    inv = gb.op("rsqrt", gb.add(batch_var, const_like(gb, eps, dtype)))
+    per_channel = [x.type.shape[1]] + [1] * (x.type.rank - 2)
+    y = gb.add(gb.mul(gb.mul(gb.sub(x, batch_mean), inv), gb.reshape(scale, per_channel)),
+               gb.reshape(bias, per_channel))
+    momentum = float(attr(node, "momentum", 0.9))
+    keep, new = const_like(gb, momentum, dtype), const_like(gb, 1 - momentum, dtype)
+    channels = [x.type.shape[1]]
+    running = [gb.add(gb.mul(old, keep), gb.mul(gb.reshape(batch, channels), new))
+               for old, batch in ((mean, batch_mean), (var, batch_var))]
+    return [y, *running][:len(node.outputs)]
 
 
 @converter("InstanceNormalization")
@@ -250,11 +411,16 @@ def _instance_norm(gb, node):
                   eps=float(attr(node, "epsilon", 1e-5)))]
 
 
-def _stats(gb: GraphBuilder, x: Value, axes: list[int], eps: float) -> tuple[Value, Value]:
-    """(mean, 1 / sqrt(variance + eps)) over `axes`, kept as size 1 (biased variance)."""
+def _moments(gb: GraphBuilder, x: Value, axes: list[int]) -> tuple[Value, Value]:
+    """(mean, biased variance) over `axes`, kept as size 1."""
     mean = gb.op("mean", x, axis=axes, keepdims=True)
     centered = gb.sub(x, mean)
-    var = gb.op("mean", gb.mul(centered, centered), axis=axes, keepdims=True)
+    return mean, gb.op("mean", gb.mul(centered, centered), axis=axes, keepdims=True)
+
+
+def _stats(gb: GraphBuilder, x: Value, axes: list[int], eps: float) -> tuple[Value, Value]:
+    """(mean, 1 / sqrt(variance + eps)) over `axes`, kept as size 1 (biased variance)."""
+    mean, var = _moments(gb, x, axes)
     return mean, gb.op("rsqrt", gb.add(var, const_like(gb, eps, dtype_of(x))))
 
 

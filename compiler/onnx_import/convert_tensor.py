@@ -364,18 +364,29 @@ def _gather_elements(gb, node):
 @converter("GatherND")
 def _gather_nd(gb, node):
     """data[indices[..., 0], ..., indices[..., k-1]] as one gather on data with its first k
-    axes merged, by the linear index sum(i_j * stride_j) (negative i_j counted from the end)."""
+    axes merged, by the linear index sum(i_j * stride_j) (negative i_j counted from the end).
+    With batch_dims b, the b batch axes are merged in front of those k: each index is offset
+    by its batch position times the size of the k axes."""
     x = need(node, 0, "data")
     index = _index(gb, node, 1)
-    if attr(node, "batch_dims", 0):
-        raise Unsupported("GatherND with batch_dims > 0")
+    b = int(attr(node, "batch_dims", 0))
     k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
-    if not k_dim.is_const or k_dim.value > x.type.rank or k_dim.value == 0:
+    if not 0 <= b < min(index.type.rank, x.type.rank):
+        raise Unsupported(f"GatherND batch_dims {b} for ranks {x.type.rank} and "
+                          f"{index.type.rank}")
+    if not k_dim.is_const or k_dim.value > x.type.rank - b or k_dim.value == 0:
         raise Unsupported("GatherND needs a constant index depth within the data's rank")
     k = k_dim.value
-    lead = concrete_shape(x, "GatherND's data")[:k]
+    shape = concrete_shape(x, "GatherND's data")
+    batch, lead = shape[:b], shape[b:b + k]
+    if b and tuple(index.type.shape[:b]) != tuple(Dim.of(n) for n in batch):
+        raise Unsupported("GatherND's indices and data differ in their batch axes")
     linear = _linear_index(gb, index, lead)
-    flat = gb.reshape(x, [int(np.prod(lead)), *x.type.shape[k:]])
+    if b:
+        offsets = np.arange(int(np.prod(batch)), dtype=NUMPY_DTYPES[dtype_of(linear)])
+        offsets = offsets.reshape(*batch, *[1] * (index.type.rank - 1 - b)) * int(np.prod(lead))
+        linear = gb.add(linear, gb.constant(offsets))
+    flat = gb.reshape(x, [int(np.prod(batch + lead)), *x.type.shape[b + k:]])
     return [gb.op("gather", flat, linear, axis=0)]
 
 
@@ -604,26 +615,45 @@ def _reverse_sequence(gb, node):
     return [gb.op("take_along_axis", x, gb.constant(index), axis=time_axis)]
 
 
-@converter("CumSum")
-def _cumsum(gb, node):
-    """Running sums along axis as a product with a triangular matrix of ones (exclusive:
-    strictly triangular; reverse: the other triangle)."""
+def _cumulative(gb: GraphBuilder, node: OnnxNode, combine) -> list:
+    """CumSum/CumProd: x with its axis moved last, `combine(gb, moved, mask)` of the mask
+    [n, n] of which inputs i reach output j (i <= j; i < j exclusive; i >= j, i > j
+    reversed), and the axis moved back."""
     x = need(node, 0, "x")
     axis_value = const_input(gb, node, 1, "axis")
     axis = axis_of(int(axis_value.reshape(-1)[0]), x.type.rank)
     size = x.type.shape[axis]
     if not size.is_const:
-        raise Unsupported("CumSum along a symbolic axis")
+        raise Unsupported(f"{node.op_type} along a symbolic axis")
     i, j = np.indices((size.value, size.value))
     exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
-    # out[j] = sum of x[i] for i <= j (i < j exclusive; i >= j, i > j reversed)
     if reverse:
-        ones = (i > j) if exclusive else (i >= j)
+        mask = (i > j) if exclusive else (i >= j)
     else:
-        ones = (i < j) if exclusive else (i <= j)
+        mask = (i < j) if exclusive else (i <= j)
     last = x.type.rank - 1
     perm = list(range(x.type.rank))
     perm[axis], perm[last] = last, axis
     moved = x if axis == last else gb.permute(x, perm)
-    y = gb.matmul(moved, gb.constant(ones.astype(x.type.np_dtype)))
+    y = combine(gb, moved, mask)
     return [y if axis == last else gb.permute(y, perm)]
+
+
+@converter("CumSum")
+def _cumsum(gb, node):
+    """Running sums: the product with the mask as a matrix of ones."""
+    return _cumulative(gb, node, lambda gb, x, mask: gb.matmul(
+        x, gb.constant(mask.astype(x.type.np_dtype))))
+
+
+@converter("CumProd")
+def _cumprod(gb, node):
+    """Running products: each output the product over its row of x[..., i] where the mask
+    holds, else 1 (an [..., n, n] intermediate); integers wrap as numpy's do."""
+    def combine(gb, x, mask):
+        spread = gb.op("where", gb.constant(mask), gb.op("unsqueeze", x, axis=[-1]),
+                       const_like(gb, 1, dtype_of(x)))
+        product = gb.op("prod", spread, axis=[x.type.rank - 1])
+        return product if dtype_of(product) == dtype_of(x) else gb.cast(product, dtype_of(x))
+
+    return _cumulative(gb, node, combine)

@@ -10,8 +10,10 @@ indexing, scans and sizes used as values are written in the language's own synta
 initializer is a `param` named by its ONNX name, dots kept as paths (a part that is not an
 identifier, such as PyTorch's `0` or `onnx::Conv_12`, is made one, and the header lists each
 such rename); each constant the converters made is a `buffer`: written in the source when all
-its elements are one number, else saved with the weights. Repeated subgraphs are not
-recognised as blocks yet: the forward is flat.
+its elements are one number, else saved with the weights. A stretch of the forward that
+repeats with the same structure (a ResNet's basic blocks, a Transformer's layers: blocks.py
+finds them) is written once as a `block` whose forward takes the stretch's input and the
+weights it reads, and called once per repetition with the model's params by their paths.
 
 Loading the written file with its weights (`kiln.compile("model.kiln", weights =
 "model.safetensors")`) gives the model the ONNX file computes.
@@ -30,9 +32,10 @@ import numpy as np
 from ..dims import Dim
 from ..elaborate.scope import BUILTIN_FUNCTIONS, BUILTIN_VALUES, NAMESPACES
 from ..errors import KilnError
-from ..ir import Graph
+from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop
 from ..ops.registry import REQUIRED
+from .blocks import Unit, repeated_units
 from .importer import identifier
 
 # the language's keywords (grammar/kiln.lark) and every name a file sees: never a member name
@@ -100,6 +103,7 @@ class Writer:
         self.tensors: dict[str, np.ndarray] = {}
         self.renamed: list[tuple[str, str]] = []
         self.counter = 0
+        self.definitions: list[str] = []  # the blocks' source, before the model
         # symbols first: sizes are names the body uses
         for node in self.nodes_of(self.graph, "input"):
             for d in node["types"][0].shape:
@@ -131,7 +135,8 @@ class Writer:
                 t = node["types"][0]
                 self.members.append(f"param {path}: {t}")
                 self.tensors[path] = self.program.params[onnx_name]
-        body = self.body(self.graph, env, 2)
+        calls = self.blocks()
+        body = self.body(self.graph, env, 2, calls)
         outs = []
         results = []
         for name, value in zip(self.graph.output_names, self.graph.outputs):
@@ -143,6 +148,7 @@ class Writer:
         if self.renamed:
             lines.append("# ONNX names that are not kiln paths, renamed:")
             lines += [f"#   {onnx_name} -> {path}" for onnx_name, path in self.renamed]
+        lines += self.definitions
         lines.append(f"model {self.program.name} {{")
         lines += [INDENT + m for m in self.members]
         # the constraints calls are checked against (the `where X % k == 0` facts a file of
@@ -155,18 +161,80 @@ class Writer:
         lines += [f"{INDENT}}}", "}", ""]
         return "\n".join(lines), self.tensors
 
+    # blocks -----------------------------------------------------------------------------------
+    def blocks(self) -> dict[int, tuple[str, Unit] | None]:
+        """Each repeated stretch of the forward (blocks.py) defined once as a block (its
+        source in self.definitions) with one member instance: by node, the (instance,
+        unit) whose result the node computes, or None for the other nodes of a unit."""
+        calls: dict[int, tuple[str, Unit] | None] = {}
+        member: dict[tuple, str] = {}
+        for unit in repeated_units(self.graph):
+            if unit.key not in member:
+                block = self.names.fresh(f"Block{len(member) + 1}")
+                member[unit.key] = self.names.fresh(f"block{len(member) + 1}")
+                self.members.append(f"{member[unit.key]} = {block}")
+                self.definitions += self.block_source(block, unit)
+            calls.update({n: None for n in unit.nodes})
+            calls[unit.result.node] = (member[unit.key], unit)
+        return calls
+
+    def block_source(self, name: str, unit: Unit) -> list[str]:
+        """`block NAME { forward(x, w1, ...) { ... } }`: the unit's ops, its arguments the
+        forward's inputs."""
+        graph = Graph()
+        values: dict[tuple[int, int], Value] = {}
+        env: dict[tuple[int, int], Expr] = {}
+        inputs, args = [], []
+        for k, arg in enumerate(unit.args):
+            arg_name = "x" if k == 0 else f"w{k}"
+            args.append(graph.add_input(arg_name, arg.type, None))
+            env[(args[-1].node, 0)] = Expr(arg_name)
+            inputs.append(f"{arg_name}: {arg.type}")
+        later = iter(args[1:])  # each outer read but the start's has its own, in order
+
+        def operand(v: Value | None) -> Value | None:
+            if v is None or (v.node, v.index) in values:
+                return None if v is None else values[(v.node, v.index)]
+            return args[0] if v.node == unit.args[0].node else next(later)
+
+        for nid in unit.nodes:
+            node = self.graph.node(nid)
+            operands = [operand(v) for v in self.graph.operands(nid)]
+            outs = graph.add(node["op"], operands, node["attrs"], node["types"])
+            values.update({(nid, k): v for k, v in enumerate(outs)})
+        result = values[(unit.result.node, unit.result.index)]
+        graph.outputs = [result]
+        lines = [f"block {name} {{",
+                 f"{INDENT}forward({', '.join(inputs)}) -> {result.type} {{"]
+        lines += self.body(graph, env, 2)
+        lines += [f"{INDENT * 2}return {env[(result.node, 0)].text}", f"{INDENT}}}", "}", ""]
+        return lines
+
     # the forward ------------------------------------------------------------------------------
-    def body(self, graph: Graph, env: dict, depth: int) -> list[str]:
+    def body(self, graph: Graph, env: dict, depth: int,
+             calls: dict[int, tuple[str, Unit] | None] | None = None) -> list[str]:
         """One line per op of `graph` (its inputs and params named in `env` already); an op
         whose one result is read once, by an op other than a scan, is written inline where
-        it is read (`relu(x @ fc.weight.T + fc.bias)`), while the line stays short."""
+        it is read (`relu(x @ fc.weight.T + fc.bias)`), while the line stays short. The ops
+        of a unit in `calls` are one call of its block's instance, where its result is."""
         lines: list[str] = []
         pad = INDENT * depth
         reads = _reads(graph)
+        calls = calls or {}
         for nid in graph.order():
             node = graph.node(nid)
             op = node["op"]
             if op in ("input", "param"):
+                continue
+            if nid in calls:
+                call = calls[nid]
+                if call is None:
+                    continue
+                instance, unit = call
+                args = ", ".join(env[(v.node, v.index)].text for v in unit.args)
+                name = self.local()
+                env[(nid, 0)] = Expr(name)
+                lines.append(f"{pad}{name} = {instance}({args})")
                 continue
             if op == "constant":
                 env[(nid, 0)] = Expr(self.constant(node))

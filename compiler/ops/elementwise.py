@@ -112,6 +112,12 @@ register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
                vjp=elementwise_vjp(lambda gb, x, y: gb.neg(gb.op("sin", x)))))
 
 
+# atan has no LLVM intrinsic llvmlite can name: the C library's atanf / atan. 1 / (1 + x^2)
+register(unary("atan", np.arctan, "Arctangent, in (-pi/2, pi/2).", onnx=onnx_op("Atan"),
+               llvm=lambda kb, a, x: kb.libm("atan", x),
+               vjp=_ct_over(lambda gb, x, y: gb.add(like_scalar(gb, 1.0, x), gb.mul(x, x)))))
+
+
 def _one_minus(gb, v):
     return gb.sub(like_scalar(gb, 1.0, v), v)
 
