@@ -63,8 +63,9 @@ def inputs_for(model, sizes: dict[str, int], rng) -> dict[str, np.ndarray]:
     for p in model.inputs:
         env = symbol_sizes(model, sizes, 3)
         shape = tuple(d.evaluate(env) for d in p.type.shape)
-        if p.type.dtype == "i64":  # ids (tokens, node indices) valid for the smallest size
-            out[p.name] = rng.integers(0, min(sizes.values(), default=3), size=shape).astype(np.int64)
+        if p.type.dtype == "i64":  # ids (tokens, node indices): 0/1, valid for any vocabulary
+            # or node count of two or more (examples/lstm_majority.kiln's vocabulary is 2)
+            out[p.name] = rng.integers(0, min(2, *sizes.values()), size=shape).astype(np.int64)
         elif p.type.dtype == "bool":
             out[p.name] = rng.random(shape) < 0.5
         else:
