@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -419,3 +420,80 @@ def assuming(facts: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
 def know(facts: dict[str, int], symbol: str, k: int) -> None:
     """Add `symbol % k == 0` to a dict of facts (as yielded by `assuming`)."""
     facts[symbol] = math.lcm(facts.get(symbol, 1), k)
+
+
+# reading sizes back ---------------------------------------------------------------------------
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z_0-9]*)|(\*\*|//|[-+*%()]))")
+
+
+def parse_size(text: str) -> Dim:
+    """A size as `str(Dim)` prints it (`2*B + 1`, `(H + 1)//2`, `-(H//2)`, `(H//2)**2`), read
+    back with Python's precedence (as kiln reads sizes): a library's or a compile-cache entry's
+    metadata needs no parser for it. ValueError for anything else."""
+    tokens: list[str | int] = []
+    pos, text = 0, text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"not a size: {text!r}")
+        number, name, op = match.groups()
+        tokens.append(int(number) if number is not None else name or op)
+        pos = match.end()
+    reader = _SizeReader(tokens, text)
+    value = reader.sum()
+    if reader.at < len(tokens):
+        raise ValueError(f"not a size: {text!r}")
+    return value
+
+
+class _SizeReader:
+    """Recursive descent over Python's grammar for + - * // % ** and unary minus."""
+
+    def __init__(self, tokens: list[str | int], text: str):
+        self.tokens, self.text, self.at = tokens, text, 0
+
+    def _peek(self) -> str | int | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def _take(self) -> str | int:
+        token = self._peek()
+        if token is None:
+            raise ValueError(f"not a size: {self.text!r}")
+        self.at += 1
+        return token
+
+    def sum(self) -> Dim:
+        value = self.term()
+        while self._peek() in ("+", "-"):
+            value = ARITHMETIC[self._take()](value, self.term())
+        return value
+
+    def term(self) -> Dim:
+        value = self.unary()
+        while self._peek() in ("*", "//", "%"):
+            value = ARITHMETIC[self._take()](value, self.unary())
+        return value
+
+    def unary(self) -> Dim:
+        if self._peek() == "-":
+            self._take()
+            return -self.unary()
+        return self.power()
+
+    def power(self) -> Dim:
+        base = self.atom()
+        if self._peek() == "**":
+            self._take()
+            return base ** self.unary()
+        return base
+
+    def atom(self) -> Dim:
+        token = self._take()
+        if token == "(":
+            value = self.sum()
+            if self._take() != ")":
+                raise ValueError(f"not a size: {self.text!r}")
+            return value
+        if isinstance(token, int) or (token not in ARITHMETIC and token not in "()"):
+            return Dim.of(token)
+        raise ValueError(f"not a size: {self.text!r}")

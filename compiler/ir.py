@@ -10,7 +10,6 @@ index) and `dst` (v's input slot).
 from __future__ import annotations
 
 import itertools
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import networkx as nx
 
 from .dims import divisibility, know
 from .errors import Span
+from .interface import COMPARISONS, Constraint  # noqa: F401  (re-exported)
 from .types import TensorType
 
 STRUCTURAL_OPS = frozenset({"input", "param", "constant"})
@@ -36,30 +36,9 @@ class Value:
     type: TensorType
 
 
-COMPARISONS = {  # a `where` constraint's operator
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
 # the ONNX metadata key under which a model's divisibility facts (Graph.size_facts) travel,
 # `X:k,Y:m`: written by the ONNX export, read by the ONNX import
 SIZE_FACTS_KEY = "kiln.size_facts"
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A `where` clause that could not be proven at compile time: checked at call time."""
-
-    op: str  # one of == != < <= > >=
-    lhs: Any  # Dim
-    rhs: Any  # Dim
-    text: str
-    span: Span | None
 
 
 @dataclass

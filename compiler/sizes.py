@@ -7,14 +7,20 @@ runtime checks each call with the check of the graph it runs.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from .dims import Dim
 from .errors import KilnError, Span
-from .ir import Graph
-from .ops import Prop, has
-from .ops._common import normalize_axes
 from .types import MAX_TENSOR_BYTES, SIZE_LIMIT, TensorType, bytes_text, span_bytes
 
+if TYPE_CHECKING:
+    from .ir import Graph
+
 TOO_LARGE_HINT = "the sizes of these inputs are too large for this model"
+ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
 
 
 def sizes_text(dims: dict[str, int]) -> str:
@@ -84,6 +90,12 @@ class SizeCheck:
 def graph_reductions(graph: Graph):
     """(op, reduced sizes, span) of every Prop.NO_IDENTITY reduction in `graph` and the graphs
     its nodes hold."""
+    # the op registry and the graph on use: a model loaded without its graph (from a library
+    # or the compile cache) checks sizes with neither
+    from .ir import Graph
+    from .ops import Prop, has
+    from .ops._common import normalize_axes
+
     for nid, node in graph.g.nodes(data=True):
         if has(node["op"], Prop.NO_IDENTITY):
             shape = graph.operands(nid)[0].type.shape
@@ -96,9 +108,45 @@ def graph_reductions(graph: Graph):
 
 def graph_tensors(graph: Graph):
     """(type, span) of every value made in `graph` and in the graphs its nodes hold."""
+    from .ir import Graph
+
     for _nid, node in graph.g.nodes(data=True):
         for t in node["types"]:
             yield t, node["span"]
         for value in node["attrs"].values():
             if isinstance(value, Graph):
                 yield from graph_tensors(value)
+
+
+def aligned_bytes(t: TensorType, dims: dict[str, int]) -> int:
+    """The bytes of a tensor at the sizes `dims`, rounded up to ALIGN (exact: Python ints)."""
+    n = math.prod(Dim.of(d).evaluate(dims) for d in t.shape)
+    return -(-max(n * t.np_dtype.itemsize, 1) // ALIGN) * ALIGN
+
+
+def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
+          ) -> tuple[np.ndarray, int]:
+    """Offsets in one workspace for tensors (type, born, dies) listed in birth order, at the
+    sizes `dims`: each goes in the lowest gap between the tensors still alive at its birth
+    that fits it (first fit). Returns (offsets, workspace bytes); a workspace of
+    MAX_TENSOR_BYTES or more is refused (K0505), as a tensor that large would be."""
+    offsets = []
+    live: list[tuple[int, int, int]] = []  # (offset, size, dies)
+    total = 0
+    for t, born, dies in lives:
+        size = aligned_bytes(t, dims)
+        live = sorted(x for x in live if x[2] >= born)  # those still needed at this step
+        offset = 0
+        for start, length, _ in live:
+            if offset + size <= start:
+                break
+            offset = max(offset, start + length)
+        offsets.append(offset)
+        live.append((offset, size, dies))
+        total = max(total, offset + size)
+    if total >= MAX_TENSOR_BYTES:
+        raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the intermediate "
+                        f"tensors of one call need {bytes_text(total)} bytes together; the "
+                        f"workspace of a call must be less than {bytes_text(MAX_TENSOR_BYTES)}",
+                        hint=TOO_LARGE_HINT)
+    return np.array(offsets, dtype=np.int64), total

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.compiler import progress
-from kiln.compiler.elaborate import Program, load_program
 from kiln.compiler.errors import KilnError
 
 if TYPE_CHECKING:  # the compiler's back half loads when a model is compiled, not before
@@ -17,6 +16,7 @@ if TYPE_CHECKING:  # the compiler's back half loads when a model is compiled, no
 
     from kiln.compiler.codegen.llvm.target import Target
     from kiln.compiler.driver import Compilation
+    from kiln.compiler.elaborate import Program
     from kiln.compiler.onnx_import import OnnxProgram
 
 TARGETS = ("reference", "onnx", "native")
@@ -54,6 +54,8 @@ def load(source: str | os.PathLike) -> Program | OnnxProgram:
         raise KilnError("K0602", f"kiln.load takes source text (str) or a path (os.PathLike), "
                         f"not {type(source).__name__}",
                         hint="for a path held in bytes: kiln.load(os.fsdecode(path))")
+    from kiln.compiler.elaborate import load_program  # the parser: on use
+
     return load_program(source)
 
 
@@ -128,6 +130,7 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
     if not isinstance(training, bool):
         raise KilnError("K0602", f"training must be True or False, not {training!r}")
     from kiln.compiler.driver import Compilation
+    from kiln.compiler.elaborate import Program
     from kiln.compiler.initializers import generate_params
     program = source if isinstance(source, Program) or _is_onnx_program(source) \
         else load(source)

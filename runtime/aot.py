@@ -21,23 +21,26 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..compiler.codegen.llvm import target as targets
+from ..compiler.codegen.llvm.calling import ModuleLayout
 from ..compiler.codegen.llvm.derived import remakeable, resolve
-from ..compiler.codegen.llvm.module import ModuleLayout
-from ..compiler.dims import ARITHMETIC, Dim
-from ..compiler.driver import Compilation, Weights
-from ..compiler.elaborate import ElaboratedModel, Port
-from ..compiler.elaborate.values import ParamInfo
+from ..compiler.dims import Dim, parse_size
 from ..compiler.errors import KilnError
 from ..compiler.files import open_regular, read_bounded, staged_writes
-from ..compiler.ir import Constraint
+from ..compiler.interface import Constraint, ParamInfo, Port
 from ..compiler.types import MAX_TENSOR_BYTES, TensorType, bytes_text, dtype_of_numpy
 from ..compiler.version import __version__
 from .model import Interface
 from .native import LoadedCode, NativeModel
 from .signature import Signature
 from .weights import load_weights, save_weights
+
+if TYPE_CHECKING:  # the compiler's side: loading a library needs none of it
+    from ..compiler.builds import Weights
+    from ..compiler.driver import Compilation
+    from ..compiler.elaborate import ElaboratedModel
 
 DIGEST_SYMBOL = "kiln_metadata_sha256"  # SHA-256 of the .kiln.json (metadata_digest)
 HEADER = """\
@@ -227,23 +230,9 @@ def _metadata(model: ElaboratedModel, layout: ModuleLayout, cpu: targets.Target)
 
 
 def parse_dim(text: str) -> Dim:
-    """A size as printed by Dim (`2*B + 1`, `(H + 1)//2`), read back with kiln's grammar."""
-    from ..compiler.syntax import ast as A
-    from ..compiler.syntax.build import ASTBuilder
-    from ..compiler.syntax.parser import parse
-
-    def value(node) -> Dim:
-        if isinstance(node, A.Literal) and isinstance(node.value, int):
-            return Dim.of(node.value)
-        if isinstance(node, A.Name):
-            return Dim.of(node.id)
-        if isinstance(node, A.UnaryOp) and node.op == "-":
-            return -value(node.operand)
-        if isinstance(node, A.BinOp) and node.op in ARITHMETIC:
-            return ARITHMETIC[node.op](value(node.left), value(node.right))
-        raise ValueError(text)
-
-    return value(ASTBuilder("<dim>", text).transform(parse(text, "<dim>", start="test")))
+    """A size as printed by Dim (`2*B + 1`, `(H + 1)//2`), read back (dims.parse_size: no
+    parser needed). ValueError for anything else."""
+    return parse_size(text)
 
 
 def _tensor(entry: dict) -> TensorType:

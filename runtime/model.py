@@ -7,19 +7,22 @@ import dataclasses
 import os
 from collections.abc import Hashable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..compiler.driver import Builds, Compilation, Weights
-from ..compiler.elaborate import ElaboratedModel, Port
-from ..compiler.elaborate.values import ParamInfo
+from ..compiler.builds import Builds, Weights
 from ..compiler.errors import KilnError
-from ..compiler.ir import Graph
+from ..compiler.interface import ParamInfo, Port
 from ..compiler.sizes import SizeCheck
 from ..compiler.types import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 from .signature import Signature
 from .weights import apply_weights, save_weights
+
+if TYPE_CHECKING:  # the compiler's side: a model loaded from a library has none of it
+    from ..compiler.driver import Compilation
+    from ..compiler.elaborate import ElaboratedModel
+    from ..compiler.ir import Graph
 
 
 @dataclasses.dataclass

@@ -9,28 +9,30 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from ..compiler import progress
+from ..compiler.builds import Weights
 from ..compiler.codegen.llvm import target as targets
-from ..compiler.codegen.llvm.derived import remakeable, resolve
-from ..compiler.codegen.llvm.module import (
+from ..compiler.codegen.llvm.calling import (
     CYCLES_SYMBOL,
     PROFILE_SYMBOL,
     ModuleLayout,
     plan_memory,
 )
-from ..compiler.codegen.llvm.peak import fma_peak_flops
+from ..compiler.codegen.llvm.derived import remakeable, resolve
 from ..compiler.dims import Dim
-from ..compiler.driver import Compilation, Weights
 from ..compiler.errors import KilnError
-from ..compiler.ir import Graph
 from ..compiler.sizes import TOO_LARGE_HINT, sizes_text
 from ..compiler.types import SIZE_LIMIT
 from .model import CompiledModel, Interface, State
 from .signature import Signature
+
+if TYPE_CHECKING:  # the compiler's side: a model loaded from a library has none of it
+    from ..compiler.driver import Compilation
+    from ..compiler.ir import Graph
 
 _ENTRY = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))
 _NONE: frozenset[str] = frozenset()
@@ -265,6 +267,8 @@ class NativeModel(CompiledModel):
                ) -> _Variant:
         """Compile and load the variant `key` (see _variant_of); `profile`: with a timer
         around every kernel."""
+        import llvmlite.binding as llvm  # on use: a model from a library never builds code
+
         gradient = isinstance(key, tuple)
         native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient,
                                          profile=profile)
@@ -287,6 +291,7 @@ class NativeModel(CompiledModel):
         """Time each kernel of a call with these inputs (runtime/profile.py: a Profile, whose
         str is the table `kiln profile` prints): the model's code is built once more with a
         timer around every kernel, warmed up with one call, then called `repeat` times."""
+        from ..compiler.codegen.llvm.peak import fma_peak_flops
         from .profile import Profile, counter_rate, kernel_times
 
         if self._library is not None:

@@ -8,14 +8,13 @@ constraints the compiler could not prove, checked at call time.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..compiler.dims import Dim, DimError
-from ..compiler.elaborate import ElaboratedModel, Port, default_output_names
 from ..compiler.errors import KilnError
-from ..compiler.ir import COMPARISONS, Constraint
+from ..compiler.interface import COMPARISONS, Constraint, Port, default_output_names
 from ..compiler.types import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -23,6 +22,9 @@ from ..compiler.types import (
     dtype_of_numpy,
     shape_str,
 )
+
+if TYPE_CHECKING:
+    from ..compiler.elaborate import ElaboratedModel
 
 # lossless conversions done for the caller; anything else is an error naming the input
 _WIDENING = {("i32", "i64"), ("f16", "f32"), ("bf16", "f32")}

@@ -30,7 +30,7 @@ BACKEND_ONLY = ("kiln.compiler.codegen.onnx", "kiln.compiler.codegen.llvm.module
 # kernel library (gemm, conv, pool, kernel, threads and their helpers), which never asks the
 # op registry: a record calls the kernel library, not the other way round
 NATIVE_DRIVER = frozenset({"kiln.compiler.codegen.llvm." + name for name in
-                           ("__init__", "module", "fused", "plan", "pipeline", "fuse", "layout",
+                           ("__init__", "module", "fused", "plan", "pipeline", "fuse", "layout", "calling",
                             "machine", "cache", "graphcache")})
 NATIVE = "kiln.compiler.codegen.llvm"
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..dims import Dim, assuming
 from ..errors import KilnError, Span, combine
+from ..interface import Port, default_output_names
 from ..ir import Graph
 from ..macs import macs_by_scope
 from ..syntax import ast as A
@@ -26,21 +27,6 @@ from .scope import TRAINING, Scope, Unbound
 from .shapes import Shapes
 from .training import RNG_KEY, RNG_KEY_TYPE, UPDATED, TrainingContext
 from .values import ABSENT, BlockRef, Namespace, ParamInfo, Poisoned, Tensor, describe
-
-
-@dataclass(frozen=True)
-class Port:
-    """A model input or output: its name, type, and whether it may be left out."""
-
-    name: str
-    type: TensorType
-    optional: bool = False
-    span: Span | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.type}{'?' if self.optional else ''}"
-
-    __repr__ = __str__  # a list of ports prints as a signature: [x: f32[B, 784]]
 
 
 @dataclass
@@ -322,11 +308,6 @@ class Elaborator(ExprMixin, ForwardMixin):
             inputs.append(Port(d.name, ttype, t.optional, d.span))
             feed.append((Tensor(value, graph), d.span))
         return inputs, feed
-
-
-def default_output_names(count: int) -> list[str]:
-    """What unnamed model outputs are called: `output`, or `output_0`, `output_1`, ..."""
-    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 def _free_names(expr, scope: Scope) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..dims import Dim
 from ..errors import Span
+from ..interface import ParamInfo  # noqa: F401  (re-exported)
 from ..ir import Graph, Value
 from ..ops.registry import OpRecord
 from ..syntax import ast as A
@@ -115,21 +116,6 @@ class InitializerValue:
     """`init.kaiming_uniform(a = sqrt(5))`: an initializer with its arguments bound."""
 
     initializer: Any  # compiler.initializers.Initializer
-
-
-@dataclass
-class ParamInfo:
-    """One parameter or buffer of a model, by its dotted path."""
-
-    path: str
-    kind: str  # "param" | "buffer"
-    dtype: str
-    shape: tuple[int, ...]
-    init: Any  # InitializerValue, or a numpy array computed at compile time
-    persistent: bool
-    owner: str  # the block type that declared it (for `init Conv2d.weight = ...`)
-    member: str  # its name inside that block
-    span: Span | None
 
 
 @dataclass

@@ -19,19 +19,13 @@ Before a call every backend checks the call's sizes with compiler/sizes.SizeChec
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..dims import Dim
-from ..errors import KilnError
 from ..ir import STRUCTURAL_OPS, Graph
-from ..sizes import TOO_LARGE_HINT, sizes_text
-from ..types import MAX_TENSOR_BYTES, TensorType, bytes_text
+from ..sizes import ALIGN, aligned_bytes, place  # noqa: F401  (re-exported)
+from ..types import TensorType
 from .manager import PassContext, graph_pass
-
-ALIGN = 64  # bytes: every buffer starts on a cache line (and an AVX-512 vector)
 
 
 @dataclass(frozen=True)
@@ -117,40 +111,6 @@ def plan(graph: Graph) -> MemoryPlan:
             if (nid, i) not in outputs:
                 buffers.append(Buffer(nid, i, t, step, last.get((nid, i), step)))
     return MemoryPlan(order, buffers)
-
-
-def aligned_bytes(t: TensorType, dims: dict[str, int]) -> int:
-    """The bytes of a tensor at the sizes `dims`, rounded up to ALIGN (exact: Python ints)."""
-    n = math.prod(Dim.of(d).evaluate(dims) for d in t.shape)
-    return -(-max(n * t.np_dtype.itemsize, 1) // ALIGN) * ALIGN
-
-
-def place(lives: list[tuple[TensorType, int, int]], dims: dict[str, int]
-          ) -> tuple[np.ndarray, int]:
-    """Offsets in one workspace for tensors (type, born, dies) listed in birth order, at the
-    sizes `dims`: each goes in the lowest gap between the tensors still alive at its birth
-    that fits it (first fit). Returns (offsets, workspace bytes); a workspace of
-    MAX_TENSOR_BYTES or more is refused (K0505), as a tensor that large would be."""
-    offsets = []
-    live: list[tuple[int, int, int]] = []  # (offset, size, dies)
-    total = 0
-    for t, born, dies in lives:
-        size = aligned_bytes(t, dims)
-        live = sorted(x for x in live if x[2] >= born)  # those still needed at this step
-        offset = 0
-        for start, length, _ in live:
-            if offset + size <= start:
-                break
-            offset = max(offset, start + length)
-        offsets.append(offset)
-        live.append((offset, size, dies))
-        total = max(total, offset + size)
-    if total >= MAX_TENSOR_BYTES:
-        raise KilnError("K0505", f"with these inputs ({sizes_text(dims)}) the intermediate "
-                        f"tensors of one call need {bytes_text(total)} bytes together; the "
-                        f"workspace of a call must be less than {bytes_text(MAX_TENSOR_BYTES)}",
-                        hint=TOO_LARGE_HINT)
-    return np.array(offsets, dtype=np.int64), total
 
 
 @graph_pass("plan_memory", nested=False)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import derived as base
 from ...derived import derived_name
-from .gemm import prepack_a, prepack_b
+from .packing import prepack_a, prepack_b
 
 KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b}
 

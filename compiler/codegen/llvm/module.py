@@ -21,20 +21,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
 from ...errors import KilnError
 from ...ir import STRUCTURAL_OPS, Graph, GraphVisitor
 from ...ops import REGISTRY, Prop
 from ...ops.signature import tensor_slot_names
-from ...passes.memory import ALIGN, place, plan
+from ...passes.memory import ALIGN, plan
 from ...types import TensorType
 from . import irgen
 from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
+from .calling import (  # noqa: F401  (re-exported)
+    CYCLES_SYMBOL,
+    PROFILE_SYMBOL,
+    ModuleLayout,
+    plan_memory,
+)
 from .derived import derived_name, parse
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
@@ -50,36 +55,12 @@ from .threads import parallel_rows, threads_global
 MAX_INLINED_KERNELS = 64
 
 
-@dataclass
-class ModuleLayout:
-    """Where every tensor of the model lives at run time."""
-
-    symbols: list[str]
-    params: list[str] = field(default_factory=list)  # dotted paths, then "const:N" names
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
-    slots: list[tuple[TensorType, int, int]] = field(default_factory=list)  # type, born, dies
-    failures: list = field(default_factory=list)  # (message, span) of each status code - 1
-    # constants made from weights that no derived name remakes (a BatchNorm folded with
-    # constant statistics): new weights need the graph optimized again (aot: a library that
-    # cannot take new weights)
-    folded: set[str] = field(default_factory=set)
-    # a profiling build's timed kernels: the node of each entry of kiln_profile, in run order
-    profiled: list[int] = field(default_factory=list)
-
-    def param(self, name: str) -> int:
-        """The index of `name` in `params`, added at the end if new."""
-        if name not in self.params:
-            self.params.append(name)
-        return self.params.index(name)
-
-
 ENTRY_TYPE = ir.FunctionType(
     VOID, [PTR.as_pointer(), PTR.as_pointer(), PTR.as_pointer(), PTR, I64.as_pointer(),
            I64.as_pointer(), I64.as_pointer()]
 )
 
 
-PROFILE_SYMBOL, CYCLES_SYMBOL = "kiln_profile", "kiln_cycles"
 
 
 def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
@@ -490,12 +471,6 @@ def ir_text(module: ir.Module, vector_width: int) -> str:
         text = re.sub(r"^(define [^\n]*)\n\{", r'\1 "prefer-vector-width"="512"\n{', text,
                       flags=re.MULTILINE)
     return text
-
-
-def plan_memory(layout: ModuleLayout, dims: dict[str, int]) -> tuple[np.ndarray, int]:
-    """Offsets of the intermediate tensors in one workspace at the sizes `dims`, reusing the
-    bytes of dead tensors (passes/memory.py); returns (offsets, workspace bytes)."""
-    return place(layout.slots, dims)
 
 
 __all__ = ["build_module", "plan_memory", "ModuleLayout", "KERNEL_TYPE", "I8"]

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 
 @functools.cache
-def _initialise() -> None:
+def _initialise():
+    """llvmlite's binding, with the native target initialised: imported on first use, so
+    that a Target (a model loaded from a library or the compile cache) needs no LLVM."""
+    import llvmlite.binding as llvm
+
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    return llvm
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Target:
         return 4
 
     def machine(self, jit: bool = True) -> llvm.TargetMachine:
-        _initialise()
+        llvm = _initialise()
         target = llvm.Target.from_default_triple()
         return target.create_target_machine(
             cpu=self.cpu, features=self.features, opt=3, jit=jit, reloc="pic", codemodel="default"
@@ -54,7 +61,7 @@ class Target:
 @functools.cache
 def host() -> Target:
     """The CPU this process runs on, with every feature LLVM detects."""
-    _initialise()
+    llvm = _initialise()
     return Target(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
 
 
