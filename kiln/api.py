@@ -95,6 +95,14 @@ def compile(
     batch statistics, returning its buffers' new values as extra outputs (`model.updates`).
     """
 
+    request = _cache_request(source, model, target, args, opt_level, training)
+    if request is not None:  # a model entry of the compile cache, keyed without elaborating
+        from kiln.runtime import modelcache
+
+        hit = modelcache.load(request, seed, weights, strict, threads)
+        if hit is not None:
+            return hit
+        source = load(source)
     compilation, params = prepare(source, model, target, seed, weights, args, strict, opt_level,
                                   training=training)
     if target == "onnx":
@@ -104,10 +112,24 @@ def compile(
     if target == "native":
         from kiln.runtime.native import NativeModel
 
-        return NativeModel(compilation, params, threads=threads)
+        native = NativeModel(compilation, params, threads=threads)
+        if request is not None:
+            modelcache.store(request, native, source)
+        return native
     from kiln.runtime.reference import ReferenceModel
 
     return ReferenceModel(compilation, params)
+
+
+def _cache_request(source, model, target: str, args, opt_level, training):
+    """The compile cache's model-entry request (runtime/modelcache.py) for a native compile
+    of a model file, or None: source text, a Program, an ONNX model, other targets, or options
+    the entry's key cannot spell compile the long way."""
+    if target != "native" or not isinstance(source, str | os.PathLike) or is_onnx_path(source):
+        return None
+    from kiln.runtime.modelcache import Request
+
+    return Request.of(source, model, args, opt_level, training)
 
 
 def prepare(source: str | os.PathLike | Program, model: str | None = None,

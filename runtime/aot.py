@@ -280,7 +280,7 @@ def _check_arrays(stem: Path, wanted: dict, stored: dict) -> None:
                           f"{want['dtype']}{want['shape']}")
 
 
-def _check_elf_size(file, path: Path) -> None:
+def check_elf_size(file, path: Path) -> None:
     """A 64-bit little-endian ELF file must hold every segment and table its header lists:
     dlopen maps a truncated one and the process dies of SIGBUS touching the missing pages.
     (Anything else is left to dlopen, which refuses what it cannot read.)"""
@@ -325,7 +325,7 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
             "--cpu x86-64-v3",
         )
     with open_regular(path, lambda why: KilnError("K0403", f"cannot load {path}: {why}")) as file:
-        _check_elf_size(file, path)
+        check_elf_size(file, path)
     try:  # (dlopen would block on a FIFO)
         lib = ctypes.CDLL(str(path.resolve()))
     except OSError as exc:

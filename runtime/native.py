@@ -194,6 +194,15 @@ class _FastPath:
                          [where[s] for s in symbols], fixed, repeated)
 
 
+def _threads(threads: int | None) -> int:
+    """A native model's parallelism: `threads`, checked, or every core by default."""
+    if threads is None:
+        return default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
+    return threads
+
+
 def default_threads() -> int:
     """Every core this process may run on."""
     try:
@@ -213,9 +222,7 @@ class NativeModel(CompiledModel):
         super().__init__(compilation, params)
         self.cpu = compilation.cpu
         model = self.model
-        self.threads = default_threads() if threads is None else threads
-        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
-            raise KilnError("K0602", f"threads must be a positive int, not {threads!r}")
+        self.threads = _threads(threads)
         self._local = threading.local()
         self._library = None
         self._fast = _FastPath.of(self._signature, list(model.symbols))
@@ -233,14 +240,15 @@ class NativeModel(CompiledModel):
 
     @classmethod
     def from_library(cls, interface: Interface, params: dict, layout, library, entry,
-                     cpu: targets.Target, code: LoadedCode | None = None) -> NativeModel:
+                     cpu: targets.Target, code: LoadedCode | None = None,
+                     threads: int | None = None) -> NativeModel:
         """A model whose code comes from a shared library built ahead of time, as its
         metadata gives its `interface` (`code`: the library's LoadedCode, shared by every model
-        loaded from it)."""
+        loaded from it; `threads`: as for a compiled model, default every core)."""
         self = cls.__new__(cls)
         CompiledModel.__init__(self, None, params, interface)
         self.cpu = cpu
-        self.threads = default_threads()
+        self.threads = _threads(threads)
         library.kiln_set_threads.argtypes = [ctypes.c_int64]
         library.kiln_set_threads(self.threads)
         self._library = library

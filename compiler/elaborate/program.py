@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError, Span, did_you_mean
-from ..files import read_bounded
+from ..sources import (  # noqa: F401  (re-exported)
+    MAX_SOURCE_BYTES,
+    SOURCE_SUFFIX,
+    decode_source,
+    import_path,
+    read_source_file,
+)
 from ..syntax import ast as A
 from ..syntax.build import parse_module
 from .values import BlockRef, FnRef, Namespace
-
-MAX_SOURCE_BYTES = 16 * 1024 * 1024
-SOURCE_SUFFIX = ".kiln"
-# C0 controls and DEL, except tab, newline, form feed and carriage return: binary, not text
-_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -40,66 +40,14 @@ class ModuleScope:
         return [b for b in self.blocks() if b.kind == "model"]
 
 
-def decode_source(data: bytes, filename: str) -> str:
-    """Source bytes as text; a file that is not UTF-8 is a located K0003 error."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
-        raise KilnError(
-            "K0003",
-            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
-            Span(filename, line, col, line, col + 1, None),
-            hint="kiln source files must be UTF-8 text",
-        ) from None
-    if bad := _CONTROL.search(text):
-        i = bad.start()
-        line = text.count("\n", 0, i) + 1
-        col = i - (text.rfind("\n", 0, i) + 1) + 1
-        what = "a NUL byte" if text[i] == "\x00" else f"a control character (0x{ord(text[i]):02x})"
-        # no source on the span: the line is binary, and may hold terminal escapes
-        raise KilnError("K0003", f"the file contains {what}",
-                        Span(filename, line, col, line, col + 1, None),
-                        hint="kiln source files are text")
-    return text.lstrip("\ufeff")
-
-
-def read_source_file(path: Path, span: Span | None = None) -> str:
-    """The text of a source file: a regular file of at most 16 MiB of UTF-8 (K0004, K0003)."""
-    def refuse(why: str) -> KilnError:
-        return KilnError("K0004", f"{why}: {path}", span)
-
-    return decode_source(read_bounded(path, MAX_SOURCE_BYTES, refuse), str(path))
-
-
-def import_path(file: str, directory: Path | None, span: Span) -> Path:
-    """The file `import "file"` names: resolved against the importing file's directory (or the
-    current directory), and a `.kiln` file both by name and after following symlinks, so that
-    an error never shows a line of a file that is not kiln source."""
-    if not file.endswith(SOURCE_SUFFIX):
-        raise KilnError(
-            "K0004", f"cannot import {file!r}: imports name {SOURCE_SUFFIX} files", span,
-            hint=f'local imports name kiln source files: import "blocks{SOURCE_SUFFIX}"',
-        )
-    path = Path(file)
-    path = path if path.is_absolute() else (directory or Path.cwd()) / path
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL, a name too long
-        raise KilnError("K0004", f"cannot import {file!r}: not a path to a file", span) from None
-    if not real.name.endswith(SOURCE_SUFFIX):
-        raise KilnError("K0004", f"cannot import {file!r}: it is a link to a file that is not a "
-                        f"{SOURCE_SUFFIX} file", span)
-    return real
-
-
 class Loader:
     """Parses files once each and resolves their imports; detects import cycles."""
 
     def __init__(self):
         self.modules: dict[str, ModuleScope] = {}
+        # the text each module was parsed from, by the same key: what the compile cache
+        # hashes (runtime/modelcache.py), so an entry says exactly which sources it was built from
+        self.texts: dict[str, str] = {}
         self.loading: list[str] = []
 
     def load_text(self, text: str, filename: str, directory: Path | None) -> ModuleScope:
@@ -153,6 +101,7 @@ class Loader:
         self.loading.append(key)
         try:
             text = read()
+            self.texts[key] = text
             ast = parse_module(text, filename)
             scope = ModuleScope(filename, ast, directory)
             self._bind(scope)

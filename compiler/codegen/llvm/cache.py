@@ -23,6 +23,12 @@ def cache_dir() -> Path:
     return Path(base) / "kiln"
 
 
+def enabled() -> bool:
+    """Whether compile caches are used: KILN_CACHE=0 turns them all off (every compile builds
+    its code, and nothing is written to the cache directory)."""
+    return os.environ.get("KILN_CACHE", "1") != "0"
+
+
 def key(*parts: str) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -33,6 +39,8 @@ def key(*parts: str) -> str:
 
 def load(name: str) -> bytes | None:
     """The cached object code for `name`, or None (absent, unreadable or damaged)."""
+    if not enabled():
+        return None
     path = cache_dir() / f"{name}.o"
     try:
         # a cache entry is a regular file no larger than memory: never a device or a FIFO
@@ -53,6 +61,8 @@ def load(name: str) -> bytes | None:
 def store(name: str, payload: bytes) -> None:
     """Write an entry atomically; a cache that cannot be written is simply not used (and a
     failed write, a full disk say, leaves nothing behind)."""
+    if not enabled():
+        return
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
