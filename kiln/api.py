@@ -114,7 +114,7 @@ def compile(
 
         native = NativeModel(compilation, params, threads=threads)
         if request is not None:
-            modelcache.store(request, native, source)
+            modelcache.store(request, native, source, seed, weights is None)
         return native
     from kiln.runtime.reference import ReferenceModel
 

@@ -33,6 +33,7 @@ the library. KILN_CACHE=0 turns every compile cache off.
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import hashlib
@@ -43,6 +44,7 @@ import stat
 import subprocess
 import tempfile
 import weakref
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,7 +57,13 @@ from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.calling import ModuleLayout
 from ..compiler.dims import parse_size
 from ..compiler.errors import KilnError, Span
-from ..compiler.files import memory_bytes, open_regular, read_bounded, staged_writes
+from ..compiler.files import (
+    memory_bytes,
+    open_regular,
+    read_bounded,
+    staged_writes,
+    write_atomically,
+)
 from ..compiler.initializers import Initializer
 from ..compiler.interface import Constraint, ParamInfo, Port
 from ..compiler.sizes import SizeCheck
@@ -73,6 +81,7 @@ if TYPE_CHECKING:
     from ..compiler.elaborate import Program
 
 FORMAT = "kiln-model-1"
+VALUES_MAGIC = b"KILNVAL1"  # a seed's initial values: magic, CRC-32, size, payload
 META_LIMIT = 64 << 20  # bytes of KEY.json read at most (ResNet-18's is ~0.1 MB)
 STDLIB = "kiln.stdlib"
 
@@ -308,19 +317,21 @@ def _uninitializer(value: dict) -> Initializer:
 # ------------------------------------------------------------------------------------ store
 
 
-def store(request: Request, model: NativeModel, program: Program) -> None:
+def store(request: Request, model: NativeModel, program: Program, seed: int,
+          all_drawn: bool) -> None:
     """Write the model entry of `request` for `model` (just compiled from `program`), when it
     can serve later compiles exactly: no optional inputs, code that takes any weights as data
     (no constants folded from weights), initializers that read back exactly, the model file
     unchanged since the request read it, and a C compiler to link with. A cache that cannot
     be written is simply not used."""
     try:
-        _store(request, model, program)
+        _store(request, model, program, seed, all_drawn)
     except (KilnError, OSError, ValueError, TypeError, KeyError, subprocess.SubprocessError):
         pass
 
 
-def _store(request: Request, model: NativeModel, program: Program) -> None:
+def _store(request: Request, model: NativeModel, program: Program, seed: int,
+           all_drawn: bool) -> None:
     compilation: Compilation = model.compilation
     elaborated = compilation.model
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
@@ -388,6 +399,8 @@ def _store(request: Request, model: NativeModel, program: Program) -> None:
                                str(stamp), "-lm", "-lpthread"], capture_output=True, check=False)
         if proc.returncode != 0:
             raise refuse("linking failed")
+    if all_drawn:  # every initial value was drawn (no weights given): keep them for `seed`
+        _store_values(request, meta, seed, state.params)
 
 
 # ------------------------------------------------------------------------------------- load
@@ -414,14 +427,15 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
         return None
     loaded = (apply_weights({}, interface.param_info, interface.aliases, weights, strict)
               if weights is not None else {})
+    drawn = _drawn_values(request, meta, seed, interface.param_info, set(loaded))
     params = {}
-    for path, info in interface.param_info.items():
+    for path in interface.param_info:
         if path in loaded:
             params[path] = loaded[path]
         elif "array" in inits[path]:
             params[path] = np.array(stored[inits[path]["array"]], copy=True)
         else:
-            params[path] = _draw(inits[path], info, seed)
+            params[path] = drawn[path]
     entry_point = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     cpu = targets.Target(str(meta["cpu"]), str(meta["features"]))
     try:  # binding makes the derived arrays (packed weights) the layout names
@@ -436,6 +450,85 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
         return None
     model.attach(request, meta["sources"], meta["updates"], check)
     return model
+
+
+def _drawn_values(request: Request, meta: dict, seed: int, infos: dict[str, ParamInfo],
+                  loaded: set[str]) -> dict[str, np.ndarray]:
+    """The initial values of the parameters drawn by an initializer that the weights leave
+    out (`loaded`), as a cold compile draws them: from the entry's values for `seed` when it
+    has them (drawing ResNet-18's 11.7 M takes longer than the rest of a warm compile), else
+    drawn, and kept for the next compile when they are all of them."""
+    paths = _random_paths(meta)
+    wanted = [p for p in paths if p not in loaded]
+    if not wanted:
+        return {}
+    values = _load_values(request, meta, seed, infos)
+    if values is not None:
+        return {p: values[p] for p in wanted}
+    drawn = {p: _draw(meta["params"][p]["init"], infos[p], seed) for p in wanted}
+    if len(wanted) == len(paths):
+        _store_values(request, meta, seed, drawn)
+    return drawn
+
+
+def _random_paths(meta: dict) -> list[str]:
+    """The parameters whose initial values an initializer draws, in the values' order."""
+    return sorted(p for p, info in meta["params"].items() if "name" in info["init"])
+
+
+def _values_file(request: Request, meta: dict, seed: int) -> tuple[Path, bytes]:
+    """Where the entry keeps the initial values for `seed`, and the name its checksum covers
+    (the key, the seed and every initializer: values are never read for other ones)."""
+    inits = json.dumps({p: meta["params"][p]["init"] for p in _random_paths(meta)},
+                       sort_keys=True)
+    name = f"{request.key}\0{seed}\0{inits}".encode()
+    return Path(f"{request.files()[0].with_suffix('')}.seed-{seed}.values"), name
+
+
+def _store_values(request: Request, meta: dict, seed: int, params: dict) -> None:
+    """Keep the drawn initial values for `seed` (a cache that cannot be written is not used)."""
+    path, name = _values_file(request, meta, seed)
+    payload = b"".join(np.ascontiguousarray(params[p]).tobytes() for p in _random_paths(meta))
+    head = VALUES_MAGIC + zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little")
+    try:
+        write_atomically(path, head + len(payload).to_bytes(8, "little") + payload,
+                         lambda why: KilnError("K0403", why))
+    except (KilnError, OSError):
+        pass
+
+
+def _load_values(request: Request, meta: dict, seed: int, infos: dict[str, ParamInfo]
+                 ) -> dict[str, np.ndarray] | None:
+    """The entry's initial values for `seed`, or None (absent, or damaged: removed)."""
+    from ..compiler.types import NUMPY_DTYPES
+
+    path, name = _values_file(request, meta, seed)
+    if not _regular(path):
+        return None
+    try:
+        data = read_bounded(path, memory_bytes(), lambda why: KilnError("K0403", why))
+        head = len(VALUES_MAGIC)
+        size = int.from_bytes(data[head + 4:head + 12], "little")
+        payload = memoryview(data)[head + 12:]
+        types = [(np.dtype(NUMPY_DTYPES[infos[p].dtype]), infos[p].shape)
+                 for p in _random_paths(meta)]
+        if data[:head] != VALUES_MAGIC or size != len(payload) or size != sum(
+                dtype.itemsize * int(np.prod(shape)) for dtype, shape in types) or \
+                zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little") != \
+                data[head:head + 4]:
+            raise ValueError("damaged")
+    except (KilnError, OSError, ValueError, KeyError):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    values, at = {}, 0
+    for p, (dtype, shape) in zip(_random_paths(meta), types, strict=True):
+        count = int(np.prod(shape))
+        values[p] = np.frombuffer(payload, dtype, count, at).reshape(shape).copy()
+        at += count * dtype.itemsize
+    return values
 
 
 def _draw(init: dict, info: ParamInfo, seed: int) -> np.ndarray:
@@ -496,8 +589,10 @@ def _open(request: Request):
         with open_regular(so, refuse) as file:
             check_elf_size(file, so)
         lib = ctypes.CDLL(str(so))
-        digest = bytes((ctypes.c_ubyte * 32).in_dll(lib, DIGEST_SYMBOL))
-        if digest != metadata_digest(meta):
+        if _stamp(lib) != metadata_digest(meta):
+            # never called: unloaded, so that the entry rebuilt at this path is loaded anew
+            # (the dynamic loader would give this one back for the same name)
+            _ctypes.dlclose(lib._handle)
             raise ValueError("a library of another entry")
     except (KilnError, OSError, ValueError, TypeError, KeyError, RecursionError):
         _remove(request)
@@ -506,6 +601,14 @@ def _open(request: Request):
     if code is None:
         code = _LIBRARIES[lib._handle] = LoadedCode(library=lib)
     return meta, texts, stored, lib, code
+
+
+def _stamp(lib: ctypes.CDLL) -> bytes | None:
+    """The metadata digest a library carries, or None."""
+    try:
+        return bytes((ctypes.c_ubyte * 32).in_dll(lib, DIGEST_SYMBOL))
+    except ValueError:
+        return None
 
 
 # the same entry loaded twice is one library (one set of worker threads), as for aot.py
