@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 FORMAT = "kiln-model-1"
 VALUES_MAGIC = b"KILNVAL1"  # a seed's initial values: magic, CRC-32, size, payload
 META_LIMIT = 64 << 20  # bytes of KEY.json read at most (ResNet-18's is ~0.1 MB)
+LIBRARY_LIMIT = 1 << 32  # bytes of KEY.so hashed at most (ResNet-18's is 0.4 MB)
+LIBRARY_DIGEST = "library_sha256"  # the metadata's digest of KEY.so, which the stamp leaves out
 STDLIB = "kiln.stdlib"
 
 
@@ -390,7 +392,6 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
                        "types": {k: [dtype_of_numpy(a.dtype), list(a.shape)]
                                  for k, a in arrays.items()}},
         }
-        staging.write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
         obj, stamp = Path(tmp) / "model.o", Path(tmp) / "stamp.c"
         obj.write_bytes(native.code)
         digest = ", ".join(str(b) for b in metadata_digest(meta))
@@ -399,6 +400,11 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
                                str(stamp), "-lm", "-lpthread"], capture_output=True, check=False)
         if proc.returncode != 0:
             raise refuse("linking failed")
+        # the library carries the digest of the metadata, which then names the library's own
+        # digest: damage anywhere in the code is seen before it is loaded
+        with open(staging.path(so), "rb") as file:
+            meta[LIBRARY_DIGEST] = hashlib.sha256(file.read()).hexdigest()
+        staging.write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
     if all_drawn:  # every initial value was drawn (no weights given): keep them for `seed`
         _store_values(request, meta, seed, state.params)
 
@@ -588,8 +594,12 @@ def _open(request: Request):
             raise ValueError("arrays damaged")
         with open_regular(so, refuse) as file:
             check_elf_size(file, so)
+            file.seek(0)
+            if hashlib.sha256(file.read(LIBRARY_LIMIT)).hexdigest() != meta[LIBRARY_DIGEST]:
+                raise ValueError("library damaged")
         lib = ctypes.CDLL(str(so))
-        if _stamp(lib) != metadata_digest(meta):
+        stamped = {k: v for k, v in meta.items() if k != LIBRARY_DIGEST}
+        if _stamp(lib) != metadata_digest(stamped):
             # never called: unloaded, so that the entry rebuilt at this path is loaded anew
             # (the dynamic loader would give this one back for the same name)
             _ctypes.dlclose(lib._handle)
