@@ -686,9 +686,9 @@ def cmd_run(opts) -> int:
         # before any work: a run whose outputs cannot be saved is refused before it is made
         check_tensor_file(opts.output, "outputs")
     from kiln.api import compile as kiln_compile
-    from kiln.api import load
 
-    model = kiln_compile(load(Path(opts.file)), **compile_options(opts), target=opts.target)
+    # the path, not a loaded program: a warm run loads the model from its compile cache entry
+    model = kiln_compile(Path(opts.file), **compile_options(opts), target=opts.target)
     if opts.print_passes:
         model.lowered()
         print_passes(model.pass_stats)

@@ -348,7 +348,9 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
     if sources is None or None in inits.values() or variant is None or not variant.remakes(
             state.params):
         return
-    native = compilation.native(state.weights)  # the code just built, from the object cache
+    native = variant.native  # the object code just built and loaded
+    if native is None:
+        return
     layout, graph = native.layout, native.model.graph
     signature = Signature.of(native.model)
     more = [t for t, _born, _dies in layout.slots]

@@ -82,6 +82,7 @@ class _Variant:
     entry: object  # the `run` entry point
     arrays: list[np.ndarray]  # kept alive with their pointers
     calls: dict  # sizes -> _Call, made by NativeModel._prepare
+    native: object = None  # a JIT build's driver.NativeObject (its object code and layout)
 
     def __post_init__(self):
         self.params = (ctypes.c_void_p * max(1, len(self.arrays)))(
@@ -292,8 +293,10 @@ class NativeModel(CompiledModel):
         entry = _ENTRY(engine.get_function_address("run"))
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
             self.threads)
-        return _Variant.bound(Signature.of(native.model), native.model.graph, key,
-                              native.layout, LoadedCode(engine=engine), entry, weights.params)
+        variant = _Variant.bound(Signature.of(native.model), native.model.graph, key,
+                                 native.layout, LoadedCode(engine=engine), entry, weights.params)
+        variant.native = native  # what the compile cache's model entry links (modelcache.py)
+        return variant
 
     def profile(self, *args, repeat: int = 10, **kwargs):
         """Time each kernel of a call with these inputs (runtime/profile.py: a Profile, whose
