@@ -81,7 +81,8 @@ if TYPE_CHECKING:
     from ..compiler.elaborate import Program
 
 FORMAT = "kiln-model-1"
-VALUES_MAGIC = b"KILNVAL1"  # a seed's initial values: magic, CRC-32, size, payload
+VALUES_MAGIC = b"KILNVAL2"  # a seed's initial values: magic, CRC-32, size, payload
+VALUES_ALIGN = 64  # bytes: the header's, and each value's start in the payload
 META_LIMIT = 64 << 20  # bytes of KEY.json read at most (ResNet-18's is ~0.1 MB)
 LIBRARY_LIMIT = 1 << 32  # bytes of KEY.so hashed at most (ResNet-18's is 0.4 MB)
 LIBRARY_DIGEST = "library_sha256"  # the metadata's digest of KEY.so, which the stamp leaves out
@@ -493,37 +494,68 @@ def _values_file(request: Request, meta: dict, seed: int) -> tuple[Path, bytes]:
     return Path(f"{request.files()[0].with_suffix('')}.seed-{seed}.values"), name
 
 
+def _value_layout(meta: dict, infos: dict[str, ParamInfo]) -> list[tuple[str, np.dtype, tuple,
+                                                                         int]]:
+    """(path, dtype, shape, offset) of each drawn value in a values file's payload: every
+    array starts on a 64-byte boundary, as an allocated one would (the code reads them in
+    place)."""
+    from ..compiler.types import NUMPY_DTYPES
+
+    layout, at = [], 0
+    for path in _random_paths(meta):
+        dtype, shape = np.dtype(NUMPY_DTYPES[infos[path].dtype]), tuple(infos[path].shape)
+        layout.append((path, dtype, shape, at))
+        at += -(-dtype.itemsize * int(np.prod(shape)) // VALUES_ALIGN) * VALUES_ALIGN
+    return layout
+
+
 def _store_values(request: Request, meta: dict, seed: int, params: dict) -> None:
     """Keep the drawn initial values for `seed` (a cache that cannot be written is not used)."""
     path, name = _values_file(request, meta, seed)
-    payload = b"".join(np.ascontiguousarray(params[p]).tobytes() for p in _random_paths(meta))
+    layout = _value_layout(meta, {p: _info(meta, p) for p in _random_paths(meta)})
+    size = layout[-1][3] + -(-layout[-1][1].itemsize * int(np.prod(layout[-1][2]))
+                             // VALUES_ALIGN) * VALUES_ALIGN if layout else 0
+    payload = np.zeros(size, np.uint8)
+    for p, dtype, shape, at in layout:
+        payload[at:at + dtype.itemsize * int(np.prod(shape))] = np.frombuffer(
+            np.ascontiguousarray(params[p], dtype).tobytes(), np.uint8)
     head = VALUES_MAGIC + zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little")
+    head += size.to_bytes(8, "little")
     try:
-        write_atomically(path, head + len(payload).to_bytes(8, "little") + payload,
+        write_atomically(path, head.ljust(VALUES_ALIGN, b"\0") + payload.tobytes(),
                          lambda why: KilnError("K0403", why))
     except (KilnError, OSError):
         pass
 
 
+def _info(meta: dict, path: str) -> ParamInfo:
+    """A parameter's description in the metadata, as far as its values need."""
+    p = meta["params"][path]
+    return ParamInfo(path, p["kind"], p["dtype"], tuple(p["shape"]), None, True, "", "", None)
+
+
 def _load_values(request: Request, meta: dict, seed: int, infos: dict[str, ParamInfo]
                  ) -> dict[str, np.ndarray] | None:
-    """The entry's initial values for `seed`, or None (absent, or damaged: removed)."""
-    from ..compiler.types import NUMPY_DTYPES
-
+    """The entry's initial values for `seed`, or None (absent, or damaged: removed). Read
+    in one piece into one buffer, each value a read-only view of it."""
     path, name = _values_file(request, meta, seed)
     if not _regular(path):
         return None
     try:
-        data = read_bounded(path, memory_bytes(), lambda why: KilnError("K0403", why))
-        head = len(VALUES_MAGIC)
-        size = int.from_bytes(data[head + 4:head + 12], "little")
-        payload = memoryview(data)[head + 12:]
-        types = [(np.dtype(NUMPY_DTYPES[infos[p].dtype]), infos[p].shape)
-                 for p in _random_paths(meta)]
-        if data[:head] != VALUES_MAGIC or size != len(payload) or size != sum(
-                dtype.itemsize * int(np.prod(shape)) for dtype, shape in types) or \
-                zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little") != \
-                data[head:head + 4]:
+        layout = _value_layout(meta, infos)
+        with open_regular(path, lambda why: KilnError("K0403", why)) as file:
+            head = file.read(VALUES_ALIGN)
+            size = int.from_bytes(head[len(VALUES_MAGIC) + 4:len(VALUES_MAGIC) + 12], "little")
+            want = layout[-1][3] + layout[-1][1].itemsize * int(np.prod(layout[-1][2])) \
+                if layout else 0
+            if head[:len(VALUES_MAGIC)] != VALUES_MAGIC or not want <= size < want + \
+                    VALUES_ALIGN or os.fstat(file.fileno()).st_size != VALUES_ALIGN + size:
+                raise ValueError("damaged")
+            payload = np.empty(size, np.uint8)
+            if file.readinto(payload) != size or file.read(1):
+                raise ValueError("truncated")
+        crc = zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little")
+        if crc != head[len(VALUES_MAGIC):len(VALUES_MAGIC) + 4]:
             raise ValueError("damaged")
     except (KilnError, OSError, ValueError, KeyError):
         try:
@@ -531,12 +563,9 @@ def _load_values(request: Request, meta: dict, seed: int, infos: dict[str, Param
         except OSError:
             pass
         return None
-    values, at = {}, 0
-    for p, (dtype, shape) in zip(_random_paths(meta), types, strict=True):
-        count = int(np.prod(shape))
-        values[p] = np.frombuffer(payload, dtype, count, at).reshape(shape).copy()
-        at += count * dtype.itemsize
-    return values
+    payload.flags.writeable = False
+    return {p: payload[at:at + dtype.itemsize * int(np.prod(shape))].view(dtype).reshape(shape)
+            for p, dtype, shape, at in layout}
 
 
 def _draw(init: dict, info: ParamInfo, seed: int) -> np.ndarray:
