@@ -15,7 +15,7 @@ import numpy as np
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import remakeable, resolve
-from ..compiler.codegen.llvm.machine import LoadedObject
+from ..compiler.codegen.llvm.loader import LoadedObject
 from ..compiler.codegen.llvm.module import (
     CYCLES_SYMBOL,
     PROFILE_SYMBOL,
@@ -271,7 +271,7 @@ class NativeModel(CompiledModel):
         symbols = ["run", "kiln_set_threads", "kiln_shutdown"]
         if profile:
             symbols += [PROFILE_SYMBOL, CYCLES_SYMBOL]
-        engine = LoadedObject(native.code, symbols)  # (machine.py: why not MCJIT)
+        engine = LoadedObject(native.code, symbols)  # (loader.py: why not MCJIT)
         entry = _ENTRY(engine.address("run"))
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.address("kiln_set_threads"))(
             self.threads)

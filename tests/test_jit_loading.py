@@ -1,4 +1,4 @@
-"""Native code is loaded into the process by compiler/codegen/llvm/machine.LoadedObject.
+"""Native code is loaded into the process by compiler/codegen/llvm/loader.LoadedObject.
 
 llvmlite's preallocating memory manager for MCJIT aborted the whole process (an assertion in
 its allocateSection) when an object's writable data, with the global offset table, ended just
@@ -15,7 +15,7 @@ SWEEP = textwrap.dedent("""
     from llvmlite import ir
     import llvmlite.binding as llvm
     from kiln.compiler.codegen.llvm import target
-    from kiln.compiler.codegen.llvm.machine import LoadedObject
+    from kiln.compiler.codegen.llvm.loader import LoadedObject
 
     machine = target.host().machine()
     f32, i8, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(64)
