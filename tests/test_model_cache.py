@@ -267,3 +267,30 @@ def test_two_processes_compiling_at_once_are_safe(tiny):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
     assert isinstance(kiln.compile(tiny), CachedNativeModel)
+
+
+CONV = """
+import std.nn
+model Conv {
+  forward(x: f32[B, 3, 8, 8]) -> f32[B, 4, 8, 8] {
+    return x |> nn.Conv2d(3, 4, 3, padding = 1) |> nn.BatchNorm2d(4) |> relu
+  }
+}
+"""
+
+
+def test_folded_and_packed_weights_on_a_hit_are_the_cold_compiles(tmp_path, monkeypatch):
+    """A convolution's weight packed for the GEMM with a BatchNorm folded in: made once from
+    the seed's values and kept with them; made from new weights after load_weights."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KILN_CACHE", raising=False)
+    path = tmp_path / "conv.kiln"
+    path.write_text(CONV)
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    for seed in (0, 0, 4, 4):  # cold, then hits: with the seed's kept arrays, or made
+        model, reference = kiln.compile(path, seed=seed), cold(path, seed=seed)
+        assert any("bn_" in n for n in model.native_arrays())  # a folded BatchNorm
+        assert np.array_equal(model(x), reference(x))
+    weights = {k: v + np.ones((), v.dtype) for k, v in reference.state_dict().items()}
+    model.load_weights(weights)
+    assert np.array_equal(model(x), cold(path, weights=weights)(x))
