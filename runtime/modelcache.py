@@ -55,7 +55,6 @@ import numpy as np
 from ..compiler.codegen.llvm import cache
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.calling import ModuleLayout
-from ..compiler.codegen.llvm.derived import parse as derived_parse
 from ..compiler.dims import parse_size
 from ..compiler.errors import KilnError, Span
 from ..compiler.files import (
@@ -82,7 +81,7 @@ if TYPE_CHECKING:
     from ..compiler.elaborate import Program
 
 FORMAT = "kiln-model-1"
-VALUES_MAGIC = b"KILNVAL3"  # a seed's initial values: magic, CRC-32, size, payload
+VALUES_MAGIC = b"KILNVAL2"  # a seed's initial values: magic, CRC-32, size, payload
 VALUES_ALIGN = 64  # bytes: the header's, and each value's start in the payload
 META_LIMIT = 64 << 20  # bytes of KEY.json read at most (ResNet-18's is ~0.1 MB)
 LIBRARY_LIMIT = 1 << 32  # bytes of KEY.so hashed at most (ResNet-18's is 0.4 MB)
@@ -410,7 +409,7 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
             meta[LIBRARY_DIGEST] = hashlib.sha256(file.read()).hexdigest()
         staging.write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
     if all_drawn:  # every initial value was drawn (no weights given): keep them for `seed`
-        _store_values(request, meta, seed, _value_arrays(meta, state.params, variant))
+        _store_values(request, meta, seed, state.params)
 
 
 # ------------------------------------------------------------------------------------- load
@@ -437,10 +436,7 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
         return None
     loaded = (apply_weights({}, interface.param_info, interface.aliases, weights, strict)
               if weights is not None else {})
-    wanted = [p for p in _random_paths(meta) if p not in loaded]
-    values = _load_values(request, meta, seed) if wanted else None
-    drawn = {p: values[p] if values else _draw(inits[p], interface.param_info[p], seed)
-             for p in wanted}
+    drawn = _drawn_values(request, meta, seed, interface.param_info, set(loaded))
     params = {}
     for path in interface.param_info:
         if path in loaded:
@@ -451,12 +447,9 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
             params[path] = drawn[path]
     entry_point = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
     cpu = targets.Target(str(meta["cpu"]), str(meta["features"]))
-    # the derived arrays (packed, BatchNorm-folded weights) of the seed's values, when those
-    # are all the values there are; else made from the weights when the variant is bound
-    made = {n: values[n] for n in _derived_names(meta)} if values and not loaded else None
-    try:
+    try:  # binding makes the derived arrays (packed weights) the layout names
         model = CachedNativeModel.from_library(interface, params, layout, lib, entry_point,
-                                               cpu, code, threads, made)
+                                               cpu, code, threads)
         variant = model._state.built[_NONE]
     except (KeyError, ValueError, TypeError, IndexError):
         _remove(request)
@@ -465,9 +458,26 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
         _remove(request)  # never enter code with arrays it was not built for
         return None
     model.attach(request, meta["sources"], meta["updates"], check)
-    if wanted and values is None and not loaded:  # drawn here: kept for the next compile
-        _store_values(request, meta, seed, _value_arrays(meta, model._state.params, variant))
     return model
+
+
+def _drawn_values(request: Request, meta: dict, seed: int, infos: dict[str, ParamInfo],
+                  loaded: set[str]) -> dict[str, np.ndarray]:
+    """The initial values of the parameters drawn by an initializer that the weights leave
+    out (`loaded`), as a cold compile draws them: from the entry's values for `seed` when it
+    has them (drawing ResNet-18's 11.7 M takes longer than the rest of a warm compile), else
+    drawn, and kept for the next compile when they are all of them."""
+    paths = _random_paths(meta)
+    wanted = [p for p in paths if p not in loaded]
+    if not wanted:
+        return {}
+    values = _load_values(request, meta, seed, infos)
+    if values is not None:
+        return {p: values[p] for p in wanted}
+    drawn = {p: _draw(meta["params"][p]["init"], infos[p], seed) for p in wanted}
+    if len(wanted) == len(paths):
+        _store_values(request, meta, seed, drawn)
+    return drawn
 
 
 def _random_paths(meta: dict) -> list[str]:
@@ -475,50 +485,26 @@ def _random_paths(meta: dict) -> list[str]:
     return sorted(p for p, info in meta["params"].items() if "name" in info["init"])
 
 
-def _derived_names(meta: dict) -> list[str]:
-    """The arrays the code reads that are derived from the parameters (a packed weight, a
-    BatchNorm folded in), in the code's order."""
-    return [n for n in meta["layout"]["params"] if derived_parse(n) is not None]
-
-
-def _value_specs(meta: dict) -> list[tuple[str, np.dtype, tuple]]:
-    """(name, dtype, shape) of each array of a values file: the drawn parameters, then the
-    derived arrays made from them (drawing ResNet-18's 11.7 M values and folding and packing
-    them take longer than the rest of a warm compile)."""
-    from ..compiler.types import NUMPY_DTYPES
-
-    specs = [(p, np.dtype(NUMPY_DTYPES[meta["params"][p]["dtype"]]),
-              tuple(int(d) for d in meta["params"][p]["shape"])) for p in _random_paths(meta)]
-    reads = dict(zip(meta["layout"]["params"], meta["reads"], strict=True))
-    for name in _derived_names(meta):
-        dtype, shape = reads[name]
-        specs.append((name, np.dtype(NUMPY_DTYPES[dtype]), tuple(int(d) for d in shape)))
-    return specs
-
-
-def _value_arrays(meta: dict, params: dict, variant) -> dict[str, np.ndarray]:
-    """The arrays a values file keeps, from a model's parameters and its bound variant."""
-    arrays = dict(zip(variant.layout.params, variant.arrays, strict=True))
-    return {**{p: params[p] for p in _random_paths(meta)},
-            **{n: arrays[n] for n in _derived_names(meta)}}
-
-
 def _values_file(request: Request, meta: dict, seed: int) -> tuple[Path, bytes]:
     """Where the entry keeps the initial values for `seed`, and the name its checksum covers
-    (the key, the seed, every initializer and array: never read for other ones)."""
+    (the key, the seed and every initializer: values are never read for other ones)."""
     inits = json.dumps({p: meta["params"][p]["init"] for p in _random_paths(meta)},
                        sort_keys=True)
-    specs = json.dumps([[n, str(dtype), list(shape)] for n, dtype, shape in _value_specs(meta)])
-    name = f"{request.key}\0{seed}\0{inits}\0{specs}".encode()
+    name = f"{request.key}\0{seed}\0{inits}".encode()
     return Path(f"{request.files()[0].with_suffix('')}.seed-{seed}.values"), name
 
 
-def _value_layout(meta: dict) -> list[tuple[str, np.dtype, tuple, int]]:
-    """(name, dtype, shape, offset) of each array in a values file's payload: every array
-    starts 64 bytes after the last began, or more (as an allocated one would be aligned)."""
+def _value_layout(meta: dict, infos: dict[str, ParamInfo]) -> list[tuple[str, np.dtype, tuple,
+                                                                         int]]:
+    """(path, dtype, shape, offset) of each drawn value in a values file's payload: every
+    array starts on a 64-byte boundary, as an allocated one would (the code reads them in
+    place)."""
+    from ..compiler.types import NUMPY_DTYPES
+
     layout, at = [], 0
-    for name, dtype, shape in _value_specs(meta):
-        layout.append((name, dtype, shape, at))
+    for path in _random_paths(meta):
+        dtype, shape = np.dtype(NUMPY_DTYPES[infos[path].dtype]), tuple(infos[path].shape)
+        layout.append((path, dtype, shape, at))
         at += -(-dtype.itemsize * int(np.prod(shape)) // VALUES_ALIGN) * VALUES_ALIGN
     return layout
 
@@ -526,7 +512,7 @@ def _value_layout(meta: dict) -> list[tuple[str, np.dtype, tuple, int]]:
 def _store_values(request: Request, meta: dict, seed: int, params: dict) -> None:
     """Keep the drawn initial values for `seed` (a cache that cannot be written is not used)."""
     path, name = _values_file(request, meta, seed)
-    layout = _value_layout(meta)
+    layout = _value_layout(meta, {p: _info(meta, p) for p in _random_paths(meta)})
     size = layout[-1][3] + -(-layout[-1][1].itemsize * int(np.prod(layout[-1][2]))
                              // VALUES_ALIGN) * VALUES_ALIGN if layout else 0
     payload = np.zeros(size, np.uint8)
@@ -542,14 +528,21 @@ def _store_values(request: Request, meta: dict, seed: int, params: dict) -> None
         pass
 
 
-def _load_values(request: Request, meta: dict, seed: int) -> dict[str, np.ndarray] | None:
+def _info(meta: dict, path: str) -> ParamInfo:
+    """A parameter's description in the metadata, as far as its values need."""
+    p = meta["params"][path]
+    return ParamInfo(path, p["kind"], p["dtype"], tuple(p["shape"]), None, True, "", "", None)
+
+
+def _load_values(request: Request, meta: dict, seed: int, infos: dict[str, ParamInfo]
+                 ) -> dict[str, np.ndarray] | None:
     """The entry's initial values for `seed`, or None (absent, or damaged: removed). Read
     in one piece into one buffer, each value a read-only view of it."""
     path, name = _values_file(request, meta, seed)
     if not _regular(path):
         return None
     try:
-        layout = _value_layout(meta)
+        layout = _value_layout(meta, infos)
         with open_regular(path, lambda why: KilnError("K0403", why)) as file:
             head = file.read(VALUES_ALIGN)
             size = int.from_bytes(head[len(VALUES_MAGIC) + 4:len(VALUES_MAGIC) + 12], "little")
@@ -564,7 +557,7 @@ def _load_values(request: Request, meta: dict, seed: int) -> dict[str, np.ndarra
         crc = zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little")
         if crc != head[len(VALUES_MAGIC):len(VALUES_MAGIC) + 4]:
             raise ValueError("damaged")
-    except (KilnError, OSError, ValueError, KeyError, TypeError):
+    except (KilnError, OSError, ValueError, KeyError):
         try:
             path.unlink()
         except OSError:

@@ -90,15 +90,12 @@ class _Variant:
 
     @staticmethod
     def bound(signature: Signature, graph: Graph | None, present: frozenset[str], layout, code,
-              entry, params: dict[str, np.ndarray], made: dict | None = None) -> _Variant:
-        """The variant reading `params`; derived arrays (packed weights) made from them, or
-        taken from `made` (by name: the compile cache's, made from these very values)."""
+              entry, params: dict[str, np.ndarray]) -> _Variant:
+        """The variant reading `params`; derived arrays (packed weights) made from them."""
         def lookup(name: str) -> np.ndarray:
             return layout.constants[name] if name in layout.constants else params[name]
 
-        made = made or {}
-        arrays = [made[name] if name in made else resolve(name, lookup)
-                  for name in layout.params]
+        arrays = [resolve(name, lookup) for name in layout.params]
         arrays = [np.ascontiguousarray(a) if a.ndim else np.array(a, order="C") for a in arrays]
         return _Variant(signature, graph, present, layout, code, entry, arrays, {})
 
@@ -245,11 +242,10 @@ class NativeModel(CompiledModel):
     @classmethod
     def from_library(cls, interface: Interface, params: dict, layout, library, entry,
                      cpu: targets.Target, code: LoadedCode | None = None,
-                     threads: int | None = None, made: dict | None = None) -> NativeModel:
+                     threads: int | None = None) -> NativeModel:
         """A model whose code comes from a shared library built ahead of time, as its
         metadata gives its `interface` (`code`: the library's LoadedCode, shared by every model
-        loaded from it; `threads`: as for a compiled model, default every core; `made`: derived
-        arrays already made from `params`, by name)."""
+        loaded from it; `threads`: as for a compiled model, default every core)."""
         self = cls.__new__(cls)
         CompiledModel.__init__(self, None, params, interface)
         self.cpu = cpu
@@ -260,7 +256,7 @@ class NativeModel(CompiledModel):
         self._local = threading.local()
         code = code or LoadedCode(library=library)
         self._state.built[_NONE] = _Variant.bound(interface.signature, None, _NONE, layout, code,
-                                                  entry, self._state.params, made)
+                                                  entry, self._state.params)
         self._fast = _FastPath.of(interface.signature, layout.symbols)
         return self
 
