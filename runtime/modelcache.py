@@ -515,15 +515,15 @@ def _store_values(request: Request, meta: dict, seed: int, params: dict) -> None
     layout = _value_layout(meta, {p: _info(meta, p) for p in _random_paths(meta)})
     size = layout[-1][3] + -(-layout[-1][1].itemsize * int(np.prod(layout[-1][2]))
                              // VALUES_ALIGN) * VALUES_ALIGN if layout else 0
-    payload = np.zeros(size, np.uint8)
+    data = np.zeros(VALUES_ALIGN + size, np.uint8)  # the file: header, then payload
+    payload = data[VALUES_ALIGN:]
     for p, dtype, shape, at in layout:
-        payload[at:at + dtype.itemsize * int(np.prod(shape))] = np.frombuffer(
-            np.ascontiguousarray(params[p], dtype).tobytes(), np.uint8)
+        count = int(np.prod(shape))
+        payload[at:at + dtype.itemsize * count].view(dtype)[:] = np.ravel(params[p])
     head = VALUES_MAGIC + zlib.crc32(payload, zlib.crc32(name)).to_bytes(4, "little")
-    head += size.to_bytes(8, "little")
+    data[:len(head) + 8] = np.frombuffer(head + size.to_bytes(8, "little"), np.uint8)
     try:
-        write_atomically(path, head.ljust(VALUES_ALIGN, b"\0") + payload.tobytes(),
-                         lambda why: KilnError("K0403", why))
+        write_atomically(path, memoryview(data), lambda why: KilnError("K0403", why))
     except (KilnError, OSError):
         pass
 
