@@ -353,7 +353,7 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
     if native is None:
         return
     layout, graph = native.layout, native.model.graph
-    signature = Signature.of(native.model)
+    signature = model._signature  # what calls are bound by: the elaborated model's
     more = [t for t, _born, _dies in layout.slots]
     more += [p.type for p in (*signature.inputs, *signature.outputs)]
     check = SizeCheck.of(graph, more)

@@ -294,3 +294,20 @@ def test_folded_and_packed_weights_on_a_hit_are_the_cold_compiles(tmp_path, monk
     weights = {k: v + np.ones((), v.dtype) for k, v in reference.state_dict().items()}
     model.load_weights(weights)
     assert np.array_equal(model(x), cold(path, weights=weights)(x))
+
+
+def test_call_time_constraints_on_a_hit_are_the_cold_compiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "where.kiln"
+    path.write_text("model W {\n  forward(x: f32[B, T]) -> f32[B, T] where T <= 4 {\n"
+                    "    return x * 2.0\n  }\n}\n")
+    kiln.compile(path)
+    warm = kiln.compile(path)
+    assert isinstance(warm, CachedNativeModel)
+    assert np.array_equal(warm(np.ones((2, 4), np.float32)), np.full((2, 4), 2, np.float32))
+    errors = []
+    for model in (warm, cold(path)):
+        with pytest.raises(kiln.KilnError) as info:
+            model(np.ones((2, 5), np.float32))
+        errors.append(info.value)
+    assert str(errors[0]) == str(errors[1]) and errors[0].span is not None
