@@ -430,8 +430,10 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
     try:
         interface, layout, check = _interface(meta, texts, stored)
         inits = {path: p["init"] for path, p in meta["params"].items()}
-        reads = meta["reads"]
-    except (KeyError, TypeError, ValueError, IndexError):
+        reads, sources, updates = meta["reads"], list(meta["sources"]), dict(meta["updates"])
+        entry_point = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
+        cpu = targets.Target(str(meta["cpu"]), str(meta["features"]))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         _remove(request)
         return None
     loaded = (apply_weights({}, interface.param_info, interface.aliases, weights, strict)
@@ -445,8 +447,6 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
             params[path] = np.array(stored[inits[path]["array"]], copy=True)
         else:
             params[path] = drawn[path]
-    entry_point = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
-    cpu = targets.Target(str(meta["cpu"]), str(meta["features"]))
     try:  # binding makes the derived arrays (packed weights) the layout names
         model = CachedNativeModel.from_library(interface, params, layout, lib, entry_point,
                                                cpu, code, threads)
@@ -457,7 +457,7 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
     if [[dtype_of_numpy(a.dtype), list(a.shape)] for a in variant.arrays] != reads:
         _remove(request)  # never enter code with arrays it was not built for
         return None
-    model.attach(request, meta["sources"], meta["updates"], check)
+    model.attach(request, sources, updates, check)
     return model
 
 
