@@ -316,6 +316,8 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
               "make_trainer": make_trainer or ShardTrainer}
     with tempfile.TemporaryDirectory(prefix="kiln-ray-train-") as scratch:
         checkpoint = _train(ray, config, workers, opts.ray_storage or scratch, retries)
+        if opts.ray_storage:  # where a later run may --resume from
+            print(f"Ray Train checkpoint: {checkpoint.path}")
         with checkpoint.as_directory() as folder:
             from kiln.runtime.weights import load_weights
 

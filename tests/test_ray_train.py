@@ -163,3 +163,6 @@ def test_bad_options_are_refused_before_ray_starts():
     with pytest.raises(KilnError) as e:
         kiln.ray_train.fit("examples/mlp.kiln", "digits", epoch=3)  # a typo of epochs
     assert e.value.code == "K0955" and "epoch" in e.value.message
+    with pytest.raises(KilnError) as e:
+        kiln.ray_train.fit("examples/mlp.kiln", "digits", retries=-1)
+    assert e.value.code == "K0955" and "retries" in e.value.message
