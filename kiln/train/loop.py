@@ -140,7 +140,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     """The trainer (made by `make_trainer`, which takes Trainer's arguments) and the examples
     of `kiln train`'s options `opts`, resumed from `--resume` and compiled; `data`: the
     dataset when it is loaded already (else `--data` names it)."""
-    from kiln.compiler.train.optim import by_name, cosine, step_decay
+    from kiln.compiler.train.optim import by_name
 
     for name in opts.augment:
         if name not in AUGMENTATIONS:
@@ -157,12 +157,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     if data is None:
         data = load_dataset(opts.data, opts.val_split, opts.seed)
     steps_per_epoch = 1 if opts.full_batch else -(-len(data.x) // opts.batch)
-    total = max(1, opts.epochs * steps_per_epoch)
-    schedule = None
-    if opts.schedule == "cosine":
-        schedule = cosine(total, min(opts.warmup, total - 1))
-    elif opts.schedule == "step":
-        schedule = step_decay(opts.step_size * steps_per_epoch, opts.gamma)
+    schedule = schedule_of(opts, steps_per_epoch)
     trainer = make_trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
                            clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
                            trainable=opts.trainable or None, model=opts.model,
@@ -179,6 +174,20 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
         trainer.load_checkpoint(opts.resume)
     trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
     return Run(trainer, x, y, x_val, y_val, whole, batch, steps_per_epoch)
+
+
+def schedule_of(opts, steps_per_epoch: int):
+    """The learning-rate schedule `--schedule` asks for (None: constant), over `--epochs`
+    epochs of `steps_per_epoch` steps: cosine after `--warmup` steps, or times `--gamma`
+    every `--step-size` epochs."""
+    from kiln.compiler.train.optim import cosine, step_decay
+
+    total = max(1, opts.epochs * steps_per_epoch)
+    if opts.schedule == "cosine":
+        return cosine(total, min(opts.warmup, total - 1))
+    if opts.schedule == "step":
+        return step_decay(opts.step_size * steps_per_epoch, opts.gamma)
+    return None
 
 
 def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
@@ -274,5 +283,5 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "setup", "shuffled_batches",
-           "train_epochs", "write_log"]
+__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "schedule_of", "setup",
+           "shuffled_batches", "train_epochs", "write_log"]
