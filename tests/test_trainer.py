@@ -289,6 +289,55 @@ def test_a_loss_from_a_kiln_file(mlp_file, tmp_path):
     assert set(trainer.evaluate(*batches(n=1)[0])) == {"loss"}
 
 
+NAMED = """
+import std.nn
+model Named {
+  forward(x: f32[B, 8]) -> (logits: f32[B, 3], scale: f32[B, 1]) {
+    return x |> nn.Linear(8, 3), x |> nn.Linear(8, 1) |> sigmoid
+  }
+}
+"""
+NAMED_LOSSES = """
+fn scaled(scale, logits, target) {
+  d = logits * scale + logits - target
+  return mean(d * d)
+}
+fn scale_only(target, scale) {
+  return mean(scale) + 0.0 * mean(target)
+}
+fn in_order(a, b, target) {
+  d = a * b + a - target
+  return mean(d * d)
+}
+model ScaledModel {
+  forward(scale: f32[B, 1], logits: f32[B, 3], target: f32[B, 3]) -> f32[] {
+    d = logits * scale + logits - target
+    return mean(d * d)
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("name, want", [
+    ("scaled", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2)),
+    ("ScaledModel", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2)),
+    ("scale_only", lambda o, y: np.mean(o.scale)),
+    ("in_order", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2))])
+def test_a_loss_takes_the_models_outputs_by_name_where_its_parameters_name_them(tmp_path, name,
+                                                                                 want):
+    """A loss whose parameters but one are named as the model's outputs takes those outputs
+    by name (in its order, some left out) and the target as the other; else (`in_order`)
+    the outputs in order, then the target."""
+    (tmp_path / "named.kiln").write_text(NAMED)
+    (tmp_path / "losses.kiln").write_text(NAMED_LOSSES)
+    trainer = kiln.Trainer(tmp_path / "named.kiln", loss=f"{tmp_path / 'losses.kiln'}:{name}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    got = trainer.evaluate(x, y)["loss"]
+    assert got == pytest.approx(want(trainer.model(x), y), rel=1e-5)
+
+
 BN_NET = """
 import std.nn
 model BNNet(p: float = 0.0) {

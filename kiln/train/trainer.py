@@ -253,7 +253,8 @@ class Trainer:
 
     def _program(self, target_type: str):
         return training_program(self.path, self.model_name, self.args, self.inputs,
-                                len(self._compilation.model.outputs), target_type, self.loss)
+                                [p.name for p in self._compilation.model.outputs],
+                                target_type, self.loss)
 
     def step_parts(self, target_type: str | None = None):
         """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
