@@ -24,7 +24,8 @@ the table of metrics and writes --log, --plot, --checkpoint and -o from that che
 `checkpoint.safetensors`) is read by the driver and sent to every worker, which resumes from
 it as `kiln train` does. With `--ray-retries N`, Ray Train starts the workers again (up to N
 times) when one is lost; they resume from its last Checkpoint (`ray.train.get_checkpoint`),
-not from --resume, and go on with the next epoch, the metrics so far kept.
+not from --resume, and go on with the next epoch, the metrics so far and --early-stopping's
+state (`early_stopping.safetensors`: the best epoch's weights and the epochs since) kept.
 
 Ray is imported only here, and only when this module is used.
 """
@@ -52,6 +53,8 @@ __all__ = ["RayTrainResult", "fit", "fit_options"]
 CHECKPOINT = "checkpoint.safetensors"  # a Ray Train checkpoint's kiln trainer checkpoint
 HISTORY = "history.jsonl"  # its metrics of every epoch so far
 WEIGHTS = "weights.safetensors"  # the final checkpoint's trained weights
+EARLY = "early_stopping.safetensors"  # --early-stopping's best weights so far, and its state
+EARLY_HEADER = "kiln_early_stopping"  # that file's metadata: {"val_loss", "stale"}
 ALLREDUCE = ("auto", "gloo", "actor")
 
 
@@ -188,22 +191,50 @@ def _worker(config: dict[str, Any]) -> None:
         allreduce.close()
 
 
-def _restored(tmp: str) -> tuple[str | None, list[dict[str, Any]], bytes | None]:
+@dataclasses.dataclass
+class _Restart:
     """What Ray Train restored this run from, when it started the workers again after one
-    was lost: the kiln checkpoint (written to `tmp`), the metrics so far and the checkpoint's
-    bytes; (None, [], None) on a first start."""
+    was lost (all empty on a first start): the kiln checkpoint (a file in the worker's
+    scratch directory) and its bytes, the metrics so far, --early-stopping's state."""
+
+    resume: str | None = None
+    checkpoint: bytes | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: tuple[float, dict[str, np.ndarray]] | None = None
+    stale: int = 0
+
+
+def _restored(tmp: str) -> _Restart:
+    """The _Restart of this start of the workers (`tmp`: where its checkpoint is written)."""
     import ray.train
+
+    from kiln.train.checkpoint import read_checkpoint
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None, [], None
+        return _Restart()
     with checkpoint.as_directory() as folder:
-        data = Path(folder, CHECKPOINT).read_bytes()
-        history = [json.loads(line) for line in Path(folder, HISTORY).read_text().splitlines()
-                   if line]
-    path = os.path.join(tmp, "restored.safetensors")
-    Path(path).write_bytes(data)
-    return path, history, data
+        restart = _Restart(os.path.join(tmp, "restored.safetensors"),
+                           Path(folder, CHECKPOINT).read_bytes(),
+                           [json.loads(line) for line in
+                            Path(folder, HISTORY).read_text().splitlines() if line])
+        if Path(folder, EARLY).exists():
+            tensors, meta = read_checkpoint(os.path.join(folder, EARLY))
+            state = json.loads(meta[EARLY_HEADER])
+            restart.best, restart.stale = (state["val_loss"], tensors), state["stale"]
+    Path(restart.resume).write_bytes(restart.checkpoint)
+    return restart
+
+
+def _save_early_stopping(folder: str, run: Any) -> None:
+    """--early-stopping's state of `run` (kiln/train/loop.py: Run) into a checkpoint folder:
+    the best epoch's weights, its validation loss and the epochs since."""
+    from kiln.train.checkpoint import write_checkpoint
+
+    if run.best is not None:
+        state = {"val_loss": run.best[0], "stale": run.stale}
+        write_checkpoint(os.path.join(folder, EARLY), run.best[1],
+                         {EARLY_HEADER: json.dumps(state)})
 
 
 def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any) -> None:
@@ -219,15 +250,18 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
     with tempfile.TemporaryDirectory(prefix="kiln-ray-train-") as tmp:
         # Ray Train's checkpoint, where it restarted the run, comes before --resume: the run
         # goes on from its last reported epoch
-        opts.resume, before, restored = _restored(tmp)
+        restart = _restored(tmp)
+        opts.resume = restart.resume
         if opts.resume is None and config["resume"] is not None:
             opts.resume = os.path.join(tmp, "resume.safetensors")
             Path(opts.resume).write_bytes(config["resume"])
         run = setup(opts, config["args"], data=config["data"],
                     make_trainer=partial(config["make_trainer"], rank=rank, world=world,
                                          allreduce=allreduce))
+        run.best, run.stale = restart.best, restart.stale
         # the last epoch's trainer checkpoint, for the final Ray Train checkpoint
-        last: dict[str, Any] = {} if restored is None else {"checkpoint": restored}
+        last: dict[str, Any] = {} if restart.checkpoint is None else {
+            "checkpoint": restart.checkpoint}
 
         def report(row: dict[str, Any], history: list[dict[str, Any]], final: bool = False
                    ) -> None:
@@ -245,8 +279,9 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
                 else:
                     run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT))
                     last["checkpoint"] = Path(folder, CHECKPOINT).read_bytes()
+                    _save_early_stopping(folder, run)
                 Path(folder, HISTORY).write_text("".join(json.dumps(r) + "\n"
-                                                         for r in before + history))
+                                                         for r in restart.history + history))
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
         history = train_epochs(run, opts, report)

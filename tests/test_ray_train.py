@@ -105,9 +105,10 @@ def test_resume_and_a_restart_from_ray_trains_checkpoint_continue_as_one_process
     """`--resume` a one-process checkpoint of epoch 1 on 2 workers for epochs 2 and 3, a worker
     lost in epoch 3: Ray Train restarts the workers, which resume from its checkpoint of
     epoch 2 (not from --resume again), and the run ends with the numbers of one process
-    resumed from the same checkpoint."""
+    resumed from the same checkpoint: with --early-stopping, the weights of its best epoch,
+    epoch 2, which the lost workers had seen."""
     common = ["train", "examples/mlp.kiln", "--arg", "hidden=8", "--data", dataset,
-              "--batch", "16", "--lr", "0.01", "--quiet"]
+              "--batch", "16", "--lr", "0.05", "--early-stopping", "5", "--quiet"]
     first = tmp_path / "epoch1.safetensors"
     assert run(capsys, *common, "--epochs", "1", "--checkpoint", first)[0] == 0
     code, _, _ = run(capsys, *common, "--epochs", "3", "--resume", first,
@@ -116,7 +117,7 @@ def test_resume_and_a_restart_from_ray_trains_checkpoint_continue_as_one_process
     log = tmp_path / "evaluations.log"
     result = kiln.ray_train.fit(
         "examples/mlp.kiln", str(dataset), workers=2, args={"hidden": 8}, epochs=3, batch=16,
-        lr=0.01, quiet=True, resume=str(first), retries=1, allreduce="actor",
+        lr=0.05, early_stopping=5, quiet=True, resume=str(first), retries=1, allreduce="actor",
         storage=str(tmp_path / "ray"), make_trainer=functools.partial(LostOnce, log=str(log),
                                                                        at=9))
     pids = list(dict.fromkeys(log.read_text().split()))  # 2 lost processes, then 2 new
@@ -124,6 +125,7 @@ def test_resume_and_a_restart_from_ray_trains_checkpoint_continue_as_one_process
     assert len(pids) == 4 and counts[:2] == [2, 2] and counts[2:] == [1, 1], counts
     assert [r["epoch"] for r in result.history] == [2, 3]  # epoch 2 from the checkpoint
     rows = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert rows[0]["val_loss"] < rows[1]["val_loss"]  # the best epoch is 2, before the loss
     for key in ("train_loss", "val_loss"):
         np.testing.assert_allclose([r[key] for r in result.history], [r[key] for r in rows],
                                    rtol=RTOL)
