@@ -168,7 +168,7 @@ def _attempt() -> str:
 
     try:
         from ray.train.collective import broadcast_from_rank_zero
-    except ImportError:  # Ray Train v1: no collectives; a run there is never restarted
+    except ImportError:  # Ray Train v1: no collectives; fit_options restarts no run there
         return ""
     rank = ray.train.get_context().get_world_rank()
     return broadcast_from_rank_zero(uuid.uuid4().hex[:12] if rank == 0 else None)
@@ -326,6 +326,10 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
         raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
                         f"{allreduce!r}")
     ray = _ray_train()
+    if retries and not getattr(ray.train, "is_v2_enabled", lambda: False)():
+        raise KilnError("K0955", "--ray-retries needs Ray Train v2 (its collectives name each "
+                        "start of the workers)", hint="unset RAY_TRAIN_V2_ENABLED=0, or "
+                        "upgrade Ray")
     opts.loss = opts.loss or "cross_entropy"  # `kiln train`'s default (None in its parser)
     if data is None:  # read here, once: the workers need no shared file system for it
         data = load_dataset(opts.data, opts.val_split, opts.seed)
