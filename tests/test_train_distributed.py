@@ -194,8 +194,11 @@ def test_batchnorm_uses_each_shards_statistics_and_averages_the_running_ones(fil
         else:  # num_batches_tracked: one step
             assert value == 1, path
         np.testing.assert_array_equal(trainers[1].params[path], value)
-    whole, _ = single(files / "bn.kiln", batches, **options)
+    whole, one = single(files / "bn.kiln", batches, **options)
     assert abs(losses[0][0] - whole[0]) > 1e-3 * abs(whole[0])  # the batch's statistics differ
+    mean = next(p for p in one.params if p.endswith("running_mean"))
+    # the running mean is linear in the batch's mean: the whole batch's, exactly
+    np.testing.assert_allclose(trainers[0].params[mean], one.params[mean], rtol=RTOL, atol=1e-7)
 
 
 def test_a_batch_too_small_to_split_in_twos_runs_on_fewer_workers(files):
