@@ -382,6 +382,23 @@ def test_batch_norm_running_statistics_follow_torch(bn_file):
     assert trainer.evaluate(x, y)["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_a_running_statistic_that_is_not_finite_refuses_the_step(bn_file):
+    """BatchNorm in training mode on one example: its unbiased variance is 0/0. PyTorch
+    refuses the batch; the trainer refuses the step (K0848), naming the buffer, and changes
+    nothing, rather than keep a NaN running variance that every evaluation would then read."""
+    trainer = kiln.Trainer(bn_file, optimizer=kiln.optim.SGD(lr=0.1))
+    x, y = batches(n=1, batch=2)[0]
+    before = {k: v.copy() for k, v in trainer.params.items()}
+    with pytest.raises(KilnError) as err:
+        trainer.step(x[:1], y[:1])
+    assert err.value.code == "K0848" and "running_var" in err.value.message
+    assert "step 1" in err.value.message and trainer.step_count == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(trainer.params[k], v, err_msg=k)
+    trainer.step(x, y)  # two examples have a variance
+    assert all(np.isfinite(v).all() for v in trainer.params.values())
+
+
 def test_dropout_masks_follow_the_seed_and_the_step(bn_file):
     (x, y), = batches(n=1)
 
