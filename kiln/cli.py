@@ -259,6 +259,9 @@ def ray_train_options(t) -> None:
     t.add_argument("--ray-storage", metavar="DIR_OR_URI",
                    help="with --ray-workers: where Ray Train keeps its checkpoints (every "
                    "worker must reach it; default: a temporary directory here)")
+    t.add_argument("--ray-retries", type=int, default=0, metavar="N",
+                   help="with --ray-workers: start the workers again from Ray Train's last "
+                   "checkpoint up to N times when one is lost (default: 0)")
 
 
 def model_input_options(t) -> None:
