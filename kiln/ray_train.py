@@ -454,8 +454,8 @@ def fit(model: str | os.PathLike, data: Any, *, workers: int = 2,
     `address`, `storage`, `retries`: --ray-address, --ray-storage, --ray-retries;
     `allreduce`: "gloo" (Ray's collective, needs PyTorch), "actor" (torch-free) or "auto"
     (gloo where it works); `make_trainer`: as fit_options takes it."""
-    from kiln.cli import train_options
     from kiln.train.data import Dataset
+    from kiln.train_options import train_options
 
     parser = argparse.ArgumentParser(add_help=False)
     train_options(parser)

@@ -111,8 +111,8 @@ def gan_args(items: list[str], path: str, generator: str, discriminator: str
     items give (see the module's docstring); K0830 for a name neither model has."""
     from pathlib import Path
 
-    from kiln.cli import parse_args_option
     from kiln.compiler.elaborate import load_program
+    from kiln.inputs import parse_args_option
 
     program = load_program(Path(stdlib_path("gan") if path == "std.gan" else path))
     names = {GENERATOR: generator, DISCRIMINATOR: discriminator}
