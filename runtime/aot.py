@@ -108,7 +108,7 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
     leaves a previous build as it was, and nothing is written through a symlink."""
     files = library_files(path)
     path, stem = files[0], files[0].with_suffix("")
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    cc = c_compiler()
     if cc is None:
         raise KilnError(
             "K0703", "linking a shared library needs a C compiler driver (cc), which is not on "
@@ -348,12 +348,23 @@ def load_compiled(path: str | os.PathLike) -> NativeModel:
         raise _refuse(stem, f"its metadata is incomplete ({exc})") from None
     params = {k: v for k, v in stored.items() if k in interface.param_info}
     entry = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 7))(("run", lib))
-    # the same file loaded twice is one library (one set of worker threads): its models
-    # share one LoadedCode, which stops the workers when the last of them goes
+    return NativeModel.from_library(interface, params, layout, lib, entry, built,
+                                    loaded_code(lib))
+
+
+def loaded_code(lib: ctypes.CDLL) -> LoadedCode:
+    """The LoadedCode of a loaded library: the same file loaded twice is one library (one set
+    of worker threads), whose models share one LoadedCode, which stops the workers when the
+    last of them goes."""
     code = _LOADED.get(lib._handle)
     if code is None:
         code = _LOADED[lib._handle] = LoadedCode(library=lib)
-    return NativeModel.from_library(interface, params, layout, lib, entry, built, code)
+    return code
+
+
+def c_compiler() -> str | None:
+    """The system C compiler driver that links libraries ($CC, cc, gcc or clang), or None."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
 def _remade(meta: dict, stored: dict) -> dict:

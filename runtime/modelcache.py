@@ -39,11 +39,9 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
-import weakref
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -70,9 +68,9 @@ from ..compiler.sizes import SizeCheck
 from ..compiler.sources import import_path, read_source_file
 from ..compiler.types import TensorType, dtype_of_numpy
 from ..compiler.version import __version__
-from .aot import DIGEST_SYMBOL, check_elf_size, metadata_digest
+from .aot import DIGEST_SYMBOL, c_compiler, check_elf_size, loaded_code, metadata_digest
 from .model import Interface
-from .native import _NONE, LoadedCode, NativeModel
+from .native import _NONE, NativeModel
 from .signature import Signature
 from .weights import apply_weights, load_weights, save_weights
 
@@ -337,7 +335,7 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
            all_drawn: bool) -> None:
     compilation: Compilation = model.compilation
     elaborated = compilation.model
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    cc = c_compiler()
     if cc is None or any(p.optional for p in elaborated.inputs):
         return
     if program.loader.texts.get(str(request.path)) != request.text:
@@ -638,10 +636,7 @@ def _open(request: Request):
     except (KilnError, OSError, ValueError, TypeError, KeyError, RecursionError):
         _remove(request)
         return None
-    code = _LIBRARIES.get(lib._handle)
-    if code is None:
-        code = _LIBRARIES[lib._handle] = LoadedCode(library=lib)
-    return meta, texts, stored, lib, code
+    return meta, texts, stored, lib, loaded_code(lib)
 
 
 def _stamp(lib: ctypes.CDLL) -> bytes | None:
@@ -652,8 +647,6 @@ def _stamp(lib: ctypes.CDLL) -> bytes | None:
         return None
 
 
-# the same entry loaded twice is one library (one set of worker threads), as for aot.py
-_LIBRARIES: weakref.WeakValueDictionary[int, LoadedCode] = weakref.WeakValueDictionary()
 
 
 def _interface(meta: dict, texts: dict[str, str], stored: dict
