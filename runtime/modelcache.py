@@ -39,6 +39,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -133,10 +134,21 @@ class Request:
              opt_level, training], separators=(",", ":")).encode()).hexdigest()
         return Request(path, text, model, dict(args or {}), opt_level, training, key)
 
-    def files(self) -> tuple[Path, Path, Path]:
-        """The entry's library, metadata and arrays."""
-        base = cache.cache_dir() / "models" / self.key
-        return Path(f"{base}.so"), Path(f"{base}.json"), Path(f"{base}.safetensors")
+    @property
+    def base(self) -> Path:
+        """The entry's files are this path with a suffix."""
+        return cache.cache_dir() / "models" / self.key
+
+    def files(self) -> tuple[Path, Path]:
+        """The entry's metadata and arrays."""
+        return Path(f"{self.base}.json"), Path(f"{self.base}.safetensors")
+
+    def library(self, digest: str) -> Path:
+        """The entry's library, named by its own SHA-256 (`digest`): a rebuilt entry's library
+        is a new file, never one the dynamic loader still holds under the old one's name."""
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("not a library digest")
+        return Path(f"{self.base}.{digest[:32]}.so")
 
 
 def _source_path(source: Any) -> Path | None:
@@ -358,12 +370,12 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
     arrays = dict(layout.constants)
     arrays.update({spelled["array"]: info.init for path, info in elaborated.params.items()
                    if "array" in (spelled := inits[path])})
-    so, meta_path, arrays_path = request.files()
+    meta_path, arrays_path = request.files()
 
     def refuse(why: str) -> KilnError:
         return KilnError("K0403", f"compile cache entry {request.key}: {why}")
 
-    so.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, staged_writes(refuse) as staging:
         save_weights(arrays_path, arrays, staging, role="compile cache")
         with open(staging.path(arrays_path), "rb") as file:
@@ -393,19 +405,24 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
                        "types": {k: [dtype_of_numpy(a.dtype), list(a.shape)]
                                  for k, a in arrays.items()}},
         }
-        obj, stamp = Path(tmp) / "model.o", Path(tmp) / "stamp.c"
+        obj, stamp, so = (Path(tmp) / name for name in ("model.o", "stamp.c", "model.so"))
         obj.write_bytes(native.code)
         digest = ", ".join(str(b) for b in metadata_digest(meta))
         stamp.write_text(f"const unsigned char {DIGEST_SYMBOL}[32] = {{{digest}}};\n")
-        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", staging.path(so), str(obj),
-                               str(stamp), "-lm", "-lpthread"], capture_output=True, check=False)
+        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), str(obj), str(stamp),
+                               "-lm", "-lpthread"], capture_output=True, check=False)
         if proc.returncode != 0:
             raise refuse("linking failed")
         # the library carries the digest of the metadata, which then names the library's own
         # digest: damage anywhere in the code is seen before it is loaded
-        with open(staging.path(so), "rb") as file:
-            meta[LIBRARY_DIGEST] = hashlib.sha256(file.read()).hexdigest()
+        code = so.read_bytes()
+        meta[LIBRARY_DIGEST] = hashlib.sha256(code).hexdigest()
+        library = request.library(meta[LIBRARY_DIGEST])
+        staging.write(library, code)
         staging.write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
+    for old in meta_path.parent.glob(f"{request.key}.*.so"):  # a previous build's
+        if old != library:
+            _unlink(old)
     if all_drawn:  # every initial value was drawn (no weights given): keep them for `seed`
         _store_values(request, meta, seed, state.params)
 
@@ -489,7 +506,7 @@ def _values_file(request: Request, meta: dict, seed: int) -> tuple[Path, bytes]:
     inits = json.dumps({p: meta["params"][p]["init"] for p in _random_paths(meta)},
                        sort_keys=True)
     name = f"{request.key}\0{seed}\0{inits}".encode()
-    return Path(f"{request.files()[0].with_suffix('')}.seed-{seed}.values"), name
+    return Path(f"{request.base}.seed-{seed}.values"), name
 
 
 def _value_layout(meta: dict, infos: dict[str, ParamInfo]) -> list[tuple[str, np.dtype, tuple,
@@ -586,19 +603,24 @@ def _regular(path: Path) -> bool:
 
 
 def _remove(request: Request) -> None:
-    for path in request.files():
-        try:
-            path.unlink()
-        except OSError:
-            pass
+    """Remove an entry (its values for each seed stay: their checksum names what they are)."""
+    for path in (*request.files(), *request.base.parent.glob(f"{request.key}.*.so")):
+        _unlink(path)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _open(request: Request):
     """(metadata, source texts, stored arrays, library, LoadedCode) of `request`'s entry if it
     is whole and matches; else None, and a damaged entry is removed."""
-    so, meta_path, arrays_path = request.files()
-    if not all(_regular(p) for p in (so, meta_path, arrays_path)):
-        if any(p.exists() or p.is_symlink() for p in (so, meta_path, arrays_path)):
+    meta_path, arrays_path = request.files()
+    if not all(_regular(p) for p in (meta_path, arrays_path)):
+        if any(p.exists() or p.is_symlink() for p in (meta_path, arrays_path)):
             _remove(request)
         return None
 
@@ -621,6 +643,9 @@ def _open(request: Request):
         types = {k: [dtype_of_numpy(a.dtype), list(a.shape)] for k, a in stored.items()}
         if types != meta["arrays"]["types"]:
             raise ValueError("arrays damaged")
+        so = request.library(meta[LIBRARY_DIGEST])
+        if not _regular(so):
+            raise ValueError("no library, or not a file")
         with open_regular(so, refuse) as file:
             check_elf_size(file, so)
             file.seek(0)
@@ -629,7 +654,7 @@ def _open(request: Request):
         lib = ctypes.CDLL(str(so))
         stamped = {k: v for k, v in meta.items() if k != LIBRARY_DIGEST}
         if _stamp(lib) != metadata_digest(stamped):
-            # never called: unloaded, so that the entry rebuilt at this path is loaded anew
+            # never called: unloaded, so that a library written at this path is loaded anew
             # (the dynamic loader would give this one back for the same name)
             _ctypes.dlclose(lib._handle)
             raise ValueError("a library of another entry")

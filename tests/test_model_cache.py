@@ -311,3 +311,20 @@ def test_call_time_constraints_on_a_hit_are_the_cold_compiles(tmp_path, monkeypa
             model(np.ones((2, 5), np.float32))
         errors.append(info.value)
     assert str(errors[0]) == str(errors[1]) and errors[0].span is not None
+
+
+def test_an_entry_rebuilt_while_its_old_code_runs_is_loaded_anew(tiny):
+    """A hit's library stays loaded while its model lives; the entry rebuilt after an import
+    changed is a new library file, which the next compile loads (not the old one by name)."""
+    kiln.compile(tiny)
+    old = kiln.compile(tiny)
+    assert isinstance(old, CachedNativeModel)
+    (tiny.parent / "blocks.kiln").write_text(BLOCKS.replace("x @ weight + bias",
+                                                            "x @ weight - bias"))
+    assert not isinstance(kiln.compile(tiny), CachedNativeModel)  # rebuilt
+    new = kiln.compile(tiny)
+    assert isinstance(new, CachedNativeModel)
+    x, i = inputs()
+    assert np.array_equal(new(x, i), cold(tiny)(x, i))
+    assert not np.array_equal(old(x, i), new(x, i))  # the old model runs its own code still
+    assert len(list((tiny.parent / "cache" / "models").glob("*.so"))) == 1

@@ -58,7 +58,7 @@ def entry(tmp_path, monkeypatch):
     path = tmp_path / "small.kiln"
     path.write_text(MODEL)
     kiln.compile(path, seed=2)
-    files = {p.name.split(".", 1)[1]: p for p in (tmp_path / "cache" / "models").iterdir()}
+    files = {_part(p): p for p in (tmp_path / "cache" / "models").iterdir()}
     assert set(files) == {"so", "json", "safetensors", "seed-2.values"}
     return path, files
 
@@ -68,7 +68,12 @@ def other_entry(path: Path) -> dict[str, Path]:
     models = path.parent / "cache" / "models"
     before = set(models.iterdir())
     kiln.compile(path, args={"n": 7})
-    return {p.name.split(".", 1)[1]: p for p in set(models.iterdir()) - before}
+    return {_part(p): p for p in set(models.iterdir()) - before}
+
+
+def _part(path: Path) -> str:
+    """Which file of an entry `path` is: so (KEY.DIGEST.so), json, safetensors, seed-N.values."""
+    return "so" if path.suffix == ".so" else path.name.split(".", 1)[1]
 
 
 def truncate(p: Path) -> None:
