@@ -10,13 +10,15 @@ before it finds its code. A model entry sits in front of them, keyed by what the
                  arguments, opt_level, training)
 
 An entry is three files in $KILN_CACHE_DIR/models/ (written together, staged and renamed into
-place, never through a symlink): KEY.so, the model's object code (the JIT's own, from the
-object cache) linked by `cc -shared` with a digest of the metadata, as an ahead-of-time library
-carries one (runtime/aot.py); KEY.json, the metadata: the key, every file the model imports
-(stdlib ones included) with the digest of its text and, for a local import, the path it
-resolves to; the signature, parameters (dtype, shape, initializer), aliases, training updates,
-memory layout, the size checks and failure messages with their source spans; the digest of
-KEY.safetensors, which holds the constants and the initial values the elaborator computed.
+place, never through a symlink): KEY.DIGEST.so, the model's object code (the JIT's own)
+linked by `cc -shared` with a digest of the metadata, as an ahead-of-time library carries one
+(runtime/aot.py), and named by its own SHA-256; KEY.json, the metadata: the key, every file
+the model imports (stdlib ones included) with the digest of its text and, for a local import,
+the path it resolves to; the signature, parameters (dtype, shape, initializer), aliases,
+training updates, memory layout, the size checks and failure messages with their source
+spans; the digests of the library and of KEY.safetensors, which holds the constants and the
+initial values the elaborator computed. Beside them, KEY.seed-N.values keeps the initial
+values drawn for seed N (CRC-checked).
 
 A hit checks every imported file against the entry (resolved as the loader resolves it), the
 library's digest against the metadata and the arrays it reads against the types it was built
@@ -83,8 +85,8 @@ FORMAT = "kiln-model-1"
 VALUES_MAGIC = b"KILNVAL2"  # a seed's initial values: magic, CRC-32, size, payload
 VALUES_ALIGN = 64  # bytes: the header's, and each value's start in the payload
 META_LIMIT = 64 << 20  # bytes of KEY.json read at most (ResNet-18's is ~0.1 MB)
-LIBRARY_LIMIT = 1 << 32  # bytes of KEY.so hashed at most (ResNet-18's is 0.4 MB)
-LIBRARY_DIGEST = "library_sha256"  # the metadata's digest of KEY.so, which the stamp leaves out
+LIBRARY_LIMIT = 1 << 32  # bytes of a library hashed at most (ResNet-18's is 0.4 MB)
+LIBRARY_DIGEST = "library_sha256"  # the metadata's digest of the library (the stamp leaves it out)
 STDLIB = "kiln.stdlib"
 
 
