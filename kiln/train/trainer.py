@@ -36,7 +36,7 @@ from kiln.compiler.train.optim import (
     schedule_config,
 )
 from kiln.compiler.train.step import (
-    GRADNORM,
+    GRADSUM,
     PARAM,
     build_train_step,
     select_trainable,
@@ -96,7 +96,7 @@ def accept_step(layout, results: dict[str, Any], params: dict, state: dict, subj
     (kiln/train/distributed.py gathers the results of two graphs and an allreduce)."""
     loss = float(results["loss"])
     if not math.isfinite(loss):
-        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADNORM + p])),
+        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADSUM + p])),
                    None)
         where = (f"the first non-finite gradient is of parameter {bad}" if bad else
                  "every gradient is finite")
