@@ -10,7 +10,9 @@ What is refused, before any node is converted (each a KilnError naming the file 
   cycle, an output nothing produces (K0903);
 - external data: a location outside the model's directory, a symlink, a missing file, a file
   shorter than the tensor, a length that disagrees with the tensor's shape (K0904);
-- the opset of the standard domain outside 13..onnx.defs.onnx_opset_version() (K0905).
+- the opset of the standard domain newer than onnx.defs.onnx_opset_version(), or older than
+  13 where a node's op is defined otherwise at that opset than at 13 (K0905): an older model
+  whose every op is the same op at 13 (And-7, Not-1, Shrink-9, ...) is read as opset 13.
 External data is read into the tensors (bounded by their declared shapes), so what follows
 sees one self-contained proto.
 """
@@ -108,8 +110,10 @@ def validate(proto: onnx.ModelProto, path: str, directory: Path | None) -> ReadM
 
 
 def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
-    """The opset of each imported domain ('' for the standard one), which must be in
-    MIN_OPSET..the newest the installed onnx knows (K0905)."""
+    """The opset of each imported domain ('' for the standard one), which must be at most the
+    newest the installed onnx knows, and at least MIN_OPSET unless every standard op of the
+    model is defined at its opset as at MIN_OPSET (then it is read as MIN_OPSET: the same
+    schema is the same operator) (K0905)."""
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         domain = "" if entry.domain in STANDARD_DOMAINS else entry.domain
@@ -119,12 +123,53 @@ def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
     if version is None:
         raise KilnError("K0905", f"{path} imports no opset of the standard ONNX domain",
                         hint=f"kiln imports opsets {MIN_OPSET} to {newest}")
-    if not MIN_OPSET <= version <= newest:
+    convert = ("convert it first: onnx.version_converter.convert_version(model, "
+               f"{max(MIN_OPSET, min(version, newest))})")
+    if version > newest or version < 1:
         raise KilnError("K0905", f"{path} uses ONNX opset {version}; kiln imports opsets "
-                        f"{MIN_OPSET} to {newest}",
-                        hint="convert it first: onnx.version_converter.convert_version(model, "
-                        f"{max(MIN_OPSET, min(version, newest))})")
+                        f"{MIN_OPSET} to {newest}", hint=convert)
+    if version < MIN_OPSET:
+        changed = changed_since(proto.graph, version)
+        if changed:
+            listed = "\n  ".join(changed[:MAX_CHANGED_LISTED])
+            more = len(changed) - MAX_CHANGED_LISTED
+            raise KilnError("K0905", f"{path} uses ONNX opset {version}, where {len(changed)} "
+                            f"node{'s' if len(changed) > 1 else ''} have ops defined otherwise "
+                            f"than at opset {MIN_OPSET}, the oldest kiln imports:\n  {listed}"
+                            + (f"\n  ... and {more} more" if more > 0 else ""), hint=convert)
+        opsets[""] = MIN_OPSET
     return opsets
+
+
+# how many nodes of an old opset's changed ops K0905 lists by name (the rest are counted)
+MAX_CHANGED_LISTED = 50
+
+
+def changed_since(graph: onnx.GraphProto, version: int) -> list[str]:
+    """Each node of the standard domain (subgraphs' too) whose op's schema at opset `version`
+    is not the one at MIN_OPSET (or which `version` does not define), labelled with its
+    schema's versions."""
+    out = []
+    for index, node in enumerate(graph.node):
+        # Constant's older schemas only lack value attributes; the importer reads them all
+        if node.domain in STANDARD_DOMAINS and node.op_type != "Constant":
+            old, new = (_since(node.op_type, v) for v in (version, MIN_OPSET))
+            if old != new:
+                defined = f"{node.op_type}-{old}" if old else "not defined"
+                out.append(f"{node_label(node, index)}: {defined} at opset {version}, "
+                           f"{node.op_type}-{new} at {MIN_OPSET}")
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out.extend(changed_since(sub, version))
+    return out
+
+
+def _since(op_type: str, version: int) -> int | None:
+    """The version of the schema of `op_type` in force at opset `version` (None: none)."""
+    try:
+        return onnx.defs.get_schema(op_type, version, "").since_version
+    except onnx.defs.SchemaError:
+        return None
 
 
 # ---------------------------------------------------------------------------- the graph

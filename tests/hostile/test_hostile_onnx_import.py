@@ -123,6 +123,32 @@ def test_opset_outside_the_range(tmp_path, opset):
     assert f"opset {opset}" in refused(save(model, tmp_path / "m.onnx"), "K0905").message
 
 
+
+def test_old_opset_of_unchanged_ops_imports(tmp_path):
+    """An opset-7 model whose ops are the same ops at 13 (And-7, Not-1) is read as opset 13."""
+    B = TensorProto.BOOL
+    nodes = [helper.make_node("And", ["a", "b"], ["t"]), helper.make_node("Not", ["t"], ["y"])]
+    model = make_model(nodes, [("a", B, [3]), ("b", B, [3])], [("y", B, [3])], opset=7)
+    compiled = kiln.compile(save(model, tmp_path / "m.onnx"), target="reference")
+    a, b = np.array([1, 1, 0], bool), np.array([1, 0, 0], bool)
+    np.testing.assert_array_equal(compiled(a, b), ~(a & b))
+
+
+def test_old_opset_lists_every_changed_op(tmp_path):
+    """Each node whose op an old opset defines otherwise (here in an If's branch too) is
+    named, with both schema versions."""
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="inner")], "b", [],
+                               [helper.make_tensor_value_info("r", F, [2])])
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="outer"),
+             helper.make_node("Shrink", ["h"], ["s"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)]
+    model = make_model(nodes, [("x", F, [2]), ("c", TensorProto.BOOL, [])], [("y", F, [2])],
+                       opset=11)
+    message = refused(save(model, tmp_path / "m.onnx"), "K0905").message
+    assert "Relu-6 at opset 11, Relu-13 at 13" in message and "node outer" in message
+    assert "node inner" in message and "If-11" in message and "Shrink" not in message
+
+
 # external data ----------------------------------------------------------------------------
 def external_model(tmp_path, location: str = "weights.bin"):
     """An MLP whose initializers are in external data file `location` (written)."""
