@@ -42,11 +42,12 @@ CONVERTERS, converter = converter_table()
 @dataclass
 class NodeWithSubgraphs(OnnxNode):
     """An OnnxNode whose subgraphs the importer can convert: `subgraph(proto, input_types)`
-    (importer.py `_Walk.subgraph`); None where nothing can (a node built without it)."""
+    (importer.py `_Walk.subgraph`); None where nothing can (a node built without it).
+    `scope(values, consts)` gives the `subgraph` of a scope holding those names (a function
+    body's, convert_function.py) around the node's graph."""
 
     subgraph: Callable[..., Any] | None = None
-
-
+    scope: Callable[..., Any] | None = None
 
 
 def add_scan(gb: GraphBuilder, operands: list[Value], attrs: dict) -> list[Value]:

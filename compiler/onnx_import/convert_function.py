@@ -16,7 +16,9 @@ from onnx import FunctionProto, NodeProto, TypeProto, helper, numpy_helper
 
 from ..builder import GraphBuilder
 from .convert_base import KILN_DTYPES, Converter, OnnxNode, Unsupported
+from .convert_control import NodeWithSubgraphs
 
+_SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ONNX_TYPE_OF = {kiln: onnx_type for onnx_type, kiln in KILN_DTYPES.items()}
 
 
@@ -109,7 +111,10 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
                     inner_attrs[a.name] = decode_attribute(attributes[a.ref_attr_name])
             else:
                 inner_attrs[a.name] = decode_attribute(a)
-        converted = OnnxNode(
+        scope = getattr(node, "scope", None)
+        nested = scope is not None and any(a.type in _SUBGRAPH_ATTRS for a in inner.attribute)
+        converted = NodeWithSubgraphs(
+            subgraph=scope(values, consts) if nested else None, scope=scope,
             name=f"{node.name}/{inner.op_type}", op_type=inner.op_type, domain=domain,
             index=node.index, opset=opsets.get(domain, node.opset), attrs=inner_attrs,
             inputs=[values.get(n) if n else None for n in inner.input],
