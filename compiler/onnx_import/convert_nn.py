@@ -630,17 +630,15 @@ def _arg_extreme(gb, node):
 # resize -----------------------------------------------------------------------------------
 @converter("Resize")
 def _resize(gb, node):
-    """Resize on constant scales or sizes: kiln's resize where it computes the same (nearest
-    with asymmetric coordinates and floor rounding; linear with half_pixel, or
+    """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
+    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel, or
     pytorch_half_pixel and align_corners where no axis becomes 1, on [N, C, ...] spatial
     axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")
-    if ctm == "tf_crop_and_resize":
-        raise Unsupported("Resize with coordinate_transformation_mode=tf_crop_and_resize")
-    if attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise Unsupported("Resize with keep_aspect_ratio_policy other than stretch")
+    policy = choose(node, "keep_aspect_ratio_policy", "stretch",
+                    ("stretch", "not_larger", "not_smaller"))
     rank = x.type.rank
     axes = [axis_of(a, rank) for a in (ints(node, "axes") or list(range(rank)))]
     scales, sizes = (known(gb, node, i) if arg(node, i) is not None else None for i in (2, 3))
@@ -656,12 +654,42 @@ def _resize(gb, node):
     if len(given) != len(axes):
         raise Unsupported(f"Resize: {len(given)} scales or sizes for {len(axes)} axes")
     per_axis = dict(zip(axes, given, strict=True))
-    kiln = _kiln_resize(node, x, mode, ctm, per_axis, scales is not None)
+    roi = _resize_roi(gb, node, axes) if ctm == "tf_crop_and_resize" else {}
+    partner = None
+    if policy != "stretch" and sizes is not None:
+        if roi:
+            raise Unsupported("Resize with keep_aspect_ratio_policy and tf_crop_and_resize")
+        partner = _aspect_axis(x, per_axis, policy)
+    kiln = None if roi or partner else _kiln_resize(node, x, mode, ctm, per_axis,
+                                                    scales is not None)
     if kiln is not None:
         return [gb.op("resize", x, **kiln)]
-    for axis, value in per_axis.items():
-        x = _resize_axis(gb, node, x, axis, value, scales is not None)
+    steps = [(axis, _axis_response(node, x, axis, value, scales is not None,
+                                   roi.get(axis), partner)) for axis, value in per_axis.items()]
+    for axis, response in steps:
+        x = _resize_axis(gb, x, axis, *response)
     return [x]
+
+
+def _resize_roi(gb: GraphBuilder, node: OnnxNode, axes: list[int]) -> dict[int, list[float]]:
+    """tf_crop_and_resize's region per resized axis: [start, end] (input 1, a constant)."""
+    roi = known(gb, node, 1) if arg(node, 1) is not None else None
+    if roi is None or roi.size != 2 * len(axes):
+        raise Unsupported("Resize with tf_crop_and_resize needs a constant roi of "
+                          f"{2 * len(axes)} values")
+    flat = [float(v) for v in roi.reshape(-1)]
+    return {a: [flat[i], flat[len(axes) + i]] for i, a in enumerate(axes)}
+
+
+def _aspect_axis(x: Value, per_axis: dict, policy: str) -> tuple[int, int]:
+    """keep_aspect_ratio_policy's one scale for every axis: the (input size, wanted size) of
+    the axis whose ratio is the smallest (not_larger) or the largest (not_smaller)."""
+    shape = x.type.shape
+    if any(not shape[a].is_const for a in per_axis):
+        raise Unsupported("Resize with keep_aspect_ratio_policy along a symbolic axis")
+    ratios = {a: int(v) / shape[a].value for a, v in per_axis.items()}
+    pick = (min if policy == "not_larger" else max)(ratios, key=ratios.get)
+    return shape[pick].value, int(per_axis[pick])
 
 
 def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
@@ -693,21 +721,20 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
     return out
 
 
-def _resize_axis(gb: GraphBuilder, node: OnnxNode, x: Value, axis: int, value: float,
-                 by_scale: bool) -> Value:
-    """x resized along one axis. ONNX's Resize is separable, and along one axis linear in the
-    input: the weights are what ONNX's reference Resize makes of the unit impulses (the
-    identity matrix), so every mode and coordinate rule is the standard's. Nearest modes
-    take the one source each output reads (a gather, exact); the others are a product with
-    the weight matrix (0 * inf in an input is NaN there, as it is not in ONNX)."""
-    size = x.type.shape[axis]
-    if not size.is_const:
-        raise Unsupported("Resize along an axis of symbolic size")
-    weights = _impulse_response(node, size.value, value, by_scale)  # [in, out]
-    if weights.shape[1] == size.value and np.array_equal(weights, np.eye(size.value)):
+def _resize_axis(gb: GraphBuilder, x: Value, axis: int, weights: np.ndarray,
+                 bias: np.ndarray) -> Value:
+    """x resized along one axis. ONNX's Resize is separable, and along one axis affine in the
+    input (linear but for tf_crop_and_resize's extrapolation_value outside the region): the
+    weights are what ONNX's reference Resize makes of the unit impulses (the identity
+    matrix) less what it makes of zeros (the bias), so every mode and coordinate rule is the
+    standard's. Nearest modes take the one source each output reads (a gather, exact); the
+    others are a product with the weight matrix (0 * inf in an input is NaN there, as it is
+    not in ONNX)."""
+    size = weights.shape[0]
+    if not bias.any() and weights.shape[1] == size and np.array_equal(weights, np.eye(size)):
         return x
     one_hot = np.isin(weights, (0.0, 1.0)).all() and (weights.sum(axis=0) == 1).all()
-    if one_hot:
+    if one_hot and not bias.any():
         index = np.argmax(weights, axis=0).astype(np.int64)
         return gb.op("gather", x, gb.constant(index), axis=axis)
     require_dtype(x, FLOAT_TYPES, "an interpolating Resize's input")
@@ -716,16 +743,46 @@ def _resize_axis(gb: GraphBuilder, node: OnnxNode, x: Value, axis: int, value: f
     perm[axis], perm[last] = last, axis
     moved = x if axis == last else gb.permute(x, perm)
     y = gb.matmul(moved, gb.constant(weights.astype(x.type.np_dtype)))
+    if bias.any():
+        y = gb.add(y, gb.constant(bias.astype(x.type.np_dtype)))
     return y if axis == last else gb.permute(y, perm)
 
 
-def _impulse_response(node: OnnxNode, size: int, value: float, by_scale: bool) -> np.ndarray:
-    """[in, out]: ONNX's reference Resize of the identity along its second axis."""
+def _axis_response(node: OnnxNode, x: Value, axis: int, value: float, by_scale: bool,
+                   roi: list[float] | None, partner: tuple[int, int] | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """([in, out] weights, [out] bias): ONNX's reference Resize of the identity along one
+    axis. With `roi`, that axis's region; with `partner` (keep_aspect_ratio_policy: the
+    deciding axis's input and wanted size), the impulses are resized together with a second
+    axis of ones of the partner's sizes, so that the reference takes the policy's one scale,
+    and the first of that axis's outputs is read (an interpolation's weights sum to 1)."""
+    size = x.type.shape[axis]
+    if not size.is_const:
+        raise Unsupported("Resize along an axis of symbolic size")
+    size = size.value
     keep = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
-    extra = {"scales": np.array([1.0, value], np.float32)} if by_scale else \
-        {"sizes": np.array([size, int(value)], np.int64)}
-    slots = ["", "scales", ""] if by_scale else ["", "", "sizes"]
-    return linear_response(node, "Resize", keep, (size,), slots, extra)
+    if by_scale:
+        extra = {"scales": np.array([1.0, value], np.float32)}
+        slots = ["roi", "scales", ""]
+    elif partner is None:
+        # (the leading axis stacks the impulses and the zeros: affine_response)
+        extra = {"sizes": np.array([size + 1, int(value)], np.int64)}
+        slots = ["roi", "", "sizes"]
+    else:
+        keep["keep_aspect_ratio_policy"] = node.attrs["keep_aspect_ratio_policy"]
+        keep["axes"] = [1, 2]
+        extra = {"sizes": np.array([int(value), partner[1]], np.int64)}
+        slots = ["", "", "sizes"]
+    if roi is not None:
+        extra["roi"] = np.array([0.0, roi[0], 1.0, roi[1]], np.float32)
+    else:
+        slots[0] = ""
+    if partner is None:
+        return affine_response(node, "Resize", keep, (size,), slots, extra)
+    weights, bias = affine_response(node, "Resize", keep, (size,), slots, extra,
+                                    trailing=partner[0])
+    out = weights.shape[1] // max(partner[1], 1)  # the partner axis keeps its wanted size
+    return weights.reshape(size, out, -1)[:, :, 0], bias.reshape(out, -1)[:, 0]
 
 
 def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, ...],
@@ -734,22 +791,34 @@ def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, 
     `unit` (stacked on a leading axis the op leaves alone), flattened: the matrix of an op
     that is linear in its first input. `slots` name the op's other inputs (constants in
     `extra`, '' for absent ones)."""
+    return affine_response(node, op_type, attrs, unit, slots, extra)[0]
+
+
+def affine_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, ...],
+                    slots: list[str], extra: dict[str, np.ndarray], trailing: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """linear_response of an op affine in its first input: ([m, k] weights, [k] bias), the
+    bias what the op makes of zeros, the weights what it makes of each impulse less the
+    bias. With `trailing`, each impulse has a last axis of that many ones."""
     from onnx.reference import ReferenceEvaluator  # loaded only when a converter needs it
 
     m = int(np.prod(unit))
+    trail = (trailing,) if trailing else ()
     op = helper.make_node(op_type, ["X", *slots], ["Y"], **attrs)
     graph = helper.make_graph(
         [op], "impulse",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, *unit])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m + 1, *unit, *trail])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in extra.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
-    impulses = np.eye(m, dtype=np.float32).reshape(m, *unit)
+    impulses = np.concatenate([np.eye(m, dtype=np.float32), np.zeros((1, m), np.float32)])
+    impulses = impulses.reshape(m + 1, *unit, *([1] * len(trail))) * np.ones(trail, np.float32)
     try:
         (out,) = ReferenceEvaluator(model).run(None, {"X": impulses})
     except Exception as exc:  # the reference refuses what the standard does not define
         raise Unsupported(f"{op_type} with these attributes: {exc}") from None
-    return np.asarray(out, np.float64).reshape(m, -1)
+    out = np.asarray(out, np.float64).reshape(m + 1, -1)
+    return out[:m] - out[m], out[m]
 
 
 def _apply_matrix(gb: GraphBuilder, x: Value, matrix: np.ndarray, lead: int) -> Value:
