@@ -380,3 +380,33 @@ def test_resize_tf_crop_and_resize_agrees_with_onnx_reference(mode):
     (want,) = ReferenceEvaluator(model).run(None, {"in0": x})
     (got,) = run_kiln(model, [x])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [0, 1])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_grid_sample_agrees_with_onnxruntime(mode, padding_mode, align_corners):
+    """GridSample at random points, some outside [-1, 1] (every padding rule at work).
+    Cubic with border padding against ONNX's reference: it clamps a point to the border
+    before taking the 4 taps (so do the node tests' expected values), onnxruntime after."""
+    rng = np.random.default_rng(len(mode) * 7 + len(padding_mode) + align_corners)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.4, 1.4, (2, 3, 6, 2)).astype(np.float32)
+    attrs = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    if (mode, padding_mode) != ("cubic", "border"):
+        check("GridSample", [x, grid], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, **attrs)
+        return
+    from onnx.reference import ReferenceEvaluator
+
+    model = one_node("GridSample", [x, grid], opset=ORT_OPSET, **attrs)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x, "in1": grid})
+    np.testing.assert_allclose(run_kiln(model, [x, grid])[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_volumetric_agrees_with_onnxruntime(padding_mode):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.4, 1.4, (1, 2, 3, 4, 3)).astype(np.float32)
+    check("GridSample", [x, grid], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode="linear",
+          padding_mode=padding_mode)

@@ -6,8 +6,8 @@
 A converter builds only with gb.op(...)/gb.constant(...) and raises Unsupported for what kiln
 cannot compute exactly (an op, attribute value, element type or run-time shape input); the
 importer (importer.py) lists every such node at once. The converters live by family in
-convert_elementwise.py, convert_tensor.py, convert_nn.py, convert_rnn.py and
-convert_einsum.py; ops the standard
+convert_elementwise.py, convert_tensor.py, convert_nn.py, convert_rnn.py,
+convert_einsum.py and convert_grid.py; ops the standard
 defines as functions of other ops (and kiln has no converter of its own for) expand their
 function body (convert_function.py); the helpers they share, the OnnxNode they see and
 Unsupported, in convert_base.py.
@@ -19,6 +19,7 @@ from . import (
     convert_control,
     convert_einsum,
     convert_elementwise,
+    convert_grid,
     convert_nn,
     convert_rnn,
     convert_tensor,
@@ -33,6 +34,7 @@ CONVERTERS: dict[str, Converter] = {
     **convert_rnn.CONVERTERS,
     **convert_control.CONVERTERS,
     **convert_einsum.CONVERTERS,
+    **convert_grid.CONVERTERS,
 }
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(CONVERTERS)

@@ -246,9 +246,12 @@ def _is_inf(gb, node):
 
 
 def _round(gb, node):
+    return round_half_even(gb, _floats(node))
+
+
+def round_half_even(gb: GraphBuilder, x: Value) -> Value:
     """Round half to even: floor(x), one up where the fraction is above 1/2, or is 1/2 and
     floor(x) is odd. x - floor(x) is exact in floating point, so the comparisons are too."""
-    x = _floats(node)
     down = gb.op("floor", x)
     frac = gb.sub(x, down)
     half, one = _scalar(gb, x, 0.5), _scalar(gb, x, 1.0)

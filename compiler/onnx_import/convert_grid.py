@@ -1,0 +1,198 @@
+"""GridSample: X [N, C, *spatial] sampled at the points grid [N, *out, r] gives, normalised to
+[-1, 1] (component 0 the last spatial axis), as ONNX's definition (and its reference) does:
+
+    p = ((g + 1) * size - 1) / 2     or, align_corners, (g + 1) / 2 * (size - 1)
+    p outside [lo, hi] (the borders: -1/2 and size - 1/2, or 0 and size - 1) is clamped to
+    the pixels (border) or reflected at the borders (reflection) first;
+    nearest: p rounded half to even; linear: floor(p) and floor(p) + 1 weighted 1 - t and t
+    (t = p - floor(p)); cubic (2-D only): floor(p) - 1 .. floor(p) + 2 with Keys' weights
+    (a = -0.75); each pixel index outside the axis is 0 (zeros), clamped (border) or
+    reflected (reflection).
+
+Every corner of the interpolation is one gather from X flattened over its spatial axes, at
+the index each point computes, times the product of its per-axis weights; the per-axis
+coordinates are elementwise ops on the grid. Spatial sizes must be known at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+
+import numpy as np
+
+from ..builder import GraphBuilder
+from ..ir import Value
+from .convert_base import (
+    FLOAT_TYPES,
+    Unsupported,
+    attr,
+    choose,
+    const_like,
+    converter_table,
+    need,
+    require_dtype,
+)
+from .convert_elementwise import round_half_even
+
+CONVERTERS, converter = converter_table()
+
+CUBIC_A = -0.75  # ONNX's GridSample (PyTorch's): Keys' cubic convolution with a = -0.75
+
+
+@converter("GridSample")
+def _grid_sample(gb, node):
+    x, grid = need(node, 0, "X"), need(node, 1, "grid")
+    require_dtype(x, FLOAT_TYPES, "GridSample's X")
+    require_dtype(grid, FLOAT_TYPES, "GridSample's grid")
+    # opset 16 spells the modes bilinear and bicubic, 20 (with N-D inputs) linear and cubic
+    modes = ("linear", "nearest", "cubic") if node.opset >= 20 else \
+        ("bilinear", "nearest", "bicubic")
+    mode = choose(node, "mode", modes[0], modes).removeprefix("bi")
+    padding = choose(node, "padding_mode", "zeros", ("zeros", "border", "reflection"))
+    align = bool(attr(node, "align_corners", 0))
+    rank = x.type.rank - 2
+    if rank < 1 or grid.type.rank != rank + 2:
+        raise Unsupported(f"GridSample of a rank-{x.type.rank} X with a rank-{grid.type.rank} "
+                          "grid")
+    if node.opset < 20 and rank != 2:
+        raise Unsupported(f"GridSample-16 of a {x.type.rank}-D input (only 4-D)")
+    if mode == "cubic" and rank != 2:
+        raise Unsupported(f"cubic GridSample of a {x.type.rank}-D input (only 4-D)")
+    spatial = x.type.shape[2:]
+    if not all(d.is_const for d in spatial) or not grid.type.shape[-1].is_const:
+        raise Unsupported("GridSample needs X's spatial sizes and grid's last axis as constants")
+    sizes = [d.value for d in spatial]
+    if grid.type.shape[-1].value != rank:
+        raise Unsupported(f"GridSample's grid gives {grid.type.shape[-1].value} coordinates "
+                          f"for {rank} spatial axes")
+    if 0 in sizes:
+        raise Unsupported("GridSample of an empty spatial axis")
+    dtype = x.type.dtype
+    xf, gf = (v if v.type.dtype == "f32" else gb.cast(v, "f32") for v in (x, grid))
+    batch, channels, out = x.type.shape[0], x.type.shape[1], list(grid.type.shape[1:-1])
+    points = functools.reduce(operator.mul, out)
+    flat = gb.reshape(xf, [batch, channels, int(np.prod(sizes))])
+    axes = [_axis(gb, gf, rank - 1 - a, sizes[a], mode, padding, align) for a in range(rank)]
+    strides = [int(np.prod(sizes[a + 1:])) for a in range(rank)]
+    total = None
+    for corner in itertools.product(*(range(len(taps)) for taps in axes)):
+        taps = [axes[a][k] for a, k in enumerate(corner)]
+        index = _sum(gb, [_times(gb, t.index, s) for t, s in zip(taps, strides, strict=True)])
+        index = gb.reshape(gb.cast(index, "i64"), [batch, 1, points])
+        sample = gb.op("take_along_axis", flat, index, axis=2)
+        valid = [t.valid for t in taps if t.valid is not None]
+        if valid:
+            inside = functools.reduce(lambda a, b: gb.op("logical_and", a, b), valid)
+            sample = gb.op("where", gb.reshape(inside, [batch, 1, points]), sample,
+                           const_like(gb, 0.0, "f32"))
+        weights = [t.weight for t in taps if t.weight is not None]
+        if weights:
+            sample = gb.mul(sample, gb.reshape(_product(gb, weights), [batch, 1, points]))
+        total = sample if total is None else gb.add(total, sample)
+    y = gb.reshape(total, [batch, channels, *out])
+    return [y if dtype == "f32" else gb.cast(y, dtype)]
+
+
+class _Tap:
+    """One of an axis's interpolation taps at every point: the pixel index (float, integral),
+    its weight (None: 1), and whether it is inside the axis (None: always, or not asked)."""
+
+    def __init__(self, index: Value, weight: Value | None, valid: Value | None):
+        self.index, self.weight, self.valid = index, weight, valid
+
+
+def _axis(gb: GraphBuilder, grid: Value, component: int, size: int, mode: str, padding: str,
+          align: bool) -> list[_Tap]:
+    """The taps of one spatial axis, read from grid component `component` ([N, *out])."""
+    g = gb.op("gather", grid, gb.constant(np.array(component, np.int64)),
+              axis=grid.type.rank - 1)
+    c = functools.partial(const_like, gb, dtype="f32")
+    one = c(1.0)
+    if align:
+        p = gb.mul(gb.div(gb.add(g, one), c(2.0)), c(size - 1.0))
+        lo, hi = 0.0, size - 1.0
+    else:
+        p = gb.div(gb.sub(gb.mul(gb.add(g, one), c(float(size))), one), c(2.0))
+        lo, hi = -0.5, size - 0.5
+    if mode == "nearest":
+        p = round_half_even(gb, p)
+    outside = gb.op("logical_or", gb.op("less", p, c(lo)), gb.op("greater", p, c(hi)))
+    if padding == "border":
+        p = gb.op("where", outside, gb.op("clip", p, min=0.0, max=size - 1.0), p)
+    elif padding == "reflection":
+        p = _reflect(gb, p, lo, hi)
+    if mode == "nearest":
+        return [_pixel(gb, p, None, size, padding, lo, hi)]
+    base = gb.op("floor", p)
+    t = gb.sub(p, base)
+    if mode == "linear":
+        weights, offsets = [gb.sub(one, t), t], [0, 1]
+    else:
+        weights, offsets = _cubic_weights(gb, t), [-1, 0, 1, 2]
+    return [_pixel(gb, base if k == 0 else gb.add(base, c(float(k))), w, size, padding, lo, hi)
+            for k, w in zip(offsets, weights, strict=True)]
+
+
+def _pixel(gb: GraphBuilder, i: Value, weight: Value | None, size: int, padding: str,
+           lo: float, hi: float) -> _Tap:
+    """A tap at pixel index i (integral floats) under the padding mode: outside the axis, 0
+    (zeros), the nearest pixel (border), or the reflected one, truncated (reflection)."""
+    c = functools.partial(const_like, gb, dtype="f32")
+    valid = None
+    if padding == "zeros":
+        valid = gb.op("logical_and", gb.op("greater_equal", i, c(0.0)),
+                      gb.op("less", i, c(float(size))))
+    if padding == "reflection":
+        i = _reflect(gb, i, lo, hi)
+        i = gb.cast(gb.cast(i, "i64"), "f32")  # C's int(): toward zero
+    i = gb.op("clip", i, min=0.0, max=size - 1.0)  # (zeros: a safe index, masked out)
+    return _Tap(i, weight, valid)
+
+
+def _reflect(gb: GraphBuilder, v: Value, lo: float, hi: float) -> Value:
+    """v reflected at lo and hi until inside [lo, hi] (ONNX's _gs_reflect): the distance past
+    the border, less whole spans, from that border (an even count) or the other one."""
+    c = functools.partial(const_like, gb, dtype="f32")
+    span = hi - lo
+    if span == 0:  # one pixel under align_corners: every point is that pixel
+        return gb.add(gb.mul(v, c(0.0)), c(lo))
+    below, above = gb.op("less", v, c(lo)), gb.op("greater", v, c(hi))
+    past = gb.op("where", below, gb.sub(c(lo), v), gb.sub(v, c(hi)))
+    spans = gb.op("floor", gb.div(past, c(span)))
+    rest = gb.sub(past, gb.mul(spans, c(span)))
+    half = gb.mul(spans, c(0.5))
+    even = gb.op("equal", gb.op("floor", half), half)
+    near_lo, near_hi = gb.add(c(lo), rest), gb.sub(c(hi), rest)
+    return gb.op("where", below, gb.op("where", even, near_lo, near_hi),
+                 gb.op("where", above, gb.op("where", even, near_hi, near_lo), v))
+
+
+def _cubic_weights(gb: GraphBuilder, t: Value) -> list[Value]:
+    """Keys' weights of the taps at -1, 0, 1, 2 for a fraction t in [0, 1) (the reference's
+    _gs_get_cubic_coeffs, in its order of operations)."""
+    c = functools.partial(const_like, gb, dtype="f32")
+    a = CUBIC_A
+
+    def far(s: Value) -> Value:  # ((a s - 5a) s + 8a) s - 4a, for 1 < s < 2
+        return gb.sub(gb.mul(gb.add(gb.mul(gb.sub(gb.mul(c(a), s), c(5 * a)), s), c(8 * a)),
+                             s), c(4 * a))
+
+    def near(s: Value) -> Value:  # ((a + 2) s - (a + 3)) s s + 1, for 0 <= s <= 1
+        return gb.add(gb.mul(gb.mul(gb.sub(gb.mul(c(a + 2), s), c(a + 3)), s), s), c(1.0))
+
+    one_minus = gb.sub(c(1.0), t)
+    return [far(gb.add(t, c(1.0))), near(t), near(one_minus), far(gb.sub(c(2.0), t))]
+
+
+def _times(gb: GraphBuilder, v: Value, k: int) -> Value:
+    return v if k == 1 else gb.mul(v, const_like(gb, float(k), "f32"))
+
+
+def _sum(gb: GraphBuilder, values: list[Value]) -> Value:
+    return functools.reduce(gb.add, values)
+
+
+def _product(gb: GraphBuilder, values: list[Value]) -> Value:
+    return functools.reduce(gb.mul, values)
