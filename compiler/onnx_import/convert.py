@@ -15,6 +15,12 @@ Unsupported, in convert_base.py.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..builder import GraphBuilder
 from . import (
     convert_control,
     convert_einsum,
@@ -24,8 +30,8 @@ from . import (
     convert_rnn,
     convert_tensor,
 )
-from .convert_base import Converter, OnnxNode, Unsupported
-from .convert_function import function_converter, function_ops
+from .convert_base import Converter, OnnxNode, ReadAttributes, Unsupported
+from .convert_function import decode_attribute, function_converter, function_ops
 
 CONVERTERS: dict[str, Converter] = {
     **convert_elementwise.CONVERTERS,
@@ -36,8 +42,42 @@ CONVERTERS: dict[str, Converter] = {
     **convert_einsum.CONVERTERS,
     **convert_grid.CONVERTERS,
 }
+
+
+def convert_node(gb: GraphBuilder, node: OnnxNode) -> list:
+    """The node converted by CONVERTERS[node.op_type], refused (Unsupported) where it has an
+    attribute the converter never read and whose value is not the standard's default for
+    the node's opset: each such attribute named, all at once."""
+    node.attrs = ReadAttributes(node.attrs)
+    outs = CONVERTERS[node.op_type](gb, node)
+    ignored = [name for name in dict.keys(node.attrs) if name not in node.attrs.read
+               and not _is_default(node, name, dict.__getitem__(node.attrs, name))]
+    if ignored:
+        listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
+                           for name in sorted(ignored))
+        raise Unsupported(f"attribute{'s' if len(ignored) > 1 else ''} {listed}: kiln's "
+                          f"converter of {node.op_type} supports only the default")
+    return outs
+
+
+def _is_default(node: OnnxNode, name: str, value: Any) -> bool:
+    """Whether attribute `name` has the value the op's schema gives it by default."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, node.opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return False
+    spec = schema.attributes.get(name)
+    if spec is None or not spec.default_value.name:
+        return False  # not the op's attribute, or one without a default
+    default = decode_attribute(spec.default_value)
+    try:
+        return bool(np.array_equal(np.asarray(value), np.asarray(default)))
+    except (TypeError, ValueError):
+        return False
+
+
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
-_EXPAND = function_converter(CONVERTERS)
+_EXPAND = function_converter(convert_node)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
 
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
@@ -53,4 +93,5 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     **{op: (1,) for op in _REDUCTIONS},
 }
 
-__all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported"]
+__all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported",
+           "convert_node"]

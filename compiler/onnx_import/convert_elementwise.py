@@ -373,10 +373,18 @@ def _cast_to(gb: GraphBuilder, x: Value, dtype: str) -> Value:
 
 def _cast(gb, node):
     dtype = kiln_dtype(int(attr(node, "to")), "Cast's target")
+    _float8_only(node)
     return _cast_to(gb, _x(node), dtype)
 
 
+def _float8_only(node: OnnxNode) -> None:
+    """Read saturate and round_mode: they concern float8 targets only, which kiln has not."""
+    attr(node, "saturate")
+    attr(node, "round_mode")
+
+
 def _cast_like(gb, node):
+    _float8_only(node)
     return _cast_to(gb, _x(node), dtype_of(need(node, 1, "target_type")))
 
 

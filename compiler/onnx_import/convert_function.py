@@ -8,8 +8,6 @@ op's; where one does not, the refusal names the op inside the function.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import onnx
 from onnx import FunctionProto, NodeProto, TypeProto, helper, numpy_helper
@@ -32,8 +30,9 @@ def function_ops() -> list[str]:
     return sorted(names)
 
 
-def function_converter(registry: Mapping[str, Converter]) -> Converter:
-    """The converter that expands a function op and converts its body with `registry`."""
+def function_converter(convert: Converter) -> Converter:
+    """The converter that expands a function op and converts each node of its body with
+    `convert` (convert.py `convert_node`)."""
 
     def expand(gb: GraphBuilder, node: OnnxNode) -> list:
         try:
@@ -45,7 +44,7 @@ def function_converter(registry: Mapping[str, Converter]) -> Converter:
         if body is None:
             raise Unsupported(f"no converter for {node.op_type}, and ONNX defines it as a "
                               f"function of other ops only in other opsets than {node.opset}")
-        return _convert_body(gb, node, body, attributes, registry)
+        return _convert_body(gb, node, body, attributes, convert)
 
     return expand
 
@@ -92,7 +91,7 @@ def _type_proto(value) -> TypeProto:
 
 
 def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attributes: dict,
-                  registry: Mapping[str, Converter]) -> list:
+                  convert: Converter) -> list:
     """Convert the body's nodes in order, its formal inputs bound to the node's."""
     values = {name: node.inputs[i] if i < len(node.inputs) else None
               for i, name in enumerate(body.input)}
@@ -101,7 +100,7 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
     opsets = {o.domain or "": o.version for o in body.opset_import}
     for inner in body.node:
         domain = inner.domain or ""
-        if domain not in ("", "ai.onnx") or inner.op_type not in registry:
+        if domain not in ("", "ai.onnx") or inner.op_type not in _registry():
             raise Unsupported(f"{node.op_type} is a function of {inner.op_type}, which kiln "
                               "does not convert")
         inner_attrs = {}
@@ -120,7 +119,7 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
             inputs=[values.get(n) if n else None for n in inner.input],
             consts=[consts.get(n) if n else None for n in inner.input],
             outputs=list(inner.output))
-        outs = registry[inner.op_type](gb, converted)
+        outs = convert(gb, converted)
         for name, value in zip(inner.output, outs, strict=False):
             if name:
                 values[name] = value
@@ -129,6 +128,12 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
         wanted = i < len(node.outputs) and node.outputs[i]
         results.append(values.get(name) if wanted else None)
     return results
+
+
+def _registry() -> dict:
+    from .convert import CONVERTERS  # the table this module's converter is part of
+
+    return CONVERTERS
 
 
 def decode_attribute(a: onnx.AttributeProto):

@@ -375,6 +375,7 @@ def _batch_norm(gb, node):
     eps = float(attr(node, "epsilon", 1e-5))
     if attr(node, "training_mode", 0):
         return _batch_norm_training(gb, node, x, scale, bias, mean, var, eps)
+    attr(node, "momentum")  # it updates the running statistics: a training mode's only
     if any(name for name in node.outputs[1:]):
         raise Unsupported("BatchNormalization's running statistics outputs")
     return [gb.op("batch_norm", x, mean, var, scale, bias, eps=eps)]
@@ -901,6 +902,7 @@ def _top_k(gb, node):
     or equal at a lower index); the element at place r is the one whose count is r. Exact
     for every value but NaN, whose order ONNX leaves open."""
     x = need(node, 0, "X")
+    attr(node, "sorted")  # sorted=0 leaves the order open: sorted is one of its answers
     k_value = const_ints(gb, node, 1, "K")
     if k_value is None:
         raise Unsupported("TopK needs K")

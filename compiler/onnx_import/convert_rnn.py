@@ -66,6 +66,10 @@ def check_attrs(node: OnnxNode) -> list[str]:
     allowed = [defaults, ["Relu"]] if node.op_type == "RNN" else [defaults]
     if not any(acts == a * directions or acts == a for a in allowed):
         raise Unsupported(f"activations {acts} are not supported (only {defaults})")
+    # activation_alpha and _beta parameterise activations such as Affine or LeakyRelu;
+    # the ones accepted here (Sigmoid, Tanh, Relu) take none
+    attr(node, "activation_alpha")
+    attr(node, "activation_beta")
     if attr(node, "input_forget", 0):
         raise Unsupported("attribute input_forget=1 is not supported")
     return acts

@@ -501,6 +501,7 @@ def _eye_like(gb, node):
 def _dropout(gb, node):
     """The identity at inference (training_mode false or ratio 0); its mask all true."""
     x = need(node, 0, "data")
+    attr(node, "seed")  # the random generator's seed: no randomness at inference
     training = known(gb, node, 2) if arg(node, 2) is not None else np.array(False)
     ratio = known(gb, node, 1) if arg(node, 1) is not None else np.array(0.5)
     if training is None or (bool(training.reshape(()).item())

@@ -32,7 +32,7 @@ from ..dims import Dim, assuming
 from ..errors import KilnError
 from ..ir import SIZE_FACTS_KEY, Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
-from .convert import CONVERTERS, Unsupported
+from .convert import CONVERTERS, Unsupported, convert_node
 from .convert_base import KILN_DTYPES, fold, kiln_dtype
 from .convert_control import NodeWithSubgraphs
 from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
@@ -348,7 +348,7 @@ class _Walk:
             inputs=[self.value(n) if n else None for n in proto.input],
             consts=[self.known(n) if n else None for n in proto.input],
             outputs=list(proto.output))
-        outs = CONVERTERS[proto.op_type](self.gb, node)
+        outs = convert_node(self.gb, node)
         for name, value in zip(proto.output, outs):
             if name and value is not None:
                 self.values[name] = value
