@@ -150,6 +150,10 @@ CASES = [
     ("Resize", [f32(3, 5), None, None, np.array([7, 3], I64)],
      {"mode": "cubic", "axes": [1, 0], "keep_aspect_ratio_policy": "not_larger",
       "exclude_outside": 1, "cubic_coeff_a": -0.5, "initializers": "3"}),
+    ("MaxUnpool", [f32(1, 2, 2, 3), RNG.permutation(48)[:12].reshape(1, 2, 2, 3)],
+     {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("MaxUnpool", [f32(2, 1, 3), RNG.permutation(12)[:6].reshape(2, 1, 3)],
+     {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}),
     ("Dropout", [f32(3, 4)], {"n_outputs": 2}),
     ("TopK", [np.array([[3, 1, 3, -np.inf], [2, 2, -np.inf, 2], [0, 5, 5, 1]], np.float32).T,
               np.array([3], I64)], {"axis": 0, "n_outputs": 2, "initializers": "1"}),
@@ -410,3 +414,30 @@ def test_grid_sample_volumetric_agrees_with_onnxruntime(padding_mode):
     grid = rng.uniform(-1.4, 1.4, (1, 2, 3, 4, 3)).astype(np.float32)
     check("GridSample", [x, grid], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode="linear",
           padding_mode=padding_mode)
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+def test_tensor_scatter_agrees_with_onnx_reference(mode):
+    """A KV cache [B, H, S, D] updated at each batch entry's own position (circular: some
+    wrap past the end)."""
+    from onnx.reference import ReferenceEvaluator
+
+    past, update = f32(3, 2, 5, 4), f32(3, 2, 2, 4)
+    starts = np.array([0, 3, 4 if mode == "circular" else 2], I64)
+    model = one_node("TensorScatter", [past, update, starts], mode=mode, opset=OPSET)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": past, "in1": update, "in2": starts})
+    np.testing.assert_array_equal(run_kiln(model, [past, update, starts])[0], want)
+
+
+def test_max_unpool_output_shape_agrees_with_onnx_reference():
+    """With output_shape, the unpooled tensor (indices into its inferred shape) is padded at
+    the end of each axis, as ONNX's reference (the node tests' expected values) does;
+    onnxruntime takes the indices into output_shape's layout instead."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, index = f32(2, 1, 3), RNG.permutation(12)[:6].reshape(2, 1, 3).astype(I64)
+    shape = np.array([2, 1, 9], I64)
+    model = one_node("MaxUnpool", [x, index, shape], initializers={2: shape},
+                     kernel_shape=[3], strides=[2], pads=[1, 0])
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x, "in1": index})
+    np.testing.assert_array_equal(run_kiln(model, [x, index])[0], want)

@@ -575,7 +575,8 @@ def _reduce(kind: str):
         x = need(node, 0, "data")
         keep = bool(attr(node, "keepdims", 1))
         axes = _reduce_axes(gb, node, x.type.rank)
-        if axes is None and attr(node, "noop_with_empty_axes", 0):
+        noop = attr(node, "noop_with_empty_axes", 0)  # (it matters only without axes)
+        if axes is None and noop:
             return [x]
         over = list(range(x.type.rank)) if axes is None else axes
         if any(x.type.shape[a] == 0 for a in over) and kind in ("max", "min", "logsumexp"):

@@ -658,3 +658,81 @@ def _cumprod(gb, node):
         return product if dtype_of(product) == dtype_of(x) else gb.cast(product, dtype_of(x))
 
     return _cumulative(gb, node, combine)
+
+
+@converter("MaxUnpool")
+def _max_unpool(gb, node):
+    """X's values scattered into zeros at their flat Indices (MaxPool's: over the whole
+    output, batch and channels included), the output shaped as the pooling's input would be:
+    (in - 1) * stride - pads + kernel per spatial axis, padded with zeros at the end of each
+    axis to output_shape when given (which may only be larger)."""
+    x, index = need(node, 0, "X"), _index(gb, node, 1)
+    kernel = ints(node, "kernel_shape")
+    rank = x.type.rank - 2
+    if kernel is None or len(kernel) != rank:
+        raise Unsupported("MaxUnpool needs a kernel_shape per spatial axis")
+    strides = ints(node, "strides", [1] * rank)
+    pads = ints(node, "pads", [0] * 2 * rank)
+    spatial = x.type.shape[2:]
+    if not all(d.is_const for d in spatial):
+        raise Unsupported("MaxUnpool needs X's spatial sizes as constants")
+    inferred = [*x.type.shape[:2], *(
+        (d.value - 1) * s - (pads[a] + pads[rank + a]) + k
+        for a, (d, s, k) in enumerate(zip(spatial, strides, kernel, strict=True)))]
+    total = functools.reduce(operator.mul, inferred)
+    flat = gb.reshape(x, [functools.reduce(operator.mul, x.type.shape)])
+    zeros = gb.op("zeros", shape=[total], dtype=dtype_of(x))
+    at = gb.reshape(gb.cast(index, "i64"), flat.type.shape)
+    y = gb.reshape(_scatter_into(gb, zeros, flat, at, 0, "none"), inferred)
+    shape = const_sizes(gb, node, 2, "output_shape")
+    if shape is None:
+        return [y]
+    if len(shape) != x.type.rank:
+        raise Unsupported(f"MaxUnpool's output_shape has {len(shape)} sizes for rank "
+                          f"{x.type.rank}")
+    return [_pad_to(gb, y, shape)]
+
+
+@converter("TensorScatter")
+def _tensor_scatter(gb, node):
+    """present = past_cache with update written along axis from write_indices[b] on, for
+    each batch entry b (axis 0); mode circular wraps at the cache's length, linear drops
+    what falls past it (ONNX leaves it undefined). Each cache position p reads update at
+    p - write_indices[b] (wrapped), where that lies in the update."""
+    past, update = need(node, 0, "past_cache"), need(node, 1, "update")
+    mode = choose(node, "mode", "linear", ("linear", "circular"))
+    rank = past.type.rank
+    axis = axis_of(int(attr(node, "axis", -2)), rank)
+    if axis == 0:
+        raise Unsupported("TensorScatter along the batch axis")
+    length, count = past.type.shape[axis], update.type.shape[axis]
+    if not (length.is_const and count.is_const):
+        raise Unsupported("TensorScatter along an axis of symbolic size")
+    batch = past.type.shape[0]
+    starts = arg(node, 2)
+    starts = gb.op("zeros", shape=[batch], dtype="i64") if starts is None else \
+        gb.cast(_index(gb, node, 2), "i64")
+    at_axis = [1] * rank
+    at_axis[axis] = length.value
+    positions = gb.constant(np.arange(length.value, dtype=np.int64).reshape(at_axis))
+    offset = gb.sub(positions, gb.reshape(starts, [batch, *[1] * (rank - 1)]))
+    if mode == "circular":  # offset > -length: one length added makes it non-negative
+        size = gb.constant(np.array(length.value, np.int64))
+        offset = gb.op("mod", gb.add(offset, size), size)
+    zero = gb.constant(np.array(0, np.int64))
+    inside = gb.op("logical_and", gb.op("greater_equal", offset, zero),
+                   gb.op("less", offset, gb.constant(np.array(count.value, np.int64))))
+    source = gb.op("where", inside, offset, zero)
+    taken = gb.op("take_along_axis", update, source, axis=axis)
+    return [gb.op("where", inside, taken, past)]
+
+
+# optionals: a tensor given is an optional holding it, an absent input the empty one -------
+@converter("OptionalHasElement")
+def _optional_has_element(gb, node):
+    return [gb.constant(np.array(arg(node, 0) is not None))]
+
+
+@converter("OptionalGetElement")
+def _optional_get_element(gb, node):
+    return [need(node, 0, "input")]
