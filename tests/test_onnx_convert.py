@@ -161,6 +161,10 @@ CASES = [
                                                       "initializers": "1"}),
     ("DFT", [f32(2, 8, 3, 1), None, np.array(1, I64)], {"onesided": 1, "initializers": "2"}),
     ("DFT", [f32(2, 5, 2), np.array(7, I64), np.array(-2, I64)], {"initializers": "12"}),
+    ("STFT", [f32(2, 20, 1), np.array(3, I64), f32(6), np.array(6, I64)],
+     {"initializers": "13"}),
+    ("STFT", [f32(1, 16, 2), np.array(4, I64), None, np.array(5, I64)],
+     {"onesided": 0, "initializers": "13"}),
     ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
      {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
 ]
@@ -441,3 +445,14 @@ def test_max_unpool_output_shape_agrees_with_onnx_reference():
                      kernel_shape=[3], strides=[2], pads=[1, 0])
     (want,) = ReferenceEvaluator(model).run(None, {"in0": x, "in1": index})
     np.testing.assert_array_equal(run_kiln(model, [x, index])[0], want)
+
+
+def test_inverse_one_sided_dft_agrees_with_onnx_reference():
+    """irfft: a half spectrum [.., 5, 2] to the real signal of length 8 [.., 8, 1]."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, length, axis = f32(3, 5, 2), np.array(8, I64), np.array(1, I64)
+    model = one_node("DFT", [x, length, axis], initializers={1: length, 2: axis}, inverse=1,
+                     onesided=1, opset=OPSET)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x})
+    np.testing.assert_allclose(run_kiln(model, [x])[0], want, rtol=1e-5, atol=1e-5)
