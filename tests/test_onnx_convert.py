@@ -456,3 +456,14 @@ def test_inverse_one_sided_dft_agrees_with_onnx_reference():
                      onesided=1, opset=OPSET)
     (want,) = ReferenceEvaluator(model).run(None, {"in0": x})
     np.testing.assert_allclose(run_kiln(model, [x])[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("op", ["BitwiseAnd", "BitwiseOr", "BitwiseXor"])
+def test_bitwise_agrees_with_onnxruntime(op, dtype):
+    """Every sign and both extremes of the type, broadcast."""
+    info = np.iinfo(dtype)
+    a = np.concatenate([RNG.integers(info.min, info.max, 10, dtype=dtype),
+                        np.array([info.min, info.max, -1, 0, 1, 2], dtype)]).reshape(4, 4)
+    b = np.array([info.min, -1, 5, info.max], dtype)
+    check(op, [a, b], opset=ORT_OPSET)

@@ -597,11 +597,21 @@ def _reduce(kind: str):
 
 
 def _empty_reduction(gb, x: Value, axes: list[int], keep: bool, kind: str) -> Value:
-    """A max, min or log-sum-exp over no elements: -inf (max, logsumexp) or inf (min)."""
-    require_dtype(x, FLOAT_TYPES, "an empty reduction's input")
+    """A max, min or log-sum-exp over no elements: the identity of the reduction, the
+    lowest value of the element type (max, logsumexp: -inf, false, the integer minimum) or
+    the highest (min)."""
+    dtype = dtype_of(x)
+    if kind == "logsumexp":
+        require_dtype(x, FLOAT_TYPES, "an empty ReduceLogSumExp's input")
     shape = [1 if i in axes else d for i, d in enumerate(x.type.shape) if keep or i not in axes]
-    fill = math.inf if kind == "min" else -math.inf
-    return gb.op("full", shape=shape, value=fill, dtype=dtype_of(x))
+    if dtype == "bool":
+        fill: object = kind == "min"
+    elif dtype in FLOAT_TYPES:
+        fill = math.inf if kind == "min" else -math.inf
+    else:
+        info = np.iinfo(NUMPY_DTYPES[dtype])
+        fill = int(info.max if kind == "min" else info.min)
+    return gb.op("full", shape=shape, value=fill, dtype=dtype)
 
 
 for _op_type, _kind in {
