@@ -467,3 +467,13 @@ def test_bitwise_agrees_with_onnxruntime(op, dtype):
                         np.array([info.min, info.max, -1, 0, 1, 2], dtype)]).reshape(4, 4)
     b = np.array([info.min, -1, 5, info.max], dtype)
     check(op, [a, b], opset=ORT_OPSET)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (2, 4, 4), (5, 5)])
+def test_det_agrees_with_onnxruntime(shape):
+    check("Det", [f32(*shape)], opset=ORT_OPSET, rtol=1e-4, atol=1e-5)
+
+
+def test_det_refuses_large_matrices():
+    with pytest.raises(Unsupported, match="at most 5x5"):
+        build(one_node("Det", [f32(6, 6)]))

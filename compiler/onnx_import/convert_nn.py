@@ -986,3 +986,35 @@ def _top_k(gb, node):
     if axis != last:
         values, index = gb.permute(values, perm), gb.permute(index, perm)
     return [values, index]
+
+
+# linear algebra ---------------------------------------------------------------------------
+MAX_DET_SIZE = 5  # Leibniz's formula: n! products of n entries (120 for 5)
+
+
+@converter("Det")
+def _det(gb, node):
+    """det of [..., n, n] by Leibniz's formula, sum over permutations p of sign(p) *
+    prod_i x[i, p(i)]: one gather of every permutation's entries, a product and a signed sum
+    (no pivoting: fine for the small n it takes, at most 5)."""
+    x = need(node, 0, "X")
+    require_dtype(x, FLOAT_TYPES, "Det input")
+    if x.type.rank < 2 or not x.type.shape[-1].is_const or x.type.shape[-1] != x.type.shape[-2]:
+        raise Unsupported(f"Det of {x.type} (square matrices of constant size only)")
+    n = x.type.shape[-1].value
+    if n > MAX_DET_SIZE:
+        raise Unsupported(f"Det of {n}x{n} matrices (kiln's Leibniz formula: at most "
+                          f"{MAX_DET_SIZE}x{MAX_DET_SIZE})")
+    perms = list(itertools.permutations(range(n)))
+    index = np.array(perms, np.int64).T.reshape([1] * (x.type.rank - 2) + [n, len(perms)])
+    signs = np.array([_sign(p) for p in perms], x.type.np_dtype)
+    entries = gb.op("take_along_axis", x, gb.constant(index), axis=x.type.rank - 1)
+    terms = gb.op("prod", entries, axis=[x.type.rank - 2], keepdims=False)
+    return [gb.op("sum", gb.mul(terms, gb.constant(signs)), axis=[x.type.rank - 2],
+                  keepdims=False)]
+
+
+def _sign(perm: tuple[int, ...]) -> int:
+    """+1 for an even permutation, -1 for an odd one (by its inversions)."""
+    inversions = sum(a > b for i, a in enumerate(perm) for b in perm[i + 1:])
+    return -1 if inversions % 2 else 1
