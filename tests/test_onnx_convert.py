@@ -477,3 +477,24 @@ def test_det_agrees_with_onnxruntime(shape):
 def test_det_refuses_large_matrices():
     with pytest.raises(Unsupported, match="at most 5x5"):
         build(one_node("Det", [f32(6, 6)]))
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"strides": [2, 1, 2], "pads": [1, 0, 2, 0, 1, 1], "dilations": [1, 2, 1]},
+    {"group": 2, "auto_pad": "SAME_UPPER", "strides": [1, 2, 1]},
+])
+def test_conv_3d_agrees_with_onnxruntime(attrs):
+    x, w, b = f32(2, 4, 5, 6, 5), f32(6, 4 // attrs.get("group", 1), 3, 2, 3), f32(6)
+    check("Conv", [x, w, b], opset=ORT_OPSET, rtol=1e-4, atol=1e-4, **attrs)
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"strides": [2, 1, 3], "pads": [1, 0, 2, 0, 1, 1], "dilations": [1, 2, 1],
+     "output_padding": [1, 0, 0]},
+    {"group": 2, "strides": [2, 2, 1], "output_shape": [8, 7, 5]},
+])
+def test_conv_transpose_3d_agrees_with_onnxruntime(attrs):
+    x, w, b = f32(2, 4, 4, 3, 5), f32(4, 6 // attrs.get("group", 1), 3, 2, 3), f32(6)
+    check("ConvTranspose", [x, w, b], opset=ORT_OPSET, rtol=1e-4, atol=1e-4, **attrs)

@@ -7,8 +7,10 @@ become an explicit pad (zeros, or -inf for max pooling) in front of them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -87,14 +89,64 @@ def _symmetric(before: list[int], after: list[int], kernel: list[int] | None = N
 
 @converter("Conv")
 def _conv(gb, node):
+    """kiln's conv (1-D, 2-D); with more spatial axes, a 2-D conv over the last two for each
+    kernel offset along the others (below)."""
     x, w, bias = need(node, 0, "X"), need(node, 1, "W"), arg(node, 2)
-    _spatial_rank(x, "Conv")
+    n = x.type.rank - 2
+    if n < 1:
+        raise Unsupported(f"Conv of a {x.type.rank}-D input")
     kernel = ints(node, "kernel_shape") or [d.value for d in w.type.shape[2:]]
     strides, dilations, before, after = _window(node, x, kernel)
+    groups = int(attr(node, "group", 1))
+    if n > 2:  # the leading spatial axes padded here, the last two by the 2-D conv
+        lead = n - 2
+        x = _explicit_pad(gb, x, before[:lead] + [0, 0], after[:lead] + [0, 0])
+        before, after = [0] * lead + before[lead:], [0] * lead + after[lead:]
     if not _symmetric(before, after):
         x, before = _explicit_pad(gb, x, before, after), [0] * len(before)
-    return [gb.op("conv", x, w, bias, stride=strides, padding=before, dilation=dilations,
-                  groups=int(attr(node, "group", 1)))]
+    if n <= 2:
+        return [gb.op("conv", x, w, bias, stride=strides, padding=before, dilation=dilations,
+                      groups=groups)]
+    return [_leading_axes_conv(gb, x, w, bias, kernel, strides, dilations, before[-2:],
+                               groups)]
+
+
+def _leading_axes_conv(gb: GraphBuilder, x: Value, w: Value, bias: Value | None,
+                       kernel: list[int], strides: list[int], dilations: list[int],
+                       padding: list[int], groups: int) -> Value:
+    """An N-D conv (N > 2, its leading spatial axes padded already) as a sum over the kernel
+    offsets k of those axes: the input at out * stride + k * dilation along each (a gather),
+    those axes moved into the batch, convolved in 2-D with the kernel's slice at k."""
+    lead = x.type.rank - 4
+    sizes = x.type.shape[2:2 + lead]
+    if not all(d.is_const for d in sizes):
+        raise Unsupported("Conv of more than 2 spatial axes needs their sizes as constants")
+    outs = [(d.value - (k - 1) * dl - 1) // s + 1
+            for d, k, s, dl in zip(sizes, kernel, strides, dilations, strict=False)]
+    total = None
+    for offsets in itertools.product(*(range(k) for k in kernel[:lead])):
+        part, weight = x, w
+        for a, (o, k, s, dl) in enumerate(zip(outs, offsets, strides, dilations, strict=False)):
+            index = np.arange(o, dtype=np.int64) * s + k * dl
+            part = gb.op("gather", part, gb.constant(index), axis=2 + a)
+            weight = gb.op("gather", weight, gb.constant(np.array(k, np.int64)), axis=2)
+        y = _in_batch(gb, part, lead, lambda v, weight=weight, first=total is None: gb.op(
+            "conv", v, weight, bias if first else None, stride=strides[lead:],
+            padding=padding, dilation=dilations[lead:], groups=groups))
+        total = y if total is None else gb.add(total, y)
+    return total
+
+
+def _in_batch(gb: GraphBuilder, x: Value, lead: int, op) -> Value:
+    """op (a 2-D conv) applied to x [N, C, *L, H, W] with its lead axes L moved into the batch,
+    then moved back: [N, C', *L, H', W']."""
+    rank = x.type.rank
+    perm = [0, *range(2, 2 + lead), 1, rank - 2, rank - 1]
+    moved = gb.permute(x, perm)
+    batch = functools.reduce(operator.mul, moved.type.shape[:1 + lead])
+    y = op(gb.reshape(moved, [batch, *moved.type.shape[1 + lead:]]))
+    y = gb.reshape(y, [*moved.type.shape[:1 + lead], *y.type.shape[1:]])
+    return gb.permute(y, [0, 1 + lead, *range(1, 1 + lead), rank - 2, rank - 1])
 
 
 @converter("ConvTranspose")
@@ -102,7 +154,9 @@ def _conv_transpose(gb, node):
     """kiln's conv_transpose with no padding gives the full output; ONNX's pads crop it and
     output_padding extends it at the end (where only the bias reaches)."""
     x, w, bias = need(node, 0, "X"), need(node, 1, "W"), arg(node, 2)
-    n = _spatial_rank(x, "ConvTranspose")
+    n = x.type.rank - 2
+    if n < 1:
+        raise Unsupported(f"ConvTranspose of a {x.type.rank}-D input")
     kernel = ints(node, "kernel_shape") or [d.value for d in w.type.shape[2:]]
     strides = ints(node, "strides", [1] * n)
     dilations = ints(node, "dilations", [1] * n)
@@ -128,16 +182,59 @@ def _conv_transpose(gb, node):
     else:
         pads = ints(node, "pads", [0] * 2 * n)
         before, after = pads[:n], pads[n:]
-    if before == after and all(0 <= e < max(s, d) for e, s, d in zip(extra, strides, dilations,
-                                                                     strict=True)):
+    if n <= 2 and before == after and all(0 <= e < max(s, d) for e, s, d in
+                                          zip(extra, strides, dilations, strict=True)):
         return [gb.op("conv_transpose", x, w, bias, stride=strides, padding=before,
                       output_padding=extra, groups=groups, dilation=dilations)]
-    y = gb.op("conv_transpose", x, w, stride=strides, groups=groups, dilation=dilations)
+    if n <= 2:
+        y = gb.op("conv_transpose", x, w, stride=strides, groups=groups, dilation=dilations)
+    else:
+        y = _leading_axes_conv_transpose(gb, x, w, kernel, strides, dilations, groups)
     crop_after = [e - a for e, a in zip(extra, after, strict=True)]
     y = _explicit_pad(gb, y, [-b for b in before], crop_after)
     if bias is not None:
         y = gb.add(y, gb.reshape(bias, [bias.type.shape[0]] + [1] * n))
     return [y]
+
+
+def _leading_axes_conv_transpose(gb: GraphBuilder, x: Value, w: Value, kernel: list[int],
+                                 strides: list[int], dilations: list[int], groups: int
+                                 ) -> Value:
+    """The full (unpadded) N-D ConvTranspose (N > 2) as a sum over the kernel offsets k of
+    the leading spatial axes: a 2-D conv_transpose of the input (those axes in the batch)
+    with the kernel's slice at k, each input position i placed at i * stride + k * dilation
+    along each of those axes (a product with a 0/1 matrix)."""
+    lead = x.type.rank - 4
+    sizes = x.type.shape[2:2 + lead]
+    if not all(d.is_const for d in sizes):
+        raise Unsupported("ConvTranspose of more than 2 spatial axes needs their sizes as "
+                          "constants")
+    total = None
+    for offsets in itertools.product(*(range(k) for k in kernel[:lead])):
+        weight = w
+        for k in offsets:
+            weight = gb.op("gather", weight, gb.constant(np.array(k, np.int64)), axis=2)
+        y = _in_batch(gb, x, lead, lambda v, weight=weight: gb.op(
+            "conv_transpose", v, weight, stride=strides[lead:], groups=groups,
+            dilation=dilations[lead:]))
+        for a, (d, k, kk, s, dl) in enumerate(zip(sizes, kernel, offsets, strides, dilations,
+                                                  strict=False)):
+            full = s * (d.value - 1) + (k - 1) * dl + 1
+            place = np.zeros((d.value, full), x.type.np_dtype)
+            place[np.arange(d.value), np.arange(d.value) * s + kk * dl] = 1
+            y = _along(gb, y, 2 + a, lambda v, place=place: gb.matmul(v, gb.constant(place)))
+        total = y if total is None else gb.add(total, y)
+    return total
+
+
+def _along(gb: GraphBuilder, x: Value, axis: int, op) -> Value:
+    """op (acting on the last axis) applied along `axis`: that axis swapped last and back."""
+    last = x.type.rank - 1
+    if axis == last:
+        return op(x)
+    perm = list(range(x.type.rank))
+    perm[axis], perm[last] = last, axis
+    return gb.permute(op(gb.permute(x, perm)), perm)
 
 
 # pools kiln's pool ops do not take (3-D and more, or an average with dilations) ---------
@@ -750,14 +847,12 @@ def _resize_axis(gb: GraphBuilder, x: Value, axis: int, weights: np.ndarray,
         index = np.argmax(weights, axis=0).astype(np.int64)
         return gb.op("gather", x, gb.constant(index), axis=axis)
     require_dtype(x, FLOAT_TYPES, "an interpolating Resize's input")
-    last = x.type.rank - 1
-    perm = list(range(x.type.rank))
-    perm[axis], perm[last] = last, axis
-    moved = x if axis == last else gb.permute(x, perm)
-    y = gb.matmul(moved, gb.constant(weights.astype(x.type.np_dtype)))
-    if bias.any():
-        y = gb.add(y, gb.constant(bias.astype(x.type.np_dtype)))
-    return y if axis == last else gb.permute(y, perm)
+
+    def apply(v: Value) -> Value:
+        y = gb.matmul(v, gb.constant(weights.astype(x.type.np_dtype)))
+        return gb.add(y, gb.constant(bias.astype(x.type.np_dtype))) if bias.any() else y
+
+    return _along(gb, x, axis, apply)
 
 
 def _axis_response(node: OnnxNode, x: Value, axis: int, value: float, by_scale: bool,
