@@ -165,6 +165,9 @@ CASES = [
      {"initializers": "13"}),
     ("STFT", [f32(1, 16, 2), np.array(4, I64), None, np.array(5, I64)],
      {"onesided": 0, "initializers": "13"}),
+    ("MelWeightMatrix", [np.array(6, np.int32), np.array(16, np.int32),
+                         np.array(8000, np.int32), np.array(100, np.float32),
+                         np.array(3500, np.float32)], {"initializers": "01234"}),
     ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
      {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
 ]

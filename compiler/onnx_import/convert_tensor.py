@@ -736,3 +736,26 @@ def _optional_has_element(gb, node):
 @converter("OptionalGetElement")
 def _optional_get_element(gb, node):
     return [need(node, 0, "input")]
+
+
+@converter("MelWeightMatrix")
+def _mel_weight_matrix(gb, node):
+    """A constant: every input (bins, DFT length, sample rate, the band's edges) is needed at
+    import time, and the matrix is what ONNX's reference computes of them."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator  # loaded only when a model has the op
+
+    names = ["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz",
+             "upper_edge_hertz"]
+    values = [const_input(gb, node, i, name) for i, name in enumerate(names)]
+    kiln_dtype(int(attr(node, "output_datatype", 1)), "MelWeightMatrix's output_datatype")
+    op = helper.make_node("MelWeightMatrix", names, ["y"], **node.attrs)
+    graph = helper.make_graph([op], "mel", [], [helper.make_tensor_value_info("y", 0, None)],
+                              [numpy_helper.from_array(np.asarray(v), n)
+                               for v, n in zip(values, names, strict=True)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    try:
+        (matrix,) = ReferenceEvaluator(model).run(None, {})
+    except Exception as exc:  # the reference refuses what the standard does not define
+        raise Unsupported(f"MelWeightMatrix of these inputs: {exc}") from None
+    return [constant_of(gb, matrix, "MelWeightMatrix")]
