@@ -11,8 +11,9 @@ What is refused, before any node is converted (each a KilnError naming the file 
 - external data: a location outside the model's directory, a symlink, a missing file, a file
   shorter than the tensor, a length that disagrees with the tensor's shape (K0904);
 - the opset of the standard domain newer than onnx.defs.onnx_opset_version(), or older than
-  13 where a node's op is defined otherwise at that opset than at 13 (K0905): an older model
-  whose every op is the same op at 13 (And-7, Not-1, Shrink-9, ...) is read as opset 13.
+  13 where a node's op is another operator at that opset than at 13 (K0905): an older model
+  whose every op is the same operator at 13 (the same schema, or one only extended since:
+  Relu-6, ArgMax-12, Scan-11, ...) is read as opset 13.
 External data is read into the tensors (bounded by their declared shapes), so what follows
 sees one self-contained proto.
 """
@@ -112,8 +113,8 @@ def validate(proto: onnx.ModelProto, path: str, directory: Path | None) -> ReadM
 def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
     """The opset of each imported domain ('' for the standard one), which must be at most the
     newest the installed onnx knows, and at least MIN_OPSET unless every standard op of the
-    model is defined at its opset as at MIN_OPSET (then it is read as MIN_OPSET: the same
-    schema is the same operator) (K0905)."""
+    model is the same operator at its opset as at MIN_OPSET (`same_operator`; the model is
+    then read as MIN_OPSET) (K0905)."""
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         domain = "" if entry.domain in STANDARD_DOMAINS else entry.domain
@@ -146,28 +147,60 @@ MAX_CHANGED_LISTED = 50
 
 
 def changed_since(graph: onnx.GraphProto, version: int) -> list[str]:
-    """Each node of the standard domain (subgraphs' too) whose op's schema at opset `version`
-    is not the one at MIN_OPSET (or which `version` does not define), labelled with its
-    schema's versions."""
+    """Each node of the standard domain (subgraphs' too) whose op is not the same operator at
+    opset `version` as at MIN_OPSET (`same_operator`), labelled with both schema versions."""
     out = []
     for index, node in enumerate(graph.node):
         # Constant's older schemas only lack value attributes; the importer reads them all
         if node.domain in STANDARD_DOMAINS and node.op_type != "Constant":
-            old, new = (_since(node.op_type, v) for v in (version, MIN_OPSET))
-            if old != new:
-                defined = f"{node.op_type}-{old}" if old else "not defined"
+            old, new = (_schema(node.op_type, v) for v in (version, MIN_OPSET))
+            if old is None or new is None or not same_operator(old, new):
+                defined = f"{node.op_type}-{old.since_version}" if old else "not defined"
+                now = f"{node.op_type}-{new.since_version}" if new else "not defined"
                 out.append(f"{node_label(node, index)}: {defined} at opset {version}, "
-                           f"{node.op_type}-{new} at {MIN_OPSET}")
+                           f"{now} at {MIN_OPSET}")
         for a in node.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                 out.extend(changed_since(sub, version))
     return out
 
 
-def _since(op_type: str, version: int) -> int | None:
-    """The version of the schema of `op_type` in force at opset `version` (None: none)."""
+def same_operator(old, new) -> bool:
+    """Whether a node written for schema `old` means the same under schema `new`: the same
+    inputs and outputs (names, optionality, type parameters), each type parameter allowing
+    at least the old types, each old attribute with the same type, default and necessity,
+    and every new one optional (its default the old behaviour: ONNX adds attributes so). A
+    schema that is only extended to new element types is the same operator; one whose
+    default or signature changed (Softmax-13's axis, Squeeze-13's axes input) is not."""
+    if old.since_version == new.since_version:
+        return True
+    if new.deprecated:
+        return False
+
+    def formal(params) -> list[tuple]:
+        return [(p.name, p.option, p.type_str) for p in params]
+
+    if formal(old.inputs) != formal(new.inputs) or formal(old.outputs) != formal(new.outputs):
+        return False
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in new.type_constraints}
+    if any(not set(c.allowed_type_strs) <= allowed.get(c.type_param_str, set())
+           for c in old.type_constraints):
+        return False
+    for name, spec in new.attributes.items():
+        before = old.attributes.get(name)
+        if before is None:
+            if spec.required:
+                return False
+        elif (before.type, before.required, before.default_value.SerializeToString()) != \
+                (spec.type, spec.required, spec.default_value.SerializeToString()):
+            return False
+    return set(old.attributes) <= set(new.attributes)
+
+
+def _schema(op_type: str, version: int):
+    """The schema of `op_type` in force at opset `version` (None: none)."""
     try:
-        return onnx.defs.get_schema(op_type, version, "").since_version
+        return onnx.defs.get_schema(op_type, version, "")
     except onnx.defs.SchemaError:
         return None
 
