@@ -10,12 +10,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from ..compiler import progress
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.derived import remakeable, resolve
+from ..compiler.codegen.llvm.loader import LoadedObject
 from ..compiler.codegen.llvm.module import (
     CYCLES_SYMBOL,
     PROFILE_SYMBOL,
@@ -53,7 +53,7 @@ class LoadedCode:
         if library is not None:
             self.shutdown = library.kiln_shutdown
         else:
-            self.shutdown = ctypes.CFUNCTYPE(None)(engine.get_function_address("kiln_shutdown"))
+            self.shutdown = ctypes.CFUNCTYPE(None)(engine.address("kiln_shutdown"))
             _ENGINES[id(self)] = engine
 
     # `engines` is bound here because at interpreter exit this module's globals may be None
@@ -268,17 +268,12 @@ class NativeModel(CompiledModel):
         gradient = isinstance(key, tuple)
         native = self.compilation.native(weights, key[0] if gradient else key, gradient=gradient,
                                          profile=profile)
-        # llvmlite's memory manager (use_lmm) puts every section of the object in one
-        # reserved block: MCJIT's default allocates each section on its own, and in a process
-        # with a crowded address space (a Ray worker or driver) code and its constants landed
-        # more than 2 GiB apart, which a 32-bit PC-relative reference cannot span (LLVM
-        # aborted the process in resolveX86_64Relocation)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), native.machine,
-                                            use_lmm=True)
-        engine.add_object_file(llvm.ObjectFileRef.from_data(native.code))
-        engine.finalize_object()
-        entry = _ENTRY(engine.get_function_address("run"))
-        ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("kiln_set_threads"))(
+        symbols = ["run", "kiln_set_threads", "kiln_shutdown"]
+        if profile:
+            symbols += [PROFILE_SYMBOL, CYCLES_SYMBOL]
+        engine = LoadedObject(native.code, symbols)  # (loader.py: why not MCJIT)
+        entry = _ENTRY(engine.address("run"))
+        ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.address("kiln_set_threads"))(
             self.threads)
         return _Variant.bound(Signature.of(native.model), native.model.graph, key,
                               native.layout, LoadedCode(engine=engine), entry, weights.params)
@@ -302,8 +297,8 @@ class NativeModel(CompiledModel):
                                     lambda: self._build(state.weights, present, profile=True))
         engine = _ENGINES[id(variant.code)]
         counters = (ctypes.c_int64 * max(1, len(variant.layout.profiled))).from_address(
-            engine.get_global_value_address(PROFILE_SYMBOL))
-        cycles = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.get_function_address(CYCLES_SYMBOL))
+            engine.address(PROFILE_SYMBOL))
+        cycles = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.address(CYCLES_SYMBOL))
         call = self._prepare(variant, dims)
         ins = [arrays[p.name] for p in variant.signature.inputs]
         with self._lock:  # one profile at a time: the counters are the code's own

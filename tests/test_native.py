@@ -117,6 +117,38 @@ model M {
               RNG.standard_normal((1, 2, 4, 3)).astype(np.float32))
 
 
+def test_reshapes_view_their_operand_which_lives_until_the_last_reader():
+    """A reshape (flatten, squeeze, unsqueeze) has no memory of its own: it reads its operand's
+    bytes, which must then stay untouched until the reshape's own last reader, past the
+    operand's last direct use, while later intermediates of the same size take free memory."""
+    source = """
+model M {
+  forward(x: f32[B, 4, 6]) -> (f32[B, 24], f32[B, 6, 4], f32[B, 4, 6]) {
+    a = exp(x)
+    v = unsqueeze(flatten(reshape(a, [B, 6, 4]), start = 1), axis = 0)
+    b = tanh(x) * 2.0
+    c = sin(b) + b
+    d = cos(c) * c
+    return squeeze(v, axis = 0) + 1.0, reshape(d, [B, 6, 4]), flatten(v, start = 0, end = 1) |> reshape([B, 4, 6])
+  }
+}"""
+    native, ref = both(source)
+    for batch in (1, 5):
+        agree(native, ref, RNG.standard_normal((batch, 4, 6)).astype(np.float32))
+    graph = native.lowered().graph
+    memory = graph.memory
+    assert len(memory.views) >= 2  # the optimizer merges each chain into one reshape
+    viewed = set(memory.views.values())
+    assert all(graph.op(node) not in ("reshape", "flatten", "squeeze", "unsqueeze")
+               for node, _ in viewed)
+    position = {nid: i for i, nid in enumerate(memory.order)}
+    dies = {(b.node, b.index): b.dies for b in memory.buffers}
+    for view, base in memory.views.items():
+        readers = [position[v] for v in graph.g.successors(view[0])]
+        assert dies[base] >= max(readers)
+    assert not {b.node for b in memory.buffers} & {node for node, _ in memory.views}
+
+
 def test_half_precision_matmul_rounds_once():
     native, ref = both("model M { forward(a: f16[3, 64], b: f16[64, 2]) -> f16[3, 2] "
                        "{ return a @ b } }")

@@ -10,6 +10,9 @@ computes it, dead after the last op that reads it. From it:
 - `MemoryPlan.peak()`: the planned peak activation memory as a formula, the largest sum of the
   sizes alive at one step (a max of polynomials; those another dominates for every value of the
   sizes are dropped);
+- `MemoryPlan.views`: results that are another value's bytes (a reshape, flatten, squeeze or
+  unsqueeze: the same elements in the same row-major order) get no buffer of their own; the
+  value they view lives until their last reader instead (a native kernel would only copy);
 - `place(plan, dims)`: byte offsets in one workspace for concrete sizes, reusing the bytes of
   dead tensors (first fit, largest lifetimes not favoured: in run order), which the native
   backend uses for its arena.
@@ -20,13 +23,14 @@ Before a call every backend checks the call's sizes with compiler/sizes.SizeChec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..dims import Dim
 from ..errors import KilnError
 from ..ir import STRUCTURAL_OPS, Graph
+from ..ops.registry import Prop, has
 from ..sizes import TOO_LARGE_HINT, sizes_text
 from ..types import MAX_TENSOR_BYTES, TensorType, bytes_text
 from .manager import PassContext, graph_pass
@@ -60,6 +64,8 @@ class MemoryPlan:
 
     order: list[int]
     buffers: list[Buffer]
+    # (node, index) of a view -> the (node, index) whose memory it is (never itself a view)
+    views: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
     def live_sums(self) -> list[Dim]:
         """The bytes alive at each step of the run order."""
@@ -100,7 +106,7 @@ def _at_most(a: Dim, b: Dim) -> bool:
 
 def plan(graph: Graph) -> MemoryPlan:
     """The intermediates of `graph` (its own; a scan body's are the scan's business) with
-    their lifetimes."""
+    their lifetimes, views (`views`) resolved to the value they view."""
     order = graph.order()
     position = {nid: i for i, nid in enumerate(order)}
     last: dict[tuple[int, int], int] = {}  # the position of each value's last reader
@@ -108,15 +114,36 @@ def plan(graph: Graph) -> MemoryPlan:
         k = (u, d["src"])
         last[k] = max(last.get(k, -1), position[v])
     outputs = {(o.node, o.index) for o in graph.outputs}
+    views = _views(graph, order, outputs)
+    for view, base in views.items():  # the viewed bytes stay until the view's last reader
+        last[base] = max(last.get(base, -1), last.get(view, position[view[0]]))
     buffers = []
     for step, nid in enumerate(order):
         node = graph.node(nid)
         if node["op"] in STRUCTURAL_OPS:
             continue
         for i, t in enumerate(node["types"]):
-            if (nid, i) not in outputs:
+            if (nid, i) not in outputs and (nid, i) not in views:
                 buffers.append(Buffer(nid, i, t, step, last.get((nid, i), step)))
-    return MemoryPlan(order, buffers)
+    return MemoryPlan(order, buffers, views)
+
+
+def _views(graph: Graph, order: list[int], outputs: set[tuple[int, int]]
+           ) -> dict[tuple[int, int], tuple[int, int]]:
+    """The results that need no memory of their own: an op that keeps its operand's elements in
+    their row-major order (Prop.RESHAPE) views the operand's bytes, unless the result is a
+    graph output (the caller's own array). Each maps to the value at the end of its chain."""
+    views: dict[tuple[int, int], tuple[int, int]] = {}
+    for nid in order:
+        op = graph.op(nid)
+        if op in STRUCTURAL_OPS or not has(op, Prop.RESHAPE) or (nid, 0) in outputs:
+            continue
+        operand = graph.operands(nid)[0]
+        if operand is None:
+            continue
+        source = (operand.node, operand.index)
+        views[(nid, 0)] = views.get(source, source)
+    return views
 
 
 def aligned_bytes(t: TensorType, dims: dict[str, int]) -> int:

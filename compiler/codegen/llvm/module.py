@@ -142,6 +142,7 @@ class _Frame:
     out_index: dict[tuple[int, int], int]
     input_index: dict[int, int]
     noinline: bool
+    views: dict[tuple[int, int], tuple[int, int]]  # a reshape's result -> the value it views
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class GraphEmitter(GraphVisitor):
             out_index={(o.node, o.index): i for i, o in enumerate(graph.outputs)},
             input_index={nid: i for i, nid in enumerate(graph.inputs)},
             noinline=kernels > MAX_INLINED_KERNELS,
+            views=memory.views,
         )
         for nid in order:
             self.visit(graph, nid, frame)
@@ -199,6 +201,9 @@ class GraphEmitter(GraphVisitor):
     visit_constant = visit_param
 
     def visit_op(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
+        if (nid, 0) in f.views:  # the viewed value's bytes: no kernel, no memory of its own
+            f.where[(nid, 0)] = f.where[f.views[(nid, 0)]]
+            return
         rec = REGISTRY[node["op"]]
         if rec.llvm is None:
             raise KilnError("K0702", f"the op {rec.name} has no native lowering yet", node["span"],

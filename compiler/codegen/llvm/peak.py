@@ -17,6 +17,7 @@ from llvmlite import ir
 from . import target as targets
 from .abi import I64
 from .irgen import Vectors
+from .loader import LoadedObject
 
 CHAINS = 12  # independent accumulators: latency 4 x 2 FMA ports = 8 in flight, with room
 
@@ -52,10 +53,8 @@ def fma_peak_flops() -> float:
     for n in new[1:]:
         total = b.fadd(total, n)
     b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
-    parsed = llvm.parse_assembly(str(module))
-    engine = llvm.create_mcjit_compiler(parsed, machine, use_lmm=True)  # (runtime/native.py)
-    engine.finalize_object()
-    run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(engine.get_function_address("kiln_peak"))
+    code = LoadedObject(machine.emit_object(llvm.parse_assembly(str(module))), ["kiln_peak"])
+    run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(code.address("kiln_peak"))
     # many short runs, the best of them: on a busy machine some run undisturbed
     iterations, best, deadline = 100_000, float("inf"), time.perf_counter() + 0.25
     while time.perf_counter() < deadline:
