@@ -501,3 +501,16 @@ def test_conv_3d_agrees_with_onnxruntime(attrs):
 def test_conv_transpose_3d_agrees_with_onnxruntime(attrs):
     x, w, b = f32(2, 4, 4, 3, 5), f32(4, 6 // attrs.get("group", 1), 3, 2, 3), f32(6)
     check("ConvTranspose", [x, w, b], opset=ORT_OPSET, rtol=1e-4, atol=1e-4, **attrs)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("ctm", ["half_pixel", "output_half_pixel"])
+def test_roi_align_agrees_with_onnxruntime(mode, ctm):
+    """Regions inside, across the border and beyond it, of either batch entry."""
+    x = f32(2, 3, 7, 9)
+    rois = np.array([[0.5, 1.0, 6.0, 5.5], [-2.0, -1.5, 3.0, 2.0], [7.0, 4.0, 12.0, 9.5],
+                     [2.0, 2.0, 2.2, 2.1]], np.float32)
+    batch = np.array([0, 1, 1, 0], I64)
+    check("RoiAlign", [x, rois, batch], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode=mode,
+          coordinate_transformation_mode=ctm, output_height=3, output_width=4,
+          sampling_ratio=2, spatial_scale=0.8)

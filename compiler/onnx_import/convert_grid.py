@@ -1,4 +1,6 @@
-"""GridSample: X [N, C, *spatial] sampled at the points grid [N, *out, r] gives, normalised to
+"""GridSample and RoiAlign, bilinear sampling at computed points.
+
+GridSample: X [N, C, *spatial] sampled at the points grid [N, *out, r] gives, normalised to
 [-1, 1] (component 0 the last spatial axis), as ONNX's definition (and its reference) does:
 
     p = ((g + 1) * size - 1) / 2     or, align_corners, (g + 1) / 2 * (size - 1)
@@ -31,6 +33,7 @@ from .convert_base import (
     choose,
     const_like,
     converter_table,
+    known,
     need,
     require_dtype,
 )
@@ -196,3 +199,120 @@ def _sum(gb: GraphBuilder, values: list[Value]) -> Value:
 
 def _product(gb: GraphBuilder, values: list[Value]) -> Value:
     return functools.reduce(gb.mul, values)
+
+
+@converter("RoiAlign")
+def _roi_align(gb, node):
+    """Each region of interest [x1, y1, x2, y2] (times spatial_scale, less 1/2 with
+    half_pixel) of its batch entry's X cut into output_height x output_width bins, each
+    the average (or max) of sampling_ratio^2 bilinear samples at the centres of a regular
+    grid in the bin, as ONNX's reference computes them: a sample beyond a pixel past the
+    border is 0, one within it is clamped to the border pixels; max mode takes the largest
+    of each sample's four weighted corners. The grid must be fixed: sampling_ratio > 0, or
+    regions known at import time that give every one the same adaptive grid."""
+    x, rois, batch = need(node, 0, "X"), need(node, 1, "rois"), need(node, 2, "batch_indices")
+    require_dtype(x, FLOAT_TYPES, "RoiAlign's X")
+    require_dtype(rois, FLOAT_TYPES, "RoiAlign's rois")
+    mode = choose(node, "mode", "avg", ("avg", "max"))
+    half_pixel = choose(node, "coordinate_transformation_mode", "half_pixel",
+                        ("half_pixel", "output_half_pixel")) == "half_pixel"
+    out_h, out_w = int(attr(node, "output_height", 1)), int(attr(node, "output_width", 1))
+    scale = float(attr(node, "spatial_scale", 1.0))
+    if x.type.rank != 4 or not (x.type.shape[2].is_const and x.type.shape[3].is_const):
+        raise Unsupported(f"RoiAlign of X {x.type} (only [N, C, H, W] of constant H, W)")
+    height, width = x.type.shape[2].value, x.type.shape[3].value
+    grid = _roi_grid(gb, node, int(attr(node, "sampling_ratio", 0)), scale, half_pixel,
+                     out_h, out_w)
+    c = functools.partial(const_like, gb, dtype="f32")
+    boxes = rois if rois.type.dtype == "f32" else gb.cast(rois, "f32")
+    corner = [gb.op("gather", boxes, gb.constant(np.array(k, np.int64)), axis=1)
+              for k in range(4)]  # x1, y1, x2, y2: [R]
+    offset = c(0.5 if half_pixel else 0.0)
+    start_w, start_h, end_w, end_h = (gb.sub(gb.mul(v, c(scale)), offset) for v in corner)
+    span_w, span_h = gb.sub(end_w, start_w), gb.sub(end_h, start_h)
+    if not half_pixel:  # the legacy mode makes every region at least a pixel wide
+        span_w, span_h = (gb.op("maximum", v, c(1.0)) for v in (span_w, span_h))
+    count = rois.type.shape[0]
+    ys = _roi_samples(gb, start_h, span_h, out_h, grid[0], count)  # [R, oh, gh]
+    xs = _roi_samples(gb, start_w, span_w, out_w, grid[1], count)  # [R, ow, gw]
+    y = gb.reshape(ys, [count, out_h, 1, grid[0], 1])
+    xw = gb.reshape(xs, [count, 1, out_w, 1, grid[1]])
+    outside = gb.op("logical_or",
+                    gb.op("logical_or", gb.op("less", y, c(-1.0)), gb.op("greater", y, c(height))),
+                    gb.op("logical_or", gb.op("less", xw, c(-1.0)),
+                          gb.op("greater", xw, c(width))))
+    (y_lo, y_hi, ly), (x_lo, x_hi, lx) = (_roi_axis(gb, v, size) for v, size in
+                                          ((y, height), (xw, width)))
+    hy, hx = gb.sub(c(1.0), ly), gb.sub(c(1.0), lx)
+    inside = gb.op("logical_not", outside)
+    zero = c(0.0)
+    points = out_h * out_w * grid[0] * grid[1]
+    source = gb.op("gather", x if x.type.dtype == "f32" else gb.cast(x, "f32"), batch, axis=0)
+    flat = gb.reshape(source, [count, x.type.shape[1], height * width])
+    products = []
+    for row, col, weight in ((y_lo, x_lo, gb.mul(hy, hx)), (y_lo, x_hi, gb.mul(hy, lx)),
+                             (y_hi, x_lo, gb.mul(ly, hx)), (y_hi, x_hi, gb.mul(ly, lx))):
+        # (a sample outside reads pixel 0 with weight 0, as the reference does)
+        at = gb.op("where", inside, gb.add(gb.mul(row, c(float(width))), col), zero)
+        at = gb.reshape(gb.cast(at, "i64"), [count, 1, points])
+        weight = gb.reshape(gb.op("where", inside, weight, zero), [count, 1, points])
+        products.append(gb.mul(gb.op("take_along_axis", flat, at, axis=2), weight))
+    if mode == "avg":
+        value = _sum(gb, products)
+    else:
+        value = functools.reduce(lambda a, b: gb.op("maximum", a, b), products)
+    value = gb.reshape(value, [count, x.type.shape[1], out_h, out_w, grid[0], 1, grid[1]])
+    value = gb.reshape(gb.permute(value, [0, 1, 2, 3, 4, 6, 5]),
+                       [count, x.type.shape[1], out_h, out_w, grid[0] * grid[1]])
+    if mode == "avg":
+        y_out = gb.div(gb.op("sum", value, axis=[4], keepdims=False), c(float(max(
+            grid[0] * grid[1], 1))))
+    else:
+        y_out = gb.op("max", value, axis=[4], keepdims=False)
+    return [y_out if x.type.dtype == "f32" else gb.cast(y_out, x.type.dtype)]
+
+
+def _roi_grid(gb: GraphBuilder, node, ratio: int, scale: float, half_pixel: bool,
+              out_h: int, out_w: int) -> tuple[int, int]:
+    """The samples per bin along y and x: sampling_ratio, or the adaptive ceil(span / bins)
+    where the regions are known now and give each the same."""
+    if ratio > 0:
+        return ratio, ratio
+    boxes = known(gb, node, 1)
+    if boxes is None:
+        raise Unsupported("RoiAlign with sampling_ratio=0 (a grid adapted to each region) "
+                          "needs the regions at import time")
+    boxes = boxes.astype(np.float64) * scale - (0.5 if half_pixel else 0.0)
+    spans = [boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]]
+    if not half_pixel:
+        spans = [np.maximum(s, 1.0) for s in spans]
+    grids = [set(np.ceil(s / n).astype(int).tolist()) for s, n in zip(spans, (out_h, out_w),
+                                                                       strict=True)]
+    if any(len(g) != 1 for g in grids):
+        raise Unsupported("RoiAlign with sampling_ratio=0 over regions of different grids")
+    return grids[0].pop(), grids[1].pop()
+
+
+def _roi_samples(gb: GraphBuilder, start: Value, span: Value, bins: int, grid: int,
+                 count) -> Value:
+    """[R, bins, grid]: start + b * bin + (i + 1/2) * bin / grid, bin = span / bins."""
+    c = functools.partial(const_like, gb, dtype="f32")
+    size = gb.div(span, c(float(bins)))
+    steps = np.arange(bins, dtype=np.float32).reshape(1, bins, 1)
+    within = (np.arange(grid, dtype=np.float32) + 0.5).reshape(1, 1, grid)
+    start, size = (gb.reshape(v, [count, 1, 1]) for v in (start, size))
+    return gb.add(gb.add(start, gb.mul(gb.constant(steps), size)),
+                  gb.div(gb.mul(gb.constant(within), size), c(float(grid))))
+
+
+def _roi_axis(gb: GraphBuilder, v: Value, size: int) -> tuple[Value, Value, Value]:
+    """(low pixel, high pixel, fraction) of sample coordinates v along an axis of `size`:
+    v clamped at 0, both pixels the last one from it on (fraction 0 there)."""
+    c = functools.partial(const_like, gb, dtype="f32")
+    v = gb.op("maximum", v, c(0.0))
+    low = gb.op("floor", v)
+    last = gb.op("greater_equal", low, c(size - 1.0))
+    low = gb.op("where", last, c(size - 1.0), low)
+    high = gb.op("where", last, c(size - 1.0), gb.add(low, c(1.0)))
+    v = gb.op("where", last, low, v)
+    return low, high, gb.sub(v, low)
