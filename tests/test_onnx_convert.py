@@ -514,3 +514,20 @@ def test_roi_align_agrees_with_onnxruntime(mode, ctm):
     check("RoiAlign", [x, rois, batch], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode=mode,
           coordinate_transformation_mode=ctm, output_height=3, output_width=4,
           sampling_ratio=2, spatial_scale=0.8)
+
+
+def test_deform_conv_agrees_with_onnx_reference():
+    """Groups, offset groups, strides, dilations, asymmetric pads, a mask and a bias; offsets
+    reaching outside X."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, w, b = f32(2, 4, 6, 7), f32(6, 2, 3, 2), f32(6)
+    attrs = {"group": 2, "offset_group": 2, "strides": [2, 1], "dilations": [1, 2],
+             "pads": [1, 0, 1, 1]}
+    out_h, out_w = (6 + 2 - 3) // 2 + 1, (7 + 1 - 3) // 1 + 1
+    offset = (RNG.standard_normal((2, 2 * 6 * 2, out_h, out_w)) * 2).astype(np.float32)
+    mask = RNG.uniform(0, 1, (2, 2 * 6, out_h, out_w)).astype(np.float32)
+    feeds = [x, w, offset, b, mask]
+    model = one_node("DeformConv", feeds, opset=OPSET, **attrs)
+    (want,) = ReferenceEvaluator(model).run(None, {f"in{i}": v for i, v in enumerate(feeds)})
+    np.testing.assert_allclose(run_kiln(model, feeds)[0], want, rtol=1e-4, atol=1e-5)

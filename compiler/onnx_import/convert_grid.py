@@ -29,6 +29,7 @@ from ..ir import Value
 from .convert_base import (
     FLOAT_TYPES,
     Unsupported,
+    arg,
     attr,
     choose,
     const_like,
@@ -126,12 +127,20 @@ def _axis(gb: GraphBuilder, grid: Value, component: int, size: int, mode: str, p
         p = gb.op("where", outside, gb.op("clip", p, min=0.0, max=size - 1.0), p)
     elif padding == "reflection":
         p = _reflect(gb, p, lo, hi)
+    return _taps(gb, p, size, mode, padding, lo, hi)
+
+
+def _taps(gb: GraphBuilder, p: Value, size: int, mode: str, padding: str, lo: float,
+          hi: float) -> list[_Tap]:
+    """The taps of pixel coordinates p (f32) along an axis of `size`: the pixel itself
+    (nearest: p is rounded already), its two neighbours (linear) or four (cubic)."""
     if mode == "nearest":
         return [_pixel(gb, p, None, size, padding, lo, hi)]
+    c = functools.partial(const_like, gb, dtype="f32")
     base = gb.op("floor", p)
     t = gb.sub(p, base)
     if mode == "linear":
-        weights, offsets = [gb.sub(one, t), t], [0, 1]
+        weights, offsets = [gb.sub(c(1.0), t), t], [0, 1]
     else:
         weights, offsets = _cubic_weights(gb, t), [-1, 0, 1, 2]
     return [_pixel(gb, base if k == 0 else gb.add(base, c(float(k))), w, size, padding, lo, hi)
@@ -316,3 +325,73 @@ def _roi_axis(gb: GraphBuilder, v: Value, size: int) -> tuple[Value, Value, Valu
     high = gb.op("where", last, c(size - 1.0), gb.add(low, c(1.0)))
     v = gb.op("where", last, low, v)
     return low, high, gb.sub(v, low)
+
+
+@converter("DeformConv")
+def _deform_conv(gb, node):
+    """A 2-D conv whose every kernel tap reads X at its place plus the tap's offset (per
+    offset group, output position and axis), bilinearly with zeros outside (ONNX's
+    reference: GridSample with align_corners), times the mask if given: the samples are
+    gathered as GridSample's corners, then contracted with the weights as an im2col
+    product per group."""
+    x, w, offset = need(node, 0, "X"), need(node, 1, "W"), need(node, 2, "offset")
+    bias, mask = arg(node, 3), arg(node, 4)
+    for v, what in ((x, "X"), (w, "W"), (offset, "offset")):
+        require_dtype(v, FLOAT_TYPES, f"DeformConv's {what}")
+    if x.type.rank != 4:
+        raise Unsupported(f"DeformConv of a {x.type.rank}-D input (only 4-D)")
+    if not all(d.is_const for d in (*x.type.shape[1:], *w.type.shape, *offset.type.shape[1:])):
+        raise Unsupported("DeformConv needs constant sizes but the batch")
+    n = x.type.shape[0]
+    channels, height, width = (d.value for d in x.type.shape[1:])
+    out_ch, group_ch = w.type.shape[0].value, w.type.shape[1].value
+    kernel = [int(k) for k in (attr(node, "kernel_shape") or [d.value for d in
+                                                              w.type.shape[2:]])]
+    strides = [int(v) for v in (attr(node, "strides") or [1, 1])]
+    dilations = [int(v) for v in (attr(node, "dilations") or [1, 1])]
+    pads = [int(v) for v in (attr(node, "pads") or [0, 0, 0, 0])]
+    groups, offset_groups = int(attr(node, "group", 1)), int(attr(node, "offset_group", 1))
+    taps = kernel[0] * kernel[1]
+    out_h, out_w = offset.type.shape[2].value, offset.type.shape[3].value
+    if channels != group_ch * groups or out_ch % groups or channels % offset_groups or \
+            offset.type.shape[1].value != offset_groups * taps * 2 or 1 in (height, width):
+        raise Unsupported(f"DeformConv of X {x.type}, W {w.type}, offset {offset.type} "
+                          f"with group {groups} and offset_group {offset_groups}")
+    f32 = [v if v.type.dtype == "f32" else gb.cast(v, "f32") for v in (x, offset)]
+    xf, off = f32
+    off = gb.reshape(off, [n, offset_groups, kernel[0], kernel[1], 2, out_h, out_w])
+    coords = []
+    for axis in (0, 1):  # y, then x: the place of each tap, plus its offset
+        start = -pads[axis] + strides[axis] * np.arange((out_h, out_w)[axis])
+        place = start + dilations[axis] * np.arange(kernel[axis])[:, None]  # [k, out]
+        shape = [1, 1, 1, 1, 1, 1]
+        shape[2 + axis], shape[4 + axis] = kernel[axis], (out_h, out_w)[axis]
+        delta = gb.op("gather", off, gb.constant(np.array(axis, np.int64)), axis=4)
+        coords.append(gb.add(gb.constant(place.astype(np.float32).reshape(shape)), delta))
+    points = taps * out_h * out_w
+    flat = gb.reshape(xf, [n, offset_groups, channels // offset_groups, height * width])
+    rows, cols = (_taps(gb, p, size, "linear", "zeros", 0.0, size - 1.0)
+                  for p, size in zip(coords, (height, width), strict=True))
+    total = None
+    for row, col in itertools.product(rows, cols):
+        index = gb.add(gb.mul(row.index, const_like(gb, float(width), "f32")), col.index)
+        index = gb.reshape(gb.cast(index, "i64"), [n, offset_groups, 1, points])
+        sample = gb.op("take_along_axis", flat, index, axis=3)
+        inside = gb.op("logical_and", row.valid, col.valid)
+        weight = gb.op("where", inside, gb.mul(row.weight, col.weight),
+                       const_like(gb, 0.0, "f32"))
+        sample = gb.mul(sample, gb.reshape(weight, [n, offset_groups, 1, points]))
+        total = sample if total is None else gb.add(total, sample)
+    if mask is not None:
+        require_dtype(mask, FLOAT_TYPES, "DeformConv's mask")
+        scale = mask if mask.type.dtype == "f32" else gb.cast(mask, "f32")
+        total = gb.mul(total, gb.reshape(scale, [n, offset_groups, 1, points]))
+    # columns [N, groups, C/groups * taps, positions] against W [groups, O/groups, ...]
+    columns = gb.reshape(total, [n, groups, group_ch * taps, out_h * out_w])
+    weights = gb.reshape(w if w.type.dtype == "f32" else gb.cast(w, "f32"),
+                         [1, groups, out_ch // groups, group_ch * taps])
+    y = gb.reshape(gb.matmul(weights, columns), [n, out_ch, out_h, out_w])
+    if bias is not None:
+        b = bias if bias.type.dtype == "f32" else gb.cast(bias, "f32")
+        y = gb.add(y, gb.reshape(b, [1, out_ch, 1, 1]))
+    return [y if x.type.dtype == "f32" else gb.cast(y, x.type.dtype)]
