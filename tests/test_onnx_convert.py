@@ -531,3 +531,18 @@ def test_deform_conv_agrees_with_onnx_reference():
     model = one_node("DeformConv", feeds, opset=OPSET, **attrs)
     (want,) = ReferenceEvaluator(model).run(None, {f"in{i}": v for i, v in enumerate(feeds)})
     np.testing.assert_allclose(run_kiln(model, feeds)[0], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, weighted", [("TF", False), ("IDF", True), ("IDF", False),
+                                            ("TFIDF", True)])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_tf_idf_vectorizer_agrees_with_onnxruntime(mode, weighted, rank):
+    """Unigrams and bigrams, skips up to 2, a repeated token stream and a batch."""
+    x = RNG.integers(2, 6, (3, 9) if rank == 2 else (9,)).astype(I64)
+    pool = [2, 3, 5, 2, 3, 3, 5, 4, 4]  # unigrams 2, 3, 5; bigrams (2,3) (3,5) (4,4)
+    attrs = {"mode": mode, "min_gram_length": 1, "max_gram_length": 2, "max_skip_count": 2,
+             "ngram_counts": [0, 3], "ngram_indexes": [5, 0, 2, 1, 4, 3],
+             "pool_int64s": pool}
+    if weighted:
+        attrs["weights"] = [0.5, 1.5, 2.0, 0.25, 3.0, 1.0]
+    check("TfIdfVectorizer", [x], opset=ORT_OPSET, **attrs)

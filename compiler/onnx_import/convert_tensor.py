@@ -759,3 +759,67 @@ def _mel_weight_matrix(gb, node):
     except Exception as exc:  # the reference refuses what the standard does not define
         raise Unsupported(f"MelWeightMatrix of these inputs: {exc}") from None
     return [constant_of(gb, matrix, "MelWeightMatrix")]
+
+
+@converter("TfIdfVectorizer")
+def _tf_idf_vectorizer(gb, node):
+    """Counts of the pool's n-grams in each row of integer X ([N, L] or [L]), as ONNX's
+    reference counts them: gram j (n tokens) at every start i and skip distance d
+    (1 .. max_skip_count + 1; unigrams once) where X[i + k d] = token k for all k; each count
+    is TF (the count), IDF (gram j's weight, or 1, where counted) or TFIDF (its weight times
+    the count, or the count), in column ngram_indexes[j]."""
+    x = _index(gb, node, 0)
+    if x.type.rank not in (1, 2) or not x.type.shape[-1].is_const:
+        raise Unsupported(f"TfIdfVectorizer of X {x.type} (only [N, L] or [L], L constant)")
+    if attr(node, "pool_strings") is not None:
+        raise Unsupported("TfIdfVectorizer over strings (kiln's element types have none)")
+    mode = choose(node, "mode", "TF", ("TF", "IDF", "TFIDF"))
+    low, high = int(attr(node, "min_gram_length")), int(attr(node, "max_gram_length"))
+    skips = int(attr(node, "max_skip_count"))
+    pool = [int(v) for v in attr(node, "pool_int64s", [])]
+    starts = [int(v) for v in attr(node, "ngram_counts")]
+    indexes = [int(v) for v in attr(node, "ngram_indexes")]
+    weights = attr(node, "weights")
+    # ngram_counts[n - 1]: where the pool's n-grams start (each n tokens, in order)
+    grams = [pool[i:i + n] for n, (begin, end) in
+             enumerate(zip(starts, [*starts[1:], len(pool)]), start=1)
+             for i in range(begin, end - n + 1, n)]
+    if len(grams) != len(indexes):
+        raise Unsupported(f"TfIdfVectorizer: {len(grams)} n-grams for {len(indexes)} "
+                          "ngram_indexes")
+    length = x.type.shape[-1].value
+    rows = x if x.type.rank == 2 else gb.reshape(x, [1, length])
+    last = {tuple(gram): j for j, gram in enumerate(grams)}  # a repeated gram counts once,
+    counts = []                                              # at its last place (a trie's)
+    for j, gram in enumerate(grams):
+        n = len(gram)
+        count = None
+        if low <= n <= high and last[tuple(gram)] == j:
+            for d in range(1, (skips + 1 if n > 1 else 1) + 1):
+                span = length - (n - 1) * d
+                if span <= 0:
+                    continue
+                match = None
+                for k, token in enumerate(gram):
+                    at = gb.op("gather", rows, gb.constant(np.arange(span) + k * d), axis=1)
+                    hit = gb.op("equal", at, gb.constant(np.array(token, x.type.np_dtype)))
+                    match = hit if match is None else gb.op("logical_and", match, hit)
+                found = gb.op("sum", gb.cast(match, "f32"), axis=[1], keepdims=False)
+                count = found if count is None else gb.add(count, found)
+        counts.append(count if count is not None else
+                      gb.op("zeros", shape=[rows.type.shape[0]], dtype="f32"))
+    y = gb.op("stack", counts, axis=1)  # [N, grams]
+    if mode == "IDF" and len(set(indexes)) < len(indexes):
+        raise Unsupported("TfIdfVectorizer in IDF mode with n-grams sharing a column")
+    if mode == "IDF":
+        y = gb.cast(gb.op("greater", y, gb.constant(np.array(0, np.float32))), "f32")
+    if mode != "TF" and weights is not None and len(weights):
+        if len(weights) != len(grams):
+            raise Unsupported(f"TfIdfVectorizer: {len(weights)} weights for {len(grams)} "
+                              "n-grams")
+        # the spec's (and onnxruntime's) weight of gram j; ONNX's reference weighs column j
+        y = gb.mul(y, gb.constant(np.asarray(weights, np.float32)))
+    place = np.zeros((len(grams), max(indexes) + 1), np.float32)
+    place[np.arange(len(grams)), indexes] = 1  # gram j counts in column ngram_indexes[j]
+    y = gb.matmul(y, gb.constant(place))
+    return [y if x.type.rank == 2 else gb.reshape(y, [place.shape[1]])]
