@@ -91,6 +91,7 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     "Dropout": (1, 2), "Compress": (1,), "ReverseSequence": (1,), "CumSum": (1,),
     "DFT": (1, 2), "Col2Im": (1, 2), "TopK": (1,), "CumProd": (1,),
     "MaxUnpool": (2,), "STFT": (1, 3), "MelWeightMatrix": (0, 1, 2, 3, 4),
+    "Upsample": (1,),  # (before opset 13: the version converter makes it a Resize)
     **{op: (1,) for op in _REDUCTIONS},
 }
 

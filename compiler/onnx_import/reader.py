@@ -11,9 +11,11 @@ What is refused, before any node is converted (each a KilnError naming the file 
 - external data: a location outside the model's directory, a symlink, a missing file, a file
   shorter than the tensor, a length that disagrees with the tensor's shape (K0904);
 - the opset of the standard domain newer than onnx.defs.onnx_opset_version(), or older than
-  13 where a node's op is another operator at that opset than at 13 (K0905): an older model
-  whose every op is the same operator at 13 (the same schema, or one only extended since:
-  Relu-6, ArgMax-12, Scan-11, ...) is read as opset 13.
+  13 where a node's op is another operator at that opset than at 13 and ONNX's version
+  converter cannot convert the model to 13 (K0905). An older model whose every op is the
+  same operator at 13 (the same schema, or one only extended since: Relu-6, ArgMax-12,
+  Scan-11, ...) is read as opset 13; one with changed ops (Softmax-11, Squeeze-11) is
+  converted to 13 by onnx.version_converter.
 External data is read into the tensors (bounded by their declared shapes), so what follows
 sees one self-contained proto.
 """
@@ -101,20 +103,24 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
 
 def validate(proto: onnx.ModelProto, path: str, directory: Path | None) -> ReadModel:
     """Check the opsets and the graph, and read external data (relative to `directory`;
-    None: a model given in memory may have none)."""
+    None: a model given in memory may have none); a model of an opset below MIN_OPSET whose
+    ops changed since is upgraded to MIN_OPSET (`upgraded`) once the graph is checked."""
     opsets = check_opsets(proto, path)
     read_external_data(proto.graph, path, directory)
     for tensor in tensors_of(proto.graph):
         check_tensor(tensor, path)
     order = node_order(proto.graph, path)
+    if opsets[""] < MIN_OPSET:
+        proto = upgraded(proto, path, opsets[""])
+        opsets, order = check_opsets(proto, path), node_order(proto.graph, path)
     return ReadModel(proto, path, opsets, order)
 
 
 def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
     """The opset of each imported domain ('' for the standard one), which must be at most the
-    newest the installed onnx knows, and at least MIN_OPSET unless every standard op of the
-    model is the same operator at its opset as at MIN_OPSET (`same_operator`; the model is
-    then read as MIN_OPSET) (K0905)."""
+    newest the installed onnx knows (K0905). Below MIN_OPSET, a model whose every standard
+    op is the same operator at MIN_OPSET (`same_operator`) is read as MIN_OPSET; another
+    keeps its opset, for `upgraded`."""
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         domain = "" if entry.domain in STANDARD_DOMAINS else entry.domain
@@ -124,22 +130,50 @@ def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
     if version is None:
         raise KilnError("K0905", f"{path} imports no opset of the standard ONNX domain",
                         hint=f"kiln imports opsets {MIN_OPSET} to {newest}")
-    convert = ("convert it first: onnx.version_converter.convert_version(model, "
-               f"{max(MIN_OPSET, min(version, newest))})")
     if version > newest or version < 1:
         raise KilnError("K0905", f"{path} uses ONNX opset {version}; kiln imports opsets "
-                        f"{MIN_OPSET} to {newest}", hint=convert)
-    if version < MIN_OPSET:
-        changed = changed_since(proto.graph, version)
-        if changed:
-            listed = "\n  ".join(changed[:MAX_CHANGED_LISTED])
-            more = len(changed) - MAX_CHANGED_LISTED
-            raise KilnError("K0905", f"{path} uses ONNX opset {version}, where {len(changed)} "
-                            f"node{'s' if len(changed) > 1 else ''} have ops defined otherwise "
-                            f"than at opset {MIN_OPSET}, the oldest kiln imports:\n  {listed}"
-                            + (f"\n  ... and {more} more" if more > 0 else ""), hint=convert)
+                        f"{MIN_OPSET} to {newest}", hint=_CONVERT)
+    if version < MIN_OPSET and not changed_since(proto.graph, version):
         opsets[""] = MIN_OPSET
     return opsets
+
+
+_CONVERT = f"convert it first: onnx.version_converter.convert_version(model, {MIN_OPSET})"
+
+
+def upgraded(proto: onnx.ModelProto, path: str, version: int) -> onnx.ModelProto:
+    """The model of opset `version` (< MIN_OPSET) whose ops changed since, converted to
+    MIN_OPSET by ONNX's own version converter (its adapters rewrite each changed op: an
+    attribute become an input, Upsample a Resize, Scatter a ScatterElements); K0905 listing
+    every changed node where it cannot."""
+    changed = changed_since(proto.graph, version)
+    try:
+        from onnx import version_converter  # loaded only for an old model
+
+        converted = version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # its adapters raise their own kinds, with their reasons
+        listed = "\n  ".join(changed[:MAX_CHANGED_LISTED])
+        more = len(changed) - MAX_CHANGED_LISTED
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise KilnError("K0905", f"{path} uses ONNX opset {version}, where {len(changed)} "
+                        f"node{'s' if len(changed) > 1 else ''} have ops defined otherwise "
+                        f"than at opset {MIN_OPSET}, the oldest kiln imports, and ONNX's "
+                        f"version converter cannot convert the model ({reason}):\n  {listed}"
+                        + (f"\n  ... and {more} more" if more > 0 else ""),
+                        hint=_CONVERT) from None
+    for what in ("input", "output"):  # (Scan-8's adapter drops the batch axis of inputs)
+        before, after = (_signature(getattr(m.graph, what)) for m in (proto, converted))
+        if before != after:
+            raise KilnError("K0905", f"{path} uses ONNX opset {version}, and ONNX's version "
+                            f"converter changes its graph's {what}s converting it to opset "
+                            f"{MIN_OPSET}:\n  " + "\n  ".join(changed[:MAX_CHANGED_LISTED]),
+                            hint=_CONVERT)
+    return converted
+
+
+def _signature(values) -> list[bytes]:
+    """Graph inputs or outputs as comparable values: each one's name and type."""
+    return [v.name.encode() + v.type.SerializeToString() for v in values]
 
 
 # how many nodes of an old opset's changed ops K0905 lists by name (the rest are counted)
