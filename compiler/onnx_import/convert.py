@@ -49,7 +49,7 @@ def convert_node(gb: GraphBuilder, node: OnnxNode) -> list:
     attribute the converter never read and whose value is not the standard's default for
     the node's opset: each such attribute named, all at once."""
     node.attrs = ReadAttributes(node.attrs)
-    outs = CONVERTERS[node.op_type](gb, node)
+    outs = converter_of(node.domain, node.op_type)(gb, node)
     ignored = [name for name in dict.keys(node.attrs) if name not in node.attrs.read
                and not _is_default(node, name, dict.__getitem__(node.attrs, name))]
     if ignored:
@@ -79,6 +79,17 @@ def _is_default(node: OnnxNode, name: str, value: Any) -> bool:
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
 _EXPAND = function_converter(convert_node)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
+# the ops of ONNX's other domains that kiln converts: those defined as functions (the
+# preview domain's FlexAttention, ...), through their bodies
+DOMAIN_CONVERTERS: dict[str, dict[str, Converter]] = {
+    domain: {op: _EXPAND for op in function_ops((domain,))} for domain in ("ai.onnx.preview",)}
+
+
+def converter_of(domain: str, op_type: str) -> Converter | None:
+    """The converter of `op_type` of `domain` ('' or 'ai.onnx': the standard one), or None."""
+    if domain in ("", "ai.onnx"):
+        return CONVERTERS.get(op_type)
+    return DOMAIN_CONVERTERS.get(domain, {}).get(op_type)
 
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
 # takes them as attributes), by op type. The importer names them when they are not constants.
@@ -95,5 +106,5 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
     **{op: (1,) for op in _REDUCTIONS},
 }
 
-__all__ = ["CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode", "Unsupported",
-           "convert_node"]
+__all__ = ["CONVERTERS", "DOMAIN_CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode",
+           "Unsupported", "convert_node", "converter_of"]

@@ -20,11 +20,11 @@ _SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ONNX_TYPE_OF = {kiln: onnx_type for onnx_type, kiln in KILN_DTYPES.items()}
 
 
-def function_ops() -> list[str]:
-    """The default-domain op types some opset of the installed onnx defines as a function."""
+def function_ops(domains: tuple[str, ...] = ("", "ai.onnx")) -> list[str]:
+    """The op types of `domains` some opset of the installed onnx defines as a function."""
     names = set()
     for schema in onnx.defs.get_all_schemas_with_history():
-        if schema.domain in ("", "ai.onnx") and (
+        if schema.domain in domains and (
                 schema.has_function or schema.has_context_dependent_function):
             names.add(schema.name)
     return sorted(names)

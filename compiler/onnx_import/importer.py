@@ -32,7 +32,7 @@ from ..dims import Dim, assuming
 from ..errors import KilnError
 from ..ir import SIZE_FACTS_KEY, Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
-from .convert import CONVERTERS, Unsupported, convert_node
+from .convert import Unsupported, convert_node, converter_of
 from .convert_base import KILN_DTYPES, fold, kiln_dtype
 from .convert_control import NodeWithSubgraphs
 from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
@@ -315,7 +315,9 @@ class _Walk:
             proto = self.proto.node[index]
             label = node_label(proto, index)
             domain = "" if proto.domain in STANDARD_DOMAINS else proto.domain
-            if domain or proto.op_type not in CONVERTERS and proto.op_type != "Constant":
+            known_op = converter_of(domain, proto.op_type) is not None and \
+                domain in self.model.opsets
+            if not known_op and (domain or proto.op_type != "Constant"):
                 where = f" of domain {proto.domain!r}" if domain else ""
                 self.fail(proto, f"{label}: kiln has no converter for {proto.op_type}{where}")
                 continue
@@ -343,7 +345,8 @@ class _Walk:
             subgraph=self.subgraph if any(a.type in SUBGRAPH_ATTRS for a in proto.attribute)
             else None, scope=self.scope,
             name=proto.name or f"#{index}", op_type=proto.op_type, domain=proto.domain,
-            index=index, opset=self.model.opset,
+            index=index, opset=self.model.opsets.get(
+                "" if proto.domain in STANDARD_DOMAINS else proto.domain, self.model.opset),
             attrs={a.name: decode_attr(a) for a in proto.attribute},
             inputs=[self.value(n) if n else None for n in proto.input],
             consts=[self.known(n) if n else None for n in proto.input],
