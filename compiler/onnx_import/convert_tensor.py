@@ -823,3 +823,10 @@ def _tf_idf_vectorizer(gb, node):
     place[np.arange(len(grams)), indexes] = 1  # gram j counts in column ngram_indexes[j]
     y = gb.matmul(y, gb.constant(place))
     return [y if x.type.rank == 2 else gb.reshape(y, [place.shape[1]])]
+
+
+# ops whose output's size depends on the input's values -----------------------------------
+@converter("NonZero", "Unique", "NonMaxSuppression")
+def _data_dependent(gb, node):
+    raise Unsupported(f"{node.op_type}'s output size depends on its input's values, and "
+                      "kiln's sizes are fixed before the model runs")
