@@ -18,7 +18,8 @@ from kiln.compiler.dims import Dim
 from kiln.compiler.errors import KilnError
 from kiln.compiler.files import write_atomically
 from kiln.compiler.version import __version__
-from kiln.inputs import load_inputs, parse_binds
+from kiln.inputs import load_inputs, parse_args_option, parse_binds, parse_literal
+from kiln.train_options import train_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,84 +193,6 @@ def cmd_import(opts) -> int:
     print(f"wrote {', '.join(written)}")
     return 0
 
-
-
-def train_options(t) -> None:
-    """The options of `kiln train`."""
-    t.add_argument("--data", required=True, metavar="NAME_OR_NPZ",
-                   help="digits, iris, wine, breast_cancer, diabetes (scikit-learn's bundled "
-                   "datasets) or a .npz file with x, y (optionally x_val, y_val)")
-    t.add_argument("--loss", help="a std.losses name (cross_entropy, mse, ...) or "
-                   "FILE.kiln:NAME (default: cross_entropy); with --gan bce, bce_with_logits "
-                   "or hinge (default: bce)")
-    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw or rmsprop (default: "
-                   "adam)")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    t.add_argument("--momentum", type=float, help="momentum (sgd, rmsprop)")
-    t.add_argument("--weight-decay", type=float, help="weight decay")
-    t.add_argument("--schedule", choices=["constant", "cosine", "step"], default="constant",
-                   help="learning-rate schedule: cosine (after --warmup steps of linear "
-                   "warm-up) or step (times --gamma every --step-size epochs)")
-    t.add_argument("--warmup", type=int, default=0, metavar="STEPS",
-                   help="cosine: steps of linear warm-up")
-    t.add_argument("--step-size", type=int, default=10, metavar="EPOCHS",
-                   help="step: epochs between decays")
-    t.add_argument("--gamma", type=float, default=0.1, help="step: the decay factor")
-    t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
-                   help="clip the gradients' global 2-norm to MAX")
-    t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the trainable "
-                   "parameters")
-    t.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the trainable "
-                   "parameters")
-    t.add_argument("--trainable", action="append", default=[], metavar="PATTERN",
-                   help="train only the parameters matching this glob (repeatable)")
-    t.add_argument("--epochs", type=int, default=10, help="passes over the training examples "
-                   "(default: 10)")
-    t.add_argument("--batch", type=int, default=64, help="examples per step (default: 64)")
-    t.add_argument("--val-split", type=float, default=0.2,
-                   help="the fraction of examples kept for validation (default: 0.2)")
-    t.add_argument("--augment", action="append", default=[], choices=["flip", "crop", "noise"],
-                   help="augment image batches [N, C, H, W] (repeatable)")
-    t.add_argument("--early-stopping", type=int, default=0, metavar="N",
-                   help="stop after N epochs without a lower validation loss")
-    t.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights, the shuffling and the augmentations")
-    t.add_argument("--weights", help="initial weights (.safetensors or .npz)")
-    t.add_argument("--target", choices=["native", "reference"], default="native",
-                   help="native: LLVM code for this CPU (default); reference: the numpy "
-                   "interpreter")
-    t.add_argument("--resume", metavar="CKPT", help="resume from a checkpoint")
-    t.add_argument("--checkpoint", metavar="CKPT",
-                   help="write a checkpoint (.safetensors) after every epoch")
-    t.add_argument("--log", metavar="RUN.jsonl", help="write each epoch's metrics as JSON lines")
-    t.add_argument("--plot", metavar="CURVES.png", help="draw the loss curves (matplotlib)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    model_input_options(t)
-    t.add_argument("-o", "--output", help="write the trained weights (.safetensors or .npz)")
-    ray_train_options(t)
-
-
-def ray_train_options(t) -> None:
-    """The options of `kiln train` that train on Ray (docs/scale-out.md)."""
-    t.add_argument("--ray-workers", type=int, metavar="N",
-                   help="train data-parallel on N Ray Train workers (kiln[ray])")
-    t.add_argument("--ray-address", metavar="ADDR",
-                   help="with --ray-workers: the Ray cluster to join (default: $RAY_ADDRESS, "
-                   "else a local cluster)")
-    t.add_argument("--ray-storage", metavar="DIR_OR_URI",
-                   help="with --ray-workers: where Ray Train keeps its checkpoints (every "
-                   "worker must reach it; default: a temporary directory here)")
-
-
-def model_input_options(t) -> None:
-    """The options of `kiln train` for models of several inputs (kiln/train/inputs.py)."""
-    t.add_argument("--noise", action="append", default=[], metavar="INPUT",
-                   help="draw the model input INPUT from N(0, 1) for every batch, seeded "
-                   "(a VAE's eps; repeatable)")
-    t.add_argument("--full-batch", action="store_true",
-                   help="step on all training examples at once, in order (a graph's nodes)")
-    t.add_argument("--autoencode", action="store_true",
-                   help="the examples are their own targets (an autoencoder, a VAE)")
 
 
 def cmd_train(opts) -> int:
@@ -524,43 +447,6 @@ def cmd_compile(opts) -> int:
 
     print(f"wrote {opts.output}: {Signature.of(model)}, ONNX opset {OPSET}")
     return 0
-
-
-def parse_args_option(items: list[str]) -> dict:
-    """--arg NAME=VALUE, VALUE written as in kiln: 256, 0.5, true, "relu", [1, 2], none.
-
-    A bare word that is not a kiln literal is taken as a string (`--arg act=gelu`).
-    """
-    out = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise KilnError("K0602", f"--arg {item!r} must look like NAME=VALUE")
-        out[name.strip()] = parse_literal(text)
-    return out
-
-
-def parse_literal(text: str):
-    from kiln.compiler.syntax import ast as A
-    from kiln.compiler.syntax.build import ASTBuilder
-    from kiln.compiler.syntax.parser import parse
-
-    def value(node):
-        if isinstance(node, A.Literal):
-            return node.value
-        if isinstance(node, (A.ListLit, A.TupleLit)):
-            items = [value(i) for i in node.items]
-            return items if isinstance(node, A.ListLit) else tuple(items)
-        if isinstance(node, A.UnaryOp) and node.op == "-":
-            inner = value(node.operand)
-            if isinstance(inner, (int, float)) and not isinstance(inner, bool):
-                return -inner
-        raise ValueError(text)
-
-    try:
-        return value(ASTBuilder("--arg", text).transform(parse(text, "--arg", start="test")))
-    except (KilnError, ValueError):
-        return text
 
 
 def elaborate(opts):

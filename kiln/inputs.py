@@ -232,3 +232,40 @@ def random_array(rng, shape, ttype):
     if ttype.dtype in ("i32", "i64"):
         return rng.integers(0, 2, size=shape).astype(ttype.np_dtype)
     return rng.standard_normal(shape).astype(ttype.np_dtype)
+
+
+def parse_args_option(items: list[str]) -> dict:
+    """--arg NAME=VALUE, VALUE written as in kiln: 256, 0.5, true, "relu", [1, 2], none.
+
+    A bare word that is not a kiln literal is taken as a string (`--arg act=gelu`).
+    """
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise KilnError("K0602", f"--arg {item!r} must look like NAME=VALUE")
+        out[name.strip()] = parse_literal(text)
+    return out
+
+
+def parse_literal(text: str):
+    from kiln.compiler.syntax import ast as A
+    from kiln.compiler.syntax.build import ASTBuilder
+    from kiln.compiler.syntax.parser import parse
+
+    def value(node):
+        if isinstance(node, A.Literal):
+            return node.value
+        if isinstance(node, (A.ListLit, A.TupleLit)):
+            items = [value(i) for i in node.items]
+            return items if isinstance(node, A.ListLit) else tuple(items)
+        if isinstance(node, A.UnaryOp) and node.op == "-":
+            inner = value(node.operand)
+            if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+                return -inner
+        raise ValueError(text)
+
+    try:
+        return value(ASTBuilder("--arg", text).transform(parse(text, "--arg", start="test")))
+    except (KilnError, ValueError):
+        return text

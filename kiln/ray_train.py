@@ -20,6 +20,13 @@ metrics so far (`history.jsonl`); after the last epoch one more, with the traine
 (`weights.safetensors`: the best epoch's with --early-stopping). The driver then prints
 the table of metrics and writes --log, --plot, --checkpoint and -o from that checkpoint.
 
+`--resume CKPT` (a kiln trainer checkpoint: `--checkpoint`'s, or a Ray Train checkpoint's
+`checkpoint.safetensors`) is read by the driver and sent to every worker, which resumes from
+it as `kiln train` does. With `--ray-retries N`, Ray Train starts the workers again (up to N
+times) when one is lost; they resume from its last Checkpoint (`ray.train.get_checkpoint`),
+not from --resume, and go on with the next epoch, the metrics so far and --early-stopping's
+state (`early_stopping.safetensors`: the best epoch's weights and the epochs since) kept.
+
 Ray is imported only here, and only when this module is used.
 """
 
@@ -32,6 +39,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,8 @@ __all__ = ["RayTrainResult", "fit", "fit_options"]
 CHECKPOINT = "checkpoint.safetensors"  # a Ray Train checkpoint's kiln trainer checkpoint
 HISTORY = "history.jsonl"  # its metrics of every epoch so far
 WEIGHTS = "weights.safetensors"  # the final checkpoint's trained weights
+EARLY = "early_stopping.safetensors"  # --early-stopping's best weights so far, and its state
+EARLY_HEADER = "kiln_early_stopping"  # that file's metadata: {"val_loss", "stale"}
 ALLREDUCE = ("auto", "gloo", "actor")
 
 
@@ -83,18 +93,28 @@ class _GlooSum:
 
 class Reducer:
     """The Ray actor behind the torch-free allreduce: round after round, each of `world`
-    workers adds its vector and gets the sum of all of them, added in rank order."""
+    workers adds its vector and gets the sum of all of them, added in rank order. Rounds are
+    counted per attempt (a start of the workers: Ray Train starts them again after a worker
+    is lost): the first call of a new attempt releases the calls of the lost one, which
+    would otherwise wait for their lost partners for ever."""
 
     def __init__(self, world: int):
         import asyncio
 
         self.world = world
-        self.rounds: dict[int, dict] = {}
+        self.attempt: str | None = None
+        self.rounds: dict[tuple[str, int], dict] = {}
         self.asyncio = asyncio
 
-    async def allreduce(self, round_: int, rank: int, vector: np.ndarray) -> np.ndarray:
-        entry = self.rounds.setdefault(round_, {"parts": {}, "done": self.asyncio.Event(),
-                                                "read": 0})
+    async def allreduce(self, attempt: str, round_: int, rank: int, vector: np.ndarray
+                        ) -> np.ndarray | None:
+        if attempt != self.attempt:
+            self.attempt = attempt
+            for key in [k for k in self.rounds if k[0] != attempt]:
+                self.rounds.pop(key)["done"].set()  # its callers are gone: they get None
+        key = (attempt, round_)
+        entry = self.rounds.setdefault(key, {"parts": {}, "done": self.asyncio.Event(),
+                                             "read": 0, "sum": None})
         entry["parts"][rank] = vector
         if len(entry["parts"]) == self.world:
             parts = entry["parts"]
@@ -103,21 +123,21 @@ class Reducer:
         await entry["done"].wait()
         entry["read"] += 1
         if entry["read"] == self.world:  # every worker has its sum: forget the round
-            del self.rounds[round_]
+            self.rounds.pop(key, None)
         return entry["sum"]
 
 
 class _ActorSum:
-    """The allreduce through a Reducer actor."""
+    """The allreduce through a Reducer actor, in attempt `attempt` of the workers."""
 
-    def __init__(self, reducer: Any, rank: int):
-        self.reducer, self.rank, self.round = reducer, rank, 0
+    def __init__(self, reducer: Any, rank: int, attempt: str = ""):
+        self.reducer, self.rank, self.attempt, self.round = reducer, rank, attempt, 0
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
         import ray
 
         self.round += 1
-        return ray.get(self.reducer.allreduce.remote(self.round, self.rank,
+        return ray.get(self.reducer.allreduce.remote(self.attempt, self.round, self.rank,
                                                      np.asarray(vector, np.float64)))
 
     def close(self) -> None:
@@ -132,11 +152,26 @@ def _choose_allreduce(ray: Any, allreduce: str, workers: int) -> tuple[str, Any]
         allreduce = "gloo" if collective.gloo_available() else "actor"
     if allreduce == "gloo":
         return "gloo", None
-    reducer = ray.remote(num_cpus=0, max_concurrency=max(2, workers))(Reducer)
+    # room for a lost attempt's calls beside the next attempt's, until it releases them
+    reducer = ray.remote(num_cpus=0, max_concurrency=2 * max(2, workers))(Reducer)
     return "actor", reducer.remote(workers)
 
 
 # ---------------------------------------------------------------------- each worker
+
+
+def _attempt() -> str:
+    """A name of this start of the workers that every worker of it shares (rank 0 draws it):
+    after a worker is lost Ray Train starts them all again, and the new group must not meet
+    the lost one's leftovers (a collective group of the same name, a Reducer's rounds)."""
+    import ray.train
+
+    try:
+        from ray.train.collective import broadcast_from_rank_zero
+    except ImportError:  # Ray Train v1: no collectives; fit_options restarts no run there
+        return ""
+    rank = ray.train.get_context().get_world_rank()
+    return broadcast_from_rank_zero(uuid.uuid4().hex[:12] if rank == 0 else None)
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -145,21 +180,67 @@ def _worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    attempt = _attempt()
     if config["allreduce"] == "gloo":
-        allreduce = _GlooSum(world, rank, config["group"])
+        allreduce = _GlooSum(world, rank, f"{config['group']}-{attempt}")
     else:
-        allreduce = _ActorSum(config["reducer"], rank)
+        allreduce = _ActorSum(config["reducer"], rank, attempt)
     try:
         _train_worker(config, rank, world, allreduce)
     finally:
         allreduce.close()
 
 
+@dataclasses.dataclass
+class _Restart:
+    """What Ray Train restored this run from, when it started the workers again after one
+    was lost (all empty on a first start): the kiln checkpoint (a file in the worker's
+    scratch directory) and its bytes, the metrics so far, --early-stopping's state."""
+
+    resume: str | None = None
+    checkpoint: bytes | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: tuple[float, dict[str, np.ndarray]] | None = None
+    stale: int = 0
+
+
+def _restored(tmp: str) -> _Restart:
+    """The _Restart of this start of the workers (`tmp`: where its checkpoint is written)."""
+    import ray.train
+
+    from kiln.train.checkpoint import read_checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return _Restart()
+    with checkpoint.as_directory() as folder:
+        restart = _Restart(os.path.join(tmp, "restored.safetensors"),
+                           Path(folder, CHECKPOINT).read_bytes(),
+                           [json.loads(line) for line in
+                            Path(folder, HISTORY).read_text().splitlines() if line])
+        if Path(folder, EARLY).exists():
+            tensors, meta = read_checkpoint(os.path.join(folder, EARLY))
+            state = json.loads(meta[EARLY_HEADER])
+            restart.best, restart.stale = (state["val_loss"], tensors), state["stale"]
+    Path(restart.resume).write_bytes(restart.checkpoint)
+    return restart
+
+
+def _save_early_stopping(folder: str, run: Any) -> None:
+    """--early-stopping's state of `run` (kiln/train/loop.py: Run) into a checkpoint folder:
+    the best epoch's weights, its validation loss and the epochs since."""
+    from kiln.train.checkpoint import write_checkpoint
+
+    if run.best is not None:
+        state = {"val_loss": run.best[0], "stale": run.stale}
+        write_checkpoint(os.path.join(folder, EARLY), run.best[1],
+                         {EARLY_HEADER: json.dumps(state)})
+
+
 def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any) -> None:
     """The loop of worker `rank` of `world`, summing through `allreduce`."""
     import ray.train
 
-    from kiln.train.distributed import ShardTrainer
     from kiln.train.loop import setup, train_epochs
 
     opts = copy.copy(config["opts"])
@@ -167,13 +248,20 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
     # given, in the working directory Ray ships (`ray job submit --working-dir .`)
     opts.file = next((f for f in config["files"] if os.path.exists(f)), opts.file)
     with tempfile.TemporaryDirectory(prefix="kiln-ray-train-") as tmp:
-        if config["resume"] is not None:
+        # Ray Train's checkpoint, where it restarted the run, comes before --resume: the run
+        # goes on from its last reported epoch
+        restart = _restored(tmp)
+        opts.resume = restart.resume
+        if opts.resume is None and config["resume"] is not None:
             opts.resume = os.path.join(tmp, "resume.safetensors")
             Path(opts.resume).write_bytes(config["resume"])
         run = setup(opts, config["args"], data=config["data"],
-                    make_trainer=partial(ShardTrainer, rank=rank, world=world,
+                    make_trainer=partial(config["make_trainer"], rank=rank, world=world,
                                          allreduce=allreduce))
-        last: dict[str, Any] = {}
+        run.best, run.stale = restart.best, restart.stale
+        # the last epoch's trainer checkpoint, for the final Ray Train checkpoint
+        last: dict[str, Any] = {} if restart.checkpoint is None else {
+            "checkpoint": restart.checkpoint}
 
         def report(row: dict[str, Any], history: list[dict[str, Any]], final: bool = False
                    ) -> None:
@@ -191,8 +279,9 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
                 else:
                     run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT))
                     last["checkpoint"] = Path(folder, CHECKPOINT).read_bytes()
+                    _save_early_stopping(folder, run)
                 Path(folder, HISTORY).write_text("".join(json.dumps(r) + "\n"
-                                                         for r in history))
+                                                         for r in restart.history + history))
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
         history = train_epochs(run, opts, report)
@@ -212,23 +301,35 @@ class RayTrainResult:
 
 
 def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None,
-                allreduce: str = "auto") -> RayTrainResult:
+                allreduce: str = "auto", make_trainer: Callable[..., Any] | None = None
+                ) -> RayTrainResult:
     """Run `kiln train` with the parsed options `opts` (kiln/cli.py) on `opts.ray_workers`
     Ray Train workers (see the module's docstring): train, then print the table and write
-    --log, --plot, --checkpoint and -o here. `data`: a loaded Dataset (else --data names one).
+    --log, --plot, --checkpoint and -o here. `data`: a loaded Dataset (else --data names one);
+    `make_trainer`: what builds each worker's trainer, with ShardTrainer's arguments (default:
+    ShardTrainer; a subclass of it to change what a worker does).
     """
     from kiln.compiler.files import memory_bytes, read_bounded
     from kiln.train.data import load_dataset
+    from kiln.train.distributed import ShardTrainer
     from kiln.train.loop import plot_history, row_text, write_log
 
     workers = opts.ray_workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise KilnError("K0955", "the number of Ray workers (--ray-workers, workers=) must "
                         f"be a whole number >= 1, not {workers!r}")
+    retries = getattr(opts, "ray_retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise KilnError("K0955", "the number of restarts (--ray-retries, retries=) must be a "
+                        f"whole number >= 0, not {retries!r}")
     if allreduce not in ALLREDUCE:
         raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
                         f"{allreduce!r}")
     ray = _ray_train()
+    if retries and not getattr(ray.train, "is_v2_enabled", lambda: False)():
+        raise KilnError("K0955", "--ray-retries needs Ray Train v2 (its collectives name each "
+                        "start of the workers)", hint="unset RAY_TRAIN_V2_ENABLED=0, or "
+                        "upgrade Ray")
     opts.loss = opts.loss or "cross_entropy"  # `kiln train`'s default (None in its parser)
     if data is None:  # read here, once: the workers need no shared file system for it
         data = load_dataset(opts.data, opts.val_split, opts.seed)
@@ -250,9 +351,12 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     worker_opts.log = worker_opts.plot = worker_opts.checkpoint = worker_opts.output = None
     config = {"opts": worker_opts, "args": args,
               "files": [os.path.abspath(opts.file), opts.file], "data": data, "resume": resume,
-              "allreduce": kind, "reducer": reducer, "group": f"kiln-{uuid.uuid4().hex}"}
+              "allreduce": kind, "reducer": reducer, "group": f"kiln-{uuid.uuid4().hex}",
+              "make_trainer": make_trainer or ShardTrainer}
     with tempfile.TemporaryDirectory(prefix="kiln-ray-train-") as scratch:
-        checkpoint = _train(ray, config, workers, opts.ray_storage or scratch)
+        checkpoint = _train(ray, config, workers, opts.ray_storage or scratch, retries)
+        if opts.ray_storage:  # where a later run may --resume from
+            print(f"Ray Train checkpoint: {checkpoint.path}")
         with checkpoint.as_directory() as folder:
             from kiln.runtime.weights import load_weights
 
@@ -276,8 +380,9 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     return RayTrainResult(history, weights)
 
 
-def _train(ray: Any, config: dict[str, Any], workers: int, storage: str) -> Any:
-    """Run the workers under Ray Train; the final Checkpoint. A KilnError a worker raised is
+def _train(ray: Any, config: dict[str, Any], workers: int, storage: str, retries: int) -> Any:
+    """Run the workers under Ray Train, starting them again from the last checkpoint up to
+    `retries` times when one is lost; the final Checkpoint. A KilnError a worker raised is
     raised here as it is."""
     import ray.train
 
@@ -291,7 +396,8 @@ def _train(ray: Any, config: dict[str, Any], workers: int, storage: str) -> Any:
         run_config=ray.train.RunConfig(
             name=config["group"], storage_path=os.path.abspath(storage)
             if "://" not in storage else storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=retries)))
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps what a worker raised: a KilnError is raised as it is
@@ -339,16 +445,17 @@ def _copy(source: Path, destination: str) -> None:
 
 def fit(model: str | os.PathLike, data: Any, *, workers: int = 2,
         args: dict[str, Any] | None = None, address: str | None = None,
-        storage: str | None = None, allreduce: str = "auto", **options: Any
-        ) -> RayTrainResult:
+        storage: str | None = None, allreduce: str = "auto", retries: int = 0,
+        make_trainer: Callable[..., Any] | None = None, **options: Any) -> RayTrainResult:
     """Train `model` (a .kiln file) on `workers` Ray Train workers: `kiln train MODEL
     --ray-workers N` in Python. `data`: a dataset name or .npz path as --data takes, or
     arrays (x, y) or (x, y, x_val, y_val); `options`: the other options of `kiln train` by
     their long names (`epochs=5, batch=64, lr=1e-3, model="MLP", output="w.safetensors"`);
-    `address`, `storage`: --ray-address, --ray-storage; `allreduce`: "gloo" (Ray's
-    collective, needs PyTorch), "actor" (torch-free) or "auto" (gloo where it works)."""
-    from kiln.cli import train_options
+    `address`, `storage`, `retries`: --ray-address, --ray-storage, --ray-retries;
+    `allreduce`: "gloo" (Ray's collective, needs PyTorch), "actor" (torch-free) or "auto"
+    (gloo where it works); `make_trainer`: as fit_options takes it."""
     from kiln.train.data import Dataset
+    from kiln.train_options import train_options
 
     parser = argparse.ArgumentParser(add_help=False)
     train_options(parser)
@@ -361,6 +468,7 @@ def fit(model: str | os.PathLike, data: Any, *, workers: int = 2,
     for name, value in options.items():
         setattr(opts, name, value)
     opts.ray_workers, opts.ray_address, opts.ray_storage = workers, address, storage
+    opts.ray_retries = retries
     dataset = None
     if not isinstance(data, str):
         arrays = [np.asarray(a) for a in data]
@@ -370,4 +478,4 @@ def fit(model: str | os.PathLike, data: Any, *, workers: int = 2,
         x, y = arrays[:2]
         x_val, y_val = arrays[2:] if len(arrays) == 4 else (x[:0], y[:0])
         dataset = Dataset(x, y, x_val, y_val)
-    return fit_options(opts, dict(args or {}), dataset, allreduce)
+    return fit_options(opts, dict(args or {}), dataset, allreduce, make_trainer)

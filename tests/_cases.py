@@ -604,6 +604,11 @@ for dtype in (*FLOATS, *INTS):
 case("matmul", rand(4), rand(2, 4, 3), id="matmul-vector-left")
 case("matmul", rand(2, 3, 4), rand(4), id="matmul-vector-right")
 case("matmul", rand(4), rand(4), id="matmul-dot")
+# a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
+case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
+     id="shifted_matmul")
+case("shifted_matmul", rand(2, 4, seed=5), rand(8, 3, seed=6), shifts=[2, 0], span=3,
+     id="shifted_matmul-span")
 
 
 # symbolic sizes: one compiled model or exported file, run at each of BINDINGS -----------------
@@ -692,6 +697,8 @@ symbolic("dim_value", [], B * L + 1)
 _group = "nn"
 symbolic("matmul", [T(["B", "T", 3]), T([3, 2])], lambda e: rand(e["B"], e["T"], 3),
          lambda e: rand(3, 2))
+symbolic("shifted_matmul", [T([2, "T"]), T([L + 4, 3])], lambda e: rand(2, e["T"]),
+         lambda e: rand(e["T"] + 4, 3), shifts=[3, 0], span=2)
 symbolic("conv", [T(["B", 3, "H", "H"]), T([4, 3, 3, 3]), None],
          lambda e: rand(e["B"], 3, e["H"], e["H"]), lambda e: rand(4, 3, 3, 3), None,
          stride=2, padding=1)

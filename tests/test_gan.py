@@ -11,6 +11,7 @@ from _clitest import run
 
 import kiln
 from kiln.compiler.errors import KilnError
+from kiln.runtime.weights import load_weights
 from kiln.train.checkpoint import write_checkpoint
 from kiln.train.gan import modes_covered, ring_of_gaussians
 
@@ -209,13 +210,50 @@ def test_kiln_train_gan_resumes_and_writes_the_generator(capsys, tmp_path):
     assert gan.d_phase.steps == 2 * 51_200 // 256
 
 
-@pytest.mark.parametrize("args", [["--arg", "hidden=8"], ["--batch", "0"],
-                                  ["--batch", "100000"], ["--schedule", "cosine"],
+@pytest.mark.parametrize("args", [["--arg", "depth=8"], ["--batch", "0"],
+                                  ["--batch", "100000"], ["--model", "Generator"],
                                   ["--augment", "flip"], ["--l2", "0.1"]])
 def test_kiln_train_gan_refuses_options_it_cannot_honour(capsys, args):
     code, _, err = run(capsys, "train", EXAMPLE, "--gan", "--data", "gaussians8", "--quiet",
                        *args)
     assert code == 1 and "K0830" in err
+
+
+def test_kiln_train_gan_binds_model_arguments_and_follows_a_schedule(capsys, tmp_path):
+    """`--arg hidden=8` binds both models' hidden, `--arg generator.nz=2` the generator's nz
+    (over `--arg nz=3`); `--schedule step --step-size 1 --gamma 0` trains epoch 1 at the
+    full rate and epoch 2 at 0, so its generator is the one-epoch run's, bit for bit."""
+    data = tmp_path / "ring.npz"
+    np.savez(data, x=ring_of_gaussians(512, np.random.default_rng(0)), y=np.zeros(512))
+    common = [EXAMPLE, "--gan", "--data", data, "--loss", "bce_with_logits", "--batch", "128",
+              "--quiet", "--arg", "hidden=8", "--arg", "generator.nz=2", "--arg", "nz=3"]
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert run(capsys, "train", *common, "--epochs", "1", "-o", one)[0] == 0
+    code, _, err = run(capsys, "train", *common, "--epochs", "2", "--schedule", "step",
+                       "--step-size", "1", "--gamma", "0", "-o", two)
+    assert code == 0, err
+    first, second = load_weights(one), load_weights(two)
+    assert first["0.weight"].shape == (8, 2)  # Linear(nz=2, hidden=8), as torch stores it
+    for path in first:
+        np.testing.assert_array_equal(second[path], first[path], err_msg=path)
+    generator = kiln.compile(EXAMPLE, model="Generator", args={"nz": 2, "hidden": 8},
+                             weights=two)
+    assert generator(np.zeros((3, 2), np.float32)).shape == (3, 2)
+
+
+def test_each_net_follows_its_own_schedule_and_checkpoints_name_it(tmp_path):
+    gan = example_trainer(schedule_d=kiln.optim.step_decay(1, 0.0))  # D learns in step 1 only
+    rng = np.random.default_rng(0)
+    gan.step(ring_of_gaussians(64, rng))
+    d, g = snapshot(gan, "discriminator"), snapshot(gan, "generator")
+    gan.step(ring_of_gaussians(64, rng))
+    assert_same(snapshot(gan, "discriminator"), d)
+    assert any((snapshot(gan, "generator")[k] != v).any() for k, v in g.items())
+    assert gan.learning_rate(gan.d_phase, 1) == 1e-3 and gan.learning_rate(gan.d_phase, 2) == 0
+    gan.save_checkpoint(tmp_path / "gan.safetensors")
+    with pytest.raises(KilnError) as err:  # a run without the schedule is another run
+        example_trainer().load_checkpoint(tmp_path / "gan.safetensors")
+    assert err.value.code == "K0838" and "schedule_d" in err.value.message
 
 
 GEN_3 = """

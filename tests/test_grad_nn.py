@@ -79,6 +79,60 @@ def test_conv_rule_forms(stride, padding, dilation, groups, flipped, patches):
               dims={"B": 3}, **attrs)
 
 
+def _conv_weight_grad_f64(x, ct, k, padding, dilation):
+    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p + i*dh, q + j*dw]
+    (stride 1), in float64."""
+    (top, bottom), (left, right) = padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h, out_w = ct.shape[2:]
+    dw = np.zeros((ct.shape[1], x.shape[1], k, k))
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i * dilation[0]:i * dilation[0] + out_h,
+                       j * dilation[1]:j * dilation[1] + out_w]
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", ct, patch)
+    return dw
+
+
+@pytest.mark.parametrize("channels, k, padding, dilation, shifted", [
+    (8, 3, ((1, 1), (1, 1)), (1, 1), True),     # a kernel row's three taps in one GEMM
+    (16, 3, ((0, 0), (2, 2)), (2, 1), True),    # dilated rows, padding on one axis only
+    (16, 3, ((1, 1), (1, 1)), (1, 2), True),    # dilated columns: a GEMM per tap
+    (24, 1, ((0, 0), (0, 0)), (1, 1), True),    # 1x1
+    (3, 3, ((1, 1), (1, 1)), (1, 1), False),    # a 3-channel stem: patches
+])
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_conv_weight_grad_over_shifted_rows(channels, k, padding, dilation, shifted, target):
+    """A stride-1 f32 convolution's dw as GEMMs over shifted rows of the channels-last input
+    (shifted_matmul), against the sum over output pixels in float64, at two batch sizes of
+    one compiled model."""
+    (top, bottom), (left, right) = padding
+    pads = f"[{left}, {right}, {top}, {bottom}]"
+    out = 4
+    h, w = 7, 6
+    out_h = h + top + bottom - dilation[0] * (k - 1)
+    out_w = w + left + right - dilation[1] * (k - 1)
+    source = f"""
+model M {{
+  forward(x: f32[B, {channels}, {h}, {w}], w: f32[{out}, {channels}, {k}, {k}]) -> f32[B, {out}, {out_h}, {out_w}] {{
+    return conv(pad(x, {pads}), w, dilation = [{dilation[0]}, {dilation[1]}])
+  }}
+}}"""
+    model = kiln.compile(source, target=target)
+    for batch in (1, 3):
+        x = normal(batch, channels, h, w, seed=batch).astype(np.float32)
+        wt = normal(out, channels, k, k, seed=5).astype(np.float32)
+        ct = normal(batch, out, out_h, out_w, seed=6).astype(np.float32)
+        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
+        want = _conv_weight_grad_f64(x, ct, k, padding, dilation)
+        np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    graph, *_ = rules_graph([("conv", (normal(2, channels, h + top + bottom,
+                                              w + left + right).astype(np.float32),
+                                       normal(out, channels, k, k).astype(np.float32), None),
+                              dict(dilation=list(dilation)))])
+    assert ("shifted_matmul" in {graph.op(n) for n in graph.order()}) == shifted
+
+
 @pytest.mark.parametrize("xs, ws, stride, padding, out_pad, dilation, groups", CONV_T_CASES)
 def test_conv_transpose(xs, ws, stride, padding, out_pad, dilation, groups):
     check_vjp("conv_transpose", normal(*xs, seed=1), normal(*ws, seed=2),

@@ -108,6 +108,12 @@ def test_matmul(sa, sb):
     check_vjp("matmul", normal(sa, 1), normal(sb, 2))
 
 
+@pytest.mark.parametrize("shifts, span", [([0, 3, 1], 1), ([2, 0], 3)])
+def test_shifted_matmul(shifts, span):
+    check_vjp("shifted_matmul", normal((3, 5), 1), normal((5 + max(shifts) + span - 1, 2), 2),
+              shifts=shifts, span=span)
+
+
 # ---------------------------------------------------------------- views used by Linear
 def test_reshape_transpose_permute():
     x = normal((3, 4, 2))

@@ -2,12 +2,16 @@
 workers, summing gradients with Ray's collective allreduce, give the single-process run's
 weights and metrics at the same global batch, end to end through the CLI (log, checkpoint,
 weights); the torch-free Reducer sums identically for every worker; a KilnError a worker
-raises reaches the caller as it is. The sharding arithmetic itself, without Ray, is in
-test_train_distributed.py."""
+raises reaches the caller as it is; `--resume` on the workers and a restart from Ray Train's own
+checkpoint (a worker lost mid-run) continue as one process does. The sharding arithmetic
+itself, without Ray, is in test_train_distributed.py."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +26,7 @@ import kiln.ray_train  # noqa: E402
 from kiln.compiler.errors import KilnError  # noqa: E402
 from kiln.runtime.weights import load_weights  # noqa: E402
 from kiln.train.checkpoint import read_checkpoint  # noqa: E402
+from kiln.train.distributed import ShardTrainer  # noqa: E402
 
 RTOL = 1e-5  # f32 rounding: the sum over shards adds the same terms in another order
 
@@ -30,6 +35,8 @@ RTOL = 1e-5  # f32 rounding: the sum over shards adds the same terms in another 
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    # this module's classes (LostOnce) go to the workers by value: they cannot import it
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
     yield
     ray.shutdown()
 
@@ -74,6 +81,60 @@ def test_two_workers_equal_one_process_through_the_cli(cluster, dataset, tmp_pat
     np.testing.assert_array_equal(tensors["0.weight"], two["0.weight"])
 
 
+class LostOnce(ShardTrainer):
+    """A worker trainer of which rank 0 is lost (raises) once, at its evaluation after step
+    `at`, as a node of a cluster may be; every process writes its pid to `log` at each
+    evaluation."""
+
+    def __init__(self, *args, log="", at=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log, self.at = Path(log), at
+
+    def evaluate(self, *args, **kwargs):
+        with self.log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        lost = self.log.with_suffix(".lost")
+        if self.rank == 0 and self.step_count == self.at and not lost.exists():
+            lost.touch()
+            raise RuntimeError("the node running worker 0 was lost")
+        return super().evaluate(*args, **kwargs)
+
+
+def test_resume_and_a_restart_from_ray_trains_checkpoint_continue_as_one_process(
+        cluster, dataset, tmp_path, capsys):
+    """`--resume` a one-process checkpoint of epoch 1 on 2 workers for epochs 2 and 3, a worker
+    lost in epoch 3: Ray Train restarts the workers, which resume from its checkpoint of
+    epoch 2 (not from --resume again), and the run ends with the numbers of one process
+    resumed from the same checkpoint: with --early-stopping, the weights of its best epoch,
+    epoch 2, which the lost workers had seen."""
+    common = ["train", "examples/mlp.kiln", "--arg", "hidden=8", "--data", dataset,
+              "--batch", "16", "--lr", "0.05", "--early-stopping", "5", "--quiet"]
+    first = tmp_path / "epoch1.safetensors"
+    assert run(capsys, *common, "--epochs", "1", "--checkpoint", first)[0] == 0
+    code, _, _ = run(capsys, *common, "--epochs", "3", "--resume", first,
+                     "-o", tmp_path / "one.safetensors", "--log", tmp_path / "one.jsonl")
+    assert code == 0
+    log = tmp_path / "evaluations.log"
+    result = kiln.ray_train.fit(
+        "examples/mlp.kiln", str(dataset), workers=2, args={"hidden": 8}, epochs=3, batch=16,
+        lr=0.05, early_stopping=5, quiet=True, resume=str(first), retries=1, allreduce="actor",
+        storage=str(tmp_path / "ray"), make_trainer=functools.partial(LostOnce, log=str(log),
+                                                                       at=9))
+    pids = list(dict.fromkeys(log.read_text().split()))  # 2 lost processes, then 2 new
+    counts = [log.read_text().split().count(p) for p in pids]
+    assert len(pids) == 4 and counts[:2] == [2, 2] and counts[2:] == [1, 1], counts
+    assert [r["epoch"] for r in result.history] == [2, 3]  # epoch 2 from the checkpoint
+    rows = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert rows[0]["val_loss"] < rows[1]["val_loss"]  # the best epoch is 2, before the loss
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([r[key] for r in result.history], [r[key] for r in rows],
+                                   rtol=RTOL)
+    one = load_weights(tmp_path / "one.safetensors")
+    for path in one:
+        np.testing.assert_allclose(result.weights[path], one[path], rtol=RTOL,
+                                   atol=RTOL * np.abs(one[path]).max(), err_msg=path)
+
+
 def test_the_torch_free_reducer_gives_every_worker_the_same_sum(cluster):
     reducer = ray.remote(num_cpus=0, max_concurrency=4)(kiln.ray_train.Reducer).remote(3)
 
@@ -104,3 +165,6 @@ def test_bad_options_are_refused_before_ray_starts():
     with pytest.raises(KilnError) as e:
         kiln.ray_train.fit("examples/mlp.kiln", "digits", epoch=3)  # a typo of epochs
     assert e.value.code == "K0955" and "epoch" in e.value.message
+    with pytest.raises(KilnError) as e:
+        kiln.ray_train.fit("examples/mlp.kiln", "digits", retries=-1)
+    assert e.value.code == "K0955" and "retries" in e.value.message

@@ -1,7 +1,8 @@
 """Data-parallel training without Ray (kiln/train/distributed.py): workers as threads of this
 process, summing through a barrier, give the single-process Trainer's numbers at the same
-global batch, also for batches that do not divide evenly, ignored class targets, empty shards
-and BatchNorm's running mean; and every worker holds the same weights. The same on a Ray
+global batch, also for batches that do not divide evenly, ignored class targets and empty
+shards; BatchNorm, normalizing each shard by its own statistics, gives the shards' steps
+averaged; and every worker holds the same weights. The same on a Ray
 cluster is in test_ray_train.py."""
 
 from __future__ import annotations
@@ -143,12 +144,15 @@ def assert_same(reference, losses, trainers, buffers=()):
 
 
 def test_shards_cover_the_batch_evenly():
-    for n in (0, 1, 5, 7, 64):
+    for n in (0, 1, 2, 3, 5, 7, 64):
         for world in (1, 2, 3, 4):
             parts = [shard(n, r, world) for r in range(world)]
             assert [i for p in parts for i in range(n)[p]] == list(range(n))
-            sizes = [p.stop - p.start for p in parts]
-            assert max(sizes) - min(sizes) <= 1
+            sizes = [p.stop - p.start for p in parts if p.stop > p.start]
+            assert max(sizes, default=0) - min(sizes, default=0) <= 1
+            # no shard of one example out of more: BatchNorm has no variance of one
+            assert n == 1 or 1 not in sizes, (n, world, sizes)
+            assert len(sizes) == min(world, max(n // 2, 1 if n else 0))
 
 
 @pytest.mark.parametrize("world, sizes", [(1, [16, 7]), (2, [16, 16, 7]), (3, [10, 2, 5])],
@@ -168,15 +172,44 @@ def test_ignored_targets_weight_the_shards_by_counted_targets(files):
     assert_same(single(files / "mlp.kiln", batches, **options), losses, trainers)
 
 
-def test_batchnorm_running_mean_is_the_whole_batch(files):
-    batches = data([8])
-    options = dict(seed=0, optimizer=kiln.optim.SGD(lr=0.0))
-    _, (ref) = single(files / "bn.kiln", batches, **options)
-    _, trainers = run_workers(files / "bn.kiln", 2, batches, **options)
-    mean = next(p for p in ref.params if p.endswith("running_mean"))
-    for t in trainers:  # the running mean is linear in the batch mean: exact
-        np.testing.assert_allclose(t.params[mean], ref.params[mean], rtol=RTOL, atol=1e-7)
-        np.testing.assert_array_equal(t.params[mean], trainers[0].params[mean])
+def test_batchnorm_uses_each_shards_statistics_and_averages_the_running_ones(files):
+    """What docs/training.md says of BatchNorm on workers: each shard is normalized by its own
+    batch statistics, so the step is the shards' one-process steps averaged by their shares of
+    the batch (loss, weights, running mean and variance alike, SGD's update being linear),
+    every worker holds the same result, and it is not the whole batch's in one process."""
+    batches = data([7])  # shards of 4 and 3
+    options = dict(seed=0, optimizer=kiln.optim.SGD(lr=0.1))
+    losses, trainers = run_workers(files / "bn.kiln", 2, batches, **options)
+    (x, y), = batches
+    shards = [single(files / "bn.kiln", [(x[p], y[p])], **options)
+              for p in (shard(7, 0, 2), shard(7, 1, 2))]
+    shares = (4 / 7, 3 / 7)
+    for worker_losses in losses:
+        np.testing.assert_allclose(worker_losses[0], sum(s * shard_losses[0] for s, (
+            shard_losses, _) in zip(shares, shards)), rtol=RTOL)
+    for path, value in trainers[0].params.items():
+        if value.dtype.kind == "f":
+            want = sum(s * t.params[path] for s, (_, t) in zip(shares, shards))
+            np.testing.assert_allclose(value, want, rtol=RTOL, atol=1e-7, err_msg=path)
+        else:  # num_batches_tracked: one step
+            assert value == 1, path
+        np.testing.assert_array_equal(trainers[1].params[path], value)
+    whole, one = single(files / "bn.kiln", batches, **options)
+    assert abs(losses[0][0] - whole[0]) > 1e-3 * abs(whole[0])  # the batch's statistics differ
+    mean = next(p for p in one.params if p.endswith("running_mean"))
+    # the running mean is linear in the batch's mean: the whole batch's, exactly
+    np.testing.assert_allclose(trainers[0].params[mean], one.params[mean], rtol=RTOL, atol=1e-7)
+
+
+def test_a_batch_too_small_to_split_in_twos_runs_on_fewer_workers(files):
+    """A batch of 3 on 2 workers is not split 2 + 1 (BatchNorm's unbiased running variance
+    of one example is NaN): one worker runs it whole, with one process's numbers."""
+    batches = data([3, 2])
+    options = dict(seed=0, optimizer=kiln.optim.SGD(lr=0.1))
+    losses, trainers = run_workers(files / "bn.kiln", 2, batches, **options)
+    assert_same(single(files / "bn.kiln", batches, **options), losses, trainers)
+    var = next(p for p in trainers[0].params if p.endswith("running_var"))
+    assert np.isfinite(trainers[0].params[var]).all()
 
 
 def test_bad_worker_arguments_are_errors(files):

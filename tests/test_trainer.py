@@ -289,6 +289,55 @@ def test_a_loss_from_a_kiln_file(mlp_file, tmp_path):
     assert set(trainer.evaluate(*batches(n=1)[0])) == {"loss"}
 
 
+NAMED = """
+import std.nn
+model Named {
+  forward(x: f32[B, 8]) -> (logits: f32[B, 3], scale: f32[B, 1]) {
+    return x |> nn.Linear(8, 3), x |> nn.Linear(8, 1) |> sigmoid
+  }
+}
+"""
+NAMED_LOSSES = """
+fn scaled(scale, logits, target) {
+  d = logits * scale + logits - target
+  return mean(d * d)
+}
+fn scale_only(target, scale) {
+  return mean(scale) + 0.0 * mean(target)
+}
+fn in_order(a, b, target) {
+  d = a * b + a - target
+  return mean(d * d)
+}
+model ScaledModel {
+  forward(scale: f32[B, 1], logits: f32[B, 3], target: f32[B, 3]) -> f32[] {
+    d = logits * scale + logits - target
+    return mean(d * d)
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("name, want", [
+    ("scaled", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2)),
+    ("ScaledModel", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2)),
+    ("scale_only", lambda o, y: np.mean(o.scale)),
+    ("in_order", lambda o, y: np.mean((o.logits * o.scale + o.logits - y) ** 2))])
+def test_a_loss_takes_the_models_outputs_by_name_where_its_parameters_name_them(tmp_path, name,
+                                                                                 want):
+    """A loss whose parameters but one are named as the model's outputs takes those outputs
+    by name (in its order, some left out) and the target as the other; else (`in_order`)
+    the outputs in order, then the target."""
+    (tmp_path / "named.kiln").write_text(NAMED)
+    (tmp_path / "losses.kiln").write_text(NAMED_LOSSES)
+    trainer = kiln.Trainer(tmp_path / "named.kiln", loss=f"{tmp_path / 'losses.kiln'}:{name}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    got = trainer.evaluate(x, y)["loss"]
+    assert got == pytest.approx(want(trainer.model(x), y), rel=1e-5)
+
+
 BN_NET = """
 import std.nn
 model BNNet(p: float = 0.0) {
@@ -331,6 +380,23 @@ def test_batch_norm_running_statistics_follow_torch(bn_file):
     x, y = batches(seed=9, n=1)[0]
     expected = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y)).item()
     assert trainer.evaluate(x, y)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_running_statistic_that_is_not_finite_refuses_the_step(bn_file):
+    """BatchNorm in training mode on one example: its unbiased variance is 0/0. PyTorch
+    refuses the batch; the trainer refuses the step (K0848), naming the buffer, and changes
+    nothing, rather than keep a NaN running variance that every evaluation would then read."""
+    trainer = kiln.Trainer(bn_file, optimizer=kiln.optim.SGD(lr=0.1))
+    x, y = batches(n=1, batch=2)[0]
+    before = {k: v.copy() for k, v in trainer.params.items()}
+    with pytest.raises(KilnError) as err:
+        trainer.step(x[:1], y[:1])
+    assert err.value.code == "K0848" and "running_var" in err.value.message
+    assert "step 1" in err.value.message and trainer.step_count == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(trainer.params[k], v, err_msg=k)
+    trainer.step(x, y)  # two examples have a variance
+    assert all(np.isfinite(v).all() for v in trainer.params.values())
 
 
 def test_dropout_masks_follow_the_seed_and_the_step(bn_file):

@@ -22,6 +22,7 @@ import numpy as np
 from ..dims import Dim
 
 Pads = list[tuple[Dim, Dim]]
+MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
 
 
 def spatial_pads(gb: Any, x: Any, widths: list[tuple[Dim, Dim]]) -> Any:
@@ -130,15 +131,18 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
         dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]
 
-    A 2-D ungrouped convolution with constant spatial sizes takes it as one GEMM per kernel
-    row (`_patches_weight_grad`); others as a convolution of x (batch and channels swapped,
-    so the batch is what the GEMM reduces) with ct as its weight, the stride and dilation
-    exchanging roles, whose windows may run past the kernel by what the forward's last
-    window left unread, which is cut off. That convolution has a kernel as large as the
-    output and a handful of output pixels, which the GEMM runs at a few % of peak."""
-    fast = _patches_weight_grad(gb, x, ct, kernel, stride, dilation, pads, groups)
-    if fast is not None:
-        return fast
+    A 2-D ungrouped f32 convolution of stride 1 with constant spatial sizes takes it as one
+    GEMM per kernel tap over shifted rows of the channels-last input (`_shifted_weight_grad`),
+    one of another stride as one GEMM per kernel row (`_patches_weight_grad`); others as a
+    convolution of x (batch and channels swapped, so the batch is what the GEMM reduces)
+    with ct as its weight, the stride and dilation exchanging roles, whose windows may run
+    past the kernel by what the forward's last window left unread, which is cut off.
+    That convolution has a kernel as large as the output and a handful of output pixels,
+    which the GEMM runs at a few % of peak."""
+    for fast in (_shifted_weight_grad, _patches_weight_grad):
+        grad = fast(gb, x, ct, kernel, stride, dilation, pads, groups)
+        if grad is not None:
+            return grad
     symmetric = _symmetric(pads)
     source = _swap_batch_channels(gb, x, groups)
     if symmetric is None:
@@ -150,6 +154,55 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                         stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                         groups: int) -> Any | None:
+    """conv_weight_grad of a 2-D f32 convolution with stride 1, groups = 1, constant spatial
+    sizes and at least MIN_TAP_COLUMNS columns per kernel row (None for another), as GEMMs
+    over shifted rows of the channels-last input, no patches:
+
+        rows[(n, p, q), c] = xpad[n, c, p, q]               x channels-last, one copy
+        ct'[o, (n, p, q)]  = ct[n, o, p, q], 0 where p >= out_h or q >= out_w
+        dw[o, c, i, j]     = ct' @ rows[(i * dh * Wp + j * dw) + (n, p, q), c]
+
+    With stride 1 the input row under output (p, q) for tap (i, j) is (p + i * dh, q + j *
+    dw): the same flat row shifted by a constant, so each tap's operand is `rows` read from
+    a row further down (shifted_matmul reads it in place). Without dilation along the width
+    the taps of a kernel row are consecutive rows, which one GEMM of kw * C columns reads
+    side by side (`span`). ct' spans the padded grid, its extra positions zero, so the flat
+    index runs over whole rows; `rows` has zero rows appended for the furthest window, which
+    only those zeros read."""
+    if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
+            or x.type.dtype != "f32" or ct.type.dtype != "f32"):
+        return None
+    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
+             *(b for p in pads for b in p)]
+    if not all(Dim.of(d).is_const for d in sizes):
+        return None
+    channels, h, w, out_h, out_w, kh, kw = (Dim.of(d).value for d in sizes[:7])
+    (top, bottom), (left, right) = ([Dim.of(b).value for b in p] for p in pads)
+    hp, wp = h + top + bottom, w + left + right
+    if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
+        return None  # the forward's shape rule guarantees this for stride 1
+    span = kw if dilation[1] == 1 else 1
+    if channels * span < MIN_TAP_COLUMNS:  # a 3-channel stem: too narrow for a GEMM
+        return None
+    n, outs = x.type.shape[0], ct.type.shape[1]
+    grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
+    shifts = [i * dilation[0] * wp + j * dilation[1]
+              for i in range(kh) for j in range(0, kw, span)]
+    rows = gb.reshape(gb.permute(spatial_pads(gb, x, pads), [0, 2, 3, 1]), [grid, channels])
+    rows = gb.op("pad", rows, pads=[Dim.of(0), Dim.of(0), Dim.of(0),
+                                    Dim.of(max(shifts) + span - 1)])
+    spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
+                                   (Dim.of(0), Dim.of(wp - out_w))])
+    flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
+    taps = gb.op("shifted_matmul", flat, rows, shifts=shifts, span=span)
+    # taps[(i, g), o, (s, c)] is dw[o, c, i, g * span + s]
+    taps = gb.reshape(taps, [kh, kw // span, outs, span, channels])
+    return gb.reshape(gb.permute(taps, [2, 4, 0, 1, 3]), [outs, channels, kh, kw])
 
 
 def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],

@@ -9,6 +9,7 @@ from ..types import TensorType, shape_str
 from ._common import (
     NUMERIC,
     as_dtype,
+    attrs,
     check_dtype,
     check_same_dtype,
     dtype_name,
@@ -19,7 +20,7 @@ from ._common import (
 )
 from ._emit import onnx_op
 from ._grad import float_only, swap_last, unbroadcast
-from .registry import OpError, OpRecord, Prop, register
+from .registry import OpError, OpRecord, Prop, internal, register
 
 
 def _matrix_shapes(a: TensorType, b: TensorType):
@@ -158,3 +159,119 @@ register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   promote=True, macs=_macs, onnx=onnx_op("MatMul"), llvm=_llvm,
                   props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}), packed_weight="b",
                   vjp=float_only(_vjp)))
+
+
+# shifted_matmul: the products of one matrix with row-shifted windows of another -------------
+def _shifts(attrs) -> tuple[list[int], int]:
+    """The op's shifts and span, checked."""
+    shifts, span = attrs["shifts"], attrs["span"]
+    if (not isinstance(shifts, list | tuple) or not shifts
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                       for s in shifts)):
+        raise OpError(f"shifts must be a non-empty list of non-negative ints, not {shifts!r}",
+                      arg="shifts", code="K0303")
+    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
+        raise OpError(f"span must be a positive int, not {span!r}", arg="span", code="K0303")
+    return list(shifts), span
+
+
+def _shifted_infer(types, attrs):
+    a, b = types
+    check_dtype(a, ("f32", "f64"), "a")  # f64: gradient checks by finite differences
+    dtype = check_same_dtype([a, b], ["a", "b"])
+    shifts, span = _shifts(attrs)
+    if a.rank != 2 or b.rank != 2:
+        raise OpError(f"a and b must be matrices, not {shape_str(a.shape)} and "
+                      f"{shape_str(b.shape)}", arg="b")
+    m, k = a.shape
+    rows, cols = b.shape
+    need = k + max(shifts) + span - 1
+    if rows != need:
+        raise OpError(f"b must have {need} rows (a's {k} columns, the largest shift, "
+                      f"{max(shifts)}, and span - 1, {span - 1}), not {rows}", arg="b")
+    return [TensorType(dtype, (Dim.of(len(shifts)), m, cols * span))]
+
+
+def _shifted_reference(env, inputs, attrs):
+    a, b = (upcast(x) for x in inputs)
+    shifts, span = _shifts(attrs)
+    k = a.shape[1]
+    out = np.stack([a @ np.concatenate([b[s + j:s + j + k] for j in range(span)], axis=1)
+                    for s in shifts])
+    return [as_dtype(out, dtype_name(inputs[0]))]
+
+
+def _shifted_macs(input_types, _output_types, attrs) -> Dim:
+    (m, k), (_rows, cols) = (t.shape for t in input_types)
+    return Dim.of(len(attrs["shifts"]) * attrs["span"]) * m * k * cols
+
+
+def _shifted_onnx(b, n):
+    """Per shift: b's windows as Slices (each end counted from b's end, so a symbolic K needs
+    no arithmetic), side by side (Concat), a MatMul, a new leading axis; then one Concat."""
+    from ._emit import one
+
+    a, bm = n.inputs
+    shifts, span = _shifts(n.attrs)
+    last = max(shifts) + span - 1  # the largest first row of a window
+    products = []
+    for s in shifts:
+        windows = []
+        for j in range(span):
+            end = s + j - last if s + j < last else np.iinfo(np.int64).max
+            windows.append(one(b, "Slice", bm, b.ints([s + j]), b.ints([end]), b.ints([0])))
+        window = windows[0] if span == 1 else one(b, "Concat", *windows, axis=1)
+        products.append(one(b, "Unsqueeze", one(b, "MatMul", a, window), b.ints([0])))
+    b.node("Concat", products, n.outputs, axis=0)
+
+
+def _shifted_llvm(kb, n):
+    """One GEMM per shift, nothing copied: the window of `span` rows side by side is b read
+    from row `shift` on with a row stride of one row (rows r..r+span-1 are contiguous), so
+    consecutive rows of the window overlap in memory."""
+    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
+
+    if n.in_types[0].dtype != "f32":  # only conv's f32 rule makes it
+        raise OpError("shifted_matmul runs natively in f32 only", arg="a", code="K0302")
+    (m, k), (_rows, cols) = (t.shape for t in n.in_types)
+    shifts, span = _shifts(n.attrs)
+    a, b, c = kb.input("a"), kb.input("b"), kb.output()
+    dm, dk, dc = kb.dim(m), kb.dim(k), kb.dim(cols)
+    width = kb.b.mul(dc, kb.dim(span))
+    for t, s in enumerate(shifts):
+        window = kb.b.gep(b, [kb.b.mul(kb.dim(s), dc)])
+        out = kb.b.gep(c, [kb.b.mul(kb.dim(t), kb.b.mul(dm, width))])
+        gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, dc), Matrix(out, width))
+
+
+def _shifted_vjp(gb, node, cts):
+    """With W_t the window of shift t (span slices of b side by side): da = sum over t of
+    g[t] @ W_t^T, and each slice of b gets a^T @ (its columns of g[t]) placed at its rows."""
+    from .views import pads_on, range_on
+
+    (g,), (a, b) = cts, node.inputs
+    shifts, span = _shifts(node.attrs)
+    (m, k), (rows, cols) = a.type.shape, b.type.shape
+    da = db = None
+    for t, s in enumerate(shifts):
+        gt = gb.reshape(gb.op("slice", g, items=range_on(0, t, t + 1)), [m, cols * span])
+        for j in range(span):
+            part = gt if span == 1 else gb.op("slice", gt, items=range_on(1, j * cols,
+                                                                          (j + 1) * cols))
+            window = gb.op("slice", b, items=range_on(0, s + j, k + s + j))
+            term_a = gb.matmul(part, swap_last(gb, window))
+            term_b = gb.op("pad", gb.matmul(swap_last(gb, a), part),
+                           pads=pads_on(2, 0, s + j, rows - k - s - j))
+            da = term_a if da is None else gb.add(da, term_a)
+            db = term_b if db is None else gb.add(db, term_b)
+    return [da, db]
+
+
+register(internal(OpRecord(
+    "shifted_matmul", tensors("a", "b") + attrs("shifts", ("span", 1)), _shifted_infer,
+    _shifted_reference,
+    "out[t] = a @ [b[s_t : s_t + K] | b[s_t + 1 : s_t + 1 + K] | ... span windows side by "
+    "side], s_t = shifts[t], for a [M, K]: a convolution's weight gradient over channels-last "
+    "rows (a shift per kernel row, the span its width).",
+    macs=_shifted_macs, onnx=_shifted_onnx, llvm=_shifted_llvm,
+    props=frozenset({Prop.CANNOT_FAIL}), vjp=_shifted_vjp)))

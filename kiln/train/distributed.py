@@ -6,10 +6,11 @@
 Every worker holds the same weights and is given the same global batch (each draws the same
 shuffle and augmentations from the seed). A worker runs the train step's first half
 (compiler/train/step.py: build_grad_step) on its shard of the batch, a contiguous slice of
-about 1/n of it, and weights what it computed by its share of the batch; one allreduce (a sum
-over the workers, `allreduce`, which kiln/ray_train.py gives from Ray) then yields on every
-worker the same gradient, loss and buffers as the whole batch on one worker, and every worker
-applies the same update (build_update_step): the weights stay identical.
+about 1/n of it (`shard`), and weights what it computed by its share of the batch; one
+allreduce (a sum over the workers, `allreduce`, which kiln/ray_train.py gives from Ray) then
+yields on every worker the same gradient, loss and buffers as the whole batch on one worker
+(but for BatchNorm and dropout, below), and every worker applies the same update
+(build_update_step): the weights stay identical.
 
 - **The weights**: a loss that is a mean over the batch's examples (every std.losses loss
   with reduction "mean") is the sum over shards of each shard's mean times its share
@@ -19,11 +20,16 @@ applies the same update (build_update_step): the weights stay identical.
 - **The sum** runs in float64 over one vector (loss, gradients, buffers), whatever the
   parameters' dtypes, and is cast back: at most one rounding of the parameter's dtype away
   from the single-process gradient.
-- **Buffers** (BatchNorm's running statistics): each worker's new value, averaged with the
-  examples' shares. The running mean is then the whole batch's; the running variance averages
-  the shards' variances (no term for the spread between shards); and the normalization itself
-  uses each shard's own statistics, as PyTorch's DistributedDataParallel does without
-  SyncBatchNorm: a model with BatchNorm trains close to, not exactly as, one process.
+- **BatchNorm** in training mode normalizes each shard by the shard's own batch statistics,
+  as PyTorch's DistributedDataParallel does without SyncBatchNorm: the step is then the
+  shards' one-process steps averaged by their shares, not the whole batch's, and a model
+  with BatchNorm trains close to, not exactly as, one process. (Synchronised statistics
+  would need an allreduce inside each BatchNorm of the forward and backward passes, which
+  are one native call here.) Its buffers, the running statistics, are each worker's new
+  value averaged with the examples' shares, so every worker holds the same: the running mean
+  is the whole batch's exactly; the running variance the shards' unbiased variances
+  averaged (no term for the spread between the shards' means); num_batches_tracked one
+  process's count. No shard is one example of a larger batch (see `shard`).
 - **Randomness**: noise inputs (`noise=`, a VAE's eps) are drawn for the whole batch on
   every worker, as one process draws them, and sharded with it: exact. Dropout draws inside
   the step: worker r of n with the key [seed, n * step + r], distinct masks on every worker
@@ -31,7 +37,7 @@ applies the same update (build_update_step): the weights stay identical.
 - A model with an input that is not per example (a graph's edge_index) cannot be split by
   examples (K0955).
 
-A worker whose shard is empty (a batch smaller than the number of workers) adds zeros.
+A worker whose shard is empty (a batch smaller than twice the number of workers) adds zeros.
 """
 
 from __future__ import annotations
@@ -55,9 +61,15 @@ Allreduce = Callable[[np.ndarray], np.ndarray]
 
 
 def shard(n: int, rank: int, world: int) -> slice:
-    """Worker `rank`'s contiguous part of `n` examples split over `world` workers (sizes
-    differ by at most one, the larger first, as numpy.array_split's)."""
-    base, extra = divmod(n, world)
+    """Worker `rank`'s contiguous part of `n` examples split over `world` workers: over the
+    first min(world, n // 2) of them (at least one), sizes differing by at most one, the
+    larger first (as numpy.array_split's); the other workers get none. So no shard is one
+    example of a larger batch: BatchNorm's unbiased variance of one example is undefined
+    (NaN), while the whole batch has one."""
+    active = min(world, max(n // 2, 1))
+    if rank >= active:
+        return slice(n, n)
+    base, extra = divmod(n, active)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
 

@@ -43,7 +43,14 @@ from kiln.compiler.driver import Compilation
 from kiln.compiler.elaborate import Port, load_program
 from kiln.compiler.errors import KilnError
 from kiln.compiler.initializers import generate_params
-from kiln.compiler.train.optim import Adam, Optimizer, initial_state, optimizer_from_config
+from kiln.compiler.train.optim import (
+    Adam,
+    Optimizer,
+    Schedule,
+    initial_state,
+    optimizer_from_config,
+    schedule_config,
+)
 from kiln.compiler.train.step import build_train_step, state_name
 from kiln.compiler.types import NUMPY_DTYPES
 
@@ -67,6 +74,7 @@ class Phase:
     model: str  # the generated model whose output is its loss
     optimizer: Optimizer
     index: int  # 0 for D, 1 for G: keeps the two steps' dropout keys apart
+    schedule: Schedule | None = None  # its step (from 1) -> factor of the optimizer's lr
     state: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
     steps: int = 0
     compiled: tuple | None = None  # (runner, layout, output names), built on first use
@@ -143,14 +151,17 @@ class GANTrainer:
                  optimizer_d: Optimizer | None = None, loss: str = "bce", seed: int = 0, *,
                  args_g: dict[str, Any] | None = None, args_d: dict[str, Any] | None = None,
                  clip_grad_norm: float | None = None, target: str = "native",
-                 threads: int | None = None, opt_level: int = 1):
+                 threads: int | None = None, opt_level: int = 1,
+                 schedule_g: Schedule | None = None, schedule_d: Schedule | None = None):
         """path: the kiln file of both models (`std.gan` for the standard library's DCGAN);
         generator, discriminator: their names there; args_g, args_d: their compile-time
         arguments; optimizer_g, optimizer_d: kiln.optim optimizers (default Adam(lr=2e-4,
         betas=(0.5, 0.999)), the DCGAN paper's); loss: "bce" (D outputs probabilities),
         "bce_with_logits" or "hinge" (D outputs scores): std.gan's d_loss_<loss> and
         g_loss_<loss>; seed: the initial weights and the noise; clip_grad_norm: each step's
-        global gradient-norm limit; target: "native" or "reference"."""
+        global gradient-norm limit; target: "native" or "reference"; schedule_g,
+        schedule_d: learning-rate schedules as kiln.Trainer's (kiln.optim.cosine,
+        step_decay: step -> factor of the optimizer's lr), each over its net's own steps."""
         if target not in ("native", "reference"):
             raise KilnError("K0602", f"a trainer runs on the native or reference target, not "
                             f"{target!r}")
@@ -165,14 +176,18 @@ class GANTrainer:
             raise KilnError("K0831", f"clip_grad_norm must be a positive number, not "
                             f"{clip_grad_norm!r}")
         phases = []
-        for net, model, optimizer, index in ((DISCRIMINATOR, D_MODEL, optimizer_d, 0),
-                                             (GENERATOR, G_MODEL, optimizer_g, 1)):
+        for net, model, optimizer, index, schedule in (
+                (DISCRIMINATOR, D_MODEL, optimizer_d, 0, schedule_d),
+                (GENERATOR, G_MODEL, optimizer_g, 1, schedule_g)):
+            if schedule is not None and not callable(schedule):
+                raise KilnError("K0831", f"schedule_{net[0]} must be a schedule (step -> "
+                                f"factor), not {type(schedule).__name__}")
             optimizer = Adam(lr=2e-4, betas=(0.5, 0.999)) if optimizer is None else optimizer
             if not isinstance(optimizer, Optimizer):
                 raise KilnError("K0831", f"optimizer_{net[0]} must be a kiln.optim optimizer, "
                                 f"not {type(optimizer).__name__}")
             optimizer.check()
-            phases.append(Phase(net, model, optimizer, index))
+            phases.append(Phase(net, model, optimizer, index, schedule))
         self.d_phase, self.g_phase = phases
         self.path = stdlib_path("gan") if os.fspath(path) == "std.gan" else \
             os.path.abspath(os.fspath(path))
@@ -304,13 +319,20 @@ class GANTrainer:
         loss is finite (K0836 otherwise, changing nothing)."""
         t = phase.steps + 1
         step = self._compiled(phase)
-        feeds = step_feeds(step, feeds, self.params, phase.state, phase.optimizer.lr, t,
-                           [self.seed, 2 * t + phase.index])
+        feeds = step_feeds(step, feeds, self.params, phase.state, self.learning_rate(phase, t),
+                           t, [self.seed, 2 * t + phase.index])
         loss = run_step(step, feeds, self.params, phase.state, f"the {phase.net}'s loss",
                         f"at its step {t}")
         phase.steps = t
         self._version += 1
         return loss
+
+    @staticmethod
+    def learning_rate(phase: Phase, step: int) -> float:
+        """The learning rate of `phase`'s step `step` (from 1): its optimizer's, times its
+        schedule's factor."""
+        factor = 1.0 if phase.schedule is None else float(phase.schedule(step))
+        return phase.optimizer.lr * factor
 
     # ------------------------------------------------------------------ the trained models
     def net_params(self, net: str) -> dict[str, np.ndarray]:
@@ -349,11 +371,17 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the models, the loss, the optimizers."""
-        return {"path": self.path, "models": self.names, "args": self.args, "loss": self.loss,
-                "optimizer_d": self.d_phase.optimizer.config(),
-                "optimizer_g": self.g_phase.optimizer.config(),
-                "clip_grad_norm": self.clip_grad_norm}
+        """What a checkpoint must match to resume: the models, the loss, the optimizers and
+        their schedules (named only where there is one: a checkpoint of a run without is
+        the same as before schedules were taken)."""
+        config = {"path": self.path, "models": self.names, "args": self.args,
+                  "loss": self.loss, "optimizer_d": self.d_phase.optimizer.config(),
+                  "optimizer_g": self.g_phase.optimizer.config(),
+                  "clip_grad_norm": self.clip_grad_norm}
+        for phase in (self.d_phase, self.g_phase):
+            if phase.schedule is not None:
+                config[f"schedule_{phase.net[0]}"] = schedule_config(phase.schedule)
+        return config
 
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = dict(self.state_dict())

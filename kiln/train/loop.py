@@ -101,7 +101,9 @@ def shuffled_batches(n: int, batch: int, seed: int, epoch: int
 @dataclass
 class Run:
     """A training run set up from `kiln train`'s options: its trainer, its examples shaped
-    and typed for the model, the inputs given whole to every step, the batch size."""
+    and typed for the model, the inputs given whole to every step, the batch size; and
+    `--early-stopping`'s state: the best epoch's (validation loss, weights) so far and the
+    epochs since (kiln/ray_train.py keeps them in its checkpoints)."""
 
     trainer: Trainer
     x: np.ndarray
@@ -111,6 +113,8 @@ class Run:
     whole: tuple
     batch: int
     steps_per_epoch: int
+    best: tuple[float, dict[str, np.ndarray]] | None = None
+    stale: int = 0
 
 
 def fit(opts, args: dict[str, Any]) -> int:
@@ -140,7 +144,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     """The trainer (made by `make_trainer`, which takes Trainer's arguments) and the examples
     of `kiln train`'s options `opts`, resumed from `--resume` and compiled; `data`: the
     dataset when it is loaded already (else `--data` names it)."""
-    from kiln.compiler.train.optim import by_name, cosine, step_decay
+    from kiln.compiler.train.optim import by_name
 
     for name in opts.augment:
         if name not in AUGMENTATIONS:
@@ -157,12 +161,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     if data is None:
         data = load_dataset(opts.data, opts.val_split, opts.seed)
     steps_per_epoch = 1 if opts.full_batch else -(-len(data.x) // opts.batch)
-    total = max(1, opts.epochs * steps_per_epoch)
-    schedule = None
-    if opts.schedule == "cosine":
-        schedule = cosine(total, min(opts.warmup, total - 1))
-    elif opts.schedule == "step":
-        schedule = step_decay(opts.step_size * steps_per_epoch, opts.gamma)
+    schedule = schedule_of(opts, steps_per_epoch)
     trainer = make_trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
                            clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
                            trainable=opts.trainable or None, model=opts.model,
@@ -181,16 +180,31 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     return Run(trainer, x, y, x_val, y_val, whole, batch, steps_per_epoch)
 
 
+def schedule_of(opts, steps_per_epoch: int):
+    """The learning-rate schedule `--schedule` asks for (None: constant), over `--epochs`
+    epochs of `steps_per_epoch` steps: cosine after `--warmup` steps, or times `--gamma`
+    every `--step-size` epochs."""
+    from kiln.compiler.train.optim import cosine, step_decay
+
+    total = max(1, opts.epochs * steps_per_epoch)
+    if opts.schedule == "cosine":
+        return cosine(total, min(opts.warmup, total - 1))
+    if opts.schedule == "step":
+        return step_decay(opts.step_size * steps_per_epoch, opts.gamma)
+    return None
+
+
 def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
                  ) -> list[dict[str, Any]]:
     """The epochs of `kiln train` (see the module's docstring); after each, `record(row,
     history)` with its row of metrics and every row so far. Returns the history; with
-    `--early-stopping`, the trainer is left with the weights of the best epoch."""
+    `--early-stopping`, the trainer is left with the weights of the best epoch (counting
+    from `run.best` and `run.stale`: a run going on from a checkpoint may give them)."""
     trainer, x, y, whole = run.trainer, run.x, run.y, run.whole
     history: list[dict[str, Any]] = []
-    best: tuple[float, dict] | None = None
-    stale = 0
     for epoch in range(trainer.step_count // run.steps_per_epoch, opts.epochs):
+        if opts.early_stopping and run.stale >= opts.early_stopping:
+            break  # it stopped before the checkpoint this run goes on from
         rng, parts = shuffled_batches(len(x), run.batch, opts.seed, epoch)
         if opts.full_batch:  # in order: whole inputs (a graph's edges) number the examples
             parts = [np.arange(len(x))]
@@ -216,19 +230,19 @@ def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
             metrics = trainer.evaluate((run.x_val, *whole), run.y_val)
             row.update({"val_loss": metrics.pop("loss"), **metrics})
         history.append(row)
-        record(row, history)
         if opts.early_stopping and "val_loss" in row:
-            if best is None or row["val_loss"] < best[0]:
-                best, stale = (row["val_loss"], {p: a.copy() for p, a in
-                                                 trainer.params.items()}), 0
+            if run.best is None or row["val_loss"] < run.best[0]:
+                run.best = (row["val_loss"], {p: a.copy() for p, a in trainer.params.items()})
+                run.stale = 0
             else:
-                stale += 1
-                if stale >= opts.early_stopping:
-                    print(f"early stopping: no lower validation loss in {stale} epochs; "
-                          f"keeping epoch {epoch + 1 - stale}'s weights")
-                    break
-    if best is not None:
-        trainer.set_params(best[1])
+                run.stale += 1
+        record(row, history)
+        if opts.early_stopping and run.stale >= opts.early_stopping:
+            print(f"early stopping: no lower validation loss in {run.stale} epochs; "
+                  f"keeping epoch {epoch + 1 - run.stale}'s weights")
+            break
+    if run.best is not None:
+        trainer.set_params(run.best[1])
     return history
 
 
@@ -274,5 +288,5 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "setup", "shuffled_batches",
-           "train_epochs", "write_log"]
+__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "schedule_of", "setup",
+           "shuffled_batches", "train_epochs", "write_log"]

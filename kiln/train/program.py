@@ -16,8 +16,11 @@ For `Trainer("mlp.kiln", loss="cross_entropy")` it generates
 and elaborates it like any model: in training mode for the train step, in inference mode for
 evaluation. The loss is output 0; the model's outputs follow (for metrics). The model's
 parameters are `net.<path>` there; the trainer strips the prefix. A loss of the user's own
-(`--loss losses.kiln:elbo`) is a `fn` or a model of that file, called with the model's
-outputs (in order) and then the target; it returns a 0-d tensor.
+(`--loss losses.kiln:elbo`) is a `fn` or a model of that file; it returns a 0-d tensor. It
+takes the model's outputs by name when every parameter of it but one is named as an output
+(`fn kl(logvar, mu, target)` of a model `-> (recon: .., mu: .., logvar: ..)`: those outputs,
+in its order, the others left out, and the target as the one other); else the outputs in
+order, then the target. Names win where both would fit.
 """
 
 from __future__ import annotations
@@ -105,11 +108,41 @@ def target_name(input_names: list[str]) -> str:
     return name
 
 
+def loss_arguments(parameters: list[str] | None, outputs: list[str], target: str) -> list[str]:
+    """What the loss is called with (see the module's docstring): of the model's outputs
+    `out_<i>` (`outputs`: their names) and `target`, by the loss's parameter names where
+    every one but one names an output, else by position. `parameters`: the loss's parameter
+    names (None: not known, as for a loss imported into its file)."""
+    positional = [f"out_{i}" for i in range(len(outputs))] + [target]
+    if parameters is None:
+        return positional
+    others = [p for p in parameters if p not in outputs]
+    if len(others) != 1 or len(set(parameters)) != len(parameters):
+        return positional
+    return [target if p == others[0] else f"out_{outputs.index(p)}" for p in parameters]
+
+
+def loss_parameters(lib: Program, name: str) -> list[str] | None:
+    """The names of the parameters of the loss `name` (a fn, or a model's forward inputs)
+    defined in the file `lib`; None when it is not defined there (imported)."""
+    from kiln.compiler.syntax import ast as A
+
+    for item in lib.module.ast.items:
+        if isinstance(item, A.FnDef) and item.name == name:
+            return [p.name for p in item.params]
+        if isinstance(item, A.BlockDef) and item.name == name:
+            forward = next((m for m in item.members if isinstance(m, A.Forward)), None)
+            return None if forward is None else [i.name for i in forward.inputs]
+    return None
+
+
 def training_source(model_path: str, model_name: str, args: dict[str, Any],
-                    inputs: list, outputs: int, target_type: TensorType | str,
-                    loss: LossSpec, loss_is_model: bool) -> str:
+                    inputs: list, outputs: list[str], target_type: TensorType | str,
+                    loss: LossSpec, loss_is_model: bool,
+                    loss_params: list[str] | None = None) -> str:
     """The generated program (see the module's docstring). `inputs`: the model's input Ports;
-    `target_type`: the target's type, as kiln writes it."""
+    `outputs`: its output names; `target_type`: the target's type, as kiln writes it;
+    `loss_params`: the parameter names of a loss of the user's own (loss_arguments)."""
     names = [p.name for p in inputs]
     target = target_name(names)
     lines = [f"import {json.dumps(model_path)} as user_model", "import std.losses"]
@@ -124,23 +157,26 @@ def training_source(model_path: str, model_name: str, args: dict[str, Any],
         fn = f"losses.{loss.name}" if loss.path is None else f"user_loss.{loss.name}"
     params = ", ".join([str(p) for p in inputs] + [f"{target}: {target_type}"])
     lines.append(f"  forward({params}) {{")
-    outs = ", ".join(f"out_{i}" for i in range(outputs))
+    outs = ", ".join(f"out_{i}" for i in range(len(outputs)))
     lines.append(f"    {outs} = {MEMBER}({', '.join(names)})")
-    lines.append(f"    return ({fn}({outs}, {target}), {outs})")
+    given = loss_arguments(loss_params if loss.path is not None else None, outputs, target)
+    lines.append(f"    return ({fn}({', '.join(given)}), {outs})")
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 
 
 def training_program(model_path: str, model_name: str, args: dict[str, Any],
-                     inputs: list, outputs: int, target: TensorType | str,
+                     inputs: list, outputs: list[str], target: TensorType | str,
                      loss: LossSpec) -> Program:
-    """The generated program, loaded (its source names the model file's directory)."""
-    loss_is_model = False
+    """The generated program, loaded (its source names the model file's directory).
+    `outputs`: the model's output names."""
+    loss_is_model, loss_params = False, None
     if loss.path is not None:
         lib = load_program(Path(loss.path))
         loss_is_model = loss.name in lib.model_names
+        loss_params = loss_parameters(lib, loss.name)
     source = training_source(model_path, model_name, args, inputs, outputs, target, loss,
-                             loss_is_model)
+                             loss_is_model, loss_params)
     return load_program(source, filename=os.path.join(os.path.dirname(model_path),
                                                       f"<training {Path(model_path).name}>"))
 
@@ -152,4 +188,5 @@ def strip_prefix(model: ElaboratedModel) -> dict:
 
 
 __all__ = ["CLASS_INDEX_LOSSES", "LOSS_ALIASES", "LossSpec", "MEMBER", "PREFIX", "TRAIN_MODEL",
-           "strip_prefix", "target_name", "training_program", "training_source"]
+           "loss_arguments", "loss_parameters", "strip_prefix", "target_name",
+           "training_program", "training_source"]

@@ -36,7 +36,7 @@ from kiln.compiler.train.optim import (
     schedule_config,
 )
 from kiln.compiler.train.step import (
-    GRADNORM,
+    GRADSUM,
     PARAM,
     build_train_step,
     select_trainable,
@@ -80,9 +80,9 @@ def step_feeds(step, feeds: dict[str, Any], params: dict, state: dict, lr: float
 def run_step(step, feeds: dict[str, Any], params: dict, state: dict, subject: str,
              at: str) -> float:
     """Run the compiled train step `step` on `feeds`; its new weights, optimizer state and
-    buffers replace those in `params` and `state` only when the loss is finite. Otherwise
-    K0836 (`subject` is {loss}, `at`: ...), naming the first parameter whose gradient is not
-    finite, and nothing changes."""
+    buffers replace those in `params` and `state` only when the loss and the buffers are
+    finite. Otherwise K0836 (`subject` is {loss}, `at`: ...), naming the first parameter
+    whose gradient is not finite, or K0848 naming the buffer, and nothing changes."""
     runner, layout, out_names = step
     arrays, dims = runner.bind_inputs((), feeds)
     results = dict(zip(out_names, runner.run(arrays, dims)))
@@ -96,13 +96,19 @@ def accept_step(layout, results: dict[str, Any], params: dict, state: dict, subj
     (kiln/train/distributed.py gathers the results of two graphs and an allreduce)."""
     loss = float(results["loss"])
     if not math.isfinite(loss):
-        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADNORM + p])),
+        bad = next((p for p in layout.trainable if not np.isfinite(results[GRADSUM + p])),
                    None)
         where = (f"the first non-finite gradient is of parameter {bad}" if bad else
                  "every gradient is finite")
         raise KilnError("K0836", f"{subject} is {loss} {at}: {where}",
                         hint="lower the learning rate, clip gradients (clip_grad_norm=) or "
                         "check the data for NaN/Inf")
+    for p in layout.buffers:  # a NaN kept here would poison every later evaluation
+        if not np.isfinite(results[UPDATED + p]).all():
+            raise KilnError("K0848", f"the buffer {p} is not finite {at}: the step is refused",
+                            hint="BatchNorm in training mode needs two examples or more per "
+                            "batch (an epoch's last batch may be of one: choose --batch so "
+                            "it is not); else check the data for NaN/Inf")
     for p in layout.trainable:
         params[p] = results[PARAM + p]
         for s in layout.slots:
@@ -253,7 +259,8 @@ class Trainer:
 
     def _program(self, target_type: str):
         return training_program(self.path, self.model_name, self.args, self.inputs,
-                                len(self._compilation.model.outputs), target_type, self.loss)
+                                [p.name for p in self._compilation.model.outputs],
+                                target_type, self.loss)
 
     def step_parts(self, target_type: str | None = None):
         """(the ids of the forward nodes, the train step as a model (compiler/train/step.py),
