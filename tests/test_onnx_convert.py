@@ -546,3 +546,62 @@ def test_tf_idf_vectorizer_agrees_with_onnxruntime(mode, weighted, rank):
     if weighted:
         attrs["weights"] = [0.5, 1.5, 2.0, 0.25, 3.0, 1.0]
     check("TfIdfVectorizer", [x], opset=ORT_OPSET, **attrs)
+
+
+TRAINING_CASES = [
+    ("Adagrad", 3, {"decay_factor": 0.1, "epsilon": 1e-6, "norm_coefficient": 0.01}),
+    ("Adam", 4, {"alpha": 0.8, "beta": 0.95, "epsilon": 1e-7, "norm_coefficient": 0.02,
+                 "norm_coefficient_post": 0.1}),
+    ("Momentum", 3, {"alpha": 0.9, "beta": 0.5, "mode": "standard", "norm_coefficient": 0.01}),
+    ("Momentum", 3, {"alpha": 0.9, "beta": 0.5, "mode": "nesterov", "norm_coefficient": 0.0}),
+]
+
+
+@pytest.mark.parametrize("step", [0, 3])
+@pytest.mark.parametrize("op, per_tensor, attrs", TRAINING_CASES,
+                         ids=[f"{c[0]}-{c[2].get('mode', '')}" for c in TRAINING_CASES])
+def test_optimizer_step_agrees_with_onnx_reference(op, per_tensor, attrs, step):
+    """Two tensors of different shapes updated by one node (the first step too)."""
+    from onnx.reference import ReferenceEvaluator
+
+    shapes = [(3, 4), (5,)]
+    tensors = [f32(*shape) for _ in range(per_tensor) for shape in shapes]
+    if per_tensor == 4:  # Adam's second moments are not negative
+        tensors[6:] = [np.abs(t) for t in tensors[6:]]
+    if op == "Adagrad":
+        tensors[4:] = [np.abs(t) for t in tensors[4:]]
+    feeds = [np.array(0.1, np.float32), np.array(step, I64), *tensors]
+    names = [f"in{i}" for i in range(len(feeds))]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(len(tensors) - 2)],
+                            domain="ai.onnx.preview.training", **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            v.dtype), v.shape) for n, v in zip(names, feeds, strict=True)],
+        [helper.make_empty_tensor_value_info(o) for o in node.output])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("ai.onnx.preview.training", 1)])
+    want = ReferenceEvaluator(model).run(None, dict(zip(names, feeds, strict=True)))
+    got = kiln.compile(model, target="reference")(*feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op, inputs, attrs", [
+    ("Binarizer", [f32(3, 4)], {"threshold": 0.25}),
+    ("ArrayFeatureExtractor", [f32(2, 3, 5), np.array([[4, 0, 4]], I64)], {}),
+    ("ArrayFeatureExtractor", [f32(6), np.array([5, 1], I64)], {}),
+])
+def test_ml_ops_agree_with_onnxruntime(op, inputs, attrs):
+    names = [f"in{i}" for i in range(len(inputs))]
+    node = helper.make_node(op, names, ["y"], domain="ai.onnx.ml", **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            v.dtype), v.shape) for n, v in zip(names, inputs, strict=True)],
+        [helper.make_empty_tensor_value_info("y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3),
+                                                    helper.make_opsetid("", ORT_OPSET)])
+    model.ir_version = min(model.ir_version, 10)
+    (want,) = run_ort(model, inputs)
+    (got,) = [kiln.compile(model, target="reference")(*inputs)]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)

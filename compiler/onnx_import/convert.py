@@ -23,6 +23,7 @@ import onnx
 from ..builder import GraphBuilder
 from . import (
     convert_control,
+    convert_domains,
     convert_einsum,
     convert_elementwise,
     convert_grid,
@@ -80,9 +81,11 @@ def _is_default(node: OnnxNode, name: str, value: Any) -> bool:
 _EXPAND = function_converter(convert_node)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
 # the ops of ONNX's other domains that kiln converts: those defined as functions (the
-# preview domain's FlexAttention, ...), through their bodies
+# preview domain's FlexAttention, ...), through their bodies, and convert_domains.py's
 DOMAIN_CONVERTERS: dict[str, dict[str, Converter]] = {
-    domain: {op: _EXPAND for op in function_ops((domain,))} for domain in ("ai.onnx.preview",)}
+    "ai.onnx.preview": {op: _EXPAND for op in function_ops(("ai.onnx.preview",))},
+    **convert_domains.DOMAINS,
+}
 
 
 def converter_of(domain: str, op_type: str) -> Converter | None:

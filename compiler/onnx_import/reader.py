@@ -127,6 +127,9 @@ def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
         opsets[domain] = int(entry.version)
     newest = onnx.defs.onnx_opset_version()
     version = opsets.get("")
+    if version is None and not _any_standard_node(proto.graph):
+        opsets[""] = MIN_OPSET  # (a model of other domains' ops only: no standard node reads it)
+        return opsets
     if version is None:
         raise KilnError("K0905", f"{path} imports no opset of the standard ONNX domain",
                         hint=f"kiln imports opsets {MIN_OPSET} to {newest}")
@@ -136,6 +139,14 @@ def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
     if version < MIN_OPSET and not changed_since(proto.graph, version):
         opsets[""] = MIN_OPSET
     return opsets
+
+
+def _any_standard_node(graph: onnx.GraphProto) -> bool:
+    """Whether a node of the graph (or of its subgraphs) is of the standard domain."""
+    return any(node.domain in STANDARD_DOMAINS or any(
+        _any_standard_node(sub) for a in node.attribute
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)))
+        for node in graph.node)
 
 
 _CONVERT = f"convert it first: onnx.version_converter.convert_version(model, {MIN_OPSET})"
