@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
+from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
 MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
@@ -171,9 +172,11 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     dw): the same flat row shifted by a constant, so each tap's operand is `rows` read from
     a row further down (shifted_matmul reads it in place). Without dilation along the width
     the taps of a kernel row are consecutive rows, which one GEMM of kw * C columns reads
-    side by side (`span`). ct' spans the padded grid, its extra positions zero, so the flat
-    index runs over whole rows; `rows` has zero rows appended for the furthest window, which
-    only those zeros read."""
+    side by side (`span`); with fewer than MIN_TAP_COLUMNS of those (a stem's 1 or 3
+    channels), the kh row shifts are first copied side by side as channels, and one GEMM of
+    kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
+    so the flat index runs over whole rows; `rows` has zero rows appended for the furthest
+    window, which only those zeros read."""
     if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
             or x.type.dtype != "f32" or ct.type.dtype != "f32"):
         return None
@@ -187,7 +190,8 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
         return None  # the forward's shape rule guarantees this for stride 1
     span = kw if dilation[1] == 1 else 1
-    if channels * span < MIN_TAP_COLUMNS:  # a 3-channel stem: too narrow for a GEMM
+    stack = channels * span < MIN_TAP_COLUMNS  # a stem's few channels: kernel rows stacked
+    if stack and (span != kw or channels * kh * kw < MIN_TAP_COLUMNS):
         return None
     n, outs = x.type.shape[0], ct.type.shape[1]
     grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
@@ -199,6 +203,13 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
                                    (Dim.of(0), Dim.of(wp - out_w))])
     flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
+    if stack:  # one GEMM: the kh row shifts side by side as channels, the kw taps the span
+        length = grid + Dim.of(kw - 1)
+        stacked = gb.op("concat", [gb.op("slice", rows, items=range_on(0, s, length + s))
+                                   for s in shifts], axis=1)  # [(p, q), (i, c)]
+        taps = gb.op("shifted_matmul", flat, stacked, shifts=[0], span=kw)
+        # taps[0, o, (j, i, c)] is dw[o, c, i, j]
+        return gb.permute(gb.reshape(taps, [outs, kw, kh, channels]), [0, 3, 2, 1])
     taps = gb.op("shifted_matmul", flat, rows, shifts=shifts, span=span)
     # taps[(i, g), o, (s, c)] is dw[o, c, i, g * span + s]
     taps = gb.reshape(taps, [kh, kw // span, outs, span, channels])
