@@ -80,6 +80,20 @@ def test_conv_rule_forms(stride, padding, dilation, groups, flipped, dw):
               dims={"B": 3}, **attrs)
 
 
+@pytest.mark.parametrize("shape, stride", [((2, 3, 7, 6), 2), ((1, 4, 8, 9), (2, 3)),
+                                           ((2, 2, 5, 5), 3)])
+def test_conv_pointwise_strided_input_grad(shape, stride):
+    """A strided 1x1 convolution's dx is its cotangent through w^T (a 1x1 conv) placed every
+    s-th pixel, no transposed convolution; rows past the last window get zeros."""
+    x, w = normal(*shape, seed=1), normal(5, shape[1], 1, 1, seed=2)
+    graph, *_ = rules_graph([("conv", (x.astype(np.float32), w.astype(np.float32), None),
+                              dict(stride=stride))])
+    assert "conv_transpose" not in {graph.op(n) for n in graph.order()}
+    check_vjp("conv", x, w, normal(5, seed=3), stride=stride,
+              types=[TensorType("f64", ("B", *shape[1:])), TensorType("f64", w.shape),
+                     TensorType("f64", (5,))], dims={"B": shape[0]})
+
+
 def _conv_weight_grad_f64(x, ct, k, padding, dilation):
     """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p + i*dh, q + j*dw]
     (stride 1), in float64."""

@@ -58,9 +58,10 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     convolution of ct with w's channels swapped and its kernel flipped, padded by
     d * (k - 1) - lo: the forward convolution's kernel, much faster than the transposed one's
     scatter of columns."""
-    flipped = _flipped_conv_input_grad(gb, ct, w, stride, dilation, pads, groups)
-    if flipped is not None:
-        return flipped
+    for fast in (_flipped_conv_input_grad, _pointwise_strided_input_grad):
+        grad = fast(gb, ct, w, sizes, stride, dilation, pads, groups)
+        if grad is not None:
+            return grad
     kernel = w.type.shape[2:]
     reach = [(out - 1) * s + d * (k - 1) + 1 for out, k, s, d
              in zip(ct.type.shape[2:], kernel, stride, dilation, strict=True)]
@@ -76,8 +77,9 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     return spatial_pads(gb, full, widths)
 
 
-def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, stride: tuple[int, ...],
-                             dilation: tuple[int, ...], pads: Pads, groups: int) -> Any | None:
+def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, _sizes: tuple[Dim, ...],
+                             stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                             groups: int) -> Any | None:
     """conv_input_grad as a stride-1 convolution (see there), or None where it does not apply."""
     kernel = [Dim.of(k) for k in w.type.shape[2:]]
     if groups != 1 or any(s != 1 for s in stride) or not all(k.is_const for k in kernel):
@@ -93,6 +95,38 @@ def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, stride: tuple[int, ...],
     turned = gb.op("flip", gb.permute(w, [1, 0, *spatial]), axis=spatial)
     return gb.op("conv", ct, turned, None, stride=list(stride), padding=padding,
                  dilation=list(dilation), groups=1)
+
+
+def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
+                                  stride: tuple[int, ...], _dilation: tuple[int, ...],
+                                  pads: Pads, groups: int) -> Any | None:
+    """conv_input_grad of an ungrouped 1x1 convolution without padding, constant spatial
+    sizes and a stride (a ResNet's downsampling shortcut), or None for another: output pixel
+    j read input pixel j * s alone, so dx is the cotangent's channels mixed by w^T (a 1x1
+    convolution, the forward's kernel) placed every s-th pixel, zeros between and after the
+    last window (a transposed convolution's scatter ran this at a few GFLOP/s)."""
+    kernel = [Dim.of(k) for k in w.type.shape[2:]]
+    zero = Dim.of(0)
+    if (groups != 1 or any(k != Dim.of(1) for k in kernel) or all(s == 1 for s in stride)
+            or any(lo != zero or hi != zero for lo, hi in pads)
+            or not all(Dim.of(d).is_const for d in (*sizes, *ct.type.shape[2:]))):
+        return None
+    spatial = list(range(2, w.type.rank))
+    mixed = gb.op("conv", ct, gb.permute(w, [1, 0, *spatial]), None,
+                  stride=[1] * len(spatial), padding=[0] * len(spatial))  # [N, C, *out]
+    n, c, *out = mixed.type.shape
+    apart = [n, c]
+    for o in out:
+        apart += [o, Dim.of(1)]
+    placed = gb.reshape(mixed, apart)
+    widths: list[Dim] = []
+    for s in reversed(stride):  # F.pad's order: the last axis first; each unit axis to s
+        widths += [zero, Dim.of(s - 1), zero, zero]
+    placed = gb.op("pad", placed, pads=widths)
+    spread = [o * s for o, s in zip(out, stride, strict=True)]
+    placed = gb.reshape(placed, [n, c, *spread])
+    return spatial_pads(gb, placed, [(zero, Dim.of(size) - got)
+                                      for size, got in zip(sizes, spread, strict=True)])
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
