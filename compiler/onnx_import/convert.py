@@ -7,7 +7,7 @@ A converter builds only with gb.op(...)/gb.constant(...) and raises Unsupported 
 cannot compute exactly (an op, attribute value, element type or run-time shape input); the
 importer (importer.py) lists every such node at once. The converters live by family in
 convert_elementwise.py, convert_tensor.py, convert_nn.py, convert_rnn.py,
-convert_einsum.py and convert_grid.py; ops the standard
+convert_einsum.py, convert_grid.py and convert_signal.py; ops the standard
 defines as functions of other ops (and kiln has no converter of its own for) expand their
 function body (convert_function.py); the helpers they share, the OnnxNode they see and
 Unsupported, in convert_base.py.
@@ -29,6 +29,7 @@ from . import (
     convert_grid,
     convert_nn,
     convert_rnn,
+    convert_signal,
     convert_tensor,
 )
 from .convert_base import Converter, OnnxNode, ReadAttributes, Unsupported
@@ -42,6 +43,7 @@ CONVERTERS: dict[str, Converter] = {
     **convert_control.CONVERTERS,
     **convert_einsum.CONVERTERS,
     **convert_grid.CONVERTERS,
+    **convert_signal.CONVERTERS,
 }
 
 
