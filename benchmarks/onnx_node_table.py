@@ -72,8 +72,11 @@ def table(cases: list, results: dict[str, dict], per_op: int) -> str:
         "body; `Resize` in a mode kiln's `resize` lacks is applied axis by axis with the "
         "weights ONNX's reference `Resize` gives the unit impulses (a gather for the nearest "
         "modes); integer `Div`/`Mod`, `Round`, `BitShift`, asymmetric pads, `ScatterND` and "
-        "the like are exact compositions of primitives. A converter refuses (never guesses) "
-        "what it cannot compute exactly, and says why.",
+        "the like are exact compositions of primitives; `GridSample`, `RoiAlign` and "
+        "`DeformConv` gather their interpolation corners. A model of an opset below 13 is "
+        "read as 13 where its ops did not change since, else converted by ONNX's version "
+        "converter. A converter refuses (never guesses) what it cannot compute exactly, and "
+        "says why; an attribute no converter reads must have its default.",
         "",
     ]
     kiln_cases = [c for c in cases if kiln_types_only(c)]

@@ -13,7 +13,12 @@ from onnx import helper
 from kiln.compiler.builder import GraphBuilder
 from kiln.compiler.evaluate import run_graph
 from kiln.compiler.ir import Graph
-from kiln.compiler.onnx_import.convert import CONVERTERS, OnnxNode, Unsupported
+from kiln.compiler.onnx_import.convert import (
+    CONVERTERS,
+    OnnxNode,
+    Unsupported,
+    convert_node,
+)
 from kiln.compiler.onnx_import.convert_base import kiln_dtype
 from kiln.compiler.onnx_import.convert_function import decode_attribute
 from kiln.compiler.types import TensorType, dtype_of_numpy
@@ -50,7 +55,7 @@ def build(model: onnx.ModelProto) -> Graph:
             attrs={a.name: decode_attribute(a) for a in proto.attribute},
             inputs=[values[n] if n else None for n in proto.input],
             consts=[consts.get(n) for n in proto.input], outputs=list(proto.output))
-        outs = CONVERTERS[proto.op_type](gb, node)
+        outs = convert_node(gb, node)
         for name, value in zip(proto.output, outs, strict=False):
             if name and value is not None:
                 values[name] = value

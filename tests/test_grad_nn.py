@@ -56,27 +56,42 @@ def test_conv_random(k, stride, padding, dilation, groups, size, batch):
               dilation=dilation, groups=groups)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, groups, flipped, patches", [
-    (1, 1, 1, 1, True, True),      # the common 3x3: both gradients on the forward kernels
-    (1, 2, 2, 1, True, True),
-    (2, 1, 1, 1, False, True),     # strided: dx stays a transposed convolution
-    (1, 3, 1, 1, False, True),     # padding past what the kernel reaches: no flipped form
-    (1, 1, 1, 2, False, False),    # grouped: the general forms
+@pytest.mark.parametrize("stride, padding, dilation, groups, flipped, dw", [
+    (1, 1, 1, 1, True, "shifted"),   # the common 3x3: both gradients on GEMMs, no patches
+    (1, 2, 2, 1, True, "patches"),   # dilated columns of 2 channels: too narrow to shift
+    (2, 1, 1, 1, False, "patches"),  # strided: dx stays a transposed convolution
+    (1, 3, 1, 1, False, "shifted"),  # padding past what the kernel reaches: no flipped form
+    (1, 1, 1, 2, False, "conv"),     # grouped: the general forms
 ])
-def test_conv_rule_forms(stride, padding, dilation, groups, flipped, patches):
+def test_conv_rule_forms(stride, padding, dilation, groups, flipped, dw):
     """Where it can, conv's rule takes dx as a stride-1 convolution with the flipped kernel
-    and dw as GEMMs over gathered patches (_conv_grad.py); each form against finite
-    differences, with a symbolic batch."""
+    and dw as GEMMs over shifted rows of the input or over gathered patches (_conv_grad.py);
+    each form against finite differences, with a symbolic batch."""
     x, w = normal(3, 2 * groups, 7, 6, seed=1), normal(4, 2, 3, 3, seed=2)
     attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     graph, *_ = rules_graph([("conv", (x.astype(np.float32), w.astype(np.float32), None),
                               attrs)])
     ops = {graph.op(n) for n in graph.order()}
     assert ("conv_transpose" not in ops and "flip" in ops) == flipped, ops
-    assert ("gather" in ops) == patches, ops
+    form = "shifted" if "shifted_matmul" in ops else "patches" if "gather" in ops else "conv"
+    assert form == dw, ops
     check_vjp("conv", x, w, None, types=[TensorType("f64", ("B", *x.shape[1:])),
                                           TensorType("f64", w.shape), None],
               dims={"B": 3}, **attrs)
+
+
+@pytest.mark.parametrize("shape, stride", [((2, 3, 7, 6), 2), ((1, 4, 8, 9), (2, 3)),
+                                           ((2, 2, 5, 5), 3)])
+def test_conv_pointwise_strided_input_grad(shape, stride):
+    """A strided 1x1 convolution's dx is its cotangent through w^T (a 1x1 conv) placed every
+    s-th pixel, no transposed convolution; rows past the last window get zeros."""
+    x, w = normal(*shape, seed=1), normal(5, shape[1], 1, 1, seed=2)
+    graph, *_ = rules_graph([("conv", (x.astype(np.float32), w.astype(np.float32), None),
+                              dict(stride=stride))])
+    assert "conv_transpose" not in {graph.op(n) for n in graph.order()}
+    check_vjp("conv", x, w, normal(5, seed=3), stride=stride,
+              types=[TensorType("f64", ("B", *shape[1:])), TensorType("f64", w.shape),
+                     TensorType("f64", (5,))], dims={"B": shape[0]})
 
 
 def _conv_weight_grad_f64(x, ct, k, padding, dilation):
@@ -99,7 +114,9 @@ def _conv_weight_grad_f64(x, ct, k, padding, dilation):
     (16, 3, ((0, 0), (2, 2)), (2, 1), True),    # dilated rows, padding on one axis only
     (16, 3, ((1, 1), (1, 1)), (1, 2), True),    # dilated columns: a GEMM per tap
     (24, 1, ((0, 0), (0, 0)), (1, 1), True),    # 1x1
-    (3, 3, ((1, 1), (1, 1)), (1, 1), False),    # a 3-channel stem: patches
+    (3, 3, ((1, 1), (1, 1)), (1, 1), True),     # a 3-channel stem: kernel rows stacked
+    (1, 5, ((2, 2), (2, 2)), (1, 1), True),     # LeNet's first layer
+    (3, 3, ((1, 1), (1, 1)), (1, 2), False),    # few channels, dilated columns: patches
 ])
 @pytest.mark.parametrize("target", ["reference", "native"])
 def test_conv_weight_grad_over_shifted_rows(channels, k, padding, dilation, shifted, target):
@@ -157,6 +174,21 @@ def distinct(*shape, seed=0):
 def test_max_pool(shape, k, s, p, d, ceil_mode):
     check_vjp("max_pool", distinct(*shape), kernel_size=k, stride=s, padding=p, dilation=d,
               ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("kernel, shape", [((2, 2), (2, 3, 8, 7)), ((3, 2), (1, 2, 7, 9))])
+def test_avg_pool_of_tiling_windows(kernel, shape):
+    """Windows that tile the input (stride = kernel, no padding) take the cotangent over the
+    window's size repeated over the window (a broadcast, no convolution); rows past the last
+    window get nothing. At symbolic sizes too."""
+    x = normal(*shape, seed=7)
+    graph, *_ = rules_graph([("avg_pool", (x.astype(np.float32),), dict(kernel_size=kernel))])
+    ops = {graph.op(n) for n in graph.order()}
+    assert "broadcast_to" in ops and "conv_transpose" not in ops and "conv" not in ops, ops
+    check_vjp("avg_pool", x, kernel_size=kernel)
+    check_vjp("avg_pool", x, kernel_size=kernel, types=[TensorType("f64", ("B", shape[1], "H",
+                                                                          "W"))],
+              dims={"B": shape[0], "H": shape[2], "W": shape[3]})
 
 
 @pytest.mark.parametrize("k, s, p, d, ceil_mode", [c for c in POOL_CASES if c[3] == (1, 1)])

@@ -21,6 +21,7 @@ import kiln
 from kiln import KilnError
 from kiln.compiler.codegen.llvm import cache
 from kiln.compiler.ops import REGISTRY, Prop
+from kiln.compiler.types import NUMPY_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)
@@ -147,6 +148,34 @@ model M {
         readers = [position[v] for v in graph.g.successors(view[0])]
         assert dies[base] >= max(readers)
     assert not {b.node for b in memory.buffers} & {node for node, _ in memory.views}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "i64", "i32", "bool"])
+def test_permutes_copy_every_element_in_blocks_and_at_the_edges(dtype):
+    """A permute whose result's last axis is not x's contiguous one copies whole 8 x 8 blocks
+    through registers and the edges element by element: sizes below, at and past a block,
+    every dtype's width, exactly."""
+    source = f"""
+model M {{
+  forward(x: {dtype}[A, B], y: {dtype}[N, C, H, W]) -> ({dtype}[B, A], {dtype}[N, H, W, C], {dtype}[W, C, N, H]) {{
+    return transpose(x, 0, 1), permute(y, [0, 2, 3, 1]), permute(y, [3, 1, 0, 2])
+  }}
+}}"""
+    native = kiln.compile(source)
+    rng = np.random.default_rng(3)
+
+    def make(*shape):
+        values = rng.integers(-1000, 1000, shape) if dtype != "bool" else rng.random(shape) < .5
+        return values.astype(NUMPY_DTYPES[dtype])
+
+    for (a, b), (n, c, h, w) in [((3, 5), (1, 2, 3, 4)), ((8, 8), (2, 8, 3, 8)),
+                                 ((17, 24), (2, 9, 5, 17)), ((64, 33), (1, 16, 8, 8))]:
+        x, y = make(a, b), make(n, c, h, w)
+        got = native(x, y)
+        for g, want in zip(got, (x.T, y.transpose(0, 2, 3, 1), y.transpose(3, 1, 0, 2)),
+                           strict=True):
+            assert g.dtype == want.dtype
+            np.testing.assert_array_equal(g, want)
 
 
 def test_half_precision_matmul_rounds_once():

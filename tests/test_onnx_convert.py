@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from _onnxconvert import OPSET, build, check, run_kiln, run_ort
+from _onnxconvert import OPSET, build, check, one_node, run_kiln, run_ort
 from _onnximport import make_model
 from onnx import TensorProto, helper
 
@@ -144,6 +144,16 @@ CASES = [
     ("Resize", [f32(1, 2, 4, 4), np.array([], np.float32), np.array([1, 1, 0.6, 0.8],
                                                                    np.float32)],
      {"mode": "linear", "coordinate_transformation_mode": "asymmetric", "initializers": "12"}),
+    ("Resize", [f32(1, 2, 4, 7), None, None, np.array([5, 3], I64)],
+     {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_smaller",
+      "initializers": "3"}),
+    ("Resize", [f32(3, 5), None, None, np.array([7, 3], I64)],
+     {"mode": "cubic", "axes": [1, 0], "keep_aspect_ratio_policy": "not_larger",
+      "exclude_outside": 1, "cubic_coeff_a": -0.5, "initializers": "3"}),
+    ("MaxUnpool", [f32(1, 2, 2, 3), RNG.permutation(48)[:12].reshape(1, 2, 2, 3)],
+     {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("MaxUnpool", [f32(2, 1, 3), RNG.permutation(12)[:6].reshape(2, 1, 3)],
+     {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}),
     ("Dropout", [f32(3, 4)], {"n_outputs": 2}),
     ("TopK", [np.array([[3, 1, 3, -np.inf], [2, 2, -np.inf, 2], [0, 5, 5, 1]], np.float32).T,
               np.array([3], I64)], {"axis": 0, "n_outputs": 2, "initializers": "1"}),
@@ -151,6 +161,13 @@ CASES = [
                                                       "initializers": "1"}),
     ("DFT", [f32(2, 8, 3, 1), None, np.array(1, I64)], {"onesided": 1, "initializers": "2"}),
     ("DFT", [f32(2, 5, 2), np.array(7, I64), np.array(-2, I64)], {"initializers": "12"}),
+    ("STFT", [f32(2, 20, 1), np.array(3, I64), f32(6), np.array(6, I64)],
+     {"initializers": "13"}),
+    ("STFT", [f32(1, 16, 2), np.array(4, I64), None, np.array(5, I64)],
+     {"onesided": 0, "initializers": "13"}),
+    ("MelWeightMatrix", [np.array(6, np.int32), np.array(16, np.int32),
+                         np.array(8000, np.int32), np.array(100, np.float32),
+                         np.array(3500, np.float32)], {"initializers": "01234"}),
     ("Col2Im", [f32(1, 8, 12), np.array([4, 5], I64), np.array([2, 2], I64)],
      {"strides": [2, 1], "pads": [1, 0, 1, 0], "initializers": "12"}),
 ]
@@ -181,7 +198,8 @@ def _node(gb_inputs, op_type: str, consts=None, opset: int = OPSET, **attrs) -> 
     ("Pad", {"mode": "wrap"}, "wider than the axis"),
     ("Dropout", {}, "training mode"),
     ("Cast", {"to": TensorProto.DOUBLE}, "DOUBLE"),
-    ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
+    ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "constant roi"),
+    ("Resize", {"keep_aspect_ratio_policy": "fit"}, "keep_aspect_ratio_policy"),
     ("Einsum", {"equation": "ijkk->i"}, "diagonal"),
     ("Einsum", {"equation": "ij->i"}, "rank 4"),
 ])
@@ -355,3 +373,235 @@ def test_cumprod_against_numpy(exclusive, reverse, dtype):
     got = kiln.compile(model, target="reference")(x)
     assert got.dtype == dtype
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_tf_crop_and_resize_agrees_with_onnx_reference(mode):
+    """tf_crop_and_resize, a region reaching outside the input on one side: against ONNX's
+    own reference (onnxruntime computes other values for this mode: the node tests' expected
+    values are the reference's)."""
+    from onnx.reference import ReferenceEvaluator
+
+    x = f32(1, 2, 5, 6)
+    roi = np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3], np.float32)
+    scales = np.array([1, 1, 1.6, 0.7], np.float32)
+    model = one_node("Resize", [x, roi, scales], initializers={1: roi, 2: scales}, mode=mode,
+                     coordinate_transformation_mode="tf_crop_and_resize",
+                     extrapolation_value=2.5)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x})
+    (got,) = run_kiln(model, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [0, 1])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_grid_sample_agrees_with_onnxruntime(mode, padding_mode, align_corners):
+    """GridSample at random points, some outside [-1, 1] (every padding rule at work).
+    Cubic with border padding against ONNX's reference: it clamps a point to the border
+    before taking the 4 taps (so do the node tests' expected values), onnxruntime after."""
+    rng = np.random.default_rng(len(mode) * 7 + len(padding_mode) + align_corners)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.4, 1.4, (2, 3, 6, 2)).astype(np.float32)
+    attrs = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    if (mode, padding_mode) != ("cubic", "border"):
+        check("GridSample", [x, grid], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, **attrs)
+        return
+    from onnx.reference import ReferenceEvaluator
+
+    model = one_node("GridSample", [x, grid], opset=ORT_OPSET, **attrs)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x, "in1": grid})
+    np.testing.assert_allclose(run_kiln(model, [x, grid])[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_volumetric_agrees_with_onnxruntime(padding_mode):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
+    grid = rng.uniform(-1.4, 1.4, (1, 2, 3, 4, 3)).astype(np.float32)
+    check("GridSample", [x, grid], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode="linear",
+          padding_mode=padding_mode)
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+def test_tensor_scatter_agrees_with_onnx_reference(mode):
+    """A KV cache [B, H, S, D] updated at each batch entry's own position (circular: some
+    wrap past the end)."""
+    from onnx.reference import ReferenceEvaluator
+
+    past, update = f32(3, 2, 5, 4), f32(3, 2, 2, 4)
+    starts = np.array([0, 3, 4 if mode == "circular" else 2], I64)
+    model = one_node("TensorScatter", [past, update, starts], mode=mode, opset=OPSET)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": past, "in1": update, "in2": starts})
+    np.testing.assert_array_equal(run_kiln(model, [past, update, starts])[0], want)
+
+
+def test_max_unpool_output_shape_agrees_with_onnx_reference():
+    """With output_shape, the unpooled tensor (indices into its inferred shape) is padded at
+    the end of each axis, as ONNX's reference (the node tests' expected values) does;
+    onnxruntime takes the indices into output_shape's layout instead."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, index = f32(2, 1, 3), RNG.permutation(12)[:6].reshape(2, 1, 3).astype(I64)
+    shape = np.array([2, 1, 9], I64)
+    model = one_node("MaxUnpool", [x, index, shape], initializers={2: shape},
+                     kernel_shape=[3], strides=[2], pads=[1, 0])
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x, "in1": index})
+    np.testing.assert_array_equal(run_kiln(model, [x, index])[0], want)
+
+
+def test_inverse_one_sided_dft_agrees_with_onnx_reference():
+    """irfft: a half spectrum [.., 5, 2] to the real signal of length 8 [.., 8, 1]."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, length, axis = f32(3, 5, 2), np.array(8, I64), np.array(1, I64)
+    model = one_node("DFT", [x, length, axis], initializers={1: length, 2: axis}, inverse=1,
+                     onesided=1, opset=OPSET)
+    (want,) = ReferenceEvaluator(model).run(None, {"in0": x})
+    np.testing.assert_allclose(run_kiln(model, [x])[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("op", ["BitwiseAnd", "BitwiseOr", "BitwiseXor"])
+def test_bitwise_agrees_with_onnxruntime(op, dtype):
+    """Every sign and both extremes of the type, broadcast."""
+    info = np.iinfo(dtype)
+    a = np.concatenate([RNG.integers(info.min, info.max, 10, dtype=dtype),
+                        np.array([info.min, info.max, -1, 0, 1, 2], dtype)]).reshape(4, 4)
+    b = np.array([info.min, -1, 5, info.max], dtype)
+    check(op, [a, b], opset=ORT_OPSET)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (2, 4, 4), (5, 5)])
+def test_det_agrees_with_onnxruntime(shape):
+    check("Det", [f32(*shape)], opset=ORT_OPSET, rtol=1e-4, atol=1e-5)
+
+
+def test_det_refuses_large_matrices():
+    with pytest.raises(Unsupported, match="at most 5x5"):
+        build(one_node("Det", [f32(6, 6)]))
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"strides": [2, 1, 2], "pads": [1, 0, 2, 0, 1, 1], "dilations": [1, 2, 1]},
+    {"group": 2, "auto_pad": "SAME_UPPER", "strides": [1, 2, 1]},
+])
+def test_conv_3d_agrees_with_onnxruntime(attrs):
+    x, w, b = f32(2, 4, 5, 6, 5), f32(6, 4 // attrs.get("group", 1), 3, 2, 3), f32(6)
+    check("Conv", [x, w, b], opset=ORT_OPSET, rtol=1e-4, atol=1e-4, **attrs)
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"strides": [2, 1, 3], "pads": [1, 0, 2, 0, 1, 1], "dilations": [1, 2, 1],
+     "output_padding": [1, 0, 0]},
+    {"group": 2, "strides": [2, 2, 1], "output_shape": [8, 7, 5]},
+])
+def test_conv_transpose_3d_agrees_with_onnxruntime(attrs):
+    x, w, b = f32(2, 4, 4, 3, 5), f32(4, 6 // attrs.get("group", 1), 3, 2, 3), f32(6)
+    check("ConvTranspose", [x, w, b], opset=ORT_OPSET, rtol=1e-4, atol=1e-4, **attrs)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("ctm", ["half_pixel", "output_half_pixel"])
+def test_roi_align_agrees_with_onnxruntime(mode, ctm):
+    """Regions inside, across the border and beyond it, of either batch entry."""
+    x = f32(2, 3, 7, 9)
+    rois = np.array([[0.5, 1.0, 6.0, 5.5], [-2.0, -1.5, 3.0, 2.0], [7.0, 4.0, 12.0, 9.5],
+                     [2.0, 2.0, 2.2, 2.1]], np.float32)
+    batch = np.array([0, 1, 1, 0], I64)
+    check("RoiAlign", [x, rois, batch], opset=ORT_OPSET, rtol=1e-4, atol=1e-5, mode=mode,
+          coordinate_transformation_mode=ctm, output_height=3, output_width=4,
+          sampling_ratio=2, spatial_scale=0.8)
+
+
+def test_deform_conv_agrees_with_onnx_reference():
+    """Groups, offset groups, strides, dilations, asymmetric pads, a mask and a bias; offsets
+    reaching outside X."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, w, b = f32(2, 4, 6, 7), f32(6, 2, 3, 2), f32(6)
+    attrs = {"group": 2, "offset_group": 2, "strides": [2, 1], "dilations": [1, 2],
+             "pads": [1, 0, 1, 1]}
+    out_h, out_w = (6 + 2 - 3) // 2 + 1, (7 + 1 - 3) // 1 + 1
+    offset = (RNG.standard_normal((2, 2 * 6 * 2, out_h, out_w)) * 2).astype(np.float32)
+    mask = RNG.uniform(0, 1, (2, 2 * 6, out_h, out_w)).astype(np.float32)
+    feeds = [x, w, offset, b, mask]
+    model = one_node("DeformConv", feeds, opset=OPSET, **attrs)
+    (want,) = ReferenceEvaluator(model).run(None, {f"in{i}": v for i, v in enumerate(feeds)})
+    np.testing.assert_allclose(run_kiln(model, feeds)[0], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, weighted", [("TF", False), ("IDF", True), ("IDF", False),
+                                            ("TFIDF", True)])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_tf_idf_vectorizer_agrees_with_onnxruntime(mode, weighted, rank):
+    """Unigrams and bigrams, skips up to 2, a repeated token stream and a batch."""
+    x = RNG.integers(2, 6, (3, 9) if rank == 2 else (9,)).astype(I64)
+    pool = [2, 3, 5, 2, 3, 3, 5, 4, 4]  # unigrams 2, 3, 5; bigrams (2,3) (3,5) (4,4)
+    attrs = {"mode": mode, "min_gram_length": 1, "max_gram_length": 2, "max_skip_count": 2,
+             "ngram_counts": [0, 3], "ngram_indexes": [5, 0, 2, 1, 4, 3],
+             "pool_int64s": pool}
+    if weighted:
+        attrs["weights"] = [0.5, 1.5, 2.0, 0.25, 3.0, 1.0]
+    check("TfIdfVectorizer", [x], opset=ORT_OPSET, **attrs)
+
+
+TRAINING_CASES = [
+    ("Adagrad", 3, {"decay_factor": 0.1, "epsilon": 1e-6, "norm_coefficient": 0.01}),
+    ("Adam", 4, {"alpha": 0.8, "beta": 0.95, "epsilon": 1e-7, "norm_coefficient": 0.02,
+                 "norm_coefficient_post": 0.1}),
+    ("Momentum", 3, {"alpha": 0.9, "beta": 0.5, "mode": "standard", "norm_coefficient": 0.01}),
+    ("Momentum", 3, {"alpha": 0.9, "beta": 0.5, "mode": "nesterov", "norm_coefficient": 0.0}),
+]
+
+
+@pytest.mark.parametrize("step", [0, 3])
+@pytest.mark.parametrize("op, per_tensor, attrs", TRAINING_CASES,
+                         ids=[f"{c[0]}-{c[2].get('mode', '')}" for c in TRAINING_CASES])
+def test_optimizer_step_agrees_with_onnx_reference(op, per_tensor, attrs, step):
+    """Two tensors of different shapes updated by one node (the first step too)."""
+    from onnx.reference import ReferenceEvaluator
+
+    shapes = [(3, 4), (5,)]
+    tensors = [f32(*shape) for _ in range(per_tensor) for shape in shapes]
+    if per_tensor == 4:  # Adam's second moments are not negative
+        tensors[6:] = [np.abs(t) for t in tensors[6:]]
+    if op == "Adagrad":
+        tensors[4:] = [np.abs(t) for t in tensors[4:]]
+    feeds = [np.array(0.1, np.float32), np.array(step, I64), *tensors]
+    names = [f"in{i}" for i in range(len(feeds))]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(len(tensors) - 2)],
+                            domain="ai.onnx.preview.training", **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            v.dtype), v.shape) for n, v in zip(names, feeds, strict=True)],
+        [helper.make_empty_tensor_value_info(o) for o in node.output])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("ai.onnx.preview.training", 1)])
+    want = ReferenceEvaluator(model).run(None, dict(zip(names, feeds, strict=True)))
+    got = kiln.compile(model, target="reference")(*feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op, inputs, attrs", [
+    ("Binarizer", [f32(3, 4)], {"threshold": 0.25}),
+    ("ArrayFeatureExtractor", [f32(2, 3, 5), np.array([[4, 0, 4]], I64)], {}),
+    ("ArrayFeatureExtractor", [f32(6), np.array([5, 1], I64)], {}),
+])
+def test_ml_ops_agree_with_onnxruntime(op, inputs, attrs):
+    names = [f"in{i}" for i in range(len(inputs))]
+    node = helper.make_node(op, names, ["y"], domain="ai.onnx.ml", **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            v.dtype), v.shape) for n, v in zip(names, inputs, strict=True)],
+        [helper.make_empty_tensor_value_info("y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3),
+                                                    helper.make_opsetid("", ORT_OPSET)])
+    model.ir_version = min(model.ir_version, 10)
+    (want,) = run_ort(model, inputs)
+    (got,) = [kiln.compile(model, target="reference")(*inputs)]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)

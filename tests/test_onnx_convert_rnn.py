@@ -78,7 +78,35 @@ def test_rnn_relu():
 def test_unsupported_attributes_are_refused():
     from kiln.compiler.onnx_import.convert import Unsupported
 
-    for kw in ({"clip": 1.0}, {"activations": ["Sigmoid", "Relu", "Tanh"]}, {"input_forget": 1}):
+    for kw in ({"activations": ["Sigmoid", "Relu", "Tanh"]}, {"input_forget": 1}):
         model = one_node("LSTM", inputs("LSTM", 1, 0, True, True), 3, hidden_size=H, **kw)
         with pytest.raises(Unsupported):
             build(model)
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+def test_clip(op):
+    """clip bounds every gate's input: small enough here to be reached."""
+    check(op, inputs(op, 1, 0, True, True), 3 if op == "LSTM" else 2, hidden_size=H,
+          clip=0.7, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_peepholes(direction):
+    directions = 2 if direction == "bidirectional" else 1
+    args = inputs("LSTM", directions, 0, True, True)
+    peepholes = np.random.default_rng(3).standard_normal((directions, 3 * H)).astype(np.float32)
+    check("LSTM", [*args, peepholes], 3, hidden_size=H, direction=direction, rtol=1e-4,
+          atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_sequence_lens_at_run_time(op, direction):
+    """Sequences shorter than T (one empty): zeros past each length, the states of each
+    sequence's own last step, a reverse direction starting there."""
+    directions = 2 if direction == "bidirectional" else 1
+    args = inputs(op, directions, 0, True, True)
+    args[4] = np.array([T, 2, 0], np.int32)
+    check(op, args, 3 if op == "LSTM" else 2, hidden_size=H, direction=direction,
+          rtol=1e-4, atol=1e-5)

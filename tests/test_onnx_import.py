@@ -163,3 +163,26 @@ def test_kiln_import_refuses_a_bad_output(mlp_file, tmp_path, capsys):
     code, _, err = run(capsys, "import", mlp_file, "-o", tmp_path / "none" / "m.kiln")
     assert code == 1 and "K0907" in err
     assert not list(tmp_path.glob("*.kiln"))
+
+
+@pytest.mark.parametrize("stash_type, refused", [(1, False), (0, True)])
+def test_attribute_no_converter_reads_must_be_default(stash_type, refused):
+    """Range's converter never reads stash_type (opset 27): its default imports, another
+    value is refused by name, never ignored."""
+    nodes = [helper.make_node("Range", ["s", "l", "d"], ["y"], stash_type=stash_type)]
+    inits = {"s": np.array(1, np.int64), "l": np.array(7, np.int64),
+             "d": np.array(2, np.int64)}
+    model = make_model(nodes, [], [("y", TensorProto.INT64, [3])], inits, opset=27)
+    if not refused:
+        np.testing.assert_array_equal(kiln.compile(model, target="reference")(), [1, 3, 5])
+        return
+    with pytest.raises(kiln.KilnError) as info:
+        kiln.compile(model, target="reference")
+    assert info.value.code == "K0906" and "stash_type=0" in info.value.message
+
+
+def test_attribute_outside_the_schema_is_refused():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], slope=0.5)],
+                       [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT, [2])])
+    with pytest.raises(kiln.KilnError, match="slope=0.5"):
+        kiln.compile(model, target="reference")

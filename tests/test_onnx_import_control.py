@@ -157,3 +157,22 @@ def test_loop_kiln_cannot_run_is_refused_with_why(tmp_path, why, model):
         kiln.compile(path, target="reference")
     assert err.value.code == "K0906"
     assert "node loop (#0, Loop)" in err.value.message and why in err.value.message
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_function_op_with_subgraphs(tmp_path, target, align_corners):
+    """AffineGrid, whose ONNX function body holds If nodes (their branches read the body's
+    own values), on a random theta and size against onnxruntime."""
+    rng = np.random.default_rng(align_corners)
+    n, h, w = (int(k) for k in rng.integers(1, 6, size=3))
+    size = np.array([n, 3, h, w], np.int64)
+    node = helper.make_node("AffineGrid", ["theta", "size"], ["grid"],
+                            align_corners=align_corners)
+    model = make_model([node], [("theta", F, [n, 2, 3])], [("grid", F, [n, h, w, 2])],
+                       {"size": size}, opset=20)
+    path = save(model, tmp_path / "affine.onnx")
+    theta = rng.standard_normal((n, 2, 3)).astype(np.float32)
+    (want,) = run_ort(path, {"theta": theta})
+    got = kiln.compile(path, target=target)(theta)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -42,10 +42,10 @@ def test_native(case):
 
 def test_unsupported_says_why():
     """A case kiln cannot run names what it lacks: an op, attribute value or element type."""
-    (case,) = [c for c in ALL_CASES if c.name == "test_resize_tf_crop_and_resize"]
+    (case,) = [c for c in ALL_CASES if c.name == "test_dft_inverse"]
     outcome = run_case(case, "reference")
     assert outcome.status == "unsupported"
-    assert "Resize" in outcome.reason and "tf_crop_and_resize" in outcome.reason
+    assert "DFT" in outcome.reason and "two-sided inverse" in outcome.reason
 
 
 def test_wrong_answer_fails():

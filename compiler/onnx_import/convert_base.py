@@ -48,6 +48,40 @@ class Unsupported(Exception):
         self.reason = reason
 
 
+class ReadAttributes(dict):
+    """A node's attributes, recording which ones its converter read (got, indexed, or went
+    through), so that the importer refuses any other one not at its default (convert.py
+    `convert_node`): no attribute is ignored silently."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __iter__(self):  # a converter passing every attribute on (**attrs, to a reference)
+        self.read.update(dict.keys(self))
+        return super().__iter__()
+
+    def keys(self):
+        self.read.update(dict.keys(self))
+        return super().keys()
+
+    def items(self):
+        self.read.update(dict.keys(self))
+        return super().items()
+
+    def values(self):
+        self.read.update(dict.keys(self))
+        return super().values()
+
+
 # the words of every refusal of an input known only at run time
 CONSTANT_NEEDED = "kiln needs it at import time"
 

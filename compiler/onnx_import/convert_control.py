@@ -42,11 +42,12 @@ CONVERTERS, converter = converter_table()
 @dataclass
 class NodeWithSubgraphs(OnnxNode):
     """An OnnxNode whose subgraphs the importer can convert: `subgraph(proto, input_types)`
-    (importer.py `_Walk.subgraph`); None where nothing can (a node built without it)."""
+    (importer.py `_Walk.subgraph`); None where nothing can (a node built without it).
+    `scope(values, consts)` gives the `subgraph` of a scope holding those names (a function
+    body's, convert_function.py) around the node's graph."""
 
     subgraph: Callable[..., Any] | None = None
-
-
+    scope: Callable[..., Any] | None = None
 
 
 def add_scan(gb: GraphBuilder, operands: list[Value], attrs: dict) -> list[Value]:
@@ -172,8 +173,8 @@ def _if(gb, node):
     convert = _subgraph(node)
     value = known(gb, node, 0)
     if value is not None:  # decided now: the other branch is never built
-        branch = node.attrs["then_branch" if bool(value.reshape(-1)[0]) else "else_branch"]
-        return convert(branch, None)[0]
+        then_branch, else_branch = node.attrs["then_branch"], node.attrs["else_branch"]
+        return convert(then_branch if bool(value.reshape(-1)[0]) else else_branch, None)[0]
     then_outs = convert(node.attrs["then_branch"], None)[0]
     else_outs = convert(node.attrs["else_branch"], None)[0]
     if cond.type.rank and any(d != 1 for d in cond.type.shape):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from ..builder import GraphBuilder
 from ..ir import Value
 from .convert_base import (
@@ -246,9 +248,12 @@ def _is_inf(gb, node):
 
 
 def _round(gb, node):
+    return round_half_even(gb, _floats(node))
+
+
+def round_half_even(gb: GraphBuilder, x: Value) -> Value:
     """Round half to even: floor(x), one up where the fraction is above 1/2, or is 1/2 and
     floor(x) is odd. x - floor(x) is exact in floating point, so the comparisons are too."""
-    x = _floats(node)
     down = gb.op("floor", x)
     frac = gb.sub(x, down)
     half, one = _scalar(gb, x, 0.5), _scalar(gb, x, 1.0)
@@ -370,10 +375,18 @@ def _cast_to(gb: GraphBuilder, x: Value, dtype: str) -> Value:
 
 def _cast(gb, node):
     dtype = kiln_dtype(int(attr(node, "to")), "Cast's target")
+    _float8_only(node)
     return _cast_to(gb, _x(node), dtype)
 
 
+def _float8_only(node: OnnxNode) -> None:
+    """Read saturate and round_mode: they concern float8 targets only, which kiln has not."""
+    attr(node, "saturate")
+    attr(node, "round_mode")
+
+
 def _cast_like(gb, node):
+    _float8_only(node)
     return _cast_to(gb, _x(node), dtype_of(need(node, 1, "target_type")))
 
 
@@ -444,5 +457,44 @@ def _bitwise_not(gb, node):
     return gb.sub(gb.neg(x), _scalar(gb, x, 1))
 
 
+def _bitwise(combine: Callable[[GraphBuilder, Value, Value], Value]):
+    """BitwiseAnd/Or/Xor of integers bit by bit: bit k < width - 1 of x is
+    floor(x / 2^k) mod 2 (two's complement: negative x too), the top bit x < 0; the result
+    is the sum of the combined bits times 2^k, the top one's weight -2^(width - 1)."""
+
+    def convert(gb, node):
+        x, y = _operands(node)
+        require_dtype(x, INT_TYPES, f"{node.op_type} input")
+        width = 32 if dtype_of(x) == "i32" else 64
+        low = np.array([2**k for k in range(width - 1)], np.int64)
+        weights = np.append(low, np.int64(-(2 ** (width - 1))))
+
+        def bits(v: Value) -> Value:  # [..., width] of 0 and 1, lowest first
+            wide = gb.op("unsqueeze", v if dtype_of(v) == "i64" else gb.cast(v, "i64"),
+                         axis=v.type.rank)
+            lower = gb.op("mod", gb.op("floor_div", wide, gb.constant(low)),
+                          gb.constant(np.array(2, np.int64)))
+            sign = gb.cast(gb.op("less", wide, gb.constant(np.array(0, np.int64))), "i64")
+            return gb.op("concat", [lower, sign], axis=v.type.rank)
+
+        rank = max(x.type.rank, y.type.rank)
+        both = combine(gb, bits(x), bits(y))
+        total = gb.op("sum", gb.mul(both, gb.constant(weights)), axis=[rank], keepdims=False)
+        return total if dtype_of(x) == "i64" else gb.cast(total, dtype_of(x))
+
+    return convert
+
+
+def _bits_or(gb: GraphBuilder, a: Value, b: Value) -> Value:
+    return gb.sub(gb.add(a, b), gb.mul(a, b))
+
+
+def _bits_xor(gb: GraphBuilder, a: Value, b: Value) -> Value:
+    return gb.op("abs", gb.sub(a, b))
+
+
 _register("BitShift", _bit_shift)
 _register("BitwiseNot", _bitwise_not)
+_register("BitwiseAnd", _bitwise(GraphBuilder.mul))
+_register("BitwiseOr", _bitwise(_bits_or))
+_register("BitwiseXor", _bitwise(_bits_xor))

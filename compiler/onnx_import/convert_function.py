@@ -8,30 +8,31 @@ op's; where one does not, the refusal names the op inside the function.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import onnx
 from onnx import FunctionProto, NodeProto, TypeProto, helper, numpy_helper
 
 from ..builder import GraphBuilder
 from .convert_base import KILN_DTYPES, Converter, OnnxNode, Unsupported
+from .convert_control import NodeWithSubgraphs
 
+_SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ONNX_TYPE_OF = {kiln: onnx_type for onnx_type, kiln in KILN_DTYPES.items()}
 
 
-def function_ops() -> list[str]:
-    """The default-domain op types some opset of the installed onnx defines as a function."""
+def function_ops(domains: tuple[str, ...] = ("", "ai.onnx")) -> list[str]:
+    """The op types of `domains` some opset of the installed onnx defines as a function."""
     names = set()
     for schema in onnx.defs.get_all_schemas_with_history():
-        if schema.domain in ("", "ai.onnx") and (
+        if schema.domain in domains and (
                 schema.has_function or schema.has_context_dependent_function):
             names.add(schema.name)
     return sorted(names)
 
 
-def function_converter(registry: Mapping[str, Converter]) -> Converter:
-    """The converter that expands a function op and converts its body with `registry`."""
+def function_converter(convert: Converter) -> Converter:
+    """The converter that expands a function op and converts each node of its body with
+    `convert` (convert.py `convert_node`)."""
 
     def expand(gb: GraphBuilder, node: OnnxNode) -> list:
         try:
@@ -43,7 +44,7 @@ def function_converter(registry: Mapping[str, Converter]) -> Converter:
         if body is None:
             raise Unsupported(f"no converter for {node.op_type}, and ONNX defines it as a "
                               f"function of other ops only in other opsets than {node.opset}")
-        return _convert_body(gb, node, body, attributes, registry)
+        return _convert_body(gb, node, body, attributes, convert)
 
     return expand
 
@@ -90,7 +91,7 @@ def _type_proto(value) -> TypeProto:
 
 
 def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attributes: dict,
-                  registry: Mapping[str, Converter]) -> list:
+                  convert: Converter) -> list:
     """Convert the body's nodes in order, its formal inputs bound to the node's."""
     values = {name: node.inputs[i] if i < len(node.inputs) else None
               for i, name in enumerate(body.input)}
@@ -99,7 +100,7 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
     opsets = {o.domain or "": o.version for o in body.opset_import}
     for inner in body.node:
         domain = inner.domain or ""
-        if domain not in ("", "ai.onnx") or inner.op_type not in registry:
+        if domain not in ("", "ai.onnx") or inner.op_type not in _registry():
             raise Unsupported(f"{node.op_type} is a function of {inner.op_type}, which kiln "
                               "does not convert")
         inner_attrs = {}
@@ -109,13 +110,16 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
                     inner_attrs[a.name] = decode_attribute(attributes[a.ref_attr_name])
             else:
                 inner_attrs[a.name] = decode_attribute(a)
-        converted = OnnxNode(
+        scope = getattr(node, "scope", None)
+        nested = scope is not None and any(a.type in _SUBGRAPH_ATTRS for a in inner.attribute)
+        converted = NodeWithSubgraphs(
+            subgraph=scope(values, consts) if nested else None, scope=scope,
             name=f"{node.name}/{inner.op_type}", op_type=inner.op_type, domain=domain,
             index=node.index, opset=opsets.get(domain, node.opset), attrs=inner_attrs,
             inputs=[values.get(n) if n else None for n in inner.input],
             consts=[consts.get(n) if n else None for n in inner.input],
             outputs=list(inner.output))
-        outs = registry[inner.op_type](gb, converted)
+        outs = convert(gb, converted)
         for name, value in zip(inner.output, outs, strict=False):
             if name:
                 values[name] = value
@@ -124,6 +128,12 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
         wanted = i < len(node.outputs) and node.outputs[i]
         results.append(values.get(name) if wanted else None)
     return results
+
+
+def _registry() -> dict:
+    from .convert import CONVERTERS  # the table this module's converter is part of
+
+    return CONVERTERS
 
 
 def decode_attribute(a: onnx.AttributeProto):

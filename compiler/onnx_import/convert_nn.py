@@ -7,8 +7,10 @@ become an explicit pad (zeros, or -inf for max pooling) in front of them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -87,14 +89,64 @@ def _symmetric(before: list[int], after: list[int], kernel: list[int] | None = N
 
 @converter("Conv")
 def _conv(gb, node):
+    """kiln's conv (1-D, 2-D); with more spatial axes, a 2-D conv over the last two for each
+    kernel offset along the others (below)."""
     x, w, bias = need(node, 0, "X"), need(node, 1, "W"), arg(node, 2)
-    _spatial_rank(x, "Conv")
+    n = x.type.rank - 2
+    if n < 1:
+        raise Unsupported(f"Conv of a {x.type.rank}-D input")
     kernel = ints(node, "kernel_shape") or [d.value for d in w.type.shape[2:]]
     strides, dilations, before, after = _window(node, x, kernel)
+    groups = int(attr(node, "group", 1))
+    if n > 2:  # the leading spatial axes padded here, the last two by the 2-D conv
+        lead = n - 2
+        x = _explicit_pad(gb, x, before[:lead] + [0, 0], after[:lead] + [0, 0])
+        before, after = [0] * lead + before[lead:], [0] * lead + after[lead:]
     if not _symmetric(before, after):
         x, before = _explicit_pad(gb, x, before, after), [0] * len(before)
-    return [gb.op("conv", x, w, bias, stride=strides, padding=before, dilation=dilations,
-                  groups=int(attr(node, "group", 1)))]
+    if n <= 2:
+        return [gb.op("conv", x, w, bias, stride=strides, padding=before, dilation=dilations,
+                      groups=groups)]
+    return [_leading_axes_conv(gb, x, w, bias, kernel, strides, dilations, before[-2:],
+                               groups)]
+
+
+def _leading_axes_conv(gb: GraphBuilder, x: Value, w: Value, bias: Value | None,
+                       kernel: list[int], strides: list[int], dilations: list[int],
+                       padding: list[int], groups: int) -> Value:
+    """An N-D conv (N > 2, its leading spatial axes padded already) as a sum over the kernel
+    offsets k of those axes: the input at out * stride + k * dilation along each (a gather),
+    those axes moved into the batch, convolved in 2-D with the kernel's slice at k."""
+    lead = x.type.rank - 4
+    sizes = x.type.shape[2:2 + lead]
+    if not all(d.is_const for d in sizes):
+        raise Unsupported("Conv of more than 2 spatial axes needs their sizes as constants")
+    outs = [(d.value - (k - 1) * dl - 1) // s + 1
+            for d, k, s, dl in zip(sizes, kernel, strides, dilations, strict=False)]
+    total = None
+    for offsets in itertools.product(*(range(k) for k in kernel[:lead])):
+        part, weight = x, w
+        for a, (o, k, s, dl) in enumerate(zip(outs, offsets, strides, dilations, strict=False)):
+            index = np.arange(o, dtype=np.int64) * s + k * dl
+            part = gb.op("gather", part, gb.constant(index), axis=2 + a)
+            weight = gb.op("gather", weight, gb.constant(np.array(k, np.int64)), axis=2)
+        y = _in_batch(gb, part, lead, lambda v, weight=weight, first=total is None: gb.op(
+            "conv", v, weight, bias if first else None, stride=strides[lead:],
+            padding=padding, dilation=dilations[lead:], groups=groups))
+        total = y if total is None else gb.add(total, y)
+    return total
+
+
+def _in_batch(gb: GraphBuilder, x: Value, lead: int, op) -> Value:
+    """op (a 2-D conv) applied to x [N, C, *L, H, W] with its lead axes L moved into the batch,
+    then moved back: [N, C', *L, H', W']."""
+    rank = x.type.rank
+    perm = [0, *range(2, 2 + lead), 1, rank - 2, rank - 1]
+    moved = gb.permute(x, perm)
+    batch = functools.reduce(operator.mul, moved.type.shape[:1 + lead])
+    y = op(gb.reshape(moved, [batch, *moved.type.shape[1 + lead:]]))
+    y = gb.reshape(y, [*moved.type.shape[:1 + lead], *y.type.shape[1:]])
+    return gb.permute(y, [0, 1 + lead, *range(1, 1 + lead), rank - 2, rank - 1])
 
 
 @converter("ConvTranspose")
@@ -102,7 +154,9 @@ def _conv_transpose(gb, node):
     """kiln's conv_transpose with no padding gives the full output; ONNX's pads crop it and
     output_padding extends it at the end (where only the bias reaches)."""
     x, w, bias = need(node, 0, "X"), need(node, 1, "W"), arg(node, 2)
-    n = _spatial_rank(x, "ConvTranspose")
+    n = x.type.rank - 2
+    if n < 1:
+        raise Unsupported(f"ConvTranspose of a {x.type.rank}-D input")
     kernel = ints(node, "kernel_shape") or [d.value for d in w.type.shape[2:]]
     strides = ints(node, "strides", [1] * n)
     dilations = ints(node, "dilations", [1] * n)
@@ -128,16 +182,59 @@ def _conv_transpose(gb, node):
     else:
         pads = ints(node, "pads", [0] * 2 * n)
         before, after = pads[:n], pads[n:]
-    if before == after and all(0 <= e < max(s, d) for e, s, d in zip(extra, strides, dilations,
-                                                                     strict=True)):
+    if n <= 2 and before == after and all(0 <= e < max(s, d) for e, s, d in
+                                          zip(extra, strides, dilations, strict=True)):
         return [gb.op("conv_transpose", x, w, bias, stride=strides, padding=before,
                       output_padding=extra, groups=groups, dilation=dilations)]
-    y = gb.op("conv_transpose", x, w, stride=strides, groups=groups, dilation=dilations)
+    if n <= 2:
+        y = gb.op("conv_transpose", x, w, stride=strides, groups=groups, dilation=dilations)
+    else:
+        y = _leading_axes_conv_transpose(gb, x, w, kernel, strides, dilations, groups)
     crop_after = [e - a for e, a in zip(extra, after, strict=True)]
     y = _explicit_pad(gb, y, [-b for b in before], crop_after)
     if bias is not None:
         y = gb.add(y, gb.reshape(bias, [bias.type.shape[0]] + [1] * n))
     return [y]
+
+
+def _leading_axes_conv_transpose(gb: GraphBuilder, x: Value, w: Value, kernel: list[int],
+                                 strides: list[int], dilations: list[int], groups: int
+                                 ) -> Value:
+    """The full (unpadded) N-D ConvTranspose (N > 2) as a sum over the kernel offsets k of
+    the leading spatial axes: a 2-D conv_transpose of the input (those axes in the batch)
+    with the kernel's slice at k, each input position i placed at i * stride + k * dilation
+    along each of those axes (a product with a 0/1 matrix)."""
+    lead = x.type.rank - 4
+    sizes = x.type.shape[2:2 + lead]
+    if not all(d.is_const for d in sizes):
+        raise Unsupported("ConvTranspose of more than 2 spatial axes needs their sizes as "
+                          "constants")
+    total = None
+    for offsets in itertools.product(*(range(k) for k in kernel[:lead])):
+        weight = w
+        for k in offsets:
+            weight = gb.op("gather", weight, gb.constant(np.array(k, np.int64)), axis=2)
+        y = _in_batch(gb, x, lead, lambda v, weight=weight: gb.op(
+            "conv_transpose", v, weight, stride=strides[lead:], groups=groups,
+            dilation=dilations[lead:]))
+        for a, (d, k, kk, s, dl) in enumerate(zip(sizes, kernel, offsets, strides, dilations,
+                                                  strict=False)):
+            full = s * (d.value - 1) + (k - 1) * dl + 1
+            place = np.zeros((d.value, full), x.type.np_dtype)
+            place[np.arange(d.value), np.arange(d.value) * s + kk * dl] = 1
+            y = _along(gb, y, 2 + a, lambda v, place=place: gb.matmul(v, gb.constant(place)))
+        total = y if total is None else gb.add(total, y)
+    return total
+
+
+def _along(gb: GraphBuilder, x: Value, axis: int, op) -> Value:
+    """op (acting on the last axis) applied along `axis`: that axis swapped last and back."""
+    last = x.type.rank - 1
+    if axis == last:
+        return op(x)
+    perm = list(range(x.type.rank))
+    perm[axis], perm[last] = last, axis
+    return gb.permute(op(gb.permute(x, perm)), perm)
 
 
 # pools kiln's pool ops do not take (3-D and more, or an average with dilations) ---------
@@ -375,6 +472,7 @@ def _batch_norm(gb, node):
     eps = float(attr(node, "epsilon", 1e-5))
     if attr(node, "training_mode", 0):
         return _batch_norm_training(gb, node, x, scale, bias, mean, var, eps)
+    attr(node, "momentum")  # it updates the running statistics: a training mode's only
     if any(name for name in node.outputs[1:]):
         raise Unsupported("BatchNormalization's running statistics outputs")
     return [gb.op("batch_norm", x, mean, var, scale, bias, eps=eps)]
@@ -574,7 +672,8 @@ def _reduce(kind: str):
         x = need(node, 0, "data")
         keep = bool(attr(node, "keepdims", 1))
         axes = _reduce_axes(gb, node, x.type.rank)
-        if axes is None and attr(node, "noop_with_empty_axes", 0):
+        noop = attr(node, "noop_with_empty_axes", 0)  # (it matters only without axes)
+        if axes is None and noop:
             return [x]
         over = list(range(x.type.rank)) if axes is None else axes
         if any(x.type.shape[a] == 0 for a in over) and kind in ("max", "min", "logsumexp"):
@@ -595,11 +694,21 @@ def _reduce(kind: str):
 
 
 def _empty_reduction(gb, x: Value, axes: list[int], keep: bool, kind: str) -> Value:
-    """A max, min or log-sum-exp over no elements: -inf (max, logsumexp) or inf (min)."""
-    require_dtype(x, FLOAT_TYPES, "an empty reduction's input")
+    """A max, min or log-sum-exp over no elements: the identity of the reduction, the
+    lowest value of the element type (max, logsumexp: -inf, false, the integer minimum) or
+    the highest (min)."""
+    dtype = dtype_of(x)
+    if kind == "logsumexp":
+        require_dtype(x, FLOAT_TYPES, "an empty ReduceLogSumExp's input")
     shape = [1 if i in axes else d for i, d in enumerate(x.type.shape) if keep or i not in axes]
-    fill = math.inf if kind == "min" else -math.inf
-    return gb.op("full", shape=shape, value=fill, dtype=dtype_of(x))
+    if dtype == "bool":
+        fill: object = kind == "min"
+    elif dtype in FLOAT_TYPES:
+        fill = math.inf if kind == "min" else -math.inf
+    else:
+        info = np.iinfo(NUMPY_DTYPES[dtype])
+        fill = int(info.max if kind == "min" else info.min)
+    return gb.op("full", shape=shape, value=fill, dtype=dtype)
 
 
 for _op_type, _kind in {
@@ -630,17 +739,15 @@ def _arg_extreme(gb, node):
 # resize -----------------------------------------------------------------------------------
 @converter("Resize")
 def _resize(gb, node):
-    """Resize on constant scales or sizes: kiln's resize where it computes the same (nearest
-    with asymmetric coordinates and floor rounding; linear with half_pixel, or
+    """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
+    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel, or
     pytorch_half_pixel and align_corners where no axis becomes 1, on [N, C, ...] spatial
     axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")
-    if ctm == "tf_crop_and_resize":
-        raise Unsupported("Resize with coordinate_transformation_mode=tf_crop_and_resize")
-    if attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise Unsupported("Resize with keep_aspect_ratio_policy other than stretch")
+    policy = choose(node, "keep_aspect_ratio_policy", "stretch",
+                    ("stretch", "not_larger", "not_smaller"))
     rank = x.type.rank
     axes = [axis_of(a, rank) for a in (ints(node, "axes") or list(range(rank)))]
     scales, sizes = (known(gb, node, i) if arg(node, i) is not None else None for i in (2, 3))
@@ -656,12 +763,42 @@ def _resize(gb, node):
     if len(given) != len(axes):
         raise Unsupported(f"Resize: {len(given)} scales or sizes for {len(axes)} axes")
     per_axis = dict(zip(axes, given, strict=True))
-    kiln = _kiln_resize(node, x, mode, ctm, per_axis, scales is not None)
+    roi = _resize_roi(gb, node, axes) if ctm == "tf_crop_and_resize" else {}
+    partner = None
+    if policy != "stretch" and sizes is not None:
+        if roi:
+            raise Unsupported("Resize with keep_aspect_ratio_policy and tf_crop_and_resize")
+        partner = _aspect_axis(x, per_axis, policy)
+    kiln = None if roi or partner else _kiln_resize(node, x, mode, ctm, per_axis,
+                                                    scales is not None)
     if kiln is not None:
         return [gb.op("resize", x, **kiln)]
-    for axis, value in per_axis.items():
-        x = _resize_axis(gb, node, x, axis, value, scales is not None)
+    steps = [(axis, _axis_response(node, x, axis, value, scales is not None,
+                                   roi.get(axis), partner)) for axis, value in per_axis.items()]
+    for axis, response in steps:
+        x = _resize_axis(gb, x, axis, *response)
     return [x]
+
+
+def _resize_roi(gb: GraphBuilder, node: OnnxNode, axes: list[int]) -> dict[int, list[float]]:
+    """tf_crop_and_resize's region per resized axis: [start, end] (input 1, a constant)."""
+    roi = known(gb, node, 1) if arg(node, 1) is not None else None
+    if roi is None or roi.size != 2 * len(axes):
+        raise Unsupported("Resize with tf_crop_and_resize needs a constant roi of "
+                          f"{2 * len(axes)} values")
+    flat = [float(v) for v in roi.reshape(-1)]
+    return {a: [flat[i], flat[len(axes) + i]] for i, a in enumerate(axes)}
+
+
+def _aspect_axis(x: Value, per_axis: dict, policy: str) -> tuple[int, int]:
+    """keep_aspect_ratio_policy's one scale for every axis: the (input size, wanted size) of
+    the axis whose ratio is the smallest (not_larger) or the largest (not_smaller)."""
+    shape = x.type.shape
+    if any(not shape[a].is_const for a in per_axis):
+        raise Unsupported("Resize with keep_aspect_ratio_policy along a symbolic axis")
+    ratios = {a: int(v) / shape[a].value for a, v in per_axis.items()}
+    pick = (min if policy == "not_larger" else max)(ratios, key=ratios.get)
+    return shape[pick].value, int(per_axis[pick])
 
 
 def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
@@ -693,39 +830,66 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
     return out
 
 
-def _resize_axis(gb: GraphBuilder, node: OnnxNode, x: Value, axis: int, value: float,
-                 by_scale: bool) -> Value:
-    """x resized along one axis. ONNX's Resize is separable, and along one axis linear in the
-    input: the weights are what ONNX's reference Resize makes of the unit impulses (the
-    identity matrix), so every mode and coordinate rule is the standard's. Nearest modes
-    take the one source each output reads (a gather, exact); the others are a product with
-    the weight matrix (0 * inf in an input is NaN there, as it is not in ONNX)."""
-    size = x.type.shape[axis]
-    if not size.is_const:
-        raise Unsupported("Resize along an axis of symbolic size")
-    weights = _impulse_response(node, size.value, value, by_scale)  # [in, out]
-    if weights.shape[1] == size.value and np.array_equal(weights, np.eye(size.value)):
+def _resize_axis(gb: GraphBuilder, x: Value, axis: int, weights: np.ndarray,
+                 bias: np.ndarray) -> Value:
+    """x resized along one axis. ONNX's Resize is separable, and along one axis affine in the
+    input (linear but for tf_crop_and_resize's extrapolation_value outside the region): the
+    weights are what ONNX's reference Resize makes of the unit impulses (the identity
+    matrix) less what it makes of zeros (the bias), so every mode and coordinate rule is the
+    standard's. Nearest modes take the one source each output reads (a gather, exact); the
+    others are a product with the weight matrix (0 * inf in an input is NaN there, as it is
+    not in ONNX)."""
+    size = weights.shape[0]
+    if not bias.any() and weights.shape[1] == size and np.array_equal(weights, np.eye(size)):
         return x
     one_hot = np.isin(weights, (0.0, 1.0)).all() and (weights.sum(axis=0) == 1).all()
-    if one_hot:
+    if one_hot and not bias.any():
         index = np.argmax(weights, axis=0).astype(np.int64)
         return gb.op("gather", x, gb.constant(index), axis=axis)
     require_dtype(x, FLOAT_TYPES, "an interpolating Resize's input")
-    last = x.type.rank - 1
-    perm = list(range(x.type.rank))
-    perm[axis], perm[last] = last, axis
-    moved = x if axis == last else gb.permute(x, perm)
-    y = gb.matmul(moved, gb.constant(weights.astype(x.type.np_dtype)))
-    return y if axis == last else gb.permute(y, perm)
+
+    def apply(v: Value) -> Value:
+        y = gb.matmul(v, gb.constant(weights.astype(x.type.np_dtype)))
+        return gb.add(y, gb.constant(bias.astype(x.type.np_dtype))) if bias.any() else y
+
+    return _along(gb, x, axis, apply)
 
 
-def _impulse_response(node: OnnxNode, size: int, value: float, by_scale: bool) -> np.ndarray:
-    """[in, out]: ONNX's reference Resize of the identity along its second axis."""
+def _axis_response(node: OnnxNode, x: Value, axis: int, value: float, by_scale: bool,
+                   roi: list[float] | None, partner: tuple[int, int] | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """([in, out] weights, [out] bias): ONNX's reference Resize of the identity along one
+    axis. With `roi`, that axis's region; with `partner` (keep_aspect_ratio_policy: the
+    deciding axis's input and wanted size), the impulses are resized together with a second
+    axis of ones of the partner's sizes, so that the reference takes the policy's one scale,
+    and the first of that axis's outputs is read (an interpolation's weights sum to 1)."""
+    size = x.type.shape[axis]
+    if not size.is_const:
+        raise Unsupported("Resize along an axis of symbolic size")
+    size = size.value
     keep = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
-    extra = {"scales": np.array([1.0, value], np.float32)} if by_scale else \
-        {"sizes": np.array([size, int(value)], np.int64)}
-    slots = ["", "scales", ""] if by_scale else ["", "", "sizes"]
-    return linear_response(node, "Resize", keep, (size,), slots, extra)
+    if by_scale:
+        extra = {"scales": np.array([1.0, value], np.float32)}
+        slots = ["roi", "scales", ""]
+    elif partner is None:
+        # (the leading axis stacks the impulses and the zeros: affine_response)
+        extra = {"sizes": np.array([size + 1, int(value)], np.int64)}
+        slots = ["roi", "", "sizes"]
+    else:
+        keep["keep_aspect_ratio_policy"] = node.attrs["keep_aspect_ratio_policy"]
+        keep["axes"] = [1, 2]
+        extra = {"sizes": np.array([int(value), partner[1]], np.int64)}
+        slots = ["", "", "sizes"]
+    if roi is not None:
+        extra["roi"] = np.array([0.0, roi[0], 1.0, roi[1]], np.float32)
+    else:
+        slots[0] = ""
+    if partner is None:
+        return affine_response(node, "Resize", keep, (size,), slots, extra)
+    weights, bias = affine_response(node, "Resize", keep, (size,), slots, extra,
+                                    trailing=partner[0])
+    out = weights.shape[1] // max(partner[1], 1)  # the partner axis keeps its wanted size
+    return weights.reshape(size, out, -1)[:, :, 0], bias.reshape(out, -1)[:, 0]
 
 
 def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, ...],
@@ -734,95 +898,34 @@ def linear_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, 
     `unit` (stacked on a leading axis the op leaves alone), flattened: the matrix of an op
     that is linear in its first input. `slots` name the op's other inputs (constants in
     `extra`, '' for absent ones)."""
+    return affine_response(node, op_type, attrs, unit, slots, extra)[0]
+
+
+def affine_response(node: OnnxNode, op_type: str, attrs: dict, unit: tuple[int, ...],
+                    slots: list[str], extra: dict[str, np.ndarray], trailing: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """linear_response of an op affine in its first input: ([m, k] weights, [k] bias), the
+    bias what the op makes of zeros, the weights what it makes of each impulse less the
+    bias. With `trailing`, each impulse has a last axis of that many ones."""
     from onnx.reference import ReferenceEvaluator  # loaded only when a converter needs it
 
     m = int(np.prod(unit))
+    trail = (trailing,) if trailing else ()
     op = helper.make_node(op_type, ["X", *slots], ["Y"], **attrs)
     graph = helper.make_graph(
         [op], "impulse",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, *unit])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m + 1, *unit, *trail])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in extra.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
-    impulses = np.eye(m, dtype=np.float32).reshape(m, *unit)
+    impulses = np.concatenate([np.eye(m, dtype=np.float32), np.zeros((1, m), np.float32)])
+    impulses = impulses.reshape(m + 1, *unit, *([1] * len(trail))) * np.ones(trail, np.float32)
     try:
         (out,) = ReferenceEvaluator(model).run(None, {"X": impulses})
     except Exception as exc:  # the reference refuses what the standard does not define
         raise Unsupported(f"{op_type} with these attributes: {exc}") from None
-    return np.asarray(out, np.float64).reshape(m, -1)
-
-
-def _apply_matrix(gb: GraphBuilder, x: Value, matrix: np.ndarray, lead: int) -> Value:
-    """x's axes from `lead` on, flattened, times `matrix` ([their size, k]): [*lead axes, k]."""
-    flat = gb.reshape(x, [*x.type.shape[:lead], matrix.shape[0]])
-    return gb.matmul(flat, gb.constant(matrix.astype(x.type.np_dtype)))
-
-
-@converter("DFT")
-def _dft(gb, node):
-    """The forward DFT (one- or two-sided) along one axis, as the product with the matrix
-    ONNX's reference DFT makes of the unit impulses: exact up to rounding."""
-    x = need(node, 0, "input")
-    require_dtype(x, FLOAT_TYPES, "DFT input")
-    if attr(node, "inverse", 0):
-        # the product gives exact zeros where ONNX's expected values hold rounding noise of
-        # 1e-7, outside the node tests' tolerance: not claimed until judged otherwise
-        raise Unsupported("the inverse DFT")
-    rank = x.type.rank
-    if node.opset >= 20:
-        axis = const_ints(gb, node, 2, "axis")
-        axis = -2 if axis is None else axis[0]
-    else:
-        axis = int(attr(node, "axis", 1))
-    axis = axis + rank if axis < 0 else axis  # negative: from the back of every axis
-    if not 0 <= axis < rank - 1:  # the last axis holds the real and imaginary parts
-        raise Unsupported(f"DFT axis {axis} out of range for rank {rank}")
-    length = const_ints(gb, node, 1, "dft_length")
-    shape = x.type.shape
-    if not (shape[axis].is_const and shape[-1].is_const):
-        raise Unsupported("DFT along a symbolic axis")
-    n, parts = shape[axis].value, shape[-1].value
-    extra = {} if length is None else {"dft_length": np.array(length[0], np.int64)}
-    attrs = {k: v for k, v in node.attrs.items() if k != "axis"}
-    slots = ["dft_length" if length is not None else ""]
-    if node.opset >= 20:
-        extra["axis"] = np.array(1, np.int64)
-        slots.append("axis")
-    else:
-        attrs["axis"] = 1
-    matrix = linear_response(node, "DFT", attrs, (n, parts), slots, extra)  # [n*parts, out*2]
-    # the signal axis and the parts last, transformed, and put back
-    perm = [a for a in range(rank - 1) if a != axis] + [axis, rank - 1]
-    moved = gb.permute(x, perm) if perm != list(range(rank)) else x
-    y = _apply_matrix(gb, moved, matrix, rank - 2)
-    out = matrix.shape[1] // 2
-    y = gb.reshape(y, [*moved.type.shape[:rank - 2], out, 2])
-    back = [perm.index(a) for a in range(rank)]
-    return [gb.permute(y, back) if back != list(range(rank)) else y]
-
-
-@converter("Col2Im")
-def _col2im(gb, node):
-    """Col2Im sums each block's column back into the image: per channel a fixed linear map
-    from [block size * blocks] to the image, the matrix ONNX's reference makes of the unit
-    impulses."""
-    x = need(node, 0, "input")
-    require_dtype(x, FLOAT_TYPES, "Col2Im input")
-    image = const_ints(gb, node, 1, "image_shape")
-    block = const_ints(gb, node, 2, "block_shape")
-    if image is None or block is None:
-        raise Unsupported("Col2Im needs image_shape and block_shape")
-    cols, blocks = x.type.shape[1], x.type.shape[2]
-    k = int(np.prod(block))
-    if not (cols.is_const and blocks.is_const) or cols.value % k:
-        raise Unsupported("Col2Im needs constant sizes, its channels a multiple of the block")
-    channels = cols.value // k
-    extra = {"image_shape": np.array(image, np.int64), "block_shape": np.array(block, np.int64)}
-    matrix = linear_response(node, "Col2Im", node.attrs, (k, blocks.value),
-                             ["image_shape", "block_shape"], extra)
-    per_channel = gb.reshape(x, [x.type.shape[0], channels, k * blocks.value])
-    y = _apply_matrix(gb, per_channel, matrix, 2)
-    return [gb.reshape(y, [x.type.shape[0], channels, *image])]
+    out = np.asarray(out, np.float64).reshape(m + 1, -1)
+    return out[:m] - out[m], out[m]
 
 
 @converter("TopK")
@@ -832,6 +935,7 @@ def _top_k(gb, node):
     or equal at a lower index); the element at place r is the one whose count is r. Exact
     for every value but NaN, whose order ONNX leaves open."""
     x = need(node, 0, "X")
+    attr(node, "sorted")  # sorted=0 leaves the order open: sorted is one of its answers
     k_value = const_ints(gb, node, 1, "K")
     if k_value is None:
         raise Unsupported("TopK needs K")
@@ -861,3 +965,35 @@ def _top_k(gb, node):
     if axis != last:
         values, index = gb.permute(values, perm), gb.permute(index, perm)
     return [values, index]
+
+
+# linear algebra ---------------------------------------------------------------------------
+MAX_DET_SIZE = 5  # Leibniz's formula: n! products of n entries (120 for 5)
+
+
+@converter("Det")
+def _det(gb, node):
+    """det of [..., n, n] by Leibniz's formula, sum over permutations p of sign(p) *
+    prod_i x[i, p(i)]: one gather of every permutation's entries, a product and a signed sum
+    (no pivoting: fine for the small n it takes, at most 5)."""
+    x = need(node, 0, "X")
+    require_dtype(x, FLOAT_TYPES, "Det input")
+    if x.type.rank < 2 or not x.type.shape[-1].is_const or x.type.shape[-1] != x.type.shape[-2]:
+        raise Unsupported(f"Det of {x.type} (square matrices of constant size only)")
+    n = x.type.shape[-1].value
+    if n > MAX_DET_SIZE:
+        raise Unsupported(f"Det of {n}x{n} matrices (kiln's Leibniz formula: at most "
+                          f"{MAX_DET_SIZE}x{MAX_DET_SIZE})")
+    perms = list(itertools.permutations(range(n)))
+    index = np.array(perms, np.int64).T.reshape([1] * (x.type.rank - 2) + [n, len(perms)])
+    signs = np.array([_sign(p) for p in perms], x.type.np_dtype)
+    entries = gb.op("take_along_axis", x, gb.constant(index), axis=x.type.rank - 1)
+    terms = gb.op("prod", entries, axis=[x.type.rank - 2], keepdims=False)
+    return [gb.op("sum", gb.mul(terms, gb.constant(signs)), axis=[x.type.rank - 2],
+                  keepdims=False)]
+
+
+def _sign(perm: tuple[int, ...]) -> int:
+    """+1 for an even permutation, -1 for an odd one (by its inversions)."""
+    inversions = sum(a > b for i, a in enumerate(perm) for b in perm[i + 1:])
+    return -1 if inversions % 2 else 1

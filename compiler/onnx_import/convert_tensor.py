@@ -501,6 +501,7 @@ def _eye_like(gb, node):
 def _dropout(gb, node):
     """The identity at inference (training_mode false or ratio 0); its mask all true."""
     x = need(node, 0, "data")
+    attr(node, "seed")  # the random generator's seed: no randomness at inference
     training = known(gb, node, 2) if arg(node, 2) is not None else np.array(False)
     ratio = known(gb, node, 1) if arg(node, 1) is not None else np.array(0.5)
     if training is None or (bool(training.reshape(()).item())
@@ -657,3 +658,175 @@ def _cumprod(gb, node):
         return product if dtype_of(product) == dtype_of(x) else gb.cast(product, dtype_of(x))
 
     return _cumulative(gb, node, combine)
+
+
+@converter("MaxUnpool")
+def _max_unpool(gb, node):
+    """X's values scattered into zeros at their flat Indices (MaxPool's: over the whole
+    output, batch and channels included), the output shaped as the pooling's input would be:
+    (in - 1) * stride - pads + kernel per spatial axis, padded with zeros at the end of each
+    axis to output_shape when given (which may only be larger)."""
+    x, index = need(node, 0, "X"), _index(gb, node, 1)
+    kernel = ints(node, "kernel_shape")
+    rank = x.type.rank - 2
+    if kernel is None or len(kernel) != rank:
+        raise Unsupported("MaxUnpool needs a kernel_shape per spatial axis")
+    strides = ints(node, "strides", [1] * rank)
+    pads = ints(node, "pads", [0] * 2 * rank)
+    spatial = x.type.shape[2:]
+    if not all(d.is_const for d in spatial):
+        raise Unsupported("MaxUnpool needs X's spatial sizes as constants")
+    inferred = [*x.type.shape[:2], *(
+        (d.value - 1) * s - (pads[a] + pads[rank + a]) + k
+        for a, (d, s, k) in enumerate(zip(spatial, strides, kernel, strict=True)))]
+    total = functools.reduce(operator.mul, inferred)
+    flat = gb.reshape(x, [functools.reduce(operator.mul, x.type.shape)])
+    zeros = gb.op("zeros", shape=[total], dtype=dtype_of(x))
+    at = gb.reshape(gb.cast(index, "i64"), flat.type.shape)
+    y = gb.reshape(_scatter_into(gb, zeros, flat, at, 0, "none"), inferred)
+    shape = const_sizes(gb, node, 2, "output_shape")
+    if shape is None:
+        return [y]
+    if len(shape) != x.type.rank:
+        raise Unsupported(f"MaxUnpool's output_shape has {len(shape)} sizes for rank "
+                          f"{x.type.rank}")
+    return [_pad_to(gb, y, shape)]
+
+
+@converter("TensorScatter")
+def _tensor_scatter(gb, node):
+    """present = past_cache with update written along axis from write_indices[b] on, for
+    each batch entry b (axis 0); mode circular wraps at the cache's length, linear drops
+    what falls past it (ONNX leaves it undefined). Each cache position p reads update at
+    p - write_indices[b] (wrapped), where that lies in the update."""
+    past, update = need(node, 0, "past_cache"), need(node, 1, "update")
+    mode = choose(node, "mode", "linear", ("linear", "circular"))
+    rank = past.type.rank
+    axis = axis_of(int(attr(node, "axis", -2)), rank)
+    if axis == 0:
+        raise Unsupported("TensorScatter along the batch axis")
+    length, count = past.type.shape[axis], update.type.shape[axis]
+    if not (length.is_const and count.is_const):
+        raise Unsupported("TensorScatter along an axis of symbolic size")
+    batch = past.type.shape[0]
+    starts = arg(node, 2)
+    starts = gb.op("zeros", shape=[batch], dtype="i64") if starts is None else \
+        gb.cast(_index(gb, node, 2), "i64")
+    at_axis = [1] * rank
+    at_axis[axis] = length.value
+    positions = gb.constant(np.arange(length.value, dtype=np.int64).reshape(at_axis))
+    offset = gb.sub(positions, gb.reshape(starts, [batch, *[1] * (rank - 1)]))
+    if mode == "circular":  # offset > -length: one length added makes it non-negative
+        size = gb.constant(np.array(length.value, np.int64))
+        offset = gb.op("mod", gb.add(offset, size), size)
+    zero = gb.constant(np.array(0, np.int64))
+    inside = gb.op("logical_and", gb.op("greater_equal", offset, zero),
+                   gb.op("less", offset, gb.constant(np.array(count.value, np.int64))))
+    source = gb.op("where", inside, offset, zero)
+    taken = gb.op("take_along_axis", update, source, axis=axis)
+    return [gb.op("where", inside, taken, past)]
+
+
+# optionals: a tensor given is an optional holding it, an absent input the empty one -------
+@converter("OptionalHasElement")
+def _optional_has_element(gb, node):
+    return [gb.constant(np.array(arg(node, 0) is not None))]
+
+
+@converter("OptionalGetElement")
+def _optional_get_element(gb, node):
+    return [need(node, 0, "input")]
+
+
+@converter("MelWeightMatrix")
+def _mel_weight_matrix(gb, node):
+    """A constant: every input (bins, DFT length, sample rate, the band's edges) is needed at
+    import time, and the matrix is what ONNX's reference computes of them."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator  # loaded only when a model has the op
+
+    names = ["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz",
+             "upper_edge_hertz"]
+    values = [const_input(gb, node, i, name) for i, name in enumerate(names)]
+    kiln_dtype(int(attr(node, "output_datatype", 1)), "MelWeightMatrix's output_datatype")
+    op = helper.make_node("MelWeightMatrix", names, ["y"], **node.attrs)
+    graph = helper.make_graph([op], "mel", [], [helper.make_tensor_value_info("y", 0, None)],
+                              [numpy_helper.from_array(np.asarray(v), n)
+                               for v, n in zip(values, names, strict=True)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    try:
+        (matrix,) = ReferenceEvaluator(model).run(None, {})
+    except Exception as exc:  # the reference refuses what the standard does not define
+        raise Unsupported(f"MelWeightMatrix of these inputs: {exc}") from None
+    return [constant_of(gb, matrix, "MelWeightMatrix")]
+
+
+@converter("TfIdfVectorizer")
+def _tf_idf_vectorizer(gb, node):
+    """Counts of the pool's n-grams in each row of integer X ([N, L] or [L]), as ONNX's
+    reference counts them: gram j (n tokens) at every start i and skip distance d
+    (1 .. max_skip_count + 1; unigrams once) where X[i + k d] = token k for all k; each count
+    is TF (the count), IDF (gram j's weight, or 1, where counted) or TFIDF (its weight times
+    the count, or the count), in column ngram_indexes[j]."""
+    x = _index(gb, node, 0)
+    if x.type.rank not in (1, 2) or not x.type.shape[-1].is_const:
+        raise Unsupported(f"TfIdfVectorizer of X {x.type} (only [N, L] or [L], L constant)")
+    if attr(node, "pool_strings") is not None:
+        raise Unsupported("TfIdfVectorizer over strings (kiln's element types have none)")
+    mode = choose(node, "mode", "TF", ("TF", "IDF", "TFIDF"))
+    low, high = int(attr(node, "min_gram_length")), int(attr(node, "max_gram_length"))
+    skips = int(attr(node, "max_skip_count"))
+    pool = [int(v) for v in attr(node, "pool_int64s", [])]
+    starts = [int(v) for v in attr(node, "ngram_counts")]
+    indexes = [int(v) for v in attr(node, "ngram_indexes")]
+    weights = attr(node, "weights")
+    # ngram_counts[n - 1]: where the pool's n-grams start (each n tokens, in order)
+    grams = [pool[i:i + n] for n, (begin, end) in
+             enumerate(zip(starts, [*starts[1:], len(pool)]), start=1)
+             for i in range(begin, end - n + 1, n)]
+    if len(grams) != len(indexes):
+        raise Unsupported(f"TfIdfVectorizer: {len(grams)} n-grams for {len(indexes)} "
+                          "ngram_indexes")
+    length = x.type.shape[-1].value
+    rows = x if x.type.rank == 2 else gb.reshape(x, [1, length])
+    last = {tuple(gram): j for j, gram in enumerate(grams)}  # a repeated gram counts once,
+    counts = []                                              # at its last place (a trie's)
+    for j, gram in enumerate(grams):
+        n = len(gram)
+        count = None
+        if low <= n <= high and last[tuple(gram)] == j:
+            for d in range(1, (skips + 1 if n > 1 else 1) + 1):
+                span = length - (n - 1) * d
+                if span <= 0:
+                    continue
+                match = None
+                for k, token in enumerate(gram):
+                    at = gb.op("gather", rows, gb.constant(np.arange(span) + k * d), axis=1)
+                    hit = gb.op("equal", at, gb.constant(np.array(token, x.type.np_dtype)))
+                    match = hit if match is None else gb.op("logical_and", match, hit)
+                found = gb.op("sum", gb.cast(match, "f32"), axis=[1], keepdims=False)
+                count = found if count is None else gb.add(count, found)
+        counts.append(count if count is not None else
+                      gb.op("zeros", shape=[rows.type.shape[0]], dtype="f32"))
+    y = gb.op("stack", counts, axis=1)  # [N, grams]
+    if mode == "IDF" and len(set(indexes)) < len(indexes):
+        raise Unsupported("TfIdfVectorizer in IDF mode with n-grams sharing a column")
+    if mode == "IDF":
+        y = gb.cast(gb.op("greater", y, gb.constant(np.array(0, np.float32))), "f32")
+    if mode != "TF" and weights is not None and len(weights):
+        if len(weights) != len(grams):
+            raise Unsupported(f"TfIdfVectorizer: {len(weights)} weights for {len(grams)} "
+                              "n-grams")
+        # the spec's (and onnxruntime's) weight of gram j; ONNX's reference weighs column j
+        y = gb.mul(y, gb.constant(np.asarray(weights, np.float32)))
+    place = np.zeros((len(grams), max(indexes) + 1), np.float32)
+    place[np.arange(len(grams)), indexes] = 1  # gram j counts in column ngram_indexes[j]
+    y = gb.matmul(y, gb.constant(place))
+    return [y if x.type.rank == 2 else gb.reshape(y, [place.shape[1]])]
+
+
+# ops whose output's size depends on the input's values -----------------------------------
+@converter("NonZero", "Unique", "NonMaxSuppression")
+def _data_dependent(gb, node):
+    raise Unsupported(f"{node.op_type}'s output size depends on its input's values, and "
+                      "kiln's sizes are fixed before the model runs")

@@ -19,6 +19,7 @@ The walk, in the reader's topological order:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,8 @@ from ..dims import Dim, assuming
 from ..errors import KilnError
 from ..ir import SIZE_FACTS_KEY, Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
-from .convert import CONVERTERS, Unsupported
-from .convert_base import KILN_DTYPES, kiln_dtype
+from .convert import Unsupported, convert_node, converter_of
+from .convert_base import KILN_DTYPES, fold, kiln_dtype
 from .convert_control import NodeWithSubgraphs
 from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
 
@@ -246,6 +247,8 @@ class _Walk:
         if value is None or self.graph is self.parent.graph:
             return value
         known = self.parent.known(name)
+        if known is None:  # computed from constants alone (a shape from Shape ops): known too
+            known = fold(self.parent.graph, value)
         if known is not None and name not in self.parent.param_paths \
                 and dtype_of_numpy(known.dtype) is not None:
             inner = self.gb.constant(known)  # a constant is a constant inside a body too
@@ -281,6 +284,23 @@ class _Walk:
             graph.outputs = outputs
         return outputs, graph, walk.captured
 
+    def scope(self, values: dict[str, Value | None], consts: dict[str, np.ndarray | None]
+              ) -> Callable[..., Any]:
+        """The `subgraph` converter of a scope around this walk's graph that holds `values`
+        and `consts` by name (a function body's: its nodes' subgraphs read those names)."""
+        walk = _Walk(self.model, onnx.GraphProto(), self.graph, self)
+        walk.values.update({k: v for k, v in values.items() if v is not None})
+        # every local name is in consts (None: not known), so no lookup of a local name
+        # reaches an outer name that happens to be spelled the same
+        # (a body's values computed from constants alone, its Constants' among them, are
+        # known: a Scan's body inside it takes them as numbers, as the model's own)
+        walk.consts.update({k: consts.get(k) if consts.get(k) is not None else
+                            None if v is None else fold(self.graph, v)
+                            for k, v in values.items()})
+        walk.param_paths = {k for k, v in values.items()
+                            if v is not None and self.graph.node(v.node)["op"] == "param"}
+        return walk.subgraph
+
     def scope_names(self) -> set[str]:
         """Every name this walk and those around it can give a subgraph."""
         names = set(self.values) | set(self.initializers) | set(self.consts)
@@ -295,7 +315,9 @@ class _Walk:
             proto = self.proto.node[index]
             label = node_label(proto, index)
             domain = "" if proto.domain in STANDARD_DOMAINS else proto.domain
-            if domain or proto.op_type not in CONVERTERS and proto.op_type != "Constant":
+            known_op = converter_of(domain, proto.op_type) is not None and \
+                domain in self.model.opsets
+            if not known_op and (domain or proto.op_type != "Constant"):
                 where = f" of domain {proto.domain!r}" if domain else ""
                 self.fail(proto, f"{label}: kiln has no converter for {proto.op_type}{where}")
                 continue
@@ -321,14 +343,15 @@ class _Walk:
             return
         node = NodeWithSubgraphs(
             subgraph=self.subgraph if any(a.type in SUBGRAPH_ATTRS for a in proto.attribute)
-            else None,
+            else None, scope=self.scope,
             name=proto.name or f"#{index}", op_type=proto.op_type, domain=proto.domain,
-            index=index, opset=self.model.opset,
+            index=index, opset=self.model.opsets.get(
+                "" if proto.domain in STANDARD_DOMAINS else proto.domain, self.model.opset),
             attrs={a.name: decode_attr(a) for a in proto.attribute},
             inputs=[self.value(n) if n else None for n in proto.input],
             consts=[self.known(n) if n else None for n in proto.input],
             outputs=list(proto.output))
-        outs = CONVERTERS[proto.op_type](self.gb, node)
+        outs = convert_node(self.gb, node)
         for name, value in zip(proto.output, outs):
             if name and value is not None:
                 self.values[name] = value

@@ -10,7 +10,12 @@ What is refused, before any node is converted (each a KilnError naming the file 
   cycle, an output nothing produces (K0903);
 - external data: a location outside the model's directory, a symlink, a missing file, a file
   shorter than the tensor, a length that disagrees with the tensor's shape (K0904);
-- the opset of the standard domain outside 13..onnx.defs.onnx_opset_version() (K0905).
+- the opset of the standard domain newer than onnx.defs.onnx_opset_version(), or older than
+  13 where a node's op is another operator at that opset than at 13 and ONNX's version
+  converter cannot convert the model to 13 (K0905). An older model whose every op is the
+  same operator at 13 (the same schema, or one only extended since: Relu-6, ArgMax-12,
+  Scan-11, ...) is read as opset 13; one with changed ops (Softmax-11, Squeeze-11) is
+  converted to 13 by onnx.version_converter.
 External data is read into the tensors (bounded by their declared shapes), so what follows
 sees one self-contained proto.
 """
@@ -98,33 +103,151 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
 
 def validate(proto: onnx.ModelProto, path: str, directory: Path | None) -> ReadModel:
     """Check the opsets and the graph, and read external data (relative to `directory`;
-    None: a model given in memory may have none)."""
+    None: a model given in memory may have none); a model of an opset below MIN_OPSET whose
+    ops changed since is upgraded to MIN_OPSET (`upgraded`) once the graph is checked."""
     opsets = check_opsets(proto, path)
     read_external_data(proto.graph, path, directory)
     for tensor in tensors_of(proto.graph):
         check_tensor(tensor, path)
     order = node_order(proto.graph, path)
+    if opsets[""] < MIN_OPSET:
+        proto = upgraded(proto, path, opsets[""])
+        opsets, order = check_opsets(proto, path), node_order(proto.graph, path)
     return ReadModel(proto, path, opsets, order)
 
 
 def check_opsets(proto: onnx.ModelProto, path: str) -> dict[str, int]:
-    """The opset of each imported domain ('' for the standard one), which must be in
-    MIN_OPSET..the newest the installed onnx knows (K0905)."""
+    """The opset of each imported domain ('' for the standard one), which must be at most the
+    newest the installed onnx knows (K0905). Below MIN_OPSET, a model whose every standard
+    op is the same operator at MIN_OPSET (`same_operator`) is read as MIN_OPSET; another
+    keeps its opset, for `upgraded`."""
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         domain = "" if entry.domain in STANDARD_DOMAINS else entry.domain
         opsets[domain] = int(entry.version)
     newest = onnx.defs.onnx_opset_version()
     version = opsets.get("")
+    if version is None and not _any_standard_node(proto.graph):
+        opsets[""] = MIN_OPSET  # (a model of other domains' ops only: no standard node reads it)
+        return opsets
     if version is None:
         raise KilnError("K0905", f"{path} imports no opset of the standard ONNX domain",
                         hint=f"kiln imports opsets {MIN_OPSET} to {newest}")
-    if not MIN_OPSET <= version <= newest:
+    if version > newest or version < 1:
         raise KilnError("K0905", f"{path} uses ONNX opset {version}; kiln imports opsets "
-                        f"{MIN_OPSET} to {newest}",
-                        hint="convert it first: onnx.version_converter.convert_version(model, "
-                        f"{max(MIN_OPSET, min(version, newest))})")
+                        f"{MIN_OPSET} to {newest}", hint=_CONVERT)
+    if version < MIN_OPSET and not changed_since(proto.graph, version):
+        opsets[""] = MIN_OPSET
     return opsets
+
+
+def _any_standard_node(graph: onnx.GraphProto) -> bool:
+    """Whether a node of the graph (or of its subgraphs) is of the standard domain."""
+    return any(node.domain in STANDARD_DOMAINS or any(
+        _any_standard_node(sub) for a in node.attribute
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)))
+        for node in graph.node)
+
+
+_CONVERT = f"convert it first: onnx.version_converter.convert_version(model, {MIN_OPSET})"
+
+
+def upgraded(proto: onnx.ModelProto, path: str, version: int) -> onnx.ModelProto:
+    """The model of opset `version` (< MIN_OPSET) whose ops changed since, converted to
+    MIN_OPSET by ONNX's own version converter (its adapters rewrite each changed op: an
+    attribute become an input, Upsample a Resize, Scatter a ScatterElements); K0905 listing
+    every changed node where it cannot."""
+    changed = changed_since(proto.graph, version)
+    try:
+        from onnx import version_converter  # loaded only for an old model
+
+        converted = version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # its adapters raise their own kinds, with their reasons
+        listed = "\n  ".join(changed[:MAX_CHANGED_LISTED])
+        more = len(changed) - MAX_CHANGED_LISTED
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise KilnError("K0905", f"{path} uses ONNX opset {version}, where {len(changed)} "
+                        f"node{'s' if len(changed) > 1 else ''} have ops defined otherwise "
+                        f"than at opset {MIN_OPSET}, the oldest kiln imports, and ONNX's "
+                        f"version converter cannot convert the model ({reason}):\n  {listed}"
+                        + (f"\n  ... and {more} more" if more > 0 else ""),
+                        hint=_CONVERT) from None
+    for what in ("input", "output"):  # (Scan-8's adapter drops the batch axis of inputs)
+        before, after = (_signature(getattr(m.graph, what)) for m in (proto, converted))
+        if before != after:
+            raise KilnError("K0905", f"{path} uses ONNX opset {version}, and ONNX's version "
+                            f"converter changes its graph's {what}s converting it to opset "
+                            f"{MIN_OPSET}:\n  " + "\n  ".join(changed[:MAX_CHANGED_LISTED]),
+                            hint=_CONVERT)
+    return converted
+
+
+def _signature(values) -> list[bytes]:
+    """Graph inputs or outputs as comparable values: each one's name and type."""
+    return [v.name.encode() + v.type.SerializeToString() for v in values]
+
+
+# how many nodes of an old opset's changed ops K0905 lists by name (the rest are counted)
+MAX_CHANGED_LISTED = 50
+
+
+def changed_since(graph: onnx.GraphProto, version: int) -> list[str]:
+    """Each node of the standard domain (subgraphs' too) whose op is not the same operator at
+    opset `version` as at MIN_OPSET (`same_operator`), labelled with both schema versions."""
+    out = []
+    for index, node in enumerate(graph.node):
+        # Constant's older schemas only lack value attributes; the importer reads them all
+        if node.domain in STANDARD_DOMAINS and node.op_type != "Constant":
+            old, new = (_schema(node.op_type, v) for v in (version, MIN_OPSET))
+            if old is None or new is None or not same_operator(old, new):
+                defined = f"{node.op_type}-{old.since_version}" if old else "not defined"
+                now = f"{node.op_type}-{new.since_version}" if new else "not defined"
+                out.append(f"{node_label(node, index)}: {defined} at opset {version}, "
+                           f"{now} at {MIN_OPSET}")
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out.extend(changed_since(sub, version))
+    return out
+
+
+def same_operator(old, new) -> bool:
+    """Whether a node written for schema `old` means the same under schema `new`: the same
+    inputs and outputs (names, optionality, type parameters), each type parameter allowing
+    at least the old types, each old attribute with the same type, default and necessity,
+    and every new one optional (its default the old behaviour: ONNX adds attributes so). A
+    schema that is only extended to new element types is the same operator; one whose
+    default or signature changed (Softmax-13's axis, Squeeze-13's axes input) is not."""
+    if old.since_version == new.since_version:
+        return True
+    if new.deprecated:
+        return False
+
+    def formal(params) -> list[tuple]:
+        return [(p.name, p.option, p.type_str) for p in params]
+
+    if formal(old.inputs) != formal(new.inputs) or formal(old.outputs) != formal(new.outputs):
+        return False
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in new.type_constraints}
+    if any(not set(c.allowed_type_strs) <= allowed.get(c.type_param_str, set())
+           for c in old.type_constraints):
+        return False
+    for name, spec in new.attributes.items():
+        before = old.attributes.get(name)
+        if before is None:
+            if spec.required:
+                return False
+        elif (before.type, before.required, before.default_value.SerializeToString()) != \
+                (spec.type, spec.required, spec.default_value.SerializeToString()):
+            return False
+    return set(old.attributes) <= set(new.attributes)
+
+
+def _schema(op_type: str, version: int):
+    """The schema of `op_type` in force at opset `version` (None: none)."""
+    try:
+        return onnx.defs.get_schema(op_type, version, "")
+    except onnx.defs.SchemaError:
+        return None
 
 
 # ---------------------------------------------------------------------------- the graph

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
+from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
 MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
@@ -57,9 +58,10 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     convolution of ct with w's channels swapped and its kernel flipped, padded by
     d * (k - 1) - lo: the forward convolution's kernel, much faster than the transposed one's
     scatter of columns."""
-    flipped = _flipped_conv_input_grad(gb, ct, w, stride, dilation, pads, groups)
-    if flipped is not None:
-        return flipped
+    for fast in (_flipped_conv_input_grad, _pointwise_strided_input_grad):
+        grad = fast(gb, ct, w, sizes, stride, dilation, pads, groups)
+        if grad is not None:
+            return grad
     kernel = w.type.shape[2:]
     reach = [(out - 1) * s + d * (k - 1) + 1 for out, k, s, d
              in zip(ct.type.shape[2:], kernel, stride, dilation, strict=True)]
@@ -75,8 +77,9 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     return spatial_pads(gb, full, widths)
 
 
-def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, stride: tuple[int, ...],
-                             dilation: tuple[int, ...], pads: Pads, groups: int) -> Any | None:
+def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, _sizes: tuple[Dim, ...],
+                             stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                             groups: int) -> Any | None:
     """conv_input_grad as a stride-1 convolution (see there), or None where it does not apply."""
     kernel = [Dim.of(k) for k in w.type.shape[2:]]
     if groups != 1 or any(s != 1 for s in stride) or not all(k.is_const for k in kernel):
@@ -92,6 +95,38 @@ def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, stride: tuple[int, ...],
     turned = gb.op("flip", gb.permute(w, [1, 0, *spatial]), axis=spatial)
     return gb.op("conv", ct, turned, None, stride=list(stride), padding=padding,
                  dilation=list(dilation), groups=1)
+
+
+def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
+                                  stride: tuple[int, ...], _dilation: tuple[int, ...],
+                                  pads: Pads, groups: int) -> Any | None:
+    """conv_input_grad of an ungrouped 1x1 convolution without padding, constant spatial
+    sizes and a stride (a ResNet's downsampling shortcut), or None for another: output pixel
+    j read input pixel j * s alone, so dx is the cotangent's channels mixed by w^T (a 1x1
+    convolution, the forward's kernel) placed every s-th pixel, zeros between and after the
+    last window (a transposed convolution's scatter ran this at a few GFLOP/s)."""
+    kernel = [Dim.of(k) for k in w.type.shape[2:]]
+    zero = Dim.of(0)
+    if (groups != 1 or any(k != Dim.of(1) for k in kernel) or all(s == 1 for s in stride)
+            or any(lo != zero or hi != zero for lo, hi in pads)
+            or not all(Dim.of(d).is_const for d in (*sizes, *ct.type.shape[2:]))):
+        return None
+    spatial = list(range(2, w.type.rank))
+    mixed = gb.op("conv", ct, gb.permute(w, [1, 0, *spatial]), None,
+                  stride=[1] * len(spatial), padding=[0] * len(spatial))  # [N, C, *out]
+    n, c, *out = mixed.type.shape
+    apart = [n, c]
+    for o in out:
+        apart += [o, Dim.of(1)]
+    placed = gb.reshape(mixed, apart)
+    widths: list[Dim] = []
+    for s in reversed(stride):  # F.pad's order: the last axis first; each unit axis to s
+        widths += [zero, Dim.of(s - 1), zero, zero]
+    placed = gb.op("pad", placed, pads=widths)
+    spread = [o * s for o, s in zip(out, stride, strict=True)]
+    placed = gb.reshape(placed, [n, c, *spread])
+    return spatial_pads(gb, placed, [(zero, Dim.of(size) - got)
+                                      for size, got in zip(sizes, spread, strict=True)])
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -171,9 +206,11 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     dw): the same flat row shifted by a constant, so each tap's operand is `rows` read from
     a row further down (shifted_matmul reads it in place). Without dilation along the width
     the taps of a kernel row are consecutive rows, which one GEMM of kw * C columns reads
-    side by side (`span`). ct' spans the padded grid, its extra positions zero, so the flat
-    index runs over whole rows; `rows` has zero rows appended for the furthest window, which
-    only those zeros read."""
+    side by side (`span`); with fewer than MIN_TAP_COLUMNS of those (a stem's 1 or 3
+    channels), the kh row shifts are first copied side by side as channels, and one GEMM of
+    kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
+    so the flat index runs over whole rows; `rows` has zero rows appended for the furthest
+    window, which only those zeros read."""
     if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
             or x.type.dtype != "f32" or ct.type.dtype != "f32"):
         return None
@@ -187,7 +224,8 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
         return None  # the forward's shape rule guarantees this for stride 1
     span = kw if dilation[1] == 1 else 1
-    if channels * span < MIN_TAP_COLUMNS:  # a 3-channel stem: too narrow for a GEMM
+    stack = channels * span < MIN_TAP_COLUMNS  # a stem's few channels: kernel rows stacked
+    if stack and (span != kw or channels * kh * kw < MIN_TAP_COLUMNS):
         return None
     n, outs = x.type.shape[0], ct.type.shape[1]
     grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
@@ -199,6 +237,13 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
                                    (Dim.of(0), Dim.of(wp - out_w))])
     flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
+    if stack:  # one GEMM: the kh row shifts side by side as channels, the kw taps the span
+        length = grid + Dim.of(kw - 1)
+        stacked = gb.op("concat", [gb.op("slice", rows, items=range_on(0, s, length + s))
+                                   for s in shifts], axis=1)  # [(p, q), (i, c)]
+        taps = gb.op("shifted_matmul", flat, stacked, shifts=[0], span=kw)
+        # taps[0, o, (j, i, c)] is dw[o, c, i, j]
+        return gb.permute(gb.reshape(taps, [outs, kw, kh, channels]), [0, 3, 2, 1])
     taps = gb.op("shifted_matmul", flat, rows, shifts=shifts, span=span)
     # taps[(i, g), o, (s, c)] is dw[o, c, i, g * span + s]
     taps = gb.reshape(taps, [kh, kw // span, outs, span, channels])

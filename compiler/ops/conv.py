@@ -6,6 +6,7 @@ for their symbolic output sizes; their references slide one strided view (`_comm
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ from ._conv_grad import (
     spatial_pads,
 )
 from ._emit import BF16_UP, chain, full_of, one, onnx_pads, trimmed, widened
-from ._grad import expand_to, float_only, size_value
+from ._grad import expand_to, float_only, scalar, size_value
 from .registry import OpError, OpRecord, Prop, internal, register
 
 # the native backend splits a batch of these across threads (module._batch_split)
@@ -459,6 +460,9 @@ def _avg_pool_vjp(gb, node, cts):
     (ct,), (x,) = cts, node.inputs
     t, a = x.type, node.attrs
     geo = _pool_geometry(t, a)
+    tiled = _tiled_avg_pool_grad(gb, ct, t, geo)
+    if tiled is not None:
+        return [tiled]
     if a["ceil_mode"] and not all(d.is_const for d in t.shape[2:]):
         # the last window's overhang past the padding is known only at run time
         raise KilnError("K0815", f"avg_pool's gradient with ceil_mode needs constant spatial "
@@ -479,6 +483,30 @@ def _avg_pool_vjp(gb, node, cts):
     grad = conv_input_grad(gb, planes, kernel, t.shape[2:], geo.stride, geo.dilation,
                            list(geo.pads), 1)
     return [gb.reshape(grad, list(t.shape))]
+
+
+def _tiled_avg_pool_grad(gb, ct, t: TensorType, geo: Conv):
+    """avg_pool's gradient where the windows tile the input (stride = kernel, no padding, no
+    dilation; the rows and columns past the last window get nothing): each cotangent over
+    the window's size, repeated over its window (a broadcast), not a transposed convolution
+    of a kernel of ones, which runs at a few GFLOP/s. None where the windows do not tile."""
+    kernel = [k.value for k in geo.kernel]
+    zero = Dim.of(0)
+    if (list(geo.stride) != kernel or any(d != 1 for d in geo.dilation)
+            or any(lo != zero or hi != zero for lo, hi in geo.pads)):
+        return None
+    n, c = t.shape[:2]
+    spread, tiled, covered = [], [], []
+    for out, k in zip(geo.out, kernel, strict=True):
+        spread += [out, Dim.of(1)]
+        tiled += [out, Dim.of(k)]
+        covered.append(out * k)
+    g = gb.div(ct, scalar(gb, math.prod(kernel), t.dtype))
+    g = gb.reshape(g, [n, c, *spread])
+    g = gb.op("broadcast_to", g, shape=[n, c, *tiled])
+    g = gb.reshape(g, [n, c, *covered])
+    return spatial_pads(gb, g, [(zero, size - got)
+                                for size, got in zip(t.shape[2:], covered, strict=True)])
 
 
 def _global_avg_pool_vjp(gb, node, cts):

@@ -116,11 +116,70 @@ def test_nodes_out_of_order_are_ordered(tmp_path):
 
 
 # opsets ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("opset", [12, onnx.defs.onnx_opset_version() + 1])
-def test_opset_outside_the_range(tmp_path, opset):
+def test_opset_newer_than_onnx_knows(tmp_path):
+    opset = onnx.defs.onnx_opset_version() + 1
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F, [2])],
                        [("y", F, [2])], opset=opset)
     assert f"opset {opset}" in refused(save(model, tmp_path / "m.onnx"), "K0905").message
+
+
+def test_old_opset_of_changed_ops_is_converted(tmp_path):
+    """Softmax-11 over axis 1 of [2, 3, 4] normalises each row of the input flattened to
+    [2, 12] (Softmax-13 would normalise axis 1 alone): the model converted to opset 13 by
+    ONNX's version converter keeps that meaning."""
+    model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)],
+                       [("x", F, [2, 3, 4])], [("y", F, [2, 3, 4])], opset=11)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    flat = np.exp(x.reshape(2, 12))
+    want = (flat / flat.sum(axis=1, keepdims=True)).reshape(2, 3, 4)
+    got = kiln.compile(save(model, tmp_path / "m.onnx"), target="reference")(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_old_opset_of_unchanged_ops_imports(tmp_path):
+    """An opset-7 model whose ops are the same ops at 13 (And-7, Not-1) is read as opset 13."""
+    B = TensorProto.BOOL
+    nodes = [helper.make_node("And", ["a", "b"], ["t"]), helper.make_node("Not", ["t"], ["y"])]
+    model = make_model(nodes, [("a", B, [3]), ("b", B, [3])], [("y", B, [3])], opset=7)
+    compiled = kiln.compile(save(model, tmp_path / "m.onnx"), target="reference")
+    a, b = np.array([1, 1, 0], bool), np.array([1, 0, 0], bool)
+    np.testing.assert_array_equal(compiled(a, b), ~(a & b))
+
+
+def test_old_opset_of_extended_ops_imports(tmp_path):
+    """Opset 11, as exporters often write it: Relu-6 (13 only adds bfloat16) and ArgMax-11
+    (12 adds select_last_index, whose default is ArgMax-11's behaviour) are the same
+    operators at 13."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ArgMax", ["r"], ["y"], axis=1, keepdims=0)]
+    model = make_model(nodes, [("x", F, [2, 3])], [("y", TensorProto.INT64, [2])], opset=11)
+    compiled = kiln.compile(save(model, tmp_path / "m.onnx"), target="reference")
+    x = np.array([[-1, 3, 2], [4, -5, 6]], np.float32)
+    np.testing.assert_array_equal(compiled(x), [1, 2])
+
+
+def test_old_opset_lists_every_changed_op(tmp_path):
+    """Where ONNX's version converter cannot convert an old model (its Scan-8 adapter refuses
+    this one), each node whose op changed since is named with both schema versions; ops that
+    did not (Relu-6, only extended at 13) are not."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "next"], ["sum_out"]),
+         helper.make_node("Identity", ["sum_out"], ["scan_out"])], "scan_body",
+        [helper.make_tensor_value_info("sum_in", F, [2]),
+         helper.make_tensor_value_info("next", F, [2])],
+        [helper.make_tensor_value_info("sum_out", F, [2]),
+         helper.make_tensor_value_info("scan_out", F, [2])])
+    nodes = [helper.make_node("Scan", ["", "initial", "x"], ["y", "z"], num_scan_inputs=1,
+                              body=body, name="scan"),
+             helper.make_node("Softmax", ["y"], ["p"], name="soft"),
+             helper.make_node("Relu", ["p"], ["s"], name="act")]
+    model = make_model(nodes, [("initial", F, [1, 2]), ("x", F, [1, 3, 2])],
+                       [("s", F, [1, 2]), ("z", F, [1, 3, 2])], opset=8)
+    model.ir_version = 3
+    message = refused(save(model, tmp_path / "m.onnx"), "K0905").message
+    assert "node scan (#0, Scan): Scan-8 at opset 8, Scan-11 at 13" in message
+    assert "node soft (#1, Softmax): Softmax-1 at opset 8" in message
+    assert "node act" not in message
 
 
 # external data ----------------------------------------------------------------------------
