@@ -80,7 +80,7 @@ def _is_default(node: OnnxNode, name: str, value: Any) -> bool:
 
 
 # the ops ONNX defines as functions of others, and kiln has no converter of its own for
-_EXPAND = function_converter(convert_node)
+_EXPAND = function_converter(convert_node, CONVERTERS)
 CONVERTERS.update({op: _EXPAND for op in function_ops() if op not in CONVERTERS})
 # the ops of ONNX's other domains that kiln converts: those defined as functions (the
 # preview domain's FlexAttention, ...), through their bodies, and convert_domains.py's

@@ -8,6 +8,8 @@ op's; where one does not, the refusal names the op inside the function.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import FunctionProto, NodeProto, TypeProto, helper, numpy_helper
@@ -30,9 +32,10 @@ def function_ops(domains: tuple[str, ...] = ("", "ai.onnx")) -> list[str]:
     return sorted(names)
 
 
-def function_converter(convert: Converter) -> Converter:
+def function_converter(convert: Converter, known: Mapping[str, Converter]) -> Converter:
     """The converter that expands a function op and converts each node of its body with
-    `convert` (convert.py `convert_node`)."""
+    `convert` (convert.py `convert_node`); `known`: the op types convert takes (convert.py's
+    CONVERTERS, passed in so that neither module imports the other)."""
 
     def expand(gb: GraphBuilder, node: OnnxNode) -> list:
         try:
@@ -44,7 +47,7 @@ def function_converter(convert: Converter) -> Converter:
         if body is None:
             raise Unsupported(f"no converter for {node.op_type}, and ONNX defines it as a "
                               f"function of other ops only in other opsets than {node.opset}")
-        return _convert_body(gb, node, body, attributes, convert)
+        return _convert_body(gb, node, body, attributes, convert, known)
 
     return expand
 
@@ -91,7 +94,7 @@ def _type_proto(value) -> TypeProto:
 
 
 def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attributes: dict,
-                  convert: Converter) -> list:
+                  convert: Converter, known: Mapping[str, Converter]) -> list:
     """Convert the body's nodes in order, its formal inputs bound to the node's."""
     values = {name: node.inputs[i] if i < len(node.inputs) else None
               for i, name in enumerate(body.input)}
@@ -100,7 +103,7 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
     opsets = {o.domain or "": o.version for o in body.opset_import}
     for inner in body.node:
         domain = inner.domain or ""
-        if domain not in ("", "ai.onnx") or inner.op_type not in _registry():
+        if domain not in ("", "ai.onnx") or inner.op_type not in known:
             raise Unsupported(f"{node.op_type} is a function of {inner.op_type}, which kiln "
                               "does not convert")
         inner_attrs = {}
@@ -128,12 +131,6 @@ def _convert_body(gb: GraphBuilder, node: OnnxNode, body: FunctionProto, attribu
         wanted = i < len(node.outputs) and node.outputs[i]
         results.append(values.get(name) if wanted else None)
     return results
-
-
-def _registry() -> dict:
-    from .convert import CONVERTERS  # the table this module's converter is part of
-
-    return CONVERTERS
 
 
 def decode_attribute(a: onnx.AttributeProto):
