@@ -21,6 +21,7 @@ pytest.importorskip("ray.train", reason="Ray Train is an optional extra (pip ins
                     "'kiln[ray]')")
 
 from _clitest import run  # noqa: E402
+from _raycluster import local_cluster  # noqa: E402
 
 import kiln.ray_train  # noqa: E402
 from kiln.compiler.errors import KilnError  # noqa: E402
@@ -33,12 +34,7 @@ RTOL = 1e-5  # f32 rounding: the sum over shards adds the same terms in another 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    # this module's classes (LostOnce) go to the workers by value: they cannot import it
-    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
-    yield
-    ray.shutdown()
+    yield from local_cluster(__name__)  # this module's classes go to the workers by value
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ pytest.importorskip("ray.tune", reason="Ray Tune is an optional extra (pip insta
 pytest.importorskip("optuna", reason="Optuna is an optional extra (pip install 'kiln[tune]')")
 pytest.importorskip("sklearn", reason="the iris dataset comes with scikit-learn")
 
+from _raycluster import local_cluster  # noqa: E402
+
 import kiln  # noqa: E402
 import kiln.tune  # noqa: E402
 from kiln import KilnError  # noqa: E402
@@ -40,12 +42,7 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    # this module's Setup that fails once travels by value to the workers
-    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
-    yield
-    ray.shutdown()
+    yield from local_cluster(__name__)  # this module's classes go to the workers by value
 
 
 @pytest.fixture(scope="module")
