@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
-from .views import range_on
+from .slicing import place
+from .views import pads_on, range_on
 
 Pads = list[tuple[Dim, Dim]]
 MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
@@ -114,19 +115,9 @@ def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ..
     spatial = list(range(2, w.type.rank))
     mixed = gb.op("conv", ct, gb.permute(w, [1, 0, *spatial]), None,
                   stride=[1] * len(spatial), padding=[0] * len(spatial))  # [N, C, *out]
-    n, c, *out = mixed.type.shape
-    apart = [n, c]
-    for o in out:
-        apart += [o, Dim.of(1)]
-    placed = gb.reshape(mixed, apart)
-    widths: list[Dim] = []
-    for s in reversed(stride):  # F.pad's order: the last axis first; each unit axis to s
-        widths += [zero, Dim.of(s - 1), zero, zero]
-    placed = gb.op("pad", placed, pads=widths)
-    spread = [o * s for o, s in zip(out, stride, strict=True)]
-    placed = gb.reshape(placed, [n, c, *spread])
-    return spatial_pads(gb, placed, [(zero, Dim.of(size) - got)
-                                      for size, got in zip(sizes, spread, strict=True)])
+    for axis, size, s in zip(spatial, sizes, stride, strict=True):  # a strided slice's adjoint
+        mixed = place(gb, mixed, axis, Dim.of(size), zero, mixed.type.shape[axis], s)
+    return mixed
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -232,8 +223,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     shifts = [i * dilation[0] * wp + j * dilation[1]
               for i in range(kh) for j in range(0, kw, span)]
     rows = gb.reshape(gb.permute(spatial_pads(gb, x, pads), [0, 2, 3, 1]), [grid, channels])
-    rows = gb.op("pad", rows, pads=[Dim.of(0), Dim.of(0), Dim.of(0),
-                                    Dim.of(max(shifts) + span - 1)])
+    rows = gb.op("pad", rows, pads=pads_on(2, 0, 0, max(shifts) + span - 1))
     spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
                                    (Dim.of(0), Dim.of(wp - out_w))])
     flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])

@@ -244,7 +244,7 @@ def _placement(size: Dim, e) -> tuple[Dim, Dim, int]:
     return top + (count - 1) * step, count, step
 
 
-def _place(gb, g, axis: int, size: Dim, first: Dim, count: Dim, step: int):
+def place(gb, g, axis: int, size: Dim, first: Dim, count: Dim, step: int):
     """The adjoint of taking `count` elements first, first + |step|, ... of `axis` (of `size`):
     g's elements put there (in reverse order when step < 0), zeros elsewhere. A step k > 1
     spreads them first: each followed by k - 1 zeros along a new axis, merged back."""
@@ -272,7 +272,7 @@ def _slice_vjp(gb, node: VjpNode, cotangents: list) -> list:
     g = ct if ct.type.shape == tuple(counts) else gb.reshape(ct, counts)
     for axis, (first, count, step) in taken:
         if (first, count, abs(step)) != (0, shape[axis], 1):
-            g = _place(gb, g, axis, shape[axis], first, count, step)
+            g = place(gb, g, axis, shape[axis], first, count, step)
         elif step < 0:
             g = gb.op("flip", g, axis=axis)
     return [g]
