@@ -139,3 +139,30 @@ def test_fused_half_chains_round_between_ops_as_separate_kernels(dtype):
     np.testing.assert_array_equal(kiln.compile(HALF_CHAIN.format(dtype=dtype),
                                                target="reference", opt_level=0)(x, y), want)
     assert_agree(native(x, y), want, "sub", f"fused {dtype} chain", exact=True)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_rows_of_every_length_and_special_value_agree_with_numpy(op):
+    """The last axis in f32 runs as explicit vectors per row (a tail mask for lengths that are
+    not a multiple of the vector width) whose rows threads share: every length about the
+    width, rows with NaN, +-inf and all -inf, on one and two threads, against the reference."""
+    src = (f"model S {{ forward(x: f32[R, L]) -> f32[R, L] {{ return {op}(x, axis = -1) }} }}")
+    ref = kiln.compile(src, target="reference")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    rng = np.random.default_rng(7)
+    special = [np.nan, np.inf, -np.inf, 80.0, -80.0]
+    for length in (1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 129):
+        rows = 700 if length in (64, 100) else 37  # 700 x 64: enough to start the threads
+        x = rng.uniform(-30, 30, (rows, length)).astype(np.float32)
+        x[1, rng.integers(length)] = np.nan
+        x[2, :] = -np.inf
+        x[3, rng.integers(length)] = np.inf
+        x[4, rng.integers(length, size=length // 2 + 1)] = -np.inf
+        x[5, rng.integers(length)] = special[length % len(special)]
+        want = ref(x)
+        for native in (one, two):
+            got = native(x)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"L={length}")
+            assert_agree(got, want, op, f"L={length}")
+    np.testing.assert_array_equal(two(np.zeros((0, 5), np.float32)), np.zeros((0, 5)))
+    assert one(np.zeros((4, 0), np.float32)).shape == (4, 0)

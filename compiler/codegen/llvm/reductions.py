@@ -8,7 +8,12 @@ from llvmlite import ir
 
 from ...dims import Dim
 from . import irgen
-from .abi import I64
+from .abi import F32, I64
+from .microkernels import tiling
+from .threads import parallel_rows
+
+ROWS_BLOCK = 8  # rows: the smallest block of a softmax a thread takes
+ROWS_PARALLEL = 1 << 15  # elements below which a softmax runs on one thread
 
 
 class ReductionKernels:
@@ -112,8 +117,14 @@ class ReductionKernels:
         return x, out, length, each
 
     def softmax(self, n, axis: int, log: bool = False) -> None:
-        """Stable softmax (or log_softmax) along `axis`: max, then sum of exp(x - max)."""
-        dtype = n.in_types[0].dtype
+        """Stable softmax (or log_softmax) along `axis`: max, then sum of exp(x - max). Along
+        the last axis in f32 (attention's rows) the rows are explicit vectors (`_softmax_rows`);
+        otherwise a loop per element that LLVM vectorises where it can."""
+        t = n.in_types[0]
+        if t.dtype == "f32" and t.rank and all(d == 1 for d in t.shape[axis + 1:]):
+            self._softmax_rows(t, axis, log)
+            return
+        dtype = t.dtype
         x, out, length, each = self.along_axis(n, axis)
         zero = ir.Constant(I64, 0)
 
@@ -133,3 +144,97 @@ class ReductionKernels:
                 self.store(out, at(j), value, dtype)
 
         each(line)
+
+    def _softmax_rows(self, t, axis: int, log: bool) -> None:
+        """Softmax along the contiguous last axis of an f32 tensor, rows shared by the
+        module's threads when there are enough of them. Short rows (attention's 64 to 512
+        keys) are why the vectors are explicit: LLVM's vectorised loops pay a scalar
+        remainder, runtime checks and a reduction epilogue per loop, three loops per row."""
+        zero = ir.Constant(I64, 0)
+        rows, length = self.numel(t.shape[:axis]), self.dim(t.shape[axis])
+        width = self.vector_width or tiling().width
+        x, out = self.input(0), self.output()
+        if self.serial:
+            _softmax_row_range(self, x, out, zero, rows, length, width, log)
+            return
+        inner = self.helper("rows")
+        start, count, size = (irgen.element(inner.b, inner.dims_ptr, i) for i in range(3))
+        _softmax_row_range(inner, inner.buffer(0, "f32"), inner.buffer(1, "f32"), start, count,
+                           size, width, log)
+        fn = parallel_rows(self.module, inner.finish(), 2, 3,
+                           lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
+                                                                      sizes[1], sizes[2]]),
+                           min_rows=ROWS_BLOCK, min_work=ROWS_PARALLEL, rows_index=1,
+                           work=lambda b, sizes: b.mul(sizes[1], sizes[2]), oversplit=2)
+        self.call_kernel(fn, [x, out], [zero, rows, length], "rows")
+
+
+def _softmax_row_range(kb, x, out, start, count, length, width: int, log: bool) -> None:
+    """Rows start .. start + count of length `length`: the maximum, the sum of exp(x - max)
+    (softmax: storing each exp), then softmax's exp times 1 / sum, or log_softmax's
+    (x - max) - log(sum). The maximum skips NaN, which the sum then carries to every output
+    of its row, as numpy's NaN maximum would; a +inf or all -inf row is NaN as numpy's is."""
+    b = kb.b
+    vec = irgen.Vectors(b, width)
+    step = ir.Constant(I64, width)
+    whole = b.mul(b.sdiv(length, step), step)  # elements in whole vectors
+    mask = vec.mask(b.sub(length, whole), 0)  # the tail's lanes
+
+    def splat(value: float) -> ir.Constant:
+        return ir.Constant(vec.type, [value] * width)
+
+    def larger(p, q):  # vmaxps: q when either is NaN
+        return b.select(b.fcmp_ordered(">", p, q), p, q)
+
+    def across(v, combine):  # the lanes of v combined into one scalar, by halves
+        lanes = width
+        while lanes > 1:
+            lanes //= 2
+            high = b.shuffle_vector(v, ir.Constant(vec.type, None), ir.Constant(
+                ir.VectorType(ir.IntType(32), width), [lanes + i % lanes for i in range(width)]))
+            v = combine(v, high)
+        return b.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    def sweep(base, init, body):  # init = body(at, vector, tail mask or None, init) per vector
+        with irgen.loop(b, whole, step=width, carries=[init], name="vectors") as state:
+            at = b.add(base, state.index)
+            state.carry([body(at, vec.load(x, at), None, state.values[0])])
+        at = b.add(base, whole)
+        last = vec.masked_load(x, at, mask)
+        return b.select(b.icmp_signed("<", whole, length), body(at, last, mask, state.values[0]),
+                        state.values[0])
+
+    def store(value, at, tail):
+        if tail is None:
+            vec.store(value, out, at)
+        else:
+            vec.masked_store(value, out, at, tail)
+
+    with kb.for_range(count) as r:
+        base = b.mul(b.add(start, r), length)
+        top = across(sweep(base, splat(float("-inf")), lambda at, v, tail, m: larger(
+            v if tail is None else b.select(tail, v, splat(float("-inf"))), m)), larger)
+        tops = vec.splat(top)
+
+        def add_exp(at, v, tail, total):
+            e = kb.exp(kb.fsub(v, tops))
+            if not log:
+                store(e, at, tail)
+            return kb.fadd(total, e if tail is None else b.select(tail, e, splat(0.0)))
+
+        total = across(sweep(base, splat(0.0), add_exp), kb.fadd)
+        if log:
+            scale = vec.splat(kb.intrinsic("log", total))
+
+            def finish(at, v, tail, carried):
+                store(kb.fsub(kb.fsub(v, tops), scale), at, tail)
+                return carried
+        else:
+            scale = vec.splat(kb.fdiv(ir.Constant(F32, 1.0), total))
+
+            def finish(at, v, tail, carried):
+                e = vec.load(out, at) if tail is None else vec.masked_load(out, at, tail)
+                store(kb.fmul(e, scale), at, tail)
+                return carried
+
+        sweep(base, splat(0.0), finish)
