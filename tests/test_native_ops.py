@@ -166,3 +166,24 @@ def test_softmax_rows_of_every_length_and_special_value_agree_with_numpy(op):
             assert_agree(got, want, op, f"L={length}")
     np.testing.assert_array_equal(two(np.zeros((0, 5), np.float32)), np.zeros((0, 5)))
     assert one(np.zeros((4, 0), np.float32)).shape == (4, 0)
+
+
+def test_exp_across_its_whole_range_and_past_both_ends():
+    """Native f32 exp (a polynomial of kiln's own) against
+    numpy's f64 exp rounded to f32: relative error at most a few ulp where the result is
+    normal, denormal results within a denormal step or two, and 0, inf, NaN exactly where
+    they belong (below -103.972 the result is 0, computed without producing denormals)."""
+    grid = np.concatenate([np.linspace(-110, 90, 200_001), [-np.inf, np.inf, np.nan, -103.972,
+                           -103.97, -103.9, -87.34, -87.33, 88.72, 88.7228, 88.7229, 88.73, 0.0,
+                           -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    native = kiln.compile("model E { forward(x: f32[N]) -> f32[N] { return exp(x) } }")
+    got = native(grid).astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = np.exp(grid.astype(np.float64)).astype(np.float32).astype(np.float64)
+    tiny = np.finfo(np.float32).tiny
+    normal = want >= tiny
+    np.testing.assert_allclose(got[normal], want[normal], rtol=4e-7)
+    low = (want < tiny) & (want > 0)
+    np.testing.assert_allclose(got[low], want[low], rtol=0, atol=3e-45)
+    for pick in (want == 0, np.isinf(want), np.isnan(want)):
+        np.testing.assert_array_equal(got[pick], want[pick])

@@ -219,7 +219,11 @@ class ScalarMath:
         def c(value, element=F32):
             return self.like(a, value, element)
 
-        x = self.intrinsic("minnum", self.intrinsic("maxnum", a, c(-104.0)), c(88.75))
+        # an argument below the smallest denormal's log has the result 0 (selected below);
+        # computing with 0 instead, not with a clamped -104, keeps the discarded lanes from
+        # producing denormals, which cost a microcode assist each (a softmax's -inf mask)
+        low = b.fcmp_ordered("<", a, c(-103.972))
+        x = self.intrinsic("minnum", b.select(low, c(0.0), a), c(88.75))
         k = self.intrinsic("rint", self.fmul(x, c(1.4426950408889634)))
         r = self.fsub(self.fsub(x, self.fmul(k, c(0.693359375))), self.fmul(k, c(-2.12194440e-4)))
         p = c(1.0 / 5040)
@@ -233,7 +237,7 @@ class ScalarMath:
 
         value = self.fmul(self.fmul(p, power_of_two(half)), power_of_two(b.sub(ki, half)))
         value = b.select(b.fcmp_ordered(">", a, c(88.72283935546875)), c(float("inf")), value)
-        value = b.select(b.fcmp_ordered("<", a, c(-103.972)), c(0.0), value)
+        value = b.select(low, c(0.0), value)
         return b.select(b.fcmp_unordered("uno", a, a), a, value)  # NaN stays NaN
 
     def tanh(self, a):
