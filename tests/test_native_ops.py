@@ -201,3 +201,31 @@ def test_exact_gelu_across_its_range_against_the_reference():
     big = np.abs(want) >= 1e-6
     np.testing.assert_allclose(got[big], want[big], rtol=3e-6)
     np.testing.assert_allclose(got[~big], want[~big], rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("affine", ["", ", w, b", ", w", ", bias = b"])
+def test_layer_norm_rows_of_every_length_agree_with_the_reference(affine):
+    """f32 layer norm runs as explicit vectors per row (a tail mask for lengths that are not
+    a multiple of the vector width), rows shared by threads: every length about the width,
+    with and without weight and bias, constant rows (variance 0), NaN and inf, on one and
+    two threads, against the reference."""
+    rng = np.random.default_rng(11)
+    params = {"": "", ", w, b": ", w: f32[L], b: f32[L]", ", w": ", w: f32[L]",
+              ", bias = b": ", b: f32[L]"}[affine]
+    src = (f"model N {{ forward(x: f32[R, L]{params}) -> f32[R, L] "
+           f"{{ return layer_norm(x, L{affine}, eps = 1e-5) }} }}")
+    ref = kiln.compile(src, target="reference")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    for length in (1, 3, 15, 16, 17, 33, 64, 100, 768):
+        rows = 600 if length in (64, 100) else 21  # 600 x 64: enough to start the threads
+        x = (rng.standard_normal((rows, length)) * 3 + 5).astype(np.float32)
+        x[1] = 2.5
+        x[2, rng.integers(length)] = np.nan
+        x[3, rng.integers(length)] = np.inf
+        args = [x] + [rng.standard_normal(length).astype(np.float32)
+                      for _ in range(params.count(":"))]
+        want = ref(*args)
+        for native in (one, two):
+            got = native(*args)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"L={length}")
+            assert_agree(got, want, "layer_norm", f"L={length}")
