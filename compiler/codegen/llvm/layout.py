@@ -28,15 +28,38 @@ def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
     `packed_weight`).
 
     Only f32 ops (the GEMM's dtype) whose weight operand is a `param` or `constant` node of
-    this graph: in a scan body an outer weight is a captured input and stays plain.
+    this graph, or, in a scan body, a captured input whose outer value is one.
     """
+    _mark(graph, ctx, frozenset())
+    return graph
+
+
+def captured_weights(graph: Graph, nid: int) -> dict[int, int]:
+    """{body input: outer node} for the captured inputs of scan `nid`'s body whose value is a
+    `param` or `constant` node of `graph` (a weight known before the call, such as an RNN's
+    hoisted, folded W_hh.T): what a body op may read packed, as a weight of the graph itself."""
+    a, body = graph.node(nid)["attrs"], graph.node(nid)["attrs"]["body"]
+    outer = graph.operands(nid)[a["n_carry"] + a["n_seq"]:]
+    inner = body.inputs[a["n_carry"] + a["n_seq"] + (1 if a["has_index"] else 0):]
+    return {b: v.node for b, v in zip(inner, outer, strict=True)
+            if v is not None and graph.op(v.node) in ("param", "constant")}
+
+
+def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
+    """conv_layout on `graph`, whose input nodes `known` hold weights known before the call;
+    then on each scan body, with the body's captured weights (`captured_weights`): a scan
+    step's h @ W_hh.T reads W_hh.T packed instead of packing it again at every step."""
     for nid in graph.order():
         node = graph.node(nid)
+        if node["op"] == "scan":
+            _mark(node["attrs"]["body"], ctx, frozenset(captured_weights(graph, nid)))
+            continue
         record = lookup(node["op"])
         if record is None or record.packed_weight is None or node["types"][0].dtype != "f32":
             continue
         a, weight = graph.operands(nid)[:2]
-        if graph.op(weight.node) not in ("param", "constant") or weight.type.dtype != "f32":
+        if (graph.op(weight.node) not in ("param", "constant") and weight.node not in known) \
+                or weight.type.dtype != "f32":
             continue
         # matmul by name: unlike a convolution's, its weight may be a batch of matrices, and
         # its operands need not share a dtype with the result
@@ -45,4 +68,3 @@ def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
         if node["attrs"].get("weight_layout") != PACKED:
             node["attrs"] = {**node["attrs"], "weight_layout": PACKED}
             ctx.count("packed")
-    return graph

@@ -44,7 +44,7 @@ from .derived import derived_name, parse
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .kernel import KernelBuilder, NativeNode
-from .layout import PACKED
+from .layout import PACKED, captured_weights
 from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
@@ -146,6 +146,9 @@ class GraphEmitter(GraphVisitor):
         self.module, self.layout = module, layout
         self.params_p, self.dims_p, self.status_p = params_p, dims_p, status_p
         self.vector_width = vector_width
+        # a scan body's emitter: {body input: (outer node, its dict)} for captured weights
+        # known before the call (layout.captured_weights), which its GEMMs read packed
+        self.captured: dict[int, tuple[int, dict]] = {}
         self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
@@ -257,10 +260,12 @@ class GraphEmitter(GraphVisitor):
         if op_node["attrs"].get("weight_layout") != PACKED:
             return {}
         source = graph.operands(nid)[slot]
-        src_node = graph.node(source.node)
+        src_nid, src_node = source.node, graph.node(source.node)
+        if src_node["op"] == "input" and src_nid in self.captured:  # a scan's outer weight
+            src_nid, src_node = self.captured[src_nid]
         if src_node["op"] not in ("param", "constant"):
             return {}
-        name = self.layout.params[self.param_index(source.node, src_node)]
+        name = self.layout.params[self.param_index(src_nid, src_node)]
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
         if REGISTRY[op_node["op"]].packed_weight == "b":
@@ -359,6 +364,8 @@ class ScanEmitter:
                                 _step(kb, arg[n_in + k], et, a["axis"], t, None, gather=False))
                 inner = GraphEmitter(parent.module, parent.layout, params_p, kb.dims_ptr,
                                      parent.vector_width, kb.status_ptr)
+                inner.captured = {k: (v, self.graph.node(v)) for k, v in
+                                  captured_weights(self.graph, self.nid).items()}
                 inner.emit(b, body, ins, outs, slot)
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
