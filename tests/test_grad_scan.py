@@ -227,7 +227,8 @@ def test_captured_weight_gradients_summed_after_the_loop_match_torch(target, axi
 
 def test_weight_gradients_are_not_carried_by_the_reverse_scan():
     """The reverse scan carries only the carries' cotangents: w's and b's gradients are
-    computed after the loop (no per-step GEMM accumulating dW in the loop)."""
+    computed after the loop (no per-step GEMM accumulating dW in the loop), and it reads the
+    forward's saved gate values instead of computing them again."""
     from kiln.compiler.autodiff import grad
 
     src, _shape = shared_weight_loop(1, False, 4)
@@ -237,3 +238,11 @@ def test_weight_gradients_are_not_carried_by_the_reverse_scan():
     backward = [nid for nid in scans if graph.node(nid)["attrs"]["reverse"]]
     assert len(backward) == 1
     assert graph.node(backward[0])["attrs"]["n_carry"] == 1  # h's cotangent alone
+    # the forward saves x @ w + h @ w + b (one chain, saved once): the backward reads it, and
+    # no longer multiplies the saved h by w again
+    body = graph.node(backward[0])["attrs"]["body"]
+    names = {nid: body.node(nid)["attrs"].get("name") for nid in body.inputs}
+    assert sum(str(n).startswith("saved:") for n in names.values()) == 1
+    for nid in body.nodes_with_op("matmul"):
+        operands = [names.get(v.node) for v in body.operands(nid)]
+        assert operands[0] != "h" and operands[1] != "captured0", operands

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 
 from ..errors import KilnError
 from ..ir import Graph, IRError, Value
 from ._common import FLOATS
-from .registry import Arg, OpRecord, Prop, internal, register
+from .registry import REGISTRY, Arg, OpRecord, Prop, internal, register
 
 
 def _scan_infer(types, attrs):
@@ -107,15 +108,18 @@ def _scan_vjp(gb, node, cts):
     seq_axes = (axis,) * n_carry + tuple(a["axes"]) + (axis,) * len(float_e)
     backward = _backward_body(gb, a, float_c, float_s, float_k, float_e, seq_axes)
 
-    saving = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry)})
-    _take_over(gb.graph, node.outputs, saving[:n_emit] + saving[n_emit + n_carry:])
+    n_products = len(backward.products)
+    saving = _add_scan(gb, node.inputs, {**a, "body": _saving(body, n_carry,
+                                                               backward.products)})
+    n_saved = n_emit + n_carry + n_products
+    _take_over(gb.graph, node.outputs, saving[:n_emit] + saving[n_saved:])
     saved = saving[n_emit:n_emit + n_carry]
     starts = ([_or_zeros(gb, carry_cts[j], carries[j].type) for j in float_c]
               + [_or_zeros(gb, None, captured[j].type) for j in backward.accumulated])
     stacked_e = [_or_zeros(gb, emit_cts[j], node.outputs[j].type) for j in float_e]
-    sequences = [*saved, *seqs, *stacked_e]
+    sequences = [*saved, *seqs, *stacked_e, *saving[n_emit + n_carry:n_saved]]
     outs = _add_scan(gb, [*starts, *sequences, *captured], {
-        "body": backward.graph, "axis": axis, "axes": seq_axes,
+        "body": backward.graph, "axis": axis, "axes": seq_axes + (axis,) * n_products,
         "reverse": not a["reverse"], "n_carry": len(starts), "n_seq": len(sequences),
         "has_index": a["has_index"],
         "n_fixed_inputs": len(starts) + len(sequences) + int(a["has_index"])})
@@ -150,6 +154,7 @@ class _Backward:
     # ("ds", k) (the k-th float sequence's gradient, emitted as it is), or ("emit", k) (the
     # k-th value the body emits after the sequences' gradients)
     leaves: list
+    products: list[int]  # the forward body's nodes whose saved results the body reads
 
 
 def _backward_body(gb, a: dict, float_c: list[int], float_s: list[int], float_k: list[int],
@@ -224,7 +229,61 @@ def _backward_body(gb, a: dict, float_c: list[int], float_s: list[int], float_k:
                         + d_seqs + emitted)
     vjp_body.output_names = []
     vjp_body.prune()
-    return _Backward(vjp_body, accumulated, deferred, leaves)
+    products = _saved_products(body, vjp_body, set(c_in) | set(s_in)
+                               | set(body.inputs[n_carry + n_seq:fixed]), a["axis"])
+    at = len(vjp_body.inputs) - len(body.inputs[n_carry + n_seq:])  # before [t] and captured
+    for nid in products:  # read the forward's saved result instead of computing it again
+        saved = vjp_body.add_input(f"saved:{nid}", body.node(nid)["types"][0], gb.span)
+        vjp_body.inputs.remove(saved.node)
+        vjp_body.inputs.insert(at, saved.node)
+        at += 1
+        _redirect(vjp_body, nid, saved)
+    vjp_body.prune()
+    return _Backward(vjp_body, accumulated, deferred, leaves, products)
+
+
+def _saved_products(body: Graph, vjp_body: Graph, per_step: set[int], axis: int) -> list[int]:
+    """The matmuls of the forward body that its VJP computes again each step (a gate's
+    h @ W_hh^T) and that depend on the step (not only on captured weights), each as the end
+    of its elementwise chain (`_chain_end`): the forward scan saves those values, stacked on
+    the scan's axis like its carries, so the backward scan reads them instead of redoing
+    the product (as PyTorch saves an RNN's gates)."""
+    chosen = []
+    for nid in body.order():
+        if (body.op(nid) != "matmul" or nid not in vjp_body.g
+                or vjp_body.op(nid) != "matmul"):
+            continue
+        (t,) = body.node(nid)["types"]
+        if t.dtype in FLOATS and t.rank >= axis and nx.ancestors(body.g, nid) & per_step:
+            end = _chain_end(body, vjp_body, nid)
+            if end not in chosen:  # x @ W_ih + h @ W_hh: two products, one chain
+                chosen.append(end)
+    return chosen
+
+
+def _chain_end(body: Graph, vjp_body: Graph, nid: int) -> int:
+    """The last node of the elementwise ops of `nid`'s type that follow it one by one, each
+    read by the next alone in the forward and in the backward (a gate's matmul + bias +
+    input projection): saving that value keeps the forward's fused kernel whole and spares
+    the backward the whole chain."""
+    while True:
+        edges = list(body.g.out_edges(nid))
+        if (len(edges) != 1 or any(v.node == nid for v in body.outputs)
+                or len(vjp_body.g.out_edges(nid)) != 1):  # the backward reads nid itself
+            return nid
+        user = edges[0][1]
+        if (not REGISTRY[body.op(user)].has(Prop.ELEMENTWISE) or user not in vjp_body.g
+                or body.node(user)["types"] != body.node(nid)["types"]):
+            return nid
+        nid = user
+
+
+def _redirect(graph: Graph, node: int, new: Value) -> None:
+    """Point every use of single-result `node`'s value in `graph` at `new`."""
+    for _, user, key, data in list(graph.g.out_edges(node, keys=True, data=True)):
+        graph.g.remove_edge(node, user, key)
+        graph.g.add_edge(new.node, user, src=new.index, dst=data["dst"])
+    graph.outputs = [new if v.node == node else v for v in graph.outputs]
 
 
 def _total(gb, values: list[Value]) -> Value:
@@ -350,12 +409,14 @@ def _is_float(v) -> bool:
     return v is not None and v.type.dtype in FLOATS
 
 
-def _saving(body: Graph, n_carry: int) -> Graph:
+def _saving(body: Graph, n_carry: int, products: list[int]) -> Graph:
     """A copy of `body` that also emits, after its own emits, the carries entering the step
-    (the forward values the reverse scan resumes each step from)."""
+    (the forward values the reverse scan resumes each step from), then the results of the
+    nodes `products` (single-result nodes the reverse scan reads instead of recomputing)."""
     saving = body.copy()
     saving.outputs = list(body.outputs) + [
-        Value(nid, 0, body.node(nid)["types"][0]) for nid in body.inputs[:n_carry]]
+        Value(nid, 0, body.node(nid)["types"][0]) for nid in [*body.inputs[:n_carry],
+                                                                *products]]
     return saving
 
 
