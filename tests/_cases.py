@@ -604,6 +604,10 @@ for dtype in (*FLOATS, *INTS):
 case("matmul", rand(4), rand(2, 4, 3), id="matmul-vector-left")
 case("matmul", rand(2, 3, 4), rand(4), id="matmul-vector-right")
 case("matmul", rand(4), rand(4), id="matmul-dot")
+# a [K, M] read transposed: odd sizes (the packing's 8 x 8 tiles and their edges), more rows
+# than the streamed path takes, and a K over several of the GEMM's KC slices
+for k, m, n, seed in ((5, 3, 2, 1), (37, 19, 23, 3), (300, 43, 17, 5)):
+    case("matmul_at", rand(k, m, seed=seed), rand(k, n, seed=seed + 1), id=f"matmul_at-{m}")
 # a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
 case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")

@@ -57,8 +57,8 @@ EXACT = (MOVEMENT | CREATION | COMPARISONS
             "floor_div", "mod", "max", "min", "argmax", "argmin", "max_pool", "cast", "scatter",
             "scatter_add"}
          | CORRECTLY_ROUNDED)
-ACCUMULATED = {"sum", "mean", "prod", "logsumexp", "softmax", "log_softmax", "matmul", "conv",
-               "conv_transpose", "layer_norm", "batch_norm", "group_norm", "instance_norm",
+ACCUMULATED = {"sum", "mean", "prod", "logsumexp", "softmax", "log_softmax", "matmul",
+               "matmul_at", "conv", "conv_transpose", "layer_norm", "batch_norm", "group_norm", "instance_norm",
                "avg_pool", "global_avg_pool", "resize"}
 # numpy leaves the sign of a zero result open here (maximum(0.0, -0.0) is whichever operand
 # its SIMD loop returns), so an exact comparison checks values only

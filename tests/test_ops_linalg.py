@@ -115,3 +115,19 @@ def test_shifted_matmul_shapes_and_errors():
     raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[0], span=0, arg="span")
     raises("K0302", "shifted_matmul", T([4, 5], "f16"), T([5, 2], "f16"), shifts=[0])
     raises("K0302", "shifted_matmul", T([4, 5]), T([5, 2], "f64"), shifts=[0])
+
+
+@pytest.mark.parametrize("k, m, n", [(1, 1, 1), (6, 3, 4), (9, 17, 2)])
+def test_matmul_at_matches_loop(k, m, n):
+    """matmul_at(a, b) is a^T @ b, element by element; its gradient against finite
+    differences."""
+    from _gradcheck import check_vjp
+
+    a, b = rand(k, m, seed=k), rand(k, n, seed=m)
+    want = np.array([[sum(float(a[p, i]) * float(b[p, j]) for p in range(k)) for j in range(n)]
+                     for i in range(m)])
+    assert_close("matmul_at", run("matmul_at", a, b), want)
+    check_vjp("matmul_at", a.astype(np.float64), b.astype(np.float64))
+    assert REGISTRY["matmul_at"].macs([T([k, m]), T([k, n])], [], {}) == k * m * n
+    raises("K0301", "matmul_at", T([4, 5]), T([3, 2]), arg="b", match="as many rows")
+    raises("K0301", "matmul_at", T([4]), T([4, 2]), arg="b", match="matrices")

@@ -113,8 +113,8 @@ DIMS = {"B": 2, "T": 5}
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in NATIVE_PIPELINE]
     assert names == ["check_types", "fold_constants", "simplify", "merge_split_projections",
-                     "hoist_scan_invariants", "fold_batch_norm", "fold_weight_layout", "cse",
-                     "dce", "conv_layout", "fuse", "plan_memory"]
+                     "hoist_scan_invariants", "fold_batch_norm", "fold_weight_layout",
+                     "transposed_operands", "cse", "dce", "conv_layout", "fuse", "plan_memory"]
     assert PIPELINES["native"] is NATIVE_PIPELINE
     assert [p.name for p in PIPELINES["onnx"]] == ["check_types", "fold_constants", "simplify",
                                                    "merge_split_projections",
@@ -318,6 +318,20 @@ def test_simplify_leaves_other_transposed_products(expr):
                   "x3: f32[2, B, 3], w3: f32[2, 3, 4]", result=None)
     _, _, stats = run_pass(src, "simplify", dims=DIMS)
     assert "(a @ b)^T -> b^T @ a^T" not in stats.changes
+
+
+@pytest.mark.parametrize("expr, rewritten", [
+    ("matmul(transpose(x, 0, 1), w)", True),     # x^T @ w: the GEMM reads x transposed
+    ("matmul(transpose(w, 0, 1), x)", True),
+    ("matmul(x, w2)", False),                    # no transpose
+    ("matmul(transpose(x, 0, 1), x3)", False),   # a batched b
+])
+def test_transposed_operands_reads_a_transposed_left_operand_in_place(expr, rewritten):
+    src = forward(f"return {expr}", signature="x: f32[B, 3], w: f32[B, 4], w2: f32[3, 4], "
+                  "x3: f32[2, B, 3]", result=None)
+    _, after, stats = run_pass(src, "transposed_operands", dims=DIMS)
+    assert bool(stats.changes) == rewritten
+    assert ops(after)["matmul_at"] == int(rewritten)
 
 
 # Every rule's pattern and its near misses (the constant on the other side, a broadcasting

@@ -197,3 +197,46 @@ def test_dropout_masks_do_not_depend_on_the_thread_count():
                 for n in (1, 2))
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+SCAN_DROPOUT = """
+import std.nn
+model Loop {
+  drop = nn.Dropout(0.5)
+  forward(xs: f32[T, B, 64], h0: f32[B, 64]) {
+    ys, h = scan SCAN carry (h = h0) {
+      h = h + drop(x)
+      emit drop(x) * 1.0
+    }
+    return ys, h
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("scan", ["x in xs axis 0", "reverse x in xs axis 0",
+                                  "(t, x) in xs axis 0"])
+def test_dropout_in_a_scan_draws_a_mask_per_step_and_its_gradient_reuses_them(scan):
+    """Each step of a scan draws its own masks (not the first step's again), the same on every
+    target and for the same key, and the backward pass applies each step's own masks."""
+    src = SCAN_DROPOUT.replace("SCAN", scan)
+    xs, h0 = np.ones((5, 2, 64), np.float32), np.zeros((2, 64), np.float32)
+    key = np.array([7, 3], np.int64)
+    results = {t: kiln.compile(src, target=t, training=True)(xs, h0, rng_key=key)
+               for t in TARGETS}
+    ys, h = results["reference"]
+    for target in TARGETS[1:]:
+        for got, want in zip(results[target], (ys, h), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert set(np.unique(ys)) <= {0.0, 2.0}
+    assert all((ys[t] != ys[0]).any() for t in range(1, 5))  # a new mask every step
+    assert (h != ys.sum(0)).any()  # the carry's dropout is another stream than the emit's
+    model = kiln.compile(src, target="native", training=True)
+    np.testing.assert_array_equal(model(xs, h0, rng_key=key)[0], ys)  # the same for the key
+    assert (model(xs, h0, rng_key=np.array([7, 4], np.int64))[0] != ys).any()
+    cts = [np.ones_like(ys), np.zeros_like(h)]
+    for target in TARGETS:
+        model = kiln.compile(src, target=target, training=True)
+        _outs, _grads, input_grads = model.vjp(xs, h0, rng_key=key, cotangents=cts)
+        # d(sum ys)/dxs = each step's emitted mask * 2, as the forward drew it
+        np.testing.assert_array_equal(input_grads["xs"], ys)

@@ -369,11 +369,9 @@ class ForwardMixin:
             if len(index_names) > 1 or (index_names and e.targets[0].index is None):
                 raise KilnError("K0201", "only the first scan name may bind the step index", e.span)
             if index_names:
-                body_scope.set(
-                    index_names[0],
-                    Tensor(g.add_input(index_names[0], TensorType("i64", ()), e.span), g),
-                )
-            n_fixed = len(g.inputs)
+                frame.step = g.add_input(index_names[0], TensorType("i64", ()), e.span)
+                body_scope.set(index_names[0], Tensor(frame.step, g))
+            frame.fixed = len(g.inputs)  # a training-mode dropout may add the step after
             self.exec_stmts(e.body, body_scope)
             if len(frame.emits) > 1:
                 raise KilnError("K0201", "a scan body may emit only once", frame.emits[1][1])
@@ -412,8 +410,8 @@ class ForwardMixin:
             "reverse": e.reverse,
             "n_carry": len(carries),
             "n_seq": len(seqs),
-            "has_index": bool(index_names),
-            "n_fixed_inputs": n_fixed,
+            "has_index": frame.step is not None,
+            "n_fixed_inputs": frame.fixed,
         }
         types = stacked + [v.type for _, v in carries]
         outs = self.frames.add_node("scan", inputs, attrs, types, e.span)

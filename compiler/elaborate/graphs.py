@@ -23,6 +23,8 @@ class Frame:
     capture_map: dict = field(default_factory=dict)  # outer (node, index) -> body Value
     emits: list | None = None  # scan bodies collect `emit` here
     params: dict[str, Value] = field(default_factory=dict)
+    step: Value | None = None  # a scan body's step index input, once it has one
+    fixed: int = 0  # a scan body's inputs before its captured ones (carries, sequences, step)
 
 
 class GraphFrames:
@@ -54,6 +56,19 @@ class GraphFrames:
     def leave(self) -> Frame:
         """Back to the graph being built before the last `enter`."""
         return self.frames.pop()
+
+    def step_index(self, level: int) -> Tensor:
+        """The step index of the scan body frames[level] (level >= 1), in the graph being
+        built: the body's own, or, where the scan binds none, an input made now after its
+        carries and sequences (the scan gets has_index; its gradient sees the same index)."""
+        frame = self.frames[level]
+        if frame.step is None:
+            graph = frame.graph
+            frame.step = graph.add_input(f"step:{level}", TensorType("i64", ()), None)
+            graph.inputs.remove(frame.step.node)
+            graph.inputs.insert(frame.fixed, frame.step.node)
+            frame.fixed += 1
+        return self.use(Tensor(frame.step, frame.graph))
 
     def use(self, t: Tensor) -> Tensor:
         """`t` as a value of the graph being built, capturing it into scan bodies as needed."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from ..builder import GraphBuilder
 from ..errors import KilnError, Span
 from ..ir import Value
@@ -38,6 +40,21 @@ from .values import ParamInfo, Tensor
 RNG_KEY = "rng_key"  # the model input holding the random key [seed, step]
 RNG_KEY_TYPE = TensorType("i64", (2,))
 UPDATED = "updated:"  # an output holding a buffer's new value is named UPDATED + its path
+
+
+# an odd 64-bit constant (2^64 / golden ratio, as a signed i64): the step's multiple of it moves
+# the seed far from the seeds of the other steps and of nearby user seeds
+STEP_MIX = 0x9E3779B97F4A7C15 - (1 << 64)
+
+
+def step_key(gb: GraphBuilder, key: Value, step: Value) -> Value:
+    """The key [seed + (step + 1) * STEP_MIX, step] (wrapping i64 arithmetic) a scan's step
+    `step` draws from: Philox keyed by another seed, so each step's masks are independent of
+    the others' and of the training step's neighbours, and the same on every call with the
+    same key (the backward pass's recomputed step included)."""
+    one = gb.constant(np.array(1, np.int64))
+    mix = gb.constant(np.array([STEP_MIX, 0], np.int64))
+    return gb.add(key, gb.mul(gb.add(step, one), mix))
 
 
 class TrainingContext:
@@ -69,7 +86,9 @@ class TrainingContext:
 
     def key(self) -> Value:
         """The random key [seed, step] in the graph being built (an input of the model, made
-        on first use; captured into a scan body as any outer value)."""
+        on first use); inside a scan body, that key made distinct for each step of each
+        enclosing scan (`step_key`), so that every step draws its own masks and the
+        backward pass, seeing the same step index, draws them again."""
         root = self.frames.root_graph
         if self.key_input is None:
             for nid in root.inputs:
@@ -79,7 +98,10 @@ class TrainingContext:
                         f"the input {RNG_KEY}, which this model names an input of its own",
                         root.node(nid)["span"], hint=f"rename the input {RNG_KEY}")
             self.key_input = root.add_input(RNG_KEY, RNG_KEY_TYPE, None)
-        return self.frames.use(Tensor(self.key_input, root)).value
+        key = self.frames.use(Tensor(self.key_input, root)).value
+        for level in range(1, len(self.frames.frames)):  # each enclosing scan's step
+            key = step_key(self.gb, key, self.frames.step_index(level).value)
+        return key
 
     def stream(self) -> int:
         """A new stream number: one per random op call of the model."""

@@ -144,12 +144,17 @@ def _vjp(gb, node, cts):
     is [K, 1], as the forward takes them), summed over the batch axes each was broadcast
     along, then in each operand's own shape."""
     (ct,), (a, b) = cts, node.inputs
-    batch, m, _k, n = _matrix_shapes(a.type, b.type)
+    batch, m, k, n = _matrix_shapes(a.type, b.type)
     am = a if a.type.rank > 1 else gb.reshape(a, [1, a.type.shape[0]])
     bm = b if b.type.rank > 1 else gb.reshape(b, [b.type.shape[0], 1])
     ctm = gb.reshape(ct, [*batch, m, n]) if ct.type.rank != len(batch) + 2 else ct
     da = unbroadcast(gb, gb.matmul(ctm, swap_last(gb, bm)), am.type)
-    db = unbroadcast(gb, gb.matmul(swap_last(gb, am), ctm), bm.type)
+    if bm.type.rank == 2 and am.type.rank > 2:  # a linear layer over [..., M, K] rows: one
+        # GEMM over all of them, not a batched product summed over its batch
+        rows = prod(batch) * m
+        db = gb.matmul(swap_last(gb, gb.reshape(am, [rows, k])), gb.reshape(ctm, [rows, n]))
+    else:
+        db = unbroadcast(gb, gb.matmul(swap_last(gb, am), ctm), bm.type)
     return [da if am is a else gb.reshape(da, list(a.type.shape)),
             db if bm is b else gb.reshape(db, list(b.type.shape))]
 
@@ -275,3 +280,60 @@ register(internal(OpRecord(
     "rows (a shift per kernel row, the span its width).",
     macs=_shifted_macs, onnx=_shifted_onnx, llvm=_shifted_llvm,
     props=frozenset({Prop.CANNOT_FAIL}), vjp=_shifted_vjp)))
+
+
+# matmul_at: a^T @ b, a stored as [K, M] -------------------------------------------------------
+def _at_infer(types, _attrs):
+    a, b = types
+    check_dtype(a, ("f32", "f64"), "a")
+    dtype = check_same_dtype([a, b], ["a", "b"])
+    if a.rank != 2 or b.rank != 2:
+        raise OpError(f"a and b must be matrices, not {shape_str(a.shape)} and "
+                      f"{shape_str(b.shape)}", arg="b")
+    if a.shape[0] != b.shape[0]:
+        raise OpError(f"a and b must have as many rows: {shape_str(a.shape)}^T @ "
+                      f"{shape_str(b.shape)}", arg="b")
+    return [TensorType(dtype, (a.shape[1], b.shape[1]))]
+
+
+def _at_reference(env, inputs, _attrs):
+    a, b = inputs
+    return [as_dtype(upcast(a).T @ upcast(b), dtype_name(a))]
+
+
+def _at_macs(input_types, _output_types, _attrs) -> Dim:
+    (k, m), (_k, n) = (t.shape for t in input_types)
+    return k * m * n
+
+
+def _at_onnx(b, n):
+    from ._emit import one
+
+    a, bm = n.inputs
+    b.node("MatMul", [one(b, "Transpose", a, perm=[1, 0]), bm], n.outputs)
+
+
+def _at_llvm(kb, n):
+    """The GEMM reading A transposed in place (gemm.Matrix's transposed A): no copy of a."""
+    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
+
+    if n.in_types[0].dtype != "f32":  # only the native pipeline's f32 rewrite makes it
+        raise OpError("matmul_at runs natively in f32 only", arg="a", code="K0302")
+    (k, m), (_k, cols) = (t.shape for t in n.in_types)
+    dm, dn = kb.dim(m), kb.dim(cols)
+    gemm(kb, dm, dn, kb.dim(k), Matrix(kb.input("a"), dm, transposed=True),
+         Matrix(kb.input("b"), dn), Matrix(kb.output(), dn))
+
+
+def _at_vjp(gb, node, cts):
+    """da = b @ ct^T ([K, M], a's layout), db = a @ ct."""
+    (ct,), (a, b) = cts, node.inputs
+    return [gb.matmul(b, swap_last(gb, ct)), gb.matmul(a, ct)]
+
+
+register(internal(OpRecord(
+    "matmul_at", tensors("a", "b"), _at_infer, _at_reference,
+    "a^T @ b for matrices a [K, M] and b [K, N]: a weight gradient x^T @ dy whose x the GEMM "
+    "reads transposed in place (the native pipeline's rewrite of matmul(permute(x), b)).",
+    macs=_at_macs, onnx=_at_onnx, llvm=_at_llvm, props=frozenset({Prop.CANNOT_FAIL}),
+    vjp=float_only(_at_vjp))))

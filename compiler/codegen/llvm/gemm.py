@@ -30,6 +30,7 @@ from .abi import F32, I64, KERNEL_TYPE, PTR
 from .irgen import Vectors, element, i64, loop, memcpy, smaller
 from .kernel import KernelBuilder
 from .microkernels import STREAM_ROWS, Tiling, micro_kernel, row_kernel, tiling
+from .movement import TILE, transposed
 from .packing import prepack_a, prepack_b  # noqa: F401  (re-exported)
 from .threads import parallel_rows, threads_global
 
@@ -310,16 +311,40 @@ class _Gemm:
     def _pack_a(self, row0, rows, pc, kc) -> None:
         """A[row0 : row0+rows, pc : pc+kc] into the A buffer, one row every KC floats."""
         kb, b, pitch = self.kb, self.kb.b, i64(self.t.kc)
-        if self.a.transposed:  # a column of the stored matrix per p: read along it
-            with kb.for_range(kc) as p, kb.for_range(rows) as i:
-                value = b.load(self.a.at(kb, b.add(row0, i), b.add(pc, p)))
-                b.store(value, self._at(self.a_pack, b.add(b.mul(i, pitch), p)))
+        if self.a.transposed:
+            self._pack_a_transposed(row0, rows, pc, kc)
             return
         with kb.for_range(rows) as i:
             dst = self._at(self.a_pack, b.mul(i, pitch))
             src = self.a.at(kb, b.add(row0, i), pc)
             size = b.mul(kc, i64(4))
             memcpy(b, b.bitcast(dst, PTR), b.bitcast(src, PTR), size)
+
+    def _pack_a_transposed(self, row0, rows, pc, kc) -> None:
+        """_pack_a of a transposed A (A[i, p] stored at p * stride + i): whole 8 x 8 blocks
+        as 8 vectors, read along the stored rows and transposed in registers (a weight
+        gradient dy^T @ x over many rows packs all of dy: 3x faster than element by element),
+        the edges element by element."""
+        kb, b, pitch = self.kb, self.kb.b, i64(self.t.kc)
+        vec = Vectors(b, TILE)
+
+        def rounded(count):  # count rounded down to whole tiles
+            return b.mul(b.sdiv(count, i64(TILE)), i64(TILE))
+
+        def elements(i_stop, p_start, i_start=None):
+            with kb.for_range(i_stop, i_start) as i, kb.for_range(kc, p_start) as p:
+                value = b.load(self.a.at(kb, b.add(row0, i), b.add(pc, p)))
+                b.store(value, self._at(self.a_pack, b.add(b.mul(i, pitch), p)))
+
+        full_i, full_p = rounded(rows), rounded(kc)
+        with kb.for_range(full_i, step=TILE) as i0, kb.for_range(full_p, step=TILE) as p0:
+            stored = [vec.load(self.a.at(kb, b.add(row0, i0), b.add(pc, b.add(p0, i64(r)))))
+                      for r in range(TILE)]
+            for r, row in enumerate(transposed(b, stored)):  # row r: A[i0 + r, p0 : p0 + 8]
+                vec.store(row, self._at(self.a_pack, b.add(b.mul(b.add(i0, i64(r)), pitch),
+                                                           p0)))
+        elements(full_i, full_p)  # the last columns of the whole tiles' rows
+        elements(rows, i64(0), full_i)  # the last rows
 
     def _tiles(self, a_block, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel

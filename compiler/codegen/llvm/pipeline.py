@@ -10,6 +10,7 @@ from ...passes.fold import fold_weight_layout
 from ...passes.manager import Pass
 from ...passes.memory import plan_memory
 from ...passes.pipeline import CLEANUP, REWRITES
+from ...passes.transposed import transposed_operands
 from .fuse import fuse
 from .layout import conv_layout
 
@@ -27,8 +28,11 @@ from .layout import conv_layout
 #    fuse, so that the layout rides into the fused groups with its convolution.
 # 5. fuse after dce: it sees the final dataflow (a value's users decide what joins a group),
 #    and groups hold what the rewrites above produced (a folded BN's bias add, say).
-# 6. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
+# 6. transposed_operands after simplify (whose transposed_product makes dW = dy^T @ x) and
+#    before CLEANUP (dce removes the transposes no longer read).
+# 7. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
 #    stale; verify checks that the plan still matches the graph).
 NATIVE_PIPELINE: list[Pass] = [
-    *REWRITES, fold_batch_norm, fold_weight_layout, *CLEANUP, conv_layout, fuse, plan_memory,
+    *REWRITES, fold_batch_norm, fold_weight_layout, transposed_operands, *CLEANUP, conv_layout,
+    fuse, plan_memory,
 ]
