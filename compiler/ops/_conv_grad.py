@@ -21,7 +21,7 @@ import numpy as np
 
 from ..dims import Dim
 from .slicing import place
-from .views import pads_on, range_on
+from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
 MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
@@ -200,7 +200,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     side by side (`span`); with fewer than MIN_TAP_COLUMNS of those (a stem's 1 or 3
     channels), the kh row shifts are first copied side by side as channels, and one GEMM of
     kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
-    so the flat index runs over whole rows; `rows` has zero rows appended for the furthest
+    so the flat index runs over whole rows; `rows` has zero samples appended for the furthest
     window, which only those zeros read."""
     if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
             or x.type.dtype != "f32" or ct.type.dtype != "f32"):
@@ -222,8 +222,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
     shifts = [i * dilation[0] * wp + j * dilation[1]
               for i in range(kh) for j in range(0, kw, span)]
-    rows = gb.reshape(gb.permute(spatial_pads(gb, x, pads), [0, 2, 3, 1]), [grid, channels])
-    rows = gb.op("pad", rows, pads=pads_on(2, 0, 0, max(shifts) + span - 1))
+    rows = _channels_last_rows(gb, x, pads, max(shifts) + span - 1)
     spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
                                    (Dim.of(0), Dim.of(wp - out_w))])
     flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
@@ -238,6 +237,21 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     # taps[(i, g), o, (s, c)] is dw[o, c, i, g * span + s]
     taps = gb.reshape(taps, [kh, kw // span, outs, span, channels])
     return gb.reshape(gb.permute(taps, [2, 4, 0, 1, 3]), [outs, channels, kh, kw])
+
+
+def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
+    """x [N, C, H, W] spatially padded, channels last, as rows [(n, p, q), C] followed by at
+    least `tail` zero rows (what the furthest shifted window reads past the grid): one
+    permute and one pad, whose zero rows past the grid are whole samples appended
+    (shifted_matmul leaves the rows past its furthest window unread), not a second pad."""
+    n, channels, h, w = x.type.shape
+    (top, bottom), (left, right) = pads
+    hp, wp = Dim.of(h) + top + bottom, Dim.of(w) + left + right
+    zero = Dim.of(0)
+    extra = Dim.of(-(-tail // (hp * wp).value))
+    padded = gb.op("pad", gb.permute(x, [0, 2, 3, 1]),
+                   pads=[zero, zero, left, right, top, bottom, zero, extra])
+    return gb.reshape(padded, [(Dim.of(n) + extra) * hp * wp, channels])
 
 
 def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
