@@ -613,6 +613,16 @@ case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")
 case("shifted_matmul", rand(2, 4, seed=5), rand(8, 3, seed=6), shifts=[2, 0], span=3,
      id="shifted_matmul-span")
+# rows past the furthest window (conv's weight gradient appends whole zero samples): unread
+case("shifted_matmul", rand(3, 5, seed=7), rand(13, 2, seed=8), shifts=[0, 4, 1],
+     id="shifted_matmul-spare-rows")
+case("shifted_matmul", rand(2, 4, seed=9), rand(11, 3, seed=10), shifts=[2, 0], span=3,
+     id="shifted_matmul-span-spare-rows")
+# batch_norm's training-mode gradient statistics, at sizes no multiple of the vector width
+case("batch_norm_stats", rand(3, 5, 7, 9, seed=11), rand(3, 5, 7, 9, seed=12),
+     id="batch_norm_stats")
+case("batch_norm_stats", rand(2, 3, 17, seed=13), rand(2, 3, 17, seed=14),
+     id="batch_norm_stats-1d")
 
 
 # symbolic sizes: one compiled model or exported file, run at each of BINDINGS -----------------

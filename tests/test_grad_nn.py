@@ -94,6 +94,50 @@ def test_conv_pointwise_strided_input_grad(shape, stride):
                      TensorType("f64", (5,))], dims={"B": shape[0]})
 
 
+PHASE_CASES = [  # (x shape, kernel, stride, padding, phases or None: a transposed conv)
+    ((2, 3, 8, 6), 3, 2, 1, True),         # ResNet's downsampling 3x3
+    ((1, 2, 8, 9), 3, (2, 3), (1, 0), True),
+    ((2, 2, 6, 6), 5, 2, 2, True),         # phases of 3 and 2 taps
+    ((1, 2, 8, 8), 4, 2, 1, True),         # an even kernel: cotangent shifted both ways
+    ((1, 3, 9, 6), 3, 3, 0, True),         # one tap per phase
+    ((2, 3, 7, 6), 3, 2, 1, False),        # 7 rows: no whole phases
+    ((1, 2, 9, 9), 2, 3, 0, False),        # k < s: a phase no tap reaches
+]
+
+
+@pytest.mark.parametrize("shape, k, stride, padding, phases", PHASE_CASES)
+def test_conv_strided_input_grad_by_phases(shape, k, stride, padding, phases):
+    """A strided convolution's dx as stride-1 convolutions, one per output phase, interleaved
+    (no transposed convolution) where the sizes are multiples of the strides: against finite
+    differences with a symbolic batch, and natively against PyTorch."""
+    x, w = normal(*shape, seed=1), normal(4, shape[1], k, k, seed=2)
+    attrs = dict(stride=stride, padding=padding)
+    graph, *_ = rules_graph([("conv", (x.astype(np.float32), w.astype(np.float32), None),
+                              attrs)])
+    assert ("conv_transpose" not in {graph.op(n) for n in graph.order()}) == phases
+    check_vjp("conv", x, w, None, types=[TensorType("f64", ("B", *shape[1:])),
+                                          TensorType("f64", w.shape), None],
+              dims={"B": shape[0]}, **attrs)
+    torch = pytest.importorskip("torch")
+    s = [stride] * 2 if isinstance(stride, int) else list(stride)
+    p = [padding] * 2 if isinstance(padding, int) else list(padding)
+    source = f"""
+model M {{
+  forward(x: f32[B, {shape[1]}, {shape[2]}, {shape[3]}], w: f32[4, {shape[1]}, {k}, {k}]) {{
+    return conv(x, w, stride = {s}, padding = {p})
+  }}
+}}"""
+    model = kiln.compile(source, target="native")
+    xs, ws = x.astype(np.float32), w.astype(np.float32)
+    out = model(xs, ws)
+    ct = normal(*out.shape, seed=4).astype(np.float32)
+    _, _, grads = model.vjp(xs, ws, cotangents=[ct])
+    xt = torch.from_numpy(xs).requires_grad_(True)
+    y = torch.nn.functional.conv2d(xt, torch.from_numpy(ws), stride=s, padding=p)
+    (y * torch.from_numpy(ct)).sum().backward()
+    np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def _conv_weight_grad_f64(x, ct, k, padding, dilation):
     """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p + i*dh, q + j*dw]
     (stride 1), in float64."""

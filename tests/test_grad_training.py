@@ -112,3 +112,42 @@ def test_a_batch_norm_net_gradients_match_torch(target, training):
     if training:
         index = model.updates["bn.running_var"]
         np.testing.assert_allclose(outs[index], twin.bn.running_var.numpy(), rtol=1e-5)
+
+
+ODD_BN = """
+import std.nn
+model Bn {
+  bn = nn.BatchNorm2d(5)
+  forward(x: f32[B, 5, 7, 9]) { return x * 2.0 + 1.0 |> bn |> relu }
+}
+"""
+
+
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_training_batch_norm_gradients_at_odd_sizes_match_torch(target, affine):
+    """Training mode's rule (batch_norm_stats' per-channel sums, then one elementwise pass)
+    at sizes that are no multiple of the vector width, against PyTorch autograd: the input's
+    gradient, and the weight's and bias's with an affine BatchNorm."""
+    rng = np.random.default_rng(5)
+    src = ODD_BN if affine else ODD_BN.replace("BatchNorm2d(5)", "BatchNorm2d(5, affine = false)")
+    model = kiln.compile(src, target=target, training=True)
+    twin = torch.nn.BatchNorm2d(5, affine=affine).train()
+    if affine:
+        with torch.no_grad():
+            twin.weight.copy_(torch.from_numpy(rng.standard_normal(5).astype("f4")))
+            twin.bias.copy_(torch.from_numpy(rng.standard_normal(5).astype("f4")))
+        model.load_weights({f"bn.{k}": v.detach().numpy()
+                            for k, v in twin.state_dict().items()})
+    x = (3.0 * rng.standard_normal((3, 5, 7, 9)) + 0.5).astype(np.float32)
+    dy = rng.standard_normal((3, 5, 7, 9)).astype(np.float32)
+    outs, grads, input_grads = model.vjp(x, cotangents=[dy] + [None] * len(model.updates))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = torch.relu(twin(xt * 2.0 + 1.0))
+    (y * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(outs[0], y.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(input_grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    for path, p in twin.named_parameters():
+        np.testing.assert_allclose(grads[f"bn.{path}"], p.grad.numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=path)
+    assert affine == bool(grads)

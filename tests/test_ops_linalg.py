@@ -111,6 +111,12 @@ def test_shifted_matmul_shapes_and_errors():
                   span=3) == T([3, 16, 24])
     raises("K0301", "shifted_matmul", T([4, 5]), T([7, 2]), shifts=[3], arg="b",
            match="b must have 8 rows")
+    # spare rows past the furthest window: a constant number of them
+    assert infer1("shifted_matmul", T([4, 5]), T([11, 2]), shifts=[3]) == T([1, 4, 2])
+    assert infer1("shifted_matmul", T([16, "B"]), T([B + 45, 8]), shifts=[0, 20, 38],
+                  span=3) == T([3, 16, 24])
+    raises("K0301", "shifted_matmul", T([16, "B"]), T([B * 2 + 40, 8]), shifts=[0],
+           arg="b")
     raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[], arg="shifts")
     raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[0], span=0, arg="span")
     raises("K0302", "shifted_matmul", T([4, 5], "f16"), T([5, 2], "f16"), shifts=[0])

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..dims import Dim
 from .slicing import place
-from .views import pads_on, range_on
+from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
 MIN_TAP_COLUMNS = 16  # a shifted GEMM narrower than this runs far from peak
@@ -59,7 +59,8 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
     convolution of ct with w's channels swapped and its kernel flipped, padded by
     d * (k - 1) - lo: the forward convolution's kernel, much faster than the transposed one's
     scatter of columns."""
-    for fast in (_flipped_conv_input_grad, _pointwise_strided_input_grad):
+    for fast in (_flipped_conv_input_grad, _pointwise_strided_input_grad,
+                 _phase_input_grad):
         grad = fast(gb, ct, w, sizes, stride, dilation, pads, groups)
         if grad is not None:
             return grad
@@ -118,6 +119,59 @@ def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ..
     for axis, size, s in zip(spatial, sizes, stride, strict=True):  # a strided slice's adjoint
         mixed = place(gb, mixed, axis, Dim.of(size), zero, mixed.type.shape[axis], s)
     return mixed
+
+
+def _phase_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
+                      stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                      groups: int) -> Any | None:
+    """conv_input_grad of an ungrouped, undilated, strided 2-D convolution with constant
+    sizes, each spatial size a multiple of its stride (a ResNet's downsampling 3x3), or None
+    for another: one stride-1 convolution per output phase, interleaved. Along an axis of
+    stride s, kernel k and leading padding lo, input pixel i = s * m + r (phase r) is reached
+    by taps t = t0 + s * q (t0 = (r + lo) mod s, q < Q) from output pixels m + c - q,
+    c = (r + lo - t0) / s: a correlation of the cotangent, shifted by c - (Q - 1) (a pad or
+    crop), with the taps t0, t0 + s, ... reversed. The forward's kernel runs each phase at a
+    stride-1 convolution's speed (the transposed convolution's scatter ran at half of it);
+    one concat and one permute interleave the phases. A phase no tap reaches (k < s) is
+    left to the transposed convolution."""
+    if (groups != 1 or w.type.rank != 4 or all(s == 1 for s in stride)
+            or any(d != 1 for d in dilation)):
+        return None
+    dims = [*sizes, *ct.type.shape[2:], *w.type.shape[2:], *(lo for lo, _hi in pads)]
+    if not all(Dim.of(d).is_const for d in dims):
+        return None
+    size, out, kernel, lead = ([Dim.of(d).value for d in dims[i:i + 2]] for i in (0, 2, 4, 6))
+    if any(n % s for n, s in zip(size, stride, strict=True)):
+        return None
+    plans = []  # per axis, per phase: (first tap, taps, shift of the cotangent)
+    for k, s, lo in zip(kernel, stride, lead, strict=True):
+        plan = []
+        for r in range(s):
+            t0 = (r + lo) % s
+            taps = len(range(t0, k, s))
+            if taps == 0:
+                return None
+            plan.append((t0, taps, (r + lo - t0) // s - (taps - 1)))
+        plans.append(plan)
+    rows, cols = (n // s for n, s in zip(size, stride, strict=True))
+    turned = gb.permute(w, [1, 0, 2, 3])  # [C, O, kh, kw]: the cotangent's channels in
+    whole = [("range", None, None, 1)] * 2
+    phases = []
+    for t0h, kh, ah in plans[0]:
+        for t0w, kw, aw in plans[1]:
+            taps = gb.op("slice", turned, items=whole + [
+                ("range", t0h, t0h + stride[0] * (kh - 1) + 1, stride[0]),
+                ("range", t0w, t0w + stride[1] * (kw - 1) + 1, stride[1])])
+            taps = gb.op("flip", taps, axis=[2, 3])
+            source = spatial_pads(gb, ct, [(Dim.of(-ah), Dim.of(rows + ah + kh - 1 - out[0])),
+                                           (Dim.of(-aw), Dim.of(cols + aw + kw - 1 - out[1]))])
+            phases.append(gb.op("conv", source, taps, None, stride=[1, 1], padding=[0, 0]))
+    n, channels = ct.type.shape[0], w.type.shape[1]
+    stacked = gb.op("concat", [gb.reshape(p, [1, n, channels, rows, cols]) for p in phases],
+                    axis=0)  # [(rh, rw), N, C, rows, cols]
+    stacked = gb.reshape(stacked, [stride[0], stride[1], n, channels, rows, cols])
+    grid = gb.permute(stacked, [2, 3, 4, 0, 5, 1])  # [N, C, rows, rh, cols, rw]
+    return gb.reshape(grid, [n, channels, *sizes])
 
 
 def conv_transpose_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -200,7 +254,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     side by side (`span`); with fewer than MIN_TAP_COLUMNS of those (a stem's 1 or 3
     channels), the kh row shifts are first copied side by side as channels, and one GEMM of
     kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
-    so the flat index runs over whole rows; `rows` has zero rows appended for the furthest
+    so the flat index runs over whole rows; `rows` has zero samples appended for the furthest
     window, which only those zeros read."""
     if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
             or x.type.dtype != "f32" or ct.type.dtype != "f32"):
@@ -222,8 +276,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
     shifts = [i * dilation[0] * wp + j * dilation[1]
               for i in range(kh) for j in range(0, kw, span)]
-    rows = gb.reshape(gb.permute(spatial_pads(gb, x, pads), [0, 2, 3, 1]), [grid, channels])
-    rows = gb.op("pad", rows, pads=pads_on(2, 0, 0, max(shifts) + span - 1))
+    rows = _channels_last_rows(gb, x, pads, max(shifts) + span - 1)
     spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
                                    (Dim.of(0), Dim.of(wp - out_w))])
     flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
@@ -238,6 +291,21 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     # taps[(i, g), o, (s, c)] is dw[o, c, i, g * span + s]
     taps = gb.reshape(taps, [kh, kw // span, outs, span, channels])
     return gb.reshape(gb.permute(taps, [2, 4, 0, 1, 3]), [outs, channels, kh, kw])
+
+
+def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
+    """x [N, C, H, W] spatially padded, channels last, as rows [(n, p, q), C] followed by at
+    least `tail` zero rows (what the furthest shifted window reads past the grid): one
+    permute and one pad, whose zero rows past the grid are whole samples appended
+    (shifted_matmul leaves the rows past its furthest window unread), not a second pad."""
+    n, channels, h, w = x.type.shape
+    (top, bottom), (left, right) = pads
+    hp, wp = Dim.of(h) + top + bottom, Dim.of(w) + left + right
+    zero = Dim.of(0)
+    extra = Dim.of(-(-tail // (hp * wp).value))
+    padded = gb.op("pad", gb.permute(x, [0, 2, 3, 1]),
+                   pads=[zero, zero, left, right, top, bottom, zero, extra])
+    return gb.reshape(padded, [(Dim.of(n) + extra) * hp * wp, channels])
 
 
 def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],

@@ -191,7 +191,10 @@ def _shifted_infer(types, attrs):
     m, k = a.shape
     rows, cols = b.shape
     need = k + max(shifts) + span - 1
-    if rows != need:
+    # more rows than the furthest window reads (a padded layout's whole zero samples): a
+    # constant number more, so that the ONNX emitter can count the windows' ends from b's end
+    spare = rows - need
+    if not (spare.is_const and spare.value >= 0):
         raise OpError(f"b must have {need} rows (a's {k} columns, the largest shift, "
                       f"{max(shifts)}, and span - 1, {span - 1}), not {rows}", arg="b")
     return [TensorType(dtype, (Dim.of(len(shifts)), m, cols * span))]
@@ -219,11 +222,14 @@ def _shifted_onnx(b, n):
     a, bm = n.inputs
     shifts, span = _shifts(n.attrs)
     last = max(shifts) + span - 1  # the largest first row of a window
+    (_m, k), (rows, _cols) = (t.shape for t in n.in_types)
+    spare = (rows - k).value - last  # rows past the furthest window (a constant: infer)
     products = []
     for s in shifts:
         windows = []
         for j in range(span):
-            end = s + j - last if s + j < last else np.iinfo(np.int64).max
+            end = s + j - last - spare
+            end = end if end < 0 else np.iinfo(np.int64).max
             windows.append(one(b, "Slice", bm, b.ints([s + j]), b.ints([end]), b.ints([0])))
         window = windows[0] if span == 1 else one(b, "Concat", *windows, axis=1)
         products.append(one(b, "Unsqueeze", one(b, "MatMul", a, window), b.ints([0])))
@@ -277,7 +283,8 @@ register(internal(OpRecord(
     _shifted_reference,
     "out[t] = a @ [b[s_t : s_t + K] | b[s_t + 1 : s_t + 1 + K] | ... span windows side by "
     "side], s_t = shifts[t], for a [M, K]: a convolution's weight gradient over channels-last "
-    "rows (a shift per kernel row, the span its width).",
+    "rows (a shift per kernel row, the span its width); b may have a constant number of rows "
+    "past the furthest window, which are not read.",
     macs=_shifted_macs, onnx=_shifted_onnx, llvm=_shifted_llvm,
     props=frozenset({Prop.CANNOT_FAIL}), vjp=_shifted_vjp)))
 

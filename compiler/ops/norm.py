@@ -23,6 +23,7 @@ from ._common import (
     check_affine,
     check_channels_first,
     check_dtype,
+    check_same_dtype,
     divides,
     flag,
     nn_native,
@@ -35,8 +36,8 @@ from ._common import (
     upcast,
 )
 from ._emit import chain, full_of, one, trimmed, widened
-from ._grad import like_scalar, unbroadcast
-from .registry import OpError, OpRecord, register
+from ._grad import like_scalar, size_value, unbroadcast
+from .registry import OpError, OpRecord, internal, register
 
 
 # normalization ----------------------------------------------------------------------------
@@ -368,49 +369,116 @@ def _batch_norm_training(ctx, operands: list, a: dict) -> list:
 def _batch_norm_vjp(gb, node, cts):
     """PyTorch's fused form. x̂ = (x - mean) * rstd, g = dy * weight; training mode (the
     batch's statistics, which depend on x): dx = (g - mean(g) - x̂ * mean(g * x̂)) * rstd, the
-    means over the batch axes, and the running statistics take no gradient; eval mode:
-    dx = g * rstd, and the running statistics are inputs like any other. Both modes:
-    dweight = sum(dy * x̂), dbias = sum(dy)."""
+    means over the batch axes, and the running statistics take no gradient
+    (`_batch_norm_training_vjp`); eval mode: dx = g * rstd, and the running statistics are
+    inputs like any other. Both modes: dweight = sum(dy * x̂), dbias = sum(dy)."""
     x, running_mean, running_var, weight, bias = node.inputs
     (dy,) = cts
     if dy is None:
         return [None] * 5
+    if node.attrs["training"]:
+        return _batch_norm_training_vjp(gb, node, dy)
     t = x.type
-    channels = [t.shape[1]]
     axes = list(_batch_axes(t.rank))
 
-    def per_channel(v):  # [C] -> [1, C, 1, ...], broadcasting against x
-        return gb.reshape(v, [1, t.shape[1]] + [1] * (t.rank - 2))
-
     def channel_sum(v):  # over the batch axes -> [C]
-        return gb.reshape(gb.op("sum", v, axis=axes), channels)
+        return gb.reshape(gb.op("sum", v, axis=axes), [t.shape[1]])
 
-    def batch_mean(v):
-        return gb.op("mean", v, axis=axes, keepdims=True)
-
-    training = node.attrs["training"]
-    if training:
-        centered = gb.sub(x, batch_mean(x))
-        var = batch_mean(gb.mul(centered, centered))
-    else:
-        centered, var = gb.sub(x, per_channel(running_mean)), per_channel(running_var)
+    centered = gb.sub(x, _broadcast_channels(gb, running_mean, t))
     eps = gb.constant(np.asarray(_eps(node), NUMPY_DTYPES[t.dtype]))
-    rstd = gb.op("rsqrt", gb.add(var, eps))
+    rstd = gb.op("rsqrt", gb.add(_broadcast_channels(gb, running_var, t), eps))
     normalized = gb.mul(centered, rstd)
-    g = dy if weight is None else gb.mul(dy, per_channel(weight))
-    d_mean = d_var = None
-    if training:
-        dx = gb.mul(gb.sub(gb.sub(g, batch_mean(g)),
-                           gb.mul(normalized, batch_mean(gb.mul(g, normalized)))), rstd)
-    else:
-        dx = gb.mul(g, rstd)
-        d_mean = gb.neg(channel_sum(dx))
-        # d/dvar of (x - mean) * (var + eps)^-1/2 = -(x - mean) * rstd^3 / 2
-        half = gb.constant(np.asarray(-0.5, NUMPY_DTYPES[t.dtype]))
-        d_var = channel_sum(gb.mul(gb.mul(dx, normalized), gb.mul(rstd, half)))
+    g = dy if weight is None else gb.mul(dy, _broadcast_channels(gb, weight, t))
+    dx = gb.mul(g, rstd)
+    d_mean = gb.neg(channel_sum(dx))
+    # d/dvar of (x - mean) * (var + eps)^-1/2 = -(x - mean) * rstd^3 / 2
+    half = gb.constant(np.asarray(-0.5, NUMPY_DTYPES[t.dtype]))
+    d_var = channel_sum(gb.mul(gb.mul(dx, normalized), gb.mul(rstd, half)))
     d_weight = None if weight is None else channel_sum(gb.mul(dy, normalized))
     d_bias = None if bias is None else channel_sum(dy)
     return [dx, d_mean, d_var, d_weight, d_bias]
+
+
+def _broadcast_channels(gb, v, t: TensorType):
+    """A per-channel value ([C], or [1, C] rows) as [1, C, 1, ...], broadcasting against x."""
+    return gb.reshape(v, [1, t.shape[1]] + [1] * (t.rank - 2))
+
+
+def _batch_norm_training_vjp(gb, node, dy) -> list:
+    """Training mode's rule over the batch's statistics. The per-channel sums come from one
+    `batch_norm_stats` node (one kernel reading x and dy twice per channel, the second time
+    from cache), not from reductions over materialised products; then, with n the values per
+    channel, S0 = sum(dy) and S1 = sum(dy * x̂),
+    dx = weight * rstd * (dy - S0 / n - (x - mean) * rstd * S1 / n): one elementwise pass (the
+    fusion pass makes it one kernel). dweight = S1, dbias = S0."""
+    from .views import range_on  # views imports this module's neighbours: not at the top
+
+    x, _running_mean, _running_var, weight, bias = node.inputs
+    t = x.type
+    dtype = t.dtype
+    stats = gb.op("batch_norm_stats", x, dy)
+
+    def row(k):  # statistic k of every channel, [1, C]
+        return gb.op("slice", stats, items=range_on(0, k, k + 1))
+
+    mean, var, dy_sum, dy_centered = (_broadcast_channels(gb, row(k), t) for k in range(4))
+    eps = gb.constant(np.asarray(_eps(node), NUMPY_DTYPES[dtype]))
+    rstd = gb.op("rsqrt", gb.add(var, eps))
+    dy_xhat = gb.mul(dy_centered, rstd)  # S1
+    count = size_value(gb, prod(t.shape[k] for k in _batch_axes(t.rank)), dtype)
+    scale = rstd if weight is None else gb.mul(_broadcast_channels(gb, weight, t), rstd)
+    dx = gb.mul(gb.sub(gb.sub(dy, gb.div(dy_sum, count)),
+                       gb.mul(gb.sub(x, mean), gb.div(gb.mul(rstd, dy_xhat), count))), scale)
+    channels = [t.shape[1]]
+    d_weight = None if weight is None else gb.reshape(dy_xhat, channels)
+    d_bias = None if bias is None else gb.reshape(dy_sum, channels)
+    return [dx, None, None, d_weight, d_bias]
+
+
+# batch_norm_stats: training mode's per-channel statistics for its gradient ------------------
+def _batch_norm_stats_infer(types, a):
+    x, dy = types
+    check_channels_first(x, 2)
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, dy], ["x", "dy"])
+    if dy.shape != x.shape:
+        raise OpError(f"dy {shape_str(dy.shape)} is not x's shape {shape_str(x.shape)}",
+                      arg="dy")
+    return [TensorType(x.dtype, (Dim.of(4), x.shape[1]))]
+
+
+def _batch_norm_stats_reference(env, inputs, a):
+    x, dy = inputs
+    axes = _batch_axes(x.ndim)
+    xs, g = upcast(x), upcast(dy)
+    mean = np.mean(xs, axis=axes)
+    centered = xs - mean.reshape(channel_shape(x))
+    rows = [mean, np.mean(centered * centered, axis=axes), np.sum(g, axis=axes),
+            np.sum(g * centered, axis=axes)]
+    return [np.stack(rows).astype(x.dtype)]
+
+
+def _batch_norm_stats_onnx(b, n):
+    """The four statistics by ReduceMean/ReduceSum over the batch axes, as rows of one tensor."""
+    x, dy = n.inputs
+    axes = b.ints(list(_batch_axes(n.in_types[0].rank)))
+    mean = one(b, "ReduceMean", x, axes, keepdims=1)
+    centered = one(b, "Sub", x, mean)
+    rows = [mean, one(b, "ReduceMean", one(b, "Mul", centered, centered), axes, keepdims=1),
+            one(b, "ReduceSum", dy, axes, keepdims=1),
+            one(b, "ReduceSum", one(b, "Mul", dy, centered), axes, keepdims=1)]
+    flat = b.ints([1, -1])
+    b.node("Concat", [one(b, "Reshape", r, flat) for r in rows], n.outputs, axis=0)
+
+
+register(internal(OpRecord(
+    "batch_norm_stats",
+    tensors("x", "dy"),
+    _batch_norm_stats_infer, _batch_norm_stats_reference,
+    "batch_norm's training-mode gradient statistics per channel c, over the batch axes: rows "
+    "mean(x), mean((x - mean)^2), sum(dy), sum(dy * (x - mean)).",
+    onnx=widened(_batch_norm_stats_onnx),
+    llvm=lambda kb, n: nn_native("norm").batch_norm_stats(kb, n))))
 
 
 register(OpRecord(

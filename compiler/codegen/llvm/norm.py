@@ -182,3 +182,52 @@ def _channel_mean(kb, x, batch: ir.Value, spatial: ir.Value, start, dtype: str,
 
     total = kb.accumulate(ZERO, batch, ir.Constant(ir.DoubleType(), 0.0), sample)
     return kb.convert(b.fdiv(total, b.sitofp(b.mul(batch, spatial), ir.DoubleType())), dtype)
+
+
+def batch_norm_stats(kb, n) -> None:
+    """Rows mean(x), mean((x - mean)^2), sum(dy), sum(dy * (x - mean)) of each channel c over
+    the batch and spatial axes (ops/norm.py's batch_norm_stats): per channel, one pass
+    summing x and dy, then one summing the centered terms (sums in f64, reassociated as the
+    reductions' are, so vectorised; the mean rounded to the compute type first, as the
+    forward kernel's). A channel's values are read twice in a row, the second time from
+    cache."""
+    x_t = n.in_types[0]
+    dtype = x_t.dtype
+    b = kb.b
+    x, dy, out = kb.input("x"), kb.input("dy"), kb.output()
+    batch, channels = kb.dim(x_t.shape[0]), kb.dim(x_t.shape[1])
+    spatial = kb.numel(x_t.shape[2:])
+    f64 = ir.DoubleType()
+    zero = ir.Constant(f64, 0.0)
+    count = b.sitofp(b.mul(batch, spatial), f64)
+
+    with kb.for_range(channels) as c:
+        def fold(step):  # step(accs, x value, dy value) over channel c's values, in f64
+            def sample(accs, s):
+                base = b.mul(b.add(b.mul(s, channels), c), spatial)
+
+                def each(inner, i):
+                    at = b.add(base, i)
+                    return step(inner, kb.load(x, at, dtype), kb.load(dy, at, dtype))
+
+                return kb.accumulate(ZERO, spatial, accs, each)
+
+            return kb.accumulate(ZERO, batch, (zero, zero), sample)
+
+        def wide(v):
+            return kb.convert(v, "f64")
+
+        x_sum, dy_sum = fold(lambda accs, v, g: (kb.fadd(accs[0], wide(v)),
+                                                 kb.fadd(accs[1], wide(g))))
+        mean = kb.convert(b.fdiv(x_sum, count), dtype)
+
+        def centered_terms(accs, v, g):
+            centered = kb.fsub(v, mean)
+            return (kb.fadd(accs[0], wide(kb.fmul(centered, centered))),
+                    kb.fadd(accs[1], wide(kb.fmul(g, centered))))
+
+        squares, products = fold(centered_terms)
+        rows = (mean, kb.convert(b.fdiv(squares, count), dtype), kb.convert(dy_sum, dtype),
+                kb.convert(products, dtype))
+        for k, value in enumerate(rows):
+            kb.store(out, b.add(b.mul(ir.Constant(c.type, k), channels), c), value, dtype)
