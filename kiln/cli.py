@@ -176,7 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", required=True,
                    help="the kiln file to write (model.kiln; model.safetensors beside it)")
     i.set_defaults(handler=cmd_import)
+    cache_options(sub)
     return p
+
+
+def cache_options(sub) -> None:
+    """`kiln cache info` and `kiln cache clear`: the compile cache's entries and bound."""
+    c = sub.add_parser("cache", help="show or empty the compile cache ($KILN_CACHE_DIR)",
+                       description="show (info) or empty (clear) the compile cache: its "
+                       "directory, entries, size and size bound ($KILN_CACHE_SIZE)")
+    c.add_argument("action", choices=["info", "clear"], help="info or clear")
+    c.set_defaults(handler=cmd_cache)
+
+
+def cmd_cache(opts) -> int:
+    """`kiln cache info`: where the cache is, its entries and bytes against the bound;
+    `kiln cache clear`: remove every entry (a process loading one misses and rebuilds it)."""
+    from kiln.compiler.codegen.llvm import cache, evict
+    from kiln.compiler.files import format_bytes
+
+    bound = evict.limit()  # K0975 for a $KILN_CACHE_SIZE that is no size, before any change
+    if opts.action == "clear":
+        print(f"removed {format_bytes(evict.clear())} from {cache.cache_dir()}")
+        return 0
+    found = evict.entries()
+    total = sum(e.size for e in found)
+    models = sum(1 for e in found if e.kind == "model")
+    print(f"directory: {cache.cache_dir()}" + ("" if cache.enabled() else " (KILN_CACHE=0: off)"))
+    print(f"entries:   {models} models, {len(found) - models} object files")
+    print(f"size:      {format_bytes(total)} of at most {format_bytes(bound)} "
+          f"(KILN_CACHE_SIZE)")
+    return 0
 
 
 def cmd_import(opts) -> int:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..compiler.codegen.llvm import cache
+from ..compiler.codegen.llvm import cache, evict
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.calling import ModuleLayout
 from ..compiler.dims import parse_size
@@ -116,9 +116,10 @@ class Request:
         """The request for these `kiln.compile` arguments, or None when a model entry cannot
         serve them (source text, an ONNX file, arguments the key cannot spell, a cache turned
         off, a CPU it cannot fingerprint): those compile the long way, which also reports
-        any mistake in them."""
+        any mistake in them). K0975 when $KILN_CACHE_SIZE is set to no size."""
         if not enabled() or not (model is None or isinstance(model, str)):
             return None
+        evict.limit()  # K0975 for a $KILN_CACHE_SIZE that is no size, before any work
         if opt_level not in (0, 1) or not isinstance(training, bool) or isinstance(opt_level,
                                                                                    bool):
             return None
@@ -337,12 +338,16 @@ def store(request: Request, model: NativeModel, program: Program, seed: int,
     """Write the model entry of `request` for `model` (just compiled from `program`), when it
     can serve later compiles exactly: no optional inputs, code that takes any weights as data
     (no constants folded from weights), initializers that read back exactly, the model file
-    unchanged since the request read it, and a C compiler to link with. A cache that cannot
-    be written is simply not used."""
+    unchanged since the request read it, and a C compiler to link with. Then least recently
+    used entries are evicted to keep the cache within its bound (evict.py; K0975, before
+    anything is written, when $KILN_CACHE_SIZE is no size). A cache that cannot be written
+    is simply not used."""
+    keep = evict.limit()
     try:
         _store(request, model, program, seed, all_drawn)
     except (KilnError, OSError, ValueError, TypeError, KeyError, subprocess.SubprocessError):
-        pass
+        return
+    evict.bound(keep)
 
 
 def _store(request: Request, model: NativeModel, program: Program, seed: int,
@@ -475,6 +480,7 @@ def load(request: Request, seed: Any, weights: Any, strict: bool, threads: Any
         _remove(request)  # never enter code with arrays it was not built for
         return None
     model.attach(request, sources, updates, check)
+    evict.touch(request.files()[0])  # used: the last to be evicted
     return model
 
 

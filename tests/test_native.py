@@ -695,3 +695,42 @@ def test_a_model_alive_at_interpreter_exit_goes_quietly(tmp_path):
         env={**os.environ, "KILN_PROGRESS": "0"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
+
+
+def _lookups(n: int) -> str:
+    """A model of `n` lookups of the same shape, each in its own line."""
+    uses = "\n".join(f"    y{i} = lookup{i}(w{i})" for i in range(n))
+    return ("import std.nn\nmodel M {\n"
+            + "".join(f"  lookup{i} = nn.Embedding(10, 4)\n" for i in range(n))
+            + "  forward(" + ", ".join(f"w{i}: i64[B]" for i in range(n)) + ") {\n" + uses
+            + "\n    return " + " + ".join(f"y{i}" for i in range(n)) + "\n  }\n}\n")
+
+
+def test_nodes_of_the_same_kernel_share_one_function_and_name_their_own_failure():
+    """Same-shaped lookups call one kernel function (share.py), yet an index out of range
+    names the line of the lookup that met it, also after another lookup's failure."""
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.codegen.llvm.module import build_module
+    from kiln.compiler.driver import Weights
+
+    m = kiln.compile(_lookups(3), target="native")
+    lowered = m.compilation.lowered(Weights.of(m.params))
+    module, _ = build_module(lowered, llvm.get_process_triple(), "",
+                             vector_width=targets.host().vector_width)
+    gathers = [f.name for f in module.functions if "gather" in f.name and not f.is_declaration]
+    assert len(gathers) == 1, gathers
+    ok = np.array([1, 2])
+    for bad, line in ((0, 7), (1, 8), (2, 9)):
+        words = [ok, ok, ok]
+        words[bad] = np.array([0, 12])
+        with pytest.raises(KilnError) as info:
+            m(*words)
+        assert info.value.code == "K0505" and f"used at <source>:{line}:" in str(info.value), \
+            str(info.value)
+    with pytest.raises(KilnError) as info:  # two fail: the first one's line
+        m(ok, np.array([11, 0]), np.array([0, 13]))
+    assert "used at <source>:8:" in str(info.value), str(info.value)
+    np.testing.assert_array_equal(m(ok, ok, ok), kiln.compile(_lookups(3), target="reference")(
+        ok, ok, ok))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...errors import KilnError
 from ...files import memory_bytes, read_bounded, write_atomically
+from . import evict
 
 # KILNOBJ2: the checksum covers the entry's name too (KILNOBJ1 entries are rebuilt)
 MAGIC = b"KILNOBJ2"
@@ -55,21 +56,26 @@ def load(name: str) -> bytes | None:
         except OSError:
             pass
         return None
+    evict.touch(path)  # used: the last to be evicted
     return payload
 
 
 def store(name: str, payload: bytes) -> None:
-    """Write an entry atomically; a cache that cannot be written is simply not used (and a
-    failed write, a full disk say, leaves nothing behind)."""
+    """Write an entry atomically, then evict what the cache's size bound leaves no room for
+    (evict.py; K0975 before anything is written when $KILN_CACHE_SIZE is no size); a cache
+    that cannot be written is simply not used (and a failed write, a full disk say, leaves
+    nothing behind)."""
     if not enabled():
         return
+    keep = evict.limit()
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_atomically(directory / f"{name}.o",
                          MAGIC + _checksum(name, payload) + payload, _unusable)
     except (KilnError, OSError):
-        pass
+        return
+    evict.bound(keep)
 
 
 def _checksum(name: str, payload: bytes) -> bytes:

@@ -32,7 +32,7 @@ from ...ir import Graph
 from ...types import TensorType
 from ...version import __version__
 from . import cache
-from .module import ModuleLayout
+from .calling import ModuleLayout
 
 FORMAT = "kiln-graph-object-1"
 
@@ -178,4 +178,11 @@ def load(name: str, model) -> tuple[bytes, ModuleLayout] | None:
     return payload[8 + size:], layout
 
 
-__all__ = ["key", "load", "store", "walk"]
+def frozen(value: Any) -> Any:
+    """A JSON-able spelling of an op's attribute value (a dict of them, a body graph) that
+    differs wherever the value does, but for a constant's values in a body (see `key`);
+    Uncacheable when it holds a value of a kind it cannot spell."""
+    return _frozen(value)
+
+
+__all__ = ["frozen", "key", "load", "store", "walk", "Uncacheable"]

@@ -32,7 +32,7 @@ from ...ops import REGISTRY, Prop
 from ...ops.signature import tensor_slot_names
 from ...passes.memory import ALIGN, plan
 from ...types import TensorType
-from . import irgen
+from . import irgen, share
 from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .calling import (  # noqa: F401  (re-exported)
     CYCLES_SYMBOL,
@@ -150,6 +150,7 @@ class GraphEmitter(GraphVisitor):
         # known before the call (layout.captured_weights), which its GEMMs read packed
         self.captured: dict[int, tuple[int, dict]] = {}
         self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
+        self.shared = share.SharedKernels(layout.failures)  # a scan body's: its parent's
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
@@ -223,11 +224,19 @@ class GraphEmitter(GraphVisitor):
         prepacked = self.prepacked_weights(graph, nid, weight)
         for index, name in prepacked.items():
             args[index] = irgen.element(f.b, self.params_p, self.layout.param(name))
-        kernel = _kernel(self.module, lowering, nid, graph, node, self.layout,
-                         self.vector_width, prepacked=frozenset(prepacked))
-        self.call(f, kernel, args, nid)
+        operands = [v.type if v is not None else None for v in graph.operands(nid)]
+        key = share.kernel_key(lowering.name, lowering.build, lowering.props, operands,
+                               node["types"], node["attrs"], frozenset(prepacked),
+                               self.vector_width)
+        kernel, remap = self.shared.kernel(key, node["span"], lambda: _kernel(
+            self.module, lowering, nid, graph, node, self.layout, self.vector_width,
+            prepacked=frozenset(prepacked)))
+        self.call(f, kernel, args, nid, remap)
 
-    def call(self, f: _Frame, kernel: ir.Function, args: list[ir.Value], nid: int) -> None:
+    def call(self, f: _Frame, kernel: ir.Function, args: list[ir.Value], nid: int,
+             remap: share.Remap | None = None) -> None:
+        """Call `kernel` for node `nid` (timed when profiling); `remap`: a shared kernel's
+        status codes for this node (share.py)."""
         b = f.b
         if f.noinline or self.profile is not None:  # timed: each kernel its own function
             kernel.attributes.add("noinline")
@@ -235,11 +244,11 @@ class GraphEmitter(GraphVisitor):
         for i, a in enumerate(args):
             b.store(a, b.gep(array, [ir.Constant(I64, i)]))
         if self.profile is None:
-            b.call(kernel, [array, self.dims_p, self.status_p])
+            share.call(b, kernel, [array, self.dims_p, self.status_p], self.status_p, remap)
             return
         counter = declare(self.module, "llvm.readcyclecounter", I64, [])
         start = b.call(counter, [])
-        b.call(kernel, [array, self.dims_p, self.status_p])
+        share.call(b, kernel, [array, self.dims_p, self.status_p], self.status_p, remap)
         spent = b.sub(b.call(counter, []), start)
         self.layout.profiled.append(nid)
         total = b.gep(self.profile, [ir.Constant(I64, 0),
@@ -366,6 +375,7 @@ class ScanEmitter:
                                      parent.vector_width, kb.status_ptr)
                 inner.captured = {k: (v, self.graph.node(v)) for k, v in
                                   captured_weights(self.graph, self.nid).items()}
+                inner.shared = parent.shared
                 inner.emit(b, body, ins, outs, slot)
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
