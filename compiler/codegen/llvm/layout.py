@@ -47,7 +47,7 @@ def conv_layout(graph: Graph, ctx: PassContext) -> Graph:
             continue  # a product of matrices with a batch of weights, or of other dtypes
         layout = PACKED
         if node["op"] == "conv" and winograd_enabled() and winograd_eligible(
-                a.type, weight.type, node["attrs"]):
+                a.type, weight.type, node["types"][0], node["attrs"]):
             layout = WINOGRAD
         if node["attrs"].get("weight_layout") != layout:
             node["attrs"] = {**node["attrs"], "weight_layout": layout}

@@ -37,9 +37,14 @@ from .microkernels import tiling
 from .packing import ALPHA, AT, BT, M_OUT, R
 from .spatial import ZERO, Window
 
-# Winograd pays when the GEMMs it saves are large: below this many input and output channels
-# the transforms cost more than the multiply-adds saved (measured: benchmarks/README.md)
+# Winograd pays when the GEMMs it saves are large enough for the transforms: measured on one
+# 3x3 convolution (B=1, 1 thread, time / the GEMM path's): 8 channels in and out 1.74, 16
+# 1.00, 32 0.70 (56x56); 64 0.60 (56x56), 0.56 (14x14); 128 0.49 (28x28)
 MIN_CHANNELS = 32
+# ... and while U (36 C O floats, 4x the weight) is read for enough tiles: 256 channels over
+# 16 tiles (14x14) 0.83, 512 over 4 (7x7) 0.97 alone and slower inside ResNet-18, where the
+# weights do not stay in cache between calls
+MAX_WEIGHT_PER_TILE = 1 << 18  # floats of U per tile of a sample
 ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM (direct accuracy)
 
 
@@ -48,10 +53,11 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def eligible(x_t, w_t, attrs: dict) -> bool:
+def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
     """Whether a conv of these types and attributes runs as F(4, 3): f32, 2-D, groups 1, a
-    3x3 kernel of constant size, stride 1, dilation 1, at least MIN_CHANNELS channels in
-    and out."""
+    3x3 kernel, stride 1, dilation 1, at least MIN_CHANNELS channels in and out, and an
+    output of constant size with enough tiles a sample for U's size (with fewer, the GEMMs
+    stream U, 4x the weight's bytes, for too few tiles: memory-bound)."""
     def ones(value) -> bool:
         values = value if isinstance(value, (list, tuple)) else [value]
         return all(v == 1 for v in values)
@@ -62,9 +68,12 @@ def eligible(x_t, w_t, attrs: dict) -> bool:
             and attrs.get("groups", 1) == 1):
         return False
     o, c, kh, kw = w_t.shape
-    if not all(d.is_const for d in (o, c, kh, kw)):
+    oh, ow = y_t.shape[2:]
+    if not all(d.is_const for d in (o, c, kh, kw, oh, ow)):
         return False
-    return (kh.value, kw.value) == (R, R) and min(o.value, c.value) >= MIN_CHANNELS
+    tiles = -(-oh.value // M_OUT) * -(-ow.value // M_OUT)
+    return (kh.value, kw.value) == (R, R) and min(o.value, c.value) >= MIN_CHANNELS \
+        and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
 
 
 def _combine(b: ir.IRBuilder, matrix: np.ndarray, values: list) -> list:
