@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..compiler.codegen.llvm import cache
+from ..compiler.codegen.llvm import cache, winograd
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.calling import ModuleLayout
 from ..compiler.dims import parse_size
@@ -133,7 +133,8 @@ class Request:
             return None
         key = hashlib.sha256(json.dumps(
             [FORMAT, __version__, code_digest(), host, str(path), _digest(text), model, spelled,
-             opt_level, training], separators=(",", ":")).encode()).hexdigest()
+             opt_level, training, winograd.enabled()],  # KILN_WINOGRAD changes the code
+            separators=(",", ":")).encode()).hexdigest()
         return Request(path, text, model, dict(args or {}), opt_level, training, key)
 
     @property

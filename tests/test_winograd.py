@@ -21,6 +21,7 @@ from kiln.compiler.codegen.llvm import packing
 from kiln.compiler.codegen.llvm.microkernels import tiling
 from kiln.compiler.codegen.llvm.packing import AT, BT, G, weight_transform, winograd_b
 from kiln.compiler.ops.conv import conv_nd
+from kiln.runtime.modelcache import Request
 
 EPS = float(np.finfo(np.float32).eps)
 WINOGRAD_BOUND = 64  # x eps32 x (|x| * |w| + |b|): 2.5x the worst ratio measured (25)
@@ -126,14 +127,22 @@ def test_native_winograd_within_its_bound(c, o, h, w, p, batch, threads):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch):
+def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
+    """KILN_WINOGRAD=0, even for a model whose Winograd code is in the compile caches (the
+    variable is part of their keys)."""
+    args = {"c": 32, "o": 40, "h": 7, "w": 7, "p": 1}  # a case above: cached with Winograd
+    kiln.compile(SRC, args=args, threads=1, seed=11)
+    path = tmp_path / "w.kiln"
+    path.write_text(SRC)
+    keys = [Request.of(path, None, args, 1, False).key]
     monkeypatch.setenv("KILN_WINOGRAD", "0")
-    args = {"c": 33, "o": 35, "h": 13, "w": 9, "p": 1}
+    keys.append(Request.of(path, None, args, 1, False).key)
+    assert keys[0] != keys[1]
     model = kiln.compile(SRC, args=args, threads=2, seed=11)
     names = model.native_arrays()
     assert not any(n.startswith("winograd_b(") for n in names)
     assert any(n.startswith("prepack_a(") for n in names)
-    assert _worst(model, 33, 35, 13, 9, 1, 2) <= DIRECT_BOUND
+    assert _worst(model, 32, 40, 7, 7, 1, 2) <= DIRECT_BOUND
 
 
 def test_small_or_unshaped_convolutions_keep_the_gemm():
