@@ -31,8 +31,9 @@ from ...dims import Dim
 from ...ir import Graph
 from ...types import TensorType
 from ...version import __version__
-from . import cache, winograd
+from . import cache
 from .module import ModuleLayout
+from .packing import winograd_enabled
 
 FORMAT = "kiln-graph-object-1"
 
@@ -116,7 +117,7 @@ def key(model, target, options: dict) -> str | None:
     try:
         text = json.dumps([FORMAT, __version__, compiler_digest(), target.cpu, target.features,
                            target.vector_width, sorted(options.items()), list(model.symbols),
-                           winograd.enabled(),  # KILN_WINOGRAD changes the code
+                           winograd_enabled(),  # KILN_WINOGRAD changes the code
                            _graph_text(model.graph)], separators=(",", ":"))
     except Uncacheable:
         return None

@@ -17,8 +17,8 @@ from __future__ import annotations
 from ...ir import Graph
 from ...ops import lookup
 from ...passes.manager import PassContext, graph_pass
+from .packing import winograd_enabled
 from .winograd import eligible as winograd_eligible
-from .winograd import enabled as winograd_enabled
 
 PACKED = "packed"
 WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py)

@@ -5,6 +5,8 @@ library or the compile cache makes them too)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -68,3 +70,13 @@ def winograd_b(weight: np.ndarray, nr: int) -> np.ndarray:
     [C, O] in NR-wide panels ([36, O/NR panels, C, NR], zero past O)."""
     u = weight_transform(weight)  # [36, C, O]: 36 groups of C rows
     return prepack_b(u.reshape(-1, u.shape[2]), ALPHA * ALPHA, nr)
+
+
+WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM
+
+
+def winograd_enabled() -> bool:
+    """Whether Winograd convolutions may be chosen (the KILN_WINOGRAD=0 opt-out not set);
+    here, beside the transforms' numpy half, so that the compile caches' keys read it without
+    importing LLVM."""
+    return os.environ.get(WINOGRAD_ENV, "1") != "0"
