@@ -5,9 +5,10 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
     python benchmarks/models.py --pytorch [--batches 1 32] [--threads 1 2] [--models lstm gru]
 
 `--pytorch` times, instead, kiln native and onnxruntime on kiln's export beside onnxruntime on
-PyTorch's (torch.onnx.export) of the same model with the same weights (issue 16's baseline): the MLP, LSTM, GRU and Transformer
-encoder of issue 16's table, each written once in kiln and once in PyTorch under the same
-parameter names (TWINS), so that PyTorch's state_dict loads into kiln strictly.
+PyTorch's (torch.onnx.export) of the same model with the same weights (issue 16's baseline):
+the MLP, LSTM, GRU and Transformer encoder of issue 16's table, each written once in kiln
+and once in PyTorch under the same parameter names (TWINS), so that PyTorch's state_dict
+loads into kiln strictly.
 
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
 kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Each

@@ -56,6 +56,7 @@ import numpy as np
 from ..compiler.codegen.llvm import cache, evict
 from ..compiler.codegen.llvm import target as targets
 from ..compiler.codegen.llvm.calling import ModuleLayout
+from ..compiler.codegen.llvm.packing import winograd_enabled
 from ..compiler.dims import parse_size
 from ..compiler.errors import KilnError, Span
 from ..compiler.files import (
@@ -134,7 +135,8 @@ class Request:
             return None
         key = hashlib.sha256(json.dumps(
             [FORMAT, __version__, code_digest(), host, str(path), _digest(text), model, spelled,
-             opt_level, training], separators=(",", ":")).encode()).hexdigest()
+             opt_level, training, winograd_enabled()],  # KILN_WINOGRAD changes the code
+            separators=(",", ":")).encode()).hexdigest()
         return Request(path, text, model, dict(args or {}), opt_level, training, key)
 
     @property

@@ -27,6 +27,10 @@ def conv(kb, n, win: Window, groups: int) -> None:
     if x_t.dtype != "f32":
         _conv_direct(kb, n, win, groups)
         return
+    if n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked:  # layout.WINOGRAD
+        from .winograd import conv_winograd  # (winograd.py builds on this module's helpers)
+        conv_winograd(kb, n, win)
+        return
     b = kb.b
     x, w, y = kb.input("x"), kb.input("weight"), kb.output()
     bias = kb.input("bias")
@@ -196,12 +200,13 @@ COPY_PARALLEL = 1 << 16  # floats a channel-split copy must move for threads to 
 
 
 def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], strides,
-                body, work) -> None:
+                body, work, first: int | None = None) -> None:
     """body(kb, pointers, sizes) over sizes[0] channels, as a function of its own that the
     module's threads split by channel (blocks of whole channels: each pointer i moves
     strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
     inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
-    whole."""
+    whole. `first`: the index of a size that holds the block's first channel (0 for the whole
+    loop), for bodies that need where their block starts."""
 
     ikb = kb.helper(name)
     body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
@@ -211,7 +216,10 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
     def shift(b, ptrs, szs, row0):
         moved = [b.gep(p, [b.mul(row0, b.mul(step, i64(4)))])
                  for p, step in zip(ptrs, strides(b, szs), strict=True)]
-        return moved, list(szs)
+        szs = list(szs)
+        if first is not None:
+            szs[first] = b.add(szs[first], row0)
+        return moved, szs
 
     fn = inner if kb.serial else parallel_rows(
         kb.module, inner, len(pointers), len(sizes), shift, min_rows=1,

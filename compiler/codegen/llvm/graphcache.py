@@ -33,6 +33,7 @@ from ...types import TensorType
 from ...version import __version__
 from . import cache
 from .calling import ModuleLayout
+from .packing import winograd_enabled
 
 FORMAT = "kiln-graph-object-1"
 
@@ -116,6 +117,7 @@ def key(model, target, options: dict) -> str | None:
     try:
         text = json.dumps([FORMAT, __version__, compiler_digest(), target.cpu, target.features,
                            target.vector_width, sorted(options.items()), list(model.symbols),
+                           winograd_enabled(),  # KILN_WINOGRAD changes the code
                            _graph_text(model.graph)], separators=(",", ":"))
     except Uncacheable:
         return None

@@ -17,8 +17,11 @@ from __future__ import annotations
 from ...ir import Graph
 from ...ops import lookup
 from ...passes.manager import PassContext, graph_pass
+from .packing import winograd_enabled
+from .winograd import eligible as winograd_eligible
 
 PACKED = "packed"
+WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py)
 
 
 @graph_pass("conv_layout")
@@ -65,6 +68,10 @@ def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
         # its operands need not share a dtype with the result
         if node["op"] == "matmul" and (weight.type.rank != 2 or a.type.dtype != "f32"):
             continue  # a product of matrices with a batch of weights, or of other dtypes
-        if node["attrs"].get("weight_layout") != PACKED:
-            node["attrs"] = {**node["attrs"], "weight_layout": PACKED}
-            ctx.count("packed")
+        layout = PACKED
+        if node["op"] == "conv" and winograd_enabled() and winograd_eligible(
+                a.type, weight.type, node["types"][0], node["attrs"]):
+            layout = WINOGRAD
+        if node["attrs"].get("weight_layout") != layout:
+            node["attrs"] = {**node["attrs"], "weight_layout": layout}
+            ctx.count(layout)

@@ -44,7 +44,7 @@ from .derived import derived_name, parse
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .kernel import KernelBuilder, NativeNode
-from .layout import PACKED, captured_weights
+from .layout import PACKED, WINOGRAD, captured_weights
 from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
@@ -266,7 +266,8 @@ class GraphEmitter(GraphVisitor):
         if weight is None:
             return {}
         op_node, slot = weight
-        if op_node["attrs"].get("weight_layout") != PACKED:
+        layout = op_node["attrs"].get("weight_layout")
+        if layout not in (PACKED, WINOGRAD):
             return {}
         source = graph.operands(nid)[slot]
         src_nid, src_node = source.node, graph.node(source.node)
@@ -277,6 +278,8 @@ class GraphEmitter(GraphVisitor):
         name = self.layout.params[self.param_index(src_nid, src_node)]
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
+        if layout == WINOGRAD:  # U = G g G^T as 36 B operands (winograd.py)
+            return {slot: derived_name("winograd_b", name, nr=t.nr)}
         if REGISTRY[op_node["op"]].packed_weight == "b":
             return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
         return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}

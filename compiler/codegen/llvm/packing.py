@@ -1,8 +1,11 @@
-"""Weights laid out as the GEMM reads them (gemm.py: prepacked A and B panels), in numpy:
+"""Weights laid out as the GEMM reads them (gemm.py: prepacked A and B panels; winograd.py's
+transformed weights), in numpy:
 made when a model binds its weights, so they need nothing of LLVM (a model loaded from a
 library or the compile cache makes them too)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -32,3 +35,48 @@ def prepack_b(weight: np.ndarray, groups: int, nr: int) -> np.ndarray:
     matrix cut into NR-wide column panels ([groups, panels, C_in/groups, NR], zero past the
     last column): prepack_a's layout, in NR-wide pieces."""
     return _panels(weight, groups, nr)
+
+
+# Winograd F(4, 3) (winograd.py)
+M_OUT, R = 4, 3  # outputs per tile side, kernel side
+ALPHA = M_OUT + R - 1  # input tile side: 6
+# the F(4, 3) matrices (Lavin & Gray's, points 0, +-1, +-2 and infinity)
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+def weight_transform(weight: np.ndarray) -> np.ndarray:
+    """U[xi, c, o] = (G g[o, c] G^T)[xi] of a weight [O, C, 3, 3], in float64, rounded once:
+    [36, C, O]."""
+    u = np.einsum("ai,ocij,bj->abco", G, np.asarray(weight, dtype=np.float64), G)
+    return u.reshape(ALPHA * ALPHA, weight.shape[1], weight.shape[0]).astype(np.float32)
+
+
+def winograd_b(weight: np.ndarray, nr: int) -> np.ndarray:
+    """The derived array `winograd_b(nr=NR):W`: U as 36 prepacked GEMM B operands, each
+    [C, O] in NR-wide panels ([36, O/NR panels, C, NR], zero past O)."""
+    u = weight_transform(weight)  # [36, C, O]: 36 groups of C rows
+    return prepack_b(u.reshape(-1, u.shape[2]), ALPHA * ALPHA, nr)
+
+
+WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM
+
+
+def winograd_enabled() -> bool:
+    """Whether Winograd convolutions may be chosen (the KILN_WINOGRAD=0 opt-out not set);
+    here, beside the transforms' numpy half, so that the compile caches' keys read it without
+    importing LLVM."""
+    return os.environ.get(WINOGRAD_ENV, "1") != "0"

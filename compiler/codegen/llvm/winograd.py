@@ -1,0 +1,279 @@
+"""Winograd F(4x4, 3x3) convolution (Lavin & Gray, 2016) for f32 3x3 stride-1 convolutions
+whose weight is known before the call: 36 products of [tiles, C] by [C, O] matrices through
+the GEMM instead of one [O, 9C] by [9C, pixels] product, 2.25x fewer multiply-adds.
+
+Per sample, with TH x TW tiles of 4x4 outputs (T = TH * TW; the last row and column of tiles
+may reach past the output, their extra outputs never stored):
+
+1. xt[r, q, c]: the input, channel-last, with its padding and the zeros the last tiles read
+   ([4 TH + 2, 4 TW + 2, C]; rows split across threads);
+2. V[xi, t, c] = (B^T d B)[xi] for the 6x6 patch d of tile t, channel c: vectors along c
+   (contiguous in xt and V), tile rows split across threads;
+3. M[xi] = V[xi] @ U[xi]: 36 GEMMs [T, C] @ [C, O] with U = G g G^T laid out once per weight
+   binding as the GEMM's prepacked B (`winograd_b`, computed in float64 and rounded once);
+4. Yt[4 th + i, 4 tw + j, o] = (A^T m A)[i, j], vectors along o (contiguous in M);
+5. y[o, h, w] = Yt[h, w, o] + bias[o] for h < OH, w < OW (channels split across threads).
+
+A fused epilogue (relu, a residual add) then runs over y as after any convolution.
+
+Error: the transforms' constants (up to 5 in B, 1/24 in G, 8 in A) scale the rounding errors
+of the products. Against a float64 direct convolution, per output element, |y - y64| /
+(eps32 (|x| * |w| + |b|)) reached 25 on ResNet-18's layer shapes (random inputs; im2col and
+the GEMM: 1.5), about one decimal digit lost; tests/test_winograd.py holds it to 64.
+KILN_WINOGRAD=0 (packing.winograd_enabled) keeps every convolution on the GEMM path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from .abi import F32
+from .conv import _by_channel
+from .gemm import Matrix, PackedB, gemm
+from .irgen import Vectors, i64
+from .microkernels import tiling
+from .packing import ALPHA, AT, BT, M_OUT, R
+from .spatial import ZERO, Window
+
+# Winograd pays when the GEMMs it saves are large enough for the transforms: measured on one
+# 3x3 convolution (B=1, 1 thread, time / the GEMM path's): 8 channels in and out 1.74, 16
+# 1.00, 32 0.70 (56x56); 64 0.60 (56x56), 0.56 (14x14); 128 0.49 (28x28)
+MIN_CHANNELS = 32
+# ... and while U (36 C O floats, 4x the weight) is read for enough tiles: 256 channels over
+# 16 tiles (14x14) 0.83, 512 over 4 (7x7) 0.97 alone and slower inside ResNet-18, where the
+# weights do not stay in cache between calls
+MAX_WEIGHT_PER_TILE = 1 << 18  # floats of U per tile of a sample
+
+
+def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
+    """Whether a conv of these types and attributes runs as F(4, 3): f32, 2-D, groups 1, a
+    3x3 kernel, stride 1, dilation 1, at least MIN_CHANNELS channels in and out, and an
+    output of constant size with enough tiles a sample for U's size (with fewer, the GEMMs
+    stream U, 4x the weight's bytes, for too few tiles: memory-bound)."""
+    def ones(value) -> bool:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return all(v == 1 for v in values)
+
+    if x_t.dtype != "f32" or x_t.rank != 4 or w_t.rank != 4:
+        return False
+    if not (ones(attrs.get("stride", 1)) and ones(attrs.get("dilation", 1))
+            and attrs.get("groups", 1) == 1):
+        return False
+    o, c, kh, kw = w_t.shape
+    oh, ow = y_t.shape[2:]
+    if not all(d.is_const for d in (o, c, kh, kw, oh, ow)):
+        return False
+    tiles = -(-oh.value // M_OUT) * -(-ow.value // M_OUT)
+    return (kh.value, kw.value) == (R, R) and min(o.value, c.value) >= MIN_CHANNELS \
+        and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
+
+
+def _combine(b: ir.IRBuilder, matrix: np.ndarray, values: list) -> list:
+    """matrix @ values for a constant matrix and a list of vectors: zero coefficients
+    skipped, +-1 as an add or subtract."""
+    out = []
+    for row in matrix:
+        total = None
+        for coef, value in zip(row, values, strict=True):
+            if coef == 0:
+                continue
+            if abs(coef) != 1:
+                value = b.fmul(value, ir.Constant(value.type, [float(abs(coef))] *
+                                                  value.type.count))
+            if total is None:
+                total = value if coef > 0 else b.fneg(value)
+            else:
+                total = b.fadd(total, value) if coef > 0 else b.fsub(total, value)
+        out.append(total)
+    return out
+
+
+def _sandwich(b: ir.IRBuilder, left: np.ndarray, tile: list[list]) -> list[list]:
+    """left @ tile @ left^T over a square tile of vectors."""
+    columns = [_combine(b, left, [row[j] for row in tile]) for j in range(len(tile[0]))]
+    rows = [[col[i] for col in columns] for i in range(left.shape[0])]
+    return [_combine(b, left, row) for row in rows]
+
+
+def conv_winograd(kb, n, win: Window) -> None:
+    """y = conv(x, w) (+ bias) for a conv that `eligible` accepted, whose weight (input 1)
+    is `winograd_b`'s array."""
+    b = kb.b
+    x_t, _, bias_t = n.in_types
+    x, u, y = kb.input("x"), kb.input("weight"), kb.output()
+    bias = kb.input("bias") if bias_t is not None else None
+    batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1],
+                                                 n.out_types[0].shape[1]))
+    (h, w), (ph, pw), (oh, ow) = ([kb.dim(d) for d in pair] for pair in (
+        win.size, win.pad, win.out))
+    th = b.sdiv(b.add(oh, i64(M_OUT - 1)), i64(M_OUT))
+    tw = b.sdiv(b.add(ow, i64(M_OUT - 1)), i64(M_OUT))
+    empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
+    th, tw = b.select(empty, ZERO, th), b.select(empty, ZERO, tw)
+    tiles = b.mul(th, tw)
+    hp = b.add(b.mul(th, i64(M_OUT)), i64(R - 1))
+    wp = b.add(b.mul(tw, i64(M_OUT)), i64(R - 1))
+    xi = ALPHA * ALPHA
+    sizes = {"xt": b.mul(b.mul(hp, wp), channels), "v": b.mul(i64(xi), b.mul(tiles, channels)),
+             "m": b.mul(i64(xi), b.mul(tiles, outs)),
+             "yt": b.mul(i64(M_OUT * M_OUT), b.mul(tiles, outs))}
+    total = b.add(sum_values(b, list(sizes.values())), i64(16))
+    base = kb.scratch(total, F32, zeroed=False)  # every part written before it is read
+    ok = b.icmp_unsigned("!=", base, ir.Constant(base.type, None))
+    kb.check(ok, "out of memory for a Winograd convolution's buffers")
+    nr = tiling(kb.vector_width).nr
+    panels = b.sdiv(b.add(outs, i64(nr - 1)), i64(nr))
+    u_step = b.mul(channels, b.mul(panels, i64(nr)))  # floats of one xi's packed B
+    with b.if_then(ok):
+        xt = base
+        v = b.gep(xt, [sizes["xt"]])
+        m = b.gep(v, [sizes["v"]])
+        yt = b.gep(m, [sizes["m"]])
+        plane_in, plane_out = b.mul(h, w), b.mul(oh, ow)
+        with kb.for_range(batch) as s:
+            x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
+            y0 = b.gep(y, [b.mul(b.mul(s, outs), plane_out)])
+            _by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
+                        lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
+                        lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
+            _by_channel(kb, "wino_in", [xt, v], [th, tw, channels, wp, tiles],
+                        lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
+                                       b_.mul(z[1], z[2])], _input_rows,
+                        lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
+            for k in range(xi):
+                gemm(kb, tiles, outs, channels,
+                     Matrix(b.gep(v, [b.mul(i64(k), b.mul(tiles, channels))]), channels),
+                     PackedB(b.gep(u, [b.mul(i64(k), u_step)]), channels),
+                     Matrix(b.gep(m, [b.mul(i64(k), b.mul(tiles, outs))]), outs))
+            _by_channel(kb, "wino_out", [m, yt], [th, tw, outs, tiles],
+                        lambda b_, z: [b_.mul(z[1], z[2]),
+                                       b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
+                        _output_rows,
+                        lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
+            pointers = [yt, y0] + ([bias] if bias is not None else [])
+            _by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
+                        lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
+                        _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
+        kb.release(base)
+
+
+def sum_values(b: ir.IRBuilder, values: list[ir.Value]) -> ir.Value:
+    total = values[0]
+    for value in values[1:]:
+        total = b.add(total, value)
+    return total
+
+
+def _pad_rows(kb, pointers, sizes) -> None:
+    """Rows of xt: pointers (x, xt at the block's first row), sizes (rows, wp, C, h, w, ph,
+    pw, the block's first row): xt[r, q, c] = x[c, r - ph, q - pw], zero outside x."""
+    b = kb.b
+    x0, xt = pointers
+    rows, wp, channels, h, w, ph, pw, first = sizes
+    with kb.for_range(rows) as r:
+        src_row = b.sub(b.add(first, r), ph)
+        row_in = b.icmp_unsigned("<", src_row, h)
+        with kb.for_range(wp) as q:
+            src_col = b.sub(q, pw)
+            lands = b.and_(row_in, b.icmp_unsigned("<", src_col, w))
+            dst = b.gep(xt, [b.mul(b.add(b.mul(r, wp), q), channels)])
+            with b.if_else(lands) as (copy, blank):
+                with copy:
+                    plane = b.mul(h, w)
+                    src = b.gep(x0, [b.add(b.mul(src_row, w), src_col)])
+                    with kb.for_range(channels) as c:
+                        b.store(b.load(b.gep(src, [b.mul(c, plane)])), b.gep(dst, [c]))
+                with blank:
+                    kb.zero_elements(dst, ZERO, channels, "f32")
+
+
+def _channel_vectors(kb, count: ir.Value, body) -> None:
+    """body(vec, c, mask) over channels 0..count in vectors: whole ones (mask None), then a
+    masked tail."""
+    b = kb.b
+    vec = Vectors(b, kb.vector_width or tiling().width)
+    whole = b.sub(count, b.srem(count, i64(vec.width)))
+    with kb.for_range(whole, step=vec.width) as c:
+        body(vec, c, None)
+    with b.if_then(b.icmp_signed("<", whole, count)):
+        body(vec, whole, vec.mask(b.sub(count, whole), 0))
+
+
+def _load(vec: Vectors, ptr, mask):
+    return vec.load(ptr) if mask is None else vec.masked_load(ptr, 0, mask)
+
+
+def _store(vec: Vectors, value, ptr, mask) -> None:
+    if mask is None:
+        vec.store(value, ptr)
+    else:
+        vec.masked_store(value, ptr, 0, mask)
+
+
+def _input_rows(kb, pointers, sizes) -> None:
+    """V for rows of tiles: pointers (xt at the block's first tile row, V at its first tile),
+    sizes (tile rows, TW, C, wp, T)."""
+    b = kb.b
+    xt, v = pointers
+    rows, tw, channels, wp, tiles = sizes
+    pixel_row = b.mul(wp, channels)
+    with kb.for_range(rows) as r, kb.for_range(tw) as t:
+        corner = b.gep(xt, [b.add(b.mul(b.mul(r, i64(M_OUT)), pixel_row),
+                                  b.mul(b.mul(t, i64(M_OUT)), channels))])
+        tile = b.add(b.mul(r, tw), t)
+
+        def transform(vec, c, mask, corner=corner, tile=tile):
+            d = [[_load(vec, b.gep(corner, [b.add(b.add(b.mul(i64(i), pixel_row),
+                                                          b.mul(i64(j), channels)), c)]), mask)
+                  for j in range(ALPHA)] for i in range(ALPHA)]
+            out = _sandwich(b, BT, d)
+            for i in range(ALPHA):
+                for j in range(ALPHA):
+                    at = b.add(b.mul(b.add(b.mul(i64(i * ALPHA + j), tiles), tile), channels),
+                               c)
+                    _store(vec, out[i][j], b.gep(v, [at]), mask)
+
+        _channel_vectors(kb, channels, transform)
+
+
+def _output_rows(kb, pointers, sizes) -> None:
+    """Yt for rows of tiles: pointers (M at the block's first tile, Yt at its first output
+    row), sizes (tile rows, TW, O, T)."""
+    b = kb.b
+    m, yt = pointers
+    rows, tw, outs, tiles = sizes
+    pixel_row = b.mul(b.mul(tw, i64(M_OUT)), outs)
+    with kb.for_range(rows) as r, kb.for_range(tw) as t:
+        tile = b.add(b.mul(r, tw), t)
+        corner = b.gep(yt, [b.add(b.mul(b.mul(r, i64(M_OUT)), pixel_row),
+                                  b.mul(b.mul(t, i64(M_OUT)), outs))])
+
+        def transform(vec, o, mask, corner=corner, tile=tile):
+            mm = [[_load(vec, b.gep(m, [b.add(b.mul(b.add(b.mul(i64(i * ALPHA + j), tiles),
+                                                          tile), outs), o)]), mask)
+                   for j in range(ALPHA)] for i in range(ALPHA)]
+            out = _sandwich(b, AT, mm)
+            for i in range(M_OUT):
+                for j in range(M_OUT):
+                    at = b.add(b.add(b.mul(i64(i), pixel_row), b.mul(i64(j), outs)), o)
+                    _store(vec, out[i][j], b.gep(corner, [at]), mask)
+
+        _channel_vectors(kb, outs, transform)
+
+
+def _store_channels(kb, pointers, sizes) -> None:
+    """y for a block of channels: pointers (Yt at the first channel, y at it[, bias at it]),
+    sizes (channels, OH, OW, TW, O): y[o, h, w] = Yt[h, w, o] (+ bias[o])."""
+    b = kb.b
+    yt, y0 = pointers[:2]
+    bias = pointers[2] if len(pointers) > 2 else None
+    count, oh, ow, tw, outs = sizes
+    row = b.mul(b.mul(tw, i64(M_OUT)), outs)  # floats of one Yt row
+    with kb.for_range(count) as o:
+        add = b.load(b.gep(bias, [o])) if bias is not None else None
+        plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
+        with kb.for_range(oh) as r, kb.for_range(ow) as q:
+            value = b.load(b.gep(yt, [b.add(b.add(b.mul(r, row), b.mul(q, outs)), o)]))
+            b.store(value if add is None else b.fadd(value, add),
+                    b.gep(plane, [b.add(b.mul(r, ow), q)]))
