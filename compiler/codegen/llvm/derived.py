@@ -17,9 +17,12 @@ import numpy as np
 
 from ... import derived as base
 from ...derived import derived_name
+from .bf16 import prepack_a_bf16, prepack_b_bf16
 from .packing import prepack_a, prepack_b
 
-KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b}
+KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b,
+                               "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
+                               "prepack_b_bf16": prepack_b_bf16}
 
 
 def parse(name: str) -> tuple[str, dict, str] | None:
