@@ -234,7 +234,8 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
               kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)), bf16)
     # the ways to the product by the most rows of C each serves, the first that fits taken
     paths = []
-    if source in (Matrix, PackedB) and a_kind != "prepacked" and not bf16:  # (a prepacked A is in slices)
+    # (a prepacked A is in slices; bf16 reads only packed pairs)
+    if source in (Matrix, PackedB) and a_kind != "prepacked" and not bf16:
         paths.append((STREAM_ROWS, g.streamed))
     if source is Matrix and not bf16:
         paths.append((t.mr, g.in_place))
