@@ -96,7 +96,7 @@ def compile(
     batch statistics, returning its buffers' new values as extra outputs (`model.updates`).
     precision: "f32" (the default) or, for target="native", "bf16": matmul and convolution
     multiply bf16-rounded operands with f32 sums (AVX512_BF16; K0971 on a CPU without it;
-    docs/performance.md, "Reduced precision").
+    docs/language.md, "Reduced precision").
     """
 
     request = _cache_request(source, model, target, args, opt_level, training, precision)

@@ -208,3 +208,17 @@ def test_weights_are_paired_once_per_binding():
     np.testing.assert_array_equal(packed[0, 0, 0, :2], bits[0] | (bits[1] << 16))
     np.testing.assert_array_equal(packed[0, 0, 1, :2], bits[2])  # odd end: zero high half
     assert not packed[0, 0, 2].any() and not packed[0, 0, :, 2:].any()
+
+
+def test_new_weights_are_paired_again():
+    """load_weights remakes the paired weight from the new values (derived arrays)."""
+    source = ("import std.nn\nmodel L { fc = nn.Linear(40, 30, bias = false)\n"
+              "  forward(x: f32[B, 40]) -> f32[B, 30] { return fc(x) } }")
+    m = compile_bf16(source)
+    if m is None:
+        return
+    w = np.random.default_rng(2).standard_normal((30, 40), dtype=np.float32)
+    m.load_weights({"fc.weight": w})
+    x = np.random.default_rng(3).standard_normal((5, 40), dtype=np.float32)
+    check_product(m(x), rounded(x) @ rounded(w).T, x.astype(np.float64) @ w.T,
+                  np.abs(x.astype(np.float64)) @ np.abs(w.T))
