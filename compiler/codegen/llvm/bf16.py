@@ -31,6 +31,7 @@ from .packing import prepack_a, prepack_b
 PRECISIONS = ("f32", "bf16")
 FEATURE = "avx512bf16"  # LLVM's name of AVX512_BF16 (vdpbf16ps, vcvtne2ps2bf16)
 WIDTH = 16  # f32 lanes of a zmm register: the bf16 GEMM is AVX-512 only
+CHAINS = {1: 4, 2: 2}  # micro-kernel height -> interleaved sums (see `micro_kernel`)
 
 
 def check(precision: object, target: str) -> None:
@@ -191,8 +192,26 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
             out += [dot(b, accs[2 * i + v], ai, bv[v]) for v in range(2)]
         return out
 
+    # a short tile has too few accumulators to hide vdpbf16ps's latency: it sums `chains`
+    # interleaved pairs into separate accumulators, added up at the end
+    chains = CHAINS.get(height, 1)
+    size = 2 * height
     pairs = b.sdiv(b.add(kc, i64(1)), i64(2))
-    accs = fold(b, pairs, [zero] * (2 * height), update, name="k", index="q")
+    groups = b.sdiv(pairs, i64(chains))
+
+    def group(g, accs):
+        out = []
+        for chain in range(chains):
+            q = b.add(b.mul(g, i64(chains)), i64(chain))
+            out += update(q, accs[chain * size:(chain + 1) * size])
+        return out
+
+    sums = fold(b, groups, [zero] * (size * chains), group, name="k", index="g")
+    accs = fold(b, pairs, sums[:size], update, start=b.mul(groups, i64(chains)),
+                name="tail", index="q")  # the pairs left over, into the first chain
+    for chain in range(1, chains):
+        accs = [b.fadd(x, y)
+                for x, y in zip(accs, sums[chain * size:(chain + 1) * size], strict=True)]
     with b.if_else(b.icmp_signed("==", cols, i64(t.nr))) as (whole, part):
         with whole:
             store_tile(vec, c, ldc, accs, height, 2, None, add)
