@@ -24,12 +24,16 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
     function, for libraries used without kiln; `stamp(layout)` gives read-only data symbols
     to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
     (module.py: kiln_profile); `precision`: the GEMM's, "f32" or "bf16" (bf16.py), part of
-    both cache keys (the IR's text differs too)."""
+    both cache keys when not f32 (whose keys stay as they were; the IR's text differs too)."""
+    # (precision is spelled only when not f32: entries cached before it existed stay valid)
+    reduced = () if precision == "f32" else (precision,)
     machine = target.machine()
     # by the graph first: a warm compile then builds no LLVM IR (graphcache.py); a library's
     # stamp depends on the layout, so a library always goes through the IR
-    by_graph = None if stamp else graphcache.key(
-        model, target, {"with_plan": with_plan, "profile": profile, "precision": precision})
+    options = {"with_plan": with_plan, "profile": profile}
+    if reduced:
+        options["precision"] = precision
+    by_graph = None if stamp else graphcache.key(model, target, options)
     hit = graphcache.load(by_graph, model) if by_graph else None
     if hit is not None:
         return hit[0], hit[1], machine
@@ -44,7 +48,7 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
             symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
             symbol.global_constant = True
         text = ir_text(module, target.vector_width)
-    name = cache.key(__version__, target.cpu, target.features, precision, text)
+    name = cache.key(__version__, target.cpu, target.features, *reduced, text)
     obj = cache.load(name)
     if obj is None:
         with progress.step(f"optimising and compiling {len(module.functions)} functions "
