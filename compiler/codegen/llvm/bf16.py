@@ -18,7 +18,6 @@ bound. Only the GEMM changes: every other kernel computes in f32 as before.
 
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 
 from ...errors import KilnError
@@ -26,7 +25,7 @@ from .abi import F32, I32, declare
 from .irgen import Vectors, fold, for_range, i64
 from .microkernels import MICRO_TYPE, Tiling
 from .microkernels import _store_tile as store_tile
-from .packing import prepack_a, prepack_b
+from .packing import prepack_a_bf16, prepack_b_bf16, round_bits  # noqa: F401  (re-exported)
 
 PRECISIONS = ("f32", "bf16")
 FEATURE = "avx512bf16"  # LLVM's name of AVX512_BF16 (vdpbf16ps, vcvtne2ps2bf16)
@@ -52,40 +51,6 @@ def require(cpu) -> None:
         raise KilnError("K0971", f'precision="bf16" needs the AVX512_BF16 instructions '
                         f'({FEATURE}), which the target CPU {cpu.cpu} lacks',
                         hint='leave precision out (f32) on this CPU')
-
-
-# numpy: the weights, once per binding ---------------------------------------------------
-def round_bits(x: np.ndarray) -> np.ndarray:
-    """The bf16 bit patterns (uint32, < 2**16) of f32 values, rounded to nearest even; a NaN
-    stays a quiet NaN (as vcvtne2ps2bf16)."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
-    nan = np.isnan(x)
-    return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint32), rounded)
-
-
-def _pairs(x: np.ndarray, axis: int) -> np.ndarray:
-    """f32 `x` rounded to bf16 and paired along `axis` (element 2q low, 2q + 1 high: one
-    word per pair, a zero high half past an odd end), the words zero-padded back to the
-    axis's length and seen as float32: the same shape as `x`."""
-    x = np.moveaxis(np.asarray(x, dtype=np.float32), axis, -1)
-    depth = x.shape[-1]
-    even = np.zeros((*x.shape[:-1], depth + depth % 2), dtype=np.float32)
-    even[..., :depth] = x
-    bits = round_bits(even)
-    words = np.zeros(x.shape, dtype=np.uint32)
-    words[..., : even.shape[-1] // 2] = bits[..., 0::2] | (bits[..., 1::2] << 16)
-    return np.ascontiguousarray(np.moveaxis(words.view(np.float32), -1, axis))
-
-
-def prepack_a_bf16(weight: np.ndarray, groups: int, kc: int) -> np.ndarray:
-    """prepack_a's layout with each KC-deep row slice paired (bf16 pairs along the sum)."""
-    return _pairs(prepack_a(weight, groups, kc), -1)
-
-
-def prepack_b_bf16(weight: np.ndarray, groups: int, nr: int) -> np.ndarray:
-    """prepack_b's layout with each panel's rows paired: pair row q holds rows 2q, 2q + 1."""
-    return _pairs(prepack_b(weight, groups, nr), -2)
 
 
 # LLVM IR: the activations, when the GEMM packs them -----------------------------------------

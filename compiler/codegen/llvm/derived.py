@@ -17,8 +17,7 @@ import numpy as np
 
 from ... import derived as base
 from ...derived import derived_name
-from .bf16 import prepack_a_bf16, prepack_b_bf16
-from .packing import prepack_a, prepack_b
+from .packing import prepack_a, prepack_a_bf16, prepack_b, prepack_b_bf16
 
 KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b,
                                "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
