@@ -5,8 +5,8 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
     python benchmarks/models.py --pytorch [--batches 1 32] [--threads 1 2] [--models lstm gru]
     python benchmarks/models.py --precision bf16 [--batches 1 32] [--threads 1 2] [--models mlp]
 
-`--pytorch` times, instead, onnxruntime on kiln's export beside onnxruntime on PyTorch's
-(torch.onnx.export) of the same model with the same weights: the MLP, LSTM, GRU and Transformer
+`--pytorch` times, instead, kiln native and onnxruntime on kiln's export beside onnxruntime on
+PyTorch's (torch.onnx.export) of the same model with the same weights (issue 16's baseline): the MLP, LSTM, GRU and Transformer
 encoder of issue 16's table, each written once in kiln and once in PyTorch under the same
 parameter names (TWINS), so that PyTorch's state_dict loads into kiln strictly.
 
@@ -311,13 +311,17 @@ def ort_session(path: Path, threads: int):
 
 
 def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
-    """onnxruntime on kiln's export and on PyTorch's, same weights and input, alternating
-    rounds; the largest difference between their outputs checks that they are one model."""
+    """kiln native, onnxruntime on kiln's export and onnxruntime on PyTorch's, same weights
+    and input, alternating rounds; the largest differences between kiln's outputs (native,
+    and its export in onnxruntime) and PyTorch's eager ones check that they are one model."""
     import torch
 
     module = twin_module(name)
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     model = kiln.compile(TWIN_SOURCES[name], target="reference")
-    model.load_weights({k: v.detach().numpy() for k, v in module.state_dict().items()})
+    model.load_weights(weights)
+    native = kiln.compile(TWIN_SOURCES[name], target="native", threads=threads)
+    native.load_weights(weights)
     x = twin_input(name, batch, np.random.default_rng(0))
     with tempfile.TemporaryDirectory() as tmp:
         model.export_onnx(Path(tmp) / "kiln.onnx")
@@ -325,23 +329,29 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
         sessions = {"kiln": ort_session(Path(tmp) / "kiln.onnx", threads),
                     "torch": ort_session(Path(tmp) / "torch.onnx", threads)}
     feeds = {"kiln": {model.inputs[0].name: x}, "torch": {"x": x}}
-    outs = {k: s.run(None, feeds[k]) for k, s in sessions.items()}
+    runs = {"native": lambda: native(x),
+            **{k: (lambda k=k, s=s: s.run(None, feeds[k])) for k, s in sessions.items()}}
     with torch.no_grad():
         eager = module(torch.from_numpy(x))
     eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(outs["kiln"], eager, strict=True))
-    rounds: dict[str, list[float]] = {k: [] for k in sessions}
+
+    def diff(outs) -> float:
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        return max(float(np.abs(a - b).max()) for a, b in zip(outs, eager, strict=True))
+
+    diffs = {"diff": diff(runs["kiln"]()), "native_diff": diff(runs["native"]())}
+    rounds: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(ROUNDS):
-        for k, s in sessions.items():
-            rounds[k].append(settled(median_ms, repeat, s.run, None, feeds[k]))
-    return {**{k: statistics.median(v) for k, v in rounds.items()}, "diff": diff}
+        for k, run in runs.items():
+            rounds[k].append(settled(median_ms, repeat, run))
+    return {**{k: statistics.median(v) for k, v in rounds.items()}, **diffs}
 
 
 def compare_with_pytorch(opts) -> int:
     """The --pytorch table: one child process per (model, batch, threads)."""
     names = [n for n in TWIN_SOURCES if not opts.models or n in opts.models]
-    header = (f"{'model':<14}{'batch':>6}{'thr':>4}{'kiln export ms':>16}{'torch export ms':>17}"
-              f"{'kiln/torch':>11}{'max |diff|':>12}")
+    header = (f"{'model':<14}{'batch':>6}{'thr':>4}{'native ms':>11}{'kiln export ms':>16}"
+              f"{'torch export ms':>17}{'native/torch':>13}{'kiln/torch':>11}{'max |diff|':>12}")
     print(header)
     print("-" * len(header))
     failed = 0
@@ -359,9 +369,10 @@ def compare_with_pytorch(opts) -> int:
                     failed += 1
                     continue
                 got = json.loads(child.stdout.strip().splitlines()[-1])
-                print(f"{name:<14}{batch:>6}{threads:>4}{got['kiln']:>16.3f}"
-                      f"{got['torch']:>17.3f}{got['kiln'] / got['torch']:>11.2f}"
-                      f"{got['diff']:>12.1e}", flush=True)
+                print(f"{name:<14}{batch:>6}{threads:>4}{got['native']:>11.3f}"
+                      f"{got['kiln']:>16.3f}{got['torch']:>17.3f}"
+                      f"{got['native'] / got['torch']:>13.2f}{got['kiln'] / got['torch']:>11.2f}"
+                      f"{max(got['diff'], got['native_diff']):>12.1e}", flush=True)
     return 1 if failed else 0
 
 
@@ -375,8 +386,8 @@ def main() -> int:
                         help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--with-ref", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pytorch", action="store_true",
-                        help="onnxruntime on kiln's export vs on PyTorch's (mlp lstm gru "
-                             "transformer)")
+                        help="kiln native and onnxruntime on kiln's export vs onnxruntime on "
+                             "PyTorch's (mlp lstm gru transformer)")
     parser.add_argument("--measure-twin", nargs=3, metavar=("NAME", "BATCH", "THREADS"),
                         help=argparse.SUPPRESS)  # one --pytorch configuration, in a child
     parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",

@@ -38,8 +38,8 @@ def test_pytorch_twins_are_one_model(name):
     pytest.importorskip("torch")
     models = _models_script()
     got = models.measure_twin(name, batch=2, threads=1, repeat=1)
-    assert got["diff"] < 1e-4, got
-    assert got["kiln"] > 0 and got["torch"] > 0, got
+    assert got["diff"] < 1e-4 and got["native_diff"] < 1e-4, got
+    assert got["native"] > 0 and got["kiln"] > 0 and got["torch"] > 0, got
 
 
 def test_precision_configuration_times_both_and_gives_the_error():

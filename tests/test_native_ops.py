@@ -139,3 +139,93 @@ def test_fused_half_chains_round_between_ops_as_separate_kernels(dtype):
     np.testing.assert_array_equal(kiln.compile(HALF_CHAIN.format(dtype=dtype),
                                                target="reference", opt_level=0)(x, y), want)
     assert_agree(native(x, y), want, "sub", f"fused {dtype} chain", exact=True)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_rows_of_every_length_and_special_value_agree_with_numpy(op):
+    """The last axis in f32 runs as explicit vectors per row (a tail mask for lengths that are
+    not a multiple of the vector width) whose rows threads share: every length about the
+    width, rows with NaN, +-inf and all -inf, on one and two threads, against the reference."""
+    src = (f"model S {{ forward(x: f32[R, L]) -> f32[R, L] {{ return {op}(x, axis = -1) }} }}")
+    ref = kiln.compile(src, target="reference")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    rng = np.random.default_rng(7)
+    special = [np.nan, np.inf, -np.inf, 80.0, -80.0]
+    for length in (1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 129):
+        rows = 700 if length in (64, 100) else 37  # 700 x 64: enough to start the threads
+        x = rng.uniform(-30, 30, (rows, length)).astype(np.float32)
+        x[1, rng.integers(length)] = np.nan
+        x[2, :] = -np.inf
+        x[3, rng.integers(length)] = np.inf
+        x[4, rng.integers(length, size=length // 2 + 1)] = -np.inf
+        x[5, rng.integers(length)] = special[length % len(special)]
+        want = ref(x)
+        for native in (one, two):
+            got = native(x)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"L={length}")
+            assert_agree(got, want, op, f"L={length}")
+    np.testing.assert_array_equal(two(np.zeros((0, 5), np.float32)), np.zeros((0, 5)))
+    assert one(np.zeros((4, 0), np.float32)).shape == (4, 0)
+
+
+def test_exp_across_its_whole_range_and_past_both_ends():
+    """Native f32 exp (a polynomial of kiln's own) against
+    numpy's f64 exp rounded to f32: relative error at most a few ulp where the result is
+    normal, denormal results within a denormal step or two, and 0, inf, NaN exactly where
+    they belong (below -103.972 the result is 0, computed without producing denormals)."""
+    grid = np.concatenate([np.linspace(-110, 90, 200_001), [-np.inf, np.inf, np.nan, -103.972,
+                           -103.97, -103.9, -87.34, -87.33, 88.72, 88.7228, 88.7229, 88.73, 0.0,
+                           -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    native = kiln.compile("model E { forward(x: f32[N]) -> f32[N] { return exp(x) } }")
+    got = native(grid).astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = np.exp(grid.astype(np.float64)).astype(np.float32).astype(np.float64)
+    tiny = np.finfo(np.float32).tiny
+    normal = want >= tiny
+    np.testing.assert_allclose(got[normal], want[normal], rtol=4e-7)
+    low = (want < tiny) & (want > 0)
+    np.testing.assert_allclose(got[low], want[low], rtol=0, atol=3e-45)
+    for pick in (want == 0, np.isinf(want), np.isnan(want)):
+        np.testing.assert_array_equal(got[pick], want[pick])
+
+
+def test_exact_gelu_across_its_range_against_the_reference():
+    """Native exact gelu, x/2 erfc(-x/sqrt2) with kiln's own vectorisable f32 erfc, against
+    the reference (erf in f64) on a dense grid: a few 1e-6 of the value where it is above
+    1e-6, and within 1e-11 below (x < -5.3, where erfc's argument squared rounds in f32)."""
+    src = "model G { forward(x: f32[N]) -> f32[N] { return gelu(x) } }"
+    x = np.concatenate([np.linspace(-20, 20, 100_001), [np.inf, np.nan, 0.0]]).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        got = kiln.compile(src)(x).astype(np.float64)
+        want = kiln.compile(src, target="reference")(x).astype(np.float64)
+    big = np.abs(want) >= 1e-6
+    np.testing.assert_allclose(got[big], want[big], rtol=3e-6)
+    np.testing.assert_allclose(got[~big], want[~big], rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("affine", ["", ", w, b", ", w", ", bias = b"])
+def test_layer_norm_rows_of_every_length_agree_with_the_reference(affine):
+    """f32 layer norm runs as explicit vectors per row (a tail mask for lengths that are not
+    a multiple of the vector width), rows shared by threads: every length about the width,
+    with and without weight and bias, constant rows (variance 0), NaN and inf, on one and
+    two threads, against the reference."""
+    rng = np.random.default_rng(11)
+    params = {"": "", ", w, b": ", w: f32[L], b: f32[L]", ", w": ", w: f32[L]",
+              ", bias = b": ", b: f32[L]"}[affine]
+    src = (f"model N {{ forward(x: f32[R, L]{params}) -> f32[R, L] "
+           f"{{ return layer_norm(x, L{affine}, eps = 1e-5) }} }}")
+    ref = kiln.compile(src, target="reference")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    for length in (1, 3, 15, 16, 17, 33, 64, 100, 768):
+        rows = 600 if length in (64, 100) else 21  # 600 x 64: enough to start the threads
+        x = (rng.standard_normal((rows, length)) * 3 + 5).astype(np.float32)
+        x[1] = 2.5
+        x[2, rng.integers(length)] = np.nan
+        x[3, rng.integers(length)] = np.inf
+        args = [x] + [rng.standard_normal(length).astype(np.float32)
+                      for _ in range(params.count(":"))]
+        want = ref(*args)
+        for native in (one, two):
+            got = native(*args)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"L={length}")
+            assert_agree(got, want, "layer_norm", f"L={length}")

@@ -250,3 +250,27 @@ def test_a_product_used_twice_is_not_folded_into_a_gemm(tmp_path):
     path, ops = exported(m, tmp_path)
     assert ops["Gemm"] == 0 and ops["MatMul"] == 1, ops
     check_file(m, path, {"x": rand(np.random.default_rng(8), 3, 8)})
+
+
+def test_residual_adds_before_a_layer_norm_export_as_sum(tmp_path):
+    """An add that only a layer norm reads is written as ONNX's Sum (the same operator), so
+    that onnxruntime does not fuse it into its slow CPU SkipLayerNormalization; an add read
+    elsewhere too, or a graph output, stays an Add; onnxruntime's results are the reference's."""
+    m = kiln.compile(textwrap.dedent("""
+        import std.nn
+        model R {
+          norm = nn.LayerNorm(8)
+          forward(x: f32[B, T, 8], a: f32[B, T, 8]) -> (f32[B, T, 8], f32[B, T, 8],
+                                                       f32[B, T, 8]) {
+            s = x + a
+            r = norm(s)
+            return norm(x + r), r, s + norm(r + a)
+          }
+        }
+        """), target="reference")
+    random_weights(m, np.random.default_rng(0))
+    path, ops = exported(m, tmp_path)
+    # x + r and r + a feed only a norm; x + a feeds a norm and s + ..., s + ... is an output
+    assert ops["Sum"] == 2 and ops["Add"] == 2, ops
+    rng = np.random.default_rng(1)
+    check_file(m, path, {"x": rand(rng, 2, 3, 8), "a": rand(rng, 2, 3, 8)})

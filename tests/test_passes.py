@@ -112,11 +112,12 @@ DIMS = {"B": 2, "T": 5}
 # ---------------------------------------------------------------------------- the manager
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in NATIVE_PIPELINE]
-    assert names == ["check_types", "fold_constants", "simplify", "hoist_scan_invariants",
-                     "fold_batch_norm", "fold_weight_layout", "cse", "dce", "conv_layout", "fuse",
-                     "plan_memory"]
+    assert names == ["check_types", "fold_constants", "simplify", "merge_split_projections",
+                     "hoist_scan_invariants", "fold_batch_norm", "fold_weight_layout", "cse",
+                     "dce", "conv_layout", "fuse", "plan_memory"]
     assert PIPELINES["native"] is NATIVE_PIPELINE
     assert [p.name for p in PIPELINES["onnx"]] == ["check_types", "fold_constants", "simplify",
+                                                   "merge_split_projections",
                                                    "hoist_scan_invariants", "cse", "dce"]
     assert all(isinstance(p, Pass) and p.doc for p in NATIVE_PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
@@ -469,6 +470,48 @@ def test_hoisting_keeps_compiled_results():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for got, want in zip(ref(xs, ids), unopt(xs, ids), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- merged projections
+PROJECTIONS = """
+model P {
+  param w: [9, 4]
+  param b: [9]
+  forward(x: f32[B, T, 4], y: f32[B, T, 4]) -> (f32[B, T, 3], f32[B, T, 3], f32[B, T, 3],
+                                             f32[B, T, 3], f32[B, T, 3]) {
+    wq, wk, wv = split(w, 3, axis = 0)
+    bq, bk, bv = split(b, 3)
+    xt = transpose(x, 0, 1)
+    q = transpose(transpose(x, 0, 1) @ wq.T + bq, 0, 1)
+    k = transpose(xt @ wk.T + bk, 0, 1)
+    v = x @ wv.T + bv
+    u1, u2, u3 = split(w, 3, axis = 0)
+    return q, k, v, y @ u1.T, x @ u2.T + y @ u3.T
+  }
+}
+"""
+
+
+def test_products_by_one_weights_parts_merge_into_one():
+    """q, k, v of one input (the same value, or the same transpose of it written twice)
+    become one product by the whole weight, split after it, with the bias added before the
+    split; products of different inputs stay apart."""
+    _, after, stats = run_pass(PROJECTIONS, "merge_split_projections", dims={"B": 2, "T": 5})
+    assert stats.changes == {}  # q, k and v read x in two layouts: no merge
+    src = PROJECTIONS.replace("transpose(transpose(x, 0, 1) @ wq.T + bq, 0, 1)",
+                              "transpose(xt @ wq.T + bq, 0, 1)").replace(
+        "    v = x @ wv.T + bv", "    v = transpose(transpose(x, 0, 1) @ wv.T + bv, 0, 1)")
+    before, after, stats = run_pass(src, "merge_split_projections", dims={"B": 2, "T": 5})
+    assert stats.changes == {"products merged": 1, "biases merged": 1}
+    assert ops(before)["matmul"] == 6 and ops(after)["matmul"] == 4
+    native, unopt = kiln.compile(src), kiln.compile(src, target="reference", opt_level=0)
+    exported = kiln.compile(src, target="onnx")
+    rng = np.random.default_rng(5)
+    x, y = (rng.standard_normal((2, 5, 4)).astype(np.float32) for _ in range(2))
+    for model in (native, exported):
+        model.load_weights(dict(unopt.params))
+        for got, want in zip(model(x, y), unopt(x, y), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- cse and dce

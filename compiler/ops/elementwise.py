@@ -213,7 +213,7 @@ def _gelu_llvm(kb, a, x):
         inner = kb.add(x, kb.mul(kb.lit(x, 0.044715), kb.mul(kb.mul(x, x), x)))
         phi = kb.tanh(kb.mul(kb.lit(x, math.sqrt(2 / math.pi)), inner))
         return kb.mul(half_x, kb.add(kb.lit(x, 1.0), phi))
-    return kb.mul(half_x, kb.libm("erfc", kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
+    return kb.mul(half_x, kb.erfc(kb.neg(kb.fdiv(x, kb.lit(x, math.sqrt(2))))))
 
 
 def _gelu_derivative(gb, x, _y, approximate):

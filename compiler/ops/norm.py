@@ -234,7 +234,8 @@ def _layer_norm_llvm(kb, n):
     """Segments of the normalized_shape's size; weight and bias follow the position."""
     size = kb.numel(to_dims(n.attrs["normalized_shape"], "normalized_shape"))
     one = kb.dim(1)
-    nn_native("norm").normalize(kb, n, one, one, size, _eps(n), by_position=True)
+    if not nn_native("norm").layer_norm_rows(kb, n, size, _eps(n)):
+        nn_native("norm").normalize(kb, n, one, one, size, _eps(n), by_position=True)
 
 
 def _grouped_llvm(groups):

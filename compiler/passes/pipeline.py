@@ -13,6 +13,7 @@ from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants
 from .hoist import hoist_scan_invariants
 from .manager import Pass, PassContext, PassStats
+from .projections import merge_split_projections
 from .simplify import simplify
 from .verify import check_types
 from .verify import verify as verify_graph
@@ -21,12 +22,16 @@ from .verify import verify as verify_graph
 # 1. check_types first: the rewrites below trust every node's recorded types.
 # 2. fold_constants before simplify: folding turns `ones(...)`, `full(...)` and ops on
 #    constants into `constant` nodes, which the x*1 / x+0 rules recognise.
-# 3. hoist_scan_invariants after simplify: a simplified body shows its invariants.
-REWRITES: list[Pass] = [check_types, fold_constants, simplify, hoist_scan_invariants]
+# 3. merge_split_projections after simplify (its transposes of the weight's parts are plain
+#    then) and before any target's fold_weight_layout, which then folds the merged product's
+#    transpose of the whole weight.
+# 4. hoist_scan_invariants after simplify: a simplified body shows its invariants.
+REWRITES: list[Pass] = [check_types, fold_constants, simplify, merge_split_projections,
+                        hoist_scan_invariants]
 # A target's own folds go between REWRITES and CLEANUP (codegen/llvm/pipeline.py), so that:
-# 4. cse after the rewrites: simplified expressions are more often equal, and folded constants
+# 5. cse after the rewrites: simplified expressions are more often equal, and folded constants
 #    with equal values merge.
-# 5. dce last of the rewrites: it removes what the elaborator left unused (each rewrite removes
+# 6. dce last of the rewrites: it removes what the elaborator left unused (each rewrite removes
 #    what it replaced itself).
 CLEANUP: list[Pass] = [cse, dce]
 TARGET_INDEPENDENT: list[Pass] = [*REWRITES, *CLEANUP]

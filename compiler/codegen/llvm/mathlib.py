@@ -91,11 +91,29 @@ class ScalarMath:
             self.flags = flags
 
     def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
+        """llvm.NAME on scalars or on vectors of f32 (the softmax rows' explicit vectors)."""
         ty = args[0].type
-        fn = self.b.module.declare_intrinsic(
-            f"llvm.{name}", [ty], ir.FunctionType(ty, [a.type for a in args])
-        )
+        fnty = ir.FunctionType(ty, [a.type for a in args])
+        if isinstance(ty, ir.VectorType):  # llvmlite cannot mangle vector types itself
+            symbol = f"llvm.{name}.v{ty.count}f32"
+            fn = self.b.module.globals.get(symbol) or ir.Function(self.b.module, fnty, symbol)
+            return self.b.call(fn, list(args), fastmath=self.flags)
+        fn = self.b.module.declare_intrinsic(f"llvm.{name}", [ty], fnty)
         return self.b.call(fn, list(args), fastmath=self.flags if ty in (F32, F64) else ())
+
+    @staticmethod
+    def like(value: ir.Value, constant: float | int, element: ir.Type = F32) -> ir.Constant:
+        """`constant` as an `element` scalar, or splat over as many lanes as `value` has."""
+        ty = value.type
+        if isinstance(ty, ir.VectorType):
+            return ir.Constant(ir.VectorType(element, ty.count), [constant] * ty.count)
+        return ir.Constant(element, constant)
+
+    @staticmethod
+    def retyped(value: ir.Value, element: ir.Type) -> ir.Type:
+        """`element`, or a vector of it as wide as `value`."""
+        ty = value.type
+        return ir.VectorType(element, ty.count) if isinstance(ty, ir.VectorType) else element
 
     def fadd(self, a, b):
         return self.b.fadd(a, b, flags=self.flags)
@@ -189,33 +207,64 @@ class ScalarMath:
         return b.sext(v, to) if to.width > v.type.width else b.trunc(v, to)
 
     def exp(self, a):
-        """e^a. f32 is computed here, in a form LLVM vectorises (libm's expf is one scalar call
-        per element): a = k ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 in two parts), e^r by
-        its Taylor series to r^7 (truncation below 1e-8), times 2^k built from the exponent
-        bits in two halves, so denormal results and results up to FLT_MAX come out right."""
-        if a.type != F32:
+        """e^a. f32 (a scalar, or a vector of f32 lanes) is computed here, in a form LLVM
+        vectorises (libm's expf is one scalar call per element): a = k ln2 + r with
+        |r| <= ln2/2 (Cody-Waite: ln2 in two parts), e^r by its Taylor series to r^7
+        (truncation below 1e-8), times 2^k built from the exponent bits in two halves, so
+        denormal results and results up to FLT_MAX come out right."""
+        if a.type != F32 and not (isinstance(a.type, ir.VectorType) and a.type.element == F32):
             return self.intrinsic("exp", a)
         b = self.b
-        x = self.intrinsic("minnum", self.intrinsic("maxnum", a, ir.Constant(F32, -104.0)),
-                           ir.Constant(F32, 88.75))
-        k = self.intrinsic("rint", self.fmul(x, ir.Constant(F32, 1.4426950408889634)))
-        r = self.fsub(self.fsub(x, self.fmul(k, ir.Constant(F32, 0.693359375))),
-                      self.fmul(k, ir.Constant(F32, -2.12194440e-4)))
-        p = ir.Constant(F32, 1.0 / 5040)
-        for c in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
-            p = self.fadd(self.fmul(p, r), ir.Constant(F32, c))
-        ki = b.fptosi(k, I32)
-        half = b.ashr(ki, ir.Constant(I32, 1))
+
+        def c(value, element=F32):
+            return self.like(a, value, element)
+
+        # an argument below the smallest denormal's log has the result 0 (selected below);
+        # computing with 0 instead, not with a clamped -104, keeps the discarded lanes from
+        # producing denormals, which cost a microcode assist each (a softmax's -inf mask)
+        low = b.fcmp_ordered("<", a, c(-103.972))
+        x = self.intrinsic("minnum", b.select(low, c(0.0), a), c(88.75))
+        k = self.intrinsic("rint", self.fmul(x, c(1.4426950408889634)))
+        r = self.fsub(self.fsub(x, self.fmul(k, c(0.693359375))), self.fmul(k, c(-2.12194440e-4)))
+        p = c(1.0 / 5040)
+        for coefficient in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+            p = self.fadd(self.fmul(p, r), c(coefficient))
+        ki = b.fptosi(k, self.retyped(a, I32))
+        half = b.ashr(ki, c(1, I32))
 
         def power_of_two(e):
-            return b.bitcast(b.shl(b.add(e, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
+            return b.bitcast(b.shl(b.add(e, c(127, I32)), c(23, I32)), a.type)
 
         value = self.fmul(self.fmul(p, power_of_two(half)), power_of_two(b.sub(ki, half)))
-        inf = ir.Constant(F32, float("inf"))
-        value = b.select(b.fcmp_ordered(">", a, ir.Constant(F32, 88.72283935546875)), inf, value)
-        value = b.select(b.fcmp_ordered("<", a, ir.Constant(F32, -103.972)),
-                         ir.Constant(F32, 0.0), value)
+        value = b.select(b.fcmp_ordered(">", a, c(88.72283935546875)), c(float("inf")), value)
+        value = b.select(low, c(0.0), value)
         return b.select(b.fcmp_unordered("uno", a, a), a, value)  # NaN stays NaN
+
+    # erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0: the Chebyshev fit of Numerical
+    # Recipes (erfcc, fractional error below 1.2e-7 for every z >= 0); P's coefficients from
+    # the constant term up
+    ERFC_FIT = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+                -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+    def erfc(self, a):
+        """The complementary error function. f32 is computed here, in a form LLVM vectorises
+        (libm's erfcf is one scalar call per element, which also keeps a fused GEMM's
+        epilogue scalar): the fit ERFC_FIT for |a|, and 2 - erfc(|a|) for negative a.
+        Relative error (measured against scipy in f64): 2e-7 for a < 0.5, growing with a^2,
+        which rounds in f32 inside the exp, to 7e-6 at a = 8 (erfc 1e-29); beyond 10.05 the
+        result is 0 (numpy's is below 3e-45). NaN stays NaN."""
+        if a.type != F32:
+            return self.libm("erfc", a)
+        b = self.b
+        z = self.intrinsic("fabs", a)
+        t = self.fdiv(ir.Constant(F32, 1.0), self.fadd(ir.Constant(F32, 1.0),
+                                                        self.fmul(z, ir.Constant(F32, 0.5))))
+        poly = ir.Constant(F32, self.ERFC_FIT[-1])
+        for coefficient in reversed(self.ERFC_FIT[:-1]):
+            poly = self.fadd(self.fmul(poly, t), ir.Constant(F32, coefficient))
+        value = self.fmul(t, self.exp(self.fsub(poly, self.fmul(z, z))))
+        return b.select(b.fcmp_ordered("<", a, ir.Constant(F32, 0.0)),
+                        self.fsub(ir.Constant(F32, 2.0), value), value)
 
     def tanh(self, a):
         """tanh(a); f32 without a libm call: an odd Taylor polynomial to a^13 for |a| < 0.4

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from .abi import F32, F64
+from .microkernels import tiling
+from .reductions import RowVectors
 from .spatial import ZERO, mean_of
 
 
@@ -44,6 +47,73 @@ def normalize(kb, n, groups: ir.Value, per_group: ir.Value, spatial: ir.Value, e
                 value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
                 kb.store(y, at, _affine(kb, value, weight, bias,
                                         position if by_position else channel, dtype), dtype)
+
+
+def layer_norm_rows(kb, n, length: ir.Value, eps: float) -> bool:
+    """Layer norm of f32 rows (`normalize`'s arithmetic, rounding step by step as it does)
+    as explicit vectors, rows shared by the module's threads; False (nothing emitted) for
+    other dtypes. Rows of a few hundred features are short: LLVM's own vectorised loops
+    would pay a scalar remainder and a reduction epilogue per pass, three passes per row."""
+    if any(t is not None and t.dtype != "f32" for t in n.in_types):
+        return False
+    x_t = n.in_types[0]
+    present = [kb.input(name) for name in ("weight", "bias")]
+    buffers = [kb.input("x"), kb.output(), *(p for p in present if p is not None)]
+    width = kb.vector_width or tiling().width
+
+    def emit(rkb, ptrs, start, count, size):
+        x, y, rest = ptrs[0], ptrs[1], iter(ptrs[2:])
+        weight, bias = (next(rest) if p is not None else None for p in present)
+        _layer_norm_row_range(rkb, x, y, weight, bias, start, count, size, width, eps)
+
+    rows = kb.b.sdiv(kb.numel(x_t.shape), kb.select(
+        kb.compare("==", length, kb.const(0, "i64")), kb.const(1, "i64"), length))
+    kb.over_rows("rows", buffers, rows, length, emit)
+    return True
+
+
+def _layer_norm_row_range(kb, x, y, weight, bias, start, count, length, width: int,
+                          eps: float) -> None:
+    """Rows start .. start + count: mean and biased variance summed in f64 vectors (the
+    centred squares in f32 first, as `normalize`), then (x - mean) / sqrt(var + eps) *
+    weight + bias per vector."""
+    b = kb.b
+    rows = RowVectors(kb, length, width)
+    wide = rows.splat(0.0, F64)
+    count_f64 = b.sitofp(length, F64)
+
+    def mean(total):  # f64 sum -> f32 mean, as mean_of rounds it
+        return b.fptrunc(b.fdiv(rows.across(total, kb.fadd), count_f64), F32)
+
+    with kb.for_range(count) as r:
+        base = b.mul(b.add(start, r), length)
+
+        def at(j):
+            return b.add(base, j)
+
+        mu = rows.vec.splat(mean(rows.sweep(wide, lambda j, tail, acc: kb.fadd(
+            acc, b.fpext(rows.load(x, at(j), tail), wide.type)))))
+
+        def add_square(j, tail, acc):
+            centred = kb.fsub(rows.load(x, at(j), tail), mu)
+            square = kb.fmul(centred, centred)
+            if tail is not None:
+                square = b.select(tail, square, rows.splat(0.0))
+            return kb.fadd(acc, b.fpext(square, wide.type))
+
+        var = mean(rows.sweep(wide, add_square))
+        root = rows.vec.splat(kb.intrinsic("sqrt", kb.fadd(var, ir.Constant(F32, eps))))
+
+        def normalise(j, tail, carried):
+            value = kb.fdiv(kb.fsub(rows.load(x, at(j), tail), mu), root)
+            if weight is not None:
+                value = kb.fmul(value, rows.load(weight, j, tail))
+            if bias is not None:
+                value = kb.fadd(value, rows.load(bias, j, tail))
+            rows.store(value, y, at(j), tail)
+            return carried
+
+        rows.sweep(wide, normalise)
 
 
 def _affine(kb, value, weight, bias, index, dtype: str) -> ir.Value:

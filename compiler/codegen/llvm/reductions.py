@@ -8,7 +8,12 @@ from llvmlite import ir
 
 from ...dims import Dim
 from . import irgen
-from .abi import I64
+from .abi import F32, I64
+from .microkernels import tiling
+from .threads import parallel_rows
+
+ROWS_BLOCK = 8  # rows: the smallest block of a row kernel (softmax, layer norm) a thread takes
+ROWS_PARALLEL = 1 << 15  # elements below which a row kernel runs on one thread
 
 
 class ReductionKernels:
@@ -112,8 +117,14 @@ class ReductionKernels:
         return x, out, length, each
 
     def softmax(self, n, axis: int, log: bool = False) -> None:
-        """Stable softmax (or log_softmax) along `axis`: max, then sum of exp(x - max)."""
-        dtype = n.in_types[0].dtype
+        """Stable softmax (or log_softmax) along `axis`: max, then sum of exp(x - max). Along
+        the last axis in f32 (attention's rows) the rows are explicit vectors (`_softmax_rows`);
+        otherwise a loop per element that LLVM vectorises where it can."""
+        t = n.in_types[0]
+        if t.dtype == "f32" and t.rank and all(d == 1 for d in t.shape[axis + 1:]):
+            self._softmax_rows(t, axis, log)
+            return
+        dtype = t.dtype
         x, out, length, each = self.along_axis(n, axis)
         zero = ir.Constant(I64, 0)
 
@@ -133,3 +144,130 @@ class ReductionKernels:
                 self.store(out, at(j), value, dtype)
 
         each(line)
+
+    def _softmax_rows(self, t, axis: int, log: bool) -> None:
+        """Softmax along the contiguous last axis of an f32 tensor (`_softmax_row_range`).
+        Short rows (attention's 64 to 512 keys) are why the vectors are explicit: LLVM's
+        vectorised loops pay a scalar remainder, runtime checks and a reduction epilogue per
+        loop, three loops per row."""
+        width = self.vector_width or tiling().width
+        self.over_rows("rows", [self.input(0), self.output()], self.numel(t.shape[:axis]),
+                       self.dim(t.shape[axis]),
+                       lambda kb, ptrs, start, count, length: _softmax_row_range(
+                           kb, *ptrs, start, count, length, width, log))
+
+    def over_rows(self, suffix: str, buffers: list[ir.Value], rows: ir.Value,
+                  length: ir.Value, emit) -> None:
+        """emit(kb, buffers, start, count, length) computes rows start .. start + count of
+        `length` f32 elements each; here it runs on rows 0 .. rows, in a range function the
+        module's threads share when there are enough rows (in a kernel that already runs on
+        several threads, inline)."""
+        zero = ir.Constant(I64, 0)
+        if self.serial:
+            emit(self, buffers, zero, rows, length)
+            return
+        inner = self.helper(suffix)
+        start, count, size = (irgen.element(inner.b, inner.dims_ptr, i) for i in range(3))
+        emit(inner, [inner.buffer(i, "f32") for i in range(len(buffers))], start, count, size)
+        fn = parallel_rows(self.module, inner.finish(), len(buffers), 3,
+                           lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
+                                                                      sizes[1], sizes[2]]),
+                           min_rows=ROWS_BLOCK, min_work=ROWS_PARALLEL, rows_index=1,
+                           work=lambda b, sizes: b.mul(sizes[1], sizes[2]), oversplit=2)
+        self.call_kernel(fn, buffers, [zero, rows, length], suffix)
+
+
+class RowVectors:
+    """One row of `length` f32 elements as whole vectors of `width` lanes and a masked tail:
+    `sweep` folds a value over the row's vectors, `load`/`store` move a vector of any buffer
+    at a position in the row, `across` folds a vector's lanes into a scalar."""
+
+    def __init__(self, kb, length: ir.Value, width: int):
+        self.kb, self.b, self.width, self.length = kb, kb.b, width, length
+        self.vec = irgen.Vectors(kb.b, width)
+        step = ir.Constant(I64, width)
+        self.whole = self.b.mul(self.b.sdiv(length, step), step)  # elements in whole vectors
+        self.mask = self.vec.mask(self.b.sub(length, self.whole), 0)  # the tail's lanes
+
+    def splat(self, value: float, element: ir.Type = F32) -> ir.Constant:
+        return ir.Constant(ir.VectorType(element, self.width), [value] * self.width)
+
+    def load(self, ptr: ir.Value, at: ir.Value, tail) -> ir.Value:
+        """The vector at ptr + at (the tail's lanes only, zero elsewhere, when `tail`)."""
+        return self.vec.load(ptr, at) if tail is None else self.vec.masked_load(ptr, at, tail)
+
+    def store(self, value: ir.Value, ptr: ir.Value, at: ir.Value, tail) -> None:
+        if tail is None:
+            self.vec.store(value, ptr, at)
+        else:
+            self.vec.masked_store(value, ptr, at, tail)
+
+    def sweep(self, init: ir.Value, body) -> ir.Value:
+        """acc = body(j, tail, acc) for each vector at position j of the row: whole vectors
+        (tail None), then the tail (its lane mask; its result is kept only when the row has
+        a tail, but its masked loads and stores touch nothing outside the row)."""
+        b = self.b
+        with irgen.loop(b, self.whole, step=self.width, carries=[init], name="vectors") as state:
+            state.carry([body(state.index, None, state.values[0])])
+        done = state.values[0]
+        return b.select(b.icmp_signed("<", self.whole, self.length),
+                        body(self.whole, self.mask, done), done)
+
+    def across(self, v: ir.Value, combine) -> ir.Value:
+        """The lanes of v combined into one scalar, by halves."""
+        b, lanes = self.b, self.width
+        i32 = ir.IntType(32)
+        while lanes > 1:
+            lanes //= 2
+            high = b.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(
+                ir.VectorType(i32, self.width), [lanes + i % lanes for i in range(self.width)]))
+            v = combine(v, high)
+        return b.extract_element(v, ir.Constant(i32, 0))
+
+
+def _softmax_row_range(kb, x, out, start, count, length, width: int, log: bool) -> None:
+    """Rows start .. start + count of length `length`: the maximum, the sum of exp(x - max)
+    (softmax: storing each exp), then softmax's exp times 1 / sum, or log_softmax's
+    (x - max) - log(sum). The maximum skips NaN, which the sum then carries to every output
+    of its row, as numpy's NaN maximum would; a +inf or all -inf row is NaN as numpy's is."""
+    b = kb.b
+    rows = RowVectors(kb, length, width)
+    vec = rows.vec
+
+    def larger(p, q):  # vmaxps: q when either is NaN
+        return b.select(b.fcmp_ordered(">", p, q), p, q)
+
+    with kb.for_range(count) as r:
+        base = b.mul(b.add(start, r), length)
+
+        def at(j):
+            return b.add(base, j)
+
+        def fold_max(j, tail, m):
+            v = rows.load(x, at(j), tail)
+            return larger(v if tail is None else b.select(tail, v, rows.splat(float("-inf"))), m)
+
+        tops = vec.splat(rows.across(rows.sweep(rows.splat(float("-inf")), fold_max), larger))
+
+        def add_exp(j, tail, total):
+            e = kb.exp(kb.fsub(rows.load(x, at(j), tail), tops))
+            if not log:
+                rows.store(e, out, at(j), tail)
+            return kb.fadd(total, e if tail is None else b.select(tail, e, rows.splat(0.0)))
+
+        total = rows.across(rows.sweep(rows.splat(0.0), add_exp), kb.fadd)
+        if log:
+            scale = vec.splat(kb.intrinsic("log", total))
+
+            def finish(j, tail, carried):
+                shifted = kb.fsub(rows.load(x, at(j), tail), tops)
+                rows.store(kb.fsub(shifted, scale), out, at(j), tail)
+                return carried
+        else:
+            scale = vec.splat(kb.fdiv(ir.Constant(F32, 1.0), total))
+
+            def finish(j, tail, carried):
+                rows.store(kb.fmul(rows.load(out, at(j), tail), scale), out, at(j), tail)
+                return carried
+
+        rows.sweep(rows.splat(0.0), finish)
