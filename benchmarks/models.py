@@ -3,12 +3,17 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
 
     python benchmarks/models.py [--batches 1 32] [--threads 1 2] [--repeat 20] [--models mlp lenet]
     python benchmarks/models.py --pytorch [--batches 1 32] [--threads 1 2] [--models lstm gru]
+    python benchmarks/models.py --precision bf16 [--batches 1 32] [--threads 1 2] [--models mlp]
 
 `--pytorch` times, instead, kiln native and onnxruntime on kiln's export beside onnxruntime on
 PyTorch's (torch.onnx.export) of the same model with the same weights (issue 16's baseline):
 the MLP, LSTM, GRU and Transformer encoder of issue 16's table, each written once in kiln
 and once in PyTorch under the same parameter names (TWINS), so that PyTorch's state_dict
 loads into kiln strictly.
+
+`--precision bf16` times, instead, kiln native with precision="bf16" beside the f32 code of
+the same model (alternating rounds, as below), and gives the bf16 outputs' error against f32:
+the largest, over the outputs, of the relative L2 error ||y_bf16 - y_f32|| / ||y_f32||.
 
 Prints the median latency of each and the ratios native/onnxruntime and reference/native, with
 kiln (threads=N) and onnxruntime (intra_op_num_threads=N) at each thread count. Each
@@ -118,6 +123,74 @@ def measure(path: Path, batch: int, threads: int, repeat: int, with_ref: bool) -
     if with_ref:
         out["ref"] = settled(median_ms, max(3, repeat // 4), ref, **feeds)
     return out
+
+
+def outputs(model, feeds: dict) -> tuple:
+    """A model's outputs as a tuple (one output is returned bare)."""
+    got = model(**feeds)
+    return got if isinstance(got, tuple) else (got,)
+
+
+def relative_error(got: tuple, want: tuple) -> float:
+    """The largest relative L2 error of `got`'s outputs against `want`'s."""
+    return max(float(np.linalg.norm((g - w).astype(np.float64))
+                     / max(float(np.linalg.norm(w.astype(np.float64))), 1e-30))
+               for g, w in zip(got, want, strict=True))
+
+
+def measure_precision(path: Path, batch: int, threads: int, repeat: int,
+                      precision: str) -> dict:
+    """One configuration, timed in this process: native f32 and native `precision` in
+    alternating rounds, and the error of the latter's outputs against f32's."""
+    f32 = kiln.compile(str(path), target="native", threads=threads)
+    feeds = inputs_for(f32, batch, np.random.default_rng(0))
+    out: dict = {"f32": None, "low": None, "error": None, "reason": None}
+    try:
+        low = kiln.compile(str(path), target="native", threads=threads, precision=precision)
+    except KilnError as err:
+        out["reason"] = f"{precision}: {err.code} {err.message}"
+        return out
+    out["error"] = relative_error(outputs(low, feeds), outputs(f32, feeds))
+    rounds: dict[str, list[float]] = {"f32": [], "low": []}
+    for _ in range(ROUNDS):
+        rounds["f32"].append(settled(median_ms, repeat, f32, **feeds))
+        rounds["low"].append(settled(median_ms, repeat, low, **feeds))
+    out["f32"], out["low"] = (statistics.median(rounds[k]) for k in ("f32", "low"))
+    return out
+
+
+def compare_precisions(opts, files: list[Path]) -> int:
+    """The --precision table: per example, batch and threads, f32 and reduced-precision
+    latency, their ratio, and the reduced precision's error against f32."""
+    p = opts.precision
+    header = (f"{'model':<24}{'batch':>6}{'thr':>4}{'f32 ms':>10}{p + ' ms':>10}"
+              f"{p + '/f32':>10}{'rel. error':>12}")
+    print(header)
+    print("-" * len(header))
+    failed = 0
+    for index, path in enumerate(files, 1):
+        for batch in opts.batches:
+            for threads in opts.threads:
+                print(f"[{index}/{len(files)}] {path.stem}: batch {batch}, {threads} thread(s)...",
+                      file=sys.stderr, flush=True)
+                child = subprocess.run(
+                    [sys.executable, __file__, "--measure-precision", str(path), str(batch),
+                     str(threads), "--precision", p, "--repeat", str(opts.repeat)],
+                    capture_output=True, text=True)
+                if child.returncode != 0:
+                    why = (child.stderr.strip().splitlines() or ["no message"])[-1]
+                    print(f"{path.stem:<24}{batch:>6}{threads:>4}  failed: {why}", flush=True)
+                    failed += 1
+                    continue
+                got = json.loads(child.stdout.strip().splitlines()[-1])
+                if got["reason"]:
+                    print(f"{path.stem:<24}{batch:>6}{threads:>4}  {got['reason']}", flush=True)
+                    failed += 1
+                    continue
+                print(f"{path.stem:<24}{batch:>6}{threads:>4}{got['f32']:>10.3f}"
+                      f"{got['low']:>10.3f}{got['low'] / got['f32']:>10.2f}"
+                      f"{got['error']:>12.1e}", flush=True)
+    return 1 if failed else 0
 
 
 # issue 16's models with a PyTorch twin: name -> (kiln source, PyTorch module factory, the
@@ -318,7 +391,17 @@ def main() -> int:
                              "PyTorch's (mlp lstm gru transformer)")
     parser.add_argument("--measure-twin", nargs=3, metavar=("NAME", "BATCH", "THREADS"),
                         help=argparse.SUPPRESS)  # one --pytorch configuration, in a child
+    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                        help="bf16: kiln native in bf16 beside f32, with its error (no "
+                             "onnxruntime)")
+    parser.add_argument("--measure-precision", nargs=3, metavar=("FILE", "BATCH", "THREADS"),
+                        help=argparse.SUPPRESS)  # one --precision configuration, in a child
     opts = parser.parse_args()
+    if opts.measure_precision:
+        path, batch, threads = opts.measure_precision
+        print(json.dumps(measure_precision(Path(path), int(batch), int(threads), opts.repeat,
+                                           opts.precision)))
+        return 0
     if opts.measure_twin:
         name, batch, threads = opts.measure_twin
         print(json.dumps(measure_twin(name, int(batch), int(threads), opts.repeat)))
@@ -333,6 +416,8 @@ def main() -> int:
     files = sorted((ROOT / "examples").glob("*.kiln"))
     if opts.models:
         files = [f for f in files if f.stem in opts.models]
+    if opts.precision != "f32":
+        return compare_precisions(opts, files)
     header = (f"{'model':<24}{'batch':>6}{'thr':>4}{'native ms':>11}{'ort ms':>9}"
               f"{'numpy ms':>10}{'native/ort':>11}{'numpy/native':>13}")
     print(header)

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import autodiff, pipelines, progress
 from .builds import Builds, Weights, read_only  # noqa: F401  (re-exported)
+from .codegen.llvm import bf16
 from .codegen.llvm import target as targets
 from .codegen.llvm.machine import compile_object
 from .codegen.llvm.module import ModuleLayout
@@ -106,15 +107,20 @@ class Compilation:
     def __init__(self, model: ElaboratedModel,
                  variant: Callable[[frozenset[str]], ElaboratedModel] | None = None,
                  target: str = "native", cpu: targets.Target | None = None,
-                 opt_level: int = 1):
+                 opt_level: int = 1, precision: str = "f32"):
         """`model`: the model elaborated with every optional input; `variant(present)`: the
         model elaborated with only the optional inputs in `present` (None: only `model`'s set
-        can be compiled); `cpu`: native code's target (default: this machine's)."""
+        can be compiled); `cpu`: native code's target (default: this machine's); `precision`:
+        of matmul and convolution products in native code ("bf16": codegen/llvm/bf16.py)."""
         self.model = model
         self.target = target
         self.pipeline = PIPELINE_OF[target]
         self.cpu = (cpu or targets.host()) if target == "native" else cpu
         self.opt_level = opt_level
+        bf16.check(precision, target)
+        if precision == "bf16":  # now, not at the first call: no silent fallback
+            bf16.require(self.cpu)
+        self.precision = precision
         self.builds = Builds()
         self.pass_stats: list = []  # what the target's pipeline did to the model
         # the same for each pipeline that has made this model's graph ("native", "onnx"):
@@ -127,7 +133,8 @@ class Compilation:
     @classmethod
     def of(cls, program: Program, model: str | None = None, args: dict[str, Any] | None = None,
            target: str = "native", cpu: targets.Target | None = None,
-           opt_level: int = 1, training: bool = False) -> Compilation:
+           opt_level: int = 1, training: bool = False,
+           precision: str = "f32") -> Compilation:
         """The compilation of the model named `model` (default: the file's last) of `program`
         with compile-time arguments `args`, in training mode when `training`
         (elaborate/training.py); elaborates it with every optional input now."""
@@ -137,16 +144,17 @@ class Compilation:
         def variant(present: frozenset[str]) -> ElaboratedModel:
             return program.elaborate(model, args, present, training)
 
-        return cls(elaborated, variant, target, cpu, opt_level)
+        return cls(elaborated, variant, target, cpu, opt_level, precision)
 
     @classmethod
     def of_graph(cls, name: str, graph: Graph, params: dict[str, np.ndarray],
                  target: str = "native", cpu: targets.Target | None = None,
-                 opt_level: int = 1) -> Compilation:
+                 opt_level: int = 1, precision: str = "f32") -> Compilation:
         """The compilation of a graph built without source (an imported ONNX model, from
         compiler/onnx_import): its inputs and outputs are the model's signature, its `param`
         nodes its parameters, with initial values `params` by path."""
-        return cls(ElaboratedModel.of_graph(name, graph, params), None, target, cpu, opt_level)
+        return cls(ElaboratedModel.of_graph(name, graph, params), None, target, cpu, opt_level,
+                   precision)
 
     def elaborated(self, present: frozenset[str] | None = None) -> ElaboratedModel:
         """The model elaborated with the optional inputs in `present` (default: the model's)."""
@@ -212,7 +220,10 @@ class Compilation:
         model = (self.gradient(weights, present, "native").model if gradient
                  else self.lowered(weights, present, "native"))
         cpu = cpu or self.cpu or targets.host()
-        code, layout, machine = compile_object(model, cpu, with_plan, stamp, profile)
+        if self.precision == "bf16":  # a library's CPU (--cpu) may differ from this one
+            bf16.require(cpu)
+        code, layout, machine = compile_object(model, cpu, with_plan, stamp, profile,
+                                               self.precision)
         return NativeObject(model, code, layout, machine)
 
     def onnx(self, weights: Weights, present: frozenset[str] | None = None,

@@ -78,6 +78,7 @@ def compile(
     opt_level: int = 1,
     threads: int | None = None,
     training: bool = False,
+    precision: str = "f32",
 ):
     """Compile one model of a file into a callable taking and returning numpy arrays.
 
@@ -93,9 +94,12 @@ def compile(
     training: elaborate with `training = true` (docs/training.md, "Training mode"): dropout
     draws its mask from the extra input `rng_key` ([seed, step], i64[2]) and batch_norm uses
     batch statistics, returning its buffers' new values as extra outputs (`model.updates`).
+    precision: "f32" (the default) or, for target="native", "bf16": matmul and convolution
+    multiply bf16-rounded operands with f32 sums (AVX512_BF16; K0971 on a CPU without it;
+    docs/language.md, "Reduced precision").
     """
 
-    request = _cache_request(source, model, target, args, opt_level, training)
+    request = _cache_request(source, model, target, args, opt_level, training, precision)
     if request is not None:  # a model entry of the compile cache, keyed without elaborating
         from kiln.runtime import modelcache
 
@@ -104,7 +108,7 @@ def compile(
             return hit
         source = load(source)
     compilation, params = prepare(source, model, target, seed, weights, args, strict, opt_level,
-                                  training=training)
+                                  training=training, precision=precision)
     if target == "onnx":
         from kiln.runtime.onnx import OnnxModel
 
@@ -121,11 +125,14 @@ def compile(
     return ReferenceModel(compilation, params)
 
 
-def _cache_request(source, model, target: str, args, opt_level, training):
+def _cache_request(source, model, target: str, args, opt_level, training, precision="f32"):
     """The compile cache's model-entry request (runtime/modelcache.py) for a native compile
     of a model file, or None: source text, a Program, an ONNX model, other targets, or options
-    the entry's key cannot spell compile the long way."""
+    the entry's key cannot spell compile the long way (a precision other than f32: its code
+    is still found in the graph- and IR-keyed caches, whose keys hold the precision)."""
     if target != "native" or not isinstance(source, str | os.PathLike) or is_onnx_path(source):
+        return None
+    if precision != "f32":
         return None
     from kiln.runtime.modelcache import Request
 
@@ -136,7 +143,8 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
             target: str = "native", seed: int = 0,
             weights: str | os.PathLike | dict | None = None, args: dict[str, Any] | None = None,
             strict: bool = True, opt_level: int = 1, cpu: Target | None = None,
-            training: bool = False) -> tuple[Compilation, dict[str, np.ndarray]]:
+            training: bool = False, precision: str = "f32"
+            ) -> tuple[Compilation, dict[str, np.ndarray]]:
     """What `compile` builds a model from: the model's Compilation for `target` (`cpu`: the
     CPU of native code, default this machine's) and its parameter values (initial ones from
     `seed`, then `weights` loaded over them). The options as `compile` takes them, checked
@@ -151,6 +159,9 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
         raise KilnError("K0602", f"opt_level must be 0 or 1, not {opt_level!r}")
     if not isinstance(training, bool):
         raise KilnError("K0602", f"training must be True or False, not {training!r}")
+    from kiln.compiler.codegen.llvm import bf16
+
+    bf16.check(precision, target)  # before elaborating: a wrong option costs nothing
     from kiln.compiler.driver import Compilation
     from kiln.compiler.elaborate import Program
     from kiln.compiler.initializers import generate_params
@@ -159,9 +170,10 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
     if _is_onnx_program(program):  # checks the arguments as a kiln file's
         program.elaborate(model, args, training=training)
         compilation = Compilation.of_graph(program.name, program.graph, program.params,
-                                           target, cpu, opt_level)
+                                           target, cpu, opt_level, precision)
     else:
-        compilation = Compilation.of(program, model, args, target, cpu, opt_level, training)
+        compilation = Compilation.of(program, model, args, target, cpu, opt_level, training,
+                                     precision)
     elaborated = compilation.model
     loaded: dict[str, np.ndarray] = {}
     if weights is not None:  # load before building a backend, so it is built once

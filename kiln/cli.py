@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="-O0 turns the graph optimizer off (for debugging); -O1 (default)")
         c.add_argument("--print-passes", action="store_true",
                        help="report what each optimizer pass changed, and how long it took")
+        c.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                       help="bf16: matmul and convolution multiply bf16-rounded operands with "
+                       "f32 sums (native; needs AVX512_BF16); f32 (default)")
 
     def bind_option(c, what):
         c.add_argument("--bind", action="append", default=[], metavar="SYM=N",
@@ -366,7 +369,7 @@ def compile_options(opts) -> dict:
     """The options of kiln.compile (and kiln.api.prepare) that `run` and `compile` share."""
     return dict(model=opts.model, seed=opts.seed, weights=opts.weights,
                 args=parse_args_option(opts.arg), strict=not opts.no_strict,
-                opt_level=opts.opt_level)
+                opt_level=opts.opt_level, precision=opts.precision)
 
 
 def print_passes(stats: list | None) -> None:

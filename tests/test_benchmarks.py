@@ -40,3 +40,18 @@ def test_pytorch_twins_are_one_model(name):
     got = models.measure_twin(name, batch=2, threads=1, repeat=1)
     assert got["diff"] < 1e-4 and got["native_diff"] < 1e-4, got
     assert got["native"] > 0 and got["kiln"] > 0 and got["torch"] > 0, got
+
+
+def test_precision_configuration_times_both_and_gives_the_error():
+    """`models.py --precision bf16`: f32 and bf16 native on the same inputs, and the error;
+    on a CPU without AVX512_BF16 the configuration reports K0971 instead."""
+    from kiln.compiler.codegen.llvm import bf16
+    from kiln.compiler.codegen.llvm import target as targets
+
+    got = _models_script().measure_precision(ROOT / "examples" / "mlp.kiln", batch=2,
+                                             threads=1, repeat=2, precision="bf16")
+    if bf16.FEATURE not in targets.host().feature_set:
+        assert got["reason"].startswith("bf16: K0971"), got
+        return
+    assert got["reason"] is None and got["f32"] > 0 and got["low"] > 0, got
+    assert 0 < got["error"] < 5e-2, got  # rounded (not f32), within the examples' bound

@@ -18,10 +18,11 @@ import numpy as np
 
 from ... import derived as base
 from ...derived import derived_name
-from .packing import prepack_a, prepack_b, winograd_b
+from .packing import prepack_a, prepack_a_bf16, prepack_b, prepack_b_bf16, winograd_b
 
 KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b,
-                               "winograd_b": winograd_b}
+                               "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
+                               "prepack_b_bf16": prepack_b_bf16, "winograd_b": winograd_b}
 
 
 def parse(name: str) -> tuple[str, dict, str] | None:

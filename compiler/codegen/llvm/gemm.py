@@ -26,6 +26,7 @@ from typing import Protocol
 
 from llvmlite import ir
 
+from . import bf16
 from .abi import F32, I64, KERNEL_TYPE, PTR
 from .irgen import Vectors, element, i64, loop, memcpy, smaller
 from .kernel import KernelBuilder
@@ -144,7 +145,8 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     the module's GEMM function for B's kind, built on first use and shared by every kernel."""
     t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
     a_kind = "prepacked" if a.prepacked else "transposed" if a.transposed else "matrix"
-    fn = _driver(kb.module, type(b), a_kind, t)
+    # precision="bf16" (bf16.py): the operands in bf16 pairs, prepacked ones paired already
+    fn = _driver(kb.module, type(b), a_kind, t, kb.precision == "bf16")
     if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
         fn = _parallel(kb.module, fn, type(b), a_kind, t)
     b_pointers, b_sizes = b.fields()
@@ -209,12 +211,14 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     return fn
 
 
-def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Function:
+def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
+            bf16: bool = False) -> ir.Function:
     """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
-    a kernel-shaped function with the blocked loops for one kind of B."""
+    a kernel-shaped function with the blocked loops for one kind of B; `bf16`: the products
+    in bf16 pairs (bf16.py), every B packed (no path reads B in place as f32)."""
     kinds = f"{ {'matrix': '', 'transposed': 'at_', 'prepacked': 'ap_'}[a_kind]}" \
         f"{source.__name__.lower()}"
-    name = f"kiln_sgemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
+    name = f"kiln_{'bf16' if bf16 else 's'}gemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -228,12 +232,13 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling) -> ir.Funct
     a = Matrix(pointers[0], lda, a_kind == "transposed", a_kind == "prepacked")
     g = _Gemm(kb, t, a, source.unpack(pointers[2:], sizes[6:]),
               Matrix(pointers[1], ldc), m, n, k, a_pack, b_pack,
-              kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)))
+              kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)), bf16)
     # the ways to the product by the most rows of C each serves, the first that fits taken
     paths = []
-    if source in (Matrix, PackedB) and a_kind != "prepacked":  # (a prepacked A is in slices)
+    # (a prepacked A is in slices; bf16 reads only packed pairs)
+    if source in (Matrix, PackedB) and a_kind != "prepacked" and not bf16:
         paths.append((STREAM_ROWS, g.streamed))
-    if source is Matrix:
+    if source is Matrix and not bf16:
         paths.append((t.mr, g.in_place))
     _first_fit(kb.b, m, paths, g.packed)
     g.empty_sum()
@@ -275,6 +280,7 @@ class _Gemm:
     a_pack: ir.Value
     b_pack: ir.Value
     accumulate: ir.Value  # i1
+    bf16: bool = False  # A and B packed in bf16 pairs (bf16.py)
 
     def _min(self, x, y):
         return smaller(self.kb.b, x, y)
@@ -302,6 +308,10 @@ class _Gemm:
         floats: packed into the A buffer now, or, prepacked, in place."""
         if not self.a.prepacked:
             self._pack_a(row0, rows, pc, kc)
+            if self.bf16:  # each packed row to pairs, in place
+                with self.kb.for_range(rows) as i:
+                    bf16.pair_row(self.kb.b, self._at(self.a_pack, self.kb.b.mul(
+                        i, i64(self.t.kc))), kc)
             return self.a_pack
         b, depth = self.kb.b, i64(self.t.kc)
         offset = b.add(b.mul(b.sdiv(pc, depth), self.a.stride),
@@ -350,7 +360,8 @@ class _Gemm:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
         call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1)."""
         b, t = self.kb.b, self.t
-        kernels = [(h, micro_kernel(self.kb.module, t, h)) for h in sorted(t.heights)]
+        micro = bf16.micro_kernel if self.bf16 else micro_kernel
+        kernels = [(h, micro(self.kb.module, t, h)) for h in sorted(t.heights)]
 
         def step(i):
             left = b.sub(rows, i)
@@ -377,13 +388,18 @@ class _Gemm:
                 prepacked = isinstance(self.b, PackedB)
                 if not prepacked:
                     with kb.for_range(nc, step=t.nr) as jr:
-                        self.b.pack(kb, self._at(self.b_pack, b.mul(jr, kc)), pc, kc,
-                                    b.add(jc, jr), self._min(nr, b.sub(nc, jr)), t.nr)
+                        panel = self._at(self.b_pack, b.mul(jr, kc))
+                        self.b.pack(kb, panel, pc, kc, b.add(jc, jr),
+                                    self._min(nr, b.sub(nc, jr)), t.nr)
+                        if self.bf16:  # rows to pair rows, in place
+                            bf16.pair_panel(b, panel, kc, t.nr)
                 with kb.for_range(self.m, step=t.mc) as ic:
                     mc = self._min(i64(t.mc), b.sub(self.m, ic))
                     a_block = self._a_block(ic, mc, pc, kc)
                     with kb.for_range(nc, step=t.nr) as jr:
-                        panel = (self.b.panel(kb, b.add(jc, jr), pc, t.nr) if prepacked
+                        # a paired prepacked B has its slice at pc's pair row (pc is even)
+                        row = b.sdiv(pc, i64(2)) if self.bf16 else pc
+                        panel = (self.b.panel(kb, b.add(jc, jr), row, t.nr) if prepacked
                                  else self._at(self.b_pack, b.mul(jr, kc)))
                         self._tiles(a_block, ic, mc, kc, panel, nr, b.add(jc, jr),
                                     self._min(nr, b.sub(nc, jr)), add)

@@ -59,6 +59,7 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
                             fast_math)
         self._dims: dict[Dim, ir.Value] = {}
         self.vector_width: int | None = None  # f32 lanes of the target (None: the host's)
+        self.precision = "f32"  # of the GEMM's products: "bf16" (bf16.py) when asked
         self.serial = False  # True in a kernel whose callers run it on several threads
         self.node: NativeNode | None = None  # the op node whose kernel this is
 
@@ -271,6 +272,7 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
         inner.function.linkage = "internal"
         inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
             self.span
+        inner.precision = self.precision
         return inner
 
     def call_kernel(self, fn: ir.Function, pointers: list[ir.Value], sizes: list[ir.Value],

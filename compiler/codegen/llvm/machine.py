@@ -17,18 +17,23 @@ from .module import ModuleLayout, build_module, ir_text
 
 def compile_object(model, target: targets.Target, with_plan: bool = False,
                    stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
-                   profile: bool = False):
+                   profile: bool = False, precision: str = "f32"):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
     returns (object bytes, layout, target machine). `model` is an ElaboratedModel whose graph
     the native pipeline has lowered. `with_plan` adds `kiln_plan`, the memory plan as a C
     function, for libraries used without kiln; `stamp(layout)` gives read-only data symbols
     to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
-    (module.py: kiln_profile)."""
+    (module.py: kiln_profile); `precision`: the GEMM's, "f32" or "bf16" (bf16.py), part of
+    both cache keys when not f32 (whose keys stay as they were; the IR's text differs too)."""
+    # (precision is spelled only when not f32: entries cached before it existed stay valid)
+    reduced = () if precision == "f32" else (precision,)
     machine = target.machine()
     # by the graph first: a warm compile then builds no LLVM IR (graphcache.py); a library's
     # stamp depends on the layout, so a library always goes through the IR
-    by_graph = None if stamp else graphcache.key(
-        model, target, {"with_plan": with_plan, "profile": profile})
+    options = {"with_plan": with_plan, "profile": profile}
+    if reduced:
+        options["precision"] = precision
+    by_graph = None if stamp else graphcache.key(model, target, options)
     hit = graphcache.load(by_graph, model) if by_graph else None
     if hit is not None:
         return hit[0], hit[1], machine
@@ -36,13 +41,14 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
           assuming(model.graph.size_facts())):  # kernels compare shapes as the checker did
         module, layout = build_module(model, llvm.get_process_triple(),
                                       str(machine.target_data), with_plan=with_plan,
-                                      vector_width=target.vector_width, profile=profile)
+                                      vector_width=target.vector_width, profile=profile,
+                                      precision=precision)
         for name, data in (stamp(layout) if stamp else {}).items():
             symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
             symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
             symbol.global_constant = True
         text = ir_text(module, target.vector_width)
-    name = cache.key(__version__, target.cpu, target.features, text)
+    name = cache.key(__version__, target.cpu, target.features, *reduced, text)
     obj = cache.load(name)
     if obj is None:
         with progress.step(f"optimising and compiling {len(module.functions)} functions "

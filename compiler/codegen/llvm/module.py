@@ -64,12 +64,12 @@ ENTRY_TYPE = ir.FunctionType(
 
 
 def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
-                 vector_width: int | None = None, profile: bool = False
-                 ) -> tuple[ir.Module, ModuleLayout]:
+                 vector_width: int | None = None, profile: bool = False,
+                 precision: str = "f32") -> tuple[ir.Module, ModuleLayout]:
     """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
     `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers
     (plan.py: -1 when the sizes are out of range for the model); `profile` times each kernel
-    (see the module's docstring)."""
+    (see the module's docstring); `precision`: the GEMM's ("bf16": codegen/llvm/bf16.py)."""
     graph: Graph = model.graph
     layout = ModuleLayout(symbols=list(model.symbols))
     module = ir.Module(name=model.name)
@@ -88,6 +88,7 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     ins = [irgen.element(b, inputs_p, i) for i in range(len(graph.inputs))]
     outs = [irgen.element(b, outputs_p, i) for i in range(len(graph.outputs))]
     emitter = GraphEmitter(module, layout, params_p, dims_p, vector_width, status_p)
+    emitter.precision = precision
     if profile:
         emitter.profile = _profile_counters(module, graph)
     emitter.emit(b, graph, ins, outs, slot)
@@ -151,6 +152,7 @@ class GraphEmitter(GraphVisitor):
         self.captured: dict[int, tuple[int, dict]] = {}
         self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
         self.shared = share.SharedKernels(layout.failures)  # a scan body's: its parent's
+        self.precision = "f32"  # the GEMM's products (bf16.py)
 
     def emit(self, b: ir.IRBuilder, graph: Graph, inputs: list, outputs: list, slot) -> None:
         """Run `graph` reading `inputs` and writing `outputs` (pointers); `slot(type, node,
@@ -227,10 +229,10 @@ class GraphEmitter(GraphVisitor):
         operands = [v.type if v is not None else None for v in graph.operands(nid)]
         key = share.kernel_key(lowering.name, lowering.build, lowering.props, operands,
                                node["types"], node["attrs"], frozenset(prepacked),
-                               self.vector_width)
+                               self.vector_width, precision=self.precision)
         kernel, remap = self.shared.kernel(key, node["span"], lambda: _kernel(
             self.module, lowering, nid, graph, node, self.layout, self.vector_width,
-            prepacked=frozenset(prepacked)))
+            prepacked=frozenset(prepacked), precision=self.precision))
         self.call(f, kernel, args, nid, remap)
 
     def call(self, f: _Frame, kernel: ir.Function, args: list[ir.Value], nid: int,
@@ -280,9 +282,10 @@ class GraphEmitter(GraphVisitor):
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
         if layout == WINOGRAD:  # U = G g G^T as 36 B operands (winograd.py)
             return {slot: derived_name("winograd_b", name, nr=t.nr)}
+        suffix = "_bf16" if self.precision == "bf16" else ""  # paired for the bf16 GEMM
         if REGISTRY[op_node["op"]].packed_weight == "b":
-            return {slot: derived_name("prepack_b", name, nr=t.nr, groups=groups)}
-        return {slot: derived_name("prepack_a", name, kc=t.kc, groups=groups)}
+            return {slot: derived_name("prepack_b" + suffix, name, nr=t.nr, groups=groups)}
+        return {slot: derived_name("prepack_a" + suffix, name, kc=t.kc, groups=groups)}
 
     def param_index(self, nid: int, node: dict) -> int:
         """The index in `params` of a param or constant node's array. A constant derived from a
@@ -379,6 +382,7 @@ class ScanEmitter:
                 inner.captured = {k: (v, self.graph.node(v)) for k, v in
                                   captured_weights(self.graph, self.nid).items()}
                 inner.shared = parent.shared
+                inner.precision = parent.precision
                 inner.emit(b, body, ins, outs, slot)
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
@@ -419,15 +423,16 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
 
 def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True,
-            prepacked: frozenset[int] = frozenset()) -> ir.Function:
+            prepacked: frozenset[int] = frozenset(), precision: str = "f32") -> ir.Function:
     if split and not serial and Prop.SAMPLEWISE in lowering.props:
         split = _batch_split(module, lowering, nid, graph, node, layout, vector_width,
-                             prepacked)
+                             prepacked, precision)
         if split is not None:
             return split
     # node ids repeat between a model and its scan bodies: number kernels per module
     kb = KernelBuilder(module, f"k{len(module.functions)}_{lowering.name}", layout.symbols)
     kb.vector_width = vector_width
+    kb.precision = precision
     kb.serial = serial
     kb.failures, kb.span = layout.failures, node["span"]
     kb.function.linkage = "internal"  # called only from `run`: inlined, never emitted twice
@@ -440,7 +445,8 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
     return kb.finish()
 
 
-def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked):
+def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked,
+                 precision: str = "f32"):
     """An op with Prop.SAMPLEWISE whose first input and output lead with the same symbolic
     batch size runs its samples on several threads (each a block of samples, with its GEMMs
     whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
@@ -450,9 +456,9 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
     if batch is None or out.shape[0].symbol != batch or len(node["types"]) != 1:
         return None
     whole = _kernel(module, lowering, nid, graph, node, layout, vector_width, split=False,
-                    prepacked=prepacked)
+                    prepacked=prepacked, precision=precision)
     samples = _kernel(module, lowering, nid, graph, node, layout, vector_width, serial=True,
-                      prepacked=prepacked)
+                      prepacked=prepacked, precision=precision)
     types = [v.type if v is not None else None for v in operands] + [out]
     index = layout.symbols.index(batch)
 

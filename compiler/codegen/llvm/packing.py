@@ -80,3 +80,38 @@ def winograd_enabled() -> bool:
     here, beside the transforms' numpy half, so that the compile caches' keys read it without
     importing LLVM."""
     return os.environ.get(WINOGRAD_ENV, "1") != "0"
+
+
+# precision="bf16" (bf16.py): the same layouts in bf16 pairs along the sum, made when the
+# weights are bound (numpy only, like the rest: a model from the compile cache needs no LLVM)
+def round_bits(x: np.ndarray) -> np.ndarray:
+    """The bf16 bit patterns (uint32, < 2**16) of f32 values, rounded to nearest even; a NaN
+    stays a quiet NaN (as vcvtne2ps2bf16)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
+    nan = np.isnan(x)
+    return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint32), rounded)
+
+
+def _pairs(x: np.ndarray, axis: int) -> np.ndarray:
+    """f32 `x` rounded to bf16 and paired along `axis` (element 2q low, 2q + 1 high: one
+    word per pair, a zero high half past an odd end), the words zero-padded back to the
+    axis's length and seen as float32: the same shape as `x`."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float32), axis, -1)
+    depth = x.shape[-1]
+    even = np.zeros((*x.shape[:-1], depth + depth % 2), dtype=np.float32)
+    even[..., :depth] = x
+    bits = round_bits(even)
+    words = np.zeros(x.shape, dtype=np.uint32)
+    words[..., : even.shape[-1] // 2] = bits[..., 0::2] | (bits[..., 1::2] << 16)
+    return np.ascontiguousarray(np.moveaxis(words.view(np.float32), -1, axis))
+
+
+def prepack_a_bf16(weight: np.ndarray, groups: int, kc: int) -> np.ndarray:
+    """prepack_a's layout with each KC-deep row slice paired (bf16 pairs along the sum)."""
+    return _pairs(prepack_a(weight, groups, kc), -1)
+
+
+def prepack_b_bf16(weight: np.ndarray, groups: int, nr: int) -> np.ndarray:
+    """prepack_b's layout with each panel's rows paired: pair row q holds rows 2q, 2q + 1."""
+    return _pairs(prepack_b(weight, groups, nr), -2)

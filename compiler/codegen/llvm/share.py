@@ -96,7 +96,7 @@ def call(b: ir.IRBuilder, function: ir.Function, args: list, status_p: ir.Value,
 
 def kernel_key(name: str, build: Callable, props, operand_types: list, result_types: list,
                attrs: dict, prepacked: frozenset[int], vector_width: int | None,
-               serial: bool = False) -> str | None:
+               serial: bool = False, precision: str = "f32") -> str | None:
     """A key that is equal for two nodes exactly when their kernels are the same code (None:
     an attribute the key cannot spell; such a node gets a kernel of its own)."""
     try:
@@ -106,7 +106,8 @@ def kernel_key(name: str, build: Callable, props, operand_types: list, result_ty
     text = json.dumps([name, build.__module__, build.__qualname__, sorted(p.name for p in props),
                        [None if t is None else str(t) for t in operand_types],
                        [str(t) for t in result_types], spelled, sorted(prepacked),
-                       vector_width, serial, _body_constants(attrs)], separators=(",", ":"))
+                       vector_width, serial, precision, _body_constants(attrs)],
+                      separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -1,0 +1,187 @@
+"""precision="bf16": matmul and convolution as bf16 dot products with f32 sums (AVX512_BF16).
+
+Both operands of the GEMM are rounded to bf16 (round to nearest even, as vcvtne2ps2bf16 does)
+and stored in pairs along the sum: a 32-bit word holds elements k and k+1 (k even, k in the
+low half), which is what vdpbf16ps multiplies: per f32 lane, acc += a[k]*b[k] + a[k+1]*b[k+1]
+(each product exact in f32, the sums rounded in f32). An odd depth's last pair has a zero high
+half. The pairs sit where the f32 layout had its floats, at half the depth, so the GEMM's
+packed buffers, prepacked weights and their addressing keep their f32 shapes:
+
+- a packed A row (KC floats): words 0 .. ceil(kc/2) hold the pairs;
+- a B panel ([kc, NR] floats): pair row q (NR words) at q * NR, for rows 2q and 2q + 1;
+- the prepacked weights (`prepack_a_bf16`, `prepack_b_bf16`): the same arrays as the f32
+  ones, paired the same way when the weights are bound (once, not per call).
+
+The activations are converted when the GEMM packs them (every call); the weights when they are
+bound. Only the GEMM changes: every other kernel computes in f32 as before.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ...errors import KilnError
+from .abi import F32, I32, declare
+from .irgen import Vectors, fold, for_range, i64
+from .microkernels import MICRO_TYPE, Tiling
+from .microkernels import _store_tile as store_tile
+from .packing import prepack_a_bf16, prepack_b_bf16, round_bits  # noqa: F401  (re-exported)
+
+PRECISIONS = ("f32", "bf16")
+FEATURE = "avx512bf16"  # LLVM's name of AVX512_BF16 (vdpbf16ps, vcvtne2ps2bf16)
+WIDTH = 16  # f32 lanes of a zmm register: the bf16 GEMM is AVX-512 only
+CHAINS = {1: 4, 2: 2}  # micro-kernel height -> interleaved sums (see `micro_kernel`)
+
+
+def check(precision: object, target: str) -> None:
+    """KilnError unless `precision` is one kiln compiles for `target` ("native", ...)."""
+    if precision not in PRECISIONS:
+        raise KilnError("K0602", f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                        f"not {precision!r}")
+    if precision != "f32" and target != "native":
+        raise KilnError("K0972", f'precision="{precision}" is for target="native" only, '
+                        f'not {target!r}',
+                        hint="the reference and ONNX targets compute in f32; "
+                             "leave precision out for them")
+
+
+def require(cpu) -> None:
+    """K0971 when the target CPU `cpu` (a target.Target) has no AVX512_BF16: no fallback."""
+    if FEATURE not in cpu.feature_set:
+        raise KilnError("K0971", f'precision="bf16" needs the AVX512_BF16 instructions '
+                        f'({FEATURE}), which the target CPU {cpu.cpu} lacks',
+                        hint='leave precision out (f32) on this CPU')
+
+
+# LLVM IR: the activations, when the GEMM packs them -----------------------------------------
+class _BFloat(ir.types.Type):
+    """LLVM's bfloat (llvmlite has no such type): only its vectors are used, as the
+    intrinsics' operands, made by bitcasts of f32 vectors holding pairs."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _BFloat)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+F32X16 = ir.VectorType(F32, WIDTH)
+BF16X32 = ir.VectorType(_BFloat(), 2 * WIDTH)
+
+
+def dot(b: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+    """acc + the pairwise products of x and y (<16 x float> vectors holding bf16 pairs)."""
+    fn = declare(b.module, "llvm.x86.avx512bf16.dpbf16ps.512", F32X16,
+                 [F32X16, BF16X32, BF16X32])
+    return b.call(fn, [acc, b.bitcast(x, BF16X32), b.bitcast(y, BF16X32)])
+
+
+def _convert(b: ir.IRBuilder, low: ir.Value, high: ir.Value) -> ir.Value:
+    """Two <16 x float> rounded to bf16 as one <16 x float> of pairs: low's 16 values then
+    high's, in order (vcvtne2ps2bf16 puts its second operand in the low half)."""
+    fn = declare(b.module, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", BF16X32, [F32X16, F32X16])
+    return b.bitcast(b.call(fn, [high, low]), F32X16)
+
+
+def pair_row(b: ir.IRBuilder, ptr: ir.Value, count: ir.Value) -> None:
+    """In place: `count` floats at ptr (a packed A row) as ceil(count/2) pair words from ptr
+    on. Word q is written after floats 2q, 2q + 1 are read, so going up is safe."""
+    vec = Vectors(b, WIDTH)
+    with for_range(b, count, step=2 * WIDTH, name="pairs", index="p") as at:
+        left = b.sub(count, at)
+        src = b.gep(ptr, [at])
+        low = vec.masked_load(src, 0, vec.mask(left, 0))  # zero past the end: an odd last pair
+        high = vec.masked_load(src, WIDTH, vec.mask(left, WIDTH))
+        vec.store(_convert(b, low, high), b.gep(ptr, [b.sdiv(at, i64(2))]))
+
+
+def pair_panel(b: ir.IRBuilder, ptr: ir.Value, rows: ir.Value, nr: int) -> None:
+    """In place: a [rows, nr] f32 panel at ptr as ceil(rows/2) rows of nr pair words (row q
+    pairs rows 2q and 2q + 1, a zero row past an odd end). Pair row q is written after rows
+    2q and 2q + 1 are read."""
+    vec = Vectors(b, WIDTH)
+    zero = ir.Constant(F32X16, None)
+    order = ir.Constant(ir.VectorType(I32, 2 * WIDTH),
+                        [k for j in range(WIDTH) for k in (j, j + WIDTH)])
+    halves = ir.VectorType(ir.IntType(16), 2 * WIDTH)
+    with for_range(b, b.sdiv(b.add(rows, i64(1)), i64(2)), name="panel", index="q") as q:
+        first = b.mul(q, i64(2))
+        row0 = b.gep(ptr, [b.mul(first, i64(nr))])
+        row1 = b.gep(row0, [i64(nr)])
+        second = b.icmp_signed("<", b.add(first, i64(1)), rows)
+        x = [vec.load(row0, v * WIDTH) for v in range(nr // WIDTH)]
+        y = []
+        for v in range(nr // WIDTH):  # a row past an odd end is zero, never read
+            y.append(b.select(second, vec.masked_load(row1, v * WIDTH, _all(b, second)), zero))
+        out = b.gep(ptr, [b.mul(q, i64(nr))])
+        for v in range(nr // WIDTH):
+            lanes = b.bitcast(_convert(b, x[v], y[v]), halves)  # x's 16, then y's: interleave
+            mixed = b.shuffle_vector(lanes, lanes, order)
+            vec.store(b.bitcast(mixed, F32X16), out, v * WIDTH)
+
+
+def _all(b: ir.IRBuilder, flag: ir.Value) -> ir.Value:
+    """An i1 as a <16 x i1> mask of every lane."""
+    return Vectors(b, WIDTH).splat(flag)
+
+
+def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
+    """microkernels.micro_kernel on pairs: C[:height, :cols] (+)= A_panel @ B with the A rows
+    (KC words apart) and B (pair rows `b_stride` words apart) holding bf16 pairs; one
+    vdpbf16ps per row and B vector per pair of the sum. `kc` counts elements, not pairs."""
+    name = f"kiln_gemm_bf16_{height}x{t.nr}x{t.kc}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, MICRO_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")  # one copy per module, called once per tile
+    kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = Vectors(b, WIDTH)
+    zero = ir.Constant(vec.type, None)
+
+    def update(q, accs):  # one pair of rank-1 updates
+        row = b.gep(b_ptr, [b.mul(q, b_stride)])
+        bv = [vec.load(row, v * WIDTH) for v in range(2)]
+        a_col = b.gep(a, [q])
+        out = []
+        for i in range(height):
+            ai = vec.splat(b.load(b.gep(a_col, [i64(i * t.kc)])))
+            out += [dot(b, accs[2 * i + v], ai, bv[v]) for v in range(2)]
+        return out
+
+    # a short tile has too few accumulators to hide vdpbf16ps's latency: it sums `chains`
+    # interleaved pairs into separate accumulators, added up at the end
+    chains = CHAINS.get(height, 1)
+    size = 2 * height
+    pairs = b.sdiv(b.add(kc, i64(1)), i64(2))
+    groups = b.sdiv(pairs, i64(chains))
+
+    def group(g, accs):
+        out = []
+        for chain in range(chains):
+            q = b.add(b.mul(g, i64(chains)), i64(chain))
+            out += update(q, accs[chain * size:(chain + 1) * size])
+        return out
+
+    sums = fold(b, groups, [zero] * (size * chains), group, name="k", index="g")
+    accs = fold(b, pairs, sums[:size], update, start=b.mul(groups, i64(chains)),
+                name="tail", index="q")  # the pairs left over, into the first chain
+    for chain in range(1, chains):
+        accs = [b.fadd(x, y)
+                for x, y in zip(accs, sums[chain * size:(chain + 1) * size], strict=True)]
+    with b.if_else(b.icmp_signed("==", cols, i64(t.nr))) as (whole, part):
+        with whole:
+            store_tile(vec, c, ldc, accs, height, 2, None, add)
+        with part:  # through masks at the right edge
+            store_tile(vec, c, ldc, accs, height, 2,
+                       [vec.mask(cols, v * WIDTH) for v in range(2)], add)
+    b.ret_void()
+    return fn

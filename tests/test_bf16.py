@@ -1,0 +1,243 @@
+"""precision="bf16" (codegen/llvm/bf16.py): matmul and convolution against an independent
+emulation (operands rounded to bf16 by PyTorch, products summed in float64), against f32 within
+bf16's error bound, the examples, the cache keys, and K0971 on a CPU without AVX512_BF16.
+
+On such a CPU (the CI's AVX2 Zen 3) every test that needs the instructions checks that error
+instead, through `compile_bf16`: nothing is skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _crosscheck import random_inputs
+
+import kiln
+from kiln.compiler.codegen.llvm import bf16
+from kiln.compiler.codegen.llvm import target as targets
+from kiln.compiler.errors import KilnError
+
+HAS_BF16 = bf16.FEATURE in targets.host().feature_set
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.kiln"))
+# |bf16 - f32| <= BOUND * sum_k |a_k b_k| per output element: each operand rounds by at most
+# 2**-9 relative, a product by 2**-8 (+ 2**-18); twice that leaves room for the f32 sums
+BOUND = 2.0**-7
+# the examples, end to end: relative L2 error of each output against f32. Measured 4e-5 (the
+# LSTM classifier) to 1.6e-2 (the Transformer classifier at batch 1), ResNet-18 4e-3: errors
+# of about 2**-9 per rounding add in quadrature over the layers; the bound leaves a factor 3
+# for other inputs and seeds, and a wrong kernel (operands unrounded, a lost or misplaced
+# pair) is off by O(1)
+EXAMPLE_BOUND = 5e-2
+MATMUL = "model Mm { forward(a: f32[R, K], b: f32[K, N]) -> f32[R, N] { return a @ b } }"
+
+
+def compile_bf16(source, **options):
+    """kiln.compile(source, precision="bf16", ...) on a CPU with AVX512_BF16; on one without,
+    checks that it is refused with K0971 naming the feature, and gives None (the caller's
+    test has then checked all it can on this CPU)."""
+    if HAS_BF16:
+        return kiln.compile(source, precision="bf16", **options)
+    with pytest.raises(KilnError) as error:
+        kiln.compile(source, precision="bf16", **options)
+    assert error.value.code == "K0971" and bf16.FEATURE in str(error.value)
+    return None
+
+
+def rounded(x: np.ndarray) -> np.ndarray:
+    """x rounded to bf16 (PyTorch's round to nearest even), in float64: the oracle's operands."""
+    return torch.from_numpy(np.array(x)).to(torch.bfloat16).double().numpy()
+
+
+def check_product(y, exact_bf16, exact_f32, magnitude) -> None:
+    """y against the emulation to f32 summation error, and against f32 within BOUND."""
+    scale = magnitude + 1e-30
+    assert np.all(np.abs(y - exact_bf16) <= 1e-5 * scale), np.max(np.abs(y - exact_bf16) / scale)
+    assert np.all(np.abs(y - exact_f32) <= BOUND * scale)
+    # and the rounding really happened (f32 operands would match exact_f32 to ~1e-6)
+    assert np.max(np.abs(y - exact_f32) / scale) > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 29), (64, 300, 257), (2, 600, 33),
+                                   (13, 257, 70)], ids=str)
+def test_matmul_odd_shapes(shape):
+    m = compile_bf16(MATMUL)
+    if m is None:
+        return
+    r, k, n = shape
+    rng = np.random.default_rng(r * k * n)
+    a = rng.standard_normal((r, k), dtype=np.float32) + 0.1
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    if shape == (1, 1, 1):  # one product: rounding must show (pi * e)
+        a, b = np.full((1, 1), np.pi, np.float32), np.full((1, 1), np.e, np.float32)
+    check_product(m(a, b), rounded(a) @ rounded(b), a.astype(np.float64) @ b,
+                  np.abs(a.astype(np.float64)) @ np.abs(b))
+
+
+def test_batched_matmul():
+    m = compile_bf16("model Bm { forward(a: f32[G, R, K], b: f32[G, K, N]) -> f32[G, R, N] "
+                     "{ return a @ b } }")
+    if m is None:
+        return
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 5, 47), dtype=np.float32)
+    b = rng.standard_normal((3, 47, 19), dtype=np.float32)
+    check_product(m(a, b), rounded(a) @ rounded(b), a.astype(np.float64) @ b,
+                  np.abs(a.astype(np.float64)) @ np.abs(b))
+
+
+def test_linear_prepacked_weight():
+    """nn.Linear's weight is a parameter: packed and paired once, when bound (PackedB)."""
+    source = ("import std.nn\nmodel L { fc = nn.Linear(75, 45, bias = false)\n"
+              "  forward(x: f32[B, 75]) -> f32[B, 45] { return fc(x) } }")
+    m = compile_bf16(source, seed=3)
+    if m is None:
+        return
+    w = kiln.compile(source, seed=3, target="reference").params["fc.weight"]
+    for rows in (1, 2, 9, 40):  # the streamed, in-place and packed f32 paths' sizes
+        x = np.random.default_rng(rows).standard_normal((rows, 75), dtype=np.float32)
+        check_product(m(x), rounded(x) @ rounded(w).T, x.astype(np.float64) @ w.T,
+                      np.abs(x.astype(np.float64)) @ np.abs(w.T))
+
+
+def conv_oracle(x, w, stride, padding, groups):
+    def run(x, w):
+        return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                          stride=stride, padding=padding, groups=groups).numpy()
+
+    return (run(rounded(x), rounded(w)), run(x.astype(np.float64), w.astype(np.float64)),
+            run(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))))
+
+
+@pytest.mark.parametrize("c,o,k,stride,groups,size", [
+    (3, 8, 3, 1, 1, 9),     # 3x3
+    (20, 17, 1, 1, 1, 7),   # 1x1
+    (5, 6, 3, 2, 1, 11),    # strided
+    (8, 12, 3, 1, 2, 6),    # grouped
+], ids=["3x3", "1x1", "strided", "grouped"])
+def test_conv(c, o, k, stride, groups, size):
+    """A weight given as an input (A packed per call) and as a parameter (prepacked)."""
+    pad = k // 2
+    h, w_ = size, size + 1
+    oh, ow = ((n + 2 * pad - k) // stride + 1 for n in (h, w_))
+    io = f"x: f32[B, {c}, {h}, {w_}]", f"f32[B, {o}, {oh}, {ow}]"
+    as_input = compile_bf16(
+        f"model C {{ forward({io[0]}, w: f32[{o}, {c // groups}, {k}, {k}]) -> {io[1]} "
+        f"{{ return conv(x, w, stride = {stride}, padding = {pad}, groups = {groups}) }} }}")
+    layer = (f"import std.nn\nmodel P {{ c = nn.Conv2d({c}, {o}, {k}, stride = {stride}, "
+             f"padding = {pad}, groups = {groups}, bias = false)\n"
+             f"  forward({io[0]}) -> {io[1]} {{ return c(x) }} }}")
+    as_param = compile_bf16(layer, seed=5)
+    if as_input is None or as_param is None:
+        return
+    rng = np.random.default_rng(c * o)
+    x = rng.standard_normal((2, c, h, w_), dtype=np.float32)
+    w = kiln.compile(layer, seed=5, target="reference").params["c.weight"]
+    exact_bf16, exact, magnitude = conv_oracle(x, w, stride, pad, groups)
+    check_product(as_input(x, w), exact_bf16, exact, magnitude)
+    check_product(as_param(x), exact_bf16, exact, magnitude)
+
+
+def relative_errors(a, b, inputs) -> list[float]:
+    ya, yb = a(*inputs), b(*inputs)
+    ya, yb = (y if isinstance(y, tuple) else (y,) for y in (ya, yb))
+    return [float(np.linalg.norm((u - v).astype(np.float64))
+                  / max(np.linalg.norm(u.astype(np.float64)), 1e-30))
+            for u, v in zip(ya, yb, strict=True)]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_against_f32(path):
+    b = compile_bf16(path)
+    if b is None:
+        return
+    a = kiln.compile(path)
+    errors = relative_errors(a, b, random_inputs(a, 2, np.random.default_rng(0)))
+    assert max(errors) <= EXAMPLE_BOUND, errors
+
+
+def test_cache_keys_separate_precisions(tmp_path, monkeypatch):
+    """f32, then bf16, then f32 again of the same file (a fresh compile cache): each runs its
+    own code (the model entry, the graph- and IR-keyed caches all see the precision)."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "mm.kiln"
+    path.write_text(MATMUL)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((9, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 40), dtype=np.float32)
+    exact = a.astype(np.float64) @ b
+    first = kiln.compile(path)(a, b)
+    m = compile_bf16(path)
+    again = kiln.compile(path)(a, b)
+    np.testing.assert_allclose(first, exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(again, first)
+    if m is None:
+        return
+    check_product(m(a, b), rounded(a) @ rounded(b), exact, np.abs(a.astype(np.float64)) @
+                  np.abs(b))
+
+
+def test_missing_feature_is_refused():
+    """A CPU without AVX512_BF16 (x86-64-v4: AVX-512 only) is refused before any code."""
+    from kiln.api import prepare
+
+    with pytest.raises(KilnError) as error:
+        prepare(MATMUL, precision="bf16", cpu=targets.named("x86-64-v4"))
+    assert error.value.code == "K0971" and "avx512bf16" in str(error.value)
+
+
+@pytest.mark.parametrize("target", ["reference", "onnx"])
+def test_other_targets_are_refused(target):
+    with pytest.raises(KilnError) as error:
+        kiln.compile(MATMUL, target=target, precision="bf16")
+    assert error.value.code == "K0972"
+
+
+def test_unknown_precision():
+    with pytest.raises(KilnError) as error:
+        kiln.compile(MATMUL, precision="fp8")
+    assert error.value.code == "K0602"
+
+
+def test_weights_are_paired_once_per_binding():
+    """prepack_b_bf16: rows 2q and 2q + 1 of each panel paired, rounded to nearest even."""
+    w = np.array([[1.0, 2.0], [1.00390625, -3.0], [np.pi, 0.0]], np.float32)  # K=3, N=2
+    packed = bf16.prepack_b_bf16(w, 1, 4).view(np.uint32)  # [1, 1 panel, 3, 4]
+    assert packed.shape == (1, 1, 3, 4)
+    bits = bf16.round_bits(w)
+    assert bits[1, 0] == 0x3F80  # 1 + 2**-8 is a tie: to even (1.0)
+    np.testing.assert_array_equal(packed[0, 0, 0, :2], bits[0] | (bits[1] << 16))
+    np.testing.assert_array_equal(packed[0, 0, 1, :2], bits[2])  # odd end: zero high half
+    assert not packed[0, 0, 2].any() and not packed[0, 0, :, 2:].any()
+
+
+def test_new_weights_are_paired_again():
+    """load_weights remakes the paired weight from the new values (derived arrays)."""
+    source = ("import std.nn\nmodel L { fc = nn.Linear(40, 30, bias = false)\n"
+              "  forward(x: f32[B, 40]) -> f32[B, 30] { return fc(x) } }")
+    m = compile_bf16(source)
+    if m is None:
+        return
+    w = np.random.default_rng(2).standard_normal((30, 40), dtype=np.float32)
+    m.load_weights({"fc.weight": w})
+    x = np.random.default_rng(3).standard_normal((5, 40), dtype=np.float32)
+    check_product(m(x), rounded(x) @ rounded(w).T, x.astype(np.float64) @ w.T,
+                  np.abs(x.astype(np.float64)) @ np.abs(w.T))
+
+
+def test_cli_precision(tmp_path, capsys):
+    """`kiln run --precision bf16` runs the bf16 code (or reports K0971 on a CPU without it);
+    `kiln compile --cpu x86-64-v4 --precision bf16` is refused on any CPU."""
+    from kiln.cli import main
+
+    path = tmp_path / "mm.kiln"
+    path.write_text(MATMUL)
+    code = main(["run", str(path), "--random-inputs", "--precision", "bf16", "--bind", "R=2",
+                 "--bind", "K=3", "--bind", "N=4"])
+    err = capsys.readouterr().err
+    assert (code, "K0971" in err) == ((0, False) if HAS_BF16 else (1, True)), err
+    code = main(["compile", str(path), "-o", str(tmp_path / "mm.so"), "--cpu", "x86-64-v4",
+                 "--precision", "bf16"])
+    assert code == 1 and "K0971" in capsys.readouterr().err
+    assert not (tmp_path / "mm.so").exists()
