@@ -98,7 +98,16 @@ def _sandwich(b: ir.IRBuilder, left: np.ndarray, tile: list[list]) -> list[list]
 
 def conv_winograd(kb, n, win: Window) -> None:
     """y = conv(x, w) (+ bias) for a conv that `eligible` accepted, whose weight (input 1)
-    is `winograd_b`'s array."""
+    is `winograd_b`'s array. In f32 under precision="bf16" too (docs/language.md, "Reduced
+    precision"): U is f32 panels, not the bf16 GEMM's pairs."""
+    precision, kb.precision = kb.precision, "f32"
+    try:
+        _conv_winograd(kb, n, win)
+    finally:
+        kb.precision = precision
+
+
+def _conv_winograd(kb, n, win: Window) -> None:
     b = kb.b
     x_t, _, bias_t = n.in_types
     x, u, y = kb.input("x"), kb.input("weight"), kb.output()
