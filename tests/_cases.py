@@ -608,6 +608,11 @@ case("matmul", rand(4), rand(4), id="matmul-dot")
 # than the streamed path takes, and a K over several of the GEMM's KC slices
 for k, m, n, seed in ((5, 3, 2, 1), (37, 19, 23, 3), (300, 43, 17, 5)):
     case("matmul_at", rand(k, m, seed=seed), rand(k, n, seed=seed + 1), id=f"matmul_at-{m}")
+# a [M, K] @ w^T, w [N, K] packed from its rows: odd sizes (8 x 8 tiles and their edges, N
+# past a panel), a batch of a's rows, a K over several KC slices
+for shape, n, seed in (((3, 5), 2, 1), ((2, 19, 37), 23, 3), ((43, 300), 17, 5)):
+    case("matmul_bt", rand(*shape, seed=seed), rand(n, shape[-1], seed=seed + 1),
+         id=f"matmul_bt-{n}")
 # a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
 case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")

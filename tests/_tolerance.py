@@ -58,7 +58,7 @@ EXACT = (MOVEMENT | CREATION | COMPARISONS
             "scatter_add"}
          | CORRECTLY_ROUNDED)
 ACCUMULATED = {"sum", "mean", "prod", "logsumexp", "softmax", "log_softmax", "matmul",
-               "matmul_at", "conv", "conv_transpose", "layer_norm", "batch_norm", "group_norm", "instance_norm",
+               "matmul_at", "matmul_bt", "conv", "conv_transpose", "layer_norm", "batch_norm", "group_norm", "instance_norm",
                "avg_pool", "global_avg_pool", "resize"}
 # numpy leaves the sign of a zero result open here (maximum(0.0, -0.0) is whichever operand
 # its SIMD loop returns), so an exact comparison checks values only

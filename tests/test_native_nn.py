@@ -95,6 +95,29 @@ def test_matmul_at_sizes_around_the_tiles():
                                    err_msg=f"{m}x{k}x{n}")
 
 
+def test_products_by_a_transposed_matrix_pack_its_rows():
+    """a @ w^T with w not known before the call (a training step's weight): matmul_bt packs
+    the GEMM's panels from w's rows, 8 x 8 blocks transposed in registers and the edges
+    element by element, zero past N. Sizes around the blocks, the panels and a KC slice; one
+    or two rows (no streamed path for it); a batch of a's rows; empty sizes."""
+    native, ref = both("model Mbt { forward(a: f32[M, K], w: f32[N, K]) "
+                       "{ return a @ transpose(w, 0, 1) } }")
+    assert {s.name: s.changes for s in native.pass_stats}["transposed_operands"] == {
+        "matmul(x, w^T) -> matmul_bt(x, w)": 1}
+    edges = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65]
+    sizes = [tuple(RNG.choice(edges, 3)) for _ in range(14)]
+    sizes += [(1, 300, 70), (2, 8, 8), (64, 784, 512), (5, 600, 33), (4, 0, 5), (0, 3, 4)]
+    for m, k, n in sizes:
+        a = RNG.standard_normal((m, k)).astype(np.float32)
+        w = RNG.standard_normal((n, k)).astype(np.float32)
+        np.testing.assert_allclose(native(a, w), ref(a, w), rtol=1e-5, atol=1e-5 * np.sqrt(k),
+                                   err_msg=f"{m}x{k}x{n}")
+    native3, ref3 = both("model Mbt3 { forward(a: f32[S, M, K], w: f32[N, K]) "
+                         "{ return a @ transpose(w, 0, 1) } }")
+    a, w = (RNG.standard_normal(s).astype(np.float32) for s in ((3, 5, 40), (19, 40)))
+    np.testing.assert_allclose(native3(a, w), ref3(a, w), rtol=1e-5, atol=1e-4)
+
+
 def test_thin_products_stream_b_row_by_row():
     """C one or two rows high (a matrix-vector product; a linear layer at batch 1): B is read
     in place row by row by the widest row kernel that fits the columns left, the last one

@@ -137,3 +137,25 @@ def test_matmul_at_matches_loop(k, m, n):
     assert REGISTRY["matmul_at"].macs([T([k, m]), T([k, n])], [], {}) == k * m * n
     raises("K0301", "matmul_at", T([4, 5]), T([3, 2]), arg="b", match="as many rows")
     raises("K0301", "matmul_at", T([4]), T([4, 2]), arg="b", match="matrices")
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (6, 3, 4), (9, 17, 2)])
+def test_matmul_bt_matches_loop(m, k, n):
+    """matmul_bt(a, w) is a @ w^T, element by element, for a matrix a and for a batch of
+    them; its gradient against finite differences."""
+    from _gradcheck import check_vjp
+
+    a, w = rand(m, k, seed=k), rand(n, k, seed=m)
+    want = np.array([[sum(float(a[i, p]) * float(w[j, p]) for p in range(k)) for j in range(n)]
+                     for i in range(m)])
+    assert_close("matmul_bt", run("matmul_bt", a, w), want)
+    a3 = rand(2, m, k, seed=n)
+    assert_close("matmul_bt", run("matmul_bt", a3, w),
+                 np.stack([a3[0].astype(np.float64) @ w.T.astype(np.float64),
+                           a3[1].astype(np.float64) @ w.T.astype(np.float64)]))
+    check_vjp("matmul_bt", a.astype(np.float64), w.astype(np.float64))
+    check_vjp("matmul_bt", a3.astype(np.float64), w.astype(np.float64))
+    assert REGISTRY["matmul_bt"].macs([T([2, m, k]), T([n, k])], [], {}) == 2 * m * k * n
+    raises("K0301", "matmul_bt", T([4, 5]), T([3, 2]), arg="b", match="as long")
+    raises("K0301", "matmul_bt", T([5]), T([4, 5]), arg="b", match="rank 2 or more")
+    raises("K0301", "matmul_bt", T([4, 5]), T([2, 3, 5]), arg="b", match="matrix")

@@ -346,6 +346,26 @@ def test_batch_norm_by_hand():
     assert run("batch_norm", rand(4, 3), mean, var).shape == (4, 3)
 
 
+def test_batch_norm_stats_by_loops():
+    """batch_norm_stats' four rows per channel from plain Python sums over every sample and
+    position (statistics.fmean, math.fsum): mean(x), the biased variance, sum(dy) and
+    sum(dy * (x - mean)); rank 3 and rank 4, and the shape checks."""
+    import math
+
+    for shape in ((3, 4, 5), (2, 3, 2, 3)):
+        x, dy = rand(*shape, seed=21), rand(*shape, seed=22)
+        got = run("batch_norm_stats", x, dy)
+        assert got.shape == (4, shape[1])
+        for c in range(shape[1]):
+            xs = [float(v) for v in np.moveaxis(x, 1, 0)[c].ravel()]
+            gs = [float(v) for v in np.moveaxis(dy, 1, 0)[c].ravel()]
+            mean = statistics.fmean(xs)
+            want = [mean, math.fsum((v - mean) ** 2 for v in xs) / len(xs), math.fsum(gs),
+                    math.fsum(g * (v - mean) for g, v in zip(gs, xs, strict=True))]
+            assert_close("batch_norm_stats", got[:, c], np.array(want))
+    raises("K0301", "batch_norm_stats", T([2, 3, 4]), T([2, 3, 5]), arg="dy")
+
+
 def test_group_and_instance_norm_against_statistics():
     x = rand(2, 6, 3, seed=4)
     w, b = rand(6, seed=5), rand(6, seed=6)

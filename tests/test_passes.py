@@ -321,17 +321,21 @@ def test_simplify_leaves_other_transposed_products(expr):
 
 
 @pytest.mark.parametrize("expr, rewritten", [
-    ("matmul(transpose(x, 0, 1), w)", True),     # x^T @ w: the GEMM reads x transposed
-    ("matmul(transpose(w, 0, 1), x)", True),
-    ("matmul(x, w2)", False),                    # no transpose
-    ("matmul(transpose(x, 0, 1), x3)", False),   # a batched b
+    ("matmul(transpose(x, 0, 1), w)", "matmul_at"),   # x^T @ w: the GEMM reads x transposed
+    ("matmul(transpose(w, 0, 1), x)", "matmul_at"),
+    ("matmul(x, transpose(w4, 0, 1))", "matmul_bt"),  # x @ w^T: it packs w's rows
+    ("matmul(x3, transpose(w4, 0, 1))", "matmul_bt"),  # rows of a batch
+    ("matmul(x, w2)", None),                          # no transpose
+    ("matmul(transpose(x, 0, 1), x3)", None),         # a batched b
+    ("matmul(x3, transpose(x3, 1, 2))", None),        # a batched w
 ])
-def test_transposed_operands_reads_a_transposed_left_operand_in_place(expr, rewritten):
+def test_transposed_operands_reads_a_transposed_operand_in_place(expr, rewritten):
     src = forward(f"return {expr}", signature="x: f32[B, 3], w: f32[B, 4], w2: f32[3, 4], "
-                  "x3: f32[2, B, 3]", result=None)
+                  "w4: f32[4, 3], x3: f32[2, B, 3]", result=None)
     _, after, stats = run_pass(src, "transposed_operands", dims=DIMS)
-    assert bool(stats.changes) == rewritten
-    assert ops(after)["matmul_at"] == int(rewritten)
+    assert bool(stats.changes) == (rewritten is not None)
+    for op in ("matmul_at", "matmul_bt"):
+        assert ops(after)[op] == int(op == rewritten)
 
 
 # Every rule's pattern and its near misses (the constant on the other side, a broadcasting

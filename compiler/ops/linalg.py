@@ -166,6 +166,68 @@ register(OpRecord("matmul", tensors("a", "b"), _infer, _reference,
                   vjp=float_only(_vjp)))
 
 
+# matmul_bt: a @ b^T, b stored as [N, K] ------------------------------------------------------
+def _bt_infer(types, _attrs):
+    a, b = types
+    check_dtype(a, ("f32", "f64"), "a")
+    dtype = check_same_dtype([a, b], ["a", "b"])
+    if a.rank < 2 or b.rank != 2:
+        raise OpError(f"a must have rank 2 or more and b be a matrix, not {shape_str(a.shape)}"
+                      f" and {shape_str(b.shape)}", arg="b")
+    if a.shape[-1] != b.shape[1]:
+        raise OpError(f"a's rows and b's must be as long: {shape_str(a.shape)} @ "
+                      f"{shape_str(b.shape)}^T", arg="b")
+    return [TensorType(dtype, (*a.shape[:-1], b.shape[0]))]
+
+
+def _bt_reference(env, inputs, _attrs):
+    a, b = inputs
+    return [as_dtype(upcast(a) @ upcast(b).T, dtype_name(a))]
+
+
+def _bt_macs(input_types, _output_types, _attrs) -> Dim:
+    a, (n, k) = input_types[0], input_types[1].shape
+    return prod(a.shape[:-1]) * k * n
+
+
+def _bt_onnx(b, n):
+    from ._emit import one
+
+    a, bm = n.inputs
+    b.node("MatMul", [a, one(b, "Transpose", bm, perm=[1, 0])], n.outputs)
+
+
+def _bt_llvm(kb, n):
+    """The GEMM packing B's panels from b's rows (gemm.TransposedB): no copy of b^T."""
+    from ..codegen.llvm.gemm import Matrix, TransposedB, gemm  # the lowering needs llvmlite
+
+    a_t, b_t = n.in_types
+    if a_t.dtype != "f32":  # only the native pipeline's f32 rewrite makes it
+        raise OpError("matmul_bt runs natively in f32 only", arg="a", code="K0302")
+    dk, dn = kb.dim(a_t.shape[-1]), kb.dim(b_t.shape[0])
+    gemm(kb, kb.dim(prod(a_t.shape[:-1])), dn, dk, Matrix(kb.input("a"), dk),
+         TransposedB(kb.input("b"), dk), Matrix(kb.output(), dn))
+
+
+def _bt_vjp(gb, node, cts):
+    """da = ct @ b, db = ct^T @ a over all of a's rows ([N, K], b's layout)."""
+    (ct,), (a, b) = cts, node.inputs
+    k, n = a.type.shape[-1], b.type.shape[0]
+    rows = prod(a.type.shape[:-1])
+    a2 = a if a.type.rank == 2 else gb.reshape(a, [rows, k])
+    ct2 = ct if ct.type.rank == 2 else gb.reshape(ct, [rows, n])
+    return [gb.matmul(ct, b), gb.matmul(swap_last(gb, ct2), a2)]
+
+
+register(internal(OpRecord(
+    "matmul_bt", tensors("a", "b"), _bt_infer, _bt_reference,
+    "a @ b^T for a [..., M, K] and a matrix b [N, K]: a linear layer x @ W^T whose weight is "
+    "not known before the call (a training step's), read by the GEMM in place (the native "
+    "pipeline's rewrite of matmul(x, permute(W))).",
+    macs=_bt_macs, onnx=_bt_onnx, llvm=_bt_llvm,
+    props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}), vjp=float_only(_bt_vjp))))
+
+
 # shifted_matmul: the products of one matrix with row-shifted windows of another -------------
 def _shifts(attrs) -> tuple[list[int], int]:
     """The op's shifts and span, checked."""

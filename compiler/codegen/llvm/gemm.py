@@ -15,8 +15,9 @@ last full panel are zero in the packed B panel and stored through a mask. With a
 a B that is a matrix is read in place (packing it would cost as much as the product), in slices
 of IN_PLACE_DEPTH rows; with at most STREAM_ROWS (a matrix-vector product), row by row by
 `row_kernel`, which keeps each sum in a register and streams B, the product's whole cost. B is
-anything that packs itself into panels (`Source`): a matrix, or a convolution's input seen as
-its im2col matrix (im2col.Im2col, never materialised; im2col.Shifted for stride 1).
+anything that packs itself into panels (`Source`): a matrix, the transpose of one read in place
+(TransposedB), or a convolution's input seen as its im2col matrix (im2col.Im2col, never
+materialised; im2col.Shifted for stride 1).
 """
 
 from __future__ import annotations
@@ -136,6 +137,55 @@ class PackedB:
 
     def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
         raise AssertionError("a prepacked B is read in place, never packed")
+
+
+@dataclass(frozen=True)
+class TransposedB:
+    """B as the transpose of a row-major [N, K] matrix W (a linear layer's weight that is not
+    known before the call, a training step's): element (k, j) at ptr[j * stride + k]. Packed
+    into the NR-wide panels by 8 x 8 blocks transposed in registers, never copied whole."""
+
+    ptr: ir.Value
+    stride: ir.Value  # K: W's row length
+    pointers = 1
+    sizes = 1
+
+    def fields(self):
+        return [self.ptr], [self.stride]
+
+    @classmethod
+    def unpack(cls, pointers, sizes) -> TransposedB:
+        return cls(pointers[0], sizes[0])
+
+    @classmethod
+    def from_column(cls, b, pointers, sizes, col0):  # column col0 of B is row col0 of W
+        return [b.gep(pointers[0], [b.mul(col0, b.mul(sizes[0], ir.Constant(I64, 4)))])], \
+            list(sizes)
+
+    def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
+        b = kb.b
+        vec = Vectors(b, TILE)
+
+        def w(j, p):  # W[j0 + j, k0 + p], B's element (k0 + p, j0 + j)
+            return b.gep(self.ptr, [b.add(b.mul(b.add(j0, j), self.stride), b.add(k0, p))])
+
+        def out(p, j):
+            return b.gep(dst, [b.add(b.mul(p, i64(nr)), j)])
+
+        def rounded(count):
+            return b.mul(b.sdiv(count, i64(TILE)), i64(TILE))
+
+        full_j, full_p = rounded(cols), rounded(kc)
+        with kb.for_range(full_j, step=TILE) as j, kb.for_range(full_p, step=TILE) as p:
+            rows = [vec.load(w(b.add(j, i64(r)), p)) for r in range(TILE)]
+            for q, row in enumerate(transposed(b, rows)):  # B[k0 + p + q, j0 + j : + 8]
+                vec.store(row, out(b.add(p, i64(q)), j))
+        with kb.for_range(full_j) as j, kb.for_range(kc, full_p) as p:  # the last sums
+            b.store(b.load(w(j, p)), out(p, j))
+        with kb.for_range(cols, full_j) as j, kb.for_range(kc) as p:  # the last columns
+            b.store(b.load(w(j, p)), out(p, j))
+        with kb.for_range(kc) as p, kb.for_range(i64(nr), cols) as j:  # zero past them
+            b.store(ir.Constant(F32, 0.0), out(p, j))
 
 
 # the driver -------------------------------------------------------------------------------
