@@ -169,6 +169,7 @@ class _FastPath:
     symbol_at: list[tuple[int, int]]  # (input, axis) that binds each symbol
     fixed: list[tuple[int, int, int]]  # (input, axis, size) of constant sizes
     repeated: list[tuple[int, int, int]]  # (input, axis, symbol index) seen again
+    names: tuple[str, ...] = ()  # the inputs' names, in order: a call by keywords
 
     @staticmethod
     def of(signature: Signature, symbols: list[str]):
@@ -192,7 +193,8 @@ class _FastPath:
             return None
         return _FastPath([p.type.np_dtype for p in signature.inputs],
                          [p.type.rank for p in signature.inputs], list(symbols),
-                         [where[s] for s in symbols], fixed, repeated)
+                         [where[s] for s in symbols], fixed, repeated,
+                         tuple(p.name for p in signature.inputs))
 
 
 def _threads(threads: int | None) -> int:
@@ -366,11 +368,22 @@ class NativeModel(CompiledModel):
             variant.code.shutdown()
 
     def __call__(self, *args, **kwargs):
-        """The fast path: exactly the signature's arrays, positional, C-contiguous, of the right
-        dtypes, ranks and sizes, goes straight to native code; anything else takes the general
-        path, which converts what it safely can or raises a KilnError naming the input."""
+        """The fast path: exactly the signature's arrays, positional or every one by its name,
+        C-contiguous, of the right dtypes, ranks and sizes, goes straight to native code;
+        anything else takes the general path, which converts what it safely can or raises a
+        KilnError naming the input."""
         fast = self._fast
-        if fast is None or kwargs or len(args) != len(fast.dtypes):
+        if fast is None:
+            return super().__call__(*args, **kwargs)
+        if kwargs:
+            if args or len(kwargs) != len(fast.names):
+                return super().__call__(*args, **kwargs)
+            try:
+                named = tuple(kwargs[name] for name in fast.names)
+            except KeyError:  # an unknown name: the general path says which
+                return super().__call__(*args, **kwargs)
+            return self(*named)
+        if len(args) != len(fast.dtypes):
             return super().__call__(*args, **kwargs)
         for a, dtype, rank in zip(args, fast.dtypes, fast.ranks):
             if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != rank or not (

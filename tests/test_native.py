@@ -210,8 +210,17 @@ def test_bad_inputs_are_refused_before_native_code_runs():
     for bad in (np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float64), np.zeros(3, np.float32)):
         with pytest.raises(KilnError):
             m(bad)
+        with pytest.raises(KilnError):  # by name: the keyword fast path checks the same
+            m(x=bad)
     x = np.arange(12, dtype=np.float32).reshape(4, 3)[:, ::-1]  # not contiguous: copied
     np.testing.assert_array_equal(m(x), x * 2)
+    np.testing.assert_array_equal(m(x=x), x * 2)
+    np.testing.assert_array_equal(m(x=np.ascontiguousarray(x)), x * 2)
+    for kwargs in ({"y": x}, {"x": x, "y": x}):  # unknown names: refused, naming them
+        with pytest.raises(KilnError, match="y"):
+            m(**kwargs)
+    with pytest.raises(KilnError):
+        m(x, x=x)  # given twice
 
 
 def test_calls_from_several_threads_at_once():
