@@ -200,9 +200,9 @@ def cmd_cache(opts) -> int:
 
     bound = evict.limit()  # K0975 for a $KILN_CACHE_SIZE that is no size, before any change
     if opts.action == "clear":
-        print(f"removed {format_bytes(evict.clear())} from {cache.cache_dir()}")
+        print(f"removed {format_bytes(evict.clear(cache.cache_dir()))} from {cache.cache_dir()}")
         return 0
-    found = evict.entries()
+    found = evict.entries(cache.cache_dir())
     total = sum(e.size for e in found)
     models = sum(1 for e in found if e.kind == "model")
     print(f"directory: {cache.cache_dir()}" + ("" if cache.enabled() else " (KILN_CACHE=0: off)"))

@@ -349,7 +349,7 @@ def store(request: Request, model: NativeModel, program: Program, seed: int,
         _store(request, model, program, seed, all_drawn)
     except (KilnError, OSError, ValueError, TypeError, KeyError, subprocess.SubprocessError):
         return
-    evict.bound(keep)
+    evict.bound(cache.cache_dir(), keep)
 
 
 def _store(request: Request, model: NativeModel, program: Program, seed: int,

@@ -125,7 +125,7 @@ def test_symlinks_in_the_cache_are_never_followed(cache_dir, tmp_path):
     (cache_dir / "models").symlink_to(kept_dir, target_is_directory=True)
     _store(1)
     assert [e.names for e in evict.entries(cache_dir)] == [[f"{_name(7)}.o"], [f"{_name(1)}.o"]]
-    evict.clear()
+    evict.clear(cache_dir)
     assert precious.read_bytes() == b"keep me" and (kept_dir / f"{_name(8)}.json").exists()
     assert not (cache_dir / f"{_name(7)}.o").is_symlink()  # the link itself went
     assert (cache_dir / "models").is_symlink()  # not an entry: left alone
@@ -168,7 +168,7 @@ def test_a_concurrent_reader_never_crashes_while_entries_are_evicted(cache_dir, 
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cleared = 0
     while reader.poll() is None:
-        if evict.clear():
+        if evict.clear(cache_dir):
             cleared += 1
         time.sleep(0.01)
     out, err = reader.communicate()

@@ -31,7 +31,7 @@ BACKEND_ONLY = ("kiln.compiler.codegen.onnx", "kiln.compiler.codegen.llvm.module
 # op registry: a record calls the kernel library, not the other way round
 NATIVE_DRIVER = frozenset({"kiln.compiler.codegen.llvm." + name for name in
                            ("__init__", "module", "fused", "plan", "pipeline", "fuse", "layout", "calling",
-                            "machine", "cache", "graphcache")})
+                            "machine", "cache", "graphcache", "share")})
 NATIVE = "kiln.compiler.codegen.llvm"
 
 

@@ -216,8 +216,9 @@ def test_the_documented_limits_are_the_enforced_ones():
     assert limits.INT_MAX == 2**63 - 1 and "int64" in rows["a compile-time int (literals included)"]
 
 
-def _kernel_functions(n_ops: int, step: str) -> list:
-    """The kernels `run` calls for a chain of n_ops `y = step`, as LLVM functions."""
+def _kernel_functions(n_ops: int, step: str) -> tuple[list, int]:
+    """The kernels `run` calls for a chain of n_ops `y = step`, as LLVM functions (nodes of
+    the same kernel share one: share.py), and the number of nodes that call one."""
     from kiln.compiler.codegen.llvm import target as targets
     from kiln.compiler.codegen.llvm.module import build_module
 
@@ -226,7 +227,8 @@ def _kernel_functions(n_ops: int, step: str) -> list:
     model = kiln.compile(src, target="reference").lowered()
     machine = targets.host().machine()
     module, _ = build_module(model, "x86_64-unknown-linux-gnu", str(machine.target_data))
-    return [f for f in module.functions if re.fullmatch(r"k\d+_(fused|softmax)", f.name)]
+    nodes = sum(1 for nid in model.graph.order() if model.graph.op(nid) in ("fused", "softmax"))
+    return [f for f in module.functions if re.fullmatch(r"k\d+_(fused|softmax)", f.name)], nodes
 
 
 def test_long_chains_are_cut_into_kernels_llvm_compiles_in_linear_time():
@@ -236,10 +238,11 @@ def test_long_chains_are_cut_into_kernels_llvm_compiles_in_linear_time():
     from kiln.compiler.codegen.llvm.fuse import MAX_GROUP
     from kiln.compiler.codegen.llvm.module import MAX_INLINED_KERNELS
 
-    fused = _kernel_functions(3000, "y + x")
-    assert len(fused) == -(-3000 // MAX_GROUP)
-    assert not any("noinline" in f.attributes for f in fused)
-    few = _kernel_functions(MAX_INLINED_KERNELS, "softmax(y)")
-    assert not any("noinline" in f.attributes for f in few)
-    many = _kernel_functions(MAX_INLINED_KERNELS + 1, "softmax(y)")
-    assert len(many) > MAX_INLINED_KERNELS and all("noinline" in f.attributes for f in many)
+    fused, groups = _kernel_functions(3000, "y + x")
+    assert groups == -(-3000 // MAX_GROUP)
+    # the full groups are one kernel, the last group's shorter chain another
+    assert len(fused) == 2 and not any("noinline" in f.attributes for f in fused)
+    few, nodes = _kernel_functions(MAX_INLINED_KERNELS, "softmax(y)")
+    assert nodes == MAX_INLINED_KERNELS and not any("noinline" in f.attributes for f in few)
+    many, nodes = _kernel_functions(MAX_INLINED_KERNELS + 1, "softmax(y)")
+    assert nodes > MAX_INLINED_KERNELS and many and all("noinline" in f.attributes for f in many)

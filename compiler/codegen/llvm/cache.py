@@ -75,7 +75,7 @@ def store(name: str, payload: bytes) -> None:
                          MAGIC + _checksum(name, payload) + payload, _unusable)
     except (KilnError, OSError):
         return
-    evict.bound(keep)
+    evict.bound(directory, keep)
 
 
 def _checksum(name: str, payload: bytes) -> bytes:

@@ -27,10 +27,6 @@ def conv(kb, n, win: Window, groups: int) -> None:
     if x_t.dtype != "f32":
         _conv_direct(kb, n, win, groups)
         return
-    if n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked:  # layout.WINOGRAD
-        from .winograd import conv_winograd  # (winograd.py builds on this module's helpers)
-        conv_winograd(kb, n, win)
-        return
     b = kb.b
     x, w, y = kb.input("x"), kb.input("weight"), kb.output()
     bias = kb.input("bias")

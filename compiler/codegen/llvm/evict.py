@@ -65,11 +65,9 @@ class Entry:
         return "model" if self.directory.name == "models" else "object"
 
 
-def entries(root: Path | None = None) -> list[Entry]:
-    """The entries under `root` (the cache directory), least recently used first."""
-    from . import cache
-
-    root = cache.cache_dir() if root is None else root
+def entries(root: Path) -> list[Entry]:
+    """The entries under `root` (the cache directory, cache.cache_dir()), least recently used
+    first."""
     found: list[Entry] = []
     for directory, pattern in ((root, _OBJECT), (root / "models", _MODEL)):
         groups: dict[str, Entry] = {}
@@ -154,13 +152,11 @@ def _unlink(name: str, dir_fd: int) -> None:
         pass
 
 
-def bound(keep: int | None = None) -> None:
-    """Evict least-recently-used entries until all take at most `keep` bytes (`limit()` by
-    default). A cache that cannot be read or changed is left as it is."""
-    from . import cache
-
+def bound(root: Path, keep: int | None = None) -> None:
+    """Evict least-recently-used entries of the cache directory `root` until all take at most
+    `keep` bytes (`limit()` by default). A cache that cannot be read or changed is left as it
+    is."""
     keep = limit() if keep is None else keep
-    root = cache.cache_dir()
     for directory in (root, root / "models"):
         _sweep(directory)
     found = entries(root)
@@ -180,9 +176,9 @@ def touch(path: Path) -> None:
         pass
 
 
-def clear() -> int:
-    """Remove every entry; returns the bytes freed."""
-    return sum(remove(entry) for entry in entries())
+def clear(root: Path) -> int:
+    """Remove every entry of the cache directory `root`; returns the bytes freed."""
+    return sum(remove(entry) for entry in entries(root))
 
 
 __all__ = ["DEFAULT_LIMIT", "Entry", "bound", "clear", "entries", "limit", "remove", "touch"]
