@@ -7,9 +7,11 @@ optimisations) on kiln's own exported ONNX vs the numpy reference.
 
 `--pytorch` times, instead, kiln native and onnxruntime on kiln's export beside onnxruntime on
 PyTorch's (torch.onnx.export) of the same model with the same weights (issue 16's baseline):
-the MLP, LSTM, GRU and Transformer encoder of issue 16's table, each written once in kiln
-and once in PyTorch under the same parameter names (TWINS), so that PyTorch's state_dict
-loads into kiln strictly.
+the eight models of issue 16's table (MLP, LSTM, GRU, Transformer encoder, LeNet-5, ResNet-18
+at 224x224, a two-layer GCN on a graph of Cora's size, the DCGAN generator), each written
+once in kiln and once in PyTorch under the same parameter names (TWIN_SOURCES, twin_module),
+so that PyTorch's state_dict loads into kiln strictly. As in issue 16's table, ResNet-18 runs
+at batch 8 at most (--batches 1 32 gives 1 and 8) and the GCN takes one graph (batch 1).
 
 `--precision bf16` times, instead, kiln native with precision="bf16" beside the f32 code of
 the same model (alternating rounds, as below), and gives the bf16 outputs' error against f32:
@@ -193,10 +195,13 @@ def compare_precisions(opts, files: list[Path]) -> int:
     return 1 if failed else 0
 
 
-# issue 16's models with a PyTorch twin: name -> (kiln source, PyTorch module factory, the
-# input's shape for a batch). The LSTM and GRU take [T, B, features] (PyTorch's default
-# layout), T = 32; the Transformer [B, L, d_model], L = 128.
+# issue 16's models with a PyTorch twin: name -> kiln source (twin_module gives the PyTorch
+# module, twin_input the inputs of a batch). The LSTM and GRU take [T, B, features] (PyTorch's
+# default layout), T = 32; the Transformer [B, L, d_model], L = 128; the GCN one random graph
+# of Cora's size, N = 2708 nodes and E = 10556 edges, whatever the batch.
 TWIN_STEPS, TWIN_LENGTH = 32, 128
+TWIN_NODES, TWIN_EDGES = 2708, 10556
+TWIN_MAX_BATCH = {"resnet18": 8, "gcn": 1}  # --pytorch's batches capped (issue 16's table)
 TWIN_SOURCES = {
     "mlp": (ROOT / "examples" / "mlp.kiln").read_text(),
     "lstm": """
@@ -225,11 +230,21 @@ model Encoder {
     return encoder(x)
   }
 }""",
+    "lenet": (ROOT / "examples" / "lenet.kiln").read_text(),
+    "resnet18": (ROOT / "examples" / "resnet18.kiln").read_text(),
+    "gcn": (ROOT / "examples" / "gcn.kiln").read_text(),
+    "dcgan": (ROOT / "examples" / "dcgan.kiln").read_text(),
 }
 
 
 def twin_module(name: str):
-    """The PyTorch twin of TWIN_SOURCES[name], in eval mode."""
+    """The PyTorch twin of TWIN_SOURCES[name], in eval mode. A BatchNorm's running statistics
+    are those of one training-mode pass over random inputs (seed 1, not the measured ones: eval
+    and training mode differ), its weight and bias random, as are the GCN's biases: at
+    PyTorch's initial values (mean 0, variance 1, weight 1, bias 0) a mix-up of them would not
+    show in the outputs."""
+    import collections
+
     import torch
     from torch import nn
 
@@ -269,6 +284,89 @@ def twin_module(name: str):
                 x = layer(x)
             return x
 
+    class LeNet5(nn.Module):  # examples/lenet.kiln
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(),
+                                          nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
+                                          nn.AvgPool2d(2))
+            self.classifier = nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.Tanh(),
+                                            nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10))
+
+        def forward(self, x):
+            return self.classifier(self.features(x).flatten(1))
+
+    class BasicBlock(nn.Module):  # torchvision's, as std.cnn's BasicBlock
+        def __init__(self, inplanes: int, planes: int, stride: int = 1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or inplanes != planes:
+                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                                nn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet18(nn.Module):  # examples/resnet18.kiln: torchvision's resnet18, by hand
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            widths = [64, 64, 128, 256, 512]
+            for i in range(1, 5):
+                stride = 1 if i == 1 else 2
+                setattr(self, f"layer{i}", nn.Sequential(
+                    BasicBlock(widths[i - 1], widths[i], stride), BasicBlock(widths[i], widths[i])))
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512, 1000)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(self.avgpool(x).flatten(1))
+
+    class GCNConv(nn.Module):
+        """PyG's GCNConv at its defaults, as std.gnn's: D^-1/2 (A + I) D^-1/2 X W^T + b over the
+        edges (source, target), the input's self-loops dropped and one loop per node added."""
+
+        def __init__(self, in_channels: int, out_channels: int):
+            super().__init__()
+            self.lin = nn.Linear(in_channels, out_channels, bias=False)
+            self.bias = nn.Parameter(torch.randn(out_channels))
+
+        def forward(self, x, edge_index):
+            loops = torch.arange(x.shape[0])
+            src, dst = torch.cat([edge_index[0], loops]), torch.cat([edge_index[1], loops])
+            w = torch.cat([(edge_index[0] != edge_index[1]).to(x.dtype),
+                           torch.ones_like(loops, dtype=x.dtype)])
+            deg = torch.zeros_like(x[:, 0]).index_add(0, dst, w)  # >= 1: every node's loop
+            norm = deg.rsqrt()[src] * w * deg.rsqrt()[dst]
+            h = self.lin(x)
+            return torch.zeros_like(h).index_add(0, dst, h[src] * norm[:, None]) + self.bias
+
+    class GCN(nn.Module):  # examples/gcn.kiln at inference (its dropout the identity)
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = GCNConv(1433, 16), GCNConv(16, 7)
+
+        def forward(self, x, edge_index):
+            h = torch.relu(self.conv1(x, edge_index))
+            return torch.log_softmax(self.conv2(h, edge_index), dim=-1)
+
+    def generator():  # examples/dcgan.kiln: the PyTorch DCGAN tutorial's Generator
+        layers, widths = [], [100, 512, 256, 128, 64]
+        for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1,
+                                          bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(64, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        return nn.Sequential(collections.OrderedDict(main=nn.Sequential(*layers)))
+
     torch.manual_seed(0)
     modules = {
         "mlp": lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512),
@@ -276,29 +374,58 @@ def twin_module(name: str):
         "lstm": lambda: Recurrent("lstm", nn.LSTM(256, 256, num_layers=2)),
         "gru": lambda: Recurrent("gru", nn.GRU(256, 256)),
         "transformer": Encoder,
+        "lenet": LeNet5,
+        "resnet18": ResNet18,
+        "gcn": GCN,
+        "dcgan": generator,
     }
-    return modules[name]().eval()
+    module = modules[name]()
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if norms:
+        for norm in norms:
+            norm.momentum = None  # the running statistics: the pass's own
+            nn.init.uniform_(norm.weight, 0.5, 1.5)
+            nn.init.normal_(norm.bias, 0.0, 0.1)
+        with torch.no_grad():
+            module.train()(*(torch.from_numpy(a) for a in
+                             twin_input(name, 4, np.random.default_rng(1)).values()))
+    return module.eval()
 
 
-def twin_input(name: str, batch: int, rng) -> np.ndarray:
+def twin_input(name: str, batch: int, rng) -> dict[str, np.ndarray]:
+    """The inputs of TWIN_SOURCES[name] for a batch, by kiln's input names (PyTorch's export
+    takes the same ones): random normal features; the GCN's graph has random edges (self-loops
+    and repeated edges included, as std.gnn allows) and no batch axis."""
+    if name == "gcn":
+        return {"x": rng.standard_normal((TWIN_NODES, 1433)).astype(np.float32),
+                "edge_index": rng.integers(0, TWIN_NODES, size=(2, TWIN_EDGES))}
     shape = {"mlp": (batch, 784), "lstm": (TWIN_STEPS, batch, 256),
-             "gru": (TWIN_STEPS, batch, 256), "transformer": (batch, TWIN_LENGTH, 256)}[name]
-    return rng.standard_normal(shape).astype(np.float32)
+             "gru": (TWIN_STEPS, batch, 256), "transformer": (batch, TWIN_LENGTH, 256),
+             "lenet": (batch, 1, 28, 28), "resnet18": (batch, 3, 224, 224),
+             "dcgan": (batch, 100, 1, 1)}[name]
+    return {"z" if name == "dcgan" else "x": rng.standard_normal(shape).astype(np.float32)}
 
 
-def torch_export(module, x: np.ndarray, path: Path) -> None:
-    """PyTorch's TorchScript exporter (the dynamo one needs onnxscript), every axis but the
-    features dynamic, as kiln's export leaves its symbolic sizes."""
+def symbolic_axes(model) -> dict[str, dict[int, str]]:
+    """Each input's symbolic axes, {input: {axis: symbol}}, which kiln's export leaves open."""
+    return {port.name: {i: str(d) for i, d in enumerate(port.type.shape) if d.symbols()}
+            for port in model.inputs}
+
+
+def torch_export(module, inputs: dict[str, np.ndarray], axes: dict[str, dict[int, str]],
+                 path: Path) -> None:
+    """PyTorch's TorchScript exporter (the dynamo one needs onnxscript) with the inputs' names
+    and `axes` dynamic (symbolic_axes: as kiln's export)."""
     import warnings
 
     import torch
 
-    axes = {i: f"d{i}" for i in range(x.ndim - 1)}
     # not under no_grad: there nn.MultiheadAttention takes its fast path, which has no export
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=False,
-                          input_names=["x"], opset_version=18, dynamic_axes={"x": axes})
+        torch.onnx.export(module, tuple(torch.from_numpy(a) for a in inputs.values()), str(path),
+                          dynamo=False, input_names=list(inputs), opset_version=18,
+                          dynamic_axes=axes)
 
 
 def ort_session(path: Path, threads: int):
@@ -313,8 +440,9 @@ def ort_session(path: Path, threads: int):
 
 def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
     """kiln native, onnxruntime on kiln's export and onnxruntime on PyTorch's, same weights
-    and input, alternating rounds; the largest differences between kiln's outputs (native,
-    and its export in onnxruntime) and PyTorch's eager ones check that they are one model."""
+    and inputs, alternating rounds; the largest differences between kiln's outputs (native,
+    and its export in onnxruntime) and PyTorch's eager ones check that they are one model,
+    against `scale`, the largest magnitude of PyTorch's outputs."""
     import torch
 
     module = twin_module(name)
@@ -323,24 +451,24 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
     model.load_weights(weights)
     native = kiln.compile(TWIN_SOURCES[name], target="native", threads=threads)
     native.load_weights(weights)
-    x = twin_input(name, batch, np.random.default_rng(0))
+    inputs = twin_input(name, batch, np.random.default_rng(0))
     with tempfile.TemporaryDirectory() as tmp:
         model.export_onnx(Path(tmp) / "kiln.onnx")
-        torch_export(module, x, Path(tmp) / "torch.onnx")
+        torch_export(module, inputs, symbolic_axes(model), Path(tmp) / "torch.onnx")
         sessions = {"kiln": ort_session(Path(tmp) / "kiln.onnx", threads),
                     "torch": ort_session(Path(tmp) / "torch.onnx", threads)}
-    feeds = {"kiln": {model.inputs[0].name: x}, "torch": {"x": x}}
-    runs = {"native": lambda: native(x),
-            **{k: (lambda k=k, s=s: s.run(None, feeds[k])) for k, s in sessions.items()}}
+    runs = {"native": lambda: native(**inputs),
+            **{k: (lambda s=s: s.run(None, inputs)) for k, s in sessions.items()}}
     with torch.no_grad():
-        eager = module(torch.from_numpy(x))
+        eager = module(*(torch.from_numpy(a) for a in inputs.values()))
     eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
 
     def diff(outs) -> float:
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         return max(float(np.abs(a - b).max()) for a, b in zip(outs, eager, strict=True))
 
-    diffs = {"diff": diff(runs["kiln"]()), "native_diff": diff(runs["native"]())}
+    diffs = {"diff": diff(runs["kiln"]()), "native_diff": diff(runs["native"]()),
+             "scale": max(float(np.abs(e).max()) for e in eager)}
     rounds: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(ROUNDS):
         for k, run in runs.items():
@@ -357,7 +485,8 @@ def compare_with_pytorch(opts) -> int:
     print("-" * len(header))
     failed = 0
     for name in names:
-        for batch in opts.batches:
+        cap = TWIN_MAX_BATCH.get(name, max(opts.batches))
+        for batch in sorted({min(b, cap) for b in opts.batches}):
             for threads in opts.threads:
                 print(f"{name}: batch {batch}, {threads} thread(s)...", file=sys.stderr,
                       flush=True)
@@ -388,7 +517,7 @@ def main() -> int:
     parser.add_argument("--with-ref", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pytorch", action="store_true",
                         help="kiln native and onnxruntime on kiln's export vs onnxruntime on "
-                             "PyTorch's (mlp lstm gru transformer)")
+                             "PyTorch's (mlp lstm gru transformer lenet resnet18 gcn dcgan)")
     parser.add_argument("--measure-twin", nargs=3, metavar=("NAME", "BATCH", "THREADS"),
                         help=argparse.SUPPRESS)  # one --pytorch configuration, in a child
     parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",

@@ -31,14 +31,21 @@ def test_one_configuration_measures_native_and_onnxruntime(name):
     assert all(got[k] is not None and got[k] > 0 for k in ("native", "ort", "ref")), got
 
 
-@pytest.mark.parametrize("name", ["gru", "mlp"])
-def test_pytorch_twins_are_one_model(name):
+# (twin, batch, the largest difference allowed relative to the outputs' magnitude): f32
+# rounding gives 1e-7 to 4e-6 here (ResNet-18's Winograd convolutions the most), a wrong weight,
+# bias or BatchNorm statistic 0.1 to 1
+TWIN_TOLERANCES = [("gru", 2, 1e-5), ("mlp", 2, 1e-5), ("lenet", 2, 1e-5),
+                   ("resnet18", 1, 5e-5), ("gcn", 1, 1e-5), ("dcgan", 2, 5e-5)]
+
+
+@pytest.mark.parametrize(("name", "batch", "rtol"), TWIN_TOLERANCES)
+def test_pytorch_twins_are_one_model(name, batch, rtol):
     """`models.py --pytorch` compares like with like: kiln's export of each twin gives what
     PyTorch computes from the same weights, and both exports are timed."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="the twins are PyTorch modules")
     models = _models_script()
-    got = models.measure_twin(name, batch=2, threads=1, repeat=1)
-    assert got["diff"] < 1e-4 and got["native_diff"] < 1e-4, got
+    got = models.measure_twin(name, batch=batch, threads=1, repeat=1)
+    assert max(got["diff"], got["native_diff"]) < rtol * got["scale"], got
     assert got["native"] > 0 and got["kiln"] > 0 and got["torch"] > 0, got
 
 
