@@ -23,7 +23,7 @@ from llvmlite import ir
 from ...errors import KilnError
 from .abi import F32, I32, declare
 from .irgen import Vectors, fold, for_range, i64
-from .microkernels import MICRO_TYPE, Tiling
+from .microkernels import Tiling, micro_function
 from .microkernels import _store_tile as store_tile
 from .packing import prepack_a_bf16, prepack_b_bf16, round_bits  # noqa: F401  (re-exported)
 
@@ -132,17 +132,10 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     """microkernels.micro_kernel on pairs: C[:height, :cols] (+)= A_panel @ B with the A rows
     (KC words apart) and B (pair rows `b_stride` words apart) holding bf16 pairs; one
     vdpbf16ps per row and B vector per pair of the sum. `kc` counts elements, not pairs."""
-    name = f"kiln_gemm_bf16_{height}x{t.nr}x{t.kc}"
-    fn = module.globals.get(name)
-    if fn is not None:
+    fn, built = micro_function(module, f"kiln_gemm_bf16_{height}x{t.nr}x{t.kc}")
+    if built:
         return fn
-    fn = ir.Function(module, MICRO_TYPE, name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")  # one copy per module, called once per tile
     kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
-    for arg in (a, b_ptr, c):
-        arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec = Vectors(b, WIDTH)
     zero = ir.Constant(vec.type, None)

@@ -53,21 +53,31 @@ def tiling(width: int | None = None) -> Tiling:
 MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
 
 
+def micro_function(module: ir.Module, name: str) -> tuple[ir.Function, bool]:
+    """The micro-kernel function `name` of MICRO_TYPE and whether it is built already; a new
+    one is declared internal, noinline (one copy per module, called once per tile), its
+    pointers noalias, for the caller to build."""
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn, True
+    fn = ir.Function(module, MICRO_TYPE, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    _kc, a, b_ptr, _b_stride, c, _ldc, _cols, _add = fn.args
+    for arg in (a, b_ptr, c):
+        arg.add_attribute("noalias")
+    return fn, False
+
+
 def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     """C[:height, :cols] (+)= A_panel @ B: the A panel is `height` rows of kc floats, KC apart
     (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place);
     cols <= NR columns are stored."""
-    name = f"kiln_gemm_{height}x{t.nr}x{t.kc}"
-    fn = module.globals.get(name)
-    if fn is not None:
+    fn, built = micro_function(module, f"kiln_gemm_{height}x{t.nr}x{t.kc}")
+    if built:
         return fn
-    fn = ir.Function(module, MICRO_TYPE, name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")  # one copy per module, called once per tile
     kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
-    for arg in (a, b_ptr, c):
-        arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec = Vectors(b, t.width)
     zero = ir.Constant(vec.type, None)
