@@ -20,6 +20,7 @@ from kiln.compiler.codegen.llvm import target as targets
 from kiln.compiler.errors import KilnError
 
 HAS_BF16 = bf16.FEATURE in targets.host().feature_set
+HAS_AMX = all(f in targets.host().feature_set for f in bf16.AMX_FEATURES)
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.kiln"))
 # |bf16 - f32| <= BOUND * sum_k |a_k b_k| per output element: each operand rounds by at most
 # 2**-9 relative, a product by 2**-8 (+ 2**-18); twice that leaves room for the f32 sums
@@ -73,6 +74,77 @@ def test_matmul_odd_shapes(shape):
         a, b = np.full((1, 1), np.pi, np.float32), np.full((1, 1), np.e, np.float32)
     check_product(m(a, b), rounded(a) @ rounded(b), a.astype(np.float64) @ b,
                   np.abs(a.astype(np.float64)) @ np.abs(b))
+
+
+# AMX (bf16.amx_micro_kernel, where the CPU has it): tiles of 16 rows and 32 elements of the
+# sum, 32 and 16 rows per micro-kernel then AVX512_BF16 for the rest, sums shallower than
+# AMX_MIN_DEPTH on AVX512_BF16 alone; each case around one of those edges
+AMX_SHAPES = [(16, 16, 16), (32, 32, 32), (48, 17, 33), (33, 255, 100), (127, 257, 64),
+              (200, 513, 50), (40, 15, 40), (64, 31, 1)]
+
+
+@pytest.mark.parametrize("shape", AMX_SHAPES, ids=str)
+def test_tile_edges(shape):
+    """B packed per call (zero pair rows up to a whole tile) and B a prepacked weight (its
+    panels read K rows deep, 16 pair rows at a time), both against the emulation."""
+    r, k, n = shape
+    rng = np.random.default_rng(k * n + r)
+    a = rng.standard_normal((r, k), dtype=np.float32) + 0.1
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    source = (f"import std.nn\nmodel L {{ fc = nn.Linear({k}, {n}, bias = false)\n"
+              f"  forward(x: f32[B, {k}]) -> f32[B, {n}] {{ return fc(x) }} }}")
+    m, layer = compile_bf16(MATMUL), compile_bf16(source)
+    if m is None or layer is None:
+        return
+    layer.load_weights({"fc.weight": np.ascontiguousarray(b.T)})
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b)
+    for y in (m(a, b), layer(a)):
+        check_product(y, rounded(a) @ rounded(b), a.astype(np.float64) @ b, magnitude)
+
+
+def test_amx_code_for_a_cpu_with_amx():
+    """On any machine: the bf16 GEMM for a CPU with AMX holds the tile instructions, asks
+    Linux for the tiles once (arch_prctl), and LLVM compiles it; without AMX, or with
+    KILN_AMX=0, none of that."""
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm.machine import machine_code
+    from kiln.compiler.codegen.llvm.module import build_module, ir_text
+
+    spr = targets.Target("sapphirerapids", "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,"
+                         "+avx512bf16,+amx-tile,+amx-bf16,+avx2,+fma,+avx")
+    assert bf16.amx(spr) and not bf16.amx(targets.named("x86-64-v4"))
+    model = kiln.compile(MATMUL).lowered()
+    machine = spr.machine()
+    texts = {}
+    for amx in (True, False):
+        module, _ = build_module(model, llvm.get_process_triple(), str(machine.target_data),
+                                 vector_width=16, precision="bf16", amx=amx)
+        texts[amx] = ir_text(module, 16)
+    assert "llvm.x86.tdpbf16ps" in texts[True] and "arch_prctl" in texts[True]
+    assert "llvm.x86.tdpbf16ps" not in texts[False] and "arch_prctl" not in texts[False]
+    assert "dpbf16ps.512" in texts[True]  # the rows below 16, and a refused process
+    assert machine_code(texts[True], machine)
+
+
+def test_amx_opt_out(monkeypatch, tmp_path):
+    """KILN_AMX=0: the bf16 GEMM on AVX512_BF16 alone, its own cache entries, the same
+    product within the emulation's error."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((64, 96), dtype=np.float32)
+    b = rng.standard_normal((96, 40), dtype=np.float32)
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b)
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(bf16.AMX_ENV, flag)
+        assert bf16.amx(targets.host()) == (HAS_AMX and flag == "1")
+        m = compile_bf16(MATMUL)
+        if m is None:
+            return
+        results.append(m(a, b))
+        check_product(results[-1], rounded(a) @ rounded(b), a.astype(np.float64) @ b,
+                      magnitude)
 
 
 def test_batched_matmul():

@@ -178,3 +178,161 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
                        [vec.mask(cols, v * WIDTH) for v in range(2)], add)
     b.ret_void()
     return fn
+
+
+# AMX: the same pairs through tile registers (Sapphire Rapids and later) ---------------------
+# A tile is 16 rows of 64 bytes. The paired layouts above are already what AMX's TDPBF16PS
+# reads: a packed A row's 16 words from pair 16s on are one row of an A tile (the rows KC
+# words apart); 16 pair rows of a B panel, 16 words of each, are a B tile (the "VNNI" layout,
+# rows NR words apart). One configuration serves every tile: 16 rows of 64 bytes (C: 16 x 16
+# floats). C tiles tmm0-3 (row block i, column half v: 2i + v), A tiles tmm4-5, B tiles tmm6-7.
+AMX_FEATURES = ("amx-tile", "amx-bf16")
+AMX_ENV = "KILN_AMX"  # "0": the bf16 GEMM on AVX512_BF16 only, even where AMX is there
+AMX_HEIGHTS = (32, 16)  # the micro-kernels on tiles: 2 or 1 A tiles high, 2 B tiles wide
+TILE_ROWS = 16  # rows of every tile; a B tile's are pairs: 32 elements of the sum
+_TILE_C, _TILE_A, _TILE_B = 0, 4, 6
+# Linux gives a process AMX's tile data only when asked (arch_prctl ARCH_REQ_XCOMP_PERM with
+# XFEATURE_XTILEDATA; Linux 5.16 on); without it the first tile instruction is a SIGILL
+_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def amx(cpu) -> bool:
+    """Whether the bf16 GEMM for the target CPU `cpu` (a target.Target) is built with AMX
+    micro-kernels: the CPU has AMX-BF16 and KILN_AMX=0 is not set. The code still asks the
+    kernel for the tiles when it runs (`amx_ready`) and uses the AVX512_BF16 micro-kernels
+    where that is refused, so a library built here runs on any AVX512_BF16 machine."""
+    import os
+
+    return os.environ.get(AMX_ENV, "1") != "0" and all(f in cpu.feature_set
+                                                        for f in AMX_FEATURES)
+
+
+def use_amx(module: ir.Module) -> None:
+    """Mark `module` (its bf16 GEMM functions) as built with AMX (`uses_amx`)."""
+    module.kiln_amx = True
+
+
+def uses_amx(module: ir.Module) -> bool:
+    return getattr(module, "kiln_amx", False)
+
+
+def _tile(name: str, module: ir.Module, args: list[ir.Type]) -> ir.Function:
+    return declare(module, f"llvm.x86.{name}", ir.VoidType(), args)
+
+
+def amx_ready(b: ir.IRBuilder) -> ir.Value:
+    """An i1: whether this process may use AMX's tiles. The first call asks Linux for them
+    (one arch_prctl system call) and keeps the answer in a global; asking again is harmless,
+    so threads racing on the first call are safe."""
+    module = b.module
+    fn = module.globals.get("kiln_amx_ready")
+    if fn is None:
+        state = ir.GlobalVariable(module, ir.IntType(64), "kiln_amx_state")
+        state.linkage = "internal"
+        state.initializer = ir.Constant(ir.IntType(64), 0)  # 0 not asked, 1 granted, 2 refused
+        fn = ir.Function(module, ir.FunctionType(ir.IntType(1), []), "kiln_amx_ready")
+        fn.linkage = "internal"
+        fb = ir.IRBuilder(fn.append_basic_block("entry"))
+        known = fb.load(state)
+        with fb.if_then(fb.icmp_signed("==", known, i64(0)), likely=False):
+            syscall = ir.FunctionType(ir.IntType(64), [ir.IntType(64)] * 3)
+            answer = fb.asm(syscall, "syscall", "={rax},{rax},{rdi},{rsi},~{rcx},~{r11},~{memory}",
+                            [i64(_ARCH_PRCTL), i64(_ARCH_REQ_XCOMP_PERM), i64(_XFEATURE_XTILEDATA)],
+                            True, name="arch_prctl")
+            granted = fb.icmp_signed("==", answer, i64(0))
+            fb.store(fb.select(granted, i64(1), i64(2)), state)
+        fb.ret(fb.icmp_signed("==", fb.load(state), i64(1)))
+    return b.call(fn, [])
+
+
+def configure_tiles(b: ir.IRBuilder) -> None:
+    """Load the one tile configuration (palette 1, eight tiles of 16 rows x 64 bytes)."""
+    module = b.module
+    config = module.globals.get("kiln_amx_config")
+    if config is None:
+        data = bytearray(64)
+        data[0] = 1  # palette 1
+        for tile in range(8):
+            data[16 + 2 * tile] = 64  # bytes per row (little-endian u16)
+            data[48 + tile] = TILE_ROWS
+        config = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), 64), "kiln_amx_config")
+        config.linkage = "internal"
+        config.global_constant = True
+        config.align = 64
+        config.initializer = ir.Constant(config.type.pointee, data)
+    b.call(_tile("ldtilecfg", module, [ir.IntType(8).as_pointer()]),
+           [b.bitcast(config, ir.IntType(8).as_pointer())])
+
+
+def release_tiles(b: ir.IRBuilder) -> None:
+    """Back to the tiles' initial state (a thread switch then saves no tile data)."""
+    b.call(_tile("tilerelease", b.module, []), [])
+
+
+def amx_micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
+    """`micro_kernel` on AMX tiles, `height` 16 or 32 rows: per 32 elements of the sum (16
+    pairs), the B panel's two tiles, the A panel's height/16 tiles and their products into
+    the C tiles. The sum is read in whole tiles: the packings leave zero pairs up to a
+    multiple of 16 (gemm._Gemm.packed). Whole 32-column tiles go straight to and from C (C +=
+    loads C into the tiles first); a partial one through a buffer and masked stores."""
+    fn, built = micro_function(module, f"kiln_gemm_amx_{height}x{t.nr}x{t.kc}")
+    if built:
+        return fn
+    kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    i8p, byte = ir.IntType(8).as_pointer(), ir.IntType(8)
+    load = _tile("tileloadd64", module, [byte, i8p, ir.IntType(64)])
+    store = _tile("tilestored64", module, [byte, i8p, ir.IntType(64)])
+    zero = _tile("tilezero", module, [byte])
+    product = _tile("tdpbf16ps", module, [byte, byte, byte])
+    blocks = height // TILE_ROWS
+    c_tiles = [(i, v) for i in range(blocks) for v in range(2)]
+
+    def tile(n):
+        return ir.Constant(byte, n)
+
+    def c_at(base, i, v, row_floats):  # the C tile (i, v) in a [.., 32] array of rows
+        return b.bitcast(b.gep(base, [b.add(b.mul(i64(i * TILE_ROWS), row_floats),
+                                            i64(v * WIDTH))]), i8p)
+
+    buffer = b.alloca(ir.ArrayType(F32, height * t.nr), name="c_tiles")  # a partial tile's
+    buffer.align = 64
+    ldc_bytes = b.mul(ldc, i64(4))
+    whole = b.icmp_signed("==", cols, i64(t.nr))
+    with b.if_else(b.and_(add, whole)) as (from_c, fresh):
+        with from_c:
+            for i, v in c_tiles:
+                b.call(load, [tile(_TILE_C + 2 * i + v), c_at(c, i, v, ldc), ldc_bytes])
+        with fresh:
+            for i, v in c_tiles:
+                b.call(zero, [tile(_TILE_C + 2 * i + v)])
+    pairs = b.sdiv(b.add(kc, i64(1)), i64(2))
+    steps = b.sdiv(b.add(pairs, i64(TILE_ROWS - 1)), i64(TILE_ROWS))
+    a_bytes, b_bytes = i64(t.kc * 4), b.mul(b_stride, i64(4))
+    with for_range(b, steps, name="k", index="s") as s:
+        first = b.mul(s, i64(TILE_ROWS))  # pair rows of B, pair words of A
+        panel = b.gep(b_ptr, [b.mul(first, b_stride)])
+        for v in range(2):
+            b.call(load, [tile(_TILE_B + v), b.bitcast(b.gep(panel, [i64(v * WIDTH)]), i8p),
+                          b_bytes])
+        for i in range(blocks):
+            rows = b.gep(a, [b.add(first, i64(i * TILE_ROWS * t.kc))])
+            b.call(load, [tile(_TILE_A + i), b.bitcast(rows, i8p), a_bytes])
+        for i, v in c_tiles:
+            b.call(product, [tile(_TILE_C + 2 * i + v), tile(_TILE_A + i), tile(_TILE_B + v)])
+    with b.if_else(whole) as (straight, masked):
+        with straight:
+            for i, v in c_tiles:
+                b.call(store, [tile(_TILE_C + 2 * i + v), c_at(c, i, v, ldc), ldc_bytes])
+        with masked:
+            base = b.gep(buffer, [i64(0), i64(0)])
+            for i, v in c_tiles:
+                b.call(store, [tile(_TILE_C + 2 * i + v), c_at(base, i, v, i64(t.nr)),
+                               i64(t.nr * 4)])
+            vec = Vectors(b, WIDTH)
+            accs = [vec.load(b.gep(base, [i64(r * t.nr)]), v * WIDTH)
+                    for r in range(height) for v in range(2)]
+            store_tile(vec, c, ldc, accs, height, 2,
+                       [vec.mask(cols, v * WIDTH) for v in range(2)], add)
+    b.ret_void()
+    return fn

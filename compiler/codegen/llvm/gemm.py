@@ -29,7 +29,7 @@ from llvmlite import ir
 
 from . import bf16
 from .abi import F32, I64, KERNEL_TYPE, PTR
-from .irgen import Vectors, element, i64, loop, memcpy, smaller
+from .irgen import Vectors, element, i64, loop, memcpy, memset, smaller
 from .kernel import KernelBuilder
 from .microkernels import STREAM_ROWS, Tiling, micro_kernel, row_kernel, tiling
 from .movement import TILE, transposed
@@ -193,10 +193,12 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
          accumulate: bool = False, t: Tiling | None = None) -> None:
     """C[m, n] = A[m, k] @ B[k, n] in f32 (C += A @ B when `accumulate`), any sizes: a call of
     the module's GEMM function for B's kind, built on first use and shared by every kernel."""
-    t = t or tiling(kb.vector_width)  # the target's vectors, not necessarily the host's
+    paired = kb.precision == "bf16"
+    amx = paired and bf16.uses_amx(kb.module)
+    t = t or (AMX_TILING if amx else tiling(kb.vector_width))  # the target's, not the host's
     a_kind = "prepacked" if a.prepacked else "transposed" if a.transposed else "matrix"
     # precision="bf16" (bf16.py): the operands in bf16 pairs, prepacked ones paired already
-    fn = _driver(kb.module, type(b), a_kind, t, kb.precision == "bf16")
+    fn = _driver(kb.module, type(b), a_kind, t, paired, amx)
     if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
         fn = _parallel(kb.module, fn, type(b), a_kind, t)
     b_pointers, b_sizes = b.fields()
@@ -204,6 +206,12 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
     kb.call_kernel(fn, pointers, sizes, "gemm")
 
+
+# precision="bf16" on a CPU with AMX: 32-row tiles (two A tiles by two B tiles), and below
+# 16 rows the AVX512_BF16 micro-kernels (bf16.py)
+AMX_TILING = Tiling(16, mr=32, kc=256, mc=96, nc=512)
+AMX_MIN_DEPTH = 16  # a shallower sum is too little work for tiles, and a prepacked B's panels
+# are zero-padded only to K rows: a whole tile of 16 pair rows fits in them from K = 16 on
 
 PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
 
@@ -262,13 +270,15 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
 
 
 def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
-            bf16: bool = False) -> ir.Function:
+            bf16: bool = False, amx: bool = False) -> ir.Function:
     """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
     a kernel-shaped function with the blocked loops for one kind of B; `bf16`: the products
-    in bf16 pairs (bf16.py), every B packed (no path reads B in place as f32)."""
+    in bf16 pairs (bf16.py), every B packed (no path reads B in place as f32); `amx`: and on
+    AMX tiles where the process may use them."""
     kinds = f"{ {'matrix': '', 'transposed': 'at_', 'prepacked': 'ap_'}[a_kind]}" \
         f"{source.__name__.lower()}"
-    name = f"kiln_{'bf16' if bf16 else 's'}gemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
+    kind = "amx" if amx else "bf16" if bf16 else "s"
+    name = f"kiln_{kind}gemm_{kinds}_{t.mr}x{t.nr}x{t.kc}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -282,7 +292,7 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
     a = Matrix(pointers[0], lda, a_kind == "transposed", a_kind == "prepacked")
     g = _Gemm(kb, t, a, source.unpack(pointers[2:], sizes[6:]),
               Matrix(pointers[1], ldc), m, n, k, a_pack, b_pack,
-              kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)), bf16)
+              kb.b.icmp_signed("!=", accumulate, ir.Constant(I64, 0)), bf16, amx)
     # the ways to the product by the most rows of C each serves, the first that fits taken
     paths = []
     # (a prepacked A is in slices; bf16 reads only packed pairs)
@@ -331,9 +341,14 @@ class _Gemm:
     b_pack: ir.Value
     accumulate: ir.Value  # i1
     bf16: bool = False  # A and B packed in bf16 pairs (bf16.py)
+    amx: bool = False  # and AMX micro-kernels for 16 rows and more, where the process may
+    tiles: ir.Value | None = None  # (amx) i1: this call uses them (`packed`)
 
     def _min(self, x, y):
         return smaller(self.kb.b, x, y)
+
+    def _max(self, x, y):
+        return self.kb.b.select(self.kb.b.icmp_signed(">", x, y), x, y)
 
     def _at(self, ptr, offset):
         return self.kb.b.gep(ptr, [offset])
@@ -410,8 +425,32 @@ class _Gemm:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
         call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1)."""
         b, t = self.kb.b, self.t
-        micro = bf16.micro_kernel if self.bf16 else micro_kernel
-        kernels = [(h, micro(self.kb.module, t, h)) for h in sorted(t.heights)]
+        if self.amx:  # on tiles (self.tiles: decided once per call) or on AVX512_BF16
+            with b.if_else(self.tiles) as (tiles, vectors):
+                with tiles:
+                    self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr,
+                                    b_stride, col, cols, add)
+                with vectors:
+                    self._tile_rows(self._kernels(tiling(t.width).heights), a_block, row0,
+                                    rows, kc, b_ptr, b_stride, col, cols, add)
+            return
+        self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr, b_stride,
+                        col, cols, add)
+
+    def _kernels(self, heights) -> list[tuple[int, ir.Function]]:
+        """(height, micro-kernel) by height, shortest first: AMX's where it has one."""
+        module, t = self.kb.module, self.t
+
+        def micro(h):
+            if self.amx and h in bf16.AMX_HEIGHTS:
+                return bf16.amx_micro_kernel(module, t, h)
+            return (bf16.micro_kernel if self.bf16 else micro_kernel)(module, t, h)
+
+        return [(h, micro(h)) for h in sorted(heights)]
+
+    def _tile_rows(self, kernels, a_block, row0, rows, kc, b_ptr, b_stride, col, cols,
+                   add) -> None:
+        b, t = self.kb.b, self.t
 
         def step(i):
             left = b.sub(rows, i)
@@ -431,6 +470,16 @@ class _Gemm:
         """The blocked loops: B packed per (NC, KC) block, A per (MC, KC) block."""
         kb, t, b = self.kb, self.t, self.kb.b
         nr = i64(t.nr)
+        if self.amx:  # tiles when the process may have them and the sum is deep enough
+            self.tiles = b.and_(bf16.amx_ready(b),
+                                b.icmp_signed(">=", self.k, i64(AMX_MIN_DEPTH)))
+            with b.if_then(self.tiles):
+                bf16.configure_tiles(b)
+
+        def pitch(kc):  # floats between B panels in the buffer, per column: a bf16 panel's
+            # pair rows are padded to a whole tile (16), past kc rows when kc < 32
+            return self._max(kc, i64(2 * bf16.TILE_ROWS)) if self.bf16 else kc
+
         with kb.for_range(self.n, step=t.nc) as jc:
             nc = self._min(i64(t.nc), b.sub(self.n, jc))
 
@@ -438,11 +487,13 @@ class _Gemm:
                 prepacked = isinstance(self.b, PackedB)
                 if not prepacked:
                     with kb.for_range(nc, step=t.nr) as jr:
-                        panel = self._at(self.b_pack, b.mul(jr, kc))
+                        panel = self._at(self.b_pack, b.mul(jr, pitch(kc)))
                         self.b.pack(kb, panel, pc, kc, b.add(jc, jr),
                                     self._min(nr, b.sub(nc, jr)), t.nr)
                         if self.bf16:  # rows to pair rows, in place
                             bf16.pair_panel(b, panel, kc, t.nr)
+                        if self.amx:  # zero pair rows up to a whole tile
+                            self._pad_panel(panel, kc)
                 with kb.for_range(self.m, step=t.mc) as ic:
                     mc = self._min(i64(t.mc), b.sub(self.m, ic))
                     a_block = self._a_block(ic, mc, pc, kc)
@@ -450,11 +501,23 @@ class _Gemm:
                         # a paired prepacked B has its slice at pc's pair row (pc is even)
                         row = b.sdiv(pc, i64(2)) if self.bf16 else pc
                         panel = (self.b.panel(kb, b.add(jc, jr), row, t.nr) if prepacked
-                                 else self._at(self.b_pack, b.mul(jr, kc)))
+                                 else self._at(self.b_pack, b.mul(jr, pitch(kc))))
                         self._tiles(a_block, ic, mc, kc, panel, nr, b.add(jc, jr),
                                     self._min(nr, b.sub(nc, jr)), add)
 
             self._slices(block, t.kc)
+        if self.amx:
+            with b.if_then(self.tiles):
+                bf16.release_tiles(b)
+
+    def _pad_panel(self, panel, kc) -> None:
+        """Zero a paired B panel's pair rows from ceil(kc/2) up to a multiple of 16 (an A
+        row's pairs are zero there too: bf16.pair_row converts 16 words at a time)."""
+        b, nr, rows = self.kb.b, self.t.nr, i64(bf16.TILE_ROWS)
+        pairs = b.sdiv(b.add(kc, i64(1)), i64(2))
+        whole = b.mul(b.sdiv(b.add(pairs, i64(bf16.TILE_ROWS - 1)), rows), rows)
+        memset(b, b.bitcast(self._at(panel, b.mul(pairs, i64(nr))), PTR),
+               b.mul(b.sub(whole, pairs), i64(4 * nr)))
 
     def streamed(self) -> None:
         """At most STREAM_ROWS rows: B read in place row by row (`row_kernel`), in runs of

@@ -10,7 +10,7 @@ from llvmlite import ir
 from ... import progress
 from ...dims import assuming
 from ...version import __version__
-from . import cache, graphcache
+from . import bf16, cache, graphcache
 from . import target as targets
 from .module import ModuleLayout, build_module, ir_text
 
@@ -25,14 +25,16 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
     to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
     (module.py: kiln_profile); `precision`: the GEMM's, "f32" or "bf16" (bf16.py), part of
     both cache keys when not f32 (whose keys stay as they were; the IR's text differs too)."""
-    # (precision is spelled only when not f32: entries cached before it existed stay valid)
-    reduced = () if precision == "f32" else (precision,)
+    # (precision is spelled only when not f32: entries cached before it existed stay valid;
+    # "amx": the bf16 GEMM on AMX tiles, bf16.amx)
+    amx = precision == "bf16" and bf16.amx(target)
+    reduced = () if precision == "f32" else (precision, *(("amx",) if amx else ()))
     machine = target.machine()
     # by the graph first: a warm compile then builds no LLVM IR (graphcache.py); a library's
     # stamp depends on the layout, so a library always goes through the IR
     options = {"with_plan": with_plan, "profile": profile}
     if reduced:
-        options["precision"] = precision
+        options["precision"] = "+".join(reduced)
     by_graph = None if stamp else graphcache.key(model, target, options)
     hit = graphcache.load(by_graph, model) if by_graph else None
     if hit is not None:
@@ -42,7 +44,7 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
         module, layout = build_module(model, llvm.get_process_triple(),
                                       str(machine.target_data), with_plan=with_plan,
                                       vector_width=target.vector_width, profile=profile,
-                                      precision=precision)
+                                      precision=precision, amx=amx)
         for name, data in (stamp(layout) if stamp else {}).items():
             symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
             symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))

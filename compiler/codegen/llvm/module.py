@@ -32,7 +32,7 @@ from ...ops import REGISTRY, Prop
 from ...ops.signature import tensor_slot_names
 from ...passes.memory import ALIGN, plan
 from ...types import TensorType
-from . import irgen, share
+from . import bf16, irgen, share
 from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .calling import (  # noqa: F401  (re-exported)
     CYCLES_SYMBOL,
@@ -65,15 +65,18 @@ ENTRY_TYPE = ir.FunctionType(
 
 def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
                  vector_width: int | None = None, profile: bool = False,
-                 precision: str = "f32") -> tuple[ir.Module, ModuleLayout]:
+                 precision: str = "f32", amx: bool = False) -> tuple[ir.Module, ModuleLayout]:
     """The LLVM IR of `model` (an ElaboratedModel) and the layout its caller must follow;
     `with_plan` adds `int64_t kiln_plan(const int64_t *dims, int64_t *offsets)` for C callers
     (plan.py: -1 when the sizes are out of range for the model); `profile` times each kernel
-    (see the module's docstring); `precision`: the GEMM's ("bf16": codegen/llvm/bf16.py)."""
+    (see the module's docstring); `precision`: the GEMM's ("bf16": codegen/llvm/bf16.py),
+    with `amx` on AMX tiles where the process may use them (bf16.amx)."""
     graph: Graph = model.graph
     layout = ModuleLayout(symbols=list(model.symbols))
     module = ir.Module(name=model.name)
     module.triple, module.data_layout = triple, data_layout
+    if amx:
+        bf16.use_amx(module)
     entry = ir.Function(module, ENTRY_TYPE, "run")
     inputs_p, outputs_p, params_p, work_p, dims_p, offsets_p, status_p = entry.args
     b = ir.IRBuilder(entry.append_basic_block("entry"))

@@ -22,6 +22,7 @@ def _initialise():
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    llvm.initialize_native_asmparser()  # inline assembly (bf16.amx_ready: a system call)
     return llvm
 
 
