@@ -147,6 +147,28 @@ def test_amx_opt_out(monkeypatch, tmp_path):
                       magnitude)
 
 
+def test_winograd_layer_on_tiles():
+    """A 3x3 convolution that f32 runs as Winograd F(4, 3): under bf16 on AMX through the
+    bf16 GEMM (its weight paired, no Winograd panels), on AVX512_BF16 alone in f32 Winograd;
+    within the bf16 bound of the emulation on AMX, and of f32 either way."""
+    layer = ("import std.nn\nmodel P { c = nn.Conv2d(32, 40, 3, padding = 1, bias = false)\n"
+             "  forward(x: f32[B, 32, 9, 10]) -> f32[B, 40, 9, 10] { return c(x) } }")
+    m = compile_bf16(layer, seed=4)
+    if m is None:
+        return
+    names = m.native_arrays()
+    on_tiles = bf16.amx(targets.host())
+    assert any(n.startswith("prepack_a_bf16(") for n in names) == on_tiles, names
+    assert any(n.startswith("winograd_b(") for n in names) != on_tiles, names
+    x = np.random.default_rng(4).standard_normal((2, 32, 9, 10), dtype=np.float32)
+    w = kiln.compile(layer, seed=4, target="reference").params["c.weight"]
+    exact_bf16, exact, magnitude = conv_oracle(x, w, 1, 1, 1)
+    if on_tiles:
+        check_product(m(x), exact_bf16, exact, magnitude)
+    else:
+        assert np.all(np.abs(m(x) - exact) <= 1e-4 * (magnitude + 1e-30))
+
+
 def test_batched_matmul():
     m = compile_bf16("model Bm { forward(a: f32[G, R, K], b: f32[G, K, N]) -> f32[G, R, N] "
                      "{ return a @ b } }")

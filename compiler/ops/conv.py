@@ -182,9 +182,10 @@ def _window(x: TensorType, geo: Conv):
 def _conv_llvm(kb, n):
     x, w, _bias = n.in_types
     geo = _conv_geometry(x, w, n.attrs)
-    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked:
+    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked \
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
         # the layout pass chose Winograd F(4, 3) (codegen/llvm/layout.py) and the weight is
-        # its transformed panels (winograd_b)
+        # its transformed panels (winograd_b); under bf16 on AMX the GEMM is faster
         nn_native("winograd").conv_winograd(kb, n, _window(x, geo))
         return
     nn_native("conv").conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))

@@ -283,7 +283,8 @@ class GraphEmitter(GraphVisitor):
         name = self.layout.params[self.param_index(src_nid, src_node)]
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
-        if layout == WINOGRAD:  # U = G g G^T as 36 B operands (winograd.py)
+        if layout == WINOGRAD and not bf16.gemm_over_winograd(self.module, self.precision):
+            # U = G g G^T as 36 B operands (winograd.py)
             return {slot: derived_name("winograd_b", name, nr=t.nr)}
         suffix = "_bf16" if self.precision == "bf16" else ""  # paired for the bf16 GEMM
         if REGISTRY[op_node["op"]].packed_weight == "b":
