@@ -27,6 +27,9 @@ import numpy as np
 
 import kiln
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import twins  # noqa: E402  (benchmarks/twins.py, beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 5
 SETTLE = 0.2  # seconds between runtimes: spinning threads go to sleep
@@ -56,17 +59,7 @@ def torch_twins():
     import torch
     from torch import nn
 
-    class LeNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(),
-                                          nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
-                                          nn.AvgPool2d(2))
-            self.classifier = nn.Sequential(nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84),
-                                            nn.Tanh(), nn.Linear(84, 10))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.features(x), 1))
+    LeNet, BasicBlock = twins.modules()["LeNet5"], twins.modules()["BasicBlock"]
 
     class LSTMClassifier(nn.Module):
         def __init__(self):
@@ -80,22 +73,6 @@ def torch_twins():
             _, (h, _) = self.lstm(self.embedding(tokens))
             last = torch.cat([h[-2], h[-1]], dim=-1)
             return torch.log_softmax(self.fc(self.drop(last)), dim=-1)
-
-    class BasicBlock(nn.Module):
-        def __init__(self, inplanes, planes, stride=1):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride,
-                                                          bias=False), nn.BatchNorm2d(planes))
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(out + (self.downsample(x) if self.downsample else x))
 
     class SmallResNet(nn.Module):
         def __init__(self):
