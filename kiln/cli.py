@@ -606,8 +606,12 @@ def cmd_run(opts) -> int:
         check_tensor_file(opts.output, "outputs")
     from kiln.api import compile as kiln_compile
 
-    # the path, not a loaded program: a warm run loads the model from its compile cache entry
-    model = kiln_compile(Path(opts.file), **compile_options(opts), target=opts.target)
+    if Path(opts.file).suffix.lower() == ".so":  # a library from `kiln compile -o model.so`
+        model = _library(opts)
+    else:
+        # the path, not a loaded program: a warm run loads the model from its compile cache
+        # entry
+        model = kiln_compile(Path(opts.file), **compile_options(opts), target=opts.target)
     if opts.print_passes:
         model.lowered()
         print_passes(model.pass_stats)
@@ -621,6 +625,28 @@ def cmd_run(opts) -> int:
                      role="outputs")
         print(f"wrote {opts.output}")
     return 0
+
+
+def _library(opts):
+    """`kiln run model.so`: the library as it was compiled (kiln.load_compiled: its weights
+    from model.safetensors beside it, or --weights over them). What only a source has (another
+    model, arguments, a target, an optimizer level, a precision) is fixed in the library:
+    asking for it is refused, not ignored."""
+    from kiln.api import load_compiled
+
+    fixed = [flag for flag, given in (
+        ("--model", opts.model is not None), ("--arg", bool(opts.arg)),
+        ("--target", opts.target != "native"), ("-O", opts.opt_level != 1),
+        ("--print-passes", opts.print_passes), ("--precision", opts.precision != "f32"))
+        if given]
+    if fixed:
+        raise KilnError("K0602", f"{opts.file} is a compiled library: {', '.join(fixed)} "
+                        "cannot change it", hint="compile the model file again with those "
+                        "options (kiln compile ... -o model.so), or run the model file itself")
+    model = load_compiled(opts.file)
+    if opts.weights:
+        model.load_weights(opts.weights, strict=not opts.no_strict)
+    return model
 
 
 def cmd_profile(opts) -> int:

@@ -335,3 +335,33 @@ def test_cli_precision(tmp_path, capsys):
                  "--precision", "bf16"])
     assert code == 1 and "K0971" in capsys.readouterr().err
     assert not (tmp_path / "mm.so").exists()
+
+
+def test_library_asks_for_tiles_itself(tmp_path):
+    """A library from `kiln compile --precision bf16` runs in a fresh process, whose first
+    GEMM asks Linux for AMX's tiles from inside the library (on a CPU with AMX), against the
+    emulation; a C caller gets the same code."""
+    import subprocess
+    import sys
+
+    from kiln.cli import main
+
+    path = tmp_path / "mm.kiln"
+    path.write_text(MATMUL)
+    code = main(["compile", str(path), "-o", str(tmp_path / "mm.so"), "--precision", "bf16"])
+    if not HAS_BF16:
+        assert code == 1
+        return
+    assert code == 0
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((48, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 33), dtype=np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    script = ("import sys, numpy as np, kiln\n"
+              "d = sys.argv[1]\n"
+              "m = kiln.load_compiled(d + '/mm.so')\n"
+              "np.save(d + '/y.npy', m(np.load(d + '/a.npy'), np.load(d + '/b.npy')))\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    check_product(np.load(tmp_path / "y.npy"), rounded(a) @ rounded(b),
+                  a.astype(np.float64) @ b, np.abs(a.astype(np.float64)) @ np.abs(b))

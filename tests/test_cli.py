@@ -511,3 +511,38 @@ def test_compile_refuses_a_library_for_another_system(capsys, two, tmp_path, suf
     assert code == 1
     assert "error[K0602]" in err and f"not a {system} library" in err and "two.so" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kiln"]
+
+
+# ------------------------------------------------------------------ kiln run model.so
+def test_run_a_compiled_library(capsys, tmp_path):
+    """`kiln run model.so` runs the library as compiled, gives the model file's outputs for
+    the same inputs and weights (--weights over the library's own), and refuses the options
+    only a source has rather than ignoring them."""
+    from kiln.runtime.weights import save_weights
+
+    source, lib = EXAMPLES / "mlp.kiln", tmp_path / "mlp.so"
+    assert run(capsys, "compile", source, "-o", lib, "--seed", "3")[0] == 0
+    rng = np.random.default_rng(0)
+    x = npy(tmp_path, "x", rng.standard_normal((3, 784)).astype(np.float32))
+    import kiln
+
+    params = kiln.compile(source, target="reference").params
+    weights = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.05
+               for k, v in params.items()}
+    save_weights(tmp_path / "w.safetensors", weights)
+    outs = {}
+    for name, target, extra in (("lib", lib, []), ("src", source, ["--seed", "3"]),
+                                ("lib_w", lib, ["--weights", tmp_path / "w.safetensors"]),
+                                ("src_w", source, ["--weights", tmp_path / "w.safetensors"])):
+        code, _, err = run(capsys, "run", target, "--input", x, *extra, "-o",
+                           tmp_path / f"{name}.npz")
+        assert code == 0, err
+        outs[name] = np.load(tmp_path / f"{name}.npz")["output"]
+    np.testing.assert_allclose(outs["lib"], outs["src"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs["lib_w"], outs["src_w"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outs["lib"], outs["lib_w"])  # the given weights were used
+    for option in (["--arg", "hidden=2"], ["--model", "MLP"], ["--target", "reference"],
+                   ["-O", "0"], ["--precision", "bf16"], ["--print-passes"]):
+        code, _, err = run(capsys, "run", lib, "--random-inputs", *option)
+        assert code == 1 and "error[K0602]" in err and "compiled library" in err, err
+        assert option[0] in err, err
