@@ -336,7 +336,8 @@ class NativeModel(CompiledModel):
         sizes = {s: dims[s] for s in variant.layout.symbols}
         return Profile(self.name, sizes, self.threads, repeat,
                        kernel_times(variant.graph, variant.layout.profiled, spent, rate, sizes),
-                       statistics.median(walls), fma_peak_flops() * self.threads)
+                       statistics.median(walls), fma_peak_flops() * self.threads,
+                       self.compilation.precision)
 
     def _rebound(self, old: State, params: dict[str, np.ndarray]) -> State:
         """New weights reach the compiled code as data: its derived arrays (a weight.T, packed

@@ -52,6 +52,7 @@ class Profile:
     kernels: tuple[KernelTime, ...]
     wall: float  # median seconds of a whole call
     peak_flops: float  # the measured FMA peak of `threads` cores, FLOP/s
+    precision: str = "f32"  # of the GEMMs ("bf16": their rate may pass the f32 FMA peak)
 
     @property
     def total(self) -> float:
@@ -75,7 +76,9 @@ def format_profile(p: Profile, top: int | None = None) -> str:
     total = p.total or 1e-12
     sizes = ", ".join(f"{k}={v}" for k, v in p.sizes.items()) or "no symbolic sizes"
     lines = [f"{p.model} ({sizes}), {p.threads} thread{'s' * (p.threads != 1)}, "
-             f"median of {p.calls} calls; FMA peak {p.peak_flops / 1e9:,.0f} GFLOP/s measured",
+             f"median of {p.calls} calls; FMA peak {p.peak_flops / 1e9:,.0f} GFLOP/s measured"
+             + ("" if p.precision == "f32" else
+                f" (f32 FMAs: {p.precision} products on AMX tiles can pass 100%)"),
              f"{'#':>4}  {'kernel':<34} {'time':>10} {'share':>6} {'GFLOP/s':>8} {'peak':>6}"
              "  source"]
     shown = p.kernels
