@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report what each optimizer pass changed, and how long it took")
         c.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                        help="bf16: matmul and convolution multiply bf16-rounded operands with "
-                       "f32 sums (native; needs AVX512_BF16); f32 (default)")
+                       "f32 sums (native; needs AVX512_BF16, and uses AMX tiles where the CPU has "
+                       "them); f32 (default)")
 
     def bind_option(c, what):
         c.add_argument("--bind", action="append", default=[], metavar="SYM=N",
