@@ -172,7 +172,8 @@ def _reason(graph: Graph, value: Value, consumer: int, producer_end: _End,
         if why is not None:
             return why
         if producer_end.group is not None:
-            return "each is the result of its own fused kernel (groups do not merge)"
+            return (f"{pg.op(pn)} is computed by a fused kernel of its own (an op joins one "
+                    f"kernel; groups do not merge)")
         if producer_anchor and consumer_end.group is not None and \
                 consumer_end.group["attrs"]["anchor"] is not None:
             return "the fused kernel already has a matmul or convolution at its head"
