@@ -162,6 +162,11 @@ MULTI = [
     # an epilogue whose sum is a model output too: read in place, stored beside the result
     (model("h = x @ w + b\n    return relu(h), h", "x: f32[B, 6], w: f32[6, 7], b: f32[7]",
            "(f32[B, 7], f32[B, 7])"), {"B": 5}, 1),
+    # a convolution's epilogue split by sample over two threads: every result moves with it
+    ("import std.nn\n" + model("y = (x |> nn.Conv2d(3, 4, 3, padding = 1)) * 0.5\n"
+                                "    return relu(y), y",
+                                "x: f32[B, 3, 6, 6]", "(f32[B, 4, 6, 6], f32[B, 4, 6, 6])"),
+     {"B": 16}, 2),
     # half floats: a stored result rounds as its own kernel would store it
     (model("a = x * 3.0 + y\n    return tanh(a) * y, a", "x: f16[B, 33], y: f16[B, 33]",
            "(f16[B, 33], f16[B, 33])"), {"B": 3}, 1),
