@@ -152,6 +152,15 @@ def test_a_value_an_earlier_op_reads_stays_out():
     assert "also used by 1 other op(s) that run before the fused result" in text
 
 
+def test_report_names_a_value_another_fused_kernel_computes():
+    # m is the second result of the greater+where kernel; the cast after it reads it there
+    src = model("m = x > 0.0\n    y = where(m, x, 0.0)\n    return sum(y), cast(m, dtype = \"f32\")",
+                "x: f32[B, 4]", "(f32[], f32[B, 4])")
+    text = report(kiln.compile(src, target="reference").lowered())
+    assert "fused greater+where  -> f32[B, 4], bool[B, 4]" in text
+    assert "greater is computed by a fused kernel of its own" in text
+
+
 MULTI = [
     (MOMENTUM, {"N": 7}, 1),
     (MOMENTUM, {"N": 70001}, 2),  # the loop shared by two threads
