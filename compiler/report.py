@@ -62,9 +62,12 @@ class _KernelLines(GraphVisitor):
         body: Graph = node["attrs"]["body"]
         inner = [n for n in body.order() if body.op(n) != "input"]
         name = "+".join(body.op(n) for n in inner)
-        return [f"fused {name}  -> {node['types'][0]}"] + [
+        # a group's other results (values the model or later kernels read): its ops say so
+        extra = {o.node: i for i, o in enumerate(body.outputs) if i}
+        return [f"fused {name}  -> {', '.join(map(str, node['types']))}"] + [
             f"{self.pad}{body.op(n):<12} {_where(body.node(n)['span'])}"
-            f"{_layout(body.node(n), self.native)}" for n in inner]
+            f"{_layout(body.node(n), self.native)}"
+            f"{f'  (result {extra[n] + 1} too)' if n in extra else ''}" for n in inner]
 
     def visit_scan(self, graph: Graph, nid: int, node: dict) -> list[str]:
         return [*self.visit_op(graph, nid, node), f"{self.pad}body, once per step:",
@@ -93,21 +96,24 @@ class _End:
 
 
 class _Ends(GraphVisitor):
-    """The producing end of an edge (`slot` None) or the consuming end of input `slot`; None
-    where fusion rules do not apply: a value the graph is given, a scan (its body's edges
-    are judged on their own)."""
+    """The producing end of an edge from result `src` (`slot` None) or the consuming end of
+    input `slot`; None where fusion rules do not apply: a value the graph is given, a scan
+    (its body's edges are judged on their own)."""
 
-    def visit_fused(self, graph: Graph, nid: int, node: dict, slot: int | None) -> _End:
+    def visit_fused(self, graph: Graph, nid: int, node: dict, slot: int | None,
+                    src: int = 0) -> _End:
         body = node["attrs"]["body"]
         if slot is None:
-            return _End(body, body.outputs[0].node, node)
+            return _End(body, body.outputs[src].node, node)
         readers = sorted(v for _, v in body.g.out_edges(body.inputs[slot]))
         return _End(body, readers[0], node)  # the first body op reading that body input
 
-    def visit_scan(self, graph: Graph, nid: int, node: dict, slot: int | None) -> None:
+    def visit_scan(self, graph: Graph, nid: int, node: dict, slot: int | None,
+                   src: int = 0) -> None:
         return None
 
-    def visit_op(self, graph: Graph, nid: int, node: dict, slot: int | None) -> _End:
+    def visit_op(self, graph: Graph, nid: int, node: dict, slot: int | None,
+                 src: int = 0) -> _End:
         return _End(graph, nid)
 
 
@@ -129,13 +135,14 @@ def unfused(graph: Graph) -> list[Unfused]:
     with the other, and why it was not (scan bodies included)."""
     out = []
     ends = _Ends()
+    position = {nid: i for i, nid in enumerate(graph.order())}
     for u, v, d in graph.g.edges(data=True):
-        producer, consumer = ends.visit(graph, u, None), ends.visit(graph, v, d["dst"])
+        producer, consumer = ends.visit(graph, u, None, d["src"]), ends.visit(graph, v, d["dst"])
         if producer is None or consumer is None or (
                 producer.group is not None and consumer.group is not None):
             continue  # two fused kernels: each op there is fused already
         value = Value(u, d["src"], graph.node(u)["types"][d["src"]])
-        reason = _reason(graph, value, v, producer, consumer)
+        reason = _reason(graph, value, v, producer, consumer, position)
         if reason is not None:
             pg, pn, cg, cn = producer.graph, producer.nid, consumer.graph, consumer.nid
             out.append(Unfused((pg.op(pn), pg.node(pn)["span"]), (cg.op(cn), cg.node(cn)["span"]),
@@ -147,7 +154,7 @@ def unfused(graph: Graph) -> list[Unfused]:
 
 
 def _reason(graph: Graph, value: Value, consumer: int, producer_end: _End,
-            consumer_end: _End) -> str | None:
+            consumer_end: _End, position: dict[int, int]) -> str | None:
     pg, pn, cg, cn = producer_end.graph, producer_end.nid, consumer_end.graph, consumer_end.nid
     consumer_ok = elementwise_reason(cg, cn) is None
     producer_elementwise = elementwise_reason(pg, pn) is None
@@ -158,11 +165,15 @@ def _reason(graph: Graph, value: Value, consumer: int, producer_end: _End,
             if has(pg.op(pn), Prop.ANCHOR):
                 return anchor_reason(pg, pn)
             return f"{pg.op(pn)} is neither elementwise nor a matmul or convolution"
-        why = join_reason(graph, value, {consumer}, result)
+        # another reader of an elementwise op's value may read it as one more result of
+        # the fused kernel when it runs after the kernel's result; an anchor's, never
+        later = (lambda u: position[u] > position[consumer]) if producer_elementwise else None
+        why = join_reason(graph, value, {consumer}, result, later)
         if why is not None:
             return why
         if producer_end.group is not None:
-            return "each is the result of its own fused kernel (groups do not merge)"
+            return (f"{pg.op(pn)} is computed by a fused kernel of its own (an op joins one "
+                    f"kernel; groups do not merge)")
         if producer_anchor and consumer_end.group is not None and \
                 consumer_end.group["attrs"]["anchor"] is not None:
             return "the fused kernel already has a matmul or convolution at its head"

@@ -99,8 +99,9 @@ def test_fuse_heads_an_epilogue_with_its_matmul():
 
 
 @pytest.mark.parametrize("body, signature, why", [
-    # e is used twice, by ops in different groups: it stays, alone
-    ("e = exp(x)\n    return relu(e) @ w, e", "x: f32[4, 4], w: f32[4, 4]", "two users"),
+    # e is also read by a sum the group's result needs: as a result of the group's kernel
+    # it would be read before it is made (a cycle); it stays, alone
+    ("e = exp(x)\n    return e / sum(e), e @ w", "x: f32[4, 4], w: f32[4, 4]", "two users"),
     # the matmul's result is a model output: it must be stored as it is
     ("m = x @ w\n    return m, relu(m)", "x: f32[4, 4], w: f32[4, 4]", "output"),
     # half-float matmuls have no epilogue
@@ -123,6 +124,79 @@ def test_fuse_does_not_take_in_a_smaller_broadcast_operand():
     src = model("return relu(x + exp(b))", "x: f32[B, 5], b: f32[5]", "f32[B, 5]")
     _, graph, _ = optimized(src)
     assert fused_groups(graph) == [("add", "relu")] and "exp" in top_ops(graph)
+
+
+MOMENTUM = model("m2 = m * 0.9 + g\n    return p - m2 * 0.05, m2",
+                 "p: f32[N], g: f32[N], m: f32[N]", "(f32[N], f32[N])")
+
+
+def test_a_value_read_after_the_group_is_one_more_result_of_it():
+    _, graph, stats = optimized(MOMENTUM)
+    assert fused_groups(graph) == [("mul", "add", "mul", "sub")]
+    (nid,) = graph.nodes_with_op("fused")
+    assert [o.node for o in graph.outputs] == [nid, nid]  # the new weight, the new moment
+    body = graph.node(nid)["attrs"]["body"]
+    assert [body.op(o.node) for o in body.outputs] == ["sub", "add"]
+    assert stats["fuse"].changes == {"chains": 1, "fused": 4, "outputs": 1}
+    text = report(kiln.compile(MOMENTUM, target="reference").lowered())
+    assert "fused mul+add+mul+sub  -> f32[N], f32[N]" in text
+    assert "(result 2 too)" in text
+
+
+def test_a_value_an_earlier_op_reads_stays_out():
+    # the sum reads e and the result needs the sum: e cannot wait for the result's kernel
+    src = model("e = exp(x)\n    return relu(e) - sum(e)", "x: f32[B, 4]", "f32[B, 4]")
+    _, graph, _ = optimized(src)
+    assert fused_groups(graph) == [("relu", "sub")] and "exp" in top_ops(graph)
+    text = report(kiln.compile(src, target="reference").lowered())
+    assert "also used by 1 other op(s) that run before the fused result" in text
+
+
+def test_report_names_a_value_another_fused_kernel_computes():
+    # m is the second result of the greater+where kernel; the cast after it reads it there
+    src = model("m = x > 0.0\n    y = where(m, x, 0.0)\n    return sum(y), cast(m, dtype = \"f32\")",
+                "x: f32[B, 4]", "(f32[], f32[B, 4])")
+    text = report(kiln.compile(src, target="reference").lowered())
+    assert "fused greater+where  -> f32[B, 4], bool[B, 4]" in text
+    assert "greater is computed by a fused kernel of its own" in text
+
+
+MULTI = [
+    (MOMENTUM, {"N": 7}, 1),
+    (MOMENTUM, {"N": 70001}, 2),  # the loop shared by two threads
+    # broadcast operands: the loop nest stores each result at the same offset
+    (model("a = x * r + c\n    return tanh(a) * 2.0, a, exp(a)",
+           "x: f32[B, 6], r: f32[6], c: f32[B, 1]", "(f32[B, 6], f32[B, 6], f32[B, 6])"),
+     {"B": 5}, 1),
+    # an epilogue whose sum is a model output too: read in place, stored beside the result
+    (model("h = x @ w + b\n    return relu(h), h", "x: f32[B, 6], w: f32[6, 7], b: f32[7]",
+           "(f32[B, 7], f32[B, 7])"), {"B": 5}, 1),
+    # a convolution's epilogue split by sample over two threads: every result moves with it
+    ("import std.nn\n" + model("y = (x |> nn.Conv2d(3, 4, 3, padding = 1)) * 0.5\n"
+                                "    return relu(y), y",
+                                "x: f32[B, 3, 6, 6]", "(f32[B, 4, 6, 6], f32[B, 4, 6, 6])"),
+     {"B": 16}, 2),
+    # half floats: a stored result rounds as its own kernel would store it
+    (model("a = x * 3.0 + y\n    return tanh(a) * y, a", "x: f16[B, 33], y: f16[B, 33]",
+           "(f16[B, 33], f16[B, 33])"), {"B": 3}, 1),
+]
+
+
+@pytest.mark.parametrize("src, dims, threads", MULTI)
+def test_groups_with_several_results_agree_on_every_target(src, dims, threads):
+    want_model = kiln.compile(src, target="reference", opt_level=0)
+    inputs = random_inputs(want_model, dims)
+    want = want_model(*inputs)
+    native = kiln.compile(src, target="native", threads=threads)
+    graph = native.lowered().graph
+    assert any(len(graph.node(n)["types"]) > 1 for n in graph.nodes_with_op("fused"))
+    tol = 2e-3 if "f16" in src else 1e-5
+    for target, m in (("native", native), ("reference", kiln.compile(src, target="reference")),
+                      ("onnx", kiln.compile(src, target="onnx"))):
+        for got, expected in zip(m(*inputs), want, strict=True):
+            assert got.dtype == expected.dtype and got.shape == expected.shape, target
+            np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64),
+                                       rtol=tol, atol=tol, err_msg=target)
 
 
 def test_resnet18_convolutions_take_their_epilogues():

@@ -743,3 +743,22 @@ def test_nodes_of_the_same_kernel_share_one_function_and_name_their_own_failure(
     assert "used at <source>:8:" in str(info.value), str(info.value)
     np.testing.assert_array_equal(m(ok, ok, ok), kiln.compile(_lookups(3), target="reference")(
         ok, ok, ok))
+
+
+def test_large_outputs_start_at_a_page_boundary():
+    """Outputs of 64 KiB or more are page-aligned (runtime/native.py: streams at one offset in
+    a page never stall on 4K aliasing), smaller ones as numpy gives them; values unchanged,
+    and each output is an array of its own the caller may write."""
+    src = ("model M { forward(x: f32[N], s: f32[4]) {\n"
+           "  return x * 2.0, x + 1.0, s * 3.0, s - x[0:4]\n} }")
+    native, ref = both(src)
+    for n in (16384, 20000):  # exactly 64 KiB, and a size no multiple of a page
+        x = RNG.standard_normal(n).astype(np.float32)
+        s = RNG.standard_normal(4).astype(np.float32)
+        got = native(x, s)
+        for g, w in zip(got, ref(x, s), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-6)
+        assert [g.ctypes.data % 4096 == 0 for g in got[:2]] == [True, True]
+        got[0][:] = 0
+        np.testing.assert_allclose(got[1], x + 1.0, rtol=1e-6)  # no output shares bytes
+        assert all(g.flags.writeable and g.flags.c_contiguous for g in got)

@@ -126,6 +126,58 @@ def test_graph_update_follows_torch(ours, cls, kwargs, dtype):
         assert_close(params, expected[t - 1], dtype, f"step {t}")
 
 
+def native_update(opt, params, opt_level=1):
+    """The update graph of `opt` compiled for the native target (one thread)."""
+    from kiln.compiler.driver import Compilation
+    from kiln.compiler.elaborate import ElaboratedModel
+    from kiln.runtime.native import NativeModel
+
+    model = ElaboratedModel.of_graph("Update", update_graph(opt, params), {})
+    return NativeModel(Compilation(model, None, "native", opt_level=opt_level), {}, threads=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("ours", "cls", "kwargs"), CASES, ids=IDS)
+def test_native_update_is_one_kernel_per_parameter(ours, cls, kwargs, dtype):
+    """Compiled natively, each parameter's whole update (its new value and every new state)
+    is one fused kernel with several results, whose values are those of the same graph
+    unfused (native -O0, and the graph interpreter) and of the numpy reference, step after
+    step; the kernel writes its own results, never the arrays it reads."""
+    # a parameter of 1000 elements: the kernel's vector loop and its remainder both run
+    params = [p.repeat(40, axis=0)[:, :250] if p.ndim == 2 else p
+              for p in gradients(dtype, seed=2)[0]]
+    rng = np.random.default_rng(3)
+    grads = [[rng.standard_normal(p.shape).astype(dtype) for p in params] for _ in range(6)]
+    opt = ours(**kwargs, **({"momentum": 0.9} if "momentum" not in kwargs
+                            and ours is optim.SGD else {}))
+    slots = opt.slots()
+    native, unfused = native_update(opt, params), native_update(opt, params, opt_level=0)
+    graph = native.lowered().graph
+    n = len(params)
+    for i in range(n):  # the new value and the new state of parameter i: one fused node
+        writers = {graph.outputs[i].node} | {graph.outputs[n + i * len(slots) + k].node
+                                             for k in range(len(slots))}
+        (writer,) = writers
+        assert graph.op(writer) == "fused"
+        assert len(graph.node(writer)["types"]) == 1 + len(slots)
+    interpreted = update_graph(opt, params)
+    values = dict(zip("ab", params))
+    state = {name: optim.initial_state(opt, values[name]) for name in "ab"}
+    mine = [list(params), [np.zeros_like(p) for p in params for _ in slots]]
+    for t, step_grads in enumerate(grads, 1):
+        feeds = mine[0] + step_grads + mine[1] + [np.float64(opt.lr), np.float64(t)]
+        kept = [f.copy() for f in feeds]
+        outs = native(*feeds)
+        for f, k in zip(feeds, kept, strict=True):
+            np.testing.assert_array_equal(f, k)  # no result written over an operand
+        for other in (unfused(*feeds), run_graph(interpreted, feeds, {}, {})):
+            assert_close(outs, other, dtype, f"step {t}")
+        values, state = optim.numpy_step(opt, values, dict(zip("ab", step_grads)), state, t)
+        assert_close(outs, [values[p] for p in "ab"] + [state[p][s] for p in "ab"
+                                                         for s in slots], dtype, f"step {t}")
+        mine = [list(outs[:n]), list(outs[n:])]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_clipping_and_schedule_follow_torch(dtype):
     params, grads = gradients(dtype, seed=2)

@@ -478,6 +478,7 @@ register(internal(OpRecord(
     infer=_fused_infer,
     reference=_fused_reference,
     doc="A group of ops computed by one kernel (made by the fuse pass): its `body` graph, "
-        "optionally headed by a matmul or convolution (`anchor`), then elementwise ops.",
+        "optionally headed by a matmul or convolution (`anchor`), then elementwise ops; its "
+        "results are the body's outputs (the group's result, then values read outside it).",
     props=frozenset({Prop.CONTROL}),
 )))

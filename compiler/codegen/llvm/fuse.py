@@ -1,20 +1,29 @@
 """Fusion: groups of ops that one kernel computes, made visible in the IR as `fused` nodes.
 
-A group is a set of elementwise ops with one shape (the group's output shape) whose values
-are used only inside the group but for one, the group's result; optionally with an anchor,
-a matmul or a convolution producing one of the group's operands (the epilogue: bias, residual
-add, activation). The group becomes one `fused` node whose operands are the values the group
-reads from outside and whose `body` attribute holds the group's ops as a graph (as a scan's
-body does). A pass of the native pipeline (pipeline.py): the native backend runs a group as
-one kernel (the anchor's GEMM, then one pass over its output computing the whole chain per
-element, in registers: fused.py); the reference evaluates the body, and the ONNX emitter, given
-a fused graph, emits the body's ops.
+A group is a set of elementwise ops with one shape (the group's output shape), grown from its
+last op (the group's result); optionally with an anchor, a matmul or a convolution producing
+one of the group's operands (the epilogue: bias, residual add, activation). A member's value
+used outside the group too (a model output, or an op that runs after the group's result) is
+one more result of the group, stored by the same kernel in the same pass over the elements:
+an optimizer's update (a new moment, then the new weight from it) is one kernel that reads
+each of its operands once and writes each new state and the new weight once. The group
+becomes one `fused` node whose operands are the values the group reads from outside, whose
+results are the group's result and then those other values, in run order, and whose `body`
+attribute holds the group's ops as a graph (as a scan's body does; its outputs are the
+node's results). A pass of the native pipeline (pipeline.py): the native backend runs a group
+as one kernel (the anchor's GEMM, then one pass over its output computing the whole chain per
+element, in registers: fused.py); the reference evaluates the body, and the ONNX emitter,
+given a fused graph, emits the body's ops.
 
-Because every value inside a group other than its result is used only inside it, no path
-leaves the group and comes back: fusing never makes a cycle.
+No fusion makes a cycle: a value a member computes is read outside the group only by ops that
+run after the group's result in the run order (a fused node takes its result's place there),
+so no path leaves the group and comes back into it. The anchor's value is never a result of
+its own (the kernel overwrites it in place).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ...ir import STRUCTURAL_OPS, Graph, Value
 from ...ops import REGISTRY, Prop, has
@@ -55,15 +64,23 @@ def anchor_reason(graph: Graph, nid: int) -> str | None:
     return None
 
 
-def join_reason(graph: Graph, producer: Value, group: set[int], result: Value) -> str | None:
+def join_reason(graph: Graph, producer: Value, group: set[int], result: Value,
+                later: Callable[[int], bool] | None = None) -> str | None:
     """Why `producer` (a value read by a group whose result is `result`) stays outside the
-    group's kernel (None when it can join it)."""
+    group's kernel (None when it can join it). `later(node)`: whether that op runs after the
+    group's result, so that it may read `producer` as one more result of the group's kernel;
+    None: no op outside the group may read it (an anchor's value, which the kernel overwrites),
+    nor may the model return it."""
     uses = users(graph, producer)
-    if any(u == -1 for u, _ in uses):
+    if later is None and any(u == -1 for u, _ in uses):
         return "its result is a model output"
-    outside = {u for u, _ in uses if u not in group}
-    if outside:
-        return f"its result is also used by {len(outside)} other op(s)"
+    outside = {u for u, _ in uses if u not in group and u != -1}
+    early = outside if later is None else {u for u in outside if not later(u)}
+    if early and later is None:
+        return f"its result is also used by {len(early)} other op(s)"
+    if early:
+        return (f"its result is also used by {len(early)} other op(s) that run before the "
+                f"fused result (a kernel's results are read after it)")
     if producer.type.shape != result.type.shape:
         return (f"its shape {shape_str(producer.type.shape)} differs from the fused result's "
                 f"{shape_str(result.type.shape)}")
@@ -75,38 +92,48 @@ def fuse(graph: Graph, ctx: PassContext) -> Graph:
     """Elementwise chains -> one `fused` node each; a matmul or convolution followed by
     elementwise ops on its result (bias, residual add, activation) -> one `fused` node with
     that anchor (an epilogue). Groups grow from each not-yet-fused elementwise op, last first,
-    taking in producers whose results only the group uses and have the group's shape, up to
-    MAX_GROUP ops (the producers left over head groups of their own)."""
+    taking in producers of the group's shape whose results only the group uses, or also the
+    model or ops that run after the group's result (those values become more results of the
+    fused node: `outputs` counts them), up to MAX_GROUP ops (the producers left over head
+    groups of their own)."""
     taken: set[int] = set()
     order = graph.order()
     # positions in the run order, taken once: fusing removes members and adds fused nodes,
-    # which never join a group, so the other nodes keep their relative order
+    # each at its result's position, so every other node keeps its place and every value
+    # still flows from a lower position to a higher one
     position = {nid: i for i, nid in enumerate(order)}
     for sink in reversed(order):
         if sink in taken or not graph.g.has_node(sink) or elementwise_reason(graph, sink):
             continue
         result = Value(sink, 0, graph.node(sink)["types"][0])
-        members = _grow(graph, sink, result, taken)
+        members = _grow(graph, sink, result, taken, position)
         anchor = _anchor(graph, members, result, taken, position)
         if len(members) < 2 and anchor is None:
             continue
         if anchor is not None:
             members.add(anchor)
         taken |= members
-        _replace(graph, members, anchor, result, position)
+        fused, extra = _replace(graph, members, anchor, result, position)
+        position[fused] = position[sink]
         ctx.count("epilogues" if anchor is not None else "chains")
         ctx.count("fused", len(members))
+        if extra:
+            ctx.count("outputs", extra)
     return graph
 
 
-def _grow(graph: Graph, sink: int, result: Value, taken: set[int]) -> set[int]:
+def _grow(graph: Graph, sink: int, result: Value, taken: set[int],
+          position: dict[int, int]) -> set[int]:
+    def later(nid: int) -> bool:
+        return position[nid] > position[sink]
+
     members, frontier = {sink}, [sink]
     while frontier:
         for v in graph.operands(frontier.pop()):
             if v is None or v.node in members or v.node in taken or len(members) >= MAX_GROUP:
                 continue
             if elementwise_reason(graph, v.node) is None and \
-                    join_reason(graph, v, members, result) is None:
+                    join_reason(graph, v, members, result, later) is None:
                 members.add(v.node)
                 frontier.append(v.node)
     return members
@@ -137,8 +164,10 @@ def _external(graph: Graph, members: set[int]) -> list[Value]:
 
 
 def _replace(graph: Graph, members: set[int], anchor: int | None, result: Value,
-             position: dict[int, int]) -> None:
-    """Swap the members for one `fused` node holding them as its body."""
+             position: dict[int, int]) -> tuple[int, int]:
+    """Swap the members for one `fused` node holding them as its body: its results are
+    `result`, then the members' values used outside the group, in run order. Returns the
+    fused node and how many results it has besides `result`."""
     order = sorted(members, key=position.__getitem__)
     outside = _external(graph, members)
     body = Graph()
@@ -155,11 +184,18 @@ def _replace(graph: Graph, members: set[int], anchor: int | None, result: Value,
             inner[(nid, out.index)] = out
         if nid == anchor:
             body_anchor = outs[0].node
-    body.outputs = [inner[key(result)]]
-    body.output_names = ["out"]
+    extras = [Value(nid, 0, graph.node(nid)["types"][0]) for nid in order
+              if nid != result.node and nid != anchor
+              and any(u not in members for u, _ in users(graph, Value(nid, 0, None)))]
+    results = [result, *extras]
+    body.outputs = [inner[key(v)] for v in results]
+    body.output_names = ["out"] + [f"out{i}" for i in range(1, len(results))]
     first, last = graph.node(order[0]), graph.node(result.node)
     attrs = {"body": body, "anchor": body_anchor,
              "ops": tuple(graph.node(nid)["op"] for nid in order)}
-    (fused,) = graph.add("fused", outside, attrs, [result.type], first["span"], last["scope"])
-    replace_uses(graph, result, fused)
-    remove_unused(graph, [result.node])
+    values = graph.add("fused", outside, attrs, [v.type for v in results], first["span"],
+                       last["scope"])
+    for old, new in zip(results, values, strict=True):
+        replace_uses(graph, old, new)
+    remove_unused(graph, [v.node for v in results])
+    return values[0].node, len(extras)

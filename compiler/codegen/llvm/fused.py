@@ -5,6 +5,14 @@ the fused node's output buffer; then one loop over that buffer computes the grou
 elementwise ops per element, in registers, reading the anchor's value where it stands and
 writing the group's result in its place. Without an anchor, the loop alone. Intermediate
 values are rounded to their own dtype between ops, as separate kernels would store them.
+
+A group with several results (values its members compute that the model or later kernels
+read: an optimizer's new state beside the new weight) stores each in the same loop, into the
+fused node's output buffers; per element, every operand is loaded before any result is
+stored, so a result written over an operand (the anchor's result, the one buffer the kernel
+shares between an operand and a result) is read first. The memory plan never gives a
+result the bytes of another operand of the same node (passes/memory.place: an operand is
+alive until its last reader is done).
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ def fused_kernel(kb, n) -> None:
         else:
             t = n.in_types[slot_of[node_id]]
             ins.append((kb.input(slot_of[node_id]), t))
-    result = (body.outputs[0].node, body.outputs[0].index)
+    results = [(o.node, o.index) for o in body.outputs]
+    outs = [(out, out_t)] + [(kb.output(i), t) for i, t in enumerate(n.out_types) if i]
 
     # no FMA contraction or reassociation across a rounded f16 intermediate: LLVM narrows each
     # rounded f32 op to a half op (exact for one op), then, where the CPU has half arithmetic
@@ -79,14 +88,14 @@ def fused_kernel(kb, n) -> None:
             node = body.node(nid)
             args = [env[(v.node, v.index)] for v in body.operands(nid)]
             value = REGISTRY[node["op"]].scalar(kb_, node["attrs"], *args)
-            if (nid, 0) != result:  # stored between separate kernels: round it as they would
-                dtype = node["types"][0].dtype
+            if (nid, 0) != results[0]:  # stored between separate kernels: round it as they
+                dtype = node["types"][0].dtype  # would (a stored result again, exactly)
                 value = kb_.to_compute(kb_.to_storage(value, dtype), dtype)
             env[(nid, 0)] = value
         kb_.flags = saved_flags
-        return env[result]
+        return [env[r] for r in results]
 
-    kb.elementwise_over(out, out_t, ins, compute)
+    kb.elementwise_into(outs, ins, compute)
 
 
 def _raw(kb, index: int) -> ir.Value:

@@ -451,19 +451,21 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
 
 def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked,
                  precision: str = "f32"):
-    """An op with Prop.SAMPLEWISE whose first input and output lead with the same symbolic
-    batch size runs its samples on several threads (each a block of samples, with its GEMMs
-    whole: no packing is done twice); one sample, or one thread, runs the ordinary kernel."""
+    """An op with Prop.SAMPLEWISE whose first input and outputs (a fused epilogue may have
+    several) lead with the same symbolic batch size runs its samples on several threads (each
+    a block of samples, with its GEMMs whole: no packing is done twice); one sample, or one
+    thread, runs the ordinary kernel."""
     operands = graph.operands(nid)
     first, out = operands[0].type, node["types"][0]
     batch = first.shape[0].symbol if first.rank else None
-    if batch is None or out.shape[0].symbol != batch or len(node["types"]) != 1:
+    if batch is None or any(not t.rank or t.shape[0].symbol != batch or t.rank != out.rank
+                            for t in node["types"]):
         return None
     whole = _kernel(module, lowering, nid, graph, node, layout, vector_width, split=False,
                     prepacked=prepacked, precision=precision)
     samples = _kernel(module, lowering, nid, graph, node, layout, vector_width, serial=True,
                       prepacked=prepacked, precision=precision)
-    types = [v.type if v is not None else None for v in operands] + [out]
+    types = [v.type if v is not None else None for v in operands] + list(node["types"])
     index = layout.symbols.index(batch)
 
     def shift(b, pointers, sizes, row0):
