@@ -36,7 +36,7 @@ class Compiles:
             return result
 
         monkeypatch.setattr("kiln.compiler.driver.compile_object", spy)
-        monkeypatch.setattr(parts, "PART_BYTES", 1)
+        monkeypatch.setattr(parts, "PART_COST", 1)
 
     def __call__(self, count: int, cache_dir: str = "", **options):
         self.monkeypatch.setenv("KILN_LLVM_PARTS", str(count))
@@ -145,7 +145,8 @@ def _counting_module() -> ir.Module:
     return module
 
 
-def test_globals_are_defined_once_and_helpers_copied_into_each_part():
+def test_globals_are_defined_once_and_helpers_copied_into_each_part(monkeypatch):
+    monkeypatch.setattr(parts, "PART_COST", 1)
     module = _counting_module()
     texts = parts.split(module, 3)
     assert len(texts) == 3
@@ -167,6 +168,7 @@ def test_globals_are_defined_once_and_helpers_copied_into_each_part():
 
 def test_a_child_that_fails_leaves_its_part_to_this_process(monkeypatch):
     monkeypatch.setattr(parts.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(parts, "PART_COST", 1)
     texts = parts.split(_counting_module(), 2)
     objects = parts.compile_parts(texts, target.host(), target.host().machine())
     code = LoadedObject(objects, ["run", "total"])
@@ -178,7 +180,7 @@ def test_a_child_that_fails_leaves_its_part_to_this_process(monkeypatch):
 def test_a_library_links_every_part(split_in, tmp_path, monkeypatch):
     from kiln.cli import main
 
-    monkeypatch.setattr(parts, "PART_BYTES", 1)
+    monkeypatch.setattr(parts, "PART_COST", 1)
     monkeypatch.setenv("KILN_LLVM_PARTS", "3")
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "aot-cache"))
     assert main(["compile", str(LENET), "--target", "native", "-o",

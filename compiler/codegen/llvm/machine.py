@@ -55,16 +55,13 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
     name = cache.key(__version__, target.cpu, target.features, *reduced, text)
     objects = cache.load_objects(name)
     if objects is None:
-        count = parts.part_count(len(text))
-        how = f" in {count} processes" if count > 1 else ""
+        texts = parts.split(module, parts.part_count()) if parts.part_count() > 1 else []
+        texts = ([prefer_vector_width(part, target.vector_width) for part in texts]
+                 if len(texts) > 1 else [text])
+        how = f" in {len(texts)} processes" if len(texts) > 1 else ""
         with progress.step(f"optimising and compiling {len(module.functions)} functions "
                            f"with LLVM for {target.cpu}{how}"):
-            if count > 1:
-                texts = [prefer_vector_width(part, target.vector_width)
-                         for part in parts.split(module, count)]
-                objects = parts.compile_parts(texts, target, machine)
-            else:
-                objects = (machine_code(text, machine),)
+            objects = parts.compile_parts(texts, target, machine)
         cache.store_objects(name, objects)
     if by_graph:
         graphcache.store(by_graph, model, layout, objects)

@@ -33,25 +33,28 @@ from llvmlite import ir
 from . import target as targets
 
 MAX_PARTS = 8
-# below this much IR text (~1 s of LLVM on one core) a part is not worth a process
-PART_BYTES = 600_000
+# LLVM's time on a function grows with its lines and, faster, with its loops (a small
+# permute's loop nest takes as long as a GEMM driver's thousand lines of vector code): a
+# function's cost is its lines and BRANCH_COST per conditional branch (ResNet-18, GPT, UNet:
+# within a third of the time taken for half the kernels); a part costs at least PART_COST
+# (~0.6 s of LLVM), or is not worth a process
+BRANCH_COST = 20
+PART_COST = 4000
 _SYMBOL = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
 _LOCAL = ("internal", "private")
 
 
-def part_count(text_bytes: int) -> int:
-    """How many parts to compile a module of `text_bytes` of IR in: one per usable core, at
-    most MAX_PARTS, and none smaller than PART_BYTES; $KILN_LLVM_PARTS sets the most (1: the
-    module whole, in this process)."""
+def part_count() -> int:
+    """The most parts to compile a module in: one per usable core, at most MAX_PARTS;
+    $KILN_LLVM_PARTS sets it (1: the module whole, in this process)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     most = os.environ.get("KILN_LLVM_PARTS", "")
-    most = int(most) if most.isdigit() and int(most) > 0 else min(cores or 1, MAX_PARTS)
-    return max(1, min(most, text_bytes // PART_BYTES))
+    return int(most) if most.isdigit() and int(most) > 0 else min(cores or 1, MAX_PARTS)
 
 
 def split(module: ir.Module, parts: int) -> list[str]:
-    """The IR text of `module` cut into at most `parts` modules (see the module's docstring);
-    the first holds `run` and the globals' definitions."""
+    """The IR text of `module` cut into at most `parts` modules (see the module's docstring),
+    none costing less than PART_COST; the first holds `run` and the globals' definitions."""
     functions = {f.name: f for f in module.functions if not f.is_declaration}
     bodies = {name: str(f) for name, f in functions.items()}
     names = {name: _symbols(text[text.index("{"):]) - {name} for name, text in bodies.items()}
@@ -75,13 +78,16 @@ def split(module: ir.Module, parts: int) -> list[str]:
         return seen
 
     closures = {root: reach(root) for root in roots}
-    cost = {root: sum(len(bodies[f]) for f in closures[root]) for root in roots}
+    weight = {name: text.count("\n") + BRANCH_COST * text.count(" br i1 ")
+              for name, text in bodies.items()}
+    cost = {root: sum(weight[f] for f in closures[root]) for root in roots}
+    parts = min(parts, sum(weight.values()) // PART_COST)
     # the largest roots first, each to the part it adds least to (LPT scheduling, counting
     # the copies of helpers a part already holds as free); `run` in the first part
     members: list[set[str]] = [set() for _ in range(max(1, parts))]
     loads = [0] * len(members)
     for root in sorted(roots, key=lambda r: (r != "run", -cost[r])):
-        extra = [sum(len(bodies[f]) for f in closures[root] - held) for held in members]
+        extra = [sum(weight[f] for f in closures[root] - held) for held in members]
         best = 0 if root == "run" else min(range(len(members)),
                                            key=lambda p: (loads[p] + extra[p], p))
         members[best] |= closures[root]
