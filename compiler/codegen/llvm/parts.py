@@ -8,13 +8,16 @@ and nothing of the compiler, and reads its part's IR on stdin, writing the objec
 How the module is cut (`split`): the *roots* are the functions `run` calls (a node's kernel)
 and every function defined with outside linkage (`run`, a GEMM entry, `kiln_set_threads`...);
 each part defines some roots and declares the others it calls, so a root is compiled once.
-A root that was internal becomes `hidden` (a symbol of the library's own, never exported).
-Everything a root reaches that is not a root (a GEMM driver, its micro-kernels, the thread
-pool's worker) stays internal and is copied into every part that reaches it: each kernel is
-optimised with the same callees, inlined as before. Globals: a constant that names no symbol
-is copied into every part (its loads fold as before); every other global (`kiln_threads`, the
-pool's state, the profile counters) is defined once, in the first part, and declared
-`external` in the others, so all parts share one.
+An internal root that another part calls becomes `hidden` (a symbol of the library's own,
+never exported); `run` calls the kernels of other parts instead of inlining them (a call per
+kernel costs nothing next to its work: module.py's MAX_INLINED_KERNELS). Everything a root
+reaches that is not a root (a GEMM driver, its micro-kernels, the thread pool's worker) stays
+internal and is copied into every part that reaches it: each kernel is optimised with the
+same callees, inlined as before. Globals: a constant that names no symbol is copied into every
+part (its loads fold as before); every other global (`kiln_threads`, the pool's state, the
+AMX state, the profile counters) is defined once, in the first part, and declared `external`
+in the others that name it, so all parts share one. Parts are balanced by an estimate of
+LLVM's time (`BRANCH_COST`), the largest roots first.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ MAX_PARTS = 8
 # permute's loop nest takes as long as a GEMM driver's thousand lines of vector code): a
 # function's cost is its lines and BRANCH_COST per conditional branch (ResNet-18, GPT, UNet:
 # within a third of the time taken for half the kernels); a part costs at least PART_COST
-# (~0.6 s of LLVM), or is not worth a process
+# (~1 s of LLVM), or is not worth a process
 BRANCH_COST = 20
-PART_COST = 4000
+PART_COST = 6000
 _SYMBOL = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
 _LOCAL = ("internal", "private")
 
