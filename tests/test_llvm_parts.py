@@ -101,6 +101,7 @@ def test_packed_objects_unpack_and_one_object_is_stored_as_it_always_was(tmp_pat
     packed = cache.pack_objects((b"\x7fELF a", b"\x7fELF bc", b"\x7fELF def"))
     assert cache.unpack_objects(packed) == (b"\x7fELF a", b"\x7fELF bc", b"\x7fELF def")
     assert cache.unpack_objects(packed[:-1]) is None  # sizes that do not add up
+    assert cache.unpack_objects(cache.OBJECTS + (1 << 60).to_bytes(8, "little")) is None
     assert cache.unpack_objects(b"\x7fELF old entry") == (b"\x7fELF old entry",)
     cache.store("0" * 64, b"\x7fELF an entry from before parts")
     assert cache.load_objects("0" * 64) == (b"\x7fELF an entry from before parts",)

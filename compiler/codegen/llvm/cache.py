@@ -108,10 +108,12 @@ def unpack_objects(payload: bytes) -> tuple[bytes, ...] | None:
         return (payload,) if payload else None
     start = len(OBJECTS) + 8
     count = int.from_bytes(payload[len(OBJECTS):start], "little")
+    at = start + 8 * count
+    if count < 1 or len(payload) < at:  # (read no more sizes than the payload holds)
+        return None
     sizes = [int.from_bytes(payload[start + 8 * i:start + 8 * i + 8], "little")
              for i in range(count)]
-    at = start + 8 * count
-    if count < 1 or len(payload) < at or at + sum(sizes) != len(payload):
+    if at + sum(sizes) != len(payload):
         return None
     objects = []
     for size in sizes:

@@ -55,9 +55,10 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
     name = cache.key(__version__, target.cpu, target.features, *reduced, text)
     objects = cache.load_objects(name)
     if objects is None:
-        texts = parts.split(module, parts.part_count()) if parts.part_count() > 1 else []
+        count = parts.part_count()
+        texts = parts.split(module, count) if count > 1 else []
         texts = ([prefer_vector_width(part, target.vector_width) for part in texts]
-                 if len(texts) > 1 else [text])
+                 if len(texts) > 1 else [text])  # (one part: the module's own text)
         how = f" in {len(texts)} processes" if len(texts) > 1 else ""
         with progress.step(f"optimising and compiling {len(module.functions)} functions "
                            f"with LLVM for {target.cpu}{how}"):
