@@ -81,10 +81,11 @@ class GradientModel:
 @dataclasses.dataclass
 class NativeObject:
     """A model's object code for one CPU: the model it was built from (its graph optimized
-    for native code), the code, the layout its caller follows, and the target machine."""
+    for native code), the code (one object file, or one per part compiled in parallel:
+    codegen/llvm/parts.py), the layout its caller follows, and the target machine."""
 
     model: ElaboratedModel
-    code: bytes
+    code: tuple[bytes, ...]
     layout: ModuleLayout
     machine: Any
 

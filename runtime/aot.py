@@ -135,7 +135,7 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         return {DIGEST_SYMBOL: metadata_digest(meta)}
 
     native = compilation.native(weights, present, cpu, with_plan=True, stamp=stamp)
-    obj, layout = native.code, native.layout
+    layout = native.layout
     header = HEADER.format(
         name=model.name, version=__version__, cpu=cpu.cpu, stem=stem.name,
         symbols=", ".join(layout.symbols) or "none", slots=len(layout.slots),
@@ -149,10 +149,9 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         return KilnError("K0403", f"{path} and its companions: {why}")
 
     with tempfile.TemporaryDirectory() as tmp, staged_writes(refuse) as staging:
-        obj_path = Path(tmp) / "model.o"
-        obj_path.write_bytes(obj)
-        proc = subprocess.run([cc, "-shared", "-o", staging.path(path), str(obj_path), "-lm",
-                               "-lpthread"], capture_output=True, text=True, check=False)
+        proc = subprocess.run([cc, "-shared", "-o", staging.path(path),
+                               *object_files(Path(tmp), native.code), "-lm", "-lpthread"],
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             why = proc.stderr.strip()[:500] or f"{cc} exited with status {proc.returncode}"
             raise KilnError("K0703", f"linking {path.name} failed: {why}")
@@ -160,6 +159,16 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         staging.write(files[2], json.dumps(made["meta"], indent=1).encode())
         staging.write(files[3], header.encode())
     return files
+
+
+def object_files(directory: Path, objects: tuple[bytes, ...]) -> list[str]:
+    """The paths of a model's object files (one, or one per part compiled in parallel:
+    codegen/llvm/parts.py), written into `directory` for the linker."""
+    paths = []
+    for i, code in enumerate(objects):
+        paths.append(str(directory / f"model{i}.o"))
+        Path(paths[-1]).write_bytes(code)
+    return paths
 
 
 def _library_arrays(params: dict, layout: ModuleLayout, c_arrays: bool

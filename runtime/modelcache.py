@@ -72,7 +72,14 @@ from ..compiler.sizes import SizeCheck
 from ..compiler.sources import import_path, read_source_file
 from ..compiler.types import TensorType, dtype_of_numpy
 from ..compiler.version import __version__
-from .aot import DIGEST_SYMBOL, c_compiler, check_elf_size, loaded_code, metadata_digest
+from .aot import (
+    DIGEST_SYMBOL,
+    c_compiler,
+    check_elf_size,
+    loaded_code,
+    metadata_digest,
+    object_files,
+)
 from .model import Interface
 from .native import _NONE, NativeModel
 from .signature import Signature
@@ -414,11 +421,11 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
                        "types": {k: [dtype_of_numpy(a.dtype), list(a.shape)]
                                  for k, a in arrays.items()}},
         }
-        obj, stamp, so = (Path(tmp) / name for name in ("model.o", "stamp.c", "model.so"))
-        obj.write_bytes(native.code)
+        stamp, so = (Path(tmp) / name for name in ("stamp.c", "model.so"))
+        objects = object_files(Path(tmp), native.code)
         digest = ", ".join(str(b) for b in metadata_digest(meta))
         stamp.write_text(f"const unsigned char {DIGEST_SYMBOL}[32] = {{{digest}}};\n")
-        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), str(obj), str(stamp),
+        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), *objects, str(stamp),
                                "-lm", "-lpthread"], capture_output=True, check=False)
         if proc.returncode != 0:
             raise refuse("linking failed")

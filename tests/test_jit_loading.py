@@ -43,7 +43,7 @@ SWEEP = textwrap.dedent("""
 
     results = set()
     for bss in range(3584, 4352, 8):
-        code = LoadedObject(obj(bss), ["f"])
+        code = LoadedObject((obj(bss),), ["f"])
         results.add(ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_float)(code.address("f"))(0.25))
     (value,) = results
     assert math.isfinite(value), value

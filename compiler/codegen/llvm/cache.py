@@ -1,6 +1,8 @@
 """The on-disk compile cache: object code keyed by the model's IR, the target CPU and kiln's
 version. Entries are written atomically and carry a checksum, so a damaged or truncated entry
-is detected, removed and rebuilt — never loaded."""
+is detected, removed and rebuilt — never loaded. A module compiled in parts (parts.py) is
+several object files, kept as one entry (`pack_objects`); an entry of one object is that
+object's bytes alone, as entries were before parts."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from . import evict
 
 # KILNOBJ2: the checksum covers the entry's name too (KILNOBJ1 entries are rebuilt)
 MAGIC = b"KILNOBJ2"
+# several object files in one payload: this, their count, each one's size, then their bytes
+# (an object file itself starts with its format's magic: ELF's is b"\x7fELF")
+OBJECTS = b"KILNOBJS"
 
 
 def cache_dir() -> Path:
@@ -76,6 +81,45 @@ def store(name: str, payload: bytes) -> None:
     except (KilnError, OSError):
         return
     evict.bound(directory, keep)
+
+
+def load_objects(name: str) -> tuple[bytes, ...] | None:
+    """The object files cached under `name` (`store_objects`), or None."""
+    payload = load(name)
+    return None if payload is None else unpack_objects(payload)
+
+
+def store_objects(name: str, objects: tuple[bytes, ...]) -> None:
+    """Keep a module's object files (one, or its parts') as one entry."""
+    store(name, pack_objects(objects))
+
+
+def pack_objects(objects: tuple[bytes, ...]) -> bytes:
+    """One object file as it is; several as OBJECTS, their count and sizes, their bytes."""
+    if len(objects) == 1:
+        return objects[0]
+    sizes = b"".join(len(o).to_bytes(8, "little") for o in objects)
+    return OBJECTS + len(objects).to_bytes(8, "little") + sizes + b"".join(objects)
+
+
+def unpack_objects(payload: bytes) -> tuple[bytes, ...] | None:
+    """The object files `pack_objects` made `payload` of; None if its sizes do not add up."""
+    if not payload.startswith(OBJECTS):
+        return (payload,) if payload else None
+    start = len(OBJECTS) + 8
+    count = int.from_bytes(payload[len(OBJECTS):start], "little")
+    at = start + 8 * count
+    if count < 1 or len(payload) < at:  # (read no more sizes than the payload holds)
+        return None
+    sizes = [int.from_bytes(payload[start + 8 * i:start + 8 * i + 8], "little")
+             for i in range(count)]
+    if at + sum(sizes) != len(payload):
+        return None
+    objects = []
+    for size in sizes:
+        objects.append(payload[at:at + size])
+        at += size
+    return tuple(objects)
 
 
 def _checksum(name: str, payload: bytes) -> bytes:

@@ -124,8 +124,9 @@ def key(model, target, options: dict) -> str | None:
     return "g" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def store(name: str, model, layout: ModuleLayout, obj: bytes) -> None:
-    """Keep `obj` and its layout under `name` (a cache that cannot be written is not used)."""
+def store(name: str, model, layout: ModuleLayout, objects: tuple[bytes, ...]) -> None:
+    """Keep the object files and their layout under `name` (a cache that cannot be written is
+    not used)."""
     nodes = list(walk(model.graph))
     index_of_value = {id(g.node(n)["attrs"].get("value")): i for i, (g, n) in enumerate(nodes)
                       if g.node(n)["op"] == "constant"}
@@ -151,12 +152,12 @@ def store(name: str, model, layout: ModuleLayout, obj: bytes) -> None:
     except (KeyError, ValueError, IndexError):  # a layout not made of this graph's nodes
         return
     head = json.dumps(entry, separators=(",", ":")).encode()
-    cache.store(name, len(head).to_bytes(8, "little") + head + obj)
+    cache.store(name, len(head).to_bytes(8, "little") + head + cache.pack_objects(objects))
 
 
-def load(name: str, model) -> tuple[bytes, ModuleLayout] | None:
-    """The object code and layout stored under `name`, remade for this graph; None if absent,
-    damaged or not fitting."""
+def load(name: str, model) -> tuple[tuple[bytes, ...], ModuleLayout] | None:
+    """The object files and layout stored under `name`, remade for this graph; None if
+    absent, damaged or not fitting."""
     payload = cache.load(name)
     if payload is None or len(payload) < 8:
         return None
@@ -177,7 +178,8 @@ def load(name: str, model) -> tuple[bytes, ModuleLayout] | None:
         layout.profiled = [by_node[id(nodes[i])] for i in entry["profiled"]]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
-    return payload[8 + size:], layout
+    objects = cache.unpack_objects(payload[8 + size:])
+    return None if objects is None else (objects, layout)
 
 
 def frozen(value: Any) -> Any:

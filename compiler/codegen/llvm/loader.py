@@ -14,12 +14,16 @@ class LoadedObject:
     budgets less than RuntimeDyld then asks for when an object's sections end just below a
     page boundary (its per-section alignment slack, and the GOT entries of the stubs of calls
     out of the object), and aborts the process: a small ResNet's profiled train step did.
-    `symbols`: the names whose addresses the caller needs (`address`); the code stays loaded
-    while this object lives."""
+    `objects`: one object file, or the parts of one module (codegen/llvm/parts.py), linked
+    together (one part's hidden symbols resolve in another's); `symbols`: the names whose
+    addresses the caller needs (`address`); the code stays loaded while this object lives."""
 
-    def __init__(self, code: bytes, symbols: list[str]):
+    def __init__(self, objects: tuple[bytes, ...], symbols: list[str]):
         self._jit = llvm.create_lljit_compiler(use_jit_link=True)
-        builder = llvm.JITLibraryBuilder().add_object_img(code).add_current_process()
+        builder = llvm.JITLibraryBuilder()
+        for code in objects:
+            builder.add_object_img(code)
+        builder.add_current_process()
         for name in symbols:
             builder.export_symbol(name)
         self._tracker = builder.link(self._jit, "kiln")

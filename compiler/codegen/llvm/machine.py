@@ -10,16 +10,18 @@ from llvmlite import ir
 from ... import progress
 from ...dims import assuming
 from ...version import __version__
-from . import bf16, cache, graphcache
+from . import bf16, cache, graphcache, parts
 from . import target as targets
-from .module import ModuleLayout, build_module, ir_text
+from .module import ModuleLayout, build_module, ir_text, prefer_vector_width
+from .parts import machine_code  # noqa: F401  (re-exported)
 
 
 def compile_object(model, target: targets.Target, with_plan: bool = False,
                    stamp: Callable[[ModuleLayout], dict[str, bytes]] | None = None,
                    profile: bool = False, precision: str = "f32"):
     """LLVM IR -> optimised object code for `target`, through the on-disk compile cache;
-    returns (object bytes, layout, target machine). `model` is an ElaboratedModel whose graph
+    returns (object files, layout, target machine): one object, or one per part of a large
+    module compiled in parallel (parts.py). `model` is an ElaboratedModel whose graph
     the native pipeline has lowered. `with_plan` adds `kiln_plan`, the memory plan as a C
     function, for libraries used without kiln; `stamp(layout)` gives read-only data symbols
     to add (name -> bytes), such as a library's metadata digest; `profile` times each kernel
@@ -51,24 +53,17 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
             symbol.global_constant = True
         text = ir_text(module, target.vector_width)
     name = cache.key(__version__, target.cpu, target.features, *reduced, text)
-    obj = cache.load(name)
-    if obj is None:
+    objects = cache.load_objects(name)
+    if objects is None:
+        count = parts.part_count()
+        texts = parts.split(module, count) if count > 1 else []
+        texts = ([prefer_vector_width(part, target.vector_width) for part in texts]
+                 if len(texts) > 1 else [text])  # (one part: the module's own text)
+        how = f" in {len(texts)} processes" if len(texts) > 1 else ""
         with progress.step(f"optimising and compiling {len(module.functions)} functions "
-                           f"with LLVM for {target.cpu}"):
-            obj = machine_code(text, machine)
-        cache.store(name, obj)
+                           f"with LLVM for {target.cpu}{how}"):
+            objects = parts.compile_parts(texts, target, machine)
+        cache.store_objects(name, objects)
     if by_graph:
-        graphcache.store(by_graph, model, layout, obj)
-    return obj, layout, machine
-
-
-def machine_code(text: str, machine) -> bytes:
-    """Optimised object code of LLVM IR text."""
-    parsed = llvm.parse_assembly(text)
-    parsed.verify()
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    options.slp_vectorization = True
-    builder = llvm.create_pass_builder(machine, options)
-    builder.getModulePassManager().run(parsed, builder)
-    return machine.emit_object(parsed)
+        graphcache.store(by_graph, model, layout, objects)
+    return objects, layout, machine

@@ -498,12 +498,16 @@ def _copy(module, b, src, dst, t: TensorType, dims_p, symbols, status_p) -> None
 
 
 def ir_text(module: ir.Module, vector_width: int) -> str:
-    """The module as LLVM IR text, for a target whose vectors hold `vector_width` f32s.
+    """The module as LLVM IR text, for a target whose vectors hold `vector_width` f32s."""
+    return prefer_vector_width(str(module), vector_width)
+
+
+def prefer_vector_width(text: str, vector_width: int) -> str:
+    """IR text whose functions ask for 512-bit vectors where the target has them.
 
     LLVM's loop vectoriser keeps to 256-bit vectors on AVX-512 unless a function asks for
     512 ("prefer-vector-width"), which llvmlite's IR builder cannot spell: add it here.
     """
-    text = str(module)
     if vector_width >= 16:
         text = re.sub(r"^(define [^\n]*)\n\{", r'\1 "prefer-vector-width"="512"\n{', text,
                       flags=re.MULTILINE)

@@ -53,7 +53,7 @@ def fma_peak_flops() -> float:
     for n in new[1:]:
         total = b.fadd(total, n)
     b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
-    code = LoadedObject(machine.emit_object(llvm.parse_assembly(str(module))), ["kiln_peak"])
+    code = LoadedObject((machine.emit_object(llvm.parse_assembly(str(module))),), ["kiln_peak"])
     run = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(code.address("kiln_peak"))
     # many short runs, the best of them: on a busy machine some run undisturbed
     iterations, best, deadline = 100_000, float("inf"), time.perf_counter() + 0.25

@@ -1,0 +1,233 @@
+"""A large module compiled in parts, in parallel: one object file per part.
+
+LLVM optimises and compiles one module on one thread, and llvmlite holds a lock around every
+call into LLVM, so threads would take turns: the parts are compiled in processes instead, the
+first here and each other one by a child Python (`python -m` this module: it imports llvmlite
+and nothing of the compiler, and reads its part's IR on stdin, writing the object to stdout).
+
+How the module is cut (`split`): the *roots* are the functions `run` calls (a node's kernel)
+and every function defined with outside linkage (`run`, a GEMM entry, `kiln_set_threads`...);
+each part defines some roots and declares the others it calls, so a root is compiled once.
+An internal root that another part calls becomes `hidden` (a symbol of the library's own,
+never exported); `run` calls the kernels of other parts instead of inlining them (a call per
+kernel costs nothing next to its work: module.py's MAX_INLINED_KERNELS). Everything a root
+reaches that is not a root (a GEMM driver, its micro-kernels, the thread pool's worker) stays
+internal and is copied into every part that reaches it: each kernel is optimised with the
+same callees, inlined as before. Globals: a constant that names no symbol is copied into every
+part (its loads fold as before); every other global (`kiln_threads`, the pool's state, the
+AMX state, the profile counters) is defined once, in the first part, and declared `external`
+in the others that name it, so all parts share one. Parts are balanced by an estimate of
+LLVM's time (`BRANCH_COST`), the largest roots first.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from . import target as targets
+
+MAX_PARTS = 8
+# LLVM's time on a function grows with its lines and, faster, with its loops (a small
+# permute's loop nest takes as long as a GEMM driver's thousand lines of vector code): a
+# function's cost is its lines and BRANCH_COST per conditional branch (ResNet-18, GPT, UNet:
+# within a third of the time taken for half the kernels); a part costs at least PART_COST
+# (~1 s of LLVM), or is not worth a process
+BRANCH_COST = 20
+PART_COST = 6000
+_SYMBOL = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
+_LOCAL = ("internal", "private")
+
+
+def part_count() -> int:
+    """The most parts to compile a module in: one per usable core, at most MAX_PARTS;
+    $KILN_LLVM_PARTS sets it (1: the module whole, in this process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    most = os.environ.get("KILN_LLVM_PARTS", "")
+    return int(most) if most.isdigit() and int(most) > 0 else min(cores or 1, MAX_PARTS)
+
+
+def split(module: ir.Module, parts: int) -> list[str]:
+    """The IR text of `module` cut into at most `parts` modules (see the module's docstring),
+    none costing less than PART_COST; the first holds `run` and the globals' definitions."""
+    functions = {f.name: f for f in module.functions if not f.is_declaration}
+    bodies = {name: str(f) for name, f in functions.items()}
+    names = {name: _symbols(text[text.index("{"):]) - {name} for name, text in bodies.items()}
+    variables = {g.name: g for g in module.globals.values() if isinstance(g, ir.GlobalVariable)}
+    copied = {name for name, g in variables.items() if _copyable(g)}
+    named_by_globals = set().union(*(_symbols(str(g)) for name, g in variables.items()
+                                     if name not in copied))
+    by_run = names.get("run", set())
+    roots = [name for name, f in functions.items()
+             if name == "run" or name in by_run or name in named_by_globals
+             or f.linkage not in _LOCAL]
+    root_set = set(roots)
+
+    def reach(root: str) -> set[str]:
+        seen, todo = {root}, [root]
+        while todo:
+            for callee in names[todo.pop()]:
+                if callee in functions and callee not in root_set and callee not in seen:
+                    seen.add(callee)
+                    todo.append(callee)
+        return seen
+
+    closures = {root: reach(root) for root in roots}
+    weight = {name: text.count("\n") + BRANCH_COST * text.count(" br i1 ")
+              for name, text in bodies.items()}
+    cost = {root: sum(weight[f] for f in closures[root]) for root in roots}
+    parts = min(parts, sum(weight.values()) // PART_COST)
+    # the largest roots first, each to the part it adds least to (LPT scheduling, counting
+    # the copies of helpers a part already holds as free); `run` in the first part
+    members: list[set[str]] = [set() for _ in range(max(1, parts))]
+    loads = [0] * len(members)
+    for root in sorted(roots, key=lambda r: (r != "run", -cost[r])):
+        extra = [sum(weight[f] for f in closures[root] - held) for held in members]
+        best = 0 if root == "run" else min(range(len(members)),
+                                           key=lambda p: (loads[p] + extra[p], p))
+        members[best] |= closures[root]
+        loads[best] += extra[best]
+    members = [m for m in members if m]
+    named = [set().union(*(names[f] for f in m)) for m in members]
+    # what another part names: a local root becomes hidden, a global is defined in the
+    # first part and declared where named; the rest stays as it was (inlined, folded)
+    shared = {name for i, m in enumerate(members) for name in named[i] - m
+              if name in root_set or (i and name in variables and name not in copied)}
+    return [_part_text(module, bodies, variables, copied, defined, named[i] - defined, shared,
+                       first=i == 0) for i, defined in enumerate(members)]
+
+
+def _copyable(g: ir.GlobalVariable) -> bool:
+    """A global each part may hold a copy of: an internal constant that names no symbol."""
+    return (g.global_constant and g.linkage in _LOCAL and g.initializer is not None
+            and not _symbols(g.initializer.get_reference()))
+
+
+def _symbols(text: str) -> set[str]:
+    return {m.strip('"') for m in _SYMBOL.findall(text)}
+
+
+def _part_text(module: ir.Module, bodies: dict[str, str], variables: dict, copied: set[str],
+               defined: set[str], declared: set[str], shared: set[str], first: bool) -> str:
+    """One part's IR text: the `defined` functions in full and the `declared` functions and
+    globals declared (the first part defines every global, the others the `copied`);
+    `shared` local symbols, named across parts, are hidden instead."""
+    lines = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
+             f'target datalayout = "{module.data_layout}"', '']
+    lines += [t.get_declaration() for t in module.get_identified_types().values()]
+    for name, g in module.globals.items():
+        hidden = name in shared and g.linkage in _LOCAL
+        if isinstance(g, ir.GlobalVariable):
+            if first or name in copied:
+                lines.append(_hidden(g) if hidden else str(g))
+            elif name in declared:
+                lines.append(_external(g))
+        elif g.is_declaration:
+            lines.append(str(g))
+        elif name in defined:
+            text = bodies[name]
+            if hidden:
+                text = _prototype(g, "hidden") + text[text.index("\n") + 1:]
+            lines.append(text)
+        elif name in declared:
+            lines.append(_prototype(g, "hidden" if hidden else "", declare=True))
+    lines += module._get_metadata_lines()
+    return "\n".join(lines)
+
+
+def _hidden(g: ir.GlobalVariable) -> str:
+    """A local global's definition as a hidden symbol, which other parts link to."""
+    other = copy.copy(g)
+    other.linkage = "hidden"
+    return other._to_string()  # (str() would give `g`'s, which llvmlite keeps)
+
+
+def _external(g: ir.GlobalVariable) -> str:
+    """The declaration of a global another part defines."""
+    visibility = " hidden" if g.linkage in _LOCAL else ""
+    kind = "constant" if g.global_constant else "global"
+    align = f", align {g.align}" if g.align is not None else ""
+    return f"{g.get_reference()} = external{visibility} {kind} {g.value_type}{align}\n"
+
+
+def _prototype(fn: ir.Function, linkage: str, declare: bool = False) -> str:
+    """The first line of `fn`'s definition (or its declaration) with `linkage`."""
+    other = copy.copy(fn)
+    other.linkage = linkage
+    if declare:
+        other.blocks = []
+    buf: list[str] = []
+    other.descr_prototype(buf)
+    return "".join(buf)
+
+
+def machine_code(text: str, machine: llvm.TargetMachine) -> bytes:
+    """Optimised object code of LLVM IR text (every part's, by the same pipeline)."""
+    parsed = llvm.parse_assembly(text)
+    parsed.verify()
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    options.loop_vectorization = True
+    options.slp_vectorization = True
+    builder = llvm.create_pass_builder(machine, options)
+    builder.getModulePassManager().run(parsed, builder)
+    return machine.emit_object(parsed)
+
+
+def compile_parts(texts: list[str], target: targets.Target,
+                  machine: llvm.TargetMachine) -> tuple[bytes, ...]:
+    """The object code of each part's IR text: the first compiled here, the others at the
+    same time in child processes (one a part; a child that fails to start or to finish has
+    its part compiled here after the first)."""
+    children = [_Child(text, target) for text in texts[1:]]
+    objects = [machine_code(texts[0], machine)]
+    for child, text in zip(children, texts[1:], strict=True):
+        code = child.result()
+        objects.append(code if code is not None else machine_code(text, machine))
+    return tuple(objects)
+
+
+class _Child:
+    """One part compiled by a child Python, fed and read by a thread of this process (it
+    waits on pipes while LLVM runs here, which releases the GIL)."""
+
+    def __init__(self, text: str, target: targets.Target):
+        self.code: bytes | None = None
+        header = json.dumps({"cpu": target.cpu, "features": target.features}).encode()
+        self.thread = threading.Thread(target=self._run, args=(header + b"\n" + text.encode(),),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, data: bytes) -> None:
+        try:
+            proc = subprocess.run([sys.executable, "-m", __name__], input=data,
+                                  capture_output=True, check=False)
+        except OSError:
+            return
+        if proc.returncode == 0 and proc.stdout:
+            self.code = proc.stdout
+
+    def result(self) -> bytes | None:
+        self.thread.join()
+        return self.code
+
+
+def _serve() -> None:
+    """A child's work: a part's IR on stdin (after a line of JSON naming the target), its
+    object code on stdout."""
+    header, _, text = sys.stdin.buffer.read().partition(b"\n")
+    spec = json.loads(header)
+    machine = targets.Target(spec["cpu"], spec["features"]).machine()
+    sys.stdout.buffer.write(machine_code(text.decode(), machine))
+    sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    _serve()
