@@ -43,6 +43,8 @@ MAX_PARTS = 8
 # (~1 s of LLVM), or is not worth a process
 BRANCH_COST = 20
 PART_COST = 6000
+CHILD_TIMEOUT = 900  # seconds: a child stuck longer than any part takes is given up on (the
+# parent then compiles its part)
 _SYMBOL = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
 _LOCAL = ("internal", "private")
 
@@ -208,8 +210,8 @@ class _Child:
     def _run(self, data: bytes) -> None:
         try:
             proc = subprocess.run([sys.executable, "-m", __name__], input=data,
-                                  capture_output=True, check=False)
-        except OSError:
+                                  capture_output=True, check=False, timeout=CHILD_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):  # the parent compiles the part instead
             return
         if proc.returncode == 0 and proc.stdout:
             self.code = proc.stdout
