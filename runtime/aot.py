@@ -149,7 +149,9 @@ def write_library(compilation: Compilation, weights: Weights, path: str | os.Pat
         return KilnError("K0403", f"{path} and its companions: {why}")
 
     with tempfile.TemporaryDirectory() as tmp, staged_writes(refuse) as staging:
-        proc = subprocess.run([cc, "-shared", "-o", staging.path(path),
+        # -Bsymbolic: the parts' symbols named across objects (compiler/codegen/llvm/parts.py)
+        # bind inside the library, never to another library's of the same name
+        proc = subprocess.run([cc, "-shared", "-Wl,-Bsymbolic", "-o", staging.path(path),
                                *object_files(Path(tmp), native.code), "-lm", "-lpthread"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:

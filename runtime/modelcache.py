@@ -425,7 +425,8 @@ def _store(request: Request, model: NativeModel, program: Program, seed: int,
         objects = object_files(Path(tmp), native.code)
         digest = ", ".join(str(b) for b in metadata_digest(meta))
         stamp.write_text(f"const unsigned char {DIGEST_SYMBOL}[32] = {{{digest}}};\n")
-        proc = subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), *objects, str(stamp),
+        proc = subprocess.run([cc, "-shared", "-fPIC", "-Wl,-Bsymbolic", "-o", str(so),
+                               *objects, str(stamp),
                                "-lm", "-lpthread"], capture_output=True, check=False)
         if proc.returncode != 0:
             raise refuse("linking failed")

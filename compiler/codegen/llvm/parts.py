@@ -8,9 +8,11 @@ and nothing of the compiler, and reads its part's IR on stdin, writing the objec
 How the module is cut (`split`): the *roots* are the functions `run` calls (a node's kernel)
 and every function defined with outside linkage (`run`, a GEMM entry, `kiln_set_threads`...);
 each part defines some roots and declares the others it calls, so a root is compiled once.
-An internal root that another part calls becomes `hidden` (a symbol of the library's own,
-never exported); `run` calls the kernels of other parts instead of inlining them (a call per
-kernel costs nothing next to its work: module.py's MAX_INLINED_KERNELS). Everything a root
+An internal root that another part calls becomes an external symbol of default visibility
+(not hidden: other parts then reach it through the GOT and PLT stubs, which stay in range
+wherever the JIT maps each part's object; a library binds them to itself, -Bsymbolic);
+`run` calls the kernels of other parts instead of inlining them (a call per kernel costs
+nothing next to its work: module.py's MAX_INLINED_KERNELS). Everything a root
 reaches that is not a root (a GEMM driver, its micro-kernels, the thread pool's worker) stays
 internal and is copied into every part that reaches it: each kernel is optimised with the
 same callees, inlined as before. Globals: a constant that names no symbol is copied into every
@@ -99,7 +101,7 @@ def split(module: ir.Module, parts: int) -> list[str]:
         loads[best] += extra[best]
     members = [m for m in members if m]
     named = [set().union(*(names[f] for f in m)) for m in members]
-    # what another part names: a local root becomes hidden, a global is defined in the
+    # what another part names: a local root becomes exported, a global is defined in the
     # first part and declared where named; the rest stays as it was (inlined, folded)
     shared = {name for i, m in enumerate(members) for name in named[i] - m
               if name in root_set or (i and name in variables and name not in copied)}
@@ -121,40 +123,44 @@ def _part_text(module: ir.Module, bodies: dict[str, str], variables: dict, copie
                defined: set[str], declared: set[str], shared: set[str], first: bool) -> str:
     """One part's IR text: the `defined` functions in full and the `declared` functions and
     globals declared (the first part defines every global, the others the `copied`);
-    `shared` local symbols, named across parts, are hidden instead."""
+    `shared` local symbols, named across parts, are exported instead."""
     lines = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
              f'target datalayout = "{module.data_layout}"', '']
     lines += [t.get_declaration() for t in module.get_identified_types().values()]
     for name, g in module.globals.items():
-        hidden = name in shared and g.linkage in _LOCAL
+        exported = name in shared and g.linkage in _LOCAL
         if isinstance(g, ir.GlobalVariable):
             if first or name in copied:
-                lines.append(_hidden(g) if hidden else str(g))
+                lines.append(_exported(g) if exported else str(g))
             elif name in declared:
                 lines.append(_external(g))
         elif g.is_declaration:
             lines.append(str(g))
         elif name in defined:
             text = bodies[name]
-            if hidden:
-                text = _prototype(g, "hidden") + text[text.index("\n") + 1:]
+            if exported:
+                text = _prototype(g, "") + text[text.index("\n") + 1:]
             lines.append(text)
         elif name in declared:
-            lines.append(_prototype(g, "hidden" if hidden else "", declare=True))
+            lines.append(_prototype(g, "", declare=True))
     lines += module._get_metadata_lines()
     return "\n".join(lines)
 
 
-def _hidden(g: ir.GlobalVariable) -> str:
-    """A local global's definition as a hidden symbol, which other parts link to."""
+def _exported(g: ir.GlobalVariable) -> str:
+    """A local global's definition as an external symbol, which other parts link to."""
     other = copy.copy(g)
-    other.linkage = "hidden"
+    other.linkage = ""  # default visibility: reached through the GOT (see `_external`)
     return other._to_string()  # (str() would give `g`'s, which llvmlite keeps)
 
 
 def _external(g: ir.GlobalVariable) -> str:
     """The declaration of a global another part defines."""
-    visibility = " hidden" if g.linkage in _LOCAL else ""
+    # default visibility, never hidden: a hidden symbol is dso_local, reached PC-relative
+    # with 32 bits, and the JIT may map two parts' objects more than 2 GiB apart (a
+    # "Delta32 fixup out of range" in CI); a default one goes through the GOT and PLT stubs,
+    # which JITLink places beside the code that uses them
+    visibility = ""
     kind = "constant" if g.global_constant else "global"
     align = f", align {g.align}" if g.align is not None else ""
     return f"{g.get_reference()} = external{visibility} {kind} {g.value_type}{align}\n"
