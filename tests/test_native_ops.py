@@ -189,6 +189,36 @@ def test_exp_across_its_whole_range_and_past_both_ends():
         np.testing.assert_array_equal(got[pick], want[pick])
 
 
+@pytest.mark.parametrize("op", ["tanh", "sigmoid"])
+def test_tanh_and_sigmoid_across_their_whole_range(op):
+    """Native f32 tanh and sigmoid (kiln's own polynomials, e^x without exp's guards on a
+    clamped argument) against numpy in f64 on a dense grid past both ends and on small
+    magnitudes: within 3 ulp where the result is a normal float; sigmoid's denormal results
+    (a in [-88.72, -88)) within 6.1e-39, and exactly 0 below -88.72 and at -inf; tanh odd to
+    the sign of zero; +-inf and NaN exactly."""
+    small = np.geomspace(1e-30, 1.0, 20_001)
+    grid = np.concatenate([np.linspace(-110, 110, 400_001), small, -small,
+                           [-np.inf, np.inf, np.nan, 0.0, -0.0, 0.4, 0.39999998, -87.0, -88.0,
+                            -88.5, -88.7228, -88.7229, 9.99, 10.0, 10.01]]).astype(np.float32)
+    native = kiln.compile(f"model E {{ forward(x: f32[N]) -> f32[N] {{ return {op}(x) }} }}")
+    got = native(grid).astype(np.float64)
+    x = grid.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = np.tanh(x) if op == "tanh" else 1 / (1 + np.exp(-x))
+    tiny = np.finfo(np.float32).tiny
+    normal = np.isfinite(want) & (np.abs(want) >= tiny)
+    ulp = np.spacing(np.abs(want[normal]).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(got[normal] - want[normal]) <= 3 * ulp)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(grid))
+    np.testing.assert_array_equal(np.signbit(got[grid == 0]), np.signbit(want[grid == 0]))
+    if op == "sigmoid":
+        denormal = (want < tiny) & (grid >= -88.72283935546875)
+        np.testing.assert_allclose(got[denormal], want[denormal], rtol=0, atol=6.1e-39)
+        assert np.all(got[grid < -88.72283935546875] == 0)
+    else:
+        np.testing.assert_array_equal(got[np.abs(grid) >= 10], np.sign(grid[np.abs(grid) >= 10]))
+
+
 def test_exact_gelu_across_its_range_against_the_reference():
     """Native exact gelu, x/2 erfc(-x/sqrt2) with kiln's own vectorisable f32 erfc, against
     the reference (erf in f64) on a dense grid: a few 1e-6 of the value where it is above

@@ -266,25 +266,62 @@ class ScalarMath:
         return b.select(b.fcmp_ordered("<", a, ir.Constant(F32, 0.0)),
                         self.fsub(ir.Constant(F32, 2.0), value), value)
 
+    def _exp_in_range(self, x):
+        """e^x for f32 x (a scalar or a vector) already within [-87, 88], where e^x is a
+        normal float: exp's reduction and polynomial without its guards for denormal,
+        overflowing and NaN results (the callers clamp x and keep NaN themselves), so fewer
+        instructions per element."""
+        b = self.b
+
+        def c(value, element=F32):
+            return self.like(x, value, element)
+
+        k = self.intrinsic("rint", self.fmul(x, c(1.4426950408889634)))
+        r = self.fsub(self.fsub(x, self.fmul(k, c(0.693359375))), self.fmul(k, c(-2.12194440e-4)))
+        p = c(1.0 / 5040)
+        for coefficient in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+            p = self.fadd(self.fmul(p, r), c(coefficient))
+        scale = b.shl(b.add(b.fptosi(k, self.retyped(x, I32)), c(127, I32)), c(23, I32))
+        return self.fmul(p, b.bitcast(scale, x.type))
+
+    def _clamp(self, x, low: float, high: float):
+        """x within [low, high]; a NaN x gives one of the two (callers select NaN back)."""
+        return self.intrinsic("maxnum", self.intrinsic("minnum", x, self.like(x, high)),
+                              self.like(x, low))
+
     def tanh(self, a):
         """tanh(a); f32 without a libm call: an odd Taylor polynomial to a^13 for |a| < 0.4
-        (error below 2e-9), else 1 - 2 / (e^(2|a|) + 1); the sign of a restored."""
-        if a.type != F32:
+        (error below 2e-9), else 1 - 2 / (e^(2|a|) + 1) with |a| clamped to 10 (beyond it
+        tanh rounds to 1 in f32); the sign of a restored, NaN kept."""
+        if a.type != F32 and not (isinstance(a.type, ir.VectorType) and a.type.element == F32):
             return self.libm("tanh", a)
         b = self.b
         x = self.intrinsic("fabs", a)
         x2 = self.fmul(x, x)
-        poly = ir.Constant(F32, 21844.0 / 6081075)
+        poly = self.like(a, 21844.0 / 6081075)
         for c in (-1382.0 / 155925, 62.0 / 2835, -17.0 / 315, 2.0 / 15, -1.0 / 3, 1.0):
-            poly = self.fadd(self.fmul(poly, x2), ir.Constant(F32, c))
-        small = self.fmul(poly, x)
-        one = ir.Constant(F32, 1.0)
-        large = self.fsub(one, self.fdiv(ir.Constant(F32, 2.0),
-                                         self.fadd(self.exp(self.fadd(x, x)), one)))
-        value = b.select(b.fcmp_ordered("<", x, ir.Constant(F32, 0.4)), small, large)
-        value = self.intrinsic("copysign", value, a)
+            poly = self.fadd(self.fmul(poly, x2), self.like(a, c))
+        small = self.fmul(poly, a)  # odd: the sign (and -0.0) of a
+        one = self.like(a, 1.0)
+        twice = self.fmul(self.intrinsic("minnum", x, self.like(a, 10.0)), self.like(a, 2.0))
+        large = self.fsub(one, self.fdiv(self.like(a, 2.0),
+                                         self.fadd(self._exp_in_range(twice), one)))
+        large = self.intrinsic("copysign", large, a)
+        value = b.select(b.fcmp_ordered("<", x, self.like(a, 0.4)), small, large)
         return b.select(b.fcmp_unordered("uno", a, a), a, value)
 
     def sigmoid(self, a):
+        """1 / (1 + e^-a). In f32, e^-a with -a clamped to [-87, 88]: below -87 the result
+        rounds to 1 anyway; for a in [-88.72, -88) the result is a denormal, given as
+        1 / (1 + e^88) = 6.05e-39 (the true value is 3.0e-39 to 6.05e-39); below -88.72,
+        where e^-a overflows, it is 0. NaN stays NaN."""
         one = self.lit(a, 1.0)
-        return self.fdiv(one, self.fadd(one, self.exp(self.neg(a))))
+        if a.type != F32 and not (isinstance(a.type, ir.VectorType) and a.type.element == F32):
+            return self.fdiv(one, self.fadd(one, self.exp(self.neg(a))))
+        b = self.b
+        e = self._exp_in_range(self._clamp(self.neg(a), -87.0, 88.0))
+        value = self.fdiv(one, self.fadd(one, e))
+        # 0 where e^-a overflows, as 1 / (1 + inf) (-inf included)
+        value = b.select(b.fcmp_ordered("<", a, self.like(a, -88.72283935546875)),
+                         self.like(a, 0.0), value)
+        return b.select(b.fcmp_unordered("uno", a, a), a, value)

@@ -316,8 +316,9 @@ class ScanEmitter:
     """A scan node as one function: the body's kernels run once per step in a loop.
 
     args: carry inits, sequences, captured values, then the outputs (emits stacked, final
-    carries), then the model's parameter array. Carries live in buffers of their own; a step
-    of a sequence scanned on axis 0 is a pointer into it, on another axis a gathered copy.
+    carries), then the model's parameter array. Each carry has two buffers of its own: a step
+    reads one and writes the other, and they swap. A step of a sequence scanned on axis 0 is
+    a pointer into it, on another axis a gathered copy.
     """
 
     def __init__(self, parent: GraphEmitter, graph: Graph, nid: int, node: dict):
@@ -349,8 +350,13 @@ class ScanEmitter:
             owned.append(p)
             return p
 
-        cur = [buffer(t) for t in carry_types]
-        nxt = [buffer(t) for t in carry_types]
+        # each carry has two buffers, the step's input and its output, swapped after each step
+        # (pointers in allocas: no copy of the state between steps)
+        cur_p, nxt_p = [], []
+        for t in carry_types:
+            for pointers in (cur_p, nxt_p):
+                pointers.append(b.alloca(PTR, name="carry"))
+                b.store(buffer(t), pointers[-1])
         axes = a["axes"]
         length = kb.dim(seq_types[0].shape[axes[0]])
         steps = [buffer(_step_type(t, ax)) if ax != 0 else None
@@ -367,8 +373,10 @@ class ScanEmitter:
 
         with kb.allocated(owned, "a scan's buffers"):
             for k, t in enumerate(carry_types):
-                _memcpy(kb, cur[k], arg[k], t)
+                _memcpy(kb, b.load(cur_p[k]), arg[k], t)
             with kb.for_range(length) as s:
+                cur = [b.load(p) for p in cur_p]
+                nxt = [b.load(p) for p in nxt_p]
                 t = b.sub(b.sub(length, ir.Constant(I64, 1)), s) if a["reverse"] else s
                 b.store(t, index)
                 ins = list(cur)
@@ -391,10 +399,11 @@ class ScanEmitter:
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
                         _step(kb, arg[n_in + k], et, a["axis"], t, emit_tmp[k], gather=False)
-                for k, ct in enumerate(carry_types):
-                    _memcpy(kb, cur[k], nxt[k], ct)
+                for k in range(n_carry):
+                    b.store(nxt[k], cur_p[k])
+                    b.store(cur[k], nxt_p[k])
             for k, ct in enumerate(carry_types):
-                _memcpy(kb, arg[n_in + len(emit_types) + k], cur[k], ct)
+                _memcpy(kb, arg[n_in + len(emit_types) + k], b.load(cur_p[k]), ct)
         return kb.finish()
 
 
