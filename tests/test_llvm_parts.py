@@ -170,6 +170,23 @@ def test_globals_are_defined_once_and_helpers_copied_into_each_part(monkeypatch)
     assert ctypes.CFUNCTYPE(ctypes.c_int64)(code.address("total"))() == 2 * 210
 
 
+def test_a_large_helper_of_several_roots_is_compiled_once(monkeypatch):
+    """A helper at least SHARED_COST that several kernels reach becomes a root: defined (and
+    exported) in one part and declared in the others, not copied into each; the totals are
+    those of the copied helper."""
+    monkeypatch.setattr(parts, "PART_COST", 1)
+    monkeypatch.setattr(parts, "SHARED_COST", 1)
+    texts = parts.split(_counting_module(), 3)
+    assert len(texts) == 3
+    defined = [('define void @"add"' in t, 'define internal void @"add"' in t) for t in texts]
+    assert sum(d for d, _ in defined) == 1 and not any(i for _, i in defined)
+    assert sum('declare void @"add"' in t for t in texts) == 2
+    objects = parts.compile_parts(texts, target.host(), target.host().machine())
+    code = LoadedObject(objects, ["run", "total"])
+    ctypes.CFUNCTYPE(None)(code.address("run"))()
+    assert ctypes.CFUNCTYPE(ctypes.c_int64)(code.address("total"))() == 210
+
+
 def test_a_child_that_fails_leaves_its_part_to_this_process(monkeypatch):
     monkeypatch.setattr(parts.sys, "executable", "/nonexistent/python")
     monkeypatch.setattr(parts, "PART_COST", 1)

@@ -13,6 +13,8 @@ digit more than a direct sum. A coefficient of G off by 4 % (1/25 for 1/24) exce
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -143,6 +145,43 @@ def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
     assert not any(n.startswith("winograd_b(") for n in names)
     assert any(n.startswith("prepack_a(") for n in names)
     assert _worst(model, 32, 40, 7, 7, 1, 2) <= DIRECT_BOUND
+
+
+def test_convolutions_of_different_shapes_share_the_transform_functions(monkeypatch):
+    """The transforms take every size at run time: two Winograd convolutions of different
+    channels and image sizes call one function per transform (not one each), and both
+    stay within the bound against a float64 direct convolution."""
+    from kiln.compiler.codegen.llvm import machine
+
+    texts = []
+    real = machine.ir_text
+    monkeypatch.setattr(machine, "ir_text", lambda *a: texts.append(real(*a)) or texts[-1])
+    monkeypatch.setenv("KILN_CACHE", "0")
+    src = """
+import std.nn
+model Two { a = nn.Conv2d(32, 48, 3, padding = 1)
+            b = nn.Conv2d(48, 40, 3, padding = 1)
+  forward(x: f32[2, 32, 12, 10], y: f32[1, 48, 9, 7]) { return a(x), b(y) } }
+"""
+    model = kiln.compile(src, seed=4)
+    assert sum(n.startswith("winograd_b(") for n in model.native_arrays()) == 2
+    (text,) = texts
+    for transform in ("wino_pad", "wino_in", "wino_out", "wino_store"):
+        defined = re.findall(rf'define [^@]*@"?([\w.]*{transform}[\w]*)"?\(', text)
+        assert len([d for d in defined if not d.endswith(("_claim", "_parallel"))]) == 1, \
+            (transform, defined)
+    x = RNG.standard_normal((2, 32, 12, 10)).astype(np.float32)
+    y = RNG.standard_normal((1, 48, 9, 7)).astype(np.float32)
+    got = model(x, y)
+    for out, inp, name in ((got[0], x, "a"), (got[1], y, "b")):
+        w = model.params[f"{name}.weight"].astype(np.float64)
+        bias = model.params[f"{name}.bias"].astype(np.float64).reshape(1, -1, 1, 1)
+        pads = [(1, 1), (1, 1)]
+        want = conv_nd(inp.astype(np.float64), w, (1, 1), pads, (1, 1), 1) + bias
+        scale = conv_nd(np.abs(inp.astype(np.float64)), np.abs(w), (1, 1), pads, (1, 1),
+                        1) + np.abs(bias)
+        assert out.shape == want.shape
+        assert np.max(np.abs(out - want) / (EPS * scale)) <= WINOGRAD_BOUND
 
 
 def test_small_or_unshaped_convolutions_keep_the_gemm():

@@ -202,12 +202,19 @@ def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], 
     strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
     inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
     whole. `first`: the index of a size that holds the block's first channel (0 for the whole
-    loop), for bodies that need where their block starts."""
+    loop), for bodies that need where their block starts.
 
-    ikb = kb.helper(name)
-    body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
-         [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [i64(i)])) for i in range(len(sizes))])
-    inner = ikb.finish()
+    Every `body` reads its sizes at run time and reports no failure, so its function depends
+    only on the name, the pointer and size counts and the vector width: one per module,
+    called by every convolution that needs it (16 Winograd convolutions of ResNet-18 shared
+    0.3 MB of IR instead of 5.2 MB, LLVM's time with it)."""
+    shared = f"kiln_{name}_{len(pointers)}x{len(sizes)}_v{kb.vector_width or 0}"
+    inner = kb.module.globals.get(shared)
+    if inner is None:
+        ikb = kb.shared_helper(shared)
+        body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
+             [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [i64(i)])) for i in range(len(sizes))])
+        inner = ikb.finish()
 
     def shift(b, ptrs, szs, row0):
         moved = [b.gep(p, [b.mul(row0, b.mul(step, i64(4)))])

@@ -275,6 +275,18 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
         inner.precision = self.precision
         return inner
 
+    def shared_helper(self, name: str) -> KernelBuilder:
+        """A kernel-shaped function of the module (internal, `name`), for work whose code
+        depends on nothing of this kernel but its vector width (every size a run-time
+        argument): the kernels that need it call one function. It must report no failure
+        (it would be told at the first caller's source)."""
+        inner = KernelBuilder(self.module, name, [])
+        inner.function.linkage = "internal"
+        inner.vector_width, inner.failures, inner.span = self.vector_width, self.failures, \
+            self.span
+        inner.precision = self.precision
+        return inner
+
     def call_kernel(self, fn: ir.Function, pointers: list[ir.Value], sizes: list[ir.Value],
                     name: str = "call") -> None:
         """fn(args, sizes, status) for a kernel-shaped `fn`, its pointers and i64 sizes passed

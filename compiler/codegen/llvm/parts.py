@@ -15,10 +15,12 @@ wherever the JIT maps each part's object; a library binds them to itself, -Bsymb
 nothing next to its work: module.py's MAX_INLINED_KERNELS). Everything a root
 reaches that is not a root (a GEMM driver, its micro-kernels, the thread pool's worker) stays
 internal and is copied into every part that reaches it: each kernel is optimised with the
-same callees, inlined as before. Globals: a constant that names no symbol is copied into every
-part (its loads fold as before); every other global (`kiln_threads`, the pool's state, the
-AMX state, the profile counters) is defined once, in the first part, and declared `external`
-in the others that name it, so all parts share one. Parts are balanced by an estimate of
+same callees, inlined as before; except a large helper (SHARED_COST) that several roots reach
+(a GEMM driver, a convolution's shared transform): it becomes a root itself, compiled once.
+Globals: a constant that names no symbol is copied into every part (its loads fold as
+before); every other global (`kiln_threads`, the pool's state, the AMX state, the profile
+counters) is defined once, in the first part, and declared `external` in the others that
+name it, so all parts share one. Parts are balanced by an estimate of
 LLVM's time (`BRANCH_COST`), the largest roots first.
 """
 
@@ -45,6 +47,7 @@ MAX_PARTS = 8
 # (~1 s of LLVM), or is not worth a process
 BRANCH_COST = 20
 PART_COST = 6000
+SHARED_COST = 1000  # a helper at least this costly, reached from several roots, is a root
 CHILD_TIMEOUT = 900  # seconds: a child stuck longer than any part takes is given up on (the
 # parent then compiles its part)
 _SYMBOL = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
@@ -84,9 +87,21 @@ def split(module: ir.Module, parts: int) -> list[str]:
                     todo.append(callee)
         return seen
 
-    closures = {root: reach(root) for root in roots}
     weight = {name: text.count("\n") + BRANCH_COST * text.count(" br i1 ")
               for name, text in bodies.items()}
+    closures = {root: reach(root) for root in roots}
+    # a large helper that several roots reach (a shared convolution transform, a GEMM
+    # driver) becomes a root too: compiled once, in one part, not copied into each
+    reached: dict[str, int] = {}
+    for root in roots:
+        for name in closures[root] - {root}:
+            reached[name] = reached.get(name, 0) + 1
+    promoted = [name for name, count in reached.items()
+                if count > 1 and weight[name] >= SHARED_COST]
+    if promoted:
+        roots += promoted
+        root_set |= set(promoted)
+        closures = {root: reach(root) for root in roots}
     cost = {root: sum(weight[f] for f in closures[root]) for root in roots}
     parts = min(parts, sum(weight.values()) // PART_COST)
     # the largest roots first, each to the part it adds least to (LPT scheduling, counting
