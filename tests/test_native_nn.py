@@ -298,6 +298,27 @@ def test_transposed_convolutions_with_weights_read_prepacked_panels():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():
+    """A 1x1 (or 1-pixel 1-D) input, one group: a chunk of samples is one GEMM, rows of
+    [B, C] (37 x 300 x 4 x 4 = 4800 taps a row: 13 samples a chunk, so 20 is 13 + 7), each
+    row scattered into its sample; with a prepacked weight and bias, a weight given at run
+    time, padding that drops taps, stride and 1-D; batches of 1 to 20."""
+    src = ("import std.nn\nmodel Up { forward(x: f32[B, 37, 1, 1], w: f32[37, 5, 3, 3],"
+           " v: f32[B, 6, 1], u: f32[6, 4, 5]) {\n"
+           "  return x |> nn.ConvTranspose2d(37, 300, 4), relu(x |> nn.ConvTranspose2d("
+           "37, 8, 4, stride = 2, padding = 1, bias = false)),"
+           " conv_transpose(x, w, padding = 1), conv_transpose(v, u, stride = 3) } }")
+    native, ref = both(src, seed=5)
+    w = RNG.standard_normal((37, 5, 3, 3)).astype(np.float32)
+    u = RNG.standard_normal((6, 4, 5)).astype(np.float32)
+    for batch in (1, 7, 13, 20):
+        x = RNG.standard_normal((batch, 37, 1, 1)).astype(np.float32)
+        v = RNG.standard_normal((batch, 6, 1)).astype(np.float32)
+        for got, want in zip(native(x, w, v, u), ref(x, w, v, u), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_convolutions_in_half_precision_run_in_f32():
     check({"x": "f16[B, 4, 7, 6]", "w": "f16[6, 2, 3, 3]", "b": "f16[6]",
            "y": "bf16[B, 4, 5]", "v": "bf16[4, 3, 2]"},

@@ -339,6 +339,10 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         cols.align = 64
     cols = b.gep(cols, [ZERO, ZERO])
     chunk = i64(COLUMNS // row.value)
+    if groups == 1 and all(d.is_const and d.value == 1 for d in x_t.shape[2:]):
+        _conv_transpose_of_pixels(kb, n, win, x, w, y, cols, chunk, width,
+                                  (channels, per_out, out_h, out_w))
+        return
     with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(i64(groups)) as g:
         x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)])
         first_out = b.mul(g, per_out)
@@ -361,6 +365,31 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
             with kb.for_range(count) as p:
                 _col2im(kb, win, y0, b.gep(cols, [b.mul(p, width)]), b.add(p0, p), per_out,
                         (out_h, out_w))
+
+
+def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
+                              sizes) -> None:
+    """conv_transpose of 1x1 inputs (a latent vector projected to the first feature maps,
+    as a DCGAN generator's first layer does), one group: x is then a row-major [B, C]
+    matrix, so a chunk of samples is one GEMM [samples, C] @ w, each sample's row of `cols`
+    then scattered (col2im) into its output; per sample, the GEMM would read all of w for
+    one row, 32 times for a batch of 32."""
+    b = kb.b
+    channels, per_out, out_h, out_w = sizes
+    out_plane = b.mul(out_h, out_w)
+    batch = kb.dim(n.in_types[0].shape[0])
+    sample_out = b.mul(per_out, out_plane)
+    with kb.for_range(batch) as s, kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
+        kb.store(y, b.add(b.mul(s, sample_out), b.add(b.mul(o, out_plane), q)),
+                 _bias_or_zero(kb, n, o, "f32"), "f32")
+    weights = (PackedB(w, channels) if 1 in n.prepacked else Matrix(w, width))
+    with kb.for_range(batch, step=chunk.constant) as s0:
+        count = b.select(b.icmp_signed("<", chunk, b.sub(batch, s0)), chunk, b.sub(batch, s0))
+        gemm(kb, count, width, channels, Matrix(b.gep(x, [b.mul(s0, channels)]), channels),
+             weights, Matrix(cols, width))
+        with kb.for_range(count) as r:
+            _col2im(kb, win, b.gep(y, [b.mul(b.add(s0, r), sample_out)]),
+                    b.gep(cols, [b.mul(r, width)]), ZERO, per_out, (out_h, out_w))
 
 
 def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
