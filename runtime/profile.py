@@ -34,6 +34,8 @@ class KernelTime:
     sources: tuple[str, ...]  # file:line of each op in it
     seconds: float  # per call: the median over the timed calls
     macs: int  # multiply-accumulates per call (0: not a GEMM-like op)
+    depth: int = 0  # 0: the model's own kernel; 1: a kernel of a scan's body (its time over
+    # all the steps, part of the scan's), 2: of a scan inside that body, ...
 
     @property
     def gflops(self) -> float:
@@ -56,12 +58,12 @@ class Profile:
 
     @property
     def total(self) -> float:
-        """Seconds per call spent in kernels."""
-        return sum(k.seconds for k in self.kernels)
+        """Seconds per call spent in kernels (a scan's body counted once, in the scan's)."""
+        return sum(k.seconds for k in self.kernels if k.depth == 0)
 
     @property
     def macs(self) -> int:
-        return sum(k.macs for k in self.kernels)
+        return sum(k.macs for k in self.kernels if k.depth == 0)
 
     def percent_of_peak(self, seconds: float, macs: int) -> float:
         return 100.0 * 2 * macs / seconds / self.peak_flops if seconds > 0 and macs else 0.0
@@ -86,7 +88,8 @@ def format_profile(p: Profile, top: int | None = None) -> str:
         keep = {k.index for k in sorted(p.kernels, key=lambda k: -k.seconds)[:top]}
         shown = tuple(k for k in p.kernels if k.index in keep)
     for k in shown:
-        name = k.kernel if len(k.kernel) <= 34 else k.kernel[:31] + "..."
+        name = "  " * k.depth + ("· " if k.depth else "") + k.kernel
+        name = name if len(name) <= 34 else name[:31] + "..."
         rate = f"{k.gflops:8.1f}" if k.macs else f"{'':>8}"
         peak = f"{p.percent_of_peak(k.seconds, k.macs):5.1f}%" if k.macs else f"{'':>6}"
         lines.append(f"{k.index:>4}  {name:<34} {_time(k.seconds):>10} "
@@ -95,6 +98,9 @@ def format_profile(p: Profile, top: int | None = None) -> str:
                  f"{2 * p.macs / total / 1e9 if p.macs else 0:8.1f} "
                  f"{p.percent_of_peak(p.total, p.macs):5.1f}%")
     lines.append(f"{'':>4}  {'whole call (median, from Python)':<34} {_time(p.wall):>10}")
+    if any(k.depth for k in shown):
+        lines.append("      (· a kernel of the scan above it: its time over all the steps, "
+                     "within the scan's)")
     return "\n".join(lines)
 
 
@@ -130,17 +136,33 @@ def _line(span) -> str | None:
     return places[0].rsplit(":", 1)[0]
 
 
-def kernel_times(graph: Graph, profiled: list[int], cycles: list[float], rate: float,
-                 sizes: dict[str, int]) -> tuple[KernelTime, ...]:
-    """KernelTime per timed kernel: `cycles[k]` counted in one call for node `profiled[k]`
-    of `graph`, the counter running at `rate` per second."""
+def kernel_times(graph: Graph, profiled: list[tuple[int, ...]], cycles: list[float],
+                 rate: float, sizes: dict[str, int]) -> tuple[KernelTime, ...]:
+    """KernelTime per timed kernel: `cycles[k]` counted in one call for the node at path
+    `profiled[k]` (a node of `graph`, or the scan nodes down to a node of a body), the
+    counter running at `rate` per second. A body kernel's multiply-adds are its step's
+    times the steps of each scan around it."""
     describe = _Describe()
+    # a scan's body kernels are counted (and built) before the scan itself: list each scan
+    # first, then its body's kernels in their order
+    at = {tuple(path): k for k, path in enumerate(profiled)}
+    order = sorted(range(len(profiled)), key=lambda k: tuple(
+        at[tuple(profiled[k][:i])] for i in range(1, len(profiled[k]) + 1)))
     out = []
-    for k, nid in enumerate(profiled):
-        name, spans = describe.visit(graph, nid)
+    for shown, k in enumerate(order):
+        path = profiled[k]
+        g, steps = graph, 1
+        for scan in path[:-1]:
+            attrs = g.node(scan)["attrs"]
+            first_seq = g.operands(scan)[attrs["n_carry"]]
+            steps *= first_seq.type.shape[attrs["axes"][0]].evaluate(sizes)
+            g = attrs["body"]
+        nid = path[-1]
+        name, spans = describe.visit(g, nid)
         sources = tuple(dict.fromkeys(s for s in map(_line, spans) if s))  # once each, in order
-        macs = int(macs_of_node(graph, nid).evaluate(sizes))
-        out.append(KernelTime(k + 1, name, sources, cycles[k] / rate, macs))
+        macs = int(macs_of_node(g, nid).evaluate(sizes)) * steps
+        out.append(KernelTime(shown + 1, name, sources, cycles[k] / rate, macs,
+                              len(path) - 1))
     return tuple(out)
 
 

@@ -68,3 +68,41 @@ def test_kiln_profile_prints_the_table(tmp_path, capsys):
     assert "Net (B=4)" in out and "whole call" in out
     code, _out, err = run(capsys, "profile", path, "--repeat", 0)
     assert code == 1 and "K0602" in err
+
+
+RNN = """\
+import std.rnn
+model R {
+  gru = rnn.GRU(12, 20)
+  forward(x: f32[T, B, 12]) -> f32[T, B, 20] {
+    y, h = gru(x)
+    return relu(y)
+  }
+}
+"""
+
+
+def test_a_scans_body_kernels_are_timed_under_it(tmp_path, monkeypatch):
+    """Each kernel of a scan's body has a row of its own (depth 1), right after the scan's,
+    its time summed over the steps and its multiply-adds its step's times the steps; the
+    total counts the scan once. A second build from the graph cache gives the same rows."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((7, 3, 12)).astype(np.float32)
+    rows = []
+    for _ in range(2):  # cold, then the profiling build's code from the graph cache
+        prof = kiln.compile(RNN, seed=0).profile(x, repeat=2)
+        rows.append([(k.kernel, k.depth, k.macs) for k in prof.kernels])
+        scan = next(i for i, k in enumerate(prof.kernels) if k.kernel == "scan")
+        body = list(prof.kernels[scan + 1:])
+        body = body[:next((i for i, k in enumerate(body) if k.depth == 0), len(body))]
+        assert len(body) >= 2 and all(k.depth == 1 for k in body)
+        assert [k.index for k in prof.kernels] == list(range(1, len(prof.kernels) + 1))
+        step_gemm = next(k for k in body if k.macs)  # h @ W_hh^T: [3, 20] @ [20, 60], 7 steps
+        assert step_gemm.macs == 7 * 3 * 20 * 60
+        assert prof.kernels[scan].macs == step_gemm.macs
+        assert sum(k.seconds for k in body) <= prof.kernels[scan].seconds
+        assert prof.total == pytest.approx(sum(k.seconds for k in prof.kernels
+                                               if k.depth == 0))
+        assert "· " in str(prof) and "within the scan's" in str(prof)
+    assert rows[0] == rows[1]

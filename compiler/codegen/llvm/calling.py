@@ -28,8 +28,9 @@ class ModuleLayout:
     # constant statistics): new weights need the graph optimized again (aot: a library that
     # cannot take new weights)
     folded: set[str] = field(default_factory=set)
-    # a profiling build's timed kernels: the node of each entry of kiln_profile, in run order
-    profiled: list[int] = field(default_factory=list)
+    # a profiling build's timed kernels: the node of each entry of kiln_profile, in run order,
+    # as a path: (node,) in the model's graph, (scan, node) in a scan's body, ...
+    profiled: list[tuple[int, ...]] = field(default_factory=list)
 
     def param(self, name: str) -> int:
         """The index of `name` in `params`, added at the end if new."""

@@ -135,6 +135,7 @@ def store(name: str, model, layout: ModuleLayout, objects: tuple[bytes, ...]) ->
         index_of_span.setdefault(id(g.node(n)["span"]), i)
     top = model.graph.order()
     top_index = {nid: i for i, (g, nid) in enumerate(nodes) if g is model.graph}
+    at = {(id(g), nid): i for i, (g, nid) in enumerate(nodes)}
     try:
         slots = []
         for t, born, dies in layout.slots:
@@ -147,7 +148,7 @@ def store(name: str, model, layout: ModuleLayout, objects: tuple[bytes, ...]) ->
             "failures": [[message, None if span is None else index_of_span[id(span)]]
                          for message, span in layout.failures],
             "folded": sorted(layout.folded),
-            "profiled": [top_index[nid] for nid in layout.profiled],
+            "profiled": [_path_indices(model.graph, path, at) for path in layout.profiled],
         }
     except (KeyError, ValueError, IndexError):  # a layout not made of this graph's nodes
         return
@@ -174,12 +175,37 @@ def load(name: str, model) -> tuple[tuple[bytes, ...], ModuleLayout] | None:
         layout.failures = [(message, None if i is None else nodes[i]["span"])
                            for message, i in entry["failures"]]
         layout.folded = set(entry["folded"])
-        by_node = {id(model.graph.node(nid)): nid for nid in top}
-        layout.profiled = [by_node[id(nodes[i])] for i in entry["profiled"]]
+        pairs = list(walk(model.graph))
+        layout.profiled = [_path_of(model.graph, pairs, indices)
+                           for indices in entry["profiled"]]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
     objects = cache.unpack_objects(payload[8 + size:])
     return None if objects is None else (objects, layout)
+
+
+def _path_indices(graph: Graph, path: tuple[int, ...], at: dict) -> list[int]:
+    """A profiled kernel's path (scan nodes, then the node) as positions in `walk` order."""
+    indices = []
+    for k, nid in enumerate(path):
+        indices.append(at[(id(graph), nid)])
+        if k < len(path) - 1:
+            graph = graph.node(nid)["attrs"]["body"]
+    return indices
+
+
+def _path_of(graph: Graph, pairs: list, indices: list[int]) -> tuple[int, ...]:
+    """`_path_indices` read back: a KeyError unless each position is a node of the graph
+    its path leads to."""
+    path = []
+    for k, i in enumerate(indices):
+        held, nid = pairs[i]
+        if held is not graph:
+            raise KeyError(i)
+        path.append(nid)
+        if k < len(indices) - 1:
+            graph = graph.node(nid)["attrs"]["body"]
+    return tuple(path)
 
 
 def frozen(value: Any) -> Any:

@@ -14,7 +14,9 @@ A module built with `profile=True` also times each kernel the entry calls: the C
 counter (`llvm.readcyclecounter`, the TSC on x86-64) is read around every call and the
 difference added to `kiln_profile[k]` (i64, one per call in run order; `ModuleLayout.profiled`
 gives each one's node), and `int64_t kiln_cycles(void)` reads the counter, for the runtime to
-convert cycles to seconds. A scan's kernel counts as one, its body's steps included.
+convert cycles to seconds. A scan's kernel counts as one, its body's steps included; each
+kernel of its body has a counter of its own too, summed over the steps (its entry in
+`profiled` is the path of scan nodes down to it).
 """
 
 from __future__ import annotations
@@ -102,9 +104,17 @@ def build_module(model, triple: str, data_layout: str, with_plan: bool = False,
     return module, layout
 
 
+def _kernel_count(graph: Graph) -> int:
+    """The kernels `graph` calls, those of its scans' bodies included."""
+    return sum(1 + (_kernel_count(graph.node(nid)["attrs"]["body"]) if graph.op(nid) == "scan"
+                    else 0)
+               for nid in graph.g if graph.op(nid) not in STRUCTURAL_OPS)
+
+
 def _profile_counters(module: ir.Module, graph: Graph) -> ir.GlobalVariable:
-    """`kiln_profile`, a zeroed i64 per kernel the entry may call, and `kiln_cycles()`."""
-    calls = sum(1 for nid in graph.g if graph.op(nid) not in STRUCTURAL_OPS)
+    """`kiln_profile`, a zeroed i64 per kernel the entry may call (a scan body's too), and
+    `kiln_cycles()`."""
+    calls = _kernel_count(graph)
     counters = ir.GlobalVariable(module, ir.ArrayType(I64, max(1, calls)), PROFILE_SYMBOL)
     counters.initializer = ir.Constant(counters.type.pointee, None)
     cycles = ir.Function(module, ir.FunctionType(I64, []), CYCLES_SYMBOL)
@@ -154,6 +164,7 @@ class GraphEmitter(GraphVisitor):
         # known before the call (layout.captured_weights), which its GEMMs read packed
         self.captured: dict[int, tuple[int, dict]] = {}
         self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
+        self.path: tuple[int, ...] = ()  # a scan body's: the scan nodes down to it
         self.shared = share.SharedKernels(layout.failures)  # a scan body's: its parent's
         self.precision = "f32"  # the GEMM's products (bf16.py)
 
@@ -255,7 +266,7 @@ class GraphEmitter(GraphVisitor):
         start = b.call(counter, [])
         share.call(b, kernel, [array, self.dims_p, self.status_p], self.status_p, remap)
         spent = b.sub(b.call(counter, []), start)
-        self.layout.profiled.append(nid)
+        self.layout.profiled.append((*self.path, nid))
         total = b.gep(self.profile, [ir.Constant(I64, 0),
                                      ir.Constant(I64, len(self.layout.profiled) - 1)])
         b.store(b.add(b.load(total), spent), total)
@@ -395,6 +406,7 @@ class ScanEmitter:
                                   captured_weights(self.graph, self.nid).items()}
                 inner.shared = parent.shared
                 inner.precision = parent.precision
+                inner.profile, inner.path = parent.profile, (*parent.path, self.nid)
                 inner.emit(b, body, ins, outs, slot)
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
