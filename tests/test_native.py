@@ -574,6 +574,43 @@ def test_scan_runs_natively_like_the_reference(name):
         agree(native, ref, *_feeds(ref, sizes, rng))
 
 
+SCAN_WEIGHT_INPUT = """
+model S {
+  forward(xs: f32[T, B, 45], h0: f32[B, 45], w: f32[37, 45], v: f32[45, 37]) {
+    ys, h = scan x in xs carry (h = h0) {
+      g = tanh(h @ v)
+      h = tanh(x + g @ w)
+      emit h @ v
+    }
+    return ys, h
+  }
+}"""
+
+
+def test_a_scan_packs_a_captured_weight_input_once_per_call(monkeypatch):
+    """Matrices a scan body's GEMMs read as B that are not known before the call (model
+    inputs here; a training step's weights) are packed into B's panels once, before the
+    loop (45 and 37 columns: partial panels), for a plain matmul and for fused ones (a
+    tanh epilogue; v read by two products): the results are the reference's, at one step
+    and at several, on one thread and on two."""
+    from kiln.compiler.codegen.llvm import module as emitter
+
+    packed = []
+    real = emitter._b_packer
+    monkeypatch.setattr(emitter, "_b_packer", lambda kb, nr: packed.append(nr) or real(kb, nr))
+    monkeypatch.setenv("KILN_CACHE", "0")
+    ref = kiln.compile(SCAN_WEIGHT_INPUT, target="reference")
+    for threads in (1, 2):
+        native = kiln.compile(SCAN_WEIGHT_INPUT, threads=threads)
+        for steps, batch in ((1, 1), (5, 3), (4, 70)):
+            xs = RNG.standard_normal((steps, batch, 45)).astype(np.float32)
+            h0 = RNG.standard_normal((batch, 45)).astype(np.float32)
+            w = (RNG.standard_normal((37, 45)) / 6).astype(np.float32)
+            v = (RNG.standard_normal((45, 37)) / 6).astype(np.float32)
+            agree(native, ref, xs, h0, w, v, rtol=1e-4, atol=1e-5)
+    assert len(packed) == 4  # w and v, for each of the two builds
+
+
 def test_weights_loaded_after_compiling_reach_folded_native_code():
     src = ("import std.nn\nmodel M {\n  conv = nn.Conv2d(2, 3, 3, padding = 1)\n"
            "  bn = nn.BatchNorm2d(3)\n"

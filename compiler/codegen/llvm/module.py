@@ -35,7 +35,7 @@ from ...ops.signature import tensor_slot_names
 from ...passes.memory import ALIGN, plan
 from ...types import TensorType
 from . import bf16, irgen, share
-from .abi import I8, I64, KERNEL_TYPE, PTR, VOID, declare
+from .abi import F32, I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .calling import (  # noqa: F401  (re-exported)
     CYCLES_SYMBOL,
     PROFILE_SYMBOL,
@@ -45,6 +45,7 @@ from .calling import (  # noqa: F401  (re-exported)
 from .derived import derived_name, parse
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
+from .irgen import i64
 from .kernel import KernelBuilder, NativeNode
 from .layout import PACKED, WINOGRAD, captured_weights
 from .microkernels import tiling
@@ -165,6 +166,9 @@ class GraphEmitter(GraphVisitor):
         self.captured: dict[int, tuple[int, dict]] = {}
         self.profile: ir.GlobalVariable | None = None  # kiln_profile, when timing kernels
         self.path: tuple[int, ...] = ()  # a scan body's: the scan nodes down to it
+        # a scan body's: {body input: its B panels} for captured matrices its GEMMs read as
+        # B, packed once per call before the loop (ScanEmitter._pack_captured)
+        self.packed_per_call: dict[int, ir.Value] = {}
         self.shared = share.SharedKernels(layout.failures)  # a scan body's: its parent's
         self.precision = "f32"  # the GEMM's products (bf16.py)
 
@@ -239,7 +243,8 @@ class GraphEmitter(GraphVisitor):
         args = self.pointers(f, graph, nid, node)
         prepacked = self.prepacked_weights(graph, nid, weight)
         for index, name in prepacked.items():
-            args[index] = irgen.element(f.b, self.params_p, self.layout.param(name))
+            args[index] = (name if isinstance(name, ir.Value) else
+                           irgen.element(f.b, self.params_p, self.layout.param(name)))
         operands = [v.type if v is not None else None for v in graph.operands(nid)]
         key = share.kernel_key(lowering.name, lowering.build, lowering.props, operands,
                                node["types"], node["attrs"], frozenset(prepacked),
@@ -272,16 +277,23 @@ class GraphEmitter(GraphVisitor):
         b.store(b.add(b.load(total), spent), total)
 
     def prepacked_weights(self, graph: Graph, nid: int,
-                          weight: tuple[dict, int] | None) -> dict[int, str]:
+                          weight: tuple[dict, int] | None) -> dict[int, str | ir.Value]:
         """{input slot: derived parameter name} for the weight the conv_layout pass chose to
         store packed (f32, known before any call) that node `nid` reads (a conv, transposed
         conv or matmul, or a fused group headed by one: `weight` is the GEMM op's node and
         the slot of node `nid` that feeds its weight): the GEMM's A or B panels
         (gemm.prepack_a / prepack_b, by the op record's packed_weight), made once when the weights
-        are bound instead of on every call."""
+        are bound instead of on every call. In a scan body, a captured matrix that is not known
+        before the call (a training step's weight) and that a matmul reads as B maps to its
+        panels, packed once before the loop (`packed_per_call`): a pointer, not a name."""
         if weight is None:
             return {}
         op_node, slot = weight
+        operands = graph.operands(nid)
+        source = operands[slot] if slot < len(operands) else None
+        if (source is not None and source.node in self.packed_per_call
+                and _packable_b(graph, nid, op_node, slot, self.precision)):
+            return {slot: self.packed_per_call[source.node]}
         layout = op_node["attrs"].get("weight_layout")
         if layout not in (PACKED, WINOGRAD):
             return {}
@@ -336,6 +348,30 @@ class ScanEmitter:
         self.parent, self.graph, self.nid, self.node = parent, graph, nid, node
         self.attrs = node["attrs"]
 
+    def _captured_b(self, body: Graph) -> dict[int, int]:
+        """{body input: the scan operand it captures} for each captured matrix that a body
+        GEMM reads as its B and that is not a weight known before the call (those are packed
+        when the weights are bound): a training step's W_hh, packed once per call here
+        instead of at every step."""
+        a = self.attrs
+        first = a["n_carry"] + a["n_seq"]
+        captured = body.inputs[first + (1 if a["has_index"] else 0):]
+        index = {nid: first + j for j, nid in enumerate(captured)}
+        known = captured_weights(self.graph, self.nid)
+        chosen: dict[int, int] = {}
+        for nid in body.order():
+            node = body.node(nid)
+            weight = (anchor_weight(node) if node["op"] == "fused"
+                      else (node, 1) if node["op"] == "matmul" else None)
+            if weight is None:
+                continue
+            op_node, slot = weight
+            source = body.operands(nid)[slot]
+            if (source is not None and source.node in index and source.node not in known
+                    and _packable_b(body, nid, op_node, slot, self.parent.precision)):
+                chosen[source.node] = index[source.node]
+        return chosen
+
     def function(self) -> ir.Function:
         a, parent = self.attrs, self.parent
         body: Graph = a["body"]
@@ -382,7 +418,19 @@ class ScanEmitter:
         def slot(_t: TensorType, _nid: int, _last: int) -> ir.Value:
             return body_slots.pop()
 
+        packed = self._captured_b(body)  # {body input: its outer operand's index}
+        nr = tiling(parent.vector_width).nr
+        panels_of: dict[int, ir.Value] = {}
+        for body_input, k in packed.items():
+            depth, width = (kb.dim(d) for d in operands[k].type.shape)
+            count = b.mul(b.mul(b.sdiv(b.add(width, i64(nr - 1)), i64(nr)), i64(nr)), depth)
+            panels_of[body_input] = b.call(malloc, [b.add(b.mul(count, i64(4)), i64(ALIGN))])
+            owned.append(panels_of[body_input])
         with kb.allocated(owned, "a scan's buffers"):
+            for body_input, k in packed.items():
+                depth, width = (kb.dim(d) for d in operands[k].type.shape)
+                kb.call_kernel(_b_packer(kb, nr), [arg[k], panels_of[body_input]],
+                               [depth, width], "pack_b")
             for k, t in enumerate(carry_types):
                 _memcpy(kb, b.load(cur_p[k]), arg[k], t)
             with kb.for_range(length) as s:
@@ -407,6 +455,7 @@ class ScanEmitter:
                 inner.shared = parent.shared
                 inner.precision = parent.precision
                 inner.profile, inner.path = parent.profile, (*parent.path, self.nid)
+                inner.packed_per_call = panels_of
                 inner.emit(b, body, ins, outs, slot)
                 for k, et in enumerate(emit_types):
                     if emit_tmp[k] is not None:  # scatter the step into the stacked output
@@ -417,6 +466,44 @@ class ScanEmitter:
             for k, ct in enumerate(carry_types):
                 _memcpy(kb, arg[n_in + len(emit_types) + k], b.load(cur_p[k]), ct)
         return kb.finish()
+
+
+def _packable_b(graph: Graph, nid: int, op_node: dict, slot: int, precision: str) -> bool:
+    """Whether node `nid` (a matmul, or a fused group headed by one) reads its input `slot`
+    as an f32 matrix B of an f32 product: what the GEMM can read as B panels (PackedB)."""
+    if op_node["op"] != "matmul" or precision != "f32":
+        return False
+    if graph.op(nid) == "fused":
+        inner = graph.node(nid)["attrs"]["body"]
+        a, b = inner.operands(graph.node(nid)["attrs"]["anchor"])[:2]
+    else:
+        a, b = graph.operands(nid)[:2]
+    return (a is not None and b is not None and a.type.dtype == "f32"
+            and b.type.dtype == "f32" and b.type.rank == 2
+            and graph.operands(nid)[slot].type == b.type)
+
+
+def _b_packer(kb: KernelBuilder, nr: int) -> ir.Function:
+    """kiln_pack_b_panels(src, dst; K, N): a row-major [K, N] matrix as PackedB's panels,
+    [ceil(N / NR), K, NR], zero past column N (packing.prepack_b's layout, made at run
+    time). One function per module."""
+    name = f"kiln_pack_b_panels_{nr}"
+    fn = kb.module.globals.get(name)
+    if fn is not None:
+        return fn
+    pk = kb.shared_helper(name)
+    b = pk.b
+    src, dst = pk.buffer(0, "f32"), pk.buffer(1, "f32")
+    depth, width = (b.load(b.gep(pk.dims_ptr, [i64(i)])) for i in range(2))
+    panels = b.sdiv(b.add(width, i64(nr - 1)), i64(nr))
+    last = b.sub(width, i64(1))
+    with pk.for_range(panels) as p, pk.for_range(depth) as k, pk.for_range(i64(nr)) as j:
+        col = b.add(b.mul(p, i64(nr)), j)
+        inside = b.icmp_signed("<", col, width)
+        at = b.add(b.mul(k, width), b.select(inside, col, last))
+        value = b.select(inside, b.load(b.gep(src, [at])), ir.Constant(F32, 0.0))
+        b.store(value, b.gep(dst, [b.add(b.mul(b.add(b.mul(p, depth), k), i64(nr)), j)]))
+    return pk.finish()
 
 
 def _memcpy(kb: KernelBuilder, dst, src, t: TensorType) -> None:
