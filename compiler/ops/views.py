@@ -183,6 +183,11 @@ def _permute_vjp(perm_of):
     return rule
 
 
+def _keeps_first_axis(perm_of):
+    """A permutation's samplewise rule: axis 0 stays first."""
+    return lambda types, a: perm_of(types[0].rank, a)[0] == 0
+
+
 def _same_op_vjp(*names: str):
     """The rule of a linear op that is its own adjoint (flip, tril, triu): the op, with the
     same attributes `names`, applied to the cotangent."""
@@ -200,14 +205,15 @@ register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
                   lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
                   llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_swap, vjp=_permute_vjp(_swap)))
+                  props=_PERMUTE, permutation=_swap, vjp=_permute_vjp(_swap),
+                  samplewise=_keeps_first_axis(_swap)))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
                   props=_PERMUTE, permutation=_permutation,
-                  vjp=_permute_vjp(_permutation)))
+                  vjp=_permute_vjp(_permutation), samplewise=_keeps_first_axis(_permutation)))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
@@ -405,6 +411,11 @@ def _pad_widths(shape, a):
     return widths
 
 
+def _pads_leave_first_axis(types, a) -> bool:
+    """pad's samplewise rule: axis 0 neither padded nor cropped (each sample padded alone)."""
+    return types[0].rank > 0 and all(p == Dim.of(0) for p in _pad_widths(types[0].shape, a)[0])
+
+
 def _pad(x, a):
     widths = [(int(lo.value), int(hi.value)) for lo, hi in _pad_widths(_dims_of(x), a)]
     if a["mode"] == "constant":
@@ -501,4 +512,5 @@ register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, la
                   attrs("pads", ("mode", "constant"), ("value", 0.0)),
                   lambda s, a: tuple(d + lo + hi for d, (lo, hi)
                                      in zip(s, _pad_widths(s, a), strict=True)),
-                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm, vjp=_pad_vjp))
+                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm, vjp=_pad_vjp,
+                  samplewise=_pads_leave_first_axis))
