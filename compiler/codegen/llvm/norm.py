@@ -4,9 +4,12 @@ f64) and batch norm, with running statistics or (in training mode) the batch's.
 
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 
-from .abi import F32, F64
+from ...dims import Dim
+from .abi import F32, F64, I64
 from .microkernels import tiling
 from .reductions import RowVectors
 from .spatial import ZERO, mean_of
@@ -184,8 +187,12 @@ def over_channels(kb, n, buffers: list[ir.Value], emit) -> None:
         emit(kb, buffers, ZERO, channels, batch, channels, spatial)
         return
 
+    # sizes known at compile time stay constants in the range function (known trip counts)
+    dims = [x_t.shape[0], x_t.shape[1], math.prod(x_t.shape[2:], start=Dim.of(1))]
+
     def rows(rkb, ptrs, first, count, _length, *sizes):
-        emit(rkb, ptrs, first, count, *sizes)
+        emit(rkb, ptrs, first, count, *(ir.Constant(I64, d.value) if d.is_const else size
+                                         for d, size in zip(dims, sizes, strict=True)))
 
     kb.over_rows("channels", buffers, channels, b.mul(batch, spatial), rows,
                  extra=(batch, channels, spatial))
