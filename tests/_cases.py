@@ -366,6 +366,16 @@ case("pad", rand(4, 7), [-2, 3, 1, -1], value=-0.0, id="pad-crop-both", second_o
 case("pad", rand(2, 3, 4, dtype="bf16"), [1, 2, 0, 1], mode="reflect", id="pad-bf16")
 case("pad", rand(2, 5, 4, dtype="f16"), [3, 2, 4, 1], mode="reflect", id="pad-reflect-2")
 case("pad", rand(2, 3, 4), [3, 2, 4, 1, 1, 1], mode="replicate", id="pad-replicate-3")
+# a permute inside a border of zeros (pads per result axis): channels last with a border and
+# appended samples (x's contiguous axis not last: 8 x 8 tiles, sizes past whole tiles), the
+# contiguous axis kept last (element by element), and ints
+case("padded_permute", rand(3, 5, 11, 13, seed=31), [0, 2, 3, 1],
+     [0, 2, 1, 1, 2, 1, 0, 0], id="padded_permute-channels-last")
+case("padded_permute", rand(3, 9, 10, 17, seed=32), [2, 0, 3, 1],
+     [1, 2, 0, 0, 3, 0, 0, 1], id="padded_permute-rows-first")
+case("padded_permute", rand(4, 3, 6, 7, seed=33), [1, 0, 2, 3],
+     [0, 0, 0, 0, 0, 2, 0, 3], id="padded_permute-inner-kept")
+case("padded_permute", GRID, [1, 2, 0], [1, 0, 0, 2, 1, 1], id="padded_permute-i64")
 case("pad", rand(2, 3, dtype="i32"), [1, 1], value=2.7, id="pad-int-value")
 case("pad", rand(2, 3, dtype="bool"), [1, 0], id="pad-bool")
 case("pad", rand(2, 3, dtype="f16"), [1, 0], value=1e-5, id="pad-f16-rounds-value")
@@ -674,6 +684,8 @@ symbolic("argmax", [BT], _bt)
 symbolic("logsumexp", [BT], _bt, axis=[0, 1])
 symbolic("softmax", [BT], _bt, axis=0)
 _group = "movement"
+symbolic("padded_permute", [T(["B", 3, "H", 9])], lambda e: rand(e["B"], 3, e["H"], 9),
+         [0, 2, 3, 1], [0, 1, 1, 1, 1, 1, 0, 0])
 symbolic("reshape", [T(["B", 4, 5])], lambda e: rand(e["B"], 4, 5), [B, -1])
 symbolic("reshape", [T(["B", 4, 5])], lambda e: rand(e["B"], 4, 5), [-1, 10])
 symbolic("flatten", [T(["B", 3, "H"])], lambda e: rand(e["B"], 3, e["H"]), start=0)

@@ -129,6 +129,13 @@ def test_pad(mode, pads):
     check_vjp("pad", rand(2, 4, 5), pads, mode=mode, value=1.5)
 
 
+@pytest.mark.parametrize("perm, pads", [([0, 2, 3, 1], [0, 2, 1, 1, 2, 1, 0, 0]),
+                                        ([2, 0, 3, 1], [1, 2, 0, 0, 3, 0, 0, 1]),
+                                        ([1, 0, 2, 3], [0, 0, 0, 0, 0, 2, 0, 3])])
+def test_padded_permute(perm, pads):
+    check_vjp("padded_permute", rand(2, 3, 4, 5), perm, pads)
+
+
 def test_pad_crops():
     check_vjp("pad", rand(3, 5), [-1, 2, 1, -2])
     check_vjp("pad", rand(3, 5), [-2, -1])

@@ -41,6 +41,16 @@ def test_dropout_keyed_gradient_reuses_the_forward_mask():
     assert dkey is None
 
 
+@pytest.mark.parametrize("shape", [(5, 2), (3, 4, 5), (2, 3, 2, 3), (2, 1, 1, 2)])
+def test_batch_norm_stats_gradient(shape):
+    """Its four rows (batch_norm's running statistics read the first two, of x and x) against
+    finite differences, for x and dy apart and for x given as both."""
+    rng = np.random.default_rng(len(shape))
+    x, dy = f64(rng, *shape, scale=2.0), f64(rng, *shape)
+    check_vjp("batch_norm_stats", x, dy)
+    check_vjp("batch_norm_stats", x, x)
+
+
 BN_SHAPES = st.sampled_from([(4, 3), (2, 3, 5), (3, 2, 2, 3), (2, 1, 1, 2)])
 
 
@@ -151,3 +161,50 @@ def test_training_batch_norm_gradients_at_odd_sizes_match_torch(target, affine):
         np.testing.assert_allclose(grads[f"bn.{path}"], p.grad.numpy(), rtol=1e-4, atol=1e-4,
                                    err_msg=path)
     assert affine == bool(grads)
+
+
+WIDE_BN = """
+import std.nn
+model Wide {
+  bn = nn.BatchNorm2d(20)
+  forward(x: f32[B, 20, 21, 23]) { return x |> bn |> relu }
+}
+"""
+
+
+def test_training_batch_norm_channels_on_threads_match_one_thread_and_torch():
+    """Enough channels and values (20 x 4 x 21 x 23) for the forward and gradient kernels to
+    share channels between two threads (blocks of 8 and 12 channels): the output, the new
+    running statistics and every gradient equal one thread's exactly (a channel's sums are
+    the same whoever takes it) and match PyTorch's."""
+    rng = np.random.default_rng(9)
+    twin = torch.nn.BatchNorm2d(20).train()
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(rng.standard_normal(20).astype("f4")))
+        twin.bias.copy_(torch.from_numpy(rng.standard_normal(20).astype("f4")))
+    weights = {f"bn.{k}": v.detach().numpy().copy() for k, v in twin.state_dict().items()}
+    x = (2.0 * rng.standard_normal((4, 20, 21, 23)) - 0.5).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    runs = []
+    for threads in (1, 2):
+        model = kiln.compile(WIDE_BN, target="native", training=True, threads=threads)
+        model.load_weights(weights)
+        runs.append(model.vjp(x, cotangents=[dy] + [None] * len(model.updates)))
+        updates = model.updates
+    (outs, grads, input_grads), (outs2, grads2, input_grads2) = runs
+    for a, b in zip(outs, outs2, strict=True):
+        np.testing.assert_array_equal(b, a)
+    np.testing.assert_array_equal(input_grads2["x"], input_grads["x"])
+    for k in grads:
+        np.testing.assert_array_equal(grads2[k], grads[k])
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = torch.relu(twin(xt))
+    (y * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(outs[0], y.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_allclose(outs[updates[f"bn.{name}"]],
+                                   getattr(twin, name).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(input_grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    for path, p in twin.named_parameters():
+        np.testing.assert_allclose(grads[f"bn.{path}"], p.grad.numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=path)

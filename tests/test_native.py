@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -650,6 +651,53 @@ def test_threads_split_a_batch_of_convolutions_by_sample():
         x = RNG.standard_normal((batch, 8, 20, 20)).astype(np.float32)
         np.testing.assert_array_equal(two(x, w), one(x, w))
         np.testing.assert_allclose(two(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+
+
+SAMPLEWISE_MOVES = """
+model S {
+  forward(x: f32[B, 8, 40, 41], s: f32[1, 8, 1, 1], v: f32[41], t: f32[B, 1, 1, 1])
+      -> (f32[B, 40, 41, 8], f32[B, 8, 43, 44], f32[B + 2, 8, 40, 41], f32[8, B, 40, 41],
+          f32[B, 8, 40, 41], f32[B, B]) {
+    wide = (x - s) * v + t
+    q = sum(t, axis = [2, 3])
+    return (permute(x, perm = [0, 2, 3, 1]), pad(wide, pads = [1, 2, 0, 3]),
+            pad(x, pads = [0, 0, 0, 0, 0, 0, 1, 1]), permute(x, perm = [1, 0, 2, 3]),
+            pad(pad(x, pads = [2, 1, -1, 0]), pads = [-2, -1, 1, 0]),
+            q * (q * permute(q, perm = [1, 0])))
+  }
+}
+"""
+
+
+def test_threads_split_a_batch_of_moves_and_broadcasts_by_sample():
+    """A permute keeping the batch first, a pad (or crop) leaving it alone and an elementwise
+    chain with operands broadcast over the batch (per channel, per column, per sample) run
+    their samples on threads, as a convolution does; a pad of the batch axis, a permute
+    moving it and a result whose other axis is the batch too run whole. Each agrees with
+    the reference, and two threads agree with one exactly, for batches that do and do not
+    reach the size at which threads start (elementwise.FLAT_PARALLEL elements)."""
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm.module import build_module
+
+    model = kiln.load(SAMPLEWISE_MOVES).elaborate()
+    module, _ = build_module(model, llvm.get_process_triple(), "")
+    split = Counter(f.name.split("_", 1)[1].removesuffix("_samples") for f in module.functions
+                    if f.name.endswith("_samples"))
+    # unfused: one permute, three pads (the batch's own is not), the chain's sub, mul, add
+    # (not the muls of [B, 1] by [1, B] and by [B, B])
+    assert split == {"permute": 1, "pad": 3, "sub": 1, "mul": 1, "add": 1}, split
+    one, two = kiln.compile(SAMPLEWISE_MOVES, threads=1), kiln.compile(SAMPLEWISE_MOVES, threads=2)
+    ref = kiln.compile(SAMPLEWISE_MOVES, target="reference")
+    s = RNG.standard_normal((1, 8, 1, 1)).astype(np.float32)
+    v = RNG.standard_normal(41).astype(np.float32)
+    for batch in (1, 2, 3, 5):  # 13120 elements a sample: threads from 5 samples on
+        x = RNG.standard_normal((batch, 8, 40, 41)).astype(np.float32)
+        t = RNG.standard_normal((batch, 1, 1, 1)).astype(np.float32)
+        alone, shared = one(x, s, v, t), two(x, s, v, t)
+        for a, b, w in zip(alone, shared, ref(x, s, v, t), strict=True):
+            np.testing.assert_array_equal(b, a)  # each element computed the same way
+            np.testing.assert_allclose(a, w, rtol=1e-6, atol=1e-6)  # (a fused multiply-add)
 
 
 def _os_threads(expected: int | None = None) -> int:

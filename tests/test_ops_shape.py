@@ -109,6 +109,23 @@ def test_pad_modes_by_hand():
     raises("K0301", "pad", T([2, 3]), [3, 0], mode="reflect", arg="pads")
 
 
+def test_padded_permute_by_loops():
+    """out[i] = x[i - before] read through the permutation, zero outside: element by element
+    from Python loops; the shape rule and the refused widths."""
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    perm, pads = [2, 0, 1], [1, 0, 0, 2, 2, 1]
+    out = run("padded_permute", x, perm, pads)
+    assert out.shape == (5, 4, 6)
+    for i, j, k in np.ndindex(*out.shape):
+        a, b, c = i - 1, j, k - 2  # (before widths) on result axes 0, 1, 2
+        inside = 0 <= a < 4 and 0 <= b < 2 and 0 <= c < 3
+        assert out[i, j, k] == (x[b, c, a] if inside else 0.0), (i, j, k)
+    assert infer1("padded_permute", T(["B", 3, "H"]), [0, 2, 1], [0, 1, 2, 2, 0, 0]) == T(
+        [B + 1, Dim.of("H") + 4, 3])
+    raises("K0303", "padded_permute", T([2, 3]), [1, 0], [1, 1], arg="pads")
+    raises("K0303", "padded_permute", T([2, 3]), [1, 0], [0, -1, 0, 0], arg="pads")
+
+
 # slicing ----------------------------------------------------------------------------------
 def _rng(start=None, stop=None, step=1):
     return ("range", start, stop, step)

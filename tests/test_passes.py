@@ -113,12 +113,14 @@ DIMS = {"B": 2, "T": 5}
 def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in NATIVE_PIPELINE]
     assert names == ["check_types", "fold_constants", "simplify", "merge_split_projections",
-                     "hoist_scan_invariants", "fold_batch_norm", "fold_weight_layout",
+                     "hoist_scan_invariants", "share_batch_statistics", "fold_batch_norm",
+                     "fold_weight_layout",
                      "transposed_operands", "cse", "dce", "conv_layout", "fuse", "plan_memory"]
     assert PIPELINES["native"] is NATIVE_PIPELINE
     assert [p.name for p in PIPELINES["onnx"]] == ["check_types", "fold_constants", "simplify",
                                                    "merge_split_projections",
-                                                   "hoist_scan_invariants", "cse", "dce"]
+                                                   "hoist_scan_invariants",
+                                                   "share_batch_statistics", "cse", "dce"]
     assert all(isinstance(p, Pass) and p.doc for p in NATIVE_PIPELINE)
     with pytest.raises(ValueError, match="docstring"):
         graph_pass("undocumented")(lambda graph, ctx: graph)

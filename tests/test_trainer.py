@@ -382,6 +382,26 @@ def test_batch_norm_running_statistics_follow_torch(bn_file):
     assert trainer.evaluate(x, y)["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_running_statistics_share_the_gradients_batch_statistics(bn_file):
+    """The train step's graph has two batch_norm_stats of the BatchNorm's input: of x and x
+    (the running statistics' mean and variance) and of x and dy (the gradient's sums); the
+    share_batch_statistics pass leaves the second alone, read by both (the values: the test
+    above, against PyTorch)."""
+    from kiln.compiler.pipelines import optimize
+
+    trainer = kiln.Trainer(bn_file, optimizer=kiln.optim.SGD(lr=0.1, momentum=0.9))
+    _forward, step_model, _ = trainer.step_parts()
+    graph, (stats,) = optimize(step_model, passes=["share_batch_statistics"], verify=True)
+
+    def operands(g):
+        return [tuple(v.node for v in g.operands(n)) for n in g.nodes_with_op("batch_norm_stats")]
+
+    before, after = operands(step_model.graph), operands(graph)
+    assert len(before) == 2 and sum(x == dy for x, dy in before) == 1
+    assert len(after) == 1 and after[0][0] != after[0][1]
+    assert stats.changes["shared"] == 1
+
+
 def test_a_running_statistic_that_is_not_finite_refuses_the_step(bn_file):
     """BatchNorm in training mode on one example: its unbiased variance is 0/0. PyTorch
     refuses the batch; the trainer refuses the step (K0848), naming the buffer, and changes

@@ -39,6 +39,16 @@ def spatial_pads(gb: Any, x: Any, widths: list[tuple[Dim, Dim]]) -> Any:
     return gb.op("pad", x, pads=flat)
 
 
+def padded_permute(gb: Any, x: Any, perm: list[int], widths: list[tuple[Any, Any]]) -> Any:
+    """x permuted by perm inside a border of zeros, widths (before, after) per result axis
+    (at least 0): one padded_permute (one pass over the result, not a permute's and then a
+    pad's), or the permute alone where every width is 0."""
+    flat = [Dim.of(w) for pair in widths for w in pair]
+    if all(w == Dim.of(0) for w in flat):
+        return gb.permute(x, perm)
+    return gb.op("padded_permute", x, perm=perm, pads=flat)
+
+
 def _symmetric(pads: Pads) -> list[int] | None:
     """The padding as conv's `padding` attribute when it is the same, constant, on both sides."""
     if all(lo == hi and lo.is_const for lo, hi in pads):
@@ -277,9 +287,11 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     shifts = [i * dilation[0] * wp + j * dilation[1]
               for i in range(kh) for j in range(0, kw, span)]
     rows = _channels_last_rows(gb, x, pads, max(shifts) + span - 1)
-    spread = spatial_pads(gb, ct, [(Dim.of(0), Dim.of(hp - out_h)),
-                                   (Dim.of(0), Dim.of(wp - out_w))])
-    flat = gb.reshape(gb.permute(spread, [1, 0, 2, 3]), [outs, grid])
+    zero = Dim.of(0)
+    spread = padded_permute(gb, ct, [1, 0, 2, 3], [(zero, zero), (zero, zero),
+                                                   (zero, Dim.of(hp - out_h)),
+                                                   (zero, Dim.of(wp - out_w))])
+    flat = gb.reshape(spread, [outs, grid])
     if stack:  # one GEMM: the kh row shifts side by side as channels, the kw taps the span
         length = grid + Dim.of(kw - 1)
         stacked = gb.op("concat", [gb.op("slice", rows, items=range_on(0, s, length + s))
@@ -296,15 +308,15 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
 def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
     """x [N, C, H, W] spatially padded, channels last, as rows [(n, p, q), C] followed by at
     least `tail` zero rows (what the furthest shifted window reads past the grid): one
-    permute and one pad, whose zero rows past the grid are whole samples appended
-    (shifted_matmul leaves the rows past its furthest window unread), not a second pad."""
+    padded_permute, whose zero rows past the grid are whole samples appended
+    (shifted_matmul leaves the rows past its furthest window unread)."""
     n, channels, h, w = x.type.shape
     (top, bottom), (left, right) = pads
     hp, wp = Dim.of(h) + top + bottom, Dim.of(w) + left + right
     zero = Dim.of(0)
     extra = Dim.of(-(-tail // (hp * wp).value))
-    padded = gb.op("pad", gb.permute(x, [0, 2, 3, 1]),
-                   pads=[zero, zero, left, right, top, bottom, zero, extra])
+    padded = padded_permute(gb, x, [0, 2, 3, 1], [(zero, extra), (top, bottom), (left, right),
+                                                  (zero, zero)])
     return gb.reshape(padded, [(Dim.of(n) + extra) * hp * wp, channels])
 
 
@@ -336,8 +348,9 @@ def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
         return None  # a window past the padded input: the convolution's shape rule refuses it
     n, channels = x.type.shape[:2]
     outs = ct.type.shape[1]
-    padded = spatial_pads(gb, x, pads)
-    xt = gb.permute(padded, [2, 0, 3, 1])  # [Hp, N, Wp, C]
+    zero = Dim.of(0)
+    xt = padded_permute(gb, x, [2, 0, 3, 1], [pads[0], (zero, zero), pads[1], (zero, zero)])
+    # [Hp, N, Wp, C]
     rows = gb.op("gather", xt, gb.constant(rows_at.astype(np.int64)), axis=0)
     patches = gb.op("gather", rows, gb.constant(cols_at.astype(np.int64)), axis=3)
     pixels = Dim.of(out_h) * Dim.of(n) * Dim.of(out_w)

@@ -350,12 +350,17 @@ def _batch_norm_training(ctx, operands: list, a: dict) -> list:
 
     momentum = const(number(a["momentum"], "momentum"))
     keep = const(1 - number(a["momentum"], "momentum"))
-    mean = gb.op("mean", x, axis=axes, keepdims=True)
-    centered = gb.sub(x, mean)
+    # the batch's mean and biased variance: the first two rows of batch_norm_stats (one
+    # kernel reading x twice per channel, the second time from cache; its dy rows unused),
+    # not a mean, a centred square and another mean (three passes over x)
+    from .views import range_on  # views imports this module's neighbours: not at the top
+
+    stats = gb.op("batch_norm_stats", x, x)
+    mean, var = (gb.reshape(gb.op("slice", stats, items=range_on(0, k, k + 1)),
+                            [x.type.shape[1]]) for k in range(2))
     n = gb.cast(gb.op("dim_value", dim=count), dtype)
-    unbiased = gb.div(gb.mul(gb.op("mean", gb.mul(centered, centered), axis=axes), n),
-                      gb.sub(n, const(1)))
-    batch_stats = (gb.reshape(mean, [x.type.shape[1]]), unbiased)
+    unbiased = gb.div(gb.mul(var, n), gb.sub(n, const(1)))
+    batch_stats = (mean, unbiased)
     for path, stat in zip(paths, batch_stats, strict=True):
         if path is not None:  # PyTorch's order: momentum * batch + (1 - momentum) * running
             ctx.update(path, lambda old, stat=stat: gb.add(gb.mul(momentum, stat),
@@ -471,6 +476,33 @@ def _batch_norm_stats_onnx(b, n):
     b.node("Concat", [one(b, "Reshape", r, flat) for r in rows], n.outputs, axis=0)
 
 
+def _batch_norm_stats_vjp(gb, node, cts):
+    """With n values per channel, m = mean(x) and g_k the cotangent of row k (per channel,
+    broadcast over the batch axes): dx = g_0 / n + g_1 * 2 (x - m) / n + g_3 * (dy -
+    sum(dy) / n) (the mean's own change cancels in the variance and, summed, in row 3),
+    ddy = g_2 + g_3 * (x - m). batch_norm's running statistics read rows 0 and 1 of it
+    (of x and x), which a cotangent of the model's updates may reach."""
+    from .views import range_on  # views imports this module's neighbours: not at the top
+
+    (ct,), (x, dy) = cts, node.inputs
+    if ct is None:
+        return [None, None]
+    t = x.type
+    (stats,) = node.outputs
+
+    def row(v, k):  # row k of a [4, C] value, as [1, C, 1, ...]
+        return _broadcast_channels(gb, gb.op("slice", v, items=range_on(0, k, k + 1)), t)
+
+    g0, g1, g2, g3 = (row(ct, k) for k in range(4))
+    count = size_value(gb, prod(t.shape[k] for k in _batch_axes(t.rank)), t.dtype)
+    centered = gb.sub(x, row(stats, 0))
+    two = gb.constant(np.asarray(2.0, NUMPY_DTYPES[t.dtype]))
+    dx = gb.add(gb.div(gb.add(g0, gb.mul(gb.mul(g1, two), centered)), count),
+                gb.mul(g3, gb.sub(dy, gb.div(row(stats, 2), count))))
+    ddy = gb.add(gb.mul(g3, centered), g2)
+    return [dx, ddy]
+
+
 register(internal(OpRecord(
     "batch_norm_stats",
     tensors("x", "dy"),
@@ -478,7 +510,8 @@ register(internal(OpRecord(
     "batch_norm's training-mode gradient statistics per channel c, over the batch axes: rows "
     "mean(x), mean((x - mean)^2), sum(dy), sum(dy * (x - mean)).",
     onnx=widened(_batch_norm_stats_onnx),
-    llvm=lambda kb, n: nn_native("norm").batch_norm_stats(kb, n))))
+    llvm=lambda kb, n: nn_native("norm").batch_norm_stats(kb, n),
+    vjp=_batch_norm_stats_vjp)))
 
 
 register(OpRecord(

@@ -172,6 +172,12 @@ class OpRecord:
     # buffer updates the model returns (dropout draws its mask from the key; batch_norm
     # updates its running statistics). None: `training` is an ordinary attribute.
     training: Callable[[Any, list[Any], dict], list[Any]] | None = None
+    # samplewise(in_types, attrs) -> bool: for an op that is not Prop.SAMPLEWISE on every node,
+    # whether this node is (each sample on axis 0 of the result moved from the same sample of
+    # its input alone: a permute that keeps axis 0 first, a pad that leaves axis 0 alone); a
+    # backend may then split that node's batch across threads. Elementwise ops need no rule
+    # (their operands' shapes say it). None: never, unless Prop.SAMPLEWISE.
+    samplewise: Callable[[list[TensorType | None], dict], bool] | None = None
 
     def promoted(self, arg: str) -> bool:
         """Whether tensor argument `arg` takes part in dtype promotion."""

@@ -31,7 +31,7 @@ from ._common import (
 from ._emit import BF16_UP, chain, one, trimmed, widened
 from ._factories import movement
 from ._grad import expand_to, scalar, unbroadcast
-from .registry import OpError, Prop, VjpNode, register
+from .registry import OpError, Prop, VjpNode, internal, register
 
 if TYPE_CHECKING:
     from ..ir import Value
@@ -183,6 +183,11 @@ def _permute_vjp(perm_of):
     return rule
 
 
+def _keeps_first_axis(perm_of):
+    """A permutation's samplewise rule: axis 0 stays first."""
+    return lambda types, a: perm_of(types[0].rank, a)[0] == 0
+
+
 def _same_op_vjp(*names: str):
     """The rule of a linear op that is its own adjoint (flip, tril, triu): the op, with the
     same attributes `names`, applied to the cotangent."""
@@ -200,14 +205,15 @@ register(movement("transpose", "Swap two axes a and b.", attrs("a", "b"),
                   lambda s, a: tuple(s[p] for p in _swap(len(s), a)),
                   lambda x, a: np.transpose(x, _swap(x.ndim, a)), _transpose_onnx(_swap),
                   llvm=lambda kb, n: kb.permute(n, _swap(n.in_types[0].rank, n.attrs)),
-                  props=_PERMUTE, permutation=_swap, vjp=_permute_vjp(_swap)))
+                  props=_PERMUTE, permutation=_swap, vjp=_permute_vjp(_swap),
+                  samplewise=_keeps_first_axis(_swap)))
 register(movement("permute", "Reorder the axes: axis i of the result is axis perm[i] of x.",
                   attrs("perm"), lambda s, a: tuple(s[p] for p in _permutation(len(s), a)),
                   lambda x, a: np.transpose(x, _permutation(x.ndim, a)),
                   _transpose_onnx(_permutation),
                   llvm=lambda kb, n: kb.permute(n, _permutation(n.in_types[0].rank, n.attrs)),
                   props=_PERMUTE, permutation=_permutation,
-                  vjp=_permute_vjp(_permutation)))
+                  vjp=_permute_vjp(_permutation), samplewise=_keeps_first_axis(_permutation)))
 register(movement("flip", "Reverse the order of elements along axis (an int or a list).",
                   attrs("axis"), lambda s, a: _checked_axes(s, a["axis"]),
                   lambda x, a: np.flip(x, normalize_axes(a["axis"], x.ndim)), _flip_onnx,
@@ -405,6 +411,11 @@ def _pad_widths(shape, a):
     return widths
 
 
+def _pads_leave_first_axis(types, a) -> bool:
+    """pad's samplewise rule: axis 0 neither padded nor cropped (each sample padded alone)."""
+    return types[0].rank > 0 and all(p == Dim.of(0) for p in _pad_widths(types[0].shape, a)[0])
+
+
 def _pad(x, a):
     widths = [(int(lo.value), int(hi.value)) for lo, hi in _pad_widths(_dims_of(x), a)]
     if a["mode"] == "constant":
@@ -501,4 +512,67 @@ register(movement("pad", "Pad (or, negative, crop) axes; pads in F.pad order, la
                   attrs("pads", ("mode", "constant"), ("value", 0.0)),
                   lambda s, a: tuple(d + lo + hi for d, (lo, hi)
                                      in zip(s, _pad_widths(s, a), strict=True)),
-                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm, vjp=_pad_vjp))
+                  _pad, widened(_pad_onnx, BF16_UP), llvm=_pad_llvm, vjp=_pad_vjp,
+                  samplewise=_pads_leave_first_axis))
+
+
+# padded_permute: a permute inside a border of zeros, one pass ---------------------------------
+def _border(shape, a) -> list[tuple[Dim, Dim]]:
+    """padded_permute's (before, after) widths per result axis, each at least 0."""
+    flat = to_dims(a["pads"], "pads")
+    if len(flat) != 2 * len(shape):
+        raise attr_error("pads", f"pads needs {2 * len(shape)} widths (before, after per "
+                         f"axis), got {len(flat)}")
+    if any(p.is_const and p.value < 0 for p in flat):
+        raise attr_error("pads", f"padded_permute pads, never crops: {a['pads']!r}")
+    return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(shape))]
+
+
+def _padded_permute_shape(shape, a):
+    moved = [shape[p] for p in _permutation(len(shape), a)]
+    return tuple(d + lo + hi for d, (lo, hi) in zip(moved, _border(moved, a), strict=True))
+
+
+def _padded_permute(x, a):
+    moved = np.transpose(x, _permutation(x.ndim, a))
+    return np.pad(moved, [(int(lo.value), int(hi.value)) for lo, hi in _border(moved.shape, a)])
+
+
+def _padded_permute_onnx(b, n):
+    """Transpose, then Pad with zeros."""
+    (x,), t = n.inputs, n.in_types[0]
+    perm = _permutation(t.rank, n.attrs)
+    widths = _border([t.shape[p] for p in perm], n.attrs)
+    moved = one(b, "Transpose", x, perm=perm)
+    b.node("Pad", [moved, b.shape([lo for lo, _ in widths] + [hi for _, hi in widths])],
+           n.outputs, mode="constant")
+
+
+def _padded_permute_llvm(kb, n):
+    perm = _permutation(n.in_types[0].rank, n.attrs)
+    kb.padded_permute(n, perm, _border([n.in_types[0].shape[p] for p in perm], n.attrs))
+
+
+def _padded_permute_vjp(gb, node: VjpNode, cotangents: list) -> list:
+    """The cotangent's interior (the border cropped off), moved back by the inverse
+    permutation."""
+    (x,), (ct,) = node.inputs, cotangents
+    perm = _permutation(x.type.rank, node.attrs)
+    widths = _border([x.type.shape[p] for p in perm], node.attrs)
+    inner = gb.op("pad", ct, pads=[-w for lo, hi in reversed(widths) for w in (lo, hi)])
+    return [gb.permute(inner, [perm.index(i) for i in range(len(perm))])]
+
+
+def _padded_permute_samplewise(types, a) -> bool:
+    perm = _permutation(types[0].rank, a)
+    lo, hi = _border([types[0].shape[p] for p in perm], a)[0]
+    return perm[0] == 0 and lo == Dim.of(0) and hi == Dim.of(0)
+
+
+register(internal(movement(
+    "padded_permute", "pad(permute(x, perm), zeros): axis i of the result is axis perm[i] of "
+    "x, with pads[2i] zeros before it and pads[2i + 1] after (result axis order; no crops). "
+    "One pass over the result, where a permute and a pad would make two (a convolution "
+    "gradient's channels-last rows).", attrs("perm", "pads"), _padded_permute_shape,
+    _padded_permute, _padded_permute_onnx, llvm=_padded_permute_llvm, props=NEVER_FAILS,
+    vjp=_padded_permute_vjp, samplewise=_padded_permute_samplewise)))

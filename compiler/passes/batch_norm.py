@@ -11,9 +11,14 @@ reads them). Each folded constant is marked as derived from its sources: by a na
 remakes it (`bn_conv_weight(eps=1e-05):[conv.weight;bn.running_var;bn.weight]`) when every
 source is a parameter or a parameter's transpose, so that new weights remake it without
 rebuilding code; otherwise by a name nothing remakes (new weights then optimize again).
+
+And in a train step, a training-mode batch_norm's running statistics share the batch's mean
+and variance its gradient computes (`share_batch_statistics`).
 """
 
 from __future__ import annotations
+
+import networkx as nx
 
 from ..builder import GraphBuilder
 from ..derived import (
@@ -23,10 +28,19 @@ from ..derived import (
     bn_linear_weight,
     derived_name,
 )
+from ..dims import Dim
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop, has
 from ..ops._common import number, to_int
-from .edit import constant_value, only_user, remove_unused, replace_node
+from .edit import (
+    constant_value,
+    key,
+    only_user,
+    remove_unused,
+    replace_node,
+    replace_uses,
+    users,
+)
 from .manager import PassContext, graph_pass
 
 # The rewrites below name conv, conv_transpose, matmul and add: folding is each op's own algebra
@@ -188,4 +202,50 @@ def fold_batch_norm(graph: Graph, ctx: PassContext) -> Graph:
         if new is not None:
             ctx.count("removed", replace_node(graph, nid, new))
             ctx.count("folded")
+    return graph
+
+
+def _first_rows_only(graph: Graph, stats: int) -> bool:
+    """Whether every use of node `stats`'s value is a slice of its rows 0 and 1 alone (the
+    mean and variance of x: batch_norm_stats' rows that do not read dy)."""
+    uses = users(graph, Value(stats, 0, graph.node(stats)["types"][0]))
+    for user, _slot in uses:
+        if user == -1 or graph.op(user) != "slice":
+            return False
+        items = graph.node(user)["attrs"]["items"]
+        if len(items) != 1 or items[0][0] != "range" or items[0][3] != 1:
+            return False
+        start, stop = (Dim.of(b) if b is not None else None for b in items[0][1:3])
+        if (start is None or stop is None or not (start.is_const and stop.is_const)
+                or not 0 <= start.value < stop.value <= 2):
+            return False
+    return bool(uses)
+
+
+@graph_pass("share_batch_statistics")
+def share_batch_statistics(graph: Graph, ctx: PassContext) -> Graph:
+    """batch_norm_stats(x, x)[0:2] -> batch_norm_stats(x, dy)[0:2]: a training-mode
+    batch_norm's running statistics read the mean and variance of x from batch_norm_stats(x,
+    x) (ops/norm.py), and its gradient computes them again, beside the sums of dy, in
+    batch_norm_stats(x, dy). Rows 0 and 1 read x alone, so where a train step has both, the
+    running statistics take the gradient's node and the first goes (one kernel, two reads
+    of x, fewer). Only where the first node's every use slices those rows and the second
+    does not depend on the first."""
+    by_x: dict[tuple[int, int], list[int]] = {}
+    for nid in graph.nodes_with_op("batch_norm_stats"):
+        x, _dy = graph.operands(nid)
+        by_x.setdefault(key(x), []).append(nid)
+    for nids in by_x.values():
+        alone = [n for n in nids if key(graph.operands(n)[1]) == key(graph.operands(n)[0])]
+        others = [n for n in nids if n not in alone]
+        for nid in alone:
+            if not others or not _first_rows_only(graph, nid):
+                continue
+            target = next((o for o in others if not nx.has_path(graph.g, nid, o)), None)
+            if target is None:
+                continue
+            t = graph.node(nid)["types"][0]
+            replace_uses(graph, Value(nid, 0, t), Value(target, 0, t))
+            ctx.count("removed", remove_unused(graph, [nid]))
+            ctx.count("shared")
     return graph

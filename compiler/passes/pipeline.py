@@ -8,6 +8,7 @@ import time
 
 from ..dims import assuming
 from ..ir import Graph
+from .batch_norm import share_batch_statistics
 from .cleanup import cse, dce
 from .edit import IRError, copy_graph, count_nodes
 from .fold import fold_constants
@@ -26,12 +27,14 @@ from .verify import verify as verify_graph
 #    then) and before any target's fold_weight_layout, which then folds the merged product's
 #    transpose of the whole weight.
 # 4. hoist_scan_invariants after simplify: a simplified body shows its invariants.
+# 5. share_batch_statistics after simplify (the slices of the statistics' rows are plain)
+#    and before CLEANUP (dce removes the batch_norm_stats node no longer read).
 REWRITES: list[Pass] = [check_types, fold_constants, simplify, merge_split_projections,
-                        hoist_scan_invariants]
+                        hoist_scan_invariants, share_batch_statistics]
 # A target's own folds go between REWRITES and CLEANUP (codegen/llvm/pipeline.py), so that:
-# 5. cse after the rewrites: simplified expressions are more often equal, and folded constants
+# 6. cse after the rewrites: simplified expressions are more often equal, and folded constants
 #    with equal values merge.
-# 6. dce last of the rewrites: it removes what the elaborator left unused (each rewrite removes
+# 7. dce last of the rewrites: it removes what the elaborator left unused (each rewrite removes
 #    what it replaced itself).
 CLEANUP: list[Pass] = [cse, dce]
 TARGET_INDEPENDENT: list[Pass] = [*REWRITES, *CLEANUP]

@@ -104,10 +104,11 @@ def _raw(kb, index: int) -> ir.Value:
 
 
 def props(node: dict) -> frozenset[Prop]:
-    """A fused node's kernel properties: its anchor's (a convolution's split by sample)."""
+    """A fused node's kernel properties: its anchor's (a convolution's split by sample), or
+    without one Prop.ELEMENTWISE (the group is an elementwise chain: fuse.py)."""
     anchor = node["attrs"].get("anchor")
     if anchor is None:
-        return frozenset()
+        return frozenset({Prop.ELEMENTWISE})
     return REGISTRY[node["attrs"]["body"].op(anchor)].props
 
 

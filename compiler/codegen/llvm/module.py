@@ -43,6 +43,7 @@ from .calling import (  # noqa: F401  (re-exported)
     plan_memory,
 )
 from .derived import derived_name, parse
+from .elementwise import FLAT_PARALLEL
 from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .irgen import i64
@@ -536,9 +537,10 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
 def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True,
             prepacked: frozenset[int] = frozenset(), precision: str = "f32") -> ir.Function:
-    if split and not serial and Prop.SAMPLEWISE in lowering.props:
+    min_work = _split_work(lowering, graph, nid, node) if split and not serial else None
+    if min_work is not None:
         split = _batch_split(module, lowering, nid, graph, node, layout, vector_width,
-                             prepacked, precision)
+                             prepacked, precision, min_work)
         if split is not None:
             return split
     # node ids repeat between a model and its scan bodies: number kernels per module
@@ -557,28 +559,80 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
     return kb.finish()
 
 
+def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int | None:
+    """The least work (samples times elements per sample of the result) at which a node's
+    kernel runs its batch on several threads (_batch_split), or None where it may not:
+
+    - an op with Prop.SAMPLEWISE (a convolution, alone or heading a fused epilogue): from 2
+      elements (so 2 samples), each sample a GEMM's worth of work;
+    - an elementwise op or fused chain with a broadcast operand (without one its flat loop
+      is shared by the threads already: elementwise.py), or a movement node its record's
+      `samplewise` rule accepts (a permute keeping axis 0 first, a pad leaving it alone):
+      from elementwise.FLAT_PARALLEL elements, below which threads cost more than they save.
+    """
+    if Prop.SAMPLEWISE in lowering.props:
+        return 2
+    operands = [v.type if v is not None else None for v in graph.operands(nid)]
+    if Prop.ELEMENTWISE in lowering.props:
+        out = node["types"][0]
+        if all(t is None or t.rank == 0 or t.shape == out.shape for t in operands):
+            return None
+        return FLAT_PARALLEL
+    rec = REGISTRY.get(node["op"])
+    if rec is not None and rec.samplewise is not None and rec.samplewise(operands,
+                                                                         node["attrs"]):
+        return FLAT_PARALLEL
+    return None
+
+
+def _sample_types(types: list, out: TensorType) -> str | None:
+    """The batch symbol of a kernel whose operand and result types are `types` (None where
+    absent) and first result `out`: the symbol `out` leads with, where every type that
+    mentions it has out's rank and leads with it, and mentions it nowhere else (a sample
+    kernel sees that symbol as its block's sample count); else None."""
+    batch = out.shape[0].symbol if out.rank else None
+    if batch is None:
+        return None
+    for t in types:
+        if t is None or not any(batch in d.symbols() for d in t.shape):
+            continue
+        if (t.rank != out.rank or t.shape[0].symbol != batch
+                or any(batch in d.symbols() for d in t.shape[1:])):
+            return None
+    return batch
+
+
 def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked,
-                 precision: str = "f32"):
-    """An op with Prop.SAMPLEWISE whose first input and outputs (a fused epilogue may have
-    several) lead with the same symbolic batch size runs its samples on several threads (each
-    a block of samples, with its GEMMs whole: no packing is done twice); one sample, or one
-    thread, runs the ordinary kernel."""
+                 precision: str = "f32", min_work: int = 2):
+    """A samplewise node (_split_work) whose first input and results (a fused epilogue may
+    have several) lead with the same symbolic batch size runs its samples on several threads
+    (each a block of samples, with its GEMMs whole: no packing is done twice), once the
+    samples times the elements of one sample of the result reach `min_work`; one sample, or
+    one thread, runs the ordinary kernel. An operand without the batch axis (a weight, a
+    per-channel operand broadcast over the batch) is read whole by every block."""
     operands = graph.operands(nid)
     first, out = operands[0].type, node["types"][0]
-    batch = first.shape[0].symbol if first.rank else None
-    if batch is None or any(not t.rank or t.shape[0].symbol != batch or t.rank != out.rank
-                            for t in node["types"]):
+    types = [v.type if v is not None else None for v in operands] + list(node["types"])
+    batch = _sample_types(types, out)
+    if (batch is None or first.rank == 0 or first.shape[0].symbol != batch
+            or any(not t.rank or t.shape[0].symbol != batch for t in node["types"])):
         return None
     whole = _kernel(module, lowering, nid, graph, node, layout, vector_width, split=False,
                     prepacked=prepacked, precision=precision)
     samples = _kernel(module, lowering, nid, graph, node, layout, vector_width, serial=True,
                       prepacked=prepacked, precision=precision)
-    types = [v.type if v is not None else None for v in operands] + list(node["types"])
     index = layout.symbols.index(batch)
 
-    def shift(b, pointers, sizes, row0):
+    def sizes_of(b) -> KernelBuilder:
         kb = KernelBuilder(ir.Module("scratch"), "scratch", layout.symbols)
         kb.b, kb.dims_ptr = b, b.function.args[1]  # the model's sizes (whole batch)
+        return kb
+
+    def work(b, _sizes):  # the result's elements: samples times one sample's
+        return sizes_of(b).numel(out.shape)
+
+    def shift(b, pointers, sizes, row0):
+        kb = sizes_of(b)
         moved = list(pointers)
         for i, t in enumerate(types):
             if t is not None and t.rank == out.rank and t.shape[0].symbol == batch:
@@ -587,8 +641,8 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
         return moved, list(sizes)
 
     return parallel_rows(module, samples, len(types), max(1, len(layout.symbols)), shift,
-                         min_rows=1, min_work=2, rows_index=index,
-                         work=lambda b, sizes: sizes[index], alone=whole,
+                         min_rows=1, min_work=min_work, rows_index=index, work=work,
+                         alone=whole,
                          name=f"{samples.name}_samples")
 
 

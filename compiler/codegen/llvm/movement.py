@@ -58,16 +58,50 @@ class MovementKernels:
         else:
             self.view_copy(n, ir.Constant(I64, 0), strides)
 
-    def tiled_view_copy(self, n, strides: list[ir.Value], inner: int) -> None:
+    def padded_permute(self, n, perm, widths) -> None:
+        """out = x permuted by perm inside a border of zeros, widths[k] = (before, after) on
+        result axis k: the border zeroed slab by slab (each a memset), then the interior
+        written as `permute` writes its result, at its offset in the output."""
+        x_t, out_t = n.in_types[0], n.out_types[0]
+        out = self.output()
+        out_strides = self.strides(out_t.shape)
+        sizes = [self.dim(x_t.shape[p]) for p in perm]
+        befores = [self.dim(lo) for lo, _ in widths]
+        padded = [a for a, (lo, hi) in enumerate(widths) if lo != 0 or hi != 0]
+
+        def border(axis: int, at: ir.Value) -> None:  # out[at + ...] with axes < axis fixed
+            row, before = out_strides[axis], befores[axis]
+            after = self.b.add(before, sizes[axis])
+            self.zero_elements(out, at, self.b.mul(before, row), out_t.dtype)
+            self.zero_elements(out, self.b.add(at, self.b.mul(after, row)), self.b.mul(
+                self.b.sub(self.dim(out_t.shape[axis]), after), row), out_t.dtype)
+            if axis < padded[-1]:
+                with self.for_range(sizes[axis]) as i:
+                    border(axis + 1, self.b.add(at, self.b.mul(self.b.add(before, i), row)))
+
+        if padded:
+            border(0, ir.Constant(I64, 0))
+        x_strides = self.strides(x_t.shape)
+        strides = [x_strides[p] for p in perm]
+        interior = (sizes, out_strides, self.dot(befores, out_strides))
+        rank = len(perm)
+        if rank >= 2 and perm[-1] != rank - 1:
+            self.tiled_view_copy(n, strides, perm.index(rank - 1), interior)
+        else:
+            self.view_copy(n, ir.Constant(I64, 0), strides, interior)
+
+    def tiled_view_copy(self, n, strides: list[ir.Value], inner: int,
+                        interior: tuple | None = None) -> None:
         """view_copy (base 0) walking result axes `inner` (x's contiguous one) and the last in
         TILE x TILE blocks: element by element, a transpose reads each x cache line for one
         element and has left it by the next. A whole block is TILE vectors of x (each along
         x's contiguous axis) transposed in registers (`transposed`) and stored as TILE
-        vectors of the result's rows; the blocks at the edges go element by element."""
-        out_t = n.out_types[0]
+        vectors of the result's rows; the blocks at the edges go element by element.
+        `interior`: (sizes, the output's strides, offset) of a region of a larger output to
+        write instead (padded_permute)."""
         x, out = self.input(0), self.output()
-        out_strides = self.strides(out_t.shape)
-        sizes = [self.dim(d) for d in out_t.shape]
+        sizes, out_strides, offset = interior or self._whole_output(n)
+        out = self.b.gep(out, [offset])
         last = len(sizes) - 1
         outer = [a for a in range(len(sizes)) if a not in (inner, last)]
         tile = ir.Constant(I64, TILE)
@@ -108,18 +142,25 @@ class MovementKernels:
 
         self.loop_nest([sizes[a] for a in outer], tiles)
 
-    def view_copy(self, n, base: ir.Value, strides: list[ir.Value]) -> None:
+    def view_copy(self, n, base: ir.Value, strides: list[ir.Value],
+                  interior: tuple | None = None) -> None:
         """out[i0, i1, ...] = x[base + i0 * strides[0] + i1 * strides[1] + ...]: a strided view
-        of input 0 (strides may be negative or 0) copied out element by element, as stored."""
-        out_t = n.out_types[0]
+        of input 0 (strides may be negative or 0) copied out element by element, as stored;
+        `interior` as tiled_view_copy's."""
         x, out = self.input(0), self.output()
-        out_strides = self.strides(out_t.shape)
+        sizes, out_strides, offset = interior or self._whole_output(n)
+        out = self.b.gep(out, [offset])
 
         def body(index):
             self.move(out, self.dot(index, out_strides), x,
                       self.b.add(base, self.dot(index, strides)))
 
-        self.loop_nest([self.dim(d) for d in out_t.shape], body)
+        self.loop_nest(sizes, body)
+
+    def _whole_output(self, n) -> tuple:
+        """(sizes, strides, offset 0) of the whole of output 0."""
+        shape = n.out_types[0].shape
+        return [self.dim(d) for d in shape], self.strides(shape), ir.Constant(I64, 0)
 
     def move(self, dst: ir.Value, dst_at: ir.Value, src: ir.Value, src_at: ir.Value) -> None:
         """dst[dst_at] = src[src_at], as stored (no conversion)."""

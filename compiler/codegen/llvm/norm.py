@@ -4,9 +4,12 @@ f64) and batch norm, with running statistics or (in training mode) the batch's.
 
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 
-from .abi import F32, F64
+from ...dims import Dim
+from .abi import F32, F64, I64
 from .microkernels import tiling
 from .reductions import RowVectors
 from .spatial import ZERO, mean_of
@@ -128,41 +131,71 @@ def _affine(kb, value, weight, bias, index, dtype: str) -> ir.Value:
 def batch_norm(kb, n, eps: float) -> None:
     """(x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c], with the running statistics,
     or in training mode the batch's: mean and biased variance of channel c over the batch and
-    spatial axes (two passes, sums in f64, as `normalize`)."""
+    spatial axes (two passes, sums in f64, as `normalize`). Channels are independent: in f32
+    the module's threads share them (`over_channels`)."""
     x_t = n.in_types[0]
     dtype = x_t.dtype
+    training = n.attrs["training"]
+    names = ["x", "weight", "bias"] + ([] if training else ["running_mean", "running_var"])
+    given = [name for name in names if kb.input(name) is not None]
+
+    def emit(kb, ptrs, first, count, batch, channels, spatial):
+        p = dict(zip(given, ptrs[:-1], strict=True))
+        x, y, weight, bias = p["x"], ptrs[-1], p.get("weight"), p.get("bias")
+        b = kb.b
+
+        def start(s, c):  # where sample s's channel c begins
+            return b.mul(b.add(b.mul(s, channels), c), spatial)
+
+        if training:
+            def statistics(c):
+                mean = _channel_mean(kb, x, batch, spatial, lambda s: start(s, c), dtype)
+
+                def square(value):
+                    centered = kb.fsub(value, mean)
+                    return kb.fmul(centered, centered)
+
+                return mean, _channel_mean(kb, x, batch, spatial, lambda s: start(s, c),
+                                           dtype, square)
+        else:
+            def statistics(c):
+                return (kb.load(p["running_mean"], c, dtype),
+                        kb.load(p["running_var"], c, dtype))
+
+        with kb.for_range(count) as j:
+            c = b.add(first, j)
+            mean, var = statistics(c)
+            root = kb.intrinsic("sqrt", kb.fadd(var, kb.const(eps, dtype)))
+            with kb.for_range(batch) as s, kb.for_range(spatial) as i:
+                at = b.add(start(s, c), i)
+                value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
+                kb.store(y, at, _affine(kb, value, weight, bias, c, dtype), dtype)
+
+    over_channels(kb, n, [kb.input(name) for name in given] + [kb.output()], emit)
+
+
+def over_channels(kb, n, buffers: list[ir.Value], emit) -> None:
+    """emit(kb, buffers, first, count, batch, channels, spatial) computes channels first ..
+    first + count of x [batch, channels, *spatial] (n's input 0): in f32 on channels the
+    module's threads share (kb.over_rows, each channel a row of batch * spatial elements),
+    other dtypes on this thread."""
+    x_t = n.in_types[0]
     b = kb.b
-    x, y = kb.input("x"), kb.output()
-    weight, bias = kb.input("weight"), kb.input("bias")
     batch, channels = kb.dim(x_t.shape[0]), kb.dim(x_t.shape[1])
     spatial = kb.numel(x_t.shape[2:])
+    if x_t.dtype != "f32":
+        emit(kb, buffers, ZERO, channels, batch, channels, spatial)
+        return
 
-    def start(s, c):  # where sample s's channel c begins
-        return b.mul(b.add(b.mul(s, channels), c), spatial)
+    # sizes known at compile time stay constants in the range function (known trip counts)
+    dims = [x_t.shape[0], x_t.shape[1], math.prod(x_t.shape[2:], start=Dim.of(1))]
 
-    if n.attrs["training"]:
-        def statistics(c):
-            mean = _channel_mean(kb, x, batch, spatial, lambda s: start(s, c), dtype)
+    def rows(rkb, ptrs, first, count, _length, *sizes):
+        emit(rkb, ptrs, first, count, *(ir.Constant(I64, d.value) if d.is_const else size
+                                         for d, size in zip(dims, sizes, strict=True)))
 
-            def square(value):
-                centered = kb.fsub(value, mean)
-                return kb.fmul(centered, centered)
-
-            return mean, _channel_mean(kb, x, batch, spatial, lambda s: start(s, c), dtype,
-                                       square)
-    else:
-        running_mean, running_var = kb.input("running_mean"), kb.input("running_var")
-
-        def statistics(c):
-            return kb.load(running_mean, c, dtype), kb.load(running_var, c, dtype)
-
-    with kb.for_range(channels) as c:
-        mean, var = statistics(c)
-        root = kb.intrinsic("sqrt", kb.fadd(var, kb.const(eps, dtype)))
-        with kb.for_range(batch) as s, kb.for_range(spatial) as i:
-            at = b.add(start(s, c), i)
-            value = kb.fdiv(kb.fsub(kb.load(x, at, dtype), mean), root)
-            kb.store(y, at, _affine(kb, value, weight, bias, c, dtype), dtype)
+    kb.over_rows("channels", buffers, channels, b.mul(batch, spatial), rows,
+                 extra=(batch, channels, spatial))
 
 
 def _channel_mean(kb, x, batch: ir.Value, spatial: ir.Value, start, dtype: str,
@@ -190,44 +223,46 @@ def batch_norm_stats(kb, n) -> None:
     summing x and dy, then one summing the centered terms (sums in f64, reassociated as the
     reductions' are, so vectorised; the mean rounded to the compute type first, as the
     forward kernel's). A channel's values are read twice in a row, the second time from
-    cache."""
-    x_t = n.in_types[0]
-    dtype = x_t.dtype
-    b = kb.b
-    x, dy, out = kb.input("x"), kb.input("dy"), kb.output()
-    batch, channels = kb.dim(x_t.shape[0]), kb.dim(x_t.shape[1])
-    spatial = kb.numel(x_t.shape[2:])
+    cache; channels are shared by threads as batch_norm's are."""
+    dtype = n.in_types[0].dtype
     f64 = ir.DoubleType()
     zero = ir.Constant(f64, 0.0)
-    count = b.sitofp(b.mul(batch, spatial), f64)
 
-    with kb.for_range(channels) as c:
-        def fold(step):  # step(accs, x value, dy value) over channel c's values, in f64
-            def sample(accs, s):
-                base = b.mul(b.add(b.mul(s, channels), c), spatial)
+    def emit(kb, ptrs, first, count_c, batch, channels, spatial):
+        x, dy, out = ptrs
+        b = kb.b
+        count = b.sitofp(b.mul(batch, spatial), f64)
+        with kb.for_range(count_c) as j:
+            c = b.add(first, j)
 
-                def each(inner, i):
-                    at = b.add(base, i)
-                    return step(inner, kb.load(x, at, dtype), kb.load(dy, at, dtype))
+            def fold(step):  # step(accs, x value, dy value) over channel c's values, in f64
+                def sample(accs, s):
+                    base = b.mul(b.add(b.mul(s, channels), c), spatial)
 
-                return kb.accumulate(ZERO, spatial, accs, each)
+                    def each(inner, i):
+                        at = b.add(base, i)
+                        return step(inner, kb.load(x, at, dtype), kb.load(dy, at, dtype))
 
-            return kb.accumulate(ZERO, batch, (zero, zero), sample)
+                    return kb.accumulate(ZERO, spatial, accs, each)
 
-        def wide(v):
-            return kb.convert(v, "f64")
+                return kb.accumulate(ZERO, batch, (zero, zero), sample)
 
-        x_sum, dy_sum = fold(lambda accs, v, g: (kb.fadd(accs[0], wide(v)),
-                                                 kb.fadd(accs[1], wide(g))))
-        mean = kb.convert(b.fdiv(x_sum, count), dtype)
+            def wide(v):
+                return kb.convert(v, "f64")
 
-        def centered_terms(accs, v, g):
-            centered = kb.fsub(v, mean)
-            return (kb.fadd(accs[0], wide(kb.fmul(centered, centered))),
-                    kb.fadd(accs[1], wide(kb.fmul(g, centered))))
+            x_sum, dy_sum = fold(lambda accs, v, g: (kb.fadd(accs[0], wide(v)),
+                                                     kb.fadd(accs[1], wide(g))))
+            mean = kb.convert(b.fdiv(x_sum, count), dtype)
 
-        squares, products = fold(centered_terms)
-        rows = (mean, kb.convert(b.fdiv(squares, count), dtype), kb.convert(dy_sum, dtype),
-                kb.convert(products, dtype))
-        for k, value in enumerate(rows):
-            kb.store(out, b.add(b.mul(ir.Constant(c.type, k), channels), c), value, dtype)
+            def centered_terms(accs, v, g):
+                centered = kb.fsub(v, mean)
+                return (kb.fadd(accs[0], wide(kb.fmul(centered, centered))),
+                        kb.fadd(accs[1], wide(kb.fmul(g, centered))))
+
+            squares, products = fold(centered_terms)
+            rows = (mean, kb.convert(b.fdiv(squares, count), dtype), kb.convert(dy_sum, dtype),
+                    kb.convert(products, dtype))
+            for k, value in enumerate(rows):
+                kb.store(out, b.add(b.mul(ir.Constant(c.type, k), channels), c), value, dtype)
+
+    over_channels(kb, n, [kb.input("x"), kb.input("dy"), kb.output()], emit)

@@ -157,24 +157,26 @@ class ReductionKernels:
                            kb, *ptrs, start, count, length, width, log))
 
     def over_rows(self, suffix: str, buffers: list[ir.Value], rows: ir.Value,
-                  length: ir.Value, emit) -> None:
-        """emit(kb, buffers, start, count, length) computes rows start .. start + count of
-        `length` f32 elements each; here it runs on rows 0 .. rows, in a range function the
-        module's threads share when there are enough rows (in a kernel that already runs on
-        several threads, inline)."""
+                  length: ir.Value, emit, extra: tuple[ir.Value, ...] = ()) -> None:
+        """emit(kb, buffers, start, count, length, *extra) computes rows start .. start +
+        count of `length` f32 elements each (`extra`: more sizes it needs); here it runs on
+        rows 0 .. rows, in a range function the module's threads share when there are enough
+        rows (in a kernel that already runs on several threads, inline)."""
         zero = ir.Constant(I64, 0)
         if self.serial:
-            emit(self, buffers, zero, rows, length)
+            emit(self, buffers, zero, rows, length, *extra)
             return
         inner = self.helper(suffix)
-        start, count, size = (irgen.element(inner.b, inner.dims_ptr, i) for i in range(3))
-        emit(inner, [inner.buffer(i, "f32") for i in range(len(buffers))], start, count, size)
-        fn = parallel_rows(self.module, inner.finish(), len(buffers), 3,
+        start, count, size, *more = (irgen.element(inner.b, inner.dims_ptr, i)
+                                     for i in range(3 + len(extra)))
+        emit(inner, [inner.buffer(i, "f32") for i in range(len(buffers))], start, count, size,
+             *more)
+        fn = parallel_rows(self.module, inner.finish(), len(buffers), 3 + len(extra),
                            lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
-                                                                      sizes[1], sizes[2]]),
+                                                                      *sizes[1:]]),
                            min_rows=ROWS_BLOCK, min_work=ROWS_PARALLEL, rows_index=1,
                            work=lambda b, sizes: b.mul(sizes[1], sizes[2]), oversplit=2)
-        self.call_kernel(fn, buffers, [zero, rows, length], suffix)
+        self.call_kernel(fn, buffers, [zero, rows, length, *extra], suffix)
 
 
 class RowVectors:
