@@ -422,16 +422,16 @@ class ScanEmitter:
         packed = self._captured_b(body)  # {body input: its outer operand's index}
         nr = tiling(parent.vector_width).nr
         panels_of: dict[int, ir.Value] = {}
+        sizes_of: dict[int, list[ir.Value]] = {}
         for body_input, k in packed.items():
-            depth, width = (kb.dim(d) for d in operands[k].type.shape)
+            depth, width = sizes_of[body_input] = [kb.dim(d) for d in operands[k].type.shape]
             count = b.mul(b.mul(b.sdiv(b.add(width, i64(nr - 1)), i64(nr)), i64(nr)), depth)
             panels_of[body_input] = b.call(malloc, [b.add(b.mul(count, i64(4)), i64(ALIGN))])
             owned.append(panels_of[body_input])
         with kb.allocated(owned, "a scan's buffers"):
             for body_input, k in packed.items():
-                depth, width = (kb.dim(d) for d in operands[k].type.shape)
                 kb.call_kernel(_b_packer(kb, nr), [arg[k], panels_of[body_input]],
-                               [depth, width], "pack_b")
+                               sizes_of[body_input], "pack_b")
             for k, t in enumerate(carry_types):
                 _memcpy(kb, b.load(cur_p[k]), arg[k], t)
             with kb.for_range(length) as s:
