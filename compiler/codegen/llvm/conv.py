@@ -348,9 +348,7 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         first_out = b.mul(g, per_out)
         y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
                              out_plane)])
-        with kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
-            kb.store(y0, b.add(b.mul(o, out_plane), q),
-                     _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
+        _fill_with_bias(kb, n, y0, first_out, per_out, out_plane)
         if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
             nr = tiling(kb.vector_width).nr
             group_floats = b.mul(per_in, i64(-(-row.value // nr) * nr))
@@ -379,9 +377,8 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
     out_plane = b.mul(out_h, out_w)
     batch = kb.dim(n.in_types[0].shape[0])
     sample_out = b.mul(per_out, out_plane)
-    with kb.for_range(batch) as s, kb.for_range(per_out) as o, kb.for_range(out_plane) as q:
-        kb.store(y, b.add(b.mul(s, sample_out), b.add(b.mul(o, out_plane), q)),
-                 _bias_or_zero(kb, n, o, "f32"), "f32")
+    with kb.for_range(batch) as s:
+        _fill_with_bias(kb, n, b.gep(y, [b.mul(s, sample_out)]), ZERO, per_out, out_plane)
     weights = (PackedB(w, channels) if 1 in n.prepacked else Matrix(w, width))
     with kb.for_range(batch, step=chunk.constant) as s0:
         count = b.select(b.icmp_signed("<", chunk, b.sub(batch, s0)), chunk, b.sub(batch, s0))
@@ -390,6 +387,15 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
         with kb.for_range(count) as r:
             _col2im(kb, win, b.gep(y, [b.mul(b.add(s0, r), sample_out)]),
                     b.gep(cols, [b.mul(r, width)]), ZERO, per_out, (out_h, out_w))
+
+
+def _fill_with_bias(kb, n, y0, first_out, channels, plane) -> None:
+    """y0's `channels` planes of `plane` floats set to bias[first_out + o] (0 without bias):
+    what a transposed convolution's scatter then adds to."""
+    b = kb.b
+    with kb.for_range(channels) as o, kb.for_range(plane) as q:
+        kb.store(y0, b.add(b.mul(o, plane), q),
+                 _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
 
 
 def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
