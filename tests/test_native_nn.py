@@ -192,6 +192,40 @@ def test_conv_with_prepacked_weights_on_threads(c, o, k, s, g, size):
         np.testing.assert_array_equal(native(x), alone(x))
 
 
+PACKED_AND_PLAIN = """
+import std.nn
+model P(plain: bool) {
+  conv = nn.Conv2d(8, 12, 3, padding = 1)
+  fc = nn.Linear(12, 5)
+  forward(x: f32[B, 8, 9, 9]) {
+    y = relu(x |> conv) |> mean(axis = [2, 3]) |> fc
+    return (y + sum(conv.weight)) if plain else y
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_weight_read_only_packed_is_bound_only_packed(plain):
+    """A weight that every kernel reads packed (the conv's A panels, the linear layer's B
+    panels) is not an array of the compiled model: only its packed form is made and kept
+    when the weights are bound. One that a kernel also reads as it is (`sum(conv.weight)`)
+    is bound both ways. Either way the results are the reference's."""
+    native = kiln.compile(PACKED_AND_PLAIN, args={"plain": plain}, seed=3)
+    ref = kiln.compile(PACKED_AND_PLAIN, args={"plain": plain}, target="reference", seed=3)
+    names = native.native_arrays()
+    assert any(n.startswith("prepack_a(") and "conv.weight" in n for n in names), names
+    assert any(n.startswith("prepack_b(") and "fc.weight" in n for n in names), names
+    assert ("conv.weight" in names) == plain, names
+    assert not any(n == "fc.weight" or n.startswith("permute(") for n in names), names
+    x = RNG.standard_normal((3, 8, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-4)
+    new = {k: RNG.standard_normal(v.shape).astype(np.float32) for k, v in native.params.items()}
+    native.load_weights(new)  # the packed arrays remade from the new weights alone
+    ref.load_weights(new)
+    np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_with_constant_sizes_batches_and_1d_operands():
     check({"a": "f32[B, 3, 13, 7]", "b": "f32[7, 33]", "c": "f32[3, 7, 6]", "v": "f32[7]",
            "u": "f32[13]", "p": "f32[B, 1, 5, 7]", "q": "f32[2, 7, 70]", "s": "f32[13, 37]",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llvmlite import ir
@@ -143,6 +143,15 @@ class _Frame:
 
 
 @dataclass(frozen=True)
+class _ParamRef:
+    """Where a param or constant node's value lives, before any kernel reads it (its pointer
+    is made at each use: GraphEmitter.pointer)."""
+
+    nid: int
+    node: dict = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Lowering:
     """How a node becomes a kernel: its name (in the kernel's), the function that builds the
     kernel's body, `build(kernel_builder, native_node)`, and the op's properties."""
@@ -195,14 +204,16 @@ class GraphEmitter(GraphVisitor):
         for i, o in enumerate(graph.outputs):  # an output that is an input, a param, repeated
             key = (o.node, o.index)
             if out_index.get(key) != i or graph.op(o.node) in STRUCTURAL_OPS:
-                _copy(self.module, b, where[key], outputs[i], o.type, self.dims_p,
-                      self.layout.symbols, self.status_p)
+                _copy(self.module, b, self.pointer(b, where[key]), outputs[i], o.type,
+                      self.dims_p, self.layout.symbols, self.status_p)
 
     def visit_input(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
         f.where[(nid, 0)] = f.inputs[f.input_index[nid]]
 
     def visit_param(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
-        f.where[(nid, 0)] = irgen.element(f.b, self.params_p, self.param_index(nid, node))
+        # listed in `params` (and so bound, stored and kept alive) only when some kernel reads
+        # it as it is: a weight that every reader takes packed is not an array of the model
+        f.where[(nid, 0)] = _ParamRef(nid, node)
 
     visit_constant = visit_param
 
@@ -221,28 +232,38 @@ class GraphEmitter(GraphVisitor):
                          anchor_weight(node))
 
     def visit_scan(self, graph: Graph, nid: int, node: dict, f: _Frame) -> None:
-        args = self.pointers(f, graph, nid, node)
+        args = self.pointers(f, graph, nid, node, set())
         kernel = ScanEmitter(self, graph, nid, node).function()
         args.append(f.b.bitcast(self.params_p, PTR))
         self.call(f, kernel, args, nid)
 
-    def pointers(self, f: _Frame, graph: Graph, nid: int, node: dict) -> list[ir.Value]:
+    def pointers(self, f: _Frame, graph: Graph, nid: int, node: dict, packed: set[int]
+                 ) -> list[ir.Value]:
         """The pointers a node's kernel takes: its operands', then its results' (each placed
-        here: a model output, or an intermediate's slot)."""
+        here: a model output, or an intermediate's slot); a null one at each slot in `packed`
+        (the caller passes the weight's packed array there instead)."""
         for i, t in enumerate(node["types"]):
             key = (nid, i)
             f.where[key] = (f.outputs[f.out_index[key]] if key in f.out_index
                             else f.slot(t, nid, f.last_use.get(key, f.position[nid])))
-        args = [f.where[(v.node, v.index)] if v is not None else ir.Constant(PTR, None)
-                for v in graph.operands(nid)]
+        args = [self.pointer(f.b, f.where[(v.node, v.index)])
+                if v is not None and i not in packed else ir.Constant(PTR, None)
+                for i, v in enumerate(graph.operands(nid))]
         return args + [f.where[(nid, i)] for i in range(len(node["types"]))]
+
+    def pointer(self, b: ir.IRBuilder, where: ir.Value | _ParamRef) -> ir.Value:
+        """A value's pointer; a param's or constant's from the parameter array, listing it
+        in `params` now (at its first use as it is)."""
+        if isinstance(where, _ParamRef):
+            return irgen.element(b, self.params_p, self.param_index(where.nid, where.node))
+        return where
 
     def call_kernel(self, f: _Frame, graph: Graph, nid: int, node: dict, lowering: Lowering,
                     weight: tuple[dict, int] | None) -> None:
         """Build the node's kernel by `lowering` and call it; `weight`: the GEMM op node and
         the input slot of its weight, which may be stored packed."""
-        args = self.pointers(f, graph, nid, node)
         prepacked = self.prepacked_weights(graph, nid, weight)
+        args = self.pointers(f, graph, nid, node, set(prepacked))
         for index, name in prepacked.items():
             args[index] = (name if isinstance(name, ir.Value) else
                            irgen.element(f.b, self.params_p, self.layout.param(name)))
@@ -304,7 +325,7 @@ class GraphEmitter(GraphVisitor):
             src_nid, src_node = self.captured[src_nid]
         if src_node["op"] not in ("param", "constant"):
             return {}
-        name = self.layout.params[self.param_index(src_nid, src_node)]
+        name = self.param_name(src_nid, src_node)
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
         if layout == WINOGRAD and not bf16.gemm_over_winograd(self.module, self.precision):
@@ -316,9 +337,13 @@ class GraphEmitter(GraphVisitor):
         return {slot: derived_name("prepack_a" + suffix, name, kc=t.kc, groups=groups)}
 
     def param_index(self, nid: int, node: dict) -> int:
-        """The index in `params` of a param or constant node's array. A constant derived from a
-        weight by a name `resolve` knows (a weight.T) is listed by that name, so that new
-        weights remake it; other constants are `const:N`, their values kept in the layout."""
+        """The index in `params` of a param or constant node's array (listed now if new)."""
+        return self.layout.param(self.param_name(nid, node))
+
+    def param_name(self, nid: int, node: dict) -> str:
+        """The name of a param or constant node's array. A constant derived from a weight by
+        a name `resolve` knows (a weight.T) has that name, so that new weights remake it;
+        other constants are `const:N`, their values kept in the layout."""
         layout = self.layout
         derived = node["attrs"].get("derived")
         if node["op"] == "param":
@@ -333,7 +358,7 @@ class GraphEmitter(GraphVisitor):
             layout.constants[name] = node["attrs"]["value"]
             if derived is not None:
                 layout.folded.add(name)
-        return layout.param(name)
+        return name
 
 
 class ScanEmitter:

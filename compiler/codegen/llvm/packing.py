@@ -58,18 +58,39 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
 
+_CHUNK = 1 << 14  # columns per product: its float64 operands stay in the caches
+
+
+def _transformed(columns: np.ndarray) -> np.ndarray:
+    """The filters `columns` ([9, n], each a row-major 3x3 g) transformed, in float64 and
+    rounded once: [36, n] float32, as vec(G g G^T) = (G kron G) vec(g), one product a chunk
+    of columns at a time."""
+    kron = np.kron(G, G)  # [36, 9]
+    out = np.empty((ALPHA * ALPHA, columns.shape[1]), np.float32)
+    for at in range(0, columns.shape[1], _CHUNK):
+        out[:, at:at + _CHUNK] = kron @ columns[:, at:at + _CHUNK].astype(np.float64)
+    return out
+
+
 def weight_transform(weight: np.ndarray) -> np.ndarray:
     """U[xi, c, o] = (G g[o, c] G^T)[xi] of a weight [O, C, 3, 3], in float64, rounded once:
     [36, C, O]."""
-    u = np.einsum("ai,ocij,bj->abco", G, np.asarray(weight, dtype=np.float64), G)
-    return u.reshape(ALPHA * ALPHA, weight.shape[1], weight.shape[0]).astype(np.float32)
+    o, c = weight.shape[:2]
+    columns = np.asarray(weight, dtype=np.float32).reshape(o, c, 9).transpose(2, 1, 0)
+    return _transformed(np.ascontiguousarray(columns).reshape(9, -1)).reshape(-1, c, o)
 
 
 def winograd_b(weight: np.ndarray, nr: int) -> np.ndarray:
     """The derived array `winograd_b(nr=NR):W`: U as 36 prepacked GEMM B operands, each
-    [C, O] in NR-wide panels ([36, O/NR panels, C, NR], zero past O)."""
-    u = weight_transform(weight)  # [36, C, O]: 36 groups of C rows
-    return prepack_b(u.reshape(-1, u.shape[2]), ALPHA * ALPHA, nr)
+    [C, O] in NR-wide panels ([36, O/NR panels, C, NR], zero past O). The filters are put in
+    that order first (the sum's 9 taps outermost), so that one product writes U in place."""
+    o, c = weight.shape[:2]
+    panels = -(-o // nr)
+    filters = np.zeros((panels * nr, c, 9), np.float32)
+    filters[:o] = np.asarray(weight, dtype=np.float32).reshape(o, c, 9)
+    columns = filters.reshape(panels, nr, c, 9).transpose(3, 0, 2, 1)  # [9, panels, C, NR]
+    return _transformed(np.ascontiguousarray(columns).reshape(9, -1)).reshape(
+        ALPHA * ALPHA, panels, c, nr)
 
 
 WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM

@@ -102,6 +102,8 @@ class _Pool:
         self.__init__(self.module)
         self._worker()
         self._shutdown()
+        self._acquirer()
+        self._runner()
 
     # ------------------------------------------------------------------ helpers
     def slot(self, b: ir.IRBuilder, array: ir.GlobalVariable, i: ir.Value) -> ir.Value:
@@ -228,9 +230,57 @@ class _Pool:
         b.position_at_end(done)
 
     # ------------------------------------------------------------------ the dispatcher
+    # One function each (`kiln_pool_acquire`, `kiln_pool_run`) that every parallel region
+    # calls, rather than its own copy of them: less code to build and for LLVM to compile.
     def acquire(self, b: ir.IRBuilder, wanted: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Take the pool for one parallel region: (i1 taken, workers available). Starts the
         workers missing for `wanted` threads (after a fork, the child's own)."""
+        got = b.call(self.module.globals["kiln_pool_acquire"], [wanted])
+        return b.icmp_signed(">=", got, ir.Constant(I64, 0)), got
+
+    def run(self, b: ir.IRBuilder, claim: ir.Function, ctx: ir.Value, last: ir.Value) -> None:
+        """claim(ctx) on this thread and on each of workers 1 .. last that is idle; returns
+        when all of them are done with it (a worker that had not started it: taken back)."""
+        b.call(self.module.globals["kiln_pool_run"], [b.bitcast(claim, PTR), ctx, last])
+
+    def _function(self, name: str, ret, args: list) -> tuple[ir.Function, ir.IRBuilder]:
+        fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")  # one copy, called by every region
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def _acquirer(self) -> None:
+        """i64 kiln_pool_acquire(i64 wanted): the workers available once the pool is taken
+        for this caller, or -1 when another caller has it."""
+        fn, b = self._function("kiln_pool_acquire", I64, [I64])
+        taken, workers = self._acquire(b, fn.args[0])
+        b.ret(b.select(taken, workers, ir.Constant(I64, -1)))
+
+    def _runner(self) -> None:
+        """void kiln_pool_run(i8* claim, i8* ctx, i64 last): see `run`."""
+        fn, b = self._function("kiln_pool_run", VOID, [PTR, PTR, I64])
+        claim = b.bitcast(fn.args[0], _START.as_pointer())
+        ctx, last = fn.args[1], fn.args[2]
+        generations = b.alloca(I32, MAX_THREADS, name="generations")
+        posted = b.alloca(I1, MAX_THREADS, name="posted")
+
+        def post(t):  # workers 1 .. last, those that are idle
+            ready = self.idle(b, t)
+            b.store(ready, b.gep(posted, [t]))
+            with b.if_then(ready):
+                b.store(self.post(b, t, claim, ctx), b.gep(generations, [t]))
+
+        self._each(b, last, post)
+        b.call(claim, [ctx])
+
+        def finish(t):
+            with b.if_then(b.load(b.gep(posted, [t]))):
+                self.finish(b, t, b.load(b.gep(generations, [t])))
+
+        self._each(b, last, finish)
+        b.ret_void()
+
+    def _acquire(self, b: ir.IRBuilder, wanted: ir.Value) -> tuple[ir.Value, ir.Value]:
         pair = b.cmpxchg(self.busy, ir.Constant(I32, 0), ir.Constant(I32, 1), "acquire",
                          "monotonic")
         taken = b.extract_value(pair, 1)
@@ -419,8 +469,6 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, m
         block_sizes = b.alloca(I64, MAX_BLOCKS * n_sizes, name="block_sizes")
         context = b.alloca(PTR, 5, name="context")
         counter = b.alloca(I64, name="next_block")
-        generations = b.alloca(I32, MAX_THREADS, name="generations")
-        posted = b.alloca(I1, MAX_THREADS, name="posted")
 
     def describe(t):  # block t's pointers and sizes
         row0 = b.mul(t, per)
@@ -442,19 +490,5 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, m
         b.store(v, b.gep(context, [ir.Constant(I64, i)]))
     ctx = b.bitcast(context, PTR)
 
-    def post(t):  # workers 1 .. count - 1, those that are idle
-        ready = pool.idle(b, t)
-        b.store(ready, b.gep(posted, [t]))
-        with b.if_then(ready):
-            b.store(pool.post(b, t, claim, ctx), b.gep(generations, [t]))
-
     helpers = b.sub(count, ir.Constant(I64, 1))
-    last = smaller(b, blocks, helpers)
-    pool._each(b, last, post)
-    b.call(claim, [ctx])
-
-    def finish(t):
-        with b.if_then(b.load(b.gep(posted, [t]))):
-            pool.finish(b, t, b.load(b.gep(generations, [t])))
-
-    pool._each(b, last, finish)
+    pool.run(b, claim, ctx, smaller(b, blocks, helpers))

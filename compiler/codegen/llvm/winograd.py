@@ -150,11 +150,11 @@ def _conv_winograd(kb, n, win: Window) -> None:
                         lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
                                        b_.mul(z[1], z[2])], _input_rows,
                         lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
-            for k in range(xi):
+            with kb.for_range(i64(xi)) as k:  # a loop, not 36 calls: less code to build
                 gemm(kb, tiles, outs, channels,
-                     Matrix(b.gep(v, [b.mul(i64(k), b.mul(tiles, channels))]), channels),
-                     PackedB(b.gep(u, [b.mul(i64(k), u_step)]), channels),
-                     Matrix(b.gep(m, [b.mul(i64(k), b.mul(tiles, outs))]), outs))
+                     Matrix(b.gep(v, [b.mul(k, b.mul(tiles, channels))]), channels),
+                     PackedB(b.gep(u, [b.mul(k, u_step)]), channels),
+                     Matrix(b.gep(m, [b.mul(k, b.mul(tiles, outs))]), outs))
             _by_channel(kb, "wino_out", [m, yt], [th, tw, outs, tiles],
                         lambda b_, z: [b_.mul(z[1], z[2]),
                                        b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
