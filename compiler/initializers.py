@@ -87,10 +87,19 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 # ---- the random primitive: uniforms in (0, 1), and the normal quantile ----
 
 
+_CHUNK = 1 << 15  # elements per pass of the samplers' arithmetic: its temporaries stay cached
+
+
 def _uniform01(bits: np.random.PCG64, shape: tuple[int, ...]) -> np.ndarray:
     """Uniforms in the open interval (0, 1), 53 random bits each."""
-    raw = bits.random_raw(math.prod(shape)).reshape(shape)
-    return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    raw = bits.random_raw(math.prod(shape))
+    out = np.empty(raw.shape, np.float64)
+    for at in range(0, raw.size, _CHUNK):  # ((raw >> 11) + 0.5) * 2**-53, each step exact
+        part = out[at:at + _CHUNK]
+        part[...] = raw[at:at + _CHUNK] >> np.uint64(11)
+        part += 0.5
+        part *= 2.0**-53
+    return out.reshape(shape)
 
 
 # Acklam's rational approximation of the standard normal quantile, relative error < 1.2e-9
@@ -111,8 +120,16 @@ def normal_quantile(p: np.ndarray) -> np.ndarray:
 
     The central formula for every element, in place, then the tail formula for the few
     (about 5 %) in the tails: the same arithmetic per element as evaluating both everywhere
-    and choosing, at a third of the passes over a large array."""
+    and choosing, at a third of the passes over a large array; a chunk at a time."""
     p = np.asarray(p, dtype=np.float64)
+    flat = p.reshape(-1)
+    out = np.empty(flat.shape, np.float64)
+    for at in range(0, flat.size, _CHUNK):
+        out[at:at + _CHUNK] = _quantile(flat[at:at + _CHUNK])
+    return out.reshape(p.shape)
+
+
+def _quantile(p: np.ndarray) -> np.ndarray:
     q = p - 0.5
     r = q * q
     out = _horner(_CENTRAL_NUM, r)
