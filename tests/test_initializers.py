@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from kiln.compiler import initializers
 from kiln.compiler.initializers import (
     INITIALIZER_NAMES,
     InitError,
@@ -61,6 +62,22 @@ def test_normal_quantile_matches_reference():
     p = np.linspace(1e-9, 1 - 1e-9, 2001)
     reference = [statistics.NormalDist().inv_cdf(x) for x in p]
     assert np.allclose(normal_quantile(p), reference, rtol=1e-8, atol=1e-9)
+
+
+def test_samplers_agree_across_their_chunks():
+    """The samplers work a chunk at a time: a sample several chunks long, of a shape that is
+    no multiple of one, is elementwise the reference quantile of the same uniforms, and the
+    uniforms are the 53-bit ones of the raw stream."""
+    n = 3 * initializers._CHUNK + 7
+    u = initializers._uniform01(np.random.PCG64(4), (n // 7, 7))
+    raw = np.random.PCG64(4).random_raw(n).reshape(n // 7, 7)
+    np.testing.assert_array_equal(u, ((raw >> np.uint64(11)) + 0.5) * 2.0**-53)
+    z = normal_quantile(u)
+    assert z.shape == u.shape
+    pick = np.random.default_rng(0).choice(n, 400, replace=False)
+    pick = np.concatenate([pick, [0, initializers._CHUNK - 1, initializers._CHUNK, n - 1]])
+    reference = [statistics.NormalDist().inv_cdf(float(x)) for x in u.reshape(-1)[pick]]
+    np.testing.assert_allclose(z.reshape(-1)[pick], reference, rtol=1e-8, atol=1e-9)
 
 
 def test_trunc_normal():
