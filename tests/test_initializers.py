@@ -68,7 +68,7 @@ def test_samplers_agree_across_their_chunks():
     """The samplers work a chunk at a time: a sample several chunks long, of a shape that is
     no multiple of one, is elementwise the reference quantile of the same uniforms, and the
     uniforms are the 53-bit ones of the raw stream."""
-    n = 3 * initializers._CHUNK + 7
+    n = 7 * (initializers._CHUNK // 2 + 3)  # 3.5 chunks and a bit, 7 columns
     u = initializers._uniform01(np.random.PCG64(4), (n // 7, 7))
     raw = np.random.PCG64(4).random_raw(n).reshape(n // 7, 7)
     np.testing.assert_array_equal(u, ((raw >> np.uint64(11)) + 0.5) * 2.0**-53)
