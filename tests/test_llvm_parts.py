@@ -210,3 +210,23 @@ def test_a_library_links_every_part(split_in, tmp_path, monkeypatch):
     x = RNG.standard_normal((4, 1, 28, 28)).astype(np.float32)
     whole, _ = split_in(1, seed=0)  # the library's initial values: seed 0
     np.testing.assert_allclose(library(x), whole(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_module_text_from_printed_bodies_is_the_modules_own(monkeypatch, tmp_path):
+    """A module's functions are printed once (parts.bodies_of), for the cache key's text and
+    for the parts: that text is exactly str(module), so cache keys do not move."""
+    built = []
+    real = machine.build_module
+
+    def spy(*args, **kw):
+        result = real(*args, **kw)
+        built.append(result[0])
+        return result
+
+    monkeypatch.setattr(machine, "build_module", spy)
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    kiln.compile(LENET, seed=3, threads=2)
+    (module,) = built
+    bodies = parts.bodies_of(module)
+    assert len(bodies) > 10
+    assert parts.module_text(module, bodies) == str(module)

@@ -51,12 +51,13 @@ def compile_object(model, target: targets.Target, with_plan: bool = False,
             symbol = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name)
             symbol.initializer = ir.Constant(symbol.type.pointee, bytearray(data))
             symbol.global_constant = True
-        text = ir_text(module, target.vector_width)
+        bodies = parts.bodies_of(module)  # printed once, for the key and for the parts
+        text = ir_text(module, target.vector_width, bodies)
     name = cache.key(__version__, target.cpu, target.features, *reduced, text)
     objects = cache.load_objects(name)
     if objects is None:
         count = parts.part_count()
-        texts = parts.split(module, count) if count > 1 else []
+        texts = parts.split(module, count, bodies) if count > 1 else []
         texts = ([prefer_vector_width(part, target.vector_width) for part in texts]
                  if len(texts) > 1 else [text])  # (one part: the module's own text)
         how = f" in {len(texts)} processes" if len(texts) > 1 else ""

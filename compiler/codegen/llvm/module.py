@@ -34,7 +34,7 @@ from ...ops import REGISTRY, Prop
 from ...ops.signature import tensor_slot_names
 from ...passes.memory import ALIGN, plan
 from ...types import TensorType
-from . import bf16, irgen, share
+from . import bf16, irgen, parts, share
 from .abi import F32, I8, I64, KERNEL_TYPE, PTR, VOID, declare
 from .calling import (  # noqa: F401  (re-exported)
     CYCLES_SYMBOL,
@@ -684,9 +684,11 @@ def _copy(module, b, src, dst, t: TensorType, dims_p, symbols, status_p) -> None
     b.call(fn, [array, dims_p, status_p])
 
 
-def ir_text(module: ir.Module, vector_width: int) -> str:
-    """The module as LLVM IR text, for a target whose vectors hold `vector_width` f32s."""
-    return prefer_vector_width(str(module), vector_width)
+def ir_text(module: ir.Module, vector_width: int, bodies: dict[str, str] | None = None) -> str:
+    """The module as LLVM IR text, for a target whose vectors hold `vector_width` f32s
+    (`bodies`: its functions' text, parts.bodies_of, when already made)."""
+    return prefer_vector_width(str(module) if bodies is None else
+                               parts.module_text(module, bodies), vector_width)
 
 
 def prefer_vector_width(text: str, vector_width: int) -> str:

@@ -62,11 +62,29 @@ def part_count() -> int:
     return int(most) if most.isdigit() and int(most) > 0 else min(cores or 1, MAX_PARTS)
 
 
-def split(module: ir.Module, parts: int) -> list[str]:
+def bodies_of(module: ir.Module) -> dict[str, str]:
+    """The IR text of each function `module` defines (printing is the costly part of a
+    module's text: done once, for the whole module's text and its parts alike)."""
+    return {f.name: str(f) for f in module.functions if not f.is_declaration}
+
+
+def module_text(module: ir.Module, bodies: dict[str, str]) -> str:
+    """`str(module)`, the text of its defined functions taken from `bodies` (bodies_of)."""
+    lines = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
+             f'target datalayout = "{module.data_layout}"', '']
+    lines += [t.get_declaration() for t in module.get_identified_types().values()]
+    lines += [bodies.get(v.name) if isinstance(v, ir.Function) and not v.is_declaration
+              else str(v) for v in module.globals.values()]
+    lines += module._get_metadata_lines()
+    return "\n".join(lines)
+
+
+def split(module: ir.Module, parts: int, bodies: dict[str, str] | None = None) -> list[str]:
     """The IR text of `module` cut into at most `parts` modules (see the module's docstring),
-    none costing less than PART_COST; the first holds `run` and the globals' definitions."""
+    none costing less than PART_COST; the first holds `run` and the globals' definitions.
+    `bodies`: bodies_of(module), when already made."""
     functions = {f.name: f for f in module.functions if not f.is_declaration}
-    bodies = {name: str(f) for name, f in functions.items()}
+    bodies = bodies if bodies is not None else bodies_of(module)
     names = {name: _symbols(text[text.index("{"):]) - {name} for name, text in bodies.items()}
     variables = {g.name: g for g in module.globals.values() if isinstance(g, ir.GlobalVariable)}
     copied = {name for name, g in variables.items() if _copyable(g)}
