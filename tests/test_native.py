@@ -710,6 +710,23 @@ def test_matrices_of_up_to_four_tiles_of_rows_are_read_in_place():
                 np.testing.assert_allclose(native(a, b), want, rtol=1e-5, atol=1e-4)
 
 
+def test_a_last_panel_one_vector_wide_takes_the_one_vector_tiles():
+    """Columns past the last whole panel, at most one vector of them, go through the
+    one-vector micro-kernels (a weight gradient's 48 = 32 + 16 columns): widths around one
+    vector and one panel, C read in place (13 rows) and packed (60 rows), against float64."""
+    from kiln.compiler.codegen.llvm.microkernels import tiling
+
+    width = tiling().width
+    src = "model G { forward(a: f32[M, 300], b: f32[300, N]) -> f32[M, N] { return a @ b } }"
+    native = kiln.compile(src, threads=2)
+    for m in (13, 60):
+        for n in (1, 9, width - 1, width, width + 1, 2 * width + 5, 3 * width):
+            a = RNG.standard_normal((m, 300)).astype(np.float32)
+            b = RNG.standard_normal((300, n)).astype(np.float32)
+            np.testing.assert_allclose(native(a, b), a.astype(np.float64) @ b, rtol=1e-4,
+                                       atol=1e-4)
+
+
 DEEP_SUMS = """
 model D {
   forward(a: f32[M, K], b: f32[K, N], at: f32[K, M], bt: f32[N, K]) {

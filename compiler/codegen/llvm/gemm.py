@@ -11,7 +11,8 @@ One GEMM function per module and kind of B (`_driver`) holds these loops; every 
 with its sizes, so a model with twenty convolutions compiles them once. The micro-kernels
 (microkernels.py) are functions too, one per tile height: the rows are taken MR at a time, then
 the tallest smaller kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the
-last full panel are zero in the packed B panel and stored through a mask. With at most
+last full panel are zero in the packed B panel and stored through a mask (at most one vector
+of them: through one-vector tiles, which skip the zero half). With at most
 IN_PLACE_ROWS x MR rows, a B that is a matrix is read in place (packing it would cost as much as
 the product), in slices of IN_PLACE_DEPTH rows; a B whose rows lie at run-time offsets
 (im2col.Shifted) is read in place whatever the rows, through a table of the offsets per slice
@@ -558,17 +559,27 @@ class _Gemm:
                     self._tile_rows(self._kernels(tiling(t.width).heights), a_block, row0,
                                     rows, kc, b_ptr, b_stride, col, cols, add)
             return
-        self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr, b_stride,
-                        col, cols, add)
+        if self.bf16:
+            self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr, b_stride,
+                            col, cols, add)
+            return
+        # a last panel at most one vector wide: the one-vector tiles (half the work)
+        with b.if_else(b.icmp_signed("<=", cols, i64(t.width))) as (narrow, wide):
+            for branch, vectors in ((narrow, 1), (wide, 2)):
+                with branch:
+                    self._tile_rows(self._kernels(t.heights, vectors=vectors), a_block, row0,
+                                    rows, kc, b_ptr, b_stride, col, cols, add)
 
-    def _kernels(self, heights, table: bool = False) -> list[tuple[int, ir.Function]]:
+    def _kernels(self, heights, table: bool = False,
+                 vectors: int = 2) -> list[tuple[int, ir.Function]]:
         """(height, micro-kernel) by height, shortest first: AMX's where it has one; with
-        `table`, the f32 ones that read B's rows through a table of offsets."""
+        `table`, the f32 ones that read B's rows through a table of offsets; with `vectors`
+        1, the f32 ones one vector wide."""
         module, t = self.kb.module, self.t
 
         def micro(h):
-            if table:
-                return micro_kernel(module, t, h, table=True)
+            if table or vectors != 2:
+                return micro_kernel(module, t, h, table=table, vectors=vectors)
             if self.amx and h in bf16.AMX_HEIGHTS:
                 return bf16.amx_micro_kernel(module, t, h)
             return (bf16.micro_kernel if self.bf16 else micro_kernel)(module, t, h)
