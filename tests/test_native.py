@@ -653,6 +653,124 @@ def test_threads_split_a_batch_of_convolutions_by_sample():
         np.testing.assert_allclose(two(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
 
 
+# (batch, in channels, out channels, height, width, padding, dilation, groups): C of 13 rows
+# (12 + 1), of 100 (past a 96-row block of A) over a 360-deep sum (two slices of 256);
+# grids of 43 columns (a panel and 11), 232 (7 panels and 8) and 6 (a partial panel alone)
+IN_PLACE_CONVS = [(2, 3, 13, 5, 7, 1, 1, 1), (1, 40, 100, 6, 37, 1, 1, 1),
+                  (3, 4, 16, 9, 9, 2, 2, 1), (2, 6, 10, 7, 8, 1, 1, 2), (2, 5, 17, 2, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", IN_PLACE_CONVS, ids=lambda s: "x".join(map(str, s)))
+def test_stride_one_convolutions_read_their_padded_input_in_place(shape, monkeypatch):
+    """A stride-1 convolution's GEMM reads its zero-bordered input in place through a table
+    of row offsets (gemm `rows_in_place`, never packing whole panels): weights as an input
+    (A packed per call) and as a parameter (A prepacked) agree with the reference at every
+    edge (row remainders, a second block of rows, a second slice of the sum, partial panels,
+    dilation, groups), and two threads agree with one exactly. (Winograd, which would take
+    the 40 -> 100 layer, is off.)"""
+    monkeypatch.setenv("KILN_WINOGRAD", "0")
+    batch, c, o, h, w, pad, dil, groups = shape
+    conv = (f"model C {{ forward(x: f32[B, {c}, {h}, {w}], w: f32[{o}, {c // groups}, 3, 3]) "
+            f"{{ return conv(x, w, padding = {pad}, dilation = {dil}, groups = {groups}) }} }}")
+    layer = (f"import std.nn\nmodel L {{ c = nn.Conv2d({c}, {o}, 3, padding = {pad}, "
+             f"dilation = {dil}, groups = {groups})\n  forward(x: f32[B, {c}, {h}, {w}]) "
+             f"{{ return c(x) }} }}")
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    wt = RNG.standard_normal((o, c // groups, 3, 3)).astype(np.float32)
+    ref = kiln.compile(conv, target="reference")
+    for threads in (1, 2):
+        native = kiln.compile(conv, threads=threads)
+        got = native(x, wt)
+        np.testing.assert_allclose(got, ref(x, wt), rtol=1e-4, atol=1e-4)
+        if threads == 1:
+            alone = got
+        else:
+            np.testing.assert_array_equal(got, alone)
+    native, ref = both(layer)
+    agree(native, ref, x, rtol=1e-4, atol=1e-5)
+
+
+def test_matrices_of_up_to_four_tiles_of_rows_are_read_in_place():
+    """C of up to IN_PLACE_ROWS tiles of MR rows reads a B matrix where it is (no packing):
+    row counts just under, at and past the bound, sums shallower than a slice and deeper
+    than several, full and partial panels of columns, against float64 products, on one
+    thread and on two (which may split the rows and sum in another order: within 1e-5)."""
+    from kiln.compiler.codegen.llvm.gemm import IN_PLACE_ROWS
+    from kiln.compiler.codegen.llvm.microkernels import tiling
+
+    bound = IN_PLACE_ROWS * tiling().mr
+    src = "model G { forward(a: f32[M, K], b: f32[K, N]) -> f32[M, N] { return a @ b } }"
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    for m in (13, 16, 25, bound - 1, bound, bound + 1):
+        for k, n in ((16, 37), (300, 64), (41, 100)):
+            a = RNG.standard_normal((m, k)).astype(np.float32)
+            b = RNG.standard_normal((k, n)).astype(np.float32)
+            want = a.astype(np.float64) @ b.astype(np.float64)
+            for native in (one, two):
+                np.testing.assert_allclose(native(a, b), want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_last_panel_one_vector_wide_takes_the_one_vector_tiles():
+    """Columns past the last whole panel, at most one vector of them, go through the
+    one-vector micro-kernels (a weight gradient's 48 = 32 + 16 columns): widths around one
+    vector and one panel, C read in place (13 rows) and packed (60 rows), against float64."""
+    from kiln.compiler.codegen.llvm.microkernels import tiling
+
+    width = tiling().width
+    src = "model G { forward(a: f32[M, 300], b: f32[300, N]) -> f32[M, N] { return a @ b } }"
+    native = kiln.compile(src, threads=2)
+    for m in (13, 60):
+        for n in (1, 9, width - 1, width, width + 1, 2 * width + 5, 3 * width):
+            a = RNG.standard_normal((m, 300)).astype(np.float32)
+            b = RNG.standard_normal((300, n)).astype(np.float32)
+            np.testing.assert_allclose(native(a, b), a.astype(np.float64) @ b, rtol=1e-4,
+                                       atol=1e-4)
+
+
+DEEP_SUMS = """
+model D {
+  forward(a: f32[M, K], b: f32[K, N], at: f32[K, M], bt: f32[N, K]) {
+    return a @ b, permute(at, perm = [1, 0]) @ b, a @ permute(bt, perm = [1, 0])
+  }
+}
+"""
+
+
+def test_a_small_product_over_a_deep_sum_splits_its_sum_the_same_on_any_threads():
+    """A C of few elements over a deep sum (a weight gradient's shape) is computed as
+    DEPTH_PIECES partial products added in order, whatever the thread count: one thread and
+    two agree exactly, and both with float64 products, for A and B read as stored or
+    transposed, row and column remainders and a depth the pieces do not divide; a sum too
+    shallow to split and a C too large to split agree too."""
+    from kiln.compiler.codegen.llvm.gemm import DEPTH_LEAST, DEPTH_MOST_C, DEPTH_PIECES
+
+    one, two = kiln.compile(DEEP_SUMS, threads=1), kiln.compile(DEEP_SUMS, threads=2)
+    deep = DEPTH_PIECES * DEPTH_LEAST
+    for m, k, n in ((16, deep + 13, 48), (13, 3 * deep + 5, 37), (2, deep, 40),
+                    (16, deep - 1, 48), (DEPTH_MOST_C // 32 + 1, deep, 32)):
+        a = RNG.standard_normal((m, k)).astype(np.float32)
+        b = RNG.standard_normal((k, n)).astype(np.float32)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        alone = one(a, b, np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
+        shared = two(a, b, np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
+        for x, y in zip(alone, shared, strict=True):
+            np.testing.assert_array_equal(y, x)
+            np.testing.assert_allclose(x, want, rtol=1e-4, atol=2e-3)
+
+
+def test_a_block_of_rows_takes_the_whole_products_path():
+    """Two threads split a C taller than wide by rows: a 60-row C is packed, and so are its
+    blocks of 24 and 36 rows (which alone would read B in place and sum in other slices),
+    so one thread and two agree exactly."""
+    src = "model G { forward(a: f32[M, 300], b: f32[300, 40]) -> f32[M, 40] { return a @ b } }"
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    for m in (60, 97, 130):
+        a = RNG.standard_normal((m, 300)).astype(np.float32)
+        b = RNG.standard_normal((300, 40)).astype(np.float32)
+        np.testing.assert_array_equal(two(a, b), one(a, b))
+        np.testing.assert_allclose(one(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
 SAMPLEWISE_MOVES = """
 model S {
   forward(x: f32[B, 8, 40, 41], s: f32[1, 8, 1, 1], v: f32[41], t: f32[B, 1, 1, 1])

@@ -11,9 +11,12 @@ One GEMM function per module and kind of B (`_driver`) holds these loops; every 
 with its sizes, so a model with twenty convolutions compiles them once. The micro-kernels
 (microkernels.py) are functions too, one per tile height: the rows are taken MR at a time, then
 the tallest smaller kernel that fits (8, 4, 2, 1 rows: 7 rows are 4 + 2 + 1). Columns past the
-last full panel are zero in the packed B panel and stored through a mask. With at most MR rows,
-a B that is a matrix is read in place (packing it would cost as much as the product), in slices
-of IN_PLACE_DEPTH rows; with at most STREAM_ROWS (a matrix-vector product), row by row by
+last full panel are zero in the packed B panel and stored through a mask (at most one vector
+of them: through one-vector tiles, which skip the zero half). With at most
+IN_PLACE_ROWS x MR rows, a B that is a matrix is read in place (packing it would cost as much as
+the product), in slices of IN_PLACE_DEPTH rows; a B whose rows lie at run-time offsets
+(im2col.Shifted) is read in place whatever the rows, through a table of the offsets per slice
+(`rows_in_place`); with at most STREAM_ROWS (a matrix-vector product), row by row by
 `row_kernel`, which keeps each sum in a register and streams B, the product's whole cost. B is
 anything that packs itself into panels (`Source`): a matrix, the transpose of one read in place
 (TransposedB), or a convolution's input seen as its im2col matrix (im2col.Im2col, never
@@ -40,6 +43,10 @@ ALIGN = 64  # bytes: packed panels start on a cache line
 # B read in place is walked in slices this deep: a KC-deep walk down a 32-column panel of a
 # wide B strides across pages (TLB misses); 16 rows of it stay in L1 across the row of panels
 IN_PLACE_DEPTH = 16
+# a B matrix is read in place (never packed) up to this many tiles of MR rows of C: packing
+# it costs about as much as a product with so few rows (16 rows: 40% less time in place)
+IN_PLACE_ROWS = 4
+PACKED_ONLY = 2  # a flag of the GEMM function's call: B packed (a block of a taller C's rows)
 
 
 class Source(Protocol):
@@ -200,7 +207,7 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     # precision="bf16" (bf16.py): the operands in bf16 pairs, prepacked ones paired already
     fn = _driver(kb.module, type(b), a_kind, t, paired, amx)
     if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
-        fn = _parallel(kb.module, fn, type(b), a_kind, t)
+        fn = _parallel(kb.module, fn, type(b), a_kind, t, paired)
     b_pointers, b_sizes = b.fields()
     pointers = [a.ptr, c.ptr, *b_pointers]
     sizes = [m, n, k, a.stride, c.stride, ir.Constant(I64, int(accumulate)), *b_sizes]
@@ -214,16 +221,25 @@ AMX_MIN_DEPTH = 16  # a shallower sum is too little work for tiles, and a prepac
 # are zero-padded only to K rows: a whole tile of 16 pair rows fits in them from K = 16 on
 
 PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
+# A C of at most DEPTH_MOST_C floats over a sum at least DEPTH_PIECES * DEPTH_LEAST deep (a
+# weight gradient: a few channels' products over every pixel of the batch) has too few blocks
+# of rows or columns to share: its sum is split into DEPTH_PIECES pieces instead, whatever the
+# threads (so that their count does not change the result), each into a partial C of its own,
+# added in order at the end (`_by_depth`)
+DEPTH_PIECES = 8
+DEPTH_MOST_C = 4096
+DEPTH_LEAST = 1024
 
 
 def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
-              t: Tiling) -> ir.Function:
+              t: Tiling, paired: bool = False) -> ir.Function:
     """The driver on the module's threads, each owning a block of C (so no two threads write
     the same element): blocks of columns when C has at least as many columns as rows, or a
     prepacked A and four panels of columns a thread (each block packs only its own columns of
     B, the costly part); with a prepacked A, which no block packs, about eight blocks a thread,
     claimed as threads come free (even work), else one a thread (each packs all of A);
-    otherwise one block of rows a thread (each packs all of B)."""
+    otherwise one block of rows a thread (each packs all of B). A small f32 C over a deep sum
+    (a weight gradient) shares pieces of its sum instead (`_by_depth`)."""
     name = f"{driver.name}_parallel"
     fn = module.globals.get(name)
     if fn is not None:
@@ -235,7 +251,11 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
                   }.get(a_kind) or b.mul(lda, ir.Constant(I64, 4))
         a_ptr = b.gep(pointers[0], [b.mul(row0, a_step)])
         c_ptr = b.gep(pointers[1], [b.mul(row0, b.mul(ldc, ir.Constant(I64, 4)))])
-        return [a_ptr, c_ptr, *pointers[2:]], list(sizes)
+        # a block of a C too tall to read B in place takes the whole C's path (PACKED_ONLY):
+        # the threads must not change the result
+        tall = b.icmp_signed(">", sizes[0], i64(IN_PLACE_ROWS * t.mr))
+        flags = b.or_(sizes[5], b.select(tall, i64(PACKED_ONLY), i64(0)))
+        return [a_ptr, c_ptr, *pointers[2:]], [*sizes[:5], flags, *sizes[6:]]
 
     def by_columns(b, pointers, sizes, col0):
         c_ptr = b.gep(pointers[1], [b.mul(col0, ir.Constant(I64, 4))])
@@ -254,7 +274,15 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     fn = ir.Function(module, KERNEL_TYPE, name)
     fn.linkage = "internal"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m, n = (element(b, fn.args[1], i) for i in range(2))
+    m, n, k = (element(b, fn.args[1], i) for i in range(3))
+    if source in (Matrix, TransposedB) and a_kind != "prepacked" and not paired:
+        # a small C over a deep sum, in f32 (bf16 pairs rows of the sum: pieces would split
+        # pairs)
+        deep = b.and_(b.icmp_signed("<=", b.mul(m, n), i64(DEPTH_MOST_C)),
+                      b.icmp_signed(">=", k, i64(DEPTH_PIECES * DEPTH_LEAST)))
+        with b.if_then(deep):
+            b.call(_by_depth(module, driver, source, a_kind), list(fn.args))
+            b.ret_void()
     wide = b.icmp_signed(">=", n, m)
     if a_kind == "prepacked":  # no A to pack: columns whenever there are four panels a thread
         # (with fewer, whole panels split unevenly: 7 over 2 threads is 4 and 3)
@@ -269,9 +297,93 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     return fn
 
 
+def _by_depth(module: ir.Module, driver: ir.Function, source: type,
+              a_kind: str) -> ir.Function:
+    """The driver over DEPTH_PIECES pieces of the sum, shared by the module's threads: piece 0
+    into C (adding to it when the call accumulates), piece p > 0 into the p-th partial C (on
+    the stack: C is small), then C += each partial, in order. A (matrix or transposed) and B
+    (Matrix or TransposedB) are read from the piece's first row of the sum in place."""
+    name = f"{driver.name}_depth"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    n_pointers, n_sizes = 2 + source.pointers, 6 + source.sizes
+    count_at, first_at = n_sizes, n_sizes + 1  # pieces: how many, and the first one's index
+
+    def piece_fields(b, pointers, sizes, partial, p):
+        """The driver's pointers and sizes for piece p."""
+        m, n, k, lda = sizes[:4]
+        k0 = b.sdiv(b.mul(k, p), i64(DEPTH_PIECES))
+        k1 = b.sdiv(b.mul(k, b.add(p, i64(1))), i64(DEPTH_PIECES))
+        a_step = b.mul(lda, i64(4)) if a_kind == "transposed" else i64(4)
+        b_step = i64(4) if source is TransposedB else b.mul(sizes[6], i64(4))
+        a = b.gep(pointers[0], [b.mul(k0, a_step)])
+        b_ptr = b.gep(pointers[2], [b.mul(k0, b_step)])
+        first = b.icmp_signed("==", p, i64(0))
+        own = b.gep(partial, [b.mul(b.sub(p, i64(1)), b.mul(b.mul(m, n), i64(4)))])
+        c = b.select(first, pointers[1], own)
+        ldc = b.select(first, sizes[4], n)
+        accumulate = b.select(first, sizes[5], i64(0))
+        return [a, c, b_ptr], [m, n, b.sub(k1, k0), lda, ldc, accumulate, *sizes[6:n_sizes]]
+
+    pieces = ir.Function(module, KERNEL_TYPE, f"{driver.name}_pieces")
+    pieces.linkage = "internal"
+    b = ir.IRBuilder(pieces.append_basic_block("entry"))
+    args_p, sizes_p, status_p = pieces.args
+    pointers = [element(b, args_p, i) for i in range(n_pointers + 1)]
+    sizes = [element(b, sizes_p, i) for i in range(n_sizes + 2)]
+    args = b.alloca(PTR, n_pointers, name="piece_args")
+    dims = b.alloca(I64, n_sizes, name="piece_sizes")
+    with loop(b, sizes[count_at], name="pieces") as each:
+        ptrs, szs = piece_fields(b, pointers[:n_pointers], sizes, pointers[n_pointers],
+                                 b.add(sizes[first_at], each.index))
+        for i, v in enumerate(ptrs):
+            b.store(v, b.gep(args, [i64(i)]))
+        for i, v in enumerate(szs):
+            b.store(v, b.gep(dims, [i64(i)]))
+        b.call(driver, [args, dims, status_p])
+    b.ret_void()
+
+    def shift(b, ptrs, szs, piece0):
+        szs = list(szs)
+        szs[first_at] = b.add(szs[first_at], piece0)
+        return list(ptrs), szs
+
+    shared = parallel_rows(module, pieces, n_pointers + 1, n_sizes + 2, shift, min_rows=1,
+                           min_work=PARALLEL_WORK, rows_index=count_at,
+                           name=f"{driver.name}_pieces_parallel")
+    fn = ir.Function(module, KERNEL_TYPE, name)
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    args_p, sizes_p, status_p = fn.args
+    partial = b.alloca(F32, i64((DEPTH_PIECES - 1) * DEPTH_MOST_C), name="partials")
+    partial.align = ALIGN
+    args = b.alloca(PTR, n_pointers + 1, name="depth_args")
+    dims = b.alloca(I64, n_sizes + 2, name="depth_sizes")
+    for i in range(n_pointers):
+        b.store(element(b, args_p, i), b.gep(args, [i64(i)]))
+    b.store(b.bitcast(partial, PTR), b.gep(args, [i64(n_pointers)]))
+    for i in range(n_sizes):
+        b.store(element(b, sizes_p, i), b.gep(dims, [i64(i)]))
+    b.store(i64(DEPTH_PIECES), b.gep(dims, [i64(count_at)]))
+    b.store(i64(0), b.gep(dims, [i64(first_at)]))
+    b.call(shared, [args, dims, status_p])
+    m, n, ldc = (element(b, sizes_p, i) for i in (0, 1, 4))
+    c = b.bitcast(element(b, args_p, 1), F32.as_pointer())
+    with loop(b, i64(DEPTH_PIECES - 1), name="partials") as each, \
+            loop(b, m, name="rows") as row, loop(b, n, name="columns") as col:
+        at = b.gep(c, [b.add(b.mul(row.index, ldc), col.index)])
+        part = b.gep(partial, [b.add(b.mul(b.add(b.mul(each.index, m), row.index), n),
+                                     col.index)])
+        b.store(b.fadd(b.load(at), b.load(part)), at)
+    b.ret_void()
+    return fn
+
+
 def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
             bf16: bool = False, amx: bool = False) -> ir.Function:
-    """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, accumulate, *b sizes]),
+    """void gemm(i8** [a, c, *b pointers], i64* [m, n, k, lda, ldc, flags, *b sizes]) (flags:
+    1, C += A @ B; PACKED_ONLY, B packed whatever the rows),
     a kernel-shaped function with the blocked loops for one kind of B; `bf16`: the products
     in bf16 pairs (bf16.py), every B packed (no path reads B in place as f32); `amx`: and on
     AMX tiles where the process may use them."""
@@ -286,7 +398,8 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
     kb.function.attributes.add("noinline")  # compiled once, called from every kernel
     pointers = [kb.buffer(i, "f32") for i in range(2 + source.pointers)]
     sizes = [element(kb.b, kb.dims_ptr, i) for i in range(6 + source.sizes)]
-    m, n, k, lda, ldc, accumulate = sizes[:6]
+    m, n, k, lda, ldc, flags = sizes[:6]
+    accumulate = kb.b.and_(flags, i64(1))
     a_pack = _buffer(kb.b, t.mc * t.kc, "a_pack")  # packing buffers: fixed size, on the stack
     b_pack = _buffer(kb.b, t.kc * t.nc, "b_pack")
     a = Matrix(pointers[0], lda, a_kind == "transposed", a_kind == "prepacked")
@@ -299,8 +412,14 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
     if source in (Matrix, PackedB) and a_kind != "prepacked" and not bf16:
         paths.append((STREAM_ROWS, g.streamed))
     if source is Matrix and not bf16:
-        paths.append((t.mr, g.in_place))
-    _first_fit(kb.b, m, paths, g.packed)
+        paths.append((IN_PLACE_ROWS * t.mr, g.in_place))
+    # a block of rows of a taller C (PACKED_ONLY) takes the packed path, as the whole C does
+    fit = kb.b.select(kb.b.icmp_signed("!=", kb.b.and_(flags, i64(PACKED_ONLY)), i64(0)),
+                      i64(1 << 62), m)
+    if hasattr(source, "row_offsets") and not bf16:  # B's rows at offsets: never packed
+        _first_fit(kb.b, fit, paths, g.rows_in_place)
+    else:
+        _first_fit(kb.b, fit, paths, g.packed)
     g.empty_sum()
     return kb.finish()
 
@@ -421,10 +540,16 @@ class _Gemm:
         elements(full_i, full_p)  # the last columns of the whole tiles' rows
         elements(rows, i64(0), full_i)  # the last rows
 
-    def _tiles(self, a_block, row0, rows, kc, b_ptr, b_stride, col, cols, add) -> None:
+    def _tiles(self, a_block, row0, rows, kc, b_ptr, b_stride, col, cols, add,
+               table: bool = False) -> None:
         """C[row0 : row0+rows, col : col+cols] (+)= packed A rows @ B: MR rows per micro-kernel
-        call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1)."""
+        call while they last, then the remainder through the smaller ones (7 rows: 4, 2, 1).
+        `table`: b_stride is a table of B's row offsets (MICRO_TABLE_TYPE)."""
         b, t = self.kb.b, self.t
+        if table:
+            self._tile_rows(self._kernels(t.heights, table=True), a_block, row0, rows, kc,
+                            b_ptr, b_stride, col, cols, add)
+            return
         if self.amx:  # on tiles (self.tiles: decided once per call) or on AVX512_BF16
             with b.if_else(self.tiles) as (tiles, vectors):
                 with tiles:
@@ -434,14 +559,27 @@ class _Gemm:
                     self._tile_rows(self._kernels(tiling(t.width).heights), a_block, row0,
                                     rows, kc, b_ptr, b_stride, col, cols, add)
             return
-        self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr, b_stride,
-                        col, cols, add)
+        if self.bf16:
+            self._tile_rows(self._kernels(t.heights), a_block, row0, rows, kc, b_ptr, b_stride,
+                            col, cols, add)
+            return
+        # a last panel at most one vector wide: the one-vector tiles (half the work)
+        with b.if_else(b.icmp_signed("<=", cols, i64(t.width))) as (narrow, wide):
+            for branch, vectors in ((narrow, 1), (wide, 2)):
+                with branch:
+                    self._tile_rows(self._kernels(t.heights, vectors=vectors), a_block, row0,
+                                    rows, kc, b_ptr, b_stride, col, cols, add)
 
-    def _kernels(self, heights) -> list[tuple[int, ir.Function]]:
-        """(height, micro-kernel) by height, shortest first: AMX's where it has one."""
+    def _kernels(self, heights, table: bool = False,
+                 vectors: int = 2) -> list[tuple[int, ir.Function]]:
+        """(height, micro-kernel) by height, shortest first: AMX's where it has one; with
+        `table`, the f32 ones that read B's rows through a table of offsets; with `vectors`
+        1, the f32 ones one vector wide."""
         module, t = self.kb.module, self.t
 
         def micro(h):
+            if table or vectors != 2:
+                return micro_kernel(module, t, h, table=table, vectors=vectors)
             if self.amx and h in bf16.AMX_HEIGHTS:
                 return bf16.amx_micro_kernel(module, t, h)
             return (bf16.micro_kernel if self.bf16 else micro_kernel)(module, t, h)
@@ -555,6 +693,34 @@ class _Gemm:
 
                 with loop(b, self.n, name="by") as runs:
                     runs.advance(step(runs.index))
+
+    def rows_in_place(self) -> None:
+        """B whose rows lie at offsets from a column pointer (im2col.Shifted: a stride-1
+        convolution's zero-bordered input) read in place through a table of those offsets,
+        one per KC-deep slice of the sum (packing B costs about as much as the product
+        when C has few rows: 16 output channels); A packed per MC rows; the last partial
+        panel packed."""
+        kb, t, b = self.kb, self.t, self.kb.b
+        nr = i64(t.nr)
+        full_n = b.sub(self.n, b.urem(self.n, nr))
+        cols = b.sub(self.n, full_n)
+        with b.goto_entry_block():
+            table = b.alloca(ir.ArrayType(I64, t.kc), name="rows")
+        table = b.gep(table, [i64(0), i64(0)])
+
+        def block(pc, kc, add):
+            self.b.row_offsets(kb, table, pc, kc)
+            with kb.for_range(self.m, step=t.mc) as ic:
+                mc = self._min(i64(t.mc), b.sub(self.m, ic))
+                a_block = self._a_block(ic, mc, pc, kc)
+                with kb.for_range(full_n, step=t.nr) as jr:
+                    self._tiles(a_block, ic, mc, kc, self.b.column(kb, jr), table, jr, nr, add,
+                                table=True)
+                with b.if_then(b.icmp_signed("!=", cols, i64(0))):
+                    self.b.pack(kb, self.b_pack, pc, kc, full_n, cols, t.nr)
+                    self._tiles(a_block, ic, mc, kc, self.b_pack, nr, full_n, cols, add)
+
+        self._slices(block, t.kc)
 
     def in_place(self) -> None:
         """At most MR rows: A packed, B read where it is (its last partial panel packed)."""

@@ -198,6 +198,22 @@ class Shifted:
     def from_column(cls, b, pointers, sizes, col0):
         return [b.gep(pointers[0], [b.mul(col0, i64(4))])], list(sizes)
 
+    def column(self, kb, j: ir.Value) -> ir.Value:
+        """Where column j of B's row 0 is: row p's is `row_offsets`' p-th floats further on."""
+        return kb.b.gep(self.base, [j])
+
+    def row_offsets(self, kb, table: ir.Value, k0: ir.Value, kc: ir.Value) -> None:
+        """table[p] = where row k0 + p of B starts in xp, for p < kc (i64 floats): the GEMM
+        reads whole panels of B in place through it (gemm's `table` micro-kernels)."""
+        b = kb.b
+        tap = _tap_at(b, k0, self.kh, self.kw)
+        row_step = b.mul(self.dh, self.wp)
+        with kb.for_range(kc) as p:
+            c, i, j = (b.load(slot) for slot in tap)
+            offset = b.add(b.add(b.mul(c, self.plane), b.mul(i, row_step)), b.mul(j, self.dw))
+            b.store(offset, b.gep(table, [p]))
+            _next_tap(b, tap, self.kh, self.kw)
+
     def pack(self, kb, dst, k0, kc, j0, cols, nr) -> None:
         """Row by row, two vectors of consecutive floats from the row's tap offset."""
         b = kb.b

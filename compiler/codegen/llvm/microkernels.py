@@ -51,16 +51,21 @@ def tiling(width: int | None = None) -> Tiling:
 # the micro-kernel -------------------------------------------------------------------------
 # void micro(i64 kc, float* a_panel, float* b, i64 b_stride, float* c, i64 ldc, i64 cols, i1 add)
 MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
+# the same with B's rows where a table says: row p at b + rows[p] (`micro_kernel`'s `table`)
+# void micro(i64 kc, float* a_panel, float* b, i64* rows, float* c, i64 ldc, i64 cols, i1 add)
+MICRO_TABLE_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64.as_pointer(), F32P, I64, I64,
+                                          I1])
 
 
-def micro_function(module: ir.Module, name: str) -> tuple[ir.Function, bool]:
-    """The micro-kernel function `name` of MICRO_TYPE and whether it is built already; a new
-    one is declared internal, noinline (one copy per module, called once per tile), its
-    pointers noalias, for the caller to build."""
+def micro_function(module: ir.Module, name: str,
+                   kind: ir.FunctionType = MICRO_TYPE) -> tuple[ir.Function, bool]:
+    """The micro-kernel function `name` of type `kind` (MICRO_TYPE or MICRO_TABLE_TYPE) and
+    whether it is built already; a new one is declared internal, noinline (one copy per
+    module, called once per tile), its pointers noalias, for the caller to build."""
     fn = module.globals.get(name)
     if fn is not None:
         return fn, True
-    fn = ir.Function(module, MICRO_TYPE, name)
+    fn = ir.Function(module, kind, name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
@@ -70,11 +75,17 @@ def micro_function(module: ir.Module, name: str) -> tuple[ir.Function, bool]:
     return fn, False
 
 
-def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
+def micro_kernel(module: ir.Module, t: Tiling, height: int, table: bool = False,
+                 vectors: int = 2) -> ir.Function:
     """C[:height, :cols] (+)= A_panel @ B: the A panel is `height` rows of kc floats, KC apart
-    (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place);
-    cols <= NR columns are stored."""
-    fn, built = micro_function(module, f"kiln_gemm_{height}x{t.nr}x{t.kc}")
+    (packed); B is kc rows of NR floats `b_stride` apart (a packed panel, or B itself in place),
+    or, with `table` (MICRO_TABLE_TYPE), row p at b + rows[p] (a stride-1 convolution's input
+    read in place: im2col.Shifted); cols <= vectors * width columns are stored. With `vectors`
+    1, only B's first vector of each row is read (a last panel at most one vector wide: the
+    two-vector tile would spend half its multiply-adds on zeros)."""
+    kind, suffix = (MICRO_TABLE_TYPE, "_table") if table else (MICRO_TYPE, "")
+    width = vectors * t.width
+    fn, built = micro_function(module, f"kiln_gemm_{height}x{width}x{t.kc}{suffix}", kind)
     if built:
         return fn
     kc, a, b_ptr, b_stride, c, ldc, cols, add = fn.args
@@ -86,8 +97,8 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
     next_panel = b.gep(a, [ir.Constant(I64, height * t.kc)])
 
     def update(p, accs):  # one rank-1 update: acc[i][v] += a[i, p] * b[p, v]
-        row = b.gep(b_ptr, [b.mul(p, b_stride)])
-        bv = [vec.load(row, v * t.width) for v in range(2)]
+        row = b.gep(b_ptr, [b.load(b.gep(b_stride, [p])) if table else b.mul(p, b_stride)])
+        bv = [vec.load(row, v * t.width) for v in range(vectors)]
         a_col = b.gep(a, [p])
         # the next tile's A panel (height rows of KC floats just after this one, when A is
         # packed or prepacked), fetched a line per step while this tile computes: a
@@ -98,17 +109,17 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int) -> ir.Function:
         out = []
         for i in range(height):
             ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
-            out += [vec.fma(ai, bv[v], accs[2 * i + v]) for v in range(2)]
+            out += [vec.fma(ai, bv[v], accs[vectors * i + v]) for v in range(vectors)]
         return out
 
-    accs = fold(b, kc, [zero] * (2 * height), update, name="k", index="p")
+    accs = fold(b, kc, [zero] * (vectors * height), update, name="k", index="p")
 
-    with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, t.nr))) as (whole, part):
+    with b.if_else(b.icmp_signed("==", cols, ir.Constant(I64, width))) as (whole, part):
         with whole:
-            _store_tile(vec, c, ldc, accs, height, 2, None, add)
+            _store_tile(vec, c, ldc, accs, height, vectors, None, add)
         with part:  # through masks at the right edge
-            _store_tile(vec, c, ldc, accs, height, 2,
-                        [vec.mask(cols, v * t.width) for v in range(2)], add)
+            _store_tile(vec, c, ldc, accs, height, vectors,
+                        [vec.mask(cols, v * t.width) for v in range(vectors)], add)
     b.ret_void()
     return fn
 
