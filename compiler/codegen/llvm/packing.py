@@ -78,10 +78,9 @@ def _transformed(columns: np.ndarray) -> np.ndarray:
 
 def weight_transform(weight: np.ndarray) -> np.ndarray:
     """U[xi, c, o] = (G g[o, c] G^T)[xi] of a weight [O, C, 3, 3], in float64, rounded once:
-    [36, C, O]."""
+    [36, C, O] (winograd_b's layout with one panel as wide as O)."""
     o, c = weight.shape[:2]
-    columns = np.asarray(weight, dtype=np.float32).reshape(o, c, 9).transpose(2, 1, 0)
-    return _transformed(np.ascontiguousarray(columns).reshape(9, -1)).reshape(-1, c, o)
+    return winograd_b(weight, o).reshape(ALPHA * ALPHA, c, o)
 
 
 def winograd_b(weight: np.ndarray, nr: int) -> np.ndarray:
