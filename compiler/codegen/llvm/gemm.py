@@ -723,7 +723,8 @@ class _Gemm:
         self._slices(block, t.kc)
 
     def in_place(self) -> None:
-        """At most MR rows: A packed, B read where it is (its last partial panel packed)."""
+        """At most IN_PLACE_ROWS x MR rows: A packed, B read where it is (its last partial
+        panel packed)."""
         kb, t, b = self.kb, self.t, self.kb.b
         nr = i64(t.nr)
         full_n = b.sub(self.n, b.urem(self.n, nr))
