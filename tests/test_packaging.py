@@ -24,7 +24,7 @@ def test_every_package_directory_is_listed_in_pyproject():
         assert (ROOT / directory / "__init__.py").exists(), name
 
 
-def test_the_wheel_holds_every_module_grammar_and_stdlib_file(tmp_path):
+def test_the_wheel_holds_every_module_grammar_and_stdlib_file_and_their_json(tmp_path):
     import subprocess
     import sys
     import zipfile
@@ -41,7 +41,7 @@ def test_the_wheel_holds_every_module_grammar_and_stdlib_file(tmp_path):
     for top, name in TOP.items():
         prefix = name.replace(".", "/")
         for path in (ROOT / top).rglob("*"):
-            if path.suffix in (".py", ".lark", ".kiln") and "__pycache__" not in path.parts:
+            if path.suffix in (".py", ".lark", ".kiln", ".json") and "__pycache__" not in path.parts:
                 if (path.parent / "__init__.py").exists():
                     expected.add(f"{prefix}/{path.relative_to(ROOT / top).as_posix()}")
     assert expected - names == set()

@@ -17,6 +17,7 @@ from ..sources import (  # noqa: F401  (re-exported)
 )
 from ..syntax import ast as A
 from ..syntax.build import parse_module
+from ..syntax.shipped import std_module
 from .values import BlockRef, FnRef, Namespace
 
 
@@ -86,9 +87,10 @@ class Loader:
                 hint=f"available: {', '.join('std.' + k for k in known) or 'none'}",
             )
         display = f"<std>/{name[1]}.kiln"
-        return self._load(display, lambda: res.read_text(encoding="utf-8"), display, None, span)
+        return self._load(display, lambda: res.read_text(encoding="utf-8"), display, None, span,
+                          lambda text, filename: std_module(name[1], text, filename))
 
-    def _load(self, key, read, filename, directory, span) -> ModuleScope:
+    def _load(self, key, read, filename, directory, span, parse=parse_module) -> ModuleScope:
         if key in self.loading:
             cycle = self.loading[self.loading.index(key) :] + [key]
             raise KilnError(
@@ -102,7 +104,7 @@ class Loader:
         try:
             text = read()
             self.texts[key] = text
-            ast = parse_module(text, filename)
+            ast = parse(text, filename)
             scope = ModuleScope(filename, ast, directory)
             self._bind(scope)
         finally:
