@@ -166,3 +166,51 @@ def test_vectors_load_store_gather():
     np.testing.assert_array_equal(out[:WIDTH], x[WIDTH:])
     gathered = [x[3 * lane % 11] for lane in range(WIDTH - 1)] + [0.0]  # masked off: zero
     np.testing.assert_array_equal(out[WIDTH:], np.array(gathered, dtype=np.float32))
+
+
+def _copy_3x7xn(rolled: bool):
+    """f(dst, src, n): dst[a, b, :n] = src[a, b, 5:5 + n] over a 3 x 7 grid of rows of 64
+    floats (a slice of a [3, 7, 64] tensor), through three nested for_range loops; with
+    `rolled` False, built under irgen.unrolled()."""
+    module, fn, b = _function([F32P, F32P, I64], VOID)
+    dst, src, n = fn.args
+
+    def build():
+        with irgen.for_range(b, irgen.i64(3)) as a, irgen.for_range(b, irgen.i64(7)) as r:
+            row = b.add(b.mul(a, irgen.i64(7)), r)
+            with irgen.for_range(b, n) as j:
+                at = b.add(b.mul(row, irgen.i64(64)), j)
+                b.store(b.load(b.gep(src, [b.add(at, irgen.i64(5))])), b.gep(dst, [at]))
+
+    if rolled:
+        build()
+    else:
+        with irgen.unrolled():
+            build()
+    b.ret_void()
+    return module
+
+
+def test_outer_loops_stay_rolled_and_the_innermost_unrolls():
+    """LLVM unrolls an outer loop with a small constant trip count fully (here 21 copies of
+    the inner loop, each then vectorised): loops with a loop inside carry
+    llvm.loop.unroll.disable, the innermost none, so the optimised code is a fraction of
+    the size, and it copies the same."""
+    from kiln.compiler.codegen.llvm.parts import machine_code
+    from kiln.compiler.codegen.llvm.target import host
+
+    rolled, free = _copy_3x7xn(True), _copy_3x7xn(False)
+    text = str(rolled)
+    assert text.count("!llvm.loop") == 2 and "llvm.loop.unroll.disable" in text
+    assert text.count("distinct !{") == 2  # one loop ID each, itself its first operand
+    assert "!llvm.loop" not in str(free)
+    machine = host().machine()
+    small, large = (len(machine_code(str(m), machine)) for m in (rolled, free))
+    assert small * 3 < large, (small, large)
+    src = np.random.default_rng(0).standard_normal((3, 7, 64)).astype(np.float32)
+    for n in (0, 1, 17, 59):
+        dst = np.zeros_like(src)
+        f = _jit(rolled, None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+        f(dst.ctypes.data, src.ctypes.data, n)
+        np.testing.assert_array_equal(dst[:, :, :n], src[:, :, 5:5 + n])
+        assert not dst[:, :, n:].any()

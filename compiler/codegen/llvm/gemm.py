@@ -32,7 +32,7 @@ from llvmlite import ir
 
 from . import bf16
 from .abi import F32, I64, KERNEL_TYPE, PTR
-from .irgen import Vectors, element, i64, loop, memcpy, memset, smaller
+from .irgen import Vectors, element, i64, loop, memcpy, memset, smaller, unrolled
 from .kernel import KernelBuilder
 from .microkernels import STREAM_ROWS, Tiling, micro_kernel, row_kernel, tiling
 from .movement import TILE, transposed
@@ -205,7 +205,8 @@ def gemm(kb, m: ir.Value, n: ir.Value, k: ir.Value, a: Matrix, b: Source, c: Mat
     t = t or (AMX_TILING if amx else tiling(kb.vector_width))  # the target's, not the host's
     a_kind = "prepacked" if a.prepacked else "transposed" if a.transposed else "matrix"
     # precision="bf16" (bf16.py): the operands in bf16 pairs, prepacked ones paired already
-    fn = _driver(kb.module, type(b), a_kind, t, paired, amx)
+    with unrolled():
+        fn = _driver(kb.module, type(b), a_kind, t, paired, amx)
     if not kb.serial:  # a kernel already split across threads (by sample) runs its GEMMs whole
         fn = _parallel(kb.module, fn, type(b), a_kind, t, paired)
     b_pointers, b_sizes = b.fields()

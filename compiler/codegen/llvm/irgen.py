@@ -66,6 +66,51 @@ class Loop:
         self.amount = amount
 
 
+class _LoopID(ir.values.MDValue):
+    """A loop's `!llvm.loop` metadata: distinct, its first operand itself (as LLVM's loop IDs
+    are), compared and hashed by identity (its operands contain it)."""
+
+    def __init__(self, module: ir.Module, properties: list[ir.Value]):
+        super().__init__(module, [], name=str(len(module.metadata)))
+        self.operands = (self, *properties)
+
+    def descr(self, buf):
+        buf += ("distinct ",)
+        super().descr(buf)
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other):
+        return self is other
+
+
+# loops being built, innermost last: whether each has met a loop inside it so far
+_OPEN: list[bool] = []
+# whether outer loops are kept rolled (`unrolled` suspends it)
+_ROLLED: list[bool] = [True]
+
+
+@contextlib.contextmanager
+def unrolled() -> Iterator[None]:
+    """Loops built inside may all unroll as LLVM sees fit: the GEMM's (its packing loops
+    around short copies gain from it; its blocked loops have large trip counts anyway)."""
+    _ROLLED.append(False)
+    try:
+        yield
+    finally:
+        _ROLLED.pop()
+
+
+def _keep_rolled(b: ir.IRBuilder, latch: ir.Instruction) -> None:
+    """Mark the loop whose back edge is `latch` never to be unrolled. Given to every loop
+    with a loop inside: LLVM would unroll an outer loop with a small constant trip count
+    fully (a [B, 3, 7, W] slice: 21 copies of its inner loop, each then vectorised), code
+    that takes it seconds to compile and runs no faster; inner loops unroll as before."""
+    module = b.module
+    disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    latch.set_metadata("llvm.loop", _LoopID(module, [disable]))
+
+
 @contextlib.contextmanager
 def loop(b: ir.IRBuilder, stop: ir.Value, start: ir.Value | None = None, step: int = 1,
          carries: Sequence[ir.Value] = (), name: str = "loop",
@@ -88,14 +133,22 @@ def loop(b: ir.IRBuilder, stop: ir.Value, start: ir.Value | None = None, step: i
     b.cbranch(b.icmp_signed("<", i, stop), body, done)
     b.position_at_end(body)
     state = Loop(i, values)
-    yield state
+    if _OPEN:
+        _OPEN[-1] = True  # the enclosing loop has this one inside
+    _OPEN.append(False)
+    try:
+        yield state
+    finally:
+        outer = _OPEN.pop()
     for phi, v in zip(values, state.carried, strict=True):
         phi.add_incoming(v, b.block)
     if state.amount is None:
         i.add_incoming(b.add(i, ir.Constant(I64, step), flags=("nsw",)), b.block)
     else:
         i.add_incoming(b.add(i, state.amount), b.block)
-    b.branch(head)
+    latch = b.branch(head)
+    if outer and _ROLLED[-1]:
+        _keep_rolled(b, latch)
     b.position_at_end(done)
 
 
