@@ -534,6 +534,81 @@ def test_parameter_free_blocks(block, ref):
         close(m(x), ref(x.astype(np.float64)))
 
 
+# ---------------------------------------------------------------------------- adaptive pools
+def ref_adaptive_pool2d(x, out, reduce):
+    """PyTorch's adaptive bins, by loops: output (i, j) of (oh, ow) pools x over rows
+    [floor(i * H / oh), ceil((i + 1) * H / oh)) and the like columns."""
+    h, w = x.shape[2:]
+    oh, ow = (s if o is None else o for o, s in zip(out, (h, w)))
+    y = np.empty(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            rows = slice(i * h // oh, -(-(i + 1) * h // oh))
+            cols = slice(j * w // ow, -(-(j + 1) * w // ow))
+            y[:, :, i, j] = reduce(x[:, :, rows, cols], axis=(2, 3))
+    return y
+
+
+ADAPTIVE = [  # (H, W, kiln output_size, numpy's): equal bins, unequal, overlapping, kept axes
+    (7, 7, "[3, 3]", (3, 3)), (9, 13, "[4, 5]", (4, 5)), (8, 12, "[4, 3]", (4, 3)),
+    (5, 6, "[7, 9]", (7, 9)), (6, 10, "[none, 4]", (None, 4)), (4, 4, "2", (2, 2)),
+    (9, 9, "[3, none]", (3, None)), (10, 11, "1", (1, 1)), (1, 5, "[2, 1]", (2, 1)),
+]
+
+
+@pytest.mark.parametrize("kind, reduce", [("Avg", np.mean), ("Max", np.max)])
+@pytest.mark.parametrize("h, w, arg, out", ADAPTIVE, ids=[f"{c[0]}x{c[1]}->{c[2]}"
+                                                         for c in ADAPTIVE])
+def test_adaptive_pools_any_output_size(kind, reduce, h, w, arg, out):
+    """Against the loops above on both targets, with the input's sizes known at compile time
+    and symbolic (bound at the call: the bins are computed from the sizes then)."""
+    rng = np.random.default_rng(h * w)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    want = ref_adaptive_pool2d(x.astype(np.float64), out, reduce)
+    for in_type in (f"f32[B, 3, {h}, {w}]", "f32[B, 3, H, W]"):
+        src = source([((f"nn.Adaptive{kind}Pool2d({arg})", in_type), "M")])
+        # natively the symbolic sizes, which take the general path (known sizes take avg_pool
+        # or max_pool where the bins are equal, kernels tested on their own)
+        for target in ("reference", "native") if "H" in in_type else ("reference",):
+            m = kiln.compile(src, target=target)
+            close(m(x), want)
+    if in_type.endswith("H, W]") and out[0] is not None and out[1] is not None:
+        x2 = rng.standard_normal((1, 3, h + 3, 2 * w + 1)).astype(np.float32)
+        close(m(x2), ref_adaptive_pool2d(x2.astype(np.float64), out, reduce))
+
+
+def ref_adaptive_pool2d_grad(x, out, kind, dy):
+    """The input gradient of the loops above: each bin's cotangent spread evenly over it
+    (mean), or put on its maximum (max; the inputs are distinct)."""
+    h, w = x.shape[2:]
+    oh, ow = out
+    dx = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(dy.shape):
+        rows = slice(i * h // oh, -(-(i + 1) * h // oh))
+        cols = slice(j * w // ow, -(-(j + 1) * w // ow))
+        cell = dx[n, c, rows, cols]
+        if kind == "Avg":
+            cell += dy[n, c, i, j] / cell.size
+        else:
+            at = np.unravel_index(np.argmax(x[n, c, rows, cols]), cell.shape)
+            cell[at] += dy[n, c, i, j]
+    return dx
+
+
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+@pytest.mark.parametrize("size", ["9, 7", "H, W"])
+def test_adaptive_pool_input_gradients(kind, size):
+    """Unequal and overlapping bins (9 -> 4 rows, 7 -> 9 columns) on both targets."""
+    src = source([((f"nn.Adaptive{kind}Pool2d([4, 9])", f"f32[B, 2, {size}]"), "M")])
+    rng = np.random.default_rng(1)
+    x = rng.permutation(2 * 2 * 9 * 7).reshape(2, 2, 9, 7).astype(np.float32) / 50
+    dy = rng.standard_normal((2, 2, 4, 9)).astype(np.float32)
+    want = ref_adaptive_pool2d_grad(x.astype(np.float64), (4, 9), kind, dy)
+    for target in ("reference", "native"):
+        _, _, grads = kiln.compile(src, target=target).vjp(x, cotangents=[dy])
+        close(grads["x"], want)
+
+
 # ---------------------------------------------------------------------------- errors
 BAD = [
     ("nn.Conv2d(3, 4, 3, groups = 2)", "f32[B, 3, 8, 8]", "in_channels must be divisible"),
@@ -543,7 +618,7 @@ BAD = [
      "needs padding_mode zeros"),
     ("nn.ConvTranspose2d(3, 4, 3, groups = 2)", "f32[B, 3, 8, 8]", "divisible by groups"),
     ("nn.GroupNorm(4, 6)", "f32[B, 6, 2]", "num_channels must be divisible by num_groups"),
-    ("nn.AdaptiveAvgPool2d(2)", "f32[B, 3, 8, 8]", "only output_size = 1"),
+    ("nn.AdaptiveMaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
     ("nn.MaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
     ('nn.GELU("exact")', "f32[B, 3]", "approximate must be"),
     ("nn.Dropout(1.5)", "f32[B, 3]", "between 0 and 1"),
@@ -589,6 +664,9 @@ PARITY = [  # (kiln block, the same torch module)
     (case("nn.AvgPool2d(3, 2, 1, true, false)", "f32[B, 3, 8, 7]"),
      "nn.AvgPool2d(3, 2, 1, True, False)"),
     (case("nn.AdaptiveAvgPool2d(1)", "f32[B, 3, 5, 4]"), "nn.AdaptiveAvgPool2d(1)"),
+    (case("nn.AdaptiveAvgPool2d([3, none])", "f32[B, 3, 7, 4]"),
+     "nn.AdaptiveAvgPool2d((3, None))"),
+    (case("nn.AdaptiveMaxPool2d([4, 5])", "f32[B, 3, 9, 6]"), "nn.AdaptiveMaxPool2d((4, 5))"),
     (case('nn.GELU("tanh")', ACT_IN), "nn.GELU('tanh')"),
     (case("nn.ELU(0.5)", ACT_IN), "nn.ELU(0.5)"),
     (case("nn.LogSoftmax(axis = 1)", ACT_IN), "nn.LogSoftmax(dim=1)"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 
-from ..dims import ARITHMETIC, Dim, DimError
+from ..dims import ARITHMETIC, Dim, DimError, known_value
 from ..errors import KilnError, Span
 from ..limits import (
     MAX_DIM_POWER,
@@ -115,15 +115,17 @@ class Arithmetic:
                 )
         a, b = Dim.of(left), Dim.of(right)
         if op in COMPARE:
-            diff = a - b
-            if not diff.is_const:
+            # decided under the `where X % k == 0` facts in force (each call checks them):
+            # with H % 4 == 0, `H % 2 == 0` is true
+            diff = known_value(a - b)
+            if diff is None:
                 raise KilnError(
                     "K0203",
                     f"cannot decide {a} {op} {b} at compile time: it depends on a symbolic size",
                     span,
                     hint="state it as a `where` constraint on forward",
                 )
-            return BINARY[op][1](diff.value, 0)
+            return BINARY[op][1](diff, 0)
         if op == "/":
             return self.binary(op, self.ops.as_tensor(left, span), right, span, span, span)
         if op not in ARITHMETIC:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-from ..dims import Dim
+from ..dims import Dim, known_value
 from ..errors import KilnError, Span
 from ..limits import MAX_SEQUENCE_ITEMS, check_size
 from ..ops import REGISTRY
@@ -120,6 +120,14 @@ class Builtins:
     def builtin_is_list(self, values, span):
         """True for a list or tuple: `k if is_list(k) else [k, k]` (PyTorch's _pair)."""
         return isinstance(self._one(values, span, "is_list"), (list, tuple))
+
+    def builtin_known(self, values, span):
+        """True for a number, and for a size known at compile time (under the `where` facts
+        in force): `avg_pool(x, [h // n, w // n]) if known(h) and known(w) else ...`."""
+        v = self._one(values, span, "known")
+        if isinstance(v, Dim):
+            return known_value(v) is not None
+        return is_scalar(v) and not isinstance(v, bool)
 
     def builtin_len(self, values, span):
         v = self._one(values, span, "len")

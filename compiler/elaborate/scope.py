@@ -34,6 +34,7 @@ BUILTIN_FUNCTIONS = frozenset(
         "sum",
         "abs",
         "is_list",
+        "known",
     }
 )
 BUILTIN_VALUES = {"inf": math.inf, "nan": math.nan, "pi": math.pi, "training": False}
