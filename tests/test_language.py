@@ -717,3 +717,32 @@ def test_ports_print_as_a_signature():
     assert str(m.inputs) == "[x: f32[B, 784], mask: bool[B]?]"
     assert repr(m.outputs) == "[recon: f32[B, 784], output_1: f32[B]]"
     assert str(m.outputs[0]) == "recon: f32[B, 784]"
+
+
+def test_where_facts_decide_comparisons_of_sizes_and_known_tells_a_known_size():
+    """Under `where H % 4 == 0`, `H % 2 == 0` is decided at compile time (each call checks
+    the fact); without a fact it cannot be (K0203). known(v) is true for numbers and sizes
+    known at compile time, false for symbolic ones."""
+    src = """
+model M {
+  forward(x: f32[B, H]) -> f32[B, H] %s {
+    return x * 2.0 if H %% 2 == 0 else x
+  }
+}"""
+    with pytest.raises(KilnError) as info:
+        build(src % "")
+    assert info.value.code == "K0203" and "H%2 == 0" in info.value.message
+    m = kiln.compile(src % "where H % 4 == 0", target="reference")
+    np.testing.assert_array_equal(m(np.ones((1, 8), np.float32)), np.full((1, 8), 2.0))
+    with pytest.raises(KilnError) as info:  # the fact the decision rests on, checked
+        m(np.ones((1, 6), np.float32))
+    assert info.value.code == "K0504"
+    known = build("""
+model K {
+  forward(x: f32[B, 3]) -> f32[B, 3] {
+    _, c = shape(x)
+    require known(c) and known(3) and known(2.5) and not known(B), "known()"
+    return x
+  }
+}""")
+    assert str(known.outputs[0].type) == "f32[B, 3]"

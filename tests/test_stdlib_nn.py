@@ -170,8 +170,9 @@ def ref_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def ref_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                   count_include_pad=True):
-    """PyTorch's avg_pool2d: the divisor counts padding cells (not ceil-mode overhang) or not."""
+                   count_include_pad=True, divisor_override=None):
+    """PyTorch's avg_pool2d: the divisor counts padding cells (not ceil-mode overhang) or not,
+    or is divisor_override."""
     k, s, p = pair(kernel_size), pair(stride or kernel_size), pair(padding)
     N, C, H, W = x.shape
     Ho = _pool_out(H, k[0], s[0], p[0], 1, ceil_mode)
@@ -184,7 +185,8 @@ def ref_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
             pool = (h1 - h0) * (w1 - w0)
             h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)
             total = x[:, :, h0:h1, w0:w1].astype(np.float64).sum(axis=(2, 3))
-            out[:, :, oh, ow] = total / (pool if count_include_pad else (h1 - h0) * (w1 - w0))
+            out[:, :, oh, ow] = total / (divisor_override or (
+                pool if count_include_pad else (h1 - h0) * (w1 - w0)))
     return out
 
 
@@ -491,6 +493,10 @@ POOLS = [
     (case("nn.AvgPool2d(2, ceil_mode = true)", POOL_IN),
      lambda x: ref_avg_pool2d(x, 2, ceil_mode=True)),
     (case("nn.AvgPool2d(3, 2, 1, true)", POOL_IN), lambda x: ref_avg_pool2d(x, 3, 2, 1, True)),
+    (case("nn.AvgPool2d(3, 2, 1, divisor_override = 5)", POOL_IN),
+     lambda x: ref_avg_pool2d(x, 3, 2, 1, divisor_override=5)),
+    (case("nn.AvgPool2d([2, 3], 1, 1, false, false, 4)", POOL_IN),
+     lambda x: ref_avg_pool2d(x, (2, 3), 1, 1, False, False, 4)),
     (case("nn.AdaptiveAvgPool2d(1)", POOL_IN), lambda x: x.mean(axis=(2, 3), keepdims=True)),
     (case("nn.AdaptiveAvgPool2d([1, 1])", POOL_IN),
      lambda x: x.mean(axis=(2, 3), keepdims=True)),
@@ -567,9 +573,9 @@ def test_adaptive_pools_any_output_size(kind, reduce, h, w, arg, out):
     want = ref_adaptive_pool2d(x.astype(np.float64), out, reduce)
     for in_type in (f"f32[B, 3, {h}, {w}]", "f32[B, 3, H, W]"):
         src = source([((f"nn.Adaptive{kind}Pool2d({arg})", in_type), "M")])
-        # natively the symbolic sizes, which take the general path (known sizes take avg_pool
-        # or max_pool where the bins are equal, kernels tested on their own)
-        for target in ("reference", "native") if "H" in in_type else ("reference",):
+        # natively and in onnxruntime the symbolic sizes, which take the general path (known
+        # sizes take avg_pool or max_pool where the bins are equal, ops tested on their own)
+        for target in ("reference", "native", "onnx") if "H" in in_type else ("reference",):
             m = kiln.compile(src, target=target)
             close(m(x), want)
     if in_type.endswith("H, W]") and out[0] is not None and out[1] is not None:
@@ -620,6 +626,9 @@ BAD = [
     ("nn.GroupNorm(4, 6)", "f32[B, 6, 2]", "num_channels must be divisible by num_groups"),
     ("nn.AdaptiveMaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
     ("nn.MaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
+    ("nn.AvgPool2d(2, divisor_override = 0)", "f32[B, 3, 8, 8]", "must be a positive int"),
+    ("nn.AvgPool2d(3, 2, ceil_mode = true, divisor_override = 4)", "f32[B, 3, 8, 8]",
+     "not supported with ceil_mode"),
     ('nn.GELU("exact")', "f32[B, 3]", "approximate must be"),
     ("nn.Dropout(1.5)", "f32[B, 3]", "between 0 and 1"),
     ("nn.BatchNorm1d(3)", "f32[B, 3, 4, 4]", "BatchNorm1d takes [N, C] or [N, C, L]"),
@@ -664,6 +673,8 @@ PARITY = [  # (kiln block, the same torch module)
     (case("nn.AvgPool2d(3, 2, 1, true, false)", "f32[B, 3, 8, 7]"),
      "nn.AvgPool2d(3, 2, 1, True, False)"),
     (case("nn.AdaptiveAvgPool2d(1)", "f32[B, 3, 5, 4]"), "nn.AdaptiveAvgPool2d(1)"),
+    (case("nn.AvgPool2d(3, 2, 1, divisor_override = 7)", "f32[B, 3, 8, 7]"),
+     "nn.AvgPool2d(3, 2, 1, divisor_override=7)"),
     (case("nn.AdaptiveAvgPool2d([3, none])", "f32[B, 3, 7, 4]"),
      "nn.AdaptiveAvgPool2d((3, None))"),
     (case("nn.AdaptiveMaxPool2d([4, 5])", "f32[B, 3, 9, 6]"), "nn.AdaptiveMaxPool2d((4, 5))"),
