@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
-from .slicing import place
 from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
@@ -126,9 +125,15 @@ def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ..
     spatial = list(range(2, w.type.rank))
     mixed = gb.op("conv", ct, gb.permute(w, [1, 0, *spatial]), None,
                   stride=[1] * len(spatial), padding=[0] * len(spatial))  # [N, C, *out]
-    for axis, size, s in zip(spatial, sizes, stride, strict=True):  # a strided slice's adjoint
-        mixed = place(gb, mixed, axis, Dim.of(size), zero, mixed.type.shape[axis], s)
-    return mixed
+    # every pixel followed by s - 1 zeros along each axis: one pad of [N, C, o1, 1, o2, 1, ...]
+    # (a strided slice's adjoint, all axes in one pass), then the ends cut or padded to x's
+    n, channels, *out = mixed.type.shape
+    spread = gb.reshape(mixed, [n, channels, *(d for o in out for d in (o, Dim.of(1)))])
+    widths = [w for s in reversed(stride) for w in (zero, Dim.of(s - 1), zero, zero)]
+    spread = gb.op("pad", spread, pads=widths)
+    spread = gb.reshape(spread, [n, channels, *(o * s for o, s in zip(out, stride, strict=True))])
+    return spatial_pads(gb, spread, [(zero, Dim.of(size) - o * s)
+                                      for size, o, s in zip(sizes, out, stride, strict=True)])
 
 
 def _phase_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
