@@ -138,19 +138,37 @@ model M {{
     np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def _conv_weight_grad_f64(x, ct, k, padding, dilation):
-    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p + i*dh, q + j*dw]
-    (stride 1), in float64."""
+def _conv_weight_grad_f64(x, ct, k, padding, dilation, stride=(1, 1)):
+    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p*sh + i*dh,
+    q*sw + j*dw], in float64."""
     (top, bottom), (left, right) = padding
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h, out_w = ct.shape[2:]
     dw = np.zeros((ct.shape[1], x.shape[1], k, k))
     for i in range(k):
         for j in range(k):
-            patch = xp[:, :, i * dilation[0]:i * dilation[0] + out_h,
-                       j * dilation[1]:j * dilation[1] + out_w]
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patch = xp[:, :, y0:y0 + stride[0] * (out_h - 1) + 1:stride[0],
+                       x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
             dw[:, :, i, j] = np.einsum("nohw,nchw->oc", ct, patch)
     return dw
+
+
+def _check_weight_grad(source, shapes, want, target):
+    """dw of the compiled `source` (inputs x, w) at two batch sizes against want(x, ct), in
+    float64; natively also bit-equal on 2 threads. shapes: x's, w's and y's past the batch."""
+    model = kiln.compile(source, target=target)
+    x_shape, w_shape, y_shape = shapes
+    for batch in (1, 3):
+        x = normal(batch, *x_shape, seed=batch).astype(np.float32)
+        wt = normal(*w_shape, seed=5).astype(np.float32)
+        ct = normal(batch, *y_shape, seed=6).astype(np.float32)
+        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
+        expected = want(x, ct)
+        np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if target == "native":
+        two = kiln.compile(source, target="native", threads=2)
+        np.testing.assert_array_equal(two.vjp(x, wt, cotangents=[ct])[2]["w"], dw)
 
 
 @pytest.mark.parametrize("channels, k, padding, dilation, shifted", [
@@ -179,35 +197,14 @@ model M {{
     return conv(pad(x, {pads}), w, dilation = [{dilation[0]}, {dilation[1]}])
   }}
 }}"""
-    model = kiln.compile(source, target=target)
-    for batch in (1, 3):
-        x = normal(batch, channels, h, w, seed=batch).astype(np.float32)
-        wt = normal(out, channels, k, k, seed=5).astype(np.float32)
-        ct = normal(batch, out, out_h, out_w, seed=6).astype(np.float32)
-        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
-        want = _conv_weight_grad_f64(x, ct, k, padding, dilation)
-        np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    _check_weight_grad(source, [(channels, h, w), (out, channels, k, k), (out, out_h, out_w)],
+                       lambda x, ct: _conv_weight_grad_f64(x, ct, k, padding, dilation),
+                       target)
     graph, *_ = rules_graph([("conv", (normal(2, channels, h + top + bottom,
                                               w + left + right).astype(np.float32),
                                        normal(out, channels, k, k).astype(np.float32), None),
                               dict(dilation=list(dilation)))])
     assert ("shifted_matmul" in {graph.op(n) for n in graph.order()}) == shifted
-
-
-def _strided_weight_grad_f64(x, ct, k, stride, padding, dilation):
-    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p*sh + i*dh,
-    q*sw + j*dw], in float64."""
-    (top, bottom), (left, right) = padding
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
-    out_h, out_w = ct.shape[2:]
-    dw = np.zeros((ct.shape[1], x.shape[1], k, k))
-    for i in range(k):
-        for j in range(k):
-            y0, x0 = i * dilation[0], j * dilation[1]
-            patch = xp[:, :, y0:y0 + stride[0] * (out_h - 1) + 1:stride[0],
-                       x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
-            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", ct, patch)
-    return dw
 
 
 STRIDED_DW_CASES = [  # (channels, h, w, k, stride, padding ((top, bottom), (left, right)),
@@ -249,17 +246,10 @@ model M {{
     return conv({inner}, w, stride = {list(stride)}, padding = {pads}, dilation = {list(dilation)})
   }}
 }}"""
-    model = kiln.compile(source, target=target)
-    for batch in (1, 3):
-        x = normal(batch, channels, h, w, seed=batch).astype(np.float32)
-        wt = normal(outs, channels, k, k, seed=5).astype(np.float32)
-        ct = normal(batch, outs, out_h, out_w, seed=6).astype(np.float32)
-        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
-        want = _strided_weight_grad_f64(x, ct, k, stride, padding, dilation)
-        np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    if target == "native":
-        two = kiln.compile(source, target="native", threads=2)
-        np.testing.assert_array_equal(two.vjp(x, wt, cotangents=[ct])[2]["w"], dw)
+    _check_weight_grad(source, [(channels, h, w), (outs, channels, k, k),
+                                (outs, out_h, out_w)],
+                       lambda x, ct: _conv_weight_grad_f64(x, ct, k, padding, dilation, stride),
+                       target)
     size = (h, w) if symmetric else (hp, wp)
     graph, *_ = rules_graph([("conv", (normal(2, channels, *size).astype(np.float32),
                                        normal(outs, channels, k, k).astype(np.float32), None),

@@ -255,6 +255,22 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
 
 
+def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
+                    groups: int) -> tuple | None:
+    """(C, H, W, out_h, out_w, kh, kw, ((top, bottom), (left, right))) as ints, of an
+    ungrouped 2-D f32 convolution whose sizes past the batch are constant (what the GEMMs
+    over rows of its input need), or None for another."""
+    if (groups != 1 or x.type.rank != 4 or x.type.dtype != "f32"
+            or ct.type.dtype != "f32"):
+        return None
+    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
+             *(b for p in pads for b in p)]
+    if not all(Dim.of(d).is_const for d in sizes):
+        return None
+    values = [Dim.of(d).value for d in sizes]
+    return (*values[:7], ((values[7], values[8]), (values[9], values[10])))
+
+
 def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
                          stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
                          groups: int) -> Any | None:
@@ -275,15 +291,10 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
     so the flat index runs over whole rows; `rows` has zero samples appended for the furthest
     window, which only those zeros read."""
-    if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
-            or x.type.dtype != "f32" or ct.type.dtype != "f32"):
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
+    if sizes is None or any(s != 1 for s in stride):
         return None
-    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
-             *(b for p in pads for b in p)]
-    if not all(Dim.of(d).is_const for d in sizes):
-        return None
-    channels, h, w, out_h, out_w, kh, kw = (Dim.of(d).value for d in sizes[:7])
-    (top, bottom), (left, right) = ([Dim.of(b).value for b in p] for p in pads)
+    channels, h, w, out_h, out_w, kh, kw, ((top, bottom), (left, right)) = sizes
     hp, wp = h + top + bottom, w + left + right
     if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
         return None  # the forward's shape rule guarantees this for stride 1
@@ -368,15 +379,10 @@ def _phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     side by side (its span; without dilation along the width) and all sh phases as
     columns: kernel rows e = sh * d + r for every r, of which the kernel's are picked (a
     stride-2 3x3 computes 4 rows for 3: no patches, one copy of x instead of kh * kw)."""
-    if (groups != 1 or x.type.rank != 4 or all(s == 1 for s in stride)
-            or x.type.dtype != "f32" or ct.type.dtype != "f32"):
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
+    if sizes is None or all(s == 1 for s in stride):
         return None
-    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
-             *(b for p in pads for b in p)]
-    if not all(Dim.of(d).is_const for d in sizes):
-        return None
-    channels, h, w, out_h, out_w, kh, kw = (Dim.of(d).value for d in sizes[:7])
-    (top, _bottom), (left, _right) = ([Dim.of(b).value for b in p] for p in pads)
+    channels, h, w, out_h, out_w, kh, kw, ((top, _bottom), (left, _right)) = sizes
     sh, sw = stride
     span = kw if dilation[1] == 1 else 1
     if span * sh * channels < MIN_TAP_COLUMNS:
