@@ -633,6 +633,8 @@ case("shifted_matmul", rand(3, 5, seed=7), rand(13, 2, seed=8), shifts=[0, 4, 1]
      id="shifted_matmul-spare-rows")
 case("shifted_matmul", rand(2, 4, seed=9), rand(11, 3, seed=10), shifts=[2, 0], span=3,
      id="shifted_matmul-span-spare-rows")
+case("shifted_matmul", rand(2, 4, seed=11), rand(13, 3, seed=12), shifts=[2, 0], span=3,
+     step=2, id="shifted_matmul-step")  # every other row: a strided convolution's dw
 # batch_norm's training-mode gradient statistics, at sizes no multiple of the vector width
 case("batch_norm_stats", rand(3, 5, 7, 9, seed=11), rand(3, 5, 7, 9, seed=12),
      id="batch_norm_stats")
@@ -730,6 +732,8 @@ symbolic("matmul", [T(["B", "T", 3]), T([3, 2])], lambda e: rand(e["B"], e["T"],
          lambda e: rand(3, 2))
 symbolic("shifted_matmul", [T([2, "T"]), T([L + 4, 3])], lambda e: rand(2, e["T"]),
          lambda e: rand(e["T"] + 4, 3), shifts=[3, 0], span=2)
+symbolic("shifted_matmul", [T([2, "T"]), T([L * 2 + 4, 3])], lambda e: rand(2, e["T"]),
+         lambda e: rand(e["T"] * 2 + 4, 3), shifts=[3, 0], span=2, step=2)
 symbolic("conv", [T(["B", 3, "H", "H"]), T([4, 3, 3, 3]), None],
          lambda e: rand(e["B"], 3, e["H"], e["H"]), lambda e: rand(4, 3, 3, 3), None,
          stride=2, padding=1)

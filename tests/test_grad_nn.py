@@ -138,19 +138,37 @@ model M {{
     np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def _conv_weight_grad_f64(x, ct, k, padding, dilation):
-    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p + i*dh, q + j*dw]
-    (stride 1), in float64."""
+def _conv_weight_grad_f64(x, ct, k, padding, dilation, stride=(1, 1)):
+    """dw[o, c, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, c, p*sh + i*dh,
+    q*sw + j*dw], in float64."""
     (top, bottom), (left, right) = padding
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h, out_w = ct.shape[2:]
     dw = np.zeros((ct.shape[1], x.shape[1], k, k))
     for i in range(k):
         for j in range(k):
-            patch = xp[:, :, i * dilation[0]:i * dilation[0] + out_h,
-                       j * dilation[1]:j * dilation[1] + out_w]
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patch = xp[:, :, y0:y0 + stride[0] * (out_h - 1) + 1:stride[0],
+                       x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
             dw[:, :, i, j] = np.einsum("nohw,nchw->oc", ct, patch)
     return dw
+
+
+def _check_weight_grad(source, shapes, want, target):
+    """dw of the compiled `source` (inputs x, w) at two batch sizes against want(x, ct), in
+    float64; natively also bit-equal on 2 threads. shapes: x's, w's and y's past the batch."""
+    model = kiln.compile(source, target=target)
+    x_shape, w_shape, y_shape = shapes
+    for batch in (1, 3):
+        x = normal(batch, *x_shape, seed=batch).astype(np.float32)
+        wt = normal(*w_shape, seed=5).astype(np.float32)
+        ct = normal(batch, *y_shape, seed=6).astype(np.float32)
+        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
+        expected = want(x, ct)
+        np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if target == "native":
+        two = kiln.compile(source, target="native", threads=2)
+        np.testing.assert_array_equal(two.vjp(x, wt, cotangents=[ct])[2]["w"], dw)
 
 
 @pytest.mark.parametrize("channels, k, padding, dilation, shifted", [
@@ -179,19 +197,72 @@ model M {{
     return conv(pad(x, {pads}), w, dilation = [{dilation[0]}, {dilation[1]}])
   }}
 }}"""
-    model = kiln.compile(source, target=target)
-    for batch in (1, 3):
-        x = normal(batch, channels, h, w, seed=batch).astype(np.float32)
-        wt = normal(out, channels, k, k, seed=5).astype(np.float32)
-        ct = normal(batch, out, out_h, out_w, seed=6).astype(np.float32)
-        dw = model.vjp(x, wt, cotangents=[ct])[2]["w"]
-        want = _conv_weight_grad_f64(x, ct, k, padding, dilation)
-        np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    _check_weight_grad(source, [(channels, h, w), (out, channels, k, k), (out, out_h, out_w)],
+                       lambda x, ct: _conv_weight_grad_f64(x, ct, k, padding, dilation),
+                       target)
     graph, *_ = rules_graph([("conv", (normal(2, channels, h + top + bottom,
                                               w + left + right).astype(np.float32),
                                        normal(out, channels, k, k).astype(np.float32), None),
                               dict(dilation=list(dilation)))])
     assert ("shifted_matmul" in {graph.op(n) for n in graph.order()}) == shifted
+
+
+STRIDED_DW_CASES = [  # (channels, h, w, k, stride, padding ((top, bottom), (left, right)),
+    # dilation, form: "phases", "pointwise" (strided slice, then shifted rows) or "patches")
+    (16, 8, 8, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), "phases"),  # ResNet's downsampling 3x3
+    (8, 9, 7, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), "phases"),   # odd sizes: a zero row added
+    (8, 11, 10, 3, (3, 3), ((2, 0), (0, 2)), (1, 1), "phases"),  # stride 3, one-sided pads
+    (3, 13, 12, 7, (2, 2), ((3, 3), (3, 3)), (1, 1), "phases"),  # a 7x7 stem of 3 channels
+    (8, 10, 9, 3, (2, 3), ((0, 0), (1, 1)), (2, 1), "phases"),  # dilated rows, mixed strides
+    (8, 12, 12, 3, (2, 2), ((2, 2), (2, 2)), (2, 2), "phases"),  # dilated columns: a GEMM a tap
+    (16, 9, 8, 2, (2, 2), ((0, 1), (1, 0)), (1, 1), "phases"),  # an even kernel
+    (8, 8, 8, 3, (2, 1), ((1, 1), (1, 1)), (1, 1), "phases"),   # strided rows only
+    (16, 8, 8, 1, (2, 2), ((0, 0), (0, 0)), (1, 1), "pointwise"),  # a shortcut
+    (32, 9, 7, 1, (3, 2), ((0, 0), (0, 0)), (1, 1), "pointwise"),  # odd, mixed strides
+    (16, 8, 8, 1, (2, 2), ((1, 1), (1, 1)), (1, 1), "phases"),  # a padded 1x1
+    (2, 9, 9, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), "patches"),  # too few columns
+]
+
+
+@pytest.mark.parametrize("channels, h, w, k, stride, padding, dilation, form",
+                         STRIDED_DW_CASES)
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_conv_weight_grad_strided(channels, h, w, k, stride, padding, dilation, form, target):
+    """A strided f32 convolution's dw as GEMMs over rows holding the stride's input rows side
+    by side (shifted_matmul with a step), or over the pixels a strided 1x1 reads, against
+    the sum over output pixels in float64, at two batch sizes of one compiled model, and
+    natively bit-equal on 1 and 2 threads."""
+    (top, bottom), (left, right) = padding
+    outs = 5
+    hp, wp = h + top + bottom, w + left + right
+    out_h = (hp - dilation[0] * (k - 1) - 1) // stride[0] + 1
+    out_w = (wp - dilation[1] * (k - 1) - 1) // stride[1] + 1
+    symmetric = top == bottom and left == right  # conv's padding, else a pad before it
+    inner = "x" if symmetric else f"pad(x, [{left}, {right}, {top}, {bottom}])"
+    pads = [top, left] if symmetric else [0, 0]
+    source = f"""
+model M {{
+  forward(x: f32[B, {channels}, {h}, {w}], w: f32[{outs}, {channels}, {k}, {k}]) -> f32[B, {outs}, {out_h}, {out_w}] {{
+    return conv({inner}, w, stride = {list(stride)}, padding = {pads}, dilation = {list(dilation)})
+  }}
+}}"""
+    _check_weight_grad(source, [(channels, h, w), (outs, channels, k, k),
+                                (outs, out_h, out_w)],
+                       lambda x, ct: _conv_weight_grad_f64(x, ct, k, padding, dilation, stride),
+                       target)
+    size = (h, w) if symmetric else (hp, wp)
+    graph, *_ = rules_graph([("conv", (normal(2, channels, *size).astype(np.float32),
+                                       normal(outs, channels, k, k).astype(np.float32), None),
+                              dict(stride=list(stride), padding=pads,
+                                   dilation=list(dilation)))])
+    ops = {graph.op(n) for n in graph.order()}
+    steps = {graph.node(n)["attrs"]["step"] for n in graph.nodes_with_op("shifted_matmul")}
+    pointwise = k == 1 and top + bottom + left + right == 0
+    # the phases read every sw-th row; the pointwise form's stride-1 GEMM every row
+    got = ("patches" if "gather" in ops else "other" if not steps
+           else "pointwise" if pointwise and steps == {1}
+           else "phases" if steps == {stride[1]} else "other")
+    assert got == form, (ops, steps)
 
 
 @pytest.mark.parametrize("xs, ws, stride, padding, out_pad, dilation, groups", CONV_T_CASES)

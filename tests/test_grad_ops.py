@@ -108,10 +108,12 @@ def test_matmul(sa, sb):
     check_vjp("matmul", normal(sa, 1), normal(sb, 2))
 
 
-@pytest.mark.parametrize("shifts, span", [([0, 3, 1], 1), ([2, 0], 3)])
-def test_shifted_matmul(shifts, span):
-    check_vjp("shifted_matmul", normal((3, 5), 1), normal((5 + max(shifts) + span - 1, 2), 2),
-              shifts=shifts, span=span)
+@pytest.mark.parametrize("shifts, span, step", [([0, 3, 1], 1, 1), ([2, 0], 3, 1),
+                                               ([2, 0], 3, 2), ([1], 1, 3)])
+def test_shifted_matmul(shifts, span, step):
+    check_vjp("shifted_matmul", normal((3, 5), 1),
+              normal((4 * step + max(shifts) + span + 1, 2), 2), shifts=shifts, span=span,
+              step=step)
 
 
 # ---------------------------------------------------------------- views used by Linear

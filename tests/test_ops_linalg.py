@@ -89,20 +89,22 @@ def test_half_matmul_keeps_dtype(dtype):
     assert run("matmul", a, rand(64, 2, dtype=dtype, seed=3)).dtype == a.dtype
 
 
-@pytest.mark.parametrize("shifts, span", [([0], 1), ([3, 0, 2], 1), ([0, 5], 3), ([1], 2)])
-def test_shifted_matmul_matches_loop(shifts, span):
-    """out[t][i, (s, j)] = sum over p of a[i, p] * b[shifts[t] + s + p, j]: the windows read
-    element by element."""
+@pytest.mark.parametrize("shifts, span, step", [([0], 1, 1), ([3, 0, 2], 1, 1), ([0, 5], 3, 1),
+                                               ([1], 2, 1), ([0, 4], 3, 2), ([2], 1, 3)])
+def test_shifted_matmul_matches_loop(shifts, span, step):
+    """out[t][i, (s, j)] = sum over p of a[i, p] * b[shifts[t] + s + p * step, j]: the
+    windows read element by element."""
     m, k, c = 3, 6, 2
-    a, b = rand(m, k, seed=1), rand(k + max(shifts) + span - 1, c, seed=2)
+    a, b = rand(m, k, seed=1), rand((k - 1) * step + max(shifts) + span, c, seed=2)
     want = np.zeros((len(shifts), m, span * c))
     for t, shift in enumerate(shifts):
         for i, s, j in itertools.product(range(m), range(span), range(c)):
-            want[t, i, s * c + j] = sum(float(a[i, p]) * float(b[shift + s + p, j])
+            want[t, i, s * c + j] = sum(float(a[i, p]) * float(b[shift + s + p * step, j])
                                         for p in range(k))
-    assert_close("shifted_matmul", run("shifted_matmul", a, b, shifts=shifts, span=span), want)
+    got = run("shifted_matmul", a, b, shifts=shifts, span=span, step=step)
+    assert_close("shifted_matmul", got, want)
     macs = REGISTRY["shifted_matmul"].macs([T([m, k]), T(list(b.shape))], [], {
-        "shifts": shifts, "span": span})
+        "shifts": shifts, "span": span, "step": step})
     assert macs == len(shifts) * span * m * k * c
 
 
@@ -119,6 +121,13 @@ def test_shifted_matmul_shapes_and_errors():
            arg="b")
     raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[], arg="shifts")
     raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[0], span=0, arg="span")
+    raises("K0303", "shifted_matmul", T([4, 5]), T([5, 2]), shifts=[0], step=0, arg="step")
+    # every step-th row: (K - 1) * step + the largest shift + span rows
+    assert infer1("shifted_matmul", T([4, 5]), T([12, 2]), shifts=[3], step=2) == T([1, 4, 2])
+    raises("K0301", "shifted_matmul", T([4, 5]), T([11, 2]), shifts=[3], step=2, arg="b",
+           match="b must have 12 rows")
+    assert infer1("shifted_matmul", T([16, "B"]), T([B * 2 + 40, 8]), shifts=[0, 38],
+                  span=3, step=2) == T([2, 16, 24])
     raises("K0302", "shifted_matmul", T([4, 5], "f16"), T([5, 2], "f16"), shifts=[0])
     raises("K0302", "shifted_matmul", T([4, 5]), T([5, 2], "f64"), shifts=[0])
 

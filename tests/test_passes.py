@@ -261,6 +261,8 @@ def test_fold_constants_leaves_symbolic_huge_and_input_dependent_nodes():
     ("dropout(x, p = 0.3)", "dropout", "dropout (inference) -> x"),
     ("x[:, :]", "slice", "x[:, ...] -> x"),
     ("x[..., 0:3]", "slice", "x[:, ...] -> x"),
+    ("pad(x, [0, 0, 0, 0])", "pad", "pad by zeros -> x"),
+    ("pad(x, [0, 0], mode = \"reflect\")", "pad", "pad by zeros -> x"),
 ])
 def test_simplify_rule_fires(expr, gone, rule):
     before, after, stats = run_pass(forward(f"return relu({expr})"), "simplify", dims=DIMS)
@@ -286,6 +288,7 @@ def test_simplify_merges_chains():
     "x * 2", "x + 1", "2 - x", "0 - x", "0.0 - x", "zeros([3]) - x", "1 / x", "x[0] * ones([2, 3])", "transpose(x, 0, 1)",
     "reshape(x, [3, B])", "cast(x, \"f16\")", "x[1:]", "x[:, ::-1]", "x[:, none]",
     "-x", "transpose(transpose(x, 0, 1), 0, 1) + transpose(x, 0, 1)[:, 0]",
+    "pad(x, [1, -1])",  # x's shape, moved by one: no identity
 ])
 def test_simplify_leaves_other_expressions(expr):
     src = forward(f"return {expr}", result=None)

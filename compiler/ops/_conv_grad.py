@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..dims import Dim
-from .slicing import place
 from .views import range_on
 
 Pads = list[tuple[Dim, Dim]]
@@ -126,9 +125,15 @@ def _pointwise_strided_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ..
     spatial = list(range(2, w.type.rank))
     mixed = gb.op("conv", ct, gb.permute(w, [1, 0, *spatial]), None,
                   stride=[1] * len(spatial), padding=[0] * len(spatial))  # [N, C, *out]
-    for axis, size, s in zip(spatial, sizes, stride, strict=True):  # a strided slice's adjoint
-        mixed = place(gb, mixed, axis, Dim.of(size), zero, mixed.type.shape[axis], s)
-    return mixed
+    # every pixel followed by s - 1 zeros along each axis: one pad of [N, C, o1, 1, o2, 1, ...]
+    # (a strided slice's adjoint, all axes in one pass), then the ends cut or padded to x's
+    n, channels, *out = mixed.type.shape
+    spread = gb.reshape(mixed, [n, channels, *(d for o in out for d in (o, Dim.of(1)))])
+    widths = [w for s in reversed(stride) for w in (zero, Dim.of(s - 1), zero, zero)]
+    spread = gb.op("pad", spread, pads=widths)
+    spread = gb.reshape(spread, [n, channels, *(o * s for o, s in zip(out, stride, strict=True))])
+    return spatial_pads(gb, spread, [(zero, Dim.of(size) - o * s)
+                                      for size, o, s in zip(sizes, out, stride, strict=True)])
 
 
 def _phase_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...],
@@ -223,13 +228,17 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
     A 2-D ungrouped f32 convolution of stride 1 with constant spatial sizes takes it as one
     GEMM per kernel tap over shifted rows of the channels-last input (`_shifted_weight_grad`),
-    one of another stride as one GEMM per kernel row (`_patches_weight_grad`); others as a
+    one of another stride likewise over rows holding `stride` input rows side by side, read
+    every stride-th row (`_phase_weight_grad`; a strided 1x1 without padding first takes the
+    pixels it reads, `_strided_pointwise_weight_grad`), or else as one GEMM per kernel row
+    over gathered patches (`_patches_weight_grad`); others as a
     convolution of x (batch and channels swapped, so the batch is what the GEMM reduces)
     with ct as its weight, the stride and dilation exchanging roles, whose windows may run
     past the kernel by what the forward's last window left unread, which is cut off.
     That convolution has a kernel as large as the output and a handful of output pixels,
     which the GEMM runs at a few % of peak."""
-    for fast in (_shifted_weight_grad, _patches_weight_grad):
+    for fast in (_shifted_weight_grad, _strided_pointwise_weight_grad, _phase_weight_grad,
+                 _patches_weight_grad):
         grad = fast(gb, x, ct, kernel, stride, dilation, pads, groups)
         if grad is not None:
             return grad
@@ -244,6 +253,22 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
+                    groups: int) -> tuple | None:
+    """(C, H, W, out_h, out_w, kh, kw, ((top, bottom), (left, right))) as ints, of an
+    ungrouped 2-D f32 convolution whose sizes past the batch are constant (what the GEMMs
+    over rows of its input need), or None for another."""
+    if (groups != 1 or x.type.rank != 4 or x.type.dtype != "f32"
+            or ct.type.dtype != "f32"):
+        return None
+    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
+             *(b for p in pads for b in p)]
+    if not all(Dim.of(d).is_const for d in sizes):
+        return None
+    values = [Dim.of(d).value for d in sizes]
+    return (*values[:7], ((values[7], values[8]), (values[9], values[10])))
 
 
 def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
@@ -266,15 +291,10 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
     so the flat index runs over whole rows; `rows` has zero samples appended for the furthest
     window, which only those zeros read."""
-    if (groups != 1 or x.type.rank != 4 or any(s != 1 for s in stride)
-            or x.type.dtype != "f32" or ct.type.dtype != "f32"):
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
+    if sizes is None or any(s != 1 for s in stride):
         return None
-    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
-             *(b for p in pads for b in p)]
-    if not all(Dim.of(d).is_const for d in sizes):
-        return None
-    channels, h, w, out_h, out_w, kh, kw = (Dim.of(d).value for d in sizes[:7])
-    (top, bottom), (left, right) = ([Dim.of(b).value for b in p] for p in pads)
+    channels, h, w, out_h, out_w, kh, kw, ((top, bottom), (left, right)) = sizes
     hp, wp = h + top + bottom, w + left + right
     if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
         return None  # the forward's shape rule guarantees this for stride 1
@@ -318,6 +338,86 @@ def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
     padded = padded_permute(gb, x, [0, 2, 3, 1], [(zero, extra), (top, bottom), (left, right),
                                                   (zero, zero)])
     return gb.reshape(padded, [(Dim.of(n) + extra) * hp * wp, channels])
+
+
+def _strided_pointwise_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                                   stride: tuple[int, ...], dilation: tuple[int, ...],
+                                   pads: Pads, groups: int) -> Any | None:
+    """conv_weight_grad of a strided 2-D 1x1 convolution without padding (a ResNet's
+    downsampling shortcut; None for another): the pixels it reads, x[:, :, ::sh, ::sw] (a
+    strided slice, a quarter of x at stride 2), then a stride-1 1x1's dw over them."""
+    zero = Dim.of(0)
+    if (x.type.rank != 4 or all(s == 1 for s in stride)
+            or any(Dim.of(k) != Dim.of(1) for k in kernel)
+            or any(lo != zero or hi != zero for lo, hi in pads)):
+        return None
+    out = ct.type.shape[2:]
+    if not all(Dim.of(d).is_const for d in out):
+        return None
+    whole = [("range", None, None, 1)] * 2
+    taken = gb.op("slice", x, items=whole + [("range", 0, (Dim.of(o).value - 1) * s + 1, s)
+                                             for o, s in zip(out, stride, strict=True)])
+    return _shifted_weight_grad(gb, taken, ct, kernel, (1, 1), dilation, [(zero, zero)] * 2,
+                                groups)
+
+
+def _phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                       stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                       groups: int) -> Any | None:
+    """conv_weight_grad of a strided 2-D f32 convolution with groups = 1 and constant spatial
+    sizes (None for another, or where its GEMMs would be narrower than MIN_TAP_COLUMNS), as
+    GEMMs over rows that each hold sh input rows side by side, read every sw-th row:
+
+        rows[(n, g, X), (r, c)] = x[n, c, sh * (g - lo) + r, X - left]   one copy, 0 outside
+        ct'[o, (n, p, q)]       = ct[n, o, p, q], 0 where p >= out_h or q >= out_w
+        out[d, o, (j, r, c)]    = ct' @ rows[sw * (n, p, q) + (d + lo) * Wp + j * dw, (r, c)]
+
+    Kernel row i reads input row sh * p + e_i, e_i = i * dh - top = sh * d + r: group p + d,
+    phase r. Over the grid [Hg, Wq] (Wp = sw * Wq), row (n, p, q) of ct' lands on row
+    sw * (n, p, q) + (d + lo) * Wp of `rows` at output column q's first tap, so each group
+    shift d is one GEMM with b read every sw-th row (shifted_matmul's step), the kw taps
+    side by side (its span; without dilation along the width) and all sh phases as
+    columns: kernel rows e = sh * d + r for every r, of which the kernel's are picked (a
+    stride-2 3x3 computes 4 rows for 3: no patches, one copy of x instead of kh * kw)."""
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
+    if sizes is None or all(s == 1 for s in stride):
+        return None
+    channels, h, w, out_h, out_w, kh, kw, ((top, _bottom), (left, _right)) = sizes
+    sh, sw = stride
+    span = kw if dilation[1] == 1 else 1
+    if span * sh * channels < MIN_TAP_COLUMNS:
+        return None
+    groups_of = [divmod(i * dilation[0] - top, sh) for i in range(kh)]  # (d, r) per row
+    first, last = groups_of[0][0], groups_of[-1][0]
+    lo = max(0, -first)
+    height = -(-h // sh)  # whole groups of sh rows, the last one completed by zeros
+    if height * sh != h:
+        x = spatial_pads(gb, x, [(Dim.of(0), Dim.of(height * sh - h)), (Dim.of(0), Dim.of(0))])
+    hg = max(lo + height, out_h + last + lo)
+    reach = sw * (out_w - 1) + (kw - 1) * dilation[1] + 1
+    wp = -(-max(left + w, reach) // sw) * sw
+    wq = wp // sw
+    n, outs = x.type.shape[0], ct.type.shape[1]
+    zero = Dim.of(0)
+    grouped = gb.reshape(x, [n, channels, height, sh, w])
+    rows = padded_permute(gb, grouped, [0, 2, 4, 3, 1],
+                          [(zero, Dim.of(1)), (Dim.of(lo), Dim.of(hg - lo - height)),
+                           (Dim.of(left), Dim.of(wp - left - w)), (zero, zero), (zero, zero)])
+    rows = gb.reshape(rows, [(Dim.of(n) + 1) * hg * wp, sh * channels])
+    spread = padded_permute(gb, ct, [1, 0, 2, 3], [(zero, zero), (zero, zero),
+                                                   (zero, Dim.of(hg - out_h)),
+                                                   (zero, Dim.of(wq - out_w))])
+    flat = gb.reshape(spread, [outs, Dim.of(n) * hg * wq])
+    shifts = [(d + lo) * wp + j * dilation[1]
+              for d in range(first, last + 1) for j in range(0, kw, span)]
+    taps = gb.op("shifted_matmul", flat, rows, shifts=shifts, span=span, step=sw)
+    # taps[(d, g), o, (s, r, c)] is the kernel row sh * d + r - top's tap g * span + s
+    bands = last - first + 1
+    taps = gb.reshape(taps, [bands, kw // span, outs, span, sh, channels])
+    taps = gb.reshape(gb.permute(taps, [2, 5, 0, 4, 1, 3]), [outs, channels, bands * sh, kw])
+    start = groups_of[0][1]  # kernel row 0's row among the bands (then every dh-th)
+    return gb.op("slice", taps, items=[("range", None, None, 1)] * 2 + [
+        ("range", start, start + dilation[0] * (kh - 1) + 1, dilation[0])])
 
 
 def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],

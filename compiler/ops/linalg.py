@@ -229,45 +229,52 @@ register(internal(OpRecord(
 
 
 # shifted_matmul: the products of one matrix with row-shifted windows of another -------------
-def _shifts(attrs) -> tuple[list[int], int]:
-    """The op's shifts and span, checked."""
-    shifts, span = attrs["shifts"], attrs["span"]
+def _shifts(attrs) -> tuple[list[int], int, int]:
+    """The op's shifts, span and step, checked."""
+    shifts, span, step = attrs["shifts"], attrs["span"], attrs["step"]
     if (not isinstance(shifts, list | tuple) or not shifts
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                        for s in shifts)):
         raise OpError(f"shifts must be a non-empty list of non-negative ints, not {shifts!r}",
                       arg="shifts", code="K0303")
-    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
-        raise OpError(f"span must be a positive int, not {span!r}", arg="span", code="K0303")
-    return list(shifts), span
+    for name, value in (("span", span), ("step", step)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise OpError(f"{name} must be a positive int, not {value!r}", arg=name,
+                          code="K0303")
+    return list(shifts), span, step
+
+
+def _window_rows(k, shifts: list[int], span: int, step: int):
+    """The rows b needs: the furthest window's last row, plus one."""
+    return (k - 1) * step + max(shifts) + span
 
 
 def _shifted_infer(types, attrs):
     a, b = types
     check_dtype(a, ("f32", "f64"), "a")  # f64: gradient checks by finite differences
     dtype = check_same_dtype([a, b], ["a", "b"])
-    shifts, span = _shifts(attrs)
+    shifts, span, step = _shifts(attrs)
     if a.rank != 2 or b.rank != 2:
         raise OpError(f"a and b must be matrices, not {shape_str(a.shape)} and "
                       f"{shape_str(b.shape)}", arg="b")
     m, k = a.shape
     rows, cols = b.shape
-    need = k + max(shifts) + span - 1
+    need = _window_rows(k, shifts, span, step)
     # more rows than the furthest window reads (a padded layout's whole zero samples): a
     # constant number more, so that the ONNX emitter can count the windows' ends from b's end
     spare = rows - need
     if not (spare.is_const and spare.value >= 0):
-        raise OpError(f"b must have {need} rows (a's {k} columns, the largest shift, "
-                      f"{max(shifts)}, and span - 1, {span - 1}), not {rows}", arg="b")
+        raise OpError(f"b must have {need} rows ((a's {k} columns - 1) * step {step}, the "
+                      f"largest shift, {max(shifts)}, and span, {span}), not {rows}", arg="b")
     return [TensorType(dtype, (Dim.of(len(shifts)), m, cols * span))]
 
 
 def _shifted_reference(env, inputs, attrs):
     a, b = (upcast(x) for x in inputs)
-    shifts, span = _shifts(attrs)
+    shifts, span, step = _shifts(attrs)
     k = a.shape[1]
-    out = np.stack([a @ np.concatenate([b[s + j:s + j + k] for j in range(span)], axis=1)
-                    for s in shifts])
+    out = np.stack([a @ np.concatenate([b[s + j:s + j + (k - 1) * step + 1:step]
+                                        for j in range(span)], axis=1) for s in shifts])
     return [as_dtype(out, dtype_name(inputs[0]))]
 
 
@@ -278,21 +285,23 @@ def _shifted_macs(input_types, _output_types, attrs) -> Dim:
 
 def _shifted_onnx(b, n):
     """Per shift: b's windows as Slices (each end counted from b's end, so a symbolic K needs
-    no arithmetic), side by side (Concat), a MatMul, a new leading axis; then one Concat."""
+    no arithmetic; every step-th row), side by side (Concat), a MatMul, a new leading axis;
+    then one Concat."""
     from ._emit import one
 
     a, bm = n.inputs
-    shifts, span = _shifts(n.attrs)
+    shifts, span, step = _shifts(n.attrs)
     last = max(shifts) + span - 1  # the largest first row of a window
     (_m, k), (rows, _cols) = (t.shape for t in n.in_types)
-    spare = (rows - k).value - last  # rows past the furthest window (a constant: infer)
+    spare = (rows - _window_rows(k, shifts, span, step)).value  # past the furthest window
     products = []
     for s in shifts:
         windows = []
         for j in range(span):
-            end = s + j - last - spare
+            end = s + j - last - spare  # one past the window's last row, from b's end
             end = end if end < 0 else np.iinfo(np.int64).max
-            windows.append(one(b, "Slice", bm, b.ints([s + j]), b.ints([end]), b.ints([0])))
+            windows.append(one(b, "Slice", bm, b.ints([s + j]), b.ints([end]), b.ints([0]),
+                               b.ints([step])))
         window = windows[0] if span == 1 else one(b, "Concat", *windows, axis=1)
         products.append(one(b, "Unsqueeze", one(b, "MatMul", a, window), b.ints([0])))
     b.node("Concat", products, n.outputs, axis=0)
@@ -300,30 +309,33 @@ def _shifted_onnx(b, n):
 
 def _shifted_llvm(kb, n):
     """One GEMM per shift, nothing copied: the window of `span` rows side by side is b read
-    from row `shift` on with a row stride of one row (rows r..r+span-1 are contiguous), so
-    consecutive rows of the window overlap in memory."""
+    from row `shift` on with a row stride of `step` rows (rows r..r+span-1 are contiguous),
+    so consecutive rows of the window overlap in memory when step < span."""
     from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
 
     if n.in_types[0].dtype != "f32":  # only conv's f32 rule makes it
         raise OpError("shifted_matmul runs natively in f32 only", arg="a", code="K0302")
     (m, k), (_rows, cols) = (t.shape for t in n.in_types)
-    shifts, span = _shifts(n.attrs)
+    shifts, span, step = _shifts(n.attrs)
     a, b, c = kb.input("a"), kb.input("b"), kb.output()
     dm, dk, dc = kb.dim(m), kb.dim(k), kb.dim(cols)
     width = kb.b.mul(dc, kb.dim(span))
     for t, s in enumerate(shifts):
         window = kb.b.gep(b, [kb.b.mul(kb.dim(s), dc)])
         out = kb.b.gep(c, [kb.b.mul(kb.dim(t), kb.b.mul(dm, width))])
-        gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, dc), Matrix(out, width))
+        gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, kb.b.mul(dc, kb.dim(step))),
+             Matrix(out, width))
 
 
 def _shifted_vjp(gb, node, cts):
-    """With W_t the window of shift t (span slices of b side by side): da = sum over t of
-    g[t] @ W_t^T, and each slice of b gets a^T @ (its columns of g[t]) placed at its rows."""
-    from .views import pads_on, range_on
+    """With W_t the window of shift t (span slices of b side by side, each every step-th
+    row): da = sum over t of g[t] @ W_t^T, and each slice of b gets a^T @ (its columns of
+    g[t]) placed at its rows."""
+    from .slicing import place
+    from .views import range_on
 
     (g,), (a, b) = cts, node.inputs
-    shifts, span = _shifts(node.attrs)
+    shifts, span, step = _shifts(node.attrs)
     (m, k), (rows, cols) = a.type.shape, b.type.shape
     da = db = None
     for t, s in enumerate(shifts):
@@ -331,22 +343,23 @@ def _shifted_vjp(gb, node, cts):
         for j in range(span):
             part = gt if span == 1 else gb.op("slice", gt, items=range_on(1, j * cols,
                                                                           (j + 1) * cols))
-            window = gb.op("slice", b, items=range_on(0, s + j, k + s + j))
+            window = gb.op("slice", b, items=range_on(0, s + j, (k - 1) * step + s + j + 1,
+                                                      step))
             term_a = gb.matmul(part, swap_last(gb, window))
-            term_b = gb.op("pad", gb.matmul(swap_last(gb, a), part),
-                           pads=pads_on(2, 0, s + j, rows - k - s - j))
+            term_b = place(gb, gb.matmul(swap_last(gb, a), part), 0, rows, Dim.of(s + j), k,
+                           step)
             da = term_a if da is None else gb.add(da, term_a)
             db = term_b if db is None else gb.add(db, term_b)
     return [da, db]
 
 
 register(internal(OpRecord(
-    "shifted_matmul", tensors("a", "b") + attrs("shifts", ("span", 1)), _shifted_infer,
-    _shifted_reference,
-    "out[t] = a @ [b[s_t : s_t + K] | b[s_t + 1 : s_t + 1 + K] | ... span windows side by "
+    "shifted_matmul", tensors("a", "b") + attrs("shifts", ("span", 1), ("step", 1)),
+    _shifted_infer, _shifted_reference,
+    "out[t] = a @ [b[s_t :: step][:K] | b[s_t + 1 :: step][:K] | ... span windows side by "
     "side], s_t = shifts[t], for a [M, K]: a convolution's weight gradient over channels-last "
-    "rows (a shift per kernel row, the span its width); b may have a constant number of rows "
-    "past the furthest window, which are not read.",
+    "rows (a shift per kernel row, the span its width, the step its stride); b may have a "
+    "constant number of rows past the furthest window, which are not read.",
     macs=_shifted_macs, onnx=_shifted_onnx, llvm=_shifted_llvm,
     props=frozenset({Prop.CANNOT_FAIL}), vjp=_shifted_vjp)))
 

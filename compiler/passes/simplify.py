@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..builder import GraphBuilder
+from ..dims import Dim
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop, has
 from .edit import only_user, replace_node
@@ -60,6 +61,12 @@ def full_slice(graph: Graph, nid: int) -> Value | None:
     items = graph.node(nid)["attrs"]["items"]
     whole = all(e[0] == "ellipsis" or (e[0] == "range" and e[3] == 1) for e in items)
     return same_type(graph, nid) if whole else None
+
+
+def zero_pad(graph: Graph, nid: int) -> Value | None:
+    """pad(x, widths all 0) -> x (a strided slice's adjoint places its last axis so)."""
+    widths = graph.node(nid)["attrs"]["pads"]
+    return same_type(graph, nid) if all(Dim.of(w) == Dim.of(0) for w in widths) else None
 
 
 def _perm(graph: Graph, nid: int) -> list[int]:
@@ -147,6 +154,7 @@ RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
     "cast": (("cast to x's dtype -> x", same_type),),
     "dropout": (("dropout (inference) -> x", same_type),),  # the shape rule rejects training
     "slice": (("x[:, ...] -> x", full_slice),),
+    "pad": (("pad by zeros -> x", zero_pad),),
 }
 
 
@@ -154,7 +162,7 @@ RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
 def simplify(graph: Graph, ctx: PassContext) -> Graph:
     """Algebraic simplification by the rules in RULES (x*1, x+0, x-0, x/1, -(-x), transposes
     that cancel, a transposed matmul as the matmul of its transposed operands, reshape chains,
-    no-op reshape/cast/slice, inference dropout), one sweep in topological order, so chains
+    no-op reshape/cast/slice/pad, inference dropout), one sweep in topological order, so chains
     collapse from their first link."""
     for nid in graph.order():
         if nid not in graph.g:
