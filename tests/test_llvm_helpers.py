@@ -214,3 +214,32 @@ def test_outer_loops_stay_rolled_and_the_innermost_unrolls():
         f(dst.ctypes.data, src.ctypes.data, n)
         np.testing.assert_array_equal(dst[:, :, :n], src[:, :, 5:5 + n])
         assert not dst[:, :, n:].any()
+
+
+def test_a_function_built_inside_a_loop_does_not_count_as_its_inner_loop():
+    """A kernel built lazily while another function's loop is open (a GEMM's micro-kernel)
+    has its own loops; the open loop holds no loop and stays unmarked. Loops built on
+    two threads at once are marked each by their own nesting."""
+    import threading
+
+    module, fn, b = _function([I64], VOID)
+    with irgen.for_range(b, fn.args[0]):
+        other = ir.Function(module, ir.FunctionType(VOID, [I64]), "g")
+        ob = ir.IRBuilder(other.append_basic_block("entry"))
+        with irgen.for_range(ob, other.args[0]), irgen.for_range(ob, other.args[0]):
+            pass
+        ob.ret_void()
+    b.ret_void()
+    assert str(fn).count("!llvm.loop") == 0 and str(other).count("!llvm.loop") == 1
+    texts = []
+
+    def build():
+        for _ in range(50):
+            texts.append(str(_copy_3x7xn(True)).count("!llvm.loop"))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert texts == [2] * 100

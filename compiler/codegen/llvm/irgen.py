@@ -16,6 +16,7 @@ so the IR of a kernel says which loop is which.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from llvmlite import ir
@@ -84,21 +85,28 @@ class _LoopID(ir.values.MDValue):
         return self is other
 
 
-# loops being built, innermost last: whether each has met a loop inside it so far
-_OPEN: list[bool] = []
-# whether outer loops are kept rolled (`unrolled` suspends it)
-_ROLLED: list[bool] = [True]
+class _Building(threading.local):
+    """Per thread (two models may be built at once): the loops being built, innermost last,
+    each [its function, whether it has met a loop inside it so far]; and whether outer loops
+    are kept rolled (`unrolled` suspends it)."""
+
+    def __init__(self):
+        self.open: list[list] = []
+        self.rolled: list[bool] = [True]
+
+
+_BUILDING = _Building()
 
 
 @contextlib.contextmanager
 def unrolled() -> Iterator[None]:
     """Loops built inside may all unroll as LLVM sees fit: the GEMM's (its packing loops
     around short copies gain from it; its blocked loops have large trip counts anyway)."""
-    _ROLLED.append(False)
+    _BUILDING.rolled.append(False)
     try:
         yield
     finally:
-        _ROLLED.pop()
+        _BUILDING.rolled.pop()
 
 
 def _keep_rolled(b: ir.IRBuilder, latch: ir.Instruction) -> None:
@@ -133,13 +141,14 @@ def loop(b: ir.IRBuilder, stop: ir.Value, start: ir.Value | None = None, step: i
     b.cbranch(b.icmp_signed("<", i, stop), body, done)
     b.position_at_end(body)
     state = Loop(i, values)
-    if _OPEN:
-        _OPEN[-1] = True  # the enclosing loop has this one inside
-    _OPEN.append(False)
+    building, here = _BUILDING.open, b.function
+    if building and building[-1][0] is here:  # (a function built inside a loop is not in it)
+        building[-1][1] = True  # the enclosing loop has this one inside
+    building.append([here, False])
     try:
         yield state
     finally:
-        outer = _OPEN.pop()
+        outer = building.pop()[1]
     for phi, v in zip(values, state.carried, strict=True):
         phi.add_incoming(v, b.block)
     if state.amount is None:
@@ -147,7 +156,7 @@ def loop(b: ir.IRBuilder, stop: ir.Value, start: ir.Value | None = None, step: i
     else:
         i.add_incoming(b.add(i, state.amount), b.block)
     latch = b.branch(head)
-    if outer and _ROLLED[-1]:
+    if outer and _BUILDING.rolled[-1]:
         _keep_rolled(b, latch)
     b.position_at_end(done)
 
