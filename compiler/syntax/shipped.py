@@ -100,16 +100,16 @@ def decode(tree, text: str, filename: str) -> A.Module:
             if tag == "T":
                 return tuple(dec(v) for v in o[1:])
             if tag == "F":
-                return float({"nan": "nan", "inf": "inf", "-inf": "-inf"}[o[1]])
+                if o[1:] not in (["nan"], ["inf"], ["-inf"]):
+                    raise ValueError("a float JSON lacks is nan, inf or -inf")
+                return float(o[1])
             if _FIELDS[tag] != len(o) - 2:
                 raise ValueError(f"{tag} has {_FIELDS[tag]} fields")
             span = dec(o[1])
             if not isinstance(span, Span):
                 raise ValueError("a node's first field is its span")
             return _NODES[tag](span, *(dec(v) for v in o[2:]))
-        if o is None or isinstance(o, bool | int | str):
-            return o
-        if isinstance(o, float):
+        if o is None or isinstance(o, bool | int | float | str):
             return o
         raise ValueError(f"unexpected {type(o).__name__} in an AST")
 
