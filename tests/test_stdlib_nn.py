@@ -625,6 +625,8 @@ BAD = [
     ("nn.ConvTranspose2d(3, 4, 3, groups = 2)", "f32[B, 3, 8, 8]", "divisible by groups"),
     ("nn.GroupNorm(4, 6)", "f32[B, 6, 2]", "num_channels must be divisible by num_groups"),
     ("nn.AdaptiveMaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
+    ("nn.AdaptiveAvgPool2d([2, 0])", "f32[B, 3, 8, 8]", "a positive int or a pair of them"),
+    ("nn.AdaptiveMaxPool2d([1, 2, 3])", "f32[B, 3, 8, 8]", "a positive int or a pair of them"),
     ("nn.MaxPool2d(2, return_indices = true)", "f32[B, 3, 8, 8]", "return_indices"),
     ("nn.AvgPool2d(2, divisor_override = 0)", "f32[B, 3, 8, 8]", "must be a positive int"),
     ("nn.AvgPool2d(3, 2, ceil_mode = true, divisor_override = 4)", "f32[B, 3, 8, 8]",
