@@ -208,9 +208,9 @@ def test_outer_loops_stay_rolled_and_the_innermost_unrolls():
     small, large = (len(machine_code(str(m), machine)) for m in (rolled, free))
     assert small * 3 < large, (small, large)
     src = np.random.default_rng(0).standard_normal((3, 7, 64)).astype(np.float32)
+    f = _jit(rolled, None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     for n in (0, 1, 17, 59):
         dst = np.zeros_like(src)
-        f = _jit(rolled, None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
         f(dst.ctypes.data, src.ctypes.data, n)
         np.testing.assert_array_equal(dst[:, :, :n], src[:, :, 5:5 + n])
         assert not dst[:, :, n:].any()

@@ -416,8 +416,8 @@ def _phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     taps = gb.reshape(taps, [bands, kw // span, outs, span, sh, channels])
     taps = gb.reshape(gb.permute(taps, [2, 5, 0, 4, 1, 3]), [outs, channels, bands * sh, kw])
     start = groups_of[0][1]  # kernel row 0's row among the bands (then every dh-th)
-    return gb.op("slice", taps, items=[("range", None, None, 1)] * 2 + [
-        ("range", start, start + dilation[0] * (kh - 1) + 1, dilation[0])])
+    return gb.op("slice", taps, items=range_on(2, start, start + dilation[0] * (kh - 1) + 1,
+                                               dilation[0]))
 
 
 def _patches_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],

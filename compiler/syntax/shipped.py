@@ -15,6 +15,7 @@ damaged JSON falls back to parsing. Within a process each module is read once
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import threading
@@ -24,6 +25,8 @@ from pathlib import Path
 from ..errors import Span
 from . import ast as A
 from .build import parse_module
+from .parser import _grammar
+from .parser import grammar_digest as _text_digest  # sha256 of a text's UTF-8
 
 FORMAT = 1
 SUFFIX = ".ast.json"
@@ -41,29 +44,20 @@ assert not set(_RESERVED) & set(_NODES)
 
 _lock = threading.Lock()
 _memo: dict[tuple[str, str], A.Module] = {}
-_digest: list[str] = []
 
 
+@functools.cache
 def syntax_digest() -> str:
     """sha256 over the grammar and the modules that build an AST from it ("" when one of
     them cannot be read, as in an install without sources: then nothing shipped is used)."""
-    if not _digest:
-        h = hashlib.sha256(f"kiln-ast-{FORMAT}".encode())
-        try:
-            grammar = resources.files("kiln.grammar").joinpath("kiln.lark").read_bytes()
-            h.update(hashlib.sha256(grammar).digest())
-            compiler = Path(__file__).resolve().parent.parent
-            for rel in _SYNTAX:
-                h.update(rel.encode() + b"\0" + hashlib.sha256(
-                    (compiler / rel).read_bytes()).digest())
-            _digest.append(h.hexdigest())
-        except OSError:
-            _digest.append("")
-    return _digest[0]
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    h = hashlib.sha256(f"kiln-ast-{FORMAT}\0{_text_digest(_grammar())}".encode())
+    compiler = Path(__file__).resolve().parent.parent
+    try:
+        for rel in _SYNTAX:
+            h.update(rel.encode() + b"\0" + hashlib.sha256((compiler / rel).read_bytes()).digest())
+    except OSError:
+        return ""
+    return h.hexdigest()
 
 
 def encode(module: A.Module) -> list:
@@ -122,7 +116,7 @@ def decode(tree, text: str, filename: str) -> A.Module:
 def dumps(module: A.Module, text: str) -> str:
     """The shipped file for `module`, parsed from `text`."""
     return json.dumps({"format": FORMAT, "syntax_sha256": syntax_digest(),
-                       "source_sha256": _sha(text), "ast": encode(module)},
+                       "source_sha256": _text_digest(text), "ast": encode(module)},
                       separators=(",", ":"), allow_nan=False)
 
 
@@ -134,7 +128,7 @@ def loads(shipped: str, text: str, filename: str) -> A.Module | None:
         digest = syntax_digest()
         if (not isinstance(header, dict) or header.get("format") != FORMAT or not digest
                 or header.get("syntax_sha256") != digest
-                or header.get("source_sha256") != _sha(text)):
+                or header.get("source_sha256") != _text_digest(text)):
             return None
         return decode(header["ast"], text, filename)
     except (ValueError, TypeError, KeyError, IndexError, RecursionError):
@@ -148,7 +142,7 @@ def _stdlib():
 def std_module(name: str, text: str, filename: str) -> A.Module:
     """std.NAME's AST from `text`: from its shipped file when that was made from this text,
     else parsed; once per process for each (text, filename)."""
-    key = (filename, _sha(text))
+    key = (filename, _text_digest(text))
     with _lock:
         hit = _memo.get(key)
     if hit is not None:
