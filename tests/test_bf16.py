@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from _crosscheck import random_inputs
 
 import kiln
@@ -47,8 +46,12 @@ def compile_bf16(source, **options):
 
 
 def rounded(x: np.ndarray) -> np.ndarray:
-    """x rounded to bf16 (PyTorch's round to nearest even), in float64: the oracle's operands."""
-    return torch.from_numpy(np.array(x)).to(torch.bfloat16).double().numpy()
+    """x rounded to bf16 (to nearest, ties to even, as PyTorch and the CPU's VCVTNE2PS2BF16:
+    the f32 bits plus 0x7FFF plus the kept part's last bit, cut to the top 16), in float64:
+    the oracle's operands. Finite inputs only (the tests' are)."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def check_product(y, exact_bf16, exact_f32, magnitude) -> None:
@@ -196,9 +199,15 @@ def test_linear_prepacked_weight():
 
 
 def conv_oracle(x, w, stride, padding, groups):
-    def run(x, w):
-        return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                          stride=stride, padding=padding, groups=groups).numpy()
+    def run(x, w):  # PyTorch's conv2d in float64: windows of the zero-padded x, per group
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        kh, kw = w.shape[2:]
+        windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+        windows = windows[:, :, ::stride, ::stride]  # [N, C, OH, OW, kh, kw]
+        cg, og = x.shape[1] // groups, w.shape[0] // groups
+        return np.concatenate([
+            np.einsum("ncpqij,ocij->nopq", windows[:, g * cg:(g + 1) * cg],
+                      w[g * og:(g + 1) * og]) for g in range(groups)], axis=1)
 
     return (run(rounded(x), rounded(w)), run(x.astype(np.float64), w.astype(np.float64)),
             run(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))))
