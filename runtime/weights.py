@@ -481,9 +481,14 @@ def apply_weights(params: Mapping[str, np.ndarray], infos: Mapping, aliases: dic
     # the shape each key should have, so that a file's other arrays are never inflated
     shapes = {key: expected[p][0] for key, p in
               [*((p, p) for p in expected), *aliases.items()] if p in expected}
-    found = (load_weights(path_or_dict, shapes) if not isinstance(path_or_dict, dict)
-             else path_or_dict)
-    source = os.fspath(path_or_dict) if not isinstance(path_or_dict, dict) else "weights"
+    if isinstance(path_or_dict, Mapping):  # a dict, or another model's `params`
+        found, source = dict(path_or_dict), "weights"
+    elif isinstance(path_or_dict, (str, os.PathLike)):
+        found, source = load_weights(path_or_dict, shapes), os.fspath(path_or_dict)
+    else:
+        raise KilnError("K0403", f"cannot load weights from a {type(path_or_dict).__name__}",
+                        hint="give a path to a .safetensors or .npz file, or a dict of "
+                             "arrays by parameter path")
     matched = match_weights(expected, found, aliases, strict, source)
     out = dict(params)
     for path, array in matched.items():

@@ -627,6 +627,56 @@ def test_weights_loaded_after_compiling_reach_folded_native_code():
           atol=1e-5)
 
 
+def test_weights_are_read_from_one_fresh_block_and_a_new_load_gets_a_new_one(monkeypatch):
+    """The arrays native code reads (over runtime.native.FRESH bytes) are copied into one
+    anonymous mapping, read-only; new weights bind a new block and leave the old one as it
+    was; with no mapping to be had, they stay where they are."""
+    from kiln.runtime import native as rt
+
+    src = ("import std.nn\nmodel M {\n  a = nn.Linear(300, 512)\n  b = nn.Linear(512, 300)\n"
+           "  forward(x: f32[B, 300]) -> f32[B, 300] { return x |> a |> b }\n}\n")
+    model, ref = both(src)
+    x = RNG.standard_normal((3, 300)).astype(np.float32)
+
+    def block(m):
+        """The bound arrays, and the one object holding their memory."""
+        arrays, roots = m._state.built[frozenset()].arrays, {}
+        for a in arrays:
+            while isinstance(a.base, np.ndarray):
+                a = a.base
+            root = a.base.obj if isinstance(a.base, memoryview) else a.base
+            roots[id(root)] = root
+        assert len(roots) == 1
+        return arrays, roots.popitem()[1]
+
+    arrays, mapping = block(model)
+    assert sum(a.nbytes for a in arrays) >= rt.FRESH and isinstance(mapping, rt.mmap.mmap)
+    assert all(not a.flags.writeable for a in arrays)
+    assert all(a.ctypes.data % 64 == 0 for a in arrays)
+    agree(model, ref, x, rtol=1e-4, atol=1e-5)
+    old = [a.copy() for a in arrays]
+    new = {k: (0.05 * RNG.standard_normal(v.shape)).astype(np.float32)
+           for k, v in ref.params.items()}
+    model.load_weights(new)
+    ref.load_weights(new)
+    agree(model, ref, x, rtol=1e-4, atol=1e-5)
+    assert block(model)[1] is not mapping
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, old))  # a call in flight's
+
+    def no_mapping(*args, **kwargs):
+        raise OSError("no anonymous mappings here")
+
+    monkeypatch.setattr(rt.mmap, "mmap", no_mapping)
+    model.load_weights(ref.params)
+    assert block(model)[1] is None  # np.empty's own memory
+    agree(model, ref, x, rtol=1e-4, atol=1e-5)
+    with pytest.raises(KilnError, match="cannot load weights from a int") as err:
+        model.load_weights(42)
+    assert err.value.code == "K0403"
+    small = rt._gathered([np.ones(3, np.float32)])
+    assert small[0].flags.writeable  # under FRESH bytes: as it was
+
+
 def test_threads_split_large_gemms_and_agree_with_one_thread():
     src = "model G { forward(a: f32[M, 900], b: f32[900, 257]) -> f32[M, 257] { return a @ b } }"
     one = kiln.compile(src, threads=1)
