@@ -158,8 +158,12 @@ PAGE = 4096
 # some sets: a matrix-vector product over it (an LSTM step at batch 1) ran at 11.5 or 17 us
 # depending on where its pages fell, 11.5 us every time from a fresh mapping. Transparent
 # huge pages (madvise) did as well for the LSTM but cost an MLP at batch 1, whose 2.7 MB of
-# weights stream through the L2 at each call, 7-10 %. Below FRESH bytes this is not needed.
+# weights stream through the L2 at each call, 7-10 %. Below FRESH bytes this is not needed;
+# above FRESH_MAX the weights stream from L3 or memory whatever their pages (ResNet-18's 76 MB:
+# no change), and the copy (40 ms for those 76 MB, most of it the kernel zeroing new pages)
+# would cost a warm compile more than it gains.
 FRESH = 1 << 20
+FRESH_MAX = 16 << 20
 FRESH_WORKSPACE = 1 << 20
 _ALIGN = 64
 
@@ -176,14 +180,14 @@ def _fresh(nbytes: int, what: str) -> np.ndarray:
 
 def _gathered(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """`arrays` copied into one fresh block (each at a 64-byte boundary) when they hold
-    FRESH bytes or more; else as they are. The copies are read-only: nothing but the
+    FRESH to FRESH_MAX bytes; else as they are. The copies are read-only: nothing but the
     native code reads them, and it never writes them."""
     starts, total = [], 0
     for a in arrays:
         total = -(-total // _ALIGN) * _ALIGN
         starts.append(total)
         total += a.nbytes
-    if total < FRESH:
+    if not FRESH <= total <= FRESH_MAX:
         return arrays
     block = _fresh(total, "the weights")
     out = []
