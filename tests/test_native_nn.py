@@ -17,6 +17,7 @@ from _nativetest import check as check_cases
 from _tolerance import assert_agree
 
 import kiln
+from kiln.compiler.dims import Dim
 from kiln.compiler.types import NUMPY_DTYPES
 
 RNG = np.random.default_rng(11)
@@ -330,6 +331,36 @@ def test_transposed_convolutions_with_weights_read_prepacked_panels():
     ref.load_weights(weights)
     for got, want in zip(native(x[:1]), ref(x[:1]), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 4096])
+def test_transposed_convolutions_compute_their_columns_a_block_at_a_time(
+        block_bytes, monkeypatch, tmp_path):
+    """conv_transpose's GEMM runs over a block of columns (whole output channels and whole
+    panels: conv._column_block) for every sample before the next block. DCGAN-deep (512 input
+    channels: blocks of 256 of its 512 columns), and with blocks forced small (4 KiB: one
+    unit each): 5x5 taps in two groups (units of 800 columns, the last block 200), 3x3 taps
+    (units of 288), dilation and padding; weights as prepacked parameters and as inputs."""
+    from kiln.compiler.codegen.llvm import conv
+
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))  # the code depends on BLOCK_BYTES
+    if block_bytes is not None:
+        monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
+    assert conv._column_block(512, 16, Dim.of(512), 1, 32) == (32 if block_bytes else 256)
+    src = ("import std.nn\nmodel Up {\n"
+           "  deep = nn.ConvTranspose2d(512, 32, 4, stride = 2, padding = 1)\n"
+           "  wide = nn.ConvTranspose2d(6, 80, 5, stride = 2, padding = 2, groups = 2)\n"
+           "  forward(x: f32[B, 512, 3, 2], v: f32[B, 6, 4, 5], w: f32[6, 40, 3, 3]) {\n"
+           "    return deep(x), wide(v),"
+           " conv_transpose(v, w, stride = 2, padding = 1, dilation = 2) } }")
+    native, ref = both(src)
+    for batch in (1, 3):
+        x = (RNG.standard_normal((batch, 512, 3, 2)) * 0.1).astype(np.float32)
+        v = RNG.standard_normal((batch, 6, 4, 5)).astype(np.float32)
+        w = RNG.standard_normal((6, 40, 3, 3)).astype(np.float32)
+        for got, want in zip(native(x, v, w), ref(x, v, w), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():

@@ -5,6 +5,7 @@ before the call prepacked), other dtypes by a direct sum per output element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -318,13 +319,15 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
     oh = ih * stride - pad + i * dilation (and likewise ow); w is [C_in, C_out/groups, kh, kw].
     `win` describes it: size is x's spatial size, out y's.
 
-    f32 as a GEMM and a scatter (col2im), per sample and group, a chunk of input pixels at a
-    time: cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for
-    each tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
+    f32 as a GEMM and a scatter (col2im), per group, a block of columns (o, i, j) at a time
+    (`_column_block`), then per sample, a chunk of input pixels at a time:
+    cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for each
+    tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
     output directly."""
     x_t, w_t, _ = n.in_types
     row = w_t.shape[1] * win.kernel[0] * win.kernel[1]  # (o, i, j) of a group
-    if x_t.dtype != "f32" or not row.is_const or row.value > COLUMNS:
+    if x_t.dtype != "f32" or not row.is_const or row.value > COLUMNS or \
+            not all(k.is_const for k in win.kernel):
         _conv_transpose_direct(kb, n, win, groups)
         return
     b = kb.b
@@ -343,26 +346,63 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         _conv_transpose_of_pixels(kb, n, win, x, w, y, cols, chunk, width,
                                   (channels, per_out, out_h, out_w))
         return
-    with kb.for_range(kb.dim(x_t.shape[0])) as s, kb.for_range(i64(groups)) as g:
-        x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)])
+    samples, taps = kb.dim(x_t.shape[0]), win.kernel[0].value * win.kernel[1].value
+    block = _column_block(row.value, taps, x_t.shape[1], groups, tiling(kb.vector_width).nr)
+    chunk = i64(COLUMNS // block)
+    with kb.for_range(i64(groups)) as g:
         first_out = b.mul(g, per_out)
-        y0 = b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
-                             out_plane)])
-        _fill_with_bias(kb, n, y0, first_out, per_out, out_plane)
+
+        def sample(s, g=g, first_out=first_out):
+            """(x of sample s's group g, y of its first output channel)"""
+            return (b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)]),
+                    b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
+                                    out_plane)]))
+
         if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
             nr = tiling(kb.vector_width).nr
             group_floats = b.mul(per_in, i64(-(-row.value // nr) * nr))
-            weights = PackedB(b.gep(w, [b.mul(g, group_floats)]), per_in)
+            w0 = b.gep(w, [b.mul(g, group_floats)])
         else:
-            weights = Matrix(b.gep(w, [b.mul(b.mul(g, per_in), width)]), width)
-        with kb.for_range(pixels, step=chunk.constant) as p0:
-            count = b.select(b.icmp_signed("<", chunk, b.sub(pixels, p0)), chunk,
-                             b.sub(pixels, p0))
-            gemm(kb, count, width, per_in, Matrix(b.gep(x0, [p0]), pixels, transposed=True),
-                 weights, Matrix(cols, width))
-            with kb.for_range(count) as p:
-                _col2im(kb, win, y0, b.gep(cols, [b.mul(p, width)]), b.add(p0, p), per_out,
-                        (out_h, out_w))
+            w0 = b.gep(w, [b.mul(b.mul(g, per_in), width)])
+        # the columns (o, i, j) a block at a time, every sample's pixels inside: the block's
+        # weights (per_in x block) stay in L2 while all the samples read them (a sample's
+        # pixels alone may be few: 16 for DCGAN's 4x4 -> 8x8 layer, which read its 8 MB of
+        # weights from L3 once per sample)
+        with kb.for_range(width, step=block) as n0:
+            cw = smaller(b, i64(block), b.sub(width, n0))
+            if 1 in n.prepacked:  # n0 is a multiple of NR: a panel's first column
+                weights = PackedB(b.gep(w0, [b.mul(n0, per_in)]), per_in)
+            else:
+                weights = Matrix(b.gep(w0, [n0]), width)
+            first, planes = b.sdiv(n0, i64(taps)), b.sdiv(cw, i64(taps))  # output channels
+            with kb.for_range(samples) as s:
+                x0, y0 = sample(s)
+                y_block = b.gep(y0, [b.mul(first, out_plane)])
+                _fill_with_bias(kb, n, y_block, b.add(first_out, first), planes, out_plane)
+                with kb.for_range(pixels, step=chunk.constant) as p0:
+                    count = smaller(b, chunk, b.sub(pixels, p0))
+                    gemm(kb, count, cw, per_in,
+                         Matrix(b.gep(x0, [p0]), pixels, transposed=True), weights,
+                         Matrix(cols, cw))
+                    with kb.for_range(count) as p:
+                        _col2im(kb, win, y_block, b.gep(cols, [b.mul(p, cw)]), b.add(p0, p),
+                                planes, (out_h, out_w))
+
+
+# a transposed convolution's column block: its weights (the sum's depth x the block's columns)
+# take at most this many bytes, to stay in L2 while every sample reads them
+BLOCK_BYTES = 1 << 19
+
+
+def _column_block(row: int, taps: int, channels, groups: int, nr: int) -> int:
+    """Columns (o, i, j) of a transposed convolution's GEMM computed at a time: whole output
+    channels and whole NR-wide panels (a multiple of both taps and NR), their weights within
+    BLOCK_BYTES (the depth, channels / groups, taken as 256 when not known), at least one
+    such unit and at most the row."""
+    unit = math.lcm(taps, nr)
+    depth = channels.value // groups if channels.is_const else 256
+    block = max(unit, BLOCK_BYTES // (4 * max(depth, 1)) // unit * unit)
+    return min(block, -(-row // unit) * unit, max(unit, COLUMNS // unit * unit))
 
 
 def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
