@@ -132,7 +132,7 @@ def torch_step(module, loss_name: str, torch):
         loss = loss_fn(module(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
     return step
 
 
