@@ -109,29 +109,103 @@ def _resize_reference(env, inputs, a):
 
 
 def _resize_vjp(gb, node, cts):
-    """The adjoint of the interpolation, axis by axis: along each spatial axis the forward is
-    a matrix M [out, in] of blend weights (the reference's own, read off by resizing the
-    identity), so the gradient is ct times M, a matmul over that axis. Needs constant spatial
-    sizes (M is a constant)."""
+    """The adjoint of the interpolation, axis by axis (the last first). Along an axis of
+    constant sizes the forward is a matrix M [out, in] of blend weights (the reference's own,
+    read off by resizing the identity), so the gradient is ct times M, a matmul over that
+    axis. Along an axis of symbolic size scaled by an integer s (scale_factor, not
+    align_corners), output s * i + j reads the same inputs around i for every i, so the
+    gradient is a stencil per phase j (`_phase_adjoint`)."""
     (ct,), (x,) = cts, node.inputs
     t, y, a = x.type, node.outputs[0].type, node.attrs
     n = t.rank - 2
-    if not all(d.is_const for d in (*t.shape[2:], *y.shape[2:])):
-        raise KilnError("K0815", f"resize's gradient needs constant spatial sizes, not "
-                        f"{shape_str(t.shape)} -> {shape_str(y.shape)}", gb.span,
-                        hint="declare the input's spatial sizes as numbers (f32[B, 3, 32, 32])")
     grad = ct
     for i in reversed(range(n)):
-        size, out = t.shape[2 + i].value, y.shape[2 + i].value
-        # identity rows as a [1, size, size] tensor resized along its last axis: [1, size, out]
-        eye = np.eye(size, dtype=upcast(np.zeros(0, t.np_dtype)).dtype)[None]
-        blend = _interpolate(eye, {**a, "scale_factor": _axis_scale(a, i, n)}, 0, out, 1)
-        perm = [*range(2 + i), *range(3 + i, t.rank), 2 + i]  # axis 2 + i last
-        back = [*range(2 + i), t.rank - 1, *range(2 + i, t.rank - 1)]
-        moved = gb.permute(grad, perm)
-        weights = gb.constant(blend[0].T.astype(t.np_dtype))  # [out, size]
-        grad = gb.permute(gb.matmul(moved, weights), back)
+        size, out = t.shape[2 + i], y.shape[2 + i]
+        if size.is_const and out.is_const:
+            grad = _matrix_adjoint(gb, grad, a, i, n, size.value, out.value, t)
+            continue
+        phases = _phases(a, i, n)
+        if phases is None:
+            raise KilnError("K0815", f"resize's gradient needs constant spatial sizes or an "
+                            f"integer scale_factor (without align_corners), not "
+                            f"{shape_str(t.shape)} -> {shape_str(y.shape)}", gb.span,
+                            hint="declare the input's spatial sizes as numbers "
+                                 "(f32[B, 3, 32, 32])")
+        grad = _phase_adjoint(gb, grad, 2 + i, size, phases)
     return [grad]
+
+
+def _matrix_adjoint(gb, grad, a: dict, i: int, n: int, size: int, out: int, t: TensorType):
+    """ct times the blend matrix [out, size] of spatial axis i (constant sizes)."""
+    # identity rows as a [1, size, size] tensor resized along its last axis: [1, size, out]
+    eye = np.eye(size, dtype=upcast(np.zeros(0, t.np_dtype)).dtype)[None]
+    blend = _interpolate(eye, {**a, "scale_factor": _axis_scale(a, i, n)}, 0, out, 1)
+    perm = [*range(2 + i), *range(3 + i, t.rank), 2 + i]  # axis 2 + i last
+    back = [*range(2 + i), t.rank - 1, *range(2 + i, t.rank - 1)]
+    moved = gb.permute(grad, perm)
+    weights = gb.constant(blend[0].T.astype(t.np_dtype))  # [out, size]
+    return gb.permute(gb.matmul(moved, weights), back)
+
+
+# input sizes at which the periodic pattern is checked against the reference before it is
+# relied on for every size (in f32, a scale that is not a power of 2 drifts a linear blend's
+# weights along the axis, which the largest one catches)
+_SIZES_CHECKED = (1, 2, 3, 1024)
+
+
+def _phases(a: dict, i: int, n: int) -> np.ndarray | None:
+    """For an integer scale s of spatial axis i: weights w [3, s] such that output s * m + j
+    is sum_k w[k, j] * x[clamp(m - 1 + k)], as the reference computes it (checked at
+    _SIZES_CHECKED); None for another resize, or where the reference's weights drift."""
+    if a["scale_factor"] is None or a["align_corners"]:
+        return None
+    scale = _scales(a, n)[i]
+    if not float(scale).is_integer():
+        return None
+    s = int(scale)
+    weights = _blend(a, scale, 3, s)[s:2 * s, :3].T.astype(np.float64)  # m = 1 reads x[0..2]
+    for rows in _SIZES_CHECKED:
+        if not np.allclose(_blend(a, scale, rows, s), _periodic(weights, rows, s), rtol=0,
+                           atol=1e-6):
+            return None
+    return weights
+
+
+def _blend(a: dict, scale: float, rows: int, s: int) -> np.ndarray:
+    """The reference's blend matrix [rows * s, rows] along one axis (resizing the identity)."""
+    eye = np.eye(rows, dtype=np.float32)[None]
+    return _interpolate(eye, {**a, "scale_factor": scale}, 0, rows * s, 1)[0].T
+
+
+def _periodic(weights: np.ndarray, rows: int, s: int) -> np.ndarray:
+    """The blend matrix [rows * s, rows] of weights [3, s] read at m - 1 + k, clamped."""
+    m, j = np.divmod(np.arange(rows * s), s)
+    out = np.zeros((rows * s, rows))
+    for k in range(3):
+        np.add.at(out, (m * s + j, np.clip(m - 1 + k, 0, rows - 1)), weights[k, j])
+    return out
+
+
+def _phase_adjoint(gb, ct, axis: int, size, weights: np.ndarray):
+    """The adjoint along `axis` (of symbolic `size`) of y[s * m + j] = sum_k w[k, j] *
+    x[clamp(m - 1 + k)]: ct as [.., size, s, ..], each shift k's weighted sum over the phases
+    placed at offset k of the input padded by one on each side, then that border folded back
+    onto the first and last inputs (the adjoint of the clamp, a replicate pad's)."""
+    from .views import _fold_border, pads_on
+
+    s = weights.shape[1]
+    shape = list(ct.type.shape)
+    split = gb.reshape(ct, shape[:axis] + [size, s] + shape[axis + 1:])
+    rank = len(shape)
+    padded = None
+    for k in range(3):
+        if not weights[k].any():
+            continue
+        w = weights[k].reshape([s] + [1] * (rank - axis - 1)).astype(ct.type.np_dtype)
+        g = gb.op("sum", gb.mul(split, gb.constant(w)), axis=axis + 1)
+        g = gb.op("pad", g, pads=pads_on(rank, axis, k, 2 - k))
+        padded = g if padded is None else gb.add(padded, g)
+    return _fold_border(gb, padded, axis, size, Dim.of(1), Dim.of(1), False)
 
 
 def _axis_scale(a: dict, i: int, n: int):
