@@ -114,6 +114,9 @@ ACTS = [
     ("nn.Softshrink(0.3)", None, lambda x, p: np.sign(x) * np.maximum(np.abs(x) - 0.3, 0)),
     ("nn.Threshold(0.1, -2.0)", None, lambda x, p: np.where(x > 0.1, x, -2.0)),
     ("nn.Softmin(1)", None, lambda x, p: np.exp(-x) / np.exp(-x).sum(1, keepdims=True)),
+    ("nn.Softmax(dim = 1)", None, lambda x, p: np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+    ("nn.LogSoftmax(dim = 2)", None,
+     lambda x, p: x - np.log(np.exp(x).sum(2, keepdims=True))),
     ("nn.Unflatten(1, [2, 3])", "nn.Unflatten(1, (2, 3))",
      lambda x, p: x.reshape(x.shape[0], 2, 3, *x.shape[2:])),
     ("nn.Identity", None, lambda x, p: x),
@@ -363,3 +366,31 @@ def test_reflect_padding_too_wide_for_a_symbolic_size_is_refused_on_every_target
         with pytest.raises(kiln.KilnError) as err:
             model(x)
         assert err.value.code == "K0505" and "reflect" in str(err.value).lower(), target
+
+
+TRAINING = """import std.nn
+model M {
+  drop = nn.Dropout2d(0.5)
+  norm = nn.InstanceNorm2d(3, affine = true)
+  forward(x: f32[B, 3, H, W]) { return x |> drop, x |> norm }
+}
+"""
+
+
+def test_training_mode_drops_whole_channels_and_normalises_each_instance():
+    """Dropout2d: each (sample, channel) all kept (times 2 at p = 0.5) or all zero, the same
+    masks natively; InstanceNorm2d uses the instance's statistics in training mode too; one
+    with running statistics is refused there (it would have to update them)."""
+    x = np.random.default_rng(5).standard_normal((8, 3, 4, 5)).astype(np.float32)
+    key = np.array([7, 0], np.int64)
+    dropped, normed = kiln.compile(TRAINING, target="reference", training=True)(x, rng_key=key)
+    kept = dropped != 0
+    assert np.all(kept == kept[:, :, :1, :1]) and 0 < kept[:, :, 0, 0].sum() < 24
+    close(dropped, np.where(kept, 2 * x, 0))
+    native, _ = kiln.compile(TRAINING, target="native", training=True)(x, rng_key=key)
+    np.testing.assert_array_equal(native, dropped)
+    close(normed, _instance_norm(x.astype(np.float64), np.ones(3), np.zeros(3)), atol=1e-5)
+    with pytest.raises(kiln.KilnError) as err:
+        kiln.compile(TRAINING.replace("affine = true", "track_running_stats = true"),
+                     target="reference", training=True)
+    assert "track_running_stats = true is not supported in training mode" in str(err.value)

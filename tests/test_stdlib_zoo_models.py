@@ -103,9 +103,8 @@ def twins():
                 cna(3, 16, 3, 2),
                 InvertedResidual(16, 3, 16, 16, True, nn.ReLU, 2),
                 InvertedResidual(16, 3, 72, 24, False, nn.ReLU, 2),
-                InvertedResidual(24, 3, 88, 24, False, nn.ReLU, 1),
-                InvertedResidual(24, 5, 96, 40, True, nn.Hardswish, 2),
-                cna(40, 96, 1))
+                InvertedResidual(24, 5, 96, 24, True, nn.Hardswish, 1),
+                cna(24, 96, 1))
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2),
                                             nn.Linear(128, num_classes))
