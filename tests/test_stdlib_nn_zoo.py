@@ -186,12 +186,18 @@ FIXED = [
     ("nn.UpsamplingBilinear2d(scale_factor = 2)", None, None),
     ("nn.Upsample(size = [5, 9])", "nn.Upsample(size=(5, 9))", None),
     ("nn.UpsamplingNearest2d(size = [3, 11])", "nn.UpsamplingNearest2d(size=(3, 11))", None),
+    ("nn.Upsample(scale_factor = 0.5)", None, None),
+    ("nn.Upsample(scale_factor = 1.5, mode = \"bilinear\")", None, None),
+    ("nn.Upsample(scale_factor = 1.5, mode = \"bilinear\", recompute_scale_factor = true)", None,
+     None),
 ]
 
 FIXED_1D = [
     ("nn.Upsample(size = 7, mode = \"linear\", align_corners = true)", None, None),
     ("nn.Upsample(scale_factor = 2.5, mode = \"linear\")", None, None),
     ("nn.Upsample(scale_factor = 3, mode = \"linear\")", None, None),
+    ("nn.AdaptiveAvgPool1d(16)", None, lambda x, p: _adaptive_1d(x, 16, np.mean)),
+    ("nn.AdaptiveMaxPool1d(4)", None, lambda x, p: _adaptive_1d(x, 4, np.max)),
 ]
 
 # name: (layers, forward's signature, two input shapes)
