@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from _stdlibtest import close
 from test_grad_models import TARGETS, check_against_torch
-from test_stdlib_nn import ref_avg_pool2d, ref_max_pool2d
+from test_stdlib_nn import randomize, ref_avg_pool2d, ref_max_pool2d
 
 import kiln
 
@@ -230,20 +230,6 @@ def compiled(name: str, target: str):
     return kiln.compile(program(), model=name, target=target, seed=0)
 
 
-def random_weights(model, seed: int) -> dict[str, np.ndarray]:
-    """Random values for every float tensor (positive variances) so that each one matters."""
-    rng = np.random.default_rng(seed)
-    new = {}
-    for k, v in model.params.items():
-        if v.dtype.kind != "f":
-            new[k] = v
-        elif k.endswith("running_var"):
-            new[k] = rng.uniform(0.5, 2.0, v.shape).astype(v.dtype)
-        else:
-            new[k] = rng.standard_normal(v.shape).astype(v.dtype)
-    return new
-
-
 CASES = [(name, target) for name in MODELS for target in TARGETS]
 
 
@@ -251,8 +237,8 @@ CASES = [(name, target) for name in MODELS for target in TARGETS]
 def test_forward_against_numpy(name, target):
     layers, _, shapes = MODELS[name]
     model = compiled(name, target)
-    weights = random_weights(model, 1)
-    model.load_weights(weights)
+    randomize(model, np.random.default_rng(1))  # positive variances
+    weights = model.params
     rng = np.random.default_rng(2)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
@@ -400,3 +386,32 @@ def test_training_mode_drops_whole_channels_and_normalises_each_instance():
         kiln.compile(TRAINING.replace("affine = true", "track_running_stats = true"),
                      target="reference", training=True)
     assert "track_running_stats = true is not supported in training mode" in str(err.value)
+
+
+SYMBOLIC_GRADIENTS = """import std.nn
+model M {
+  unshuffle = nn.PixelUnshuffle(2)
+  up = nn.Upsample(scale_factor = [2, 3])
+  forward(x: f32[B, 2, H, W]) where H % 2 == 0, W % 2 == 0 {
+    return x |> unshuffle, x |> up
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gradients_over_symbolic_sizes_without_torch(target):
+    """vjp where H and W stay symbolic: PixelUnshuffle's reshapes to H // 2 and back (under
+    the model's `where` facts), nearest Upsample by integer scales (each input's gradient
+    the sum of the block of outputs it was copied to)."""
+    model = kiln.compile(SYMBOLIC_GRADIENTS, target=target)
+    rng = np.random.default_rng(6)
+    for shape in [(2, 2, 4, 6), (1, 2, 2, 2)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        n, c, h, w = shape
+        ct_shuffled = rng.standard_normal((n, 4 * c, h // 2, w // 2)).astype(np.float32)
+        ct_up = rng.standard_normal((n, c, 2 * h, 3 * w)).astype(np.float32)
+        _, _, grads = model.vjp(x, cotangents=[ct_shuffled, ct_up])
+        want = _pixel_shuffle(ct_shuffled.astype(np.float64), 2) + ct_up.reshape(
+            n, c, h, 2, w, 3).sum(axis=(3, 5))
+        close(grads["x"], want)
