@@ -33,8 +33,8 @@ def _resize_sizes(x: TensorType, a: dict) -> tuple[Dim, ...]:
     """Output spatial sizes from `size` or `scale_factor` (floor(in * scale), as PyTorch)."""
     check_channels_first(x, 3)
     n = x.rank - 2
-    mode = choice(a["mode"], "mode", ("nearest", "bilinear"))
-    if a["align_corners"] and mode == "nearest":
+    mode = choice(a["mode"], "mode", ("nearest", "nearest-exact", "bilinear"))
+    if a["align_corners"] and mode != "bilinear":
         raise attr_error("align_corners", "align_corners only applies to bilinear resize")
     if (a["size"] is None) == (a["scale_factor"] is None):
         raise attr_error("size", "give exactly one of size and scale_factor")
@@ -89,8 +89,9 @@ def _interpolate(y: np.ndarray, a: dict, i: int, out: int, n: int) -> np.ndarray
     corners = bool(a["align_corners"])
     ratio = _source_ratio(a, i, size, out, n, corners)
     dst = np.arange(out, dtype=np.float32)
-    if a["mode"] == "nearest":
-        return np.take(y, np.minimum(np.floor(dst * ratio).astype(np.int64), size - 1), axis=axis)
+    if a["mode"] != "bilinear":  # nearest-exact: pixel centres, floor((dst + 0.5) * ratio)
+        src = (dst + np.float32(0.5)) * ratio if a["mode"] == "nearest-exact" else dst * ratio
+        return np.take(y, np.minimum(np.floor(src).astype(np.int64), size - 1), axis=axis)
     src = dst * ratio if corners else np.maximum(ratio * (dst + 0.5) - 0.5, 0)
     lo = src.astype(np.int64)
     hi = np.minimum(lo + 1, size - 1)
@@ -223,7 +224,8 @@ def _onnx_scale(size: Dim, scale: float, out: Dim) -> np.float32:
 
 
 def _resize_onnx(b, n):
-    """Resize. nearest: PyTorch's legacy nearest (asymmetric, floor); bilinear: half_pixel,
+    """Resize. nearest: PyTorch's legacy nearest (asymmetric, floor); nearest-exact: half_pixel
+    rounding halves up, floor((dst + 0.5) / scale) as PyTorch's; bilinear: half_pixel,
     whose negative source coordinates linear mode clamps to 0 as PyTorch, or align_corners.
     With scale_factor the scales go in, as PyTorch reads source dst / scale, not dst * in / out."""
     (x,), t, a = n.inputs, n.in_types[0], n.attrs
@@ -236,6 +238,9 @@ def _resize_onnx(b, n):
     if a["mode"] == "nearest":
         mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                 "nearest_mode": "floor"}
+    elif a["mode"] == "nearest-exact":
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+                "nearest_mode": "round_prefer_ceil"}
     else:
         corners = "align_corners" if a["align_corners"] else "half_pixel"
         mode = {"mode": "linear", "coordinate_transformation_mode": corners}
@@ -254,7 +259,7 @@ def _resize_llvm(kb, n):
         ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
                                     out.value if out.is_const else 1, x.rank - 2, corners)
                       if known else None)
-    nn_native("resize").resize(kb, n, ratios, a["mode"] == "nearest", corners)
+    nn_native("resize").resize(kb, n, ratios, a["mode"], corners)
 
 
 register(OpRecord(
@@ -262,5 +267,5 @@ register(OpRecord(
     tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
                          ("align_corners", False)),
     _resize_infer, _resize_reference,
-    "Resize the spatial axes, nearest or (bi)linear, as PyTorch's F.interpolate.",
+    "Resize the spatial axes, nearest, nearest-exact or (bi)linear, as PyTorch's F.interpolate.",
     onnx=widened(_resize_onnx), llvm=_resize_llvm, vjp=_resize_vjp))

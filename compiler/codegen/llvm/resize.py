@@ -11,9 +11,10 @@ from .irgen import i64, smaller
 from .spatial import ZERO
 
 
-def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
-    """Separable, as the reference: along each spatial axis in turn take the nearest row, or
-    blend the two nearest, a * (1 - lam) + b * lam. The coordinate math is plain IEEE f32 (no
+def resize(kb, n, ratios: list, mode: str, corners: bool) -> None:
+    """Separable, as the reference: along each spatial axis in turn take the nearest row
+    (mode nearest: floor(dst * ratio); nearest-exact: floor((dst + 0.5) * ratio)), or blend
+    the two nearest (bilinear), a * (1 - lam) + b * lam. The coordinate math is plain IEEE f32 (no
     fast-math), as numpy's. ratios[i] is an f32 number, or None for in/out computed at run time
     (PyTorch's area_pixel_compute_scale; (in - 1)/(out - 1) with align_corners)."""
     x_t, y_t = n.in_types[0], n.out_types[0]
@@ -25,6 +26,7 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
     in_strides = kb.strides(x_t.shape[2:])
     out_strides = [kb.numel(y_t.shape[2:]), *kb.strides(y_t.shape[2:])]
     one = ir.Constant(F32, 1.0)
+    nearest = mode != "bilinear"
 
     def ratio(axis):
         if ratios[axis] is not None:
@@ -44,6 +46,8 @@ def resize(kb, n, ratios: list, nearest: bool, corners: bool) -> None:
         dst = b.sitofp(o, F32)
         r = ratio(axis)
         if nearest:
+            if mode == "nearest-exact":
+                dst = b.fadd(dst, ir.Constant(F32, 0.5))
             index = b.fptosi(kb.intrinsic("floor", b.fmul(dst, r)), I64)
             return [(smaller(b, index, last), None)]
         if corners:
