@@ -417,6 +417,7 @@ RESIZES = [
     ({"size": [3, 9]}, "bilinear", False), ({"size": [5, 4]}, "bilinear", True),
     ({"scale_factor": [1.5, 0.5]}, "bilinear", False), ({"scale_factor": 2}, "bilinear", True),
     ({"size": [3, 9]}, "nearest-exact", False), ({"scale_factor": [2, 0.5]}, "nearest-exact", False),
+    ({"size": [7, 3]}, "bicubic", False), ({"scale_factor": 1.5}, "bicubic", True),
 ]
 
 
@@ -427,6 +428,7 @@ def test_resize(sizes, mode, corners):
 
 @pytest.mark.parametrize("mode, scale", [("nearest", 2), ("nearest", 3), ("nearest", [2, 3]),
                                          ("nearest-exact", 2), ("nearest-exact", 3),
+                                         ("bicubic", 2), ("bicubic", [4, 2]),
                                          ("bilinear", 2), ("bilinear", 4), ("bilinear", [1, 2])])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 1, 2)])
 def test_resize_symbolic_sizes_by_an_integer_scale(mode, scale, shape):

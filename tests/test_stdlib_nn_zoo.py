@@ -14,6 +14,7 @@ target. Each model runs at two input sizes with symbolic batch and spatial sizes
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -65,6 +66,32 @@ def _np_pad(x, pads, mode="constant", value=0.0):
     if mode == "constant":
         return np.pad(x, widths, constant_values=value)
     return np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])
+
+
+def _bicubic(x, out, scale=None, corners=False):
+    """PyTorch's upsample_bicubic2d by its definition, one output pixel at a time: source
+    (dst + 0.5) / scale - 0.5 (not clamped; dst * (in - 1) / (out - 1) with align_corners),
+    Keys' cubic with A = -0.75 over the 4 x 4 nearest inputs, reads clamped into the image."""
+    def cubic(d):
+        d, a = abs(d), -0.75
+        return ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else \
+            ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if d < 2 else 0.0
+
+    def taps(o, size, n, s):
+        if corners:
+            src = o * (size - 1) / (n - 1) if n > 1 else 0.0
+        else:
+            src = (o + 0.5) / (s or n / size) - 0.5
+        lo = math.floor(src)
+        return [(min(max(lo - 1 + k, 0), size - 1), cubic(src - (lo - 1 + k))) for k in range(4)]
+    h, w = x.shape[2:]
+    y = np.zeros(x.shape[:2] + tuple(out))
+    for i in range(out[0]):
+        for j in range(out[1]):
+            for r, wr in taps(i, h, out[0], scale):
+                for c, wc in taps(j, w, out[1], scale):
+                    y[:, :, i, j] += wr * wc * x[:, :, r, c]
+    return y
 
 
 def _adaptive_1d(x, n, reduce):
@@ -148,6 +175,8 @@ IMAGES = [
     ("nn.UpsamplingNearest2d(scale_factor = 3)", None, lambda x, p: x.repeat(3, 2).repeat(3, 3)),
     ("nn.Upsample(scale_factor = 2, mode = \"nearest-exact\")", None,
      lambda x, p: x.repeat(2, 2).repeat(2, 3)),
+    ("nn.Upsample(scale_factor = 2, mode = \"bicubic\")", None,
+     lambda x, p: _bicubic(x, (2 * x.shape[2], 2 * x.shape[3]), 2)),
     ("nn.PixelShuffle(2)", None, lambda x, p: _pixel_shuffle(x, 2)),
     ("nn.PixelUnshuffle(2)", None, lambda x, p: _pixel_unshuffle(x, 2)),
     ("nn.Dropout2d(0.3)", None, lambda x, p: x),
@@ -189,6 +218,10 @@ FIXED = [
     ("nn.Upsample(size = [5, 9])", "nn.Upsample(size=(5, 9))", None),
     ("nn.UpsamplingNearest2d(size = [3, 11])", "nn.UpsamplingNearest2d(size=(3, 11))", None),
     ("nn.Upsample(scale_factor = 0.5)", None, None),
+    ("nn.Upsample(size = [9, 5], mode = \"bicubic\")", "nn.Upsample(size=(9, 5), mode='bicubic')",
+     lambda x, p: _bicubic(x, (9, 5))),
+    ("nn.Upsample(scale_factor = 1.5, mode = \"bicubic\", align_corners = true)", None,
+     lambda x, p: _bicubic(x, (9, 6), corners=True)),
     ("nn.Upsample(size = [4, 7], mode = \"nearest-exact\")",
      "nn.Upsample(size=(4, 7), mode='nearest-exact')", None),
     ("nn.Upsample(scale_factor = [0.5, 1.75], mode = \"nearest-exact\")",
@@ -299,8 +332,10 @@ BAD = [
      "require len([f for f in scales if f <= 0]) == 0"),
     ("nn.Upsample(scale_factor = [2, 0])", "f32[B, 3, H, W]", "scale_factor must be positive",
      "require len([f for f in scales if f <= 0]) == 0"),
-    ('nn.Upsample(scale_factor = 2, mode = "bicubic")', "f32[B, 3, H, W]",
-     "mode must be nearest, nearest-exact, linear or bilinear", "require nearest or"),
+    ('nn.Upsample(scale_factor = 2, mode = "trilinear")', "f32[B, 3, H, W]",
+     "mode must be nearest, nearest-exact, linear, bilinear or bicubic", "require nearest or"),
+    ('nn.Upsample(scale_factor = 2, mode = "bicubic")', "f32[B, 3, L]",
+     "mode bicubic takes [N, C, L] (nearest, linear) or [N, C, H, W]", "require (mode =="),
     ('nn.Upsample(scale_factor = 2, mode = "linear")', "f32[B, 3, H, W]",
      "mode linear takes [N, C, L]", "require (mode =="),
     ("nn.Upsample(size = 4, scale_factor = 2)", "f32[B, 3, H, W]",

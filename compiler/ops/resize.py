@@ -33,9 +33,10 @@ def _resize_sizes(x: TensorType, a: dict) -> tuple[Dim, ...]:
     """Output spatial sizes from `size` or `scale_factor` (floor(in * scale), as PyTorch)."""
     check_channels_first(x, 3)
     n = x.rank - 2
-    mode = choice(a["mode"], "mode", ("nearest", "nearest-exact", "bilinear"))
-    if a["align_corners"] and mode != "bilinear":
-        raise attr_error("align_corners", "align_corners only applies to bilinear resize")
+    mode = choice(a["mode"], "mode", ("nearest", "nearest-exact", "bilinear", "bicubic"))
+    if a["align_corners"] and mode not in ("bilinear", "bicubic"):
+        raise attr_error("align_corners", "align_corners only applies to bilinear and bicubic "
+                                          "resize")
     if (a["size"] is None) == (a["scale_factor"] is None):
         raise attr_error("size", "give exactly one of size and scale_factor")
     if a["size"] is not None:
@@ -81,6 +82,21 @@ def _source_ratio(a, i: int, size: int, out: int, n: int, for_corners: bool) -> 
     return np.float32(size / out)
 
 
+# PyTorch's bicubic convolution coefficient (Keys, 1981, with A = -0.75 as OpenCV)
+CUBIC_A = -0.75
+
+
+def cubic_weights(t):
+    """The weights of inputs lo - 1 .. lo + 2 at fraction t past lo (PyTorch's
+    get_cubic_upsample_coefficients); `t` an array, or an LLVM-side number via `ops`."""
+    def near(x):  # |x| <= 1
+        return ((CUBIC_A + 2) * x - (CUBIC_A + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((CUBIC_A * x - 5 * CUBIC_A) * x + 8 * CUBIC_A) * x - 4 * CUBIC_A
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
 def _interpolate(y: np.ndarray, a: dict, i: int, out: int, n: int) -> np.ndarray:
     """y resized along spatial axis i (axis 2 + i) to `out`: the nearest row, or a blend of
     the two nearest rows."""
@@ -89,6 +105,14 @@ def _interpolate(y: np.ndarray, a: dict, i: int, out: int, n: int) -> np.ndarray
     corners = bool(a["align_corners"])
     ratio = _source_ratio(a, i, size, out, n, corners)
     dst = np.arange(out, dtype=np.float32)
+    if a["mode"] == "bicubic":  # PyTorch: source not clamped at 0, the four reads clamped
+        src = dst * ratio if corners else ratio * (dst + np.float32(0.5)) - np.float32(0.5)
+        lo = np.floor(src)
+        shape = [-1] + [1] * (y.ndim - 1 - axis)
+        weights = cubic_weights((src - lo).astype(np.float32))
+        lo = lo.astype(np.int64)
+        return sum(np.take(y, np.clip(lo - 1 + k, 0, size - 1), axis=axis)
+                   * w.astype(y.dtype).reshape(shape) for k, w in enumerate(weights))
     if a["mode"] != "bilinear":  # nearest-exact: pixel centres, floor((dst + 0.5) * ratio)
         src = (dst + np.float32(0.5)) * ratio if a["mode"] == "nearest-exact" else dst * ratio
         return np.take(y, np.minimum(np.floor(src).astype(np.int64), size - 1), axis=axis)
@@ -151,12 +175,15 @@ def _matrix_adjoint(gb, grad, a: dict, i: int, n: int, size: int, out: int, t: T
 # input sizes at which the periodic pattern is checked against the reference before it is
 # relied on for every size (in f32, a scale that is not a power of 2 drifts a linear blend's
 # weights along the axis, which the largest one catches)
-_SIZES_CHECKED = (1, 2, 3, 1024)
+_SIZES_CHECKED = (1, 2, 3, 4, 1024)
+# an output s * m + j of an integer scale s reads inputs m - REACH .. m + REACH at most
+# (nearest one, linear two, cubic four of them)
+REACH = 2
 
 
 def _phases(a: dict, i: int, n: int) -> np.ndarray | None:
-    """For an integer scale s of spatial axis i: weights w [3, s] such that output s * m + j
-    is sum_k w[k, j] * x[clamp(m - 1 + k)], as the reference computes it (checked at
+    """For an integer scale s of spatial axis i: weights w [2 * REACH + 1, s] such that output
+    s * m + j is sum_k w[k, j] * x[clamp(m - REACH + k)], as the reference computes it (checked at
     _SIZES_CHECKED); None for another resize, or where the reference's weights drift."""
     if a["scale_factor"] is None or a["align_corners"]:
         return None
@@ -164,7 +191,8 @@ def _phases(a: dict, i: int, n: int) -> np.ndarray | None:
     if not float(scale).is_integer():
         return None
     s = int(scale)
-    weights = _blend(a, scale, 3, s)[s:2 * s, :3].T.astype(np.float64)  # m = 1 reads x[0..2]
+    taps = 2 * REACH + 1  # output rows of m = REACH read x[0 .. taps - 1]
+    weights = _blend(a, scale, taps, s)[REACH * s:(REACH + 1) * s, :taps].T.astype(np.float64)
     for rows in _SIZES_CHECKED:
         if not np.allclose(_blend(a, scale, rows, s), _periodic(weights, rows, s), rtol=0,
                            atol=1e-6):
@@ -179,19 +207,19 @@ def _blend(a: dict, scale: float, rows: int, s: int) -> np.ndarray:
 
 
 def _periodic(weights: np.ndarray, rows: int, s: int) -> np.ndarray:
-    """The blend matrix [rows * s, rows] of weights [3, s] read at m - 1 + k, clamped."""
+    """The blend matrix [rows * s, rows] of weights [taps, s] read at m - REACH + k, clamped."""
     m, j = np.divmod(np.arange(rows * s), s)
     out = np.zeros((rows * s, rows))
-    for k in range(3):
-        np.add.at(out, (m * s + j, np.clip(m - 1 + k, 0, rows - 1)), weights[k, j])
+    for k in range(len(weights)):
+        np.add.at(out, (m * s + j, np.clip(m - REACH + k, 0, rows - 1)), weights[k, j])
     return out
 
 
 def _phase_adjoint(gb, ct, axis: int, size, weights: np.ndarray):
     """The adjoint along `axis` (of symbolic `size`) of y[s * m + j] = sum_k w[k, j] *
-    x[clamp(m - 1 + k)]: ct as [.., size, s, ..], each shift k's weighted sum over the phases
-    placed at offset k of the input padded by one on each side, then that border folded back
-    onto the first and last inputs (the adjoint of the clamp, a replicate pad's)."""
+    x[clamp(m - REACH + k)]: ct as [.., size, s, ..], each shift k's weighted sum over the
+    phases placed at offset k of the input padded by REACH on each side, then that border
+    folded back onto the first and last inputs (the adjoint of the clamp, a replicate pad's)."""
     from .views import _fold_border, pads_on
 
     s = weights.shape[1]
@@ -199,14 +227,14 @@ def _phase_adjoint(gb, ct, axis: int, size, weights: np.ndarray):
     split = gb.reshape(ct, shape[:axis] + [size, s] + shape[axis + 1:])
     rank = len(shape)
     padded = None
-    for k in range(3):
+    for k in range(len(weights)):
         if not weights[k].any():
             continue
         w = weights[k].reshape([s] + [1] * (rank - axis - 1)).astype(ct.type.np_dtype)
         g = gb.op("sum", gb.mul(split, gb.constant(w)), axis=axis + 1)
-        g = gb.op("pad", g, pads=pads_on(rank, axis, k, 2 - k))
+        g = gb.op("pad", g, pads=pads_on(rank, axis, k, 2 * REACH - k))
         padded = g if padded is None else gb.add(padded, g)
-    return _fold_border(gb, padded, axis, size, Dim.of(1), Dim.of(1), False)
+    return _fold_border(gb, padded, axis, size, Dim.of(REACH), Dim.of(REACH), False)
 
 
 def _axis_scale(a: dict, i: int, n: int):
@@ -244,6 +272,8 @@ def _resize_onnx(b, n):
     else:
         corners = "align_corners" if a["align_corners"] else "half_pixel"
         mode = {"mode": "linear", "coordinate_transformation_mode": corners}
+        if a["mode"] == "bicubic":  # edge values past the ends, as PyTorch's clamped reads
+            mode.update(mode="cubic", cubic_coeff_a=CUBIC_A, exclude_outside=0)
     b.node("Resize", trimmed([x, None, scales, sizes]), n.outputs, **mode)
 
 
@@ -267,5 +297,5 @@ register(OpRecord(
     tensors("x") + attrs(("size", None), ("scale_factor", None), ("mode", "nearest"),
                          ("align_corners", False)),
     _resize_infer, _resize_reference,
-    "Resize the spatial axes, nearest, nearest-exact or (bi)linear, as PyTorch's F.interpolate.",
+    "Resize the spatial axes (nearest, nearest-exact, bilinear, bicubic), as F.interpolate.",
     onnx=widened(_resize_onnx), llvm=_resize_llvm, vjp=_resize_vjp))
