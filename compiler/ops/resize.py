@@ -1,5 +1,5 @@
-"""resize: the spatial axes of an NC(L)/NCHW tensor resized, nearest or (bi)linear, as PyTorch's
-F.interpolate.
+"""resize: the spatial axes of an NC(L)/NCHW tensor resized (nearest, nearest-exact, (bi)linear
+or bicubic) as PyTorch's F.interpolate.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ CUBIC_A = -0.75
 
 def cubic_weights(t):
     """The weights of inputs lo - 1 .. lo + 2 at fraction t past lo (PyTorch's
-    get_cubic_upsample_coefficients); `t` an array, or an LLVM-side number via `ops`."""
+    get_cubic_upsample_coefficients); `t` an f32 array, or the native kernel's f32 value (any
+    number type with + - *: the same polynomials, the same f32 operations)."""
     def near(x):  # |x| <= 1
         return ((CUBIC_A + 2) * x - (CUBIC_A + 3)) * x * x + 1
 

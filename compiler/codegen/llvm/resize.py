@@ -1,5 +1,5 @@
-"""The resize kernel: nearest or linear interpolation, separable over the spatial axes, with
-PyTorch's coordinate conventions.
+"""The resize kernel: nearest, linear or cubic interpolation, separable over the spatial axes,
+with PyTorch's coordinate conventions.
 """
 
 from __future__ import annotations
