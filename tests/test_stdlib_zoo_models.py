@@ -262,3 +262,55 @@ def test_forward_and_gradients_against_torch(name, target):
     for x in inputs(name):
         ct = rng.standard_normal(np.shape(model(x))).astype(np.float32)
         check_against_torch(model, twin(name), [x], [ct])
+
+
+# ---------------------------------------------------------------------------- training mode
+TRAINING_1D = """import std.nn
+model Net {
+  features = [
+    nn.Conv1d(2, 8, 5, padding = 2, bias = false), nn.BatchNorm1d(8), nn.ReLU, nn.MaxPool1d(2),
+    nn.Conv1d(8, 8, 3, padding = 1, bias = false), nn.InstanceNorm1d(8, affine = true),
+    nn.PReLU(8), nn.AvgPool1d(2),
+    nn.Conv1d(8, 6, 3, padding = 1, bias = false), nn.BatchNorm1d(6), nn.Hardswish,
+    nn.AdaptiveAvgPool1d(3),
+  ]
+  head = [nn.Flatten, nn.Linear(18, 4)]
+  forward(x: f32[B, 2, T]) -> f32[B, 4] { return x |> features |> head }
+}
+"""
+
+
+def torch_training_1d():
+    """TRAINING_1D in PyTorch, in training mode. No convolution before a norm has a bias:
+    its gradient would be exactly 0, which no relative error measures."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference")
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.features = nn.Sequential(
+        nn.Conv1d(2, 8, 5, padding=2, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(8, 8, 3, padding=1, bias=False), nn.InstanceNorm1d(8, affine=True),
+        nn.PReLU(8), nn.AvgPool1d(2),
+        nn.Conv1d(8, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.Hardswish(),
+        nn.AdaptiveAvgPool1d(3))
+    net.head = nn.Sequential(nn.Flatten(), nn.Linear(18, 4))
+    net.forward = lambda x: net.head(net.features(x))
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        for key, v in net.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(torch.tensor(rng.uniform(0.5, 2.0, v.shape) if key.endswith("running_var")
+                                     else rng.standard_normal(v.shape)))
+    return net.train()
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_1d_cnn_in_training_mode(target):
+    """BatchNorm1d over [N, C, L] with the batch's statistics (the running ones updated),
+    InstanceNorm1d, PReLU and the 1-D pools: outputs, gradients and updated buffers."""
+    model = kiln.compile(TRAINING_1D, target=target, training=True)
+    rng = np.random.default_rng(0)
+    for shape in [(4, 2, 24), (3, 2, 20)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        ct = rng.standard_normal((shape[0], 4)).astype(np.float32)
+        check_against_torch(model, torch_training_1d(), [x], [ct])
