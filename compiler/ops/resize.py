@@ -26,6 +26,7 @@ from ._common import (
 )
 from ._emit import trimmed, widened
 from .registry import OpError, OpRecord, register
+from .views import fold_border, pads_on
 
 
 # resize -----------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def cubic_weights(t):
 
 def _interpolate(y: np.ndarray, a: dict, i: int, out: int, n: int) -> np.ndarray:
     """y resized along spatial axis i (axis 2 + i) to `out`: the nearest row, or a blend of
-    the two nearest rows."""
+    the two (bilinear) or four (bicubic) nearest rows."""
     axis = 2 + i
     size = y.shape[axis]
     corners = bool(a["align_corners"])
@@ -221,8 +222,6 @@ def _phase_adjoint(gb, ct, axis: int, size, weights: np.ndarray):
     x[clamp(m - REACH + k)]: ct as [.., size, s, ..], each shift k's weighted sum over the
     phases placed at offset k of the input padded by REACH on each side, then that border
     folded back onto the first and last inputs (the adjoint of the clamp, a replicate pad's)."""
-    from .views import _fold_border, pads_on
-
     s = weights.shape[1]
     shape = list(ct.type.shape)
     split = gb.reshape(ct, shape[:axis] + [size, s] + shape[axis + 1:])
@@ -235,7 +234,7 @@ def _phase_adjoint(gb, ct, axis: int, size, weights: np.ndarray):
         g = gb.op("sum", gb.mul(split, gb.constant(w)), axis=axis + 1)
         g = gb.op("pad", g, pads=pads_on(rank, axis, k, 2 * REACH - k))
         padded = g if padded is None else gb.add(padded, g)
-    return _fold_border(gb, padded, axis, size, Dim.of(REACH), Dim.of(REACH), False)
+    return fold_border(gb, padded, axis, size, Dim.of(REACH), Dim.of(REACH), False)
 
 
 def _axis_scale(a: dict, i: int, n: int):

@@ -493,12 +493,12 @@ def _pad_vjp(gb, node: VjpNode, cotangents: list) -> list:
         return [gb.op("pad", ct, pads=[-p for lo, hi in reversed(widths) for p in (lo, hi)])]
     for axis, (before, after) in enumerate(widths):
         if before != 0 or after != 0:
-            ct = _fold_border(gb, ct, axis, x.type.shape[axis], before, after,
+            ct = fold_border(gb, ct, axis, x.type.shape[axis], before, after,
                               node.attrs["mode"] == "reflect")
     return [ct]
 
 
-def _fold_border(gb, ct: Value, axis: int, size: Dim, before: Dim, after: Dim,
+def fold_border(gb, ct: Value, axis: int, size: Dim, before: Dim, after: Dim,
                  reflect: bool) -> Value:
     """The adjoint of padding `axis` (of `size`) by (before, after) in reflect or replicate
     mode: out[o] = x[before - o] (reflect) or x[0] (replicate) for o < before, so the
