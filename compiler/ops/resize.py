@@ -289,7 +289,7 @@ def _resize_llvm(kb, n):
         ratios.append(_source_ratio(a, i, size.value if size.is_const else 0,
                                     out.value if out.is_const else 1, x.rank - 2, corners)
                       if known else None)
-    nn_native("resize").resize(kb, n, ratios, a["mode"], corners)
+    nn_native("resize").resize(kb, n, ratios, a["mode"], corners, cubic_weights)
 
 
 register(OpRecord(

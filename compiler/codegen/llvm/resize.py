@@ -6,19 +6,19 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ...ops.resize import cubic_weights
 from .abi import F32, F64, I64
 from .irgen import i64, smaller
 from .spatial import ZERO
 
 
-def resize(kb, n, ratios: list, mode: str, corners: bool) -> None:
+def resize(kb, n, ratios: list, mode: str, corners: bool, cubic_weights=None) -> None:
     """Separable, as the reference: along each spatial axis in turn take the nearest row
     (mode nearest: floor(dst * ratio); nearest-exact: floor((dst + 0.5) * ratio)), or blend
-    the two nearest (bilinear), a * (1 - lam) + b * lam, or the four nearest (bicubic, with
-    the reference's cubic_weights). The coordinate math is plain IEEE f32 (no
-    fast-math), as numpy's. ratios[i] is an f32 number, or None for in/out computed at run time
-    (PyTorch's area_pixel_compute_scale; (in - 1)/(out - 1) with align_corners)."""
+    the two nearest (bilinear), a * (1 - lam) + b * lam, or the four nearest (bicubic,
+    weighted by the op's `cubic_weights(t)`, its polynomials built here on f32 values). The
+    coordinate math is plain IEEE f32 (no fast-math), as numpy's. ratios[i] is an f32 number,
+    or None for in/out computed at run time (PyTorch's area_pixel_compute_scale;
+    (in - 1)/(out - 1) with align_corners)."""
     x_t, y_t = n.in_types[0], n.out_types[0]
     dtype = x_t.dtype
     b = kb.b
