@@ -306,13 +306,19 @@ def torch_twin(name: str):
         text = spelled or expr.replace(" = ", "=").replace("true", "True").replace("false", "False")
         setattr(twin, f"l{i}", eval(text if "(" in text else text + "()", {"nn": nn}))
     twin.forward = lambda x: tuple(getattr(twin, f"l{i}")(x) for i in range(len(layers)))
-    rng = np.random.default_rng(3)
+    return randomize_torch(twin, 3).eval()
+
+
+def randomize_torch(module, seed: int):
+    """Every float tensor of the module's state_dict N(0, 1), running variances in [0.5, 2]."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference")
+    rng = np.random.default_rng(seed)
     with torch.no_grad():
-        for k, v in twin.state_dict().items():
+        for k, v in module.state_dict().items():
             if v.is_floating_point():
                 v.copy_(torch.tensor(rng.uniform(0.5, 2.0, v.shape) if k.endswith("running_var")
                                      else rng.standard_normal(v.shape)))
-    return twin.eval()
+    return module
 
 
 @pytest.mark.parametrize("name, target", CASES)

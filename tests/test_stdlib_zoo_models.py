@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_grad_models import TARGETS, check_against_torch
+from test_stdlib_nn_zoo import randomize_torch
 
 import kiln
 
@@ -295,13 +296,7 @@ def torch_training_1d():
         nn.AdaptiveAvgPool1d(3))
     net.head = nn.Sequential(nn.Flatten(), nn.Linear(18, 4))
     net.forward = lambda x: net.head(net.features(x))
-    rng = np.random.default_rng(1)
-    with torch.no_grad():
-        for key, v in net.state_dict().items():
-            if v.is_floating_point():
-                v.copy_(torch.tensor(rng.uniform(0.5, 2.0, v.shape) if key.endswith("running_var")
-                                     else rng.standard_normal(v.shape)))
-    return net.train()
+    return randomize_torch(net, 1).train()
 
 
 @pytest.mark.parametrize("target", ["reference", "native"])
