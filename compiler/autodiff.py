@@ -34,6 +34,7 @@ import networkx as nx
 import numpy as np
 
 from .builder import GraphBuilder
+from .dims import assuming
 from .errors import KilnError
 from .ir import STRUCTURAL_OPS, Graph, IRError, Value
 from .ops import REGISTRY, VjpNode
@@ -139,7 +140,16 @@ def _reverse(graph: Graph, new: Graph, seeds: list[tuple[Value, Value]],
              wrt_params: Iterable[str] | None, wrt_inputs: Iterable[str],
              cotangents: tuple[str | None, ...]) -> tuple[Graph, GradLayout]:
     """Add to `new` (a copy of `graph`, with the seeds' inputs added) the backward nodes, and
-    make its outputs the forward outputs then the wanted gradients."""
+    make its outputs the forward outputs then the wanted gradients. The rules build their
+    nodes under the model's `where` facts, as the forward's shapes were checked (the
+    gradient of a reshape to [H // 2, 2] is a reshape back to [H], given H % 2 == 0)."""
+    with assuming(graph.size_facts()):
+        return _reverse_under_facts(graph, new, seeds, wrt_params, wrt_inputs, cotangents)
+
+
+def _reverse_under_facts(graph: Graph, new: Graph, seeds: list[tuple[Value, Value]],
+                         wrt_params: Iterable[str] | None, wrt_inputs: Iterable[str],
+                         cotangents: tuple[str | None, ...]) -> tuple[Graph, GradLayout]:
     params = _param_nodes(graph, wrt_params)
     inputs = _input_nodes(graph, wrt_inputs)
     targets = {nid: f"parameter {path}" for path, nids in params.items() for nid in nids}

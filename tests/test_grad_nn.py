@@ -357,7 +357,9 @@ def test_max_pool_ties_follow_pytorch():
 
 @pytest.mark.parametrize("call, out", [
     ("avg_pool(x, 3, stride = 2, ceil_mode = true)", (1, 2, 3, 3)),
-    ('resize(x, scale_factor = 2, mode = "nearest")', (1, 2, 14, 12)),
+    ('resize(x, scale_factor = 2, mode = "bilinear", align_corners = true)', (1, 2, 14, 12)),
+    ('resize(x, size = [5, 4])', (1, 2, 5, 4)),
+    ('resize(x, scale_factor = 3, mode = "bilinear")', (1, 2, 21, 18)),
 ])
 def test_symbolic_spatial_sizes_the_rule_needs_are_k0815(call, out):
     """Rules whose constants depend on the spatial sizes refuse symbolic ones, at the op."""
@@ -414,12 +416,27 @@ RESIZES = [
     ({"size": 7}, "nearest", False), ({"scale_factor": 2}, "nearest", False),
     ({"size": [3, 9]}, "bilinear", False), ({"size": [5, 4]}, "bilinear", True),
     ({"scale_factor": [1.5, 0.5]}, "bilinear", False), ({"scale_factor": 2}, "bilinear", True),
+    ({"size": [3, 9]}, "nearest-exact", False), ({"scale_factor": [2, 0.5]}, "nearest-exact", False),
+    ({"size": [7, 3]}, "bicubic", False), ({"scale_factor": 1.5}, "bicubic", True),
 ]
 
 
 @pytest.mark.parametrize("sizes, mode, corners", RESIZES)
 def test_resize(sizes, mode, corners):
     check_vjp("resize", normal(2, 3, 4, 6, seed=5), mode=mode, align_corners=corners, **sizes)
+
+
+@pytest.mark.parametrize("mode, scale", [("nearest", 2), ("nearest", 3), ("nearest", [2, 3]),
+                                         ("nearest-exact", 2), ("nearest-exact", 3),
+                                         ("bicubic", 2), ("bicubic", [4, 2]),
+                                         ("bilinear", 2), ("bilinear", 4), ("bilinear", [1, 2])])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 1, 2)])
+def test_resize_symbolic_sizes_by_an_integer_scale(mode, scale, shape):
+    """Symbolic H and W scaled by an integer: the rule's stencil per phase, whose clamped
+    ends a size of 1 or 2 exercises, against finite differences."""
+    t = TensorType("f64", ("B", shape[1], "H", "W"))
+    check_vjp("resize", normal(*shape, seed=6), mode=mode, scale_factor=scale, types=[t],
+              dims={"B": shape[0], "H": shape[2], "W": shape[3]})
 
 
 def test_resize_1d():

@@ -486,7 +486,14 @@ def test_resize_nearest_and_bilinear():
            'resize(s, size = [4, 9], mode = "bilinear")',  # ratios of run-time sizes
            'resize(s, size = [4, 9], mode = "bilinear", align_corners = true)',
            'resize(s, scale_factor = 2, mode = "bilinear")',
-           'resize(h, size = [2, 3], mode = "bilinear")'],
+           'resize(h, size = [2, 3], mode = "bilinear")',
+           'resize(x, size = [3, 11], mode = "nearest-exact")',
+           'resize(s, size = [4, 9], mode = "nearest-exact")',  # ratios of run-time sizes
+           'resize(s, scale_factor = 3, mode = "nearest-exact")',
+           'resize(x, size = [3, 11], mode = "bicubic")',
+           'resize(x, scale_factor = 1.5, mode = "bicubic", align_corners = true)',
+           'resize(s, size = [4, 9], mode = "bicubic")',  # ratios of run-time sizes
+           'resize(s, scale_factor = 2, mode = "bicubic")'],
           runs=({"B": 1, "H": 5, "W": 3}, {"B": 2, "H": 9, "W": 1}))
 
 

@@ -298,6 +298,16 @@ def test_nearest_is_legacy_floor():
     np.testing.assert_array_equal(run("resize", line, size=8)[0, 0], [0, 0, 1, 1, 2, 3, 3, 4])
 
 
+def test_nearest_exact_reads_pixel_centres():
+    """floor((dst + 0.5) * in / out), PyTorch's nearest-exact: 5 -> 8 reads 0.3125, 0.9375,
+    1.5625, 2.1875, 2.8125, 3.4375, 4.0625, 4.6875; 5 -> 3 reads 0.83, 2.5, 4.17."""
+    line = np.arange(5, dtype=np.float32).reshape(1, 1, 5)
+    np.testing.assert_array_equal(run("resize", line, size=8, mode="nearest-exact")[0, 0],
+                                  [0, 0, 1, 2, 2, 3, 4, 4])
+    np.testing.assert_array_equal(run("resize", line, size=3, mode="nearest-exact")[0, 0],
+                                  [0, 2, 4])
+
+
 def test_bilinear_downsample_and_half():
     x = np.arange(16, dtype=np.float16).reshape(1, 1, 4, 4)
     out = run("resize", x, size=[2, 2], mode="bilinear")

@@ -433,6 +433,20 @@ def _pad_onnx(b, n):
     b.node("Pad", trimmed([x, pads, value]), n.outputs, mode=mode)
 
 
+def _check_reflect_widths(kb, shape, widths) -> None:
+    """Report (K0505), as the reference and onnxruntime do, a reflect padding not smaller
+    than the size it reflects, where a symbolic size leaves it to the call (the shape rule
+    refuses the known ones)."""
+    for d, (before, after) in zip(shape, widths, strict=True):
+        unpadded = before == Dim.of(0) and after == Dim.of(0)
+        if unpadded or (before.is_const and after.is_const and d.is_const):
+            continue
+        size = kb.dim(d)
+        kb.check(kb.b.and_(kb.compare("<", kb.dim(before), size),
+                           kb.compare("<", kb.dim(after), size)),
+                 "pad: reflect padding must be smaller than the size it reflects")
+
+
 def _pad_llvm(kb, n):
     """out[o] = x[o - before] per axis: outside x, the value (constant), the mirror image
     without the edge (reflect) or the edge (replicate); clamped into x whatever the sizes."""
@@ -442,6 +456,8 @@ def _pad_llvm(kb, n):
     x_strides, out_strides = kb.strides(t.shape), kb.strides(out_t.shape)
     fill = kb.stored(number(n.attrs["value"], "value"), t.dtype)
     zero = kb.const(0, "i64")
+    if mode == "reflect":
+        _check_reflect_widths(kb, t.shape, widths)
 
     def body(index):
         inside, at = kb.const(True, "bool"), zero
@@ -477,12 +493,12 @@ def _pad_vjp(gb, node: VjpNode, cotangents: list) -> list:
         return [gb.op("pad", ct, pads=[-p for lo, hi in reversed(widths) for p in (lo, hi)])]
     for axis, (before, after) in enumerate(widths):
         if before != 0 or after != 0:
-            ct = _fold_border(gb, ct, axis, x.type.shape[axis], before, after,
+            ct = fold_border(gb, ct, axis, x.type.shape[axis], before, after,
                               node.attrs["mode"] == "reflect")
     return [ct]
 
 
-def _fold_border(gb, ct: Value, axis: int, size: Dim, before: Dim, after: Dim,
+def fold_border(gb, ct: Value, axis: int, size: Dim, before: Dim, after: Dim,
                  reflect: bool) -> Value:
     """The adjoint of padding `axis` (of `size`) by (before, after) in reflect or replicate
     mode: out[o] = x[before - o] (reflect) or x[0] (replicate) for o < before, so the
