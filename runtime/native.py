@@ -156,7 +156,7 @@ PAGE = 4096
 # contiguous in physical memory, so a matrix of 1 MiB spreads evenly over the L2 cache's sets.
 # The same matrix from malloc's heap (reused pages at scattered physical addresses) overfills
 # some sets: a matrix-vector product over it (an LSTM step at batch 1) ran at 11.5 or 17 us
-# depending on where its pages fell, 11.5 us every time from a fresh mapping. Transparent
+# depending on where its pages fell, 11.2-11.9 us from a fresh mapping. Transparent
 # huge pages (madvise) did as well for the LSTM but cost an MLP at batch 1, whose 2.7 MB of
 # weights stream through the L2 at each call, 7-10 %. Below FRESH bytes this is not needed;
 # above FRESH_MAX the weights stream from L3 or memory whatever their pages (ResNet-18's 76 MB:

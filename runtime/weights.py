@@ -486,7 +486,8 @@ def apply_weights(params: Mapping[str, np.ndarray], infos: Mapping, aliases: dic
     elif isinstance(path_or_dict, (str, os.PathLike)):
         found, source = load_weights(path_or_dict, shapes), os.fspath(path_or_dict)
     else:
-        raise KilnError("K0403", f"cannot load weights from a {type(path_or_dict).__name__}",
+        raise KilnError("K0403", "cannot load weights from an object of type "
+                        f"{type(path_or_dict).__name__}",
                         hint="give a path to a .safetensors or .npz file, or a dict of "
                              "arrays by parameter path")
     matched = match_weights(expected, found, aliases, strict, source)
