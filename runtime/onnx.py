@@ -98,7 +98,10 @@ class OnnxModel(CompiledModel):
         except _run_errors() as exc:  # its own limits or memory, past what kiln checks
             message = str(exc).split("Status Message: ")[-1].strip()
             raise KilnError("K0505", f"onnxruntime could not run this call: {message[:500]}",
-                            hint="call the model with smaller inputs") from None
+                            hint="the message is onnxruntime's: where it ran out of memory "
+                                 "or past its limits, call the model with smaller inputs; "
+                                 "else the inputs are outside what the model takes (a "
+                                 "reflect padding wider than the size it reflects)") from None
         for count, (_output, message, span) in zip(results[len(names):], checks, strict=True):
             if count:
                 raise KilnError("K0505", message, span)
