@@ -270,6 +270,27 @@ def _nonlinearity(v) -> str:
     return v
 
 
+def _row_or_none(v) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"expected a row index >= 0 or none, got {v!r}")
+    return int(v)
+
+
+def _embedding(bits, shape, p: dict) -> np.ndarray:
+    """N(0, 1) with row padding_idx zero, as nn.Embedding.reset_parameters (the other rows are
+    init.normal()'s values)."""
+    values = _normal(bits, shape, 0.0, 1.0)
+    row = p["padding_idx"]
+    if row is not None:
+        if not shape or row >= shape[0]:
+            raise InitError(f"padding_idx {row} is not a row of a tensor of shape {list(shape)}",
+                            "padding_idx")
+        values[row] = 0.0
+    return values
+
+
 _REQUIRED = object()
 
 
@@ -331,6 +352,10 @@ _SPECS = (
     InitializerSpec(
         "normal", (Param("mean", 0.0), Param("std", 1.0, _non_negative)),
         lambda bits, shape, p: _normal(bits, shape, p["mean"], p["std"]), "N(mean, std²)",
+    ),
+    InitializerSpec(
+        "embedding", (Param("padding_idx", None, _row_or_none),), _embedding,
+        "N(0, 1) with row padding_idx (none: no row) zero: nn.Embedding's",
     ),
     InitializerSpec(
         "trunc_normal",

@@ -112,6 +112,7 @@ def scalar_hard_sigmoid(v):
 # op -> (scalar definition in Python's math, attrs, input range)
 UNARY: dict[str, tuple[Callable, dict, tuple[float, float]]] = {
     "neg": (lambda v: -v, {}, (-3, 3)),
+    "detach": (lambda v: v, {}, (-3, 3)),
     "abs": (abs, {}, (-3, 3)),
     "exp": (math.exp, {}, (-3, 3)),
     "log": (math.log, {}, (0.1, 5)),
@@ -170,7 +171,7 @@ case("gelu", np.array(-0.7, np.float32), id="gelu-0d")
 case("hard_swish", np.array(1.25, np.float32), id="hard_swish-0d")
 for dtype in INTS:
     x = with_edges(rand(2, 5, dtype=dtype, low=-9, high=9), INT_EDGES[dtype])
-    for op in ("neg", "abs", "relu", "sign", "floor", "ceil", "logical_not"):
+    for op in ("neg", "detach", "abs", "relu", "sign", "floor", "ceil", "logical_not"):
         case(op, x, id=f"{op}-{dtype}")
     case("clip", x, min=-1, max=1, id=f"clip-{dtype}")
     case("clip", x, min=-1.5, max=2.5, id=f"clip-float-bounds-{dtype}")

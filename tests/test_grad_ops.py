@@ -210,6 +210,19 @@ def test_comparisons_take_no_gradient(op):
     assert grads == [None, None]
 
 
+def test_detach_takes_no_gradient():
+    """detach(x) is x with no gradient: x * detach(x)'s gradient is detach(x), not 2x."""
+    assert backward("detach", normal((2, 3)))[2] == [None]
+    import kiln
+
+    src = "model M { forward(x: f32[B, 3]) -> f32[B, 3] { return x * detach(x) } }"
+    x = normal((2, 3), 5).astype(np.float32)
+    for target in ("reference", "native"):
+        _out, _grads, inputs = kiln.compile(src, target=target).vjp(
+            x, cotangents=[np.ones((2, 3), np.float32)])
+        np.testing.assert_allclose(inputs["x"], x, rtol=1e-6)
+
+
 def test_logic_takes_no_gradient():
     a = np.array([True, False])
     assert backward("logical_and", a, a)[2] == [None, None]

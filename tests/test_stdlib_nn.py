@@ -474,6 +474,55 @@ def test_embedding():
                 np.testing.assert_array_equal(y, w[idx])  # a gather is exact
 
 
+PADDED_EMBEDDING = [case("nn.Embedding(10, 4, padding_idx = 2)", "i64[B, T]"),
+                    case("nn.Embedding(10, 4, padding_idx = -1, sparse = true)", "i64[B, T]")]
+
+
+@pytest.mark.parametrize("block, pad", list(zip(PADDED_EMBEDDING, (2, 9), strict=True)))
+def test_embedding_padding_idx_row_starts_at_zero_and_takes_no_gradient(block, pad):
+    """As nn.Embedding(padding_idx=...): the row is zero at initialisation (the others are
+    init.normal()'s, as without padding_idx), lookups of it read the weight as it is, and
+    its gradient is zero while every other row's is the sum of its lookups' cotangents."""
+    src = source([(block, "M")])
+    plain = kiln.compile(source([(case("nn.Embedding(10, 4)", "i64[B, T]"), "M")]),
+                         target="reference", seed=3).params["0.weight"]
+    for target in ("reference", "native"):
+        m = kiln.compile(src, target=target, seed=3)
+        w = m.params["0.weight"]
+        assert not w[pad].any()
+        np.testing.assert_array_equal(np.delete(w, pad, 0), np.delete(plain, pad, 0))
+        rng = np.random.default_rng(pad)
+        loaded = {"0.weight": rng.standard_normal((10, 4)).astype(np.float32)}
+        m.load_weights(loaded)  # a trained (non-zero) padding row is looked up as it is
+        idx = np.array([[pad, 1, pad, 7], [3, pad, 1, 0]])
+        ct = rng.standard_normal((2, 4, 4)).astype(np.float32)
+        out, grads, _ = m.vjp(idx, cotangents=[ct])
+        np.testing.assert_array_equal(out, loaded["0.weight"][idx])
+        want = np.zeros((10, 4))
+        np.add.at(want, idx, ct)
+        want[pad] = 0
+        np.testing.assert_allclose(grads["0.weight"], want, rtol=1e-6, atol=1e-6)
+    try:  # and PyTorch's own gradient, where it is installed
+        import torch
+    except ImportError:
+        return
+    e = torch.nn.Embedding(10, 4, padding_idx=pad - 10 if pad == 9 else pad)
+    with torch.no_grad():
+        e.weight.copy_(torch.from_numpy(loaded["0.weight"]))
+    e(torch.from_numpy(idx)).backward(torch.from_numpy(ct))
+    np.testing.assert_allclose(grads["0.weight"], e.weight.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    ("10, 4, padding_idx = 10", "padding_idx must be within num_embeddings"),
+    ("10, 4, padding_idx = -11", "padding_idx must be within num_embeddings"),
+    ("10, 4, max_norm = 1.0", "max_norm is not supported"),
+    ("10, 4, scale_grad_by_freq = true", "scale_grad_by_freq is not supported")])
+def test_embedding_refuses_what_it_does_not_do(args, message):
+    with pytest.raises(kiln.KilnError, match=message):
+        kiln.compile(source([(case(f"nn.Embedding({args})", "i64[B]"), "M")]))
+
+
 POOL_IN = "f32[B, 3, 7, 8]"
 POOLS = [
     (case("nn.MaxPool2d(2)", POOL_IN), lambda x: ref_max_pool2d(x, 2)),
@@ -671,6 +720,7 @@ PARITY = [  # (kiln block, the same torch module)
     (case("nn.LayerNorm([3, 4])", "f32[B, 2, 3, 4]"), "nn.LayerNorm([3, 4])"),
     (case("nn.GroupNorm(2, 4)", "f32[B, 4, 3, 3]"), "nn.GroupNorm(2, 4)"),
     (case("nn.Embedding(10, 4)", "i64[B, T]"), "nn.Embedding(10, 4)"),
+    (PADDED_EMBEDDING[1], "nn.Embedding(10, 4, padding_idx=-1, sparse=True)"),
     (case("nn.MaxPool2d(3, 2, 1, ceil_mode = true)", "f32[B, 3, 8, 7]"),
      "nn.MaxPool2d(3, 2, 1, ceil_mode=True)"),
     (case("nn.AvgPool2d(3, 2, 1, true, false)", "f32[B, 3, 8, 7]"),

@@ -54,6 +54,10 @@ def _const(b, n, value):
 
 
 # arithmetic of one tensor -----------------------------------------------------------------
+register(unary("detach", lambda x: np.array(x, copy=True),
+               "x itself, through which no gradient flows (PyTorch's x.detach(), JAX's "
+               "stop_gradient).", dtypes=ALL_DTYPES, onnx=onnx_op("Identity"),
+               llvm=lambda kb, a, x: x, vjp=no_gradient))
 register(unary("neg", np.negative, "Negation, -x.", dtypes=NUMERIC, onnx=onnx_op("Neg"),
                llvm=lambda kb, a, x: kb.neg(x),
                vjp=float_only(lambda gb, node, cts: [gb.neg(cts[0])])))
