@@ -82,7 +82,15 @@ def twins():
             s = self.fc2(self.activation(self.fc1(self.avgpool(x))))
             return self.scale_activation(s) * x
 
-    class InvertedResidual(nn.Module):  # torchvision.models.mobilenetv3
+    class Residual(nn.Module):
+        """self.block, plus its input when self.residual (torchvision's MobileNetV3 and
+        EfficientNet blocks)."""
+
+        def forward(self, x):
+            y = self.block(x)
+            return y + x if self.residual else y
+
+    class InvertedResidual(Residual):  # torchvision.models.mobilenetv3
         def __init__(self, cin, k, expanded, cout, use_se, act, stride):
             super().__init__()
             layers = [cna(cin, expanded, 1, act=act)] if expanded != cin else []
@@ -92,10 +100,6 @@ def twins():
             layers.append(cna(expanded, cout, 1, act=None))
             self.block = nn.Sequential(*layers)
             self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.block(x)
-            return y + x if self.residual else y
 
     class MobileNetV3Small(nn.Module):
         def __init__(self, num_classes=10):
@@ -113,7 +117,7 @@ def twins():
         def forward(self, x):
             return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
-    class MBConv(nn.Module):  # torchvision.models.efficientnet.MBConv, eval mode
+    class MBConv(Residual):  # torchvision.models.efficientnet.MBConv, eval mode
         def __init__(self, cin, cout, k, stride, expand_ratio):
             super().__init__()
             hidden = cin * expand_ratio
@@ -126,10 +130,6 @@ def twins():
                        conv(hidden, cout, 1, act=False)]
             self.block = nn.Sequential(*layers)
             self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.block(x)
-            return y + x if self.residual else y
 
     class EfficientNetStage(nn.Module):
         def __init__(self):

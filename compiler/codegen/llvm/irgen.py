@@ -36,6 +36,11 @@ def smaller(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
+def larger(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """max(x, y) of signed integers."""
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
 def element(b: ir.IRBuilder, array: ir.Value, index: int) -> ir.Value:
     """array[index] for a constant index (an argument array's pointer or size)."""
     return b.load(b.gep(array, [ir.Constant(I64, index)]))

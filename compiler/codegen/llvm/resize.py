@@ -7,7 +7,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .abi import F32, F64, I64
-from .irgen import i64, smaller
+from .irgen import i64, larger, smaller
 from .spatial import ZERO
 
 
@@ -43,7 +43,8 @@ def resize(kb, n, ratios: list, mode: str, corners: bool, cubic_weights=None) ->
         return b.fptrunc(b.fdiv(b.sitofp(size, F64), b.sitofp(out, F64)), F32)
 
     def source(o, axis):
-        """[(input index, weight)] of output o along axis: one for nearest, two otherwise."""
+        """[(input index, weight)] of output o along axis: one for nearest, two for
+        bilinear, four for bicubic."""
         last = b.sub(ins[axis], i64(1))
         dst = b.sitofp(o, F32)
         r = ratio(axis)
@@ -57,12 +58,11 @@ def resize(kb, n, ratios: list, mode: str, corners: bool, cubic_weights=None) ->
         else:
             half = ir.Constant(F32, 0.5)
             src = b.fsub(b.fmul(r, b.fadd(dst, half)), half)
-            if mode == "bicubic":
-                return cubic_taps(src, last)
+        if mode == "bicubic":  # PyTorch: the source is not clamped, the four reads are
+            return cubic_taps(src, last)
+        if not corners:  # linear: a source left of the first input reads the first
             src = b.select(b.fcmp_ordered(">", src, ir.Constant(F32, 0.0)), src,
                            ir.Constant(F32, 0.0))
-        if mode == "bicubic":
-            return cubic_taps(src, last)
         lo = b.fptosi(src, I64)
         hi = b.add(lo, i64(1))
         hi = smaller(b, hi, last)
@@ -97,11 +97,6 @@ def resize(kb, n, ratios: list, mode: str, corners: bool, cubic_weights=None) ->
         kb.store(y, kb.dot(index, out_strides), blend(len(spatial) - 1, ZERO), dtype)
 
     kb.loop_nest([kb.numel(y_t.shape[:2]), *outs], body)
-
-
-def larger(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    """max(x, y) of signed integers."""
-    return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 class _F32Math:
