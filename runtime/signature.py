@@ -143,7 +143,7 @@ class Signature:
         got = dtype_of_numpy(value.dtype)
         if got != want:
             if got is not None and (got, want) in _WIDENING:
-                value = value.astype(NUMPY_DTYPES[want])
+                value = _copy(port, lambda: value.astype(NUMPY_DTYPES[want]))
             else:
                 raise KilnError(
                     "K0502",
@@ -156,7 +156,7 @@ class Signature:
                 f"input {port.name} must have {port.type.rank} axes "
                 f"{shape_str(port.type.shape)}, but its shape is {list(value.shape)}",
             )
-        return np.asarray(value, order="C")
+        return _copy(port, lambda: np.asarray(value, order="C"))
 
     def _bind_dims(self, ports: list[Port], arrays: dict) -> dict[str, int]:
         dims: dict[str, int] = {}
@@ -219,6 +219,19 @@ def _ev(d: Dim, dims) -> int | str:
         return d.evaluate(dims)
     except DimError:
         return str(d)
+
+
+def _copy(port: Port, make):
+    """`make()`, an input's conversion or C-ordered copy, with memory running out a KilnError
+    (K0505) rather than a MemoryError: an array of a few bytes can be a view of billions of
+    elements (stride 0), which only the copy makes real."""
+    try:
+        return make()
+    except MemoryError:
+        raise KilnError("K0505", f"out of memory copying input {port.name} into a C-ordered "
+                        f"array of kiln's dtype {port.type.dtype}",
+                        hint="pass a C-contiguous array of the input's dtype, or a smaller "
+                        "one") from None
 
 
 def _convert_numbers(port: Port, value: np.ndarray, want: str) -> np.ndarray:

@@ -227,6 +227,12 @@ def test_bad_run_time_inputs_never_reach_the_kernels():
         ((np.zeros((2, 4), np.float32), i), {}, "K0503", "axis 1"),
         ((x, np.zeros(3, np.int64)), {}, "K0503", "size B is 2"),
         (("hello", i), {}, "K0502", "numpy array"),
+        # a few bytes seen as 2^45 rows (stride 0, past any address space): its C-ordered
+        # copy, or its widening to i64, runs out of memory before any size check could
+        ((np.lib.stride_tricks.as_strided(x, (1 << 45, 3), (0, 4)), i), {}, "K0505",
+         "out of memory copying input x"),
+        ((x, np.lib.stride_tricks.as_strided(i.astype(np.int32), (1 << 46,), (0,))), {},
+         "K0505", "out of memory copying input i"),
     ]
     for args, kwargs, code, text in cases:
         with pytest.raises(KilnError) as info:
