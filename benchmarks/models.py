@@ -41,6 +41,8 @@ import numpy as np
 
 import kiln
 from kiln import KilnError
+from kiln.compiler.codegen.llvm.peak import fma_peak_flops
+from kiln.compiler.dims import Dim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import twins  # noqa: E402  (benchmarks/twins.py, beside this script)
@@ -445,7 +447,8 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
         return max(float(np.abs(a - b).max()) for a, b in zip(outs, eager, strict=True))
 
     diffs = {"diff": diff(runs["kiln"]()), "native_diff": diff(runs["native"]()),
-             "scale": max(float(np.abs(e).max()) for e in eager)}
+             "scale": max(float(np.abs(e).max()) for e in eager),
+             "macs": call_macs(native, inputs), "peak": threads * fma_peak_flops()}
     rounds: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(ROUNDS):
         for k, run in runs.items():
@@ -453,11 +456,20 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
     return {**{k: statistics.median(v) for k, v in rounds.items()}, **diffs}
 
 
+def call_macs(model, inputs: dict[str, np.ndarray]) -> int:
+    """The multiply-adds of one call with these inputs, as the model is written (a
+    convolution's direct sum, not the fewer products of its Winograd form)."""
+    _arrays, dims = model.bind_inputs((), inputs)
+    total = sum(model.model.macs_by_scope().values(), Dim.of(0))
+    return int(total.evaluate(dims))
+
+
 def compare_with_pytorch(opts) -> int:
     """The --pytorch table: one child process per (model, batch, threads)."""
     names = [n for n in TWIN_SOURCES if not opts.models or n in opts.models]
     header = (f"{'model':<14}{'batch':>6}{'thr':>4}{'native ms':>11}{'kiln export ms':>16}"
-              f"{'torch export ms':>17}{'native/torch':>13}{'kiln/torch':>11}{'max |diff|':>12}")
+              f"{'torch export ms':>17}{'native/torch':>13}{'kiln/torch':>11}{'max |diff|':>12}"
+              f"{'peak% native':>14}{'torch':>7}{'0.8x needs':>12}")
     print(header)
     print("-" * len(header))
     failed = 0
@@ -479,8 +491,16 @@ def compare_with_pytorch(opts) -> int:
                 print(f"{name:<14}{batch:>6}{threads:>4}{got['native']:>11.3f}"
                       f"{got['kiln']:>16.3f}{got['torch']:>17.3f}"
                       f"{got['native'] / got['torch']:>13.2f}{got['kiln'] / got['torch']:>11.2f}"
-                      f"{max(got['diff'], got['native_diff']):>12.1e}", flush=True)
+                      f"{max(got['diff'], got['native_diff']):>12.1e}"
+                      f"{percent(got, 'native'):>14.0f}{percent(got, 'torch'):>7.0f}"
+                      f"{percent(got, 'torch') / 0.8:>12.0f}", flush=True)
     return 1 if failed else 0
+
+
+def percent(got: dict, runtime: str) -> float:
+    """The FLOP/s of `runtime`'s median call (2 per multiply-add) as a percentage of the
+    threads' measured FMA peak."""
+    return 200 * got["macs"] / (got[runtime] / 1e3) / got["peak"]
 
 
 def main() -> int:

@@ -513,3 +513,82 @@ def test_resnet18_native_agrees_with_the_reference():
     native, ref = both("import std.cnn\n", model="cnn.ResNet18")
     x = RNG.standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.testing.assert_allclose(native(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+# depthwise convolutions (codegen/llvm/depthwise.py) ----------------------------------------
+DEPTHWISE_INPUTS = {
+    "x": "f32[B, 5, 15, 21]", "w3": "f32[5, 1, 3, 3]", "w4": "f32[5, 1, 4, 4]",
+    "w5": "f32[5, 1, 5, 5]", "b5": "f32[5]", "w7": "f32[5, 1, 7, 7]", "wm": "f32[10, 1, 3, 3]",
+    "bm": "f32[10]", "xw": "f32[B, 3, 9, 70]", "v7": "f32[3, 1, 7, 7]", "x1": "f32[B, 4, 37]",
+    "u5": "f32[4, 1, 5]"}
+DEPTHWISE_CALLS = [
+    "conv(x, w3, padding = 1, groups = 5)",  # 15 rows: blocks of 8, 4, 2 and 1 (AVX-512)
+    "conv(x, w3, groups = 5)",  # no padding
+    "conv(x, w5, b5, stride = 2, padding = 2, groups = 5)",  # even lanes of two loads
+    "conv(x, w7, padding = 3, groups = 5)",
+    'conv(x, w4, groups = 5, padding = "same")',  # an even kernel: the extra pad after
+    "conv(x, w3, stride = [2, 1], dilation = [1, 2], padding = [0, 2], groups = 5)",
+    "conv(x, w5, stride = [1, 2], dilation = 2, padding = [3, 1], groups = 5)",
+    "conv(x, w5, stride = [3, 1], padding = [6, 0], groups = 5)",  # rows of padding only
+    'conv(x, wm, bm, padding = "same", groups = 5)',  # two filters a channel
+    "conv(xw, v7, padding = 3, groups = 3)",  # rows of five vectors, the last masked
+    "conv(xw, v7, stride = 2, padding = [1, 5], groups = 3)",
+    "conv(x1, u5, stride = 2, padding = 2, groups = 4)",  # 1-D
+]
+
+
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
+def test_depthwise_convolutions_run_the_direct_kernel(cpu):
+    """Every geometry of a depthwise convolution (kernels 3 to 7, strides, dilations,
+    asymmetric and large padding, a channel multiplier, 1-D) against the reference, at batch
+    sizes 1, 3 and 0, in code for this CPU and for AVX2 (blocks of 4 rows, 8 lanes)."""
+    import llvmlite.binding as llvm
+
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.codegen.llvm.module import build_module
+    from kiln.compiler.driver import Compilation
+    from kiln.runtime.native import NativeModel
+
+    src = source(DEPTHWISE_INPUTS, DEPTHWISE_CALLS)
+    target = targets.named(cpu) if cpu else targets.host()
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    module, _ = build_module(kiln.load(src).elaborate(), llvm.get_process_triple(),
+                             str(target.machine().target_data), vector_width=target.vector_width)
+    kernels = {f.name for f in module.functions if f.name.startswith("kiln_depthwise_")}
+    width = target.vector_width
+    assert {f"kiln_depthwise_3x3_s1x1_d1x1_4x13_v{width}",
+            f"kiln_depthwise_1x5_s1x2_d1x1_3x13_v{width}"} <= kernels, kernels
+    native = NativeModel(Compilation.of(kiln.load(src), cpu=target), {}, threads=2)
+    ref = kiln.compile(src, target="reference")
+    for sizes in ({"B": 1}, {"B": 3}, {"B": 0}):
+        args = [array(name, t, sizes) for name, t in DEPTHWISE_INPUTS.items()]
+        for call, got, want in zip(DEPTHWISE_CALLS, native(*args), ref(*args), strict=True):
+            assert got.shape == want.shape, call
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=call)
+
+
+DEPTHWISE_LAYERS = """
+import std.nn
+model D(k: int, s: int, h: int, w: int) {
+  dw = nn.Conv2d(24, 24, k, stride = s, padding = k // 2, groups = 24)
+  forward(x: f32[B, 24, h, w]) { return relu(x |> dw) }
+}
+"""
+
+
+@pytest.mark.parametrize("k, s, h, w", [
+    (3, 1, 30, 33),    # prepacked weights, planes split across threads
+    (5, 2, 29, 40),
+    (3, 1, 300, 250),  # a plane past the stack buffer: the GEMM path, chosen at run time
+])
+def test_depthwise_layers_with_prepacked_weights_on_threads(k, s, h, w):
+    args = {"k": k, "s": s, "h": h, "w": w}
+    native = kiln.compile(DEPTHWISE_LAYERS, args=args, threads=2, seed=3)
+    alone = kiln.compile(DEPTHWISE_LAYERS, args=args, threads=1, seed=3)
+    ref = kiln.compile(DEPTHWISE_LAYERS, args=args, target="reference", seed=3)
+    assert any(name.startswith("prepack_a(") for name in native.native_arrays())
+    for batch in (1, 2):
+        x = RNG.standard_normal((batch, 24, h, w)).astype(np.float32)
+        np.testing.assert_allclose(native(x), ref(x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(native(x), alone(x))  # a plane's sums: one thread's

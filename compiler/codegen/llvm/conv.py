@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
+from . import depthwise
 from .abi import F32
 from .gemm import Matrix, PackedB, gemm
 from .im2col import Im2col, Shifted
@@ -22,12 +23,30 @@ from .threads import parallel_rows
 def conv(kb, n, win: Window, groups: int) -> None:
     """y[n, g] = w[g] @ im2col(x[n, g]) (+ bias) per sample and group, through the GEMM; a
     1x1 convolution with stride 1 and no padding multiplies x itself, and another with stride
-    1 reads a zero-bordered copy of x (`Shifted`). Other dtypes than f32 run the direct
-    loops."""
-    x_t, w_t, bias_t = n.in_types
+    1 reads a zero-bordered copy of x (`Shifted`). A depthwise one (a group per input channel)
+    runs depthwise.py's direct kernel while a plane fits its buffer. Other dtypes than f32 run
+    the direct loops."""
+    x_t, w_t, _bias_t = n.in_types
     if x_t.dtype != "f32":
         _conv_direct(kb, n, win, groups)
         return
+    kc = tiling(kb.vector_width).kc
+    if depthwise.eligible(x_t, w_t, win, groups, kc):
+        b = kb.b
+        geometry = depthwise.Geometry(kb, win)
+        fits = b.icmp_signed("<=", geometry.floats, i64(depthwise.STACK_FLOATS))
+        with b.if_else(fits) as (direct, through_gemm):
+            with direct:
+                depthwise.depthwise(kb, n, win, geometry, groups, kc)
+            with through_gemm:
+                _conv_gemm(kb, n, win, groups)
+        return
+    _conv_gemm(kb, n, win, groups)
+
+
+def _conv_gemm(kb, n, win: Window, groups: int) -> None:
+    """conv's f32 path through the GEMM (see `conv`)."""
+    x_t, w_t, bias_t = n.in_types
     b = kb.b
     x, w, y = kb.input("x"), kb.input("weight"), kb.output()
     bias = kb.input("bias")
