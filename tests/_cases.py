@@ -481,6 +481,10 @@ CONV_CASES = [
     ((2, 3, 5, 5), (2, 3, 1, 1), 3, 0, 1, 1),
     ((1, 2, 6, 7), (3, 2, 4, 3), 1, "same", (1, 2), 1),
     ((1, 2, 6, 7), (3, 2, 4, 3), 1, "valid", 1, 1),
+    # depthwise at stride 1: the input gradient is a depthwise convolution of the flipped
+    # filters (two a channel in the second)
+    ((2, 3, 7, 8), (3, 1, 3, 3), 1, 1, 1, 3),
+    ((1, 2, 6, 7), (6, 1, 5, 3), 1, (4, 1), (2, 1), 2),
 ]
 CONV_T_CASES = [
     # x shape, weight shape, stride, padding, output_padding, dilation, groups

@@ -91,9 +91,14 @@ def conv_input_grad(gb: Any, ct: Any, w: Any, sizes: tuple[Dim, ...], stride: tu
 def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, _sizes: tuple[Dim, ...],
                              stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
                              groups: int) -> Any | None:
-    """conv_input_grad as a stride-1 convolution (see there), or None where it does not apply."""
+    """conv_input_grad as a stride-1 convolution (see there), or None where it does not apply.
+    A depthwise convolution's (a group per input channel, m filters each) is one too, with
+    groups C: input channel c sums its m outputs' cotangents, each through its filter
+    flipped, so the weight [C * m, 1, *k] is read as [C, m, *k]."""
     kernel = [Dim.of(k) for k in w.type.shape[2:]]
-    if groups != 1 or any(s != 1 for s in stride) or not all(k.is_const for k in kernel):
+    depthwise = groups > 1 and w.type.shape[1] == Dim.of(1)
+    if groups != 1 and not depthwise or any(s != 1 for s in stride) or not all(
+            k.is_const for k in kernel):
         return None
     padding = []
     for (lo, hi), k, d in zip(pads, kernel, dilation, strict=True):
@@ -103,6 +108,11 @@ def _flipped_conv_input_grad(gb: Any, ct: Any, w: Any, _sizes: tuple[Dim, ...],
     if any(p < 0 for p in padding):
         return None
     spatial = list(range(2, w.type.rank))
+    if depthwise:
+        filters = gb.reshape(w, [groups, w.type.shape[0] // groups, *kernel])
+        return gb.op("conv", ct, gb.op("flip", filters, axis=spatial), None,
+                     stride=list(stride), padding=padding, dilation=list(dilation),
+                     groups=groups)
     turned = gb.op("flip", gb.permute(w, [1, 0, *spatial]), axis=spatial)
     return gb.op("conv", ct, turned, None, stride=list(stride), padding=padding,
                  dilation=list(dilation), groups=1)
