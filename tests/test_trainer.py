@@ -451,3 +451,34 @@ def test_profile_times_the_step_and_changes_nothing(mlp_file):
     with pytest.raises(KilnError) as err:
         kiln.Trainer(mlp_file, target="reference").profile(x, y)
     assert err.value.code == "K0602"
+
+
+UPSAMPLER = """
+import std.nn
+model Up {
+  conv = nn.Conv2d(1, 4, 3, padding = 1)
+  shuffle = nn.PixelShuffle(2)
+  forward(x: f32[B, 1, H, W]) -> f32[B, 1, 2 * H, 2 * W] { return x |> conv |> shuffle }
+}
+"""
+
+
+def test_a_target_takes_the_output_size_the_model_computes(tmp_path):
+    """An output of 2*H x 2*W (symbolic H, W): a target of 8 x 10 for 4 x 5 inputs is that
+    size (a concrete 8 could not be proved equal to 2*H), another is refused at the call,
+    naming the target; the steps match the reference target's."""
+    path = tmp_path / "up.kiln"
+    path.write_text(UPSAMPLER)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 1, 4, 5)).astype(np.float32)
+    y = rng.standard_normal((3, 1, 8, 10)).astype(np.float32)
+    losses = {}
+    for target in ("native", "reference"):
+        t = kiln.Trainer(path, loss="mse_loss", optimizer=kiln.optim.SGD(lr=0.1), seed=1,
+                         target=target)
+        losses[target] = [t.step(x, y) for _ in range(3)]
+        assert losses[target][-1] < losses[target][0]
+        with pytest.raises(KilnError) as info:
+            t.step(x, y[:, :, :6])
+        assert info.value.code == "K0503" and "target" in info.value.message
+    np.testing.assert_allclose(losses["native"], losses["reference"], rtol=1e-5)

@@ -252,6 +252,13 @@ class Trainer:
         else the type of the model's first output."""
         if y is not None:
             dims = [self._batch()] + [str(d) for d in y.shape[1:]]
+            out = self.outputs[0].type.shape
+            if not self.loss.class_index and len(out) == y.ndim:
+                # a size the model computes from its inputs' (an upsampler's 3*H) is the
+                # target's too: a concrete 96 could not be proved equal to it (K0301), and a
+                # target of another size is then refused at the call (K0503)
+                dims[1:] = [str(o) if not o.is_const else d for o, d in zip(out[1:], dims[1:],
+                                                                             strict=True)]
             return f"{dtype_of_numpy(y.dtype)}[{', '.join(dims)}]"
         if self.loss.class_index:
             return f"i64[{self._batch()}]"
