@@ -1,6 +1,7 @@
 """The kernels around the GEMM, each alone: the max pool of ResNet-18's stem, the softmax and
 layer norm of the Transformer encoder's layers (benchmarks/models.py --pytorch's, d = 256,
-4 heads, L = 128) and its heads' split and merge; kiln native beside onnxruntime on kiln's
+4 heads, L = 128) and its copies: the split of the fused q, k, v projection, the heads'
+split, the keys' transpose and the heads' merge; kiln native beside onnxruntime on kiln's
 export of the same one-op model.
 
     python benchmarks/kernels.py [--kernels max_pool softmax] [--repeat 200] [--threads 1]
@@ -37,8 +38,12 @@ KERNELS = {
                     "return log_softmax(x, axis = -1) } }", 1),
     "layer_norm": ("model Norm { forward(x: f32[B, 128, 256], w: f32[256], b: f32[256]) { "
                    "return layer_norm(x, [256], w, b) } }", 1),
+    "split_qkv": ("model QKV { forward(x: f32[B, 128, 768]) { "
+                  "q, k, v = split(x, 3, axis = -1)\n return q, k, v } }", 1),
     "split_heads": ("model Split { forward(x: f32[B, 128, 256]) { "
                     "return permute(reshape(x, [B, 128, 4, 64]), [0, 2, 1, 3]) } }", 1),
+    "keys_t": ("model Keys { forward(x: f32[B, 128, 256]) { "
+               "return permute(reshape(x, [B, 128, 4, 64]), [0, 2, 3, 1]) } }", 1),
     "merge_heads": ("model Merge { forward(x: f32[B, 4, 128, 64]) { "
                     "return reshape(permute(x, [0, 2, 1, 3]), [B, 128, 256]) } }", 1),
 }
@@ -63,7 +68,8 @@ def measure(name: str, threads: int, repeat: int) -> dict:
         rounds["native"].append(settled(median_ms, repeat, native, **feeds))
         rounds["ort"].append(settled(median_ms, repeat, session.run, None, feeds))
     out = native(**feeds)
-    moved = sum(a.nbytes for a in feeds.values()) + out.nbytes
+    moved = sum(a.nbytes for a in [*feeds.values(), *(out if isinstance(out, tuple) else
+                                                      (out,))])
     us = statistics.median(kernel)
     return {"kernel": us, "native": statistics.median(rounds["native"]) * 1e3,
             "ort": statistics.median(rounds["ort"]) * 1e3, "gbs": moved / us / 1e3,

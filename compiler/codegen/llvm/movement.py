@@ -9,10 +9,12 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...dims import Dim
+from ...types import NUMPY_DTYPES
 from .abi import I64
 from .irgen import smaller
+from .microkernels import tiling
 
-TILE = 8  # elements along each of a tiled permute's two axes (a block: 8 vectors of 8)
+TILE = 8  # elements along each of a tiled permute's two axes (a block: 8 vectors of 8) at least
 
 
 def transposed(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
@@ -93,10 +95,11 @@ class MovementKernels:
     def tiled_view_copy(self, n, strides: list[ir.Value], inner: int,
                         interior: tuple | None = None) -> None:
         """view_copy (base 0) walking result axes `inner` (x's contiguous one) and the last in
-        TILE x TILE blocks: element by element, a transpose reads each x cache line for one
-        element and has left it by the next. A whole block is TILE vectors of x (each along
-        x's contiguous axis) transposed in registers (`transposed`) and stored as TILE
-        vectors of the result's rows; the blocks at the edges go element by element.
+        square blocks (`tile_for`: 8 or 16 a side): element by element, a transpose reads
+        each x cache line for one element and has left it by the next. A whole block is a
+        side's worth of vectors of x (each along x's contiguous axis) transposed in registers
+        (`transposed`) and stored as as many vectors of the result's rows; the blocks at the
+        edges go element by element.
         `interior`: (sizes, the output's strides, offset) of a region of a larger output to
         write instead (padded_permute)."""
         x, out = self.input(0), self.output()
@@ -104,8 +107,9 @@ class MovementKernels:
         out = self.b.gep(out, [offset])
         last = len(sizes) - 1
         outer = [a for a in range(len(sizes)) if a not in (inner, last)]
-        tile = ir.Constant(I64, TILE)
-        vector = ir.VectorType(x.type.pointee, TILE)
+        size = self.tile_for(n.in_types[0].dtype)
+        tile = ir.Constant(I64, size)
+        vector = ir.VectorType(x.type.pointee, size)
 
         def block(at, i0, j0):
             index = [at.get(a, ir.Constant(I64, 0)) for a in range(len(sizes))]
@@ -113,7 +117,7 @@ class MovementKernels:
             src, dst = self.dot(index, strides), self.dot(index, out_strides)
             rows = [self.b.load(self.b.bitcast(self.b.gep(x, [self.b.add(src, self.b.mul(
                 ir.Constant(I64, j), strides[last]))]), vector.as_pointer()), align=1)
-                for j in range(TILE)]  # rows[j][i] = the element at (i0 + i, j0 + j)
+                for j in range(size)]  # rows[j][i] = the element at (i0 + i, j0 + j)
             for i, row in enumerate(transposed(self.b, rows)):
                 at_i = self.b.add(dst, self.b.mul(ir.Constant(I64, i), out_strides[inner]))
                 self.b.store(row, self.b.bitcast(self.b.gep(out, [at_i]),
@@ -129,8 +133,8 @@ class MovementKernels:
 
         def tiles(index_outer):
             at = dict(zip(outer, index_outer, strict=True))
-            with self.for_range(sizes[inner], step=TILE) as i0, \
-                    self.for_range(sizes[last], step=TILE) as j0:
+            with self.for_range(sizes[inner], step=size) as i0, \
+                    self.for_range(sizes[last], step=size) as j0:
                 whole = self.b.and_(
                     self.b.icmp_signed("<=", self.b.add(i0, tile), sizes[inner]),
                     self.b.icmp_signed("<=", self.b.add(j0, tile), sizes[last]))
@@ -141,6 +145,14 @@ class MovementKernels:
                         elements(at, i0, j0)
 
         self.loop_nest([sizes[a] for a in outer], tiles)
+
+    def tile_for(self, dtype: str) -> int:
+        """A tiled permute's block side for elements of `dtype`: as many 4-byte elements as
+        the target's vectors hold (16 x 16 blocks on AVX-512: 4 shuffle stages of 16 rows
+        per 256 elements against 3 of 8 per 64, and the shuffles are what such a copy is
+        bound by), else TILE."""
+        width = self.vector_width or tiling().width
+        return width if NUMPY_DTYPES[dtype].itemsize == 4 and width > TILE else TILE
 
     def view_copy(self, n, base: ir.Value, strides: list[ir.Value],
                   interior: tuple | None = None) -> None:
