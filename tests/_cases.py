@@ -340,6 +340,9 @@ case("permute", rand(2, 35, 3, 19, seed=34), [0, 2, 3, 1], id="permute-blocks-f3
 case("permute", np.arange(37 * 21, dtype=np.int32).reshape(37, 21), [1, 0],
      id="permute-blocks-i32")
 case("transpose", rand(33, 40, dtype="f64", seed=35), 0, 1, id="transpose-blocks-f64")
+# the last axis kept: contiguous runs copied whole (a known length: inline moves)
+case("permute", rand(2, 3, 5, 21, seed=36), [0, 2, 1, 3], id="permute-runs")
+case("permute", rand(3, 2, 17, dtype="f16", seed=37), [1, 0, 2], id="permute-runs-f16")
 case("flip", GRID, [0, 2])
 case("flip", np.arange(3, dtype=np.int32), 0, id="flip-1d")
 case("flip", rand(2, 3, dtype="bf16"), -1, id="flip-bf16")

@@ -14,6 +14,7 @@ from .abi import I64
 from .irgen import smaller
 from .microkernels import tiling
 
+RUN_COPY = 16  # elements: a contiguous run of a view copy at least this long is a memcpy
 TILE = 8  # elements along each of a tiled permute's two axes (a block: 8 vectors of 8) at least
 
 
@@ -157,8 +158,9 @@ class MovementKernels:
     def view_copy(self, n, base: ir.Value, strides: list[ir.Value],
                   interior: tuple | None = None) -> None:
         """out[i0, i1, ...] = x[base + i0 * strides[0] + i1 * strides[1] + ...]: a strided view
-        of input 0 (strides may be negative or 0) copied out element by element, as stored;
-        `interior` as tiled_view_copy's."""
+        of input 0 (strides may be negative or 0) copied out as stored, element by element,
+        or run by run where the last axis is contiguous in x too; `interior` as
+        tiled_view_copy's."""
         x, out = self.input(0), self.output()
         sizes, out_strides, offset = interior or self._whole_output(n)
         out = self.b.gep(out, [offset])
@@ -167,7 +169,30 @@ class MovementKernels:
             self.move(out, self.dot(index, out_strides), x,
                       self.b.add(base, self.dot(index, strides)))
 
-        self.loop_nest(sizes, body)
+        last = strides[-1] if strides else None
+        if not (isinstance(last, ir.Constant) and last.constant == 1):
+            self.loop_nest(sizes, body)
+            return
+        # runs along the last axis are contiguous on both sides: one memcpy each (a known
+        # length: inline vector moves; the loop moved them one by one, as LLVM cannot tell
+        # that x and the output do not overlap). A run shorter than RUN_COPY elements, known
+        # at run time only, is cheaper as the loop than as a call of memcpy.
+        dtype = n.in_types[0].dtype
+
+        def run(index):
+            self.copy_elements(out, self.dot(index, out_strides[:-1]), x,
+                               self.b.add(base, self.dot(index, strides[:-1])), sizes[-1],
+                               dtype)
+
+        if isinstance(sizes[-1], ir.Constant):
+            self.loop_nest(sizes[:-1], run)
+            return
+        long = self.b.icmp_signed(">=", sizes[-1], ir.Constant(I64, RUN_COPY))
+        with self.b.if_else(long) as (runs, elements):
+            with runs:
+                self.loop_nest(sizes[:-1], run)
+            with elements:
+                self.loop_nest(sizes, body)
 
     def _whole_output(self, n) -> tuple:
         """(sizes, strides, offset 0) of the whole of output 0."""
