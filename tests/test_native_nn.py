@@ -432,7 +432,8 @@ def test_max_pool_rows_of_every_width_and_special_value_agree_exactly(window):
     2 as explicit vectors, a masked last vector): output rows of every width about the
     vector width (16 lanes or 8), with NaN, +-inf and whole rows of -inf in the input,
     exactly as the reference (numpy's max: NaN wins, padding never does unless the whole
-    window is padding); f32, f16 and i32 (the scalar loops), 2-D and 1-D."""
+    window is padding); f32, f16 and i32 (the scalar loops), 2-D and 1-D; f32 planes shared
+    by two threads (the last, 40 planes of 14 x 66)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil = window
     attrs = (f"kernel_size = [{kh}, {kw}], stride = [{sh}, {sw}], padding = [{ph}, {pw}], "
              f"dilation = [{dh}, {dw}], ceil_mode = {str(ceil).lower()}")
@@ -442,15 +443,17 @@ def test_max_pool_rows_of_every_width_and_special_value_agree_exactly(window):
            "i: i32[B, C, H, W]) {\n"
            f"  return max_pool(x, {attrs}), max_pool(l, {line}), max_pool(h, {attrs}), "
            f"max_pool(i, {attrs})\n}} }}")
-    native, ref = both(src)
-    for width in (3, 9, 16, 17, 31, 33, 40, 66):
-        b, c, h = 2, 3, 2 if width in (3, 17) else 7 + width % 3  # 2: rows all padding
+    native, ref = both(src, threads=2)
+    for width, c in [*((w, 3) for w in (3, 9, 16, 17, 31, 33, 40, 66)), (66, 40)]:
+        b, h = 2, 2 if width in (3, 17) else 7 + width % 3  # 2: rows all padding
+        if c == 40:  # one sample (two would be split by samples) of 40 planes of 14 x 66
+            b, h = 1, 14
         x = RNG.uniform(-50, 50, (b, c, h, width)).astype(np.float32)
         flat = x.reshape(-1)
         for value in (np.nan, np.inf, -np.inf):
             flat[RNG.integers(flat.size, size=max(1, flat.size // 50))] = value
         x[0, 1, h - 1, :] = -np.inf
-        x[1, 2, :, width // 2] = np.nan
+        x[b - 1, 2, :, width // 2] = np.nan
         args = [x, x[:, :, 0].copy(), x.astype(np.float16),
                 np.nan_to_num(x, posinf=2**30, neginf=-2**30).astype(np.int32)]
         for got, want in zip(native(*args), ref(*args), strict=True):

@@ -1,11 +1,13 @@
-"""Pooling kernels: max and average pooling row by row (the taps of a window fold whole rows of
-outputs, a loop LLVM vectorises), and global average pooling.
+"""Pooling kernels: max pooling in two separable passes (a window's rows, then its columns),
+average pooling row by row (the taps of a window fold whole rows of outputs, a loop LLVM
+vectorises), and global average pooling.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
 
+from ...dims import Dim
 from . import irgen
 from .irgen import i64, larger, smaller
 from .microkernels import tiling
@@ -71,23 +73,49 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
 
 
 def max_pool(kb, n, win: Window) -> None:
-    """The largest input in each window (padding never wins; NaN does, as numpy's max), in
-    two separable passes per output row: the window's rows inside the input folded into one
+    """The largest input in each window (padding never wins; NaN does, as numpy's max),
+    plane by plane (`_max_pool_planes`); in f32 the module's threads share the planes."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    b = kb.b
+    planes, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, y_t)
+    sizes = (h, w, out_h, out_w)
+    constant = all(d.is_const for d in (*win.kernel, *win.pad))
+    if x_t.dtype != "f32" or not constant:
+        _max_pool_planes(kb, kb.input("x"), kb.output(), ZERO, planes, sizes, win, x_t.dtype)
+        return
+    # sizes known at compile time stay constants in the range function (known trip counts)
+    known = [_spatial(t)[k] for t in (x_t, y_t) for k in (0, 1)]
+
+    def emit(rkb, ptrs, first, count, _length, *given):
+        sizes = tuple(i64(d.value) if d.is_const else size
+                      for d, size in zip(known, given, strict=True))
+        _max_pool_planes(rkb, *ptrs, first, count, sizes, win, "f32")
+
+    kb.over_rows("planes", [kb.input("x"), kb.output()], planes, b.mul(h, w), emit,
+                 extra=sizes)
+
+
+def _spatial(t) -> tuple[Dim, Dim]:
+    """(H, W) of an NCHW or NCL tensor type (H is 1 for NCL), as plane_dims gives them."""
+    spatial = t.shape[2:]
+    return (spatial[0] if len(spatial) == 2 else Dim.of(1)), spatial[-1]
+
+
+def _max_pool_planes(kb, x, y, first, count, sizes, win: Window, dtype: str) -> None:
+    """max_pool of planes first .. first + count, sizes = (h, w, out_h, out_w), in two
+    separable passes per output row: the window's rows inside the input folded into one
     row (the max down each column: a contiguous loop LLVM vectorises), then each output the
     max across its window's columns of that row. The row lies in a scratch row padded with
     the lowest value left and right, so that no column tap is tested for the bounds: a
     strided loop LLVM vectorises, or in f32 at stride 1 or 2 explicit vectors
     (`_vector_columns`)."""
-    x_t, y_t = n.in_types[0], n.out_types[0]
-    dtype = x_t.dtype
-    x, y = kb.input("x"), kb.output()
     b = kb.b
+    h, w, out_h, out_w = sizes
     if dtype in ("i32", "i64"):
         lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
     else:
         lowest = kb.const(float("-inf"), dtype)
-    planes, h, w = plane_dims(kb, x_t)
-    _, out_h, out_w = plane_dims(kb, y_t)
     kh, kw = (kb.dim(k) for k in win.kernel)
     sw, dh, dw = (i64(s) for s in (win.stride[1], *win.dilation))
     pw = kb.dim(win.pad[1])
@@ -108,22 +136,23 @@ def max_pool(kb, n, win: Window) -> None:
             b.store(lowest, b.gep(row, [j]))
 
     def output_row(index):
-        p, oh = index
+        k, oh = index
+        p = b.add(first, k)
         plane = b.gep(x, [b.mul(p, b.mul(h, w))])
         out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
         middle = b.gep(row, [pw])
         top = win.origin(kb, oh, 0)
-        first, stop = _inside_range(kb, top, dh, h, kh)  # the window's rows in the input
+        low, stop = _inside_range(kb, top, dh, h, kh)  # the window's rows in the input
 
         def line(i):
             return b.gep(plane, [b.mul(b.add(top, b.mul(i, dh)), w)])
 
-        with b.if_else(b.icmp_signed("<", first, stop)) as (some, none):
+        with b.if_else(b.icmp_signed("<", low, stop)) as (some, none):
             with some:
-                head = line(first)
+                head = line(low)
                 with kb.for_range(w) as j:
                     b.store(kb.load(head, j, dtype), b.gep(middle, [j]))
-                with kb.for_range(stop, start=b.add(first, i64(1))) as i:
+                with kb.for_range(stop, start=b.add(low, i64(1))) as i:
                     taps = line(i)
                     with kb.for_range(w) as j:
                         at = b.gep(middle, [j])
@@ -136,12 +165,12 @@ def max_pool(kb, n, win: Window) -> None:
         with kb.for_range(out_w) as ow:
             start = b.mul(ow, sw)
             kb.store(out, ow, _fold_taps(kb, win, lambda j: b.load(b.gep(
-                row, [b.add(start, b.mul(j, dw))]))), y_t.dtype)
+                row, [b.add(start, b.mul(j, dw))]))), dtype)
 
     with kb.allocated([row], "a pooling row"):
         fill(i64(0), pw)
         fill(b.add(pw, w), span)
-        kb.loop_nest([planes, out_h], output_row)
+        kb.loop_nest([count, out_h], output_row)
 
 
 UNROLLED_TAPS = 8  # a window this wide or narrower has its column taps written out
