@@ -221,8 +221,8 @@ def _vector_columns(kb, vec: irgen.Vectors, row, out, out_w, win: Window) -> Non
 def _max(kb, acc, value):
     """numpy's maximum of a running max and a value, NaN winning from either side: a compare
     and select LLVM makes one max instruction (x86's returns acc when either is NaN: a NaN
-    acc stays), and a select of a NaN value. Cheaper than llvm.maximum, which also orders
-    -0.0 below 0.0 (numpy's max does not either)."""
+    acc stays), and a select of a NaN value. Cheaper than llvm.maximum, whose lowering also
+    orders -0.0 below 0.0, which numpy's max leaves open (tests/_tolerance.py)."""
     b = kb.b
     if isinstance(acc.type, ir.IntType):
         return kb.maximum(acc, value)
