@@ -334,6 +334,15 @@ for start, end in ((1, -1), (0, -1), (0, 1), (1, 1), (-2, -1)):
     case("flatten", GRID, start=start, end=end, id=f"flatten-{start}-{end}")
 case("transpose", GRID, 0, -1)
 case("permute", GRID, [1, 2, 0])
+# x's contiguous axis not the result's last: square blocks (16 a side for 4-byte elements on
+# AVX-512, else 8) and the edges past whole ones
+case("permute", rand(2, 35, 3, 19, seed=34), [0, 2, 3, 1], id="permute-blocks-f32")
+case("permute", np.arange(37 * 21, dtype=np.int32).reshape(37, 21), [1, 0],
+     id="permute-blocks-i32")
+case("transpose", rand(33, 40, dtype="f64", seed=35), 0, 1, id="transpose-blocks-f64")
+# the last axis kept: contiguous runs copied whole (a known length: inline moves)
+case("permute", rand(2, 3, 5, 21, seed=36), [0, 2, 1, 3], id="permute-runs")
+case("permute", rand(3, 2, 17, dtype="f16", seed=37), [1, 0, 2], id="permute-runs-f16")
 case("flip", GRID, [0, 2])
 case("flip", np.arange(3, dtype=np.int32), 0, id="flip-1d")
 case("flip", rand(2, 3, dtype="bf16"), -1, id="flip-bf16")

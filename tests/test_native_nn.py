@@ -414,6 +414,53 @@ def test_pooling_and_run_time_spatial_sizes():
           runs=({"B": 1, "H": 11, "W": 8}, {"B": 3, "H": 6, "W": 13}))
 
 
+MAX_POOL_WINDOWS = [  # kernel, stride, padding, dilation, ceil_mode
+    ((3, 3), (2, 2), (1, 1), (1, 1), False),  # ResNet's stem
+    ((3, 3), (2, 2), (1, 1), (1, 1), True),
+    ((2, 2), (2, 2), (0, 0), (1, 1), True),
+    ((3, 2), (1, 1), (1, 1), (1, 1), False),  # stride 1: a load per column tap
+    ((2, 3), (1, 2), (1, 1), (2, 2), True),  # dilated columns
+    ((3, 3), (3, 3), (1, 1), (1, 1), True),  # stride 3: LLVM's strided loop
+    ((1, 9), (1, 2), (0, 4), (1, 1), False),  # more column taps than are written out
+    ((2, 2), (2, 2), (1, 1), (3, 3), True),  # at H = 2, a window wholly in the padding
+]
+
+
+@pytest.mark.parametrize("window", MAX_POOL_WINDOWS)
+def test_max_pool_rows_of_every_width_and_special_value_agree_exactly(window):
+    """max_pool folds a window's rows into a padded row, then its columns (f32 at stride 1 or
+    2 as explicit vectors, a masked last vector): output rows of every width about the
+    vector width (16 lanes or 8), with NaN, +-inf and whole rows of -inf in the input,
+    exactly as the reference (numpy's max: NaN wins, padding never does unless the whole
+    window is padding); f32, f16 and i32 (the scalar loops), 2-D and 1-D; f32 planes shared
+    by two threads (the last, 40 planes of 14 x 66)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil = window
+    attrs = (f"kernel_size = [{kh}, {kw}], stride = [{sh}, {sw}], padding = [{ph}, {pw}], "
+             f"dilation = [{dh}, {dw}], ceil_mode = {str(ceil).lower()}")
+    line = (f"kernel_size = {kw}, stride = {sw}, padding = {pw}, dilation = {dw}, "
+            f"ceil_mode = {str(ceil).lower()}")
+    src = ("model P { forward(x: f32[B, C, H, W], l: f32[B, C, W], h: f16[B, C, H, W], "
+           "i: i32[B, C, H, W]) {\n"
+           f"  return max_pool(x, {attrs}), max_pool(l, {line}), max_pool(h, {attrs}), "
+           f"max_pool(i, {attrs})\n}} }}")
+    native, ref = both(src, threads=2)
+    for width, c in [*((w, 3) for w in (3, 9, 16, 17, 31, 33, 40, 66)), (66, 40)]:
+        b, h = 2, 2 if width in (3, 17) else 7 + width % 3  # 2: rows all padding
+        if c == 40:  # one sample (two would be split by samples) of 40 planes of 14 x 66
+            b, h = 1, 14
+        x = RNG.uniform(-50, 50, (b, c, h, width)).astype(np.float32)
+        flat = x.reshape(-1)
+        for value in (np.nan, np.inf, -np.inf):
+            flat[RNG.integers(flat.size, size=max(1, flat.size // 50))] = value
+        x[0, 1, h - 1, :] = -np.inf
+        x[b - 1, 2, :, width // 2] = np.nan
+        args = [x, x[:, :, 0].copy(), x.astype(np.float16),
+                np.nan_to_num(x, posinf=2**30, neginf=-2**30).astype(np.int32)]
+        for got, want in zip(native(*args), ref(*args), strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape, f"W={width}"
+            np.testing.assert_array_equal(got, want, err_msg=f"W={width}")
+
+
 def test_max_pool_propagates_nan_as_numpy():
     native, ref = both("model P { forward(x: f32[1, 1, 4, 4]) { return max_pool(x, kernel_size = 2) } }")
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)

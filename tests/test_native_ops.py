@@ -259,3 +259,20 @@ def test_layer_norm_rows_of_every_length_agree_with_the_reference(affine):
             got = native(*args)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"L={length}")
             assert_agree(got, want, "layer_norm", f"L={length}")
+
+
+def test_strided_copies_of_contiguous_runs_at_run_time_lengths():
+    """A view copy whose last axis is contiguous in x too (a permute keeping it, a slice of
+    whole rows' middles) copies each run with one memcpy when it is at least RUN_COPY
+    elements long, element by element when shorter: lengths known at run time on both
+    sides of the threshold, against the reference exactly."""
+    src = ("model V { forward(x: f32[B, N, W], i: i64[N, B, W]) { "
+           "return permute(x, [1, 0, 2]), x[:, 1:, 2:], permute(i, [1, 0, 2]) } }")
+    native, ref = kiln.compile(src), kiln.compile(src, target="reference")
+    rng = np.random.default_rng(3)
+    for b, n, w in ((2, 3, 3), (1, 4, 15), (3, 2, 16), (2, 5, 17), (2, 3, 40)):
+        x = rng.standard_normal((b, n, w)).astype(np.float32)
+        i = rng.integers(-2**40, 2**40, (n, b, w))
+        for got, want in zip(native(x, i), ref(x, i), strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=f"{b, n, w}")

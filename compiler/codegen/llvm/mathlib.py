@@ -240,6 +240,18 @@ class ScalarMath:
         value = b.select(low, c(0.0), value)
         return b.select(b.fcmp_unordered("uno", a, a), a, value)  # NaN stays NaN
 
+    def exp_of_shifted(self, a):
+        """e^a for f32 a = x - max(x) (a scalar or vector): never above 0, NaN where x or the
+        max is NaN or infinite (which must stay NaN). exp's reduction and polynomial with one
+        guard instead of its four: below -87, where e^a is under 1.7e-38 (a denormal or 0),
+        the result is 0, computed with 0 as exp does (no denormals on the way); NaN stays
+        NaN. Against a softmax's sum of at least 1, a flushed denormal is invisible."""
+        b = self.b
+        low = b.fcmp_ordered("<", a, self.like(a, -87.0))
+        value = self._exp_in_range(b.select(low, self.like(a, 0.0), a))
+        value = b.select(b.fcmp_unordered("uno", a, a), a, value)  # (fptosi(NaN) is poison)
+        return b.select(low, self.like(a, 0.0), value)
+
     # erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0: the Chebyshev fit of Numerical
     # Recipes (erfcc, fractional error below 1.2e-7 for every z >= 0); P's coefficients from
     # the constant term up

@@ -9,10 +9,13 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...dims import Dim
+from ...types import NUMPY_DTYPES
 from .abi import I64
 from .irgen import smaller
+from .microkernels import tiling
 
-TILE = 8  # elements along each of a tiled permute's two axes (a block: 8 vectors of 8)
+RUN_COPY = 16  # elements: a contiguous run of a view copy at least this long is a memcpy
+TILE = 8  # elements along each of a tiled permute's two axes (a block: 8 vectors of 8) at least
 
 
 def transposed(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
@@ -93,10 +96,11 @@ class MovementKernels:
     def tiled_view_copy(self, n, strides: list[ir.Value], inner: int,
                         interior: tuple | None = None) -> None:
         """view_copy (base 0) walking result axes `inner` (x's contiguous one) and the last in
-        TILE x TILE blocks: element by element, a transpose reads each x cache line for one
-        element and has left it by the next. A whole block is TILE vectors of x (each along
-        x's contiguous axis) transposed in registers (`transposed`) and stored as TILE
-        vectors of the result's rows; the blocks at the edges go element by element.
+        square blocks (`tile_for`: 8 or 16 a side): element by element, a transpose reads
+        each x cache line for one element and has left it by the next. A whole block is a
+        side's worth of vectors of x (each along x's contiguous axis) transposed in registers
+        (`transposed`) and stored as as many vectors of the result's rows; the blocks at the
+        edges go element by element.
         `interior`: (sizes, the output's strides, offset) of a region of a larger output to
         write instead (padded_permute)."""
         x, out = self.input(0), self.output()
@@ -104,8 +108,9 @@ class MovementKernels:
         out = self.b.gep(out, [offset])
         last = len(sizes) - 1
         outer = [a for a in range(len(sizes)) if a not in (inner, last)]
-        tile = ir.Constant(I64, TILE)
-        vector = ir.VectorType(x.type.pointee, TILE)
+        size = self.tile_for(n.in_types[0].dtype)
+        tile = ir.Constant(I64, size)
+        vector = ir.VectorType(x.type.pointee, size)
 
         def block(at, i0, j0):
             index = [at.get(a, ir.Constant(I64, 0)) for a in range(len(sizes))]
@@ -113,7 +118,7 @@ class MovementKernels:
             src, dst = self.dot(index, strides), self.dot(index, out_strides)
             rows = [self.b.load(self.b.bitcast(self.b.gep(x, [self.b.add(src, self.b.mul(
                 ir.Constant(I64, j), strides[last]))]), vector.as_pointer()), align=1)
-                for j in range(TILE)]  # rows[j][i] = the element at (i0 + i, j0 + j)
+                for j in range(size)]  # rows[j][i] = the element at (i0 + i, j0 + j)
             for i, row in enumerate(transposed(self.b, rows)):
                 at_i = self.b.add(dst, self.b.mul(ir.Constant(I64, i), out_strides[inner]))
                 self.b.store(row, self.b.bitcast(self.b.gep(out, [at_i]),
@@ -129,8 +134,8 @@ class MovementKernels:
 
         def tiles(index_outer):
             at = dict(zip(outer, index_outer, strict=True))
-            with self.for_range(sizes[inner], step=TILE) as i0, \
-                    self.for_range(sizes[last], step=TILE) as j0:
+            with self.for_range(sizes[inner], step=size) as i0, \
+                    self.for_range(sizes[last], step=size) as j0:
                 whole = self.b.and_(
                     self.b.icmp_signed("<=", self.b.add(i0, tile), sizes[inner]),
                     self.b.icmp_signed("<=", self.b.add(j0, tile), sizes[last]))
@@ -142,11 +147,20 @@ class MovementKernels:
 
         self.loop_nest([sizes[a] for a in outer], tiles)
 
+    def tile_for(self, dtype: str) -> int:
+        """A tiled permute's block side for elements of `dtype`: as many 4-byte elements as
+        the target's vectors hold (16 x 16 blocks on AVX-512: 4 shuffle stages of 16 rows
+        per 256 elements against 3 of 8 per 64, and the shuffles are what such a copy is
+        bound by), else TILE."""
+        width = self.vector_width or tiling().width
+        return width if NUMPY_DTYPES[dtype].itemsize == 4 and width > TILE else TILE
+
     def view_copy(self, n, base: ir.Value, strides: list[ir.Value],
                   interior: tuple | None = None) -> None:
         """out[i0, i1, ...] = x[base + i0 * strides[0] + i1 * strides[1] + ...]: a strided view
-        of input 0 (strides may be negative or 0) copied out element by element, as stored;
-        `interior` as tiled_view_copy's."""
+        of input 0 (strides may be negative or 0) copied out as stored, element by element,
+        or run by run where the last axis is contiguous in x too; `interior` as
+        tiled_view_copy's."""
         x, out = self.input(0), self.output()
         sizes, out_strides, offset = interior or self._whole_output(n)
         out = self.b.gep(out, [offset])
@@ -155,7 +169,30 @@ class MovementKernels:
             self.move(out, self.dot(index, out_strides), x,
                       self.b.add(base, self.dot(index, strides)))
 
-        self.loop_nest(sizes, body)
+        last = strides[-1] if strides else None
+        if not (isinstance(last, ir.Constant) and last.constant == 1):
+            self.loop_nest(sizes, body)
+            return
+        # runs along the last axis are contiguous on both sides: one memcpy each (a known
+        # length: inline vector moves; the loop moved them one by one, as LLVM cannot tell
+        # that x and the output do not overlap). A run shorter than RUN_COPY elements, known
+        # at run time only, is cheaper as the loop than as a call of memcpy.
+        dtype = n.in_types[0].dtype
+
+        def run(index):
+            self.copy_elements(out, self.dot(index, out_strides[:-1]), x,
+                               self.b.add(base, self.dot(index, strides[:-1])), sizes[-1],
+                               dtype)
+
+        if isinstance(sizes[-1], ir.Constant):
+            self.loop_nest(sizes[:-1], run)
+            return
+        long = self.b.icmp_signed(">=", sizes[-1], ir.Constant(I64, RUN_COPY))
+        with self.b.if_else(long) as (runs, elements):
+            with runs:
+                self.loop_nest(sizes[:-1], run)
+            with elements:
+                self.loop_nest(sizes, body)
 
     def _whole_output(self, n) -> tuple:
         """(sizes, strides, offset 0) of the whole of output 0."""

@@ -1,13 +1,17 @@
-"""Pooling kernels: max and average pooling row by row (the taps of a window fold whole rows of
-outputs, a loop LLVM vectorises), and global average pooling.
+"""Pooling kernels: max pooling in two separable passes (a window's rows, then its columns),
+average pooling row by row (the taps of a window fold whole rows of outputs, a loop LLVM
+vectorises), and global average pooling.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
 
-from .irgen import i64, smaller
-from .spatial import ZERO, Window, inside, mean_of, nan_maximum, plane_dims
+from ...dims import Dim
+from . import irgen
+from .irgen import i64, larger, smaller
+from .microkernels import tiling
+from .spatial import ZERO, Window, inside, mean_of, plane_dims
 
 
 def _pool_rows(kb, n, win: Window, compute: str, init, fold, finish=None) -> None:
@@ -69,14 +73,161 @@ def _inside_range(kb, shift: ir.Value, stride: ir.Value, size: ir.Value, count: 
 
 
 def max_pool(kb, n, win: Window) -> None:
-    """The largest input in each window (padding never wins; NaN does, as numpy's max), row
-    by row from the lowest value (_pool_rows)."""
-    dtype = n.in_types[0].dtype
+    """The largest input in each window (padding never wins; NaN does, as numpy's max),
+    plane by plane (`_max_pool_planes`); in f32 the module's threads share the planes."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    b = kb.b
+    planes, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, y_t)
+    sizes = (h, w, out_h, out_w)
+    constant = all(d.is_const for d in (*win.kernel, *win.pad))
+    if x_t.dtype != "f32" or not constant:
+        _max_pool_planes(kb, kb.input("x"), kb.output(), ZERO, planes, sizes, win, x_t.dtype)
+        return
+    # sizes known at compile time stay constants in the range function (known trip counts)
+    known = [_spatial(t)[k] for t in (x_t, y_t) for k in (0, 1)]
+
+    def emit(rkb, ptrs, first, count, _length, *given):
+        sizes = tuple(i64(d.value) if d.is_const else size
+                      for d, size in zip(known, given, strict=True))
+        _max_pool_planes(rkb, *ptrs, first, count, sizes, win, "f32")
+
+    kb.over_rows("planes", [kb.input("x"), kb.output()], planes, b.mul(h, w), emit,
+                 extra=sizes)
+
+
+def _spatial(t) -> tuple[Dim, Dim]:
+    """(H, W) of an NCHW or NCL tensor type (H is 1 for NCL), as plane_dims gives them."""
+    spatial = t.shape[2:]
+    return (spatial[0] if len(spatial) == 2 else Dim.of(1)), spatial[-1]
+
+
+def _max_pool_planes(kb, x, y, first, count, sizes, win: Window, dtype: str) -> None:
+    """max_pool of planes first .. first + count, sizes = (h, w, out_h, out_w), in two
+    separable passes per output row: the window's rows inside the input folded into one
+    row (the max down each column: a contiguous loop LLVM vectorises), then each output the
+    max across its window's columns of that row. The row lies in a scratch row padded with
+    the lowest value left and right, so that no column tap is tested for the bounds: a
+    strided loop LLVM vectorises, or in f32 at stride 1 or 2 explicit vectors
+    (`_vector_columns`)."""
+    b = kb.b
+    h, w, out_h, out_w = sizes
     if dtype in ("i32", "i64"):
         lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
     else:
         lowest = kb.const(float("-inf"), dtype)
-    _pool_rows(kb, n, win, dtype, lowest, lambda acc, x: nan_maximum(kb, acc, x))
+    kh, kw = (kb.dim(k) for k in win.kernel)
+    sw, dh, dw = (i64(s) for s in (win.stride[1], *win.dilation))
+    pw = kb.dim(win.pad[1])
+    # the padded row: pw lowest values, the row's w, then what the last window reaches
+    reach = b.add(b.mul(b.sub(out_w, i64(1)), sw), b.add(b.mul(b.sub(kw, i64(1)), dw), i64(1)))
+    span = larger(b, b.add(pw, w), reach)
+    # f32 at stride 1 or 2: the column taps as explicit vectors (LLVM's own interleaved loop
+    # does half a vector at a time, its last vector's outputs one by one), which may read up
+    # to two vectors past the span: room for them
+    vectors = None
+    if dtype == "f32" and win.stride[1] in (1, 2):
+        vectors = irgen.Vectors(b, kb.vector_width or tiling().width)
+        span = b.add(span, i64(2 * vectors.width))
+    row = kb.scratch(span, dtype, zeroed=False)
+
+    def fill(start, stop):
+        with kb.for_range(stop, start=start) as j:
+            b.store(lowest, b.gep(row, [j]))
+
+    def output_row(index):
+        k, oh = index
+        p = b.add(first, k)
+        plane = b.gep(x, [b.mul(p, b.mul(h, w))])
+        out = b.gep(y, [b.mul(b.add(b.mul(p, out_h), oh), out_w)])
+        middle = b.gep(row, [pw])
+        top = win.origin(kb, oh, 0)
+        low, stop = _inside_range(kb, top, dh, h, kh)  # the window's rows in the input
+
+        def line(i):
+            return b.gep(plane, [b.mul(b.add(top, b.mul(i, dh)), w)])
+
+        with b.if_else(b.icmp_signed("<", low, stop)) as (some, none):
+            with some:
+                head = line(low)
+                with kb.for_range(w) as j:
+                    b.store(kb.load(head, j, dtype), b.gep(middle, [j]))
+                with kb.for_range(stop, start=b.add(low, i64(1))) as i:
+                    taps = line(i)
+                    with kb.for_range(w) as j:
+                        at = b.gep(middle, [j])
+                        b.store(_max(kb, b.load(at), kb.load(taps, j, dtype)), at)
+            with none:  # (dilated, ceil mode) a window entirely in the padding rows
+                fill(pw, b.add(pw, w))
+        if vectors is not None:
+            _vector_columns(kb, vectors, row, out, out_w, win)
+            return
+        with kb.for_range(out_w) as ow:
+            start = b.mul(ow, sw)
+            kb.store(out, ow, _fold_taps(kb, win, lambda j: b.load(b.gep(
+                row, [b.add(start, b.mul(j, dw))]))), dtype)
+
+    with kb.allocated([row], "a pooling row"):
+        fill(i64(0), pw)
+        fill(b.add(pw, w), span)
+        kb.loop_nest([count, out_h], output_row)
+
+
+UNROLLED_TAPS = 8  # a window this wide or narrower has its column taps written out
+
+
+def _fold_taps(kb, win: Window, tap) -> ir.Value:
+    """The max of tap(j) over the window's columns j (written out when few)."""
+    kw = win.kernel[1]
+    if kw.is_const and kw.value <= UNROLLED_TAPS:
+        best = tap(i64(0))
+        for j in range(1, kw.value):
+            best = _max(kb, best, tap(i64(j)))
+        return best
+    return kb.accumulate(i64(1), kb.dim(kw), tap(i64(0)), lambda m, j: _max(kb, m, tap(j)))
+
+
+def _vector_columns(kb, vec: irgen.Vectors, row, out, out_w, win: Window) -> None:
+    """out[ow] = max over j of row[ow * stride + j * dilation], `vec.width` outputs at a time
+    (the last vector's lanes masked), for stride 1 (a load per tap) or 2 (the even lanes of
+    two loads)."""
+    b, width = kb.b, vec.width
+    stride, dw = win.stride[1], i64(win.dilation[1])
+    even = ir.Constant(ir.VectorType(ir.IntType(32), width), [2 * k for k in range(width)])
+
+    def outputs(ow, mask):
+        start = b.mul(ow, i64(stride))
+
+        def tap(j):
+            at = b.add(start, b.mul(j, dw))
+            if stride == 1:
+                return vec.load(row, at)
+            return b.shuffle_vector(vec.load(row, at), vec.load(row, b.add(at, i64(width))),
+                                    even)
+
+        best = _fold_taps(kb, win, tap)
+        if mask is None:
+            vec.store(best, out, ow)
+        else:
+            vec.masked_store(best, out, ow, mask)
+
+    whole = b.mul(b.sdiv(out_w, i64(width)), i64(width))
+    with kb.for_range(whole, step=width) as ow:
+        outputs(ow, None)
+    with b.if_then(b.icmp_signed("<", whole, out_w)):
+        outputs(whole, vec.mask(b.sub(out_w, whole), 0))
+
+
+def _max(kb, acc, value):
+    """numpy's maximum of a running max and a value, NaN winning from either side: a compare
+    and select LLVM makes one max instruction (x86's returns acc when either is NaN: a NaN
+    acc stays), and a select of a NaN value. Cheaper than llvm.maximum, whose lowering also
+    orders -0.0 below 0.0, which numpy's max leaves open (tests/_tolerance.py)."""
+    b = kb.b
+    if isinstance(acc.type, ir.IntType):
+        return kb.maximum(acc, value)
+    best = b.select(b.fcmp_ordered(">", value, acc), value, acc)
+    return b.select(b.fcmp_unordered("uno", value, value), value, best)
 
 
 def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:

@@ -206,14 +206,22 @@ class RowVectors:
 
     def sweep(self, init: ir.Value, body) -> ir.Value:
         """acc = body(j, tail, acc) for each vector at position j of the row: whole vectors
-        (tail None), then the tail (its lane mask; its result is kept only when the row has
-        a tail, but its masked loads and stores touch nothing outside the row)."""
+        (tail None), then, when the row has one, the tail (its lane mask: its masked loads
+        and stores touch nothing outside the row). The tail is branched around, not computed
+        and discarded: a row of attention's 128 keys is 8 whole vectors, and a ninth of
+        softmax's exps would be thrown away."""
         b = self.b
         with irgen.loop(b, self.whole, step=self.width, carries=[init], name="vectors") as state:
             state.carry([body(state.index, None, state.values[0])])
         done = state.values[0]
-        return b.select(b.icmp_signed("<", self.whole, self.length),
-                        body(self.whole, self.mask, done), done)
+        before = b.block
+        with b.if_then(b.icmp_signed("<", self.whole, self.length)):
+            last = body(self.whole, self.mask, done)
+            tail = b.block
+        result = b.phi(done.type)
+        result.add_incoming(last, tail)
+        result.add_incoming(done, before)
+        return result
 
     def across(self, v: ir.Value, combine) -> ir.Value:
         """The lanes of v combined into one scalar, by halves."""
@@ -252,7 +260,7 @@ def _softmax_row_range(kb, x, out, start, count, length, width: int, log: bool) 
         tops = vec.splat(rows.across(rows.sweep(rows.splat(float("-inf")), fold_max), larger))
 
         def add_exp(j, tail, total):
-            e = kb.exp(kb.fsub(rows.load(x, at(j), tail), tops))
+            e = kb.exp_of_shifted(kb.fsub(rows.load(x, at(j), tail), tops))
             if not log:
                 rows.store(e, out, at(j), tail)
             return kb.fadd(total, e if tail is None else b.select(tail, e, rows.splat(0.0)))

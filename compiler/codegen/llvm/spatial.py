@@ -71,15 +71,6 @@ def plane_dims(kb, t) -> tuple[ir.Value, ir.Value, ir.Value]:
     return kb.numel(t.shape[:2]), h, kb.dim(spatial[-1])
 
 
-def nan_maximum(kb, a, b):
-    """numpy's maximum: NaN wins (no fast-math flags, which would let LLVM drop NaN)."""
-    if not kb.is_float(a):
-        return kb.maximum(a, b)
-    fn = kb.module.declare_intrinsic("llvm.maximum", [a.type],
-                                     ir.FunctionType(a.type, [a.type, a.type]))
-    return kb.b.call(fn, [a, b])
-
-
 def mean_of(kb, x, base: ir.Value, count: ir.Value, dtype: str, term=None) -> ir.Value:
     """mean of term(x[base + i]) over i < count, summed in f64; in the compute type of dtype."""
     def step(acc, i):
