@@ -62,3 +62,18 @@ def test_precision_configuration_times_both_and_gives_the_error():
         return
     assert got["reason"] is None and got["f32"] > 0 and got["low"] > 0, got
     assert 0 < got["error"] < 5e-2, got  # rounded (not f32), within the examples' bound
+
+
+def test_depthwise_script_times_both_kiln_paths_and_onnxruntime(tmp_path, monkeypatch):
+    """benchmarks/depthwise.py: the direct kernel and the GEMM path (each built into a cache
+    of its own) agree, and both are timed beside onnxruntime; the switch is put back."""
+    from kiln.compiler.codegen.llvm import depthwise
+
+    spec = importlib.util.spec_from_file_location("kiln_bench_depthwise",
+                                                  ROOT / "benchmarks" / "depthwise.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    taps = depthwise.MAX_TAPS
+    got = script.measure(16, 12, 5, 2, batch=2, threads=1, repeat=1, tmp=tmp_path)
+    assert all(t > 0 for t in got) and depthwise.MAX_TAPS == taps
