@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import kiln
 from kiln import KilnError
 from kiln.compiler.codegen.onnx import export
+from kiln.compiler.dims import Dim
 from kiln.compiler.elaborate.elaborator import Port
 from kiln.compiler.evaluate import run_graph
 from kiln.compiler.types import TensorType
@@ -506,3 +507,61 @@ def test_backward_graphs_onnx():
         return session.run(None, feeds)
 
     _rule_results(run)
+
+
+SYMBOLIC_CONV = """
+model M(k: int, c: int, d: int) {
+  forward(x: f32[B, c, H, W], w: f32[5, c, k, k]) -> f32[B, 5, _, _] {
+    return conv(x, w, padding = d * (k // 2), dilation = d)
+  }
+}
+"""
+
+
+def _weight_grad(x: np.ndarray, dy: np.ndarray, k: int, d: int) -> np.ndarray:
+    """dw[o, c, i, j] = sum over n, p, q of dy[n, o, p, q] xpad[n, c, p + i d, q + j d], in
+    float64."""
+    pad = d * (k // 2)
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    oh, ow = dy.shape[2:]
+    return np.stack([np.stack([np.einsum("nopq,ncpq->oc", dy.astype(np.float64),
+                                         xp[:, :, i * d:i * d + oh, j * d:j * d + ow])
+                               for j in range(k)], axis=-1) for i in range(k)], axis=-2)
+
+
+@pytest.mark.parametrize("k, c, d", [
+    (3, 8, 1),  # a kernel row's taps side by side (span 3)
+    (3, 16, 2),  # dilated across: a GEMM per tap (16 columns each)
+    (5, 1, 1),  # one channel: the kernel rows stacked as channels
+])
+def test_conv_weight_gradient_over_symbolic_image_sizes(k, c, d, tmp_path):
+    """Over symbolic H and W a stride-1 convolution's weight gradient is GEMMs over shifted
+    rows of the input too (shifted_matmul with shifts that are sizes, i * Wp + j), not the
+    general form's GEMM kh * kw columns wide: one compiled model at several image sizes, on
+    the native, reference and ONNX targets, against float64 sums."""
+    import kiln
+
+    src = SYMBOLIC_CONV
+    args = {"k": k, "c": c, "d": d}
+    models = {t: kiln.compile(src, target=t, args=args) for t in ("native", "reference")}
+    graph = models["native"].compilation.gradient(models["native"]._state.weights).model.graph
+    shifted = [graph.node(n)["attrs"]["shifts"] for n in graph.order()
+               if graph.op(n) == "shifted_matmul"]
+    assert shifted, "the general form ran"  # the stacked case slices rows at size offsets
+    assert c == 1 or any(isinstance(s, Dim) for s in shifted[0]), shifted
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "grad.onnx"
+    models["reference"].export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rng = np.random.default_rng(k + c + d)
+    w = rng.standard_normal((5, c, k, k)).astype(np.float32)
+    for n, h, wd in ((2, 9, 13), (1, 4, 3), (3, 16, 7)):
+        x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+        dy = rng.standard_normal((n, 5, h, wd)).astype(np.float32)
+        want = _weight_grad(x, dy, k, d)
+        got = {t: m.vjp(x, w, cotangents=[dy])[2]["w"] for t, m in models.items()}
+        got["onnx"] = session.run(["grad:w"], {"x": x, "w": w, names[-1]: dy})[0]
+        for target, dw in got.items():
+            np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-4 * np.sqrt(n * h * wd),
+                                       err_msg=f"{target} {n}x{h}x{wd}")

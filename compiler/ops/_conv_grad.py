@@ -266,18 +266,20 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
 
 def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
-                    groups: int) -> tuple | None:
+                    groups: int, symbolic: bool = False) -> tuple | None:
     """(C, H, W, out_h, out_w, kh, kw, ((top, bottom), (left, right))) as ints, of an
     ungrouped 2-D f32 convolution whose sizes past the batch are constant (what the GEMMs
-    over rows of its input need), or None for another."""
+    over rows of its input need), or None for another. `symbolic`: H, W, out_h and out_w
+    may be sizes (Dims; the channels, kernel and padding still constant)."""
     if (groups != 1 or x.type.rank != 4 or x.type.dtype != "f32"
             or ct.type.dtype != "f32"):
         return None
-    sizes = [x.type.shape[1], *x.type.shape[2:], *ct.type.shape[2:], *kernel,
-             *(b for p in pads for b in p)]
-    if not all(Dim.of(d).is_const for d in sizes):
+    spatial = [*x.type.shape[2:], *ct.type.shape[2:]]
+    sizes = [x.type.shape[1], *spatial, *kernel, *(b for p in pads for b in p)]
+    fixed = [sizes[0], *sizes[5:]] if symbolic else sizes
+    if not all(Dim.of(d).is_const for d in fixed):
         return None
-    values = [Dim.of(d).value for d in sizes]
+    values = [Dim.of(d).value if Dim.of(d).is_const else Dim.of(d) for d in sizes]
     return (*values[:7], ((values[7], values[8]), (values[9], values[10])))
 
 
@@ -301,12 +303,13 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     kh * kw * C columns takes every tap. ct' spans the padded grid, its extra positions zero,
     so the flat index runs over whole rows; `rows` has zero samples appended for the furthest
     window, which only those zeros read."""
-    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups, symbolic=True)
     if sizes is None or any(s != 1 for s in stride):
         return None
     channels, h, w, out_h, out_w, kh, kw, ((top, bottom), (left, right)) = sizes
     hp, wp = h + top + bottom, w + left + right
-    if out_h + (kh - 1) * dilation[0] != hp or out_w + (kw - 1) * dilation[1] != wp:
+    if Dim.of(out_h + (kh - 1) * dilation[0]) != Dim.of(hp) or Dim.of(
+            out_w + (kw - 1) * dilation[1]) != Dim.of(wp):
         return None  # the forward's shape rule guarantees this for stride 1
     span = kw if dilation[1] == 1 else 1
     stack = channels * span < MIN_TAP_COLUMNS  # a stem's few channels: kernel rows stacked
@@ -314,9 +317,12 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
         return None
     n, outs = x.type.shape[0], ct.type.shape[1]
     grid = Dim.of(n) * Dim.of(hp) * Dim.of(wp)
+    # with a symbolic width the shifts are sizes (shifted_matmul takes them, in this
+    # increasing order)
     shifts = [i * dilation[0] * wp + j * dilation[1]
               for i in range(kh) for j in range(0, kw, span)]
-    rows = _channels_last_rows(gb, x, pads, max(shifts) + span - 1)
+    furthest = max(shifts) if all(isinstance(s, int) for s in shifts) else shifts[-1]
+    rows = _channels_last_rows(gb, x, pads, furthest + span - 1)
     zero = Dim.of(0)
     spread = padded_permute(gb, ct, [1, 0, 2, 3], [(zero, zero), (zero, zero),
                                                    (zero, Dim.of(hp - out_h)),
@@ -335,7 +341,7 @@ def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     return gb.reshape(gb.permute(taps, [2, 4, 0, 1, 3]), [outs, channels, kh, kw])
 
 
-def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
+def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int | Dim) -> Any:
     """x [N, C, H, W] spatially padded, channels last, as rows [(n, p, q), C] followed by at
     least `tail` zero rows (what the furthest shifted window reads past the grid): one
     padded_permute, whose zero rows past the grid are whole samples appended
@@ -344,7 +350,9 @@ def _channels_last_rows(gb: Any, x: Any, pads: Pads, tail: int) -> Any:
     (top, bottom), (left, right) = pads
     hp, wp = Dim.of(h) + top + bottom, Dim.of(w) + left + right
     zero = Dim.of(0)
-    extra = Dim.of(-(-tail // (hp * wp).value))
+    # tail <= (kh - 1) dh Wp + (kw - 1) dw + kw - 1 < 2 Hp Wp, so two samples always do
+    extra = Dim.of(-(-tail // (hp * wp).value)) if isinstance(tail, int) and (
+        hp * wp).is_const else Dim.of(2)
     padded = padded_permute(gb, x, [0, 2, 3, 1], [(zero, extra), (top, bottom), (left, right),
                                                   (zero, zero)])
     return gb.reshape(padded, [(Dim.of(n) + extra) * hp * wp, channels])

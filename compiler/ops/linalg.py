@@ -229,12 +229,14 @@ register(internal(OpRecord(
 
 
 # shifted_matmul: the products of one matrix with row-shifted windows of another -------------
-def _shifts(attrs) -> tuple[list[int], int, int]:
-    """The op's shifts, span and step, checked."""
+def _shifts(attrs) -> tuple[list[int | Dim], int, int]:
+    """The op's shifts, span and step, checked. A shift may be a size (a convolution's weight
+    gradient over images of symbolic width: i * Wp + j); then the shifts are in increasing
+    order, the last the furthest."""
     shifts, span, step = attrs["shifts"], attrs["span"], attrs["step"]
     if (not isinstance(shifts, list | tuple) or not shifts
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                       for s in shifts)):
+            or not all(isinstance(s, Dim) or isinstance(s, int) and not isinstance(s, bool)
+                       and s >= 0 for s in shifts)):
         raise OpError(f"shifts must be a non-empty list of non-negative ints, not {shifts!r}",
                       arg="shifts", code="K0303")
     for name, value in (("span", span), ("step", step)):
@@ -244,9 +246,16 @@ def _shifts(attrs) -> tuple[list[int], int, int]:
     return list(shifts), span, step
 
 
-def _window_rows(k, shifts: list[int], span: int, step: int):
+def _furthest(shifts: list[int | Dim]) -> int | Dim:
+    """The largest shift: the last where one is a size (they are given in increasing order)."""
+    if all(isinstance(s, int) for s in shifts):
+        return max(shifts)
+    return Dim.of(shifts[-1])
+
+
+def _window_rows(k, shifts: list[int | Dim], span: int, step: int):
     """The rows b needs: the furthest window's last row, plus one."""
-    return (k - 1) * step + max(shifts) + span
+    return (k - 1) * step + _furthest(shifts) + span
 
 
 def _shifted_infer(types, attrs):
@@ -261,17 +270,21 @@ def _shifted_infer(types, attrs):
     rows, cols = b.shape
     need = _window_rows(k, shifts, span, step)
     # more rows than the furthest window reads (a padded layout's whole zero samples): a
-    # constant number more, so that the ONNX emitter can count the windows' ends from b's end
-    spare = rows - need
-    if not (spare.is_const and spare.value >= 0):
+    # constant number more, so that the ONNX emitter can count the windows' ends from b's end;
+    # with shifts that are sizes, a number of sizes more (the kernel checks it at run time)
+    spare = Dim.of(rows - need)
+    symbolic = not all(isinstance(s, int) for s in shifts)
+    if not (spare.is_const and spare.value >= 0) and not (symbolic and not spare.is_const):
         raise OpError(f"b must have {need} rows ((a's {k} columns - 1) * step {step}, the "
-                      f"largest shift, {max(shifts)}, and span, {span}), not {rows}", arg="b")
+                      f"largest shift, {_furthest(shifts)}, and span, {span}), not {rows}",
+                      arg="b")
     return [TensorType(dtype, (Dim.of(len(shifts)), m, cols * span))]
 
 
 def _shifted_reference(env, inputs, attrs):
     a, b = (upcast(x) for x in inputs)
     shifts, span, step = _shifts(attrs)
+    shifts = [env.eval_dim(s) for s in shifts]
     k = a.shape[1]
     out = np.stack([a @ np.concatenate([b[s + j:s + j + (k - 1) * step + 1:step]
                                         for j in range(span)], axis=1) for s in shifts])
@@ -291,8 +304,18 @@ def _shifted_onnx(b, n):
 
     a, bm = n.inputs
     shifts, span, step = _shifts(n.attrs)
-    last = max(shifts) + span - 1  # the largest first row of a window
     (_m, k), (rows, _cols) = (t.shape for t in n.in_types)
+    if not all(isinstance(s, int) for s in shifts):  # sizes: each window's ends from its start
+        products = []
+        for s in shifts:
+            windows = [one(b, "Slice", bm, b.shape([Dim.of(s) + j]),
+                           b.shape([Dim.of(s) + j + (k - 1) * step + 1]), b.ints([0]),
+                           b.ints([step])) for j in range(span)]
+            window = windows[0] if span == 1 else one(b, "Concat", *windows, axis=1)
+            products.append(one(b, "Unsqueeze", one(b, "MatMul", a, window), b.ints([0])))
+        b.node("Concat", products, n.outputs, axis=0)
+        return
+    last = max(shifts) + span - 1  # the largest first row of a window
     spare = (rows - _window_rows(k, shifts, span, step)).value  # past the furthest window
     products = []
     for s in shifts:
@@ -315,16 +338,28 @@ def _shifted_llvm(kb, n):
 
     if n.in_types[0].dtype != "f32":  # only conv's f32 rule makes it
         raise OpError("shifted_matmul runs natively in f32 only", arg="a", code="K0302")
-    (m, k), (_rows, cols) = (t.shape for t in n.in_types)
+    (m, k), (rows, cols) = (t.shape for t in n.in_types)
     shifts, span, step = _shifts(n.attrs)
     a, b, c = kb.input("a"), kb.input("b"), kb.output()
     dm, dk, dc = kb.dim(m), kb.dim(k), kb.dim(cols)
     width = kb.b.mul(dc, kb.dim(span))
-    for t, s in enumerate(shifts):
-        window = kb.b.gep(b, [kb.b.mul(kb.dim(s), dc)])
-        out = kb.b.gep(c, [kb.b.mul(kb.dim(t), kb.b.mul(dm, width))])
-        gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, kb.b.mul(dc, kb.dim(step))),
-             Matrix(out, width))
+
+    def products() -> None:
+        for t, s in enumerate(shifts):
+            window = kb.b.gep(b, [kb.b.mul(kb.dim(s), dc)])
+            out = kb.b.gep(c, [kb.b.mul(kb.dim(t), kb.b.mul(dm, width))])
+            gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, kb.b.mul(dc, kb.dim(step))),
+                 Matrix(out, width))
+
+    if all(isinstance(s, int) for s in shifts):  # the shape rule checked b's rows
+        products()
+        return
+    # shifts that are sizes: b's rows must cover the furthest window, checked before any read
+    ok = kb.b.icmp_signed(">=", kb.dim(rows), kb.dim(Dim.of(_window_rows(k, shifts, span,
+                                                                         step))))
+    kb.check(ok, "shifted_matmul: b has fewer rows than its furthest window reads")
+    with kb.b.if_then(ok):
+        products()
 
 
 def _shifted_vjp(gb, node, cts):
