@@ -236,7 +236,7 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
         dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]
 
-    A 2-D ungrouped f32 convolution of stride 1 with constant spatial sizes takes it as one
+    A 2-D ungrouped f32 convolution of stride 1 (symbolic image sizes too) takes it as one
     GEMM per kernel tap over shifted rows of the channels-last input (`_shifted_weight_grad`),
     one of another stride likewise over rows holding `stride` input rows side by side, read
     every stride-th row (`_phase_weight_grad`; a strided 1x1 without padding first takes the
@@ -286,8 +286,8 @@ def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
 def _shifted_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
                          stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
                          groups: int) -> Any | None:
-    """conv_weight_grad of a 2-D f32 convolution with stride 1, groups = 1, constant spatial
-    sizes and at least MIN_TAP_COLUMNS columns per kernel row (None for another), as GEMMs
+    """conv_weight_grad of a 2-D f32 convolution with stride 1, groups = 1, constant channels
+    and at least MIN_TAP_COLUMNS columns per kernel row (None for another), as GEMMs
     over shifted rows of the channels-last input, no patches:
 
         rows[(n, p, q), c] = xpad[n, c, p, q]               x channels-last, one copy

@@ -393,8 +393,9 @@ register(internal(OpRecord(
     _shifted_infer, _shifted_reference,
     "out[t] = a @ [b[s_t :: step][:K] | b[s_t + 1 :: step][:K] | ... span windows side by "
     "side], s_t = shifts[t], for a [M, K]: a convolution's weight gradient over channels-last "
-    "rows (a shift per kernel row, the span its width, the step its stride); b may have a "
-    "constant number of rows past the furthest window, which are not read.",
+    "rows (a shift per kernel row, the span its width, the step its stride; a shift may be a "
+    "size, i * Wp + j over images of symbolic width); b may have rows past the furthest "
+    "window, which are not read.",
     macs=_shifted_macs, onnx=_shifted_onnx, llvm=_shifted_llvm,
     props=frozenset({Prop.CANNOT_FAIL}), vjp=_shifted_vjp)))
 
