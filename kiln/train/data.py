@@ -55,6 +55,8 @@ def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
                         hint=f"a .npz file with x and y, or one of {', '.join(SKLEARN)}")
     if len(x) != len(y):
         raise KilnError("K0830", f"dataset {name}: x has {len(x)} examples but y {len(y)}")
+    if not len(x):
+        raise KilnError("K0830", f"dataset {name}: x holds no examples")
     if given is None and inputs:
         # arrays given whole (a graph's edge_index) number the examples: keep their order
         if val_split > 0:
@@ -66,8 +68,13 @@ def load_dataset(name: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
         data = Dataset(x, y, x[:0], y[:0], inputs)
     elif given is None:
         order = np.random.default_rng(seed).permutation(len(x))
-        n_val = int(round(len(x) * val_split))
+        # a split above 0 keeps at least one example for validation, and one for training
+        n_val = max(int(round(len(x) * val_split)), 1 if val_split > 0 else 0)
         cut = len(x) - n_val
+        if cut < 1:
+            raise KilnError("K0830", f"--val-split {val_split} of dataset {name}'s {len(x)} "
+                            "examples leaves none to train on",
+                            hint="a smaller --val-split, or x_val and y_val in the .npz")
         train, val = order[:cut], order[cut:]
         data = Dataset(x[train], y[train], x[val], y[val], inputs)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -51,7 +52,10 @@ def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
     or a loss of the user's own) as i64, anything else shaped and typed like the model's
     first output."""
     if trainer.loss.class_index or (trainer.loss.path is not None and y.dtype.kind in "iu"):
-        return y.astype(np.int64) if y.dtype.kind in "iu" else y
+        if y.dtype.kind in "iub" or (y.ndim == len(trainer.outputs[0].type.shape) - 1
+                                      and np.isfinite(y).all() and (y == np.round(y)).all()):
+            return y.astype(np.int64)  # labels saved as floats (0.0, 1.0, ...) or bools
+        return y
     port = trainer.outputs[0]
     if y.ndim == 1 and len(port.type.shape) == 2:
         y = y[:, None]
@@ -75,7 +79,7 @@ def _whole_inputs(trainer: Trainer, data) -> list[np.ndarray]:
             raise KilnError("K0846", f"kiln train has nothing to feed input {p} of "
                             f"{trainer.model_name}", hint=f"give it in the .npz as an array "
                             f"named {p.name}, or draw it with --noise {p.name}")
-    return [np.ascontiguousarray(data.inputs[p.name], dtype=NUMPY_DTYPES[p.type.dtype])
+    return [np.asarray(data.inputs[p.name], dtype=NUMPY_DTYPES[p.type.dtype], order="C")
             for p in ports]
 
 
@@ -139,6 +143,53 @@ def fit(opts, args: dict[str, Any]) -> int:
     return 0
 
 
+def check_outputs(opts) -> None:
+    """Refuse, before any training, a path of `-o`, `--checkpoint`, `--log` or `--plot`
+    that could not be written when the run ends: a directory, a folder that does not exist,
+    a format kiln (or matplotlib) does not write, or one path given twice."""
+    from kiln.runtime.weights import check_tensor_file
+
+    from .checkpoint import check_name
+
+    paths = {flag: path for flag, path in (("-o", opts.output), ("--checkpoint",
+                                                                  opts.checkpoint),
+                                           ("--log", opts.log), ("--plot", opts.plot)) if path}
+    for flag, path in paths.items():
+        if os.path.isdir(path):
+            raise KilnError("K0830", f"{flag} {path} is a directory",
+                            hint=f"name a file in it, e.g. {os.path.join(path, 'FILE')}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise KilnError("K0830", f"{flag} {path}: there is no folder {folder} to write "
+                            "it in")
+    if "-o" in paths:
+        check_tensor_file(paths["-o"], "weights")
+    if "--checkpoint" in paths:
+        check_name(paths["--checkpoint"])
+    if "--plot" in paths:
+        check_plot_format(paths["--plot"])
+    absolute = [os.path.abspath(p) for p in paths.values()]
+    twice = next((p for p in paths.values() if absolute.count(os.path.abspath(p)) > 1), None)
+    if twice is not None:
+        raise KilnError("K0830", f"{twice} is given to two options ("
+                        f"{' and '.join(f for f, p in paths.items() if p == twice)}): the "
+                        "second would overwrite the first")
+
+
+def check_plot_format(path: str) -> None:
+    """K0830 unless matplotlib is installed and writes images of `path`'s extension."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise KilnError("K0830", "--plot needs matplotlib", hint="pip install 'kiln[train]'"
+                        ) from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    fmt = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else "png"
+    if fmt not in formats:
+        raise KilnError("K0830", f"--plot {path}: matplotlib writes no {fmt!r} images",
+                        hint=f"formats: {', '.join(sorted(formats))}")
+
+
 def setup(opts, args: dict[str, Any], data: Dataset | None = None,
           make_trainer: Callable[..., Trainer] = Trainer) -> Run:
     """The trainer (made by `make_trainer`, which takes Trainer's arguments) and the examples
@@ -152,6 +203,8 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
                             hint=f"augmentations: {', '.join(AUGMENTATIONS)}")
     if opts.batch < 1 or opts.epochs < 0:
         raise KilnError("K0830", "--batch must be >= 1 and --epochs >= 0")
+    if opts.early_stopping < 0:
+        raise KilnError("K0830", f"--early-stopping must be >= 0, not {opts.early_stopping}")
     hyper: dict[str, Any] = {"lr": opts.lr}
     if opts.momentum is not None:
         hyper["momentum"] = opts.momentum
@@ -168,6 +221,14 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
                            args=args, weights=opts.weights,
                            target=opts.target, l1=opts.l1, l2=opts.l2, noise=opts.noise)
     port = trainer.inputs[0]
+    images = [name for name in opts.augment if name in ("flip", "crop")]
+    if images and len(port.type.shape) != 4:
+        raise KilnError("K0830", f"--augment {images[0]} transforms images [N, C, H, W], but "
+                        f"the model's input is {port}", hint="--augment noise takes any input")
+    if opts.early_stopping and not len(data.x_val):
+        raise KilnError("K0830", f"--early-stopping {opts.early_stopping} watches the "
+                        "validation loss, but there are no validation examples",
+                        hint="give x_val and y_val in the .npz, or a --val-split above 0")
     whole = _whole_inputs(trainer, data)
     x, x_val = shape_examples(data.x, port), shape_examples(data.x_val, port)
     if opts.autoencode:
@@ -277,7 +338,7 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
     ax.set_xlabel("epoch")
     ax.legend()
     buffer = io.BytesIO()
-    fmt = path.rsplit(".", 1)[-1] if "." in path else "png"
+    fmt = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else "png"
     try:
         fig.savefig(buffer, format=fmt)
     except ValueError as e:
@@ -288,5 +349,5 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "fit", "plot_history", "row_text", "schedule_of", "setup",
-           "shuffled_batches", "train_epochs", "write_log"]
+__all__ = ["COLUMNS", "Run", "check_outputs", "check_plot_format", "fit", "plot_history",
+           "row_text", "schedule_of", "setup", "shuffled_batches", "train_epochs", "write_log"]

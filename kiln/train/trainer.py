@@ -42,7 +42,7 @@ from kiln.compiler.train.step import (
     select_trainable,
     state_name,
 )
-from kiln.compiler.types import dtype_of_numpy
+from kiln.compiler.types import NUMPY_DTYPES, dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .inputs import draw_noise, noise_inputs, per_example
@@ -211,24 +211,54 @@ class Trainer:
         self._version += 1
 
     def _target(self, y: Any) -> np.ndarray:
-        """The target as the step takes it; refuses (K0834, K0835) labels that do not fit."""
+        """The target as the step takes it; refuses (K0834, K0835) labels that do not fit.
+        Class indices become i64; the target of another std.losses loss takes the dtype of
+        the model's first output and, [N] for an output [N, 1], its shape (as PyTorch
+        refuses, or warns of, the [N, N] broadcast); a loss of one's own gets integers as
+        they are (other than i32/i64: i64) and floats kiln has no type for as f32."""
         y = np.asarray(y)
-        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"):
-            if y.dtype.kind not in "iu":
-                raise KilnError("K0834", f"input target must hold class indices (integers) "
-                                f"for {self.loss.name}, but the array is {y.dtype}",
-                                hint="convert it: y.astype(np.int64)")
-            classes = self._classes()
-            if y.size and classes is not None:
-                bad = (y != -100) & ((y < 0) | (y >= classes))
-                if bad.any():
-                    raise KilnError("K0835", f"input target holds class index "
-                                    f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
-                                    f"model has {classes} classes)")
-            return y.astype(np.int64)
-        if dtype_of_numpy(y.dtype) is None:
-            raise KilnError("K0834", f"input target has dtype {y.dtype}, which kiln has not")
-        return y
+        if y.dtype.kind not in "biuf":
+            raise KilnError("K0834", f"input target has dtype {y.dtype}, which kiln has not",
+                            hint="a target is an array of numbers")
+        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"
+                                          and y.ndim > 1):
+            return self._class_indices(y)
+        out = self.outputs[0].type
+        if self.loss.path is not None:  # a loss of one's own: its types are its own
+            if dtype_of_numpy(y.dtype) in (None, "f64"):
+                y = y.astype(np.int64 if y.dtype.kind in "iu" else np.float32)
+            return y
+        want = [known_value(Dim.of(d)) for d in out.shape[1:]]
+        if y.ndim == 1 and want == [1]:
+            y = y[:, None]
+        if y.ndim != len(out.shape) or any(w is not None and w != g
+                                           for w, g in zip(want, y.shape[1:])):
+            raise KilnError("K0834", f"input target is {list(y.shape)} but {self.loss.name} "
+                            f"compares it with the model's first output {out} elementwise",
+                            hint="give a target of the output's shape (for cross_entropy, "
+                            "class indices are integers: y.astype(np.int64))")
+        return y.astype(NUMPY_DTYPES[out.dtype], copy=False)
+
+    def _class_indices(self, y: np.ndarray) -> np.ndarray:
+        """Labels of a class-index loss as i64, each in 0..C-1 or the ignore_index (K0834,
+        K0835 otherwise)."""
+        if y.dtype.kind not in "iu":
+            raise KilnError("K0834", f"input target must hold class indices (integers) "
+                            f"for {self.loss.name}, but the array is {y.dtype}"
+                            + (f" of shape {list(y.shape)}" if self.loss.probabilities
+                               else ""),
+                            hint="convert it: y.astype(np.int64)" + (
+                                " (a float target of cross_entropy holds class "
+                                "probabilities, [N, C] like the scores)"
+                                if self.loss.probabilities else ""))
+        classes = self._classes()
+        if y.size and classes is not None:
+            bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= classes))
+            if bad.any():
+                raise KilnError("K0835", f"input target holds class index "
+                                f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
+                                f"model has {classes} classes)")
+        return y.astype(np.int64)
 
     def _classes(self) -> int | None:
         """The number of classes: axis 1 of the model's first output, when fixed."""
@@ -315,9 +345,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _data_feeds(self, x: Any) -> dict[str, Any]:
-        """The data inputs of a batch by name (x: an array, or a tuple of them)."""
-        xs = _as_tuple(x)
+        """The data inputs of a batch by name (x: an array, or a tuple of them; a list is
+        the inputs only for a model of several, else the one input's values)."""
         names = [p.name for p in self.data_inputs]
+        xs = (x,) if isinstance(x, list) and len(names) == 1 else _as_tuple(x)
         if len(xs) != len(names):
             raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
                             f"({', '.join(names)}), got {len(xs)}")
@@ -380,7 +411,12 @@ class Trainer:
         std.losses' ignore_index, -100). A model with an input that is not per example (a
         graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
         and noise inputs are drawn the same at every evaluation."""
+        if isinstance(batch, bool) or not (isinstance(batch, int | np.integer) and batch >= 1):
+            raise KilnError("K0831", f"evaluate: batch must be an integer >= 1, not {batch!r}")
         feeds, target = self._checked(x, y)
+        if not len(target):
+            raise KilnError("K0830", "evaluate: input target holds no examples: there is "
+                            "nothing to evaluate")
         if self._eval_version != self._version:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
@@ -398,7 +434,7 @@ class Trainer:
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
                 predictions.append(np.argmax(outs[1], axis=1))
-        metrics = {"loss": total / n if n else float("nan")}
+        metrics = {"loss": total / n}
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
