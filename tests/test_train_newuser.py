@@ -21,9 +21,9 @@ model Bin {
     return x |> nn.Linear(4, 8) |> relu |> nn.Linear(8, 1)
   }
 }
-model Clf {
+model Clf(hidden: int = 8) {
   forward(x: f32[B, 4]) -> f32[B, 3] {
-    return x |> nn.Linear(4, 8) |> relu |> nn.Linear(8, 3)
+    return x |> nn.Linear(4, hidden) |> relu |> nn.Linear(hidden, 3)
   }
 }
 model Cnn {
@@ -238,3 +238,91 @@ def test_cli_weights_are_readable_as_any_new_file(capsys, root, tmp_path):
     assert code == 0, err
     for name in ("w.safetensors", "c.safetensors"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name  # not safetensors' 0600
+
+
+def test_pytorch_and_keras_names():
+    from kiln.train.program import LossSpec
+
+    assert LossSpec.parse("BCEWithLogitsLoss").name == "binary_cross_entropy_with_logits"
+    assert LossSpec.parse("CrossEntropyLoss").name == "cross_entropy"
+    assert LossSpec.parse("mean_squared_error").name == "mse_loss"
+    # Keras's cross entropies take probabilities: named, not aliased
+    with pytest.raises(KilnError) as err:
+        LossSpec.parse("categorical_crossentropy")
+    assert err.value.code == "K0837" and "leave out a final softmax" in err.value.hint
+    assert kiln.optim.by_name("AdamW", lr=0.1).config() == kiln.optim.AdamW(lr=0.1).config()
+    assert kiln.optim.by_name("RMSprop", lr=0.1).config()["name"] == "rmsprop"
+
+
+def test_resume_names_an_argument_left_at_its_default(capsys, root, tmp_path):
+    ckpt = tmp_path / "c.safetensors"
+    code, _out, err = train(capsys, root, "--data", root / "tiny.npz", "--checkpoint", ckpt)
+    assert code == 0, err
+    code, _out, err = run(capsys, "train", root / "m.kiln", "--model", "Bin", "--loss", "mse",
+                          "--data", root / "tiny.npz", "--resume", ckpt, "--quiet")
+    assert code == 1 and "its model is 'Clf', this trainer's 'Bin'" in err
+    # the default, given: the checkpoint says it was not
+    trainer = kiln.Trainer(root / "m.kiln", model="Clf", args={"hidden": 8})
+    with pytest.raises(KilnError) as err:
+        trainer.load_checkpoint(ckpt)
+    assert "its args.hidden is not given, this trainer's 8" in str(err.value)
+
+
+TWO = """
+import std.nn
+model Two {
+  a = nn.Linear(4, 8)
+  b = nn.Linear(2, 8)
+  head = nn.Linear(8, 3)
+  forward(x: f32[B, 4], z: f32[B, 2]) -> f32[B, 3] {
+    return relu(a(x) + b(z)) |> head
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("own_validation", [True, False])
+def test_cli_second_input_per_example(capsys, tmp_path, own_validation):
+    # an image and its metadata, a sentence and its mask: both one row per example, split,
+    # shuffled and batched together (once refused, or given whole to every step)
+    import json
+
+    from kiln.train.loop import shuffled_batches
+
+    (tmp_path / "two.kiln").write_text(TWO)
+    rng = np.random.default_rng(3)
+    x, z = X, rng.standard_normal((37, 2))  # z float64: converted as x is
+    if own_validation:
+        np.savez(tmp_path / "d.npz", x=x[:30], z=z[:30], y=LABELS[:30], x_val=x[30:],
+                 z_val=z[30:], y_val=LABELS[30:])
+        train_rows, val_rows = np.arange(30), np.arange(30, 37)
+    else:
+        np.savez(tmp_path / "d.npz", x=x, z=z, y=LABELS)
+        order = np.random.default_rng(0).permutation(37)  # load_dataset's split, seed 0
+        train_rows, val_rows = order[:30], order[30:]  # round(37 * 0.2) = 7 validate
+    code, _out, err = run(capsys, "train", tmp_path / "two.kiln", "--data", tmp_path / "d.npz",
+                          "--epochs", "2", "--batch", "8", "--quiet", "--log",
+                          tmp_path / "log.jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    trainer = kiln.Trainer(tmp_path / "two.kiln", seed=0)
+    xt, zt, yt = x[train_rows], z[train_rows].astype(np.float32), LABELS[train_rows]
+    for epoch, row in enumerate(rows):
+        _, parts = shuffled_batches(30, 8, 0, epoch)
+        losses = [trainer.step((xt[p], zt[p]), yt[p]) * len(p) for p in parts]
+        assert row["train_loss"] == pytest.approx(sum(losses) / 30, rel=1e-6)
+        val = trainer.evaluate((x[val_rows], z[val_rows].astype(np.float32)), LABELS[val_rows])
+        assert row["val_loss"] == pytest.approx(val["loss"], rel=1e-6)
+
+
+def test_cli_per_example_input_of_other_rows_is_refused(capsys, tmp_path):
+    (tmp_path / "two.kiln").write_text(TWO)
+    np.savez(tmp_path / "d.npz", x=X, z=np.zeros((36, 2), np.float32), y=LABELS)
+    code, _out, err = run(capsys, "train", tmp_path / "two.kiln", "--data", tmp_path / "d.npz",
+                          "--quiet")
+    assert code == 1 and "K0830" in err and "z per example" in err
+    np.savez(tmp_path / "d.npz", x=X, z=np.zeros((37, 2), np.float32), y=LABELS, x_val=X,
+             y_val=LABELS)
+    code, _out, err = run(capsys, "train", tmp_path / "two.kiln", "--data", tmp_path / "d.npz",
+                          "--quiet")
+    assert code == 1 and "K0830" in err and "z_val" in err

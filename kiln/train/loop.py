@@ -8,10 +8,11 @@ checkpoint rewritten (atomically). `--early-stopping N` stops after N epochs wit
 validation loss and keeps the weights of the best epoch.
 
 A model of several inputs takes the examples as its first input; each other input is an
-array of the .npz named after it, given whole to every step (a graph's `edge_index`), or
-noise the trainer draws (`--noise NAME`, kiln/train/inputs.py). `--full-batch` steps on
-every training example at once, in order (a graph's nodes); `--autoencode` makes the
-examples their own targets (a VAE).
+array of the .npz named after it: split, shuffled and batched with x when the model takes it
+per example (its axis 0 is the first input's; `NAME_val` beside `x_val`), else given whole
+to every step (a graph's `edge_index`); or noise the trainer draws (`--noise NAME`,
+kiln/train/inputs.py). `--full-batch` steps on every training example at once, in order (a
+graph's nodes); `--autoencode` makes the examples their own targets (a VAE).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kiln.compiler.errors import KilnError
 from kiln.compiler.files import write_atomically
 
 from .data import AUGMENTATIONS, Dataset, augment, load_dataset, shape_examples
+from .inputs import per_example
 from .trainer import Trainer
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "lr")
@@ -62,25 +64,40 @@ def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
     return shape_examples(y, port)
 
 
-def _whole_inputs(trainer: Trainer, data) -> list[np.ndarray]:
-    """The arrays of the dataset for the model's data inputs after the first, by name (K0846
-    for an input the dataset lacks, or an array that is no input)."""
+def _other_inputs(trainer: Trainer, data) -> tuple:
+    """The arrays of the dataset for the model's data inputs after the first, by name: for
+    each, (training examples, validation examples) of an input given per example, or (the
+    array, None) of one given whole (K0846 for an input the dataset lacks, or an array that
+    is no input)."""
     from kiln.compiler.types import NUMPY_DTYPES
 
     ports = trainer.data_inputs[1:]
     names = [p.name for p in ports]
-    extra = sorted(set(data.inputs) - set(names))
+    typed = {p.name: NUMPY_DTYPES[p.type.dtype] for p in ports}
+
+    def arrays(name: str) -> tuple:
+        if name in data.examples:
+            return tuple(np.asarray(a, typed[name], order="C") for a in data.examples[name])
+        return np.asarray(data.inputs[name], typed[name], order="C"), None
+
+    return tuple(arrays(n) for n in _checked_names(trainer, data, names, ports))
+
+
+def _checked_names(trainer: Trainer, data, names: list[str], ports: list) -> list[str]:
+    """`names`, once every one is in the dataset (given whole or per example) and the
+    dataset holds no other array (K0846)."""
+    given = set(data.inputs) | set(data.examples)
+    extra = sorted(given - set(names))
     if extra:
         raise KilnError("K0846", f"the dataset holds an array {extra[0]!r}, which is no input "
                         f"of {trainer.model_name} after its first",
                         hint=f"its inputs after the first: {', '.join(names) or 'none'}")
     for p in ports:
-        if p.name not in data.inputs:
+        if p.name not in given:
             raise KilnError("K0846", f"kiln train has nothing to feed input {p} of "
                             f"{trainer.model_name}", hint=f"give it in the .npz as an array "
                             f"named {p.name}, or draw it with --noise {p.name}")
-    return [np.asarray(data.inputs[p.name], dtype=NUMPY_DTYPES[p.type.dtype], order="C")
-            for p in ports]
+    return names
 
 
 def _row(values: dict[str, Any]) -> str:
@@ -114,7 +131,7 @@ class Run:
     y: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    whole: tuple
+    others: tuple  # per input after the first: (training, validation examples), (whole, None)
     batch: int
     steps_per_epoch: int
     best: tuple[float, dict[str, np.ndarray]] | None = None
@@ -211,15 +228,16 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     if opts.weight_decay is not None:
         hyper["weight_decay"] = opts.weight_decay
     optimizer = by_name(opts.optimizer, **hyper)
-    if data is None:
-        data = load_dataset(opts.data, opts.val_split, opts.seed)
-    steps_per_epoch = 1 if opts.full_batch else -(-len(data.x) // opts.batch)
-    schedule = schedule_of(opts, steps_per_epoch)
-    trainer = make_trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=schedule,
+    trainer = make_trainer(opts.file, loss=opts.loss, optimizer=optimizer, schedule=None,
                            clip_grad_norm=opts.clip_grad_norm, seed=opts.seed,
                            trainable=opts.trainable or None, model=opts.model,
                            args=args, weights=opts.weights,
                            target=opts.target, l1=opts.l1, l2=opts.l2, noise=opts.noise)
+    if data is None:  # the model's per-example inputs are split and shuffled with x
+        data = load_dataset(opts.data, opts.val_split, opts.seed,
+                            per_example=sorted(per_example(trainer.data_inputs)))
+    steps_per_epoch = 1 if opts.full_batch else -(-len(data.x) // opts.batch)
+    trainer.schedule = schedule_of(opts, steps_per_epoch)  # it counts the steps per epoch
     port = trainer.inputs[0]
     images = [name for name in opts.augment if name in ("flip", "crop")]
     if images and len(port.type.shape) != 4:
@@ -229,7 +247,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
         raise KilnError("K0830", f"--early-stopping {opts.early_stopping} watches the "
                         "validation loss, but there are no validation examples",
                         hint="give x_val and y_val in the .npz, or a --val-split above 0")
-    whole = _whole_inputs(trainer, data)
+    others = _other_inputs(trainer, data)
     x, x_val = shape_examples(data.x, port), shape_examples(data.x_val, port)
     if opts.autoencode:
         data.y, data.y_val = data.x, data.x_val
@@ -238,7 +256,7 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
     if opts.resume:
         trainer.load_checkpoint(opts.resume)
     trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
-    return Run(trainer, x, y, x_val, y_val, whole, batch, steps_per_epoch)
+    return Run(trainer, x, y, x_val, y_val, others, batch, steps_per_epoch)
 
 
 def schedule_of(opts, steps_per_epoch: int):
@@ -261,7 +279,7 @@ def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
     history)` with its row of metrics and every row so far. Returns the history; with
     `--early-stopping`, the trainer is left with the weights of the best epoch (counting
     from `run.best` and `run.stale`: a run going on from a checkpoint may give them)."""
-    trainer, x, y, whole = run.trainer, run.x, run.y, run.whole
+    trainer, x, y = run.trainer, run.x, run.y
     history: list[dict[str, Any]] = []
     for epoch in range(trainer.step_count // run.steps_per_epoch, opts.epochs):
         if opts.early_stopping and run.stale >= opts.early_stopping:
@@ -273,7 +291,8 @@ def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         for part in parts:
             xb = augment(x[part], opts.augment, rng) if opts.augment else x[part]
-            loss = trainer.step((xb, *whole), y[part])
+            loss = trainer.step((xb, *(a if v is None else a[part] for a, v in run.others)),
+                                y[part])
             seen += len(part)
             total_loss += loss * len(part)
             if bar is not None:
@@ -288,7 +307,8 @@ def train_epochs(run: Run, opts, record: Callable[[dict[str, Any], list], None]
                                "samples_per_s": seen / max(time.perf_counter() - started,
                                                            1e-9)}
         if len(run.x_val):
-            metrics = trainer.evaluate((run.x_val, *whole), run.y_val)
+            metrics = trainer.evaluate((run.x_val, *(a if v is None else v
+                                                     for a, v in run.others)), run.y_val)
             row.update({"val_loss": metrics.pop("loss"), **metrics})
         history.append(row)
         if opts.early_stopping and "val_loss" in row:

@@ -45,7 +45,24 @@ STD_LOSSES = ("cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_los
 # short names the CLI accepts for them
 LOSS_ALIASES = {"mse": "mse_loss", "l1": "l1_loss", "nll": "nll_loss", "huber": "huber_loss",
                 "smooth_l1": "smooth_l1_loss", "bce": "binary_cross_entropy",
-                "bce_with_logits": "binary_cross_entropy_with_logits"}
+                "bce_with_logits": "binary_cross_entropy_with_logits",
+                # torch.nn's loss modules: the same functions, with the same inputs
+                "CrossEntropyLoss": "cross_entropy", "NLLLoss": "nll_loss",
+                "MSELoss": "mse_loss", "L1Loss": "l1_loss", "SmoothL1Loss": "smooth_l1_loss",
+                "HuberLoss": "huber_loss", "BCELoss": "binary_cross_entropy",
+                "BCEWithLogitsLoss": "binary_cross_entropy_with_logits",
+                # Keras's names of the same
+                "mean_squared_error": "mse_loss", "mean_absolute_error": "l1_loss",
+                "mae": "l1_loss"}
+# Keras's names, not aliased: its cross entropies take probabilities by default
+# (from_logits=False), std.losses' cross_entropy takes scores
+KERAS_LOSSES = {
+    "categorical_crossentropy": "cross_entropy (on scores: leave out a final softmax) with "
+    "one-hot float targets",
+    "sparse_categorical_crossentropy": "cross_entropy (on scores: leave out a final softmax) "
+    "with integer labels",
+    "binary_crossentropy": "binary_cross_entropy on probabilities, "
+    "binary_cross_entropy_with_logits on logits"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +85,10 @@ class LossSpec:
             return LossSpec(name, os.path.abspath(path))
         text = LOSS_ALIASES.get(text, text)
         if text not in STD_LOSSES:
+            keras = KERAS_LOSSES.get(text)
             raise KilnError("K0837", f"unknown loss {text!r}",
-                            hint=f"std.losses: {', '.join(STD_LOSSES)}; or FILE.kiln:NAME")
+                            hint=f"Keras's {text} is {keras}" if keras else
+                            f"std.losses: {', '.join(STD_LOSSES)}; or FILE.kiln:NAME")
         return LossSpec(text)
 
     @property

@@ -532,11 +532,23 @@ def _as_tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, tuple | list) else (x,)
 
 
+class _Unset:
+    """A key one of two configs lacks (an argument left at its default): shown so."""
+
+    def __repr__(self) -> str:
+        return "not given"
+
+
+_UNSET = _Unset()
+
+
 def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    """The first (dotted key, mine, theirs) where two JSON values differ, else None."""
+    """The first (dotted key, mine, theirs) where two JSON values differ (_UNSET where one
+    lacks the key), else None."""
     if isinstance(mine, dict) and isinstance(theirs, dict):
         for k in list(mine) + [k for k in theirs if k not in mine]:
-            found = _first_difference(mine.get(k), theirs.get(k), f"{key}.{k}" if key else k)
+            found = _first_difference(mine.get(k, _UNSET), theirs.get(k, _UNSET),
+                                      f"{key}.{k}" if key else k)
             if found is not None:
                 return found
         return None
