@@ -21,6 +21,11 @@ model Bin {
     return x |> nn.Linear(4, 8) |> relu |> nn.Linear(8, 1)
   }
 }
+model Prob {
+  forward(x: f32[B, 4]) -> f32[B, 1] {
+    return x |> nn.Linear(4, 1) |> sigmoid
+  }
+}
 model Clf(hidden: int = 8) {
   forward(x: f32[B, 4]) -> f32[B, 3] {
     return x |> nn.Linear(4, hidden) |> relu |> nn.Linear(hidden, 3)
@@ -71,7 +76,7 @@ def test_target_of_shape_n_for_an_output_n_by_1_is_not_broadcast(root):
     assert trainer2.step(X, y[:, None].astype(np.float64)) == pytest.approx(want, rel=1e-5)
     metrics = trainer.evaluate(X, y.astype(np.int64), batch=8)  # 37 = 4 * 8 + 5
     z = trainer.model(X)[:, 0].astype(np.float64)
-    assert metrics == {"loss": pytest.approx(bce_with_logits(z, y), rel=1e-5)}
+    assert metrics["loss"] == pytest.approx(bce_with_logits(z, y), rel=1e-5)
 
 
 def test_multi_label_targets(root):
@@ -326,3 +331,48 @@ def test_cli_per_example_input_of_other_rows_is_refused(capsys, tmp_path):
     code, _out, err = run(capsys, "train", tmp_path / "two.kiln", "--data", tmp_path / "d.npz",
                           "--quiet")
     assert code == 1 and "K0830" in err and "z_val" in err
+
+
+def test_regression_data_under_the_default_loss_says_which_loss(root):
+    trainer = kiln.Trainer(root / "m.kiln", model="Bin")  # cross_entropy, the default
+    with pytest.raises(KilnError) as err:
+        trainer.step(X, np.round(X[:, 0] * 100))  # whole-number regression targets
+    assert err.value.code == "K0834"
+    with pytest.raises(KilnError) as err:
+        trainer.step(X, np.arange(37))
+    assert err.value.code == "K0835" and "mse, bce_with_logits" in err.value.hint
+
+
+@pytest.mark.parametrize("loss", ["bce_with_logits", "bce"])
+def test_binary_classifier_gets_classification_metrics(root, loss):
+    # Keras's binary_accuracy: a probability above 0.5, a logit above 0
+    y = (X[:, 0] > 0).astype(np.float32)
+    model = "Bin" if loss == "bce_with_logits" else "Prob"
+    trainer = kiln.Trainer(root / "m.kiln", model=model, loss=loss, seed=0)
+    trainer.step(X, y)
+    metrics = trainer.evaluate(X, y, batch=8)
+    predicted = trainer.model(X)[:, 0] > (0.0 if loss == "bce_with_logits" else 0.5)
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == y))
+    tp = np.sum(predicted & (y == 1))
+    precision_1 = tp / max(predicted.sum(), 1)
+    precision_0 = np.sum(~predicted & (y == 0)) / max((~predicted).sum(), 1)
+    assert metrics["precision"] == pytest.approx((precision_0 + precision_1) / 2)
+    # soft targets (label smoothing): the loss alone
+    assert set(trainer.evaluate(X, y * 0.9 + 0.05)) == {"loss"}
+
+
+def test_channels_last_images_are_refused_not_scrambled():
+    from kiln.compiler.interface import Port
+    from kiln.compiler.types import TensorType
+    from kiln.train.data import shape_examples
+
+    port = Port("x", TensorType("f32", ("B", 3, 4, 5)))
+    images = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    with pytest.raises(KilnError) as err:
+        shape_examples(images.transpose(0, 2, 3, 1), port)  # Keras's [N, H, W, C]
+    assert err.value.code == "K0830" and "transpose(0, 3, 1, 2)" in err.value.hint
+    # flat rows, and axes of size 1 moved, are the same elements in the same order
+    np.testing.assert_array_equal(shape_examples(images.reshape(2, 60), port), images)
+    gray = Port("x", TensorType("f32", ("B", 1, 4, 5)))
+    np.testing.assert_array_equal(shape_examples(images[..., :1, :, :].transpose(0, 2, 3, 1),
+                                                 gray), images[:, :1])

@@ -167,6 +167,15 @@ def shape_examples(x: np.ndarray, port) -> np.ndarray:
         if math.prod(dims) != math.prod(x.shape[1:]):
             raise KilnError("K0830", f"the dataset's examples are {list(x.shape[1:])}, which "
                             f"cannot be shaped to input {port}")
+        kept = [d for d in x.shape[1:] if d != 1]
+        if len(dims) == x.ndim - 1 and kept != [d for d in dims if d != 1]:
+            # the same rank, the sizes in another order: a reshape would mix the elements
+            last = x.ndim == 4 and x.shape[1:] == (dims[1], dims[2], dims[0])
+            raise KilnError("K0830", f"the dataset's examples are {list(x.shape[1:])}, which "
+                            f"input {port} takes in another order: reshaping would mix "
+                            "their elements", hint="images channels last ([N, H, W, C], "
+                            "Keras's layout): x.transpose(0, 3, 1, 2) makes them [N, C, H, W]"
+                            if last else "reorder the axes of x (np.transpose)")
         x = x.reshape((len(x), *dims))
     return np.ascontiguousarray(x, dtype=NUMPY_DTYPES[port.type.dtype])
 

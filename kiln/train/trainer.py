@@ -257,7 +257,10 @@ class Trainer:
             if bad.any():
                 raise KilnError("K0835", f"input target holds class index "
                                 f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
-                                f"model has {classes} classes)")
+                                f"model has {classes} classes)",
+                                hint=None if classes > 1 else f"{self.loss.name} takes "
+                                "one score per class: a model of one output column wants "
+                                "a regression or binary loss (mse, bce_with_logits)")
         return y.astype(np.int64)
 
     def _classes(self) -> int | None:
@@ -408,9 +411,10 @@ class Trainer:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
         F1 of the argmax of the model's first output (over the targets other than
-        std.losses' ignore_index, -100). A model with an input that is not per example (a
-        graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
-        and noise inputs are drawn the same at every evaluation."""
+        std.losses' ignore_index, -100); for a binary cross entropy of one output column and
+        0/1 targets, the same of the output above 0.5 (0 for logits). A model with an input
+        that is not per example (a graph's edge_index: its axis 0 is not the first input's)
+        is evaluated in one batch, and noise inputs are drawn the same at every evaluation."""
         if isinstance(batch, bool) or not (isinstance(batch, int | np.integer) and batch >= 1):
             raise KilnError("K0831", f"evaluate: batch must be an integer >= 1, not {batch!r}")
         feeds, target = self._checked(x, y)
@@ -425,6 +429,7 @@ class Trainer:
         if len(batched) < len(self.data_inputs):
             batch = max(n, 1)
         total, predictions = 0.0, []
+        threshold = self._binary_threshold(target)
         for start in range(0, n, batch):
             part = self._with_noise({k: np.asarray(v)[start:start + batch] if k in batched
                                      else v for k, v in feeds.items()},
@@ -434,7 +439,12 @@ class Trainer:
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
                 predictions.append(np.argmax(outs[1], axis=1))
+            elif threshold is not None:
+                predictions.append(np.reshape(outs[1], -1) > threshold)
         metrics = {"loss": total / n}
+        if threshold is not None:
+            metrics.update(classification_metrics(np.reshape(target, -1).astype(np.int64),
+                                                  np.concatenate(predictions).astype(np.int64)))
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
@@ -442,6 +452,17 @@ class Trainer:
             metrics.update(classification_metrics(labels[scored],
                                                   np.concatenate(predictions)[scored]))
         return metrics
+
+    def _binary_threshold(self, target: np.ndarray) -> float | None:
+        """Where a binary cross entropy's output of one column, [N] or [N, 1], predicts
+        class 1 (0.5 for probabilities, 0 for logits) when `target` holds 0s and 1s; else
+        None (no classification metrics)."""
+        thresholds = {"binary_cross_entropy": 0.5, "binary_cross_entropy_with_logits": 0.0}
+        shape = self.outputs[0].type.shape
+        if self.loss.path is not None or self.loss.name not in thresholds or not (
+                len(shape) == 1 or (len(shape) == 2 and known_value(Dim.of(shape[1])) == 1)):
+            return None
+        return thresholds[self.loss.name] if np.isin(target, (0, 1)).all() else None
 
     # ------------------------------------------------------------------ the trained model
     def _persistent(self, params: dict[str, np.ndarray], prefix: str = "") -> dict:
