@@ -376,3 +376,13 @@ def test_channels_last_images_are_refused_not_scrambled():
     gray = Port("x", TensorType("f32", ("B", 1, 4, 5)))
     np.testing.assert_array_equal(shape_examples(images[..., :1, :, :].transpose(0, 2, 3, 1),
                                                  gray), images[:, :1])
+
+
+def test_optimizer_by_name_or_a_clear_refusal(root):
+    trainer = kiln.Trainer(root / "m.kiln", model="Clf", optimizer="AdamW")
+    assert trainer.optimizer.config() == kiln.optim.AdamW().config()
+    for wrong, says in ((kiln.optim.Adam, "the class"), (3, "not int")):
+        with pytest.raises(KilnError) as err:
+            kiln.Trainer(root / "m.kiln", model="Clf", optimizer=wrong)
+        assert err.value.code == "K0831" and says in str(err.value)
+        assert "kiln.optim.Adam(lr=1e-3)" in err.value.hint

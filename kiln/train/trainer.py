@@ -31,6 +31,7 @@ from kiln.compiler.errors import KilnError
 from kiln.compiler.train.optim import (
     Adam,
     Optimizer,
+    by_name,
     initial_state,
     optimizer_from_config,
     schedule_config,
@@ -147,10 +148,15 @@ class Trainer:
                             f"{target!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.loss = LossSpec.parse(loss)
+        if isinstance(optimizer, str):  # as Keras's compile(optimizer="adam") and the CLI
+            optimizer = by_name(optimizer)
         self.optimizer = Adam() if optimizer is None else optimizer
         if not isinstance(self.optimizer, Optimizer):
-            raise KilnError("K0831", f"optimizer must be a kiln.optim optimizer, not "
-                            f"{type(self.optimizer).__name__}")
+            what = (f"the class {optimizer.__module__}.{optimizer.__name__}"
+                    if isinstance(optimizer, type) else type(optimizer).__name__)
+            raise KilnError("K0831", f"optimizer must be a kiln.optim optimizer, not {what}",
+                            hint="an instance of kiln.optim's, with torch.optim's arguments: "
+                            "kiln.optim.Adam(lr=1e-3), or a name: 'adamw'")
         self.optimizer.check()
         if clip_grad_norm is not None and not (isinstance(clip_grad_norm, int | float)
                                                and clip_grad_norm > 0):
