@@ -386,3 +386,24 @@ def test_optimizer_by_name_or_a_clear_refusal(root):
             kiln.Trainer(root / "m.kiln", model="Clf", optimizer=wrong)
         assert err.value.code == "K0831" and says in str(err.value)
         assert "kiln.optim.Adam(lr=1e-3)" in err.value.hint
+
+
+def test_std_loss_of_a_model_of_several_outputs_reads_the_first(tmp_path):
+    # (logits, features): once called as cross_entropy(logits, features, target), the
+    # features taken for the target and the target for the class weights
+    (tmp_path / "two_out.kiln").write_text("""
+import std.nn
+model TwoOut {
+  fc = nn.Linear(4, 8)
+  head = nn.Linear(8, 3)
+  forward(x: f32[B, 4]) -> (logits: f32[B, 3], feats: f32[B, 8]) {
+    h = relu(fc(x))
+    return (head(h), h)
+  }
+}
+""")
+    trainer = kiln.Trainer(tmp_path / "two_out.kiln")
+    logits = trainer.model(X)[0].astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert trainer.step(X, LABELS) == pytest.approx(-logp[np.arange(37), LABELS].mean(),
+                                                    rel=1e-5)

@@ -16,7 +16,9 @@ For `Trainer("mlp.kiln", loss="cross_entropy")` it generates
 and elaborates it like any model: in training mode for the train step, in inference mode for
 evaluation. The loss is output 0; the model's outputs follow (for metrics). The model's
 parameters are `net.<path>` there; the trainer strips the prefix. A loss of the user's own
-(`--loss losses.kiln:elbo`) is a `fn` or a model of that file; it returns a 0-d tensor. It
+(`--loss losses.kiln:elbo`) is a `fn` or a model of that file; it returns a 0-d tensor (a
+std.losses loss takes the model's first output and the target, whatever other outputs the
+model has). It
 takes the model's outputs by name when every parameter of it but one is named as an output
 (`fn kl(logvar, mu, target)` of a model `-> (recon: .., mu: .., logvar: ..)`: those outputs,
 in its order, the others left out, and the target as the one other); else the outputs in
@@ -178,7 +180,10 @@ def training_source(model_path: str, model_name: str, args: dict[str, Any],
     lines.append(f"  forward({params}) {{")
     outs = ", ".join(f"out_{i}" for i in range(len(outputs)))
     lines.append(f"    {outs} = {MEMBER}({', '.join(names)})")
-    given = loss_arguments(loss_params if loss.path is not None else None, outputs, target)
+    # a std.losses loss compares the model's first output with the target (as the metrics
+    # read it); a loss of one's own takes the outputs it names, or all of them
+    given = (["out_0", target] if loss.path is None else
+             loss_arguments(loss_params, outputs, target))
     lines.append(f"    return ({fn}({', '.join(given)}), {outs})")
     lines += ["  }", "}", ""]
     return "\n".join(lines)
