@@ -407,3 +407,13 @@ model TwoOut {
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     assert trainer.step(X, LABELS) == pytest.approx(-logp[np.arange(37), LABELS].mean(),
                                                     rel=1e-5)
+
+
+def test_class_indices_of_shape_n_by_1(root):
+    # Keras's sparse labels are often [N, 1]; PyTorch refuses them, kiln takes the column
+    trainer = kiln.Trainer(root / "m.kiln", model="Clf", seed=0)
+    other = kiln.Trainer(root / "m.kiln", model="Clf", seed=0)
+    assert trainer.step(X, LABELS[:, None]) == other.step(X, LABELS)
+    with pytest.raises(KilnError) as err:
+        trainer.step(X, np.stack([LABELS, LABELS], 1))
+    assert err.value.code == "K0834" and "one axis fewer" in str(err.value)

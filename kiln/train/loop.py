@@ -54,7 +54,8 @@ def _targets(trainer: Trainer, y: np.ndarray) -> np.ndarray:
     or a loss of the user's own) as i64, anything else shaped and typed like the model's
     first output."""
     if trainer.loss.class_index or (trainer.loss.path is not None and y.dtype.kind in "iu"):
-        if y.dtype.kind in "iub" or (y.ndim == len(trainer.outputs[0].type.shape) - 1
+        rank = len(trainer.outputs[0].type.shape)
+        if y.dtype.kind in "iub" or ((y.ndim == rank - 1 or (y.ndim == rank and y.shape[1] == 1))
                                       and np.isfinite(y).all() and (y == np.round(y)).all()):
             return y.astype(np.int64)  # labels saved as floats (0.0, 1.0, ...) or bools
         return y

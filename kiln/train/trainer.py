@@ -257,6 +257,13 @@ class Trainer:
                                 " (a float target of cross_entropy holds class "
                                 "probabilities, [N, C] like the scores)"
                                 if self.loss.probabilities else ""))
+        rank = len(self.outputs[0].type.shape)
+        if y.ndim == rank and rank >= 2 and y.shape[1] == 1:
+            y = y[:, 0]  # [N, 1] (Keras's sparse labels), [N, 1, H, W] (a mask): axis 1 is 1
+        if y.ndim != rank - 1:
+            raise KilnError("K0834", f"input target is {list(y.shape)}, but class indices of "
+                            f"{self.loss.name} have one axis fewer than the model's first "
+                            f"output {self.outputs[0].type} (the classes are its axis 1)")
         classes = self._classes()
         if y.size and classes is not None:
             bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= classes))
