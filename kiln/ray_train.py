@@ -312,7 +312,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     from kiln.compiler.files import memory_bytes, read_bounded
     from kiln.train.data import load_dataset
     from kiln.train.distributed import ShardTrainer
-    from kiln.train.loop import plot_history, row_text, write_log
+    from kiln.train.loop import check_train_outputs, plot_history, row_text, write_log
 
     workers = opts.ray_workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -325,6 +325,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     if allreduce not in ALLREDUCE:
         raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
                         f"{allreduce!r}")
+    check_train_outputs(opts)  # before the workers train, not after (kiln.ray_train.fit's too)
     ray = _ray_train()
     if retries and not getattr(ray.train, "is_v2_enabled", lambda: False)():
         raise KilnError("K0955", "--ray-retries needs Ray Train v2 (its collectives name each "

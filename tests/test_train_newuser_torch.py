@@ -138,3 +138,10 @@ def test_mlp_with_a_schedule_and_clipping(models, tmp_path, rows):
     torch.manual_seed(3)
     compare(models, tmp_path, Mlp(), lambda p: torch.optim.Adam(p, lr=5e-2),
             kiln.optim.Adam(lr=5e-2), *rows, schedule=kiln.optim.cosine(STEPS, 2), clip=0.5)
+
+
+def test_a_torch_tensor_is_refused_with_the_conversion(models):
+    trainer = kiln.Trainer(models, model="Mlp")
+    with pytest.raises(kiln.KilnError) as err:
+        trainer.step(torch.randn(4, 6), np.zeros(4, np.int64))
+    assert err.value.code == "K0502" and "x.detach().cpu().numpy()" in err.value.hint

@@ -161,7 +161,7 @@ def fit(opts, args: dict[str, Any]) -> int:
     return 0
 
 
-def check_outputs(opts) -> None:
+def check_train_outputs(opts) -> None:
     """Refuse, before any training, a path of `-o`, `--checkpoint`, `--log` or `--plot`
     that could not be written when the run ends: a directory, a folder that does not exist,
     a format kiln (or matplotlib) does not write, or one path given twice."""
@@ -370,5 +370,5 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "check_outputs", "check_plot_format", "fit", "plot_history",
+__all__ = ["COLUMNS", "Run", "check_train_outputs", "check_plot_format", "fit", "plot_history",
            "row_text", "schedule_of", "setup", "shuffled_batches", "train_epochs", "write_log"]
