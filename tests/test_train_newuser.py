@@ -417,3 +417,16 @@ def test_class_indices_of_shape_n_by_1(root):
     with pytest.raises(KilnError) as err:
         trainer.step(X, np.stack([LABELS, LABELS], 1))
     assert err.value.code == "K0834" and "one axis fewer" in str(err.value)
+
+
+def test_dataset_files_kiln_train_does_not_read(tmp_path):
+    from kiln.train.data import load_dataset
+
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(KilnError) as err:
+        load_dataset(str(tmp_path / "d.csv"))
+    assert err.value.code == "K0830" and "np.savez" in err.value.hint
+    with pytest.raises(KilnError) as err:
+        load_dataset(str(tmp_path / "none.npz"))
+    assert str(err.value).splitlines()[0].endswith("dataset " + str(tmp_path / "none.npz")
+                                                   + ": no such file")

@@ -140,10 +140,16 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, str]:
 def _npz(path: str) -> tuple[np.ndarray, np.ndarray, dict | None, dict]:
     from kiln.runtime.weights import load_weights
 
+    if os.path.splitext(path)[1].lower() not in (".npz", ".safetensors"):
+        raise KilnError("K0830", f"dataset {path}: kiln train reads a .npz file (or "
+                        ".safetensors) of arrays x and y",
+                        hint="np.savez('data.npz', x=x, y=y) (a CSV: np.loadtxt or pandas "
+                        "first)")
     try:
         arrays = load_weights(path)
-    except KilnError as err:
-        raise KilnError("K0830", f"dataset {path}: {err.message}") from None
+    except KilnError as err:  # the reason, without load_weights' "weights file PATH: "
+        why = err.message.removeprefix(f"weights file {path}: ")
+        raise KilnError("K0830", f"dataset {path}: {why}") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise KilnError("K0830", f"dataset {path} has no array {missing[0]!r}",
