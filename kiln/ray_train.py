@@ -241,7 +241,7 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
     """The loop of worker `rank` of `world`, summing through `allreduce`."""
     import ray.train
 
-    from kiln.train.loop import setup, train_epochs
+    from kiln.train.loop import loop_config, setup, train_epochs
 
     opts = copy.copy(config["opts"])
     # the driver's absolute path on one machine or a shared file system; else the path as
@@ -277,7 +277,8 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
                     if "checkpoint" in last:
                         Path(folder, CHECKPOINT).write_bytes(last["checkpoint"])
                 else:
-                    run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT))
+                    run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT),
+                                                loop=loop_config(opts, run))
                     last["checkpoint"] = Path(folder, CHECKPOINT).read_bytes()
                     _save_early_stopping(folder, run)
                 Path(folder, HISTORY).write_text("".join(json.dumps(r) + "\n"

@@ -430,3 +430,22 @@ def test_dataset_files_kiln_train_does_not_read(tmp_path):
         load_dataset(str(tmp_path / "none.npz"))
     assert str(err.value).splitlines()[0].endswith("dataset " + str(tmp_path / "none.npz")
                                                    + ": no such file")
+
+
+def test_resume_with_another_batch_is_refused(capsys, root, tmp_path):
+    # the epoch to go on from is the step over the steps per epoch: another --batch (or
+    # other examples, another seed's shuffle) would go on somewhere else, silently
+    ckpt = tmp_path / "c.safetensors"
+    code, _out, err = train(capsys, root, "--data", root / "float_labels.npz", "--checkpoint",
+                            ckpt)
+    assert code == 0, err
+    code, _out, err = train(capsys, root, "--data", root / "float_labels.npz", "--resume",
+                            ckpt, "--batch", "8")
+    assert code == 1 and "K0838" in err and "batch was 16, this run's is 8" in err
+    code, _out, err = train(capsys, root, "--data", root / "float_labels.npz", "--resume",
+                            ckpt, "--seed", "1")
+    assert code == 1 and "K0838" in err and "seed was 0" in err
+    code, out, err = train(capsys, root, "--data", root / "float_labels.npz", "--resume",
+                           ckpt, "--epochs", "2")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["2"]

@@ -150,7 +150,7 @@ def fit(opts, args: dict[str, Any]) -> int:
         if opts.log:
             write_log(opts.log, history)
         if opts.checkpoint:
-            run.trainer.save_checkpoint(opts.checkpoint)
+            run.trainer.save_checkpoint(opts.checkpoint, loop=loop_config(opts, run))
 
     history = train_epochs(run, opts, record)
     if opts.plot and history:
@@ -254,10 +254,44 @@ def setup(opts, args: dict[str, Any], data: Dataset | None = None,
         data.y, data.y_val = data.x, data.x_val
     y, y_val = _targets(trainer, data.y), _targets(trainer, data.y_val)
     batch = max(len(x), 1) if opts.full_batch else opts.batch
-    if opts.resume:
+    run = Run(trainer, x, y, x_val, y_val, others, batch, steps_per_epoch)
+    if opts.resume:  # the trainer's setup first: another model is the first thing to say
         trainer.load_checkpoint(opts.resume)
+        check_resumed_loop(opts.resume, loop_config(opts, run))
     trainer.prepare(y[:1])  # compiled before the clock of the first epoch starts
-    return Run(trainer, x, y, x_val, y_val, others, batch, steps_per_epoch)
+    return run
+
+
+def loop_config(opts, run: Run) -> dict[str, Any]:
+    """What a checkpoint records of the loop, which a resumed run must repeat to go on where
+    it stopped: the epoch is the step over the steps per epoch, each epoch's shuffle and
+    augmentations are seeded by (seed, epoch) over the examples."""
+    return {"batch": run.batch, "steps_per_epoch": run.steps_per_epoch,
+            "examples": len(run.x), "seed": opts.seed, "full_batch": bool(opts.full_batch),
+            "augment": list(opts.augment)}
+
+
+def check_resumed_loop(path: str, mine: dict[str, Any]) -> None:
+    """K0838 when the checkpoint `path` records a loop (kiln train's batch, examples, seed,
+    ...) that differs from `mine`; a checkpoint of kiln.Trainer alone records none."""
+    from .checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(path)
+    try:
+        theirs = json.loads(meta.get("kiln_trainer", "{}")).get("loop")
+    except (ValueError, AttributeError):
+        return  # load_checkpoint says what is wrong with the header
+    if not isinstance(theirs, dict):
+        return
+    for key, value in mine.items():
+        if key in theirs and theirs[key] != value:
+            flag = {"examples": "the training examples (--data, --val-split)",
+                    "steps_per_epoch": "the steps per epoch (--batch, --full-batch, --data)"
+                    }.get(key, "--" + key.replace("_", "-"))
+            raise KilnError("K0838", f"checkpoint {path} was written by a kiln train run whose "
+                            f"{key} was {theirs[key]!r}, this run's is {value!r}",
+                            hint=f"resume with the same {flag}: the run goes on at the epoch "
+                            "and shuffle where it stopped")
 
 
 def schedule_of(opts, steps_per_epoch: int):
@@ -370,5 +404,6 @@ def plot_history(path: str, history: list[dict[str, Any]]) -> None:
                      lambda why: KilnError("K0830", f"plot {path}: {why}"))
 
 
-__all__ = ["COLUMNS", "Run", "check_train_outputs", "check_plot_format", "fit", "plot_history",
+__all__ = ["COLUMNS", "Run", "check_plot_format", "check_resumed_loop", "check_train_outputs",
+           "fit", "loop_config", "plot_history",
            "row_text", "schedule_of", "setup", "shuffled_batches", "train_epochs", "write_log"]

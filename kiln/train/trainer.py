@@ -506,14 +506,17 @@ class Trainer:
                 "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2,
                 "schedule": schedule_config(self.schedule), "noise": sorted(self.noise)}
 
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
+    def save_checkpoint(self, path: str | os.PathLike, loop: dict | None = None) -> None:
         """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
         key's counter and the config to a .safetensors file, atomically (a temporary file
-        renamed into place, never written through a symlink)."""
+        renamed into place, never written through a symlink). `loop`: what the loop around
+        the trainer records beside (kiln train's batch and shuffle: kiln/train/loop.py)."""
         tensors = dict(self.state_dict())
         tensors.update({state_name(p, s): a for (p, s), a in self.state.items()})
         meta = {"config": self.config(), "step": self.step_count,
                 "rng_counter": self.step_count, "seed": self.seed}
+        if loop is not None:
+            meta["loop"] = loop
         write_checkpoint(path, tensors, {"kiln_trainer": json.dumps(meta, default=str)})
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
