@@ -230,6 +230,9 @@ def cmd_import(opts) -> int:
 
 
 def cmd_train(opts) -> int:
+    from kiln.train.loop import check_train_outputs
+
+    check_train_outputs(opts)  # before hours of training, not after
     if opts.gan:
         if opts.ray_workers is not None:
             raise KilnError("K0955", "--ray-workers trains one model; a GAN (--gan) trains in "

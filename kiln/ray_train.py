@@ -241,7 +241,7 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
     """The loop of worker `rank` of `world`, summing through `allreduce`."""
     import ray.train
 
-    from kiln.train.loop import setup, train_epochs
+    from kiln.train.loop import loop_config, setup, train_epochs
 
     opts = copy.copy(config["opts"])
     # the driver's absolute path on one machine or a shared file system; else the path as
@@ -277,7 +277,8 @@ def _train_worker(config: dict[str, Any], rank: int, world: int, allreduce: Any)
                     if "checkpoint" in last:
                         Path(folder, CHECKPOINT).write_bytes(last["checkpoint"])
                 else:
-                    run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT))
+                    run.trainer.save_checkpoint(os.path.join(folder, CHECKPOINT),
+                                                loop=loop_config(opts, run))
                     last["checkpoint"] = Path(folder, CHECKPOINT).read_bytes()
                     _save_early_stopping(folder, run)
                 Path(folder, HISTORY).write_text("".join(json.dumps(r) + "\n"
@@ -312,7 +313,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     from kiln.compiler.files import memory_bytes, read_bounded
     from kiln.train.data import load_dataset
     from kiln.train.distributed import ShardTrainer
-    from kiln.train.loop import plot_history, row_text, write_log
+    from kiln.train.loop import check_train_outputs, plot_history, row_text, write_log
 
     workers = opts.ray_workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -325,6 +326,7 @@ def fit_options(opts: argparse.Namespace, args: dict[str, Any], data: Any = None
     if allreduce not in ALLREDUCE:
         raise KilnError("K0955", f"allreduce must be one of {', '.join(ALLREDUCE)}, not "
                         f"{allreduce!r}")
+    check_train_outputs(opts)  # before the workers train, not after (kiln.ray_train.fit's too)
     ray = _ray_train()
     if retries and not getattr(ray.train, "is_v2_enabled", lambda: False)():
         raise KilnError("K0955", "--ray-retries needs Ray Train v2 (its collectives name each "

@@ -9,7 +9,8 @@ def train_options(t) -> None:
     """The options of `kiln train`."""
     t.add_argument("--data", required=True, metavar="NAME_OR_NPZ",
                    help="digits, iris, wine, breast_cancer, diabetes (scikit-learn's bundled "
-                   "datasets) or a .npz file with x, y (optionally x_val, y_val)")
+                   "datasets) or a .npz file with x, y (optionally x_val, y_val, and arrays "
+                   "named after the model's other inputs)")
     t.add_argument("--loss", help="a std.losses name (cross_entropy, mse, ...) or "
                    "FILE.kiln:NAME (default: cross_entropy); with --gan bce, bce_with_logits "
                    "or hinge (default: bce)")
@@ -38,11 +39,13 @@ def train_options(t) -> None:
                    "(default: 10)")
     t.add_argument("--batch", type=int, default=64, help="examples per step (default: 64)")
     t.add_argument("--val-split", type=float, default=0.2,
-                   help="the fraction of examples kept for validation (default: 0.2)")
+                   help="the fraction of examples kept for validation, when the .npz has no "
+                   "x_val (default: 0.2)")
     t.add_argument("--augment", action="append", default=[], choices=["flip", "crop", "noise"],
                    help="augment image batches [N, C, H, W] (repeatable)")
     t.add_argument("--early-stopping", type=int, default=0, metavar="N",
-                   help="stop after N epochs without a lower validation loss")
+                   help="stop after N epochs without a lower validation loss, keeping the "
+                   "best epoch's weights")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights, the shuffling and the augmentations")
     t.add_argument("--weights", help="initial weights (.safetensors or .npz)")

@@ -137,8 +137,12 @@ class Signature:
                 if _takes(value.dtype, want):  # plain numbers take the input's type
                     value = _convert_numbers(port, value, want)
             else:
+                hint = ("convert it: x.detach().cpu().numpy() (a PyTorch tensor)"
+                        if callable(getattr(value, "detach", None)) else
+                        "convert it: np.asarray(x)" if hasattr(value, "__array__") else None)
                 raise KilnError(
-                    "K0502", f"input {port.name} must be a numpy array, not {type(value).__name__}"
+                    "K0502", f"input {port.name} must be a numpy array, not {type(value).__name__}",
+                    hint=hint,
                 )
         got = dtype_of_numpy(value.dtype)
         if got != want:

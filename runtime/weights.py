@@ -283,6 +283,23 @@ def save_weights(
 
 def _save_safetensors(target: str, arrays: dict[str, np.ndarray]) -> None:
     safetensors.numpy.save_file(arrays, target)
+    # safetensors creates the file 0600; give it the mode any new file gets (0644 under the
+    # usual umask), as .npz files and np.save/torch.save's files have
+    os.chmod(target, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _save_npz(target: str, arrays: dict[str, np.ndarray]) -> None:
@@ -401,6 +418,10 @@ def _prefix(longer: list, shorter: set[str]) -> str | None:
 
 
 def _hint(missing: list[str], unexpected: list[str]) -> str | None:
+    if unexpected and all(isinstance(k, str) and k.startswith("optimizer.") for k in unexpected):
+        return ("the `optimizer.` keys are a kiln.Trainer checkpoint's optimizer state: resume "
+                "from it (kiln train --resume, Trainer.load_checkpoint); for its weights "
+                "alone, write them with trainer.model.save_weights after loading it")
     if prefix := _prefix(unexpected, set(missing)):
         return f"the file's keys start with `{prefix}` where the model's do not; strip it"
     if prefix := _prefix(missing, set(unexpected)):

@@ -369,6 +369,8 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 def by_name(name: str, **hyperparameters: Any) -> Optimizer:
     """The optimizer called `name` (sgd, adam, adamw, rmsprop) with these hyperparameters,
     checked (K0832 for an unknown name or argument, K0831 for a bad value)."""
+    # torch.optim's class names (AdamW, RMSprop) name them too
+    name = name.lower() if isinstance(name, str) else name
     optimizer = optimizer_from_config({"name": name, **hyperparameters})
     optimizer.check()
     return optimizer

@@ -20,7 +20,7 @@ def _error(path: str | os.PathLike, why: str) -> KilnError:
     return KilnError("K0838", f"checkpoint {os.fspath(path)}: {why}")
 
 
-def _check_name(path: str | os.PathLike) -> None:
+def check_name(path: str | os.PathLike) -> None:
     if not os.fspath(path).endswith(".safetensors"):
         raise _error(path, "a checkpoint is a .safetensors file")
 
@@ -30,8 +30,10 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     """Write `tensors` and the string `metadata` to `path`, atomically."""
     import safetensors.numpy
 
-    _check_name(path)
-    arrays = {k: np.ascontiguousarray(a) for k, a in tensors.items()}
+    check_name(path)
+    # np.asarray, not np.ascontiguousarray, which makes a 0-d array (BatchNorm's
+    # num_batches_tracked) 1-d
+    arrays = {k: np.asarray(a, order="C") for k, a in tensors.items()}
     data = safetensors.numpy.save(arrays, metadata=metadata)
     write_atomically(path, data, lambda why: _error(path, why))
 
@@ -41,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     import safetensors
     import safetensors.numpy
 
-    _check_name(path)
+    check_name(path)
     data = read_bounded(path, memory_bytes(), lambda why: _error(path, why))
     try:
         tensors = safetensors.numpy.load(data)
@@ -53,4 +55,4 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return tensors, meta if isinstance(meta, dict) else {}
 
 
-__all__ = ["read_checkpoint", "write_checkpoint"]
+__all__ = ["check_name", "read_checkpoint", "write_checkpoint"]

@@ -16,7 +16,9 @@ For `Trainer("mlp.kiln", loss="cross_entropy")` it generates
 and elaborates it like any model: in training mode for the train step, in inference mode for
 evaluation. The loss is output 0; the model's outputs follow (for metrics). The model's
 parameters are `net.<path>` there; the trainer strips the prefix. A loss of the user's own
-(`--loss losses.kiln:elbo`) is a `fn` or a model of that file; it returns a 0-d tensor. It
+(`--loss losses.kiln:elbo`) is a `fn` or a model of that file; it returns a 0-d tensor (a
+std.losses loss takes the model's first output and the target, whatever other outputs the
+model has). It
 takes the model's outputs by name when every parameter of it but one is named as an output
 (`fn kl(logvar, mu, target)` of a model `-> (recon: .., mu: .., logvar: ..)`: those outputs,
 in its order, the others left out, and the target as the one other); else the outputs in
@@ -45,7 +47,24 @@ STD_LOSSES = ("cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_los
 # short names the CLI accepts for them
 LOSS_ALIASES = {"mse": "mse_loss", "l1": "l1_loss", "nll": "nll_loss", "huber": "huber_loss",
                 "smooth_l1": "smooth_l1_loss", "bce": "binary_cross_entropy",
-                "bce_with_logits": "binary_cross_entropy_with_logits"}
+                "bce_with_logits": "binary_cross_entropy_with_logits",
+                # torch.nn's loss modules: the same functions, with the same inputs
+                "CrossEntropyLoss": "cross_entropy", "NLLLoss": "nll_loss",
+                "MSELoss": "mse_loss", "L1Loss": "l1_loss", "SmoothL1Loss": "smooth_l1_loss",
+                "HuberLoss": "huber_loss", "BCELoss": "binary_cross_entropy",
+                "BCEWithLogitsLoss": "binary_cross_entropy_with_logits",
+                # Keras's names of the same
+                "mean_squared_error": "mse_loss", "mean_absolute_error": "l1_loss",
+                "mae": "l1_loss"}
+# Keras's names, not aliased: its cross entropies take probabilities by default
+# (from_logits=False), std.losses' cross_entropy takes scores
+KERAS_LOSSES = {
+    "categorical_crossentropy": "cross_entropy (on scores: leave out a final softmax) with "
+    "one-hot float targets",
+    "sparse_categorical_crossentropy": "cross_entropy (on scores: leave out a final softmax) "
+    "with integer labels",
+    "binary_crossentropy": "binary_cross_entropy on probabilities, "
+    "binary_cross_entropy_with_logits on logits"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +87,10 @@ class LossSpec:
             return LossSpec(name, os.path.abspath(path))
         text = LOSS_ALIASES.get(text, text)
         if text not in STD_LOSSES:
+            keras = KERAS_LOSSES.get(text)
             raise KilnError("K0837", f"unknown loss {text!r}",
-                            hint=f"std.losses: {', '.join(STD_LOSSES)}; or FILE.kiln:NAME")
+                            hint=f"Keras's {text} is {keras}" if keras else
+                            f"std.losses: {', '.join(STD_LOSSES)}; or FILE.kiln:NAME")
         return LossSpec(text)
 
     @property
@@ -159,7 +180,10 @@ def training_source(model_path: str, model_name: str, args: dict[str, Any],
     lines.append(f"  forward({params}) {{")
     outs = ", ".join(f"out_{i}" for i in range(len(outputs)))
     lines.append(f"    {outs} = {MEMBER}({', '.join(names)})")
-    given = loss_arguments(loss_params if loss.path is not None else None, outputs, target)
+    # a std.losses loss compares the model's first output with the target (as the metrics
+    # read it); a loss of one's own takes the outputs it names, or all of them
+    given = (["out_0", target] if loss.path is None else
+             loss_arguments(loss_params, outputs, target))
     lines.append(f"    return ({fn}({', '.join(given)}), {outs})")
     lines += ["  }", "}", ""]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from kiln.compiler.errors import KilnError
 from kiln.compiler.train.optim import (
     Adam,
     Optimizer,
+    by_name,
     initial_state,
     optimizer_from_config,
     schedule_config,
@@ -42,7 +43,7 @@ from kiln.compiler.train.step import (
     select_trainable,
     state_name,
 )
-from kiln.compiler.types import dtype_of_numpy
+from kiln.compiler.types import NUMPY_DTYPES, dtype_of_numpy
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .inputs import draw_noise, noise_inputs, per_example
@@ -147,10 +148,15 @@ class Trainer:
                             f"{target!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.loss = LossSpec.parse(loss)
+        if isinstance(optimizer, str):  # as Keras's compile(optimizer="adam") and the CLI
+            optimizer = by_name(optimizer)
         self.optimizer = Adam() if optimizer is None else optimizer
         if not isinstance(self.optimizer, Optimizer):
-            raise KilnError("K0831", f"optimizer must be a kiln.optim optimizer, not "
-                            f"{type(self.optimizer).__name__}")
+            what = (f"the class {optimizer.__module__}.{optimizer.__name__}"
+                    if isinstance(optimizer, type) else type(optimizer).__name__)
+            raise KilnError("K0831", f"optimizer must be a kiln.optim optimizer, not {what}",
+                            hint="an instance of kiln.optim's, with torch.optim's arguments: "
+                            "kiln.optim.Adam(lr=1e-3), or a name: 'adamw'")
         self.optimizer.check()
         if clip_grad_norm is not None and not (isinstance(clip_grad_norm, int | float)
                                                and clip_grad_norm > 0):
@@ -211,24 +217,64 @@ class Trainer:
         self._version += 1
 
     def _target(self, y: Any) -> np.ndarray:
-        """The target as the step takes it; refuses (K0834, K0835) labels that do not fit."""
+        """The target as the step takes it; refuses (K0834, K0835) labels that do not fit.
+        Class indices become i64; the target of another std.losses loss takes the dtype of
+        the model's first output and, [N] for an output [N, 1], its shape (as PyTorch
+        refuses, or warns of, the [N, N] broadcast); a loss of one's own gets integers as
+        they are (other than i32/i64: i64) and floats kiln has no type for as f32."""
         y = np.asarray(y)
-        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"):
-            if y.dtype.kind not in "iu":
-                raise KilnError("K0834", f"input target must hold class indices (integers) "
-                                f"for {self.loss.name}, but the array is {y.dtype}",
-                                hint="convert it: y.astype(np.int64)")
-            classes = self._classes()
-            if y.size and classes is not None:
-                bad = (y != -100) & ((y < 0) | (y >= classes))
-                if bad.any():
-                    raise KilnError("K0835", f"input target holds class index "
-                                    f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
-                                    f"model has {classes} classes)")
-            return y.astype(np.int64)
-        if dtype_of_numpy(y.dtype) is None:
-            raise KilnError("K0834", f"input target has dtype {y.dtype}, which kiln has not")
-        return y
+        if y.dtype.kind not in "biuf":
+            raise KilnError("K0834", f"input target has dtype {y.dtype}, which kiln has not",
+                            hint="a target is an array of numbers")
+        if self.loss.class_index and not (self.loss.probabilities and y.dtype.kind == "f"
+                                          and y.ndim > 1):
+            return self._class_indices(y)
+        out = self.outputs[0].type
+        if self.loss.path is not None:  # a loss of one's own: its types are its own
+            if dtype_of_numpy(y.dtype) in (None, "f64"):
+                y = y.astype(np.int64 if y.dtype.kind in "iu" else np.float32)
+            return y
+        want = [known_value(Dim.of(d)) for d in out.shape[1:]]
+        if y.ndim == 1 and want == [1]:
+            y = y[:, None]
+        if y.ndim != len(out.shape) or any(w is not None and w != g
+                                           for w, g in zip(want, y.shape[1:])):
+            raise KilnError("K0834", f"input target is {list(y.shape)} but {self.loss.name} "
+                            f"compares it with the model's first output {out} elementwise",
+                            hint="give a target of the output's shape (for cross_entropy, "
+                            "class indices are integers: y.astype(np.int64))")
+        return y.astype(NUMPY_DTYPES[out.dtype], copy=False)
+
+    def _class_indices(self, y: np.ndarray) -> np.ndarray:
+        """Labels of a class-index loss as i64, each in 0..C-1 or the ignore_index (K0834,
+        K0835 otherwise)."""
+        if y.dtype.kind not in "iu":
+            raise KilnError("K0834", f"input target must hold class indices (integers) "
+                            f"for {self.loss.name}, but the array is {y.dtype}"
+                            + (f" of shape {list(y.shape)}" if self.loss.probabilities
+                               else ""),
+                            hint="convert it: y.astype(np.int64)" + (
+                                " (a float target of cross_entropy holds class "
+                                "probabilities, [N, C] like the scores)"
+                                if self.loss.probabilities else ""))
+        rank = len(self.outputs[0].type.shape)
+        if y.ndim == rank and rank >= 2 and y.shape[1] == 1:
+            y = y[:, 0]  # [N, 1] (Keras's sparse labels), [N, 1, H, W] (a mask): axis 1 is 1
+        if y.ndim != rank - 1:
+            raise KilnError("K0834", f"input target is {list(y.shape)}, but class indices of "
+                            f"{self.loss.name} have one axis fewer than the model's first "
+                            f"output {self.outputs[0].type} (the classes are its axis 1)")
+        classes = self._classes()
+        if y.size and classes is not None:
+            bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= classes))
+            if bad.any():
+                raise KilnError("K0835", f"input target holds class index "
+                                f"{int(y[bad].flat[0])}, outside 0..{classes - 1} (the "
+                                f"model has {classes} classes)",
+                                hint=None if classes > 1 else f"{self.loss.name} takes "
+                                "one score per class: a model of one output column wants "
+                                "a regression or binary loss (mse, bce_with_logits)")
+        return y.astype(np.int64)
 
     def _classes(self) -> int | None:
         """The number of classes: axis 1 of the model's first output, when fixed."""
@@ -322,9 +368,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _data_feeds(self, x: Any) -> dict[str, Any]:
-        """The data inputs of a batch by name (x: an array, or a tuple of them)."""
-        xs = _as_tuple(x)
+        """The data inputs of a batch by name (x: an array, or a tuple of them; a list is
+        the inputs only for a model of several, else the one input's values)."""
         names = [p.name for p in self.data_inputs]
+        xs = (x,) if isinstance(x, list) and len(names) == 1 else _as_tuple(x)
         if len(xs) != len(names):
             raise KilnError("K0501", f"{self.model_name} takes {len(names)} inputs "
                             f"({', '.join(names)}), got {len(xs)}")
@@ -384,10 +431,16 @@ class Trainer:
         """The loss (the mean over batches of `batch` examples, weighted by their sizes) in
         inference mode and, for a class-index loss, accuracy and macro precision, recall and
         F1 of the argmax of the model's first output (over the targets other than
-        std.losses' ignore_index, -100). A model with an input that is not per example (a
-        graph's edge_index: its axis 0 is not the first input's) is evaluated in one batch,
-        and noise inputs are drawn the same at every evaluation."""
+        std.losses' ignore_index, -100); for a binary cross entropy of one output column and
+        0/1 targets, the same of the output above 0.5 (0 for logits). A model with an input
+        that is not per example (a graph's edge_index: its axis 0 is not the first input's)
+        is evaluated in one batch, and noise inputs are drawn the same at every evaluation."""
+        if isinstance(batch, bool) or not (isinstance(batch, int | np.integer) and batch >= 1):
+            raise KilnError("K0831", f"evaluate: batch must be an integer >= 1, not {batch!r}")
         feeds, target = self._checked(x, y)
+        if not len(target):
+            raise KilnError("K0830", "evaluate: input target holds no examples: there is "
+                            "nothing to evaluate")
         if self._eval_version != self._version:
             self._eval.load_weights(self._persistent(self._prefixed(), PREFIX))
             self._eval_version = self._version
@@ -396,6 +449,7 @@ class Trainer:
         if len(batched) < len(self.data_inputs):
             batch = max(n, 1)
         total, predictions = 0.0, []
+        threshold = self._binary_threshold(target)
         for start in range(0, n, batch):
             part = self._with_noise({k: np.asarray(v)[start:start + batch] if k in batched
                                      else v for k, v in feeds.items()},
@@ -405,7 +459,12 @@ class Trainer:
             total += float(outs[0]) * len(target[start:start + batch])
             if self.loss.class_index:
                 predictions.append(np.argmax(outs[1], axis=1))
-        metrics = {"loss": total / n if n else float("nan")}
+            elif threshold is not None:
+                predictions.append(np.reshape(outs[1], -1) > threshold)
+        metrics = {"loss": total / n}
+        if threshold is not None:
+            metrics.update(classification_metrics(np.reshape(target, -1).astype(np.int64),
+                                                  np.concatenate(predictions).astype(np.int64)))
         if self.loss.class_index:
             # class probabilities (a float target, for cross_entropy): their argmax is the class
             labels = np.argmax(target, axis=1) if target.dtype.kind == "f" else target
@@ -413,6 +472,17 @@ class Trainer:
             metrics.update(classification_metrics(labels[scored],
                                                   np.concatenate(predictions)[scored]))
         return metrics
+
+    def _binary_threshold(self, target: np.ndarray) -> float | None:
+        """Where a binary cross entropy's output of one column, [N] or [N, 1], predicts
+        class 1 (0.5 for probabilities, 0 for logits) when `target` holds 0s and 1s; else
+        None (no classification metrics)."""
+        thresholds = {"binary_cross_entropy": 0.5, "binary_cross_entropy_with_logits": 0.0}
+        shape = self.outputs[0].type.shape
+        if self.loss.path is not None or self.loss.name not in thresholds or not (
+                len(shape) == 1 or (len(shape) == 2 and known_value(Dim.of(shape[1])) == 1)):
+            return None
+        return thresholds[self.loss.name] if np.isin(target, (0, 1)).all() else None
 
     # ------------------------------------------------------------------ the trained model
     def _persistent(self, params: dict[str, np.ndarray], prefix: str = "") -> dict:
@@ -443,14 +513,17 @@ class Trainer:
                 "clip_grad_norm": self.clip_grad_norm, "l1": self.l1, "l2": self.l2,
                 "schedule": schedule_config(self.schedule), "noise": sorted(self.noise)}
 
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
+    def save_checkpoint(self, path: str | os.PathLike, loop: dict | None = None) -> None:
         """Write weights, optimizer state (`optimizer.<path>.<slot>`), the step, the random
         key's counter and the config to a .safetensors file, atomically (a temporary file
-        renamed into place, never written through a symlink)."""
+        renamed into place, never written through a symlink). `loop`: what the loop around
+        the trainer records beside (kiln train's batch and shuffle: kiln/train/loop.py)."""
         tensors = dict(self.state_dict())
         tensors.update({state_name(p, s): a for (p, s), a in self.state.items()})
         meta = {"config": self.config(), "step": self.step_count,
                 "rng_counter": self.step_count, "seed": self.seed}
+        if loop is not None:
+            meta["loop"] = loop
         write_checkpoint(path, tensors, {"kiln_trainer": json.dumps(meta, default=str)})
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
@@ -503,11 +576,23 @@ def _as_tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, tuple | list) else (x,)
 
 
+class _Unset:
+    """A key one of two configs lacks (an argument left at its default): shown so."""
+
+    def __repr__(self) -> str:
+        return "not given"
+
+
+_UNSET = _Unset()
+
+
 def _first_difference(mine: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    """The first (dotted key, mine, theirs) where two JSON values differ, else None."""
+    """The first (dotted key, mine, theirs) where two JSON values differ (_UNSET where one
+    lacks the key), else None."""
     if isinstance(mine, dict) and isinstance(theirs, dict):
         for k in list(mine) + [k for k in theirs if k not in mine]:
-            found = _first_difference(mine.get(k), theirs.get(k), f"{key}.{k}" if key else k)
+            found = _first_difference(mine.get(k, _UNSET), theirs.get(k, _UNSET),
+                                      f"{key}.{k}" if key else k)
             if found is not None:
                 return found
         return None
