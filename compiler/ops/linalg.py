@@ -246,11 +246,14 @@ def _shifts(attrs) -> tuple[list[int | Dim], int, int]:
     return list(shifts), span, step
 
 
+def _sized(shifts: list[int | Dim]) -> bool:
+    """Whether some shift is a size (a Dim) rather than a number."""
+    return not all(isinstance(s, int) for s in shifts)
+
+
 def _furthest(shifts: list[int | Dim]) -> int | Dim:
     """The largest shift: the last where one is a size (they are given in increasing order)."""
-    if all(isinstance(s, int) for s in shifts):
-        return max(shifts)
-    return Dim.of(shifts[-1])
+    return Dim.of(shifts[-1]) if _sized(shifts) else max(shifts)
 
 
 def _window_rows(k, shifts: list[int | Dim], span: int, step: int):
@@ -273,8 +276,8 @@ def _shifted_infer(types, attrs):
     # constant number more, so that the ONNX emitter can count the windows' ends from b's end;
     # with shifts that are sizes, a number of sizes more (the kernel checks it at run time)
     spare = Dim.of(rows - need)
-    symbolic = not all(isinstance(s, int) for s in shifts)
-    if not (spare.is_const and spare.value >= 0) and not (symbolic and not spare.is_const):
+    if not (spare.is_const and spare.value >= 0) and not (_sized(shifts)
+                                                         and not spare.is_const):
         raise OpError(f"b must have {need} rows ((a's {k} columns - 1) * step {step}, the "
                       f"largest shift, {_furthest(shifts)}, and span, {span}), not {rows}",
                       arg="b")
@@ -305,7 +308,7 @@ def _shifted_onnx(b, n):
     a, bm = n.inputs
     shifts, span, step = _shifts(n.attrs)
     (_m, k), (rows, _cols) = (t.shape for t in n.in_types)
-    if not all(isinstance(s, int) for s in shifts):  # sizes: each window's ends from its start
+    if _sized(shifts):  # sizes: each window's ends counted from its start
         products = []
         for s in shifts:
             windows = [one(b, "Slice", bm, b.shape([Dim.of(s) + j]),
@@ -351,7 +354,7 @@ def _shifted_llvm(kb, n):
             gemm(kb, dm, width, dk, Matrix(a, dk), Matrix(window, kb.b.mul(dc, kb.dim(step))),
                  Matrix(out, width))
 
-    if all(isinstance(s, int) for s in shifts):  # the shape rule checked b's rows
+    if not _sized(shifts):  # the shape rule checked b's rows
         products()
         return
     # shifts that are sizes: b's rows must cover the furthest window, checked before any read

@@ -26,7 +26,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .abi import F32, I32
-from .irgen import Vectors, i64
+from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .spatial import ZERO, Window
 
@@ -114,6 +114,8 @@ def depthwise(kb, n, win: Window, geometry: Geometry, groups: int, kc: int) -> N
 
 def _planes(kb, pointers, sizes, win: Window) -> None:
     """The body: `count` planes from plane `first` (sizes as `depthwise` passes them)."""
+    from .conv import _clamp
+
     b = kb.b
     width = tiling(kb.vector_width).width
     vec = Vectors(b, width)
@@ -125,12 +127,9 @@ def _planes(kb, pointers, sizes, win: Window) -> None:
         padded = b.alloca(F32, i64(STACK_FLOATS), name="plane")
         padded.align = 64
     # input columns that land in the buffer: from 0, at most W and wp - pw of them
-    cols = b.sub(wp, pw)
-    cols = b.select(b.icmp_signed("<", cols, ZERO), ZERO, cols)
-    cols = b.select(b.icmp_signed("<", wid, cols), wid, cols)
+    cols = _clamp(b, b.sub(wp, pw), wid)
     # the buffer's rows that hold input rows: ph .. min(hp, H + ph)
-    last = b.add(h, ph)
-    last = b.select(b.icmp_signed("<", hp, last), hp, last)
+    last = smaller(b, hp, b.add(h, ph))
     whole = b.sub(ow, b.srem(ow, i64(width)))
     tail = vec.mask(b.sub(ow, whole), 0)
     out_plane = b.mul(oh, ow)
