@@ -12,12 +12,12 @@ from llvmlite import ir
 
 from . import depthwise
 from .abi import F32
+from .channels import by_channel, clamp
 from .gemm import Matrix, PackedB, gemm
 from .im2col import Im2col, Shifted
 from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .spatial import ZERO, Window, fold_over, inside, plane_dims
-from .threads import parallel_rows
 
 
 def conv(kb, n, win: Window, groups: int) -> None:
@@ -148,9 +148,9 @@ class _Padded:
 
     def fill(self, kb, x0: ir.Value) -> None:
         """xp = x0's channels with ph rows and pw columns of zeros before (and what the grid
-        needs after), split across threads by channel (`_by_channel`)."""
+        needs after), split across threads by channel (`channels.by_channel`)."""
         sizes = [self.per_in, self.h, self.w, self.ph, self.pw, self.hp, self.wp]
-        _by_channel(kb, "pad", [x0, self.base], sizes,
+        by_channel(kb, "pad", [x0, self.base], sizes,
                     lambda b, s: [b.mul(s[1], s[2]), b.mul(s[5], s[6])], _fill_channels,
                     lambda b, s: b.mul(s[0], b.mul(s[5], s[6])))
 
@@ -159,7 +159,7 @@ class _Padded:
         by channel."""
         sizes = [self.per_out, self.oh, self.ow, self.wp, self.columns]
         pointers = [self.result, y0] + ([bias] if bias is not None else [])
-        _by_channel(kb, "compact", pointers, sizes,
+        by_channel(kb, "compact", pointers, sizes,
                     lambda b, s: [s[4], b.mul(s[1], s[2]), i64(1)][:len(pointers)],
                     _compact_channels, lambda b, s: b.mul(s[0], s[4]))
 
@@ -171,7 +171,7 @@ def _fill_channels(kb, pointers, sizes) -> None:
     x0, base = pointers
     count, h, w, ph, pw, hp, wp = sizes
     # input columns that land in the grid: from 0, at most W and Wp - pw of them
-    width = _clamp(b, b.sub(wp, pw), w)
+    width = clamp(b, b.sub(wp, pw), w)
     after = b.sub(b.sub(wp, pw), width)
     with kb.for_range(count) as c, kb.for_range(hp) as r:
         row = b.mul(b.add(b.mul(c, hp), r), wp)  # where the row starts in xp
@@ -210,50 +210,6 @@ def _compact_channels(kb, pointers, sizes) -> None:
                 value = vec.masked_load(b.gep(src, [whole]), 0, tail)
                 vec.masked_store(value if add is None else b.fadd(value, add),
                                  b.gep(dst, [whole]), 0, tail)
-
-
-COPY_PARALLEL = 1 << 16  # floats a channel-split copy must move for threads to start
-
-
-def _by_channel(kb, name: str, pointers: list[ir.Value], sizes: list[ir.Value], strides,
-                body, work, first: int | None = None) -> None:
-    """body(kb, pointers, sizes) over sizes[0] channels, as a function of its own that the
-    module's threads split by channel (blocks of whole channels: each pointer i moves
-    strides(b, sizes)[i] floats a channel) when `work(b, sizes)` floats reach COPY_PARALLEL;
-    inside a kernel already split by sample (`kb.serial`), or with one thread, the loop runs
-    whole. `first`: the index of a size that holds the block's first channel (0 for the whole
-    loop), for bodies that need where their block starts.
-
-    Every `body` reads its sizes at run time and reports no failure, so its function depends
-    only on the name, the pointer and size counts and the vector width: one per module,
-    called by every convolution that needs it (16 Winograd convolutions of ResNet-18 shared
-    0.3 MB of IR instead of 5.2 MB, LLVM's time with it)."""
-    shared = f"kiln_{name}_{len(pointers)}x{len(sizes)}_v{kb.vector_width or 0}"
-    inner = kb.module.globals.get(shared)
-    if inner is None:
-        ikb = kb.shared_helper(shared)
-        body(ikb, [ikb.buffer(i, "f32") for i in range(len(pointers))],
-             [ikb.b.load(ikb.b.gep(ikb.dims_ptr, [i64(i)])) for i in range(len(sizes))])
-        inner = ikb.finish()
-
-    def shift(b, ptrs, szs, row0):
-        moved = [b.gep(p, [b.mul(row0, b.mul(step, i64(4)))])
-                 for p, step in zip(ptrs, strides(b, szs), strict=True)]
-        szs = list(szs)
-        if first is not None:
-            szs[first] = b.add(szs[first], row0)
-        return moved, szs
-
-    fn = inner if kb.serial else parallel_rows(
-        kb.module, inner, len(pointers), len(sizes), shift, min_rows=1,
-        min_work=COPY_PARALLEL, work=work, name=f"{inner.name}_parallel")
-    kb.call_kernel(fn, pointers, sizes, name)
-
-
-def _clamp(b, value: ir.Value, most: ir.Value) -> ir.Value:
-    """min(max(value, 0), most)."""
-    value = b.select(b.icmp_signed("<", value, ZERO), ZERO, value)
-    return smaller(b, value, most)
 
 
 def _each_output(kb, t, body) -> None:

@@ -4,7 +4,7 @@ ConvNeXt's 3x3, 5x5 and 7x7) in f32 as a direct kernel, not through the GEMM.
 Through the GEMM such a convolution is, per channel, a product one row high and kh * kw deep:
 every micro-kernel call sums a few taps into one or two accumulators and stores them, bound by
 the FMA's latency (20-35 % of peak; a 5x5 or 7x7 one ran at half onnxruntime's speed). Here,
-per channel plane (split across threads by plane, `conv._by_channel`):
+per channel plane (split across threads by plane, `channels.by_channel`):
 
 1. the plane is copied into a zero-bordered buffer on the stack (its padding, and zeros past
    the last output column's window, so that whole vectors are read with no bounds test);
@@ -26,6 +26,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .abi import F32, I32
+from .channels import by_channel, clamp
 from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .spatial import ZERO, Window
@@ -80,8 +81,6 @@ class Geometry:
 def depthwise(kb, n, win: Window, geometry: Geometry, groups: int, kc: int) -> None:
     """y = conv(x, w) (+ bias) for a conv that `eligible` accepted and whose plane fits
     (geometry.floats <= STACK_FLOATS), over every (sample, channel) plane."""
-    from .conv import _by_channel
-
     b = kb.b
     x_t, w_t, bias_t = n.in_types
     x, w, y = kb.input("x"), kb.input("weight"), kb.output()
@@ -108,14 +107,12 @@ def depthwise(kb, n, win: Window, geometry: Geometry, groups: int, kc: int) -> N
         return b_.mul(b_.mul(s[0], s[11]), b_.mul(b_.mul(s[7], s[8]), i64(kh * kw)))
 
     with b.if_then(g.nonempty):
-        _by_channel(kb, name, pointers, sizes, strides,
+        by_channel(kb, name, pointers, sizes, strides,
                     lambda ikb, p, s: _planes(ikb, p, s, win), work, first=1)
 
 
 def _planes(kb, pointers, sizes, win: Window) -> None:
     """The body: `count` planes from plane `first` (sizes as `depthwise` passes them)."""
-    from .conv import _clamp
-
     b = kb.b
     width = tiling(kb.vector_width).width
     vec = Vectors(b, width)
@@ -127,7 +124,7 @@ def _planes(kb, pointers, sizes, win: Window) -> None:
         padded = b.alloca(F32, i64(STACK_FLOATS), name="plane")
         padded.align = 64
     # input columns that land in the buffer: from 0, at most W and wp - pw of them
-    cols = _clamp(b, b.sub(wp, pw), wid)
+    cols = clamp(b, b.sub(wp, pw), wid)
     # the buffer's rows that hold input rows: ph .. min(hp, H + ph)
     last = smaller(b, hp, b.add(h, ph))
     whole = b.sub(ow, b.srem(ow, i64(width)))

@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 
 from .abi import F32
-from .conv import _by_channel
+from .channels import by_channel
 from .gemm import Matrix, PackedB, gemm
 from .irgen import Vectors, i64
 from .microkernels import tiling
@@ -143,10 +143,10 @@ def _conv_winograd(kb, n, win: Window) -> None:
         with kb.for_range(batch) as s:
             x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
             y0 = b.gep(y, [b.mul(b.mul(s, outs), plane_out)])
-            _by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
+            by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
                         lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
                         lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
-            _by_channel(kb, "wino_in", [xt, v], [th, tw, channels, wp, tiles],
+            by_channel(kb, "wino_in", [xt, v], [th, tw, channels, wp, tiles],
                         lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
                                        b_.mul(z[1], z[2])], _input_rows,
                         lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
@@ -155,13 +155,13 @@ def _conv_winograd(kb, n, win: Window) -> None:
                      Matrix(b.gep(v, [b.mul(k, b.mul(tiles, channels))]), channels),
                      PackedB(b.gep(u, [b.mul(k, u_step)]), channels),
                      Matrix(b.gep(m, [b.mul(k, b.mul(tiles, outs))]), outs))
-            _by_channel(kb, "wino_out", [m, yt], [th, tw, outs, tiles],
+            by_channel(kb, "wino_out", [m, yt], [th, tw, outs, tiles],
                         lambda b_, z: [b_.mul(z[1], z[2]),
                                        b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
                         _output_rows,
                         lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
             pointers = [yt, y0] + ([bias] if bias is not None else [])
-            _by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
+            by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
                         lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
                         _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
         kb.release(base)
