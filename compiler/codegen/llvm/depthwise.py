@@ -127,8 +127,9 @@ def _planes(kb, pointers, sizes, win: Window) -> None:
     cols = clamp(b, b.sub(wp, pw), wid)
     # the buffer's rows that hold input rows: ph .. min(hp, H + ph)
     last = smaller(b, hp, b.add(h, ph))
-    whole = b.sub(ow, b.srem(ow, i64(width)))
+    whole = b.sub(ow, b.srem(ow, i64(width)))  # columns of whole vectors; then a masked one
     tail = vec.mask(b.sub(ow, whole), 0)
+    spanned = b.mul(b.sdiv(b.add(ow, i64(width - 1)), i64(width)), i64(width))
     out_plane = b.mul(oh, ow)
     rows = rows_per_block(width)
     # zeros once: the interior copies below never write the padding
@@ -154,9 +155,7 @@ def _planes(kb, pointers, sizes, win: Window) -> None:
             y0 = b.gep(y, [b.mul(b.add(b.mul(p, per_out), k), out_plane)])
 
             def block(height: int, row0) -> None:
-                with kb.for_range(b.add(whole, b.select(b.icmp_signed("<", whole, ow),
-                                                        i64(width), ZERO)),
-                                  step=width) as col:
+                with kb.for_range(spanned, step=width) as col:
                     sums = _block(b, vec, padded, wp, row0, col, height, weights, win)
                     edge = b.icmp_signed(">=", col, whole)
                     for r, total in enumerate(sums):
