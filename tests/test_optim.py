@@ -221,9 +221,10 @@ def test_clip_by_global_norm_is_torchs():
 
 def test_schedules():
     cos = optim.cosine(total=100, warmup=10, min_factor=0.1)
-    assert [cos(1), cos(5), cos(10)] == [0.1, 0.5, 1.0]
-    assert cos(55) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert cos(100) == pytest.approx(0.1) and cos(150) == pytest.approx(0.1)
+    assert [cos(1), cos(5), cos(10), cos(11)] == [0.1, 0.5, 1.0, 1.0]
+    assert cos(56) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert cos(100) > 0.1 and cos(101) == pytest.approx(0.1) and cos(150) == pytest.approx(0.1)
+    assert optim.cosine(total=1)(1) == 1.0  # one step of cosine still learns
     step = optim.step_decay(step_size=3, gamma=0.5)
     # torch StepLR(step_size=3, gamma=0.5): the lr used by updates 1..7
     assert [step(t) for t in range(1, 8)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
@@ -241,6 +242,27 @@ def test_bad_hyperparameters_are_refused(bad):
     with pytest.raises(KilnError) as err:
         bad().check()
     assert err.value.code == "K0831"
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(1, 0), (7, 0), (30, 0), (30, 5)])
+def test_cosine_is_torchs_cosine_annealing_after_the_warm_up(total, warmup):
+    """Each step's learning rate is what torch's CosineAnnealingLR(T_max=total - warmup,
+    eta_min) gives the same update after the warm-up (scheduler.step() after each
+    optimizer.step()), and step/warmup during it."""
+    torch = pytest.importorskip("torch", reason="torch is needed for its scheduler")
+    lr, eta_min = 0.1, 0.02
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup,
+                                                       eta_min=eta_min)
+    theirs = []
+    for _ in range(total - warmup):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    cos = optim.cosine(total=total, warmup=warmup, min_factor=eta_min / lr)
+    ours = [lr * cos(t) for t in range(1, total + 1)]
+    np.testing.assert_allclose(ours[:warmup], [lr * t / warmup for t in range(1, warmup + 1)])
+    np.testing.assert_allclose(ours[warmup:], theirs, rtol=1e-12)
 
 
 def test_schedule_arguments_are_checked():

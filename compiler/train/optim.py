@@ -470,8 +470,11 @@ class StepDecay:
 
 @dataclasses.dataclass(frozen=True)
 class Cosine:
-    """Linear warm-up over `warmup` steps (step/warmup), then a cosine from 1 down to
-    `min_factor` at step `total` (constant after)."""
+    """Linear warm-up over `warmup` steps (step/warmup: 1 at step `warmup`), then a cosine
+    from 1 towards `min_factor` over the `total - warmup` steps left, timed as PyTorch's
+    CosineAnnealingLR(T_max=total - warmup) times them: the first step after the warm-up
+    takes the factor 1 and step `total` the last one above `min_factor`, which the steps
+    after it keep (PyTorch's would climb back up)."""
 
     total: int
     warmup: int = 0
@@ -480,7 +483,7 @@ class Cosine:
     def __call__(self, step: int) -> float:
         if step <= self.warmup:
             return step / self.warmup
-        progress = min(1.0, (step - self.warmup) / (self.total - self.warmup))
+        progress = min(1.0, (step - self.warmup - 1) / (self.total - self.warmup))
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def config(self) -> dict[str, Any]:
@@ -500,8 +503,8 @@ def step_decay(step_size: int, gamma: float = 0.1) -> Schedule:
 
 
 def cosine(total: int, warmup: int = 0, min_factor: float = 0.0) -> Schedule:
-    """Linear warm-up over `warmup` steps (step/warmup), then a cosine from 1 down to
-    `min_factor` at step `total` (constant after)."""
+    """Linear warm-up over `warmup` steps (step/warmup), then PyTorch's CosineAnnealingLR
+    over the `total - warmup` steps left (see Cosine), from 1 towards `min_factor`."""
     if total < 1 or warmup < 0 or warmup >= total:
         raise KilnError("K0831", f"cosine schedule: need 0 <= warmup < total, not "
                         f"warmup={warmup}, total={total}")
