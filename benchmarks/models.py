@@ -349,7 +349,7 @@ def twin_module(name: str):
     torch.manual_seed(0)
     modules = {
         "mlp": lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512),
-                                     nn.ReLU(), nn.Linear(512, 10), nn.Softmax(dim=-1)),
+                                     nn.ReLU(), nn.Linear(512, 10)),
         "lstm": lambda: Recurrent("lstm", nn.LSTM(256, 256, num_layers=2)),
         "gru": lambda: Recurrent("gru", nn.GRU(256, 256)),
         "transformer": Encoder,

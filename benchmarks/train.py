@@ -88,7 +88,7 @@ def torch_twins():
             return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
     mlp = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                        nn.Linear(512, 10), nn.Softmax(dim=-1))
+                        nn.Linear(512, 10))
     return {"mlp": lambda: mlp, "lenet": LeNet, "lstm": LSTMClassifier,
             "resnet": SmallResNet}
 

@@ -33,6 +33,12 @@ class Span:
         return None
 
 
+class KilnWarning(UserWarning):
+    """Something kiln runs as asked but that is most likely a mistake (a loss that applies
+    softmax to a model's softmax); `warnings.simplefilter("error", kiln.KilnWarning)` turns
+    them into errors."""
+
+
 class KilnError(Exception):
     """A user mistake: a stable code, a message, and the source span where it happened.
 

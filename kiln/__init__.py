@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kiln.compiler.errors import KilnError
+from kiln.compiler.errors import KilnError, KilnWarning
 from kiln.compiler.version import __version__
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .api import compile, load, load_compiled
     from .train import GANTrainer, Trainer
 
-__all__ = ["GANTrainer", "KilnError", "Trainer", "__version__", "compile", "load",
+__all__ = ["GANTrainer", "KilnError", "KilnWarning", "Trainer", "__version__", "compile", "load",
            "load_compiled", "optim"]
 
 _API = ("compile", "load", "load_compiled")

@@ -12,19 +12,32 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from kiln.compiler.dims import Dim
-from kiln.compiler.errors import KilnError
+from kiln.compiler.errors import KilnError, KilnWarning
 from kiln.compiler.files import write_atomically
 from kiln.compiler.version import __version__
 from kiln.inputs import load_inputs, parse_args_option, parse_binds, parse_literal
 from kiln.train_options import train_options
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A KilnWarning as `kiln: warning: ...` (not Python's file:line and source text)."""
+    if issubclass(category, KilnWarning):
+        print(f"kiln: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _PYTHON_SHOW(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return opts.handler(opts)
     except KilnError as err:

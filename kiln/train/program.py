@@ -67,6 +67,40 @@ KERAS_LOSSES = {
     "binary_cross_entropy_with_logits on logits"}
 
 
+# a std.losses loss that applies an activation itself, the op that activation is, and what
+# the loss wants instead of that op's output
+_ACTIVATED = {"cross_entropy": ("softmax", "logits (it applies log_softmax itself, as "
+                                "torch.nn.CrossEntropyLoss does)"),
+              "nll_loss": ("softmax", "log-probabilities (log_softmax's output, as "
+                           "torch.nn.NLLLoss does)"),
+              "binary_cross_entropy_with_logits": ("sigmoid", "logits (it applies the "
+                                                   "sigmoid itself)")}
+_INSTEAD = {"cross_entropy": "return the scores before the softmax, or use nll_loss on "
+            "log_softmax", "nll_loss": "end the model with log_softmax instead of softmax",
+            "binary_cross_entropy_with_logits": "return the scores before the sigmoid, or use "
+            "binary_cross_entropy"}
+
+
+def loss_on_activation(loss: LossSpec, model: ElaboratedModel) -> str | None:
+    """Why a std.losses loss most likely gets the wrong thing from the model's first output
+    (a softmax fed to cross_entropy: PyTorch and Keras users write it, and it trains slowly,
+    its gradients shrunk by a second softmax), or None."""
+    if loss.path is not None or loss.name not in _ACTIVATED:
+        return None
+    graph = model.graph
+    if not graph.outputs:
+        return None
+    node = graph.outputs[0].node
+    op, wants = _ACTIVATED[loss.name]
+    if graph.op(node) != op:
+        return None
+    data = graph.node(node)
+    where = f" ({data['span']})" if data.get("span") is not None else ""
+    scope = f" of {data['scope']}" if data.get("scope") else ""
+    return (f"{loss.name} takes {wants}, but {model.name}'s output is a {op}{scope}{where}; "
+            f"{_INSTEAD[loss.name]}")
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A loss: a std.losses fn by name, or a fn or model `name` of the kiln file `path`."""

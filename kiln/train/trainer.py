@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
-from kiln.compiler.errors import KilnError
+from kiln.compiler.errors import KilnError, KilnWarning
 from kiln.compiler.train.optim import (
     Adam,
     Optimizer,
@@ -52,6 +53,7 @@ from .program import (
     PREFIX,
     TRAIN_MODEL,
     LossSpec,
+    loss_on_activation,
     strip_prefix,
     target_name,
     training_program,
@@ -178,6 +180,9 @@ class Trainer:
         self._compilation, params = prepare(program, model, target, seed, weights, self.args,
                                             opt_level=opt_level)
         self.model_name = self._compilation.model.name if model is None else model
+        mistake = loss_on_activation(self.loss, self._compilation.model)
+        if mistake is not None:
+            warnings.warn(mistake, KilnWarning, stacklevel=2)
         self.noise = noise_inputs(self.inputs, noise)
         self.info = self._compilation.model.params
         self.params = {p: np.array(a) for p, a in params.items()}
