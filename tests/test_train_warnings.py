@@ -96,3 +96,20 @@ def test_kiln_train_prints_it_as_kiln_does(path, tmp_path):
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stderr.splitlines() if "cross_entropy takes logits" in line]
     assert len(lines) == 1 and lines[0].startswith("kiln: warning: ")
+
+
+@pytest.mark.parametrize(("loss", "warns"), [("bce", False), ("bce_with_logits", True),
+                                             ("hinge", True)])
+def test_a_gan_loss_on_scores_warns_of_a_sigmoid_discriminator(loss, warns):
+    # std.gan's DCGAN discriminator ends in nn.Sigmoid, as the PyTorch tutorial's does
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        kiln.GANTrainer("std.gan", args_g={"nz": 8, "ngf": 4, "nc": 1},
+                        args_d={"nc": 1, "ndf": 4}, loss=loss, target="reference")
+    messages = [str(w.message) for w in got if issubclass(w.category, kiln.KilnWarning)]
+    if warns:
+        (message,) = messages
+        assert f"GAN loss {loss} takes the discriminator's scores" in message
+        assert "Discriminator's output is a sigmoid" in message and "loss='bce'" in message
+    else:
+        assert messages == []

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import numpy as np
 from kiln.compiler.dims import Dim, known_value
 from kiln.compiler.driver import Compilation
 from kiln.compiler.elaborate import Port, load_program
-from kiln.compiler.errors import KilnError
+from kiln.compiler.errors import KilnError, KilnWarning
 from kiln.compiler.initializers import generate_params
 from kiln.compiler.train.optim import (
     Adam,
@@ -55,7 +56,7 @@ from kiln.compiler.train.step import build_train_step, state_name
 from kiln.compiler.types import NUMPY_DTYPES
 
 from .checkpoint import read_checkpoint, write_checkpoint
-from .program import literal
+from .program import literal, output_made_by
 from .trainer import _first_difference, run_step, step_feeds
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"  # the members of the generated program
@@ -198,6 +199,12 @@ class GANTrainer:
         user = load_program(Path(self.path))
         self._nets = {net: Compilation.of(user, self.names[net], self.args[net], target, None,
                                           opt_level) for net in (GENERATOR, DISCRIMINATOR)}
+        where = output_made_by(self._nets[DISCRIMINATOR].model, "sigmoid")
+        if loss != "bce" and where is not None:
+            warnings.warn(f"GAN loss {loss} takes the discriminator's scores, but "
+                          f"{discriminator}'s output is {where}; use loss='bce' (on "
+                          "probabilities), or return the scores before the sigmoid",
+                          KilnWarning, stacklevel=2)
         z_port, fake_type = self._signature()
         self.z_type = z_port.type
         source = gan_source(self.path, generator, self.args[GENERATOR], discriminator,

@@ -87,18 +87,23 @@ def loss_on_activation(loss: LossSpec, model: ElaboratedModel) -> str | None:
     its gradients shrunk by a second softmax), or None."""
     if loss.path is not None or loss.name not in _ACTIVATED:
         return None
-    graph = model.graph
-    if not graph.outputs:
-        return None
-    node = graph.outputs[0].node
     op, wants = _ACTIVATED[loss.name]
-    if graph.op(node) != op:
+    where = output_made_by(model, op)
+    if where is None:
         return None
-    data = graph.node(node)
-    where = f" ({data['span']})" if data.get("span") is not None else ""
-    scope = f" of {data['scope']}" if data.get("scope") else ""
-    return (f"{loss.name} takes {wants}, but {model.name}'s output is a {op}{scope}{where}; "
+    return (f"{loss.name} takes {wants}, but {model.name}'s output is {where}; "
             f"{_INSTEAD[loss.name]}")
+
+
+def output_made_by(model: ElaboratedModel, op: str) -> str | None:
+    """Where `op` makes the model's first output ("a softmax of body.1 (file:line:col)"), or
+    None when another op makes it."""
+    graph = model.graph
+    if not graph.outputs or graph.op(graph.outputs[0].node) != op:
+        return None
+    data = graph.node(graph.outputs[0].node)
+    scope = f" of {data['scope']}" if data.get("scope") else ""
+    return f"a {op}{scope}" + (f" ({data['span']})" if data.get("span") is not None else "")
 
 
 @dataclass(frozen=True)
