@@ -280,12 +280,19 @@ def test_conv_variants():
 def test_conv_transpose_variants():
     check({**X, "w1": "f32[6, 3, 3, 3]", "b1": "f32[3]", "w2": "f32[6, 2, 2, 3]",
            "x1": "f32[B, 2, 5]", "w3": "f32[2, 3, 3]", "x2": "f32[B, 3, 7, 5]",
-           "w4": "f32[3, 1000, 2, 2]", "x3": "f32[B, 400, 3, 2]", "w5": "f32[400, 4, 2, 2]"},
+           "w4": "f32[3, 1000, 2, 2]", "x3": "f32[B, 400, 3, 2]", "w5": "f32[400, 4, 2, 2]",
+           "x4": "f32[B, 3, 8, 7]", "w6": "f32[3, 5, 4, 4]", "w7": "f32[3, 2, 9, 9]",
+           "w8": "f32[3, 2, 3, 2]"},
           ["conv_transpose(x, w1, b1, stride = 2, padding = 1, output_padding = 1)",
            "conv_transpose(x, w2, stride = [1, 2], dilation = [2, 1], groups = 3)",
            "conv_transpose(x1, w3, stride = 2, padding = 1, output_padding = 1)",
            "conv_transpose(x2, w4, stride = 2)",  # 4000 columns: 35 pixels in chunks of 16
-           "conv_transpose(x3, w5, padding = 1)"],  # 400 deep: more than one KC slice
+           "conv_transpose(x3, w5, padding = 1)",  # 400 deep: more than one KC slice
+           # DCGAN's upsampling: the inner pixels' taps all land (added unchecked), the
+           # border's not; 81 taps (taken one at a time, checked); dilated and strided
+           "conv_transpose(x4, w6, stride = 2, padding = 1)",
+           "conv_transpose(x4, w7, padding = 3)",
+           "conv_transpose(x4, w8, stride = [3, 2], padding = [2, 1], dilation = [2, 3])"],
           scale=3)
 
 
