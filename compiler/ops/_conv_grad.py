@@ -236,19 +236,21 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
         dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]
 
-    A 2-D ungrouped f32 convolution of stride 1 (symbolic image sizes too) takes it as one
-    GEMM per kernel tap over shifted rows of the channels-last input (`_shifted_weight_grad`),
-    one of another stride likewise over rows holding `stride` input rows side by side, read
-    every stride-th row (`_phase_weight_grad`; a strided 1x1 without padding first takes the
-    pixels it reads, `_strided_pointwise_weight_grad`), or else as one GEMM per kernel row
-    over gathered patches (`_patches_weight_grad`); others as a
-    convolution of x (batch and channels swapped, so the batch is what the GEMM reduces)
-    with ct as its weight, the stride and dilation exchanging roles, whose windows may run
-    past the kernel by what the forward's last window left unread, which is cut off.
+    A depthwise convolution's (a group per input channel) is one depthwise_weight_grad, a
+    direct kernel (`_depthwise_weight_grad`). A 2-D ungrouped f32 convolution of stride 1
+    (symbolic image sizes too) takes it as one GEMM per kernel tap over shifted rows of the
+    channels-last input (`_shifted_weight_grad`), one of another stride likewise over rows
+    holding `stride` input rows side by side, read every stride-th row
+    (`_phase_weight_grad`; a strided 1x1 without padding first takes the pixels it reads,
+    `_strided_pointwise_weight_grad`), or else as one GEMM per kernel row over gathered
+    patches (`_patches_weight_grad`); others as a convolution of x (batch and channels
+    swapped, so the batch is what the GEMM reduces) with ct as its weight, the stride and
+    dilation exchanging roles, whose windows may run past the kernel by what the forward's
+    last window left unread, which is cut off.
     That convolution has a kernel as large as the output and a handful of output pixels,
     which the GEMM runs at a few % of peak."""
-    for fast in (_shifted_weight_grad, _strided_pointwise_weight_grad, _phase_weight_grad,
-                 _patches_weight_grad):
+    for fast in (_depthwise_weight_grad, _shifted_weight_grad, _strided_pointwise_weight_grad,
+                 _phase_weight_grad, _patches_weight_grad):
         grad = fast(gb, x, ct, kernel, stride, dilation, pads, groups)
         if grad is not None:
             return grad
@@ -263,6 +265,24 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def _depthwise_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                           stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                           groups: int) -> Any | None:
+    """conv_weight_grad of a depthwise convolution (groups = C > 1 constant channels, one
+    input channel a group, any channel multiplier; constant kernel and padding, any image
+    sizes), or None for another: one depthwise_weight_grad, per output channel the taps' sums
+    over samples and pixels. Through the general form it was a GEMM a few output pixels wide
+    over a kernel the size of the image (1.4 GFLOP/s)."""
+    channels = Dim.of(x.type.shape[1])
+    if groups < 2 or channels != Dim.of(groups):
+        return None
+    flat = [Dim.of(p) for pair in pads for p in pair]
+    if not all(Dim.of(k).is_const for k in kernel) or not all(p.is_const for p in flat):
+        return None
+    return gb.op("depthwise_weight_grad", x, ct, kernel_size=[Dim.of(k).value for k in kernel],
+                 stride=list(stride), pads=[p.value for p in flat], dilation=list(dilation))
 
 
 def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
