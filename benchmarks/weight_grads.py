@@ -108,7 +108,7 @@ def _torch_step(name: str, loss: str, threads: int):
         value = loss_fn(module(torch.from_numpy(x)), torch.from_numpy(y))
         value.backward()
         optimizer.step()
-        return float(value)
+        return value.item()
 
     return step
 

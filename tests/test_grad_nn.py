@@ -698,3 +698,56 @@ def test_depthwise_weight_grad_in_bands_and_for_avx2(cpu, channels, per, kernel,
               "threads=2": NativeModel(Compilation.of(program, cpu=target), {}, threads=2)}
     _depthwise_dw_check(models, None, channels, per, kernel, stride, padding, dilation,
                         [(2, 300, 230), (1, 7, 25000), (3, 11, 29)])
+
+
+STRIDED_SYMBOLIC = """
+model M(c: int, k: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int) {
+  forward(x: f32[B, c, H, W], w: f32[5, c, k, k]) -> f32[B, 5, _, _] {
+    return conv(x, w, stride = [sh, sw], padding = [ph, pw], dilation = [dh, dw])
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("c, k, stride, padding, dilation", [
+    (8, 3, (2, 2), (1, 1), (1, 1)),  # ResNet's downsampling 3x3
+    (8, 3, (3, 2), (2, 0), (1, 1)),  # stride 3 down, no padding across
+    (16, 3, (2, 2), (1, 2), (2, 2)),  # dilated: a GEMM per tap
+    (8, 4, (2, 1), (1, 1), (1, 1)),  # an even kernel, strided rows only
+    (16, 1, (2, 2), (1, 1), (1, 1)),  # a padded 1x1
+])
+def test_strided_weight_gradient_over_symbolic_image_sizes(c, k, stride, padding, dilation,
+                                                           tmp_path):
+    """Over symbolic H and W a strided convolution's weight gradient is the phases' GEMMs too
+    (shifted_matmul with a step and shifts that are sizes; grid sizes that bound every image
+    size), not the general form: one compiled model at three image sizes (odd ones: x's rows
+    completed to whole groups), on the native (1 and 2 threads, bit-equal), reference and
+    ONNX targets, against float64 sums."""
+    args = {"c": c, "k": k, "sh": stride[0], "sw": stride[1], "ph": padding[0],
+            "pw": padding[1], "dh": dilation[0], "dw": dilation[1]}
+    models = {"native": kiln.compile(STRIDED_SYMBOLIC, target="native", args=args, threads=1),
+              "threads=2": kiln.compile(STRIDED_SYMBOLIC, target="native", args=args,
+                                        threads=2),
+              "reference": kiln.compile(STRIDED_SYMBOLIC, target="reference", args=args)}
+    graph = models["native"].compilation.gradient(models["native"]._state.weights).model.graph
+    steps = {graph.node(n)["attrs"]["step"] for n in graph.nodes_with_op("shifted_matmul")}
+    assert steps == {stride[1]}, sorted(graph.op(n) for n in graph.order())
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "grad.onnx"
+    models["reference"].export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rng = np.random.default_rng(c + k)
+    w = rng.standard_normal((5, c, k, k)).astype(np.float32)
+    pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+    for n, h, wd in ((1, 9, 13), (3, 16, 7), (3, 21, 30)):
+        x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+        y = models["native"](x, w)
+        ct = rng.standard_normal(y.shape).astype(np.float32)
+        want = _conv_weight_grad_f64(x, ct, k, pads, dilation, stride)
+        got = {t: m.vjp(x, w, cotangents=[ct])[2]["w"] for t, m in models.items()}
+        got["onnx"] = session.run(["grad:w"], {"x": x, "w": w, names[-1]: ct})[0]
+        for target, dw in got.items():
+            np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-4 * np.sqrt(y[:, :1].size),
+                                       err_msg=f"{target} {n}x{h}x{wd}")
+        np.testing.assert_array_equal(got["threads=2"], got["native"])
