@@ -751,3 +751,13 @@ def test_strided_weight_gradient_over_symbolic_image_sizes(c, k, stride, padding
             np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-4 * np.sqrt(y[:, :1].size),
                                        err_msg=f"{target} {n}x{h}x{wd}")
         np.testing.assert_array_equal(got["threads=2"], got["native"])
+
+
+def test_depthwise_weight_grad_rule():
+    """depthwise_weight_grad's own rule (a depthwise convolution of x with the cotangent as
+    its weight, and that convolution's input gradient) against finite differences: strided,
+    dilated, asymmetric pads, two filters a channel."""
+    check_vjp("depthwise_weight_grad", normal(2, 3, 7, 6, seed=1), normal(2, 6, 4, 3, seed=2),
+              kernel_size=[3, 2], stride=[2, 2], pads=[1, 1, 0, 1], dilation=[1, 2])
+    check_vjp("depthwise_weight_grad", normal(1, 2, 9, seed=3), normal(1, 2, 9, seed=4),
+              kernel_size=3, pads=1)
