@@ -43,8 +43,8 @@ model Strided {
   forward(x: f32[B, 32, H, W]) -> f32[B, 128, _, _] { return x |> c1 |> relu |> c2 }
 }
 """
-DEPTHWISE_FORMS = ("_depthwise_weight_grad",)
-STRIDED_FORMS = ("_sized_phase_weight_grad",)
+# session 17's forms, which the "before" build turns off
+FORMS = ("_depthwise_weight_grad", "_sized_phase_weight_grad")
 
 
 def _torch_module(name: str):
@@ -62,15 +62,13 @@ def _torch_module(name: str):
         twins()["convnext_block"](96)
 
 
-# name: (source or file, compile-time args, loss, x's shape, y's shape (None: 10 classes),
-# the forms the "before" build turns off)
+# name: (source or file, compile-time args, loss, x's shape, y's shape (None: 10 classes))
 CONFIGS = {
-    "depthwise": (DEPTHWISE, {}, "mse_loss", (8, 96, 56, 56), (8, 96, 56, 56), DEPTHWISE_FORMS),
+    "depthwise": (DEPTHWISE, {}, "mse_loss", (8, 96, 56, 56), (8, 96, 56, 56)),
     "convnext": (ZOO / "convnext_block.kiln", {"dim": 96}, "mse_loss", (8, 96, 56, 56),
-                 (8, 96, 56, 56), DEPTHWISE_FORMS),
-    "mobilenet": (ZOO / "mobilenetv3_small.kiln", {}, "cross_entropy", (16, 3, 112, 112), None,
-                  DEPTHWISE_FORMS),
-    "strided": (STRIDED, {}, "mse_loss", (8, 32, 64, 64), (8, 128, 16, 16), STRIDED_FORMS),
+                 (8, 96, 56, 56)),
+    "mobilenet": (ZOO / "mobilenetv3_small.kiln", {}, "cross_entropy", (16, 3, 112, 112), None),
+    "strided": (STRIDED, {}, "mse_loss", (8, 32, 64, 64), (8, 128, 16, 16)),
 }
 
 
@@ -114,7 +112,7 @@ def _torch_step(name: str, loss: str, threads: int):
 
 
 def measure(name: str, threads: int, steps: int, rounds: int, tmp: Path) -> dict:
-    source, args, loss, x_shape, y_shape, forms = CONFIGS[name]
+    source, args, loss, x_shape, y_shape = CONFIGS[name]
     path = source if isinstance(source, Path) else tmp / f"{name}.kiln"
     if not isinstance(source, Path):
         path.write_text(source)
@@ -122,7 +120,7 @@ def measure(name: str, threads: int, steps: int, rounds: int, tmp: Path) -> dict
     x = rng.standard_normal(x_shape).astype(np.float32)
     y = (rng.standard_normal(y_shape).astype(np.float32) if y_shape is not None
          else rng.integers(0, 10, x_shape[0]).astype(np.int64))
-    with forms_off(forms):
+    with forms_off(FORMS):
         before = _trainer(path, args, loss, threads, (x, y))
     after = _trainer(path, args, loss, threads, (x, y))
     runs = {"before": lambda: before.step(x, y), "after": lambda: after.step(x, y)}

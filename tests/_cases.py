@@ -569,6 +569,9 @@ case("depthwise_weight_grad", rand(1, 2, 9, 8, seed=17), rand(1, 4, 4, 4, seed=1
      id="depthwise_weight_grad-strided")  # asymmetric pads, two filters a channel
 case("depthwise_weight_grad", rand(2, 4, 11, seed=17), rand(2, 4, 5, seed=18), kernel_size=5,
      stride=2, pads=[2, 1], id="depthwise_weight_grad-1d")
+case("depthwise_weight_grad", rand(1, 2, 7, 10, seed=17), rand(1, 2, 4, 3, seed=18),
+     kernel_size=3, stride=[2, 3], pads=[1, 1, 0, 0],
+     id="depthwise_weight_grad-stride-3")  # the native kernel's direct loops
 INT_LINE = np.array([[[3, -1, 4, 1, -5, 9, 2]]], np.int32)
 case("max_pool", INT_LINE, kernel_size=3, stride=2, padding=1, id="max_pool-i32")
 case("max_pool", INT_LINE.astype(np.int64), kernel_size=2, ceil_mode=True, id="max_pool-i64")

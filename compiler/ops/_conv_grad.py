@@ -272,11 +272,13 @@ def _depthwise_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
                            groups: int) -> Any | None:
     """conv_weight_grad of a depthwise convolution (groups = C > 1 constant channels, one
     input channel a group, any channel multiplier; constant kernel and padding, any image
-    sizes), or None for another: one depthwise_weight_grad, per output channel the taps' sums
-    over samples and pixels. Through the general form it was a GEMM a few output pixels wide
-    over a kernel the size of the image (1.4 GFLOP/s)."""
+    sizes, a stride of 1 or 2 along the last axis), or None for another: one
+    depthwise_weight_grad, per output channel the taps' sums over samples and pixels.
+    Through the general form it was a GEMM a few output pixels wide over a kernel the size
+    of the image (1.4 GFLOP/s); the native kernel's vectors run along the last axis at
+    stride 1 or 2 (a wider stride would run its direct loops, slower than the general form)."""
     channels = Dim.of(x.type.shape[1])
-    if groups < 2 or channels != Dim.of(groups):
+    if groups < 2 or channels != Dim.of(groups) or stride[-1] > 2:
         return None
     flat = [Dim.of(p) for pair in pads for p in pair]
     if not all(Dim.of(k).is_const for k in kernel) or not all(p.is_const for p in flat):

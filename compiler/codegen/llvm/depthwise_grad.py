@@ -20,8 +20,9 @@ sample, per band of output rows:
    once the channel is done.
 
 The taps are unrolled at compile time (kernel, stride and dilation are constants), the sizes
-read at run time. Other dtypes, and rows too wide for one output row's band to fit the
-buffer, run direct loops (in the compute type, bounds tested per term).
+read at run time. Other dtypes, strides past 2 along the width (conv's rule takes the general
+form for those) and rows too wide for one output row's band to fit the buffer run direct
+loops (in the compute type, bounds tested per term).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ ACCUMULATORS = {16: 24, 8: 12}
 
 def depthwise_weight_grad(kb, n, win: Window) -> None:
     """dw = depthwise_weight_grad(x, grad) for every output channel (see the module)."""
-    if n.in_types[0].dtype != "f32":
+    if n.in_types[0].dtype != "f32" or win.stride[1] > 2:  # vectors: strides 1 and 2 across
         _direct(kb, n, win)
         return
     b = kb.b
