@@ -657,6 +657,7 @@ def test_depthwise_weight_grad(channels, per, kernel, stride, padding, dilation,
 
 
 def test_depthwise_weight_grad_1d():
+    """1-D, two filters a channel, batch 1, 3 and 0, native and reference."""
     src = """
 model M {
   forward(x: f32[B, 3, L], w: f32[6, 1, 5]) {
@@ -666,7 +667,7 @@ model M {
     rng = np.random.default_rng(1)
     models = {t: kiln.compile(src, target=t) for t in ("native", "reference")}
     w = rng.standard_normal((6, 1, 5)).astype(np.float32)
-    for n, length in ((1, 11), (3, 40)):
+    for n, length in ((1, 11), (3, 40), (0, 9)):  # an empty batch: zeros
         x = rng.standard_normal((n, 3, length)).astype(np.float32)
         y = models["native"](x, w)
         ct = rng.standard_normal(y.shape).astype(np.float32)

@@ -374,7 +374,7 @@ def _dw_grad_reference(env, inputs, a):
     out = grad.shape[2:]
     win = windows(xp, kernel, stride, dilation, out)  # [N, C, *out, *K]
     n, channels = x.shape[:2]
-    g = upcast(grad).reshape(n, channels, -1, *out)
+    g = upcast(grad).reshape(n, channels, grad.shape[1] // channels, *out)
     o, k = "xyz"[:len(out)], "uvw"[:len(out)]
     dw = np.einsum(f"nc{o}{k},ncm{o}->cm{k}", win, g, optimize=True)
     return [dw.reshape(grad.shape[1], 1, *kernel).astype(x.dtype)]
