@@ -494,6 +494,9 @@ CONV_CASES = [
     # filters (two a channel in the second)
     ((2, 3, 7, 8), (3, 1, 3, 3), 1, 1, 1, 3),
     ((1, 2, 6, 7), (6, 1, 5, 3), 1, (4, 1), (2, 1), 2),
+    # depthwise, strided: the weight gradient is depthwise_weight_grad (every depthwise one is)
+    ((2, 3, 9, 8), (6, 1, 3, 3), 2, 1, 1, 3),
+    ((1, 4, 8, 9), (4, 1, 5, 5), (2, 1), 2, (1, 2), 4),
 ]
 CONV_T_CASES = [
     # x shape, weight shape, stride, padding, output_padding, dilation, groups
