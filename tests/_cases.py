@@ -494,6 +494,9 @@ CONV_CASES = [
     # filters (two a channel in the second)
     ((2, 3, 7, 8), (3, 1, 3, 3), 1, 1, 1, 3),
     ((1, 2, 6, 7), (6, 1, 5, 3), 1, (4, 1), (2, 1), 2),
+    # depthwise, strided: the weight gradient is depthwise_weight_grad (every depthwise one is)
+    ((2, 3, 9, 8), (6, 1, 3, 3), 2, 1, 1, 3),
+    ((1, 4, 8, 9), (4, 1, 5, 5), (2, 1), 2, (1, 2), 4),
 ]
 CONV_T_CASES = [
     # x shape, weight shape, stride, padding, output_padding, dilation, groups
@@ -561,6 +564,17 @@ for i, (k, s, p, d, ceil_mode) in enumerate(POOL_CASES):
 LINE_X = rand(2, 3, 9, seed=15)
 case("max_pool_grad", LINE_X, pooled_like(LINE_X, 16, kernel_size=3, stride=2, padding=1),
      kernel_size=3, stride=2, padding=1, id="max_pool_grad-1d")
+# depthwise_weight_grad: x, then a cotangent of the depthwise convolution's output shape
+case("depthwise_weight_grad", rand(2, 3, 7, 9, seed=17), rand(2, 3, 7, 9, seed=18),
+     kernel_size=3, pads=1, id="depthwise_weight_grad-3x3")
+case("depthwise_weight_grad", rand(1, 2, 9, 8, seed=17), rand(1, 4, 4, 4, seed=18),
+     kernel_size=[3, 2], stride=2, pads=[1, 0, 2, 0], dilation=[1, 2],
+     id="depthwise_weight_grad-strided")  # asymmetric pads, two filters a channel
+case("depthwise_weight_grad", rand(2, 4, 11, seed=17), rand(2, 4, 5, seed=18), kernel_size=5,
+     stride=2, pads=[2, 1], id="depthwise_weight_grad-1d")
+case("depthwise_weight_grad", rand(1, 2, 7, 10, seed=17), rand(1, 2, 4, 3, seed=18),
+     kernel_size=3, stride=[2, 3], pads=[1, 1, 0, 0],
+     id="depthwise_weight_grad-stride-3")  # the native kernel's direct loops
 INT_LINE = np.array([[[3, -1, 4, 1, -5, 9, 2]]], np.int32)
 case("max_pool", INT_LINE, kernel_size=3, stride=2, padding=1, id="max_pool-i32")
 case("max_pool", INT_LINE.astype(np.int64), kernel_size=2, ceil_mode=True, id="max_pool-i64")
@@ -755,6 +769,15 @@ symbolic("max_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kern
          stride=2, padding=1, ceil_mode=True)
 symbolic("max_pool_grad", [T(["B", 2, 7]), T(["B", 2, 4])], lambda e: rand(e["B"], 2, 7),
          lambda e: rand(e["B"], 2, 4, seed=1), kernel_size=3, stride=2, padding=1)
+symbolic("depthwise_weight_grad", [T(["B", 3, "H", "W"]), T(["B", 3, "H", "W"])],
+         lambda e: rand(e["B"], 3, e["H"], e["W"]), lambda e: rand(e["B"], 3, e["H"], e["W"],
+                                                                  seed=1),
+         kernel_size=3, pads=1)
+_HALF = (Dim.of("H") - 1) // 2 + 1
+symbolic("depthwise_weight_grad", [T(["B", 2, "H", "W"]), T(["B", 2, _HALF, "W"])],
+         lambda e: rand(e["B"], 2, e["H"], e["W"]),
+         lambda e: rand(e["B"], 2, (e["H"] - 1) // 2 + 1, e["W"], seed=1),
+         kernel_size=[3, 5], stride=[2, 1], pads=[1, 1, 2, 2])
 symbolic("avg_pool", [T(["B", 2, "H"])], lambda e: rand(e["B"], 2, e["H"]), kernel_size=2,
          stride=2, padding=1, ceil_mode=True)
 symbolic("resize", [T(["B", 1, "H", 4])], lambda e: rand(e["B"], 1, e["H"], 4),

@@ -565,3 +565,200 @@ def test_conv_weight_gradient_over_symbolic_image_sizes(k, c, d, tmp_path):
         for target, dw in got.items():
             np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-4 * np.sqrt(n * h * wd),
                                        err_msg=f"{target} {n}x{h}x{wd}")
+
+
+DEPTHWISE_DW_CASES = [  # (channels, filters a channel, kernel, stride, padding, dilation)
+    (5, 1, (3, 3), (1, 1), (1, 1), (1, 1)),  # MobileNet's 3x3
+    (4, 1, (5, 5), (2, 2), (2, 2), (1, 1)),  # EfficientNet's strided 5x5: even lanes of two
+    (3, 1, (7, 7), (1, 1), (3, 3), (1, 1)),  # ConvNeXt's 7x7: kernel rows in two or more groups
+    (3, 2, (3, 2), (1, 2), (2, 0), (2, 1)),  # two filters a channel, dilated rows, strided columns
+    (2, 1, (2, 4), (1, 1), "same", (1, 1)),  # even kernels: pads (0, 1) and (1, 2)
+    (4, 1, (3, 3), (3, 2), (0, 1), (1, 2)),  # rows and columns no window reads
+]
+
+
+def _depthwise_dw_f64(x, ct, kernel, stride, pads, dilation):
+    """dw[o, 0, i, j] = sum over n, p, q of ct[n, o, p, q] * xpad[n, o // m, p*sh + i*dh,
+    q*sw + j*dw], in float64; pads ((top, bottom), (left, right))."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), *pads))
+    n, outs, out_h, out_w = ct.shape
+    per = outs // x.shape[1]
+    xp = np.repeat(xp, per, axis=1)  # channel o reads x's channel o // m
+    dw = np.zeros((outs, 1, *kernel))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patch = xp[:, :, y0:y0 + stride[0] * (out_h - 1) + 1:stride[0],
+                       x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
+            dw[:, 0, i, j] = np.einsum("nohw,nohw->o", ct.astype(np.float64), patch)
+    return dw
+
+
+def _depthwise_pads(kernel, padding, dilation):
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return tuple((p, p) for p in padding)
+
+
+def _depthwise_source(channels, per, kernel, stride, padding, dilation, height="H"):
+    pad = '"same"' if padding == "same" else list(padding)
+    return f"""
+model M {{
+  forward(x: f32[B, {channels}, {height}, W], w: f32[{channels * per}, 1, {kernel[0]}, {kernel[1]}]) {{
+    return conv(x, w, stride = {list(stride)}, padding = {pad}, dilation = {list(dilation)}, groups = {channels})
+  }}
+}}"""
+
+
+def _depthwise_dw_check(models, session, channels, per, kernel, stride, padding, dilation,
+                        sizes):
+    """dw of each model (and of the ONNX session when given) at each (batch, H, W) in
+    `sizes` against float64 sums."""
+    pads = _depthwise_pads(kernel, padding, dilation)
+    rng = np.random.default_rng(channels + per)
+    w = rng.standard_normal((channels * per, 1, *kernel)).astype(np.float32)
+    for n, h, wd in sizes:
+        x = rng.standard_normal((n, channels, h, wd)).astype(np.float32)
+        y = next(iter(models.values()))(x, w)
+        ct = rng.standard_normal(y.shape).astype(np.float32)
+        want = _depthwise_dw_f64(x, ct, kernel, stride, pads, dilation)
+        got = {name: m.vjp(x, w, cotangents=[ct])[2]["w"] for name, m in models.items()}
+        if session is not None:
+            names = [i.name for i in session.get_inputs()]
+            got["onnx"] = session.run(["grad:w"], {"x": x, "w": w, names[-1]: ct})[0]
+        for name, dw in got.items():
+            np.testing.assert_allclose(dw, want, rtol=1e-5,
+                                       atol=1e-5 * np.sqrt(y[:, :1].size) * 4,
+                                       err_msg=f"{name} {n}x{h}x{wd}")
+        if "threads=2" in got:
+            np.testing.assert_array_equal(got["threads=2"], got["native"])
+
+
+@pytest.mark.parametrize("channels, per, kernel, stride, padding, dilation",
+                         DEPTHWISE_DW_CASES)
+def test_depthwise_weight_grad(channels, per, kernel, stride, padding, dilation, tmp_path):
+    """A depthwise convolution's dw is one depthwise_weight_grad (a direct kernel, not the
+    general form's GEMM over a kernel the image's size): one compiled model over symbolic
+    batch, H and W at three image sizes, batch 1 and 3, on the native (1 and 2 threads,
+    bit-equal), reference and ONNX targets, against float64 sums."""
+    src = _depthwise_source(channels, per, kernel, stride, padding, dilation)
+    models = {"native": kiln.compile(src, target="native", threads=1),
+              "threads=2": kiln.compile(src, target="native", threads=2),
+              "reference": kiln.compile(src, target="reference")}
+    graph = models["native"].compilation.gradient(models["native"]._state.weights).model.graph
+    assert graph.nodes_with_op("depthwise_weight_grad"), sorted(graph.op(n) for n in graph.order())
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "grad.onnx"
+    models["reference"].export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _depthwise_dw_check(models, session, channels, per, kernel, stride, padding, dilation,
+                        [(1, 9, 13), (3, 16, 7), (3, 20, 37)])
+
+
+def test_depthwise_weight_grad_1d():
+    """1-D, two filters a channel, batch 1, 3 and 0, native and reference."""
+    src = """
+model M {
+  forward(x: f32[B, 3, L], w: f32[6, 1, 5]) {
+    return conv(x, w, stride = 2, padding = 2, groups = 3)
+  }
+}"""
+    rng = np.random.default_rng(1)
+    models = {t: kiln.compile(src, target=t) for t in ("native", "reference")}
+    w = rng.standard_normal((6, 1, 5)).astype(np.float32)
+    for n, length in ((1, 11), (3, 40), (0, 9)):  # an empty batch: zeros
+        x = rng.standard_normal((n, 3, length)).astype(np.float32)
+        y = models["native"](x, w)
+        ct = rng.standard_normal(y.shape).astype(np.float32)
+        want = _depthwise_dw_f64(x[:, :, None], ct[:, :, None], (1, 5), (1, 2),
+                                 ((0, 0), (2, 2)), (1, 1))[:, :, 0]
+        for name, m in models.items():
+            np.testing.assert_allclose(m.vjp(x, w, cotangents=[ct])[2]["w"], want, rtol=1e-5,
+                                       atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
+@pytest.mark.parametrize("channels, per, kernel, stride, padding, dilation",
+                         DEPTHWISE_DW_CASES[:4])
+def test_depthwise_weight_grad_in_bands_and_for_avx2(cpu, channels, per, kernel, stride,
+                                                     padding, dilation):
+    """Code for this CPU and for AVX2 (8 lanes, kernel rows in smaller groups), on 1 and 2
+    threads (bit-equal), over images whose planes pass the stack buffer: output rows in
+    bands (300 x 230) and rows too wide for one band (7 x 25000: the direct loops)."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.runtime.native import NativeModel
+
+    target = targets.named(cpu) if cpu else targets.host()
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    src = _depthwise_source(channels, per, kernel, stride, padding, dilation)
+    program = kiln.load(src)
+    models = {"native": NativeModel(Compilation.of(program, cpu=target), {}, threads=1),
+              "threads=2": NativeModel(Compilation.of(program, cpu=target), {}, threads=2)}
+    _depthwise_dw_check(models, None, channels, per, kernel, stride, padding, dilation,
+                        [(2, 300, 230), (1, 7, 25000), (3, 11, 29)])
+
+
+STRIDED_SYMBOLIC = """
+model M(c: int, k: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int) {
+  forward(x: f32[B, c, H, W], w: f32[5, c, k, k]) -> f32[B, 5, _, _] {
+    return conv(x, w, stride = [sh, sw], padding = [ph, pw], dilation = [dh, dw])
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("c, k, stride, padding, dilation", [
+    (8, 3, (2, 2), (1, 1), (1, 1)),  # ResNet's downsampling 3x3
+    (8, 3, (3, 2), (2, 0), (1, 1)),  # stride 3 down, no padding across
+    (16, 3, (2, 2), (1, 2), (2, 2)),  # dilated: a GEMM per tap
+    (8, 4, (2, 1), (1, 1), (1, 1)),  # an even kernel, strided rows only
+    (16, 1, (2, 2), (1, 1), (1, 1)),  # a padded 1x1
+])
+def test_strided_weight_gradient_over_symbolic_image_sizes(c, k, stride, padding, dilation,
+                                                           tmp_path):
+    """Over symbolic H and W a strided convolution's weight gradient is the phases' GEMMs too
+    (shifted_matmul with a step and shifts that are sizes; grid sizes that bound every image
+    size), not the general form: one compiled model at three image sizes (odd ones: x's rows
+    completed to whole groups), on the native (1 and 2 threads, bit-equal), reference and
+    ONNX targets, against float64 sums."""
+    args = {"c": c, "k": k, "sh": stride[0], "sw": stride[1], "ph": padding[0],
+            "pw": padding[1], "dh": dilation[0], "dw": dilation[1]}
+    models = {"native": kiln.compile(STRIDED_SYMBOLIC, target="native", args=args, threads=1),
+              "threads=2": kiln.compile(STRIDED_SYMBOLIC, target="native", args=args,
+                                        threads=2),
+              "reference": kiln.compile(STRIDED_SYMBOLIC, target="reference", args=args)}
+    graph = models["native"].compilation.gradient(models["native"]._state.weights).model.graph
+    steps = {graph.node(n)["attrs"]["step"] for n in graph.nodes_with_op("shifted_matmul")}
+    assert steps == {stride[1]}, sorted(graph.op(n) for n in graph.order())
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "grad.onnx"
+    models["reference"].export_onnx(path, gradients=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rng = np.random.default_rng(c + k)
+    w = rng.standard_normal((5, c, k, k)).astype(np.float32)
+    pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+    for n, h, wd in ((1, 9, 13), (3, 16, 7), (3, 21, 30)):
+        x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+        y = models["native"](x, w)
+        ct = rng.standard_normal(y.shape).astype(np.float32)
+        want = _conv_weight_grad_f64(x, ct, k, pads, dilation, stride)
+        got = {t: m.vjp(x, w, cotangents=[ct])[2]["w"] for t, m in models.items()}
+        got["onnx"] = session.run(["grad:w"], {"x": x, "w": w, names[-1]: ct})[0]
+        for target, dw in got.items():
+            np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-4 * np.sqrt(y[:, :1].size),
+                                       err_msg=f"{target} {n}x{h}x{wd}")
+        np.testing.assert_array_equal(got["threads=2"], got["native"])
+
+
+def test_depthwise_weight_grad_rule():
+    """depthwise_weight_grad's own rule (a depthwise convolution of x with the cotangent as
+    its weight, and that convolution's input gradient) against finite differences: strided,
+    dilated, asymmetric pads, two filters a channel."""
+    check_vjp("depthwise_weight_grad", normal(2, 3, 7, 6, seed=1), normal(2, 6, 4, 3, seed=2),
+              kernel_size=[3, 2], stride=[2, 2], pads=[1, 1, 0, 1], dilation=[1, 2])
+    check_vjp("depthwise_weight_grad", normal(1, 2, 9, seed=3), normal(1, 2, 9, seed=4),
+              kernel_size=3, pads=1)

@@ -122,6 +122,49 @@ def test_conv1d_against_loop():
     assert_close("conv", out, expected[:, :, 0])
 
 
+def depthwise_weight_grad_loop(x, g, kernel, stride, pads, dilation):
+    """dw[o, 0, i, j] = sum over n, p, q of g[n, o, p, q] * xpad[n, o // m, p*sh + i*dh,
+    q*sw + j*dw], a term at a time; pads = (top, bottom, left, right)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), pads[:2], pads[2:]))
+    n, outs, oh, ow = g.shape
+    per = outs // x.shape[1]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    out = np.zeros((outs, 1, kh, kw))
+    for b_, o, p, q, i, j in itertools.product(range(n), range(outs), range(oh), range(ow),
+                                               range(kh), range(kw)):
+        out[o, 0, i, j] += g[b_, o, p, q] * x[b_, o // per, p * sh + i * dh, q * sw + j * dw]
+    return out
+
+
+@pytest.mark.parametrize("xs, gs, kernel, stride, pads, dilation", [
+    ((2, 3, 7, 9), (2, 3, 7, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 2, 9, 8), (1, 4, 4, 4), (3, 2), (2, 2), (1, 0, 2, 0), (1, 2)),  # two filters each
+    ((2, 2, 8, 7), (2, 2, 3, 3), (2, 3), (3, 2), (0, 1, 0, 0), (2, 1)),  # rows never read
+])
+def test_depthwise_weight_grad_against_loop(xs, gs, kernel, stride, pads, dilation):
+    x, g = rand(*xs, seed=1), rand(*gs, seed=2)
+    out = run("depthwise_weight_grad", x, g, kernel_size=list(kernel), stride=list(stride),
+              pads=list(pads[:2]) + list(pads[2:]), dilation=list(dilation))
+    assert_close("depthwise_weight_grad", out,
+                 depthwise_weight_grad_loop(x, g, kernel, stride, pads, dilation))
+    line = run("depthwise_weight_grad", x[:, :, 0], g[:, :, 0], kernel_size=kernel[1],
+               stride=stride[1], pads=list(pads[2:]), dilation=dilation[1])
+    want = depthwise_weight_grad_loop(x[:, :, :1], g[:, :, :1], (1, kernel[1]), stride,
+                                      (0, 0, *pads[2:]), dilation)
+    assert_close("depthwise_weight_grad", line, want[:, :, 0])
+
+
+def test_depthwise_weight_grad_shapes_and_errors():
+    assert infer1("depthwise_weight_grad", T([B, 3, H, W]), T([B, 6, H, W]), kernel_size=3,
+                  pads=1) == T([6, 1, 3, 3])
+    raises("K0301", "depthwise_weight_grad", T([2, 3, 7, 7]), T([2, 3, 6, 7]), kernel_size=3,
+           pads=1, arg="grad", match="output size")
+    raises("K0301", "depthwise_weight_grad", T([2, 3, 7, 7]), T([2, 4, 7, 7]), kernel_size=3,
+           pads=1, arg="grad", match="depthwise")
+    raises("K0301", "depthwise_weight_grad", T([2, 3, 7, 7]), T([1, 3, 7, 7]), kernel_size=3,
+           pads=1, arg="grad")
+
+
 def test_conv_half_precision():
     x, w = rand(1, 2, 5, 5, dtype="f16"), rand(3, 2, 3, 3, dtype="f16", seed=7)
     out = run("conv", x, w, padding=1)

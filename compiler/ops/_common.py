@@ -354,13 +354,24 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 # NC(L)/NCHW operands ---------------------------------------------------------------------
 def nn_native(family: str):
-    """The native kernels of one family, codegen/llvm/<family>.py: bf16, conv, norm, pool,
-    random, resize, spatial or winograd (imported when a lowering runs: they need llvmlite,
-    the ops do not)."""
-    from ..codegen.llvm import bf16, conv, norm, pool, random, resize, spatial, winograd
+    """The native kernels of one family, codegen/llvm/<family>.py: bf16, conv,
+    depthwise_grad, norm, pool, random, resize, spatial or winograd (imported when a lowering
+    runs: they need llvmlite, the ops do not)."""
+    from ..codegen.llvm import (
+        bf16,
+        conv,
+        depthwise_grad,
+        norm,
+        pool,
+        random,
+        resize,
+        spatial,
+        winograd,
+    )
 
-    return {"bf16": bf16, "conv": conv, "norm": norm, "pool": pool, "random": random,
-            "resize": resize, "spatial": spatial, "winograd": winograd}[family]
+    return {"bf16": bf16, "conv": conv, "depthwise_grad": depthwise_grad, "norm": norm,
+            "pool": pool, "random": random, "resize": resize, "spatial": spatial,
+            "winograd": winograd}[family]
 
 
 def check_affine(x: TensorType, params: list[TensorType | None], names: list[str],

@@ -236,19 +236,21 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
 
         dw[o, c, k] = sum over n and j of ct[n, o, j] * xpad[n, c, j * s + k * d]
 
-    A 2-D ungrouped f32 convolution of stride 1 (symbolic image sizes too) takes it as one
-    GEMM per kernel tap over shifted rows of the channels-last input (`_shifted_weight_grad`),
-    one of another stride likewise over rows holding `stride` input rows side by side, read
-    every stride-th row (`_phase_weight_grad`; a strided 1x1 without padding first takes the
-    pixels it reads, `_strided_pointwise_weight_grad`), or else as one GEMM per kernel row
-    over gathered patches (`_patches_weight_grad`); others as a
-    convolution of x (batch and channels swapped, so the batch is what the GEMM reduces)
-    with ct as its weight, the stride and dilation exchanging roles, whose windows may run
-    past the kernel by what the forward's last window left unread, which is cut off.
+    A depthwise convolution's (a group per input channel) is one depthwise_weight_grad, a
+    direct kernel (`_depthwise_weight_grad`). A 2-D ungrouped f32 convolution of stride 1
+    (symbolic image sizes too) takes it as one GEMM per kernel tap over shifted rows of the
+    channels-last input (`_shifted_weight_grad`), one of another stride likewise over rows
+    holding `stride` input rows side by side, read every stride-th row
+    (`_phase_weight_grad`; a strided 1x1 without padding first takes the pixels it reads,
+    `_strided_pointwise_weight_grad`), or else as one GEMM per kernel row over gathered
+    patches (`_patches_weight_grad`); others as a convolution of x (batch and channels
+    swapped, so the batch is what the GEMM reduces) with ct as its weight, the stride and
+    dilation exchanging roles, whose windows may run past the kernel by what the forward's
+    last window left unread, which is cut off.
     That convolution has a kernel as large as the output and a handful of output pixels,
     which the GEMM runs at a few % of peak."""
-    for fast in (_shifted_weight_grad, _strided_pointwise_weight_grad, _phase_weight_grad,
-                 _patches_weight_grad):
+    for fast in (_depthwise_weight_grad, _shifted_weight_grad, _strided_pointwise_weight_grad,
+                 _phase_weight_grad, _sized_phase_weight_grad, _patches_weight_grad):
         grad = fast(gb, x, ct, kernel, stride, dilation, pads, groups)
         if grad is not None:
             return grad
@@ -263,6 +265,26 @@ def conv_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...], stride: 
     grad = spatial_pads(gb, grad, [(Dim.of(0), k - got)
                                     for k, got in zip(kernel, grad.type.shape[2:], strict=True)])
     return gb.permute(grad, [1, 0, *range(2, grad.type.rank)])
+
+
+def _depthwise_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                           stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                           groups: int) -> Any | None:
+    """conv_weight_grad of a depthwise convolution (groups = C > 1 constant channels, one
+    input channel a group, any channel multiplier; constant kernel and padding, any image
+    sizes, a stride of 1 or 2 along the last axis), or None for another: one
+    depthwise_weight_grad, per output channel the taps' sums over samples and pixels.
+    Through the general form it was a GEMM a few output pixels wide over a kernel the size
+    of the image (1.4 GFLOP/s); the native kernel's vectors run along the last axis at
+    stride 1 or 2 (a wider stride would run its direct loops, slower than the general form)."""
+    channels = Dim.of(x.type.shape[1])
+    if groups < 2 or channels != Dim.of(groups) or stride[-1] > 2:
+        return None
+    flat = [Dim.of(p) for pair in pads for p in pair]
+    if not all(Dim.of(k).is_const for k in kernel) or not all(p.is_const for p in flat):
+        return None
+    return gb.op("depthwise_weight_grad", x, ct, kernel_size=[Dim.of(k).value for k in kernel],
+                 stride=list(stride), pads=[p.value for p in flat], dilation=list(dilation))
 
 
 def _row_gemm_sizes(x: Any, ct: Any, kernel: tuple[Dim, ...], pads: Pads,
@@ -398,9 +420,35 @@ def _phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     columns: kernel rows e = sh * d + r for every r, of which the kernel's are picked (a
     stride-2 3x3 computes 4 rows for 3: no patches, one copy of x instead of kh * kw)."""
     sizes = _row_gemm_sizes(x, ct, kernel, pads, groups)
-    if sizes is None or all(s == 1 for s in stride):
+    return None if sizes is None else _phase_rows_weight_grad(gb, x, ct, sizes, stride,
+                                                              dilation)
+
+
+def _sized_phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
+                             stride: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+                             groups: int) -> Any | None:
+    """_phase_weight_grad over symbolic image sizes (the channels, kernel and padding
+    constant; None for another): the same GEMMs, their shifts sizes ((d + lo) * Wp + j),
+    the grid's sizes bounds that hold for every image size where the constant form takes
+    maxima: Hg = lo + ceil(H / sh) + ceil(bottom / sh) groups of rows (at least the input's
+    and the furthest window's, floor(a / s) + floor(b / s) <= floor((a + b) / s)) and Wp =
+    sw * ceil((left + W + right) / sw) columns (the windows end inside the padded row); x
+    always gets the rows that complete its last group, a pad of (sh - H mod sh) mod sh."""
+    if _row_gemm_sizes(x, ct, kernel, pads, groups) is not None:
+        return None  # constant sizes: _phase_weight_grad
+    sizes = _row_gemm_sizes(x, ct, kernel, pads, groups, symbolic=True)
+    return None if sizes is None else _phase_rows_weight_grad(gb, x, ct, sizes, stride,
+                                                              dilation)
+
+
+def _phase_rows_weight_grad(gb: Any, x: Any, ct: Any, sizes: tuple, stride: tuple[int, ...],
+                            dilation: tuple[int, ...]) -> Any | None:
+    """The GEMMs of _phase_weight_grad (see there) over the sizes `_row_gemm_sizes` gave,
+    ints or, with `_sized_phase_weight_grad`, Dims."""
+    if all(s == 1 for s in stride):
         return None
-    channels, h, w, out_h, out_w, kh, kw, ((top, _bottom), (left, _right)) = sizes
+    channels, h, w, out_h, out_w, kh, kw, ((top, bottom), (left, right)) = sizes
+    sized = not all(isinstance(d, int) for d in (h, w, out_h, out_w))
     sh, sw = stride
     span = kw if dilation[1] == 1 else 1
     if span * sh * channels < MIN_TAP_COLUMNS:
@@ -408,13 +456,18 @@ def _phase_weight_grad(gb: Any, x: Any, ct: Any, kernel: tuple[Dim, ...],
     groups_of = [divmod(i * dilation[0] - top, sh) for i in range(kh)]  # (d, r) per row
     first, last = groups_of[0][0], groups_of[-1][0]
     lo = max(0, -first)
-    height = -(-h // sh)  # whole groups of sh rows, the last one completed by zeros
-    if height * sh != h:
+    if sized:  # bounds for every size (see _sized_phase_weight_grad)
+        height = (Dim.of(h) + sh - 1) // sh
+        hg = lo + height + -(-bottom // sh)
+        wq = (Dim.of(w) + left + right + sw - 1) // sw
+    else:
+        height = -(-h // sh)  # whole groups of sh rows, the last one completed by zeros
+        hg = max(lo + height, out_h + last + lo)
+        reach = sw * (out_w - 1) + (kw - 1) * dilation[1] + 1
+        wq = -(-max(left + w, reach) // sw)
+    wp = wq * sw
+    if Dim.of(height * sh - h) != Dim.of(0):
         x = spatial_pads(gb, x, [(Dim.of(0), Dim.of(height * sh - h)), (Dim.of(0), Dim.of(0))])
-    hg = max(lo + height, out_h + last + lo)
-    reach = sw * (out_w - 1) + (kw - 1) * dilation[1] + 1
-    wp = -(-max(left + w, reach) // sw) * sw
-    wq = wp // sw
     n, outs = x.type.shape[0], ct.type.shape[1]
     zero = Dim.of(0)
     grouped = gb.reshape(x, [n, channels, height, sh, w])

@@ -332,6 +332,109 @@ register(OpRecord(
     props=SAMPLEWISE, packed_weight="b", vjp=_conv_transpose_vjp))
 
 
+# depthwise_weight_grad: a depthwise convolution's weight gradient ----------------------------
+def _dw_grad_geometry(x: TensorType, grad: TensorType, a: dict) -> tuple:
+    """(kernel, stride, dilation, pads as (before, after) pairs, channel multiplier) of a
+    depthwise_weight_grad call, its sizes checked against x and grad."""
+    n = _spatial_rank(x)
+    check_rank(grad, (x.rank,), "grad", f"rank {x.rank} like x")
+    kernel = spatial(a["kernel_size"], n, "kernel_size")
+    stride = spatial(a["stride"], n, "stride")
+    dilation = spatial(a["dilation"], n, "dilation")
+    flat = spatial(a["pads"], 2 * n, "pads", minimum=0)
+    pads = tuple(zip(flat[::2], flat[1::2], strict=True))
+    channels, outs = x.shape[1], grad.shape[1]
+    if not channels.is_const or not divides(outs, channels.value) or grad.shape[0] != x.shape[0]:
+        raise OpError(f"grad {shape_str(grad.shape)} is not a depthwise convolution's result "
+                      f"over x {shape_str(x.shape)} (a multiple of its constant channels)",
+                      arg="grad")
+    out = tuple(window_count(size, k, s, lo, hi, d) for size, k, s, (lo, hi), d
+                in zip(x.shape[2:], kernel, stride, pads, dilation, strict=True))
+    if tuple(grad.shape[2:]) != out:
+        raise OpError(f"grad {shape_str(grad.shape)} is not the convolution's output size "
+                      f"{shape_str(out)}", arg="grad")
+    return kernel, stride, dilation, pads, outs // channels.value
+
+
+def _dw_grad_infer(types, a):
+    x, grad = types
+    check_dtype(x, FLOATS, "x")
+    check_same_dtype([x, grad], ["x", "grad"])
+    kernel, *_ = _dw_grad_geometry(x, grad, a)
+    return [TensorType(x.dtype, (grad.shape[1], Dim.of(1), *map(Dim.of, kernel)))]
+
+
+def _dw_grad_reference(env, inputs, a):
+    """dw[c * m + k, 0, t] = sum over samples and output pixels p of grad[n, c * m + k, p] *
+    xpad[n, c, p * s + t * d], through the windows of the padded x."""
+    x, grad = inputs
+    types = [TensorType(dtype_name(v), v.shape) for v in inputs]
+    kernel, stride, dilation, pads, _ = _dw_grad_geometry(*types, a)
+    xp = pad_or_crop(upcast(x), [(0, 0), (0, 0), *pads])
+    out = grad.shape[2:]
+    win = windows(xp, kernel, stride, dilation, out)  # [N, C, *out, *K]
+    n, channels = x.shape[:2]
+    g = upcast(grad).reshape(n, channels, grad.shape[1] // channels, *out)
+    o, k = "xyz"[:len(out)], "uvw"[:len(out)]
+    dw = np.einsum(f"nc{o}{k},ncm{o}->cm{k}", win, g, optimize=True)
+    return [dw.reshape(grad.shape[1], 1, *kernel).astype(x.dtype)]
+
+
+def _dw_grad_onnx(b, n):
+    """The general form (_conv_grad.conv_weight_grad): a Conv of x with batch and channels
+    swapped, [1, C * N, *S], grouped by channel, with grad [O, N, *out] as its weight, stride
+    and dilation exchanged, cut to the kernel."""
+    x, grad = n.in_types
+    kernel, stride, dilation, pads, _ = _dw_grad_geometry(x, grad, n.attrs)
+    spatial_axes = list(range(2, x.rank))
+    swap = [1, 0, *spatial_axes]
+    source = one(b, "Reshape", one(b, "Transpose", n.inputs[0], perm=swap),
+                 b.ints([1, -1] + [0] * len(kernel)))
+    weight = one(b, "Transpose", n.inputs[1], perm=swap)
+    full = one(b, "Conv", source, weight, strides=list(dilation), dilations=list(stride),
+               pads=onnx_pads(b, pads), group=x.shape[1].value)
+    cut = one(b, "Slice", full, b.ints([0] * len(kernel)), b.ints(list(kernel)),
+              b.ints(spatial_axes))
+    b.node("Transpose", [cut], n.outputs, perm=swap)
+
+
+def _dw_grad_llvm(kb, n):
+    x, grad = n.in_types
+    kernel, stride, dilation, pads, _ = _dw_grad_geometry(x, grad, n.attrs)
+    window = nn_native("spatial").Window.of(x.shape[2:], kernel, stride, dilation,
+                                            [lo for lo, _ in pads], grad.shape[2:])
+    nn_native("depthwise_grad").depthwise_weight_grad(kb, n, window)
+
+
+def _dw_grad_macs(input_types, _output_types, a) -> Dim:
+    _x, grad = input_types
+    return prod(grad.shape) * math.prod(spatial(a["kernel_size"], grad.rank - 2, "kernel_size"))
+
+
+def _dw_grad_vjp(gb, node, cts):
+    """Linear in each operand: with G the cotangent of dw, grad's is the depthwise
+    convolution of x with G as its weight, and x's that convolution's input gradient."""
+    (g,), (x, grad) = cts, node.inputs
+    kernel, stride, dilation, pads, _ = _dw_grad_geometry(x.type, grad.type, node.attrs)
+    channels = x.type.shape[1].value
+    pads = [(Dim.of(lo), Dim.of(hi)) for lo, hi in pads]
+    dgrad = gb.op("conv", spatial_pads(gb, x, pads), g, None, stride=list(stride),
+                  padding=[0] * len(kernel), dilation=list(dilation), groups=channels)
+    dx = conv_input_grad(gb, grad, g, x.type.shape[2:], stride, dilation, pads, channels)
+    return [dx, dgrad]
+
+
+register(internal(OpRecord(
+    "depthwise_weight_grad",
+    tensors("x", "grad") + attrs("kernel_size", ("stride", 1), ("pads", 0), ("dilation", 1)),
+    _dw_grad_infer, _dw_grad_reference,
+    "A depthwise convolution's weight gradient, [C * m, 1, *k]: dw[c * m + j, 0, t] = sum of "
+    "grad[n, c * m + j, p] * xpad[n, c, p * stride + t * dilation] over samples n and output "
+    "pixels p, x padded by pads (before, after per spatial axis).",
+    macs=_dw_grad_macs, onnx=widened(_dw_grad_onnx), llvm=_dw_grad_llvm,
+    vjp=float_only(_dw_grad_vjp))))
+
+
 # pooling ----------------------------------------------------------------------------------
 def _pool_geometry(x: TensorType, a: dict) -> Conv:
     n = _spatial_rank(x)

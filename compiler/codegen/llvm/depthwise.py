@@ -197,13 +197,13 @@ def _block(b, vec: Vectors, padded, wp, row0, col, height: int, weights, win: Wi
             continue
         line = b.gep(padded, [b.add(b.mul(b.add(top, i64(d)), wp), b.mul(col, i64(sw)))])
         for j in range(kw):
-            value = _load(b, vec, line, j * dw, sw)
+            value = load_strided(b, vec, line, j * dw, sw)
             for r, i in served:
                 sums[r] = vec.fma(value, weights[i][j](), zero if sums[r] is None else sums[r])
     return [zero if s is None else s for s in sums]
 
 
-def _load(b, vec: Vectors, line, offset: int, stride: int) -> ir.Value:
+def load_strided(b, vec: Vectors, line, offset: int, stride: int) -> ir.Value:
     """The vector of floats line[offset + lane * stride] (stride 1 or 2)."""
     if stride == 1:
         return vec.load(line, offset)
@@ -212,4 +212,4 @@ def _load(b, vec: Vectors, line, offset: int, stride: int) -> ir.Value:
     return b.shuffle_vector(low, high, even)
 
 
-__all__ = ["Geometry", "STACK_FLOATS", "depthwise", "eligible"]
+__all__ = ["Geometry", "STACK_FLOATS", "depthwise", "eligible", "load_strided"]
