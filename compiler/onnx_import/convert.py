@@ -96,6 +96,16 @@ def converter_of(domain: str, op_type: str) -> Converter | None:
         return CONVERTERS.get(op_type)
     return DOMAIN_CONVERTERS.get(domain, {}).get(op_type)
 
+def similar_ops(domain: str, op_type: str) -> list[str]:
+    """The ops kiln converts whose names are closest to `op_type` (`Matmul`: MatMul), of the
+    standard domain and `domain`, for an error that names an op kiln has no converter for."""
+    import difflib
+
+    known = {**CONVERTERS, **DOMAIN_CONVERTERS.get(domain, {})}
+    by_case = {op.lower(): op for op in known}
+    close = difflib.get_close_matches(op_type.lower(), list(by_case), n=3, cutoff=0.75)
+    return [by_case[op] for op in close]
+
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
 # takes them as attributes), by op type. The importer names them when they are not constants.
 _REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
@@ -112,4 +122,4 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
 }
 
 __all__ = ["CONVERTERS", "DOMAIN_CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode",
-           "Unsupported", "convert_node", "converter_of"]
+           "Unsupported", "convert_node", "converter_of", "similar_ops"]

@@ -745,6 +745,10 @@ def _resize(gb, node):
     axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
+    for other, name, default in (("nearest", "nearest_mode", "round_prefer_floor"),
+                                 ("cubic", "cubic_coeff_a", -0.75)):
+        if mode != other:  # another mode's attribute (PyTorch's bilinear interpolate writes
+            attr(node, name, default)  # nearest_mode="floor"): it concerns nothing here
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")
     policy = choose(node, "keep_aspect_ratio_policy", "stretch",
                     ("stretch", "not_larger", "not_smaller"))
