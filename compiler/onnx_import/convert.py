@@ -55,12 +55,26 @@ def convert_node(gb: GraphBuilder, node: OnnxNode) -> list:
     outs = converter_of(node.domain, node.op_type)(gb, node)
     ignored = [name for name in dict.keys(node.attrs) if name not in node.attrs.read
                and not _is_default(node, name, dict.__getitem__(node.attrs, name))]
+    foreign = [name for name in ignored if not _in_schema(node, name)]
+    if foreign:
+        raise Unsupported(f"{', '.join(sorted(foreign))}: not an attribute of {node.op_type} "
+                          f"in opset {node.opset} (onnxruntime refuses the model too)")
     if ignored:
         listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
                            for name in sorted(ignored))
         raise Unsupported(f"attribute{'s' if len(ignored) > 1 else ''} {listed}: kiln's "
                           f"converter of {node.op_type} supports only the default")
     return outs
+
+
+def _in_schema(node: OnnxNode, name: str) -> bool:
+    """Whether `name` is an attribute of the node's op at its opset (True where ONNX has no
+    schema of the op to ask: a converter of another domain's op)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, node.opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return True
+    return name in schema.attributes
 
 
 def _is_default(node: OnnxNode, name: str, value: Any) -> bool:

@@ -429,6 +429,15 @@ class _Walk:
             raise KilnError("K0906", f"{self.path}: kiln cannot import {len(self.problems)} "
                             f"node{'s' if len(self.problems) > 1 else ''} of this model:\n  "
                             f"{lines}", hint=self.hint(listed))
+        for o in self.model.proto.graph.output:
+            declared = KILN_DTYPES.get(o.type.tensor_type.elem_type) \
+                if o.type.HasField("tensor_type") else None
+            computed = self.value(o.name).type.dtype
+            if declared is not None and declared != computed:
+                raise KilnError("K0903", f"{self.path}: the graph output '{o.name}' is declared "
+                                f"{declared} but its node computes {computed}",
+                                hint="onnxruntime refuses this model too: the output's type "
+                                "in the file is wrong")
         self.graph.outputs = [self.as_declared(self.value(o.name), o)
                               for o in self.model.proto.graph.output]
         self.graph.output_names = [o.name for o in self.model.proto.graph.output]
