@@ -57,8 +57,10 @@ def convert_node(gb: GraphBuilder, node: OnnxNode) -> list:
                and not _is_default(node, name, dict.__getitem__(node.attrs, name))]
     foreign = [name for name in ignored if not _in_schema(node, name)]
     if foreign:
-        raise Unsupported(f"{', '.join(sorted(foreign))}: not an attribute of {node.op_type} "
-                          f"in opset {node.opset} (onnxruntime refuses the model too)")
+        listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
+                           for name in sorted(foreign))
+        raise Unsupported(f"{listed}: not an attribute of {node.op_type} in opset "
+                          f"{node.opset} (onnxruntime refuses the model too)")
     if ignored:
         listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
                            for name in sorted(ignored))
@@ -111,11 +113,11 @@ def converter_of(domain: str, op_type: str) -> Converter | None:
     return DOMAIN_CONVERTERS.get(domain, {}).get(op_type)
 
 def similar_ops(domain: str, op_type: str) -> list[str]:
-    """The ops kiln converts whose names are closest to `op_type` (`Matmul`: MatMul), of the
-    standard domain and `domain`, for an error that names an op kiln has no converter for."""
+    """The ops kiln converts of `domain` whose names are closest to `op_type` (`Matmul`:
+    MatMul), for an error that names an op kiln has no converter for."""
     import difflib
 
-    known = {**CONVERTERS, **DOMAIN_CONVERTERS.get(domain, {})}
+    known = CONVERTERS if domain in ("", "ai.onnx") else DOMAIN_CONVERTERS.get(domain, {})
     by_case = {op.lower(): op for op in known}
     close = difflib.get_close_matches(op_type.lower(), list(by_case), n=3, cutoff=0.75)
     return [by_case[op] for op in close]
