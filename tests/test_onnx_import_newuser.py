@@ -97,6 +97,16 @@ def resize_to_sizes() -> onnx.ModelProto:
     return make_model(nodes, [("x", F32, ["batch", 3, 4, 5])], [("y", F32, ["batch", 3, 6, 7])])
 
 
+def upsample_any_size() -> onnx.ModelProto:
+    """PyTorch's `interpolate(x, scale_factor=2)` (nearest) of an image of any size."""
+    scales = helper.make_tensor("scales", F32, [4], [1, 1, 2, 2])
+    return make_model([helper.make_node("Constant", [], ["sc"], value=scales),
+                       helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest",
+                                        coordinate_transformation_mode="asymmetric",
+                                        nearest_mode="floor")],
+                      [("x", F32, ["b", 2, "h", "w"])], [("y", F32, ["b", 2, None, None])])
+
+
 def wrong_output_type() -> onnx.ModelProto:
     return make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [3])],
                       [("y", TensorProto.INT32, [3])])
@@ -115,9 +125,29 @@ def ort_fused_op() -> onnx.ModelProto:
     return model
 
 
+def isinf_of_double() -> onnx.ModelProto:
+    """PyTorch's TorchScript `torch.isinf(x)`, `isnan`, and a round trip through DOUBLE."""
+    double = TensorProto.DOUBLE
+    return make_model([helper.make_node("Cast", ["x"], ["d"], to=double),
+                       helper.make_node("IsInf", ["d"], ["inf"]),
+                       helper.make_node("IsNaN", ["d"], ["nan"]),
+                       helper.make_node("Cast", ["d"], ["i"], to=I64)],
+                      [("x", F32, ["n"])], [("inf", TensorProto.BOOL, ["n"]),
+                                            ("nan", TensorProto.BOOL, ["n"]), ("i", I64, ["n"])])
+
+
+def arithmetic_in_double() -> onnx.ModelProto:
+    """A DOUBLE value that is computed with: kiln has no f64, and says so."""
+    return make_model([helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+                       helper.make_node("Add", ["d", "d"], ["s"]),
+                       helper.make_node("Cast", ["s"], ["y"], to=F32)],
+                      [("x", F32, ["n"])], [("y", F32, ["n"])])
+
+
 MODELS = {f.__name__: f for f in (unnamed_dims, list_axes, empty_params, traced_seq,
                                   resize_bilinear, resize_to_sizes, wrong_output_type,
-                                  misspelt_op, ort_fused_op)}
+                                  misspelt_op, ort_fused_op, isinf_of_double,
+                                  arithmetic_in_double, upsample_any_size)}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -179,7 +209,9 @@ def test_cli_arg_fixes_a_size(files, capsys):
 
 
 @pytest.mark.parametrize("name, x", [("resize_bilinear", (2, 3, 4, 5)),
-                                     ("resize_to_sizes", (3, 3, 4, 5))])
+                                     ("resize_to_sizes", (3, 3, 4, 5)),
+                                     ("upsample_any_size", (2, 2, 5, 7)),
+                                     ("upsample_any_size", (1, 2, 1, 3))])
 @pytest.mark.parametrize("target", TARGETS)
 def test_resize_as_pytorch_writes_it(files, name, x, target):
     path = files(name)
@@ -205,3 +237,18 @@ def test_an_onnxruntime_op_says_where_it_comes_from(files):
     with pytest.raises(KilnError, match="FusedMatMul of domain 'com.microsoft'") as err:
         kiln.compile(files("ort_fused_op"), target="reference")
     assert "before optimization" in str(err.value)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_cast_to_double_read_only_exactly(files, target):
+    x = np.array([1.5, -np.inf, np.nan, np.inf, -2.7, 0.0], np.float32)
+    inf, nan, i = kiln.compile(files("isinf_of_double"), target=target)(x)
+    np.testing.assert_array_equal(inf, np.isinf(x))
+    np.testing.assert_array_equal(nan, np.isnan(x))
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(i[finite], x[finite].astype(np.int64))
+
+
+def test_arithmetic_in_double_is_refused(files):
+    with pytest.raises(KilnError, match=r"(?s)K0906.*Cast.s target: element type DOUBLE"):
+        kiln.compile(files("arithmetic_in_double"), target="reference")

@@ -861,7 +861,8 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
     else:
         sizes = out["size"] = [Dim.of(int(per_axis[a])) if a in per_axis else shape[a]
                                for a in spatial]
-    if ctm != "half_pixel" and any(d is None or not d.is_const or d.value <= 1 for d in sizes):
+    if ctm in ("align_corners", "pytorch_half_pixel") and any(
+            d is None or not d.is_const or d.value <= 1 for d in sizes):
         return None  # those modes special-case an output size of 1
     return out
 

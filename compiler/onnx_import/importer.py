@@ -397,6 +397,9 @@ class _Walk:
             (out,) = proto.output
             self.consts[out] = constant_value(proto)
             return
+        if self.exact_widening(proto):
+            self.values[proto.output[0]] = self.value(proto.input[0])
+            return
         node = NodeWithSubgraphs(
             subgraph=self.subgraph if any(a.type in SUBGRAPH_ATTRS for a in proto.attribute)
             else None, scope=self.scope,
@@ -414,6 +417,28 @@ class _Walk:
         for name in proto.output[len(outs):]:
             if name:
                 self.unknown.add(name)
+
+    def exact_widening(self, proto: onnx.NodeProto) -> bool:
+        """Whether `proto` casts a float to DOUBLE (an element type kiln does not have) only
+        for ops whose results are the same on the value kept as it was: IsInf and IsNaN, and
+        a Cast to another type (PyTorch's TorchScript exporter writes `torch.isinf(x)` as
+        `IsInf(Cast(x, to=DOUBLE))`). The widening is exact, so the value stands for it."""
+        if proto.op_type != "Cast" or len(proto.input) != 1 or not proto.output[0]:
+            return False
+        to = next((a.i for a in proto.attribute if a.name == "to"), None)
+        source = self.value(proto.input[0])
+        if to != onnx.TensorProto.DOUBLE or source is None or \
+                source.type.dtype not in ("f32", "f16", "bf16"):
+            return False
+        out = proto.output[0]
+        if any(o.name == out for o in self.proto.output) or any(
+                a.type in SUBGRAPH_ATTRS for n in self.proto.node for a in n.attribute):
+            return False  # (a subgraph's reads of it are not looked for)
+        readers = [n for n in self.proto.node if out in n.input]
+        return bool(readers) and all(
+            n.op_type in ("IsInf", "IsNaN") or (n.op_type == "Cast" and not any(
+                a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute))
+            for n in readers)
 
     # the end --------------------------------------------------------------------------------
     def finish(self) -> None:
