@@ -119,7 +119,7 @@ def similar_ops(domain: str, op_type: str) -> list[str]:
 
     known = CONVERTERS if domain in ("", "ai.onnx") else DOMAIN_CONVERTERS.get(domain, {})
     by_case = {op.lower(): op for op in known}
-    close = difflib.get_close_matches(op_type.lower(), list(by_case), n=3, cutoff=0.75)
+    close = difflib.get_close_matches(op_type.lower(), list(by_case), n=3, cutoff=0.85)
     return [by_case[op] for op in close]
 
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
