@@ -55,12 +55,28 @@ def convert_node(gb: GraphBuilder, node: OnnxNode) -> list:
     outs = converter_of(node.domain, node.op_type)(gb, node)
     ignored = [name for name in dict.keys(node.attrs) if name not in node.attrs.read
                and not _is_default(node, name, dict.__getitem__(node.attrs, name))]
+    foreign = [name for name in ignored if not _in_schema(node, name)]
+    if foreign:
+        listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
+                           for name in sorted(foreign))
+        raise Unsupported(f"{listed}: not an attribute of {node.op_type} in opset "
+                          f"{node.opset} (onnxruntime refuses the model too)")
     if ignored:
         listed = ", ".join(f"{name}={dict.__getitem__(node.attrs, name)!r}"
                            for name in sorted(ignored))
         raise Unsupported(f"attribute{'s' if len(ignored) > 1 else ''} {listed}: kiln's "
                           f"converter of {node.op_type} supports only the default")
     return outs
+
+
+def _in_schema(node: OnnxNode, name: str) -> bool:
+    """Whether `name` is an attribute of the node's op at its opset (True where ONNX has no
+    schema of the op to ask: a converter of another domain's op)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, node.opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return True
+    return name in schema.attributes
 
 
 def _is_default(node: OnnxNode, name: str, value: Any) -> bool:
@@ -96,6 +112,16 @@ def converter_of(domain: str, op_type: str) -> Converter | None:
         return CONVERTERS.get(op_type)
     return DOMAIN_CONVERTERS.get(domain, {}).get(op_type)
 
+def similar_ops(domain: str, op_type: str) -> list[str]:
+    """The ops kiln converts of `domain` whose names are closest to `op_type` (`Matmul`:
+    MatMul), for an error that names an op kiln has no converter for."""
+    import difflib
+
+    known = CONVERTERS if domain in ("", "ai.onnx") else DOMAIN_CONVERTERS.get(domain, {})
+    by_case = {op.lower(): op for op in known}
+    close = difflib.get_close_matches(op_type.lower(), list(by_case), n=3, cutoff=0.85)
+    return [by_case[op] for op in close]
+
 # The input slots whose values kiln needs at import time (shapes, axes, pads, bounds: kiln
 # takes them as attributes), by op type. The importer names them when they are not constants.
 _REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
@@ -112,4 +138,4 @@ IMPORT_TIME_INPUTS: dict[str, tuple[int, ...]] = {
 }
 
 __all__ = ["CONVERTERS", "DOMAIN_CONVERTERS", "IMPORT_TIME_INPUTS", "Converter", "OnnxNode",
-           "Unsupported", "convert_node", "converter_of"]
+           "Unsupported", "convert_node", "converter_of", "similar_ops"]

@@ -36,6 +36,7 @@ from .convert_base import (
     need,
     require_dtype,
 )
+from .sizes import sizes_of
 
 CONVERTERS, converter = converter_table()
 
@@ -745,12 +746,19 @@ def _resize(gb, node):
     axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
+    for other, name, default in (("nearest", "nearest_mode", "round_prefer_floor"),
+                                 ("cubic", "cubic_coeff_a", -0.75)):
+        if mode != other:  # another mode's attribute (PyTorch's bilinear interpolate writes
+            attr(node, name, default)  # nearest_mode="floor"): it concerns nothing here
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")
     policy = choose(node, "keep_aspect_ratio_policy", "stretch",
                     ("stretch", "not_larger", "not_smaller"))
     rank = x.type.rank
     axes = [axis_of(a, rank) for a in (ints(node, "axes") or list(range(rank)))]
     scales, sizes = (known(gb, node, i) if arg(node, i) is not None else None for i in (2, 3))
+    same: set[int] = set()  # axes whose wanted size is the input's own symbolic size
+    if arg(node, 3) is not None and sizes is None:
+        sizes, same = _sizes_from_shapes(gb, node, x, axes)
     if any(arg(node, i) is not None and v is None for i, v in ((2, scales), (3, sizes))):
         raise Unsupported("Resize's scales and sizes must be constants")
     if scales is not None and scales.size == 0:
@@ -763,6 +771,12 @@ def _resize(gb, node):
     if len(given) != len(axes):
         raise Unsupported(f"Resize: {len(given)} scales or sizes for {len(axes)} axes")
     per_axis = dict(zip(axes, given, strict=True))
+    if same and (ctm == "tf_crop_and_resize" or policy != "stretch"):
+        raise Unsupported(f"Resize with {ctm} and {policy} to sizes known only at run time")
+    for axis in same:  # resized to its own size: the identity, in every other mode
+        del per_axis[axis]
+    if not per_axis:
+        return [x]
     roi = _resize_roi(gb, node, axes) if ctm == "tf_crop_and_resize" else {}
     partner = None
     if policy != "stretch" and sizes is not None:
@@ -778,6 +792,28 @@ def _resize(gb, node):
     for axis, response in steps:
         x = _resize_axis(gb, x, axis, *response)
     return [x]
+
+
+def _sizes_from_shapes(gb: GraphBuilder, node: OnnxNode, x: Value, axes: list[int]
+                       ) -> tuple[np.ndarray | None, set[int]]:
+    """Resize's sizes computed from the inputs' shapes (PyTorch's `interpolate(x,
+    size=(h, w))` of a dynamic batch: `Concat(Shape(x)[:2], [h, w])`), as numbers, and the
+    axes whose wanted size is the input's own symbolic one (their number a placeholder);
+    (None, {}) when they are not sizes kiln knows at import time."""
+    wanted = sizes_of(gb.graph, node.inputs[3])
+    if wanted is None or len(wanted) != len(axes):
+        return None, set()
+    numbers, same = [], set()
+    for axis, size in zip(axes, wanted, strict=True):
+        if size.is_const:
+            numbers.append(size.value)
+        elif size == x.type.shape[axis]:
+            numbers.append(0)
+            same.add(axis)
+        else:
+            raise Unsupported(f"Resize of axis {axis} to the size {size}: kiln resizes to "
+                              "numbers, or an axis to its own size")
+    return np.array(numbers, np.int64), same
 
 
 def _resize_roi(gb: GraphBuilder, node: OnnxNode, axes: list[int]) -> dict[int, list[float]]:
@@ -825,7 +861,8 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
     else:
         sizes = out["size"] = [Dim.of(int(per_axis[a])) if a in per_axis else shape[a]
                                for a in spatial]
-    if ctm != "half_pixel" and any(d is None or not d.is_const or d.value <= 1 for d in sizes):
+    if ctm in ("align_corners", "pytorch_half_pixel") and any(
+            d is None or not d.is_const or d.value <= 1 for d in sizes):
         return None  # those modes special-case an output size of 1
     return out
 

@@ -32,10 +32,11 @@ from ..dims import Dim, assuming
 from ..errors import KilnError
 from ..ir import SIZE_FACTS_KEY, Constraint, Graph, Value
 from ..types import TensorType, dtype_of_numpy
-from .convert import Unsupported, convert_node, converter_of
+from .convert import Unsupported, convert_node, converter_of, similar_ops
 from .convert_base import KILN_DTYPES, fold, kiln_dtype
 from .convert_control import NodeWithSubgraphs
 from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
+from .unify import paired_axes
 
 SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 FLOAT_ELEMENTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -55,17 +56,31 @@ class ImportedModel:
     symbols: dict[str, str] = field(default_factory=dict)  # dim_param -> kiln symbol
 
 
-def import_graph(model: ReadModel, name: str | None = None) -> ImportedModel:
-    """The kiln graph of `model` (K0906 listing every node kiln cannot convert)."""
-    walk = _Walk(model)
-    walk.order = model.order
-    walk.inputs()
-    facts = walk.size_facts()
-    with assuming(facts):
-        walk.nodes()
-        walk.finish()
-    return ImportedModel(name or model_name(model), walk.graph, walk.used_params(), model,
-                         walk.symbols)
+def import_graph(model: ReadModel, name: str | None = None,
+                 sizes: dict[str, int] | None = None) -> ImportedModel:
+    """The kiln graph of `model` (K0906 listing every node kiln cannot convert), with the
+    inputs' sizes named in `sizes` (by dim_param or kiln symbol) fixed to those numbers, as
+    onnxruntime's free dimension overrides fix them. Where a node does not convert because
+    two sizes of the inputs its rule needs equal are distinct symbols (unify.py), they are
+    made one and the model converted again."""
+    aliases: dict[str, str] = {}
+    while True:
+        walk = _Walk(model, aliases=aliases, sizes=sizes)
+        walk.order = model.order
+        walk.inputs()
+        unknown = sorted(set(walk.sizes) - set(walk.symbols) - set(walk.symbols.values()))
+        if unknown:
+            raise KilnError("K0602", f"{model.path}: no input has a size named "
+                            f"{', '.join(unknown)}", hint="its inputs' symbolic sizes: "
+                            f"{', '.join(sorted(set(walk.symbols.values()))) or 'none'}")
+        facts = walk.size_facts()
+        with assuming(facts):
+            walk.nodes()
+            if walk.unified:
+                continue  # each round joins two sizes at least: it ends
+            walk.finish()
+        return ImportedModel(name or model_name(model), walk.graph, walk.used_params(),
+                             model, walk.symbols)
 
 
 def model_name(model: ReadModel) -> str:
@@ -120,7 +135,8 @@ class _Walk:
     where the names it reads without defining them are found."""
 
     def __init__(self, model: ReadModel, proto: onnx.GraphProto | None = None,
-                 graph: Graph | None = None, parent: _Walk | None = None):
+                 graph: Graph | None = None, parent: _Walk | None = None,
+                 aliases: dict[str, str] | None = None, sizes: dict[str, int] | None = None):
         self.model = model
         self.proto = proto or model.proto.graph
         self.path = model.path
@@ -133,6 +149,13 @@ class _Walk:
         self.unknown: set[str] = set()  # outputs of nodes that did not convert
         self.problems: list[str] = []
         self.symbols: dict[str, str] = parent.symbols if parent else {}
+        # sizes made one (unify.py): an axis's key (its dim_param, or `input_axis` for an
+        # axis with no name) -> the key of the size it is, and each symbol's key
+        self.aliases: dict[str, str] = parent.aliases if parent else \
+            aliases if aliases is not None else {}
+        self.key_of: dict[str, str] = parent.key_of if parent else {}
+        self.unified = False
+        self.sizes: dict[str, int] = parent.sizes if parent else sizes or {}
         self.param_paths: set[str] = set()
         self.captured: list[Value] = []  # outer values a body reads, as its extra inputs
         for init in self.proto.initializer:
@@ -170,9 +193,14 @@ class _Walk:
         for axis, d in enumerate(tensor.shape.dim):
             if d.HasField("dim_value") and d.dim_value >= 0:
                 shape.append(int(d.dim_value))
-            else:
-                param = d.dim_param if d.HasField("dim_param") else f"{info.name}_{axis}"
-                shape.append(self.symbol(param))
+            else:  # an empty dim_param names no size: a size of its own
+                param = d.dim_param or f"{info.name}_{axis}"
+                key = self.size_key(param)
+                symbol = self.symbol(key)
+                self.symbols.setdefault(param, symbol)  # a name made one: the same
+                fixed = next((self.sizes[k] for k in (symbol, key, param) if k in self.sizes),
+                             None)
+                shape.append(symbol if fixed is None else fixed)
         return TensorType(dtype, tuple(shape))
 
     def symbol(self, dim_param: str) -> str:
@@ -184,7 +212,32 @@ class _Walk:
             while name in self.symbols.values():
                 name, k = f"{base}_{k}", k + 1
             self.symbols[dim_param] = name
+            self.key_of[name] = dim_param
         return self.symbols[dim_param]
+
+    def size_key(self, key: str) -> str:
+        """The key of the size an input's axis is: its own, or the one it was made one with
+        (the first input's)."""
+        while key in self.aliases:
+            key = self.aliases[key]
+        return key
+
+    def unify(self, proto: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        """Make one size of each two distinct symbols of the inputs that `proto`'s rule needs
+        equal (unify.py), the later one named as the earlier: `unified` asks for another
+        round of the import."""
+        types = [v.type if v is not None else None for v in
+                 (self.value(n) if n else None for n in proto.input)]
+        for a, b in paired_axes(proto.op_type, attrs, types):
+            keys = [self.key_of.get(d.symbol or "") for d in (a, b)]
+            if None in keys or keys[0] == keys[1]:
+                continue
+            first, later = sorted(keys, key=list(self.key_of.values()).index)
+            self.aliases[later] = first
+            root = self
+            while root.parent is not None:
+                root = root.parent
+            root.unified = True
 
     def size_facts(self) -> dict[str, int]:
         """The divisibility facts kiln's own export records (`kiln.size_facts`: `H:4,W:4`, for
@@ -319,17 +372,20 @@ class _Walk:
                 domain in self.model.opsets
             if not known_op and (domain or proto.op_type != "Constant"):
                 where = f" of domain {proto.domain!r}" if domain else ""
-                self.fail(proto, f"{label}: kiln has no converter for {proto.op_type}{where}")
+                close = similar_ops(domain, proto.op_type)
+                near = f" (kiln converts {', '.join(close)})" if close else ""
+                self.fail(proto, f"{label}: kiln has no converter for {proto.op_type}{where}"
+                          f"{near}")
                 continue
             if any(n in self.unknown for n in proto.input if n):
                 self.unknown.update(proto.output)  # its input's node is listed already
                 continue
             try:
                 self.convert(proto, index)
-            except Unsupported as err:
-                self.fail(proto, f"{label}: {err.reason}")
-            except KilnError as err:
-                self.fail(proto, f"{label}: {err.message}")
+            except (Unsupported, KilnError) as err:
+                self.unify(proto, {a.name: decode_attr(a) for a in proto.attribute})
+                reason = err.reason if isinstance(err, Unsupported) else err.message
+                self.fail(proto, f"{label}: {reason}")
 
     def fail(self, proto: onnx.NodeProto, message: str) -> None:
         self.problems.append(message)
@@ -340,6 +396,9 @@ class _Walk:
         if proto.op_type == "Constant":
             (out,) = proto.output
             self.consts[out] = constant_value(proto)
+            return
+        if self.exact_widening(proto):
+            self.values[proto.output[0]] = self.value(proto.input[0])
             return
         node = NodeWithSubgraphs(
             subgraph=self.subgraph if any(a.type in SUBGRAPH_ATTRS for a in proto.attribute)
@@ -359,6 +418,28 @@ class _Walk:
             if name:
                 self.unknown.add(name)
 
+    def exact_widening(self, proto: onnx.NodeProto) -> bool:
+        """Whether `proto` casts a float to DOUBLE (an element type kiln does not have) only
+        for ops whose results are the same on the value kept as it was: IsInf and IsNaN, and
+        a Cast to another type (PyTorch's TorchScript exporter writes `torch.isinf(x)` as
+        `IsInf(Cast(x, to=DOUBLE))`). The widening is exact, so the value stands for it."""
+        if proto.op_type != "Cast" or len(proto.input) != 1 or not proto.output[0]:
+            return False
+        to = next((a.i for a in proto.attribute if a.name == "to"), None)
+        source = self.value(proto.input[0])
+        if to != onnx.TensorProto.DOUBLE or source is None or \
+                source.type.dtype not in ("f32", "f16", "bf16"):
+            return False
+        out = proto.output[0]
+        if any(o.name == out for o in self.proto.output) or any(
+                a.type in SUBGRAPH_ATTRS for n in self.proto.node for a in n.attribute):
+            return False  # (a subgraph's reads of it are not looked for)
+        readers = [n for n in self.proto.node if out in n.input]
+        return bool(readers) and all(
+            n.op_type in ("IsInf", "IsNaN") or (n.op_type == "Cast" and not any(
+                a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute))
+            for n in readers)
+
     # the end --------------------------------------------------------------------------------
     def finish(self) -> None:
         """The graph's outputs, or K0906 listing every node that did not convert."""
@@ -372,11 +453,41 @@ class _Walk:
             lines = "\n  ".join(listed) + (f"\n  ... and {more} more" if more else "")
             raise KilnError("K0906", f"{self.path}: kiln cannot import {len(self.problems)} "
                             f"node{'s' if len(self.problems) > 1 else ''} of this model:\n  "
-                            f"{lines}", hint="docs/onnx-import.md lists the supported ops")
+                            f"{lines}", hint=self.hint(listed))
+        for o in self.model.proto.graph.output:
+            declared = KILN_DTYPES.get(o.type.tensor_type.elem_type) \
+                if o.type.HasField("tensor_type") else None
+            computed = self.value(o.name).type.dtype
+            if declared is not None and declared != computed:
+                raise KilnError("K0903", f"{self.path}: the graph output '{o.name}' is declared "
+                                f"{declared} but its node computes {computed}",
+                                hint="onnxruntime refuses this model too: the output's type "
+                                "in the file is wrong")
         self.graph.outputs = [self.as_declared(self.value(o.name), o)
                               for o in self.model.proto.graph.output]
         self.graph.output_names = [o.name for o in self.model.proto.graph.output]
         self.graph.prune()
+
+    def hint(self, problems: list[str]) -> str:
+        """What to do about K0906's `problems`: where they name a symbolic size of the inputs
+        (an exporter that traced `seq` as the number 7 reshapes `[seq, ...]` to `[7, ...]`),
+        fixing that size; for an op of onnxruntime's own domain, where it comes from."""
+        hints = ["docs/onnx-import.md lists the supported ops"]
+        symbols = {s for i in self.graph.inputs for d in self.graph.node(i)["types"][0].shape
+                   for s in d.symbols()}
+        named = sorted(s for s in symbols if any(re.search(rf"\b{re.escape(s)}\b", p)
+                                                 for p in problems))
+        if named:
+            hints.insert(0, f"if the exporter fixed a size of the inputs (here "
+                         f"{', '.join(named)}) to a number while tracing, fix that size when "
+                         f"compiling: kiln.compile(path, args={{'{named[-1]}': N}}) or `--arg "
+                         f"{named[-1]}=N`, as onnxruntime's free dimension overrides do")
+        if any("of domain 'com.microsoft'" in p for p in problems):
+            hints.insert(0, "com.microsoft ops are onnxruntime's own, written by its graph "
+                         "optimizer or transformer fusion: import the model as exported, "
+                         "before optimization (SessionOptions.graph_optimization_level = "
+                         "ORT_DISABLE_ALL, or no optimized_model_filepath)")
+        return "; ".join(hints)
 
     def as_declared(self, value: Value, info: onnx.ValueInfoProto) -> Value:
         """An output in the shape the file declares for it where that is the same shape
