@@ -188,7 +188,7 @@ class CompiledModel:
         """Check every input against the signature; returns arrays by name and symbol sizes."""
         return self._signature.bind(args, kwargs)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):
         arrays, dims = self._signature.bind(args, kwargs)
         return self.pack_results(self.run(arrays, dims))
 
@@ -204,7 +204,7 @@ class CompiledModel:
     def run(self, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def vjp(self, *args, cotangents: list | tuple | None = None, **kwargs
+    def vjp(self, /, *args, cotangents: list | tuple | None = None, **kwargs
             ) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Reverse mode: (outputs, grads, input_grads) of a call with these inputs.
 

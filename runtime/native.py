@@ -366,7 +366,7 @@ class NativeModel(CompiledModel):
         variant.native = native  # what the compile cache's model entry links (modelcache.py)
         return variant
 
-    def profile(self, *args, repeat: int = 10, **kwargs):
+    def profile(self, /, *args, repeat: int = 10, **kwargs):
         """Time each kernel of a call with these inputs (runtime/profile.py: a Profile, whose
         str is the table `kiln profile` prints): the model's code is built once more with a
         timer around every kernel, warmed up with one call, then called `repeat` times."""
@@ -438,7 +438,7 @@ class NativeModel(CompiledModel):
         for variant in self._state.built.values():
             variant.code.shutdown()
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):
         """The fast path: exactly the signature's arrays, positional or every one by its name,
         C-contiguous, of the right dtypes, ranks and sizes, goes straight to native code;
         anything else takes the general path, which converts what it safely can or raises a

@@ -1016,3 +1016,19 @@ def test_large_outputs_start_at_a_page_boundary():
         got[0][:] = 0
         np.testing.assert_allclose(got[1], x + 1.0, rtol=1e-6)  # no output shares bytes
         assert all(g.flags.writeable and g.flags.c_contiguous for g in got)
+
+
+@pytest.mark.parametrize("target", ["native", "reference"])
+def test_an_input_named_self_is_given_by_name(tmp_path, target):
+    """An ONNX graph's inputs are named anything, `self` too (a traced method's argument):
+    call, vjp and profile take it by name, not as their own `self`."""
+    path = tmp_path / "m.kiln"
+    path.write_text("model M { forward(self: f32[B, 3], x: f32[B, 3]) -> f32[B, 3] "
+                    "{ return self * 2.0 + x } }")
+    m = kiln.compile(str(path), target=target)
+    a, b = np.ones((2, 3), np.float32), np.full((2, 3), 5.0, np.float32)
+    np.testing.assert_array_equal(m(**{"self": a, "x": b}), a * 2 + b)
+    _, _, grads = m.vjp(**{"self": a, "x": b}, cotangents=[b])
+    np.testing.assert_array_equal(grads["self"], b * 2)
+    if target == "native":
+        assert m.profile(**{"self": a, "x": b}, repeat=1).calls == 1
