@@ -2,7 +2,7 @@
 nn.TransformerEncoderLayer with a padding mask (the TorchScript exporter traces the sequence
 length as a number: `args=` fixes it), an encoder exported with `dynamic_axes` given as lists
 (each input's sizes named apart), a decoder whose upsampling is `interpolate` (bilinear, and
-to `size=` of a dynamic batch), and the `dynamo=True` exporter's GPT. Each agrees with
+to `size=` of a dynamic batch), and a GPT layer whose causal mask the graph builds. Each agrees with
 onnxruntime on the same file, at sizes other than the exported ones where they are dynamic."""
 
 from __future__ import annotations
@@ -106,23 +106,17 @@ def exported(tmp_path_factory):
         "attention": (Attention(), (ids, mask), ["ids", "mask"],
                       {"ids": [0, 1], "mask": [0, 1]}),
         "decoder": (Decoder(), (image,), ["x"], {"x": {0: "batch"}}),
+        "gpt": (GPT(), (ids,), ["ids"], {"ids": {0: "batch", 1: "seq"}}),
     }
     made: dict = {}
 
     def get(name: str):
         if name not in made:
             path = directory / f"{name}.onnx"
-            if name == "gpt":
-                pytest.importorskip("onnxscript", reason="the dynamo exporter needs it")
-                seq = torch.export.Dim("seq", max=64)
-                torch.onnx.export(GPT().eval(), (ids,), path, input_names=["ids"],
-                                  dynamic_shapes={"ids": {1: seq}}, dynamo=True,
-                                  verbose=False)
-            else:
-                module, args, names, axes = cases[name]
-                torch.onnx.export(module.eval(), args, path, input_names=names,
-                                  output_names=["y"], dynamic_axes=axes, opset_version=17,
-                                  dynamo=False)
+            module, args, names, axes = cases[name]
+            torch.onnx.export(module.eval(), args, path, input_names=names,
+                              output_names=["y"], dynamic_axes=axes, opset_version=17,
+                              dynamo=False)
             made[name] = path
         return made[name]
 
@@ -161,5 +155,5 @@ def test_interpolate_of_a_dynamic_batch(exported, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_dynamo_export_with_a_causal_mask(exported, target):
+def test_a_causal_mask_built_in_the_graph(exported, target):
     agree(exported("gpt"), {"ids": tokens(2, 5)["ids"]}, target)
