@@ -67,18 +67,18 @@ KERAS_LOSSES = {
     "binary_cross_entropy_with_logits on logits"}
 
 
-# a std.losses loss that applies an activation itself, the op that activation is, and what
-# the loss wants instead of that op's output
-_ACTIVATED = {"cross_entropy": ("softmax", "logits (it applies log_softmax itself, as "
-                                "torch.nn.CrossEntropyLoss does)"),
-              "nll_loss": ("softmax", "log-probabilities (log_softmax's output, as "
-                           "torch.nn.NLLLoss does)"),
-              "binary_cross_entropy_with_logits": ("sigmoid", "logits (it applies the "
-                                                   "sigmoid itself)")}
-_INSTEAD = {"cross_entropy": "return the scores before the softmax, or use nll_loss on "
-            "log_softmax", "nll_loss": "end the model with log_softmax instead of softmax",
-            "binary_cross_entropy_with_logits": "return the scores before the sigmoid, or use "
-            "binary_cross_entropy"}
+# a std.losses loss that applies an activation itself: the op that activation is, what the
+# loss wants instead of that op's output, and what to do
+_ACTIVATED = {
+    "cross_entropy": ("softmax", "logits (it applies log_softmax itself, as "
+                      "torch.nn.CrossEntropyLoss does)",
+                      "return the scores before the softmax, or use nll_loss on log_softmax"),
+    "nll_loss": ("softmax", "log-probabilities (log_softmax's output, as torch.nn.NLLLoss "
+                 "does)", "end the model with log_softmax instead of softmax"),
+    "binary_cross_entropy_with_logits": ("sigmoid", "logits (it applies the sigmoid itself)",
+                                         "return the scores before the sigmoid, or use "
+                                         "binary_cross_entropy"),
+}
 
 
 def loss_on_activation(loss: LossSpec, model: ElaboratedModel) -> str | None:
@@ -87,12 +87,11 @@ def loss_on_activation(loss: LossSpec, model: ElaboratedModel) -> str | None:
     its gradients shrunk by a second softmax), or None."""
     if loss.path is not None or loss.name not in _ACTIVATED:
         return None
-    op, wants = _ACTIVATED[loss.name]
+    op, wants, instead = _ACTIVATED[loss.name]
     where = output_made_by(model, op)
     if where is None:
         return None
-    return (f"{loss.name} takes {wants}, but {model.name}'s output is {where}; "
-            f"{_INSTEAD[loss.name]}")
+    return f"{loss.name} takes {wants}, but {model.name}'s output is {where}; {instead}"
 
 
 def output_made_by(model: ElaboratedModel, op: str) -> str | None:
