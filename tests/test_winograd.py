@@ -210,3 +210,128 @@ def test_bound_catches_a_wrong_transform_matrix(monkeypatch):
     model = kiln.compile(SRC, args=args, threads=1, seed=11)
     assert any(n.startswith("winograd_b(") for n in model.native_arrays())
     assert _worst(model, 32, 40, 7, 7, 1, 1) > WINOGRAD_BOUND
+
+
+# a 4x4, stride-2, padding-1 transposed convolution (DCGAN's up-sampling) runs as the stride-1
+# 3x3 convolution of packing.transposed_as_conv3 in F(4, 3), its outputs stored in place. Its
+# bound is looser than a convolution's: at the last output row and column only one of a
+# pixel's four taps lands (|x| * |w| is small there), while the tile's transforms mix in its
+# other inputs' rounding; measured up to 112 (DCGAN's 128 -> 64 channels at 16x16), 15-20
+# away from those edges
+CT_BOUND = 256
+CT_SRC = """
+import std.nn
+model T(c: int, o: int, h: int, w: int) {
+  a = nn.ConvTranspose2d(c, o, 4, 2, 1)
+  b = nn.ConvTranspose2d(c, o, 4, 2, 1, bias = false)
+  forward(x: f32[B, c, h, w]) { return x |> a, relu(x |> b) }
+}
+"""
+
+
+def _transposed64(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """conv_transpose(x, w) + b, stride 2, padding 1, in float64 by its definition: tap
+    (i, j) of input pixel (ih, iw) lands on (2 ih - 1 + i, 2 iw - 1 + j)."""
+    n, _, h, wd = x.shape
+    y = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))  # one extra row/column each side
+    for i in range(4):
+        for j in range(4):
+            y[:, :, i:i + 2 * h:2, j:j + 2 * wd:2] += np.einsum("nchw,co->nohw", x, w[:, :, i, j])
+    y = y[:, :, 1:2 * h + 1, 1:2 * wd + 1]
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+def test_transposed_weight_as_a_3x3_convolutions():
+    """transposed_as_conv3: the 3x3 convolution's channel 4 o + 2 ph + pw is the transposed
+    convolution's pixels (2 a + ph, 2 b + pw) of channel o, and winograd_ct its U."""
+    x = RNG.standard_normal((2, 5, 3, 4))
+    w = RNG.standard_normal((5, 3, 4, 4)).astype(np.float32)
+    z = conv_nd(x, packing.transposed_as_conv3(w).astype(np.float64), (1, 1), [(1, 1), (1, 1)],
+                (1, 1), 1)
+    shuffled = z.reshape(2, 3, 2, 2, 3, 4).transpose(0, 1, 4, 2, 5, 3).reshape(2, 3, 6, 8)
+    np.testing.assert_allclose(shuffled, _transposed64(x, w.astype(np.float64), None),
+                               rtol=1e-12, atol=1e-12)
+    nr = tiling().nr
+    np.testing.assert_array_equal(packing.winograd_ct(w, nr),
+                                  winograd_b(packing.transposed_as_conv3(w), nr))
+
+
+def _worst_transposed(model, c, o, h, w, batch) -> float:
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    got = model(x)
+    params = {k: v.astype(np.float64) for k, v in model.params.items()}
+    x64 = x.astype(np.float64)
+    want = [_transposed64(x64, params["a.weight"], params["a.bias"]),
+            np.maximum(_transposed64(x64, params["b.weight"], None), 0)]
+    scale = [_transposed64(np.abs(x64), np.abs(params["a.weight"]), np.abs(params["a.bias"])),
+             _transposed64(np.abs(x64), np.abs(params["b.weight"]), None)]
+    worst = 0.0
+    for y, y64, sc in zip(got, want, scale, strict=True):
+        assert y.shape == y64.shape == (batch, o, 2 * h, 2 * w)
+        assert np.isfinite(y).all()
+        worst = max(worst, float((np.abs(y - y64) / (EPS * sc + 1e-30)).max()))
+    return worst
+
+
+@pytest.mark.parametrize("c, o, h, w, batch, threads", [
+    (32, 8, 16, 16, 13, 1),    # 16 tiles a sample: groups of 12 samples, then one
+    (40, 9, 9, 7, 3, 2),       # partial tiles on both edges, odd channels (4 o = 36)
+    (48, 16, 17, 5, 1, 2),     # one sample, more tile rows than columns
+    (33, 12, 12, 12, 2, 1),
+])
+def test_native_transposed_winograd_within_its_bound(c, o, h, w, batch, threads):
+    args = {"c": c, "o": o, "h": h, "w": w}
+    model = kiln.compile(CT_SRC, args=args, threads=threads, seed=5)
+    chosen = {n for n in model.native_arrays() if n.startswith("winograd_ct(")}
+    assert len(chosen) == 2  # both transposed convolutions
+    assert _worst_transposed(model, c, o, h, w, batch) <= CT_BOUND
+    if threads == 2:  # and the numpy reference agrees
+        ref = kiln.compile(CT_SRC, args=args, target="reference", seed=5)
+        x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+        for got, want in zip(model(x), ref(x), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_winograd_in_code_for_avx2_and_one_thread_agree():
+    """The same model built for AVX2 (8 lanes) and for this CPU, on 1 and 2 threads, within
+    the bound, the threads' results bit-equal."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.runtime.native import NativeModel
+
+    args = {"c": 36, "o": 10, "h": 11, "w": 6}
+    src = CT_SRC.replace("model T(c: int, o: int, h: int, w: int)", "model T").replace(
+        "f32[B, c, h, w]", "f32[B, 36, 11, 6]").replace("(c, o, 4", "(36, 10, 4")
+    host = kiln.compile(src, threads=2, seed=3)
+    assert any(n.startswith("winograd_ct(") for n in host.native_arrays())
+    assert _worst_transposed(host, *args.values(), 5) <= CT_BOUND
+    one = kiln.compile(src, threads=1, seed=3)
+    x = RNG.standard_normal((5, 36, 11, 6)).astype(np.float32)
+    for a, b in zip(host(x), one(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    avx2 = targets.named("x86-64-v3")
+    if avx2.missing_on(targets.host()):
+        pytest.skip("this CPU cannot run code for x86-64-v3")
+    native = NativeModel(Compilation.of(kiln.load(src), cpu=avx2), dict(host.params),
+                         threads=2)
+    assert any(n.startswith("winograd_ct(") for n in native.native_arrays())
+    assert _worst_transposed(native, *args.values(), 4) <= CT_BOUND
+
+
+def test_other_transposed_convolutions_keep_the_gemm():
+    """A 3x3 kernel, output padding, groups, few channels, or a symbolic size: the GEMM and
+    its scatter."""
+    base = """
+import std.nn
+model S { a = nn.ConvTranspose2d(64, 32, KERNEL)
+  forward(x: f32[B, 64, H, 8]) { return x |> a } }
+"""
+    for kernel, h in (("3, 2, 1", "8"), ("4, 2, 1, output_padding = 1", "8"),
+                      ("4, 2, 1, groups = 2", "8"), ("4, 1, 1", "8"), ("4, 2, 1", "H")):
+        model = kiln.compile(base.replace("KERNEL", kernel).replace("H, 8", f"{h}, 8"),
+                             seed=1)
+        assert not any(n.startswith("winograd_ct(") for n in model.native_arrays()), kernel
+    few = base.replace("KERNEL", "4, 2, 1").replace("64, 32", "16, 32").replace(
+        "B, 64", "B, 16").replace("H, 8", "8, 8")
+    assert not any(n.startswith("winograd_ct(") for n in kiln.compile(few, seed=1)
+                   .native_arrays())

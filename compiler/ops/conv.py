@@ -297,6 +297,12 @@ def _conv_transpose_onnx(b, n):
 
 def _conv_transpose_llvm(kb, n):
     x, w, _bias = n.in_types
+    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked \
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+        # a 4x4 stride-2 one as its stride-1 3x3 form in F(4, 3) (codegen/llvm/layout.py),
+        # the weight transformed for it (winograd_ct)
+        nn_native("winograd").conv_transpose_winograd(kb, n)
+        return
     stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
     window = nn_native("spatial").Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding,
                                             out)

@@ -19,9 +19,11 @@ from ...ops import lookup
 from ...passes.manager import PassContext, graph_pass
 from .packing import winograd_enabled
 from .winograd import eligible as winograd_eligible
+from .winograd import eligible_transposed as winograd_transposed_eligible
 
 PACKED = "packed"
-WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py)
+WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py; a 4x4
+# stride-2 transposed convolution's as its stride-1 3x3 form's)
 
 
 @graph_pass("conv_layout")
@@ -69,7 +71,8 @@ def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
         if node["op"] == "matmul" and (weight.type.rank != 2 or a.type.dtype != "f32"):
             continue  # a product of matrices with a batch of weights, or of other dtypes
         layout = PACKED
-        if node["op"] == "conv" and winograd_enabled() and winograd_eligible(
+        winograd = {"conv": winograd_eligible, "conv_transpose": winograd_transposed_eligible}
+        if node["op"] in winograd and winograd_enabled() and winograd[node["op"]](
                 a.type, weight.type, node["types"][0], node["attrs"]):
             layout = WINOGRAD
         if node["attrs"].get("weight_layout") != layout:

@@ -329,8 +329,10 @@ class GraphEmitter(GraphVisitor):
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
         if layout == WINOGRAD and not bf16.gemm_over_winograd(self.module, self.precision):
-            # U = G g G^T as 36 B operands (winograd.py)
-            return {slot: derived_name("winograd_b", name, nr=t.nr)}
+            # U = G g G^T as 36 B operands (winograd.py), of a transposed convolution's
+            # stride-1 form (packing.transposed_as_conv3)
+            kind = "winograd_ct" if op_node["op"] == "conv_transpose" else "winograd_b"
+            return {slot: derived_name(kind, name, nr=t.nr)}
         suffix = "_bf16" if self.precision == "bf16" else ""  # paired for the bf16 GEMM
         if REGISTRY[op_node["op"]].packed_weight == "b":
             return {slot: derived_name("prepack_b" + suffix, name, nr=t.nr, groups=groups)}

@@ -31,7 +31,7 @@ from llvmlite import ir
 from .abi import F32
 from .channels import by_channel
 from .gemm import Matrix, PackedB, gemm
-from .irgen import Vectors, i64
+from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .packing import ALPHA, AT, BT, M_OUT, R
 from .spatial import ZERO, Window
@@ -69,6 +69,31 @@ def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
         and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
 
 
+def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool:
+    """Whether a conv_transpose runs as F(4, 3) (conv_transpose_winograd): f32, 2-D, groups 1,
+    a 4x4 kernel with stride 2, padding 1, dilation 1 and no output padding (DCGAN's, U-Net's
+    and pix2pix's up-sampling), at least MIN_CHANNELS channels in and 4 C_out >= MIN_CHANNELS,
+    and an input of constant size with enough tiles a sample for U's size (`eligible`'s
+    rule, for the stride-1 form's 4 C_out channels)."""
+    def all_are(value, want) -> bool:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return len(values) in (1, 2) and all(v == want for v in values)
+
+    if x_t.dtype != "f32" or x_t.rank != 4 or w_t.rank != 4 or attrs.get("groups", 1) != 1:
+        return False
+    if not (all_are(attrs.get("stride", 1), 2) and all_are(attrs.get("padding", 0), 1)
+            and all_are(attrs.get("dilation", 1), 1)
+            and all_are(attrs.get("output_padding", 0), 0)):
+        return False
+    c, o, kh, kw = w_t.shape
+    h, w = x_t.shape[2:]
+    if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4):
+        return False
+    tiles = -(-h.value // M_OUT) * -(-w.value // M_OUT)
+    return min(4 * o.value, c.value) >= MIN_CHANNELS \
+        and ALPHA * ALPHA * c.value * 4 * o.value <= MAX_WEIGHT_PER_TILE * tiles
+
+
 def _combine(b: ir.IRBuilder, matrix: np.ndarray, values: list) -> list:
     """matrix @ values for a constant matrix and a list of vectors: zero coefficients
     skipped, +-1 as an add or subtract."""
@@ -100,20 +125,46 @@ def conv_winograd(kb, n, win: Window) -> None:
     """y = conv(x, w) (+ bias) for a conv that `eligible` accepted, whose weight (input 1)
     is `winograd_b`'s array. In f32 under precision="bf16" too (docs/language.md, "Reduced
     precision"): U is f32 panels, not the bf16 GEMM's pairs."""
+    _in_f32(kb, lambda: _conv_winograd(kb, n, win, n.out_types[0].shape[1], shuffled=False))
+
+
+def conv_transpose_winograd(kb, n) -> None:
+    """y = conv_transpose(x, w) (+ bias) for a 4x4, stride-2, padding-1 transposed
+    convolution that `eligible_transposed` accepted, whose weight is `winograd_ct`'s array:
+    the stride-1 3x3 convolution of packing.transposed_as_conv3 (4 C_out channels at the
+    input's resolution, 9 multiply-adds an input pixel and channel pair where the transposed
+    convolution's GEMM takes 16, and the Winograd form 36/16 of those 9), its outputs put in
+    place by the store (channel 4 o + 2 ph + pw's pixel (a, b) is y[o, 2 a + ph, 2 b + pw]):
+    no column buffer and no scatter."""
+    x_t, w_t, _ = n.in_types
+    h, w = x_t.shape[2:]
+    win = Window.of((h, w), (R, R), (1, 1), (1, 1), (1, 1), (h, w))
+    _in_f32(kb, lambda: _conv_winograd(kb, n, win, w_t.shape[1] * 4, shuffled=True))
+
+
+def _in_f32(kb, build) -> None:
     precision, kb.precision = kb.precision, "f32"
     try:
-        _conv_winograd(kb, n, win)
+        build()
     finally:
         kb.precision = precision
 
 
-def _conv_winograd(kb, n, win: Window) -> None:
+# the GEMMs take the tiles of several samples at once, about this many rows (a multiple of
+# the micro-kernel's 12), where one sample has fewer: each GEMM then reads its [C, O] of U
+# once for the group, not once a sample (a 4x4 image is one tile a sample)
+GROUP_ROWS = 192
+
+
+def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
+    """The F(4, 3) convolution over `win` with outs_dim output channels (the GEMM's columns),
+    a group of samples at a time (GROUP_ROWS); `shuffled`: stored as a stride-2 transposed
+    convolution's outputs (conv_transpose_winograd), else as the convolution's."""
     b = kb.b
     x_t, _, bias_t = n.in_types
     x, u, y = kb.input("x"), kb.input("weight"), kb.output()
     bias = kb.input("bias") if bias_t is not None else None
-    batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1],
-                                                 n.out_types[0].shape[1]))
+    batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], outs_dim))
     (h, w), (ph, pw), (oh, ow) = ([kb.dim(d) for d in pair] for pair in (
         win.size, win.pad, win.out))
     th = b.sdiv(b.add(oh, i64(M_OUT - 1)), i64(M_OUT))
@@ -121,11 +172,16 @@ def _conv_winograd(kb, n, win: Window) -> None:
     empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
     th, tw = b.select(empty, ZERO, th), b.select(empty, ZERO, tw)
     tiles = b.mul(th, tw)
+    # samples a group: enough for GROUP_ROWS rows, at least one, at most the batch
+    group = b.sdiv(i64(GROUP_ROWS), b.select(b.icmp_signed(">", tiles, ZERO), tiles, i64(1)))
+    group = smaller(b, b.select(b.icmp_signed(">", group, ZERO), group, i64(1)), batch)
+    group = b.select(b.icmp_signed(">", group, ZERO), group, i64(1))
+    rows = b.mul(group, tiles)
     hp = b.add(b.mul(th, i64(M_OUT)), i64(R - 1))
     wp = b.add(b.mul(tw, i64(M_OUT)), i64(R - 1))
     xi = ALPHA * ALPHA
-    sizes = {"xt": b.mul(b.mul(hp, wp), channels), "v": b.mul(i64(xi), b.mul(tiles, channels)),
-             "m": b.mul(i64(xi), b.mul(tiles, outs)),
+    sizes = {"xt": b.mul(b.mul(hp, wp), channels), "v": b.mul(i64(xi), b.mul(rows, channels)),
+             "m": b.mul(i64(xi), b.mul(rows, outs)),
              "yt": b.mul(i64(M_OUT * M_OUT), b.mul(tiles, outs))}
     total = b.add(sum_values(b, list(sizes.values())), i64(16))
     base = kb.scratch(total, F32, zeroed=False)  # every part written before it is read
@@ -139,31 +195,53 @@ def _conv_winograd(kb, n, win: Window) -> None:
         v = b.gep(xt, [sizes["xt"]])
         m = b.gep(v, [sizes["v"]])
         yt = b.gep(m, [sizes["m"]])
-        plane_in, plane_out = b.mul(h, w), b.mul(oh, ow)
-        with kb.for_range(batch) as s:
-            x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
-            y0 = b.gep(y, [b.mul(b.mul(s, outs), plane_out)])
-            by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
-                        lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
-                        lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
-            by_channel(kb, "wino_in", [xt, v], [th, tw, channels, wp, tiles],
-                        lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
-                                       b_.mul(z[1], z[2])], _input_rows,
-                        lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
-            with kb.for_range(i64(xi)) as k:  # a loop, not 36 calls: less code to build
-                gemm(kb, tiles, outs, channels,
-                     Matrix(b.gep(v, [b.mul(k, b.mul(tiles, channels))]), channels),
-                     PackedB(b.gep(u, [b.mul(k, u_step)]), channels),
-                     Matrix(b.gep(m, [b.mul(k, b.mul(tiles, outs))]), outs))
-            by_channel(kb, "wino_out", [m, yt], [th, tw, outs, tiles],
-                        lambda b_, z: [b_.mul(z[1], z[2]),
-                                       b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
-                        _output_rows,
-                        lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
-            pointers = [yt, y0] + ([bias] if bias is not None else [])
-            by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
-                        lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
-                        _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
+        plane_in = b.mul(h, w)
+        plane_out = b.mul(oh, ow)
+        if shuffled:  # y's planes are (2 OH) x (2 OW), C_out = outs / 4 of them
+            plane_out = b.mul(plane_out, i64(4))
+        y_sample = b.mul(b.sdiv(outs, i64(4)) if shuffled else outs, plane_out)
+        groups = b.sdiv(b.add(batch, b.sub(group, i64(1))), group)
+        with kb.for_range(groups) as g:
+            s0 = b.mul(g, group)
+            count = smaller(b, group, b.sub(batch, s0))
+            with kb.for_range(count) as k:
+                s = b.add(s0, k)
+                x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
+                by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
+                            lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
+                            lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
+                # V[xi, k tiles + t, c]: this sample's rows of the group's products
+                by_channel(kb, "wino_in", [xt, b.gep(v, [b.mul(b.mul(k, tiles), channels)])],
+                            [th, tw, channels, wp, b.mul(count, tiles)],
+                            lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
+                                           b_.mul(z[1], z[2])], _input_rows,
+                            lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
+            group_rows = b.mul(count, tiles)
+            with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
+                gemm(kb, group_rows, outs, channels,
+                     Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
+                     PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
+                     Matrix(b.gep(m, [b.mul(q, b.mul(group_rows, outs))]), outs))
+            with kb.for_range(count) as k:
+                y0 = b.gep(y, [b.mul(b.add(s0, k), y_sample)])
+                by_channel(kb, "wino_out", [b.gep(m, [b.mul(b.mul(k, tiles), outs)]), yt],
+                            [th, tw, outs, group_rows],
+                            lambda b_, z: [b_.mul(z[1], z[2]),
+                                           b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
+                            _output_rows,
+                            lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
+                pointers = [yt, y0] + ([bias] if bias is not None else [])
+                if shuffled:
+                    by_channel(kb, "wino_shuffle", pointers,
+                                [b.sdiv(outs, i64(4)), oh, ow, tw, outs],
+                                lambda b_, z: [i64(4), b_.mul(i64(4), b_.mul(z[1], z[2])),
+                                               i64(1)][:len(pointers)],
+                                _store_shuffled,
+                                lambda b_, z: b_.mul(i64(4), b_.mul(z[0], b_.mul(z[1], z[2]))))
+                else:
+                    by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
+                                lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
+                                _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
         kb.release(base)
 
 
@@ -286,3 +364,28 @@ def _store_channels(kb, pointers, sizes) -> None:
             value = b.load(b.gep(yt, [b.add(b.add(b.mul(r, row), b.mul(q, outs)), o)]))
             b.store(value if add is None else b.fadd(value, add),
                     b.gep(plane, [b.add(b.mul(r, ow), q)]))
+
+
+def _store_shuffled(kb, pointers, sizes) -> None:
+    """y for a block of a transposed convolution's channels (conv_transpose_winograd):
+    pointers (Yt at channel 4 o, y at channel o's plane[, bias at o]), sizes (channels, OH,
+    OW (the input's), TW, 4 C_out): y[o, 2 a + ph, 2 b + pw] = Yt[a, b, 4 o + 2 ph + pw]
+    (+ bias[o])."""
+    b = kb.b
+    yt, y0 = pointers[:2]
+    bias = pointers[2] if len(pointers) > 2 else None
+    count, oh, ow, tw, outs = sizes
+    row = b.mul(b.mul(tw, i64(M_OUT)), outs)  # floats of one Yt row
+    width = b.mul(ow, i64(2))
+    with kb.for_range(count) as o:
+        add = b.load(b.gep(bias, [o])) if bias is not None else None
+        plane = b.gep(y0, [b.mul(o, b.mul(i64(4), b.mul(oh, ow)))])
+        with kb.for_range(oh) as r, kb.for_range(ow) as q:
+            at = b.add(b.add(b.mul(r, row), b.mul(q, outs)), b.mul(o, i64(4)))
+            for ph in range(2):
+                for pw in range(2):
+                    value = b.load(b.gep(yt, [b.add(at, i64(2 * ph + pw))]))
+                    target = b.add(b.mul(b.add(b.mul(r, i64(2)), i64(ph)), width),
+                                   b.add(b.mul(q, i64(2)), i64(pw)))
+                    b.store(value if add is None else b.fadd(value, add),
+                            b.gep(plane, [target]))
