@@ -242,13 +242,13 @@ def _transposed64(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndar
 
 
 def test_transposed_weight_as_a_3x3_convolutions():
-    """transposed_as_conv3: the 3x3 convolution's channel 4 o + 2 ph + pw is the transposed
-    convolution's pixels (2 a + ph, 2 b + pw) of channel o, and winograd_ct its U."""
+    """transposed_as_conv3: the 3x3 convolution's channel (2 ph + pw) C_out + o is the
+    transposed convolution's pixels (2 a + ph, 2 b + pw) of channel o, and winograd_ct its U."""
     x = RNG.standard_normal((2, 5, 3, 4))
     w = RNG.standard_normal((5, 3, 4, 4)).astype(np.float32)
     z = conv_nd(x, packing.transposed_as_conv3(w).astype(np.float64), (1, 1), [(1, 1), (1, 1)],
                 (1, 1), 1)
-    shuffled = z.reshape(2, 3, 2, 2, 3, 4).transpose(0, 1, 4, 2, 5, 3).reshape(2, 3, 6, 8)
+    shuffled = z.reshape(2, 2, 2, 3, 3, 4).transpose(0, 3, 4, 1, 5, 2).reshape(2, 3, 6, 8)
     np.testing.assert_allclose(shuffled, _transposed64(x, w.astype(np.float64), None),
                                rtol=1e-12, atol=1e-12)
     nr = tiling().nr

@@ -297,16 +297,20 @@ def _conv_transpose_onnx(b, n):
 
 def _conv_transpose_llvm(kb, n):
     x, w, _bias = n.in_types
-    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked \
-            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
-        # a 4x4 stride-2 one as its stride-1 3x3 form in F(4, 3) (codegen/llvm/layout.py),
-        # the weight transformed for it (winograd_ct)
-        nn_native("winograd").conv_transpose_winograd(kb, n)
-        return
     stride, dilation, padding, _, out = _conv_transpose_geometry(x, w, n.attrs)
     window = nn_native("spatial").Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding,
                                             out)
-    nn_native("conv").conv_transpose(kb, n, window, to_int(n.attrs["groups"], "groups"))
+    groups = to_int(n.attrs["groups"], "groups")
+    layout = n.attrs.get("weight_layout")
+    if x.dtype == "f32" and layout in ("winograd", "winograd_or_packed") and 1 in n.prepacked \
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+        # a 4x4 stride-2 one as its stride-1 3x3 form in F(4, 3) (codegen/llvm/layout.py),
+        # the weight transformed for it (winograd_ct), or that and the GEMM's panels
+        # (winograd_ct_or_b), one of the two chosen by the batch
+        nn_native("winograd").conv_transpose_winograd(kb, n, None if layout == "winograd" else (
+            lambda weight: nn_native("conv").conv_transpose(kb, n, window, groups, weight)))
+        return
+    nn_native("conv").conv_transpose(kb, n, window, groups)
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:

@@ -289,7 +289,7 @@ def _conv_direct(kb, n, win: Window, groups: int) -> None:
 COLUMNS = 1 << 16  # floats of a transposed convolution's column buffer (256 KiB of stack)
 
 
-def conv_transpose(kb, n, win: Window, groups: int) -> None:
+def conv_transpose(kb, n, win: Window, groups: int, weight: ir.Value | None = None) -> None:
     """The adjoint of conv: tap (i, j) of input pixel (ih, iw) lands on output
     oh = ih * stride - pad + i * dilation (and likewise ow); w is [C_in, C_out/groups, kh, kw].
     `win` describes it: size is x's spatial size, out y's.
@@ -298,7 +298,8 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
     (`_column_block`), then per sample, a chunk of input pixels at a time:
     cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for each
     tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
-    output directly."""
+    output directly. `weight`: where the prepacked weight is, when not input 1 itself (the
+    panels after winograd_ct_or_b's U)."""
     x_t, w_t, _ = n.in_types
     row = w_t.shape[1] * win.kernel[0] * win.kernel[1]  # (o, i, j) of a group
     if x_t.dtype != "f32" or not row.is_const or row.value > COLUMNS or \
@@ -306,7 +307,7 @@ def conv_transpose(kb, n, win: Window, groups: int) -> None:
         _conv_transpose_direct(kb, n, win, groups)
         return
     b = kb.b
-    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    x, w, y = kb.input("x"), kb.input("weight") if weight is None else weight, kb.output()
     h, wd = (kb.dim(d) for d in win.size)
     out_h, out_w = (kb.dim(d) for d in win.out)
     channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])

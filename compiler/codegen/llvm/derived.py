@@ -6,6 +6,8 @@ the compiler's kinds (a weight's `permute`), the GEMM's prepacked panels:
     winograd_b(nr=32):layer1.0.conv1.weight             (G g G^T, winograd.py's 36 Bs)
     winograd_ct(nr=32):main.3.weight                     (a 4x4 stride-2 transposed
                                                           convolution's, as a 3x3's)
+    winograd_ct_or_b(nr=32):main.3.weight                (that, then prepack_b's panels:
+                                                          the one a call's batch picks)
 
 The module lists them among its parameters (ModuleLayout.params); the runtime makes them when
 it binds the weights (`resolve`), so new weights give new derived arrays, and an ahead-of-time
@@ -20,12 +22,20 @@ import numpy as np
 
 from ... import derived as base
 from ...derived import derived_name
-from .packing import prepack_a, prepack_a_bf16, prepack_b, prepack_b_bf16, winograd_b, winograd_ct
+from .packing import (
+    prepack_a,
+    prepack_a_bf16,
+    prepack_b,
+    prepack_b_bf16,
+    winograd_b,
+    winograd_ct,
+    winograd_ct_or_b,
+)
 
 KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b,
                                "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
                                "prepack_b_bf16": prepack_b_bf16, "winograd_b": winograd_b,
-                               "winograd_ct": winograd_ct}
+                               "winograd_ct": winograd_ct, "winograd_ct_or_b": winograd_ct_or_b}
 
 
 def parse(name: str) -> tuple[str, dict, str] | None:

@@ -24,6 +24,9 @@ from .winograd import eligible_transposed as winograd_transposed_eligible
 PACKED = "packed"
 WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py; a 4x4
 # stride-2 transposed convolution's as its stride-1 3x3 form's)
+# both, for a transposed convolution whose F(4, 3) pays only where a call's batch is large
+# enough (winograd.eligible_transposed's None): each call picks
+WINOGRAD_OR_PACKED = "winograd_or_packed"
 
 
 @graph_pass("conv_layout")
@@ -72,9 +75,9 @@ def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
             continue  # a product of matrices with a batch of weights, or of other dtypes
         layout = PACKED
         winograd = {"conv": winograd_eligible, "conv_transpose": winograd_transposed_eligible}
-        if node["op"] in winograd and winograd_enabled() and winograd[node["op"]](
-                a.type, weight.type, node["types"][0], node["attrs"]):
-            layout = WINOGRAD
+        if node["op"] in winograd and winograd_enabled():
+            layout = {True: WINOGRAD, None: WINOGRAD_OR_PACKED, False: PACKED}[winograd[
+                node["op"]](a.type, weight.type, node["types"][0], node["attrs"])]
         if node["attrs"].get("weight_layout") != layout:
             node["attrs"] = {**node["attrs"], "weight_layout": layout}
             ctx.count(layout)

@@ -48,7 +48,7 @@ from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .irgen import i64
 from .kernel import KernelBuilder, NativeNode
-from .layout import PACKED, WINOGRAD, captured_weights
+from .layout import PACKED, WINOGRAD, WINOGRAD_OR_PACKED, captured_weights
 from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
@@ -317,7 +317,7 @@ class GraphEmitter(GraphVisitor):
                 and _packable_b(graph, nid, op_node, slot, self.precision)):
             return {slot: self.packed_per_call[source.node]}
         layout = op_node["attrs"].get("weight_layout")
-        if layout not in (PACKED, WINOGRAD):
+        if layout not in (PACKED, WINOGRAD, WINOGRAD_OR_PACKED):
             return {}
         source = graph.operands(nid)[slot]
         src_nid, src_node = source.node, graph.node(source.node)
@@ -328,10 +328,13 @@ class GraphEmitter(GraphVisitor):
         name = self.param_name(src_nid, src_node)
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
-        if layout == WINOGRAD and not bf16.gemm_over_winograd(self.module, self.precision):
+        if layout in (WINOGRAD, WINOGRAD_OR_PACKED) and not bf16.gemm_over_winograd(
+                self.module, self.precision):
             # U = G g G^T as 36 B operands (winograd.py), of a transposed convolution's
-            # stride-1 form (packing.transposed_as_conv3)
-            kind = "winograd_ct" if op_node["op"] == "conv_transpose" else "winograd_b"
+            # stride-1 form (packing.transposed_as_conv3), and the GEMM's panels after it
+            # where a call's batch chooses between the two
+            kind = "winograd_b" if op_node["op"] != "conv_transpose" else \
+                "winograd_ct" if layout == WINOGRAD else "winograd_ct_or_b"
             return {slot: derived_name(kind, name, nr=t.nr)}
         suffix = "_bf16" if self.precision == "bf16" else ""  # paired for the bf16 GEMM
         if REGISTRY[op_node["op"]].packed_weight == "b":

@@ -99,13 +99,13 @@ def winograd_b(weight: np.ndarray, nr: int) -> np.ndarray:
 def transposed_as_conv3(weight: np.ndarray) -> np.ndarray:
     """A transposed convolution's weight [C_in, C_out, 4, 4] with stride 2 and padding 1 as
     the weight [4 C_out, C_in, 3, 3] of a stride-1 convolution with padding 1 at the input's
-    resolution, whose output channel 4 o + 2 ph + pw is output channel o's pixels
+    resolution, whose output channel (2 ph + pw) C_out + o is output channel o's pixels
     (2 a + ph, 2 b + pw): that pixel takes input rows a + t - 1 through tap
     ph + 3 - 2 t of the 4x4 kernel (t = 0, 1, 2; one of the three falls outside it and is 0),
     and columns likewise."""
     cin, cout = weight.shape[:2]
     w = np.asarray(weight, dtype=np.float32)
-    out = np.zeros((cout, 2, 2, cin, 3, 3), np.float32)
+    out = np.zeros((2, 2, cout, cin, 3, 3), np.float32)
     for ph in range(2):
         for th in range(3):
             kh = ph + 3 - 2 * th
@@ -115,7 +115,7 @@ def transposed_as_conv3(weight: np.ndarray) -> np.ndarray:
                 for tw in range(3):
                     kw = pw + 3 - 2 * tw
                     if 0 <= kw < 4:
-                        out[:, ph, pw, :, th, tw] = w[:, :, kh, kw].T
+                        out[ph, pw, :, :, th, tw] = w[:, :, kh, kw].T
     return out.reshape(4 * cout, cin, 3, 3)
 
 
@@ -123,6 +123,14 @@ def winograd_ct(weight: np.ndarray, nr: int) -> np.ndarray:
     """The derived array `winograd_ct(nr=NR):W` of a 4x4, stride-2, padding-1 transposed
     convolution's weight: winograd_b of its stride-1 form (`transposed_as_conv3`)."""
     return winograd_b(transposed_as_conv3(weight), nr)
+
+
+def winograd_ct_or_b(weight: np.ndarray, nr: int) -> np.ndarray:
+    """The derived array `winograd_ct_or_b(nr=NR):W`: winograd_ct's U, then the weight as
+    the GEMM's prepacked B (prepack_b, one group), flat: for a transposed convolution that
+    runs as F(4, 3) only where a call's batch gives its GEMMs enough rows, and through its
+    GEMM and scatter otherwise (winograd.conv_transpose_winograd, chosen per call)."""
+    return np.concatenate([winograd_ct(weight, nr).ravel(), prepack_b(weight, 1, nr).ravel()])
 
 
 WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM

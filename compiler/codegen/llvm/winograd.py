@@ -29,12 +29,13 @@ import numpy as np
 from llvmlite import ir
 
 from .abi import F32
-from .channels import by_channel
+from .channels import by_channel, clamp
 from .gemm import Matrix, PackedB, gemm
 from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
+from .movement import transposed
 from .packing import ALPHA, AT, BT, M_OUT, R
-from .spatial import ZERO, Window
+from .spatial import ZERO, Window, inside
 
 # Winograd pays when the GEMMs it saves are large enough for the transforms: measured on one
 # 3x3 convolution (B=1, 1 thread, time / the GEMM path's): 8 channels in and out 1.74, 16
@@ -69,12 +70,14 @@ def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
         and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
 
 
-def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool:
+def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool | None:
     """Whether a conv_transpose runs as F(4, 3) (conv_transpose_winograd): f32, 2-D, groups 1,
     a 4x4 kernel with stride 2, padding 1, dilation 1 and no output padding (DCGAN's, U-Net's
     and pix2pix's up-sampling), at least MIN_CHANNELS channels in and 4 C_out >= MIN_CHANNELS,
     and an input of constant size with enough tiles a sample for U's size (`eligible`'s
-    rule, for the stride-1 form's 4 C_out channels)."""
+    rule, for the stride-1 form's 4 C_out channels). None: only where a call's batch gives
+    the GEMMs enough rows (`pays`), at most BATCH_FOR_BOTH samples (DCGAN's 8x8 -> 16x16
+    layer: 4 tiles a sample; its 4x4 -> 8x8, one tile, would need 72)."""
     def all_are(value, want) -> bool:
         values = value if isinstance(value, (list, tuple)) else [value]
         return len(values) in (1, 2) and all(v == want for v in values)
@@ -87,11 +90,21 @@ def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool:
         return False
     c, o, kh, kw = w_t.shape
     h, w = x_t.shape[2:]
-    if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4):
+    if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4) \
+            or min(4 * o.value, c.value) < MIN_CHANNELS:
         return False
     tiles = -(-h.value // M_OUT) * -(-w.value // M_OUT)
-    return min(4 * o.value, c.value) >= MIN_CHANNELS \
-        and ALPHA * ALPHA * c.value * 4 * o.value <= MAX_WEIGHT_PER_TILE * tiles
+    u = ALPHA * ALPHA * c.value * 4 * o.value
+    if u <= MAX_WEIGHT_PER_TILE * tiles:
+        return True
+    if u <= MAX_WEIGHT_PER_TILE * min(GROUP_ROWS, BATCH_FOR_BOTH * tiles):
+        return None
+    return False
+
+
+# a transposed convolution whose U needs more than one sample's tiles keeps both layouts
+# (U and the GEMM's panels) if some batch up to this size pays for U
+BATCH_FOR_BOTH = 16
 
 
 def _combine(b: ir.IRBuilder, matrix: np.ndarray, values: list) -> list:
@@ -128,18 +141,37 @@ def conv_winograd(kb, n, win: Window) -> None:
     _in_f32(kb, lambda: _conv_winograd(kb, n, win, n.out_types[0].shape[1], shuffled=False))
 
 
-def conv_transpose_winograd(kb, n) -> None:
+def conv_transpose_winograd(kb, n, otherwise=None) -> None:
     """y = conv_transpose(x, w) (+ bias) for a 4x4, stride-2, padding-1 transposed
     convolution that `eligible_transposed` accepted, whose weight is `winograd_ct`'s array:
     the stride-1 3x3 convolution of packing.transposed_as_conv3 (4 C_out channels at the
     input's resolution, 9 multiply-adds an input pixel and channel pair where the transposed
     convolution's GEMM takes 16, and the Winograd form 36/16 of those 9), its outputs put in
-    place by the store (channel 4 o + 2 ph + pw's pixel (a, b) is y[o, 2 a + ph, 2 b + pw]):
-    no column buffer and no scatter."""
+    place by the store (channel (2 ph + pw) C_out + o's pixel (a, b) is
+    y[o, 2 a + ph, 2 b + pw]):
+    no column buffer and no scatter.
+
+    `otherwise(weight)`, for one it accepted only for large batches (None; the weight is
+    `winograd_ct_or_b`'s U then panels): builds the GEMM-and-scatter path on the panels,
+    which a call takes where its group of samples has too few tiles for U's size."""
     x_t, w_t, _ = n.in_types
     h, w = x_t.shape[2:]
     win = Window.of((h, w), (R, R), (1, 1), (1, 1), (1, 1), (h, w))
-    _in_f32(kb, lambda: _conv_winograd(kb, n, win, w_t.shape[1] * 4, shuffled=True))
+    outs = w_t.shape[1] * 4
+    if otherwise is None:
+        _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True))
+        return
+    b = kb.b
+    tiles = -(-h.value // M_OUT) * -(-w.value // M_OUT)
+    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
+    nr = tiling(kb.vector_width).nr
+    u_floats = ALPHA * ALPHA * x_t.shape[1].value * -(-outs.value // nr) * nr
+    with b.if_else(b.icmp_signed("<=", i64(u_floats), b.mul(rows, i64(MAX_WEIGHT_PER_TILE)))) \
+            as (winograd, gemm_path):
+        with winograd:
+            _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True))
+        with gemm_path:
+            otherwise(b.gep(kb.input("weight"), [i64(u_floats)]))
 
 
 def _in_f32(kb, build) -> None:
@@ -154,6 +186,14 @@ def _in_f32(kb, build) -> None:
 # the micro-kernel's 12), where one sample has fewer: each GEMM then reads its [C, O] of U
 # once for the group, not once a sample (a 4x4 image is one tile a sample)
 GROUP_ROWS = 192
+
+
+def _group(b: ir.IRBuilder, tiles: ir.Value, batch: ir.Value) -> ir.Value:
+    """Samples whose tiles go through the GEMMs together: enough for GROUP_ROWS rows, at
+    least one, at most the batch."""
+    group = b.sdiv(i64(GROUP_ROWS), b.select(b.icmp_signed(">", tiles, ZERO), tiles, i64(1)))
+    group = smaller(b, b.select(b.icmp_signed(">", group, ZERO), group, i64(1)), batch)
+    return b.select(b.icmp_signed(">", group, ZERO), group, i64(1))
 
 
 def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
@@ -172,10 +212,7 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
     empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
     th, tw = b.select(empty, ZERO, th), b.select(empty, ZERO, tw)
     tiles = b.mul(th, tw)
-    # samples a group: enough for GROUP_ROWS rows, at least one, at most the batch
-    group = b.sdiv(i64(GROUP_ROWS), b.select(b.icmp_signed(">", tiles, ZERO), tiles, i64(1)))
-    group = smaller(b, b.select(b.icmp_signed(">", group, ZERO), group, i64(1)), batch)
-    group = b.select(b.icmp_signed(">", group, ZERO), group, i64(1))
+    group = _group(b, tiles, batch)
     rows = b.mul(group, tiles)
     hp = b.add(b.mul(th, i64(M_OUT)), i64(R - 1))
     wp = b.add(b.mul(tw, i64(M_OUT)), i64(R - 1))
@@ -234,7 +271,7 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
                 if shuffled:
                     by_channel(kb, "wino_shuffle", pointers,
                                 [b.sdiv(outs, i64(4)), oh, ow, tw, outs],
-                                lambda b_, z: [i64(4), b_.mul(i64(4), b_.mul(z[1], z[2])),
+                                lambda b_, z: [i64(1), b_.mul(i64(4), b_.mul(z[1], z[2])),
                                                i64(1)][:len(pointers)],
                                 _store_shuffled,
                                 lambda b_, z: b_.mul(i64(4), b_.mul(z[0], b_.mul(z[1], z[2]))))
@@ -254,25 +291,77 @@ def sum_values(b: ir.IRBuilder, values: list[ir.Value]) -> ir.Value:
 
 def _pad_rows(kb, pointers, sizes) -> None:
     """Rows of xt: pointers (x, xt at the block's first row), sizes (rows, wp, C, h, w, ph,
-    pw, the block's first row): xt[r, q, c] = x[c, r - ph, q - pw], zero outside x."""
+    pw, the block's first row): xt[r, q, c] = x[c, r - ph, q - pw], zero outside x; a row of
+    x's pixels is the transpose of its [C, w] block (`_transpose_into`)."""
     b = kb.b
     x0, xt = pointers
     rows, wp, channels, h, w, ph, pw, first = sizes
+    plane = b.mul(h, w)
+    # the columns of x inside xt's row: [left, left + width), the rest zero
+    left = clamp(b, pw, wp)
+    width = clamp(b, smaller(b, w, b.sub(wp, left)), w)
     with kb.for_range(rows) as r:
         src_row = b.sub(b.add(first, r), ph)
-        row_in = b.icmp_unsigned("<", src_row, h)
-        with kb.for_range(wp) as q:
-            src_col = b.sub(q, pw)
-            lands = b.and_(row_in, b.icmp_unsigned("<", src_col, w))
-            dst = b.gep(xt, [b.mul(b.add(b.mul(r, wp), q), channels)])
-            with b.if_else(lands) as (copy, blank):
-                with copy:
-                    plane = b.mul(h, w)
-                    src = b.gep(x0, [b.add(b.mul(src_row, w), src_col)])
-                    with kb.for_range(channels) as c:
-                        b.store(b.load(b.gep(src, [b.mul(c, plane)])), b.gep(dst, [c]))
-                with blank:
-                    kb.zero_elements(dst, ZERO, channels, "f32")
+        dst = b.gep(xt, [b.mul(b.mul(r, wp), channels)])
+        with b.if_else(inside(kb, src_row, h)) as (copy, blank):
+            with copy:
+                kb.zero_elements(dst, ZERO, b.mul(left, channels), "f32")
+                _transpose_into(kb, b.gep(x0, [b.mul(src_row, w)]), plane,
+                                b.gep(dst, [b.mul(left, channels)]), channels, channels,
+                                width)
+                kb.zero_elements(dst, b.mul(b.add(left, width), channels),
+                                 b.mul(b.sub(wp, b.add(left, width)), channels), "f32")
+            with blank:
+                kb.zero_elements(dst, ZERO, b.mul(wp, channels), "f32")
+
+
+TRANSPOSE_TILE = 8  # a block transpose's side: 8 rows of 8 floats (AVX2 and AVX-512 alike)
+
+
+def _transpose_into(kb, src, src_stride, dst, dst_stride, rows, cols, bias=None,
+                    second=None) -> None:
+    """dst[j * dst_stride + i] = src[i * src_stride + j] (+ bias[j]) for i < rows, j < cols:
+    8x8 blocks as vectors (movement.transposed), the edges one float at a time. `second`:
+    another src of the same shape, interleaved with src along dst's rows (dst[j, 2 i] from
+    src, dst[j, 2 i + 1] from second: a stride-2 transposed convolution's two column
+    phases)."""
+    b = kb.b
+    tile = TRANSPOSE_TILE
+    vec = Vectors(b, tile)
+    spread = 1 if second is None else 2
+    sources = [src] if second is None else [src, second]
+
+    def rounded(count):
+        return b.mul(b.sdiv(count, i64(tile)), i64(tile))
+
+    def add(value, j):
+        return value if bias is None else b.fadd(value, b.load(b.gep(bias, [j])))
+
+    full_i, full_j = rounded(rows), rounded(cols)
+    with kb.for_range(full_i, step=tile) as i, kb.for_range(full_j, step=tile) as j:
+        blocks = [transposed(b, [vec.load(s, b.add(b.mul(b.add(i, i64(r)), src_stride), j))
+                                 for r in range(tile)]) for s in sources]
+        for q in range(tile):  # dst row j + q: src column j + q, rows i .. i + 8
+            column = b.add(j, i64(q))
+            row = blocks[0][q] if second is None else b.shuffle_vector(
+                blocks[0][q], blocks[1][q], ir.Constant(ir.VectorType(ir.IntType(32), 2 * tile),
+                                                        [v for k in range(tile)
+                                                         for v in (k, k + tile)]))
+            if bias is not None:
+                row = b.fadd(row, Vectors(b, spread * tile).splat(b.load(b.gep(bias, [column]))))
+            Vectors(b, spread * tile).store(row, dst, b.add(b.mul(column, dst_stride),
+                                                            b.mul(i, i64(spread))))
+
+    def one(i, j):
+        for k, s in enumerate(sources):
+            value = add(b.load(b.gep(s, [b.add(b.mul(i, src_stride), j)])), j)
+            b.store(value, b.gep(dst, [b.add(b.mul(j, dst_stride),
+                                              b.add(b.mul(i, i64(spread)), i64(k)))]))
+
+    with kb.for_range(rows, full_i) as i, kb.for_range(cols) as j:  # the last rows
+        one(i, j)
+    with kb.for_range(full_i) as i, kb.for_range(cols, full_j) as j:  # the last columns
+        one(i, j)
 
 
 def _channel_vectors(kb, count: ir.Value, body) -> None:
@@ -351,41 +440,35 @@ def _output_rows(kb, pointers, sizes) -> None:
 
 def _store_channels(kb, pointers, sizes) -> None:
     """y for a block of channels: pointers (Yt at the first channel, y at it[, bias at it]),
-    sizes (channels, OH, OW, TW, O): y[o, h, w] = Yt[h, w, o] (+ bias[o])."""
+    sizes (channels, OH, OW, TW, O): y[o, h, w] = Yt[h, w, o] (+ bias[o]), a row of Yt's
+    [OW, channels] block transposed at a time."""
     b = kb.b
     yt, y0 = pointers[:2]
     bias = pointers[2] if len(pointers) > 2 else None
     count, oh, ow, tw, outs = sizes
     row = b.mul(b.mul(tw, i64(M_OUT)), outs)  # floats of one Yt row
-    with kb.for_range(count) as o:
-        add = b.load(b.gep(bias, [o])) if bias is not None else None
-        plane = b.gep(y0, [b.mul(o, b.mul(oh, ow))])
-        with kb.for_range(oh) as r, kb.for_range(ow) as q:
-            value = b.load(b.gep(yt, [b.add(b.add(b.mul(r, row), b.mul(q, outs)), o)]))
-            b.store(value if add is None else b.fadd(value, add),
-                    b.gep(plane, [b.add(b.mul(r, ow), q)]))
+    with kb.for_range(oh) as r:
+        _transpose_into(kb, b.gep(yt, [b.mul(r, row)]), outs, b.gep(y0, [b.mul(r, ow)]),
+                        b.mul(oh, ow), ow, count, bias)
 
 
 def _store_shuffled(kb, pointers, sizes) -> None:
     """y for a block of a transposed convolution's channels (conv_transpose_winograd):
-    pointers (Yt at channel 4 o, y at channel o's plane[, bias at o]), sizes (channels, OH,
-    OW (the input's), TW, 4 C_out): y[o, 2 a + ph, 2 b + pw] = Yt[a, b, 4 o + 2 ph + pw]
-    (+ bias[o])."""
+    pointers (Yt at channel o, y at channel o's plane[, bias at o]), sizes (channels, OH,
+    OW (the input's), TW, 4 C_out): y[o, 2 a + ph, 2 b + pw] = Yt[a, b, (2 ph + pw) C_out + o]
+    (+ bias[o]): per row a and row phase ph, the two column phases' [OW, channels] blocks
+    transposed and interleaved."""
     b = kb.b
     yt, y0 = pointers[:2]
     bias = pointers[2] if len(pointers) > 2 else None
     count, oh, ow, tw, outs = sizes
+    per_phase = b.sdiv(outs, i64(4))
     row = b.mul(b.mul(tw, i64(M_OUT)), outs)  # floats of one Yt row
     width = b.mul(ow, i64(2))
-    with kb.for_range(count) as o:
-        add = b.load(b.gep(bias, [o])) if bias is not None else None
-        plane = b.gep(y0, [b.mul(o, b.mul(i64(4), b.mul(oh, ow)))])
-        with kb.for_range(oh) as r, kb.for_range(ow) as q:
-            at = b.add(b.add(b.mul(r, row), b.mul(q, outs)), b.mul(o, i64(4)))
-            for ph in range(2):
-                for pw in range(2):
-                    value = b.load(b.gep(yt, [b.add(at, i64(2 * ph + pw))]))
-                    target = b.add(b.mul(b.add(b.mul(r, i64(2)), i64(ph)), width),
-                                   b.add(b.mul(q, i64(2)), i64(pw)))
-                    b.store(value if add is None else b.fadd(value, add),
-                            b.gep(plane, [target]))
+    with kb.for_range(oh) as a:
+        for ph in range(2):
+            first = b.gep(yt, [b.add(b.mul(a, row), b.mul(i64(2 * ph), per_phase))])
+            _transpose_into(kb, first, outs,
+                            b.gep(y0, [b.mul(b.add(b.mul(a, i64(2)), i64(ph)), width)]),
+                            b.mul(i64(4), b.mul(oh, ow)), ow, count, bias,
+                            second=b.gep(first, [per_phase]))
