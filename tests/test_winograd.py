@@ -335,3 +335,23 @@ model S { a = nn.ConvTranspose2d(64, 32, KERNEL)
         "B, 64", "B, 16").replace("H, 8", "8, 8")
     assert not any(n.startswith("winograd_ct(") for n in kiln.compile(few, seed=1)
                    .native_arrays())
+
+
+def test_transposed_winograd_chosen_by_the_batch():
+    """U too large for one sample's tiles (64 -> 32 channels at 4x4: one tile a sample) but
+    not for a few samples': both layouts kept (winograd_ct_or_b), batch 1 through the GEMM
+    and its scatter, batch 3 through F(4, 3); each within its bound, on 1 and 2 threads
+    bit-equal, and the reference agrees."""
+    args = {"c": 64, "o": 32, "h": 4, "w": 4}
+    model = kiln.compile(CT_SRC, args=args, threads=2, seed=9)
+    assert sum(n.startswith("winograd_ct_or_b(") for n in model.native_arrays()) == 2
+    one = kiln.compile(CT_SRC, args=args, threads=1, seed=9)
+    ref = kiln.compile(CT_SRC, args=args, target="reference", seed=9)
+    for batch in (1, 3):
+        assert _worst_transposed(model, 64, 32, 4, 4, batch) <= CT_BOUND
+        x = RNG.standard_normal((batch, 64, 4, 4)).astype(np.float32)
+        for got, single, want in zip(model(x), one(x), ref(x), strict=True):
+            np.testing.assert_array_equal(got, single)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # the GEMM path at batch 1 is as accurate as a direct sum
+    assert _worst_transposed(model, 64, 32, 4, 4, 1) <= DIRECT_BOUND
