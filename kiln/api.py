@@ -190,16 +190,20 @@ def prepare(source: str | os.PathLike | Program, model: str | None = None,
     return compilation, params
 
 
-def write_kiln_source(source: str | os.PathLike, output: str | os.PathLike) -> list[str]:
+def write_kiln_source(source: str | os.PathLike, output: str | os.PathLike,
+                      args: dict | None = None) -> list[str]:
     """Write the ONNX model in file `source` as kiln source at `output` (model.kiln) and its
-    weights beside it (model.safetensors): both files or neither (`kiln import`). Returns
-    the paths written; K0907 when they cannot be written."""
+    weights beside it (model.safetensors): both files or neither (`kiln import`). `args` fix
+    symbolic sizes of its inputs first, as `kiln.compile(path, args=...)` does. Returns the
+    paths written; K0907 when they cannot be written."""
     from kiln.compiler.files import staged_writes
     from kiln.compiler.onnx_import import load_onnx
     from kiln.compiler.onnx_import.writer import kiln_source
     from kiln.runtime.weights import save_weights
 
     program = load_onnx(source)
+    if args:
+        program.elaborate(args=args)  # checks them, and converts with those sizes fixed
     output = Path(output)
     weights = output.with_suffix(".safetensors")
     text, tensors = kiln_source(program, output.name, weights.name)

@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="the .onnx model file")
     i.add_argument("-o", "--output", required=True,
                    help="the kiln file to write (model.kiln; model.safetensors beside it)")
+    i.add_argument("--arg", action="append", default=[], metavar="NAME=SIZE",
+                   help="fix an input's symbolic size (by dim_param), e.g. --arg seq=128")
     i.set_defaults(handler=cmd_import)
     cache_options(sub)
     return p
@@ -236,7 +238,7 @@ def cmd_import(opts) -> int:
         raise KilnError("K0602", f"cannot write kiln source to {opts.output}: it is a directory")
     from kiln.api import write_kiln_source
 
-    written = write_kiln_source(Path(opts.file), output)
+    written = write_kiln_source(Path(opts.file), output, parse_args_option(opts.arg))
     print(f"wrote {', '.join(written)}")
     return 0
 

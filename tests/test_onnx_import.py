@@ -165,6 +165,31 @@ def test_kiln_import_refuses_a_bad_output(mlp_file, tmp_path, capsys):
     assert not list(tmp_path.glob("*.kiln"))
 
 
+def test_kiln_import_fixes_sizes_with_arg(tmp_path, capsys):
+    """`kiln import --arg seq=3` writes the source with that input size fixed (a Reshape to
+    the size the exporter saw converts only so); a name no input has is K0602, nothing
+    written."""
+    rng = np.random.default_rng(1)
+    inits = {"w": rng.standard_normal((4, 2)).astype(np.float32),
+             "shape": np.array([-1, 3, 2], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Reshape", ["a", "shape"], ["y"])]
+    model = make_model(nodes, [("x", TensorProto.FLOAT, ["batch", "seq", 4])],
+                       [("y", TensorProto.FLOAT, ["batch", "seq", 2])], inits)
+    path = save(model, tmp_path / "m.onnx")
+    code, out, err = run(capsys, "import", path, "-o", tmp_path / "m.kiln", "--arg", "seq=3")
+    assert code == 0, err
+    source = (tmp_path / "m.kiln").read_text()
+    assert "forward(x: f32[batch, 3, 4])" in source, source
+    compiled = kiln.compile(tmp_path / "m.kiln", target="native",
+                            weights=tmp_path / "m.safetensors")
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), run_ort(path, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    code, _, err = run(capsys, "import", path, "-o", tmp_path / "n.kiln", "--arg", "sq=3")
+    assert code == 1 and "K0602" in err and "sq" in err
+    assert not (tmp_path / "n.kiln").exists()
+
+
 @pytest.mark.parametrize("stash_type, refused", [(1, False), (0, True)])
 def test_attribute_no_converter_reads_must_be_default(stash_type, refused):
     """Range's converter never reads stash_type (opset 27): its default imports, another
