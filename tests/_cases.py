@@ -506,6 +506,8 @@ CONV_T_CASES = [
     ((1, 1, 2, 2), (1, 1, 4, 4), 2, 1, 0, 1, 1),
     ((1, 2, 3, 3), (2, 1, 3, 3), 1, 1, 1, 2, 1),  # output_padding under dilation, over stride
     ((1, 2, 3, 4), (2, 3, 3, 2), 1, 0, (1, 0), 2, 1),  # ... and over the padding
+    ((3, 5, 1, 1), (5, 4, 4, 3), 1, 0, 0, 1, 1),  # 1x1 inputs: the output is the kernel's
+    ((3, 5, 1, 1), (5, 4, 3, 3), 2, 1, 0, 1, 1),  # ... or a scatter of it (padding)
 ]
 POOL_CASES = [
     # kernel, stride, padding, dilation, ceil_mode

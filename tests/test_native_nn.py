@@ -282,7 +282,8 @@ def test_conv_transpose_variants():
            "x1": "f32[B, 2, 5]", "w3": "f32[2, 3, 3]", "x2": "f32[B, 3, 7, 5]",
            "w4": "f32[3, 1000, 2, 2]", "x3": "f32[B, 400, 3, 2]", "w5": "f32[400, 4, 2, 2]",
            "x4": "f32[B, 3, 8, 7]", "w6": "f32[3, 5, 4, 4]", "w7": "f32[3, 2, 9, 9]",
-           "w8": "f32[3, 2, 3, 2]"},
+           "w8": "f32[3, 2, 3, 2]", "x5": "f32[B, 5, 1, 1]", "w9": "f32[5, 4, 4, 3]",
+           "b9": "f32[4]"},
           ["conv_transpose(x, w1, b1, stride = 2, padding = 1, output_padding = 1)",
            "conv_transpose(x, w2, stride = [1, 2], dilation = [2, 1], groups = 3)",
            "conv_transpose(x1, w3, stride = 2, padding = 1, output_padding = 1)",
@@ -292,7 +293,10 @@ def test_conv_transpose_variants():
            # border's not; 81 taps (taken one at a time, checked); dilated and strided
            "conv_transpose(x4, w6, stride = 2, padding = 1)",
            "conv_transpose(x4, w7, padding = 3)",
-           "conv_transpose(x4, w8, stride = [3, 2], padding = [2, 1], dilation = [2, 3])"],
+           "conv_transpose(x4, w8, stride = [3, 2], padding = [2, 1], dilation = [2, 3])",
+           # 1x1 inputs: the output is the kernel's footprint (one GEMM onto the bias, every
+           # sample), or, padded, a scatter of it
+           "conv_transpose(x5, w9, b9)", "conv_transpose(x5, w9, b9, padding = 1)"],
           scale=3)
 
 

@@ -387,7 +387,8 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
     as a DCGAN generator's first layer does), one group: x is then a row-major [B, C]
     matrix, so a chunk of samples is one GEMM [samples, C] @ w, each sample's row of `cols`
     then scattered (col2im) into its output; per sample, the GEMM would read all of w for
-    one row, 32 times for a batch of 32."""
+    one row, 32 times for a batch of 32. Where the output is the kernel's footprint (DCGAN's
+    1 -> 4x4: no padding), the product is the output: one GEMM onto the bias, no scatter."""
     b = kb.b
     channels, per_out, out_h, out_w = sizes
     out_plane = b.mul(out_h, out_w)
@@ -396,6 +397,15 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
     with kb.for_range(batch) as s:
         _fill_with_bias(kb, n, b.gep(y, [b.mul(s, sample_out)]), ZERO, per_out, out_plane)
     weights = (PackedB(w, channels) if 1 in n.prepacked else Matrix(w, width))
+    if win.dilation == (1, 1) and all(p.is_const and p.value == 0 for p in win.pad) and all(
+            o.is_const and k.is_const and o.value == k.value
+            for o, k in zip(win.out, win.kernel, strict=True)):
+        # the output is the kernel's footprint (no padding, no output padding): a sample's
+        # row (o, i, j) of the product is its output, in order; the GEMM adds it to the
+        # bias in place, every sample in one product, with no scatter
+        gemm(kb, batch, width, channels, Matrix(x, channels), weights, Matrix(y, width),
+             accumulate=True)
+        return
     with kb.for_range(batch, step=chunk.constant) as s0:
         count = b.select(b.icmp_signed("<", chunk, b.sub(batch, s0)), chunk, b.sub(batch, s0))
         gemm(kb, count, width, channels, Matrix(b.gep(x, [b.mul(s0, channels)]), channels),
