@@ -2,17 +2,24 @@
 whose weight is known before the call: 36 products of [tiles, C] by [C, O] matrices through
 the GEMM instead of one [O, 9C] by [9C, pixels] product, 2.25x fewer multiply-adds.
 
-Per sample, with TH x TW tiles of 4x4 outputs (T = TH * TW; the last row and column of tiles
-may reach past the output, their extra outputs never stored):
+With TH x TW tiles of 4x4 outputs a sample (T = TH * TW; the last row and column of tiles may
+reach past the output, their extra outputs never stored), for a group of S samples at a time
+(about GROUP_ROWS tiles, at least one sample):
 
-1. xt[r, q, c]: the input, channel-last, with its padding and the zeros the last tiles read
-   ([4 TH + 2, 4 TW + 2, C]; rows split across threads);
-2. V[xi, t, c] = (B^T d B)[xi] for the 6x6 patch d of tile t, channel c: vectors along c
-   (contiguous in xt and V), tile rows split across threads;
-3. M[xi] = V[xi] @ U[xi]: 36 GEMMs [T, C] @ [C, O] with U = G g G^T laid out once per weight
-   binding as the GEMM's prepacked B (`winograd_b`, computed in float64 and rounded once);
-4. Yt[4 th + i, 4 tw + j, o] = (A^T m A)[i, j], vectors along o (contiguous in M);
-5. y[o, h, w] = Yt[h, w, o] + bias[o] for h < OH, w < OW (channels split across threads).
+1. xt[r, q, c]: a sample's input, channel-last, with its padding and the zeros the last tiles
+   read ([4 TH + 2, 4 TW + 2, C]; 8x8 block transposes; rows split across threads);
+2. V[xi, s T + t, c] = (B^T d B)[xi] for the 6x6 patch d of sample s's tile t, channel c:
+   vectors along c (contiguous in xt and V), tile rows split across threads;
+3. M[xi] = V[xi] @ U[xi]: 36 GEMMs [S T, C] @ [C, O] with U = G g G^T laid out once per
+   weight binding as the GEMM's prepacked B (`winograd_b`, computed in float64 and rounded
+   once): each reads U once for the group;
+4. Yt[4 th + i, 4 tw + j, o] = (A^T m A)[i, j] per sample, vectors along o (contiguous in M);
+5. y[o, h, w] = Yt[h, w, o] + bias[o] for h < OH, w < OW (8x8 block transposes, channels
+   split across threads).
+
+A 4x4, stride-2, padding-1 transposed convolution runs as the 3x3 convolution it equals at its
+input's resolution (conv_transpose_winograd), step 5 then putting each of its 4 C_out channels
+in its place among the outputs.
 
 A fused epilogue (relu, a residual add) then runs over y as after any convolution.
 
