@@ -1,0 +1,147 @@
+"""The erf op and GELU's gradient with kiln's vectorised f32 erf (mathlib.ScalarMath.erf)
+against the same models built with the scalar libm call erff they lowered to before
+(session 18), on one large f32 array.
+
+    python benchmarks/erf.py [--size 4194304] [--rounds 15] [--threads 1] [--sweep]
+                             [--convnext] [--steps 3]
+
+Both builds are compiled in this process (the libm form by replacing ScalarMath.erf while it
+compiles; the compile caches are off, as both builds share one graph), then timed in
+alternating rounds; the table gives the medians, ns an element, and before / after (above 1:
+faster now). "gelu backward" is a vjp of gelu, whose gradient is erf and exp (forward and
+backward in one call). An error sweep (--sweep) prints the new erf's maximum relative and
+absolute error against math.erf in f64 over a dense grid, by range of |x|. --convnext times
+the ConvNeXt stage's train step (benchmarks/weight_grads.py's configuration: dim 96, batch
+8x96x56x56, SGD with momentum) the same way, `steps` steps a round, and PyTorch eager's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+from weight_grads import CONFIGS, _torch_step, _trainer
+
+os.environ["KILN_CACHE"] = "0"  # the two builds share one graph, hence one cache key
+
+import kiln  # noqa: E402
+from kiln.compiler.codegen.llvm.mathlib import ScalarMath  # noqa: E402
+
+MODELS = {
+    "erf": "model E { forward(x: f32[N]) -> f32[N] { return erf(x) } }",
+    "gelu": "model G { forward(x: f32[N]) -> f32[N] { return gelu(x) } }",
+}
+
+
+@contextlib.contextmanager
+def libm_erf():
+    """ScalarMath.erf is libm's erff, one scalar call per element, while inside."""
+    saved = ScalarMath.erf
+    ScalarMath.erf = lambda self, a: self.libm("erf", a)
+    try:
+        yield
+    finally:
+        ScalarMath.erf = saved
+
+
+def sweep() -> None:
+    """The maximum errors of the native f32 erf against math.erf, by range of |x|."""
+    native = kiln.compile(MODELS["erf"])
+    span = np.geomspace(1e-45, 10, 400_001)
+    grid = np.concatenate([np.linspace(-10, 10, 2_000_001), span, -span]).astype(np.float32)
+    got = native(grid).astype(np.float64)
+    want = np.array([math.erf(v) for v in grid.astype(np.float64)])
+    error = np.abs(got - want)
+    relative = error / np.maximum(np.abs(want), 1e-300)
+    tiny = float(np.finfo(np.float32).tiny)
+    print("| abs(x) in | points | max relative error | max absolute error |")
+    print("| --- | --- | --- | --- |")
+    for low, high in ((0, tiny), (tiny, 1e-3), (1e-3, 0.5), (0.5, 1), (1, 2), (2, 4), (4, 11)):
+        pick = (np.abs(grid) >= low) & (np.abs(grid) < high)
+        print(f"| [{low:.3g}, {high:.3g}) | {pick.sum()} | {relative[pick].max():.2e} | "
+              f"{error[pick].max():.2e} |")
+
+
+def _medians(runs: dict, rounds: int, count: int) -> dict[str, float]:
+    """Each run's median time over `rounds` alternating rounds, divided by `count`."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[key].append((time.perf_counter() - start) / count)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def convnext(threads: int, steps: int, rounds: int) -> None:
+    """The ConvNeXt stage's train step with libm's erff and with kiln's erf, and PyTorch's."""
+    path, args, loss, x_shape, y_shape = CONFIGS["convnext"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = rng.standard_normal(y_shape).astype(np.float32)
+    with libm_erf():
+        before = _trainer(path, args, loss, threads, (x, y))
+    after = _trainer(path, args, loss, threads, (x, y))
+
+    def repeated(step):
+        return lambda: [step(x, y) for _ in range(steps)]
+
+    runs = {"before": repeated(before.step), "after": repeated(after.step)}
+    with contextlib.suppress(ImportError):
+        runs["torch"] = repeated(_torch_step("convnext", loss, threads))
+    ms = {k: v * 1e3 for k, v in _medians(runs, rounds, steps).items()}
+    torch_ms = ms.get("torch")
+    print("| ConvNeXt train step | before ms | after ms | PyTorch ms | before/after "
+          "| PyTorch/after |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| {'x'.join(map(str, x_shape))}, {threads} thread(s) | {ms['before']:.1f} | "
+          f"{ms['after']:.1f} | " + (f"{torch_ms:.1f}" if torch_ms else "-")
+          + f" | {ms['before'] / ms['after']:.2f} | "
+          + (f"{torch_ms / ms['after']:.2f}" if torch_ms else "-") + " |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=1 << 22)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sweep", action="store_true", help="print the error sweep too")
+    parser.add_argument("--convnext", action="store_true", help="time the train step too")
+    parser.add_argument("--steps", type=int, default=3, help="train steps a round")
+    opts = parser.parse_args()
+    if opts.sweep:
+        sweep()
+    x = np.random.default_rng(0).standard_normal(opts.size).astype(np.float32) * 2
+    ct = np.ones_like(x)
+    with libm_erf():  # a vjp's gradient graph is compiled on its first call
+        before = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
+        before["gelu"].vjp(x, cotangents=[ct])
+    after = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
+    np.testing.assert_allclose(after["erf"](x), before["erf"](x), rtol=0, atol=2e-7)
+    runs = {
+        "erf": lambda m: m["erf"](x),
+        "gelu forward": lambda m: m["gelu"](x),
+        "gelu backward": lambda m: m["gelu"].vjp(x, cotangents=[ct]),
+    }
+    print(f"| op ({opts.size} f32) | before ns/elem | after ns/elem | before/after |")
+    print("| --- | --- | --- | --- |")
+    for name, run in runs.items():
+        ns = _medians({"before": lambda r=run: r(before), "after": lambda r=run: r(after)},
+                      opts.rounds, opts.size)
+        b, a = ns["before"] * 1e9, ns["after"] * 1e9
+        print(f"| {name} | {b:.2f} | {a:.2f} | {b / a:.2f} |", flush=True)
+    if opts.convnext:
+        convnext(opts.threads, opts.steps, opts.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
