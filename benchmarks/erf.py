@@ -1,18 +1,19 @@
 """The erf op and GELU's gradient with kiln's vectorised f32 erf (mathlib.ScalarMath.erf)
 against the same models built with the scalar libm call erff they lowered to before
-(session 18), on one large f32 array.
+(session 18), on one large f32 array; likewise log, elu (expm1) and softplus (log1p).
 
     python benchmarks/erf.py [--size 4194304] [--rounds 15] [--threads 1] [--sweep]
                              [--convnext] [--steps 3]
 
-Both builds are compiled in this process (the libm form by replacing ScalarMath.erf while it
-compiles; the compile caches are off, as both builds share one graph), then timed in
-alternating rounds; the table gives the medians, ns an element, and before / after (above 1:
-faster now). "gelu backward" is a vjp of gelu, whose gradient is erf and exp (forward and
-backward in one call). An error sweep (--sweep) prints the new erf's maximum relative and
-absolute error against math.erf in f64 over a dense grid, by range of |x|. --convnext times
-the ConvNeXt stage's train step (benchmarks/weight_grads.py's configuration: dim 96, batch
-8x96x56x56, SGD with momentum) the same way, `steps` steps a round, and PyTorch eager's.
+Both builds are compiled in this process (the libm forms by replacing ScalarMath's erf, log,
+log1p and expm1 while it compiles; the compile caches are off, as both builds share one
+graph), then timed in alternating rounds; the table gives the medians, ns an element, and
+before / after (above 1: faster now). "gelu backward" is a vjp of gelu, whose gradient is erf
+and exp (forward and backward in one call). An error sweep (--sweep) prints the new erf's
+maximum relative and absolute error against math.erf in f64 over a dense grid, by range of
+|x|. --convnext times the ConvNeXt stage's train step (benchmarks/weight_grads.py's
+configuration: dim 96, batch 8x96x56x56, SGD with momentum) the same way, `steps` steps a
+round, and PyTorch eager's.
 """
 
 from __future__ import annotations
@@ -33,21 +34,28 @@ os.environ["KILN_CACHE"] = "0"  # the two builds share one graph, hence one cach
 import kiln  # noqa: E402
 from kiln.compiler.codegen.llvm.mathlib import ScalarMath  # noqa: E402
 
-MODELS = {
-    "erf": "model E { forward(x: f32[N]) -> f32[N] { return erf(x) } }",
-    "gelu": "model G { forward(x: f32[N]) -> f32[N] { return gelu(x) } }",
+MODELS = {op: f"model M {{ forward(x: f32[N]) -> f32[N] {{ return {op}(x) }} }}"
+          for op in ("erf", "gelu", "log", "elu", "softplus")}
+# the forms before session 18: one libm call (or llvm.log, which is logf) per element
+LIBM_FORMS = {
+    "erf": lambda self, a: self.libm("erf", a),
+    "log": lambda self, a: self.intrinsic("log", a),
+    "log1p": lambda self, a: self.libm("log1p", a),
+    "expm1": lambda self, a: self.libm("expm1", a),
 }
 
 
 @contextlib.contextmanager
-def libm_erf():
-    """ScalarMath.erf is libm's erff, one scalar call per element, while inside."""
-    saved = ScalarMath.erf
-    ScalarMath.erf = lambda self, a: self.libm("erf", a)
+def libm_forms():
+    """ScalarMath's erf, log, log1p and expm1 call libm per element while inside."""
+    saved = {name: getattr(ScalarMath, name) for name in LIBM_FORMS}
     try:
+        for name, form in LIBM_FORMS.items():
+            setattr(ScalarMath, name, form)
         yield
     finally:
-        ScalarMath.erf = saved
+        for name, method in saved.items():
+            setattr(ScalarMath, name, method)
 
 
 def sweep() -> None:
@@ -87,7 +95,7 @@ def convnext(threads: int, steps: int, rounds: int) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape).astype(np.float32)
     y = rng.standard_normal(y_shape).astype(np.float32)
-    with libm_erf():
+    with libm_forms():
         before = _trainer(path, args, loss, threads, (x, y))
     after = _trainer(path, args, loss, threads, (x, y))
 
@@ -121,15 +129,19 @@ def main() -> int:
         sweep()
     x = np.random.default_rng(0).standard_normal(opts.size).astype(np.float32) * 2
     ct = np.ones_like(x)
-    with libm_erf():  # a vjp's gradient graph is compiled on its first call
+    with libm_forms():  # a vjp's gradient graph is compiled on its first call
         before = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
         before["gelu"].vjp(x, cotangents=[ct])
     after = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
     np.testing.assert_allclose(after["erf"](x), before["erf"](x), rtol=0, atol=2e-7)
+    positive = np.abs(x)
     runs = {
         "erf": lambda m: m["erf"](x),
         "gelu forward": lambda m: m["gelu"](x),
         "gelu backward": lambda m: m["gelu"].vjp(x, cotangents=[ct]),
+        "log": lambda m: m["log"](positive),
+        "elu": lambda m: m["elu"](x),
+        "softplus": lambda m: m["softplus"](x),
     }
     print(f"| op ({opts.size} f32) | before ns/elem | after ns/elem | before/after |")
     print("| --- | --- | --- | --- |")
