@@ -3,7 +3,7 @@ against the same models built with the scalar libm call erff they lowered to bef
 (session 18), on one large f32 array; likewise log, elu (expm1) and softplus (log1p).
 
     python benchmarks/erf.py [--size 4194304] [--rounds 15] [--threads 1] [--sweep]
-                             [--convnext] [--steps 3]
+                             [--convnext] [--steps 3] [--fit]
 
 Both builds are compiled in this process (the libm forms by replacing ScalarMath's erf, log,
 log1p and expm1 while it compiles; the compile caches are off, as both builds share one
@@ -13,7 +13,9 @@ and exp (forward and backward in one call). An error sweep (--sweep) prints the 
 maximum relative and absolute error against math.erf in f64 over a dense grid, by range of
 |x|. --convnext times the ConvNeXt stage's train step (benchmarks/weight_grads.py's
 configuration: dim 96, batch 8x96x56x56, SGD with momentum) the same way, `steps` steps a
-round, and PyTorch eager's.
+round, and PyTorch eager's. --fit prints the fits mathlib's erf was chosen from (degree by
+degree: the fit's own error, and the error with its coefficients rounded to f32 and evaluated
+in f32, without FMA) and their coefficients.
 """
 
 from __future__ import annotations
@@ -56,6 +58,56 @@ def libm_forms():
     finally:
         for name, method in saved.items():
             setattr(ScalarMath, name, method)
+
+
+def _minimax(x: np.ndarray, want: np.ndarray, basis: np.ndarray, scale: np.ndarray,
+             rounds: int = 80):
+    """Coefficients c minimising max |scale (basis c - want)|: Lawson's iteration (a
+    least-squares fit reweighted by its own error) — near enough minimax to choose degrees."""
+    weight = np.ones_like(x)
+    for _ in range(rounds):
+        root = np.sqrt(weight) * scale
+        c, *_ = np.linalg.lstsq(basis * root[:, None], want * root, rcond=None)
+        error = np.abs((basis @ c - want) * scale)
+        weight = weight * error / np.sum(weight * error)
+    return c, error.max()
+
+
+def _horner_f32(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    value = np.float32(c[-1])
+    for coefficient in c[-2::-1]:
+        value = (value * x + coefficient).astype(np.float32)
+    return value
+
+
+def fits() -> None:
+    """erf = x + x R(x^2) on [0, 1] (relative error) and erf = 1 - e^L(x - 1) on
+    [1, 3.925] (absolute error), degree by degree."""
+    print("| fit | degree | fit's error | in f32 | coefficients (f32, constant term first) |")
+    print("| --- | --- | --- | --- | --- |")
+    x = np.linspace(1e-6, 1, 4000)
+    erf = np.array([math.erf(v) for v in x])
+    x32 = np.linspace(0, 1, 200_001).astype(np.float32)[1:]
+    erf32 = np.array([math.erf(v) for v in x32.astype(np.float64)])
+    for degree in (5, 6, 7):
+        c, error = _minimax(x, erf / x, np.vander(x * x, degree + 1, increasing=True),
+                            x / erf, rounds=60)
+        c[0] -= 1  # R = erf(x)/x - 1
+        c32 = c.astype(np.float32)
+        got = (x32 + x32 * _horner_f32(c32, x32 * x32)).astype(np.float64)
+        print(f"| x R(x^2), relative | {degree} | {error:.2e} | "
+              f"{np.max(np.abs(got - erf32) / erf32):.2e} | {list(map(float, c32))} |")
+    x = np.linspace(1, 3.925, 6000)
+    x32 = np.linspace(1, 3.925, 300_001).astype(np.float32)
+    erf32 = np.array([math.erf(v) for v in x32.astype(np.float64)])
+    for degree in (7, 8):
+        c, error = _minimax(x, np.log([math.erfc(v) for v in x]),
+                            np.vander(x - 1, degree + 1, increasing=True), np.ones_like(x))
+        c32 = c.astype(np.float32)
+        tail = np.exp(_horner_f32(c32, x32 - np.float32(1)).astype(np.float64))
+        got = (np.float32(1) - tail.astype(np.float32)).astype(np.float64)
+        print(f"| 1 - e^L(x - 1), absolute | {degree} | {error:.2e} | "
+              f"{np.max(np.abs(got - erf32)):.2e} | {list(map(float, c32))} |")
 
 
 def sweep() -> None:
@@ -124,7 +176,11 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="print the error sweep too")
     parser.add_argument("--convnext", action="store_true", help="time the train step too")
     parser.add_argument("--steps", type=int, default=3, help="train steps a round")
+    parser.add_argument("--fit", action="store_true", help="print the fits and stop")
     opts = parser.parse_args()
+    if opts.fit:
+        fits()
+        return 0
     if opts.sweep:
         sweep()
     x = np.random.default_rng(0).standard_normal(opts.size).astype(np.float32) * 2
