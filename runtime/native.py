@@ -239,15 +239,19 @@ class _ThreadState:
     __slots__ = ("in_ptrs", "in_address", "out_ptrs", "out_address", "status", "status_ptr",
                  "workspace", "workspace_ptr")
 
-    def __init__(self, ins: int, outs: int):
-        self.in_ptrs = (ctypes.c_void_p * max(1, ins))()
-        self.in_address = ctypes.addressof(self.in_ptrs)
-        self.out_ptrs = (ctypes.c_void_p * max(1, outs))()
-        self.out_address = ctypes.addressof(self.out_ptrs)
+    def __init__(self):
         self.status = np.zeros(1, dtype=np.int64)
         self.status_ptr = self.status.__array_interface__["data"][0]
         self.workspace = None
         self.workspace_ptr = 0
+        self.fit(1, 1)
+
+    def fit(self, ins: int, outs: int) -> None:
+        """Pointer arrays for `ins` inputs and `outs` outputs (the workspace stays)."""
+        self.in_ptrs = (ctypes.c_void_p * max(1, ins))()
+        self.in_address = ctypes.addressof(self.in_ptrs)
+        self.out_ptrs = (ctypes.c_void_p * max(1, outs))()
+        self.out_address = ctypes.addressof(self.out_ptrs)
 
 
 @dataclass
@@ -551,8 +555,10 @@ class NativeModel(CompiledModel):
         """Cross into native code once, with every pointer prepared. `variant` (and with it
         the code and the arrays) stays referenced here until the call returns."""
         here = getattr(self._local, "state", None)
-        if here is None or len(here.in_ptrs) < len(ins) or len(here.out_ptrs) < len(outs):
-            here = self._local.state = _ThreadState(len(ins), len(outs))
+        if here is None:
+            here = self._local.state = _ThreadState()
+        if len(here.in_ptrs) < len(ins) or len(here.out_ptrs) < len(outs):
+            here.fit(max(len(here.in_ptrs), len(ins)), max(len(here.out_ptrs), len(outs)))
         in_ptrs, out_ptrs = here.in_ptrs, here.out_ptrs
         for i, a in enumerate(ins):
             in_ptrs[i] = _address(a)
