@@ -88,6 +88,7 @@ class _Variant:
     def __post_init__(self):
         self.params = (ctypes.c_void_p * max(1, len(self.arrays)))(
             *[a.__array_interface__["data"][0] for a in self.arrays])
+        self.params_ptr = ctypes.addressof(self.params)
 
     @staticmethod
     def bound(signature: Signature, graph: Graph | None, present: frozenset[str], layout, code,
@@ -129,6 +130,9 @@ class _Call:
     def __post_init__(self):
         self.offsets_ptr = self.offsets.__array_interface__["data"][0]
         self.sizes_ptr = self.sizes.__array_interface__["data"][0]
+        # each output's shape, dtype and bytes, computed once for every call with these sizes
+        self.allocations = [(shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize)
+                            for shape, dtype in self.outputs]
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
@@ -200,9 +204,8 @@ def _gathered(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _output(shape: tuple[int, ...], dtype: np.dtype, nbytes: int) -> np.ndarray:
     """An output array of one call: page-aligned when it has ALIGNED bytes or more."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes < ALIGNED:
         return _allocate(shape, dtype, "an output")
     raw = _allocate((nbytes + PAGE,), np.uint8, "an output")
@@ -212,7 +215,7 @@ def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 def _outputs(call: _Call) -> list[np.ndarray]:
     """The output arrays of one call, allocated for native code to fill."""
-    return [_output(shape, dtype) for shape, dtype in call.outputs]
+    return [_output(*allocation) for allocation in call.allocations]
 
 
 def _address(a: np.ndarray) -> int:
@@ -227,6 +230,28 @@ def _address(a: np.ndarray) -> int:
 
 def _interface(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
+
+
+class _ThreadState:
+    """One thread's pointer arrays for a call's inputs and outputs, its status word and its
+    workspace (threads never share one), with their addresses taken once."""
+
+    __slots__ = ("in_ptrs", "in_address", "out_ptrs", "out_address", "status", "status_ptr",
+                 "workspace", "workspace_ptr")
+
+    def __init__(self):
+        self.status = np.zeros(1, dtype=np.int64)
+        self.status_ptr = self.status.__array_interface__["data"][0]
+        self.workspace = None
+        self.workspace_ptr = 0
+        self.fit(1, 1)
+
+    def fit(self, ins: int, outs: int) -> None:
+        """Pointer arrays for `ins` inputs and `outs` outputs (the workspace stays)."""
+        self.in_ptrs = (ctypes.c_void_p * max(1, ins))()
+        self.in_address = ctypes.addressof(self.in_ptrs)
+        self.out_ptrs = (ctypes.c_void_p * max(1, outs))()
+        self.out_address = ctypes.addressof(self.out_ptrs)
 
 
 @dataclass
@@ -457,11 +482,12 @@ class NativeModel(CompiledModel):
         if len(args) != len(fast.dtypes):
             return super().__call__(*args, **kwargs)
         for a, dtype, rank in zip(args, fast.dtypes, fast.ranks):
-            if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != rank or not (
-                a.flags.c_contiguous
+            # (`is not` first: an array's dtype is most often the very object)
+            if type(a) is not np.ndarray or (a.dtype is not dtype and a.dtype != dtype) or (
+                a.ndim != rank or not a.flags.c_contiguous
             ):
                 return super().__call__(*args, **kwargs)
-        dims = tuple(args[i].shape[axis] for i, axis in fast.symbol_at)
+        dims = tuple([args[i].shape[axis] for i, axis in fast.symbol_at])
         for i, axis, want in fast.fixed:
             if args[i].shape[axis] != want:
                 return super().__call__(*args, **kwargs)
@@ -528,35 +554,31 @@ class NativeModel(CompiledModel):
     def _enter(self, variant: _Variant, call, ins, outs):
         """Cross into native code once, with every pointer prepared. `variant` (and with it
         the code and the arrays) stays referenced here until the call returns."""
-        local = self._local
-        in_ptrs = getattr(local, "in_ptrs", None)
-        if in_ptrs is None or len(in_ptrs) < len(ins) or len(local.out_ptrs) < len(outs):
-            in_ptrs = local.in_ptrs = (ctypes.c_void_p * max(1, len(ins)))()
-            local.out_ptrs = (ctypes.c_void_p * max(1, len(outs)))()
-        out_ptrs = local.out_ptrs
+        here = getattr(self._local, "state", None)
+        if here is None:
+            here = self._local.state = _ThreadState()
+        if len(here.in_ptrs) < len(ins) or len(here.out_ptrs) < len(outs):
+            here.fit(max(len(here.in_ptrs), len(ins)), max(len(here.out_ptrs), len(outs)))
+        in_ptrs, out_ptrs = here.in_ptrs, here.out_ptrs
         for i, a in enumerate(ins):
             in_ptrs[i] = _address(a)
         for i, a in enumerate(outs):
             out_ptrs[i] = _address(a)
-        status = getattr(local, "status", None)
-        if status is None:
-            status = local.status = np.zeros(1, dtype=np.int64)
-            local.status_ptr = status.__array_interface__["data"][0]
-        variant.entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
-                      ctypes.addressof(variant.params), self._workspace(call.size),
-                      call.sizes_ptr, call.offsets_ptr, local.status_ptr)
+        workspace = here.workspace
+        if workspace is None or workspace.size < call.size:
+            self._grow_workspace(here, call.size)
+        variant.entry(here.in_address, here.out_address, variant.params_ptr, here.workspace_ptr,
+                      call.sizes_ptr, call.offsets_ptr, here.status_ptr)
+        status = here.status
         if status[0]:
             code, status[0] = int(status[0]), 0
             message, span = variant.layout.failures[code - 1]
             raise KilnError("K0505", message, span)
         return outs
 
-    def _workspace(self, size: int) -> int:
-        """The address of this thread's arena, grown as needed: threads never share one."""
-        local = self._local
-        buf = getattr(local, "workspace", None)
-        if buf is None or buf.size < size:
-            buf = local.workspace = (_fresh(size, "the workspace") if size >= FRESH_WORKSPACE else
-                                     _allocate((max(size, 64),), np.uint8, "the workspace"))
-            local.workspace_ptr = buf.__array_interface__["data"][0]
-        return local.workspace_ptr
+    @staticmethod
+    def _grow_workspace(here: _ThreadState, size: int) -> None:
+        """A thread's arena of at least `size` bytes, in place of a smaller one."""
+        here.workspace = (_fresh(size, "the workspace") if size >= FRESH_WORKSPACE else
+                          _allocate((max(size, 64),), np.uint8, "the workspace"))
+        here.workspace_ptr = here.workspace.__array_interface__["data"][0]

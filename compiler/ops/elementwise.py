@@ -85,7 +85,7 @@ def _ct_over(divisor):
 
 
 register(unary("log", np.log, "Natural logarithm.", onnx=onnx_op("Log"),
-               llvm=lambda kb, a, x: kb.intrinsic("log", x),
+               llvm=lambda kb, a, x: kb.log(x),
                vjp=_ct_over(lambda gb, x, y: x)))
 
 
@@ -179,7 +179,7 @@ register(unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.mi
                "x where x > 0, else alpha * (e^x - 1).", extra=(("alpha", 1.0),),
                onnx=onnx_op("Elu", alpha=attr_number("alpha")),
                llvm=lambda kb, a, x: kb.select(kb.compare(">", x, kb.lit(x, 0)), x, kb.mul(
-                   kb.number(a["alpha"], x), kb.libm("expm1", kb.minimum(x, kb.lit(x, 0))))),
+                   kb.number(a["alpha"], x), kb.expm1(kb.minimum(x, kb.lit(x, 0))))),
                # alpha e^x = y + alpha below 0 (and at 0, as PyTorch)
                vjp=_positive_or(lambda gb, node, ct: gb.mul(ct, gb.add(
                    node.outputs[0], like_scalar(gb, node.attrs["alpha"], ct))))))
@@ -278,7 +278,7 @@ def _softplus_onnx(b, n):
 def _softplus_llvm(kb, a, x):
     """numpy's logaddexp(0, y) = max(y, 0) + log1p(e^-|y|), over beta; x above threshold."""
     y = kb.mul(x, kb.number(a["beta"], x))
-    tail = kb.libm("log1p", kb.exp(kb.neg(kb.intrinsic("fabs", y))))
+    tail = kb.log1p(kb.exp(kb.neg(kb.intrinsic("fabs", y))))
     soft = kb.fdiv(kb.add(kb.maximum(y, kb.lit(y, 0.0)), tail), kb.number(a["beta"], x))
     return kb.select(kb.compare(">", y, kb.number(a["threshold"], x)), x, soft)
 
@@ -299,7 +299,7 @@ register(unary("softplus", lambda x, beta, threshold: np.where(
 
 
 register(unary("erf", erf, "The error function.", onnx=onnx_op("Erf"),
-               llvm=lambda kb, a, x: kb.libm("erf", x),  # 2/sqrt(pi) e^(-x^2)
+               llvm=lambda kb, a, x: kb.erf(x),  # 2/sqrt(pi) e^(-x^2)
                vjp=elementwise_vjp(lambda gb, x, y: gb.mul(
                    like_scalar(gb, 2 / math.sqrt(math.pi), x),
                    gb.op("exp", gb.neg(gb.mul(x, x)))))))
