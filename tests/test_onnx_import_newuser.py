@@ -144,10 +144,34 @@ def arithmetic_in_double() -> onnx.ModelProto:
                       [("x", F32, ["n"])], [("y", F32, ["n"])])
 
 
+def resize_to_skip(mode: str = "linear", ctm: str = "half_pixel") -> onnx.ModelProto:
+    """A U-Net decoder's `interpolate(x, size=skip.shape[2:], mode="bilinear")`: the sizes
+    are `Concat(Shape(x)[:2], Shape(skip)[2:])`, the spatial ones known only at run time;
+    the result is added to the skip connection."""
+    extra = {"nearest_mode": "floor"} if mode == "nearest" else {}
+    nodes = [helper.make_node("Shape", ["x"], ["nc"], end=2),
+             helper.make_node("Shape", ["skip"], ["hw"], start=2),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["up"], mode=mode,
+                              coordinate_transformation_mode=ctm, **extra),
+             helper.make_node("Add", ["up", "skip"], ["y"])]
+    return make_model(nodes, [("x", F32, ["n", 4, "h", "w"]), ("skip", F32, ["n", 4, "H", "W"])],
+                      [("y", F32, ["n", 4, "H", "W"])])
+
+
+def resize_to_skip_nearest() -> onnx.ModelProto:
+    return resize_to_skip("nearest", "asymmetric")
+
+
+def resize_to_skip_corners() -> onnx.ModelProto:
+    return resize_to_skip("linear", "align_corners")
+
+
 MODELS = {f.__name__: f for f in (unnamed_dims, list_axes, empty_params, traced_seq,
                                   resize_bilinear, resize_to_sizes, wrong_output_type,
                                   misspelt_op, ort_fused_op, isinf_of_double,
-                                  arithmetic_in_double, upsample_any_size)}
+                                  arithmetic_in_double, upsample_any_size, resize_to_skip,
+                                  resize_to_skip_nearest, resize_to_skip_corners)}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -220,6 +244,32 @@ def test_resize_as_pytorch_writes_it(files, name, x, target):
     got = kiln.compile(path, target=target)(x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resize_to_skip", "resize_to_skip_nearest"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_resize_to_another_inputs_size(files, name, target):
+    """Resized to a size known only at run time (the skip connection's): one compiled model
+    at three pairs of sizes, against ONNX's reference and onnxruntime."""
+    import onnxruntime as ort
+
+    path = files(name)
+    model = kiln.compile(path, target=target)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for small, large in (((3, 4), (6, 8)), ((5, 3), (9, 7)), ((4, 4), (4, 4))):
+        x, skip = rand(2, 4, *small), rand(2, 4, *large)
+        (want,) = ReferenceEvaluator(str(path)).run(None, {"x": x, "skip": skip})
+        (runtime,) = session.run(None, {"x": x, "skip": skip})
+        got = model(x, skip)
+        assert got.shape == want.shape == (2, 4, *large)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, runtime, rtol=1e-5, atol=1e-6)
+
+
+def test_resize_to_a_run_time_size_in_another_mode_is_refused(files):
+    with pytest.raises(KilnError, match=r"(?s)K0906.*known only at run time, with mode linear "
+                       r"and align_corners"):
+        kiln.compile(files("resize_to_skip_corners"), target="reference")
 
 
 def test_an_output_declared_with_the_wrong_type(files):

@@ -771,7 +771,8 @@ def _resize(gb, node):
     if len(given) != len(axes):
         raise Unsupported(f"Resize: {len(given)} scales or sizes for {len(axes)} axes")
     per_axis = dict(zip(axes, given, strict=True))
-    if same and (ctm == "tf_crop_and_resize" or policy != "stretch"):
+    run_time = same or any(isinstance(v, Dim) for v in per_axis.values())
+    if run_time and (ctm == "tf_crop_and_resize" or policy != "stretch"):
         raise Unsupported(f"Resize with {ctm} and {policy} to sizes known only at run time")
     for axis in same:  # resized to its own size: the identity, in every other mode
         del per_axis[axis]
@@ -787,6 +788,13 @@ def _resize(gb, node):
                                                     scales is not None)
     if kiln is not None:
         return [gb.op("resize", x, **kiln)]
+    symbolic = [(a, v) for a, v in per_axis.items() if isinstance(v, Dim)]
+    if symbolic:  # the weights per axis below need the sizes as numbers
+        axis, size = symbolic[0]
+        raise Unsupported(f"Resize of axis {axis} to the size {size}, known only at run time, "
+                          f"with mode {mode} and {ctm}: kiln resizes to such a size in mode "
+                          "nearest with asymmetric and floor, or linear with half_pixel (on the "
+                          "spatial axes of [N, C, ...])")
     steps = [(axis, _axis_response(node, x, axis, value, scales is not None,
                                    roi.get(axis), partner)) for axis, value in per_axis.items()]
     for axis, response in steps:
@@ -797,23 +805,26 @@ def _resize(gb, node):
 def _sizes_from_shapes(gb: GraphBuilder, node: OnnxNode, x: Value, axes: list[int]
                        ) -> tuple[np.ndarray | None, set[int]]:
     """Resize's sizes computed from the inputs' shapes (PyTorch's `interpolate(x,
-    size=(h, w))` of a dynamic batch: `Concat(Shape(x)[:2], [h, w])`), as numbers, and the
-    axes whose wanted size is the input's own symbolic one (their number a placeholder);
-    (None, {}) when they are not sizes kiln knows at import time."""
+    size=(h, w))` of a dynamic batch: `Concat(Shape(x)[:2], [h, w])`), as numbers (a
+    symbolic size of another input as its Dim), and the axes whose wanted size is the
+    input's own symbolic one (their number a placeholder); (None, {}) when they are not
+    sizes kiln knows at import time."""
     wanted = sizes_of(gb.graph, node.inputs[3])
     if wanted is None or len(wanted) != len(axes):
         return None, set()
-    numbers, same = [], set()
+    numbers: list = []
+    same = set()
     for axis, size in zip(axes, wanted, strict=True):
         if size.is_const:
             numbers.append(size.value)
         elif size == x.type.shape[axis]:
             numbers.append(0)
             same.add(axis)
-        else:
-            raise Unsupported(f"Resize of axis {axis} to the size {size}: kiln resizes to "
-                              "numbers, or an axis to its own size")
-    return np.array(numbers, np.int64), same
+        else:  # another input's size (U-Net's `interpolate(x, size=skip.shape[2:])`)
+            numbers.append(size)
+    if all(isinstance(v, int) for v in numbers):
+        return np.array(numbers, np.int64), same
+    return np.array(numbers, object), same
 
 
 def _resize_roi(gb: GraphBuilder, node: OnnxNode, axes: list[int]) -> dict[int, list[float]]:
@@ -859,7 +870,8 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
         sizes = [Dim.of(math.floor(shape[a].value * f)) if shape[a].is_const else None
                  for a, f in zip(spatial, out["scale_factor"], strict=True)]
     else:
-        sizes = out["size"] = [Dim.of(int(per_axis[a])) if a in per_axis else shape[a]
+        sizes = out["size"] = [(per_axis[a] if isinstance(per_axis[a], Dim)
+                                else Dim.of(int(per_axis[a]))) if a in per_axis else shape[a]
                                for a in spatial]
     if ctm in ("align_corners", "pytorch_half_pixel") and any(
             d is None or not d.is_const or d.value <= 1 for d in sizes):
