@@ -61,7 +61,7 @@ class _NumpyDtypes(Mapping):
 
 
 NUMPY_DTYPES: Mapping[str, np.dtype] = _NumpyDtypes()
-DTYPES = ("f32", "f16", "bf16", "i32", "i64", "bool")
+DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 FLOAT_DTYPES = frozenset({"f32", "f16", "bf16", "f64"})
 INT_DTYPES = frozenset({"i32", "i64"})
 

@@ -103,16 +103,17 @@ def converter_table() -> tuple[dict[str, Converter], Callable[..., Callable]]:
 
     return table, converter
 
-# ONNX element types kiln has; every other one (f64, u8, i8, strings, float8, ...) is refused
+# ONNX element types kiln has; every other one (u8, i8, strings, float8, ...) is refused
 KILN_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "f32",
     TensorProto.FLOAT16: "f16",
     TensorProto.BFLOAT16: "bf16",
+    TensorProto.DOUBLE: "f64",
     TensorProto.INT32: "i32",
     TensorProto.INT64: "i64",
     TensorProto.BOOL: "bool",
 }
-FLOAT_TYPES = ("f32", "f16", "bf16")
+FLOAT_TYPES = ("f32", "f16", "bf16", "f64")
 INT_TYPES = ("i32", "i64")
 
 
@@ -122,7 +123,7 @@ def kiln_dtype(onnx_type: int, what: str) -> str:
         name = TensorProto.DataType.Name(onnx_type) if onnx_type in TensorProto.DataType.values() \
             else str(onnx_type)
         raise Unsupported(f"{what}: element type {name} is not one of kiln's "
-                          "(f32, f16, bf16, i32, i64, bool)")
+                          "(f32, f16, bf16, f64, i32, i64, bool)")
     return KILN_DTYPES[onnx_type]
 
 
