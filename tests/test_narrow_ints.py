@@ -188,3 +188,20 @@ def test_max_pool_starts_from_the_types_lowest_value(dtype, target):
     x[0, 0, :2, :2] = info.min  # a window of the lowest value only
     want = x.reshape(3, 2, 2, 2, 3, 2).max(axis=(3, 5))
     np.testing.assert_array_equal(model(x), want)
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+@pytest.mark.parametrize("elem, np_dtype", [(TensorProto.UINT8, np.uint8),
+                                            (TensorProto.INT8, np.int8)], ids=["u8", "i8"])
+def test_onnx_max_pool_of_bytes_with_asymmetric_pads(elem, np_dtype, target):
+    """Pads kiln's max_pool cannot take are explicit, filled with the type's lowest value."""
+    proto = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
+                                         pads=[0, 1, 2, 0], strides=[2, 1])],
+                       [("x", elem, [1, 2, 5, 6])], [("y", elem, None)])
+    info = np.iinfo(np_dtype)
+    x = np.random.default_rng(4).integers(info.min, info.max, (1, 2, 5, 6), endpoint=True,
+                                          dtype=np_dtype)
+    x[0, 0] = info.min
+    got, want = kiln.compile(proto, target=target)(x), run_ort(proto, {"x": x})[0]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
