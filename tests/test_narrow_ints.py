@@ -205,3 +205,29 @@ def test_onnx_max_pool_of_bytes_with_asymmetric_pads(elem, np_dtype, target):
     got, want = kiln.compile(proto, target=target)(x), run_ort(proto, {"x": x})[0]
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("target", ["reference", "native"])
+def test_integer_matmuls_agree_with_onnxruntime(target):
+    """MatMulInteger (u8 x i8, zero points) and QLinearMatMul (u8, its result requantized:
+    a small y_scale saturates part of it)."""
+    rng = np.random.default_rng(12)
+    b = rng.integers(-128, 128, (7, 5), dtype=np.int8)
+    bq = rng.integers(0, 256, (7, 5), dtype=np.uint8)
+    nodes = [helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"]),
+             helper.make_node("QLinearMatMul", ["a", "sa", "za", "bq", "sb", "zq", "sy", "zy"],
+                              ["q"])]
+    inits = {"b": b, "bq": bq, "za": np.array(3, np.uint8), "zb": np.array(-2, np.int8),
+             "sa": np.array(0.02, np.float32), "sb": np.array(0.03, np.float32),
+             "zq": np.array(120, np.uint8), "sy": np.array(0.05, np.float32),
+             "zy": np.array(100, np.uint8)}
+    proto = make_model(nodes, [("a", TensorProto.UINT8, ["N", 7])],
+                       [("y", TensorProto.INT32, ["N", 5]), ("q", TensorProto.UINT8, ["N", 5])],
+                       inits)
+    a = rng.integers(0, 256, (4, 7), dtype=np.uint8)
+    y, q = kiln.compile(proto, target=target)(a)
+    want_y, want_q = run_ort(proto, {"a": a})
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(y, (a.astype(np.int32) - 3) @ (b.astype(np.int32) + 2))
+    np.testing.assert_array_equal(q, want_q)
+    assert (q == 0).any() or (q == 255).any()  # saturated somewhere

@@ -4,6 +4,10 @@ per axis and blocked, as compositions of kiln primitives that follow ONNX's refe
 
     DequantizeLinear: y = (float32(x) - float32(zero_point)) * scale, in scale's type
     QuantizeLinear:   y = saturate(round_half_even(x / scale) + zero_point)
+    MatMulInteger:    y = (int32(a) - a_zero_point) @ (int32(b) - b_zero_point)
+    QLinearMatMul:    y = saturate(round_half_even(MatMulInteger * (a_scale * b_scale /
+                          y_scale) + y_zero_point)), the product in f64 as numpy's int32 *
+                          float32 (the scales' quotient in their type)
 
 A quantized type is one of kiln's integers of 8 or 16 bits (ONNX's 2-, 4-bit and float8 types
 are no kiln element types: refused by the type map).
@@ -119,12 +123,48 @@ def _quantize_linear(gb, node):
     zero = _zero_point(gb, node, x, dtype)
     if zero is not None:
         y = gb.add(y, gb.cast(zero, wide))
+    return [_saturated(gb, y, dtype)]
+
+
+def _centered(gb: GraphBuilder, v: Value, zero: Value | None) -> Value:
+    """int32(v) - int32(zero), the zero point broadcast as numpy broadcasts it."""
+    require_dtype(v, QUANTIZED[:2], "a quantized matrix")
+    v = gb.cast(v, "i32")
+    return v if zero is None else gb.sub(v, gb.cast(zero, "i32"))
+
+
+@converter("MatMulInteger")
+def _matmul_integer(gb, node):
+    a = _centered(gb, need(node, 0, "A"), arg(node, 2))
+    return [gb.op("matmul", a, _centered(gb, need(node, 1, "B"), arg(node, 3)))]
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(gb, node):
+    a = _centered(gb, need(node, 0, "a"), arg(node, 2))
+    b = _centered(gb, need(node, 3, "b"), arg(node, 5))
+    scales = [need(node, i, name) for i, name in ((1, "a_scale"), (4, "b_scale"), (6, "y_scale"))]
+    for scale in scales:  # (numpy rounds f16 * f16 and f16 / f16 to f16 as kiln does)
+        require_dtype(scale, (dtype_of(scales[0]),), "QLinearMatMul scale")
+        require_dtype(scale, ("f32", "f16"), "QLinearMatMul scale")
+    a_scale, b_scale, y_scale = scales
+    multiplier = _as(gb, gb.op("div", gb.mul(a_scale, b_scale), y_scale), "f64")
+    y = gb.mul(gb.cast(gb.op("matmul", a, b), "f64"), multiplier)
+    zero = arg(node, 7)
+    dtype = dtype_of(need(node, 0, "a")) if zero is None else dtype_of(zero)
+    if zero is not None:
+        y = gb.add(y, gb.cast(zero, "f64"))
+    return [_saturated(gb, round_half_even(gb, y), dtype)]
+
+
+def _saturated(gb: GraphBuilder, y: Value, dtype: str) -> Value:
+    """A float y clipped to the range of the integer type `dtype` and converted to it; NaN to
+    the lowest value, as the reference's int32 conversion of NaN (INT_MIN) gives it."""
     info = np.iinfo(NUMPY_DTYPES[dtype])
-    low, high = (const_like(gb, v, wide) for v in (info.min, info.max))
-    # saturate; NaN to the lowest value, as the reference's int32 conversion of NaN (INT_MIN)
+    low, high = (const_like(gb, v, dtype_of(y)) for v in (info.min, info.max))
     y = gb.op("where", gb.op("greater", y, low), y, low)
     y = gb.op("where", gb.op("less", y, high), y, high)
-    return [gb.cast(y, dtype)]
+    return gb.cast(y, dtype)
 
 
 def _as(gb: GraphBuilder, v: Value, dtype: str) -> Value:
