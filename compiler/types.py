@@ -35,7 +35,12 @@ _EAGER_DTYPES = {
     "f32": np.dtype(np.float32),
     "f16": np.dtype(np.float16),
     "f64": np.dtype(np.float64),
+    "i8": np.dtype(np.int8),
+    "u8": np.dtype(np.uint8),
+    "i16": np.dtype(np.int16),
+    "u16": np.dtype(np.uint16),
     "i32": np.dtype(np.int32),
+    "u32": np.dtype(np.uint32),
     "i64": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
@@ -45,7 +50,7 @@ _KILN_OF_NUMPY = {dt: name for name, dt in _EAGER_DTYPES.items()}
 class _NumpyDtypes(Mapping):
     """kiln name -> numpy dtype, bf16's made on first use (bfloat16())."""
 
-    _NAMES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
+    _NAMES = ("f32", "f16", "bf16", "f64", "i8", "u8", "i16", "u16", "i32", "u32", "i64", "bool")
 
     def __getitem__(self, name: str) -> np.dtype:
         return bfloat16() if name == "bf16" else _EAGER_DTYPES[name]
@@ -61,20 +66,27 @@ class _NumpyDtypes(Mapping):
 
 
 NUMPY_DTYPES: Mapping[str, np.dtype] = _NumpyDtypes()
-DTYPES = ("f32", "f16", "bf16", "i32", "i64", "bool")
+DTYPES = ("f32", "f16", "bf16", "f64", "i8", "u8", "i16", "u16", "i32", "u32", "i64", "bool")
 FLOAT_DTYPES = frozenset({"f32", "f16", "bf16", "f64"})
-INT_DTYPES = frozenset({"i32", "i64"})
+INT_DTYPES = frozenset({"i8", "u8", "i16", "u16", "i32", "u32", "i64"})
+# the integers narrower than 32 bits, and u32: stored in their width, computed in a wider
+# signed int that holds every value (codegen/llvm/abi.py), wrapped again when stored
+NARROW_INTS = frozenset({"i8", "u8", "i16", "u16", "u32"})
 
 # promotion order for mixed-dtype arithmetic (as PyTorch: bool < ints < floats)
-_RANK = {"bool": 0, "i32": 1, "i64": 2, "bf16": 3, "f16": 3, "f32": 4, "f64": 5}
+_RANK = {"bool": 0, "i8": 1, "u8": 1, "i16": 2, "u16": 2, "i32": 3, "u32": 3, "i64": 4,
+         "bf16": 5, "f16": 5, "f32": 6, "f64": 7}
 
 
 def promote(a: str, b: str) -> str:
-    """The dtype two operands meet at; f16 with bf16 meets at f32."""
+    """The dtype two operands meet at; f16 with bf16 meets at f32; integers as numpy's
+    (i8 with u8 meets at i16, i32 with u32 at i64)."""
     if a == b:
         return a
     if {a, b} == {"f16", "bf16"}:
         return "f32"
+    if a in INT_DTYPES and b in INT_DTYPES:
+        return _KILN_OF_NUMPY[np.promote_types(_EAGER_DTYPES[a], _EAGER_DTYPES[b])]
     return a if _RANK[a] > _RANK[b] else b
 
 

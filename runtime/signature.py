@@ -260,8 +260,8 @@ def _convert_numbers(port: Port, value: np.ndarray, want: str) -> np.ndarray:
 def _takes(dtype: np.dtype, want: str) -> bool:
     """Whether plain Python numbers of numpy kind `dtype` convert to `want` without surprise
     (ints to ints or floats, floats to floats, bools to bool)."""
-    kinds = {"f": "f32 f16 bf16", "i": "i32 i64 f32 f16 bf16", "u": "i32 i64 f32 f16 bf16",
-             "b": "bool"}
+    ints = "i8 u8 i16 u16 i32 u32 i64 f32 f16 bf16"
+    kinds = {"f": "f32 f16 bf16 f64", "i": ints, "u": ints, "b": "bool"}
     return want in kinds.get(dtype.kind, "").split()
 
 

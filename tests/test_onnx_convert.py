@@ -197,7 +197,7 @@ def _node(gb_inputs, op_type: str, consts=None, opset: int = OPSET, **attrs) -> 
 @pytest.mark.parametrize("op_type, attrs, why", [
     ("Pad", {"mode": "wrap"}, "wider than the axis"),
     ("Dropout", {}, "training mode"),
-    ("Cast", {"to": TensorProto.DOUBLE}, "DOUBLE"),
+    ("Cast", {"to": TensorProto.UINT64}, "UINT64"),
     ("Resize", {"coordinate_transformation_mode": "tf_crop_and_resize"}, "constant roi"),
     ("Resize", {"keep_aspect_ratio_policy": "fit"}, "keep_aspect_ratio_policy"),
     ("Einsum", {"equation": "ijkk->i"}, "diagonal"),

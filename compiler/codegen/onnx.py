@@ -23,6 +23,7 @@ from ..errors import KilnError, Span
 from ..files import staged_writes, write_bytes
 from ..ir import SIZE_FACTS_KEY, Graph, GraphVisitor
 from ..ops import REGISTRY
+from ..ops._emit import widened
 from ..types import TensorType
 from . import onnx_patterns
 
@@ -30,12 +31,21 @@ OPSET = 18
 IR_VERSION = 9  # what onnxruntime releases of the last two years load
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 
+# onnxruntime (and ONNX itself, for most arithmetic and reductions) has no kernels of the
+# narrow integers: every op on them runs on its operands widened exactly, its results cast
+# back (wrapping, as kiln's arithmetic on them does)
+NARROW_UP = {"i8": "i32", "u8": "i32", "i16": "i32", "u16": "i32", "u32": "i64"}
 ONNX_DTYPES = {
     "f32": TensorProto.FLOAT,
     "f16": TensorProto.FLOAT16,
     "bf16": TensorProto.BFLOAT16,
     "f64": TensorProto.DOUBLE,
+    "i8": TensorProto.INT8,
+    "u8": TensorProto.UINT8,
+    "i16": TensorProto.INT16,
+    "u16": TensorProto.UINT16,
     "i32": TensorProto.INT32,
+    "u32": TensorProto.UINT32,
     "i64": TensorProto.INT64,
     "bool": TensorProto.BOOL,
 }
@@ -445,7 +455,9 @@ class _NodeEmitter(GraphVisitor):
         rec = REGISTRY[node["op"]]
         if rec.onnx is None:
             raise self.b.unsupported(f"the op {node['op']} has no ONNX lowering yet")
-        rec.onnx(self.b, self.onnx_node(graph, nid, node))
+        n = self.onnx_node(graph, nid, node)
+        narrow = any(t is not None and t.dtype in NARROW_UP for t in (*n.in_types, *n.out_types))
+        (widened(rec.onnx, NARROW_UP) if narrow else rec.onnx)(self.b, n)
 
     def visit_scan(self, graph: Graph, nid: int, node: dict) -> None:
         _emit_scan(self.b, self.onnx_node(graph, nid, node), self.params)

@@ -28,6 +28,7 @@ from . import (
     convert_elementwise,
     convert_grid,
     convert_nn,
+    convert_quant,
     convert_rnn,
     convert_signal,
     convert_tensor,
@@ -44,6 +45,7 @@ CONVERTERS: dict[str, Converter] = {
     **convert_einsum.CONVERTERS,
     **convert_grid.CONVERTERS,
     **convert_signal.CONVERTERS,
+    **convert_quant.CONVERTERS,
 }
 
 

@@ -20,7 +20,7 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..evaluate import ConstEnv, _run_op
 from ..ir import Graph, Value
-from ..types import NUMPY_DTYPES
+from ..types import DTYPES, NUMPY_DTYPES
 from .sizes import sizes_of, upstream
 
 
@@ -103,17 +103,23 @@ def converter_table() -> tuple[dict[str, Converter], Callable[..., Callable]]:
 
     return table, converter
 
-# ONNX element types kiln has; every other one (f64, u8, i8, strings, float8, ...) is refused
+# ONNX element types kiln has; every other one (u64, strings, float8, ...) is refused
 KILN_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "f32",
     TensorProto.FLOAT16: "f16",
     TensorProto.BFLOAT16: "bf16",
+    TensorProto.DOUBLE: "f64",
+    TensorProto.INT8: "i8",
+    TensorProto.UINT8: "u8",
+    TensorProto.INT16: "i16",
+    TensorProto.UINT16: "u16",
     TensorProto.INT32: "i32",
+    TensorProto.UINT32: "u32",
     TensorProto.INT64: "i64",
     TensorProto.BOOL: "bool",
 }
-FLOAT_TYPES = ("f32", "f16", "bf16")
-INT_TYPES = ("i32", "i64")
+FLOAT_TYPES = ("f32", "f16", "bf16", "f64")
+INT_TYPES = ("i8", "u8", "i16", "u16", "i32", "u32", "i64")
 
 
 def kiln_dtype(onnx_type: int, what: str) -> str:
@@ -122,7 +128,7 @@ def kiln_dtype(onnx_type: int, what: str) -> str:
         name = TensorProto.DataType.Name(onnx_type) if onnx_type in TensorProto.DataType.values() \
             else str(onnx_type)
         raise Unsupported(f"{what}: element type {name} is not one of kiln's "
-                          "(f32, f16, bf16, i32, i64, bool)")
+                          f"({', '.join(DTYPES)})")
     return KILN_DTYPES[onnx_type]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..builder import GraphBuilder
 from ..ir import Value
+from ..types import NUMPY_DTYPES
 from .convert_base import (
     CONSTANT_NEEDED,
     FLOAT_TYPES,
@@ -420,25 +421,31 @@ _register("Clip", _clip)
 
 # bit shifts on signed integers ------------------------------------------------------------
 def _bit_shift(gb, node):
-    """X << Y (X * 2^Y, wrapping) or X >> Y (arithmetic: X // 2^Y, rounding down). A shift
-    out of range (Y negative or at least the bit width) gives 0, or -1 for a right shift of
-    a negative X (ONNX BitShift on signed types)."""
+    """X << Y (X * 2^Y, wrapping) or X >> Y (X // 2^Y, rounding down: arithmetic on signed
+    types, logical on unsigned ones). A shift out of range (Y negative or at least the bit
+    width) gives 0, or -1 for a right shift of a negative X (ONNX BitShift)."""
     x, y = _operands(node)
     require_dtype(x, INT_TYPES, "BitShift input")
     dtype = dtype_of(x)
-    width = 32 if dtype == "i32" else 64
+    width, signed = _bits_of(dtype)
     left = _direction(node) == "LEFT"
-    # a right shift by width - 1 fills with the sign as the out-of-range ones do, and 2^63
-    # does not fit in i64
-    limit = width if left else width - 1
+    # a signed right shift by width - 1 fills with the sign as the out-of-range ones do, and
+    # 2^(width - 1) does not fit the signed type
+    limit = width if left or not signed else width - 1
     in_range = gb.op("logical_and", gb.op("greater_equal", y, _scalar(gb, y, 0)),
                      gb.op("less", y, _scalar(gb, y, limit)))
     power = gb.op("pow", _scalar(gb, x, 2), gb.op("clip", y, min=0, max=limit - 1))
     if left:
         return gb.op("where", in_range, gb.mul(x, power), _scalar(gb, x, 0))
-    fill = gb.op("where", gb.op("less", x, _scalar(gb, x, 0)), _scalar(gb, x, -1),
-                 _scalar(gb, x, 0))
+    fill = _scalar(gb, x, 0) if not signed else gb.op(
+        "where", gb.op("less", x, _scalar(gb, x, 0)), _scalar(gb, x, -1), _scalar(gb, x, 0))
     return gb.op("where", in_range, gb.op("floor_div", x, power), fill)
+
+
+def _bits_of(dtype: str) -> tuple[int, bool]:
+    """An integer type's bit width and whether it is signed."""
+    numpy_dtype = NUMPY_DTYPES[dtype]
+    return numpy_dtype.itemsize * 8, numpy_dtype.kind == "i"
 
 
 def _direction(node: OnnxNode) -> str:
@@ -459,21 +466,24 @@ def _bitwise_not(gb, node):
 
 def _bitwise(combine: Callable[[GraphBuilder, Value, Value], Value]):
     """BitwiseAnd/Or/Xor of integers bit by bit: bit k < width - 1 of x is
-    floor(x / 2^k) mod 2 (two's complement: negative x too), the top bit x < 0; the result
-    is the sum of the combined bits times 2^k, the top one's weight -2^(width - 1)."""
+    floor(x / 2^k) mod 2 (two's complement: negative x too), the top bit x < 0 (of an
+    unsigned x, floor(x / 2^k) mod 2 too); the result is the sum of the combined bits times
+    2^k, a signed type's top one's weight -2^(width - 1)."""
 
     def convert(gb, node):
         x, y = _operands(node)
         require_dtype(x, INT_TYPES, f"{node.op_type} input")
-        width = 32 if dtype_of(x) == "i32" else 64
-        low = np.array([2**k for k in range(width - 1)], np.int64)
-        weights = np.append(low, np.int64(-(2 ** (width - 1))))
+        width, signed = _bits_of(dtype_of(x))
+        low = np.array([2**k for k in range(width - 1 if signed else width)], np.int64)
+        weights = np.append(low, np.int64(-(2 ** (width - 1)))) if signed else low
 
         def bits(v: Value) -> Value:  # [..., width] of 0 and 1, lowest first
             wide = gb.op("unsqueeze", v if dtype_of(v) == "i64" else gb.cast(v, "i64"),
                          axis=v.type.rank)
             lower = gb.op("mod", gb.op("floor_div", wide, gb.constant(low)),
                           gb.constant(np.array(2, np.int64)))
+            if not signed:
+                return lower
             sign = gb.cast(gb.op("less", wide, gb.constant(np.array(0, np.int64))), "i64")
             return gb.op("concat", [lower, sign], axis=v.type.rank)
 

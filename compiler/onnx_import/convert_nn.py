@@ -348,7 +348,9 @@ def _max_pool_with_indices(gb: GraphBuilder, x: Value, kernel: list[int],
 @converter("MaxPool")
 def _max_pool(gb, node):
     x = need(node, 0, "X")
-    require_dtype(x, FLOAT_TYPES, "MaxPool input")
+    require_dtype(x, (*FLOAT_TYPES, "i8", "u8"), "MaxPool input")  # ONNX's types
+    if x.type.dtype not in FLOAT_TYPES and (x.type.rank > 4 or len(node.outputs) > 1):
+        raise Unsupported("MaxPool of integers over more than 2 axes or with Indices")
     kernel = ints(node, "kernel_shape")
     window = _window(node, x, kernel)
     strides, dilations, before, after = window
@@ -365,7 +367,9 @@ def _max_pool(gb, node):
     if not _symmetric(before, after, kernel):
         if ceil_mode:
             raise Unsupported("MaxPool with ceil_mode and asymmetric pads")
-        x, before = _explicit_pad(gb, x, before, after, -math.inf), [0] * len(before)
+        lowest = -math.inf if x.type.dtype in FLOAT_TYPES else int(
+            np.iinfo(NUMPY_DTYPES[x.type.dtype]).min)
+        x, before = _explicit_pad(gb, x, before, after, lowest), [0] * len(before)
     return [gb.op("max_pool", x, kernel_size=kernel, stride=strides, padding=before,
                   dilation=dilations, ceil_mode=ceil_mode)]
 

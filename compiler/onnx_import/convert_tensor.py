@@ -456,7 +456,7 @@ def _constant_of_shape(gb, node):
     fill = node.attrs.get("value")
     fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill)
     dtype = dtype_of_numpy(fill.dtype)
-    if dtype is None or dtype == "f64":
+    if dtype is None:
         raise Unsupported(f"ConstantOfShape: element type {fill.dtype} is not one of kiln's")
     value = fill.reshape(-1)[0].item()
     return [gb.op("full", shape=shape, value=value, dtype=dtype)]

@@ -39,7 +39,8 @@ from .reader import STANDARD_DOMAINS, ReadModel, node_label, node_order
 from .unify import paired_axes
 
 SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-FLOAT_ELEMENTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+FLOAT_ELEMENTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                  onnx.TensorProto.DOUBLE)
 # how many unsupported nodes the error lists by name (the rest are counted)
 MAX_LISTED = 50
 
@@ -419,7 +420,7 @@ class _Walk:
                 self.unknown.add(name)
 
     def exact_widening(self, proto: onnx.NodeProto) -> bool:
-        """Whether `proto` casts a float to DOUBLE (an element type kiln does not have) only
+        """Whether `proto` casts a float to DOUBLE (computing in f64 for nothing) only
         for ops whose results are the same on the value kept as it was: IsInf and IsNaN, and
         a Cast to another type (PyTorch's TorchScript exporter writes `torch.isinf(x)` as
         `IsInf(Cast(x, to=DOUBLE))`). The widening is exact, so the value stands for it."""

@@ -134,7 +134,7 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
 
 
 def dtype_attr(value: Any, name: str = "dtype") -> str:
-    return choice(value, name, DTYPES)  # the element types users may name (no f64)
+    return choice(value, name, DTYPES)  # the element types users may name
 
 
 def number(value: Any, name: str) -> float:

@@ -41,8 +41,7 @@ INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 # gradient helpers (the data-movement families' rules share them) --------------------------
 def zeros_of(gb, t: TensorType) -> Value:
-    """A tensor of zeros of type `t` (symbolic sizes included): a 0-d constant broadcast, as
-    `zeros` cannot make every dtype (f64 is not a user dtype)."""
+    """A tensor of zeros of type `t` (symbolic sizes included): a 0-d constant broadcast."""
     return expand_to(gb, scalar(gb, 0, t.dtype), t)
 
 

@@ -20,9 +20,13 @@ PTR = I8.as_pointer()
 F32P = F32.as_pointer()
 
 # storage type of each kiln dtype; bf16 is stored as i16 and computed in f32
-STORAGE = {"f32": F32, "f16": F16, "bf16": I16, "f64": F64, "i32": I32, "i64": I64, "bool": I8}
-# the type a kernel computes in
-COMPUTE = {"f32": F32, "f16": F32, "bf16": F32, "f64": F64, "i32": I32, "i64": I64, "bool": I1}
+STORAGE = {"f32": F32, "f16": F16, "bf16": I16, "f64": F64, "i32": I32, "i64": I64, "bool": I8,
+           "i8": I8, "u8": I8, "i16": I16, "u16": I16, "u32": I32}
+# the type a kernel computes in: the narrow integers in a signed type that holds each value
+# (sign- or zero-extended on load, truncated on store, so + - * wrap as numpy's and ONNX's)
+COMPUTE = {"f32": F32, "f16": F32, "bf16": F32, "f64": F64, "i32": I32, "i64": I64, "bool": I1,
+           "i8": I32, "u8": I32, "i16": I32, "u16": I32, "u32": I64}
+UNSIGNED = frozenset({"u8", "u16", "u32"})
 DTYPE_OF = {F32: "f32", F64: "f64", I32: "i32", I64: "i64", I1: "bool"}  # of a compute type
 BYTES = {I1: 1, I32: 4, F32: 4, I64: 8, F64: 8}  # of a compute type
 

@@ -19,9 +19,22 @@ import numpy as np
 from llvmlite import ir
 
 from ...dims import Dim
-from ...types import NUMPY_DTYPES, TensorType
+from ...types import NARROW_INTS, NUMPY_DTYPES, TensorType
 from . import irgen
-from .abi import BYTES, COMPUTE, DTYPE_OF, I1, I16, I64, KERNEL_TYPE, PTR, STORAGE, VOID, declare
+from .abi import (
+    BYTES,
+    COMPUTE,
+    DTYPE_OF,
+    I1,
+    I16,
+    I64,
+    KERNEL_TYPE,
+    PTR,
+    STORAGE,
+    UNSIGNED,
+    VOID,
+    declare,
+)
 from .elementwise import ElementwiseKernels
 from .mathlib import ScalarMath
 from .movement import MovementKernels
@@ -77,6 +90,22 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
             first = self.b.icmp_signed("==", self.b.load(self.status_ptr), ir.Constant(I64, 0))
             with self.b.if_then(first):
                 self.b.store(code, self.status_ptr)
+
+    # ------------------------------------------------------------------ narrow integers
+    def to_compute(self, value: ir.Value, dtype: str) -> ir.Value:
+        """A stored value in its compute type; a narrow integer (abi.COMPUTE) widened, by its
+        sign or with zeros."""
+        if dtype in NARROW_INTS:
+            widen = self.b.zext if dtype in UNSIGNED else self.b.sext
+            return widen(value, COMPUTE[dtype])
+        return ScalarMath.to_compute(self, value, dtype)
+
+    def to_storage(self, value: ir.Value, dtype: str) -> ir.Value:
+        """A compute value in storage form; a narrow integer keeps its low bits (wraps)."""
+        if dtype in NARROW_INTS:
+            value = self.convert(value, dtype)
+            return self.b.trunc(value, STORAGE[dtype]) if value.type != STORAGE[dtype] else value
+        return ScalarMath.to_storage(self, value, dtype)
 
     # ------------------------------------------------------------------ operands
     def input(self, name: str | int) -> ir.Value | None:

@@ -5,9 +5,11 @@ vectorises), and global average pooling.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 
 from ...dims import Dim
+from ...types import INT_DTYPES, NUMPY_DTYPES
 from . import irgen
 from .irgen import i64, larger, smaller
 from .microkernels import tiling
@@ -112,8 +114,8 @@ def _max_pool_planes(kb, x, y, first, count, sizes, win: Window, dtype: str) -> 
     (`_vector_columns`)."""
     b = kb.b
     h, w, out_h, out_w = sizes
-    if dtype in ("i32", "i64"):
-        lowest = kb.const(-(1 << (31 if dtype == "i32" else 63)), dtype)
+    if dtype in INT_DTYPES:
+        lowest = kb.const(int(np.iinfo(NUMPY_DTYPES[dtype]).min), dtype)
     else:
         lowest = kb.const(float("-inf"), dtype)
     kh, kw = (kb.dim(k) for k in win.kernel)
