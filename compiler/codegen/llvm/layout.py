@@ -27,6 +27,8 @@ WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py
 # both, for a transposed convolution whose F(4, 3) pays only where a call's batch is large
 # enough (winograd.eligible_transposed's None): each call picks
 WINOGRAD_OR_PACKED = "winograd_or_packed"
+# which ops may run as F(4, 3), and when (True, False, or None: WINOGRAD_OR_PACKED)
+WINOGRAD_ELIGIBLE = {"conv": winograd_eligible, "conv_transpose": winograd_transposed_eligible}
 
 
 @graph_pass("conv_layout")
@@ -74,10 +76,10 @@ def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
         if node["op"] == "matmul" and (weight.type.rank != 2 or a.type.dtype != "f32"):
             continue  # a product of matrices with a batch of weights, or of other dtypes
         layout = PACKED
-        winograd = {"conv": winograd_eligible, "conv_transpose": winograd_transposed_eligible}
-        if node["op"] in winograd and winograd_enabled():
-            layout = {True: WINOGRAD, None: WINOGRAD_OR_PACKED, False: PACKED}[winograd[
-                node["op"]](a.type, weight.type, node["types"][0], node["attrs"])]
+        eligible = WINOGRAD_ELIGIBLE.get(node["op"])
+        if eligible is not None and winograd_enabled():
+            layout = {True: WINOGRAD, None: WINOGRAD_OR_PACKED, False: PACKED}[eligible(
+                a.type, weight.type, node["types"][0], node["attrs"])]
         if node["attrs"].get("weight_layout") != layout:
             node["attrs"] = {**node["attrs"], "weight_layout": layout}
             ctx.count(layout)

@@ -38,7 +38,7 @@ from llvmlite import ir
 from .abi import F32
 from .channels import by_channel, clamp
 from .gemm import Matrix, PackedB, gemm
-from .irgen import Vectors, i64, smaller
+from .irgen import Vectors, i64, larger, smaller
 from .microkernels import tiling
 from .movement import transposed
 from .packing import ALPHA, AT, BT, M_OUT, R
@@ -72,9 +72,14 @@ def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
     oh, ow = y_t.shape[2:]
     if not all(d.is_const for d in (o, c, kh, kw, oh, ow)):
         return False
-    tiles = -(-oh.value // M_OUT) * -(-ow.value // M_OUT)
+    tiles = _tiles(oh.value, ow.value)
     return (kh.value, kw.value) == (R, R) and min(o.value, c.value) >= MIN_CHANNELS \
         and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
+
+
+def _tiles(h: int, w: int) -> int:
+    """4x4 output tiles a sample over an h x w output (the last ones partial)."""
+    return -(-h // M_OUT) * -(-w // M_OUT)
 
 
 def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool | None:
@@ -83,8 +88,9 @@ def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool | None:
     and pix2pix's up-sampling), at least MIN_CHANNELS channels in and 4 C_out >= MIN_CHANNELS,
     and an input of constant size with enough tiles a sample for U's size (`eligible`'s
     rule, for the stride-1 form's 4 C_out channels). None: only where a call's batch gives
-    the GEMMs enough rows (`pays`), at most BATCH_FOR_BOTH samples (DCGAN's 8x8 -> 16x16
-    layer: 4 tiles a sample; its 4x4 -> 8x8, one tile, would need 72)."""
+    the GEMMs enough rows for the same rule (conv_transpose_winograd decides per call), at
+    most BATCH_FOR_BOTH samples (DCGAN's 8x8 -> 16x16 layer: 4 tiles a sample, from batch 5;
+    its 4x4 -> 8x8, one tile, would need 72)."""
     def all_are(value, want) -> bool:
         values = value if isinstance(value, (list, tuple)) else [value]
         return len(values) in (1, 2) and all(v == want for v in values)
@@ -100,7 +106,7 @@ def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool | None:
     if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4) \
             or min(4 * o.value, c.value) < MIN_CHANNELS:
         return False
-    tiles = -(-h.value // M_OUT) * -(-w.value // M_OUT)
+    tiles = _tiles(h.value, w.value)
     u = ALPHA * ALPHA * c.value * 4 * o.value
     if u <= MAX_WEIGHT_PER_TILE * tiles:
         return True
@@ -169,7 +175,7 @@ def conv_transpose_winograd(kb, n, otherwise=None) -> None:
         _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True))
         return
     b = kb.b
-    tiles = -(-h.value // M_OUT) * -(-w.value // M_OUT)
+    tiles = _tiles(h.value, w.value)
     rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
     nr = tiling(kb.vector_width).nr
     u_floats = ALPHA * ALPHA * x_t.shape[1].value * -(-outs.value // nr) * nr
@@ -198,9 +204,8 @@ GROUP_ROWS = 192
 def _group(b: ir.IRBuilder, tiles: ir.Value, batch: ir.Value) -> ir.Value:
     """Samples whose tiles go through the GEMMs together: enough for GROUP_ROWS rows, at
     least one, at most the batch."""
-    group = b.sdiv(i64(GROUP_ROWS), b.select(b.icmp_signed(">", tiles, ZERO), tiles, i64(1)))
-    group = smaller(b, b.select(b.icmp_signed(">", group, ZERO), group, i64(1)), batch)
-    return b.select(b.icmp_signed(">", group, ZERO), group, i64(1))
+    one = i64(1)
+    return larger(b, smaller(b, b.sdiv(i64(GROUP_ROWS), larger(b, tiles, one)), batch), one)
 
 
 def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
@@ -336,6 +341,7 @@ def _transpose_into(kb, src, src_stride, dst, dst_stride, rows, cols, bias=None,
     tile = TRANSPOSE_TILE
     vec = Vectors(b, tile)
     spread = 1 if second is None else 2
+    out = Vectors(b, spread * tile)  # a row of dst: both phases' values, interleaved
     sources = [src] if second is None else [src, second]
 
     def rounded(count):
@@ -355,9 +361,8 @@ def _transpose_into(kb, src, src_stride, dst, dst_stride, rows, cols, bias=None,
                                                         [v for k in range(tile)
                                                          for v in (k, k + tile)]))
             if bias is not None:
-                row = b.fadd(row, Vectors(b, spread * tile).splat(b.load(b.gep(bias, [column]))))
-            Vectors(b, spread * tile).store(row, dst, b.add(b.mul(column, dst_stride),
-                                                            b.mul(i, i64(spread))))
+                row = b.fadd(row, out.splat(b.load(b.gep(bias, [column]))))
+            out.store(row, dst, b.add(b.mul(column, dst_stride), b.mul(i, i64(spread))))
 
     def one(i, j):
         for k, s in enumerate(sources):
