@@ -692,6 +692,28 @@ def test_threads_split_large_gemms_and_agree_with_one_thread():
         kiln.compile(src, threads=0)
 
 
+@pytest.mark.parametrize("k, n", [(256, 768), (200, 777), (96, 700), (300, 40)])
+def test_threads_split_matrix_vector_products_and_agree_with_one_thread(k, n):
+    """A C of one or two rows (a recurrent step, a layer at batch 1) is split by columns from
+    gemm.STREAM_PARALLEL_WORK multiply-adds (B read from memory, not its arithmetic, is its
+    cost): the last block short, B a weight (prepacked panels) or an input (read in place).
+    A column's sum is the same whichever block holds it."""
+    src = (f"import std.nn\nmodel V {{ fc = nn.Linear({k}, {n})\n"
+           f"  forward(x: f32[M, {k}], b: f32[{k}, {n}]) {{ return fc(x), x @ b }} }}")
+    one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
+    two.load_weights(one.state_dict())
+    w, bias = (one.state_dict()[name] for name in ("fc.weight", "fc.bias"))
+    for m in (1, 2):
+        x = RNG.standard_normal((m, k)).astype(np.float32)
+        b = RNG.standard_normal((k, n)).astype(np.float32)
+        for got, want in zip(two(x, b), one(x, b), strict=True):
+            np.testing.assert_array_equal(got, want)
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(two(x, b)[0], x64 @ w.T.astype(np.float64) + bias,
+                                   rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        np.testing.assert_allclose(two(x, b)[1], x64 @ b, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
 def test_threads_split_a_batch_of_convolutions_by_sample():
     src = ("model C { forward(x: f32[B, 8, 20, 20], w: f32[16, 8, 3, 3]) -> f32[B, 16, 18, 18] "
            "{ return conv(x, w) } }")

@@ -222,6 +222,10 @@ AMX_MIN_DEPTH = 16  # a shallower sum is too little work for tiles, and a prepac
 # are zero-padded only to K rows: a whole tile of 16 pair rows fits in them from K = 16 on
 
 PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
+# ... except for a C of at most STREAM_ROWS rows (a matrix-vector product: a recurrent step, a
+# linear layer at batch 1), bound by reading B, not by its multiply-adds: from this many, each
+# thread streams its own columns of B, which stay in its core's L2 from one call to the next
+STREAM_PARALLEL_WORK = 1 << 16
 # A C of at most DEPTH_MOST_C floats over a sum at least DEPTH_PIECES * DEPTH_LEAST deep (a
 # weight gradient: a few channels' products over every pixel of the batch) has too few blocks
 # of rows or columns to share: its sum is split into DEPTH_PIECES pieces instead, whatever the
@@ -263,6 +267,15 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
         b_pointers, b_sizes = source.from_column(b, pointers[2:], sizes[6:], col0)
         return [pointers[0], c_ptr, *b_pointers], [*sizes[:6], *b_sizes]
 
+    # (the drivers with a streamed path: `_driver`)
+    streams = source in (Matrix, PackedB) and a_kind != "prepacked" and not paired
+
+    def work(b, sizes):  # m n k, scaled so that a streamed product's threshold is its own
+        m, n, k = sizes[:3]
+        mnk = b.mul(b.mul(m, n), k)
+        streamed = b.icmp_signed("<=", m, i64(STREAM_ROWS))
+        return b.select(streamed, b.mul(mnk, i64(PARALLEL_WORK // STREAM_PARALLEL_WORK)), mnk)
+
     n_pointers, n_sizes = 2 + source.pointers, 6 + source.sizes
     rows = parallel_rows(module, driver, n_pointers, n_sizes, by_rows, min_rows=2 * t.mr,
                          min_work=PARALLEL_WORK, name=f"{driver.name}_rows")
@@ -270,6 +283,7 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     # leftover columns may be a short block of their own
     columns = parallel_rows(module, driver, n_pointers, n_sizes, by_columns, min_rows=t.nr,
                             min_work=PARALLEL_WORK, rows_index=1,
+                            work=work if streams else None,
                             oversplit=8 if a_kind == "prepacked" else 1, short_last=True,
                             name=f"{driver.name}_columns")
     fn = ir.Function(module, KERNEL_TYPE, name)
