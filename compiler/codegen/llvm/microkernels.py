@@ -49,6 +49,11 @@ def tiling(width: int | None = None) -> Tiling:
 
 
 # the micro-kernel -------------------------------------------------------------------------
+# Rows of B fetched ahead of the one in use: a B panel read once (a weight streamed from memory
+# by a C of few rows: a layer at batch 1) crosses a 4 KiB page every 32 rows of a two-vector
+# panel, where the hardware's stream prefetch stops; from L1, where most tiles find B (a panel
+# serves all of A's block), the prefetch costs a load slot
+B_AHEAD = 32
 # void micro(i64 kc, float* a_panel, float* b, i64 b_stride, float* c, i64 ldc, i64 cols, i1 add)
 MICRO_TYPE = ir.FunctionType(VOID, [I64, F32P, F32P, I64, F32P, I64, I64, I1])
 # the same with B's rows where a table says: row p at b + rows[p] (`micro_kernel`'s `table`)
@@ -106,6 +111,12 @@ def micro_kernel(module: ir.Module, t: Tiling, height: int, table: bool = False,
         ahead = b.gep(next_panel, [b.mul(p, ir.Constant(I64, height))])
         b.call(prefetch, [b.bitcast(ahead, PTR), ir.Constant(I32, 0), ir.Constant(I32, 3),
                           ir.Constant(I32, 1)])
+        if not table:  # B's row B_AHEAD steps on, its vectors' lines (x86 prefetches never
+            # fault, past B's end included)
+            ahead_b = b.gep(b_ptr, [b.mul(b.add(p, i64(B_AHEAD)), b_stride)])
+            for v in range(vectors):
+                b.call(prefetch, [b.bitcast(b.gep(ahead_b, [i64(v * t.width)]), PTR),
+                                  ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
         out = []
         for i in range(height):
             ai = vec.splat(b.load(b.gep(a_col, [ir.Constant(I64, i * t.kc)])))
