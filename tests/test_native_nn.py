@@ -472,6 +472,72 @@ def test_max_pool_rows_of_every_width_and_special_value_agree_exactly(window):
             np.testing.assert_array_equal(got, want, err_msg=f"W={width}")
 
 
+AVG_POOL_WINDOWS = [  # kernel, stride, ceil_mode (no padding: pool._vector_windows)
+    ((2, 2), (2, 2), False),  # LeNet's
+    ((3, 3), (1, 1), False),
+    ((3, 2), (2, 1), False),
+    ((1, 5), (1, 2), False),
+    ((2, 2), (2, 2), True),  # an odd size's last window overhangs: the row-by-row kernel
+    ((3, 3), (3, 3), False),  # stride 3: the row-by-row kernel
+]
+
+
+def _avg_pool64(x: np.ndarray, kernel, stride, ceil: bool) -> np.ndarray:
+    """avg_pool without padding in float64, windows by index (ceil mode's last window cut at
+    the edge and divided by the cells inside, as PyTorch)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    *lead, h, w = x.shape
+
+    def count(size, k, s):
+        n = -(-(size - k) // s) + 1 if ceil else (size - k) // s + 1
+        return n - 1 if ceil and (n - 1) * s >= size else n
+
+    oh, ow = count(h, kh, sh), count(w, kw, sw)
+    y = np.empty((*lead, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            y[..., i, j] = x[..., i * sh:i * sh + kh, j * sw:j * sw + kw].astype(np.float64).mean(
+                axis=(-2, -1))
+    return y
+
+
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
+@pytest.mark.parametrize("window", AVG_POOL_WINDOWS)
+def test_avg_pool_rows_of_every_width_against_float64(window, cpu):
+    """avg_pool without padding sums each window a vector of outputs at a time (the last one
+    masked, loads masked to the row) and divides by its cells: rows of every width about the
+    vector width (16 lanes, or 8 in code for AVX2), 2-D and 1-D, planes shared by two
+    threads, against float64 sums; a window past the edge (ceil mode) takes the row-by-row
+    kernel, with fewer cells."""
+    import llvmlite.binding as llvm  # noqa: F401
+
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.runtime.native import NativeModel
+
+    (kh, kw), (sh, sw), ceil = window
+    mode = str(ceil).lower()
+    src = ("model P { forward(x: f32[B, C, H, W], l: f32[B, C, W]) {\n"
+           f"  return avg_pool(x, kernel_size = [{kh}, {kw}], stride = [{sh}, {sw}], "
+           f"ceil_mode = {mode}), avg_pool(l, kernel_size = {kw}, stride = {sw}, "
+           f"ceil_mode = {mode})\n}} }}")
+    target = targets.named(cpu) if cpu else targets.host()
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    native = NativeModel(Compilation.of(kiln.load(src), cpu=target), {}, threads=2)
+    for width, c in [*((w, 3) for w in (5, 9, 16, 17, 31, 33, 40, 67)), (66, 40)]:
+        b, h = (1, 14) if c == 40 else (2, 6 + width % 3)
+        x = RNG.uniform(-50, 50, (b, c, h, width)).astype(np.float32)
+        line = x[:, :, 0].copy()
+        got, got_line = native(x, line)
+        want = _avg_pool64(x, (kh, kw), (sh, sw), ceil)
+        want_line = _avg_pool64(line[:, :, None], (1, kw), (1, sw), ceil)[:, :, 0]
+        assert got.shape == want.shape and got_line.shape == want_line.shape, f"W={width}"
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-5, err_msg=f"W={width}")
+        np.testing.assert_allclose(got_line, want_line, rtol=2e-6, atol=2e-5,
+                                   err_msg=f"W={width}")
+
+
 def test_max_pool_propagates_nan_as_numpy():
     native, ref = both("model P { forward(x: f32[1, 1, 4, 4]) { return max_pool(x, kernel_size = 2) } }")
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)

@@ -78,7 +78,6 @@ def max_pool(kb, n, win: Window) -> None:
     """The largest input in each window (padding never wins; NaN does, as numpy's max),
     plane by plane (`_max_pool_planes`); in f32 the module's threads share the planes."""
     x_t, y_t = n.in_types[0], n.out_types[0]
-    b = kb.b
     planes, h, w = plane_dims(kb, x_t)
     _, out_h, out_w = plane_dims(kb, y_t)
     sizes = (h, w, out_h, out_w)
@@ -86,16 +85,26 @@ def max_pool(kb, n, win: Window) -> None:
     if x_t.dtype != "f32" or not constant:
         _max_pool_planes(kb, kb.input("x"), kb.output(), ZERO, planes, sizes, win, x_t.dtype)
         return
-    # sizes known at compile time stay constants in the range function (known trip counts)
+    _over_planes(kb, n, lambda rkb, x, y, first, count, sizes: _max_pool_planes(
+        rkb, x, y, first, count, sizes, win, "f32"))
+
+
+def _over_planes(kb, n, emit) -> None:
+    """emit(kb, x, y, first, count, (h, w, out_h, out_w)) over blocks of an f32 pooling's
+    planes, which the module's threads share; sizes known at compile time stay constants in
+    the range function (known trip counts)."""
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    planes, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, y_t)
     known = [_spatial(t)[k] for t in (x_t, y_t) for k in (0, 1)]
 
-    def emit(rkb, ptrs, first, count, _length, *given):
+    def emit_range(rkb, ptrs, first, count, _length, *given):
         sizes = tuple(i64(d.value) if d.is_const else size
                       for d, size in zip(known, given, strict=True))
-        _max_pool_planes(rkb, *ptrs, first, count, sizes, win, "f32")
+        emit(rkb, *ptrs, first, count, sizes)
 
-    kb.over_rows("planes", [kb.input("x"), kb.output()], planes, b.mul(h, w), emit,
-                 extra=sizes)
+    kb.over_rows("planes", [kb.input("x"), kb.output()], planes, kb.b.mul(h, w), emit_range,
+                 extra=(h, w, out_h, out_w))
 
 
 def _spatial(t) -> tuple[Dim, Dim]:
@@ -252,7 +261,67 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
     def mean(oh, ow, total):
         return kb.fdiv(total, kb.convert(b.mul(counted(oh, 0), counted(ow, 1)), compute))
 
-    _pool_rows(kb, n, win, compute, kb.const(0.0, compute), lambda acc, x: kb.add(acc, x), mean)
+    def by_rows():
+        _pool_rows(kb, n, win, compute, kb.const(0.0, compute), lambda acc, x: kb.add(acc, x),
+                   mean)
+
+    if (dtype != "f32" or not all(d.is_const for d in (*win.kernel, *win.pad))
+            or any(p.value for p in win.pad) or win.stride[1] not in (1, 2)
+            or win.dilation != (1, 1)):
+        by_rows()
+        return
+    # without padding, every window inside the input (no ceil mode overhang): each divides
+    # its sum by its kh x kw cells, a vector of outputs at a time (`_vector_windows`)
+    x_t, y_t = n.in_types[0], n.out_types[0]
+    _, h, w = plane_dims(kb, x_t)
+    _, out_h, out_w = plane_dims(kb, y_t)
+    inside_all = ir.Constant(ir.IntType(1), 1)
+    for size, out, k, s in zip((h, w), (out_h, out_w), win.kernel, win.stride, strict=True):
+        reach = b.add(b.mul(b.sub(out, i64(1)), i64(s)), i64(k.value))
+        inside_all = b.and_(inside_all, b.icmp_signed("<=", reach, size))
+    with b.if_else(inside_all) as (windows, overhang):
+        with windows:
+            _over_planes(kb, n, lambda rkb, x, y, first, count, sizes: _vector_windows(
+                rkb, x, y, first, count, sizes, win))
+        with overhang:
+            by_rows()
+
+
+def _vector_windows(kb, x, y, first, count, sizes, win: Window) -> None:
+    """avg_pool of f32 planes first .. first + count whose windows all lie inside the input
+    (no padding, stride 1 or 2 along a row): `width` outputs of a row at a time, each the sum
+    of its window's taps (a tap: one load at stride 1, the even lanes of two at stride 2,
+    masked to the row), over kh x kw; the last vector of a row masked."""
+    b = kb.b
+    h, w, out_h, out_w = sizes
+    vec = irgen.Vectors(b, kb.vector_width or tiling().width)
+    width, stride = vec.width, win.stride[1]
+    kh, kw = (k.value for k in win.kernel)
+    cells = vec.splat(kb.const(float(kh * kw), "f32"))
+    even = ir.Constant(ir.VectorType(ir.IntType(32), width), [2 * k for k in range(width)])
+
+    def tap(line, at):
+        if stride == 1:
+            return vec.masked_load(line, at, vec.mask(b.sub(w, at), 0))
+        low = vec.masked_load(line, at, vec.mask(b.sub(w, at), 0))
+        high = vec.masked_load(line, b.add(at, i64(width)), vec.mask(b.sub(w, at), width))
+        return b.shuffle_vector(low, high, even)
+
+    def output_row(index):
+        k, oh = index
+        plane = b.gep(x, [b.mul(b.add(first, k), b.mul(h, w))])
+        out = b.gep(y, [b.mul(b.add(b.mul(b.add(first, k), out_h), oh), out_w)])
+        top = b.mul(oh, i64(win.stride[0]))
+        with kb.for_range(out_w, step=width) as ow:
+            total = None
+            for i in range(kh):
+                line = b.gep(plane, [b.mul(b.add(top, i64(i)), w)])
+                for j in range(kw):
+                    value = tap(line, b.add(b.mul(ow, i64(stride)), i64(j)))
+                    total = value if total is None else kb.fadd(total, value)
+            vec.masked_store(kb.fdiv(total, cells), out, ow, vec.mask(b.sub(out_w, ow), 0))
+
+    kb.loop_nest([count, out_h], output_row)
 
 
 def global_avg_pool(kb, n) -> None:
