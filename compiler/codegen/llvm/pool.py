@@ -267,7 +267,7 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
 
     if (dtype != "f32" or not all(d.is_const for d in (*win.kernel, *win.pad))
             or any(p.value for p in win.pad) or win.stride[1] not in (1, 2)
-            or win.dilation != (1, 1)):
+            or win.dilation != (1, 1) or win.kernel[0].value * win.kernel[1].value > VECTOR_TAPS):
         by_rows()
         return
     # without padding, every window inside the input (no ceil mode overhang): each divides
@@ -285,6 +285,9 @@ def avg_pool(kb, n, win: Window, count_include_pad: bool) -> None:
                 rkb, x, y, first, count, sizes, win))
         with overhang:
             by_rows()
+
+
+VECTOR_TAPS = 64  # taps of a window `_vector_windows` writes out (a larger one: row by row)
 
 
 def _vector_windows(kb, x, y, first, count, sizes, win: Window) -> None:
