@@ -35,6 +35,7 @@ from .convert_base import (
     known,
     need,
     require_dtype,
+    required_sizes,
 )
 from .sizes import sizes_of
 
@@ -54,10 +55,14 @@ def _window(node: OnnxNode, x: Value, kernel: list[int]) -> tuple[list, list, li
         return strides, dilations, pads[:n], pads[n:]
     before, after = [], []
     for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dilations, strict=True):
-        if not size.is_const:
-            raise Unsupported(f"auto_pad={auto_pad} needs constant spatial sizes")
-        out = -(-size.value // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size.value, 0)
+        if s == 1:  # out = size: (size - 1) + (k - 1) * d + 1 - size, whatever the size
+            total = (k - 1) * d
+        elif not size.is_const:
+            raise Unsupported(f"auto_pad={auto_pad} with a stride other than 1 needs constant "
+                              "spatial sizes")
+        else:
+            out = -(-size.value // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size.value, 0)
         small = total // 2
         before.append(small if auto_pad == "SAME_UPPER" else total - small)
         after.append(total - before[-1])
@@ -989,15 +994,14 @@ def _top_k(gb, node):
     for every value but NaN, whose order ONNX leaves open."""
     x = need(node, 0, "X")
     attr(node, "sorted")  # sorted=0 leaves the order open: sorted is one of its answers
-    k_value = const_ints(gb, node, 1, "K")
-    if k_value is None:
-        raise Unsupported("TopK needs K")
-    k = k_value[0]
+    # K may be computed from a shape: PyTorch's sort and argsort are a TopK of the axis's size
+    (k,) = required_sizes(gb, node, 1, "K")
     rank = x.type.rank
     axis = axis_of(int(attr(node, "axis", -1)), rank)
     size = x.type.shape[axis]
-    if not size.is_const or not 0 <= k <= size.value:
+    if not size.is_const or not k.is_const or not 0 <= k.value <= size.value:
         raise Unsupported("TopK along a symbolic axis, or K past its size")
+    k = k.value
     n = size.value
     last = rank - 1
     perm = list(range(rank))

@@ -334,10 +334,20 @@ def _wrap_pad(gb: GraphBuilder, x: Value, widths: list[tuple[int, int]]) -> Valu
 
 @converter("Trilu")
 def _trilu(gb, node):
+    """kiln's triu / tril; a diagonal k computed from the inputs' sizes (a KV cache's causal
+    mask, `tril(diagonal=total - t)`) keeps x where j - i >= k (upper) or <= k, a comparison
+    of aranges with k's value at run time."""
     x = need(node, 0, "input")
-    k = const_ints(gb, node, 1, "k")
-    k = 0 if k is None else k[0]
-    return [gb.op("triu" if attr(node, "upper", 1) else "tril", x, k=k)]
+    upper = attr(node, "upper", 1)
+    k = const_sizes(gb, node, 1, "k")
+    k = Dim.of(0) if k is None else k[0]
+    if k.is_const:
+        return [gb.op("triu" if upper else "tril", x, k=k.value)]
+    rows, cols = (gb.op("arange", 0, end=d) for d in x.type.shape[-2:])
+    diagonal = gb.op("sub", gb.op("unsqueeze", cols, axis=0), gb.op("unsqueeze", rows, axis=-1))
+    keep = gb.op("greater_equal" if upper else "less_equal", diagonal,
+                 gb.op("dim_value", dim=k))
+    return [gb.op("where", keep, x, const_like(gb, 0, x.type.dtype))]
 
 
 # indexing ---------------------------------------------------------------------------------
