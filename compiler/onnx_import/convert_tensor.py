@@ -387,7 +387,7 @@ def _gather_nd(gb, node):
     if not k_dim.is_const or k_dim.value > x.type.rank - b or k_dim.value == 0:
         raise Unsupported("GatherND needs a constant index depth within the data's rank")
     k = k_dim.value
-    shape = concrete_shape(x, "GatherND's data")
+    shape = concrete_shape(x, "GatherND's data") if b else x.type.shape
     batch, lead = shape[:b], shape[b:b + k]
     if b and tuple(index.type.shape[:b]) != tuple(Dim.of(n) for n in batch):
         raise Unsupported("GatherND's indices and data differ in their batch axes")
@@ -396,23 +396,32 @@ def _gather_nd(gb, node):
         offsets = np.arange(int(np.prod(batch)), dtype=NUMPY_DTYPES[dtype_of(linear)])
         offsets = offsets.reshape(*batch, *[1] * (index.type.rank - 1 - b)) * int(np.prod(lead))
         linear = gb.add(linear, gb.constant(offsets))
-    flat = gb.reshape(x, [int(np.prod(batch + lead)), *x.type.shape[b + k:]])
+    flat = gb.reshape(x, [_prod(batch + lead), *x.type.shape[b + k:]])
     return [gb.op("gather", flat, linear, axis=0)]
 
 
-def _linear_index(gb: GraphBuilder, index: Value, lead: tuple[int, ...]) -> Value:
+def _linear_index(gb: GraphBuilder, index: Value, lead) -> Value:
     """sum_j i_j * stride_j over the last axis of `index` (each i_j negative counted from the
-    end of its axis of size lead[j]): the position in those axes merged into one."""
-    strides = [int(np.prod(lead[j + 1:])) for j in range(len(lead))]
+    end of its axis of size lead[j]): the position in those axes merged into one. A symbolic
+    size or stride is its value at run time."""
     dtype = dtype_of(index)
     linear = None
     for j, size in enumerate(lead):
+        stride = _prod(lead[j + 1:])
         i_j = gb.op("gather", index, gb.constant(np.array(j, np.int64)), axis=index.type.rank - 1)
         i_j = gb.op("where", gb.op("less", i_j, const_like(gb, 0, dtype)),
-                    gb.add(i_j, const_like(gb, size, dtype)), i_j)
-        term = i_j if strides[j] == 1 else gb.mul(i_j, const_like(gb, strides[j], dtype))
+                    gb.add(i_j, _size_value(gb, size, dtype)), i_j)
+        term = i_j if stride == 1 else gb.mul(i_j, _size_value(gb, stride, dtype))
         linear = term if linear is None else gb.add(linear, term)
     return linear
+
+
+def _size_value(gb: GraphBuilder, size, dtype: str) -> Value:
+    """A size as a scalar of integer type dtype: a constant, or its value at run time."""
+    size = Dim.of(size)
+    if size.is_const:
+        return const_like(gb, size.value, dtype)
+    return gb.cast(gb.op("dim_value", dim=size), dtype)
 
 
 @converter("OneHot")
@@ -572,18 +581,18 @@ def _scatter_elements(gb, node):
 @converter("ScatterND")
 def _scatter_nd(gb, node):
     """data's first k axes merged, the k-index of each update made one linear index (as
-    GatherND), and the updates scattered along the merged axis."""
+    GatherND), and the updates scattered along the merged axis; of any sizes, symbolic ones
+    included."""
     data, updates = need(node, 0, "data"), need(node, 2, "updates")
     index = _index(gb, node, 1)
     k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
     if not k_dim.is_const or not 0 < k_dim.value <= data.type.rank:
         raise Unsupported("ScatterND needs a constant index depth within the data's rank")
     k = k_dim.value
-    shape = concrete_shape(data, "ScatterND's data")
-    rows = concrete_shape(index, "ScatterND's indices")[:-1]
+    shape = data.type.shape  # sizes may be symbolic (`x[:, 0] = y` of a dynamic batch)
     linear = _linear_index(gb, index, shape[:k])
-    count = int(np.prod(rows))
-    flat_data = gb.reshape(data, [int(np.prod(shape[:k])), *shape[k:]])
+    count = _prod(index.type.shape[:-1])
+    flat_data = gb.reshape(data, [_prod(shape[:k]), *shape[k:]])
     flat_updates = gb.reshape(updates, [count, *shape[k:]])
     out = _scatter_into(gb, flat_data, flat_updates, gb.reshape(linear, [count]), 0,
                         _reduction(node))
