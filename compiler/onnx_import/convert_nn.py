@@ -750,9 +750,9 @@ def _arg_extreme(gb, node):
 @converter("Resize")
 def _resize(gb, node):
     """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
-    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel, or
-    pytorch_half_pixel and align_corners where no axis becomes 1, on [N, C, ...] spatial
-    axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
+    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel,
+    align_corners to sizes or by whole scales, or pytorch_half_pixel where no axis becomes 1,
+    on [N, C, ...] spatial axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     for other, name, default in (("nearest", "nearest_mode", "round_prefer_floor"),
@@ -802,8 +802,8 @@ def _resize(gb, node):
         axis, size = symbolic[0]
         raise Unsupported(f"Resize of axis {axis} to the size {size}, known only at run time, "
                           f"with mode {mode} and {ctm}: kiln resizes to such a size in mode "
-                          "nearest with asymmetric and floor, or linear with half_pixel (on the "
-                          "spatial axes of [N, C, ...])")
+                          "nearest with asymmetric and floor, or linear with half_pixel or "
+                          "align_corners (on the spatial axes of [N, C, ...])")
     steps = [(axis, _axis_response(node, x, axis, value, scales is not None,
                                    roi.get(axis), partner)) for axis, value in per_axis.items()]
     for axis, response in steps:
@@ -882,9 +882,15 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
         sizes = out["size"] = [(per_axis[a] if isinstance(per_axis[a], Dim)
                                 else Dim.of(int(per_axis[a]))) if a in per_axis else shape[a]
                                for a in spatial]
-    if ctm in ("align_corners", "pytorch_half_pixel") and any(
+    if ctm == "pytorch_half_pixel" and any(
             d is None or not d.is_const or d.value <= 1 for d in sizes):
-        return None  # those modes special-case an output size of 1
+        return None  # it special-cases an output size of 1, kiln's bilinear does not
+    if ctm == "align_corners" and any(
+            d is None and not float(f).is_integer() or d is not None and d.is_const
+            and d.value <= 1 for d, f in zip(sizes, out.get("scale_factor", sizes), strict=True)):
+        # (size - 1) / (out - 1), 0 for an output of 1, as kiln's, but ONNX's out is
+        # scale * size unrounded: the same where a scale is whole, or sizes are given
+        return None
     return out
 
 
