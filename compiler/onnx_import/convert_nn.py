@@ -752,7 +752,8 @@ def _resize(gb, node):
     """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
     (nearest with asymmetric coordinates and floor rounding; linear with half_pixel,
     align_corners to sizes or by whole scales, or pytorch_half_pixel where no axis becomes 1,
-    on [N, C, ...] spatial axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
+    on [N, C, ...] spatial axes); any other mode axis by axis, as the weights ONNX's own
+    reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     for other, name, default in (("nearest", "nearest_mode", "round_prefer_floor"),
