@@ -2,7 +2,7 @@
 one node each, against onnxruntime at several sizes of one compiled model: values an
 exporter computes from the inputs' shapes where kiln needed constants (Trilu's k, TopK's K,
 Clip's bounds, a Split of a shape), auto_pad SAME on symbolic sizes, ScatterND and GatherND
-of a dynamic batch."""
+of a dynamic batch, TopK and CumSum / CumProd along a symbolic axis."""
 
 from __future__ import annotations
 
@@ -47,6 +47,28 @@ def sort_by_topk() -> onnx.ModelProto:
              _node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=0)]
     return make_model(nodes, [("x", F32, ["n", 5])],
                       [("v", F32, ["n", 5]), ("i", I64, ["n", 5])])
+
+
+def topk_of_a_symbolic_axis(largest: int) -> onnx.ModelProto:
+    """The 3 largest (smallest) of a dynamic number of anchors."""
+    nodes = [_int("k", [3]), _node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=largest)]
+    return make_model(nodes, [("x", F32, ["n", "m"])], [("v", F32, ["n", 3]), ("i", I64, ["n", 3])])
+
+
+def cumsum_of_a_sequence(exclusive: int, reverse: int) -> onnx.ModelProto:
+    """RoBERTa's position ids: running sums of an int mask over a dynamic sequence (and a
+    float's)."""
+    nodes = [_int("axis", 1),
+             _node("CumSum", ["mask", "axis"], ["ids"], exclusive=exclusive, reverse=reverse),
+             _node("CumSum", ["x", "axis"], ["sums"], exclusive=exclusive, reverse=reverse)]
+    return make_model(nodes, [("mask", TensorProto.INT32, ["n", "t"]), ("x", F32, ["n", "t"])],
+                      [("ids", TensorProto.INT32, ["n", "t"]), ("sums", F32, ["n", "t"])])
+
+
+def cumprod_of_a_sequence() -> onnx.ModelProto:
+    """CumProd (opset 26, which onnxruntime lacks) over a dynamic sequence, reversed."""
+    nodes = [_int("axis", 1), _node("CumProd", ["x", "axis"], ["y"], reverse=1)]
+    return make_model(nodes, [("x", F32, ["n", "t"])], [("y", F32, ["n", "t"])], opset=26)
 
 
 def clip_by_size(lower_at_run_time: bool) -> onnx.ModelProto:
@@ -120,6 +142,33 @@ def test_topk_k_from_a_shape(target):
     x = _rand(3, 5)
     x[0, 1] = x[0, 3]  # a tie: the lower index first
     _agree(sort_by_topk(), target, [{"x": x}, {"x": _rand(1, 5)}])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("largest", [0, 1])
+def test_topk_along_a_symbolic_axis(target, largest):
+    x = _rand(2, 7)
+    x[1, 2] = x[1, 5]  # a tie: the lower index first
+    _agree(topk_of_a_symbolic_axis(largest), target, [{"x": x}, {"x": _rand(3, 3)}])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumulative_along_a_symbolic_axis(target, exclusive, reverse):
+    feeds = []
+    for n, t in ((2, 5), (3, 1)):
+        mask = (np.arange(t)[None] < np.arange(t, t - n, -1)[:, None]).astype(np.int32)
+        feeds.append({"mask": mask, "x": _rand(n, t)})
+    _agree(cumsum_of_a_sequence(exclusive, reverse), target, feeds)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cumprod_along_a_symbolic_axis(target):
+    model = kiln.compile(cumprod_of_a_sequence(), target=target)
+    for t in (4, 1):
+        x = _rand(2, t)
+        want = np.flip(np.cumprod(np.flip(x, 1), axis=1), 1)
+        np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -31,6 +31,7 @@ from .convert_base import (
     const_like,
     converter_table,
     dtype_of,
+    index_relation,
     ints,
     known,
     need,
@@ -1006,10 +1007,9 @@ def _top_k(gb, node):
     rank = x.type.rank
     axis = axis_of(int(attr(node, "axis", -1)), rank)
     size = x.type.shape[axis]
-    if not size.is_const or not k.is_const or not 0 <= k.value <= size.value:
-        raise Unsupported("TopK along a symbolic axis, or K past its size")
-    k = k.value
-    n = size.value
+    if not k.is_const or k.value < 0 or size.is_const and k.value > size.value:
+        raise Unsupported("TopK with K known only at run time, or past its axis's size")
+    k = k.value  # (along a symbolic axis, onnxruntime fails a call where K is past its size)
     last = rank - 1
     perm = list(range(rank))
     perm[axis], perm[last] = last, axis
@@ -1017,12 +1017,12 @@ def _top_k(gb, node):
     this = gb.op("unsqueeze", moved, axis=-1)  # [..., i, 1]
     other = gb.op("unsqueeze", moved, axis=-2)  # [..., 1, j]
     ahead = gb.op("greater" if attr(node, "largest", 1) else "less", other, this)
-    lower = gb.constant(np.tril(np.ones((n, n), bool), -1))  # [i, j]: j < i
+    lower = index_relation(gb, size, "greater")  # [i, j]: j < i
     tied = gb.op("logical_and", gb.op("equal", other, this), lower)
     place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
     at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
                gb.constant(np.arange(k, dtype=np.int64)))  # [..., n, k]
-    positions = gb.constant(np.arange(n, dtype=np.int64).reshape(n, 1))
+    positions = gb.reshape(gb.op("arange", 0, end=size), [size, 1])
     index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
                   axis=-2)  # [..., k]
     values = gb.op("take_along_axis", moved, index, axis=-1)

@@ -34,6 +34,7 @@ from .convert_base import (
     const_sizes,
     converter_table,
     dtype_of,
+    index_relation,
     ints,
     kiln_dtype,
     known,
@@ -636,34 +637,26 @@ def _reverse_sequence(gb, node):
 
 
 def _cumulative(gb: GraphBuilder, node: OnnxNode, combine) -> list:
-    """CumSum/CumProd: x with its axis moved last, `combine(gb, moved, mask)` of the mask
-    [n, n] of which inputs i reach output j (i <= j; i < j exclusive; i >= j, i > j
-    reversed), and the axis moved back."""
+    """CumSum/CumProd: x with its axis moved last, `combine(gb, moved, relation)` of which
+    inputs i reach output j (i <= j; i < j exclusive; i >= j, i > j reversed: an
+    index_relation, of a symbolic axis too), and the axis moved back."""
     x = need(node, 0, "x")
     axis_value = const_input(gb, node, 1, "axis")
     axis = axis_of(int(axis_value.reshape(-1)[0]), x.type.rank)
-    size = x.type.shape[axis]
-    if not size.is_const:
-        raise Unsupported(f"{node.op_type} along a symbolic axis")
-    i, j = np.indices((size.value, size.value))
     exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
-    if reverse:
-        mask = (i > j) if exclusive else (i >= j)
-    else:
-        mask = (i < j) if exclusive else (i <= j)
+    relation = ("greater" if reverse else "less") + ("" if exclusive else "_equal")
     last = x.type.rank - 1
     perm = list(range(x.type.rank))
     perm[axis], perm[last] = last, axis
     moved = x if axis == last else gb.permute(x, perm)
-    y = combine(gb, moved, mask)
+    y = combine(gb, moved, functools.partial(index_relation, gb, x.type.shape[axis], relation))
     return [y if axis == last else gb.permute(y, perm)]
 
 
 @converter("CumSum")
 def _cumsum(gb, node):
     """Running sums: the product with the mask as a matrix of ones."""
-    return _cumulative(gb, node, lambda gb, x, mask: gb.matmul(
-        x, gb.constant(mask.astype(x.type.np_dtype))))
+    return _cumulative(gb, node, lambda gb, x, mask: gb.matmul(x, mask(dtype_of(x))))
 
 
 @converter("CumProd")
@@ -671,7 +664,7 @@ def _cumprod(gb, node):
     """Running products: each output the product over its row of x[..., i] where the mask
     holds, else 1 (an [..., n, n] intermediate); integers wrap as numpy's do."""
     def combine(gb, x, mask):
-        spread = gb.op("where", gb.constant(mask), gb.op("unsqueeze", x, axis=[-1]),
+        spread = gb.op("where", mask(), gb.op("unsqueeze", x, axis=[-1]),
                        const_like(gb, 1, dtype_of(x)))
         product = gb.op("prod", spread, axis=[x.type.rank - 1])
         return product if dtype_of(product) == dtype_of(x) else gb.cast(product, dtype_of(x))
