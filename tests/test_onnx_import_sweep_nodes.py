@@ -2,7 +2,8 @@
 one node each, against onnxruntime at several sizes of one compiled model: values an
 exporter computes from the inputs' shapes where kiln needed constants (Trilu's k, TopK's K,
 Clip's bounds, a Split of a shape), auto_pad SAME on symbolic sizes, ScatterND and GatherND
-of a dynamic batch, TopK and CumSum / CumProd along a symbolic axis."""
+of a dynamic batch, TopK and CumSum / CumProd along a symbolic axis, Slice bounds
+of minus a size, a Resize by 1 along a symbolic axis (the batch's)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,27 @@ def reshape_by_split() -> onnx.ModelProto:
              _node("Concat", ["n", "chw"], ["shape"], axis=0),
              _node("Reshape", ["x", "shape"], ["y"])]
     return make_model(nodes, [("x", F32, ["n", 2, "h", 3])], [("y", F32, ["n", "m"])], opset=18)
+
+
+def slice_from_the_end() -> onnx.ModelProto:
+    """PyTorch's `x[:, -t:]` and `x[:, :-t]`, t another input's size: Slice bounds of minus
+    a size, counted from the end."""
+    nodes = [_node("Shape", ["y"], ["s"]), _int("one", [1]), _node("Gather", ["s", "one"], ["t"]),
+             _node("Neg", ["t"], ["minus_t"]), _int("end", [2**63 - 1]), _int("start", [0]),
+             _node("Slice", ["x", "minus_t", "end", "one"], ["last"]),
+             _node("Slice", ["x", "start", "minus_t", "one"], ["first"])]
+    return make_model(nodes, [("x", F32, ["n", "m", 3]), ("y", F32, ["n", "t"])],
+                      [("last", F32, ["n", "t", 3]), ("first", F32, ["n", None, 3])])
+
+
+def cubic_of_a_dynamic_batch() -> onnx.ModelProto:
+    """`interpolate(scale_factor=2, mode="bicubic")`: scales [1, 1, 2, 2], the batch's 1
+    along an axis of symbolic size."""
+    scales = np.array([1, 1, 2, 2], np.float32)
+    nodes = [_node("Resize", ["x", "", "scales"], ["y"], mode="cubic", cubic_coeff_a=-0.75,
+                   coordinate_transformation_mode="pytorch_half_pixel")]
+    return make_model(nodes, [("x", F32, ["n", 2, 3, 4])], [("y", F32, ["n", 2, 6, 8])],
+                      {"scales": scales})
 
 
 def same_conv(auto_pad: str, stride: int = 1) -> onnx.ModelProto:
@@ -182,6 +204,17 @@ def test_clip_bound_at_run_time(target, lower_at_run_time):
 @pytest.mark.parametrize("target", TARGETS)
 def test_a_shape_split_into_sizes(target):
     _agree(reshape_by_split(), target, [{"x": _rand(n, 2, h, 3)} for n, h in ((2, 4), (3, 1))])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_slice_bounds_of_minus_a_size(target):
+    _agree(slice_from_the_end(), target, [{"x": _rand(2, m, 3), "y": _rand(2, t)}
+                                          for m, t in ((7, 3), (4, 4), (5, 1))])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_resize_by_one_along_a_symbolic_axis(target):
+    _agree(cubic_of_a_dynamic_batch(), target, [{"x": _rand(n, 2, 3, 4)} for n in (2, 1)])
 
 
 @pytest.mark.parametrize("target", TARGETS)

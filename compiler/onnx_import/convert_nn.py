@@ -787,6 +787,9 @@ def _resize(gb, node):
         raise Unsupported(f"Resize with {ctm} and {policy} to sizes known only at run time")
     for axis in same:  # resized to its own size: the identity, in every other mode
         del per_axis[axis]
+    if scales is not None and ctm not in ("tf_crop_and_resize", "tf_half_pixel_for_nn"):
+        for axis in [a for a, v in per_axis.items() if v == 1.0 and not x.type.shape[a].is_const]:
+            del per_axis[axis]  # a scale of 1 (a dynamic batch's): the identity here too
     if not per_axis:
         return [x]
     roi = _resize_roi(gb, node, axes) if ctm == "tf_crop_and_resize" else {}

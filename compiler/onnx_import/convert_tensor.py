@@ -276,9 +276,13 @@ def _ints_or_sizes(values: list[Dim] | None) -> list[int | Dim] | None:
 def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
     """ONNX Slice bounds as Python slice bounds: clamped as Python clamps, which is what the
     ONNX spec says; a bound past every size ("to the end") is None. A symbolic bound (a size
-    of an input) is taken as in range, as kiln's indexing takes it."""
+    of an input) is taken as in range, as kiln's indexing takes it; one that is surely
+    negative (minus a size: PyTorch's `x[:, -t:]`) counts from the end, as ONNX's do."""
     if isinstance(start, Dim) or isinstance(end, Dim):
-        return tuple(None if isinstance(b, int) and abs(b) >= _LIMIT else b
+        start, end = (size + b if isinstance(b, Dim) and _negative(b) else b
+                      for b in (start, end))
+        return tuple(b.value if isinstance(b, Dim) and b.is_const
+                     else None if isinstance(b, int) and abs(b) >= _LIMIT else b
                      for b in (start, end))
     if size.is_const:
         first, stop, _ = slice(start, end, step).indices(size.value)
@@ -286,6 +290,13 @@ def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
         # "the last element": None says "to the front"
         return first, (None if stop < 0 else stop)
     return (None if abs(start) >= _LIMIT else start), (None if abs(end) >= _LIMIT else end)
+
+
+def _negative(d: Dim) -> bool:
+    """Whether d is below 0 for every value of its symbols (sizes, at least 1): a sum of
+    negative multiples of symbols and a constant."""
+    return not d.is_const and all(
+        c < 0 and all(isinstance(atom, str) for atom, _ in mono) for mono, c in d.terms)
 
 
 @converter("Pad")
