@@ -41,13 +41,14 @@ def trilu_by_past(upper: int) -> onnx.ModelProto:
     return make_model(nodes, [("x", F32, ["t", "n"])], [("y", F32, ["t", "n"])])
 
 
-def sort_by_topk() -> onnx.ModelProto:
-    """PyTorch's sort: TopK with K the axis's size, read from the shape."""
+def sort_by_topk(size: int | str = 5) -> onnx.ModelProto:
+    """PyTorch's sort: TopK with K the axis's size, read from the shape (a number, or a
+    symbolic size: an argsort over a dynamic sequence, pack_padded_sequence's of lengths)."""
     nodes = [_node("Shape", ["x"], ["s"]), _int("last", [1]),
              _node("Gather", ["s", "last"], ["k"]),
              _node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=0)]
-    return make_model(nodes, [("x", F32, ["n", 5])],
-                      [("v", F32, ["n", 5]), ("i", I64, ["n", 5])])
+    return make_model(nodes, [("x", F32, ["n", size])],
+                      [("v", F32, ["n", size]), ("i", I64, ["n", size])])
 
 
 def topk_of_a_symbolic_axis(largest: int) -> onnx.ModelProto:
@@ -164,6 +165,7 @@ def test_topk_k_from_a_shape(target):
     x = _rand(3, 5)
     x[0, 1] = x[0, 3]  # a tie: the lower index first
     _agree(sort_by_topk(), target, [{"x": x}, {"x": _rand(1, 5)}])
+    _agree(sort_by_topk("m"), target, [{"x": x}, {"x": _rand(2, 1)}, {"x": _rand(1, 8)}])
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -1005,14 +1005,16 @@ def _top_k(gb, node):
     for every value but NaN, whose order ONNX leaves open."""
     x = need(node, 0, "X")
     attr(node, "sorted")  # sorted=0 leaves the order open: sorted is one of its answers
-    # K may be computed from a shape: PyTorch's sort and argsort are a TopK of the axis's size
+    # K may be computed from a shape: PyTorch's sort and argsort are a TopK of the axis's
+    # size, a symbolic one in pack_padded_sequence's sort of a dynamic batch's lengths
     (k,) = required_sizes(gb, node, 1, "K")
     rank = x.type.rank
     axis = axis_of(int(attr(node, "axis", -1)), rank)
     size = x.type.shape[axis]
-    if not k.is_const or k.value < 0 or size.is_const and k.value > size.value:
-        raise Unsupported("TopK with K known only at run time, or past its axis's size")
-    k = k.value  # (along a symbolic axis, onnxruntime fails a call where K is past its size)
+    if k != size and (not k.is_const or k.value < 0 or size.is_const and k.value > size.value):
+        raise Unsupported("TopK with K known only at run time (other than its axis's size), "
+                          "or past its axis's size")
+    # (along a symbolic axis, onnxruntime fails a call where a constant K is past its size)
     last = rank - 1
     perm = list(range(rank))
     perm[axis], perm[last] = last, axis
@@ -1024,7 +1026,7 @@ def _top_k(gb, node):
     tied = gb.op("logical_and", gb.op("equal", other, this), lower)
     place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
     at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
-               gb.constant(np.arange(k, dtype=np.int64)))  # [..., n, k]
+               gb.op("arange", 0, end=k))  # [..., n, k]
     positions = gb.reshape(gb.op("arange", 0, end=size), [size, 1])
     index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
                   axis=-2)  # [..., k]
