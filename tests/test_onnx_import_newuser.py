@@ -171,11 +171,16 @@ def resize_to_skip_corners() -> onnx.ModelProto:
     return resize_to_skip("linear", "align_corners")
 
 
+def resize_to_skip_pytorch() -> onnx.ModelProto:
+    return resize_to_skip("linear", "pytorch_half_pixel")
+
+
 MODELS = {f.__name__: f for f in (unnamed_dims, list_axes, empty_params, traced_seq,
                                   resize_bilinear, resize_to_sizes, wrong_output_type,
                                   misspelt_op, ort_fused_op, isinf_of_double,
                                   arithmetic_in_double, upsample_any_size, resize_to_skip,
-                                  resize_to_skip_nearest, resize_to_skip_corners)}
+                                  resize_to_skip_nearest, resize_to_skip_corners,
+                                  resize_to_skip_pytorch)}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -250,17 +255,22 @@ def test_resize_as_pytorch_writes_it(files, name, x, target):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["resize_to_skip", "resize_to_skip_nearest"])
+@pytest.mark.parametrize("name", ["resize_to_skip", "resize_to_skip_nearest",
+                                  "resize_to_skip_corners"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_resize_to_another_inputs_size(files, name, target):
     """Resized to a size known only at run time (the skip connection's): one compiled model
-    at three pairs of sizes, against ONNX's reference and onnxruntime."""
+    at pairs of sizes, against ONNX's reference and onnxruntime; align_corners also from and
+    to a size of 1 (whose source coordinate ONNX makes 0)."""
     import onnxruntime as ort
 
     path = files(name)
     model = kiln.compile(path, target=target)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for small, large in (((3, 4), (6, 8)), ((5, 3), (9, 7)), ((4, 4), (4, 4))):
+    pairs = [((3, 4), (6, 8)), ((5, 3), (9, 7)), ((4, 4), (4, 4))]
+    if name == "resize_to_skip_corners":
+        pairs += [((1, 1), (3, 4)), ((3, 5), (1, 1)), ((1, 4), (1, 9))]
+    for small, large in pairs:
         x, skip = rand(2, 4, *small), rand(2, 4, *large)
         (want,) = ReferenceEvaluator(str(path)).run(None, {"x": x, "skip": skip})
         (runtime,) = session.run(None, {"x": x, "skip": skip})
@@ -272,8 +282,8 @@ def test_resize_to_another_inputs_size(files, name, target):
 
 def test_resize_to_a_run_time_size_in_another_mode_is_refused(files):
     with pytest.raises(KilnError, match=r"(?s)K0906.*known only at run time, with mode linear "
-                       r"and align_corners"):
-        kiln.compile(files("resize_to_skip_corners"), target="reference")
+                       r"and pytorch_half_pixel"):
+        kiln.compile(files("resize_to_skip_pytorch"), target="reference")
 
 
 def test_an_output_declared_with_the_wrong_type(files):

@@ -281,3 +281,15 @@ def axis_of(axis: int, rank: int, what: str = "axis") -> int:
     if not -rank <= axis < max(rank, 1):
         raise Unsupported(f"{what} {axis} is out of range for rank {rank}")
     return axis % max(rank, 1)
+
+
+def index_relation(gb: GraphBuilder, size: Dim, relation: str, dtype: str = "bool") -> Value:
+    """The [n, n] matrix of `i relation j` (i the row, j the column; relation a comparison:
+    "less", "less_equal", "greater", "greater_equal") as dtype: a constant where the size n
+    is known, else compared at run time from two aranges (cumsum over a dynamic sequence)."""
+    if size.is_const:
+        i, j = np.indices((size.value, size.value))
+        return gb.constant(getattr(np, relation)(i, j).astype(NUMPY_DTYPES[dtype]))
+    index = gb.op("arange", 0, end=size)
+    mask = gb.op(relation, gb.op("unsqueeze", index, axis=-1), gb.op("unsqueeze", index, axis=0))
+    return mask if dtype == "bool" else gb.cast(mask, dtype)

@@ -17,7 +17,6 @@ from ..builder import GraphBuilder
 from ..ir import Value
 from ..types import NUMPY_DTYPES
 from .convert_base import (
-    CONSTANT_NEEDED,
     FLOAT_TYPES,
     INT_TYPES,
     Converter,
@@ -396,24 +395,32 @@ _register("CastLike", _cast_like)
 
 
 def _clip(gb, node):
-    """Clip(x, min, max): bounds are inputs from opset 11, which kiln needs as constants
-    (absent: no bound)."""
+    """Clip(x, min, max) = min(max(x, min), max): bounds are inputs from opset 11 (absent: no
+    bound). Constant bounds are kiln's clip's attributes; with a bound known only at run time
+    (PyTorch's `boxes.clamp(max=img.shape[-1])`, a size as a float) each bound is a maximum,
+    then a minimum, NaN propagating as clip's."""
     x = _x(node)
-    bounds = {}
+    number = int if dtype_of(x) in INT_TYPES else float
+    bounds: dict[str, float | int | Value] = {}
     for slot, name in ((1, "min"), (2, "max")):
         if arg(node, slot) is None and (slot >= len(node.consts) or node.consts[slot] is None):
             continue
         value = known(gb, node, slot)
-        if value is None:
-            raise Unsupported(f"Clip's {name} (input {slot}) must be a constant: {CONSTANT_NEEDED}")
-        bounds[name] = value.reshape(()).item()
-    if not bounds:
-        return x
-    if dtype_of(x) in INT_TYPES:
-        bounds = {k: int(v) for k, v in bounds.items()}
-    else:
-        bounds = {k: float(v) for k, v in bounds.items()}
-    return gb.op("clip", x, **bounds)
+        if value is not None:
+            bounds[name] = number(value.reshape(()).item())
+            continue
+        bound = need(node, slot, f"Clip's {name}")
+        if any(d != 1 for d in bound.type.shape):
+            raise Unsupported(f"Clip's {name} (input {slot}) of type {bound.type}: not a scalar")
+        bounds[name] = gb.reshape(bound, []) if bound.type.rank else bound
+    if not any(isinstance(v, Value) for v in bounds.values()):
+        return gb.op("clip", x, **bounds) if bounds else x
+    for name, op in (("min", "maximum"), ("max", "minimum")):
+        if name in bounds:
+            bound = bounds[name]
+            x = gb.op(op, x, bound) if isinstance(bound, Value) else gb.op("clip", x,
+                                                                               **{name: bound})
+    return x
 
 
 _register("Clip", _clip)

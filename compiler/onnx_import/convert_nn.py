@@ -31,10 +31,12 @@ from .convert_base import (
     const_like,
     converter_table,
     dtype_of,
+    index_relation,
     ints,
     known,
     need,
     require_dtype,
+    required_sizes,
 )
 from .sizes import sizes_of
 
@@ -54,10 +56,14 @@ def _window(node: OnnxNode, x: Value, kernel: list[int]) -> tuple[list, list, li
         return strides, dilations, pads[:n], pads[n:]
     before, after = [], []
     for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dilations, strict=True):
-        if not size.is_const:
-            raise Unsupported(f"auto_pad={auto_pad} needs constant spatial sizes")
-        out = -(-size.value // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size.value, 0)
+        if s == 1:  # out = size: (size - 1) + (k - 1) * d + 1 - size, whatever the size
+            total = (k - 1) * d
+        elif not size.is_const:
+            raise Unsupported(f"auto_pad={auto_pad} with a stride other than 1 needs constant "
+                              "spatial sizes")
+        else:
+            out = -(-size.value // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size.value, 0)
         small = total // 2
         before.append(small if auto_pad == "SAME_UPPER" else total - small)
         after.append(total - before[-1])
@@ -745,9 +751,10 @@ def _arg_extreme(gb, node):
 @converter("Resize")
 def _resize(gb, node):
     """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
-    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel, or
-    pytorch_half_pixel and align_corners where no axis becomes 1, on [N, C, ...] spatial
-    axes); any other mode axis by axis, as the weights ONNX's own reference gives (below)."""
+    (nearest with asymmetric coordinates and floor rounding; linear with half_pixel,
+    align_corners to sizes or by whole scales, or pytorch_half_pixel where no axis becomes 1,
+    on [N, C, ...] spatial axes); any other mode axis by axis, as the weights ONNX's own
+    reference gives (below)."""
     x = need(node, 0, "X")
     mode = choose(node, "mode", "nearest", ("nearest", "linear", "cubic"))
     for other, name, default in (("nearest", "nearest_mode", "round_prefer_floor"),
@@ -780,6 +787,9 @@ def _resize(gb, node):
         raise Unsupported(f"Resize with {ctm} and {policy} to sizes known only at run time")
     for axis in same:  # resized to its own size: the identity, in every other mode
         del per_axis[axis]
+    if scales is not None and ctm not in ("tf_crop_and_resize", "tf_half_pixel_for_nn"):
+        for axis in [a for a, v in per_axis.items() if v == 1.0 and not x.type.shape[a].is_const]:
+            del per_axis[axis]  # a scale of 1 (a dynamic batch's): the identity here too
     if not per_axis:
         return [x]
     roi = _resize_roi(gb, node, axes) if ctm == "tf_crop_and_resize" else {}
@@ -797,8 +807,8 @@ def _resize(gb, node):
         axis, size = symbolic[0]
         raise Unsupported(f"Resize of axis {axis} to the size {size}, known only at run time, "
                           f"with mode {mode} and {ctm}: kiln resizes to such a size in mode "
-                          "nearest with asymmetric and floor, or linear with half_pixel (on the "
-                          "spatial axes of [N, C, ...])")
+                          "nearest with asymmetric and floor, or linear with half_pixel or "
+                          "align_corners (on the spatial axes of [N, C, ...])")
     steps = [(axis, _axis_response(node, x, axis, value, scales is not None,
                                    roi.get(axis), partner)) for axis, value in per_axis.items()]
     for axis, response in steps:
@@ -877,9 +887,15 @@ def _kiln_resize(node: OnnxNode, x: Value, mode: str, ctm: str, per_axis: dict,
         sizes = out["size"] = [(per_axis[a] if isinstance(per_axis[a], Dim)
                                 else Dim.of(int(per_axis[a]))) if a in per_axis else shape[a]
                                for a in spatial]
-    if ctm in ("align_corners", "pytorch_half_pixel") and any(
+    if ctm == "pytorch_half_pixel" and any(
             d is None or not d.is_const or d.value <= 1 for d in sizes):
-        return None  # those modes special-case an output size of 1
+        return None  # it special-cases an output size of 1, kiln's bilinear does not
+    if ctm == "align_corners" and any(
+            d is None and not float(f).is_integer() or d is not None and d.is_const
+            and d.value <= 1 for d, f in zip(sizes, out.get("scale_factor", sizes), strict=True)):
+        # (size - 1) / (out - 1), 0 for an output of 1, as kiln's, but ONNX's out is
+        # scale * size unrounded: the same where a scale is whole, or sizes are given
+        return None
     return out
 
 
@@ -989,16 +1005,16 @@ def _top_k(gb, node):
     for every value but NaN, whose order ONNX leaves open."""
     x = need(node, 0, "X")
     attr(node, "sorted")  # sorted=0 leaves the order open: sorted is one of its answers
-    k_value = const_ints(gb, node, 1, "K")
-    if k_value is None:
-        raise Unsupported("TopK needs K")
-    k = k_value[0]
+    # K may be computed from a shape: PyTorch's sort and argsort are a TopK of the axis's
+    # size, a symbolic one in pack_padded_sequence's sort of a dynamic batch's lengths
+    (k,) = required_sizes(gb, node, 1, "K")
     rank = x.type.rank
     axis = axis_of(int(attr(node, "axis", -1)), rank)
     size = x.type.shape[axis]
-    if not size.is_const or not 0 <= k <= size.value:
-        raise Unsupported("TopK along a symbolic axis, or K past its size")
-    n = size.value
+    if k != size and (not k.is_const or k.value < 0 or size.is_const and k.value > size.value):
+        raise Unsupported("TopK with K known only at run time (other than its axis's size), "
+                          "or past its axis's size")
+    # (along a symbolic axis, onnxruntime fails a call where a constant K is past its size)
     last = rank - 1
     perm = list(range(rank))
     perm[axis], perm[last] = last, axis
@@ -1006,12 +1022,12 @@ def _top_k(gb, node):
     this = gb.op("unsqueeze", moved, axis=-1)  # [..., i, 1]
     other = gb.op("unsqueeze", moved, axis=-2)  # [..., 1, j]
     ahead = gb.op("greater" if attr(node, "largest", 1) else "less", other, this)
-    lower = gb.constant(np.tril(np.ones((n, n), bool), -1))  # [i, j]: j < i
+    lower = index_relation(gb, size, "greater")  # [i, j]: j < i
     tied = gb.op("logical_and", gb.op("equal", other, this), lower)
     place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
     at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
-               gb.constant(np.arange(k, dtype=np.int64)))  # [..., n, k]
-    positions = gb.constant(np.arange(n, dtype=np.int64).reshape(n, 1))
+               gb.op("arange", 0, end=k))  # [..., n, k]
+    positions = gb.reshape(gb.op("arange", 0, end=size), [size, 1])
     index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
                   axis=-2)  # [..., k]
     values = gb.op("take_along_axis", moved, index, axis=-1)

@@ -34,6 +34,7 @@ from .convert_base import (
     const_sizes,
     converter_table,
     dtype_of,
+    index_relation,
     ints,
     kiln_dtype,
     known,
@@ -275,9 +276,13 @@ def _ints_or_sizes(values: list[Dim] | None) -> list[int | Dim] | None:
 def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
     """ONNX Slice bounds as Python slice bounds: clamped as Python clamps, which is what the
     ONNX spec says; a bound past every size ("to the end") is None. A symbolic bound (a size
-    of an input) is taken as in range, as kiln's indexing takes it."""
+    of an input) is taken as in range, as kiln's indexing takes it; one that is surely
+    negative (minus a size: PyTorch's `x[:, -t:]`) counts from the end, as ONNX's do."""
     if isinstance(start, Dim) or isinstance(end, Dim):
-        return tuple(None if isinstance(b, int) and abs(b) >= _LIMIT else b
+        start, end = (size + b if isinstance(b, Dim) and _negative(b) else b
+                      for b in (start, end))
+        return tuple(b.value if isinstance(b, Dim) and b.is_const
+                     else None if isinstance(b, int) and abs(b) >= _LIMIT else b
                      for b in (start, end))
     if size.is_const:
         first, stop, _ = slice(start, end, step).indices(size.value)
@@ -285,6 +290,13 @@ def _bounds(size: Dim, start: int | Dim, end: int | Dim, step: int) -> tuple:
         # "the last element": None says "to the front"
         return first, (None if stop < 0 else stop)
     return (None if abs(start) >= _LIMIT else start), (None if abs(end) >= _LIMIT else end)
+
+
+def _negative(d: Dim) -> bool:
+    """Whether d is below 0 for every value of its symbols (sizes, at least 1): a sum of
+    negative multiples of symbols and a constant."""
+    return not d.is_const and all(
+        c < 0 and all(isinstance(atom, str) for atom, _ in mono) for mono, c in d.terms)
 
 
 @converter("Pad")
@@ -334,10 +346,20 @@ def _wrap_pad(gb: GraphBuilder, x: Value, widths: list[tuple[int, int]]) -> Valu
 
 @converter("Trilu")
 def _trilu(gb, node):
+    """kiln's triu / tril; a diagonal k computed from the inputs' sizes (a KV cache's causal
+    mask, `tril(diagonal=total - t)`) keeps x where j - i >= k (upper) or <= k, a comparison
+    of aranges with k's value at run time."""
     x = need(node, 0, "input")
-    k = const_ints(gb, node, 1, "k")
-    k = 0 if k is None else k[0]
-    return [gb.op("triu" if attr(node, "upper", 1) else "tril", x, k=k)]
+    upper = attr(node, "upper", 1)
+    k = const_sizes(gb, node, 1, "k")
+    k = Dim.of(0) if k is None else k[0]
+    if k.is_const:
+        return [gb.op("triu" if upper else "tril", x, k=k.value)]
+    rows, cols = (gb.op("arange", 0, end=d) for d in x.type.shape[-2:])
+    diagonal = gb.op("sub", gb.op("unsqueeze", cols, axis=0), gb.op("unsqueeze", rows, axis=-1))
+    keep = gb.op("greater_equal" if upper else "less_equal", diagonal,
+                 gb.op("dim_value", dim=k))
+    return [gb.op("where", keep, x, const_like(gb, 0, x.type.dtype))]
 
 
 # indexing ---------------------------------------------------------------------------------
@@ -377,7 +399,7 @@ def _gather_nd(gb, node):
     if not k_dim.is_const or k_dim.value > x.type.rank - b or k_dim.value == 0:
         raise Unsupported("GatherND needs a constant index depth within the data's rank")
     k = k_dim.value
-    shape = concrete_shape(x, "GatherND's data")
+    shape = concrete_shape(x, "GatherND's data") if b else x.type.shape
     batch, lead = shape[:b], shape[b:b + k]
     if b and tuple(index.type.shape[:b]) != tuple(Dim.of(n) for n in batch):
         raise Unsupported("GatherND's indices and data differ in their batch axes")
@@ -386,23 +408,32 @@ def _gather_nd(gb, node):
         offsets = np.arange(int(np.prod(batch)), dtype=NUMPY_DTYPES[dtype_of(linear)])
         offsets = offsets.reshape(*batch, *[1] * (index.type.rank - 1 - b)) * int(np.prod(lead))
         linear = gb.add(linear, gb.constant(offsets))
-    flat = gb.reshape(x, [int(np.prod(batch + lead)), *x.type.shape[b + k:]])
+    flat = gb.reshape(x, [_prod(batch + lead), *x.type.shape[b + k:]])
     return [gb.op("gather", flat, linear, axis=0)]
 
 
-def _linear_index(gb: GraphBuilder, index: Value, lead: tuple[int, ...]) -> Value:
+def _linear_index(gb: GraphBuilder, index: Value, lead) -> Value:
     """sum_j i_j * stride_j over the last axis of `index` (each i_j negative counted from the
-    end of its axis of size lead[j]): the position in those axes merged into one."""
-    strides = [int(np.prod(lead[j + 1:])) for j in range(len(lead))]
+    end of its axis of size lead[j]): the position in those axes merged into one. A symbolic
+    size or stride is its value at run time."""
     dtype = dtype_of(index)
     linear = None
     for j, size in enumerate(lead):
+        stride = _prod(lead[j + 1:])
         i_j = gb.op("gather", index, gb.constant(np.array(j, np.int64)), axis=index.type.rank - 1)
         i_j = gb.op("where", gb.op("less", i_j, const_like(gb, 0, dtype)),
-                    gb.add(i_j, const_like(gb, size, dtype)), i_j)
-        term = i_j if strides[j] == 1 else gb.mul(i_j, const_like(gb, strides[j], dtype))
+                    gb.add(i_j, _size_value(gb, size, dtype)), i_j)
+        term = i_j if stride == 1 else gb.mul(i_j, _size_value(gb, stride, dtype))
         linear = term if linear is None else gb.add(linear, term)
     return linear
+
+
+def _size_value(gb: GraphBuilder, size, dtype: str) -> Value:
+    """A size as a scalar of integer type dtype: a constant, or its value at run time."""
+    size = Dim.of(size)
+    if size.is_const:
+        return const_like(gb, size.value, dtype)
+    return gb.cast(gb.op("dim_value", dim=size), dtype)
 
 
 @converter("OneHot")
@@ -562,18 +593,18 @@ def _scatter_elements(gb, node):
 @converter("ScatterND")
 def _scatter_nd(gb, node):
     """data's first k axes merged, the k-index of each update made one linear index (as
-    GatherND), and the updates scattered along the merged axis."""
+    GatherND), and the updates scattered along the merged axis; of any sizes, symbolic ones
+    included."""
     data, updates = need(node, 0, "data"), need(node, 2, "updates")
     index = _index(gb, node, 1)
     k_dim = index.type.shape[-1] if index.type.rank else Dim.of(0)
     if not k_dim.is_const or not 0 < k_dim.value <= data.type.rank:
         raise Unsupported("ScatterND needs a constant index depth within the data's rank")
     k = k_dim.value
-    shape = concrete_shape(data, "ScatterND's data")
-    rows = concrete_shape(index, "ScatterND's indices")[:-1]
+    shape = data.type.shape  # sizes may be symbolic (`x[:, 0] = y` of a dynamic batch)
     linear = _linear_index(gb, index, shape[:k])
-    count = int(np.prod(rows))
-    flat_data = gb.reshape(data, [int(np.prod(shape[:k])), *shape[k:]])
+    count = _prod(index.type.shape[:-1])
+    flat_data = gb.reshape(data, [_prod(shape[:k]), *shape[k:]])
     flat_updates = gb.reshape(updates, [count, *shape[k:]])
     out = _scatter_into(gb, flat_data, flat_updates, gb.reshape(linear, [count]), 0,
                         _reduction(node))
@@ -617,34 +648,26 @@ def _reverse_sequence(gb, node):
 
 
 def _cumulative(gb: GraphBuilder, node: OnnxNode, combine) -> list:
-    """CumSum/CumProd: x with its axis moved last, `combine(gb, moved, mask)` of the mask
-    [n, n] of which inputs i reach output j (i <= j; i < j exclusive; i >= j, i > j
-    reversed), and the axis moved back."""
+    """CumSum/CumProd: x with its axis moved last, `combine(gb, moved, relation)` of which
+    inputs i reach output j (i <= j; i < j exclusive; i >= j, i > j reversed: an
+    index_relation, of a symbolic axis too), and the axis moved back."""
     x = need(node, 0, "x")
     axis_value = const_input(gb, node, 1, "axis")
     axis = axis_of(int(axis_value.reshape(-1)[0]), x.type.rank)
-    size = x.type.shape[axis]
-    if not size.is_const:
-        raise Unsupported(f"{node.op_type} along a symbolic axis")
-    i, j = np.indices((size.value, size.value))
     exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
-    if reverse:
-        mask = (i > j) if exclusive else (i >= j)
-    else:
-        mask = (i < j) if exclusive else (i <= j)
+    relation = ("greater" if reverse else "less") + ("" if exclusive else "_equal")
     last = x.type.rank - 1
     perm = list(range(x.type.rank))
     perm[axis], perm[last] = last, axis
     moved = x if axis == last else gb.permute(x, perm)
-    y = combine(gb, moved, mask)
+    y = combine(gb, moved, functools.partial(index_relation, gb, x.type.shape[axis], relation))
     return [y if axis == last else gb.permute(y, perm)]
 
 
 @converter("CumSum")
 def _cumsum(gb, node):
     """Running sums: the product with the mask as a matrix of ones."""
-    return _cumulative(gb, node, lambda gb, x, mask: gb.matmul(
-        x, gb.constant(mask.astype(x.type.np_dtype))))
+    return _cumulative(gb, node, lambda gb, x, mask: gb.matmul(x, mask(dtype_of(x))))
 
 
 @converter("CumProd")
@@ -652,7 +675,7 @@ def _cumprod(gb, node):
     """Running products: each output the product over its row of x[..., i] where the mask
     holds, else 1 (an [..., n, n] intermediate); integers wrap as numpy's do."""
     def combine(gb, x, mask):
-        spread = gb.op("where", gb.constant(mask), gb.op("unsqueeze", x, axis=[-1]),
+        spread = gb.op("where", mask(), gb.op("unsqueeze", x, axis=[-1]),
                        const_like(gb, 1, dtype_of(x)))
         product = gb.op("prod", spread, axis=[x.type.rank - 1])
         return product if dtype_of(product) == dtype_of(x) else gb.cast(product, dtype_of(x))

@@ -47,7 +47,7 @@ ARITHMETIC = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
 # ops that only pick elements of their data operands: their numpy references run on the
 # elements' positions, and the result is the elements at the positions they pick
 PICKS = frozenset({"stack", "concat", "gather", "unsqueeze", "squeeze", "reshape", "slice",
-                   "flatten", "permute", "broadcast_to", "take_along_axis", "where"})
+                   "flatten", "permute", "broadcast_to", "take_along_axis", "where", "split"})
 VALUE_ARGS = frozenset({"index", "cond"})  # operands read as values, not picked from
 
 
