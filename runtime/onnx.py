@@ -105,6 +105,16 @@ class OnnxModel(CompiledModel):
         for count, (_output, message, span) in zip(results[len(names):], checks, strict=True):
             if count:
                 raise KilnError("K0505", message, span)
+        for port, result in zip(model.outputs, results, strict=False):
+            # a size kiln's type takes in range at run time (a slice's symbolic bound) that
+            # these inputs put out of range: onnxruntime clamps it, the other targets refuse
+            want = _concrete(port.type, dims)
+            if want is not None and tuple(result.shape) != want:
+                raise KilnError("K0505", f"with these inputs onnxruntime's result {port.name} "
+                                f"has shape {list(result.shape)}, not {list(want)} as its "
+                                f"type {port.type} says", getattr(port, "span", None),
+                                hint="a size in the model is out of range for these inputs "
+                                     "(the reference and native targets say where)")
         return results[:len(names)]
 
 
@@ -147,6 +157,14 @@ def _run_errors() -> tuple[type[Exception], ...]:
 
     names = ("Fail", "InvalidArgument", "RuntimeException", "EPFail")
     return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
+def _concrete(t, dims: dict[str, int]) -> tuple[int, ...] | None:
+    """A result type's shape at these sizes (None where it names a size they lack)."""
+    try:
+        return t.concrete_shape(dims)
+    except (KeyError, KilnError, ValueError, TypeError):
+        return None
 
 
 def _normal(array: np.ndarray) -> np.ndarray:

@@ -205,6 +205,31 @@ def test_sizes_that_inputs_make_negative_are_refused_before_native_code_runs():
         assert info.value.code == "K0505"
 
 
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
+@pytest.mark.parametrize("body, n, fine", [
+    ("return x[:40] * 1.0", 2, 40),         # a constant bound past a symbolic size
+    ("return x[-3:] * 1.0", 2, 3),
+    ("return x[2:M] * 1.0", 5, 9),           # another input's size past it
+    ("return sum(x[:M] * 2.0)", 3, 7),       # an intermediate, not a result
+    ("return sum(x[:40] * 2.0)", 3, 40),
+    ("return x[::-1][:6] * 1.0", 4, 6),
+])
+def test_a_slice_bound_past_a_symbolic_size_is_refused_on_every_target(body, n, fine, target):
+    """A slice's symbolic bounds are taken in range by its type (x[:40] of x: f32[N] is 40
+    long); a call whose sizes put one out of range is refused (K0505) on every target, as
+    the reference does, and native code reads nothing past x (it used to return what lay
+    after it); in range, the same values as numpy."""
+    src = f"model S {{ forward(x: f32[N], y: f32[M]) {{ {body} }} }}"
+    m = kiln.compile(src, target=target)
+    y = np.zeros(7, np.float32)
+    x = RNG.standard_normal(fine).astype(np.float32)
+    ref = kiln.compile(src, target="reference")
+    np.testing.assert_allclose(m(x, y), ref(x, y), rtol=1e-5, atol=1e-5)
+    with pytest.raises(KilnError) as info:
+        m(RNG.standard_normal(n).astype(np.float32), y)
+    assert info.value.code == "K0505"
+
+
 def test_bad_inputs_are_refused_before_native_code_runs():
     m = kiln.compile("model M { forward(x: f32[B, 3]) -> f32[B, 3] { return x * 2.0 } }",
                      target="native")

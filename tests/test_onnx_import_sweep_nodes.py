@@ -176,6 +176,16 @@ def test_topk_along_a_symbolic_axis(target, largest):
     _agree(topk_of_a_symbolic_axis(largest), target, [{"x": x}, {"x": _rand(3, 3)}])
 
 
+@pytest.mark.parametrize("target", ["reference", "native", "onnx"])
+def test_topk_past_its_symbolic_axis_is_refused(target):
+    """K = 3 of 2 anchors: onnxruntime refuses the call, and so does every kiln target
+    (K0505), where the slots past the axis would have held element 0 of it."""
+    compiled = kiln.compile(topk_of_a_symbolic_axis(1), target=target)
+    with pytest.raises(KilnError) as info:
+        compiled(x=_rand(2, 2))
+    assert info.value.code == "K0505"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_cumulative_along_a_symbolic_axis(target, exclusive, reverse):

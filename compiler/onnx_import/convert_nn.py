@@ -748,6 +748,13 @@ def _arg_extreme(gb, node):
 
 
 # resize -----------------------------------------------------------------------------------
+def _first(gb: GraphBuilder, v: Value, k: Dim) -> Value:
+    """v[:k] (v one-dimensional): a slice where v's size is symbolic, which every target
+    refuses at run time (K0505) when k is past it, as onnxruntime refuses a TopK whose K is
+    past its axis; else v itself (k is its size)."""
+    return v if v.type.shape[0] == k else gb.op("slice", v, items=[("range", 0, k, 1)])
+
+
 @converter("Resize")
 def _resize(gb, node):
     """Resize on constant scales or sizes (and roi): kiln's resize where it computes the same
@@ -1026,7 +1033,7 @@ def _top_k(gb, node):
     tied = gb.op("logical_and", gb.op("equal", other, this), lower)
     place = gb.op("sum", gb.cast(gb.op("logical_or", ahead, tied), "i64"), axis=-1)  # [..., n]
     at = gb.op("equal", gb.op("unsqueeze", place, axis=-1),
-               gb.op("arange", 0, end=k))  # [..., n, k]
+               _first(gb, gb.op("arange", 0, end=size), k))  # [..., n, k]
     positions = gb.reshape(gb.op("arange", 0, end=size), [size, 1])
     index = gb.op("sum", gb.op("where", at, positions, gb.constant(np.array(0, np.int64))),
                   axis=-2)  # [..., k]

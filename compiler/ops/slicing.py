@@ -148,6 +148,34 @@ def _slice_onnx(b, n):
     steps += [("Unsqueeze", [b.ints(new)])] if new else []
     b.nonempty(prod(indexed), n.outputs, n.out_types,
                lambda outs: chain(b, n.inputs[0], steps, outs))
+    if b.checked:  # as natively (_slice_llvm), each range's last element in its axis
+        out_axis = 0
+        for e, axis in _slice_entries(shape, n.attrs["items"]):
+            if e[0] == "range":
+                length = n.out_types[0].shape[out_axis]
+                if not all(d.is_const for d in (shape[axis], length)):
+                    b.check(_range_inside(b, shape[axis], e, length), out_of_range("slice"))
+            out_axis += e[0] != "int"
+
+
+def _range_inside(b, size: Dim, e, length: Dim) -> str:
+    """A bool: the range entry e's `length` elements (its type's) lie in an axis of `size`
+    at run time: none, or the last at start + (length - 1) * step within [0, size), start as
+    Python's slice.indices gives it (_slice_start)."""
+    step = to_int(e[3], "items")
+    zero, size_v, n = b.const(np.int64(0)), b.dim(size), b.dim(length)
+    if e[1] is None:
+        start = zero if step > 0 else one(b, "Sub", size_v, b.const(np.int64(1)))
+    else:
+        i = b.dim(to_dim(e[1], "items"))
+        i = one(b, "Where", one(b, "Less", i, zero), one(b, "Add", i, size_v), i)
+        low, high = ((zero, size_v) if step > 0 else
+                     (b.const(np.int64(-1)), one(b, "Sub", size_v, b.const(np.int64(1)))))
+        start = one(b, "Min", one(b, "Max", i, low), high)
+    last = one(b, "Add", start, one(b, "Mul", one(b, "Sub", n, b.const(np.int64(1))),
+                                    b.const(np.int64(step))))
+    inside = one(b, "And", one(b, "GreaterOrEqual", last, zero), one(b, "Less", last, size_v))
+    return one(b, "Or", one(b, "LessOrEqual", n, zero), inside)
 
 
 def _run_time_index(b, index: Dim, size: Dim) -> tuple[str, str]:
@@ -202,7 +230,7 @@ def _slice_llvm(kb, n):
     """A strided view of x: ints and range starts move the base, range steps scale the
     strides, new axes have stride 0. The lengths are the shape rule's (symbolic bounds in
     range)."""
-    t = n.in_types[0]
+    t, out = n.in_types[0], n.out_types[0]
     x_strides = kb.strides(t.shape)
     base, strides = kb.const(0, "i64"), []
     for e, axis in _slice_entries(t.shape, n.attrs["items"]):
@@ -215,6 +243,15 @@ def _slice_llvm(kb, n):
         else:
             step = to_int(e[3], "items")
             start = _slice_start(kb, size, e[1], step)
+            # the shape rule's length takes symbolic bounds in range (x[:40] of an x[N] is 40
+            # long): the last element it reads must lie in the axis (K0505 otherwise, as the
+            # reference reports), and reads are kept inside it
+            length = kb.dim(out.shape[len(strides)])
+            zero, one = kb.const(0, "i64"), kb.const(1, "i64")
+            last = kb.add(start, kb.mul(kb.sub(length, one), kb.const(step, "i64")))
+            inside = kb.b.and_(kb.compare(">=", last, zero), kb.compare("<", last, size))
+            kb.check(kb.b.or_(kb.compare("<=", length, zero), inside), out_of_range("slice"))
+            start = kb.select(kb.b.or_(kb.compare("<=", length, zero), inside), start, zero)
             strides.append(kb.mul(kb.const(step, "i64"), x_strides[axis]))
         base = kb.add(base, kb.mul(start, x_strides[axis]))
     kb.view_copy(n, base, strides)
