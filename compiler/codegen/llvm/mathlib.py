@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from llvmlite import ir
 
 from .abi import COMPUTE, F16, F32, F64, I1, I8, I16, I32
+from .vmath import VectorMath
 
 
-class ScalarMath:
+class ScalarMath(VectorMath):
     """Arithmetic and math functions on compute values, emitted at the builder `b`."""
 
     def __init__(self, b: ir.IRBuilder, fast_math: bool = True):
