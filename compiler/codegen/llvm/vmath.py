@@ -48,19 +48,19 @@ def _two_over_pi(bits: int) -> int:
 # 2^-(s-1) on (the ones before contribute multiples of 4), and 84 of them carry it to 2^-58
 TWO_OVER_PI_WORDS = tuple((_two_over_pi(256) >> (64 * (4 - i))) & ((1 << 64) - 1)
                           for i in range(5))
-# pi/2 in four f32 parts, the first three with at most 9 significant bits, so k times each is
-# exact for |k| < 2^15 (SLEEF's split of pi, halved); the Cody-Waite reduction below
-# x = k pi/2 + r is then within 1 ulp of r for |x| < 51472 (measured), and SINE_LIMIT keeps it
-# below that
-PIO2_PARTS = (1.5703125, 0.00048351287841796875, 3.13855707645416259765625e-07,
-              6.077100628276710381e-11)
-SINE_LIMIT = 50000.0
+# pi/2 in two f64 parts (fdlibm's pio2_1 and pio2_1t), the first with 33 significant bits,
+# so k times it is exact for |k| < 2^20: the Cody-Waite reduction x = k pi/2 + r in f64 is
+# then within 2^-60 of r below SINE_LIMIT (|k| < 2^19), far below what f32 results need
+PIO2_PARTS = (1.57079632673412561417e00, 6.07710050650619224932e-11)
+SINE_LIMIT = 524288.0  # 2^19
 # minimax polynomials on [-pi/4, pi/4] (Cephes' sinf and cosf, S. L. Moshier):
 # sin r = r + r z S(z), cos r = 1 - z/2 + z^2 C(z), z = r^2; from the constant term up
 SIN_FIT = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
 COS_FIT = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
-# atan x = x + x z A(z), z = x^2, for |x| <= tan(pi/8) (Cephes' atanf)
-ATAN_FIT = (-3.33329491539e-1, 1.99777106478e-1, -1.38776856032e-1, 8.05374449538e-2)
+# atan x = x + x z A(z), z = x^2, for |x| <= tan(pi/8): a minimax fit of A by Lawson's
+# iteration (benchmarks/erf.py's _minimax), relative error of atan 6.8e-10; constant term first
+ATAN_FIT = (-0.3333331521828093, 0.19998473352330035, -0.14243567614201025,
+            0.10594056434335226, -0.060788032357385474)
 # log(m) = 2 atanh(s) = 2s + 2s s^2 L(s^2), s = (m - 1) / (m + 1), for m in [sqrt(1/2), sqrt(2))
 # (|s| < 0.172: truncated after s^13, relative error below 2e-12)
 LOG_SERIES = tuple(1.0 / n for n in (3, 5, 7, 9, 11, 13))
@@ -71,9 +71,10 @@ class VectorMath:
     """sin, cos, atan and pow of f32 scalars as vectorisable IR (a mixin of ScalarMath)."""
 
     def sin(self, a):
-        """sin(a). f32: `_quadrant_and_rest`, then Cephes' polynomials; -0 kept, NaN at +-inf
-        and NaN. Error against numpy's f64 sin, every 97th f32 bit pattern and the f32 nearest
-        multiples of pi/2 to 2^30: at most 1.4 ulp (tests/test_native_ops.py)."""
+        """sin(a). f32 in f64 (one rounding at the end): `_quadrant_and_rest`, then Cephes'
+        polynomials; -0 kept, NaN at +-inf and NaN. Error against numpy's f64 sin over every
+        97th f32 bit pattern of both signs and the f32 nearest k pi/2 (k to 2^126): at most
+        0.57 ulp at every size (benchmarks/vmath.py --sweep, tests/test_native_ops.py)."""
         if a.type != F32:
             return self.intrinsic("sin", a)
         value = self._sine_of_quadrant(a, 0)
@@ -81,23 +82,24 @@ class VectorMath:
 
     def cos(self, a):
         """cos(a) = sin(a + pi/2): `sin`'s reduction with the quadrant one further; NaN at
-        +-inf and NaN. Error as sin's (tests/test_native_ops.py)."""
+        +-inf and NaN. Error measured as sin's: at most 0.57 ulp."""
         if a.type != F32:
             return self.intrinsic("cos", a)
         return self._sine_of_quadrant(a, 1)
 
     def _sine_of_quadrant(self, a, offset: int):
-        """sin(k pi/2 + r) with the quadrant k + offset: +-sin r or +-cos r."""
+        """sin(k pi/2 + r) with the quadrant k + offset: +-sin r or +-cos r, in f64 (r rounded
+        to f32 before the polynomial would cost up to 1 ulp more)."""
         b = self.b
         k, r = self._quadrant_and_rest(a)
         z = self.fmul(r, r)
         sine = self.fadd(self.fmul(self.fmul(r, z), self._horner(z, SIN_FIT)), r)
         cosine = self.fsub(self.fmul(self.fmul(z, z), self._horner(z, COS_FIT)),
-                           self.fmul(z, ir.Constant(F32, 0.5)))
-        cosine = self.fadd(cosine, ir.Constant(F32, 1.0))
+                           self.fmul(z, ir.Constant(F64, 0.5)))
+        cosine = self.fadd(cosine, ir.Constant(F64, 1.0))
         k = b.add(k, ir.Constant(I32, offset))
         odd = b.trunc(k, ir.IntType(1))
-        value = b.select(odd, cosine, sine)
+        value = b.fptrunc(b.select(odd, cosine, sine), F32)
         upper = b.icmp_unsigned("!=", b.and_(k, ir.Constant(I32, 2)), ir.Constant(I32, 0))
         value = b.select(upper, b.fneg(value), value)
         finite = b.fcmp_ordered("<", self.intrinsic("fabs", a), ir.Constant(F32, INF))
@@ -105,27 +107,27 @@ class VectorMath:
 
     def _quadrant_and_rest(self, a):
         """a = k pi/2 + r, |r| <= pi/4 (to rounding): k (i32, only its last two bits matter)
-        and r (f32). |a| < SINE_LIMIT: Cody-Waite in f32 with PIO2_PARTS (the products exact,
-        the differences fused into FMAs where the CPU has them). Beyond (computed for every
-        element, selected where needed): Payne-Hanek in f64, a 2/pi mod 4 from
-        REDUCTION_TABLE by the exponent, so r is right for every finite f32."""
+        and r (f64). |a| < SINE_LIMIT: Cody-Waite in f64 with PIO2_PARTS (the first product
+        exact, the differences fused into FMAs where the CPU has them). Beyond (computed for
+        every element, selected where needed): Payne-Hanek, `_payne_hanek`, so r is right for
+        every finite f32."""
         b = self.b
-        f32 = ir.Constant
         magnitude = self.intrinsic("fabs", a)
-        near = b.fcmp_ordered("<", magnitude, f32(F32, SINE_LIMIT))
-        x = b.select(near, a, f32(F32, 0.0))
-        k = self.intrinsic("rint", self.fmul(x, f32(F32, 2 / math.pi)))
+        near = b.fcmp_ordered("<", magnitude, ir.Constant(F32, SINE_LIMIT))
+        x = b.fpext(b.select(near, a, ir.Constant(F32, 0.0)), F64)
+        k = self.intrinsic("rint", self.fmul(x, ir.Constant(F64, 2 / math.pi)))
         r = x
         for part in PIO2_PARTS:
-            r = self.fsub(r, self.fmul(k, f32(F32, part)))
-        far_k, far_r = self._payne_hanek(b.select(near, f32(F32, SINE_LIMIT), magnitude))
-        negative = b.fcmp_ordered("<", a, f32(F32, 0.0))
+            r = self.fsub(r, self.fmul(k, ir.Constant(F64, part)))
+        far_k, far_r = self._payne_hanek(b.select(near, ir.Constant(F32, SINE_LIMIT), magnitude))
+        negative = b.fcmp_ordered("<", a, ir.Constant(F32, 0.0))
         far_k = b.select(negative, b.neg(far_k), far_k)
         far_r = b.select(negative, b.fneg(far_r), far_r)
         return b.select(near, b.fptosi(k, I32), far_k), b.select(near, r, far_r)
 
     def _payne_hanek(self, x):
-        """x = k pi/2 + r for a finite f32 x >= SINE_LIMIT: k (i32, mod 4) and r (f32).
+        """x = k pi/2 + r for a finite f32 x >= SINE_LIMIT: k (i32, mod 4) and r (f64, from
+        x 2/pi mod 4 within 2^-58).
         The 84 bits of 2/pi that matter for x's exponent, shifted out of TWO_OVER_PI_WORDS
         (selects and shifts, no table: a gather would keep AVX2 loops scalar), as three
         28-bit pieces; x times each is exact in f64."""
@@ -168,35 +170,32 @@ class VectorMath:
             middle, low = product(1), product(2)
             k = self.intrinsic("rint", self.fadd(high, middle))
             turns = self.fadd(self.fadd(self.fsub(high, k), middle), low)
-        r = b.fptrunc(self.fmul(turns, ir.Constant(F64, math.pi / 2)), F32)
-        return b.fptosi(k, I32), r
+        return b.fptosi(k, I32), self.fmul(turns, ir.Constant(F64, math.pi / 2))
 
     def atan(self, a):
-        """atan(a). f32 as Cephes' atanf: |a| reduced to [0, tan(pi/8)] by
+        """atan(a). f32 in f64 (one rounding at the end): |a| reduced to [0, tan(pi/8)] by
         atan x = pi/2 - atan(1/x) above tan(3pi/8) and pi/4 + atan((x-1)/(x+1)) above
-        tan(pi/8) (one division either way), ATAN_FIT's odd polynomial, pi/2 and pi/4 in two
-        parts; the sign of a restored (-0 kept), +-pi/2 at +-inf, NaN kept. Error against
-        numpy's f64 arctan over every 97th f32 bit pattern: at most 1.4 ulp."""
+        tan(pi/8) (one division either way), then ATAN_FIT's odd polynomial; the sign of a
+        restored (-0 kept), +-pi/2 at +-inf, NaN kept. Error against numpy's f64 arctan over
+        every 97th f32 bit pattern of both signs: at most 0.51 ulp (benchmarks/vmath.py
+        --sweep)."""
         if a.type != F32:
             return self.libm("atan", a)
         b = self.b
 
         def c(value):
-            return ir.Constant(F32, value)
+            return ir.Constant(F64, value)
 
-        x = self.intrinsic("fabs", a)
+        x = b.fpext(self.intrinsic("fabs", a), F64)
         above = b.fcmp_ordered(">", x, c(2.414213562373095))
         middle = b.fcmp_ordered(">", x, c(0.4142135623730950))
         numerator = b.select(above, c(-1.0), b.select(middle, self.fsub(x, c(1.0)), x))
         denominator = b.select(above, x, b.select(middle, self.fadd(x, c(1.0)), c(1.0)))
         t = self.fdiv(numerator, denominator)
         z = self.fmul(t, t)
-        half_pi, quarter_pi = math.pi / 2, math.pi / 4
-        base = b.select(above, c(half_pi), b.select(middle, c(quarter_pi), c(0.0)))
-        low = b.select(above, c(half_pi - _to_f32(half_pi)),
-                       b.select(middle, c(quarter_pi - _to_f32(quarter_pi)), c(0.0)))
-        small = self.fadd(self.fmul(self.fmul(t, z), self._horner(z, ATAN_FIT)), low)
-        value = self.fadd(base, self.fadd(small, t))
+        base = b.select(above, c(math.pi / 2), b.select(middle, c(math.pi / 4), c(0.0)))
+        small = self.fadd(self.fmul(self.fmul(t, z), self._horner(z, ATAN_FIT)), t)
+        value = b.fptrunc(self.fadd(base, small), F32)
         return self.intrinsic("copysign", value, a)
 
     def pow(self, x, y):
