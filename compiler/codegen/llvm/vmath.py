@@ -157,11 +157,11 @@ class VectorMath:
                   b.or_(b.shl(b.and_(high, i64(0xFF)), i64(20)), b.lshr(low, i64(44))))
         wide = b.fpext(x, F64)
 
-        def product(n):  # x times piece n, 2^-(first + 27 + 28n) its last bit's weight
-            weight = b.sub(i64(1023 - 27 - 28 * n), first)
-            scale = b.bitcast(b.shl(weight, i64(52)), F64)
-            piece = b.sitofp(b.trunc(pieces[n], I32), F64)
-            return self.fmul(wide, self.fmul(piece, scale))
+        def product(n):  # x times piece n, 2^-(first + 27 + 28n) its last bit's weight w
+            # the piece p as a double: (2^52 + p) w, from the bits, less 2^52 w (exact)
+            offset = b.shl(b.sub(i64(1075 - 27 - 28 * n), first), i64(52))
+            piece = self.fsub(b.bitcast(b.or_(offset, pieces[n]), F64), b.bitcast(offset, F64))
+            return self.fmul(wide, piece)
 
         with self.strict():  # each step exact or rounded once, in this order
             high = product(0)
