@@ -251,7 +251,8 @@ class VectorMath:
         b = self.b
         root_half = 0x3FE6A09E667F3BCD  # sqrt(1/2)'s bits
         shifted = b.sub(b.bitcast(x, I64), ir.Constant(I64, root_half))
-        e = b.sitofp(b.ashr(shifted, ir.Constant(I64, 52)), F64)
+        # (i32 conversions: AVX2 has none between i64 and f64)
+        e = b.sitofp(b.trunc(b.ashr(shifted, ir.Constant(I64, 52)), I32), F64)
         mantissa = b.and_(shifted, ir.Constant(I64, (1 << 52) - 1))
         m = b.bitcast(b.add(mantissa, ir.Constant(I64, root_half)), F64)
         one = ir.Constant(F64, 1.0)
@@ -269,5 +270,6 @@ class VectorMath:
         k = self.intrinsic("rint", self.fmul(t, ir.Constant(F64, 1 / math.log(2))))
         r = self.fsub(self.fsub(t, self.fmul(k, ir.Constant(F64, 6.93147180369123816490e-01))),
                       self.fmul(k, ir.Constant(F64, 1.90821492927058770002e-10)))
-        scale = b.shl(b.add(b.fptosi(k, I64), ir.Constant(I64, 1023)), ir.Constant(I64, 52))
+        exponent = b.sext(b.fptosi(k, I32), I64)  # (AVX2 converts f64 to i32, not to i64)
+        scale = b.shl(b.add(exponent, ir.Constant(I64, 1023)), ir.Constant(I64, 52))
         return self.fmul(self._horner(r, EXP_SERIES), b.bitcast(scale, F64))
