@@ -17,14 +17,12 @@ numbers the docstrings state), and pow's over random pairs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 import numpy as np
-from erf import _medians  # sets KILN_CACHE=0 before kiln is imported
+from erf import before_and_after, libm_forms  # sets KILN_CACHE=0 before kiln is imported
 
 import kiln
-from kiln.compiler.codegen.llvm.mathlib import ScalarMath
 
 UNARY = "model M {{ forward(x: f32[N]) -> f32[N] {{ return {}(x) }} }}"
 MODELS = {op: UNARY.format(op) for op in ("sin", "cos", "atan")}
@@ -40,19 +38,6 @@ LIBM_FORMS = {
     "pow": lambda self, a, b: self.intrinsic("pow", a, b),
     "log": lambda self, a: self.intrinsic("log", a),
 }
-
-
-@contextlib.contextmanager
-def libm_forms():
-    """ScalarMath's sin, cos, atan, pow and log call libm per element while inside."""
-    saved = {name: getattr(ScalarMath, name) for name in LIBM_FORMS}
-    try:
-        for name, form in LIBM_FORMS.items():
-            setattr(ScalarMath, name, form)
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(ScalarMath, name, method)
 
 
 def _ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -101,7 +86,7 @@ def main() -> int:
     far = x * np.float32(1e4)
     y = rng.uniform(-4, 4, opts.size).astype(np.float32)
     rows = x.reshape(-1, 256)
-    with libm_forms():
+    with libm_forms(LIBM_FORMS):
         before = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
     after = {k: kiln.compile(s, threads=opts.threads) for k, s in MODELS.items()}
     runs = {
@@ -114,13 +99,7 @@ def main() -> int:
     }
     for name, run in runs.items():  # the two builds agree (to the old libm's error)
         np.testing.assert_allclose(run(after), run(before), rtol=3e-6, atol=1e-6, err_msg=name)
-    print(f"| op ({opts.size} f32) | before ns/elem | after ns/elem | before/after |")
-    print("| --- | --- | --- | --- |")
-    for name, run in runs.items():
-        ns = _medians({"before": lambda r=run: r(before), "after": lambda r=run: r(after)},
-                      opts.rounds, opts.size)
-        b, a = ns["before"] * 1e9, ns["after"] * 1e9
-        print(f"| {name} | {b:.2f} | {a:.2f} | {b / a:.2f} |", flush=True)
+    before_and_after(runs, before, after, opts.rounds, opts.size)
     return 0
 
 

@@ -93,8 +93,8 @@ class VectorMath:
         b = self.b
         k, r = self._quadrant_and_rest(a)
         z = self.fmul(r, r)
-        sine = self.fadd(self.fmul(self.fmul(r, z), self._horner(z, SIN_FIT)), r)
-        cosine = self.fsub(self.fmul(self.fmul(z, z), self._horner(z, COS_FIT)),
+        sine = self.fadd(self.fmul(self.fmul(r, z), self._polynomial(z, SIN_FIT)), r)
+        cosine = self.fsub(self.fmul(self.fmul(z, z), self._polynomial(z, COS_FIT)),
                            self.fmul(z, ir.Constant(F64, 0.5)))
         cosine = self.fadd(cosine, ir.Constant(F64, 1.0))
         k = b.add(k, ir.Constant(I32, offset))
@@ -194,7 +194,7 @@ class VectorMath:
         t = self.fdiv(numerator, denominator)
         z = self.fmul(t, t)
         base = b.select(above, c(math.pi / 2), b.select(middle, c(math.pi / 4), c(0.0)))
-        small = self.fadd(self.fmul(self.fmul(t, z), self._horner(z, ATAN_FIT)), t)
+        small = self.fadd(self.fmul(self.fmul(t, z), self._polynomial(z, ATAN_FIT)), t)
         value = b.fptrunc(self.fadd(base, small), F32)
         return self.intrinsic("copysign", value, a)
 
@@ -238,13 +238,6 @@ class VectorMath:
                            b.fcmp_ordered("==", self.intrinsic("fabs", y), c(INF)))
         return b.select(b.or_(one, minus_one), c(1.0), power)
 
-    def _horner(self, x, coefficients):
-        """sum coefficients[k] x^k for a scalar x (f32 or f64), by Horner's rule."""
-        value = ir.Constant(x.type, coefficients[-1])
-        for coefficient in reversed(coefficients[:-1]):
-            value = self.fadd(self.fmul(value, x), ir.Constant(x.type, coefficient))
-        return value
-
     def _log_f64(self, x):
         """ln x for a positive normal f64 x: x = m 2^e with m in [sqrt(1/2), sqrt(2)) from
         the bits, 2 atanh((m - 1) / (m + 1)) by LOG_SERIES, plus e ln2."""
@@ -259,7 +252,7 @@ class VectorMath:
         s = self.fdiv(self.fsub(m, one), self.fadd(m, one))
         s2 = self.fmul(s, s)
         twice = self.fadd(s, s)
-        log_m = self.fadd(self.fmul(self.fmul(twice, s2), self._horner(s2, LOG_SERIES)),
+        log_m = self.fadd(self.fmul(self.fmul(twice, s2), self._polynomial(s2, LOG_SERIES)),
                           twice)
         return self.fadd(log_m, self.fmul(e, ir.Constant(F64, math.log(2))))
 
@@ -272,4 +265,4 @@ class VectorMath:
                       self.fmul(k, ir.Constant(F64, 1.90821492927058770002e-10)))
         exponent = b.sext(b.fptosi(k, I32), I64)  # (AVX2 converts f64 to i32, not to i64)
         scale = b.shl(b.add(exponent, ir.Constant(I64, 1023)), ir.Constant(I64, 52))
-        return self.fmul(self._horner(r, EXP_SERIES), b.bitcast(scale, F64))
+        return self.fmul(self._polynomial(r, EXP_SERIES), b.bitcast(scale, F64))
