@@ -119,7 +119,10 @@ class VectorMath:
         r = x
         for part in PIO2_PARTS:
             r = self.fsub(r, self.fmul(k, ir.Constant(F64, part)))
-        far_k, far_r = self._payne_hanek(b.select(near, ir.Constant(F32, SINE_LIMIT), magnitude))
+        # the long reduction of SINE_LIMIT where a is near, infinite or NaN (no poison from
+        # converting NaN to an integer, even in lanes the selects drop)
+        far = b.and_(b.not_(near), b.fcmp_ordered("<", magnitude, ir.Constant(F32, INF)))
+        far_k, far_r = self._payne_hanek(b.select(far, magnitude, ir.Constant(F32, SINE_LIMIT)))
         negative = b.fcmp_ordered("<", a, ir.Constant(F32, 0.0))
         far_k = b.select(negative, b.neg(far_k), far_k)
         far_r = b.select(negative, b.fneg(far_r), far_r)
