@@ -10,11 +10,12 @@ once. The convolution, pooling, normalization and matmul groups run in test_nati
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from _cases import BINDINGS, SYMBOLIC, cases, one_case, random_divmod_inputs
-from _nativetest import check, check_native_only
+from _nativetest import assembly, check, check_native_only
 from _tolerance import assert_agree
 
 import kiln
@@ -428,6 +429,17 @@ def test_atan_of_every_magnitude_against_numpy(cpu):
     np.testing.assert_array_equal(got, np.arctan(special))
     np.testing.assert_array_equal(np.signbit(got[:2]), [False, True])
 
+
+@pytest.mark.parametrize(("body", "symbol"), [("sin(x)", "sinf"), ("cos(x)", "cosf"),
+                                              ("atan(x)", "atanf"), ("x ** y", "powf")])
+def test_sin_cos_atan_and_pow_loops_are_vector_code(body, symbol):
+    """In code for AVX2 the f32 loop of sin, cos, atan and pow is vector code with FMAs and
+    calls no libm function (a table lookup in sin's long reduction, a gather, kept it scalar)."""
+    asm = assembly(f"model V {{ forward(x: f32[N], y: f32[N]) -> f32[N] {{ return {body} }} }}",
+                   "x86-64-v3")
+    assert re.search(r"vfmadd\w+\s+%ymm", asm), "no vector FMA"
+    called = {name.split("@")[0] for name in re.findall(r"call\w*\s+\*?([\w@.]+)", asm)}
+    assert not called & {symbol, "expf", "logf", "exp", "log", "sin", "cos", "atan", "pow"}
 
 def _pow_specials() -> tuple[np.ndarray, np.ndarray]:
     """Every pair of C99 pow's special arguments: signed zeros and infinities, NaN, +-1, odd
