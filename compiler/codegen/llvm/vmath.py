@@ -3,8 +3,9 @@
 libm's sinf, cosf, atanf and powf (and the llvm.sin / llvm.cos / llvm.pow intrinsics, which LLVM
 lowers to them) are one scalar call per element. Here each is straight-line IR on one f32
 scalar: range reduction by integer and bit arithmetic, a polynomial, and `select`s for the
-special values, so a kernel's loop over elements becomes AVX2 / AVX-512 code. Each states its
-error, measured against numpy's float64 functions (benchmarks/vmath.py --sweep). `VectorMath`
+special values, so a kernel's loop over elements becomes AVX2 / AVX-512 code. Each computes in
+f64 (half as many lanes, but one rounding to f32 at the end) and states its error, measured
+against numpy's float64 functions (benchmarks/vmath.py --sweep and --exhaustive). `VectorMath`
 is a mixin of mathlib.ScalarMath, whose arithmetic (fast-math `fadd`, `intrinsic`, `like`, ...)
 it uses; f64 arguments keep the libm path.
 """
@@ -12,18 +13,12 @@ it uses; f64 arguments keep the libm path.
 from __future__ import annotations
 
 import math
-import struct
 
 from llvmlite import ir
 
 from .abi import F32, F64, I32, I64
 
 INF = float("inf")
-
-
-def _to_f32(value: float) -> float:
-    """value rounded to f32."""
-    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _two_over_pi(bits: int) -> int:
@@ -73,8 +68,7 @@ class VectorMath:
     def sin(self, a):
         """sin(a). f32 in f64 (one rounding at the end): `_quadrant_and_rest`, then Cephes'
         polynomials; -0 kept, NaN at +-inf and NaN. Error against numpy's f64 sin over every
-        97th f32 bit pattern of both signs and the f32 nearest k pi/2 (k to 2^126): at most
-        0.57 ulp at every size (benchmarks/vmath.py --sweep, tests/test_native_ops.py)."""
+        finite f32: at most 0.5631 ulp (benchmarks/vmath.py --exhaustive; --sweep by range)."""
         if a.type != F32:
             return self.intrinsic("sin", a)
         value = self._sine_of_quadrant(a, 0)
@@ -82,7 +76,7 @@ class VectorMath:
 
     def cos(self, a):
         """cos(a) = sin(a + pi/2): `sin`'s reduction with the quadrant one further; NaN at
-        +-inf and NaN. Error measured as sin's: at most 0.57 ulp."""
+        +-inf and NaN. Error measured as sin's: at most 0.5631 ulp."""
         if a.type != F32:
             return self.intrinsic("cos", a)
         return self._sine_of_quadrant(a, 1)
@@ -180,8 +174,7 @@ class VectorMath:
         atan x = pi/2 - atan(1/x) above tan(3pi/8) and pi/4 + atan((x-1)/(x+1)) above
         tan(pi/8) (one division either way), then ATAN_FIT's odd polynomial; the sign of a
         restored (-0 kept), +-pi/2 at +-inf, NaN kept. Error against numpy's f64 arctan over
-        every 97th f32 bit pattern of both signs: at most 0.51 ulp (benchmarks/vmath.py
-        --sweep)."""
+        every finite f32: at most 0.5090 ulp (benchmarks/vmath.py --exhaustive)."""
         if a.type != F32:
             return self.libm("atan", a)
         b = self.b
