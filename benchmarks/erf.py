@@ -48,11 +48,13 @@ LIBM_FORMS = {
 
 
 @contextlib.contextmanager
-def libm_forms():
-    """ScalarMath's erf, log, log1p and expm1 call libm per element while inside."""
-    saved = {name: getattr(ScalarMath, name) for name in LIBM_FORMS}
+def libm_forms(forms: dict | None = None):
+    """ScalarMath's methods named in `forms` (LIBM_FORMS: erf, log, log1p and expm1) call
+    libm per element while inside."""
+    forms = LIBM_FORMS if forms is None else forms
+    saved = {name: getattr(ScalarMath, name) for name in forms}
     try:
-        for name, form in LIBM_FORMS.items():
+        for name, form in forms.items():
             setattr(ScalarMath, name, form)
         yield
     finally:
@@ -141,6 +143,17 @@ def _medians(runs: dict, rounds: int, count: int) -> dict[str, float]:
     return {key: statistics.median(t) for key, t in times.items()}
 
 
+def before_and_after(runs: dict, before, after, rounds: int, size: int) -> None:
+    """A table of each run's medians, ns an element, on the `before` and `after` builds."""
+    print(f"| op ({size} f32) | before ns/elem | after ns/elem | before/after |")
+    print("| --- | --- | --- | --- |")
+    for name, run in runs.items():
+        ns = _medians({"before": lambda r=run: r(before), "after": lambda r=run: r(after)},
+                      rounds, size)
+        b, a = ns["before"] * 1e9, ns["after"] * 1e9
+        print(f"| {name} | {b:.2f} | {a:.2f} | {b / a:.2f} |", flush=True)
+
+
 def convnext(threads: int, steps: int, rounds: int) -> None:
     """The ConvNeXt stage's train step with libm's erff and with kiln's erf, and PyTorch's."""
     path, args, loss, x_shape, y_shape = CONFIGS["convnext"]
@@ -199,13 +212,7 @@ def main() -> int:
         "elu": lambda m: m["elu"](x),
         "softplus": lambda m: m["softplus"](x),
     }
-    print(f"| op ({opts.size} f32) | before ns/elem | after ns/elem | before/after |")
-    print("| --- | --- | --- | --- |")
-    for name, run in runs.items():
-        ns = _medians({"before": lambda r=run: r(before), "after": lambda r=run: r(after)},
-                      opts.rounds, opts.size)
-        b, a = ns["before"] * 1e9, ns["after"] * 1e9
-        print(f"| {name} | {b:.2f} | {a:.2f} | {b / a:.2f} |", flush=True)
+    before_and_after(runs, before, after, opts.rounds, opts.size)
     if opts.convnext:
         convnext(opts.threads, opts.steps, opts.rounds)
     return 0

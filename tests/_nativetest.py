@@ -77,3 +77,21 @@ def native_model(graph: Graph, ports: list[Port], symbols: list[str]) -> NativeM
     graph.output_names = [p.name for p in outputs]
     model = ElaboratedModel("ops", {}, graph, ports, outputs, {}, {}, symbols, frozenset())
     return NativeModel(Compilation(model), {})
+
+
+
+def assembly(src: str, cpu: str) -> str:
+    """The assembly of kiln model `src`'s native module for the named `cpu`, optimised by the
+    compiler's own pipeline (parts.optimised)."""
+    import llvmlite.binding as llvm
+
+    import kiln
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.codegen.llvm.module import build_module, ir_text
+    from kiln.compiler.codegen.llvm.parts import optimised
+
+    target = targets.named(cpu)
+    machine = target.machine()
+    module, _ = build_module(kiln.load(src).elaborate(), llvm.get_process_triple(),
+                             str(machine.target_data))
+    return machine.emit_assembly(optimised(ir_text(module, target.vector_width), machine))

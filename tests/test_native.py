@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _crosscheck import oracle
+from _nativetest import assembly
 from _sizes import symbol_sizes
 from hostile._hostile import run_child
 
@@ -508,22 +509,8 @@ int main(void) {{
 
 @pytest.mark.parametrize(("cpu", "wide"), [("x86-64-v3", False), ("x86-64-v4", True)])
 def test_code_for_a_named_cpu_uses_its_vector_width(cpu, wide):
-    import llvmlite.binding as llvm
-
-    from kiln.compiler.codegen.llvm import target as targets
-    from kiln.compiler.codegen.llvm.module import build_module, ir_text
-
-    model = kiln.load("model M { forward(a: f32[N], b: f32[N]) -> f32[N] { return a * b + a } }"
-                      ).elaborate()
-    target = targets.named(cpu)
-    machine = target.machine()
-    module, _ = build_module(model, llvm.get_process_triple(), str(machine.target_data))
-    parsed = llvm.parse_assembly(ir_text(module, target.vector_width))
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    builder = llvm.create_pass_builder(machine, options)
-    builder.getModulePassManager().run(parsed, builder)
-    asm = machine.emit_assembly(parsed)
+    asm = assembly("model M { forward(a: f32[N], b: f32[N]) -> f32[N] { return a * b + a } }",
+                   cpu)
     assert "ymm" in asm  # vectorised with AVX2 at least
     assert ("zmm" in asm) == wide  # and AVX-512 only where the target has it
 

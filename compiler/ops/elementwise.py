@@ -107,18 +107,18 @@ register(unary("rsqrt", lambda x: 1 / np.sqrt(x), "Reciprocal square root 1/sqrt
 
 
 register(unary("sin", np.sin, "Sine.", onnx=onnx_op("Sin"),
-               llvm=lambda kb, a, x: kb.intrinsic("sin", x),
+               llvm=lambda kb, a, x: kb.sin(x),
                vjp=elementwise_vjp(lambda gb, x, y: gb.op("cos", x))))
 
 
 register(unary("cos", np.cos, "Cosine.", onnx=onnx_op("Cos"),
-               llvm=lambda kb, a, x: kb.intrinsic("cos", x),
+               llvm=lambda kb, a, x: kb.cos(x),
                vjp=elementwise_vjp(lambda gb, x, y: gb.neg(gb.op("sin", x)))))
 
 
-# atan has no LLVM intrinsic llvmlite can name: the C library's atanf / atan. 1 / (1 + x^2)
+# the gradient is ct / (1 + x^2)
 register(unary("atan", np.arctan, "Arctangent, in (-pi/2, pi/2).", onnx=onnx_op("Atan"),
-               llvm=lambda kb, a, x: kb.libm("atan", x),
+               llvm=lambda kb, a, x: kb.atan(x),
                vjp=_ct_over(lambda gb, x, y: gb.add(like_scalar(gb, 1.0, x), gb.mul(x, x)))))
 
 
@@ -637,10 +637,11 @@ _NEGATIVE_POWER = "pow: an integer to a negative integer power (2 ** -1 has no i
 
 
 def _pow_llvm(kb, _a, x, y):
-    """powf; integers by repeated squaring (wrapping, as numpy). A negative integer exponent
-    is reported (K0505); the kernel goes on with the truncated 1 / x^-y."""
+    """C's pow on floats (mathlib's vectorisable form in f32); integers by repeated squaring
+    (wrapping, as numpy). A negative integer exponent is reported (K0505); the kernel goes on
+    with the truncated 1 / x^-y."""
     if kb.is_float(x):
-        return kb.intrinsic("pow", x, y)
+        return kb.pow(x, y)
     one = kb.lit(x, 1)
     kb.check(kb.compare(">=", y, kb.lit(y, 0)), _NEGATIVE_POWER)
 

@@ -243,7 +243,7 @@ def _logsumexp_llvm(kb, n, axes):
         return kb.add(acc, kb.exp(kb.sub(x, shift(earlier[0]))))
 
     kb.reduce(n, axes, [_fold(kb, "maximum", "lowest", dtype), (zero, exp_sum)],
-              lambda results: kb.add(kb.intrinsic("log", results[1]), shift(results[0])))
+              lambda results: kb.add(kb.log(results[1]), shift(results[0])))
 
 
 # gradient rules ---------------------------------------------------------------------------

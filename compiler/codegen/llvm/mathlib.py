@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from llvmlite import ir
 
 from .abi import COMPUTE, F16, F32, F64, I1, I8, I16, I32
+from .vmath import VectorMath
 
 
-class ScalarMath:
+class ScalarMath(VectorMath):
     """Arithmetic and math functions on compute values, emitted at the builder `b`."""
 
     def __init__(self, b: ir.IRBuilder, fast_math: bool = True):
@@ -389,10 +390,12 @@ class ScalarMath:
         return b.select(b.fcmp_ordered("==", a, self.like(a, 0.0)), a, value)  # -0.0 kept
 
     def _polynomial(self, x, coefficients):
-        """sum coefficients[k] x^k by Horner's rule (f32 constants splat to x's lanes)."""
-        value = self.like(x, coefficients[-1])
+        """sum coefficients[k] x^k by Horner's rule, for x an f32 or f64 scalar or a vector
+        of f32 lanes (the constants splat to its lanes)."""
+        element = x.type.element if isinstance(x.type, ir.VectorType) else x.type
+        value = self.like(x, coefficients[-1], element)
         for coefficient in reversed(coefficients[:-1]):
-            value = self.fadd(self.fmul(value, x), self.like(x, coefficient))
+            value = self.fadd(self.fmul(value, x), self.like(x, coefficient, element))
         return value
 
     @staticmethod

@@ -210,8 +210,8 @@ def _prototype(fn: ir.Function, linkage: str, declare: bool = False) -> str:
     return "".join(buf)
 
 
-def machine_code(text: str, machine: llvm.TargetMachine) -> bytes:
-    """Optimised object code of LLVM IR text (every part's, by the same pipeline)."""
+def optimised(text: str, machine: llvm.TargetMachine) -> llvm.ModuleRef:
+    """LLVM IR text parsed and optimised for `machine` (every part by the same pipeline)."""
     parsed = llvm.parse_assembly(text)
     parsed.verify()
     options = llvm.create_pipeline_tuning_options(speed_level=3)
@@ -219,7 +219,12 @@ def machine_code(text: str, machine: llvm.TargetMachine) -> bytes:
     options.slp_vectorization = True
     builder = llvm.create_pass_builder(machine, options)
     builder.getModulePassManager().run(parsed, builder)
-    return machine.emit_object(parsed)
+    return parsed
+
+
+def machine_code(text: str, machine: llvm.TargetMachine) -> bytes:
+    """Optimised object code of LLVM IR text (`optimised`)."""
+    return machine.emit_object(optimised(text, machine))
 
 
 def compile_parts(texts: list[str], target: targets.Target,

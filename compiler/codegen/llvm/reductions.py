@@ -136,7 +136,7 @@ class ReductionKernels:
                                   lambda m, j: self.maximum(m, load(j)))
             total = self.accumulate(zero, length, self.const(0.0, dtype),
                                     lambda s, j: self.fadd(s, self.exp(self.fsub(load(j), top))))
-            log_total = self.intrinsic("log", total) if log else None
+            log_total = self.log(total) if log else None
             with self.for_range(length) as j:
                 shifted = self.fsub(load(j), top)
                 value = (self.fsub(shifted, log_total) if log
@@ -267,7 +267,7 @@ def _softmax_row_range(kb, x, out, start, count, length, width: int, log: bool) 
 
         total = rows.across(rows.sweep(rows.splat(0.0), add_exp), kb.fadd)
         if log:
-            scale = vec.splat(kb.intrinsic("log", total))
+            scale = vec.splat(kb.log(total))
 
             def finish(j, tail, carried):
                 shifted = kb.fsub(rows.load(x, at(j), tail), tops)
