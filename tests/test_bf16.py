@@ -250,6 +250,36 @@ def relative_errors(a, b, inputs) -> list[float]:
             for u, v in zip(ya, yb, strict=True)]
 
 
+UPSAMPLE = """
+import std.nn as nn
+model Up {
+  c = nn.ConvTranspose2d(256, 128, 4, 2, 1, bias = false)
+  forward(x: f32[B, 256, 8, 8]) { return c(x) }
+}
+"""
+
+
+@pytest.mark.parametrize("amx", ["0", None])
+def test_transposed_winograd_layers_under_bf16(amx, monkeypatch):
+    """DCGAN's 8x8 -> 16x16 layer keeps Winograd's U and the GEMM's panels (the batch picks
+    one a call): without AMX both run in f32 under precision="bf16" (the panels are f32's;
+    the bf16 GEMM read them as pairs and gave NaN), with AMX the bf16 GEMM over pairs of its
+    own; at batch 2 (the GEMM's) and 8 (Winograd's), within bf16's bound of f32."""
+    if amx is not None:
+        monkeypatch.setenv(bf16.AMX_ENV, amx)
+    b = compile_bf16(UPSAMPLE)
+    if b is None:
+        return
+    a = kiln.compile(UPSAMPLE)
+    b.load_weights(a.state_dict())
+    for batch in (2, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, 256, 8, 8)).astype(np.float32)
+        got, want = b(x), a(x)
+        assert np.isfinite(got).all()
+        error = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert error <= EXAMPLE_BOUND, (batch, error)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_against_f32(path):
     b = compile_bf16(path)

@@ -166,7 +166,9 @@ def conv_transpose_winograd(kb, n, otherwise=None) -> None:
 
     `otherwise(weight)`, for one it accepted only for large batches (None; the weight is
     `winograd_ct_or_b`'s U then panels): builds the GEMM-and-scatter path on the panels,
-    which a call takes where its group of samples has too few tiles for U's size."""
+    which a call takes where its group of samples has too few tiles for U's size; in f32, as
+    Winograd is, under precision="bf16" too (the panels are f32's, not the bf16 GEMM's
+    pairs)."""
     x_t, w_t, _ = n.in_types
     h, w = x_t.shape[2:]
     win = Window.of((h, w), (R, R), (1, 1), (1, 1), (1, 1), (h, w))
@@ -183,8 +185,8 @@ def conv_transpose_winograd(kb, n, otherwise=None) -> None:
             as (winograd, gemm_path):
         with winograd:
             _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True))
-        with gemm_path:
-            otherwise(b.gep(kb.input("weight"), [i64(u_floats)]))
+        with gemm_path:  # (the panels are f32's, under precision="bf16" too)
+            _in_f32(kb, lambda: otherwise(b.gep(kb.input("weight"), [i64(u_floats)])))
 
 
 def _in_f32(kb, build) -> None:
