@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compiler.dims import DimError
 from ..compiler.driver import Compilation, Weights
 from ..compiler.errors import KilnError
 from .model import CompiledModel, State
@@ -163,7 +164,7 @@ def _concrete(t, dims: dict[str, int]) -> tuple[int, ...] | None:
     """A result type's shape at these sizes (None where it names a size they lack)."""
     try:
         return t.concrete_shape(dims)
-    except (KeyError, KilnError, ValueError, TypeError):
+    except DimError:
         return None
 
 
