@@ -689,7 +689,10 @@ def test_depthwise_convolutions_run_the_direct_kernel(cpu):
         args = [array(name, t, sizes) for name, t in DEPTHWISE_INPUTS.items()]
         for call, got, want in zip(DEPTHWISE_CALLS, native(*args), ref(*args), strict=True):
             assert got.shape == want.shape, call
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=call)
+            # atol scaled by the call's largest output: a 7x7 tap sum of terms near 50 that
+            # cancels to 0.03 differs by 1.3e-5 between two summation orders
+            atol = 1e-5 * max(1.0, float(np.abs(want).max(initial=0.0)))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol, err_msg=call)
 
 
 DEPTHWISE_LAYERS = """

@@ -339,7 +339,7 @@ register(OpRecord(
     _conv_transpose_infer, _conv_transpose_reference,
     "1-D or 2-D transposed convolution, weight [C_in, C_out/groups, *k] (PyTorch's layout).",
     macs=_conv_transpose_macs, onnx=widened(_conv_transpose_onnx), llvm=_conv_transpose_llvm,
-    props=SAMPLEWISE, packed_weight="b", vjp=_conv_transpose_vjp))
+    props=SAMPLEWISE | {Prop.ANCHOR}, packed_weight="b", vjp=_conv_transpose_vjp))
 
 
 # depthwise_weight_grad: a depthwise convolution's weight gradient ----------------------------
