@@ -101,7 +101,7 @@ def test_fuse_heads_an_epilogue_with_its_matmul():
 
 # a transposed convolution heads its epilogue too (a DCGAN generator's conv_transpose + relu,
 # its last layer's + tanh): the activation runs over its output in place, in its kernel
-CT_RELU = """
+TRANSPOSED_ACT = """
 model G {
   up = nn.ConvTranspose2d(CIN, COUT, 4, stride = 2, padding = 1)
   forward(x: f32[B, CIN, 5, 6]) -> f32[B, COUT, 10, 12] { return ACT(up(x)) }
@@ -114,7 +114,7 @@ model G {
     (40, 12, "tanh"),   # Winograd F(4, 3) (4 C_out >= 32 channels)
 ])
 def test_fuse_heads_an_epilogue_with_a_transposed_convolution(cin, cout, act):
-    src = "import std.nn\n" + CT_RELU.replace("CIN", str(cin)).replace(
+    src = "import std.nn\n" + TRANSPOSED_ACT.replace("CIN", str(cin)).replace(
         "COUT", str(cout)).replace("ACT", act)
     _, graph, stats = optimized(src)
     assert fused_groups(graph) == [("conv_transpose", act)]
@@ -125,10 +125,10 @@ def test_fuse_heads_an_epilogue_with_a_transposed_convolution(cin, cout, act):
         "winograd" if cin == 40 and winograd_enabled() else "packed")
     assert stats["fuse"].changes == {"epilogues": 1, "fused": 2}
     want_model = kiln.compile(src, target="reference", opt_level=0)
+    native = kiln.compile(src, target="native")  # (the same seed: the same weights)
     for batch in (1, 3):
         x = RNG.standard_normal((batch, cin, 5, 6)).astype(np.float32)
-        want = want_model(x)
-        got = kiln.compile(src, target="native")(x)  # (the same seed: the same weights)
+        got, want = native(x), want_model(x)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, cin / 8))
 
