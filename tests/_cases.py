@@ -662,6 +662,19 @@ for k, m, n, seed in ((5, 3, 2, 1), (37, 19, 23, 3), (300, 43, 17, 5)):
 for shape, n, seed in (((3, 5), 2, 1), ((2, 19, 37), 23, 3), ((43, 300), 17, 5)):
     case("matmul_bt", rand(*shape, seed=seed), rand(n, shape[-1], seed=seed + 1),
          id=f"matmul_bt-{n}")
+# views of flat operands (passes/views.py): attention's heads of one projection [2, 5, 24]
+# (q @ k^T scaled, k^T read with rows of stride 1; then scores @ v's heads written merged
+# into [2, 5, 8]), and a transposed A over several of the GEMM's tiles and KC slices
+case("matmul_strided", rand(2, 5, 24, seed=3), rand(2, 5, 24, seed=3), batch=[2, 2], m=5, k=4,
+     n=5, a_view=[0, 120, 4, 24, 1], b_view=[8, 120, 4, 1, 24], c_view=[0, 50, 25, 5, 1],
+     shape=[2, 2, 5, 5], alpha=0.5, id="matmul_strided-scores")
+case("matmul_strided", rand(2, 2, 5, 5, seed=4), rand(2, 5, 24, seed=5), batch=[2, 2], m=5,
+     k=5, n=4, a_view=[0, 50, 25, 5, 1], b_view=[16, 120, 4, 24, 1], c_view=[0, 40, 4, 8, 1],
+     shape=[2, 5, 8], id="matmul_strided-merged")
+case("matmul_strided", rand(3, 300, 30, seed=6, low=-0.5, high=0.5),
+     rand(3, 300, 20, seed=7, low=-0.5, high=0.5), batch=[3], m=30,
+     k=300, n=20, a_view=[0, 9000, 1, 30], b_view=[0, 6000, 20, 1], c_view=[0, 600, 20, 1],
+     shape=[3, 30, 20], id="matmul_strided-transposed-a")
 # a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
 case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")

@@ -168,3 +168,37 @@ def test_matmul_bt_matches_loop(m, k, n):
     raises("K0301", "matmul_bt", T([4, 5]), T([3, 2]), arg="b", match="as long")
     raises("K0301", "matmul_bt", T([5]), T([4, 5]), arg="b", match="rank 2 or more")
     raises("K0301", "matmul_bt", T([4, 5]), T([2, 3, 5]), arg="b", match="matrix")
+
+
+def test_matmul_strided_matches_loop():
+    """matmul_strided reads its operands and writes its result through views (offset and
+    strides of flat row-major elements): two heads of queries and keys of one projection x
+    [2, 5, 24] (q at columns 0-3 of each head's 4, k at 8-11), q @ k^T scaled by 0.5; then
+    those scores times the values' heads (columns 16-23), written merged into [2, 5, 8]."""
+    x = rand(2, 5, 24, seed=3)
+    q = x[:, :, 0:8].reshape(2, 5, 2, 4).astype(np.float64)
+    k = x[:, :, 8:16].reshape(2, 5, 2, 4).astype(np.float64)
+    v = x[:, :, 16:24].reshape(2, 5, 2, 4).astype(np.float64)
+    want = np.array([[[[0.5 * sum(q[n, i, h, p] * k[n, j, h, p] for p in range(4))
+                        for j in range(5)] for i in range(5)] for h in range(2)]
+                     for n in range(2)])
+    attrs = {"batch": [2, 2], "m": 5, "k": 4, "n": 5, "a_view": [0, 120, 4, 24, 1],
+             "b_view": [8, 120, 4, 1, 24], "c_view": [0, 50, 25, 5, 1],
+             "shape": [2, 2, 5, 5], "alpha": 0.5}
+    scores = run("matmul_strided", x, x, **attrs)
+    assert_close("matmul_strided", scores, want)
+    merged = np.zeros((2, 5, 8))
+    for n, h, i, d in itertools.product(range(2), range(2), range(5), range(4)):
+        merged[n, i, 4 * h + d] = sum(float(scores[n, h, i, j]) * v[n, j, h, d]
+                                      for j in range(5))
+    assert_close("matmul_strided", run(
+        "matmul_strided", scores, x, batch=[2, 2], m=5, k=5, n=4, a_view=[0, 50, 25, 5, 1],
+        b_view=[16, 120, 4, 24, 1], c_view=[0, 40, 4, 8, 1], shape=[2, 5, 8]), merged)
+    assert REGISTRY["matmul_strided"].macs([T([2, 5, 24]), T([2, 5, 24])], [], attrs) == 400
+    raises("K0303", "matmul_strided", T([2, 5, 24]), T([2, 5, 24]),
+           **{**attrs, "a_view": [0, 120, 4, 24]}, arg="a_view", match="an offset and 4")
+    raises("K0303", "matmul_strided", T([2, 5, 24]), T([2, 5, 24]),
+           **{**attrs, "b_view": [8, 120, 4, 2, 24]}, arg="b_view", match="stride 1")
+    raises("K0303", "matmul_strided", T([2, 5, 24]), T([2, 5, 24]),
+           **{**attrs, "c_view": [0, 50, 25, 1, 5]}, arg="c_view", match="stride 1")
+    raises("K0302", "matmul_strided", T([2, 5, 24], "f64"), T([2, 5, 24]), **attrs, arg="a")

@@ -114,8 +114,8 @@ def test_pipeline_passes_are_named_documented_and_unique():
     names = [p.name for p in NATIVE_PIPELINE]
     assert names == ["check_types", "fold_constants", "simplify", "merge_split_projections",
                      "hoist_scan_invariants", "share_batch_statistics", "fold_batch_norm",
-                     "fold_weight_layout",
-                     "transposed_operands", "cse", "dce", "conv_layout", "fuse", "plan_memory"]
+                     "fold_weight_layout", "transposed_operands", "strided_products", "cse",
+                     "dce", "conv_layout", "fuse", "plan_memory"]
     assert PIPELINES["native"] is NATIVE_PIPELINE
     assert [p.name for p in PIPELINES["onnx"]] == ["check_types", "fold_constants", "simplify",
                                                    "merge_split_projections",
@@ -329,6 +329,119 @@ def test_simplify_transposes_a_product_through_its_operands(expr, matmuls, permu
     assert stats.changes.get("(a @ b)^T -> b^T @ a^T") == 1
     assert ops(after)["matmul"] == matmuls
     assert ops(after)["permute"] + ops(after)["transpose"] == permutes
+
+
+# Multi-head attention as std.transformer writes it: one projection split into queries, keys
+# and values, each into 4 heads of 8; the heads merged again after the product with v.
+ATTENTION = forward("""
+    q, k, v = split(x, 3, axis = -1)
+    n = dim(x, 0)
+    l = dim(x, 1)
+    qh = transpose(reshape(q, [n, l, 4, 8]), 1, 2) * 0.3
+    s = qh @ transpose(reshape(k, [n, l, 4, 8]), 1, 2).T
+    o = softmax(s, axis = -1) @ transpose(reshape(v, [n, l, 4, 8]), 1, 2)
+    return reshape(transpose(o, 1, 2), [n, l, 32])
+""", signature="x: f32[B, T, 96]", result="f32[B, T, 32]")
+
+
+def test_strided_products_read_and_write_attention_heads_in_place():
+    _, after, stats = run_pass(ATTENTION, "strided_products", dims=DIMS)
+    assert stats.changes == {"matmul of views -> matmul_strided": 2}
+    counts = ops(after)
+    assert counts["matmul_strided"] == 2 and counts["softmax"] == 1
+    for op in ("matmul", "split", "transpose", "permute", "mul", "reshape"):
+        assert counts[op] == 0, op  # no copy left: the products read x and write the result
+    views = sorted((n["attrs"]["alpha"], [str(d) for d in n["attrs"]["a_view"]],
+                    [str(d) for d in n["attrs"]["b_view"]], [str(d) for d in n["attrs"]["c_view"]])
+                   for _, n in after.g.nodes(data=True) if n["op"] == "matmul_strided")
+    # q and k's heads: rows 96 apart, k^T read with rows of stride 1; scaled by 0.3 after
+    assert views[0] == (pytest.approx(0.3), ["0", "96*T", "8", "96", "1"],
+                        ["32", "96*T", "8", "1", "96"], ["0", "4*T**2", "T**2", "T", "1"])
+    # softmax @ v's heads, written into the merged [B, T, 32]: rows 32 apart, heads 8 apart
+    assert views[1] == (1.0, ["0", "4*T**2", "T**2", "T", "1"], ["64", "96*T", "8", "96", "1"],
+                        ["0", "32*T", "8", "32", "1"])
+    for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 2}):
+        check_opt_levels(ATTENTION, sizes=sizes)
+
+
+@pytest.mark.parametrize("expr, rewritten", [
+    ("permute(x4, [0, 1, 3, 2]) @ p4", True),         # A transposed: rows of stride 1
+    ("permute(x4, [0, 1, 3, 2])[:, :, :1] @ p4", False),  # a slice is no view here
+    ("transpose(t4, 1, 2) @ y4", True),               # A of one row a batch (a row kernel)
+    ("transpose(u4, 1, 2) @ permute(w4, [0, 2, 3, 1])", True),  # two rows, B transposed
+    ("transpose(x4 @ y4, 1, 2)", True),               # the result written through a view
+    ("transpose(z4, 2, 3) @ permute(w4, [0, 2, 3, 1])", True),  # A and B both transposed
+    # merged axes that are not one run of strides: A is the permute's copy, B a view
+    ("reshape(permute(v4, [0, 2, 1, 3]), [B, 4, 6]) @ transpose(m3, 1, 2)", True),
+    ("(x4 * 0.7) @ y4", True),                        # the scale alone: after the product
+    ("(x4 * x4) @ y4", False),                        # not a constant scale
+    ("x4 @ y4", False),                               # nothing to read in place
+    ("reshape(x4, [B, 2, 3, 5]) @ y4", False),        # a reshape copies nothing already
+    ("permute(x4, [0, 1, 3, 2]) @ y3", False),        # a broadcast batch
+])
+def test_strided_products_read_views_in_place(expr, rewritten):
+    src = forward(f"return {expr}", signature=(
+        "x4: f32[B, 2, 3, 5], y4: f32[B, 2, 5, 4], p4: f32[B, 2, 3, 4], y3: f32[2, 3, 4], "
+        "t4: f32[B, 1, 2, 5], u4: f32[B, 2, 2, 5], w4: f32[B, 4, 2, 5], z4: f32[B, 2, 5, 2], "
+        "v4: f32[B, 4, 2, 3], m3: f32[B, 3, 6]"), result=None)
+    _, after, stats = run_pass(src, "strided_products", dims=DIMS)
+    assert bool(stats.changes) == rewritten
+    assert ops(after)["matmul_strided"] == int(rewritten)
+    check_opt_levels(src, sizes=DIMS)
+
+
+def test_strided_products_leave_a_result_read_twice_and_keep_a_shared_operand():
+    src = forward("""
+        y = transpose(a, 1, 2) @ b
+        return transpose(y, 1, 2), y, transpose(a, 1, 2) + 1.0
+    """, signature="a: f32[B, 3, 2, 4], b: f32[B, 2, 4, 5]", result=None)
+    _, after, stats = run_pass(src, "strided_products", dims=DIMS)
+    counts = ops(after)
+    # y is read as it is: the product writes it whole; transpose(a)'s other reader keeps it
+    assert counts["matmul_strided"] == 1 and counts["transpose"] == 2
+    check_opt_levels(src, sizes=DIMS)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_views_are_numpy_layouts(seed):
+    """A random chain of permutes, splits and reshapes of a tensor: where View says the result
+    is a view, its offset and strides pick numpy's elements; a reshape numpy makes without a
+    copy is one View follows too (merged axes that are one run of strides)."""
+    from kiln.compiler.dims import Dim
+    from kiln.compiler.passes.views import View
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) for d in rng.integers(1, 5, size=rng.integers(2, 5)))
+    base = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    arr, view = base, View.whole(tuple(Dim.of(d) for d in shape))
+    for _ in range(4):
+        kind = rng.integers(3)
+        if kind == 0:
+            perm = [int(p) for p in rng.permutation(arr.ndim)]
+            arr, view = arr.transpose(perm), view.permuted(perm)
+        elif kind == 1 and arr.shape[-1] > 1:
+            cut = int(rng.integers(1, arr.shape[-1]))
+            arr = arr[..., cut:]
+            strides = view.strides
+            view = View((*view.shape[:-1], Dim.of(arr.shape[-1])), strides,
+                        view.offset + strides[-1] * cut)
+        else:
+            flat = int(np.prod(arr.shape))
+            sizes = [d for d in (1, 2, 3, 4, 6) if flat % d == 0]
+            first = int(rng.choice(sizes))
+            new = (first, flat // first) if rng.integers(2) else (*arr.shape, 1)
+            made = view.reshaped(tuple(Dim.of(d) for d in new))
+            copy_free = np.shares_memory(arr.reshape(new), base)
+            if made is None:
+                # only where numpy copies too, or a merge of size-1-free axes numpy finds
+                # through an axis of size 1 (not followed here)
+                assert not copy_free or 1 in arr.shape
+                break
+            arr, view = arr.reshape(new), made
+        got = np.lib.stride_tricks.as_strided(
+            base.reshape(-1)[view.offset.value:], shape=arr.shape,
+            strides=[s.value * 8 for s in view.strides])
+        np.testing.assert_array_equal(got, arr)
 
 
 @pytest.mark.parametrize("expr", [

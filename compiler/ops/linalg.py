@@ -15,6 +15,7 @@ from ._common import (
     dtype_name,
     prod,
     tensors,
+    to_dims,
     try_broadcast,
     upcast,
 )
@@ -458,3 +459,144 @@ register(internal(OpRecord(
     "reads transposed in place (the native pipeline's rewrite of matmul(permute(x), b)).",
     macs=_at_macs, onnx=_at_onnx, llvm=_at_llvm, props=frozenset({Prop.CANNOT_FAIL}),
     vjp=float_only(_at_vjp))))
+
+
+# matmul_strided: a batched product of strided views, written through one ----------------------
+# A view of a tensor's elements, flat: [offset, *strides], element strides as sizes, one per
+# axis of what it views (the batch axes, then rows, then columns). passes/views.py makes them
+# from the layout ops (split, reshape, transpose, permute) between a product and the tensors
+# it reads and writes, so that none of those ops copies anything.
+def _strided_parts(attrs) -> tuple[list[Dim], Dim, Dim, Dim, list[list[Dim]], list[Dim], float]:
+    """The batch sizes, m, k, n, the three views (a, b, c) and out's shape, checked."""
+    batch = list(to_dims(attrs["batch"], "batch"))
+    m, k, n = (Dim.of(attrs[name]) for name in ("m", "k", "n"))
+    views = []
+    for name in ("a_view", "b_view", "c_view"):
+        view = attrs[name]
+        if not isinstance(view, list | tuple) or len(view) != len(batch) + 3:
+            raise OpError(f"{name} must be an offset and {len(batch) + 2} strides",
+                          arg=name, code="K0303")
+        views.append(list(to_dims(view, name)))
+    alpha = attrs["alpha"]
+    if not isinstance(alpha, float):
+        raise OpError(f"alpha must be a float, not {alpha!r}", arg="alpha", code="K0303")
+    return batch, m, k, n, views, list(to_dims(attrs["shape"], "shape")), alpha
+
+
+def _strided_infer(types, attrs):
+    a, b = types
+    for t, name in ((a, "a"), (b, "b")):
+        check_dtype(t, ("f32",), name)
+    _batch, _m, _k, _n, (av, bv, cv), shape, _alpha = _strided_parts(attrs)
+    if av[-1] != 1 and av[-2] != 1:
+        raise OpError("a's view must have rows or columns of stride 1", arg="a_view",
+                      code="K0303")
+    if bv[-1] != 1 and bv[-2] != 1:
+        raise OpError("b's view must have rows or columns of stride 1", arg="b_view",
+                      code="K0303")
+    if cv[-1] != 1:
+        raise OpError("c's view must have columns of stride 1", arg="c_view", code="K0303")
+    return [TensorType("f32", tuple(shape))]
+
+
+def _as_view(x: np.ndarray, view: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """The elements of x (flat, row-major) that `view` ([offset, *strides]) sees, as `shape`."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return np.lib.stride_tricks.as_strided(flat[view[0]:], shape=shape,
+                                           strides=[s * flat.itemsize for s in view[1:]])
+
+
+def _strided_reference(env, inputs, attrs):
+    a, b = inputs
+    batch, m, k, n, views, shape, alpha = _strided_parts(attrs)
+    batch, (m, k, n) = [env.eval_dim(d) for d in batch], (env.eval_dim(d) for d in (m, k, n))
+    av, bv, cv = ([env.eval_dim(d) for d in v] for v in views)
+    product = np.matmul(_as_view(a, av, (*batch, m, k)), _as_view(b, bv, (*batch, k, n)))
+    if alpha != 1.0:
+        product = product * np.float32(alpha)
+    out = np.empty([env.eval_dim(d) for d in shape], np.float32)
+    flat = out.reshape(-1)
+    np.lib.stride_tricks.as_strided(flat[cv[0]:], shape=(*batch, m, n),
+                                    strides=[s * 4 for s in cv[1:]])[...] = product
+    return [out]
+
+
+def _strided_macs(_input_types, _output_types, attrs) -> Dim:
+    batch, m, k, n, *_ = _strided_parts(attrs)
+    return prod(batch) * m * k * n
+
+
+def _strided_llvm(kb, n):
+    """One GEMM per batch index, each operand a matrix at its view's offset: A row-major or
+    transposed, B a matrix or the transpose of one (gemm.TransposedB), C row-major; C scaled
+    by alpha after its product, while it is in cache."""
+    from ..codegen.llvm.gemm import Matrix, TransposedB, gemm  # the lowering needs llvmlite
+
+    batch, m, k, cols, (av, bv, cv), _shape, alpha = _strided_parts(n.attrs)
+    b = kb.b
+    dm, dk, dn = kb.dim(m), kb.dim(k), kb.dim(cols)
+
+    def one_batch(index):
+        def at(ptr, view):
+            offset = kb.dim(view[0])
+            if index:
+                offset = b.add(offset, kb.dot(index, [kb.dim(s) for s in view[1:-2]]))
+            return b.gep(ptr, [offset])
+
+        a_at, b_at, c_at = at(kb.input("a"), av), at(kb.input("b"), bv), at(kb.output(), cv)
+        a_m = (Matrix(a_at, kb.dim(av[-2])) if av[-1] == 1
+               else Matrix(a_at, kb.dim(av[-1]), transposed=True))
+        b_m = Matrix(b_at, kb.dim(bv[-2])) if bv[-1] == 1 else TransposedB(b_at, kb.dim(bv[-1]))
+        ldc = kb.dim(cv[-2])
+        gemm(kb, dm, dn, dk, a_m, b_m, Matrix(c_at, ldc))
+        if alpha != 1.0:
+            scale = kb.const(alpha, "f32")
+            with kb.for_range(dm) as i:
+                row = b.gep(c_at, [b.mul(i, ldc)])
+                with kb.for_range(dn) as j:
+                    kb.store(row, j, kb.mul(kb.load(row, j, "f32"), scale), "f32")
+
+    kb.loop_nest([kb.dim(d) for d in batch], one_batch)
+
+
+def _strided_onnx(b, n):
+    """The views as Gathers of the flat operands at their element indices (offset plus each
+    axis' Range times its stride), MatMul, and a ScatterND of the product into the flat
+    result at c's indices."""
+    from ._emit import one
+
+    batch, m, k, cols, (av, bv, cv), shape, alpha = _strided_parts(n.attrs)
+
+    def indices(view: list[Dim], sizes: list[Dim]) -> str:
+        total = b.dim(view[0])
+        for axis, (size, stride) in enumerate(zip(sizes, view[1:], strict=True)):
+            steps = one(b, "Range", b.dim(0), b.dim(size), b.dim(1))
+            steps = one(b, "Mul", steps, b.dim(stride))
+            at = [1] * len(sizes)
+            at[axis] = -1
+            total = one(b, "Add", total, one(b, "Reshape", steps, b.ints(at)))
+        return total
+
+    flat = b.ints([-1])
+    a_view = one(b, "Gather", one(b, "Reshape", n.inputs[0], flat),
+                 indices(av, [*batch, m, k]), axis=0)
+    b_view = one(b, "Gather", one(b, "Reshape", n.inputs[1], flat),
+                 indices(bv, [*batch, k, cols]), axis=0)
+    product = one(b, "MatMul", a_view, b_view)
+    if alpha != 1.0:
+        product = one(b, "Mul", product, b.const(np.float32(alpha)))
+    where = one(b, "Unsqueeze", indices(cv, [*batch, m, cols]), b.ints([-1]))
+    zeros = one(b, "Expand", b.const(np.float32(0)), b.shape([prod(shape)]))
+    b.node("Reshape", [one(b, "ScatterND", zeros, where, product), b.shape(shape)], n.outputs)
+
+
+register(internal(OpRecord(
+    "matmul_strided", tensors("a", "b") + attrs("batch", "m", "k", "n", "a_view", "b_view",
+                                                "c_view", "shape", ("alpha", 1.0)),
+    _strided_infer, _strided_reference,
+    "alpha * (a' @ b') for views a' [*batch, m, k] of a and b' [*batch, k, n] of b, written "
+    "through the view c_view of a result of `shape`, which it covers once: the native "
+    "pipeline's rewrite of a batched product whose operands or result pass through layout "
+    "ops (passes/views.py), read and written in place.",
+    macs=_strided_macs, onnx=_strided_onnx, llvm=_strided_llvm,
+    props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}))))

@@ -11,6 +11,7 @@ from ...passes.manager import Pass
 from ...passes.memory import plan_memory
 from ...passes.pipeline import CLEANUP, REWRITES
 from ...passes.transposed import transposed_operands
+from ...passes.views import strided_products
 from .fuse import fuse
 from .layout import conv_layout
 
@@ -30,9 +31,12 @@ from .layout import conv_layout
 #    and groups hold what the rewrites above produced (a folded BN's bias add, say).
 # 6. transposed_operands after simplify (whose transposed_product makes dW = dy^T @ x) and
 #    before CLEANUP (dce removes the transposes no longer read).
-# 7. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
+# 7. strided_products after transposed_operands (a 2-D transpose read in place there is not a
+#    batched product's) and before CLEANUP (dce removes the layout ops no longer read).
+# 8. plan_memory last: it plans the graph the backend gets (any later edit would make its plan
 #    stale; verify checks that the plan still matches the graph).
 NATIVE_PIPELINE: list[Pass] = [
-    *REWRITES, fold_batch_norm, fold_weight_layout, transposed_operands, *CLEANUP, conv_layout,
+    *REWRITES, fold_batch_norm, fold_weight_layout, transposed_operands, strided_products,
+    *CLEANUP, conv_layout,
     fuse, plan_memory,
 ]
