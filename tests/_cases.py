@@ -675,6 +675,16 @@ case("matmul_strided", rand(3, 300, 30, seed=6, low=-0.5, high=0.5),
      rand(3, 300, 20, seed=7, low=-0.5, high=0.5), batch=[3], m=30,
      k=300, n=20, a_view=[0, 9000, 1, 30], b_view=[0, 6000, 20, 1], c_view=[0, 600, 20, 1],
      shape=[3, 30, 20], id="matmul_strided-transposed-a")
+# softmax(alpha * q' @ k') @ v' of views: attention's heads of one projection [2, 5, 24],
+# written merged into [2, 5, 8]; and 70 queries and 40 keys (rows of several tiles, a row
+# softmax over whole vectors and a masked tail), q, k and v separate tensors
+case("attention_strided", *[rand(2, 5, 24, seed=3)] * 3, batch=[2, 2], m=5, d=4, s=5, n=4,
+     q_view=[0, 120, 4, 24, 1], k_view=[8, 120, 4, 1, 24], v_view=[16, 120, 4, 24, 1],
+     c_view=[0, 40, 4, 8, 1], shape=[2, 5, 8], alpha=0.5, id="attention_strided-heads")
+case("attention_strided", rand(3, 70, 16, seed=8), rand(3, 16, 40, seed=9),
+     rand(3, 40, 24, seed=10), batch=[3], m=70, d=16, s=40, n=24, q_view=[0, 1120, 16, 1],
+     k_view=[0, 640, 40, 1], v_view=[0, 960, 24, 1], c_view=[0, 1680, 24, 1],
+     shape=[3, 70, 24], id="attention_strided-rows")
 # a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
 case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")

@@ -202,3 +202,34 @@ def test_matmul_strided_matches_loop():
     raises("K0303", "matmul_strided", T([2, 5, 24]), T([2, 5, 24]),
            **{**attrs, "c_view": [0, 50, 25, 1, 5]}, arg="c_view", match="stride 1")
     raises("K0302", "matmul_strided", T([2, 5, 24], "f64"), T([2, 5, 24]), **attrs, arg="a")
+
+
+def test_attention_strided_matches_loop():
+    """attention_strided: two heads of queries, keys and values of one projection x
+    [2, 5, 24] (columns 0-7, 8-15 and 16-23), softmax(0.5 * q @ k^T) @ v per head by loops
+    and math.exp, written merged into [2, 5, 8]; its errors."""
+    import math
+
+    x = rand(2, 5, 24, seed=3)
+    heads = [x[:, :, 8 * i:8 * i + 8].reshape(2, 5, 2, 4).astype(np.float64) for i in range(3)]
+    q, k, v = heads
+    want = np.zeros((2, 5, 8))
+    for n, h, i in itertools.product(range(2), range(2), range(5)):
+        scores = [0.5 * sum(q[n, i, h, p] * k[n, j, h, p] for p in range(4)) for j in range(5)]
+        weights = [math.exp(sc - max(scores)) for sc in scores]
+        for dd in range(4):
+            want[n, i, 4 * h + dd] = sum(w * v[n, j, h, dd]
+                                         for j, w in enumerate(weights)) / sum(weights)
+    attrs = {"batch": [2, 2], "m": 5, "d": 4, "s": 5, "n": 4, "q_view": [0, 120, 4, 24, 1],
+             "k_view": [8, 120, 4, 1, 24], "v_view": [16, 120, 4, 24, 1],
+             "c_view": [0, 40, 4, 8, 1], "shape": [2, 5, 8], "alpha": 0.5}
+    assert_close("attention_strided", run("attention_strided", x, x, x, **attrs), want)
+    assert REGISTRY["attention_strided"].macs([T([2, 5, 24])] * 3, [], attrs) == 800
+    raises("K0303", "attention_strided", *[T([2, 5, 24])] * 3,
+           **{**attrs, "v_view": [16, 120, 4, 24]}, arg="v_view", match="an offset and 4")
+    raises("K0303", "attention_strided", *[T([2, 5, 24])] * 3,
+           **{**attrs, "k_view": [8, 120, 4, 2, 24]}, arg="k_view", match="stride 1")
+    raises("K0303", "attention_strided", *[T([2, 5, 24])] * 3,
+           **{**attrs, "c_view": [0, 40, 4, 1, 8]}, arg="c_view", match="columns of stride 1")
+    raises("K0302", "attention_strided", T([2, 5, 24]), T([2, 5, 24], "f64"), T([2, 5, 24]),
+           **attrs, arg="k")

@@ -40,8 +40,8 @@ def test_every_record_is_well_formed():
 
 def test_flags():
     macs = {n for n in PRIMITIVES if REGISTRY[n].macs is not None}
-    assert macs == {"matmul", "matmul_at", "matmul_bt", "matmul_strided", "shifted_matmul",
-                    "conv", "conv_transpose", "depthwise_weight_grad"}
+    assert macs == {"matmul", "matmul_at", "matmul_bt", "matmul_strided", "attention_strided",
+                    "shifted_matmul", "conv", "conv_transpose", "depthwise_weight_grad"}
     for name in ("add", "sub", "mul", "div", "pow", "less", "equal", "where", "maximum"):
         assert REGISTRY[name].promote and REGISTRY[name].has(Prop.ELEMENTWISE), name
     assert not REGISTRY["exp"].promote and REGISTRY["exp"].has(Prop.ELEMENTWISE)

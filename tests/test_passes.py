@@ -346,22 +346,57 @@ ATTENTION = forward("""
 
 def test_strided_products_read_and_write_attention_heads_in_place():
     _, after, stats = run_pass(ATTENTION, "strided_products", dims=DIMS)
-    assert stats.changes == {"matmul of views -> matmul_strided": 2}
+    assert stats.changes == {"matmul of views -> matmul_strided": 2,
+                             "matmul_strided, softmax, matmul_strided -> attention_strided": 1}
     counts = ops(after)
-    assert counts["matmul_strided"] == 2 and counts["softmax"] == 1
-    for op in ("matmul", "split", "transpose", "permute", "mul", "reshape"):
-        assert counts[op] == 0, op  # no copy left: the products read x and write the result
-    views = sorted((n["attrs"]["alpha"], [str(d) for d in n["attrs"]["a_view"]],
-                    [str(d) for d in n["attrs"]["b_view"]], [str(d) for d in n["attrs"]["c_view"]])
-                   for _, n in after.g.nodes(data=True) if n["op"] == "matmul_strided")
-    # q and k's heads: rows 96 apart, k^T read with rows of stride 1; scaled by 0.3 after
-    assert views[0] == (pytest.approx(0.3), ["0", "96*T", "8", "96", "1"],
-                        ["32", "96*T", "8", "1", "96"], ["0", "4*T**2", "T**2", "T", "1"])
-    # softmax @ v's heads, written into the merged [B, T, 32]: rows 32 apart, heads 8 apart
-    assert views[1] == (1.0, ["0", "4*T**2", "T**2", "T", "1"], ["64", "96*T", "8", "96", "1"],
-                        ["0", "32*T", "8", "32", "1"])
+    assert counts["attention_strided"] == 1
+    for op in ("matmul", "matmul_strided", "softmax", "split", "transpose", "permute", "mul",
+               "reshape"):
+        assert counts[op] == 0, op  # no copy left: one kernel reads x and writes the result
+    (node,) = [n for _, n in after.g.nodes(data=True) if n["op"] == "attention_strided"]
+    views = {k: [str(d) for d in node["attrs"][k]] for k in ("q_view", "k_view", "v_view",
+                                                             "c_view")}
+    # q, k and v's heads: rows 96 apart, heads 8 apart, k^T read with rows of stride 1; the
+    # result written merged into [B, T, 32]: rows 32 apart; the scale after q @ k^T
+    assert views == {"q_view": ["0", "96*T", "8", "96", "1"],
+                     "k_view": ["32", "96*T", "8", "1", "96"],
+                     "v_view": ["64", "96*T", "8", "96", "1"],
+                     "c_view": ["0", "32*T", "8", "32", "1"]}
+    assert node["attrs"]["alpha"] == pytest.approx(0.3)
     for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 2}):
         check_opt_levels(ATTENTION, sizes=sizes)
+
+
+def test_strided_products_keep_scores_that_are_read_twice():
+    """Attention whose weights are a result too (need_weights): the scores are stored, so
+    the two products stay apart, each reading its views in place."""
+    src = ATTENTION.replace("    o = softmax(s, axis = -1) @", "    w = softmax(s, axis = -1)\n    o = w @")
+    src = src.replace("return reshape(transpose(o, 1, 2), [n, l, 32])",
+                      "return reshape(transpose(o, 1, 2), [n, l, 32]), w").replace(
+        " -> f32[B, T, 32]", "")
+    _, after, stats = run_pass(src, "strided_products", dims=DIMS)
+    counts = ops(after)
+    assert counts["matmul_strided"] == 2 and counts["softmax"] == 1
+    assert counts["attention_strided"] == 0
+    check_opt_levels(src, sizes=DIMS)
+
+
+def test_attention_scores_too_large_to_hold_are_refused():
+    """2**21 queries by 2**20 keys: one batch index's scores would be 8 TiB, which the
+    unoptimized graph's [1, Q, S] tensor is too; the native kernel refuses them (K0505)
+    before allocating, not a size that overflowed."""
+    from kiln.compiler.errors import KilnError
+
+    src = forward("return softmax((q * 0.5) @ k, axis = -1) @ transpose(w, 1, 2)",
+                  signature="q: f32[B, Q, 1], k: f32[B, 1, S], w: f32[B, 1, S]", result=None)
+    model = kiln.compile(src, target="native")
+    assert ops(model.lowered().graph)["attention_strided"] == 1
+    q, k = np.ones((1, 1 << 21, 1), np.float32), np.ones((1, 1, 1 << 20), np.float32)
+    with pytest.raises(KilnError, match="too large to hold") as info:
+        model(q, k, k)
+    assert info.value.code == "K0505"
+    small = model(q[:, :3], k[:, :, :2], k[:, :, :2] * 2.0)  # the same kernel, sizes it holds
+    np.testing.assert_allclose(small, np.full((1, 3, 1), 2.0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("expr, rewritten", [

@@ -526,68 +526,104 @@ def _strided_macs(_input_types, _output_types, attrs) -> Dim:
     return prod(batch) * m * k * n
 
 
+def _view_at(kb, ptr, view: list[Dim], index: list) -> object:
+    """Where a view's matrix for batch index `index` starts."""
+    offset = kb.dim(view[0])
+    if index:
+        offset = kb.b.add(offset, kb.dot(index, [kb.dim(s) for s in view[1:-2]]))
+    return kb.b.gep(ptr, [offset])
+
+
+def _a_matrix(kb, ptr, view: list[Dim], index: list):
+    """A view as the GEMM's A: row-major, or transposed (rows of stride 1)."""
+    from ..codegen.llvm.gemm import Matrix
+
+    at = _view_at(kb, ptr, view, index)
+    return (Matrix(at, kb.dim(view[-2])) if view[-1] == 1
+            else Matrix(at, kb.dim(view[-1]), transposed=True))
+
+
+def _b_source(kb, ptr, view: list[Dim], index: list):
+    """A view as the GEMM's B: a matrix, or the transpose of one (gemm.TransposedB)."""
+    from ..codegen.llvm.gemm import Matrix, TransposedB
+
+    at = _view_at(kb, ptr, view, index)
+    return Matrix(at, kb.dim(view[-2])) if view[-1] == 1 else TransposedB(at, kb.dim(view[-1]))
+
+
+def _scale_rows(kb, c, ldc, rows, cols, alpha: float) -> None:
+    """C[:rows, :cols] *= alpha, C's rows ldc floats apart."""
+    b = kb.b
+    scale = kb.const(alpha, "f32")
+    with kb.for_range(rows) as i:
+        row = b.gep(c, [b.mul(i, ldc)])
+        with kb.for_range(cols) as j:
+            kb.store(row, j, kb.mul(kb.load(row, j, "f32"), scale), "f32")
+
+
 def _strided_llvm(kb, n):
     """One GEMM per batch index, each operand a matrix at its view's offset: A row-major or
     transposed, B a matrix or the transpose of one (gemm.TransposedB), C row-major; C scaled
     by alpha after its product, while it is in cache."""
-    from ..codegen.llvm.gemm import Matrix, TransposedB, gemm  # the lowering needs llvmlite
+    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
 
     batch, m, k, cols, (av, bv, cv), _shape, alpha = _strided_parts(n.attrs)
-    b = kb.b
     dm, dk, dn = kb.dim(m), kb.dim(k), kb.dim(cols)
 
     def one_batch(index):
-        def at(ptr, view):
-            offset = kb.dim(view[0])
-            if index:
-                offset = b.add(offset, kb.dot(index, [kb.dim(s) for s in view[1:-2]]))
-            return b.gep(ptr, [offset])
-
-        a_at, b_at, c_at = at(kb.input("a"), av), at(kb.input("b"), bv), at(kb.output(), cv)
-        a_m = (Matrix(a_at, kb.dim(av[-2])) if av[-1] == 1
-               else Matrix(a_at, kb.dim(av[-1]), transposed=True))
-        b_m = Matrix(b_at, kb.dim(bv[-2])) if bv[-1] == 1 else TransposedB(b_at, kb.dim(bv[-1]))
-        ldc = kb.dim(cv[-2])
-        gemm(kb, dm, dn, dk, a_m, b_m, Matrix(c_at, ldc))
+        c_at, ldc = _view_at(kb, kb.output(), cv, index), kb.dim(cv[-2])
+        gemm(kb, dm, dn, dk, _a_matrix(kb, kb.input("a"), av, index),
+             _b_source(kb, kb.input("b"), bv, index), Matrix(c_at, ldc))
         if alpha != 1.0:
-            scale = kb.const(alpha, "f32")
-            with kb.for_range(dm) as i:
-                row = b.gep(c_at, [b.mul(i, ldc)])
-                with kb.for_range(dn) as j:
-                    kb.store(row, j, kb.mul(kb.load(row, j, "f32"), scale), "f32")
+            _scale_rows(kb, c_at, ldc, dm, dn, alpha)
 
     kb.loop_nest([kb.dim(d) for d in batch], one_batch)
 
 
+def _onnx_indices(b, view: list[Dim], sizes: list[Dim]) -> str:
+    """The flat element indices a view sees, as an i64 tensor of shape `sizes`: its offset
+    plus each axis' Range times its stride."""
+    from ._emit import one
+
+    total = b.dim(view[0])
+    for axis, (size, stride) in enumerate(zip(sizes, view[1:], strict=True)):
+        steps = one(b, "Mul", one(b, "Range", b.dim(0), b.dim(size), b.dim(1)), b.dim(stride))
+        at = [1] * len(sizes)
+        at[axis] = -1
+        total = one(b, "Add", total, one(b, "Reshape", steps, b.ints(at)))
+    return total
+
+
+def _onnx_view(b, x: str, view: list[Dim], sizes: list[Dim]) -> str:
+    """A view of x's flat elements, as a tensor of shape `sizes` (a Gather)."""
+    from ._emit import one
+
+    return one(b, "Gather", one(b, "Reshape", x, b.ints([-1])), _onnx_indices(b, view, sizes),
+               axis=0)
+
+
+def _onnx_through(b, value: str, view: list[Dim], sizes: list[Dim], shape: list[Dim],
+                  outputs: list[str]) -> None:
+    """`outputs`: a tensor of `shape` that `value` (of shape `sizes`) fills through `view`
+    (a ScatterND into zeros, then a Reshape)."""
+    from ._emit import one
+
+    where = one(b, "Unsqueeze", _onnx_indices(b, view, sizes), b.ints([-1]))
+    zeros = one(b, "Expand", b.const(np.float32(0)), b.shape([prod(shape)]))
+    b.node("Reshape", [one(b, "ScatterND", zeros, where, value), b.shape(shape)], outputs)
+
+
 def _strided_onnx(b, n):
-    """The views as Gathers of the flat operands at their element indices (offset plus each
-    axis' Range times its stride), MatMul, and a ScatterND of the product into the flat
-    result at c's indices."""
+    """The views as Gathers of the flat operands at their element indices, MatMul, and a
+    ScatterND of the product into the flat result at c's indices."""
     from ._emit import one
 
     batch, m, k, cols, (av, bv, cv), shape, alpha = _strided_parts(n.attrs)
-
-    def indices(view: list[Dim], sizes: list[Dim]) -> str:
-        total = b.dim(view[0])
-        for axis, (size, stride) in enumerate(zip(sizes, view[1:], strict=True)):
-            steps = one(b, "Range", b.dim(0), b.dim(size), b.dim(1))
-            steps = one(b, "Mul", steps, b.dim(stride))
-            at = [1] * len(sizes)
-            at[axis] = -1
-            total = one(b, "Add", total, one(b, "Reshape", steps, b.ints(at)))
-        return total
-
-    flat = b.ints([-1])
-    a_view = one(b, "Gather", one(b, "Reshape", n.inputs[0], flat),
-                 indices(av, [*batch, m, k]), axis=0)
-    b_view = one(b, "Gather", one(b, "Reshape", n.inputs[1], flat),
-                 indices(bv, [*batch, k, cols]), axis=0)
-    product = one(b, "MatMul", a_view, b_view)
+    product = one(b, "MatMul", _onnx_view(b, n.inputs[0], av, [*batch, m, k]),
+                  _onnx_view(b, n.inputs[1], bv, [*batch, k, cols]))
     if alpha != 1.0:
         product = one(b, "Mul", product, b.const(np.float32(alpha)))
-    where = one(b, "Unsqueeze", indices(cv, [*batch, m, cols]), b.ints([-1]))
-    zeros = one(b, "Expand", b.const(np.float32(0)), b.shape([prod(shape)]))
-    b.node("Reshape", [one(b, "ScatterND", zeros, where, product), b.shape(shape)], n.outputs)
+    _onnx_through(b, product, cv, [*batch, m, cols], shape, n.outputs)
 
 
 register(internal(OpRecord(
@@ -600,3 +636,121 @@ register(internal(OpRecord(
     "ops (passes/views.py), read and written in place.",
     macs=_strided_macs, onnx=_strided_onnx, llvm=_strided_llvm,
     props=frozenset({Prop.ANCHOR, Prop.CANNOT_FAIL}))))
+
+
+# attention_strided: softmax(alpha * q' @ k') @ v' of views, its scores never stored ---------
+SCORES_MOST = 1 << 40  # floats of one batch index's scores the kernel allocates, at most
+def _attention_parts(attrs):
+    """The batch sizes, m (queries), d (q's and k's depth), s (keys), n (v's width), the
+    four views (q [*batch, m, d], k [*batch, d, s], v [*batch, s, n], c [*batch, m, n]),
+    the result's shape and alpha, checked."""
+    batch = list(to_dims(attrs["batch"], "batch"))
+    m, d, s, n = (Dim.of(attrs[name]) for name in ("m", "d", "s", "n"))
+    views = []
+    for name in ("q_view", "k_view", "v_view", "c_view"):
+        view = attrs[name]
+        if not isinstance(view, list | tuple) or len(view) != len(batch) + 3:
+            raise OpError(f"{name} must be an offset and {len(batch) + 2} strides",
+                          arg=name, code="K0303")
+        view = list(to_dims(view, name))
+        if view[-1] != 1 and (name == "c_view" or view[-2] != 1):
+            raise OpError(f"{name} must have " + ("columns" if name == "c_view" else
+                                                  "rows or columns") + " of stride 1",
+                          arg=name, code="K0303")
+        views.append(view)
+    alpha = attrs["alpha"]
+    if not isinstance(alpha, float):
+        raise OpError(f"alpha must be a float, not {alpha!r}", arg="alpha", code="K0303")
+    return batch, m, d, s, n, views, list(to_dims(attrs["shape"], "shape")), alpha
+
+
+def _attention_infer(types, attrs):
+    for t, name in zip(types, ("q", "k", "v"), strict=True):
+        check_dtype(t, ("f32",), name)
+    *_, shape, _alpha = _attention_parts(attrs)
+    return [TensorType("f32", tuple(shape))]
+
+
+def _attention_reference(env, inputs, attrs):
+    from .reduce import softmax
+
+    q, k, v = inputs
+    batch, m, d, s, n, views, shape, alpha = _attention_parts(attrs)
+    batch, (m, d, s, n) = [env.eval_dim(x) for x in batch], (env.eval_dim(x) for x in (m, d, s, n))
+    qv, kv, vv, cv = ([env.eval_dim(x) for x in view] for view in views)
+    scores = np.matmul(_as_view(q, qv, (*batch, m, d)), _as_view(k, kv, (*batch, d, s)))
+    if alpha != 1.0:
+        scores = scores * np.float32(alpha)
+    product = np.matmul(softmax(scores, -1), _as_view(v, vv, (*batch, s, n)))
+    out = np.empty([env.eval_dim(x) for x in shape], np.float32)
+    np.lib.stride_tricks.as_strided(out.reshape(-1)[cv[0]:], shape=(*batch, m, n),
+                                    strides=[x * 4 for x in cv[1:]])[...] = product
+    return [out]
+
+
+def _attention_macs(_input_types, _output_types, attrs) -> Dim:
+    batch, m, d, s, n, *_ = _attention_parts(attrs)
+    return prod(batch) * m * s * (d + n)
+
+
+def _attention_llvm(kb, n):
+    """Per batch index: the scores q' @ k' into a buffer of m x s floats (scaled by alpha),
+    softmax along its rows in place (reductions.py's row softmax), then scores @ v' written
+    through c's view. The scores stay in cache from one step to the next; the whole [*batch,
+    m, s] of them is never stored."""
+    from llvmlite import ir
+
+    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
+    from ..codegen.llvm.microkernels import tiling
+    from ..codegen.llvm.reductions import _softmax_row_range
+
+    batch, m, d, s, cols, (qv, kv, vv, cv), _shape, alpha = _attention_parts(n.attrs)
+    b = kb.b
+    dm, dd, ds, dn = kb.dim(m), kb.dim(d), kb.dim(s), kb.dim(cols)
+    width = kb.vector_width or tiling().width
+    # m * s floats, counted without overflow (at most SCORES_MOST; at least one: malloc(0)
+    # may return null)
+    one = ir.Constant(ir.IntType(64), 1)
+    keys = b.select(b.icmp_signed("==", ds, ir.Constant(ds.type, 0)), one, ds)
+    fits = b.icmp_signed("<=", dm, b.sdiv(ir.Constant(ir.IntType(64), SCORES_MOST), keys))
+    kb.check(fits, "attention's scores of one batch index are too large to hold")
+    scores = kb.scratch(b.select(fits, b.mul(dm, keys), one), "f32", zeroed=False)
+    with kb.allocated([scores], "attention's scores"), b.if_then(fits):
+        def one_batch(index):
+            gemm(kb, dm, ds, dd, _a_matrix(kb, kb.input("q"), qv, index),
+                 _b_source(kb, kb.input("k"), kv, index), Matrix(scores, ds))
+            if alpha != 1.0:
+                _scale_rows(kb, scores, ds, dm, ds, alpha)
+            _softmax_row_range(kb, scores, scores, ir.Constant(ir.IntType(64), 0), dm, ds,
+                               width, False)
+            gemm(kb, dm, dn, ds, Matrix(scores, ds), _b_source(kb, kb.input("v"), vv, index),
+                 Matrix(_view_at(kb, kb.output(), cv, index), kb.dim(cv[-2])))
+
+        kb.loop_nest([kb.dim(x) for x in batch], one_batch)
+
+
+def _attention_onnx(b, n):
+    """The views as Gathers, MatMul, Mul by alpha, Softmax, MatMul, and a ScatterND into the
+    result at c's indices."""
+    from ._emit import one
+
+    batch, m, d, s, cols, (qv, kv, vv, cv), shape, alpha = _attention_parts(n.attrs)
+    scores = one(b, "MatMul", _onnx_view(b, n.inputs[0], qv, [*batch, m, d]),
+                 _onnx_view(b, n.inputs[1], kv, [*batch, d, s]))
+    if alpha != 1.0:
+        scores = one(b, "Mul", scores, b.const(np.float32(alpha)))
+    product = one(b, "MatMul", one(b, "Softmax", scores, axis=-1),
+                  _onnx_view(b, n.inputs[2], vv, [*batch, s, cols]))
+    _onnx_through(b, product, cv, [*batch, m, cols], shape, n.outputs)
+
+
+register(internal(OpRecord(
+    "attention_strided", tensors("q", "k", "v") + attrs(
+        "batch", "m", "d", "s", "n", "q_view", "k_view", "v_view", "c_view", "shape",
+        ("alpha", 1.0)),
+    _attention_infer, _attention_reference,
+    "softmax(alpha * q' @ k', axis = -1) @ v' for views q' [*batch, m, d], k' [*batch, d, s] "
+    "and v' [*batch, s, n] of q, k and v, written through the view c_view of a result of "
+    "`shape`: the native pipeline's rewrite of attention's two products and the softmax "
+    "between them (passes/views.py), its scores kept one batch index at a time.",
+    macs=_attention_macs, onnx=_attention_onnx, llvm=_attention_llvm)))

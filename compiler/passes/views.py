@@ -263,5 +263,48 @@ def strided_products(graph: Graph, ctx: PassContext) -> Graph:
             continue
         replace_node(graph, target.node, new)  # and the matmul, and the layout ops it read
         ctx.count("matmul of views -> matmul_strided")
+    for nid in graph.order():
+        if nid in graph.g and graph.op(nid) == "softmax" and _attention(graph, nid):
+            ctx.count("matmul_strided, softmax, matmul_strided -> attention_strided")
     return graph
+
+
+def _dims(values) -> list[Dim]:
+    return [Dim.of(v) for v in values]
+
+
+def _whole(view, shape) -> bool:
+    """Whether a view attribute sees a whole row-major tensor of `shape` in order."""
+    return _dims(view) == [Dim.of(0), *View.whole(tuple(shape)).strides]
+
+
+def _attention(graph: Graph, nid: int) -> bool:
+    """softmax(s, axis = -1) @ v' where s = alpha * q' @ k' (two matmul_strided of the same
+    batch, s and the softmax read by nothing else) -> attention_strided(q, k, v): the scores
+    are made, normalised and used one batch index at a time, never stored whole."""
+    (x,) = graph.operands(nid)
+    node = graph.node(nid)
+    probs = Value(nid, 0, node["types"][0])
+    user = only_user(graph, probs)
+    if (graph.op(x.node) != "matmul_strided" or only_user(graph, x) != nid or user is None
+            or graph.op(user) != "matmul_strided"
+            or node["attrs"]["axis"] not in (-1, x.type.rank - 1)):
+        return False
+    first, second = graph.node(x.node)["attrs"], graph.node(user)["attrs"]
+    a, v = graph.operands(user)
+    if (a != probs or v == probs or second["alpha"] != 1.0
+            or _dims(first["batch"]) != _dims(second["batch"])
+            or not _whole(first["c_view"], x.type.shape) or not _whole(second["a_view"],
+                                                                        probs.type.shape)):
+        return False
+    q, k = graph.operands(x.node)
+    new = GraphBuilder.like(graph, graph.node(user)).checked(
+        "attention_strided", q, k, v, want=graph.node(user)["types"], batch=first["batch"],
+        m=first["m"], d=first["k"], s=first["n"], n=second["n"], q_view=first["a_view"],
+        k_view=first["b_view"], v_view=second["b_view"], c_view=second["c_view"],
+        shape=second["shape"], alpha=first["alpha"])
+    if new is None:
+        return False
+    replace_node(graph, user, new)  # and the softmax and the scores' product
+    return True
 
