@@ -365,6 +365,11 @@ def test_strided_products_read_and_write_attention_heads_in_place():
     assert node["attrs"]["alpha"] == pytest.approx(0.3)
     for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 2}):
         check_opt_levels(ATTENTION, sizes=sizes)
+    # enough heads' work for two threads to share them, each with its own scores
+    x = np.random.default_rng(2).standard_normal((3, 64, 96)).astype(np.float32)
+    want = kiln.compile(ATTENTION, target="reference", opt_level=0)(x)
+    np.testing.assert_allclose(kiln.compile(ATTENTION, target="native", threads=2)(x), want,
+                               rtol=RTOL, atol=ATOL)
 
 
 def test_strided_products_keep_scores_that_are_read_twice():

@@ -697,36 +697,88 @@ def _attention_llvm(kb, n):
     """Per batch index: the scores q' @ k' into a buffer of m x s floats (scaled by alpha),
     softmax along its rows in place (reductions.py's row softmax), then scores @ v' written
     through c's view. The scores stay in cache from one step to the next; the whole [*batch,
-    m, s] of them is never stored."""
+    m, s] of them is never stored. The batch indices are shared by the module's threads (each
+    with its own scores, its GEMMs whole), once there are enough multiply-adds."""
     from llvmlite import ir
 
-    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
+    from ..codegen.llvm import irgen
+    from ..codegen.llvm.gemm import PARALLEL_WORK
+    from ..codegen.llvm.threads import parallel_rows
+
+    batch, m, d, s, cols, views, _shape, alpha = _attention_parts(n.attrs)
+    sizes = [kb.dim(x) for x in (m, d, s, cols, *batch)] + [kb.dim(x) for v in views for x in v]
+    pointers = [kb.input("q"), kb.input("k"), kb.input("v"), kb.output()]
+    count = kb.numel(batch)
+    zero = ir.Constant(ir.IntType(64), 0)
+    plain = tuple(view[-1] == 1 for view in views[:3])
+    if kb.serial:  # a caller's threads run this kernel already
+        _attention_range(kb, pointers, zero, count, sizes, len(batch), alpha, plain)
+        return
+    inner = kb.helper("heads")
+    start, rows, *rest = (irgen.element(inner.b, inner.dims_ptr, i)
+                          for i in range(2 + len(sizes)))
+    inner.serial = True
+    _attention_range(inner, [inner.buffer(i, "f32") for i in range(4)], start, rows, rest,
+                     len(batch), alpha, plain)
+    fn = parallel_rows(kb.module, inner.finish(), 4, 2 + len(sizes),
+                       lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
+                                                                  *sizes[1:]]),
+                       min_rows=1, min_work=PARALLEL_WORK, rows_index=1,
+                       work=lambda b, sizes: b.mul(b.mul(sizes[1], b.mul(sizes[2], sizes[4])),
+                                                   b.add(sizes[3], sizes[5])))
+    kb.call_kernel(fn, pointers, [zero, count, *sizes], "heads")
+
+
+def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float,
+                     plain: tuple[bool, bool, bool]) -> None:
+    """Batch indices start .. start + count of attention_strided (`_attention_llvm`), its
+    sizes as run-time values: m, d, s, n, the batch sizes, then the four views' offsets and
+    strides; `plain`: whether q's, k's and v's views have columns of stride 1 (else rows)."""
+    from llvmlite import ir
+
+    from ..codegen.llvm.gemm import Matrix, TransposedB, gemm
     from ..codegen.llvm.microkernels import tiling
     from ..codegen.llvm.reductions import _softmax_row_range
 
-    batch, m, d, s, cols, (qv, kv, vv, cv), _shape, alpha = _attention_parts(n.attrs)
     b = kb.b
-    dm, dd, ds, dn = kb.dim(m), kb.dim(d), kb.dim(s), kb.dim(cols)
+    i64 = ir.IntType(64)
+    dm, dd, ds, dn, *rest = sizes
+    batch, rest = rest[:ranks], rest[ranks:]
+    views = [rest[i * (ranks + 3):(i + 1) * (ranks + 3)] for i in range(4)]
     width = kb.vector_width or tiling().width
     # m * s floats, counted without overflow (at most SCORES_MOST; at least one: malloc(0)
     # may return null)
-    one = ir.Constant(ir.IntType(64), 1)
-    keys = b.select(b.icmp_signed("==", ds, ir.Constant(ds.type, 0)), one, ds)
-    fits = b.icmp_signed("<=", dm, b.sdiv(ir.Constant(ir.IntType(64), SCORES_MOST), keys))
+    one = ir.Constant(i64, 1)
+    keys = b.select(b.icmp_signed("==", ds, ir.Constant(i64, 0)), one, ds)
+    fits = b.icmp_signed("<=", dm, b.sdiv(ir.Constant(i64, SCORES_MOST), keys))
     kb.check(fits, "attention's scores of one batch index are too large to hold")
     scores = kb.scratch(b.select(fits, b.mul(dm, keys), one), "f32", zeroed=False)
+
+    def at(ptr, view, index):
+        offset = view[0]
+        for i, stride in zip(index, view[1:-2], strict=True):
+            offset = b.add(offset, b.mul(i, stride))
+        return b.gep(ptr, [offset])
+
     with kb.allocated([scores], "attention's scores"), b.if_then(fits):
-        def one_batch(index):
-            gemm(kb, dm, ds, dd, _a_matrix(kb, kb.input("q"), qv, index),
-                 _b_source(kb, kb.input("k"), kv, index), Matrix(scores, ds))
+        with kb.for_range(count) as r:
+            index, left = [], b.add(start, r)  # the batch index of flat position r
+            for size in reversed(batch):
+                index.append(b.urem(left, size))
+                left = b.udiv(left, size)
+            index.reverse()
+            (q, k, v, out), (qv, kv, vv, cv) = pointers, views
+            q_m = (Matrix(at(q, qv, index), qv[-2]) if plain[0]
+                   else Matrix(at(q, qv, index), qv[-1], transposed=True))
+            k_m = (Matrix(at(k, kv, index), kv[-2]) if plain[1]
+                   else TransposedB(at(k, kv, index), kv[-1]))
+            v_m = (Matrix(at(v, vv, index), vv[-2]) if plain[2]
+                   else TransposedB(at(v, vv, index), vv[-1]))
+            gemm(kb, dm, ds, dd, q_m, k_m, Matrix(scores, ds))
             if alpha != 1.0:
                 _scale_rows(kb, scores, ds, dm, ds, alpha)
-            _softmax_row_range(kb, scores, scores, ir.Constant(ir.IntType(64), 0), dm, ds,
-                               width, False)
-            gemm(kb, dm, dn, ds, Matrix(scores, ds), _b_source(kb, kb.input("v"), vv, index),
-                 Matrix(_view_at(kb, kb.output(), cv, index), kb.dim(cv[-2])))
-
-        kb.loop_nest([kb.dim(x) for x in batch], one_batch)
+            _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), dm, ds, width, False)
+            gemm(kb, dm, dn, ds, Matrix(scores, ds), v_m, Matrix(at(out, cv, index), cv[-2]))
 
 
 def _attention_onnx(b, n):
