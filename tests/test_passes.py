@@ -363,7 +363,7 @@ def test_strided_products_read_and_write_attention_heads_in_place():
                      "v_view": ["64", "96*T", "8", "96", "1"],
                      "c_view": ["0", "32*T", "8", "32", "1"]}
     assert node["attrs"]["alpha"] == pytest.approx(0.3)
-    for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 2}):
+    for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 2}, {"B": 2, "T": 0}):
         check_opt_levels(ATTENTION, sizes=sizes)
     # enough heads' work for two threads to share them, each with its own scores
     x = np.random.default_rng(2).standard_normal((3, 64, 96)).astype(np.float32)

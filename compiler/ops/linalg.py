@@ -466,36 +466,43 @@ register(internal(OpRecord(
 # axis of what it views (the batch axes, then rows, then columns). passes/views.py makes them
 # from the layout ops (split, reshape, transpose, permute) between a product and the tensors
 # it reads and writes, so that none of those ops copies anything.
+def _views(attrs, names: tuple[str, ...], ranks: int) -> list[list[Dim]]:
+    """The view attributes `names`, each an offset and ranks + 2 strides, checked: c_view's
+    columns of stride 1, the others' rows or columns (a matrix, or the transpose of one)."""
+    views = []
+    for name in names:
+        view = attrs[name]
+        if not isinstance(view, list | tuple) or len(view) != ranks + 3:
+            raise OpError(f"{name} must be an offset and {ranks + 2} strides", arg=name,
+                          code="K0303")
+        view = list(to_dims(view, name))
+        if view[-1] != 1 and (name == "c_view" or view[-2] != 1):
+            raise OpError(f"{name} must have " + ("columns" if name == "c_view" else
+                                                  "rows or columns") + " of stride 1",
+                          arg=name, code="K0303")
+        views.append(view)
+    return views
+
+
+def _alpha(attrs) -> float:
+    alpha = attrs["alpha"]
+    if not isinstance(alpha, float):
+        raise OpError(f"alpha must be a float, not {alpha!r}", arg="alpha", code="K0303")
+    return alpha
+
+
 def _strided_parts(attrs) -> tuple[list[Dim], Dim, Dim, Dim, list[list[Dim]], list[Dim], float]:
     """The batch sizes, m, k, n, the three views (a, b, c) and out's shape, checked."""
     batch = list(to_dims(attrs["batch"], "batch"))
     m, k, n = (Dim.of(attrs[name]) for name in ("m", "k", "n"))
-    views = []
-    for name in ("a_view", "b_view", "c_view"):
-        view = attrs[name]
-        if not isinstance(view, list | tuple) or len(view) != len(batch) + 3:
-            raise OpError(f"{name} must be an offset and {len(batch) + 2} strides",
-                          arg=name, code="K0303")
-        views.append(list(to_dims(view, name)))
-    alpha = attrs["alpha"]
-    if not isinstance(alpha, float):
-        raise OpError(f"alpha must be a float, not {alpha!r}", arg="alpha", code="K0303")
-    return batch, m, k, n, views, list(to_dims(attrs["shape"], "shape")), alpha
+    views = _views(attrs, ("a_view", "b_view", "c_view"), len(batch))
+    return batch, m, k, n, views, list(to_dims(attrs["shape"], "shape")), _alpha(attrs)
 
 
 def _strided_infer(types, attrs):
-    a, b = types
-    for t, name in ((a, "a"), (b, "b")):
+    for t, name in zip(types, ("a", "b"), strict=True):
         check_dtype(t, ("f32",), name)
-    _batch, _m, _k, _n, (av, bv, cv), shape, _alpha = _strided_parts(attrs)
-    if av[-1] != 1 and av[-2] != 1:
-        raise OpError("a's view must have rows or columns of stride 1", arg="a_view",
-                      code="K0303")
-    if bv[-1] != 1 and bv[-2] != 1:
-        raise OpError("b's view must have rows or columns of stride 1", arg="b_view",
-                      code="K0303")
-    if cv[-1] != 1:
-        raise OpError("c's view must have columns of stride 1", arg="c_view", code="K0303")
+    *_, shape, _alpha = _strided_parts(attrs)
     return [TensorType("f32", tuple(shape))]
 
 
@@ -526,29 +533,19 @@ def _strided_macs(_input_types, _output_types, attrs) -> Dim:
     return prod(batch) * m * k * n
 
 
-def _view_at(kb, ptr, view: list[Dim], index: list) -> object:
-    """Where a view's matrix for batch index `index` starts."""
-    offset = kb.dim(view[0])
-    if index:
-        offset = kb.b.add(offset, kb.dot(index, [kb.dim(s) for s in view[1:-2]]))
-    return kb.b.gep(ptr, [offset])
-
-
-def _a_matrix(kb, ptr, view: list[Dim], index: list):
-    """A view as the GEMM's A: row-major, or transposed (rows of stride 1)."""
-    from ..codegen.llvm.gemm import Matrix
-
-    at = _view_at(kb, ptr, view, index)
-    return (Matrix(at, kb.dim(view[-2])) if view[-1] == 1
-            else Matrix(at, kb.dim(view[-1]), transposed=True))
-
-
-def _b_source(kb, ptr, view: list[Dim], index: list):
-    """A view as the GEMM's B: a matrix, or the transpose of one (gemm.TransposedB)."""
+def _view_matrix(b, ptr, view: list, index: list, plain: bool, as_b: bool):
+    """The matrix of a view (its offset and strides as i64 values) at batch index `index`:
+    row-major where `plain` (columns of stride 1), else transposed (rows of stride 1): as A a
+    transposed Matrix, as B a gemm.TransposedB."""
     from ..codegen.llvm.gemm import Matrix, TransposedB
 
-    at = _view_at(kb, ptr, view, index)
-    return Matrix(at, kb.dim(view[-2])) if view[-1] == 1 else TransposedB(at, kb.dim(view[-1]))
+    offset = view[0]
+    for i, stride in zip(index, view[1:-2], strict=True):
+        offset = b.add(offset, b.mul(i, stride))
+    at = b.gep(ptr, [offset])
+    if plain:
+        return Matrix(at, view[-2])
+    return TransposedB(at, view[-1]) if as_b else Matrix(at, view[-1], transposed=True)
 
 
 def _scale_rows(kb, c, ldc, rows, cols, alpha: float) -> None:
@@ -565,17 +562,19 @@ def _strided_llvm(kb, n):
     """One GEMM per batch index, each operand a matrix at its view's offset: A row-major or
     transposed, B a matrix or the transpose of one (gemm.TransposedB), C row-major; C scaled
     by alpha after its product, while it is in cache."""
-    from ..codegen.llvm.gemm import Matrix, gemm  # the lowering needs llvmlite
+    from ..codegen.llvm.gemm import gemm  # the lowering needs llvmlite
 
-    batch, m, k, cols, (av, bv, cv), _shape, alpha = _strided_parts(n.attrs)
+    batch, m, k, cols, views, _shape, alpha = _strided_parts(n.attrs)
+    av, bv, cv = ([kb.dim(x) for x in view] for view in views)
+    a_plain, b_plain = (view[-1] == 1 for view in views[:2])
     dm, dk, dn = kb.dim(m), kb.dim(k), kb.dim(cols)
 
     def one_batch(index):
-        c_at, ldc = _view_at(kb, kb.output(), cv, index), kb.dim(cv[-2])
-        gemm(kb, dm, dn, dk, _a_matrix(kb, kb.input("a"), av, index),
-             _b_source(kb, kb.input("b"), bv, index), Matrix(c_at, ldc))
+        c = _view_matrix(kb.b, kb.output(), cv, index, True, False)
+        gemm(kb, dm, dn, dk, _view_matrix(kb.b, kb.input("a"), av, index, a_plain, False),
+             _view_matrix(kb.b, kb.input("b"), bv, index, b_plain, True), c)
         if alpha != 1.0:
-            _scale_rows(kb, c_at, ldc, dm, dn, alpha)
+            _scale_rows(kb, c.ptr, c.stride, dm, dn, alpha)
 
     kb.loop_nest([kb.dim(d) for d in batch], one_batch)
 
@@ -640,28 +639,16 @@ register(internal(OpRecord(
 
 # attention_strided: softmax(alpha * q' @ k') @ v' of views, its scores never stored ---------
 SCORES_MOST = 1 << 40  # floats of one batch index's scores the kernel allocates, at most
+
+
 def _attention_parts(attrs):
     """The batch sizes, m (queries), d (q's and k's depth), s (keys), n (v's width), the
     four views (q [*batch, m, d], k [*batch, d, s], v [*batch, s, n], c [*batch, m, n]),
     the result's shape and alpha, checked."""
     batch = list(to_dims(attrs["batch"], "batch"))
     m, d, s, n = (Dim.of(attrs[name]) for name in ("m", "d", "s", "n"))
-    views = []
-    for name in ("q_view", "k_view", "v_view", "c_view"):
-        view = attrs[name]
-        if not isinstance(view, list | tuple) or len(view) != len(batch) + 3:
-            raise OpError(f"{name} must be an offset and {len(batch) + 2} strides",
-                          arg=name, code="K0303")
-        view = list(to_dims(view, name))
-        if view[-1] != 1 and (name == "c_view" or view[-2] != 1):
-            raise OpError(f"{name} must have " + ("columns" if name == "c_view" else
-                                                  "rows or columns") + " of stride 1",
-                          arg=name, code="K0303")
-        views.append(view)
-    alpha = attrs["alpha"]
-    if not isinstance(alpha, float):
-        raise OpError(f"alpha must be a float, not {alpha!r}", arg="alpha", code="K0303")
-    return batch, m, d, s, n, views, list(to_dims(attrs["shape"], "shape")), alpha
+    views = _views(attrs, ("q_view", "k_view", "v_view", "c_view"), len(batch))
+    return batch, m, d, s, n, views, list(to_dims(attrs["shape"], "shape")), _alpha(attrs)
 
 
 def _attention_infer(types, attrs):
@@ -736,7 +723,7 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float
     strides; `plain`: whether q's, k's and v's views have columns of stride 1 (else rows)."""
     from llvmlite import ir
 
-    from ..codegen.llvm.gemm import Matrix, TransposedB, gemm
+    from ..codegen.llvm.gemm import Matrix, gemm
     from ..codegen.llvm.microkernels import tiling
     from ..codegen.llvm.reductions import _softmax_row_range
 
@@ -748,17 +735,11 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float
     width = kb.vector_width or tiling().width
     # m * s floats, counted without overflow (at most SCORES_MOST; at least one: malloc(0)
     # may return null)
-    one = ir.Constant(i64, 1)
-    keys = b.select(b.icmp_signed("==", ds, ir.Constant(i64, 0)), one, ds)
-    fits = b.icmp_signed("<=", dm, b.sdiv(ir.Constant(i64, SCORES_MOST), keys))
+    one, none = ir.Constant(i64, 1), ir.Constant(i64, 0)
+    queries, keys = (b.select(b.icmp_signed("==", x, none), one, x) for x in (dm, ds))
+    fits = b.icmp_signed("<=", queries, b.sdiv(ir.Constant(i64, SCORES_MOST), keys))
     kb.check(fits, "attention's scores of one batch index are too large to hold")
-    scores = kb.scratch(b.select(fits, b.mul(dm, keys), one), "f32", zeroed=False)
-
-    def at(ptr, view, index):
-        offset = view[0]
-        for i, stride in zip(index, view[1:-2], strict=True):
-            offset = b.add(offset, b.mul(i, stride))
-        return b.gep(ptr, [offset])
+    scores = kb.scratch(b.select(fits, b.mul(queries, keys), one), "f32", zeroed=False)
 
     with kb.allocated([scores], "attention's scores"), b.if_then(fits):
         with kb.for_range(count) as r:
@@ -768,17 +749,13 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float
                 left = b.udiv(left, size)
             index.reverse()
             (q, k, v, out), (qv, kv, vv, cv) = pointers, views
-            q_m = (Matrix(at(q, qv, index), qv[-2]) if plain[0]
-                   else Matrix(at(q, qv, index), qv[-1], transposed=True))
-            k_m = (Matrix(at(k, kv, index), kv[-2]) if plain[1]
-                   else TransposedB(at(k, kv, index), kv[-1]))
-            v_m = (Matrix(at(v, vv, index), vv[-2]) if plain[2]
-                   else TransposedB(at(v, vv, index), vv[-1]))
-            gemm(kb, dm, ds, dd, q_m, k_m, Matrix(scores, ds))
+            gemm(kb, dm, ds, dd, _view_matrix(b, q, qv, index, plain[0], False),
+                 _view_matrix(b, k, kv, index, plain[1], True), Matrix(scores, ds))
             if alpha != 1.0:
                 _scale_rows(kb, scores, ds, dm, ds, alpha)
             _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), dm, ds, width, False)
-            gemm(kb, dm, dn, ds, Matrix(scores, ds), v_m, Matrix(at(out, cv, index), cv[-2]))
+            gemm(kb, dm, dn, ds, Matrix(scores, ds), _view_matrix(b, v, vv, index, plain[2], True),
+                 _view_matrix(b, out, cv, index, True, False))
 
 
 def _attention_onnx(b, n):
