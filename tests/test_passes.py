@@ -415,6 +415,7 @@ def test_attention_scores_too_large_to_hold_are_refused():
     ("reshape(permute(v4, [0, 2, 1, 3]), [B, 4, 6]) @ transpose(m3, 1, 2)", True),
     ("(x4 * 0.7) @ y4", True),                        # the scale alone: after the product
     ("(x4 * x4) @ y4", False),                        # not a constant scale
+    ("(x4 * inf) @ y4", False),                       # an infinite scale: NaN before the sum
     ("x4 @ y4", False),                               # nothing to read in place
     ("reshape(x4, [B, 2, 3, 5]) @ y4", False),        # a reshape copies nothing already
     ("permute(x4, [0, 1, 3, 2]) @ y3", False),        # a broadcast batch

@@ -28,6 +28,7 @@ two (1 / sqrt(64)) is the same as (s * a) @ b, and otherwise within an ulp per e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..builder import GraphBuilder
@@ -159,15 +160,16 @@ def _operand(graph: Graph, value: Value) -> tuple[Value, View, int]:
 
 
 def _scaled(graph: Graph, value: Value) -> tuple[Value, float] | None:
-    """(x, s) where `value` is x * s (or s * x) for a constant f32 scalar s."""
+    """(x, s) where `value` is x * s (or s * x) for a finite constant f32 scalar s (an
+    infinite one would make a 0 in x NaN before the sum, and not after it)."""
     if graph.op(value.node) != "mul":
         return None
     operands = graph.operands(value.node)
     for i, c in enumerate(operands):
         if c.type.rank == 0 and graph.op(c.node) == "constant":
-            other = operands[1 - i]
-            if other.type == value.type:
-                return other, float(graph.node(c.node)["attrs"]["value"])
+            other, scale = operands[1 - i], float(graph.node(c.node)["attrs"]["value"])
+            if other.type == value.type and math.isfinite(scale):
+                return other, scale
     return None
 
 
