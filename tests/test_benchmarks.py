@@ -77,3 +77,22 @@ def test_depthwise_script_times_both_kiln_paths_and_onnxruntime(tmp_path, monkey
     taps = depthwise.MAX_TAPS
     got = script.measure(16, 12, 5, 2, batch=2, threads=1, repeat=1, tmp=tmp_path)
     assert all(t > 0 for t in got) and depthwise.MAX_TAPS == taps
+
+
+def test_pass_ab_script_times_both_builds_and_puts_the_pipeline_back(monkeypatch):
+    """benchmarks/pass_ab.py: the Transformer twin built without strided_products runs more
+    kernels and computes the same (bit for bit: its scale is a power of two), both builds are
+    timed, and the native pipeline is whole again afterwards."""
+    from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its `from models import ...`
+    spec = importlib.util.spec_from_file_location("kiln_bench_pass_ab",
+                                                  ROOT / "benchmarks" / "pass_ab.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    whole = list(NATIVE_PIPELINE)
+    got = script.compare("transformer", batch=1, threads=1, without=["strided_products"],
+                         rounds=1, seconds=0.0)
+    assert NATIVE_PIPELINE == whole
+    assert got["diff"] == 0.0 and got["kernels"][0] > got["kernels"][1], got
+    assert got["without"] > 0 and got["with"] > 0, got

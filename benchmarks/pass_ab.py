@@ -1,0 +1,112 @@
+"""One pass's effect on native speed, measured in one process: each model compiled with the
+native pipeline whole and without the named passes, the builds called in alternating rounds.
+
+    python benchmarks/pass_ab.py --without strided_products [--models transformer mlp]
+                                 [--batches 1 32] [--threads 1] [--rounds 11]
+
+The models are benchmarks/models.py's twins (TWIN_SOURCES) with kiln's initial weights, the
+same in every build. Each build gets a compile cache of its own. Per model and batch: the
+median over rounds of each round's median call (and the fastest round), without / with the
+passes, their ratio (below 1: the passes made it faster), the largest |difference| between
+the builds' outputs, and the kernels each build runs. Progress goes to stderr. One process, so
+that the builds share the machine's state minute to minute (this VM's speed drifts by up to
+20 %); compare the ratios, not the times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+from models import TWIN_SOURCES, twin_input  # benchmarks/models.py
+
+import kiln
+from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
+from kiln.compiler.passes.edit import count_kernels
+
+CALLS = 0.15  # seconds of calls per build per round (at least 3 calls)
+
+
+def build(name: str, threads: int, without: list[str], weights: dict | None, cache: str):
+    """The twin `name` compiled natively with the passes `without` left out of the pipeline
+    (restored afterwards), into its own compile cache."""
+    saved = list(NATIVE_PIPELINE)
+    NATIVE_PIPELINE[:] = [p for p in saved if p.name not in without]
+    previous = os.environ.get("KILN_CACHE_DIR")
+    os.environ["KILN_CACHE_DIR"] = cache
+    try:
+        model = kiln.compile(TWIN_SOURCES[name], target="native", threads=threads,
+                             weights=weights)
+        kernels = count_kernels(model.lowered().graph)
+    finally:
+        NATIVE_PIPELINE[:] = saved
+        if previous is None:
+            os.environ.pop("KILN_CACHE_DIR", None)
+        else:
+            os.environ["KILN_CACHE_DIR"] = previous
+    return model, kernels
+
+
+def round_ms(model, inputs: dict, seconds: float) -> float:
+    """The median call of a round of `seconds` (at least 3 calls), in milliseconds."""
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        model(**inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def compare(name: str, batch: int, threads: int, without: list[str], rounds: int,
+            seconds: float = CALLS) -> dict:
+    """Both builds of one twin at one batch size, timed in alternating rounds."""
+    unknown = sorted(set(without) - {p.name for p in NATIVE_PIPELINE})
+    if unknown:
+        raise SystemExit(f"no such pass: {', '.join(unknown)}; the native pipeline's are "
+                         + ", ".join(p.name for p in NATIVE_PIPELINE))
+    with tempfile.TemporaryDirectory() as tmp:
+        base, base_kernels = build(name, threads, without, None, os.path.join(tmp, "without"))
+        whole, kernels = build(name, threads, [], base.state_dict(), os.path.join(tmp, "with"))
+        inputs = twin_input(name, batch, np.random.default_rng(0))
+        outs = [m(**inputs) for m in (base, whole)]
+        outs = [o if isinstance(o, tuple) else (o,) for o in outs]
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(*outs, strict=True))
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(rounds):
+            times["without"].append(round_ms(base, inputs, seconds))
+            times["with"].append(round_ms(whole, inputs, seconds))
+    return {"without": statistics.median(times["without"]), "with": statistics.median(
+        times["with"]), "without_min": min(times["without"]), "with_min": min(times["with"]),
+            "diff": diff, "kernels": (base_kernels, kernels)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--without", nargs="+", required=True, metavar="PASS",
+                        help="native pipeline passes to leave out of the first build")
+    parser.add_argument("--models", nargs="+", default=["transformer"], choices=TWIN_SOURCES)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=11)
+    opts = parser.parse_args()
+    print(f"{'model':<13}{'batch':>6}{'without ms':>18}{'with ms':>18}{'ratio':>7}"
+          f"{'max |diff|':>12}{'kernels':>10}")
+    for name in opts.models:
+        for batch in opts.batches:
+            print(f"{name}: batch {batch}, {opts.threads} thread(s)...", file=sys.stderr,
+                  flush=True)
+            r = compare(name, batch, opts.threads, opts.without, opts.rounds)
+            print(f"{name:<13}{batch:>6}{r['without']:>10.3f} ({r['without_min']:.3f})"
+                  f"{r['with']:>10.3f} ({r['with_min']:.3f}){r['with'] / r['without']:>7.3f}"
+                  f"{r['diff']:>12.1e}{r['kernels'][0]:>5} ->{r['kernels'][1]:>3}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
