@@ -319,5 +319,10 @@ def test_every_elementwise_reduction_and_matmul_op_has_a_rule():
     names = {n for m in (elementwise, linalg, reduce)
              for n in declared.findall(Path(m.__file__).read_text(encoding="utf-8"))}
     assert {"add", "where", "cast", "max", "softmax", "matmul"} <= names
-    missing = sorted(n for n in names if REGISTRY[n].vjp is None and n != "floor_div")
+    # made only by the native pipeline's strided_products pass, which optimizes graphs that
+    # autodiff has differentiated already (driver.GradientModel.of and the train step take
+    # the elaborated graph): no gradient ever flows through them
+    after_autodiff = {"matmul_strided", "attention_strided"}
+    missing = sorted(n for n in names - after_autodiff
+                     if REGISTRY[n].vjp is None and n != "floor_div")
     assert not missing, f"no gradient rule: {missing}"
