@@ -513,6 +513,13 @@ def _as_view(x: np.ndarray, view: list[int], shape: tuple[int, ...]) -> np.ndarr
                                            strides=[s * flat.itemsize for s in view[1:]])
 
 
+def _through_view(shape: list[int], view: list[int], value: np.ndarray) -> np.ndarray:
+    """A new f32 tensor of `shape` whose elements `view` sees (all of them) hold `value`."""
+    out = np.empty(shape, np.float32)
+    _as_view(out, view, value.shape)[...] = value
+    return out
+
+
 def _strided_reference(env, inputs, attrs):
     a, b = inputs
     batch, m, k, n, views, shape, alpha = _strided_parts(attrs)
@@ -521,11 +528,7 @@ def _strided_reference(env, inputs, attrs):
     product = np.matmul(_as_view(a, av, (*batch, m, k)), _as_view(b, bv, (*batch, k, n)))
     if alpha != 1.0:
         product = product * np.float32(alpha)
-    out = np.empty([env.eval_dim(d) for d in shape], np.float32)
-    flat = out.reshape(-1)
-    np.lib.stride_tricks.as_strided(flat[cv[0]:], shape=(*batch, m, n),
-                                    strides=[s * 4 for s in cv[1:]])[...] = product
-    return [out]
+    return [_through_view([env.eval_dim(d) for d in shape], cv, product)]
 
 
 def _strided_macs(_input_types, _output_types, attrs) -> Dim:
@@ -669,10 +672,7 @@ def _attention_reference(env, inputs, attrs):
     if alpha != 1.0:
         scores = scores * np.float32(alpha)
     product = np.matmul(softmax(scores, -1), _as_view(v, vv, (*batch, s, n)))
-    out = np.empty([env.eval_dim(x) for x in shape], np.float32)
-    np.lib.stride_tricks.as_strided(out.reshape(-1)[cv[0]:], shape=(*batch, m, n),
-                                    strides=[x * 4 for x in cv[1:]])[...] = product
-    return [out]
+    return [_through_view([env.eval_dim(x) for x in shape], cv, product)]
 
 
 def _attention_macs(_input_types, _output_types, attrs) -> Dim:
