@@ -404,9 +404,26 @@ def test_attention_scores_too_large_to_hold_are_refused():
     np.testing.assert_allclose(small, np.full((1, 3, 1), 2.0), rtol=1e-6)
 
 
+def test_strided_products_leave_a_gather_out_of_range_to_its_error():
+    """A constant index past its axis is no view: the gather stays and reports it."""
+    from kiln.compiler.errors import KilnError
+
+    src = forward("return gather(x, 3, axis = 1) @ y", signature="x: f32[B, 3, 2, 3, 5], "
+                  "y: f32[B, 2, 5, 4]", result=None)
+    model = kiln.compile(src, target="native")
+    assert ops(model.lowered().graph)["gather"] == 1
+    with pytest.raises(KilnError, match="gather: an index is out of range"):
+        model(np.ones((1, 3, 2, 3, 5), np.float32), np.ones((1, 2, 5, 4), np.float32))
+
+
 @pytest.mark.parametrize("expr, rewritten", [
     ("permute(x4, [0, 1, 3, 2]) @ p4", True),         # A transposed: rows of stride 1
-    ("permute(x4, [0, 1, 3, 2])[:, :, :1] @ p4", False),  # a slice is no view here
+    ("permute(x4, [0, 1, 3, 2])[:, :, :1] @ p4", True),  # a slice of a transposed A
+    ("x4[:, :, ::2] @ y4", True),                     # every other row of A
+    ("x5[:, 1] @ y4", True),                          # one index of an axis, dropped
+    ("gather(x5, 2, axis = 1) @ y4", True),           # the same, as ONNX's Gather
+    ("x4[:, :, ::-1] @ y4", False),                   # a reversed axis: copied
+    ("gather(x5, -1, axis = 1) @ y4", True),          # counted from the end
     ("transpose(t4, 1, 2) @ y4", True),               # A of one row a batch (a row kernel)
     ("transpose(u4, 1, 2) @ permute(w4, [0, 2, 3, 1])", True),  # two rows, B transposed
     ("transpose(x4 @ y4, 1, 2)", True),               # the result written through a view
@@ -424,7 +441,7 @@ def test_strided_products_read_views_in_place(expr, rewritten):
     src = forward(f"return {expr}", signature=(
         "x4: f32[B, 2, 3, 5], y4: f32[B, 2, 5, 4], p4: f32[B, 2, 3, 4], y3: f32[2, 3, 4], "
         "t4: f32[B, 1, 2, 5], u4: f32[B, 2, 2, 5], w4: f32[B, 4, 2, 5], z4: f32[B, 2, 5, 2], "
-        "v4: f32[B, 4, 2, 3], m3: f32[B, 3, 6]"), result=None)
+        "v4: f32[B, 4, 2, 3], m3: f32[B, 3, 6], x5: f32[B, 3, 2, 3, 5]"), result=None)
     _, after, stats = run_pass(src, "strided_products", dims=DIMS)
     assert bool(stats.changes) == rewritten
     assert ops(after)["matmul_strided"] == int(rewritten)
@@ -445,44 +462,108 @@ def test_strided_products_leave_a_result_read_twice_and_keep_a_shared_operand():
 
 @pytest.mark.parametrize("seed", range(40))
 def test_views_are_numpy_layouts(seed):
-    """A random chain of permutes, splits and reshapes of a tensor: where View says the result
-    is a view, its offset and strides pick numpy's elements; a reshape numpy makes without a
-    copy is one View follows too (merged axes that are one run of strides)."""
+    """A random chain of permutes, slices, single indices and reshapes of a tensor, numpy's
+    copying reshapes included: where View follows it, each element's offset (its sub-axes'
+    digits times their strides) is numpy's element; a reshape numpy makes without a copy
+    View follows with a stride per axis, numpy's; a merge of axes that are not one run
+    (numpy copies) it follows too, and a later reshape splits them apart again."""
     from kiln.compiler.dims import Dim
     from kiln.compiler.passes.views import View
+
+    def offsets(view):  # each element's offset, as an array of the view's shape
+        total = np.full([d.value for d in view.shape], view.offset.value, dtype=np.int64)
+        for axis, parts in enumerate(view.parts):
+            rest, along = np.arange(view.shape[axis].value), 0
+            for size, stride in reversed(parts):
+                along = along + rest % size.value * stride.value
+                rest = rest // size.value
+            at = [1] * len(view.shape)
+            at[axis] = -1
+            total = total + np.reshape(along, at)
+        return total
 
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in rng.integers(1, 5, size=rng.integers(2, 5)))
     base = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
     arr, view = base, View.whole(tuple(Dim.of(d) for d in shape))
-    for _ in range(4):
-        kind = rng.integers(3)
+    for _ in range(5):
+        kind = rng.integers(4)
         if kind == 0:
             perm = [int(p) for p in rng.permutation(arr.ndim)]
             arr, view = arr.transpose(perm), view.permuted(perm)
-        elif kind == 1 and arr.shape[-1] > 1:
-            cut = int(rng.integers(1, arr.shape[-1]))
-            arr = arr[..., cut:]
-            strides = view.strides
-            view = View((*view.shape[:-1], Dim.of(arr.shape[-1])), strides,
-                        view.offset + strides[-1] * cut)
-        else:
-            flat = int(np.prod(arr.shape))
-            sizes = [d for d in (1, 2, 3, 4, 6) if flat % d == 0]
-            first = int(rng.choice(sizes))
-            new = (first, flat // first) if rng.integers(2) else (*arr.shape, 1)
-            made = view.reshaped(tuple(Dim.of(d) for d in new))
-            copy_free = np.shares_memory(arr.reshape(new), base)
-            if made is None:
-                # only where numpy copies too, or a merge of size-1-free axes numpy finds
-                # through an axis of size 1 (not followed here)
-                assert not copy_free or 1 in arr.shape
+        elif kind in (1, 2) and arr.ndim > 1:
+            axis = int(rng.integers(arr.ndim))
+            cut = int(rng.integers(arr.shape[axis]))
+            made = view.sliced(axis, Dim.of(cut), Dim.of(1 if kind == 2 else arr.shape[axis] - cut))
+            if made is None:  # only an axis of several sub-axes
+                assert view.strides is None
                 break
-            arr, view = arr.reshape(new), made
-        got = np.lib.stride_tricks.as_strided(
-            base.reshape(-1)[view.offset.value:], shape=arr.shape,
-            strides=[s.value * 8 for s in view.strides])
-        np.testing.assert_array_equal(got, arr)
+            if kind == 2:  # x[..., cut, ...]: the axis dropped
+                arr = np.take(arr, cut, axis=axis)
+                made = made.reshaped(tuple(Dim.of(d) for d in arr.shape))
+            else:
+                arr = np.take(arr, range(cut, arr.shape[axis]), axis=axis)
+            view = made
+        else:
+            new, left, how = [], int(np.prod(arr.shape)), rng.integers(3)
+            if how == 0:  # a size-1 axis added
+                new = [*arr.shape, 1]
+            elif how == 1:  # sizes that divide what is left, then the rest
+                while len(new) < 3 and left > 1:
+                    d = int(rng.choice([d for d in (1, 2, 3, 4, 6) if left % d == 0]))
+                    new, left = [*new, d], left // d
+                new.append(left)
+            else:  # each axis split in two where it can be (undoes an earlier merge)
+                for d in arr.shape:
+                    first = int(rng.choice([f for f in (1, 2, 3) if d % f == 0]))
+                    new += [first, d // first]
+            new = tuple(new)
+            strided = view.strides is not None and np.shares_memory(
+                np.lib.stride_tricks.as_strided(
+                    base.reshape(-1)[view.offset.value:], shape=arr.shape,
+                    strides=[s.value * 8 for s in view.strides]).reshape(new), base)
+            made = view.reshaped(tuple(Dim.of(d) for d in new))
+            arr = arr.reshape(new)
+            if strided:  # numpy needs no copy: nor does View, one stride per axis
+                assert made is not None and made.strides is not None
+            if made is None:
+                break
+            view = made
+        assert tuple(d.value for d in view.shape) == arr.shape
+        np.testing.assert_array_equal(offsets(view), arr)
+        if view.strides is not None:
+            got = np.lib.stride_tricks.as_strided(
+                base.reshape(-1)[view.offset.value:], shape=arr.shape,
+                strides=[s.value * 8 for s in view.strides])
+            np.testing.assert_array_equal(got, arr)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_views_split_merged_heads_of_a_symbolic_batch(batch):
+    """PyTorch's export of multi-head attention: [L, B, 3E] -> one of q, k, v by a constant
+    index, [L, B*H, D] (B and the heads merged, not one run), [B*H, L, D], then [B, H, L, D]:
+    View follows B symbolic through the merge and splits it again into one stride per axis,
+    numpy's elements for each B."""
+    from kiln.compiler.dims import Dim
+    from kiln.compiler.passes.views import View
+
+    B, L, H, D = Dim.of("B"), Dim.of(5), Dim.of(2), Dim.of(3)
+    view = View.whole((L, B, Dim.of(3) * H * D)).reshaped((L, B, Dim.of(3), H * D))
+    view = view.permuted([2, 0, 1, 3]).sliced(0, Dim.of(1), Dim.of(1)).reshaped((L, B, H * D))
+    merged = view.reshaped((L, B * H, D))
+    assert merged.strides is None  # B's stride is not H times the heads'
+    split = merged.permuted([1, 0, 2]).reshaped((B, H, L, D))
+    assert split.strides is not None
+    base = np.arange(5 * batch * 18).reshape(5, batch, 18)
+    want = base.reshape(5, batch, 3, 6).transpose(2, 0, 1, 3)[1].reshape(5, batch * 2, 3)
+    want = want.transpose(1, 0, 2).reshape(batch, 2, 5, 3)
+    env = {"B": batch}
+    got = np.lib.stride_tricks.as_strided(
+        base.reshape(-1)[split.offset.evaluate(env):], shape=want.shape,
+        strides=[s.evaluate(env) * 8 for s in split.strides])
+    np.testing.assert_array_equal(got, want)
+    # a symbolic size is not split by a constant that may not divide it
+    assert View.whole((B * Dim.of(2), D)).reshaped((Dim.of(4), B // Dim.of(2), D)) is None
 
 
 @pytest.mark.parametrize("expr", [

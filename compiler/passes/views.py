@@ -31,24 +31,41 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop, has
-from ..ops.slicing import _split_parts
+from ..ops._common import normalize_axis, prod
+from ..ops.slicing import _slice_entries, _split_parts
+from ..types import TensorType
 from .edit import only_user, replace_node
 from .manager import PassContext, graph_pass
 
 ONE = Dim.of(1)
 
 
+Part = tuple[Dim, Dim]  # a sub-axis: (size, stride)
+
+
 @dataclass(frozen=True)
 class View:
-    """Elements of a row-major tensor: index i at offset + sum(i[a] * strides[a])."""
+    """Elements of a row-major tensor. Axis a of `shape` is the sub-axes parts[a] (sizes and
+    strides, outermost first, their sizes' product shape[a]; none for a size-1 axis): index i
+    is at offset plus, for each axis, i[a]'s digits in its sub-axes' sizes times their
+    strides. An axis made of one sub-axis has a plain stride (`strides`); a reshape that
+    merges axes which are not one run of strides (a copy in numpy) makes an axis of several,
+    which a later reshape may split apart again (a layout as CUTLASS's CuTe writes them)."""
 
     shape: tuple[Dim, ...]
-    strides: tuple[Dim, ...]
+    parts: tuple[tuple[Part, ...], ...]
     offset: Dim
+
+    @staticmethod
+    def strided(shape: tuple[Dim, ...], strides: tuple[Dim, ...], offset: Dim) -> View:
+        return View(tuple(shape), tuple(() if d == ONE else ((d, s),)
+                                        for d, s in zip(shape, strides, strict=True)), offset)
 
     @staticmethod
     def whole(shape: tuple[Dim, ...]) -> View:
@@ -56,87 +73,171 @@ class View:
         for d in reversed(shape):
             strides.append(step)
             step = step * d
-        return View(tuple(shape), tuple(reversed(strides)), Dim.of(0))
+        return View.strided(shape, tuple(reversed(strides)), Dim.of(0))
+
+    @property
+    def strides(self) -> tuple[Dim, ...] | None:
+        """One stride per axis, or None where an axis is several sub-axes (no strided view)."""
+        out = []
+        for axis in self.parts:
+            joined = _joined(axis)
+            if len(joined) > 1:
+                return None
+            out.append(joined[0][1] if joined else ONE)
+        return tuple(out)
 
     def permuted(self, perm: list[int]) -> View:
         """Axis i of the result is axis perm[i] of this view."""
-        return View(tuple(self.shape[p] for p in perm), tuple(self.strides[p] for p in perm),
+        return View(tuple(self.shape[p] for p in perm), tuple(self.parts[p] for p in perm),
                     self.offset)
 
+    def sliced(self, axis: int, start: Dim, size: Dim, step: int = 1) -> View | None:
+        """Elements start, start + step, ... (size of them, all in range) of `axis`, or None
+        where that axis is several sub-axes."""
+        joined = _joined(self.parts[axis])
+        if len(joined) > 1:
+            return None
+        stride = joined[0][1] if joined else ONE
+        parts = list(self.parts)
+        parts[axis] = () if size == ONE else ((size, stride * step),)
+        shape = list(self.shape)
+        shape[axis] = size
+        return View(tuple(shape), tuple(parts), self.offset + start * stride)
+
     def reshaped(self, shape: tuple[Dim, ...]) -> View | None:
-        """The same elements, in row-major order, as `shape`; None where a group of axes it
-        merges is not one run of strides (a reshape of that view would copy)."""
-        old, new = list(self.shape), list(shape)
-        strides: list[Dim] = []
-        i = j = 0
-        while i < len(old) or j < len(new):
-            if j < len(new) and new[j] == ONE and (i == len(old) or old[i] != ONE):
-                strides.append(ONE)  # a new axis of size 1: any stride
-                j += 1
-                continue
-            if i < len(old) and old[i] == ONE and (j == len(new) or new[j] != ONE):
-                i += 1  # an axis of size 1 dropped
-                continue
-            if i == len(old) or j == len(new):
-                return None
-            ends = _runs(old, i, new, j)
-            if ends is None:
-                return None
-            i_end, j_end = ends  # old[i:i_end] and new[j:j_end]: the same elements
-            if any(self.strides[a] != self.strides[a + 1] * old[a + 1]
-                   for a in range(i, i_end - 1)):
-                return None  # the old axes are not one run of strides
-            step, group = self.strides[i_end - 1], []
-            for d in reversed(new[j:j_end]):
-                group.append(step)
-                step = step * d
-            strides.extend(reversed(group))
-            i, j = i_end, j_end
-        return View(tuple(shape), tuple(strides), self.offset)
+        """The same elements, in row-major order, as `shape`: each new axis takes the next
+        sub-axes whose sizes multiply to its own, splitting one where the sizes divide; None
+        where they do not (a 6 read as 4 x ..., a symbolic size split by a constant)."""
+        queue = _joined([p for axis in self.parts for p in axis])
+        parts: list[tuple[Part, ...]] = []
+        for d in shape:
+            taken: list[Part] = []
+            need = d
+            while need != ONE:
+                if not queue:
+                    return None
+                size, stride = queue[0]
+                if size == need:
+                    taken.append(queue.pop(0))
+                    break
+                rest = _quotient(need, size)
+                if rest is not None:  # the whole sub-axis, and more after it
+                    taken.append(queue.pop(0))
+                    need = rest
+                    continue
+                inner = _quotient(size, need)
+                if inner is None:
+                    return None
+                taken.append((need, stride * inner))  # the sub-axis' outer digits
+                queue[0] = (inner, stride)
+                break
+            parts.append(tuple(taken))
+        if queue:
+            return None
+        return View(tuple(shape), tuple(parts), self.offset)
 
 
-def _runs(old: list[Dim], i: int, new: list[Dim], j: int) -> tuple[int, int] | None:
-    """The ends of the shortest runs old[i:i_end] and new[j:j_end] of equal products (one
-    axis each, or one split into several, or several merged into one where a size is
-    symbolic; any grouping of known sizes), if any."""
-    if old[i] == new[j]:
-        return i + 1, j + 1
-    if not (old[i].is_const and new[j].is_const):
-        for sizes, at, total, one_side in ((new, j, old[i], True), (old, i, new[j], False)):
-            product = sizes[at]
-            for end in range(at + 1, len(sizes)):
-                product = product * sizes[end]
-                if product == total:
-                    return (i + 1, end + 1) if one_side else (end + 1, j + 1)
-        return None
-    po, pn, i_end, j_end = old[i].value, new[j].value, i + 1, j + 1
-    while po != pn:
-        if po < pn:
-            if i_end == len(old) or not old[i_end].is_const:
-                return None
-            po, i_end = po * old[i_end].value, i_end + 1
+def _joined(parts: list[Part] | tuple[Part, ...]) -> list[Part]:
+    """The sub-axes without those of size 1, neighbours that are one run of strides joined."""
+    out: list[Part] = []
+    for size, stride in parts:
+        if size == ONE:
+            continue
+        if out and out[-1][1] == stride * size:
+            out[-1] = (out[-1][0] * size, stride)
         else:
-            if j_end == len(new) or not new[j_end].is_const:
-                return None
-            pn, j_end = pn * new[j_end].value, j_end + 1
-    return i_end, j_end
+            out.append((size, stride))
+    return out
+
+
+def _quotient(a: Dim, b: Dim) -> Dim | None:
+    """a / b where b divides a exactly (as polynomials: 12*B / 4, 4*B / B), else None."""
+    if a == b:
+        return ONE
+    quotient = a._exact_div(b)
+    return None if quotient is None or quotient == Dim.of(0) else quotient
+
+
+def _index(graph: Graph, value: Value) -> int | None:
+    """The index, in range, of a gather of one slice by a constant scalar (x[..., i, ...]:
+    ONNX's Gather of one index, torch's chunk as exported), else None."""
+    if graph.op(value.node) != "gather":
+        return None
+    x, index = graph.operands(value.node)
+    if index.type.rank != 0 or graph.op(index.node) != "constant":
+        return None
+    axis = normalize_axis(graph.node(value.node)["attrs"]["axis"], x.type.rank)
+    size, i = x.type.shape[axis], int(graph.node(index.node)["attrs"]["value"])
+    if not size.is_const or not -size.value <= i < size.value:
+        return None  # out of range: the gather's own error at run time
+    return i % size.value
 
 
 def _is_layout(graph: Graph, value: Value) -> bool:
     op = graph.op(value.node)
-    return op == "split" or has(op, Prop.RESHAPE) or has(op, Prop.PERMUTE)
+    return (op in ("split", "slice") or has(op, Prop.RESHAPE) or has(op, Prop.PERMUTE)
+            or _index(graph, value) is not None)
+
+
+def _const(bound) -> int | None | bool:
+    """A slice bound as an int (None: none given), or False where it is symbolic."""
+    if bound is None or isinstance(bound, int):
+        return bound
+    return bound.value if isinstance(bound, Dim) and bound.is_const else False
+
+
+def _sliced(view: View, x: TensorType, items) -> View | None:
+    """The view of x[items] given x's, for ints and ranges of constant bounds and positive
+    steps on axes of constant size (every index then known in range), whole ranges of any
+    axis, and new axes; else None."""
+    shape, parts, offset = [], [], view.offset
+    for entry, axis in _slice_entries(x.shape, items):
+        if axis is None:  # a new axis of size 1
+            shape.append(ONE)
+            parts.append(())
+            continue
+        size, along = x.shape[axis], View(view.shape[axis:axis + 1],
+                                          view.parts[axis:axis + 1], Dim.of(0))
+        if entry[0] == "range" and entry[1:] in ((None, None, 1), (0, None, 1)):
+            shape.append(size)
+            parts.append(view.parts[axis])
+            continue
+        bounds = [_const(b) for b in (entry[1:] if entry[0] == "range" else (entry[1], 0, 1))]
+        if not size.is_const or any(b is False for b in bounds):
+            return None
+        if entry[0] == "int":
+            i = bounds[0]
+            if not -size.value <= i < size.value:
+                return None
+            picked = range(size.value)[i:i + 1 or None]
+        else:
+            picked = range(size.value)[slice(*bounds)]
+        if picked.step < 0:
+            return None
+        one = along.sliced(0, Dim.of(picked.start if picked else 0), Dim.of(len(picked)),
+                           picked.step)
+        if one is None:
+            return None
+        offset = offset + one.offset
+        if entry[0] == "range":
+            shape.append(Dim.of(len(picked)))
+            parts.append(one.parts[0])
+    return View(tuple(shape), tuple(parts), offset)
 
 
 def _step(graph: Graph, value: Value, view: View) -> View | None:
     """The view of `value` (the result of a layout op) given the view of its operand."""
     op, node = graph.op(value.node), graph.node(value.node)
+    x = graph.operands(value.node)[0].type
     if op == "split":
-        x = graph.operands(value.node)[0].type
         axis, parts = _split_parts(x, node["attrs"])
-        start = sum(parts[:value.index], Dim.of(0))
-        shape = list(view.shape)
-        shape[axis] = parts[value.index]
-        return View(tuple(shape), view.strides, view.offset + start * view.strides[axis])
+        return view.sliced(axis, sum(parts[:value.index], Dim.of(0)), parts[value.index])
+    if op == "slice":
+        return _sliced(view, x, node["attrs"]["items"])
+    if op == "gather":
+        axis = normalize_axis(node["attrs"]["axis"], x.rank)
+        one = view.sliced(axis, Dim.of(_index(graph, value)), ONE)
+        return None if one is None else one.reshaped(value.type.shape)
     if has(op, Prop.PERMUTE):
         return view.permuted(REGISTRY[op].permutation(len(view.shape), node["attrs"]))
     return view.reshaped(value.type.shape)
@@ -144,7 +245,7 @@ def _step(graph: Graph, value: Value, view: View) -> View | None:
 
 def _operand(graph: Graph, value: Value) -> tuple[Value, View, int]:
     """The tensor `value` is a view of, through the longest chain of layout ops that has
-    one, that view, and the number of ops the chain holds."""
+    one with a stride per axis, that view, and the number of ops the chain holds."""
     chain = [value]
     while _is_layout(graph, chain[-1]) and chain[-1].type.dtype == value.type.dtype:
         chain.append(graph.operands(chain[-1].node)[0])
@@ -154,23 +255,26 @@ def _operand(graph: Graph, value: Value) -> tuple[Value, View, int]:
             view = _step(graph, v, view)
             if view is None:
                 break
-        if view is not None:
+        if view is not None and view.strides is not None:
             return chain[start], view, start
     raise AssertionError("a chain of no ops always has a view")
 
 
-def _scaled(graph: Graph, value: Value) -> tuple[Value, float] | None:
-    """(x, s) where `value` is x * s (or s * x) for a finite constant f32 scalar s (an
-    infinite one would make a 0 in x NaN before the sum, and not after it)."""
+def _scaled(graph: Graph, value: Value) -> tuple[Value, float]:
+    """(x, s) where `value` is x * s (or s * x) for a finite constant f32 s of one element
+    (an infinite one would make a 0 in x NaN before the sum, and not after it), else
+    (value, 1)."""
     if graph.op(value.node) != "mul":
-        return None
+        return value, 1.0
     operands = graph.operands(value.node)
     for i, c in enumerate(operands):
-        if c.type.rank == 0 and graph.op(c.node) == "constant":
-            other, scale = operands[1 - i], float(graph.node(c.node)["attrs"]["value"])
+        if graph.op(c.node) == "constant" and c.type.dtype == "f32" and all(
+                d == ONE for d in c.type.shape):
+            other, scale = operands[1 - i], float(
+                np.asarray(graph.node(c.node)["attrs"]["value"]).reshape(()))
             if other.type == value.type and math.isfinite(scale):
                 return other, scale
-    return None
+    return value, 1.0
 
 
 def _inverse(graph: Graph, value: Value, out: Value, view: View) -> View | None:
@@ -184,10 +288,10 @@ def _inverse(graph: Graph, value: Value, out: Value, view: View) -> View | None:
         op = graph.op(v.node)
         if has(op, Prop.PERMUTE):
             perm = REGISTRY[op].permutation(operand.type.rank, graph.node(v.node)["attrs"])
-            shape, strides = [ONE] * len(perm), [ONE] * len(perm)
+            inverse = [0] * len(perm)
             for i, p in enumerate(perm):
-                shape[p], strides[p] = view.shape[i], view.strides[i]
-            view = View(tuple(shape), tuple(strides), view.offset)
+                inverse[p] = i
+            view = view.permuted(inverse)
         else:
             view = view.reshaped(operand.type.shape)
             if view is None:
@@ -210,7 +314,7 @@ def _result(graph: Graph, value: Value) -> tuple[Value, View, int]:
         chain.append(Value(user, 0, graph.node(user)["types"][0]))
     for end in range(len(chain) - 1, -1, -1):
         view = _inverse(graph, value, chain[end], View.whole(chain[end].type.shape))
-        if view is not None:
+        if view is not None and view.strides is not None:
             return chain[end], view, end
     raise AssertionError("a chain of no ops always has a view")
 
@@ -238,10 +342,9 @@ def strided_products(graph: Graph, ctx: PassContext) -> Graph:
         if (a.type.dtype != "f32" or b.type.dtype != "f32" or a.type.rank < 3
                 or b.type.rank != a.type.rank or a.type.shape[:-2] != b.type.shape[:-2]):
             continue
-        scaled = _scaled(graph, a)
-        alpha = 1.0
-        if scaled is not None:
-            a, alpha = scaled
+        a, a_scale = _scaled(graph, a)
+        b, b_scale = _scaled(graph, b)
+        alpha = a_scale * b_scale
         x, a_view, a_ops = _operand(graph, a)
         y, b_view, b_ops = _operand(graph, b)
         result = Value(nid, 0, out)
@@ -252,14 +355,14 @@ def strided_products(graph: Graph, ctx: PassContext) -> Graph:
             y, b_view, b_ops = b, View.whole(b.type.shape), 0
         if c_view.strides[-1] != ONE:
             target, c_view, c_ops = result, View.whole(out.shape), 0
-        if not (scaled is not None or _copies(graph, a, a_ops) or _copies(graph, b, b_ops)
+        if not (alpha != 1.0 or _copies(graph, a, a_ops) or _copies(graph, b, b_ops)
                 or _copies(graph, target, c_ops)):
             continue
         m, k = a.type.shape[-2:]
         new = GraphBuilder.like(graph, node).checked(
             "matmul_strided", x, y, want=[target.type], batch=list(out.shape[:-2]), m=m,
-            k=k, n=b.type.shape[-1], a_view=[a_view.offset, *a_view.strides],
-            b_view=[b_view.offset, *b_view.strides], c_view=[c_view.offset, *c_view.strides],
+            k=k, n=b.type.shape[-1], a_view=_attr(a_view), b_view=_attr(b_view),
+            c_view=_attr(c_view),
             shape=list(target.type.shape), alpha=alpha)
         if new is None:
             continue
@@ -271,8 +374,27 @@ def strided_products(graph: Graph, ctx: PassContext) -> Graph:
     return graph
 
 
+def _attr(view: View) -> list[Dim]:
+    """A view with a stride per axis as matmul_strided's attribute: offset, then strides."""
+    return [view.offset, *view.strides]
+
+
 def _dims(values) -> list[Dim]:
     return [Dim.of(v) for v in values]
+
+
+def _rebatched(view, old, new: list[Dim], tail: list[Dim]) -> list[Dim] | None:
+    """A view attribute of a product over batch axes `old` as one over the batch axes `new`
+    (the same batch indices in row-major order), or None where some axis of it would need
+    several strides."""
+    old = _dims(old)
+    if old == new:
+        return view
+    if prod(old) != prod(new):
+        return None
+    view = _dims(view)
+    moved = View.strided((*old, *tail), tuple(view[1:]), view[0]).reshaped((*new, *tail))
+    return None if moved is None or moved.strides is None else _attr(moved)
 
 
 def _whole(view, shape) -> bool:
@@ -294,16 +416,23 @@ def _attention(graph: Graph, nid: int) -> bool:
         return False
     first, second = graph.node(x.node)["attrs"], graph.node(user)["attrs"]
     a, v = graph.operands(user)
+    batch, m, s = _dims(first["batch"]), Dim.of(first["m"]), Dim.of(first["n"])
     if (a != probs or v == probs or second["alpha"] != 1.0
-            or _dims(first["batch"]) != _dims(second["batch"])
-            or not _whole(first["c_view"], x.type.shape) or not _whole(second["a_view"],
-                                                                        probs.type.shape)):
+            or (Dim.of(second["m"]), Dim.of(second["k"])) != (m, s)
+            or not _whole(first["c_view"], [*batch, m, s])
+            or not _whole(second["a_view"], [*_dims(second["batch"]), m, s])):
+        return False
+    n = Dim.of(second["n"])
+    # the product with v may see the scores' batch axes merged or split ([B, H] as [B*H])
+    v_view, c_view = (_rebatched(view, second["batch"], batch, tail)
+                      for view, tail in ((second["b_view"], [s, n]), (second["c_view"], [m, n])))
+    if v_view is None or c_view is None:
         return False
     q, k = graph.operands(x.node)
     new = GraphBuilder.like(graph, graph.node(user)).checked(
         "attention_strided", q, k, v, want=graph.node(user)["types"], batch=first["batch"],
         m=first["m"], d=first["k"], s=first["n"], n=second["n"], q_view=first["a_view"],
-        k_view=first["b_view"], v_view=second["b_view"], c_view=second["c_view"],
+        k_view=first["b_view"], v_view=v_view, c_view=c_view,
         shape=second["shape"], alpha=first["alpha"])
     if new is None:
         return False
