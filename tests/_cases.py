@@ -685,6 +685,19 @@ case("attention_strided", rand(3, 70, 16, seed=8), rand(3, 16, 40, seed=9),
      rand(3, 40, 24, seed=10), batch=[3], m=70, d=16, s=40, n=24, q_view=[0, 1120, 16, 1],
      k_view=[0, 640, 40, 1], v_view=[0, 960, 24, 1], c_view=[0, 1680, 24, 1],
      shape=[3, 70, 24], id="attention_strided-rows")
+# masked and biased: a causal bool mask [5, 5] shared by every head (strides 0), kept where
+# true; a key-padding bias [2, 5] per sample; then a mask filled where true with a finite
+# value, over 70 x 40 scores (whole vectors and a masked tail of its bytes)
+causal = np.tril(np.ones((5, 5), bool))
+case("attention_strided", *[rand(2, 5, 24, seed=3)] * 3, causal, rand(2, 5, seed=11),
+     batch=[2, 2], m=5, d=4, s=5, n=4, q_view=[0, 120, 4, 24, 1], k_view=[8, 120, 4, 1, 24],
+     v_view=[16, 120, 4, 24, 1], c_view=[0, 40, 4, 8, 1], shape=[2, 5, 8], alpha=0.5,
+     mask_view=[0, 0, 0, 5, 1], bias_view=[0, 5, 0, 0, 1], id="attention_strided-causal")
+case("attention_strided", rand(3, 70, 16, seed=8), rand(3, 16, 40, seed=9),
+     rand(3, 40, 24, seed=10), np.random.default_rng(12).random((3, 70, 40)) < 0.3,
+     batch=[3], m=70, d=16, s=40, n=24, q_view=[0, 1120, 16, 1], k_view=[0, 640, 40, 1],
+     v_view=[0, 960, 24, 1], c_view=[0, 1680, 24, 1], shape=[3, 70, 24],
+     mask_view=[0, 2800, 40, 1], fill=-1e9, keep=False, id="attention_strided-dropped")
 # a [M, K] and b [K + max(shifts) + span - 1, C]: windows of b's rows, overlapping
 case("shifted_matmul", rand(3, 5, seed=3), rand(9, 2, seed=4), shifts=[0, 4, 1],
      id="shifted_matmul")

@@ -233,3 +233,41 @@ def test_attention_strided_matches_loop():
            **{**attrs, "c_view": [0, 40, 4, 1, 8]}, arg="c_view", match="columns of stride 1")
     raises("K0302", "attention_strided", T([2, 5, 24]), T([2, 5, 24], "f64"), T([2, 5, 24]),
            **attrs, arg="k")
+
+
+def test_attention_strided_masked_and_biased_matches_loop():
+    """attention_strided with a bool mask and an f32 bias: the scores of two heads of one
+    projection [2, 5, 24], where(mask, 0.5 * q @ k^T, fill) + bias per element by loops and
+    math.exp, a mask [5, 5] shared by the heads (strides 0) and a bias [2, 5] per sample and
+    key; with keep false, fill where the mask is true; its errors."""
+    import math
+
+    x, bias = rand(2, 5, 24, seed=3), rand(2, 5, seed=4)
+    mask = np.random.default_rng(5).random((5, 5)) < 0.6
+    mask[:, 0] = True  # every row keeps a key: no row of -inf only
+    heads = [x[:, :, 8 * i:8 * i + 8].reshape(2, 5, 2, 4).astype(np.float64) for i in range(3)]
+    q, k, v = heads
+    attrs = {"batch": [2, 2], "m": 5, "d": 4, "s": 5, "n": 4, "q_view": [0, 120, 4, 24, 1],
+             "k_view": [8, 120, 4, 1, 24], "v_view": [16, 120, 4, 24, 1],
+             "c_view": [0, 40, 4, 8, 1], "shape": [2, 5, 8], "alpha": 0.5,
+             "mask_view": [0, 0, 0, 5, 1], "bias_view": [0, 5, 0, 0, 1]}
+    for keep, fill in ((True, float("-inf")), (False, -30.0)):
+        want = np.zeros((2, 5, 8))
+        for n, h, i in itertools.product(range(2), range(2), range(5)):
+            scores = [(0.5 * sum(q[n, i, h, p] * k[n, j, h, p] for p in range(4))
+                       if mask[i, j] == keep else fill) + bias[n, j] for j in range(5)]
+            weights = [math.exp(sc - max(scores)) for sc in scores]
+            for dd in range(4):
+                want[n, i, 4 * h + dd] = sum(w * v[n, j, h, dd]
+                                             for j, w in enumerate(weights)) / sum(weights)
+        got = run("attention_strided", x, x, x, mask, bias, **attrs, fill=fill, keep=keep)
+        assert_close("attention_strided", got, want)
+    types = [T([2, 5, 24])] * 3
+    raises("K0303", "attention_strided", *types, T([5, 5], "bool"), None,
+           **{**attrs, "bias_view": None, "mask_view": None}, arg="mask_view",
+           match="exactly when")
+    raises("K0303", "attention_strided", *types, T([5, 5], "bool"), T([2, 5]),
+           **{**attrs, "mask_view": [0, 0, 0, 1, 5]}, arg="mask_view", match="keys of stride")
+    raises("K0302", "attention_strided", *types, T([5, 5]), T([2, 5]), **attrs, arg="mask")
+    raises("K0303", "attention_strided", *types, T([5, 5], "bool"), T([2, 5]),
+           **{**attrs, "fill": 1}, arg="fill", match="float")

@@ -372,6 +372,35 @@ def test_strided_products_read_and_write_attention_heads_in_place():
                                rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("scores, fused", [
+    ("where(keep, s, -inf)", True),                   # a causal mask [T, T], every head's
+    ("where(keep, -inf, s)", True),                   # filled where it is true
+    ("where(keep, s * 0.125, -inf)", True),           # a scale after the product, then a mask
+    ("s / 8.0", True),                                # a scale by division
+    ("s + pad[:, none, none, :]", True),              # a key-padding bias [B, 1, 1, T]
+    ("where(keys, -1e9, s / 8.0) + pad[:, none, none, :]", True),  # all three
+    ("where(col, s, -inf)", False),                   # a mask broadcast along the keys
+    ("where(keep, s, s * 2.0)", False),               # no constant to fill with
+    ("where(keep, s, -inf) * 2.0", False),            # a scale after the mask
+    ("s + s", False),                                 # the scores read twice
+])
+def test_strided_products_fold_masks_and_biases_into_attention(scores, fused):
+    """What runs between the scores' product and the softmax, when the attention kernel
+    does it: a scale by a constant, a bool mask's where with a constant, an f32 bias, each
+    a view of its own tensor broadcast over the heads; against the unoptimised graph."""
+    src = ATTENTION.replace("o = softmax(s, axis = -1)", f"o = softmax({scores}, axis = -1)")
+    src = src.replace("x: f32[B, T, 96]", "x: f32[B, T, 96], keep: bool[T, T], pad: f32[B, T], "
+                      "keys: bool[B, 1, 1, T], col: bool[T, 1]")
+    _, after, _ = run_pass(src, "strided_products", dims=DIMS)
+    counts = ops(after)
+    assert counts["attention_strided"] == int(fused)
+    if fused:
+        for op in ("matmul_strided", "softmax", "where", "add", "div", "mul", "slice"):
+            assert counts[op] == 0, op
+    for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 19}):
+        check_opt_levels(src, sizes=sizes)
+
+
 def test_strided_products_keep_scores_that_are_read_twice():
     """Attention whose weights are a result too (need_weights): the scores are stored, so
     the two products stay apart, each reading its views in place."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..dims import Dim
@@ -13,6 +15,7 @@ from ._common import (
     check_dtype,
     check_same_dtype,
     dtype_name,
+    optional,
     prod,
     tensors,
     to_dims,
@@ -654,23 +657,68 @@ def _attention_parts(attrs):
     return batch, m, d, s, n, views, list(to_dims(attrs["shape"], "shape")), _alpha(attrs)
 
 
+def _score_views(attrs, ranks: int, mask, bias) -> tuple[list[Dim] | None, list[Dim] | None]:
+    """The views of the mask and the bias ([*batch, m, s], a stride 0 along an axis they are
+    broadcast over, keys of stride 1), each None where that input is absent, checked."""
+    views = []
+    for name, given in (("mask_view", mask), ("bias_view", bias)):
+        view = attrs[name]
+        if (view is None) != (given is None):
+            raise OpError(f"{name} is given exactly when its input is", arg=name, code="K0303")
+        if view is not None:
+            if not isinstance(view, list | tuple) or len(view) != ranks + 3:
+                raise OpError(f"{name} must be an offset and {ranks + 2} strides", arg=name,
+                              code="K0303")
+            view = list(to_dims(view, name))
+            if view[-1] != 1:
+                raise OpError(f"{name} must have keys of stride 1", arg=name, code="K0303")
+        views.append(view)
+    return views[0], views[1]
+
+
+def _fill(attrs) -> float:
+    fill = attrs["fill"]
+    if not isinstance(fill, float):
+        raise OpError(f"fill must be a float, not {fill!r}", arg="fill", code="K0303")
+    return fill
+
+
 def _attention_infer(types, attrs):
-    for t, name in zip(types, ("q", "k", "v"), strict=True):
-        check_dtype(t, ("f32",), name)
-    *_, shape, _alpha = _attention_parts(attrs)
+    q, k, v, mask, bias = types
+    for t, name in ((q, "q"), (k, "k"), (v, "v"), (bias, "bias")):
+        if t is not None:
+            check_dtype(t, ("f32",), name)
+    if mask is not None:
+        check_dtype(mask, ("bool",), "mask")
+    batch, *_, shape, _alpha = _attention_parts(attrs)
+    _score_views(attrs, len(batch), mask, bias)
+    _fill(attrs)
     return [TensorType("f32", tuple(shape))]
+
+
+def _masked_scores(scores, mask, bias, attrs) -> np.ndarray:
+    """The scores where the mask keeps them (else fill; `keep` false: where it is false),
+    plus the bias: what the softmax reads."""
+    if mask is not None:
+        fill = np.float32(attrs["fill"])
+        scores = np.where(mask, scores, fill) if attrs["keep"] else np.where(mask, fill, scores)
+    return scores if bias is None else scores + bias
 
 
 def _attention_reference(env, inputs, attrs):
     from .reduce import softmax
 
-    q, k, v = inputs
+    q, k, v, mask, bias = inputs
     batch, m, d, s, n, views, shape, alpha = _attention_parts(attrs)
     batch, (m, d, s, n) = [env.eval_dim(x) for x in batch], (env.eval_dim(x) for x in (m, d, s, n))
     qv, kv, vv, cv = ([env.eval_dim(x) for x in view] for view in views)
     scores = np.matmul(_as_view(q, qv, (*batch, m, d)), _as_view(k, kv, (*batch, d, s)))
     if alpha != 1.0:
         scores = scores * np.float32(alpha)
+    mv, bv = (None if view is None else [env.eval_dim(x) for x in view]
+              for view in _score_views(attrs, len(batch), mask, bias))
+    scores = _masked_scores(scores, None if mask is None else _as_view(mask, mv, scores.shape),
+                            None if bias is None else _as_view(bias, bv, scores.shape), attrs)
     product = np.matmul(softmax(scores, -1), _as_view(v, vv, (*batch, s, n)))
     return [_through_view([env.eval_dim(x) for x in shape], cv, product)]
 
@@ -681,7 +729,8 @@ def _attention_macs(_input_types, _output_types, attrs) -> Dim:
 
 
 def _attention_llvm(kb, n):
-    """Per batch index: the scores q' @ k' into a buffer of m x s floats (scaled by alpha),
+    """Per batch index: the scores q' @ k' into a buffer of m x s floats, scaled by alpha,
+    masked and biased (one vectorised pass over each row, where there is any of these),
     softmax along its rows in place (reductions.py's row softmax), then scores @ v' written
     through c's view. The scores stay in cache from one step to the next; the whole [*batch,
     m, s] of them is never stored. The batch indices are shared by the module's threads (each
@@ -693,21 +742,31 @@ def _attention_llvm(kb, n):
     from ..codegen.llvm.threads import parallel_rows
 
     batch, m, d, s, cols, views, _shape, alpha = _attention_parts(n.attrs)
-    sizes = [kb.dim(x) for x in (m, d, s, cols, *batch)] + [kb.dim(x) for v in views for x in v]
-    pointers = [kb.input("q"), kb.input("k"), kb.input("v"), kb.output()]
+    mask, bias = kb.input("mask"), kb.input("bias")
+    extra = [v for v in _score_views(n.attrs, len(batch), mask, bias) if v is not None]
+    sizes = [kb.dim(x) for x in (m, d, s, cols, *batch)] + [
+        kb.dim(x) for v in [*views, *extra] for x in v]
+    pointers = [kb.input("q"), kb.input("k"), kb.input("v"), kb.output()] + [
+        x for x in (mask, bias) if x is not None]
+    scores = _ScoreRows(alpha, mask is not None, bias is not None, _fill(n.attrs),
+                        n.attrs["keep"])
     count = kb.numel(batch)
     zero = ir.Constant(ir.IntType(64), 0)
     plain = tuple(view[-1] == 1 for view in views[:3])
     if kb.serial:  # a caller's threads run this kernel already
-        _attention_range(kb, pointers, zero, count, sizes, len(batch), alpha, plain)
+        _attention_range(kb, pointers, zero, count, sizes, len(batch), scores, plain)
         return
     inner = kb.helper("heads")
     start, rows, *rest = (irgen.element(inner.b, inner.dims_ptr, i)
                           for i in range(2 + len(sizes)))
     inner.serial = True
-    _attention_range(inner, [inner.buffer(i, "f32") for i in range(4)], start, rows, rest,
-                     len(batch), alpha, plain)
-    fn = parallel_rows(kb.module, inner.finish(), 4, 2 + len(sizes),
+    buffers = [inner.buffer(i, "f32") for i in range(4)]
+    if scores.mask:
+        buffers.append(inner.buffer(4, "bool"))
+    if scores.bias:
+        buffers.append(inner.buffer(len(buffers), "f32"))
+    _attention_range(inner, buffers, start, rows, rest, len(batch), scores, plain)
+    fn = parallel_rows(kb.module, inner.finish(), len(pointers), 2 + len(sizes),
                        lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
                                                                   *sizes[1:]]),
                        min_rows=1, min_work=PARALLEL_WORK, rows_index=1,
@@ -716,11 +775,67 @@ def _attention_llvm(kb, n):
     kb.call_kernel(fn, pointers, [zero, count, *sizes], "heads")
 
 
-def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float,
+@dataclass(frozen=True)
+class _ScoreRows:
+    """What attention_strided does to its scores before the softmax: scale by alpha, then
+    where a mask (keep: true) keeps them, else fill; then add a bias."""
+
+    alpha: float
+    mask: bool
+    bias: bool
+    fill: float
+    keep: bool
+
+    def any(self) -> bool:
+        return self.alpha != 1.0 or self.mask or self.bias
+
+    def emit(self, kb, scores, ds, dm, width: int, mask_row, bias_row) -> None:
+        """Rows 0 .. dm of the scores (ds floats each) in place, one vector at a time;
+        mask_row(i) and bias_row(i): where row i of the mask (bytes) and of the bias start."""
+        from llvmlite import ir
+
+        from ..codegen.llvm.reductions import RowVectors
+
+        b = kb.b
+        rows = RowVectors(kb, ds, width)
+        i8s, lanes = ir.VectorType(ir.IntType(8), width), ir.VectorType(ir.IntType(1), width)
+        masked_load = None
+        if self.mask:
+            symbol = f"llvm.masked.load.v{width}i8.p0"
+            masked_load = kb.module.globals.get(symbol) or ir.Function(
+                kb.module, ir.FunctionType(i8s, [i8s.as_pointer(), ir.IntType(32), lanes, i8s]),
+                symbol)
+        with kb.for_range(dm) as i:
+            row = b.gep(scores, [b.mul(i, ds)])
+            mrow = mask_row(i) if self.mask else None
+            brow = bias_row(i) if self.bias else None
+
+            def one(j, tail, carried):
+                v = rows.load(row, j, tail)
+                if self.alpha != 1.0:
+                    v = b.fmul(v, rows.splat(self.alpha))
+                if self.mask:
+                    at = b.bitcast(b.gep(mrow, [j]), i8s.as_pointer())
+                    bytes_ = b.load(at, align=1) if tail is None else b.call(
+                        masked_load, [at, ir.Constant(ir.IntType(32), 1), tail,
+                                      ir.Constant(i8s, None)])
+                    set_ = b.icmp_unsigned("!=", bytes_, ir.Constant(i8s, None))
+                    fill = rows.splat(self.fill)
+                    v = b.select(set_, v, fill) if self.keep else b.select(set_, fill, v)
+                if self.bias:
+                    v = b.fadd(v, rows.load(brow, j, tail))
+                rows.store(v, row, j, tail)
+                return carried
+
+            rows.sweep(ir.Constant(ir.IntType(64), 0), one)
+
+
+def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _ScoreRows,
                      plain: tuple[bool, bool, bool]) -> None:
     """Batch indices start .. start + count of attention_strided (`_attention_llvm`), its
-    sizes as run-time values: m, d, s, n, the batch sizes, then the four views' offsets and
-    strides; `plain`: whether q's, k's and v's views have columns of stride 1 (else rows)."""
+    sizes as run-time values: m, d, s, n, the batch sizes, then the views' offsets and
+    strides (q, k, v, c, then the mask's and the bias's where given); `plain`: whether q's,
+    k's and v's views have columns of stride 1 (else rows)."""
     from llvmlite import ir
 
     from ..codegen.llvm.gemm import Matrix, gemm
@@ -731,7 +846,7 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float
     i64 = ir.IntType(64)
     dm, dd, ds, dn, *rest = sizes
     batch, rest = rest[:ranks], rest[ranks:]
-    views = [rest[i * (ranks + 3):(i + 1) * (ranks + 3)] for i in range(4)]
+    views = [rest[i * (ranks + 3):(i + 1) * (ranks + 3)] for i in range(len(pointers))]
     width = kb.vector_width or tiling().width
     # m * s floats, counted without overflow (at most SCORES_MOST; at least one: malloc(0)
     # may return null)
@@ -748,38 +863,57 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, alpha: float
                 index.append(b.urem(left, size))
                 left = b.udiv(left, size)
             index.reverse()
-            (q, k, v, out), (qv, kv, vv, cv) = pointers, views
+            (q, k, v, out, *extra), (qv, kv, vv, cv, *extra_views) = pointers, views
             gemm(kb, dm, ds, dd, _view_matrix(b, q, qv, index, plain[0], False),
                  _view_matrix(b, k, kv, index, plain[1], True), Matrix(scores, ds))
-            if alpha != 1.0:
-                _scale_rows(kb, scores, ds, dm, ds, alpha)
+            if scores_do.any():
+                starts = [_view_matrix(b, x, view, index, True, False)
+                          for x, view in zip(extra, extra_views, strict=True)]
+
+                def row_of(matrix):
+                    return lambda i: b.gep(matrix.ptr, [b.mul(i, matrix.stride)])
+
+                given = iter(starts)
+                mask_row = row_of(next(given)) if scores_do.mask else None
+                bias_row = row_of(next(given)) if scores_do.bias else None
+                scores_do.emit(kb, scores, ds, dm, width, mask_row, bias_row)
             _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), dm, ds, width, False)
             gemm(kb, dm, dn, ds, Matrix(scores, ds), _view_matrix(b, v, vv, index, plain[2], True),
                  _view_matrix(b, out, cv, index, True, False))
 
 
 def _attention_onnx(b, n):
-    """The views as Gathers, MatMul, Mul by alpha, Softmax, MatMul, and a ScatterND into the
-    result at c's indices."""
+    """The views as Gathers, MatMul, Mul by alpha, the mask's Where and the bias's Add,
+    Softmax, MatMul, and a ScatterND into the result at c's indices."""
     from ._emit import one
 
     batch, m, d, s, cols, (qv, kv, vv, cv), shape, alpha = _attention_parts(n.attrs)
-    scores = one(b, "MatMul", _onnx_view(b, n.inputs[0], qv, [*batch, m, d]),
-                 _onnx_view(b, n.inputs[1], kv, [*batch, d, s]))
+    q, k, v, mask, bias = n.inputs
+    scores = one(b, "MatMul", _onnx_view(b, q, qv, [*batch, m, d]),
+                 _onnx_view(b, k, kv, [*batch, d, s]))
     if alpha != 1.0:
         scores = one(b, "Mul", scores, b.const(np.float32(alpha)))
+    mv, bv = _score_views(n.attrs, len(batch), mask, bias)
+    if mask is not None:
+        fill, kept = b.const(np.float32(n.attrs["fill"])), _onnx_view(b, mask, mv, [*batch, m, s])
+        scores = one(b, "Where", kept, *((scores, fill) if n.attrs["keep"] else (fill, scores)))
+    if bias is not None:
+        scores = one(b, "Add", scores, _onnx_view(b, bias, bv, [*batch, m, s]))
     product = one(b, "MatMul", one(b, "Softmax", scores, axis=-1),
-                  _onnx_view(b, n.inputs[2], vv, [*batch, s, cols]))
+                  _onnx_view(b, v, vv, [*batch, s, cols]))
     _onnx_through(b, product, cv, [*batch, m, cols], shape, n.outputs)
 
 
 register(internal(OpRecord(
-    "attention_strided", tensors("q", "k", "v") + attrs(
+    "attention_strided", tensors("q", "k", "v") + optional("mask", "bias") + attrs(
         "batch", "m", "d", "s", "n", "q_view", "k_view", "v_view", "c_view", "shape",
-        ("alpha", 1.0)),
+        ("alpha", 1.0), ("mask_view", None), ("bias_view", None), ("fill", float("-inf")),
+        ("keep", True)),
     _attention_infer, _attention_reference,
-    "softmax(alpha * q' @ k', axis = -1) @ v' for views q' [*batch, m, d], k' [*batch, d, s] "
-    "and v' [*batch, s, n] of q, k and v, written through the view c_view of a result of "
-    "`shape`: the native pipeline's rewrite of attention's two products and the softmax "
-    "between them (passes/views.py), its scores kept one batch index at a time.",
+    "softmax(where(mask', alpha * q' @ k', fill) + bias', axis = -1) @ v' for views "
+    "q' [*batch, m, d], k' [*batch, d, s] and v' [*batch, s, n] of q, k and v, and, where "
+    "given, mask' and bias' [*batch, m, s] of a bool mask (keep false: fill where it is "
+    "true) and an f32 bias, written through the view c_view of a result of `shape`: the "
+    "native pipeline's rewrite of attention's two products and what runs between them "
+    "(passes/views.py), its scores kept one batch index at a time.",
     macs=_attention_macs, onnx=_attention_onnx, llvm=_attention_llvm)))

@@ -10,20 +10,25 @@ and merges the heads again after the product with the values:
     out = reshape(transpose(weights @ vh, 1, 2), [B, L, E]) # vh and the merge: two copies
 
 Each of those layout ops only says where an element is. A chain of them from a tensor x
-(split, reshape and permute, the ops with Prop.RESHAPE or Prop.PERMUTE) is a view of x's
-elements: an offset and a stride per axis. A batched f32 product whose operands are such
-views of x and y, whose A (or B) has rows or columns of stride 1, reads them in place: per
-batch index, a GEMM on matrices at the views' offsets with their row strides (a transposed
-A or B read as gemm.py reads one). A result read only through such a chain (a transpose and a
-reshape) is written through the inverse view into the chain's last tensor. A scale of A by a
-constant is applied to each product's result instead, while it is in cache. Nothing is
-copied; the layout ops that nothing else reads are removed.
+(split, slice, a gather of one constant index, reshape and permute) is a view of x's
+elements: an offset and, per axis, its sub-axes' sizes and strides; an axis of one sub-axis
+has a plain stride. A batched f32 product whose operands are views with one stride per axis
+of x and y, whose A (or B) has rows or columns of stride 1, reads them in place: per batch
+index, a GEMM on matrices at the views' offsets with their row strides (a transposed A or B
+read as gemm.py reads one). A result read only through such a chain (a transpose and a
+reshape) is written through the inverse view into the chain's last tensor. A scale of A or B
+by a constant is applied to each product's result instead, while it is in cache. Nothing is
+copied; the layout ops that nothing else reads are removed. The product of the scores with v
+then takes the softmax before it, and what runs between the scores' product and the softmax
+(a scale, a mask's where, a bias), into one attention kernel.
 
-The views are exact: a reshape is followed only where each group of axes it splits or
-merges is one run of strides (as numpy's reshape without a copy), so every element of the
-result is written once. Each product's elements are the same sums in the same order as the
-matmul's; the scale by s after the sum rounds as s * (a @ b) does, which for s a power of
-two (1 / sqrt(64)) is the same as (s * a) @ b, and otherwise within an ulp per element.
+The views are exact: a reshape splits a sub-axis only by a size that divides it (as
+polynomials, for symbolic sizes), so every element of the result is written once. A merge
+that numpy would copy (PyTorch's export merges the batch and the heads, [L, B*H, D]) makes an
+axis of two sub-axes, which a later reshape ([B, H, L, D]) splits into one stride each again.
+Each product's elements are the same sums in the same order as the matmul's; the scale by s
+after the sum rounds as s * (a @ b) does, which for s a power of two (1 / sqrt(64)) is the same
+as (s * a) @ b, and otherwise within an ulp per element.
 """
 
 from __future__ import annotations
@@ -186,10 +191,11 @@ def _const(bound) -> int | None | bool:
     return bound.value if isinstance(bound, Dim) and bound.is_const else False
 
 
-def _sliced(view: View, x: TensorType, items) -> View | None:
-    """The view of x[items] given x's, for ints and ranges of constant bounds and positive
-    steps on axes of constant size (every index then known in range), whole ranges of any
-    axis, and new axes; else None."""
+def _sliced(view: View, x: TensorType, items, out: tuple[Dim, ...]) -> View | None:
+    """The view of x[items] (of shape `out`) given x's: ranges of step 1 from a start that
+    is a constant >= 0 (their length is out's: x[:T] is T long wherever T is in range); ints
+    and other ranges of constant bounds and positive steps on axes of constant size (every
+    index then known in range); new axes; else None."""
     shape, parts, offset = [], [], view.offset
     for entry, axis in _slice_entries(x.shape, items):
         if axis is None:  # a new axis of size 1
@@ -198,29 +204,30 @@ def _sliced(view: View, x: TensorType, items) -> View | None:
             continue
         size, along = x.shape[axis], View(view.shape[axis:axis + 1],
                                           view.parts[axis:axis + 1], Dim.of(0))
-        if entry[0] == "range" and entry[1:] in ((None, None, 1), (0, None, 1)):
-            shape.append(size)
-            parts.append(view.parts[axis])
-            continue
         bounds = [_const(b) for b in (entry[1:] if entry[0] == "range" else (entry[1], 0, 1))]
-        if not size.is_const or any(b is False for b in bounds):
+        start = 0 if bounds[0] is None else bounds[0]
+        if entry[0] == "range" and bounds[2] == 1 and start is not False and start >= 0:
+            length = out[len(shape)]  # from start (clamped: then length 0) on, step 1
+            one = along.sliced(0, Dim.of(start), length)
+        elif not size.is_const or any(b is False for b in bounds):
             return None
-        if entry[0] == "int":
-            i = bounds[0]
-            if not -size.value <= i < size.value:
-                return None
-            picked = range(size.value)[i:i + 1 or None]
         else:
-            picked = range(size.value)[slice(*bounds)]
-        if picked.step < 0:
-            return None
-        one = along.sliced(0, Dim.of(picked.start if picked else 0), Dim.of(len(picked)),
-                           picked.step)
+            if entry[0] == "int":
+                i = bounds[0]
+                if not -size.value <= i < size.value:
+                    return None
+                picked = range(size.value)[i:i + 1 or None]
+            else:
+                picked = range(size.value)[slice(*bounds)]
+            if picked.step < 0:
+                return None
+            length = Dim.of(len(picked))
+            one = along.sliced(0, Dim.of(picked.start if picked else 0), length, picked.step)
         if one is None:
             return None
         offset = offset + one.offset
         if entry[0] == "range":
-            shape.append(Dim.of(len(picked)))
+            shape.append(length)
             parts.append(one.parts[0])
     return View(tuple(shape), tuple(parts), offset)
 
@@ -233,7 +240,7 @@ def _step(graph: Graph, value: Value, view: View) -> View | None:
         axis, parts = _split_parts(x, node["attrs"])
         return view.sliced(axis, sum(parts[:value.index], Dim.of(0)), parts[value.index])
     if op == "slice":
-        return _sliced(view, x, node["attrs"]["items"])
+        return _sliced(view, x, node["attrs"]["items"], value.type.shape)
     if op == "gather":
         axis = normalize_axis(node["attrs"]["axis"], x.rank)
         one = view.sliced(axis, Dim.of(_index(graph, value)), ONE)
@@ -402,19 +409,103 @@ def _whole(view, shape) -> bool:
     return _dims(view) == [Dim.of(0), *View.whole(tuple(shape)).strides]
 
 
+def _constant_scalar(graph: Graph, value: Value) -> float | None:
+    """The value of an f32 constant of one element, else None."""
+    if (graph.op(value.node) != "constant" or value.type.dtype != "f32"
+            or any(d != ONE for d in value.type.shape)):
+        return None
+    return float(np.asarray(graph.node(value.node)["attrs"]["value"]).reshape(()))
+
+
+def _broadcast(graph: Graph, value: Value,
+               shape: tuple[Dim, ...]) -> tuple[Value, list[Dim]] | None:
+    """The tensor `value` is a view of and that view broadcast to `shape` (stride 0 along
+    the axes it is broadcast over) as an attribute, where its last axis has stride 1."""
+    x, view, _ = _operand(graph, value)
+    strides, lead = [], len(shape) - value.type.rank
+    if lead < 0:
+        return None
+    for axis, size in enumerate(shape):
+        if axis < lead:
+            strides.append(Dim.of(0))
+        elif value.type.shape[axis - lead] == size:
+            strides.append(view.strides[axis - lead])
+        elif value.type.shape[axis - lead] == ONE:
+            strides.append(Dim.of(0))
+        else:
+            return None
+    if strides[-1] != ONE:
+        return None
+    return x, [view.offset, *strides]
+
+
+def _before_softmax(graph: Graph, x: Value) -> tuple[Value, dict] | None:
+    """The product x is made from, and what attention_strided does between it and the
+    softmax: a scale by a constant (alpha), a bool mask's where(mask, scores, c) or
+    where(mask, c, scores) for a constant c (fill, keep), then an added f32 bias (masks'
+    usual order: PyTorch's scaled_dot_product_attention, Hugging Face's GPT-2). Each op is
+    read only by the next."""
+    found: dict = {"alpha": 1.0, "mask": None, "bias": None}
+    shape = x.type.shape
+
+    def step(v: Value, user: Value) -> bool:
+        return v.type == x.type and only_user(graph, v) == user.node
+
+    v = x
+    if graph.op(v.node) == "add":
+        ops = graph.operands(v.node)
+        for y, bias in (ops, ops[::-1]):
+            if (step(y, v) and bias.type.dtype == "f32"
+                    and graph.op(y.node) in ("where", "mul", "div", "matmul_strided")):
+                found["bias"] = _broadcast(graph, bias, shape)
+                if found["bias"] is None:
+                    return None
+                v = y
+                break
+        else:
+            return None
+    if graph.op(v.node) == "where":
+        cond, then, other = graph.operands(v.node)
+        fill_then, fill_other = _constant_scalar(graph, then), _constant_scalar(graph, other)
+        if cond.type.dtype != "bool" or (fill_then is None) == (fill_other is None):
+            return None
+        y, keep = (then, True) if fill_other is not None else (other, False)
+        found["mask"] = _broadcast(graph, cond, shape)
+        if found["mask"] is None or not step(y, v):
+            return None
+        found["fill"], found["keep"] = fill_other if keep else fill_then, keep
+        v = y
+    if graph.op(v.node) in ("mul", "div"):
+        a, b = graph.operands(v.node)
+        c = _constant_scalar(graph, b)
+        if c is None and graph.op(v.node) == "mul":
+            a, c = b, _constant_scalar(graph, a)
+        scale = None if c is None else c if graph.op(v.node) == "mul" else (
+            1.0 / c if c != 0.0 else None)
+        if scale is None or not math.isfinite(scale) or not step(a, v):
+            return None
+        found["alpha"] = scale
+        v = a
+    if graph.op(v.node) != "matmul_strided" or only_user(graph, v) is None:
+        return None
+    return v, found
+
+
 def _attention(graph: Graph, nid: int) -> bool:
     """softmax(s, axis = -1) @ v' where s = alpha * q' @ k' (two matmul_strided of the same
-    batch, s and the softmax read by nothing else) -> attention_strided(q, k, v): the scores
-    are made, normalised and used one batch index at a time, never stored whole."""
+    batch, s and the softmax read by nothing else), masked and biased in between or not
+    (`_before_softmax`) -> attention_strided(q, k, v[, mask][, bias]): the scores are made,
+    normalised and used one batch index at a time, never stored whole."""
     (x,) = graph.operands(nid)
     node = graph.node(nid)
     probs = Value(nid, 0, node["types"][0])
     user = only_user(graph, probs)
-    if (graph.op(x.node) != "matmul_strided" or only_user(graph, x) != nid or user is None
-            or graph.op(user) != "matmul_strided"
+    made = _before_softmax(graph, x) if only_user(graph, x) == nid else None
+    if (made is None or user is None or graph.op(user) != "matmul_strided"
             or node["attrs"]["axis"] not in (-1, x.type.rank - 1)):
         return False
-    first, second = graph.node(x.node)["attrs"], graph.node(user)["attrs"]
+    product, between = made
+    first, second = graph.node(product.node)["attrs"], graph.node(user)["attrs"]
     a, v = graph.operands(user)
     batch, m, s = _dims(first["batch"]), Dim.of(first["m"]), Dim.of(first["n"])
     if (a != probs or v == probs or second["alpha"] != 1.0
@@ -428,14 +519,18 @@ def _attention(graph: Graph, nid: int) -> bool:
                       for view, tail in ((second["b_view"], [s, n]), (second["c_view"], [m, n])))
     if v_view is None or c_view is None:
         return False
-    q, k = graph.operands(x.node)
+    q, k = graph.operands(product.node)
+    mask, bias = between["mask"], between["bias"]
+    extra = {"fill": between["fill"], "keep": between["keep"]} if mask else {}
     new = GraphBuilder.like(graph, graph.node(user)).checked(
-        "attention_strided", q, k, v, want=graph.node(user)["types"], batch=first["batch"],
-        m=first["m"], d=first["k"], s=first["n"], n=second["n"], q_view=first["a_view"],
-        k_view=first["b_view"], v_view=v_view, c_view=c_view,
-        shape=second["shape"], alpha=first["alpha"])
+        "attention_strided", q, k, v, None if mask is None else mask[0],
+        None if bias is None else bias[0], want=graph.node(user)["types"],
+        batch=first["batch"], m=first["m"], d=first["k"], s=first["n"], n=second["n"],
+        q_view=first["a_view"], k_view=first["b_view"], v_view=v_view, c_view=c_view,
+        shape=second["shape"], alpha=float(np.float32(first["alpha"] * between["alpha"])),
+        mask_view=None if mask is None else mask[1], bias_view=None if bias is None else bias[1],
+        **extra)
     if new is None:
         return False
-    replace_node(graph, user, new)  # and the softmax and the scores' product
+    replace_node(graph, user, new)  # and the softmax, the scores' product and what is between
     return True
-
