@@ -415,22 +415,36 @@ def test_strided_products_keep_scores_that_are_read_twice():
     check_opt_levels(src, sizes=DIMS)
 
 
-def test_attention_scores_too_large_to_hold_are_refused():
-    """2**21 queries by 2**20 keys: one batch index's scores would be 8 TiB, which the
-    unoptimized graph's [1, Q, S] tensor is too; the native kernel refuses them (K0505)
-    before allocating, not a size that overflowed."""
+def test_attention_takes_queries_in_blocks_of_scores():
+    """300 queries by 5000 keys: the scores of 24 queries fill the kernel's block (2**17
+    floats, whole tiles of rows), so it runs 13 blocks, the last of 12 rows, each with its
+    rows of a [Q, S] mask; against the unoptimized graph. Then 2**37 keys of depth 0 (no
+    element anywhere): even one tile of rows' scores would pass 2**40 floats, refused
+    (K0505) before allocating, not a size that overflowed."""
     from kiln.compiler.errors import KilnError
 
-    src = forward("return softmax((q * 0.5) @ k, axis = -1) @ transpose(w, 1, 2)",
-                  signature="q: f32[B, Q, 1], k: f32[B, 1, S], w: f32[B, 1, S]", result=None)
+    src = forward("return softmax(where(keep, (q * 0.5) @ k, -inf), axis = -1) @ "
+                  "transpose(w, 1, 2)", signature="q: f32[B, Q, D], k: f32[B, D, S], "
+                  "w: f32[B, N, S], keep: bool[Q, S]", result=None)
     model = kiln.compile(src, target="native")
     assert ops(model.lowered().graph)["attention_strided"] == 1
-    q, k = np.ones((1, 1 << 21, 1), np.float32), np.ones((1, 1, 1 << 20), np.float32)
+    rng = np.random.default_rng(7)
+    q, k, w = (rng.standard_normal(shape).astype(np.float32)
+               for shape in ((2, 300, 8), (2, 8, 5000), (2, 8, 5000)))
+    keep = rng.random((300, 5000)) < 0.5
+    keep[:, 0] = True
+    want = kiln.compile(src, target="reference", opt_level=0)(q, k, w, keep)
+    np.testing.assert_allclose(model(q, k, w, keep), want, rtol=RTOL, atol=ATOL)
+    src = forward("return softmax((q * 0.5) @ k, axis = -1) @ transpose(w, 1, 2)",
+                  signature="q: f32[B, Q, D], k: f32[B, D, S], w: f32[B, N, S]", result=None)
+    model = kiln.compile(src, target="native")
+    assert ops(model.lowered().graph)["attention_strided"] == 1
+    empty = np.ones((1, 0, 1 << 37), np.float32)
     with pytest.raises(KilnError, match="too large to hold") as info:
-        model(q, k, k)
+        model(np.ones((1, 3, 0), np.float32), empty, empty)
     assert info.value.code == "K0505"
-    small = model(q[:, :3], k[:, :, :2], k[:, :, :2] * 2.0)  # the same kernel, sizes it holds
-    np.testing.assert_allclose(small, np.full((1, 3, 1), 2.0), rtol=1e-6)
+    small = model(np.ones((1, 3, 0), np.float32), empty[:, :, :5], empty[:, :, :5])
+    assert small.shape == (1, 3, 0)  # the same kernel, sizes it holds
 
 
 def test_strided_products_leave_a_gather_out_of_range_to_its_error():

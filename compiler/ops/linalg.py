@@ -645,6 +645,9 @@ register(internal(OpRecord(
 
 # attention_strided: softmax(alpha * q' @ k') @ v' of views, its scores never stored ---------
 SCORES_MOST = 1 << 40  # floats of one batch index's scores the kernel allocates, at most
+# floats of scores a block of queries holds (as many rows as fit, in whole tiles): 512 KiB,
+# in L2 from the scores' product to the softmax and the product with v
+SCORES_BLOCK = 1 << 17
 
 
 def _attention_parts(attrs):
@@ -830,14 +833,53 @@ class _ScoreRows:
             rows.sweep(ir.Constant(ir.IntType(64), 0), one)
 
 
+def _rows_from(b, matrix, row):
+    """The matrix of `matrix`'s rows from `row` on (gemm.Matrix, row-major or transposed)."""
+    from ..codegen.llvm.gemm import Matrix
+
+    if matrix.transposed:
+        return Matrix(b.gep(matrix.ptr, [row]), matrix.stride, transposed=True)
+    return Matrix(b.gep(matrix.ptr, [b.mul(row, matrix.stride)]), matrix.stride)
+
+
+def _line(b, ptr):
+    """ptr rounded up to the next cache line (64 bytes)."""
+    from llvmlite import ir
+
+    i64 = ir.IntType(64)
+    at = b.and_(b.add(b.ptrtoint(ptr, i64), ir.Constant(i64, 63)), ir.Constant(i64, -64))
+    return b.inttoptr(at, ptr.type)
+
+
+def _packed(kb, source, depth, cols, buffer, nr: int):
+    """B (`source`: depth x cols) packed into `buffer` (on a cache line) as gemm.PackedB
+    reads it, NR-wide panels of all its rows, zero past its last column: once for all of a
+    batch index's queries."""
+    from llvmlite import ir
+
+    from ..codegen.llvm.gemm import PackedB
+
+    b = kb.b
+    with kb.for_range(cols, step=nr) as col:
+        width = b.select(b.icmp_signed("<", b.sub(cols, col), ir.Constant(col.type, nr)),
+                         b.sub(cols, col), ir.Constant(col.type, nr))
+        source.pack(kb, b.gep(buffer, [b.mul(col, depth)]), ir.Constant(col.type, 0), depth,
+                    col, width, nr)
+    return PackedB(buffer, depth)
+
+
 def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _ScoreRows,
                      plain: tuple[bool, bool, bool]) -> None:
     """Batch indices start .. start + count of attention_strided (`_attention_llvm`), its
     sizes as run-time values: m, d, s, n, the batch sizes, then the views' offsets and
     strides (q, k, v, c, then the mask's and the bias's where given); `plain`: whether q's,
-    k's and v's views have columns of stride 1 (else rows)."""
+    k's and v's views have columns of stride 1 (else rows). The queries go in blocks whose
+    scores fit SCORES_BLOCK floats (in L2 from one step to the next), each block's rows
+    whole (a row's softmax needs all its keys, no more); in f32, k' and v' are packed once
+    per batch index for all its blocks."""
     from llvmlite import ir
 
+    from ..codegen.llvm import irgen
     from ..codegen.llvm.gemm import Matrix, gemm
     from ..codegen.llvm.microkernels import tiling
     from ..codegen.llvm.reductions import _softmax_row_range
@@ -847,16 +889,35 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _
     dm, dd, ds, dn, *rest = sizes
     batch, rest = rest[:ranks], rest[ranks:]
     views = [rest[i * (ranks + 3):(i + 1) * (ranks + 3)] for i in range(len(pointers))]
-    width = kb.vector_width or tiling().width
-    # m * s floats, counted without overflow (at most SCORES_MOST; at least one: malloc(0)
-    # may return null)
-    one, none = ir.Constant(i64, 1), ir.Constant(i64, 0)
+    t = tiling(kb.vector_width)
+    width = kb.vector_width or t.width
+    prepack = kb.precision != "bf16"  # a bf16 GEMM reads its B in bf16 pairs: packs its own
+    # the rows of scores a block holds: as many whole tiles of MR rows as SCORES_BLOCK floats
+    # hold (one tile at least), all m when fewer; its floats counted without overflow (at
+    # most SCORES_MOST; at least one: malloc(0) may return null)
+    one, none, mr = ir.Constant(i64, 1), ir.Constant(i64, 0), ir.Constant(i64, t.mr)
     queries, keys = (b.select(b.icmp_signed("==", x, none), one, x) for x in (dm, ds))
-    fits = b.icmp_signed("<=", queries, b.sdiv(ir.Constant(i64, SCORES_MOST), keys))
+    fits = b.icmp_signed("<=", mr, b.sdiv(ir.Constant(i64, SCORES_MOST), keys))
     kb.check(fits, "attention's scores of one batch index are too large to hold")
-    scores = kb.scratch(b.select(fits, b.mul(queries, keys), one), "f32", zeroed=False)
+    tiles = b.sdiv(b.sdiv(ir.Constant(i64, SCORES_BLOCK), keys), mr)
+    block = b.mul(b.select(b.icmp_signed("<", tiles, one), one, tiles), mr)
+    block = b.select(b.icmp_signed("<", queries, block), queries, block)
+    scores = kb.scratch(b.select(fits, b.mul(block, keys), one), "f32", zeroed=False)
+    blocks = [scores]
+    if prepack:  # k' [d, s] and v' [s, n], their columns padded to whole panels, each on a
+        # cache line (16 floats more), as Matrix.pack's aligned stores want
+        def padded(x):
+            return b.mul(b.sdiv(b.add(x, ir.Constant(i64, t.nr - 1)), ir.Constant(i64, t.nr)),
+                         ir.Constant(i64, t.nr))
 
-    with kb.allocated([scores], "attention's scores"), b.if_then(fits):
+        spare = ir.Constant(i64, 16)
+        k_pack = kb.scratch(b.select(fits, b.add(b.mul(dd, padded(ds)), spare), one), "f32",
+                            zeroed=False)
+        v_pack = kb.scratch(b.select(fits, b.add(b.mul(ds, padded(dn)), spare), one), "f32",
+                            zeroed=False)
+        blocks += [k_pack, v_pack]
+
+    with kb.allocated(blocks, "attention's scores"), b.if_then(fits):
         with kb.for_range(count) as r:
             index, left = [], b.add(start, r)  # the batch index of flat position r
             for size in reversed(batch):
@@ -864,22 +925,33 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _
                 left = b.udiv(left, size)
             index.reverse()
             (q, k, v, out, *extra), (qv, kv, vv, cv, *extra_views) = pointers, views
-            gemm(kb, dm, ds, dd, _view_matrix(b, q, qv, index, plain[0], False),
-                 _view_matrix(b, k, kv, index, plain[1], True), Matrix(scores, ds))
-            if scores_do.any():
-                starts = [_view_matrix(b, x, view, index, True, False)
-                          for x, view in zip(extra, extra_views, strict=True)]
+            q_all = _view_matrix(b, q, qv, index, plain[0], False)
+            out_all = _view_matrix(b, out, cv, index, True, False)
+            k_all = _view_matrix(b, k, kv, index, plain[1], True)
+            v_all = _view_matrix(b, v, vv, index, plain[2], True)
+            if prepack:
+                k_all = _packed(kb, k_all, dd, ds, _line(b, k_pack), t.nr)
+                v_all = _packed(kb, v_all, ds, dn, _line(b, v_pack), t.nr)
+            starts = [_view_matrix(b, x, view, index, True, False)
+                      for x, view in zip(extra, extra_views, strict=True)]
+            with irgen.loop(b, dm, name="queries") as queries_loop:
+                row0 = queries_loop.index
+                rows = b.select(b.icmp_signed("<", b.sub(dm, row0), block), b.sub(dm, row0),
+                                block)
+                gemm(kb, rows, ds, dd, _rows_from(b, q_all, row0), k_all, Matrix(scores, ds))
+                if scores_do.any():
+                    def row_of(matrix):
+                        return lambda i: b.gep(matrix.ptr,
+                                               [b.mul(b.add(row0, i), matrix.stride)])
 
-                def row_of(matrix):
-                    return lambda i: b.gep(matrix.ptr, [b.mul(i, matrix.stride)])
-
-                given = iter(starts)
-                mask_row = row_of(next(given)) if scores_do.mask else None
-                bias_row = row_of(next(given)) if scores_do.bias else None
-                scores_do.emit(kb, scores, ds, dm, width, mask_row, bias_row)
-            _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), dm, ds, width, False)
-            gemm(kb, dm, dn, ds, Matrix(scores, ds), _view_matrix(b, v, vv, index, plain[2], True),
-                 _view_matrix(b, out, cv, index, True, False))
+                    given = iter(starts)
+                    mask_row = row_of(next(given)) if scores_do.mask else None
+                    bias_row = row_of(next(given)) if scores_do.bias else None
+                    scores_do.emit(kb, scores, ds, rows, width, mask_row, bias_row)
+                _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), rows, ds, width,
+                                   False)
+                gemm(kb, rows, dn, ds, Matrix(scores, ds), v_all, _rows_from(b, out_all, row0))
+                queries_loop.advance(rows)
 
 
 def _attention_onnx(b, n):
