@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="one of the commands below; `kiln COMMAND --help` for its options")
 
     def model_cmd(name, help_, handler):
-        c = sub.add_parser(name, help=help_, description=help_)
+        # argparse %-formats a subcommand's help (its line in `kiln --help`: "%%" there is
+        # "%"), not its description
+        c = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"))
         c.add_argument("file", help="the .kiln model file")
         c.add_argument("--model", help="which model (default: the file's last `model`)")
         c.add_argument(

@@ -191,6 +191,16 @@ def test_every_option_has_help():
     assert missing == []
 
 
+def test_help_text_has_no_escaped_percent(capsys):
+    """A subcommand's description is printed as written: "%" (its one-line help in `kiln
+    --help` is %-formatted, where "%%" reads "%")."""
+    for args in (["--help"], ["profile", "--help"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        out = capsys.readouterr().out
+        assert "%%" not in out and "% of this CPU" in " ".join(out.split())
+
+
 def test_version(capsys):
     from kiln import __version__
 

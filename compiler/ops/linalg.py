@@ -732,12 +732,13 @@ def _attention_macs(_input_types, _output_types, attrs) -> Dim:
 
 
 def _attention_llvm(kb, n):
-    """Per batch index: the scores q' @ k' into a buffer of m x s floats, scaled by alpha,
-    masked and biased (one vectorised pass over each row, where there is any of these),
-    softmax along its rows in place (reductions.py's row softmax), then scores @ v' written
-    through c's view. The scores stay in cache from one step to the next; the whole [*batch,
-    m, s] of them is never stored. The batch indices are shared by the module's threads (each
-    with its own scores, its GEMMs whole), once there are enough multiply-adds."""
+    """Per batch index, a block of queries at a time (`_attention_range`): their scores
+    q' @ k' into a buffer, scaled by alpha, masked and biased (one vectorised pass over each
+    row, where there is any of these), softmax along its rows in place (reductions.py's row
+    softmax), then scores @ v' written through c's view. The scores stay in cache from one
+    step to the next; the whole [*batch, m, s] of them is never stored. The batch indices are
+    shared by the module's threads (each with its own buffers, its GEMMs whole), once there
+    are enough multiply-adds."""
     from llvmlite import ir
 
     from ..codegen.llvm import irgen
