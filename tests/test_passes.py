@@ -379,6 +379,9 @@ def test_strided_products_read_and_write_attention_heads_in_place():
     ("s / 8.0", True),                                # a scale by division
     ("s + pad[:, none, none, :]", True),              # a key-padding bias [B, 1, 1, T]
     ("where(keys, -1e9, s / 8.0) + pad[:, none, none, :]", True),  # all three
+    ("where(keys, -inf, where(keep, -inf, s))", True),  # two masks filled alike: their union
+    ("where(keys, s, -inf) + pad[:, none, none, :]", True),  # a mask and a bias
+    ("where(keys, -inf, where(keep, s, -inf))", False),  # two masks of opposite kinds
     ("where(col, s, -inf)", False),                   # a mask broadcast along the keys
     ("where(keep, s, s * 2.0)", False),               # no constant to fill with
     ("where(keep, s, -inf) * 2.0", False),            # a scale after the mask

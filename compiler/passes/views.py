@@ -464,17 +464,23 @@ def _before_softmax(graph: Graph, x: Value) -> tuple[Value, dict] | None:
                 break
         else:
             return None
-    if graph.op(v.node) == "where":
+    masks = []  # the where ops' masks, last first
+    while graph.op(v.node) == "where":
         cond, then, other = graph.operands(v.node)
         fill_then, fill_other = _constant_scalar(graph, then), _constant_scalar(graph, other)
         if cond.type.dtype != "bool" or (fill_then is None) == (fill_other is None):
             return None
         y, keep = (then, True) if fill_other is not None else (other, False)
-        found["mask"] = _broadcast(graph, cond, shape)
-        if found["mask"] is None or not step(y, v):
+        fill = fill_other if keep else fill_then
+        # several: each fills with the same constant where the same kind of mask says so (a
+        # causal mask and a key-padding mask): one mask, their union (or intersection)
+        if not step(y, v) or (masks and (found["fill"], found["keep"]) != (fill, keep)):
             return None
-        found["fill"], found["keep"] = fill_other if keep else fill_then, keep
+        masks.append(cond)
+        found["fill"], found["keep"] = fill, keep
         v = y
+    if masks:
+        found["mask"] = masks[::-1]
     if graph.op(v.node) in ("mul", "div"):
         a, b = graph.operands(v.node)
         c = _constant_scalar(graph, b)
@@ -521,6 +527,13 @@ def _attention(graph: Graph, nid: int) -> bool:
         return False
     q, k = graph.operands(product.node)
     mask, bias = between["mask"], between["bias"]
+    if mask is not None:  # where(a, f, where(b, f, s)) is where(a | b, f, s): one mask
+        gb, joined = GraphBuilder.like(graph, graph.node(user)), mask[0]
+        for cond in mask[1:]:
+            joined = gb.op("logical_and" if between["keep"] else "logical_or", joined, cond)
+        mask = _broadcast(graph, joined, x.type.shape)
+        if mask is None:
+            return False
     extra = {"fill": between["fill"], "keep": between["keep"]} if mask else {}
     new = GraphBuilder.like(graph, graph.node(user)).checked(
         "attention_strided", q, k, v, None if mask is None else mask[0],
