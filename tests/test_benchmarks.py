@@ -96,3 +96,10 @@ def test_pass_ab_script_times_both_builds_and_puts_the_pipeline_back(monkeypatch
     assert NATIVE_PIPELINE == whole
     assert got["diff"] == 0.0 and got["kernels"][0] > got["kernels"][1], got
     assert got["without"] > 0 and got["with"] > 0, got
+    # a model file, its arguments and random inputs of the sizes bound: the GPT example's
+    # masked attention, one kernel per layer with the pass
+    got = script.compare(str(ROOT / "examples" / "gpt.kiln"), 0, threads=1,
+                         without=["strided_products"], rounds=1, seconds=0.0,
+                         args={"n_layer": 1}, binds=["B=2", "T=9"])
+    assert NATIVE_PIPELINE == whole
+    assert got["diff"] < 1e-5 and got["kernels"][0] > got["kernels"][1], got
