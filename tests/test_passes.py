@@ -402,6 +402,14 @@ def test_strided_products_fold_masks_and_biases_into_attention(scores, fused):
             assert counts[op] == 0, op
     for sizes in ({"B": 2, "T": 5}, {"B": 1, "T": 1}, {"B": 3, "T": 19}):
         check_opt_levels(src, sizes=sizes)
+    if fused:  # enough heads' work for two threads, each with its rows of mask and bias
+        rng = np.random.default_rng(3)
+        inputs = [rng.standard_normal((3, 64, 96)).astype(np.float32),
+                  rng.random((64, 64)) < 0.7, rng.standard_normal((3, 64)).astype(np.float32),
+                  rng.random((3, 1, 1, 64)) < 0.3, rng.random((64, 1)) < 0.9]
+        want = kiln.compile(src, target="reference", opt_level=0)(*inputs)
+        np.testing.assert_allclose(kiln.compile(src, target="native", threads=2)(*inputs), want,
+                                   rtol=RTOL, atol=ATOL)
 
 
 def test_strided_products_keep_scores_that_are_read_twice():
