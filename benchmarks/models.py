@@ -11,7 +11,9 @@ the eight models of issue 16's table (MLP, LSTM, GRU, Transformer encoder, LeNet
 at 224x224, a two-layer GCN on a graph of Cora's size, the DCGAN generator), each written
 once in kiln and once in PyTorch under the same parameter names (TWIN_SOURCES, twin_module),
 so that PyTorch's state_dict loads into kiln strictly. As in issue 16's table, ResNet-18 runs
-at batch 8 at most (--batches 1 32 gives 1 and 8) and the GCN takes one graph (batch 1).
+at batch 8 at most (--batches 1 32 gives 1 and 8) and the GCN takes one graph (batch 1). Its
+`imported/torch` column is kiln native on PyTorch's export itself, imported from ONNX (its
+sizes other than the batch fixed to the inputs'), against onnxruntime on the same file.
 
 `--precision bf16` times, instead, kiln native with precision="bf16" beside the f32 code of
 the same model (alternating rounds, as below), and gives the bf16 outputs' error against f32:
@@ -436,8 +438,11 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
         torch_export(module, inputs, symbolic_axes(model), Path(tmp) / "torch.onnx")
         sessions = {"kiln": ort_session(Path(tmp) / "kiln.onnx", threads),
                     "torch": ort_session(Path(tmp) / "torch.onnx", threads)}
+        imported = import_native(Path(tmp) / "torch.onnx", model, inputs, threads)
     runs = {"native": lambda: native(**inputs),
             **{k: (lambda s=s: s.run(None, inputs)) for k, s in sessions.items()}}
+    if imported is not None:
+        runs["imported"] = lambda: imported(**inputs)
     with torch.no_grad():
         eager = module(*(torch.from_numpy(a) for a in inputs.values()))
     eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
@@ -447,6 +452,7 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
         return max(float(np.abs(a - b).max()) for a, b in zip(outs, eager, strict=True))
 
     diffs = {"diff": diff(runs["kiln"]()), "native_diff": diff(runs["native"]()),
+             "imported_diff": diff(runs["imported"]()) if imported is not None else 0.0,
              "scale": max(float(np.abs(e).max()) for e in eager),
              "macs": call_macs(native, inputs), "peak": threads * fma_peak_flops()}
     rounds: dict[str, list[float]] = {k: [] for k in runs}
@@ -454,6 +460,25 @@ def measure_twin(name: str, batch: int, threads: int, repeat: int) -> dict:
         for k, run in runs.items():
             rounds[k].append(settled(median_ms, repeat, run))
     return {**{k: statistics.median(v) for k, v in rounds.items()}, **diffs}
+
+
+def import_native(path: Path, model, inputs: dict[str, np.ndarray], threads: int):
+    """PyTorch's export at `path` imported and compiled natively (ONNX files in), its
+    symbolic sizes other than the batch (the first input's first axis) fixed to the inputs'
+    (the exporter bakes traced sizes into reshapes: the Transformer's L); None, with the
+    reason on stderr, where kiln cannot import it."""
+    from kiln.compiler.errors import KilnError
+
+    fixed = {}
+    for port, array in zip(model.inputs, inputs.values(), strict=True):
+        for axis, d in enumerate(port.type.shape):
+            if d.symbol is not None and (port, axis) != (model.inputs[0], 0):
+                fixed[d.symbol] = array.shape[axis]
+    try:
+        return kiln.compile(path, target="native", threads=threads, args=fixed or None)
+    except KilnError as err:
+        print(f"import of PyTorch's export: {err}".splitlines()[0], file=sys.stderr)
+        return None
 
 
 def call_macs(model, inputs: dict[str, np.ndarray]) -> int:
@@ -468,8 +493,9 @@ def compare_with_pytorch(opts) -> int:
     """The --pytorch table: one child process per (model, batch, threads)."""
     names = [n for n in TWIN_SOURCES if not opts.models or n in opts.models]
     header = (f"{'model':<14}{'batch':>6}{'thr':>4}{'native ms':>11}{'kiln export ms':>16}"
-              f"{'torch export ms':>17}{'native/torch':>13}{'kiln/torch':>11}{'max |diff|':>12}"
-              f"{'peak% native':>14}{'torch':>7}{'0.8x needs':>12}")
+              f"{'torch export ms':>17}{'native/torch':>13}{'kiln/torch':>11}"
+              f"{'imported/torch':>15}{'max |diff|':>12}{'peak% native':>14}{'torch':>7}"
+              f"{'0.8x needs':>12}")
     print(header)
     print("-" * len(header))
     failed = 0
@@ -488,10 +514,13 @@ def compare_with_pytorch(opts) -> int:
                     failed += 1
                     continue
                 got = json.loads(child.stdout.strip().splitlines()[-1])
+                imported = (f"{got['imported'] / got['torch']:.2f}" if "imported" in got
+                            else "-")
                 print(f"{name:<14}{batch:>6}{threads:>4}{got['native']:>11.3f}"
                       f"{got['kiln']:>16.3f}{got['torch']:>17.3f}"
                       f"{got['native'] / got['torch']:>13.2f}{got['kiln'] / got['torch']:>11.2f}"
-                      f"{max(got['diff'], got['native_diff']):>12.1e}"
+                      f"{imported:>15}"
+                      f"{max(got['diff'], got['native_diff'], got['imported_diff']):>12.1e}"
                       f"{percent(got, 'native'):>14.0f}{percent(got, 'torch'):>7.0f}"
                       f"{percent(got, 'torch') / 0.8:>12.0f}", flush=True)
     return 1 if failed else 0
