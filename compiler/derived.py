@@ -4,6 +4,7 @@ convolution weight prepacked for the GEMM), named so that the name alone says ho
 them from their sources:
 
     permute(perm=1_0):0.weight                           (a Linear's weight.T)
+    permute(perm=1_0):reshape(shape=1024_256):lstm.R     (an ONNX weight [1, 4H, H]'s R^T)
     bn_conv_weight(eps=1e-05):[conv.weight;bn.running_var;bn.weight]
     prepack_b(groups=1,nr=32):permute(perm=1_0):0.weight (weight.T as the GEMM's B panels)
 
@@ -28,6 +29,12 @@ ABSENT = "-"
 def permute(source: np.ndarray, perm: int | tuple[int, ...]) -> np.ndarray:
     """The source with its axes reordered (axis i of the result is axis perm[i]), contiguous."""
     return np.ascontiguousarray(np.transpose(source, np.atleast_1d(perm)))
+
+
+def reshape(source: np.ndarray, shape: int | tuple[int, ...]) -> np.ndarray:
+    """The source's elements, row-major, in `shape` (an ONNX weight's leading axis of one
+    direction dropped, say)."""
+    return np.ascontiguousarray(source).reshape(np.atleast_1d(shape))
 
 
 # BatchNorm folding (passes/batch_norm.py): batch_norm(y) = (y - mean) * s + beta with
@@ -78,7 +85,7 @@ def bn_bias(weight, bias, mean, var, gamma, beta, eps: float) -> np.ndarray:
 
 
 KINDS: dict[str, Kind] = {
-    "permute": permute, "bn_conv_weight": bn_conv_weight,
+    "permute": permute, "reshape": reshape, "bn_conv_weight": bn_conv_weight,
     "bn_conv_transpose_weight": bn_conv_transpose_weight, "bn_linear_weight": bn_linear_weight,
     "bn_bias": bn_bias,
 }

@@ -110,3 +110,36 @@ def test_sequence_lens_at_run_time(op, direction):
     args[4] = np.array([T, 2, 0], np.int32)
     check(op, args, 3 if op == "LSTM" else 2, hidden_size=H, direction=direction,
           rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["GRU", "LSTM"])
+def test_recurrent_weights_are_moved_once_and_remade_with_new_weights(op, tmp_path):
+    """W and R as initializers [1, G*H, *] (an exporter's): natively their transposes are
+    made once when the weights bind (named from the squeezed weight: `permute(perm=1_0):
+    reshape(shape=...):in2`), not per call; they agree with onnxruntime, and new weights
+    remake them (against onnxruntime on a file holding the new weights)."""
+    import onnx
+    from _onnxconvert import run_ort
+
+    import kiln
+
+    x, w, r, b, h0 = inputs(op, 1, 0, True, True)[:5]
+    model = one_node(op, [x, w, r, b], 2 if op == "GRU" else 3, initializers={1: w, 2: r, 3: b},
+                     hidden_size=H)
+    path = tmp_path / "rnn.onnx"
+    path.write_bytes(model.SerializeToString())
+    native = kiln.compile(path, target="native")
+    graph = native.lowered().graph
+    derived = {graph.node(n)["attrs"].get("derived") for n in graph.order()
+               if graph.op(n) == "constant"}
+    assert f"permute(perm=1_0):reshape(shape={GATES[op] * H}_{H}):in2" in derived
+    assert not [n for n in graph.order() if graph.op(n) == "permute"]  # none per call
+    for got, want in zip(native(x), run_ort(model, [x]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    r2 = (r * 0.5 + 0.1).astype(np.float32)
+    native.load_weights({**native.state_dict(), "in2": r2})
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    changed.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(r2, "in2"))
+    for got, want in zip(native(x), run_ort(changed, [x]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -90,7 +90,8 @@ WEIGHT_LAYOUT_LIMIT = 1 << 26  # elements: a transposed copy of a weight is made
 
 @graph_pass("fold_weight_layout", needs_params=True)
 def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
-    """transpose(param) / permute(param) -> constant holding the moved weights.
+    """transpose(param) / permute(param) -> constant holding the moved weights (also of a
+    reshaped or squeezed param: permute(reshape(param))).
 
     `x @ weight.T` (every Linear) would otherwise transpose the weight on every call; with the
     parameter values at hand the transposed copy is made once. The constant is marked as
@@ -102,14 +103,22 @@ def fold_weight_layout(graph: Graph, ctx: PassContext) -> Graph:
         if not has(node["op"], Prop.PERMUTE) or not foldable(node):
             continue
         (operand,) = graph.operands(nid)
-        source = graph.node(operand.node)
+        source, reshaped = graph.node(operand.node), None
+        if has(source["op"], Prop.RESHAPE) and foldable(source) and operand.type.rank >= 1:
+            # permute(squeeze(param)): ONNX's recurrent weights [directions, 4H, H]
+            reshaped = operand.type.shape
+            source = graph.node(graph.operands(operand.node)[0].node)
         path = source["attrs"].get("path")
         if source["op"] != "param" or path not in ctx.params:
             continue
         if numel(node["types"][0]) > WEIGHT_LAYOUT_LIMIT:
             ctx.count("too large")
             continue
-        results = evaluate_node(node, [ctx.params[path]])
+        value = ctx.params[path]
+        if reshaped is not None:
+            path = derived_name("reshape", path, shape=tuple(d.value for d in reshaped))
+            value = np.asarray(value).reshape([d.value for d in reshaped])
+        results = evaluate_node(node, [value])
         if results is None:
             continue
         perm = REGISTRY[node["op"]].permutation(operand.type.rank, node["attrs"])
