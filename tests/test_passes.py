@@ -620,6 +620,28 @@ def test_views_split_merged_heads_of_a_symbolic_batch(batch):
     assert View.whole((B * Dim.of(2), D)).reshaped((Dim.of(4), B // Dim.of(2), D)) is None
 
 
+@pytest.mark.parametrize("body, rewritten", [
+    # every part of each split added to the other's same part: one add, one split
+    ("return (a + d) * sigmoid(b + e) - tanh(f + c)", True),  # in either order
+    ("return (a + d) * a", False),                    # a part read twice
+    ("return (a + e) * (b + d)", False),               # parts paired across
+    ("return (a + d) * (b + e)", True),                # c and f read by nothing: summed
+    ("return (a + d) * (b + e) - c", False),           # c read by another op
+])
+def test_simplify_adds_split_parts_before_the_split(body, rewritten):
+    """split(x)[i] + split(y)[i] for every i -> split(x + y)[i] (an imported LSTM's gates:
+    its input projection's and its recurrent product's parts), with cse making the adds and
+    splits one; numerics against the unsimplified graph."""
+    src = forward("a, b, c = split(x, 3, axis = -1)\nd, e, f = split(y, 3, axis = -1)\n"
+                  + body, signature="x: f32[B, 12], y: f32[B, 12]", result="f32[B, 4]")
+    m = elaborate(src, None)
+    graph, stats = optimize(m, passes=["simplify", "cse", "dce"], verify=True)
+    check_numerics(m, graph, initial_params(src, None), DIMS)
+    assert ("split(x)[i] + split(y)[i] -> split(x + y)[i]" in stats[0].changes) == rewritten
+    assert ops(graph)["split"] == (1 if rewritten else 2)
+    assert ops(graph)["add"] == (1 if rewritten else body.count("+"))
+
+
 @pytest.mark.parametrize("expr", [
     "transpose(y, 0, 1) + y[0, 0]",              # the product has another use
     "transpose(matmul(x3, w3), 0, 1)",           # not the last two axes

@@ -17,7 +17,7 @@ from ..builder import GraphBuilder
 from ..dims import Dim
 from ..ir import Graph, Value
 from ..ops import REGISTRY, Prop, has
-from .edit import only_user, replace_node
+from .edit import only_user, replace_node, users
 from .manager import PassContext, graph_pass
 
 Rule = Callable[[Graph, int], Value | None]
@@ -157,9 +157,51 @@ _RESHAPE_RULES = (("reshape to x's shape -> x", same_type),
                   ("reshape(reshape(x)) -> reshape(x) or x", merge_reshapes))
 _PERMUTE_RULES = (("permute(permute(x)) -> permute(x) or x", merge_permutes),
                   ("(a @ b)^T -> b^T @ a^T", transposed_product))
+def _part(graph: Graph, value: Value) -> int | None:
+    """The split node `value` is a result of, where each of its results is read by at most
+    one op, else None."""
+    nid = value.node
+    if graph.op(nid) != "split":
+        return None
+    for i, t in enumerate(graph.node(nid)["types"]):
+        if len(users(graph, Value(nid, i, t))) > 1:
+            return None
+    return nid
+
+
+def add_of_parts(graph: Graph, nid: int) -> Value | None:
+    """split(x)[i] + split(y)[i] -> split(x + y)[i], where the two splits are alike and every
+    part of each is read only by the sum with the other's same part (ONNX's recurrent cells:
+    each gate's input projection plus its recurrent one, four parts and four adds: one add
+    and one split instead of two splits). Each add gets its own x + y and split, which cse
+    makes one; the old splits go once no add reads them."""
+    a, b = graph.operands(nid)
+    first, second = _part(graph, a), _part(graph, b)
+    if (first is None or second is None or first == second or a.index != b.index
+            or graph.node(first)["attrs"] != graph.node(second)["attrs"]):
+        return None
+    if first > second:  # x + y whichever order the add has (equal in IEEE), for cse
+        first, second = second, first
+    (x,), (y,) = graph.operands(first), graph.operands(second)
+    if x.type != y.type or graph.node(nid)["types"][0] != a.type:
+        return None
+    for i, t in enumerate(graph.node(first)["types"]):
+        mine, theirs = Value(first, i, t), Value(second, i, graph.node(second)["types"][i])
+        user, other = only_user(graph, mine), only_user(graph, theirs)
+        if user is None and other is None and not users(graph, mine) + users(graph, theirs):
+            continue  # an earlier add's parts, already taken
+        if (user is None or user != other or graph.op(user) != "add"
+                or {v.node for v in graph.operands(user)} != {first, second}):
+            return None
+    gb = GraphBuilder.like(graph, graph.node(nid))
+    parts = gb.results("split", gb.add(x, y), **graph.node(first)["attrs"])
+    return parts[a.index]
+
+
 RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
     "mul": (("x*1 -> x", _drop_constant(1, (0, 1))),),
-    "add": (("x+0 -> x", _drop_constant(0, (0, 1))),),  # -0.0 + 0.0 is 0.0: sign of zero only
+    "add": (("x+0 -> x", _drop_constant(0, (0, 1))),  # -0.0 + 0.0 is 0.0: sign of zero only
+            ("split(x)[i] + split(y)[i] -> split(x + y)[i]", add_of_parts)),
     "sub": (("x-0 -> x", _drop_constant(0, (1,))),),
     "div": (("x/1 -> x", _drop_constant(1, (1,))),),
     "neg": (("-(-x) -> x", involution),),
