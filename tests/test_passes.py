@@ -866,6 +866,39 @@ def test_products_by_one_weights_parts_merge_into_one():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+COLUMN_PROJECTIONS = """
+model P {
+  param r: [4, 9]
+  param b: [9]
+  forward(h: f32[B, 4], x: f32[B, 4]) -> (f32[B, 3], f32[B, 3]) {
+    rz, rr, rh = split(r, 3, axis = -1)
+    bz, br, bh = split(b, 3)
+    z = sigmoid(h @ rz + bz)
+    n = tanh(sigmoid(h @ rr + br) * (h @ rh + bh))
+    c1, c2, c3 = split(r, 3, axis = 1)
+    return (1.0 - z) * n + z * h[:, :3], h @ c1 + x @ c2 + h @ c3
+  }
+}
+"""
+
+
+def test_products_by_one_weights_columns_merge_into_one():
+    """h @ split(R, axis = -1)_i for every part i (an imported GRU's gates, R^T split by
+    columns) become one product by R, split after it, the bias added before the split; the
+    parts of a second split read by two inputs stay apart."""
+    before, after, stats = run_pass(COLUMN_PROJECTIONS, "merge_split_projections",
+                                    dims={"B": 3})
+    assert stats.changes == {"products merged": 1, "biases merged": 1}
+    assert ops(before)["matmul"] == 6 and ops(after)["matmul"] == 4
+    native, unopt = (kiln.compile(COLUMN_PROJECTIONS),
+                     kiln.compile(COLUMN_PROJECTIONS, target="reference", opt_level=0))
+    native.load_weights(dict(unopt.params))
+    rng = np.random.default_rng(6)
+    h, x = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    for got, want in zip(native(h, x), unopt(h, x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- cse and dce
 def test_cse_merges_equal_expressions():
     src = forward("""

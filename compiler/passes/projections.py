@@ -6,6 +6,7 @@ inputs are one tensor, that is three GEMMs of width E where one of width 3E does
 work with one pass over x (and, exported, one Gemm where PyTorch's export has one too):
 
     split(W)_i^T and x @ that, for every part i          ->  split(x @ W^T, axis=-1)_i
+    x @ split(W, axis=-1)_i, for every part i            ->  split(x @ W, axis=-1)_i
     split(Y)_i + split(b)_i, for every part i            ->  split(Y + b, axis=-1)_i
 
 The rewrite applies only when every part of the split feeds exactly one such product (so
@@ -52,16 +53,26 @@ def _parts(graph: Graph, sid: int, rank: int) -> list | None:
 
 
 def _merge_products(graph: Graph, sid: int) -> int | None:
-    """Rewrite the products of split `sid`'s parts; returns the new split's node, or None."""
-    parts = _parts(graph, sid, 2)
+    """Rewrite the products of split `sid`'s parts; returns the new split's node, or None.
+    A split of W's rows is read transposed (x @ split(W)_i^T: a packed in_proj_weight); one
+    of its columns as it is (x @ split(W, axis = -1)_i: an imported GRU's R^T, one part a
+    gate)."""
+    (weight,) = graph.operands(sid)
+    columns = (weight.type.rank == 2
+               and normalize_axis(graph.node(sid)["attrs"]["axis"], 2) == 1)
+    parts = _parts_of_result(graph, sid) if columns else _parts(graph, sid, 2)
     if parts is None or len(parts) < 2:
         return None
     products, lefts = [], []
     for part in outputs_of(graph, sid):
-        flip = only_user(graph, part)
-        if flip is None or not has(graph.op(flip), Prop.PERMUTE) or _perm(graph, flip) != [1, 0]:
-            return None
-        flipped = outputs_of(graph, flip)[0]
+        if columns:
+            flipped = part
+        else:
+            flip = only_user(graph, part)
+            if (flip is None or not has(graph.op(flip), Prop.PERMUTE)
+                    or _perm(graph, flip) != [1, 0]):
+                return None
+            flipped = outputs_of(graph, flip)[0]
         product = only_user(graph, flipped)
         if product is None or graph.op(product) != "matmul":
             return None
@@ -72,9 +83,8 @@ def _merge_products(graph: Graph, sid: int) -> int | None:
         lefts.append(left)
     if not all(_same(graph, lefts[0], left) for left in lefts[1:]):
         return None
-    (weight,) = graph.operands(sid)
     gb = GraphBuilder.like(graph, graph.node(products[0]))
-    whole = gb.matmul(lefts[0], gb.permute(weight, [1, 0]))
+    whole = gb.matmul(lefts[0], weight if columns else gb.permute(weight, [1, 0]))
     want = [graph.node(p)["types"][0] for p in products]
     new = gb.checked("split", whole, axis=-1, sizes=parts, want=want)
     if new is None:  # the unused product goes with the next dce
