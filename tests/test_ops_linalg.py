@@ -271,3 +271,5 @@ def test_attention_strided_masked_and_biased_matches_loop():
     raises("K0302", "attention_strided", *types, T([5, 5]), T([2, 5]), **attrs, arg="mask")
     raises("K0303", "attention_strided", *types, T([5, 5], "bool"), T([2, 5]),
            **{**attrs, "fill": 1}, arg="fill", match="float")
+    raises("K0303", "attention_strided", *types, T([5, 5], "bool"), T([2, 5]),
+           **{**attrs, "keep": 1}, arg="keep", match="true or false")

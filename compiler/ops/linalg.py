@@ -680,9 +680,13 @@ def _score_views(attrs, ranks: int, mask, bias) -> tuple[list[Dim] | None, list[
 
 
 def _fill(attrs) -> float:
+    """The mask's fill value, checked (and `keep`, which says where it goes)."""
     fill = attrs["fill"]
     if not isinstance(fill, float):
         raise OpError(f"fill must be a float, not {fill!r}", arg="fill", code="K0303")
+    if not isinstance(attrs["keep"], bool):
+        raise OpError(f"keep must be true or false, not {attrs['keep']!r}", arg="keep",
+                      code="K0303")
     return fill
 
 
