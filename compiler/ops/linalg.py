@@ -838,13 +838,14 @@ class _ScoreRows:
             rows.sweep(ir.Constant(ir.IntType(64), 0), one)
 
 
-def _rows_from(b, matrix, row):
+def _rows_from(kb, matrix, row):
     """The matrix of `matrix`'s rows from `row` on (gemm.Matrix, row-major or transposed)."""
+    from llvmlite import ir
+
     from ..codegen.llvm.gemm import Matrix
 
-    if matrix.transposed:
-        return Matrix(b.gep(matrix.ptr, [row]), matrix.stride, transposed=True)
-    return Matrix(b.gep(matrix.ptr, [b.mul(row, matrix.stride)]), matrix.stride)
+    return Matrix(matrix.at(kb, row, ir.Constant(row.type, 0)), matrix.stride,
+                  transposed=matrix.transposed)
 
 
 def _line(b, ptr):
@@ -943,11 +944,10 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _
                 row0 = queries_loop.index
                 rows = b.select(b.icmp_signed("<", b.sub(dm, row0), block), b.sub(dm, row0),
                                 block)
-                gemm(kb, rows, ds, dd, _rows_from(b, q_all, row0), k_all, Matrix(scores, ds))
+                gemm(kb, rows, ds, dd, _rows_from(kb, q_all, row0), k_all, Matrix(scores, ds))
                 if scores_do.any():
                     def row_of(matrix):
-                        return lambda i: b.gep(matrix.ptr,
-                                               [b.mul(b.add(row0, i), matrix.stride)])
+                        return lambda i: matrix.at(kb, b.add(row0, i), ir.Constant(i64, 0))
 
                     given = iter(starts)
                     mask_row = row_of(next(given)) if scores_do.mask else None
@@ -955,7 +955,7 @@ def _attention_range(kb, pointers, start, count, sizes, ranks: int, scores_do: _
                     scores_do.emit(kb, scores, ds, rows, width, mask_row, bias_row)
                 _softmax_row_range(kb, scores, scores, ir.Constant(i64, 0), rows, ds, width,
                                    False)
-                gemm(kb, rows, dn, ds, Matrix(scores, ds), v_all, _rows_from(b, out_all, row0))
+                gemm(kb, rows, dn, ds, Matrix(scores, ds), v_all, _rows_from(kb, out_all, row0))
                 queries_loop.advance(rows)
 
 

@@ -492,7 +492,7 @@ def _before_softmax(graph: Graph, x: Value) -> tuple[Value, dict] | None:
             return None
         found["alpha"] = scale
         v = a
-    if graph.op(v.node) != "matmul_strided" or only_user(graph, v) is None:
+    if graph.op(v.node) != "matmul_strided":  # read only by the next op: step() said so
         return None
     return v, found
 
