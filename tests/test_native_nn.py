@@ -300,6 +300,21 @@ def test_conv_transpose_variants():
           scale=3)
 
 
+def test_conv_transpose_at_odd_geometries():
+    """Rows of 1100 and 2000 pixels (the GEMM's pixel chunks end inside a row), strides of 3
+    with padding past the kernel's reach (the first taps land nowhere), dilation with groups,
+    and output padding on a 1-D convolution."""
+    check({"x": "f32[B, 2, 3, 1100]", "w": "f32[2, 4, 4, 4]", "b": "f32[4]",
+           "x1": "f32[B, 3, 2000]", "w1": "f32[3, 2, 5]", "x2": "f32[B, 4, 6, 5]",
+           "w2": "f32[4, 3, 3, 5]", "w3": "f32[4, 1, 2, 2]"},
+          ["conv_transpose(x, w, b, stride = [1, 2], padding = [1, 3])",
+           "conv_transpose(x1, w1, stride = 3, padding = 4, output_padding = 2)",
+           "conv_transpose(x2, w2, stride = [3, 2], padding = [2, 5], dilation = [1, 2])",
+           "conv_transpose(x2, w3, stride = 3, padding = 1, groups = 2)",
+           "conv_transpose(x2, w3, stride = 2, padding = 2, dilation = 3, groups = 4)"],
+          scale=3)
+
+
 def test_linear_layers_read_their_weights_as_prepacked_panels():
     """A matmul whose B is a weight known before the call (a Linear's folded weight.T) reads
     it as B panels made once (prepack_b): one or two rows streamed panel by panel, more

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import kiln
-from kiln.compiler.codegen.llvm import packing
+from kiln.compiler.codegen.llvm import packing, winograd
 from kiln.compiler.codegen.llvm.microkernels import tiling
 from kiln.compiler.codegen.llvm.packing import AT, BT, G, weight_transform, winograd_b
 from kiln.compiler.ops.conv import conv_nd
@@ -278,6 +278,9 @@ def _worst_transposed(model, c, o, h, w, batch) -> float:
     (40, 9, 9, 7, 3, 2),       # partial tiles on both edges, odd channels (4 o = 36)
     (48, 16, 17, 5, 1, 2),     # one sample, more tile rows than columns
     (33, 12, 12, 12, 2, 1),
+    # C_out a multiple of NR: each xi's products skip the phases whose U is zero
+    (32, 32, 9, 7, 3, 2),
+    (40, 64, 8, 8, 2, 1),
 ])
 def test_native_transposed_winograd_within_its_bound(c, o, h, w, batch, threads):
     args = {"c": c, "o": o, "h": h, "w": w}
@@ -299,9 +302,9 @@ def test_transposed_winograd_in_code_for_avx2_and_one_thread_agree():
     from kiln.compiler.driver import Compilation
     from kiln.runtime.native import NativeModel
 
-    args = {"c": 36, "o": 10, "h": 11, "w": 6}
+    args = {"c": 36, "o": 16, "h": 11, "w": 6}  # (AVX2's panels, 16 wide: phases skipped)
     src = CT_SRC.replace("model T(c: int, o: int, h: int, w: int)", "model T").replace(
-        "f32[B, c, h, w]", "f32[B, 36, 11, 6]").replace("(c, o, 4", "(36, 10, 4")
+        "f32[B, c, h, w]", "f32[B, 36, 11, 6]").replace("(c, o, 4", "(36, 16, 4")
     host = kiln.compile(src, threads=2, seed=3)
     assert any(n.startswith("winograd_ct(") for n in host.native_arrays())
     assert _worst_transposed(host, *args.values(), 5) <= CT_BOUND
@@ -316,6 +319,48 @@ def test_transposed_winograd_in_code_for_avx2_and_one_thread_agree():
                          threads=2)
     assert any(n.startswith("winograd_ct(") for n in native.native_arrays())
     assert _worst_transposed(native, *args.values(), 4) <= CT_BOUND
+
+
+def test_phases_skipped_are_those_whose_u_is_zero():
+    """winograd._live_phases: U[xi] of the stride-1 form is zero, for any weight, in exactly
+    the phases it leaves out (25 of 36 xi live in each phase), and the GEMMs' table of them
+    lists those."""
+    w = RNG.standard_normal((6, 8, 4, 4)).astype(np.float32)
+    u = packing.weight_transform(packing.transposed_as_conv3(w))  # [36, C, 4 C_out]
+    for xi in range(36):
+        live = winograd._live_phases(xi)
+        for phase in range(4):
+            block = u[xi, :, phase * 8:(phase + 1) * 8]
+            assert (phase in live) == bool(np.any(block != 0)), (xi, phase)
+    assert [sum(p in winograd._live_phases(xi) for xi in range(36)) for p in range(4)] == \
+        [winograd.LIVE] * 4
+
+
+def test_transposed_winograd_makes_u_during_a_large_call():
+    """U too large to keep for any batch (256 -> 128 channels at 4x4: 19 MB for a 2 MB
+    weight): the GEMM's panels and the weight channels-last are kept (winograd_lazy_or_b);
+    batch 3 goes through the GEMM and its scatter, batch 9 (LAZY_MIN_ROWS tiles or more)
+    through F(4, 3) with U made a block at a time. Each within its bound, 1 and 2 threads
+    bit-equal, and the reference agrees; new weights reach both."""
+    args = {"c": 256, "o": 128, "h": 4, "w": 4}
+    model = kiln.compile(CT_SRC, args=args, threads=2, seed=4)
+    assert sum(n.startswith("winograd_lazy_or_b(") for n in model.native_arrays()) == 2
+    one = kiln.compile(CT_SRC, args=args, threads=1, seed=4)
+    ref = kiln.compile(CT_SRC, args=args, target="reference", seed=4)
+    for batch in (3, 9):
+        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch == 9)
+        assert _worst_transposed(model, 256, 128, 4, 4, batch) <= CT_BOUND
+        x = RNG.standard_normal((batch, 256, 4, 4)).astype(np.float32)
+        for got, single, want in zip(model(x), one(x), ref(x), strict=True):
+            np.testing.assert_array_equal(got, single)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
+               for k, v in model.params.items()}
+    model.load_weights(weights)
+    ref.load_weights(weights)
+    x = RNG.standard_normal((9, 256, 4, 4)).astype(np.float32)
+    for got, want in zip(model(x), ref(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
 def test_other_transposed_convolutions_keep_the_gemm():

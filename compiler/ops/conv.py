@@ -310,6 +310,12 @@ def _conv_transpose_llvm(kb, n):
         nn_native("winograd").conv_transpose_winograd(kb, n, None if layout == "winograd" else (
             lambda weight: nn_native("conv").conv_transpose(kb, n, window, groups, weight)))
         return
+    if x.dtype == "f32" and layout == "winograd_lazy_or_packed" and 1 in n.prepacked \
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+        # too large a U to keep: made during a call with enough samples, else the GEMM
+        nn_native("winograd").conv_transpose_lazy(
+            kb, n, lambda weight: nn_native("conv").conv_transpose(kb, n, window, groups, weight))
+        return
     nn_native("conv").conv_transpose(kb, n, window, groups)
 
 

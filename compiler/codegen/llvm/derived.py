@@ -8,6 +8,9 @@ the compiler's kinds (a weight's `permute`), the GEMM's prepacked panels:
                                                           convolution's, as a 3x3's)
     winograd_ct_or_b(nr=32):main.3.weight                (that, then prepack_b's panels:
                                                           the one a call's batch picks)
+    winograd_lazy_or_b(nr=32):main.3.weight              (prepack_b's panels, then the
+                                                          weight channels-last, from which
+                                                          a large batch makes U by blocks)
 
 The module lists them among its parameters (ModuleLayout.params); the runtime makes them when
 it binds the weights (`resolve`), so new weights give new derived arrays, and an ahead-of-time
@@ -30,12 +33,14 @@ from .packing import (
     winograd_b,
     winograd_ct,
     winograd_ct_or_b,
+    winograd_lazy_or_b,
 )
 
 KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b": prepack_b,
                                "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
                                "prepack_b_bf16": prepack_b_bf16, "winograd_b": winograd_b,
-                               "winograd_ct": winograd_ct, "winograd_ct_or_b": winograd_ct_or_b}
+                               "winograd_ct": winograd_ct, "winograd_ct_or_b": winograd_ct_or_b,
+                               "winograd_lazy_or_b": winograd_lazy_or_b}
 
 
 def parse(name: str) -> tuple[str, dict, str] | None:

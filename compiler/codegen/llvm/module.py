@@ -48,7 +48,13 @@ from .fused import anchor_weight, fused_kernel
 from .fused import props as fused_props
 from .irgen import i64
 from .kernel import KernelBuilder, NativeNode
-from .layout import PACKED, WINOGRAD, WINOGRAD_OR_PACKED, captured_weights
+from .layout import (
+    PACKED,
+    WINOGRAD,
+    WINOGRAD_LAZY_OR_PACKED,
+    WINOGRAD_OR_PACKED,
+    captured_weights,
+)
 from .microkernels import tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
@@ -317,7 +323,7 @@ class GraphEmitter(GraphVisitor):
                 and _packable_b(graph, nid, op_node, slot, self.precision)):
             return {slot: self.packed_per_call[source.node]}
         layout = op_node["attrs"].get("weight_layout")
-        if layout not in (PACKED, WINOGRAD, WINOGRAD_OR_PACKED):
+        if layout not in (PACKED, WINOGRAD, WINOGRAD_OR_PACKED, WINOGRAD_LAZY_OR_PACKED):
             return {}
         source = graph.operands(nid)[slot]
         src_nid, src_node = source.node, graph.node(source.node)
@@ -328,8 +334,11 @@ class GraphEmitter(GraphVisitor):
         name = self.param_name(src_nid, src_node)
         t = tiling(self.vector_width)
         groups = op_node["attrs"].get("groups", 1)  # a matmul's weight is one group
-        if layout in (WINOGRAD, WINOGRAD_OR_PACKED) and not bf16.gemm_over_winograd(
-                self.module, self.precision):
+        over_winograd = bf16.gemm_over_winograd(self.module, self.precision)
+        if layout == WINOGRAD_LAZY_OR_PACKED and not over_winograd:
+            # the GEMM's panels, then the weight channels-last (U made during a call)
+            return {slot: derived_name("winograd_lazy_or_b", name, nr=t.nr)}
+        if layout in (WINOGRAD, WINOGRAD_OR_PACKED) and not over_winograd:
             # U = G g G^T as 36 B operands (winograd.py), of a transposed convolution's
             # stride-1 form (packing.transposed_as_conv3), and the GEMM's panels after it
             # where a call's batch chooses between the two

@@ -133,6 +133,16 @@ def winograd_ct_or_b(weight: np.ndarray, nr: int) -> np.ndarray:
     return np.concatenate([winograd_ct(weight, nr).ravel(), prepack_b(weight, 1, nr).ravel()])
 
 
+def winograd_lazy_or_b(weight: np.ndarray, nr: int) -> np.ndarray:
+    """The derived array `winograd_lazy_or_b(nr=NR):W` of a 4x4, stride-2, padding-1
+    transposed convolution whose U is too large to keep (winograd.eligible_lazy): the weight
+    as the GEMM's prepacked B (prepack_b, one group), then the weight itself with its output
+    channels last ([C_in, 4, 4, C_out], flat), from which a call with enough samples makes U
+    a block at a time (winograd.conv_transpose_lazy), vectors along the output channels."""
+    plain = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).transpose(0, 2, 3, 1))
+    return np.concatenate([prepack_b(weight, 1, nr).ravel(), plain.ravel()])
+
+
 WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM
 
 

@@ -35,13 +35,13 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from .abi import F32
+from .abi import F32, I64
 from .channels import by_channel, clamp
 from .gemm import Matrix, PackedB, gemm
 from .irgen import Vectors, i64, larger, smaller
 from .microkernels import tiling
 from .movement import transposed
-from .packing import ALPHA, AT, BT, M_OUT, R
+from .packing import ALPHA, AT, BT, M_OUT, G, R
 from .spatial import ZERO, Window, inside
 
 # Winograd pays when the GEMMs it saves are large enough for the transforms: measured on one
@@ -91,28 +91,61 @@ def eligible_transposed(x_t, w_t, y_t, attrs: dict) -> bool | None:
     the GEMMs enough rows for the same rule (conv_transpose_winograd decides per call), at
     most BATCH_FOR_BOTH samples (DCGAN's 8x8 -> 16x16 layer: 4 tiles a sample, from batch 5;
     its 4x4 -> 8x8, one tile, would need 72)."""
-    def all_are(value, want) -> bool:
-        values = value if isinstance(value, (list, tuple)) else [value]
-        return len(values) in (1, 2) and all(v == want for v in values)
-
-    if x_t.dtype != "f32" or x_t.rank != 4 or w_t.rank != 4 or attrs.get("groups", 1) != 1:
+    form = _stride2_form(x_t, w_t, attrs)
+    if form is None:
         return False
-    if not (all_are(attrs.get("stride", 1), 2) and all_are(attrs.get("padding", 0), 1)
-            and all_are(attrs.get("dilation", 1), 1)
-            and all_are(attrs.get("output_padding", 0), 0)):
-        return False
-    c, o, kh, kw = w_t.shape
-    h, w = x_t.shape[2:]
-    if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4) \
-            or min(4 * o.value, c.value) < MIN_CHANNELS:
-        return False
-    tiles = _tiles(h.value, w.value)
-    u = ALPHA * ALPHA * c.value * 4 * o.value
+    c, o, h, w = form
+    tiles = _tiles(h, w)
+    u = ALPHA * ALPHA * c * 4 * o
     if u <= MAX_WEIGHT_PER_TILE * tiles:
         return True
     if u <= MAX_WEIGHT_PER_TILE * min(GROUP_ROWS, BATCH_FOR_BOTH * tiles):
         return None
     return False
+
+
+def _stride2_form(x_t, w_t, attrs: dict) -> tuple[int, int, int, int] | None:
+    """(C_in, C_out, H, W) of an f32 2-D transposed convolution of one group with a 4x4
+    kernel, stride 2, padding 1, no dilation or output padding, constant sizes, at least
+    MIN_CHANNELS channels in and 4 C_out >= MIN_CHANNELS: the ones with a stride-1 3x3 form
+    (packing.transposed_as_conv3); None for any other."""
+    def all_are(value, want) -> bool:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return len(values) in (1, 2) and all(v == want for v in values)
+
+    if x_t.dtype != "f32" or x_t.rank != 4 or w_t.rank != 4 or attrs.get("groups", 1) != 1:
+        return None
+    if not (all_are(attrs.get("stride", 1), 2) and all_are(attrs.get("padding", 0), 1)
+            and all_are(attrs.get("dilation", 1), 1)
+            and all_are(attrs.get("output_padding", 0), 0)):
+        return None
+    c, o, kh, kw = w_t.shape
+    h, w = x_t.shape[2:]
+    if not all(d.is_const for d in (o, c, kh, kw, h, w)) or (kh.value, kw.value) != (4, 4) \
+            or min(4 * o.value, c.value) < MIN_CHANNELS:
+        return None
+    return c.value, o.value, h.value, w.value
+
+
+# A stride-2 transposed convolution whose U is too large to keep for any batch (DCGAN's
+# 4x4 -> 8x8 layer: 36 x 512 x 1024 floats, 75 MB for an 8 MB weight, one tile a sample) makes
+# U during the call instead (`conv_transpose_lazy`): a block of LAZY_KC input channels by one
+# NR-wide panel of the stride-1 form's channels at a time, on the thread's stack (36 x 64 x 32
+# floats: 288 KiB), which the group's rows use as soon as it is made. Making it costs about
+# 2.7 multiply-adds an element of U, the products `rows` each: from LAZY_MIN_ROWS rows a call
+# it pays; with fewer, the call takes the GEMM and scatter on the panels.
+LAZY_KC = 64
+LAZY_MIN_ROWS = 8
+
+
+def eligible_lazy(x_t, w_t, y_t, attrs: dict) -> bool:
+    """Whether a conv_transpose that `eligible_transposed` refuses for U's size alone runs as
+    F(4, 3) with U made during the call: its stride-2 form, with C_out a multiple of 32 (so
+    that each NR-wide panel of the stride-1 form's channels lies in one of its four
+    phases)."""
+    form = _stride2_form(x_t, w_t, attrs)
+    return form is not None and form[1] % 32 == 0 and \
+        eligible_transposed(x_t, w_t, y_t, attrs) is False
 
 
 # a transposed convolution whose U needs more than one sample's tiles keeps both layouts
@@ -122,12 +155,12 @@ BATCH_FOR_BOTH = 16
 
 def _combine(b: ir.IRBuilder, matrix: np.ndarray, values: list) -> list:
     """matrix @ values for a constant matrix and a list of vectors: zero coefficients
-    skipped, +-1 as an add or subtract."""
+    skipped, +-1 as an add or subtract; a value None is a zero (a sum of none is None)."""
     out = []
     for row in matrix:
         total = None
         for coef, value in zip(row, values, strict=True):
-            if coef == 0:
+            if coef == 0 or value is None:
                 continue
             if abs(coef) != 1:
                 value = b.fmul(value, ir.Constant(value.type, [float(abs(coef))] *
@@ -189,6 +222,30 @@ def conv_transpose_winograd(kb, n, otherwise=None) -> None:
             _in_f32(kb, lambda: otherwise(b.gep(kb.input("weight"), [i64(u_floats)])))
 
 
+def conv_transpose_lazy(kb, n, otherwise) -> None:
+    """y = conv_transpose(x, w) (+ bias) for a transposed convolution that `eligible_lazy`
+    accepted, whose weight is `winograd_lazy_or_b`'s array (the GEMM's panels, then w
+    channels-last): as conv_transpose_winograd's F(4, 3), U made during the call
+    (`_lazy_products`), where the call's group of samples has LAZY_MIN_ROWS tiles or more;
+    `otherwise(weight)` (the GEMM and scatter on the panels) where it has fewer."""
+    b = kb.b
+    x_t, w_t, _ = n.in_types
+    h, w = x_t.shape[2:]
+    win = Window.of((h, w), (R, R), (1, 1), (1, 1), (1, 1), (h, w))
+    outs = w_t.shape[1] * 4
+    tiles = _tiles(h.value, w.value)
+    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
+    nr = tiling(kb.vector_width).nr
+    panels = x_t.shape[1].value * -(-(w_t.shape[1].value * 16) // nr) * nr
+    weight = kb.input("weight")
+    with b.if_else(b.icmp_signed(">=", rows, i64(LAZY_MIN_ROWS))) as (lazy, gemm_path):
+        with lazy:
+            _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True,
+                                               lazy=b.gep(weight, [i64(panels)])))
+        with gemm_path:  # (the panels are f32's, under precision="bf16" too)
+            _in_f32(kb, lambda: otherwise(weight))
+
+
 def _in_f32(kb, build) -> None:
     precision, kb.precision = kb.precision, "f32"
     try:
@@ -210,10 +267,11 @@ def _group(b: ir.IRBuilder, tiles: ir.Value, batch: ir.Value) -> ir.Value:
     return larger(b, smaller(b, b.sdiv(i64(GROUP_ROWS), larger(b, tiles, one)), batch), one)
 
 
-def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
+def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> None:
     """The F(4, 3) convolution over `win` with outs_dim output channels (the GEMM's columns),
     a group of samples at a time (GROUP_ROWS); `shuffled`: stored as a stride-2 transposed
-    convolution's outputs (conv_transpose_winograd), else as the convolution's."""
+    convolution's outputs (conv_transpose_winograd), else as the convolution's; `lazy`: U is
+    made during the call from the channels-last weight there (conv_transpose_lazy)."""
     b = kb.b
     x_t, _, bias_t = n.in_types
     x, u, y = kb.input("x"), kb.input("weight"), kb.output()
@@ -252,6 +310,18 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
             plane_out = b.mul(plane_out, i64(4))
         y_sample = b.mul(b.sdiv(outs, i64(4)) if shuffled else outs, plane_out)
         groups = b.sdiv(b.add(batch, b.sub(group, i64(1))), group)
+        # a transposed convolution's phase (ph, pw) has no filter taps in one row and one
+        # column of its 3x3 form, so U[xi] is zero for 11 of the 36 xi: those products are
+        # not made (`_live_phases`), their blocks of M zeroed once for every group (M's xi
+        # blocks are `rows` apart whatever the group's size)
+        phases = _phase_channels(outs_dim, tiling(kb.vector_width).nr) if shuffled else 0
+        if phases:
+            for q in range(xi):
+                for first, last in _runs(sorted(set(range(4)) - set(_live_phases(q)))):
+                    with kb.for_range(rows) as row:
+                        kb.zero_elements(m, b.add(b.mul(b.add(b.mul(i64(q), rows), row), outs),
+                                                  i64(first * phases)),
+                                         i64((last - first) * phases), "f32")
         with kb.for_range(groups) as g:
             s0 = b.mul(g, group)
             count = smaller(b, group, b.sub(batch, s0))
@@ -268,15 +338,29 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
                                            b_.mul(z[1], z[2])], _input_rows,
                             lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
             group_rows = b.mul(count, tiles)
-            with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
-                gemm(kb, group_rows, outs, channels,
-                     Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
-                     PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
-                     Matrix(b.gep(m, [b.mul(q, b.mul(group_rows, outs))]), outs))
+            if lazy is not None:
+                _lazy_products(kb, lazy, v, m, (group_rows, channels, outs))
+            elif phases:  # per xi, only the phases whose U[xi] is not zero
+                for q in range(xi):
+                    for first, last in _runs(_live_phases(q)):
+                        col = i64(first * phases)
+                        gemm(kb, group_rows, i64((last - first) * phases), channels,
+                             Matrix(b.gep(v, [b.mul(i64(q), b.mul(group_rows, channels))]),
+                                    channels),
+                             PackedB(b.gep(u, [b.add(b.mul(i64(q), u_step),
+                                                     b.mul(col, channels))]), channels),
+                             Matrix(b.gep(m, [b.add(b.mul(i64(q), b.mul(rows, outs)), col)]),
+                                    outs))
+            else:
+                with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
+                    gemm(kb, group_rows, outs, channels,
+                         Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
+                         PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
+                         Matrix(b.gep(m, [b.mul(q, b.mul(rows, outs))]), outs))
             with kb.for_range(count) as k:
                 y0 = b.gep(y, [b.mul(b.add(s0, k), y_sample)])
                 by_channel(kb, "wino_out", [b.gep(m, [b.mul(b.mul(k, tiles), outs)]), yt],
-                            [th, tw, outs, group_rows],
+                            [th, tw, outs, rows],
                             lambda b_, z: [b_.mul(z[1], z[2]),
                                            b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
                             _output_rows,
@@ -294,6 +378,130 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool) -> None:
                                 lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
                                 _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
         kb.release(base)
+
+
+def _lazy_products(kb, weight, v, m, sizes) -> None:
+    """M[xi] = V[xi] @ U[xi] (rows x outs, over `channels`) with U made as it is used from
+    the channels-last weight [C_in, 4, 4, C_out] at `weight`: the threads take the NR-wide
+    panels of the stride-1 form's channels (`_lazy_panels`)."""
+    b = kb.b
+    rows, channels, outs = sizes
+    panels = b.sdiv(outs, i64(tiling(kb.vector_width).nr))
+    by_channel(kb, "wino_lazy", [weight, v, m], [panels, rows, channels, outs, ZERO],
+               lambda b_, z: [ZERO, ZERO, ZERO], _lazy_panels,
+               lambda b_, z: b_.mul(i64(ALPHA * ALPHA), b_.mul(z[1], b_.mul(z[2], z[3]))),
+               first=4)
+
+
+def _lazy_panels(kb, pointers, sizes) -> None:
+    """Panels first .. first + count of `_lazy_products`: per LAZY_KC input channels, the
+    block of U for all 36 xi ([36, kc, NR], PackedB panels, on the stack), then the 36
+    products into the panel's columns of M (the first block's writing M, the others'
+    adding to it). Sizes (count, rows, C_in, outs = 4 C_out, first)."""
+    b = kb.b
+    kb.serial = True  # the threads split the panels: the GEMMs run whole
+    weight, v, m = pointers
+    count, rows, channels, outs, first = sizes
+    nr = tiling(kb.vector_width).nr
+    with b.goto_entry_block():
+        block = b.alloca(ir.ArrayType(F32, ALPHA * ALPHA * LAZY_KC * nr), name="u_block")
+        block.align = 64
+    block = b.gep(block, [ZERO, ZERO])
+    c_out = b.sdiv(outs, i64(4))
+    live = _live_table(kb.module)
+    with kb.for_range(count) as p:
+        col = b.mul(b.add(first, p), i64(nr))  # the panel's first channel of the 3x3 form
+        phase = b.sdiv(col, c_out)
+        with kb.for_range(channels, step=LAZY_KC) as k0:
+            kc = smaller(b, i64(LAZY_KC), b.sub(channels, k0))
+            _lazy_block(kb, weight, block, (phase, b.srem(col, c_out)), k0, kc, c_out)
+            with kb.for_range(i64(LIVE)) as index:  # the xi whose U is not zero in this phase
+                q = b.load(b.gep(live, [ZERO, phase, index]))
+                a = Matrix(b.gep(v, [b.add(b.mul(q, b.mul(rows, channels)), k0)]), channels)
+                u = PackedB(b.gep(block, [b.mul(q, b.mul(kc, i64(nr)))]), kc)
+                c = Matrix(b.gep(m, [b.add(b.mul(q, b.mul(rows, outs)), col)]), outs)
+                with b.if_else(b.icmp_signed("==", k0, ZERO)) as (first_block, later):
+                    with first_block:
+                        gemm(kb, rows, i64(nr), kc, a, u, c)
+                    with later:
+                        gemm(kb, rows, i64(nr), kc, a, u, c, accumulate=True)
+
+
+def _lazy_block(kb, weight, block, where, k0, kc, c_out) -> None:
+    """block[xi, c, :] = U[xi] of input channels k0 .. k0 + kc and one NR-wide panel of the
+    stride-1 form's channels, at (phase, o0) = `where`: phase 2 ph + pw's channels o0 ..
+    o0 + NR, whose 3x3 filter g[t][u] is w[c, o, ph + 3 - 2 t, pw + 3 - 2 u] where that is
+    inside the 4x4 kernel and 0 elsewhere (packing.transposed_as_conv3); U = G g G^T, in
+    vectors along the channels, the zero taps left out."""
+    b = kb.b
+    t = tiling(kb.vector_width)
+    vec = Vectors(b, t.width)
+    phase, o0 = where
+    for index in range(4):
+        ph, pw = divmod(index, 2)
+        with b.if_then(b.icmp_signed("==", phase, i64(index))), kb.for_range(kc) as c:
+            filters = b.gep(weight, [b.add(b.mul(b.add(k0, c), b.mul(i64(16), c_out)), o0)])
+            for half in range(t.nr // t.width):
+                def tap(tt, uu, half=half, ph=ph, pw=pw, filters=filters):  # g[tt][uu], or None
+                    i, j = ph + 3 - 2 * tt, pw + 3 - 2 * uu
+                    if not (0 <= i <= 3 and 0 <= j <= 3):
+                        return None
+                    return vec.load(b.gep(filters, [b.add(b.mul(i64(i * 4 + j), c_out),
+                                                          i64(half * t.width))]))
+
+                u = _sandwich(b, G, [[tap(tt, uu) for uu in range(R)] for tt in range(R)])
+                for xi in range(ALPHA * ALPHA):
+                    at = b.add(b.mul(b.add(b.mul(i64(xi), kc), c), i64(t.nr)),
+                               i64(half * t.width))
+                    value = u[xi // ALPHA][xi % ALPHA]
+                    if value is not None:  # (None: U[xi] is zero in this phase, never read)
+                        vec.store(value, b.gep(block, [at]), align=4 * t.width)
+
+
+def _live_phases(xi: int) -> list[int]:
+    """The phases 2 ph + pw of a stride-2 transposed convolution's 3x3 form
+    (packing.transposed_as_conv3) whose U[xi] = (G g G^T)[r, s] (xi = 6 r + s) is not zero
+    whatever the weight: phase ph's filters have no taps in row t = 2 (ph 0) or t = 0 (ph 1),
+    the only row that G's last (first) row reads; columns likewise with pw."""
+    r, s = divmod(xi, ALPHA)
+    dead = {0: ALPHA - 1, 1: 0}
+    return [2 * ph + pw for ph in (0, 1) for pw in (0, 1) if r != dead[ph] and s != dead[pw]]
+
+
+LIVE = 25  # xi whose U is not zero, in each phase (of 36)
+
+
+def _live_table(module: ir.Module) -> ir.GlobalVariable:
+    """The module's constant i64 [4][LIVE] table of each phase's xi with a U not zero."""
+    name = "kiln_winograd_live_xi"
+    table = module.globals.get(name)
+    if table is None:
+        rows = [[q for q in range(ALPHA * ALPHA) if phase in _live_phases(q)]
+                for phase in range(4)]
+        kind = ir.ArrayType(ir.ArrayType(I64, LIVE), 4)
+        table = ir.GlobalVariable(module, kind, name)
+        table.initializer = ir.Constant(kind, [ir.Constant(kind.element, row) for row in rows])
+        table.global_constant, table.linkage = True, "internal"
+    return table
+
+
+def _runs(phases: list[int]) -> list[tuple[int, int]]:
+    """Sorted phases as runs of neighbours [first, last)."""
+    runs: list[tuple[int, int]] = []
+    for p in phases:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
+
+
+def _phase_channels(outs_dim, nr: int) -> int:
+    """C_out of a transposed convolution's 3x3 form with 4 C_out channels `outs_dim`, where
+    each phase's first channel starts a panel of U's (C_out a multiple of NR), else 0: its
+    products then take every phase."""
+    c_out = outs_dim.value // 4 if outs_dim.is_const else 0
+    return c_out if c_out and c_out % nr == 0 else 0
 
 
 def sum_values(b: ir.IRBuilder, values: list[ir.Value]) -> ir.Value:
