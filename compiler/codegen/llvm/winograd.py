@@ -19,7 +19,10 @@ reach past the output, their extra outputs never stored), for a group of S sampl
 
 A 4x4, stride-2, padding-1 transposed convolution runs as the 3x3 convolution it equals at its
 input's resolution (conv_transpose_winograd), step 5 then putting each of its 4 C_out channels
-in its place among the outputs.
+in its place among the outputs. Its four phases' filters each have a zero row and column, so
+U[xi] is zero for 11 of the 36 xi in each phase: step 3 skips those (`_live_phases`). Where U
+is too large to keep (DCGAN's 4x4 -> 8x8 layer), step 3 makes it during the call, a block at
+a time (`conv_transpose_lazy`).
 
 A fused epilogue (relu, a residual add) then runs over y as after any convolution.
 
