@@ -129,6 +129,37 @@ def test_native_winograd_within_its_bound(c, o, h, w, p, batch, threads):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_convolution_makes_u_during_a_large_call():
+    """U too large to keep (96 channels in and out over a 3x4 output: one tile a sample, 36
+    x 96 x 96 floats of U against 2**18 a tile): the GEMM's prepacked A and the weight
+    channels-last are kept (winograd_lazy_a); batch 3 takes the GEMM, batch 9 (LAZY_MIN_ROWS
+    tiles or more) F(4, 3) with U made a block at a time, a bias, none, and a fused
+    residual add alike. Each within its bound, 1 and 2 threads bit-equal, the reference
+    agrees, and new weights reach both paths."""
+    args = {"c": 96, "o": 96, "h": 5, "w": 6, "p": 0}
+    model = kiln.compile(SRC, args=args, threads=2, seed=6)
+    assert sum(n.startswith("winograd_lazy_a(") for n in model.native_arrays()) == 3
+    one = kiln.compile(SRC, args=args, threads=1, seed=6)
+    ref = kiln.compile(SRC, args=args, target="reference", seed=6)
+    for batch, bound in ((3, DIRECT_BOUND), (9, WINOGRAD_BOUND)):
+        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch == 9)
+        assert _worst(model, 96, 96, 5, 6, 0, batch) <= bound
+        x = RNG.standard_normal((batch, 96, 5, 6)).astype(np.float32)
+        s = RNG.standard_normal((batch, 96, 3, 4)).astype(np.float32)
+        for got, single, want in zip(model(x, s), one(x, s), ref(x, s), strict=True):
+            np.testing.assert_array_equal(got, single)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
+               for k, v in model.params.items()}
+    model.load_weights(weights)
+    ref.load_weights(weights)
+    for batch in (3, 9):
+        x = RNG.standard_normal((batch, 96, 5, 6)).astype(np.float32)
+        s = RNG.standard_normal((batch, 96, 3, 4)).astype(np.float32)
+        for got, want in zip(model(x, s), ref(x, s), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
 def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
     """KILN_WINOGRAD=0, even for a model whose Winograd code is in the compile caches (the
     variable is part of their keys)."""

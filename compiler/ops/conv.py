@@ -188,7 +188,15 @@ def _conv_llvm(kb, n):
         # its transformed panels (winograd_b); under bf16 on AMX the GEMM is faster
         nn_native("winograd").conv_winograd(kb, n, _window(x, geo))
         return
-    nn_native("conv").conv(kb, n, _window(x, geo), to_int(n.attrs["groups"], "groups"))
+    groups = to_int(n.attrs["groups"], "groups")
+    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd_lazy_or_packed" \
+            and 1 in n.prepacked \
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+        # too large a U to keep: made during a call with enough samples, else the GEMM
+        nn_native("winograd").conv_lazy(kb, n, _window(x, geo), lambda weight: nn_native(
+            "conv").conv(kb, n, _window(x, geo), groups, weight))
+        return
+    nn_native("conv").conv(kb, n, _window(x, geo), groups)
 
 
 def _conv_macs(input_types, output_types, a) -> Dim:

@@ -20,12 +20,13 @@ from .microkernels import tiling
 from .spatial import ZERO, Window, fold_over, inside, plane_dims
 
 
-def conv(kb, n, win: Window, groups: int) -> None:
+def conv(kb, n, win: Window, groups: int, weight: ir.Value | None = None) -> None:
     """y[n, g] = w[g] @ im2col(x[n, g]) (+ bias) per sample and group, through the GEMM; a
     1x1 convolution with stride 1 and no padding multiplies x itself, and another with stride
     1 reads a zero-bordered copy of x (`Shifted`). A depthwise one (a group per input channel)
     runs depthwise.py's direct kernel while a plane fits its buffer. Other dtypes than f32 run
-    the direct loops."""
+    the direct loops. `weight`: where the prepacked weight is, when not input 1 itself (the
+    panels before winograd_lazy_a's channels-last weight)."""
     x_t, w_t, _bias_t = n.in_types
     if x_t.dtype != "f32":
         _conv_direct(kb, n, win, groups)
@@ -41,14 +42,14 @@ def conv(kb, n, win: Window, groups: int) -> None:
             with through_gemm:
                 _conv_gemm(kb, n, win, groups)
         return
-    _conv_gemm(kb, n, win, groups)
+    _conv_gemm(kb, n, win, groups, weight)
 
 
-def _conv_gemm(kb, n, win: Window, groups: int) -> None:
+def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None) -> None:
     """conv's f32 path through the GEMM (see `conv`)."""
     x_t, w_t, bias_t = n.in_types
     b = kb.b
-    x, w, y = kb.input("x"), kb.input("weight"), kb.output()
+    x, w, y = kb.input("x"), kb.input("weight") if weight is None else weight, kb.output()
     bias = kb.input("bias")
     batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], w_t.shape[0]))
     per_in, per_out = (b.sdiv(c, i64(groups)) for c in (channels, outs))

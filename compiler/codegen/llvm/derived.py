@@ -11,6 +11,8 @@ the compiler's kinds (a weight's `permute`), the GEMM's prepacked panels:
     winograd_lazy_or_b(nr=32):main.3.weight              (prepack_b's panels, then the
                                                           weight channels-last, from which
                                                           a large batch makes U by blocks)
+    winograd_lazy_a(kc=256):layer4.0.conv2.weight        (a convolution's likewise, after
+                                                          prepack_a's slices)
 
 The module lists them among its parameters (ModuleLayout.params); the runtime makes them when
 it binds the weights (`resolve`), so new weights give new derived arrays, and an ahead-of-time
@@ -33,6 +35,7 @@ from .packing import (
     winograd_b,
     winograd_ct,
     winograd_ct_or_b,
+    winograd_lazy_a,
     winograd_lazy_or_b,
 )
 
@@ -40,7 +43,8 @@ KINDS: dict[str, base.Kind] = {**base.KINDS, "prepack_a": prepack_a, "prepack_b"
                                "prepack_a_bf16": prepack_a_bf16,  # precision="bf16": paired
                                "prepack_b_bf16": prepack_b_bf16, "winograd_b": winograd_b,
                                "winograd_ct": winograd_ct, "winograd_ct_or_b": winograd_ct_or_b,
-                               "winograd_lazy_or_b": winograd_lazy_or_b}
+                               "winograd_lazy_or_b": winograd_lazy_or_b,
+                               "winograd_lazy_a": winograd_lazy_a}
 
 
 def parse(name: str) -> tuple[str, dict, str] | None:

@@ -22,7 +22,7 @@ from ...ops import lookup
 from ...passes.manager import PassContext, graph_pass
 from .packing import winograd_enabled
 from .winograd import eligible as winograd_eligible
-from .winograd import eligible_lazy
+from .winograd import eligible_lazy, eligible_lazy_conv
 from .winograd import eligible_transposed as winograd_transposed_eligible
 
 PACKED = "packed"
@@ -31,8 +31,9 @@ WINOGRAD = "winograd"  # packed as Winograd F(4, 3)'s 36 B operands (winograd.py
 # both, for a transposed convolution whose F(4, 3) pays only where a call's batch is large
 # enough (winograd.eligible_transposed's None): each call picks
 WINOGRAD_OR_PACKED = "winograd_or_packed"
-# a stride-2 transposed convolution whose U is too large to keep (winograd.eligible_lazy):
-# the GEMM's panels, and the weight from which a call with enough samples makes U by blocks
+# a stride-2 transposed convolution or a 3x3 convolution whose U is too large to keep
+# (winograd.eligible_lazy, eligible_lazy_conv): the GEMM's panels, and the weight from which
+# a call with enough samples makes U by blocks
 WINOGRAD_LAZY_OR_PACKED = "winograd_lazy_or_packed"
 # which ops may run as F(4, 3), and when (True, False, or None: WINOGRAD_OR_PACKED)
 WINOGRAD_ELIGIBLE = {"conv": winograd_eligible, "conv_transpose": winograd_transposed_eligible}
@@ -87,8 +88,8 @@ def _mark(graph: Graph, ctx: PassContext, known: frozenset[int]) -> None:
         if eligible is not None and winograd_enabled():
             layout = {True: WINOGRAD, None: WINOGRAD_OR_PACKED, False: PACKED}[eligible(
                 a.type, weight.type, node["types"][0], node["attrs"])]
-            if layout == PACKED and node["op"] == "conv_transpose" and eligible_lazy(
-                    a.type, weight.type, node["types"][0], node["attrs"]):
+            lazy = eligible_lazy if node["op"] == "conv_transpose" else eligible_lazy_conv
+            if layout == PACKED and lazy(a.type, weight.type, node["types"][0], node["attrs"]):
                 layout = WINOGRAD_LAZY_OR_PACKED
         if node["attrs"].get("weight_layout") != layout:
             node["attrs"] = {**node["attrs"], "weight_layout": layout}

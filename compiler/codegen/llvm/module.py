@@ -337,6 +337,8 @@ class GraphEmitter(GraphVisitor):
         over_winograd = bf16.gemm_over_winograd(self.module, self.precision)
         if layout == WINOGRAD_LAZY_OR_PACKED and not over_winograd:
             # the GEMM's panels, then the weight channels-last (U made during a call)
+            if op_node["op"] == "conv":
+                return {slot: derived_name("winograd_lazy_a", name, kc=t.kc)}
             return {slot: derived_name("winograd_lazy_or_b", name, nr=t.nr)}
         if layout in (WINOGRAD, WINOGRAD_OR_PACKED) and not over_winograd:
             # U = G g G^T as 36 B operands (winograd.py), of a transposed convolution's

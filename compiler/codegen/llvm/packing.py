@@ -143,6 +143,15 @@ def winograd_lazy_or_b(weight: np.ndarray, nr: int) -> np.ndarray:
     return np.concatenate([prepack_b(weight, 1, nr).ravel(), plain.ravel()])
 
 
+def winograd_lazy_a(weight: np.ndarray, kc: int) -> np.ndarray:
+    """The derived array `winograd_lazy_a(kc=KC):W` of a 3x3 convolution whose U is too large
+    to keep (winograd.eligible_lazy_conv): the weight as the GEMM's prepacked A (prepack_a,
+    one group), then the weight itself with its output channels last ([C, 3, 3, O], flat),
+    from which a call with enough samples makes U a block at a time (winograd.conv_lazy)."""
+    plain = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).transpose(1, 2, 3, 0))
+    return np.concatenate([prepack_a(weight, 1, kc).ravel(), plain.ravel()])
+
+
 WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM
 
 

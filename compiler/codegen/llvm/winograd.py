@@ -62,22 +62,36 @@ def eligible(x_t, w_t, y_t, attrs: dict) -> bool:
     3x3 kernel, stride 1, dilation 1, at least MIN_CHANNELS channels in and out, and an
     output of constant size with enough tiles a sample for U's size (with fewer, the GEMMs
     stream U, 4x the weight's bytes, for too few tiles: memory-bound)."""
+    form = _conv_form(x_t, w_t, y_t, attrs)
+    return form is not None and ALPHA * ALPHA * form[0] * form[1] <= MAX_WEIGHT_PER_TILE * form[2]
+
+
+def _conv_form(x_t, w_t, y_t, attrs: dict) -> tuple[int, int, int] | None:
+    """(O, C, tiles a sample) of an f32 2-D 3x3 convolution, stride 1, dilation 1, groups
+    1, constant sizes, at least MIN_CHANNELS channels in and out; None for any other."""
     def ones(value) -> bool:
         values = value if isinstance(value, (list, tuple)) else [value]
         return all(v == 1 for v in values)
 
     if x_t.dtype != "f32" or x_t.rank != 4 or w_t.rank != 4:
-        return False
+        return None
     if not (ones(attrs.get("stride", 1)) and ones(attrs.get("dilation", 1))
             and attrs.get("groups", 1) == 1):
-        return False
+        return None
     o, c, kh, kw = w_t.shape
     oh, ow = y_t.shape[2:]
-    if not all(d.is_const for d in (o, c, kh, kw, oh, ow)):
-        return False
-    tiles = _tiles(oh.value, ow.value)
-    return (kh.value, kw.value) == (R, R) and min(o.value, c.value) >= MIN_CHANNELS \
-        and ALPHA * ALPHA * c.value * o.value <= MAX_WEIGHT_PER_TILE * tiles
+    if not all(d.is_const for d in (o, c, kh, kw, oh, ow)) or (kh.value, kw.value) != (R, R) \
+            or min(o.value, c.value) < MIN_CHANNELS:
+        return None
+    return o.value, c.value, _tiles(oh.value, ow.value)
+
+
+def eligible_lazy_conv(x_t, w_t, y_t, attrs: dict) -> bool:
+    """Whether a conv that `eligible` refuses for U's size alone (ResNet-18's 512-channel
+    3x3s at 7x7: 37 MB of U, 4 tiles a sample) runs as F(4, 3) with U made during the call
+    (`conv_lazy`): O a multiple of 32."""
+    form = _conv_form(x_t, w_t, y_t, attrs)
+    return form is not None and form[0] % 32 == 0 and not eligible(x_t, w_t, y_t, attrs)
 
 
 def _tiles(h: int, w: int) -> int:
@@ -249,6 +263,27 @@ def conv_transpose_lazy(kb, n, otherwise) -> None:
             _in_f32(kb, lambda: otherwise(weight))
 
 
+def conv_lazy(kb, n, win: Window, otherwise) -> None:
+    """y = conv(x, w) (+ bias) for a conv that `eligible_lazy_conv` accepted, whose weight
+    is `winograd_lazy_a`'s array (the GEMM's prepacked A, then w channels-last): F(4, 3)
+    with U made during the call where the call's group of samples has LAZY_MIN_ROWS tiles
+    or more, else `otherwise(weight)` (the GEMM on the prepacked A), both in f32."""
+    b = kb.b
+    x_t, w_t, _ = n.in_types
+    o, c = (d.value for d in w_t.shape[:2])
+    tiles = _tiles(*(d.value for d in win.out))
+    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
+    kc = tiling(kb.vector_width).kc
+    slices = -(-(c * R * R) // kc) * kc * o  # floats of prepack_a's A (one group)
+    weight = kb.input("weight")
+    with b.if_else(b.icmp_signed(">=", rows, i64(LAZY_MIN_ROWS))) as (lazy, gemm_path):
+        with lazy:
+            _in_f32(kb, lambda: _conv_winograd(kb, n, win, w_t.shape[0], shuffled=False,
+                                               lazy=b.gep(weight, [i64(slices)])))
+        with gemm_path:  # (the slices are f32's, under precision="bf16" too)
+            _in_f32(kb, lambda: otherwise(weight))
+
+
 def _in_f32(kb, build) -> None:
     precision, kb.precision = kb.precision, "f32"
     try:
@@ -342,7 +377,7 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
                             lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
             group_rows = b.mul(count, tiles)
             if lazy is not None:
-                _lazy_products(kb, lazy, v, m, (group_rows, channels, outs))
+                _lazy_products(kb, lazy, v, m, (group_rows, channels, outs), shuffled)
             elif phases:  # per xi, only the phases whose U[xi] is not zero
                 for q in range(xi):
                     for first, last in _runs(_live_phases(q)):
@@ -383,24 +418,25 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
         kb.release(base)
 
 
-def _lazy_products(kb, weight, v, m, sizes) -> None:
+def _lazy_products(kb, weight, v, m, sizes, transposed: bool) -> None:
     """M[xi] = V[xi] @ U[xi] (rows x outs, over `channels`) with U made as it is used from
-    the channels-last weight [C_in, 4, 4, C_out] at `weight`: the threads take the NR-wide
-    panels of the stride-1 form's channels (`_lazy_panels`)."""
+    the channels-last weight at `weight` ([C, 3, 3, O], or a transposed convolution's
+    [C_in, 4, 4, C_out]): the threads take the NR-wide panels of the outputs (`_lazy_panels`)."""
     b = kb.b
     rows, channels, outs = sizes
     panels = b.sdiv(outs, i64(tiling(kb.vector_width).nr))
-    by_channel(kb, "wino_lazy", [weight, v, m], [panels, rows, channels, outs, ZERO],
-               lambda b_, z: [ZERO, ZERO, ZERO], _lazy_panels,
+    by_channel(kb, "wino_lazy_ct" if transposed else "wino_lazy", [weight, v, m],
+               [panels, rows, channels, outs, ZERO], lambda b_, z: [ZERO, ZERO, ZERO],
+               lambda kb_, pointers, sizes_: _lazy_panels(kb_, pointers, sizes_, transposed),
                lambda b_, z: b_.mul(i64(ALPHA * ALPHA), b_.mul(z[1], b_.mul(z[2], z[3]))),
                first=4)
 
 
-def _lazy_panels(kb, pointers, sizes) -> None:
+def _lazy_panels(kb, pointers, sizes, transposed: bool) -> None:
     """Panels first .. first + count of `_lazy_products`: per LAZY_KC input channels, the
-    block of U for all 36 xi ([36, kc, NR], PackedB panels, on the stack), then the 36
-    products into the panel's columns of M (the first block's writing M, the others'
-    adding to it). Sizes (count, rows, C_in, outs = 4 C_out, first)."""
+    block of U ([36, kc, NR], PackedB panels, on the stack), then the products into the
+    panel's columns of M (the first block's writing M, the others' adding to it): all 36,
+    or, transposed, the panel's phase's LIVE. Sizes (count, rows, C_in, outs, first)."""
     b = kb.b
     kb.serial = True  # the threads split the panels: the GEMMs run whole
     weight, v, m = pointers
@@ -410,16 +446,22 @@ def _lazy_panels(kb, pointers, sizes) -> None:
         block = b.alloca(ir.ArrayType(F32, ALPHA * ALPHA * LAZY_KC * nr), name="u_block")
         block.align = 64
     block = b.gep(block, [ZERO, ZERO])
-    c_out = b.sdiv(outs, i64(4))
-    live = _live_table(kb.module)
+    c_out = b.sdiv(outs, i64(4)) if transposed else outs
+    live = _live_table(kb.module) if transposed else None
     with kb.for_range(count) as p:
-        col = b.mul(b.add(first, p), i64(nr))  # the panel's first channel of the 3x3 form
-        phase = b.sdiv(col, c_out)
+        col = b.mul(b.add(first, p), i64(nr))  # the panel's first output channel
+        phase = b.sdiv(col, c_out) if transposed else None
         with kb.for_range(channels, step=LAZY_KC) as k0:
             kc = smaller(b, i64(LAZY_KC), b.sub(channels, k0))
-            _lazy_block(kb, weight, block, (phase, b.srem(col, c_out)), k0, kc, c_out)
-            with kb.for_range(i64(LIVE)) as index:  # the xi whose U is not zero in this phase
-                q = b.load(b.gep(live, [ZERO, phase, index]))
+            if transposed:
+                _lazy_block_transposed(kb, weight, block, (phase, b.srem(col, c_out)),
+                                       (k0, kc), c_out)
+            else:
+                _lazy_block(kb, block, kc, lambda c: b.gep(weight, [b.add(b.mul(b.mul(
+                    b.add(k0, c), i64(R * R)), outs), col)]), lambda i, j: b.mul(
+                        i64(i * R + j), outs))
+            with kb.for_range(i64(LIVE if transposed else ALPHA * ALPHA)) as index:
+                q = b.load(b.gep(live, [ZERO, phase, index])) if transposed else index
                 a = Matrix(b.gep(v, [b.add(b.mul(q, b.mul(rows, channels)), k0)]), channels)
                 u = PackedB(b.gep(block, [b.mul(q, b.mul(kc, i64(nr)))]), kc)
                 c = Matrix(b.gep(m, [b.add(b.mul(q, b.mul(rows, outs)), col)]), outs)
@@ -430,35 +472,48 @@ def _lazy_panels(kb, pointers, sizes) -> None:
                         gemm(kb, rows, i64(nr), kc, a, u, c, accumulate=True)
 
 
-def _lazy_block(kb, weight, block, where, k0, kc, c_out) -> None:
-    """block[xi, c, :] = U[xi] of input channels k0 .. k0 + kc and one NR-wide panel of the
-    stride-1 form's channels, at (phase, o0) = `where`: phase 2 ph + pw's channels o0 ..
-    o0 + NR, whose 3x3 filter g[t][u] is w[c, o, ph + 3 - 2 t, pw + 3 - 2 u] where that is
-    inside the 4x4 kernel and 0 elsewhere (packing.transposed_as_conv3); U = G g G^T, in
-    vectors along the channels, the zero taps left out."""
+def _lazy_block_transposed(kb, weight, block, where, channels, c_out) -> None:
+    """`_lazy_block` of a transposed convolution's stride-1 form, at (phase, o0) = `where`:
+    phase 2 ph + pw's channels o0 .. o0 + NR, whose 3x3 filter g[t][u] is w[c, o, ph + 3 -
+    2 t, pw + 3 - 2 u] where that is inside the 4x4 kernel and 0 elsewhere
+    (packing.transposed_as_conv3), read from w channels-last [C_in, 4, 4, C_out]."""
+    b = kb.b
+    phase, o0 = where
+    k0, kc = channels
+    for index in range(4):
+        ph, pw = divmod(index, 2)
+
+        def offset(t, u, ph=ph, pw=pw):  # of tap (t, u) in w[c]'s 16 rows, or None
+            i, j = ph + 3 - 2 * t, pw + 3 - 2 * u
+            return b.mul(i64(i * 4 + j), c_out) if 0 <= i <= 3 and 0 <= j <= 3 else None
+
+        with b.if_then(b.icmp_signed("==", phase, i64(index))):
+            _lazy_block(kb, block, kc, lambda c: b.gep(weight, [b.add(b.mul(
+                b.add(k0, c), b.mul(i64(16), c_out)), o0)]), offset)
+
+
+def _lazy_block(kb, block, kc, filters, offset) -> None:
+    """block[xi, c, :] = U[xi] = (G g G^T)[xi] for c < kc and one NR-wide panel of output
+    channels, in vectors along them: g[t][u]'s vector at filters(c) + offset(t, u) (None: a
+    zero tap, left out; a U[xi] of none is never stored, nor read)."""
     b = kb.b
     t = tiling(kb.vector_width)
     vec = Vectors(b, t.width)
-    phase, o0 = where
-    for index in range(4):
-        ph, pw = divmod(index, 2)
-        with b.if_then(b.icmp_signed("==", phase, i64(index))), kb.for_range(kc) as c:
-            filters = b.gep(weight, [b.add(b.mul(b.add(k0, c), b.mul(i64(16), c_out)), o0)])
-            for half in range(t.nr // t.width):
-                def tap(tt, uu, half=half, ph=ph, pw=pw, filters=filters):  # g[tt][uu], or None
-                    i, j = ph + 3 - 2 * tt, pw + 3 - 2 * uu
-                    if not (0 <= i <= 3 and 0 <= j <= 3):
-                        return None
-                    return vec.load(b.gep(filters, [b.add(b.mul(i64(i * 4 + j), c_out),
-                                                          i64(half * t.width))]))
+    with kb.for_range(kc) as c:
+        base = filters(c)
+        for half in range(t.nr // t.width):
+            def tap(tt, uu, half=half):
+                at = offset(tt, uu)
+                return None if at is None else vec.load(
+                    b.gep(base, [b.add(at, i64(half * t.width))]))
 
-                u = _sandwich(b, G, [[tap(tt, uu) for uu in range(R)] for tt in range(R)])
-                for xi in range(ALPHA * ALPHA):
+            u = _sandwich(b, G, [[tap(tt, uu) for uu in range(R)] for tt in range(R)])
+            for xi in range(ALPHA * ALPHA):
+                value = u[xi // ALPHA][xi % ALPHA]
+                if value is not None:
                     at = b.add(b.mul(b.add(b.mul(i64(xi), kc), c), i64(t.nr)),
                                i64(half * t.width))
-                    value = u[xi // ALPHA][xi % ALPHA]
-                    if value is not None:  # (None: U[xi] is zero in this phase, never read)
-                        vec.store(value, b.gep(block, [at]), align=4 * t.width)
+                    vec.store(value, b.gep(block, [at]), align=4 * t.width)
 
 
 def _live_phases(xi: int) -> list[int]:
