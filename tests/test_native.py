@@ -1066,3 +1066,31 @@ def test_an_input_named_self_is_given_by_name(tmp_path, target):
     np.testing.assert_array_equal(grads["self"], b * 2)
     if target == "native":
         assert m.profile(**{"self": a, "x": b}, repeat=1).calls == 1
+
+
+def test_derived_arrays_made_on_threads_are_those_of_one_thread():
+    """runtime.native._resolved: the derived arrays (here prepacked panels, a permuted weight,
+    Winograd's U and a transposed convolution's panels with its channels-last weight) made
+    on several threads equal one thread's, in the layout's order; a source that is missing
+    raises the same error."""
+    from kiln.compiler.derived import derived_name
+    from kiln.runtime.native import _resolved
+
+    rng = np.random.default_rng(3)
+    params = {"a": rng.standard_normal((40, 70)).astype(np.float32),
+              "c": rng.standard_normal((48, 40, 3, 3)).astype(np.float32),
+              "t": rng.standard_normal((40, 32, 4, 4)).astype(np.float32)}
+    names = ["a", derived_name("prepack_b", "a", nr=32, groups=1),
+             derived_name("permute", "a", perm=[1, 0]), derived_name("winograd_b", "c", nr=32),
+             "c", derived_name("winograd_lazy_a", "c", kc=256),
+             derived_name("winograd_lazy_or_b", "t", nr=32)]
+    one = _resolved(names, params.__getitem__, 1)
+    for threads in (2, 4):
+        many = _resolved(names, params.__getitem__, threads)
+        assert len(many) == len(one)
+        for x, y in zip(many, one, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(one[2], params["a"].T)
+    with pytest.raises(KeyError, match="missing"):
+        _resolved([*names, derived_name("prepack_b", "missing", nr=32, groups=1)],
+                  params.__getitem__, 2)

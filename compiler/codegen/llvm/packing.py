@@ -139,8 +139,7 @@ def winograd_lazy_or_b(weight: np.ndarray, nr: int) -> np.ndarray:
     as the GEMM's prepacked B (prepack_b, one group), then the weight itself with its output
     channels last ([C_in, 4, 4, C_out], flat), from which a call with enough samples makes U
     a block at a time (winograd.conv_transpose_lazy), vectors along the output channels."""
-    plain = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).transpose(0, 2, 3, 1))
-    return np.concatenate([prepack_b(weight, 1, nr).ravel(), plain.ravel()])
+    return _then_channels_last(prepack_b(weight, 1, nr), weight, (0, 2, 3, 1))
 
 
 def winograd_lazy_a(weight: np.ndarray, kc: int) -> np.ndarray:
@@ -148,8 +147,17 @@ def winograd_lazy_a(weight: np.ndarray, kc: int) -> np.ndarray:
     to keep (winograd.eligible_lazy_conv): the weight as the GEMM's prepacked A (prepack_a,
     one group), then the weight itself with its output channels last ([C, 3, 3, O], flat),
     from which a call with enough samples makes U a block at a time (winograd.conv_lazy)."""
-    plain = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).transpose(1, 2, 3, 0))
-    return np.concatenate([prepack_a(weight, 1, kc).ravel(), plain.ravel()])
+    return _then_channels_last(prepack_a(weight, 1, kc), weight, (1, 2, 3, 0))
+
+
+def _then_channels_last(panels: np.ndarray, weight: np.ndarray, axes) -> np.ndarray:
+    """`panels` flat, then the weight with its axes in the order `axes` (its output channels
+    last), in one new array: each written once into it."""
+    w = np.asarray(weight, dtype=np.float32)
+    out = np.empty(panels.size + w.size, np.float32)
+    out[:panels.size] = panels.reshape(-1)
+    np.copyto(out[panels.size:].reshape([w.shape[a] for a in axes]), w.transpose(axes))
+    return out
 
 
 WINOGRAD_ENV = "KILN_WINOGRAD"  # "0": every convolution through im2col and the GEMM
