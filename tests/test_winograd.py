@@ -158,6 +158,18 @@ def test_convolution_makes_u_during_a_large_call():
         s = RNG.standard_normal((batch, 96, 3, 4)).astype(np.float32)
         for got, want in zip(model(x, s), ref(x, s), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # code for AVX2 (8 lanes, 16-wide panels) makes the same U, within the bound
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.runtime.native import NativeModel
+
+    avx2 = targets.named("x86-64-v3")
+    if avx2.missing_on(targets.host()):
+        pytest.skip("this CPU cannot run code for x86-64-v3")
+    native = NativeModel(Compilation.of(kiln.load(SRC), cpu=avx2, args=args),
+                         dict(model.params), threads=2)
+    assert sum(n.startswith("winograd_lazy_a(") for n in native.native_arrays()) == 3
+    assert _worst(native, 96, 96, 5, 6, 0, 9) <= WINOGRAD_BOUND
 
 
 def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
