@@ -6,13 +6,15 @@ backend then stores that weight once in the GEMM's own panel layout (a convoluti
 GEMM's A, gemm.prepack_a: [groups, K/KC slices, O/groups, KC]; a transposed convolution's is
 its B, gemm.prepack_b: [groups, N/NR panels, K, NR]), made when the weights are bound, instead
 of repacking it on every call (for every sample, and every chunk of pixels); a Winograd
-F(4, 3) convolution's is its transformed U (winograd.py; "winograd", or, for a transposed
-convolution whose U pays only from some batch on or is too large to keep,
-"winograd_or_packed" and "winograd_lazy_or_packed": that and the GEMM's panels). A matmul
-whose B is such a matrix (a linear layer's folded weight.T) gets it too, as B panels. Which ops, and
-which GEMM operand their weight is, their records say (`packed_weight`). A weight that is a
-model input, or computed at run time, keeps the plain layout, as does every convolution at
--O0. The attribute changes no result: the reference and the ONNX emitter ignore it.
+F(4, 3) convolution's is its transformed U (winograd.py: "winograd"; "winograd_or_packed", U
+and the GEMM's panels, for a transposed convolution whose U pays only from some batch on;
+"winograd_lazy_or_packed", the GEMM's panels and the weight channels-last, for a convolution
+or transposed convolution whose U is too large to keep and is made during a call). A matmul
+whose B is such a matrix (a linear layer's folded weight.T) gets it too, as B panels. Which
+ops, and which GEMM operand their weight is, their records say (`packed_weight`). A weight
+that is a model input, or computed at run time, keeps the plain layout, as does every
+convolution at -O0. The attribute changes no result: the reference and the ONNX emitter
+ignore it.
 """
 
 from __future__ import annotations

@@ -353,6 +353,9 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
         # not made (`_live_phases`), their blocks of M zeroed once for every group (M's xi
         # blocks are `rows` apart whatever the group's size)
         phases = _phase_channels(outs_dim, tiling(kb.vector_width).nr) if shuffled else 0
+        # (U made during the call skips the same products: eligible_lazy's C_out always
+        # starts each phase on a panel)
+        assert phases or not (shuffled and lazy is not None), "a lazy U's phases"
         if phases:
             for q in range(xi):
                 for first, last in _runs(sorted(set(range(4)) - set(_live_phases(q)))):
