@@ -141,8 +141,8 @@ def test_convolution_makes_u_during_a_large_call():
     assert sum(n.startswith("winograd_lazy_a(") for n in model.native_arrays()) == 3
     one = kiln.compile(SRC, args=args, threads=1, seed=6)
     ref = kiln.compile(SRC, args=args, target="reference", seed=6)
-    for batch, bound in ((3, DIRECT_BOUND), (9, WINOGRAD_BOUND)):
-        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch == 9)
+    for batch, bound in ((3, DIRECT_BOUND), (9, WINOGRAD_BOUND), (200, WINOGRAD_BOUND)):
+        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch != 3)
         assert _worst(model, 96, 96, 5, 6, 0, batch) <= bound
         x = RNG.standard_normal((batch, 96, 5, 6)).astype(np.float32)
         s = RNG.standard_normal((batch, 96, 3, 4)).astype(np.float32)
@@ -324,6 +324,7 @@ def _worst_transposed(model, c, o, h, w, batch) -> float:
     # C_out a multiple of NR: each xi's products skip the phases whose U is zero
     (32, 32, 9, 7, 3, 2),
     (40, 64, 8, 8, 2, 1),
+    (32, 32, 16, 16, 13, 1),   # groups of 12 samples, then one: M's zeroed blocks serve both
 ])
 def test_native_transposed_winograd_within_its_bound(c, o, h, w, batch, threads):
     args = {"c": c, "o": o, "h": h, "w": w}
@@ -390,8 +391,8 @@ def test_transposed_winograd_makes_u_during_a_large_call():
     assert sum(n.startswith("winograd_lazy_or_b(") for n in model.native_arrays()) == 2
     one = kiln.compile(CT_SRC, args=args, threads=1, seed=4)
     ref = kiln.compile(CT_SRC, args=args, target="reference", seed=4)
-    for batch in (3, 9):
-        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch == 9)
+    for batch in (3, 9, 200):  # (200: a group of GROUP_ROWS samples, then one of 8)
+        assert (batch >= winograd.LAZY_MIN_ROWS) == (batch != 3)
         assert _worst_transposed(model, 256, 128, 4, 4, batch) <= CT_BOUND
         x = RNG.standard_normal((batch, 256, 4, 4)).astype(np.float32)
         for got, single, want in zip(model(x), one(x), ref(x), strict=True):

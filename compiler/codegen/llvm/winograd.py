@@ -380,7 +380,7 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
                             lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
             group_rows = b.mul(count, tiles)
             if lazy is not None:
-                _lazy_products(kb, lazy, v, m, (group_rows, channels, outs), shuffled)
+                _lazy_products(kb, lazy, v, m, (group_rows, rows, channels, outs), shuffled)
             elif phases:  # per xi, only the phases whose U[xi] is not zero
                 for q in range(xi):
                     for first, last in _runs(_live_phases(q)):
@@ -422,14 +422,15 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
 
 
 def _lazy_products(kb, weight, v, m, sizes, transposed: bool) -> None:
-    """M[xi] = V[xi] @ U[xi] (rows x outs, over `channels`) with U made as it is used from
-    the channels-last weight at `weight` ([C, 3, 3, O], or a transposed convolution's
-    [C_in, 4, 4, C_out]): the threads take the NR-wide panels of the outputs (`_lazy_panels`)."""
+    """M[xi] = V[xi] @ U[xi] (rows x outs, over `channels`; V's xi blocks `rows` apart, M's
+    `pitch` rows apart) with U made as it is used from the channels-last weight at `weight`
+    ([C, 3, 3, O], or a transposed convolution's [C_in, 4, 4, C_out]): the threads take the
+    NR-wide panels of the outputs (`_lazy_panels`)."""
     b = kb.b
-    rows, channels, outs = sizes
+    rows, pitch, channels, outs = sizes
     panels = b.sdiv(outs, i64(tiling(kb.vector_width).nr))
     by_channel(kb, "wino_lazy_ct" if transposed else "wino_lazy", [weight, v, m],
-               [panels, rows, channels, outs, ZERO], lambda b_, z: [ZERO, ZERO, ZERO],
+               [panels, rows, channels, outs, ZERO, pitch], lambda b_, z: [ZERO, ZERO, ZERO],
                lambda kb_, pointers, sizes_: _lazy_panels(kb_, pointers, sizes_, transposed),
                lambda b_, z: b_.mul(i64(ALPHA * ALPHA), b_.mul(z[1], b_.mul(z[2], z[3]))),
                first=4)
@@ -439,11 +440,12 @@ def _lazy_panels(kb, pointers, sizes, transposed: bool) -> None:
     """Panels first .. first + count of `_lazy_products`: per LAZY_KC input channels, the
     block of U ([36, kc, NR], PackedB panels, on the stack), then the products into the
     panel's columns of M (the first block's writing M, the others' adding to it): all 36,
-    or, transposed, the panel's phase's LIVE. Sizes (count, rows, C_in, outs, first)."""
+    or, transposed, the panel's phase's LIVE. Sizes (count, rows, C_in, outs, first, M's
+    pitch in rows)."""
     b = kb.b
     kb.serial = True  # the threads split the panels: the GEMMs run whole
     weight, v, m = pointers
-    count, rows, channels, outs, first = sizes
+    count, rows, channels, outs, first, pitch = sizes
     nr = tiling(kb.vector_width).nr
     with b.goto_entry_block():
         block = b.alloca(ir.ArrayType(F32, ALPHA * ALPHA * LAZY_KC * nr), name="u_block")
@@ -467,7 +469,7 @@ def _lazy_panels(kb, pointers, sizes, transposed: bool) -> None:
                 q = b.load(b.gep(live, [ZERO, phase, index])) if transposed else index
                 a = Matrix(b.gep(v, [b.add(b.mul(q, b.mul(rows, channels)), k0)]), channels)
                 u = PackedB(b.gep(block, [b.mul(q, b.mul(kc, i64(nr)))]), kc)
-                c = Matrix(b.gep(m, [b.add(b.mul(q, b.mul(rows, outs)), col)]), outs)
+                c = Matrix(b.gep(m, [b.add(b.mul(q, b.mul(pitch, outs)), col)]), outs)
                 with b.if_else(b.icmp_signed("==", k0, ZERO)) as (first_block, later):
                     with first_block:
                         gemm(kb, rows, i64(nr), kc, a, u, c)
