@@ -149,10 +149,7 @@ def test_convolution_makes_u_during_a_large_call():
         for got, single, want in zip(model(x, s), one(x, s), ref(x, s), strict=True):
             np.testing.assert_array_equal(got, single)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
-               for k, v in model.params.items()}
-    model.load_weights(weights)
-    ref.load_weights(weights)
+    _new_weights(model, ref)
     for batch in (3, 9):
         x = RNG.standard_normal((batch, 96, 5, 6)).astype(np.float32)
         s = RNG.standard_normal((batch, 96, 3, 4)).astype(np.float32)
@@ -170,6 +167,14 @@ def test_convolution_makes_u_during_a_large_call():
                          dict(model.params), threads=2)
     assert sum(n.startswith("winograd_lazy_a(") for n in native.native_arrays()) == 3
     assert _worst(native, 96, 96, 5, 6, 0, 9) <= WINOGRAD_BOUND
+
+
+def _new_weights(*models) -> None:
+    """The same new random weights into each model (a made-during-the-call U is remade)."""
+    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
+               for k, v in models[0].params.items()}
+    for model in models:
+        model.load_weights(weights)
 
 
 def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
@@ -398,10 +403,7 @@ def test_transposed_winograd_makes_u_during_a_large_call():
         for got, single, want in zip(model(x), one(x), ref(x), strict=True):
             np.testing.assert_array_equal(got, single)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    weights = {k: RNG.standard_normal(v.shape).astype(np.float32)
-               for k, v in model.params.items()}
-    model.load_weights(weights)
-    ref.load_weights(weights)
+    _new_weights(model, ref)
     x = RNG.standard_normal((9, 256, 4, 4)).astype(np.float32)
     for got, want in zip(model(x), ref(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
