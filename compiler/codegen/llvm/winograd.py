@@ -243,44 +243,41 @@ def conv_transpose_lazy(kb, n, otherwise) -> None:
     """y = conv_transpose(x, w) (+ bias) for a transposed convolution that `eligible_lazy`
     accepted, whose weight is `winograd_lazy_or_b`'s array (the GEMM's panels, then w
     channels-last): as conv_transpose_winograd's F(4, 3), U made during the call
-    (`_lazy_products`), where the call's group of samples has LAZY_MIN_ROWS tiles or more;
-    `otherwise(weight)` (the GEMM and scatter on the panels) where it has fewer."""
-    b = kb.b
+    (`_lazy_or_gemm`); `otherwise(weight)` is the GEMM and scatter on the panels."""
     x_t, w_t, _ = n.in_types
     h, w = x_t.shape[2:]
     win = Window.of((h, w), (R, R), (1, 1), (1, 1), (1, 1), (h, w))
-    outs = w_t.shape[1] * 4
-    tiles = _tiles(h.value, w.value)
-    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
     nr = tiling(kb.vector_width).nr
     panels = x_t.shape[1].value * -(-(w_t.shape[1].value * 16) // nr) * nr
-    weight = kb.input("weight")
-    with b.if_else(b.icmp_signed(">=", rows, i64(LAZY_MIN_ROWS))) as (lazy, gemm_path):
-        with lazy:
-            _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True,
-                                               lazy=b.gep(weight, [i64(panels)])))
-        with gemm_path:  # (the panels are f32's, under precision="bf16" too)
-            _in_f32(kb, lambda: otherwise(weight))
+    _lazy_or_gemm(kb, n, win, w_t.shape[1] * 4, True, panels, otherwise)
 
 
 def conv_lazy(kb, n, win: Window, otherwise) -> None:
     """y = conv(x, w) (+ bias) for a conv that `eligible_lazy_conv` accepted, whose weight
     is `winograd_lazy_a`'s array (the GEMM's prepacked A, then w channels-last): F(4, 3)
-    with U made during the call where the call's group of samples has LAZY_MIN_ROWS tiles
-    or more, else `otherwise(weight)` (the GEMM on the prepacked A), both in f32."""
-    b = kb.b
-    x_t, w_t, _ = n.in_types
-    o, c = (d.value for d in w_t.shape[:2])
-    tiles = _tiles(*(d.value for d in win.out))
-    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
+    with U made during the call (`_lazy_or_gemm`); `otherwise(weight)` is the GEMM on the
+    prepacked A."""
+    o, c = (d.value for d in n.in_types[1].shape[:2])
     kc = tiling(kb.vector_width).kc
     slices = -(-(c * R * R) // kc) * kc * o  # floats of prepack_a's A (one group)
+    _lazy_or_gemm(kb, n, win, n.in_types[1].shape[0], False, slices, otherwise)
+
+
+def _lazy_or_gemm(kb, n, win: Window, outs_dim, shuffled: bool, gemm_floats: int,
+                  otherwise) -> None:
+    """F(4, 3) with U made during the call from the channels-last weight after the GEMM's
+    `gemm_floats` of the weight input, where the call's group of samples has LAZY_MIN_ROWS
+    tiles or more; else `otherwise(weight)`; both in f32 (the GEMM's operand is f32's, under
+    precision="bf16" too)."""
+    b = kb.b
+    tiles = _tiles(*(d.value for d in win.out))
+    rows = b.mul(_group(b, i64(tiles), kb.dim(n.in_types[0].shape[0])), i64(tiles))
     weight = kb.input("weight")
     with b.if_else(b.icmp_signed(">=", rows, i64(LAZY_MIN_ROWS))) as (lazy, gemm_path):
         with lazy:
-            _in_f32(kb, lambda: _conv_winograd(kb, n, win, w_t.shape[0], shuffled=False,
-                                               lazy=b.gep(weight, [i64(slices)])))
-        with gemm_path:  # (the slices are f32's, under precision="bf16" too)
+            _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs_dim, shuffled=shuffled,
+                                               lazy=b.gep(weight, [i64(gemm_floats)])))
+        with gemm_path:
             _in_f32(kb, lambda: otherwise(weight))
 
 
