@@ -306,116 +306,160 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
     """The F(4, 3) convolution over `win` with outs_dim output channels (the GEMM's columns),
     a group of samples at a time (GROUP_ROWS); `shuffled`: stored as a stride-2 transposed
     convolution's outputs (conv_transpose_winograd), else as the convolution's; `lazy`: U is
-    made during the call from the channels-last weight there (conv_transpose_lazy)."""
+    made during the call from the channels-last weight there (conv_transpose_lazy).
+
+    The kernel allocates the buffers (and reports when memory ran out); the steps run in one
+    function of the module with every size a run-time argument (`_winograd_steps`), shared by
+    every Winograd convolution of the same kind: ResNet-18's 16 kernels call one, where each
+    had its own copy for LLVM to build."""
     b = kb.b
     x_t, _, bias_t = n.in_types
-    x, u, y = kb.input("x"), kb.input("weight"), kb.output()
+    x, y = kb.input("x"), kb.output()
+    u = lazy if lazy is not None else kb.input("weight")
     bias = kb.input("bias") if bias_t is not None else None
     batch, channels, outs = (kb.dim(d) for d in (x_t.shape[0], x_t.shape[1], outs_dim))
     (h, w), (ph, pw), (oh, ow) = ([kb.dim(d) for d in pair] for pair in (
         win.size, win.pad, win.out))
-    th = b.sdiv(b.add(oh, i64(M_OUT - 1)), i64(M_OUT))
-    tw = b.sdiv(b.add(ow, i64(M_OUT - 1)), i64(M_OUT))
-    empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
-    th, tw = b.select(empty, ZERO, th), b.select(empty, ZERO, tw)
-    tiles = b.mul(th, tw)
-    group = _group(b, tiles, batch)
-    rows = b.mul(group, tiles)
-    hp = b.add(b.mul(th, i64(M_OUT)), i64(R - 1))
-    wp = b.add(b.mul(tw, i64(M_OUT)), i64(R - 1))
-    xi = ALPHA * ALPHA
-    sizes = {"xt": b.mul(b.mul(hp, wp), channels), "v": b.mul(i64(xi), b.mul(rows, channels)),
-             "m": b.mul(i64(xi), b.mul(rows, outs)),
-             "yt": b.mul(i64(M_OUT * M_OUT), b.mul(tiles, outs))}
-    total = b.add(sum_values(b, list(sizes.values())), i64(16))
-    base = kb.scratch(total, F32, zeroed=False)  # every part written before it is read
+    sizes = _Sizes(b, batch, channels, outs, oh, ow)
+    base = kb.scratch(sizes.total, F32, zeroed=False)  # every part written before it is read
     ok = b.icmp_unsigned("!=", base, ir.Constant(base.type, None))
     kb.check(ok, "out of memory for a Winograd convolution's buffers")
+    # a transposed convolution's phase (ph, pw) has no filter taps in one row and one column
+    # of its 3x3 form, so U[xi] is zero for 11 of the 36 xi: those products are not made
+    # (`_live_phases`); U made during the call skips the same products (eligible_lazy's
+    # C_out always starts each phase on a panel)
+    phases = _phase_channels(outs_dim, tiling(kb.vector_width).nr) if shuffled else 0
+    assert phases or not (shuffled and lazy is not None), "a lazy U's phases"
+    kinds = ("ct" if shuffled else "conv", "lazy" if lazy is not None else "kept",
+             "phased" if phases else "whole", "bias" if bias is not None else "nobias",
+             "serial" if kb.serial else "threads")
+    name = f"kiln_winograd_{'_'.join(kinds)}_v{kb.vector_width or 0}"
+    steps = kb.module.globals.get(name)
+    if steps is None:
+        steps = _winograd_steps(kb, name, shuffled, lazy is not None, bool(phases),
+                                bias is not None)
+    with b.if_then(ok):
+        pointers = [x, u, y, base] + ([bias] if bias is not None else [])
+        kb.call_kernel(steps, pointers, [batch, channels, outs, h, w, ph, pw, oh, ow,
+                                         i64(phases)], "winograd")
+        kb.release(base)
+
+
+class _Sizes:
+    """The tiles of a Winograd call, its group of samples and its buffers' floats, from its
+    run-time sizes."""
+
+    def __init__(self, b: ir.IRBuilder, batch, channels, outs, oh, ow):
+        th = b.sdiv(b.add(oh, i64(M_OUT - 1)), i64(M_OUT))
+        tw = b.sdiv(b.add(ow, i64(M_OUT - 1)), i64(M_OUT))
+        empty = b.or_(b.icmp_signed("<=", oh, ZERO), b.icmp_signed("<=", ow, ZERO))
+        self.th, self.tw = b.select(empty, ZERO, th), b.select(empty, ZERO, tw)
+        self.tiles = b.mul(self.th, self.tw)
+        self.group = _group(b, self.tiles, batch)
+        self.rows = b.mul(self.group, self.tiles)
+        self.hp = b.add(b.mul(self.th, i64(M_OUT)), i64(R - 1))
+        self.wp = b.add(b.mul(self.tw, i64(M_OUT)), i64(R - 1))
+        xi = ALPHA * ALPHA
+        self.parts = [b.mul(b.mul(self.hp, self.wp), channels),  # xt
+                      b.mul(i64(xi), b.mul(self.rows, channels)),  # V
+                      b.mul(i64(xi), b.mul(self.rows, outs)),  # M
+                      b.mul(i64(M_OUT * M_OUT), b.mul(self.tiles, outs))]  # Yt
+        self.total = b.add(sum_values(b, self.parts), i64(16))
+
+
+def _winograd_steps(kb, name: str, shuffled: bool, lazy: bool, phased: bool,
+                    biased: bool) -> ir.Function:
+    """The steps of `_conv_winograd` as a function of the module: pointers x, U (or the
+    channels-last weight, `lazy`), y, the buffers (`_Sizes`) and the bias; sizes batch, C,
+    outs, H, W, the padding, OH, OW and (`phased`) a transposed convolution's C_out."""
+    outer, kb = kb, kb.shared_helper(name)
+    kb.serial = outer.serial
+    b = kb.b
+    x, u, y, base = (kb.buffer(i, "f32") for i in range(4))
+    bias = kb.buffer(4, "f32") if biased else None
+    batch, channels, outs, h, w, ph, pw, oh, ow, phases = (
+        b.load(b.gep(kb.dims_ptr, [i64(i)])) for i in range(10))
+    sizes = _Sizes(b, batch, channels, outs, oh, ow)
+    th, tw, tiles, group, rows = sizes.th, sizes.tw, sizes.tiles, sizes.group, sizes.rows
+    hp, wp = sizes.hp, sizes.wp
+    xi = ALPHA * ALPHA
     nr = tiling(kb.vector_width).nr
     panels = b.sdiv(b.add(outs, i64(nr - 1)), i64(nr))
     u_step = b.mul(channels, b.mul(panels, i64(nr)))  # floats of one xi's packed B
-    with b.if_then(ok):
-        xt = base
-        v = b.gep(xt, [sizes["xt"]])
-        m = b.gep(v, [sizes["v"]])
-        yt = b.gep(m, [sizes["m"]])
-        plane_in = b.mul(h, w)
-        plane_out = b.mul(oh, ow)
-        if shuffled:  # y's planes are (2 OH) x (2 OW), C_out = outs / 4 of them
-            plane_out = b.mul(plane_out, i64(4))
-        y_sample = b.mul(b.sdiv(outs, i64(4)) if shuffled else outs, plane_out)
-        groups = b.sdiv(b.add(batch, b.sub(group, i64(1))), group)
-        # a transposed convolution's phase (ph, pw) has no filter taps in one row and one
-        # column of its 3x3 form, so U[xi] is zero for 11 of the 36 xi: those products are
-        # not made (`_live_phases`), their blocks of M zeroed once for every group (M's xi
+    xt = base
+    v = b.gep(xt, [sizes.parts[0]])
+    m = b.gep(v, [sizes.parts[1]])
+    yt = b.gep(m, [sizes.parts[2]])
+    plane_in = b.mul(h, w)
+    plane_out = b.mul(oh, ow)
+    if shuffled:  # y's planes are (2 OH) x (2 OW), C_out = outs / 4 of them
+        plane_out = b.mul(plane_out, i64(4))
+    y_sample = b.mul(b.sdiv(outs, i64(4)) if shuffled else outs, plane_out)
+    groups = b.sdiv(b.add(batch, b.sub(group, i64(1))), group)
+    if phased:  # the skipped products' blocks of M zeroed once for every group (M's xi
         # blocks are `rows` apart whatever the group's size)
-        phases = _phase_channels(outs_dim, tiling(kb.vector_width).nr) if shuffled else 0
-        # (U made during the call skips the same products: eligible_lazy's C_out always
-        # starts each phase on a panel)
-        assert phases or not (shuffled and lazy is not None), "a lazy U's phases"
-        if phases:
+        for q in range(xi):
+            for first, last in _runs(sorted(set(range(4)) - set(_live_phases(q)))):
+                with kb.for_range(rows) as row:
+                    kb.zero_elements(m, b.add(b.mul(b.add(b.mul(i64(q), rows), row), outs),
+                                              b.mul(i64(first), phases)),
+                                     b.mul(i64(last - first), phases), "f32")
+    with kb.for_range(groups) as g:
+        s0 = b.mul(g, group)
+        count = smaller(b, group, b.sub(batch, s0))
+        with kb.for_range(count) as k:
+            s = b.add(s0, k)
+            x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
+            by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
+                       lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
+                       lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
+            # V[xi, k tiles + t, c]: this sample's rows of the group's products
+            by_channel(kb, "wino_in", [xt, b.gep(v, [b.mul(b.mul(k, tiles), channels)])],
+                       [th, tw, channels, wp, b.mul(count, tiles)],
+                       lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
+                                      b_.mul(z[1], z[2])], _input_rows,
+                       lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
+        group_rows = b.mul(count, tiles)
+        if lazy:
+            _lazy_products(kb, u, v, m, (group_rows, rows, channels, outs), shuffled)
+        elif phased:  # per xi, only the phases whose U[xi] is not zero
             for q in range(xi):
-                for first, last in _runs(sorted(set(range(4)) - set(_live_phases(q)))):
-                    with kb.for_range(rows) as row:
-                        kb.zero_elements(m, b.add(b.mul(b.add(b.mul(i64(q), rows), row), outs),
-                                                  i64(first * phases)),
-                                         i64((last - first) * phases), "f32")
-        with kb.for_range(groups) as g:
-            s0 = b.mul(g, group)
-            count = smaller(b, group, b.sub(batch, s0))
-            with kb.for_range(count) as k:
-                s = b.add(s0, k)
-                x0 = b.gep(x, [b.mul(b.mul(s, channels), plane_in)])
-                by_channel(kb, "wino_pad", [x0, xt], [hp, wp, channels, h, w, ph, pw, ZERO],
-                            lambda b_, z: [i64(0), b_.mul(z[1], z[2])], _pad_rows,
-                            lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])), first=7)
-                # V[xi, k tiles + t, c]: this sample's rows of the group's products
-                by_channel(kb, "wino_in", [xt, b.gep(v, [b.mul(b.mul(k, tiles), channels)])],
-                            [th, tw, channels, wp, b.mul(count, tiles)],
-                            lambda b_, z: [b_.mul(i64(M_OUT), b_.mul(z[3], z[2])),
-                                           b_.mul(z[1], z[2])], _input_rows,
-                            lambda b_, z: b_.mul(i64(xi * 8), b_.mul(b_.mul(z[0], z[1]), z[2])))
-            group_rows = b.mul(count, tiles)
-            if lazy is not None:
-                _lazy_products(kb, lazy, v, m, (group_rows, rows, channels, outs), shuffled)
-            elif phases:  # per xi, only the phases whose U[xi] is not zero
-                for q in range(xi):
-                    for first, last in _runs(_live_phases(q)):
-                        col = i64(first * phases)
-                        gemm(kb, group_rows, i64((last - first) * phases), channels,
-                             Matrix(b.gep(v, [b.mul(i64(q), b.mul(group_rows, channels))]),
-                                    channels),
-                             PackedB(b.gep(u, [b.add(b.mul(i64(q), u_step),
-                                                     b.mul(col, channels))]), channels),
-                             Matrix(b.gep(m, [b.add(b.mul(i64(q), b.mul(rows, outs)), col)]),
-                                    outs))
+                for first, last in _runs(_live_phases(q)):
+                    col = b.mul(i64(first), phases)
+                    gemm(kb, group_rows, b.mul(i64(last - first), phases), channels,
+                         Matrix(b.gep(v, [b.mul(i64(q), b.mul(group_rows, channels))]),
+                                channels),
+                         PackedB(b.gep(u, [b.add(b.mul(i64(q), u_step),
+                                                 b.mul(col, channels))]), channels),
+                         Matrix(b.gep(m, [b.add(b.mul(i64(q), b.mul(rows, outs)), col)]),
+                                outs))
+        else:
+            with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
+                gemm(kb, group_rows, outs, channels,
+                     Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
+                     PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
+                     Matrix(b.gep(m, [b.mul(q, b.mul(rows, outs))]), outs))
+        with kb.for_range(count) as k:
+            y0 = b.gep(y, [b.mul(b.add(s0, k), y_sample)])
+            by_channel(kb, "wino_out", [b.gep(m, [b.mul(b.mul(k, tiles), outs)]), yt],
+                       [th, tw, outs, rows],
+                       lambda b_, z: [b_.mul(z[1], z[2]),
+                                      b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
+                       _output_rows,
+                       lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
+            pointers = [yt, y0] + ([bias] if bias is not None else [])
+            if shuffled:
+                by_channel(kb, "wino_shuffle", pointers,
+                           [b.sdiv(outs, i64(4)), oh, ow, tw, outs],
+                           lambda b_, z: [i64(1), b_.mul(i64(4), b_.mul(z[1], z[2])),
+                                          i64(1)][:len(pointers)],
+                           _store_shuffled,
+                           lambda b_, z: b_.mul(i64(4), b_.mul(z[0], b_.mul(z[1], z[2]))))
             else:
-                with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
-                    gemm(kb, group_rows, outs, channels,
-                         Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
-                         PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
-                         Matrix(b.gep(m, [b.mul(q, b.mul(rows, outs))]), outs))
-            with kb.for_range(count) as k:
-                y0 = b.gep(y, [b.mul(b.add(s0, k), y_sample)])
-                by_channel(kb, "wino_out", [b.gep(m, [b.mul(b.mul(k, tiles), outs)]), yt],
-                            [th, tw, outs, rows],
-                            lambda b_, z: [b_.mul(z[1], z[2]),
-                                           b_.mul(i64(M_OUT * M_OUT), b_.mul(z[1], z[2]))],
-                            _output_rows,
-                            lambda b_, z: b_.mul(i64(xi * 4), b_.mul(b_.mul(z[0], z[1]), z[2])))
-                pointers = [yt, y0] + ([bias] if bias is not None else [])
-                if shuffled:
-                    by_channel(kb, "wino_shuffle", pointers,
-                                [b.sdiv(outs, i64(4)), oh, ow, tw, outs],
-                                lambda b_, z: [i64(1), b_.mul(i64(4), b_.mul(z[1], z[2])),
-                                               i64(1)][:len(pointers)],
-                                _store_shuffled,
-                                lambda b_, z: b_.mul(i64(4), b_.mul(z[0], b_.mul(z[1], z[2]))))
-                else:
-                    by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
-                                lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
-                                _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
-        kb.release(base)
+                by_channel(kb, "wino_store", pointers, [outs, oh, ow, tw, outs],
+                           lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
+                           _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
+    return kb.finish()
 
 
 def _lazy_products(kb, weight, v, m, sizes, transposed: bool) -> None:
