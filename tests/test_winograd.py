@@ -196,9 +196,10 @@ def test_opt_out_keeps_the_gemm_and_its_accuracy(monkeypatch, tmp_path):
 
 
 def test_convolutions_of_different_shapes_share_the_transform_functions(monkeypatch):
-    """The transforms take every size at run time: two Winograd convolutions of different
-    channels and image sizes call one function per transform (not one each), and both
-    stay within the bound against a float64 direct convolution."""
+    """The transforms and the steps between them take every size at run time: two Winograd
+    convolutions of different channels and image sizes call one function per transform and
+    one for the steps (not one each), and both stay within the bound against a float64
+    direct convolution."""
     from kiln.compiler.codegen.llvm import machine
 
     texts = []
@@ -214,7 +215,7 @@ model Two { a = nn.Conv2d(32, 48, 3, padding = 1)
     model = kiln.compile(src, seed=4)
     assert sum(n.startswith("winograd_b(") for n in model.native_arrays()) == 2
     (text,) = texts
-    for transform in ("wino_pad", "wino_in", "wino_out", "wino_store"):
+    for transform in ("wino_pad", "wino_in", "wino_out", "wino_store", "winograd_conv_kept"):
         defined = re.findall(rf'define [^@]*@"?([\w.]*{transform}[\w]*)"?\(', text)
         assert len([d for d in defined if not d.endswith(("_claim", "_parallel"))]) == 1, \
             (transform, defined)
