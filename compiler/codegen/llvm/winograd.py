@@ -310,8 +310,9 @@ def _conv_winograd(kb, n, win: Window, outs_dim, shuffled: bool, lazy=None) -> N
 
     The kernel allocates the buffers (and reports when memory ran out); the steps run in one
     function of the module with every size a run-time argument (`_winograd_steps`), shared by
-    every Winograd convolution of the same kind: ResNet-18's 16 kernels call one, where each
-    had its own copy for LLVM to build."""
+    every Winograd convolution of the same kind: ResNet-18's Winograd kernels call four (U
+    kept or made during the call; in a kernel split by sample or not), where each had its
+    own copy for LLVM to build."""
     b = kb.b
     x_t, _, bias_t = n.in_types
     x, y = kb.input("x"), kb.output()
