@@ -77,25 +77,15 @@ print(json.dumps({"import": t1 - t0, "parse": t2 - t1, "elaborate+init": t3 - t2
 """
 
 
-BYTECODE: dict[str, str] = {}  # the children's environment for imports from bytecode
-
-
-def environment(cache: str) -> dict[str, str]:
-    env = {**os.environ, "KILN_CACHE_DIR": cache, "KILN_PROGRESS": "0", **BYTECODE}
-    if BYTECODE:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 def child(script: str, path: Path, cache: str, weights: str = "") -> dict:
-    env = environment(cache)
+    env = {**os.environ, "KILN_CACHE_DIR": cache, "KILN_PROGRESS": "0"}
     out = subprocess.run([sys.executable, "-c", script, str(path), weights], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def cli(path: Path, cache: str) -> float:
-    env = environment(cache)
+    env = {**os.environ, "KILN_CACHE_DIR": cache, "KILN_PROGRESS": "0"}
     kiln = Path(sys.executable).with_name("kiln")
     start = time.perf_counter()
     subprocess.run([str(kiln), "run", str(path), "--random-inputs"], env=env,
@@ -111,8 +101,9 @@ def main() -> None:
                         help="import kiln from source in every child, not from bytecode")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as pyc:
-        if not opts.source_imports:
-            BYTECODE["PYTHONPYCACHEPREFIX"] = pyc
+        if not opts.source_imports:  # (the children inherit this environment)
+            os.environ["PYTHONPYCACHEPREFIX"] = pyc
+            os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
             print("  writing kiln's bytecode...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory() as tmp:  # every module the children import
                 child(LONG, ROOT / "examples" / "mlp.kiln", str(Path(tmp) / "cache"))
