@@ -129,7 +129,20 @@ def test_native_winograd_within_its_bound(c, o, h, w, p, batch, threads):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_convolution_makes_u_during_a_large_call():
+def _module_text(monkeypatch, *args, **kwargs):
+    """kiln.compile(*args, **kwargs) with the compile caches off, and its module's LLVM IR."""
+    from kiln.compiler.codegen.llvm import machine
+
+    texts = []
+    real = machine.ir_text
+    monkeypatch.setattr(machine, "ir_text", lambda *a: texts.append(real(*a)) or texts[-1])
+    monkeypatch.setenv("KILN_CACHE", "0")
+    model = kiln.compile(*args, **kwargs)
+    (text,) = texts
+    return model, text
+
+
+def test_convolution_makes_u_during_a_large_call(monkeypatch):
     """U too large to keep (96 channels in and out over a 3x4 output: one tile a sample, 36
     x 96 x 96 floats of U against 2**18 a tile): the GEMM's prepacked A and the weight
     channels-last are kept (winograd_lazy_a); batch 3 takes the GEMM, batch 9 (LAZY_MIN_ROWS
@@ -137,8 +150,10 @@ def test_convolution_makes_u_during_a_large_call():
     residual add alike. Each within its bound, 1 and 2 threads bit-equal, the reference
     agrees, and new weights reach both paths."""
     args = {"c": 96, "o": 96, "h": 5, "w": 6, "p": 0}
-    model = kiln.compile(SRC, args=args, threads=2, seed=6)
+    model, text = _module_text(monkeypatch, SRC, args=args, threads=2, seed=6)
     assert sum(n.startswith("winograd_lazy_a(") for n in model.native_arrays()) == 3
+    # the kernels take U made during the call (the GEMM path alone would pass the bounds)
+    assert 'define internal void @"kiln_winograd_conv_lazy_' in text
     one = kiln.compile(SRC, args=args, threads=1, seed=6)
     ref = kiln.compile(SRC, args=args, target="reference", seed=6)
     for batch, bound in ((3, DIRECT_BOUND), (9, WINOGRAD_BOUND), (200, WINOGRAD_BOUND)):
@@ -200,21 +215,14 @@ def test_convolutions_of_different_shapes_share_the_transform_functions(monkeypa
     convolutions of different channels and image sizes call one function per transform and
     one for the steps (not one each), and both stay within the bound against a float64
     direct convolution."""
-    from kiln.compiler.codegen.llvm import machine
-
-    texts = []
-    real = machine.ir_text
-    monkeypatch.setattr(machine, "ir_text", lambda *a: texts.append(real(*a)) or texts[-1])
-    monkeypatch.setenv("KILN_CACHE", "0")
     src = """
 import std.nn
 model Two { a = nn.Conv2d(32, 48, 3, padding = 1)
             b = nn.Conv2d(48, 40, 3, padding = 1)
   forward(x: f32[2, 32, 12, 10], y: f32[1, 48, 9, 7]) { return a(x), b(y) } }
 """
-    model = kiln.compile(src, seed=4)
+    model, text = _module_text(monkeypatch, src, seed=4)
     assert sum(n.startswith("winograd_b(") for n in model.native_arrays()) == 2
-    (text,) = texts
     for transform in ("wino_pad", "wino_in", "wino_out", "wino_store", "winograd_conv_kept"):
         defined = re.findall(rf'define [^@]*@"?([\w.]*{transform}[\w]*)"?\(', text)
         assert len([d for d in defined if not d.endswith(("_claim", "_parallel"))]) == 1, \
@@ -386,15 +394,16 @@ def test_phases_skipped_are_those_whose_u_is_zero():
         [winograd.LIVE] * 4
 
 
-def test_transposed_winograd_makes_u_during_a_large_call():
+def test_transposed_winograd_makes_u_during_a_large_call(monkeypatch):
     """U too large to keep for any batch (256 -> 128 channels at 4x4: 19 MB for a 2 MB
     weight): the GEMM's panels and the weight channels-last are kept (winograd_lazy_or_b);
     batch 3 goes through the GEMM and its scatter, batch 9 (LAZY_MIN_ROWS tiles or more)
     through F(4, 3) with U made a block at a time. Each within its bound, 1 and 2 threads
     bit-equal, and the reference agrees; new weights reach both."""
     args = {"c": 256, "o": 128, "h": 4, "w": 4}
-    model = kiln.compile(CT_SRC, args=args, threads=2, seed=4)
+    model, text = _module_text(monkeypatch, CT_SRC, args=args, threads=2, seed=4)
     assert sum(n.startswith("winograd_lazy_or_b(") for n in model.native_arrays()) == 2
+    assert 'define internal void @"kiln_winograd_ct_lazy_phased_' in text
     one = kiln.compile(CT_SRC, args=args, threads=1, seed=4)
     ref = kiln.compile(CT_SRC, args=args, target="reference", seed=4)
     for batch in (3, 9, 200):  # (200: a group of GROUP_ROWS samples, then one of 8)

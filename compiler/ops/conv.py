@@ -179,24 +179,32 @@ def _window(x: TensorType, geo: Conv):
                                [lo for lo, _ in geo.pads], geo.out)
 
 
+def _winograd_layout(kb, n) -> str | None:
+    """The Winograd weight layout the layout pass chose for an f32 conv or conv_transpose
+    (codegen/llvm/layout.py: "winograd", "winograd_or_packed", "winograd_lazy_or_packed")
+    where its kernel takes that path: the weight is prepacked for it, and the GEMM is not the
+    faster one (bf16 on AMX); else None."""
+    layout = n.attrs.get("weight_layout")
+    if (n.in_types[0].dtype == "f32" and layout is not None and layout.startswith("winograd")
+            and 1 in n.prepacked
+            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision)):
+        return layout
+    return None
+
+
 def _conv_llvm(kb, n):
     x, w, _bias = n.in_types
-    geo = _conv_geometry(x, w, n.attrs)
-    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd" and 1 in n.prepacked \
-            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
-        # the layout pass chose Winograd F(4, 3) (codegen/llvm/layout.py) and the weight is
-        # its transformed panels (winograd_b); under bf16 on AMX the GEMM is faster
-        nn_native("winograd").conv_winograd(kb, n, _window(x, geo))
-        return
+    window = _window(x, _conv_geometry(x, w, n.attrs))
     groups = to_int(n.attrs["groups"], "groups")
-    if x.dtype == "f32" and n.attrs.get("weight_layout") == "winograd_lazy_or_packed" \
-            and 1 in n.prepacked \
-            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+    layout = _winograd_layout(kb, n)
+    if layout == "winograd":  # F(4, 3), the weight its transformed panels (winograd_b)
+        nn_native("winograd").conv_winograd(kb, n, window)
+    elif layout == "winograd_lazy_or_packed":
         # too large a U to keep: made during a call with enough samples, else the GEMM
-        nn_native("winograd").conv_lazy(kb, n, _window(x, geo), lambda weight: nn_native(
-            "conv").conv(kb, n, _window(x, geo), groups, weight))
-        return
-    nn_native("conv").conv(kb, n, _window(x, geo), groups)
+        nn_native("winograd").conv_lazy(kb, n, window, lambda weight: nn_native(
+            "conv").conv(kb, n, window, groups, weight))
+    else:
+        nn_native("conv").conv(kb, n, window, groups)
 
 
 def _conv_macs(input_types, output_types, a) -> Dim:
@@ -309,22 +317,22 @@ def _conv_transpose_llvm(kb, n):
     window = nn_native("spatial").Window.of(x.shape[2:], w.shape[2:], stride, dilation, padding,
                                             out)
     groups = to_int(n.attrs["groups"], "groups")
-    layout = n.attrs.get("weight_layout")
-    if x.dtype == "f32" and layout in ("winograd", "winograd_or_packed") and 1 in n.prepacked \
-            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
-        # a 4x4 stride-2 one as its stride-1 3x3 form in F(4, 3) (codegen/llvm/layout.py),
-        # the weight transformed for it (winograd_ct), or that and the GEMM's panels
-        # (winograd_ct_or_b), one of the two chosen by the batch
-        nn_native("winograd").conv_transpose_winograd(kb, n, None if layout == "winograd" else (
-            lambda weight: nn_native("conv").conv_transpose(kb, n, window, groups, weight)))
-        return
-    if x.dtype == "f32" and layout == "winograd_lazy_or_packed" and 1 in n.prepacked \
-            and not nn_native("bf16").gemm_over_winograd(kb.module, kb.precision):
+    layout = _winograd_layout(kb, n)
+
+    def gemm(weight):  # the GEMM and scatter on the panels at `weight`
+        nn_native("conv").conv_transpose(kb, n, window, groups, weight)
+
+    if layout in ("winograd", "winograd_or_packed"):
+        # a 4x4 stride-2 one as its stride-1 3x3 form in F(4, 3), the weight transformed for
+        # it (winograd_ct), or that and the GEMM's panels (winograd_ct_or_b), one of the two
+        # chosen by the batch
+        nn_native("winograd").conv_transpose_winograd(
+            kb, n, None if layout == "winograd" else gemm)
+    elif layout == "winograd_lazy_or_packed":
         # too large a U to keep: made during a call with enough samples, else the GEMM
-        nn_native("winograd").conv_transpose_lazy(
-            kb, n, lambda weight: nn_native("conv").conv_transpose(kb, n, window, groups, weight))
-        return
-    nn_native("conv").conv_transpose(kb, n, window, groups)
+        nn_native("winograd").conv_transpose_lazy(kb, n, gemm)
+    else:
+        nn_native("conv").conv_transpose(kb, n, window, groups)
 
 
 def _conv_transpose_macs(input_types, _output_types, _a) -> Dim:

@@ -227,8 +227,7 @@ def conv_transpose_winograd(kb, n, otherwise=None) -> None:
         _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs, shuffled=True))
         return
     b = kb.b
-    tiles = _tiles(h.value, w.value)
-    rows = b.mul(_group(b, i64(tiles), kb.dim(x_t.shape[0])), i64(tiles))
+    rows = _group_rows(kb, x_t, win)
     nr = tiling(kb.vector_width).nr
     u_floats = ALPHA * ALPHA * x_t.shape[1].value * -(-outs.value // nr) * nr
     with b.if_else(b.icmp_signed("<=", i64(u_floats), b.mul(rows, i64(MAX_WEIGHT_PER_TILE)))) \
@@ -270,15 +269,21 @@ def _lazy_or_gemm(kb, n, win: Window, outs_dim, shuffled: bool, gemm_floats: int
     tiles or more; else `otherwise(weight)`; both in f32 (the GEMM's operand is f32's, under
     precision="bf16" too)."""
     b = kb.b
-    tiles = _tiles(*(d.value for d in win.out))
-    rows = b.mul(_group(b, i64(tiles), kb.dim(n.in_types[0].shape[0])), i64(tiles))
     weight = kb.input("weight")
+    rows = _group_rows(kb, n.in_types[0], win)
     with b.if_else(b.icmp_signed(">=", rows, i64(LAZY_MIN_ROWS))) as (lazy, gemm_path):
         with lazy:
             _in_f32(kb, lambda: _conv_winograd(kb, n, win, outs_dim, shuffled=shuffled,
                                                lazy=b.gep(weight, [i64(gemm_floats)])))
         with gemm_path:
             _in_f32(kb, lambda: otherwise(weight))
+
+
+def _group_rows(kb, x_t, win: Window) -> ir.Value:
+    """The rows of a call's GEMMs over `win` (constant output size): its group of samples'
+    tiles (`_group`), which decides between the call's paths."""
+    tiles = i64(_tiles(*(d.value for d in win.out)))
+    return kb.b.mul(_group(kb.b, tiles, kb.dim(x_t.shape[0])), tiles)
 
 
 def _in_f32(kb, build) -> None:
