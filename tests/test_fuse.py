@@ -7,6 +7,7 @@ emitted ONNX (the group's ops inline)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -266,6 +267,116 @@ def test_resnet18_convolutions_take_their_epilogues():
 def test_fused_groups_agree_on_every_target(src, dims):
     agree_everywhere(src, dims, rtol=2e-3 if "f16" in src else 1e-5,
                      atol=2e-3 if "f16" in src else 1e-5)
+
+
+# ---------------------------------------------------------------------------- splits in place
+# an LSTM's cell: the gates split in four, every part read by the cell alone
+CELL = model("i, f, g, o = split(x, 4)\n    c2 = sigmoid(f) * c + sigmoid(i) * tanh(g)\n"
+             "    return sigmoid(o) * tanh(c2), c2",
+             "x: f32[B, 256], c: f32[B, 64]", "(f32[B, 64], f32[B, 64])")
+
+
+def test_a_split_read_only_by_a_group_joins_it():
+    _, graph, _ = optimized(CELL)
+    assert "split" not in top_ops(graph)
+    (ops,) = fused_groups(graph)
+    assert ops[0] == "split" and ops.count("sigmoid") == 3
+    (nid,) = graph.nodes_with_op("fused")
+    assert [str(v.type) for v in graph.operands(nid)] == ["f32[B, 256]", "f32[B, 64]"]
+    text = report(kiln.compile(CELL, target="reference").lowered())
+    assert "fused split+" in text
+
+
+@pytest.mark.parametrize("body, signature, result", [
+    # a part is a model output: the split stays, and stores it
+    ("a, b = split(x, 2)\n    return a * b, a", "x: f32[B, 8]", "(f32[B, 4], f32[B, 4])"),
+    # a part another op reads (a sum, before the group's result)
+    ("a, b = split(x, 2)\n    return a * b - sum(a)", "x: f32[B, 8]", "f32[B, 4]"),
+    # parts of another shape than the group's: read broadcast, not in place
+    ("a, b = split(x, 2, axis = 0)\n    return (a + y) * b", "x: f32[2, 4], y: f32[B, 4]",
+     "f32[B, 4]"),
+])
+def test_a_split_the_group_cannot_read_in_place_stays(body, signature, result):
+    src = model(body, signature, result)
+    _, graph, _ = optimized(src)
+    assert "split" in top_ops(graph)
+    assert all("split" not in ops for ops in fused_groups(graph))
+    want_model = kiln.compile(src, target="reference", opt_level=0)
+    inputs = random_inputs(want_model, {"B": 3})
+    _agree(src, want_model, inputs, 1, 1e-5)
+
+
+def _agree(src, want_model, inputs, threads, tol):
+    """Native (and the reference and onnxruntime, -O1) agree with the unoptimized reference."""
+    want = want_model(*inputs)
+    want = want if isinstance(want, tuple) else (want,)
+    for target, m in (("native", kiln.compile(src, target="native", threads=threads)),
+                      ("reference", kiln.compile(src, target="reference")),
+                      ("onnx", kiln.compile(src, target="onnx"))):
+        got = m(*inputs)
+        got = got if isinstance(got, tuple) else (got,)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape, target
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol,
+                                       atol=tol, err_msg=target)
+
+
+SPLITS = [
+    # the cell, its rows on one thread, and on two (B = 64: the rows' work pays for them)
+    (CELL, [{"B": 1}, {"B": 64}], (1, 2)),
+    # along a middle axis: a row is a part's [2, 5] block; r broadcast along the rows
+    (model("a, b, c = split(x, 3, axis = 1)\n    return a * b + exp(c) * r",
+           "x: f32[B, 6, 5], r: f32[2, 5]", "f32[B, 2, 5]"), [{"B": 3}, {"B": 4000}], (2,)),
+    # along the first axis: one row
+    (model("a, b = split(x, 2, axis = 0)\n    return tanh(a) - b * 0.5", "x: f32[6, N]",
+           "f32[3, N]"), [{"N": 7}], (1,)),
+    # an operand broadcast within the rows: the loop nest reads the parts
+    (model("a, b = split(x, 2)\n    return a * s + b", "x: f32[B, 10], s: f32[B, 1]",
+           "f32[B, 5]"), [{"B": 4}], (1, 2)),
+    # two splits, and a scalar
+    (model("a, b = split(x, 2)\n    p, q = split(y, 2)\n    return a * p - b * q + 1.5",
+           "x: f32[B, 12], y: f32[B, 12]", "f32[B, 6]"), [{"B": 5}], (1,)),
+    # half floats: the parts load as their dtype
+    (model("a, b = split(x, 2)\n    return tanh(a) * b", "x: f16[B, 66]", "f16[B, 33]"),
+     [{"B": 3}], (1,)),
+]
+
+
+@pytest.mark.parametrize("src, sizes, threads", SPLITS)
+def test_a_group_reading_split_parts_in_place_agrees(src, sizes, threads):
+    _, graph, _ = optimized(src)
+    assert "split" not in top_ops(graph)
+    want_model = kiln.compile(src, target="reference", opt_level=0)
+    for dims in sizes:
+        inputs = random_inputs(want_model, dims)
+        for t in threads:
+            _agree(src, want_model, inputs, t, 2e-3 if "f16" in src else 1e-5)
+
+
+def test_the_rows_of_a_costly_cell_are_shared_by_the_threads(monkeypatch):
+    """The loop over rows starts the threads when its elements, weighed by the IR
+    instructions of one, reach FLAT_PARALLEL adds' (a decision made at run time from the
+    sizes): the cell at 64 rows of 64, an add of two parts only from FLAT_PARALLEL elements."""
+    from kiln.compiler.codegen.llvm import machine
+    from kiln.compiler.codegen.llvm.elementwise import FLAT_PARALLEL, LOOP_COST
+
+    texts = []
+    real = machine.ir_text
+    monkeypatch.setattr(machine, "ir_text", lambda *a: texts.append(real(*a)) or texts[-1])
+    monkeypatch.setenv("KILN_CACHE", "0")
+    kiln.compile(CELL, threads=2)
+    kiln.compile(model("a, b = split(x, 2)\n    return a + b", "x: f32[B, 128]", "f32[B, 64]"),
+                 threads=2)
+    costs = []
+    for text in texts:
+        fn = re.search(r'define internal void @"[^"]*_rows_parallel"\(.*?\n}', text, re.S)
+        # work = rows * row length * cost, against the least work that pays for the threads
+        work = re.search(r'= mul i64 %"[^"]+", (\d+)\n', fn.group(0)).group(1)  # the first
+        assert re.search(rf'icmp slt i64 %"[^"]+", {FLAT_PARALLEL * LOOP_COST}\n', fn.group(0))
+        costs.append(int(work))
+    cell, add = costs
+    assert add == LOOP_COST
+    assert 64 * 64 * cell >= FLAT_PARALLEL * LOOP_COST > 64 * 64 * add
 
 
 CONV = """

@@ -6,7 +6,10 @@ one of the group's operands (the epilogue: bias, residual add, activation). A me
 used outside the group too (a model output, or an op that runs after the group's result) is
 one more result of the group, stored by the same kernel in the same pass over the elements:
 an optimizer's update (a new moment, then the new weight from it) is one kernel that reads
-each of its operands once and writes each new state and the new weight once. The group
+each of its operands once and writes each new state and the new weight once. A split of a
+value from outside the group, into parts of the group's shape that only the group reads (an
+LSTM's gates into i, f, g and o), joins it too: the kernel reads each part where it stands in
+the value split (fused.py), so no copy of the parts is made. The group
 becomes one `fused` node whose operands are the values the group reads from outside, whose
 results are the group's result and then those other values, in run order, and whose `body`
 attribute holds the group's ops as a graph (as a scan's body does; its outputs are the
@@ -27,6 +30,7 @@ from collections.abc import Callable
 
 from ...ir import STRUCTURAL_OPS, Graph, Value
 from ...ops import REGISTRY, Prop, has
+from ...ops.slicing import _split_parts
 from ...passes.edit import key, remove_unused, replace_uses, users
 from ...passes.manager import PassContext, graph_pass
 from ...types import shape_str
@@ -107,6 +111,7 @@ def fuse(graph: Graph, ctx: PassContext) -> Graph:
             continue
         result = Value(sink, 0, graph.node(sink)["types"][0])
         members = _grow(graph, sink, result, taken, position)
+        _take_splits(graph, members, result, taken)
         anchor = _anchor(graph, members, result, taken, position)
         if len(members) < 2 and anchor is None:
             continue
@@ -137,6 +142,30 @@ def _grow(graph: Graph, sink: int, result: Value, taken: set[int],
                 members.add(v.node)
                 frontier.append(v.node)
     return members
+
+
+def _take_splits(graph: Graph, members: set[int], result: Value, taken: set[int]) -> None:
+    """Add to `members` each split of an outside value, all along one axis, whose parts have
+    the group's shape and are read by members only: the kernel reads them in place."""
+    axis = None
+    for v in _external(graph, members):
+        nid = v.node
+        if graph.op(nid) != "split" or nid in taken or nid in members or \
+                len(members) >= MAX_GROUP:
+            continue
+        node, (source,) = graph.node(nid), graph.operands(nid)
+        if source.node in members or source.type.shape == result.type.shape:
+            continue
+        if any(t.shape != result.type.shape for t in node["types"]):
+            continue
+        if any(u not in members for index in range(len(node["types"]))
+               for u, _ in users(graph, Value(nid, index, None))):
+            continue
+        at, _sizes = _split_parts(source.type, node["attrs"])
+        if axis is not None and at != axis:
+            continue
+        axis = at
+        members.add(nid)
 
 
 def _anchor(graph: Graph, members: set[int], result: Value, taken: set[int],

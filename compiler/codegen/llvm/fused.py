@@ -3,7 +3,9 @@
 With an anchor (a matmul or convolution), the anchor's own lowering writes its result into
 the fused node's output buffer; then one loop over that buffer computes the group's
 elementwise ops per element, in registers, reading the anchor's value where it stands and
-writing the group's result in its place. Without an anchor, the loop alone. Intermediate
+writing the group's result in its place. Without an anchor, the loop alone. A split in the
+group is no loop of its own: the loop reads each of its parts where it stands in the operand
+split (elementwise.Part). Intermediate
 values are rounded to their own dtype between ops, as separate kernels would store them.
 
 A group with several results (values its members compute that the model or later kernels
@@ -19,12 +21,19 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ...dims import Dim
 from ...ir import Graph
 from ...ops import REGISTRY, Prop
 from ...ops.signature import tensor_slot_names
+from ...ops.slicing import _split_parts
 from .abi import I64, PTR
+from .elementwise import Part
 from .irgen import element
 from .kernel import NativeNode
+
+# body ops the loop reads values of rather than computes: the node's inputs, and a split's
+# parts of one (fuse.py), each read where it stands in the input
+READ = ("input", "split")
 
 
 def fused_kernel(kb, n) -> None:
@@ -53,19 +62,26 @@ def fused_kernel(kb, n) -> None:
         saved_node, kb.node = kb.node, anchor_node
         rec.llvm(kb, anchor_node)
         kb.args_ptr, kb.node = saved, saved_node
-    # the loop reads the body inputs the elementwise ops use, and the anchor's result
+    # the loop reads the body inputs the elementwise ops use, the parts of a split input where
+    # they stand in it, and the anchor's result
     read: list[tuple[int, int]] = []
     for nid in body.order():
-        if nid == anchor or body.op(nid) == "input":
+        if nid == anchor or body.op(nid) in READ:
             continue
         for v in body.operands(nid):
-            outside = v is not None and (v.node == anchor or body.op(v.node) == "input")
+            outside = v is not None and (v.node == anchor or body.op(v.node) in READ)
             if outside and (v.node, v.index) not in read:
                 read.append((v.node, v.index))
     ins = []
-    for node_id, _index in read:
+    for node_id, index in read:
         if node_id == anchor:
             ins.append((out, out_t))
+        elif body.op(node_id) == "split":
+            (source,) = body.operands(node_id)
+            whole = n.in_types[slot_of[source.node]]
+            axis, sizes = _split_parts(whole, body.node(node_id)["attrs"])
+            ins.append((kb.input(slot_of[source.node]), body.node(node_id)["types"][index],
+                        Part(whole, axis, sum(sizes[:index], Dim.of(0)))))
         else:
             t = n.in_types[slot_of[node_id]]
             ins.append((kb.input(slot_of[node_id]), t))
@@ -83,7 +99,7 @@ def fused_kernel(kb, n) -> None:
             kb_.flags = ()
         env = dict(zip(read, values, strict=True))
         for nid in body.order():
-            if nid == anchor or body.op(nid) == "input":
+            if nid == anchor or body.op(nid) in READ:
                 continue
             node = body.node(nid)
             args = [env[(v.node, v.index)] for v in body.operands(nid)]
@@ -105,7 +121,8 @@ def _raw(kb, index: int) -> ir.Value:
 
 def props(node: dict) -> frozenset[Prop]:
     """A fused node's kernel properties: its anchor's (a convolution's split by sample), or
-    without one Prop.ELEMENTWISE (the group is an elementwise chain: fuse.py)."""
+    without one Prop.ELEMENTWISE (the group is an elementwise chain: fuse.py; its operands
+    `part_slots` are read in parts of the result's shape, not broadcast)."""
     anchor = node["attrs"].get("anchor")
     if anchor is None:
         return frozenset({Prop.ELEMENTWISE})
@@ -124,3 +141,11 @@ def anchor_weight(node: dict) -> tuple[dict, int] | None:
     if body.g.out_degree(weight.node) != 1:  # the epilogue reads the weight too
         return None
     return body.node(anchor), body.inputs.index(weight.node)
+
+
+def part_slots(node: dict) -> frozenset[int]:
+    """The input slots of a fused node whose kernel reads them in parts (a split's, fuse.py),
+    each part of the shape of the node's result."""
+    body = node["attrs"]["body"]
+    return frozenset(body.inputs.index(body.operands(nid)[0].node) for nid in body.order()
+                     if body.op(nid) == "split")

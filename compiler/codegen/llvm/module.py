@@ -44,7 +44,7 @@ from .calling import (  # noqa: F401  (re-exported)
 )
 from .derived import derived_name, parse
 from .elementwise import FLAT_PARALLEL
-from .fused import anchor_weight, fused_kernel
+from .fused import anchor_weight, fused_kernel, part_slots
 from .fused import props as fused_props
 from .irgen import i64
 from .kernel import KernelBuilder, NativeNode
@@ -606,8 +606,9 @@ def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int |
 
     - an op with Prop.SAMPLEWISE (a convolution, alone or heading a fused epilogue): from 2
       elements (so 2 samples), each sample a GEMM's worth of work;
-    - an elementwise op or fused chain with a broadcast operand (without one its flat loop
-      is shared by the threads already: elementwise.py), or a movement node its record's
+    - an elementwise op or fused chain with a broadcast operand (without one its flat loop,
+      or its loop over rows reading a split's parts, is shared by the threads already:
+      elementwise.py), or a movement node its record's
       `samplewise` rule accepts (a permute keeping axis 0 first, a pad leaving it alone):
       from elementwise.FLAT_PARALLEL elements, below which threads cost more than they save.
     """
@@ -616,7 +617,9 @@ def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int |
     operands = [v.type if v is not None else None for v in graph.operands(nid)]
     if Prop.ELEMENTWISE in lowering.props:
         out = node["types"][0]
-        if all(t is None or t.rank == 0 or t.shape == out.shape for t in operands):
+        parts = part_slots(node) if node["op"] == "fused" else frozenset()
+        if all(t is None or t.rank == 0 or t.shape == out.shape or slot in parts
+               for slot, t in enumerate(operands)):
             return None
         return FLAT_PARALLEL
     rec = REGISTRY.get(node["op"])
