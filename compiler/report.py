@@ -162,6 +162,9 @@ def _reason(graph: Graph, value: Value, consumer: int, producer_end: _End,
     result = Value(consumer, 0, graph.node(consumer)["types"][0])
     if consumer_ok:
         if not (producer_elementwise or producer_anchor):
+            if pg.op(pn) == "split":
+                return ("a split joins a fused kernel (which reads its parts in place) only "
+                        "when every part has the kernel's shape and only the kernel reads it")
             if has(pg.op(pn), Prop.ANCHOR):
                 return anchor_reason(pg, pn)
             return f"{pg.op(pn)} is neither elementwise nor a matmul or convolution"

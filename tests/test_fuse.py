@@ -301,6 +301,8 @@ def test_a_split_the_group_cannot_read_in_place_stays(body, signature, result):
     _, graph, _ = optimized(src)
     assert "split" in top_ops(graph)
     assert all("split" not in ops for ops in fused_groups(graph))
+    text = report(kiln.compile(src, target="reference").lowered())
+    assert "a split joins a fused kernel (which reads its parts in place) only when" in text
     want_model = kiln.compile(src, target="reference", opt_level=0)
     inputs = random_inputs(want_model, {"B": 3})
     _agree(src, want_model, inputs, 1, 1e-5)
@@ -333,6 +335,12 @@ SPLITS = [
     # an operand broadcast within the rows: the loop nest reads the parts
     (model("a, b = split(x, 2)\n    return a * s + b", "x: f32[B, 10], s: f32[B, 1]",
            "f32[B, 5]"), [{"B": 4}], (1, 2)),
+    # the cell over symbolic sizes: each part starts at a multiple of C, rows 4 C apart
+    (CELL.replace("x: f32[B, 256], c: f32[B, 64]", "x: f32[B, 4 * C], c: f32[B, C]")
+     .replace("f32[B, 64]", "f32[B, C]"), [{"B": 5, "C": 7}, {"B": 64, "C": 64}], (1, 2)),
+    # integers and a comparison
+    (model("a, b, c = split(x, 3)\n    return where(a > b, a * 2 - c, c % 5)", "x: i32[B, 9]",
+           "i32[B, 3]"), [{"B": 4}], (1,)),
     # two splits, and a scalar
     (model("a, b = split(x, 2)\n    p, q = split(y, 2)\n    return a * p - b * q + 1.5",
            "x: f32[B, 12], y: f32[B, 12]", "f32[B, 6]"), [{"B": 5}], (1,)),
