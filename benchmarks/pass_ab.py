@@ -5,6 +5,10 @@ native pipeline whole and without the named passes, the builds called in alterna
                                  [--batches 1 32] [--threads 1] [--rounds 11]
     python benchmarks/pass_ab.py --without strided_products --file examples/gpt.kiln
         --arg n_embd=768 --arg n_head=12 --arg block_size=1024 --bind B=1 --bind T=1024
+    python benchmarks/pass_ab.py --without fuse.splits --models lstm gru --threads 2
+
+Besides whole passes, `--without` takes a rule of one (SWITCHES): fuse.splits, the fuse
+pass's joining of a split to the group that reads its parts (which then reads them in place).
 
 The models are benchmarks/models.py's twins (TWIN_SOURCES), or a model file (--file, its
 arguments set with --arg, random inputs of the sizes --bind gives, as `kiln run
@@ -20,6 +24,7 @@ times across runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -34,6 +39,8 @@ from kiln.compiler.codegen.llvm.pipeline import NATIVE_PIPELINE
 from kiln.compiler.passes.edit import count_kernels
 
 CALLS = 0.15  # seconds of calls per build per round (at least 3 calls)
+# rules within a pass that --without may leave out: name -> (module, function made a no-op)
+SWITCHES = {"fuse.splits": ("kiln.compiler.codegen.llvm.fuse", "_take_splits")}
 
 
 def build(name: str, threads: int, without: list[str], weights: dict | None, cache: str,
@@ -43,6 +50,11 @@ def build(name: str, threads: int, without: list[str], weights: dict | None, cac
     cache."""
     saved = list(NATIVE_PIPELINE)
     NATIVE_PIPELINE[:] = [p for p in saved if p.name not in without]
+    switched = [(importlib.import_module(SWITCHES[w][0]), SWITCHES[w][1]) for w in without
+                if w in SWITCHES]
+    rules = [getattr(module, attr) for module, attr in switched]
+    for module, attr in switched:
+        setattr(module, attr, lambda *_args: None)
     previous = os.environ.get("KILN_CACHE_DIR")
     os.environ["KILN_CACHE_DIR"] = cache
     try:
@@ -51,6 +63,8 @@ def build(name: str, threads: int, without: list[str], weights: dict | None, cac
         kernels = count_kernels(model.lowered().graph)
     finally:
         NATIVE_PIPELINE[:] = saved
+        for (module, attr), rule in zip(switched, rules, strict=True):
+            setattr(module, attr, rule)
         if previous is None:
             os.environ.pop("KILN_CACHE_DIR", None)
         else:
@@ -84,10 +98,11 @@ def compare(name: str, batch: int, threads: int, without: list[str], rounds: int
             binds: list[str] | None = None) -> dict:
     """Both builds of one twin at one batch size (or of the model file `name` with `args`,
     on inputs sized by `binds`), timed in alternating rounds."""
-    unknown = sorted(set(without) - {p.name for p in NATIVE_PIPELINE})
+    unknown = sorted(set(without) - {p.name for p in NATIVE_PIPELINE} - set(SWITCHES))
     if unknown:
         raise SystemExit(f"no such pass: {', '.join(unknown)}; the native pipeline's are "
-                         + ", ".join(p.name for p in NATIVE_PIPELINE))
+                         + ", ".join(p.name for p in NATIVE_PIPELINE)
+                         + "; rules within one: " + ", ".join(SWITCHES))
     with tempfile.TemporaryDirectory() as tmp:
         base, base_kernels = build(name, threads, without, None, os.path.join(tmp, "without"),
                                    args)
@@ -110,7 +125,8 @@ def compare(name: str, batch: int, threads: int, without: list[str], rounds: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--without", nargs="+", required=True, metavar="PASS",
-                        help="native pipeline passes to leave out of the first build")
+                        help="native pipeline passes (or rules of one: SWITCHES) to leave out "
+                             "of the first build")
     parser.add_argument("--models", nargs="+", default=["transformer"], choices=TWIN_SOURCES)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", type=int, default=1)
