@@ -67,6 +67,7 @@ class _KernelLines(GraphVisitor):
         return [f"fused {name}  -> {', '.join(map(str, node['types']))}"] + [
             f"{self.pad}{body.op(n):<12} {_where(body.node(n)['span'])}"
             f"{_layout(body.node(n), self.native)}"
+            f"{'  (parts read in place)' if body.op(n) == 'split' else ''}"
             f"{f'  (result {extra[n] + 1} too)' if n in extra else ''}" for n in inner]
 
     def visit_scan(self, graph: Graph, nid: int, node: dict) -> list[str]:
