@@ -678,12 +678,14 @@ class _Gemm:
         kb, t, b = self.kb, self.t, self.kb.b
         a = self.a
         a_row, a_step = (i64(1), a.stride) if a.transposed else (a.stride, i64(1))
-        # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2)
+        # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2), and at most 8
+        # vectors a row: 16 (8 panels of B streaming at once) were 1-2 % slower on Zen 4 (a
+        # [256, 1024] product at batch 1; an LSTM step 2-7 % on two threads)
         most = 24 if t.width >= 16 else 12
         packed = isinstance(self.b, PackedB)  # whole panels a kernel: an even vector count
         for height in range(1, STREAM_ROWS + 1):
             with b.if_then(b.icmp_signed("==", self.m, i64(height))):
-                widths = [v for v in (16, 8, 4, 2, 1)
+                widths = [v for v in (8, 4, 2, 1)
                           if v * height <= most and not (packed and v % 2)]
                 kernels = [(v, row_kernel(kb.module, t.width, height, v, packed))
                            for v in widths]
