@@ -118,24 +118,10 @@ class ElementwiseKernels:
         a, layout = rows
         out_t = outs[0][1]
         inner = self.helper("rows")
-        unique: list[ir.Value] = []  # each distinct buffer once, as in _flat
-        for p, _t in [*outs, *ins]:
-            if all(p is not q for q in unique):
-                unique.append(p)
-        slot_of = {id(p): k for k, p in enumerate(unique)}
+        unique, targets, sources = _range_buffers(inner, outs, ins)
         sizes = [inner.b.load(inner.b.gep(inner.dims_ptr, [ir.Constant(I64, i)]))
                  for i in range(3 + 2 * sum(entry is not None for entry in layout))]
         row0, count, length = sizes[:3]
-        typed: dict[tuple[int, str], ir.Value] = {}
-
-        def pointer(p: ir.Value, dtype: str) -> ir.Value:
-            k = slot_of[id(p)]
-            if (k, dtype) not in typed:
-                typed[(k, dtype)] = inner.buffer(k, dtype)
-            return typed[(k, dtype)]
-
-        targets = [(pointer(p, t.dtype), t) for p, t in outs]
-        sources = [(pointer(p, t.dtype), t) for p, t in ins]
         b, zero = inner.b, ir.Constant(I64, 0)
         with inner.for_range(count) as r:
             row = b.add(row0, r)
@@ -163,13 +149,10 @@ class ElementwiseKernels:
         if self.serial:
             self.call_kernel(fn, unique, values, "rows")
             return
-        fn = parallel_rows(self.module, fn, len(unique), len(values),
-                           lambda b_, ptrs, sizes_, row0_: (
-                               list(ptrs), [b_.add(sizes_[0], row0_), *sizes_[1:]]),
-                           min_rows=1, min_work=FLAT_PARALLEL * LOOP_COST, rows_index=1,
+        fn = parallel_rows(self.module, fn, len(unique), len(values), _from_row, min_rows=1,
+                           min_work=FLAT_PARALLEL * LOOP_COST, rows_index=1, oversplit=4,
                            work=lambda b_, sizes_: b_.mul(b_.mul(sizes_[1], sizes_[2]),
-                                                          ir.Constant(I64, cost)),
-                           oversplit=4)
+                                                          ir.Constant(I64, cost)))
         self.call_kernel(fn, unique, values, "rows")
 
     def _flat(self, outs: list, ins: list, scalar) -> None:
@@ -181,29 +164,11 @@ class ElementwiseKernels:
             self._flat_range(self, outs, ins, scalar, ir.Constant(I64, 0), total)
             return
         inner = self.helper("range")
-        # each distinct buffer once: an input that is an output itself (a fused epilogue
-        # reads the anchor's result in place) must be the same pointer in the range function
-        # too, or LLVM cannot prove the in-place loop safe to vectorise
-        unique: list[ir.Value] = []
-        for p, _t in [*outs, *ins]:
-            if all(p is not q for q in unique):
-                unique.append(p)
-        slot_of = {id(p): k for k, p in enumerate(unique)}
-        typed: dict[tuple[int, str], ir.Value] = {}
-
-        def pointer(k: int, dtype: str) -> ir.Value:
-            if (k, dtype) not in typed:
-                typed[(k, dtype)] = inner.buffer(k, dtype)
-            return typed[(k, dtype)]
-
-        targets = [(pointer(slot_of[id(p)], t.dtype), t) for p, t in outs]
-        pointers = [(pointer(slot_of[id(p)], t.dtype), t) for p, t in ins]
+        unique, targets, pointers = _range_buffers(inner, outs, ins)
         start, count = (inner.b.load(inner.b.gep(inner.dims_ptr, [ir.Constant(I64, i)]))
                         for i in range(2))
         self._flat_range(inner, targets, pointers, scalar, start, count)
-        fn = parallel_rows(self.module, inner.finish(), len(unique), 2,
-                           lambda b, ptrs, sizes, row0: (list(ptrs), [b.add(sizes[0], row0),
-                                                                      sizes[1]]),
+        fn = parallel_rows(self.module, inner.finish(), len(unique), 2, _from_row,
                            min_rows=FLAT_BLOCK, min_work=FLAT_PARALLEL, rows_index=1,
                            work=lambda b, sizes: sizes[1], oversplit=4)
         self.call_kernel(fn, unique, [ir.Constant(I64, 0), total], "flat")
@@ -241,6 +206,33 @@ class ElementwiseKernels:
                                                                          strict=True)]
             self._nest(axis + 1, out_t, ins, strides, new,
                        self.b.add(out_offset, self.b.mul(i, inner)), outs, scalar)
+
+
+def _range_buffers(inner, outs: list, ins: list) -> tuple[list, list, list]:
+    """A range function's arguments for a loop's (pointer, type) outputs and inputs: each
+    distinct buffer once (an input that is an output itself, a fused epilogue reading the
+    anchor's result in place, must be one pointer in the range function too, or LLVM cannot
+    prove the in-place loop safe to vectorise), and the outputs and inputs as (pointer in
+    `inner` to their dtype, type)."""
+    unique: list[ir.Value] = []
+    for p, _t in [*outs, *ins]:
+        if all(p is not q for q in unique):
+            unique.append(p)
+    typed: dict[tuple[int, str], ir.Value] = {}
+
+    def pointer(p: ir.Value, dtype: str) -> ir.Value:
+        k = next(k for k, q in enumerate(unique) if q is p)
+        if (k, dtype) not in typed:
+            typed[(k, dtype)] = inner.buffer(k, dtype)
+        return typed[(k, dtype)]
+
+    return (unique, [(pointer(p, t.dtype), t) for p, t in outs],
+            [(pointer(p, t.dtype), t) for p, t in ins])
+
+
+def _from_row(b, pointers, sizes, row0):
+    """A range function's arguments for its block from row0 on (sizes[0], its first row)."""
+    return list(pointers), [b.add(sizes[0], row0), *sizes[1:]]
 
 
 def _instructions(fn: ir.Function) -> int:
