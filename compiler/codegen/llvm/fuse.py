@@ -9,14 +9,14 @@ an optimizer's update (a new moment, then the new weight from it) is one kernel 
 each of its operands once and writes each new state and the new weight once. A split of a
 value from outside the group, into parts of the group's shape that only the group reads (an
 LSTM's gates into i, f, g and o), joins it too: the kernel reads each part where it stands in
-the value split (fused.py), so no copy of the parts is made. The group
-becomes one `fused` node whose operands are the values the group reads from outside, whose
-results are the group's result and then those other values, in run order, and whose `body`
-attribute holds the group's ops as a graph (as a scan's body does; its outputs are the
-node's results). A pass of the native pipeline (pipeline.py): the native backend runs a group
-as one kernel (the anchor's GEMM, then one pass over its output computing the whole chain per
-element, in registers: fused.py); the reference evaluates the body, and the ONNX emitter,
-given a fused graph, emits the body's ops.
+the value split (fused.py), so no copy of the parts is made. The group becomes one `fused`
+node whose operands are the values the group reads from outside, whose results are the
+group's result and then those other values, in run order, and whose `body` attribute holds
+the group's ops as a graph (as a scan's body does; its outputs are the node's results). A
+pass of the native pipeline (pipeline.py): the native backend runs a group as one kernel
+(the anchor's GEMM, then one pass over its output computing the whole chain per element, in
+registers: fused.py); the reference evaluates the body, and the ONNX emitter, given a fused
+graph, emits the body's ops.
 
 No fusion makes a cycle: a value a member computes is read outside the group only by ops that
 run after the group's result in the run order (a fused node takes its result's place there),
