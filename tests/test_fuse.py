@@ -65,16 +65,26 @@ def random_inputs(m, dims: dict) -> list[np.ndarray]:
     return out
 
 
-def agree_everywhere(src: str, dims: dict, rtol=1e-5, atol=1e-5) -> None:
+def agree_everywhere(src: str, dims: dict, tol=1e-5) -> None:
     """-O1 (fused) on every target agrees with the unoptimized reference."""
     want_model = kiln.compile(src, target="reference", opt_level=0)
-    inputs = random_inputs(want_model, dims)
+    _agree(src, want_model, random_inputs(want_model, dims), 1, tol)
+
+
+def _agree(src, want_model, inputs, threads, tol):
+    """Native on `threads` threads, the reference and onnxruntime (-O1, fused) agree with
+    `want_model` (the unoptimized reference) on `inputs`, each result and its dtype."""
     want = want_model(*inputs)
-    for target in ("reference", "native", "onnx"):
-        got = kiln.compile(src, target=target, opt_level=1)(*inputs)
-        assert got.dtype == want.dtype and got.shape == want.shape, target
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
-                                   atol=atol, err_msg=target)
+    want = want if isinstance(want, tuple) else (want,)
+    for target, m in (("native", kiln.compile(src, target="native", threads=threads)),
+                      ("reference", kiln.compile(src, target="reference")),
+                      ("onnx", kiln.compile(src, target="onnx"))):
+        got = m(*inputs)
+        got = got if isinstance(got, tuple) else (got,)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape, target
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol,
+                                       atol=tol, err_msg=target)
 
 
 # ---------------------------------------------------------------------------- the pass
@@ -265,8 +275,7 @@ def test_resnet18_convolutions_take_their_epilogues():
      {"B": 3}),
 ])
 def test_fused_groups_agree_on_every_target(src, dims):
-    agree_everywhere(src, dims, rtol=2e-3 if "f16" in src else 1e-5,
-                     atol=2e-3 if "f16" in src else 1e-5)
+    agree_everywhere(src, dims, 2e-3 if "f16" in src else 1e-5)
 
 
 # ---------------------------------------------------------------------------- splits in place
@@ -306,21 +315,6 @@ def test_a_split_the_group_cannot_read_in_place_stays(body, signature, result):
     want_model = kiln.compile(src, target="reference", opt_level=0)
     inputs = random_inputs(want_model, {"B": 3})
     _agree(src, want_model, inputs, 1, 1e-5)
-
-
-def _agree(src, want_model, inputs, threads, tol):
-    """Native (and the reference and onnxruntime, -O1) agree with the unoptimized reference."""
-    want = want_model(*inputs)
-    want = want if isinstance(want, tuple) else (want,)
-    for target, m in (("native", kiln.compile(src, target="native", threads=threads)),
-                      ("reference", kiln.compile(src, target="reference")),
-                      ("onnx", kiln.compile(src, target="onnx"))):
-        got = m(*inputs)
-        got = got if isinstance(got, tuple) else (got,)
-        for g, w in zip(got, want, strict=True):
-            assert g.dtype == w.dtype and g.shape == w.shape, target
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol,
-                                       atol=tol, err_msg=target)
 
 
 SPLITS = [
