@@ -389,6 +389,42 @@ def test_transposed_convolutions_compute_their_columns_a_block_at_a_time(
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_transposed_convolutions_share_their_column_blocks_among_threads(threads):
+    """With at least twice as many column blocks as threads, the threads take whole blocks
+    (conv._column_blocks through by_channel), each with its product, bias and scatter; with
+    fewer (3 threads on 4 blocks) the blocks go in turn, each product shared. Blocks of 288
+    columns (9 taps, 32-column panels): 512 channels deep, 4 blocks with a bias; two groups
+    of 4 blocks, dilated; and a weight given at run time, 5 blocks (the last of 2 output
+    channels), with padding on one axis. At batch 1 (one sample: the blocks are what the
+    threads share) and 2 (a batch split by sample: each block on its thread's samples)."""
+    from kiln.compiler.codegen.llvm import conv
+    from kiln.compiler.codegen.llvm.microkernels import tiling
+
+    nr = tiling().nr
+    for row, depth, least in ((1152, 512, 4), (1170, 300, 5)):
+        assert -(-row // conv._column_block(row, 9, Dim.of(depth), 1, nr)) >= least
+    src = ("import std.nn\nmodel Up {\n"
+           "  deep = nn.ConvTranspose2d(512, 128, 3, stride = 2, padding = 1,"
+           " output_padding = 1)\n"
+           "  grouped = nn.ConvTranspose2d(1024, 256, 3, stride = 2, dilation = 2, groups = 2,"
+           " bias = false)\n"
+           "  forward(x: f32[B, 512, 3, 2], u: f32[B, 1024, 2, 3], v: f32[B, 300, 4, 3],"
+           " w: f32[300, 130, 3, 3]) {\n"
+           "    return deep(x), grouped(u), conv_transpose(v, w, stride = [2, 1],"
+           " padding = [0, 1]) } }")
+    native = kiln.compile(src, target="native", threads=threads, seed=3)
+    ref = kiln.compile(src, target="reference", seed=3)
+    w = (RNG.standard_normal((300, 130, 3, 3)) * 0.1).astype(np.float32)
+    for batch in (1, 2):
+        x = RNG.standard_normal((batch, 512, 3, 2)).astype(np.float32)
+        u = RNG.standard_normal((batch, 1024, 2, 3)).astype(np.float32)
+        v = RNG.standard_normal((batch, 300, 4, 3)).astype(np.float32)
+        for got, want in zip(native(x, u, v, w), ref(x, u, v, w), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():
     """A 1x1 (or 1-pixel 1-D) input, one group: a chunk of samples is one GEMM, rows of
     [B, C] (37 x 300 x 4 x 4 = 4800 taps a row: 13 samples a chunk, so 20 is 13 + 7), each

@@ -18,6 +18,7 @@ from .im2col import Im2col, Shifted
 from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .spatial import ZERO, Window, fold_over, inside, plane_dims
+from .threads import threads_global
 
 
 def conv(kb, n, win: Window, groups: int, weight: ir.Value | None = None) -> None:
@@ -298,7 +299,8 @@ def conv_transpose(kb, n, win: Window, groups: int, weight: ir.Value | None = No
     f32 as a GEMM and a scatter (col2im), per group, a block of columns (o, i, j) at a time
     (`_column_block`), then per sample, a chunk of input pixels at a time:
     cols[p, (o, i, j)] = sum_c x[c, p] * w[c, (o, i, j)], then y[o, oh, ow] += cols for each
-    tap that lands. Other dtypes, and a row (o, i, j) longer than the buffer, gather each
+    tap that lands (`_column_blocks`; the threads share the blocks where there are enough of
+    them). Other dtypes, and a row (o, i, j) longer than the buffer, gather each
     output directly. `weight`: where the prepacked weight is, when not input 1 itself (the
     panels after winograd_ct_or_b's U)."""
     x_t, w_t, _ = n.in_types
@@ -314,56 +316,48 @@ def conv_transpose(kb, n, win: Window, groups: int, weight: ir.Value | None = No
     channels, per_out = kb.dim(x_t.shape[1]), kb.dim(w_t.shape[1])
     per_in = b.sdiv(channels, i64(groups))
     pixels, out_plane, width = b.mul(h, wd), b.mul(out_h, out_w), kb.dim(row)
-    with b.goto_entry_block():
-        cols = b.alloca(ir.ArrayType(F32, COLUMNS), name="cols")
-        cols.align = 64
-    cols = b.gep(cols, [ZERO, ZERO])
-    chunk = i64(COLUMNS // row.value)
     if groups == 1 and all(d.is_const and d.value == 1 for d in x_t.shape[2:]):
-        _conv_transpose_of_pixels(kb, n, win, x, w, y, cols, chunk, width,
-                                  (channels, per_out, out_h, out_w))
+        _conv_transpose_of_pixels(kb, n, win, x, w, y, _columns(b), i64(COLUMNS // row.value),
+                                  width, (channels, per_out, out_h, out_w))
         return
-    samples, taps = kb.dim(x_t.shape[0]), win.kernel[0].value * win.kernel[1].value
+    taps = win.kernel[0].value * win.kernel[1].value
     block = _column_block(row.value, taps, x_t.shape[1], groups, tiling(kb.vector_width).nr)
-    chunk = i64(COLUMNS // block)
+    shape = _Blocks(tuple(k.value for k in win.kernel), win.stride, win.dilation, block,
+                    1 in n.prepacked, n.in_types[2] is not None)
+    bias = kb.input("bias") if shape.biased else None
+    blocks = -(-row.value // block)
+    pad = [kb.dim(d) for d in win.pad]
     with kb.for_range(i64(groups)) as g:
         first_out = b.mul(g, per_out)
-
-        def sample(s, g=g, first_out=first_out):
-            """(x of sample s's group g, y of its first output channel)"""
-            return (b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), pixels)]),
-                    b.gep(y, [b.mul(b.add(b.mul(s, b.mul(per_out, i64(groups))), first_out),
-                                    out_plane)]))
-
-        if 1 in n.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
+        if shape.prepacked:  # w laid out by gemm.prepack_b: [groups, panels, per_in, NR]
             nr = tiling(kb.vector_width).nr
-            group_floats = b.mul(per_in, i64(-(-row.value // nr) * nr))
-            w0 = b.gep(w, [b.mul(g, group_floats)])
+            w0 = b.gep(w, [b.mul(g, b.mul(per_in, i64(-(-row.value // nr) * nr)))])
         else:
             w0 = b.gep(w, [b.mul(b.mul(g, per_in), width)])
-        # the columns (o, i, j) a block at a time, every sample's pixels inside: the block's
-        # weights (per_in x block) stay in L2 while all the samples read them (a sample's
-        # pixels alone may be few: 16 for DCGAN's 4x4 -> 8x8 layer, which read its 8 MB of
-        # weights from L3 once per sample)
-        with kb.for_range(width, step=block) as n0:
-            cw = smaller(b, i64(block), b.sub(width, n0))
-            if 1 in n.prepacked:  # n0 is a multiple of NR: a panel's first column
-                weights = PackedB(b.gep(w0, [b.mul(n0, per_in)]), per_in)
-            else:
-                weights = Matrix(b.gep(w0, [n0]), width)
-            first, planes = b.sdiv(n0, i64(taps)), b.sdiv(cw, i64(taps))  # output channels
-            with kb.for_range(samples) as s:
-                x0, y0 = sample(s)
-                y_block = b.gep(y0, [b.mul(first, out_plane)])
-                _fill_with_bias(kb, n, y_block, b.add(first_out, first), planes, out_plane)
-                with kb.for_range(pixels, step=chunk.constant) as p0:
-                    count = smaller(b, chunk, b.sub(pixels, p0))
-                    gemm(kb, count, cw, per_in,
-                         Matrix(b.gep(x0, [p0]), pixels, transposed=True), weights,
-                         Matrix(cols, cw))
-                    with kb.for_range(count) as p:
-                        _col2im(kb, win, y_block, b.gep(cols, [b.mul(p, cw)]), b.add(p0, p),
-                                planes, (out_h, out_w))
+        pointers = [b.gep(x, [b.mul(b.mul(g, per_in), pixels)]), w0,
+                    b.gep(y, [b.mul(first_out, out_plane)])]
+        if bias is not None:
+            pointers.append(b.gep(bias, [first_out]))
+        sizes = [i64(blocks), ZERO, kb.dim(x_t.shape[0]), per_in, pixels, wd, out_h, out_w,
+                 width, b.mul(channels, pixels), b.mul(b.mul(per_out, i64(groups)), out_plane),
+                 *pad]
+        if blocks < 2 or kb.serial:  # (a kernel split by sample: each block on its thread)
+            _column_blocks(kb, pointers, sizes, shape)
+        else:
+            # at least twice as many blocks as threads: the threads take whole blocks, each
+            # with its product, bias and scatter (the scatter alone would run on one thread);
+            # fewer: the blocks in turn, each product shared by the threads; one thread: the
+            # blocks here, where the sizes known when compiling are constants (the shared
+            # function's scatter, on run-time sizes, was 1-2 % slower)
+            threads = b.load(threads_global(kb.module))
+            enough = b.and_(b.icmp_signed(">=", i64(blocks), b.mul(threads, i64(2))),
+                            b.icmp_signed(">", threads, i64(1)))
+            with b.if_else(enough) as (split, whole):
+                with split:
+                    by_channel(kb, shape.name(kb), pointers, sizes, shape.strides, shape.body,
+                               shape.work, first=1)
+                with whole:
+                    _column_blocks(kb, pointers, sizes, shape)
 
 
 # a transposed convolution's column block: its weights (the sum's depth x the block's columns)
@@ -396,7 +390,8 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
     batch = kb.dim(n.in_types[0].shape[0])
     sample_out = b.mul(per_out, out_plane)
     with kb.for_range(batch) as s:
-        _fill_with_bias(kb, n, b.gep(y, [b.mul(s, sample_out)]), ZERO, per_out, out_plane)
+        _fill_with_bias(kb, b.gep(y, [b.mul(s, sample_out)]), per_out, out_plane,
+                        kb.input("bias") if n.in_types[2] is not None else None)
     weights = (PackedB(w, channels) if 1 in n.prepacked else Matrix(w, width))
     if win.dilation == (1, 1) and all(p.is_const and p.value == 0 for p in win.pad) and all(
             o.is_const and k.is_const and o.value == k.value
@@ -412,33 +407,139 @@ def _conv_transpose_of_pixels(kb, n, win: Window, x, w, y, cols, chunk, width,
         gemm(kb, count, width, channels, Matrix(b.gep(x, [b.mul(s0, channels)]), channels),
              weights, Matrix(cols, width))
         with kb.for_range(count) as r:
-            _col2im(kb, win, b.gep(y, [b.mul(b.add(s0, r), sample_out)]),
+            _col2im(kb, _Taps.of(kb, win), b.gep(y, [b.mul(b.add(s0, r), sample_out)]),
                     b.gep(cols, [b.mul(r, width)]), ZERO, per_out, (out_h, out_w))
 
 
-def _fill_with_bias(kb, n, y0, first_out, channels, plane) -> None:
-    """y0's `channels` planes of `plane` floats set to bias[first_out + o] (0 without bias):
-    what a transposed convolution's scatter then adds to."""
+def _columns(b: ir.IRBuilder) -> ir.Value:
+    """The function's column buffer (COLUMNS floats on the stack, in its entry block)."""
+    with b.goto_entry_block():
+        cols = b.alloca(ir.ArrayType(F32, COLUMNS), name="cols")
+        cols.align = 64
+    return b.gep(cols, [ZERO, ZERO])
+
+
+def _fill_with_bias(kb, y0, channels, plane, bias) -> None:
+    """y0's `channels` planes of `plane` floats set to bias[o] (0 where `bias`, an f32 pointer
+    at the first plane's channel, is None): what a transposed convolution's scatter then adds
+    to."""
     b = kb.b
-    with kb.for_range(channels) as o, kb.for_range(plane) as q:
-        kb.store(y0, b.add(b.mul(o, plane), q),
-                 _bias_or_zero(kb, n, b.add(first_out, o), "f32"), "f32")
+    with kb.for_range(channels) as o:
+        value = kb.const(0.0, "f32") if bias is None else kb.load(bias, o, "f32")
+        with kb.for_range(plane) as q:
+            kb.store(y0, b.add(b.mul(o, plane), q), value, "f32")
 
 
-def _col2im(kb, win: Window, y, cols, pixel, channels, out) -> None:
+@dataclass(frozen=True)
+class _Taps:
+    """Where a transposed convolution's taps land: a constant kernel, stride and dilation, and
+    at run time the input's width and the padding before each axis."""
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    width: ir.Value
+    pad: tuple[ir.Value, ir.Value]
+
+    @classmethod
+    def of(cls, kb, win: Window) -> _Taps:
+        return cls(tuple(k.value for k in win.kernel), win.stride, win.dilation,
+                   kb.dim(win.size[1]), tuple(kb.dim(d) for d in win.pad))
+
+    def origin(self, b: ir.IRBuilder, index: ir.Value, axis: int) -> ir.Value:
+        return b.sub(b.mul(index, i64(self.stride[axis])), self.pad[axis])
+
+
+def _col2im(kb, taps: _Taps, y, cols, pixel, channels, out) -> None:
     """y[o, oh, ow] += cols[(o, i, j)] for every tap (i, j) of input `pixel` that lands."""
     b = kb.b
-    kh, kw = (kb.dim(d) for d in win.kernel)
-    wd = kb.dim(win.size[1])
-    ih, iw = b.sdiv(pixel, wd), b.srem(pixel, wd)
+    kh, kw = (i64(k) for k in taps.kernel)
+    ih, iw = b.sdiv(pixel, taps.width), b.srem(pixel, taps.width)
     with kb.for_range(channels) as o, kb.for_range(kh) as i:
-        oh = b.add(win.origin(kb, ih, 0), b.mul(i, i64(win.dilation[0])))
+        oh = b.add(taps.origin(b, ih, 0), b.mul(i, i64(taps.dilation[0])))
         with b.if_then(inside(kb, oh, out[0])), kb.for_range(kw) as j:
-            ow = b.add(win.origin(kb, iw, 1), b.mul(j, i64(win.dilation[1])))
+            ow = b.add(taps.origin(b, iw, 1), b.mul(j, i64(taps.dilation[1])))
             with b.if_then(inside(kb, ow, out[1])):
                 at = b.gep(y, [b.add(b.mul(b.add(b.mul(o, out[0]), oh), out[1]), ow)])
                 tap = b.load(b.gep(cols, [b.add(b.mul(b.add(b.mul(o, kh), i), kw), j)]))
                 b.store(kb.fadd(b.load(at), tap), at)
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """A transposed convolution's column blocks (`_column_block`) of one group, as
+    `_column_blocks` computes them: what its code depends on besides the run-time sizes."""
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    block: int  # columns (o, i, j) a block: whole output channels and whole panels
+    prepacked: bool  # the weight in gemm.prepack_b's panels, else a [per_in, row] matrix
+    biased: bool
+
+    @property
+    def taps(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    def name(self, kb) -> str:
+        """by_channel's name of the function the threads share (one per distinct `_Blocks`)."""
+        k, s, d = ("x".join(map(str, v)) for v in (self.kernel, self.stride, self.dilation))
+        return (f"ct_blocks_k{k}_s{s}_d{d}_c{self.block}_{'p' if self.prepacked else 'm'}"
+                f"{'b' if self.biased else ''}_{kb.precision}")
+
+    def strides(self, b, sizes) -> list[ir.Value]:
+        """Floats each pointer moves a block: x none; the weight a block of panels or
+        columns; y and the bias the block's output channels."""
+        planes = i64(self.block // self.taps)
+        weight = b.mul(i64(self.block), sizes[3]) if self.prepacked else i64(self.block)
+        moves = [ZERO, weight, b.mul(planes, b.mul(sizes[6], sizes[7]))]
+        return moves + [planes] if self.biased else moves
+
+    def work(self, b, sizes) -> ir.Value:
+        """The blocks' multiply-adds (blocks x samples x pixels x per_in x block)."""
+        count, _, samples, per_in, pixels = sizes[:5]
+        return b.mul(b.mul(b.mul(count, samples), b.mul(pixels, per_in)), i64(self.block))
+
+    def body(self, kb, pointers, sizes) -> None:
+        """by_channel's body: the threads split the blocks, so each product runs whole."""
+        kb.serial = True
+        _column_blocks(kb, pointers, sizes, self)
+
+
+def _column_blocks(kb, pointers, sizes, shape: _Blocks) -> None:
+    """Column blocks first .. first + count of one group of a transposed convolution, each over
+    every sample: y's block of output channels set to the bias, then per chunk of input
+    pixels the product cols = x^T @ w[:, block] and its scatter (`_col2im`). Pointers x (the
+    group's first input channel), w (the block's weight), y (the group's first output
+    channel, of the block's first sample) and the bias (the same channel) where `biased`;
+    sizes count, first, samples, per_in, pixels, the input's width, out_h, out_w, the row's
+    columns (o, i, j), x's and y's floats a sample, and the padding before each axis."""
+    b = kb.b
+    x, w, y = pointers[:3]
+    bias = pointers[3] if shape.biased else None
+    (count, first, samples, per_in, pixels, width, out_h, out_w, row, x_step, y_step,
+     pad_h, pad_w) = sizes
+    taps = _Taps(shape.kernel, shape.stride, shape.dilation, width, (pad_h, pad_w))
+    cols, chunk = _columns(b), i64(COLUMNS // shape.block)
+    out_plane, per_block = b.mul(out_h, out_w), shape.block // shape.taps
+    with kb.for_range(count) as j:
+        # the block's columns (a short last one) and its whole output channels
+        cw = smaller(b, i64(shape.block), b.sub(row, b.mul(b.add(first, j), i64(shape.block))))
+        planes = b.sdiv(cw, i64(shape.taps))
+        if shape.prepacked:  # a multiple of NR columns a block: its panels are contiguous
+            weights = PackedB(b.gep(w, [b.mul(j, b.mul(i64(shape.block), per_in))]), per_in)
+        else:
+            weights = Matrix(b.gep(w, [b.mul(j, i64(shape.block))]), row)
+        y_block = b.gep(y, [b.mul(b.mul(j, i64(per_block)), out_plane)])
+        bias_block = None if bias is None else b.gep(bias, [b.mul(j, i64(per_block))])
+        with kb.for_range(samples) as s:
+            x0, y0 = b.gep(x, [b.mul(s, x_step)]), b.gep(y_block, [b.mul(s, y_step)])
+            _fill_with_bias(kb, y0, planes, out_plane, bias_block)
+            with kb.for_range(pixels, step=chunk.constant) as p0:
+                rows = smaller(b, chunk, b.sub(pixels, p0))
+                gemm(kb, rows, cw, per_in, Matrix(b.gep(x0, [p0]), pixels, transposed=True),
+                     weights, Matrix(cols, cw))
+                with kb.for_range(rows) as p:
+                    _col2im(kb, taps, y0, b.gep(cols, [b.mul(p, cw)]), b.add(p0, p), planes,
+                            (out_h, out_w))
 
 
 def _conv_transpose_direct(kb, n, win: Window, groups: int) -> None:
