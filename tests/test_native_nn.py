@@ -96,6 +96,26 @@ def test_matmul_at_sizes_around_the_tiles():
                                    err_msg=f"{m}x{k}x{n}")
 
 
+def test_products_whose_rows_are_one_slice_apart_read_a_in_place():
+    """An A whose rows are KC floats apart (a sum exactly KC deep: 256 on AVX-512, 384 on
+    AVX2) is read where it is, not copied (gemm._Gemm._a_block): heights around the tiles
+    and across MC rows, a weight as B panels and as a matrix, and a slice of such an A (a
+    shallower sum over rows KC apart)."""
+    from kiln.compiler.codegen.llvm.microkernels import tiling
+
+    kc = tiling().kc
+    src = (f"model Mat {{ param w: f32[{kc}, 70]\n"
+           f"  forward(a: f32[M, {kc}], b: f32[{kc}, N]) {{"
+           " return a @ b, a @ w, a[:, 3:100] @ b[3:100] } }")
+    native, ref = both(src, seed=2)
+    for m, n in ((1, 5), (2, 33), (13, 64), (97, 40), (200, 70)):
+        a = RNG.standard_normal((m, kc)).astype(np.float32)
+        b = RNG.standard_normal((kc, n)).astype(np.float32)
+        for got, want in zip(native(a, b), ref(a, b), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(kc),
+                                       err_msg=f"{m} x {n}")
+
+
 def test_products_by_a_transposed_matrix_pack_its_rows():
     """a @ w^T with w not known before the call (a training step's weight): matmul_bt packs
     the GEMM's panels from w's rows, 8 x 8 blocks transposed in registers and the edges
