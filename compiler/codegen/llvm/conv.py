@@ -348,7 +348,8 @@ def conv_transpose(kb, n, win: Window, groups: int, weight: ir.Value | None = No
             # with its product, bias and scatter (the scatter alone would run on one thread);
             # fewer: the blocks in turn, each product shared by the threads; one thread: the
             # blocks here, where the sizes known when compiling are constants (the shared
-            # function's scatter, on run-time sizes, was 1-2 % slower)
+            # function reads them at run time; on one thread it looked 1-2 % slower, within
+            # this machine's noise)
             threads = b.load(threads_global(kb.module))
             enough = b.and_(b.icmp_signed(">=", i64(blocks), b.mul(threads, i64(2))),
                             b.icmp_signed(">", threads, i64(1)))
