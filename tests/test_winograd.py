@@ -114,6 +114,7 @@ def _worst(model, c, o, h, w, p, batch) -> float:
     (40, 33, 1, 1, 2, 1, 2),    # one pixel, padding 2: a 3x3 output from zeros around it
     (35, 32, 2, 5, 1, 3, 1),
     (48, 37, 17, 6, 2, 1, 2),   # padding 2, more tile rows than columns
+    (33, 35, 13, 9, 0, 3, 5),   # the 36 products shared unevenly by five threads
 ])
 def test_native_winograd_within_its_bound(c, o, h, w, p, batch, threads):
     args = {"c": c, "o": o, "h": h, "w": w, "p": p}
@@ -339,6 +340,7 @@ def _worst_transposed(model, c, o, h, w, batch) -> float:
     (32, 32, 9, 7, 3, 2),
     (40, 64, 8, 8, 2, 1),
     (32, 32, 16, 16, 13, 1),   # groups of 12 samples, then one: M's zeroed blocks serve both
+    (32, 32, 16, 16, 1, 3),    # the 100 live products shared unevenly by three threads
 ])
 def test_native_transposed_winograd_within_its_bound(c, o, h, w, batch, threads):
     args = {"c": c, "o": o, "h": h, "w": w}

@@ -12,7 +12,9 @@ reach past the output, their extra outputs never stored), for a group of S sampl
    vectors along c (contiguous in xt and V), tile rows split across threads;
 3. M[xi] = V[xi] @ U[xi]: 36 GEMMs [S T, C] @ [C, O] with U = G g G^T laid out once per
    weight binding as the GEMM's prepacked B (`winograd_b`, computed in float64 and rounded
-   once): each reads U once for the group;
+   once): each reads U once for the group; the threads take whole GEMMs (`_products`), so
+   a call forks once for all 36, not once a GEMM (a sample of 7x7 tiles makes GEMMs of
+   49 rows, a few microseconds each);
 4. Yt[4 th + i, 4 tw + j, o] = (A^T m A)[i, j] per sample, vectors along o (contiguous in M);
 5. y[o, h, w] = Yt[h, w, o] + bias[o] for h < OH, w < OW (8x8 block transposes, channels
    split across threads).
@@ -429,22 +431,9 @@ def _winograd_steps(kb, name: str, shuffled: bool, lazy: bool, phased: bool,
         if lazy:
             _lazy_products(kb, u, v, m, (group_rows, rows, channels, outs), shuffled)
         elif phased:  # per xi, only the phases whose U[xi] is not zero
-            for q in range(xi):
-                for first, last in _runs(_live_phases(q)):
-                    col = b.mul(i64(first), phases)
-                    gemm(kb, group_rows, b.mul(i64(last - first), phases), channels,
-                         Matrix(b.gep(v, [b.mul(i64(q), b.mul(group_rows, channels))]),
-                                channels),
-                         PackedB(b.gep(u, [b.add(b.mul(i64(q), u_step),
-                                                 b.mul(col, channels))]), channels),
-                         Matrix(b.gep(m, [b.add(b.mul(i64(q), b.mul(rows, outs)), col)]),
-                                outs))
+            _phase_products(kb, v, u, m, (group_rows, rows, channels, outs, u_step, phases))
         else:
-            with kb.for_range(i64(xi)) as q:  # a loop, not 36 calls: less code to build
-                gemm(kb, group_rows, outs, channels,
-                     Matrix(b.gep(v, [b.mul(q, b.mul(group_rows, channels))]), channels),
-                     PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
-                     Matrix(b.gep(m, [b.mul(q, b.mul(rows, outs))]), outs))
+            _products(kb, v, u, m, (group_rows, rows, channels, outs, u_step))
         with kb.for_range(count) as k:
             y0 = b.gep(y, [b.mul(b.add(s0, k), y_sample)])
             by_channel(kb, "wino_out", [b.gep(m, [b.mul(b.mul(k, tiles), outs)]), yt],
@@ -466,6 +455,63 @@ def _winograd_steps(kb, name: str, shuffled: bool, lazy: bool, phased: bool,
                            lambda b_, z: [i64(1), b_.mul(z[1], z[2]), i64(1)][:len(pointers)],
                            _store_channels, lambda b_, z: b_.mul(z[0], b_.mul(z[1], z[2])))
     return kb.finish()
+
+
+def _products(kb, v, u, m, sizes) -> None:
+    """M[xi] = V[xi] @ U[xi] for the 36 xi (rows x outs over `channels`; V's xi blocks
+    rows x channels apart, M's `pitch` x outs, U's `u_step` floats): the threads take whole
+    products, each GEMM run whole on its thread (`_product_run`)."""
+    rows, pitch, channels, outs, u_step = sizes
+    by_channel(kb, "wino_products", [v, u, m], [i64(ALPHA * ALPHA), rows, channels, outs,
+                                                pitch, u_step],
+               lambda b_, z: [b_.mul(z[1], z[2]), z[5], b_.mul(z[4], z[3])], _product_run,
+               lambda b_, z: b_.mul(i64(ALPHA * ALPHA // 4), b_.mul(z[1], b_.mul(z[2], z[3]))))
+
+
+def _product_run(kb, pointers, sizes) -> None:
+    """Products first .. first + count of `_products`, one after the other on this thread:
+    one fork and join a call instead of one a product, and no thread packs V for
+    another's columns. Sizes (count, rows, C, outs, M's pitch in rows, U's floats an xi)."""
+    b = kb.b
+    kb.serial = True
+    v, u, m = pointers
+    count, rows, channels, outs, pitch, u_step = sizes
+    with kb.for_range(count) as q:
+        gemm(kb, rows, outs, channels,
+             Matrix(b.gep(v, [b.mul(q, b.mul(rows, channels))]), channels),
+             PackedB(b.gep(u, [b.mul(q, u_step)]), channels),
+             Matrix(b.gep(m, [b.mul(q, b.mul(pitch, outs))]), outs))
+
+
+def _phase_products(kb, v, u, m, sizes) -> None:
+    """`_products` of a transposed convolution's phased form: the 4 LIVE products of one
+    phase's C_out columns by the U[xi] that are not zero for it (`_live_phases`), the
+    threads taking whole ones (`_phase_product_run`)."""
+    rows, pitch, channels, outs, u_step, phases = sizes
+    by_channel(kb, "wino_phase_products", [v, u, m],
+               [i64(4 * LIVE), rows, channels, outs, pitch, u_step, phases, ZERO],
+               lambda b_, z: [ZERO, ZERO, ZERO], _phase_product_run,
+               lambda b_, z: b_.mul(i64(LIVE), b_.mul(z[1], b_.mul(z[2], z[6]))), first=7)
+
+
+def _phase_product_run(kb, pointers, sizes) -> None:
+    """Products first .. first + count of `_phase_products` (product j: phase j // LIVE,
+    its (j % LIVE)-th live xi), one after the other on this thread. Sizes (count, rows, C,
+    outs, M's pitch in rows, U's floats an xi, C_out, first)."""
+    b = kb.b
+    kb.serial = True
+    v, u, m = pointers
+    count, rows, channels, outs, pitch, u_step, phases, first = sizes
+    live = _live_table(kb.module)
+    with kb.for_range(count) as j:
+        index = b.add(first, j)
+        phase = b.sdiv(index, i64(LIVE))
+        q = b.load(b.gep(live, [ZERO, phase, b.srem(index, i64(LIVE))]))
+        col = b.mul(phase, phases)
+        gemm(kb, rows, phases, channels,
+             Matrix(b.gep(v, [b.mul(q, b.mul(rows, channels))]), channels),
+             PackedB(b.gep(u, [b.add(b.mul(q, u_step), b.mul(col, channels))]), channels),
+             Matrix(b.gep(m, [b.add(b.mul(q, b.mul(pitch, outs)), col)]), outs))
 
 
 def _lazy_products(kb, weight, v, m, sizes, transposed: bool) -> None:
