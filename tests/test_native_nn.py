@@ -445,6 +445,31 @@ def test_transposed_convolutions_share_their_column_blocks_among_threads(threads
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_strided_convolutions_fill_their_bias_on_every_thread(threads):
+    """A convolution through im2col starts its output as the bias, the threads taking
+    output channels (conv._bias_planes): planes whose floats are not a whole number of
+    vectors (18 x 17), two groups (each group's bias from its first channel on), a
+    stride-2 7x7 stem with a bias, a run-time weight and bias; each output over 65,536
+    floats, so that the threads share it. At batch 1 and 2, against the reference."""
+    src = ("import std.nn\nmodel Strided {\n"
+           "  grouped = nn.Conv2d(64, 256, 3, stride = 2, padding = 1, groups = 2)\n"
+           "  stem = nn.Conv2d(3, 40, 7, stride = 2, padding = 3)\n"
+           "  forward(x: f32[B, 64, 36, 34], s: f32[B, 3, 96, 70], w: f32[256, 64, 3, 3],"
+           " c: f32[256]) {\n"
+           "    return grouped(x), relu(stem(s)), conv(x, w, c, stride = [2, 2]) } }")
+    native = kiln.compile(src, target="native", threads=threads, seed=4)
+    ref = kiln.compile(src, target="reference", seed=4)
+    w = (RNG.standard_normal((256, 64, 3, 3)) * 0.1).astype(np.float32)
+    c = RNG.standard_normal(256).astype(np.float32)
+    for batch in (1, 2):
+        x = RNG.standard_normal((batch, 64, 36, 34)).astype(np.float32)
+        s = RNG.standard_normal((batch, 3, 96, 70)).astype(np.float32)
+        for got, want in zip(native(x, s, w, c), ref(x, s, w, c), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():
     """A 1x1 (or 1-pixel 1-D) input, one group: a chunk of samples is one GEMM, rows of
     [B, C] (37 x 300 x 4 x 4 = 4800 taps a row: 13 samples a chunk, so 20 is 13 + 7), each

@@ -68,9 +68,9 @@ def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None) 
             first_out = b.mul(g, per_out)
             y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
             if bias is not None and padded is None:  # C starts as the bias; the GEMM adds
-                with kb.for_range(per_out) as o, kb.for_range(pixels) as q:
-                    value = b.load(b.gep(bias, [b.add(first_out, o)]))
-                    b.store(value, b.gep(y0, [b.add(b.mul(o, pixels), q)]))
+                by_channel(kb, "bias_planes", [y0, b.gep(bias, [first_out])],
+                           [per_out, pixels], lambda b_, z: [z[1], i64(1)], _bias_planes,
+                           lambda b_, z: b_.mul(z[0], z[1]))
             if 1 in n.prepacked:  # w laid out by gemm.prepack_a: [groups, slices, per_out, KC]
                 slice_floats = b.mul(per_out, i64(kc))
                 group_floats = b.mul(b.sdiv(b.add(depth, i64(kc - 1)), i64(kc)), slice_floats)
@@ -186,6 +186,25 @@ def _fill_channels(kb, pointers, sizes) -> None:
                 kb.zero_elements(base, b.add(row, b.add(pw, width)), after, "f32")
             with blank:
                 kb.zero_elements(base, row, wp, "f32")
+
+
+def _bias_planes(kb, pointers, sizes) -> None:
+    """`count` planes of `plane` floats each set to its channel's bias, a vector at a time
+    (the threads take channels: a stem's 3.2 MB output was filled by one thread, from a
+    cold cache): pointers (y, bias), sizes (count, plane)."""
+    b = kb.b
+    y0, bias = pointers
+    count, plane = sizes
+    vec = Vectors(b, kb.vector_width or tiling().width)
+    whole = b.sub(plane, b.srem(plane, i64(vec.width)))  # whole vectors, then a masked tail
+    tail = vec.mask(b.sub(plane, whole), 0)
+    with kb.for_range(count) as o:
+        value = vec.splat(b.load(b.gep(bias, [o])))
+        row = b.gep(y0, [b.mul(o, plane)])
+        with kb.for_range(whole, step=vec.width) as q:
+            vec.store(value, b.gep(row, [q]))
+        with b.if_then(b.icmp_signed("<", whole, plane)):
+            vec.masked_store(value, b.gep(row, [whole]), 0, tail)
 
 
 def _compact_channels(kb, pointers, sizes) -> None:
