@@ -1052,6 +1052,45 @@ def test_large_outputs_start_at_a_page_boundary():
         assert all(g.flags.writeable and g.flags.c_contiguous for g in got)
 
 
+def test_large_outputs_reuse_only_the_blocks_their_callers_dropped():
+    """Outputs of 1 MiB or more (runtime/native.REUSED) take the blocks of an earlier call's
+    outputs once the caller holds no array or view of them. An output still held, whole or
+    through a view, keeps its values while later calls run; results kept from many calls
+    are each their own; two outputs of one call never share a block; the blocks kept stay
+    at most twice a call's outputs."""
+    native = kiln.compile("model M { forward(x: f32[N]) { return x * 2.0, x + 1.0 } }")
+    n = 1 << 18  # 1 MiB of f32
+    x = RNG.standard_normal(n).astype(np.float32)
+    a, b = native(x)
+    blocks = {a.ctypes.data, b.ctypes.data}
+    assert len(blocks) == 2
+    del a, b
+    y = x + 1
+    c, d = native(y)
+    assert {c.ctypes.data, d.ctypes.data} == blocks  # dropped: both blocks again
+    np.testing.assert_array_equal(c, y * 2)
+    np.testing.assert_array_equal(d, y + 1)
+    view, held = d[5:], c
+    del c, d
+    inputs = [x * k for k in range(6)]
+    results = [native(v) for v in inputs]  # c (held) and d (a view held) are not reused
+    np.testing.assert_array_equal(held, y * 2)
+    np.testing.assert_array_equal(view, (y + 1)[5:])
+    starts = {held.ctypes.data, view.ctypes.data - 20}
+    for v, (e, f) in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(e, v * 2)
+        np.testing.assert_array_equal(f, v + 1)
+        starts |= {e.ctypes.data, f.ctypes.data}
+    assert len(starts) == 2 + 2 * len(results)
+    assert len(native._thread_state().kept) <= 4
+    del results, view, held
+    e, f = native(x)
+    assert {e.ctypes.data, f.ctypes.data} <= starts  # a kept block, once all were dropped
+    g, h = native(native(y)[0])  # an output passed straight back in is not written over
+    np.testing.assert_array_equal(g, y * 2 * 2)
+    np.testing.assert_array_equal(h, y * 2 + 1)
+
+
 @pytest.mark.parametrize("target", ["native", "reference"])
 def test_an_input_named_self_is_given_by_name(tmp_path, target):
     """An ONNX graph's inputs are named anything, `self` too (a traced method's argument):
