@@ -738,6 +738,37 @@ def test_threads_split_a_batch_of_convolutions_by_sample():
         np.testing.assert_allclose(two(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
 
 
+def test_threads_split_a_batch_of_products_with_epilogues_by_sample():
+    """A matmul heading a fused epilogue splits its batch across the threads from
+    module.ROW_BLOCK rows a thread, each block's GEMM and epilogue on its thread: a linear
+    layer's bias and relu, one over [B, 5, 37] with a residual add, a weight given at run
+    time (matmul_bt), a batched product with a scale. Bit-equal on 1, 2 and 3 threads (a
+    row's sums do not depend on the split), and agreeing with the reference, at batches of
+    one sample, too few rows to split (7), and uneven splits (40 rows or samples)."""
+    from kiln.compiler.codegen.llvm import module
+
+    src = ("import std.nn\nmodel P {\n  a = nn.Linear(37, 150)\n  b = nn.Linear(37, 150)\n"
+           "  forward(x: f32[B, 37], y: f32[B, 5, 37], r: f32[B, 5, 150], w: f32[150, 37],"
+           " q: f32[B, 7, 16], k: f32[B, 7, 16]) {\n"
+           "    return relu(a(x)), b(y) + r, tanh(matmul(x, permute(w, [1, 0]))),"
+           " matmul(q, permute(k, [0, 2, 1])) * 0.25 } }")
+    models = [kiln.compile(src, threads=t, seed=2) for t in (1, 2, 3)]
+    ref = kiln.compile(src, target="reference", seed=2)
+    assert module.ROW_BLOCK * 3 <= 40 < module.ROW_BLOCK * 3 * 5  # 40 rows split; 40 x 5 too
+    w = RNG.standard_normal((150, 37)).astype(np.float32)
+    for batch in (1, 7, 40):
+        x = RNG.standard_normal((batch, 37)).astype(np.float32)
+        y = RNG.standard_normal((batch, 5, 37)).astype(np.float32)
+        r = RNG.standard_normal((batch, 5, 150)).astype(np.float32)
+        q, k = (RNG.standard_normal((batch, 7, 16)).astype(np.float32) for _ in range(2))
+        outs = [m(x, y, r, w, q, k) for m in models]
+        for got in outs[1:]:
+            for g, o in zip(got, outs[0], strict=True):
+                np.testing.assert_array_equal(g, o)
+        for g, want in zip(outs[0], ref(x, y, r, w, q, k), strict=True):
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+
+
 # (batch, in channels, out channels, height, width, padding, dilation, groups): C of 13 rows
 # (12 + 1), of 100 (past a 96-row block of A) over a 360-deep sum (two slices of 256);
 # grids of 43 columns (a panel and 11), 232 (7 panels and 8) and 6 (a partial panel alone)

@@ -600,6 +600,17 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
     return kb.finish()
 
 
+# A product heading a fused epilogue (a linear layer's bias and activation, a residual add)
+# splits its batch across the threads from ROW_BLOCK rows a thread (one AVX-512 micro-tile
+# high): each thread's rows go through the GEMM and then the epilogue while they are in its
+# cache, where a GEMM shared by columns left the epilogue a pass over all of C from L3. A
+# [1024, 256] @ [256, 1024] product with a bias on two threads: 2.01 -> 1.77 ms; the
+# Transformer encoder at batch 32 0.89 of its time. At 8 rows a thread (an MLP at batch 16)
+# it was 2 % slower, at 12 8 % faster.
+PRODUCTS = ("matmul", "matmul_bt")
+ROW_BLOCK = 12
+
+
 def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int | None:
     """The least work (samples times elements per sample of the result) at which a node's
     kernel runs its batch on several threads (_batch_split), or None where it may not:
@@ -610,10 +621,15 @@ def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int |
       or its loop over rows reading a split's parts, is shared by the threads already:
       elementwise.py), or a movement node its record's
       `samplewise` rule accepts (a permute keeping axis 0 first, a pad leaving it alone):
-      from elementwise.FLAT_PARALLEL elements, below which threads cost more than they save.
+      from elementwise.FLAT_PARALLEL elements, below which threads cost more than they save;
+    - a matmul heading a fused epilogue: from ROW_BLOCK rows of the result a thread, given
+      as -ROW_BLOCK (the split's work is then rows a thread, not elements).
     """
     if Prop.SAMPLEWISE in lowering.props:
         return 2
+    if (node["op"] == "fused" and node["attrs"].get("anchor") is not None
+            and node["attrs"]["body"].op(node["attrs"]["anchor"]) in PRODUCTS):
+        return -ROW_BLOCK  # (negative: rows a thread, not elements)
     operands = [v.type if v is not None else None for v in graph.operands(nid)]
     if Prop.ELEMENTWISE in lowering.props:
         out = node["types"][0]
@@ -653,7 +669,10 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
     (each a block of samples, with its GEMMs whole: no packing is done twice), once the
     samples times the elements of one sample of the result reach `min_work`; one sample, or
     one thread, runs the ordinary kernel. An operand without the batch axis (a weight, a
-    per-channel operand broadcast over the batch) is read whole by every block."""
+    per-channel operand broadcast over the batch) is read whole by every block. A negative
+    `min_work` counts rows of the result a thread instead (_split_work's products)."""
+    by_rows = min_work < 0
+    min_work = abs(min_work)
     operands = graph.operands(nid)
     first, out = operands[0].type, node["types"][0]
     types = [v.type if v is not None else None for v in operands] + list(node["types"])
@@ -673,6 +692,9 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
         return kb
 
     def work(b, _sizes):  # the result's elements: samples times one sample's
+        if by_rows:  # rows a thread
+            rows = sizes_of(b).numel(out.shape[:-1])
+            return b.sdiv(rows, b.load(threads_global(module)))
         return sizes_of(b).numel(out.shape)
 
     def shift(b, pointers, sizes, row0):
