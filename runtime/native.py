@@ -177,7 +177,7 @@ PAGE = 4096
 # block each call is a new mapping, or heap that malloc gave back to the system when the
 # last call's results were freed: the kernel then zeroes its pages again as the call first
 # writes them. Two 4 MiB outputs of one product took 6.3 ms a call on two threads, 1,659
-# page faults each, against 3.4 ms for the same products with their blocks reused.
+# page faults each, against 3.7 ms with their blocks reused.
 REUSED = 1 << 20
 # (the test for "nothing references it" is CPython's reference count, which a free-threaded
 # build does not keep exactly)

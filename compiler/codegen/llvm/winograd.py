@@ -462,6 +462,7 @@ def _products(kb, v, u, m, sizes) -> None:
     rows x channels apart, M's `pitch` x outs, U's `u_step` floats): the threads take whole
     products, each GEMM run whole on its thread (`_product_run`)."""
     rows, pitch, channels, outs, u_step = sizes
+    # (the work's threshold, COPY_PARALLEL, is then gemm.PARALLEL_WORK multiply-adds in all)
     by_channel(kb, "wino_products", [v, u, m], [i64(ALPHA * ALPHA), rows, channels, outs,
                                                 pitch, u_step],
                lambda b_, z: [b_.mul(z[1], z[2]), z[5], b_.mul(z[4], z[3])], _product_run,
@@ -484,9 +485,9 @@ def _product_run(kb, pointers, sizes) -> None:
 
 
 def _phase_products(kb, v, u, m, sizes) -> None:
-    """`_products` of a transposed convolution's phased form: the 4 LIVE products of one
-    phase's C_out columns by the U[xi] that are not zero for it (`_live_phases`), the
-    threads taking whole ones (`_phase_product_run`)."""
+    """`_products` of a transposed convolution's phased form: 4 x LIVE products, each of
+    one phase's C_out columns by a U[xi] that is not zero for that phase (`_live_phases`),
+    the threads taking whole ones (`_phase_product_run`)."""
     rows, pitch, channels, outs, u_step, phases = sizes
     by_channel(kb, "wino_phase_products", [v, u, m],
                [i64(4 * LIVE), rows, channels, outs, pitch, u_step, phases, ZERO],
