@@ -433,16 +433,21 @@ def test_transposed_convolutions_share_their_column_blocks_among_threads(threads
            " w: f32[300, 130, 3, 3]) {\n"
            "    return deep(x), grouped(u), conv_transpose(v, w, stride = [2, 1],"
            " padding = [0, 1]) } }")
-    native = kiln.compile(src, target="native", threads=threads, seed=3)
-    ref = kiln.compile(src, target="reference", seed=3)
+    native, ref = both(src, threads=threads, seed=3)
     w = (RNG.standard_normal((300, 130, 3, 3)) * 0.1).astype(np.float32)
     for batch in (1, 2):
         x = RNG.standard_normal((batch, 512, 3, 2)).astype(np.float32)
         u = RNG.standard_normal((batch, 1024, 2, 3)).astype(np.float32)
         v = RNG.standard_normal((batch, 300, 4, 3)).astype(np.float32)
-        for got, want in zip(native(x, u, v, w), ref(x, u, v, w), strict=True):
-            assert got.shape == want.shape
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        _close(native, ref, x, u, v, w)
+
+
+def _close(native, ref, *inputs) -> None:
+    """Each output of `native` on `inputs` has the reference's shape and values within
+    1e-5 relative, 1e-4 absolute (sums of a few thousand products)."""
+    for got, want in zip(native(*inputs), ref(*inputs), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -458,16 +463,13 @@ def test_strided_convolutions_fill_their_bias_on_every_thread(threads):
            "  forward(x: f32[B, 64, 36, 34], s: f32[B, 3, 96, 70], w: f32[256, 64, 3, 3],"
            " c: f32[256]) {\n"
            "    return grouped(x), relu(stem(s)), conv(x, w, c, stride = [2, 2]) } }")
-    native = kiln.compile(src, target="native", threads=threads, seed=4)
-    ref = kiln.compile(src, target="reference", seed=4)
+    native, ref = both(src, threads=threads, seed=4)
     w = (RNG.standard_normal((256, 64, 3, 3)) * 0.1).astype(np.float32)
     c = RNG.standard_normal(256).astype(np.float32)
     for batch in (1, 2):
         x = RNG.standard_normal((batch, 64, 36, 34)).astype(np.float32)
         s = RNG.standard_normal((batch, 3, 96, 70)).astype(np.float32)
-        for got, want in zip(native(x, s, w, c), ref(x, s, w, c), strict=True):
-            assert got.shape == want.shape
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        _close(native, ref, x, s, w, c)
 
 
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():
