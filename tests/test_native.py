@@ -744,7 +744,8 @@ def test_threads_split_a_batch_of_products_with_epilogues_by_sample():
     layer's bias and relu, one over [B, 5, 37] with a residual add, a weight given at run
     time (matmul_bt), a batched product with a scale. Bit-equal on 1, 2 and 3 threads (a
     row's sums do not depend on the split), and agreeing with the reference, at batches of
-    one sample, too few rows to split (7), and uneven splits (40 rows or samples)."""
+    one sample, 7 (too few rows of x's products to split; the others' 35 and 49 split on
+    two threads) and 40 (every product split, unevenly on three threads)."""
     from kiln.compiler.codegen.llvm import module
 
     src = ("import std.nn\nmodel P {\n  a = nn.Linear(37, 150)\n  b = nn.Linear(37, 150)\n"
@@ -754,7 +755,7 @@ def test_threads_split_a_batch_of_products_with_epilogues_by_sample():
            " matmul(q, permute(k, [0, 2, 1])) * 0.25 } }")
     models = [kiln.compile(src, threads=t, seed=2) for t in (1, 2, 3)]
     ref = kiln.compile(src, target="reference", seed=2)
-    assert module.ROW_BLOCK * 3 <= 40 < module.ROW_BLOCK * 3 * 5  # 40 rows split; 40 x 5 too
+    assert 7 // 2 < module.ROW_BLOCK <= 40 // 3  # x's 7 rows never split, its 40 always
     w = RNG.standard_normal((150, 37)).astype(np.float32)
     for batch in (1, 7, 40):
         x = RNG.standard_normal((batch, 37)).astype(np.float32)
