@@ -189,22 +189,10 @@ def _fill_channels(kb, pointers, sizes) -> None:
 
 
 def _bias_planes(kb, pointers, sizes) -> None:
-    """`count` planes of `plane` floats each set to its channel's bias, a vector at a time
-    (the threads take channels: a stem's 3.2 MB output was filled by one thread, from a
-    cold cache): pointers (y, bias), sizes (count, plane)."""
-    b = kb.b
-    y0, bias = pointers
-    count, plane = sizes
-    vec = Vectors(b, kb.vector_width or tiling().width)
-    whole = b.sub(plane, b.srem(plane, i64(vec.width)))  # whole vectors, then a masked tail
-    tail = vec.mask(b.sub(plane, whole), 0)
-    with kb.for_range(count) as o:
-        value = vec.splat(b.load(b.gep(bias, [o])))
-        row = b.gep(y0, [b.mul(o, plane)])
-        with kb.for_range(whole, step=vec.width) as q:
-            vec.store(value, b.gep(row, [q]))
-        with b.if_then(b.icmp_signed("<", whole, plane)):
-            vec.masked_store(value, b.gep(row, [whole]), 0, tail)
+    """`_fill_with_bias` as `by_channel`'s body (the threads take channels: a stem's 3.2 MB
+    output was filled by one thread, from a cold cache): pointers (y, bias), sizes (count,
+    plane)."""
+    _fill_with_bias(kb, pointers[0], *sizes, pointers[1])
 
 
 def _compact_channels(kb, pointers, sizes) -> None:
@@ -441,13 +429,19 @@ def _columns(b: ir.IRBuilder) -> ir.Value:
 
 def _fill_with_bias(kb, y0, channels, plane, bias) -> None:
     """y0's `channels` planes of `plane` floats set to bias[o] (0 where `bias`, an f32 pointer
-    at the first plane's channel, is None): what a transposed convolution's scatter then adds
-    to."""
+    at the first plane's channel, is None), a vector at a time: what a GEMM or a transposed
+    convolution's scatter then adds to."""
     b = kb.b
+    vec = Vectors(b, kb.vector_width or tiling().width)
+    whole = b.sub(plane, b.srem(plane, i64(vec.width)))  # whole vectors, then a masked tail
+    tail = vec.mask(b.sub(plane, whole), 0)
     with kb.for_range(channels) as o:
-        value = kb.const(0.0, "f32") if bias is None else kb.load(bias, o, "f32")
-        with kb.for_range(plane) as q:
-            kb.store(y0, b.add(b.mul(o, plane), q), value, "f32")
+        value = vec.splat(ir.Constant(F32, 0.0) if bias is None else b.load(b.gep(bias, [o])))
+        row = b.gep(y0, [b.mul(o, plane)])
+        with kb.for_range(whole, step=vec.width) as q:
+            vec.store(value, b.gep(row, [q]))
+        with b.if_then(b.icmp_signed("<", whole, plane)):
+            vec.masked_store(value, b.gep(row, [whole]), 0, tail)
 
 
 @dataclass(frozen=True)
