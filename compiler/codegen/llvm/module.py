@@ -578,10 +578,10 @@ def _step(kb: KernelBuilder, whole, t: TensorType, axis: int, index, tmp, gather
 def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=None,
             serial: bool = False, split: bool = True,
             prepacked: frozenset[int] = frozenset(), precision: str = "f32") -> ir.Function:
-    min_work = _split_work(lowering, graph, nid, node) if split and not serial else None
-    if min_work is not None:
+    least = _split_work(lowering, graph, nid, node) if split and not serial else None
+    if least is not None:
         split = _batch_split(module, lowering, nid, graph, node, layout, vector_width,
-                             prepacked, precision, min_work)
+                             prepacked, precision, *least)
         if split is not None:
             return split
     # node ids repeat between a model and its scan bodies: number kernels per module
@@ -611,9 +611,11 @@ PRODUCTS = ("matmul", "matmul_bt")
 ROW_BLOCK = 12
 
 
-def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int | None:
-    """The least work (samples times elements per sample of the result) at which a node's
-    kernel runs its batch on several threads (_batch_split), or None where it may not:
+def _split_work(lowering: Lowering, graph: Graph, nid: int,
+                node: dict) -> tuple[int, bool] | None:
+    """(the least work, whether it counts rows a thread) at which a node's kernel runs its
+    batch on several threads (_batch_split), or None where it may not; work is samples times
+    elements per sample of the result unless it counts rows:
 
     - an op with Prop.SAMPLEWISE (a convolution, alone or heading a fused epilogue): from 2
       elements (so 2 samples), each sample a GEMM's worth of work;
@@ -622,14 +624,13 @@ def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int |
       elementwise.py), or a movement node its record's
       `samplewise` rule accepts (a permute keeping axis 0 first, a pad leaving it alone):
       from elementwise.FLAT_PARALLEL elements, below which threads cost more than they save;
-    - a matmul heading a fused epilogue: from ROW_BLOCK rows of the result a thread, given
-      as -ROW_BLOCK (the split's work is then rows a thread, not elements).
+    - a matmul heading a fused epilogue: from ROW_BLOCK rows of the result a thread.
     """
     if Prop.SAMPLEWISE in lowering.props:
-        return 2
+        return 2, False
     if (node["op"] == "fused" and node["attrs"].get("anchor") is not None
             and node["attrs"]["body"].op(node["attrs"]["anchor"]) in PRODUCTS):
-        return -ROW_BLOCK  # (negative: rows a thread, not elements)
+        return ROW_BLOCK, True
     operands = [v.type if v is not None else None for v in graph.operands(nid)]
     if Prop.ELEMENTWISE in lowering.props:
         out = node["types"][0]
@@ -637,11 +638,11 @@ def _split_work(lowering: Lowering, graph: Graph, nid: int, node: dict) -> int |
         if all(t is None or t.rank == 0 or t.shape == out.shape or slot in parts
                for slot, t in enumerate(operands)):
             return None
-        return FLAT_PARALLEL
+        return FLAT_PARALLEL, False
     rec = REGISTRY.get(node["op"])
     if rec is not None and rec.samplewise is not None and rec.samplewise(operands,
                                                                          node["attrs"]):
-        return FLAT_PARALLEL
+        return FLAT_PARALLEL, False
     return None
 
 
@@ -663,16 +664,14 @@ def _sample_types(types: list, out: TensorType) -> str | None:
 
 
 def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepacked,
-                 precision: str = "f32", min_work: int = 2):
+                 precision: str = "f32", min_work: int = 2, by_rows: bool = False):
     """A samplewise node (_split_work) whose first input and results (a fused epilogue may
     have several) lead with the same symbolic batch size runs its samples on several threads
     (each a block of samples, with its GEMMs whole: no packing is done twice), once the
     samples times the elements of one sample of the result reach `min_work`; one sample, or
     one thread, runs the ordinary kernel. An operand without the batch axis (a weight, a
-    per-channel operand broadcast over the batch) is read whole by every block. A negative
+    per-channel operand broadcast over the batch) is read whole by every block. `by_rows`:
     `min_work` counts rows of the result a thread instead (_split_work's products)."""
-    by_rows = min_work < 0
-    min_work = abs(min_work)
     operands = graph.operands(nid)
     first, out = operands[0].type, node["types"][0]
     types = [v.type if v is not None else None for v in operands] + list(node["types"])
