@@ -451,12 +451,13 @@ def _close(native, ref, *inputs) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_strided_convolutions_fill_their_bias_on_every_thread(threads):
-    """A convolution through im2col starts its output as the bias, the threads taking
-    output channels (conv._bias_planes): planes whose floats are not a whole number of
-    vectors (18 x 17), two groups (each group's bias from its first channel on), a
-    stride-2 7x7 stem with a bias, a run-time weight and bias; each output over 65,536
-    floats, so that the threads share it. At batch 1 and 2, against the reference."""
+def test_strided_convolutions_add_their_bias_on_every_thread(threads):
+    """A convolution through im2col adds its bias to each block of columns the GEMM
+    finishes, on the thread that computed it (conv._Finisher): planes whose floats are not
+    a whole number of vectors (18 x 17), two groups (each group's bias from its first
+    channel on), a stride-2 7x7 stem with a bias, a run-time weight and bias; each output
+    over 65,536 floats, so that the threads share it. At batch 1 and 2, against the
+    reference."""
     src = ("import std.nn\nmodel Strided {\n"
            "  grouped = nn.Conv2d(64, 256, 3, stride = 2, padding = 1, groups = 2)\n"
            "  stem = nn.Conv2d(3, 40, 7, stride = 2, padding = 3)\n"
@@ -470,6 +471,46 @@ def test_strided_convolutions_fill_their_bias_on_every_thread(threads):
         x = RNG.standard_normal((batch, 64, 36, 34)).astype(np.float32)
         s = RNG.standard_normal((batch, 3, 96, 70)).astype(np.float32)
         _close(native, ref, x, s, w, c)
+
+
+def test_strided_convolutions_apply_a_fused_epilogue_to_each_finished_block():
+    """A fused node headed by an im2col convolution (stride 2) runs its epilogue inside the
+    GEMM, on each block of columns once all its sums are done (conv._Finisher), reading the
+    epilogue's other inputs at the element's own index: a residual add and relu over a sum
+    576 deep (three slices of the sum before a block is done), a grouped one, one without a
+    bias, 520 channels of 9 pixels (the threads take rows, not columns), a 1-D one, and an
+    epilogue with a per-channel operand (broadcast: the node's own loop, after the GEMM).
+    On 1, 2 and 3 threads at batch 1 and 3: against the reference, and each thread count's
+    result bit-equal to one thread's."""
+    src = ("import std.nn\nmodel Epilogues {\n"
+           "  deep = nn.Conv2d(64, 96, 3, stride = 2, padding = 1)\n"
+           "  grouped = nn.Conv2d(64, 96, 3, stride = 2, padding = 1, groups = 4)\n"
+           "  plain = nn.Conv2d(64, 96, 3, stride = 2, padding = 1, bias = false)\n"
+           "  tall = nn.Conv2d(64, 520, 3, stride = 2)\n"
+           "  line = nn.Conv1d(5, 24, 4, stride = 3, padding = 2)\n"
+           "  forward(x: f32[B, 64, 36, 34], r: f32[B, 96, 18, 17], t: f32[B, 520, 3, 3],"
+           " v: f32[B, 5, 130], q: f32[96, 1, 1]) {\n"
+           "    s = x |> nn.AvgPool2d(4)\n"
+           "    return relu(deep(x) + r), relu(grouped(x) + r) * 0.5, tanh(plain(x)) - r,"
+           " relu(tall(s[:, :, :7, :7]) + t), sigmoid(line(v)), relu(deep(x) * q) } }")
+    rng = np.random.default_rng(8)
+    ref = kiln.compile(src, target="reference", seed=6)
+    builds = {t: kiln.compile(src, target="native", threads=t, seed=6) for t in (1, 2, 3)}
+    for batch in (1, 3):
+        inputs = [rng.standard_normal(shape).astype(np.float32) for shape in (
+            (batch, 64, 36, 34), (batch, 96, 18, 17), (batch, 520, 3, 3), (batch, 5, 130),
+            (96, 1, 1))]
+        want = ref(*inputs)
+        first = None
+        for threads, native in builds.items():
+            got = native(*inputs)
+            for g, w in zip(got, want, strict=True):
+                assert g.shape == w.shape
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+            if first is None:
+                first = got
+            for g, f in zip(got, first, strict=True):
+                assert np.array_equal(g, f), f"{threads} threads differ from one"
 
 
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():

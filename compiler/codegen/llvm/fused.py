@@ -19,6 +19,9 @@ alive until its last reader is done).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from llvmlite import ir
 
 from ...dims import Dim
@@ -43,25 +46,6 @@ def fused_kernel(kb, n) -> None:
     out_t = n.out_types[0]
     slot_of = {nid: i for i, nid in enumerate(body.inputs)}
     out = kb.output()
-    if anchor is not None:
-        node = body.node(anchor)
-        operands = body.operands(anchor)
-        pointers = [ir.Constant(PTR, None) if v is None else _raw(kb, slot_of[v.node])
-                    for v in operands] + [_raw(kb, len(n.in_types))]
-        b = kb.b
-        array = b.alloca(PTR, len(pointers), name="anchor_args")
-        for i, p in enumerate(pointers):
-            b.store(p, b.gep(array, [ir.Constant(I64, i)]))
-        saved, kb.args_ptr = kb.args_ptr, array
-        prepacked = frozenset(i for i, v in enumerate(operands)
-                              if v is not None and slot_of[v.node] in n.prepacked)
-        rec = REGISTRY[node["op"]]
-        anchor_node = NativeNode([None if v is None else v.type for v in operands],
-                                 list(node["types"]), node["attrs"], node["span"], prepacked,
-                                 tuple(tensor_slot_names(rec, len(operands))))
-        saved_node, kb.node = kb.node, anchor_node
-        rec.llvm(kb, anchor_node)
-        kb.args_ptr, kb.node = saved, saved_node
     # the loop reads the body inputs the elementwise ops use, the parts of a split input where
     # they stand in it, and the anchor's result
     read: list[tuple[int, int]] = []
@@ -111,7 +95,69 @@ def fused_kernel(kb, n) -> None:
         kb_.flags = saved_flags
         return [env[r] for r in results]
 
-    kb.elementwise_into(outs, ins, compute)
+    epilogue = None
+    if anchor is not None:
+        epilogue = _epilogue(read, ins, anchor, out_t, len(outs), halves, compute)
+        _anchor(kb, n, body, anchor, slot_of, epilogue)
+    if epilogue is None or not epilogue.consumed:
+        kb.elementwise_into(outs, ins, compute)
+
+
+@dataclass
+class Epilogue:
+    """A fused node's elementwise chain after its anchor, for an anchor that applies it to
+    blocks of its result itself, while they are in cache (conv._Finisher): `inputs`, the
+    other tensors the chain reads, (pointer, type), each of the result's shape or a scalar;
+    `apply(kb, value, others)`, the chain's result at one element from the anchor's value
+    there and the inputs'. An anchor that takes it sets `consumed`: the node's own loop over
+    the result is then not emitted."""
+
+    inputs: list
+    apply: Callable
+    consumed: bool = False
+
+
+def _epilogue(read, ins, anchor, out_t, results: int, halves: bool,
+              compute) -> Epilogue | None:
+    """The chain as an Epilogue where one element's result needs only the values at its own
+    index: one f32 result, every input of the result's shape or a scalar (no split's part,
+    no broadcast), no f16 rounding (its flags are the loop's own)."""
+    others = [entry for (node_id, _), entry in zip(read, ins, strict=True) if node_id != anchor]
+    flat = all(len(entry) == 2 and (entry[1].shape == out_t.shape or entry[1].rank == 0)
+               for entry in others)
+    if results != 1 or halves or out_t.dtype != "f32" or not flat:
+        return None
+
+    def apply(kb_, value, values):
+        given = iter(values)
+        return compute(kb_, *(value if node_id == anchor else next(given)
+                              for node_id, _ in read))[0]
+
+    return Epilogue(others, apply)
+
+
+def _anchor(kb, n, body: Graph, anchor: int, slot_of: dict, epilogue: Epilogue | None) -> None:
+    """The anchor's own lowering, writing its result into the fused node's output, with the
+    kernel's arguments seen as the anchor's and `epilogue` offered to it (kb.epilogue)."""
+    node = body.node(anchor)
+    operands = body.operands(anchor)
+    pointers = [ir.Constant(PTR, None) if v is None else _raw(kb, slot_of[v.node])
+                for v in operands] + [_raw(kb, len(n.in_types))]
+    b = kb.b
+    array = b.alloca(PTR, len(pointers), name="anchor_args")
+    for i, p in enumerate(pointers):
+        b.store(p, b.gep(array, [ir.Constant(I64, i)]))
+    saved, kb.args_ptr = kb.args_ptr, array
+    prepacked = frozenset(i for i, v in enumerate(operands)
+                          if v is not None and slot_of[v.node] in n.prepacked)
+    rec = REGISTRY[node["op"]]
+    anchor_node = NativeNode([None if v is None else v.type for v in operands],
+                             list(node["types"]), node["attrs"], node["span"], prepacked,
+                             tuple(tensor_slot_names(rec, len(operands))))
+    saved_node, kb.node = kb.node, anchor_node
+    saved_epilogue, kb.epilogue = kb.epilogue, epilogue
+    rec.llvm(kb, anchor_node)
+    kb.args_ptr, kb.node, kb.epilogue = saved, saved_node, saved_epilogue
 
 
 def _raw(kb, index: int) -> ir.Value:

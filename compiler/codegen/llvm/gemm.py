@@ -71,6 +71,10 @@ class Source(Protocol):
                     col0: ir.Value) -> tuple[list[ir.Value], list[ir.Value]]:
         """The fields of the same B seen from its column col0 on (a thread's block)."""
 
+    # optional: finish(kb, c, ldc, rows, cols), called by the packed path on each block of
+    # columns of C once all its sums are done (im2col.Im2col's hook: a convolution's bias and
+    # fused epilogue while the block is in cache)
+
 
 @dataclass(frozen=True)
 class Matrix:
@@ -668,6 +672,8 @@ class _Gemm:
                                     self._min(nr, b.sub(nc, jr)), add)
 
             self._slices(block, t.kc)
+            if hasattr(self.b, "finish"):  # the block's sums are done: its hook, while in cache
+                self.b.finish(kb, self.c.at(kb, i64(0), jc), self.c.stride, self.m, nc)
         if self.amx:
             with b.if_then(self.tiles):
                 bf16.release_tiles(b)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .abi import F64, I32, I64
+from .abi import F64, I32, I64, KERNEL_TYPE, PTR
 from .irgen import Vectors, i64
 from .spatial import ZERO, Window
 
@@ -35,21 +35,42 @@ class Im2col:
     dw: ir.Value
     out_w: ir.Value
     col0: ir.Value  # the pixel that is column 0 (a thread's block of columns starts there)
-    pointers = 1
+    # a kernel-shaped function (or null) the GEMM calls on each block of C it has finished
+    # (`finish`), with the arrays of arguments and sizes the convolution gave it: the bias
+    # and a fused epilogue applied while the block is in cache (conv.py `_Finisher`)
+    hook: ir.Value
+    hook_args: ir.Value
+    hook_sizes: ir.Value
+    pointers = 4
     sizes = 12
 
     @classmethod
-    def of(cls, kb, plane0: ir.Value, win: Window) -> Im2col:
+    def of(cls, kb, plane0: ir.Value, win: Window, hook=None) -> Im2col:
+        """`hook`: (function, its argument array, its size array), as `finish` calls it."""
         sizes = [*win.size, *win.kernel, *win.stride, *win.pad, *win.dilation, win.out[1]]
-        return cls(plane0, *(kb.dim(d) for d in sizes), i64(0))
+        null = ir.Constant(PTR, None)
+        fn, args, dims = (null, null, null) if hook is None else (
+            kb.b.bitcast(v, PTR) for v in hook)
+        return cls(plane0, *(kb.dim(d) for d in sizes), i64(0), fn, args, dims)
 
     def fields(self):
-        return [self.plane0], [self.h, self.w, self.kh, self.kw, self.sh, self.sw, self.ph,
-                               self.pw, self.dh, self.dw, self.out_w, self.col0]
+        return [self.plane0, self.hook, self.hook_args, self.hook_sizes], [
+            self.h, self.w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh,
+            self.dw, self.out_w, self.col0]
+
+    def finish(self, kb, c: ir.Value, ldc: ir.Value, rows: ir.Value, cols: ir.Value) -> None:
+        """The hook on C[:rows, :cols] from `c` (ldc floats a row), all of whose sums are
+        done: hook([hook_args, hook_sizes, c], [ldc, rows, cols], status); nothing without
+        one."""
+        b = kb.b
+        with b.if_then(b.icmp_unsigned("!=", self.hook, ir.Constant(PTR, None))):
+            kb.call_kernel(b.bitcast(self.hook, KERNEL_TYPE.as_pointer()),
+                           [self.hook_args, self.hook_sizes, c], [ldc, rows, cols], "finish")
 
     @classmethod
     def unpack(cls, pointers, sizes) -> Im2col:
-        return cls(*pointers, *sizes)
+        plane0, *hook = pointers
+        return cls(plane0, *sizes, *hook)
 
     @classmethod
     def from_column(cls, b, pointers, sizes, col0):

@@ -75,6 +75,9 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
         self.precision = "f32"  # of the GEMM's products: "bf16" (bf16.py) when asked
         self.serial = False  # True in a kernel whose callers run it on several threads
         self.node: NativeNode | None = None  # the op node whose kernel this is
+        # a fused node's elementwise chain after its anchor (fused.Epilogue), for an anchor
+        # that applies it itself, block by block (a convolution's GEMM: conv._Finisher)
+        self.epilogue = None
 
     def check(self, ok: ir.Value, message: str) -> None:
         """Report `message` (as K0505, at the node's source) when the i1 `ok` is false. Kernels
