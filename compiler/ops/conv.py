@@ -203,7 +203,7 @@ def _conv_llvm(kb, n):
         # too large a U to keep: made during a call with enough samples, else the GEMM
         nn_native("winograd").conv_lazy(kb, n, window, lambda weight: nn_native(
             "conv").conv(kb, n, window, groups, weight))
-    else:  # the im2col GEMM may apply a fused node's epilogue block by block (kb.epilogue)
+    else:  # the im2col GEMM may apply a fused node's epilogue block by block (finish.py)
         nn_native("conv").conv(kb, n, window, groups, epilogue=kb.epilogue)
 
 

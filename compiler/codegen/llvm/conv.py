@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import depthwise
-from .abi import F32, I64, PTR
+from .abi import F32
 from .channels import by_channel, clamp
+from .finish import finisher
 from .gemm import Matrix, PackedB, gemm
 from .im2col import Im2col, Shifted
-from .irgen import Vectors, element, i64, smaller
+from .irgen import Vectors, i64, smaller
 from .microkernels import tiling
 from .spatial import ZERO, Window, fold_over, inside, plane_dims
 from .threads import threads_global
@@ -29,7 +30,7 @@ def conv(kb, n, win: Window, groups: int, weight: ir.Value | None = None,
     runs depthwise.py's direct kernel while a plane fits its buffer. Other dtypes than f32 run
     the direct loops. `weight`: where the prepacked weight is, when not input 1 itself (the
     panels before winograd_lazy_a's channels-last weight). `epilogue`: a fused node's
-    (fused.Epilogue), which the im2col path applies itself (`_Finisher`); it is marked
+    (fused.Epilogue), which the im2col path applies itself (finish.finisher); it is marked
     consumed when taken, else the fused node applies it after the call."""
     x_t, w_t, _bias_t = n.in_types
     if x_t.dtype != "f32":
@@ -53,7 +54,7 @@ def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None,
                epilogue=None) -> None:
     """conv's f32 path through the GEMM (see `conv`). Through `Im2col` (a stride above 1),
     the GEMM writes C, then adds the bias and applies `epilogue` to each block of columns it
-    finishes, while the block is in cache (`_Finisher`), rather than starting C as the bias
+    finishes, while the block is in cache (finish.finisher), rather than starting C as the bias
     and leaving the epilogue to a pass of its own over the whole output."""
     x_t, w_t, bias_t = n.in_types
     b = kb.b
@@ -68,16 +69,16 @@ def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None,
     shifted = win.stride == (1, 1) and not pointwise
     padded = _Padded.of(kb, win, per_in, per_out) if shifted else None
     kc = tiling(kb.vector_width).kc
-    finisher = None
+    hook = None
     if padded is None and not pointwise and (bias is not None or epilogue is not None):
-        finisher = _Finisher.of(kb, y, bias, epilogue, pixels, outs)
+        hook = finisher(kb, y, bias, epilogue, pixels, outs)
 
     def run() -> None:
         with kb.for_range(batch) as s, kb.for_range(i64(groups)) as g:
             x0 = b.gep(x, [b.mul(b.add(b.mul(s, channels), b.mul(g, per_in)), plane_in)])
             first_out = b.mul(g, per_out)
             y0 = b.gep(y, [b.mul(b.add(b.mul(s, outs), first_out), pixels)])
-            if bias is not None and padded is None and finisher is None:
+            if bias is not None and padded is None and hook is None:
                 # C starts as the bias; the GEMM adds
                 by_channel(kb, "bias_planes", [y0, b.gep(bias, [first_out])],
                            [per_out, pixels], lambda b_, z: [z[1], i64(1)], _bias_planes,
@@ -95,10 +96,9 @@ def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None,
                      Matrix(padded.result, padded.columns))
                 padded.compact(kb, y0, None if bias is None else b.gep(bias, [first_out]))
             else:
-                source = Matrix(x0, plane_in) if pointwise else Im2col.of(
-                    kb, x0, win, None if finisher is None else finisher.hook)
+                source = Matrix(x0, plane_in) if pointwise else Im2col.of(kb, x0, win, hook)
                 gemm(kb, per_out, pixels, depth, weights, source, Matrix(y0, pixels),
-                     accumulate=bias is not None and finisher is None)
+                     accumulate=bias is not None and hook is None)
 
     if padded is None:
         run()
@@ -176,74 +176,6 @@ class _Padded:
         by_channel(kb, "compact", pointers, sizes,
                     lambda b, s: [s[4], b.mul(s[1], s[2]), i64(1)][:len(pointers)],
                     _compact_channels, lambda b, s: b.mul(s[0], s[4]))
-
-
-@dataclass
-class _Finisher:
-    """What the im2col GEMM calls on each block of C whose sums are done (im2col.Im2col's
-    hook): C[o, p] = epilogue(C[o, p] + bias[channel]) in place, the epilogue's other inputs
-    read at the element's own index in y. The hook is a function of the kernel's own
-    (`hook`: it, its argument array [y, bias or null, the epilogue's inputs...] and its size
-    array [pixels, channels]); it finds where a block of C lies in y from its pointer, so
-    one hook serves every sample, group and thread's block of the call."""
-
-    hook: tuple[ir.Value, ir.Value, ir.Value]
-
-    @classmethod
-    def of(cls, kb, y, bias, epilogue, pixels, channels) -> _Finisher:
-        inputs = [] if epilogue is None else epilogue.inputs
-        fn = _finish_function(kb, bias is not None, epilogue)
-        b = kb.b
-        pointers = [y, ir.Constant(PTR, None) if bias is None else bias] + [
-            p for p, _t in inputs]
-        with b.goto_entry_block():
-            args = b.alloca(PTR, len(pointers), name="finish_args")
-            sizes = b.alloca(I64, 2, name="finish_sizes")
-        for i, p in enumerate(pointers):
-            b.store(b.bitcast(p, PTR), b.gep(args, [i64(i)]))
-        for i, value in enumerate((pixels, channels)):
-            b.store(value, b.gep(sizes, [i64(i)]))
-        if epilogue is not None:
-            epilogue.consumed = True
-        return cls((fn, args, sizes))
-
-
-def _finish_function(kb, biased: bool, epilogue) -> ir.Function:
-    """The hook of `_Finisher`: args [the _Finisher's argument array, its size array, c],
-    sizes [ldc, rows, cols]."""
-    name, count = "finish", 0
-    while f"{kb.function.name}_{name}" in kb.module.globals:
-        count += 1
-        name = f"finish{count}"
-    ikb = kb.helper(name)
-    b = ikb.b
-    c = ikb.buffer(2, "f32")
-    table = b.bitcast(element(b, ikb.args_ptr, 0), PTR.as_pointer())
-    dims = b.bitcast(element(b, ikb.args_ptr, 1), I64.as_pointer())
-    ldc, rows, cols = (element(b, ikb.dims_ptr, i) for i in range(3))
-    pixels, channels = (element(b, dims, i) for i in range(2))
-    ikb.args_ptr = table  # now the _Finisher's arguments: y, bias, inputs
-    y = ikb.buffer(0, "f32")
-    bias = ikb.buffer(1, "f32") if biased else None
-    inputs = [] if epilogue is None else [
-        (ikb.buffer(2 + i, t.dtype), t) for i, (_p, t) in enumerate(epilogue.inputs)]
-    start = b.sdiv(b.sub(b.ptrtoint(c, I64), b.ptrtoint(y, I64)), i64(4))  # C's first in y
-    zero = i64(0)
-    with ikb.for_range(rows) as i:
-        row = b.add(start, b.mul(i, ldc))
-        add = None
-        if bias is not None:
-            add = b.load(b.gep(bias, [b.srem(b.sdiv(row, pixels), channels)]))
-        with ikb.for_range(cols) as j:
-            at = b.add(row, j)
-            value = ikb.load(y, at, "f32")
-            if add is not None:
-                value = b.fadd(value, add, flags=ikb.flags)
-            if epilogue is not None:
-                value = epilogue.apply(ikb, value, [ikb.load(p, at if t.rank else zero, t.dtype)
-                                                    for p, t in inputs])
-            ikb.store(y, at, value, "f32")
-    return ikb.finish()
 
 
 def _fill_channels(kb, pointers, sizes) -> None:

@@ -106,7 +106,7 @@ def fused_kernel(kb, n) -> None:
 @dataclass
 class Epilogue:
     """A fused node's elementwise chain after its anchor, for an anchor that applies it to
-    blocks of its result itself, while they are in cache (conv._Finisher): `inputs`, the
+    blocks of its result itself, while they are in cache (finish.py): `inputs`, the
     other tensors the chain reads, (pointer, type), each of the result's shape or a scalar;
     `apply(kb, value, others)`, the chain's result at one element from the anchor's value
     there and the inputs'. An anchor that takes it sets `consumed`: the node's own loop over

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .abi import F64, I32, I64, KERNEL_TYPE, PTR
+from .abi import F64, I32, I64, PTR
+from .finish import finish
 from .irgen import Vectors, i64
 from .spatial import ZERO, Window
 
@@ -35,9 +36,8 @@ class Im2col:
     dw: ir.Value
     out_w: ir.Value
     col0: ir.Value  # the pixel that is column 0 (a thread's block of columns starts there)
-    # a kernel-shaped function (or null) the GEMM calls on each block of C it has finished
-    # (`finish`), with the arrays of arguments and sizes the convolution gave it: the bias
-    # and a fused epilogue applied while the block is in cache (conv.py `_Finisher`)
+    # finish.finisher's hook (or nulls): the GEMM calls it on each block of C it finishes
+    # (`finish`), the bias and a fused epilogue applied while the block is in cache
     hook: ir.Value
     hook_args: ir.Value
     hook_sizes: ir.Value
@@ -46,7 +46,7 @@ class Im2col:
 
     @classmethod
     def of(cls, kb, plane0: ir.Value, win: Window, hook=None) -> Im2col:
-        """`hook`: (function, its argument array, its size array), as `finish` calls it."""
+        """`hook`: finish.finisher's (function, argument array, size array), or None."""
         sizes = [*win.size, *win.kernel, *win.stride, *win.pad, *win.dilation, win.out[1]]
         null = ir.Constant(PTR, None)
         fn, args, dims = (null, null, null) if hook is None else (
@@ -59,13 +59,9 @@ class Im2col:
             self.dw, self.out_w, self.col0]
 
     def finish(self, kb, c: ir.Value, ldc: ir.Value, rows: ir.Value, cols: ir.Value) -> None:
-        """The hook on C[:rows, :cols] from `c` (ldc floats a row), all of whose sums are
-        done: hook([hook_args, hook_sizes, c], [ldc, rows, cols], status); nothing without
-        one."""
-        b = kb.b
-        with b.if_then(b.icmp_unsigned("!=", self.hook, ir.Constant(PTR, None))):
-            kb.call_kernel(b.bitcast(self.hook, KERNEL_TYPE.as_pointer()),
-                           [self.hook_args, self.hook_sizes, c], [ldc, rows, cols], "finish")
+        """The hook (if any) on C[:rows, :cols] from `c`, ldc floats a row: every sum there
+        is done."""
+        finish(kb, (self.hook, self.hook_args, self.hook_sizes), c, ldc, rows, cols)
 
     @classmethod
     def unpack(cls, pointers, sizes) -> Im2col:

@@ -76,7 +76,7 @@ class KernelBuilder(ScalarMath, ElementwiseKernels, MovementKernels, ReductionKe
         self.serial = False  # True in a kernel whose callers run it on several threads
         self.node: NativeNode | None = None  # the op node whose kernel this is
         # a fused node's elementwise chain after its anchor (fused.Epilogue), for an anchor
-        # that applies it itself, block by block (a convolution's GEMM: conv._Finisher)
+        # that applies it itself, block by block (a convolution's GEMM: finish.py)
         self.epilogue = None
 
     def check(self, ok: ir.Value, message: str) -> None:
