@@ -513,6 +513,29 @@ def test_strided_convolutions_apply_a_fused_epilogue_to_each_finished_block():
                 assert np.array_equal(g, f), f"{threads} threads differ from one"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stride_2_panels_inside_the_input_pack_without_masks(threads):
+    """At stride 2 along the width, the im2col panel's vectors whose every tap lands inside
+    x (one output row each) pack from two plain loads (im2col.Im2col.pack's `clear`): a 7x7
+    stem 96 outputs wide (whole panels inside, and borders that are not), the same with
+    dilation 2 down the height, a 3x3 without padding whose last vector's odd lane would
+    read one float past its row, and a 1x1 (a strided shortcut); at batch 1 and 2."""
+    src = ("import std.nn\nmodel Stems {\n"
+           "  forward(x: f32[B, 3, 20, 192], s: f32[B, 16, 9, 129], w: f32[8, 3, 7, 7],"
+           " v: f32[24, 16, 3, 3], u: f32[24, 16, 1, 1]) {\n"
+           "    return relu(conv(x, w, stride = 2, padding = 3)),"
+           " conv(x, w, stride = 2, padding = [6, 3], dilation = [2, 1]),"
+           " conv(s, v, stride = 2), conv(s, u, stride = 2) } }")
+    native, ref = both(src, threads=threads, seed=4)
+    w = RNG.standard_normal((8, 3, 7, 7)).astype(np.float32)
+    v = RNG.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    u = RNG.standard_normal((24, 16, 1, 1)).astype(np.float32)
+    for batch in (1, 2):
+        x = RNG.standard_normal((batch, 3, 20, 192)).astype(np.float32)
+        s = RNG.standard_normal((batch, 16, 9, 129)).astype(np.float32)
+        _close(native, ref, x, s, w, v, u)
+
+
 def test_transposed_convolutions_of_one_pixel_run_samples_as_rows():
     """A 1x1 (or 1-pixel 1-D) input, one group: a chunk of samples is one GEMM, rows of
     [B, C] (37 x 300 x 4 x 4 = 4800 taps a row: 13 samples a chunk, so 20 is 13 + 7), each

@@ -112,39 +112,74 @@ class Im2col:
             origins.append((top, b.sub(b.mul(ow, splat(self.sw)), splat(self.pw)), split,
                             first_row, one_row))
         h, w = splat(self.h), splat(self.w)
+        corners = [tuple(b.sext(b.extract_element(vector, ir.Constant(i32, 0)), I64)
+                         for vector in (top, left)) for top, left, *_ in origins]
+        # at stride 2, a vector in one output row with every tap of the kernel inside x for
+        # every lane (all but a stem's border pixels) is the even lanes of two plain loads:
+        # no mask, gather or bounds per tap
+        clear = []
+        for (y0, x0), (*_, one_row) in zip(corners, origins, strict=True):
+            last_y = b.add(y0, b.mul(b.sub(self.kh, i64(1)), self.dh))
+            last_x = b.add(b.add(x0, i64(2 * vec.width - 1)),
+                           b.mul(b.sub(self.kw, i64(1)), self.dw))  # the odd lane read too
+            ok = one_row
+            for test in (b.icmp_signed(">=", y0, ZERO), b.icmp_signed(">=", x0, ZERO),
+                         b.icmp_signed("<", last_y, self.h), b.icmp_signed("<", last_x, self.w)):
+                ok = b.and_(ok, test)
+            clear.append(ok)
 
         def taps_loop(mode: str) -> None:  # one loop per way of fetching, chosen once
             with kb.for_range(kc) as p:
                 c, i, j = (b.load(slot) for slot in tap)
                 plane = b.gep(self.plane0, [b.mul(c, b.mul(self.h, self.w))])
-                dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
                 out = b.gep(dst, [b.mul(p, i64(nr))])
+                tap_at = b.add(b.mul(b.mul(i, self.dh), self.w), b.mul(j, self.dw))
+
+                def plain(v):  # a `clear` vector
+                    y0, x0 = corners[v]
+                    first = b.gep(plane, [b.add(tap_at, b.add(b.mul(y0, self.w), x0))])
+                    vec.store(_even(b, vec, first), out, v * vec.width, align=vec.width * 4)
+
+                if mode == "inside":  # the whole panel clear
+                    for v in range(len(corners)):
+                        plain(v)
+                    _next_tap(b, tap, self.kh, self.kw)
+                    return
+                dy, dx = splat(b.mul(i, self.dh)), splat(b.mul(j, self.dw))
                 for v, (top, left, split, first_row, one_row) in enumerate(origins):
                     y, x = b.add(top, dy), b.add(left, dx)
                     inside = b.and_(b.icmp_unsigned("<", y, h), b.icmp_unsigned("<", x, w))
                     at = (out, v * vec.width)
                     if mode == "rows":
                         value = self._two_rows(b, vec, plane, y, x, split, first_row, inside, j)
-                    elif mode == "halved":  # one row: the even lanes of two loads, else gather
-                        with b.if_else(one_row) as (loads, scattered_):
-                            with loads:
-                                vec.store(self._even_lanes(b, vec, plane, y, x), *at,
-                                          align=vec.width * 4)
-                            with scattered_:
-                                vec.store(vec.gather(plane, b.add(b.mul(y, w), x), inside), *at,
-                                          align=vec.width * 4)
+                    elif mode == "halved":  # clear: plain loads; one row: the even lanes of
+                        # two masked loads; else gather
+                        with b.if_else(clear[v]) as (unmasked, masked_):
+                            with unmasked:
+                                plain(v)
+                            with masked_, b.if_else(one_row) as (loads, scattered_):
+                                with loads:
+                                    vec.store(self._even_lanes(b, vec, plane, y, x), *at,
+                                              align=vec.width * 4)
+                                with scattered_:
+                                    vec.store(vec.gather(plane, b.add(b.mul(y, w), x), inside),
+                                              *at, align=vec.width * 4)
                         continue
                     else:
                         value = vec.gather(plane, b.add(b.mul(y, w), x), inside)
                     vec.store(value, *at, align=vec.width * 4)
                 _next_tap(b, tap, self.kh, self.kw)
 
+        inside = b.and_(halved, b.and_(clear[0], clear[1]))  # a whole panel clear
         with b.if_else(contiguous) as (consecutive, other):
             with consecutive:
                 taps_loop("rows")
             with other, b.if_else(halved) as (strided, scattered):
-                with strided:
-                    taps_loop("halved")
+                with strided, b.if_else(inside) as (plain, masked):
+                    with plain:
+                        taps_loop("inside")
+                    with masked:
+                        taps_loop("halved")
                 with scattered:
                     taps_loop("gather")
 
@@ -257,6 +292,12 @@ class Shifted:
                 rows([None, None])
             with part:
                 rows([vec.mask(cols, v * vec.width) for v in range(2)])
+
+
+def _even(b, vec: Vectors, first: ir.Value) -> ir.Value:
+    """The even lanes of the 2 * width floats from `first` (all inside x)."""
+    even = ir.Constant(ir.VectorType(I32, vec.width), [2 * lane for lane in range(vec.width)])
+    return b.shuffle_vector(vec.load(first, 0), vec.load(first, vec.width), even)
 
 
 def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
