@@ -5,10 +5,10 @@ the fused node's output buffer; then one loop over that buffer computes the grou
 elementwise ops per element, in registers, reading the anchor's value where it stands and
 writing the group's result in its place. An anchor may take the chain instead (an
 `Epilogue`, offered where one element's result needs only values at its own index) and apply
-it to each block of its result as it finishes it: the im2col convolution (finish.py). Without an anchor, the loop alone. A split in the
-group is no loop of its own: the loop reads each of its parts where it stands in the operand
-split (elementwise.Part). Intermediate values are rounded to their own dtype between ops, as
-separate kernels would store them.
+it to each block of its result as it finishes it: the im2col convolution (finish.py).
+Without an anchor, the loop alone. A split in the group is no loop of its own: the loop reads
+each of its parts where it stands in the operand split (elementwise.Part). Intermediate
+values are rounded to their own dtype between ops, as separate kernels would store them.
 
 A group with several results (values its members compute that the model or later kernels
 read: an optimizer's new state beside the new weight) stores each in the same loop, into the
