@@ -66,8 +66,8 @@ def _conv_gemm(kb, n, win: Window, groups: int, weight: ir.Value | None = None,
     depth = kb.dim(w_t.shape[1] * win.kernel[0] * win.kernel[1])  # K: (c, i, j) of a group
     pointwise = all(k == 1 for k in win.kernel) and win.stride == (1, 1) and all(
         p == 0 for p in win.pad)
-    shifted = win.stride == (1, 1) and not pointwise
-    padded = _Padded.of(kb, win, per_in, per_out) if shifted else None
+    padded = _Padded.of(kb, win, per_in, per_out) if win.stride == (1, 1) and not pointwise \
+        else None
     kc = tiling(kb.vector_width).kc
     hook = None
     if padded is None and not pointwise and (bias is not None or epilogue is not None):
