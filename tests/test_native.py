@@ -552,6 +552,46 @@ def test_code_for_a_named_cpu_computes_like_the_reference(cpu):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+FINISHED_SRC = """
+import std.nn
+model Finished {
+  forward(x: f32[B, 3, 12, 48], r: f32[B, 10, 6, 24]) {
+    return relu((x |> nn.Conv2d(3, 10, 7, stride = 2, padding = 3)) + r)
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_strided_convolutions_finish_their_blocks_in_code_for_a_named_cpu(cpu):
+    """A stride-2 convolution with a fused residual add and relu in AVX2 code (8-lane
+    vectors: panels 16 columns wide) and AVX-512 code: its vectors inside the input pack
+    from plain loads (24 outputs a row: AVX2's third vector of a row is one whose last taps
+    fall in the padding), the rest through masks or gathers, and the GEMM's finishing hook
+    adds the bias and applies the epilogue (finish.py); against the reference at batch 1
+    and 3."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.compiler.initializers import generate_params
+    from kiln.runtime.native import NativeModel
+
+    target = targets.named(cpu)
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    compilation = Compilation.of(kiln.load(FINISHED_SRC), cpu=target)
+    params = generate_params(compilation.model.params, 0)
+    params = {name: RNG.standard_normal(value.shape).astype(np.float32) * 0.2
+              for name, value in params.items()}  # a bias that is not zero
+    native = NativeModel(compilation, params, threads=2)
+    ref = kiln.compile(FINISHED_SRC, target="reference")
+    ref.load_weights(params)
+    for batch in (1, 3):
+        feeds = [RNG.standard_normal(s).astype(np.float32)
+                 for s in [(batch, 3, 12, 48), (batch, 10, 6, 24)]]
+        for got, want in zip(native(*feeds), ref(*feeds), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
 
 
