@@ -453,7 +453,7 @@ def _close(native, ref, *inputs) -> None:
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_strided_convolutions_add_their_bias_on_every_thread(threads):
     """A convolution through im2col adds its bias to each block of columns the GEMM
-    finishes, on the thread that computed it (conv._Finisher): planes whose floats are not
+    finishes, on the thread that computed it (finish.py): planes whose floats are not
     a whole number of vectors (18 x 17), two groups (each group's bias from its first
     channel on), a stride-2 7x7 stem with a bias, a run-time weight and bias; each output
     over 65,536 floats, so that the threads share it. At batch 1 and 2, against the
@@ -475,7 +475,7 @@ def test_strided_convolutions_add_their_bias_on_every_thread(threads):
 
 def test_strided_convolutions_apply_a_fused_epilogue_to_each_finished_block():
     """A fused node headed by an im2col convolution (stride 2) runs its epilogue inside the
-    GEMM, on each block of columns once all its sums are done (conv._Finisher), reading the
+    GEMM, on each block of columns once all its sums are done (finish.py), reading the
     epilogue's other inputs at the element's own index: a residual add and relu over a sum
     576 deep (three slices of the sum before a block is done), a grouped one, one without a
     bias, 520 channels of 9 pixels (the threads take rows, not columns), a 1-D one, and an

@@ -200,8 +200,7 @@ class Im2col:
             inside = b.icmp_unsigned("<", b.add(vec.splat(x0), lanes), width)
             mask = b.and_(inside, vec.splat(row_ok))
             halves.append(vec.masked_load(base, half * vec.width, mask))
-        even = ir.Constant(ir.VectorType(i32, vec.width), [2 * lane for lane in range(vec.width)])
-        return b.shuffle_vector(halves[0], halves[1], even)
+        return _even_of(b, vec, *halves)
 
     def _two_rows(self, b, vec: Vectors, plane, y, x, split, first_row, inside, j) -> ir.Value:
         """The lanes of one vector of consecutive pixels (stride 1 along the width): those of
@@ -296,8 +295,13 @@ class Shifted:
 
 def _even(b, vec: Vectors, first: ir.Value) -> ir.Value:
     """The even lanes of the 2 * width floats from `first` (all inside x)."""
+    return _even_of(b, vec, vec.load(first, 0), vec.load(first, vec.width))
+
+
+def _even_of(b, vec: Vectors, low: ir.Value, high: ir.Value) -> ir.Value:
+    """The even lanes of two vectors laid end to end (one permute)."""
     even = ir.Constant(ir.VectorType(I32, vec.width), [2 * lane for lane in range(vec.width)])
-    return b.shuffle_vector(vec.load(first, 0), vec.load(first, vec.width), even)
+    return b.shuffle_vector(low, high, even)
 
 
 def _quotient(vec: Vectors, num: ir.Value, den: ir.Value) -> ir.Value:
