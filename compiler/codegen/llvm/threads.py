@@ -396,8 +396,9 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     sizes[rows_index] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers
     and sizes of the block starting at row0 (its row count is set afterwards); `work(b, sizes)`
     (default sizes[0] * sizes[1] * sizes[2], a GEMM's m * n * k) must reach `min_work` for
-    threads to start. Blocks are multiples of `min_rows`, about `oversplit` per thread: more,
-    smaller blocks balance uneven ones, claimed as threads come free. The rows left over past
+    threads to start. Blocks are multiples of `min_rows`, up to `oversplit` per thread as long
+    as each keeps `min_work`: more, smaller blocks balance uneven ones, claimed as threads come
+    free. The rows left over past
     the last whole block join it, or, with `short_last` (for kernels whose result does not
     depend on where a block starts or ends: a GEMM's columns), form a shorter block of their
     own, so that no block is nearly twice the others.
@@ -439,7 +440,16 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                         pool.release(b)
                     b.call(alone or inner, alone_call)
                 with shared:
-                    wanted = b.mul(count, ir.Constant(I64, oversplit))
+                    # more blocks than threads only while each block keeps min_work: a
+                    # smaller one costs its claim, and rows that another thread wrote the
+                    # step before (a recurrent cell) more than the balance gains
+                    split = ir.Constant(I64, oversplit)
+                    if oversplit > 1:
+                        each = b.sdiv(amount, b.mul(count, ir.Constant(I64, min_work)))
+                        split = smaller(b, split, b.select(
+                            b.icmp_signed("<", each, ir.Constant(I64, 1)),
+                            ir.Constant(I64, 1), each))
+                    wanted = b.mul(count, split)
                     wanted = smaller(b, wanted, ir.Constant(I64, MAX_PIECES))
                     pieces = smaller(b, blocks, wanted)
                     _split(b, pool, claim, pointers, sizes, rows, count, pieces, shift,
