@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from kiln.compiler.codegen.llvm.abi import I64, KERNEL_TYPE, PTR
+from kiln.compiler.codegen.llvm.abi import I64, KERNEL_TYPE
 from kiln.compiler.codegen.llvm.irgen import element
 from kiln.compiler.codegen.llvm.threads import parallel_rows
 
