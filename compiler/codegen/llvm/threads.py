@@ -22,8 +22,8 @@ from .irgen import element, smaller
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
 MAX_BLOCKS = 2 * MAX_PIECES + 1  # blocks it may make (their size is rounded down)
-# (rows // per <= 2 * pieces: per is at least half of ceil(rows / pieces) or min_rows; one more
-# when the remainder is a block of its own, `short_last`)
+# (at most pieces, or with `short_last` rows // per <= 2 * pieces: per is at least half of
+# ceil(rows / pieces) or min_rows, and one more for the remainder's block)
 THREADS = "kiln_threads"
 
 
@@ -464,16 +464,19 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, m
            short_last: bool = False) -> None:
     """About `pieces` blocks of rows, claimed one at a time by this thread and `count` - 1 idle
     workers; then each worker's task is taken back if it has not started it, or waited for."""
-    # rows per block: ceil(rows / pieces) rounded down to a multiple of min_rows (at least
-    # one), so that blocks are even; rows // per of them, the last one taking the remainder
-    # too: no block is shorter than min_rows (a GEMM block of at most MR rows would take
-    # another path and sum in another order: the threads must not change the result), unless
-    # `short_last` makes the remainder a block of its own
-    share = b.sdiv(b.add(rows, b.sub(pieces, ir.Constant(I64, 1))), pieces)
+    # rows per block, a multiple of min_rows (at least one): no block is shorter than
+    # min_rows (a GEMM block of at most MR rows would take another path and sum in another
+    # order: the threads must not change the result). With `short_last`, ceil(rows / pieces)
+    # rounded down, and the remainder a block of its own; otherwise rows // pieces rounded
+    # down, `pieces` blocks, the last one taking the remainder too (ceil there made 49 rows
+    # one block of 25 and a remainder: one thread did all the work)
+    one = ir.Constant(I64, 1)
+    share = b.sdiv(b.add(rows, b.sub(pieces, one)) if short_last else rows, pieces)
     per = b.mul(b.sdiv(share, ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
     per = b.select(b.icmp_signed("<", per, ir.Constant(I64, min_rows)),
                    ir.Constant(I64, min_rows), per)
-    blocks = b.sdiv(b.add(rows, b.sub(per, ir.Constant(I64, 1))) if short_last else rows, per)
+    blocks = (b.sdiv(b.add(rows, b.sub(per, one)), per) if short_last
+              else smaller(b, pieces, b.sdiv(rows, per)))
     with b.goto_entry_block():
         block_args = b.alloca(PTR, MAX_BLOCKS * n_pointers, name="block_args")
         block_sizes = b.alloca(I64, MAX_BLOCKS * n_sizes, name="block_sizes")
