@@ -592,6 +592,45 @@ def test_strided_convolutions_finish_their_blocks_in_code_for_a_named_cpu(cpu):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+STREAMED_SRC = """
+import std.nn
+model S {
+  fc = nn.Linear(300, 40)
+  forward(x: f32[M, 300], b: f32[300, 37]) {
+    return relu(fc(x)), x @ b
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_products_of_few_rows_stream_b_in_code_for_a_named_cpu(cpu):
+    """Every row count up to a few tiles in AVX2 code (Tiling.stream_rows 6: a panel a row in
+    its 12 accumulators; past it the 6-row tiles) and AVX-512 code (11, then 12-row tiles):
+    a prepacked weight with a fused bias and relu, and an input read in place, both with
+    columns past the last whole vector; against the reference on one and two threads."""
+    from kiln.compiler.codegen.llvm import target as targets
+    from kiln.compiler.driver import Compilation
+    from kiln.compiler.initializers import generate_params
+    from kiln.runtime.native import NativeModel
+
+    target = targets.named(cpu)
+    if target.missing_on(targets.host()):
+        pytest.skip(f"this CPU cannot run code for {cpu}")
+    compilation = Compilation.of(kiln.load(STREAMED_SRC), cpu=target)
+    params = {name: RNG.standard_normal(value.shape).astype(np.float32) * 0.2
+              for name, value in generate_params(compilation.model.params, 0).items()}
+    natives = [NativeModel(compilation, params, threads=t) for t in (1, 2)]
+    ref = kiln.compile(STREAMED_SRC, target="reference")
+    ref.load_weights(params)
+    for m in range(1, 15):
+        feeds = [RNG.standard_normal(s).astype(np.float32) for s in [(m, 300), (300, 37)]]
+        want = ref(*feeds)
+        for native in natives:
+            for got, expected in zip(native(*feeds), want, strict=True):
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
 EXAMPLES = sorted((ROOT / "examples").glob("*.kiln"))
 
 
@@ -746,16 +785,17 @@ def test_threads_split_large_gemms_and_agree_with_one_thread():
 
 @pytest.mark.parametrize("k, n", [(256, 768), (200, 777), (96, 700), (300, 40)])
 def test_threads_split_matrix_vector_products_and_agree_with_one_thread(k, n):
-    """A C of one or two rows (a recurrent step, a layer at batch 1) is split by columns from
-    gemm.STREAM_PARALLEL_WORK multiply-adds (B read from memory, not its arithmetic, is its
-    cost): the last block short, B a weight (prepacked panels) or an input (read in place).
-    A column's sum is the same whichever block holds it."""
+    """A C of at most STREAM_ROWS rows (a recurrent step, a layer at a small batch) streams
+    B once, row by row (3 rows in runs of 8 vectors, 5 to 11 one panel at a time), and is
+    split by columns from gemm.STREAM_PARALLEL_WORK multiply-adds (B read from memory, not
+    its arithmetic, is its cost): the last block short, B a weight (prepacked panels) or an
+    input (read in place). A column's sum is the same whichever block holds it."""
     src = (f"import std.nn\nmodel V {{ fc = nn.Linear({k}, {n})\n"
            f"  forward(x: f32[M, {k}], b: f32[{k}, {n}]) {{ return fc(x), x @ b }} }}")
     one, two = kiln.compile(src, threads=1), kiln.compile(src, threads=2)
     two.load_weights(one.state_dict())
     w, bias = (one.state_dict()[name] for name in ("fc.weight", "fc.bias"))
-    for m in (1, 2):
+    for m in (1, 2, 3, 5, 8, 11, 12):  # 12: the tiles, one of them
         x = RNG.standard_normal((m, k)).astype(np.float32)
         b = RNG.standard_normal((k, n)).astype(np.float32)
         for got, want in zip(two(x, b), one(x, b), strict=True):

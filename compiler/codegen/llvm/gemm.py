@@ -16,8 +16,9 @@ of them: through one-vector tiles, which skip the zero half). With at most
 IN_PLACE_ROWS x MR rows, a B that is a matrix is read in place (packing it would cost as much as
 the product), in slices of IN_PLACE_DEPTH rows; a B whose rows lie at run-time offsets
 (im2col.Shifted) is read in place whatever the rows, through a table of the offsets per slice
-(`rows_in_place`); with at most STREAM_ROWS (a matrix-vector product), row by row by
-`row_kernel`, which keeps each sum in a register and streams B, the product's whole cost. B is
+(`rows_in_place`); with at most Tiling.stream_rows (a matrix-vector product, a layer at a
+small batch), row by row by `row_kernel`, which keeps each sum in a register and streams B
+once, the product's whole cost. B is
 anything that packs itself into panels (`Source`): a matrix, the transpose of one read in place
 (TransposedB), or a convolution's input seen as its im2col matrix (im2col.Im2col, never
 materialised; im2col.Shifted for stride 1).
@@ -34,7 +35,7 @@ from . import bf16
 from .abi import F32, I64, KERNEL_TYPE, PTR
 from .irgen import Vectors, element, i64, loop, memcpy, memset, smaller, unrolled
 from .kernel import KernelBuilder
-from .microkernels import STREAM_ROWS, Tiling, micro_kernel, row_kernel, tiling
+from .microkernels import Tiling, micro_kernel, row_kernel, tiling
 from .movement import TILE, transposed
 from .packing import prepack_a, prepack_b  # noqa: F401  (re-exported)
 from .threads import parallel_rows, threads_global
@@ -226,9 +227,10 @@ AMX_MIN_DEPTH = 16  # a shallower sum is too little work for tiles, and a prepac
 # are zero-padded only to K rows: a whole tile of 16 pair rows fits in them from K = 16 on
 
 PARALLEL_WORK = 1 << 18  # multiply-adds below which waking the workers costs more than it saves
-# ... except for a C of at most STREAM_ROWS rows (a matrix-vector product: a recurrent step, a
-# linear layer at batch 1), bound by reading B, not by its multiply-adds: from this many, each
-# thread streams its own columns of B, which stay in its core's L2 from one call to the next
+# ... except for a C of at most Tiling.stream_rows rows (a matrix-vector product: a recurrent
+# step, a linear layer at a small batch), bound by reading B, not by its multiply-adds: from
+# this many, each thread streams its own columns of B, which stay in its core's L2 from one
+# call to the next
 STREAM_PARALLEL_WORK = 1 << 16
 # A C of at most DEPTH_MOST_C floats over a sum at least DEPTH_PIECES * DEPTH_LEAST deep (a
 # weight gradient: a few channels' products over every pixel of the batch) has too few blocks
@@ -238,6 +240,10 @@ STREAM_PARALLEL_WORK = 1 << 16
 DEPTH_PIECES = 8
 DEPTH_MOST_C = 4096
 DEPTH_LEAST = 1024
+# A streamed C of at most this many rows reads B in runs of up to 8 vectors; a taller one a
+# panel (2 vectors) at a time: the wider runs for 3 to 11 rows saved 5-10 % on one thread and
+# nothing on two, for a fifth of a second more to compile a model
+WIDE_STREAM_ROWS = 2
 
 
 def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
@@ -277,7 +283,7 @@ def _parallel(module: ir.Module, driver: ir.Function, source: type, a_kind: str,
     def work(b, sizes):  # m n k, scaled so that a streamed product's threshold is its own
         m, n, k = sizes[:3]
         mnk = b.mul(b.mul(m, n), k)
-        streamed = b.icmp_signed("<=", m, i64(STREAM_ROWS))
+        streamed = b.icmp_signed("<=", m, i64(t.stream_rows))
         return b.select(streamed, b.mul(mnk, i64(PARALLEL_WORK // STREAM_PARALLEL_WORK)), mnk)
 
     n_pointers, n_sizes = 2 + source.pointers, 6 + source.sizes
@@ -429,7 +435,7 @@ def _driver(module: ir.Module, source: type, a_kind: str, t: Tiling,
     paths = []
     # (a prepacked A is in slices; bf16 reads only packed pairs)
     if source in (Matrix, PackedB) and a_kind != "prepacked" and not bf16:
-        paths.append((STREAM_ROWS, g.streamed))
+        paths.append((t.stream_rows, g.streamed))
     if source is Matrix and not bf16:
         paths.append((IN_PLACE_ROWS * t.mr, g.in_place))
     # a block of rows of a taller C (PACKED_ONLY) takes the packed path, as the whole C does
@@ -688,7 +694,7 @@ class _Gemm:
                b.mul(b.sub(whole, pairs), i64(4 * nr)))
 
     def streamed(self) -> None:
-        """At most STREAM_ROWS rows: B read in place row by row (`row_kernel`), in runs of
+        """At most Tiling.stream_rows rows: B read in place row by row (`row_kernel`), in runs of
         the widest kernel that fits the columns left (the last one masked), A in place."""
         kb, t, b = self.kb, self.t, self.kb.b
         a = self.a
@@ -696,12 +702,13 @@ class _Gemm:
         # 24 accumulators at most (of 32 vector registers; 12 of 16 under AVX2), and at most 8
         # vectors a row: 16 (8 panels of B streaming at once) were 1-2 % slower on Zen 4 (a
         # [256, 1024] product at batch 1; an LSTM step 2-7 % on two threads)
-        most = 24 if t.width >= 16 else 12
+        most = t.accumulators
         packed = isinstance(self.b, PackedB)  # whole panels a kernel: an even vector count
-        for height in range(1, STREAM_ROWS + 1):
+        for height in range(1, t.stream_rows + 1):
             with b.if_then(b.icmp_signed("==", self.m, i64(height))):
                 widths = [v for v in (8, 4, 2, 1)
-                          if v * height <= most and not (packed and v % 2)]
+                          if v * height <= most and not (packed and v % 2)
+                          and (height <= WIDE_STREAM_ROWS or v <= 2)]
                 kernels = [(v, row_kernel(kb.module, t.width, height, v, packed))
                            for v in widths]
 

@@ -1,7 +1,8 @@
 """The GEMM's innermost loops, as functions in LLVM IR: the register blocking (`Tiling`), the
 micro-kernel (an MR x NR tile of C in vector registers, updated by one rank-1 FMA step per
-element of the sum from a packed A panel and a B panel) and the row kernel (C one or two rows
-high: B streamed row by row, each sum in a register). gemm.py's blocked loops call them.
+element of the sum from a packed A panel and a B panel) and the row kernel (C at most
+STREAM_ROWS rows high: B streamed row by row, each sum in a register). gemm.py's blocked loops
+call them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ class Tiling:
         """Micro-kernel heights: mr, then the powers of two below it (for remainder rows)."""
         small = [1 << i for i in range(self.mr.bit_length()) if 1 << i < self.mr]
         return (self.mr, *sorted(small, reverse=True))
+
+    @property
+    def accumulators(self) -> int:
+        """Vector registers a kernel keeps sums in: 24 of AVX-512's 32, 12 of AVX2's 16."""
+        return 24 if self.width >= 16 else 12
+
+    @property
+    def stream_rows(self) -> int:
+        """The most rows of C that stream B (`row_kernel`): STREAM_ROWS, fewer where a panel
+        (two vectors) a row would not fit the accumulators (AVX2 and SSE: 6, the tile's
+        height)."""
+        return min(STREAM_ROWS, self.accumulators // 2)
 
 
 def tiling(width: int | None = None) -> Tiling:
@@ -163,7 +176,12 @@ def _store_tile(vec: Vectors, c: ir.Value, ldc: ir.Value, accs: list[ir.Value], 
 # void rows(i64 k, float* a, i64 a_row, i64 a_step, float* b, i64 ldb, float* c, i64 ldc,
 #           i64 cols, i1 add)
 ROWS_TYPE = ir.FunctionType(VOID, [I64, F32P, I64, I64, F32P, I64, F32P, I64, I64, I1])
-STREAM_ROWS = 2  # C at most this many rows high: B streamed row by row (`row_kernel`)
+# C at most this many rows high: B streamed row by row, read once (`row_kernel`). The tiles
+# would pass over all of B once per micro-kernel: twice for 3 rows (2 + 1), three times for
+# 7 or 11 (4 + 2 + 1, 8 + 2 + 1). A linear layer at batch 3, 5 and 11 took 0.65-0.86 of its
+# time streamed, at 8 (one tile) 0.87-1.12 (benchmarks/README.md, session 29). Below
+# module.ROW_BLOCK, so that a block of rows on a thread takes the whole product's path.
+STREAM_ROWS = 11
 
 
 def row_kernel(module: ir.Module, width: int, height: int, vectors: int,

@@ -55,7 +55,7 @@ from .layout import (
     WINOGRAD_OR_PACKED,
     captured_weights,
 )
-from .microkernels import tiling
+from .microkernels import STREAM_ROWS, tiling
 from .plan import plan_function
 from .threads import parallel_rows, threads_global
 
@@ -609,6 +609,9 @@ def _kernel(module, lowering: Lowering, nid, graph, node, layout, vector_width=N
 # it was 2 % slower, at 12 8 % faster.
 PRODUCTS = ("matmul", "matmul_bt")
 ROW_BLOCK = 12
+# a block of rows must take the path the whole product takes (the threads must not change the
+# result): no block is streamed where the whole C is not
+assert ROW_BLOCK > STREAM_ROWS
 
 
 def _split_work(lowering: Lowering, graph: Graph, nid: int,
