@@ -398,10 +398,9 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     (default sizes[0] * sizes[1] * sizes[2], a GEMM's m * n * k) must reach `min_work` for
     threads to start. Blocks are multiples of `min_rows`, up to `oversplit` per thread as long
     as each keeps `min_work`: more, smaller blocks balance uneven ones, claimed as threads come
-    free. The rows left over past
-    the last whole block join it, or, with `short_last` (for kernels whose result does not
-    depend on where a block starts or ends: a GEMM's columns), form a shorter block of their
-    own, so that no block is nearly twice the others.
+    free. The rows left over past the last whole block join it, or, with `short_last` (for
+    kernels whose result does not depend on where a block starts or ends: a GEMM's columns),
+    form a shorter block of their own, so that no block is nearly twice the others.
     `alone` (default `inner`) is what runs when no threads start.
     """
     name = name or f"{inner.name}_parallel"
@@ -445,7 +444,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                     # step before (a recurrent cell) more than the balance gains
                     split = ir.Constant(I64, oversplit)
                     if oversplit > 1:
-                        each = b.sdiv(amount, b.mul(count, ir.Constant(I64, min_work)))
+                        each = b.sdiv(amount, b.mul(count, ir.Constant(I64, max(min_work, 1))))
                         split = smaller(b, split, b.select(
                             b.icmp_signed("<", each, ir.Constant(I64, 1)),
                             ir.Constant(I64, 1), each))
