@@ -786,7 +786,7 @@ def test_threads_split_large_gemms_and_agree_with_one_thread():
 @pytest.mark.parametrize("k, n", [(256, 768), (200, 777), (96, 700), (300, 40)])
 def test_threads_split_matrix_vector_products_and_agree_with_one_thread(k, n):
     """A C of at most STREAM_ROWS rows (a recurrent step, a layer at a small batch) streams
-    B once, row by row (3 rows in runs of 8 vectors, 5 to 11 one panel at a time), and is
+    B once, row by row (1 or 2 rows in runs of up to 8 vectors, 3 to 11 a panel at a time), and is
     split by columns from gemm.STREAM_PARALLEL_WORK multiply-adds (B read from memory, not
     its arithmetic, is its cost): the last block short, B a weight (prepacked panels) or an
     input (read in place). A column's sum is the same whichever block holds it."""
