@@ -708,9 +708,14 @@ def _batch_split(module, lowering, nid, graph, node, layout, vector_width, prepa
                 moved[i] = b.gep(pointers[i], [b.mul(row0, sample)])
         return moved, list(sizes)
 
+    # a convolution's blocks keep the old uneven split (an odd batch on two threads runs
+    # whole): its path can depend on the samples a call has (winograd._lazy_or_gemm: 9
+    # samples take F(4, 3), blocks of 4 and 5 the GEMM), and the threads must not change
+    # the result. Even batches do not escape it either (10 samples take F(4, 3), blocks of 5
+    # the GEMM: not bit-equal to one thread): an open gap, benchmarks/README.md, session 29
     return parallel_rows(module, samples, len(types), max(1, len(layout.symbols)), shift,
                          min_rows=1, min_work=min_work, rows_index=index, work=work,
-                         alone=whole,
+                         alone=whole, even=Prop.SAMPLEWISE not in lowering.props,
                          name=f"{samples.name}_samples")
 
 

@@ -390,7 +390,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                   shift: Callable, min_rows: int, min_work: int, rows_index: int = 0,
                   work: Callable | None = None, alone: ir.Function | None = None,
                   name: str | None = None, oversplit: int = 1,
-                  short_last: bool = False) -> ir.Function:
+                  short_last: bool = False, even: bool = True) -> ir.Function:
     """A kernel-shaped function running `inner` on row blocks in parallel.
 
     sizes[rows_index] is the row count; `shift(b, pointers, sizes, row0)` returns the pointers
@@ -401,6 +401,9 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     free. The rows left over past the last whole block join it, or, with `short_last` (for
     kernels whose result does not depend on where a block starts or ends: a GEMM's columns),
     form a shorter block of their own, so that no block is nearly twice the others.
+    `even` False keeps the old blocks of ceil(rows / pieces) rows, rows // that many of them
+    (an odd count of rows on two threads is one block): for kernels whose result depends on
+    a block's rows (a convolution split by sample whose path depends on its sample count).
     `alone` (default `inner`) is what runs when no threads start.
     """
     name = name or f"{inner.name}_parallel"
@@ -452,7 +455,8 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                     wanted = smaller(b, wanted, ir.Constant(I64, MAX_PIECES))
                     pieces = smaller(b, blocks, wanted)
                     _split(b, pool, claim, pointers, sizes, rows, count, pieces, shift,
-                           min_rows, rows_index, n_pointers, n_sizes, status_p, short_last)
+                           min_rows, rows_index, n_pointers, n_sizes, status_p, short_last,
+                           even)
                     pool.release(b)
     b.ret_void()
     return fn
@@ -460,7 +464,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
 
 def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, min_rows: int,
            rows_index: int, n_pointers: int, n_sizes: int, status_p,
-           short_last: bool = False) -> None:
+           short_last: bool = False, even: bool = True) -> None:
     """About `pieces` blocks of rows, claimed one at a time by this thread and `count` - 1 idle
     workers; then each worker's task is taken back if it has not started it, or waited for."""
     # rows per block, a multiple of min_rows (at least one): no block is shorter than
@@ -470,12 +474,13 @@ def _split(b, pool: _Pool, claim, pointers, sizes, rows, count, pieces, shift, m
     # down, `pieces` blocks, the last one taking the remainder too (ceil there made 49 rows
     # one block of 25 and a remainder: one thread did all the work)
     one = ir.Constant(I64, 1)
-    share = b.sdiv(b.add(rows, b.sub(pieces, one)) if short_last else rows, pieces)
+    rounded_up = short_last or not even
+    share = b.sdiv(b.add(rows, b.sub(pieces, one)) if rounded_up else rows, pieces)
     per = b.mul(b.sdiv(share, ir.Constant(I64, min_rows)), ir.Constant(I64, min_rows))
     per = b.select(b.icmp_signed("<", per, ir.Constant(I64, min_rows)),
                    ir.Constant(I64, min_rows), per)
     blocks = (b.sdiv(b.add(rows, b.sub(per, one)), per) if short_last
-              else smaller(b, pieces, b.sdiv(rows, per)))
+              else smaller(b, pieces, b.sdiv(rows, per)) if even else b.sdiv(rows, per))
     with b.goto_entry_block():
         block_args = b.alloca(PTR, MAX_BLOCKS * n_pointers, name="block_args")
         block_sizes = b.alloca(I64, MAX_BLOCKS * n_sizes, name="block_sizes")
