@@ -17,7 +17,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from .abi import I1, I32, I64, KERNEL_TYPE, PTR, VOID, declare
-from .irgen import element, smaller
+from .irgen import element, larger, smaller
 
 MAX_THREADS = 64
 MAX_PIECES = 256  # blocks asked of one parallel region (see parallel_rows' oversplit)
@@ -401,9 +401,9 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
     free. The rows left over past the last whole block join it, or, with `short_last` (for
     kernels whose result does not depend on where a block starts or ends: a GEMM's columns),
     form a shorter block of their own, so that no block is nearly twice the others.
-    `even` False keeps the old blocks of ceil(rows / pieces) rows, rows // that many of them
-    (an odd count of rows on two threads is one block): for kernels whose result depends on
-    a block's rows (a convolution split by sample whose path depends on its sample count).
+    `even` False makes blocks of ceil(rows / pieces) rows, rows // that many of them (an odd
+    count of rows on two threads is one block): a convolution split by sample, whose path
+    depends on a block's samples (module._batch_split says why, and what stays open).
     `alone` (default `inner`) is what runs when no threads start.
     """
     name = name or f"{inner.name}_parallel"
@@ -448,9 +448,7 @@ def parallel_rows(module: ir.Module, inner: ir.Function, n_pointers: int, n_size
                     split = ir.Constant(I64, oversplit)
                     if oversplit > 1:
                         each = b.sdiv(amount, b.mul(count, ir.Constant(I64, max(min_work, 1))))
-                        split = smaller(b, split, b.select(
-                            b.icmp_signed("<", each, ir.Constant(I64, 1)),
-                            ir.Constant(I64, 1), each))
+                        split = smaller(b, split, larger(b, each, ir.Constant(I64, 1)))
                     wanted = b.mul(count, split)
                     wanted = smaller(b, wanted, ir.Constant(I64, MAX_PIECES))
                     pieces = smaller(b, blocks, wanted)
